@@ -1,0 +1,75 @@
+/* epmoe: the cost model that `plan eval` predicts and `epmoe run` counts.
+ *
+ * For each token and MoE layer (see DESIGN.md):
+ *   src  = home rank (mode home) or the rank the token is on now (mode follow;
+ *          the home rank at the first MoE layer)
+ *   dst  = epm_route_pick(placement, layer, ids, k, src, token) per chosen expert
+ *   D    = the distinct ranks in dst (a token is sent once per rank)
+ *   home:   dispatch src -> d and combine d -> src, for d in D, d != src
+ *   follow: dispatch src -> d for d in D, d != src; combine d -> c for d in D,
+ *           d != c, where c = dst[0] (the top-1 replica) becomes the token's
+ *           rank for the next layer; and the token's new K/V row (kv_row_bytes)
+ *           goes from src to every other rank (the all-gather of the
+ *           replicated KV cache). After the last layer the token's state goes
+ *           from its rank to its home rank (gather_bytes).
+ * Each transfer moves hidden_bytes = hidden * dtype size and is counted under
+ * the link class of its two ranks. Skipped tokens (no expert) move nothing.
+ * The expert load of a rank is the number of (token, expert) pairs it serves.
+ * Home rank of a token = its sequence id mod ranks. */
+#ifndef EPMOE_EVAL_H
+#define EPMOE_EVAL_H
+
+#include <stdint.h>
+
+#include "epmoe/cluster.h"
+#include "epmoe/placement.h"
+#include "epmoe/trace.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct epm_eval_opts {
+    epm_mode mode;
+    int64_t hidden_bytes;  /* bytes of one hidden vector on the wire */
+    int64_t kv_row_bytes;  /* bytes of one token's K and V rows for one layer (follow) */
+    double flops_per_assignment; /* expert FLOPs per (token, expert): 6 * hidden * ffn for SwiGLU */
+} epm_eval_opts;
+
+/* Mixtral-8x7B-like defaults: hidden 4096 in bf16, 8 KV heads x 128 x 2 (K,V) x bf16,
+ * ffn 14336. */
+EPM_API void epm_eval_opts_init(epm_eval_opts *o);
+
+typedef struct epm_eval_layer {
+    int64_t bytes[EPM_LINK_COUNT];       /* dispatch + combine bytes per link class */
+    int64_t kv_bytes[EPM_LINK_COUNT];    /* K/V all-gather bytes (follow) per link class */
+    int64_t transfers[EPM_LINK_COUNT];   /* dispatch + combine messages of one token */
+    int64_t max_load, sum_load;          /* per-rank expert load: max and total */
+    int64_t max_send_bytes, max_recv_bytes; /* busiest rank, all link classes, this layer */
+    double t_compute, t_comm;            /* modelled seconds */
+} epm_eval_layer;
+
+typedef struct epm_eval_result {
+    int layers, ranks;
+    epm_mode mode;
+    epm_eval_layer *layer;           /* [layers] */
+    int64_t *rank_load;              /* [layers * ranks] expert load per rank */
+    int64_t *send_bytes;             /* [layers * ranks] bytes each rank sends (all classes) */
+    int64_t *recv_bytes;             /* [layers * ranks] */
+    int64_t gather_bytes[EPM_LINK_COUNT]; /* final return home (follow) */
+    int64_t total_bytes[EPM_LINK_COUNT];  /* all of the above summed */
+    double t_total;                  /* modelled seconds, sum over layers */
+    double max_over_mean_load;       /* mean over layers of max/mean rank load */
+    double kv_cache_factor;          /* KV memory relative to home mode (ranks for follow, 1 home) */
+} epm_eval_result;
+
+/* The trace's layers, experts and the placement's must match; ranks come from
+ * the placement's cluster. */
+EPM_API epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_opts *o,
+                            epm_eval_result **out);
+EPM_API void epm_eval_result_destroy(epm_eval_result *r);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,54 @@
+/* epmoe: the offline placement planner (`epmoe plan`). */
+#ifndef EPMOE_PLAN_H
+#define EPMOE_PLAN_H
+
+#include "epmoe/cluster.h"
+#include "epmoe/placement.h"
+#include "epmoe/trace.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum epm_method {
+    EPM_METHOD_CONTIGUOUS = 0, /* experts [r*E/R, (r+1)*E/R) on rank r (DeepSpeed, Megatron) */
+    EPM_METHOD_ROUND_ROBIN,    /* expert e on rank e mod R */
+    EPM_METHOD_GREEDY,         /* hottest expert first onto the least-loaded rank with a free slot */
+    EPM_METHOD_EPLB,           /* DeepSeek EPLB idea: replicate hot experts into spare slots, pack
+                                  replicas so nodes, then ranks, are balanced */
+    EPM_METHOD_ILP,            /* GLPK MIP: straggler load + topology-weighted traffic */
+    EPM_METHOD_COUNT
+} epm_method;
+
+EPM_API const char *epm_method_name(epm_method m);
+EPM_API epm_status epm_method_parse(const char *s, epm_method *out);
+
+typedef void (*epm_progress_fn)(void *user, const char *message);
+
+typedef struct epm_plan_opts {
+    epm_method method;
+    epm_mode mode;          /* which cost model the ILP minimises */
+    int slots_per_rank;     /* experts a rank can hold per layer; 0 = ceil(E / R) (no spares).
+                               Spare slots (R*S > E) are filled with replicas by eplb and ilp. */
+    double balance_weight;  /* weight of the straggler's load in the objective */
+    double traffic_weight;  /* weight of the topology-weighted traffic */
+    double time_limit_s;    /* wall-clock budget of the whole ILP solve */
+    double mip_gap;         /* relative gap at which the MIP stops as optimal */
+    int hidden;             /* hidden size, for the K/V all-gather term of follow (bytes ratio) */
+    int kv_dim;             /* K+V row width per token per layer (follow mode); 0 = hidden/2 */
+    epm_progress_fn progress; /* NULL = quiet; called at most about once a second */
+    void *progress_user;
+} epm_plan_opts;
+
+/* Defaults: contiguous, home, spares 0, weights 1, 60 s, gap 1e-4. */
+EPM_API void epm_plan_opts_init(epm_plan_opts *o);
+
+/* Plans a placement for the trace's shape on cluster c. Deterministic for a
+ * given input. The result's info carries method, objective, bound and gap. */
+EPM_API epm_status epm_plan(const epm_trace *t, const epm_cluster *c, const epm_plan_opts *o,
+                            epm_placement **out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,75 @@
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+
+#include "cli.h"
+#include "core.h"
+
+int cli_fail(const char *what, epm_status st)
+{
+    const char *d = epm_last_error();
+    fprintf(stderr, "epmoe %s: error: %s%s%s\n", what, epm_status_str(st), d[0] ? ": " : "", d);
+    return EPM_EXIT_FAIL;
+}
+
+int cli_usage_error(const char *what, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "epmoe %s: ", what);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n(see 'epmoe %s --help')\n", what);
+    return EPM_EXIT_USAGE;
+}
+
+void cli_progress(void *user, const char *message)
+{
+    static double t0;
+    (void)user;
+    if (t0 == 0)
+        t0 = epm_now();
+    fprintf(stderr, "[%7.1fs] %s\n", epm_now() - t0, message);
+}
+
+int cli_parse_int(const char *what, const char *opt, const char *val, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(val, &end, 10);
+    if (errno || end == val || *end || v < lo || v > hi) {
+        cli_usage_error(what, "option %s: '%s' is not an integer in [%ld, %ld]", opt, val, lo, hi);
+        return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+int cli_parse_double(const char *what, const char *opt, const char *val, double lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(val, &end);
+    if (errno || end == val || *end || !isfinite(v) || v < lo || v > hi) {
+        cli_usage_error(what, "option %s: '%s' is not a number in [%g, %g]", opt, val, lo, hi);
+        return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+int cli_parse_u64(const char *what, const char *opt, const char *val, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(val, &end, 10);
+    if (errno || end == val || *end || val[0] == '-') {
+        cli_usage_error(what, "option %s: '%s' is not a non-negative integer", opt, val);
+        return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+int cli_same_file(const char *a, const char *b) { return epm_same_file(a, b); }

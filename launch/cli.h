@@ -1,0 +1,33 @@
+/* Shared pieces of the epmoe command line (not part of the library). */
+#ifndef EPM_CLI_H
+#define EPM_CLI_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "epmoe/epmoe.h"
+
+/* Exit codes: 0 success, 1 the work failed (bad file, solver, MPI), 2 usage. */
+enum { EPM_EXIT_OK = 0, EPM_EXIT_FAIL = 1, EPM_EXIT_USAGE = 2 };
+
+/* Prints "epmoe <what>: error: <status>: <detail>" to stderr; returns EPM_EXIT_FAIL. */
+int cli_fail(const char *what, epm_status st);
+/* Prints "epmoe <what>: <message>" and a hint to use --help; returns EPM_EXIT_USAGE. */
+int cli_usage_error(const char *what, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Progress callback: "[  12.3s] message" on stderr. */
+void cli_progress(void *user, const char *message);
+
+/* Strict number parsing for option values; the error names the option and value. */
+int cli_parse_int(const char *what, const char *opt, const char *val, long lo, long hi, long *out);
+int cli_parse_double(const char *what, const char *opt, const char *val, double lo, double hi, double *out);
+int cli_parse_u64(const char *what, const char *opt, const char *val, uint64_t *out);
+
+/* True when a and b are the same existing file: outputs never overwrite inputs. */
+int cli_same_file(const char *a, const char *b);
+
+/* Subcommands. Each takes argv with argv[0] the subcommand's name. */
+int epm_cli_trace(int argc, char **argv);
+int epm_cli_plan(int argc, char **argv);
+
+#endif

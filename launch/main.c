@@ -1,0 +1,46 @@
+/* epmoe: one command line, one subcommand per job. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "epm_config.h"
+
+typedef struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *summary;
+} command;
+
+static const command commands[] = {
+    {"version", NULL, "print the version and the optional parts built in"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: epmoe <command> [options]   (epmoe <command> --help)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].summary);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return EPM_EXIT_USAGE;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return EPM_EXIT_OK;
+    }
+    if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
+        printf("epmoe %s (cuda: %s, nccl: %s)\n", EPM_VERSION, EPM_HAVE_CUDA ? "yes" : "no",
+               EPM_HAVE_NCCL ? "yes" : "no");
+        return EPM_EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (commands[i].fn && !strcmp(argv[1], commands[i].name))
+            return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "epmoe: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return EPM_EXIT_USAGE;
+}

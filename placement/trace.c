@@ -1,0 +1,153 @@
+#include <string.h>
+
+#include "trace_internal.h"
+
+epm_status epm_trace_create(int layers, int64_t tokens, int k, int experts, epm_trace **out)
+{
+    *out = NULL;
+    if (layers <= 0 || tokens < 0 || k <= 0 || experts <= 0)
+        return epm_fail(EPM_ERR_INVALID_ARG, "trace: layers=%d tokens=%lld k=%d experts=%d must be positive",
+                        layers, (long long)tokens, k, experts);
+    size_t n;
+    if (!epm_mul_ok((size_t)layers, (size_t)tokens, &n) || !epm_mul_ok(n, (size_t)k, &n) ||
+        n > (size_t)INT64_MAX / sizeof(int32_t))
+        return epm_fail(EPM_ERR_INVALID_ARG, "trace: %d layers x %lld tokens x %d is too large", layers,
+                        (long long)tokens, k);
+    epm_trace *t = epm_calloc(1, sizeof *t);
+    if (!t)
+        return EPM_ERR_NOMEM;
+    t->ids = epm_malloc(n * sizeof *t->ids);
+    if (!t->ids) {
+        epm_free(t);
+        return EPM_ERR_NOMEM;
+    }
+    memset(t->ids, 0xff, n * sizeof *t->ids); /* all -1 */
+    t->layers = layers;
+    t->tokens = tokens;
+    t->k = k;
+    t->experts = experts;
+    *out = t;
+    return EPM_OK;
+}
+
+void epm_trace_destroy(epm_trace *t)
+{
+    if (!t)
+        return;
+    epm_free(t->ids);
+    epm_free(t->weights);
+    epm_free(t->seq_ids);
+    epm_free(t);
+}
+
+int epm_trace_layers(const epm_trace *t) { return t->layers; }
+int64_t epm_trace_tokens(const epm_trace *t) { return t->tokens; }
+int epm_trace_k(const epm_trace *t) { return t->k; }
+int epm_trace_experts(const epm_trace *t) { return t->experts; }
+
+static size_t layer_off(const epm_trace *t, int layer) { return (size_t)layer * (size_t)t->tokens * (size_t)t->k; }
+
+int32_t *epm_trace_ids(epm_trace *t, int layer) { return t->ids + layer_off(t, layer); }
+const int32_t *epm_trace_ids_const(const epm_trace *t, int layer) { return t->ids + layer_off(t, layer); }
+
+const float *epm_trace_weights(const epm_trace *t, int layer)
+{
+    return t->weights ? t->weights + layer_off(t, layer) : NULL;
+}
+
+float *epm_trace_weights_mut(epm_trace *t, int layer)
+{
+    return t->weights ? t->weights + layer_off(t, layer) : NULL;
+}
+
+epm_status epm_trace_weights_alloc(epm_trace *t)
+{
+    if (t->weights)
+        return EPM_OK;
+    t->weights = epm_calloc(layer_off(t, t->layers) ? layer_off(t, t->layers) : 1, sizeof(float));
+    return t->weights ? EPM_OK : EPM_ERR_NOMEM;
+}
+
+const int32_t *epm_trace_seq_ids(const epm_trace *t) { return t->seq_ids; }
+
+epm_status epm_trace_set_seq_ids(epm_trace *t, const int32_t *seq_ids)
+{
+    if (!seq_ids) {
+        epm_free(t->seq_ids);
+        t->seq_ids = NULL;
+        return EPM_OK;
+    }
+    for (int64_t i = 0; i < t->tokens; i++)
+        if (seq_ids[i] < 0)
+            return epm_fail(EPM_ERR_INVALID_ARG, "trace: seq_ids[%lld] = %d is negative", (long long)i,
+                            seq_ids[i]);
+    if (!t->seq_ids) {
+        t->seq_ids = epm_malloc((size_t)(t->tokens ? t->tokens : 1) * sizeof *t->seq_ids);
+        if (!t->seq_ids)
+            return EPM_ERR_NOMEM;
+    }
+    memcpy(t->seq_ids, seq_ids, (size_t)t->tokens * sizeof *t->seq_ids);
+    return EPM_OK;
+}
+
+int64_t epm_trace_seq_of(const epm_trace *t, int64_t tok) { return t->seq_ids ? t->seq_ids[tok] : tok; }
+
+epm_status epm_trace_slice(const epm_trace *t, int64_t begin, int64_t end, epm_trace **out)
+{
+    *out = NULL;
+    if (begin < 0 || end < begin || end > t->tokens)
+        return epm_fail(EPM_ERR_INVALID_ARG, "trace slice [%lld, %lld) is outside [0, %lld)", (long long)begin,
+                        (long long)end, (long long)t->tokens);
+    epm_trace *s;
+    EPM_CHECK(epm_trace_create(t->layers, end - begin, t->k, t->experts, &s));
+    size_t row = (size_t)t->k;
+    size_t n = (size_t)(end - begin) * row;
+    if (t->weights && epm_trace_weights_alloc(s) != EPM_OK) {
+        epm_trace_destroy(s);
+        return EPM_ERR_NOMEM;
+    }
+    for (int l = 0; l < t->layers; l++) {
+        memcpy(epm_trace_ids(s, l), epm_trace_ids_const(t, l) + (size_t)begin * row, n * sizeof(int32_t));
+        if (t->weights)
+            memcpy(epm_trace_weights_mut(s, l), epm_trace_weights(t, l) + (size_t)begin * row, n * sizeof(float));
+    }
+    if (t->seq_ids) {
+        epm_status st = epm_trace_set_seq_ids(s, t->seq_ids + begin);
+        if (st != EPM_OK) {
+            epm_trace_destroy(s);
+            return st;
+        }
+    }
+    *out = s;
+    return EPM_OK;
+}
+
+epm_status epm_trace_check_ids(const epm_trace *t, const char *label)
+{
+    for (int l = 0; l < t->layers; l++) {
+        const int32_t *ids = epm_trace_ids_const(t, l);
+        for (int64_t i = 0; i < t->tokens; i++) {
+            const int32_t *row = ids + (size_t)i * (size_t)t->k;
+            int ended = 0;
+            for (int j = 0; j < t->k; j++) {
+                int32_t e = row[j];
+                if (e == -1) {
+                    ended = 1;
+                    continue;
+                }
+                if (e < -1 || e >= t->experts)
+                    return epm_fail(EPM_ERR_FORMAT, "%s: topk_ids.%d[%lld][%d] = %d is outside [0, %d)", label, l,
+                                    (long long)i, j, e, t->experts);
+                if (ended)
+                    return epm_fail(EPM_ERR_FORMAT,
+                                    "%s: topk_ids.%d[%lld][%d] = %d follows a -1 (padding must be trailing)",
+                                    label, l, (long long)i, j, e);
+                for (int q = 0; q < j; q++)
+                    if (row[q] == e)
+                        return epm_fail(EPM_ERR_FORMAT, "%s: topk_ids.%d[%lld] names expert %d twice", label, l,
+                                        (long long)i, e);
+            }
+        }
+    }
+    return EPM_OK;
+}

@@ -1,0 +1,58 @@
+#include "test_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char tmpdir[256];
+
+static void cleanup(void)
+{
+    char cmd[300];
+    if (tmpdir[0]) {
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "could not remove %s\n", tmpdir);
+    }
+}
+
+const char *tu_fixtures(void)
+{
+    const char *d = getenv("EPM_FIXTURES");
+    return d ? d : "tests/fixtures";
+}
+
+const char *tu_tmpdir(void)
+{
+    if (!tmpdir[0]) {
+        snprintf(tmpdir, sizeof tmpdir, "/tmp/epmtest.XXXXXX");
+        if (!mkdtemp(tmpdir)) {
+            perror("mkdtemp");
+            abort();
+        }
+        atexit(cleanup);
+    }
+    return tmpdir;
+}
+
+const char *tu_path(const char *name)
+{
+    static char buf[8][512];
+    static int next;
+    char *b = buf[next++ % 8];
+    snprintf(b, 512, "%s/%s", tu_tmpdir(), name);
+    return b;
+}
+
+const char *tu_write(const char *name, const void *data, size_t n)
+{
+    const char *p = tu_path(name);
+    FILE *f = fopen(p, "wb");
+    if (!f || (n && fwrite(data, 1, n, f) != n)) {
+        perror(p);
+        abort();
+    }
+    fclose(f);
+    return p;
+}

@@ -1,0 +1,21 @@
+/* Helpers shared by the cmocka suites. */
+#ifndef EPM_TEST_UTIL_H
+#define EPM_TEST_UTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+/* cmocka needs the three headers above first */
+#include <cmocka.h>
+
+/* Directory of the bundled fixtures (tests/fixtures), from $EPM_FIXTURES. */
+const char *tu_fixtures(void);
+/* A fresh temporary directory for this test process (removed at exit). */
+const char *tu_tmpdir(void);
+/* tu_path("x.json") -> "<tmpdir>/x.json" in a static rotating buffer. */
+const char *tu_path(const char *name);
+/* Writes bytes to a file under the temporary directory and returns its path. */
+const char *tu_write(const char *name, const void *data, size_t n);
+
+#endif
