@@ -29,5 +29,6 @@ int cli_same_file(const char *a, const char *b);
 /* Subcommands. Each takes argv with argv[0] the subcommand's name. */
 int epm_cli_trace(int argc, char **argv);
 int epm_cli_plan(int argc, char **argv);
+int epm_cli_bench(int argc, char **argv);
 
 #endif

@@ -1,0 +1,10 @@
+/* Benchmark entry points, run as `epmoe bench <what>`. Each prints its figure
+ * and the baseline measured in the same run, as a ratio, with --csv output. */
+#ifndef EPM_BENCH_H
+#define EPM_BENCH_H
+
+int epm_bench_plan(int argc, char **argv);    /* bench/bench_plan.c (issue 2) */
+int epm_bench_a2a(int argc, char **argv);     /* bench/bench_a2a.c (issue 3) */
+int epm_bench_kernels(int argc, char **argv); /* bench/bench_kernels.c (issue 4) */
+
+#endif

@@ -1,0 +1,36 @@
+/* Internal interface between the planner's parts: the heuristics, the ILP and
+ * the objective they all report, so that "best heuristic" and "ILP incumbent"
+ * are compared in one unit. */
+#ifndef EPM_PLANNER_H
+#define EPM_PLANNER_H
+
+#include "core.h"
+#include "epmoe/eval.h"
+#include "epmoe/plan.h"
+
+/* Slots per rank actually used: o->slots_per_rank, or ceil(E / R) when 0.
+ * Fails when R * slots < E (the experts do not fit). */
+epm_status epm_plan_slots(const epm_trace *t, const epm_cluster *c, const epm_plan_opts *o, int *slots);
+
+/* contiguous, round-robin, greedy or eplb (not ilp). The result's info has
+ * method, quality HEURISTIC and the objective below. */
+epm_status epm_plan_heuristic(epm_method m, const epm_trace *t, const epm_cluster *c, const epm_plan_opts *o,
+                              epm_placement **out);
+
+/* The planner's objective, in units of "one intra-node hidden-vector transfer":
+ *   sum over layers l of
+ *       balance_weight * max_r load_l(r)
+ *     + traffic_weight * (sum_c cost(c) * (bytes_l[c] + kv_bytes_l[c])) / (hidden_bytes * R)
+ *   + traffic_weight * (sum_c cost(c) * gather_bytes[c]) / (hidden_bytes * R)
+ * with loads and bytes exactly as epm_eval counts them in mode o->mode (so the
+ * objective of any placement is what plan eval would model), cost(c) from
+ * epm_cluster_link_cost, hidden_bytes = o->hidden * 2 and kv_row_bytes =
+ * kv_dim * 2 (kv_dim = o->kv_dim or hidden / 2). Dividing traffic by R puts it
+ * per rank, beside a per-rank (straggler) load. */
+epm_status epm_plan_objective(const epm_trace *t, const epm_placement *p, const epm_plan_opts *o, double *obj);
+
+/* The GLPK MIP (placement/ilp.c). Never returns a worse objective than the
+ * best heuristic: that is its warm start and its fallback. */
+epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan_opts *o, epm_placement **out);
+
+#endif
