@@ -12,6 +12,7 @@ typedef struct {
 } command;
 
 static const command commands[] = {
+    {"trace", epm_cli_trace, "routing traces: stats, synth, convert"},
     {"bench", epm_cli_bench, "benchmarks: plan, a2a, kernels, run (figure beside its baseline)"},
     {"version", NULL, "print the version and the optional parts built in"},
 };

@@ -11,6 +11,7 @@
 #ifndef EPMOE_TRACE_H
 #define EPMOE_TRACE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "epmoe/status.h"
@@ -33,6 +34,9 @@ EPM_API epm_status epm_trace_parse(const void *buf, size_t size, const char *lab
                                    epm_trace **out);
 /* Writes the safetensors layout above, atomically. */
 EPM_API epm_status epm_trace_save(const epm_trace *t, const char *path);
+/* Writes ids only as .npy int32 [layers, tokens, k] (version 1.0), atomically;
+ * weights and seq_ids have no place in that format and are not written. */
+EPM_API epm_status epm_trace_save_npy(const epm_trace *t, const char *path);
 
 EPM_API int epm_trace_layers(const epm_trace *t);
 EPM_API int64_t epm_trace_tokens(const epm_trace *t);

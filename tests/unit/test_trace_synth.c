@@ -1,0 +1,282 @@
+/* Synthetic traces: reproducible, valid, and with the skew and affinity asked for. */
+#include "test_util.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "core.h"
+#include "epmoe/trace.h"
+
+static epm_trace *synth(const epm_trace_synth_opts *o)
+{
+    epm_trace *t;
+    epm_status st = epm_trace_synth(o, &t);
+    if (st != EPM_OK)
+        fail_msg("synth failed: %s", epm_last_error());
+    return t;
+}
+
+/* Every row: k distinct experts in range, no padding. */
+static void check_valid(const epm_trace *t)
+{
+    int k = epm_trace_k(t), E = epm_trace_experts(t);
+    for (int l = 0; l < epm_trace_layers(t); l++) {
+        const int32_t *ids = epm_trace_ids_const(t, l);
+        for (int64_t i = 0; i < epm_trace_tokens(t); i++)
+            for (int j = 0; j < k; j++) {
+                int32_t e = ids[i * k + j];
+                assert_true(e >= 0 && e < E);
+                for (int q = 0; q < j; q++)
+                    assert_int_not_equal(ids[i * k + q], e);
+            }
+    }
+}
+
+static epm_trace_stats *stats(const epm_trace *t, int m)
+{
+    epm_trace_stats *s;
+    assert_int_equal(epm_trace_stats_compute(t, m, &s), EPM_OK);
+    return s;
+}
+
+static void test_trace_synth_deterministic(void **state)
+{
+    (void)state;
+    epm_trace_synth_opts o;
+    epm_trace_synth_opts_init(&o);
+    o.layers = 3;
+    o.experts = 16;
+    o.k = 4;
+    o.tokens = 500;
+    o.tokens_per_seq = 64;
+    o.with_weights = 1;
+    o.seed = 42;
+    epm_trace *a = synth(&o), *b = synth(&o);
+    check_valid(a);
+    size_t n = 500 * 4;
+    for (int l = 0; l < 3; l++) {
+        assert_memory_equal(epm_trace_ids_const(a, l), epm_trace_ids_const(b, l), n * sizeof(int32_t));
+        assert_memory_equal(epm_trace_weights(a, l), epm_trace_weights(b, l), n * sizeof(float));
+    }
+    assert_memory_equal(epm_trace_seq_ids(a), epm_trace_seq_ids(b), 500 * sizeof(int32_t));
+    /* pinned: a change to the generator changes every bundled benchmark's input */
+    uint64_t h = 1469598103934665603ull; /* FNV-1a over every id */
+    for (int l = 0; l < 3; l++)
+        for (size_t i = 0; i < n; i++) {
+            h ^= (uint64_t)(uint32_t)epm_trace_ids_const(a, l)[i];
+            h *= 1099511628211ull;
+        }
+    const int32_t first_row[4] = {5, 12, 15, 8};
+    assert_memory_equal(epm_trace_ids_const(a, 0), first_row, sizeof first_row);
+    assert_true(h == 7425636179875064908ull);
+    o.seed = 43;
+    epm_trace *c = synth(&o);
+    assert_true(memcmp(epm_trace_ids_const(a, 0), epm_trace_ids_const(c, 0), n * sizeof(int32_t)) != 0);
+    epm_trace_destroy(a);
+    epm_trace_destroy(b);
+    epm_trace_destroy(c);
+}
+
+static void test_trace_synth_weights_and_seq_ids(void **state)
+{
+    (void)state;
+    epm_trace_synth_opts o;
+    epm_trace_synth_opts_init(&o);
+    o.experts = 8;
+    o.k = 3;
+    o.tokens = 100;
+    o.tokens_per_seq = 7;
+    o.with_weights = 1;
+    epm_trace *t = synth(&o);
+    for (int l = 0; l < o.layers; l++) {
+        const float *w = epm_trace_weights(t, l);
+        assert_non_null(w);
+        for (int i = 0; i < 100; i++) {
+            double sum = 0;
+            for (int j = 0; j < 3; j++) {
+                assert_true(w[i * 3 + j] > 0);
+                if (j)
+                    assert_true(w[i * 3 + j] <= w[i * 3 + j - 1]);
+                sum += w[i * 3 + j];
+            }
+            assert_true(fabs(sum - 1) < 1e-5);
+        }
+    }
+    const int32_t *seq = epm_trace_seq_ids(t);
+    assert_non_null(seq);
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(seq[i], i / 7);
+    epm_trace_destroy(t);
+    o.with_weights = 0;
+    o.tokens_per_seq = 0;
+    t = synth(&o);
+    assert_null(epm_trace_weights(t, 0));
+    assert_null(epm_trace_seq_ids(t));
+    epm_trace_destroy(t);
+}
+
+static void test_trace_synth_zipf_raises_imbalance(void **state)
+{
+    (void)state;
+    epm_trace_synth_opts o;
+    epm_trace_synth_opts_init(&o);
+    o.layers = 2;
+    o.experts = 16;
+    o.k = 2;
+    o.tokens = 8000;
+    o.affinity = 0;
+    o.zipf_s = 0;
+    epm_trace *flat = synth(&o);
+    o.zipf_s = 1.5;
+    epm_trace *skew = synth(&o);
+    check_valid(skew);
+    epm_trace_stats *a = stats(flat, 2), *b = stats(skew, 2);
+    assert_true(a->mean_imbalance < 1.15);
+    assert_true(b->mean_imbalance > 2.5);
+    /* the hot expert differs between layers (a random permutation each) or not,
+     * but each layer has exactly one clear favourite */
+    for (int l = 0; l < 2; l++) {
+        int64_t first = 0, second = 0;
+        for (int e = 0; e < 16; e++) {
+            int64_t v = b->load[l * 16 + e];
+            if (v > first) {
+                second = first;
+                first = v;
+            } else if (v > second) {
+                second = v;
+            }
+        }
+        assert_true(first > second);
+    }
+    epm_trace_stats_destroy(a);
+    epm_trace_stats_destroy(b);
+    epm_trace_destroy(flat);
+    epm_trace_destroy(skew);
+}
+
+static void test_trace_synth_affinity_raises_topm_share(void **state)
+{
+    (void)state;
+    epm_trace_synth_opts o;
+    epm_trace_synth_opts_init(&o);
+    o.layers = 4;
+    o.experts = 16;
+    o.k = 2;
+    o.tokens = 8000;
+    o.zipf_s = 0.5;
+    o.successors = 2;
+    o.affinity = 0;
+    epm_trace *none = synth(&o);
+    o.affinity = 0.9;
+    epm_trace *strong = synth(&o);
+    o.affinity = 1;
+    o.successors = 1;
+    epm_trace *total = synth(&o);
+    check_valid(strong);
+    epm_trace_stats *a = stats(none, 2), *b = stats(strong, 2), *c = stats(total, 1);
+    assert_true(b->mean_topm_share > a->mean_topm_share + 0.4);
+    assert_true(b->mean_topm_share > 0.85);
+    assert_true(b->mean_cond_entropy < a->mean_cond_entropy - 0.5);
+    /* affinity 1 with one successor: the top-1 at l+1 is a function of the top-1 at l */
+    assert_true(c->mean_topm_share == 1.0);
+    epm_trace_stats_destroy(a);
+    epm_trace_stats_destroy(b);
+    epm_trace_stats_destroy(c);
+    epm_trace_destroy(none);
+    epm_trace_destroy(strong);
+    epm_trace_destroy(total);
+}
+
+static void test_trace_synth_k_equals_experts(void **state)
+{
+    (void)state;
+    /* heavy skew with every expert chosen: the rejection sampler must fall back */
+    epm_trace_synth_opts o;
+    epm_trace_synth_opts_init(&o);
+    o.experts = 8;
+    o.k = 8;
+    o.tokens = 200;
+    o.zipf_s = 16;
+    o.successors = 8;
+    epm_trace *t = synth(&o);
+    check_valid(t);
+    epm_trace_destroy(t);
+    o.tokens = 0;
+    t = synth(&o);
+    assert_int_equal(epm_trace_tokens(t), 0);
+    epm_trace_destroy(t);
+}
+
+static void expect_bad(epm_trace_synth_opts o, const char *option)
+{
+    epm_trace *t = (epm_trace *)1;
+    assert_int_equal(epm_trace_synth(&o, &t), EPM_ERR_INVALID_ARG);
+    assert_null(t);
+    if (!strstr(epm_last_error(), option))
+        fail_msg("error does not name '%s': %s", option, epm_last_error());
+}
+
+static void test_trace_synth_validates_options(void **state)
+{
+    (void)state;
+    epm_trace_synth_opts d, o;
+    epm_trace_synth_opts_init(&d);
+    o = d, o.layers = 0, expect_bad(o, "'layers'");
+    o = d, o.experts = 0, expect_bad(o, "'experts'");
+    o = d, o.k = 0, expect_bad(o, "'k'");
+    o = d, o.k = d.experts + 1, expect_bad(o, "'k'");
+    o = d, o.tokens = -1, expect_bad(o, "'tokens'");
+    o = d, o.tokens_per_seq = -5, expect_bad(o, "'tokens_per_seq'");
+    o = d, o.zipf_s = -0.1, expect_bad(o, "'zipf_s'");
+    o = d, o.zipf_s = NAN, expect_bad(o, "'zipf_s'");
+    o = d, o.affinity = 1.5, expect_bad(o, "'affinity'");
+    o = d, o.affinity = NAN, expect_bad(o, "'affinity'");
+    o = d, o.successors = 0, expect_bad(o, "'successors'");
+    o = d, o.successors = d.experts + 1, expect_bad(o, "'successors'");
+    o = d, o.with_weights = 2, expect_bad(o, "'with_weights'");
+    /* NULL options mean the defaults */
+    epm_trace *t;
+    assert_int_equal(epm_trace_synth(NULL, &t), EPM_OK);
+    assert_int_equal(epm_trace_layers(t), d.layers);
+    assert_int_equal(epm_trace_tokens(t), d.tokens);
+    epm_trace_destroy(t);
+}
+
+static void test_trace_synth_alloc_failures(void **state)
+{
+    (void)state;
+    epm_trace_synth_opts o;
+    epm_trace_synth_opts_init(&o);
+    o.tokens = 50;
+    o.tokens_per_seq = 10;
+    o.with_weights = 1;
+    int failures = 0;
+    for (uint64_t nth = 1; nth < 100; nth++) {
+        epm_trace *t = NULL;
+        epm_fault_fail_nth_alloc(nth);
+        epm_status st = epm_trace_synth(&o, &t);
+        epm_fault_fail_nth_alloc(0);
+        if (st == EPM_OK) {
+            epm_trace_destroy(t);
+            break;
+        }
+        assert_int_equal(st, EPM_ERR_NOMEM);
+        assert_null(t);
+        failures++;
+    }
+    assert_true(failures >= 6);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_trace_synth_deterministic),
+        cmocka_unit_test(test_trace_synth_weights_and_seq_ids),
+        cmocka_unit_test(test_trace_synth_zipf_raises_imbalance),
+        cmocka_unit_test(test_trace_synth_affinity_raises_topm_share),
+        cmocka_unit_test(test_trace_synth_k_equals_experts),
+        cmocka_unit_test(test_trace_synth_validates_options),
+        cmocka_unit_test(test_trace_synth_alloc_failures),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
