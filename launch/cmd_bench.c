@@ -14,6 +14,7 @@ typedef struct {
 
 static const bench_entry benches[] = {
     {"help", NULL, "list the benchmarks"},
+    {"plan", epm_bench_plan, "planner: solve time, gap, held-out eval vs contiguous"},
 };
 
 int epm_cli_bench(int argc, char **argv)

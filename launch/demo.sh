@@ -1,8 +1,26 @@
 #!/usr/bin/env bash
-# The bundled demo: a synthetic routing trace with skew and cross-layer
-# affinity, planned on its first half and evaluated on its second.
+# The bundled demo: a synthetic routing trace with skewed load and cross-layer
+# affinity (Mixtral-like shape on 2 nodes x 4 ranks), planned on its first half
+# with every method and evaluated on the held-out second half, in both modes.
 set -euo pipefail
 epmoe=${1:-build/launch/epmoe}
-out=demo
+out=${EPM_DEMO_DIR:-demo}
 mkdir -p "$out"
-"$epmoe" version
+echo "== synthesising a routing trace (16 layers, 16 experts, top-2, 8192 tokens)" >&2
+"$epmoe" trace synth --out "$out/trace.safetensors" --layers 16 --experts 16 --k 2 --tokens 8192 \
+  --zipf 1.0 --affinity 0.8 --successors 2 --seq-len 256 --seed 7
+"$epmoe" trace split "$out/trace.safetensors" --first "$out/plan_half.safetensors" \
+  --second "$out/eval_half.safetensors"
+"$epmoe" trace stats "$out/plan_half.safetensors" | tail -n 3
+for mode in home follow; do
+  for m in contiguous round-robin greedy eplb ilp; do
+    slots=2
+    [ "$m" = eplb ] || [ "$m" = ilp ] && slots=3
+    "$epmoe" plan --trace "$out/plan_half.safetensors" --method "$m" --mode "$mode" --nodes 2 \
+      --gpus-per-node 4 --slots "$slots" --time-limit 20 --out "$out/$mode-$m.json" >&2
+  done
+  echo "== $mode mode, held-out half (ratios against contiguous)" >&2
+  "$epmoe" plan eval --trace "$out/eval_half.safetensors" --mode "$mode" \
+    "$out/$mode-contiguous.json" "$out/$mode-round-robin.json" "$out/$mode-greedy.json" \
+    "$out/$mode-eplb.json" "$out/$mode-ilp.json"
+done

@@ -1,0 +1,235 @@
+/* epmoe bench plan: the placement planner at three model shapes. For each
+ * shape and mode it synthesises a trace with skewed expert popularity and
+ * cross-layer affinity, plans on the first half with every method, and
+ * evaluates every placement on the second half (the traffic to come), next
+ * to contiguous measured in the same run. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../launch/cli.h"
+#include "bench.h"
+#include "core.h"
+#include "epmoe/epmoe.h"
+
+typedef struct {
+    const char *name, *desc;
+    int layers, experts, k, nodes, gpn;
+} bench_shape;
+
+static const bench_shape shapes[] = {
+    {"mixtral", "Mixtral-8x7B: 32 layers, 8 experts, top-2, 8 ranks in 1 node", 32, 8, 2, 1, 8},
+    {"qwen", "DeepSeek-V2-Lite/Qwen-MoE: 27 layers, 64 experts, top-6, 16 ranks in 2 nodes", 27, 64, 6, 2, 8},
+    {"dsv3", "DeepSeek-V3: 58 layers, 256 experts, top-8, 64 ranks in 8 nodes", 58, 256, 8, 8, 8},
+};
+
+static void usage(void)
+{
+    printf("usage: epmoe bench plan [options]\n"
+           "  --shape NAME     mixtral, qwen, dsv3 or all (default all)\n"
+           "  --mode M         home, follow or both (default both)\n"
+           "  --tokens N       tokens in the synthetic trace, half planned, half evaluated (default 8192)\n"
+           "  --time-limit S   ILP time limit per solve in seconds (default 60)\n"
+           "  --mip-gap G      ILP relative gap (default 1e-4)\n"
+           "  --zipf S         expert popularity skew (default 1.0)\n"
+           "  --affinity A     cross-layer affinity in [0,1] (default 0.7)\n"
+           "  --seed N         trace seed (default 1)\n"
+           "  --quiet          no solver progress on stderr\n"
+           "  --csv            one CSV row per (shape, mode, method)\n");
+}
+
+typedef struct {
+    double solve_s, objective, bound, gap;
+    epm_plan_quality quality;
+    double max_over_mean, max_load, bytes[EPM_LINK_COUNT], t_total;
+} row;
+
+static epm_status run_one(const epm_trace *plan_half, const epm_trace *eval_half, const epm_cluster *c,
+                          const epm_plan_opts *po, const epm_eval_opts *eo, row *out)
+{
+    epm_placement *p = NULL;
+    double t0 = epm_now();
+    EPM_CHECK(epm_plan(plan_half, c, po, &p));
+    out->solve_s = epm_now() - t0;
+    const epm_placement_info *in = epm_placement_get_info(p);
+    out->objective = in->objective;
+    out->bound = in->bound;
+    out->gap = in->gap;
+    out->quality = in->quality;
+    epm_eval_result *r = NULL;
+    epm_status st = epm_eval(eval_half, p, eo, &r);
+    epm_placement_destroy(p);
+    EPM_CHECK(st);
+    out->max_over_mean = r->max_over_mean_load;
+    double ml = 0.0;
+    for (int l = 0; l < r->layers; l++)
+        ml += (double)r->layer[l].max_load;
+    out->max_load = ml / (r->layers ? r->layers : 1);
+    for (int k = 0; k < EPM_LINK_COUNT; k++)
+        out->bytes[k] = (double)r->total_bytes[k];
+    out->t_total = r->t_total;
+    epm_eval_result_destroy(r);
+    return EPM_OK;
+}
+
+static double ratio(double a, double b) { return b != 0.0 ? a / b : (a == 0.0 ? 1.0 : INFINITY); }
+
+int epm_bench_plan(int argc, char **argv)
+{
+    const char *what = "bench plan";
+    const char *shape_name = "all", *mode_name = "both";
+    long tokens = 8192;
+    double time_limit = 60, gap = 1e-4, zipf = 1.0, affinity = 0.7;
+    uint64_t seed = 1;
+    int csv = 0, quiet = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage();
+            return EPM_EXIT_OK;
+        } else if (!strcmp(a, "--csv")) {
+            csv = 1;
+        } else if (!strcmp(a, "--quiet")) {
+            quiet = 1;
+        } else if (!v) {
+            return cli_usage_error(what, "option %s needs a value (or is unknown)", a);
+        } else if (!strcmp(a, "--shape")) {
+            shape_name = v, i++;
+        } else if (!strcmp(a, "--mode")) {
+            mode_name = v, i++;
+        } else if (!strcmp(a, "--tokens")) {
+            if (!cli_parse_int(what, a, v, 4, 1L << 26, &tokens))
+                return EPM_EXIT_USAGE;
+            i++;
+        } else if (!strcmp(a, "--time-limit")) {
+            if (!cli_parse_double(what, a, v, 0, 86400, &time_limit))
+                return EPM_EXIT_USAGE;
+            i++;
+        } else if (!strcmp(a, "--mip-gap")) {
+            if (!cli_parse_double(what, a, v, 0, 1, &gap))
+                return EPM_EXIT_USAGE;
+            i++;
+        } else if (!strcmp(a, "--zipf")) {
+            if (!cli_parse_double(what, a, v, 0, 16, &zipf))
+                return EPM_EXIT_USAGE;
+            i++;
+        } else if (!strcmp(a, "--affinity")) {
+            if (!cli_parse_double(what, a, v, 0, 1, &affinity))
+                return EPM_EXIT_USAGE;
+            i++;
+        } else if (!strcmp(a, "--seed")) {
+            if (!cli_parse_u64(what, a, v, &seed))
+                return EPM_EXIT_USAGE;
+            i++;
+        } else {
+            return cli_usage_error(what, "unknown option '%s'", a);
+        }
+    }
+    int want_shape[3] = {0, 0, 0};
+    int any = 0;
+    for (int s = 0; s < 3; s++)
+        any |= want_shape[s] = !strcmp(shape_name, "all") || !strcmp(shape_name, shapes[s].name);
+    if (!any)
+        return cli_usage_error(what, "option --shape: '%s' is not mixtral, qwen, dsv3 or all", shape_name);
+    int modes[2], nmodes = 0;
+    if (!strcmp(mode_name, "both")) {
+        modes[nmodes++] = EPM_MODE_HOME;
+        modes[nmodes++] = EPM_MODE_FOLLOW;
+    } else {
+        epm_mode m;
+        if (epm_mode_parse(mode_name, &m) != EPM_OK)
+            return cli_usage_error(what, "option --mode: '%s' is not home, follow or both", mode_name);
+        modes[nmodes++] = (int)m;
+    }
+
+    if (csv)
+        printf("shape,mode,method,solve_s,objective,bound,gap,quality,max_over_mean_load,mean_max_load,"
+               "bytes_intra,bytes_inter,t_model_s,t_vs_contiguous,inter_vs_contiguous,maxload_vs_contiguous\n");
+    for (int s = 0; s < 3; s++) {
+        if (!want_shape[s])
+            continue;
+        const bench_shape *sh = &shapes[s];
+        epm_trace_synth_opts so;
+        epm_trace_synth_opts_init(&so);
+        so.layers = sh->layers;
+        so.experts = sh->experts;
+        so.k = sh->k;
+        so.tokens = tokens;
+        so.tokens_per_seq = 64;
+        so.zipf_s = zipf;
+        so.affinity = affinity;
+        so.successors = 2;
+        so.seed = seed;
+        epm_trace *t = NULL, *first = NULL, *second = NULL;
+        epm_status st = epm_trace_synth(&so, &t);
+        if (st == EPM_OK)
+            st = epm_trace_slice(t, 0, tokens / 2, &first);
+        if (st == EPM_OK)
+            st = epm_trace_slice(t, tokens / 2, tokens, &second);
+        epm_trace_destroy(t);
+        if (st != EPM_OK) {
+            epm_trace_destroy(first);
+            epm_trace_destroy(second);
+            return cli_fail(what, st);
+        }
+        epm_cluster c;
+        epm_cluster_init(&c, sh->nodes, sh->gpn);
+        if (!csv)
+            printf("\n== %s, %ld tokens (plan on the first half, evaluate on the second), zipf %.2g, affinity %.2g\n",
+                   sh->desc, tokens, zipf, affinity);
+        for (int mi = 0; mi < nmodes; mi++) {
+            epm_plan_opts po;
+            epm_plan_opts_init(&po);
+            po.mode = (epm_mode)modes[mi];
+            po.hidden = 4096;
+            po.kv_dim = 2048; /* 8 KV heads x 128 x (K, V): eval's default row */
+            po.time_limit_s = time_limit;
+            po.mip_gap = gap;
+            po.progress = quiet || csv ? NULL : cli_progress;
+            epm_eval_opts eo;
+            epm_eval_opts_init(&eo);
+            eo.mode = po.mode;
+            eo.hidden_bytes = (int64_t)po.hidden * 2;
+            eo.kv_row_bytes = (int64_t)po.kv_dim * 2;
+            row rows[EPM_METHOD_COUNT];
+            for (int m = 0; m < EPM_METHOD_COUNT; m++) {
+                po.method = (epm_method)m;
+                st = run_one(first, second, &c, &po, &eo, &rows[m]);
+                if (st != EPM_OK) {
+                    epm_trace_destroy(first);
+                    epm_trace_destroy(second);
+                    return cli_fail(what, st);
+                }
+            }
+            const row *base = &rows[EPM_METHOD_CONTIGUOUS];
+            if (!csv) {
+                printf("\nmode %s\n", epm_mode_name(po.mode));
+                printf("%-12s %8s %12s %12s %8s %-9s %8s %8s %10s %10s %10s %8s %8s\n", "method", "solve_s",
+                       "objective", "bound", "gap", "quality", "max/mean", "maxload", "intra_GB", "inter_GB",
+                       "t_model_ms", "t/contig", "inter/c");
+            }
+            for (int m = 0; m < EPM_METHOD_COUNT; m++) {
+                const row *r = &rows[m];
+                double tr = ratio(r->t_total, base->t_total);
+                double ir = ratio(r->bytes[EPM_LINK_INTER], base->bytes[EPM_LINK_INTER]);
+                double lr = ratio(r->max_load, base->max_load);
+                if (csv)
+                    printf("%s,%s,%s,%.3f,%.6g,%.6g,%.6g,%s,%.4f,%.2f,%.0f,%.0f,%.6g,%.4f,%.4f,%.4f\n", sh->name,
+                           epm_mode_name(po.mode), epm_method_name((epm_method)m), r->solve_s, r->objective, r->bound,
+                           r->gap, epm_plan_quality_name(r->quality), r->max_over_mean, r->max_load,
+                           r->bytes[EPM_LINK_INTRA], r->bytes[EPM_LINK_INTER], r->t_total, tr, ir, lr);
+                else
+                    printf("%-12s %8.2f %12.6g %12.6g %8.4f %-9s %8.3f %8.1f %10.3f %10.3f %10.3f %8.3f %8.3f\n",
+                           epm_method_name((epm_method)m), r->solve_s, r->objective, r->bound, r->gap,
+                           epm_plan_quality_name(r->quality), r->max_over_mean, r->max_load,
+                           r->bytes[EPM_LINK_INTRA] / 1e9, r->bytes[EPM_LINK_INTER] / 1e9, r->t_total * 1e3, tr,
+                           ir);
+                fflush(stdout);
+            }
+        }
+        epm_trace_destroy(first);
+        epm_trace_destroy(second);
+    }
+    return EPM_EXIT_OK;
+}

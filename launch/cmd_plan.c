@@ -1,0 +1,353 @@
+/* epmoe plan / epmoe plan eval */
+#include <getopt.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "core.h"
+
+static const char plan_usage[] =
+    "usage: epmoe plan --trace FILE [options]\n"
+    "       epmoe plan eval --trace FILE PLAN.json [PLAN2.json ...] [options]\n"
+    "\n"
+    "Plans where each MoE layer's experts live, from a routing trace.\n"
+    "  --trace FILE          routing trace (safetensors or .npy)\n"
+    "  --experts N           experts per layer (default: largest id in the trace + 1)\n"
+    "  --method M            contiguous | round-robin | greedy | eplb | ilp (default contiguous)\n"
+    "  --mode M              home | follow: the execution mode to plan for (default home)\n"
+    "  --nodes N             nodes (default 1)\n"
+    "  --gpus-per-node G     ranks per node (default 8)\n"
+    "  --cluster FILE        cluster JSON instead of the four flags around it\n"
+    "  --intra-gbps X        GB/s per rank inside a node (default 150)\n"
+    "  --inter-gbps X        GB/s per rank between nodes (default 25)\n"
+    "  --slots S             experts a rank holds per layer; spares get replicas (eplb, ilp)\n"
+    "  --time-limit SEC      ILP budget (default 60)\n"
+    "  --mip-gap G           ILP relative gap to stop at (default 1e-4)\n"
+    "  --hidden H            hidden size, for the follow-mode K/V term (default 4096)\n"
+    "  --balance-weight W    weight of the straggler load (default 1)\n"
+    "  --traffic-weight W    weight of the link-cost-weighted traffic (default 1)\n"
+    "  --out FILE            write the placement JSON\n"
+    "  --eplb-out FILE       also write the EPLB physical-to-logical map (SGLang/vLLM)\n"
+    "  --json                print the summary as JSON\n"
+    "  --quiet               no progress on stderr\n";
+
+static const char eval_usage[] =
+    "usage: epmoe plan eval --trace FILE PLAN.json [PLAN2.json ...] [options]\n"
+    "\n"
+    "Replays a trace against placements (ideally a trace other than the one planned from) and\n"
+    "prints side by side: per-rank expert load (max/mean), token transfers crossing ranks and\n"
+    "nodes, bytes per link class and a modelled MoE time, with ratios to the first placement.\n"
+    "  --trace FILE          routing trace\n"
+    "  --mode M              home | follow | both (default: each placement's own mode)\n"
+    "  --hidden H            hidden size (default 4096)\n"
+    "  --dtype-bytes B       bytes per element on the wire (default 2)\n"
+    "  --kv-dim D            K+V width per token per layer for follow (default hidden/2)\n"
+    "  --ffn F               expert FFN width, for modelled compute (default 14336)\n"
+    "  --per-layer           also print every layer\n"
+    "  --json                JSON instead of text\n";
+
+enum {
+    O_TRACE = 256, O_EXPERTS, O_METHOD, O_MODE, O_NODES, O_GPN, O_CLUSTER, O_INTRA, O_INTER, O_SLOTS, O_TLIM,
+    O_GAP, O_HIDDEN, O_BW, O_TW, O_OUT, O_EPLB, O_JSON, O_QUIET, O_DTB, O_KV, O_FFN, O_PERLAYER, O_HELP
+};
+
+static const struct option plan_opts[] = {
+    {"trace", required_argument, 0, O_TRACE},       {"experts", required_argument, 0, O_EXPERTS},
+    {"method", required_argument, 0, O_METHOD},     {"mode", required_argument, 0, O_MODE},
+    {"nodes", required_argument, 0, O_NODES},       {"gpus-per-node", required_argument, 0, O_GPN},
+    {"cluster", required_argument, 0, O_CLUSTER},   {"intra-gbps", required_argument, 0, O_INTRA},
+    {"inter-gbps", required_argument, 0, O_INTER},  {"slots", required_argument, 0, O_SLOTS},
+    {"time-limit", required_argument, 0, O_TLIM},   {"mip-gap", required_argument, 0, O_GAP},
+    {"hidden", required_argument, 0, O_HIDDEN},     {"balance-weight", required_argument, 0, O_BW},
+    {"traffic-weight", required_argument, 0, O_TW}, {"out", required_argument, 0, O_OUT},
+    {"eplb-out", required_argument, 0, O_EPLB},     {"json", no_argument, 0, O_JSON},
+    {"quiet", no_argument, 0, O_QUIET},             {"dtype-bytes", required_argument, 0, O_DTB},
+    {"kv-dim", required_argument, 0, O_KV},         {"ffn", required_argument, 0, O_FFN},
+    {"per-layer", no_argument, 0, O_PERLAYER},      {"help", no_argument, 0, O_HELP},
+    {0, 0, 0, 0}};
+
+
+
+static int cmd_plan(int argc, char **argv)
+{
+    const char *W = "plan";
+    const char *trace_path = NULL, *out = NULL, *eplb_out = NULL, *cluster_path = NULL;
+    long experts = 0, nodes = 1, gpn = 8, v;
+    int json = 0, quiet = 0, have_nodes = 0;
+    double intra = -1, inter = -1;
+    epm_plan_opts o;
+    epm_plan_opts_init(&o);
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", plan_opts, NULL)) != -1) {
+        switch (c) {
+        case O_TRACE: trace_path = optarg; break;
+        case O_EXPERTS: if (!cli_parse_int(W, "--experts", optarg, 1, 1 << 20, &experts)) return EPM_EXIT_USAGE; break;
+        case O_METHOD:
+            if (epm_method_parse(optarg, &o.method) != EPM_OK) return cli_usage_error(W, "%s", epm_last_error());
+            break;
+        case O_MODE:
+            if (epm_mode_parse(optarg, &o.mode) != EPM_OK) return cli_usage_error(W, "%s", epm_last_error());
+            break;
+        case O_NODES: if (!cli_parse_int(W, "--nodes", optarg, 1, 4096, &nodes)) return EPM_EXIT_USAGE; have_nodes = 1; break;
+        case O_GPN: if (!cli_parse_int(W, "--gpus-per-node", optarg, 1, 1024, &gpn)) return EPM_EXIT_USAGE; have_nodes = 1; break;
+        case O_CLUSTER: cluster_path = optarg; break;
+        case O_INTRA: if (!cli_parse_double(W, "--intra-gbps", optarg, 1e-6, 1e9, &intra)) return EPM_EXIT_USAGE; break;
+        case O_INTER: if (!cli_parse_double(W, "--inter-gbps", optarg, 1e-6, 1e9, &inter)) return EPM_EXIT_USAGE; break;
+        case O_SLOTS: if (!cli_parse_int(W, "--slots", optarg, 1, 1 << 20, &v)) return EPM_EXIT_USAGE; o.slots_per_rank = (int)v; break;
+        case O_TLIM: if (!cli_parse_double(W, "--time-limit", optarg, 0, 1e7, &o.time_limit_s)) return EPM_EXIT_USAGE; break;
+        case O_GAP: if (!cli_parse_double(W, "--mip-gap", optarg, 0, 0.999, &o.mip_gap)) return EPM_EXIT_USAGE; break;
+        case O_HIDDEN: if (!cli_parse_int(W, "--hidden", optarg, 1, 1 << 20, &v)) return EPM_EXIT_USAGE; o.hidden = (int)v; break;
+        case O_BW: if (!cli_parse_double(W, "--balance-weight", optarg, 0, 1e9, &o.balance_weight)) return EPM_EXIT_USAGE; break;
+        case O_TW: if (!cli_parse_double(W, "--traffic-weight", optarg, 0, 1e9, &o.traffic_weight)) return EPM_EXIT_USAGE; break;
+        case O_OUT: out = optarg; break;
+        case O_EPLB: eplb_out = optarg; break;
+        case O_JSON: json = 1; break;
+        case O_QUIET: quiet = 1; break;
+        case O_HELP: fputs(plan_usage, stdout); return EPM_EXIT_OK;
+        default: return cli_usage_error(W, "unknown option");
+        }
+    }
+    if (optind < argc)
+        return cli_usage_error(W, "unexpected argument '%s'", argv[optind]);
+    if (!trace_path)
+        return cli_usage_error(W, "--trace is required");
+    if (cluster_path && have_nodes)
+        return cli_usage_error(W, "--cluster and --nodes/--gpus-per-node exclude each other");
+    if ((out && cli_same_file(out, trace_path)) || (eplb_out && cli_same_file(eplb_out, trace_path)))
+        return cli_usage_error(W, "an output names the input trace '%s'", trace_path);
+
+    epm_cluster cl;
+    epm_cluster_init(&cl, (int)nodes, (int)gpn);
+    epm_status st;
+    if (cluster_path && (st = epm_cluster_load_json(cluster_path, &cl)) != EPM_OK)
+        return cli_fail(W, st);
+    if (intra > 0)
+        cl.intra_gbps = intra;
+    if (inter > 0)
+        cl.inter_gbps = inter;
+    if (!quiet) {
+        o.progress = cli_progress;
+        cli_progress(NULL, "reading the trace");
+    }
+    epm_trace *t;
+    if ((st = epm_trace_load(trace_path, (int)experts, &t)) != EPM_OK)
+        return cli_fail(W, st);
+    epm_placement *p = NULL;
+    st = epm_plan(t, &cl, &o, &p);
+    epm_trace_destroy(t);
+    if (st != EPM_OK)
+        return cli_fail(W, st);
+    if (out && (st = epm_placement_save_json(p, out)) == EPM_OK && eplb_out)
+        st = epm_placement_export_eplb(p, eplb_out);
+    if (!out && eplb_out)
+        st = epm_placement_export_eplb(p, eplb_out);
+    if (st != EPM_OK) {
+        epm_placement_destroy(p);
+        return cli_fail(W, st);
+    }
+    const epm_placement_info *in = epm_placement_get_info(p);
+    if (json) {
+        printf("{\"method\": \"%s\", \"mode\": \"%s\", \"quality\": \"%s\", \"objective\": %.6f, ", in->method,
+               epm_mode_name(in->mode), epm_plan_quality_name(in->quality), in->objective);
+        if (isfinite(in->bound))
+            printf("\"bound\": %.6f, \"gap\": %.6g, ", in->bound, in->gap);
+        else
+            printf("\"bound\": null, \"gap\": null, ");
+        printf("\"solve_seconds\": %.3f, \"ranks\": %d, \"slots_per_rank\": %d, \"out\": %s%s%s}\n",
+               in->solve_seconds, epm_placement_ranks(p), epm_placement_max_slots(p), out ? "\"" : "",
+               out ? out : "null", out ? "\"" : "");
+    } else {
+        printf("method %s  mode %s  quality %s  objective %.3f", in->method, epm_mode_name(in->mode),
+               epm_plan_quality_name(in->quality), in->objective);
+        if (isfinite(in->bound))
+            printf("  bound %.3f  gap %.3g%%", in->bound, 100 * in->gap);
+        printf("  time %.2fs  ranks %d  slots %d\n", in->solve_seconds, epm_placement_ranks(p),
+               epm_placement_max_slots(p));
+        if (in->note[0])
+            printf("note: %s\n", in->note);
+    }
+    epm_placement_destroy(p);
+    return EPM_EXIT_OK;
+}
+
+typedef struct {
+    const char *path;
+    epm_placement *p;
+    epm_eval_result *r[2];
+    epm_mode modes[2];
+    int nmodes;
+} evaluated;
+
+static void print_eval_json(const evaluated *ev, int n, int per_layer)
+{
+    printf("{\"placements\": [");
+    for (int i = 0; i < n; i++) {
+        const epm_placement_info *in = epm_placement_get_info(ev[i].p);
+        printf("%s{\"file\": \"%s\", \"method\": \"%s\", \"results\": [", i ? ", " : "", ev[i].path, in->method);
+        for (int m = 0; m < ev[i].nmodes; m++) {
+            const epm_eval_result *r = ev[i].r[m];
+            printf("%s{\"mode\": \"%s\", \"max_over_mean_load\": %.6f, \"modelled_seconds\": %.9g, "
+                   "\"bytes\": {\"intra_node\": %lld, \"inter_node\": %lld}, \"gather_bytes\": {\"intra_node\": %lld, "
+                   "\"inter_node\": %lld}, \"kv_cache_factor\": %g",
+                   m ? ", " : "", epm_mode_name(r->mode), r->max_over_mean_load, r->t_total,
+                   (long long)r->total_bytes[EPM_LINK_INTRA], (long long)r->total_bytes[EPM_LINK_INTER],
+                   (long long)r->gather_bytes[EPM_LINK_INTRA], (long long)r->gather_bytes[EPM_LINK_INTER],
+                   r->kv_cache_factor);
+            if (per_layer) {
+                printf(", \"layers\": [");
+                for (int l = 0; l < r->layers; l++) {
+                    const epm_eval_layer *y = &r->layer[l];
+                    printf("%s{\"bytes\": [%lld, %lld, %lld], \"kv_bytes\": [%lld, %lld, %lld], "
+                           "\"transfers\": [%lld, %lld, %lld], \"rank_load\": [",
+                           l ? ", " : "", (long long)y->bytes[0], (long long)y->bytes[1], (long long)y->bytes[2],
+                           (long long)y->kv_bytes[0], (long long)y->kv_bytes[1], (long long)y->kv_bytes[2],
+                           (long long)y->transfers[0], (long long)y->transfers[1], (long long)y->transfers[2]);
+                    for (int q = 0; q < r->ranks; q++)
+                        printf("%s%lld", q ? ", " : "", (long long)r->rank_load[(size_t)l * (size_t)r->ranks + (size_t)q]);
+                    printf("], \"t_compute\": %.9g, \"t_comm\": %.9g}", y->t_compute, y->t_comm);
+                }
+                printf("]");
+            }
+            printf("}");
+        }
+        printf("]}");
+    }
+    printf("]}\n");
+}
+
+static void print_eval_text(const evaluated *ev, int n, int per_layer)
+{
+    for (int m = 0; m < ev[0].nmodes; m++) {
+        const epm_eval_result *base = ev[0].r[m];
+        printf("mode %s (ratios against %s)\n", epm_mode_name(ev[0].modes[m]), ev[0].path);
+        printf("%-28s %-12s %9s %12s %12s %14s %14s %12s %7s\n", "placement", "method", "max/mean", "x-rank tok",
+               "x-node tok", "intra bytes", "inter bytes", "model ms", "ratio");
+        for (int i = 0; i < n; i++) {
+            const epm_eval_result *r = ev[i].r[m];
+            int64_t xr = 0, xn = 0;
+            for (int l = 0; l < r->layers; l++) {
+                xr += r->layer[l].transfers[EPM_LINK_INTRA] + r->layer[l].transfers[EPM_LINK_INTER];
+                xn += r->layer[l].transfers[EPM_LINK_INTER];
+            }
+            const char *name = strrchr(ev[i].path, '/') ? strrchr(ev[i].path, '/') + 1 : ev[i].path;
+            printf("%-28.28s %-12.12s %9.3f %12lld %12lld %14lld %14lld %12.4f %7.3f\n", name,
+                   epm_placement_get_info(ev[i].p)->method, r->max_over_mean_load, (long long)xr, (long long)xn,
+                   (long long)r->total_bytes[EPM_LINK_INTRA], (long long)r->total_bytes[EPM_LINK_INTER],
+                   1e3 * r->t_total, base->t_total > 0 ? r->t_total / base->t_total : 1.0);
+            for (int l = 0; per_layer && l < r->layers; l++) {
+                const epm_eval_layer *y = &r->layer[l];
+                printf("    layer %3d: max load %lld / mean %.1f, x-rank %lld, x-node %lld, bytes intra %lld inter %lld"
+                       " (+kv %lld/%lld), %.4f ms\n",
+                       l, (long long)y->max_load, (double)y->sum_load / r->ranks,
+                       (long long)(y->transfers[1] + y->transfers[2]), (long long)y->transfers[2],
+                       (long long)y->bytes[1], (long long)y->bytes[2], (long long)y->kv_bytes[1],
+                       (long long)y->kv_bytes[2], 1e3 * (y->t_compute + y->t_comm));
+            }
+        }
+    }
+    if (ev[0].nmodes == 2) {
+        for (int i = 0; i < n; i++) {
+            double h = ev[i].r[0]->t_total, f = ev[i].r[1]->t_total;
+            printf("%s: %s mode is cheaper by %.1f%% (modelled %.4f vs %.4f ms); follow keeps %gx the KV cache "
+                   "memory of home\n",
+                   ev[i].path, f < h ? "follow" : "home", 100.0 * fabs(h - f) / (f < h ? h : f), 1e3 * (f < h ? f : h),
+                   1e3 * (f < h ? h : f), ev[i].r[1]->kv_cache_factor);
+        }
+    }
+}
+
+static int cmd_eval(int argc, char **argv)
+{
+    const char *W = "plan eval";
+    const char *trace_path = NULL, *mode_s = NULL;
+    long hidden = 4096, dtb = 2, kv = 0, ffn = 14336;
+    int json = 0, per_layer = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", plan_opts, NULL)) != -1) {
+        switch (c) {
+        case O_TRACE: trace_path = optarg; break;
+        case O_MODE: mode_s = optarg; break;
+        case O_HIDDEN: if (!cli_parse_int(W, "--hidden", optarg, 1, 1 << 20, &hidden)) return EPM_EXIT_USAGE; break;
+        case O_DTB: if (!cli_parse_int(W, "--dtype-bytes", optarg, 1, 8, &dtb)) return EPM_EXIT_USAGE; break;
+        case O_KV: if (!cli_parse_int(W, "--kv-dim", optarg, 0, 1 << 20, &kv)) return EPM_EXIT_USAGE; break;
+        case O_FFN: if (!cli_parse_int(W, "--ffn", optarg, 1, 1 << 24, &ffn)) return EPM_EXIT_USAGE; break;
+        case O_PERLAYER: per_layer = 1; break;
+        case O_JSON: json = 1; break;
+        case O_HELP: fputs(eval_usage, stdout); return EPM_EXIT_OK;
+        default: return cli_usage_error(W, "unknown option");
+        }
+    }
+    if (!trace_path)
+        return cli_usage_error(W, "--trace is required");
+    int n = argc - optind;
+    if (n < 1)
+        return cli_usage_error(W, "name at least one placement JSON");
+    epm_mode fixed = EPM_MODE_HOME;
+    int both = mode_s && !strcmp(mode_s, "both");
+    if (mode_s && !both && epm_mode_parse(mode_s, &fixed) != EPM_OK)
+        return cli_usage_error(W, "--mode '%s' is not home, follow or both", mode_s);
+    epm_status st;
+    epm_trace *t = NULL;
+    evaluated *ev = calloc((size_t)n, sizeof *ev);
+    int rc = EPM_EXIT_FAIL;
+    if (!ev)
+        return cli_fail(W, epm_fail(EPM_ERR_NOMEM, "out of memory"));
+    for (int i = 0; i < n; i++) {
+        ev[i].path = argv[optind + i];
+        if ((st = epm_placement_load_json(ev[i].path, &ev[i].p)) != EPM_OK) {
+            rc = cli_fail(W, st);
+            goto out;
+        }
+    }
+    if ((st = epm_trace_load(trace_path, epm_placement_experts(ev[0].p), &t)) != EPM_OK) {
+        rc = cli_fail(W, st);
+        goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        if (epm_placement_experts(ev[i].p) != epm_trace_experts(t)) {
+            rc = cli_fail(W, epm_fail(EPM_ERR_MISMATCH, "%s has %d experts per layer, the trace %s has %d", ev[i].path,
+                                      epm_placement_experts(ev[i].p), trace_path, epm_trace_experts(t)));
+            goto out;
+        }
+        ev[i].nmodes = both ? 2 : 1;
+        ev[i].modes[0] = both ? EPM_MODE_HOME : mode_s ? fixed : epm_placement_get_info(ev[i].p)->mode;
+        ev[i].modes[1] = EPM_MODE_FOLLOW;
+        for (int m = 0; m < ev[i].nmodes; m++) {
+            epm_eval_opts eo;
+            epm_eval_opts_init(&eo);
+            eo.mode = ev[i].modes[m];
+            eo.hidden_bytes = hidden * dtb;
+            eo.kv_row_bytes = (kv ? kv : hidden / 2) * dtb;
+            eo.flops_per_assignment = 6.0 * (double)hidden * (double)ffn;
+            if ((st = epm_eval(t, ev[i].p, &eo, &ev[i].r[m])) != EPM_OK) {
+                rc = cli_fail(W, epm_fail_context(st, "%s", ev[i].path));
+                goto out;
+            }
+        }
+    }
+    if (json)
+        print_eval_json(ev, n, per_layer);
+    else
+        print_eval_text(ev, n, per_layer);
+    rc = EPM_EXIT_OK;
+out:
+    for (int i = 0; i < n; i++) {
+        epm_placement_destroy(ev[i].p);
+        epm_eval_result_destroy(ev[i].r[0]);
+        epm_eval_result_destroy(ev[i].r[1]);
+    }
+    free(ev);
+    epm_trace_destroy(t);
+    return rc;
+}
+
+int epm_cli_plan(int argc, char **argv)
+{
+    if (argc >= 2 && !strcmp(argv[1], "eval"))
+        return cmd_eval(argc - 1, argv + 1);
+    if (argc < 2)
+        return cli_usage_error("plan", "--trace is required");
+    return cmd_plan(argc, argv);
+}

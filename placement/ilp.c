@@ -1,0 +1,360 @@
+/* epm_plan_ilp: the GLPK MIP planner and the decomposition that carries it to
+ * DeepSeek shapes.
+ *
+ * 1. Score every heuristic with epm_plan_objective; the best is the warm
+ *    start and the fallback.
+ * 2. Build the exact MIP over single-copy placements (ilp_model.c) when it
+ *    fits: Mixtral-like shapes (one expert a rank) and small instances. GLPK
+ *    solves it from the warm start within the time limit and gap; its bound
+ *    is a bound on epm_plan_objective over single-copy placements.
+ * 3. Otherwise (or when GLPK stops short) improve the incumbent by the
+ *    exact-delta local search of ilp_search.c: the objective couples layers
+ *    only through consecutive pairs of a token's path, so moves inside one
+ *    layer are scored from the tokens they touch.
+ * 4. With spare slots, add replicas greedily where epm_plan_objective drops.
+ * The reported bound is the larger of the MIP's and a per-layer bound valid
+ * for every placement (ilp_cost.c), so the gap is never flattering.
+ *
+ * Determinism: GLPK and the search are deterministic; only the time limit
+ * can cut either short at a point that depends on the machine's speed. A run
+ * that ends by proof or by the move budget gives the same placement on any
+ * machine. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ilp_internal.h"
+
+/* Larger MIPs are not worth handing to GLPK on two cores. */
+enum { ILP_MAX_COLS = 20000 };
+
+static void say(const epm_plan_opts *o, const char *msg)
+{
+    if (o->progress)
+        o->progress(o->progress_user, msg);
+}
+
+static epm_status best_heuristic(const epm_trace *t, const epm_cluster *c, const epm_plan_opts *o,
+                                 epm_placement **best, double *best_obj)
+{
+    static const epm_method order[] = {EPM_METHOD_CONTIGUOUS, EPM_METHOD_ROUND_ROBIN, EPM_METHOD_GREEDY,
+                                       EPM_METHOD_EPLB};
+    *best = NULL;
+    for (size_t i = 0; i < sizeof order / sizeof *order; i++) {
+        epm_placement *p = NULL;
+        double obj;
+        epm_status st = epm_plan_heuristic(order[i], t, c, o, &p);
+        if (st == EPM_OK)
+            st = epm_plan_objective(t, p, o, &obj);
+        if (st != EPM_OK) {
+            epm_placement_destroy(p);
+            epm_placement_destroy(*best);
+            *best = NULL;
+            return st;
+        }
+        if (!*best || obj < *best_obj) {
+            epm_placement_destroy(*best);
+            *best = p;
+            *best_obj = obj;
+        } else {
+            epm_placement_destroy(p);
+        }
+    }
+    return EPM_OK;
+}
+
+/* The best single-copy start: each heuristic with its replicas dropped. */
+static epm_status best_start(const epm_trace *t, const epm_cluster *c, const epm_plan_opts *o, const epm_ilp_ctx *x,
+                             int *rank_of, int *tmp)
+{
+    static const epm_method order[] = {EPM_METHOD_CONTIGUOUS, EPM_METHOD_ROUND_ROBIN, EPM_METHOD_GREEDY,
+                                       EPM_METHOD_EPLB};
+    double best = INFINITY;
+    for (size_t i = 0; i < sizeof order / sizeof *order; i++) {
+        epm_placement *p = NULL;
+        EPM_CHECK(epm_plan_heuristic(order[i], t, c, o, &p));
+        epm_ilp_from_placement(x, p, tmp);
+        epm_placement_destroy(p);
+        double v = epm_ilp_total(x, tmp);
+        if (v < best) {
+            best = v;
+            memcpy(rank_of, tmp, (size_t)x->L * (size_t)x->E * sizeof *rank_of);
+        }
+    }
+    return EPM_OK;
+}
+
+static double rank_load_of(const epm_placement *p, const epm_ilp_ctx *x, int l, int r)
+{
+    double s = 0.0;
+    for (int e = 0; e < x->E; e++)
+        if (epm_placement_has(p, l, e, r)) {
+            const int *rr;
+            int n = epm_placement_replicas(p, l, e, &rr);
+            s += (double)x->load[(size_t)l * (size_t)x->E + (size_t)e] / (double)n;
+        }
+    return s;
+}
+
+/* Spare slots: replicate hot experts onto the least-loaded rank with room,
+ * keeping each replica only when the exact objective drops. */
+static epm_status add_replicas(const epm_trace *t, const epm_plan_opts *o, const epm_ilp_ctx *x, double deadline,
+                               epm_placement **pp, double *obj)
+{
+    epm_placement *p = *pp;
+    char *tried = epm_malloc((size_t)x->E);
+    if (!tried)
+        return EPM_ERR_NOMEM;
+    epm_status st = EPM_OK;
+    for (int l = 0; l < x->L && epm_now() < deadline; l++) {
+        memset(tried, 0, (size_t)x->E);
+        for (;;) {
+            int best_r = -1;
+            double best_load = INFINITY;
+            for (int r = 0; r < x->R; r++)
+                if (epm_placement_rank_count(p, l, r) < x->S) {
+                    double ld = rank_load_of(p, x, l, r);
+                    if (ld < best_load) {
+                        best_load = ld;
+                        best_r = r;
+                    }
+                }
+            if (best_r < 0)
+                break;
+            int best_e = -1;
+            double hot = -1.0;
+            for (int e = 0; e < x->E; e++) {
+                if (tried[e] || epm_placement_has(p, l, e, best_r))
+                    continue;
+                const int *rr;
+                int n = epm_placement_replicas(p, l, e, &rr);
+                double v = (double)x->load[(size_t)l * (size_t)x->E + (size_t)e] / (double)n;
+                if (v > hot) {
+                    hot = v;
+                    best_e = e;
+                }
+            }
+            if (best_e < 0 || epm_now() >= deadline)
+                break;
+            tried[best_e] = 1;
+            epm_placement *q = NULL;
+            double v;
+            EPM_CHECK_GOTO(epm_placement_clone(p, &q), st, out);
+            st = epm_placement_add(q, l, best_e, best_r);
+            if (st == EPM_OK)
+                st = epm_plan_objective(t, q, o, &v);
+            if (st != EPM_OK) {
+                epm_placement_destroy(q);
+                goto out;
+            }
+            if (v < *obj - 1e-9 * fabs(*obj)) {
+                epm_placement_destroy(p);
+                p = q;
+                *obj = v;
+            } else {
+                epm_placement_destroy(q);
+            }
+        }
+    }
+out:
+    epm_free(tried);
+    *pp = p;
+    return st;
+}
+
+static void finish_info(epm_placement *p, const epm_plan_opts *o, epm_plan_quality q, double obj, double bound,
+                        double t0, const char *note)
+{
+    epm_placement_info info = *epm_placement_get_info(p);
+    snprintf(info.method, sizeof info.method, "%s", epm_method_name(EPM_METHOD_ILP));
+    info.mode = o->mode;
+    info.quality = q;
+    info.objective = obj;
+    if (bound > obj)
+        bound = obj; /* rounding only: the bound is below every placement */
+    info.bound = bound;
+    info.gap = obj != 0.0 ? (obj - bound) / fabs(obj) : 0.0;
+    if (info.gap < 0)
+        info.gap = 0.0;
+    info.solve_seconds = epm_now() - t0;
+    snprintf(info.note, sizeof info.note, "%s", note);
+    epm_placement_set_info(p, &info);
+}
+
+epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan_opts *o, epm_placement **out)
+{
+    if (!t || !c || !o || !out)
+        return epm_fail(EPM_ERR_INVALID_ARG, "ilp: NULL argument");
+    if (!(o->mip_gap >= 0 && o->mip_gap < 1))
+        return epm_fail(EPM_ERR_INVALID_ARG, "ilp: option 'mip_gap' = %g is outside [0, 1)", o->mip_gap);
+    if (isnan(o->time_limit_s))
+        return epm_fail(EPM_ERR_INVALID_ARG, "ilp: option 'time_limit_s' is NaN");
+    if (epm_trace_k(t) > 256)
+        return epm_fail(EPM_ERR_UNSUPPORTED, "ilp: trace k = %d exceeds 256 experts per token", epm_trace_k(t));
+    double t0 = epm_now();
+    double deadline = t0 + (o->time_limit_s > 0 ? o->time_limit_s : 0.0);
+    int slots;
+    EPM_CHECK(epm_plan_slots(t, c, o, &slots));
+    int R = epm_cluster_ranks(c), E = epm_trace_experts(t);
+    int spares = R * slots > E;
+
+    epm_placement *heur = NULL, *res = NULL;
+    double heur_obj = INFINITY;
+    EPM_CHECK(best_heuristic(t, c, o, &heur, &heur_obj));
+
+    epm_ilp_ctx x;
+    epm_status st = epm_ilp_ctx_init(&x, t, c, o, slots);
+    if (st != EPM_OK) {
+        epm_placement_destroy(heur);
+        return st;
+    }
+    size_t LE = (size_t)x.L * (size_t)x.E;
+    int *rank_of = epm_malloc((LE ? LE : 1) * sizeof *rank_of);
+    int *tmp = epm_malloc((LE ? LE : 1) * sizeof *tmp);
+    int *col_x = epm_malloc((LE * (size_t)R + 1) * sizeof *col_x);
+    epm_mip m;
+    epm_mip_init(&m);
+    epm_mip_result mr = {0};
+    double *start = NULL;
+    if (!rank_of || !tmp || !col_x) {
+        st = EPM_ERR_NOMEM;
+        goto out;
+    }
+    EPM_CHECK_GOTO(best_start(t, c, o, &x, rank_of, tmp), st, out);
+    double cur = epm_ilp_total(&x, rank_of);
+    double bound;
+    EPM_CHECK_GOTO(epm_ilp_bound(&x, spares, &bound), st, out);
+    int mip_found = 0, mip_optimal = 0, searched = 0, decomposed = 0;
+    char why[200] = "";
+
+    if (epm_ilp_decompose_applies(&x) && o->time_limit_s > 0) {
+        double lb;
+        EPM_CHECK_GOTO(epm_ilp_decompose(&x, tmp, &lb), st, out);
+        double v = epm_ilp_total(&x, tmp);
+        if (v <= cur) {
+            cur = v;
+            memcpy(rank_of, tmp, LE * sizeof *rank_of);
+        }
+        if (!spares && lb > bound)
+            bound = lb;
+        /* the chain's only slack is where layer 0 and the last layer sit
+         * relative to the homes: let the search trade a little of it */
+        if (cur - bound > o->mip_gap * fabs(cur)) {
+            EPM_CHECK_GOTO(epm_ilp_search(&x, rank_of, (int64_t)8 * x.L * x.E * 4, deadline, o->progress,
+                                          o->progress_user, &v),
+                           st, out);
+            cur = v;
+        }
+        if (cur - bound <= o->mip_gap * fabs(cur)) {
+            decomposed = 1;
+            mip_found = mip_optimal = 1;
+            snprintf(why, sizeof why, "proven by the layer-pair decomposition (assignment bounds)");
+        }
+    }
+
+    if (decomposed) {
+        /* nothing left for GLPK to prove */
+    } else if (!(o->time_limit_s > 0)) {
+        snprintf(why, sizeof why, "time limit %g s leaves GLPK no time", o->time_limit_s);
+    } else {
+        epm_status bs = epm_ilp_build(&x, ILP_MAX_COLS, &m, col_x);
+        if (bs == EPM_ERR_UNSUPPORTED) {
+            snprintf(why, sizeof why, "one MIP too large (%s)", epm_last_error());
+            epm_clear_error();
+        } else if (bs != EPM_OK) {
+            st = bs;
+            goto out;
+        } else {
+            char msg[160];
+            snprintf(msg, sizeof msg, "ilp: MIP with %d columns, %d rows, %zu nonzeros", m.ncols, m.nrows, m.nnz);
+            say(o, msg);
+            start = epm_calloc((size_t)m.ncols, sizeof *start);
+            mr.x = epm_malloc((size_t)m.ncols * sizeof *mr.x);
+            if (!start || !mr.x) {
+                st = EPM_ERR_NOMEM;
+                goto out;
+            }
+            epm_ilp_start(&x, col_x, rank_of, start);
+            EPM_CHECK_GOTO(epm_mip_complete(&m, start), st, out);
+            /* keep time for the search in case GLPK cannot even finish the
+             * root LP; the decomposed case has its incumbent already */
+            double left = deadline - epm_now();
+            double mip_time = epm_ilp_decompose_applies(&x) ? left : 0.6 * left;
+            epm_status ss = epm_mip_solve(&m, start, mip_time, o->mip_gap, o->progress, o->progress_user, &mr);
+            if (ss == EPM_ERR_NOMEM) {
+                st = ss;
+                goto out;
+            }
+            if (ss != EPM_OK) {
+                snprintf(why, sizeof why, "%s", epm_last_error());
+                epm_clear_error();
+            } else if (!mr.found) {
+                snprintf(why, sizeof why, "GLPK found no solution: %s", mr.note);
+            } else {
+                mip_found = 1;
+                mip_optimal = mr.optimal;
+                epm_ilp_read(&x, col_x, mr.x, tmp);
+                double v = epm_ilp_total(&x, tmp);
+                if (v <= cur) {
+                    cur = v;
+                    memcpy(rank_of, tmp, LE * sizeof *rank_of);
+                }
+                if (!spares && isfinite(mr.bound) && mr.bound > bound)
+                    bound = mr.bound;
+                snprintf(why, sizeof why, "MIP %d cols: %s", m.ncols, mr.note);
+            }
+        }
+    }
+
+    /* polish what the MIP did not prove (or replace it where it was too big) */
+    if (!mip_optimal && epm_now() < deadline) {
+        int64_t budget = (int64_t)40 * (int64_t)x.L * (int64_t)x.E * 4;
+        double v;
+        EPM_CHECK_GOTO(epm_ilp_search(&x, rank_of, budget, deadline, o->progress, o->progress_user, &v), st, out);
+        if (v < cur - 1e-12 * fabs(cur))
+            searched = 1;
+        cur = v;
+    }
+
+    EPM_CHECK_GOTO(epm_ilp_to_placement(&x, rank_of, epm_trace_k(t), &res), st, out);
+    double obj;
+    EPM_CHECK_GOTO(epm_plan_objective(t, res, o, &obj), st, out);
+    if (spares && epm_now() < deadline)
+        EPM_CHECK_GOTO(add_replicas(t, o, &x, deadline, &res, &obj), st, out);
+
+    epm_plan_quality q;
+    char note[256];
+    if (obj > heur_obj || (!mip_found && !searched && obj >= heur_obj)) {
+        /* nothing beat the best heuristic: return it, saying why */
+        epm_placement_destroy(res);
+        res = heur;
+        heur = NULL;
+        obj = heur_obj;
+        q = mip_optimal && !spares ? EPM_QUALITY_OPTIMAL /* it was optimal already */
+            : mip_found            ? EPM_QUALITY_FEASIBLE
+                                   : EPM_QUALITY_FALLBACK;
+        snprintf(note, sizeof note, "%s%s; returned the best heuristic (%s)",
+                 q == EPM_QUALITY_FALLBACK ? "fallback: " : "", why[0] ? why : "no improvement",
+                 epm_placement_get_info(res)->method);
+    } else {
+        q = mip_optimal && !spares ? EPM_QUALITY_OPTIMAL : EPM_QUALITY_FEASIBLE;
+        snprintf(note, sizeof note, "%s%s%s", why, searched ? "; local search improved it" : "",
+                 spares ? "; replicas added greedily; bound covers all placements" : "");
+    }
+    if (q == EPM_QUALITY_OPTIMAL && obj - bound > o->mip_gap * fabs(obj) + 1e-9 * fabs(obj))
+        q = EPM_QUALITY_FEASIBLE;
+    finish_info(res, o, q, obj, bound, t0, note);
+    *out = res;
+    res = NULL;
+out:
+    epm_placement_destroy(heur);
+    epm_placement_destroy(res);
+    epm_free(rank_of);
+    epm_free(tmp);
+    epm_free(col_x);
+    epm_free(start);
+    epm_free(mr.x);
+    epm_mip_free(&m);
+    epm_ilp_ctx_free(&x);
+    return st;
+}

@@ -1,0 +1,288 @@
+/* The baseline placement methods and the objective every method reports. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "placement_internal.h"
+#include "planner.h"
+
+epm_status epm_plan_slots(const epm_trace *t, const epm_cluster *c, const epm_plan_opts *o, int *slots)
+{
+    int E = epm_trace_experts(t), R = epm_cluster_ranks(c);
+    int need = (E + R - 1) / R;
+    int s = o->slots_per_rank > 0 ? o->slots_per_rank : need;
+    if ((long)s * R < E)
+        return epm_fail(EPM_ERR_INVALID_ARG, "plan: slots_per_rank = %d on %d ranks holds %ld experts, the trace has %d",
+                        s, R, (long)s * R, E);
+    if (s > E)
+        return epm_fail(EPM_ERR_INVALID_ARG, "plan: slots_per_rank = %d is more than the %d experts", s, E);
+    *slots = s;
+    return EPM_OK;
+}
+
+/* assignments per expert in each layer: [L * E] */
+static epm_status expert_loads(const epm_trace *t, int64_t **out)
+{
+    int L = epm_trace_layers(t), E = epm_trace_experts(t), K = epm_trace_k(t);
+    int64_t T = epm_trace_tokens(t);
+    int64_t *load = epm_calloc((size_t)L * (size_t)E, sizeof *load);
+    if (!load)
+        return EPM_ERR_NOMEM;
+    for (int l = 0; l < L; l++) {
+        const int32_t *ids = epm_trace_ids_const(t, l);
+        for (int64_t i = 0; i < T * K; i++)
+            if (ids[i] >= 0)
+                load[(size_t)l * (size_t)E + (size_t)ids[i]]++;
+    }
+    *out = load;
+    return EPM_OK;
+}
+
+typedef struct item {
+    int expert;
+    double weight;
+} item;
+
+static int item_cmp(const void *a, const void *b)
+{
+    const item *x = a, *y = b;
+    if (x->weight != y->weight)
+        return x->weight > y->weight ? -1 : 1;
+    return x->expert - y->expert;
+}
+
+/* Least-loaded rank among [lo, hi) with a free slot and no copy of expert e;
+ * ties go to the lower rank. -1 when none. */
+static int least_loaded(const epm_placement *p, int l, const double *rload, int lo, int hi, int slots, int e)
+{
+    int best = -1;
+    for (int r = lo; r < hi; r++) {
+        if (epm_placement_rank_count(p, l, r) >= slots || epm_placement_has(p, l, e, r))
+            continue;
+        if (best < 0 || rload[r] < rload[best])
+            best = r;
+    }
+    return best;
+}
+
+static epm_status place_greedy(epm_placement *p, int l, const int64_t *load, int slots, item *items, double *rload)
+{
+    int E = p->experts, R = p->ranks;
+    for (int e = 0; e < E; e++)
+        items[e] = (item){e, (double)load[e]};
+    qsort(items, (size_t)E, sizeof *items, item_cmp);
+    memset(rload, 0, (size_t)R * sizeof *rload);
+    for (int i = 0; i < E; i++) {
+        int r = least_loaded(p, l, rload, 0, R, slots, items[i].expert);
+        if (r < 0)
+            return epm_fail(EPM_ERR_INTERNAL, "greedy: no free slot for expert %d", items[i].expert);
+        EPM_CHECK(epm_placement_add(p, l, items[i].expert, r));
+        rload[r] += items[i].weight;
+    }
+    return EPM_OK;
+}
+
+/* Places a replica of e on a rank of [lo, hi) even when every rank with a free
+ * slot already holds e: moves another expert f from a rank without e to the
+ * free rank, which frees a place for e. */
+static epm_status place_with_repair(epm_placement *p, int l, double *rload, const double *w, int lo, int hi,
+                                    int slots, int e, double weight)
+{
+    int r = least_loaded(p, l, rload, lo, hi, slots, e);
+    if (r >= 0) {
+        rload[r] += weight;
+        return epm_placement_add(p, l, e, r);
+    }
+    for (int q = lo; q < hi; q++) {
+        if (epm_placement_rank_count(p, l, q) >= slots)
+            continue; /* q has a free slot but holds e */
+        for (int s = lo; s < hi; s++) {
+            if (s == q || epm_placement_has(p, l, e, s))
+                continue;
+            for (int f = 0; f < p->experts; f++) {
+                if (!epm_placement_has(p, l, f, s) || epm_placement_has(p, l, f, q))
+                    continue;
+                /* move f from s to q, then e onto s */
+                size_t i = epm_pl_le(p, l, f);
+                int *reps = p->reps + i * (size_t)p->ranks;
+                for (int j = 0; j < p->count[i]; j++) {
+                    if (reps[j] == s) {
+                        memmove(reps + j, reps + j + 1, (size_t)(p->count[i] - j - 1) * sizeof *reps);
+                        p->count[i]--;
+                        p->rank_count[(size_t)l * (size_t)p->ranks + (size_t)s]--;
+                        break;
+                    }
+                }
+                EPM_CHECK(epm_placement_add(p, l, f, q));
+                rload[s] -= w[f];
+                rload[q] += w[f];
+                rload[s] += weight;
+                return epm_placement_add(p, l, e, s);
+            }
+        }
+    }
+    return epm_fail(EPM_ERR_INTERNAL, "eplb: cannot place a replica of expert %d in layer %d", e, l);
+}
+
+/* DeepSeek EPLB's idea: spare slots go to the experts with the highest load
+ * per replica; replicas are packed onto nodes first, then onto the ranks of
+ * each node, heaviest first onto the least-loaded place. */
+static epm_status place_eplb(epm_placement *p, int l, const int64_t *load, int slots, item *items, double *rload,
+                             int *reps, double *w)
+{
+    int E = p->experts, R = p->ranks, G = p->cluster.gpus_per_node, N = p->cluster.nodes;
+    int total = R * slots;
+    for (int e = 0; e < E; e++)
+        reps[e] = 1;
+    for (int spare = total - E; spare > 0; spare--) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            if (reps[e] >= R)
+                continue;
+            if (best < 0 || (double)load[e] / reps[e] > (double)load[best] / reps[best])
+                best = e;
+        }
+        if (best < 0)
+            break;
+        reps[best]++;
+    }
+    int n = 0;
+    for (int e = 0; e < E; e++) {
+        w[e] = (double)load[e] / reps[e];
+        for (int j = 0; j < reps[e]; j++)
+            items[n++] = (item){e, w[e]};
+    }
+    qsort(items, (size_t)n, sizeof *items, item_cmp);
+    /* nodes first: balanced node load, at most G*slots replicas per node and
+     * at most G replicas of one expert per node */
+    double *nload = rload + R;
+    int *nfill = reps + E; /* [N] */
+    int *node_of = nfill + N; /* [n] */
+    int *per_node = node_of + n; /* [N * E] */
+    memset(nload, 0, (size_t)N * sizeof *nload);
+    memset(nfill, 0, (size_t)N * sizeof *nfill);
+    memset(per_node, 0, (size_t)N * (size_t)E * sizeof *per_node);
+    for (int i = 0; i < n; i++) {
+        int e = items[i].expert, best = -1;
+        for (int d = 0; d < N; d++) {
+            if (nfill[d] >= G * slots || per_node[(size_t)d * (size_t)E + (size_t)e] >= G)
+                continue;
+            if (best < 0 || nload[d] < nload[best])
+                best = d;
+        }
+        if (best < 0)
+            return epm_fail(EPM_ERR_INTERNAL, "eplb: no node can take a replica of expert %d", e);
+        node_of[i] = best;
+        nfill[best]++;
+        nload[best] += items[i].weight;
+        per_node[(size_t)best * (size_t)E + (size_t)e]++;
+    }
+    memset(rload, 0, (size_t)R * sizeof *rload);
+    for (int i = 0; i < n; i++) {
+        int lo = node_of[i] * G;
+        EPM_CHECK(place_with_repair(p, l, rload, w, lo, lo + G, slots, items[i].expert, items[i].weight));
+    }
+    return EPM_OK;
+}
+
+static const char *const method_names[EPM_METHOD_COUNT] = {"contiguous", "round-robin", "greedy", "eplb", "ilp"};
+
+const char *epm_method_name(epm_method m) { return (unsigned)m < EPM_METHOD_COUNT ? method_names[m] : "?"; }
+
+epm_status epm_method_parse(const char *s, epm_method *out)
+{
+    for (int m = 0; m < EPM_METHOD_COUNT; m++) {
+        if (s && !strcmp(s, method_names[m])) {
+            *out = (epm_method)m;
+            return EPM_OK;
+        }
+    }
+    return epm_fail(EPM_ERR_INVALID_ARG, "method '%s' is not one of: contiguous, round-robin, greedy, eplb, ilp",
+                    s ? s : "(null)");
+}
+
+epm_status epm_plan_heuristic(epm_method m, const epm_trace *t, const epm_cluster *c, const epm_plan_opts *o,
+                              epm_placement **out)
+{
+    *out = NULL;
+    if (m == EPM_METHOD_ILP || (unsigned)m >= EPM_METHOD_COUNT)
+        return epm_fail(EPM_ERR_INVALID_ARG, "plan: '%s' is not a heuristic method", epm_method_name(m));
+    int slots;
+    EPM_CHECK(epm_plan_slots(t, c, o, &slots));
+    int L = epm_trace_layers(t), E = epm_trace_experts(t), R = epm_cluster_ranks(c);
+    epm_placement *p = NULL;
+    int64_t *load = NULL;
+    item *items = NULL;
+    double *rload = NULL, *w = NULL;
+    int *reps = NULL;
+    epm_status st;
+    EPM_CHECK_GOTO(epm_placement_create(L, E, epm_trace_k(t), c, &p), st, fail);
+    EPM_CHECK_GOTO(expert_loads(t, &load), st, fail);
+    size_t n_items = (size_t)R * (size_t)slots + (size_t)E;
+    items = epm_malloc(n_items * sizeof *items);
+    rload = epm_malloc(((size_t)R + (size_t)c->nodes) * sizeof *rload);
+    w = epm_malloc((size_t)E * sizeof *w);
+    reps = epm_malloc(((size_t)E + (size_t)c->nodes + n_items + (size_t)c->nodes * (size_t)E) * sizeof *reps);
+    if (!items || !rload || !w || !reps) {
+        st = EPM_ERR_NOMEM;
+        goto fail;
+    }
+    for (int l = 0; l < L; l++) {
+        const int64_t *ll = load + (size_t)l * (size_t)E;
+        for (int e = 0; e < E && (m == EPM_METHOD_CONTIGUOUS || m == EPM_METHOD_ROUND_ROBIN); e++) {
+            int r = m == EPM_METHOD_CONTIGUOUS ? (int)((int64_t)e * R / E) : e % R;
+            EPM_CHECK_GOTO(epm_placement_add(p, l, e, r), st, fail);
+        }
+        if (m == EPM_METHOD_GREEDY)
+            EPM_CHECK_GOTO(place_greedy(p, l, ll, slots, items, rload), st, fail);
+        if (m == EPM_METHOD_EPLB)
+            EPM_CHECK_GOTO(place_eplb(p, l, ll, slots, items, rload, reps, w), st, fail);
+    }
+    epm_placement_info info = {0};
+    snprintf(info.method, sizeof info.method, "%s", epm_method_name(m));
+    info.mode = o->mode;
+    info.quality = EPM_QUALITY_HEURISTIC;
+    info.bound = NAN;
+    info.gap = NAN;
+    EPM_CHECK_GOTO(epm_plan_objective(t, p, o, &info.objective), st, fail);
+    epm_placement_set_info(p, &info);
+    *out = p;
+    p = NULL;
+    st = EPM_OK;
+fail:
+    epm_placement_destroy(p);
+    epm_free(load);
+    epm_free(items);
+    epm_free(rload);
+    epm_free(w);
+    epm_free(reps);
+    return st;
+}
+
+epm_status epm_plan_objective(const epm_trace *t, const epm_placement *p, const epm_plan_opts *o, double *obj)
+{
+    epm_eval_opts eo;
+    epm_eval_opts_init(&eo);
+    eo.mode = o->mode;
+    eo.hidden_bytes = (int64_t)o->hidden * 2;
+    eo.kv_row_bytes = (int64_t)(o->kv_dim > 0 ? o->kv_dim : o->hidden / 2) * 2;
+    epm_eval_result *r;
+    EPM_CHECK(epm_eval(t, p, &eo, &r));
+    const epm_cluster *c = epm_placement_cluster(p);
+    double denom = (double)eo.hidden_bytes * epm_placement_ranks(p);
+    double v = 0;
+    for (int l = 0; l < r->layers; l++) {
+        double traffic = 0;
+        for (int k = 0; k < EPM_LINK_COUNT; k++)
+            traffic += epm_cluster_link_cost(c, (epm_link)k) * (double)(r->layer[l].bytes[k] + r->layer[l].kv_bytes[k]);
+        v += o->balance_weight * (double)r->layer[l].max_load + o->traffic_weight * traffic / denom;
+    }
+    double gather = 0;
+    for (int k = 0; k < EPM_LINK_COUNT; k++)
+        gather += epm_cluster_link_cost(c, (epm_link)k) * (double)r->gather_bytes[k];
+    v += o->traffic_weight * gather / denom;
+    epm_eval_result_destroy(r);
+    *obj = v;
+    return EPM_OK;
+}

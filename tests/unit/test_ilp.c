@@ -1,0 +1,458 @@
+/* The ILP planner: its optimum equals brute-force enumeration scored with
+ * epm_plan_objective, its model agrees with that objective on every
+ * single-copy placement, its bound is below every placement, it never loses
+ * to the heuristics, falls back honestly, survives GLPK failing inside, is
+ * deterministic, and proves the Mixtral shape optimal. */
+#include "test_util.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "ilp_internal.h"
+
+static epm_trace *make_trace(int layers, int experts, int k, int64_t tokens, uint64_t seed)
+{
+    epm_trace_synth_opts so;
+    epm_trace_synth_opts_init(&so);
+    so.layers = layers;
+    so.experts = experts;
+    so.k = k;
+    so.tokens = tokens;
+    so.seed = seed;
+    so.zipf_s = 1.0;
+    so.affinity = 0.7;
+    so.tokens_per_seq = 5;
+    epm_trace *t = NULL;
+    if (epm_trace_synth(&so, &t) != EPM_OK)
+        fail_msg("synth: %s", epm_last_error());
+    return t;
+}
+
+static void opts_for(epm_plan_opts *o, epm_mode mode, int slots)
+{
+    epm_plan_opts_init(o);
+    o->method = EPM_METHOD_ILP;
+    o->mode = mode;
+    o->slots_per_rank = slots;
+    o->hidden = 4096;
+    o->kv_dim = 1024;
+    o->time_limit_s = 30;
+    o->mip_gap = 1e-9;
+}
+
+static int close_to(double a, double b) { return fabs(a - b) <= 1e-9 * (fabs(a) + fabs(b) + 1.0); }
+
+/* ---- brute force over single-copy placements ---- */
+typedef struct {
+    const epm_trace *t;
+    const epm_cluster *c;
+    const epm_plan_opts *o;
+    int L, E, R, S;
+    int *rank_of;
+    double best;
+} brute;
+
+static void brute_rec(brute *b, int idx)
+{
+    if (idx == b->L * b->E) {
+        epm_placement *p;
+        assert_int_equal(epm_placement_create(b->L, b->E, epm_trace_k(b->t), b->c, &p), EPM_OK);
+        for (int i = 0; i < idx; i++)
+            assert_int_equal(epm_placement_add(p, i / b->E, i % b->E, b->rank_of[i]), EPM_OK);
+        double v;
+        assert_int_equal(epm_plan_objective(b->t, p, b->o, &v), EPM_OK);
+        epm_placement_destroy(p);
+        if (v < b->best)
+            b->best = v;
+        return;
+    }
+    int l = idx / b->E;
+    for (int r = 0; r < b->R; r++) {
+        int used = 0;
+        for (int i = l * b->E; i < idx; i++)
+            used += b->rank_of[i] == r;
+        if (used >= b->S)
+            continue;
+        b->rank_of[idx] = r;
+        brute_rec(b, idx + 1);
+    }
+}
+
+static epm_placement *plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan_opts *o)
+{
+    epm_placement *p = NULL;
+    epm_status st = epm_plan_ilp(t, c, o, &p);
+    if (st != EPM_OK)
+        fail_msg("epm_plan_ilp: %s: %s", epm_status_str(st), epm_last_error());
+    return p;
+}
+
+typedef struct {
+    int nodes, gpn, slots, layers, experts;
+} shape;
+
+static const shape small_shapes[] = {
+    {1, 2, 2, 3, 4}, /* two ranks, two slots each */
+    {2, 1, 2, 3, 4}, /* two nodes: the inter-node cost matters */
+    {2, 2, 1, 3, 4}, /* one expert a rank, two nodes */
+    {1, 4, 1, 3, 4}, /* Mixtral-like: one expert a rank, one node */
+    {1, 3, 2, 2, 5}, /* a spare slot left empty */
+};
+
+static void test_ilp_optimum_equals_brute_force(void **state)
+{
+    (void)state;
+    for (size_t s = 0; s < sizeof small_shapes / sizeof *small_shapes; s++)
+        for (int mode = 0; mode < 2; mode++) {
+            const shape *sh = &small_shapes[s];
+            epm_trace *t = make_trace(sh->layers, sh->experts, 2, 60, 11 + s);
+            epm_cluster c;
+            epm_cluster_init(&c, sh->nodes, sh->gpn);
+            epm_plan_opts o;
+            opts_for(&o, (epm_mode)mode, sh->slots);
+            int rank_of[64];
+            brute b = {t, &c, &o, sh->layers, sh->experts, sh->nodes * sh->gpn, sh->slots, rank_of, INFINITY};
+            brute_rec(&b, 0);
+            epm_placement *p = plan_ilp(t, &c, &o);
+            const epm_placement_info *in = epm_placement_get_info(p);
+            double v;
+            assert_int_equal(epm_plan_objective(t, p, &o, &v), EPM_OK);
+            int spares = sh->nodes * sh->gpn * sh->slots > sh->experts;
+            /* with a spare slot a replica may beat every single-copy placement */
+            if ((spares ? v > b.best + 1e-9 * fabs(b.best) : !close_to(v, b.best)) || !close_to(in->objective, v))
+                fail_msg("shape %zu mode %d: ilp %.9g (reported %.9g), brute force %.9g", s, mode, v, in->objective,
+                         b.best);
+            if (!spares) {
+                assert_true(in->bound <= b.best + 1e-9 * fabs(b.best));
+                assert_int_equal(in->quality, EPM_QUALITY_OPTIMAL);
+            }
+            epm_placement_destroy(p);
+            epm_trace_destroy(t);
+        }
+}
+
+/* The MIP's objective at any single-copy placement, the fast evaluator and
+ * epm_plan_objective are the same number: what makes the ILP's optimum and
+ * bound statements about the planner's objective. Includes skipped tokens. */
+static void test_ilp_model_equals_objective(void **state)
+{
+    (void)state;
+    static const shape shapes[] = {{1, 2, 2, 3, 4}, {2, 2, 1, 3, 4}, {2, 2, 2, 3, 6}, {2, 1, 3, 2, 5}};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (int mode = 0; mode < 2; mode++) {
+            const shape *sh = &shapes[s];
+            epm_trace *t = make_trace(sh->layers, sh->experts, 2, 50, 3 + s);
+            /* a few skipped tokens and a top-1-only token */
+            for (int l = 0; l < sh->layers; l++) {
+                int32_t *ids = epm_trace_ids(t, l);
+                ids[2 * (5 + l)] = ids[2 * (5 + l) + 1] = -1;
+                ids[2 * 9 + 1] = -1;
+            }
+            epm_cluster c;
+            epm_cluster_init(&c, sh->nodes, sh->gpn);
+            epm_plan_opts o;
+            opts_for(&o, (epm_mode)mode, sh->slots);
+            epm_ilp_ctx x;
+            assert_int_equal(epm_ilp_ctx_init(&x, t, &c, &o, sh->slots), EPM_OK);
+            epm_mip m;
+            int col_x[512];
+            assert_int_equal(epm_ilp_build(&x, 100000, &m, col_x), EPM_OK);
+            double *v = test_calloc((size_t)m.ncols, sizeof *v);
+            int rank_of[64];
+            uint64_t rng = 5;
+            for (int it = 0; it < 20; it++) {
+                int R = x.R;
+                for (int l = 0; l < x.L; l++)
+                    for (int e = 0; e < x.E; e++) {
+                        int r, used;
+                        do {
+                            r = (int)(epm_splitmix64(&rng) % (uint64_t)R);
+                            used = 0;
+                            for (int f = 0; f < e; f++)
+                                used += rank_of[l * x.E + f] == r;
+                        } while (used >= sh->slots);
+                        rank_of[l * x.E + e] = r;
+                    }
+                epm_placement *p;
+                assert_int_equal(epm_ilp_to_placement(&x, rank_of, 2, &p), EPM_OK);
+                double obj, bound;
+                assert_int_equal(epm_plan_objective(t, p, &o, &obj), EPM_OK);
+                memset(v, 0, (size_t)m.ncols * sizeof *v);
+                epm_ilp_start(&x, col_x, rank_of, v);
+                assert_int_equal(epm_mip_complete(&m, v), EPM_OK);
+                double model = epm_mip_value(&m, v), fast = epm_ilp_total(&x, rank_of);
+                if (!close_to(model, obj) || !close_to(fast, obj))
+                    fail_msg("shape %zu mode %d: objective %.9g, MIP %.9g, evaluator %.9g", s, mode, obj, model, fast);
+                assert_int_equal(epm_ilp_bound(&x, 0, &bound), EPM_OK);
+                assert_true(bound <= obj + 1e-9 * fabs(obj));
+                assert_int_equal(epm_ilp_bound(&x, 1, &bound), EPM_OK);
+                assert_true(bound <= obj + 1e-9 * fabs(obj));
+                epm_placement_destroy(p);
+            }
+            test_free(v);
+            epm_mip_free(&m);
+            epm_ilp_ctx_free(&x);
+            epm_trace_destroy(t);
+        }
+}
+
+/* ---- replicas: all placements with every expert at least once ---- */
+typedef struct {
+    const epm_trace *t;
+    const epm_cluster *c;
+    const epm_plan_opts *o;
+    int L, E, R, S;
+    int *mask; /* [L][R] expert subsets */
+    double best;
+} rbrute;
+
+static void rbrute_rec(rbrute *b, int idx)
+{
+    if (idx == b->L * b->R) {
+        epm_placement *p;
+        assert_int_equal(epm_placement_create(b->L, b->E, epm_trace_k(b->t), b->c, &p), EPM_OK);
+        for (int i = 0; i < idx; i++)
+            for (int e = 0; e < b->E; e++)
+                if (b->mask[i] >> e & 1)
+                    assert_int_equal(epm_placement_add(p, i / b->R, e, i % b->R), EPM_OK);
+        double v;
+        assert_int_equal(epm_plan_objective(b->t, p, b->o, &v), EPM_OK);
+        epm_placement_destroy(p);
+        if (v < b->best)
+            b->best = v;
+        return;
+    }
+    int l = idx / b->R, r = idx % b->R;
+    for (int m = 1; m < 1 << b->E; m++) {
+        if (__builtin_popcount((unsigned)m) > b->S)
+            continue;
+        b->mask[idx] = m;
+        if (r == b->R - 1) {
+            int all = 0;
+            for (int q = 0; q < b->R; q++)
+                all |= b->mask[l * b->R + q];
+            if (all != (1 << b->E) - 1)
+                continue;
+        }
+        rbrute_rec(b, idx + 1);
+    }
+}
+
+static void test_ilp_replicas_between_bound_and_heuristics(void **state)
+{
+    (void)state;
+    for (int mode = 0; mode < 2; mode++) {
+        epm_trace *t = make_trace(2, 4, 2, 40, 21);
+        epm_cluster c;
+        epm_cluster_init(&c, 1, 2);
+        epm_plan_opts o;
+        opts_for(&o, (epm_mode)mode, 3); /* 6 slots for 4 experts */
+        int mask[4];
+        rbrute b = {t, &c, &o, 2, 4, 2, 3, mask, INFINITY};
+        rbrute_rec(&b, 0);
+        epm_placement *p = plan_ilp(t, &c, &o);
+        const epm_placement_info *in = epm_placement_get_info(p);
+        assert_int_equal(epm_placement_validate(p, 3), EPM_OK);
+        assert_true(in->bound <= b.best + 1e-9 * fabs(b.best));
+        assert_true(in->objective >= b.best - 1e-9 * fabs(b.best));
+        for (int m = 0; m < EPM_METHOD_ILP; m++) {
+            epm_placement *h;
+            double hv;
+            assert_int_equal(epm_plan_heuristic((epm_method)m, t, &c, &o, &h), EPM_OK);
+            assert_int_equal(epm_plan_objective(t, h, &o, &hv), EPM_OK);
+            assert_true(in->objective <= hv + 1e-9 * fabs(hv));
+            epm_placement_destroy(h);
+        }
+        epm_placement_destroy(p);
+        epm_trace_destroy(t);
+    }
+}
+
+/* At a size where one MIP is too large, the decomposition still never loses
+ * to a heuristic and reports a bound below its objective. */
+static void test_ilp_never_worse_than_heuristics(void **state)
+{
+    (void)state;
+    for (int mode = 0; mode < 2; mode++) {
+        epm_trace *t = make_trace(4, 32, 4, 400, 8);
+        epm_cluster c;
+        epm_cluster_init(&c, 2, 4);
+        epm_plan_opts o;
+        opts_for(&o, (epm_mode)mode, 0);
+        o.time_limit_s = 1;
+        o.mip_gap = 1e-4;
+        epm_placement *p = plan_ilp(t, &c, &o);
+        const epm_placement_info *in = epm_placement_get_info(p);
+        double v;
+        assert_int_equal(epm_plan_objective(t, p, &o, &v), EPM_OK);
+        assert_true(close_to(v, in->objective));
+        assert_true(in->bound <= v);
+        assert_true(in->gap >= 0 && in->gap < 1);
+        if (in->quality != EPM_QUALITY_OPTIMAL && in->quality != EPM_QUALITY_FEASIBLE)
+            fail_msg("mode %d: quality %s: %s", mode, epm_plan_quality_name(in->quality), in->note);
+        for (int m = 0; m < EPM_METHOD_ILP; m++) {
+            epm_placement *h;
+            double hv;
+            assert_int_equal(epm_plan_heuristic((epm_method)m, t, &c, &o, &h), EPM_OK);
+            assert_int_equal(epm_plan_objective(t, h, &o, &hv), EPM_OK);
+            assert_true(v <= hv + 1e-9 * fabs(hv));
+            epm_placement_destroy(h);
+        }
+        epm_placement_destroy(p);
+        epm_trace_destroy(t);
+    }
+}
+
+static double best_heuristic_objective(const epm_trace *t, const epm_cluster *c, const epm_plan_opts *o)
+{
+    double best = INFINITY;
+    for (int m = 0; m < EPM_METHOD_ILP; m++) {
+        epm_placement *h;
+        double hv;
+        assert_int_equal(epm_plan_heuristic((epm_method)m, t, c, o, &h), EPM_OK);
+        assert_int_equal(epm_plan_objective(t, h, o, &hv), EPM_OK);
+        best = hv < best ? hv : best;
+        epm_placement_destroy(h);
+    }
+    return best;
+}
+
+static void test_ilp_fallback_without_time(void **state)
+{
+    (void)state;
+    epm_trace *t = make_trace(3, 4, 2, 60, 2);
+    epm_cluster c;
+    epm_cluster_init(&c, 1, 2);
+    epm_plan_opts o;
+    opts_for(&o, EPM_MODE_FOLLOW, 2);
+    o.time_limit_s = 0;
+    epm_placement *p = plan_ilp(t, &c, &o);
+    const epm_placement_info *in = epm_placement_get_info(p);
+    assert_int_equal(in->quality, EPM_QUALITY_FALLBACK);
+    assert_non_null(strstr(in->note, "fallback"));
+    assert_non_null(strstr(in->note, "time limit"));
+    assert_true(close_to(in->objective, best_heuristic_objective(t, &c, &o)));
+    assert_true(in->bound <= in->objective);
+    assert_string_equal(in->method, "ilp");
+    epm_placement_destroy(p);
+    epm_trace_destroy(t);
+}
+
+static void test_ilp_rejects_bad_options(void **state)
+{
+    (void)state;
+    epm_trace *t = make_trace(2, 4, 2, 20, 2);
+    epm_cluster c;
+    epm_cluster_init(&c, 1, 2);
+    epm_plan_opts o;
+    opts_for(&o, EPM_MODE_HOME, 2);
+    o.mip_gap = -1;
+    epm_placement *p = NULL;
+    assert_int_equal(epm_plan_ilp(t, &c, &o, &p), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "mip_gap"));
+    assert_null(p);
+    epm_trace_destroy(t);
+}
+
+/* GLPK failing inside its own code (misuse injected by the test hook) must
+ * come back as EPM_ERR_SOLVER from the boundary and as a fallback from the
+ * planner, and GLPK must work again afterwards. */
+static void test_ilp_glpk_failure_is_contained(void **state)
+{
+    (void)state;
+    epm_trace *t = make_trace(3, 4, 2, 60, 4);
+    epm_cluster c;
+    epm_cluster_init(&c, 1, 2);
+    epm_plan_opts o;
+    opts_for(&o, EPM_MODE_HOME, 2);
+
+    epm_ilp_ctx x;
+    assert_int_equal(epm_ilp_ctx_init(&x, t, &c, &o, 2), EPM_OK);
+    epm_mip m;
+    int col_x[64];
+    assert_int_equal(epm_ilp_build(&x, 100000, &m, col_x), EPM_OK);
+    double *sol = test_calloc((size_t)m.ncols, sizeof *sol);
+    epm_mip_result r = {.x = sol};
+    epm_ilp_test_glpk_fault = 1;
+    assert_int_equal(epm_mip_solve(&m, NULL, 10, 1e-6, NULL, NULL, &r), EPM_ERR_SOLVER);
+    assert_non_null(strstr(epm_last_error(), "GLPK"));
+    epm_placement *p = plan_ilp(t, &c, &o);
+    epm_ilp_test_glpk_fault = 0;
+    /* the search may still improve on the heuristics; the note says why GLPK did not */
+    assert_int_not_equal(epm_placement_get_info(p)->quality, EPM_QUALITY_OPTIMAL);
+    assert_non_null(strstr(epm_placement_get_info(p)->note, "GLPK failed"));
+    epm_placement_destroy(p);
+
+    r.x = sol;
+    assert_int_equal(epm_mip_solve(&m, NULL, 10, 1e-6, NULL, NULL, &r), EPM_OK);
+    assert_true(r.found && r.optimal);
+    test_free(sol);
+    epm_mip_free(&m);
+    epm_ilp_ctx_free(&x);
+    epm_trace_destroy(t);
+}
+
+static void test_ilp_deterministic(void **state)
+{
+    (void)state;
+    epm_trace *t = make_trace(4, 32, 4, 400, 6);
+    epm_cluster c;
+    epm_cluster_init(&c, 2, 4);
+    epm_plan_opts o;
+    opts_for(&o, EPM_MODE_FOLLOW, 0);
+    o.mip_gap = 1e-4;
+    epm_placement *a = plan_ilp(t, &c, &o), *b = plan_ilp(t, &c, &o);
+    for (int l = 0; l < 4; l++)
+        for (int e = 0; e < 16; e++) {
+            const int *ra, *rb;
+            int na = epm_placement_replicas(a, l, e, &ra), nb = epm_placement_replicas(b, l, e, &rb);
+            assert_int_equal(na, nb);
+            for (int i = 0; i < na; i++)
+                assert_int_equal(ra[i], rb[i]);
+        }
+    assert_true(epm_placement_get_info(a)->objective == epm_placement_get_info(b)->objective);
+    assert_true(epm_placement_get_info(a)->bound == epm_placement_get_info(b)->bound);
+    epm_placement_destroy(a);
+    epm_placement_destroy(b);
+    epm_trace_destroy(t);
+}
+
+/* Mixtral-8x7B shape: 32 layers, 8 experts, top-2, 8 ranks in one node. */
+static void test_ilp_mixtral_shape_optimal(void **state)
+{
+    (void)state;
+    epm_trace *t = make_trace(32, 8, 2, 1024, 42);
+    epm_cluster c;
+    epm_cluster_init(&c, 1, 8);
+    for (int mode = 0; mode < 2; mode++) {
+        epm_plan_opts o;
+        opts_for(&o, (epm_mode)mode, 0);
+        o.mip_gap = 1e-4;
+        o.time_limit_s = 60;
+        epm_placement *p = plan_ilp(t, &c, &o);
+        const epm_placement_info *in = epm_placement_get_info(p);
+        if (in->quality != EPM_QUALITY_OPTIMAL)
+            fail_msg("mode %d: quality %s, gap %g, note %s", mode, epm_plan_quality_name(in->quality), in->gap,
+                     in->note);
+        assert_true(in->gap <= 1e-4);
+        assert_true(in->objective <= best_heuristic_objective(t, &c, &o));
+        epm_placement_destroy(p);
+    }
+    epm_trace_destroy(t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ilp_optimum_equals_brute_force),
+        cmocka_unit_test(test_ilp_model_equals_objective),
+        cmocka_unit_test(test_ilp_replicas_between_bound_and_heuristics),
+        cmocka_unit_test(test_ilp_never_worse_than_heuristics),
+        cmocka_unit_test(test_ilp_fallback_without_time),
+        cmocka_unit_test(test_ilp_rejects_bad_options),
+        cmocka_unit_test(test_ilp_glpk_failure_is_contained),
+        cmocka_unit_test(test_ilp_deterministic),
+        cmocka_unit_test(test_ilp_mixtral_shape_optimal),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
