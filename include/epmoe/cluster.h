@@ -4,6 +4,8 @@
 #ifndef EPMOE_CLUSTER_H
 #define EPMOE_CLUSTER_H
 
+#include <stddef.h>
+
 #include "epmoe/status.h"
 
 #ifdef __cplusplus

@@ -3,6 +3,7 @@
 #ifndef EPMOE_PLACEMENT_H
 #define EPMOE_PLACEMENT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "epmoe/cluster.h"

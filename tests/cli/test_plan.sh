@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# epmoe plan and plan eval from the command line: files, exit codes, messages.
+set -u
+E=${EPMOE:?}
+d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+fails=0
+check() { # description, expected exit code, command...
+  local what=$1 want=$2; shift 2
+  "$@" >"$d/out" 2>"$d/err"
+  local got=$?
+  if [ "$got" != "$want" ]; then
+    echo "FAIL: $what: exit $got, expected $want"; cat "$d/err"; fails=$((fails + 1))
+  fi
+}
+has() { # file, text
+  grep -q -- "$2" "$1" || { echo "FAIL: '$2' not in $1:"; cat "$1"; fails=$((fails + 1)); }
+}
+
+check "synth" 0 "$E" trace synth --out "$d/t.st" --layers 4 --experts 8 --k 2 --tokens 2000 --zipf 1.1 \
+  --affinity 0.8 --seed 3
+check "split" 0 "$E" trace split "$d/t.st" --first "$d/a.st" --second "$d/b.st"
+for m in contiguous round-robin greedy eplb ilp; do
+  check "plan $m" 0 "$E" plan --trace "$d/a.st" --method $m --nodes 2 --gpus-per-node 2 --slots 3 \
+    --time-limit 10 --out "$d/$m.json" --eplb-out "$d/$m.eplb.json" --json --quiet
+  has "$d/out" "\"method\": \"$m\""
+  [ -s "$d/$m.json" ] && [ -s "$d/$m.eplb.json" ] || { echo "FAIL: $m wrote no files"; fails=$((fails + 1)); }
+done
+has "$d/ilp.json" '"format": "epmoe-placement"'
+check "eval" 0 "$E" plan eval --trace "$d/b.st" "$d/contiguous.json" "$d/eplb.json" "$d/ilp.json" --mode both
+has "$d/out" "mode follow"
+has "$d/out" "cheaper by"
+check "eval json" 0 "$E" plan eval --trace "$d/b.st" "$d/contiguous.json" --json --per-layer
+has "$d/out" '"rank_load"'
+
+# usage errors: exit 2
+check "no trace" 2 "$E" plan --method ilp
+check "bad method" 2 "$E" plan --trace "$d/a.st" --method magic
+has "$d/err" "magic"
+check "bad mode" 2 "$E" plan --trace "$d/a.st" --mode sideways
+check "bad nodes" 2 "$E" plan --trace "$d/a.st" --nodes 0
+check "output over input" 2 "$E" plan --trace "$d/a.st" --out "$d/a.st"
+check "eval without placement" 2 "$E" plan eval --trace "$d/b.st"
+check "help" 0 "$E" plan --help
+check "eval help" 0 "$E" plan eval --help
+
+# failures: exit 1 with the file named
+check "missing trace" 1 "$E" plan --trace "$d/none.st"
+has "$d/err" "none.st"
+check "slots too few" 1 "$E" plan --trace "$d/a.st" --nodes 1 --gpus-per-node 2 --slots 2
+has "$d/err" "slots_per_rank = 2"
+"$E" trace synth --out "$d/other.st" --layers 3 --experts 8 --k 2 --tokens 100 >/dev/null 2>&1
+check "trace of another model" 1 "$E" plan eval --trace "$d/other.st" "$d/ilp.json"
+has "$d/err" "3 MoE layers"
+echo '{"format": "epmoe-placement", "version": 1}' >"$d/broken.json"
+check "broken placement" 1 "$E" plan eval --trace "$d/b.st" "$d/broken.json"
+has "$d/err" "broken.json"
+echo '{"nodes": 2, "gpus_per_node": 0}' >"$d/cl.json"
+check "bad cluster" 1 "$E" plan --trace "$d/a.st" --cluster "$d/cl.json"
+has "$d/err" "gpus_per_node"
+
+[ "$fails" = 0 ] && echo "all plan CLI checks passed"
+exit $((fails > 0))

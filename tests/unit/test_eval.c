@@ -1,0 +1,204 @@
+/* The cost model, checked on cases small enough to count by hand. */
+#include "test_util.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "epmoe/epmoe.h"
+
+/* 2 nodes x 2 ranks; 4 experts, expert e on rank e; k = 2; one layer or two. */
+static epm_placement *identity_placement(int layers, int experts, int nodes, int gpn)
+{
+    epm_cluster c;
+    epm_cluster_init(&c, nodes, gpn);
+    epm_placement *p;
+    assert_int_equal(epm_placement_create(layers, experts, 2, &c, &p), EPM_OK);
+    for (int l = 0; l < layers; l++)
+        for (int e = 0; e < experts; e++)
+            assert_int_equal(epm_placement_add(p, l, e, e % (nodes * gpn)), EPM_OK);
+    return p;
+}
+
+static epm_trace *make_trace(int layers, int tokens, int k, int experts, const int32_t *ids)
+{
+    epm_trace *t;
+    assert_int_equal(epm_trace_create(layers, tokens, k, experts, &t), EPM_OK);
+    for (int l = 0; l < layers; l++)
+        memcpy(epm_trace_ids(t, l), ids + (size_t)l * tokens * k, (size_t)tokens * k * sizeof *ids);
+    return t;
+}
+
+static epm_eval_opts opts(epm_mode m)
+{
+    epm_eval_opts o;
+    epm_eval_opts_init(&o);
+    o.mode = m;
+    o.hidden_bytes = 10;
+    o.kv_row_bytes = 3;
+    o.flops_per_assignment = 1;
+    return o;
+}
+
+static void test_eval_home_counts(void **state)
+{
+    (void)state;
+    /* tokens 0..3 live on ranks 0..3 (seq id = token id, 4 ranks) */
+    const int32_t ids[] = {
+        0, 1, /* tok 0 on r0: r0 local, r1 intra: out+back intra */
+        2, 3, /* tok 1 on r1: r2 inter, r3 inter */
+        1, -1, /* tok 2 on r2: r1 inter; dynamic k */
+        -1, -1, /* tok 3 skipped */
+    };
+    epm_trace *t = make_trace(1, 4, 2, 4, ids);
+    epm_placement *p = identity_placement(1, 4, 2, 2);
+    epm_eval_opts o = opts(EPM_MODE_HOME);
+    epm_eval_result *r;
+    assert_int_equal(epm_eval(t, p, &o, &r), EPM_OK);
+    assert_int_equal(r->layer[0].bytes[EPM_LINK_SELF], 0);
+    assert_int_equal(r->layer[0].bytes[EPM_LINK_INTRA], 2 * 10);
+    assert_int_equal(r->layer[0].bytes[EPM_LINK_INTER], (2 + 2 + 2) * 10);
+    assert_int_equal(r->layer[0].transfers[EPM_LINK_INTER], 6);
+    assert_int_equal(r->layer[0].kv_bytes[EPM_LINK_INTRA] + r->layer[0].kv_bytes[EPM_LINK_INTER], 0);
+    /* loads: r0 1, r1 2, r2 1, r3 1 */
+    assert_int_equal(r->rank_load[0], 1);
+    assert_int_equal(r->rank_load[1], 2);
+    assert_int_equal(r->layer[0].max_load, 2);
+    assert_int_equal(r->layer[0].sum_load, 5);
+    /* r1 sends tok 1 to r2 and r3 (20), and combines tok 0 to r0 and tok 2 to r2 (20) */
+    assert_int_equal(r->send_bytes[1], 40);
+    assert_int_equal(r->recv_bytes[1], 40); /* tok 0 and tok 2 in, tok 1 back from r2 and r3 */
+    assert_int_equal(r->gather_bytes[EPM_LINK_INTER], 0);
+    epm_eval_result_destroy(r);
+    epm_placement_destroy(p);
+    epm_trace_destroy(t);
+}
+
+static void test_eval_dedup_same_rank(void **state)
+{
+    (void)state;
+    /* 2 ranks, 4 experts: e0,e2 on r0, e1,e3 on r1. Token on r0 choosing e1 and e3: one transfer. */
+    epm_cluster c;
+    epm_cluster_init(&c, 1, 2);
+    epm_placement *p;
+    assert_int_equal(epm_placement_create(1, 4, 2, &c, &p), EPM_OK);
+    for (int e = 0; e < 4; e++)
+        assert_int_equal(epm_placement_add(p, 0, e, e % 2), EPM_OK);
+    const int32_t ids[] = {1, 3};
+    epm_trace *t = make_trace(1, 1, 2, 4, ids);
+    epm_eval_opts o = opts(EPM_MODE_HOME);
+    epm_eval_result *r;
+    assert_int_equal(epm_eval(t, p, &o, &r), EPM_OK);
+    assert_int_equal(r->layer[0].bytes[EPM_LINK_INTRA], 20); /* out and back once */
+    assert_int_equal(r->rank_load[1], 2);
+    epm_eval_result_destroy(r);
+    epm_placement_destroy(p);
+    epm_trace_destroy(t);
+}
+
+static void test_eval_follow_counts(void **state)
+{
+    (void)state;
+    /* 4 ranks in 2 nodes, expert e on rank e, 2 layers, one token at home r0. */
+    const int32_t ids[] = {
+        2, 0, /* layer 0: at r0; dispatch r0->r2 (inter); combine at r2: r0->r2 (inter) */
+        3, 2, /* layer 1: at r2; dispatch r2->r3 (intra); combine at r3: r2->r3 (intra) */
+    };
+    epm_trace *t = make_trace(2, 1, 2, 4, ids);
+    epm_placement *p = identity_placement(2, 4, 2, 2);
+    epm_eval_opts o = opts(EPM_MODE_FOLLOW);
+    epm_eval_result *r;
+    assert_int_equal(epm_eval(t, p, &o, &r), EPM_OK);
+    assert_int_equal(r->layer[0].bytes[EPM_LINK_INTER], 20);
+    assert_int_equal(r->layer[0].bytes[EPM_LINK_INTRA], 0);
+    assert_int_equal(r->layer[1].bytes[EPM_LINK_INTRA], 20);
+    assert_int_equal(r->layer[1].bytes[EPM_LINK_INTER], 0);
+    /* K/V rows: layer 0 from r0 (1 intra, 2 inter), layer 1 from r2 (1 intra, 2 inter) */
+    assert_int_equal(r->layer[0].kv_bytes[EPM_LINK_INTRA], 3);
+    assert_int_equal(r->layer[0].kv_bytes[EPM_LINK_INTER], 6);
+    assert_int_equal(r->layer[1].kv_bytes[EPM_LINK_INTER], 6);
+    /* ends on r3, home r0: one inter-node gather */
+    assert_int_equal(r->gather_bytes[EPM_LINK_INTER], 10);
+    assert_int_equal(r->total_bytes[EPM_LINK_INTER], 20 + 6 + 6 + 10);
+    assert_true(r->kv_cache_factor == 4.0);
+    epm_eval_result_destroy(r);
+
+    /* home mode on the same trace: both layers from r0 */
+    o = opts(EPM_MODE_HOME);
+    assert_int_equal(epm_eval(t, p, &o, &r), EPM_OK);
+    assert_int_equal(r->layer[1].bytes[EPM_LINK_INTER], 40); /* r0 <-> r2, r0 <-> r3 */
+    assert_int_equal(r->gather_bytes[EPM_LINK_INTER], 0);
+    epm_eval_result_destroy(r);
+    epm_placement_destroy(p);
+    epm_trace_destroy(t);
+}
+
+static void test_eval_follow_skip_stays(void **state)
+{
+    (void)state;
+    const int32_t ids[] = {1, -1, /* layer 0: moves to r1 */ -1, -1, /* layer 1 skipped: stays on r1 */
+                           1, -1 /* layer 2: expert on r1 itself: nothing moves */};
+    epm_trace *t = make_trace(3, 1, 2, 2, ids);
+    epm_placement *p = identity_placement(3, 2, 1, 2);
+    epm_eval_opts o = opts(EPM_MODE_FOLLOW);
+    o.kv_row_bytes = 0;
+    epm_eval_result *r;
+    assert_int_equal(epm_eval(t, p, &o, &r), EPM_OK);
+    assert_int_equal(r->layer[0].bytes[EPM_LINK_INTRA], 10); /* dispatch only: combine is at r1 */
+    assert_int_equal(r->layer[1].bytes[EPM_LINK_INTRA], 0);
+    assert_int_equal(r->layer[2].bytes[EPM_LINK_INTRA], 0);
+    assert_int_equal(r->gather_bytes[EPM_LINK_INTRA], 10);
+    epm_eval_result_destroy(r);
+    epm_placement_destroy(p);
+    epm_trace_destroy(t);
+}
+
+static void test_eval_replica_prefers_cheap_link(void **state)
+{
+    (void)state;
+    /* expert 0 on r0 and r2 (other node); tokens at r2 and r3 use r2's copy */
+    epm_cluster c;
+    epm_cluster_init(&c, 2, 2);
+    epm_placement *p;
+    assert_int_equal(epm_placement_create(1, 2, 1, &c, &p), EPM_OK);
+    assert_int_equal(epm_placement_add(p, 0, 0, 0), EPM_OK);
+    assert_int_equal(epm_placement_add(p, 0, 0, 2), EPM_OK);
+    assert_int_equal(epm_placement_add(p, 0, 1, 1), EPM_OK);
+    const int32_t ids[] = {0, 0, 0, 0};
+    epm_trace *t = make_trace(1, 4, 1, 2, ids);
+    epm_eval_opts o = opts(EPM_MODE_HOME);
+    epm_eval_result *r;
+    assert_int_equal(epm_eval(t, p, &o, &r), EPM_OK);
+    /* tok0 r0 self; tok1 r1 -> r0 intra (tie r0 vs - : r0 is the only intra); tok2 self; tok3 -> r2 intra */
+    assert_int_equal(r->layer[0].bytes[EPM_LINK_INTER], 0);
+    assert_int_equal(r->layer[0].bytes[EPM_LINK_INTRA], 40);
+    assert_int_equal(r->rank_load[0], 2);
+    assert_int_equal(r->rank_load[2], 2);
+    epm_eval_result_destroy(r);
+    epm_placement_destroy(p);
+    epm_trace_destroy(t);
+}
+
+static void test_eval_mismatch(void **state)
+{
+    (void)state;
+    const int32_t ids[] = {0, 1};
+    epm_trace *t = make_trace(2, 1, 1, 2, ids);
+    epm_placement *p = identity_placement(1, 2, 1, 2);
+    epm_eval_opts o = opts(EPM_MODE_HOME);
+    epm_eval_result *r = NULL;
+    assert_int_equal(epm_eval(t, p, &o, &r), EPM_ERR_MISMATCH);
+    assert_non_null(strstr(epm_last_error(), "2 MoE layers"));
+    assert_null(r);
+    epm_placement_destroy(p);
+    epm_trace_destroy(t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_eval_home_counts),       cmocka_unit_test(test_eval_dedup_same_rank),
+        cmocka_unit_test(test_eval_follow_counts),     cmocka_unit_test(test_eval_follow_skip_stays),
+        cmocka_unit_test(test_eval_replica_prefers_cheap_link), cmocka_unit_test(test_eval_mismatch),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

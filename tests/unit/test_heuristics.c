@@ -1,0 +1,191 @@
+/* Every baseline method: each expert placed, slots respected, replicas
+ * counted, determinism, and the balancing methods actually balance. */
+#include "test_util.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "epmoe/epmoe.h"
+#include "planner.h"
+
+static epm_trace *skewed(int layers, int experts, int k, int64_t tokens, uint64_t seed)
+{
+    epm_trace_synth_opts o;
+    epm_trace_synth_opts_init(&o);
+    o.layers = layers;
+    o.experts = experts;
+    o.k = k;
+    o.tokens = tokens;
+    o.zipf_s = 1.2;
+    o.affinity = 0.7;
+    o.seed = seed;
+    epm_trace *t;
+    assert_int_equal(epm_trace_synth(&o, &t), EPM_OK);
+    return t;
+}
+
+static double mean_imbalance(const epm_trace *t, const epm_placement *p)
+{
+    epm_eval_opts eo;
+    epm_eval_opts_init(&eo);
+    epm_eval_result *r;
+    assert_int_equal(epm_eval(t, p, &eo, &r), EPM_OK);
+    double v = r->max_over_mean_load;
+    epm_eval_result_destroy(r);
+    return v;
+}
+
+static void check_invariants(const epm_placement *p, int slots, int expect_total)
+{
+    assert_int_equal(epm_placement_validate(p, slots), EPM_OK);
+    for (int l = 0; l < epm_placement_layers(p); l++) {
+        int total = 0;
+        for (int e = 0; e < epm_placement_experts(p); e++) {
+            const int *r;
+            int n = epm_placement_replicas(p, l, e, &r);
+            assert_true(n >= 1);
+            for (int j = 1; j < n; j++)
+                assert_true(r[j] > r[j - 1]); /* sorted, no rank twice */
+            total += n;
+        }
+        assert_int_equal(total, expect_total);
+    }
+}
+
+static void test_heuristics_invariants(void **state)
+{
+    (void)state;
+    epm_trace *t = skewed(3, 12, 2, 4000, 5);
+    epm_cluster c;
+    epm_cluster_init(&c, 2, 2); /* 4 ranks */
+    epm_plan_opts o;
+    epm_plan_opts_init(&o);
+    for (int m = EPM_METHOD_CONTIGUOUS; m <= EPM_METHOD_EPLB; m++) {
+        for (int slots = 3; slots <= 5; slots++) {
+            o.slots_per_rank = slots;
+            epm_placement *p;
+            assert_int_equal(epm_plan_heuristic((epm_method)m, t, &c, &o, &p), EPM_OK);
+            int total = m == EPM_METHOD_EPLB ? 4 * slots : 12;
+            check_invariants(p, slots, total);
+            const epm_placement_info *in = epm_placement_get_info(p);
+            assert_string_equal(in->method, epm_method_name((epm_method)m));
+            assert_int_equal(in->quality, EPM_QUALITY_HEURISTIC);
+            assert_true(isfinite(in->objective) && in->objective > 0);
+            assert_true(isnan(in->bound));
+            /* determinism: the same input gives the same placement */
+            epm_placement *q;
+            assert_int_equal(epm_plan_heuristic((epm_method)m, t, &c, &o, &q), EPM_OK);
+            for (int l = 0; l < 3; l++)
+                for (int e = 0; e < 12; e++)
+                    for (int r = 0; r < 4; r++)
+                        assert_int_equal(epm_placement_has(p, l, e, r), epm_placement_has(q, l, e, r));
+            epm_placement_destroy(q);
+            epm_placement_destroy(p);
+        }
+    }
+    epm_trace_destroy(t);
+}
+
+static void test_heuristics_layouts(void **state)
+{
+    (void)state;
+    epm_trace *t = skewed(1, 8, 2, 100, 1);
+    epm_cluster c;
+    epm_cluster_init(&c, 1, 4);
+    epm_plan_opts o;
+    epm_plan_opts_init(&o);
+    epm_placement *p;
+    assert_int_equal(epm_plan_heuristic(EPM_METHOD_CONTIGUOUS, t, &c, &o, &p), EPM_OK);
+    for (int e = 0; e < 8; e++)
+        assert_true(epm_placement_has(p, 0, e, e / 2));
+    epm_placement_destroy(p);
+    assert_int_equal(epm_plan_heuristic(EPM_METHOD_ROUND_ROBIN, t, &c, &o, &p), EPM_OK);
+    for (int e = 0; e < 8; e++)
+        assert_true(epm_placement_has(p, 0, e, e % 4));
+    epm_placement_destroy(p);
+    epm_trace_destroy(t);
+}
+
+static void test_heuristics_balance(void **state)
+{
+    (void)state;
+    epm_trace *t = skewed(4, 16, 2, 20000, 9);
+    epm_cluster c;
+    epm_cluster_init(&c, 2, 4);
+    epm_plan_opts o;
+    epm_plan_opts_init(&o);
+    epm_placement *contig, *greedy, *eplb;
+    assert_int_equal(epm_plan_heuristic(EPM_METHOD_CONTIGUOUS, t, &c, &o, &contig), EPM_OK);
+    assert_int_equal(epm_plan_heuristic(EPM_METHOD_GREEDY, t, &c, &o, &greedy), EPM_OK);
+    o.slots_per_rank = 3; /* 8 spare slots for replicas */
+    assert_int_equal(epm_plan_heuristic(EPM_METHOD_EPLB, t, &c, &o, &eplb), EPM_OK);
+    double ic = mean_imbalance(t, contig), ig = mean_imbalance(t, greedy), ie = mean_imbalance(t, eplb);
+    assert_true(ig < ic);
+    assert_true(ie < ig);
+    /* the hottest expert got the most replicas */
+    epm_trace_stats *s;
+    assert_int_equal(epm_trace_stats_compute(t, 2, &s), EPM_OK);
+    int hot = 0;
+    for (int e = 1; e < 16; e++)
+        if (s->load[e] > s->load[hot])
+            hot = e;
+    const int *r;
+    int nhot = epm_placement_replicas(eplb, 0, hot, &r);
+    for (int e = 0; e < 16; e++)
+        assert_true(epm_placement_replicas(eplb, 0, e, &r) <= nhot);
+    assert_true(nhot >= 2);
+    epm_trace_stats_destroy(s);
+    epm_placement_destroy(contig);
+    epm_placement_destroy(greedy);
+    epm_placement_destroy(eplb);
+    epm_trace_destroy(t);
+}
+
+static void test_heuristics_bad_slots(void **state)
+{
+    (void)state;
+    epm_trace *t = skewed(1, 8, 2, 100, 1);
+    epm_cluster c;
+    epm_cluster_init(&c, 1, 2);
+    epm_plan_opts o;
+    epm_plan_opts_init(&o);
+    o.slots_per_rank = 3; /* 2 x 3 < 8 */
+    epm_placement *p = NULL;
+    assert_int_equal(epm_plan(t, &c, &o, &p), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "slots_per_rank = 3"));
+    assert_null(p);
+    o.slots_per_rank = 0;
+    o.mip_gap = 2;
+    assert_int_equal(epm_plan(t, &c, &o, &p), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "mip_gap"));
+    epm_trace_destroy(t);
+}
+
+static void test_objective_matches_eval(void **state)
+{
+    (void)state;
+    /* one token, 2 ranks in 2 nodes (link cost = intra/inter ratio 6) */
+    epm_trace *t;
+    assert_int_equal(epm_trace_create(1, 1, 1, 2, &t), EPM_OK);
+    epm_trace_ids(t, 0)[0] = 1;
+    epm_cluster c;
+    epm_cluster_init(&c, 2, 1);
+    epm_plan_opts o;
+    epm_plan_opts_init(&o);
+    epm_placement *p;
+    assert_int_equal(epm_plan_heuristic(EPM_METHOD_CONTIGUOUS, t, &c, &o, &p), EPM_OK);
+    /* max load 1; traffic: out and back inter = 2 transfers x cost 6 / 2 ranks = 6 */
+    assert_true(fabs(epm_placement_get_info(p)->objective - 7.0) < 1e-9);
+    epm_placement_destroy(p);
+    epm_trace_destroy(t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_heuristics_invariants), cmocka_unit_test(test_heuristics_layouts),
+        cmocka_unit_test(test_heuristics_balance),    cmocka_unit_test(test_heuristics_bad_slots),
+        cmocka_unit_test(test_objective_matches_eval),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

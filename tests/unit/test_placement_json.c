@@ -1,0 +1,155 @@
+/* Placement JSON: round trip, EPLB export, and malformed files named precisely. */
+#include "test_util.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core.h"
+#include "epmoe/epmoe.h"
+
+static epm_placement *sample(void)
+{
+    epm_cluster c;
+    epm_cluster_init(&c, 2, 2);
+    epm_placement *p;
+    assert_int_equal(epm_placement_create(2, 3, 2, &c, &p), EPM_OK);
+    for (int l = 0; l < 2; l++)
+        for (int e = 0; e < 3; e++)
+            assert_int_equal(epm_placement_add(p, l, e, (e + l) % 4), EPM_OK);
+    assert_int_equal(epm_placement_add(p, 1, 0, 3), EPM_OK); /* a replica */
+    epm_placement_info in = *epm_placement_get_info(p);
+    snprintf(in.method, sizeof in.method, "ilp");
+    in.mode = EPM_MODE_FOLLOW;
+    in.quality = EPM_QUALITY_FEASIBLE;
+    in.objective = 12.5;
+    in.bound = 10;
+    in.gap = 0.2;
+    epm_placement_set_info(p, &in);
+    return p;
+}
+
+static void test_placement_json_round_trip(void **state)
+{
+    (void)state;
+    epm_placement *p = sample(), *q;
+    const char *path = tu_path("p.json");
+    assert_int_equal(epm_placement_save_json(p, path), EPM_OK);
+    assert_int_equal(epm_placement_load_json(path, &q), EPM_OK);
+    assert_int_equal(epm_placement_ranks(q), 4);
+    assert_int_equal(epm_placement_cluster(q)->nodes, 2);
+    for (int l = 0; l < 2; l++)
+        for (int e = 0; e < 3; e++)
+            for (int r = 0; r < 4; r++)
+                assert_int_equal(epm_placement_has(p, l, e, r), epm_placement_has(q, l, e, r));
+    const epm_placement_info *in = epm_placement_get_info(q);
+    assert_string_equal(in->method, "ilp");
+    assert_int_equal(in->mode, EPM_MODE_FOLLOW);
+    assert_int_equal(in->quality, EPM_QUALITY_FEASIBLE);
+    assert_true(fabs(in->objective - 12.5) < 1e-12 && fabs(in->bound - 10) < 1e-12);
+    epm_placement_destroy(q);
+    epm_placement_destroy(p);
+}
+
+static void test_placement_eplb_export(void **state)
+{
+    (void)state;
+    epm_placement *p = sample();
+    const char *path = tu_path("eplb.json");
+    assert_int_equal(epm_placement_export_eplb(p, path), EPM_OK);
+    json_error_t err;
+    json_t *root = json_load_file(path, 0, &err);
+    assert_non_null(root);
+    assert_int_equal(json_integer_value(json_object_get(root, "num_physical_experts")), 8); /* 4 ranks x 2 slots */
+    json_t *map = json_object_get(root, "physical_to_logical_map");
+    assert_int_equal(json_array_size(map), 2);
+    /* layer 1: e0 on r1 and r3, e1 on r2, e2 on r3 -> r0: -,-; r1: 0,-; r2: 1,-; r3: 0,2 */
+    const int want[8] = {-1, -1, 0, -1, 1, -1, 0, 2};
+    json_t *row = json_array_get(map, 1);
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(json_integer_value(json_array_get(row, (size_t)i)), want[i]);
+    json_decref(root);
+    epm_placement_destroy(p);
+}
+
+static void expect_bad(const char *text, const char *needle)
+{
+    epm_placement *p = NULL;
+    epm_status st = epm_placement_parse_json(text, strlen(text), "bad.json", &p);
+    assert_true(st != EPM_OK);
+    assert_null(p);
+    if (!strstr(epm_last_error(), needle)) {
+        fprintf(stderr, "error '%s' lacks '%s'\n", epm_last_error(), needle);
+        fail();
+    }
+}
+
+#define HEAD                                                                                                   \
+    "{\"format\": \"epmoe-placement\", \"version\": 1, \"model\": {\"layers\": 1, \"experts\": 2, \"k\": 1}, " \
+    "\"cluster\": {\"nodes\": 1, \"gpus_per_node\": 2, \"intra_node_gbps\": 100, \"inter_node_gbps\": 10, "   \
+    "\"gpu_tflops\": 100}, \"mode\": \"home\", "
+
+static void test_placement_json_malformed(void **state)
+{
+    (void)state;
+    epm_placement *p;
+    const char *ok = HEAD "\"layers\": [{\"layer\": 0, \"experts\": [[0], [1]]}]}";
+    assert_int_equal(epm_placement_parse_json(ok, strlen(ok), "ok.json", &p), EPM_OK);
+    epm_placement_destroy(p);
+    expect_bad("{", "not valid JSON");
+    expect_bad("[]", "top level");
+    expect_bad("{\"format\": \"x\"}", "'format'");
+    expect_bad(HEAD "\"layers\": [{\"layer\": 0, \"experts\": [[0], [7]]}]}",
+               "layers[0].experts[1][0] = 7 is not a rank of the 2-rank cluster");
+    expect_bad(HEAD "\"layers\": [{\"layer\": 0, \"experts\": [[0], []]}]}", "layers[0].experts[1]");
+    expect_bad(HEAD "\"layers\": [{\"layer\": 0, \"experts\": [[0, 0], [1]]}]}", "lists rank 0 twice");
+    expect_bad(HEAD "\"layers\": [{\"layer\": 0, \"experts\": [[0]]}]}", "array of 2 rank lists");
+    expect_bad(HEAD "\"layers\": []}", "array of 1 layers");
+    expect_bad("{\"format\": \"epmoe-placement\", \"version\": 9}", "version");
+    const char *dup = HEAD "\"mode\": \"home\", \"layers\": []}";
+    expect_bad(dup, "not valid JSON"); /* duplicate key */
+}
+
+static void test_placement_io_errors(void **state)
+{
+    (void)state;
+    epm_placement *p = NULL;
+    assert_int_equal(epm_placement_load_json("/nonexistent/plan.json", &p), EPM_ERR_IO);
+    assert_non_null(strstr(epm_last_error(), "/nonexistent/plan.json"));
+    epm_placement *s = sample();
+    assert_int_equal(epm_placement_save_json(s, "/nonexistent/dir/x.json"), EPM_ERR_IO);
+    epm_placement_destroy(s);
+}
+
+static void test_placement_alloc_failures(void **state)
+{
+    (void)state;
+    epm_placement *s = sample();
+    const char *path = tu_path("fi.json");
+    assert_int_equal(epm_placement_save_json(s, path), EPM_OK);
+    /* fail every allocation in turn: each is a clean error, never a crash */
+    for (uint64_t n = 1; n < 200; n++) {
+        epm_placement *q = NULL;
+        epm_fault_fail_nth_alloc(n);
+        epm_status st = epm_placement_load_json(path, &q);
+        epm_fault_fail_nth_alloc(0);
+        if (st == EPM_OK) {
+            epm_placement_destroy(q);
+            break;
+        }
+        assert_int_equal(st, EPM_ERR_NOMEM);
+        assert_null(q);
+    }
+    epm_placement_destroy(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_placement_json_round_trip), cmocka_unit_test(test_placement_eplb_export),
+        cmocka_unit_test(test_placement_json_malformed),  cmocka_unit_test(test_placement_io_errors),
+        cmocka_unit_test(test_placement_alloc_failures),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
