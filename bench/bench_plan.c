@@ -192,6 +192,11 @@ int epm_bench_plan(int argc, char **argv)
             eo.mode = po.mode;
             eo.hidden_bytes = (int64_t)po.hidden * 2;
             eo.kv_row_bytes = (int64_t)po.kv_dim * 2;
+            /* weigh the objective in modelled microseconds, as plan eval
+             * does: the straggler's expert compute against one intra-node
+             * hidden-vector transfer per rank (about 16:1 at these defaults) */
+            po.balance_weight = eo.flops_per_assignment / (c.gpu_tflops * 1e12) * 1e6;
+            po.traffic_weight = (double)eo.hidden_bytes / (c.intra_gbps * 1e9) * 1e6;
             row rows[EPM_METHOD_COUNT];
             for (int m = 0; m < EPM_METHOD_COUNT; m++) {
                 po.method = (epm_method)m;

@@ -24,14 +24,17 @@ fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 jobs=$(nproc 2>/dev/null || echo 2)
 
-setup() { # dir, options...
+setup() { # dir, options...: configure and build quietly, show the log on failure
   local dir=$1; shift
+  local log
+  log=$(mktemp)
   if [ -f "$dir/build.ninja" ]; then
-    meson setup --reconfigure "$dir" "$@" >/dev/null
+    meson setup --reconfigure "$dir" "$@" >"$log" 2>&1 || { cat "$log"; rm -f "$log"; return 1; }
   else
-    meson setup "$dir" "$@" >/dev/null
+    meson setup "$dir" "$@" >"$log" 2>&1 || { cat "$log"; rm -f "$log"; return 1; }
   fi
-  ninja -C "$dir" -j "$jobs" >/dev/null
+  ninja -C "$dir" -j "$jobs" >"$log" 2>&1 || { cat "$log"; rm -f "$log"; return 1; }
+  rm -f "$log"
 }
 
 case $what in
