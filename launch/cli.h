@@ -30,5 +30,6 @@ int cli_same_file(const char *a, const char *b);
 int epm_cli_trace(int argc, char **argv);
 int epm_cli_plan(int argc, char **argv);
 int epm_cli_bench(int argc, char **argv);
+int epm_cli_run(int argc, char **argv);
 
 #endif

@@ -97,14 +97,6 @@ static epm_status pm_add(pair_map *m, uint64_t key, double w)
 }
 
 /* ---- the builder ---- */
-typedef struct {
-    const epm_ilp_ctx *x;
-    epm_mip *m;
-    const int *col_x;
-    int *col_X;     /* [(l*E+e)*N + n]: sum of x over node n, as a column-free
-                       expression (we add its terms directly); unused */
-} builder;
-
 static int colx(const epm_ilp_ctx *x, const int *col_x, int le, int r)
 {
     return col_x[(size_t)le * (size_t)x->R + (size_t)r];
@@ -369,7 +361,7 @@ static void layer_keys(const epm_ilp_ctx *x, int l, int32_t *keys)
     }
 }
 
-static epm_status build_groups(const epm_ilp_ctx *x, epm_mip *m, const int *col_x, double *lin, int64_t max_cols)
+static epm_status build_groups(const epm_ilp_ctx *x, epm_mip *m, const int *col_x, int64_t max_cols)
 {
     size_t T = (size_t)x->T, E = (size_t)x->E;
     int w = x->K + 1;
@@ -480,7 +472,6 @@ static epm_status build_groups(const epm_ilp_ctx *x, epm_mip *m, const int *col_
             }
         }
     }
-    (void)lin;
 out:
     epm_free(keys);
     epm_free(ord);
@@ -539,7 +530,7 @@ epm_status epm_ilp_build(const epm_ilp_ctx *x, int64_t max_cols, epm_mip *m, int
     if (x->S == 1)
         EPM_CHECK_GOTO(build_pairs(x, m, col_x, lin, max_cols), st, fail);
     else
-        EPM_CHECK_GOTO(build_groups(x, m, col_x, lin, max_cols), st, fail);
+        EPM_CHECK_GOTO(build_groups(x, m, col_x, max_cols), st, fail);
     for (size_t q = 0; q < L * E * R; q++)
         m->obj[col_x[q]] += x->tw * lin[q];
     epm_free(lin);

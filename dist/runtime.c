@@ -1,0 +1,1010 @@
+/* The layer loop of `epmoe run`: data-parallel attention, expert-parallel
+ * MoE, in mode home or follow. Token rows carry their global index g so that
+ * any rank knows a token's sequence and position without asking. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hf_model.h"
+#include "ops.h"
+#include "runtime.h"
+#include "xcomm.h"
+
+typedef struct rt {
+    const epm_run_opts *o;
+    epm_xcomm *x;
+    int me, R;
+    epm_hf_model *m;
+    const epm_hf_config *c;
+    const epm_ops *ops, *ref;
+    const epm_placement *p;
+    epm_placement *owned_p;
+    int B, N, steps, max_len;
+    int64_t total;     /* tokens of the whole run: prefill + decode */
+    const int *lens;
+    int *offset;       /* [B] first prefill g of each sequence */
+    int *moe_index;    /* [layers] MoE layer number, or -1 for dense layers */
+    int moe_layers;
+    float **kc, **vc;  /* [layers * B] caches, NULL where this rank keeps none */
+    int32_t *trace_rec; /* [n_rec][2 + k]: moe layer, g, ids */
+    int64_t n_rec, cap_rec;
+    epm_run_report *rep;
+    int64_t *bytes_local, *kv_local, *load_local, gather_local[EPM_LINK_COUNT];
+} rt;
+
+static int seq_of(const rt *r, int64_t g)
+{
+    if (g >= r->N)
+        return (int)((g - r->N) % r->B);
+    int lo = 0, hi = r->B - 1;
+    while (lo < hi) { /* last sequence whose offset <= g */
+        int mid = (lo + hi + 1) / 2;
+        if (r->offset[mid] <= g)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
+
+static int pos_of(const rt *r, int64_t g)
+{
+    if (g >= r->N)
+        return r->lens[seq_of(r, g)] + (int)((g - r->N) / r->B);
+    return (int)(g - r->offset[seq_of(r, g)]);
+}
+
+static int home_of(const rt *r, int64_t g) { return seq_of(r, g) % r->R; }
+
+/* g travels in two floats' bits: exact for any int64 */
+static void put_g(float *row, int64_t g) { memcpy(row, &g, sizeof g); }
+static int64_t get_g(const float *row)
+{
+    int64_t g;
+    memcpy(&g, row, sizeof g);
+    return g;
+}
+
+static epm_status sync(rt *r, epm_status st) { return epm_xcomm_agree(r->x, st); }
+
+static epm_status record_trace(rt *r, int ml, int64_t g, const int32_t *ids)
+{
+    int K = r->c->k;
+    if (r->n_rec == r->cap_rec) {
+        int64_t cap = r->cap_rec ? 2 * r->cap_rec : 1024;
+        int32_t *n = epm_realloc(r->trace_rec, (size_t)cap * (size_t)(2 + K) * sizeof *n);
+        if (!n)
+            return EPM_ERR_NOMEM;
+        r->trace_rec = n;
+        r->cap_rec = cap;
+    }
+    int32_t *rec = r->trace_rec + r->n_rec++ * (2 + K);
+    rec[0] = ml;
+    rec[1] = (int32_t)g;
+    memcpy(rec + 2, ids, (size_t)K * sizeof *ids);
+    return EPM_OK;
+}
+
+/* ---- attention ---- */
+
+static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
+{
+    const epm_hf_config *c = r->c;
+    const epm_hf_layer *w = epm_hf_layer_w(r->m, l);
+    int H = c->hidden, qd = c->heads * c->head_dim, kvd = c->kv_heads * c->head_dim;
+    epm_status st = EPM_OK;
+    float *x = epm_malloc((size_t)(n ? n : 1) * H * sizeof *x);
+    float *q = epm_malloc((size_t)(n ? n : 1) * qd * sizeof *q);
+    float *kv = epm_malloc((size_t)(n ? n : 1) * (2 + 2 * kvd) * sizeof *kv); /* g, k, v rows */
+    float *att = epm_malloc((size_t)(n ? n : 1) * qd * sizeof *att);
+    float *o = epm_malloc((size_t)(n ? n : 1) * H * sizeof *o);
+    float *k = epm_malloc((size_t)(n ? n : 1) * kvd * sizeof *k), *v = epm_malloc((size_t)(n ? n : 1) * kvd * sizeof *v);
+    int32_t *pos = epm_malloc((size_t)(n ? n : 1) * sizeof *pos);
+    float *all = NULL;
+    if (!x || !q || !kv || !att || !o || !k || !v || !pos) {
+        st = EPM_ERR_NOMEM;
+        goto out;
+    }
+    double t0 = epm_now();
+    r->ref->rmsnorm(h, n, H, w->in_norm, c->eps, x);
+    r->ops->linear(x, n, H, w->wq, w->bq, qd, q);
+    r->ops->linear(x, n, H, w->wk, w->bk, kvd, k);
+    r->ops->linear(x, n, H, w->wv, w->bv, kvd, v);
+    if (c->qk_norm) {
+        r->ref->rmsnorm(q, n, qd, w->q_norm, c->eps, q);
+        r->ref->rmsnorm(k, n, kvd, w->k_norm, c->eps, k);
+    }
+    for (int64_t i = 0; i < n; i++)
+        pos[i] = pos_of(r, g[i]);
+    epm_rope(q, n, c->heads, c->head_dim, pos, c->rope_theta);
+    epm_rope(k, n, c->kv_heads, c->head_dim, pos, c->rope_theta);
+    int W = 2 + 2 * kvd;
+    for (int64_t i = 0; i < n; i++) {
+        put_g(kv + i * W, g[i]);
+        memcpy(kv + i * W + 2, k + i * kvd, (size_t)kvd * sizeof *k);
+        memcpy(kv + i * W + 2 + kvd, v + i * kvd, (size_t)kvd * sizeof *v);
+    }
+    const float *rows = kv;
+    int64_t nrows = n;
+    if (r->o->mode == EPM_MODE_FOLLOW) {
+        /* every rank keeps every sequence's cache: all-gather the new rows */
+        int ml = r->moe_index[l];
+        int64_t *cnt = ml >= 0 ? r->kv_local + (size_t)ml * EPM_LINK_COUNT : NULL;
+        EPM_CHECK_GOTO(sync(r, EPM_OK), st, out);
+        EPM_CHECK_GOTO(epm_xcomm_allgather(r->x, n, kv, W, 2 * kvd, cnt, &all, &nrows), st, out);
+        rows = all;
+    }
+    for (int64_t i = 0; i < nrows; i++) {
+        int64_t gi = get_g(rows + i * W);
+        int s = seq_of(r, gi), ps = pos_of(r, gi);
+        float *kc = r->kc[(size_t)l * r->B + s], *vc = r->vc[(size_t)l * r->B + s];
+        if (!kc) {
+            st = epm_fail(EPM_ERR_INTERNAL, "rank %d holds no KV cache for sequence %d", r->me, s);
+            goto out;
+        }
+        memcpy(kc + (int64_t)ps * kvd, rows + i * W + 2, (size_t)kvd * sizeof *kc);
+        memcpy(vc + (int64_t)ps * kvd, rows + i * W + 2 + kvd, (size_t)kvd * sizeof *vc);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        int s = seq_of(r, g[i]);
+        epm_attention(q + i * qd, 1, &pos[i], r->kc[(size_t)l * r->B + s], r->vc[(size_t)l * r->B + s], c->heads,
+                      c->kv_heads, c->head_dim, att + i * qd, NULL, r->max_len);
+    }
+    r->ops->linear(att, n, qd, w->wo, NULL, H, o);
+    for (int64_t i = 0; i < n * H; i++)
+        h[i] += o[i];
+    r->rep->t_attention += epm_now() - t0;
+out:
+    epm_free(x);
+    epm_free(q);
+    epm_free(kv);
+    epm_free(att);
+    epm_free(o);
+    epm_free(k);
+    epm_free(v);
+    epm_free(pos);
+    epm_free(all);
+    return st;
+}
+
+/* ---- MoE ---- */
+
+static void gate(rt *r, const epm_hf_layer *w, int ml, const float *x2, int64_t g, int32_t *ids, float *wts,
+                 float *probs)
+{
+    const epm_hf_config *c = r->c;
+    int E = c->experts, K = c->k;
+    r->ref->linear(x2, 1, c->hidden, w->router, NULL, E, probs);
+    epm_softmax(probs, E);
+    if (r->o->route_from) {
+        const int32_t *row = epm_trace_ids_const(r->o->route_from, ml) + g * epm_trace_k(r->o->route_from);
+        for (int j = 0; j < K; j++) {
+            ids[j] = row[j];
+            wts[j] = row[j] >= 0 ? probs[row[j]] : 0.0f;
+        }
+    } else {
+        epm_topk(probs, E, K, ids, wts);
+    }
+    if (c->norm_topk) {
+        double s = 0;
+        for (int j = 0; j < K; j++)
+            s += wts[j];
+        for (int j = 0; j < K && s > 0; j++)
+            wts[j] = (float)(wts[j] / s);
+    }
+}
+
+typedef struct work {
+    int64_t n, cap;
+    float *rows;  /* [n][W]: g, h, ids, weights */
+    int *src;     /* rank the token lives on */
+} work;
+
+static void shared_expert(rt *r, const epm_hf_layer *w, const float *x2, int64_t n, float *h, float *scratch,
+                          float *y)
+{
+    const epm_hf_config *c = r->c;
+    if (!w->sh_gate || n == 0)
+        return;
+    r->ops->swiglu(x2, n, c->hidden, c->shared_ffn, w->sh_gate, w->sh_up, w->sh_down, scratch, y);
+    for (int64_t i = 0; i < n; i++) {
+        float gl;
+        r->ref->linear(x2 + i * c->hidden, 1, c->hidden, w->sh_router, NULL, 1, &gl);
+        float sg = epm_sigmoid(gl);
+        for (int j = 0; j < c->hidden; j++)
+            h[i * c->hidden + j] += sg * y[i * c->hidden + j];
+    }
+}
+
+/* One MoE (or dense MLP) block over the resident tokens (g, h). In follow mode
+ * the resident set changes: *pn, *pg, *ph are replaced. */
+static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
+{
+    const epm_hf_config *c = r->c;
+    const epm_hf_layer *w = epm_hf_layer_w(r->m, l);
+    const int H = c->hidden, K = c->k, E = c->experts, ml = r->moe_index[l];
+    int64_t n = *pn;
+    int64_t *g = *pg;
+    float *h = *ph;
+    epm_status st = EPM_OK;
+    float *x2 = epm_malloc((size_t)(n ? n : 1) * H * sizeof *x2);
+    if (!x2)
+        return EPM_ERR_NOMEM;
+    r->ref->rmsnorm(h, n, H, w->post_norm, c->eps, x2);
+    if (ml < 0) { /* dense MLP layer: no experts, no traffic */
+        float *scr = epm_malloc((size_t)(n ? n : 1) * 2 * c->dense_ffn * sizeof *scr);
+        float *y = epm_malloc((size_t)(n ? n : 1) * H * sizeof *y);
+        if (scr && y) {
+            r->ops->swiglu(x2, n, H, c->dense_ffn, w->mlp_gate, w->mlp_up, w->mlp_down, scr, y);
+            for (int64_t i = 0; i < n * H; i++)
+                h[i] += y[i];
+        } else {
+            st = EPM_ERR_NOMEM;
+        }
+        epm_free(scr);
+        epm_free(y);
+        epm_free(x2);
+        return st;
+    }
+    const int W = 2 + H + 2 * K;
+    float *rows = epm_malloc((size_t)(n ? n : 1) * (K + 1) * W * sizeof *rows);
+    int *dest = epm_malloc((size_t)(n ? n : 1) * (K + 1) * sizeof *dest);
+    float *probs = epm_malloc((size_t)E * sizeof *probs);
+    int32_t *ids = epm_malloc((size_t)(n ? n : 1) * K * sizeof *ids);
+    float *wts = epm_malloc((size_t)(n ? n : 1) * K * sizeof *wts);
+    int *dst = epm_malloc((size_t)K * sizeof *dst);
+    float *recv = NULL, *part = NULL, *precv = NULL, *xin = NULL, *y = NULL, *scr = NULL, *sx = NULL;
+    int *rsrc = NULL, *psrc = NULL, *pdest = NULL, *elist = NULL, *ecount = NULL;
+    float *prow = NULL;
+    int64_t nrecv = 0, npr = 0;
+    int64_t *ng = NULL;
+    float *nh = NULL;
+    if (!rows || !dest || !probs || !ids || !wts || !dst) {
+        st = EPM_ERR_NOMEM;
+        goto out;
+    }
+    /* gate and dispatch rows: once per distinct destination rank other than mine */
+    double t0 = epm_now();
+    int64_t nsend = 0;
+    for (int64_t i = 0; i < n; i++) {
+        gate(r, w, ml, x2 + i * H, g[i], ids + i * K, wts + i * K, probs);
+        EPM_CHECK_GOTO(record_trace(r, ml, g[i], ids + i * K), st, out);
+    }
+    r->rep->t_gate += epm_now() - t0;
+    t0 = epm_now();
+    for (int64_t i = 0; i < n; i++) {
+        if (ids[i * K] < 0)
+            continue;
+        epm_route_pick(r->p, ml, ids + i * K, K, r->me, (uint64_t)g[i], dst);
+        for (int j = 0; j < K; j++) {
+            int d = dst[j], seen = d < 0 || d == r->me;
+            for (int q = 0; q < j && !seen; q++)
+                seen = dst[q] == d;
+            if (seen)
+                continue;
+            float *row = rows + nsend * W;
+            put_g(row, g[i]);
+            memcpy(row + 2, h + i * H, (size_t)H * sizeof *row);
+            for (int q = 0; q < K; q++) {
+                row[2 + H + q] = (float)ids[i * K + q];
+                row[2 + H + K + q] = wts[i * K + q];
+            }
+            dest[nsend++] = d;
+        }
+    }
+    int64_t *cnt = r->bytes_local + (size_t)ml * EPM_LINK_COUNT;
+    EPM_CHECK_GOTO(sync(r, EPM_OK), st, out);
+    EPM_CHECK_GOTO(epm_xcomm_exchange(r->x, nsend, dest, rows, W, H, cnt, &recv, &rsrc, &nrecv), st, out);
+    r->rep->t_dispatch += epm_now() - t0;
+
+    /* the work of this rank: my own tokens with an expert here, then received rows */
+    t0 = epm_now();
+    int64_t nw = 0;
+    int64_t cap = n + nrecv;
+    float *wrows = epm_malloc((size_t)(cap ? cap : 1) * W * sizeof *wrows);
+    int *wsrc = epm_malloc((size_t)(cap ? cap : 1) * sizeof *wsrc);
+    xin = epm_malloc((size_t)(cap ? cap : 1) * H * sizeof *xin);
+    part = epm_calloc((size_t)(cap ? cap : 1) * H, sizeof *part);
+    elist = epm_malloc((size_t)(cap ? cap : 1) * K * 2 * sizeof *elist);
+    ecount = epm_calloc((size_t)E + 1, sizeof *ecount);
+    if (!wrows || !wsrc || !xin || !part || !elist || !ecount) {
+        epm_free(wrows);
+        epm_free(wsrc);
+        st = EPM_ERR_NOMEM;
+        goto out;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        if (ids[i * K] < 0)
+            continue;
+        epm_route_pick(r->p, ml, ids + i * K, K, r->me, (uint64_t)g[i], dst);
+        int here = 0;
+        for (int j = 0; j < K; j++)
+            here |= dst[j] == r->me;
+        if (!here)
+            continue;
+        float *row = wrows + nw * W;
+        put_g(row, g[i]);
+        memcpy(row + 2, h + i * H, (size_t)H * sizeof *row);
+        for (int q = 0; q < K; q++) {
+            row[2 + H + q] = (float)ids[i * K + q];
+            row[2 + H + K + q] = wts[i * K + q];
+        }
+        memcpy(xin + nw * H, x2 + i * H, (size_t)H * sizeof *xin);
+        wsrc[nw++] = r->me;
+    }
+    int64_t nlocal = nw;
+    memcpy(wrows + nw * W, recv, (size_t)nrecv * W * sizeof *wrows);
+    memcpy(wsrc + nw, rsrc, (size_t)nrecv * sizeof *wsrc);
+    for (int64_t i = 0; i < nrecv; i++)
+        r->ref->rmsnorm(recv + i * W + 2, 1, H, w->post_norm, c->eps, xin + (nw + i) * H);
+    nw += nrecv;
+    /* group (row, slot) pairs by local expert, stable */
+    int64_t npairs = 0;
+    int32_t rid[64];
+    for (int64_t i = 0; i < nw; i++) {
+        const float *row = wrows + i * W;
+        for (int q = 0; q < K; q++)
+            rid[q] = (int32_t)row[2 + H + q];
+        epm_route_pick(r->p, ml, rid, K, wsrc[i], (uint64_t)get_g(row), dst);
+        for (int q = 0; q < K; q++)
+            if (dst[q] == r->me) {
+                ecount[rid[q] + 1]++;
+                npairs++;
+            }
+    }
+    for (int e = 0; e < E; e++)
+        ecount[e + 1] += ecount[e];
+    {
+        int64_t *fill = epm_calloc((size_t)E, sizeof *fill);
+        if (!fill) {
+            epm_free(wrows);
+            epm_free(wsrc);
+            st = EPM_ERR_NOMEM;
+            goto out;
+        }
+        for (int64_t i = 0; i < nw; i++) {
+            const float *row = wrows + i * W;
+            for (int q = 0; q < K; q++)
+                rid[q] = (int32_t)row[2 + H + q];
+            epm_route_pick(r->p, ml, rid, K, wsrc[i], (uint64_t)get_g(row), dst);
+            for (int q = 0; q < K; q++)
+                if (dst[q] == r->me) {
+                    int64_t at = ecount[rid[q]] + fill[rid[q]]++;
+                    elist[2 * at] = (int)i;
+                    elist[2 * at + 1] = q;
+                }
+        }
+        epm_free(fill);
+    }
+    r->load_local[(size_t)ml * r->R + r->me] += npairs;
+    int F = c->moe_ffn;
+    int64_t maxm = 0;
+    for (int e = 0; e < E; e++)
+        maxm = ecount[e + 1] - ecount[e] > maxm ? ecount[e + 1] - ecount[e] : maxm;
+    sx = epm_malloc((size_t)(maxm ? maxm : 1) * H * sizeof *sx);
+    y = epm_malloc((size_t)(maxm ? maxm : 1) * H * sizeof *y);
+    scr = epm_malloc((size_t)(maxm ? maxm : 1) * 2 * F * sizeof *scr);
+    if (!sx || !y || !scr) {
+        epm_free(wrows);
+        epm_free(wsrc);
+        st = EPM_ERR_NOMEM;
+        goto out;
+    }
+    for (int e = 0; e < E; e++) {
+        int64_t m = ecount[e + 1] - ecount[e];
+        if (m == 0)
+            continue;
+        if (!w->gate[e]) {
+            epm_free(wrows);
+            epm_free(wsrc);
+            st = epm_fail(EPM_ERR_INTERNAL, "rank %d received tokens for expert %d of layer %d, not loaded here",
+                          r->me, e, l);
+            goto out;
+        }
+        for (int64_t a = 0; a < m; a++)
+            memcpy(sx + a * H, xin + (int64_t)elist[2 * (ecount[e] + a)] * H, (size_t)H * sizeof *sx);
+        r->ops->swiglu(sx, m, H, F, w->gate[e], w->up[e], w->down[e], scr, y);
+        for (int64_t a = 0; a < m; a++) {
+            int64_t i = elist[2 * (ecount[e] + a)];
+            float wt = wrows[i * W + 2 + H + K + elist[2 * (ecount[e] + a) + 1]];
+            for (int j = 0; j < H; j++)
+                part[i * H + j] += wt * y[a * H + j];
+        }
+    }
+    r->rep->t_experts += epm_now() - t0;
+
+    /* combine: partial sums travel to the token's combine rank */
+    t0 = epm_now();
+    const int PW = 2 + H;
+    prow = epm_malloc((size_t)(nw ? nw : 1) * PW * sizeof *prow);
+    pdest = epm_malloc((size_t)(nw ? nw : 1) * sizeof *pdest);
+    if (!prow || !pdest) {
+        epm_free(wrows);
+        epm_free(wsrc);
+        st = EPM_ERR_NOMEM;
+        goto out;
+    }
+    int64_t np = 0;
+    for (int64_t i = 0; i < nw; i++) {
+        const float *row = wrows + i * W;
+        int comb = wsrc[i];
+        if (r->o->mode == EPM_MODE_FOLLOW) {
+            for (int q = 0; q < K; q++)
+                rid[q] = (int32_t)row[2 + H + q];
+            epm_route_pick(r->p, ml, rid, K, wsrc[i], (uint64_t)get_g(row), dst);
+            comb = dst[0];
+        }
+        put_g(prow + np * PW, get_g(row));
+        memcpy(prow + np * PW + 2, part + i * H, (size_t)H * sizeof *prow);
+        pdest[np++] = comb;
+    }
+    EPM_CHECK_GOTO(sync(r, EPM_OK), st, out_w);
+    EPM_CHECK_GOTO(epm_xcomm_exchange(r->x, np, pdest, prow, PW, H, cnt, &precv, &psrc, &npr), st, out_w);
+
+    /* the tokens living here after this layer and their residual streams */
+    int64_t nn = 0, capn = n + nw;
+    ng = epm_malloc((size_t)(capn ? capn : 1) * sizeof *ng);
+    nh = epm_malloc((size_t)(capn ? capn : 1) * H * sizeof *nh);
+    if (!ng || !nh) {
+        st = EPM_ERR_NOMEM;
+        goto out_w;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        int stay = 1;
+        if (r->o->mode == EPM_MODE_FOLLOW && ids[i * K] >= 0) {
+            epm_route_pick(r->p, ml, ids + i * K, K, r->me, (uint64_t)g[i], dst);
+            stay = dst[0] == r->me;
+        }
+        if (!stay)
+            continue;
+        ng[nn] = g[i];
+        memcpy(nh + nn * H, h + i * H, (size_t)H * sizeof *nh);
+        nn++;
+    }
+    if (r->o->mode == EPM_MODE_FOLLOW) {
+        for (int64_t i = nlocal; i < nw; i++) {
+            const float *row = wrows + i * W;
+            for (int q = 0; q < K; q++)
+                rid[q] = (int32_t)row[2 + H + q];
+            epm_route_pick(r->p, ml, rid, K, wsrc[i], (uint64_t)get_g(row), dst);
+            if (dst[0] != r->me)
+                continue;
+            ng[nn] = get_g(row);
+            memcpy(nh + nn * H, row + 2, (size_t)H * sizeof *nh);
+            nn++;
+        }
+    }
+    /* add the partial sums, in a fixed order: source rank ascending (my own
+     * partial in its rank's place), so results do not depend on timing */
+    {
+        /* index of each g among the new residents */
+        int64_t *slot = epm_malloc((size_t)r->total * sizeof *slot);
+        if (!slot) {
+            st = EPM_ERR_NOMEM;
+            goto out_w;
+        }
+        for (int64_t i = 0; i < nn; i++)
+            slot[ng[i]] = i;
+        float *acc = epm_calloc((size_t)(nn ? nn : 1) * H, sizeof *acc);
+        if (!acc) {
+            epm_free(slot);
+            st = EPM_ERR_NOMEM;
+            goto out_w;
+        }
+        for (int64_t i = 0; i < npr; i++) {
+            int64_t s = slot[get_g(precv + i * PW)];
+            for (int j = 0; j < H; j++)
+                acc[s * H + j] += precv[i * PW + 2 + j];
+        }
+        for (int64_t i = 0; i < nn * H; i++)
+            nh[i] += acc[i];
+        epm_free(acc);
+        epm_free(slot);
+    }
+    r->rep->t_combine += epm_now() - t0;
+    /* Qwen2-MoE's shared expert runs where the token now lives */
+    if (w->sh_gate && nn > 0) {
+        float *sx2 = epm_malloc((size_t)nn * H * sizeof *sx2);
+        float *sy = epm_malloc((size_t)nn * H * sizeof *sy);
+        float *ss = epm_malloc((size_t)nn * 2 * c->shared_ffn * sizeof *ss);
+        float *hpre = epm_malloc((size_t)nn * H * sizeof *hpre);
+        if (!sx2 || !sy || !ss || !hpre) {
+            st = EPM_ERR_NOMEM;
+        } else {
+            /* the shared expert sees the pre-MoE hidden state of each resident */
+            int64_t *slot_old = epm_malloc((size_t)r->total * sizeof *slot_old);
+            if (!slot_old) {
+                st = EPM_ERR_NOMEM;
+            } else {
+                for (int64_t i = 0; i < r->total; i++)
+                    slot_old[i] = -1;
+                for (int64_t i = 0; i < n; i++)
+                    slot_old[g[i]] = i;
+                for (int64_t i = 0; i < nn; i++) {
+                    int64_t o = slot_old[ng[i]];
+                    if (o >= 0) {
+                        memcpy(hpre + i * H, h + o * H, (size_t)H * sizeof *hpre);
+                    } else {
+                        for (int64_t q = nlocal; q < nw; q++)
+                            if (get_g(wrows + q * W) == ng[i]) {
+                                memcpy(hpre + i * H, wrows + q * W + 2, (size_t)H * sizeof *hpre);
+                                break;
+                            }
+                    }
+                }
+                r->ref->rmsnorm(hpre, nn, H, w->post_norm, c->eps, sx2);
+                shared_expert(r, w, sx2, nn, nh, ss, sy);
+                epm_free(slot_old);
+            }
+        }
+        epm_free(sx2);
+        epm_free(sy);
+        epm_free(ss);
+        epm_free(hpre);
+    }
+    if (st == EPM_OK) {
+        epm_free(*pg);
+        epm_free(*ph);
+        *pg = ng;
+        *ph = nh;
+        *pn = nn;
+        ng = NULL;
+        nh = NULL;
+    }
+out_w:
+    epm_free(wrows);
+    epm_free(wsrc);
+out:
+    epm_free(x2);
+    epm_free(rows);
+    epm_free(dest);
+    epm_free(probs);
+    epm_free(ids);
+    epm_free(wts);
+    epm_free(dst);
+    epm_free(recv);
+    epm_free(rsrc);
+    epm_free(part);
+    epm_free(precv);
+    epm_free(psrc);
+    epm_free(pdest);
+    epm_free(prow);
+    epm_free(xin);
+    epm_free(y);
+    epm_free(scr);
+    epm_free(sx);
+    epm_free(elist);
+    epm_free(ecount);
+    epm_free(ng);
+    epm_free(nh);
+    return st;
+}
+
+/* One forward pass over the tokens this rank starts with (at their home).
+ * On return (g, h) are the same tokens, back home, after the final norm. */
+static epm_status forward(rt *r, int64_t *pn, int64_t **pg, float **ph)
+{
+    const epm_hf_config *c = r->c;
+    epm_status st = EPM_OK;
+    for (int l = 0; l < c->layers && st == EPM_OK; l++) {
+        st = attention(r, l, *pn, *pg, *ph);
+        st = sync(r, st);
+        if (st == EPM_OK)
+            st = moe_block(r, l, pn, pg, ph);
+        st = sync(r, st);
+    }
+    if (st != EPM_OK)
+        return st;
+    if (r->o->mode == EPM_MODE_FOLLOW) {
+        /* tokens return to their home rank for the logits */
+        int H = c->hidden, W = 2 + H;
+        int64_t n = *pn, nr = 0;
+        float *rows = epm_malloc((size_t)(n ? n : 1) * W * sizeof *rows), *recv = NULL;
+        int *dest = epm_malloc((size_t)(n ? n : 1) * sizeof *dest), *src = NULL;
+        if (!rows || !dest) {
+            epm_free(rows);
+            epm_free(dest);
+            return sync(r, EPM_ERR_NOMEM);
+        }
+        for (int64_t i = 0; i < n; i++) {
+            put_g(rows + i * W, (*pg)[i]);
+            memcpy(rows + i * W + 2, *ph + i * H, (size_t)H * sizeof *rows);
+            dest[i] = home_of(r, (*pg)[i]);
+        }
+        st = sync(r, EPM_OK);
+        if (st == EPM_OK)
+            st = epm_xcomm_exchange(r->x, n, dest, rows, W, H, r->gather_local, &recv, &src, &nr);
+        epm_free(rows);
+        epm_free(dest);
+        if (st != EPM_OK)
+            return st;
+        int64_t *ng = epm_malloc((size_t)(nr ? nr : 1) * sizeof *ng);
+        float *nh = epm_malloc((size_t)(nr ? nr : 1) * H * sizeof *nh);
+        if (ng && nh) {
+            for (int64_t i = 0; i < nr; i++) {
+                ng[i] = get_g(recv + i * W);
+                memcpy(nh + i * H, recv + i * W + 2, (size_t)H * sizeof *nh);
+            }
+        }
+        epm_free(recv);
+        epm_free(src);
+        if (!ng || !nh) {
+            epm_free(ng);
+            epm_free(nh);
+            return EPM_ERR_NOMEM;
+        }
+        epm_free(*pg);
+        epm_free(*ph);
+        *pg = ng;
+        *ph = nh;
+        *pn = nr;
+        /* sort residents by g: the order of home mode */
+        for (int64_t i = 1; i < nr; i++)
+            for (int64_t j = i; j > 0 && ng[j - 1] > ng[j]; j--) {
+                int64_t tg = ng[j];
+                ng[j] = ng[j - 1];
+                ng[j - 1] = tg;
+                for (int q = 0; q < H; q++) {
+                    float t = nh[j * H + q];
+                    nh[j * H + q] = nh[(j - 1) * H + q];
+                    nh[(j - 1) * H + q] = t;
+                }
+            }
+    }
+    r->ref->rmsnorm(*ph, *pn, c->hidden, epm_hf_final_norm(r->m), c->eps, *ph);
+    return EPM_OK;
+}
+
+/* logits of the resident (home) tokens; rows [n][vocab] */
+static epm_status logits(rt *r, int64_t n, const float *h, float **out)
+{
+    const epm_hf_config *c = r->c;
+    float *lg = epm_malloc((size_t)(n ? n : 1) * c->vocab * sizeof *lg);
+    if (!lg)
+        return EPM_ERR_NOMEM;
+    r->ops->linear(h, n, c->hidden, epm_hf_lm_head(r->m), NULL, c->vocab, lg);
+    *out = lg;
+    return EPM_OK;
+}
+
+static int argmax(const float *v, int n)
+{
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[b])
+            b = i;
+    return b;
+}
+
+static epm_status embed(rt *r, int64_t n, const int64_t *g, const int32_t *tok, float *h)
+{
+    const epm_hf_config *c = r->c;
+    for (int64_t i = 0; i < n; i++) {
+        if (tok[i] < 0 || tok[i] >= c->vocab)
+            return epm_fail(EPM_ERR_INVALID_ARG, "token id %d of sequence %d position %d is outside [0, %d)", tok[i],
+                            seq_of(r, g[i]), pos_of(r, g[i]), c->vocab);
+        memcpy(h + i * c->hidden, epm_hf_embed(r->m) + (int64_t)tok[i] * c->hidden, (size_t)c->hidden * sizeof *h);
+    }
+    return EPM_OK;
+}
+
+static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens)
+{
+    epm_status st = epm_hf_open(o->model_dir, &r->m);
+    /* every rank opens the same files; a failure anywhere stops everyone */
+    EPM_CHECK(sync(r, st));
+    r->c = epm_hf_cfg(r->m);
+    const epm_hf_config *c = r->c;
+    r->B = batch;
+    r->lens = lens;
+    r->steps = o->max_new_tokens > 0 ? o->max_new_tokens - 1 : 0;
+    r->offset = epm_malloc((size_t)batch * sizeof *r->offset);
+    r->moe_index = epm_malloc((size_t)c->layers * sizeof *r->moe_index);
+    if (!r->offset || !r->moe_index)
+        return sync(r, EPM_ERR_NOMEM);
+    int maxlen = 0;
+    for (int s = 0; s < batch; s++) {
+        r->offset[s] = r->N;
+        r->N += lens[s];
+        maxlen = lens[s] > maxlen ? lens[s] : maxlen;
+    }
+    r->max_len = maxlen + r->steps + 1;
+    r->total = r->N + (int64_t)r->steps * batch;
+    for (int l = 0; l < c->layers; l++)
+        r->moe_index[l] = c->sparse[l] ? r->moe_layers++ : -1;
+    /* the placement must be for this model and this run's ranks */
+    epm_cluster cl;
+    epm_xcomm_cluster(r->x, &cl);
+    st = EPM_OK;
+    if (!o->placement) {
+        st = epm_placement_create(r->moe_layers, c->experts, c->k, &cl, &r->owned_p);
+        for (int l = 0; l < r->moe_layers && st == EPM_OK; l++)
+            for (int e = 0; e < c->experts && st == EPM_OK; e++)
+                st = epm_placement_add(r->owned_p, l, e, (int)((int64_t)e * r->R / c->experts));
+        r->p = r->owned_p;
+    } else {
+        r->p = o->placement;
+        const epm_cluster *pc = epm_placement_cluster(r->p);
+        if (epm_placement_ranks(r->p) != r->R)
+            st = epm_fail(EPM_ERR_MISMATCH, "the placement is for %d ranks (%d nodes x %d), this run has %d ranks",
+                          epm_placement_ranks(r->p), pc->nodes, pc->gpus_per_node, r->R);
+        else if (pc->nodes != cl.nodes)
+            st = epm_fail(EPM_ERR_MISMATCH, "the placement is for %d nodes x %d ranks, this run has %d nodes x %d "
+                          "(use --virtual-nodes or plan for this cluster)", pc->nodes, pc->gpus_per_node, cl.nodes,
+                          cl.gpus_per_node);
+        else if (epm_placement_layers(r->p) != r->moe_layers || epm_placement_experts(r->p) != c->experts)
+            st = epm_fail(EPM_ERR_MISMATCH, "the placement has %d MoE layers x %d experts, the model %d x %d",
+                          epm_placement_layers(r->p), epm_placement_experts(r->p), r->moe_layers, c->experts);
+        else
+            st = epm_placement_validate(r->p, 0);
+    }
+    if (st == EPM_OK && o->route_from) {
+        const epm_trace *t = o->route_from;
+        if (epm_trace_layers(t) != r->moe_layers || epm_trace_tokens(t) < r->total || epm_trace_k(t) != c->k ||
+            epm_trace_experts(t) > c->experts)
+            st = epm_fail(EPM_ERR_MISMATCH,
+                          "--route-from-trace: the trace has %d layers x %lld tokens x k=%d (experts < %d); this run "
+                          "needs %d x %lld x k=%d (experts < %d)", epm_trace_layers(t), (long long)epm_trace_tokens(t),
+                          epm_trace_k(t), epm_trace_experts(t), r->moe_layers, (long long)r->total, c->k, c->experts);
+    }
+    EPM_CHECK(sync(r, st));
+    /* each rank reads the dense weights and only the experts placed on it */
+    unsigned char *want = epm_calloc((size_t)c->layers * (size_t)c->experts, 1);
+    st = want ? EPM_OK : EPM_ERR_NOMEM;
+    for (int l = 0; l < c->layers && want; l++)
+        for (int e = 0; e < c->experts && r->moe_index[l] >= 0; e++)
+            want[(size_t)l * c->experts + e] = (unsigned char)epm_placement_has(r->p, r->moe_index[l], e, r->me);
+    if (st == EPM_OK)
+        st = epm_hf_load(r->m, want);
+    epm_free(want);
+    EPM_CHECK(sync(r, st));
+    /* KV caches: home keeps its own sequences, follow every sequence */
+    int kvd = c->kv_heads * c->head_dim;
+    r->kc = epm_calloc((size_t)c->layers * batch, sizeof *r->kc);
+    r->vc = epm_calloc((size_t)c->layers * batch, sizeof *r->vc);
+    st = r->kc && r->vc ? EPM_OK : EPM_ERR_NOMEM;
+    for (int l = 0; l < c->layers && st == EPM_OK; l++)
+        for (int s = 0; s < batch && st == EPM_OK; s++) {
+            if (o->mode == EPM_MODE_HOME && s % r->R != r->me)
+                continue;
+            size_t i = (size_t)l * batch + s;
+            r->kc[i] = epm_calloc((size_t)r->max_len * kvd, sizeof(float));
+            r->vc[i] = epm_calloc((size_t)r->max_len * kvd, sizeof(float));
+            if (!r->kc[i] || !r->vc[i])
+                st = EPM_ERR_NOMEM;
+        }
+    r->bytes_local = epm_calloc((size_t)r->moe_layers * EPM_LINK_COUNT, sizeof(int64_t));
+    r->kv_local = epm_calloc((size_t)r->moe_layers * EPM_LINK_COUNT, sizeof(int64_t));
+    r->load_local = epm_calloc((size_t)r->moe_layers * r->R, sizeof(int64_t));
+    if (!r->bytes_local || !r->kv_local || !r->load_local)
+        st = EPM_ERR_NOMEM;
+    return sync(r, st);
+}
+
+static void teardown(rt *r)
+{
+    if (r->kc)
+        for (size_t i = 0; i < (size_t)r->c->layers * r->B; i++) {
+            epm_free(r->kc[i]);
+            epm_free(r->vc[i]);
+        }
+    epm_free(r->kc);
+    epm_free(r->vc);
+    epm_free(r->offset);
+    epm_free(r->moe_index);
+    epm_free(r->trace_rec);
+    epm_free(r->bytes_local);
+    epm_free(r->kv_local);
+    epm_free(r->load_local);
+    epm_placement_destroy(r->owned_p);
+    epm_hf_close(r->m);
+}
+
+void epm_run_result_destroy(epm_run_result *res)
+{
+    if (!res)
+        return;
+    epm_free(res->lens);
+    epm_free(res->generated);
+    epm_free(res->logits);
+    epm_trace_destroy(res->trace);
+    epm_free(res->report.bytes);
+    epm_free(res->report.kv_bytes);
+    epm_free(res->report.rank_load);
+    epm_free(res);
+}
+
+/* rank 0 assembles the routing trace from every rank's records */
+static epm_status collect_trace(rt *r, epm_run_result *res)
+{
+    int K = r->c->k;
+    void *all = NULL;
+    int64_t nb = 0;
+    EPM_CHECK(epm_xcomm_gather_bytes(r->x, r->trace_rec, r->n_rec * (2 + K) * (int64_t)sizeof(int32_t), &all, &nb));
+    if (r->me != 0)
+        return EPM_OK;
+    epm_status st = epm_trace_create(r->moe_layers, r->total, K, r->c->experts, &res->trace);
+    int32_t *seq = epm_malloc((size_t)(r->total ? r->total : 1) * sizeof *seq);
+    if (st == EPM_OK && seq) {
+        const int32_t *rec = all;
+        int64_t nrec = nb / (int64_t)((2 + K) * sizeof(int32_t));
+        for (int64_t i = 0; i < nrec; i++, rec += 2 + K)
+            memcpy(epm_trace_ids(res->trace, rec[0]) + (int64_t)rec[1] * K, rec + 2, (size_t)K * sizeof *rec);
+        for (int64_t gi = 0; gi < r->total; gi++)
+            seq[gi] = seq_of(r, gi);
+        st = epm_trace_set_seq_ids(res->trace, seq);
+    } else if (st == EPM_OK) {
+        st = EPM_ERR_NOMEM;
+    }
+    epm_free(seq);
+    epm_free(all);
+    return st;
+}
+
+epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int32_t *const *prompts,
+                   epm_run_result **out)
+{
+    *out = NULL;
+    if (batch <= 0 || !lens)
+        return epm_fail(EPM_ERR_INVALID_ARG, "run: the batch is empty");
+    for (int s = 0; s < batch; s++)
+        if (lens[s] <= 0)
+            return epm_fail(EPM_ERR_INVALID_ARG, "run: sequence %d is empty", s);
+    rt r;
+    memset(&r, 0, sizeof r);
+    r.o = o;
+    r.ref = epm_ops_ref();
+    r.ops = o->ops && !strcmp(o->ops, "ref") ? epm_ops_ref() : epm_ops_blas();
+    epm_run_result *res = epm_calloc(1, sizeof *res);
+    if (!res)
+        return EPM_ERR_NOMEM;
+    r.rep = &res->report;
+    epm_status st = epm_xcomm_create(o->virtual_nodes, &r.x);
+    if (st != EPM_OK) {
+        epm_free(res);
+        return st;
+    }
+    r.me = epm_xcomm_rank(r.x);
+    r.R = epm_xcomm_size(r.x);
+    int64_t n = 0, *g = NULL;
+    float *h = NULL, *lg = NULL;
+    int32_t *tok = NULL;
+    EPM_CHECK_GOTO(setup(&r, o, batch, lens), st, fail);
+    const epm_hf_config *c = r.c;
+    res->batch = batch;
+    res->vocab = c->vocab;
+    res->lens = epm_malloc((size_t)batch * sizeof *res->lens);
+    res->generated = epm_calloc((size_t)batch * (size_t)(o->max_new_tokens > 0 ? o->max_new_tokens : 1), sizeof(int32_t));
+    int64_t *gen64 = epm_calloc((size_t)batch * (size_t)(o->max_new_tokens > 0 ? o->max_new_tokens : 1), sizeof *gen64);
+    /* prefill: each rank starts with the tokens of its home sequences */
+    g = epm_malloc((size_t)(r.N ? r.N : 1) * sizeof *g);
+    tok = epm_malloc((size_t)(r.N ? r.N : 1) * sizeof *tok);
+    h = epm_malloc((size_t)(r.N ? r.N : 1) * c->hidden * sizeof *h);
+    st = res->lens && res->generated && gen64 && g && tok && h ? EPM_OK : EPM_ERR_NOMEM;
+    if (st == EPM_OK) {
+        memcpy(res->lens, lens, (size_t)batch * sizeof *lens);
+        for (int s = r.me; s < batch; s += r.R)
+            for (int p = 0; p < lens[s]; p++) {
+                g[n] = r.offset[s] + p;
+                tok[n++] = prompts[s][p];
+            }
+        st = embed(&r, n, g, tok, h);
+    }
+    EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
+    double t0 = epm_now();
+    EPM_CHECK_GOTO(forward(&r, &n, &g, &h), st, fail_gen);
+    st = logits(&r, n, h, &lg);
+    EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
+    res->report.t_prefill = epm_now() - t0;
+    res->report.prefill_tokens = r.N;
+    /* rank 0 gathers the prefill logits it was asked to keep */
+    {
+        int V = c->vocab;
+        int64_t keep = 0;
+        float *rows = epm_malloc((size_t)(n ? n : 1) * (2 + V) * sizeof *rows);
+        st = rows ? EPM_OK : EPM_ERR_NOMEM;
+        for (int64_t i = 0; i < n && rows; i++) {
+            int s = seq_of(&r, g[i]);
+            int last = pos_of(&r, g[i]) == lens[s] - 1;
+            if (last && o->max_new_tokens > 0)
+                gen64[(size_t)s * o->max_new_tokens] = argmax(lg + i * V, V);
+            if (!o->keep_logits && !last)
+                continue;
+            put_g(rows + keep * (2 + V), o->keep_logits ? g[i] : s);
+            memcpy(rows + keep * (2 + V) + 2, lg + i * V, (size_t)V * sizeof *rows);
+            keep++;
+        }
+        EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
+        void *all = NULL;
+        int64_t nb = 0;
+        st = epm_xcomm_gather_bytes(r.x, rows, keep * (2 + V) * (int64_t)sizeof(float), &all, &nb);
+        epm_free(rows);
+        if (st == EPM_OK && r.me == 0) {
+            int64_t rowsn = o->keep_logits ? r.N : batch;
+            res->logits = epm_malloc((size_t)rowsn * V * sizeof(float));
+            if (!res->logits) {
+                st = EPM_ERR_NOMEM;
+            } else {
+                const float *a = all;
+                for (int64_t i = 0; i < nb / (int64_t)((2 + V) * sizeof(float)); i++)
+                    memcpy(res->logits + get_g(a + i * (2 + V)) * V, a + i * (2 + V) + 2, (size_t)V * sizeof(float));
+            }
+        }
+        epm_free(all);
+        EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
+    }
+    /* greedy decoding: one new token per sequence per step, KV caches grow */
+    t0 = epm_now();
+    for (int step = 0; step < r.steps; step++) {
+        n = 0;
+        for (int s = r.me; s < batch; s += r.R) {
+            g[n] = r.N + (int64_t)step * batch + s;
+            tok[n++] = (int32_t)gen64[(size_t)s * o->max_new_tokens + step];
+        }
+        st = embed(&r, n, g, tok, h);
+        EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
+        EPM_CHECK_GOTO(forward(&r, &n, &g, &h), st, fail_gen);
+        epm_free(lg);
+        lg = NULL;
+        st = logits(&r, n, h, &lg);
+        for (int64_t i = 0; i < n && st == EPM_OK; i++)
+            gen64[(size_t)seq_of(&r, g[i]) * o->max_new_tokens + step + 1] = argmax(lg + i * c->vocab, c->vocab);
+        EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
+        res->report.decode_tokens += batch;
+    }
+    res->report.t_decode = epm_now() - t0;
+    if (o->max_new_tokens > 0) {
+        EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, gen64, batch * o->max_new_tokens), st, fail_gen);
+        for (int i = 0; i < batch * o->max_new_tokens; i++)
+            res->generated[i] = (int32_t)gen64[i];
+    }
+    EPM_CHECK_GOTO(collect_trace(&r, res), st, fail_gen);
+    /* the report: counted bytes and loads summed over ranks */
+    epm_run_report *rep = &res->report;
+    rep->ranks = r.R;
+    rep->moe_layers = r.moe_layers;
+    epm_cluster cl;
+    epm_xcomm_cluster(r.x, &cl);
+    rep->nodes = cl.nodes;
+    EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.bytes_local, r.moe_layers * EPM_LINK_COUNT), st, fail_gen);
+    EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.kv_local, r.moe_layers * EPM_LINK_COUNT), st, fail_gen);
+    EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.load_local, r.moe_layers * r.R), st, fail_gen);
+    EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.gather_local, EPM_LINK_COUNT), st, fail_gen);
+    int64_t wb[2] = {epm_hf_bytes_loaded(r.m), epm_hf_bytes_loaded(r.m)};
+    EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, wb, 1), st, fail_gen);
+    double wmax = (double)epm_hf_bytes_loaded(r.m);
+    double times[7] = {rep->t_prefill, rep->t_decode, rep->t_attention, rep->t_gate, rep->t_dispatch, rep->t_experts,
+                       rep->t_combine};
+    EPM_CHECK_GOTO(epm_xcomm_max_f64(r.x, &wmax, 1), st, fail_gen);
+    EPM_CHECK_GOTO(epm_xcomm_max_f64(r.x, times, 7), st, fail_gen);
+    rep->t_prefill = times[0], rep->t_decode = times[1], rep->t_attention = times[2], rep->t_gate = times[3];
+    rep->t_dispatch = times[4], rep->t_experts = times[5], rep->t_combine = times[6];
+    rep->weight_bytes_sum = wb[0];
+    rep->weight_bytes_max = (int64_t)wmax;
+    rep->bytes = r.bytes_local;
+    rep->kv_bytes = r.kv_local;
+    rep->rank_load = r.load_local;
+    memcpy(rep->gather_bytes, r.gather_local, sizeof rep->gather_bytes);
+    r.bytes_local = r.kv_local = r.load_local = NULL;
+    epm_free(gen64);
+    epm_free(g);
+    epm_free(h);
+    epm_free(tok);
+    epm_free(lg);
+    teardown(&r);
+    epm_xcomm_destroy(r.x);
+    *out = res;
+    return EPM_OK;
+fail_gen:
+    epm_free(gen64);
+fail:
+    epm_free(g);
+    epm_free(h);
+    epm_free(tok);
+    epm_free(lg);
+    teardown(&r);
+    epm_xcomm_destroy(r.x);
+    epm_run_result_destroy(res);
+    return st;
+}

@@ -1,0 +1,53 @@
+/* The distributed layer loop of `epmoe run` (internal). Sequences are spread
+ * over ranks (sequence s lives on rank s mod R, its home); each MoE layer is
+ * expert-parallel: route -> dispatch -> local experts -> combine, in mode
+ * home or follow (DESIGN.md). dist/ calls comm/ and kernels/ only through
+ * xcomm.h and ops.h. */
+#ifndef EPM_RUNTIME_H
+#define EPM_RUNTIME_H
+
+#include "core.h"
+#include "epmoe/eval.h"
+#include "epmoe/placement.h"
+#include "epmoe/trace.h"
+
+typedef struct epm_run_opts {
+    const char *model_dir;
+    const epm_placement *placement; /* NULL = contiguous over the run's ranks */
+    epm_mode mode;
+    int virtual_nodes;
+    int max_new_tokens;
+    const char *ops;                /* "ref" or "blas" */
+    const epm_trace *route_from;    /* replay routing from a trace (NULL = the gate decides) */
+    int keep_logits;                /* keep every prefill position's logits (else last only) */
+} epm_run_opts;
+
+typedef struct epm_run_report {
+    int ranks, nodes, moe_layers;
+    int64_t prefill_tokens, decode_tokens;
+    double t_prefill, t_decode, t_attention, t_gate, t_dispatch, t_experts, t_combine;
+    int64_t *bytes;        /* [moe_layers][EPM_LINK_COUNT] dispatch+combine, all ranks */
+    int64_t *kv_bytes;     /* [moe_layers][EPM_LINK_COUNT] follow all-gather */
+    int64_t *rank_load;    /* [moe_layers][ranks] (token, expert) pairs served */
+    int64_t gather_bytes[EPM_LINK_COUNT];
+    int64_t weight_bytes_max; /* largest checkpoint bytes any rank read */
+    int64_t weight_bytes_sum;
+} epm_run_report;
+
+typedef struct epm_run_result {
+    int batch, vocab;
+    int *lens;          /* [batch] prompt lengths */
+    int32_t *generated; /* [batch][max_new_tokens] */
+    float *logits;      /* rank 0: [total prefill tokens][vocab] (keep_logits) or [batch][vocab] */
+    epm_trace *trace;   /* rank 0: the routing of every MoE layer, prefill then decode tokens */
+    epm_run_report report;
+} epm_run_result;
+
+/* Collective over all ranks: every rank passes the same prompts. Results on
+ * rank 0 (the others get the report only). Any rank's failure is returned on
+ * every rank with the failing rank named. */
+epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int32_t *const *prompts,
+                   epm_run_result **out);
+void epm_run_result_destroy(epm_run_result *r);
+
+#endif

@@ -1,0 +1,320 @@
+/* epmoe run: distributed inference of a Hugging Face MoE checkpoint. Run it
+ * under mpirun; every rank parses the same arguments. */
+#include <getopt.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "core.h"
+#include "runtime.h"
+#include "safetensors.h"
+#include "xcomm.h"
+
+static const char usage[] =
+    "usage: mpirun -np N epmoe run --model DIR --input TOKENS [options]\n"
+    "\n"
+    "Prefill a batch, then greedy-decode, expert-parallel over the MPI ranks.\n"
+    "  --model DIR              Hugging Face checkpoint (config.json + safetensors)\n"
+    "  --input FILE             token ids: JSON [[1,2,3],[4,5]] or {\"input_ids\": [...]}, or a\n"
+    "                           safetensors file with an int32 'input_ids' [batch, seq] tensor\n"
+    "  --placement FILE         placement JSON from epmoe plan (default: contiguous)\n"
+    "  --mode home|follow       where tokens live between MoE layers (default home)\n"
+    "  --max-new-tokens N       greedy tokens to generate per sequence (default 0)\n"
+    "  --virtual-nodes N        split the ranks into N pretend nodes\n"
+    "  --route-from-trace FILE  replace the gate's choices by a recorded trace\n"
+    "  --trace-out FILE         write the routing of every MoE layer (trace format)\n"
+    "  --logits-out FILE        write logits (safetensors 'logits')\n"
+    "  --all-logits             logits of every prompt position, not only the last\n"
+    "  --kernels ref|blas       CPU kernels (default blas)\n"
+    "  --report                 per-layer bytes and loads, times, tokens/s (stderr, or stdout with --json)\n"
+    "  --json                   results as JSON on stdout\n";
+
+enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
+
+static const struct option opts[] = {
+    {"model", required_argument, 0, O_MODEL},        {"input", required_argument, 0, O_INPUT},
+    {"placement", required_argument, 0, O_PLACE},    {"mode", required_argument, 0, O_MODE},
+    {"max-new-tokens", required_argument, 0, O_MAXNEW}, {"virtual-nodes", required_argument, 0, O_VN},
+    {"route-from-trace", required_argument, 0, O_RFT}, {"trace-out", required_argument, 0, O_TOUT},
+    {"logits-out", required_argument, 0, O_LOUT},    {"all-logits", no_argument, 0, O_ALL},
+    {"kernels", required_argument, 0, O_KER},        {"report", no_argument, 0, O_REP},
+    {"json", no_argument, 0, O_JSON},                {"help", no_argument, 0, O_HELP},
+    {0, 0, 0, 0}};
+
+typedef struct prompts {
+    int batch;
+    int *lens;
+    int32_t **ids;
+} prompts;
+
+static void prompts_free(prompts *p)
+{
+    for (int s = 0; s < p->batch && p->ids; s++)
+        free(p->ids[s]);
+    free(p->ids);
+    free(p->lens);
+}
+
+static epm_status prompts_alloc(prompts *p, int batch)
+{
+    p->batch = batch;
+    p->lens = calloc((size_t)batch, sizeof *p->lens);
+    p->ids = calloc((size_t)batch, sizeof *p->ids);
+    return p->lens && p->ids ? EPM_OK : epm_fail(EPM_ERR_NOMEM, "out of memory");
+}
+
+static epm_status read_input(const char *path, prompts *p)
+{
+    memset(p, 0, sizeof *p);
+    epm_safetensors *st = NULL;
+    if (epm_st_open(path, &st) == EPM_OK) {
+        const epm_st_tensor *t;
+        int64_t any[2] = {-1, -1};
+        epm_status s = epm_st_expect(st, "input_ids", EPM_DTYPE_I32, 2, any, &t);
+        if (s == EPM_OK && (t->shape[0] < 1 || t->shape[1] < 1 || t->shape[0] > 1 << 20 || t->shape[1] > 1 << 24))
+            s = epm_fail(EPM_ERR_FORMAT, "%s: tensor 'input_ids' has an empty or huge shape", path);
+        if (s == EPM_OK)
+            s = prompts_alloc(p, (int)t->shape[0]);
+        for (int b = 0; b < p->batch && s == EPM_OK; b++) {
+            p->lens[b] = (int)t->shape[1];
+            p->ids[b] = malloc((size_t)p->lens[b] * sizeof(int32_t));
+            if (!p->ids[b])
+                s = epm_fail(EPM_ERR_NOMEM, "out of memory");
+            else
+                memcpy(p->ids[b], (const int32_t *)t->data + (int64_t)b * p->lens[b], (size_t)p->lens[b] * 4);
+        }
+        epm_st_close(st);
+        return s;
+    }
+    char *text;
+    size_t n;
+    EPM_CHECK(epm_read_file(path, (size_t)1 << 30, &text, &n));
+    json_error_t err;
+    json_t *root = json_loadb(text, n, 0, &err);
+    epm_free(text);
+    if (!root)
+        return epm_fail(EPM_ERR_FORMAT, "%s: neither safetensors nor valid JSON (line %d: %s)", path, err.line, err.text);
+    json_t *arr = json_is_object(root) ? json_object_get(root, "input_ids") : root;
+    epm_status s = EPM_OK;
+    if (!json_is_array(arr) || json_array_size(arr) == 0) {
+        s = epm_fail(EPM_ERR_FORMAT, "%s: expected a non-empty list of token-id lists (or {\"input_ids\": ...})", path);
+    } else {
+        s = prompts_alloc(p, (int)json_array_size(arr));
+        for (int b = 0; b < p->batch && s == EPM_OK; b++) {
+            json_t *seq = json_array_get(arr, (size_t)b);
+            if (!json_is_array(seq) || json_array_size(seq) == 0) {
+                s = epm_fail(EPM_ERR_FORMAT, "%s: input_ids[%d] is not a non-empty list", path, b);
+                break;
+            }
+            p->lens[b] = (int)json_array_size(seq);
+            p->ids[b] = malloc((size_t)p->lens[b] * sizeof(int32_t));
+            if (!p->ids[b]) {
+                s = epm_fail(EPM_ERR_NOMEM, "out of memory");
+                break;
+            }
+            for (int i = 0; i < p->lens[b]; i++) {
+                json_t *v = json_array_get(seq, (size_t)i);
+                if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX) {
+                    s = epm_fail(EPM_ERR_FORMAT, "%s: input_ids[%d][%d] is not a token id", path, b, i);
+                    break;
+                }
+                p->ids[b][i] = (int32_t)json_integer_value(v);
+            }
+        }
+    }
+    json_decref(root);
+    return s;
+}
+
+static epm_status write_logits(const char *path, const epm_run_result *res, int all)
+{
+    epm_st_writer *w;
+    EPM_CHECK(epm_st_writer_create(&w));
+    int64_t shape3[3] = {res->batch, res->lens[0], res->vocab}, shape2[2] = {res->batch, res->vocab};
+    int same = 1;
+    for (int s = 1; s < res->batch; s++)
+        same &= res->lens[s] == res->lens[0];
+    epm_status st;
+    if (all && same)
+        st = epm_st_writer_add(w, "logits", EPM_DTYPE_F32, 3, shape3, res->logits);
+    else if (all) {
+        int64_t total = 0;
+        for (int s = 0; s < res->batch; s++)
+            total += res->lens[s];
+        int64_t flat[2] = {total, res->vocab};
+        st = epm_st_writer_add(w, "logits", EPM_DTYPE_F32, 2, flat, res->logits);
+    } else {
+        st = epm_st_writer_add(w, "logits", EPM_DTYPE_F32, 2, shape2, res->logits);
+    }
+    if (st == EPM_OK)
+        st = epm_st_writer_save(w, path);
+    epm_st_writer_destroy(w);
+    return st;
+}
+
+static void print_report(FILE *f, const epm_run_result *res, int json)
+{
+    const epm_run_report *r = &res->report;
+    double tps = r->t_prefill > 0 ? (double)r->prefill_tokens / r->t_prefill : 0;
+    double dps = r->t_decode > 0 ? (double)r->decode_tokens / r->t_decode : 0;
+    if (json) {
+        fprintf(f, "\"report\": {\"ranks\": %d, \"nodes\": %d, \"prefill_tokens\": %lld, \"decode_tokens\": %lld, "
+                   "\"prefill_tokens_per_s\": %.3f, \"decode_tokens_per_s\": %.3f, \"seconds\": {\"prefill\": %.6f, "
+                   "\"decode\": %.6f, \"attention\": %.6f, \"gate\": %.6f, \"dispatch\": %.6f, \"experts\": %.6f, "
+                   "\"combine\": %.6f}, \"weight_bytes_max_rank\": %lld, \"gather_bytes\": [%lld, %lld, %lld], \"layers\": [",
+                r->ranks, r->nodes, (long long)r->prefill_tokens, (long long)r->decode_tokens, tps, dps, r->t_prefill,
+                r->t_decode, r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine,
+                (long long)r->weight_bytes_max, (long long)r->gather_bytes[0], (long long)r->gather_bytes[1],
+                (long long)r->gather_bytes[2]);
+        for (int l = 0; l < r->moe_layers; l++) {
+            const int64_t *b = r->bytes + l * EPM_LINK_COUNT, *k = r->kv_bytes + l * EPM_LINK_COUNT;
+            fprintf(f, "%s{\"bytes\": [%lld, %lld, %lld], \"kv_bytes\": [%lld, %lld, %lld], \"rank_load\": [", l ? ", " : "",
+                    (long long)b[0], (long long)b[1], (long long)b[2], (long long)k[0], (long long)k[1], (long long)k[2]);
+            for (int q = 0; q < r->ranks; q++)
+                fprintf(f, "%s%lld", q ? ", " : "", (long long)r->rank_load[(size_t)l * r->ranks + q]);
+            fprintf(f, "]}");
+        }
+        fprintf(f, "]}");
+        return;
+    }
+    fprintf(f, "ranks %d (%d nodes)  prefill %lld tokens in %.3f s (%.1f tok/s)  decode %lld tokens in %.3f s (%.1f tok/s)\n",
+            r->ranks, r->nodes, (long long)r->prefill_tokens, r->t_prefill, tps, (long long)r->decode_tokens,
+            r->t_decode, dps);
+    fprintf(f, "time (slowest rank): attention %.3f  gate %.3f  dispatch %.3f  experts %.3f  combine %.3f s\n",
+            r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine);
+    fprintf(f, "checkpoint bytes read: %lld on the busiest rank, %lld in all\n", (long long)r->weight_bytes_max,
+            (long long)r->weight_bytes_sum);
+    int64_t tot[3] = {0, 0, 0};
+    for (int l = 0; l < r->moe_layers; l++) {
+        const int64_t *b = r->bytes + l * EPM_LINK_COUNT, *k = r->kv_bytes + l * EPM_LINK_COUNT;
+        int64_t mx = 0, sum = 0;
+        for (int q = 0; q < r->ranks; q++) {
+            int64_t v = r->rank_load[(size_t)l * r->ranks + q];
+            mx = v > mx ? v : mx;
+            sum += v;
+        }
+        fprintf(f, "  moe layer %3d: bytes intra %lld inter %lld (+kv %lld/%lld)  load max %lld mean %.1f\n", l,
+                (long long)b[1], (long long)b[2], (long long)k[1], (long long)k[2], (long long)mx,
+                (double)sum / r->ranks);
+        for (int c = 0; c < 3; c++)
+            tot[c] += b[c] + k[c];
+    }
+    fprintf(f, "total bytes: intra-node %lld  inter-node %lld  (+ final gather %lld/%lld)\n", (long long)tot[1],
+            (long long)tot[2], (long long)r->gather_bytes[1], (long long)r->gather_bytes[2]);
+}
+
+int epm_cli_run(int argc, char **argv)
+{
+    const char *W = "run";
+    epm_run_opts o;
+    memset(&o, 0, sizeof o);
+    o.ops = "blas";
+    const char *input = NULL, *place = NULL, *rft = NULL, *tout = NULL, *lout = NULL;
+    int report = 0, json = 0, c;
+    long v;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case O_MODEL: o.model_dir = optarg; break;
+        case O_INPUT: input = optarg; break;
+        case O_PLACE: place = optarg; break;
+        case O_MODE:
+            if (epm_mode_parse(optarg, &o.mode) != EPM_OK) return cli_usage_error(W, "%s", epm_last_error());
+            break;
+        case O_MAXNEW: if (!cli_parse_int(W, "--max-new-tokens", optarg, 0, 1 << 20, &v)) return EPM_EXIT_USAGE; o.max_new_tokens = (int)v; break;
+        case O_VN: if (!cli_parse_int(W, "--virtual-nodes", optarg, 1, 4096, &v)) return EPM_EXIT_USAGE; o.virtual_nodes = (int)v; break;
+        case O_RFT: rft = optarg; break;
+        case O_TOUT: tout = optarg; break;
+        case O_LOUT: lout = optarg; break;
+        case O_ALL: o.keep_logits = 1; break;
+        case O_KER:
+            if (strcmp(optarg, "ref") && strcmp(optarg, "blas")) return cli_usage_error(W, "--kernels must be ref or blas");
+            o.ops = optarg;
+            break;
+        case O_REP: report = 1; break;
+        case O_JSON: json = 1; break;
+        case O_HELP: fputs(usage, stdout); return EPM_EXIT_OK;
+        default: return cli_usage_error(W, "unknown option");
+        }
+    }
+    if (optind < argc)
+        return cli_usage_error(W, "unexpected argument '%s'", argv[optind]);
+    if (!o.model_dir || !input)
+        return cli_usage_error(W, "--model and --input are required");
+    const char *outs[] = {tout, lout};
+    const char *ins[] = {input, place, rft};
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 3; j++)
+            if (outs[i] && ins[j] && cli_same_file(outs[i], ins[j]))
+                return cli_usage_error(W, "output '%s' would overwrite an input", outs[i]);
+    prompts pr;
+    epm_placement *p = NULL;
+    epm_trace *t = NULL;
+    epm_run_result *res = NULL;
+    epm_status st = read_input(input, &pr);
+    if (st == EPM_OK && place)
+        st = epm_placement_load_json(place, &p);
+    if (st == EPM_OK && rft)
+        st = epm_trace_load(rft, 0, &t);
+    int rc = EPM_EXIT_OK, rank = 0;
+    /* inputs are read on every rank (each may see other files): agree before
+     * the first collective of the run, so that nobody waits for a rank that
+     * already gave up */
+    epm_xcomm *x = NULL;
+    epm_status cs = epm_xcomm_create(0, &x);
+    if (cs == EPM_OK) {
+        rank = epm_xcomm_rank(x);
+        st = epm_xcomm_agree(x, st);
+        epm_xcomm_destroy(x);
+    } else {
+        st = cs;
+    }
+    if (st == EPM_OK) {
+        o.placement = p;
+        o.route_from = t;
+        st = epm_run(&o, pr.batch, pr.lens, (const int32_t *const *)pr.ids, &res);
+    }
+    if (st != EPM_OK) {
+        /* every rank knows the failure; one of them says it */
+        if (rank == 0 || st != EPM_ERR_REMOTE)
+            rc = cli_fail(W, st);
+        else
+            rc = EPM_EXIT_FAIL;
+    } else if (rank == 0) {
+        if (tout && (st = epm_trace_save(res->trace, tout)) != EPM_OK)
+            rc = cli_fail(W, st);
+        if (lout && res->logits && (st = write_logits(lout, res, o.keep_logits)) != EPM_OK)
+            rc = cli_fail(W, st);
+        if (json) {
+            printf("{\"generated\": [");
+            for (int s = 0; s < res->batch; s++) {
+                printf("%s[", s ? ", " : "");
+                for (int j = 0; j < o.max_new_tokens; j++)
+                    printf("%s%d", j ? ", " : "", res->generated[(size_t)s * o.max_new_tokens + j]);
+                printf("]");
+            }
+            printf("]");
+            if (report) {
+                printf(", ");
+                print_report(stdout, res, 1);
+            }
+            printf("}\n");
+        } else {
+            for (int s = 0; s < res->batch && o.max_new_tokens > 0; s++) {
+                printf("sequence %d:", s);
+                for (int j = 0; j < o.max_new_tokens; j++)
+                    printf(" %d", res->generated[(size_t)s * o.max_new_tokens + j]);
+                printf("\n");
+            }
+            if (report)
+                print_report(stderr, res, 0);
+        }
+    }
+    epm_run_result_destroy(res);
+    epm_placement_destroy(p);
+    epm_trace_destroy(t);
+    prompts_free(&pr);
+    epm_xcomm_finalize();
+    return rc;
+}
