@@ -155,7 +155,7 @@ epm_status epm_xcomm_exchange(epm_xcomm *x, int64_t n, const int *dest, const fl
     for (int64_t i = 0; i < n; i++) {
         int d = dest[i];
         memcpy(sbuf + ((int64_t)sdisp[d] + fill[d]++) * width, rows + i * width, (size_t)width * sizeof *sbuf);
-        if (counted)
+        if (counted && d != x->rank) /* staying on the rank moves nothing (eval.h) */
             counted[link_of(x, x->rank, d)] += (int64_t)payload_floats * 4;
     }
     int rc = MPI_Alltoall(scount, 1, MPI_INT, rcount, 1, MPI_INT, x->comm);
@@ -238,7 +238,8 @@ epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int w
     }
     if (st == EPM_OK && counted)
         for (int r = 0; r < R; r++)
-            counted[link_of(x, x->rank, r)] += (int64_t)n * payload_floats * 4;
+            if (r != x->rank)
+                counted[link_of(x, x->rank, r)] += (int64_t)n * payload_floats * 4;
     if (st == EPM_OK) {
         *out_rows = buf;
         *out_n = total;

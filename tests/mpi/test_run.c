@@ -1,0 +1,295 @@
+/* epmoe run under mpirun: the transformers reference logits and routing at
+ * every rank count, in both modes, under contiguous, round-robin and
+ * replicated placements; greedy decoding with the KV cache equal to
+ * recomputation; and the counted bytes and loads equal to what plan eval
+ * predicts (the agreement of DESIGN.md). */
+#include "test_util.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "epmoe/epmoe.h"
+#include "runtime.h"
+#include "safetensors.h"
+#include "xcomm.h"
+
+static const char *const models[] = {"mixtral-tiny", "qwen2moe-tiny", "olmoe-tiny"};
+static int R, me;
+
+typedef struct fixture {
+    char dir[512];
+    epm_safetensors *ref;
+    int lens[2];
+    int32_t *ids[2];
+} fixture;
+
+static void fixture_open(fixture *f, const char *name)
+{
+    snprintf(f->dir, sizeof f->dir, "%s/%s", tu_fixtures(), name);
+    char path[600];
+    snprintf(path, sizeof path, "%s/reference.safetensors", f->dir);
+    assert_int_equal(epm_st_open(path, &f->ref), EPM_OK);
+    const epm_st_tensor *t;
+    int64_t shape[2] = {2, 16};
+    assert_int_equal(epm_st_expect(f->ref, "input_ids", EPM_DTYPE_I32, 2, shape, &t), EPM_OK);
+    for (int s = 0; s < 2; s++) {
+        f->lens[s] = 16;
+        f->ids[s] = (int32_t *)t->data + s * 16;
+    }
+}
+
+/* max |a - b| / max |b| */
+static double rel_err(const float *a, const float *b, int64_t n)
+{
+    double e = 0, m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        e = fmax(e, fabs((double)a[i] - b[i]));
+        m = fmax(m, fabs((double)b[i]));
+    }
+    return e / (m > 0 ? m : 1);
+}
+
+static epm_placement *make_placement(int kind, int layers, int experts, int nodes)
+{
+    epm_cluster c;
+    epm_cluster_init(&c, nodes, R / nodes);
+    epm_placement *p;
+    assert_int_equal(epm_placement_create(layers, experts, 2, &c, &p), EPM_OK);
+    for (int l = 0; l < layers; l++)
+        for (int e = 0; e < experts; e++) {
+            int r = kind == 0 ? (int)((int64_t)e * R / experts) : (e + l) % R;
+            assert_int_equal(epm_placement_add(p, l, e, r), EPM_OK);
+            /* kind 2: every expert also on the mirrored rank: replicas picked per token */
+            int m = R - 1 - r;
+            if (kind == 2 && m != r)
+                assert_int_equal(epm_placement_add(p, l, e, m), EPM_OK);
+        }
+    return p;
+}
+
+static void check_fixture(const char *name, epm_mode mode, int kind, int vnodes)
+{
+    fixture f;
+    fixture_open(&f, name);
+    epm_placement *p = make_placement(kind, 4, 8, vnodes ? vnodes : 1);
+    epm_run_opts o;
+    memset(&o, 0, sizeof o);
+    o.model_dir = f.dir;
+    o.placement = p;
+    o.mode = mode;
+    o.virtual_nodes = vnodes;
+    o.keep_logits = 1;
+    o.ops = kind == 1 ? "ref" : "blas";
+    epm_run_result *res;
+    const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
+    epm_status st = epm_run(&o, 2, f.lens, prompts, &res);
+    if (st != EPM_OK)
+        fprintf(stderr, "rank %d: %s: %s\n", me, epm_status_str(st), epm_last_error());
+    assert_int_equal(st, EPM_OK);
+    if (me == 0) {
+        const epm_st_tensor *t = epm_st_find(f.ref, "logits");
+        double e = rel_err(res->logits, t->data, 2 * 16 * 256);
+        if (e > 1e-4)
+            fprintf(stderr, "%s mode %s placement %d ranks %d: relative error %g\n", name, epm_mode_name(mode), kind,
+                    R, e);
+        assert_true(e <= 1e-4);
+        /* the captured trace is the reference's routing */
+        for (int l = 0; l < 4; l++) {
+            char key[32];
+            snprintf(key, sizeof key, "topk_ids.%d", l);
+            const epm_st_tensor *ids = epm_st_find(f.ref, key);
+            assert_memory_equal(epm_trace_ids(res->trace, l), ids->data, 32 * 2 * sizeof(int32_t));
+        }
+    }
+    epm_run_result_destroy(res);
+    epm_placement_destroy(p);
+    epm_st_close(f.ref);
+}
+
+static void test_run_fixtures_home(void **state)
+{
+    (void)state;
+    for (int m = 0; m < 3; m++)
+        for (int kind = 0; kind < 3; kind++)
+            check_fixture(models[m], EPM_MODE_HOME, kind, 0);
+}
+
+static void test_run_fixtures_follow(void **state)
+{
+    (void)state;
+    for (int m = 0; m < 3; m++)
+        for (int kind = 0; kind < 3; kind++)
+            check_fixture(models[m], EPM_MODE_FOLLOW, kind, R % 2 == 0 ? 2 : 0);
+}
+
+static void test_run_decode_equals_recompute(void **state)
+{
+    (void)state;
+    for (int mode = 0; mode < 2; mode++) {
+        fixture f;
+        fixture_open(&f, "qwen2moe-tiny");
+        enum { NEW = 6 };
+        epm_run_opts o;
+        memset(&o, 0, sizeof o);
+        o.model_dir = f.dir;
+        o.mode = (epm_mode)mode;
+        o.max_new_tokens = NEW;
+        o.ops = "blas";
+        epm_run_result *a, *b;
+        const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
+        assert_int_equal(epm_run(&o, 2, f.lens, prompts, &a), EPM_OK);
+        /* every rank needs the generated tokens to build the longer prompts */
+        int32_t gen[2 * NEW];
+        if (me == 0)
+            memcpy(gen, a->generated, sizeof gen);
+        epm_xcomm *x;
+        assert_int_equal(epm_xcomm_create(0, &x), EPM_OK);
+        int64_t g64[2 * NEW];
+        for (int i = 0; i < 2 * NEW; i++)
+            g64[i] = me == 0 ? gen[i] : 0;
+        assert_int_equal(epm_xcomm_sum_i64(x, g64, 2 * NEW), EPM_OK);
+        epm_xcomm_destroy(x);
+        int32_t longer[2][16 + NEW];
+        int lens[2] = {16 + NEW - 1, 16 + NEW - 1};
+        for (int s = 0; s < 2; s++) {
+            memcpy(longer[s], f.ids[s], 16 * sizeof(int32_t));
+            for (int j = 0; j < NEW - 1; j++)
+                longer[s][16 + j] = (int32_t)g64[s * NEW + j];
+        }
+        const int32_t *lp[2] = {longer[0], longer[1]};
+        o.max_new_tokens = 0;
+        o.keep_logits = 1;
+        assert_int_equal(epm_run(&o, 2, lens, lp, &b), EPM_OK);
+        if (me == 0) {
+            for (int s = 0; s < 2; s++)
+                for (int j = 0; j < NEW; j++) {
+                    const float *row = b->logits + ((int64_t)s * lens[s] + 15 + j) * 256;
+                    int best = 0;
+                    for (int v = 1; v < 256; v++)
+                        best = row[v] > row[best] ? v : best;
+                    assert_int_equal(best, a->generated[s * NEW + j]);
+                }
+        }
+        epm_run_result_destroy(a);
+        epm_run_result_destroy(b);
+        epm_st_close(f.ref);
+    }
+}
+
+static void test_run_agrees_with_plan_eval(void **state)
+{
+    (void)state;
+    enum { NEW = 3 };
+    const int total = 32 + (NEW - 1) * 2;
+    epm_trace_synth_opts so;
+    epm_trace_synth_opts_init(&so);
+    so.layers = 4;
+    so.experts = 8;
+    so.k = 2;
+    so.tokens = total;
+    so.zipf_s = 1.0;
+    so.affinity = 0.8;
+    so.seed = 11;
+    epm_trace *t;
+    assert_int_equal(epm_trace_synth(&so, &t), EPM_OK);
+    int32_t seq[32 + (NEW - 1) * 2];
+    for (int g = 0; g < total; g++)
+        seq[g] = g < 32 ? g / 16 : (g - 32) % 2;
+    assert_int_equal(epm_trace_set_seq_ids(t, seq), EPM_OK);
+    epm_trace_ids(t, 2)[5 * 2 + 1] = -1; /* a dynamic-k token */
+    int vn = R % 2 == 0 ? 2 : 0;
+    for (int mode = 0; mode < 2; mode++)
+        for (int kind = 0; kind < 3; kind++) {
+            fixture f;
+            fixture_open(&f, "olmoe-tiny");
+            epm_placement *p = make_placement(kind, 4, 8, vn ? vn : 1);
+            epm_run_opts o;
+            memset(&o, 0, sizeof o);
+            o.model_dir = f.dir;
+            o.placement = p;
+            o.mode = (epm_mode)mode;
+            o.virtual_nodes = vn;
+            o.max_new_tokens = NEW;
+            o.route_from = t;
+            epm_run_result *res;
+            const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
+            assert_int_equal(epm_run(&o, 2, f.lens, prompts, &res), EPM_OK);
+            epm_eval_opts eo;
+            epm_eval_opts_init(&eo);
+            eo.mode = (epm_mode)mode;
+            eo.hidden_bytes = 64 * 4;
+            eo.kv_row_bytes = 2 * 32 * 4;
+            epm_eval_result *ev;
+            assert_int_equal(epm_eval(t, p, &eo, &ev), EPM_OK);
+            const epm_run_report *rp = &res->report;
+            for (int l = 0; l < 4; l++) {
+                for (int c = 0; c < EPM_LINK_COUNT; c++) {
+                    assert_int_equal(rp->bytes[l * EPM_LINK_COUNT + c], ev->layer[l].bytes[c]);
+                    assert_int_equal(rp->kv_bytes[l * EPM_LINK_COUNT + c], ev->layer[l].kv_bytes[c]);
+                }
+                for (int q = 0; q < R; q++)
+                    assert_int_equal(rp->rank_load[l * R + q], ev->rank_load[l * R + q]);
+            }
+            for (int c = 0; c < EPM_LINK_COUNT; c++)
+                assert_int_equal(rp->gather_bytes[c], ev->gather_bytes[c]);
+            if (me == 0) /* the replayed routing is what was captured */
+                for (int l = 0; l < 4; l++)
+                    assert_memory_equal(epm_trace_ids(res->trace, l), epm_trace_ids(t, l), (size_t)total * 2 * 4);
+            epm_eval_result_destroy(ev);
+            epm_run_result_destroy(res);
+            epm_placement_destroy(p);
+            epm_st_close(f.ref);
+        }
+    epm_trace_destroy(t);
+}
+
+static void test_run_mismatched_placement(void **state)
+{
+    (void)state;
+    fixture f;
+    fixture_open(&f, "mixtral-tiny");
+    epm_cluster c;
+    epm_cluster_init(&c, 1, R + 1);
+    epm_placement *p;
+    assert_int_equal(epm_placement_create(4, 8, 2, &c, &p), EPM_OK);
+    for (int l = 0; l < 4; l++)
+        for (int e = 0; e < 8; e++)
+            assert_int_equal(epm_placement_add(p, l, e, e % (R + 1)), EPM_OK);
+    epm_run_opts o;
+    memset(&o, 0, sizeof o);
+    o.model_dir = f.dir;
+    o.placement = p;
+    epm_run_result *res = NULL;
+    const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
+    epm_status st = epm_run(&o, 2, f.lens, prompts, &res);
+    assert_true(st == EPM_ERR_MISMATCH || st == EPM_ERR_REMOTE);
+    assert_non_null(strstr(epm_last_error(), "ranks"));
+    assert_null(res);
+    epm_placement_destroy(p);
+    /* a model folder that does not exist: the same error on every rank */
+    o.placement = NULL;
+    o.model_dir = "/nonexistent/model";
+    st = epm_run(&o, 2, f.lens, prompts, &res);
+    assert_true(st == EPM_ERR_IO || st == EPM_ERR_REMOTE);
+    assert_non_null(strstr(epm_last_error(), "/nonexistent/model/config.json"));
+    epm_st_close(f.ref);
+}
+
+int main(void)
+{
+    epm_xcomm *x;
+    if (epm_xcomm_create(0, &x) != EPM_OK)
+        return 1;
+    R = epm_xcomm_size(x);
+    me = epm_xcomm_rank(x);
+    epm_xcomm_destroy(x);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_run_fixtures_home),           cmocka_unit_test(test_run_fixtures_follow),
+        cmocka_unit_test(test_run_decode_equals_recompute), cmocka_unit_test(test_run_agrees_with_plan_eval),
+        cmocka_unit_test(test_run_mismatched_placement),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    epm_xcomm_finalize();
+    return rc;
+}
