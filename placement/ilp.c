@@ -333,7 +333,7 @@ epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan
         q = mip_optimal && !spares ? EPM_QUALITY_OPTIMAL /* it was optimal already */
             : mip_found            ? EPM_QUALITY_FEASIBLE
                                    : EPM_QUALITY_FALLBACK;
-        snprintf(note, sizeof note, "%s%s; returned the best heuristic (%s)",
+        snprintf(note, sizeof note, "%s%.150s; returned the best heuristic (%.31s)",
                  q == EPM_QUALITY_FALLBACK ? "fallback: " : "", why[0] ? why : "no improvement",
                  epm_placement_get_info(res)->method);
     } else {
