@@ -24,3 +24,23 @@ for mode in home follow; do
     "$out/$mode-contiguous.json" "$out/$mode-round-robin.json" "$out/$mode-greedy.json" \
     "$out/$mode-eplb.json" "$out/$mode-ilp.json"
 done
+
+# A multi-rank run of a bundled checkpoint (OLMoE-shaped, from transformers),
+# with a placement planned by the ILP from the routing the model itself
+# produced: run -> trace -> plan -> run.
+export OMPI_ALLOW_RUN_AS_ROOT=${OMPI_ALLOW_RUN_AS_ROOT:-1} OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=${OMPI_ALLOW_RUN_AS_ROOT_CONFIRM:-1}
+model=tests/fixtures/olmoe-tiny
+echo "== epmoe run on $model: capture its routing on 1 rank" >&2
+"$epmoe" run --model "$model" --input "$model/reference.safetensors" --max-new-tokens 8 \
+  --trace-out "$out/olmoe_trace.safetensors"
+echo "== plan it with the ILP for 2 nodes x 2 ranks (follow mode), one spare slot per rank" >&2
+"$epmoe" plan --trace "$out/olmoe_trace.safetensors" --method ilp --mode follow --nodes 2 --gpus-per-node 2 \
+  --slots 3 --hidden 64 --time-limit 10 --out "$out/olmoe_ilp.json"
+for mode in home follow; do
+  echo "== mpirun -np 4 epmoe run --mode $mode with the ILP placement (2 virtual nodes)" >&2
+  mpirun --oversubscribe -np 4 "$epmoe" run --model "$model" --input "$model/reference.safetensors" \
+    --placement "$out/olmoe_ilp.json" --virtual-nodes 2 --mode "$mode" --max-new-tokens 8 --report
+done
+echo "== what plan eval predicted for the same routing (bytes per link class agree with the run's counts)" >&2
+"$epmoe" plan eval --trace "$out/olmoe_trace.safetensors" "$out/olmoe_ilp.json" --mode both --hidden 64 \
+  --dtype-bytes 4 --kv-dim 64
