@@ -25,7 +25,9 @@ static const char plan_usage[] =
     "  --time-limit SEC      ILP budget (default 60)\n"
     "  --mip-gap G           ILP relative gap to stop at (default 1e-4)\n"
     "  --hidden H            hidden size, for the follow-mode K/V term (default 4096)\n"
-    "  --balance-weight W    weight of the straggler load (default 1)\n"
+    "  --ffn F               expert FFN width (default 14336), for the automatic balance weight\n"
+    "  --balance-weight W    weight of the straggler load (default: auto, modelled FFN time of one\n"
+    "                        token over one intra-node transfer, from --hidden, --ffn and the cluster)\n"
     "  --traffic-weight W    weight of the link-cost-weighted traffic (default 1)\n"
     "  --out FILE            write the placement JSON\n"
     "  --eplb-out FILE       also write the EPLB physical-to-logical map (SGLang/vLLM)\n"
@@ -100,6 +102,7 @@ static int cmd_plan(int argc, char **argv)
         case O_GAP: if (!cli_parse_double(W, "--mip-gap", optarg, 0, 0.999, &o.mip_gap)) return EPM_EXIT_USAGE; break;
         case O_HIDDEN: if (!cli_parse_int(W, "--hidden", optarg, 1, 1 << 20, &v)) return EPM_EXIT_USAGE; o.hidden = (int)v; break;
         case O_BW: if (!cli_parse_double(W, "--balance-weight", optarg, 0, 1e9, &o.balance_weight)) return EPM_EXIT_USAGE; break;
+        case O_FFN: if (!cli_parse_int(W, "--ffn", optarg, 1, 1 << 24, &v)) return EPM_EXIT_USAGE; o.ffn = (int)v; break;
         case O_TW: if (!cli_parse_double(W, "--traffic-weight", optarg, 0, 1e9, &o.traffic_weight)) return EPM_EXIT_USAGE; break;
         case O_OUT: out = optarg; break;
         case O_EPLB: eplb_out = optarg; break;

@@ -191,6 +191,9 @@ epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan
         return epm_fail(EPM_ERR_INVALID_ARG, "ilp: option 'time_limit_s' is NaN");
     if (epm_trace_k(t) > 256)
         return epm_fail(EPM_ERR_UNSUPPORTED, "ilp: trace k = %d exceeds 256 experts per token", epm_trace_k(t));
+    epm_plan_opts resolved;
+    epm_plan_resolve(o, c, &resolved);
+    o = &resolved;
     double t0 = epm_now();
     double deadline = t0 + (o->time_limit_s > 0 ? o->time_limit_s : 0.0);
     int slots;

@@ -28,8 +28,10 @@ epm_status epm_ilp_ctx_init(epm_ilp_ctx *x, const epm_trace *t, const epm_cluste
     int kv_dim = o->kv_dim > 0 ? o->kv_dim : hidden / 2;
     x->kv_ratio = hidden > 0 ? (double)kv_dim / (double)hidden : 0.0;
     x->kv_fan = (double)(x->gpn - 1) + x->rho * (double)(x->R - x->gpn);
-    x->bw = o->balance_weight;
-    x->tw = o->traffic_weight / (double)x->R;
+    epm_plan_opts resolved;
+    epm_plan_resolve(o, c, &resolved);
+    x->bw = resolved.balance_weight;
+    x->tw = resolved.traffic_weight / (double)x->R;
 
     size_t T = (size_t)x->T, L = (size_t)x->L, E = (size_t)x->E;
     x->home = epm_malloc((T ? T : 1) * sizeof *x->home);

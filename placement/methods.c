@@ -206,6 +206,9 @@ epm_status epm_plan_heuristic(epm_method m, const epm_trace *t, const epm_cluste
                               epm_placement **out)
 {
     *out = NULL;
+    epm_plan_opts resolved;
+    epm_plan_resolve(o, c, &resolved);
+    o = &resolved;
     if (m == EPM_METHOD_ILP || (unsigned)m >= EPM_METHOD_COUNT)
         return epm_fail(EPM_ERR_INVALID_ARG, "plan: '%s' is not a heuristic method", epm_method_name(m));
     int slots;
@@ -262,6 +265,9 @@ fail:
 
 epm_status epm_plan_objective(const epm_trace *t, const epm_placement *p, const epm_plan_opts *o, double *obj)
 {
+    epm_plan_opts resolved;
+    epm_plan_resolve(o, epm_placement_cluster(p), &resolved);
+    o = &resolved;
     epm_eval_opts eo;
     epm_eval_opts_init(&eo);
     eo.mode = o->mode;

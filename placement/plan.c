@@ -10,14 +10,26 @@ void epm_plan_opts_init(epm_plan_opts *o)
     o->method = EPM_METHOD_CONTIGUOUS;
     o->mode = EPM_MODE_HOME;
     o->slots_per_rank = 0;
-    o->balance_weight = 1.0;
+    o->balance_weight = -1.0;
     o->traffic_weight = 1.0;
     o->time_limit_s = 60.0;
     o->mip_gap = 1e-4;
     o->hidden = 4096;
     o->kv_dim = 0;
+    o->ffn = 14336;
     o->progress = NULL;
     o->progress_user = NULL;
+}
+
+void epm_plan_resolve(const epm_plan_opts *o, const epm_cluster *c, epm_plan_opts *out)
+{
+    *out = *o;
+    if (o->balance_weight < 0) {
+        /* both terms in seconds: one straggler assignment vs one intra-node transfer */
+        double t_assign = 6.0 * o->hidden * (double)o->ffn / (c->gpu_tflops * 1e12);
+        double t_xfer = 2.0 * o->hidden / (c->intra_gbps * 1e9);
+        out->balance_weight = t_assign / t_xfer;
+    }
 }
 
 static epm_status check_opts(const epm_plan_opts *o)
@@ -28,8 +40,11 @@ static epm_status check_opts(const epm_plan_opts *o)
         return epm_fail(EPM_ERR_INVALID_ARG, "plan: mode = %d is not home or follow", (int)o->mode);
     if (o->slots_per_rank < 0)
         return epm_fail(EPM_ERR_INVALID_ARG, "plan: slots_per_rank = %d is negative", o->slots_per_rank);
-    if (!(o->balance_weight >= 0) || !isfinite(o->balance_weight))
-        return epm_fail(EPM_ERR_INVALID_ARG, "plan: balance_weight = %g must be >= 0", o->balance_weight);
+    if (isnan(o->balance_weight) || !isfinite(o->balance_weight))
+        return epm_fail(EPM_ERR_INVALID_ARG, "plan: balance_weight = %g must be finite (< 0 = auto)",
+                        o->balance_weight);
+    if (o->ffn <= 0)
+        return epm_fail(EPM_ERR_INVALID_ARG, "plan: ffn = %d must be > 0", o->ffn);
     if (!(o->traffic_weight >= 0) || !isfinite(o->traffic_weight))
         return epm_fail(EPM_ERR_INVALID_ARG, "plan: traffic_weight = %g must be >= 0", o->traffic_weight);
     if (o->balance_weight == 0 && o->traffic_weight == 0)
@@ -54,6 +69,9 @@ epm_status epm_plan(const epm_trace *t, const epm_cluster *c, const epm_plan_opt
     }
     EPM_CHECK(check_opts(o));
     EPM_CHECK(epm_cluster_validate(c));
+    epm_plan_opts resolved;
+    epm_plan_resolve(o, c, &resolved);
+    o = &resolved;
     int slots;
     EPM_CHECK(epm_plan_slots(t, c, o, &slots));
     double t0 = epm_now();

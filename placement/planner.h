@@ -8,6 +8,9 @@
 #include "epmoe/eval.h"
 #include "epmoe/plan.h"
 
+/* o with the automatic balance weight resolved for cluster c (see plan.h). */
+void epm_plan_resolve(const epm_plan_opts *o, const epm_cluster *c, epm_plan_opts *out);
+
 /* Slots per rank actually used: o->slots_per_rank, or ceil(E / R) when 0.
  * Fails when R * slots < E (the experts do not fit). */
 epm_status epm_plan_slots(const epm_trace *t, const epm_cluster *c, const epm_plan_opts *o, int *slots);

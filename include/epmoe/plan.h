@@ -30,17 +30,22 @@ typedef struct epm_plan_opts {
     epm_mode mode;          /* which cost model the ILP minimises */
     int slots_per_rank;     /* experts a rank can hold per layer; 0 = ceil(E / R) (no spares).
                                Spare slots (R*S > E) are filled with replicas by eplb and ilp. */
-    double balance_weight;  /* weight of the straggler's load in the objective */
+    double balance_weight;  /* weight of the straggler's load in the objective; < 0 (default)
+                               = auto: modelled seconds of one (token, expert) FFN over those of
+                               one intra-node hidden-vector transfer, from hidden, ffn and the
+                               cluster's gpu_tflops and intra_gbps (about 16 for Mixtral on H100) */
     double traffic_weight;  /* weight of the topology-weighted traffic */
     double time_limit_s;    /* wall-clock budget of the whole ILP solve */
     double mip_gap;         /* relative gap at which the MIP stops as optimal */
     int hidden;             /* hidden size, for the K/V all-gather term of follow (bytes ratio) */
     int kv_dim;             /* K+V row width per token per layer (follow mode); 0 = hidden/2 */
+    int ffn;                /* expert FFN width, for the automatic balance weight */
     epm_progress_fn progress; /* NULL = quiet; called at most about once a second */
     void *progress_user;
 } epm_plan_opts;
 
-/* Defaults: contiguous, home, spares 0, weights 1, 60 s, gap 1e-4. */
+/* Defaults: contiguous, home, spares 0, balance weight auto, traffic weight 1, 60 s,
+ * gap 1e-4, hidden 4096, ffn 14336. */
 EPM_API void epm_plan_opts_init(epm_plan_opts *o);
 
 /* Plans a placement for the trace's shape on cluster c. Deterministic for a

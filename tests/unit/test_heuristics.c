@@ -172,6 +172,7 @@ static void test_objective_matches_eval(void **state)
     epm_cluster_init(&c, 2, 1);
     epm_plan_opts o;
     epm_plan_opts_init(&o);
+    o.balance_weight = 1;
     epm_placement *p;
     assert_int_equal(epm_plan_heuristic(EPM_METHOD_CONTIGUOUS, t, &c, &o, &p), EPM_OK);
     /* max load 1; traffic: out and back inter = 2 transfers x cost 6 / 2 ranks = 6 */
