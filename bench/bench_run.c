@@ -1,0 +1,254 @@
+/* epmoe bench run: end-to-end tokens/s and bytes per link class of `epmoe run`
+ * with routing replayed from a synthetic trace (skew + cross-layer affinity),
+ * for each execution mode and placement method, beside contiguous placement
+ * measured in the same run. Launch under mpirun. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../launch/cli.h"
+#include "bench.h"
+#include "core.h"
+#include "hf_model.h"
+#include "runtime.h"
+#include "xcomm.h"
+
+static const char usage[] =
+    "usage: mpirun -np N epmoe bench run --model DIR [options]\n"
+    "  --model DIR          checkpoint (epmoe model synth makes one of any shape)\n"
+    "  --batch B            sequences (default 8)\n"
+    "  --seq S              prompt length (default 64)\n"
+    "  --new N              greedy tokens per sequence (default 8)\n"
+    "  --zipf S             routing skew of the synthetic trace (default 1.0)\n"
+    "  --affinity A         cross-layer affinity of the trace (default 0.8)\n"
+    "  --methods LIST       placements, comma separated (default contiguous,eplb,ilp)\n"
+    "  --modes LIST         home,follow (default both)\n"
+    "  --slots S            experts per rank per layer for eplb/ilp (default: one spare)\n"
+    "  --virtual-nodes N    split the ranks into N pretend nodes\n"
+    "  --time-limit SEC     ILP budget (default 20)\n"
+    "  --workdir DIR        where rank 0 writes placements for the others (default bench-run-work)\n"
+    "  --reps R             runs per configuration, best time kept (default 2)\n"
+    "  --csv                CSV rows instead of a table\n";
+
+enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
+
+static const struct option opts[] = {
+    {"model", required_argument, 0, O_MODEL}, {"batch", required_argument, 0, O_BATCH},
+    {"seq", required_argument, 0, O_SEQ},     {"new", required_argument, 0, O_NEW},
+    {"zipf", required_argument, 0, O_ZIPF},   {"affinity", required_argument, 0, O_AFF},
+    {"methods", required_argument, 0, O_METHODS}, {"modes", required_argument, 0, O_MODES},
+    {"slots", required_argument, 0, O_SLOTS}, {"virtual-nodes", required_argument, 0, O_VN},
+    {"time-limit", required_argument, 0, O_TL}, {"workdir", required_argument, 0, O_WD},
+    {"reps", required_argument, 0, O_REPS},   {"csv", no_argument, 0, O_CSV},
+    {"help", no_argument, 0, O_HELP},         {0, 0, 0, 0}};
+
+int epm_bench_run(int argc, char **argv)
+{
+    const char *W = "bench run";
+    const char *model = NULL, *methods_s = "contiguous,eplb,ilp", *modes_s = "home,follow", *workdir = "bench-run-work";
+    long batch = 8, seq = 64, nnew = 8, slots = 0, vn = 0, reps = 2, v;
+    double zipf = 1.0, aff = 0.8, tl = 20;
+    int csv = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case O_MODEL: model = optarg; break;
+        case O_BATCH: if (!cli_parse_int(W, "--batch", optarg, 1, 1 << 16, &batch)) return EPM_EXIT_USAGE; break;
+        case O_SEQ: if (!cli_parse_int(W, "--seq", optarg, 1, 1 << 16, &seq)) return EPM_EXIT_USAGE; break;
+        case O_NEW: if (!cli_parse_int(W, "--new", optarg, 1, 1 << 16, &nnew)) return EPM_EXIT_USAGE; break;
+        case O_ZIPF: if (!cli_parse_double(W, "--zipf", optarg, 0, 10, &zipf)) return EPM_EXIT_USAGE; break;
+        case O_AFF: if (!cli_parse_double(W, "--affinity", optarg, 0, 1, &aff)) return EPM_EXIT_USAGE; break;
+        case O_METHODS: methods_s = optarg; break;
+        case O_MODES: modes_s = optarg; break;
+        case O_SLOTS: if (!cli_parse_int(W, "--slots", optarg, 1, 4096, &slots)) return EPM_EXIT_USAGE; break;
+        case O_VN: if (!cli_parse_int(W, "--virtual-nodes", optarg, 1, 4096, &vn)) return EPM_EXIT_USAGE; break;
+        case O_TL: if (!cli_parse_double(W, "--time-limit", optarg, 0, 1e6, &tl)) return EPM_EXIT_USAGE; break;
+        case O_WD: workdir = optarg; break;
+        case O_REPS: if (!cli_parse_int(W, "--reps", optarg, 1, 100, &reps)) return EPM_EXIT_USAGE; break;
+        case O_CSV: csv = 1; break;
+        case O_HELP: fputs(usage, stdout); return EPM_EXIT_OK;
+        default: return cli_usage_error(W, "unknown option");
+        }
+    }
+    if (!model)
+        return cli_usage_error(W, "--model is required");
+    (void)v;
+    epm_xcomm *x;
+    epm_status st = epm_xcomm_create((int)vn, &x);
+    if (st != EPM_OK)
+        return cli_fail(W, st);
+    int me = epm_xcomm_rank(x), R = epm_xcomm_size(x);
+    epm_cluster cl;
+    epm_xcomm_cluster(x, &cl);
+    epm_hf_model *m = NULL;
+    epm_trace *t = NULL;
+    int rc = EPM_EXIT_OK;
+    int32_t **prompts = NULL;
+    int *lens = NULL;
+    st = epm_hf_open(model, &m);
+    st = epm_xcomm_agree(x, st);
+    if (st != EPM_OK) {
+        rc = me == 0 ? cli_fail(W, st) : EPM_EXIT_FAIL;
+        goto out;
+    }
+    const epm_hf_config *hc = epm_hf_cfg(m);
+    int moe_layers = 0;
+    for (int l = 0; l < hc->layers; l++)
+        moe_layers += hc->sparse[l];
+    /* prompts and the routing to replay: the same on every rank (seeded) */
+    prompts = calloc((size_t)batch, sizeof *prompts);
+    lens = calloc((size_t)batch, sizeof *lens);
+    uint64_t rng = 12345;
+    for (int s = 0; s < batch && prompts && lens; s++) {
+        lens[s] = (int)seq;
+        prompts[s] = malloc((size_t)seq * sizeof **prompts);
+        for (int p = 0; p < seq && prompts[s]; p++)
+            prompts[s][p] = (int32_t)(epm_splitmix64(&rng) % (uint64_t)hc->vocab);
+    }
+    int64_t total = batch * seq + (nnew - 1) * batch;
+    epm_trace_synth_opts so;
+    epm_trace_synth_opts_init(&so);
+    so.layers = moe_layers;
+    so.experts = hc->experts;
+    so.k = hc->k;
+    so.tokens = total;
+    so.zipf_s = zipf;
+    so.affinity = aff;
+    so.seed = 7;
+    st = epm_trace_synth(&so, &t);
+    int32_t *seqid = malloc((size_t)total * sizeof *seqid);
+    if (st == EPM_OK && seqid) {
+        for (int64_t g = 0; g < total; g++)
+            seqid[g] = (int32_t)(g < batch * seq ? g / seq : (g - batch * seq) % batch);
+        st = epm_trace_set_seq_ids(t, seqid);
+    }
+    free(seqid);
+    if (st != EPM_OK) {
+        rc = cli_fail(W, st);
+        goto out;
+    }
+    if (me == 0 && !csv)
+        printf("# bench run: %s, %d ranks (%d nodes), batch %ld x %ld tokens + %ld new, zipf %.2f affinity %.2f\n",
+               model, R, cl.nodes, batch, seq, nnew, zipf, aff);
+    if (me == 0)
+        printf(csv ? "mode,method,prefill_tok_s,decode_tok_s,intra_bytes,inter_bytes,kv_bytes,max_load,"
+                     "prefill_vs_contiguous,decode_vs_contiguous,bytes_vs_contiguous\n"
+                   : "%-7s %-11s %12s %12s %14s %14s %12s %9s %8s %8s %8s\n",
+               "mode", "method", "prefill t/s", "decode t/s", "intra bytes", "inter bytes", "kv bytes", "max load",
+               "pf/contig", "dc/contig", "B/contig");
+    char modes[64], methods[128];
+    snprintf(modes, sizeof modes, "%s", modes_s);
+    for (char *ms = strtok(modes, ","); ms && rc == EPM_EXIT_OK; ms = strtok(NULL, ",")) {
+        epm_mode mode;
+        if (epm_mode_parse(ms, &mode) != EPM_OK) {
+            rc = cli_usage_error(W, "--modes: '%s' is not home or follow", ms);
+            break;
+        }
+        double base_pf = 0, base_dc = 0, base_b = 0;
+        snprintf(methods, sizeof methods, "%s", methods_s);
+        char *save = NULL;
+        for (char *mt = strtok_r(methods, ",", &save); mt && rc == EPM_EXIT_OK; mt = strtok_r(NULL, ",", &save)) {
+            epm_plan_opts po;
+            epm_plan_opts_init(&po);
+            if (epm_method_parse(mt, &po.method) != EPM_OK) {
+                rc = cli_usage_error(W, "--methods: %s", epm_last_error());
+                break;
+            }
+            po.mode = mode;
+            po.hidden = hc->hidden;
+            po.kv_dim = 2 * hc->kv_heads * hc->head_dim;
+            po.ffn = hc->moe_ffn;
+            po.time_limit_s = tl;
+            int need = (hc->experts + R - 1) / R;
+            po.slots_per_rank = po.method == EPM_METHOD_EPLB || po.method == EPM_METHOD_ILP
+                                    ? (int)(slots ? slots : (need < hc->experts ? need + 1 : need))
+                                    : need;
+            /* rank 0 plans (the ILP's time limit could make ranks differ) and shares the file */
+            char path[4096];
+            snprintf(path, sizeof path, "%s/%s-%s.json", workdir, ms, mt);
+            epm_placement *p = NULL;
+            st = EPM_OK;
+            if (me == 0) {
+                char cmd[4200];
+                snprintf(cmd, sizeof cmd, "mkdir -p '%s'", workdir);
+                if (system(cmd) != 0)
+                    st = epm_fail(EPM_ERR_IO, "cannot create %s", workdir);
+                if (st == EPM_OK)
+                    st = epm_plan(t, &cl, &po, &p);
+                if (st == EPM_OK)
+                    st = epm_placement_save_json(p, path);
+                epm_placement_destroy(p);
+                p = NULL;
+            }
+            st = epm_xcomm_agree(x, st);
+            if (st == EPM_OK)
+                st = epm_placement_load_json(path, &p);
+            st = epm_xcomm_agree(x, st);
+            if (st != EPM_OK) {
+                rc = me == 0 ? cli_fail(W, st) : EPM_EXIT_FAIL;
+                epm_placement_destroy(p);
+                break;
+            }
+            double best_pf = 0, best_dc = 0;
+            int64_t bytes[3] = {0, 0, 0}, kv = 0, maxload = 0;
+            for (int rep = 0; rep < reps && st == EPM_OK; rep++) {
+                epm_run_opts o;
+                memset(&o, 0, sizeof o);
+                o.model_dir = model;
+                o.placement = p;
+                o.mode = mode;
+                o.virtual_nodes = (int)vn;
+                o.max_new_tokens = (int)nnew;
+                o.route_from = t;
+                o.ops = "blas";
+                epm_run_result *res = NULL;
+                st = epm_run(&o, (int)batch, lens, (const int32_t *const *)prompts, &res);
+                if (st != EPM_OK)
+                    break;
+                const epm_run_report *r = &res->report;
+                double pf = r->prefill_tokens / r->t_prefill, dc = r->t_decode > 0 ? r->decode_tokens / r->t_decode : 0;
+                best_pf = pf > best_pf ? pf : best_pf;
+                best_dc = dc > best_dc ? dc : best_dc;
+                memset(bytes, 0, sizeof bytes);
+                kv = maxload = 0;
+                for (int l = 0; l < r->moe_layers; l++) {
+                    for (int q = 0; q < 3; q++) {
+                        bytes[q] += r->bytes[l * 3 + q];
+                        kv += r->kv_bytes[l * 3 + q];
+                    }
+                    for (int q = 0; q < R; q++)
+                        maxload = r->rank_load[l * R + q] > maxload ? r->rank_load[l * R + q] : maxload;
+                }
+                epm_run_result_destroy(res);
+            }
+            epm_placement_destroy(p);
+            if (st != EPM_OK) {
+                rc = me == 0 ? cli_fail(W, st) : EPM_EXIT_FAIL;
+                break;
+            }
+            double b = (double)(bytes[1] + bytes[2] + kv);
+            if (base_pf == 0) {
+                base_pf = best_pf;
+                base_dc = best_dc;
+                base_b = b > 0 ? b : 1;
+            }
+            if (me == 0)
+                printf(csv ? "%s,%s,%.1f,%.1f,%lld,%lld,%lld,%lld,%.3f,%.3f,%.3f\n"
+                           : "%-7s %-11s %12.1f %12.1f %14lld %14lld %12lld %9lld %8.3f %8.3f %8.3f\n",
+                       ms, mt, best_pf, best_dc, (long long)bytes[1], (long long)bytes[2], (long long)kv,
+                       (long long)maxload, best_pf / base_pf, base_dc > 0 ? best_dc / base_dc : 0, b / base_b);
+            fflush(stdout);
+        }
+    }
+out:
+    for (int s = 0; prompts && s < batch; s++)
+        free(prompts[s]);
+    free(prompts);
+    free(lens);
+    epm_trace_destroy(t);
+    epm_hf_close(m);
+    epm_xcomm_destroy(x);
+    epm_xcomm_finalize();
+    return rc;
+}
