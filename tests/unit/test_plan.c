@@ -1,0 +1,159 @@
+/* epm_plan end to end: option checks, dispatch, and the ILP paying off on a
+ * held-out half in the mode it was planned for (issue 8's criteria). */
+#include "test_util.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "core.h"
+#include "epmoe/epmoe.h"
+
+static int64_t moved_bytes(const epm_trace *t, const epm_placement *p, epm_mode mode)
+{
+    epm_eval_opts eo;
+    epm_eval_opts_init(&eo);
+    eo.mode = mode;
+    eo.kv_row_bytes = 0; /* the K/V all-gather is the same for every placement */
+    epm_eval_result *r;
+    assert_int_equal(epm_eval(t, p, &eo, &r), EPM_OK);
+    int64_t b = r->total_bytes[EPM_LINK_INTRA] + r->total_bytes[EPM_LINK_INTER];
+    epm_eval_result_destroy(r);
+    return b;
+}
+
+static void plan_pair(const epm_trace *plan_half, const epm_cluster *c, epm_mode mode, epm_placement **contig,
+                      epm_placement **ilp)
+{
+    epm_plan_opts o;
+    epm_plan_opts_init(&o);
+    o.mode = mode;
+    o.time_limit_s = 3;
+    assert_int_equal(epm_plan(plan_half, c, &o, contig), EPM_OK);
+    o.method = EPM_METHOD_ILP;
+    assert_int_equal(epm_plan(plan_half, c, &o, ilp), EPM_OK);
+    const epm_placement_info *in = epm_placement_get_info(*ilp);
+    assert_string_equal(in->method, "ilp");
+    assert_int_equal(in->mode, mode);
+    assert_true(isfinite(in->bound) && in->bound <= in->objective + 1e-6);
+}
+
+static void test_plan_follow_ilp_beats_contiguous_held_out(void **state)
+{
+    (void)state;
+    epm_trace_synth_opts so;
+    epm_trace_synth_opts_init(&so);
+    so.layers = 6;
+    so.experts = 8;
+    so.k = 2;
+    so.tokens = 6000;
+    so.zipf_s = 0.3; /* mild skew: traffic, not balance, decides */
+    so.affinity = 0.9;
+    so.successors = 1;
+    so.seed = 21;
+    epm_trace *t, *a, *b;
+    assert_int_equal(epm_trace_synth(&so, &t), EPM_OK);
+    assert_int_equal(epm_trace_slice(t, 0, 3000, &a), EPM_OK);
+    assert_int_equal(epm_trace_slice(t, 3000, 6000, &b), EPM_OK);
+    epm_cluster c;
+    epm_cluster_init(&c, 2, 2);
+    epm_placement *contig, *ilp;
+    plan_pair(a, &c, EPM_MODE_FOLLOW, &contig, &ilp);
+    int64_t bc = moved_bytes(b, contig, EPM_MODE_FOLLOW), bi = moved_bytes(b, ilp, EPM_MODE_FOLLOW);
+    print_message("follow, held-out bytes: contiguous %lld, ilp %lld\n", (long long)bc, (long long)bi);
+    assert_true(bi < bc * 0.95);
+    epm_placement_destroy(contig);
+    epm_placement_destroy(ilp);
+    epm_trace_destroy(t);
+    epm_trace_destroy(a);
+    epm_trace_destroy(b);
+}
+
+static void test_plan_home_ilp_groups_co_selected_experts(void **state)
+{
+    (void)state;
+    /* tokens choose experts i and i+4 together: contiguous (i*4/8) splits each
+     * pair over two ranks, so every token goes to two remote ranks */
+    const int L = 2, E = 8, T = 4000;
+    epm_trace *t;
+    assert_int_equal(epm_trace_create(L, T, 2, E, &t), EPM_OK);
+    uint64_t rng = 3;
+    for (int l = 0; l < L; l++) {
+        int32_t *ids = epm_trace_ids(t, l);
+        for (int i = 0; i < T; i++) {
+            int e = (int)(epm_splitmix64(&rng) % 4);
+            ids[2 * i] = e;
+            ids[2 * i + 1] = e + 4;
+        }
+    }
+    epm_trace *a, *b;
+    assert_int_equal(epm_trace_slice(t, 0, T / 2, &a), EPM_OK);
+    assert_int_equal(epm_trace_slice(t, T / 2, T, &b), EPM_OK);
+    epm_cluster c;
+    epm_cluster_init(&c, 1, 4);
+    epm_placement *contig, *ilp;
+    plan_pair(a, &c, EPM_MODE_HOME, &contig, &ilp);
+    int64_t bc = moved_bytes(b, contig, EPM_MODE_HOME), bi = moved_bytes(b, ilp, EPM_MODE_HOME);
+    print_message("home, held-out bytes: contiguous %lld, ilp %lld\n", (long long)bc, (long long)bi);
+    assert_true(bi < bc * 0.8);
+    /* and it did so by putting each pair on one rank */
+    for (int e = 0; e < 4; e++) {
+        const int *r1, *r2;
+        epm_placement_replicas(ilp, 0, e, &r1);
+        epm_placement_replicas(ilp, 0, e + 4, &r2);
+        assert_int_equal(r1[0], r2[0]);
+    }
+    epm_placement_destroy(contig);
+    epm_placement_destroy(ilp);
+    epm_trace_destroy(t);
+    epm_trace_destroy(a);
+    epm_trace_destroy(b);
+}
+
+static void test_plan_options_validated(void **state)
+{
+    (void)state;
+    epm_trace *t;
+    assert_int_equal(epm_trace_create(1, 10, 1, 4, &t), EPM_OK);
+    for (int i = 0; i < 10; i++)
+        epm_trace_ids(t, 0)[i] = i % 4;
+    epm_cluster c;
+    epm_cluster_init(&c, 1, 2);
+    epm_plan_opts o;
+    epm_placement *p = NULL;
+    epm_plan_opts_init(&o);
+    o.traffic_weight = -1;
+    assert_int_equal(epm_plan(t, &c, &o, &p), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "traffic_weight"));
+    epm_plan_opts_init(&o);
+    o.hidden = 0;
+    assert_int_equal(epm_plan(t, &c, &o, &p), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "hidden"));
+    epm_plan_opts_init(&o);
+    o.method = EPM_METHOD_COUNT;
+    assert_int_equal(epm_plan(t, &c, &o, &p), EPM_ERR_INVALID_ARG);
+    epm_cluster bad = c;
+    bad.inter_gbps = 0;
+    epm_plan_opts_init(&o);
+    assert_int_equal(epm_plan(t, &bad, &o, &p), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "inter_node_gbps"));
+    assert_null(p);
+    /* NULL options mean defaults */
+    assert_int_equal(epm_plan(t, &c, NULL, &p), EPM_OK);
+    assert_string_equal(epm_placement_get_info(p)->method, "contiguous");
+    epm_placement_destroy(p);
+    epm_method m;
+    assert_int_equal(epm_method_parse("round-robin", &m), EPM_OK);
+    assert_int_equal(m, EPM_METHOD_ROUND_ROBIN);
+    assert_int_equal(epm_method_parse("roundrobin", &m), EPM_ERR_INVALID_ARG);
+    epm_trace_destroy(t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_plan_follow_ilp_beats_contiguous_held_out),
+        cmocka_unit_test(test_plan_home_ilp_groups_co_selected_experts),
+        cmocka_unit_test(test_plan_options_validated),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
