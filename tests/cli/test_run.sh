@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# epmoe run from the command line under mpirun: outputs, and each failure
+# ending every rank with its own clear message and a non-zero status.
+set -u
+E=${EPMOE:?}
+F=${EPM_FIXTURES:?}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+command -v mpirun >/dev/null || { echo "mpirun not found: skipped"; exit 77; }
+d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+fails=0
+run() { timeout 60 mpirun --oversubscribe "$@"; }
+check() { # description, expected exit code, command...
+  local what=$1 want=$2; shift 2
+  "$@" >"$d/out" 2>"$d/err"
+  local got=$?
+  if [ "$got" != "$want" ]; then
+    echo "FAIL: $what: exit $got, expected $want"; head -5 "$d/err"; fails=$((fails + 1))
+  fi
+}
+has() { grep -q -- "$2" "$1" || { echo "FAIL: '$2' not in $1:"; head -5 "$1"; fails=$((fails + 1)); }; }
+nonzero() { [ "$1" != 0 ] || { echo "FAIL: $2 exited 0"; fails=$((fails + 1)); }; }
+
+m=$F/mixtral-tiny
+echo '[[1, 2, 3, 4, 5], [9, 8, 7]]' >"$d/in.json"
+check "json input, 2 ranks" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report
+has "$d/out" '"generated": \[\['
+has "$d/out" '"rank_load"'
+check "trace and logits out" 0 run -np 3 "$E" run --model "$m" --input "$m/reference.safetensors" \
+  --trace-out "$d/t.st" --logits-out "$d/l.st" --all-logits
+check "trace is readable" 0 "$E" trace stats "$d/t.st"
+check "placement from the run's own trace" 0 "$E" plan --trace "$d/t.st" --method greedy --nodes 1 \
+  --gpus-per-node 2 --out "$d/p2.json" --quiet
+check "run with it" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --placement "$d/p2.json" --mode follow
+
+# failures: non-zero on every rank, the reason named once
+check "placement for 2 ranks on 3" 1 run -np 3 "$E" run --model "$m" --input "$d/in.json" --placement "$d/p2.json"
+has "$d/err" "placement is for 2 ranks"
+"$E" trace synth --out "$d/other.st" --layers 2 --experts 8 --k 2 --tokens 64 >/dev/null 2>&1
+"$E" plan --trace "$d/other.st" --nodes 1 --gpus-per-node 2 --out "$d/other.json" --quiet
+check "placement for another model" 1 run -np 2 "$E" run --model "$m" --input "$d/in.json" --placement "$d/other.json"
+has "$d/err" "2 MoE layers x 8 experts, the model 4 x 8"
+mkdir -p "$d/trunc"
+cp "$m/config.json" "$d/trunc/"
+head -c 100000 "$m/model.safetensors" >"$d/trunc/model.safetensors"
+check "truncated checkpoint" 1 run -np 2 "$E" run --model "$d/trunc" --input "$d/in.json"
+has "$d/err" "model.safetensors"
+has "$d/err" "outside"
+check "missing model" 1 run -np 2 "$E" run --model "$d/none" --input "$d/in.json"
+has "$d/err" "config.json"
+echo '[[1, 2, 999]]' >"$d/bad.json"
+check "token id past the vocabulary" 1 run -np 2 "$E" run --model "$m" --input "$d/bad.json"
+has "$d/err" "token id 999"
+echo '[[1, 2], "x"]' >"$d/bad2.json"
+check "malformed input" 1 run -np 2 "$E" run --model "$m" --input "$d/bad2.json"
+has "$d/err" "input_ids\[1\]"
+check "trace too short to replay" 1 run -np 2 "$E" run --model "$m" --input "$m/reference.safetensors" \
+  --route-from-trace "$d/other.st"
+has "$d/err" "route-from-trace"
+check "virtual nodes not dividing ranks" 1 run -np 3 "$E" run --model "$m" --input "$d/in.json" --virtual-nodes 2
+has "$d/err" "virtual-nodes 2"
+check "output over input" 2 "$E" run --model "$m" --input "$d/in.json" --trace-out "$d/in.json"
+check "usage" 2 "$E" run --input "$d/in.json"
+check "help" 0 "$E" run --help
+
+[ "$fails" = 0 ] && echo "all run CLI checks passed"
+exit $((fails > 0))
