@@ -170,6 +170,20 @@ out:
 
 /* ---- MoE ---- */
 
+/* Link cost from rank src to the nearest replica of expert e (TA-MoE's bias). */
+static double nearest_cost(const rt *r, int ml, int e, int src)
+{
+    const int *reps;
+    int n = epm_placement_replicas(r->p, ml, e, &reps);
+    const epm_cluster *cl = epm_placement_cluster(r->p);
+    double best = 1e300;
+    for (int q = 0; q < n; q++) {
+        double v = epm_cluster_link_cost(cl, epm_cluster_link(cl, src, reps[q]));
+        best = v < best ? v : best;
+    }
+    return best;
+}
+
 static void gate(rt *r, const epm_hf_layer *w, int ml, const float *x2, int64_t g, int32_t *ids, float *wts,
                  float *probs)
 {
@@ -177,7 +191,26 @@ static void gate(rt *r, const epm_hf_layer *w, int ml, const float *x2, int64_t 
     int E = c->experts, K = c->k;
     r->ref->linear(x2, 1, c->hidden, w->router, NULL, E, probs);
     epm_softmax(probs, E);
-    if (r->o->route_from) {
+    if (!r->o->route_from && (r->o->ta_strength > 0 || r->o->top_p > 0)) {
+        /* choose on biased scores, weigh with the model's own probabilities */
+        float score[1024];
+        for (int e = 0; e < E; e++) {
+            score[e] = logf(probs[e] > 1e-30f ? probs[e] : 1e-30f);
+            if (r->o->ta_strength > 0)
+                score[e] -= (float)(r->o->ta_strength * nearest_cost(r, ml, e, r->me));
+        }
+        epm_topk(score, E, K, ids, wts);
+        double mass = 0;
+        for (int j = 0; j < K; j++) {
+            if (r->o->top_p > 0 && j > 0 && mass >= r->o->top_p) {
+                ids[j] = -1;
+                wts[j] = 0;
+                continue;
+            }
+            wts[j] = probs[ids[j]];
+            mass += wts[j];
+        }
+    } else if (r->o->route_from) {
         const int32_t *row = epm_trace_ids_const(r->o->route_from, ml) + g * epm_trace_k(r->o->route_from);
         for (int j = 0; j < K; j++) {
             ids[j] = row[j];
@@ -748,6 +781,12 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
                           "needs %d x %lld x k=%d (experts < %d)", epm_trace_layers(t), (long long)epm_trace_tokens(t),
                           epm_trace_k(t), epm_trace_experts(t), r->moe_layers, (long long)r->total, c->k, c->experts);
     }
+    if (st == EPM_OK && (o->ta_strength > 0 || o->top_p > 0) && c->experts > 1024)
+        st = epm_fail(EPM_ERR_UNSUPPORTED, "--ta-strength and --top-p support up to 1024 experts, the model has %d",
+                      c->experts);
+    if (st == EPM_OK && (o->ta_strength < 0 || o->top_p < 0 || o->top_p > 1))
+        st = epm_fail(EPM_ERR_INVALID_ARG, "ta_strength = %g must be >= 0 and top_p = %g in [0, 1]", o->ta_strength,
+                      o->top_p);
     EPM_CHECK(sync(r, st));
     /* each rank reads the dense weights and only the experts placed on it */
     unsigned char *want = epm_calloc((size_t)c->layers * (size_t)c->experts, 1);

@@ -20,6 +20,13 @@ typedef struct epm_run_opts {
     const char *ops;                /* "ref" or "blas" */
     const epm_trace *route_from;    /* replay routing from a trace (NULL = the gate decides) */
     int keep_logits;                /* keep every prefill position's logits (else last only) */
+    double top_p;                   /* > 0: dynamic expert count, experts in score order until their
+                                       probability mass reaches top_p, at most k ('Harder Tasks Need
+                                       More Experts') */
+    double ta_strength;             /* > 0: topology-aware gating (TA-MoE): each expert's log-probability
+                                       is lowered by ta_strength x the link cost (0 same rank, 1 same
+                                       node, intra/inter GB/s ratio other node) from the token's rank
+                                       to the expert's nearest replica; 0 changes nothing */
 } epm_run_opts;
 
 typedef struct epm_run_report {

@@ -244,6 +244,74 @@ static void test_run_agrees_with_plan_eval(void **state)
     epm_trace_destroy(t);
 }
 
+/* sum of counted inter-node bytes, all layers */
+static int64_t inter_bytes(const epm_run_report *r)
+{
+    int64_t s = 0;
+    for (int l = 0; l < r->moe_layers; l++)
+        s += r->bytes[l * EPM_LINK_COUNT + EPM_LINK_INTER];
+    return s;
+}
+
+static void test_run_topology_bias_and_top_p(void **state)
+{
+    (void)state;
+    if (R < 2 || R % 2)
+        return; /* needs two virtual nodes */
+    fixture f;
+    fixture_open(&f, "mixtral-tiny");
+    epm_run_opts o;
+    memset(&o, 0, sizeof o);
+    o.model_dir = f.dir;
+    o.virtual_nodes = 2;
+    o.max_new_tokens = 3;
+    o.keep_logits = 1;
+    const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
+    epm_run_result *base, *biased, *again;
+    assert_int_equal(epm_run(&o, 2, f.lens, prompts, &base), EPM_OK);
+    o.ta_strength = 2.0;
+    assert_int_equal(epm_run(&o, 2, f.lens, prompts, &biased), EPM_OK);
+    assert_int_equal(epm_run(&o, 2, f.lens, prompts, &again), EPM_OK);
+    /* fewer bytes between nodes, and the same result every time */
+    assert_true(inter_bytes(&biased->report) < inter_bytes(&base->report));
+    assert_int_equal(inter_bytes(&biased->report), inter_bytes(&again->report));
+    if (me == 0) {
+        assert_memory_equal(biased->logits, again->logits, 32 * 256 * sizeof(float));
+        assert_memory_equal(epm_trace_ids(biased->trace, 1), epm_trace_ids(again->trace, 1), 38 * 2 * 4);
+    }
+    epm_run_result_destroy(base);
+    epm_run_result_destroy(biased);
+    epm_run_result_destroy(again);
+    /* dynamic k: fewer assignments, and plan eval still predicts the counts */
+    o.ta_strength = 0;
+    o.top_p = 0.6;
+    epm_run_result *res;
+    assert_int_equal(epm_run(&o, 2, f.lens, prompts, &res), EPM_OK);
+    int64_t pairs = 0;
+    for (int l = 0; l < 4; l++)
+        for (int q = 0; q < R; q++)
+            pairs += res->report.rank_load[l * R + q];
+    assert_true(pairs < 4 * 38 * 2);
+    assert_true(pairs >= 4 * 38);
+    if (me == 0) {
+        epm_cluster c;
+        epm_cluster_init(&c, 2, R / 2);
+        epm_placement *p = make_placement(0, 4, 8, 2);
+        epm_eval_opts eo;
+        epm_eval_opts_init(&eo);
+        eo.hidden_bytes = 64 * 4;
+        epm_eval_result *ev;
+        assert_int_equal(epm_eval(res->trace, p, &eo, &ev), EPM_OK);
+        for (int l = 0; l < 4; l++)
+            for (int k = 0; k < EPM_LINK_COUNT; k++)
+                assert_int_equal(res->report.bytes[l * EPM_LINK_COUNT + k], ev->layer[l].bytes[k]);
+        epm_eval_result_destroy(ev);
+        epm_placement_destroy(p);
+    }
+    epm_run_result_destroy(res);
+    epm_st_close(f.ref);
+}
+
 static void test_run_mismatched_placement(void **state)
 {
     (void)state;
@@ -287,7 +355,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_run_fixtures_home),           cmocka_unit_test(test_run_fixtures_follow),
         cmocka_unit_test(test_run_decode_equals_recompute), cmocka_unit_test(test_run_agrees_with_plan_eval),
-        cmocka_unit_test(test_run_mismatched_placement),
+        cmocka_unit_test(test_run_topology_bias_and_top_p), cmocka_unit_test(test_run_mismatched_placement),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     epm_xcomm_finalize();
