@@ -3,6 +3,7 @@
  * for each execution mode and placement method, beside contiguous placement
  * measured in the same run. Launch under mpirun. */
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,8 +30,12 @@ static const char usage[] =
     "  --time-limit SEC     ILP budget (default 20)\n"
     "  --workdir DIR        where rank 0 writes placements for the others (default bench-run-work)\n"
     "  --reps R             runs per configuration, best time kept (default 2)\n"
+    "  --ta LIST            instead: topology-aware gating strengths (e.g. 0,0.5,1,2), live routing,\n"
+    "                       contiguous placement: bytes per link class and how far the outputs move\n"
+    "                       from strength 0 (logit error, top-k agreement, greedy-token agreement)\n"
     "  --csv                CSV rows instead of a table\n";
 
+enum { O_TA = 300 };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -41,7 +46,95 @@ static const struct option opts[] = {
     {"slots", required_argument, 0, O_SLOTS}, {"virtual-nodes", required_argument, 0, O_VN},
     {"time-limit", required_argument, 0, O_TL}, {"workdir", required_argument, 0, O_WD},
     {"reps", required_argument, 0, O_REPS},   {"csv", no_argument, 0, O_CSV},
-    {"help", no_argument, 0, O_HELP},         {0, 0, 0, 0}};
+    {"help", no_argument, 0, O_HELP},         {"ta", required_argument, 0, O_TA},
+    {0, 0, 0, 0}};
+
+/* One live-routing run per strength against strength 0: what topology-aware
+ * gating saves and what it costs in output fidelity. */
+static int ta_sweep(epm_xcomm *x, const char *model, const char *list, epm_mode mode, int vn, int batch,
+                    const int *lens, int32_t **prompts, int nnew, int csv)
+{
+    int me = epm_xcomm_rank(x);
+    char buf[256];
+    snprintf(buf, sizeof buf, "0,%s", list);
+    epm_run_result *base = NULL;
+    if (me == 0)
+        printf(csv ? "strength,intra_bytes,inter_bytes,inter_vs_unbiased,logit_rel_err,topk_agreement,token_agreement,"
+                     "prefill_tok_s\n"
+                   : "%-9s %14s %14s %10s %14s %10s %10s %12s\n",
+               "strength", "intra bytes", "inter bytes", "inter/s0", "logit rel err", "top-k agr", "token agr",
+               "prefill t/s");
+    int first = 1, rc = EPM_EXIT_OK;
+    for (char *s = strtok(buf, ","); s; s = strtok(NULL, ",")) {
+        double strength = atof(s);
+        if (!first && strength == 0)
+            continue;
+        epm_run_opts o;
+        memset(&o, 0, sizeof o);
+        o.model_dir = model;
+        o.mode = mode;
+        o.virtual_nodes = vn;
+        o.max_new_tokens = nnew;
+        o.keep_logits = 1;
+        o.ta_strength = strength;
+        o.ops = "blas";
+        epm_run_result *res = NULL;
+        epm_status st = epm_run(&o, batch, lens, (const int32_t *const *)prompts, &res);
+        if (st != EPM_OK) {
+            rc = me == 0 ? cli_fail("bench run", st) : EPM_EXIT_FAIL;
+            break;
+        }
+        int64_t b[3] = {0, 0, 0};
+        for (int l = 0; l < res->report.moe_layers; l++)
+            for (int q = 0; q < 3; q++)
+                b[q] += res->report.bytes[l * 3 + q];
+        if (first) {
+            base = res;
+            first = 0;
+        }
+        if (me == 0) {
+            int64_t n = 0;
+            for (int q = 0; q < batch; q++)
+                n += lens[q];
+            double err = 0, mx = 0;
+            for (int64_t i = 0; i < n * res->vocab; i++) {
+                double d = fabs((double)res->logits[i] - base->logits[i]);
+                err = d > err ? d : err;
+                mx = fabs(base->logits[i]) > mx ? fabs(base->logits[i]) : mx;
+            }
+            const epm_trace *ta = res->trace, *tb = base->trace;
+            int K = epm_trace_k(ta);
+            int64_t same = 0, rows = 0;
+            for (int l = 0; l < epm_trace_layers(ta); l++)
+                for (int64_t i = 0; i < n; i++, rows++) {
+                    const int32_t *u = epm_trace_ids_const(ta, l) + i * K, *v = epm_trace_ids_const(tb, l) + i * K;
+                    int eq = 1;
+                    for (int j = 0; j < K; j++) {
+                        int found = 0;
+                        for (int q = 0; q < K; q++)
+                            found |= u[j] == v[q];
+                        eq &= found;
+                    }
+                    same += eq;
+                }
+            int tok_same = 0;
+            for (int i = 0; i < batch * nnew; i++)
+                tok_same += res->generated[i] == base->generated[i];
+            int64_t base_inter = 0;
+            for (int l = 0; l < base->report.moe_layers; l++)
+                base_inter += base->report.bytes[l * 3 + 2];
+            printf(csv ? "%g,%lld,%lld,%.3f,%.3g,%.4f,%.4f,%.1f\n" : "%-9g %14lld %14lld %10.3f %14.3g %10.4f %10.4f %12.1f\n",
+                   strength, (long long)b[1], (long long)b[2], base_inter ? (double)b[2] / base_inter : 1.0,
+                   mx > 0 ? err / mx : 0, (double)same / rows, (double)tok_same / (batch * nnew),
+                   res->report.prefill_tokens / res->report.t_prefill);
+            fflush(stdout);
+        }
+        if (res != base)
+            epm_run_result_destroy(res);
+    }
+    epm_run_result_destroy(base);
+    return rc;
+}
 
 int epm_bench_run(int argc, char **argv)
 {
@@ -50,6 +143,7 @@ int epm_bench_run(int argc, char **argv)
     long batch = 8, seq = 64, nnew = 8, slots = 0, vn = 0, reps = 2, v;
     double zipf = 1.0, aff = 0.8, tl = 20;
     int csv = 0, c;
+    const char *ta_list = NULL;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -67,6 +161,7 @@ int epm_bench_run(int argc, char **argv)
         case O_WD: workdir = optarg; break;
         case O_REPS: if (!cli_parse_int(W, "--reps", optarg, 1, 100, &reps)) return EPM_EXIT_USAGE; break;
         case O_CSV: csv = 1; break;
+        case O_TA: ta_list = optarg; break;
         case O_HELP: fputs(usage, stdout); return EPM_EXIT_OK;
         default: return cli_usage_error(W, "unknown option");
         }
@@ -105,6 +200,21 @@ int epm_bench_run(int argc, char **argv)
         prompts[s] = malloc((size_t)seq * sizeof **prompts);
         for (int p = 0; p < seq && prompts[s]; p++)
             prompts[s][p] = (int32_t)(epm_splitmix64(&rng) % (uint64_t)hc->vocab);
+    }
+    if (ta_list) {
+        epm_mode mode = EPM_MODE_HOME;
+        char first[16];
+        snprintf(first, sizeof first, "%s", modes_s);
+        first[strcspn(first, ",")] = '\0';
+        if (epm_mode_parse(first, &mode) != EPM_OK) {
+            rc = cli_usage_error(W, "--modes: %s", epm_last_error());
+            goto out;
+        }
+        if (me == 0 && !csv)
+            printf("# bench run --ta: %s, %d ranks (%d nodes), mode %s, batch %ld x %ld + %ld new\n", model, R,
+                   cl.nodes, epm_mode_name(mode), batch, seq, nnew);
+        rc = ta_sweep(x, model, ta_list, mode, (int)vn, (int)batch, lens, prompts, (int)nnew, csv);
+        goto out;
     }
     int64_t total = batch * seq + (nnew - 1) * batch;
     epm_trace_synth_opts so;
