@@ -50,6 +50,54 @@ static double rel_err(const float *a, const float *b, int64_t n)
     return e / (m > 0 ? m : 1);
 }
 
+/* kind 3: the ILP's placement (with a spare slot per rank for replicas),
+ * planned from the fixture's own reference routing */
+static epm_placement *ilp_placement(const epm_safetensors *ref, int nodes, epm_mode mode)
+{
+    epm_trace *t;
+    assert_int_equal(epm_trace_create(4, 32, 2, 8, &t), EPM_OK);
+    for (int l = 0; l < 4; l++) {
+        char key[32];
+        snprintf(key, sizeof key, "topk_ids.%d", l);
+        memcpy(epm_trace_ids(t, l), epm_st_find(ref, key)->data, 32 * 2 * sizeof(int32_t));
+    }
+    epm_cluster c;
+    epm_cluster_init(&c, nodes, R / nodes);
+    epm_plan_opts o;
+    epm_plan_opts_init(&o);
+    o.method = EPM_METHOD_ILP;
+    o.mode = mode;
+    o.hidden = 64;
+    o.time_limit_s = 1;
+    o.slots_per_rank = (8 + R - 1) / R + (R > 1 && R < 8);
+    /* rank 0 plans (a time limit could make ranks disagree) and shares it */
+    int64_t flags[4 * 8 * 8];
+    memset(flags, 0, sizeof flags);
+    if (me == 0) {
+        epm_placement *p0;
+        assert_int_equal(epm_plan(t, &c, &o, &p0), EPM_OK);
+        assert_string_equal(epm_placement_get_info(p0)->method, "ilp");
+        for (int l = 0; l < 4; l++)
+            for (int e = 0; e < 8; e++)
+                for (int r = 0; r < R; r++)
+                    flags[(l * 8 + e) * 8 + r] = epm_placement_has(p0, l, e, r);
+        epm_placement_destroy(p0);
+    }
+    epm_xcomm *x;
+    assert_int_equal(epm_xcomm_create(0, &x), EPM_OK);
+    assert_int_equal(epm_xcomm_sum_i64(x, flags, 4 * 8 * 8), EPM_OK);
+    epm_xcomm_destroy(x);
+    epm_placement *p;
+    assert_int_equal(epm_placement_create(4, 8, 2, &c, &p), EPM_OK);
+    for (int l = 0; l < 4; l++)
+        for (int e = 0; e < 8; e++)
+            for (int r = 0; r < R; r++)
+                if (flags[(l * 8 + e) * 8 + r])
+                    assert_int_equal(epm_placement_add(p, l, e, r), EPM_OK);
+    epm_trace_destroy(t);
+    return p;
+}
+
 static epm_placement *make_placement(int kind, int layers, int experts, int nodes)
 {
     epm_cluster c;
@@ -72,7 +120,8 @@ static void check_fixture(const char *name, epm_mode mode, int kind, int vnodes)
 {
     fixture f;
     fixture_open(&f, name);
-    epm_placement *p = make_placement(kind, 4, 8, vnodes ? vnodes : 1);
+    epm_placement *p = kind == 3 ? ilp_placement(f.ref, vnodes ? vnodes : 1, mode)
+                                 : make_placement(kind, 4, 8, vnodes ? vnodes : 1);
     epm_run_opts o;
     memset(&o, 0, sizeof o);
     o.model_dir = f.dir;
@@ -94,6 +143,9 @@ static void check_fixture(const char *name, epm_mode mode, int kind, int vnodes)
             fprintf(stderr, "%s mode %s placement %d ranks %d: relative error %g\n", name, epm_mode_name(mode), kind,
                     R, e);
         assert_true(e <= 1e-4);
+        /* each rank read the dense weights and only its experts */
+        if (R >= 2 && kind == 0)
+            assert_true(res->report.weight_bytes_max < res->report.weight_bytes_sum);
         /* the captured trace is the reference's routing */
         for (int l = 0; l < 4; l++) {
             char key[32];
@@ -111,7 +163,7 @@ static void test_run_fixtures_home(void **state)
 {
     (void)state;
     for (int m = 0; m < 3; m++)
-        for (int kind = 0; kind < 3; kind++)
+        for (int kind = 0; kind < 4; kind++)
             check_fixture(models[m], EPM_MODE_HOME, kind, 0);
 }
 
@@ -119,7 +171,7 @@ static void test_run_fixtures_follow(void **state)
 {
     (void)state;
     for (int m = 0; m < 3; m++)
-        for (int kind = 0; kind < 3; kind++)
+        for (int kind = 0; kind < 4; kind++)
             check_fixture(models[m], EPM_MODE_FOLLOW, kind, R % 2 == 0 ? 2 : 0);
 }
 
