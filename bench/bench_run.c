@@ -243,10 +243,10 @@ int epm_bench_run(int argc, char **argv)
                model, R, cl.nodes, batch, seq, nnew, zipf, aff);
     if (me == 0)
         printf(csv ? "mode,method,prefill_tok_s,decode_tok_s,intra_bytes,inter_bytes,kv_bytes,max_load,"
-                     "prefill_vs_contiguous,decode_vs_contiguous,bytes_vs_contiguous\n"
-                   : "%-7s %-11s %12s %12s %14s %14s %12s %9s %8s %8s %8s\n",
+                     "prefill_vs_contiguous,decode_vs_contiguous,bytes_vs_contiguous,kv_cache_bytes_per_rank\n"
+                   : "%-7s %-11s %12s %12s %14s %14s %12s %9s %8s %8s %8s %12s\n",
                "mode", "method", "prefill t/s", "decode t/s", "intra bytes", "inter bytes", "kv bytes", "max load",
-               "pf/contig", "dc/contig", "B/contig");
+               "pf/contig", "dc/contig", "B/contig", "KV mem/rank");
     char modes[64], methods[128];
     snprintf(modes, sizeof modes, "%s", modes_s);
     for (char *ms = strtok(modes, ","); ms && rc == EPM_EXIT_OK; ms = strtok(NULL, ",")) {
@@ -301,7 +301,7 @@ int epm_bench_run(int argc, char **argv)
                 break;
             }
             double best_pf = 0, best_dc = 0;
-            int64_t bytes[3] = {0, 0, 0}, kv = 0, maxload = 0;
+            int64_t bytes[3] = {0, 0, 0}, kv = 0, maxload = 0, kvmem = 0;
             for (int rep = 0; rep < reps && st == EPM_OK; rep++) {
                 epm_run_opts o;
                 memset(&o, 0, sizeof o);
@@ -330,6 +330,7 @@ int epm_bench_run(int argc, char **argv)
                     for (int q = 0; q < R; q++)
                         maxload = r->rank_load[l * R + q] > maxload ? r->rank_load[l * R + q] : maxload;
                 }
+                kvmem = r->kv_cache_bytes_max;
                 epm_run_result_destroy(res);
             }
             epm_placement_destroy(p);
@@ -344,10 +345,11 @@ int epm_bench_run(int argc, char **argv)
                 base_b = b > 0 ? b : 1;
             }
             if (me == 0)
-                printf(csv ? "%s,%s,%.1f,%.1f,%lld,%lld,%lld,%lld,%.3f,%.3f,%.3f\n"
-                           : "%-7s %-11s %12.1f %12.1f %14lld %14lld %12lld %9lld %8.3f %8.3f %8.3f\n",
+                printf(csv ? "%s,%s,%.1f,%.1f,%lld,%lld,%lld,%lld,%.3f,%.3f,%.3f,%lld\n"
+                           : "%-7s %-11s %12.1f %12.1f %14lld %14lld %12lld %9lld %8.3f %8.3f %8.3f %12lld\n",
                        ms, mt, best_pf, best_dc, (long long)bytes[1], (long long)bytes[2], (long long)kv,
-                       (long long)maxload, best_pf / base_pf, base_dc > 0 ? best_dc / base_dc : 0, b / base_b);
+                       (long long)maxload, best_pf / base_pf, base_dc > 0 ? best_dc / base_dc : 0, b / base_b,
+                       (long long)kvmem);
             fflush(stdout);
         }
     }

@@ -31,6 +31,7 @@ typedef struct rt {
     int64_t n_rec, cap_rec;
     epm_run_report *rep;
     int64_t *bytes_local, *kv_local, *load_local, gather_local[EPM_LINK_COUNT];
+    int64_t kv_cache_bytes;
 } rt;
 
 static int seq_of(const rt *r, int64_t g)
@@ -808,6 +809,7 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
             if (o->mode == EPM_MODE_HOME && s % r->R != r->me)
                 continue;
             size_t i = (size_t)l * batch + s;
+            r->kv_cache_bytes += 2 * (int64_t)r->max_len * kvd * (int64_t)sizeof(float);
             r->kc[i] = epm_calloc((size_t)r->max_len * kvd, sizeof(float));
             r->vc[i] = epm_calloc((size_t)r->max_len * kvd, sizeof(float));
             if (!r->kc[i] || !r->vc[i])
@@ -1012,10 +1014,12 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.gather_local, EPM_LINK_COUNT), st, fail_gen);
     int64_t wb[2] = {epm_hf_bytes_loaded(r.m), epm_hf_bytes_loaded(r.m)};
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, wb, 1), st, fail_gen);
-    double wmax = (double)epm_hf_bytes_loaded(r.m);
+    double wmax = (double)epm_hf_bytes_loaded(r.m), kvmax = (double)r.kv_cache_bytes;
     double times[7] = {rep->t_prefill, rep->t_decode, rep->t_attention, rep->t_gate, rep->t_dispatch, rep->t_experts,
                        rep->t_combine};
     EPM_CHECK_GOTO(epm_xcomm_max_f64(r.x, &wmax, 1), st, fail_gen);
+    EPM_CHECK_GOTO(epm_xcomm_max_f64(r.x, &kvmax, 1), st, fail_gen);
+    rep->kv_cache_bytes_max = (int64_t)kvmax;
     EPM_CHECK_GOTO(epm_xcomm_max_f64(r.x, times, 7), st, fail_gen);
     rep->t_prefill = times[0], rep->t_decode = times[1], rep->t_attention = times[2], rep->t_gate = times[3];
     rep->t_dispatch = times[4], rep->t_experts = times[5], rep->t_combine = times[6];

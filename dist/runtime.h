@@ -39,6 +39,7 @@ typedef struct epm_run_report {
     int64_t gather_bytes[EPM_LINK_COUNT];
     int64_t weight_bytes_max; /* largest checkpoint bytes any rank read */
     int64_t weight_bytes_sum;
+    int64_t kv_cache_bytes_max;  /* KV cache memory of the fullest rank (follow keeps every sequence's) */
 } epm_run_report;
 
 typedef struct epm_run_result {
