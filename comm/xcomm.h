@@ -35,6 +35,12 @@ epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int w
 /* Collective agreement on failure: every rank returns the first failing
  * rank's status, and the detail names that rank and its message. */
 epm_status epm_xcomm_agree(epm_xcomm *x, epm_status local);
+/* Deadline of every agreement (process-wide; 0 = none): past it, agree
+ * returns EPM_ERR_TIMEOUT instead of waiting for a stalled or dead rank. */
+void epm_xcomm_set_timeout(double seconds);
+/* Ends every rank of the job (MPI_Abort): the caller's last resort after a
+ * timeout, when the others may be blocked where no message reaches them. */
+void epm_xcomm_abort(epm_xcomm *x, int code);
 
 epm_status epm_xcomm_sum_i64(epm_xcomm *x, int64_t *v, int n);
 epm_status epm_xcomm_max_f64(epm_xcomm *x, double *v, int n);

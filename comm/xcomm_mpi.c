@@ -1,4 +1,5 @@
 #include <mpi.h>
+#include <time.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -251,12 +252,33 @@ epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int w
     return st;
 }
 
+static double agree_timeout_s; /* 0 = wait forever */
+
+void epm_xcomm_set_timeout(double seconds) { agree_timeout_s = seconds > 0 ? seconds : 0; }
+
+void epm_xcomm_abort(epm_xcomm *x, int code) { MPI_Abort(x ? x->comm : MPI_COMM_WORLD, code); }
+
 epm_status epm_xcomm_agree(epm_xcomm *x, epm_status local)
 {
-    /* lowest failing rank wins; its message travels to everyone */
+    /* lowest failing rank wins; its message travels to everyone. The wait has
+     * a deadline: a rank that stalled or died must not hold the others forever */
     int mine = local != EPM_OK ? x->rank : x->size, first = x->size;
-    if (MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, x->comm) != MPI_SUCCESS)
-        return epm_fail(EPM_ERR_MPI, "MPI_Allreduce while agreeing on errors failed");
+    MPI_Request req;
+    if (MPI_Iallreduce(&mine, &first, 1, MPI_INT, MPI_MIN, x->comm, &req) != MPI_SUCCESS)
+        return epm_fail(EPM_ERR_MPI, "MPI_Iallreduce while agreeing on errors failed");
+    double t0 = epm_now();
+    for (int done = 0; !done;) {
+        if (MPI_Test(&req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+            return epm_fail(EPM_ERR_MPI, "MPI_Test while agreeing on errors failed");
+        if (done)
+            break;
+        if (agree_timeout_s > 0 && epm_now() - t0 > agree_timeout_s)
+            return epm_fail(EPM_ERR_TIMEOUT,
+                            "rank %d waited %.0f s (--timeout) for the other ranks: one of them stalled or died",
+                            x->rank, agree_timeout_s);
+        struct timespec ts = {0, 200000};
+        nanosleep(&ts, NULL);
+    }
     if (first == x->size)
         return EPM_OK;
     char msg[1024];

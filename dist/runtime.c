@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "hf_model.h"
 #include "ops.h"
@@ -621,7 +622,14 @@ static epm_status forward(rt *r, int64_t *pn, int64_t **pg, float **ph)
 {
     const epm_hf_config *c = r->c;
     epm_status st = EPM_OK;
+    const char *stall = getenv("EPM_TEST_STALL_RANK");
     for (int l = 0; l < c->layers && st == EPM_OK; l++) {
+        if (stall && atoi(stall) == r->me && l == 1) {
+            /* test hook: this rank stalls, the others must give up at --timeout */
+            const char *secs = getenv("EPM_TEST_STALL_SECONDS");
+            struct timespec ts = {secs ? atoi(secs) : 60, 0};
+            nanosleep(&ts, NULL);
+        }
         st = attention(r, l, *pn, *pg, *ph);
         st = sync(r, st);
         if (st == EPM_OK)
@@ -901,6 +909,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     if (!res)
         return EPM_ERR_NOMEM;
     r.rep = &res->report;
+    epm_xcomm_set_timeout(o->timeout_s);
     epm_status st = epm_xcomm_create(o->virtual_nodes, &r.x);
     if (st != EPM_OK) {
         epm_free(res);

@@ -23,6 +23,7 @@ typedef struct epm_run_opts {
     double top_p;                   /* > 0: dynamic expert count, experts in score order until their
                                        probability mass reaches top_p, at most k ('Harder Tasks Need
                                        More Experts') */
+    double timeout_s;               /* > 0: deadline of every wait for the other ranks */
     double ta_strength;             /* > 0: topology-aware gating (TA-MoE): each expert's log-probability
                                        is lowered by ta_strength x the link cost (0 same rank, 1 same
                                        node, intra/inter GB/s ratio other node) from the token's rank

@@ -27,13 +27,14 @@ static const char usage[] =
     "  --logits-out FILE        write logits (safetensors 'logits')\n"
     "  --all-logits             logits of every prompt position, not only the last\n"
     "  --kernels ref|blas       CPU kernels (default blas)\n"
+    "  --timeout SEC            give up (every rank, non-zero exit) when a rank stalls this long\n"
     "  --top-p P                dynamic expert count: experts until their probability reaches P (<= k)\n"
     "  --ta-strength S          topology-aware gating: lower each expert's log-probability by S x the\n"
     "                           link cost to its nearest replica (0 = off)\n"
     "  --report                 per-layer bytes and loads, times, tokens/s (stderr, or stdout with --json)\n"
     "  --json                   results as JSON on stdout\n";
 
-enum { O_TOPP = 300, O_TA };
+enum { O_TOPP = 300, O_TA, O_TIMEOUT };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -44,7 +45,7 @@ static const struct option opts[] = {
     {"logits-out", required_argument, 0, O_LOUT},    {"all-logits", no_argument, 0, O_ALL},
     {"kernels", required_argument, 0, O_KER},        {"report", no_argument, 0, O_REP},
     {"json", no_argument, 0, O_JSON},                {"help", no_argument, 0, O_HELP},
-    {"top-p", required_argument, 0, O_TOPP},         {"ta-strength", required_argument, 0, O_TA},
+    {"timeout", required_argument, 0, O_TIMEOUT},    {"top-p", required_argument, 0, O_TOPP},         {"ta-strength", required_argument, 0, O_TA},
     {0, 0, 0, 0}};
 
 typedef struct prompts {
@@ -238,6 +239,7 @@ int epm_cli_run(int argc, char **argv)
             o.ops = optarg;
             break;
         case O_REP: report = 1; break;
+        case O_TIMEOUT: if (!cli_parse_double(W, "--timeout", optarg, 0, 1e7, &o.timeout_s)) return EPM_EXIT_USAGE; break;
         case O_TOPP: if (!cli_parse_double(W, "--top-p", optarg, 0, 1, &o.top_p)) return EPM_EXIT_USAGE; break;
         case O_TA: if (!cli_parse_double(W, "--ta-strength", optarg, 0, 1e6, &o.ta_strength)) return EPM_EXIT_USAGE; break;
         case O_JSON: json = 1; break;
@@ -282,7 +284,13 @@ int epm_cli_run(int argc, char **argv)
         o.route_from = t;
         st = epm_run(&o, pr.batch, pr.lens, (const int32_t *const *)pr.ids, &res);
     }
-    if (st != EPM_OK) {
+    if (st == EPM_ERR_TIMEOUT) {
+        /* the stalled rank cannot hear us: end the whole job */
+        cli_fail(W, st);
+        fflush(stderr);
+        epm_xcomm_abort(NULL, EPM_EXIT_FAIL);
+        rc = EPM_EXIT_FAIL;
+    } else if (st != EPM_OK) {
         /* every rank knows the failure; one of them says it */
         if (rank == 0 || st != EPM_ERR_REMOTE)
             rc = cli_fail(W, st);

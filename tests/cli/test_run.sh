@@ -5,6 +5,8 @@ set -u
 E=${EPMOE:?}
 F=${EPM_FIXTURES:?}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# Open MPI's unloaded components look like leaks to LeakSanitizer (see tests/mpi/meson.build)
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
 command -v mpirun >/dev/null || { echo "mpirun not found: skipped"; exit 77; }
 d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
@@ -59,6 +61,36 @@ check "trace too short to replay" 1 run -np 2 "$E" run --model "$m" --input "$m/
 has "$d/err" "route-from-trace"
 check "virtual nodes not dividing ranks" 1 run -np 3 "$E" run --model "$m" --input "$d/in.json" --virtual-nodes 2
 has "$d/err" "virtual-nodes 2"
+# a rank that stalls: every rank ends within the timeout (+ abort), non-zero, nothing left behind
+t0=$(date +%s)
+EPM_TEST_STALL_RANK=1 EPM_TEST_STALL_SECONDS=60 check "stalled rank" 1 run -np 3 "$E" run --model "$m" \
+  --input "$m/reference.safetensors" --timeout 3
+has "$d/err" "waited 3 s"
+[ $(($(date +%s) - t0)) -lt 30 ] || { echo "FAIL: the stalled run took more than 30 s"; fails=$((fails + 1)); }
+# a rank killed with SIGKILL in the middle of prefill
+t0=$(date +%s)
+EPM_TEST_STALL_RANK=1 EPM_TEST_STALL_SECONDS=30 timeout 60 mpirun --oversubscribe -np 3 "$E" run --model "$m" \
+  --input "$m/reference.safetensors" --timeout 25 >"$d/out" 2>"$d/err" &
+mp=$!
+killed=0
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+  sleep 0.5
+  for p in $(pgrep -f "$E run --model $m"); do
+    if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -q '^OMPI_COMM_WORLD_RANK=1$'; then
+      kill -9 "$p" && killed=1
+    fi
+  done
+  [ "$killed" = 1 ] && break
+done
+wait "$mp"
+rc=$?
+[ "$killed" = 1 ] || { echo "FAIL: found no rank 1 to kill"; fails=$((fails + 1)); }
+nonzero "$rc" "a job with a killed rank"
+[ $(($(date +%s) - t0)) -lt 30 ] || { echo "FAIL: the killed run took more than 30 s"; fails=$((fails + 1)); }
+sleep 0.5
+left=$(pgrep -fc "$E run --model $m")
+[ "$left" = 0 ] || { echo "FAIL: $left epmoe processes left behind"; fails=$((fails + 1)); }
+
 check "output over input" 2 "$E" run --model "$m" --input "$d/in.json" --trace-out "$d/in.json"
 check "usage" 2 "$E" run --input "$d/in.json"
 check "help" 0 "$E" run --help
