@@ -31,5 +31,7 @@ int epm_cli_trace(int argc, char **argv);
 int epm_cli_plan(int argc, char **argv);
 int epm_cli_bench(int argc, char **argv);
 int epm_cli_run(int argc, char **argv);
+int epm_cli_model(int argc, char **argv);
+int epm_cli_launch(int argc, char **argv);
 
 #endif

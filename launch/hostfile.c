@@ -2,6 +2,7 @@
  * mistake is named (file, line, value) before any daemon starts. */
 #include <ctype.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>

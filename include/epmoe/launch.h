@@ -103,7 +103,8 @@ typedef struct epm_hwtopo epm_hwtopo;
 EPM_API epm_status epm_hwtopo_load(epm_hwtopo **out);
 /* hwloc synthetic description, e.g. "numa:2 core:4 pu:1": no PCI devices. */
 EPM_API epm_status epm_hwtopo_load_synthetic(const char *desc, epm_hwtopo **out);
-/* hwloc XML export (as `lstopo x.xml` writes), GPUs included. */
+/* hwloc XML export (as `lstopo x.xml` writes), GPUs included. hwloc trusts
+ * XML more than a parser of untrusted input should: load only exports. */
 EPM_API epm_status epm_hwtopo_load_xml(const char *xml, size_t len, epm_hwtopo **out);
 EPM_API void epm_hwtopo_destroy(epm_hwtopo *t);
 /* The pure description of the topology; valid while t lives. */

@@ -1,0 +1,451 @@
+/* config.json of Mixtral, Qwen2-MoE and OLMoE, as transformers writes it.
+ * A field that is absent takes the default of transformers' config class for
+ * that architecture; a field that is present but wrong is an error naming
+ * the file, the field and its value. */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core.h"
+#include "epmoe/model.h"
+
+static const struct {
+    const char *cls, *shrt, *model_type;
+} arch_names[EPM_MODEL_ARCH_COUNT] = {
+    [EPM_MODEL_MIXTRAL] = {"MixtralForCausalLM", "mixtral", "mixtral"},
+    [EPM_MODEL_QWEN2MOE] = {"Qwen2MoeForCausalLM", "qwen2moe", "qwen2_moe"},
+    [EPM_MODEL_OLMOE] = {"OlmoeForCausalLM", "olmoe", "olmoe"},
+};
+
+const char *epm_model_arch_class(epm_model_arch a)
+{
+    return (unsigned)a < EPM_MODEL_ARCH_COUNT ? arch_names[a].cls : "?";
+}
+
+const char *epm_model_arch_short(epm_model_arch a)
+{
+    return (unsigned)a < EPM_MODEL_ARCH_COUNT ? arch_names[a].shrt : "?";
+}
+
+epm_status epm_model_arch_parse(const char *s, epm_model_arch *out)
+{
+    for (int a = 0; s && a < EPM_MODEL_ARCH_COUNT; a++)
+        if (!strcmp(s, arch_names[a].cls) || !strcmp(s, arch_names[a].shrt) || !strcmp(s, arch_names[a].model_type)) {
+            *out = (epm_model_arch)a;
+            return EPM_OK;
+        }
+    return epm_fail(EPM_ERR_UNSUPPORTED,
+                    "architecture '%s' is not supported (MixtralForCausalLM, Qwen2MoeForCausalLM, OlmoeForCausalLM)",
+                    s ? s : "(null)");
+}
+
+/* The JSON text of a value, shortened, for error messages. */
+static const char *show(json_t *v, char *buf, size_t cap)
+{
+    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+    if (!s) {
+        snprintf(buf, cap, "(?)");
+        return buf;
+    }
+    if (strlen(s) >= cap && cap > 4)
+        snprintf(buf, cap, "%.*s...", (int)cap - 4, s);
+    else
+        snprintf(buf, cap, "%s", s);
+    free(s);
+    return buf;
+}
+
+typedef struct ctx {
+    json_t *root;
+    const char *label;
+} ctx;
+
+static epm_status bad(const ctx *c, const char *key, json_t *v, const char *why)
+{
+    char b[96];
+    return epm_fail(EPM_ERR_FORMAT, "%s: field '%s' = %s: %s", c->label, key, show(v, b, sizeof b), why);
+}
+
+/* An integer field in [lo, hi]; absent or null keeps *out unless required. */
+static epm_status get_int(const ctx *c, json_t *obj, const char *key, int required, long lo, long hi, int *out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v)) {
+        if (required)
+            return epm_fail(EPM_ERR_FORMAT, "%s: field '%s' is missing", c->label, key);
+        return EPM_OK;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
+        char why[96];
+        snprintf(why, sizeof why, "must be an integer in [%ld, %ld]", lo, hi);
+        return bad(c, key, v, why);
+    }
+    *out = (int)json_integer_value(v);
+    return EPM_OK;
+}
+
+/* A finite number in (lo, hi). */
+static epm_status get_num(const ctx *c, json_t *obj, const char *key, double lo, double hi, double *out,
+                          int *present)
+{
+    json_t *v = json_object_get(obj, key);
+    if (present)
+        *present = 0;
+    if (!v || json_is_null(v))
+        return EPM_OK;
+    double x = json_is_number(v) ? json_number_value(v) : NAN;
+    if (!(x > lo && x < hi)) {
+        char why[96];
+        snprintf(why, sizeof why, "must be a number in (%g, %g)", lo, hi);
+        return bad(c, key, v, why);
+    }
+    *out = x;
+    if (present)
+        *present = 1;
+    return EPM_OK;
+}
+
+static epm_status get_bool(const ctx *c, const char *key, int *out, int *present)
+{
+    json_t *v = json_object_get(c->root, key);
+    if (present)
+        *present = 0;
+    if (!v || json_is_null(v))
+        return EPM_OK;
+    if (!json_is_boolean(v))
+        return bad(c, key, v, "must be true or false");
+    *out = json_is_true(v);
+    if (present)
+        *present = 1;
+    return EPM_OK;
+}
+
+static epm_status parse_arch(const ctx *c, epm_model_config *cfg)
+{
+    json_t *list = json_object_get(c->root, "architectures");
+    json_t *v = NULL;
+    const char *key = "architectures";
+    if (list && !json_is_null(list)) {
+        if (!json_is_array(list) || json_array_size(list) == 0 || !json_is_string(json_array_get(list, 0)))
+            return bad(c, key, list, "must be a list naming the model class");
+        v = json_array_get(list, 0);
+    } else {
+        key = "model_type";
+        v = json_object_get(c->root, key);
+        if (!json_is_string(v))
+            return epm_fail(EPM_ERR_FORMAT, "%s: neither 'architectures' nor 'model_type' names the model",
+                            c->label);
+    }
+    if (epm_model_arch_parse(json_string_value(v), &cfg->arch) != EPM_OK)
+        return epm_fail(EPM_ERR_UNSUPPORTED,
+                        "%s: field '%s' = '%s': architecture not supported (MixtralForCausalLM, "
+                        "Qwen2MoeForCausalLM, OlmoeForCausalLM)",
+                        c->label, key, json_string_value(v));
+    return EPM_OK;
+}
+
+/* Older Hub configs write rope_theta at the top level, newer ones inside
+ * rope_parameters; rope_scaling is the older home of a non-default type. */
+static epm_status parse_rope(const ctx *c, epm_model_config *cfg)
+{
+    cfg->rope_theta = cfg->arch == EPM_MODEL_MIXTRAL ? 1e6 : 1e4;
+    EPM_CHECK(get_num(c, c->root, "rope_theta", 0, 1e12, &cfg->rope_theta, NULL));
+    static const char *const homes[] = {"rope_parameters", "rope_scaling"};
+    for (int i = 0; i < 2; i++) {
+        json_t *rp = json_object_get(c->root, homes[i]);
+        if (!rp || json_is_null(rp))
+            continue;
+        if (!json_is_object(rp))
+            return bad(c, homes[i], rp, "must be an object");
+        char key[64];
+        snprintf(key, sizeof key, "%s.rope_theta", homes[i]);
+        json_t *th = json_object_get(rp, "rope_theta");
+        if (th && !json_is_null(th)) {
+            double x = json_is_number(th) ? json_number_value(th) : NAN;
+            if (!(x > 0 && x < 1e12))
+                return bad(c, key, th, "must be a number in (0, 1e+12)");
+            cfg->rope_theta = x;
+        }
+        const char *tk = "rope_type";
+        json_t *ty = json_object_get(rp, tk);
+        if (!ty) {
+            tk = "type";
+            ty = json_object_get(rp, tk);
+        }
+        snprintf(key, sizeof key, "%s.%s", homes[i], tk);
+        if (ty && !json_is_null(ty)) {
+            if (!json_is_string(ty))
+                return bad(c, key, ty, "must be a string");
+            if (strcmp(json_string_value(ty), "default"))
+                return epm_fail(EPM_ERR_UNSUPPORTED,
+                                "%s: field '%s' = '%s': RoPE scaling is not supported (only 'default')", c->label,
+                                key, json_string_value(ty));
+        }
+    }
+    return EPM_OK;
+}
+
+static epm_status parse_dtype(const ctx *c, epm_model_config *cfg)
+{
+    static const char *const keys[] = {"dtype", "torch_dtype"};
+    cfg->dtype = EPM_DTYPE_F32;
+    for (int i = 0; i < 2; i++) {
+        json_t *v = json_object_get(c->root, keys[i]);
+        if (!v || json_is_null(v))
+            continue;
+        const char *s = json_is_string(v) ? json_string_value(v) : "";
+        if (!strcmp(s, "float32"))
+            cfg->dtype = EPM_DTYPE_F32;
+        else if (!strcmp(s, "bfloat16"))
+            cfg->dtype = EPM_DTYPE_BF16;
+        else if (!strcmp(s, "float16"))
+            cfg->dtype = EPM_DTYPE_F16;
+        else
+            return bad(c, keys[i], v, "must be \"float32\", \"bfloat16\" or \"float16\"");
+        return EPM_OK; /* "dtype" (transformers 5) wins over the older "torch_dtype" */
+    }
+    return EPM_OK;
+}
+
+/* Which layers hold a sparse MoE block. Qwen2-MoE: layer l is sparse when
+ * (l + 1) % decoder_sparse_step == 0 and l is not in mlp_only_layers. */
+static epm_status parse_layers(const ctx *c, epm_model_config *cfg)
+{
+    cfg->decoder_sparse_step = 1;
+    cfg->moe_layer = epm_malloc((size_t)cfg->num_layers);
+    if (!cfg->moe_layer)
+        return EPM_ERR_NOMEM;
+    memset(cfg->moe_layer, 1, (size_t)cfg->num_layers);
+    if (cfg->arch != EPM_MODEL_QWEN2MOE)
+        return EPM_OK;
+    EPM_CHECK(get_int(c, c->root, "decoder_sparse_step", 0, 1, cfg->num_layers, &cfg->decoder_sparse_step));
+    for (int l = 0; l < cfg->num_layers; l++)
+        cfg->moe_layer[l] = (l + 1) % cfg->decoder_sparse_step == 0;
+    json_t *only = json_object_get(c->root, "mlp_only_layers");
+    if (!only || json_is_null(only))
+        return EPM_OK;
+    if (!json_is_array(only))
+        return bad(c, "mlp_only_layers", only, "must be a list of layer indices");
+    for (size_t i = 0; i < json_array_size(only); i++) {
+        json_t *v = json_array_get(only, i);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= cfg->num_layers) {
+            char key[64], why[96];
+            snprintf(key, sizeof key, "mlp_only_layers[%zu]", i);
+            snprintf(why, sizeof why, "must be a layer index in [0, %d)", cfg->num_layers);
+            return bad(c, key, v, why);
+        }
+        cfg->moe_layer[json_integer_value(v)] = 0;
+    }
+    return EPM_OK;
+}
+
+static epm_status parse(const ctx *c, epm_model_config *cfg)
+{
+    if (!json_is_object(c->root))
+        return epm_fail(EPM_ERR_FORMAT, "%s: top level is not a JSON object", c->label);
+    EPM_CHECK(parse_arch(c, cfg));
+    epm_model_arch a = cfg->arch;
+    json_t *r = c->root;
+    const long BIG = 1L << 24;
+    EPM_CHECK(get_int(c, r, "vocab_size", 1, 1, BIG, &cfg->vocab_size));
+    EPM_CHECK(get_int(c, r, "hidden_size", 1, 1, 1L << 16, &cfg->hidden_size));
+    EPM_CHECK(get_int(c, r, "num_hidden_layers", 1, 1, 4096, &cfg->num_layers));
+    EPM_CHECK(get_int(c, r, "num_attention_heads", 1, 1, 4096, &cfg->num_heads));
+    cfg->num_kv_heads = cfg->num_heads;
+    EPM_CHECK(get_int(c, r, "num_key_value_heads", 0, 1, cfg->num_heads, &cfg->num_kv_heads));
+    if (cfg->num_heads % cfg->num_kv_heads)
+        return bad(c, "num_key_value_heads", json_object_get(r, "num_key_value_heads"),
+                   "must divide num_attention_heads");
+    cfg->head_dim = 0;
+    EPM_CHECK(get_int(c, r, "head_dim", 0, 2, 1024, &cfg->head_dim));
+    if (cfg->head_dim == 0) {
+        if (cfg->hidden_size % cfg->num_heads)
+            return bad(c, "num_attention_heads", json_object_get(r, "num_attention_heads"),
+                       "must divide hidden_size when head_dim is not given");
+        cfg->head_dim = cfg->hidden_size / cfg->num_heads;
+    }
+    if (cfg->head_dim % 2)
+        return epm_fail(EPM_ERR_UNSUPPORTED, "%s: field 'head_dim' = %d: must be even for RoPE", c->label,
+                        cfg->head_dim);
+    const char *ek = a == EPM_MODEL_MIXTRAL ? "num_local_experts" : "num_experts";
+    EPM_CHECK(get_int(c, r, ek, 1, 1, 1L << 16, &cfg->num_experts));
+    EPM_CHECK(get_int(c, r, "num_experts_per_tok", 1, 1, cfg->num_experts, &cfg->top_k));
+    EPM_CHECK(get_int(c, r, "intermediate_size", 1, 1, 1L << 20, &cfg->dense_ffn));
+    cfg->moe_ffn = cfg->dense_ffn;
+    if (a == EPM_MODEL_QWEN2MOE) {
+        EPM_CHECK(get_int(c, r, "moe_intermediate_size", 1, 1, 1L << 20, &cfg->moe_ffn));
+        EPM_CHECK(get_int(c, r, "shared_expert_intermediate_size", 1, 0, 1L << 20, &cfg->shared_ffn));
+    }
+    /* Mixtral renormalises the top-k weights unconditionally; the others follow the flag. */
+    cfg->norm_topk_prob = a == EPM_MODEL_MIXTRAL;
+    if (a != EPM_MODEL_MIXTRAL)
+        EPM_CHECK(get_bool(c, "norm_topk_prob", &cfg->norm_topk_prob, NULL));
+    if (a == EPM_MODEL_QWEN2MOE) {
+        cfg->qkv_bias = 1; /* transformers 4 always had them; 5 writes qkv_bias */
+        EPM_CHECK(get_bool(c, "qkv_bias", &cfg->qkv_bias, &cfg->qkv_bias_stated));
+    } else if (a == EPM_MODEL_OLMOE) {
+        EPM_CHECK(get_bool(c, "attention_bias", &cfg->qkv_bias, NULL));
+        cfg->o_bias = cfg->qkv_bias;
+        cfg->qkv_bias_stated = 1;
+        cfg->qk_norm = 1;
+        json_t *clip = json_object_get(r, "clip_qkv");
+        if (clip && !json_is_null(clip)) {
+            char b[64];
+            return epm_fail(EPM_ERR_UNSUPPORTED, "%s: field 'clip_qkv' = %s: clipping q/k/v is not supported (null)",
+                            c->label, show(clip, b, sizeof b));
+        }
+    } else {
+        cfg->qkv_bias_stated = 1;
+    }
+    EPM_CHECK(get_bool(c, "tie_word_embeddings", &cfg->tie_word_embeddings, NULL));
+    double eps = a == EPM_MODEL_QWEN2MOE ? 1e-6 : 1e-5;
+    EPM_CHECK(get_num(c, r, "rms_norm_eps", 0, 1, &eps, NULL));
+    cfg->rms_norm_eps = (float)eps;
+    json_t *act = json_object_get(r, "hidden_act");
+    if (act && !json_is_null(act) && !(json_is_string(act) && !strcmp(json_string_value(act), "silu")))
+        return epm_fail(EPM_ERR_UNSUPPORTED, "%s: field 'hidden_act': only \"silu\" is supported", c->label);
+    /* Mixtral's window applies whenever set; Qwen2-MoE's only with use_sliding_window. */
+    int use_sw = a == EPM_MODEL_MIXTRAL;
+    if (a == EPM_MODEL_QWEN2MOE)
+        EPM_CHECK(get_bool(c, "use_sliding_window", &use_sw, NULL));
+    if (use_sw && a != EPM_MODEL_OLMOE)
+        EPM_CHECK(get_int(c, r, "sliding_window", 0, 0, 1L << 30, &cfg->sliding_window));
+    EPM_CHECK(parse_rope(c, cfg));
+    EPM_CHECK(parse_dtype(c, cfg));
+    return parse_layers(c, cfg);
+}
+
+epm_status epm_model_config_parse(const char *text, size_t len, const char *label, epm_model_config *cfg)
+{
+    if (!text || !cfg)
+        return epm_fail(EPM_ERR_INVALID_ARG, "epm_model_config_parse: NULL argument");
+    memset(cfg, 0, sizeof *cfg);
+    if (!label)
+        label = "config.json";
+    json_error_t err;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &err);
+    if (!root)
+        return epm_fail(EPM_ERR_FORMAT, "%s: not valid JSON (line %d: %s)", label, err.line, err.text);
+    ctx c = {root, label};
+    epm_status st = parse(&c, cfg);
+    json_decref(root);
+    if (st != EPM_OK)
+        epm_model_config_clear(cfg);
+    return st;
+}
+
+epm_status epm_model_config_load(const char *path, epm_model_config *cfg)
+{
+    char *text;
+    size_t n;
+    if (!path || !cfg)
+        return epm_fail(EPM_ERR_INVALID_ARG, "epm_model_config_load: NULL argument");
+    memset(cfg, 0, sizeof *cfg);
+    EPM_CHECK(epm_read_file(path, (size_t)16 << 20, &text, &n));
+    epm_status st = epm_model_config_parse(text, n, path, cfg);
+    epm_free(text);
+    return st;
+}
+
+void epm_model_config_clear(epm_model_config *cfg)
+{
+    if (!cfg)
+        return;
+    epm_free(cfg->moe_layer);
+    memset(cfg, 0, sizeof *cfg);
+}
+
+int epm_model_config_moe_layers(const epm_model_config *cfg)
+{
+    int n = 0;
+    for (int l = 0; cfg->moe_layer && l < cfg->num_layers; l++)
+        n += cfg->moe_layer[l];
+    return n;
+}
+
+/* ---- writing ---- */
+
+static const char *torch_dtype(epm_dtype t)
+{
+    return t == EPM_DTYPE_BF16 ? "bfloat16" : t == EPM_DTYPE_F16 ? "float16" : "float32";
+}
+
+static json_t *to_json(const epm_model_config *cfg)
+{
+    epm_model_arch a = cfg->arch;
+    json_t *r = json_object();
+    if (!r)
+        return NULL;
+    int ok = 1;
+#define SET(k, v) ok &= json_object_set_new(r, (k), (v)) == 0
+    SET("architectures", json_pack("[s]", epm_model_arch_class(a)));
+    SET("model_type", json_string(arch_names[a].model_type));
+    SET("vocab_size", json_integer(cfg->vocab_size));
+    SET("hidden_size", json_integer(cfg->hidden_size));
+    SET("intermediate_size", json_integer(cfg->dense_ffn));
+    SET("num_hidden_layers", json_integer(cfg->num_layers));
+    SET("num_attention_heads", json_integer(cfg->num_heads));
+    SET("num_key_value_heads", json_integer(cfg->num_kv_heads));
+    SET("head_dim", json_integer(cfg->head_dim));
+    SET(a == EPM_MODEL_MIXTRAL ? "num_local_experts" : "num_experts", json_integer(cfg->num_experts));
+    SET("num_experts_per_tok", json_integer(cfg->top_k));
+    SET("hidden_act", json_string("silu"));
+    SET("rms_norm_eps", json_real(cfg->rms_norm_eps));
+    SET("tie_word_embeddings", json_boolean(cfg->tie_word_embeddings));
+    SET("dtype", json_string(torch_dtype(cfg->dtype)));
+    SET("rope_parameters", json_pack("{s:f, s:s}", "rope_theta", cfg->rope_theta, "rope_type", "default"));
+    if (a != EPM_MODEL_MIXTRAL)
+        SET("norm_topk_prob", json_boolean(cfg->norm_topk_prob));
+    if (a == EPM_MODEL_QWEN2MOE) {
+        SET("moe_intermediate_size", json_integer(cfg->moe_ffn));
+        SET("shared_expert_intermediate_size", json_integer(cfg->shared_ffn));
+        SET("qkv_bias", json_boolean(cfg->qkv_bias));
+        SET("decoder_sparse_step", json_integer(cfg->decoder_sparse_step));
+        json_t *only = json_array();
+        for (int l = 0; only && l < cfg->num_layers; l++)
+            if (!cfg->moe_layer[l] && (l + 1) % cfg->decoder_sparse_step == 0)
+                ok &= json_array_append_new(only, json_integer(l)) == 0;
+        SET("mlp_only_layers", only);
+        SET("use_sliding_window", json_boolean(cfg->sliding_window > 0));
+    }
+    if (a == EPM_MODEL_OLMOE) {
+        SET("attention_bias", json_boolean(cfg->qkv_bias));
+        SET("clip_qkv", json_null());
+    }
+    if (a != EPM_MODEL_OLMOE)
+        SET("sliding_window", cfg->sliding_window > 0 ? json_integer(cfg->sliding_window) : json_null());
+#undef SET
+    if (!ok) {
+        json_decref(r);
+        return NULL;
+    }
+    return r;
+}
+
+typedef struct text_ctx {
+    const char *text, *path;
+} text_ctx;
+
+static epm_status put_text(void *vc, void *f)
+{
+    const text_ctx *c = vc;
+    EPM_CHECK(epm_file_write(f, c->path, c->text, strlen(c->text)));
+    return epm_file_write(f, c->path, "\n", 1);
+}
+
+epm_status epm_model_config_save(const epm_model_config *cfg, const char *path)
+{
+    if (!cfg || !path || (unsigned)cfg->arch >= EPM_MODEL_ARCH_COUNT || !cfg->moe_layer)
+        return epm_fail(EPM_ERR_INVALID_ARG, "epm_model_config_save: NULL or incomplete config");
+    json_t *r = to_json(cfg);
+    char *s = r ? json_dumps(r, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(7)) : NULL;
+    json_decref(r);
+    if (!s)
+        return epm_fail(EPM_ERR_NOMEM, "%s: out of memory writing config.json", path);
+    text_ctx c = {s, path};
+    epm_status st = epm_write_atomic(path, put_text, &c);
+    free(s);
+    return st;
+}

@@ -1,0 +1,349 @@
+/* Opening a checkpoint and loading its weights as float32. Opening checks
+ * every tensor the config implies (headers only); loading reads the dense
+ * weights and only the experts a rank asks for, so that a rank's I/O follows
+ * its placement. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "half.h"
+#include "model_internal.h"
+
+struct epm_model {
+    char *dir;
+    epm_model_config cfg;
+    epm_shards *sh;
+    epm_model_dense dense;
+    int dense_loaded;
+    epm_model_mlp *experts; /* [layers * experts]; gate NULL = not loaded */
+    float **owned;          /* converted copies */
+    int nowned, capowned;
+    int64_t bytes, expert_bytes;
+};
+
+/* One tensor the config implies: its name, shape, and where its float32
+ * pointer goes once loaded. */
+typedef struct spec {
+    char name[192];
+    int ndim;
+    int64_t shape[2];
+    const float **dst;
+} spec;
+
+/* Up to this many tensors per layer besides the routed experts. */
+enum { MAX_LAYER_SPECS = 24 };
+
+static void add(spec *s, int *n, const float **dst, int64_t d0, int64_t d1, const char *fmt, ...) EPM_PRINTF(6, 7);
+
+static void add(spec *s, int *n, const float **dst, int64_t d0, int64_t d1, const char *fmt, ...)
+{
+    spec *x = &s[(*n)++];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(x->name, sizeof x->name, fmt, ap);
+    va_end(ap);
+    x->ndim = d1 > 0 ? 2 : 1;
+    x->shape[0] = d0;
+    x->shape[1] = d1;
+    x->dst = dst;
+}
+
+static int layer_specs(const epm_model_config *c, int l, epm_model_layer *w, spec *s)
+{
+    int n = 0;
+    int64_t H = c->hidden_size, q = (int64_t)c->num_heads * c->head_dim, kv = (int64_t)c->num_kv_heads * c->head_dim;
+#define L "model.layers.%d.%s"
+    add(s, &n, &w->input_norm, H, 0, L, l, "input_layernorm.weight");
+    add(s, &n, &w->post_attn_norm, H, 0, L, l, "post_attention_layernorm.weight");
+    add(s, &n, &w->q, q, H, L, l, "self_attn.q_proj.weight");
+    add(s, &n, &w->k, kv, H, L, l, "self_attn.k_proj.weight");
+    add(s, &n, &w->v, kv, H, L, l, "self_attn.v_proj.weight");
+    add(s, &n, &w->o, H, q, L, l, "self_attn.o_proj.weight");
+    if (c->qkv_bias) {
+        add(s, &n, &w->q_bias, q, 0, L, l, "self_attn.q_proj.bias");
+        add(s, &n, &w->k_bias, kv, 0, L, l, "self_attn.k_proj.bias");
+        add(s, &n, &w->v_bias, kv, 0, L, l, "self_attn.v_proj.bias");
+    }
+    if (c->o_bias)
+        add(s, &n, &w->o_bias, H, 0, L, l, "self_attn.o_proj.bias");
+    if (c->qk_norm) {
+        add(s, &n, &w->q_norm, q, 0, L, l, "self_attn.q_norm.weight");
+        add(s, &n, &w->k_norm, kv, 0, L, l, "self_attn.k_norm.weight");
+    }
+    w->is_moe = c->moe_layer[l];
+    if (!w->is_moe) {
+        int64_t F = c->dense_ffn;
+        w->mlp.ffn = c->dense_ffn;
+        add(s, &n, &w->mlp.gate, F, H, L, l, "mlp.gate_proj.weight");
+        add(s, &n, &w->mlp.up, F, H, L, l, "mlp.up_proj.weight");
+        add(s, &n, &w->mlp.down, H, F, L, l, "mlp.down_proj.weight");
+        return n;
+    }
+    add(s, &n, &w->router, c->num_experts, H, L, l,
+        c->arch == EPM_MODEL_MIXTRAL ? "block_sparse_moe.gate.weight" : "mlp.gate.weight");
+    if (c->arch == EPM_MODEL_QWEN2MOE && c->shared_ffn > 0) {
+        int64_t S = c->shared_ffn;
+        w->shared.ffn = c->shared_ffn;
+        add(s, &n, &w->shared.gate, S, H, L, l, "mlp.shared_expert.gate_proj.weight");
+        add(s, &n, &w->shared.up, S, H, L, l, "mlp.shared_expert.up_proj.weight");
+        add(s, &n, &w->shared.down, H, S, L, l, "mlp.shared_expert.down_proj.weight");
+        add(s, &n, &w->shared_gate, 1, H, L, l, "mlp.shared_expert_gate.weight");
+    }
+    return n;
+#undef L
+}
+
+static int expert_specs(const epm_model_config *c, int l, int e, epm_model_mlp *w, spec *s)
+{
+    int n = 0, mix = c->arch == EPM_MODEL_MIXTRAL;
+    int64_t H = c->hidden_size, F = c->moe_ffn;
+    const char *blk = mix ? "block_sparse_moe" : "mlp";
+#define E "model.layers.%d.%s.experts.%d.%s"
+    w->ffn = c->moe_ffn;
+    add(s, &n, &w->gate, F, H, E, l, blk, e, mix ? "w1.weight" : "gate_proj.weight");
+    add(s, &n, &w->up, F, H, E, l, blk, e, mix ? "w3.weight" : "up_proj.weight");
+    add(s, &n, &w->down, H, F, E, l, blk, e, mix ? "w2.weight" : "down_proj.weight");
+#undef E
+    return n;
+}
+
+static int global_specs(const epm_model_config *c, epm_model_dense *d, spec *s)
+{
+    int n = 0;
+    int64_t V = c->vocab_size, H = c->hidden_size;
+    add(s, &n, &d->embed, V, H, "model.embed_tokens.weight");
+    add(s, &n, &d->final_norm, H, 0, "model.norm.weight");
+    if (!c->tie_word_embeddings)
+        add(s, &n, &d->lm_head, V, H, "lm_head.weight");
+    return n;
+}
+
+static epm_status check(const epm_model *m, const spec *x)
+{
+    const char *path;
+    const epm_st_tensor *t = epm_shards_find(m->sh, x->name, &path);
+    if (!t)
+        return epm_fail(EPM_ERR_FORMAT, "%s: tensor '%s' is missing (the %s config.json implies it)",
+                        epm_shards_where(m->sh), x->name, epm_model_arch_class(m->cfg.arch));
+    if (t->dtype != EPM_DTYPE_F32 && t->dtype != EPM_DTYPE_BF16 && t->dtype != EPM_DTYPE_F16)
+        return epm_fail(EPM_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s (F32, BF16 and F16 are supported)", path,
+                        x->name, epm_dtype_name(t->dtype));
+    if (t->ndim != x->ndim || t->shape[0] != x->shape[0] || (x->ndim == 2 && t->shape[1] != x->shape[1])) {
+        char got[64] = "", want[64];
+        for (int d = 0, o = 0; d < t->ndim && o < (int)sizeof got; d++)
+            o += snprintf(got + o, sizeof got - (size_t)o, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+        if (x->ndim == 2)
+            snprintf(want, sizeof want, "%lld, %lld", (long long)x->shape[0], (long long)x->shape[1]);
+        else
+            snprintf(want, sizeof want, "%lld", (long long)x->shape[0]);
+        return epm_fail(EPM_ERR_FORMAT, "%s: tensor '%s' has shape [%s], config.json implies [%s]", path, x->name,
+                        got, want);
+    }
+    return EPM_OK;
+}
+
+static epm_status own(epm_model *m, float *f)
+{
+    if (m->nowned == m->capowned) {
+        int cap = m->capowned ? 2 * m->capowned : 64;
+        float **n = epm_realloc(m->owned, (size_t)cap * sizeof *n);
+        if (!n)
+            return EPM_ERR_NOMEM;
+        m->owned = n;
+        m->capowned = cap;
+    }
+    m->owned[m->nowned++] = f;
+    return EPM_OK;
+}
+
+/* float32 data of a checked tensor: the mapping itself when it already is
+ * aligned float32 (pages are read when first touched), else a converted copy. */
+static epm_status fetch(epm_model *m, const spec *x, const float **out, int64_t *bytes)
+{
+    const epm_st_tensor *t = epm_shards_find(m->sh, x->name, NULL);
+    *bytes += (int64_t)(t->end - t->begin);
+    if (t->dtype == EPM_DTYPE_F32 && ((uintptr_t)t->data & 3) == 0) {
+        *out = t->data;
+        return EPM_OK;
+    }
+    float *f = epm_malloc((size_t)(t->numel ? t->numel : 1) * sizeof *f);
+    if (!f)
+        return EPM_ERR_NOMEM;
+    const uint8_t *src = t->data;
+    if (t->dtype == EPM_DTYPE_F32) {
+        memcpy(f, src, (size_t)t->numel * 4);
+    } else {
+        int bf = t->dtype == EPM_DTYPE_BF16;
+        for (int64_t i = 0; i < t->numel; i++) {
+            uint16_t h = (uint16_t)(src[2 * i] | (src[2 * i + 1] << 8)); /* safetensors is little-endian */
+            f[i] = bf ? epm_bf16_to_f32(h) : epm_f16_to_f32(h);
+        }
+    }
+    epm_status st = own(m, f);
+    if (st != EPM_OK) {
+        epm_free(f);
+        return st;
+    }
+    *out = f;
+    return EPM_OK;
+}
+
+static epm_status visit(const spec *s, int n, int layer, int expert, epm_model_tensor_fn fn, void *ctx)
+{
+    for (int i = 0; i < n; i++) {
+        epm_model_tensor_info t = {s[i].name, s[i].ndim, {s[i].shape[0], s[i].shape[1]}, layer, expert};
+        EPM_CHECK(fn(ctx, &t));
+    }
+    return EPM_OK;
+}
+
+epm_status epm_model_tensors(const epm_model_config *c, epm_model_tensor_fn fn, void *ctx)
+{
+    spec s[MAX_LAYER_SPECS];
+    epm_model_dense d;
+    epm_model_layer w;
+    epm_model_mlp e;
+    EPM_CHECK(visit(s, global_specs(c, &d, s), -1, -1, fn, ctx));
+    for (int l = 0; l < c->num_layers; l++) {
+        EPM_CHECK(visit(s, layer_specs(c, l, &w, s), l, -1, fn, ctx));
+        for (int x = 0; c->moe_layer[l] && x < c->num_experts; x++)
+            EPM_CHECK(visit(s, expert_specs(c, l, x, &e, s), l, x, fn, ctx));
+    }
+    return EPM_OK;
+}
+
+static epm_status check_one(void *vm, const epm_model_tensor_info *t)
+{
+    spec x;
+    snprintf(x.name, sizeof x.name, "%s", t->name);
+    x.ndim = t->ndim;
+    x.shape[0] = t->shape[0];
+    x.shape[1] = t->shape[1];
+    return check(vm, &x);
+}
+
+epm_status epm_model_open(const char *dir, epm_model **out)
+{
+    if (!dir || !out)
+        return epm_fail(EPM_ERR_INVALID_ARG, "epm_model_open: NULL argument");
+    *out = NULL;
+    epm_model *m = epm_calloc(1, sizeof *m);
+    if (!m)
+        return EPM_ERR_NOMEM;
+    epm_status st;
+    char path[4096];
+    if (!(m->dir = epm_strdup(dir))) {
+        st = EPM_ERR_NOMEM;
+        goto fail;
+    }
+    if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path) {
+        st = epm_fail(EPM_ERR_INVALID_ARG, "%s: path too long", dir);
+        goto fail;
+    }
+    EPM_CHECK_GOTO(epm_model_config_load(path, &m->cfg), st, fail);
+    EPM_CHECK_GOTO(epm_shards_open(dir, &m->sh), st, fail);
+    /* Qwen2-MoE configs from before transformers 5 do not say; their models all have the biases. */
+    if (!m->cfg.qkv_bias_stated)
+        m->cfg.qkv_bias = epm_shards_find(m->sh, "model.layers.0.self_attn.q_proj.bias", NULL) != NULL;
+    EPM_CHECK_GOTO(epm_model_tensors(&m->cfg, check_one, m), st, fail);
+    size_t slots = (size_t)m->cfg.num_layers * (size_t)m->cfg.num_experts;
+    m->experts = epm_calloc(slots, sizeof *m->experts);
+    m->dense.layer = epm_calloc((size_t)m->cfg.num_layers, sizeof *m->dense.layer);
+    if (!m->experts || !m->dense.layer) {
+        st = EPM_ERR_NOMEM;
+        goto fail;
+    }
+    m->dense.num_layers = m->cfg.num_layers;
+    *out = m;
+    return EPM_OK;
+fail:
+    epm_model_close(m);
+    return st;
+}
+
+void epm_model_close(epm_model *m)
+{
+    if (!m)
+        return;
+    for (int i = 0; i < m->nowned; i++)
+        epm_free(m->owned[i]);
+    epm_free(m->owned);
+    epm_free(m->experts);
+    epm_free(m->dense.layer);
+    epm_shards_close(m->sh);
+    epm_model_config_clear(&m->cfg);
+    epm_free(m->dir);
+    epm_free(m);
+}
+
+const epm_model_config *epm_model_get_config(const epm_model *m) { return m ? &m->cfg : NULL; }
+
+epm_status epm_model_load_dense(epm_model *m, const epm_model_dense **out)
+{
+    if (!m)
+        return epm_fail(EPM_ERR_INVALID_ARG, "epm_model_load_dense: NULL model");
+    if (!m->dense_loaded) {
+        const epm_model_config *c = &m->cfg;
+        spec s[MAX_LAYER_SPECS];
+        int n = global_specs(c, &m->dense, s);
+        for (int i = 0; i < n; i++)
+            EPM_CHECK(fetch(m, &s[i], s[i].dst, &m->bytes));
+        if (c->tie_word_embeddings)
+            m->dense.lm_head = m->dense.embed;
+        for (int l = 0; l < c->num_layers; l++) {
+            epm_model_layer *w = &m->dense.layer[l];
+            memset(w, 0, sizeof *w);
+            n = layer_specs(c, l, w, s);
+            for (int i = 0; i < n; i++)
+                EPM_CHECK(fetch(m, &s[i], s[i].dst, &m->bytes));
+        }
+        m->dense_loaded = 1;
+    }
+    if (out)
+        *out = &m->dense;
+    return EPM_OK;
+}
+
+epm_status epm_model_load_experts(epm_model *m, int layer, const int *experts, int n, epm_model_mlp *out)
+{
+    if (!m || (n > 0 && !experts) || n < 0)
+        return epm_fail(EPM_ERR_INVALID_ARG, "epm_model_load_experts: NULL argument or negative count");
+    const epm_model_config *c = &m->cfg;
+    if (layer < 0 || layer >= c->num_layers || !c->moe_layer[layer])
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s: layer %d is not a MoE layer of this %d-layer model", m->dir, layer,
+                        c->num_layers);
+    for (int i = 0; i < n; i++) {
+        int e = experts[i];
+        if (e < 0 || e >= c->num_experts)
+            return epm_fail(EPM_ERR_INVALID_ARG, "%s: expert %d of layer %d does not exist (%d experts)", m->dir, e,
+                            layer, c->num_experts);
+        epm_model_mlp *slot = &m->experts[(size_t)layer * (size_t)c->num_experts + (size_t)e];
+        if (!slot->gate) {
+            epm_model_mlp w;
+            spec s[3];
+            int ns = expert_specs(c, layer, e, &w, s);
+            int64_t b = 0;
+            for (int j = 0; j < ns; j++)
+                EPM_CHECK(fetch(m, &s[j], s[j].dst, &b));
+            m->bytes += b;
+            m->expert_bytes += b;
+            *slot = w;
+        }
+        if (out)
+            out[i] = *slot;
+    }
+    return EPM_OK;
+}
+
+const epm_model_mlp *epm_model_expert(const epm_model *m, int layer, int expert)
+{
+    if (!m || layer < 0 || layer >= m->cfg.num_layers || expert < 0 || expert >= m->cfg.num_experts)
+        return NULL;
+    const epm_model_mlp *w = &m->experts[(size_t)layer * (size_t)m->cfg.num_experts + (size_t)expert];
+    return w->gate ? w : NULL;
+}
+
+int64_t epm_model_bytes_loaded(const epm_model *m) { return m ? m->bytes : 0; }
+int64_t epm_model_expert_bytes_loaded(const epm_model *m) { return m ? m->expert_bytes : 0; }
+int epm_model_files(const epm_model *m) { return m ? epm_shards_files(m->sh) : 0; }
+int64_t epm_model_file_bytes(const epm_model *m) { return m ? epm_shards_file_bytes(m->sh) : 0; }

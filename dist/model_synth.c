@@ -1,0 +1,403 @@
+/* Synthetic checkpoints: any MoE shape, random weights, the Hub's layout.
+ * Tensors are generated while they are written, a chunk at a time, so that a
+ * checkpoint of Mixtral-8x7B's layer shape needs no more memory than a chunk. */
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "half.h"
+#include "model_internal.h"
+
+enum { CHUNK = 1 << 16 };
+
+void epm_model_synth_opts_init(epm_model_synth_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->arch = EPM_MODEL_MIXTRAL;
+    o->hidden = 64;
+    o->layers = 4;
+    o->experts = 8;
+    o->k = 2;
+    o->ffn = 128;
+    o->heads = 4;
+    o->kv_heads = 2;
+    o->vocab = 256;
+    o->shared_ffn = -1; /* 4 * ffn */
+    o->dense_ffn = -1;  /* 4 * ffn */
+    o->dtype = EPM_DTYPE_F32;
+    o->seed = 1;
+    o->shards = 1;
+    o->router_scale = 8.0;
+}
+
+static epm_status range(const char *opt, long v, long lo, long hi)
+{
+    if (v < lo || v > hi)
+        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: %s = %ld is outside [%ld, %ld]", opt, v, lo, hi);
+    return EPM_OK;
+}
+
+static epm_status make_config(const epm_model_synth_opts *o, epm_model_config *c)
+{
+    memset(c, 0, sizeof *c);
+    if ((unsigned)o->arch >= EPM_MODEL_ARCH_COUNT)
+        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: arch %d is not an architecture", (int)o->arch);
+    EPM_CHECK(range("hidden", o->hidden, 2, 1L << 16));
+    EPM_CHECK(range("layers", o->layers, 1, 4096));
+    EPM_CHECK(range("experts", o->experts, 1, 1L << 16));
+    EPM_CHECK(range("k", o->k, 1, o->experts));
+    EPM_CHECK(range("ffn", o->ffn, 1, 1L << 20));
+    EPM_CHECK(range("heads", o->heads, 1, o->hidden / 2));
+    EPM_CHECK(range("kv-heads", o->kv_heads, 1, o->heads));
+    EPM_CHECK(range("vocab", o->vocab, 1, 1L << 24));
+    EPM_CHECK(range("shards", o->shards, 1, 99999));
+    if (o->heads % o->kv_heads)
+        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: kv-heads = %d does not divide heads = %d", o->kv_heads,
+                        o->heads);
+    if (o->hidden % o->heads || (o->hidden / o->heads) % 2)
+        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: hidden = %d over heads = %d must give an even head size",
+                        o->hidden, o->heads);
+    if (o->dtype != EPM_DTYPE_F32 && o->dtype != EPM_DTYPE_BF16 && o->dtype != EPM_DTYPE_F16)
+        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: dtype %s is not F32, BF16 or F16", epm_dtype_name(o->dtype));
+    if (!(o->router_scale > 0 && o->router_scale < 1e6))
+        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: router_scale = %g must be positive", o->router_scale);
+    if (o->arch != EPM_MODEL_QWEN2MOE && o->n_mlp_only > 0)
+        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: dense MLP layers (mlp_only) exist only in qwen2moe");
+    c->arch = o->arch;
+    c->vocab_size = o->vocab;
+    c->hidden_size = o->hidden;
+    c->num_layers = o->layers;
+    c->num_heads = o->heads;
+    c->num_kv_heads = o->kv_heads;
+    c->head_dim = o->hidden / o->heads;
+    c->num_experts = o->experts;
+    c->top_k = o->k;
+    c->moe_ffn = o->ffn;
+    c->dense_ffn = o->ffn;
+    c->norm_topk_prob = o->arch == EPM_MODEL_MIXTRAL;
+    c->qkv_bias_stated = 1;
+    c->tie_word_embeddings = o->tie_embeddings != 0;
+    c->rms_norm_eps = 1e-5f;
+    c->rope_theta = o->arch == EPM_MODEL_MIXTRAL ? 1e6 : 1e4;
+    c->dtype = o->dtype;
+    c->decoder_sparse_step = 1;
+    if (o->arch == EPM_MODEL_QWEN2MOE) {
+        c->shared_ffn = o->shared_ffn < 0 ? 4 * o->ffn : o->shared_ffn;
+        c->dense_ffn = o->dense_ffn < 0 ? 4 * o->ffn : o->dense_ffn;
+        EPM_CHECK(range("shared-ffn", c->shared_ffn, 0, 1L << 20));
+        EPM_CHECK(range("dense-ffn", c->dense_ffn, 1, 1L << 20));
+        c->qkv_bias = 1;
+        c->rms_norm_eps = 1e-6f;
+    }
+    if (o->arch == EPM_MODEL_OLMOE)
+        c->qk_norm = 1;
+    c->moe_layer = epm_malloc((size_t)c->num_layers);
+    if (!c->moe_layer)
+        return EPM_ERR_NOMEM;
+    memset(c->moe_layer, 1, (size_t)c->num_layers);
+    for (int i = 0; i < o->n_mlp_only; i++) {
+        if (o->mlp_only[i] < 0 || o->mlp_only[i] >= o->layers) {
+            epm_model_config_clear(c);
+            return epm_fail(EPM_ERR_INVALID_ARG, "model synth: mlp-only layer %d is outside [0, %d)", o->mlp_only[i],
+                            o->layers);
+        }
+        c->moe_layer[o->mlp_only[i]] = 0;
+    }
+    return EPM_OK;
+}
+
+/* ---- the tensor list, with a shard for each ---- */
+
+typedef struct item {
+    char *name;
+    int ndim;
+    int64_t shape[2];
+    size_t bytes;
+    int shard;
+} item;
+
+typedef struct plan {
+    item *it;
+    int n, cap;
+    size_t elem;
+    uint64_t total;
+} plan;
+
+static epm_status collect(void *vp, const epm_model_tensor_info *t)
+{
+    plan *p = vp;
+    if (p->n == p->cap) {
+        int cap = p->cap ? 2 * p->cap : 256;
+        item *n = epm_realloc(p->it, (size_t)cap * sizeof *n);
+        if (!n)
+            return EPM_ERR_NOMEM;
+        p->it = n;
+        p->cap = cap;
+    }
+    item *x = &p->it[p->n];
+    memset(x, 0, sizeof *x);
+    if (!(x->name = epm_strdup(t->name)))
+        return EPM_ERR_NOMEM;
+    x->ndim = t->ndim;
+    x->shape[0] = t->shape[0];
+    x->shape[1] = t->shape[1];
+    size_t numel = (size_t)t->shape[0] * (size_t)(t->ndim == 2 ? t->shape[1] : 1);
+    if (!epm_mul_ok(numel, p->elem, &x->bytes))
+        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: tensor '%s' is too large", t->name);
+    p->total += x->bytes;
+    p->n++;
+    return EPM_OK;
+}
+
+static void plan_free(plan *p)
+{
+    for (int i = 0; i < p->n; i++)
+        epm_free(p->it[i].name);
+    epm_free(p->it);
+}
+
+/* Consecutive tensors per shard, balanced by bytes, none empty. */
+static epm_status assign_shards(plan *p, int shards)
+{
+    if (shards > p->n)
+        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: %d shards for a model of %d tensors", shards, p->n);
+    int s = 0, in_s = 0;
+    uint64_t cum = 0;
+    for (int i = 0; i < p->n; i++) {
+        int must_move = p->n - i == shards - s;
+        int full = (double)cum >= (double)(s + 1) * (double)p->total / shards;
+        if (in_s > 0 && s < shards - 1 && (must_move || full)) {
+            s++;
+            in_s = 0;
+        }
+        p->it[i].shard = s;
+        in_s++;
+        cum += p->it[i].bytes;
+    }
+    return EPM_OK;
+}
+
+/* ---- values ---- */
+
+static uint64_t name_hash(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 0x100000001b3ull;
+    return h;
+}
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && !strcmp(s + n - m, suffix);
+}
+
+/* Uniform values with the spread of each kind's usual initialisation; the
+ * router's is multiplied so that routing is decisive, not uniform. Norm
+ * weights sit near one (not exactly, so a loader that skips them is caught). */
+static void value_law(const item *x, double router_scale, double *center, double *half)
+{
+    double fan_in = x->ndim == 2 ? (double)x->shape[1] : 1.0;
+    *center = 0;
+    if (ends_with(x->name, "norm.weight")) {
+        *center = 1.0;
+        *half = 0.1;
+    } else if (ends_with(x->name, ".bias")) {
+        *half = 0.1;
+    } else if (!strcmp(x->name, "model.embed_tokens.weight")) {
+        *half = sqrt(3.0);
+    } else {
+        *half = sqrt(3.0 / fan_in);
+        if (ends_with(x->name, "block_sparse_moe.gate.weight") || ends_with(x->name, "mlp.gate.weight"))
+            *half *= router_scale;
+    }
+}
+
+typedef struct shard_ctx {
+    const plan *p;
+    const epm_model_synth_opts *o;
+    int shard;
+    const char *path;
+    const char *header;
+    size_t hlen;
+} shard_ctx;
+
+static epm_status write_tensor(const shard_ctx *c, const item *x, void *f, uint8_t *buf)
+{
+    double center, half;
+    value_law(x, c->o->router_scale, &center, &half);
+    uint64_t rng = c->o->seed ^ name_hash(x->name);
+    size_t numel = x->bytes / c->p->elem;
+    for (size_t done = 0; done < numel;) {
+        size_t n = numel - done < CHUNK ? numel - done : CHUNK;
+        for (size_t i = 0; i < n; i++) {
+            float v = (float)(center + half * (2.0 * epm_rand_unit(&rng) - 1.0));
+            if (c->o->dtype == EPM_DTYPE_F32) {
+                memcpy(buf + 4 * i, &v, 4);
+            } else {
+                uint16_t h = c->o->dtype == EPM_DTYPE_BF16 ? epm_f32_to_bf16(v) : epm_f32_to_f16(v);
+                buf[2 * i] = (uint8_t)h;
+                buf[2 * i + 1] = (uint8_t)(h >> 8);
+            }
+        }
+        EPM_CHECK(epm_file_write(f, c->path, buf, n * c->p->elem));
+        done += n;
+    }
+    return EPM_OK;
+}
+
+static epm_status produce_shard(void *vc, void *f)
+{
+    const shard_ctx *c = vc;
+    uint8_t len8[8];
+    for (int i = 0; i < 8; i++)
+        len8[i] = (uint8_t)((uint64_t)c->hlen >> (8 * i));
+    EPM_CHECK(epm_file_write(f, c->path, len8, 8));
+    EPM_CHECK(epm_file_write(f, c->path, c->header, c->hlen));
+    uint8_t *buf = epm_malloc((size_t)CHUNK * 4);
+    if (!buf)
+        return EPM_ERR_NOMEM;
+    epm_status st = EPM_OK;
+    for (int i = 0; i < c->p->n && st == EPM_OK; i++)
+        if (c->p->it[i].shard == c->shard)
+            st = write_tensor(c, &c->p->it[i], f, buf);
+    epm_free(buf);
+    return st;
+}
+
+/* The header of one shard, padded with spaces to 8 bytes so that the data
+ * (and every float32 tensor in it) is aligned, as the reference writer does. */
+static epm_status shard_header(const plan *p, epm_dtype dtype, int shard, char **out, size_t *len)
+{
+    json_t *root = json_object();
+    int ok = root && json_object_set_new(root, "__metadata__", json_pack("{s:s}", "format", "pt")) == 0;
+    uint64_t off = 0;
+    for (int i = 0; ok && i < p->n; i++) {
+        const item *x = &p->it[i];
+        if (x->shard != shard)
+            continue;
+        json_t *shape = x->ndim == 2 ? json_pack("[I,I]", (json_int_t)x->shape[0], (json_int_t)x->shape[1])
+                                     : json_pack("[I]", (json_int_t)x->shape[0]);
+        json_t *e = json_pack("{s:s, s:o, s:[I,I]}", "dtype", epm_dtype_name(dtype), "shape", shape, "data_offsets",
+                              (json_int_t)off, (json_int_t)(off + x->bytes));
+        ok = e && json_object_set_new(root, x->name, e) == 0;
+        off += x->bytes;
+    }
+    char *s = ok ? json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(root);
+    if (!s)
+        return epm_fail(EPM_ERR_NOMEM, "model synth: out of memory building a header");
+    size_t n = strlen(s), padded = (n + 7) & ~(size_t)7;
+    char *h = epm_malloc(padded);
+    if (h) {
+        memcpy(h, s, n);
+        memset(h + n, ' ', padded - n);
+    }
+    free(s);
+    if (!h)
+        return EPM_ERR_NOMEM;
+    *out = h;
+    *len = padded;
+    return EPM_OK;
+}
+
+static void shard_name(char *buf, size_t cap, int shard, int shards)
+{
+    if (shards == 1)
+        snprintf(buf, cap, "model.safetensors");
+    else
+        snprintf(buf, cap, "model-%05d-of-%05d.safetensors", shard + 1, shards);
+}
+
+typedef struct text_ctx {
+    const char *text, *path;
+} text_ctx;
+
+static epm_status put_text(void *vc, void *f)
+{
+    const text_ctx *c = vc;
+    EPM_CHECK(epm_file_write(f, c->path, c->text, strlen(c->text)));
+    return epm_file_write(f, c->path, "\n", 1);
+}
+
+static epm_status write_index(const plan *p, int shards, const char *path)
+{
+    json_t *map = json_object();
+    int ok = map != NULL;
+    char file[64];
+    for (int i = 0; ok && i < p->n; i++) {
+        shard_name(file, sizeof file, p->it[i].shard, shards);
+        ok = json_object_set_new(map, p->it[i].name, json_string(file)) == 0;
+    }
+    json_t *root = ok ? json_pack("{s:{s:I}, s:o}", "metadata", "total_size", (json_int_t)p->total, "weight_map", map)
+                      : NULL;
+    if (!root)
+        json_decref(map);
+    char *s = root ? json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(root);
+    if (!s)
+        return epm_fail(EPM_ERR_NOMEM, "model synth: out of memory building the index");
+    text_ctx c = {s, path};
+    epm_status st = epm_write_atomic(path, put_text, &c);
+    free(s);
+    return st;
+}
+
+static epm_status path_in(char *buf, size_t cap, const char *dir, const char *name)
+{
+    int n = snprintf(buf, cap, "%s/%s", dir, name);
+    if (n < 0 || (size_t)n >= cap)
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s: path too long", dir);
+    return EPM_OK;
+}
+
+epm_status epm_model_synth(const epm_model_synth_opts *o, const char *dir)
+{
+    if (!o || !dir)
+        return epm_fail(EPM_ERR_INVALID_ARG, "epm_model_synth: NULL argument");
+    if (mkdir(dir, 0777) != 0 && errno != EEXIST)
+        return epm_fail(EPM_ERR_IO, "%s: cannot create: %s", dir, strerror(errno));
+    epm_model_config cfg;
+    EPM_CHECK(make_config(o, &cfg));
+    plan p = {0};
+    p.elem = epm_dtype_size(o->dtype);
+    char path[4096], file[64];
+    epm_status st = epm_model_tensors(&cfg, collect, &p);
+    if (st == EPM_OK)
+        st = assign_shards(&p, o->shards);
+    for (int s = 0; st == EPM_OK && s < o->shards; s++) {
+        shard_name(file, sizeof file, s, o->shards);
+        char *hdr = NULL;
+        size_t hlen = 0;
+        st = path_in(path, sizeof path, dir, file);
+        if (st == EPM_OK)
+            st = shard_header(&p, o->dtype, s, &hdr, &hlen);
+        shard_ctx c = {&p, o, s, path, hdr, hlen};
+        if (st == EPM_OK)
+            st = epm_write_atomic(path, produce_shard, &c);
+        epm_free(hdr);
+    }
+    /* A stale file of the other layout would change what a loader opens. */
+    if (st == EPM_OK)
+        st = path_in(path, sizeof path, dir, o->shards > 1 ? "model.safetensors" : "model.safetensors.index.json");
+    if (st == EPM_OK && unlink(path) != 0 && errno != ENOENT)
+        st = epm_fail(EPM_ERR_IO, "%s: cannot remove the stale file: %s", path, strerror(errno));
+    if (st == EPM_OK && o->shards > 1) {
+        st = path_in(path, sizeof path, dir, "model.safetensors.index.json");
+        if (st == EPM_OK)
+            st = write_index(&p, o->shards, path);
+    }
+    if (st == EPM_OK)
+        st = path_in(path, sizeof path, dir, "config.json");
+    if (st == EPM_OK)
+        st = epm_model_config_save(&cfg, path);
+    plan_free(&p);
+    epm_model_config_clear(&cfg);
+    return st;
+}

@@ -1,0 +1,195 @@
+/* epmoe: Hugging Face MoE checkpoints — config.json, weights, token ids.
+ *
+ * A checkpoint is a folder laid out as on the Hub: `config.json` plus either
+ * `model.safetensors`, or shards `model-0000N-of-0000M.safetensors` listed by
+ * `model.safetensors.index.json` (its `weight_map`). Tensors may be F32, BF16
+ * or F16; they are handed out as float32, row-major, [out, in] as in PyTorch's
+ * nn.Linear, so kernels consume them directly.
+ *
+ * Architectures and the tensor names read (l = layer, e = expert):
+ *
+ *   all:  model.embed_tokens.weight            [vocab, hidden]
+ *         model.norm.weight                    [hidden]
+ *         lm_head.weight                       [vocab, hidden]  (absent when tie_word_embeddings)
+ *         model.layers.l.input_layernorm.weight          [hidden]
+ *         model.layers.l.post_attention_layernorm.weight [hidden]
+ *         model.layers.l.self_attn.{q,k,v,o}_proj.weight [heads*hd | kv*hd | kv*hd, hidden], [hidden, heads*hd]
+ *   MixtralForCausalLM (model_type mixtral):
+ *         model.layers.l.block_sparse_moe.gate.weight                [experts, hidden]
+ *         model.layers.l.block_sparse_moe.experts.e.w1.weight        [ffn, hidden]  (gate)
+ *         model.layers.l.block_sparse_moe.experts.e.w3.weight        [ffn, hidden]  (up)
+ *         model.layers.l.block_sparse_moe.experts.e.w2.weight        [hidden, ffn]  (down)
+ *   Qwen2MoeForCausalLM (qwen2_moe), OlmoeForCausalLM (olmoe):
+ *         model.layers.l.mlp.gate.weight                             [experts, hidden]
+ *         model.layers.l.mlp.experts.e.{gate,up,down}_proj.weight    [ffn, hidden] x2, [hidden, ffn]
+ *   Qwen2-MoE only:
+ *         model.layers.l.self_attn.{q,k,v}_proj.bias                 (qkv_bias; when config.json does not
+ *                                                                     say, present iff layer 0 has them)
+ *         model.layers.l.mlp.shared_expert.{gate,up,down}_proj.weight [shared, hidden] x2, [hidden, shared]
+ *         model.layers.l.mlp.shared_expert_gate.weight               [1, hidden]
+ *         dense layers (mlp_only_layers, decoder_sparse_step):
+ *         model.layers.l.mlp.{gate,up,down}_proj.weight              [inter, hidden] x2, [hidden, inter]
+ *   OLMoE only:
+ *         model.layers.l.self_attn.q_norm.weight [heads*hd], k_norm.weight [kv*hd]
+ *         model.layers.l.self_attn.{q,k,v,o}_proj.bias when attention_bias is true
+ *
+ * Other tensors in the files (rotary caches and the like) are ignored. */
+#ifndef EPMOE_MODEL_H
+#define EPMOE_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "epmoe/status.h"
+#include "epmoe/types.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum epm_model_arch {
+    EPM_MODEL_MIXTRAL,
+    EPM_MODEL_QWEN2MOE,
+    EPM_MODEL_OLMOE,
+    EPM_MODEL_ARCH_COUNT
+} epm_model_arch;
+
+/* "MixtralForCausalLM", ... and "mixtral", "qwen2moe", "olmoe". */
+EPM_API const char *epm_model_arch_class(epm_model_arch a);
+EPM_API const char *epm_model_arch_short(epm_model_arch a);
+/* Accepts the class name, the short name or the model_type ("qwen2_moe"). */
+EPM_API epm_status epm_model_arch_parse(const char *s, epm_model_arch *out);
+
+/* ---- config.json ---- */
+
+typedef struct epm_model_config {
+    epm_model_arch arch;
+    int vocab_size;
+    int hidden_size;
+    int num_layers;
+    int num_heads, num_kv_heads, head_dim; /* head_dim: config value, else hidden / heads */
+    int num_experts;                       /* num_local_experts (Mixtral) / num_experts */
+    int top_k;                             /* num_experts_per_tok */
+    int moe_ffn;    /* width of each routed expert (Qwen2-MoE moe_intermediate_size, else intermediate_size) */
+    int dense_ffn;  /* intermediate_size: width of dense MLP layers */
+    int shared_ffn; /* Qwen2-MoE shared_expert_intermediate_size; 0 = no shared expert */
+    int norm_topk_prob;  /* renormalise the top-k softmax weights (Mixtral: always) */
+    int qkv_bias;        /* q/k/v projections have biases */
+    int qkv_bias_stated; /* 0: config.json is silent, epm_model_open decides from the tensors */
+    int o_bias;          /* o projection has a bias (OLMoE attention_bias) */
+    int qk_norm;         /* RMSNorm on q and k after projection (OLMoE) */
+    int tie_word_embeddings;
+    int sliding_window;  /* 0 = full attention; else the window the config asks for */
+    float rms_norm_eps;
+    double rope_theta;
+    epm_dtype dtype;     /* declared "dtype"/"torch_dtype" (F32 when absent); tensors carry their own */
+    int decoder_sparse_step;
+    uint8_t *moe_layer;  /* [num_layers]: 1 = sparse MoE block, 0 = dense MLP */
+} epm_model_config;
+
+/* Parses config.json text; label (usually its path) names it in errors. On
+ * failure cfg is left empty (nothing to clear). */
+EPM_API epm_status epm_model_config_parse(const char *text, size_t len, const char *label, epm_model_config *cfg);
+EPM_API epm_status epm_model_config_load(const char *path, epm_model_config *cfg);
+/* Writes config.json in the Hub's spelling (rope_parameters, dtype), atomically. */
+EPM_API epm_status epm_model_config_save(const epm_model_config *cfg, const char *path);
+EPM_API void epm_model_config_clear(epm_model_config *cfg);
+EPM_API int epm_model_config_moe_layers(const epm_model_config *cfg);
+
+/* ---- weights ---- */
+
+/* A SwiGLU MLP: down(silu(gate x) * up x). gate/up [ffn, hidden], down [hidden, ffn]. */
+typedef struct epm_model_mlp {
+    const float *gate, *up, *down;
+    int ffn;
+} epm_model_mlp;
+
+typedef struct epm_model_layer {
+    const float *input_norm, *post_attn_norm;  /* [hidden] */
+    const float *q, *k, *v, *o;                /* [heads*hd, H], [kv*hd, H], [kv*hd, H], [H, heads*hd] */
+    const float *q_bias, *k_bias, *v_bias, *o_bias; /* NULL when the model has none */
+    const float *q_norm, *k_norm;              /* OLMoE: [heads*hd], [kv*hd]; else NULL */
+    int is_moe;
+    const float *router;                       /* MoE layers: [experts, hidden] */
+    epm_model_mlp shared;                      /* Qwen2-MoE shared expert (gate NULL when none) */
+    const float *shared_gate;                  /* [1, hidden]: sigmoid(shared_gate . x) scales it */
+    epm_model_mlp mlp;                         /* dense layers only */
+} epm_model_layer;
+
+typedef struct epm_model_dense {
+    const float *embed;      /* [vocab, hidden] */
+    const float *final_norm; /* [hidden] */
+    const float *lm_head;    /* [vocab, hidden]; the embedding itself when tied */
+    int num_layers;
+    epm_model_layer *layer;  /* [num_layers] */
+} epm_model_dense;
+
+typedef struct epm_model epm_model;
+
+/* Reads config.json and the index, maps every shard and checks that each
+ * tensor the config implies is present with the right shape and a float
+ * dtype. Reads no tensor data. */
+EPM_API epm_status epm_model_open(const char *dir, epm_model **out);
+EPM_API void epm_model_close(epm_model *m);
+EPM_API const epm_model_config *epm_model_get_config(const epm_model *m);
+
+/* Everything but the routed experts; idempotent. The weights live until
+ * epm_model_close. */
+EPM_API epm_status epm_model_load_dense(epm_model *m, const epm_model_dense **out);
+/* Routed experts experts[0..n) of a MoE layer; out[i] (may be NULL) receives
+ * their weights. Loading an expert twice reads it once. */
+EPM_API epm_status epm_model_load_experts(epm_model *m, int layer, const int *experts, int n,
+                                          epm_model_mlp *out);
+/* Weights of an expert already loaded, or NULL. */
+EPM_API const epm_model_mlp *epm_model_expert(const epm_model *m, int layer, int expert);
+
+/* Checkpoint bytes this process has read (tensor data at their stored dtype),
+ * and those of routed experts alone: what a rank's placement costs it. */
+EPM_API int64_t epm_model_bytes_loaded(const epm_model *m);
+EPM_API int64_t epm_model_expert_bytes_loaded(const epm_model *m);
+/* Number of checkpoint files and their total size on disk. */
+EPM_API int epm_model_files(const epm_model *m);
+EPM_API int64_t epm_model_file_bytes(const epm_model *m);
+
+/* ---- synthetic checkpoints ---- */
+
+typedef struct epm_model_synth_opts {
+    epm_model_arch arch;
+    int hidden, layers, experts, k, ffn, heads, kv_heads, vocab;
+    int shared_ffn;       /* Qwen2-MoE shared expert width (default 4 * ffn, 0 = none) */
+    int dense_ffn;        /* intermediate_size for Qwen2-MoE dense layers (default 4 * ffn) */
+    const int *mlp_only;  /* Qwen2-MoE: layers that get a dense MLP */
+    int n_mlp_only;
+    int tie_embeddings;
+    epm_dtype dtype;      /* F32, BF16 or F16 */
+    uint64_t seed;
+    int shards;           /* 1 = model.safetensors; more = model-0000N-of-0000M + index */
+    double router_scale;  /* router weights' spread relative to the others (default 8): decisive routing */
+} epm_model_synth_opts;
+
+EPM_API void epm_model_synth_opts_init(epm_model_synth_opts *o);
+/* Writes config.json and the weights into dir (created if missing). Each
+ * tensor's values depend only on the seed and its name, so the same seed gives
+ * the same weights whatever the dtype rounding or the number of shards. */
+EPM_API epm_status epm_model_synth(const epm_model_synth_opts *o, const char *dir);
+
+/* ---- token ids ---- */
+
+typedef struct epm_tokens {
+    int batch;
+    int *lens;       /* [batch] */
+    int32_t **ids;   /* [batch][lens[s]] */
+} epm_tokens;
+
+/* JSON ([[1,2,3],[4,5]] or {"input_ids": [[...]]}), .npy int32/int64
+ * [batch, seq] (or [seq]), or safetensors with an integer `input_ids`
+ * tensor; chosen by content. vocab > 0: every id must be below it; errors
+ * name the sequence and position. */
+EPM_API epm_status epm_tokens_load(const char *path, int vocab, epm_tokens **out);
+EPM_API epm_status epm_tokens_parse(const void *buf, size_t size, const char *label, int vocab, epm_tokens **out);
+EPM_API void epm_tokens_destroy(epm_tokens *t);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

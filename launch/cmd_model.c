@@ -1,0 +1,264 @@
+/* epmoe model: synthetic checkpoints in the Hub layout, and what a checkpoint holds. */
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "core.h"
+#include "epmoe/model.h"
+#include "model_internal.h"
+
+static void model_usage(FILE *f)
+{
+    fprintf(f, "usage: epmoe model <synth|info> [options]   (epmoe model <sub> --help)\n\n"
+               "  synth   write a checkpoint of any MoE shape with random weights (config.json + safetensors)\n"
+               "  info    print a checkpoint's architecture, shape, files and parameter counts\n");
+}
+
+/* ---- synth ---- */
+
+static const char synth_help[] =
+    "usage: epmoe model synth --out DIR [options]\n"
+    "\n"
+    "Writes config.json and model.safetensors (or shards and their index) with random\n"
+    "weights; the router's are scaled so that routing is decisive. The same seed gives\n"
+    "the same weights whatever --dtype rounds them to and however many --shards.\n"
+    "  --out DIR              model folder (created if missing)\n"
+    "  --arch A               mixtral, qwen2moe or olmoe (default mixtral)\n"
+    "  --hidden H             hidden size (default 64)\n"
+    "  --layers L             decoder layers (default 4)\n"
+    "  --experts E            routed experts per MoE layer (default 8)\n"
+    "  --k K                  experts per token (default 2)\n"
+    "  --ffn F                routed expert width (default 128)\n"
+    "  --heads N              attention heads (default 4)\n"
+    "  --kv-heads M           key/value heads (default 2)\n"
+    "  --vocab V              vocabulary size (default 256)\n"
+    "  --dtype f32|bf16|f16   stored dtype (default f32)\n"
+    "  --seed S               random seed (default 1)\n"
+    "  --shards N             split into N files with model.safetensors.index.json (default 1)\n"
+    "  --shared-ffn S         qwen2moe shared expert width (default 4*F; 0 = none)\n"
+    "  --dense-ffn D          qwen2moe dense MLP width (default 4*F)\n"
+    "  --mlp-only-layers L,.. qwen2moe layers with a dense MLP instead of experts\n"
+    "  --tie-embeddings       lm_head shares the embedding matrix\n"
+    "  --router-scale X       router weight spread relative to the others (default 8)\n";
+
+enum {
+    S_OUT = 256, S_ARCH, S_HIDDEN, S_LAYERS, S_EXPERTS, S_K, S_FFN, S_HEADS, S_KV, S_VOCAB, S_DTYPE, S_SEED, S_SHARDS,
+    S_SHARED, S_DENSE, S_MLPONLY, S_TIE, S_RSCALE, S_HELP
+};
+
+static const struct option synth_opts[] = {
+    {"out", required_argument, 0, S_OUT},         {"arch", required_argument, 0, S_ARCH},
+    {"hidden", required_argument, 0, S_HIDDEN},   {"layers", required_argument, 0, S_LAYERS},
+    {"experts", required_argument, 0, S_EXPERTS}, {"k", required_argument, 0, S_K},
+    {"ffn", required_argument, 0, S_FFN},         {"heads", required_argument, 0, S_HEADS},
+    {"kv-heads", required_argument, 0, S_KV},     {"vocab", required_argument, 0, S_VOCAB},
+    {"dtype", required_argument, 0, S_DTYPE},     {"seed", required_argument, 0, S_SEED},
+    {"shards", required_argument, 0, S_SHARDS},   {"shared-ffn", required_argument, 0, S_SHARED},
+    {"dense-ffn", required_argument, 0, S_DENSE}, {"mlp-only-layers", required_argument, 0, S_MLPONLY},
+    {"tie-embeddings", no_argument, 0, S_TIE},    {"router-scale", required_argument, 0, S_RSCALE},
+    {"help", no_argument, 0, S_HELP},             {0, 0, 0, 0}};
+
+/* "0,3,5" -> layers; returns the count or -1. */
+static int parse_list(const char *s, int *out, int cap)
+{
+    int n = 0;
+    while (*s) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 0 || v > 1 << 20 || n == cap || (*end && *end != ','))
+            return -1;
+        out[n++] = (int)v;
+        s = *end ? end + 1 : end;
+    }
+    return n;
+}
+
+static int cmd_synth(int argc, char **argv)
+{
+    const char *W = "model synth", *out = NULL;
+    epm_model_synth_opts o;
+    epm_model_synth_opts_init(&o);
+    int mlp_only[4096];
+    long v;
+    double d;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", synth_opts, NULL)) != -1) {
+        switch (c) {
+        case S_OUT: out = optarg; break;
+        case S_ARCH:
+            if (epm_model_arch_parse(optarg, &o.arch) != EPM_OK)
+                return cli_usage_error(W, "--arch '%s' is not one of: mixtral, qwen2moe, olmoe", optarg);
+            break;
+#define INT_OPT(code, name, lo, hi, field)                                                 \
+    case code:                                                                             \
+        if (!cli_parse_int(W, name, optarg, lo, hi, &v))                                   \
+            return EPM_EXIT_USAGE;                                                         \
+        o.field = (int)v;                                                                  \
+        break;
+        INT_OPT(S_HIDDEN, "--hidden", 2, 1 << 16, hidden)
+        INT_OPT(S_LAYERS, "--layers", 1, 4096, layers)
+        INT_OPT(S_EXPERTS, "--experts", 1, 1 << 16, experts)
+        INT_OPT(S_K, "--k", 1, 1 << 16, k)
+        INT_OPT(S_FFN, "--ffn", 1, 1 << 20, ffn)
+        INT_OPT(S_HEADS, "--heads", 1, 4096, heads)
+        INT_OPT(S_KV, "--kv-heads", 1, 4096, kv_heads)
+        INT_OPT(S_VOCAB, "--vocab", 1, 1 << 24, vocab)
+        INT_OPT(S_SHARDS, "--shards", 1, 99999, shards)
+        INT_OPT(S_SHARED, "--shared-ffn", 0, 1 << 20, shared_ffn)
+        INT_OPT(S_DENSE, "--dense-ffn", 1, 1 << 20, dense_ffn)
+#undef INT_OPT
+        case S_DTYPE:
+            if (!strcmp(optarg, "f32") || !strcmp(optarg, "float32"))
+                o.dtype = EPM_DTYPE_F32;
+            else if (!strcmp(optarg, "bf16") || !strcmp(optarg, "bfloat16"))
+                o.dtype = EPM_DTYPE_BF16;
+            else if (!strcmp(optarg, "f16") || !strcmp(optarg, "float16"))
+                o.dtype = EPM_DTYPE_F16;
+            else
+                return cli_usage_error(W, "--dtype '%s' is not one of: f32, bf16, f16", optarg);
+            break;
+        case S_SEED: if (!cli_parse_u64(W, "--seed", optarg, &o.seed)) return EPM_EXIT_USAGE; break;
+        case S_MLPONLY:
+            o.n_mlp_only = parse_list(optarg, mlp_only, (int)(sizeof mlp_only / sizeof *mlp_only));
+            if (o.n_mlp_only < 0)
+                return cli_usage_error(W, "--mlp-only-layers '%s' is not a comma-separated list of layers", optarg);
+            o.mlp_only = mlp_only;
+            break;
+        case S_TIE: o.tie_embeddings = 1; break;
+        case S_RSCALE:
+            if (!cli_parse_double(W, "--router-scale", optarg, 1e-6, 1e6, &d))
+                return EPM_EXIT_USAGE;
+            o.router_scale = d;
+            break;
+        case S_HELP: fputs(synth_help, stdout); return EPM_EXIT_OK;
+        default: return cli_usage_error(W, "unknown option");
+        }
+    }
+    if (optind < argc)
+        return cli_usage_error(W, "unexpected argument '%s'", argv[optind]);
+    if (!out)
+        return cli_usage_error(W, "--out DIR is required");
+    /* a bad shape is the user's mistake, not a failure of the work */
+    if (o.k > o.experts)
+        return cli_usage_error(W, "--k %d exceeds --experts %d", o.k, o.experts);
+    if (o.heads % o.kv_heads || o.hidden % o.heads || (o.hidden / o.heads) % 2)
+        return cli_usage_error(W, "--kv-heads must divide --heads, and --heads must divide --hidden into an even "
+                                  "head size (got hidden %d, heads %d, kv-heads %d)",
+                               o.hidden, o.heads, o.kv_heads);
+    double gb = (double)o.layers * o.experts * 3.0 * o.hidden * o.ffn * (double)epm_dtype_size(o.dtype) / 1e9;
+    if (gb > 0.25) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "writing about %.1f GB of expert weights to %s", gb, out);
+        cli_progress(NULL, msg);
+    }
+    epm_status st = epm_model_synth(&o, out);
+    if (st != EPM_OK)
+        return st == EPM_ERR_INVALID_ARG ? cli_usage_error(W, "%s", epm_last_error()) : cli_fail(W, st);
+    printf("wrote %s: %s, %d layers x %d experts (top-%d), hidden %d, ffn %d, %s, %d file%s\n", out,
+           epm_model_arch_class(o.arch), o.layers, o.experts, o.k, o.hidden, o.ffn, epm_dtype_name(o.dtype), o.shards,
+           o.shards > 1 ? "s + index" : "");
+    return EPM_EXIT_OK;
+}
+
+/* ---- info ---- */
+
+typedef struct counts {
+    int64_t total, expert;
+} counts;
+
+static epm_status count(void *vc, const epm_model_tensor_info *t)
+{
+    counts *c = vc;
+    int64_t n = t->shape[0] * (t->ndim == 2 ? t->shape[1] : 1);
+    c->total += n;
+    if (t->expert >= 0)
+        c->expert += n;
+    return EPM_OK;
+}
+
+static int cmd_info(int argc, char **argv)
+{
+    const char *W = "model info", *dir = NULL;
+    int json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: epmoe model info DIR [--json]\n\nOpens a checkpoint (checking every tensor's presence "
+                   "and shape) and prints its shape.\n");
+            return EPM_EXIT_OK;
+        } else if (!strcmp(argv[i], "--json")) {
+            json = 1;
+        } else if (argv[i][0] == '-') {
+            return cli_usage_error(W, "unknown option '%s'", argv[i]);
+        } else if (dir) {
+            return cli_usage_error(W, "unexpected argument '%s'", argv[i]);
+        } else {
+            dir = argv[i];
+        }
+    }
+    if (!dir)
+        return cli_usage_error(W, "a model folder is required");
+    epm_model *m;
+    epm_status st = epm_model_open(dir, &m);
+    if (st != EPM_OK)
+        return cli_fail(W, st);
+    const epm_model_config *c = epm_model_get_config(m);
+    counts n = {0, 0};
+    epm_model_tensors(c, count, &n);
+    int moe = epm_model_config_moe_layers(c);
+    int64_t per_expert = moe ? n.expert / ((int64_t)moe * c->num_experts) : 0;
+    int64_t active = n.total - n.expert + (int64_t)moe * c->top_k * per_expert;
+    if (json) {
+        printf("{\"architecture\": \"%s\", \"vocab_size\": %d, \"hidden_size\": %d, \"layers\": %d, "
+               "\"moe_layers\": %d, \"heads\": %d, \"kv_heads\": %d, \"head_dim\": %d, \"experts\": %d, \"k\": %d, "
+               "\"moe_ffn\": %d, \"dense_ffn\": %d, \"shared_ffn\": %d, \"norm_topk_prob\": %s, \"qkv_bias\": %s, "
+               "\"qk_norm\": %s, \"tie_word_embeddings\": %s, \"rms_norm_eps\": %g, \"rope_theta\": %g, "
+               "\"dtype\": \"%s\", \"files\": %d, \"file_bytes\": %lld, \"params\": %lld, \"expert_params\": %lld, "
+               "\"active_params\": %lld}\n",
+               epm_model_arch_class(c->arch), c->vocab_size, c->hidden_size, c->num_layers, moe, c->num_heads,
+               c->num_kv_heads, c->head_dim, c->num_experts, c->top_k, c->moe_ffn, c->dense_ffn, c->shared_ffn,
+               c->norm_topk_prob ? "true" : "false", c->qkv_bias ? "true" : "false", c->qk_norm ? "true" : "false",
+               c->tie_word_embeddings ? "true" : "false", (double)c->rms_norm_eps, c->rope_theta,
+               epm_dtype_name(c->dtype), epm_model_files(m), (long long)epm_model_file_bytes(m), (long long)n.total,
+               (long long)n.expert, (long long)active);
+    } else {
+        printf("%s: %s\n", dir, epm_model_arch_class(c->arch));
+        printf("  layers      %d (%d MoE, %d dense MLP)\n", c->num_layers, moe, c->num_layers - moe);
+        printf("  hidden      %d, vocab %d\n", c->hidden_size, c->vocab_size);
+        printf("  attention   %d heads, %d kv heads, head_dim %d%s%s, rope theta %g\n", c->num_heads,
+               c->num_kv_heads, c->head_dim, c->qkv_bias ? ", qkv bias" : "", c->qk_norm ? ", q/k norm" : "",
+               c->rope_theta);
+        printf("  experts     %d, top-%d%s, ffn %d", c->num_experts, c->top_k,
+               c->norm_topk_prob ? " (renormalised)" : "", c->moe_ffn);
+        if (c->shared_ffn)
+            printf(", shared expert ffn %d", c->shared_ffn);
+        if (moe < c->num_layers)
+            printf(", dense ffn %d", c->dense_ffn);
+        printf("\n  params      %.4g M total, %.4g M in experts, %.4g M active per token\n", (double)n.total / 1e6,
+               (double)n.expert / 1e6, (double)active / 1e6);
+        printf("  files       %d (%.4g MB), dtype %s%s\n", epm_model_files(m), (double)epm_model_file_bytes(m) / 1e6,
+               epm_dtype_name(c->dtype), c->tie_word_embeddings ? ", tied embeddings" : "");
+    }
+    epm_model_close(m);
+    return EPM_EXIT_OK;
+}
+
+int epm_cli_model(int argc, char **argv)
+{
+    if (argc < 2) {
+        model_usage(stderr);
+        return EPM_EXIT_USAGE;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        model_usage(stdout);
+        return EPM_EXIT_OK;
+    }
+    if (!strcmp(argv[1], "synth"))
+        return cmd_synth(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "info"))
+        return cmd_info(argc - 1, argv + 1);
+    fprintf(stderr, "epmoe model: unknown subcommand '%s'\n", argv[1]);
+    model_usage(stderr);
+    return EPM_EXIT_USAGE;
+}

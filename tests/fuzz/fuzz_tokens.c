@@ -1,0 +1,26 @@
+/* Fuzz target: token-id input (JSON, .npy, safetensors by content). Every
+ * accepted id lies inside the vocabulary given. */
+#include <stdint.h>
+
+#include "epmoe/model.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    const int vocab = 1000;
+    epm_tokens *t;
+    if (epm_tokens_parse(data, size, "fuzz.tokens", vocab, &t) != EPM_OK)
+        return 0;
+    if (t->batch < 1)
+        __builtin_trap();
+    for (int s = 0; s < t->batch; s++) {
+        if (t->lens[s] < 1)
+            __builtin_trap();
+        for (int i = 0; i < t->lens[s]; i++)
+            if (t->ids[s][i] < 0 || t->ids[s][i] >= vocab)
+                __builtin_trap();
+    }
+    epm_tokens_destroy(t);
+    return 0;
+}

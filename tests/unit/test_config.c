@@ -1,0 +1,311 @@
+/* config.json: the three bundled fixtures parse to the values transformers
+ * wrote; both RoPE spellings; every bad field is refused with an error that
+ * names the field and its value. */
+#include "test_util.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core.h"
+#include "epmoe/model.h"
+
+static epm_status load_fixture(const char *name, epm_model_config *c)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s/config.json", tu_fixtures(), name);
+    return epm_model_config_load(path, c);
+}
+
+static void test_config_mixtral_fixture(void **state)
+{
+    (void)state;
+    epm_model_config c;
+    assert_int_equal(load_fixture("mixtral-tiny", &c), EPM_OK);
+    assert_int_equal(c.arch, EPM_MODEL_MIXTRAL);
+    assert_int_equal(c.vocab_size, 256);
+    assert_int_equal(c.hidden_size, 64);
+    assert_int_equal(c.num_layers, 4);
+    assert_int_equal(c.num_heads, 4);
+    assert_int_equal(c.num_kv_heads, 2);
+    assert_int_equal(c.head_dim, 16); /* "head_dim": null */
+    assert_int_equal(c.num_experts, 8);
+    assert_int_equal(c.top_k, 2);
+    assert_int_equal(c.moe_ffn, 128);
+    assert_int_equal(c.shared_ffn, 0);
+    assert_int_equal(c.norm_topk_prob, 1);
+    assert_int_equal(c.qkv_bias, 0);
+    assert_int_equal(c.qk_norm, 0);
+    assert_int_equal(c.tie_word_embeddings, 0);
+    assert_int_equal(c.sliding_window, 0);
+    assert_float_equal(c.rms_norm_eps, 1e-5f, 1e-12);
+    assert_float_equal(c.rope_theta, 10000.0, 0);
+    assert_int_equal(c.dtype, EPM_DTYPE_F32);
+    assert_int_equal(epm_model_config_moe_layers(&c), 4);
+    epm_model_config_clear(&c);
+}
+
+static void test_config_qwen2moe_fixture(void **state)
+{
+    (void)state;
+    epm_model_config c;
+    assert_int_equal(load_fixture("qwen2moe-tiny", &c), EPM_OK);
+    assert_int_equal(c.arch, EPM_MODEL_QWEN2MOE);
+    assert_int_equal(c.moe_ffn, 48);
+    assert_int_equal(c.dense_ffn, 128);
+    assert_int_equal(c.shared_ffn, 96);
+    assert_int_equal(c.num_experts, 8);
+    assert_int_equal(c.norm_topk_prob, 0);
+    assert_int_equal(c.qkv_bias, 1);
+    assert_int_equal(c.qkv_bias_stated, 1);
+    assert_int_equal(c.o_bias, 0);
+    assert_int_equal(c.qk_norm, 0);
+    assert_int_equal(c.decoder_sparse_step, 1);
+    assert_int_equal(epm_model_config_moe_layers(&c), 4);
+    epm_model_config_clear(&c);
+}
+
+static void test_config_olmoe_fixture(void **state)
+{
+    (void)state;
+    epm_model_config c;
+    assert_int_equal(load_fixture("olmoe-tiny", &c), EPM_OK);
+    assert_int_equal(c.arch, EPM_MODEL_OLMOE);
+    assert_int_equal(c.moe_ffn, 128);
+    assert_int_equal(c.num_experts, 8);
+    assert_int_equal(c.norm_topk_prob, 0);
+    assert_int_equal(c.qk_norm, 1);
+    assert_int_equal(c.qkv_bias, 0);
+    assert_int_equal(c.o_bias, 0);
+    assert_float_equal(c.rope_theta, 10000.0, 0);
+    epm_model_config_clear(&c);
+}
+
+/* The fixture's config with one field replaced (value NULL deletes it). */
+static epm_status parse_edited(const char *fixture, const char *key, const char *value_json, epm_model_config *c)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s/config.json", tu_fixtures(), fixture);
+    json_error_t err;
+    json_t *root = json_load_file(path, 0, &err);
+    assert_non_null(root);
+    if (value_json) {
+        json_t *v = json_loads(value_json, JSON_DECODE_ANY, &err);
+        assert_non_null(v);
+        json_object_set_new(root, key, v);
+    } else {
+        json_object_del(root, key);
+    }
+    char *text = json_dumps(root, 0);
+    json_decref(root);
+    epm_status st = epm_model_config_parse(text, strlen(text), "edited.json", c);
+    free(text);
+    return st;
+}
+
+static void test_config_rope_spellings(void **state)
+{
+    (void)state;
+    epm_model_config c;
+    /* the older top-level spelling */
+    assert_int_equal(parse_edited("mixtral-tiny", "rope_parameters", NULL, &c), EPM_OK);
+    assert_float_equal(c.rope_theta, 1e6, 0); /* MixtralConfig's default */
+    epm_model_config_clear(&c);
+    assert_int_equal(parse_edited("mixtral-tiny", "rope_parameters", "null", &c), EPM_OK);
+    epm_model_config_clear(&c);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/olmoe-tiny/config.json", tu_fixtures());
+    json_t *root = json_load_file(path, 0, NULL);
+    json_object_del(root, "rope_parameters");
+    json_object_set_new(root, "rope_theta", json_real(500000.0));
+    char *text = json_dumps(root, 0);
+    assert_int_equal(epm_model_config_parse(text, strlen(text), "top.json", &c), EPM_OK);
+    assert_float_equal(c.rope_theta, 500000.0, 0);
+    epm_model_config_clear(&c);
+    free(text);
+    json_decref(root);
+    /* the newer nested spelling */
+    assert_int_equal(parse_edited("olmoe-tiny", "rope_parameters", "{\"rope_theta\": 20000.0, \"rope_type\": \"default\"}",
+                                  &c), EPM_OK);
+    assert_float_equal(c.rope_theta, 20000.0, 0);
+    epm_model_config_clear(&c);
+    /* scaled RoPE is named, in either home */
+    assert_int_equal(parse_edited("olmoe-tiny", "rope_parameters", "{\"rope_theta\": 1e4, \"rope_type\": \"yarn\"}", &c),
+                     EPM_ERR_UNSUPPORTED);
+    assert_non_null(strstr(epm_last_error(), "yarn"));
+    assert_non_null(strstr(epm_last_error(), "rope_parameters.rope_type"));
+    assert_int_equal(parse_edited("mixtral-tiny", "rope_scaling", "{\"type\": \"linear\", \"factor\": 2.0}", &c),
+                     EPM_ERR_UNSUPPORTED);
+    assert_non_null(strstr(epm_last_error(), "linear"));
+}
+
+static void test_config_unknown_arch(void **state)
+{
+    (void)state;
+    epm_model_config c;
+    assert_int_equal(parse_edited("mixtral-tiny", "architectures", "[\"DeepseekV3ForCausalLM\"]", &c),
+                     EPM_ERR_UNSUPPORTED);
+    assert_non_null(strstr(epm_last_error(), "DeepseekV3ForCausalLM"));
+    assert_non_null(strstr(epm_last_error(), "edited.json"));
+    /* without architectures, model_type decides */
+    json_t *root = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i}", "model_type", "olmoe", "vocab_size", 10,
+                             "hidden_size", 8, "num_hidden_layers", 1, "num_attention_heads", 2, "num_experts", 4,
+                             "num_experts_per_tok", 1, "intermediate_size", 16);
+    char *text = json_dumps(root, 0);
+    assert_int_equal(epm_model_config_parse(text, strlen(text), "mt.json", &c), EPM_OK);
+    assert_int_equal(c.arch, EPM_MODEL_OLMOE);
+    assert_int_equal(c.num_kv_heads, 2);
+    assert_int_equal(c.head_dim, 4);
+    epm_model_config_clear(&c);
+    free(text);
+    json_decref(root);
+    assert_int_equal(epm_model_config_parse("[1]", 3, "list.json", &c), EPM_ERR_FORMAT);
+    assert_int_equal(epm_model_config_parse("{\"a\":", 5, "cut.json", &c), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "cut.json"));
+}
+
+typedef struct bad_case {
+    const char *fixture, *key, *value, *must_show;
+    epm_status st;
+} bad_case;
+
+static void test_config_bad_fields(void **state)
+{
+    (void)state;
+    static const bad_case cases[] = {
+        {"mixtral-tiny", "hidden_size", "-1", "-1", EPM_ERR_FORMAT},
+        {"mixtral-tiny", "vocab_size", "\"256\"", "\"256\"", EPM_ERR_FORMAT},
+        {"mixtral-tiny", "num_hidden_layers", "0", "0", EPM_ERR_FORMAT},
+        {"mixtral-tiny", "num_attention_heads", "3.5", "3.5", EPM_ERR_FORMAT},
+        {"mixtral-tiny", "num_key_value_heads", "3", "3", EPM_ERR_FORMAT},
+        {"mixtral-tiny", "head_dim", "\"16\"", "\"16\"", EPM_ERR_FORMAT},
+        {"mixtral-tiny", "head_dim", "15", "15", EPM_ERR_UNSUPPORTED},
+        {"mixtral-tiny", "num_local_experts", "0", "0", EPM_ERR_FORMAT},
+        {"mixtral-tiny", "num_experts_per_tok", "9", "9", EPM_ERR_FORMAT},
+        {"mixtral-tiny", "intermediate_size", "true", "true", EPM_ERR_FORMAT},
+        {"mixtral-tiny", "rms_norm_eps", "-0.5", "-0.5", EPM_ERR_FORMAT},
+        {"mixtral-tiny", "rope_theta", "\"big\"", "\"big\"", EPM_ERR_FORMAT},
+        {"mixtral-tiny", "tie_word_embeddings", "\"yes\"", "\"yes\"", EPM_ERR_FORMAT},
+        {"mixtral-tiny", "dtype", "\"float64\"", "\"float64\"", EPM_ERR_FORMAT},
+        {"mixtral-tiny", "torch_dtype", "7", NULL, EPM_OK}, /* dtype wins */
+        {"mixtral-tiny", "architectures", "5", "5", EPM_ERR_FORMAT},
+        {"mixtral-tiny", "hidden_act", "\"gelu\"", "hidden_act", EPM_ERR_UNSUPPORTED},
+        {"mixtral-tiny", "sliding_window", "-4", "-4", EPM_ERR_FORMAT},
+        {"qwen2moe-tiny", "mlp_only_layers", "[7]", "mlp_only_layers[0]", EPM_ERR_FORMAT},
+        {"qwen2moe-tiny", "mlp_only_layers", "{}", "{}", EPM_ERR_FORMAT},
+        {"qwen2moe-tiny", "decoder_sparse_step", "0", "0", EPM_ERR_FORMAT},
+        {"qwen2moe-tiny", "moe_intermediate_size", "0", "0", EPM_ERR_FORMAT},
+        {"qwen2moe-tiny", "shared_expert_intermediate_size", "-2", "-2", EPM_ERR_FORMAT},
+        {"qwen2moe-tiny", "qkv_bias", "1", "1", EPM_ERR_FORMAT},
+        {"qwen2moe-tiny", "num_experts", "\"8\"", "\"8\"", EPM_ERR_FORMAT},
+        {"olmoe-tiny", "norm_topk_prob", "1", "1", EPM_ERR_FORMAT},
+        {"olmoe-tiny", "clip_qkv", "8.0", "8.0", EPM_ERR_UNSUPPORTED},
+        {"olmoe-tiny", "attention_bias", "\"no\"", "\"no\"", EPM_ERR_FORMAT},
+        {"olmoe-tiny", "rope_parameters", "[1]", "[1]", EPM_ERR_FORMAT},
+        {"olmoe-tiny", "rope_parameters", "{\"rope_theta\": 0}", "rope_parameters.rope_theta", EPM_ERR_FORMAT},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const bad_case *b = &cases[i];
+        epm_model_config c;
+        epm_status st = parse_edited(b->fixture, b->key, b->value, &c);
+        if (st != b->st || (b->must_show && (!strstr(epm_last_error(), b->key) ||
+                                             !strstr(epm_last_error(), b->must_show) ||
+                                             !strstr(epm_last_error(), "edited.json"))))
+            fail_msg("case %zu (%s = %s): status %d, message: %s", i, b->key, b->value, st, epm_last_error());
+        if (st == EPM_OK)
+            epm_model_config_clear(&c);
+        else
+            assert_null(c.moe_layer);
+    }
+    /* a required field that is absent is named */
+    epm_model_config c;
+    assert_int_equal(parse_edited("mixtral-tiny", "hidden_size", NULL, &c), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "'hidden_size' is missing"));
+    assert_int_equal(parse_edited("qwen2moe-tiny", "moe_intermediate_size", NULL, &c), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "moe_intermediate_size"));
+}
+
+static void test_config_qwen2moe_dense_layers(void **state)
+{
+    (void)state;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/qwen2moe-tiny/config.json", tu_fixtures());
+    json_t *root = json_load_file(path, 0, NULL);
+    json_object_set_new(root, "decoder_sparse_step", json_integer(2));
+    json_object_set_new(root, "mlp_only_layers", json_pack("[i]", 3));
+    json_object_del(root, "qkv_bias");
+    json_object_del(root, "dtype");
+    json_object_set_new(root, "torch_dtype", json_string("bfloat16"));
+    char *text = json_dumps(root, 0);
+    json_decref(root);
+    epm_model_config c;
+    assert_int_equal(epm_model_config_parse(text, strlen(text), "q.json", &c), EPM_OK);
+    free(text);
+    /* sparse where (l + 1) % 2 == 0 and l not in [3] */
+    assert_int_equal(c.moe_layer[0], 0);
+    assert_int_equal(c.moe_layer[1], 1);
+    assert_int_equal(c.moe_layer[2], 0);
+    assert_int_equal(c.moe_layer[3], 0);
+    assert_int_equal(epm_model_config_moe_layers(&c), 1);
+    assert_int_equal(c.qkv_bias_stated, 0);
+    assert_int_equal(c.qkv_bias, 1);
+    assert_int_equal(c.dtype, EPM_DTYPE_BF16);
+    epm_model_config_clear(&c);
+}
+
+static void test_config_save_round_trip(void **state)
+{
+    (void)state;
+    const char *names[] = {"mixtral-tiny", "qwen2moe-tiny", "olmoe-tiny"};
+    for (int i = 0; i < 3; i++) {
+        epm_model_config a, b;
+        assert_int_equal(load_fixture(names[i], &a), EPM_OK);
+        a.moe_layer[1] = a.arch == EPM_MODEL_QWEN2MOE ? 0 : 1;
+        a.dtype = EPM_DTYPE_BF16;
+        const char *p = tu_path("saved.json");
+        assert_int_equal(epm_model_config_save(&a, p), EPM_OK);
+        assert_int_equal(epm_model_config_load(p, &b), EPM_OK);
+        assert_int_equal(b.arch, a.arch);
+        assert_int_equal(b.vocab_size, a.vocab_size);
+        assert_int_equal(b.head_dim, a.head_dim);
+        assert_int_equal(b.num_kv_heads, a.num_kv_heads);
+        assert_int_equal(b.moe_ffn, a.moe_ffn);
+        assert_int_equal(b.dense_ffn, a.dense_ffn);
+        assert_int_equal(b.shared_ffn, a.shared_ffn);
+        assert_int_equal(b.norm_topk_prob, a.norm_topk_prob);
+        assert_int_equal(b.qkv_bias, a.qkv_bias);
+        assert_int_equal(b.qk_norm, a.qk_norm);
+        assert_int_equal(b.dtype, EPM_DTYPE_BF16);
+        assert_float_equal(b.rms_norm_eps, a.rms_norm_eps, 0);
+        assert_float_equal(b.rope_theta, a.rope_theta, 0);
+        assert_memory_equal(b.moe_layer, a.moe_layer, (size_t)a.num_layers);
+        epm_model_config_clear(&a);
+        epm_model_config_clear(&b);
+    }
+}
+
+static void test_config_arch_names(void **state)
+{
+    (void)state;
+    epm_model_arch a;
+    assert_int_equal(epm_model_arch_parse("qwen2_moe", &a), EPM_OK);
+    assert_int_equal(a, EPM_MODEL_QWEN2MOE);
+    assert_int_equal(epm_model_arch_parse("qwen2moe", &a), EPM_OK);
+    assert_int_equal(epm_model_arch_parse("OlmoeForCausalLM", &a), EPM_OK);
+    assert_int_equal(a, EPM_MODEL_OLMOE);
+    assert_int_equal(epm_model_arch_parse("llama", &a), EPM_ERR_UNSUPPORTED);
+    assert_string_equal(epm_model_arch_class(EPM_MODEL_MIXTRAL), "MixtralForCausalLM");
+    assert_string_equal(epm_model_arch_short(EPM_MODEL_OLMOE), "olmoe");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_config_mixtral_fixture),  cmocka_unit_test(test_config_qwen2moe_fixture),
+        cmocka_unit_test(test_config_olmoe_fixture),    cmocka_unit_test(test_config_rope_spellings),
+        cmocka_unit_test(test_config_unknown_arch),     cmocka_unit_test(test_config_bad_fields),
+        cmocka_unit_test(test_config_qwen2moe_dense_layers), cmocka_unit_test(test_config_save_round_trip),
+        cmocka_unit_test(test_config_arch_names),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

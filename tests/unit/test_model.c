@@ -1,0 +1,522 @@
+/* Checkpoint loading: the fixtures open and hand out the bytes in their
+ * files; a rank that asks for some experts reads only those; sharded,
+ * bf16 and f16 checkpoints written by synth load as the same weights; a
+ * missing tensor, a missing shard and a truncated file are each named. */
+#include "test_util.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core.h"
+#include "epmoe/model.h"
+#include "half.h"
+#include "safetensors.h"
+
+static const char *fixture(const char *name)
+{
+    static char buf[512];
+    snprintf(buf, sizeof buf, "%.400s/%s", tu_fixtures(), name);
+    return buf;
+}
+
+/* The float32 values of a tensor as stored in a fixture file. */
+static const float *raw(const epm_safetensors *st, const char *name)
+{
+    const epm_st_tensor *t = epm_st_find(st, name);
+    assert_non_null(t);
+    assert_int_equal(t->dtype, EPM_DTYPE_F32);
+    return t->data;
+}
+
+static void test_model_fixtures_open(void **state)
+{
+    (void)state;
+    const char *names[] = {"mixtral-tiny", "qwen2moe-tiny", "olmoe-tiny"};
+    for (int i = 0; i < 3; i++) {
+        char file[1024];
+        snprintf(file, sizeof file, "%s/model.safetensors", fixture(names[i]));
+        epm_safetensors *st;
+        assert_int_equal(epm_st_open(file, &st), EPM_OK);
+        epm_model *m;
+        assert_int_equal(epm_model_open(fixture(names[i]), &m), EPM_OK);
+        const epm_model_config *c = epm_model_get_config(m);
+        assert_int_equal(epm_model_bytes_loaded(m), 0); /* opening reads headers only */
+        assert_int_equal(epm_model_files(m), 1);
+        const epm_model_dense *d;
+        assert_int_equal(epm_model_load_dense(m, &d), EPM_OK);
+        assert_int_equal(d->num_layers, 4);
+        assert_memory_equal(d->embed, raw(st, "model.embed_tokens.weight"), 256 * 64 * 4);
+        assert_memory_equal(d->lm_head, raw(st, "lm_head.weight"), 256 * 64 * 4);
+        assert_memory_equal(d->final_norm, raw(st, "model.norm.weight"), 64 * 4);
+        for (int l = 0; l < 4; l++) {
+            const epm_model_layer *w = &d->layer[l];
+            char n[128];
+            snprintf(n, sizeof n, "model.layers.%d.self_attn.k_proj.weight", l);
+            assert_memory_equal(w->k, raw(st, n), 32 * 64 * 4);
+            snprintf(n, sizeof n, "model.layers.%d.%s.gate.weight", l,
+                     c->arch == EPM_MODEL_MIXTRAL ? "block_sparse_moe" : "mlp");
+            assert_memory_equal(w->router, raw(st, n), 8 * 64 * 4);
+            assert_int_equal(w->is_moe, 1);
+            assert_null(w->mlp.gate);
+            assert_null(w->o_bias);
+            if (c->arch == EPM_MODEL_QWEN2MOE) {
+                snprintf(n, sizeof n, "model.layers.%d.self_attn.v_proj.bias", l);
+                assert_memory_equal(w->v_bias, raw(st, n), 32 * 4);
+                snprintf(n, sizeof n, "model.layers.%d.mlp.shared_expert_gate.weight", l);
+                assert_memory_equal(w->shared_gate, raw(st, n), 64 * 4);
+                snprintf(n, sizeof n, "model.layers.%d.mlp.shared_expert.down_proj.weight", l);
+                assert_memory_equal(w->shared.down, raw(st, n), 64 * 96 * 4);
+                assert_int_equal(w->shared.ffn, 96);
+            } else {
+                assert_null(w->q_bias);
+                assert_null(w->shared.gate);
+            }
+            if (c->arch == EPM_MODEL_OLMOE) {
+                snprintf(n, sizeof n, "model.layers.%d.self_attn.q_norm.weight", l);
+                assert_memory_equal(w->q_norm, raw(st, n), 64 * 4);
+                snprintf(n, sizeof n, "model.layers.%d.self_attn.k_norm.weight", l);
+                assert_memory_equal(w->k_norm, raw(st, n), 32 * 4);
+            } else {
+                assert_null(w->q_norm);
+            }
+            assert_null(epm_model_expert(m, l, 0));
+        }
+        assert_int_equal(epm_model_expert_bytes_loaded(m), 0);
+        /* every dense byte of the file, and nothing else, was read */
+        int64_t expert_bytes = 4LL * 8 * 3 * 64 * c->moe_ffn * 4;
+        assert_int_equal(epm_model_bytes_loaded(m), (int64_t)st->data_size - expert_bytes);
+        epm_model_close(m);
+        epm_st_close(st);
+    }
+}
+
+static void test_model_expert_subset(void **state)
+{
+    (void)state;
+    epm_safetensors *st;
+    char file[1024];
+    snprintf(file, sizeof file, "%s/model.safetensors", fixture("mixtral-tiny"));
+    assert_int_equal(epm_st_open(file, &st), EPM_OK);
+    epm_model *m;
+    assert_int_equal(epm_model_open(fixture("mixtral-tiny"), &m), EPM_OK);
+    assert_int_equal(epm_model_load_dense(m, NULL), EPM_OK);
+    int64_t dense = epm_model_bytes_loaded(m);
+    int want[2] = {5, 2};
+    epm_model_mlp got[2];
+    assert_int_equal(epm_model_load_experts(m, 1, want, 2, got), EPM_OK);
+    const int64_t one = 3LL * 128 * 64 * 4;
+    assert_int_equal(epm_model_expert_bytes_loaded(m), 2 * one);
+    assert_int_equal(epm_model_bytes_loaded(m), dense + 2 * one);
+    assert_memory_equal(got[0].gate, raw(st, "model.layers.1.block_sparse_moe.experts.5.w1.weight"), 128 * 64 * 4);
+    assert_memory_equal(got[0].up, raw(st, "model.layers.1.block_sparse_moe.experts.5.w3.weight"), 128 * 64 * 4);
+    assert_memory_equal(got[1].down, raw(st, "model.layers.1.block_sparse_moe.experts.2.w2.weight"), 128 * 64 * 4);
+    assert_int_equal(got[1].ffn, 128);
+    assert_non_null(epm_model_expert(m, 1, 5));
+    assert_non_null(epm_model_expert(m, 1, 2));
+    assert_null(epm_model_expert(m, 1, 3));
+    assert_null(epm_model_expert(m, 0, 5));
+    /* a second request reads nothing more */
+    assert_int_equal(epm_model_load_experts(m, 1, want, 2, NULL), EPM_OK);
+    assert_int_equal(epm_model_expert_bytes_loaded(m), 2 * one);
+    int bad[1] = {8};
+    assert_int_equal(epm_model_load_experts(m, 1, bad, 1, NULL), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_model_load_experts(m, 4, want, 1, NULL), EPM_ERR_INVALID_ARG);
+    epm_model_close(m);
+    epm_st_close(st);
+}
+
+static void synth(const char *dir, epm_model_arch arch, epm_dtype dtype, int shards, int tie)
+{
+    epm_model_synth_opts o;
+    epm_model_synth_opts_init(&o);
+    o.arch = arch;
+    o.hidden = 32;
+    o.layers = 3;
+    o.experts = 6;
+    o.k = 2;
+    o.ffn = 24;
+    o.heads = 4;
+    o.kv_heads = 2;
+    o.vocab = 50;
+    o.shared_ffn = 40;
+    o.dense_ffn = 36;
+    static const int only[1] = {1};
+    if (arch == EPM_MODEL_QWEN2MOE) {
+        o.mlp_only = only;
+        o.n_mlp_only = 1;
+    }
+    o.dtype = dtype;
+    o.shards = shards;
+    o.seed = 42;
+    o.tie_embeddings = tie;
+    epm_status st = epm_model_synth(&o, dir);
+    if (st != EPM_OK)
+        fail_msg("synth %s: %s", dir, epm_last_error());
+}
+
+typedef struct loaded {
+    epm_model *m;
+    const epm_model_dense *d;
+} loaded;
+
+static loaded load_all(const char *dir)
+{
+    loaded x;
+    epm_status st = epm_model_open(dir, &x.m);
+    if (st != EPM_OK)
+        fail_msg("open %s: %s", dir, epm_last_error());
+    assert_int_equal(epm_model_load_dense(x.m, &x.d), EPM_OK);
+    const epm_model_config *c = epm_model_get_config(x.m);
+    int all[64];
+    for (int e = 0; e < c->num_experts; e++)
+        all[e] = e;
+    for (int l = 0; l < c->num_layers; l++)
+        if (c->moe_layer[l])
+            assert_int_equal(epm_model_load_experts(x.m, l, all, c->num_experts, NULL), EPM_OK);
+    return x;
+}
+
+/* Compares every weight of two loaded models: exactly (tol < 0), or each
+ * value of b within tol relative of a (plus half the smallest f16 step). */
+static int64_t compare_arrays(const float *a, const float *b, int64_t n, double tol)
+{
+    if (!a || !b) {
+        assert_true(a == b);
+        return 0;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        if (tol < 0)
+            assert_true(a[i] == b[i]);
+        else if (fabs((double)a[i] - b[i]) > tol * fabs((double)a[i]) + 0x1p-24) /* f16 subnormals */
+            fail_msg("value %lld: %.9g vs %.9g", (long long)i, a[i], b[i]);
+    }
+    return n;
+}
+
+static int64_t compare_models(loaded a, loaded b, double tol)
+{
+    const epm_model_config *c = epm_model_get_config(a.m);
+    int64_t H = c->hidden_size, V = c->vocab_size, q = (int64_t)c->num_heads * c->head_dim,
+            kv = (int64_t)c->num_kv_heads * c->head_dim, n = 0;
+    n += compare_arrays(a.d->embed, b.d->embed, V * H, tol);
+    n += compare_arrays(a.d->lm_head, b.d->lm_head, V * H, tol);
+    n += compare_arrays(a.d->final_norm, b.d->final_norm, H, tol);
+    for (int l = 0; l < c->num_layers; l++) {
+        const epm_model_layer *x = &a.d->layer[l], *y = &b.d->layer[l];
+        n += compare_arrays(x->input_norm, y->input_norm, H, tol);
+        n += compare_arrays(x->post_attn_norm, y->post_attn_norm, H, tol);
+        n += compare_arrays(x->q, y->q, q * H, tol);
+        n += compare_arrays(x->k, y->k, kv * H, tol);
+        n += compare_arrays(x->v, y->v, kv * H, tol);
+        n += compare_arrays(x->o, y->o, H * q, tol);
+        n += compare_arrays(x->q_bias, y->q_bias, q, tol);
+        n += compare_arrays(x->v_bias, y->v_bias, kv, tol);
+        n += compare_arrays(x->q_norm, y->q_norm, q, tol);
+        n += compare_arrays(x->k_norm, y->k_norm, kv, tol);
+        n += compare_arrays(x->router, y->router, x->is_moe ? c->num_experts * H : 0, tol);
+        n += compare_arrays(x->shared.gate, y->shared.gate, (int64_t)x->shared.ffn * H, tol);
+        n += compare_arrays(x->shared.down, y->shared.down, (int64_t)x->shared.ffn * H, tol);
+        n += compare_arrays(x->shared_gate, y->shared_gate, H, tol);
+        n += compare_arrays(x->mlp.up, y->mlp.up, (int64_t)x->mlp.ffn * H, tol);
+        n += compare_arrays(x->mlp.down, y->mlp.down, (int64_t)x->mlp.ffn * H, tol);
+        for (int e = 0; x->is_moe && e < c->num_experts; e++) {
+            const epm_model_mlp *p = epm_model_expert(a.m, l, e), *r = epm_model_expert(b.m, l, e);
+            assert_non_null(p);
+            assert_non_null(r);
+            n += compare_arrays(p->gate, r->gate, (int64_t)c->moe_ffn * H, tol);
+            n += compare_arrays(p->up, r->up, (int64_t)c->moe_ffn * H, tol);
+            n += compare_arrays(p->down, r->down, (int64_t)c->moe_ffn * H, tol);
+        }
+    }
+    return n;
+}
+
+static void test_model_sharded_equals_single(void **state)
+{
+    (void)state;
+    for (int arch = 0; arch < EPM_MODEL_ARCH_COUNT; arch++) {
+        const char *one = tu_path("one"), *three = tu_path("three");
+        synth(one, (epm_model_arch)arch, EPM_DTYPE_F32, 1, 0);
+        synth(three, (epm_model_arch)arch, EPM_DTYPE_F32, 3, 0);
+        loaded a = load_all(one), b = load_all(three);
+        assert_int_equal(epm_model_files(a.m), 1);
+        assert_int_equal(epm_model_files(b.m), 3);
+        const epm_model_config *c = epm_model_get_config(b.m);
+        assert_int_equal(c->arch, arch);
+        if (arch == EPM_MODEL_QWEN2MOE) {
+            assert_int_equal(c->moe_layer[1], 0);
+            assert_non_null(b.d->layer[1].mlp.gate);
+            assert_int_equal(b.d->layer[1].mlp.ffn, 36);
+            assert_null(b.d->layer[1].router);
+            assert_int_equal(b.d->layer[0].shared.ffn, 40);
+            assert_int_equal(epm_model_load_experts(b.m, 1, (int[]){0}, 1, NULL), EPM_ERR_INVALID_ARG);
+        }
+        assert_true(compare_models(a, b, -1) > 10000);
+        assert_int_equal(epm_model_bytes_loaded(a.m), epm_model_bytes_loaded(b.m));
+        /* routing must be decisive: the router's rows are wider than the experts' */
+        double r = 0, w = 0;
+        for (int i = 0; i < 32; i++) {
+            r += fabs(a.d->layer[0].router[i]);
+            w += fabs(epm_model_expert(a.m, 0, 0)->gate[i]);
+        }
+        assert_true(r > 4 * w);
+        epm_model_close(a.m);
+        epm_model_close(b.m);
+    }
+}
+
+static void test_model_half_precision_converts(void **state)
+{
+    (void)state;
+    const char *f32 = tu_path("f32"), *bf16 = tu_path("bf16"), *f16 = tu_path("f16");
+    synth(f32, EPM_MODEL_OLMOE, EPM_DTYPE_F32, 1, 1);
+    synth(bf16, EPM_MODEL_OLMOE, EPM_DTYPE_BF16, 2, 1);
+    synth(f16, EPM_MODEL_OLMOE, EPM_DTYPE_F16, 1, 1);
+    loaded a = load_all(f32), b = load_all(bf16), h = load_all(f16);
+    assert_ptr_equal(b.d->lm_head, b.d->embed); /* tied */
+    assert_int_equal(epm_model_get_config(b.m)->dtype, EPM_DTYPE_BF16);
+    /* bf16 keeps 8 significant bits, f16 11 (all values here are normal halves) */
+    assert_true(compare_models(a, b, 1.0 / 256) > 10000);
+    assert_true(compare_models(a, h, 1.0 / 2048) > 10000);
+    /* and exactly the rounding of the float32 weights */
+    float x = a.d->layer[2].q[7];
+    assert_true(b.d->layer[2].q[7] == epm_bf16_to_f32(epm_f32_to_bf16(x)));
+    assert_true(h.d->layer[2].q[7] == epm_f16_to_f32(epm_f32_to_f16(x)));
+    assert_int_equal(epm_model_bytes_loaded(b.m) * 2, epm_model_bytes_loaded(a.m));
+    epm_model_close(a.m);
+    epm_model_close(b.m);
+    epm_model_close(h.m);
+}
+
+static void test_model_half_conversions(void **state)
+{
+    (void)state;
+    assert_true(epm_f16_to_f32(0x3c00) == 1.0f);
+    assert_true(epm_f16_to_f32(0xc000) == -2.0f);
+    assert_true(epm_f16_to_f32(0x7bff) == 65504.0f);
+    assert_true(epm_f16_to_f32(0x0001) == ldexpf(1, -24));
+    assert_true(isinf(epm_f16_to_f32(0x7c00)));
+    assert_int_equal(epm_f32_to_f16(1.0f), 0x3c00);
+    assert_int_equal(epm_f32_to_f16(65520.0f), 0x7c00);
+    assert_int_equal(epm_f32_to_f16(ldexpf(1, -24)), 0x0001);
+    assert_int_equal(epm_f32_to_f16(ldexpf(1, -26)), 0x0000);
+    assert_int_equal(epm_f32_to_bf16(1.0f), 0x3f80);
+    assert_true(epm_bf16_to_f32(0x3f80) == 1.0f);
+    /* ties to even: 1 + 2^-8 lies halfway between two bf16 values */
+    assert_int_equal(epm_f32_to_bf16(1.0f + ldexpf(1, -8)), 0x3f80);
+    assert_int_equal(epm_f32_to_bf16(1.0f + 3 * ldexpf(1, -8)), 0x3f82);
+    for (uint32_t h = 0; h < 0x7c00; h++) /* every finite positive half survives the round trip */
+        if (epm_f32_to_f16(epm_f16_to_f32((uint16_t)h)) != h)
+            fail_msg("half 0x%04x", h);
+}
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void edit_json(const char *path, const char *key, json_t *value)
+{
+    json_t *root = json_load_file(path, 0, NULL);
+    assert_non_null(root);
+    json_t *obj = root;
+    if (!strncmp(key, "weight_map.", 11)) {
+        obj = json_object_get(root, "weight_map");
+        key += 11;
+    }
+    json_object_set_new(obj, key, value);
+    char *s = json_dumps(root, 0);
+    write_text(path, s);
+    free(s);
+    json_decref(root);
+}
+
+static epm_status try_open(const char *dir)
+{
+    epm_model *m = NULL;
+    epm_status st = epm_model_open(dir, &m);
+    assert_true(st != EPM_OK || m != NULL);
+    epm_model_close(m);
+    return st;
+}
+
+static void test_model_missing_tensor(void **state)
+{
+    (void)state;
+    char p[1024];
+    const char *dir = tu_path("tied");
+    synth(dir, EPM_MODEL_MIXTRAL, EPM_DTYPE_F32, 1, 1);
+    assert_int_equal(try_open(dir), EPM_OK);
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    edit_json(p, "tie_word_embeddings", json_false());
+    assert_int_equal(try_open(dir), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "'lm_head.weight' is missing"));
+    assert_non_null(strstr(epm_last_error(), "model.safetensors"));
+    /* a shape the config does not imply */
+    edit_json(p, "tie_word_embeddings", json_true());
+    edit_json(p, "intermediate_size", json_integer(100));
+    assert_int_equal(try_open(dir), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "model.layers.0.block_sparse_moe.experts.0.w1.weight"));
+    assert_non_null(strstr(epm_last_error(), "[24, 32]"));
+    assert_non_null(strstr(epm_last_error(), "[100, 32]"));
+    /* no weights at all */
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    assert_int_equal(unlink(p), 0);
+    assert_int_equal(try_open(dir), EPM_ERR_IO);
+    assert_non_null(strstr(epm_last_error(), "no model.safetensors"));
+}
+
+static void test_model_shard_errors(void **state)
+{
+    (void)state;
+    char p[1024];
+    const char *dir = tu_path("sh");
+    synth(dir, EPM_MODEL_QWEN2MOE, EPM_DTYPE_BF16, 2, 0);
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
+    /* the index puts the final norm in the second shard, which lacks it */
+    edit_json(p, "weight_map.model.norm.weight", json_string("model-00002-of-00002.safetensors"));
+    assert_int_equal(try_open(dir), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "'model.norm.weight'"));
+    assert_non_null(strstr(epm_last_error(), "model-00002-of-00002.safetensors"));
+    /* a shard that is not there */
+    edit_json(p, "weight_map.model.norm.weight", json_string("model-00003-of-00003.safetensors"));
+    assert_int_equal(try_open(dir), EPM_ERR_IO);
+    assert_non_null(strstr(epm_last_error(), "model-00003-of-00003.safetensors"));
+    /* a path that leaves the folder */
+    edit_json(p, "weight_map.model.norm.weight", json_string("../model-00001-of-00002.safetensors"));
+    assert_int_equal(try_open(dir), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "weight_map.model.norm.weight"));
+    /* a tensor the config implies but the index lacks */
+    synth(dir, EPM_MODEL_QWEN2MOE, EPM_DTYPE_BF16, 2, 0);
+    json_t *root = json_load_file(p, 0, NULL);
+    json_object_del(json_object_get(root, "weight_map"), "model.layers.2.mlp.experts.5.up_proj.weight");
+    json_dump_file(root, p, 0);
+    json_decref(root);
+    assert_int_equal(try_open(dir), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "'model.layers.2.mlp.experts.5.up_proj.weight' is missing"));
+    assert_non_null(strstr(epm_last_error(), "model.safetensors.index.json"));
+    write_text(p, "{\"weight_map\": {}}");
+    assert_int_equal(try_open(dir), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "weight_map"));
+}
+
+static void test_model_truncated_file(void **state)
+{
+    (void)state;
+    char p[1024];
+    const char *dir = tu_path("cut");
+    synth(dir, EPM_MODEL_OLMOE, EPM_DTYPE_F32, 1, 0);
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    struct stat sb;
+    assert_int_equal(stat(p, &sb), 0);
+    assert_int_equal(truncate(p, sb.st_size - 100), 0);
+    assert_int_equal(try_open(dir), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), p));
+    assert_non_null(strstr(epm_last_error(), "data_offsets"));
+    assert_int_equal(truncate(p, 5), 0);
+    assert_int_equal(try_open(dir), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "too short"));
+}
+
+static void test_model_qkv_bias_from_tensors(void **state)
+{
+    (void)state;
+    /* a Qwen2-MoE config from before transformers 5 does not say qkv_bias */
+    char src[1024], p[1024];
+    const char *dir = tu_path("oldqwen");
+    assert_int_equal(mkdir(dir, 0777), 0);
+    snprintf(src, sizeof src, "%s/model.safetensors", fixture("qwen2moe-tiny"));
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    assert_int_equal(symlink(src, p), 0);
+    snprintf(src, sizeof src, "%s/config.json", fixture("qwen2moe-tiny"));
+    json_t *root = json_load_file(src, 0, NULL);
+    json_object_del(root, "qkv_bias");
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    json_dump_file(root, p, 0);
+    json_decref(root);
+    epm_model *m;
+    assert_int_equal(epm_model_open(dir, &m), EPM_OK);
+    assert_int_equal(epm_model_get_config(m)->qkv_bias, 1);
+    const epm_model_dense *d;
+    assert_int_equal(epm_model_load_dense(m, &d), EPM_OK);
+    assert_non_null(d->layer[3].k_bias);
+    epm_model_close(m);
+    /* a config that denies them is believed: the biases are not read */
+    edit_json(p, "qkv_bias", json_false());
+    assert_int_equal(epm_model_open(dir, &m), EPM_OK);
+    assert_int_equal(epm_model_load_dense(m, &d), EPM_OK);
+    assert_null(d->layer[0].q_bias);
+    epm_model_close(m);
+}
+
+static void test_model_synth_rejects_bad_shapes(void **state)
+{
+    (void)state;
+    epm_model_synth_opts o;
+    epm_model_synth_opts_init(&o);
+    o.k = 9;
+    assert_int_equal(epm_model_synth(&o, tu_path("bad")), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "k = 9"));
+    epm_model_synth_opts_init(&o);
+    o.heads = 3;
+    assert_int_equal(epm_model_synth(&o, tu_path("bad")), EPM_ERR_INVALID_ARG);
+    epm_model_synth_opts_init(&o);
+    o.shards = 100000;
+    assert_int_equal(epm_model_synth(&o, tu_path("bad")), EPM_ERR_INVALID_ARG);
+    epm_model_synth_opts_init(&o);
+    o.layers = 1;
+    o.shards = 50; /* more files than tensors */
+    assert_int_equal(epm_model_synth(&o, tu_path("bad")), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "50 shards"));
+}
+
+static void test_model_alloc_failures(void **state)
+{
+    (void)state;
+    /* every allocation of open + load fails cleanly in turn (no leak, no crash) */
+    const char *dir = tu_path("small");
+    synth(dir, EPM_MODEL_QWEN2MOE, EPM_DTYPE_BF16, 2, 0);
+    int failed = 0;
+    for (uint64_t n = 1; n < 2000; n++) {
+        epm_fault_fail_nth_alloc(n);
+        epm_model *m = NULL;
+        epm_status st = epm_model_open(dir, &m);
+        if (st == EPM_OK) {
+            st = epm_model_load_dense(m, NULL);
+            if (st == EPM_OK)
+                st = epm_model_load_experts(m, 0, (int[]){1, 4}, 2, NULL);
+        }
+        epm_model_close(m);
+        epm_fault_fail_nth_alloc(0);
+        if (st == EPM_OK)
+            break;
+        assert_int_equal(st, EPM_ERR_NOMEM);
+        failed++;
+    }
+    assert_true(failed > 10);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_model_fixtures_open),
+        cmocka_unit_test(test_model_expert_subset),
+        cmocka_unit_test(test_model_sharded_equals_single),
+        cmocka_unit_test(test_model_half_precision_converts),
+        cmocka_unit_test(test_model_half_conversions),
+        cmocka_unit_test(test_model_missing_tensor),
+        cmocka_unit_test(test_model_shard_errors),
+        cmocka_unit_test(test_model_truncated_file),
+        cmocka_unit_test(test_model_qkv_bias_from_tensors),
+        cmocka_unit_test(test_model_synth_rejects_bad_shapes),
+        cmocka_unit_test(test_model_alloc_failures),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
