@@ -11,7 +11,7 @@
 #include "../launch/cli.h"
 #include "bench.h"
 #include "core.h"
-#include "hf_model.h"
+#include "epmoe/model.h"
 #include "runtime.h"
 #include "xcomm.h"
 
@@ -176,21 +176,21 @@ int epm_bench_run(int argc, char **argv)
     int me = epm_xcomm_rank(x), R = epm_xcomm_size(x);
     epm_cluster cl;
     epm_xcomm_cluster(x, &cl);
-    epm_hf_model *m = NULL;
+    epm_model *m = NULL;
     epm_trace *t = NULL;
     int rc = EPM_EXIT_OK;
     int32_t **prompts = NULL;
     int *lens = NULL;
-    st = epm_hf_open(model, &m);
+    st = epm_model_open(model, &m);
     st = epm_xcomm_agree(x, st);
     if (st != EPM_OK) {
         rc = me == 0 ? cli_fail(W, st) : EPM_EXIT_FAIL;
         goto out;
     }
-    const epm_hf_config *hc = epm_hf_cfg(m);
+    const epm_model_config *hc = epm_model_get_config(m);
     int moe_layers = 0;
-    for (int l = 0; l < hc->layers; l++)
-        moe_layers += hc->sparse[l];
+    for (int l = 0; l < hc->num_layers; l++)
+        moe_layers += hc->moe_layer[l];
     /* prompts and the routing to replay: the same on every rank (seeded) */
     prompts = calloc((size_t)batch, sizeof *prompts);
     lens = calloc((size_t)batch, sizeof *lens);
@@ -199,7 +199,7 @@ int epm_bench_run(int argc, char **argv)
         lens[s] = (int)seq;
         prompts[s] = malloc((size_t)seq * sizeof **prompts);
         for (int p = 0; p < seq && prompts[s]; p++)
-            prompts[s][p] = (int32_t)(epm_splitmix64(&rng) % (uint64_t)hc->vocab);
+            prompts[s][p] = (int32_t)(epm_splitmix64(&rng) % (uint64_t)hc->vocab_size);
     }
     if (ta_list) {
         epm_mode mode = EPM_MODE_HOME;
@@ -220,8 +220,8 @@ int epm_bench_run(int argc, char **argv)
     epm_trace_synth_opts so;
     epm_trace_synth_opts_init(&so);
     so.layers = moe_layers;
-    so.experts = hc->experts;
-    so.k = hc->k;
+    so.experts = hc->num_experts;
+    so.k = hc->top_k;
     so.tokens = total;
     so.zipf_s = zipf;
     so.affinity = aff;
@@ -266,13 +266,13 @@ int epm_bench_run(int argc, char **argv)
                 break;
             }
             po.mode = mode;
-            po.hidden = hc->hidden;
-            po.kv_dim = 2 * hc->kv_heads * hc->head_dim;
+            po.hidden = hc->hidden_size;
+            po.kv_dim = 2 * hc->num_kv_heads * hc->head_dim;
             po.ffn = hc->moe_ffn;
             po.time_limit_s = tl;
-            int need = (hc->experts + R - 1) / R;
+            int need = (hc->num_experts + R - 1) / R;
             po.slots_per_rank = po.method == EPM_METHOD_EPLB || po.method == EPM_METHOD_ILP
-                                    ? (int)(slots ? slots : (need < hc->experts ? need + 1 : need))
+                                    ? (int)(slots ? slots : (need < hc->num_experts ? need + 1 : need))
                                     : need;
             /* rank 0 plans (the ILP's time limit could make ranks differ) and shares the file */
             char path[4096];
@@ -359,7 +359,7 @@ out:
     free(prompts);
     free(lens);
     epm_trace_destroy(t);
-    epm_hf_close(m);
+    epm_model_close(m);
     epm_xcomm_destroy(x);
     epm_xcomm_finalize();
     return rc;

@@ -7,7 +7,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "hf_model.h"
+#include "epmoe/model.h"
 #include "ops.h"
 #include "runtime.h"
 #include "xcomm.h"
@@ -16,8 +16,9 @@ typedef struct rt {
     const epm_run_opts *o;
     epm_xcomm *x;
     int me, R;
-    epm_hf_model *m;
-    const epm_hf_config *c;
+    epm_model *m;
+    const epm_model_dense *dense;
+    const epm_model_config *c;
     const epm_ops *ops, *ref;
     const epm_placement *p;
     epm_placement *owned_p;
@@ -72,7 +73,7 @@ static epm_status sync(rt *r, epm_status st) { return epm_xcomm_agree(r->x, st);
 
 static epm_status record_trace(rt *r, int ml, int64_t g, const int32_t *ids)
 {
-    int K = r->c->k;
+    int K = r->c->top_k;
     if (r->n_rec == r->cap_rec) {
         int64_t cap = r->cap_rec ? 2 * r->cap_rec : 1024;
         int32_t *n = epm_realloc(r->trace_rec, (size_t)cap * (size_t)(2 + K) * sizeof *n);
@@ -92,9 +93,9 @@ static epm_status record_trace(rt *r, int ml, int64_t g, const int32_t *ids)
 
 static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
 {
-    const epm_hf_config *c = r->c;
-    const epm_hf_layer *w = epm_hf_layer_w(r->m, l);
-    int H = c->hidden, qd = c->heads * c->head_dim, kvd = c->kv_heads * c->head_dim;
+    const epm_model_config *c = r->c;
+    const epm_model_layer *w = &r->dense->layer[l];
+    int H = c->hidden_size, qd = c->num_heads * c->head_dim, kvd = c->num_kv_heads * c->head_dim;
     epm_status st = EPM_OK;
     float *x = epm_malloc((size_t)(n ? n : 1) * H * sizeof *x);
     float *q = epm_malloc((size_t)(n ? n : 1) * qd * sizeof *q);
@@ -109,18 +110,18 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
         goto out;
     }
     double t0 = epm_now();
-    r->ref->rmsnorm(h, n, H, w->in_norm, c->eps, x);
-    r->ops->linear(x, n, H, w->wq, w->bq, qd, q);
-    r->ops->linear(x, n, H, w->wk, w->bk, kvd, k);
-    r->ops->linear(x, n, H, w->wv, w->bv, kvd, v);
+    r->ref->rmsnorm(h, n, H, w->input_norm, c->rms_norm_eps, x);
+    r->ops->linear(x, n, H, w->q, w->q_bias, qd, q);
+    r->ops->linear(x, n, H, w->k, w->k_bias, kvd, k);
+    r->ops->linear(x, n, H, w->v, w->v_bias, kvd, v);
     if (c->qk_norm) {
-        r->ref->rmsnorm(q, n, qd, w->q_norm, c->eps, q);
-        r->ref->rmsnorm(k, n, kvd, w->k_norm, c->eps, k);
+        r->ref->rmsnorm(q, n, qd, w->q_norm, c->rms_norm_eps, q);
+        r->ref->rmsnorm(k, n, kvd, w->k_norm, c->rms_norm_eps, k);
     }
     for (int64_t i = 0; i < n; i++)
         pos[i] = pos_of(r, g[i]);
-    epm_rope(q, n, c->heads, c->head_dim, pos, c->rope_theta);
-    epm_rope(k, n, c->kv_heads, c->head_dim, pos, c->rope_theta);
+    epm_rope(q, n, c->num_heads, c->head_dim, pos, c->rope_theta);
+    epm_rope(k, n, c->num_kv_heads, c->head_dim, pos, c->rope_theta);
     int W = 2 + 2 * kvd;
     for (int64_t i = 0; i < n; i++) {
         put_g(kv + i * W, g[i]);
@@ -150,10 +151,10 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     }
     for (int64_t i = 0; i < n; i++) {
         int s = seq_of(r, g[i]);
-        epm_attention(q + i * qd, 1, &pos[i], r->kc[(size_t)l * r->B + s], r->vc[(size_t)l * r->B + s], c->heads,
-                      c->kv_heads, c->head_dim, att + i * qd, NULL, r->max_len);
+        epm_attention(q + i * qd, 1, &pos[i], r->kc[(size_t)l * r->B + s], r->vc[(size_t)l * r->B + s], c->num_heads,
+                      c->num_kv_heads, c->head_dim, att + i * qd, NULL, r->max_len);
     }
-    r->ops->linear(att, n, qd, w->wo, NULL, H, o);
+    r->ops->linear(att, n, qd, w->o, w->o_bias, H, o);
     for (int64_t i = 0; i < n * H; i++)
         h[i] += o[i];
     r->rep->t_attention += epm_now() - t0;
@@ -186,12 +187,12 @@ static double nearest_cost(const rt *r, int ml, int e, int src)
     return best;
 }
 
-static void gate(rt *r, const epm_hf_layer *w, int ml, const float *x2, int64_t g, int32_t *ids, float *wts,
+static void gate(rt *r, const epm_model_layer *w, int ml, const float *x2, int64_t g, int32_t *ids, float *wts,
                  float *probs)
 {
-    const epm_hf_config *c = r->c;
-    int E = c->experts, K = c->k;
-    r->ref->linear(x2, 1, c->hidden, w->router, NULL, E, probs);
+    const epm_model_config *c = r->c;
+    int E = c->num_experts, K = c->top_k;
+    r->ref->linear(x2, 1, c->hidden_size, w->router, NULL, E, probs);
     epm_softmax(probs, E);
     if (!r->o->route_from && (r->o->ta_strength > 0 || r->o->top_p > 0)) {
         /* choose on biased scores, weigh with the model's own probabilities */
@@ -221,7 +222,7 @@ static void gate(rt *r, const epm_hf_layer *w, int ml, const float *x2, int64_t 
     } else {
         epm_topk(probs, E, K, ids, wts);
     }
-    if (c->norm_topk) {
+    if (c->norm_topk_prob) {
         double s = 0;
         for (int j = 0; j < K; j++)
             s += wts[j];
@@ -236,19 +237,19 @@ typedef struct work {
     int *src;     /* rank the token lives on */
 } work;
 
-static void shared_expert(rt *r, const epm_hf_layer *w, const float *x2, int64_t n, float *h, float *scratch,
+static void shared_expert(rt *r, const epm_model_layer *w, const float *x2, int64_t n, float *h, float *scratch,
                           float *y)
 {
-    const epm_hf_config *c = r->c;
-    if (!w->sh_gate || n == 0)
+    const epm_model_config *c = r->c;
+    if (!w->shared.gate || n == 0)
         return;
-    r->ops->swiglu(x2, n, c->hidden, c->shared_ffn, w->sh_gate, w->sh_up, w->sh_down, scratch, y);
+    r->ops->swiglu(x2, n, c->hidden_size, c->shared_ffn, w->shared.gate, w->shared.up, w->shared.down, scratch, y);
     for (int64_t i = 0; i < n; i++) {
         float gl;
-        r->ref->linear(x2 + i * c->hidden, 1, c->hidden, w->sh_router, NULL, 1, &gl);
+        r->ref->linear(x2 + i * c->hidden_size, 1, c->hidden_size, w->shared_gate, NULL, 1, &gl);
         float sg = epm_sigmoid(gl);
-        for (int j = 0; j < c->hidden; j++)
-            h[i * c->hidden + j] += sg * y[i * c->hidden + j];
+        for (int j = 0; j < c->hidden_size; j++)
+            h[i * c->hidden_size + j] += sg * y[i * c->hidden_size + j];
     }
 }
 
@@ -256,9 +257,9 @@ static void shared_expert(rt *r, const epm_hf_layer *w, const float *x2, int64_t
  * the resident set changes: *pn, *pg, *ph are replaced. */
 static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
 {
-    const epm_hf_config *c = r->c;
-    const epm_hf_layer *w = epm_hf_layer_w(r->m, l);
-    const int H = c->hidden, K = c->k, E = c->experts, ml = r->moe_index[l];
+    const epm_model_config *c = r->c;
+    const epm_model_layer *w = &r->dense->layer[l];
+    const int H = c->hidden_size, K = c->top_k, E = c->num_experts, ml = r->moe_index[l];
     int64_t n = *pn;
     int64_t *g = *pg;
     float *h = *ph;
@@ -266,12 +267,12 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     float *x2 = epm_malloc((size_t)(n ? n : 1) * H * sizeof *x2);
     if (!x2)
         return EPM_ERR_NOMEM;
-    r->ref->rmsnorm(h, n, H, w->post_norm, c->eps, x2);
+    r->ref->rmsnorm(h, n, H, w->post_attn_norm, c->rms_norm_eps, x2);
     if (ml < 0) { /* dense MLP layer: no experts, no traffic */
         float *scr = epm_malloc((size_t)(n ? n : 1) * 2 * c->dense_ffn * sizeof *scr);
         float *y = epm_malloc((size_t)(n ? n : 1) * H * sizeof *y);
         if (scr && y) {
-            r->ops->swiglu(x2, n, H, c->dense_ffn, w->mlp_gate, w->mlp_up, w->mlp_down, scr, y);
+            r->ops->swiglu(x2, n, H, c->dense_ffn, w->mlp.gate, w->mlp.up, w->mlp.down, scr, y);
             for (int64_t i = 0; i < n * H; i++)
                 h[i] += y[i];
         } else {
@@ -372,7 +373,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     memcpy(wrows + nw * W, recv, (size_t)nrecv * W * sizeof *wrows);
     memcpy(wsrc + nw, rsrc, (size_t)nrecv * sizeof *wsrc);
     for (int64_t i = 0; i < nrecv; i++)
-        r->ref->rmsnorm(recv + i * W + 2, 1, H, w->post_norm, c->eps, xin + (nw + i) * H);
+        r->ref->rmsnorm(recv + i * W + 2, 1, H, w->post_attn_norm, c->rms_norm_eps, xin + (nw + i) * H);
     nw += nrecv;
     /* group (row, slot) pairs by local expert, stable */
     int64_t npairs = 0;
@@ -430,7 +431,8 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         int64_t m = ecount[e + 1] - ecount[e];
         if (m == 0)
             continue;
-        if (!w->gate[e]) {
+        const epm_model_mlp *ex = epm_model_expert(r->m, l, e);
+        if (!ex || !ex->gate) {
             epm_free(wrows);
             epm_free(wsrc);
             st = epm_fail(EPM_ERR_INTERNAL, "rank %d received tokens for expert %d of layer %d, not loaded here",
@@ -439,7 +441,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         }
         for (int64_t a = 0; a < m; a++)
             memcpy(sx + a * H, xin + (int64_t)elist[2 * (ecount[e] + a)] * H, (size_t)H * sizeof *sx);
-        r->ops->swiglu(sx, m, H, F, w->gate[e], w->up[e], w->down[e], scr, y);
+        r->ops->swiglu(sx, m, H, F, ex->gate, ex->up, ex->down, scr, y);
         for (int64_t a = 0; a < m; a++) {
             int64_t i = elist[2 * (ecount[e] + a)];
             float wt = wrows[i * W + 2 + H + K + elist[2 * (ecount[e] + a) + 1]];
@@ -539,7 +541,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     }
     r->rep->t_combine += epm_now() - t0;
     /* Qwen2-MoE's shared expert runs where the token now lives */
-    if (w->sh_gate && nn > 0) {
+    if (w->shared.gate && nn > 0) {
         float *sx2 = epm_malloc((size_t)nn * H * sizeof *sx2);
         float *sy = epm_malloc((size_t)nn * H * sizeof *sy);
         float *ss = epm_malloc((size_t)nn * 2 * c->shared_ffn * sizeof *ss);
@@ -568,7 +570,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
                             }
                     }
                 }
-                r->ref->rmsnorm(hpre, nn, H, w->post_norm, c->eps, sx2);
+                r->ref->rmsnorm(hpre, nn, H, w->post_attn_norm, c->rms_norm_eps, sx2);
                 shared_expert(r, w, sx2, nn, nh, ss, sy);
                 epm_free(slot_old);
             }
@@ -620,10 +622,10 @@ out:
  * On return (g, h) are the same tokens, back home, after the final norm. */
 static epm_status forward(rt *r, int64_t *pn, int64_t **pg, float **ph)
 {
-    const epm_hf_config *c = r->c;
+    const epm_model_config *c = r->c;
     epm_status st = EPM_OK;
     const char *stall = getenv("EPM_TEST_STALL_RANK");
-    for (int l = 0; l < c->layers && st == EPM_OK; l++) {
+    for (int l = 0; l < c->num_layers && st == EPM_OK; l++) {
         if (stall && atoi(stall) == r->me && l == 1) {
             /* test hook: this rank stalls, the others must give up at --timeout */
             const char *secs = getenv("EPM_TEST_STALL_SECONDS");
@@ -640,7 +642,7 @@ static epm_status forward(rt *r, int64_t *pn, int64_t **pg, float **ph)
         return st;
     if (r->o->mode == EPM_MODE_FOLLOW) {
         /* tokens return to their home rank for the logits */
-        int H = c->hidden, W = 2 + H;
+        int H = c->hidden_size, W = 2 + H;
         int64_t n = *pn, nr = 0;
         float *rows = epm_malloc((size_t)(n ? n : 1) * W * sizeof *rows), *recv = NULL;
         int *dest = epm_malloc((size_t)(n ? n : 1) * sizeof *dest), *src = NULL;
@@ -694,18 +696,18 @@ static epm_status forward(rt *r, int64_t *pn, int64_t **pg, float **ph)
                 }
             }
     }
-    r->ref->rmsnorm(*ph, *pn, c->hidden, epm_hf_final_norm(r->m), c->eps, *ph);
+    r->ref->rmsnorm(*ph, *pn, c->hidden_size, r->dense->final_norm, c->rms_norm_eps, *ph);
     return EPM_OK;
 }
 
 /* logits of the resident (home) tokens; rows [n][vocab] */
 static epm_status logits(rt *r, int64_t n, const float *h, float **out)
 {
-    const epm_hf_config *c = r->c;
-    float *lg = epm_malloc((size_t)(n ? n : 1) * c->vocab * sizeof *lg);
+    const epm_model_config *c = r->c;
+    float *lg = epm_malloc((size_t)(n ? n : 1) * c->vocab_size * sizeof *lg);
     if (!lg)
         return EPM_ERR_NOMEM;
-    r->ops->linear(h, n, c->hidden, epm_hf_lm_head(r->m), NULL, c->vocab, lg);
+    r->ops->linear(h, n, c->hidden_size, r->dense->lm_head, NULL, c->vocab_size, lg);
     *out = lg;
     return EPM_OK;
 }
@@ -721,28 +723,28 @@ static int argmax(const float *v, int n)
 
 static epm_status embed(rt *r, int64_t n, const int64_t *g, const int32_t *tok, float *h)
 {
-    const epm_hf_config *c = r->c;
+    const epm_model_config *c = r->c;
     for (int64_t i = 0; i < n; i++) {
-        if (tok[i] < 0 || tok[i] >= c->vocab)
+        if (tok[i] < 0 || tok[i] >= c->vocab_size)
             return epm_fail(EPM_ERR_INVALID_ARG, "token id %d of sequence %d position %d is outside [0, %d)", tok[i],
-                            seq_of(r, g[i]), pos_of(r, g[i]), c->vocab);
-        memcpy(h + i * c->hidden, epm_hf_embed(r->m) + (int64_t)tok[i] * c->hidden, (size_t)c->hidden * sizeof *h);
+                            seq_of(r, g[i]), pos_of(r, g[i]), c->vocab_size);
+        memcpy(h + i * c->hidden_size, r->dense->embed + (int64_t)tok[i] * c->hidden_size, (size_t)c->hidden_size * sizeof *h);
     }
     return EPM_OK;
 }
 
 static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens)
 {
-    epm_status st = epm_hf_open(o->model_dir, &r->m);
+    epm_status st = epm_model_open(o->model_dir, &r->m);
     /* every rank opens the same files; a failure anywhere stops everyone */
     EPM_CHECK(sync(r, st));
-    r->c = epm_hf_cfg(r->m);
-    const epm_hf_config *c = r->c;
+    r->c = epm_model_get_config(r->m);
+    const epm_model_config *c = r->c;
     r->B = batch;
     r->lens = lens;
     r->steps = o->max_new_tokens > 0 ? o->max_new_tokens - 1 : 0;
     r->offset = epm_malloc((size_t)batch * sizeof *r->offset);
-    r->moe_index = epm_malloc((size_t)c->layers * sizeof *r->moe_index);
+    r->moe_index = epm_malloc((size_t)c->num_layers * sizeof *r->moe_index);
     if (!r->offset || !r->moe_index)
         return sync(r, EPM_ERR_NOMEM);
     int maxlen = 0;
@@ -753,17 +755,17 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     }
     r->max_len = maxlen + r->steps + 1;
     r->total = r->N + (int64_t)r->steps * batch;
-    for (int l = 0; l < c->layers; l++)
-        r->moe_index[l] = c->sparse[l] ? r->moe_layers++ : -1;
+    for (int l = 0; l < c->num_layers; l++)
+        r->moe_index[l] = c->moe_layer[l] ? r->moe_layers++ : -1;
     /* the placement must be for this model and this run's ranks */
     epm_cluster cl;
     epm_xcomm_cluster(r->x, &cl);
     st = EPM_OK;
     if (!o->placement) {
-        st = epm_placement_create(r->moe_layers, c->experts, c->k, &cl, &r->owned_p);
+        st = epm_placement_create(r->moe_layers, c->num_experts, c->top_k, &cl, &r->owned_p);
         for (int l = 0; l < r->moe_layers && st == EPM_OK; l++)
-            for (int e = 0; e < c->experts && st == EPM_OK; e++)
-                st = epm_placement_add(r->owned_p, l, e, (int)((int64_t)e * r->R / c->experts));
+            for (int e = 0; e < c->num_experts && st == EPM_OK; e++)
+                st = epm_placement_add(r->owned_p, l, e, (int)((int64_t)e * r->R / c->num_experts));
         r->p = r->owned_p;
     } else {
         r->p = o->placement;
@@ -775,44 +777,56 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
             st = epm_fail(EPM_ERR_MISMATCH, "the placement is for %d nodes x %d ranks, this run has %d nodes x %d "
                           "(use --virtual-nodes or plan for this cluster)", pc->nodes, pc->gpus_per_node, cl.nodes,
                           cl.gpus_per_node);
-        else if (epm_placement_layers(r->p) != r->moe_layers || epm_placement_experts(r->p) != c->experts)
+        else if (epm_placement_layers(r->p) != r->moe_layers || epm_placement_experts(r->p) != c->num_experts)
             st = epm_fail(EPM_ERR_MISMATCH, "the placement has %d MoE layers x %d experts, the model %d x %d",
-                          epm_placement_layers(r->p), epm_placement_experts(r->p), r->moe_layers, c->experts);
+                          epm_placement_layers(r->p), epm_placement_experts(r->p), r->moe_layers, c->num_experts);
         else
             st = epm_placement_validate(r->p, 0);
     }
     if (st == EPM_OK && o->route_from) {
         const epm_trace *t = o->route_from;
-        if (epm_trace_layers(t) != r->moe_layers || epm_trace_tokens(t) < r->total || epm_trace_k(t) != c->k ||
-            epm_trace_experts(t) > c->experts)
+        if (epm_trace_layers(t) != r->moe_layers || epm_trace_tokens(t) < r->total || epm_trace_k(t) != c->top_k ||
+            epm_trace_experts(t) > c->num_experts)
             st = epm_fail(EPM_ERR_MISMATCH,
                           "--route-from-trace: the trace has %d layers x %lld tokens x k=%d (experts < %d); this run "
                           "needs %d x %lld x k=%d (experts < %d)", epm_trace_layers(t), (long long)epm_trace_tokens(t),
-                          epm_trace_k(t), epm_trace_experts(t), r->moe_layers, (long long)r->total, c->k, c->experts);
+                          epm_trace_k(t), epm_trace_experts(t), r->moe_layers, (long long)r->total, c->top_k, c->num_experts);
     }
-    if (st == EPM_OK && (o->ta_strength > 0 || o->top_p > 0) && c->experts > 1024)
+    if (st == EPM_OK && c->sliding_window > 0 && c->sliding_window < r->max_len)
+        st = epm_fail(EPM_ERR_UNSUPPORTED, "%s/config.json: sliding_window = %d is shorter than this run's %d "
+                      "positions; epmoe attends to the full context", o->model_dir, c->sliding_window, r->max_len);
+    if (st == EPM_OK && c->head_dim > 512)
+        st = epm_fail(EPM_ERR_UNSUPPORTED, "%s/config.json: head_dim = %d; epmoe supports up to 512", o->model_dir,
+                      c->head_dim);
+    if (st == EPM_OK && (o->ta_strength > 0 || o->top_p > 0) && c->num_experts > 1024)
         st = epm_fail(EPM_ERR_UNSUPPORTED, "--ta-strength and --top-p support up to 1024 experts, the model has %d",
-                      c->experts);
+                      c->num_experts);
     if (st == EPM_OK && (o->ta_strength < 0 || o->top_p < 0 || o->top_p > 1))
         st = epm_fail(EPM_ERR_INVALID_ARG, "ta_strength = %g must be >= 0 and top_p = %g in [0, 1]", o->ta_strength,
                       o->top_p);
     EPM_CHECK(sync(r, st));
     /* each rank reads the dense weights and only the experts placed on it */
-    unsigned char *want = epm_calloc((size_t)c->layers * (size_t)c->experts, 1);
-    st = want ? EPM_OK : EPM_ERR_NOMEM;
-    for (int l = 0; l < c->layers && want; l++)
-        for (int e = 0; e < c->experts && r->moe_index[l] >= 0; e++)
-            want[(size_t)l * c->experts + e] = (unsigned char)epm_placement_has(r->p, r->moe_index[l], e, r->me);
-    if (st == EPM_OK)
-        st = epm_hf_load(r->m, want);
-    epm_free(want);
+    st = epm_model_load_dense(r->m, &r->dense);
+    int *mine = epm_malloc((size_t)c->num_experts * sizeof *mine);
+    if (st == EPM_OK && !mine)
+        st = EPM_ERR_NOMEM;
+    for (int l = 0; l < c->num_layers && st == EPM_OK; l++) {
+        if (r->moe_index[l] < 0)
+            continue;
+        int n = 0;
+        for (int e = 0; e < c->num_experts; e++)
+            if (epm_placement_has(r->p, r->moe_index[l], e, r->me))
+                mine[n++] = e;
+        st = epm_model_load_experts(r->m, l, mine, n, NULL);
+    }
+    epm_free(mine);
     EPM_CHECK(sync(r, st));
     /* KV caches: home keeps its own sequences, follow every sequence */
-    int kvd = c->kv_heads * c->head_dim;
-    r->kc = epm_calloc((size_t)c->layers * batch, sizeof *r->kc);
-    r->vc = epm_calloc((size_t)c->layers * batch, sizeof *r->vc);
+    int kvd = c->num_kv_heads * c->head_dim;
+    r->kc = epm_calloc((size_t)c->num_layers * batch, sizeof *r->kc);
+    r->vc = epm_calloc((size_t)c->num_layers * batch, sizeof *r->vc);
     st = r->kc && r->vc ? EPM_OK : EPM_ERR_NOMEM;
-    for (int l = 0; l < c->layers && st == EPM_OK; l++)
+    for (int l = 0; l < c->num_layers && st == EPM_OK; l++)
         for (int s = 0; s < batch && st == EPM_OK; s++) {
             if (o->mode == EPM_MODE_HOME && s % r->R != r->me)
                 continue;
@@ -834,7 +848,7 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
 static void teardown(rt *r)
 {
     if (r->kc)
-        for (size_t i = 0; i < (size_t)r->c->layers * r->B; i++) {
+        for (size_t i = 0; i < (size_t)r->c->num_layers * r->B; i++) {
             epm_free(r->kc[i]);
             epm_free(r->vc[i]);
         }
@@ -847,7 +861,7 @@ static void teardown(rt *r)
     epm_free(r->kv_local);
     epm_free(r->load_local);
     epm_placement_destroy(r->owned_p);
-    epm_hf_close(r->m);
+    epm_model_close(r->m);
 }
 
 void epm_run_result_destroy(epm_run_result *res)
@@ -867,13 +881,13 @@ void epm_run_result_destroy(epm_run_result *res)
 /* rank 0 assembles the routing trace from every rank's records */
 static epm_status collect_trace(rt *r, epm_run_result *res)
 {
-    int K = r->c->k;
+    int K = r->c->top_k;
     void *all = NULL;
     int64_t nb = 0;
     EPM_CHECK(epm_xcomm_gather_bytes(r->x, r->trace_rec, r->n_rec * (2 + K) * (int64_t)sizeof(int32_t), &all, &nb));
     if (r->me != 0)
         return EPM_OK;
-    epm_status st = epm_trace_create(r->moe_layers, r->total, K, r->c->experts, &res->trace);
+    epm_status st = epm_trace_create(r->moe_layers, r->total, K, r->c->num_experts, &res->trace);
     int32_t *seq = epm_malloc((size_t)(r->total ? r->total : 1) * sizeof *seq);
     if (st == EPM_OK && seq) {
         const int32_t *rec = all;
@@ -921,16 +935,16 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     float *h = NULL, *lg = NULL;
     int32_t *tok = NULL;
     EPM_CHECK_GOTO(setup(&r, o, batch, lens), st, fail);
-    const epm_hf_config *c = r.c;
+    const epm_model_config *c = r.c;
     res->batch = batch;
-    res->vocab = c->vocab;
+    res->vocab = c->vocab_size;
     res->lens = epm_malloc((size_t)batch * sizeof *res->lens);
     res->generated = epm_calloc((size_t)batch * (size_t)(o->max_new_tokens > 0 ? o->max_new_tokens : 1), sizeof(int32_t));
     int64_t *gen64 = epm_calloc((size_t)batch * (size_t)(o->max_new_tokens > 0 ? o->max_new_tokens : 1), sizeof *gen64);
     /* prefill: each rank starts with the tokens of its home sequences */
     g = epm_malloc((size_t)(r.N ? r.N : 1) * sizeof *g);
     tok = epm_malloc((size_t)(r.N ? r.N : 1) * sizeof *tok);
-    h = epm_malloc((size_t)(r.N ? r.N : 1) * c->hidden * sizeof *h);
+    h = epm_malloc((size_t)(r.N ? r.N : 1) * c->hidden_size * sizeof *h);
     st = res->lens && res->generated && gen64 && g && tok && h ? EPM_OK : EPM_ERR_NOMEM;
     if (st == EPM_OK) {
         memcpy(res->lens, lens, (size_t)batch * sizeof *lens);
@@ -950,7 +964,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     res->report.prefill_tokens = r.N;
     /* rank 0 gathers the prefill logits it was asked to keep */
     {
-        int V = c->vocab;
+        int V = c->vocab_size;
         int64_t keep = 0;
         float *rows = epm_malloc((size_t)(n ? n : 1) * (2 + V) * sizeof *rows);
         st = rows ? EPM_OK : EPM_ERR_NOMEM;
@@ -999,7 +1013,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         lg = NULL;
         st = logits(&r, n, h, &lg);
         for (int64_t i = 0; i < n && st == EPM_OK; i++)
-            gen64[(size_t)seq_of(&r, g[i]) * o->max_new_tokens + step + 1] = argmax(lg + i * c->vocab, c->vocab);
+            gen64[(size_t)seq_of(&r, g[i]) * o->max_new_tokens + step + 1] = argmax(lg + i * c->vocab_size, c->vocab_size);
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
         res->report.decode_tokens += batch;
     }
@@ -1021,9 +1035,9 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.kv_local, r.moe_layers * EPM_LINK_COUNT), st, fail_gen);
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.load_local, r.moe_layers * r.R), st, fail_gen);
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.gather_local, EPM_LINK_COUNT), st, fail_gen);
-    int64_t wb[2] = {epm_hf_bytes_loaded(r.m), epm_hf_bytes_loaded(r.m)};
+    int64_t wb[2] = {epm_model_bytes_loaded(r.m), epm_model_bytes_loaded(r.m)};
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, wb, 1), st, fail_gen);
-    double wmax = (double)epm_hf_bytes_loaded(r.m), kvmax = (double)r.kv_cache_bytes;
+    double wmax = (double)epm_model_bytes_loaded(r.m), kvmax = (double)r.kv_cache_bytes;
     double times[7] = {rep->t_prefill, rep->t_decode, rep->t_attention, rep->t_gate, rep->t_dispatch, rep->t_experts,
                        rep->t_combine};
     EPM_CHECK_GOTO(epm_xcomm_max_f64(r.x, &wmax, 1), st, fail_gen);

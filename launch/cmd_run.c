@@ -1,13 +1,13 @@
 /* epmoe run: distributed inference of a Hugging Face MoE checkpoint. Run it
  * under mpirun; every rank parses the same arguments. */
 #include <getopt.h>
-#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
 #include "core.h"
 #include "runtime.h"
+#include "epmoe/model.h"
 #include "safetensors.h"
 #include "xcomm.h"
 
@@ -16,8 +16,8 @@ static const char usage[] =
     "\n"
     "Prefill a batch, then greedy-decode, expert-parallel over the MPI ranks.\n"
     "  --model DIR              Hugging Face checkpoint (config.json + safetensors)\n"
-    "  --input FILE             token ids: JSON [[1,2,3],[4,5]] or {\"input_ids\": [...]}, or a\n"
-    "                           safetensors file with an int32 'input_ids' [batch, seq] tensor\n"
+    "  --input FILE             token ids: JSON [[1,2,3],[4,5]] or {\"input_ids\": ..., \"attention_mask\": ...},\n"
+    "                           .npy int32/int64 [batch, seq], or safetensors with 'input_ids'\n"
     "  --placement FILE         placement JSON from epmoe plan (default: contiguous)\n"
     "  --mode home|follow       where tokens live between MoE layers (default home)\n"
     "  --max-new-tokens N       greedy tokens to generate per sequence (default 0)\n"
@@ -47,91 +47,6 @@ static const struct option opts[] = {
     {"json", no_argument, 0, O_JSON},                {"help", no_argument, 0, O_HELP},
     {"timeout", required_argument, 0, O_TIMEOUT},    {"top-p", required_argument, 0, O_TOPP},         {"ta-strength", required_argument, 0, O_TA},
     {0, 0, 0, 0}};
-
-typedef struct prompts {
-    int batch;
-    int *lens;
-    int32_t **ids;
-} prompts;
-
-static void prompts_free(prompts *p)
-{
-    for (int s = 0; s < p->batch && p->ids; s++)
-        free(p->ids[s]);
-    free(p->ids);
-    free(p->lens);
-}
-
-static epm_status prompts_alloc(prompts *p, int batch)
-{
-    p->batch = batch;
-    p->lens = calloc((size_t)batch, sizeof *p->lens);
-    p->ids = calloc((size_t)batch, sizeof *p->ids);
-    return p->lens && p->ids ? EPM_OK : epm_fail(EPM_ERR_NOMEM, "out of memory");
-}
-
-static epm_status read_input(const char *path, prompts *p)
-{
-    memset(p, 0, sizeof *p);
-    epm_safetensors *st = NULL;
-    if (epm_st_open(path, &st) == EPM_OK) {
-        const epm_st_tensor *t;
-        int64_t any[2] = {-1, -1};
-        epm_status s = epm_st_expect(st, "input_ids", EPM_DTYPE_I32, 2, any, &t);
-        if (s == EPM_OK && (t->shape[0] < 1 || t->shape[1] < 1 || t->shape[0] > 1 << 20 || t->shape[1] > 1 << 24))
-            s = epm_fail(EPM_ERR_FORMAT, "%s: tensor 'input_ids' has an empty or huge shape", path);
-        if (s == EPM_OK)
-            s = prompts_alloc(p, (int)t->shape[0]);
-        for (int b = 0; b < p->batch && s == EPM_OK; b++) {
-            p->lens[b] = (int)t->shape[1];
-            p->ids[b] = malloc((size_t)p->lens[b] * sizeof(int32_t));
-            if (!p->ids[b])
-                s = epm_fail(EPM_ERR_NOMEM, "out of memory");
-            else
-                memcpy(p->ids[b], (const int32_t *)t->data + (int64_t)b * p->lens[b], (size_t)p->lens[b] * 4);
-        }
-        epm_st_close(st);
-        return s;
-    }
-    char *text;
-    size_t n;
-    EPM_CHECK(epm_read_file(path, (size_t)1 << 30, &text, &n));
-    json_error_t err;
-    json_t *root = json_loadb(text, n, 0, &err);
-    epm_free(text);
-    if (!root)
-        return epm_fail(EPM_ERR_FORMAT, "%s: neither safetensors nor valid JSON (line %d: %s)", path, err.line, err.text);
-    json_t *arr = json_is_object(root) ? json_object_get(root, "input_ids") : root;
-    epm_status s = EPM_OK;
-    if (!json_is_array(arr) || json_array_size(arr) == 0) {
-        s = epm_fail(EPM_ERR_FORMAT, "%s: expected a non-empty list of token-id lists (or {\"input_ids\": ...})", path);
-    } else {
-        s = prompts_alloc(p, (int)json_array_size(arr));
-        for (int b = 0; b < p->batch && s == EPM_OK; b++) {
-            json_t *seq = json_array_get(arr, (size_t)b);
-            if (!json_is_array(seq) || json_array_size(seq) == 0) {
-                s = epm_fail(EPM_ERR_FORMAT, "%s: input_ids[%d] is not a non-empty list", path, b);
-                break;
-            }
-            p->lens[b] = (int)json_array_size(seq);
-            p->ids[b] = malloc((size_t)p->lens[b] * sizeof(int32_t));
-            if (!p->ids[b]) {
-                s = epm_fail(EPM_ERR_NOMEM, "out of memory");
-                break;
-            }
-            for (int i = 0; i < p->lens[b]; i++) {
-                json_t *v = json_array_get(seq, (size_t)i);
-                if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX) {
-                    s = epm_fail(EPM_ERR_FORMAT, "%s: input_ids[%d][%d] is not a token id", path, b, i);
-                    break;
-                }
-                p->ids[b][i] = (int32_t)json_integer_value(v);
-            }
-        }
-    }
-    json_decref(root);
-    return s;
-}
 
 static epm_status write_logits(const char *path, const epm_run_result *res, int all)
 {
@@ -257,11 +172,12 @@ int epm_cli_run(int argc, char **argv)
         for (int j = 0; j < 3; j++)
             if (outs[i] && ins[j] && cli_same_file(outs[i], ins[j]))
                 return cli_usage_error(W, "output '%s' would overwrite an input", outs[i]);
-    prompts pr;
+    epm_tokens *pr = NULL;
     epm_placement *p = NULL;
     epm_trace *t = NULL;
     epm_run_result *res = NULL;
-    epm_status st = read_input(input, &pr);
+    /* ids are checked against the vocabulary by the run, which knows it */
+    epm_status st = epm_tokens_load(input, 0, &pr);
     if (st == EPM_OK && place)
         st = epm_placement_load_json(place, &p);
     if (st == EPM_OK && rft)
@@ -282,7 +198,7 @@ int epm_cli_run(int argc, char **argv)
     if (st == EPM_OK) {
         o.placement = p;
         o.route_from = t;
-        st = epm_run(&o, pr.batch, pr.lens, (const int32_t *const *)pr.ids, &res);
+        st = epm_run(&o, pr->batch, pr->lens, (const int32_t *const *)pr->ids, &res);
     }
     if (st == EPM_ERR_TIMEOUT) {
         /* the stalled rank cannot hear us: end the whole job */
@@ -329,7 +245,7 @@ int epm_cli_run(int argc, char **argv)
     epm_run_result_destroy(res);
     epm_placement_destroy(p);
     epm_trace_destroy(t);
-    prompts_free(&pr);
+    epm_tokens_destroy(pr);
     epm_xcomm_finalize();
     return rc;
 }

@@ -55,7 +55,7 @@ check "token id past the vocabulary" 1 run -np 2 "$E" run --model "$m" --input "
 has "$d/err" "token id 999"
 echo '[[1, 2], "x"]' >"$d/bad2.json"
 check "malformed input" 1 run -np 2 "$E" run --model "$m" --input "$d/bad2.json"
-has "$d/err" "input_ids\[1\]"
+has "$d/err" "sequence 1 is not"
 check "trace too short to replay" 1 run -np 2 "$E" run --model "$m" --input "$m/reference.safetensors" \
   --route-from-trace "$d/other.st"
 has "$d/err" "route-from-trace"
