@@ -1,5 +1,6 @@
 /* epmoe plan / epmoe plan eval */
 #include <getopt.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@ static const char plan_usage[] =
     "  --time-limit SEC      ILP budget (default 60)\n"
     "  --mip-gap G           ILP relative gap to stop at (default 1e-4)\n"
     "  --hidden H            hidden size, for the follow-mode K/V term (default 4096)\n"
+    "  --kv-dim D            K+V width per token per layer, follow mode (default hidden/2)\n"
     "  --ffn F               expert FFN width (default 14336), for the automatic balance weight\n"
     "  --balance-weight W    weight of the straggler load (default: auto, modelled FFN time of one\n"
     "                        token over one intra-node transfer, from --hidden, --ffn and the cluster)\n"
@@ -41,7 +43,8 @@ static const char eval_usage[] =
     "prints side by side: per-rank expert load (max/mean), token transfers crossing ranks and\n"
     "nodes, bytes per link class and a modelled MoE time, with ratios to the first placement.\n"
     "  --trace FILE          routing trace\n"
-    "  --mode M              home | follow | both (default: each placement's own mode)\n"
+    "  --mode M              home | follow | both (default: the placements' own mode; both when\n"
+    "                        they were planned for different modes)\n"
     "  --hidden H            hidden size (default 4096)\n"
     "  --dtype-bytes B       bytes per element on the wire (default 2)\n"
     "  --kv-dim D            K+V width per token per layer for follow (default hidden/2)\n"
@@ -70,6 +73,10 @@ static const struct option plan_opts[] = {
     {0, 0, 0, 0}};
 
 
+
+/* An output that names an input (or another output): the same path, or the
+ * same file reached another way. */
+static int clash(const char *a, const char *b) { return a && b && (!strcmp(a, b) || cli_same_file(a, b)); }
 
 static int cmd_plan(int argc, char **argv)
 {
@@ -103,6 +110,7 @@ static int cmd_plan(int argc, char **argv)
         case O_HIDDEN: if (!cli_parse_int(W, "--hidden", optarg, 1, 1 << 20, &v)) return EPM_EXIT_USAGE; o.hidden = (int)v; break;
         case O_BW: if (!cli_parse_double(W, "--balance-weight", optarg, 0, 1e9, &o.balance_weight)) return EPM_EXIT_USAGE; break;
         case O_FFN: if (!cli_parse_int(W, "--ffn", optarg, 1, 1 << 24, &v)) return EPM_EXIT_USAGE; o.ffn = (int)v; break;
+        case O_KV: if (!cli_parse_int(W, "--kv-dim", optarg, 0, 1 << 20, &v)) return EPM_EXIT_USAGE; o.kv_dim = (int)v; break;
         case O_TW: if (!cli_parse_double(W, "--traffic-weight", optarg, 0, 1e9, &o.traffic_weight)) return EPM_EXIT_USAGE; break;
         case O_OUT: out = optarg; break;
         case O_EPLB: eplb_out = optarg; break;
@@ -118,8 +126,14 @@ static int cmd_plan(int argc, char **argv)
         return cli_usage_error(W, "--trace is required");
     if (cluster_path && have_nodes)
         return cli_usage_error(W, "--cluster and --nodes/--gpus-per-node exclude each other");
-    if ((out && cli_same_file(out, trace_path)) || (eplb_out && cli_same_file(eplb_out, trace_path)))
-        return cli_usage_error(W, "an output names the input trace '%s'", trace_path);
+    const char *inputs[2] = {trace_path, cluster_path}, *outputs[2] = {out, eplb_out};
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2; j++)
+            if (clash(outputs[i], inputs[j]))
+                return cli_usage_error(W, "%s '%s' would overwrite the input '%s'", i ? "--eplb-out" : "--out",
+                                       outputs[i], inputs[j]);
+    if (clash(out, eplb_out))
+        return cli_usage_error(W, "--out and --eplb-out name the same file '%s'", out);
 
     epm_cluster cl;
     epm_cluster_init(&cl, (int)nodes, (int)gpn);
@@ -183,41 +197,83 @@ typedef struct {
     int nmodes;
 } evaluated;
 
-static void print_eval_json(const evaluated *ev, int n, int per_layer)
+static json_t *link_obj(const int64_t *b)
 {
-    printf("{\"placements\": [");
-    for (int i = 0; i < n; i++) {
-        const epm_placement_info *in = epm_placement_get_info(ev[i].p);
-        printf("%s{\"file\": \"%s\", \"method\": \"%s\", \"results\": [", i ? ", " : "", ev[i].path, in->method);
-        for (int m = 0; m < ev[i].nmodes; m++) {
-            const epm_eval_result *r = ev[i].r[m];
-            printf("%s{\"mode\": \"%s\", \"max_over_mean_load\": %.6f, \"modelled_seconds\": %.9g, "
-                   "\"bytes\": {\"intra_node\": %lld, \"inter_node\": %lld}, \"gather_bytes\": {\"intra_node\": %lld, "
-                   "\"inter_node\": %lld}, \"kv_cache_factor\": %g",
-                   m ? ", " : "", epm_mode_name(r->mode), r->max_over_mean_load, r->t_total,
-                   (long long)r->total_bytes[EPM_LINK_INTRA], (long long)r->total_bytes[EPM_LINK_INTER],
-                   (long long)r->gather_bytes[EPM_LINK_INTRA], (long long)r->gather_bytes[EPM_LINK_INTER],
-                   r->kv_cache_factor);
-            if (per_layer) {
-                printf(", \"layers\": [");
-                for (int l = 0; l < r->layers; l++) {
-                    const epm_eval_layer *y = &r->layer[l];
-                    printf("%s{\"bytes\": [%lld, %lld, %lld], \"kv_bytes\": [%lld, %lld, %lld], "
-                           "\"transfers\": [%lld, %lld, %lld], \"rank_load\": [",
-                           l ? ", " : "", (long long)y->bytes[0], (long long)y->bytes[1], (long long)y->bytes[2],
-                           (long long)y->kv_bytes[0], (long long)y->kv_bytes[1], (long long)y->kv_bytes[2],
-                           (long long)y->transfers[0], (long long)y->transfers[1], (long long)y->transfers[2]);
-                    for (int q = 0; q < r->ranks; q++)
-                        printf("%s%lld", q ? ", " : "", (long long)r->rank_load[(size_t)l * (size_t)r->ranks + (size_t)q]);
-                    printf("], \"t_compute\": %.9g, \"t_comm\": %.9g}", y->t_compute, y->t_comm);
-                }
-                printf("]");
-            }
-            printf("}");
-        }
-        printf("]}");
+    return json_pack("{s:I, s:I}", "intra_node", (json_int_t)b[EPM_LINK_INTRA], "inter_node",
+                     (json_int_t)b[EPM_LINK_INTER]);
+}
+
+static json_t *triple(const int64_t *b) { return json_pack("[I, I, I]", (json_int_t)b[0], (json_int_t)b[1], (json_int_t)b[2]); }
+
+static void cross_counts(const epm_eval_result *r, int64_t *x_rank, int64_t *x_node)
+{
+    *x_rank = *x_node = 0;
+    for (int l = 0; l < r->layers; l++) {
+        *x_rank += r->layer[l].transfers[EPM_LINK_INTRA] + r->layer[l].transfers[EPM_LINK_INTER];
+        *x_node += r->layer[l].transfers[EPM_LINK_INTER];
     }
-    printf("]}\n");
+}
+
+static json_t *result_json(const epm_eval_result *r, const epm_eval_result *base, int per_layer)
+{
+    int64_t xr, xn, maxload = 0;
+    double mean = 0;
+    cross_counts(r, &xr, &xn);
+    for (int l = 0; l < r->layers; l++) {
+        maxload = r->layer[l].max_load > maxload ? r->layer[l].max_load : maxload;
+        mean += (double)r->layer[l].sum_load / r->ranks / r->layers;
+    }
+    json_t *o = json_pack("{s:s, s:f, s:I, s:f, s:I, s:I, s:o, s:o, s:f, s:f, s:f}", "mode", epm_mode_name(r->mode),
+                          "max_over_mean_load", r->max_over_mean_load, "max_rank_load", (json_int_t)maxload,
+                          "mean_rank_load", mean, "transfers_crossing_ranks", (json_int_t)xr,
+                          "transfers_crossing_nodes", (json_int_t)xn, "bytes", link_obj(r->total_bytes),
+                          "gather_bytes", link_obj(r->gather_bytes), "modelled_seconds", r->t_total,
+                          "ratio_to_first", base->t_total > 0 ? r->t_total / base->t_total : 1.0, "kv_cache_factor",
+                          r->kv_cache_factor);
+    if (o && per_layer) {
+        json_t *layers = json_array();
+        for (int l = 0; l < r->layers && layers; l++) {
+            const epm_eval_layer *y = &r->layer[l];
+            json_t *load = json_array();
+            for (int q = 0; q < r->ranks; q++)
+                json_array_append_new(load, json_integer(r->rank_load[(size_t)l * (size_t)r->ranks + (size_t)q]));
+            json_array_append_new(layers, json_pack("{s:i, s:o, s:o, s:o, s:o, s:I, s:I, s:f, s:f}", "layer", l,
+                                                    "bytes", triple(y->bytes), "kv_bytes", triple(y->kv_bytes),
+                                                    "transfers", triple(y->transfers), "rank_load", load,
+                                                    "max_send_bytes", (json_int_t)y->max_send_bytes,
+                                                    "max_recv_bytes", (json_int_t)y->max_recv_bytes, "t_compute",
+                                                    y->t_compute, "t_comm", y->t_comm));
+        }
+        json_object_set_new(o, "layers", layers);
+    }
+    return o;
+}
+
+static int print_eval_json(const evaluated *ev, int n, int per_layer)
+{
+    json_t *list = json_array();
+    for (int i = 0; i < n && list; i++) {
+        const epm_placement_info *in = epm_placement_get_info(ev[i].p);
+        json_t *results = json_array();
+        for (int m = 0; m < ev[i].nmodes; m++)
+            json_array_append_new(results, result_json(ev[i].r[m], ev[0].r[m], per_layer));
+        json_t *pl = json_pack("{s:s, s:s, s:s, s:o}", "file", ev[i].path, "method", in->method, "planned_for",
+                               epm_mode_name(in->mode), "results", results);
+        if (pl && ev[i].nmodes == 2) {
+            double h = ev[i].r[0]->t_total, f = ev[i].r[1]->t_total;
+            json_object_set_new(pl, "cheaper_mode", json_string(f < h ? "follow" : "home"));
+            json_object_set_new(pl, "saving", json_real((f < h ? h - f : f - h) / (f < h ? h : f > 0 ? f : 1)));
+        }
+        json_array_append_new(list, pl);
+    }
+    json_t *root = json_pack("{s:o}", "placements", list);
+    char *text = root ? json_dumps(root, JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9)) : NULL;
+    json_decref(root);
+    if (!text)
+        return cli_fail("plan eval", epm_fail(EPM_ERR_NOMEM, "out of memory building the JSON report"));
+    puts(text);
+    free(text);
+    return EPM_EXIT_OK;
 }
 
 static void print_eval_text(const evaluated *ev, int n, int per_layer)
@@ -225,15 +281,12 @@ static void print_eval_text(const evaluated *ev, int n, int per_layer)
     for (int m = 0; m < ev[0].nmodes; m++) {
         const epm_eval_result *base = ev[0].r[m];
         printf("mode %s (ratios against %s)\n", epm_mode_name(ev[0].modes[m]), ev[0].path);
-        printf("%-28s %-12s %9s %12s %12s %14s %14s %12s %7s\n", "placement", "method", "max/mean", "x-rank tok",
-               "x-node tok", "intra bytes", "inter bytes", "model ms", "ratio");
+        printf("%-28s %-12s %9s %12s %12s %14s %14s %12s %7s\n", "placement", "method", "max/mean", "x-rank xfer",
+               "x-node xfer", "intra bytes", "inter bytes", "model ms", "ratio");
         for (int i = 0; i < n; i++) {
             const epm_eval_result *r = ev[i].r[m];
-            int64_t xr = 0, xn = 0;
-            for (int l = 0; l < r->layers; l++) {
-                xr += r->layer[l].transfers[EPM_LINK_INTRA] + r->layer[l].transfers[EPM_LINK_INTER];
-                xn += r->layer[l].transfers[EPM_LINK_INTER];
-            }
+            int64_t xr, xn;
+            cross_counts(r, &xr, &xn);
             const char *name = strrchr(ev[i].path, '/') ? strrchr(ev[i].path, '/') + 1 : ev[i].path;
             printf("%-28.28s %-12.12s %9.3f %12lld %12lld %14lld %14lld %12.4f %7.3f\n", name,
                    epm_placement_get_info(ev[i].p)->method, r->max_over_mean_load, (long long)xr, (long long)xn,
@@ -308,6 +361,18 @@ static int cmd_eval(int argc, char **argv)
         rc = cli_fail(W, st);
         goto out;
     }
+    /* Without --mode, the placements' own mode; placements planned for
+     * different modes are compared in both, side by side. */
+    if (!mode_s) {
+        fixed = epm_placement_get_info(ev[0].p)->mode;
+        for (int i = 1; i < n && !both; i++)
+            if (epm_placement_get_info(ev[i].p)->mode != fixed) {
+                both = 1;
+                fprintf(stderr, "epmoe plan eval: %s was planned for %s mode, %s for %s: evaluating both modes\n",
+                        ev[0].path, epm_mode_name(fixed), ev[i].path,
+                        epm_mode_name(epm_placement_get_info(ev[i].p)->mode));
+            }
+    }
     for (int i = 0; i < n; i++) {
         if (epm_placement_experts(ev[i].p) != epm_trace_experts(t)) {
             rc = cli_fail(W, epm_fail(EPM_ERR_MISMATCH, "%s has %d experts per layer, the trace %s has %d", ev[i].path,
@@ -315,7 +380,7 @@ static int cmd_eval(int argc, char **argv)
             goto out;
         }
         ev[i].nmodes = both ? 2 : 1;
-        ev[i].modes[0] = both ? EPM_MODE_HOME : mode_s ? fixed : epm_placement_get_info(ev[i].p)->mode;
+        ev[i].modes[0] = both ? EPM_MODE_HOME : fixed;
         ev[i].modes[1] = EPM_MODE_FOLLOW;
         for (int m = 0; m < ev[i].nmodes; m++) {
             epm_eval_opts eo;
@@ -330,11 +395,12 @@ static int cmd_eval(int argc, char **argv)
             }
         }
     }
-    if (json)
-        print_eval_json(ev, n, per_layer);
-    else
+    if (json) {
+        rc = print_eval_json(ev, n, per_layer);
+    } else {
         print_eval_text(ev, n, per_layer);
-    rc = EPM_EXIT_OK;
+        rc = EPM_EXIT_OK;
+    }
 out:
     for (int i = 0; i < n; i++) {
         epm_placement_destroy(ev[i].p);

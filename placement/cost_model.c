@@ -27,10 +27,48 @@ void epm_eval_result_destroy(epm_eval_result *r)
     epm_free(r);
 }
 
+/* Per-rank bytes of one communication phase, split by direction and link
+ * class: [0] sent intra, [1] sent inter, [2] received intra, [3] received
+ * inter, each [R]. */
+typedef struct phase {
+    int64_t *b;
+    int R;
+} phase;
+
+static void phase_add(phase *ph, const epm_cluster *c, int from, int to, int64_t bytes)
+{
+    size_t inter = epm_cluster_link(c, from, to) == EPM_LINK_INTER;
+    ph->b[inter * (size_t)ph->R + (size_t)from] += bytes;
+    ph->b[(2 + inter) * (size_t)ph->R + (size_t)to] += bytes;
+}
+
+static double rank_seconds(const epm_cluster *c, int64_t intra, int64_t inter)
+{
+    return (double)intra / (c->intra_gbps * 1e9) + (double)inter / (c->inter_gbps * 1e9);
+}
+
+/* A phase ends when its busiest rank has sent and received its bytes
+ * (MoETuner's max-pair idea at rank granularity): per rank, send and receive
+ * overlap (full duplex) and the two link classes share the rank's time. */
+static double phase_seconds(const phase *ph, const epm_cluster *c)
+{
+    const int64_t *b = ph->b;
+    const size_t R = (size_t)ph->R;
+    double worst = 0;
+    for (size_t r = 0; r < R; r++) {
+        double s = rank_seconds(c, b[r], b[R + r]);
+        double v = rank_seconds(c, b[2 * R + r], b[3 * R + r]);
+        double t = s > v ? s : v;
+        worst = t > worst ? t : worst;
+    }
+    return worst;
+}
+
 typedef struct {
     epm_eval_result *r;
     const epm_cluster *c;
     int l, R;
+    phase a2a, kv; /* this layer's dispatch + combine, and its K/V all-gather */
 } acc;
 
 static void move(acc *a, int from, int to, int64_t bytes, int kv)
@@ -45,29 +83,9 @@ static void move(acc *a, int from, int to, int64_t bytes, int kv)
         ly->bytes[k] += bytes;
         ly->transfers[k]++;
     }
+    phase_add(kv ? &a->kv : &a->a2a, a->c, from, to, bytes);
     a->r->send_bytes[(size_t)a->l * (size_t)a->R + (size_t)from] += bytes;
     a->r->recv_bytes[(size_t)a->l * (size_t)a->R + (size_t)to] += bytes;
-}
-
-static double rank_seconds(const epm_cluster *c, int64_t intra, int64_t inter)
-{
-    return (double)intra / (c->intra_gbps * 1e9) + (double)inter / (c->inter_gbps * 1e9);
-}
-
-/* Modelled communication time of a layer: the all-to-all ends when its
- * busiest rank has sent and received its bytes (MoETuner's max-pair idea at
- * rank granularity). Per rank, send and receive overlap (full duplex). */
-static double layer_comm_seconds(const epm_cluster *c, int R, const int64_t *snd_intra, const int64_t *snd_inter,
-                                 const int64_t *rcv_intra, const int64_t *rcv_inter)
-{
-    double worst = 0;
-    for (int r = 0; r < R; r++) {
-        double s = rank_seconds(c, snd_intra[r], snd_inter[r]);
-        double v = rank_seconds(c, rcv_intra[r], rcv_inter[r]);
-        double t = s > v ? s : v;
-        worst = t > worst ? t : worst;
-    }
-    return worst;
 }
 
 epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_opts *o, epm_eval_result **out)
@@ -79,8 +97,13 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     if (epm_trace_experts(t) > p->experts)
         return epm_fail(EPM_ERR_MISMATCH, "eval: the trace names experts up to %d, the placement has %d",
                         epm_trace_experts(t) - 1, p->experts);
-    if (o->hidden_bytes < 0 || o->kv_row_bytes < 0 || !(o->flops_per_assignment >= 0))
-        return epm_fail(EPM_ERR_INVALID_ARG, "eval: hidden_bytes, kv_row_bytes and flops must be >= 0");
+    if (o->mode != EPM_MODE_HOME && o->mode != EPM_MODE_FOLLOW)
+        return epm_fail(EPM_ERR_INVALID_ARG, "eval: mode = %d is not home or follow", (int)o->mode);
+    if (o->hidden_bytes < 0 || o->kv_row_bytes < 0 || !(o->flops_per_assignment >= 0) ||
+        !isfinite(o->flops_per_assignment))
+        return epm_fail(EPM_ERR_INVALID_ARG,
+                        "eval: hidden_bytes = %lld, kv_row_bytes = %lld and flops_per_assignment = %g must be >= 0",
+                        (long long)o->hidden_bytes, (long long)o->kv_row_bytes, o->flops_per_assignment);
     EPM_CHECK(epm_placement_validate(p, 0));
 
     const int L = p->layers, R = p->ranks, K = epm_trace_k(t);
@@ -103,8 +126,7 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     where = epm_malloc((size_t)(T ? T : 1) * sizeof *where);
     dst = epm_malloc((size_t)K * sizeof *dst);
     distinct = epm_malloc((size_t)K * sizeof *distinct);
-    /* [4][R]: bytes sent intra, sent inter, received intra, received inter */
-    split = epm_calloc((size_t)R * 4, sizeof *split);
+    split = epm_calloc((size_t)R * 8, sizeof *split); /* two phases of [4][R] */
     if (!r->layer || !r->rank_load || !r->send_bytes || !r->recv_bytes || !where || !dst || !distinct || !split) {
         st = EPM_ERR_NOMEM;
         goto fail;
@@ -112,14 +134,14 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     for (int64_t i = 0; i < T; i++)
         where[i] = (int)(epm_trace_seq_of(t, i) % R);
 
-    acc a = {r, c, 0, R};
+    acc a = {r, c, 0, R, {split, R}, {split + 4 * (size_t)R, R}};
     const double flops = c->gpu_tflops * 1e12;
     for (int l = 0; l < L; l++) {
         a.l = l;
         const int32_t *ids = epm_trace_ids_const(t, l);
         epm_eval_layer *ly = &r->layer[l];
         int64_t *load = r->rank_load + (size_t)l * (size_t)R;
-        memset(split, 0, (size_t)R * 4 * sizeof *split);
+        memset(split, 0, (size_t)R * 8 * sizeof *split);
         for (int64_t i = 0; i < T; i++) {
             const int32_t *row = ids + (size_t)i * (size_t)K;
             if (row[0] < 0)
@@ -139,20 +161,8 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
             }
             int comb = o->mode == EPM_MODE_FOLLOW ? dst[0] : src;
             for (int q = 0; q < nd; q++) {
-                int d = distinct[q];
-                int64_t hb = o->hidden_bytes;
-                if (d != src) {
-                    move(&a, src, d, hb, 0);
-                    int cls = epm_cluster_link(c, src, d) == EPM_LINK_INTER;
-                    split[(size_t)cls * R + (size_t)src] += hb;
-                    split[(size_t)(2 + cls) * R + (size_t)d] += hb;
-                }
-                if (d != comb) {
-                    move(&a, d, comb, hb, 0);
-                    int cls = epm_cluster_link(c, d, comb) == EPM_LINK_INTER;
-                    split[(size_t)cls * R + (size_t)d] += hb;
-                    split[(size_t)(2 + cls) * R + (size_t)comb] += hb;
-                }
+                move(&a, src, distinct[q], o->hidden_bytes, 0);
+                move(&a, distinct[q], comb, o->hidden_bytes, 0);
             }
             if (o->mode == EPM_MODE_FOLLOW) {
                 /* the new K/V row of this token, computed where its attention ran */
@@ -169,16 +179,9 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
             ly->max_send_bytes = s > ly->max_send_bytes ? s : ly->max_send_bytes;
             ly->max_recv_bytes = v > ly->max_recv_bytes ? v : ly->max_recv_bytes;
         }
-        /* all-to-all time from dispatch + combine only; the K/V all-gather is
-         * added below as its own phase */
-        ly->t_comm = layer_comm_seconds(c, R, split, split + R, split + 2 * R, split + 3 * R);
-        if (o->mode == EPM_MODE_FOLLOW && R > 1) {
-            /* all-gather: every rank sends its rows to R-1 others; the
-             * slowest rank sends its share over both link classes */
-            double per_rank_intra = (double)ly->kv_bytes[EPM_LINK_INTRA] / R;
-            double per_rank_inter = (double)ly->kv_bytes[EPM_LINK_INTER] / R;
-            ly->t_comm += per_rank_intra / (c->intra_gbps * 1e9) + per_rank_inter / (c->inter_gbps * 1e9);
-        }
+        /* the K/V all-gather (after attention) and the all-to-all (after the
+         * gate) are separate phases, one after the other */
+        ly->t_comm = phase_seconds(&a.a2a, c) + phase_seconds(&a.kv, c);
         ly->t_compute = (double)ly->max_load * o->flops_per_assignment / flops;
         r->t_total += ly->t_comm + ly->t_compute;
         if (ly->sum_load > 0)
@@ -188,14 +191,17 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     }
     r->max_over_mean_load /= L;
     if (o->mode == EPM_MODE_FOLLOW) {
+        memset(split, 0, (size_t)R * 4 * sizeof *split);
         for (int64_t i = 0; i < T; i++) {
             int home = (int)(epm_trace_seq_of(t, i) % R);
-            if (where[i] != home)
+            if (where[i] != home) {
                 r->gather_bytes[epm_cluster_link(c, where[i], home)] += o->hidden_bytes;
+                phase_add(&a.a2a, c, where[i], home, o->hidden_bytes);
+            }
         }
         for (int k = 0; k < EPM_LINK_COUNT; k++)
             r->total_bytes[k] += r->gather_bytes[k];
-        r->t_total += rank_seconds(c, r->gather_bytes[EPM_LINK_INTRA], r->gather_bytes[EPM_LINK_INTER]) / R;
+        r->t_total += phase_seconds(&a.a2a, c);
     }
     r->kv_cache_factor = o->mode == EPM_MODE_FOLLOW ? (double)R : 1.0;
     epm_free(where);

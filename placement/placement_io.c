@@ -68,33 +68,160 @@ epm_status epm_placement_save_json(const epm_placement *p, const char *path)
     return write_json(to_json(p), path, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
 }
 
-/* ---- loading ---- */
+/* ---- loading ----
+ * Every message names the file, the field's path (model.layers,
+ * layers[3].experts[5][1]) and, where there is one, the offending value. */
 
-static epm_status get_int(json_t *o, const char *label, const char *field, long lo, long hi, int *out)
+static const char *type_name(const json_t *j)
+{
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a real number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    default: return "null";
+    }
+}
+
+static epm_status get_int(json_t *o, const char *label, const char *path, const char *field, long lo, long hi,
+                          int *out)
 {
     json_t *j = json_object_get(o, field);
+    if (!j)
+        return epm_fail(EPM_ERR_FORMAT, "%s: field %s%s is missing", label, path, field);
     if (!json_is_integer(j))
-        return epm_fail(EPM_ERR_FORMAT, "%s: field '%s' is missing or not an integer", label, field);
+        return epm_fail(EPM_ERR_FORMAT, "%s: field %s%s is %s, not an integer", label, path, field, type_name(j));
     json_int_t v = json_integer_value(j);
     if (v < lo || v > hi)
-        return epm_fail(EPM_ERR_FORMAT, "%s: field '%s' = %lld is outside [%ld, %ld]", label, field, (long long)v,
-                        lo, hi);
+        return epm_fail(EPM_ERR_FORMAT, "%s: %s%s = %lld is outside [%ld, %ld]", label, path, field, (long long)v, lo,
+                        hi);
     *out = (int)v;
     return EPM_OK;
 }
 
-static epm_status get_real(json_t *o, const char *label, const char *field, int required, double *out)
+/* A number that must be positive and finite (bandwidths, throughput). */
+static epm_status get_positive(json_t *o, const char *label, const char *path, const char *field, double *out)
+{
+    json_t *j = json_object_get(o, field);
+    if (!j)
+        return epm_fail(EPM_ERR_FORMAT, "%s: field %s%s is missing", label, path, field);
+    if (!json_is_number(j))
+        return epm_fail(EPM_ERR_FORMAT, "%s: field %s%s is %s, not a number", label, path, field, type_name(j));
+    double v = json_number_value(j);
+    if (!(v > 0) || !isfinite(v))
+        return epm_fail(EPM_ERR_FORMAT, "%s: %s%s = %g must be a positive number", label, path, field, v);
+    *out = v;
+    return EPM_OK;
+}
+
+/* Optional metadata number: absent or null reads as NaN. */
+static epm_status get_optional(json_t *o, const char *label, const char *field, double *out)
 {
     json_t *j = json_object_get(o, field);
     if (!j || json_is_null(j)) {
-        if (required)
-            return epm_fail(EPM_ERR_FORMAT, "%s: field '%s' is missing", label, field);
         *out = NAN;
         return EPM_OK;
     }
     if (!json_is_number(j))
-        return epm_fail(EPM_ERR_FORMAT, "%s: field '%s' is not a number", label, field);
+        return epm_fail(EPM_ERR_FORMAT, "%s: field %s is %s, not a number or null", label, field, type_name(j));
     *out = json_number_value(j);
+    return EPM_OK;
+}
+
+static epm_status get_string(json_t *o, const char *label, const char *field, const char *dflt, char *buf,
+                             size_t size)
+{
+    json_t *j = json_object_get(o, field);
+    if (!j) {
+        snprintf(buf, size, "%s", dflt);
+        return EPM_OK;
+    }
+    if (!json_is_string(j))
+        return epm_fail(EPM_ERR_FORMAT, "%s: field %s is %s, not a string", label, field, type_name(j));
+    if (json_string_length(j) >= size)
+        return epm_fail(EPM_ERR_FORMAT, "%s: field %s is %zu bytes long; at most %zu are allowed", label, field,
+                        json_string_length(j), size - 1);
+    snprintf(buf, size, "%s", json_string_value(j));
+    return EPM_OK;
+}
+
+static epm_status parse_info(json_t *root, const char *label, epm_placement_info *info)
+{
+    char word[32];
+    memset(info, 0, sizeof *info);
+    json_t *j = json_object_get(root, "mode");
+    if (!json_is_string(j))
+        return epm_fail(EPM_ERR_FORMAT, "%s: field mode is %s; it must be \"home\" or \"follow\"", label,
+                        j ? type_name(j) : "missing");
+    if (epm_mode_parse(json_string_value(j), &info->mode) != EPM_OK)
+        return epm_fail(EPM_ERR_FORMAT, "%s: mode = \"%s\" is not \"home\" or \"follow\"", label,
+                        json_string_value(j));
+    EPM_CHECK(get_string(root, label, "method", "unknown", info->method, sizeof info->method));
+    EPM_CHECK(get_string(root, label, "quality", "heuristic", word, sizeof word));
+    int q = EPM_QUALITY_HEURISTIC;
+    while (q <= EPM_QUALITY_FALLBACK && strcmp(word, epm_plan_quality_name((epm_plan_quality)q)))
+        q++;
+    if (q > EPM_QUALITY_FALLBACK)
+        return epm_fail(EPM_ERR_FORMAT, "%s: quality = \"%s\" is not heuristic, optimal, feasible or fallback", label,
+                        word);
+    info->quality = (epm_plan_quality)q;
+    EPM_CHECK(get_optional(root, label, "objective", &info->objective));
+    EPM_CHECK(get_optional(root, label, "bound", &info->bound));
+    EPM_CHECK(get_optional(root, label, "gap", &info->gap));
+    EPM_CHECK(get_optional(root, label, "solve_seconds", &info->solve_seconds));
+    if (isnan(info->solve_seconds))
+        info->solve_seconds = 0;
+    return get_string(root, label, "note", "", info->note, sizeof info->note);
+}
+
+static epm_status parse_layers(json_t *layers, const char *label, epm_placement *p)
+{
+    const int L = p->layers, E = p->experts;
+    if (!layers)
+        return epm_fail(EPM_ERR_FORMAT, "%s: field layers is missing", label);
+    if (!json_is_array(layers))
+        return epm_fail(EPM_ERR_FORMAT, "%s: field layers is %s, not an array", label, type_name(layers));
+    if (json_array_size(layers) != (size_t)L)
+        return epm_fail(EPM_ERR_FORMAT, "%s: layers has %zu entries; model.layers = %d needs an array of %d layers",
+                        label, json_array_size(layers), L, L);
+    for (int l = 0; l < L; l++) {
+        json_t *ly = json_array_get(layers, (size_t)l);
+        if (!json_is_object(ly))
+            return epm_fail(EPM_ERR_FORMAT, "%s: layers[%d] is %s, not an object", label, l, type_name(ly));
+        json_t *idx = json_object_get(ly, "layer");
+        if (idx && (!json_is_integer(idx) || json_integer_value(idx) != l))
+            return epm_fail(EPM_ERR_FORMAT, "%s: layers[%d].layer = %lld; the layers must be listed in order 0, 1, ...",
+                            label, l, json_is_integer(idx) ? (long long)json_integer_value(idx) : -1LL);
+        json_t *ex = json_object_get(ly, "experts");
+        if (!json_is_array(ex) || json_array_size(ex) != (size_t)E)
+            return epm_fail(EPM_ERR_FORMAT, "%s: layers[%d].experts must be an array of %d rank lists (model.experts)",
+                            label, l, E);
+        for (int e = 0; e < E; e++) {
+            json_t *a = json_array_get(ex, (size_t)e);
+            if (!json_is_array(a) || json_array_size(a) == 0)
+                return epm_fail(EPM_ERR_FORMAT,
+                                "%s: layers[%d].experts[%d] must be a non-empty array of ranks (every expert placed)",
+                                label, l, e);
+            for (size_t q = 0; q < json_array_size(a); q++) {
+                json_t *rv = json_array_get(a, q);
+                if (!json_is_integer(rv))
+                    return epm_fail(EPM_ERR_FORMAT, "%s: layers[%d].experts[%d][%zu] is %s, not a rank", label, l, e, q,
+                                    type_name(rv));
+                json_int_t r = json_integer_value(rv);
+                if (r < 0 || r >= p->ranks)
+                    return epm_fail(EPM_ERR_FORMAT,
+                                    "%s: layers[%d].experts[%d][%zu] = %lld is not a rank of the %d-rank cluster",
+                                    label, l, e, q, (long long)r, p->ranks);
+                if (epm_placement_has(p, l, e, (int)r))
+                    return epm_fail(EPM_ERR_FORMAT, "%s: layers[%d].experts[%d][%zu] = %lld: rank listed twice", label,
+                                    l, e, q, (long long)r);
+                EPM_CHECK(epm_placement_add(p, l, e, (int)r));
+            }
+        }
+    }
     return EPM_OK;
 }
 
@@ -102,86 +229,58 @@ static epm_status parse_root(json_t *root, const char *label, epm_placement **ou
 {
     epm_status st;
     if (!json_is_object(root))
-        return epm_fail(EPM_ERR_FORMAT, "%s: top level is not an object", label);
+        return epm_fail(EPM_ERR_FORMAT, "%s: the top level is %s, not an object", label, type_name(root));
     json_t *fmt = json_object_get(root, "format");
-    if (!json_is_string(fmt) || strcmp(json_string_value(fmt), "epmoe-placement"))
-        return epm_fail(EPM_ERR_FORMAT, "%s: field 'format' is not \"epmoe-placement\"", label);
+    if (!fmt)
+        return epm_fail(EPM_ERR_FORMAT, "%s: field format is missing; is this an epmoe placement?", label);
+    if (!json_is_string(fmt))
+        return epm_fail(EPM_ERR_FORMAT, "%s: field format is %s, not \"epmoe-placement\"", label, type_name(fmt));
+    if (strcmp(json_string_value(fmt), "epmoe-placement"))
+        return epm_fail(EPM_ERR_FORMAT, "%s: format = \"%s\"; an epmoe placement has \"epmoe-placement\"", label,
+                        json_string_value(fmt));
     int version;
-    EPM_CHECK(get_int(root, label, "version", 0, 1 << 30, &version));
+    EPM_CHECK(get_int(root, label, "", "version", 0, 1 << 30, &version));
     if (version != EPM_PLACEMENT_FORMAT_VERSION)
-        return epm_fail(EPM_ERR_UNSUPPORTED, "%s: field 'version' = %d; this build reads version %d", label, version,
+        return epm_fail(EPM_ERR_UNSUPPORTED, "%s: version = %d; this build reads version %d", label, version,
                         EPM_PLACEMENT_FORMAT_VERSION);
     json_t *model = json_object_get(root, "model"), *cl = json_object_get(root, "cluster");
-    if (!json_is_object(model) || !json_is_object(cl))
-        return epm_fail(EPM_ERR_FORMAT, "%s: fields 'model' and 'cluster' must be objects", label);
+    if (!json_is_object(model))
+        return epm_fail(EPM_ERR_FORMAT, "%s: field model is %s, not an object", label,
+                        model ? type_name(model) : "missing");
+    if (!json_is_object(cl))
+        return epm_fail(EPM_ERR_FORMAT, "%s: field cluster is %s, not an object", label,
+                        cl ? type_name(cl) : "missing");
     int L, E, K;
-    EPM_CHECK(get_int(model, label, "layers", 1, 100000, &L));
-    EPM_CHECK(get_int(model, label, "experts", 1, 100000, &E));
-    EPM_CHECK(get_int(model, label, "k", 1, E, &K));
+    EPM_CHECK(get_int(model, label, "model.", "layers", 1, 100000, &L));
+    EPM_CHECK(get_int(model, label, "model.", "experts", 1, 100000, &E));
+    EPM_CHECK(get_int(model, label, "model.", "k", 1, E, &K));
     epm_cluster c;
     epm_cluster_init(&c, 1, 1);
-    EPM_CHECK(get_int(cl, label, "nodes", 1, 4096, &c.nodes));
-    EPM_CHECK(get_int(cl, label, "gpus_per_node", 1, 1024, &c.gpus_per_node));
-    EPM_CHECK(get_real(cl, label, "intra_node_gbps", 1, &c.intra_gbps));
-    EPM_CHECK(get_real(cl, label, "inter_node_gbps", 1, &c.inter_gbps));
-    EPM_CHECK(get_real(cl, label, "gpu_tflops", 1, &c.gpu_tflops));
-    if ((st = epm_cluster_validate(&c)) != EPM_OK)
-        return epm_fail_context(EPM_ERR_FORMAT, "%s: field 'cluster'", label);
+    EPM_CHECK(get_int(cl, label, "cluster.", "nodes", 1, 4096, &c.nodes));
+    EPM_CHECK(get_int(cl, label, "cluster.", "gpus_per_node", 1, 1024, &c.gpus_per_node));
+    EPM_CHECK(get_positive(cl, label, "cluster.", "intra_node_gbps", &c.intra_gbps));
+    EPM_CHECK(get_positive(cl, label, "cluster.", "inter_node_gbps", &c.inter_gbps));
+    EPM_CHECK(get_positive(cl, label, "cluster.", "gpu_tflops", &c.gpu_tflops));
+    if (epm_cluster_validate(&c) != EPM_OK)
+        return epm_fail_context(EPM_ERR_FORMAT, "%s: field cluster", label);
     epm_placement_info info;
-    memset(&info, 0, sizeof info);
-    json_t *j = json_object_get(root, "mode");
-    if (!json_is_string(j) || epm_mode_parse(json_string_value(j), &info.mode) != EPM_OK)
-        return epm_fail(EPM_ERR_FORMAT, "%s: field 'mode' must be \"home\" or \"follow\"", label);
-    j = json_object_get(root, "method");
-    snprintf(info.method, sizeof info.method, "%s", json_is_string(j) ? json_string_value(j) : "unknown");
-    j = json_object_get(root, "quality");
-    info.quality = EPM_QUALITY_HEURISTIC;
-    for (int q = EPM_QUALITY_HEURISTIC; q <= EPM_QUALITY_FALLBACK; q++)
-        if (json_is_string(j) && !strcmp(json_string_value(j), epm_plan_quality_name((epm_plan_quality)q)))
-            info.quality = (epm_plan_quality)q;
-    EPM_CHECK(get_real(root, label, "objective", 0, &info.objective));
-    EPM_CHECK(get_real(root, label, "bound", 0, &info.bound));
-    EPM_CHECK(get_real(root, label, "gap", 0, &info.gap));
-    EPM_CHECK(get_real(root, label, "solve_seconds", 0, &info.solve_seconds));
-    j = json_object_get(root, "note");
-    snprintf(info.note, sizeof info.note, "%s", json_is_string(j) ? json_string_value(j) : "");
+    EPM_CHECK(parse_info(root, label, &info));
+    int slots = 0;
+    if (json_object_get(root, "slots_per_rank"))
+        EPM_CHECK(get_int(root, label, "", "slots_per_rank", 1, E, &slots));
 
-    json_t *layers = json_object_get(root, "layers");
-    if (!json_is_array(layers) || json_array_size(layers) != (size_t)L)
-        return epm_fail(EPM_ERR_FORMAT, "%s: field 'layers' must be an array of %d layers", label, L);
     epm_placement *p;
     EPM_CHECK(epm_placement_create(L, E, K, &c, &p));
-    for (int l = 0; l < L; l++) {
-        json_t *ly = json_array_get(layers, (size_t)l);
-        json_t *ex = json_is_object(ly) ? json_object_get(ly, "experts") : NULL;
-        if (!json_is_array(ex) || json_array_size(ex) != (size_t)E) {
-            st = epm_fail(EPM_ERR_FORMAT, "%s: layers[%d].experts must be an array of %d rank lists", label, l, E);
-            goto fail;
-        }
-        for (int e = 0; e < E; e++) {
-            json_t *a = json_array_get(ex, (size_t)e);
-            if (!json_is_array(a) || json_array_size(a) == 0) {
-                st = epm_fail(EPM_ERR_FORMAT, "%s: layers[%d].experts[%d] must be a non-empty array of ranks", label,
-                              l, e);
+    EPM_CHECK_GOTO(parse_layers(json_object_get(root, "layers"), label, p), st, fail);
+    /* the declared slots are what the runtime allocates per rank: a layer
+     * that needs more would not fit */
+    for (int l = 0; slots > 0 && l < L; l++)
+        for (int r = 0; r < p->ranks; r++)
+            if (epm_placement_rank_count(p, l, r) > slots) {
+                st = epm_fail(EPM_ERR_FORMAT, "%s: slots_per_rank = %d, but layers[%d] puts %d experts on rank %d",
+                              label, slots, l, epm_placement_rank_count(p, l, r), r);
                 goto fail;
             }
-            for (size_t q = 0; q < json_array_size(a); q++) {
-                json_t *rv = json_array_get(a, q);
-                json_int_t r = json_is_integer(rv) ? json_integer_value(rv) : -1;
-                if (!json_is_integer(rv) || r < 0 || r >= p->ranks) {
-                    st = epm_fail(EPM_ERR_FORMAT, "%s: layers[%d].experts[%d][%zu] = %lld is not a rank of the %d-rank cluster",
-                                  label, l, e, q, (long long)r, p->ranks);
-                    goto fail;
-                }
-                if (epm_placement_has(p, l, e, (int)r)) {
-                    st = epm_fail(EPM_ERR_FORMAT, "%s: layers[%d].experts[%d] lists rank %lld twice", label, l, e,
-                                  (long long)r);
-                    goto fail;
-                }
-                EPM_CHECK_GOTO(epm_placement_add(p, l, e, (int)r), st, fail);
-            }
-        }
-    }
     epm_placement_set_info(p, &info);
     *out = p;
     return EPM_OK;

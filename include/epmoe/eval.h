@@ -13,9 +13,21 @@
  *           replicated KV cache). After the last layer the token's state goes
  *           from its rank to its home rank (gather_bytes).
  * Each transfer moves hidden_bytes = hidden * dtype size and is counted under
- * the link class of its two ranks. Skipped tokens (no expert) move nothing.
+ * the link class of its two ranks. A token whose row starts with -1 skips the
+ * layer: it moves nothing, writes no K/V row and, in follow, stays where it
+ * is; trailing -1 ids (dynamic k) are simply not dispatched.
  * The expert load of a rank is the number of (token, expert) pairs it serves.
- * Home rank of a token = its sequence id mod ranks. */
+ * Home rank of a token = its sequence id mod ranks.
+ *
+ * Modelled time (a model for comparing placements, not a measurement):
+ *   t_compute = max_load * flops_per_assignment / (gpu_tflops * 1e12)
+ *   t_comm    = T(dispatch + combine) + T(K/V all-gather, follow only)
+ *   T(phase)  = max over ranks of max(send time, receive time), where a rank's
+ *               time = intra bytes / (intra_gbps * 1e9) + inter bytes /
+ *               (inter_gbps * 1e9): a phase ends with its busiest rank, send
+ *               and receive overlap, the two link classes do not.
+ *   t_total   = sum over layers of t_compute + t_comm, plus T(final gather)
+ *               in follow mode. */
 #ifndef EPMOE_EVAL_H
 #define EPMOE_EVAL_H
 
@@ -45,7 +57,8 @@ typedef struct epm_eval_layer {
     int64_t kv_bytes[EPM_LINK_COUNT];    /* K/V all-gather bytes (follow) per link class */
     int64_t transfers[EPM_LINK_COUNT];   /* dispatch + combine messages of one token */
     int64_t max_load, sum_load;          /* per-rank expert load: max and total */
-    int64_t max_send_bytes, max_recv_bytes; /* busiest rank, all link classes, this layer */
+    int64_t max_send_bytes, max_recv_bytes; /* busiest rank, all link classes and phases (K/V
+                                               included), this layer */
     double t_compute, t_comm;            /* modelled seconds */
 } epm_eval_layer;
 
@@ -54,7 +67,8 @@ typedef struct epm_eval_result {
     epm_mode mode;
     epm_eval_layer *layer;           /* [layers] */
     int64_t *rank_load;              /* [layers * ranks] expert load per rank */
-    int64_t *send_bytes;             /* [layers * ranks] bytes each rank sends (all classes) */
+    int64_t *send_bytes;             /* [layers * ranks] bytes each rank sends (all classes,
+                                        dispatch + combine + K/V; not the final gather) */
     int64_t *recv_bytes;             /* [layers * ranks] */
     int64_t gather_bytes[EPM_LINK_COUNT]; /* final return home (follow) */
     int64_t total_bytes[EPM_LINK_COUNT];  /* all of the above summed */

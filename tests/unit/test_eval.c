@@ -193,12 +193,133 @@ static void test_eval_mismatch(void **state)
     epm_trace_destroy(t);
 }
 
+
+/* Units chosen so that seconds are bytes: intra 1 byte/s, inter 0.5 byte/s,
+ * 1 FLOP/s and 1 FLOP per assignment. */
+static void slow_cluster(epm_placement *p, epm_placement **out)
+{
+    epm_cluster c = *epm_placement_cluster(p);
+    c.intra_gbps = 1e-9;
+    c.inter_gbps = 0.5e-9;
+    c.gpu_tflops = 1e-12;
+    assert_int_equal(epm_placement_create(epm_placement_layers(p), epm_placement_experts(p), 2, &c, out), EPM_OK);
+    for (int l = 0; l < epm_placement_layers(p); l++)
+        for (int e = 0; e < epm_placement_experts(p); e++) {
+            const int *r;
+            int n = epm_placement_replicas(p, l, e, &r);
+            for (int j = 0; j < n; j++)
+                assert_int_equal(epm_placement_add(*out, l, e, r[j]), EPM_OK);
+        }
+}
+
+static void test_eval_modelled_time_home(void **state)
+{
+    (void)state;
+    const int32_t ids[] = {0, 1, 2, 3, 1, -1, -1, -1}; /* as in test_eval_home_counts */
+    epm_trace *t = make_trace(1, 4, 2, 4, ids);
+    epm_placement *p0 = identity_placement(1, 4, 2, 2), *p;
+    slow_cluster(p0, &p);
+    epm_eval_opts o = opts(EPM_MODE_HOME);
+    epm_eval_result *r;
+    assert_int_equal(epm_eval(t, p, &o, &r), EPM_OK);
+    /* busiest rank r1: sends 10 intra (tok 0 back) + 30 inter (tok 1 out twice, tok 2 back)
+     * = 10 + 60 s; receives 10 intra + 30 inter, also 70 s */
+    assert_true(fabs(r->layer[0].t_comm - 70.0) < 1e-6);
+    assert_true(fabs(r->layer[0].t_compute - 2.0) < 1e-9); /* max load 2 */
+    assert_true(fabs(r->t_total - 72.0) < 1e-6);
+    assert_int_equal(r->layer[0].max_send_bytes, 40);
+    assert_int_equal(r->layer[0].max_recv_bytes, 40);
+    assert_true(r->kv_cache_factor == 1.0);
+    /* mean over layers of max / mean load: 2 / (5 / 4) */
+    assert_true(fabs(r->max_over_mean_load - 1.6) < 1e-12);
+    epm_eval_result_destroy(r);
+    epm_placement_destroy(p);
+    epm_placement_destroy(p0);
+    epm_trace_destroy(t);
+}
+
+static void test_eval_modelled_time_follow(void **state)
+{
+    (void)state;
+    const int32_t ids[] = {2, 0, 3, 2}; /* as in test_eval_follow_counts */
+    epm_trace *t = make_trace(2, 1, 2, 4, ids);
+    epm_placement *p0 = identity_placement(2, 4, 2, 2), *p;
+    slow_cluster(p0, &p);
+    epm_eval_opts o = opts(EPM_MODE_FOLLOW);
+    epm_eval_result *r;
+    assert_int_equal(epm_eval(t, p, &o, &r), EPM_OK);
+    /* layer 0: r0 sends 20 inter (dispatch + combine to r2): 40 s; K/V from r0:
+     * 3 intra + 6 inter = 3 + 12 s; phases add */
+    assert_true(fabs(r->layer[0].t_comm - 55.0) < 1e-6);
+    /* layer 1 from r2: 20 intra to r3 (20 s) + K/V 3 intra + 6 inter (15 s) */
+    assert_true(fabs(r->layer[1].t_comm - 35.0) < 1e-6);
+    assert_int_equal(r->layer[0].max_send_bytes, 29); /* r0: 20 + 9 of K/V */
+    /* + 1 s compute per layer + the gather r3 -> r0 (10 inter bytes, 20 s) */
+    assert_true(fabs(r->t_total - (55 + 1 + 35 + 1 + 20)) < 1e-6);
+    epm_eval_result_destroy(r);
+    epm_placement_destroy(p);
+    epm_placement_destroy(p0);
+    epm_trace_destroy(t);
+}
+
+static void test_eval_bad_opts(void **state)
+{
+    (void)state;
+    const int32_t ids[] = {0};
+    epm_trace *t = make_trace(1, 1, 1, 2, ids);
+    epm_placement *p = identity_placement(1, 2, 1, 2);
+    epm_eval_opts o = opts(EPM_MODE_HOME);
+    o.hidden_bytes = -1;
+    epm_eval_result *r = NULL;
+    assert_int_equal(epm_eval(t, p, &o, &r), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "hidden_bytes = -1"));
+    o = opts((epm_mode)7);
+    assert_int_equal(epm_eval(t, p, &o, &r), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "mode = 7"));
+    assert_null(r);
+    epm_placement_destroy(p);
+    /* an unplaced expert is refused, not routed to rank -1 */
+    epm_cluster c;
+    epm_cluster_init(&c, 1, 2);
+    assert_int_equal(epm_placement_create(1, 2, 1, &c, &p), EPM_OK);
+    assert_int_equal(epm_placement_add(p, 0, 0, 0), EPM_OK);
+    o = opts(EPM_MODE_HOME);
+    assert_int_equal(epm_eval(t, p, &o, &r), EPM_ERR_MISMATCH);
+    assert_non_null(strstr(epm_last_error(), "expert 1 is on no rank"));
+    epm_placement_destroy(p);
+    epm_trace_destroy(t);
+}
+
+static void test_eval_seq_ids_home(void **state)
+{
+    (void)state;
+    /* 4 tokens of 2 sequences (ids 5, 5, 6, 6) on 2 ranks: homes r1, r1, r0, r0 */
+    const int32_t ids[] = {0, 0, 0, 0};
+    epm_trace *t = make_trace(1, 4, 1, 2, ids);
+    const int32_t seq[] = {5, 5, 6, 6};
+    assert_int_equal(epm_trace_set_seq_ids(t, seq), EPM_OK);
+    epm_placement *p = identity_placement(1, 2, 1, 2);
+    epm_eval_opts o = opts(EPM_MODE_HOME);
+    epm_eval_result *r;
+    assert_int_equal(epm_eval(t, p, &o, &r), EPM_OK);
+    /* expert 0 on r0: tokens 0, 1 go out and back from r1 */
+    assert_int_equal(r->layer[0].bytes[EPM_LINK_INTRA], 40);
+    assert_int_equal(r->send_bytes[1], 20);
+    assert_int_equal(r->recv_bytes[1], 20);
+    assert_int_equal(r->rank_load[0], 4);
+    epm_eval_result_destroy(r);
+    epm_placement_destroy(p);
+    epm_trace_destroy(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_eval_home_counts),       cmocka_unit_test(test_eval_dedup_same_rank),
         cmocka_unit_test(test_eval_follow_counts),     cmocka_unit_test(test_eval_follow_skip_stays),
         cmocka_unit_test(test_eval_replica_prefers_cheap_link), cmocka_unit_test(test_eval_mismatch),
+        cmocka_unit_test(test_eval_modelled_time_home), cmocka_unit_test(test_eval_modelled_time_follow),
+        cmocka_unit_test(test_eval_bad_opts), cmocka_unit_test(test_eval_seq_ids_home),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

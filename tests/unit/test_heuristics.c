@@ -3,6 +3,7 @@
 #include "test_util.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "epmoe/epmoe.h"
@@ -181,12 +182,63 @@ static void test_objective_matches_eval(void **state)
     epm_trace_destroy(t);
 }
 
+
+/* Every method on every small shape, with extreme and random skew: never an
+ * error for a feasible slot count, and the invariants hold. */
+static void test_heuristics_sweep(void **state)
+{
+    (void)state;
+    uint64_t x = 88172645463325252ull;
+    int cases = 0;
+    for (int nodes = 1; nodes <= 3; nodes++)
+        for (int gpn = 1; gpn <= 3; gpn++)
+            for (int E = 1; E <= 9; E++) {
+                int R = nodes * gpn, need = (E + R - 1) / R;
+                for (int slots = need; slots <= E && slots <= need + 2; slots++)
+                    for (int skew = 0; skew < 3; skew++) {
+                        int k = E < 2 ? 1 : 2;
+                        epm_trace *t;
+                        assert_int_equal(epm_trace_create(2, 40, k, E, &t), EPM_OK);
+                        for (int l = 0; l < 2; l++) {
+                            int32_t *ids = epm_trace_ids(t, l);
+                            for (int i = 0; i < 40; i++) {
+                                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                                int a = skew == 0 ? 0 : skew == 1 ? (int)(x % (uint64_t)E) : (int)((x % 97) * (x % 97) % (uint64_t)E);
+                                ids[i * k] = a;
+                                if (k == 2)
+                                    ids[i * k + 1] = (a + 1 + (int)((x >> 20) % (uint64_t)(E - 1))) % E;
+                            }
+                        }
+                        epm_cluster c;
+                        epm_cluster_init(&c, nodes, gpn);
+                        epm_plan_opts o;
+                        epm_plan_opts_init(&o);
+                        o.slots_per_rank = slots;
+                        for (int m = EPM_METHOD_CONTIGUOUS; m <= EPM_METHOD_EPLB; m++) {
+                            epm_placement *p = NULL;
+                            epm_status st = epm_plan_heuristic((epm_method)m, t, &c, &o, &p);
+                            if (st != EPM_OK)
+                                fprintf(stderr, "method %d nodes %d gpn %d E %d slots %d skew %d: %s\n", m, nodes, gpn, E, slots, skew, epm_last_error());
+                            assert_int_equal(st, EPM_OK);
+                            int total = E;
+                            if (m == EPM_METHOD_EPLB)
+                                total = R * slots < E * R ? R * slots : E * R;
+                            check_invariants(p, slots, total);
+                            epm_placement_destroy(p);
+                            cases++;
+                        }
+                        epm_trace_destroy(t);
+                    }
+            }
+    assert_true(cases > 500);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_heuristics_invariants), cmocka_unit_test(test_heuristics_layouts),
         cmocka_unit_test(test_heuristics_balance),    cmocka_unit_test(test_heuristics_bad_slots),
-        cmocka_unit_test(test_objective_matches_eval),
+        cmocka_unit_test(test_objective_matches_eval), cmocka_unit_test(test_heuristics_sweep),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

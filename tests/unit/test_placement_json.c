@@ -90,25 +90,78 @@ static void expect_bad(const char *text, const char *needle)
     "\"cluster\": {\"nodes\": 1, \"gpus_per_node\": 2, \"intra_node_gbps\": 100, \"inter_node_gbps\": 10, "   \
     "\"gpu_tflops\": 100}, \"mode\": \"home\", "
 
+#define LAYERS_OK "\"layers\": [{\"layer\": 0, \"experts\": [[0], [1]]}]}"
+
 static void test_placement_json_malformed(void **state)
 {
     (void)state;
     epm_placement *p;
-    const char *ok = HEAD "\"layers\": [{\"layer\": 0, \"experts\": [[0], [1]]}]}";
+    const char *ok = HEAD LAYERS_OK;
     assert_int_equal(epm_placement_parse_json(ok, strlen(ok), "ok.json", &p), EPM_OK);
+    assert_string_equal(epm_placement_get_info(p)->method, "unknown"); /* optional metadata */
+    assert_int_equal(epm_placement_get_info(p)->quality, EPM_QUALITY_HEURISTIC);
     epm_placement_destroy(p);
-    expect_bad("{", "not valid JSON");
-    expect_bad("[]", "top level");
-    expect_bad("{\"format\": \"x\"}", "'format'");
+    expect_bad("{", "bad.json: not valid JSON");
+    expect_bad("[]", "top level is an array");
+    expect_bad("{\"format\": \"x\"}", "format = \"x\"");
+    expect_bad("{\"format\": 3}", "field format is an integer");
+    expect_bad("{\"nodes\": 2}", "field format is missing");
+    expect_bad("{\"format\": \"epmoe-placement\"}", "field version is missing");
+    expect_bad("{\"format\": \"epmoe-placement\", \"version\": 9}", "version = 9; this build reads version 1");
+    expect_bad("{\"format\": \"epmoe-placement\", \"version\": \"1\"}", "field version is a string");
+    expect_bad("{\"format\": \"epmoe-placement\", \"version\": 1, \"model\": [], \"cluster\": {}}",
+               "field model is an array");
+    expect_bad("{\"format\": \"epmoe-placement\", \"version\": 1, \"model\": {\"layers\": 0}, \"cluster\": {}}",
+               "model.layers = 0 is outside");
+    expect_bad("{\"format\": \"epmoe-placement\", \"version\": 1, \"model\": {\"layers\": 1, \"experts\": 2, "
+               "\"k\": 3}, \"cluster\": {}}",
+               "model.k = 3 is outside [1, 2]");
+    expect_bad("{\"format\": \"epmoe-placement\", \"version\": 1, \"model\": {\"layers\": 1, \"experts\": 2, "
+               "\"k\": 1}, \"cluster\": {\"nodes\": 1}}",
+               "field cluster.gpus_per_node is missing");
+    expect_bad("{\"format\": \"epmoe-placement\", \"version\": 1, \"model\": {\"layers\": 1, \"experts\": 2, "
+               "\"k\": 1}, \"cluster\": {\"nodes\": 1, \"gpus_per_node\": 2, \"intra_node_gbps\": -4}}",
+               "cluster.intra_node_gbps = -4 must be a positive number");
+    /* the ranks of every expert */
     expect_bad(HEAD "\"layers\": [{\"layer\": 0, \"experts\": [[0], [7]]}]}",
-               "layers[0].experts[1][0] = 7 is not a rank of the 2-rank cluster");
-    expect_bad(HEAD "\"layers\": [{\"layer\": 0, \"experts\": [[0], []]}]}", "layers[0].experts[1]");
-    expect_bad(HEAD "\"layers\": [{\"layer\": 0, \"experts\": [[0, 0], [1]]}]}", "lists rank 0 twice");
-    expect_bad(HEAD "\"layers\": [{\"layer\": 0, \"experts\": [[0]]}]}", "array of 2 rank lists");
-    expect_bad(HEAD "\"layers\": []}", "array of 1 layers");
-    expect_bad("{\"format\": \"epmoe-placement\", \"version\": 9}", "version");
+               "bad.json: layers[0].experts[1][0] = 7 is not a rank of the 2-rank cluster");
+    expect_bad(HEAD "\"layers\": [{\"layer\": 0, \"experts\": [[0], [1, -1]]}]}",
+               "layers[0].experts[1][1] = -1 is not a rank");
+    expect_bad(HEAD "\"layers\": [{\"layer\": 0, \"experts\": [[0], [1.5]]}]}",
+               "layers[0].experts[1][0] is a real number, not a rank");
+    expect_bad(HEAD "\"layers\": [{\"layer\": 0, \"experts\": [[0], []]}]}", "layers[0].experts[1] must be a non-empty");
+    expect_bad(HEAD "\"layers\": [{\"layer\": 0, \"experts\": [[0, 1, 0], [1]]}]}",
+               "layers[0].experts[0][2] = 0: rank listed twice");
+    expect_bad(HEAD "\"layers\": [{\"layer\": 0, \"experts\": [[0]]}]}", "layers[0].experts must be an array of 2");
+    expect_bad(HEAD "\"layers\": [{\"layer\": 3, \"experts\": [[0], [1]]}]}", "layers[0].layer = 3");
+    expect_bad(HEAD "\"layers\": [7]}", "layers[0] is an integer, not an object");
+    expect_bad(HEAD "\"layers\": []}", "layers has 0 entries; model.layers = 1");
+    expect_bad(HEAD "\"layers\": {}}", "field layers is an object, not an array");
+    expect_bad(HEAD "\"slots\": 1}", "field layers is missing");
+    /* metadata */
+    const char *no_mode = "{\"format\": \"epmoe-placement\", \"version\": 1, \"model\": {\"layers\": 1, "
+                          "\"experts\": 2, \"k\": 1}, \"cluster\": {\"nodes\": 1, \"gpus_per_node\": 2, "
+                          "\"intra_node_gbps\": 100, \"inter_node_gbps\": 10, \"gpu_tflops\": 100}, " LAYERS_OK;
+    expect_bad(no_mode, "field mode is missing");
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%.*s\"mode\": \"sideways\", %s", (int)(strlen(HEAD) - strlen("\"mode\": \"home\", ")),
+             HEAD, LAYERS_OK);
+    expect_bad(buf, "mode = \"sideways\" is not");
+    expect_bad(HEAD "\"quality\": \"great\", " LAYERS_OK, "quality = \"great\" is not heuristic");
+    expect_bad(HEAD "\"method\": 4, " LAYERS_OK, "field method is an integer, not a string");
+    expect_bad(HEAD "\"objective\": \"low\", " LAYERS_OK, "field objective is a string");
+    expect_bad(HEAD "\"method\": \"a-method-name-much-longer-than-32-bytes\", " LAYERS_OK, "field method is 39 bytes long; at most 31");
+    /* declared slots must hold what the layers place */
+    expect_bad(HEAD "\"slots_per_rank\": 1, \"layers\": [{\"layer\": 0, \"experts\": [[0], [0]]}]}",
+               "slots_per_rank = 1, but layers[0] puts 2 experts on rank 0");
+    expect_bad(HEAD "\"slots_per_rank\": 0, " LAYERS_OK, "slots_per_rank = 0 is outside [1, 2]");
     const char *dup = HEAD "\"mode\": \"home\", \"layers\": []}";
     expect_bad(dup, "not valid JSON"); /* duplicate key */
+    /* null metadata reads as "none" */
+    const char *nulls = HEAD "\"objective\": null, \"bound\": null, \"gap\": null, \"slots_per_rank\": 1, " LAYERS_OK;
+    assert_int_equal(epm_placement_parse_json(nulls, strlen(nulls), "n.json", &p), EPM_OK);
+    assert_true(isnan(epm_placement_get_info(p)->objective) && isnan(epm_placement_get_info(p)->gap));
+    epm_placement_destroy(p);
 }
 
 static void test_placement_io_errors(void **state)

@@ -3,10 +3,12 @@
 #include "test_util.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "core.h"
 #include "epmoe/epmoe.h"
+#include "planner.h"
 
 static int64_t moved_bytes(const epm_trace *t, const epm_placement *p, epm_mode mode)
 {
@@ -148,12 +150,118 @@ static void test_plan_options_validated(void **state)
     epm_trace_destroy(t);
 }
 
+
+static epm_trace *small_trace(void)
+{
+    epm_trace *t;
+    assert_int_equal(epm_trace_create(2, 40, 2, 8, &t), EPM_OK);
+    for (int l = 0; l < 2; l++)
+        for (int i = 0; i < 40; i++) {
+            epm_trace_ids(t, l)[2 * i] = (i * 3 + l) % 8;
+            epm_trace_ids(t, l)[2 * i + 1] = (i * 5 + 1) % 8 == (i * 3 + l) % 8 ? (i + 2) % 8 : (i * 5 + 1) % 8;
+        }
+    return t;
+}
+
+/* Every heuristic through epm_plan: the method named, the mode stamped, the
+ * objective equal to epm_plan_objective's, and the defaults documented. */
+static void test_plan_dispatch(void **state)
+{
+    (void)state;
+    epm_plan_opts o;
+    epm_plan_opts_init(&o);
+    assert_int_equal(o.method, EPM_METHOD_CONTIGUOUS);
+    assert_int_equal(o.mode, EPM_MODE_HOME);
+    assert_int_equal(o.hidden, 4096);
+    assert_int_equal(o.ffn, 14336);
+    assert_int_equal(o.slots_per_rank, 0);
+    assert_true(o.balance_weight < 0 && o.traffic_weight == 1.0);
+    assert_true(o.time_limit_s == 60.0 && o.mip_gap == 1e-4);
+    epm_trace *t = small_trace();
+    epm_cluster c;
+    epm_cluster_init(&c, 2, 2);
+    for (int m = 0; m < EPM_METHOD_ILP; m++) {
+        epm_method back;
+        assert_int_equal(epm_method_parse(epm_method_name((epm_method)m), &back), EPM_OK);
+        assert_int_equal(back, m);
+        epm_plan_opts_init(&o);
+        o.method = (epm_method)m;
+        o.mode = EPM_MODE_FOLLOW;
+        o.slots_per_rank = 3;
+        epm_placement *p;
+        assert_int_equal(epm_plan(t, &c, &o, &p), EPM_OK);
+        const epm_placement_info *in = epm_placement_get_info(p);
+        assert_string_equal(in->method, epm_method_name((epm_method)m));
+        assert_int_equal(in->mode, EPM_MODE_FOLLOW);
+        assert_int_equal(in->quality, EPM_QUALITY_HEURISTIC);
+        assert_true(in->solve_seconds >= 0);
+        double obj;
+        assert_int_equal(epm_plan_objective(t, p, &o, &obj), EPM_OK);
+        assert_true(fabs(obj - in->objective) <= 1e-9 * fabs(obj));
+        assert_int_equal(epm_placement_validate(p, 3), EPM_OK);
+        epm_placement_destroy(p);
+    }
+    assert_string_equal(epm_method_name(EPM_METHOD_ILP), "ilp");
+    assert_string_equal(epm_method_name(EPM_METHOD_COUNT), "?");
+    epm_method m;
+    assert_int_equal(epm_method_parse(NULL, &m), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_method_parse("EPLB", &m), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "'EPLB' is not one of"));
+    epm_trace_destroy(t);
+}
+
+/* Each bad field is refused with a message that names it. */
+static void test_plan_options_each_named(void **state)
+{
+    (void)state;
+    epm_trace *t = small_trace();
+    epm_cluster c;
+    epm_cluster_init(&c, 1, 4);
+    epm_plan_opts o;
+    epm_placement *p = NULL;
+#define BAD(field, value, needle)                                         \
+    do {                                                                  \
+        epm_plan_opts_init(&o);                                           \
+        o.field = value;                                                  \
+        assert_int_equal(epm_plan(t, &c, &o, &p), EPM_ERR_INVALID_ARG);   \
+        assert_null(p);                                                   \
+        if (!strstr(epm_last_error(), needle)) {                          \
+            fprintf(stderr, "'%s' lacks '%s'\n", epm_last_error(), needle); \
+            fail();                                                       \
+        }                                                                 \
+    } while (0)
+    BAD(mode, (epm_mode)5, "mode = 5");
+    BAD(slots_per_rank, -1, "slots_per_rank = -1");
+    BAD(slots_per_rank, 1, "slots_per_rank = 1 on 4 ranks holds 4 experts, the trace has 8");
+    BAD(slots_per_rank, 9, "slots_per_rank = 9 is more than the 8 experts");
+    BAD(balance_weight, NAN, "balance_weight");
+    BAD(balance_weight, INFINITY, "balance_weight");
+    BAD(traffic_weight, NAN, "traffic_weight");
+    BAD(time_limit_s, -1, "time_limit_s = -1");
+    BAD(mip_gap, 1, "mip_gap = 1");
+    BAD(mip_gap, -0.5, "mip_gap");
+    BAD(kv_dim, -2, "kv_dim = -2");
+    BAD(ffn, 0, "ffn = 0");
+    epm_plan_opts_init(&o);
+    o.balance_weight = 0;
+    o.traffic_weight = 0;
+    assert_int_equal(epm_plan(t, &c, &o, &p), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "both 0"));
+    /* the heuristic entry refuses ilp: only epm_plan dispatches it */
+    epm_plan_opts_init(&o);
+    assert_int_equal(epm_plan_heuristic(EPM_METHOD_ILP, t, &c, &o, &p), EPM_ERR_INVALID_ARG);
+    assert_null(p);
+    epm_trace_destroy(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plan_follow_ilp_beats_contiguous_held_out),
         cmocka_unit_test(test_plan_home_ilp_groups_co_selected_experts),
         cmocka_unit_test(test_plan_options_validated),
+        cmocka_unit_test(test_plan_dispatch),
+        cmocka_unit_test(test_plan_options_each_named),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# epmoe plan eval (and the output-over-input guard of epmoe plan): reports,
+# exit codes 0/1/2, and a message naming the file for every failure.
+set -u
+E=${EPMOE:?}
+d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+fails=0
+check() { # description, expected exit code, command...
+  local what=$1 want=$2; shift 2
+  "$@" >"$d/out" 2>"$d/err"
+  local got=$?
+  if [ "$got" != "$want" ]; then
+    echo "FAIL: $what: exit $got, expected $want"; cat "$d/err"; fails=$((fails + 1))
+  fi
+}
+has() { # file, text
+  grep -q -- "$2" "$1" || { echo "FAIL: '$2' not in $1:"; cat "$1"; fails=$((fails + 1)); }
+}
+lacks() { # file, text
+  ! grep -q -- "$2" "$1" || { echo "FAIL: '$2' unexpectedly in $1:"; cat "$1"; fails=$((fails + 1)); }
+}
+
+check "synth" 0 "$E" trace synth --out "$d/t.st" --layers 3 --experts 8 --k 2 --tokens 1200 --zipf 1.2 \
+  --affinity 0.8 --seed 11
+check "split" 0 "$E" trace split "$d/t.st" --first "$d/a.st" --second "$d/b.st"
+cl=(--nodes 2 --gpus-per-node 2)
+check "plan contiguous" 0 "$E" plan --trace "$d/a.st" "${cl[@]}" --out "$d/c.json" --quiet
+check "plan eplb" 0 "$E" plan --trace "$d/a.st" "${cl[@]}" --method eplb --slots 3 --out "$d/e.json" \
+  --eplb-out "$d/e.map.json" --quiet
+check "plan greedy follow" 0 "$E" plan --trace "$d/a.st" "${cl[@]}" --method greedy --mode follow \
+  --out "$d/g.json" --quiet
+
+# side by side, on the held-out half; the first placement is the reference
+check "eval" 0 "$E" plan eval --trace "$d/b.st" "$d/c.json" "$d/e.json" "$d/g.json"
+has "$d/out" "mode home (ratios against $d/c.json)"
+has "$d/out" "mode follow (ratios against $d/c.json)" # g.json was planned for follow
+has "$d/out" "c.json  *contiguous .* 1.000$"
+has "$d/out" "e.json  *eplb"
+has "$d/out" "x-node xfer"
+check "eval per layer" 0 "$E" plan eval --trace "$d/b.st" "$d/c.json" --mode follow --per-layer
+has "$d/out" "layer   2: max load"
+lacks "$d/out" "layer   3"
+check "eval both" 0 "$E" plan eval --trace "$d/b.st" "$d/c.json" "$d/e.json" --mode both --hidden 1024 \
+  --dtype-bytes 4
+has "$d/out" "e.json: .* mode is cheaper by"
+has "$d/out" "follow keeps 4x the KV cache memory"
+check "eval json" 0 "$E" plan eval --trace "$d/b.st" "$d/c.json" "$d/e.json" --mode both --json --per-layer
+has "$d/out" '"cheaper_mode": "'
+has "$d/out" '"ratio_to_first": 1.0,'
+has "$d/out" '"transfers_crossing_nodes": '
+has "$d/out" '"rank_load": \['
+if command -v python3 >/dev/null; then
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); p=r["placements"];
+assert len(p)==2 and [x["mode"] for x in p[1]["results"]]==["home","follow"], r
+assert all(len(x["layers"])==3 and len(x["layers"][0]["rank_load"])==4 for x in p[0]["results"])
+h=p[0]["results"][0]; assert h["gather_bytes"]=={"intra_node":0,"inter_node":0} and h["kv_cache_factor"]==1' \
+    "$d/out" || { echo "FAIL: eval --json is not the expected JSON"; fails=$((fails + 1)); }
+fi
+# the same input gives the same numbers
+"$E" plan eval --trace "$d/b.st" "$d/e.json" --json >"$d/j1" 2>/dev/null
+"$E" plan eval --trace "$d/b.st" "$d/e.json" --json >"$d/j2" 2>/dev/null
+cmp -s "$d/j1" "$d/j2" || { echo "FAIL: eval is not deterministic"; fails=$((fails + 1)); }
+# eplb export: 4 ranks x 3 slots per layer
+has "$d/e.map.json" '"num_physical_experts":12'
+
+# usage errors: exit 2
+check "eval no trace" 2 "$E" plan eval "$d/c.json"
+has "$d/err" "--trace is required"
+check "eval no placement" 2 "$E" plan eval --trace "$d/b.st"
+check "eval bad mode" 2 "$E" plan eval --trace "$d/b.st" "$d/c.json" --mode sideways
+has "$d/err" "sideways"
+check "eval bad hidden" 2 "$E" plan eval --trace "$d/b.st" "$d/c.json" --hidden 0
+has "$d/err" "--hidden"
+check "eval bad dtype" 2 "$E" plan eval --trace "$d/b.st" "$d/c.json" --dtype-bytes 3x
+check "eval unknown option" 2 "$E" plan eval --trace "$d/b.st" "$d/c.json" --method ilp
+
+# failures: exit 1, naming the file and what is wrong
+check "eval missing placement" 1 "$E" plan eval --trace "$d/b.st" "$d/c.json" "$d/none.json"
+has "$d/err" "none.json"
+check "eval missing trace" 1 "$E" plan eval --trace "$d/none.st" "$d/c.json"
+has "$d/err" "none.st"
+"$E" trace synth --out "$d/l4.st" --layers 4 --experts 8 --k 2 --tokens 50 >/dev/null 2>&1
+check "wrong trace: layers" 1 "$E" plan eval --trace "$d/l4.st" "$d/c.json"
+has "$d/err" "the trace has 4 MoE layers, the placement 3"
+"$E" trace synth --out "$d/e16.st" --layers 3 --experts 16 --k 2 --tokens 50 >/dev/null 2>&1
+check "wrong trace: experts" 1 "$E" plan eval --trace "$d/e16.st" "$d/c.json"
+has "$d/err" "e16.st"
+sed 's/"gpus_per_node": 2/"gpus_per_node": 1/' "$d/c.json" >"$d/shrunk.json"
+check "placement rank beyond its cluster" 1 "$E" plan eval --trace "$d/b.st" "$d/shrunk.json"
+has "$d/err" "shrunk.json: layers\[0\].experts\[[0-9]*\]\[0\] = [0-9]* is not a rank of the 2-rank cluster"
+sed 's/"version": 1/"version": 2/' "$d/c.json" >"$d/v2.json"
+check "future version" 1 "$E" plan eval --trace "$d/b.st" "$d/v2.json"
+has "$d/err" "v2.json: version = 2"
+printf '{"format": "epmoe-placement"' >"$d/cut.json"
+check "truncated placement" 1 "$E" plan eval --trace "$d/b.st" "$d/cut.json"
+has "$d/err" "cut.json: not valid JSON"
+
+# plan never writes an output over an input (exit 2, input untouched)
+cp "$d/a.st" "$d/keep.st"
+check "out over trace" 2 "$E" plan --trace "$d/a.st" --out "$d/a.st"
+has "$d/err" "would overwrite the input"
+check "out over trace by another path" 2 "$E" plan --trace "$d/a.st" --out "$d/../$(basename "$d")/a.st"
+check "eplb-out over trace" 2 "$E" plan --trace "$d/a.st" --eplb-out "$d/a.st"
+cmp -s "$d/a.st" "$d/keep.st" || { echo "FAIL: the trace was modified"; fails=$((fails + 1)); }
+echo '{"nodes": 2, "gpus_per_node": 2}' >"$d/cluster.json"
+check "out over cluster" 2 "$E" plan --trace "$d/a.st" --cluster "$d/cluster.json" --out "$d/cluster.json"
+has "$d/err" "cluster.json"
+check "out equals eplb-out" 2 "$E" plan --trace "$d/a.st" --out "$d/x.json" --eplb-out "$d/x.json"
+has "$d/err" "same file"
+[ -e "$d/x.json" ] && { echo "FAIL: x.json written"; fails=$((fails + 1)); }
+check "plan with cluster file" 0 "$E" plan --trace "$d/a.st" --cluster "$d/cluster.json" --out "$d/cf.json" --json --quiet
+has "$d/out" '"ranks": 4'
+
+[ "$fails" = 0 ] && echo "all plan eval CLI checks passed"
+exit $((fails > 0))
