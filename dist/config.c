@@ -301,11 +301,15 @@ static epm_status parse(const ctx *c, epm_model_config *cfg)
     }
     EPM_CHECK(get_bool(c, "tie_word_embeddings", &cfg->tie_word_embeddings, NULL));
     double eps = a == EPM_MODEL_QWEN2MOE ? 1e-6 : 1e-5;
-    EPM_CHECK(get_num(c, r, "rms_norm_eps", 0, 1, &eps, NULL));
+    /* above float32's underflow: the runtime keeps eps as a float, and 0 would divide by zero */
+    EPM_CHECK(get_num(c, r, "rms_norm_eps", 1e-30, 1, &eps, NULL));
     cfg->rms_norm_eps = (float)eps;
     json_t *act = json_object_get(r, "hidden_act");
-    if (act && !json_is_null(act) && !(json_is_string(act) && !strcmp(json_string_value(act), "silu")))
-        return epm_fail(EPM_ERR_UNSUPPORTED, "%s: field 'hidden_act': only \"silu\" is supported", c->label);
+    if (act && !json_is_null(act) && !(json_is_string(act) && !strcmp(json_string_value(act), "silu"))) {
+        char b[64];
+        return epm_fail(EPM_ERR_UNSUPPORTED, "%s: field 'hidden_act' = %s: only \"silu\" is supported", c->label,
+                        show(act, b, sizeof b));
+    }
     /* Mixtral's window applies whenever set; Qwen2-MoE's only with use_sliding_window. */
     int use_sw = a == EPM_MODEL_MIXTRAL;
     if (a == EPM_MODEL_QWEN2MOE)

@@ -108,6 +108,11 @@ static epm_status make_config(const epm_model_synth_opts *o, epm_model_config *c
         }
         c->moe_layer[o->mlp_only[i]] = 0;
     }
+    if (o->n_mlp_only > 0 && epm_model_config_moe_layers(c) == 0) {
+        epm_model_config_clear(c);
+        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: mlp-only layers cover all %d layers: no MoE layer is left",
+                        o->layers);
+    }
     return EPM_OK;
 }
 

@@ -1,6 +1,8 @@
 /* Token-id input of `epmoe run`: JSON lists, .npy or safetensors, chosen by
  * content. Text tokenisation is the user's tokenizer's job, not ours. */
 #include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "epmoe/model.h"
@@ -38,12 +40,28 @@ static epm_status alloc_batch(int batch, epm_tokens **out)
     return EPM_OK;
 }
 
+/* Errors name the element as input_ids[sequence][position], whatever the
+ * format, so that a user finds it in the file they wrote. */
 static epm_status check_id(const char *label, int vocab, int s, int i, long long v)
 {
     if (v < 0 || v > INT32_MAX || (vocab > 0 && v >= vocab))
-        return epm_fail(EPM_ERR_FORMAT, "%s: sequence %d, position %d: token id %lld is outside [0, %d)", label, s, i,
-                        v, vocab > 0 ? vocab : INT32_MAX);
+        return epm_fail(EPM_ERR_FORMAT, "%s: input_ids[%d][%d]: token id %lld is outside [0, %lld)", label, s, i, v,
+                        vocab > 0 ? (long long)vocab : (long long)INT32_MAX + 1);
     return EPM_OK;
+}
+
+/* The JSON text of a value, shortened, for error messages. */
+static const char *show(json_t *v, char *buf, size_t cap)
+{
+    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+    if (!s)
+        snprintf(buf, cap, "(?)");
+    else if (strlen(s) >= cap && cap > 4)
+        snprintf(buf, cap, "%.*s...", (int)cap - 4, s);
+    else
+        snprintf(buf, cap, "%s", s);
+    free(s); /* jansson's allocation */
+    return buf;
 }
 
 /* A dense [batch, seq] (or [seq]) integer array, from .npy or safetensors. */
@@ -143,12 +161,16 @@ static epm_status from_json(const char *text, size_t len, const char *label, int
     for (int s = 0; s < batch; s++) {
         json_t *seq = flat ? ids : json_array_get(ids, (size_t)s);
         json_t *ms = !mask ? NULL : flat ? mask : json_array_get(mask, (size_t)s);
+        char b[64];
         if (!json_is_array(seq) || json_array_size(seq) == 0 || json_array_size(seq) > MAX_SEQ) {
-            st = epm_fail(EPM_ERR_FORMAT, "%s: sequence %d is not a non-empty list of token ids", label, s);
+            st = epm_fail(EPM_ERR_FORMAT,
+                          "%s: input_ids[%d]: sequence %d is not a non-empty list of token ids (got %s)", label, s, s,
+                          show(seq, b, sizeof b));
             goto out;
         }
         if (ms && (!json_is_array(ms) || json_array_size(ms) != json_array_size(seq))) {
-            st = epm_fail(EPM_ERR_FORMAT, "%s: attention_mask of sequence %d does not match its length", label, s);
+            st = epm_fail(EPM_ERR_FORMAT, "%s: attention_mask[%d] = %s does not match the length of input_ids[%d]",
+                          label, s, show(ms, b, sizeof b), s);
             goto out;
         }
         size_t n = json_array_size(seq);
@@ -162,22 +184,24 @@ static epm_status from_json(const char *text, size_t len, const char *label, int
             if (ms) {
                 json_t *mv = json_array_get(ms, i);
                 if (!json_is_integer(mv) || (json_integer_value(mv) != 0 && json_integer_value(mv) != 1)) {
-                    st = epm_fail(EPM_ERR_FORMAT, "%s: sequence %d, position %zu: attention_mask is not 0 or 1", label,
-                                  s, i);
+                    st = epm_fail(EPM_ERR_FORMAT, "%s: attention_mask[%d][%zu] = %s is not 0 or 1", label, s, i,
+                                  show(mv, b, sizeof b));
                     goto out;
                 }
                 if (json_integer_value(mv) == 0)
                     continue;
             }
             if (!json_is_integer(v)) {
-                st = epm_fail(EPM_ERR_FORMAT, "%s: sequence %d, position %zu: not an integer token id", label, s, i);
+                st = epm_fail(EPM_ERR_FORMAT, "%s: input_ids[%d][%zu]: %s is not an integer token id", label, s, i,
+                              show(v, b, sizeof b));
                 goto out;
             }
             EPM_CHECK_GOTO(check_id(label, vocab, s, (int)i, (long long)json_integer_value(v)), st, out);
             t->ids[s][kept++] = (int32_t)json_integer_value(v);
         }
         if (kept == 0) {
-            st = epm_fail(EPM_ERR_FORMAT, "%s: sequence %d has no tokens once the attention mask is applied", label, s);
+            st = epm_fail(EPM_ERR_FORMAT, "%s: input_ids[%d] has no tokens once attention_mask[%d] is applied", label,
+                          s, s);
             goto out;
         }
         t->lens[s] = kept;

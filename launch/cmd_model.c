@@ -166,15 +166,22 @@ static int cmd_synth(int argc, char **argv)
 
 typedef struct counts {
     int64_t total, expert;
+    const epm_shards *sh;
+    int64_t bytes, expert_bytes; /* as stored: what a rank reads for its experts */
 } counts;
 
 static epm_status count(void *vc, const epm_model_tensor_info *t)
 {
     counts *c = vc;
     int64_t n = t->shape[0] * (t->ndim == 2 ? t->shape[1] : 1);
+    const epm_st_tensor *st = c->sh ? epm_shards_find(c->sh, t->name, NULL) : NULL;
+    int64_t b = st ? (int64_t)(st->end - st->begin) : 0;
     c->total += n;
-    if (t->expert >= 0)
+    c->bytes += b;
+    if (t->expert >= 0) {
         c->expert += n;
+        c->expert_bytes += b;
+    }
     return EPM_OK;
 }
 
@@ -204,10 +211,18 @@ static int cmd_info(int argc, char **argv)
     if (st != EPM_OK)
         return cli_fail(W, st);
     const epm_model_config *c = epm_model_get_config(m);
-    counts n = {0, 0};
+    /* the model checked every tensor; the directory gives their stored sizes */
+    epm_shards *sh = NULL;
+    if ((st = epm_shards_open(dir, &sh)) != EPM_OK) {
+        epm_model_close(m);
+        return cli_fail(W, st);
+    }
+    counts n = {0, 0, sh, 0, 0};
     epm_model_tensors(c, count, &n);
+    epm_shards_close(sh);
     int moe = epm_model_config_moe_layers(c);
     int64_t per_expert = moe ? n.expert / ((int64_t)moe * c->num_experts) : 0;
+    int64_t per_expert_bytes = moe ? n.expert_bytes / ((int64_t)moe * c->num_experts) : 0;
     int64_t active = n.total - n.expert + (int64_t)moe * c->top_k * per_expert;
     if (json) {
         printf("{\"architecture\": \"%s\", \"vocab_size\": %d, \"hidden_size\": %d, \"layers\": %d, "
@@ -215,13 +230,15 @@ static int cmd_info(int argc, char **argv)
                "\"moe_ffn\": %d, \"dense_ffn\": %d, \"shared_ffn\": %d, \"norm_topk_prob\": %s, \"qkv_bias\": %s, "
                "\"qk_norm\": %s, \"tie_word_embeddings\": %s, \"rms_norm_eps\": %g, \"rope_theta\": %g, "
                "\"dtype\": \"%s\", \"files\": %d, \"file_bytes\": %lld, \"params\": %lld, \"expert_params\": %lld, "
-               "\"active_params\": %lld}\n",
+               "\"active_params\": %lld, \"tensor_bytes\": %lld, \"expert_bytes\": %lld, \"params_per_expert\": %lld, "
+               "\"bytes_per_expert\": %lld}\n",
                epm_model_arch_class(c->arch), c->vocab_size, c->hidden_size, c->num_layers, moe, c->num_heads,
                c->num_kv_heads, c->head_dim, c->num_experts, c->top_k, c->moe_ffn, c->dense_ffn, c->shared_ffn,
                c->norm_topk_prob ? "true" : "false", c->qkv_bias ? "true" : "false", c->qk_norm ? "true" : "false",
                c->tie_word_embeddings ? "true" : "false", (double)c->rms_norm_eps, c->rope_theta,
                epm_dtype_name(c->dtype), epm_model_files(m), (long long)epm_model_file_bytes(m), (long long)n.total,
-               (long long)n.expert, (long long)active);
+               (long long)n.expert, (long long)active, (long long)n.bytes, (long long)n.expert_bytes,
+               (long long)per_expert, (long long)per_expert_bytes);
     } else {
         printf("%s: %s\n", dir, epm_model_arch_class(c->arch));
         printf("  layers      %d (%d MoE, %d dense MLP)\n", c->num_layers, moe, c->num_layers - moe);
@@ -237,6 +254,9 @@ static int cmd_info(int argc, char **argv)
             printf(", dense ffn %d", c->dense_ffn);
         printf("\n  params      %.4g M total, %.4g M in experts, %.4g M active per token\n", (double)n.total / 1e6,
                (double)n.expert / 1e6, (double)active / 1e6);
+        printf("  per expert  %lld params, %.4g MB as stored (%.4g MB for all %d routed experts)\n",
+               (long long)per_expert, (double)per_expert_bytes / 1e6, (double)n.expert_bytes / 1e6,
+               moe * c->num_experts);
         printf("  files       %d (%.4g MB), dtype %s%s\n", epm_model_files(m), (double)epm_model_file_bytes(m) / 1e6,
                epm_dtype_name(c->dtype), c->tie_word_embeddings ? ", tied embeddings" : "");
     }

@@ -184,12 +184,13 @@ static void test_config_bad_fields(void **state)
         {"mixtral-tiny", "num_experts_per_tok", "9", "9", EPM_ERR_FORMAT},
         {"mixtral-tiny", "intermediate_size", "true", "true", EPM_ERR_FORMAT},
         {"mixtral-tiny", "rms_norm_eps", "-0.5", "-0.5", EPM_ERR_FORMAT},
+        {"mixtral-tiny", "rms_norm_eps", "1e-85", "e-86", EPM_ERR_FORMAT}, /* 0 as a float (fuzzing found it) */
         {"mixtral-tiny", "rope_theta", "\"big\"", "\"big\"", EPM_ERR_FORMAT},
         {"mixtral-tiny", "tie_word_embeddings", "\"yes\"", "\"yes\"", EPM_ERR_FORMAT},
         {"mixtral-tiny", "dtype", "\"float64\"", "\"float64\"", EPM_ERR_FORMAT},
         {"mixtral-tiny", "torch_dtype", "7", NULL, EPM_OK}, /* dtype wins */
         {"mixtral-tiny", "architectures", "5", "5", EPM_ERR_FORMAT},
-        {"mixtral-tiny", "hidden_act", "\"gelu\"", "hidden_act", EPM_ERR_UNSUPPORTED},
+        {"mixtral-tiny", "hidden_act", "\"gelu\"", "\"gelu\"", EPM_ERR_UNSUPPORTED},
         {"mixtral-tiny", "sliding_window", "-4", "-4", EPM_ERR_FORMAT},
         {"qwen2moe-tiny", "mlp_only_layers", "[7]", "mlp_only_layers[0]", EPM_ERR_FORMAT},
         {"qwen2moe-tiny", "mlp_only_layers", "{}", "{}", EPM_ERR_FORMAT},

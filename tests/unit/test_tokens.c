@@ -1,6 +1,6 @@
 /* Token-id input: JSON, .npy and safetensors give the same batches; ids
- * outside the vocabulary and malformed files are refused with the sequence
- * and position named. */
+ * outside the vocabulary and malformed files are refused with the file, the
+ * element (input_ids[sequence][position]) and its value named. */
 #include "test_util.h"
 
 #include <stdio.h>
@@ -78,15 +78,27 @@ static void test_tokens_json_errors(void **state)
 {
     (void)state;
     assert_int_equal(parse_bad("[[1, 2], [3, 4, 10]]", 10), EPM_ERR_FORMAT);
-    assert_non_null(strstr(epm_last_error(), "sequence 1, position 2"));
-    assert_non_null(strstr(epm_last_error(), "10"));
+    assert_non_null(strstr(epm_last_error(), "input_ids[1][2]"));
+    assert_non_null(strstr(epm_last_error(), "token id 10"));
     assert_non_null(strstr(epm_last_error(), "in.json"));
     assert_int_equal(parse_bad("[[1, -1]]", 0), EPM_ERR_FORMAT);
-    assert_non_null(strstr(epm_last_error(), "sequence 0, position 1"));
+    assert_non_null(strstr(epm_last_error(), "input_ids[0][1]: token id -1"));
     assert_int_equal(parse_bad("[[1, 2.5]]", 0), EPM_ERR_FORMAT);
-    assert_non_null(strstr(epm_last_error(), "sequence 0, position 1"));
+    assert_non_null(strstr(epm_last_error(), "input_ids[0][1]: 2.5 is not"));
+    assert_int_equal(parse_bad("[[1], [\"a\", 2]]", 0), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "input_ids[1][0]: \"a\" is not"));
     assert_int_equal(parse_bad("[[1], []]", 0), EPM_ERR_FORMAT);
-    assert_non_null(strstr(epm_last_error(), "sequence 1"));
+    assert_non_null(strstr(epm_last_error(), "input_ids[1]: sequence 1 is not a non-empty list of token ids (got [])"));
+    assert_int_equal(parse_bad("[[1, 2], \"x\"]", 0), EPM_ERR_FORMAT); /* what epmoe run's CLI test feeds */
+    assert_non_null(strstr(epm_last_error(), "input_ids[1]: sequence 1 is not"));
+    assert_int_equal(parse_bad("[[[1]]]", 0), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "input_ids[0][0]: [1] is not"));
+    assert_int_equal(parse_bad("{\"input_ids\": null}", 0), EPM_ERR_FORMAT);
+    assert_int_equal(parse_bad("{\"input_ids\": [[1]], \"input_ids\": [[2]]}", 0), EPM_ERR_FORMAT);
+    assert_int_equal(parse_bad("\"1 2 3\"", 0), EPM_ERR_FORMAT);
+    assert_int_equal(parse_bad("", 0), EPM_ERR_FORMAT);
+    assert_int_equal(parse_bad("[[1, 2147483648]]", 0), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "2147483648"));
     assert_int_equal(parse_bad("[]", 0), EPM_ERR_FORMAT);
     assert_int_equal(parse_bad("{\"ids\": [[1]]}", 0), EPM_ERR_FORMAT);
     assert_int_equal(parse_bad("[[1], 2]", 0), EPM_ERR_FORMAT);
@@ -96,6 +108,11 @@ static void test_tokens_json_errors(void **state)
     assert_non_null(strstr(epm_last_error(), "attention_mask"));
     assert_int_equal(parse_bad("{\"input_ids\": [[1, 2]], \"attention_mask\": [[0, 0]]}", 0), EPM_ERR_FORMAT);
     assert_int_equal(parse_bad("{\"input_ids\": [[1, 2]], \"attention_mask\": [[1, 2]]}", 0), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "attention_mask[0][1] = 2"));
+    assert_int_equal(parse_bad("{\"input_ids\": [[1, 2]], \"attention_mask\": [[true, true]]}", 0), EPM_ERR_FORMAT);
+    assert_int_equal(parse_bad("{\"input_ids\": [[1, 2]], \"attention_mask\": 1}", 0), EPM_ERR_FORMAT);
+    assert_int_equal(parse_bad("{\"input_ids\": [1, 2], \"attention_mask\": [[1, 1]]}", 0), EPM_ERR_FORMAT);
+    assert_int_equal(parse_bad("{\"input_ids\": [[1, 2], [3]], \"attention_mask\": [[1, 1]]}", 0), EPM_ERR_FORMAT);
 }
 
 static void test_tokens_npy(void **state)
@@ -116,7 +133,7 @@ static void test_tokens_npy(void **state)
     epm_tokens_destroy(t);
     epm_tokens *bad = NULL;
     assert_int_equal(epm_tokens_parse(buf, n, "ids.npy", 40, &bad), EPM_ERR_FORMAT);
-    assert_non_null(strstr(epm_last_error(), "sequence 0, position 0"));
+    assert_non_null(strstr(epm_last_error(), "input_ids[0][0]: token id 40"));
     assert_int_equal(epm_tokens_parse(buf, n - 1, "ids.npy", 0, &bad), EPM_ERR_FORMAT);
     assert_non_null(strstr(epm_last_error(), "truncated"));
     float f[2] = {1, 2};
@@ -180,7 +197,7 @@ static void test_tokens_safetensors_and_files(void **state)
     epm_tokens_destroy(t);
     t = NULL;
     assert_int_equal(epm_tokens_load(p, 4, &t), EPM_ERR_FORMAT);
-    assert_non_null(strstr(epm_last_error(), "sequence 1, position 0"));
+    assert_non_null(strstr(epm_last_error(), "input_ids[1][0]: token id 4"));
     assert_non_null(strstr(epm_last_error(), p));
     const char *j = tu_write("ids.json", "[[2, 3]]\n", 9);
     assert_int_equal(epm_tokens_load(j, 5, &t), EPM_OK);
@@ -191,6 +208,75 @@ static void test_tokens_safetensors_and_files(void **state)
     assert_int_equal(epm_tokens_parse("[[1]]", 5, "x", -1, &t), EPM_ERR_INVALID_ARG);
 }
 
+/* A safetensors buffer with one tensor, header padded to 8 bytes. */
+static size_t st_one(const char *name, const char *dtype, const char *shape, const void *data, size_t bytes)
+{
+    char hdr[256];
+    int h = snprintf(hdr, sizeof hdr, "{\"%s\":{\"dtype\":\"%s\",\"shape\":%s,\"data_offsets\":[0,%zu]}}", name, dtype,
+                     shape, bytes);
+    while (h % 8)
+        hdr[h++] = ' ';
+    memset(buf, 0, 8);
+    buf[0] = (uint8_t)h;
+    memcpy(buf + 8, hdr, (size_t)h);
+    memcpy(buf + 8 + h, data, bytes);
+    return 8 + (size_t)h + bytes;
+}
+
+static void test_tokens_safetensors_errors(void **state)
+{
+    (void)state;
+    int32_t ids[6] = {1, 2, 3, 4, 5, 6};
+    epm_tokens *t = NULL;
+    size_t n = st_one("input_ids", "I32", "[2,3]", ids, sizeof ids);
+    t = parse_ok(buf, n, 7);
+    assert_int_equal(t->batch, 2);
+    assert_int_equal(t->lens[0], 3);
+    assert_int_equal(t->ids[1][2], 6);
+    epm_tokens_destroy(t);
+    t = NULL;
+    n = st_one("tokens", "I32", "[2,3]", ids, sizeof ids);
+    assert_int_equal(epm_tokens_parse(buf, n, "in.st", 0, &t), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "'input_ids'"));
+    n = st_one("input_ids", "F32", "[2,3]", ids, sizeof ids);
+    assert_int_equal(epm_tokens_parse(buf, n, "in.st", 0, &t), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "F32"));
+    n = st_one("input_ids", "I16", "[1,2]", ids, 4);
+    assert_int_equal(epm_tokens_parse(buf, n, "in.st", 0, &t), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "I16"));
+    n = st_one("input_ids", "I32", "[1,2,3]", ids, sizeof ids);
+    assert_int_equal(epm_tokens_parse(buf, n, "in.st", 0, &t), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "3 dimensions"));
+    n = st_one("input_ids", "I32", "[0,3]", ids, 0);
+    assert_int_equal(epm_tokens_parse(buf, n, "in.st", 0, &t), EPM_ERR_FORMAT);
+    n = st_one("input_ids", "I32", "[2,3]", ids, sizeof ids);
+    assert_int_not_equal(epm_tokens_parse(buf, n - 4, "in.st", 0, &t), EPM_OK); /* truncated data */
+    assert_non_null(strstr(epm_last_error(), "in.st"));
+    assert_null(t);
+}
+
+/* Every allocation of a parse may fail: a clean EPM_ERR_NOMEM, nothing leaked. */
+static void test_tokens_alloc_failures(void **state)
+{
+    (void)state;
+    const char *a = "{\"input_ids\": [[1, 2, 3], [4, 5]], \"attention_mask\": [[1, 1, 1], [0, 1]]}";
+    for (uint64_t k = 1;; k++) {
+        epm_tokens *t = NULL;
+        epm_fault_fail_nth_alloc(k);
+        epm_status st = epm_tokens_parse(a, strlen(a), "in.json", 10, &t);
+        epm_fault_fail_nth_alloc(0);
+        if (st == EPM_OK) {
+            assert_int_equal(t->lens[1], 1);
+            epm_tokens_destroy(t);
+            assert_true(k > 3);
+            break;
+        }
+        assert_int_equal(st, EPM_ERR_NOMEM);
+        assert_null(t);
+        assert_true(k < 100);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -199,6 +285,8 @@ int main(void)
         cmocka_unit_test(test_tokens_npy),
         cmocka_unit_test(test_tokens_npy_header),
         cmocka_unit_test(test_tokens_safetensors_and_files),
+        cmocka_unit_test(test_tokens_safetensors_errors),
+        cmocka_unit_test(test_tokens_alloc_failures),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
