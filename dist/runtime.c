@@ -757,6 +757,9 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     r->total = r->N + (int64_t)r->steps * batch;
     for (int l = 0; l < c->num_layers; l++)
         r->moe_index[l] = c->moe_layer[l] ? r->moe_layers++ : -1;
+    if (r->moe_layers == 0)
+        return sync(r, epm_fail(EPM_ERR_UNSUPPORTED, "%s/config.json: the model has no MoE layer; epmoe runs "
+                                                     "mixture-of-experts models", o->model_dir));
     /* the placement must be for this model and this run's ranks */
     epm_cluster cl;
     epm_xcomm_cluster(r->x, &cl);
