@@ -7,6 +7,7 @@
 #include "cli.h"
 #include "core.h"
 #include "runtime.h"
+#include "epmoe/launch.h"
 #include "epmoe/model.h"
 #include "safetensors.h"
 #include "xcomm.h"
@@ -27,6 +28,9 @@ static const char usage[] =
     "  --logits-out FILE        write logits (safetensors 'logits')\n"
     "  --all-logits             logits of every prompt position, not only the last\n"
     "  --kernels ref|blas       CPU kernels (default blas)\n"
+    "  --bind                   bind each rank's threads and memory to the cores of its GPU's NUMA node\n"
+    "                           (its share of the node's cores without GPUs; EPM_GPU_MAP=0,2,.. maps GPUs)\n"
+    "  --report-bindings        print each rank's GPU, NUMA node and cores (stderr, one line per rank)\n"
     "  --timeout SEC            give up (every rank, non-zero exit) when a rank stalls this long\n"
     "  --top-p P                dynamic expert count: experts until their probability reaches P (<= k)\n"
     "  --ta-strength S          topology-aware gating: lower each expert's log-probability by S x the\n"
@@ -34,7 +38,7 @@ static const char usage[] =
     "  --report                 per-layer bytes and loads, times, tokens/s (stderr, or stdout with --json)\n"
     "  --json                   results as JSON on stdout\n";
 
-enum { O_TOPP = 300, O_TA, O_TIMEOUT };
+enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -45,6 +49,7 @@ static const struct option opts[] = {
     {"logits-out", required_argument, 0, O_LOUT},    {"all-logits", no_argument, 0, O_ALL},
     {"kernels", required_argument, 0, O_KER},        {"report", no_argument, 0, O_REP},
     {"json", no_argument, 0, O_JSON},                {"help", no_argument, 0, O_HELP},
+    {"bind", no_argument, 0, O_BIND},                {"report-bindings", no_argument, 0, O_RBIND},
     {"timeout", required_argument, 0, O_TIMEOUT},    {"top-p", required_argument, 0, O_TOPP},         {"ta-strength", required_argument, 0, O_TA},
     {0, 0, 0, 0}};
 
@@ -125,6 +130,32 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
             (long long)tot[2], (long long)r->gather_bytes[1], (long long)r->gather_bytes[2]);
 }
 
+/* Binding failures are reported and the run goes on unbound: a container
+ * may forbid it, and a slower run beats no run. */
+static void bind_rank(int apply, int report)
+{
+    epm_binding_opts bo;
+    int map[256];
+    epm_binding b;
+    epm_hwtopo *topo = NULL;
+    epm_binding_opts_init(&bo);
+    epm_status st = epm_binding_opts_from_env(&bo, map, 256);
+    if (st == EPM_OK)
+        st = epm_hwtopo_load(&topo);
+    if (st == EPM_OK)
+        st = epm_binding_plan(topo, &bo, &b);
+    if (st == EPM_OK && apply && epm_binding_apply(topo, &b) != EPM_OK)
+        fprintf(stderr, "epmoe run: rank %d: binding not applied: %s\n", bo.rank, epm_last_error());
+    if (st == EPM_OK && report) {
+        char line[512];
+        epm_binding_format(&b, line, sizeof line);
+        fprintf(stderr, "binding: %s\n", line);
+    } else if (st != EPM_OK) {
+        fprintf(stderr, "epmoe run: rank %d: no binding: %s\n", bo.rank, epm_last_error());
+    }
+    epm_hwtopo_destroy(topo);
+}
+
 int epm_cli_run(int argc, char **argv)
 {
     const char *W = "run";
@@ -132,7 +163,7 @@ int epm_cli_run(int argc, char **argv)
     memset(&o, 0, sizeof o);
     o.ops = "blas";
     const char *input = NULL, *place = NULL, *rft = NULL, *tout = NULL, *lout = NULL;
-    int report = 0, json = 0, c;
+    int report = 0, json = 0, c, bind = 0, report_bindings = 0;
     long v;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -154,6 +185,8 @@ int epm_cli_run(int argc, char **argv)
             o.ops = optarg;
             break;
         case O_REP: report = 1; break;
+        case O_BIND: bind = 1; break;
+        case O_RBIND: report_bindings = 1; break;
         case O_TIMEOUT: if (!cli_parse_double(W, "--timeout", optarg, 0, 1e7, &o.timeout_s)) return EPM_EXIT_USAGE; break;
         case O_TOPP: if (!cli_parse_double(W, "--top-p", optarg, 0, 1, &o.top_p)) return EPM_EXIT_USAGE; break;
         case O_TA: if (!cli_parse_double(W, "--ta-strength", optarg, 0, 1e6, &o.ta_strength)) return EPM_EXIT_USAGE; break;
@@ -172,6 +205,8 @@ int epm_cli_run(int argc, char **argv)
         for (int j = 0; j < 3; j++)
             if (outs[i] && ins[j] && cli_same_file(outs[i], ins[j]))
                 return cli_usage_error(W, "output '%s' would overwrite an input", outs[i]);
+    if (bind || report_bindings)
+        bind_rank(bind, report_bindings);
     epm_tokens *pr = NULL;
     epm_placement *p = NULL;
     epm_trace *t = NULL;

@@ -28,6 +28,8 @@ echo '[[1, 2, 3, 4, 5], [9, 8, 7]]' >"$d/in.json"
 check "json input, 2 ranks" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report
 has "$d/out" '"generated": \[\['
 has "$d/out" '"rank_load"'
+check "bindings" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --bind --report-bindings
+[ "$(grep -c '^binding: rank' "$d/err")" = 2 ] || { echo "FAIL: expected 2 binding lines"; cat "$d/err"; fails=$((fails + 1)); }
 check "trace and logits out" 0 run -np 3 "$E" run --model "$m" --input "$m/reference.safetensors" \
   --trace-out "$d/t.st" --logits-out "$d/l.st" --all-logits
 check "trace is readable" 0 "$E" trace stats "$d/t.st"
