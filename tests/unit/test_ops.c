@@ -1,0 +1,177 @@
+/* checkasm-style: every fast op (BLAS) beside its C reference on the same
+ * random and adversarial shapes, compared within a stated tolerance, plus
+ * identities of the single-implementation helpers (RoPE, attention, top-k). */
+#include "test_util.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core.h"
+#include "ops.h"
+
+static float *rnd(size_t n, uint64_t *s)
+{
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = (float)(2 * epm_rand_unit(s) - 1);
+    return v;
+}
+
+/* float32 sums of up to a few thousand products: BLAS reorders them, so allow
+ * 1e-5 of the largest magnitude (plus 1e-6 for outputs near zero) */
+static int close_enough(const float *a, const float *b, size_t n, double *worst)
+{
+    double m = 0, e = 0;
+    for (size_t i = 0; i < n; i++) {
+        m = fmax(m, fabs(b[i]));
+        e = fmax(e, fabs((double)a[i] - b[i]));
+    }
+    *worst = e;
+    return e <= 1e-5 * m + 1e-6;
+}
+
+static void test_ops_linear_blas_vs_ref(void **state)
+{
+    (void)state;
+    const epm_ops *ref = epm_ops_ref(), *fast = epm_ops_blas();
+    const int shapes[][3] = {{0, 8, 8}, {1, 1, 1}, {1, 3, 5}, {7, 67, 3}, {33, 64, 128}, {256, 1024, 96}};
+    uint64_t s = 1;
+    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+        int n = shapes[k][0], in = shapes[k][1], out = shapes[k][2];
+        float *x = rnd((size_t)n * in, &s), *w = rnd((size_t)out * in, &s), *b = rnd((size_t)out, &s);
+        float *y0 = calloc((size_t)(n ? n : 1) * out, sizeof *y0), *y1 = calloc((size_t)(n ? n : 1) * out, sizeof *y1);
+        for (int bias = 0; bias < 2; bias++) {
+            ref->linear(x, n, in, w, bias ? b : NULL, out, y0);
+            fast->linear(x, n, in, w, bias ? b : NULL, out, y1);
+            double e;
+            if (!close_enough(y1, y0, (size_t)n * out, &e)) {
+                print_error("linear %dx%d->%d bias %d: max error %g\n", n, in, out, bias, e);
+                fail();
+            }
+        }
+        free(x), free(w), free(b), free(y0), free(y1);
+    }
+}
+
+static void test_ops_swiglu_blas_vs_ref(void **state)
+{
+    (void)state;
+    const epm_ops *ref = epm_ops_ref(), *fast = epm_ops_blas();
+    const int shapes[][3] = {{0, 16, 8}, {1, 1, 1}, {5, 3, 7}, {17, 67, 45}, {64, 128, 256}};
+    uint64_t s = 2;
+    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+        int n = shapes[k][0], h = shapes[k][1], f = shapes[k][2];
+        float *x = rnd((size_t)n * h, &s), *g = rnd((size_t)f * h, &s), *u = rnd((size_t)f * h, &s);
+        float *d = rnd((size_t)h * f, &s);
+        float *scr = malloc((size_t)(n ? n : 1) * 2 * f * sizeof *scr);
+        float *y0 = calloc((size_t)(n ? n : 1) * h, sizeof *y0), *y1 = calloc((size_t)(n ? n : 1) * h, sizeof *y1);
+        ref->swiglu(x, n, h, f, g, u, d, scr, y0);
+        fast->swiglu(x, n, h, f, g, u, d, scr, y1);
+        double e;
+        if (!close_enough(y1, y0, (size_t)n * h, &e)) {
+            print_error("swiglu %d rows %d->%d: max error %g\n", n, h, f, e);
+            fail();
+        }
+        free(x), free(g), free(u), free(d), free(scr), free(y0), free(y1);
+    }
+}
+
+static void test_ops_comparator_catches_a_wrong_result(void **state)
+{
+    (void)state;
+    float a[4] = {1, 2, 3, 4}, b[4] = {1, 2, 3, 4};
+    double e;
+    assert_true(close_enough(a, b, 4, &e));
+    a[2] += 1e-3f; /* what a wrong fast path would look like */
+    assert_false(close_enough(a, b, 4, &e));
+}
+
+static void test_ops_swiglu_by_hand(void **state)
+{
+    (void)state;
+    /* hidden 1, ffn 1: y = down * silu(gate * x) * (up * x) */
+    float x = 2, g = 0.5f, u = 3, d = -1, scr[2], y;
+    epm_ops_ref()->swiglu(&x, 1, 1, 1, &g, &u, &d, scr, &y);
+    double want = -1.0 * (1.0 / (1.0 + exp(-1.0))) * 6.0;
+    assert_true(fabs(y - want) < 1e-6);
+}
+
+static void test_ops_rmsnorm(void **state)
+{
+    (void)state;
+    float x[4] = {1, -1, 1, -1}, w[4] = {1, 2, 3, 4}, y[4];
+    epm_ops_ref()->rmsnorm(x, 1, 4, w, 0.0f, y);
+    for (int i = 0; i < 4; i++)
+        assert_true(fabs(y[i] - w[i] * x[i]) < 1e-6);
+}
+
+static void test_rope_identities(void **state)
+{
+    (void)state;
+    uint64_t s = 3;
+    float *v = rnd(2 * 8, &s), orig[16];
+    memcpy(orig, v, sizeof orig);
+    int32_t pos0[1] = {0}, pos7[1] = {7};
+    epm_rope(v, 1, 2, 8, pos0, 10000.0);
+    assert_memory_equal(v, orig, sizeof orig); /* position 0 rotates by nothing */
+    epm_rope(v, 1, 2, 8, pos7, 10000.0);
+    for (int h = 0; h < 2; h++) { /* rotation keeps each pair's length */
+        for (int j = 0; j < 4; j++) {
+            double a = hypot(orig[h * 8 + j], orig[h * 8 + j + 4]), b = hypot(v[h * 8 + j], v[h * 8 + j + 4]);
+            assert_true(fabs(a - b) < 1e-5);
+        }
+    }
+    free(v);
+}
+
+static void test_attention_causal_and_gqa(void **state)
+{
+    (void)state;
+    enum { T = 5, KV = 1, H = 2, D = 4 };
+    uint64_t s = 4;
+    float *kc = rnd(T * KV * D, &s), *vc = rnd(T * KV * D, &s), *q = rnd(H * D, &s);
+    float out1[H * D], out2[H * D], probs[H * T];
+    int32_t p2[1] = {2};
+    epm_attention(q, 1, p2, kc, vc, H, KV, D, out1, probs, T);
+    /* a later key never changes an earlier query */
+    kc[4 * D] += 5, vc[4 * D] += 5;
+    epm_attention(q, 1, p2, kc, vc, H, KV, D, out2, NULL, T);
+    assert_memory_equal(out1, out2, sizeof out1);
+    for (int h = 0; h < H; h++) {
+        double sum = 0;
+        for (int t = 0; t < T; t++)
+            sum += probs[h * T + t];
+        assert_true(fabs(sum - 1) < 1e-6);
+        assert_true(probs[h * T + 3] == 0 && probs[h * T + 4] == 0);
+    }
+    /* equal scores (zero query) average the values */
+    float zq[H * D] = {0};
+    epm_attention(zq, 1, p2, kc, vc, H, KV, D, out1, NULL, T);
+    for (int j = 0; j < D; j++)
+        assert_true(fabs(out1[j] - (vc[j] + vc[D + j] + vc[2 * D + j]) / 3) < 1e-6);
+    free(kc), free(vc), free(q);
+}
+
+static void test_topk_ties(void **state)
+{
+    (void)state;
+    float sc[5] = {0.1f, 0.5f, 0.5f, 0.2f, 0.5f};
+    int32_t ids[3];
+    float v[3];
+    epm_topk(sc, 5, 3, ids, v);
+    assert_int_equal(ids[0], 1);
+    assert_int_equal(ids[1], 2);
+    assert_int_equal(ids[2], 4);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ops_linear_blas_vs_ref), cmocka_unit_test(test_ops_swiglu_blas_vs_ref),
+        cmocka_unit_test(test_ops_comparator_catches_a_wrong_result), cmocka_unit_test(test_ops_swiglu_by_hand),
+        cmocka_unit_test(test_ops_rmsnorm), cmocka_unit_test(test_rope_identities),
+        cmocka_unit_test(test_attention_causal_and_gqa), cmocka_unit_test(test_topk_ties),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
