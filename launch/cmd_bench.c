@@ -15,6 +15,7 @@ typedef struct {
 static const bench_entry benches[] = {
     {"help", NULL, "list the benchmarks"},
     {"plan", epm_bench_plan, "planner: solve time, gap, held-out eval vs contiguous"},
+    {"kernels", epm_bench_kernels, "grouped expert FFN vs one GEMM chain of the same FLOPs (CPU: BLAS)"},
     {"run", epm_bench_run, "epmoe run tokens/s and bytes per link class, per mode and placement"},
 };
 
