@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 what=${1:-demo}
 
 pkgs="meson ninja-build pkg-config gcc clang libopenmpi-dev openmpi-bin libglpk-dev libhwloc-dev
-      libcmocka-dev libopenblas-dev libjansson-dev"
+      libcmocka-dev libopenblas-dev libjansson-dev python3 iproute2 util-linux procps"
 missing=""
 for p in $pkgs; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
