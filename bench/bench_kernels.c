@@ -1,6 +1,8 @@
-/* epmoe bench kernels: the grouped expert FFN (one SwiGLU GEMM chain per
- * expert over all its rows) beside the ceiling — one SwiGLU GEMM chain of
- * the same total FLOPs over a single weight set — measured in the same run. */
+/* epmoe bench kernels: the grouped expert FFN of a kernel backend (the
+ * public epm_kernels table: one SwiGLU GEMM chain per expert over all its
+ * rows) beside the ceiling, ONE SwiGLU GEMM chain over all routed rows with a
+ * single weight set (the same FLOPs, each GEMM in one call), measured in the
+ * same run on the same backend. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,17 +11,22 @@
 #include "../launch/cli.h"
 #include "bench.h"
 #include "core.h"
-#include "ops.h"
+#include "epmoe/kernels.h"
 
 static const char usage[] =
-    "usage: epmoe bench kernels [--shape mixtral|dsv3|all] [--tokens LIST] [--reps R] [--backend blas|ref] [--csv]\n"
+    "usage: epmoe bench kernels [--shape mixtral|dsv3|all] [--tokens LIST] [--reps R]\n"
+    "                           [--backend cpu|ref|cuda] [--dtype f32|bf16] [--csv]\n"
     "  mixtral: hidden 4096, expert FFN 14336, 8 experts, top-2\n"
-    "  dsv3:    hidden 7168, expert FFN 2048, 256 experts, top-8\n"
-    "  --tokens LIST  batch sizes (default 1,16,128,512; the CPU default stays small so a 2-core\n"
-    "                 machine finishes in minutes; the shapes scale to 16384)\n"
-    "Routing spreads tokens evenly over experts (k distinct per token). Expert weights cycle\n"
-    "through two distinct float32 buffers, each far larger than any cache, so DeepSeek-V3's 256\n"
-    "experts fit in memory; every expert's weights are still read from DRAM.\n";
+    "  dsv3:    hidden 7168, expert FFN 2048, 256 experts, top-8 (DeepSeek-V3-like)\n"
+    "  --tokens LIST  batch sizes, e.g. 1,16,128,1024,4096,16384. Default on the CPU\n"
+    "                 1,16,128,512 (a 2-core machine finishes in a few minutes); on\n"
+    "                 cuda 1,16,128,1024,4096,16384\n"
+    "  --dtype        default f32 on the CPU backends (their only one), bf16 on cuda\n"
+    "  --weight-gb G  distinct expert weights to allocate, GB (default 3 on the CPU,\n"
+    "                 all experts on cuda); experts cycle through the weight sets that fit\n"
+    "Routing: each token picks k distinct experts uniformly at random. FLOPs count\n"
+    "6 * hidden * ffn per routed row (gate, up, down). Every weight set is far larger\n"
+    "than any cache, so cycling sets still reads each expert's weights from memory.\n";
 
 typedef struct shape {
     const char *name;
@@ -28,34 +35,173 @@ typedef struct shape {
 
 static const shape shapes[] = {{"mixtral", 4096, 14336, 8, 2}, {"dsv3", 7168, 2048, 256, 8}};
 
-static double best_of(int reps, const epm_ops *ops, int nexp, const int64_t *rows, const float *x, int H, int F,
-                      float *const *w, int nsets, float *scr, float *y)
+/* k distinct experts per token, uniform (partial Fisher-Yates per token). */
+static void route_random(int64_t T, int E, int K, uint64_t *seed, int32_t *ids, int32_t *perm)
 {
-    double best = 1e30;
-    for (int r = 0; r < reps; r++) {
-        double t0 = epm_now();
-        int64_t off = 0;
-        for (int e = 0; e < nexp; e++) {
-            const float *g = w[e % nsets], *u = g + (size_t)F * H, *d = u + (size_t)F * H;
-            ops->swiglu(x + off * H, rows[e], H, F, g, u, d, scr, y + off * H);
-            off += rows[e];
+    for (int e = 0; e < E; e++)
+        perm[e] = e;
+    for (int64_t t = 0; t < T; t++)
+        for (int j = 0; j < K; j++) {
+            int r = j + (int)(epm_rand_unit(seed) * (E - j));
+            int32_t tmp = perm[j];
+            perm[j] = perm[r], perm[r] = tmp;
+            ids[t * K + j] = perm[j];
         }
-        double t = epm_now() - t0;
-        best = t < best ? t : best;
+}
+
+typedef struct bench {
+    epm_kernels *kb;
+    const epm_kernel_ops *o;
+    epm_dtype dt;
+    size_t es;
+    int reps;
+} bench;
+
+/* Random values in [-0.01, 0.01) in the element type, uploaded in chunks. */
+static epm_status fill(bench *b, void *dst, size_t n, uint64_t *seed)
+{
+    enum { CHUNK = 1 << 22 };
+    float *h = epm_malloc(CHUNK * sizeof *h);
+    if (!h)
+        return epm_fail(EPM_ERR_NOMEM, "bench kernels: fill buffer");
+    epm_status st = EPM_OK;
+    for (size_t at = 0; st == EPM_OK && at < n; at += CHUNK) {
+        size_t m = n - at < CHUNK ? n - at : CHUNK;
+        for (size_t i = 0; i < m; i++)
+            h[i] = (float)(epm_rand_unit(seed) - 0.5) * 0.02f;
+        if (b->dt != EPM_DTYPE_F32) /* narrowed in place: the first half of h */
+            st = epm_ref_convert(h, EPM_DTYPE_F32, (int64_t)m, b->dt, h);
+        if (st == EPM_OK)
+            st = b->o->upload(b->kb, (char *)dst + at * b->es, h, m * b->es);
     }
-    return best;
+    epm_free(h);
+    return st;
+}
+
+static epm_status best_of(bench *b, int experts, const int64_t *off, int H, int F, const void *x,
+                          const void *const *g, const void *const *u, const void *const *d, void *scr, void *y,
+                          double *best)
+{
+    *best = 1e30;
+    if (!epm_kernels_host_memory(b->kb)) { /* one untimed call: cuBLAS picks and loads its kernels */
+        EPM_CHECK(b->o->grouped_ffn(b->kb, b->dt, x, off, experts, H, F, g, u, d, scr, y));
+        EPM_CHECK(b->o->sync(b->kb));
+    }
+    for (int r = 0; r < b->reps; r++) {
+        double t0 = epm_now();
+        EPM_CHECK(b->o->grouped_ffn(b->kb, b->dt, x, off, experts, H, F, g, u, d, scr, y));
+        EPM_CHECK(b->o->sync(b->kb));
+        double t = epm_now() - t0;
+        *best = t < *best ? t : *best;
+    }
+    return EPM_OK;
+}
+
+/* One batch: the grouped FFN over off's experts, then the dense chain. */
+static epm_status run_case(bench *b, const shape *sh, const int64_t *off, void *const *sets, int nsets, double *tg,
+                           double *td)
+{
+    const int H = sh->hidden, F = sh->ffn, E = sh->experts;
+    int64_t rows = off[E] ? off[E] : 1;
+    size_t per = (size_t)3 * F * H * b->es;
+    void *x = NULL, *y = NULL, *scr = NULL;
+    const void **g = epm_calloc((size_t)E, sizeof *g), **u = epm_calloc((size_t)E, sizeof *u);
+    const void **d = epm_calloc((size_t)E, sizeof *d);
+    epm_status st = g && u && d ? EPM_OK : epm_fail(EPM_ERR_NOMEM, "bench kernels: %d experts", E);
+    uint64_t seed = 17;
+    if (st == EPM_OK)
+        st = b->o->alloc(b->kb, (size_t)rows * H * b->es, &x);
+    if (st == EPM_OK)
+        st = b->o->alloc(b->kb, (size_t)rows * H * b->es, &y);
+    if (st == EPM_OK)
+        st = b->o->alloc(b->kb, b->o->grouped_ffn_scratch(b->kb, b->dt, rows, H, F), &scr);
+    if (st == EPM_OK)
+        st = fill(b, x, (size_t)rows * H, &seed);
+    for (int e = 0; e < E && st == EPM_OK; e++) {
+        char *w = (char *)sets[e % nsets];
+        g[e] = w, u[e] = w + per / 3, d[e] = w + 2 * (per / 3);
+    }
+    if (st == EPM_OK)
+        st = best_of(b, E, off, H, F, x, g, u, d, scr, y, tg);
+    const int64_t dense[2] = {0, off[E]};
+    if (st == EPM_OK)
+        st = best_of(b, 1, dense, H, F, x, g, u, d, scr, y, td);
+    b->o->free(b->kb, x), b->o->free(b->kb, y), b->o->free(b->kb, scr);
+    epm_free(g), epm_free(u), epm_free(d);
+    return st;
+}
+
+static int bench_shape(bench *b, const shape *sh, const char *tokens_s, double weight_gb, int csv, uint64_t *seed)
+{
+    const char *W = "bench kernels";
+    const int E = sh->experts, K = sh->k;
+    size_t per = (size_t)3 * sh->ffn * sh->hidden * b->es;
+    int nsets = weight_gb > 0 ? (int)(weight_gb * 1e9 / (double)per) : E;
+    nsets = nsets < 2 ? 2 : nsets > E ? E : nsets;
+    void *sets[256] = {0};
+    int rc = EPM_EXIT_OK;
+    for (int i = 0; i < nsets && rc == EPM_EXIT_OK; i++) {
+        epm_status st = b->o->alloc(b->kb, per, &sets[i]);
+        if (st == EPM_OK)
+            st = fill(b, sets[i], per / b->es, seed);
+        if (st != EPM_OK)
+            rc = cli_fail(W, st);
+    }
+    char list[256];
+    snprintf(list, sizeof list, "%s", tokens_s);
+    for (char *tk = strtok(list, ","); tk && rc == EPM_EXIT_OK; tk = strtok(NULL, ",")) {
+        long T;
+        if (!cli_parse_int(W, "--tokens", tk, 1, 1 << 20, &T)) {
+            rc = EPM_EXIT_USAGE;
+            break;
+        }
+        int32_t *ids = epm_malloc((size_t)T * K * sizeof *ids), *src = epm_malloc((size_t)T * K * sizeof *src);
+        int32_t *rof = epm_malloc((size_t)T * K * sizeof *rof), *perm = epm_malloc((size_t)E * sizeof *perm);
+        int64_t *off = epm_malloc((size_t)(E + 1) * sizeof *off);
+        epm_status st = ids && src && rof && perm && off ? EPM_OK : epm_fail(EPM_ERR_NOMEM, "bench kernels: routing");
+        if (st == EPM_OK) {
+            route_random(T, E, K, seed, ids, perm);
+            st = epm_ref_route(ids, T, K, E, off, src, rof);
+        }
+        double tg = 0, td = 0;
+        if (st == EPM_OK)
+            st = run_case(b, sh, off, sets, nsets, &tg, &td);
+        if (st != EPM_OK) {
+            rc = cli_fail(W, st);
+        } else {
+            double rows = (double)off[E], flops = 6.0 * sh->hidden * (double)sh->ffn * rows;
+            /* at small batch the grouped FFN streams every chosen expert's
+             * weights once: its bound is memory bandwidth, shown as wGB/s */
+            int used = 0;
+            for (int e = 0; e < E; e++)
+                used += off[e + 1] > off[e];
+            double wbytes = (double)used * per;
+            printf(csv ? "%s,%s,%s,%ld,%.0f,%d,%.6f,%.4f,%.2f,%.6f,%.4f,%.3f\n"
+                       : "%s%s%-8s %7ld %7.0f %5d %11.6f %9.4f %8.2f %11.6f %9.4f %7.3f\n",
+                   csv ? epm_kernels_name(b->kb) : "", csv ? epm_dtype_name(b->dt) : "", sh->name, T, rows, used, tg,
+                   flops / tg / 1e12, wbytes / tg / 1e9, td, flops / td / 1e12, td / tg);
+            fflush(stdout);
+        }
+        epm_free(ids), epm_free(src), epm_free(rof), epm_free(perm), epm_free(off);
+    }
+    for (int i = 0; i < nsets; i++)
+        b->o->free(b->kb, sets[i]);
+    return rc;
 }
 
 int epm_bench_kernels(int argc, char **argv)
 {
     const char *W = "bench kernels";
-    const char *which = "all", *tokens_s = "1,16,128,512", *backend = "blas";
+    const char *which = "all", *tokens_s = NULL, *backend = "cpu", *dtype = NULL;
     long reps = 3;
+    double weight_gb = -1;
     int csv = 0, c;
-    static const struct option opts[] = {{"shape", required_argument, 0, 's'}, {"tokens", required_argument, 0, 't'},
-                                         {"reps", required_argument, 0, 'r'},  {"backend", required_argument, 0, 'b'},
-                                         {"csv", no_argument, 0, 'c'},         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"shape", required_argument, 0, 's'},     {"tokens", required_argument, 0, 't'},
+        {"reps", required_argument, 0, 'r'},      {"backend", required_argument, 0, 'b'},
+        {"dtype", required_argument, 0, 'd'},     {"weight-gb", required_argument, 0, 'w'},
+        {"csv", no_argument, 0, 'c'},             {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -63,70 +209,63 @@ int epm_bench_kernels(int argc, char **argv)
         case 't': tokens_s = optarg; break;
         case 'r': if (!cli_parse_int(W, "--reps", optarg, 1, 1000, &reps)) return EPM_EXIT_USAGE; break;
         case 'b': backend = optarg; break;
+        case 'd': dtype = optarg; break;
+        case 'w': {
+            char *end;
+            weight_gb = strtod(optarg, &end);
+            if (*end || !(weight_gb > 0 && weight_gb < 1e4))
+                return cli_usage_error(W, "--weight-gb '%s' is not a positive number of GB", optarg);
+            break;
+        }
         case 'c': csv = 1; break;
         case 'h': fputs(usage, stdout); return EPM_EXIT_OK;
         default: return cli_usage_error(W, "unknown option");
         }
     }
-    const epm_ops *ops;
-    if (!strcmp(backend, "blas"))
-        ops = epm_ops_blas();
-    else if (!strcmp(backend, "ref"))
-        ops = epm_ops_ref();
-    else if (!strcmp(backend, "cuda"))
-        return cli_fail(W, epm_fail(EPM_ERR_UNSUPPORTED, "--backend cuda: the CUDA expert FFN is not built into "
-                                                         "this benchmark yet"));
+    if (optind < argc)
+        return cli_usage_error(W, "unexpected argument '%s'", argv[optind]);
+    if (strcmp(which, "all") && strcmp(which, "mixtral") && strcmp(which, "dsv3"))
+        return cli_usage_error(W, "--shape '%s' is not mixtral, dsv3 or all", which);
+    if (!strcmp(backend, "blas")) /* the earlier name of the CPU path */
+        backend = "cpu";
+    if (strcmp(backend, "cpu") && strcmp(backend, "ref") && strcmp(backend, "cuda"))
+        return cli_usage_error(W, "--backend '%s' is not cpu, ref or cuda", backend);
+    bench b = {0};
+    b.reps = (int)reps;
+    epm_status st = epm_kernels_create(backend, &b.kb);
+    if (st != EPM_OK)
+        return cli_fail(W, st);
+    b.o = epm_kernels_ops(b.kb);
+    int host = epm_kernels_host_memory(b.kb);
+    if (!dtype)
+        dtype = host ? "f32" : "bf16";
+    int rc = EPM_EXIT_OK;
+    if (!strcmp(dtype, "f32"))
+        b.dt = EPM_DTYPE_F32;
+    else if (!strcmp(dtype, "bf16"))
+        b.dt = EPM_DTYPE_BF16;
     else
-        return cli_usage_error(W, "--backend '%s' is not blas or ref", backend);
-    printf(csv ? "shape,tokens,grouped_s,grouped_tflops,dense_s,dense_tflops,ratio\n"
-               : "%-8s %7s %12s %10s %12s %10s %8s\n",
-           "shape", "tokens", "grouped s", "TFLOP/s", "dense s", "TFLOP/s", "ratio");
-    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
-        const shape *sh = &shapes[si];
-        if (strcmp(which, "all") && strcmp(which, sh->name))
-            continue;
-        const int H = sh->hidden, F = sh->ffn, E = sh->experts, K = sh->k;
-        const int nsets = 2;
-        float *w[2];
-        uint64_t seed = 5;
-        for (int i = 0; i < nsets; i++) {
-            size_t n = (size_t)3 * F * H;
-            w[i] = malloc(n * sizeof(float));
-            if (!w[i])
-                return cli_fail(W, epm_fail(EPM_ERR_NOMEM, "cannot allocate %zu weights", n));
-            for (size_t j = 0; j < n; j++)
-                w[i][j] = (float)(epm_rand_unit(&seed) - 0.5) * 0.02f;
-        }
-        char list[256];
-        snprintf(list, sizeof list, "%s", tokens_s);
-        for (char *tk = strtok(list, ","); tk; tk = strtok(NULL, ",")) {
-            long T = atol(tk);
-            if (T < 1 || T > 1 << 20)
-                return cli_usage_error(W, "--tokens: '%s' is not a batch size", tk);
-            int64_t *rows = calloc((size_t)E, sizeof *rows);
-            for (long t = 0; t < T; t++) /* k distinct experts per token */
-                for (int j = 0; j < K; j++)
-                    rows[(t * 7919 + (long)j * (E / K)) % E + 0]++;
-            int64_t total = T * K, maxrows = 0;
-            for (int e = 0; e < E; e++)
-                maxrows = rows[e] > maxrows ? rows[e] : maxrows;
-            float *x = malloc((size_t)total * H * sizeof *x), *y = malloc((size_t)total * H * sizeof *y);
-            float *scr = malloc((size_t)total * 2 * F * sizeof *scr);
-            if (!x || !y || !scr)
-                return cli_fail(W, epm_fail(EPM_ERR_NOMEM, "cannot allocate buffers for %ld tokens", T));
-            for (int64_t i = 0; i < total * H; i++)
-                x[i] = (float)(epm_rand_unit(&seed) - 0.5);
-            double flops = 6.0 * H * (double)F * (double)total;
-            double tg = best_of((int)reps, ops, E, rows, x, H, F, w, nsets, scr, y);
-            int64_t all[1] = {total};
-            double td = best_of((int)reps, ops, 1, all, x, H, F, w, 1, scr, y);
-            printf(csv ? "%s,%ld,%.6f,%.4f,%.6f,%.4f,%.3f\n" : "%-8s %7ld %12.6f %10.4f %12.6f %10.4f %8.3f\n",
-                   sh->name, T, tg, flops / tg / 1e12, td, flops / td / 1e12, td / tg);
-            fflush(stdout);
-            free(rows), free(x), free(y), free(scr);
-        }
-        for (int i = 0; i < nsets; i++)
-            free(w[i]);
+        rc = cli_usage_error(W, "--dtype '%s' is not f32 or bf16", dtype);
+    b.es = epm_dtype_size(b.dt);
+    if (weight_gb < 0 && host)
+        weight_gb = 3;
+    if (!tokens_s)
+        tokens_s = host ? "1,16,128,512" : "1,16,128,1024,4096,16384";
+    if (rc == EPM_EXIT_OK) {
+        if (!csv)
+            printf("# backend %s %s; tokens %s%s; best of %ld; dense = one GEMM chain, same FLOPs\n", backend,
+                   epm_dtype_name(b.dt), tokens_s,
+                   host && !strcmp(tokens_s, "1,16,128,512") ? " (small CPU default; the shapes scale to 16384)" : "",
+                   reps);
+        printf(csv ? "backend,dtype,shape,tokens,rows,experts_used,grouped_s,grouped_tflops,weight_gbs,dense_s,"
+                     "dense_tflops,ratio\n"
+                   : "%-8s %7s %7s %5s %11s %9s %8s %11s %9s %7s\n",
+               "shape", "tokens", "rows", "used", "grouped s", "TFLOP/s", "wGB/s", "dense s", "TFLOP/s", "ratio");
     }
-    return EPM_EXIT_OK;
+    uint64_t seed = 5;
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes && rc == EPM_EXIT_OK; si++)
+        if (!strcmp(which, "all") || !strcmp(which, shapes[si].name))
+            rc = bench_shape(&b, &shapes[si], tokens_s, weight_gb, csv, &seed);
+    epm_kernels_destroy(b.kb);
+    return rc;
 }

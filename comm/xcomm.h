@@ -11,8 +11,46 @@
 
 typedef struct epm_xcomm epm_xcomm;
 
+/* How exchange moves rows. Every transport gives the same rows in the same
+ * order; they differ in how (and whether) the transfer overlaps the caller. */
+typedef enum epm_xcomm_a2a {
+    EPM_XA2A_ALLTOALLV = 0, /* MPI_Alltoall of counts, MPI_Alltoallv of rows (runs in _wait) */
+    EPM_XA2A_P2P,           /* MPI_Irecv/MPI_Isend per peer, posted in _start */
+    EPM_XA2A_STAGED,        /* the staged transport (CUDA builds): MPI from pinned host memory */
+    EPM_XA2A_NCCL           /* ncclSend/ncclRecv between GPUs (NCCL builds; one rank per GPU) */
+} epm_xcomm_a2a;
+
+/* Hierarchical exchange between nodes (Tutel's 2DH idea): a row for local
+ * rank l of another node first goes to local rank l of this node, which
+ * sends all its node's rows for local rank l of each other node in one
+ * message: P times fewer, larger messages between nodes (P ranks per node),
+ * at the price of one intra-node hop. */
+typedef enum epm_xcomm_hier {
+    EPM_XHIER_AUTO = 0, /* on when nodes > 1 and more than 2 ranks per node */
+    EPM_XHIER_ON,       /* whenever nodes > 1 */
+    EPM_XHIER_OFF
+} epm_xcomm_hier;
+
+typedef struct epm_xcomm_opts {
+    int virtual_nodes; /* 0: real nodes (MPI_COMM_TYPE_SHARED); N > 0: N contiguous pretend nodes */
+    epm_xcomm_a2a a2a;
+    epm_xcomm_hier hier;
+} epm_xcomm_opts;
+
+/* Defaults: real nodes, alltoallv, hier auto. */
+void epm_xcomm_opts_init(epm_xcomm_opts *o);
+/* Overrides a2a and hier from EPM_A2A=alltoallv|p2p|staged|nccl and
+ * EPM_A2A_HIER=auto|on|off; an unknown value is an error naming it. */
+epm_status epm_xcomm_opts_from_env(epm_xcomm_opts *o);
+const char *epm_xcomm_a2a_name(epm_xcomm_a2a a);
+epm_status epm_xcomm_a2a_parse(const char *s, epm_xcomm_a2a *out);
+epm_status epm_xcomm_hier_parse(const char *s, epm_xcomm_hier *out);
+
+/* Collective; MPI_Init when needed. o NULL = defaults (the environment is not read). */
+epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out);
 /* MPI_Init when needed. virtual_nodes = 0: real nodes (MPI_COMM_TYPE_SHARED);
- * N > 0: ranks split into N contiguous pretend nodes (N must divide size). */
+ * N > 0: ranks split into N contiguous pretend nodes (N must divide size).
+ * Transport and hierarchical mode from the environment (epm_xcomm_opts_from_env). */
 epm_status epm_xcomm_create(int virtual_nodes, epm_xcomm **out);
 void epm_xcomm_destroy(epm_xcomm *x);
 int epm_xcomm_rank(const epm_xcomm *x);
@@ -26,6 +64,59 @@ void epm_xcomm_cluster(const epm_xcomm *x, epm_cluster *c);
 epm_status epm_xcomm_exchange(epm_xcomm *x, int64_t n, const int *dest, const float *rows, int width,
                               int payload_floats, int64_t counted[EPM_LINK_COUNT], float **out_rows,
                               int **out_src, int64_t *out_n);
+
+/* Split phase: _start validates, packs, exchanges the counts and posts the
+ * transfer (p2p posts every message; alltoallv and the hierarchical path's
+ * second hop run in _wait); the caller may compute, then _wait delivers what
+ * epm_xcomm_exchange would have, bit for bit. rows and dest may be reused once
+ * _start returns. Exchanges in flight complete in any order, but every rank
+ * must start and wait them in the same order. _wait frees the request, also
+ * on error; epm_xcomm_exchange_cancel frees one that will not be waited for
+ * (after the MPI requests finish: collective in effect). */
+typedef struct epm_xcomm_req epm_xcomm_req;
+epm_status epm_xcomm_exchange_start(epm_xcomm *x, int64_t n, const int *dest, const float *rows, int width,
+                                    int payload_floats, int64_t counted[EPM_LINK_COUNT], epm_xcomm_req **req);
+epm_status epm_xcomm_exchange_wait(epm_xcomm_req *req, float **out_rows, int **out_src, int64_t *out_n);
+void epm_xcomm_exchange_cancel(epm_xcomm_req *req);
+
+/* Reusable output of an exchange: the caller keeps one per use site (a
+ * layer loop's dispatch, its combine), so that buffers grow to their peak
+ * once and later exchanges touch no fresh pages (a fresh multi-MiB
+ * allocation per exchange costs more in page faults than the transfer).
+ * Zero-initialise; epm_xcomm_buf_free releases. */
+typedef struct epm_xcomm_buf {
+    float *rows;  /* [n][width] */
+    int *src;     /* [n] source rank of each row */
+    int64_t n;
+    size_t rows_cap, src_cap; /* bytes allocated */
+} epm_xcomm_buf;
+void epm_xcomm_buf_free(epm_xcomm_buf *b);
+/* As epm_xcomm_exchange / _start + _wait, received rows landing in *out
+ * (which must stay untouched until the wait). */
+epm_status epm_xcomm_exchange_buf(epm_xcomm *x, int64_t n, const int *dest, const float *rows, int width,
+                                  int payload_floats, int64_t counted[EPM_LINK_COUNT], epm_xcomm_buf *out);
+epm_status epm_xcomm_exchange_start_buf(epm_xcomm *x, int64_t n, const int *dest, const float *rows, int width,
+                                        int payload_floats, int64_t counted[EPM_LINK_COUNT], epm_xcomm_buf *out,
+                                        epm_xcomm_req **req);
+epm_status epm_xcomm_exchange_wait_buf(epm_xcomm_req *req);
+
+/* What really went over the links, per link class of each hop: payload bytes
+ * (payload_floats * 4 per row per hop) and messages (one per non-empty
+ * per-peer block). On the flat path bytes equal the counted (eval.h) bytes;
+ * the hierarchical path counts its gathering hop as intra and its hop
+ * between nodes as inter, while `counted` keeps the eval.h model
+ * (source rank -> destination rank) so that plan and run still agree. */
+typedef struct epm_xcomm_wire {
+    int64_t bytes[EPM_LINK_COUNT];
+    int64_t msgs[EPM_LINK_COUNT];
+    int64_t exchanges, hier_exchanges;
+} epm_xcomm_wire;
+void epm_xcomm_wire_get(const epm_xcomm *x, epm_xcomm_wire *out);
+void epm_xcomm_wire_reset(epm_xcomm *x);
+/* 1 when exchanges take the hierarchical path on this communicator. */
+int epm_xcomm_hierarchical(const epm_xcomm *x);
+epm_xcomm_a2a epm_xcomm_transport(const epm_xcomm *x);
+int epm_xcomm_node_of(const epm_xcomm *x, int rank);
 
 /* Every rank receives every rank's rows, in rank order. Counted as one copy
  * to each other rank. */

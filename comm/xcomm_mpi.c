@@ -3,15 +3,12 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "xcomm.h"
+#include <stdlib.h>
 
-struct epm_xcomm {
-    MPI_Comm comm;
-    int rank, size, nodes, per_node;
-    int *node_of;
-};
+#include "epm_config.h"
+#include "xcomm_internal.h"
 
-static epm_status mpi_err(int rc, const char *what)
+epm_status epm_xcomm_mpi_err(int rc, const char *what)
 {
     char msg[MPI_MAX_ERROR_STRING];
     int len = 0;
@@ -23,12 +20,104 @@ static epm_status mpi_err(int rc, const char *what)
     do {                                                \
         int rc_ = (call);                               \
         if (rc_ != MPI_SUCCESS)                         \
-            return mpi_err(rc_, #call);                 \
+            return epm_xcomm_mpi_err(rc_, #call);       \
     } while (0)
+
+static const char *const a2a_names[] = {"alltoallv", "p2p", "staged", "nccl"};
+
+void epm_xcomm_opts_init(epm_xcomm_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->a2a = EPM_XA2A_ALLTOALLV;
+    o->hier = EPM_XHIER_AUTO;
+}
+
+const char *epm_xcomm_a2a_name(epm_xcomm_a2a a)
+{
+    return (unsigned)a < sizeof a2a_names / sizeof *a2a_names ? a2a_names[a] : "?";
+}
+
+epm_status epm_xcomm_a2a_parse(const char *s, epm_xcomm_a2a *out)
+{
+    for (int i = 0; i < (int)(sizeof a2a_names / sizeof *a2a_names); i++)
+        if (!strcmp(s, a2a_names[i])) {
+            *out = (epm_xcomm_a2a)i;
+            return EPM_OK;
+        }
+    return epm_fail(EPM_ERR_INVALID_ARG, "EPM_A2A: '%s' is not alltoallv, p2p, staged or nccl", s);
+}
+
+epm_status epm_xcomm_hier_parse(const char *s, epm_xcomm_hier *out)
+{
+    if (!strcmp(s, "auto"))
+        *out = EPM_XHIER_AUTO;
+    else if (!strcmp(s, "on"))
+        *out = EPM_XHIER_ON;
+    else if (!strcmp(s, "off"))
+        *out = EPM_XHIER_OFF;
+    else
+        return epm_fail(EPM_ERR_INVALID_ARG, "EPM_A2A_HIER: '%s' is not auto, on or off", s);
+    return EPM_OK;
+}
+
+epm_status epm_xcomm_opts_from_env(epm_xcomm_opts *o)
+{
+    const char *a = getenv("EPM_A2A"), *h = getenv("EPM_A2A_HIER");
+    if (a && *a)
+        EPM_CHECK(epm_xcomm_a2a_parse(a, &o->a2a));
+    if (h && *h)
+        EPM_CHECK(epm_xcomm_hier_parse(h, &o->hier));
+    return EPM_OK;
+}
+
+/* The transport table behind exchange. */
+static epm_status make_transport(epm_xcomm *x)
+{
+    int local = x->rank % x->per_node;
+    switch (x->a2a) {
+    case EPM_XA2A_ALLTOALLV:
+        return epm_transport_alltoallv_create(&x->comm, x->rank, x->size, &x->tr);
+    case EPM_XA2A_P2P:
+        return epm_transport_mpi_create(&x->comm, x->rank, x->size, &x->tr);
+    case EPM_XA2A_STAGED:
+#if EPM_HAVE_CUDA
+        return epm_transport_staged_create(&x->comm, x->rank, x->size, local, &x->tr);
+#else
+        return epm_fail(EPM_ERR_UNSUPPORTED, "EPM_A2A=staged: this build has no CUDA");
+#endif
+    case EPM_XA2A_NCCL:
+#if EPM_HAVE_NCCL
+        return epm_transport_nccl_create(&x->comm, x->rank, x->size, local, &x->tr);
+#else
+        return epm_fail(EPM_ERR_UNSUPPORTED, "EPM_A2A=nccl: this build has no NCCL");
+#endif
+    }
+    (void)local;
+    return epm_fail(EPM_ERR_INVALID_ARG, "xcomm options: a2a %d is not a transport", (int)x->a2a);
+}
 
 epm_status epm_xcomm_create(int virtual_nodes, epm_xcomm **out)
 {
+    epm_xcomm_opts o;
+    epm_xcomm_opts_init(&o);
+    o.virtual_nodes = virtual_nodes;
     *out = NULL;
+    EPM_CHECK(epm_xcomm_opts_from_env(&o));
+    return epm_xcomm_create_opts(&o, out);
+}
+
+epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
+{
+    epm_xcomm_opts def;
+    epm_xcomm_opts_init(&def);
+    if (!o)
+        o = &def;
+    int virtual_nodes = o->virtual_nodes;
+    *out = NULL;
+    if ((unsigned)o->a2a > EPM_XA2A_NCCL)
+        return epm_fail(EPM_ERR_INVALID_ARG, "xcomm options: a2a %d is not a transport", (int)o->a2a);
+    if ((unsigned)o->hier > EPM_XHIER_OFF)
+        return epm_fail(EPM_ERR_INVALID_ARG, "xcomm options: hier %d is not auto, on or off", (int)o->hier);
     int inited = 0;
     MPI_Initialized(&inited);
     if (!inited) {
@@ -87,6 +176,14 @@ epm_status epm_xcomm_create(int virtual_nodes, epm_xcomm **out)
                               "rank %d is on node %d; epmoe needs the same number of ranks on every node, "
                               "numbered node by node (mpirun --map-by ppr:N:node)", r, x->node_of[r]);
     }
+    if (st == EPM_OK) {
+        x->a2a = o->a2a;
+        x->hier = x->nodes > 1 && (o->hier == EPM_XHIER_ON || (o->hier == EPM_XHIER_AUTO && x->per_node > 2));
+        st = make_transport(x);
+        /* a transport that failed on one rank (no GPU there) fails on all */
+        if (x->a2a != EPM_XA2A_ALLTOALLV)
+            st = epm_xcomm_agree(x, st);
+    }
     if (st != EPM_OK) {
         epm_xcomm_destroy(x);
         return st;
@@ -99,6 +196,9 @@ void epm_xcomm_destroy(epm_xcomm *x)
 {
     if (!x)
         return;
+    if (x->tr)
+        x->tr->ops->destroy(x->tr);
+    epm_xcomm_pool_release(x);
     if (x->comm != MPI_COMM_NULL)
         MPI_Comm_free(&x->comm);
     epm_free(x->node_of);
@@ -113,96 +213,12 @@ void epm_xcomm_cluster(const epm_xcomm *x, epm_cluster *c)
     epm_cluster_init(c, x->nodes, x->per_node);
 }
 
-static epm_link link_of(const epm_xcomm *x, int a, int b)
-{
-    if (a == b)
-        return EPM_LINK_SELF;
-    return x->node_of[a] == x->node_of[b] ? EPM_LINK_INTRA : EPM_LINK_INTER;
-}
+int epm_xcomm_hierarchical(const epm_xcomm *x) { return x->hier; }
+epm_xcomm_a2a epm_xcomm_transport(const epm_xcomm *x) { return x->a2a; }
+int epm_xcomm_node_of(const epm_xcomm *x, int rank) { return x->node_of[rank]; }
 
-/* MPI counts are int: large exchanges go as contiguous row types of width floats. */
-epm_status epm_xcomm_exchange(epm_xcomm *x, int64_t n, const int *dest, const float *rows, int width,
-                              int payload_floats, int64_t counted[EPM_LINK_COUNT], float **out_rows, int **out_src,
-                              int64_t *out_n)
-{
-    int R = x->size;
-    epm_status st = EPM_OK;
-    int *scount = epm_calloc((size_t)R, sizeof(int)), *rcount = epm_calloc((size_t)R, sizeof(int));
-    int *sdisp = epm_calloc((size_t)R, sizeof(int)), *rdisp = epm_calloc((size_t)R, sizeof(int));
-    int64_t *fill = epm_calloc((size_t)R, sizeof(int64_t));
-    float *sbuf = NULL, *rbuf = NULL;
-    int *src = NULL;
-    *out_rows = NULL;
-    *out_src = NULL;
-    *out_n = 0;
-    if (!scount || !rcount || !sdisp || !rdisp || !fill) {
-        st = EPM_ERR_NOMEM;
-        goto out;
-    }
-    for (int64_t i = 0; i < n; i++) {
-        if (dest[i] < 0 || dest[i] >= R) {
-            st = epm_fail(EPM_ERR_INTERNAL, "exchange: row %lld goes to rank %d of %d", (long long)i, dest[i], R);
-            goto out;
-        }
-        scount[dest[i]]++;
-    }
-    for (int r = 1; r < R; r++)
-        sdisp[r] = sdisp[r - 1] + scount[r - 1];
-    sbuf = epm_malloc((size_t)(n ? n : 1) * (size_t)width * sizeof *sbuf);
-    if (!sbuf) {
-        st = EPM_ERR_NOMEM;
-        goto out;
-    }
-    for (int64_t i = 0; i < n; i++) {
-        int d = dest[i];
-        memcpy(sbuf + ((int64_t)sdisp[d] + fill[d]++) * width, rows + i * width, (size_t)width * sizeof *sbuf);
-        if (counted && d != x->rank) /* staying on the rank moves nothing (eval.h) */
-            counted[link_of(x, x->rank, d)] += (int64_t)payload_floats * 4;
-    }
-    int rc = MPI_Alltoall(scount, 1, MPI_INT, rcount, 1, MPI_INT, x->comm);
-    if (rc != MPI_SUCCESS) {
-        st = mpi_err(rc, "MPI_Alltoall of row counts");
-        goto out;
-    }
-    int64_t total = 0;
-    for (int r = 0; r < R; r++) {
-        rdisp[r] = (int)total;
-        total += rcount[r];
-    }
-    rbuf = epm_malloc((size_t)(total ? total : 1) * (size_t)width * sizeof *rbuf);
-    src = epm_malloc((size_t)(total ? total : 1) * sizeof *src);
-    if (!rbuf || !src) {
-        st = EPM_ERR_NOMEM;
-        goto out;
-    }
-    MPI_Datatype row;
-    MPI_Type_contiguous(width, MPI_FLOAT, &row);
-    MPI_Type_commit(&row);
-    rc = MPI_Alltoallv(sbuf, scount, sdisp, row, rbuf, rcount, rdisp, row, x->comm);
-    MPI_Type_free(&row);
-    if (rc != MPI_SUCCESS) {
-        st = mpi_err(rc, "MPI_Alltoallv of token rows");
-        goto out;
-    }
-    for (int r = 0; r < R; r++)
-        for (int j = 0; j < rcount[r]; j++)
-            src[rdisp[r] + j] = r;
-    *out_rows = rbuf;
-    *out_src = src;
-    *out_n = total;
-    rbuf = NULL;
-    src = NULL;
-out:
-    epm_free(scount);
-    epm_free(rcount);
-    epm_free(sdisp);
-    epm_free(rdisp);
-    epm_free(fill);
-    epm_free(sbuf);
-    epm_free(rbuf);
-    epm_free(src);
-    return st;
-}
+void epm_xcomm_wire_get(const epm_xcomm *x, epm_xcomm_wire *out) { *out = x->wire; }
+void epm_xcomm_wire_reset(epm_xcomm *x) { memset(&x->wire, 0, sizeof x->wire); }
 
 epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int width, int payload_floats,
                                int64_t counted[EPM_LINK_COUNT], float **out_rows, int64_t *out_n)
@@ -225,7 +241,7 @@ epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int w
     float *buf = rc == MPI_SUCCESS ? epm_malloc((size_t)(total ? total : 1) * (size_t)width * sizeof *buf) : NULL;
     epm_status st = EPM_OK;
     if (rc != MPI_SUCCESS) {
-        st = mpi_err(rc, "MPI_Allgather of row counts");
+        st = epm_xcomm_mpi_err(rc, "MPI_Allgather of row counts");
     } else if (!buf) {
         st = EPM_ERR_NOMEM;
     } else {
@@ -235,12 +251,18 @@ epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int w
         rc = MPI_Allgatherv(rows, cnt, row, buf, counts, disp, row, x->comm);
         MPI_Type_free(&row);
         if (rc != MPI_SUCCESS)
-            st = mpi_err(rc, "MPI_Allgatherv of rows");
+            st = epm_xcomm_mpi_err(rc, "MPI_Allgatherv of rows");
     }
     if (st == EPM_OK && counted)
         for (int r = 0; r < R; r++)
             if (r != x->rank)
-                counted[link_of(x, x->rank, r)] += (int64_t)n * payload_floats * 4;
+                counted[epm_xcomm_link(x, x->rank, r)] += (int64_t)n * payload_floats * 4;
+    if (st == EPM_OK && n > 0)
+        for (int r = 0; r < R; r++)
+            if (r != x->rank) {
+                x->wire.bytes[epm_xcomm_link(x, x->rank, r)] += (int64_t)n * payload_floats * 4;
+                x->wire.msgs[epm_xcomm_link(x, x->rank, r)]++;
+            }
     if (st == EPM_OK) {
         *out_rows = buf;
         *out_n = total;
@@ -321,7 +343,7 @@ epm_status epm_xcomm_gather_bytes(epm_xcomm *x, const void *buf, int64_t n, void
     char *all = NULL;
     int64_t total = 0;
     if (rc != MPI_SUCCESS) {
-        st = mpi_err(rc, "MPI_Gather of sizes");
+        st = epm_xcomm_mpi_err(rc, "MPI_Gather of sizes");
     } else if (x->rank == 0) {
         for (int r = 0; r < R; r++) {
             disp[r] = (int)total;
@@ -334,7 +356,7 @@ epm_status epm_xcomm_gather_bytes(epm_xcomm *x, const void *buf, int64_t n, void
     if (rc == MPI_SUCCESS) {
         rc = MPI_Gatherv(buf, cnt, MPI_BYTE, all, counts, disp, MPI_BYTE, 0, x->comm);
         if (rc != MPI_SUCCESS && st == EPM_OK)
-            st = mpi_err(rc, "MPI_Gatherv");
+            st = epm_xcomm_mpi_err(rc, "MPI_Gatherv");
     }
     epm_free(counts);
     epm_free(disp);

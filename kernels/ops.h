@@ -18,11 +18,22 @@ typedef struct epm_ops {
     /* y[n][hidden] = down(silu(gate x) * up x) for one expert; scratch holds 2 * n * ffn floats */
     void (*swiglu)(const float *x, int64_t n, int hidden, int ffn, const float *gate, const float *up,
                    const float *down, float *scratch, float *y);
+    /* The grouped expert FFN: rows offsets[e]..offsets[e+1]-1 of x [offsets[E]][hidden]
+     * belong to expert e, whose weights are gate[e], up[e] [ffn][hidden] and down[e]
+     * [hidden][ffn] (NULL allowed for an expert with no rows). y gets the same row
+     * order. scratch holds epm_grouped_scratch(offsets, E, ffn) floats. Added after
+     * the first three so existing tables and callers stay valid. */
+    void (*grouped_swiglu)(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
+                           const float *const *gate, const float *const *up, const float *const *down,
+                           float *scratch, float *y);
 } epm_ops;
+
+/* Floats of scratch grouped_swiglu needs: 2 * ffn * (rows of the busiest expert). */
+int64_t epm_grouped_scratch(const int64_t *offsets, int experts, int ffn);
 
 /* The C reference (the oracle). */
 const epm_ops *epm_ops_ref(void);
-/* CBLAS-backed linear and SwiGLU (the CPU fast path). */
+/* CBLAS-backed linear, SwiGLU and grouped SwiGLU (the CPU fast path). */
 const epm_ops *epm_ops_blas(void);
 
 /* ---- pieces with one implementation ---- */
@@ -43,6 +54,36 @@ void epm_softmax(float *x, int d);
 
 /* Top-k of scores[d] (higher first, ties to the lower index) into ids/vals. */
 void epm_topk(const float *scores, int d, int k, int32_t *ids, float *vals);
+
+/* Top-p dynamic k ('Harder Tasks Need More Experts'): experts in score order
+ * (ties to the lower index) until their cumulative probability reaches p, at
+ * least one and at most k; the remaining slots get id -1 and value 0.
+ * probs are softmax outputs; p >= 1 (or above the top-k mass) keeps k. */
+void epm_topk_p(const float *probs, int d, int k, float p, int32_t *ids, float *vals);
+
+/* The router on logits [n][E]: scores by softmax (sigmoid = 0) or by the
+ * sigmoid of each logit (sigmoid = 1, DeepSeek-V3 style), top-k (ties to the
+ * lower index), top-p dynamic k when 0 < top_p < 1 (softmax only), then, when
+ * renorm != 0, the chosen weights divided by their sum. ids/wts [n][k]. */
+epm_status epm_router(const float *logits, int64_t n, int experts, int k, int sigmoid, float top_p, int renorm,
+                      int32_t *ids, float *wts);
+
+/* ---- permute / un-permute around the grouped FFN ---- */
+
+/* Groups the (token, slot) pairs of ids [n][k] by expert, tokens in order
+ * within an expert (a stable counting sort; ids of -1 are skipped):
+ * offsets [E+1], row_src [n*k] (token of each grouped row; offsets[E] used),
+ * row_of [n*k] (grouped row of pair (t, j), or -1). An id outside [-1, E)
+ * is EPM_ERR_INVALID_ARG naming token and slot. */
+epm_status epm_moe_route(const int32_t *ids, int64_t n, int k, int experts, int64_t *offsets, int32_t *row_src,
+                         int32_t *row_of);
+
+/* out[r] = x[row_src[r]] for r < rows (rows of width hidden). */
+void epm_permute(const float *x, int hidden, const int32_t *row_src, int64_t rows, float *out);
+
+/* out[t] = sum over slots j of w[t][j] * y[row_of[t][j]] (slots with row -1
+ * skipped, in slot order); out is overwritten. */
+void epm_unpermute(const float *y, int hidden, const int32_t *row_of, const float *w, int64_t n, int k, float *out);
 
 static inline float epm_silu(float x) { return x / (1.0f + __builtin_expf(-x)); }
 static inline float epm_sigmoid(float x) { return 1.0f / (1.0f + __builtin_expf(-x)); }

@@ -1,35 +1,29 @@
-/* The CPU fast path: every linear layer and each expert's FFN as one SGEMM
- * over all rows the expert received (the grouped-GEMM idea on a CPU). */
-#include <cblas.h>
-
+/* The internal epm_ops table of the CPU fast path (the runtime's), over the
+ * same BLAS kernels as the public "cpu" backend (cpu_ffn.c). */
+#include "backend.h"
 #include "ops.h"
 
 static void blas_linear(const float *x, int64_t n, int in, const float *w, const float *b, int out, float *y)
 {
-    if (n == 0)
-        return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
-    if (b)
-        for (int64_t i = 0; i < n; i++)
-            for (int o = 0; o < out; o++)
-                y[i * out + o] += b[o];
+    (void)epm_cpu_linear(x, n, in, w, b, out, y);
 }
 
 static void blas_swiglu(const float *x, int64_t n, int hidden, int ffn, const float *gate, const float *up,
                         const float *down, float *scratch, float *y)
 {
-    if (n == 0)
-        return;
-    float *g = scratch, *u = scratch + n * ffn;
-    blas_linear(x, n, hidden, gate, NULL, ffn, g);
-    blas_linear(x, n, hidden, up, NULL, ffn, u);
-    for (int64_t i = 0; i < n * ffn; i++)
-        g[i] = epm_silu(g[i]) * u[i];
-    blas_linear(g, n, ffn, down, NULL, hidden, y);
+    const int64_t off[2] = {0, n};
+    (void)epm_cpu_grouped_ffn(x, off, 1, hidden, ffn, &gate, &up, &down, scratch, y);
 }
 
-static const epm_ops blas_ops;
+/* epm_grouped_scratch's 2 * ffn * (busiest expert's rows) floats cover the
+ * BLAS path's need, 2 * ffn * min(rows, its chunk), for every expert. */
+static void blas_grouped_swiglu(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
+                                const float *const *gate, const float *const *up, const float *const *down,
+                                float *scratch, float *y)
+{
+    (void)epm_cpu_grouped_ffn(x, offsets, experts, hidden, ffn, gate, up, down, scratch, y);
+}
+
+static const epm_ops blas_ops = {"blas", blas_linear, NULL, blas_swiglu, blas_grouped_swiglu};
 
 const epm_ops *epm_ops_blas(void) { return &blas_ops; }
-
-static const epm_ops blas_ops = {"blas", blas_linear, NULL, blas_swiglu};

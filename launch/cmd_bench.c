@@ -15,8 +15,9 @@ typedef struct {
 static const bench_entry benches[] = {
     {"help", NULL, "list the benchmarks"},
     {"plan", epm_bench_plan, "planner: solve time, gap, held-out eval vs contiguous"},
-    {"kernels", epm_bench_kernels, "grouped expert FFN vs one GEMM chain of the same FLOPs (CPU: BLAS)"},
+    {"kernels", epm_bench_kernels, "grouped expert FFN vs dense GEMM of the same FLOPs (cpu, ref, cuda)"},
     {"run", epm_bench_run, "epmoe run tokens/s and bytes per link class, per mode and placement"},
+    {"a2a", epm_bench_a2a, "dispatch+combine vs raw MPI_Alltoallv (nccl-tests style)"},
 };
 
 int epm_cli_bench(int argc, char **argv)

@@ -1,0 +1,68 @@
+/* Transports: how one step of rows moves between ranks. The layout code
+ * describes a step as, per peer, a list of source rows (anywhere in memory)
+ * and a contiguous receive range; a transport moves those bytes. MPI sends
+ * straight from the scattered rows with an hindexed datatype; the staged and
+ * NCCL transports work on device buffers. */
+#ifndef EPM_COMM_TRANSPORT_H
+#define EPM_COMM_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core.h"
+#include "epmoe/comm.h"
+
+typedef struct epm_transport epm_transport;
+
+/* One step: send rows src_rows[send_off[p] .. send_off[p+1]) to peer p,
+ * receive recv_off[p+1]-recv_off[p] rows from peer p at recv + recv_off[p]
+ * * row_bytes. Self entries are ignored: the caller copies its own rows. */
+typedef struct epm_xfer {
+    size_t row_bytes;
+    const char *const *src_rows; /* row start addresses */
+    const int64_t *send_off;     /* [size + 1] */
+    char *recv;
+    const int64_t *recv_off;     /* [size + 1] */
+    char *const *dst_rows;       /* NULL, or a destination address per received row (then recv is unused) */
+    /* scratch the caller owns, for transports that pack: send_off[size]
+     * rows and, when dst_rows is set, recv_off[size] rows (may be NULL) */
+    char *pack_send, *pack_recv;
+    int tag;
+} epm_xfer;
+
+typedef struct epm_xfer_req epm_xfer_req;
+
+typedef struct epm_transport_ops {
+    const char *name;
+    int device; /* rows are device memory */
+    epm_status (*start)(epm_transport *t, const epm_xfer *x, epm_xfer_req **req);
+    epm_status (*wait)(epm_transport *t, epm_xfer_req *req);
+    /* device transports: copy between host and the device (NULL for host ones) */
+    epm_status (*to_host)(epm_transport *t, void *host, const void *dev, size_t bytes);
+    epm_status (*to_device)(epm_transport *t, void *dev, const void *host, size_t bytes);
+    /* host staging memory (pinned for device transports); NULL: epm_malloc */
+    void *(*host_alloc)(epm_transport *t, size_t bytes);
+    void (*host_free)(epm_transport *t, void *p);
+    void (*destroy)(epm_transport *t);
+} epm_transport_ops;
+
+struct epm_transport {
+    const epm_transport_ops *ops;
+    void *mpi_comm; /* MPI_Comm * of the owning epm_comm */
+    int rank, size;
+};
+
+/* The MPI exchange on host rows, shared by the staged transport. */
+epm_status epm_transport_mpi_start(epm_transport *t, const epm_xfer *x, epm_xfer_req **req);
+epm_status epm_transport_mpi_wait(epm_transport *t, epm_xfer_req *req);
+epm_status epm_transport_mpi_create(void *mpi_comm, int rank, int size, epm_transport **out);
+/* One MPI_Alltoallv per step, run in wait; send rows packed by peer (xcomm). */
+epm_status epm_transport_alltoallv_create(void *mpi_comm, int rank, int size, epm_transport **out);
+#if EPM_HAVE_CUDA
+epm_status epm_transport_staged_create(void *mpi_comm, int rank, int size, int local_rank, epm_transport **out);
+#endif
+#if EPM_HAVE_NCCL
+epm_status epm_transport_nccl_create(void *mpi_comm, int rank, int size, int local_rank, epm_transport **out);
+#endif
+
+#endif

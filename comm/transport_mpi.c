@@ -1,0 +1,229 @@
+/* MPI transport on host rows: non-blocking point-to-point, one message per
+ * peer. Sends go straight from the scattered rows through an hindexed
+ * datatype (no packing copy of ours; the MPI library copies once into its
+ * shared-memory or network buffers, as it would for a packed buffer). */
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm_internal.h"
+
+struct epm_xfer_req {
+    MPI_Request *reqs;
+    MPI_Datatype *types;
+    int nreq, ntypes;
+    /* packed receive to scatter in wait */
+    const char *unpack;
+    char *const *dst_rows;
+    int64_t *ranges; /* [2 * peers]: received row ranges that were packed */
+    int nranges;
+    size_t row_bytes;
+};
+
+/* Scattered rows go as a derived datatype by default (MPI copies them once,
+ * as it would a packed buffer); EPM_MPI_PACK=1 packs them into contiguous
+ * scratch first, which can let MPI use a single-copy path (CMA/XPMEM) at the
+ * price of our own copy. Runs of adjacent rows always go as plain buffers. */
+static int pack_policy(void)
+{
+    static int policy = -1;
+    if (policy < 0) {
+        const char *e = getenv("EPM_MPI_PACK");
+        policy = e && *e ? atoi(e) : 0;
+    }
+    return policy;
+}
+
+static void req_free(epm_xfer_req *q)
+{
+    if (!q)
+        return;
+    for (int i = 0; i < q->ntypes; i++)
+        MPI_Type_free(&q->types[i]);
+    epm_free(q->reqs);
+    epm_free(q->types);
+    epm_free(q->ranges);
+    epm_free(q);
+}
+
+/* A datatype of n rows at absolute addresses (sent from MPI_BOTTOM). Runs of
+ * adjacent rows are merged into one block, so packed input costs one block. */
+static int rows_type(const char *const *rows, int64_t n, size_t row_bytes, MPI_Datatype *out)
+{
+    MPI_Aint *disp = epm_malloc((size_t)n * sizeof *disp);
+    int *len = epm_malloc((size_t)n * sizeof *len);
+    if (!disp || !len) {
+        epm_free(disp);
+        epm_free(len);
+        return MPI_ERR_NO_MEM;
+    }
+    MPI_Datatype row;
+    int rc = MPI_Type_contiguous((int)row_bytes, MPI_BYTE, &row);
+    int nb = 0;
+    for (int64_t i = 0; i < n && rc == MPI_SUCCESS; i++) {
+        if (nb > 0 && rows[i] == rows[i - 1] + row_bytes && len[nb - 1] < INT_MAX) {
+            len[nb - 1]++;
+            continue;
+        }
+        MPI_Get_address(rows[i], &disp[nb]);
+        len[nb++] = 1;
+    }
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Type_create_hindexed(nb, len, disp, row, out);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Type_commit(out);
+    MPI_Type_free(&row);
+    epm_free(disp);
+    epm_free(len);
+    return rc;
+}
+
+/* 1 when the n rows follow each other in memory */
+static int contiguous(const char *const *rows, int64_t n, size_t row_bytes)
+{
+    for (int64_t i = 1; i < n; i++)
+        if (rows[i] != rows[i - 1] + row_bytes)
+            return 0;
+    return 1;
+}
+
+epm_status epm_transport_mpi_start(epm_transport *t, const epm_xfer *x, epm_xfer_req **out)
+{
+    MPI_Comm comm = *(MPI_Comm *)t->mpi_comm;
+    int R = t->size;
+    epm_xfer_req *q = epm_calloc(1, sizeof *q);
+    if (!q)
+        return EPM_ERR_NOMEM;
+    q->reqs = epm_malloc((size_t)(2 * R) * sizeof *q->reqs);
+    q->types = epm_malloc((size_t)(2 * R) * sizeof *q->types);
+    q->ranges = epm_malloc((size_t)(2 * R) * sizeof *q->ranges);
+    if (!q->reqs || !q->types || !q->ranges) {
+        req_free(q);
+        return EPM_ERR_NOMEM;
+    }
+    if (x->row_bytes > INT_MAX) {
+        req_free(q);
+        return epm_fail(EPM_ERR_UNSUPPORTED, "transport mpi: rows of %zu bytes exceed 2 GiB", x->row_bytes);
+    }
+    epm_status st = EPM_OK;
+    /* receives first, so that eager sends find them posted */
+    for (int p = 0; p < R && st == EPM_OK; p++) {
+        int64_t n = x->recv_off[p + 1] - x->recv_off[p];
+        if (n == 0 || p == t->rank)
+            continue;
+        MPI_Datatype *ty = &q->types[q->ntypes];
+        int rc;
+        int flat = !x->dst_rows || contiguous((const char *const *)x->dst_rows + x->recv_off[p], n, x->row_bytes);
+        char *dst = !x->dst_rows ? x->recv + x->recv_off[p] * (int64_t)x->row_bytes : x->dst_rows[x->recv_off[p]];
+        if (!flat && x->pack_recv && pack_policy()) {
+            rc = MPI_Type_contiguous((int)x->row_bytes, MPI_BYTE, ty);
+            if (rc == MPI_SUCCESS) {
+                rc = MPI_Type_commit(ty);
+                q->ntypes++;
+            }
+            if (rc == MPI_SUCCESS)
+                rc = MPI_Irecv(x->pack_recv + x->recv_off[p] * (int64_t)x->row_bytes, (int)n, *ty, p, x->tag, comm,
+                               &q->reqs[q->nreq]);
+            q->unpack = x->pack_recv;
+            q->dst_rows = x->dst_rows;
+            q->row_bytes = x->row_bytes;
+            q->ranges[2 * q->nranges] = x->recv_off[p];
+            q->ranges[2 * q->nranges + 1] = x->recv_off[p + 1];
+            q->nranges++;
+        } else if (!flat) { /* scattered straight to where the rows are used */
+            rc = rows_type((const char *const *)x->dst_rows + x->recv_off[p], n, x->row_bytes, ty);
+            if (rc == MPI_SUCCESS) {
+                q->ntypes++;
+                rc = MPI_Irecv(MPI_BOTTOM, 1, *ty, p, x->tag, comm, &q->reqs[q->nreq]);
+            }
+        } else {
+            rc = MPI_Type_contiguous((int)x->row_bytes, MPI_BYTE, ty);
+            if (rc == MPI_SUCCESS) {
+                rc = MPI_Type_commit(ty);
+                q->ntypes++;
+            }
+            if (rc == MPI_SUCCESS && n > INT_MAX)
+                rc = MPI_ERR_COUNT;
+            if (rc == MPI_SUCCESS)
+                rc = MPI_Irecv(dst, (int)n, *ty, p, x->tag, comm, &q->reqs[q->nreq]);
+        }
+        if (rc != MPI_SUCCESS)
+            st = epm_comm_mpi_err(rc, "MPI_Irecv of token rows");
+        else
+            q->nreq++;
+    }
+    for (int p = 0; p < R && st == EPM_OK; p++) {
+        int64_t n = x->send_off[p + 1] - x->send_off[p];
+        if (n == 0 || p == t->rank)
+            continue;
+        MPI_Datatype *ty = &q->types[q->ntypes];
+        int rc;
+        int flat = contiguous(x->src_rows + x->send_off[p], n, x->row_bytes);
+        if (flat || (x->pack_send && pack_policy())) {
+            const char *b = x->src_rows[x->send_off[p]];
+            if (!flat) {
+                char *pk = x->pack_send + x->send_off[p] * (int64_t)x->row_bytes;
+                for (int64_t j = 0; j < n; j++)
+                    memcpy(pk + j * (int64_t)x->row_bytes, x->src_rows[x->send_off[p] + j], x->row_bytes);
+                b = pk;
+            }
+            rc = MPI_Type_contiguous((int)x->row_bytes, MPI_BYTE, ty);
+            if (rc == MPI_SUCCESS) {
+                rc = MPI_Type_commit(ty);
+                q->ntypes++;
+            }
+            if (rc == MPI_SUCCESS)
+                rc = n > INT_MAX ? MPI_ERR_COUNT : MPI_Isend(b, (int)n, *ty, p, x->tag, comm, &q->reqs[q->nreq]);
+        } else {
+            rc = rows_type(x->src_rows + x->send_off[p], n, x->row_bytes, ty);
+            if (rc == MPI_SUCCESS) {
+                q->ntypes++;
+                rc = MPI_Isend(MPI_BOTTOM, 1, *ty, p, x->tag, comm, &q->reqs[q->nreq]);
+            }
+        }
+        if (rc != MPI_SUCCESS)
+            st = epm_comm_mpi_err(rc, "MPI_Isend of token rows");
+        else
+            q->nreq++;
+    }
+    if (st != EPM_OK) {
+        /* what was posted must complete before its buffers go away */
+        for (int i = 0; i < q->nreq; i++)
+            MPI_Cancel(&q->reqs[i]);
+        MPI_Waitall(q->nreq, q->reqs, MPI_STATUSES_IGNORE);
+        req_free(q);
+        return st;
+    }
+    *out = q;
+    return EPM_OK;
+}
+
+epm_status epm_transport_mpi_wait(epm_transport *t, epm_xfer_req *q)
+{
+    (void)t;
+    int rc = MPI_Waitall(q->nreq, q->reqs, MPI_STATUSES_IGNORE);
+    for (int i = 0; rc == MPI_SUCCESS && i < q->nranges; i++)
+        for (int64_t j = q->ranges[2 * i]; j < q->ranges[2 * i + 1]; j++)
+            memcpy(q->dst_rows[j], q->unpack + j * (int64_t)q->row_bytes, q->row_bytes);
+    req_free(q);
+    return rc == MPI_SUCCESS ? EPM_OK : epm_comm_mpi_err(rc, "MPI_Waitall of token rows");
+}
+
+static void mpi_destroy(epm_transport *t) { epm_free(t); }
+
+static const epm_transport_ops mpi_ops = {
+    .name = "mpi", .device = 0, .start = epm_transport_mpi_start, .wait = epm_transport_mpi_wait, .destroy = mpi_destroy,
+};
+
+epm_status epm_transport_mpi_create(void *mpi_comm, int rank, int size, epm_transport **out)
+{
+    epm_transport *t = epm_calloc(1, sizeof *t);
+    if (!t)
+        return EPM_ERR_NOMEM;
+    t->ops = &mpi_ops;
+    t->mpi_comm = mpi_comm;
+    t->rank = rank;
+    t->size = size;
+    *out = t;
+    return EPM_OK;
+}

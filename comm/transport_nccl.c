@@ -1,0 +1,227 @@
+/* NCCL transport: rows move GPU to GPU with ncclSend/ncclRecv inside one
+ * group per step. The a2a layer gathers and sums rows on the host (staged
+ * like the staged transport), so each step packs its rows into a device send
+ * buffer and unpacks the device receive buffer; device-side gather and sum
+ * kernels would remove those copies. NCCL needs one rank per GPU. */
+#include <cuda_runtime.h>
+#include <mpi.h>
+/* nccl.h declares ncclGroupStart() without (void) */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wstrict-prototypes"
+#include <nccl.h>
+#pragma GCC diagnostic pop
+#include <string.h>
+
+#include "comm_internal.h"
+
+typedef struct nccl_tr {
+    epm_transport base;
+    int device;
+    ncclComm_t comm;
+    cudaStream_t stream;
+    char *dsend, *drecv, *hsend, *hrecv; /* device send/recv, pinned host pack/unpack buffers */
+    size_t send_cap, recv_cap, hsend_cap, hrecv_cap;
+} nccl_tr;
+
+struct epm_xfer_req {
+    char *recv;
+    char *const *dst_rows;
+    size_t bytes, row_bytes;
+};
+
+static epm_status cuda_err(cudaError_t e, const char *what)
+{
+    return epm_fail(EPM_ERR_CUDA, "%s failed: %s", what, cudaGetErrorString(e));
+}
+
+static epm_status nccl_err(ncclResult_t r, const char *what)
+{
+    return epm_fail(EPM_ERR_NCCL, "%s failed: %s", what, ncclGetErrorString(r));
+}
+
+static epm_status dgrow(char **p, size_t *cap, size_t need, int pinned)
+{
+    if (need <= *cap)
+        return EPM_OK;
+    if (*p)
+        pinned ? cudaFreeHost(*p) : cudaFree(*p);
+    *p = NULL;
+    *cap = 0;
+    cudaError_t e = pinned ? cudaMallocHost((void **)p, need) : cudaMalloc((void **)p, need);
+    if (e != cudaSuccess)
+        return cuda_err(e, pinned ? "cudaMallocHost (nccl staging)" : "cudaMalloc (nccl buffers)");
+    *cap = need;
+    return EPM_OK;
+}
+
+static epm_status n_start(epm_transport *t, const epm_xfer *x, epm_xfer_req **out)
+{
+    nccl_tr *n = (nccl_tr *)t;
+    int R = t->size;
+    size_t rb = x->row_bytes;
+    size_t sbytes = (size_t)x->send_off[R] * rb, rbytes = (size_t)x->recv_off[R] * rb;
+    epm_xfer_req *q = epm_calloc(1, sizeof *q);
+    if (!q)
+        return EPM_ERR_NOMEM;
+    cudaError_t e = cudaSetDevice(n->device);
+    if (e != cudaSuccess) {
+        epm_free(q);
+        return cuda_err(e, "cudaSetDevice (nccl transport)");
+    }
+    epm_status st = dgrow(&n->hsend, &n->hsend_cap, sbytes ? sbytes : 1, 1);
+    if (st == EPM_OK)
+        st = dgrow(&n->dsend, &n->send_cap, sbytes ? sbytes : 1, 0);
+    if (st == EPM_OK)
+        st = dgrow(&n->drecv, &n->recv_cap, rbytes ? rbytes : 1, 0);
+    if (st == EPM_OK && x->dst_rows)
+        st = dgrow(&n->hrecv, &n->hrecv_cap, rbytes ? rbytes : 1, 1);
+    if (st != EPM_OK) {
+        epm_free(q);
+        return st;
+    }
+    for (int64_t j = 0; j < x->send_off[R]; j++)
+        memcpy(n->hsend + (size_t)j * rb, x->src_rows[j], rb);
+    e = cudaMemcpyAsync(n->dsend, n->hsend, sbytes, cudaMemcpyHostToDevice, n->stream);
+    if (e != cudaSuccess) {
+        epm_free(q);
+        return cuda_err(e, "cudaMemcpyAsync of rows to send");
+    }
+    ncclResult_t r = ncclGroupStart();
+    for (int p = 0; p < R && r == ncclSuccess; p++) {
+        size_t ns = (size_t)(x->send_off[p + 1] - x->send_off[p]) * rb;
+        size_t nr = (size_t)(x->recv_off[p + 1] - x->recv_off[p]) * rb;
+        if (ns && p != t->rank)
+            r = ncclSend(n->dsend + (size_t)x->send_off[p] * rb, ns, ncclUint8, p, n->comm, n->stream);
+        if (nr && p != t->rank && r == ncclSuccess)
+            r = ncclRecv(n->drecv + (size_t)x->recv_off[p] * rb, nr, ncclUint8, p, n->comm, n->stream);
+    }
+    ncclResult_t r2 = ncclGroupEnd();
+    if (r == ncclSuccess)
+        r = r2;
+    if (r != ncclSuccess) {
+        epm_free(q);
+        return nccl_err(r, "ncclSend/ncclRecv group");
+    }
+    q->recv = x->dst_rows ? n->hrecv : x->recv;
+    q->dst_rows = x->dst_rows;
+    q->row_bytes = rb;
+    q->bytes = rbytes;
+    *out = q;
+    return EPM_OK;
+}
+
+static epm_status n_wait(epm_transport *t, epm_xfer_req *q)
+{
+    nccl_tr *n = (nccl_tr *)t;
+    cudaError_t e = q->bytes ? cudaMemcpyAsync(q->recv, n->drecv, q->bytes, cudaMemcpyDeviceToHost, n->stream)
+                             : cudaSuccess;
+    if (e == cudaSuccess)
+        e = cudaStreamSynchronize(n->stream);
+    if (e == cudaSuccess && q->dst_rows)
+        for (size_t j = 0; j < q->bytes / q->row_bytes; j++)
+            memcpy(q->dst_rows[j], q->recv + j * q->row_bytes, q->row_bytes);
+    epm_free(q);
+    return e == cudaSuccess ? EPM_OK : cuda_err(e, "cudaStreamSynchronize after the NCCL exchange");
+}
+
+static epm_status n_to_host(epm_transport *t, void *host, const void *dev, size_t bytes)
+{
+    cudaError_t e = cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, ((nccl_tr *)t)->stream);
+    if (e == cudaSuccess)
+        e = cudaStreamSynchronize(((nccl_tr *)t)->stream);
+    return e == cudaSuccess ? EPM_OK : cuda_err(e, "cudaMemcpy device -> host (nccl transport)");
+}
+
+static epm_status n_to_device(epm_transport *t, void *dev, const void *host, size_t bytes)
+{
+    cudaError_t e = cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, ((nccl_tr *)t)->stream);
+    if (e == cudaSuccess)
+        e = cudaStreamSynchronize(((nccl_tr *)t)->stream);
+    return e == cudaSuccess ? EPM_OK : cuda_err(e, "cudaMemcpy host -> device (nccl transport)");
+}
+
+static void *n_host_alloc(epm_transport *t, size_t bytes)
+{
+    (void)t;
+    void *p = NULL;
+    return cudaMallocHost(&p, bytes) == cudaSuccess ? p : NULL;
+}
+
+static void n_host_free(epm_transport *t, void *p)
+{
+    (void)t;
+    cudaFreeHost(p);
+}
+
+static void n_destroy(epm_transport *t)
+{
+    nccl_tr *n = (nccl_tr *)t;
+    if (n->comm)
+        ncclCommDestroy(n->comm);
+    if (n->stream)
+        cudaStreamDestroy(n->stream);
+    if (n->dsend)
+        cudaFree(n->dsend);
+    if (n->drecv)
+        cudaFree(n->drecv);
+    if (n->hsend)
+        cudaFreeHost(n->hsend);
+    if (n->hrecv)
+        cudaFreeHost(n->hrecv);
+    epm_free(n);
+}
+
+static const epm_transport_ops nccl_ops = {
+    .name = "nccl",
+    .device = 1,
+    .start = n_start,
+    .wait = n_wait,
+    .to_host = n_to_host,
+    .to_device = n_to_device,
+    .host_alloc = n_host_alloc,
+    .host_free = n_host_free,
+    .destroy = n_destroy,
+};
+
+epm_status epm_transport_nccl_create(void *mpi_comm, int rank, int size, int local_rank, epm_transport **out)
+{
+    MPI_Comm comm = *(MPI_Comm *)mpi_comm;
+    int ndev = 0;
+    cudaError_t e = cudaGetDeviceCount(&ndev);
+    /* the unique id travels even when this rank has no GPU, so that no rank waits forever */
+    ncclUniqueId id;
+    memset(&id, 0, sizeof id);
+    ncclResult_t r = ncclSuccess;
+    if (rank == 0)
+        r = ncclGetUniqueId(&id);
+    int rc = MPI_Bcast(&id, (int)sizeof id, MPI_BYTE, 0, comm);
+    if (rc != MPI_SUCCESS)
+        return epm_comm_mpi_err(rc, "MPI_Bcast of the NCCL unique id");
+    if (r != ncclSuccess)
+        return nccl_err(r, "ncclGetUniqueId");
+    if (e != cudaSuccess || ndev == 0)
+        return epm_fail(EPM_ERR_CUDA, "transport nccl: no CUDA device on rank %d (%s)", rank,
+                        e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+    nccl_tr *n = epm_calloc(1, sizeof *n);
+    if (!n)
+        return EPM_ERR_NOMEM;
+    n->base.ops = &nccl_ops;
+    n->base.mpi_comm = mpi_comm;
+    n->base.rank = rank;
+    n->base.size = size;
+    n->device = local_rank % ndev;
+    epm_status st = EPM_OK;
+    if ((e = cudaSetDevice(n->device)) != cudaSuccess || (e = cudaStreamCreate(&n->stream)) != cudaSuccess)
+        st = cuda_err(e, "cudaSetDevice/cudaStreamCreate (nccl transport)");
+    if (st == EPM_OK && (r = ncclCommInitRank(&n->comm, size, id, rank)) != ncclSuccess) {
+        n->comm = NULL;
+        st = nccl_err(r, size > ndev ? "ncclCommInitRank (NCCL needs one rank per GPU; use --transport staged)"
+                                     : "ncclCommInitRank");
+    }
+    if (st != EPM_OK) {
+        n_destroy(&n->base);
+        return st;
+    }
+    *out = &n->base;
+    return EPM_OK;
+}

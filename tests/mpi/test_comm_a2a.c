@@ -1,0 +1,463 @@
+/* Token dispatch and combine under mpirun: every rank checks its rows,
+ * expert lists, combined output and byte counts against a single-process
+ * reference computed from the same seeded data (tests/mpi/a2a_ref.h).
+ * Then the runtime's row exchange (comm/xcomm.h) on every transport, blocking
+ * and split-phase, against the seeded reference of tests/mpi/xcomm_ref.h;
+ * allgather; error agreement with a failure injected on one rank. */
+#include "test_util.h"
+
+#include <stdio.h>
+
+#include "a2a_ref.h"
+#include "epm_config.h"
+#include "xcomm_ref.h"
+
+static int R, me;
+
+static epm_comm *comm_with(int vnodes, epm_hier_mode hier)
+{
+    epm_comm_opts o;
+    epm_comm_opts_init(&o);
+    o.virtual_nodes = vnodes;
+    o.hierarchical = hier;
+    epm_comm *c;
+    assert_int_equal(epm_comm_create(&o, &c), EPM_OK);
+    return c;
+}
+
+static void run(scen s, int split)
+{
+    s.R = R;
+    sc_build(&s);
+    epm_comm *c = comm_with(s.vnodes, EPM_HIER_OFF);
+    sc_result r;
+    sc_run(&s, c, split, &r);
+    sc_result_free(&r);
+    epm_comm_destroy(c);
+    sc_free(&s);
+}
+
+static void test_comm_a2a_identity(void **state)
+{
+    (void)state;
+    run((scen){.E = 8, .k = 2, .hidden = 24, .dt = EPM_DTYPE_F32, .identity = 1, .seed = 1}, 0);
+    run((scen){.E = 16, .k = 4, .hidden = 8, .dt = EPM_DTYPE_BF16, .identity = 1, .seed = 2}, 1);
+}
+
+static void test_comm_a2a_weighted_f32(void **state)
+{
+    (void)state;
+    run((scen){.E = 8, .k = 2, .hidden = 33, .dt = EPM_DTYPE_F32, .seed = 3}, 0);
+    run((scen){.E = 5, .k = 3, .hidden = 1, .dt = EPM_DTYPE_F32, .seed = 4}, 1);
+}
+
+static void test_comm_a2a_weighted_bf16(void **state)
+{
+    (void)state;
+    run((scen){.E = 8, .k = 2, .hidden = 17, .dt = EPM_DTYPE_BF16, .seed = 5}, 0);
+}
+
+static void test_comm_a2a_empty_ranks(void **state)
+{
+    (void)state;
+    run((scen){.E = 8, .k = 2, .hidden = 16, .dt = EPM_DTYPE_F32, .empty_every = 2, .seed = 6}, 0);
+    run((scen){.E = 8, .k = 2, .hidden = 16, .dt = EPM_DTYPE_F32, .empty_every = 1, .seed = 7}, 1); /* none anywhere */
+}
+
+static void test_comm_a2a_skewed(void **state)
+{
+    (void)state;
+    run((scen){.E = 8, .k = 1, .hidden = 16, .dt = EPM_DTYPE_F32, .skew = 1, .seed = 8}, 0);
+}
+
+static void test_comm_a2a_replicas(void **state)
+{
+    (void)state;
+    run((scen){.E = 8, .k = 2, .hidden = 16, .dt = EPM_DTYPE_F32, .replicas = 1, .seed = 9}, 0);
+    if (R % 2 == 0)
+        run((scen){.E = 8, .k = 3, .hidden = 16, .dt = EPM_DTYPE_BF16, .replicas = 1, .vnodes = 2, .seed = 10}, 1);
+}
+
+static void test_comm_a2a_follow(void **state)
+{
+    (void)state;
+    run((scen){.E = 8, .k = 2, .hidden = 16, .dt = EPM_DTYPE_F32, .follow = 1, .seed = 11}, 0);
+    run((scen){.E = 12, .k = 3, .hidden = 10, .dt = EPM_DTYPE_BF16, .follow = 1, .replicas = 1, .seed = 12}, 1);
+}
+
+/* Two layouts in flight at once (micro-batches overlapping), started in the same order on every rank. */
+static void test_comm_a2a_overlap(void **state)
+{
+    (void)state;
+    scen s = {.R = R, .E = 8, .k = 2, .hidden = 8, .dt = EPM_DTYPE_F32, .seed = 13};
+    sc_build(&s);
+    epm_comm *c = comm_with(0, EPM_HIER_OFF);
+    int64_t n = s.ntok[me], g0 = s.first[me];
+    uint64_t keys[64];
+    float x[64 * 8];
+    for (int64_t t = 0; t < n; t++) {
+        keys[t] = (uint64_t)(g0 + t);
+        for (int h = 0; h < 8; h++)
+            x[t * 8 + h] = sc_x(g0 + t, h);
+    }
+    epm_a2a_layout *a, *b;
+    assert_int_equal(epm_a2a_layout_create(c, s.p, 0, n, 2, s.ids + g0 * 2, s.w + g0 * 2, keys, NULL, &a), EPM_OK);
+    assert_int_equal(epm_a2a_layout_create(c, s.p, 0, n, 2, s.ids + g0 * 2, s.w + g0 * 2, keys, NULL, &b), EPM_OK);
+    int64_t nr = epm_a2a_rows(a);
+    float *ra = epm_malloc((size_t)(nr + 1) * 8 * sizeof(float)), *rb_ = epm_malloc((size_t)(nr + 1) * 8 * sizeof(float));
+    assert_int_equal(epm_a2a_dispatch_start(a, x, EPM_DTYPE_F32, 8, ra), EPM_OK);
+    assert_int_equal(epm_a2a_dispatch_start(b, x, EPM_DTYPE_F32, 8, rb_), EPM_OK);
+    assert_int_equal(epm_a2a_dispatch_wait(b), EPM_OK);
+    assert_int_equal(epm_a2a_dispatch_wait(a), EPM_OK);
+    assert_memory_equal(ra, rb_, (size_t)nr * 8 * sizeof(float));
+    for (int64_t i = 0; i < nr; i++)
+        for (int h = 0; h < 8; h++)
+            assert_true(ra[i * 8 + h] == sc_x((int64_t)epm_a2a_row_keys(a)[i], h));
+    epm_free(ra);
+    epm_free(rb_);
+    epm_a2a_layout_destroy(a);
+    epm_a2a_layout_destroy(b);
+    epm_comm_destroy(c);
+    sc_free(&s);
+}
+
+/* A bad id on the last rank only: the same error on every rank, no exchange. */
+static void test_comm_a2a_bad_input(void **state)
+{
+    (void)state;
+    scen s = {.R = R, .E = 8, .k = 2, .hidden = 8, .dt = EPM_DTYPE_F32, .seed = 14};
+    sc_build(&s);
+    epm_comm *c = comm_with(0, EPM_HIER_OFF);
+    int64_t n = s.ntok[me] > 0 ? s.ntok[me] : 0, g0 = s.first[me];
+    int32_t ids[128];
+    uint64_t keys[64];
+    for (int64_t t = 0; t < n; t++)
+        keys[t] = (uint64_t)(g0 + t);
+    memcpy(ids, s.ids + g0 * 2, (size_t)n * 2 * sizeof(int32_t));
+    int bad = R - 1;
+    if (me == bad) {
+        if (n == 0)
+            n = 1, keys[0] = 0, s.w[0] = 1.0f;
+        ids[0] = 8; /* experts are 0..7 */
+        ids[1] = 0;
+    }
+    epm_a2a_layout *l = (epm_a2a_layout *)&l;
+    epm_status st = epm_a2a_layout_create(c, s.p, 0, n, 2, ids, me == bad ? s.w : s.w + g0 * 2, keys, NULL, &l);
+    assert_null(l);
+    char want[64];
+    snprintf(want, sizeof want, "rank %d", bad);
+    assert_non_null(strstr(epm_last_error(), want));
+    assert_non_null(strstr(epm_last_error(), "expert id 8"));
+    assert_int_equal(st, me == bad ? EPM_ERR_INVALID_ARG : EPM_ERR_REMOTE);
+
+    /* a placement for a different number of ranks: a mismatch everywhere */
+    epm_cluster cl;
+    epm_cluster_init(&cl, 1, R + 1);
+    epm_placement *p2;
+    assert_int_equal(epm_placement_create(1, 8, 2, &cl, &p2), EPM_OK);
+    for (int e = 0; e < 8; e++)
+        assert_int_equal(epm_placement_add(p2, 0, e, e % (R + 1)), EPM_OK);
+    st = epm_a2a_layout_create(c, p2, 0, 0, 2, NULL, NULL, NULL, NULL, &l);
+    assert_int_equal(st, EPM_ERR_MISMATCH); /* every rank sees it itself */
+    assert_non_null(strstr(epm_last_error(), "placement is for"));
+    epm_placement_destroy(p2);
+
+    /* combine rank out of range on rank 0 */
+    int cr[64];
+    for (int64_t t = 0; t < s.ntok[me]; t++)
+        cr[t] = me == 0 ? R : me;
+    if (s.ntok[0] > 0) {
+        st = epm_a2a_layout_create(c, s.p, 0, s.ntok[me], 2, s.ids + g0 * 2, s.w + g0 * 2, keys, cr, &l);
+        assert_int_equal(st, me == 0 ? EPM_ERR_INVALID_ARG : EPM_ERR_REMOTE);
+    }
+    /* dtype and hidden checked at the call */
+    assert_int_equal(epm_a2a_layout_create(c, s.p, 0, s.ntok[me], 2, s.ids + g0 * 2, s.w + g0 * 2, keys, NULL, &l),
+                     EPM_OK);
+    assert_int_equal(epm_a2a_dispatch(l, NULL, EPM_DTYPE_F16, 8, NULL), EPM_ERR_UNSUPPORTED);
+    assert_int_equal(epm_a2a_dispatch(l, NULL, EPM_DTYPE_F32, 0, NULL), EPM_ERR_INVALID_ARG);
+    epm_a2a_layout_destroy(l);
+    epm_comm_destroy(c);
+    sc_free(&s);
+}
+
+/* ---- the runtime's row exchange (xcomm) ---- */
+
+static epm_xcomm *xcomm_with(int vn, epm_xcomm_a2a a2a, epm_xcomm_hier hier)
+{
+    epm_xcomm_opts o;
+    epm_xcomm_opts_init(&o);
+    o.virtual_nodes = vn;
+    o.a2a = a2a;
+    o.hier = hier;
+    epm_xcomm *x;
+    assert_int_equal(epm_xcomm_create_opts(&o, &x), EPM_OK);
+    assert_int_equal(epm_xcomm_transport(x), a2a);
+    return x;
+}
+
+static void check_received(const xscen *s, int vn, const float *rows, const int *src, int64_t n,
+                           const int64_t counted[EPM_LINK_COUNT])
+{
+    float *erows;
+    int *esrc;
+    int64_t ecount[EPM_LINK_COUNT];
+    int64_t en = xs_expect(s, R, vn, me, &erows, &esrc, ecount);
+    assert_int_equal(n, en);
+    if (n) {
+        assert_memory_equal(src, esrc, (size_t)n * sizeof *src);
+        assert_memory_equal(rows, erows, (size_t)n * XW * sizeof *rows);
+    }
+    for (int c = 0; c < EPM_LINK_COUNT; c++)
+        assert_int_equal(counted[c], ecount[c]);
+    epm_free(erows);
+    epm_free(esrc);
+}
+
+/* buf: reused from case to case, as a layer loop reuses its buffers */
+static void exchange_case(epm_xcomm *x, const xscen *s, int vn, epm_xcomm_buf *buf)
+{
+    int64_t n, nr;
+    int *dest, *src;
+    float *rows, *out;
+    xs_make(s, R, me, &n, &dest, &rows);
+    int64_t counted[EPM_LINK_COUNT] = {0};
+    epm_xcomm_wire_reset(x);
+    assert_int_equal(epm_xcomm_exchange(x, n, dest, rows, XW, XP, counted, &out, &src, &nr), EPM_OK);
+    check_received(s, vn, out, src, nr, counted);
+    int64_t again[EPM_LINK_COUNT] = {0};
+    assert_int_equal(epm_xcomm_exchange_buf(x, n, dest, rows, XW, XP, again, buf), EPM_OK);
+    check_received(s, vn, buf->rows, buf->src, buf->n, again);
+    epm_xcomm_wire w;
+    epm_xcomm_wire_get(x, &w);
+    assert_int_equal(w.exchanges, 2);
+    for (int c = 0; c < EPM_LINK_COUNT; c++)
+        w.bytes[c] /= 2;
+    if (!epm_xcomm_hierarchical(x)) /* flat: what crossed each link is what eval.h counts */
+        for (int c = 0; c < EPM_LINK_COUNT; c++)
+            assert_int_equal(w.bytes[c], counted[c]);
+    epm_free(out);
+    epm_free(src);
+    epm_free(dest);
+    epm_free(rows);
+}
+
+static const xscen xscens[] = {
+    {.seed = 1, .dest = XD_RANDOM, .max_rows = 40},
+    {.seed = 2, .dest = XD_RANDOM, .max_rows = 9, .empty_every = 2},
+    {.seed = 3, .dest = XD_ONE, .max_rows = 30},
+    {.seed = 4, .dest = XD_EVEN, .max_rows = 25, .empty_every = 3},
+    {.seed = 5, .dest = XD_RANDOM, .max_rows = 0},
+};
+
+static void test_comm_xcomm_exchange(void **state)
+{
+    (void)state;
+    for (int a = EPM_XA2A_ALLTOALLV; a <= EPM_XA2A_P2P; a++)
+        for (int vn = 0; vn <= R; vn++) {
+            if (vn && R % vn)
+                continue;
+            epm_xcomm *x = xcomm_with(vn, (epm_xcomm_a2a)a, EPM_XHIER_OFF);
+            epm_xcomm_buf buf = {0};
+            for (size_t i = 0; i < sizeof xscens / sizeof *xscens; i++)
+                exchange_case(x, &xscens[i], vn, &buf);
+            epm_xcomm_buf_free(&buf);
+            epm_xcomm_destroy(x);
+        }
+}
+
+/* The link classes follow the node assignment: one node makes every move
+ * intra-node, one rank per node makes every move inter-node. */
+static void test_comm_xcomm_virtual_nodes(void **state)
+{
+    (void)state;
+    const xscen *s = &xscens[0];
+    int64_t n, nr, tot[2][EPM_LINK_COUNT] = {{0}};
+    int *dest, *src;
+    float *rows, *out;
+    xs_make(s, R, me, &n, &dest, &rows);
+    int vns[2] = {1, R};
+    for (int v = 0; v < 2; v++) {
+        epm_xcomm *x = xcomm_with(vns[v], EPM_XA2A_ALLTOALLV, EPM_XHIER_OFF);
+        epm_cluster cl;
+        epm_xcomm_cluster(x, &cl);
+        assert_int_equal(cl.nodes, vns[v]);
+        for (int r = 0; r < R; r++)
+            assert_int_equal(epm_xcomm_node_of(x, r), vns[v] == 1 ? 0 : r);
+        assert_int_equal(epm_xcomm_exchange(x, n, dest, rows, XW, XP, tot[v], &out, &src, &nr), EPM_OK);
+        assert_int_equal(epm_xcomm_sum_i64(x, tot[v], EPM_LINK_COUNT), EPM_OK);
+        epm_free(out);
+        epm_free(src);
+        epm_xcomm_destroy(x);
+    }
+    assert_int_equal(tot[0][EPM_LINK_INTER], 0);
+    assert_int_equal(tot[1][EPM_LINK_INTRA], 0);
+    assert_int_equal(tot[0][EPM_LINK_INTRA], tot[1][EPM_LINK_INTER]);
+    if (R > 1)
+        assert_true(tot[0][EPM_LINK_INTRA] > 0);
+    epm_free(dest);
+    epm_free(rows);
+}
+
+/* start / wait: two exchanges in flight, waited in either order, deliver
+ * what the blocking call does; rows and dest may be overwritten after start */
+static void test_comm_xcomm_split_phase(void **state)
+{
+    (void)state;
+    for (int a = EPM_XA2A_ALLTOALLV; a <= EPM_XA2A_P2P; a++)
+        for (int order = 0; order < 2; order++) {
+            epm_xcomm *x = xcomm_with(R % 2 ? 0 : 2, (epm_xcomm_a2a)a, EPM_XHIER_AUTO);
+            int vn = R % 2 ? 0 : 2;
+            const xscen *s[2] = {&xscens[0], &xscens[3]};
+            epm_xcomm_req *q[2];
+            int64_t counted[2][EPM_LINK_COUNT] = {{0}};
+            epm_xcomm_buf buf = {0};
+            for (int j = 0; j < 2; j++) {
+                int64_t n;
+                int *dest;
+                float *rows;
+                xs_make(s[j], R, me, &n, &dest, &rows);
+                if (j == 0) /* fresh output; the second one lands in a caller's buffer */
+                    assert_int_equal(epm_xcomm_exchange_start(x, n, dest, rows, XW, XP, counted[j], &q[j]), EPM_OK);
+                else
+                    assert_int_equal(
+                        epm_xcomm_exchange_start_buf(x, n, dest, rows, XW, XP, counted[j], &buf, &q[j]), EPM_OK);
+                for (int64_t i = 0; i < n; i++) { /* the request holds its own copy */
+                    dest[i] = -7;
+                    rows[i * XW] = -1.0f;
+                }
+                epm_free(dest);
+                epm_free(rows);
+            }
+            for (int k = 0; k < 2; k++) {
+                int j = order ? 1 - k : k;
+                float *out;
+                int *src;
+                int64_t nr;
+                if (j == 0) {
+                    assert_int_equal(epm_xcomm_exchange_wait(q[j], &out, &src, &nr), EPM_OK);
+                    check_received(s[j], vn, out, src, nr, counted[j]);
+                    epm_free(out);
+                    epm_free(src);
+                } else {
+                    assert_int_equal(epm_xcomm_exchange_wait_buf(q[j]), EPM_OK);
+                    check_received(s[j], vn, buf.rows, buf.src, buf.n, counted[j]);
+                }
+            }
+            epm_xcomm_buf_free(&buf);
+            epm_xcomm_destroy(x);
+        }
+}
+
+static void test_comm_xcomm_bad_input(void **state)
+{
+    (void)state;
+    epm_xcomm_a2a a;
+    epm_xcomm_hier h;
+    assert_int_equal(epm_xcomm_a2a_parse("p2p", &a), EPM_OK);
+    assert_int_equal(a, EPM_XA2A_P2P);
+    assert_int_equal(epm_xcomm_a2a_parse("alltoall", &a), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "'alltoall'"));
+    assert_int_equal(epm_xcomm_hier_parse("sometimes", &h), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "EPM_A2A_HIER"));
+    epm_xcomm_opts o;
+    epm_xcomm_opts_init(&o);
+    o.a2a = (epm_xcomm_a2a)9;
+    epm_xcomm *x = NULL;
+    assert_int_equal(epm_xcomm_create_opts(&o, &x), EPM_ERR_INVALID_ARG);
+    assert_null(x);
+#if !EPM_HAVE_NCCL
+    o.a2a = EPM_XA2A_NCCL; /* fails everywhere; rank 0's error is the one reported */
+    assert_int_equal(epm_xcomm_create_opts(&o, &x), me == 0 ? EPM_ERR_UNSUPPORTED : EPM_ERR_REMOTE);
+    assert_non_null(strstr(epm_last_error(), "no NCCL"));
+#endif
+    /* a destination out of range is refused before anything is sent (locally: every rank passes the same) */
+    x = xcomm_with(0, EPM_XA2A_ALLTOALLV, EPM_XHIER_OFF);
+    int dest[2] = {0, R};
+    float rows[2 * XW] = {0};
+    epm_xcomm_req *q;
+    assert_int_equal(epm_xcomm_exchange_start(x, 2, dest, rows, XW, XP, NULL, &q), EPM_ERR_INTERNAL);
+    assert_null(q);
+    assert_non_null(strstr(epm_last_error(), "row 1 goes to rank"));
+    epm_xcomm_destroy(x);
+}
+
+static void test_comm_xcomm_allgather(void **state)
+{
+    (void)state;
+    int vn = R % 2 ? 0 : 2;
+    epm_xcomm *x = xcomm_with(vn, EPM_XA2A_ALLTOALLV, EPM_XHIER_AUTO);
+    const xscen *s = &xscens[1];
+    int64_t n, nr, counted[EPM_LINK_COUNT] = {0}, want[EPM_LINK_COUNT] = {0};
+    int *dest;
+    float *rows, *out;
+    xs_make(s, R, me, &n, &dest, &rows);
+    assert_int_equal(epm_xcomm_allgather(x, n, rows, XW, XP, counted, &out, &nr), EPM_OK);
+    int64_t k = 0;
+    for (int q = 0; q < R; q++) {
+        for (int64_t i = 0; i < xs_rows(s, q); i++, k++)
+            for (int c = 0; c < XW; c++)
+                assert_true(out[k * XW + c] == xs_val(q, i, c));
+        if (q != me)
+            want[xs_link(R, vn, me, q)] += n * XP * (int64_t)sizeof(float);
+    }
+    assert_int_equal(nr, k);
+    for (int c = 0; c < EPM_LINK_COUNT; c++)
+        assert_int_equal(counted[c], want[c]);
+    epm_free(out);
+    epm_free(dest);
+    epm_free(rows);
+    epm_xcomm_destroy(x);
+}
+
+/* one failure, on one rank: every rank returns an error that names it */
+static void test_comm_xcomm_agree(void **state)
+{
+    (void)state;
+    epm_xcomm *x = xcomm_with(0, EPM_XA2A_ALLTOALLV, EPM_XHIER_OFF);
+    assert_int_equal(epm_xcomm_agree(x, EPM_OK), EPM_OK);
+    int bads[2] = {R - 1, R / 2};
+    for (int b = 0; b < 2; b++) {
+        int bad = bads[b];
+        epm_status local = me == bad ? epm_fail(EPM_ERR_IO, "injected failure on rank %d", me) : EPM_OK;
+        epm_status st = epm_xcomm_agree(x, local);
+        assert_int_equal(st, me == bad ? EPM_ERR_IO : EPM_ERR_REMOTE);
+        char want[64];
+        snprintf(want, sizeof want, "rank %d: ", bad);
+        assert_non_null(strstr(epm_last_error(), want));
+        snprintf(want, sizeof want, "injected failure on rank %d", bad);
+        assert_non_null(strstr(epm_last_error(), want));
+    }
+    /* several failing ranks: the lowest one is named everywhere */
+    epm_status local = me % 2 ? epm_fail(EPM_ERR_FORMAT, "odd rank %d", me) : EPM_OK;
+    epm_status st = epm_xcomm_agree(x, local);
+    if (R == 1) {
+        assert_int_equal(st, EPM_OK);
+    } else {
+        assert_int_equal(st, me == 1 ? EPM_ERR_FORMAT : EPM_ERR_REMOTE);
+        assert_non_null(strstr(epm_last_error(), "odd rank 1"));
+    }
+    epm_xcomm_destroy(x);
+}
+
+int main(void)
+{
+    epm_comm *c;
+    if (epm_comm_create(NULL, &c) != EPM_OK)
+        return 1;
+    R = epm_comm_size(c);
+    me = epm_comm_rank(c);
+    epm_comm_destroy(c);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_comm_a2a_identity),     cmocka_unit_test(test_comm_a2a_weighted_f32),
+        cmocka_unit_test(test_comm_a2a_weighted_bf16), cmocka_unit_test(test_comm_a2a_empty_ranks),
+        cmocka_unit_test(test_comm_a2a_skewed),       cmocka_unit_test(test_comm_a2a_replicas),
+        cmocka_unit_test(test_comm_a2a_follow),       cmocka_unit_test(test_comm_a2a_overlap),
+        cmocka_unit_test(test_comm_a2a_bad_input),
+        cmocka_unit_test(test_comm_xcomm_exchange),    cmocka_unit_test(test_comm_xcomm_virtual_nodes),
+        cmocka_unit_test(test_comm_xcomm_split_phase), cmocka_unit_test(test_comm_xcomm_bad_input),
+        cmocka_unit_test(test_comm_xcomm_allgather),   cmocka_unit_test(test_comm_xcomm_agree),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    epm_comm_finalize();
+    return rc;
+}

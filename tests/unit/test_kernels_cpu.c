@@ -1,0 +1,164 @@
+/* The "cpu" backend (BLAS) beside the C reference, op by op, on the shapes
+ * and tolerances of kernels_check.h; and backend selection by name. */
+#include "test_util.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "epm_config.h"
+#include "kernels_check.h"
+
+static int setup(void **state) { return kc_setup(state, "cpu"); }
+static int teardown(void **state) { return kc_teardown(state); }
+
+static void test_kernels_cpu_linear(void **state) { kc_linear(*state); }
+static void test_kernels_cpu_rmsnorm(void **state) { kc_rmsnorm(*state); }
+static void test_kernels_cpu_rope(void **state) { kc_rope(*state); }
+static void test_kernels_cpu_attention(void **state) { kc_attention(*state, 1); }
+static void test_kernels_cpu_router(void **state) { kc_router(*state); }
+static void test_kernels_cpu_route(void **state) { kc_route(*state); }
+static void test_kernels_cpu_permute_f32(void **state) { kc_permute(*state, EPM_DTYPE_F32); }
+static void test_kernels_cpu_permute_bf16(void **state) { kc_permute(*state, EPM_DTYPE_BF16); }
+static void test_kernels_cpu_embed_convert(void **state) { kc_embed_convert(*state); }
+
+static void test_kernels_cpu_grouped_ffn_f32(void **state) { assert_true(kc_grouped_ffn(*state, EPM_DTYPE_F32, 0)); }
+
+/* The CPU path keeps weights in float32: bf16 is refused by name, not
+ * computed wrongly. */
+static void test_kernels_cpu_grouped_ffn_bf16_refused(void **state)
+{
+    assert_false(kc_grouped_ffn(*state, EPM_DTYPE_BF16, 1));
+    kc_ctx *c = *state;
+    const int64_t off[2] = {0, 0};
+    const void *w[1] = {NULL};
+    assert_int_equal(c->F->grouped_ffn(c->fast, EPM_DTYPE_BF16, NULL, off, 1, 4, 4, w, w, w, NULL, NULL),
+                     EPM_ERR_UNSUPPORTED);
+    assert_non_null(strstr(epm_last_error(), "BF16"));
+    epm_clear_error();
+}
+
+/* A bad call through the table fails by name, as the reference does. */
+static void test_kernels_cpu_grouped_ffn_bad_offsets(void **state)
+{
+    kc_ctx *c = *state;
+    float x[4] = {0}, y[4], scr[64];
+    const float *w[2] = {x, x};
+    const int64_t back[3] = {0, 2, 1};
+    assert_int_equal(c->F->grouped_ffn(c->fast, EPM_DTYPE_F32, x, back, 2, 2, 2, (const void *const *)w,
+                                       (const void *const *)w, (const void *const *)w, scr, y),
+                     EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "offsets[2] = 1"));
+    const float *none[2] = {x, NULL};
+    const int64_t two[3] = {0, 1, 2};
+    assert_int_equal(c->F->grouped_ffn(c->fast, EPM_DTYPE_F32, x, two, 2, 2, 2, (const void *const *)none,
+                                       (const void *const *)none, (const void *const *)none, scr, y),
+                     EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "expert 1"));
+    epm_clear_error();
+}
+
+/* The bf16 paths of the host backends (the oracle of the CUDA bf16 kernels)
+ * are the float32 reference on the widened values, rounded once. */
+static void test_kernels_cpu_ref_bf16_is_widened_f32(void **state)
+{
+    kc_ctx *c = *state;
+    kc_routing r = kc_make_routing(12, 4, 2, KC_DROPS, &c->seed);
+    enum { H = 5, F = 7, E = 4 };
+    float *xf = kc_rnd((size_t)r.rows * H, &c->seed), *wf = kc_rnd(E * 3 * F * H, &c->seed);
+    float *wts = kc_rnd((size_t)12 * 2, &c->seed);
+    uint16_t *x = kc_as(xf, r.rows * H, EPM_DTYPE_BF16), *w = kc_as(wf, E * 3 * F * H, EPM_DTYPE_BF16);
+    float *xw = kc_to_f32(x, r.rows * H, EPM_DTYPE_BF16), *ww = kc_to_f32(w, E * 3 * F * H, EPM_DTYPE_BF16);
+    const void *g[E], *u[E], *d[E];
+    const float *gf[E], *uf[E], *df[E];
+    for (int e = 0; e < E; e++) {
+        g[e] = w + e * 3 * F * H, u[e] = w + (e * 3 + 1) * F * H, d[e] = w + (e * 3 + 2) * F * H;
+        gf[e] = ww + e * 3 * F * H, uf[e] = ww + (e * 3 + 1) * F * H, df[e] = ww + (e * 3 + 2) * F * H;
+    }
+    uint16_t *y = malloc((size_t)r.rows * H * 2 + 2);
+    float *yf = malloc((size_t)r.rows * H * 4 + 4);
+    uint16_t *yr = malloc((size_t)r.rows * H * 2 + 2);
+    assert_int_equal(c->R->grouped_ffn(c->ref, EPM_DTYPE_BF16, x, r.off, E, H, F, g, u, d, NULL, y), EPM_OK);
+    assert_int_equal(epm_ref_grouped_ffn(xw, r.off, E, H, F, gf, uf, df, yf), EPM_OK);
+    assert_int_equal(epm_ref_convert(yf, EPM_DTYPE_F32, r.rows * H, EPM_DTYPE_BF16, yr), EPM_OK);
+    assert_memory_equal(y, yr, (size_t)r.rows * H * 2);
+    /* un-permute: float sums of the widened rows, rounded once */
+    uint16_t *o = malloc(12 * H * 2);
+    float *of = malloc(12 * H * 4), *o32 = malloc(12 * H * 4), *yw = kc_to_f32(y, r.rows * H, EPM_DTYPE_BF16);
+    assert_int_equal(c->R->unpermute(c->ref, EPM_DTYPE_BF16, y, H, r.row_of, wts, 12, 2, o), EPM_OK);
+    assert_int_equal(epm_ref_unpermute(yw, H, r.row_of, wts, 12, 2, of), EPM_OK);
+    assert_int_equal(epm_ref_convert(o, EPM_DTYPE_BF16, 12 * H, EPM_DTYPE_F32, o32), EPM_OK);
+    kc_close("bf16 unpermute vs f32", o32, of, 12 * H, 1.0 / 256);
+    free(xf), free(wf), free(wts), free(x), free(w), free(xw), free(ww), free(y), free(yf), free(yr);
+    free(o), free(of), free(o32), free(yw);
+    kc_free_routing(&r);
+}
+
+static void test_kernels_cpu_backend_selection(void **state)
+{
+    (void)state;
+    epm_kernels *kb = (epm_kernels *)&kb; /* must be reset to NULL on failure */
+    assert_int_equal(epm_kernels_create("tpu", &kb), EPM_ERR_INVALID_ARG);
+    assert_null(kb);
+    assert_non_null(strstr(epm_last_error(), "'tpu'"));
+    assert_int_equal(epm_kernels_create(NULL, &kb), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_kernels_create("cpu", NULL), EPM_ERR_INVALID_ARG);
+    /* no GPU on this machine (or no CUDA in this build): a clean refusal */
+    epm_status st = epm_kernels_create("cuda", &kb);
+    if (st == EPM_OK) {
+        printf("# a CUDA device is visible: 'cuda' was created\n");
+        assert_string_equal(epm_kernels_name(kb), "cuda");
+        assert_false(epm_kernels_host_memory(kb));
+        epm_kernels_destroy(kb);
+    } else {
+        assert_int_equal(st, EPM_ERR_UNSUPPORTED);
+        assert_null(kb);
+        assert_non_null(strstr(epm_last_error(), EPM_HAVE_CUDA ? "no CUDA device" : "built without CUDA"));
+        /* auto then falls back to the BLAS path */
+        assert_int_equal(epm_kernels_create("auto", &kb), EPM_OK);
+        assert_string_equal(epm_kernels_name(kb), "cpu");
+        assert_true(epm_kernels_host_memory(kb));
+        epm_kernels_destroy(kb);
+    }
+    assert_int_equal(epm_kernels_create("ref", &kb), EPM_OK);
+    assert_string_equal(epm_kernels_name(kb), "ref");
+    const epm_kernel_ops *o = epm_kernels_ops(kb);
+    assert_non_null(o->grouped_ffn);
+    assert_int_equal(o->permute(kb, EPM_DTYPE_F16, NULL, 4, NULL, 0, NULL), EPM_ERR_UNSUPPORTED);
+    epm_kernels_destroy(kb);
+    epm_kernels_destroy(NULL);
+    epm_clear_error();
+}
+
+/* Allocation failures inside create are reported, never a crash. */
+static void test_kernels_cpu_create_nomem(void **state)
+{
+    (void)state;
+    epm_kernels *kb = NULL;
+    epm_fault_fail_nth_alloc(1);
+    assert_int_equal(epm_kernels_create("cpu", &kb), EPM_ERR_NOMEM);
+    epm_fault_fail_nth_alloc(0);
+    assert_null(kb);
+    epm_clear_error();
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_kernels_cpu_linear),
+        cmocka_unit_test(test_kernels_cpu_rmsnorm),
+        cmocka_unit_test(test_kernels_cpu_rope),
+        cmocka_unit_test(test_kernels_cpu_attention),
+        cmocka_unit_test(test_kernels_cpu_router),
+        cmocka_unit_test(test_kernels_cpu_route),
+        cmocka_unit_test(test_kernels_cpu_permute_f32),
+        cmocka_unit_test(test_kernels_cpu_permute_bf16),
+        cmocka_unit_test(test_kernels_cpu_embed_convert),
+        cmocka_unit_test(test_kernels_cpu_grouped_ffn_f32),
+        cmocka_unit_test(test_kernels_cpu_grouped_ffn_bf16_refused),
+        cmocka_unit_test(test_kernels_cpu_grouped_ffn_bad_offsets),
+        cmocka_unit_test(test_kernels_cpu_ref_bf16_is_widened_f32),
+        cmocka_unit_test(test_kernels_cpu_backend_selection),
+        cmocka_unit_test(test_kernels_cpu_create_nomem),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
