@@ -27,6 +27,7 @@ struct epm_xfer_req {
     char *recv;
     char *const *dst_rows;
     size_t bytes, row_bytes;
+    size_t self_lo, self_hi; /* this rank's own receive range, in bytes: the caller's, left alone */
 };
 
 static epm_status cuda_err(cudaError_t e, const char *what)
@@ -106,6 +107,8 @@ static epm_status n_start(epm_transport *t, const epm_xfer *x, epm_xfer_req **ou
     q->dst_rows = x->dst_rows;
     q->row_bytes = rb;
     q->bytes = rbytes;
+    q->self_lo = (size_t)x->recv_off[t->rank] * rb;
+    q->self_hi = (size_t)x->recv_off[t->rank + 1] * rb;
     *out = q;
     return EPM_OK;
 }
@@ -113,13 +116,19 @@ static epm_status n_start(epm_transport *t, const epm_xfer *x, epm_xfer_req **ou
 static epm_status n_wait(epm_transport *t, epm_xfer_req *q)
 {
     nccl_tr *n = (nccl_tr *)t;
-    cudaError_t e = q->bytes ? cudaMemcpyAsync(q->recv, n->drecv, q->bytes, cudaMemcpyDeviceToHost, n->stream)
-                             : cudaSuccess;
+    /* the pieces before and after this rank's own range; copying that range
+     * too would overwrite the rows the caller put there with stale bytes */
+    cudaError_t e = q->self_lo ? cudaMemcpyAsync(q->recv, n->drecv, q->self_lo, cudaMemcpyDeviceToHost, n->stream)
+                               : cudaSuccess;
+    if (e == cudaSuccess && q->bytes > q->self_hi)
+        e = cudaMemcpyAsync(q->recv + q->self_hi, n->drecv + q->self_hi, q->bytes - q->self_hi,
+                            cudaMemcpyDeviceToHost, n->stream);
     if (e == cudaSuccess)
         e = cudaStreamSynchronize(n->stream);
     if (e == cudaSuccess && q->dst_rows)
         for (size_t j = 0; j < q->bytes / q->row_bytes; j++)
-            memcpy(q->dst_rows[j], q->recv + j * q->row_bytes, q->row_bytes);
+            if (j * q->row_bytes < q->self_lo || j * q->row_bytes >= q->self_hi)
+                memcpy(q->dst_rows[j], q->recv + j * q->row_bytes, q->row_bytes);
     epm_free(q);
     return e == cudaSuccess ? EPM_OK : cuda_err(e, "cudaStreamSynchronize after the NCCL exchange");
 }

@@ -289,6 +289,116 @@ static int ms_left(double t_end)
     return left > 2e9 ? 2000000000 : (int)left;
 }
 
+/* Everything that calls GLPK, behind guarded() so that a GLPK error (which
+ * longjmps out of the library) leaves no live local of ours to clobber. */
+typedef struct {
+    const epm_mip *m;
+    int n;
+    int *ia, *ja;
+    double *ar, *start1;
+    double t0, time_limit_s, mip_gap;
+    epm_progress_fn progress;
+    void *progress_user;
+    epm_mip_result *res;
+    double *x;
+    glp_prob *P; /* set as soon as it exists, so the error path can tell */
+} glpk_run;
+
+static void run_glpk(void *arg)
+{
+    glpk_run *g = arg;
+    const epm_mip *m = g->m;
+    int n = g->n;
+    epm_mip_result *res = g->res;
+    double *x = g->x;
+    glp_prob *P = g->P = glp_create_prob();
+    glp_set_obj_dir(P, GLP_MIN);
+    glp_set_obj_coef(P, 0, m->obj_const);
+    if (m->nrows)
+        glp_add_rows(P, m->nrows);
+    if (n)
+        glp_add_cols(P, n);
+    for (int i = 0; i < m->nrows; i++) {
+        int type = m->row_type[i] == EPM_MIP_LE ? GLP_UP : m->row_type[i] == EPM_MIP_GE ? GLP_LO : GLP_FX;
+        glp_set_row_bnds(P, i + 1, type, m->rhs[i], m->rhs[i]);
+    }
+    for (int j = 0; j < n; j++) {
+        int type = isinf(m->ub[j]) ? GLP_LO : m->lb[j] == m->ub[j] ? GLP_FX : GLP_DB;
+        glp_set_col_bnds(P, j + 1, type, m->lb[j], m->ub[j]);
+        glp_set_obj_coef(P, j + 1, m->obj[j]);
+        if (m->integer[j])
+            glp_set_col_kind(P, j + 1, m->lb[j] == 0 && m->ub[j] == 1 ? GLP_BV : GLP_IV);
+    }
+    if (m->nnz)
+        glp_load_matrix(P, (int)m->nnz, g->ia, g->ja, g->ar);
+    if (epm_ilp_test_glpk_fault)
+        glp_set_col_bnds(P, n + 7, GLP_FX, 0, 0); /* out of range: GLPK's own error path */
+
+    double t_end = g->t0 + g->time_limit_s;
+    glp_smcp sp;
+    glp_init_smcp(&sp);
+    sp.msg_lev = GLP_MSG_OFF;
+    sp.tm_lim = ms_left(t_end);
+    sp.presolve = GLP_OFF;
+    int rc = glp_simplex(P, &sp);
+    if (rc != 0 || glp_get_status(P) != GLP_OPT) {
+        snprintf(res->note, sizeof res->note, "root LP not solved (glp_simplex %d, status %d) within %.3g s", rc,
+                 glp_get_status(P), g->time_limit_s);
+        return;
+    }
+    res->bound = glp_get_obj_val(P);
+
+    cb_info cb = {.start1 = g->start1, .t_end = t_end, .progress = g->progress, .user = g->progress_user,
+                  .t0 = g->t0, .last_report = g->t0};
+    glp_iocp ip;
+    glp_init_iocp(&ip);
+    ip.msg_lev = GLP_MSG_OFF;
+    ip.tm_lim = ms_left(t_end);
+    ip.mip_gap = g->mip_gap;
+    ip.cb_func = callback;
+    ip.cb_info = &cb;
+    ip.presolve = GLP_OFF; /* the start point is for the columns as given */
+    ip.br_tech = GLP_BR_PCH;
+    ip.bt_tech = GLP_BT_BLB;
+    ip.gmi_cuts = GLP_ON;
+    ip.mir_cuts = GLP_ON;
+    rc = glp_intopt(P, &ip);
+    int ms = glp_mip_status(P);
+    if (cb.have_bound && cb.bound > res->bound)
+        res->bound = cb.bound;
+    if (ms == GLP_OPT || ms == GLP_FEAS) {
+        res->found = 1;
+        res->value = glp_mip_obj_val(P);
+        for (int j = 0; j < n; j++)
+            x[j] = glp_mip_col_val(P, j + 1);
+        if (rc == 0 && ms == GLP_OPT) {
+            res->optimal = 1;
+            res->bound = res->value; /* the search tree was exhausted */
+        } else if (rc == GLP_EMIPGAP) {
+            res->optimal = 1;
+        }
+        if (res->bound > res->value)
+            res->bound = res->value;
+    }
+    snprintf(res->note, sizeof res->note, "%s after %.2f s",
+             rc == 0                ? (ms == GLP_OPT ? "search completed" : "search ended")
+             : rc == GLP_EMIPGAP    ? "mip gap reached"
+             : rc == GLP_ETMLIM     ? "time limit reached"
+             : rc == GLP_ESTOP      ? "time limit reached"
+                                    : "GLPK stopped",
+             epm_now() - g->t0);
+}
+
+static int guarded(jmp_buf *jb, void (*fn)(void *), void *arg)
+{
+    void (*volatile f)(void *) = fn;
+    void *volatile a = arg;
+    if (setjmp(*jb))
+        return 1;
+    f(a);
+    return 0;
+}
+
 epm_status epm_mip_solve(const epm_mip *m, const double *start, double time_limit_s, double mip_gap,
                          epm_progress_fn progress, void *progress_user, epm_mip_result *res)
 {
@@ -328,11 +438,13 @@ epm_status epm_mip_solve(const epm_mip *m, const double *start, double time_limi
     static _Thread_local term_buf tb;
     static _Thread_local jmp_buf jb;
     tb.text[0] = 0;
-    glp_prob *volatile P = NULL;
-    volatile epm_status st = EPM_OK;
+    epm_status st = EPM_OK;
+    glpk_run g = {.m = m, .n = n, .ia = ia, .ja = ja, .ar = ar, .start1 = start1, .t0 = t0,
+                  .time_limit_s = time_limit_s, .mip_gap = mip_gap, .progress = progress,
+                  .progress_user = progress_user, .res = res, .x = x};
     glp_term_hook(term_hook, &tb);
     glp_error_hook(error_hook, &jb);
-    if (setjmp(jb)) {
+    if (guarded(&jb, run_glpk, &g)) {
         /* GLPK's state is undefined after its error: drop all of it */
         glp_error_hook(NULL, NULL);
         glp_term_hook(NULL, NULL);
@@ -342,90 +454,11 @@ epm_status epm_mip_solve(const epm_mip *m, const double *start, double time_limi
             tb.text[--len] = 0;
         st = epm_fail(EPM_ERR_SOLVER, "GLPK failed on the placement MIP (%d columns, %d rows): %s", m->ncols,
                       m->nrows, tb.text[0] ? tb.text : "no message");
-        goto out;
+    } else {
+        glp_delete_prob(g.P);
+        glp_error_hook(NULL, NULL);
+        glp_term_hook(NULL, NULL);
     }
-
-    P = glp_create_prob();
-    glp_set_obj_dir(P, GLP_MIN);
-    glp_set_obj_coef(P, 0, m->obj_const);
-    if (m->nrows)
-        glp_add_rows(P, m->nrows);
-    if (n)
-        glp_add_cols(P, n);
-    for (int i = 0; i < m->nrows; i++) {
-        int type = m->row_type[i] == EPM_MIP_LE ? GLP_UP : m->row_type[i] == EPM_MIP_GE ? GLP_LO : GLP_FX;
-        glp_set_row_bnds(P, i + 1, type, m->rhs[i], m->rhs[i]);
-    }
-    for (int j = 0; j < n; j++) {
-        int type = isinf(m->ub[j]) ? GLP_LO : m->lb[j] == m->ub[j] ? GLP_FX : GLP_DB;
-        glp_set_col_bnds(P, j + 1, type, m->lb[j], m->ub[j]);
-        glp_set_obj_coef(P, j + 1, m->obj[j]);
-        if (m->integer[j])
-            glp_set_col_kind(P, j + 1, m->lb[j] == 0 && m->ub[j] == 1 ? GLP_BV : GLP_IV);
-    }
-    if (m->nnz)
-        glp_load_matrix(P, (int)m->nnz, ia, ja, ar);
-    if (epm_ilp_test_glpk_fault)
-        glp_set_col_bnds(P, n + 7, GLP_FX, 0, 0); /* out of range: GLPK's own error path */
-
-    double t_end = t0 + time_limit_s;
-    glp_smcp sp;
-    glp_init_smcp(&sp);
-    sp.msg_lev = GLP_MSG_OFF;
-    sp.tm_lim = ms_left(t_end);
-    sp.presolve = GLP_OFF;
-    int rc = glp_simplex(P, &sp);
-    if (rc != 0 || glp_get_status(P) != GLP_OPT) {
-        snprintf(res->note, sizeof res->note, "root LP not solved (glp_simplex %d, status %d) within %.3g s", rc,
-                 glp_get_status(P), time_limit_s);
-        goto done;
-    }
-    res->bound = glp_get_obj_val(P);
-
-    cb_info cb = {.start1 = start1, .t_end = t_end, .progress = progress, .user = progress_user, .t0 = t0,
-                  .last_report = t0};
-    glp_iocp ip;
-    glp_init_iocp(&ip);
-    ip.msg_lev = GLP_MSG_OFF;
-    ip.tm_lim = ms_left(t_end);
-    ip.mip_gap = mip_gap;
-    ip.cb_func = callback;
-    ip.cb_info = &cb;
-    ip.presolve = GLP_OFF; /* the start point is for the columns as given */
-    ip.br_tech = GLP_BR_PCH;
-    ip.bt_tech = GLP_BT_BLB;
-    ip.gmi_cuts = GLP_ON;
-    ip.mir_cuts = GLP_ON;
-    rc = glp_intopt(P, &ip);
-    int ms = glp_mip_status(P);
-    if (cb.have_bound && cb.bound > res->bound)
-        res->bound = cb.bound;
-    if (ms == GLP_OPT || ms == GLP_FEAS) {
-        res->found = 1;
-        res->value = glp_mip_obj_val(P);
-        for (int j = 0; j < n; j++)
-            x[j] = glp_mip_col_val(P, j + 1);
-        if (rc == 0 && ms == GLP_OPT) {
-            res->optimal = 1;
-            res->bound = res->value; /* the search tree was exhausted */
-        } else if (rc == GLP_EMIPGAP) {
-            res->optimal = 1;
-        }
-        if (res->bound > res->value)
-            res->bound = res->value;
-    }
-    snprintf(res->note, sizeof res->note, "%s after %.2f s",
-             rc == 0                ? (ms == GLP_OPT ? "search completed" : "search ended")
-             : rc == GLP_EMIPGAP    ? "mip gap reached"
-             : rc == GLP_ETMLIM     ? "time limit reached"
-             : rc == GLP_ESTOP      ? "time limit reached"
-                                    : "GLPK stopped",
-             epm_now() - t0);
-done:
-    glp_delete_prob(P);
-    glp_error_hook(NULL, NULL);
-    glp_term_hook(NULL, NULL);
-out:
     epm_free(ia);
     epm_free(ja);
     epm_free(ar);
