@@ -294,6 +294,15 @@ epm_status epm_model_load_dense(epm_model *m, const epm_model_dense **out)
             epm_model_layer *w = &m->dense.layer[l];
             memset(w, 0, sizeof *w);
             n = layer_specs(c, l, w, s);
+            /* optional: a Mixture-of-Depths router, when the checkpoint was trained with one */
+            char name[96];
+            snprintf(name, sizeof name, "model.layers.%d.mod_router.weight", l);
+            const epm_st_tensor *mr = epm_shards_find(m->sh, name, NULL);
+            if (mr)
+                add(s, &n, &w->mod_router, mr->ndim == 2 ? 1 : c->hidden_size, mr->ndim == 2 ? c->hidden_size : 0,
+                    "%s", name);
+            if (mr)
+                EPM_CHECK(check(m, &s[n - 1]));
             for (int i = 0; i < n; i++)
                 EPM_CHECK(fetch(m, &s[i], s[i].dst, &m->bytes));
         }

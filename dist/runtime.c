@@ -7,69 +7,22 @@
 #include <string.h>
 #include <time.h>
 
-#include "epmoe/model.h"
-#include "ops.h"
-#include "runtime.h"
-#include "xcomm.h"
-
-typedef struct rt {
-    const epm_run_opts *o;
-    epm_xcomm *x;
-    int me, R;
-    epm_model *m;
-    const epm_model_dense *dense;
-    const epm_model_config *c;
-    const epm_ops *ops, *ref;
-    const epm_placement *p;
-    epm_placement *owned_p;
-    int B, N, steps, max_len;
-    int64_t total;     /* tokens of the whole run: prefill + decode */
-    const int *lens;
-    int *offset;       /* [B] first prefill g of each sequence */
-    int *moe_index;    /* [layers] MoE layer number, or -1 for dense layers */
-    int moe_layers;
-    float **kc, **vc;  /* [layers * B] caches, NULL where this rank keeps none */
-    int32_t *trace_rec; /* [n_rec][2 + k]: moe layer, g, ids */
-    int64_t n_rec, cap_rec;
-    epm_run_report *rep;
-    int64_t *bytes_local, *kv_local, *load_local, gather_local[EPM_LINK_COUNT];
-    int64_t kv_cache_bytes;
-} rt;
-
-static int seq_of(const rt *r, int64_t g)
-{
-    if (g >= r->N)
-        return (int)((g - r->N) % r->B);
-    int lo = 0, hi = r->B - 1;
-    while (lo < hi) { /* last sequence whose offset <= g */
-        int mid = (lo + hi + 1) / 2;
-        if (r->offset[mid] <= g)
-            lo = mid;
-        else
-            hi = mid - 1;
-    }
-    return lo;
-}
-
-static int pos_of(const rt *r, int64_t g)
-{
-    if (g >= r->N)
-        return r->lens[seq_of(r, g)] + (int)((g - r->N) / r->B);
-    return (int)(g - r->offset[seq_of(r, g)]);
-}
+#include "runtime_internal.h"
 
 static int home_of(const rt *r, int64_t g) { return seq_of(r, g) % r->R; }
 
-/* g travels in two floats' bits: exact for any int64 */
-static void put_g(float *row, int64_t g) { memcpy(row, &g, sizeof g); }
-static int64_t get_g(const float *row)
+epm_status epm_rt_sync(rt *r, epm_status st)
 {
-    int64_t g;
-    memcpy(&g, row, sizeof g);
-    return g;
+    /* after an agreed failure every rank is on its way out: one more
+     * collective would pair with nothing on a rank that failed alone */
+    if (r->failed)
+        return st != EPM_OK ? st : EPM_ERR_INTERNAL;
+    st = epm_xcomm_agree(r->x, st);
+    r->failed = st != EPM_OK;
+    return st;
 }
 
-static epm_status sync(rt *r, epm_status st) { return epm_xcomm_agree(r->x, st); }
+static epm_status sync(rt *r, epm_status st) { return epm_rt_sync(r, st); }
 
 static epm_status record_trace(rt *r, int ml, int64_t g, const int32_t *ids)
 {
@@ -104,7 +57,7 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     float *o = epm_malloc((size_t)(n ? n : 1) * H * sizeof *o);
     float *k = epm_malloc((size_t)(n ? n : 1) * kvd * sizeof *k), *v = epm_malloc((size_t)(n ? n : 1) * kvd * sizeof *v);
     int32_t *pos = epm_malloc((size_t)(n ? n : 1) * sizeof *pos);
-    float *all = NULL;
+    float *all = NULL, *probs = NULL;
     if (!x || !q || !kv || !att || !o || !k || !v || !pos) {
         st = EPM_ERR_NOMEM;
         goto out;
@@ -138,9 +91,10 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
         EPM_CHECK_GOTO(epm_xcomm_allgather(r->x, n, kv, W, 2 * kvd, cnt, &all, &nrows), st, out);
         rows = all;
     }
+    /* cache rows follow the MoD rule of runtime_mod.c: without skipping, row = position */
     for (int64_t i = 0; i < nrows; i++) {
         int64_t gi = get_g(rows + i * W);
-        int s = seq_of(r, gi), ps = pos_of(r, gi);
+        int s = seq_of(r, gi), ps = r->cidx[gi - r->g0];
         float *kc = r->kc[(size_t)l * r->B + s], *vc = r->vc[(size_t)l * r->B + s];
         if (!kc) {
             st = epm_fail(EPM_ERR_INTERNAL, "rank %d holds no KV cache for sequence %d", r->me, s);
@@ -149,11 +103,20 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
         memcpy(kc + (int64_t)ps * kvd, rows + i * W + 2, (size_t)kvd * sizeof *kc);
         memcpy(vc + (int64_t)ps * kvd, rows + i * W + 2 + kvd, (size_t)kvd * sizeof *vc);
     }
-    for (int64_t i = 0; i < n; i++) {
-        int s = seq_of(r, g[i]);
-        epm_attention(q + i * qd, 1, &pos[i], r->kc[(size_t)l * r->B + s], r->vc[(size_t)l * r->B + s], c->num_heads,
-                      c->num_kv_heads, c->head_dim, att + i * qd, NULL, r->max_len);
+    int amod = r->amod_need && r->amod_need[l];
+    if (amod && !(probs = epm_malloc((size_t)c->num_heads * r->max_len * sizeof *probs))) {
+        st = EPM_ERR_NOMEM;
+        goto out;
     }
+    for (int64_t i = 0; i < n; i++) {
+        int s = seq_of(r, g[i]), ci = r->cidx[g[i] - r->g0];
+        epm_attention(q + i * qd, 1, &ci, r->kc[(size_t)l * r->B + s], r->vc[(size_t)l * r->B + s], c->num_heads,
+                      c->num_kv_heads, c->head_dim, att + i * qd, probs, r->max_len);
+        if (amod)
+            epm_mod_attention_add(r, s, ci, probs);
+    }
+    if (amod)
+        EPM_CHECK_GOTO(epm_mod_attention_done(r), st, out);
     r->ops->linear(att, n, qd, w->o, w->o_bias, H, o);
     for (int64_t i = 0; i < n * H; i++)
         h[i] += o[i];
@@ -168,6 +131,7 @@ out:
     epm_free(v);
     epm_free(pos);
     epm_free(all);
+    epm_free(probs);
     return st;
 }
 
@@ -618,6 +582,57 @@ out:
     return st;
 }
 
+/* A MoD layer: the selected residents run the block, the others wait on
+ * the residual stream, where they are, and rejoin the residents after it. */
+static epm_status skip_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
+{
+    const int H = r->c->hidden_size;
+    int64_t n = *pn, nrun = 0, nskip = 0;
+    int64_t *grun = epm_malloc((size_t)(n ? n : 1) * sizeof *grun);
+    int64_t *gskip = epm_malloc((size_t)(n ? n : 1) * sizeof *gskip);
+    float *hrun = epm_malloc((size_t)(n ? n : 1) * H * sizeof *hrun);
+    float *hskip = epm_malloc((size_t)(n ? n : 1) * H * sizeof *hskip);
+    epm_status st = grun && gskip && hrun && hskip ? EPM_OK : EPM_ERR_NOMEM;
+    for (int64_t i = 0; i < n && st == EPM_OK; i++) {
+        int run = r->sel[(*pg)[i] - r->g0];
+        int64_t j = run ? nrun++ : nskip++;
+        (run ? grun : gskip)[j] = (*pg)[i];
+        memcpy((run ? hrun : hskip) + j * H, *ph + i * H, (size_t)H * sizeof *hrun);
+    }
+    if (st == EPM_OK)
+        st = attention(r, l, nrun, grun, hrun);
+    st = sync(r, st);
+    if (st == EPM_OK)
+        st = moe_block(r, l, &nrun, &grun, &hrun);
+    if (st == EPM_OK) {
+        int64_t nn = nrun + nskip;
+        int64_t *ng = epm_realloc(grun, (size_t)(nn ? nn : 1) * sizeof *ng);
+        if (ng)
+            grun = ng;
+        float *nh = ng ? epm_realloc(hrun, (size_t)(nn ? nn : 1) * H * sizeof *nh) : NULL;
+        if (nh)
+            hrun = nh;
+        if (ng && nh) {
+            memcpy(grun + nrun, gskip, (size_t)nskip * sizeof *grun);
+            memcpy(hrun + nrun * H, hskip, (size_t)nskip * H * sizeof *hrun);
+            epm_free(*pg);
+            epm_free(*ph);
+            *pg = grun;
+            *ph = hrun;
+            *pn = nn;
+            grun = NULL;
+            hrun = NULL;
+        } else {
+            st = EPM_ERR_NOMEM;
+        }
+    }
+    epm_free(grun);
+    epm_free(gskip);
+    epm_free(hrun);
+    epm_free(hskip);
+    return st;
+}
+
 /* One forward pass over the tokens this rank starts with (at their home).
  * On return (g, h) are the same tokens, back home, after the final norm. */
 static epm_status forward(rt *r, int64_t *pn, int64_t **pg, float **ph)
@@ -632,10 +647,17 @@ static epm_status forward(rt *r, int64_t *pn, int64_t **pg, float **ph)
             struct timespec ts = {secs ? atoi(secs) : 60, 0};
             nanosleep(&ts, NULL);
         }
-        st = attention(r, l, *pn, *pg, *ph);
+        int all = 1;
+        st = epm_mod_select(r, l, *pn, *pg, *ph, &all);
         st = sync(r, st);
-        if (st == EPM_OK)
-            st = moe_block(r, l, pn, pg, ph);
+        if (st == EPM_OK && all) {
+            st = attention(r, l, *pn, *pg, *ph);
+            st = sync(r, st);
+            if (st == EPM_OK)
+                st = moe_block(r, l, pn, pg, ph);
+        } else if (st == EPM_OK) {
+            st = skip_block(r, l, pn, pg, ph);
+        }
         st = sync(r, st);
     }
     if (st != EPM_OK)
@@ -840,6 +862,8 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
             if (!r->kc[i] || !r->vc[i])
                 st = EPM_ERR_NOMEM;
         }
+    if (st == EPM_OK)
+        st = epm_mod_setup(r);
     r->bytes_local = epm_calloc((size_t)r->moe_layers * EPM_LINK_COUNT, sizeof(int64_t));
     r->kv_local = epm_calloc((size_t)r->moe_layers * EPM_LINK_COUNT, sizeof(int64_t));
     r->load_local = epm_calloc((size_t)r->moe_layers * r->R, sizeof(int64_t));
@@ -863,6 +887,7 @@ static void teardown(rt *r)
     epm_free(r->bytes_local);
     epm_free(r->kv_local);
     epm_free(r->load_local);
+    epm_mod_teardown(r);
     epm_placement_destroy(r->owned_p);
     epm_model_close(r->m);
 }
@@ -878,6 +903,7 @@ void epm_run_result_destroy(epm_run_result *res)
     epm_free(res->report.bytes);
     epm_free(res->report.kv_bytes);
     epm_free(res->report.rank_load);
+    epm_free(res->report.layer_tokens);
     epm_free(res);
 }
 
@@ -960,6 +986,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     }
     EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
     double t0 = epm_now();
+    r.g0 = 0, r.pn = r.N, r.prefill = 1;
     EPM_CHECK_GOTO(forward(&r, &n, &g, &h), st, fail_gen);
     st = logits(&r, n, h, &lg);
     EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
@@ -1011,6 +1038,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         }
         st = embed(&r, n, g, tok, h);
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
+        r.g0 = r.N + (int64_t)step * batch, r.pn = batch, r.prefill = 0;
         EPM_CHECK_GOTO(forward(&r, &n, &g, &h), st, fail_gen);
         epm_free(lg);
         lg = NULL;
@@ -1038,6 +1066,10 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.kv_local, r.moe_layers * EPM_LINK_COUNT), st, fail_gen);
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.load_local, r.moe_layers * r.R), st, fail_gen);
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.gather_local, EPM_LINK_COUNT), st, fail_gen);
+    EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.layer_tokens, c->num_layers), st, fail_gen);
+    rep->num_layers = c->num_layers;
+    rep->layer_tokens = r.layer_tokens;
+    r.layer_tokens = NULL;
     int64_t wb[2] = {epm_model_bytes_loaded(r.m), epm_model_bytes_loaded(r.m)};
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, wb, 1), st, fail_gen);
     double wmax = (double)epm_model_bytes_loaded(r.m), kvmax = (double)r.kv_cache_bytes;

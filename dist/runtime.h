@@ -11,6 +11,15 @@
 #include "epmoe/placement.h"
 #include "epmoe/trace.h"
 
+/* Mixture-of-Depths: where the scores that pick the tokens running a block
+ * come from (docs in dist/README.md or the README's MoD section). */
+typedef enum epm_mod_source {
+    EPM_MOD_OFF = 0,
+    EPM_MOD_ROUTER,    /* a learned vector per layer: model.layers.{l}.mod_router.weight [1, hidden] . h */
+    EPM_MOD_ATTENTION, /* A-MoD: attention the token received in the previous attention it ran */
+    EPM_MOD_SCHEDULE   /* a fixed, position-staggered schedule of density capacity */
+} epm_mod_source;
+
 typedef struct epm_run_opts {
     const char *model_dir;
     const epm_placement *placement; /* NULL = contiguous over the run's ranks */
@@ -28,6 +37,9 @@ typedef struct epm_run_opts {
                                        is lowered by ta_strength x the link cost (0 same rank, 1 same
                                        node, intra/inter GB/s ratio other node) from the token's rank
                                        to the expert's nearest replica; 0 changes nothing */
+    epm_mod_source mod;             /* Mixture-of-Depths layer skipping (EPM_MOD_OFF: every token runs every block) */
+    double mod_capacity;            /* fraction of each sequence's tokens that run a MoD layer, (0, 1]; 0 = 1 */
+    const char *mod_layers;         /* the MoD layers, e.g. "1-5,7" (0-based); NULL = every layer but the first */
 } epm_run_opts;
 
 typedef struct epm_run_report {
@@ -41,6 +53,9 @@ typedef struct epm_run_report {
     int64_t weight_bytes_max; /* largest checkpoint bytes any rank read */
     int64_t weight_bytes_sum;
     int64_t kv_cache_bytes_max;  /* KV cache memory of the fullest rank (follow keeps every sequence's) */
+    int num_layers;
+    int64_t *layer_tokens;  /* [num_layers] tokens that ran each block (all ranks, prefill + decode);
+                               fewer than prefill + decode tokens only where MoD skipped some */
 } epm_run_report;
 
 typedef struct epm_run_result {

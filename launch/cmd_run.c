@@ -35,10 +35,15 @@ static const char usage[] =
     "  --top-p P                dynamic expert count: experts until their probability reaches P (<= k)\n"
     "  --ta-strength S          topology-aware gating: lower each expert's log-probability by S x the\n"
     "                           link cost to its nearest replica (0 = off)\n"
+    "  --mod off|router|attention|schedule\n"
+    "                           Mixture-of-Depths: tokens that skip a block pass through on the residual\n"
+    "                           stream, with no attention, no K/V row there and no dispatch (see README)\n"
+    "  --mod-capacity F         fraction of each sequence's tokens that run a MoD layer (default 1)\n"
+    "  --mod-layers LIST        MoD layers, e.g. 1-5,7 (default: every layer but the first)\n"
     "  --report                 per-layer bytes and loads, times, tokens/s (stderr, or stdout with --json)\n"
     "  --json                   results as JSON on stdout\n";
 
-enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND };
+enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -51,6 +56,8 @@ static const struct option opts[] = {
     {"json", no_argument, 0, O_JSON},                {"help", no_argument, 0, O_HELP},
     {"bind", no_argument, 0, O_BIND},                {"report-bindings", no_argument, 0, O_RBIND},
     {"timeout", required_argument, 0, O_TIMEOUT},    {"top-p", required_argument, 0, O_TOPP},         {"ta-strength", required_argument, 0, O_TA},
+    {"mod", required_argument, 0, O_MOD},            {"mod-capacity", required_argument, 0, O_MODCAP},
+    {"mod-layers", required_argument, 0, O_MODLAY},
     {0, 0, 0, 0}};
 
 static epm_status write_logits(const char *path, const epm_run_result *res, int all)
@@ -101,6 +108,9 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
                 fprintf(f, "%s%lld", q ? ", " : "", (long long)r->rank_load[(size_t)l * r->ranks + q]);
             fprintf(f, "]}");
         }
+        fprintf(f, "], \"layer_tokens\": [");
+        for (int l = 0; l < r->num_layers; l++)
+            fprintf(f, "%s%lld", l ? ", " : "", (long long)r->layer_tokens[l]);
         fprintf(f, "]}");
         return;
     }
@@ -126,6 +136,12 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
         for (int c = 0; c < 3; c++)
             tot[c] += b[c] + k[c];
     }
+    int64_t ran = 0, all = (r->prefill_tokens + r->decode_tokens) * r->num_layers;
+    for (int l = 0; l < r->num_layers; l++)
+        ran += r->layer_tokens[l];
+    if (ran < all)
+        fprintf(f, "mixture-of-depths: %lld of %lld token-blocks ran (%.1f%% skipped)\n", (long long)ran,
+                (long long)all, 100.0 * (double)(all - ran) / (double)all);
     fprintf(f, "total bytes: intra-node %lld  inter-node %lld  (+ final gather %lld/%lld)\n", (long long)tot[1],
             (long long)tot[2], (long long)r->gather_bytes[1], (long long)r->gather_bytes[2]);
 }
@@ -190,6 +206,20 @@ int epm_cli_run(int argc, char **argv)
         case O_TIMEOUT: if (!cli_parse_double(W, "--timeout", optarg, 0, 1e7, &o.timeout_s)) return EPM_EXIT_USAGE; break;
         case O_TOPP: if (!cli_parse_double(W, "--top-p", optarg, 0, 1, &o.top_p)) return EPM_EXIT_USAGE; break;
         case O_TA: if (!cli_parse_double(W, "--ta-strength", optarg, 0, 1e6, &o.ta_strength)) return EPM_EXIT_USAGE; break;
+        case O_MOD: {
+            static const char *const names[] = {"off", "router", "attention", "schedule"};
+            int k = 0;
+            while (k < 4 && strcmp(optarg, names[k]))
+                k++;
+            if (k == 4)
+                return cli_usage_error(W, "--mod must be off, router, attention or schedule");
+            o.mod = (epm_mod_source)k;
+            break;
+        }
+        case O_MODCAP:
+            if (!cli_parse_double(W, "--mod-capacity", optarg, 1e-9, 1, &o.mod_capacity)) return EPM_EXIT_USAGE;
+            break;
+        case O_MODLAY: o.mod_layers = optarg; break;
         case O_JSON: json = 1; break;
         case O_HELP: fputs(usage, stdout); return EPM_EXIT_OK;
         default: return cli_usage_error(W, "unknown option");

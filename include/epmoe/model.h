@@ -114,6 +114,9 @@ typedef struct epm_model_layer {
     epm_model_mlp shared;                      /* Qwen2-MoE shared expert (gate NULL when none) */
     const float *shared_gate;                  /* [1, hidden]: sigmoid(shared_gate . x) scales it */
     epm_model_mlp mlp;                         /* dense layers only */
+    const float *mod_router;                   /* [hidden] Mixture-of-Depths router (tensor
+                                                  model.layers.{l}.mod_router.weight, [1, hidden] or
+                                                  [hidden]); NULL when the checkpoint has none */
 } epm_model_layer;
 
 typedef struct epm_model_dense {

@@ -1,0 +1,103 @@
+/* The state of one `epmoe run` shared by the layer loop (runtime.c) and
+ * Mixture-of-Depths selection (runtime_mod.c); internal. */
+#ifndef EPM_RUNTIME_INTERNAL_H
+#define EPM_RUNTIME_INTERNAL_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "epmoe/model.h"
+#include "ops.h"
+#include "runtime.h"
+#include "xcomm.h"
+
+typedef struct rt {
+    const epm_run_opts *o;
+    epm_xcomm *x;
+    int me, R;
+    epm_model *m;
+    const epm_model_dense *dense;
+    const epm_model_config *c;
+    const epm_ops *ops, *ref;
+    const epm_placement *p;
+    epm_placement *owned_p;
+    int B, N, steps, max_len;
+    int64_t total;     /* tokens of the whole run: prefill + decode */
+    const int *lens;
+    int *offset;       /* [B] first prefill g of each sequence */
+    int *moe_index;    /* [layers] MoE layer number, or -1 for dense layers */
+    int moe_layers;
+    float **kc, **vc;  /* [layers * B] caches, NULL where this rank keeps none */
+    int32_t *trace_rec; /* [n_rec][2 + k]: moe layer, g, ids */
+    int64_t n_rec, cap_rec;
+    epm_run_report *rep;
+    int64_t *bytes_local, *kv_local, *load_local, gather_local[EPM_LINK_COUNT];
+    int64_t kv_cache_bytes;
+    int failed;        /* an agreement returned an error: every rank knows, no more collectives */
+    /* the forward pass under way: tokens g0 .. g0 + pn - 1 (all ranks) */
+    int64_t g0, pn;
+    int prefill;
+    /* Mixture-of-Depths (runtime_mod.c) */
+    uint8_t *mod_on;      /* [layers] */
+    int32_t *kv_n;        /* [layers * B] cache rows written per sequence (every rank keeps the count) */
+    int32_t *kv_base;     /* [B] kv_n of the current layer before this pass */
+    uint8_t *sel;         /* [pass] token runs the current layer */
+    int32_t *cidx;        /* [pass] its cache row at the current layer */
+    int32_t *sel_list;    /* [pass] selected pass indices, in order (grouped by sequence) */
+    int32_t *sel_first;   /* [B] index into sel_list of each sequence's first selected token */
+    uint8_t *amod_need;   /* [layers] A-MoD scores are taken from this layer's attention */
+    double *sc_att, *sc_diag; /* [total] A-MoD scores: mean and self (decode-style) attention received */
+    double *tau;          /* [layers] decode thresholds calibrated in prefill */
+    int64_t *acc;         /* [3 * pass] fixed-point attention sums */
+    float *sc_tmp;        /* [2 * pass] gathered scores */
+    int64_t *layer_tokens; /* [layers] tokens that ran each block, this rank */
+} rt;
+
+static inline int seq_of(const rt *r, int64_t g)
+{
+    if (g >= r->N)
+        return (int)((g - r->N) % r->B);
+    int lo = 0, hi = r->B - 1;
+    while (lo < hi) { /* last sequence whose offset <= g */
+        int mid = (lo + hi + 1) / 2;
+        if (r->offset[mid] <= g)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
+
+static inline int pos_of(const rt *r, int64_t g)
+{
+    if (g >= r->N)
+        return r->lens[seq_of(r, g)] + (int)((g - r->N) / r->B);
+    return (int)(g - r->offset[seq_of(r, g)]);
+}
+
+/* g travels in two floats' bits: exact for any int64 */
+static inline void put_g(float *row, int64_t g) { memcpy(row, &g, sizeof g); }
+static inline int64_t get_g(const float *row)
+{
+    int64_t g;
+    memcpy(&g, row, sizeof g);
+    return g;
+}
+
+/* Collective agreement on st (every rank's first failure wins). */
+epm_status epm_rt_sync(rt *r, epm_status st);
+
+/* MoD set-up (options, per-layer flags, buffers), after the model is open. */
+epm_status epm_mod_setup(rt *r);
+void epm_mod_teardown(rt *r);
+/* Collective: which pass tokens run layer l (r->sel), their cache rows
+ * (r->cidx) and the per-sequence bookkeeping; *all = 1 when every token runs.
+ * (n, g, h) are this rank's resident tokens. */
+epm_status epm_mod_select(rt *r, int l, int64_t n, const int64_t *g, const float *h, int *all);
+/* A-MoD: add query i's attention weights probs [heads][max_len] to the scores
+ * of the keys of this pass it saw (local part). */
+void epm_mod_attention_add(rt *r, int s, int ci, const float *probs);
+/* Collective: sums the pass's attention scores over ranks into sc_att/sc_diag. */
+epm_status epm_mod_attention_done(rt *r);
+
+#endif

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Mixture-of-Depths in epmoe run: capacity 1 changes nothing; with skipping,
+# every rank count and both modes give the 1-rank run's tokens and logits;
+# skipped tokens move no bytes (plan eval of the run's own trace predicts
+# exactly the bytes the run counted); bad options are refused by name.
+set -u
+E=${EPMOE:?}
+F=${EPM_FIXTURES:?}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+command -v mpirun >/dev/null || { echo "mpirun not found: skipped"; exit 77; }
+command -v python3 >/dev/null || { echo "python3 not found: skipped"; exit 77; }
+d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+fails=0
+fail() { echo "FAIL: $* (last exit status $?)"; fails=$((fails + 1)); tail -3 "$d/out" "$d/err" 2>/dev/null; }
+run() { timeout 120 mpirun --oversubscribe "$@"; }
+
+# logits of two safetensors files: identical (tol 0) or within a relative tolerance
+cmp_logits() { # a b tol
+  python3 - "$1" "$2" "$3" <<'EOF'
+import json, struct, sys
+def load(p):
+    b = open(p, 'rb').read()
+    n = struct.unpack('<Q', b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    t = h['logits']
+    s, e = t['data_offsets']
+    raw = b[8 + n + s:8 + n + e]
+    return struct.unpack('<%df' % (len(raw) // 4), raw)
+a, b, tol = load(sys.argv[1]), load(sys.argv[2]), float(sys.argv[3])
+if len(a) != len(b):
+    sys.exit('logits differ in size: %d vs %d' % (len(a), len(b)))
+scale = max(abs(x) for x in a) or 1.0
+worst = max(abs(x - y) for x, y in zip(a, b)) / scale
+if worst > tol:
+    sys.exit('logits differ: max |a-b| / max|a| = %.3g > %g' % (worst, tol))
+EOF
+}
+field() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps(eval(sys.argv[2])))" "$@"; }
+
+python3 -c "import json; print(json.dumps([[(7*i+3*s)%60+1 for i in range(n)] for s,n in enumerate([13,6,21,9])]))" \
+  >"$d/in.json"
+
+for name in olmoe-tiny mixtral-tiny; do
+  m=$F/$name
+  # capacity 1: the same bits as no MoD at all, whichever score source
+  run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --logits-out "$d/off.st" --json \
+    >"$d/off.json" 2>"$d/err" || { fail "$name: run without MoD"; tail -3 "$d/off.json"; }
+  for src in schedule attention; do
+    run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --mod "$src" --mod-capacity 1 \
+      --logits-out "$d/c1.st" --json >"$d/c1.json" 2>"$d/err" || { fail "$name: --mod $src capacity 1"; head -3 "$d/err"; }
+    cmp_logits "$d/off.st" "$d/c1.st" 0 || fail "$name: --mod $src --mod-capacity 1 changed the logits"
+  done
+
+  # skipping: the 1-rank run is the reference of the same rule at 2, 3, 4 ranks, home and follow
+  for src in schedule attention; do
+    args=(--model "$m" --input "$d/in.json" --max-new-tokens 4 --mod "$src" --mod-capacity 0.5)
+    run -np 1 "$E" run "${args[@]}" --logits-out "$d/ref.st" --trace-out "$d/ref.trace.st" --json --report \
+      >"$d/ref.json" 2>"$d/err" || { fail "$name: 1-rank --mod $src"; head -3 "$d/err"; continue; }
+    gen=$(field "$d/ref.json" "d['generated']")
+    lt=$(field "$d/ref.json" "d['report']['layer_tokens']")
+    total=$(field "$d/ref.json" "(d['report']['prefill_tokens'] + d['report']['decode_tokens']) * len(d['report']['layer_tokens'])")
+    ran=$(field "$d/ref.json" "sum(d['report']['layer_tokens'])")
+    [ "$ran" -lt "$total" ] || fail "$name: --mod $src skipped nothing ($ran of $total token-blocks ran)"
+    cmp_logits "$d/off.st" "$d/ref.st" 1e-4 2>/dev/null && fail "$name: --mod $src 0.5 left the logits unchanged"
+    for np in 2 3 4; do
+      for mode in home follow; do
+        run -np $np "$E" run "${args[@]}" --mode $mode --logits-out "$d/np.st" --json --report >"$d/np.json" 2>"$d/err" \
+          || { fail "$name: --mod $src at $np ranks, $mode"; head -3 "$d/err"; continue; }
+        [ "$(field "$d/np.json" "d['generated']")" = "$gen" ] || fail "$name: --mod $src $np ranks $mode: other tokens"
+        [ "$(field "$d/np.json" "d['report']['layer_tokens']")" = "$lt" ] || fail "$name: --mod $src $np ranks $mode: other skips"
+        cmp_logits "$d/ref.st" "$d/np.st" 1e-4 || fail "$name: --mod $src $np ranks $mode: logits"
+      done
+    done
+  done
+done
+
+# a checkpoint trained with MoD routers: model.layers.{l}.mod_router.weight [1, hidden]
+mkdir -p "$d/routed"
+cp "$F/olmoe-tiny/config.json" "$d/routed/"
+python3 - "$F/olmoe-tiny/model.safetensors" "$d/routed/model.safetensors" <<'EOF'
+import json, random, struct, sys
+b = open(sys.argv[1], 'rb').read()
+n = struct.unpack('<Q', b[:8])[0]
+h = json.loads(b[8:8 + n])
+data = bytearray(b[8 + n:])
+cfg = json.load(open(sys.argv[2].rsplit('/', 1)[0] + '/config.json'))
+H, L = cfg['hidden_size'], cfg['num_hidden_layers']
+rng = random.Random(5)
+for l in range(1, L):
+    raw = struct.pack('<%df' % H, *[rng.gauss(0, 1) for _ in range(H)])
+    h['model.layers.%d.mod_router.weight' % l] = {'dtype': 'F32', 'shape': [1, H],
+                                                   'data_offsets': [len(data), len(data) + len(raw)]}
+    data += raw
+hb = json.dumps(h).encode()
+hb += b' ' * (-len(hb) % 8)
+open(sys.argv[2], 'wb').write(struct.pack('<Q', len(hb)) + hb + bytes(data))
+EOF
+args=(--model "$d/routed" --input "$d/in.json" --max-new-tokens 4 --mod router --mod-capacity 0.25)
+run -np 1 "$E" run "${args[@]}" --logits-out "$d/ref.st" --json --report >"$d/ref.json" 2>"$d/err" \
+  || { fail "1-rank --mod router"; head -3 "$d/err"; }
+gen=$(field "$d/ref.json" "d['generated']")
+ran=$(field "$d/ref.json" "sum(d['report']['layer_tokens'])")
+total=$(field "$d/ref.json" "(d['report']['prefill_tokens'] + d['report']['decode_tokens']) * len(d['report']['layer_tokens'])")
+[ "$ran" -lt "$total" ] || fail "--mod router skipped nothing"
+for np in 2 3; do
+  for mode in home follow; do
+    run -np $np "$E" run "${args[@]}" --mode $mode --logits-out "$d/np.st" --json >"$d/np.json" 2>"$d/err" \
+      || { fail "--mod router at $np ranks, $mode"; head -3 "$d/err"; continue; }
+    [ "$(field "$d/np.json" "d['generated']")" = "$gen" ] || fail "--mod router $np ranks $mode: other tokens"
+    cmp_logits "$d/ref.st" "$d/np.st" 1e-4 || fail "--mod router $np ranks $mode: logits"
+  done
+done
+
+# skipped tokens move no bytes: their trace rows are -1, and plan eval of the
+# run's own trace, under the run's placement, predicts the bytes it counted
+m=$F/olmoe-tiny
+for mode in home follow; do
+  run -np 3 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --mod attention --mod-capacity 0.5 \
+    --mode $mode --trace-out "$d/t.st" --json --report >"$d/r.json" 2>"$d/err" || { fail "traced MoD run ($mode)"; head -3 "$d/err"; }
+  "$E" plan --trace "$d/t.st" --gpus-per-node 3 --method contiguous --mode $mode --out "$d/p.json" >/dev/null 2>"$d/err" \
+    || { fail "plan contiguous ($mode)"; head -3 "$d/err"; }
+  run -np 3 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --mod attention --mod-capacity 0.5 \
+    --mode $mode --placement "$d/p.json" --json --report >"$d/r2.json" 2>"$d/err" || { fail "MoD run with the plan ($mode)"; head -3 "$d/err"; }
+  # olmoe-tiny: hidden 64 in float32, K+V width 2 x 2 heads x 16
+  "$E" plan eval --trace "$d/t.st" "$d/p.json" --mode $mode --hidden 64 --dtype-bytes 4 --kv-dim 64 --json \
+    >"$d/ev.json" 2>"$d/err" || { fail "plan eval ($mode)"; head -3 "$d/err"; }
+  python3 - "$d/r2.json" "$d/ev.json" "$mode" <<'EOF' || fail "$mode: plan eval of the MoD trace does not predict the run's bytes"
+import json, sys
+r = json.load(open(sys.argv[1]))['report']
+e = json.load(open(sys.argv[2]))['placements'][0]['results'][0]
+run = [sum(l['bytes'][c] + l['kv_bytes'][c] for l in r['layers']) + r['gather_bytes'][c] for c in (1, 2)]
+ev = [e['bytes']['intra_node'], e['bytes']['inter_node']]
+print(sys.argv[3], 'run counted', run, 'plan eval predicted', ev)
+sys.exit(0 if run == ev and run[0] > 0 else 1)
+EOF
+done
+
+# refused with the reason
+check_err() { # what, expected text, args...
+  local what=$1 want=$2; shift 2
+  if run -np 2 "$E" run --model "$m" --input "$d/in.json" "$@" >"$d/out" 2>"$d/err"; then
+    fail "$what: exited 0"
+  else
+    grep -q -- "$want" "$d/err" || { fail "$what: '$want' not in the error"; head -3 "$d/err"; }
+  fi
+}
+check_err "attention on layer 0" "layer 0 has no earlier attention" --mod attention --mod-capacity 0.5 --mod-layers 0-2
+check_err "layer past the model" "not within the model's layers" --mod schedule --mod-capacity 0.5 --mod-layers 1-9
+check_err "router without tensors" "mod_router.weight" --mod router --mod-capacity 0.5
+check_err "bad source" "--mod must be" --mod sometimes
+check_err "capacity 0" "mod-capacity" --mod schedule --mod-capacity 0
+
+[ "$fails" = 0 ] || { echo "$fails failure(s)"; exit 1; }
+echo "all MoD checks passed"
