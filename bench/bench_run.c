@@ -33,9 +33,13 @@ static const char usage[] =
     "  --ta LIST            instead: topology-aware gating strengths (e.g. 0,0.5,1,2), live routing,\n"
     "                       contiguous placement: bytes per link class and how far the outputs move\n"
     "                       from strength 0 (logit error, top-k agreement, greedy-token agreement)\n"
+    "  --mod SRC            instead: Mixture-of-Depths (router|attention|schedule) at the capacities of\n"
+    "                       --capacities (default 1,0.75,0.5,0.25), live routing, contiguous placement:\n"
+    "                       tokens/s, bytes and the same deviation columns, from capacity 1\n"
+    "  --capacities LIST    MoD capacities for --mod\n"
     "  --csv                CSV rows instead of a table\n";
 
-enum { O_TA = 300 };
+enum { O_TA = 300, O_MOD, O_CAPS };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -47,27 +51,30 @@ static const struct option opts[] = {
     {"time-limit", required_argument, 0, O_TL}, {"workdir", required_argument, 0, O_WD},
     {"reps", required_argument, 0, O_REPS},   {"csv", no_argument, 0, O_CSV},
     {"help", no_argument, 0, O_HELP},         {"ta", required_argument, 0, O_TA},
+    {"mod", required_argument, 0, O_MOD},     {"capacities", required_argument, 0, O_CAPS},
     {0, 0, 0, 0}};
 
-/* One live-routing run per strength against strength 0: what topology-aware
- * gating saves and what it costs in output fidelity. */
-static int ta_sweep(epm_xcomm *x, const char *model, const char *list, epm_mode mode, int vn, int batch,
-                    const int *lens, int32_t **prompts, int nnew, int csv)
+/* One live-routing run per setting against the neutral one (TA strength 0,
+ * or MoD capacity 1): what topology-aware gating or layer skipping saves and
+ * what it costs in output fidelity. mod: EPM_MOD_OFF sweeps TA strengths. */
+static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm_mod_source mod, epm_mode mode,
+                          int vn, int batch, const int *lens, int32_t **prompts, int nnew, int csv)
 {
     int me = epm_xcomm_rank(x);
     char buf[256];
-    snprintf(buf, sizeof buf, "0,%s", list);
+    const double neutral = mod ? 1.0 : 0.0;
+    snprintf(buf, sizeof buf, "%s,%s", mod ? "1" : "0", list);
     epm_run_result *base = NULL;
     if (me == 0)
-        printf(csv ? "strength,intra_bytes,inter_bytes,inter_vs_unbiased,logit_rel_err,topk_agreement,token_agreement,"
-                     "prefill_tok_s\n"
-                   : "%-9s %14s %14s %10s %14s %10s %10s %12s\n",
-               "strength", "intra bytes", "inter bytes", "inter/s0", "logit rel err", "top-k agr", "token agr",
-               "prefill t/s");
+        printf(csv ? "%s,intra_bytes,inter_bytes,bytes_vs_neutral,inter_vs_neutral,logit_rel_err,topk_agreement,"
+                     "token_agreement,blocks_run,prefill_tok_s,decode_tok_s\n"
+                   : "%-9s %12s %12s %8s %8s %13s %9s %9s %8s %11s %11s\n",
+               mod ? "capacity" : "strength", "intra bytes", "inter bytes", "B/neut", "inter/n", "logit rel err",
+               "top-k agr", "token agr", "ran", "prefill t/s", "decode t/s");
     int first = 1, rc = EPM_EXIT_OK;
     for (char *s = strtok(buf, ","); s; s = strtok(NULL, ",")) {
-        double strength = atof(s);
-        if (!first && strength == 0)
+        double value = atof(s);
+        if (!first && value == neutral)
             continue;
         epm_run_opts o;
         memset(&o, 0, sizeof o);
@@ -76,7 +83,12 @@ static int ta_sweep(epm_xcomm *x, const char *model, const char *list, epm_mode 
         o.virtual_nodes = vn;
         o.max_new_tokens = nnew;
         o.keep_logits = 1;
-        o.ta_strength = strength;
+        if (mod) {
+            o.mod = mod;
+            o.mod_capacity = value;
+        } else {
+            o.ta_strength = value;
+        }
         o.ops = "blas";
         epm_run_result *res = NULL;
         epm_status st = epm_run(&o, batch, lens, (const int32_t *const *)prompts, &res);
@@ -120,13 +132,21 @@ static int ta_sweep(epm_xcomm *x, const char *model, const char *list, epm_mode 
             int tok_same = 0;
             for (int i = 0; i < batch * nnew; i++)
                 tok_same += res->generated[i] == base->generated[i];
-            int64_t base_inter = 0;
-            for (int l = 0; l < base->report.moe_layers; l++)
+            int64_t base_inter = 0, base_all = 0;
+            for (int l = 0; l < base->report.moe_layers; l++) {
                 base_inter += base->report.bytes[l * 3 + 2];
-            printf(csv ? "%g,%lld,%lld,%.3f,%.3g,%.4f,%.4f,%.1f\n" : "%-9g %14lld %14lld %10.3f %14.3g %10.4f %10.4f %12.1f\n",
-                   strength, (long long)b[1], (long long)b[2], base_inter ? (double)b[2] / base_inter : 1.0,
-                   mx > 0 ? err / mx : 0, (double)same / rows, (double)tok_same / (batch * nnew),
-                   res->report.prefill_tokens / res->report.t_prefill);
+                base_all += base->report.bytes[l * 3 + 1] + base->report.bytes[l * 3 + 2];
+            }
+            int64_t ran = 0, blocks = (res->report.prefill_tokens + res->report.decode_tokens) * res->report.num_layers;
+            for (int l = 0; l < res->report.num_layers; l++)
+                ran += res->report.layer_tokens[l];
+            printf(csv ? "%g,%lld,%lld,%.3f,%.3f,%.3g,%.4f,%.4f,%.4f,%.1f,%.1f\n"
+                       : "%-9g %12lld %12lld %8.3f %8.3f %13.3g %9.4f %9.4f %8.4f %11.1f %11.1f\n",
+                   value, (long long)b[1], (long long)b[2], base_all ? (double)(b[1] + b[2]) / base_all : 1.0,
+                   base_inter ? (double)b[2] / base_inter : 1.0, mx > 0 ? err / mx : 0, (double)same / rows,
+                   (double)tok_same / (batch * nnew), blocks ? (double)ran / blocks : 1.0,
+                   res->report.prefill_tokens / res->report.t_prefill,
+                   res->report.t_decode > 0 ? res->report.decode_tokens / res->report.t_decode : 0.0);
             fflush(stdout);
         }
         if (res != base)
@@ -143,7 +163,8 @@ int epm_bench_run(int argc, char **argv)
     long batch = 8, seq = 64, nnew = 8, slots = 0, vn = 0, reps = 2, v;
     double zipf = 1.0, aff = 0.8, tl = 20;
     int csv = 0, c;
-    const char *ta_list = NULL;
+    const char *ta_list = NULL, *caps = "0.75,0.5,0.25";
+    epm_mod_source mod = EPM_MOD_OFF;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -162,6 +183,17 @@ int epm_bench_run(int argc, char **argv)
         case O_REPS: if (!cli_parse_int(W, "--reps", optarg, 1, 100, &reps)) return EPM_EXIT_USAGE; break;
         case O_CSV: csv = 1; break;
         case O_TA: ta_list = optarg; break;
+        case O_CAPS: caps = optarg; break;
+        case O_MOD:
+            if (!strcmp(optarg, "router"))
+                mod = EPM_MOD_ROUTER;
+            else if (!strcmp(optarg, "attention"))
+                mod = EPM_MOD_ATTENTION;
+            else if (!strcmp(optarg, "schedule"))
+                mod = EPM_MOD_SCHEDULE;
+            else
+                return cli_usage_error(W, "--mod must be router, attention or schedule");
+            break;
         case O_HELP: fputs(usage, stdout); return EPM_EXIT_OK;
         default: return cli_usage_error(W, "unknown option");
         }
@@ -201,7 +233,7 @@ int epm_bench_run(int argc, char **argv)
         for (int p = 0; p < seq && prompts[s]; p++)
             prompts[s][p] = (int32_t)(epm_splitmix64(&rng) % (uint64_t)hc->vocab_size);
     }
-    if (ta_list) {
+    if (ta_list || mod) {
         epm_mode mode = EPM_MODE_HOME;
         char first[16];
         snprintf(first, sizeof first, "%s", modes_s);
@@ -211,9 +243,10 @@ int epm_bench_run(int argc, char **argv)
             goto out;
         }
         if (me == 0 && !csv)
-            printf("# bench run --ta: %s, %d ranks (%d nodes), mode %s, batch %ld x %ld + %ld new\n", model, R,
-                   cl.nodes, epm_mode_name(mode), batch, seq, nnew);
-        rc = ta_sweep(x, model, ta_list, mode, (int)vn, (int)batch, lens, prompts, (int)nnew, csv);
+            printf("# bench run %s: %s, %d ranks (%d nodes), mode %s, batch %ld x %ld + %ld new\n",
+                   mod ? "--mod" : "--ta", model, R, cl.nodes, epm_mode_name(mode), batch, seq, nnew);
+        rc = fidelity_sweep(x, model, mod ? caps : ta_list, mod, mode, (int)vn, (int)batch, lens, prompts, (int)nnew,
+                            csv);
         goto out;
     }
     int64_t total = batch * seq + (nnew - 1) * batch;

@@ -151,20 +151,32 @@ static double nearest_cost(const rt *r, int ml, int e, int src)
     return best;
 }
 
+/* Whether expert e's nearest replica from this rank is on another node. */
+static int off_node(const rt *r, int ml, int e) { return nearest_cost(r, ml, e, r->me) > 1.0; }
+
+/* node_only: TA-MoE's cap on the share of tokens leaving the node is
+ * reached for this layer, so only experts with a replica on this node may
+ * be chosen (when there are k of them). */
 static void gate(rt *r, const epm_model_layer *w, int ml, const float *x2, int64_t g, int32_t *ids, float *wts,
-                 float *probs)
+                 float *probs, int node_only)
 {
     const epm_model_config *c = r->c;
     int E = c->num_experts, K = c->top_k;
     r->ref->linear(x2, 1, c->hidden_size, w->router, NULL, E, probs);
     epm_softmax(probs, E);
-    if (!r->o->route_from && (r->o->ta_strength > 0 || r->o->top_p > 0)) {
+    if (!r->o->route_from && (r->o->ta_strength > 0 || r->o->top_p > 0 || node_only)) {
         /* choose on biased scores, weigh with the model's own probabilities */
         float score[1024];
+        int on_node = 0;
+        for (int e = 0; e < E && node_only; e++)
+            on_node += !off_node(r, ml, e);
+        node_only = node_only && on_node >= K;
         for (int e = 0; e < E; e++) {
             score[e] = logf(probs[e] > 1e-30f ? probs[e] : 1e-30f);
             if (r->o->ta_strength > 0)
                 score[e] -= (float)(r->o->ta_strength * nearest_cost(r, ml, e, r->me));
+            if (node_only && off_node(r, ml, e))
+                score[e] = -INFINITY;
         }
         epm_topk(score, E, K, ids, wts);
         double mass = 0;
@@ -267,8 +279,15 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     /* gate and dispatch rows: once per distinct destination rank other than mine */
     double t0 = epm_now();
     int64_t nsend = 0;
+    /* TA-MoE's target dispatch distribution, as a cap: at most
+     * floor(cap * n) of this rank's tokens of the layer may leave the node */
+    int64_t left = 0, may_leave = r->o->ta_node_cap_on ? (int64_t)floor(r->o->ta_node_cap * (double)n) : n;
     for (int64_t i = 0; i < n; i++) {
-        gate(r, w, ml, x2 + i * H, g[i], ids + i * K, wts + i * K, probs);
+        gate(r, w, ml, x2 + i * H, g[i], ids + i * K, wts + i * K, probs, !r->o->route_from && left >= may_leave);
+        int leaves = 0;
+        for (int j = 0; j < K; j++)
+            leaves |= ids[i * K + j] >= 0 && off_node(r, ml, ids[i * K + j]);
+        left += leaves;
         EPM_CHECK_GOTO(record_trace(r, ml, g[i], ids + i * K), st, out);
     }
     r->rep->t_gate += epm_now() - t0;
@@ -823,7 +842,9 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     if (st == EPM_OK && c->head_dim > 512)
         st = epm_fail(EPM_ERR_UNSUPPORTED, "%s/config.json: head_dim = %d; epmoe supports up to 512", o->model_dir,
                       c->head_dim);
-    if (st == EPM_OK && (o->ta_strength > 0 || o->top_p > 0) && c->num_experts > 1024)
+    if (st == EPM_OK && o->ta_node_cap_on && !(o->ta_node_cap >= 0 && o->ta_node_cap <= 1))
+        st = epm_fail(EPM_ERR_INVALID_ARG, "--ta-node-cap %g: must be in [0, 1]", o->ta_node_cap);
+    if (st == EPM_OK && (o->ta_strength > 0 || o->top_p > 0 || o->ta_node_cap_on) && c->num_experts > 1024)
         st = epm_fail(EPM_ERR_UNSUPPORTED, "--ta-strength and --top-p support up to 1024 experts, the model has %d",
                       c->num_experts);
     if (st == EPM_OK && (o->ta_strength < 0 || o->top_p < 0 || o->top_p > 1))

@@ -37,6 +37,9 @@ typedef struct epm_run_opts {
                                        is lowered by ta_strength x the link cost (0 same rank, 1 same
                                        node, intra/inter GB/s ratio other node) from the token's rank
                                        to the expert's nearest replica; 0 changes nothing */
+    int ta_node_cap_on;             /* TA-MoE's target dispatch distribution as a cap: per MoE layer, at */
+    double ta_node_cap;             /* most this share of a rank's tokens may choose an expert on another
+                                       node (the rest choose among the experts of their node) */
     epm_mod_source mod;             /* Mixture-of-Depths layer skipping (EPM_MOD_OFF: every token runs every block) */
     double mod_capacity;            /* fraction of each sequence's tokens that run a MoD layer, (0, 1]; 0 = 1 */
     const char *mod_layers;         /* the MoD layers, e.g. "1-5,7" (0-based); NULL = every layer but the first */

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Mixture-of-Depths in epmoe run: capacity 1 changes nothing; with skipping,
+# Mixture-of-Depths and TA-MoE's node cap in epmoe run: capacity 1 changes nothing; with skipping,
 # every rank count and both modes give the 1-rank run's tokens and logits;
 # skipped tokens move no bytes (plan eval of the run's own trace predicts
 # exactly the bytes the run counted); bad options are refused by name.
@@ -137,6 +137,25 @@ sys.exit(0 if run == ev and run[0] > 0 else 1)
 EOF
 done
 
+# TA-MoE's node cap: with 2 virtual nodes, cap 0 keeps every dispatch inside
+# the node, a cap in between sends fewer bytes across than none, and a run
+# repeats its bytes exactly
+inter() { field "$1" "[sum(l['bytes'][c] for l in d['report']['layers']) for c in (1, 2)]"; }
+for mode in home follow; do
+  for cap in none 0.3 0; do
+    a=(); [ $cap != none ] && a=(--ta-node-cap $cap)
+    run -np 4 "$E" run --model "$m" --input "$d/in.json" --virtual-nodes 2 --max-new-tokens 3 --mode $mode "${a[@]}" \
+      --json --report >"$d/ta_$cap.json" 2>"$d/err" || { fail "--ta-node-cap $cap ($mode)"; head -3 "$d/err"; }
+  done
+  run -np 4 "$E" run --model "$m" --input "$d/in.json" --virtual-nodes 2 --max-new-tokens 3 --mode $mode --ta-node-cap 0.3 \
+    --json --report >"$d/ta_again.json" 2>"$d/err"
+  b_none=$(inter "$d/ta_none.json"); b_mid=$(inter "$d/ta_0.3.json"); b_zero=$(inter "$d/ta_0.json")
+  echo "$mode: intra/inter bytes without cap $b_none, cap 0.3 $b_mid, cap 0 $b_zero"
+  python3 -c "import json,sys; n,m,z=map(json.loads,sys.argv[1:4]); sys.exit(0 if z[1]==0 and n[1]>0 and m[1]<n[1] else 1)" \
+    "$b_none" "$b_mid" "$b_zero" || fail "$mode: the node cap does not cut inter-node bytes as it should"
+  [ "$(inter "$d/ta_again.json")" = "$b_mid" ] || fail "$mode: --ta-node-cap is not deterministic"
+done
+
 # refused with the reason
 check_err() { # what, expected text, args...
   local what=$1 want=$2; shift 2
@@ -151,6 +170,7 @@ check_err "layer past the model" "not within the model's layers" --mod schedule 
 check_err "router without tensors" "mod_router.weight" --mod router --mod-capacity 0.5
 check_err "bad source" "--mod must be" --mod sometimes
 check_err "capacity 0" "mod-capacity" --mod schedule --mod-capacity 0
+check_err "node cap above 1" "ta-node-cap" --ta-node-cap 1.5
 
 [ "$fails" = 0 ] || { echo "$fails failure(s)"; exit 1; }
 echo "all MoD checks passed"
