@@ -397,41 +397,56 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         epm_free(fill);
     }
     r->load_local[(size_t)ml * r->R + r->me] += npairs;
+    /* all local experts in one grouped call: rows grouped by expert */
     int F = c->moe_ffn;
-    int64_t maxm = 0;
-    for (int e = 0; e < E; e++)
-        maxm = ecount[e + 1] - ecount[e] > maxm ? ecount[e + 1] - ecount[e] : maxm;
-    sx = epm_malloc((size_t)(maxm ? maxm : 1) * H * sizeof *sx);
-    y = epm_malloc((size_t)(maxm ? maxm : 1) * H * sizeof *y);
-    scr = epm_malloc((size_t)(maxm ? maxm : 1) * 2 * F * sizeof *scr);
-    if (!sx || !y || !scr) {
+    int64_t *goff = epm_malloc(((size_t)E + 1) * sizeof *goff);
+    const float **gw = epm_malloc(3 * (size_t)E * sizeof *gw);
+    sx = epm_malloc((size_t)(npairs ? npairs : 1) * H * sizeof *sx);
+    y = epm_malloc((size_t)(npairs ? npairs : 1) * H * sizeof *y);
+    if (!goff || !gw || !sx || !y) {
+        epm_free(goff);
+        epm_free(gw);
         epm_free(wrows);
         epm_free(wsrc);
         st = EPM_ERR_NOMEM;
         goto out;
     }
-    for (int e = 0; e < E; e++) {
-        int64_t m = ecount[e + 1] - ecount[e];
-        if (m == 0)
+    for (int e = 0; e <= E; e++)
+        goff[e] = ecount[e];
+    for (int e = 0; e < E && st == EPM_OK; e++) {
+        gw[e] = gw[E + e] = gw[2 * E + e] = NULL;
+        if (goff[e + 1] == goff[e])
             continue;
         const epm_model_mlp *ex = epm_model_expert(r->m, l, e);
         if (!ex || !ex->gate) {
-            epm_free(wrows);
-            epm_free(wsrc);
             st = epm_fail(EPM_ERR_INTERNAL, "rank %d received tokens for expert %d of layer %d, not loaded here",
                           r->me, e, l);
-            goto out;
+            break;
         }
-        for (int64_t a = 0; a < m; a++)
-            memcpy(sx + a * H, xin + (int64_t)elist[2 * (ecount[e] + a)] * H, (size_t)H * sizeof *sx);
-        r->ops->swiglu(sx, m, H, F, ex->gate, ex->up, ex->down, scr, y);
-        for (int64_t a = 0; a < m; a++) {
-            int64_t i = elist[2 * (ecount[e] + a)];
-            float wt = wrows[i * W + 2 + H + K + elist[2 * (ecount[e] + a) + 1]];
-            for (int j = 0; j < H; j++)
-                part[i * H + j] += wt * y[a * H + j];
-        }
+        gw[e] = ex->gate, gw[E + e] = ex->up, gw[2 * E + e] = ex->down;
     }
+    if (st == EPM_OK)
+        scr = epm_malloc((size_t)(epm_grouped_scratch(goff, E, F) ? epm_grouped_scratch(goff, E, F) : 1) * sizeof *scr);
+    if (st == EPM_OK && !scr)
+        st = EPM_ERR_NOMEM;
+    if (st != EPM_OK) {
+        epm_free(goff);
+        epm_free(gw);
+        epm_free(wrows);
+        epm_free(wsrc);
+        goto out;
+    }
+    for (int64_t a = 0; a < npairs; a++)
+        memcpy(sx + a * H, xin + (int64_t)elist[2 * a] * H, (size_t)H * sizeof *sx);
+    r->ops->grouped_swiglu(sx, goff, E, H, F, gw, gw + E, gw + 2 * E, scr, y);
+    for (int64_t a = 0; a < npairs; a++) {
+        int64_t i = elist[2 * a];
+        float wt = wrows[i * W + 2 + H + K + elist[2 * a + 1]];
+        for (int j = 0; j < H; j++)
+            part[i * H + j] += wt * y[a * H + j];
+    }
+    epm_free(goff);
+    epm_free(gw);
     r->rep->t_experts += epm_now() - t0;
 
     /* combine: partial sums travel to the token's combine rank */
