@@ -172,9 +172,11 @@ epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
         x->per_node = x->size / x->nodes;
         for (int r = 0; r < x->size && st == EPM_OK; r++)
             if (x->node_of[r] != r / x->per_node)
-                st = epm_fail(EPM_ERR_UNSUPPORTED,
-                              "rank %d is on node %d; epmoe needs the same number of ranks on every node, "
-                              "numbered node by node (mpirun --map-by ppr:N:node)", r, x->node_of[r]);
+                st = epm_fail(EPM_ERR_MISMATCH,
+                              "rank %d is on node %d by MPI's shared-memory split (%d nodes) but on node %d by the "
+                              "numbering a placement's cluster assumes (rank / %d ranks per node); epmoe needs the "
+                              "same number of ranks on every node, numbered node by node (mpirun --map-by "
+                              "ppr:N:node)", r, x->node_of[r], x->nodes, r / x->per_node, x->per_node);
     }
     if (st == EPM_OK) {
         x->a2a = o->a2a;

@@ -1103,6 +1103,18 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.load_local, r.moe_layers * r.R), st, fail_gen);
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.gather_local, EPM_LINK_COUNT), st, fail_gen);
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.layer_tokens, c->num_layers), st, fail_gen);
+    {
+        epm_xcomm_wire wire;
+        epm_xcomm_wire_get(r.x, &wire);
+        int64_t wv[2 * EPM_LINK_COUNT];
+        memcpy(wv, wire.bytes, sizeof wire.bytes);
+        memcpy(wv + EPM_LINK_COUNT, wire.msgs, sizeof wire.msgs);
+        EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, wv, 2 * EPM_LINK_COUNT), st, fail_gen);
+        memcpy(rep->wire_bytes, wv, sizeof rep->wire_bytes);
+        memcpy(rep->wire_msgs, wv + EPM_LINK_COUNT, sizeof rep->wire_msgs);
+        rep->hierarchical = epm_xcomm_hierarchical(r.x);
+        rep->transport = epm_xcomm_a2a_name(epm_xcomm_transport(r.x));
+    }
     rep->num_layers = c->num_layers;
     rep->layer_tokens = r.layer_tokens;
     r.layer_tokens = NULL;

@@ -56,6 +56,11 @@ typedef struct epm_run_report {
     int64_t weight_bytes_max; /* largest checkpoint bytes any rank read */
     int64_t weight_bytes_sum;
     int64_t kv_cache_bytes_max;  /* KV cache memory of the fullest rank (follow keeps every sequence's) */
+    int64_t wire_bytes[EPM_LINK_COUNT]; /* what went over the links (differs from bytes only on the
+                                           hierarchical path, which forwards through gateways) */
+    int64_t wire_msgs[EPM_LINK_COUNT];
+    int hierarchical;      /* exchanges took the hierarchical (2DH) path */
+    const char *transport; /* the row exchange's transport */
     int num_layers;
     int64_t *layer_tokens;  /* [num_layers] tokens that ran each block (all ranks, prefill + decode);
                                fewer than prefill + decode tokens only where MoD skipped some */

@@ -110,7 +110,12 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
                 fprintf(f, "%s%lld", q ? ", " : "", (long long)r->rank_load[(size_t)l * r->ranks + q]);
             fprintf(f, "]}");
         }
-        fprintf(f, "], \"layer_tokens\": [");
+        fprintf(f, "], \"transport\": \"%s\", \"hierarchical\": %s, \"wire_bytes\": [%lld, %lld, %lld], "
+                   "\"wire_msgs\": [%lld, %lld, %lld]", r->transport ? r->transport : "?",
+                r->hierarchical ? "true" : "false", (long long)r->wire_bytes[0], (long long)r->wire_bytes[1],
+                (long long)r->wire_bytes[2], (long long)r->wire_msgs[0], (long long)r->wire_msgs[1],
+                (long long)r->wire_msgs[2]);
+        fprintf(f, ", \"layer_tokens\": [");
         for (int l = 0; l < r->num_layers; l++)
             fprintf(f, "%s%lld", l ? ", " : "", (long long)r->layer_tokens[l]);
         fprintf(f, "]}");
@@ -138,6 +143,10 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
         for (int c = 0; c < 3; c++)
             tot[c] += b[c] + k[c];
     }
+    fprintf(f, "on the wire (%s%s): intra-node %lld bytes in %lld messages, inter-node %lld bytes in %lld messages\n",
+            r->transport ? r->transport : "?", r->hierarchical ? ", hierarchical" : ", flat",
+            (long long)r->wire_bytes[1], (long long)r->wire_msgs[1], (long long)r->wire_bytes[2],
+            (long long)r->wire_msgs[2]);
     int64_t ran = 0, all = (r->prefill_tokens + r->decode_tokens) * r->num_layers;
     for (int l = 0; l < r->num_layers; l++)
         ran += r->layer_tokens[l];
@@ -173,6 +182,19 @@ static void bind_rank(int apply, int report)
     }
     epm_hwtopo_destroy(topo);
 }
+
+/* ---- test hook: begin -------------------------------------------------
+ * EPM_TEST_FAIL_ALLOC_RANK=r EPM_TEST_FAIL_ALLOC_NTH=n make the n-th
+ * allocation of the run fail on rank r only (dist/alloc.c's injector), so
+ * that tests/cli/test_failures.sh can check that an out-of-memory on one rank
+ * ends every rank cleanly, with one message. Nothing happens without both. */
+static void test_hook_fail_alloc(int rank)
+{
+    const char *r = getenv("EPM_TEST_FAIL_ALLOC_RANK"), *n = getenv("EPM_TEST_FAIL_ALLOC_NTH");
+    if (r && n && atoi(r) == rank)
+        epm_fault_fail_nth_alloc(strtoull(n, NULL, 10));
+}
+/* ---- test hook: end --------------------------------------------------- */
 
 int epm_cli_run(int argc, char **argv)
 {
@@ -269,6 +291,7 @@ int epm_cli_run(int argc, char **argv)
     if (st == EPM_OK) {
         o.placement = p;
         o.route_from = t;
+        test_hook_fail_alloc(rank);
         st = epm_run(&o, pr->batch, pr->lens, (const int32_t *const *)pr->ids, &res);
     }
     if (st == EPM_ERR_TIMEOUT) {
