@@ -989,7 +989,16 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         return EPM_ERR_NOMEM;
     r.rep = &res->report;
     epm_xcomm_set_timeout(o->timeout_s);
-    epm_status st = epm_xcomm_create(o->virtual_nodes, &r.x);
+    epm_xcomm_opts xo;
+    epm_xcomm_opts_init(&xo);
+    xo.virtual_nodes = o->virtual_nodes;
+    epm_status st = epm_xcomm_opts_from_env(&xo);
+    if (st == EPM_OK && o->a2a && epm_xcomm_a2a_parse(o->a2a, &xo.a2a) != EPM_OK)
+        st = epm_fail(EPM_ERR_INVALID_ARG, "--a2a '%s': expected alltoallv, p2p, staged or nccl", o->a2a);
+    if (st == EPM_OK && o->a2a_hier && epm_xcomm_hier_parse(o->a2a_hier, &xo.hier) != EPM_OK)
+        st = epm_fail(EPM_ERR_INVALID_ARG, "--hier '%s': expected auto, on or off", o->a2a_hier);
+    if (st == EPM_OK)
+        st = epm_xcomm_create_opts(&xo, &r.x);
     if (st != EPM_OK) {
         epm_free(res);
         return st;

@@ -37,6 +37,8 @@ typedef struct epm_run_opts {
                                        is lowered by ta_strength x the link cost (0 same rank, 1 same
                                        node, intra/inter GB/s ratio other node) from the token's rank
                                        to the expert's nearest replica; 0 changes nothing */
+    const char *a2a;                /* row exchange: alltoallv|p2p|staged|nccl; NULL = EPM_A2A or alltoallv */
+    const char *a2a_hier;           /* hierarchical exchange: auto|on|off; NULL = EPM_A2A_HIER or auto */
     int ta_node_cap_on;             /* TA-MoE's target dispatch distribution as a cap: per MoE layer, at */
     double ta_node_cap;             /* most this share of a rank's tokens may choose an expert on another
                                        node (the rest choose among the experts of their node) */

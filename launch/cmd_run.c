@@ -35,6 +35,9 @@ static const char usage[] =
     "  --top-p P                dynamic expert count: experts until their probability reaches P (<= k)\n"
     "  --ta-strength S          topology-aware gating: lower each expert's log-probability by S x the\n"
     "                           link cost to its nearest replica (0 = off)\n"
+    "  --a2a T                  row exchange: alltoallv (default), p2p, staged (MPI through pinned host\n"
+    "                           memory, CUDA builds), nccl (one rank per GPU); EPM_A2A sets the default\n"
+    "  --hier auto|on|off       hierarchical exchange between nodes (Tutel's 2DH); default auto\n"
     "  --ta-node-cap F          at most this share of a rank's tokens per MoE layer may choose experts\n"
     "                           on another node (TA-MoE's target dispatch distribution; live routing)\n"
     "  --mod off|router|attention|schedule\n"
@@ -45,7 +48,7 @@ static const char usage[] =
     "  --report                 per-layer bytes and loads, times, tokens/s (stderr, or stdout with --json)\n"
     "  --json                   results as JSON on stdout\n";
 
-enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP };
+enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -60,6 +63,7 @@ static const struct option opts[] = {
     {"timeout", required_argument, 0, O_TIMEOUT},    {"top-p", required_argument, 0, O_TOPP},         {"ta-strength", required_argument, 0, O_TA},
     {"mod", required_argument, 0, O_MOD},            {"mod-capacity", required_argument, 0, O_MODCAP},
     {"mod-layers", required_argument, 0, O_MODLAY}, {"ta-node-cap", required_argument, 0, O_TACAP},
+    {"a2a", required_argument, 0, O_A2A},            {"hier", required_argument, 0, O_HIER},
     {0, 0, 0, 0}};
 
 static epm_status write_logits(const char *path, const epm_run_result *res, int all)
@@ -244,6 +248,8 @@ int epm_cli_run(int argc, char **argv)
             if (!cli_parse_double(W, "--mod-capacity", optarg, 1e-9, 1, &o.mod_capacity)) return EPM_EXIT_USAGE;
             break;
         case O_MODLAY: o.mod_layers = optarg; break;
+        case O_A2A: o.a2a = optarg; break;
+        case O_HIER: o.a2a_hier = optarg; break;
         case O_TACAP:
             if (!cli_parse_double(W, "--ta-node-cap", optarg, 0, 1, &o.ta_node_cap)) return EPM_EXIT_USAGE;
             o.ta_node_cap_on = 1;
