@@ -1,23 +1,55 @@
 // The CUDA backend of ops_gpu.h.
 //
-// Grouped expert FFN: cublasGemmEx once per non-empty expert for gate and for
-// up, one fused SiLU*up kernel over all rows, then cublasGemmEx per expert for
-// down, all on the context's one stream. Why not cublasGemmGroupedBatchedEx
-// (present in CUDA 12.5+ and 13): it wants the A/B/C pointer arrays in device
-// memory, so each layer would upload three pointer arrays before its GEMMs, and
-// it has no fast path yet for groups of very different m (our experts' row
-// counts differ by orders of magnitude); per-expert GemmEx calls pick a tuned
-// kernel per size and skip empty experts for free. The grouped call is the
-// first thing to try on the GPU machine when the many-small-experts shape
-// (256 experts, a few rows each) is launch-bound.
+// Grouped expert FFN (SwiGLU), all on the context's one stream, in two ways:
+//  - grouped: cublasGemmGroupedBatchedEx, one call for gate and up together
+//    (2 x the non-empty experts as groups of one GEMM each), the fused SiLU*up
+//    kernel, one call for down. Why: with fine-grained experts (DeepSeek-V3:
+//    256 experts, hidden 7168, FFN 2048) each expert's GEMM is too small to
+//    fill the GPU (gate: 2048 output columns = 16 tiles of 128 on 132 SMs), so
+//    one GemmEx per expert runs hundreds of under-filled launches back to back;
+//    the grouped call puts every expert's tiles into one launch. Its A/B/C
+//    pointer arrays must be in device memory: they are written into a pinned
+//    host slot (a ring of GROUPED_SLOTS, a slot reused only after the event of
+//    its last copy has completed: the host may run that many FFN calls ahead of
+//    the GPU) and sent with ONE cudaMemcpyAsync per call into a device buffer
+//    that the stream order protects (grown with cudaMallocAsync/cudaFreeAsync).
+//  - per expert: one cublasGemmEx per non-empty expert for gate, for up and
+//    for down (each picks its own tuned kernel; empty experts cost nothing).
+// Which one (EPM_CUDA_GROUPED_GEMM = auto, the default, | on | off, read by
+// create): auto takes the grouped path in bf16 when >= GROUPED_MIN_EXPERTS
+// experts are non-empty and their gate GEMMs average <= GROUPED_MAX_EXPERT_MACS
+// multiply-adds (rows x hidden x ffn: DeepSeek-V3 up to ~85 rows per expert,
+// OLMoE/Qwen2-MoE-sized experts up to ~400-600), else the per-expert path.
+// Measured on an H100 with cuBLAS 13.1, bf16, `epmoe bench kernels`, grouped
+// vs per-expert: DeepSeek-V3 shape 1 token 0.26 vs 0.43 ms, 16 tokens 3.4 vs
+// 5.6 ms, 1024 tokens 8.4 vs 12.8 ms (2.7-2.9 TB/s of expert weights: the
+// bandwidth bound), 2048 10.9 vs 12.6 ms, but 4096 17.4 vs 13.7 ms and 16384
+// 62 vs 24 ms: cuBLAS's grouped kernels are not its tuned single-GEMM kernels
+// (a single GEMM through the grouped call runs at about half GemmEx's
+// TFLOP/s), so large per-expert GEMMs stay on GemmEx; Mixtral (8 large
+// experts) gains at most ~7% (up to ~80 tokens) and loses with 2 experts
+// (1 token: 0.39 vs 0.33 ms; hence the minimum expert count). Float32
+// (true FP32, no TF32) was slower grouped on most shapes measured, so auto
+// never groups it. `on` forces the grouped call wherever cuBLAS takes the
+// types (tests, benchmarks); `off` forces the per-expert path.
+// The per-expert path is also the fallback for any stage whose grouped call
+// returns CUBLAS_STATUS_NOT_SUPPORTED. cuBLAS's grouped GEMM supports, with
+// CUBLAS_COMPUTE_32F (float alpha/beta): A/B/C all float32, all bf16, or all
+// fp16, and CUBLAS_COMPUTE_32F_FAST_TF32 for float32; it does NOT take bf16
+// (or fp16) A/B with a float32 C (CUBLAS_STATUS_NOT_SUPPORTED, cuBLAS 13.1).
+// So in bf16 the grouped gate/up call first asks for float32 outputs (kept for
+// a cuBLAS that adds them; the refusal is remembered per context), then writes
+// gate and up in bf16: the grouped bf16 path rounds gate x and up x to bf16
+// before the SiLU (2^-9 relative each, the order of the rounding of silu * up
+// before down that both paths do; inside the 1e-2 bf16 tolerance of the checks).
 // Offsets are a host array because cuBLAS takes m from the host: that is one
 // device-to-host copy of E+1 integers per layer after routing, the only host
 // round trip; a device-side grouped GEMM kernel would remove it.
 //
-// bf16: weights and activations bf16, gate/up GEMMs accumulate and store in
-// float32, SiLU*up in float32, rounded once to bf16 for the down GEMM, which
-// writes bf16. Compute type 32F everywhere (not TF32: float32 results must
-// match the CPU reference at 1e-5).
+// bf16 on the per-expert path: weights and activations bf16, gate/up GEMMs
+// accumulate and store in float32, SiLU*up in float32, rounded once to bf16 for
+// the down GEMM, which writes bf16. Compute type 32F everywhere (not TF32:
+// float32 results must match the CPU reference at 1e-5).
 //
 // The other kernels are straightforward and correct rather than tuned:
 // RMSNorm one block per row; RoPE one thread per rotated pair; attention one
@@ -33,15 +65,45 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "ops_gpu.h"
 
 extern "C" epm_status epm_fail(epm_status s, const char *fmt, ...);
 
+// auto's rule for the grouped FFN (see the top comment for the measurements):
+// at least this many non-empty experts, whose gate GEMMs average at most this
+// many multiply-adds (rows x hidden x ffn)
+#define GROUPED_MIN_EXPERTS 4
+#define GROUPED_MAX_EXPERT_MACS 1.25e9
+#define GROUPED_SLOTS 8           // pinned staging slots in the ring
+#define GROUPED_MIN_PTRS (11 * 256) // first capacity: one call over 256 experts
+
+enum { GROUPED_AUTO, GROUPED_ON, GROUPED_OFF };
+
+// One pinned host buffer of device pointers and the event recorded after the
+// cudaMemcpyAsync that reads it: the buffer is rewritten only once that event
+// has completed.
+typedef struct grouped_slot {
+    void **host;
+    size_t cap; // pointers
+    cudaEvent_t copied;
+    int pending; // copied has been recorded and not yet waited for
+} grouped_slot;
+
 struct epm_gpu {
     int device;
     cudaStream_t stream;
     cublasHandle_t blas;
+    int grouped_mode;  // GROUPED_AUTO / _ON / _OFF from EPM_CUDA_GROUPED_GEMM
+    int pools;         // cudaMallocAsync works on this device
+    int gu_f32_refused; // the grouped call refused bf16 A/B with a float32 C
+    void **dptr;       // device copy of one call's pointer arrays
+    size_t dptr_cap;   // pointers
+    grouped_slot slot[GROUPED_SLOTS];
+    unsigned next_slot;
+    void *par;         // host per-group parameter arrays (read by cuBLAS during the call)
+    size_t par_cap;    // bytes
 };
 
 #define CU(call)                                                                                          \
@@ -57,6 +119,13 @@ struct epm_gpu {
             return epm_fail(EPM_ERR_CUDA, "%s:%d: %s: cuBLAS status %d", __FILE__, __LINE__, #call, (int)s_); \
     } while (0)
 #define LAUNCHED() CU(cudaGetLastError())
+// core.h's EPM_CHECK (core.h itself is C without extern "C", so not included here)
+#define CHECK(expr)                                                                                       \
+    do {                                                                                                  \
+        epm_status c_ = (expr);                                                                           \
+        if (c_ != EPM_OK)                                                                                 \
+            return c_;                                                                                    \
+    } while (0)
 
 static unsigned blocks_for(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
 
@@ -84,6 +153,23 @@ static void cu_destroy(epm_gpu *g)
 {
     if (!g)
         return;
+    if (g->stream) // queued GEMMs may still read the pointer buffer
+        cudaStreamSynchronize(g->stream);
+    if (g->dptr) {
+        if (g->pools) {
+            cudaFreeAsync(g->dptr, g->stream);
+            cudaStreamSynchronize(g->stream);
+        } else {
+            cudaFree(g->dptr);
+        }
+    }
+    for (int i = 0; i < GROUPED_SLOTS; i++) {
+        if (g->slot[i].host)
+            cudaFreeHost(g->slot[i].host);
+        if (g->slot[i].copied)
+            cudaEventDestroy(g->slot[i].copied);
+    }
+    free(g->par);
     if (g->blas)
         cublasDestroy(g->blas);
     if (g->stream)
@@ -97,21 +183,42 @@ static epm_status cu_create(int device, epm_gpu **out)
     int n = cu_device_count();
     if (device < 0 || device >= n)
         return epm_fail(EPM_ERR_CUDA, "GPU backend: device %d requested, %d visible", device, n);
+    int mode = GROUPED_AUTO;
+    const char *gm = getenv("EPM_CUDA_GROUPED_GEMM");
+    if (gm && *gm && strcmp(gm, "auto")) {
+        if (!strcmp(gm, "on") || !strcmp(gm, "1"))
+            mode = GROUPED_ON;
+        else if (!strcmp(gm, "off") || !strcmp(gm, "0"))
+            mode = GROUPED_OFF;
+        else
+            return epm_fail(EPM_ERR_INVALID_ARG, "GPU backend: EPM_CUDA_GROUPED_GEMM = '%s' (auto, on or off)", gm);
+    }
     epm_gpu *g = (epm_gpu *)calloc(1, sizeof *g);
     if (!g)
         return epm_fail(EPM_ERR_NOMEM, "GPU backend: context");
     g->device = device;
+    g->grouped_mode = mode;
     cudaError_t e = cudaSetDevice(device);
     if (e == cudaSuccess)
         e = cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking);
+    for (int i = 0; i < GROUPED_SLOTS && e == cudaSuccess; i++)
+        e = cudaEventCreateWithFlags(&g->slot[i].copied, cudaEventDisableTiming);
+    int pools = 0;
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device);
+    g->pools = pools;
     if (e != cudaSuccess) {
         cu_destroy(g);
         return epm_fail(EPM_ERR_CUDA, "GPU backend: device %d: %s", device, cudaGetErrorString(e));
     }
     // default math mode: CUBLAS_COMPUTE_32F then means true float32 (TF32
     // only with CUBLAS_TF32_TENSOR_OP_MATH or the _FAST_TF32 compute types)
-    if (cublasCreate(&g->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(g->blas, g->stream) != CUBLAS_STATUS_SUCCESS) {
+    cublasStatus_t bs = cublasCreate(&g->blas);
+    if (bs != CUBLAS_STATUS_SUCCESS)
         g->blas = NULL;
+    else
+        bs = cublasSetStream(g->blas, g->stream);
+    if (bs != CUBLAS_STATUS_SUCCESS) {
         cu_destroy(g);
         return epm_fail(EPM_ERR_CUDA, "GPU backend: cuBLAS on device %d", device);
     }
@@ -492,29 +599,141 @@ static epm_status cu_unpermute(epm_gpu *g, epm_gpu_dtype dt, const void *y, int 
 
 // ---- grouped expert FFN ----
 
-template <typename T> __global__ void k_silu_mul(const float *gt, const float *up, T *h, int64_t n)
+template <typename TI, typename TO> __global__ void k_silu_mul(const TI *gt, const TI *up, TO *h, int64_t n)
 {
     int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (i < n) {
-        float v = gt[i];
-        h[i] = from_f<T>(v / (1.0f + expf(-v)) * up[i]);
+        float v = to_f<TI>(gt[i]);
+        h[i] = from_f<TO>(v / (1.0f + expf(-v)) * to_f<TI>(up[i]));
     }
 }
 
-// scratch: gate [rows][ffn] f32, up [rows][ffn] f32, h [rows][ffn] dt
+// scratch: gate [rows][ffn] f32, up [rows][ffn] f32, h [rows][ffn] dt (the
+// grouped bf16 path stores gate and up as bf16 at the start of their f32 areas)
 static size_t cu_grouped_scratch_bytes(epm_gpu_dtype dt, int64_t rows, int ffn)
 {
     return (size_t)rows * ffn * (8 + esize(dt));
 }
 
 // Row-major y[m][out] = x[m][in] W^T with W [out][in] is, column-major,
-// y^T (out x m) = W^T-as-stored (in x out, transposed) * x^T (in x m).
+// y^T (out x m) = W^T-as-stored (in x out, transposed) * x^T (in x m):
+// transa T, transb N, cuBLAS (m, n, k) = (out, rows, in), lda = ldb = in,
+// ldc = out. The grouped calls use the same mapping per group.
 static cublasStatus_t gemm_rows(cublasHandle_t hd, const void *w, cudaDataType_t wt, const void *x,
                                 cudaDataType_t xt, int64_t m, int in, int out, void *y, cudaDataType_t yt)
 {
     const float one = 1.0f, zero = 0.0f;
     return cublasGemmEx(hd, CUBLAS_OP_T, CUBLAS_OP_N, out, (int)m, in, &one, w, wt, in, x, xt, in, &zero, y, yt, out,
                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+}
+
+// Host per-group arrays for one FFN call over ne non-empty experts: groups
+// [0, 2 ne) are gate then up, [2 ne, 3 ne) down; every group holds one GEMM.
+typedef struct grouped_par {
+    cublasOperation_t *ta, *tb;
+    int *m, *n, *k, *lda, *ldb, *ldc, *size;
+    float *alpha, *beta;
+} grouped_par;
+
+static epm_status grouped_par_get(epm_gpu *g, int ne, grouped_par *p)
+{
+    size_t groups = (size_t)3 * ne;
+    size_t need = groups * (2 * sizeof(cublasOperation_t) + 7 * sizeof(int) + 2 * sizeof(float));
+    if (need > g->par_cap) {
+        void *np = realloc(g->par, need);
+        if (!np)
+            return epm_fail(EPM_ERR_NOMEM, "GPU grouped FFN: parameters for %d experts", ne);
+        g->par = np, g->par_cap = need;
+    }
+    char *b = (char *)g->par;
+    p->ta = (cublasOperation_t *)b, b += groups * sizeof(cublasOperation_t);
+    p->tb = (cublasOperation_t *)b, b += groups * sizeof(cublasOperation_t);
+    int **ints[7] = {&p->m, &p->n, &p->k, &p->lda, &p->ldb, &p->ldc, &p->size};
+    for (int i = 0; i < 7; i++)
+        *ints[i] = (int *)b, b += groups * sizeof(int);
+    p->alpha = (float *)b, b += groups * sizeof(float);
+    p->beta = (float *)b;
+    return EPM_OK;
+}
+
+// group i: C_i (out x rows) = op(A_i = W, T) (out x in) * op(B_i = x, N) (in x rows)
+static void grouped_par_set(grouped_par *p, int i, int64_t rows, int in, int out)
+{
+    p->ta[i] = CUBLAS_OP_T, p->tb[i] = CUBLAS_OP_N;
+    p->m[i] = out, p->n[i] = (int)rows, p->k[i] = in;
+    p->lda[i] = in, p->ldb[i] = in, p->ldc[i] = out;
+    p->size[i] = 1;
+    p->alpha[i] = 1.0f, p->beta[i] = 0.0f;
+}
+
+// A pinned slot with room for `count` pointers whose previous copy has
+// completed, and a device buffer as large; grown geometrically (rarely: the
+// first capacity covers 256 experts). Growing the device buffer is stream
+// ordered, so GEMMs still queued on the old one keep it until they are done.
+static epm_status grouped_slot_get(epm_gpu *g, size_t count, grouped_slot **out)
+{
+    grouped_slot *s = &g->slot[g->next_slot % GROUPED_SLOTS];
+    if (s->pending) { // normally complete long ago: waits only when the host is GROUPED_SLOTS calls ahead
+        CU(cudaEventSynchronize(s->copied));
+        s->pending = 0;
+    }
+    if (s->cap < count) {
+        size_t cap = count > 2 * s->cap ? count : 2 * s->cap;
+        cap = cap > GROUPED_MIN_PTRS ? cap : GROUPED_MIN_PTRS;
+        void **old = s->host;
+        s->host = NULL, s->cap = 0;
+        if (old) // its last copy has completed (waited for above)
+            CU(cudaFreeHost(old));
+        CU(cudaMallocHost((void **)&s->host, cap * sizeof(void *)));
+        s->cap = cap;
+    }
+    if (g->dptr_cap < count) {
+        size_t cap = count > 2 * g->dptr_cap ? count : 2 * g->dptr_cap;
+        cap = cap > GROUPED_MIN_PTRS ? cap : GROUPED_MIN_PTRS;
+        void **old = g->dptr;
+        g->dptr = NULL, g->dptr_cap = 0;
+        if (old && g->pools) {
+            CU(cudaFreeAsync(old, g->stream));
+        } else if (old) { // no stream-ordered allocator: wait for the GEMMs that read it (growth only)
+            CU(cudaStreamSynchronize(g->stream));
+            CU(cudaFree(old));
+        }
+        if (g->pools)
+            CU(cudaMallocAsync((void **)&g->dptr, cap * sizeof(void *), g->stream));
+        else
+            CU(cudaMalloc((void **)&g->dptr, cap * sizeof(void *)));
+        g->dptr_cap = cap;
+    }
+    *out = s;
+    return EPM_OK;
+}
+
+// The one host-to-device copy of a call's pointer arrays; the slot is busy
+// until the stream has executed it.
+static epm_status grouped_slot_send(epm_gpu *g, grouped_slot *s, size_t count)
+{
+    CU(cudaMemcpyAsync(g->dptr, s->host, count * sizeof(void *), cudaMemcpyHostToDevice, g->stream));
+    CU(cudaEventRecord(s->copied, g->stream));
+    s->pending = 1;
+    g->next_slot++;
+    return EPM_OK;
+}
+
+static cublasStatus_t grouped_gemm(epm_gpu *g, const grouped_par *p, int first, int count, void *const *A,
+                                   void *const *B, void *const *C, cudaDataType_t abt, cudaDataType_t ct)
+{
+    return cublasGemmGroupedBatchedEx(g->blas, p->ta + first, p->tb + first, p->m + first, p->n + first, p->k + first,
+                                      p->alpha + first, (const void *const *)A, abt, p->lda + first,
+                                      (const void *const *)B, abt, p->ldb + first, p->beta + first, C, ct,
+                                      p->ldc + first, count, p->size + first, CUBLAS_COMPUTE_32F);
+}
+
+static int grouped_wanted(const epm_gpu *g, epm_gpu_dtype dt, int ne, int64_t rows, int hidden, int ffn)
+{
+    if (g->grouped_mode != GROUPED_AUTO)
+        return g->grouped_mode == GROUPED_ON;
+    return dt == EPM_GPU_BF16 && ne >= GROUPED_MIN_EXPERTS &&
+           (double)rows * hidden * ffn <= GROUPED_MAX_EXPERT_MACS * ne;
 }
 
 static epm_status cu_grouped_swiglu(epm_gpu *g, epm_gpu_dtype dt, const void *x, const int64_t *offsets, int experts,
@@ -530,6 +749,7 @@ static epm_status cu_grouped_swiglu(epm_gpu *g, epm_gpu_dtype dt, const void *x,
     char *Hh = (char *)(U + rows * ffn);
     const char *xb = (const char *)x;
     char *yb = (char *)y;
+    int ne = 0;
     for (int e = 0; e < experts; e++) {
         int64_t m = offsets[e + 1] - offsets[e];
         if (m <= 0)
@@ -537,23 +757,93 @@ static epm_status cu_grouped_swiglu(epm_gpu *g, epm_gpu_dtype dt, const void *x,
         if (m > 0x7fffffff || !gate[e] || !up[e] || !down[e])
             return epm_fail(EPM_ERR_INVALID_ARG, "GPU grouped FFN: expert %d has %lld rows and %s weights", e,
                             (long long)m, gate[e] && up[e] && down[e] ? "" : "no");
-        const void *xe = xb + (size_t)offsets[e] * hidden * es;
-        CB(gemm_rows(g->blas, gate[e], t, xe, t, m, hidden, ffn, G + offsets[e] * ffn, CUDA_R_32F));
-        CB(gemm_rows(g->blas, up[e], t, xe, t, m, hidden, ffn, U + offsets[e] * ffn, CUDA_R_32F));
+        ne++;
     }
+
+    int gu_grouped = 0, gu_bf16 = 0, down_grouped = 0;
+    void **dp = NULL; // the device pointer arrays, 11 ne of them (below)
+    grouped_par p = {};
+    if (grouped_wanted(g, dt, ne, rows, hidden, ffn)) {
+        // pointer arrays, in order: gate then up weights [2 ne]; x blocks
+        // twice [2 ne]; float32 gate, up outputs [2 ne]; bf16 gate, up outputs
+        // [2 ne] (the same scratch, packed at 2 bytes); down weights [ne];
+        // h blocks [ne]; y blocks [ne]
+        size_t count = (size_t)11 * ne;
+        grouped_slot *s = NULL;
+        CHECK(grouped_par_get(g, ne, &p));
+        CHECK(grouped_slot_get(g, count, &s));
+        void **P = s->host;
+        __nv_bfloat16 *G16 = (__nv_bfloat16 *)G, *U16 = (__nv_bfloat16 *)U;
+        for (int e = 0, i = 0; e < experts; e++) {
+            int64_t o = offsets[e], m = offsets[e + 1] - o;
+            if (m <= 0)
+                continue;
+            grouped_par_set(&p, i, m, hidden, ffn);
+            grouped_par_set(&p, ne + i, m, hidden, ffn);
+            grouped_par_set(&p, 2 * ne + i, m, ffn, hidden);
+            P[i] = (void *)gate[e], P[ne + i] = (void *)up[e];
+            P[2 * ne + i] = P[3 * ne + i] = (void *)(xb + (size_t)o * hidden * es);
+            P[4 * ne + i] = G + o * ffn, P[5 * ne + i] = U + o * ffn;
+            P[6 * ne + i] = G16 + o * ffn, P[7 * ne + i] = U16 + o * ffn;
+            P[8 * ne + i] = (void *)down[e];
+            P[9 * ne + i] = Hh + (size_t)o * ffn * es;
+            P[10 * ne + i] = yb + (size_t)o * hidden * es;
+            i++;
+        }
+        CHECK(grouped_slot_send(g, s, count));
+        dp = g->dptr;
+
+        // gate and up: one call of 2 ne groups; float32 outputs where cuBLAS
+        // takes them, else (bf16 A/B) bf16 outputs
+        cublasStatus_t st = CUBLAS_STATUS_NOT_SUPPORTED;
+        if (dt == EPM_GPU_F32 || !g->gu_f32_refused) {
+            st = grouped_gemm(g, &p, 0, 2 * ne, dp, dp + 2 * ne, dp + 4 * ne, t, CUDA_R_32F);
+            if (st == CUBLAS_STATUS_NOT_SUPPORTED && dt == EPM_GPU_BF16)
+                g->gu_f32_refused = 1;
+        }
+        if (st == CUBLAS_STATUS_NOT_SUPPORTED && dt == EPM_GPU_BF16) {
+            st = grouped_gemm(g, &p, 0, 2 * ne, dp, dp + 2 * ne, dp + 6 * ne, t, CUDA_R_16BF);
+            gu_bf16 = st == CUBLAS_STATUS_SUCCESS;
+        }
+        if (st != CUBLAS_STATUS_NOT_SUPPORTED)
+            CB(st);
+        gu_grouped = st == CUBLAS_STATUS_SUCCESS;
+    }
+    if (!gu_grouped) // per expert (also the fallback when cuBLAS refused the grouped call)
+        for (int e = 0; e < experts; e++) {
+            int64_t o = offsets[e], m = offsets[e + 1] - o;
+            if (m <= 0)
+                continue;
+            const void *xe = xb + (size_t)o * hidden * es;
+            CB(gemm_rows(g->blas, gate[e], t, xe, t, m, hidden, ffn, G + o * ffn, CUDA_R_32F));
+            CB(gemm_rows(g->blas, up[e], t, xe, t, m, hidden, ffn, U + o * ffn, CUDA_R_32F));
+        }
+
     int64_t nh = rows * ffn;
-    if (dt == EPM_GPU_BF16)
-        k_silu_mul<<<blocks_for(nh, 256), 256, 0, g->stream>>>(G, U, (__nv_bfloat16 *)Hh, nh);
+    unsigned nb = blocks_for(nh, 256);
+    if (gu_bf16)
+        k_silu_mul<<<nb, 256, 0, g->stream>>>((const __nv_bfloat16 *)G, (const __nv_bfloat16 *)U,
+                                               (__nv_bfloat16 *)Hh, nh);
+    else if (dt == EPM_GPU_BF16)
+        k_silu_mul<<<nb, 256, 0, g->stream>>>((const float *)G, (const float *)U, (__nv_bfloat16 *)Hh, nh);
     else
-        k_silu_mul<<<blocks_for(nh, 256), 256, 0, g->stream>>>(G, U, (float *)Hh, nh);
+        k_silu_mul<<<nb, 256, 0, g->stream>>>((const float *)G, (const float *)U, (float *)Hh, nh);
     LAUNCHED();
-    for (int e = 0; e < experts; e++) {
-        int64_t m = offsets[e + 1] - offsets[e];
-        if (m <= 0)
-            continue;
-        CB(gemm_rows(g->blas, down[e], t, Hh + (size_t)offsets[e] * ffn * es, t, m, ffn, hidden,
-                     yb + (size_t)offsets[e] * hidden * es, t));
+
+    if (dp) { // down: one call of ne groups, input and output of type dt
+        cublasStatus_t st = grouped_gemm(g, &p, 2 * ne, ne, dp + 8 * ne, dp + 9 * ne, dp + 10 * ne, t, t);
+        if (st != CUBLAS_STATUS_NOT_SUPPORTED)
+            CB(st);
+        down_grouped = st == CUBLAS_STATUS_SUCCESS;
     }
+    if (!down_grouped)
+        for (int e = 0; e < experts; e++) {
+            int64_t o = offsets[e], m = offsets[e + 1] - o;
+            if (m <= 0)
+                continue;
+            CB(gemm_rows(g->blas, down[e], t, Hh + (size_t)o * ffn * es, t, m, ffn, hidden,
+                         yb + (size_t)o * hidden * es, t));
+        }
     return EPM_OK;
 }
 

@@ -2,10 +2,16 @@
  * tolerances of ../unit/kernels_check.h (the CPU test's), float32 and
  * bfloat16. Exits 77 (skip) when cudaGetDeviceCount fails or finds no
  * device. The attention-probabilities output is the one stated limit of the
- * CUDA backend (EPM_ERR_UNSUPPORTED, checked below). */
+ * CUDA backend (EPM_ERR_UNSUPPORTED, checked below). The grouped FFN has two
+ * paths (cuBLAS grouped GEMM, per-expert GEMMs; EPM_CUDA_GROUPED_GEMM picks
+ * one when the backend is created): both are forced below, on the shared
+ * cases and on many-expert ones (256 experts, top-8, empty experts, odd
+ * widths, one hot expert), and many calls are queued without a sync between
+ * them (the pinned staging ring and the growth of the device pointer buffer). */
 #include "test_util.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../unit/kernels_check.h"
@@ -27,6 +33,203 @@ static void test_kernels_cuda_grouped_ffn_f32(void **state) { assert_true(kc_gro
 static void test_kernels_cuda_grouped_ffn_bf16(void **state)
 {
     assert_true(kc_grouped_ffn(*state, EPM_DTYPE_BF16, 0));
+}
+
+/* ---- the grouped FFN's two paths, many experts ---- */
+
+enum { KC_SKEWED = 100 }; /* slot 0 -> expert 5 for every token, the rest spread, some dropped */
+
+static const kc_ffn_case many_cases[] = {
+    {100, 67, 45, 256, 8, KC_RANDOM},     /* 256 experts, odd widths, runs of empty experts */
+    {300, 40, 24, 256, 8, KC_DROPS},      /* top-p: some slots empty */
+    {64, 33, 20, 256, 8, KC_HALF_EMPTY},  /* every odd expert idle */
+    {500, 67, 45, 256, 8, KC_SKEWED},     /* one expert with 500 rows beside experts with a few */
+    {200, 256, 128, 64, 6, KC_RANDOM},    /* widths the tensor cores like */
+};
+
+static kc_routing skewed_routing(int64_t n, int E, int K)
+{
+    int32_t *ids = malloc((size_t)(n ? n : 1) * K * sizeof *ids);
+    assert_non_null(ids);
+    for (int64_t t = 0; t < n; t++)
+        for (int j = 0; j < K; j++) {
+            int e = j == 0 ? 5 : (int)((t * 13 + j * 37) % E);
+            ids[t * K + j] = j > 0 && e == 5 ? -1 : e;
+        }
+    kc_routing r = {n, 0, E, K, ids, NULL, NULL, NULL};
+    r.src = malloc((size_t)(n ? n : 1) * K * 4), r.row_of = malloc((size_t)(n ? n : 1) * K * 4);
+    r.off = malloc((size_t)(E + 1) * 8);
+    assert_true(r.src && r.row_of && r.off);
+    assert_int_equal(epm_ref_route(r.ids, n, K, E, r.off, r.src, r.row_of), EPM_OK);
+    r.rows = r.off[E];
+    return r;
+}
+
+/* One case of the grouped FFN on c->fast beside the reference (kc_grouped_ffn's body for one case). */
+static void ffn_case(kc_ctx *c, epm_dtype dt, const kc_ffn_case *k, const char *path)
+{
+    size_t es = epm_dtype_size(dt);
+    int h = k->hidden, f = k->ffn, E = k->E;
+    kc_routing r = k->mode == KC_SKEWED ? skewed_routing(k->n, E, k->k)
+                                        : kc_make_routing(k->n, E, k->k, k->mode, &c->seed);
+    float *xf = kc_rnd((size_t)r.rows * h, &c->seed), *wf = kc_rnd((size_t)E * 3 * f * h, &c->seed);
+    for (size_t j = 0; j < (size_t)E * 3 * f * h; j++)
+        wf[j] *= 2.0f / sqrtf((float)(h + f));
+    void *x = kc_as(xf, r.rows * h, dt), *w = kc_as(wf, (int64_t)E * 3 * f * h, dt);
+    kc_buf bf[3] = {{x, (size_t)r.rows * h * es, 0, 0}, {w, (size_t)E * 3 * f * h * es, 0, 0},
+                    {NULL, (size_t)r.rows * h * es, 0, 0}};
+    kc_upload_all(c, bf, 3);
+    const void **g[2], **u[2], **d[2];
+    void *scr[2];
+    epm_kernels *kb[2] = {c->ref, c->fast};
+    for (int s = 0; s < 2; s++) {
+        g[s] = calloc((size_t)E, sizeof(void *)), u[s] = calloc((size_t)E, sizeof(void *));
+        d[s] = calloc((size_t)E, sizeof(void *));
+        assert_true(g[s] && u[s] && d[s]);
+        char *base = s ? bf[1].fast_d : bf[1].ref_d;
+        for (int e = 0; e < E; e++) {
+            if (r.off[e + 1] == r.off[e])
+                continue; /* an expert with no rows is not loaded: NULL weights */
+            g[s][e] = base + (size_t)e * 3 * f * h * es;
+            u[s][e] = base + ((size_t)e * 3 + 1) * f * h * es;
+            d[s][e] = base + ((size_t)e * 3 + 2) * f * h * es;
+        }
+        size_t sb = epm_kernels_ops(kb[s])->grouped_ffn_scratch(kb[s], dt, r.rows, h, f);
+        assert_int_equal(epm_kernels_ops(kb[s])->alloc(kb[s], sb, &scr[s]), EPM_OK);
+    }
+    assert_int_equal(c->R->grouped_ffn(c->ref, dt, bf[0].ref_d, r.off, E, h, f, g[0], u[0], d[0], scr[0], bf[2].ref_d),
+                     EPM_OK);
+    assert_int_equal(
+        c->F->grouped_ffn(c->fast, dt, bf[0].fast_d, r.off, E, h, f, g[1], u[1], d[1], scr[1], bf[2].fast_d), EPM_OK);
+    int used = 0;
+    for (int e = 0; e < E; e++)
+        used += r.off[e + 1] > r.off[e];
+    char what[160];
+    snprintf(what, sizeof what, "grouped_ffn (%s) %s n %d hidden %d ffn %d E %d (%d used, %lld rows) k %d mode %d",
+             path, epm_dtype_name(dt), k->n, h, f, E, used, (long long)r.rows, k->k, k->mode);
+    void *wy = kc_down(c->ref, bf[2].ref_d, bf[2].bytes), *gy = kc_down(c->fast, bf[2].fast_d, bf[2].bytes);
+    float *wy32 = kc_to_f32(wy, r.rows * h, dt), *gy32 = kc_to_f32(gy, r.rows * h, dt);
+    kc_close(what, gy32, wy32, r.rows * h, dt == EPM_DTYPE_F32 ? KC_F32_TOL : KC_BF16_TOL);
+    free(wy), free(gy), free(wy32), free(gy32);
+    for (int s = 0; s < 2; s++) {
+        kc_free(kb[s], scr[s]);
+        free(g[s]), free(u[s]), free(d[s]);
+    }
+    kc_release(c, bf, 3);
+    free(xf), free(wf), free(x), free(w);
+    kc_free_routing(&r);
+}
+
+/* A cuda backend created with EPM_CUDA_GROUPED_GEMM = mode, in a copy of the fixture's context. */
+static kc_ctx with_mode(const kc_ctx *c, const char *mode)
+{
+    kc_ctx m = *c;
+    assert_int_equal(setenv("EPM_CUDA_GROUPED_GEMM", mode, 1), 0);
+    epm_status st = epm_kernels_create("cuda", &m.fast);
+    unsetenv("EPM_CUDA_GROUPED_GEMM");
+    assert_int_equal(st, EPM_OK);
+    m.F = epm_kernels_ops(m.fast);
+    return m;
+}
+
+static void many_experts(kc_ctx *c, epm_dtype dt)
+{
+    for (size_t i = 0; i < sizeof many_cases / sizeof *many_cases; i++) /* the fixture's backend: auto */
+        ffn_case(c, dt, &many_cases[i], "auto");
+    static const char *const modes[] = {"on", "off"};
+    for (int mi = 0; mi < 2; mi++) {
+        kc_ctx m = with_mode(c, modes[mi]);
+        assert_true(kc_grouped_ffn(&m, dt, 0)); /* the shared cases on this path */
+        for (size_t i = 0; i < sizeof many_cases / sizeof *many_cases; i++)
+            ffn_case(&m, dt, &many_cases[i], modes[mi]);
+        c->seed = m.seed;
+        epm_kernels_destroy(m.fast);
+    }
+}
+
+static void test_kernels_cuda_grouped_ffn_many_experts_f32(void **state) { many_experts(*state, EPM_DTYPE_F32); }
+static void test_kernels_cuda_grouped_ffn_many_experts_bf16(void **state) { many_experts(*state, EPM_DTYPE_BF16); }
+
+/* Calls queued back to back with no sync between them, more than the pinned
+ * staging ring has slots, with expert counts that grow the pointer buffers
+ * while earlier calls still read them; every output checked afterwards. */
+static void queued(kc_ctx *c, epm_dtype dt)
+{
+    enum { CALLS = 20, H = 40, F = 24, EMAX = 600 };
+    static const int ex[CALLS] = {8, 256, 16, 600, 3, 256, 64, 1, 600, 32, 8, 256, 16, 600, 3, 256, 64, 1, 600, 32};
+    kc_ctx m = with_mode(c, "on");
+    size_t es = epm_dtype_size(dt);
+    float *wf = kc_rnd((size_t)EMAX * 3 * F * H, &m.seed);
+    for (size_t j = 0; j < (size_t)EMAX * 3 * F * H; j++)
+        wf[j] *= 2.0f / sqrtf((float)(H + F));
+    void *w = kc_as(wf, (int64_t)EMAX * 3 * F * H, dt);
+    void *wd = kc_up(m.fast, w, (size_t)EMAX * 3 * F * H * es);
+    const void **g = calloc(EMAX, sizeof(void *)), **u = calloc(EMAX, sizeof(void *));
+    const void **d = calloc(EMAX, sizeof(void *));
+    assert_true(g && u && d);
+    for (int e = 0; e < EMAX; e++) { /* every expert loaded: empty ones are skipped by the backend */
+        g[e] = (char *)wd + (size_t)e * 3 * F * H * es;
+        u[e] = (char *)wd + ((size_t)e * 3 + 1) * F * H * es;
+        d[e] = (char *)wd + ((size_t)e * 3 + 2) * F * H * es;
+    }
+    kc_routing r[CALLS];
+    float *xf[CALLS];
+    void *x[CALLS], *xd[CALLS], *yd[CALLS], *sd[CALLS];
+    for (int i = 0; i < CALLS; i++) {
+        r[i] = kc_make_routing(7 + 13 * i, ex[i], ex[i] < 8 ? ex[i] : 8, i % 3 == 2 ? KC_DROPS : KC_RANDOM, &m.seed);
+        xf[i] = kc_rnd((size_t)r[i].rows * H, &m.seed);
+        x[i] = kc_as(xf[i], r[i].rows * H, dt);
+        xd[i] = kc_up(m.fast, x[i], (size_t)r[i].rows * H * es);
+        yd[i] = kc_up(m.fast, NULL, (size_t)r[i].rows * H * es);
+        assert_int_equal(m.F->alloc(m.fast, m.F->grouped_ffn_scratch(m.fast, dt, r[i].rows, H, F), &sd[i]), EPM_OK);
+    }
+    for (int i = 0; i < CALLS; i++) /* no sync in between */
+        assert_int_equal(m.F->grouped_ffn(m.fast, dt, xd[i], r[i].off, ex[i], H, F, g, u, d, sd[i], yd[i]), EPM_OK);
+    for (int i = 0; i < CALLS; i++) {
+        size_t ybytes = (size_t)r[i].rows * H * es;
+        void *want = malloc(ybytes ? ybytes : 1);
+        void *scr = malloc(m.R->grouped_ffn_scratch(m.ref, dt, r[i].rows, H, F) + 1);
+        assert_true(want && scr);
+        const void **gh = calloc((size_t)ex[i], sizeof(void *)), **uh = calloc((size_t)ex[i], sizeof(void *));
+        const void **dh = calloc((size_t)ex[i], sizeof(void *));
+        assert_true(gh && uh && dh);
+        for (int e = 0; e < ex[i]; e++) {
+            gh[e] = (char *)w + (size_t)e * 3 * F * H * es;
+            uh[e] = (char *)w + ((size_t)e * 3 + 1) * F * H * es;
+            dh[e] = (char *)w + ((size_t)e * 3 + 2) * F * H * es;
+        }
+        assert_int_equal(m.R->grouped_ffn(m.ref, dt, x[i], r[i].off, ex[i], H, F, gh, uh, dh, scr, want), EPM_OK);
+        void *got = kc_down(m.fast, yd[i], ybytes);
+        float *got32 = kc_to_f32(got, r[i].rows * H, dt), *want32 = kc_to_f32(want, r[i].rows * H, dt);
+        char what[96];
+        snprintf(what, sizeof what, "queued grouped_ffn %s call %d (E %d, %lld rows)", epm_dtype_name(dt), i, ex[i],
+                 (long long)r[i].rows);
+        kc_close(what, got32, want32, r[i].rows * H, dt == EPM_DTYPE_F32 ? KC_F32_TOL : KC_BF16_TOL);
+        free(want), free(scr), free(gh), free(uh), free(dh), free(got), free(got32), free(want32);
+        kc_free(m.fast, xd[i]), kc_free(m.fast, yd[i]), kc_free(m.fast, sd[i]);
+        free(xf[i]), free(x[i]);
+        kc_free_routing(&r[i]);
+    }
+    kc_free(m.fast, wd);
+    free(wf), free(w), free(g), free(u), free(d);
+    c->seed = m.seed;
+    epm_kernels_destroy(m.fast);
+}
+
+static void test_kernels_cuda_grouped_ffn_queued_f32(void **state) { queued(*state, EPM_DTYPE_F32); }
+static void test_kernels_cuda_grouped_ffn_queued_bf16(void **state) { queued(*state, EPM_DTYPE_BF16); }
+
+static void test_kernels_cuda_grouped_mode_refused(void **state)
+{
+    (void)state;
+    epm_kernels *kb = NULL;
+    assert_int_equal(setenv("EPM_CUDA_GROUPED_GEMM", "sometimes", 1), 0);
+    epm_status st = epm_kernels_create("cuda", &kb);
+    unsetenv("EPM_CUDA_GROUPED_GEMM");
+    assert_int_equal(st, EPM_ERR_INVALID_ARG);
+    assert_null(kb);
+    assert_non_null(strstr(epm_last_error(), "EPM_CUDA_GROUPED_GEMM"));
+    epm_clear_error();
 }
 
 static void test_kernels_cuda_attention_probs_refused(void **state)
@@ -57,6 +260,11 @@ int main(void)
         cmocka_unit_test(test_kernels_cuda_embed_convert),
         cmocka_unit_test(test_kernels_cuda_grouped_ffn_f32),
         cmocka_unit_test(test_kernels_cuda_grouped_ffn_bf16),
+        cmocka_unit_test(test_kernels_cuda_grouped_ffn_many_experts_f32),
+        cmocka_unit_test(test_kernels_cuda_grouped_ffn_many_experts_bf16),
+        cmocka_unit_test(test_kernels_cuda_grouped_ffn_queued_f32),
+        cmocka_unit_test(test_kernels_cuda_grouped_ffn_queued_bf16),
+        cmocka_unit_test(test_kernels_cuda_grouped_mode_refused),
         cmocka_unit_test(test_kernels_cuda_attention_probs_refused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
