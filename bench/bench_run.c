@@ -37,9 +37,10 @@ static const char usage[] =
     "                       --capacities (default 1,0.75,0.5,0.25), live routing, contiguous placement:\n"
     "                       tokens/s, bytes and the same deviation columns, from capacity 1\n"
     "  --capacities LIST    MoD capacities for --mod\n"
+    "  --kernels K          ref, blas (default) or cuda, as epmoe run --kernels\n"
     "  --csv                CSV rows instead of a table\n";
 
-enum { O_TA = 300, O_MOD, O_CAPS };
+enum { O_TA = 300, O_MOD, O_CAPS, O_KER };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -52,11 +53,14 @@ static const struct option opts[] = {
     {"reps", required_argument, 0, O_REPS},   {"csv", no_argument, 0, O_CSV},
     {"help", no_argument, 0, O_HELP},         {"ta", required_argument, 0, O_TA},
     {"mod", required_argument, 0, O_MOD},     {"capacities", required_argument, 0, O_CAPS},
+    {"kernels", required_argument, 0, O_KER},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
  * or MoD capacity 1): what topology-aware gating or layer skipping saves and
  * what it costs in output fidelity. mod: EPM_MOD_OFF sweeps TA strengths. */
+static const char *kernels = "blas";
+
 static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm_mod_source mod, epm_mode mode,
                           int vn, int batch, const int *lens, int32_t **prompts, int nnew, int csv)
 {
@@ -89,7 +93,7 @@ static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm
         } else {
             o.ta_strength = value;
         }
-        o.ops = "blas";
+        o.ops = kernels;
         epm_run_result *res = NULL;
         epm_status st = epm_run(&o, batch, lens, (const int32_t *const *)prompts, &res);
         if (st != EPM_OK) {
@@ -184,6 +188,7 @@ int epm_bench_run(int argc, char **argv)
         case O_CSV: csv = 1; break;
         case O_TA: ta_list = optarg; break;
         case O_CAPS: caps = optarg; break;
+        case O_KER: kernels = optarg; break;
         case O_MOD:
             if (!strcmp(optarg, "router"))
                 mod = EPM_MOD_ROUTER;
@@ -344,7 +349,7 @@ int epm_bench_run(int argc, char **argv)
                 o.virtual_nodes = (int)vn;
                 o.max_new_tokens = (int)nnew;
                 o.route_from = t;
-                o.ops = "blas";
+                o.ops = kernels;
                 epm_run_result *res = NULL;
                 st = epm_run(&o, (int)batch, lens, (const int32_t *const *)prompts, &res);
                 if (st != EPM_OK)

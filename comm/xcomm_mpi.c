@@ -125,19 +125,36 @@ epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
         if (MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
             return epm_fail(EPM_ERR_MPI, "MPI_Init_thread failed");
     }
-    epm_xcomm *x = epm_calloc(1, sizeof *x);
-    if (!x)
-        return EPM_ERR_NOMEM;
-    MPI_Comm_dup(MPI_COMM_WORLD, &x->comm);
+    /* the communicator first, then this rank's memory, then one agreement:
+     * a rank that cannot allocate must not leave the others in a collective */
+    MPI_Comm comm;
+    MPI_Comm_dup(MPI_COMM_WORLD, &comm);
     /* errors come back as codes; the runtime turns them into one message on every rank */
-    MPI_Comm_set_errhandler(x->comm, MPI_ERRORS_RETURN);
-    MPI_Comm_rank(x->comm, &x->rank);
-    MPI_Comm_size(x->comm, &x->size);
-    x->node_of = epm_malloc((size_t)x->size * sizeof *x->node_of);
-    if (!x->node_of) {
-        epm_xcomm_destroy(x);
-        return EPM_ERR_NOMEM;
+    MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+    int me = 0, size = 1;
+    MPI_Comm_rank(comm, &me);
+    MPI_Comm_size(comm, &size);
+    epm_xcomm *x = epm_calloc(1, sizeof *x);
+    int *node_of = epm_malloc((size_t)size * sizeof *node_of);
+    int *leads = epm_malloc((size_t)size * sizeof *leads);
+    int ok = x && node_of && leads, first = ok ? size : me;
+    MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, comm);
+    if (first < size) {
+        epm_free(x);
+        epm_free(node_of);
+        epm_free(leads);
+        MPI_Comm_free(&comm);
+        if (first == me) {
+            char why[512];
+            snprintf(why, sizeof why, "%s", epm_last_error());
+            return epm_fail(EPM_ERR_NOMEM, "rank %d: %s (its communicator state)", me, why);
+        }
+        return epm_fail(EPM_ERR_REMOTE, "rank %d could not allocate its communicator state", first);
     }
+    x->comm = comm;
+    x->rank = me;
+    x->size = size;
+    x->node_of = node_of;
     epm_status st = EPM_OK;
     if (virtual_nodes > 0) {
         if (x->size % virtual_nodes)
@@ -152,11 +169,6 @@ epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
         MPI_Comm_split_type(x->comm, MPI_COMM_TYPE_SHARED, x->rank, MPI_INFO_NULL, &shm);
         MPI_Allreduce(MPI_IN_PLACE, &lead, 1, MPI_INT, MPI_MIN, shm);
         MPI_Comm_free(&shm);
-        int *leads = epm_malloc((size_t)x->size * sizeof *leads);
-        if (!leads) {
-            epm_xcomm_destroy(x);
-            return EPM_ERR_NOMEM;
-        }
         MPI_Allgather(&lead, 1, MPI_INT, leads, 1, MPI_INT, x->comm);
         /* node id = how many node leaders come before this rank's leader */
         for (int r = 0; r < x->size; r++) {
@@ -165,8 +177,8 @@ epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
                 id += leads[q] == q;
             x->node_of[r] = id;
         }
-        epm_free(leads);
     }
+    epm_free(leads);
     if (st == EPM_OK) {
         x->nodes = x->node_of[x->size - 1] + 1;
         x->per_node = x->size / x->nodes;
@@ -182,10 +194,9 @@ epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
         x->a2a = o->a2a;
         x->hier = x->nodes > 1 && (o->hier == EPM_XHIER_ON || (o->hier == EPM_XHIER_AUTO && x->per_node > 2));
         st = make_transport(x);
-        /* a transport that failed on one rank (no GPU there) fails on all */
-        if (x->a2a != EPM_XA2A_ALLTOALLV)
-            st = epm_xcomm_agree(x, st);
     }
+    /* a transport that failed on one rank (no GPU, no memory there) fails on all */
+    st = epm_xcomm_agree(x, st);
     if (st != EPM_OK) {
         epm_xcomm_destroy(x);
         return st;
@@ -282,6 +293,78 @@ void epm_xcomm_set_timeout(double seconds) { agree_timeout_s = seconds > 0 ? sec
 
 void epm_xcomm_abort(epm_xcomm *x, int code) { MPI_Abort(x ? x->comm : MPI_COMM_WORLD, code); }
 
+/* After a timeout, which ranks are still alive: live ranks answer probes
+ * while they wait (answer_probes), a stalled or dead one does not. Tags far
+ * from any the exchanges use; point-to-point never matches a collective. */
+enum { TAG_PROBE = 0x7e51, TAG_REPLY = 0x7e52 };
+
+static void answer_probes(epm_xcomm *x)
+{
+    for (;;) {
+        int flag = 0, v;
+        MPI_Status stt;
+        if (MPI_Iprobe(MPI_ANY_SOURCE, TAG_PROBE, x->comm, &flag, &stt) != MPI_SUCCESS || !flag)
+            return;
+        MPI_Recv(&v, 1, MPI_INT, stt.MPI_SOURCE, TAG_PROBE, x->comm, MPI_STATUS_IGNORE);
+        MPI_Send(&x->rank, 1, MPI_INT, stt.MPI_SOURCE, TAG_REPLY, x->comm);
+    }
+}
+
+static epm_status blame(epm_xcomm *x, double waited)
+{
+    int R = x->size, me = x->rank;
+    int *ans = epm_calloc((size_t)R, sizeof *ans), *got = epm_calloc((size_t)R, sizeof *got);
+    MPI_Request *rq = epm_malloc(2 * (size_t)R * sizeof *rq);
+    if (!ans || !got || !rq) {
+        epm_free(ans);
+        epm_free(got);
+        epm_free(rq);
+        return epm_fail(EPM_ERR_TIMEOUT, "rank %d waited %.0f s (--timeout) for the other ranks: one of them "
+                        "stalled or died", me, waited);
+    }
+    for (int r = 0; r < R; r++) {
+        rq[r] = rq[R + r] = MPI_REQUEST_NULL;
+        if (r == me)
+            continue;
+        MPI_Irecv(&ans[r], 1, MPI_INT, r, TAG_REPLY, x->comm, &rq[r]);
+        MPI_Isend(&me, 1, MPI_INT, r, TAG_PROBE, x->comm, &rq[R + r]);
+    }
+    got[me] = 1;
+    double t0 = epm_now(), window = waited < 4 ? 2 : waited / 2;
+    for (int left = R - 1; left > 0 && epm_now() - t0 < window;) {
+        answer_probes(x);
+        for (int r = 0; r < R; r++) {
+            int done = 0;
+            if (!got[r] && MPI_Test(&rq[r], &done, MPI_STATUS_IGNORE) == MPI_SUCCESS && done) {
+                got[r] = 1;
+                left--;
+            }
+        }
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    char who[256] = "";
+    int o = 0, nmiss = 0, lowest_live = me;
+    for (int r = R - 1; r >= 0; r--)
+        if (got[r])
+            lowest_live = r;
+    for (int r = 0; r < R; r++)
+        if (!got[r] && o < (int)sizeof who - 16)
+            o += snprintf(who + o, sizeof who - (size_t)o, "%s%d", nmiss++ ? ", " : "", r);
+    /* the requests to a silent rank never complete; the job is about to end */
+    epm_free(ans);
+    epm_free(got);
+    epm_free(rq);
+    if (nmiss == 0)
+        return epm_fail(EPM_ERR_TIMEOUT, "rank %d waited %.0f s (--timeout) for the other ranks; all answered "
+                        "afterwards (a rank was too slow)", me, waited);
+    if (me == lowest_live)
+        return epm_fail(EPM_ERR_TIMEOUT, "rank%s %s stalled or died: no answer for %.0f s (--timeout)",
+                        nmiss > 1 ? "s" : "", who, waited);
+    return epm_fail(EPM_ERR_REMOTE, "rank%s %s stalled or died (rank %d reports it)", nmiss > 1 ? "s" : "", who,
+                    lowest_live);
+}
+
 epm_status epm_xcomm_agree(epm_xcomm *x, epm_status local)
 {
     /* lowest failing rank wins; its message travels to everyone. The wait has
@@ -297,9 +380,9 @@ epm_status epm_xcomm_agree(epm_xcomm *x, epm_status local)
         if (done)
             break;
         if (agree_timeout_s > 0 && epm_now() - t0 > agree_timeout_s)
-            return epm_fail(EPM_ERR_TIMEOUT,
-                            "rank %d waited %.0f s (--timeout) for the other ranks: one of them stalled or died",
-                            x->rank, agree_timeout_s);
+            return blame(x, agree_timeout_s);
+        if (agree_timeout_s > 0)
+            answer_probes(x);
         struct timespec ts = {0, 200000};
         nanosleep(&ts, NULL);
     }
@@ -334,30 +417,37 @@ epm_status epm_xcomm_gather_bytes(epm_xcomm *x, const void *buf, int64_t n, void
     int R = x->size, cnt = (int)n;
     *out = NULL;
     *out_n = 0;
-    int *counts = epm_malloc((size_t)R * sizeof *counts), *disp = epm_malloc((size_t)R * sizeof *disp);
-    if (!counts || !disp) {
-        epm_free(counts);
-        epm_free(disp);
-        return EPM_ERR_NOMEM;
-    }
+    /* a rank that cannot allocate still takes part in every collective up
+     * to the agreement, so that no other rank is left waiting in one */
+    int *counts = NULL, *disp = NULL;
     epm_status st = EPM_OK;
-    int rc = MPI_Gather(&cnt, 1, MPI_INT, counts, 1, MPI_INT, 0, x->comm);
-    char *all = NULL;
-    int64_t total = 0;
-    if (rc != MPI_SUCCESS) {
-        st = epm_xcomm_mpi_err(rc, "MPI_Gather of sizes");
-    } else if (x->rank == 0) {
-        for (int r = 0; r < R; r++) {
-            disp[r] = (int)total;
-            total += counts[r];
-        }
-        all = epm_malloc((size_t)(total ? total : 1));
-        if (!all)
+    if (x->rank == 0) {
+        counts = epm_malloc((size_t)R * sizeof *counts);
+        disp = epm_malloc((size_t)R * sizeof *disp);
+        if (!counts || !disp)
             st = EPM_ERR_NOMEM;
     }
-    if (rc == MPI_SUCCESS) {
-        rc = MPI_Gatherv(buf, cnt, MPI_BYTE, all, counts, disp, MPI_BYTE, 0, x->comm);
-        if (rc != MPI_SUCCESS && st == EPM_OK)
+    st = epm_xcomm_agree(x, st);
+    char *all = NULL;
+    int64_t total = 0;
+    if (st == EPM_OK) {
+        int rc = MPI_Gather(&cnt, 1, MPI_INT, counts, 1, MPI_INT, 0, x->comm);
+        if (rc != MPI_SUCCESS)
+            st = epm_xcomm_mpi_err(rc, "MPI_Gather of sizes");
+        if (st == EPM_OK && x->rank == 0) {
+            for (int r = 0; r < R; r++) {
+                disp[r] = (int)total;
+                total += counts[r];
+            }
+            all = epm_malloc((size_t)(total ? total : 1));
+            if (!all)
+                st = EPM_ERR_NOMEM;
+        }
+        st = epm_xcomm_agree(x, st);
+    }
+    if (st == EPM_OK) {
+        int rc = MPI_Gatherv(buf, cnt, MPI_BYTE, all, counts, disp, MPI_BYTE, 0, x->comm);
+        if (rc != MPI_SUCCESS)
             st = epm_xcomm_mpi_err(rc, "MPI_Gatherv");
     }
     epm_free(counts);

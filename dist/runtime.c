@@ -110,8 +110,10 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     }
     for (int64_t i = 0; i < n; i++) {
         int s = seq_of(r, g[i]), ci = r->cidx[g[i] - r->g0];
-        epm_attention(q + i * qd, 1, &ci, r->kc[(size_t)l * r->B + s], r->vc[(size_t)l * r->B + s], c->num_heads,
-                      c->num_kv_heads, c->head_dim, att + i * qd, probs, r->max_len);
+        st = epm_attention(q + i * qd, 1, &ci, r->kc[(size_t)l * r->B + s], r->vc[(size_t)l * r->B + s],
+                           c->num_heads, c->num_kv_heads, c->head_dim, att + i * qd, probs, r->max_len);
+        if (st != EPM_OK)
+            goto out;
         if (amod)
             epm_mod_attention_add(r, s, ci, probs);
     }
@@ -910,11 +912,12 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
 
 static void teardown(rt *r)
 {
-    if (r->kc)
-        for (size_t i = 0; i < (size_t)r->c->num_layers * r->B; i++) {
+    for (size_t i = 0; r->c && i < (size_t)r->c->num_layers * r->B; i++) {
+        if (r->kc)
             epm_free(r->kc[i]);
+        if (r->vc)
             epm_free(r->vc[i]);
-        }
+    }
     epm_free(r->kc);
     epm_free(r->vc);
     epm_free(r->offset);
@@ -983,11 +986,9 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     memset(&r, 0, sizeof r);
     r.o = o;
     r.ref = epm_ops_ref();
+    if (o->ops && strcmp(o->ops, "ref") && strcmp(o->ops, "blas"))
+        return epm_fail(EPM_ERR_UNSUPPORTED, "--kernels %s: this runtime runs ref or blas", o->ops);
     r.ops = o->ops && !strcmp(o->ops, "ref") ? epm_ops_ref() : epm_ops_blas();
-    epm_run_result *res = epm_calloc(1, sizeof *res);
-    if (!res)
-        return EPM_ERR_NOMEM;
-    r.rep = &res->report;
     epm_xcomm_set_timeout(o->timeout_s);
     epm_xcomm_opts xo;
     epm_xcomm_opts_init(&xo);
@@ -999,10 +1000,17 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         st = epm_fail(EPM_ERR_INVALID_ARG, "--hier '%s': expected auto, on or off", o->a2a_hier);
     if (st == EPM_OK)
         st = epm_xcomm_create_opts(&xo, &r.x);
+    if (st != EPM_OK)
+        return st;
+    /* from here on every failure is agreed before anyone returns */
+    epm_run_result *res = epm_calloc(1, sizeof *res);
+    st = sync(&r, res ? EPM_OK : EPM_ERR_NOMEM);
     if (st != EPM_OK) {
         epm_free(res);
+        epm_xcomm_destroy(r.x);
         return st;
     }
+    r.rep = &res->report;
     r.me = epm_xcomm_rank(r.x);
     r.R = epm_xcomm_size(r.x);
     int64_t n = 0, *g = NULL;

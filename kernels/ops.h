@@ -46,7 +46,7 @@ void epm_rope(float *x, int64_t n, int heads, int hd, const int32_t *pos, double
  * pos[i], against cached K/V rows 0..max(pos) of that sequence:
  * q [n][heads][hd], kc/vc [cache_len][kv_heads][hd], out [n][heads][hd].
  * probs, when not NULL, receives [heads][n][cache_len] softmax weights. */
-void epm_attention(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc, int heads,
+epm_status epm_attention(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc, int heads,
                    int kv_heads, int hd, float *out, float *probs, int64_t cache_len);
 
 /* In-place softmax over d entries. */

@@ -46,10 +46,10 @@ void epm_rope(float *x, int64_t n, int heads, int hd, const int32_t *pos, double
     (void)epm_ref_rope(x, n, heads, hd, pos, theta);
 }
 
-void epm_attention(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc, int heads,
-                   int kv_heads, int hd, float *out, float *probs, int64_t cache_len)
+epm_status epm_attention(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc, int heads,
+                         int kv_heads, int hd, float *out, float *probs, int64_t cache_len)
 {
-    (void)epm_ref_attention(q, n, pos, kc, vc, cache_len, heads, kv_heads, hd, out, probs);
+    return epm_ref_attention(q, n, pos, kc, vc, cache_len, heads, kv_heads, hd, out, probs);
 }
 
 void epm_softmax(float *x, int d) { (void)epm_ref_softmax(x, 1, d, x); }

@@ -181,9 +181,10 @@ epm_status epm_ref_attention(const float *q, int64_t n, const int32_t *pos, cons
     for (int64_t i = 0; i < n; i++)
         KREQ(pos[i] >= 0 && pos[i] < cache_len, "attention: pos[%lld] = %d is outside [0, cache_len = %lld)",
              (long long)i, pos[i], (long long)cache_len);
-    double *acc = epm_malloc((size_t)hd * sizeof *acc);
+    double small[512]; /* every head_dim the runtime accepts: no allocation in the layer loop */
+    double *acc = hd <= 512 ? small : epm_malloc((size_t)hd * sizeof *acc);
     if (!acc)
-        return epm_fail(EPM_ERR_NOMEM, "attention: head_dim %d", hd);
+        return epm_fail(EPM_ERR_NOMEM, "attention: allocation of a %d-wide accumulator failed", hd);
     int group = heads / kv_heads;
     double scale = 1.0 / sqrt((double)hd);
     for (int64_t i = 0; i < n; i++) {
@@ -226,6 +227,7 @@ epm_status epm_ref_attention(const float *q, int64_t n, const int32_t *pos, cons
             }
         }
     }
-    epm_free(acc);
+    if (acc != small)
+        epm_free(acc);
     return EPM_OK;
 }

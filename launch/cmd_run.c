@@ -1,5 +1,6 @@
 /* epmoe run: distributed inference of a Hugging Face MoE checkpoint. Run it
  * under mpirun; every rank parses the same arguments. */
+#include <dirent.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,28 @@ static const struct option opts[] = {
     {"mod-layers", required_argument, 0, O_MODLAY}, {"ta-node-cap", required_argument, 0, O_TACAP},
     {"a2a", required_argument, 0, O_A2A},            {"hier", required_argument, 0, O_HIER},
     {0, 0, 0, 0}};
+
+/* The checkpoint file (a name in dir) that out would overwrite, or NULL:
+ * compared as files, so other spellings, symlinks and hard links count. */
+static const char *model_file_clash(const char *dir, const char *out)
+{
+    static char name[256];
+    DIR *d = opendir(dir);
+    if (!d)
+        return NULL;
+    const char *hit = NULL;
+    for (struct dirent *e; !hit && (e = readdir(d));) {
+        char path[4096];
+        if (e->d_name[0] == '.' || snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path)
+            continue;
+        if (cli_same_file(path, out)) {
+            snprintf(name, sizeof name, "%s", e->d_name);
+            hit = name;
+        }
+    }
+    closedir(d);
+    return hit;
+}
 
 static epm_status write_logits(const char *path, const epm_run_result *res, int all)
 {
@@ -269,6 +292,11 @@ int epm_cli_run(int argc, char **argv)
         for (int j = 0; j < 3; j++)
             if (outs[i] && ins[j] && cli_same_file(outs[i], ins[j]))
                 return cli_usage_error(W, "output '%s' would overwrite an input", outs[i]);
+    for (int i = 0; i < 2; i++) {
+        const char *hit = outs[i] ? model_file_clash(o.model_dir, outs[i]) : NULL;
+        if (hit)
+            return cli_usage_error(W, "output '%s' would overwrite the checkpoint's %s", outs[i], hit);
+    }
     if (bind || report_bindings)
         bind_rank(bind, report_bindings);
     epm_tokens *pr = NULL;
@@ -308,7 +336,7 @@ int epm_cli_run(int argc, char **argv)
         rc = EPM_EXIT_FAIL;
     } else if (st != EPM_OK) {
         /* every rank knows the failure; one of them says it */
-        if (rank == 0 || st != EPM_ERR_REMOTE)
+        if (st != EPM_ERR_REMOTE)
             rc = cli_fail(W, st);
         else
             rc = EPM_EXIT_FAIL;
