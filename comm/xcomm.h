@@ -100,12 +100,55 @@ epm_status epm_xcomm_exchange_start_buf(epm_xcomm *x, int64_t n, const int *dest
                                         epm_xcomm_req **req);
 epm_status epm_xcomm_exchange_wait_buf(epm_xcomm_req *req);
 
+/* Multi-destination exchange: row i (width floats, the first payload_floats
+ * of which are counted as payload) goes to every rank listed in
+ * dest[i * slots .. i * slots + slots): -1 entries are skipped (anywhere,
+ * not only trailing), the others must be ranks of the communicator and
+ * distinct within the row (else EPM_ERR_INVALID_ARG before any transfer: a
+ * caller's bug, returned on the ranks that made it). The caller's own rank
+ * may be listed: that copy is delivered without MPI, as epm_xcomm_exchange
+ * delivers rows to oneself. A row with no rank listed is not sent. slots
+ * may differ between ranks (0 = nothing sent).
+ *
+ * Every rank receives exactly what epm_xcomm_exchange would deliver had the
+ * caller replicated row i once per listed rank: the same rows, ordered by
+ * source rank, then by row index at the source; out_src the same. counted
+ * also adds what that replicated exchange would count (the eval.h model:
+ * payload bytes per row and listed rank other than the caller's, under the
+ * link class of (caller, rank)), so plan and run agree whichever path runs.
+ *
+ * Flat path: one copy per listed rank, packed from the caller's rows; the
+ * wire bytes equal the counted ones. Hierarchical path (three hops): a row
+ * crosses between nodes once per destination node, to a rank of that node
+ * it is destined for, which fans it out to the row's other ranks there;
+ * the wire counts the gathering hop and the fan-out as intra and the hop
+ * between nodes as inter (see comm/xcomm_a2a.c). The split-phase and
+ * buffer variants mirror epm_xcomm_exchange's: the same request and waits
+ * (epm_xcomm_exchange_wait, _wait_buf, _cancel); the hierarchical path runs
+ * its second and third hops in the wait. */
+epm_status epm_xcomm_exchange_multi(epm_xcomm *x, int64_t n, int slots, const int *dest, const float *rows, int width,
+                                    int payload_floats, int64_t counted[EPM_LINK_COUNT], float **out_rows,
+                                    int **out_src, int64_t *out_n);
+epm_status epm_xcomm_exchange_multi_start(epm_xcomm *x, int64_t n, int slots, const int *dest, const float *rows,
+                                          int width, int payload_floats, int64_t counted[EPM_LINK_COUNT],
+                                          epm_xcomm_req **req);
+epm_status epm_xcomm_exchange_multi_buf(epm_xcomm *x, int64_t n, int slots, const int *dest, const float *rows,
+                                        int width, int payload_floats, int64_t counted[EPM_LINK_COUNT],
+                                        epm_xcomm_buf *out);
+epm_status epm_xcomm_exchange_multi_start_buf(epm_xcomm *x, int64_t n, int slots, const int *dest, const float *rows,
+                                              int width, int payload_floats, int64_t counted[EPM_LINK_COUNT],
+                                              epm_xcomm_buf *out, epm_xcomm_req **req);
+
 /* What really went over the links, per link class of each hop: payload bytes
  * (payload_floats * 4 per row per hop) and messages (one per non-empty
  * per-peer block). On the flat path bytes equal the counted (eval.h) bytes;
  * the hierarchical path counts its gathering hop as intra and its hop
  * between nodes as inter, while `counted` keeps the eval.h model
- * (source rank -> destination rank) so that plan and run still agree. */
+ * (source rank -> destination rank) so that plan and run still agree.
+ * exchange_multi's hierarchical path adds its fan-out hop to intra; its
+ * inter bytes are one payload per (row, destination node other than the
+ * caller's), below the counted inter bytes whenever a row has several
+ * destination ranks on one other node. */
 typedef struct epm_xcomm_wire {
     int64_t bytes[EPM_LINK_COUNT];
     int64_t msgs[EPM_LINK_COUNT];

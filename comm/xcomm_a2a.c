@@ -1,10 +1,13 @@
 /* Row exchange: flat (one hop, source -> destination) and hierarchical
  * (an intra-node hop that gathers the rows for each destination local rank,
  * then one hop between nodes straight to the destination: Tutel's 2DH),
- * both split into start and wait. Every hop packs its
+ * both split into start and wait; and the multi-destination exchange (a row
+ * given once for several ranks: replicated on the flat path, sent between
+ * nodes once per destination node on the hierarchical one). Every hop packs its
  * rows by destination, exchanges the per-peer counts, copies its own rows
  * and leaves the rest to the transport table (transport.h: alltoallv, p2p,
  * staged, NCCL). */
+#include <stdlib.h>
 #include <string.h>
 
 #include "xcomm_internal.h"
@@ -26,9 +29,10 @@ struct epm_xcomm_req {
     int width;
     size_t payload; /* bytes counted per row per hop */
     hop h[3];
-    int nhops;
+    int nhops;               /* 1 flat, 2 hierarchical, 3 hierarchical multi-destination */
     epm_xcomm_buf *out, own; /* own: for the calls that hand out fresh buffers */
     char *aug;               /* hierarchical: the gathering hop's rows */
+    char *maug[2];           /* multi-destination: the rows sent by hops 1 and 2 */
 };
 
 enum { HDR = 2 * sizeof(int32_t) }; /* hierarchical rows: source rank, final rank, then the row */
@@ -110,12 +114,24 @@ static void hop_free(epm_xcomm *x, hop *h)
     memset(h, 0, sizeof *h);
 }
 
+/* A rank that failed (out of memory) before an exchange's first collective
+ * still takes part in it, sending counts of -1, so that every rank returns
+ * instead of waiting for it: hop_start reads a negative count as the
+ * sender's failure. */
+static epm_status hop_poison(epm_xcomm *x, epm_status st)
+{
+    for (int r = 0; r < x->size; r++)
+        x->poison[r] = -1;
+    MPI_Alltoall(x->poison, 1, MPI_INT64_T, x->poison + x->size, 1, MPI_INT64_T, x->comm);
+    return st;
+}
+
 /* into: receive straight into the caller's buffer (grown) instead of scratch.
  * borrow: the rows stay valid until the wait, so rows already grouped by
  * destination (a combine sending back in received order, or a dispatch
  * built by destination) are sent from where they are, without packing. */
 static epm_status hop_start(epm_xcomm *x, hop *h, int64_t n, const int *dest, const char *rows, size_t rb,
-                            size_t payload, int tag, epm_xcomm_buf *into, int borrow)
+                            size_t payload, int tag, epm_xcomm_buf *into, int borrow, const int64_t *rowmap)
 {
     int R = x->size, me = x->rank;
     memset(h, 0, sizeof *h);
@@ -123,7 +139,7 @@ static epm_status hop_start(epm_xcomm *x, hop *h, int64_t n, const int *dest, co
     h->tag = tag;
     h->scount = pool_get(x, (4 * (size_t)R + 2) * sizeof(int64_t));
     if (!h->scount)
-        return EPM_ERR_NOMEM;
+        return hop_poison(x, EPM_ERR_NOMEM);
     memset(h->scount, 0, (4 * (size_t)R + 2) * sizeof(int64_t));
     h->rcount = h->scount + R;
     h->soff = h->scount + 2 * R;
@@ -134,6 +150,7 @@ static epm_status hop_start(epm_xcomm *x, hop *h, int64_t n, const int *dest, co
     for (int r = 0; r < R; r++)
         h->soff[r + 1] = h->soff[r] + h->scount[r];
     h->nsent = h->soff[R];
+    borrow = borrow && !rowmap;
     for (int64_t i = 1; i < n && borrow; i++)
         borrow = dest[i] >= dest[i - 1];
     borrow = borrow && (n == 0 || dest[0] >= 0);
@@ -141,15 +158,15 @@ static epm_status hop_start(epm_xcomm *x, hop *h, int64_t n, const int *dest, co
     h->sbuf = borrow ? (char *)rows : pool_get(x, (size_t)h->nsent * rb);
     h->sptr = pool_get(x, (size_t)h->nsent * sizeof *h->sptr);
     if (!h->sbuf || !h->sptr)
-        return EPM_ERR_NOMEM;
+        return hop_poison(x, EPM_ERR_NOMEM);
     if (!borrow) {
         int64_t *fill = epm_malloc((size_t)R * sizeof *fill);
         if (!fill)
-            return EPM_ERR_NOMEM;
+            return hop_poison(x, EPM_ERR_NOMEM);
         memcpy(fill, h->soff, (size_t)R * sizeof *fill);
         for (int64_t i = 0; i < n; i++)
             if (dest[i] >= 0)
-                memcpy(h->sbuf + (size_t)fill[dest[i]]++ * rb, rows + (size_t)i * rb, rb);
+                memcpy(h->sbuf + (size_t)fill[dest[i]]++ * rb, rows + (size_t)(rowmap ? rowmap[i] : i) * rb, rb);
         epm_free(fill);
     }
     for (int64_t j = 0; j < h->nsent; j++)
@@ -164,17 +181,27 @@ static epm_status hop_start(epm_xcomm *x, hop *h, int64_t n, const int *dest, co
     if (rc != MPI_SUCCESS)
         return epm_xcomm_mpi_err(rc, "MPI_Alltoall of row counts");
     for (int r = 0; r < R; r++)
+        if (h->rcount[r] < 0)
+            return epm_fail(EPM_ERR_REMOTE, "rank %d could not allocate for an exchange of rows", r);
+    for (int r = 0; r < R; r++)
         h->roff[r + 1] = h->roff[r] + h->rcount[r];
     h->nrecv = h->roff[R];
+    epm_status ast = EPM_OK;
     if (into) {
-        EPM_CHECK(grow((void **)&into->rows, &into->rows_cap, (size_t)h->nrecv * rb));
+        ast = grow((void **)&into->rows, &into->rows_cap, (size_t)h->nrecv * rb);
         h->rbuf = (char *)into->rows;
     } else {
         h->rbuf = pool_get(x, (size_t)h->nrecv * rb);
         h->rbuf_owned = 1;
-        if (!h->rbuf)
-            return EPM_ERR_NOMEM;
+        ast = h->rbuf ? EPM_OK : EPM_ERR_NOMEM;
     }
+    /* the receive buffers: every rank has its own, or nobody sends */
+    int first = ast == EPM_OK ? R : me;
+    rc = MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, x->comm);
+    if (rc != MPI_SUCCESS)
+        return epm_xcomm_mpi_err(rc, "MPI_Allreduce of receive-buffer status");
+    if (first < R)
+        return first == me ? ast : epm_fail(EPM_ERR_REMOTE, "rank %d could not allocate for an exchange of rows", first);
     /* staying on the rank moves nothing */
     memcpy(h->rbuf + (size_t)h->roff[me] * rb, h->sbuf + (size_t)h->soff[me] * rb, (size_t)h->scount[me] * rb);
     h->xf = (epm_xfer){.row_bytes = rb, .src_rows = h->sptr, .send_off = h->soff, .recv = h->rbuf,
@@ -201,6 +228,8 @@ static void req_free(epm_xcomm_req *q)
     for (int i = 0; i < 3; i++)
         hop_free(q->x, &q->h[i]);
     pool_put(q->x, q->aug);
+    pool_put(q->x, q->maug[0]);
+    pool_put(q->x, q->maug[1]);
     epm_free(q);
 }
 
@@ -236,7 +265,9 @@ static epm_status hier_start(epm_xcomm_req *q, int64_t n, const int *dest, const
     }
     epm_free(at);
     if (st == EPM_OK)
-        st = hop_start(x, &q->h[0], n, hd, aug, rb, q->payload, (int)(x->seq % 8192) * 4, NULL, 1);
+        st = hop_start(x, &q->h[0], n, hd, aug, rb, q->payload, (int)(x->seq % 8192) * 4, NULL, 1, NULL);
+    else
+        st = hop_poison(x, st);
     q->aug = aug; /* sent from until the wait */
     pool_put(x, hd);
     return st;
@@ -266,7 +297,7 @@ static epm_status hier_finish(epm_xcomm_req *q)
         int f = hdr_at(a->rbuf + (size_t)i * rb, 1);
         d[i] = x->node_of[f] == mine ? -1 : f;
     }
-    epm_status st = hop_start(x, c, na, d, a->rbuf, rb, q->payload, a->tag + 1, NULL, 1);
+    epm_status st = hop_start(x, c, na, d, a->rbuf, rb, q->payload, a->tag + 1, NULL, 1, NULL);
     if (st == EPM_OK)
         st = hop_wait(x, c);
     epm_free(d);
@@ -315,6 +346,382 @@ static epm_status hier_finish(epm_xcomm_req *q)
     return EPM_OK;
 }
 
+/* ---- multi-destination rows (exchange_multi) ----
+ *
+ * Hierarchical path, three hops, every rank taking part in each:
+ *   hop 0 (intra): a row goes once to each of its destinations on this node
+ *     and, for each other node m it has destinations on, once to this
+ *     node's gateway for m: local rank c of this node, where c is the local
+ *     index of one of the row's destinations on m (this rank's own local
+ *     index when it is one of them, so the hop is a copy; else one already
+ *     receiving the row in this hop; else one by rotation);
+ *   hop 1 (inter): the gateway (local c) sends the row once to rank (m, c),
+ *     itself a destination, with the list of the row's destinations on m;
+ *   hop 2 (intra): (m, c) fans the row out to the others of that list.
+ * A copy of a row carries in its header the destinations it still serves
+ * (a bitmask over ranks), so one copy to the gateway serves several nodes,
+ * and a gateway that is itself a destination gets one copy, not two. A row
+ * crosses between nodes once per destination node. Each rank takes the
+ * copies that name it; sorted by (source rank, source row) they are exactly
+ * what the flat exchange of the replicated rows delivers. */
+
+/* int32 source rank, int32 0, int64 row index at the source, the mask */
+static size_t mhdr_bytes(const epm_xcomm *x) { return 16 + 4 * (size_t)((x->size + 31) / 32); }
+
+static void mhdr_write(char *p, int32_t src, int64_t idx, const uint32_t *mask, int mw)
+{
+    int32_t h[2] = {src, 0};
+    memcpy(p, h, sizeof h);
+    memcpy(p + 8, &idx, sizeof idx);
+    memcpy(p + 16, mask, (size_t)mw * sizeof *mask);
+}
+
+/* Copies to send in one hop: copy k goes to rank tgt[k], is input row
+ * row[k] and serves the ranks of mask[k]. */
+typedef struct memit {
+    int64_t n;
+    int *tgt;
+    int64_t *row;
+    uint32_t *mask; /* [n][mw] */
+} memit;
+
+typedef struct mscratch {
+    uint32_t *tm;   /* [R][mw]: per next rank, the destinations its copy of the current row serves */
+    int64_t *seen;  /* [R]: 1 + the last input row that has a copy for this rank */
+    int *touched;   /* [R]: next ranks of the current row, in first-use order */
+    int nt;
+} mscratch;
+
+static void memit_free(epm_xcomm *x, memit *e, mscratch *m)
+{
+    pool_put(x, e->tgt);
+    pool_put(x, e->row);
+    pool_put(x, e->mask);
+    epm_free(m->tm);
+    epm_free(m->seen);
+    epm_free(m->touched);
+    memset(e, 0, sizeof *e);
+    memset(m, 0, sizeof *m);
+}
+
+static epm_status memit_alloc(epm_xcomm *x, memit *e, mscratch *m, int64_t cap)
+{
+    int R = x->size, mw = (R + 31) / 32;
+    memset(e, 0, sizeof *e);
+    memset(m, 0, sizeof *m);
+    e->tgt = pool_get(x, (size_t)cap * sizeof *e->tgt);
+    e->row = pool_get(x, (size_t)cap * sizeof *e->row);
+    e->mask = pool_get(x, (size_t)cap * (size_t)mw * sizeof *e->mask);
+    m->tm = epm_calloc((size_t)R * (size_t)mw, sizeof *m->tm);
+    m->seen = epm_calloc((size_t)R, sizeof *m->seen);
+    m->touched = epm_malloc((size_t)R * sizeof *m->touched);
+    if (!e->tgt || !e->row || !e->mask || !m->tm || !m->seen || !m->touched) {
+        memit_free(x, e, m);
+        return EPM_ERR_NOMEM;
+    }
+    return EPM_OK;
+}
+
+/* the copy of input row i for rank t also serves rank d */
+static void mserve(const epm_xcomm *x, mscratch *m, int64_t i, int t, int d)
+{
+    int mw = (x->size + 31) / 32;
+    if (m->seen[t] != i + 1) {
+        m->seen[t] = i + 1;
+        m->touched[m->nt++] = t;
+    }
+    m->tm[(size_t)t * mw + d / 32] |= 1u << (d % 32);
+}
+
+/* the current row's copies, one per next rank */
+static void memit_row(const epm_xcomm *x, memit *e, mscratch *m, int64_t i)
+{
+    int mw = (x->size + 31) / 32;
+    for (int a = 0; a < m->nt; a++) {
+        int t = m->touched[a];
+        e->tgt[e->n] = t;
+        e->row[e->n] = i;
+        memcpy(e->mask + (size_t)e->n * mw, m->tm + (size_t)t * mw, (size_t)mw * sizeof *e->mask);
+        memset(m->tm + (size_t)t * mw, 0, (size_t)mw * sizeof *m->tm);
+        e->n++;
+    }
+    m->nt = 0;
+}
+
+/* Packs the copies by next rank (stable) and starts hop hopi. Input row i:
+ * header at hdr + i * stride (NULL: the caller's rows, source this rank,
+ * index i), row bytes at pay + i * stride. */
+static epm_status mpack(epm_xcomm_req *q, int hopi, const memit *e, const char *hdr, const char *pay, size_t stride,
+                        char **aug_out)
+{
+    epm_xcomm *x = q->x;
+    int R = x->size, mw = (R + 31) / 32;
+    size_t hb = mhdr_bytes(x), wb = (size_t)q->width * sizeof(float), rb = hb + wb;
+    char *aug = pool_get(x, (size_t)e->n * rb);
+    int *hd = pool_get(x, (size_t)e->n * sizeof *hd);
+    int64_t *at = epm_calloc((size_t)R + 1, sizeof *at);
+    *aug_out = aug;
+    if (!aug || !hd || !at) {
+        pool_put(x, hd);
+        epm_free(at);
+        return hop_poison(x, EPM_ERR_NOMEM);
+    }
+    for (int64_t k = 0; k < e->n; k++)
+        at[e->tgt[k] + 1]++;
+    for (int r = 0; r < R; r++)
+        at[r + 1] += at[r];
+    for (int64_t k = 0; k < e->n; k++) {
+        int64_t j = at[e->tgt[k]]++, i = e->row[k];
+        int32_t src = x->rank;
+        int64_t idx = i;
+        if (hdr) {
+            memcpy(&src, hdr + (size_t)i * stride, sizeof src);
+            memcpy(&idx, hdr + (size_t)i * stride + 8, sizeof idx);
+        }
+        mhdr_write(aug + (size_t)j * rb, src, idx, e->mask + (size_t)k * mw, mw);
+        memcpy(aug + (size_t)j * rb + hb, pay + (size_t)i * stride, wb);
+        hd[j] = e->tgt[k];
+    }
+    epm_free(at);
+    /* hops 1 and 2 start in the wait, after later exchanges may have started:
+     * their tags follow hop 0's */
+    int tag = hopi ? q->h[0].tag + hopi : (int)(x->seq % 8192) * 4;
+    epm_status st = hop_start(x, &q->h[hopi], e->n, hd, aug, rb, q->payload, tag, NULL, 1, NULL);
+    pool_put(x, hd);
+    return st;
+}
+
+/* Hop 0 from the caller's rows (validated; ne valid destinations in all). */
+static epm_status mhier_start(epm_xcomm_req *q, int64_t n, int slots, const int *dest, const float *rows, int64_t ne)
+{
+    epm_xcomm *x = q->x;
+    int P = x->per_node, me = x->rank, mine = x->node_of[me];
+    memit e;
+    mscratch m;
+    epm_status ast = memit_alloc(x, &e, &m, ne);
+    if (ast != EPM_OK)
+        return hop_poison(x, ast);
+    for (int64_t i = 0; i < n; i++) {
+        const int *dr = slots ? dest + (size_t)i * slots : NULL;
+        for (int j = 0; j < slots; j++)
+            if (dr[j] >= 0 && x->node_of[dr[j]] == mine)
+                mserve(x, &m, i, dr[j], dr[j]);
+        for (int j = 0; j < slots; j++) {
+            int nd = dr[j] >= 0 ? x->node_of[dr[j]] : mine, first = nd != mine;
+            for (int a = 0; a < j && first; a++)
+                first = !(dr[a] >= 0 && x->node_of[dr[a]] == nd);
+            if (!first)
+                continue;
+            /* the gateway for node nd: a destination's local index there */
+            int cnt = 0, chan = -1;
+            for (int a = j; a < slots; a++)
+                if (dr[a] >= 0 && x->node_of[dr[a]] == nd) {
+                    int l = dr[a] % P;
+                    cnt++;
+                    if (l == me % P)
+                        chan = l;
+                }
+            for (int a = j; a < slots && chan < 0; a++)
+                if (dr[a] >= 0 && x->node_of[dr[a]] == nd && m.seen[mine * P + dr[a] % P] == i + 1)
+                    chan = dr[a] % P;
+            for (int a = j, pick = (int)(((uint64_t)i + (uint64_t)nd) % (uint64_t)cnt); a < slots && chan < 0; a++)
+                if (dr[a] >= 0 && x->node_of[dr[a]] == nd && pick-- == 0)
+                    chan = dr[a] % P;
+            for (int a = j; a < slots; a++)
+                if (dr[a] >= 0 && x->node_of[dr[a]] == nd)
+                    mserve(x, &m, i, mine * P + chan, dr[a]);
+        }
+        memit_row(x, &e, &m, i);
+    }
+    epm_status st = mpack(q, 0, &e, NULL, (const char *)rows, (size_t)q->width * sizeof(float), &q->aug);
+    memit_free(x, &e, &m);
+    return st;
+}
+
+/* A copy that reached its destination: where its row is, for the final sort. */
+typedef struct mgot {
+    int64_t idx;
+    int32_t src;
+    const char *row;
+} mgot;
+
+typedef struct mgots {
+    mgot *v;
+    int64_t n, cap;
+} mgots;
+
+static int mgot_cmp(const void *a, const void *b)
+{
+    const mgot *p = a, *r = b;
+    if (p->src != r->src)
+        return p->src < r->src ? -1 : 1;
+    return (p->idx > r->idx) - (p->idx < r->idx);
+}
+
+/* After hop hopi - 1: take the copies that name this rank, send the rest on
+ * in hop hopi (1: to (node, this local index) for other nodes; 2: straight
+ * to ranks of this node). hopi 3: nothing may be left. */
+static epm_status mforward(epm_xcomm_req *q, int hopi, mgots *got)
+{
+    epm_xcomm *x = q->x;
+    int R = x->size, mw = (R + 31) / 32, P = x->per_node, me = x->rank, mine = x->node_of[me];
+    const hop *in = &q->h[hopi - 1];
+    size_t hb = mhdr_bytes(x), rb = in->rb;
+    int64_t nin = in->nrecv, ne = 0;
+    uint32_t *mk = epm_malloc((size_t)mw * sizeof *mk);
+    if (!mk)
+        return hopi < 3 ? hop_poison(x, EPM_ERR_NOMEM) : EPM_ERR_NOMEM;
+    for (int64_t i = 0; i < nin; i++) {
+        memcpy(mk, in->rbuf + (size_t)i * rb + 16, (size_t)mw * sizeof *mk);
+        for (int w = 0; w < mw; w++)
+            ne += __builtin_popcount(mk[w]);
+    }
+    if (got->n + nin > got->cap) {
+        int64_t cap = got->cap * 2 > got->n + nin ? got->cap * 2 : got->n + nin;
+        mgot *v = epm_realloc(got->v, (size_t)(cap ? cap : 1) * sizeof *v);
+        if (!v) {
+            epm_free(mk);
+            return hopi < 3 ? hop_poison(x, EPM_ERR_NOMEM) : EPM_ERR_NOMEM;
+        }
+        got->v = v;
+        got->cap = cap;
+    }
+    memit e = {0};
+    mscratch m = {0};
+    epm_status st = hopi < 3 ? memit_alloc(x, &e, &m, ne) : EPM_OK;
+    for (int64_t i = 0; i < nin && st == EPM_OK; i++) {
+        const char *row = in->rbuf + (size_t)i * rb;
+        memcpy(mk, row + 16, (size_t)mw * sizeof *mk);
+        if (mk[me / 32] >> (me % 32) & 1u) {
+            mgot *gv = &got->v[got->n++];
+            memcpy(&gv->src, row, sizeof gv->src);
+            memcpy(&gv->idx, row + 8, sizeof gv->idx);
+            gv->row = row + hb;
+            mk[me / 32] &= ~(1u << (me % 32));
+        }
+        for (int w = 0; w < mw && st == EPM_OK; w++)
+            for (uint32_t b = mk[w]; b && st == EPM_OK; b &= b - 1) {
+                int d = w * 32 + __builtin_ctz(b);
+                if (hopi == 3)
+                    st = epm_fail(EPM_ERR_INTERNAL, "exchange_multi: rank %d holds a row for rank %d after the "
+                                  "last hop", me, d);
+                else
+                    mserve(x, &m, i, x->node_of[d] == mine ? d : x->node_of[d] * P + me % P, d);
+            }
+        if (hopi < 3)
+            memit_row(x, &e, &m, i);
+    }
+    epm_free(mk);
+    if (hopi == 3)
+        return st;
+    if (st == EPM_OK)
+        st = mpack(q, hopi, &e, in->rbuf, in->rbuf + hb, rb, &q->maug[hopi - 1]);
+    else if (st == EPM_ERR_NOMEM)
+        st = hop_poison(x, st);
+    memit_free(x, &e, &m);
+    return st;
+}
+
+static epm_status mhier_finish(epm_xcomm_req *q)
+{
+    epm_xcomm *x = q->x;
+    int W = q->width;
+    mgots got = {0};
+    epm_status st = EPM_OK;
+    for (int h = 0; h < 3 && st == EPM_OK; h++) {
+        st = hop_wait(x, &q->h[h]);
+        if (st == EPM_OK)
+            st = mforward(q, h + 1, &got);
+    }
+    epm_xcomm_buf *o = q->out;
+    if (st == EPM_OK)
+        st = grow((void **)&o->rows, &o->rows_cap, (size_t)got.n * (size_t)W * sizeof *o->rows);
+    if (st == EPM_OK)
+        st = grow((void **)&o->src, &o->src_cap, (size_t)got.n * sizeof *o->src);
+    if (st == EPM_OK) {
+        if (got.n > 1)
+            qsort(got.v, (size_t)got.n, sizeof *got.v, mgot_cmp);
+        for (int64_t i = 0; i < got.n; i++) {
+            memcpy(o->rows + i * W, got.v[i].row, (size_t)W * sizeof *o->rows);
+            o->src[i] = got.v[i].src;
+        }
+        o->n = got.n;
+    }
+    epm_free(got.v);
+    return st;
+}
+
+static epm_status mstart(epm_xcomm *x, int64_t n, int slots, const int *dest, const float *rows, int width,
+                         int payload_floats, int64_t counted[EPM_LINK_COUNT], epm_xcomm_buf *out, epm_xcomm_req **req)
+{
+    *req = NULL;
+    if (n < 0 || slots < 0 || width < 0 || payload_floats < 0 || payload_floats > width)
+        return epm_fail(EPM_ERR_INVALID_ARG, "exchange_multi: %lld rows of width %d with %d payload floats and %d "
+                        "destination slots", (long long)n, width, payload_floats, slots);
+    if (n > 0 && slots > 0 && (!dest || (width > 0 && !rows)))
+        return epm_fail(EPM_ERR_INVALID_ARG, "exchange_multi: %lld rows without %s", (long long)n,
+                        dest ? "rows" : "destinations");
+    int64_t ne = 0;
+    for (int64_t i = 0; i < n; i++)
+        for (int j = 0; j < slots; j++) {
+            int d = dest[(size_t)i * slots + j];
+            if (d < -1 || d >= x->size)
+                return epm_fail(EPM_ERR_INVALID_ARG, "exchange_multi: row %lld goes to rank %d of %d",
+                                (long long)i, d, x->size);
+            for (int a = 0; a < j && d >= 0; a++)
+                if (dest[(size_t)i * slots + a] == d)
+                    return epm_fail(EPM_ERR_INVALID_ARG, "exchange_multi: row %lld lists rank %d twice",
+                                    (long long)i, d);
+            ne += d >= 0;
+        }
+    epm_xcomm_req *q = epm_calloc(1, sizeof *q);
+    if (!q)
+        return hop_poison(x, EPM_ERR_NOMEM);
+    q->x = x;
+    q->width = width;
+    q->payload = (size_t)payload_floats * sizeof(float);
+    q->nhops = x->hier ? 3 : 1;
+    q->out = out ? out : &q->own;
+    q->out->n = 0;
+    /* counted: the eval.h model, as if each row were sent once per destination rank */
+    if (counted)
+        for (int64_t k = 0; k < n * slots; k++)
+            if (dest[k] >= 0 && dest[k] != x->rank)
+                counted[epm_xcomm_link(x, x->rank, dest[k])] += (int64_t)q->payload;
+    epm_status st;
+    if (x->hier) {
+        st = mhier_start(q, n, slots, dest, rows, ne);
+    } else {
+        /* flat: one copy per destination, packed straight from the caller's rows */
+        int *de = pool_get(x, (size_t)ne * sizeof *de);
+        int64_t *map = pool_get(x, (size_t)ne * sizeof *map);
+        st = de && map ? EPM_OK : EPM_ERR_NOMEM;
+        int64_t k = 0;
+        for (int64_t i = 0; i < n && st == EPM_OK; i++)
+            for (int j = 0; j < slots; j++)
+                if (dest[(size_t)i * slots + j] >= 0) {
+                    de[k] = dest[(size_t)i * slots + j];
+                    map[k++] = i;
+                }
+        if (st == EPM_OK)
+            st = hop_start(x, &q->h[0], ne, de, (const char *)rows, (size_t)width * sizeof(float), q->payload,
+                           (int)(x->seq % 8192) * 4, q->out, 0, map);
+        else
+            st = hop_poison(x, st);
+        pool_put(x, de);
+        pool_put(x, map);
+    }
+    x->seq++;
+    x->wire.exchanges++;
+    x->wire.hier_exchanges += x->hier;
+    if (st != EPM_OK) {
+        epm_xcomm_exchange_cancel(q);
+        return st;
+    }
+    *req = q;
+    return EPM_OK;
+}
+
 static epm_status start(epm_xcomm *x, int64_t n, const int *dest, const float *rows, int width, int payload_floats,
                         int64_t counted[EPM_LINK_COUNT], epm_xcomm_buf *out, int borrow, epm_xcomm_req **req)
 {
@@ -328,7 +735,7 @@ static epm_status start(epm_xcomm *x, int64_t n, const int *dest, const float *r
                             x->size);
     epm_xcomm_req *q = epm_calloc(1, sizeof *q);
     if (!q)
-        return EPM_ERR_NOMEM;
+        return hop_poison(x, EPM_ERR_NOMEM);
     q->x = x;
     q->width = width;
     q->payload = (size_t)payload_floats * sizeof(float);
@@ -345,7 +752,7 @@ static epm_status start(epm_xcomm *x, int64_t n, const int *dest, const float *r
         st = hier_start(q, n, dest, rows);
     else
         st = hop_start(x, &q->h[0], n, dest, (const char *)rows, (size_t)width * sizeof(float), q->payload,
-                       (int)(x->seq % 8192) * 4, q->out, borrow);
+                       (int)(x->seq % 8192) * 4, q->out, borrow, NULL);
     x->seq++;
     x->wire.exchanges++;
     x->wire.hier_exchanges += x->hier;
@@ -368,7 +775,9 @@ epm_status epm_xcomm_exchange_wait_buf(epm_xcomm_req *q)
 {
     epm_xcomm *x = q->x;
     epm_status st;
-    if (q->nhops == 2) {
+    if (q->nhops == 3) {
+        st = mhier_finish(q);
+    } else if (q->nhops == 2) {
         st = hier_finish(q);
     } else {
         hop *h = &q->h[0];
@@ -455,5 +864,40 @@ epm_status epm_xcomm_exchange_buf(epm_xcomm *x, int64_t n, const int *dest, cons
 {
     epm_xcomm_req *q;
     EPM_CHECK(start(x, n, dest, rows, width, payload_floats, counted, out, 1, &q));
+    return epm_xcomm_exchange_wait_buf(q);
+}
+
+epm_status epm_xcomm_exchange_multi_start_buf(epm_xcomm *x, int64_t n, int slots, const int *dest, const float *rows,
+                                              int width, int payload_floats, int64_t counted[EPM_LINK_COUNT],
+                                              epm_xcomm_buf *out, epm_xcomm_req **req)
+{
+    return mstart(x, n, slots, dest, rows, width, payload_floats, counted, out, req);
+}
+
+epm_status epm_xcomm_exchange_multi_start(epm_xcomm *x, int64_t n, int slots, const int *dest, const float *rows,
+                                          int width, int payload_floats, int64_t counted[EPM_LINK_COUNT],
+                                          epm_xcomm_req **req)
+{
+    return mstart(x, n, slots, dest, rows, width, payload_floats, counted, NULL, req);
+}
+
+epm_status epm_xcomm_exchange_multi(epm_xcomm *x, int64_t n, int slots, const int *dest, const float *rows, int width,
+                                    int payload_floats, int64_t counted[EPM_LINK_COUNT], float **out_rows,
+                                    int **out_src, int64_t *out_n)
+{
+    epm_xcomm_req *q;
+    *out_rows = NULL;
+    *out_src = NULL;
+    *out_n = 0;
+    EPM_CHECK(mstart(x, n, slots, dest, rows, width, payload_floats, counted, NULL, &q));
+    return epm_xcomm_exchange_wait(q, out_rows, out_src, out_n);
+}
+
+epm_status epm_xcomm_exchange_multi_buf(epm_xcomm *x, int64_t n, int slots, const int *dest, const float *rows,
+                                        int width, int payload_floats, int64_t counted[EPM_LINK_COUNT],
+                                        epm_xcomm_buf *out)
+{
+    epm_xcomm_req *q;
+    EPM_CHECK(mstart(x, n, slots, dest, rows, width, payload_floats, counted, out, &q));
     return epm_xcomm_exchange_wait_buf(q);
 }

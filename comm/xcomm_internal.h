@@ -11,6 +11,7 @@ struct epm_xcomm {
     MPI_Comm comm;
     int rank, size, nodes, per_node;
     int *node_of;
+    int64_t *poison;   /* [2 * size]: the counts a rank sends when it failed before an exchange */
     epm_xcomm_a2a a2a;
     int hier;          /* resolved: exchanges take the hierarchical path */
     epm_transport *tr;

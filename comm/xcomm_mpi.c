@@ -137,12 +137,14 @@ epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
     epm_xcomm *x = epm_calloc(1, sizeof *x);
     int *node_of = epm_malloc((size_t)size * sizeof *node_of);
     int *leads = epm_malloc((size_t)size * sizeof *leads);
-    int ok = x && node_of && leads, first = ok ? size : me;
+    int64_t *poison = epm_malloc(2 * (size_t)size * sizeof *poison);
+    int ok = x && node_of && leads && poison, first = ok ? size : me;
     MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, comm);
     if (first < size) {
         epm_free(x);
         epm_free(node_of);
         epm_free(leads);
+        epm_free(poison);
         MPI_Comm_free(&comm);
         if (first == me) {
             char why[512];
@@ -155,6 +157,7 @@ epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
     x->rank = me;
     x->size = size;
     x->node_of = node_of;
+    x->poison = poison;
     epm_status st = EPM_OK;
     if (virtual_nodes > 0) {
         if (x->size % virtual_nodes)
@@ -215,6 +218,7 @@ void epm_xcomm_destroy(epm_xcomm *x)
     if (x->comm != MPI_COMM_NULL)
         MPI_Comm_free(&x->comm);
     epm_free(x->node_of);
+    epm_free(x->poison);
     epm_free(x);
 }
 
@@ -369,7 +373,10 @@ epm_status epm_xcomm_agree(epm_xcomm *x, epm_status local)
 {
     /* lowest failing rank wins; its message travels to everyone. The wait has
      * a deadline: a rank that stalled or died must not hold the others forever */
-    int mine = local != EPM_OK ? x->rank : x->size, first = x->size;
+    /* a rank that only heard of another's failure (EPM_ERR_REMOTE) yields to
+     * the one where it happened, so that the origin's message and code win */
+    int R = x->size;
+    int mine = local == EPM_OK ? 2 * R : local == EPM_ERR_REMOTE ? R + x->rank : x->rank, first = 2 * R;
     MPI_Request req;
     if (MPI_Iallreduce(&mine, &first, 1, MPI_INT, MPI_MIN, x->comm, &req) != MPI_SUCCESS)
         return epm_fail(EPM_ERR_MPI, "MPI_Iallreduce while agreeing on errors failed");
@@ -386,8 +393,9 @@ epm_status epm_xcomm_agree(epm_xcomm *x, epm_status local)
         struct timespec ts = {0, 200000};
         nanosleep(&ts, NULL);
     }
-    if (first == x->size)
+    if (first == 2 * R)
         return EPM_OK;
+    first %= R;
     char msg[1024];
     int code = (int)local;
     if (x->rank == first)

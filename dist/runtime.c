@@ -7,6 +7,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "ops_cuda_host.h"
+#include "ops_gpu.h"
 #include "runtime_internal.h"
 
 static int home_of(const rt *r, int64_t g) { return seq_of(r, g) % r->R; }
@@ -17,6 +19,8 @@ epm_status epm_rt_sync(rt *r, epm_status st)
      * collective would pair with nothing on a rank that failed alone */
     if (r->failed)
         return st != EPM_OK ? st : EPM_ERR_INTERNAL;
+    if (st == EPM_OK && r->cuda)
+        st = epm_ops_cuda_error(); /* the GPU ops return void: their first failure waits here */
     st = epm_xcomm_agree(r->x, st);
     r->failed = st != EPM_OK;
     return st;
@@ -278,7 +282,9 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         st = EPM_ERR_NOMEM;
         goto out;
     }
-    /* gate and dispatch rows: once per distinct destination rank other than mine */
+    /* gate, then one dispatch row per token with the distinct ranks other than
+     * mine that hold its experts: the exchange delivers it to each (once per
+     * remote node on the hierarchical path, fanned out there) */
     double t0 = epm_now();
     int64_t nsend = 0;
     /* TA-MoE's target dispatch distribution, as a cap: at most
@@ -298,25 +304,30 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         if (ids[i * K] < 0)
             continue;
         epm_route_pick(r->p, ml, ids + i * K, K, r->me, (uint64_t)g[i], dst);
+        int nd = 0;
         for (int j = 0; j < K; j++) {
             int d = dst[j], seen = d < 0 || d == r->me;
             for (int q = 0; q < j && !seen; q++)
                 seen = dst[q] == d;
-            if (seen)
-                continue;
-            float *row = rows + nsend * W;
-            put_g(row, g[i]);
-            memcpy(row + 2, h + i * H, (size_t)H * sizeof *row);
-            for (int q = 0; q < K; q++) {
-                row[2 + H + q] = (float)ids[i * K + q];
-                row[2 + H + K + q] = wts[i * K + q];
-            }
-            dest[nsend++] = d;
+            if (!seen)
+                dest[nsend * K + nd++] = d;
         }
+        if (nd == 0)
+            continue;
+        for (int j = nd; j < K; j++)
+            dest[nsend * K + j] = -1;
+        float *row = rows + nsend * W;
+        put_g(row, g[i]);
+        memcpy(row + 2, h + i * H, (size_t)H * sizeof *row);
+        for (int q = 0; q < K; q++) {
+            row[2 + H + q] = (float)ids[i * K + q];
+            row[2 + H + K + q] = wts[i * K + q];
+        }
+        nsend++;
     }
     int64_t *cnt = r->bytes_local + (size_t)ml * EPM_LINK_COUNT;
     EPM_CHECK_GOTO(sync(r, EPM_OK), st, out);
-    EPM_CHECK_GOTO(epm_xcomm_exchange(r->x, nsend, dest, rows, W, H, cnt, &recv, &rsrc, &nrecv), st, out);
+    EPM_CHECK_GOTO(epm_xcomm_exchange_multi(r->x, nsend, K, dest, rows, W, H, cnt, &recv, &rsrc, &nrecv), st, out);
     r->rep->t_dispatch += epm_now() - t0;
 
     /* the work of this rank: my own tokens with an expert here, then received rows */
@@ -912,6 +923,8 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
 
 static void teardown(rt *r)
 {
+    if (r->cuda) /* its weight cache points into the model's tensors */
+        epm_ops_cuda_close();
     for (size_t i = 0; r->c && i < (size_t)r->c->num_layers * r->B; i++) {
         if (r->kc)
             epm_free(r->kc[i]);
@@ -986,8 +999,8 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     memset(&r, 0, sizeof r);
     r.o = o;
     r.ref = epm_ops_ref();
-    if (o->ops && strcmp(o->ops, "ref") && strcmp(o->ops, "blas"))
-        return epm_fail(EPM_ERR_UNSUPPORTED, "--kernels %s: this runtime runs ref or blas", o->ops);
+    if (o->ops && strcmp(o->ops, "ref") && strcmp(o->ops, "blas") && strcmp(o->ops, "cuda"))
+        return epm_fail(EPM_ERR_INVALID_ARG, "--kernels %s: expected ref, blas or cuda", o->ops);
     r.ops = o->ops && !strcmp(o->ops, "ref") ? epm_ops_ref() : epm_ops_blas();
     epm_xcomm_set_timeout(o->timeout_s);
     epm_xcomm_opts xo;
@@ -1011,6 +1024,25 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         return st;
     }
     r.rep = &res->report;
+    if (o->ops && !strcmp(o->ops, "cuda")) {
+        /* local rank -> GPU; ranks beyond the GPU count share them (NCCL could not, MPI can) */
+        epm_cluster cl;
+        epm_xcomm_cluster(r.x, &cl);
+        const epm_gpu_ops *G = epm_gpu_ops_cuda();
+        int ndev = G ? G->device_count() : 0, local = r.me % (cl.gpus_per_node > 0 ? cl.gpus_per_node : 1);
+        st = epm_ops_cuda_open(ndev > 0 ? local % ndev : 0, &r.ops);
+        r.cuda = st == EPM_OK;
+        if (st != EPM_OK)
+            r.ops = epm_ops_blas();
+        st = sync(&r, st);
+        if (st != EPM_OK) {
+            if (r.cuda)
+                epm_ops_cuda_close();
+            epm_free(res);
+            epm_xcomm_destroy(r.x);
+            return st;
+        }
+    }
     r.me = epm_xcomm_rank(r.x);
     r.R = epm_xcomm_size(r.x);
     int64_t n = 0, *g = NULL;

@@ -34,6 +34,7 @@ typedef struct rt {
     int64_t *bytes_local, *kv_local, *load_local, gather_local[EPM_LINK_COUNT];
     int64_t kv_cache_bytes;
     int failed;        /* an agreement returned an error: every rank knows, no more collectives */
+    int cuda;          /* ops is the GPU table (ops_cuda_host.h): its errors are checked at every agreement */
     /* the forward pass under way: tokens g0 .. g0 + pn - 1 (all ranks) */
     int64_t g0, pn;
     int prefill;

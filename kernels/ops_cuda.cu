@@ -109,8 +109,10 @@ struct epm_gpu {
 #define CU(call)                                                                                          \
     do {                                                                                                  \
         cudaError_t e_ = (call);                                                                          \
-        if (e_ != cudaSuccess)                                                                            \
+        if (e_ != cudaSuccess) {                                                                          \
+            (void)cudaGetLastError(); /* clear it: a later launch check must not see this stale error */  \
             return epm_fail(EPM_ERR_CUDA, "%s:%d: %s: %s", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+        }                                                                                                 \
     } while (0)
 #define CB(call)                                                                                          \
     do {                                                                                                  \

@@ -28,7 +28,7 @@ static const char usage[] =
     "  --trace-out FILE         write the routing of every MoE layer (trace format)\n"
     "  --logits-out FILE        write logits (safetensors 'logits')\n"
     "  --all-logits             logits of every prompt position, not only the last\n"
-    "  --kernels ref|blas       CPU kernels (default blas)\n"
+    "  --kernels ref|blas|cuda  compute kernels (default blas; cuda: the GPU of the rank's local index)\n"
     "  --bind                   bind each rank's threads and memory to the cores of its GPU's NUMA node\n"
     "                           (its share of the node's cores without GPUs; EPM_GPU_MAP=0,2,.. maps GPUs)\n"
     "  --report-bindings        print each rank's GPU, NUMA node and cores (stderr, one line per rank)\n"
@@ -248,7 +248,8 @@ int epm_cli_run(int argc, char **argv)
         case O_LOUT: lout = optarg; break;
         case O_ALL: o.keep_logits = 1; break;
         case O_KER:
-            if (strcmp(optarg, "ref") && strcmp(optarg, "blas")) return cli_usage_error(W, "--kernels must be ref or blas");
+            if (strcmp(optarg, "ref") && strcmp(optarg, "blas") && strcmp(optarg, "cuda"))
+                return cli_usage_error(W, "--kernels must be ref, blas or cuda");
             o.ops = optarg;
             break;
         case O_REP: report = 1; break;

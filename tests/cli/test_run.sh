@@ -69,15 +69,17 @@ EPM_TEST_STALL_RANK=1 EPM_TEST_STALL_SECONDS=60 check "stalled rank" 1 run -np 3
   --input "$m/reference.safetensors" --timeout 3
 has "$d/err" "rank 1 stalled or died: no answer for 3 s"
 [ $(($(date +%s) - t0)) -lt 30 ] || { echo "FAIL: the stalled run took more than 30 s"; fails=$((fails + 1)); }
-# a rank killed with SIGKILL in the middle of prefill
+# a rank killed with SIGKILL in the middle of prefill (an input of its own, so
+# that pgrep finds this job's processes and not those of tests beside it)
+cp "$m/reference.safetensors" "$d/kill_in.safetensors"
 t0=$(date +%s)
 EPM_TEST_STALL_RANK=1 EPM_TEST_STALL_SECONDS=30 timeout 60 mpirun --oversubscribe -np 3 "$E" run --model "$m" \
-  --input "$m/reference.safetensors" --timeout 25 >"$d/out" 2>"$d/err" &
+  --input "$d/kill_in.safetensors" --timeout 25 >"$d/out" 2>"$d/err" &
 mp=$!
 killed=0
 for _ in 1 2 3 4 5 6 7 8 9 10; do
   sleep 0.5
-  for p in $(pgrep -f "$E run --model $m"); do
+  for p in $(pgrep -f "$E run --model $m --input $d/kill_in.safetensors"); do
     if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -q '^OMPI_COMM_WORLD_RANK=1$'; then
       kill -9 "$p" && killed=1
     fi
@@ -90,7 +92,7 @@ rc=$?
 nonzero "$rc" "a job with a killed rank"
 [ $(($(date +%s) - t0)) -lt 30 ] || { echo "FAIL: the killed run took more than 30 s"; fails=$((fails + 1)); }
 sleep 0.5
-left=$(pgrep -fc "$E run --model $m")
+left=$(pgrep -fc "$E run --model $m --input $d/kill_in.safetensors")
 [ "$left" = 0 ] || { echo "FAIL: $left epmoe processes left behind"; fails=$((fails + 1)); }
 
 check "output over input" 2 "$E" run --model "$m" --input "$d/in.json" --trace-out "$d/in.json"
