@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "epm_config.h"
 #include "ops_cuda_host.h"
 #include "ops_gpu.h"
 #include "runtime_internal.h"
@@ -1011,6 +1012,16 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         st = epm_fail(EPM_ERR_INVALID_ARG, "--a2a '%s': expected alltoallv, p2p, staged or nccl", o->a2a);
     if (st == EPM_OK && o->a2a_hier && epm_xcomm_hier_parse(o->a2a_hier, &xo.hier) != EPM_OK)
         st = epm_fail(EPM_ERR_INVALID_ARG, "--hier '%s': expected auto, on or off", o->a2a_hier);
+    if (st == EPM_OK && !o->a2a && !getenv("EPM_A2A") && o->ops && !strcmp(o->ops, "cuda")) {
+        /* GPU kernels and no transport asked for: NCCL with one rank per GPU, MPI
+         * through pinned host memory where ranks share a GPU (NCCL refuses that).
+         * Every node has the same ranks and GPUs, so every rank chooses alike. */
+        const char *ls = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+        const epm_gpu_ops *G = epm_gpu_ops_cuda();
+        int local = ls ? atoi(ls) : 1, ndev = G ? G->device_count() : 0;
+        if (ndev > 0)
+            xo.a2a = local <= ndev && EPM_HAVE_NCCL ? EPM_XA2A_NCCL : EPM_XA2A_STAGED;
+    }
     if (st == EPM_OK)
         st = epm_xcomm_create_opts(&xo, &r.x);
     if (st != EPM_OK)
