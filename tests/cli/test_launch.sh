@@ -72,6 +72,41 @@ if [ "${1:-}" = multinode ]; then
     --logits-out "$EPM_MN_DIR/l.st" --mode follow && python3 "$2" "$EPM_MN_DIR/l.st" "$1/reference.safetensors" 1e-4' \
     "$E" "$F/qwen2moe-tiny" "$C"
   has "$d/out" "logits [2, 16, 256]: max abs diff"
+  # 3 nodes x 2 ranks, home mode, with the hierarchical path forced on
+  # shellcheck disable=SC2016
+  check "run 3x2" 0 "$H" -n 3 -t 60 -- sh -c '"$0" launch --hosts node1:2,node2:2,node3:2 --gpus-per-node 2 \
+    --iface eth0 --agent "$EPM_MN_AGENT" -- run --model "$1" --input "$1/reference.safetensors" --all-logits \
+    --logits-out "$EPM_MN_DIR/l.st" --hier on --report && python3 "$2" "$EPM_MN_DIR/l.st" "$1/reference.safetensors" 1e-4' \
+    "$E" "$F/olmoe-tiny" "$C"
+  has "$d/out" "logits [2, 16, 256]: max abs diff"
+  has "$d/err" "ranks 6 (3 nodes)"
+  has "$d/err" "hierarchical"
+  # flat vs hierarchical between real nodes (2 x 3 ranks): the same counted
+  # bytes, fewer inter-node bytes and messages on the wire when hierarchical
+  for hier in off on; do
+    # shellcheck disable=SC2016
+    check "run 2x3 --hier $hier" 0 "$H" -n 2 -t 60 -- sh -c '"$0" launch --hosts node1:3,node2:3 --gpus-per-node 3 \
+      --iface eth0 --agent "$EPM_MN_AGENT" -- run --model "$1" --input "$1/reference.safetensors" --max-new-tokens 2 \
+      --hier "$2" --json --report' "$E" "$F/olmoe-tiny" $hier
+    cp "$d/out" "$d/hier_$hier.json"
+  done
+  python3 - "$d/hier_off.json" "$d/hier_on.json" <<'EOF' || { echo "FAIL: hierarchical inter-node bytes"; fails=$((fails + 1)); }
+import json, sys
+off, on = (json.load(open(p))['report'] for p in sys.argv[1:3])
+counted = lambda r: [sum(l['bytes'][c] for l in r['layers']) for c in (1, 2)]
+print('flat: wire inter', off['wire_bytes'][2], 'in', off['wire_msgs'][2], 'messages; hierarchical:',
+      on['wire_bytes'][2], 'in', on['wire_msgs'][2], 'messages; counted', counted(off))
+ok = (not off['hierarchical'] and on['hierarchical'] and counted(off) == counted(on)
+      and 0 < on['wire_bytes'][2] < off['wire_bytes'][2] and on['wire_msgs'][2] < off['wire_msgs'][2])
+sys.exit(0 if ok else 1)
+EOF
+  # ranks numbered round-robin over the nodes (mpirun --map-by node): the
+  # node MPI finds is not the node the placement's numbering assumes
+  # shellcheck disable=SC2016
+  check "ranks mapped by node" 1 "$H" -n 2 -t 60 -- sh -c 'mpirun --host node1:2,node2:2 -np 4 --map-by node \
+    --mca plm_rsh_agent "$EPM_MN_AGENT" --mca btl_tcp_if_include eth0 --mca oob_tcp_if_include eth0 \
+    "$0" run --model "$1" --input "$1/reference.safetensors"' "$E" "$F/olmoe-tiny"
+  has "$d/err" "by MPI's shared-memory split"
   [ $fails = 0 ] && echo "multinode launch: all checks passed"
   exit $((fails > 0))
 fi
