@@ -10,6 +10,7 @@
 #include "epm_config.h"
 #include "ops_cuda_host.h"
 #include "ops_gpu.h"
+#include "model_internal.h"
 #include "runtime_internal.h"
 
 static int home_of(const rt *r, int64_t g) { return seq_of(r, g) % r->R; }
@@ -803,6 +804,62 @@ static epm_status embed(rt *r, int64_t n, const int64_t *g, const int32_t *tok, 
     return EPM_OK;
 }
 
+typedef struct mem_count {
+    const rt *r;
+    int64_t numel;
+} mem_count;
+
+static epm_status count_tensor(void *ctx, const epm_model_tensor_info *t)
+{
+    mem_count *m = ctx;
+    if (t->expert >= 0 && !epm_placement_has(m->r->p, m->r->moe_index[t->layer], t->expert, m->r->me))
+        return EPM_OK;
+    m->numel += t->shape[0] * (t->ndim == 2 ? t->shape[1] : 1);
+    return EPM_OK;
+}
+
+/* Bytes available to each rank of this node: MemAvailable over the ranks
+ * sharing the machine (mpirun tells each rank how many there are). */
+static double machine_share(const rt *r)
+{
+    double avail = 0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lf kB", &avail) == 1) {
+            avail *= 1024;
+            break;
+        }
+    if (f)
+        fclose(f);
+    const char *ls = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    int local = ls && atoi(ls) > 0 ? atoi(ls) : r->R;
+    return avail > 0 ? avail / local : 0;
+}
+
+/* What this rank will hold, as loaded: every tensor it reads in float32
+ * (bf16/f16 checkpoints are converted; float32 ones are mapped, which the
+ * page cache must hold all the same) plus its KV caches. */
+static epm_status memory_check(rt *r)
+{
+    const epm_model_config *c = r->c;
+    mem_count m = {.r = r};
+    EPM_CHECK(epm_model_tensors(c, count_tensor, &m));
+    int seqs = 0;
+    for (int s = 0; s < r->B; s++)
+        seqs += r->o->mode == EPM_MODE_FOLLOW || s % r->R == r->me;
+    double w = 4.0 * (double)m.numel;
+    double kv = 2.0 * c->num_layers * seqs * (double)r->max_len * c->num_kv_heads * c->head_dim * 4.0;
+    double limit = r->o->max_memory > 0 ? r->o->max_memory : machine_share(r);
+    if (limit > 0 && w + kv > limit)
+        return epm_fail(EPM_ERR_NOMEM, "would hold %.4g GB (weights %.4g GB as float32, KV cache %.4g GB "
+                        "for %d sequences x %d positions) but %s %.4g GB; use more ranks, fewer or shorter "
+                        "sequences, or another placement", (w + kv) / 1e9, w / 1e9, kv / 1e9, seqs,
+                        r->max_len, r->o->max_memory > 0 ? "--max-memory allows" : "the machine has, per rank,",
+                        limit / 1e9);
+    return EPM_OK;
+}
+
 static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens)
 {
     epm_status st = epm_model_open(o->model_dir, &r->m);
@@ -879,6 +936,10 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     if (st == EPM_OK && (o->ta_strength < 0 || o->top_p < 0 || o->top_p > 1))
         st = epm_fail(EPM_ERR_INVALID_ARG, "ta_strength = %g must be >= 0 and top_p = %g in [0, 1]", o->ta_strength,
                       o->top_p);
+    EPM_CHECK(sync(r, st));
+    /* refuse before loading what will not fit */
+    if (st == EPM_OK)
+        st = memory_check(r);
     EPM_CHECK(sync(r, st));
     /* each rank reads the dense weights and only the experts placed on it */
     st = epm_model_load_dense(r->m, &r->dense);

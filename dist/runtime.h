@@ -26,6 +26,8 @@ typedef struct epm_run_opts {
     epm_mode mode;
     int virtual_nodes;
     int max_new_tokens;
+    double max_memory;              /* bytes a rank may hold (weights as float32 + KV cache); 0 = the
+                                       machine's available memory shared by the node's ranks */
     const char *ops;                /* "ref" or "blas" */
     const epm_trace *route_from;    /* replay routing from a trace (NULL = the gate decides) */
     int keep_logits;                /* keep every prefill position's logits (else last only) */

@@ -36,6 +36,8 @@ static const char usage[] =
     "  --top-p P                dynamic expert count: experts until their probability reaches P (<= k)\n"
     "  --ta-strength S          topology-aware gating: lower each expert's log-probability by S x the\n"
     "                           link cost to its nearest replica (0 = off)\n"
+    "  --max-memory GB          refuse to start when a rank would hold more (weights as float32 + KV\n"
+    "                           cache; default: the machine's available memory shared by its ranks)\n"
     "  --a2a T                  row exchange: alltoallv (default), p2p, staged (MPI through pinned host\n"
     "                           memory, CUDA builds), nccl (one rank per GPU); EPM_A2A sets the default\n"
     "  --hier auto|on|off       hierarchical exchange between nodes (Tutel's 2DH); default auto\n"
@@ -49,7 +51,7 @@ static const char usage[] =
     "  --report                 per-layer bytes and loads, times, tokens/s (stderr, or stdout with --json)\n"
     "  --json                   results as JSON on stdout\n";
 
-enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER };
+enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER, O_MAXMEM };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -65,6 +67,7 @@ static const struct option opts[] = {
     {"mod", required_argument, 0, O_MOD},            {"mod-capacity", required_argument, 0, O_MODCAP},
     {"mod-layers", required_argument, 0, O_MODLAY}, {"ta-node-cap", required_argument, 0, O_TACAP},
     {"a2a", required_argument, 0, O_A2A},            {"hier", required_argument, 0, O_HIER},
+    {"max-memory", required_argument, 0, O_MAXMEM},
     {0, 0, 0, 0}};
 
 /* The checkpoint file (a name in dir) that out would overwrite, or NULL:
@@ -273,6 +276,10 @@ int epm_cli_run(int argc, char **argv)
             break;
         case O_MODLAY: o.mod_layers = optarg; break;
         case O_A2A: o.a2a = optarg; break;
+        case O_MAXMEM:
+            if (!cli_parse_double(W, "--max-memory", optarg, 1e-9, 1e9, &o.max_memory)) return EPM_EXIT_USAGE;
+            o.max_memory *= 1e9;
+            break;
         case O_HIER: o.a2a_hier = optarg; break;
         case O_TACAP:
             if (!cli_parse_double(W, "--ta-node-cap", optarg, 0, 1, &o.ta_node_cap)) return EPM_EXIT_USAGE;

@@ -61,6 +61,10 @@ has "$d/err" "sequence 1 is not"
 check "trace too short to replay" 1 run -np 2 "$E" run --model "$m" --input "$m/reference.safetensors" \
   --route-from-trace "$d/other.st"
 has "$d/err" "route-from-trace"
+check "more memory than allowed" 1 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-memory 0.0001
+has "$d/err" "rank 0: would hold"
+has "$d/err" "but --max-memory allows 0.0001 GB"
+check "within the memory allowed" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-memory 1
 check "virtual nodes not dividing ranks" 1 run -np 3 "$E" run --model "$m" --input "$d/in.json" --virtual-nodes 2
 has "$d/err" "virtual-nodes 2"
 # a rank that stalls: every rank ends within the timeout (+ abort), non-zero, nothing left behind
