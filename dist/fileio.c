@@ -1,5 +1,8 @@
+#include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -56,8 +59,42 @@ epm_status epm_file_write(void *file, const char *path, const void *buf, size_t 
     return EPM_OK;
 }
 
+/* A writer killed between create and rename leaves PATH.tmp.PID behind:
+ * remove those whose process is gone, so that they do not pile up. Best
+ * effort (another host's writer on a shared file system looks dead here,
+ * which is why only this exact pattern of this exact path is touched). */
+static void remove_stale_temps(const char *path)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    int n = !slash ? snprintf(dir, sizeof dir, ".")
+            : slash == path ? snprintf(dir, sizeof dir, "/")
+                            : snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    if (n < 0 || n >= (int)sizeof dir)
+        return;
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    size_t bl = strlen(base);
+    for (struct dirent *e; (e = readdir(d));) {
+        const char *nm = e->d_name;
+        if (strncmp(nm, base, bl) || strncmp(nm + bl, ".tmp.", 5))
+            continue;
+        char *end;
+        long pid = strtol(nm + bl + 5, &end, 10);
+        if (*end || pid <= 0 || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        char full[8192];
+        if (snprintf(full, sizeof full, "%s/%s", dir, nm) < (int)sizeof full)
+            unlink(full);
+    }
+    closedir(d);
+}
+
 epm_status epm_write_atomic(const char *path, epm_produce_fn produce, void *ctx)
 {
+    remove_stale_temps(path);
     char tmp[4096];
     int len = snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
     if (len < 0 || (size_t)len >= sizeof tmp)

@@ -175,5 +175,18 @@ cp "$F/mixtral-tiny/model.safetensors" "$m/"
 refused "run --trace-out MODEL/config.json" "$m/config.json" "$E" run --model "$m" --input "$d/in.json" \
   --trace-out "$m/config.json"
 
+# a killed writer's temporary file is removed by the next write of that
+# output (its process is gone); a live process's, or another output's, stays
+sleep 30 & live=$!
+dead=$(sh -c 'echo $$')
+echo x >"$d/t.st.tmp.$dead"
+echo y >"$d/t.st.tmp.$live"
+echo z >"$d/u.st.tmp.$dead"
+"$E" trace synth --out "$d/t.st" --layers 1 --experts 4 --k 1 --tokens 8 >/dev/null 2>&1 || fail "trace synth t.st"
+[ -e "$d/t.st.tmp.$dead" ] && fail "a dead writer's t.st.tmp.$dead was not cleaned up"
+[ -e "$d/t.st.tmp.$live" ] || fail "a live process's t.st.tmp.$live was removed"
+[ -e "$d/u.st.tmp.$dead" ] || fail "another output's temporary file was removed"
+kill "$live" 2>/dev/null
+
 [ "$fails" = 0 ] && echo "all atomic-output checks passed"
 exit $((fails > 0))
