@@ -1,7 +1,9 @@
 /* Synthetic checkpoints: any MoE shape, random weights, the Hub's layout.
  * Tensors are generated while they are written, a chunk at a time, so that a
  * checkpoint of Mixtral-8x7B's layer shape needs no more memory than a chunk. */
+#include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -362,25 +364,72 @@ static epm_status path_in(char *buf, size_t cap, const char *dir, const char *na
     return EPM_OK;
 }
 
+/* Files of a staging directory, removed with it (a killed run's, or ours on failure). */
+static void remove_stage(const char *stage)
+{
+    DIR *d = opendir(stage);
+    if (!d)
+        return;
+    char path[4096];
+    for (struct dirent *e; (e = readdir(d));)
+        if (e->d_name[0] != '.' && snprintf(path, sizeof path, "%s/%s", stage, e->d_name) < (int)sizeof path)
+            unlink(path);
+    closedir(d);
+    rmdir(stage);
+}
+
+/* Staging directories of synth runs that were killed (their process is gone). */
+static void remove_dead_stages(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    char path[4096];
+    for (struct dirent *e; (e = readdir(d));) {
+        char *end;
+        if (strncmp(e->d_name, ".synth.", 7))
+            continue;
+        long pid = strtol(e->d_name + 7, &end, 10);
+        if (*end || pid <= 0 || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) < (int)sizeof path)
+            remove_stage(path);
+    }
+    closedir(d);
+}
+
+/* Every file is written into DIR/.synth.PID first and renamed into DIR only
+ * when all exist, config.json last: a run killed while writing (gigabytes,
+ * minutes) leaves DIR's old model whole, not a mix of old and new files. */
 epm_status epm_model_synth(const epm_model_synth_opts *o, const char *dir)
 {
     if (!o || !dir)
         return epm_fail(EPM_ERR_INVALID_ARG, "epm_model_synth: NULL argument");
     if (mkdir(dir, 0777) != 0 && errno != EEXIST)
         return epm_fail(EPM_ERR_IO, "%s: cannot create: %s", dir, strerror(errno));
+    remove_dead_stages(dir);
+    char stage[4096];
+    if (snprintf(stage, sizeof stage, "%s/.synth.%ld", dir, (long)getpid()) >= (int)sizeof stage)
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s: path too long", dir);
+    if (mkdir(stage, 0777) != 0 && errno != EEXIST)
+        return epm_fail(EPM_ERR_IO, "%s: cannot create: %s", stage, strerror(errno));
     epm_model_config cfg;
-    EPM_CHECK(make_config(o, &cfg));
+    epm_status st = make_config(o, &cfg);
+    if (st != EPM_OK) {
+        remove_stage(stage);
+        return st;
+    }
     plan p = {0};
     p.elem = epm_dtype_size(o->dtype);
     char path[4096], file[64];
-    epm_status st = epm_model_tensors(&cfg, collect, &p);
+    st = epm_model_tensors(&cfg, collect, &p);
     if (st == EPM_OK)
         st = assign_shards(&p, o->shards);
     for (int s = 0; st == EPM_OK && s < o->shards; s++) {
         shard_name(file, sizeof file, s, o->shards);
         char *hdr = NULL;
         size_t hlen = 0;
-        st = path_in(path, sizeof path, dir, file);
+        st = path_in(path, sizeof path, stage, file);
         if (st == EPM_OK)
             st = shard_header(&p, o->dtype, s, &hdr, &hlen);
         shard_ctx c = {&p, o, s, path, hdr, hlen};
@@ -388,20 +437,40 @@ epm_status epm_model_synth(const epm_model_synth_opts *o, const char *dir)
             st = epm_write_atomic(path, produce_shard, &c);
         epm_free(hdr);
     }
-    /* A stale file of the other layout would change what a loader opens. */
-    if (st == EPM_OK)
-        st = path_in(path, sizeof path, dir, o->shards > 1 ? "model.safetensors" : "model.safetensors.index.json");
-    if (st == EPM_OK && unlink(path) != 0 && errno != ENOENT)
-        st = epm_fail(EPM_ERR_IO, "%s: cannot remove the stale file: %s", path, strerror(errno));
     if (st == EPM_OK && o->shards > 1) {
-        st = path_in(path, sizeof path, dir, "model.safetensors.index.json");
+        st = path_in(path, sizeof path, stage, "model.safetensors.index.json");
         if (st == EPM_OK)
             st = write_index(&p, o->shards, path);
     }
     if (st == EPM_OK)
-        st = path_in(path, sizeof path, dir, "config.json");
+        st = path_in(path, sizeof path, stage, "config.json");
     if (st == EPM_OK)
         st = epm_model_config_save(&cfg, path);
+    /* everything is written: move it in, config.json last */
+    char to[4096];
+    for (int s = 0; st == EPM_OK && s <= o->shards + 1; s++) {
+        const char *name = file;
+        if (s < o->shards)
+            shard_name(file, sizeof file, s, o->shards);
+        else if (s == o->shards) {
+            if (o->shards == 1)
+                continue;
+            name = "model.safetensors.index.json";
+        } else {
+            /* a stale file of the other layout would change what a loader opens */
+            st = path_in(to, sizeof to, dir, o->shards > 1 ? "model.safetensors" : "model.safetensors.index.json");
+            if (st == EPM_OK && unlink(to) != 0 && errno != ENOENT)
+                st = epm_fail(EPM_ERR_IO, "%s: cannot remove the stale file: %s", to, strerror(errno));
+            name = "config.json";
+        }
+        if (st == EPM_OK)
+            st = path_in(path, sizeof path, stage, name);
+        if (st == EPM_OK)
+            st = path_in(to, sizeof to, dir, name);
+        if (st == EPM_OK && rename(path, to) != 0)
+            st = epm_fail(EPM_ERR_IO, "%s: cannot rename to %s: %s", path, to, strerror(errno));
+    }
+    remove_stage(stage);
     plan_free(&p);
     epm_model_config_clear(&cfg);
     return st;
