@@ -265,6 +265,10 @@ static epm_status parse(const ctx *c, epm_model_config *cfg)
             return bad(c, "num_attention_heads", json_object_get(r, "num_attention_heads"),
                        "must divide hidden_size when head_dim is not given");
         cfg->head_dim = cfg->hidden_size / cfg->num_heads;
+        /* the range an explicit head_dim must be in: a saved config states it */
+        if (cfg->head_dim < 2 || cfg->head_dim > 1024)
+            return epm_fail(EPM_ERR_UNSUPPORTED, "%s: hidden_size / num_attention_heads = %d / %d = %d: head_dim "
+                            "must be in [2, 1024]", c->label, cfg->hidden_size, cfg->num_heads, cfg->head_dim);
     }
     if (cfg->head_dim % 2)
         return epm_fail(EPM_ERR_UNSUPPORTED, "%s: field 'head_dim' = %d: must be even for RoPE", c->label,
