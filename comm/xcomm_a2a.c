@@ -651,6 +651,23 @@ static epm_status mhier_finish(epm_xcomm_req *q)
     return st;
 }
 
+/* A new request: a collective is owed even when this fails (hop_poison). */
+static epm_status req_new(epm_xcomm *x, int width, int payload_floats, int nhops, epm_xcomm_buf *out,
+                          epm_xcomm_req **req)
+{
+    epm_xcomm_req *q = epm_calloc(1, sizeof *q);
+    if (!q)
+        return hop_poison(x, EPM_ERR_NOMEM);
+    q->x = x;
+    q->width = width;
+    q->payload = (size_t)payload_floats * sizeof(float);
+    q->nhops = nhops;
+    q->out = out ? out : &q->own;
+    q->out->n = 0;
+    *req = q;
+    return EPM_OK;
+}
+
 static epm_status mstart(epm_xcomm *x, int64_t n, int slots, const int *dest, const float *rows, int width,
                          int payload_floats, int64_t counted[EPM_LINK_COUNT], epm_xcomm_buf *out, epm_xcomm_req **req)
 {
@@ -674,15 +691,8 @@ static epm_status mstart(epm_xcomm *x, int64_t n, int slots, const int *dest, co
                                     (long long)i, d);
             ne += d >= 0;
         }
-    epm_xcomm_req *q = epm_calloc(1, sizeof *q);
-    if (!q)
-        return hop_poison(x, EPM_ERR_NOMEM);
-    q->x = x;
-    q->width = width;
-    q->payload = (size_t)payload_floats * sizeof(float);
-    q->nhops = x->hier ? 3 : 1;
-    q->out = out ? out : &q->own;
-    q->out->n = 0;
+    epm_xcomm_req *q;
+    EPM_CHECK(req_new(x, width, payload_floats, x->hier ? 3 : 1, out, &q));
     /* counted: the eval.h model, as if each row were sent once per destination rank */
     if (counted)
         for (int64_t k = 0; k < n * slots; k++)
@@ -733,15 +743,8 @@ static epm_status start(epm_xcomm *x, int64_t n, const int *dest, const float *r
         if (dest[i] < 0 || dest[i] >= x->size)
             return epm_fail(EPM_ERR_INTERNAL, "exchange: row %lld goes to rank %d of %d", (long long)i, dest[i],
                             x->size);
-    epm_xcomm_req *q = epm_calloc(1, sizeof *q);
-    if (!q)
-        return hop_poison(x, EPM_ERR_NOMEM);
-    q->x = x;
-    q->width = width;
-    q->payload = (size_t)payload_floats * sizeof(float);
-    q->nhops = x->hier ? 2 : 1;
-    q->out = out ? out : &q->own;
-    q->out->n = 0;
+    epm_xcomm_req *q;
+    EPM_CHECK(req_new(x, width, payload_floats, x->hier ? 2 : 1, out, &q));
     /* counted is the eval.h model whatever the path: source -> destination */
     if (counted)
         for (int64_t i = 0; i < n; i++)
