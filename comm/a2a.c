@@ -90,7 +90,7 @@ static epm_status step_start(epm_a2a_layout *l, const a2a_route *r, int s, int64
                   .tag = sp->tag};
     epm_transport *t = l->c->tr;
     /* device transports that stage receive host rows here too (see start) */
-    return t->ops->start(t, &x, &l->req);
+    return epm_transport_start(t, &x, &l->req);
 }
 
 static int64_t step_recv(const a2a_route *r, int s, int size) { return r->step[s].recv_off[size]; }

@@ -260,7 +260,7 @@ static epm_status route(epm_comm *c, int hier, int combine, pool *p, a2a_route *
         epm_xfer x = {.row_bytes = p->mb, .src_rows = ptrs, .send_off = sp->send_off,
                       .recv = p->m + (size_t)np * p->mb, .recv_off = sp->recv_off, .tag = 1000 + sp->tag};
         epm_xfer_req *q = NULL;
-        st = mt->ops->start(mt, &x, &q);
+        st = epm_transport_start(mt, &x, &q);
         if (st == EPM_OK)
             st = mt->ops->wait(mt, q);
         for (int64_t j = 0; j < nrecv; j++)

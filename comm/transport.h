@@ -35,8 +35,18 @@ typedef struct epm_xfer_req epm_xfer_req;
 typedef struct epm_transport_ops {
     const char *name;
     int device; /* rows are device memory */
-    epm_status (*start)(epm_transport *t, const epm_xfer *x, epm_xfer_req **req);
+    /* A step in three calls, so that a failure on one rank alone never
+     * leaves its peers waiting inside a transfer: prepare does everything
+     * that can fail locally (allocations, datatypes, staging copies) and
+     * sends nothing; the caller agrees with its peers that every rank
+     * prepared, then posts (or releases). x need not outlive prepare. */
+    epm_status (*prepare)(epm_transport *t, const epm_xfer *x, epm_xfer_req **req);
+    /* Starts the transfer; NULL when it runs in wait. Frees req on failure. */
+    epm_status (*post)(epm_transport *t, epm_xfer_req *req);
+    /* Completes a posted step and frees it. */
     epm_status (*wait)(epm_transport *t, epm_xfer_req *req);
+    /* Frees a prepared step that will not be posted. */
+    void (*release)(epm_transport *t, epm_xfer_req *req);
     /* device transports: copy between host and the device (NULL for host ones) */
     epm_status (*to_host)(epm_transport *t, void *host, const void *dev, size_t bytes);
     epm_status (*to_device)(epm_transport *t, void *dev, const void *host, size_t bytes);
@@ -52,9 +62,20 @@ struct epm_transport {
     int rank, size;
 };
 
+/* prepare then post, for callers that agree on failures afterwards */
+static inline epm_status epm_transport_start(epm_transport *t, const epm_xfer *x, epm_xfer_req **req)
+{
+    epm_status st = t->ops->prepare(t, x, req);
+    if (st == EPM_OK && t->ops->post && (st = t->ops->post(t, *req)) != EPM_OK)
+        *req = NULL;
+    return st;
+}
+
 /* The MPI exchange on host rows, shared by the staged transport. */
-epm_status epm_transport_mpi_start(epm_transport *t, const epm_xfer *x, epm_xfer_req **req);
+epm_status epm_transport_mpi_prepare(epm_transport *t, const epm_xfer *x, epm_xfer_req **req);
+epm_status epm_transport_mpi_post(epm_transport *t, epm_xfer_req *req);
 epm_status epm_transport_mpi_wait(epm_transport *t, epm_xfer_req *req);
+void epm_transport_mpi_release(epm_transport *t, epm_xfer_req *req);
 epm_status epm_transport_mpi_create(void *mpi_comm, int rank, int size, epm_transport **out);
 /* One MPI_Alltoallv per step, run in wait; send rows packed by peer (xcomm). */
 epm_status epm_transport_alltoallv_create(void *mpi_comm, int rank, int size, epm_transport **out);

@@ -1,5 +1,5 @@
 /* MPI_Alltoallv transport on host rows: one collective per step, run in
- * wait (start only records the step), so a split-phase caller overlaps
+ * wait (prepare only records the step; there is nothing to post), so a split-phase caller overlaps
  * nothing but gets the MPI library's tuned all-to-all. The rows of a step
  * must be packed by peer in one buffer (xcomm packs them). */
 #include <limits.h>
@@ -13,7 +13,7 @@ struct epm_xfer_req {
     size_t row_bytes;
 };
 
-static epm_status a_start(epm_transport *t, const epm_xfer *x, epm_xfer_req **out)
+static epm_status a_prepare(epm_transport *t, const epm_xfer *x, epm_xfer_req **out)
 {
     int R = t->size;
     int64_t ns = x->send_off[R], nr = x->recv_off[R];
@@ -64,10 +64,19 @@ static epm_status a_wait(epm_transport *t, epm_xfer_req *q)
     return rc == MPI_SUCCESS ? EPM_OK : epm_comm_mpi_err(rc, "MPI_Alltoallv of token rows");
 }
 
+static void a_release(epm_transport *t, epm_xfer_req *q)
+{
+    (void)t;
+    if (q)
+        epm_free(q->cnt);
+    epm_free(q);
+}
+
 static void a_destroy(epm_transport *t) { epm_free(t); }
 
 static const epm_transport_ops alltoallv_ops = {
-    .name = "alltoallv", .device = 0, .start = a_start, .wait = a_wait, .destroy = a_destroy,
+    .name = "alltoallv", .device = 0, .prepare = a_prepare, .wait = a_wait, .release = a_release,
+    .destroy = a_destroy,
 };
 
 epm_status epm_transport_alltoallv_create(void *mpi_comm, int rank, int size, epm_transport **out)

@@ -9,8 +9,15 @@
 #include "comm_internal.h"
 
 struct epm_xfer_req {
+    MPI_Comm comm;
+    int tag;
     MPI_Request *reqs;
     MPI_Datatype *types;
+    /* one message per peer and direction, each with its own datatype */
+    struct post {
+        char *buf; /* MPI_BOTTOM for rows at absolute addresses */
+        int count, peer, send;
+    } *posts;
     int nreq, ntypes;
     /* packed receive to scatter in wait */
     const char *unpack;
@@ -42,6 +49,7 @@ static void req_free(epm_xfer_req *q)
         MPI_Type_free(&q->types[i]);
     epm_free(q->reqs);
     epm_free(q->types);
+    epm_free(q->posts);
     epm_free(q->ranges);
     epm_free(q);
 }
@@ -87,43 +95,41 @@ static int contiguous(const char *const *rows, int64_t n, size_t row_bytes)
     return 1;
 }
 
-epm_status epm_transport_mpi_start(epm_transport *t, const epm_xfer *x, epm_xfer_req **out)
+/* Datatypes and packing: all this rank can fail at alone, before it posts. */
+epm_status epm_transport_mpi_prepare(epm_transport *t, const epm_xfer *x, epm_xfer_req **out)
 {
-    MPI_Comm comm = *(MPI_Comm *)t->mpi_comm;
     int R = t->size;
+    *out = NULL;
+    if (x->row_bytes > INT_MAX)
+        return epm_fail(EPM_ERR_UNSUPPORTED, "transport mpi: rows of %zu bytes exceed 2 GiB", x->row_bytes);
     epm_xfer_req *q = epm_calloc(1, sizeof *q);
     if (!q)
         return EPM_ERR_NOMEM;
+    q->comm = *(MPI_Comm *)t->mpi_comm;
+    q->tag = x->tag;
     q->reqs = epm_malloc((size_t)(2 * R) * sizeof *q->reqs);
     q->types = epm_malloc((size_t)(2 * R) * sizeof *q->types);
+    q->posts = epm_malloc((size_t)(2 * R) * sizeof *q->posts);
     q->ranges = epm_malloc((size_t)(2 * R) * sizeof *q->ranges);
-    if (!q->reqs || !q->types || !q->ranges) {
+    if (!q->reqs || !q->types || !q->posts || !q->ranges) {
         req_free(q);
         return EPM_ERR_NOMEM;
     }
-    if (x->row_bytes > INT_MAX) {
-        req_free(q);
-        return epm_fail(EPM_ERR_UNSUPPORTED, "transport mpi: rows of %zu bytes exceed 2 GiB", x->row_bytes);
-    }
-    epm_status st = EPM_OK;
+    int rc = MPI_SUCCESS;
     /* receives first, so that eager sends find them posted */
-    for (int p = 0; p < R && st == EPM_OK; p++) {
+    for (int p = 0; p < R && rc == MPI_SUCCESS; p++) {
         int64_t n = x->recv_off[p + 1] - x->recv_off[p];
         if (n == 0 || p == t->rank)
             continue;
         MPI_Datatype *ty = &q->types[q->ntypes];
-        int rc;
+        struct post *po = &q->posts[q->ntypes];
+        *po = (struct post){.count = (int)n, .peer = p, .send = 0};
         int flat = !x->dst_rows || contiguous((const char *const *)x->dst_rows + x->recv_off[p], n, x->row_bytes);
-        char *dst = !x->dst_rows ? x->recv + x->recv_off[p] * (int64_t)x->row_bytes : x->dst_rows[x->recv_off[p]];
         if (!flat && x->pack_recv && pack_policy()) {
             rc = MPI_Type_contiguous((int)x->row_bytes, MPI_BYTE, ty);
-            if (rc == MPI_SUCCESS) {
-                rc = MPI_Type_commit(ty);
-                q->ntypes++;
-            }
-            if (rc == MPI_SUCCESS)
-                rc = MPI_Irecv(x->pack_recv + x->recv_off[p] * (int64_t)x->row_bytes, (int)n, *ty, p, x->tag, comm,
-                               &q->reqs[q->nreq]);
+            if (rc == MPI_SUCCESS && (rc = MPI_Type_commit(ty)) != MPI_SUCCESS)
+                MPI_Type_free(ty);
+            po->buf = x->pack_recv + x->recv_off[p] * (int64_t)x->row_bytes;
             q->unpack = x->pack_recv;
             q->dst_rows = x->dst_rows;
             q->row_bytes = x->row_bytes;
@@ -132,32 +138,23 @@ epm_status epm_transport_mpi_start(epm_transport *t, const epm_xfer *x, epm_xfer
             q->nranges++;
         } else if (!flat) { /* scattered straight to where the rows are used */
             rc = rows_type((const char *const *)x->dst_rows + x->recv_off[p], n, x->row_bytes, ty);
-            if (rc == MPI_SUCCESS) {
-                q->ntypes++;
-                rc = MPI_Irecv(MPI_BOTTOM, 1, *ty, p, x->tag, comm, &q->reqs[q->nreq]);
-            }
+            po->buf = MPI_BOTTOM;
+            po->count = 1;
         } else {
-            rc = MPI_Type_contiguous((int)x->row_bytes, MPI_BYTE, ty);
-            if (rc == MPI_SUCCESS) {
-                rc = MPI_Type_commit(ty);
-                q->ntypes++;
-            }
-            if (rc == MPI_SUCCESS && n > INT_MAX)
-                rc = MPI_ERR_COUNT;
-            if (rc == MPI_SUCCESS)
-                rc = MPI_Irecv(dst, (int)n, *ty, p, x->tag, comm, &q->reqs[q->nreq]);
+            rc = n > INT_MAX ? MPI_ERR_COUNT : MPI_Type_contiguous((int)x->row_bytes, MPI_BYTE, ty);
+            if (rc == MPI_SUCCESS && (rc = MPI_Type_commit(ty)) != MPI_SUCCESS)
+                MPI_Type_free(ty);
+            po->buf = !x->dst_rows ? x->recv + x->recv_off[p] * (int64_t)x->row_bytes : x->dst_rows[x->recv_off[p]];
         }
-        if (rc != MPI_SUCCESS)
-            st = epm_comm_mpi_err(rc, "MPI_Irecv of token rows");
-        else
-            q->nreq++;
+        q->ntypes += rc == MPI_SUCCESS;
     }
-    for (int p = 0; p < R && st == EPM_OK; p++) {
+    for (int p = 0; p < R && rc == MPI_SUCCESS; p++) {
         int64_t n = x->send_off[p + 1] - x->send_off[p];
         if (n == 0 || p == t->rank)
             continue;
         MPI_Datatype *ty = &q->types[q->ntypes];
-        int rc;
+        struct post *po = &q->posts[q->ntypes];
+        *po = (struct post){.count = (int)n, .peer = p, .send = 1};
         int flat = contiguous(x->src_rows + x->send_off[p], n, x->row_bytes);
         if (flat || (x->pack_send && pack_policy())) {
             const char *b = x->src_rows[x->send_off[p]];
@@ -167,35 +164,51 @@ epm_status epm_transport_mpi_start(epm_transport *t, const epm_xfer *x, epm_xfer
                     memcpy(pk + j * (int64_t)x->row_bytes, x->src_rows[x->send_off[p] + j], x->row_bytes);
                 b = pk;
             }
-            rc = MPI_Type_contiguous((int)x->row_bytes, MPI_BYTE, ty);
-            if (rc == MPI_SUCCESS) {
-                rc = MPI_Type_commit(ty);
-                q->ntypes++;
-            }
-            if (rc == MPI_SUCCESS)
-                rc = n > INT_MAX ? MPI_ERR_COUNT : MPI_Isend(b, (int)n, *ty, p, x->tag, comm, &q->reqs[q->nreq]);
+            rc = n > INT_MAX ? MPI_ERR_COUNT : MPI_Type_contiguous((int)x->row_bytes, MPI_BYTE, ty);
+            if (rc == MPI_SUCCESS && (rc = MPI_Type_commit(ty)) != MPI_SUCCESS)
+                MPI_Type_free(ty);
+            po->buf = (char *)b;
         } else {
             rc = rows_type(x->src_rows + x->send_off[p], n, x->row_bytes, ty);
-            if (rc == MPI_SUCCESS) {
-                q->ntypes++;
-                rc = MPI_Isend(MPI_BOTTOM, 1, *ty, p, x->tag, comm, &q->reqs[q->nreq]);
-            }
+            po->buf = MPI_BOTTOM;
+            po->count = 1;
         }
-        if (rc != MPI_SUCCESS)
-            st = epm_comm_mpi_err(rc, "MPI_Isend of token rows");
-        else
-            q->nreq++;
+        q->ntypes += rc == MPI_SUCCESS;
     }
-    if (st != EPM_OK) {
+    if (rc != MPI_SUCCESS) {
+        req_free(q);
+        return rc == MPI_ERR_NO_MEM ? epm_fail(EPM_ERR_NOMEM, "transport mpi: datatype of scattered rows")
+                                    : epm_comm_mpi_err(rc, "MPI datatype of token rows");
+    }
+    *out = q;
+    return EPM_OK;
+}
+
+epm_status epm_transport_mpi_post(epm_transport *t, epm_xfer_req *q)
+{
+    (void)t;
+    int rc = MPI_SUCCESS;
+    for (int i = 0; i < q->ntypes && rc == MPI_SUCCESS; i++) {
+        const struct post *po = &q->posts[i];
+        rc = po->send ? MPI_Isend(po->buf, po->count, q->types[i], po->peer, q->tag, q->comm, &q->reqs[q->nreq])
+                      : MPI_Irecv(po->buf, po->count, q->types[i], po->peer, q->tag, q->comm, &q->reqs[q->nreq]);
+        q->nreq += rc == MPI_SUCCESS;
+    }
+    if (rc != MPI_SUCCESS) {
         /* what was posted must complete before its buffers go away */
         for (int i = 0; i < q->nreq; i++)
             MPI_Cancel(&q->reqs[i]);
         MPI_Waitall(q->nreq, q->reqs, MPI_STATUSES_IGNORE);
         req_free(q);
-        return st;
+        return epm_comm_mpi_err(rc, "MPI_Isend/MPI_Irecv of token rows");
     }
-    *out = q;
     return EPM_OK;
+}
+
+void epm_transport_mpi_release(epm_transport *t, epm_xfer_req *q)
+{
+    (void)t;
+    req_free(q);
 }
 
 epm_status epm_transport_mpi_wait(epm_transport *t, epm_xfer_req *q)
@@ -212,7 +225,8 @@ epm_status epm_transport_mpi_wait(epm_transport *t, epm_xfer_req *q)
 static void mpi_destroy(epm_transport *t) { epm_free(t); }
 
 static const epm_transport_ops mpi_ops = {
-    .name = "mpi", .device = 0, .start = epm_transport_mpi_start, .wait = epm_transport_mpi_wait, .destroy = mpi_destroy,
+    .name = "mpi", .device = 0, .prepare = epm_transport_mpi_prepare, .post = epm_transport_mpi_post,
+    .wait = epm_transport_mpi_wait, .release = epm_transport_mpi_release, .destroy = mpi_destroy,
 };
 
 epm_status epm_transport_mpi_create(void *mpi_comm, int rank, int size, epm_transport **out)

@@ -21,6 +21,7 @@ typedef struct nccl_tr {
     cudaStream_t stream;
     char *dsend, *drecv, *hsend, *hrecv; /* device send/recv, pinned host pack/unpack buffers */
     size_t send_cap, recv_cap, hsend_cap, hrecv_cap;
+    int in_flight; /* steps prepared and not yet waited for: the buffers above serve one */
 } nccl_tr;
 
 struct epm_xfer_req {
@@ -28,6 +29,7 @@ struct epm_xfer_req {
     char *const *dst_rows;
     size_t bytes, row_bytes;
     size_t self_lo, self_hi; /* this rank's own receive range, in bytes: the caller's, left alone */
+    int64_t *off;            /* [2][size + 1]: send, receive row offsets, for post */
 };
 
 static epm_status cuda_err(cudaError_t e, const char *what)
@@ -55,53 +57,56 @@ static epm_status dgrow(char **p, size_t *cap, size_t need, int pinned)
     return EPM_OK;
 }
 
-static epm_status n_start(epm_transport *t, const epm_xfer *x, epm_xfer_req **out)
+static void n_release(epm_transport *t, epm_xfer_req *q)
+{
+    if (!q)
+        return;
+    ((nccl_tr *)t)->in_flight--;
+    epm_free(q->off);
+    epm_free(q);
+}
+
+/* Buffers and the copy to the device: what can fail on this rank alone. */
+static epm_status n_prepare(epm_transport *t, const epm_xfer *x, epm_xfer_req **out)
 {
     nccl_tr *n = (nccl_tr *)t;
     int R = t->size;
     size_t rb = x->row_bytes;
     size_t sbytes = (size_t)x->send_off[R] * rb, rbytes = (size_t)x->recv_off[R] * rb;
+    *out = NULL;
+    if (n->in_flight)
+        return epm_fail(EPM_ERR_UNSUPPORTED, "transport nccl: one step at a time (its device buffers serve one)");
     epm_xfer_req *q = epm_calloc(1, sizeof *q);
-    if (!q)
-        return EPM_ERR_NOMEM;
-    cudaError_t e = cudaSetDevice(n->device);
-    if (e != cudaSuccess) {
+    int64_t *off = epm_malloc(2 * ((size_t)R + 1) * sizeof *off);
+    if (!q || !off) {
         epm_free(q);
-        return cuda_err(e, "cudaSetDevice (nccl transport)");
+        epm_free(off);
+        return EPM_ERR_NOMEM;
     }
-    epm_status st = dgrow(&n->hsend, &n->hsend_cap, sbytes ? sbytes : 1, 1);
+    q->off = off;
+    n->in_flight++;
+    memcpy(off, x->send_off, ((size_t)R + 1) * sizeof *off);
+    memcpy(off + R + 1, x->recv_off, ((size_t)R + 1) * sizeof *off);
+    cudaError_t e = cudaSetDevice(n->device);
+    epm_status st = e == cudaSuccess ? EPM_OK : cuda_err(e, "cudaSetDevice (nccl transport)");
+    if (st == EPM_OK)
+        st = dgrow(&n->hsend, &n->hsend_cap, sbytes ? sbytes : 1, 1);
     if (st == EPM_OK)
         st = dgrow(&n->dsend, &n->send_cap, sbytes ? sbytes : 1, 0);
     if (st == EPM_OK)
         st = dgrow(&n->drecv, &n->recv_cap, rbytes ? rbytes : 1, 0);
     if (st == EPM_OK && x->dst_rows)
         st = dgrow(&n->hrecv, &n->hrecv_cap, rbytes ? rbytes : 1, 1);
+    if (st == EPM_OK) {
+        for (int64_t j = 0; j < x->send_off[R]; j++)
+            memcpy(n->hsend + (size_t)j * rb, x->src_rows[j], rb);
+        e = cudaMemcpyAsync(n->dsend, n->hsend, sbytes, cudaMemcpyHostToDevice, n->stream);
+        if (e != cudaSuccess)
+            st = cuda_err(e, "cudaMemcpyAsync of rows to send");
+    }
     if (st != EPM_OK) {
-        epm_free(q);
+        n_release(t, q);
         return st;
-    }
-    for (int64_t j = 0; j < x->send_off[R]; j++)
-        memcpy(n->hsend + (size_t)j * rb, x->src_rows[j], rb);
-    e = cudaMemcpyAsync(n->dsend, n->hsend, sbytes, cudaMemcpyHostToDevice, n->stream);
-    if (e != cudaSuccess) {
-        epm_free(q);
-        return cuda_err(e, "cudaMemcpyAsync of rows to send");
-    }
-    ncclResult_t r = ncclGroupStart();
-    for (int p = 0; p < R && r == ncclSuccess; p++) {
-        size_t ns = (size_t)(x->send_off[p + 1] - x->send_off[p]) * rb;
-        size_t nr = (size_t)(x->recv_off[p + 1] - x->recv_off[p]) * rb;
-        if (ns && p != t->rank)
-            r = ncclSend(n->dsend + (size_t)x->send_off[p] * rb, ns, ncclUint8, p, n->comm, n->stream);
-        if (nr && p != t->rank && r == ncclSuccess)
-            r = ncclRecv(n->drecv + (size_t)x->recv_off[p] * rb, nr, ncclUint8, p, n->comm, n->stream);
-    }
-    ncclResult_t r2 = ncclGroupEnd();
-    if (r == ncclSuccess)
-        r = r2;
-    if (r != ncclSuccess) {
-        epm_free(q);
-        return nccl_err(r, "ncclSend/ncclRecv group");
     }
     q->recv = x->dst_rows ? n->hrecv : x->recv;
     q->dst_rows = x->dst_rows;
@@ -110,6 +115,31 @@ static epm_status n_start(epm_transport *t, const epm_xfer *x, epm_xfer_req **ou
     q->self_lo = (size_t)x->recv_off[t->rank] * rb;
     q->self_hi = (size_t)x->recv_off[t->rank + 1] * rb;
     *out = q;
+    return EPM_OK;
+}
+
+static epm_status n_post(epm_transport *t, epm_xfer_req *q)
+{
+    nccl_tr *n = (nccl_tr *)t;
+    int R = t->size;
+    size_t rb = q->row_bytes;
+    const int64_t *so = q->off, *ro = q->off + R + 1;
+    ncclResult_t r = ncclGroupStart();
+    for (int p = 0; p < R && r == ncclSuccess; p++) {
+        size_t ns = (size_t)(so[p + 1] - so[p]) * rb;
+        size_t nr = (size_t)(ro[p + 1] - ro[p]) * rb;
+        if (ns && p != t->rank)
+            r = ncclSend(n->dsend + (size_t)so[p] * rb, ns, ncclUint8, p, n->comm, n->stream);
+        if (nr && p != t->rank && r == ncclSuccess)
+            r = ncclRecv(n->drecv + (size_t)ro[p] * rb, nr, ncclUint8, p, n->comm, n->stream);
+    }
+    ncclResult_t r2 = ncclGroupEnd();
+    if (r == ncclSuccess)
+        r = r2;
+    if (r != ncclSuccess) {
+        n_release(t, q);
+        return nccl_err(r, "ncclSend/ncclRecv group");
+    }
     return EPM_OK;
 }
 
@@ -129,7 +159,7 @@ static epm_status n_wait(epm_transport *t, epm_xfer_req *q)
         for (size_t j = 0; j < q->bytes / q->row_bytes; j++)
             if (j * q->row_bytes < q->self_lo || j * q->row_bytes >= q->self_hi)
                 memcpy(q->dst_rows[j], q->recv + j * q->row_bytes, q->row_bytes);
-    epm_free(q);
+    n_release(t, q);
     return e == cudaSuccess ? EPM_OK : cuda_err(e, "cudaStreamSynchronize after the NCCL exchange");
 }
 
@@ -183,8 +213,10 @@ static void n_destroy(epm_transport *t)
 static const epm_transport_ops nccl_ops = {
     .name = "nccl",
     .device = 1,
-    .start = n_start,
+    .prepare = n_prepare,
+    .post = n_post,
     .wait = n_wait,
+    .release = n_release,
     .to_host = n_to_host,
     .to_device = n_to_device,
     .host_alloc = n_host_alloc,

@@ -51,8 +51,10 @@ static void st_destroy(epm_transport *t) { epm_free(t); }
 static const epm_transport_ops staged_ops = {
     .name = "staged",
     .device = 1,
-    .start = epm_transport_mpi_start,
+    .prepare = epm_transport_mpi_prepare,
+    .post = epm_transport_mpi_post,
     .wait = epm_transport_mpi_wait,
+    .release = epm_transport_mpi_release,
     .to_host = st_to_host,
     .to_device = st_to_device,
     .host_alloc = st_host_alloc,

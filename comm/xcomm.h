@@ -60,7 +60,12 @@ void epm_xcomm_cluster(const epm_xcomm *x, epm_cluster *c);
 
 /* Sends row i (width floats, the first payload_floats of which are counted as
  * payload) to rank dest[i]; rows to oneself are delivered without MPI.
- * Received rows come ordered by source rank, then send order. */
+ * Received rows come ordered by source rank, then send order.
+ * Failures: invalid arguments or an allocation that fails on one rank before
+ * or between the hops fail the exchange on every rank (the others get
+ * EPM_ERR_REMOTE naming it). One that fails after the last transfer (while
+ * merging what arrived) is returned on that rank alone: callers agree on
+ * their status afterwards (epm_xcomm_agree), as the runtime does. */
 epm_status epm_xcomm_exchange(epm_xcomm *x, int64_t n, const int *dest, const float *rows, int width,
                               int payload_floats, int64_t counted[EPM_LINK_COUNT], float **out_rows,
                               int **out_src, int64_t *out_n);
@@ -104,8 +109,9 @@ epm_status epm_xcomm_exchange_wait_buf(epm_xcomm_req *req);
  * of which are counted as payload) goes to every rank listed in
  * dest[i * slots .. i * slots + slots): -1 entries are skipped (anywhere,
  * not only trailing), the others must be ranks of the communicator and
- * distinct within the row (else EPM_ERR_INVALID_ARG before any transfer: a
- * caller's bug, returned on the ranks that made it). The caller's own rank
+ * distinct within the row (else EPM_ERR_INVALID_ARG before any transfer on
+ * the ranks that made the mistake, and EPM_ERR_REMOTE naming the lowest of
+ * them on the others: no rank is left waiting). The caller's own rank
  * may be listed: that copy is delivered without MPI, as epm_xcomm_exchange
  * delivers rows to oneself. A row with no rank listed is not sent. slots
  * may differ between ranks (0 = nothing sent).

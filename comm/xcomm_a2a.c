@@ -114,14 +114,18 @@ static void hop_free(epm_xcomm *x, hop *h)
     memset(h, 0, sizeof *h);
 }
 
-/* A rank that failed (out of memory) before an exchange's first collective
- * still takes part in it, sending counts of -1, so that every rank returns
- * instead of waiting for it: hop_start reads a negative count as the
- * sender's failure. */
+/* A rank that failed before one of an exchange's hops (out of memory, or
+ * invalid arguments from its caller) still takes part in the hop's count
+ * exchange, sending negative counts, so that every rank returns from the
+ * exchange instead of waiting for it: hop_start reads a negative count as
+ * the sender's failure and its cause. */
+enum { POISON_NOMEM = -1, POISON_ARGS = -2 };
+
 static epm_status hop_poison(epm_xcomm *x, epm_status st)
 {
+    int64_t v = st == EPM_ERR_NOMEM ? POISON_NOMEM : POISON_ARGS;
     for (int r = 0; r < x->size; r++)
-        x->poison[r] = -1;
+        x->poison[r] = v;
     MPI_Alltoall(x->poison, 1, MPI_INT64_T, x->poison + x->size, 1, MPI_INT64_T, x->comm);
     return st;
 }
@@ -182,7 +186,9 @@ static epm_status hop_start(epm_xcomm *x, hop *h, int64_t n, const int *dest, co
         return epm_xcomm_mpi_err(rc, "MPI_Alltoall of row counts");
     for (int r = 0; r < R; r++)
         if (h->rcount[r] < 0)
-            return epm_fail(EPM_ERR_REMOTE, "rank %d could not allocate for an exchange of rows", r);
+            return epm_fail(EPM_ERR_REMOTE, "rank %d %s", r,
+                            h->rcount[r] == POISON_NOMEM ? "could not allocate for an exchange of rows"
+                                                         : "called an exchange of rows with invalid arguments");
     for (int r = 0; r < R; r++)
         h->roff[r + 1] = h->roff[r] + h->rcount[r];
     h->nrecv = h->roff[R];
@@ -195,18 +201,32 @@ static epm_status hop_start(epm_xcomm *x, hop *h, int64_t n, const int *dest, co
         h->rbuf_owned = 1;
         ast = h->rbuf ? EPM_OK : EPM_ERR_NOMEM;
     }
-    /* the receive buffers: every rank has its own, or nobody sends */
-    int first = ast == EPM_OK ? R : me;
-    rc = MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, x->comm);
-    if (rc != MPI_SUCCESS)
-        return epm_xcomm_mpi_err(rc, "MPI_Allreduce of receive-buffer status");
-    if (first < R)
-        return first == me ? ast : epm_fail(EPM_ERR_REMOTE, "rank %d could not allocate for an exchange of rows", first);
-    /* staying on the rank moves nothing */
-    memcpy(h->rbuf + (size_t)h->roff[me] * rb, h->sbuf + (size_t)h->soff[me] * rb, (size_t)h->scount[me] * rb);
     h->xf = (epm_xfer){.row_bytes = rb, .src_rows = h->sptr, .send_off = h->soff, .recv = h->rbuf,
                        .recv_off = h->roff, .tag = tag};
-    EPM_CHECK(x->tr->ops->start(x->tr, &h->xf, &h->tq));
+    if (ast == EPM_OK)
+        ast = x->tr->ops->prepare(x->tr, &h->xf, &h->tq);
+    /* receive buffers and the transport's step: every rank has its own, or
+     * nobody sends */
+    int first = ast == EPM_OK ? R : me;
+    rc = MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, x->comm);
+    if (rc != MPI_SUCCESS || first < R) {
+        if (h->tq)
+            x->tr->ops->release(x->tr, h->tq);
+        h->tq = NULL;
+        if (rc != MPI_SUCCESS)
+            return epm_xcomm_mpi_err(rc, "MPI_Allreduce of receive-buffer status");
+        return first == me ? ast : epm_fail(EPM_ERR_REMOTE, "rank %d could not prepare its part of an exchange of "
+                                            "rows", first);
+    }
+    if (x->tr->ops->post) {
+        epm_status pst = x->tr->ops->post(x->tr, h->tq);
+        if (pst != EPM_OK) {
+            h->tq = NULL; /* freed by the failed post */
+            return pst;
+        }
+    }
+    /* staying on the rank moves nothing */
+    memcpy(h->rbuf + (size_t)h->roff[me] * rb, h->sbuf + (size_t)h->soff[me] * rb, (size_t)h->scount[me] * rb);
     h->started = 1;
     return EPM_OK;
 }
@@ -292,7 +312,7 @@ static epm_status hier_finish(epm_xcomm_req *q)
     int64_t na = a->nrecv;
     int *d = epm_malloc((size_t)(na ? na : 1) * sizeof *d);
     if (!d)
-        return EPM_ERR_NOMEM;
+        return hop_poison(x, EPM_ERR_NOMEM); /* the others are in the hop between nodes */
     for (int64_t i = 0; i < na; i++) {
         int f = hdr_at(a->rbuf + (size_t)i * rb, 1);
         d[i] = x->node_of[f] == mine ? -1 : f;
@@ -672,26 +692,33 @@ static epm_status mstart(epm_xcomm *x, int64_t n, int slots, const int *dest, co
                          int payload_floats, int64_t counted[EPM_LINK_COUNT], epm_xcomm_buf *out, epm_xcomm_req **req)
 {
     *req = NULL;
+    /* counted first, also when this rank fails below: the tags of later
+     * exchanges derive from seq and must match on every rank */
+    x->seq++;
+    x->wire.exchanges++;
+    x->wire.hier_exchanges += x->hier;
+    /* a caller's bug on one rank fails the exchange on every rank (poisoned
+     * counts), never leaves the others waiting in it */
     if (n < 0 || slots < 0 || width < 0 || payload_floats < 0 || payload_floats > width)
-        return epm_fail(EPM_ERR_INVALID_ARG, "exchange_multi: %lld rows of width %d with %d payload floats and %d "
-                        "destination slots", (long long)n, width, payload_floats, slots);
+        return hop_poison(x, epm_fail(EPM_ERR_INVALID_ARG, "exchange_multi: %lld rows of width %d with %d payload "
+                                      "floats and %d destination slots", (long long)n, width, payload_floats, slots));
     if (n > 0 && slots > 0 && (!dest || (width > 0 && !rows)))
-        return epm_fail(EPM_ERR_INVALID_ARG, "exchange_multi: %lld rows without %s", (long long)n,
-                        dest ? "rows" : "destinations");
+        return hop_poison(x, epm_fail(EPM_ERR_INVALID_ARG, "exchange_multi: %lld rows without %s", (long long)n,
+                                      dest ? "rows" : "destinations"));
     int64_t ne = 0;
     for (int64_t i = 0; i < n; i++)
         for (int j = 0; j < slots; j++) {
             int d = dest[(size_t)i * slots + j];
             if (d < -1 || d >= x->size)
-                return epm_fail(EPM_ERR_INVALID_ARG, "exchange_multi: row %lld goes to rank %d of %d",
-                                (long long)i, d, x->size);
+                return hop_poison(x, epm_fail(EPM_ERR_INVALID_ARG, "exchange_multi: row %lld goes to rank %d of %d",
+                                              (long long)i, d, x->size));
             for (int a = 0; a < j && d >= 0; a++)
                 if (dest[(size_t)i * slots + a] == d)
-                    return epm_fail(EPM_ERR_INVALID_ARG, "exchange_multi: row %lld lists rank %d twice",
-                                    (long long)i, d);
+                    return hop_poison(x, epm_fail(EPM_ERR_INVALID_ARG, "exchange_multi: row %lld lists rank %d "
+                                                  "twice", (long long)i, d));
             ne += d >= 0;
         }
-    epm_xcomm_req *q;
+    epm_xcomm_req *q = NULL;
     EPM_CHECK(req_new(x, width, payload_floats, x->hier ? 3 : 1, out, &q));
     /* counted: the eval.h model, as if each row were sent once per destination rank */
     if (counted)
@@ -721,9 +748,6 @@ static epm_status mstart(epm_xcomm *x, int64_t n, int slots, const int *dest, co
         pool_put(x, de);
         pool_put(x, map);
     }
-    x->seq++;
-    x->wire.exchanges++;
-    x->wire.hier_exchanges += x->hier;
     if (st != EPM_OK) {
         epm_xcomm_exchange_cancel(q);
         return st;
@@ -736,14 +760,22 @@ static epm_status start(epm_xcomm *x, int64_t n, const int *dest, const float *r
                         int64_t counted[EPM_LINK_COUNT], epm_xcomm_buf *out, int borrow, epm_xcomm_req **req)
 {
     *req = NULL;
+    /* counted first, also when this rank fails below: the tags of later
+     * exchanges derive from seq and must match on every rank */
+    x->seq++;
+    x->wire.exchanges++;
+    x->wire.hier_exchanges += x->hier;
     if (n < 0 || width < 0 || payload_floats < 0 || payload_floats > width)
-        return epm_fail(EPM_ERR_INTERNAL, "exchange: %lld rows of width %d with %d payload floats", (long long)n,
-                        width, payload_floats);
+        return hop_poison(x, epm_fail(EPM_ERR_INVALID_ARG, "exchange: %lld rows of width %d with %d payload floats",
+                                      (long long)n, width, payload_floats));
+    if (n > 0 && (!dest || (width > 0 && !rows)))
+        return hop_poison(x, epm_fail(EPM_ERR_INVALID_ARG, "exchange: %lld rows without %s", (long long)n,
+                                      dest ? "rows" : "destinations"));
     for (int64_t i = 0; i < n; i++)
         if (dest[i] < 0 || dest[i] >= x->size)
-            return epm_fail(EPM_ERR_INTERNAL, "exchange: row %lld goes to rank %d of %d", (long long)i, dest[i],
-                            x->size);
-    epm_xcomm_req *q;
+            return hop_poison(x, epm_fail(EPM_ERR_INVALID_ARG, "exchange: row %lld goes to rank %d of %d",
+                                          (long long)i, dest[i], x->size));
+    epm_xcomm_req *q = NULL;
     EPM_CHECK(req_new(x, width, payload_floats, x->hier ? 2 : 1, out, &q));
     /* counted is the eval.h model whatever the path: source -> destination */
     if (counted)
@@ -756,9 +788,6 @@ static epm_status start(epm_xcomm *x, int64_t n, const int *dest, const float *r
     else
         st = hop_start(x, &q->h[0], n, dest, (const char *)rows, (size_t)width * sizeof(float), q->payload,
                        (int)(x->seq % 8192) * 4, q->out, borrow, NULL);
-    x->seq++;
-    x->wire.exchanges++;
-    x->wire.hier_exchanges += x->hier;
     if (st != EPM_OK) {
         epm_xcomm_exchange_cancel(q);
         return st;

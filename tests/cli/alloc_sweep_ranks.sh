@@ -11,6 +11,8 @@
 #   OTHER    anything else
 #   usage: EPMOE=build/launch/epmoe EPM_FIXTURES=tests/fixtures \
 #          bash tests/cli/alloc_sweep_ranks.sh [RANKS [FAILING_RANK [FIRST_N]]] > sweep.txt
+# EPM_SWEEP_ARGS adds run flags, e.g. "--virtual-nodes 2 --hier on" for the
+# hierarchical exchange.
 # One line per n: n, exit status, seconds, class, number of messages, first message.
 # The stack of one point: run that rank under gdb with
 #   mpirun -np 1 epmoe run ... : -np 1 -x EPM_TEST_FAIL_ALLOC_RANK=1 -x EPM_TEST_FAIL_ALLOC_NTH=N \
@@ -29,7 +31,7 @@ echo '[[1, 2, 3, 4, 5], [9, 8, 7]]' >"$d/in.json"
 for (( ; ; n++)); do
   s=$(date +%s%N)
   EPM_TEST_FAIL_ALLOC_RANK=$FR EPM_TEST_FAIL_ALLOC_NTH=$n mpirun --oversubscribe -np "$R" "$E" run \
-    --model "$F/mixtral-tiny" --input "$d/in.json" --max-new-tokens 3 --timeout 3 >"$d/out" 2>"$d/err" &
+    --model "$F/mixtral-tiny" --input "$d/in.json" --max-new-tokens 3 --timeout 3 ${EPM_SWEEP_ARGS:-} >"$d/out" 2>"$d/err" &
   mp=$!
   for _ in $(seq 80); do kill -0 "$mp" 2>/dev/null || break; sleep 0.1; done
   hung=0

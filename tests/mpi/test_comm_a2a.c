@@ -370,15 +370,44 @@ static void test_comm_xcomm_bad_input(void **state)
     assert_int_equal(epm_xcomm_create_opts(&o, &x), me == 0 ? EPM_ERR_UNSUPPORTED : EPM_ERR_REMOTE);
     assert_non_null(strstr(epm_last_error(), "no NCCL"));
 #endif
-    /* a destination out of range is refused before anything is sent (locally: every rank passes the same) */
-    x = xcomm_with(0, EPM_XA2A_ALLTOALLV, EPM_XHIER_OFF);
-    int dest[2] = {0, R};
-    float rows[2 * XW] = {0};
-    epm_xcomm_req *q;
-    assert_int_equal(epm_xcomm_exchange_start(x, 2, dest, rows, XW, XP, NULL, &q), EPM_ERR_INTERNAL);
-    assert_null(q);
-    assert_non_null(strstr(epm_last_error(), "row 1 goes to rank"));
-    epm_xcomm_destroy(x);
+    /* a caller's bug on the last rank alone (a destination out of range, a
+     * rank listed twice) fails the exchange on every rank, with the cause on
+     * the others, and the communicator stays usable: flat and hierarchical,
+     * single- and multi-destination */
+    for (int hier = 0; hier < 2; hier++) {
+        if (hier && (R < 2 || R % 2))
+            continue;
+        x = xcomm_with(hier ? 2 : 0, EPM_XA2A_ALLTOALLV, hier ? EPM_XHIER_ON : EPM_XHIER_OFF);
+        int bad = R - 1;
+        int dest[2] = {0, me == bad ? R : 0};
+        float rows[2 * XW] = {0};
+        epm_xcomm_req *q = (epm_xcomm_req *)&q;
+        assert_int_equal(epm_xcomm_exchange_start(x, 2, dest, rows, XW, XP, NULL, &q),
+                         me == bad ? EPM_ERR_INVALID_ARG : EPM_ERR_REMOTE);
+        assert_null(q);
+        if (me == bad) {
+            assert_non_null(strstr(epm_last_error(), "row 1 goes to rank"));
+        } else {
+            char want[96];
+            snprintf(want, sizeof want, "rank %d called an exchange of rows with invalid arguments", bad);
+            assert_non_null(strstr(epm_last_error(), want));
+        }
+        int mdest[4] = {0, -1, 0, me == bad ? 0 : -1}; /* row 1 lists rank 0 twice on the bad rank */
+        float *out;
+        int *src;
+        int64_t nr;
+        assert_int_equal(epm_xcomm_exchange_multi(x, 2, 2, mdest, rows, XW, XP, NULL, &out, &src, &nr),
+                         me == bad ? EPM_ERR_INVALID_ARG : EPM_ERR_REMOTE);
+        assert_null(out);
+        if (me == bad)
+            assert_non_null(strstr(epm_last_error(), "lists rank 0 twice"));
+        /* the next exchange works */
+        assert_int_equal(epm_xcomm_exchange(x, 2, (int[]){0, 0}, rows, XW, XP, NULL, &out, &src, &nr), EPM_OK);
+        assert_int_equal(nr, me == 0 ? 2 * R : 0);
+        epm_free(out);
+        epm_free(src);
+        epm_xcomm_destroy(x);
+    }
 }
 
 static void test_comm_xcomm_allgather(void **state)
