@@ -240,28 +240,40 @@ void epm_xcomm_wire_reset(epm_xcomm *x) { memset(&x->wire, 0, sizeof x->wire); }
 epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int width, int payload_floats,
                                int64_t counted[EPM_LINK_COUNT], float **out_rows, int64_t *out_n)
 {
-    int R = x->size;
-    int cnt = (int)n;
+    int R = x->size, me = x->rank;
     int *counts = epm_malloc((size_t)R * sizeof *counts), *disp = epm_malloc((size_t)R * sizeof *disp);
     *out_rows = NULL;
+    /* a rank that cannot allocate still takes part in both collectives, with
+     * a count of -1 and then its rank in the agreement on the row buffer, so
+     * that every rank returns */
+    int cnt = counts && disp ? (int)n : -1;
+    int rc = MPI_Allgather(&cnt, 1, MPI_INT, counts && disp ? counts : (int *)x->poison, 1, MPI_INT, x->comm);
     if (!counts || !disp) {
         epm_free(counts);
         epm_free(disp);
         return EPM_ERR_NOMEM;
     }
-    int rc = MPI_Allgather(&cnt, 1, MPI_INT, counts, 1, MPI_INT, x->comm);
     int64_t total = 0;
-    for (int r = 0; r < R; r++) {
+    epm_status st = rc == MPI_SUCCESS ? EPM_OK : epm_xcomm_mpi_err(rc, "MPI_Allgather of row counts");
+    for (int r = 0; r < R && st == EPM_OK; r++) {
+        if (counts[r] < 0)
+            st = epm_fail(EPM_ERR_REMOTE, "rank %d could not allocate for an all-gather of rows", r);
         disp[r] = (int)total;
         total += counts[r];
     }
-    float *buf = rc == MPI_SUCCESS ? epm_malloc((size_t)(total ? total : 1) * (size_t)width * sizeof *buf) : NULL;
-    epm_status st = EPM_OK;
-    if (rc != MPI_SUCCESS) {
-        st = epm_xcomm_mpi_err(rc, "MPI_Allgather of row counts");
-    } else if (!buf) {
-        st = EPM_ERR_NOMEM;
-    } else {
+    float *buf = NULL;
+    if (st == EPM_OK) {
+        buf = epm_malloc((size_t)(total ? total : 1) * (size_t)width * sizeof *buf);
+        int first = buf ? R : me;
+        rc = MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, x->comm);
+        if (rc != MPI_SUCCESS)
+            st = epm_xcomm_mpi_err(rc, "MPI_Allreduce of the all-gather's buffer status");
+        else if (first == me)
+            st = EPM_ERR_NOMEM;
+        else if (first < R)
+            st = epm_fail(EPM_ERR_REMOTE, "rank %d could not allocate for an all-gather of rows", first);
+    }
+    if (st == EPM_OK) {
         MPI_Datatype row;
         MPI_Type_contiguous(width, MPI_FLOAT, &row);
         MPI_Type_commit(&row);

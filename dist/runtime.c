@@ -1144,8 +1144,11 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
     double t0 = epm_now();
     r.g0 = 0, r.pn = r.N, r.prefill = 1;
-    EPM_CHECK_GOTO(forward(&r, &n, &g, &h), st, fail_gen);
-    st = logits(&r, n, h, &lg);
+    /* forward's failures after its last agreement (follow mode's way home)
+     * are this rank's alone: they join the logits' agreement */
+    st = forward(&r, &n, &g, &h);
+    if (st == EPM_OK)
+        st = logits(&r, n, h, &lg);
     EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
     res->report.t_prefill = epm_now() - t0;
     res->report.prefill_tokens = r.N;
@@ -1166,7 +1169,10 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
             memcpy(rows + keep * (2 + V) + 2, lg + i * V, (size_t)V * sizeof *rows);
             keep++;
         }
-        EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
+        if ((st = sync(&r, st)) != EPM_OK) {
+            epm_free(rows);
+            goto fail_gen;
+        }
         void *all = NULL;
         int64_t nb = 0;
         st = epm_xcomm_gather_bytes(r.x, rows, keep * (2 + V) * (int64_t)sizeof(float), &all, &nb);
@@ -1196,10 +1202,11 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         st = embed(&r, n, g, tok, h);
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
         r.g0 = r.N + (int64_t)step * batch, r.pn = batch, r.prefill = 0;
-        EPM_CHECK_GOTO(forward(&r, &n, &g, &h), st, fail_gen);
+        st = forward(&r, &n, &g, &h);
         epm_free(lg);
         lg = NULL;
-        st = logits(&r, n, h, &lg);
+        if (st == EPM_OK)
+            st = logits(&r, n, h, &lg);
         for (int64_t i = 0; i < n && st == EPM_OK; i++)
             gen64[(size_t)seq_of(&r, g[i]) * o->max_new_tokens + step + 1] = argmax(lg + i * c->vocab_size, c->vocab_size);
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);

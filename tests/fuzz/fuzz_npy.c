@@ -33,7 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 sink ^= epm_trace_ids(t, l)[epm_trace_tokens(t) * epm_trace_k(t) - 1];
         (void)sink;
         epm_trace_stats *s = NULL; /* bounded as in fuzz_trace.c */
-        if ((int64_t)epm_trace_layers(t) * epm_trace_experts(t) <= (1 << 22) &&
+        if ((int64_t)epm_trace_layers(t) * epm_trace_experts(t) <= (1 << 16) &&
             epm_trace_stats_compute(t, 1, &s) == EPM_OK)
             epm_trace_stats_destroy(s);
         epm_trace_destroy(t);

@@ -17,7 +17,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* A valid trace may still ask for layers x experts counters beyond
          * the fuzzer's memory limit; that is not a bug. */
         epm_trace_stats *s = NULL;
-        if ((int64_t)epm_trace_layers(t) * epm_trace_experts(t) <= (1 << 22) &&
+        if ((int64_t)epm_trace_layers(t) * epm_trace_experts(t) <= (1 << 16) &&
             epm_trace_stats_compute(t, 2, &s) == EPM_OK)
             epm_trace_stats_destroy(s);
         epm_trace_destroy(t);
