@@ -62,6 +62,13 @@ struct epm_transport {
     int rank, size;
 };
 
+/* Deadline of a device transport's wait for its peers (process-wide; 0 =
+ * none): NCCL's wait polls the communicator's asynchronous error and gives
+ * up past it, aborting the communicator, instead of blocking forever on a
+ * peer that died. epm_xcomm_set_timeout sets it too. */
+void epm_transport_set_timeout(double seconds);
+double epm_transport_timeout(void);
+
 /* prepare then post, for callers that agree on failures afterwards */
 static inline epm_status epm_transport_start(epm_transport *t, const epm_xfer *x, epm_xfer_req **req)
 {

@@ -222,6 +222,10 @@ epm_status epm_transport_mpi_wait(epm_transport *t, epm_xfer_req *q)
     return rc == MPI_SUCCESS ? EPM_OK : epm_comm_mpi_err(rc, "MPI_Waitall of token rows");
 }
 
+static double transport_timeout_s;
+void epm_transport_set_timeout(double seconds) { transport_timeout_s = seconds > 0 ? seconds : 0; }
+double epm_transport_timeout(void) { return transport_timeout_s; }
+
 static void mpi_destroy(epm_transport *t) { epm_free(t); }
 
 static const epm_transport_ops mpi_ops = {

@@ -11,6 +11,7 @@
 #include <nccl.h>
 #pragma GCC diagnostic pop
 #include <string.h>
+#include <time.h>
 
 #include "comm_internal.h"
 
@@ -74,6 +75,8 @@ static epm_status n_prepare(epm_transport *t, const epm_xfer *x, epm_xfer_req **
     size_t rb = x->row_bytes;
     size_t sbytes = (size_t)x->send_off[R] * rb, rbytes = (size_t)x->recv_off[R] * rb;
     *out = NULL;
+    if (!n->comm)
+        return epm_fail(EPM_ERR_NCCL, "transport nccl: the communicator was aborted after an earlier failure");
     if (n->in_flight)
         return epm_fail(EPM_ERR_UNSUPPORTED, "transport nccl: one step at a time (its device buffers serve one)");
     epm_xfer_req *q = epm_calloc(1, sizeof *q);
@@ -143,6 +146,39 @@ static epm_status n_post(epm_transport *t, epm_xfer_req *q)
     return EPM_OK;
 }
 
+/* Waits for the stream without blocking in CUDA: a peer that died leaves
+ * ncclRecv pending forever, so the communicator's asynchronous error is
+ * polled, and past the deadline (epm_transport_timeout) the communicator is
+ * aborted and the wait fails instead of hanging. */
+static epm_status stream_wait(nccl_tr *n)
+{
+    double limit = epm_transport_timeout(), t0 = epm_now();
+    for (unsigned spin = 0;; spin++) {
+        cudaError_t e = cudaStreamQuery(n->stream);
+        if (e == cudaSuccess)
+            return EPM_OK;
+        if (e != cudaErrorNotReady)
+            return cuda_err(e, "the NCCL exchange's stream");
+        ncclResult_t ae = ncclSuccess;
+        ncclResult_t r = ncclCommGetAsyncError(n->comm, &ae);
+        if (r != ncclSuccess || ae != ncclSuccess) {
+            ncclCommAbort(n->comm);
+            n->comm = NULL;
+            return nccl_err(r != ncclSuccess ? r : ae, "NCCL exchange (communicator aborted)");
+        }
+        if (limit > 0 && epm_now() - t0 > limit) {
+            ncclCommAbort(n->comm);
+            n->comm = NULL;
+            return epm_fail(EPM_ERR_TIMEOUT, "NCCL exchange on rank %d did not complete within %.0f s (--timeout): "
+                            "a peer stalled or died; communicator aborted", n->base.rank, limit);
+        }
+        if (spin > 64) {
+            struct timespec ts = {0, 50000};
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
 static epm_status n_wait(epm_transport *t, epm_xfer_req *q)
 {
     nccl_tr *n = (nccl_tr *)t;
@@ -153,14 +189,13 @@ static epm_status n_wait(epm_transport *t, epm_xfer_req *q)
     if (e == cudaSuccess && q->bytes > q->self_hi)
         e = cudaMemcpyAsync(q->recv + q->self_hi, n->drecv + q->self_hi, q->bytes - q->self_hi,
                             cudaMemcpyDeviceToHost, n->stream);
-    if (e == cudaSuccess)
-        e = cudaStreamSynchronize(n->stream);
-    if (e == cudaSuccess && q->dst_rows)
+    epm_status st = e == cudaSuccess ? stream_wait(n) : cuda_err(e, "cudaMemcpyAsync of received rows");
+    if (st == EPM_OK && q->dst_rows)
         for (size_t j = 0; j < q->bytes / q->row_bytes; j++)
             if (j * q->row_bytes < q->self_lo || j * q->row_bytes >= q->self_hi)
                 memcpy(q->dst_rows[j], q->recv + j * q->row_bytes, q->row_bytes);
     n_release(t, q);
-    return e == cudaSuccess ? EPM_OK : cuda_err(e, "cudaStreamSynchronize after the NCCL exchange");
+    return st;
 }
 
 static epm_status n_to_host(epm_transport *t, void *host, const void *dev, size_t bytes)

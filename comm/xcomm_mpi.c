@@ -305,7 +305,11 @@ epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int w
 
 static double agree_timeout_s; /* 0 = wait forever */
 
-void epm_xcomm_set_timeout(double seconds) { agree_timeout_s = seconds > 0 ? seconds : 0; }
+void epm_xcomm_set_timeout(double seconds)
+{
+    agree_timeout_s = seconds > 0 ? seconds : 0;
+    epm_transport_set_timeout(seconds);
+}
 
 void epm_xcomm_abort(epm_xcomm *x, int code) { MPI_Abort(x ? x->comm : MPI_COMM_WORLD, code); }
 
