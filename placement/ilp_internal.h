@@ -126,9 +126,18 @@ epm_status epm_ilp_decompose(const epm_ilp_ctx *x, int *rank_of, double *lb);
 
 /* ---- local search at scale (ilp_search.c) ---- */
 /* Improves rank_of by exact-delta swaps and moves (capacity x->S), layer by
- * layer, for at most max_evals layer evaluations or until deadline. Returns
- * the objective reached in *obj. */
-epm_status epm_ilp_search(const epm_ilp_ctx *x, int *rank_of, int64_t max_evals, double deadline,
+ * layer, for at most max_evals move evaluations or until deadline. With
+ * folds = 0 it minimises epm_plan_objective. With folds = F >= 1 it
+ * minimises a sample-average approximation over F folds of the planning
+ * tokens of epm_eval's per-layer modelled time (busiest rank's compute and
+ * communication; see ilp_search.c), subject to epm_plan_objective staying at
+ * or below its value at the start. Returns epm_plan_objective of the result
+ * (single-copy) in *obj. */
+epm_status epm_ilp_search(const epm_ilp_ctx *x, int *rank_of, int64_t max_evals, double deadline, int folds,
                           epm_progress_fn progress, void *progress_user, double *obj);
+/* What the search minimises with folds >= 1, for rank_of (tests): the sum
+ * over layers of the fold-mean of balance_weight * max_r load plus
+ * traffic_weight * the busiest rank's comm units. */
+epm_status epm_ilp_search_model(const epm_ilp_ctx *x, const int *rank_of, int folds, double *value);
 
 #endif

@@ -4,7 +4,29 @@
  * exact change of epm_plan_objective is computed from the tokens it touches
  * only (inverted indexes), so millions of moves fit in a minute. Candidate
  * moves come from a fixed-seed generator and the budget is counted in moves,
- * so the result depends on the input alone unless the deadline cuts it. */
+ * so the result depends on the input alone unless the deadline cuts it.
+ *
+ * What it minimises (folds > 0): the planning trace is a sample, and
+ * epm_plan_objective scores that sample exactly, noise included. Two parts
+ * of it do not carry over to the tokens to come. The straggler: the max over
+ * ranks of loads fitted to one sample is biased low, and a search that fills
+ * other ranks up to that max loses to the next batch's noise. The traffic:
+ * the objective averages it over ranks, while epm_eval's modelled time
+ * charges each phase at its busiest rank. So with folds = F the search
+ * minimises a sample-average approximation of epm_eval's per-layer time:
+ * token i goes to fold i mod F, each fold scaled by F is one sample, and
+ * each layer scores the mean over folds of
+ *     balance_weight * max_r load_f(r) + traffic_weight * comm_f
+ * where comm_f is the busiest rank's all-to-all units (plus, in follow mode,
+ * the busiest rank's K/V all-gather units) as epm_eval counts them; follow
+ * mode's final gather, one phase for the whole trace, is left to the
+ * objective. In home mode a token's home is taken as unknown (uniform over
+ * ranks): the homes of the tokens to come carry no information about their
+ * routing, so fitting the planning tokens' homes fits noise. Every kept move
+ * must also leave epm_plan_objective at or below its value at the start (the
+ * best heuristic or the MIP incumbent), so the reported objective never gets
+ * worse: the search spends the start's slack on what generalises. With
+ * folds = 0 it minimises epm_plan_objective itself. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -25,38 +47,127 @@ typedef struct {
     int32_t *gat;
     uint32_t *stamp;      /* [T] */
     uint32_t epoch;
+    /* the sample-average model (F > 0) */
+    int F;                /* folds, 0 = the plain objective */
+    int W;                /* doubles per (layer, fold) of the comm model */
+    int64_t *fload;       /* [F * L * E] F * assignments of fold f's tokens */
+    int64_t *frload;      /* [(l * F + f) * R + r] F * fold f's load of rank r */
+    double *fcomm;        /* [(l * F + f) * W + i] fold f's comm model (see tok_cost) */
+    double *dcomm;        /* [L * F * W] change of fcomm by the move tried */
+    int *dirty;           /* [L] layers whose dcomm is in use */
+    int ndirty;
+    char *is_dirty;       /* [L] */
+    int64_t dmax;         /* change of sum over layers of max_r rload since the start */
+    double dtraffic;      /* change of the (unweighted) traffic since the start */
 } search;
 
-static double tok_traffic(const epm_ilp_ctx *x, const int *rank_of, int l, size_t tok)
+/* Traffic of token tok at layer l in link-cost units (its part of
+ * epm_plan_objective's traffic sum). With folds, also adds sign * F * its
+ * transfers to fold (tok mod F)'s comm model of layer l, in units of one
+ * intra-node hidden vector:
+ *   home mode, per rank q: [q in D] * (cbar - 1/R) in [q], -(rho - 1) / R
+ *     per expert rank on q's node in [R + node], rho * |D| / R in [R + N]:
+ *     the expectation over a uniform home h of the units q sends (= receives:
+ *     dispatch h -> d, combine d -> h), cbar = kv_fan / R being the mean cost
+ *     of a link into q;
+ *   follow mode: a2a units sent [q] and received [R + q] as epm_eval moves
+ *     them (dispatch src -> d, combine d -> top-1's rank) and tokens whose
+ *     K/V row leaves q [2R + q]. (The K/V phase's busiest rank is its busiest
+ *     sender: q receives sum over s != q of n_s cost(s, q), at most
+ *     max_s n_s * kv_fan, which the busiest sender sends.) */
+static double tok_cost(search *s, int l, size_t tok, double sign)
 {
+    const epm_ilp_ctx *x = s->x;
     const int32_t *row = epm_trace_ids_const(x->t, l) + tok * (size_t)x->K;
     if (row[0] < 0)
         return 0.0;
     int d[256], n = 0;
     size_t E = (size_t)x->E;
     for (int j = 0; j < x->K && row[j] >= 0; j++) {
-        int r = rank_of[(size_t)l * E + (size_t)row[j]], seen = 0;
+        int r = s->rank_of[(size_t)l * E + (size_t)row[j]], seen = 0;
         for (int q = 0; q < n; q++)
             seen |= d[q] == r;
         if (!seen)
             d[n++] = r;
     }
-    double s = 0.0;
-    if (x->mode == EPM_MODE_HOME) {
-        for (int q = 0; q < n; q++)
-            s += 2.0 * epm_ilp_cost(x, x->home[tok], d[q]);
-    } else {
-        int32_t src = x->src[(size_t)l * (size_t)x->T + tok];
-        int sr = src < 0 ? -src - 1 : rank_of[src];
-        int cr = rank_of[(size_t)l * E + (size_t)row[0]];
-        for (int q = 0; q < n; q++)
-            s += epm_ilp_cost(x, sr, d[q]) + epm_ilp_cost(x, d[q], cr);
+    int R = x->R;
+    double *a = NULL, w = sign * (double)s->F;
+    if (s->F) {
+        if (!s->is_dirty[l]) {
+            s->is_dirty[l] = 1;
+            s->dirty[s->ndirty++] = l;
+        }
+        a = s->dcomm + ((size_t)l * (size_t)s->F + tok % (size_t)s->F) * (size_t)s->W;
     }
-    return s;
+    double sum = 0.0;
+    if (x->mode == EPM_MODE_HOME) {
+        int h = x->home[tok];
+        for (int q = 0; q < n; q++)
+            sum += 2.0 * epm_ilp_cost(x, h, d[q]);
+        if (a) {
+            double in = x->kv_fan / R - 1.0 / R, near = (x->rho - 1.0) / R;
+            for (int q = 0; q < n; q++) {
+                a[d[q]] += w * in;
+                a[R + d[q] / x->gpn] -= w * near;
+            }
+            a[R + x->N] += w * x->rho * n / R;
+        }
+        return sum;
+    }
+    int32_t src = x->src[(size_t)l * (size_t)x->T + tok];
+    int sr = src < 0 ? -src - 1 : s->rank_of[src];
+    int cr = s->rank_of[(size_t)l * E + (size_t)row[0]];
+    for (int q = 0; q < n; q++) {
+        double c1 = epm_ilp_cost(x, sr, d[q]), c2 = epm_ilp_cost(x, d[q], cr);
+        sum += c1 + c2;
+        if (a) {
+            a[sr] += w * c1;
+            a[R + d[q]] += w * c1;
+            a[d[q]] += w * c2;
+            a[R + cr] += w * c2;
+        }
+    }
+    if (a)
+        a[2 * R + sr] += w;
+    return sum;
+}
+
+/* Mean over folds of layer l's busiest-rank comm units, from fcomm plus
+ * dcomm when with_delta. */
+static double layer_comm(const search *s, int l, int with_delta)
+{
+    const epm_ilp_ctx *x = s->x;
+    int R = x->R, N = x->N;
+    size_t W = (size_t)s->W;
+    double sum = 0.0;
+    for (int f = 0; f < s->F; f++) {
+        size_t at = ((size_t)l * (size_t)s->F + (size_t)f) * W;
+        const double *a = s->fcomm + at, *da = s->dcomm + at;
+#define CM(i) (a[i] + (with_delta ? da[i] : 0.0))
+        if (x->mode == EPM_MODE_HOME) {
+            double mx = -INFINITY, all = CM(R + N);
+            for (int q = 0; q < R; q++) {
+                double c = CM(q) + CM(R + q / x->gpn) + all;
+                mx = c > mx ? c : mx;
+            }
+            sum += mx;
+        } else {
+            double a2a = 0.0, kv = 0.0;
+            for (int q = 0; q < R; q++) {
+                double snd = CM(q), rcv = CM(R + q), at_q = CM(2 * R + q);
+                a2a = snd > a2a ? snd : a2a;
+                a2a = rcv > a2a ? rcv : a2a;
+                kv = at_q > kv ? at_q : kv;
+            }
+            sum += a2a + x->kv_ratio * x->kv_fan * kv;
+        }
+#undef CM
+    }
+    return sum / (double)s->F;
 }
 
 /* Traffic of every token whose cost depends on where the experts le[0..n) are. */
-static double touched(search *s, const int *le, int n)
+static double touched(search *s, const int *le, int n, double sign)
 {
     const epm_ilp_ctx *x = s->x;
     double sum = 0.0;
@@ -73,14 +184,14 @@ static double touched(search *s, const int *le, int n)
             if (s->stamp[tok] == s->epoch)
                 continue;
             s->stamp[tok] = s->epoch;
-            sum += tok_traffic(x, s->rank_of, l, (size_t)tok);
+            sum += tok_cost(s, l, (size_t)tok, sign);
         }
     if (x->mode != EPM_MODE_FOLLOW)
         return sum;
     for (int i = 0; i < n; i++) {
         for (int64_t q = s->use_start[le[i]]; q < s->use_start[le[i] + 1]; q++) {
             int64_t v = s->use[q];
-            sum += tok_traffic(x, s->rank_of, (int)(v / (int64_t)T), (size_t)(v % (int64_t)T));
+            sum += tok_cost(s, (int)(v / (int64_t)T), (size_t)(v % (int64_t)T), sign);
         }
         for (int64_t q = s->gat_start[le[i]]; q < s->gat_start[le[i] + 1]; q++) {
             int32_t tok = s->gat[q];
@@ -105,6 +216,10 @@ static void place(search *s, int le, int r, int add)
     int l = le / x->E;
     size_t lr = (size_t)l * (size_t)x->R + (size_t)r;
     s->rload[lr] += add ? x->load[le] : -x->load[le];
+    for (int f = 0; f < s->F; f++) {
+        int64_t v = s->fload[(size_t)f * (size_t)x->L * (size_t)x->E + (size_t)le];
+        s->frload[((size_t)l * (size_t)s->F + (size_t)f) * (size_t)x->R + (size_t)r] += add ? v : -v;
+    }
     int *slots = s->expert_at + lr * (size_t)x->S;
     if (add) {
         for (int q = 0; q < x->S; q++)
@@ -147,13 +262,48 @@ static void search_free(search *s)
     epm_free(s->gat_start);
     epm_free(s->gat);
     epm_free(s->stamp);
+    epm_free(s->fload);
+    epm_free(s->frload);
+    epm_free(s->fcomm);
+    epm_free(s->dcomm);
+    epm_free(s->dirty);
+    epm_free(s->is_dirty);
 }
 
-static epm_status search_init(search *s, const epm_ilp_ctx *x, int *rank_of)
+/* Folds' loads per expert, and the comm model of the start. */
+static epm_status model_init(search *s)
+{
+    const epm_ilp_ctx *x = s->x;
+    size_t L = (size_t)x->L, E = (size_t)x->E, R = (size_t)x->R, T = (size_t)x->T, F = (size_t)s->F;
+    s->W = x->mode == EPM_MODE_HOME ? x->R + x->N + 1 : 3 * x->R;
+    size_t cells = L * F * (size_t)s->W;
+    s->fload = epm_calloc(F * L * E, sizeof *s->fload);
+    s->frload = epm_calloc(L * F * R, sizeof *s->frload);
+    s->fcomm = epm_calloc(cells, sizeof *s->fcomm);
+    s->dcomm = epm_calloc(cells, sizeof *s->dcomm);
+    s->dirty = epm_calloc(L ? L : 1, sizeof *s->dirty);
+    s->is_dirty = epm_calloc(L ? L : 1, 1);
+    if (!s->fload || !s->frload || !s->fcomm || !s->dcomm || !s->dirty || !s->is_dirty)
+        return EPM_ERR_NOMEM;
+    for (size_t le = 0; le < L * E; le++)
+        for (int64_t q = s->occ_start[le]; q < s->occ_start[le + 1]; q++)
+            s->fload[((size_t)s->occ[q] % F) * L * E + le] += (int64_t)F;
+    for (size_t l = 0; l < L; l++)
+        for (size_t tok = 0; tok < T; tok++)
+            (void)tok_cost(s, (int)l, tok, 1.0);
+    memcpy(s->fcomm, s->dcomm, cells * sizeof *s->fcomm);
+    memset(s->dcomm, 0, cells * sizeof *s->dcomm);
+    memset(s->is_dirty, 0, L ? L : 1);
+    s->ndirty = 0;
+    return EPM_OK;
+}
+
+static epm_status search_init(search *s, const epm_ilp_ctx *x, int *rank_of, int folds)
 {
     memset(s, 0, sizeof *s);
     s->x = x;
     s->rank_of = rank_of;
+    s->F = folds;
     size_t L = (size_t)x->L, E = (size_t)x->E, R = (size_t)x->R, T = (size_t)x->T, LE = L * E;
     int64_t *cnt = epm_calloc(LE, sizeof *cnt), *cnt2 = epm_calloc(LE, sizeof *cnt2),
             *cnt3 = epm_calloc(LE, sizeof *cnt3);
@@ -168,8 +318,6 @@ static epm_status search_init(search *s, const epm_ilp_ctx *x, int *rank_of)
     }
     for (size_t i = 0; i < L * R * (size_t)x->S; i++)
         s->expert_at[i] = -1;
-    for (size_t le = 0; le < LE; le++)
-        place(s, (int)le, rank_of[le], 1);
     for (size_t l = 0; l < L; l++) {
         const int32_t *ids = epm_trace_ids_const(x->t, (int)l);
         for (size_t tok = 0; tok < T; tok++) {
@@ -213,6 +361,10 @@ static epm_status search_init(search *s, const epm_ilp_ctx *x, int *rank_of)
     for (size_t tok = 0; tok < T; tok++)
         if (x->last[tok] >= 0)
             s->gat[s->gat_start[x->last[tok]] + cnt3[x->last[tok]]++] = (int32_t)tok;
+    if (s->F)
+        EPM_CHECK_GOTO(model_init(s), st, out);
+    for (size_t le = 0; le < LE; le++)
+        place(s, (int)le, rank_of[le], 1);
 out:
     epm_free(cnt);
     epm_free(cnt2);
@@ -222,25 +374,77 @@ out:
     return st;
 }
 
+static double layer_fold_max(const search *s, int l)
+{
+    int64_t sum = 0;
+    const int64_t *ld = s->frload + (size_t)l * (size_t)s->F * (size_t)s->x->R;
+    for (int f = 0; f < s->F; f++, ld += s->x->R) {
+        int64_t mx = 0;
+        for (int r = 0; r < s->x->R; r++)
+            mx = ld[r] > mx ? ld[r] : mx;
+        sum += mx;
+    }
+    return (double)sum / (double)s->F;
+}
+
 /* Tries moving le1 to rank r2 and, when le2 >= 0, le2 to le1's rank; keeps
- * the change when it lowers the objective. Returns the change kept. */
+ * the change when it lowers what the search minimises (and, with folds,
+ * keeps epm_plan_objective at or below the start's). Returns the change of
+ * what it minimises. */
 static double try_move(search *s, int le1, int le2, int r2)
 {
     const epm_ilp_ctx *x = s->x;
     int l = le1 / x->E, r1 = s->rank_of[le1];
     int le[2] = {le1, le2};
     int n = le2 >= 0 ? 2 : 1;
-    double before = x->bw * (double)layer_max(s, l) + x->tw * touched(s, le, n);
+    int64_t m0 = layer_max(s, l);
+    double b0 = s->F ? layer_fold_max(s, l) : (double)m0;
+    double t0 = touched(s, le, n, -1.0);
     place(s, le1, r1, 0);
     if (n == 2)
         place(s, le2, r2, 0);
     place(s, le1, r2, 1);
     if (n == 2)
         place(s, le2, r1, 1);
-    double after = x->bw * (double)layer_max(s, l) + x->tw * touched(s, le, n);
-    double delta = after - before;
-    if (delta < -1e-9 * (fabs(before) + 1.0))
+    int64_t m1 = layer_max(s, l);
+    double b1 = s->F ? layer_fold_max(s, l) : (double)m1;
+    double t1 = touched(s, le, n, 1.0);
+    double before, delta;
+    int keep;
+    if (!s->F) {
+        before = x->bw * b0 + x->tw * t0;
+        delta = x->bw * (b1 - b0) + x->tw * (t1 - t0);
+        keep = delta < -1e-9 * (fabs(before) + 1.0);
+    } else {
+        double c0 = 0.0, c1 = 0.0, twr = x->tw * x->R;
+        for (int i = 0; i < s->ndirty; i++) {
+            c0 += layer_comm(s, s->dirty[i], 0);
+            c1 += layer_comm(s, s->dirty[i], 1);
+        }
+        before = x->bw * b0 + twr * c0;
+        delta = x->bw * (b1 - b0) + twr * (c1 - c0);
+        /* the budget: the straggler part is an exact integer; the traffic
+         * part is exact while link costs are integers (1 and 150/25 at the
+         * defaults) and within rounding otherwise, which the driver's final
+         * comparison with the best heuristic catches */
+        keep = delta < -1e-9 * (fabs(before) + 1.0) &&
+               x->bw * (double)(s->dmax + (m1 - m0)) + x->tw * (s->dtraffic + (t1 - t0)) <= 0.0;
+        size_t cells = (size_t)s->F * (size_t)s->W;
+        for (int i = 0; i < s->ndirty; i++) {
+            size_t at = (size_t)s->dirty[i] * cells;
+            if (keep)
+                for (size_t j = 0; j < cells; j++)
+                    s->fcomm[at + j] += s->dcomm[at + j];
+            memset(s->dcomm + at, 0, cells * sizeof *s->dcomm);
+            s->is_dirty[s->dirty[i]] = 0;
+        }
+        s->ndirty = 0;
+    }
+    if (keep) {
+        s->dmax += m1 - m0;
+        s->dtraffic += t1 - t0;
         return delta;
+    }
     place(s, le1, r2, 0);
     if (n == 2)
         place(s, le2, r1, 0);
@@ -250,12 +454,16 @@ static double try_move(search *s, int le1, int le2, int r2)
     return 0.0;
 }
 
-epm_status epm_ilp_search(const epm_ilp_ctx *x, int *rank_of, int64_t max_evals, double deadline,
+epm_status epm_ilp_search(const epm_ilp_ctx *x, int *rank_of, int64_t max_evals, double deadline, int folds,
                           epm_progress_fn progress, void *progress_user, double *obj)
 {
+    if (folds < 0)
+        folds = 0;
+    if (folds > x->T)
+        folds = x->T > 0 ? (int)x->T : 0;
     search s;
-    EPM_CHECK(search_init(&s, x, rank_of));
-    double cur = epm_ilp_total(x, rank_of);
+    EPM_CHECK(search_init(&s, x, rank_of, folds));
+    double start = epm_ilp_total(x, rank_of), cur = start;
     uint64_t rng = 0x5eedULL ^ ((uint64_t)x->L << 40) ^ ((uint64_t)x->E << 20) ^ (uint64_t)x->R;
     int64_t evals = 0;
     double last_report = epm_now();
@@ -281,7 +489,7 @@ epm_status epm_ilp_search(const epm_ilp_ctx *x, int *rank_of, int64_t max_evals,
                             continue;
                         d = try_move(&s, le1, l * E + f, r2);
                     }
-                    cur += d;
+                    cur = folds ? start + x->bw * (double)s.dmax + x->tw * s.dtraffic : cur + d;
                     gained += d;
                 }
                 if ((evals & 1023) == 0) {
@@ -305,4 +513,27 @@ epm_status epm_ilp_search(const epm_ilp_ctx *x, int *rank_of, int64_t max_evals,
     search_free(&s);
     *obj = epm_ilp_total(x, rank_of);
     return EPM_OK;
+}
+
+epm_status epm_ilp_search_model(const epm_ilp_ctx *x, const int *rank_of, int folds, double *value)
+{
+    if (folds < 1 || folds > x->T)
+        return epm_fail(EPM_ERR_INVALID_ARG, "ilp search: folds = %d is outside [1, tokens = %lld]", folds,
+                        (long long)x->T);
+    size_t LE = (size_t)x->L * (size_t)x->E;
+    int *copy = epm_malloc((LE ? LE : 1) * sizeof *copy);
+    if (!copy)
+        return EPM_ERR_NOMEM;
+    memcpy(copy, rank_of, LE * sizeof *copy);
+    search s;
+    epm_status st = search_init(&s, x, copy, folds);
+    if (st == EPM_OK) {
+        double v = 0.0;
+        for (int l = 0; l < x->L; l++)
+            v += x->bw * layer_fold_max(&s, l) + x->tw * x->R * layer_comm(&s, l, 0);
+        *value = v;
+        search_free(&s);
+    }
+    epm_free(copy);
+    return st;
 }

@@ -33,7 +33,11 @@ epm_status epm_plan_heuristic(epm_method m, const epm_trace *t, const epm_cluste
 epm_status epm_plan_objective(const epm_trace *t, const epm_placement *p, const epm_plan_opts *o, double *obj);
 
 /* The GLPK MIP (placement/ilp.c). Never returns a worse objective than the
- * best heuristic: that is its warm start and its fallback. */
+ * best heuristic: that is its warm start and its fallback. Where the MIP does
+ * not prove optimality, its local search spends the slack between that start
+ * and its result on a sample average of epm_eval's busiest-rank time, which
+ * carries over to held-out traces better than the planning sample's own
+ * straggler does (placement/ilp_search.c). */
 epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan_opts *o, epm_placement **out);
 
 #endif

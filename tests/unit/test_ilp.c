@@ -2,7 +2,9 @@
  * epm_plan_objective, its model agrees with that objective on every
  * single-copy placement, its bound is below every placement, it never loses
  * to the heuristics, falls back honestly, survives GLPK failing inside, is
- * deterministic, and proves the Mixtral shape optimal. */
+ * deterministic, and proves the Mixtral shape optimal. The local search's
+ * sample-average model is epm_eval's busiest-rank time, and the search never
+ * lets epm_plan_objective rise while it lowers that model. */
 #include "test_util.h"
 
 #include <math.h>
@@ -441,6 +443,122 @@ static void test_ilp_mixtral_shape_optimal(void **state)
     epm_trace_destroy(t);
 }
 
+/* The bench's weights: both terms in modelled microseconds, as plan eval. */
+static void eval_weights(epm_plan_opts *o, epm_eval_opts *eo, const epm_cluster *c)
+{
+    epm_eval_opts_init(eo);
+    eo->mode = o->mode;
+    eo->hidden_bytes = (int64_t)o->hidden * 2;
+    eo->kv_row_bytes = (int64_t)o->kv_dim * 2;
+    o->balance_weight = eo->flops_per_assignment / (c->gpu_tflops * 1e12) * 1e6;
+    o->traffic_weight = (double)eo->hidden_bytes / (c->intra_gbps * 1e9) * 1e6;
+}
+
+/* With one fold the search's model is epm_eval's per-layer modelled time in
+ * follow mode (busiest rank's compute, all-to-all and K/V phases), and in
+ * home mode the same with each token's home averaged over all ranks
+ * (computed here the long way: every home, every transfer). */
+static void test_ilp_search_model_is_eval_time(void **state)
+{
+    (void)state;
+    static const epm_method heur[] = {EPM_METHOD_CONTIGUOUS, EPM_METHOD_ROUND_ROBIN, EPM_METHOD_GREEDY,
+                                      EPM_METHOD_EPLB};
+    epm_trace *t = make_trace(4, 16, 3, 300, 5);
+    epm_cluster c;
+    epm_cluster_init(&c, 2, 2);
+    const int L = 4, E = 16, K = 3, R = 4;
+    for (int mode = 0; mode < 2; mode++)
+        for (size_t m = 0; m < sizeof heur / sizeof *heur; m++) {
+            epm_plan_opts o;
+            opts_for(&o, (epm_mode)mode, 4);
+            epm_eval_opts eo;
+            eval_weights(&o, &eo, &c);
+            epm_placement *p;
+            assert_int_equal(epm_plan_heuristic(heur[m], t, &c, &o, &p), EPM_OK);
+            epm_ilp_ctx x;
+            assert_int_equal(epm_ilp_ctx_init(&x, t, &c, &o, 4), EPM_OK);
+            int rank_of[64];
+            epm_ilp_from_placement(&x, p, rank_of);
+            double model;
+            assert_int_equal(epm_ilp_search_model(&x, rank_of, 1, &model), EPM_OK);
+            epm_eval_result *r;
+            assert_int_equal(epm_eval(t, p, &eo, &r), EPM_OK);
+            double want = 0.0;
+            if (mode == EPM_MODE_FOLLOW) {
+                for (int l = 0; l < L; l++)
+                    want += (r->layer[l].t_compute + r->layer[l].t_comm) * 1e6;
+            } else {
+                double unit = o.traffic_weight; /* one intra-node hidden vector */
+                for (int l = 0; l < L; l++) {
+                    double units[4] = {0, 0, 0, 0};
+                    const int32_t *ids = epm_trace_ids_const(t, l);
+                    for (int64_t tok = 0; tok < epm_trace_tokens(t); tok++)
+                        for (int h = 0; h < R; h++) {
+                            int seen[4] = {0, 0, 0, 0};
+                            for (int j = 0; j < K; j++) {
+                                int d = rank_of[l * E + ids[tok * K + j]];
+                                if (seen[d]++ || d == h)
+                                    continue;
+                                double cost = epm_cluster_link_cost(&c, epm_cluster_link(&c, h, d));
+                                units[h] += cost / R; /* dispatch sent, combine received */
+                                units[d] += cost / R;
+                            }
+                        }
+                    double mx = 0.0;
+                    for (int q = 0; q < R; q++)
+                        mx = units[q] > mx ? units[q] : mx;
+                    want += r->layer[l].t_compute * 1e6 + unit * mx;
+                }
+            }
+            if (!close_to(model, want))
+                fail_msg("mode %d, %s: model %.12g, eval %.12g", mode, epm_method_name(heur[m]), model, want);
+            epm_eval_result_destroy(r);
+            epm_ilp_ctx_free(&x);
+            epm_placement_destroy(p);
+        }
+    epm_trace_destroy(t);
+}
+
+/* The search with folds lowers its model and never raises
+ * epm_plan_objective above the start's, in both modes. */
+static void test_ilp_search_keeps_objective(void **state)
+{
+    (void)state;
+    epm_trace *t = make_trace(4, 32, 4, 1024, 9);
+    epm_cluster c;
+    epm_cluster_init(&c, 2, 4);
+    for (int mode = 0; mode < 2; mode++) {
+        epm_plan_opts o;
+        opts_for(&o, (epm_mode)mode, 0);
+        epm_placement *p;
+        assert_int_equal(epm_plan_heuristic(EPM_METHOD_GREEDY, t, &c, &o, &p), EPM_OK);
+        epm_ilp_ctx x;
+        assert_int_equal(epm_ilp_ctx_init(&x, t, &c, &o, 4), EPM_OK);
+        int rank_of[128], start[128];
+        epm_ilp_from_placement(&x, p, rank_of);
+        memcpy(start, rank_of, sizeof start);
+        double obj0 = epm_ilp_total(&x, rank_of), model0, model1, obj;
+        assert_int_equal(epm_ilp_search_model(&x, rank_of, 8, &model0), EPM_OK);
+        assert_int_equal(epm_ilp_search(&x, rank_of, (int64_t)40 * 4 * 32 * 4, epm_now() + 600, 8, NULL, NULL, &obj),
+                         EPM_OK);
+        assert_int_equal(epm_ilp_search_model(&x, rank_of, 8, &model1), EPM_OK);
+        double obj1 = epm_ilp_total(&x, rank_of);
+        print_message("mode %d: objective %.9g -> %.9g, model %.9g -> %.9g\n", mode, obj0, obj1, model0, model1);
+        assert_true(close_to(obj, obj1));
+        assert_true(obj1 <= obj0 + 1e-12 * fabs(obj0));
+        assert_true(model1 < model0 * (1 - 1e-3));
+        for (int l = 0; l < 4; l++) { /* still a placement within capacity */
+            int used[8] = {0};
+            for (int e = 0; e < 32; e++)
+                assert_true(++used[rank_of[l * 32 + e]] <= 4);
+        }
+        assert_memory_not_equal(start, rank_of, sizeof start);
+        epm_ilp_ctx_free(&x);
+        epm_placement_destroy(p);
+    }
+    epm_trace_destroy(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -453,6 +571,8 @@ int main(void)
         cmocka_unit_test(test_ilp_glpk_failure_is_contained),
         cmocka_unit_test(test_ilp_deterministic),
         cmocka_unit_test(test_ilp_mixtral_shape_optimal),
+        cmocka_unit_test(test_ilp_search_model_is_eval_time),
+        cmocka_unit_test(test_ilp_search_keeps_objective),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
