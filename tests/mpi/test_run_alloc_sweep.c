@@ -79,9 +79,15 @@ static void sweep(epm_mode mode, uint64_t *points)
     assert_int_equal(epm_run(&o, 2, lens, prompts, &good), EPM_OK);
     assert_int_equal(good->report.hierarchical, o.a2a_hier != NULL);
     int absorbed = 0;
-    /* EPM_SWEEP_FIRST=n starts there (to debug one point) */
+    /* EPM_SWEEP_FIRST=n starts there (to debug one point); EPM_SWEEP_STRIDE=s
+     * fails every s-th point only (CI's 3 and 4 ranks: the full sweep is
+     * recorded in tests/README.md) */
     uint64_t n = getenv("EPM_SWEEP_FIRST") ? strtoull(getenv("EPM_SWEEP_FIRST"), NULL, 10) : 1;
-    for (;; n++) {
+    uint64_t stride = getenv("EPM_SWEEP_STRIDE") ? strtoull(getenv("EPM_SWEEP_STRIDE"), NULL, 10) : 1;
+    uint64_t tried = 0, total = 0;
+    if (stride < 1)
+        stride = 1;
+    for (;; n += stride) {
         epm_status st;
         uint64_t made;
         int same = 1;
@@ -143,9 +149,13 @@ static void sweep(epm_mode mode, uint64_t *points)
                     epm_mode_name(mode), (unsigned long long)n, F, why, epm_status_str(st),
                     st == EPM_OK ? "" : epm_last_error(), held);
         assert_false(flags[0] || flags[1] != -flags[2]);
+        tried++;
         if (st == EPM_OK) {
-            if (made < n)
+            if (made < n) {
+                tried--;
+                total = made;
                 break; /* the n-th allocation never came: every point has been failed */
+            }
             absorbed++; /* an allocation with a fallback (the run did without it) */
             if (getenv("EPM_SWEEP_VERBOSE") && me == F)
                 fprintf(stderr, "mode %s: allocation %llu failed and the run succeeded (same result)\n",
@@ -153,10 +163,11 @@ static void sweep(epm_mode mode, uint64_t *points)
         }
     }
     if (me == F)
-        fprintf(stderr, "mode %s: %llu allocation points of rank %d of %d failed cleanly (%d of them absorbed)\n",
-                epm_mode_name(mode), (unsigned long long)(n - 1), F, R, absorbed);
-    assert_true(n - 1 > 50 || getenv("EPM_SWEEP_FIRST"));
-    *points += n - 1;
+        fprintf(stderr, "mode %s: %llu allocation points of rank %d of %d failed cleanly (one in %llu of %llu; %d absorbed)\n",
+                epm_mode_name(mode), (unsigned long long)tried, F, R, (unsigned long long)stride,
+                (unsigned long long)total, absorbed);
+    assert_true(tried * stride > 50 || getenv("EPM_SWEEP_FIRST"));
+    *points += tried;
     epm_run_result_destroy(good);
     epm_st_close(ref);
 }
