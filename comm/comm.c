@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "comm_internal.h"
+#include "mpi_world.h"
 
 epm_status epm_comm_mpi_err(int rc, const char *what)
 {
@@ -47,7 +48,7 @@ epm_status epm_transport_parse(const char *s, epm_transport_kind *out)
 
 /* node id of each rank: virtual blocks, or the shared-memory split numbered by
  * the lowest rank of each node */
-static epm_status assign_nodes(epm_comm *c, int virtual_nodes)
+static epm_status assign_nodes(epm_comm *c, int virtual_nodes, int *leads)
 {
     if (virtual_nodes > 0) {
         if (c->size % virtual_nodes)
@@ -64,14 +65,7 @@ static epm_status assign_nodes(epm_comm *c, int virtual_nodes)
     int rc = MPI_Allreduce(MPI_IN_PLACE, &lead, 1, MPI_INT, MPI_MIN, shm);
     MPI_Comm_free(&shm);
     MPI_TRY(rc, "MPI_Allreduce of node leaders");
-    int *leads = epm_malloc((size_t)c->size * sizeof *leads);
-    if (!leads)
-        return EPM_ERR_NOMEM;
-    rc = MPI_Allgather(&lead, 1, MPI_INT, leads, 1, MPI_INT, c->comm);
-    if (rc != MPI_SUCCESS) {
-        epm_free(leads);
-        return epm_comm_mpi_err(rc, "MPI_Allgather of node leaders");
-    }
+    MPI_TRY(MPI_Allgather(&lead, 1, MPI_INT, leads, 1, MPI_INT, c->comm), "MPI_Allgather of node leaders");
     /* node id = how many node leaders come before this rank's leader */
     for (int r = 0; r < c->size; r++) {
         int n = 0;
@@ -79,7 +73,6 @@ static epm_status assign_nodes(epm_comm *c, int virtual_nodes)
             n += leads[q] == q;
         c->node_of[r] = n;
     }
-    epm_free(leads);
     return EPM_OK;
 }
 
@@ -140,33 +133,33 @@ epm_status epm_comm_create(const epm_comm_opts *o, epm_comm **out)
         return epm_fail(EPM_ERR_INVALID_ARG, "transport: %d is not a transport", (int)o->transport);
     if ((unsigned)o->hierarchical > EPM_HIER_OFF)
         return epm_fail(EPM_ERR_INVALID_ARG, "hierarchical: %d is not auto, on or off", (int)o->hierarchical);
-    int inited = 0;
-    MPI_Initialized(&inited);
-    if (!inited) {
-        int provided;
-        MPI_TRY(MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
-    }
+    /* the communicator first, then this rank's memory, then one agreement:
+     * a rank that cannot allocate must not leave the others in a collective */
+    MPI_Comm comm;
+    int rank = 0, size = 1;
+    EPM_CHECK(epm_mpi_world_dup(&comm, &rank, &size));
     epm_comm *c = epm_calloc(1, sizeof *c);
-    if (!c)
-        return EPM_ERR_NOMEM;
+    int *leads = epm_malloc((size_t)size * sizeof *leads);
+    if (c)
+        c->node_of = epm_malloc((size_t)size * sizeof *c->node_of);
+    epm_status st = c && c->node_of && leads ? EPM_OK : EPM_ERR_NOMEM; /* epm_malloc said which */
+    /* a stand-in that epm_comm_agree can use where c itself is missing */
+    epm_comm tmp = {.comm = comm, .rank = rank, .size = size};
+    st = epm_comm_agree(&tmp, st, NULL);
+    if (st != EPM_OK) {
+        if (c)
+            epm_free(c->node_of);
+        epm_free(c);
+        epm_free(leads);
+        MPI_Comm_free(&comm);
+        return st;
+    }
     c->opts = *o;
-    c->comm = MPI_COMM_NULL;
-    epm_status st = EPM_OK;
-    int rc = MPI_Comm_dup(MPI_COMM_WORLD, &c->comm);
-    if (rc != MPI_SUCCESS) {
-        st = epm_comm_mpi_err(rc, "MPI_Comm_dup(MPI_COMM_WORLD)");
-        goto fail;
-    }
-    /* errors come back as codes; epm_comm_agree turns them into one message on every rank */
-    MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN);
-    MPI_Comm_rank(c->comm, &c->rank);
-    MPI_Comm_size(c->comm, &c->size);
-    c->node_of = epm_malloc((size_t)c->size * sizeof *c->node_of);
-    if (!c->node_of) {
-        st = EPM_ERR_NOMEM;
-        goto fail;
-    }
-    st = assign_nodes(c, o->virtual_nodes);
+    c->comm = comm;
+    c->rank = rank;
+    c->size = size;
+    st = assign_nodes(c, o->virtual_nodes, leads);
+    epm_free(leads);
     if (st == EPM_OK)
         st = check_uniform(c);
     if (st == EPM_OK)

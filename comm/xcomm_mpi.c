@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "epm_config.h"
+#include "mpi_world.h"
 #include "xcomm_internal.h"
 
 epm_status epm_xcomm_mpi_err(int rc, const char *what)
@@ -118,22 +119,11 @@ epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
         return epm_fail(EPM_ERR_INVALID_ARG, "xcomm options: a2a %d is not a transport", (int)o->a2a);
     if ((unsigned)o->hier > EPM_XHIER_OFF)
         return epm_fail(EPM_ERR_INVALID_ARG, "xcomm options: hier %d is not auto, on or off", (int)o->hier);
-    int inited = 0;
-    MPI_Initialized(&inited);
-    if (!inited) {
-        int provided;
-        if (MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
-            return epm_fail(EPM_ERR_MPI, "MPI_Init_thread failed");
-    }
     /* the communicator first, then this rank's memory, then one agreement:
      * a rank that cannot allocate must not leave the others in a collective */
     MPI_Comm comm;
-    MPI_Comm_dup(MPI_COMM_WORLD, &comm);
-    /* errors come back as codes; the runtime turns them into one message on every rank */
-    MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
     int me = 0, size = 1;
-    MPI_Comm_rank(comm, &me);
-    MPI_Comm_size(comm, &size);
+    EPM_CHECK(epm_mpi_world_dup(&comm, &me, &size));
     epm_xcomm *x = epm_calloc(1, sizeof *x);
     int *node_of = epm_malloc((size_t)size * sizeof *node_of);
     int *leads = epm_malloc((size_t)size * sizeof *leads);

@@ -189,6 +189,23 @@ static inline void sc_model_rows(const scen *s, const epm_comm *c, int me, int64
     }
 }
 
+/* Rank me's share of s as it sends it: the tokens' keys (their global
+ * indices) and, x not NULL, their hidden rows in s->dt. epm_free both; each
+ * holds one element at least, so a rank without tokens can make one up. */
+static inline void sc_local(const scen *s, int me, uint64_t **keys, void **x)
+{
+    int64_t n = s->ntok[me], g0 = s->first[me], m = n ? n : 1;
+    int H = s->hidden;
+    *keys = epm_malloc((size_t)m * sizeof **keys);
+    for (int64_t t = 0; t < n; t++)
+        (*keys)[t] = (uint64_t)(g0 + t);
+    if (!x)
+        return;
+    *x = epm_malloc((size_t)m * (size_t)H * epm_dtype_size(s->dt));
+    for (int64_t t = 0; t < n; t++)
+        for (int h = 0; h < H; h++)
+            sc_store(s->dt, *x, t * H + h, sc_x(g0 + t, h));
+}
 
 /* What one rank got from a dispatch + combine, for comparing two paths. */
 typedef struct sc_result {
@@ -215,13 +232,9 @@ static inline void sc_run(const scen *s, epm_comm *c, int split, sc_result *res)
     int me = epm_comm_rank(c), k = s->k, H = s->hidden;
     size_t es = epm_dtype_size(s->dt), rb = (size_t)H * es;
     int64_t n = s->ntok[me], g0 = s->first[me];
-    uint64_t *keys = epm_malloc((size_t)(n ? n : 1) * sizeof *keys);
-    void *x = epm_malloc((size_t)(n ? n : 1) * rb);
-    for (int64_t t = 0; t < n; t++) {
-        keys[t] = (uint64_t)(g0 + t);
-        for (int h = 0; h < H; h++)
-            sc_store(s->dt, x, t * H + h, sc_x(g0 + t, h));
-    }
+    uint64_t *keys;
+    void *x;
+    sc_local(s, me, &keys, &x);
     epm_comm_stats_reset(c);
     epm_a2a_layout *l;
     epm_status st = epm_a2a_layout_create(c, s->p, 0, n, k, s->ids + g0 * k, s->w + g0 * k, keys,

@@ -4,32 +4,16 @@
  * Then the runtime's row exchange (comm/xcomm.h) on every transport, blocking
  * and split-phase, against the seeded reference of tests/mpi/xcomm_ref.h;
  * allgather; error agreement with a failure injected on one rank. */
-#include "test_util.h"
-
-#include <stdio.h>
+#include "comm_fixture.h"
 
 #include "a2a_ref.h"
 #include "epm_config.h"
-#include "xcomm_ref.h"
-
-static int R, me;
-
-static epm_comm *comm_with(int vnodes, epm_hier_mode hier)
-{
-    epm_comm_opts o;
-    epm_comm_opts_init(&o);
-    o.virtual_nodes = vnodes;
-    o.hierarchical = hier;
-    epm_comm *c;
-    assert_int_equal(epm_comm_create(&o, &c), EPM_OK);
-    return c;
-}
 
 static void run(scen s, int split)
 {
     s.R = R;
     sc_build(&s);
-    epm_comm *c = comm_with(s.vnodes, EPM_HIER_OFF);
+    epm_comm *c = fx_comm(s.vnodes, EPM_HIER_OFF);
     sc_result r;
     sc_run(&s, c, split, &r);
     sc_result_free(&r);
@@ -91,15 +75,11 @@ static void test_comm_a2a_overlap(void **state)
     (void)state;
     scen s = {.R = R, .E = 8, .k = 2, .hidden = 8, .dt = EPM_DTYPE_F32, .seed = 13};
     sc_build(&s);
-    epm_comm *c = comm_with(0, EPM_HIER_OFF);
+    epm_comm *c = fx_comm(0, EPM_HIER_OFF);
     int64_t n = s.ntok[me], g0 = s.first[me];
-    uint64_t keys[64];
-    float x[64 * 8];
-    for (int64_t t = 0; t < n; t++) {
-        keys[t] = (uint64_t)(g0 + t);
-        for (int h = 0; h < 8; h++)
-            x[t * 8 + h] = sc_x(g0 + t, h);
-    }
+    uint64_t *keys;
+    void *x;
+    sc_local(&s, me, &keys, &x);
     epm_a2a_layout *a, *b;
     assert_int_equal(epm_a2a_layout_create(c, s.p, 0, n, 2, s.ids + g0 * 2, s.w + g0 * 2, keys, NULL, &a), EPM_OK);
     assert_int_equal(epm_a2a_layout_create(c, s.p, 0, n, 2, s.ids + g0 * 2, s.w + g0 * 2, keys, NULL, &b), EPM_OK);
@@ -115,6 +95,8 @@ static void test_comm_a2a_overlap(void **state)
             assert_true(ra[i * 8 + h] == sc_x((int64_t)epm_a2a_row_keys(a)[i], h));
     epm_free(ra);
     epm_free(rb_);
+    epm_free(x);
+    epm_free(keys);
     epm_a2a_layout_destroy(a);
     epm_a2a_layout_destroy(b);
     epm_comm_destroy(c);
@@ -127,12 +109,11 @@ static void test_comm_a2a_bad_input(void **state)
     (void)state;
     scen s = {.R = R, .E = 8, .k = 2, .hidden = 8, .dt = EPM_DTYPE_F32, .seed = 14};
     sc_build(&s);
-    epm_comm *c = comm_with(0, EPM_HIER_OFF);
+    epm_comm *c = fx_comm(0, EPM_HIER_OFF);
     int64_t n = s.ntok[me] > 0 ? s.ntok[me] : 0, g0 = s.first[me];
     int32_t ids[128];
-    uint64_t keys[64];
-    for (int64_t t = 0; t < n; t++)
-        keys[t] = (uint64_t)(g0 + t);
+    uint64_t *keys;
+    sc_local(&s, me, &keys, NULL);
     memcpy(ids, s.ids + g0 * 2, (size_t)n * 2 * sizeof(int32_t));
     int bad = R - 1;
     if (me == bad) {
@@ -144,10 +125,8 @@ static void test_comm_a2a_bad_input(void **state)
     epm_a2a_layout *l = (epm_a2a_layout *)&l;
     epm_status st = epm_a2a_layout_create(c, s.p, 0, n, 2, ids, me == bad ? s.w : s.w + g0 * 2, keys, NULL, &l);
     assert_null(l);
-    char want[64];
-    snprintf(want, sizeof want, "rank %d", bad);
-    assert_non_null(strstr(epm_last_error(), want));
-    assert_non_null(strstr(epm_last_error(), "expert id 8"));
+    fx_error_has("rank %d", bad);
+    fx_error_has("expert id 8");
     assert_int_equal(st, me == bad ? EPM_ERR_INVALID_ARG : EPM_ERR_REMOTE);
 
     /* a placement for a different number of ranks: a mismatch everywhere */
@@ -159,7 +138,7 @@ static void test_comm_a2a_bad_input(void **state)
         assert_int_equal(epm_placement_add(p2, 0, e, e % (R + 1)), EPM_OK);
     st = epm_a2a_layout_create(c, p2, 0, 0, 2, NULL, NULL, NULL, NULL, &l);
     assert_int_equal(st, EPM_ERR_MISMATCH); /* every rank sees it itself */
-    assert_non_null(strstr(epm_last_error(), "placement is for"));
+    fx_error_has("placement is for");
     epm_placement_destroy(p2);
 
     /* combine rank out of range on rank 0 */
@@ -176,57 +155,28 @@ static void test_comm_a2a_bad_input(void **state)
     assert_int_equal(epm_a2a_dispatch(l, NULL, EPM_DTYPE_F16, 8, NULL), EPM_ERR_UNSUPPORTED);
     assert_int_equal(epm_a2a_dispatch(l, NULL, EPM_DTYPE_F32, 0, NULL), EPM_ERR_INVALID_ARG);
     epm_a2a_layout_destroy(l);
+    epm_free(keys);
     epm_comm_destroy(c);
     sc_free(&s);
 }
 
 /* ---- the runtime's row exchange (xcomm) ---- */
 
-static epm_xcomm *xcomm_with(int vn, epm_xcomm_a2a a2a, epm_xcomm_hier hier)
-{
-    epm_xcomm_opts o;
-    epm_xcomm_opts_init(&o);
-    o.virtual_nodes = vn;
-    o.a2a = a2a;
-    o.hier = hier;
-    epm_xcomm *x;
-    assert_int_equal(epm_xcomm_create_opts(&o, &x), EPM_OK);
-    assert_int_equal(epm_xcomm_transport(x), a2a);
-    return x;
-}
-
-static void check_received(const xscen *s, int vn, const float *rows, const int *src, int64_t n,
-                           const int64_t counted[EPM_LINK_COUNT])
-{
-    float *erows;
-    int *esrc;
-    int64_t ecount[EPM_LINK_COUNT];
-    int64_t en = xs_expect(s, R, vn, me, &erows, &esrc, ecount);
-    assert_int_equal(n, en);
-    if (n) {
-        assert_memory_equal(src, esrc, (size_t)n * sizeof *src);
-        assert_memory_equal(rows, erows, (size_t)n * XW * sizeof *rows);
-    }
-    for (int c = 0; c < EPM_LINK_COUNT; c++)
-        assert_int_equal(counted[c], ecount[c]);
-    epm_free(erows);
-    epm_free(esrc);
-}
-
 /* buf: reused from case to case, as a layer loop reuses its buffers */
 static void exchange_case(epm_xcomm *x, const xscen *s, int vn, epm_xcomm_buf *buf)
 {
-    int64_t n, nr;
-    int *dest, *src;
-    float *rows, *out;
+    int64_t n;
+    int *dest;
+    float *rows;
     xs_make(s, R, me, &n, &dest, &rows);
-    int64_t counted[EPM_LINK_COUNT] = {0};
+    fx_rows r = {0};
     epm_xcomm_wire_reset(x);
-    assert_int_equal(epm_xcomm_exchange(x, n, dest, rows, XW, XP, counted, &out, &src, &nr), EPM_OK);
-    check_received(s, vn, out, src, nr, counted);
+    assert_int_equal(epm_xcomm_exchange(x, n, dest, rows, XW, XP, r.counted, &r.rows, &r.src, &r.n), EPM_OK);
+    fx_same_ref(&r, fx_xs_ref(s, vn), FX_SRC | FX_COUNTED);
     int64_t again[EPM_LINK_COUNT] = {0};
     assert_int_equal(epm_xcomm_exchange_buf(x, n, dest, rows, XW, XP, again, buf), EPM_OK);
-    check_received(s, vn, buf->rows, buf->src, buf->n, again);
+    fx_rows b = fx_got(buf->rows, buf->src, buf->n, again);
+    fx_same_ref(&b, fx_xs_ref(s, vn), FX_SRC | FX_COUNTED);
     epm_xcomm_wire w;
     epm_xcomm_wire_get(x, &w);
     assert_int_equal(w.exchanges, 2);
@@ -234,9 +184,8 @@ static void exchange_case(epm_xcomm *x, const xscen *s, int vn, epm_xcomm_buf *b
         w.bytes[c] /= 2;
     if (!epm_xcomm_hierarchical(x)) /* flat: what crossed each link is what eval.h counts */
         for (int c = 0; c < EPM_LINK_COUNT; c++)
-            assert_int_equal(w.bytes[c], counted[c]);
-    epm_free(out);
-    epm_free(src);
+            assert_int_equal(w.bytes[c], r.counted[c]);
+    fx_rows_free(&r);
     epm_free(dest);
     epm_free(rows);
 }
@@ -256,7 +205,7 @@ static void test_comm_xcomm_exchange(void **state)
         for (int vn = 0; vn <= R; vn++) {
             if (vn && R % vn)
                 continue;
-            epm_xcomm *x = xcomm_with(vn, (epm_xcomm_a2a)a, EPM_XHIER_OFF);
+            epm_xcomm *x = fx_xcomm(vn, (epm_xcomm_a2a)a, EPM_XHIER_OFF);
             epm_xcomm_buf buf = {0};
             for (size_t i = 0; i < sizeof xscens / sizeof *xscens; i++)
                 exchange_case(x, &xscens[i], vn, &buf);
@@ -277,7 +226,7 @@ static void test_comm_xcomm_virtual_nodes(void **state)
     xs_make(s, R, me, &n, &dest, &rows);
     int vns[2] = {1, R};
     for (int v = 0; v < 2; v++) {
-        epm_xcomm *x = xcomm_with(vns[v], EPM_XA2A_ALLTOALLV, EPM_XHIER_OFF);
+        epm_xcomm *x = fx_xcomm(vns[v], EPM_XA2A_ALLTOALLV, EPM_XHIER_OFF);
         epm_cluster cl;
         epm_xcomm_cluster(x, &cl);
         assert_int_equal(cl.nodes, vns[v]);
@@ -305,8 +254,8 @@ static void test_comm_xcomm_split_phase(void **state)
     (void)state;
     for (int a = EPM_XA2A_ALLTOALLV; a <= EPM_XA2A_P2P; a++)
         for (int order = 0; order < 2; order++) {
-            epm_xcomm *x = xcomm_with(R % 2 ? 0 : 2, (epm_xcomm_a2a)a, EPM_XHIER_AUTO);
             int vn = R % 2 ? 0 : 2;
+            epm_xcomm *x = fx_xcomm(vn, (epm_xcomm_a2a)a, EPM_XHIER_AUTO);
             const xscen *s[2] = {&xscens[0], &xscens[3]};
             epm_xcomm_req *q[2];
             int64_t counted[2][EPM_LINK_COUNT] = {{0}};
@@ -330,17 +279,15 @@ static void test_comm_xcomm_split_phase(void **state)
             }
             for (int k = 0; k < 2; k++) {
                 int j = order ? 1 - k : k;
-                float *out;
-                int *src;
-                int64_t nr;
+                fx_rows r = fx_got(NULL, NULL, 0, counted[j]);
                 if (j == 0) {
-                    assert_int_equal(epm_xcomm_exchange_wait(q[j], &out, &src, &nr), EPM_OK);
-                    check_received(s[j], vn, out, src, nr, counted[j]);
-                    epm_free(out);
-                    epm_free(src);
+                    assert_int_equal(epm_xcomm_exchange_wait(q[j], &r.rows, &r.src, &r.n), EPM_OK);
+                    fx_same_ref(&r, fx_xs_ref(s[j], vn), FX_SRC | FX_COUNTED);
+                    fx_rows_free(&r);
                 } else {
                     assert_int_equal(epm_xcomm_exchange_wait_buf(q[j]), EPM_OK);
-                    check_received(s[j], vn, buf.rows, buf.src, buf.n, counted[j]);
+                    r = fx_got(buf.rows, buf.src, buf.n, counted[j]);
+                    fx_same_ref(&r, fx_xs_ref(s[j], vn), FX_SRC | FX_COUNTED);
                 }
             }
             epm_xcomm_buf_free(&buf);
@@ -356,9 +303,9 @@ static void test_comm_xcomm_bad_input(void **state)
     assert_int_equal(epm_xcomm_a2a_parse("p2p", &a), EPM_OK);
     assert_int_equal(a, EPM_XA2A_P2P);
     assert_int_equal(epm_xcomm_a2a_parse("alltoall", &a), EPM_ERR_INVALID_ARG);
-    assert_non_null(strstr(epm_last_error(), "'alltoall'"));
+    fx_error_has("'alltoall'");
     assert_int_equal(epm_xcomm_hier_parse("sometimes", &h), EPM_ERR_INVALID_ARG);
-    assert_non_null(strstr(epm_last_error(), "EPM_A2A_HIER"));
+    fx_error_has("EPM_A2A_HIER");
     epm_xcomm_opts o;
     epm_xcomm_opts_init(&o);
     o.a2a = (epm_xcomm_a2a)9;
@@ -368,7 +315,7 @@ static void test_comm_xcomm_bad_input(void **state)
 #if !EPM_HAVE_NCCL
     o.a2a = EPM_XA2A_NCCL; /* fails everywhere; rank 0's error is the one reported */
     assert_int_equal(epm_xcomm_create_opts(&o, &x), me == 0 ? EPM_ERR_UNSUPPORTED : EPM_ERR_REMOTE);
-    assert_non_null(strstr(epm_last_error(), "no NCCL"));
+    fx_error_has("no NCCL");
 #endif
     /* a caller's bug on the last rank alone (a destination out of range, a
      * rank listed twice) fails the exchange on every rank, with the cause on
@@ -377,7 +324,7 @@ static void test_comm_xcomm_bad_input(void **state)
     for (int hier = 0; hier < 2; hier++) {
         if (hier && (R < 2 || R % 2))
             continue;
-        x = xcomm_with(hier ? 2 : 0, EPM_XA2A_ALLTOALLV, hier ? EPM_XHIER_ON : EPM_XHIER_OFF);
+        x = fx_xcomm(hier ? 2 : 0, EPM_XA2A_ALLTOALLV, hier ? EPM_XHIER_ON : EPM_XHIER_OFF);
         int bad = R - 1;
         int dest[2] = {0, me == bad ? R : 0};
         float rows[2 * XW] = {0};
@@ -385,13 +332,10 @@ static void test_comm_xcomm_bad_input(void **state)
         assert_int_equal(epm_xcomm_exchange_start(x, 2, dest, rows, XW, XP, NULL, &q),
                          me == bad ? EPM_ERR_INVALID_ARG : EPM_ERR_REMOTE);
         assert_null(q);
-        if (me == bad) {
-            assert_non_null(strstr(epm_last_error(), "row 1 goes to rank"));
-        } else {
-            char want[96];
-            snprintf(want, sizeof want, "rank %d called an exchange of rows with invalid arguments", bad);
-            assert_non_null(strstr(epm_last_error(), want));
-        }
+        if (me == bad)
+            fx_error_has("row 1 goes to rank");
+        else
+            fx_error_has("rank %d called an exchange of rows with invalid arguments", bad);
         int mdest[4] = {0, -1, 0, me == bad ? 0 : -1}; /* row 1 lists rank 0 twice on the bad rank */
         float *out;
         int *src;
@@ -400,7 +344,7 @@ static void test_comm_xcomm_bad_input(void **state)
                          me == bad ? EPM_ERR_INVALID_ARG : EPM_ERR_REMOTE);
         assert_null(out);
         if (me == bad)
-            assert_non_null(strstr(epm_last_error(), "lists rank 0 twice"));
+            fx_error_has("lists rank 0 twice");
         /* the next exchange works */
         assert_int_equal(epm_xcomm_exchange(x, 2, (int[]){0, 0}, rows, XW, XP, NULL, &out, &src, &nr), EPM_OK);
         assert_int_equal(nr, me == 0 ? 2 * R : 0);
@@ -414,7 +358,7 @@ static void test_comm_xcomm_allgather(void **state)
 {
     (void)state;
     int vn = R % 2 ? 0 : 2;
-    epm_xcomm *x = xcomm_with(vn, EPM_XA2A_ALLTOALLV, EPM_XHIER_AUTO);
+    epm_xcomm *x = fx_xcomm(vn, EPM_XA2A_ALLTOALLV, EPM_XHIER_AUTO);
     const xscen *s = &xscens[1];
     int64_t n, nr, counted[EPM_LINK_COUNT] = {0}, want[EPM_LINK_COUNT] = {0};
     int *dest;
@@ -442,7 +386,7 @@ static void test_comm_xcomm_allgather(void **state)
 static void test_comm_xcomm_agree(void **state)
 {
     (void)state;
-    epm_xcomm *x = xcomm_with(0, EPM_XA2A_ALLTOALLV, EPM_XHIER_OFF);
+    epm_xcomm *x = fx_xcomm(0, EPM_XA2A_ALLTOALLV, EPM_XHIER_OFF);
     assert_int_equal(epm_xcomm_agree(x, EPM_OK), EPM_OK);
     int bads[2] = {R - 1, R / 2};
     for (int b = 0; b < 2; b++) {
@@ -450,11 +394,8 @@ static void test_comm_xcomm_agree(void **state)
         epm_status local = me == bad ? epm_fail(EPM_ERR_IO, "injected failure on rank %d", me) : EPM_OK;
         epm_status st = epm_xcomm_agree(x, local);
         assert_int_equal(st, me == bad ? EPM_ERR_IO : EPM_ERR_REMOTE);
-        char want[64];
-        snprintf(want, sizeof want, "rank %d: ", bad);
-        assert_non_null(strstr(epm_last_error(), want));
-        snprintf(want, sizeof want, "injected failure on rank %d", bad);
-        assert_non_null(strstr(epm_last_error(), want));
+        fx_error_has("rank %d: ", bad);
+        fx_error_has("injected failure on rank %d", bad);
     }
     /* several failing ranks: the lowest one is named everywhere */
     epm_status local = me % 2 ? epm_fail(EPM_ERR_FORMAT, "odd rank %d", me) : EPM_OK;
@@ -463,30 +404,29 @@ static void test_comm_xcomm_agree(void **state)
         assert_int_equal(st, EPM_OK);
     } else {
         assert_int_equal(st, me == 1 ? EPM_ERR_FORMAT : EPM_ERR_REMOTE);
-        assert_non_null(strstr(epm_last_error(), "odd rank 1"));
+        fx_error_has("odd rank 1");
     }
     epm_xcomm_destroy(x);
 }
 
 int main(void)
 {
-    epm_comm *c;
-    if (epm_comm_create(NULL, &c) != EPM_OK)
-        return 1;
-    R = epm_comm_size(c);
-    me = epm_comm_rank(c);
-    epm_comm_destroy(c);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_comm_a2a_identity),     cmocka_unit_test(test_comm_a2a_weighted_f32),
-        cmocka_unit_test(test_comm_a2a_weighted_bf16), cmocka_unit_test(test_comm_a2a_empty_ranks),
-        cmocka_unit_test(test_comm_a2a_skewed),       cmocka_unit_test(test_comm_a2a_replicas),
-        cmocka_unit_test(test_comm_a2a_follow),       cmocka_unit_test(test_comm_a2a_overlap),
-        cmocka_unit_test(test_comm_a2a_bad_input),
-        cmocka_unit_test(test_comm_xcomm_exchange),    cmocka_unit_test(test_comm_xcomm_virtual_nodes),
-        cmocka_unit_test(test_comm_xcomm_split_phase), cmocka_unit_test(test_comm_xcomm_bad_input),
-        cmocka_unit_test(test_comm_xcomm_allgather),   cmocka_unit_test(test_comm_xcomm_agree),
+        FX_TEST(test_comm_a2a_identity),
+        FX_TEST(test_comm_a2a_weighted_f32),
+        FX_TEST(test_comm_a2a_weighted_bf16),
+        FX_TEST(test_comm_a2a_empty_ranks),
+        FX_TEST(test_comm_a2a_skewed),
+        FX_TEST(test_comm_a2a_replicas),
+        FX_TEST(test_comm_a2a_follow),
+        FX_TEST(test_comm_a2a_overlap),
+        FX_TEST(test_comm_a2a_bad_input),
+        FX_TEST(test_comm_xcomm_exchange),
+        FX_TEST(test_comm_xcomm_virtual_nodes),
+        FX_TEST(test_comm_xcomm_split_phase),
+        FX_TEST(test_comm_xcomm_bad_input),
+        FX_TEST(test_comm_xcomm_allgather),
+        FX_TEST(test_comm_xcomm_agree),
     };
-    int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    epm_comm_finalize();
-    return rc;
+    return fx_main(tests);
 }

@@ -4,33 +4,17 @@
  * inter-node bytes on the wire when tokens choose several ranks of a node.
  * Then the runtime's row exchange (comm/xcomm.h): hierarchical (2DH) ==
  * flat bit for bit on every transport, with fewer messages between nodes. */
-#include "test_util.h"
-
-#include <stdio.h>
+#include "comm_fixture.h"
 
 #include "a2a_ref.h"
-#include "xcomm_ref.h"
-
-static int R, me;
-
-static epm_comm *comm_with(int vnodes, epm_hier_mode hier)
-{
-    epm_comm_opts o;
-    epm_comm_opts_init(&o);
-    o.virtual_nodes = vnodes;
-    o.hierarchical = hier;
-    epm_comm *c;
-    assert_int_equal(epm_comm_create(&o, &c), EPM_OK);
-    return c;
-}
 
 static void compare(scen s, int vnodes)
 {
     s.R = R;
     s.vnodes = vnodes;
     sc_build(&s);
-    epm_comm *cf = comm_with(vnodes, EPM_HIER_OFF), *ch = comm_with(vnodes, EPM_HIER_ON),
-             *ca = comm_with(vnodes, EPM_HIER_AUTO);
+    epm_comm *cf = fx_comm(vnodes, EPM_HIER_OFF), *ch = fx_comm(vnodes, EPM_HIER_ON),
+             *ca = fx_comm(vnodes, EPM_HIER_AUTO);
     sc_result f, h, a;
     sc_run(&s, cf, 0, &f);
     sc_run(&s, ch, 1, &h);
@@ -99,33 +83,19 @@ static void test_comm_hier_skewed(void **state)
 
 /* ---- the runtime's row exchange (xcomm) ---- */
 
-typedef struct xres {
-    float *rows;
-    int *src;
-    int64_t n, counted[EPM_LINK_COUNT];
-    epm_xcomm_wire wire; /* summed over ranks */
-} xres;
-
-static void xrun(const xscen *s, int vn, epm_xcomm_a2a a2a, epm_xcomm_hier hier, int want_hier, xres *r)
+/* one blocking exchange on a fresh communicator; r's wire summed over ranks */
+static void xrun(const xscen *s, int vn, epm_xcomm_a2a a2a, epm_xcomm_hier hier, int want_hier, fx_rows *r)
 {
-    epm_xcomm_opts o;
-    epm_xcomm_opts_init(&o);
-    o.virtual_nodes = vn;
-    o.a2a = a2a;
-    o.hier = hier;
-    epm_xcomm *x;
-    assert_int_equal(epm_xcomm_create_opts(&o, &x), EPM_OK);
+    epm_xcomm *x = fx_xcomm(vn, a2a, hier);
     assert_int_equal(epm_xcomm_hierarchical(x), want_hier);
     int64_t n;
     int *dest;
     float *rows;
     xs_make(s, R, me, &n, &dest, &rows);
-    memset(r->counted, 0, sizeof r->counted);
+    *r = (fx_rows){0};
     assert_int_equal(epm_xcomm_exchange(x, n, dest, rows, XW, XP, r->counted, &r->rows, &r->src, &r->n), EPM_OK);
-    epm_xcomm_wire_get(x, &r->wire);
+    fx_wire_sum(x, r);
     assert_int_equal(r->wire.hier_exchanges, want_hier);
-    assert_int_equal(epm_xcomm_sum_i64(x, r->wire.bytes, EPM_LINK_COUNT), EPM_OK);
-    assert_int_equal(epm_xcomm_sum_i64(x, r->wire.msgs, EPM_LINK_COUNT), EPM_OK);
     epm_free(dest);
     epm_free(rows);
     epm_xcomm_destroy(x);
@@ -134,29 +104,15 @@ static void xrun(const xscen *s, int vn, epm_xcomm_a2a a2a, epm_xcomm_hier hier,
 static void xcompare(const xscen *s, int vn, epm_xcomm_a2a a2a)
 {
     int P = R / vn;
-    xres f, h, a;
+    fx_rows f, h, a;
     xrun(s, vn, a2a, EPM_XHIER_OFF, 0, &f);
     xrun(s, vn, a2a, EPM_XHIER_ON, 1, &h);
     xrun(s, vn, a2a, EPM_XHIER_AUTO, P > 2, &a);
     /* the same rows from the same sources in the same order, and the same model bytes */
-    assert_int_equal(f.n, h.n);
-    assert_int_equal(f.n, a.n);
-    if (f.n) {
-        assert_memory_equal(f.rows, h.rows, (size_t)f.n * XW * sizeof(float));
-        assert_memory_equal(f.src, h.src, (size_t)f.n * sizeof(int));
-        assert_memory_equal(f.rows, a.rows, (size_t)f.n * XW * sizeof(float));
-    }
-    assert_memory_equal(f.counted, h.counted, sizeof f.counted);
+    fx_same(&h, &f, FX_SRC | FX_COUNTED);
+    fx_same(&a, &f, FX_ROWS);
     /* and what the reference says they are */
-    float *erows;
-    int *esrc;
-    int64_t ecount[EPM_LINK_COUNT];
-    int64_t en = xs_expect(s, R, vn, me, &erows, &esrc, ecount);
-    assert_int_equal(h.n, en);
-    if (en)
-        assert_memory_equal(h.rows, erows, (size_t)en * XW * sizeof(float));
-    epm_free(erows);
-    epm_free(esrc);
+    fx_same_ref(&h, fx_xs_ref(s, vn), FX_ROWS);
     /* every row crosses between nodes once either way, but the hierarchical
      * path does it in at most one message per rank and other node (flat:
      * one per rank and rank of another node); gathering shows up as
@@ -167,11 +123,9 @@ static void xcompare(const xscen *s, int vn, epm_xcomm_a2a a2a)
     assert_true(h.wire.bytes[EPM_LINK_INTRA] >= f.wire.bytes[EPM_LINK_INTRA]);
     if (s->dest == XD_RANDOM && s->max_rows >= 40 && !s->empty_every)
         assert_true(h.wire.msgs[EPM_LINK_INTER] < f.wire.msgs[EPM_LINK_INTER]);
-    xres *all[3] = {&f, &h, &a};
-    for (int i = 0; i < 3; i++) {
-        epm_free(all[i]->rows);
-        epm_free(all[i]->src);
-    }
+    fx_rows_free(&f);
+    fx_rows_free(&h);
+    fx_rows_free(&a);
 }
 
 static void test_comm_hier_xcomm(void **state)
@@ -200,19 +154,11 @@ static void test_comm_hier_xcomm(void **state)
 
 int main(void)
 {
-    epm_comm *c;
-    if (epm_comm_create(NULL, &c) != EPM_OK)
-        return 1;
-    R = epm_comm_size(c);
-    me = epm_comm_rank(c);
-    epm_comm_destroy(c);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_comm_hier_home),
-        cmocka_unit_test(test_comm_hier_follow),
-        cmocka_unit_test(test_comm_hier_skewed),
-        cmocka_unit_test(test_comm_hier_xcomm),
+        FX_TEST(test_comm_hier_home),
+        FX_TEST(test_comm_hier_follow),
+        FX_TEST(test_comm_hier_skewed),
+        FX_TEST(test_comm_hier_xcomm),
     };
-    int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    epm_comm_finalize();
-    return rc;
+    return fx_main(tests);
 }

@@ -9,71 +9,21 @@
  * replicated bytes; hierarchical = one copy between nodes per (row,
  * destination node), which is strictly fewer whenever a row has several
  * ranks on one other node (a scenario is built to have many). */
-#include "test_util.h"
-
-#include <stdio.h>
+#include "comm_fixture.h"
 
 #include "live_bytes.h"
-#include "xmulti_ref.h"
 
-static int R, me;
-
-static epm_xcomm *xmake(int vn, epm_xcomm_a2a a2a, epm_xcomm_hier hier)
+/* what this rank got equals the reference (and counted, unless NULL) */
+static void check_expect(const mscen *s, int vn, float *rows, int *src, int64_t n, const int64_t *counted)
 {
-    epm_xcomm_opts o;
-    epm_xcomm_opts_init(&o);
-    o.virtual_nodes = vn;
-    o.a2a = a2a;
-    o.hier = hier;
-    epm_xcomm *x;
-    assert_int_equal(epm_xcomm_create_opts(&o, &x), EPM_OK);
-    return x;
+    fx_rows got = fx_got(rows, src, n, counted);
+    fx_same_ref(&got, fx_ms_ref(s, vn), counted ? FX_SRC | FX_COUNTED : FX_SRC);
 }
 
-typedef struct mres {
-    float *rows;
-    int *src;
-    int64_t n, counted[EPM_LINK_COUNT];
-    epm_xcomm_wire wire; /* summed over ranks */
-} mres;
-
-static void mres_free(mres *r)
+/* blocking exchange_multi (fresh buffers) on a fresh communicator; r's wire summed over ranks */
+static void run_multi(const mscen *s, int vn, epm_xcomm_a2a a2a, epm_xcomm_hier hier, fx_rows *r, int *hier_out)
 {
-    epm_free(r->rows);
-    epm_free(r->src);
-    memset(r, 0, sizeof *r);
-}
-
-static void wire_sum(epm_xcomm *x, mres *r)
-{
-    epm_xcomm_wire_get(x, &r->wire);
-    assert_int_equal(epm_xcomm_sum_i64(x, r->wire.bytes, EPM_LINK_COUNT), EPM_OK);
-    assert_int_equal(epm_xcomm_sum_i64(x, r->wire.msgs, EPM_LINK_COUNT), EPM_OK);
-}
-
-/* what this rank got equals the reference */
-static void check_expect(const mscen *s, int vn, const float *rows, const int *src, int64_t n,
-                         const int64_t *counted)
-{
-    float *erows;
-    int *esrc;
-    int64_t ecount[EPM_LINK_COUNT];
-    int64_t en = ms_expect(s, R, vn, me, &erows, &esrc, ecount);
-    assert_int_equal(n, en);
-    if (en) {
-        assert_memory_equal(rows, erows, (size_t)en * XW * sizeof(float));
-        assert_memory_equal(src, esrc, (size_t)en * sizeof(int));
-    }
-    if (counted)
-        assert_memory_equal(counted, ecount, sizeof ecount);
-    epm_free(erows);
-    epm_free(esrc);
-}
-
-/* blocking exchange_multi (fresh buffers) on a fresh communicator */
-static void run_multi(const mscen *s, int vn, epm_xcomm_a2a a2a, epm_xcomm_hier hier, mres *r, int *hier_out)
-{
-    epm_xcomm *x = xmake(vn, a2a, hier);
+    epm_xcomm *x = fx_xcomm(vn, a2a, hier);
     *hier_out = epm_xcomm_hierarchical(x);
     int64_t n;
     int *dest;
@@ -84,7 +34,7 @@ static void run_multi(const mscen *s, int vn, epm_xcomm_a2a a2a, epm_xcomm_hier 
         epm_xcomm_exchange_multi(x, n, s->slots, dest, rows, XW, XP, r->counted, &r->rows, &r->src, &r->n), EPM_OK);
     assert_non_null(r->rows);
     assert_non_null(r->src);
-    wire_sum(x, r);
+    fx_wire_sum(x, r);
     assert_int_equal(r->wire.exchanges, 1);
     assert_int_equal(r->wire.hier_exchanges, *hier_out);
     epm_free(dest);
@@ -93,9 +43,9 @@ static void run_multi(const mscen *s, int vn, epm_xcomm_a2a a2a, epm_xcomm_hier 
 }
 
 /* the single-destination exchange of the replicated rows */
-static void run_replicated(const mscen *s, int vn, epm_xcomm_a2a a2a, epm_xcomm_hier hier, mres *r)
+static void run_replicated(const mscen *s, int vn, epm_xcomm_a2a a2a, epm_xcomm_hier hier, fx_rows *r)
 {
-    epm_xcomm *x = xmake(vn, a2a, hier);
+    epm_xcomm *x = fx_xcomm(vn, a2a, hier);
     int64_t n, rn;
     int *dest, *rdest;
     float *rows, *rrows;
@@ -103,7 +53,7 @@ static void run_replicated(const mscen *s, int vn, epm_xcomm_a2a a2a, epm_xcomm_
     ms_replicate(s, n, dest, rows, &rn, &rdest, &rrows);
     memset(r->counted, 0, sizeof r->counted);
     assert_int_equal(epm_xcomm_exchange(x, rn, rdest, rrows, XW, XP, r->counted, &r->rows, &r->src, &r->n), EPM_OK);
-    wire_sum(x, r);
+    fx_wire_sum(x, r);
     epm_free(dest);
     epm_free(rows);
     epm_free(rdest);
@@ -115,7 +65,7 @@ static void run_replicated(const mscen *s, int vn, epm_xcomm_a2a a2a, epm_xcomm_
  * (the second a different scenario), waited in start order */
 static void run_buf_split(const mscen *s, int vn, epm_xcomm_a2a a2a, epm_xcomm_hier hier)
 {
-    epm_xcomm *x = xmake(vn, a2a, hier);
+    epm_xcomm *x = fx_xcomm(vn, a2a, hier);
     mscen s2 = *s;
     s2.seed += 1000;
     s2.slots = s->slots > 1 ? s->slots - 1 : s->slots;
@@ -172,7 +122,7 @@ static void compare(const mscen *s, int vn, epm_xcomm_a2a a2a)
 {
     int nodes = vn > 1 ? vn : 1, P = R / nodes;
     const int64_t pb = XP * (int64_t)sizeof(float);
-    mres f = {0}, h = {0}, rf = {0}, rh = {0};
+    fx_rows f = {0}, h = {0}, rf = {0}, rh = {0};
     int fh, hh;
     run_multi(s, vn, a2a, EPM_XHIER_OFF, &f, &fh);
     run_multi(s, vn, a2a, EPM_XHIER_ON, &h, &hh);
@@ -184,15 +134,9 @@ static void compare(const mscen *s, int vn, epm_xcomm_a2a a2a)
     /* the reference, and bit for bit the replicated single-destination exchange */
     check_expect(s, vn, f.rows, f.src, f.n, f.counted);
     check_expect(s, vn, h.rows, h.src, h.n, h.counted);
-    mres *all[3] = {&h, &rf, &rh};
-    for (int i = 0; i < 3; i++) {
-        assert_int_equal(all[i]->n, f.n);
-        if (f.n) {
-            assert_memory_equal(all[i]->rows, f.rows, (size_t)f.n * XW * sizeof(float));
-            assert_memory_equal(all[i]->src, f.src, (size_t)f.n * sizeof(int));
-        }
-        assert_memory_equal(all[i]->counted, f.counted, sizeof f.counted);
-    }
+    fx_same(&h, &f, FX_SRC | FX_COUNTED);
+    fx_same(&rf, &f, FX_SRC | FX_COUNTED);
+    fx_same(&rh, &f, FX_SRC | FX_COUNTED);
 
     /* the wire, exactly, from the scenario */
     mwire w;
@@ -239,10 +183,10 @@ static void compare(const mscen *s, int vn, epm_xcomm_a2a a2a)
     run_buf_split(s, vn, a2a, EPM_XHIER_OFF);
     if (hh)
         run_buf_split(s, vn, a2a, EPM_XHIER_ON);
-    mres_free(&f);
-    mres_free(&h);
-    mres_free(&rf);
-    mres_free(&rh);
+    fx_rows_free(&f);
+    fx_rows_free(&h);
+    fx_rows_free(&rf);
+    fx_rows_free(&rh);
 }
 
 static const mscen scen[] = {
@@ -290,7 +234,7 @@ static void test_multi_one_node_exact(void **state)
         if (R % vn || R / vn < 2)
             continue;
         mscen s = {.seed = 40, .dest = MD_ONE_NODE, .slots = 8, .max_rows = 50};
-        mres f = {0}, h = {0};
+        fx_rows f = {0}, h = {0};
         int fh, hh;
         run_multi(&s, vn, EPM_XA2A_ALLTOALLV, EPM_XHIER_OFF, &f, &fh);
         run_multi(&s, vn, EPM_XA2A_ALLTOALLV, EPM_XHIER_ON, &h, &hh);
@@ -310,8 +254,8 @@ static void test_multi_one_node_exact(void **state)
         /* inside nodes at least the fan-out: the copies beyond the first on each node */
         assert_true(h.wire.bytes[EPM_LINK_INTRA] >= (copies - rows_sent) * pb);
         check_expect(&s, vn, h.rows, h.src, h.n, h.counted);
-        mres_free(&f);
-        mres_free(&h);
+        fx_rows_free(&f);
+        fx_rows_free(&h);
     }
 }
 
@@ -322,7 +266,7 @@ static void test_multi_errors(void **state)
     (void)state;
     for (int hier = 0; hier < 2; hier++) {
         int vn = R % 2 == 0 && R > 1 ? 2 : 0;
-        epm_xcomm *x = xmake(vn, EPM_XA2A_ALLTOALLV, hier ? EPM_XHIER_ON : EPM_XHIER_OFF);
+        epm_xcomm *x = fx_xcomm(vn, EPM_XA2A_ALLTOALLV, hier ? EPM_XHIER_ON : EPM_XHIER_OFF);
         float rows[2 * XW] = {0};
         int dup[4] = {0, -1, 0, -1}, range[2] = {R, -1}, neg[2] = {-2, -1};
         float *r;
@@ -370,7 +314,7 @@ static void test_multi_alloc_failures(void **state)
     (void)state;
     if (R != 1)
         return;
-    epm_xcomm *x = xmake(0, EPM_XA2A_ALLTOALLV, EPM_XHIER_AUTO);
+    epm_xcomm *x = fx_xcomm(0, EPM_XA2A_ALLTOALLV, EPM_XHIER_AUTO);
     mscen s = {.seed = 41, .dest = MD_RANDOM, .slots = 3, .max_rows = 30, .self = 1};
     int64_t n;
     int *dest;
@@ -427,20 +371,12 @@ int main(int argc, char **argv)
 {
     (void)argc;
     tu_live_bytes_setup(argv);
-    epm_xcomm *x;
-    if (epm_xcomm_create_opts(NULL, &x) != EPM_OK)
-        return 1;
-    R = epm_xcomm_size(x);
-    me = epm_xcomm_rank(x);
-    epm_xcomm_destroy(x);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_multi_alltoallv),
-        cmocka_unit_test(test_multi_p2p),
-        cmocka_unit_test(test_multi_one_node_exact),
-        cmocka_unit_test(test_multi_errors),
-        cmocka_unit_test(test_multi_alloc_failures),
+        FX_TEST(test_multi_alltoallv),
+        FX_TEST(test_multi_p2p),
+        FX_TEST(test_multi_one_node_exact),
+        FX_TEST(test_multi_errors),
+        FX_TEST(test_multi_alloc_failures),
     };
-    int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    epm_xcomm_finalize();
-    return rc;
+    return fx_main(tests);
 }

@@ -1,30 +1,14 @@
 /* Topology and the small collectives under mpirun: node assignment (real
  * and virtual), the shared cluster description and its mismatch message,
  * the hwloc bindings line, error agreement, all-gather with byte counts. */
-#include "test_util.h"
+#include <mpi.h>
 
-#include <stdio.h>
-#include <string.h>
-
-#include "core.h"
-#include "epmoe/comm.h"
-
-static int R, me;
-
-static epm_comm *comm_v(int vnodes)
-{
-    epm_comm_opts o;
-    epm_comm_opts_init(&o);
-    o.virtual_nodes = vnodes;
-    epm_comm *c;
-    assert_int_equal(epm_comm_create(&o, &c), EPM_OK);
-    return c;
-}
+#include "comm_fixture.h"
 
 static void test_comm_topology_real_nodes(void **state)
 {
     (void)state;
-    epm_comm *c = comm_v(0);
+    epm_comm *c = fx_comm(0, EPM_HIER_AUTO);
     assert_int_equal(epm_comm_size(c), R);
     assert_int_equal(epm_comm_rank(c), me);
     /* one machine: one node holding every rank */
@@ -47,7 +31,7 @@ static void test_comm_topology_virtual_nodes(void **state)
     for (int v = 1; v <= R; v++) {
         if (R % v)
             continue;
-        epm_comm *c = comm_v(v);
+        epm_comm *c = fx_comm(v, EPM_HIER_AUTO);
         int P = R / v;
         assert_int_equal(epm_comm_nodes(c), v);
         assert_int_equal(epm_comm_ranks_per_node(c), P);
@@ -62,9 +46,7 @@ static void test_comm_topology_virtual_nodes(void **state)
         epm_cluster other;
         epm_cluster_init(&other, v + 1, P);
         assert_int_equal(epm_comm_check_cluster(c, &other), EPM_ERR_MISMATCH);
-        char want[128];
-        snprintf(want, sizeof want, "%d node(s) x %d rank(s) but this run has %d node(s) x %d rank(s)", v + 1, P, v, P);
-        assert_non_null(strstr(epm_last_error(), want));
+        fx_error_has("%d node(s) x %d rank(s) but this run has %d node(s) x %d rank(s)", v + 1, P, v, P);
         epm_comm_destroy(c);
     }
     /* a count that does not divide the ranks fails on every rank */
@@ -74,7 +56,7 @@ static void test_comm_topology_virtual_nodes(void **state)
     epm_comm *c = (epm_comm *)&o;
     assert_int_equal(epm_comm_create(&o, &c), EPM_ERR_INVALID_ARG);
     assert_null(c);
-    assert_non_null(strstr(epm_last_error(), "does not divide"));
+    fx_error_has("does not divide");
     o.virtual_nodes = -1;
     assert_int_equal(epm_comm_create(&o, &c), EPM_ERR_INVALID_ARG);
 }
@@ -82,7 +64,7 @@ static void test_comm_topology_virtual_nodes(void **state)
 static void test_comm_topology_binding(void **state)
 {
     (void)state;
-    epm_comm *c = comm_v(0);
+    epm_comm *c = fx_comm(0, EPM_HIER_AUTO);
     const char *b = epm_comm_binding(c);
     char want[32];
     snprintf(want, sizeof want, "rank %d: node 0 of 1", me);
@@ -101,13 +83,13 @@ static void test_comm_topology_transport_opts(void **state)
     assert_int_equal(epm_transport_parse("staged", &k), EPM_OK);
     assert_int_equal(k, EPM_TRANSPORT_STAGED);
     assert_int_equal(epm_transport_parse("gloo", &k), EPM_ERR_INVALID_ARG);
-    assert_non_null(strstr(epm_last_error(), "'gloo'"));
+    fx_error_has("'gloo'");
     epm_comm_opts o;
     epm_comm_opts_init(&o);
     o.transport = EPM_TRANSPORT_NCCL; /* host buffers cannot go through NCCL */
     epm_comm *c;
     assert_int_equal(epm_comm_create(&o, &c), EPM_ERR_INVALID_ARG);
-    assert_non_null(strstr(epm_last_error(), "device_buffers"));
+    fx_error_has("device_buffers");
     o.transport = EPM_TRANSPORT_MPI;
     o.device_buffers = 1;
     assert_int_equal(epm_comm_create(&o, &c), EPM_ERR_INVALID_ARG);
@@ -116,7 +98,7 @@ static void test_comm_topology_transport_opts(void **state)
 static void test_comm_topology_agree(void **state)
 {
     (void)state;
-    epm_comm *c = comm_v(0);
+    epm_comm *c = fx_comm(0, EPM_HIER_AUTO);
     epm_status g;
     assert_int_equal(epm_comm_agree(c, EPM_OK, &g), EPM_OK);
     assert_int_equal(g, EPM_OK);
@@ -129,18 +111,15 @@ static void test_comm_topology_agree(void **state)
     assert_int_equal(epm_comm_agree(c, local, &g), me >= bad ? EPM_ERR_FORMAT : EPM_ERR_REMOTE);
     assert_int_equal(g, me >= bad ? EPM_ERR_FORMAT : EPM_ERR_REMOTE);
     int who = me >= bad ? me : bad;
-    char want[96];
-    snprintf(want, sizeof want, "rank %d", who);
-    assert_non_null(strstr(epm_last_error(), want));
-    snprintf(want, sizeof want, "topk_ids.%d has %d columns", who, who + 2);
-    assert_non_null(strstr(epm_last_error(), want));
+    fx_error_has("rank %d", who);
+    fx_error_has("topk_ids.%d has %d columns", who, who + 2);
     epm_comm_destroy(c);
 }
 
 static void test_comm_topology_collectives(void **state)
 {
     (void)state;
-    epm_comm *c = comm_v(R % 2 == 0 ? 2 : 1);
+    epm_comm *c = fx_comm(R % 2 == 0 ? 2 : 1, EPM_HIER_AUTO);
     /* rank r contributes r+1 rows of 3 floats, the last one metadata */
     float mine[16 * 3];
     for (int i = 0; i <= me; i++)
@@ -204,20 +183,57 @@ static void test_comm_topology_collectives(void **state)
     epm_comm_destroy(c);
 }
 
+/* The n-th allocation of epm_comm_create fails on the last rank only, for
+ * every n: every rank must come back with an error (the failing rank's own,
+ * the others naming it) instead of waiting in a collective it left, and a
+ * create after that must work. Virtual nodes and the shared-memory split
+ * allocate at different points, so both are swept. */
+static void test_comm_topology_alloc_sweep(void **state)
+{
+    (void)state;
+    int F = R - 1;
+    for (int vn = 0; vn <= (R % 2 == 0 ? 2 : 0); vn += 2) {
+        epm_comm_opts o;
+        epm_comm_opts_init(&o);
+        o.virtual_nodes = vn;
+        uint64_t n = 1;
+        for (;; n++) {
+            epm_comm *c = (epm_comm *)0x1;
+            if (me == F)
+                epm_fault_fail_nth_alloc(n);
+            epm_status st = epm_comm_create(&o, &c);
+            unsigned long long made = epm_fault_alloc_count();
+            epm_fault_fail_nth_alloc(0);
+            MPI_Bcast(&made, 1, MPI_UNSIGNED_LONG_LONG, F, MPI_COMM_WORLD);
+            if (made < n) { /* no n-th allocation: every point has been failed */
+                assert_int_equal(st, EPM_OK);
+                epm_comm_destroy(c);
+                break;
+            }
+            assert_int_not_equal(st, EPM_OK);
+            assert_null(c);
+            if (me == F) {
+                assert_int_equal(st, EPM_ERR_NOMEM);
+                fx_error_has("allocation");
+            } else {
+                assert_int_equal(st, EPM_ERR_REMOTE);
+                fx_error_has("rank %d", F);
+            }
+        }
+        assert_true(n > 2); /* the sweep reached the allocations it is about */
+        if (me == F)
+            fprintf(stderr, "epm_comm_create, %d virtual node(s): %llu allocation points failed cleanly\n", vn,
+                    (unsigned long long)(n - 1));
+    }
+}
+
 int main(void)
 {
-    epm_comm *c;
-    if (epm_comm_create(NULL, &c) != EPM_OK)
-        return 1;
-    R = epm_comm_size(c);
-    me = epm_comm_rank(c);
-    epm_comm_destroy(c);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_comm_topology_real_nodes),  cmocka_unit_test(test_comm_topology_virtual_nodes),
-        cmocka_unit_test(test_comm_topology_binding),     cmocka_unit_test(test_comm_topology_transport_opts),
-        cmocka_unit_test(test_comm_topology_agree),       cmocka_unit_test(test_comm_topology_collectives),
+        FX_TEST(test_comm_topology_real_nodes), FX_TEST(test_comm_topology_virtual_nodes),
+        FX_TEST(test_comm_topology_binding),    FX_TEST(test_comm_topology_transport_opts),
+        FX_TEST(test_comm_topology_agree),      FX_TEST(test_comm_topology_collectives),
+        FX_TEST(test_comm_topology_alloc_sweep),
     };
-    int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    epm_comm_finalize();
-    return rc;
+    return fx_main(tests);
 }
