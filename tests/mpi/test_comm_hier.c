@@ -44,7 +44,6 @@ static void compare(scen s, int vnodes)
     } else {
         assert_int_equal(w[1], w[0]);
     }
-    /* the wire of the hierarchical path: every rank's inter-node sends are counted once per node pair message */
     sc_result_free(&f);
     sc_result_free(&h);
     sc_result_free(&a);
