@@ -339,6 +339,9 @@ int epm_bench_a2a(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error("bench a2a", "unexpected argument '%s'", argv[optind]);
+    if (g.min > g.max)
+        return cli_usage_error("bench a2a", "option --min-bytes: '%ld' is above --max-bytes %ld: no size to measure",
+                               g.min, g.max);
     if (g.k > g.epr * 1024)
         return cli_usage_error("bench a2a", "--k %ld: more than the experts", g.k);
     epm_xcomm *x;

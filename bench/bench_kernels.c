@@ -150,7 +150,32 @@ static epm_status run_case(bench *b, const shape *sh, const int64_t *off, void *
     return st;
 }
 
-static int bench_shape(bench *b, const shape *sh, const char *tokens_s, double weight_gb, int csv, uint64_t *seed)
+enum { MAX_TOKEN_COUNTS = 64 };
+
+/* --tokens: the whole list is checked before anything is allocated or timed,
+ * so a typo is a usage error, not a failure after minutes of measuring */
+static int parse_tokens(const char *W, const char *s, long *out, int *n)
+{
+    *n = 0;
+    for (const char *p = s;; p++) {
+        size_t len = strcspn(p, ",");
+        char item[32];
+        if (len == 0 || len >= sizeof item || *n == MAX_TOKEN_COUNTS) {
+            cli_usage_error(W, "option --tokens: '%s' is not a list of at most %d batch sizes", s, MAX_TOKEN_COUNTS);
+            return 0;
+        }
+        memcpy(item, p, len);
+        item[len] = '\0';
+        if (!cli_parse_int(W, "--tokens", item, 1, 1 << 20, &out[(*n)++]))
+            return 0;
+        p += len;
+        if (!*p)
+            return 1;
+    }
+}
+
+static int bench_shape(bench *b, const shape *sh, const long *tokens, int ntokens, double weight_gb, int csv,
+                       uint64_t *seed)
 {
     const char *W = "bench kernels";
     const int E = sh->experts, K = sh->k;
@@ -166,14 +191,8 @@ static int bench_shape(bench *b, const shape *sh, const char *tokens_s, double w
         if (st != EPM_OK)
             rc = cli_fail(W, st);
     }
-    char list[256];
-    snprintf(list, sizeof list, "%s", tokens_s);
-    for (char *tk = strtok(list, ","); tk && rc == EPM_EXIT_OK; tk = strtok(NULL, ",")) {
-        long T;
-        if (!cli_parse_int(W, "--tokens", tk, 1, 1 << 20, &T)) {
-            rc = EPM_EXIT_USAGE;
-            break;
-        }
+    for (int ti = 0; ti < ntokens && rc == EPM_EXIT_OK; ti++) {
+        long T = tokens[ti];
         int32_t *ids = epm_malloc((size_t)T * K * sizeof *ids), *src = epm_malloc((size_t)T * K * sizeof *src);
         int32_t *rof = epm_malloc((size_t)T * K * sizeof *rof), *perm = epm_malloc((size_t)E * sizeof *perm);
         int64_t *off = epm_malloc((size_t)(E + 1) * sizeof *off);
@@ -249,6 +268,12 @@ int epm_bench_kernels(int argc, char **argv)
         backend = "cpu";
     if (strcmp(backend, "cpu") && strcmp(backend, "ref") && strcmp(backend, "cuda"))
         return cli_usage_error(W, "--backend '%s' is not cpu, ref or cuda", backend);
+    if (dtype && strcmp(dtype, "f32") && strcmp(dtype, "bf16"))
+        return cli_usage_error(W, "--dtype '%s' is not f32 or bf16", dtype);
+    long tokens[MAX_TOKEN_COUNTS];
+    int ntokens = 0;
+    if (tokens_s && !parse_tokens(W, tokens_s, tokens, &ntokens))
+        return EPM_EXIT_USAGE;
     bench b = {0};
     b.reps = (int)reps;
     epm_status st = epm_kernels_create(backend, &b.kb);
@@ -259,32 +284,27 @@ int epm_bench_kernels(int argc, char **argv)
     if (!dtype)
         dtype = host ? "f32" : "bf16";
     int rc = EPM_EXIT_OK;
-    if (!strcmp(dtype, "f32"))
-        b.dt = EPM_DTYPE_F32;
-    else if (!strcmp(dtype, "bf16"))
-        b.dt = EPM_DTYPE_BF16;
-    else
-        rc = cli_usage_error(W, "--dtype '%s' is not f32 or bf16", dtype);
+    b.dt = !strcmp(dtype, "f32") ? EPM_DTYPE_F32 : EPM_DTYPE_BF16;
     b.es = epm_dtype_size(b.dt);
     if (weight_gb < 0 && host)
         weight_gb = 3;
-    if (!tokens_s)
+    if (!tokens_s) { /* the defaults parse */
         tokens_s = host ? "1,16,128,512" : "1,16,128,1024,4096,16384";
-    if (rc == EPM_EXIT_OK) {
-        if (!csv)
-            printf("# backend %s %s; tokens %s%s; best of %ld; dense = one GEMM chain, same FLOPs\n", backend,
-                   epm_dtype_name(b.dt), tokens_s,
-                   host && !strcmp(tokens_s, "1,16,128,512") ? " (small CPU default; the shapes scale to 16384)" : "",
-                   reps);
-        printf(csv ? "backend,dtype,shape,tokens,rows,experts_used,grouped_s,grouped_tflops,weight_gbs,dense_s,"
-                     "dense_tflops,ratio\n"
-                   : "%-8s %7s %7s %5s %11s %9s %8s %11s %9s %7s\n",
-               "shape", "tokens", "rows", "used", "grouped s", "TFLOP/s", "wGB/s", "dense s", "TFLOP/s", "ratio");
+        parse_tokens(W, tokens_s, tokens, &ntokens);
     }
+    if (!csv)
+        printf("# backend %s %s; tokens %s%s; best of %ld; dense = one GEMM chain, same FLOPs\n", backend,
+               epm_dtype_name(b.dt), tokens_s,
+               host && !strcmp(tokens_s, "1,16,128,512") ? " (small CPU default; the shapes scale to 16384)" : "",
+               reps);
+    printf(csv ? "backend,dtype,shape,tokens,rows,experts_used,grouped_s,grouped_tflops,weight_gbs,dense_s,"
+                 "dense_tflops,ratio\n"
+               : "%-8s %7s %7s %5s %11s %9s %8s %11s %9s %7s\n",
+           "shape", "tokens", "rows", "used", "grouped s", "TFLOP/s", "wGB/s", "dense s", "TFLOP/s", "ratio");
     uint64_t seed = 5;
     for (size_t si = 0; si < sizeof shapes / sizeof *shapes && rc == EPM_EXIT_OK; si++)
         if (!strcmp(which, "all") || !strcmp(which, shapes[si].name))
-            rc = bench_shape(&b, &shapes[si], tokens_s, weight_gb, csv, &seed);
+            rc = bench_shape(&b, &shapes[si], tokens, ntokens, weight_gb, csv, &seed);
     epm_kernels_destroy(b.kb);
     return rc;
 }

@@ -23,7 +23,8 @@ static const char usage[] =
     "  --new N              greedy tokens per sequence (default 8)\n"
     "  --zipf S             routing skew of the synthetic trace (default 1.0)\n"
     "  --affinity A         cross-layer affinity of the trace (default 0.8)\n"
-    "  --methods LIST       placements, comma separated (default contiguous,eplb,ilp)\n"
+    "  --methods LIST       placements, comma separated, contiguous first (the baseline;\n"
+    "                       default contiguous,eplb,ilp)\n"
     "  --modes LIST         home,follow (default both)\n"
     "  --slots S            experts per rank per layer for eplb/ilp (default: one spare)\n"
     "  --virtual-nodes N    split the ranks into N pretend nodes\n"
@@ -160,6 +161,48 @@ static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm
     return rc;
 }
 
+/* Every entry of a comma-separated option list, checked before any work, so
+ * that a typo is a usage error naming it, not a failure after the first runs
+ * (nor, for numbers, atof's silent 0). kind: 'm' mode, 'p' placement method,
+ * 't' TA strength, 'c' MoD capacity (the ranges of epmoe run's options). */
+static int check_list(const char *W, const char *opt, const char *list, size_t room, int kind)
+{
+    char buf[256];
+    if (strlen(list) >= room || strlen(list) >= sizeof buf) {
+        cli_usage_error(W, "option %s: the list '%s' is too long", opt, list);
+        return 0;
+    }
+    snprintf(buf, sizeof buf, "%s", list);
+    int n = 0;
+    for (char *save = NULL, *e = strtok_r(buf, ",", &save); e; e = strtok_r(NULL, ",", &save), n++) {
+        double d;
+        epm_mode mode;
+        epm_method method;
+        if (kind == 'm' && epm_mode_parse(e, &mode) != EPM_OK) {
+            cli_usage_error(W, "option %s: '%s' is not home or follow", opt, e);
+            return 0;
+        }
+        if (kind == 'p' && epm_method_parse(e, &method) != EPM_OK) {
+            cli_usage_error(W, "option %s: %s", opt, epm_last_error());
+            return 0;
+        }
+        if ((kind == 't' && !cli_parse_double(W, opt, e, 0, 1e6, &d)) ||
+            (kind == 'c' && !cli_parse_double(W, opt, e, 1e-9, 1, &d)))
+            return 0;
+    }
+    if (!n) {
+        cli_usage_error(W, "option %s: '%s' lists nothing", opt, list);
+        return 0;
+    }
+    /* the ratio columns divide by the first method's row */
+    if (kind == 'p' && strncmp(list, "contiguous", 10) != 0) {
+        cli_usage_error(W, "option %s: '%s' must start with contiguous, the baseline of the *_vs_contiguous columns",
+                        opt, list);
+        return 0;
+    }
+    return 1;
+}
+
 int epm_bench_run(int argc, char **argv)
 {
     const char *W = "bench run";
@@ -188,7 +231,11 @@ int epm_bench_run(int argc, char **argv)
         case O_CSV: csv = 1; break;
         case O_TA: ta_list = optarg; break;
         case O_CAPS: caps = optarg; break;
-        case O_KER: kernels = optarg; break;
+        case O_KER:
+            if (strcmp(optarg, "ref") && strcmp(optarg, "blas") && strcmp(optarg, "cuda"))
+                return cli_usage_error(W, "option --kernels: '%s' is not ref, blas or cuda", optarg);
+            kernels = optarg;
+            break;
         case O_MOD:
             if (!strcmp(optarg, "router"))
                 mod = EPM_MOD_ROUTER;
@@ -197,7 +244,7 @@ int epm_bench_run(int argc, char **argv)
             else if (!strcmp(optarg, "schedule"))
                 mod = EPM_MOD_SCHEDULE;
             else
-                return cli_usage_error(W, "--mod must be router, attention or schedule");
+                return cli_usage_error(W, "option --mod: '%s' is not router, attention or schedule", optarg);
             break;
         case O_HELP: fputs(usage, stdout); return EPM_EXIT_OK;
         default: return cli_usage_error(W, "unknown option");
@@ -205,6 +252,11 @@ int epm_bench_run(int argc, char **argv)
     }
     if (!model)
         return cli_usage_error(W, "--model is required");
+    /* the sizes are those of the buffers the lists are copied into below */
+    if (!check_list(W, "--modes", modes_s, 64, 'm') || !check_list(W, "--methods", methods_s, 128, 'p') ||
+        (ta_list && !check_list(W, "--ta", ta_list, 250, 't')) ||
+        (mod && !check_list(W, "--capacities", caps, 250, 'c')))
+        return EPM_EXIT_USAGE;
     (void)v;
     epm_xcomm *x;
     epm_status st = epm_xcomm_create((int)vn, &x);
@@ -294,6 +346,7 @@ int epm_bench_run(int argc, char **argv)
             break;
         }
         double base_pf = 0, base_dc = 0, base_b = 0;
+        int have_base = 0;
         snprintf(methods, sizeof methods, "%s", methods_s);
         char *save = NULL;
         for (char *mt = strtok_r(methods, ",", &save); mt && rc == EPM_EXIT_OK; mt = strtok_r(NULL, ",", &save)) {
@@ -377,16 +430,18 @@ int epm_bench_run(int argc, char **argv)
                 break;
             }
             double b = (double)(bytes[1] + bytes[2] + kv);
-            if (base_pf == 0) {
+            if (!have_base) { /* the first method listed (see --methods) */
+                have_base = 1;
                 base_pf = best_pf;
                 base_dc = best_dc;
-                base_b = b > 0 ? b : 1;
+                base_b = b;
             }
             if (me == 0)
                 printf(csv ? "%s,%s,%.1f,%.1f,%lld,%lld,%lld,%lld,%.3f,%.3f,%.3f,%lld\n"
                            : "%-7s %-11s %12.1f %12.1f %14lld %14lld %12lld %9lld %8.3f %8.3f %8.3f %12lld\n",
                        ms, mt, best_pf, best_dc, (long long)bytes[1], (long long)bytes[2], (long long)kv,
-                       (long long)maxload, best_pf / base_pf, base_dc > 0 ? best_dc / base_dc : 0, b / base_b,
+                       (long long)maxload, best_pf / base_pf, base_dc > 0 ? best_dc / base_dc : 0,
+                       base_b > 0 ? b / base_b : b > 0 ? INFINITY : 1.0,
                        (long long)kvmem);
             fflush(stdout);
         }

@@ -1,0 +1,441 @@
+#!/usr/bin/env bash
+# epmoe bench plan, kernels, a2a and run on the smallest instances they take:
+# each exits 0 and prints the columns it documents; CSV headers and rows parse,
+# figures are finite, positive where they must be, and agree with each other
+# (ratios are the quotients of the printed times, bandwidths the bytes over
+# the time, within the printed rounding). Bad arguments exit 2 before any work,
+# naming the option and the value; --help exits 0 with the usage.
+# The figures themselves are not judged: this is a 2-core CI machine, and the
+# sizes are kept tiny for the sanitizer build.
+# Not run: bench kernels --shape mixtral (two Mixtral expert weight sets are
+# 1.4 GB of float32, several seconds to fill); dsv3 with --weight-gb at its
+# minimum (2 sets, 352 MB) is the smallest instance the bench has.
+set -u
+E=${EPMOE:?}
+F=${EPM_FIXTURES:?}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+command -v mpirun >/dev/null || { echo "mpirun not found: skipped"; exit 77; }
+command -v python3 >/dev/null || { echo "python3 not found: skipped"; exit 77; }
+d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+cd "$d" || exit 1 # anything a bench writes by default lands here, and is checked for
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+show() { sed 's/^/  | /' "$d/out" | head -12; sed 's/^/  ! /' "$d/err" | head -6; }
+# Open MPI's unloaded components look like leaks to LeakSanitizer (see tests/mpi/meson.build);
+# the benches run without mpirun keep leak checking
+mpi() { ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" timeout 120 mpirun --oversubscribe "$@"; }
+# ok DESCRIPTION CMD...: CMD exits 0; its output is in $d/out and $d/err
+ok() {
+  local what=$1; shift
+  "$@" >"$d/out" 2>"$d/err"
+  local rc=$?
+  [ $rc = 0 ] || { fail "$what: exit $rc, expected 0"; show; return 1; }
+}
+# usage BENCH OPTION VALUE ARGS...: `epmoe bench BENCH ARGS` exits 2 before
+# doing anything (nothing on stdout), its message naming OPTION and 'VALUE'
+usage() {
+  local b=$1 opt=$2 val=$3; shift 3
+  timeout 60 "$E" bench "$b" "$@" >"$d/out" 2>"$d/err"
+  local rc=$?
+  if [ $rc != 2 ]; then
+    fail "bench $b $*: exit $rc, expected 2"; show
+  elif [ -s "$d/out" ]; then
+    fail "bench $b $*: refused only after printing"; show
+  else
+    for w in $opt ${val:+"'$val'"}; do
+      grep -qF -- "$w" "$d/err" || { fail "bench $b $*: the message does not name $w"; show; }
+    done
+  fi
+}
+# help_ok BENCH OPTION...: --help exits 0 with the usage on stdout, naming each OPTION
+help_ok() {
+  local b=$1; shift
+  ok "bench $b --help" "$E" bench "$b" --help || return
+  head -1 "$d/out" | grep -q "^usage: .*epmoe bench $b" || { fail "bench $b --help: no usage line"; show; }
+  for o in "$@"; do grep -qF -- "$o" "$d/out" || fail "bench $b --help does not mention $o"; done
+}
+# csvcheck KIND ARGS...: $d/out is checked by check.py below, all at the end
+# (one python start: a process start is slow on the CI machine)
+jobs=0
+: >"$d/jobs"
+csvcheck() {
+  jobs=$((jobs + 1))
+  cp "$d/out" "$d/out.$jobs"
+  (IFS=$'\t'; echo "$1"$'\t'"$d/out.$jobs${2+$'\t'}${*:2}") >>"$d/jobs"
+}
+
+cat >"$d/check.py" <<'EOF'
+import csv, math, re, sys
+
+path = None  # the output being checked
+bad = []  # what is wrong with it
+
+def need(cond, msg):
+    if not cond:
+        bad.append(msg)
+
+def num(row, key, lo=None, lo_open=False):
+    """the field as a finite number; lo: a lower bound (open when lo_open)"""
+    try:
+        v = float(row[key])
+    except (KeyError, TypeError, ValueError):
+        bad.append('%s = %r is not a number' % (key, row.get(key)))
+        return float('nan')
+    need(math.isfinite(v), '%s = %r is not finite' % (key, row[key]))
+    if lo is not None:
+        need(v > lo if lo_open else v >= lo, '%s = %r is not %s %g' % (key, row[key], '>' if lo_open else '>=', lo))
+    return v
+
+def ulp(field):
+    """half a unit in the last printed place of a number"""
+    m = re.match(r'^-?\d*(?:\.(\d*))?(?:[eE]([-+]?\d+))?$', field.strip())
+    if not m:
+        return 0.5
+    frac = len(m.group(1) or '')
+    exp = int(m.group(2) or 0)
+    return 0.5 * 10.0 ** (exp - frac)
+
+def agrees(row, key, want, inputs, what):
+    """row[key] equals want = f(inputs) within the rounding of the printed
+    inputs (relative error of a product or quotient: the sum of theirs) and
+    of the field itself; an input is a field of row, or (other row, field)"""
+    got = float(row[key])
+    fields = [i if isinstance(i, tuple) else (row, i) for i in inputs]
+    rel = sum(ulp(r[k]) / abs(float(r[k])) for r, k in fields if float(r[k]) != 0)
+    tol = abs(want) * rel * 1.01 + ulp(row[key]) * 1.01 + 1e-12
+    need(abs(got - want) <= tol, '%s = %s, expected %s = %.6g (tolerance %.2g)' % (key, row[key], what, want, tol))
+
+def load(header):
+    with open(path, newline='') as f:
+        lines = [l for l in f.read().splitlines() if l.strip()]
+    need(bool(lines), 'no output')
+    if not lines:
+        return []
+    got = lines[0].split(',')
+    need(got == header, 'header %s, documented %s' % (got, header))
+    rows = list(csv.DictReader(lines))
+    for i, r in enumerate(rows):
+        need(None not in r and None not in r.values(),
+             'row %d has %d fields, header %d' % (i + 1, len(lines[i + 1].split(',')), len(header)))
+    return rows
+
+
+def check(kind, args):
+    if kind == 'plan':  # args: modes
+        modes = args[0].split(',')
+        methods = ['contiguous', 'round-robin', 'greedy', 'eplb', 'ilp']
+        rows = load(['shape', 'mode', 'method', 'solve_s', 'objective', 'bound', 'gap', 'quality', 'max_over_mean_load',
+                     'mean_max_load', 'bytes_intra', 'bytes_inter', 't_model_s', 't_vs_contiguous', 'inter_vs_contiguous',
+                     'maxload_vs_contiguous'])
+        need([(r['mode'], r['method']) for r in rows] == [(m, k) for m in modes for k in methods],
+             'rows %s, expected every method in each mode %s' % ([(r['mode'], r['method']) for r in rows], modes))
+        base = {}
+        for r in rows:
+            need(r['shape'] == 'mixtral', 'shape %s' % r['shape'])
+            num(r, 'solve_s', 0)  # printed to 1 ms: a heuristic's 0.000 is allowed
+            obj = num(r, 'objective', 0, True)
+            num(r, 'max_over_mean_load', 1)
+            num(r, 'mean_max_load', 0, True)
+            num(r, 'bytes_intra', 0, True)
+            # Mixtral's shape is 8 ranks in 1 node: nothing crosses nodes
+            need(num(r, 'bytes_inter', 0) == 0, '%s: inter-node bytes in a 1-node cluster' % r['method'])
+            num(r, 't_model_s', 0, True)
+            for k in ('t_vs_contiguous', 'inter_vs_contiguous', 'maxload_vs_contiguous'):
+                num(r, k, 0, True)
+            if r['method'] == 'contiguous':
+                base[r['mode']] = r
+                for k in ('t_vs_contiguous', 'inter_vs_contiguous', 'maxload_vs_contiguous'):
+                    need(float(r[k]) == 1, 'contiguous %s: %s = %s, not 1' % (r['mode'], k, r[k]))
+            elif r['mode'] in base:
+                c = base[r['mode']]
+                agrees(r, 't_vs_contiguous', float(r['t_model_s']) / float(c['t_model_s']),
+                       ['t_model_s', (c, 't_model_s')], 't_model_s / contiguous')
+                # mean_max_load is printed to 0.01, the ratio from the unrounded loads
+                need(abs(float(r['maxload_vs_contiguous']) - float(r['mean_max_load']) / float(c['mean_max_load']))
+                     <= 1e-4 + 0.011 / float(c['mean_max_load']), '%s: maxload_vs_contiguous' % r['method'])
+            if r['method'] == 'ilp':
+                # README: the Mixtral shape is proven optimal, its bound a valid lower bound
+                need(r['quality'] == 'optimal', 'ilp %s: quality %s, not optimal' % (r['mode'], r['quality']))
+                bound, gap = num(r, 'bound', 0, True), num(r, 'gap', 0)
+                need(bound <= obj * (1 + 1e-5), 'ilp %s: bound %g above the objective %g' % (r['mode'], bound, obj))
+                need(gap <= 1e-4, 'ilp %s: gap %g above --mip-gap 1e-4 while optimal' % (r['mode'], gap))
+            else:  # a heuristic has no bound (printed as nan)
+                need(r['quality'] == 'heuristic', '%s: quality %s' % (r['method'], r['quality']))
+                for k in ('bound', 'gap'):
+                    need(r[k] in ('', 'nan') or math.isnan(float(r[k])),
+                         '%s: %s = %s without a bound' % (r['method'], k, r[k]))
+
+    elif kind == 'plan-table':  # the table: a header and a row per method
+        text = open(path).read()
+        need('mode follow' in text, 'no "mode follow" line')
+        lines = text.splitlines()
+        hdr = [l.split() for l in lines if l.startswith('method ')]
+        need(hdr == [['method', 'solve_s', 'objective', 'bound', 'gap', 'quality', 'max/mean', 'maxload', 'intra_GB',
+                      'inter_GB', 't_model_ms', 't/contig', 'inter/c']], 'table header %s' % hdr)
+        methods = ['contiguous', 'round-robin', 'greedy', 'eplb', 'ilp']
+        body = [l.split() for l in lines if l.split() and l.split()[0] in methods]
+        need([b[0] for b in body] == methods, 'method rows %s' % body)
+        for b in body:
+            need(len(b) == 13, 'row %s: %d fields' % (b, len(b)))
+            if len(b) == 13:
+                v = [float(x) for i, x in enumerate(b) if i not in (0, 5)]
+                need(all(math.isfinite(x) or (b[0] != 'ilp' and i in (2, 3)) for i, x in enumerate(v)), 'row %s' % b)
+                need(float(b[10]) > 0 and float(b[11]) > 0, 'row %s: modelled time' % b)
+
+    elif kind == 'kernels':  # args: backend, tokens list
+        backend, tokens = args[0], [int(t) for t in args[1].split(',')]
+        H, FF, E, K = 7168, 2048, 256, 8  # the dsv3 shape
+        rows = load(['backend', 'dtype', 'shape', 'tokens', 'rows', 'experts_used', 'grouped_s', 'grouped_tflops',
+                     'weight_gbs', 'dense_s', 'dense_tflops', 'ratio'])
+        need([int(r['tokens']) for r in rows] == tokens, 'token rows %s, asked %s' % ([r['tokens'] for r in rows], tokens))
+        for r in rows:
+            need(r['backend'] == backend and r['dtype'].lower() == 'f32' and r['shape'] == 'dsv3',
+                 'backend/dtype/shape %s/%s/%s' % (r['backend'], r['dtype'], r['shape']))
+            T, n, used = int(r['tokens']), num(r, 'rows', 1), num(r, 'experts_used', 1)
+            need(n == T * K, 'rows %s: not tokens x top-%d' % (r['rows'], K))
+            need(used <= min(E, n) and (T > 1 or used == K), 'experts_used %s of %d rows' % (r['experts_used'], n))
+            tg, td = num(r, 'grouped_s', 0, True), num(r, 'dense_s', 0, True)
+            for k in ('grouped_tflops', 'weight_gbs', 'dense_tflops'):
+                num(r, k, 0)  # printed to 4 places: a slow sanitizer build may show 0.0000
+            num(r, 'ratio', 0, True)
+            if tg > 0 and td > 0:
+                fl = 6.0 * H * FF * n
+                agrees(r, 'grouped_tflops', fl / tg / 1e12, ['grouped_s'], '6*H*F*rows / grouped_s')
+                agrees(r, 'dense_tflops', fl / td / 1e12, ['dense_s'], '6*H*F*rows / dense_s')
+                agrees(r, 'weight_gbs', used * 3 * H * FF * 4 / tg / 1e9, ['grouped_s'], 'used weights / grouped_s')
+                agrees(r, 'ratio', td / tg, ['grouped_s', 'dense_s'], 'dense_s / grouped_s')
+
+    elif kind == 'kernels-table':  # args: tokens
+        lines = open(path).read().splitlines()
+        need(any(l.startswith('# backend ref') for l in lines), 'no "# backend ref" line')
+        need(['shape', 'tokens', 'rows', 'used', 'grouped', 's', 'TFLOP/s', 'wGB/s', 'dense', 's', 'TFLOP/s', 'ratio'] in
+             [l.split() for l in lines], 'no table header')
+        body = [l.split() for l in lines if l.startswith('dsv3')]
+        need([b[1] for b in body] == args[0].split(','), 'rows %s' % body)
+        for b in body:
+            need(len(b) == 10, 'row %s: %d fields' % (b, len(b)))
+            if len(b) == 10:
+                r = dict(zip(['shape', 'tokens', 'rows', 'used', 'grouped_s', 'gt', 'wgb', 'dense_s', 'dt', 'ratio'], b))
+                for k in ('grouped_s', 'dense_s', 'ratio'):
+                    num(r, k, 0, True)
+                for k in ('gt', 'wgb', 'dt'):
+                    num(r, k, 0)
+                agrees(r, 'ratio', float(r['dense_s']) / float(r['grouped_s']), ['grouped_s', 'dense_s'], 'dense / grouped')
+
+    elif kind == 'a2a':  # args: ranks, transport, sizes
+        R, a2a, sizes = int(args[0]), args[1], [int(s) for s in args[2].split(',')]
+        rows = load(['ranks', 'nodes', 'a2a', 'hier', 'bytes', 'row_bytes', 'ours_us', 'ours_algbw_gbs', 'ours_busbw_gbs',
+                     'raw_us', 'raw_algbw_gbs', 'raw_busbw_gbs', 'ratio', 'full_us', 'ratio_full'])
+        need(len(rows) == len(sizes), '%d size rows, expected %d (%s)' % (len(rows), len(sizes), sizes))
+        for r, size in zip(rows, sizes):
+            need((r['ranks'], r['nodes'], r['a2a'], r['hier']) == (str(R), '1', a2a, '0'),
+                 'ranks/nodes/a2a/hier %s/%s/%s/%s' % (r['ranks'], r['nodes'], r['a2a'], r['hier']))
+            # tokens are added until a rank's rows reach the size; top-2 adds at most one row more
+            b = num(r, 'bytes', 0, True)
+            need(size - 0.5 <= b <= 2 * size + 0.5, 'bytes %s for size %d' % (r['bytes'], size))
+            need(num(r, 'row_bytes', 4) == min(size, 8192), 'row_bytes %s for size %d' % (r['row_bytes'], size))
+            ours, raw, full = num(r, 'ours_us', 0, True), num(r, 'raw_us', 0, True), num(r, 'full_us', 0, True)
+            for k in ('ours_algbw_gbs', 'ours_busbw_gbs', 'raw_algbw_gbs', 'raw_busbw_gbs'):
+                num(r, k, 0)  # 0.0000 GB/s at 8 B on a slow machine
+            for k in ('ratio', 'ratio_full'):
+                num(r, k, 0, True)
+            if ours > 0 and raw > 0 and full > 0:
+                agrees(r, 'ratio', ours / raw, ['ours_us', 'raw_us'], 'ours_us / raw_us')
+                agrees(r, 'ratio_full', full / raw, ['full_us', 'raw_us'], 'full_us / raw_us')
+                for side, t in (('ours', ours), ('raw', raw)):
+                    agrees(r, side + '_algbw_gbs', 2 * b / t / 1e3, ['bytes', side + '_us'], '2 * bytes / ' + side + '_us')
+                    agrees(r, side + '_busbw_gbs', 2 * b / t / 1e3 * (R - 1) / R, ['bytes', side + '_us'],
+                           'algbw * (n-1)/n')
+
+    elif kind == 'a2a-table':  # args: ranks, sizes
+        R, sizes = int(args[0]), [int(x) for x in args[1].split(',')]
+        lines = open(path).read().splitlines()
+        need(any(l.startswith('# epmoe bench a2a: %d ranks' % R) for l in lines),
+             'no "# epmoe bench a2a: %d ranks" line' % R)
+        need(['size', 'row', 'ours_us', 'algbw', 'busbw', 'raw_us', 'algbw', 'busbw', 'ratio', 'full_us', 'ratio'] in
+             [l.split() for l in lines], 'no table header')
+        body = [l.split() for l in lines if l.strip() and not l.startswith('#') and not l.split()[0] == 'size']
+        need(len(body) == len(sizes), '%d size rows, expected %d (%s)' % (len(body), len(sizes), sizes))
+        for b, size in zip(body, sizes):
+            need(len(b) == 12, 'row %s: %d fields' % (b, len(b)))
+            if len(b) != 12:
+                continue
+            r = dict(zip(['n', 'unit', 'row', 'ours', 'oa', 'ob', 'raw', 'ra', 'rb', 'ratio', 'full', 'ratio_full'], b))
+            n = num(r, 'n', 0, True) * {'B': 1, 'KiB': 1024, 'MiB': 1 << 20}.get(r['unit'], float('nan'))
+            need(size - 0.5 <= n <= 2 * size + 0.5, 'size %s %s for %d bytes' % (r['n'], r['unit'], size))
+            need(r['row'] == str(min(size, 8192)), 'row bytes %s for size %d' % (r['row'], size))
+            ours, raw, full = num(r, 'ours', 0, True), num(r, 'raw', 0, True), num(r, 'full', 0, True)
+            for k in ('oa', 'ob', 'ra', 'rb', 'ratio', 'ratio_full'):
+                num(r, k, 0)  # a bandwidth may print as 0.000 at 8 B
+            if ours > 0 and raw > 0 and full > 0:
+                agrees(r, 'ratio', ours / raw, ['ours', 'raw'], 'ours_us / raw_us')
+                agrees(r, 'ratio_full', full / raw, ['full', 'raw'], 'full_us / raw_us')
+
+    elif kind == 'run':  # args: ranks, modes, methods
+        R, modes, methods = int(args[0]), args[1].split(','), args[2].split(',')
+        rows = load(['mode', 'method', 'prefill_tok_s', 'decode_tok_s', 'intra_bytes', 'inter_bytes', 'kv_bytes', 'max_load',
+                     'prefill_vs_contiguous', 'decode_vs_contiguous', 'bytes_vs_contiguous', 'kv_cache_bytes_per_rank'])
+        need([(r['mode'], r['method']) for r in rows] == [(m, k) for m in modes for k in methods],
+             'rows %s' % [(r['mode'], r['method']) for r in rows])
+        base, kvmem = {}, {}
+        for r in rows:
+            num(r, 'prefill_tok_s', 0, True)
+            num(r, 'decode_tok_s', 0, True)
+            num(r, 'max_load', 0, True)
+            num(r, 'intra_bytes', 0)
+            # R ranks in one node: every byte stays inside it
+            need(num(r, 'inter_bytes', 0) == 0, '%s %s: inter-node bytes in one node' % (r['mode'], r['method']))
+            kv = num(r, 'kv_bytes', 0)
+            # the K/V all-gather is follow mode's, and no placement changes it
+            need((kv > 0) == (r['mode'] == 'follow'), '%s %s: kv_bytes %s' % (r['mode'], r['method'], r['kv_bytes']))
+            for k in ('prefill_vs_contiguous', 'decode_vs_contiguous', 'bytes_vs_contiguous'):
+                num(r, k, 0, True)
+            kvmem.setdefault(r['mode'], set()).add(num(r, 'kv_cache_bytes_per_rank', 0, True))
+            if r['mode'] not in base:
+                base[r['mode']] = r
+                need(r['method'] == 'contiguous', 'the first method is not contiguous')
+                need(float(r['intra_bytes']) > 0, 'contiguous %s at %d ranks moves nothing' % (r['mode'], R))
+                for k in ('prefill_vs_contiguous', 'decode_vs_contiguous', 'bytes_vs_contiguous'):
+                    need(float(r[k]) == 1, 'contiguous %s: %s = %s, not 1' % (r['mode'], k, r[k]))
+            else:
+                c = base[r['mode']]
+                tot = lambda x: float(x['intra_bytes']) + float(x['inter_bytes']) + float(x['kv_bytes'])
+                agrees(r, 'bytes_vs_contiguous', tot(r) / tot(c), [], 'bytes / contiguous bytes')
+                agrees(r, 'prefill_vs_contiguous', float(r['prefill_tok_s']) / float(c['prefill_tok_s']),
+                       ['prefill_tok_s', (c, 'prefill_tok_s')], 'prefill / contiguous prefill')
+                need(r['kv_bytes'] == c['kv_bytes'],
+                     '%s %s: kv_bytes %s, contiguous %s' % (r['mode'], r['method'], r['kv_bytes'], c['kv_bytes']))
+        # README: follow keeps R times the KV cache of home per rank (the batch is a multiple of R)
+        if len(kvmem.get('home', ())) == 1 and len(kvmem.get('follow', ())) == 1:
+            h, f = kvmem['home'].pop(), kvmem['follow'].pop()
+            need(f == R * h, 'KV cache per rank: follow %g, home %g, not %d times' % (f, h, R))
+        else:
+            need(False, 'KV cache per rank differs between methods: %s' % kvmem)
+
+    elif kind == 'mod':  # args: capacity
+        rows = load(['capacity', 'intra_bytes', 'inter_bytes', 'bytes_vs_neutral', 'inter_vs_neutral', 'logit_rel_err',
+                     'topk_agreement', 'token_agreement', 'blocks_run', 'prefill_tok_s', 'decode_tok_s'])
+        need([r['capacity'] for r in rows] == ['1', args[0]], 'capacities %s' % [r['capacity'] for r in rows])
+        for r in rows:
+            for k in ('intra_bytes', 'inter_bytes', 'logit_rel_err', 'topk_agreement', 'token_agreement'):
+                num(r, k, 0)
+            for k in ('bytes_vs_neutral', 'inter_vs_neutral', 'blocks_run', 'prefill_tok_s', 'decode_tok_s'):
+                num(r, k, 0, True)
+            for k in ('topk_agreement', 'token_agreement', 'blocks_run'):
+                need(float(r[k]) <= 1, '%s = %s above 1' % (k, r[k]))
+        if len(rows) == 2:
+            n, c = rows
+            for k, v in (('bytes_vs_neutral', 1), ('logit_rel_err', 0), ('topk_agreement', 1), ('token_agreement', 1),
+                         ('blocks_run', 1)):
+                need(float(n[k]) == v, 'capacity 1: %s = %s, not %g' % (k, n[k], v))
+            # capacity < 1 skips blocks, and skipped tokens move no bytes
+            need(float(c['blocks_run']) < 1, 'capacity %s ran every block' % args[0])
+            need(float(c['bytes_vs_neutral']) < 1, 'capacity %s moved as many bytes' % args[0])
+            agrees(c, 'bytes_vs_neutral', (float(c['intra_bytes']) + float(c['inter_bytes'])) /
+                   (float(n['intra_bytes']) + float(n['inter_bytes'])), [], 'bytes / capacity-1 bytes')
+
+    elif kind == 'ta-table':  # strengths 0 and 1, ranks in as many virtual nodes
+        lines = open(path).read().splitlines()
+        need(any(l.startswith('# bench run --ta:') for l in lines), 'no "# bench run --ta:" line')
+        need(['strength', 'intra', 'bytes', 'inter', 'bytes', 'B/neut', 'inter/n', 'logit', 'rel', 'err', 'top-k', 'agr',
+              'token', 'agr', 'ran', 'prefill', 't/s', 'decode', 't/s'] in [l.split() for l in lines], 'no table header')
+        body = [l.split() for l in lines if l[:1].isdigit()]
+        need([b[0] for b in body] == ['0', '1'] and all(len(b) == 11 for b in body), 'strength rows %s' % body)
+        if len(body) == 2 and all(len(b) == 11 for b in body):
+            v = [[float(x) for x in b] for b in body]
+            need(all(math.isfinite(x) and x >= 0 for b in v for x in b), 'rows %s' % body)
+            need(v[0][1] == 0 and v[1][1] == 0, 'intra-node bytes with one rank a node')
+            need(v[0][2] > 0 and v[0][3:5] == [1, 1] and v[0][5] == 0, 'strength 0: %s' % body[0])
+            # topology-aware gating keeps tokens nearer: fewer inter-node bytes
+            need(0 < v[1][2] < v[0][2], 'strength 1 did not cut inter-node bytes: %s' % body)
+            need(abs(v[1][4] - v[1][2] / v[0][2]) <= 5e-4 + 1e-9, 'strength 1: inter/n %s' % body[1][4])
+    else:
+        bad.append('unknown kind ' + kind)
+
+
+# each line of the job file: kind, output file, arguments (tab-separated)
+failed = 0
+for job in open(sys.argv[1]).read().splitlines():
+    kind, path, *args = job.split('\t')
+    bad.clear()
+    try:
+        check(kind, args)
+    except Exception as e:  # a field that does not parse where the checks above assumed one
+        bad.append('%s: %s' % (type(e).__name__, e))
+    if bad:
+        failed += 1
+        print('FAIL: bench output (%s %s) is not as documented:' % (kind, ' '.join(args)))
+        for b in bad:
+            print('  ' + b)
+        for l in open(path).read().splitlines()[:14]:
+            print('  | ' + l)
+sys.exit(min(failed, 100))
+EOF
+
+# ---- bench plan: the Mixtral shape (32 layers, 8 experts, top-2, 8 ranks), 256 tokens ----
+ok "bench plan csv" "$E" bench plan --shape mixtral --tokens 256 --time-limit 5 --csv &&
+  csvcheck plan home,follow
+ok "bench plan table" "$E" bench plan --shape mixtral --mode follow --tokens 256 --time-limit 5 --quiet &&
+  csvcheck plan-table
+help_ok plan --shape --mode --tokens --time-limit --csv
+usage plan --tokens x --tokens x
+usage plan --affinity 1.5 --affinity 1.5
+usage plan --bogus "" --bogus 1
+
+# ---- bench kernels: the DeepSeek-V3-like shape at 1 and 3 tokens, two weight sets ----
+ok "bench kernels cpu csv" "$E" bench kernels --backend cpu --shape dsv3 --tokens 1,3 --reps 1 --weight-gb 0.001 --csv &&
+  csvcheck kernels cpu 1,3
+ok "bench kernels ref" "$E" bench kernels --backend ref --shape dsv3 --tokens 1 --reps 1 --weight-gb 0.001 &&
+  csvcheck kernels-table 1
+help_ok kernels --shape --tokens --reps --backend --weight-gb --csv
+usage kernels --tokens x --shape dsv3 --weight-gb 0.001 --tokens 1,x
+usage kernels --tokens 1,,2 --shape dsv3 --weight-gb 0.001 --tokens 1,,2
+usage kernels --reps 0 --reps 0
+usage kernels --weight-gb -1 --weight-gb -1
+usage kernels --bogus "" --bogus
+
+# ---- bench a2a: 2 and 3 ranks, 8 B to 2 KiB, 10 ms a size and method ----
+ok "bench a2a 2 ranks" mpi -np 2 "$E" bench a2a --a2a alltoallv --hier off --max-bytes 2048 --step 16 --time 0.01 &&
+  csvcheck a2a-table 2 8,128,2048
+ok "bench a2a 3 ranks csv" mpi -np 3 "$E" bench a2a --a2a p2p --hier off --max-bytes 2048 --step 16 --time 0.01 --csv &&
+  csvcheck a2a 3 p2p 8,128,2048
+help_ok a2a --max-bytes --step --time --a2a --csv
+usage a2a --max-bytes x --max-bytes x
+usage a2a --time 0 --time 0
+usage a2a --min-bytes 64 --min-bytes 64 --max-bytes 8
+usage a2a --bogus "" --bogus
+
+# ---- bench run: the OLMoE fixture, 2 sequences of 8 tokens + 2 new, 2 ranks ----
+m=$F/olmoe-tiny
+small=(--model "$m" --batch 2 --seq 8 --new 2 --reps 1 --time-limit 1 --workdir "$d/work")
+ok "bench run csv" mpi -np 2 "$E" bench run "${small[@]}" --methods contiguous,eplb,ilp --modes home,follow --csv &&
+  csvcheck run 2 home,follow contiguous,eplb,ilp
+for f in home-contiguous home-eplb home-ilp follow-contiguous follow-eplb follow-ilp; do
+  grep -q '"format": "epmoe-placement"' "$d/work/$f.json" 2>/dev/null || fail "bench run wrote no placement $f.json in --workdir"
+done
+[ ! -e "$d/bench-run-work" ] || fail "bench run wrote into the default workdir despite --workdir"
+ok "bench run --mod" mpi -np 2 "$E" bench run "${small[@]}" --mod schedule --capacities 0.5 --csv &&
+  csvcheck mod 0.5
+ok "bench run --ta" mpi -np 2 "$E" bench run "${small[@]}" --virtual-nodes 2 --ta 0,1 && csvcheck ta-table
+help_ok run --model --batch --seq --new --methods --modes --workdir --reps --ta --mod --capacities --csv
+usage run --model "" --batch 2
+usage run --batch x --model "$m" --batch x
+usage run --kernels foo --model "$m" --kernels foo
+usage run --methods foo --model "$m" --methods contiguous,foo
+usage run --methods ilp,contiguous --model "$m" --methods ilp,contiguous
+usage run --capacities abc --model "$m" --mod schedule --capacities abc
+usage run --ta -1 --model "$m" --ta 0,-1
+usage run --bogus "" --model "$m" --bogus
+
+# ---- epmoe bench itself ----
+ok "bench --help" "$E" bench --help && for b in plan kernels a2a run; do
+  grep -q "^  $b " "$d/out" || fail "bench --help does not list $b"
+done
+usage nope "" nope
+
+python3 -S "$d/check.py" "$d/jobs"
+fails=$((fails + $?))
+
+[ "$fails" = 0 ] || { echo "$fails failure(s)"; exit 1; }
+echo "all bench checks passed"
