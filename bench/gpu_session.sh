@@ -45,6 +45,13 @@ if has kernels; then
   echo "kernels bf16 vs torch: exit $?"; cat "$out/kernels_bf16.csv"
   $E bench kernels --backend cuda --dtype f32 --tokens 1,128,4096 --csv >"$out/kernels_f32.csv" 2>&1
   echo "kernels f32:"; cat "$out/kernels_f32.csv"
+  # the per-expert path on 1, 4 and 8 side streams (ops_cuda.cu: EPM_CUDA_FFN_STREAMS, default 1
+  # until these figures say otherwise)
+  for s in 1 4 8; do
+    EPM_CUDA_GROUPED_GEMM=off EPM_CUDA_FFN_STREAMS=$s $E bench kernels --backend cuda --dtype bf16 --shape dsv3 \
+      --tokens 128,1024,4096,16384 --csv >"$out/kernels_streams$s.csv" 2>&1
+    echo "kernels bf16 dsv3, per expert on $s stream(s): exit $?"; cat "$out/kernels_streams$s.csv"
+  done
 fi
 if has a2a; then
   EPM_A2A=nccl mpirun -np 1 $E bench a2a --min-bytes 1048576 --max-bytes 67108864 --time 0.2 --csv \

@@ -15,6 +15,15 @@
 //    that the stream order protects (grown with cudaMallocAsync/cudaFreeAsync).
 //  - per expert: one cublasGemmEx per non-empty expert for gate, for up and
 //    for down (each picks its own tuned kernel; empty experts cost nothing).
+//    With EPM_CUDA_FFN_STREAMS = S > 1 these GEMMs are spread round-robin
+//    over S side streams (a cuBLAS handle each), forked from and joined back
+//    into the context's stream with events (no host wait): a DeepSeek-V3
+//    expert at 128 rows fills 16-32 of 132 SMs, so one stream runs the
+//    weights at about half the memory bandwidth (1.6 TB/s of 3.35 on the
+//    H100 at 4096 tokens) while several run side by side. The results are
+//    the same bits (each GEMM writes its own rows; the SiLU and down stages
+//    are ordered after the join). Default 1 until measured on the GPU
+//    machine (bench/gpu_session.sh kernels runs both).
 // Which one (EPM_CUDA_GROUPED_GEMM = auto, the default, | on | off, read by
 // create): auto takes the grouped path in bf16 when >= GROUPED_MIN_EXPERTS
 // experts are non-empty and their gate GEMMs average <= GROUPED_MAX_EXPERT_MACS
@@ -78,6 +87,7 @@ extern "C" epm_status epm_fail(epm_status s, const char *fmt, ...);
 #define GROUPED_MAX_EXPERT_MACS 1.25e9
 #define GROUPED_SLOTS 8           // pinned staging slots in the ring
 #define GROUPED_MIN_PTRS (11 * 256) // first capacity: one call over 256 experts
+#define FFN_STREAMS_MAX 16        // EPM_CUDA_FFN_STREAMS at most
 
 enum { GROUPED_AUTO, GROUPED_ON, GROUPED_OFF };
 
@@ -104,6 +114,10 @@ struct epm_gpu {
     unsigned next_slot;
     void *par;         // host per-group parameter arrays (read by cuBLAS during the call)
     size_t par_cap;    // bytes
+    int nside;         // side streams of the per-expert path (0: it runs on stream)
+    cudaStream_t side[FFN_STREAMS_MAX];
+    cublasHandle_t side_blas[FFN_STREAMS_MAX];
+    cudaEvent_t fork, joined[FFN_STREAMS_MAX];
 };
 
 #define CU(call)                                                                                          \
@@ -172,6 +186,18 @@ static void cu_destroy(epm_gpu *g)
             cudaEventDestroy(g->slot[i].copied);
     }
     free(g->par);
+    for (int i = 0; i < FFN_STREAMS_MAX; i++) {
+        if (g->side[i])
+            cudaStreamSynchronize(g->side[i]);
+        if (g->side_blas[i])
+            cublasDestroy(g->side_blas[i]);
+        if (g->side[i])
+            cudaStreamDestroy(g->side[i]);
+        if (g->joined[i])
+            cudaEventDestroy(g->joined[i]);
+    }
+    if (g->fork)
+        cudaEventDestroy(g->fork);
     if (g->blas)
         cublasDestroy(g->blas);
     if (g->stream)
@@ -194,6 +220,16 @@ static epm_status cu_create(int device, epm_gpu **out)
             mode = GROUPED_OFF;
         else
             return epm_fail(EPM_ERR_INVALID_ARG, "GPU backend: EPM_CUDA_GROUPED_GEMM = '%s' (auto, on or off)", gm);
+    }
+    int nside = 1;
+    const char *fs = getenv("EPM_CUDA_FFN_STREAMS");
+    if (fs && *fs) {
+        char *end = NULL;
+        long v = strtol(fs, &end, 10);
+        if (*end || v < 1 || v > FFN_STREAMS_MAX)
+            return epm_fail(EPM_ERR_INVALID_ARG, "GPU backend: EPM_CUDA_FFN_STREAMS = '%s' (an integer from 1 to %d)",
+                            fs, FFN_STREAMS_MAX);
+        nside = (int)v;
     }
     epm_gpu *g = (epm_gpu *)calloc(1, sizeof *g);
     if (!g)
@@ -223,6 +259,24 @@ static epm_status cu_create(int device, epm_gpu **out)
     if (bs != CUBLAS_STATUS_SUCCESS) {
         cu_destroy(g);
         return epm_fail(EPM_ERR_CUDA, "GPU backend: cuBLAS on device %d", device);
+    }
+    if (nside > 1) {
+        e = cudaEventCreateWithFlags(&g->fork, cudaEventDisableTiming);
+        for (int i = 0; i < nside && e == cudaSuccess && bs == CUBLAS_STATUS_SUCCESS; i++) {
+            e = cudaStreamCreateWithFlags(&g->side[i], cudaStreamNonBlocking);
+            if (e == cudaSuccess)
+                e = cudaEventCreateWithFlags(&g->joined[i], cudaEventDisableTiming);
+            if (e == cudaSuccess && (bs = cublasCreate(&g->side_blas[i])) != CUBLAS_STATUS_SUCCESS)
+                g->side_blas[i] = NULL;
+            if (e == cudaSuccess && bs == CUBLAS_STATUS_SUCCESS)
+                bs = cublasSetStream(g->side_blas[i], g->side[i]);
+        }
+        if (e != cudaSuccess || bs != CUBLAS_STATUS_SUCCESS) {
+            cu_destroy(g);
+            return epm_fail(EPM_ERR_CUDA, "GPU backend: %d FFN streams on device %d: %s", nside, device,
+                            e != cudaSuccess ? cudaGetErrorString(e) : "cuBLAS handle");
+        }
+        g->nside = nside;
     }
     *out = g;
     return EPM_OK;
@@ -730,6 +784,67 @@ static cublasStatus_t grouped_gemm(epm_gpu *g, const grouped_par *p, int first, 
                                       p->ldc + first, count, p->size + first, CUBLAS_COMPUTE_32F);
 }
 
+// The side streams start after everything queued on the context's stream.
+static epm_status side_fork(epm_gpu *g)
+{
+    CU(cudaEventRecord(g->fork, g->stream));
+    for (int i = 0; i < g->nside; i++)
+        CU(cudaStreamWaitEvent(g->side[i], g->fork, 0));
+    return EPM_OK;
+}
+
+// The context's stream waits for every side stream: called after a fork on
+// every way out, a failed GEMM's included, so that nothing queued later on
+// the stream (SiLU, down, a copy, a free) runs while a side GEMM still reads
+// or writes its buffers. st: the caller's status so far (kept if not OK).
+static epm_status side_join(epm_gpu *g, epm_status st)
+{
+    for (int i = 0; i < g->nside; i++) {
+        cudaError_t e = cudaEventRecord(g->joined[i], g->side[i]);
+        if (e == cudaSuccess)
+            e = cudaStreamWaitEvent(g->stream, g->joined[i], 0);
+        if (e != cudaSuccess) {
+            (void)cudaGetLastError();
+            if (st == EPM_OK)
+                st = epm_fail(EPM_ERR_CUDA, "GPU backend: joining FFN stream %d: %s", i, cudaGetErrorString(e));
+        }
+    }
+    return st;
+}
+
+// One cublasGemmEx per non-empty expert: gate and up (G, U float32) when
+// down_stage is 0, else down (Hh -> y); on the context's stream, or
+// round-robin over the side streams.
+static epm_status per_expert_gemms(epm_gpu *g, int down_stage, cudaDataType_t t, size_t es, const int64_t *offsets,
+                                   int experts, int hidden, int ffn, const void *const *gate, const void *const *up,
+                                   const void *const *down, const char *xb, float *G, float *U, const char *Hh,
+                                   char *yb)
+{
+    int S = g->nside;
+    epm_status st = EPM_OK;
+    if (S > 1 && (st = side_fork(g)) != EPM_OK)
+        return side_join(g, st);
+    for (int e = 0, item = 0; e < experts && st == EPM_OK; e++) {
+        int64_t o = offsets[e], m = offsets[e + 1] - o;
+        if (m <= 0)
+            continue;
+        for (int part = 0; part < (down_stage ? 1 : 2) && st == EPM_OK; part++, item++) {
+            cublasHandle_t h = S > 1 ? g->side_blas[item % S] : g->blas;
+            cublasStatus_t bs;
+            if (down_stage)
+                bs = gemm_rows(h, down[e], t, Hh + (size_t)o * ffn * es, t, m, ffn, hidden,
+                               yb + (size_t)o * hidden * es, t);
+            else
+                bs = gemm_rows(h, part ? up[e] : gate[e], t, xb + (size_t)o * hidden * es, t, m, hidden, ffn,
+                               (part ? U : G) + o * ffn, CUDA_R_32F);
+            if (bs != CUBLAS_STATUS_SUCCESS)
+                st = epm_fail(EPM_ERR_CUDA, "GPU grouped FFN: cublasGemmEx of expert %d's %s: cuBLAS status %d", e,
+                              down_stage ? "down" : part ? "up" : "gate", (int)bs);
+        }
+    }
+    return S > 1 ? side_join(g, st) : st;
+}
+
 static int grouped_wanted(const epm_gpu *g, epm_gpu_dtype dt, int ne, int64_t rows, int hidden, int ffn)
 {
     if (g->grouped_mode != GROUPED_AUTO)
@@ -812,14 +927,7 @@ static epm_status cu_grouped_swiglu(epm_gpu *g, epm_gpu_dtype dt, const void *x,
         gu_grouped = st == CUBLAS_STATUS_SUCCESS;
     }
     if (!gu_grouped) // per expert (also the fallback when cuBLAS refused the grouped call)
-        for (int e = 0; e < experts; e++) {
-            int64_t o = offsets[e], m = offsets[e + 1] - o;
-            if (m <= 0)
-                continue;
-            const void *xe = xb + (size_t)o * hidden * es;
-            CB(gemm_rows(g->blas, gate[e], t, xe, t, m, hidden, ffn, G + o * ffn, CUDA_R_32F));
-            CB(gemm_rows(g->blas, up[e], t, xe, t, m, hidden, ffn, U + o * ffn, CUDA_R_32F));
-        }
+        CHECK(per_expert_gemms(g, 0, t, es, offsets, experts, hidden, ffn, gate, up, down, xb, G, U, Hh, yb));
 
     int64_t nh = rows * ffn;
     unsigned nb = blocks_for(nh, 256);
@@ -839,13 +947,7 @@ static epm_status cu_grouped_swiglu(epm_gpu *g, epm_gpu_dtype dt, const void *x,
         down_grouped = st == CUBLAS_STATUS_SUCCESS;
     }
     if (!down_grouped)
-        for (int e = 0; e < experts; e++) {
-            int64_t o = offsets[e], m = offsets[e + 1] - o;
-            if (m <= 0)
-                continue;
-            CB(gemm_rows(g->blas, down[e], t, Hh + (size_t)o * ffn * es, t, m, ffn, hidden,
-                         yb + (size_t)o * hidden * es, t));
-        }
+        CHECK(per_expert_gemms(g, 1, t, es, offsets, experts, hidden, ffn, gate, up, down, xb, G, U, Hh, yb));
     return EPM_OK;
 }
 

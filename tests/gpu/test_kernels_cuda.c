@@ -120,13 +120,20 @@ static void ffn_case(kc_ctx *c, epm_dtype dt, const kc_ffn_case *k, const char *
     kc_free_routing(&r);
 }
 
-/* A cuda backend created with EPM_CUDA_GROUPED_GEMM = mode, in a copy of the fixture's context. */
+/* A cuda backend created with EPM_CUDA_GROUPED_GEMM = mode, in a copy of the
+ * fixture's context; mode "streams" is the per-expert path spread over 3 side
+ * streams (EPM_CUDA_GROUPED_GEMM = off, EPM_CUDA_FFN_STREAMS = 3: an odd count,
+ * fewer streams than experts in most cases, more in some). */
 static kc_ctx with_mode(const kc_ctx *c, const char *mode)
 {
     kc_ctx m = *c;
-    assert_int_equal(setenv("EPM_CUDA_GROUPED_GEMM", mode, 1), 0);
+    int streams = !strcmp(mode, "streams");
+    assert_int_equal(setenv("EPM_CUDA_GROUPED_GEMM", streams ? "off" : mode, 1), 0);
+    if (streams)
+        assert_int_equal(setenv("EPM_CUDA_FFN_STREAMS", "3", 1), 0);
     epm_status st = epm_kernels_create("cuda", &m.fast);
     unsetenv("EPM_CUDA_GROUPED_GEMM");
+    unsetenv("EPM_CUDA_FFN_STREAMS");
     assert_int_equal(st, EPM_OK);
     m.F = epm_kernels_ops(m.fast);
     return m;
@@ -136,8 +143,8 @@ static void many_experts(kc_ctx *c, epm_dtype dt)
 {
     for (size_t i = 0; i < sizeof many_cases / sizeof *many_cases; i++) /* the fixture's backend: auto */
         ffn_case(c, dt, &many_cases[i], "auto");
-    static const char *const modes[] = {"on", "off"};
-    for (int mi = 0; mi < 2; mi++) {
+    static const char *const modes[] = {"on", "off", "streams"};
+    for (int mi = 0; mi < 3; mi++) {
         kc_ctx m = with_mode(c, modes[mi]);
         assert_true(kc_grouped_ffn(&m, dt, 0)); /* the shared cases on this path */
         for (size_t i = 0; i < sizeof many_cases / sizeof *many_cases; i++)
@@ -153,11 +160,11 @@ static void test_kernels_cuda_grouped_ffn_many_experts_bf16(void **state) { many
 /* Calls queued back to back with no sync between them, more than the pinned
  * staging ring has slots, with expert counts that grow the pointer buffers
  * while earlier calls still read them; every output checked afterwards. */
-static void queued(kc_ctx *c, epm_dtype dt)
+static void queued(kc_ctx *c, epm_dtype dt, const char *mode)
 {
     enum { CALLS = 20, H = 40, F = 24, EMAX = 600 };
     static const int ex[CALLS] = {8, 256, 16, 600, 3, 256, 64, 1, 600, 32, 8, 256, 16, 600, 3, 256, 64, 1, 600, 32};
-    kc_ctx m = with_mode(c, "on");
+    kc_ctx m = with_mode(c, mode);
     size_t es = epm_dtype_size(dt);
     float *wf = kc_rnd((size_t)EMAX * 3 * F * H, &m.seed);
     for (size_t j = 0; j < (size_t)EMAX * 3 * F * H; j++)
@@ -202,8 +209,8 @@ static void queued(kc_ctx *c, epm_dtype dt)
         void *got = kc_down(m.fast, yd[i], ybytes);
         float *got32 = kc_to_f32(got, r[i].rows * H, dt), *want32 = kc_to_f32(want, r[i].rows * H, dt);
         char what[96];
-        snprintf(what, sizeof what, "queued grouped_ffn %s call %d (E %d, %lld rows)", epm_dtype_name(dt), i, ex[i],
-                 (long long)r[i].rows);
+        snprintf(what, sizeof what, "queued grouped_ffn %s %s call %d (E %d, %lld rows)", mode, epm_dtype_name(dt), i,
+                 ex[i], (long long)r[i].rows);
         kc_close(what, got32, want32, r[i].rows * H, dt == EPM_DTYPE_F32 ? KC_F32_TOL : KC_BF16_TOL);
         free(want), free(scr), free(gh), free(uh), free(dh), free(got), free(got32), free(want32);
         kc_free(m.fast, xd[i]), kc_free(m.fast, yd[i]), kc_free(m.fast, sd[i]);
@@ -216,8 +223,30 @@ static void queued(kc_ctx *c, epm_dtype dt)
     epm_kernels_destroy(m.fast);
 }
 
-static void test_kernels_cuda_grouped_ffn_queued_f32(void **state) { queued(*state, EPM_DTYPE_F32); }
-static void test_kernels_cuda_grouped_ffn_queued_bf16(void **state) { queued(*state, EPM_DTYPE_BF16); }
+static void test_kernels_cuda_grouped_ffn_queued_f32(void **state) { queued(*state, EPM_DTYPE_F32, "on"); }
+static void test_kernels_cuda_grouped_ffn_queued_bf16(void **state) { queued(*state, EPM_DTYPE_BF16, "on"); }
+/* the side streams, forked and joined with events and never a host wait:
+ * a call's down GEMMs must wait for its SiLU, which waits for all its gate and
+ * up GEMMs, whichever side stream ran them */
+static void test_kernels_cuda_ffn_streams_queued_f32(void **state) { queued(*state, EPM_DTYPE_F32, "streams"); }
+static void test_kernels_cuda_ffn_streams_queued_bf16(void **state) { queued(*state, EPM_DTYPE_BF16, "streams"); }
+
+static void test_kernels_cuda_ffn_streams_refused(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"0", "17", "4x", "-2", "many"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        epm_kernels *kb = NULL;
+        assert_int_equal(setenv("EPM_CUDA_FFN_STREAMS", bad[i], 1), 0);
+        epm_status st = epm_kernels_create("cuda", &kb);
+        unsetenv("EPM_CUDA_FFN_STREAMS");
+        assert_int_equal(st, EPM_ERR_INVALID_ARG);
+        assert_null(kb);
+        assert_non_null(strstr(epm_last_error(), "EPM_CUDA_FFN_STREAMS"));
+        assert_non_null(strstr(epm_last_error(), bad[i]));
+        epm_clear_error();
+    }
+}
 
 static void test_kernels_cuda_grouped_mode_refused(void **state)
 {
@@ -264,7 +293,10 @@ int main(void)
         cmocka_unit_test(test_kernels_cuda_grouped_ffn_many_experts_bf16),
         cmocka_unit_test(test_kernels_cuda_grouped_ffn_queued_f32),
         cmocka_unit_test(test_kernels_cuda_grouped_ffn_queued_bf16),
+        cmocka_unit_test(test_kernels_cuda_ffn_streams_queued_f32),
+        cmocka_unit_test(test_kernels_cuda_ffn_streams_queued_bf16),
         cmocka_unit_test(test_kernels_cuda_grouped_mode_refused),
+        cmocka_unit_test(test_kernels_cuda_ffn_streams_refused),
         cmocka_unit_test(test_kernels_cuda_attention_probs_refused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
