@@ -334,7 +334,7 @@ int epm_bench_a2a(int argc, char **argv)
             fputs(usage, stdout);
             return EPM_EXIT_OK;
         default:
-            return cli_usage_error("bench a2a", "unknown option (see --help)");
+            return cli_option_error("bench a2a", argv);
         }
     }
     if (optind < argc)

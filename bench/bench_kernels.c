@@ -257,7 +257,7 @@ int epm_bench_kernels(int argc, char **argv)
         }
         case 'c': csv = 1; break;
         case 'h': fputs(usage, stdout); return EPM_EXIT_OK;
-        default: return cli_usage_error(W, "unknown option");
+        default: return cli_option_error(W, argv);
         }
     }
     if (optind < argc)

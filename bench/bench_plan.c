@@ -93,7 +93,12 @@ int epm_bench_plan(int argc, char **argv)
         } else if (!strcmp(a, "--quiet")) {
             quiet = 1;
         } else if (!v) {
-            return cli_usage_error(what, "option %s needs a value (or is unknown)", a);
+            static const char *const valued[] = {"--shape", "--mode", "--tokens", "--time-limit", "--mip-gap",
+                                                 "--zipf", "--affinity", "--seed"};
+            for (size_t j = 0; j < sizeof valued / sizeof *valued; j++)
+                if (!strcmp(a, valued[j]))
+                    return cli_usage_error(what, "option '%s' needs a value", a);
+            return cli_usage_error(what, "unknown option '%s'", a);
         } else if (!strcmp(a, "--shape")) {
             shape_name = v, i++;
         } else if (!strcmp(a, "--mode")) {
@@ -219,14 +224,20 @@ int epm_bench_plan(int argc, char **argv)
                 double tr = ratio(r->t_total, base->t_total);
                 double ir = ratio(r->bytes[EPM_LINK_INTER], base->bytes[EPM_LINK_INTER]);
                 double lr = ratio(r->max_load, base->max_load);
+                /* a heuristic has no bound: an empty CSV field, "-" in the table */
+                char bnd[32] = "", gp[32] = "";
+                if (isfinite(r->bound))
+                    snprintf(bnd, sizeof bnd, csv ? "%.6g" : "%12.6g", r->bound);
+                if (isfinite(r->gap))
+                    snprintf(gp, sizeof gp, csv ? "%.6g" : "%8.4f", r->gap);
                 if (csv)
-                    printf("%s,%s,%s,%.3f,%.6g,%.6g,%.6g,%s,%.4f,%.2f,%.0f,%.0f,%.6g,%.4f,%.4f,%.4f\n", sh->name,
-                           epm_mode_name(po.mode), epm_method_name((epm_method)m), r->solve_s, r->objective, r->bound,
-                           r->gap, epm_plan_quality_name(r->quality), r->max_over_mean, r->max_load,
-                           r->bytes[EPM_LINK_INTRA], r->bytes[EPM_LINK_INTER], r->t_total, tr, ir, lr);
+                    printf("%s,%s,%s,%.6f,%.6g,%s,%s,%s,%.4f,%.2f,%.0f,%.0f,%.6g,%.4f,%.4f,%.4f\n", sh->name,
+                           epm_mode_name(po.mode), epm_method_name((epm_method)m), r->solve_s, r->objective, bnd, gp,
+                           epm_plan_quality_name(r->quality), r->max_over_mean, r->max_load, r->bytes[EPM_LINK_INTRA],
+                           r->bytes[EPM_LINK_INTER], r->t_total, tr, ir, lr);
                 else
-                    printf("%-12s %8.2f %12.6g %12.6g %8.4f %-9s %8.3f %8.1f %10.3f %10.3f %10.3f %8.3f %8.3f\n",
-                           epm_method_name((epm_method)m), r->solve_s, r->objective, r->bound, r->gap,
+                    printf("%-12s %8.3f %12.6g %12s %8s %-9s %8.3f %8.1f %10.3f %10.3f %10.3f %8.3f %8.3f\n",
+                           epm_method_name((epm_method)m), r->solve_s, r->objective, *bnd ? bnd : "-", *gp ? gp : "-",
                            epm_plan_quality_name(r->quality), r->max_over_mean, r->max_load,
                            r->bytes[EPM_LINK_INTRA] / 1e9, r->bytes[EPM_LINK_INTER] / 1e9, r->t_total * 1e3, tr,
                            ir);

@@ -247,7 +247,7 @@ int epm_bench_run(int argc, char **argv)
                 return cli_usage_error(W, "option --mod: '%s' is not router, attention or schedule", optarg);
             break;
         case O_HELP: fputs(usage, stdout); return EPM_EXIT_OK;
-        default: return cli_usage_error(W, "unknown option");
+        default: return cli_option_error(W, argv);
         }
     }
     if (!model)

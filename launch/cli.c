@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -22,6 +23,21 @@ int cli_usage_error(const char *what, const char *fmt, ...)
     va_end(ap);
     fprintf(stderr, "\n(see 'epmoe %s --help')\n", what);
     return EPM_EXIT_USAGE;
+}
+
+int cli_option_error(const char *what, char **argv)
+{
+    /* getopt_long has stepped past the offending word: a known option at the
+     * end of the line without its value (optopt = its code), else an unknown
+     * or ambiguous one (optopt 0, or the letter of an unknown short option) */
+    const char *a = optind > 0 ? argv[optind - 1] : NULL;
+    if (!a)
+        return cli_usage_error(what, "bad option");
+    if (optopt >= 256 || (optopt > 0 && a[0] == '-' && a[1] == '-'))
+        return cli_usage_error(what, "option '%s' needs a value", a);
+    if (optopt > 0)
+        return cli_usage_error(what, "unknown option '-%c'", optopt);
+    return cli_usage_error(what, "unknown option '%s'", a);
 }
 
 void cli_progress(void *user, const char *message)

@@ -18,6 +18,10 @@ int cli_usage_error(const char *what, const char *fmt, ...) __attribute__((forma
 /* Progress callback: "[  12.3s] message" on stderr. */
 void cli_progress(void *user, const char *message);
 
+/* For getopt_long's '?' (opterr is 0: getopt prints nothing itself): says
+ * which option was unknown or lacks its value; returns EPM_EXIT_USAGE. */
+int cli_option_error(const char *what, char **argv);
+
 /* Strict number parsing for option values; the error names the option and value. */
 int cli_parse_int(const char *what, const char *opt, const char *val, long lo, long hi, long *out);
 int cli_parse_double(const char *what, const char *opt, const char *val, double lo, double hi, double *out);

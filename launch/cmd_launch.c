@@ -433,7 +433,7 @@ int epm_cli_launch(int argc, char **argv)
             rc = EPM_EXIT_OK;
             goto out;
         default:
-            rc = cli_usage_error(W, "unknown option");
+            rc = cli_option_error(W, argv);
             goto out;
         }
     }

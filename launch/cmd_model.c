@@ -133,7 +133,7 @@ static int cmd_synth(int argc, char **argv)
             o.router_scale = d;
             break;
         case S_HELP: fputs(synth_help, stdout); return EPM_EXIT_OK;
-        default: return cli_usage_error(W, "unknown option");
+        default: return cli_option_error(W, argv);
         }
     }
     if (optind < argc)

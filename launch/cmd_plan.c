@@ -117,7 +117,7 @@ static int cmd_plan(int argc, char **argv)
         case O_JSON: json = 1; break;
         case O_QUIET: quiet = 1; break;
         case O_HELP: fputs(plan_usage, stdout); return EPM_EXIT_OK;
-        default: return cli_usage_error(W, "unknown option");
+        default: return cli_option_error(W, argv);
         }
     }
     if (optind < argc)
@@ -332,7 +332,7 @@ static int cmd_eval(int argc, char **argv)
         case O_PERLAYER: per_layer = 1; break;
         case O_JSON: json = 1; break;
         case O_HELP: fputs(eval_usage, stdout); return EPM_EXIT_OK;
-        default: return cli_usage_error(W, "unknown option");
+        default: return cli_option_error(W, argv);
         }
     }
     if (!trace_path)

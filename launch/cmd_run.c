@@ -287,7 +287,7 @@ int epm_cli_run(int argc, char **argv)
             break;
         case O_JSON: json = 1; break;
         case O_HELP: fputs(usage, stdout); return EPM_EXIT_OK;
-        default: return cli_usage_error(W, "unknown option");
+        default: return cli_option_error(W, argv);
         }
     }
     if (optind < argc)

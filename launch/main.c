@@ -1,4 +1,5 @@
 /* epmoe: one command line, one subcommand per job. */
+#include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -30,6 +31,7 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    opterr = 0; /* the subcommands say what was wrong (cli_option_error) */
     if (argc < 2) {
         usage(stderr);
         return EPM_EXIT_USAGE;

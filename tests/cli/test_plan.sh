@@ -59,5 +59,24 @@ echo '{"nodes": 2, "gpus_per_node": 0}' >"$d/cl.json"
 check "bad cluster" 1 "$E" plan --trace "$d/a.st" --cluster "$d/cl.json"
 has "$d/err" "gpus_per_node"
 
+# every getopt-parsed subcommand: a valued option at the end of the line, an
+# unknown option: exit 2, one message naming the option (getopt prints nothing
+# of its own) and the hint
+bad_opt() { # subcommand words..., option, expected message
+  local n=$#
+  local msg=${!n}
+  check "$* (usage)" 2 "$E" "${@:1:n-1}"
+  has "$d/err" "$msg"
+  [ "$(wc -l <"$d/err")" = 2 ] || { echo "FAIL: ${*:1:n-1}: not one message and the hint:"; cat "$d/err"; fails=$((fails + 1)); }
+  [ -s "$d/out" ] && { echo "FAIL: ${*:1:n-1}: printed on stdout"; fails=$((fails + 1)); }
+}
+for words in "plan --out" "plan eval --trace" "run --model" "launch --hosts" "model synth --out" \
+  "bench a2a --max-bytes" "bench kernels --tokens" "bench run --batch" "bench plan --shape"; do
+  set -- $words
+  o=${*: -1}
+  bad_opt "$@" "option '$o' needs a value"
+  bad_opt "${@:1:$#-1}" --frobnicate "unknown option '--frobnicate'"
+done
+
 [ "$fails" = 0 ] && echo "all plan CLI checks passed"
 exit $((fails > 0))
