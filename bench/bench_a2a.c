@@ -366,9 +366,11 @@ int epm_bench_a2a(int argc, char **argv)
                    "# raw = MPI_Alltoallv there and back of the same packed rows; full = ours + building the rows\n"
                    "# and summing the combined rows into the tokens; algbw = 2*size/time (GB/s), busbw = algbw*(n-1)/n;\n"
                    "# time = the fastest of 5 alternating rounds and of single operations interleaved one by one\n"
+                   "%s"
                    "%11s %6s %11s %8s %8s %11s %8s %8s %6s %11s %6s\n",
                    R, cl.nodes, xo.virtual_nodes ? " (virtual)" : "", epm_xcomm_a2a_name(xo.a2a),
-                   epm_xcomm_hierarchical(x) ? ", hierarchical" : "", g.k, g.epr * R, "size", "row", "ours_us",
+                   epm_xcomm_hierarchical(x) ? ", hierarchical" : "", g.k, g.epr * R,
+                   R == 1 ? "# one rank: no row leaves it, raw moves nothing, so no ratio is given\n" : "", "size", "row", "ours_us",
                    "algbw", "busbw", "raw_us", "algbw", "busbw", "ratio", "full_us", "ratio");
     }
     int rc = EPM_EXIT_OK;
@@ -410,15 +412,27 @@ int epm_bench_a2a(int argc, char **argv)
         } else if (me == 0) {
             double f = R > 1 ? (double)(R - 1) / R : 0;
             double ao = 2 * bytes / to / 1e9, ar = 2 * bytes / tr / 1e9;
+            /* with nothing crossing ranks (one rank) raw moves nothing and
+             * ours only its bookkeeping: a ratio would mean nothing, so the
+             * fields are left empty (CSV) or "-" (table) */
+            char r1[16] = "", r2[16] = "";
+            if (bytes > 0) {
+                snprintf(r1, sizeof r1, "%.3f", to / tr);
+                snprintf(r2, sizeof r2, "%.3f", tf / tr);
+            }
             if (g.csv) {
-                printf("%d,%d,%s,%d,%.0f,%d,%.2f,%.4f,%.4f,%.2f,%.4f,%.4f,%.3f,%.2f,%.3f\n", R, cl.nodes,
+                printf("%d,%d,%s,%d,%.0f,%d,%.2f,%.4f,%.4f,%.2f,%.4f,%.4f,%s,%.2f,%s\n", R, cl.nodes,
                        epm_xcomm_a2a_name(xo.a2a), epm_xcomm_hierarchical(x), bytes, b.W * 4, to * 1e6, ao, ao * f,
-                       tr * 1e6, ar, ar * f, to / tr, tf * 1e6, tf / tr);
+                       tr * 1e6, ar, ar * f, r1, tf * 1e6, r2);
             } else {
                 char sz[32];
                 print_size(bytes, sz, sizeof sz);
-                printf("%11s %6d %11.1f %8.3f %8.3f %11.1f %8.3f %8.3f %6.2f %11.1f %6.2f\n", sz, b.W * 4, to * 1e6,
-                       ao, ao * f, tr * 1e6, ar, ar * f, to / tr, tf * 1e6, tf / tr);
+                if (bytes > 0) {
+                    snprintf(r1, sizeof r1, "%.2f", to / tr);
+                    snprintf(r2, sizeof r2, "%.2f", tf / tr);
+                }
+                printf("%11s %6d %11.1f %8.3f %8.3f %11.1f %8.3f %8.3f %6s %11.1f %6s\n", sz, b.W * 4, to * 1e6, ao,
+                       ao * f, tr * 1e6, ar, ar * f, bytes > 0 ? r1 : "-", tf * 1e6, bytes > 0 ? r2 : "-");
             }
             fflush(stdout);
         }

@@ -31,6 +31,8 @@ static const char usage[] =
     "  --time-limit SEC     ILP budget (default 20)\n"
     "  --workdir DIR        where rank 0 writes placements for the others (default bench-run-work)\n"
     "  --reps R             runs per configuration, best time kept (default 2)\n"
+    "  --warmup W           untimed runs of the first configuration before any timed one, so that\n"
+    "                       the baseline does not pay for cold caches and first-touch memory (default 1)\n"
     "  --ta LIST            instead: topology-aware gating strengths (e.g. 0,0.5,1,2), live routing,\n"
     "                       contiguous placement: bytes per link class and how far the outputs move\n"
     "                       from strength 0 (logit error, top-k agreement, greedy-token agreement)\n"
@@ -41,7 +43,7 @@ static const char usage[] =
     "  --kernels K          ref, blas (default) or cuda, as epmoe run --kernels\n"
     "  --csv                CSV rows instead of a table\n";
 
-enum { O_TA = 300, O_MOD, O_CAPS, O_KER };
+enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -54,7 +56,7 @@ static const struct option opts[] = {
     {"reps", required_argument, 0, O_REPS},   {"csv", no_argument, 0, O_CSV},
     {"help", no_argument, 0, O_HELP},         {"ta", required_argument, 0, O_TA},
     {"mod", required_argument, 0, O_MOD},     {"capacities", required_argument, 0, O_CAPS},
-    {"kernels", required_argument, 0, O_KER},
+    {"kernels", required_argument, 0, O_KER}, {"warmup", required_argument, 0, O_WARM},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
@@ -207,7 +209,7 @@ int epm_bench_run(int argc, char **argv)
 {
     const char *W = "bench run";
     const char *model = NULL, *methods_s = "contiguous,eplb,ilp", *modes_s = "home,follow", *workdir = "bench-run-work";
-    long batch = 8, seq = 64, nnew = 8, slots = 0, vn = 0, reps = 2, v;
+    long batch = 8, seq = 64, nnew = 8, slots = 0, vn = 0, reps = 2, warm = 1, v;
     double zipf = 1.0, aff = 0.8, tl = 20;
     int csv = 0, c;
     const char *ta_list = NULL, *caps = "0.75,0.5,0.25";
@@ -228,6 +230,7 @@ int epm_bench_run(int argc, char **argv)
         case O_TL: if (!cli_parse_double(W, "--time-limit", optarg, 0, 1e6, &tl)) return EPM_EXIT_USAGE; break;
         case O_WD: workdir = optarg; break;
         case O_REPS: if (!cli_parse_int(W, "--reps", optarg, 1, 100, &reps)) return EPM_EXIT_USAGE; break;
+        case O_WARM: if (!cli_parse_int(W, "--warmup", optarg, 0, 100, &warm)) return EPM_EXIT_USAGE; break;
         case O_CSV: csv = 1; break;
         case O_TA: ta_list = optarg; break;
         case O_CAPS: caps = optarg; break;
@@ -393,7 +396,8 @@ int epm_bench_run(int argc, char **argv)
             }
             double best_pf = 0, best_dc = 0;
             int64_t bytes[3] = {0, 0, 0}, kv = 0, maxload = 0, kvmem = 0;
-            for (int rep = 0; rep < reps && st == EPM_OK; rep++) {
+            /* negative reps: the warm-up runs, first configuration only */
+            for (int rep = -(int)warm; rep < reps && st == EPM_OK; rep++) {
                 epm_run_opts o;
                 memset(&o, 0, sizeof o);
                 o.model_dir = model;
@@ -407,6 +411,10 @@ int epm_bench_run(int argc, char **argv)
                 st = epm_run(&o, (int)batch, lens, (const int32_t *const *)prompts, &res);
                 if (st != EPM_OK)
                     break;
+                if (rep < 0) {
+                    epm_run_result_destroy(res);
+                    continue;
+                }
                 const epm_run_report *r = &res->report;
                 double pf = r->prefill_tokens / r->t_prefill, dc = r->t_decode > 0 ? r->decode_tokens / r->t_decode : 0;
                 best_pf = pf > best_pf ? pf : best_pf;
@@ -425,6 +433,7 @@ int epm_bench_run(int argc, char **argv)
                 epm_run_result_destroy(res);
             }
             epm_placement_destroy(p);
+            warm = 0;
             if (st != EPM_OK) {
                 rc = me == 0 ? cli_fail(W, st) : EPM_EXIT_FAIL;
                 break;

@@ -408,6 +408,10 @@ ok "bench a2a 2 ranks" mpi -np 2 "$E" bench a2a --a2a alltoallv --hier off --max
   csvcheck a2a-table 2 8,128,2048
 ok "bench a2a 3 ranks csv" mpi -np 3 "$E" bench a2a --a2a p2p --hier off --max-bytes 2048 --step 16 --time 0.01 --csv &&
   csvcheck a2a 3 p2p 8,128,2048
+# one rank: nothing leaves it, so the ratio fields are empty, never a number
+ok "bench a2a 1 rank csv" "$E" bench a2a --max-bytes 64 --step 8 --time 0.01 --csv &&
+  { [ "$(awk -F, 'NR > 1 && NF == 15 && $1 == 1 && $5 == 0 && $13 == "" && $15 == ""' "$d/out" | wc -l)" = 2 ] ||
+    { fail "bench a2a at 1 rank: not two rows of 0 bytes without ratios"; show; }; }
 help_ok a2a --max-bytes --step --time --a2a --csv
 usage a2a --max-bytes x --max-bytes x
 usage a2a --time 0 --time 0
@@ -426,7 +430,7 @@ done
 ok "bench run --mod" mpi -np 2 "$E" bench run "${small[@]}" --mod schedule --capacities 0.5 --csv &&
   csvcheck mod 0.5
 ok "bench run --ta" mpi -np 2 "$E" bench run "${small[@]}" --virtual-nodes 2 --ta 0,1 && csvcheck ta-table
-help_ok run --model --batch --seq --new --methods --modes --workdir --reps --ta --mod --capacities --csv
+help_ok run --model --batch --seq --new --methods --modes --workdir --reps --warmup --ta --mod --capacities --csv
 usage run --model "" --batch 2
 usage run --batch x --model "$m" --batch x
 usage run --kernels foo --model "$m" --kernels foo
@@ -434,6 +438,7 @@ usage run --methods foo --model "$m" --methods contiguous,foo
 usage run --methods ilp,contiguous --model "$m" --methods ilp,contiguous
 usage run --capacities abc --model "$m" --mod schedule --capacities abc
 usage run --ta -1 --model "$m" --ta 0,-1
+usage run --warmup -1 --model "$m" --warmup -1
 usage run --bogus "" --model "$m" --bogus
 
 # ---- epmoe bench itself ----
