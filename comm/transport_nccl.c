@@ -10,6 +10,7 @@
 #pragma GCC diagnostic ignored "-Wstrict-prototypes"
 #include <nccl.h>
 #pragma GCC diagnostic pop
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -23,6 +24,14 @@ typedef struct nccl_tr {
     char *dsend, *drecv, *hsend, *hrecv; /* device send/recv, pinned host pack/unpack buffers */
     size_t send_cap, recv_cap, hsend_cap, hrecv_cap;
     int in_flight; /* steps prepared and not yet waited for: the buffers above serve one */
+    /* Test hooks, so that the poll-and-abort path of stream_wait runs with
+     * one rank on one GPU (NCCL refuses two ranks there, so no real peer can
+     * die): EPM_TEST_NCCL_HOLD_SECONDS keeps each posted step's stream busy
+     * that long (a host function that sleeps), as a peer that never sends
+     * would; EPM_TEST_NCCL_ASYNC_ERROR=1 makes the poll see ncclRemoteError,
+     * as after a peer's death. Read once, at create. */
+    double test_hold;
+    int test_async_error;
 } nccl_tr;
 
 struct epm_xfer_req {
@@ -121,6 +130,13 @@ static epm_status n_prepare(epm_transport *t, const epm_xfer *x, epm_xfer_req **
     return EPM_OK;
 }
 
+static void CUDART_CB test_hold_fn(void *arg)
+{
+    double s = *(const double *)arg;
+    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    nanosleep(&ts, NULL);
+}
+
 static epm_status n_post(epm_transport *t, epm_xfer_req *q)
 {
     nccl_tr *n = (nccl_tr *)t;
@@ -143,6 +159,13 @@ static epm_status n_post(epm_transport *t, epm_xfer_req *q)
         n_release(t, q);
         return nccl_err(r, "ncclSend/ncclRecv group");
     }
+    if (n->test_hold > 0) {
+        cudaError_t e = cudaLaunchHostFunc(n->stream, test_hold_fn, &n->test_hold);
+        if (e != cudaSuccess) {
+            n_release(t, q);
+            return cuda_err(e, "cudaLaunchHostFunc (EPM_TEST_NCCL_HOLD_SECONDS)");
+        }
+    }
     return EPM_OK;
 }
 
@@ -161,6 +184,8 @@ static epm_status stream_wait(nccl_tr *n)
             return cuda_err(e, "the NCCL exchange's stream");
         ncclResult_t ae = ncclSuccess;
         ncclResult_t r = ncclCommGetAsyncError(n->comm, &ae);
+        if (n->test_async_error && r == ncclSuccess && ae == ncclSuccess)
+            ae = ncclRemoteError;
         if (r != ncclSuccess || ae != ncclSuccess) {
             ncclCommAbort(n->comm);
             n->comm = NULL;
@@ -286,6 +311,9 @@ epm_status epm_transport_nccl_create(void *mpi_comm, int rank, int size, int loc
     n->base.rank = rank;
     n->base.size = size;
     n->device = local_rank % ndev;
+    const char *th = getenv("EPM_TEST_NCCL_HOLD_SECONDS"), *ta = getenv("EPM_TEST_NCCL_ASYNC_ERROR");
+    n->test_hold = th && *th ? atof(th) : 0;
+    n->test_async_error = ta && *ta && strcmp(ta, "0");
     epm_status st = EPM_OK;
     if ((e = cudaSetDevice(n->device)) != cudaSuccess || (e = cudaStreamCreate(&n->stream)) != cudaSuccess)
         st = cuda_err(e, "cudaSetDevice/cudaStreamCreate (nccl transport)");

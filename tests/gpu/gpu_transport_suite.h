@@ -5,6 +5,9 @@
 #ifndef GPU_TRANSPORT_SUITE_H
 #define GPU_TRANSPORT_SUITE_H
 
+#include <stdlib.h>
+#include <string.h>
+
 #include "test_util.h"
 
 #include "gpu_a2a.h"
@@ -61,6 +64,67 @@ static void test_xcomm(void **state)
     epm_xcomm_destroy(x);
 }
 
+#ifdef GT_FAULT_TESTS
+/* A step that never completes, as when a peer dies, made with the test hooks
+ * of transport_nccl.c (one rank: NCCL takes no second rank on one GPU): the
+ * stream is held 4 s; the wait must give up at the 1 s deadline, or at once
+ * when the poll sees an asynchronous error, abort the communicator, say
+ * so, and fail the next exchange at once instead of using it. */
+static void fault_case(int async, epm_status want, const char *text)
+{
+    if (R != 1) {
+        printf("fault hooks run at one rank only: skipped at %d\n", R);
+        return;
+    }
+    assert_int_equal(setenv("EPM_TEST_NCCL_HOLD_SECONDS", "4", 1), 0);
+    if (async)
+        assert_int_equal(setenv("EPM_TEST_NCCL_ASYNC_ERROR", "1", 1), 0);
+    epm_xcomm_opts o;
+    epm_xcomm_opts_init(&o);
+    o.a2a = GT_XA2A;
+    epm_xcomm *x;
+    epm_status st = epm_xcomm_create_opts(&o, &x);
+    unsetenv("EPM_TEST_NCCL_HOLD_SECONDS");
+    unsetenv("EPM_TEST_NCCL_ASYNC_ERROR");
+    assert_int_equal(st, EPM_OK);
+    epm_xcomm_set_timeout(1.0);
+    int dest[2] = {0, 0};
+    float rows[2 * XW] = {0}, *out = NULL;
+    int *src = NULL;
+    int64_t nr = 0;
+    double t0 = epm_now();
+    st = epm_xcomm_exchange(x, 2, dest, rows, XW, XP, NULL, &out, &src, &nr);
+    double dt = epm_now() - t0;
+    printf("%s: %s after %.2f s: %s\n", async ? "asynchronous error" : "deadline", epm_status_str(st), dt,
+           epm_last_error());
+    assert_int_equal(st, want);
+    assert_true(dt < (async ? 0.9 : 2.5));
+    assert_non_null(strstr(epm_last_error(), text));
+    assert_non_null(strstr(epm_last_error(), "aborted"));
+    epm_clear_error();
+    t0 = epm_now();
+    st = epm_xcomm_exchange(x, 2, dest, rows, XW, XP, NULL, &out, &src, &nr);
+    assert_int_not_equal(st, EPM_OK);
+    assert_true(epm_now() - t0 < 0.5);
+    assert_non_null(strstr(epm_last_error(), "aborted"));
+    epm_clear_error();
+    epm_xcomm_set_timeout(0);
+    epm_xcomm_destroy(x); /* waits out the held stream */
+}
+
+static void test_deadline_aborts(void **state)
+{
+    (void)state;
+    fault_case(0, EPM_ERR_TIMEOUT, "did not complete within 1 s");
+}
+
+static void test_async_error_aborts(void **state)
+{
+    (void)state;
+    fault_case(1, EPM_ERR_NCCL, "remote");
+}
+#endif
+
 int main(void)
 {
     if (!gpu_present()) {
@@ -76,6 +140,10 @@ int main(void)
         cmocka_unit_test(test_f32),
         cmocka_unit_test(test_bf16_follow),
         cmocka_unit_test(test_xcomm),
+#ifdef GT_FAULT_TESTS
+        cmocka_unit_test(test_deadline_aborts),
+        cmocka_unit_test(test_async_error_aborts),
+#endif
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     epm_comm_finalize();
