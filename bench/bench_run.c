@@ -335,7 +335,7 @@ int epm_bench_run(int argc, char **argv)
         printf("# bench run: %s, %d ranks (%d nodes), batch %ld x %ld tokens + %ld new, zipf %.2f affinity %.2f\n",
                model, R, cl.nodes, batch, seq, nnew, zipf, aff);
     if (me == 0)
-        printf(csv ? "mode,method,prefill_tok_s,decode_tok_s,intra_bytes,inter_bytes,kv_bytes,max_load,"
+        printf(csv ? "ranks,nodes,mode,method,prefill_tok_s,decode_tok_s,intra_bytes,inter_bytes,kv_bytes,max_load,"
                      "prefill_vs_contiguous,decode_vs_contiguous,bytes_vs_contiguous,kv_cache_bytes_per_rank\n"
                    : "%-7s %-11s %12s %12s %14s %14s %12s %9s %8s %8s %8s %12s\n",
                "mode", "method", "prefill t/s", "decode t/s", "intra bytes", "inter bytes", "kv bytes", "max load",
@@ -445,6 +445,8 @@ int epm_bench_run(int argc, char **argv)
                 base_dc = best_dc;
                 base_b = b;
             }
+            if (me == 0 && csv)
+                printf("%d,%d,", R, cl.nodes);
             if (me == 0)
                 printf(csv ? "%s,%s,%.1f,%.1f,%lld,%lld,%lld,%lld,%.3f,%.3f,%.3f,%lld\n"
                            : "%-7s %-11s %12.1f %12.1f %14lld %14lld %12lld %9lld %8.3f %8.3f %8.3f %12lld\n",

@@ -282,12 +282,14 @@ def check(kind, args):
 
     elif kind == 'run':  # args: ranks, modes, methods
         R, modes, methods = int(args[0]), args[1].split(','), args[2].split(',')
-        rows = load(['mode', 'method', 'prefill_tok_s', 'decode_tok_s', 'intra_bytes', 'inter_bytes', 'kv_bytes', 'max_load',
-                     'prefill_vs_contiguous', 'decode_vs_contiguous', 'bytes_vs_contiguous', 'kv_cache_bytes_per_rank'])
+        rows = load(['ranks', 'nodes', 'mode', 'method', 'prefill_tok_s', 'decode_tok_s', 'intra_bytes', 'inter_bytes',
+                     'kv_bytes', 'max_load', 'prefill_vs_contiguous', 'decode_vs_contiguous', 'bytes_vs_contiguous',
+                     'kv_cache_bytes_per_rank'])
         need([(r['mode'], r['method']) for r in rows] == [(m, k) for m in modes for k in methods],
              'rows %s' % [(r['mode'], r['method']) for r in rows])
         base, kvmem = {}, {}
         for r in rows:
+            need((r['ranks'], r['nodes']) == (str(R), '1'), 'ranks/nodes %s/%s' % (r['ranks'], r['nodes']))
             num(r, 'prefill_tok_s', 0, True)
             num(r, 'decode_tok_s', 0, True)
             num(r, 'max_load', 0, True)
