@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "../launch/cli.h"
 #include "bench.h"
@@ -268,7 +269,8 @@ int epm_bench_kernels(int argc, char **argv)
         backend = "cpu";
     if (strcmp(backend, "cpu") && strcmp(backend, "ref") && strcmp(backend, "cuda"))
         return cli_usage_error(W, "--backend '%s' is not cpu, ref or cuda", backend);
-    if (dtype && strcmp(dtype, "f32") && strcmp(dtype, "bf16"))
+    /* any case: the CSV names them as safetensors does (F32, BF16) */
+    if (dtype && strcasecmp(dtype, "f32") && strcasecmp(dtype, "bf16"))
         return cli_usage_error(W, "--dtype '%s' is not f32 or bf16", dtype);
     long tokens[MAX_TOKEN_COUNTS];
     int ntokens = 0;
@@ -284,7 +286,7 @@ int epm_bench_kernels(int argc, char **argv)
     if (!dtype)
         dtype = host ? "f32" : "bf16";
     int rc = EPM_EXIT_OK;
-    b.dt = !strcmp(dtype, "f32") ? EPM_DTYPE_F32 : EPM_DTYPE_BF16;
+    b.dt = !strcasecmp(dtype, "f32") ? EPM_DTYPE_F32 : EPM_DTYPE_BF16;
     b.es = epm_dtype_size(b.dt);
     if (weight_gb < 0 && host)
         weight_gb = 3;

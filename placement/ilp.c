@@ -243,7 +243,7 @@ epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan
 
     if (epm_ilp_decompose_applies(&x) && o->time_limit_s > 0) {
         double lb;
-        EPM_CHECK_GOTO(epm_ilp_decompose(&x, tmp, &lb), st, out);
+        EPM_CHECK_GOTO(epm_ilp_decompose(&x, deadline, tmp, &lb), st, out);
         double v = epm_ilp_total(&x, tmp);
         if (v <= cur) {
             cur = v;

@@ -15,7 +15,8 @@
  * solved exactly) bounds the savings from above: a valid lower bound on the
  * objective. The incumbent takes the optimal sigma_l and then the pi_0 that
  * maximises H + G given them (one more assignment problem); only that last
- * coupling can leave a gap, and it is usually far below the MIP gap. */
+ * coupling can leave a gap. That gap is closed exactly, where the chain's
+ * end maps can be searched (E <= 8), by epm_ilp_exact_chain (ilp_chain.c). */
 #include <math.h>
 #include <string.h>
 
@@ -23,7 +24,7 @@
 
 /* Maximum-weight perfect assignment of an n x n matrix w (row -> column),
  * Hungarian method with potentials, O(n^3). Exact for integer weights. */
-static epm_status assign_max(int n, const double *w, int *col_of_row, double *value)
+epm_status epm_ilp_assign_max(int n, const double *w, int *col_of_row, double *value)
 {
     size_t N = (size_t)n + 1;
     double *u = epm_calloc(N, sizeof *u), *v = epm_calloc(N, sizeof *v), *minv = epm_malloc(N * sizeof *minv);
@@ -96,10 +97,11 @@ int epm_ilp_decompose_applies(const epm_ilp_ctx *x)
     return x->mode == EPM_MODE_FOLLOW && x->S == 1 && x->E == x->R && x->N == 1 && !x->has_skips && x->L >= 1;
 }
 
-epm_status epm_ilp_decompose(const epm_ilp_ctx *x, int *rank_of, double *lb)
+epm_status epm_ilp_decompose(const epm_ilp_ctx *x, double deadline, int *rank_of, double *lb)
 {
     size_t E = (size_t)x->E, T = (size_t)x->T, L = (size_t)x->L;
-    double *w = epm_calloc(E * E, sizeof *w), *h0 = epm_calloc(E * E, sizeof *h0), *g = epm_calloc(E * E, sizeof *g);
+    /* w: [L][E][E], layer l's pair savings (layer 0 unused; w[0] is scratch below) */
+    double *w = epm_calloc(L * E * E, sizeof *w), *h0 = epm_calloc(E * E, sizeof *h0), *g = epm_calloc(E * E, sizeof *g);
     int *sig = epm_malloc(L * E * sizeof *sig); /* sig[l*E + a] = layer-l expert beside layer-(l-1) a */
     int *pi0 = epm_malloc(E * sizeof *pi0), *tau = epm_malloc(E * sizeof *tau), *tmp = epm_malloc(E * sizeof *tmp);
     epm_status st = EPM_OK;
@@ -114,8 +116,7 @@ epm_status epm_ilp_decompose(const epm_ilp_ctx *x, int *rank_of, double *lb)
             hot = x->load[l * E + e] > hot ? x->load[l * E + e] : hot;
         base += x->bw * (double)hot;
         const int32_t *ids = epm_trace_ids_const(x->t, (int)l);
-        if (l > 0)
-            memset(w, 0, E * E * sizeof *w);
+        double *wl = w + l * E * E;
         for (size_t tok = 0; tok < T; tok++) {
             const int32_t *row = ids + tok * (size_t)x->K;
             int m = 0;
@@ -128,11 +129,11 @@ epm_status epm_ilp_decompose(const epm_ilp_ctx *x, int *rank_of, double *lb)
                 if (l == 0)
                     h0[(size_t)row[j] * E + (size_t)x->home[tok]] += 1.0;
                 else
-                    w[(size_t)(x->src[l * T + tok] % x->E) * E + (size_t)row[j]] += 1.0;
+                    wl[(size_t)(x->src[l * T + tok] % x->E) * E + (size_t)row[j]] += 1.0;
             }
         }
         if (l > 0) {
-            EPM_CHECK_GOTO(assign_max(x->E, w, sig + l * E, &val), st, out);
+            EPM_CHECK_GOTO(epm_ilp_assign_max(x->E, wl, sig + l * E, &val), st, out);
             saving += val;
         }
     }
@@ -141,9 +142,9 @@ epm_status epm_ilp_decompose(const epm_ilp_ctx *x, int *rank_of, double *lb)
             base += x->tw;
             g[(size_t)(x->last[tok] % x->E) * E + (size_t)x->home[tok]] += 1.0;
         }
-    EPM_CHECK_GOTO(assign_max(x->E, h0, pi0, &val), st, out);
+    EPM_CHECK_GOTO(epm_ilp_assign_max(x->E, h0, pi0, &val), st, out);
     saving += val;
-    EPM_CHECK_GOTO(assign_max(x->E, g, tmp, &val), st, out);
+    EPM_CHECK_GOTO(epm_ilp_assign_max(x->E, g, tmp, &val), st, out);
     saving += val;
     *lb = base - x->tw * saving;
 
@@ -158,7 +159,16 @@ epm_status epm_ilp_decompose(const epm_ilp_ctx *x, int *rank_of, double *lb)
     for (size_t a = 0; a < E; a++)
         for (size_t r = 0; r < E; r++)
             w[a * E + r] = h0[a * E + r] + g[(size_t)tau[a] * E + r];
-    EPM_CHECK_GOTO(assign_max(x->E, w, pi0, &val), st, out);
+    EPM_CHECK_GOTO(epm_ilp_assign_max(x->E, w, pi0, &val), st, out);
+    /* close the coupling's gap exactly where the end maps can be searched */
+    int done = 0;
+    double exact = 0.0;
+    /* half the time left at most: the search and the MIP may need the rest */
+    double now = epm_now();
+    EPM_CHECK_GOTO(
+        epm_ilp_exact_chain(x->E, x->L, w, h0, g, sig, pi0, now + 0.5 * (deadline - now), &exact, &done), st, out);
+    if (done)
+        *lb = base - x->tw * exact;
     for (size_t a = 0; a < E; a++)
         rank_of[a] = pi0[a];
     for (size_t l = 1; l < L; l++)

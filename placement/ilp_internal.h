@@ -121,8 +121,20 @@ void epm_ilp_read(const epm_ilp_ctx *x, const int *col_x, const double *v, int *
 /* Follow mode, one node, one expert a rank and E = R, no skipped tokens. */
 int epm_ilp_decompose_applies(const epm_ilp_ctx *x);
 /* Chains the layer pairs' optimal assignments into rank_of and writes a
- * lower bound on epm_plan_objective over single-copy placements in *lb. */
-epm_status epm_ilp_decompose(const epm_ilp_ctx *x, int *rank_of, double *lb);
+ * lower bound on epm_plan_objective over single-copy placements in *lb;
+ * with E <= 8 and before deadline, the optimum itself and its value. */
+epm_status epm_ilp_decompose(const epm_ilp_ctx *x, double deadline, int *rank_of, double *lb);
+/* Maximum-weight perfect assignment of the n x n matrix w (row -> column),
+ * exact (Hungarian method). */
+epm_status epm_ilp_assign_max(int n, const double *w, int *col_of_row, double *value);
+/* The decomposition's exact search over chains (ilp_chain.c). w: [L][n][n]
+ * layer pair savings (layer 0 unused); h0, g: [n][n] the home savings of
+ * layer 0's and of the last layer's experts; sig: [L][n] the layers' optimal
+ * assignments, rewritten with the optimum's chain, and pi0 with its layer-0
+ * ranks. *savings: the optimum's total. *done = 0 (nothing written) when n
+ * > 8 or the deadline came first. */
+epm_status epm_ilp_exact_chain(int n, int L, const double *w, const double *h0, const double *g, int *sig, int *pi0,
+                               double deadline, double *savings, int *done);
 
 /* ---- local search at scale (ilp_search.c) ---- */
 /* Improves rank_of by exact-delta swaps and moves (capacity x->S), layer by

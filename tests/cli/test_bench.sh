@@ -411,7 +411,7 @@ ok "bench a2a 2 ranks" mpi -np 2 "$E" bench a2a --a2a alltoallv --hier off --max
 ok "bench a2a 3 ranks csv" mpi -np 3 "$E" bench a2a --a2a p2p --hier off --max-bytes 2048 --step 16 --time 0.01 --csv &&
   csvcheck a2a 3 p2p 8,128,2048
 # one rank: nothing leaves it, so the ratio fields are empty, never a number
-ok "bench a2a 1 rank csv" "$E" bench a2a --max-bytes 64 --step 8 --time 0.01 --csv &&
+ok "bench a2a 1 rank csv" mpi -np 1 "$E" bench a2a --max-bytes 64 --step 8 --time 0.01 --csv &&
   { [ "$(awk -F, 'NR > 1 && NF == 15 && $1 == 1 && $5 == 0 && $13 == "" && $15 == ""' "$d/out" | wc -l)" = 2 ] ||
     { fail "bench a2a at 1 rank: not two rows of 0 bytes without ratios"; show; }; }
 help_ok a2a --max-bytes --step --time --a2a --csv

@@ -5,6 +5,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "epmoe/epmoe.h"
+
 static char tmpdir[256];
 
 static void cleanup(void)
@@ -55,4 +57,22 @@ const char *tu_write(const char *name, const void *data, size_t n)
     }
     fclose(f);
     return p;
+}
+
+epm_trace *tu_synth_trace(int layers, int experts, int k, int64_t tokens, uint64_t seed)
+{
+    epm_trace_synth_opts so;
+    epm_trace_synth_opts_init(&so);
+    so.layers = layers;
+    so.experts = experts;
+    so.k = k;
+    so.tokens = tokens;
+    so.seed = seed;
+    so.zipf_s = 1.0;
+    so.affinity = 0.7;
+    so.tokens_per_seq = 5;
+    epm_trace *t = NULL;
+    if (epm_trace_synth(&so, &t) != EPM_OK)
+        fail_msg("synth: %s", epm_last_error());
+    return t;
 }

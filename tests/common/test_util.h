@@ -18,4 +18,10 @@ const char *tu_path(const char *name);
 /* Writes bytes to a file under the temporary directory and returns its path. */
 const char *tu_write(const char *name, const void *data, size_t n);
 
+struct epm_trace;
+/* A synthetic top-k trace for the planner's tests: Zipf 1 load skew,
+ * cross-layer affinity 0.7, sequences of 5 tokens; fails the test if
+ * synthesis fails. */
+struct epm_trace *tu_synth_trace(int layers, int experts, int k, int64_t tokens, uint64_t seed);
+
 #endif

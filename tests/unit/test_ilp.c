@@ -12,24 +12,6 @@
 
 #include "ilp_internal.h"
 
-static epm_trace *make_trace(int layers, int experts, int k, int64_t tokens, uint64_t seed)
-{
-    epm_trace_synth_opts so;
-    epm_trace_synth_opts_init(&so);
-    so.layers = layers;
-    so.experts = experts;
-    so.k = k;
-    so.tokens = tokens;
-    so.seed = seed;
-    so.zipf_s = 1.0;
-    so.affinity = 0.7;
-    so.tokens_per_seq = 5;
-    epm_trace *t = NULL;
-    if (epm_trace_synth(&so, &t) != EPM_OK)
-        fail_msg("synth: %s", epm_last_error());
-    return t;
-}
-
 static void opts_for(epm_plan_opts *o, epm_mode mode, int slots)
 {
     epm_plan_opts_init(o);
@@ -107,7 +89,7 @@ static void test_ilp_optimum_equals_brute_force(void **state)
     for (size_t s = 0; s < sizeof small_shapes / sizeof *small_shapes; s++)
         for (int mode = 0; mode < 2; mode++) {
             const shape *sh = &small_shapes[s];
-            epm_trace *t = make_trace(sh->layers, sh->experts, 2, 60, 11 + s);
+            epm_trace *t = tu_synth_trace(sh->layers, sh->experts, 2, 60, 11 + s);
             epm_cluster c;
             epm_cluster_init(&c, sh->nodes, sh->gpn);
             epm_plan_opts o;
@@ -143,7 +125,7 @@ static void test_ilp_model_equals_objective(void **state)
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
         for (int mode = 0; mode < 2; mode++) {
             const shape *sh = &shapes[s];
-            epm_trace *t = make_trace(sh->layers, sh->experts, 2, 50, 3 + s);
+            epm_trace *t = tu_synth_trace(sh->layers, sh->experts, 2, 50, 3 + s);
             /* a few skipped tokens and a top-1-only token */
             for (int l = 0; l < sh->layers; l++) {
                 int32_t *ids = epm_trace_ids(t, l);
@@ -244,7 +226,7 @@ static void test_ilp_replicas_between_bound_and_heuristics(void **state)
 {
     (void)state;
     for (int mode = 0; mode < 2; mode++) {
-        epm_trace *t = make_trace(2, 4, 2, 40, 21);
+        epm_trace *t = tu_synth_trace(2, 4, 2, 40, 21);
         epm_cluster c;
         epm_cluster_init(&c, 1, 2);
         epm_plan_opts o;
@@ -270,13 +252,50 @@ static void test_ilp_replicas_between_bound_and_heuristics(void **state)
     }
 }
 
+/* The follow-mode decomposition for one expert a rank (E = R) on its own,
+ * no MIP: its placement's objective and its bound both equal brute force,
+ * from a handful of tokens (many ties between the layers' assignments: the
+ * chains that lose nothing reach every end map) to enough that the optimal
+ * assignments are few (the search over chains that lose a little). */
+static void test_ilp_decompose_exact(void **state)
+{
+    (void)state;
+    static const struct {
+        int L, E;
+        int64_t tokens;
+        uint64_t seed;
+    } cases[] = {{3, 4, 6, 1}, {3, 4, 12, 2}, {3, 4, 40, 3}, {3, 4, 200, 4}, {4, 3, 10, 5}, {5, 3, 30, 6},
+                 {3, 3, 25, 7}, {2, 4, 50, 8}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        epm_trace *t = tu_synth_trace(cases[i].L, cases[i].E, 2, cases[i].tokens, cases[i].seed);
+        epm_cluster c;
+        epm_cluster_init(&c, 1, cases[i].E);
+        epm_plan_opts o;
+        opts_for(&o, EPM_MODE_FOLLOW, 1);
+        epm_ilp_ctx x;
+        assert_int_equal(epm_ilp_ctx_init(&x, t, &c, &o, 1), EPM_OK);
+        assert_true(epm_ilp_decompose_applies(&x));
+        int rank_of[64], bf[64];
+        double lb;
+        assert_int_equal(epm_ilp_decompose(&x, epm_now() + 30, rank_of, &lb), EPM_OK);
+        double v = epm_ilp_total(&x, rank_of);
+        brute b = {t, &c, &o, cases[i].L, cases[i].E, cases[i].E, 1, bf, INFINITY};
+        brute_rec(&b, 0);
+        if (!close_to(v, b.best) || !close_to(lb, b.best))
+            fail_msg("case %zu (L %d, E %d, %lld tokens): decomposition %.9g, bound %.9g, brute force %.9g", i,
+                     cases[i].L, cases[i].E, (long long)cases[i].tokens, v, lb, b.best);
+        epm_ilp_ctx_free(&x);
+        epm_trace_destroy(t);
+    }
+}
+
 /* At a size where one MIP is too large, the decomposition still never loses
  * to a heuristic and reports a bound below its objective. */
 static void test_ilp_never_worse_than_heuristics(void **state)
 {
     (void)state;
     for (int mode = 0; mode < 2; mode++) {
-        epm_trace *t = make_trace(4, 32, 4, 400, 8);
+        epm_trace *t = tu_synth_trace(4, 32, 4, 400, 8);
         epm_cluster c;
         epm_cluster_init(&c, 2, 4);
         epm_plan_opts o;
@@ -322,7 +341,7 @@ static double best_heuristic_objective(const epm_trace *t, const epm_cluster *c,
 static void test_ilp_fallback_without_time(void **state)
 {
     (void)state;
-    epm_trace *t = make_trace(3, 4, 2, 60, 2);
+    epm_trace *t = tu_synth_trace(3, 4, 2, 60, 2);
     epm_cluster c;
     epm_cluster_init(&c, 1, 2);
     epm_plan_opts o;
@@ -343,7 +362,7 @@ static void test_ilp_fallback_without_time(void **state)
 static void test_ilp_rejects_bad_options(void **state)
 {
     (void)state;
-    epm_trace *t = make_trace(2, 4, 2, 20, 2);
+    epm_trace *t = tu_synth_trace(2, 4, 2, 20, 2);
     epm_cluster c;
     epm_cluster_init(&c, 1, 2);
     epm_plan_opts o;
@@ -362,7 +381,7 @@ static void test_ilp_rejects_bad_options(void **state)
 static void test_ilp_glpk_failure_is_contained(void **state)
 {
     (void)state;
-    epm_trace *t = make_trace(3, 4, 2, 60, 4);
+    epm_trace *t = tu_synth_trace(3, 4, 2, 60, 4);
     epm_cluster c;
     epm_cluster_init(&c, 1, 2);
     epm_plan_opts o;
@@ -397,7 +416,7 @@ static void test_ilp_glpk_failure_is_contained(void **state)
 static void test_ilp_deterministic(void **state)
 {
     (void)state;
-    epm_trace *t = make_trace(4, 32, 4, 400, 6);
+    epm_trace *t = tu_synth_trace(4, 32, 4, 400, 6);
     epm_cluster c;
     epm_cluster_init(&c, 2, 4);
     epm_plan_opts o;
@@ -423,7 +442,7 @@ static void test_ilp_deterministic(void **state)
 static void test_ilp_mixtral_shape_optimal(void **state)
 {
     (void)state;
-    epm_trace *t = make_trace(32, 8, 2, 1024, 42);
+    epm_trace *t = tu_synth_trace(32, 8, 2, 1024, 42);
     epm_cluster c;
     epm_cluster_init(&c, 1, 8);
     for (int mode = 0; mode < 2; mode++) {
@@ -463,7 +482,7 @@ static void test_ilp_search_model_is_eval_time(void **state)
     (void)state;
     static const epm_method heur[] = {EPM_METHOD_CONTIGUOUS, EPM_METHOD_ROUND_ROBIN, EPM_METHOD_GREEDY,
                                       EPM_METHOD_EPLB};
-    epm_trace *t = make_trace(4, 16, 3, 300, 5);
+    epm_trace *t = tu_synth_trace(4, 16, 3, 300, 5);
     epm_cluster c;
     epm_cluster_init(&c, 2, 2);
     const int L = 4, E = 16, K = 3, R = 4;
@@ -524,7 +543,7 @@ static void test_ilp_search_model_is_eval_time(void **state)
 static void test_ilp_search_keeps_objective(void **state)
 {
     (void)state;
-    epm_trace *t = make_trace(4, 32, 4, 1024, 9);
+    epm_trace *t = tu_synth_trace(4, 32, 4, 1024, 9);
     epm_cluster c;
     epm_cluster_init(&c, 2, 4);
     for (int mode = 0; mode < 2; mode++) {
@@ -563,6 +582,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ilp_optimum_equals_brute_force),
+        cmocka_unit_test(test_ilp_decompose_exact),
         cmocka_unit_test(test_ilp_model_equals_objective),
         cmocka_unit_test(test_ilp_replicas_between_bound_and_heuristics),
         cmocka_unit_test(test_ilp_never_worse_than_heuristics),

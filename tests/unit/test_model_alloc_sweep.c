@@ -1,9 +1,6 @@
-/* Allocation-failure sweep of the public model loader (dav1d's habit): for
- * n = 1, 2, 3, ... the n-th allocation of open + dense + every expert of
- * every MoE layer fails, until a load never reaches the n-th allocation.
- * Every failure must return EPM_ERR_NOMEM with its detail, leave *out NULL
- * and hold no memory afterwards (live heap bytes before == after; the ASan
- * build also runs LeakSanitizer over this program). */
+/* Allocation-failure sweep (alloc_sweep.h) of the public model loader: open
+ * + dense + every expert of every MoE layer. Every failure must also leave
+ * *out NULL; the ASan build runs LeakSanitizer over this program too. */
 #include "test_util.h"
 
 #include <stdio.h>
@@ -12,7 +9,7 @@
 #include "core.h"
 #include "epmoe/epmoe.h"
 #include "epmoe/model.h"
-#include "live_bytes.h"
+#include "alloc_sweep.h"
 
 static const char *const fixtures[] = {"qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny"};
 
@@ -37,6 +34,8 @@ static epm_status load_all(const char *dir)
     return st;
 }
 
+static epm_status load_all_cb(void *dir) { return load_all(dir); }
+
 static void test_model_load_alloc_sweep(void **state)
 {
     (void)state;
@@ -44,46 +43,11 @@ static void test_model_load_alloc_sweep(void **state)
     for (int f = 0; f < 3; f++) {
         char dir[512];
         snprintf(dir, sizeof dir, "%s/%s", tu_fixtures(), fixtures[f]);
-        assert_int_equal(load_all(dir), EPM_OK); /* warm: anything cached once is cached now */
-        uint64_t n = 1;
-        for (;; n++) {
-            size_t before, after;
-            uint64_t made;
-            epm_status st;
-            /* twice when memory is still held after the first: the C library
-             * keeps a few one-time buffers of its own (glibc's count only) */
-            for (int again = 0; again < 2; again++) {
-                before = tu_live_bytes();
-                epm_fault_fail_nth_alloc(n);
-                st = load_all(dir);
-                made = epm_fault_alloc_count();
-                epm_fault_fail_nth_alloc(0);
-                after = tu_live_bytes();
-                if (after == before)
-                    break;
-            }
-            if (after != before)
-                fprintf(stderr, "%s: allocation %llu failed: %lld bytes still held\n", fixtures[f],
-                        (unsigned long long)n, (long long)after - (long long)before);
-            assert_int_equal(after, before);
-            if (st == EPM_OK) {
-                /* a success that reached the n-th allocation swallowed the failure */
-                if (made >= n)
-                    fprintf(stderr, "%s: allocation %llu failed and the load still succeeded\n", fixtures[f],
-                            (unsigned long long)n);
-                assert_true(made < n);
-                break;
-            }
-            if (st != EPM_ERR_NOMEM)
-                fprintf(stderr, "%s: allocation %llu: %s: %s\n", fixtures[f], (unsigned long long)n,
-                        epm_status_str(st), epm_last_error());
-            assert_int_equal(st, EPM_ERR_NOMEM);
-            assert_non_null(strstr(epm_last_error(), "allocation"));
-        }
+        uint64_t k = tu_alloc_sweep(fixtures[f], load_all_cb, dir);
         fprintf(stderr, "%s: %llu allocation points of the loader failed cleanly\n", fixtures[f],
-                (unsigned long long)(n - 1));
-        assert_true(n - 1 > 10);
-        total += n - 1;
+                (unsigned long long)k);
+        assert_true(k > 10);
+        total += k;
     }
     assert_int_equal(tu_leak_check(), 0);
     fprintf(stderr, "loader: %llu allocation points in all\n", (unsigned long long)total);
