@@ -359,7 +359,7 @@ int epm_bench_a2a(int argc, char **argv)
     if (me == 0) {
         if (g.csv)
             printf("ranks,nodes,a2a,hier,bytes,row_bytes,ours_us,ours_algbw_gbs,ours_busbw_gbs,raw_us,raw_algbw_gbs,"
-                   "raw_busbw_gbs,ratio,full_us,ratio_full\n");
+                   "raw_busbw_gbs,ratio,full_us,ratio_full,size\n");
         else
             printf("# epmoe bench a2a: %d ranks, %d node(s)%s, transport %s%s, top-%ld of %ld experts (contiguous)\n"
                    "# size = dispatch bytes per rank (mean); ours = dispatch + combine exchanges (epm_xcomm);\n"
@@ -421,9 +421,11 @@ int epm_bench_a2a(int argc, char **argv)
                 snprintf(r2, sizeof r2, "%.3f", tf / tr);
             }
             if (g.csv) {
-                printf("%d,%d,%s,%d,%.0f,%d,%.2f,%.4f,%.4f,%.2f,%.4f,%.4f,%s,%.2f,%s\n", R, cl.nodes,
+                /* size: the size asked for (the same at every rank count); bytes: what each rank
+                 * sent on average, which the bandwidths use */
+                printf("%d,%d,%s,%d,%.0f,%d,%.2f,%.4f,%.4f,%.2f,%.4f,%.4f,%s,%.2f,%s,%ld\n", R, cl.nodes,
                        epm_xcomm_a2a_name(xo.a2a), epm_xcomm_hierarchical(x), bytes, b.W * 4, to * 1e6, ao, ao * f,
-                       tr * 1e6, ar, ar * f, r1, tf * 1e6, r2);
+                       tr * 1e6, ar, ar * f, r1, tf * 1e6, r2, size);
             } else {
                 char sz[32];
                 print_size(bytes, sz, sizeof sz);

@@ -82,7 +82,8 @@ KINDS = {
                 ('dense_s', 'n'), ('dense_tflops', 'n'), ('ratio', 'n')],
     'a2a': [('ranks', 'n'), ('nodes', 'n'), ('a2a', 's'), ('hier', 'n'), ('bytes', 'n'), ('row_bytes', 'n'),
             ('ours_us', 'n'), ('ours_algbw_gbs', 'n'), ('ours_busbw_gbs', 'n'), ('raw_us', 'n'),
-            ('raw_algbw_gbs', 'n'), ('raw_busbw_gbs', 'n'), ('ratio', 'n?'), ('full_us', 'n'), ('ratio_full', 'n?')],
+            ('raw_algbw_gbs', 'n'), ('raw_busbw_gbs', 'n'), ('ratio', 'n?'), ('full_us', 'n'), ('ratio_full', 'n?'),
+            ('size', 'n')],
     'run': [('ranks', 'n'), ('nodes', 'n'), ('mode', 's'), ('method', 's'), ('prefill_tok_s', 'n'),
             ('decode_tok_s', 'n'), ('intra_bytes', 'n'),
             ('inter_bytes', 'n'), ('kv_bytes', 'n'), ('max_load', 'n'), ('prefill_vs_contiguous', 'n'),
@@ -633,14 +634,15 @@ def charts_a2a(rows, skips):
         const.append('hierarchical' if rows[0]['hier'] else 'flat')
     src = sources(rows)
     sub = 'ours = dispatch + combine exchanges; %s; from %s' % (', '.join(const), src_text(src))
-    xs = [r['bytes'] for r in rows]
+    xs = [r['size'] for r in rows]  # asked for, the same at every rank count (bytes: what was sent)
     chart = 'a2a_busbw.svg'
-    xa = Axis('log2', xs, 'dispatch size per rank (bytes, log2 scale)', fmt_bytes)
+    xa = Axis('log2', xs, 'dispatch size asked per rank (bytes, log2 scale)', fmt_bytes)
     ya = Axis('log10', [r[c] for r in rows for c in ('ours_busbw_gbs', 'raw_busbw_gbs')],
               'bus bandwidth (GB/s, log scale)')
-    series = paired_series(rows, keys, key, col, xa, ya, chart, skips, 'bytes',
+    series = paired_series(rows, keys, key, col, xa, ya, chart, skips, 'size',
                            (' ours', 'ours_busbw_gbs'), (' raw', 'raw_busbw_gbs'),
-                           lambda r, c: '%s: %s GB/s' % (fmt_bytes(r['bytes']), fmt(r[c])))
+                           lambda r, c: '%s (%s sent): %s GB/s' % (fmt_bytes(r['size']), fmt_bytes(r['bytes']),
+                                                                    fmt(r[c])))
     out = [(chart, line_chart('epmoe bench a2a: bus bandwidth, ours vs raw MPI_Alltoallv',
                               sub, [Panel('', xa, ya, series)], src))]
     chart = 'a2a_ratio.svg'
@@ -650,8 +652,8 @@ def charts_a2a(rows, skips):
         s = Series(k, col(k))
         for r in rows:
             if key(r) == k and r['ratio'] is not None:  # empty: no ratio at one rank
-                add_point(s, xa, ya, r, r['bytes'], r['ratio'], chart, 'ratio', skips,
-                          '%s: ours / raw %s' % (fmt_bytes(r['bytes']), fmt(r['ratio'])))
+                add_point(s, xa, ya, r, r['size'], r['ratio'], chart, 'ratio', skips,
+                          '%s: ours / raw %s' % (fmt_bytes(r['size']), fmt(r['ratio'])))
         series.append(s)
     out.append((chart, line_chart('epmoe bench a2a: time of ours relative to raw MPI_Alltoallv', sub,
                                   [Panel('', xa, ya, series, [(1.25, 'target 1.25')])], src)))

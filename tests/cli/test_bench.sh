@@ -234,7 +234,7 @@ def check(kind, args):
     elif kind == 'a2a':  # args: ranks, transport, sizes
         R, a2a, sizes = int(args[0]), args[1], [int(s) for s in args[2].split(',')]
         rows = load(['ranks', 'nodes', 'a2a', 'hier', 'bytes', 'row_bytes', 'ours_us', 'ours_algbw_gbs', 'ours_busbw_gbs',
-                     'raw_us', 'raw_algbw_gbs', 'raw_busbw_gbs', 'ratio', 'full_us', 'ratio_full'])
+                     'raw_us', 'raw_algbw_gbs', 'raw_busbw_gbs', 'ratio', 'full_us', 'ratio_full', 'size'])
         need(len(rows) == len(sizes), '%d size rows, expected %d (%s)' % (len(rows), len(sizes), sizes))
         for r, size in zip(rows, sizes):
             need((r['ranks'], r['nodes'], r['a2a'], r['hier']) == (str(R), '1', a2a, '0'),
@@ -242,6 +242,7 @@ def check(kind, args):
             # tokens are added until a rank's rows reach the size; top-2 adds at most one row more
             b = num(r, 'bytes', 0, True)
             need(size - 0.5 <= b <= 2 * size + 0.5, 'bytes %s for size %d' % (r['bytes'], size))
+            need(r['size'] == str(size), 'size %s, asked %d' % (r['size'], size))
             need(num(r, 'row_bytes', 4) == min(size, 8192), 'row_bytes %s for size %d' % (r['row_bytes'], size))
             ours, raw, full = num(r, 'ours_us', 0, True), num(r, 'raw_us', 0, True), num(r, 'full_us', 0, True)
             for k in ('ours_algbw_gbs', 'ours_busbw_gbs', 'raw_algbw_gbs', 'raw_busbw_gbs'):
@@ -412,7 +413,7 @@ ok "bench a2a 3 ranks csv" mpi -np 3 "$E" bench a2a --a2a p2p --hier off --max-b
   csvcheck a2a 3 p2p 8,128,2048
 # one rank: nothing leaves it, so the ratio fields are empty, never a number
 ok "bench a2a 1 rank csv" mpi -np 1 "$E" bench a2a --max-bytes 64 --step 8 --time 0.01 --csv &&
-  { [ "$(awk -F, 'NR > 1 && NF == 15 && $1 == 1 && $5 == 0 && $13 == "" && $15 == ""' "$d/out" | wc -l)" = 2 ] ||
+  { [ "$(awk -F, 'NR > 1 && NF == 16 && $1 == 1 && $5 == 0 && $13 == "" && $15 == ""' "$d/out" | wc -l)" = 2 ] ||
     { fail "bench a2a at 1 rank: not two rows of 0 bytes without ratios"; show; }; }
 help_ok a2a --max-bytes --step --time --a2a --csv
 usage a2a --max-bytes x --max-bytes x

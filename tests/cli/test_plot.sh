@@ -113,7 +113,7 @@ plot --help
 # ---- what a log axis cannot show is left out with a note; an empty ratio (one rank) is allowed ----
 # line 2 of a2a_np2.csv: ours_busbw_gbs (9th field) 0; a 1-rank row: no bytes, no bus bandwidth, no ratio
 awk -F, -v OFS=, 'NR == 2 { $9 = "0.0000" } 1' a2a_np2.csv >zero.csv
-printf '%s\n' "$(head -1 a2a_np2.csv)" '1,1,alltoallv,0,0,8,0.50,0.0000,0.0000,0.10,0.0000,0.0000,,0.60,' >one.csv
+printf '%s\n' "$(head -1 a2a_np2.csv)" '1,1,alltoallv,0,0,8,0.50,0.0000,0.0000,0.10,0.0000,0.0000,,0.60,,8' >one.csv
 plot --out zero zero.csv one.csv
 if [ $rc != 0 ]; then
   fail "plot of a zero bandwidth: exit $rc"; show
@@ -222,10 +222,10 @@ def a2a(dir, files, where=None):
         src = where(r) if where else r['_src']
         k = '%s rank%s' % (r['ranks'], '' if r['ranks'] == '1' else 's')
         if float(r['bytes']) > 0:
-            add(busbw, k + ' ours', float(r['bytes']), r['ours_busbw_gbs'], src, True)
-            add(busbw, k + ' raw', float(r['bytes']), r['raw_busbw_gbs'], src, True)
+            add(busbw, k + ' ours', float(r['size']), r['ours_busbw_gbs'], src, True)
+            add(busbw, k + ' raw', float(r['size']), r['raw_busbw_gbs'], src, True)
             if r['ratio'] != '':
-                add(ratio, k, float(r['bytes']), r['ratio'], src)
+                add(ratio, k, float(r['size']), r['ratio'], src)
     expect(dir + '/a2a_busbw.svg', busbw, [])
     expect(dir + '/a2a_ratio.svg', ratio, [1.25])
     return busbw, ratio
