@@ -370,8 +370,8 @@ int epm_bench_a2a(int argc, char **argv)
                    "%11s %6s %11s %8s %8s %11s %8s %8s %6s %11s %6s\n",
                    R, cl.nodes, xo.virtual_nodes ? " (virtual)" : "", epm_xcomm_a2a_name(xo.a2a),
                    epm_xcomm_hierarchical(x) ? ", hierarchical" : "", g.k, g.epr * R,
-                   R == 1 ? "# one rank: no row leaves it, raw moves nothing, so no ratio is given\n" : "", "size", "row", "ours_us",
-                   "algbw", "busbw", "raw_us", "algbw", "busbw", "ratio", "full_us", "ratio");
+                   R == 1 ? "# one rank: no row leaves it, raw moves nothing, so no ratio is given\n" : "",
+                   "size", "row", "ours_us", "algbw", "busbw", "raw_us", "algbw", "busbw", "ratio", "full_us", "ratio");
     }
     int rc = EPM_EXIT_OK;
     for (long size = g.min; size <= g.max && rc == EPM_EXIT_OK; size *= g.step) {
@@ -415,10 +415,12 @@ int epm_bench_a2a(int argc, char **argv)
             /* with nothing crossing ranks (one rank) raw moves nothing and
              * ours only its bookkeeping: a ratio would mean nothing, so the
              * fields are left empty (CSV) or "-" (table) */
-            char r1[16] = "", r2[16] = "";
+            char r1[16], r2[16];
+            snprintf(r1, sizeof r1, g.csv ? "" : "-");
+            snprintf(r2, sizeof r2, g.csv ? "" : "-");
             if (bytes > 0) {
-                snprintf(r1, sizeof r1, "%.3f", to / tr);
-                snprintf(r2, sizeof r2, "%.3f", tf / tr);
+                snprintf(r1, sizeof r1, g.csv ? "%.3f" : "%.2f", to / tr);
+                snprintf(r2, sizeof r2, g.csv ? "%.3f" : "%.2f", tf / tr);
             }
             if (g.csv) {
                 /* size: the size asked for (the same at every rank count); bytes: what each rank
@@ -429,12 +431,8 @@ int epm_bench_a2a(int argc, char **argv)
             } else {
                 char sz[32];
                 print_size(bytes, sz, sizeof sz);
-                if (bytes > 0) {
-                    snprintf(r1, sizeof r1, "%.2f", to / tr);
-                    snprintf(r2, sizeof r2, "%.2f", tf / tr);
-                }
                 printf("%11s %6d %11.1f %8.3f %8.3f %11.1f %8.3f %8.3f %6s %11.1f %6s\n", sz, b.W * 4, to * 1e6, ao,
-                       ao * f, tr * 1e6, ar, ar * f, bytes > 0 ? r1 : "-", tf * 1e6, bytes > 0 ? r2 : "-");
+                       ao * f, tr * 1e6, ar, ar * f, r1, tf * 1e6, r2);
             }
             fflush(stdout);
         }

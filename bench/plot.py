@@ -109,8 +109,8 @@ def detect(fields):
 class Block:
     """the rows under one header line"""
 
-    def __init__(self, kind, path, line, header, index):
-        self.kind, self.path, self.line, self.header, self.index = kind, path, line, header, index
+    def __init__(self, kind, line, header):
+        self.kind, self.line, self.header = kind, line, header
         self.rows = []
 
 
@@ -141,7 +141,7 @@ def read(path, blocks):
             raise Bad('%s:%d: not a CSV line (%s): %s' % (name, n, e, line[:60]))
         kind = detect(fields)
         if kind:
-            block = Block(kind, name, n, fields, len(blocks))
+            block = Block(kind, n, fields)
             blocks.append(block)
             continue
         if block is None:
@@ -158,7 +158,7 @@ def read(path, blocks):
             raise Bad('%s:%d: %d fields, the header (line %d) has %d: field %d %r is beyond the header'
                       % (name, n, len(fields), block.line, len(h), len(h) + 1, fields[len(h)]))
         types = dict(KINDS[block.kind])
-        row = {'_src': '%s:%d' % (os.path.basename(name), n), '_block': block}
+        row = {'_src': '%s:%d' % (os.path.basename(name), n)}
         for i, (col, v) in enumerate(zip(h, fields)):
             t = types.get(col, 's')
             if t == 's':

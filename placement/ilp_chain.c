@@ -265,9 +265,9 @@ static epm_status chain_walk(const chain *c, int t, int *sig)
     return at == 0 ? EPM_OK : epm_fail(EPM_ERR_INTERNAL, "ilp decompose: the exact chain does not start at layer 0");
 }
 
-/* HG of the chain in sig, and the pi0 that attains it */
-static epm_status chain_hg(int n, int L, const int *sig, const double *h0, const double *g, double *hg, int *pi0,
-                           double *val)
+/* declared in ilp_internal.h */
+epm_status epm_ilp_chain_hg(int n, int L, const int *sig, const double *h0, const double *g, double *hg, int *pi0,
+                            double *val)
 {
     for (int a = 0; a < n; a++) {
         int e = a;
@@ -300,7 +300,7 @@ epm_status epm_ilp_exact_chain(int n, int L, const double *w, const double *h0, 
     int ok, best_t;
     EPM_CHECK_GOTO(epm_ilp_assign_max(n, h0, tmp, &hmax), st, out);
     EPM_CHECK_GOTO(epm_ilp_assign_max(n, g, tmp, &gmax), st, out);
-    EPM_CHECK_GOTO(chain_hg(n, L, sig, h0, g, hg, tmp, &hg_inc), st, out);
+    EPM_CHECK_GOTO(epm_ilp_chain_hg(n, L, sig, h0, g, hg, tmp, &hg_inc), st, out);
     long slack = lround(hmax + gmax - hg_inc); /* counts of tokens: integers */
     if (slack <= 0) /* the incumbent meets the simple bound already */
         goto out;
@@ -331,7 +331,7 @@ epm_status epm_ilp_exact_chain(int n, int L, const double *w, const double *h0, 
     /* the chain walked must have the value the programme found, and (as the
      * incumbent's chain loses nothing) at least the incumbent's */
     double got, d = 0.0;
-    EPM_CHECK_GOTO(chain_hg(n, L, sig2, h0, g, hg, tmp, &got), st, out);
+    EPM_CHECK_GOTO(epm_ilp_chain_hg(n, L, sig2, h0, g, hg, tmp, &got), st, out);
     for (int l = 1; l < L; l++)
         for (int a = 0; a < n; a++)
             d += w[(size_t)l * nn + (size_t)a * n + (size_t)sig2[l * n + a]];

@@ -103,9 +103,9 @@ epm_status epm_ilp_decompose(const epm_ilp_ctx *x, double deadline, int *rank_of
     /* w: [L][E][E], layer l's pair savings (layer 0 unused; w[0] is scratch below) */
     double *w = epm_calloc(L * E * E, sizeof *w), *h0 = epm_calloc(E * E, sizeof *h0), *g = epm_calloc(E * E, sizeof *g);
     int *sig = epm_malloc(L * E * sizeof *sig); /* sig[l*E + a] = layer-l expert beside layer-(l-1) a */
-    int *pi0 = epm_malloc(E * sizeof *pi0), *tau = epm_malloc(E * sizeof *tau), *tmp = epm_malloc(E * sizeof *tmp);
+    int *pi0 = epm_malloc(E * sizeof *pi0), *tmp = epm_malloc(E * sizeof *tmp);
     epm_status st = EPM_OK;
-    if (!w || !h0 || !g || !sig || !pi0 || !tau || !tmp) {
+    if (!w || !h0 || !g || !sig || !pi0 || !tmp) {
         st = EPM_ERR_NOMEM;
         goto out;
     }
@@ -148,18 +148,8 @@ epm_status epm_ilp_decompose(const epm_ilp_ctx *x, double deadline, int *rank_of
     saving += val;
     *lb = base - x->tw * saving;
 
-    /* tau: layer-0 expert -> the layer-(L-1) expert on its rank */
-    for (size_t a = 0; a < E; a++) {
-        size_t e = a;
-        for (size_t l = 1; l < L; l++)
-            e = (size_t)sig[l * E + e];
-        tau[a] = (int)e;
-    }
-    /* pi_0 maximising H + G given the chain */
-    for (size_t a = 0; a < E; a++)
-        for (size_t r = 0; r < E; r++)
-            w[a * E + r] = h0[a * E + r] + g[(size_t)tau[a] * E + r];
-    EPM_CHECK_GOTO(epm_ilp_assign_max(x->E, w, pi0, &val), st, out);
+    /* pi_0 maximising H + G given the chain (layer 0's w as scratch) */
+    EPM_CHECK_GOTO(epm_ilp_chain_hg(x->E, x->L, sig, h0, g, w, pi0, &val), st, out);
     /* close the coupling's gap exactly where the end maps can be searched */
     int done = 0;
     double exact = 0.0;
@@ -180,7 +170,6 @@ out:
     epm_free(g);
     epm_free(sig);
     epm_free(pi0);
-    epm_free(tau);
     epm_free(tmp);
     return st;
 }

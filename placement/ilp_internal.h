@@ -127,6 +127,11 @@ epm_status epm_ilp_decompose(const epm_ilp_ctx *x, double deadline, int *rank_of
 /* Maximum-weight perfect assignment of the n x n matrix w (row -> column),
  * exact (Hungarian method). */
 epm_status epm_ilp_assign_max(int n, const double *w, int *col_of_row, double *value);
+/* H + G of the chain of layer assignments sig ([L][n]: the layer-l expert
+ * beside each layer-(l-1) expert) at its best, and the layer-0 ranks pi0
+ * that attain it; hg: n x n scratch (ilp_chain.c). */
+epm_status epm_ilp_chain_hg(int n, int L, const int *sig, const double *h0, const double *g, double *hg, int *pi0,
+                            double *val);
 /* The decomposition's exact search over chains (ilp_chain.c). w: [L][n][n]
  * layer pair savings (layer 0 unused); h0, g: [n][n] the home savings of
  * layer 0's and of the last layer's experts; sig: [L][n] the layers' optimal
