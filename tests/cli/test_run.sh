@@ -68,11 +68,24 @@ check "within the memory allowed" 0 run -np 2 "$E" run --model "$m" --input "$d/
 check "virtual nodes not dividing ranks" 1 run -np 3 "$E" run --model "$m" --input "$d/in.json" --virtual-nodes 2
 has "$d/err" "virtual-nodes 2"
 # a rank that stalls: every rank ends within the timeout (+ abort), non-zero, nothing left behind
+cp "$m/reference.safetensors" "$d/stall_in.safetensors"
 t0=$(date +%s)
-EPM_TEST_STALL_RANK=1 EPM_TEST_STALL_SECONDS=60 check "stalled rank" 1 run -np 3 "$E" run --model "$m" \
-  --input "$m/reference.safetensors" --timeout 3
+EPM_TEST_STALL_RANK=1 EPM_TEST_STALL_SECONDS=60 run -np 3 "$E" run --model "$m" \
+  --input "$d/stall_in.safetensors" --timeout 3 >"$d/out" 2>"$d/err"
+rc=$?
+# Open MPI 4.1's mpirun itself now and then segfaults while it tears the job
+# down after MPI_Abort (PMIx_server_finalize; open-mpi/ompi#13650 reports the
+# same in 5.x): the ranks did their part, so that exit is the launcher's, not ours
+if [ "$rc" = 139 ] && grep -q 'MPI_ABORT was invoked' "$d/err" && grep -q 'PMIx_server_finalize\|orte_finalize' "$d/err"; then
+  echo "note: mpirun crashed in its own teardown after the abort (Open MPI bug); ranks ended as they should"
+elif [ "$rc" != 1 ]; then
+  echo "FAIL: stalled rank: exit $rc, expected 1"; head -20 "$d/err"; fails=$((fails + 1))
+fi
 has "$d/err" "rank 1 stalled or died: no answer for 3 s"
 [ $(($(date +%s) - t0)) -lt 30 ] || { echo "FAIL: the stalled run took more than 30 s"; fails=$((fails + 1)); }
+sleep 0.5
+left=$(pgrep -fc "$E run --model $m --input $d/stall_in.safetensors")
+[ "$left" = 0 ] || { echo "FAIL: $left epmoe processes left behind by the stalled run"; fails=$((fails + 1)); }
 # a rank killed with SIGKILL in the middle of prefill (an input of its own, so
 # that pgrep finds this job's processes and not those of tests beside it)
 cp "$m/reference.safetensors" "$d/kill_in.safetensors"
