@@ -238,6 +238,11 @@ static epm_status setup(bcase *b, long size, const cfg *g)
         return EPM_ERR_NOMEM;
     for (int64_t i = 0; i < b->ntok * W; i++)
         b->h[i] = (float)(i % 1000) * 0.001f;
+    /* the baseline sends the very rows ours sends: with zeros instead, a
+     * virtual machine's host may back the pages with one shared zero page
+     * and the baseline reads from cache (measured: 1.5x faster at 64 MiB) */
+    for (int64_t i = 0; i < b->nrows; i++)
+        memcpy(b->sbuf + i * W, b->h + b->tok[i] * W, (size_t)W * sizeof(float));
     int *c = b->cnt;
     for (int64_t i = 0; i < b->nrows; i++)
         c[b->dest[i]]++;
