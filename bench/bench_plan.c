@@ -3,6 +3,7 @@
  * cross-layer affinity, plans on the first half with every method, and
  * evaluates every placement on the second half (the traffic to come), next
  * to contiguous measured in the same run. */
+#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -74,6 +75,15 @@ static epm_status run_one(const epm_trace *plan_half, const epm_trace *eval_half
 
 static double ratio(double a, double b) { return b != 0.0 ? a / b : (a == 0.0 ? 1.0 : INFINITY); }
 
+enum { O_SHAPE = 256, O_MODE, O_TOKENS, O_TIME, O_GAP, O_ZIPF, O_AFF, O_SEED, O_CSV, O_QUIET, O_HELP };
+static const struct option opts[] = {
+    {"shape", required_argument, 0, O_SHAPE},   {"mode", required_argument, 0, O_MODE},
+    {"tokens", required_argument, 0, O_TOKENS}, {"time-limit", required_argument, 0, O_TIME},
+    {"mip-gap", required_argument, 0, O_GAP},   {"zipf", required_argument, 0, O_ZIPF},
+    {"affinity", required_argument, 0, O_AFF},  {"seed", required_argument, 0, O_SEED},
+    {"csv", no_argument, 0, O_CSV},             {"quiet", no_argument, 0, O_QUIET},
+    {"help", no_argument, 0, O_HELP},           {0, 0, 0, 0}};
+
 int epm_bench_plan(int argc, char **argv)
 {
     const char *what = "bench plan";
@@ -82,55 +92,56 @@ int epm_bench_plan(int argc, char **argv)
     double time_limit = 60, gap = 1e-4, zipf = 1.0, affinity = 0.7;
     uint64_t seed = 1;
     int csv = 0, quiet = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case O_SHAPE:
+            shape_name = optarg;
+            break;
+        case O_MODE:
+            mode_name = optarg;
+            break;
+        case O_TOKENS:
+            if (!cli_parse_int(what, "--tokens", optarg, 4, 1L << 26, &tokens))
+                return EPM_EXIT_USAGE;
+            break;
+        case O_TIME:
+            if (!cli_parse_double(what, "--time-limit", optarg, 0, 86400, &time_limit))
+                return EPM_EXIT_USAGE;
+            break;
+        case O_GAP:
+            if (!cli_parse_double(what, "--mip-gap", optarg, 0, 1, &gap))
+                return EPM_EXIT_USAGE;
+            break;
+        case O_ZIPF:
+            if (!cli_parse_double(what, "--zipf", optarg, 0, 16, &zipf))
+                return EPM_EXIT_USAGE;
+            break;
+        case O_AFF:
+            if (!cli_parse_double(what, "--affinity", optarg, 0, 1, &affinity))
+                return EPM_EXIT_USAGE;
+            break;
+        case O_SEED:
+            if (!cli_parse_u64(what, "--seed", optarg, &seed))
+                return EPM_EXIT_USAGE;
+            break;
+        case O_CSV:
+            csv = 1;
+            break;
+        case O_QUIET:
+            quiet = 1;
+            break;
+        case 'h':
+        case O_HELP:
             usage();
             return EPM_EXIT_OK;
-        } else if (!strcmp(a, "--csv")) {
-            csv = 1;
-        } else if (!strcmp(a, "--quiet")) {
-            quiet = 1;
-        } else if (!v) {
-            static const char *const valued[] = {"--shape", "--mode", "--tokens", "--time-limit", "--mip-gap",
-                                                 "--zipf", "--affinity", "--seed"};
-            for (size_t j = 0; j < sizeof valued / sizeof *valued; j++)
-                if (!strcmp(a, valued[j]))
-                    return cli_usage_error(what, "option '%s' needs a value", a);
-            return cli_usage_error(what, "unknown option '%s'", a);
-        } else if (!strcmp(a, "--shape")) {
-            shape_name = v, i++;
-        } else if (!strcmp(a, "--mode")) {
-            mode_name = v, i++;
-        } else if (!strcmp(a, "--tokens")) {
-            if (!cli_parse_int(what, a, v, 4, 1L << 26, &tokens))
-                return EPM_EXIT_USAGE;
-            i++;
-        } else if (!strcmp(a, "--time-limit")) {
-            if (!cli_parse_double(what, a, v, 0, 86400, &time_limit))
-                return EPM_EXIT_USAGE;
-            i++;
-        } else if (!strcmp(a, "--mip-gap")) {
-            if (!cli_parse_double(what, a, v, 0, 1, &gap))
-                return EPM_EXIT_USAGE;
-            i++;
-        } else if (!strcmp(a, "--zipf")) {
-            if (!cli_parse_double(what, a, v, 0, 16, &zipf))
-                return EPM_EXIT_USAGE;
-            i++;
-        } else if (!strcmp(a, "--affinity")) {
-            if (!cli_parse_double(what, a, v, 0, 1, &affinity))
-                return EPM_EXIT_USAGE;
-            i++;
-        } else if (!strcmp(a, "--seed")) {
-            if (!cli_parse_u64(what, a, v, &seed))
-                return EPM_EXIT_USAGE;
-            i++;
-        } else {
-            return cli_usage_error(what, "unknown option '%s'", a);
+        default:
+            return cli_option_error(what, argv);
         }
     }
+    if (optind < argc)
+        return cli_usage_error(what, "unexpected argument '%s'", argv[optind]);
     int want_shape[3] = {0, 0, 0};
     int any = 0;
     for (int s = 0; s < 3; s++)

@@ -393,6 +393,8 @@ help_ok plan --shape --mode --tokens --time-limit --csv
 usage plan --tokens x --tokens x
 usage plan --affinity 1.5 --affinity 1.5
 usage plan --bogus "" --bogus 1
+usage plan --seed "" --seed
+usage plan extra "" --quiet extra
 
 # ---- bench kernels: the DeepSeek-V3-like shape at 1 and 3 tokens, two weight sets ----
 ok "bench kernels cpu csv" "$E" bench kernels --backend cpu --shape dsv3 --tokens 1,3 --reps 1 --weight-gb 0.001 --csv &&
