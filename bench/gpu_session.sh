@@ -62,6 +62,13 @@ if has a2a; then
       --csv >"$out/a2a_staged_np$n.csv" 2>&1
     echo "a2a staged, $n ranks on one GPU: exit $?"; cat "$out/a2a_staged_np$n.csv"
   done
+  # host rows over MPI with one core per rank (16 cores): the 4-8 rank points the 2-core VM
+  # can only oversubscribe
+  for n in 4 8; do
+    mpirun --oversubscribe -np $n $E bench a2a --min-bytes 1048576 --step 2 --max-bytes 33554432 --time 0.5 \
+      --csv >"$out/a2a_mpi_np$n.csv" 2>&1
+    echo "a2a MPI host rows, $n ranks: exit $?"; cat "$out/a2a_mpi_np$n.csv"
+  done
 fi
 if has run; then
   # one Mixtral-8x7B decoder layer pair in bf16 (2.8 GB), routing replayed from skewed traces
