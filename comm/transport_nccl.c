@@ -176,7 +176,8 @@ static epm_status n_post(epm_transport *t, epm_xfer_req *q)
 static epm_status stream_wait(nccl_tr *n)
 {
     double limit = epm_transport_timeout(), t0 = epm_now();
-    for (unsigned spin = 0;; spin++) {
+    long nap_ns = 0;
+    for (;;) {
         cudaError_t e = cudaStreamQuery(n->stream);
         if (e == cudaSuccess)
             return EPM_OK;
@@ -197,10 +198,7 @@ static epm_status stream_wait(nccl_tr *n)
             return epm_fail(EPM_ERR_TIMEOUT, "NCCL exchange on rank %d did not complete within %.0f s (--timeout): "
                             "a peer stalled or died; communicator aborted", n->base.rank, limit);
         }
-        if (spin > 64) {
-            struct timespec ts = {0, 50000};
-            nanosleep(&ts, NULL);
-        }
+        nap_ns = epm_backoff(epm_now() - t0, nap_ns);
     }
 }
 

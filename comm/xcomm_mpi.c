@@ -387,17 +387,18 @@ epm_status epm_xcomm_agree(epm_xcomm *x, epm_status local)
     if (MPI_Iallreduce(&mine, &first, 1, MPI_INT, MPI_MIN, x->comm, &req) != MPI_SUCCESS)
         return epm_fail(EPM_ERR_MPI, "MPI_Iallreduce while agreeing on errors failed");
     double t0 = epm_now();
+    long nap_ns = 0;
     for (int done = 0; !done;) {
         if (MPI_Test(&req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS)
             return epm_fail(EPM_ERR_MPI, "MPI_Test while agreeing on errors failed");
         if (done)
             break;
-        if (agree_timeout_s > 0 && epm_now() - t0 > agree_timeout_s)
+        double waited = epm_now() - t0;
+        if (agree_timeout_s > 0 && waited > agree_timeout_s)
             return blame(x, agree_timeout_s);
         if (agree_timeout_s > 0)
             answer_probes(x);
-        struct timespec ts = {0, 200000};
-        nanosleep(&ts, NULL);
+        nap_ns = epm_backoff(waited, nap_ns); /* MPI progresses the reduction only inside MPI_Test */
     }
     if (first == 2 * R)
         return EPM_OK;
