@@ -264,6 +264,47 @@ static epm_status setup(bcase *b, long size, const cfg *g)
     return EPM_OK;
 }
 
+/* One agreement (epm_xcomm_agree: the non-blocking reduction the runtime
+ * polls with a deadline before each exchange) against a plain blocking
+ * MPI_Allreduce of one int, best of ROUNDS alternating rounds; seconds each. */
+static epm_status agree_latency(epm_xcomm *x, double secs, double *t_ours, double *t_raw)
+{
+    int iters = 1;
+    for (;;) { /* rounds of about secs / (2 * ROUNDS) each */
+        MPI_Barrier(MPI_COMM_WORLD);
+        double t0 = epm_now();
+        for (int i = 0; i < iters; i++) {
+            int v = 1;
+            MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+        }
+        double t = epm_now() - t0;
+        MPI_Allreduce(MPI_IN_PLACE, &t, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+        if (t > secs / (2 * ROUNDS) || iters >= 1 << 20)
+            break;
+        iters *= 2;
+    }
+    *t_ours = *t_raw = 1e30;
+    for (int round = 0; round < ROUNDS; round++) {
+        MPI_Barrier(MPI_COMM_WORLD);
+        double t0 = epm_now();
+        for (int i = 0; i < iters; i++)
+            EPM_CHECK(epm_xcomm_agree(x, EPM_OK));
+        double to = (epm_now() - t0) / iters;
+        MPI_Barrier(MPI_COMM_WORLD);
+        t0 = epm_now();
+        for (int i = 0; i < iters; i++) {
+            int v = 1;
+            MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+        }
+        double tr = (epm_now() - t0) / iters;
+        double t[2] = {to, tr};
+        MPI_Allreduce(MPI_IN_PLACE, t, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+        *t_ours = t[0] < *t_ours ? t[0] : *t_ours;
+        *t_raw = t[1] < *t_raw ? t[1] : *t_raw;
+    }
+    return EPM_OK;
+}
+
 static void print_size(double v, char *buf, size_t n)
 {
     if (v >= 1 << 20)
@@ -442,6 +483,17 @@ int epm_bench_a2a(int argc, char **argv)
             fflush(stdout);
         }
         bcase_free(&b);
+    }
+    /* the latency every exchange of the runtime also pays once (table only:
+     * the CSV keeps one row per size) */
+    if (rc == EPM_EXIT_OK && !g.csv && R > 1) {
+        double ta, tr;
+        st = epm_xcomm_agree(x, agree_latency(x, g.secs, &ta, &tr));
+        if (st != EPM_OK)
+            rc = me == 0 ? cli_fail("bench a2a", st) : EPM_EXIT_FAIL;
+        else if (me == 0)
+            printf("# agreement before an exchange (epm_xcomm_agree, polled with a deadline): %.1f us; "
+                   "blocking MPI_Allreduce of one int: %.1f us; ratio %.2f\n", ta * 1e6, tr * 1e6, ta / tr);
     }
     epm_xcomm_destroy(x);
     epm_xcomm_finalize();

@@ -67,8 +67,8 @@ int epm_same_file(const char *a, const char *b);
 /* Monotonic clock in seconds. */
 double epm_now(void);
 
-/* One pause of a polling wait that has lasted `waited` seconds: a yield
- * during the first EPM_BACKOFF_SPIN_S, then sleeps growing from 10 to 200 us.
+/* One pause of a polling wait that has lasted `waited` seconds: none for
+ * 20 us, a yield until EPM_BACKOFF_SPIN_S, then sleeps growing from 10 to 200 us.
  * nap_ns: what the previous call returned (0 at first); returns the next. */
 #define EPM_BACKOFF_SPIN_S 2e-3
 long epm_backoff(double waited, long nap_ns);

@@ -280,6 +280,15 @@ def check(kind, args):
             if ours > 0 and raw > 0 and full > 0:
                 agrees(r, 'ratio', ours / raw, ['ours', 'raw'], 'ours_us / raw_us')
                 agrees(r, 'ratio_full', full / raw, ['full', 'raw'], 'full_us / raw_us')
+        # the agreement's latency beside a blocking MPI_Allreduce, last
+        m = re.fullmatch(r'# agreement before an exchange \(epm_xcomm_agree, polled with a deadline\): (\S+) us; '
+                         r'blocking MPI_Allreduce of one int: (\S+) us; ratio (\S+)', lines[-1] if lines else '')
+        need(m is not None, 'no agreement line at the end: %r' % (lines[-1] if lines else ''))
+        if m:
+            a = dict(zip(('agree', 'allreduce', 'ratio'), m.groups()))
+            ta, tr = num(a, 'agree', 0, True), num(a, 'allreduce', 0, True)
+            if ta > 0 and tr > 0:
+                agrees(a, 'ratio', ta / tr, ['agree', 'allreduce'], 'agreement / MPI_Allreduce')
 
     elif kind == 'run':  # args: ranks, modes, methods
         R, modes, methods = int(args[0]), args[1].split(','), args[2].split(',')
