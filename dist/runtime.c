@@ -650,8 +650,7 @@ static epm_status skip_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph
     }
     if (st == EPM_OK)
         st = attention(r, l, nrun, grun, hrun);
-    st = sync(r, st);
-    if (st == EPM_OK)
+    if (st == EPM_OK) /* a failure above meets the others at their next agreement (see forward) */
         st = moe_block(r, l, &nrun, &grun, &hrun);
     if (st == EPM_OK) {
         int64_t nn = nrun + nskip;
@@ -696,18 +695,21 @@ static epm_status forward(rt *r, int64_t *pn, int64_t **pg, float **ph)
             struct timespec ts = {secs ? atoi(secs) : 60, 0};
             nanosleep(&ts, NULL);
         }
+        /* No agreement between the steps: every collective of a layer has
+         * its own just before it (epm_rt_sync), and those agreements are
+         * interchangeable, so a rank that fails here meets the others at
+         * the next one they reach (its caller's, after the loop) and every
+         * rank learns the failure there. A layer used to end each step
+         * with one: three more per layer, most of a decode step's time. */
         int all = 1;
         st = epm_mod_select(r, l, *pn, *pg, *ph, &all);
-        st = sync(r, st);
         if (st == EPM_OK && all) {
             st = attention(r, l, *pn, *pg, *ph);
-            st = sync(r, st);
             if (st == EPM_OK)
                 st = moe_block(r, l, pn, pg, ph);
         } else if (st == EPM_OK) {
             st = skip_block(r, l, pn, pg, ph);
         }
-        st = sync(r, st);
     }
     if (st != EPM_OK)
         return st;
