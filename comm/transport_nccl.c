@@ -198,7 +198,9 @@ static epm_status stream_wait(nccl_tr *n)
             return epm_fail(EPM_ERR_TIMEOUT, "NCCL exchange on rank %d did not complete within %.0f s (--timeout): "
                             "a peer stalled or died; communicator aborted", n->base.rank, limit);
         }
-        nap_ns = epm_backoff(epm_now() - t0, nap_ns);
+        /* a long exchange is still running after 2 ms: its end is noticed
+         * within 50 us (the GPU does the work; the core is the rank's own) */
+        nap_ns = epm_backoff(epm_now() - t0, nap_ns, 50000);
     }
 }
 

@@ -398,7 +398,9 @@ epm_status epm_xcomm_agree(epm_xcomm *x, epm_status local)
             return blame(x, agree_timeout_s);
         if (agree_timeout_s > 0)
             answer_probes(x);
-        nap_ns = epm_backoff(waited, nap_ns); /* MPI progresses the reduction only inside MPI_Test */
+        /* MPI progresses the reduction only inside MPI_Test; past 2 ms a peer
+         * is slow or stalled, and 200 us naps leave it the core */
+        nap_ns = epm_backoff(waited, nap_ns, 200000);
     }
     if (first == 2 * R)
         return EPM_OK;

@@ -68,10 +68,11 @@ int epm_same_file(const char *a, const char *b);
 double epm_now(void);
 
 /* One pause of a polling wait that has lasted `waited` seconds: none for
- * 20 us, a yield until EPM_BACKOFF_SPIN_S, then sleeps growing from 10 to 200 us.
+ * 20 us, a yield until EPM_BACKOFF_SPIN_S, then sleeps growing from 10 us
+ * to max_ns (a wait overshoots its event by at most that much).
  * nap_ns: what the previous call returned (0 at first); returns the next. */
 #define EPM_BACKOFF_SPIN_S 2e-3
-long epm_backoff(double waited, long nap_ns);
+long epm_backoff(double waited, long nap_ns, long max_ns);
 
 /* splitmix64: small, fast, deterministic across platforms. */
 static inline uint64_t epm_splitmix64(uint64_t *state)
