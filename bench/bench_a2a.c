@@ -264,43 +264,43 @@ static epm_status setup(bcase *b, long size, const cfg *g)
     return EPM_OK;
 }
 
+/* Seconds per synchronisation, the slowest rank's average over iters: an
+ * agreement (ours) or a blocking MPI_Allreduce of one int. */
+static epm_status time_sync(epm_xcomm *x, int ours, int iters, double *sec)
+{
+    MPI_Barrier(MPI_COMM_WORLD);
+    double t0 = epm_now();
+    for (int i = 0; i < iters; i++) {
+        int v = 1;
+        if (ours)
+            EPM_CHECK(epm_xcomm_agree(x, EPM_OK));
+        else
+            MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    }
+    *sec = (epm_now() - t0) / iters;
+    MPI_Allreduce(MPI_IN_PLACE, sec, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    return EPM_OK;
+}
+
 /* One agreement (epm_xcomm_agree: the non-blocking reduction the runtime
  * polls with a deadline before each exchange) against a plain blocking
  * MPI_Allreduce of one int, best of ROUNDS alternating rounds; seconds each. */
 static epm_status agree_latency(epm_xcomm *x, double secs, double *t_ours, double *t_raw)
 {
     int iters = 1;
+    double t;
+    *t_ours = *t_raw = 1e30;
     for (;;) { /* rounds of about secs / (2 * ROUNDS) each */
-        MPI_Barrier(MPI_COMM_WORLD);
-        double t0 = epm_now();
-        for (int i = 0; i < iters; i++) {
-            int v = 1;
-            MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-        }
-        double t = epm_now() - t0;
-        MPI_Allreduce(MPI_IN_PLACE, &t, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-        if (t > secs / (2 * ROUNDS) || iters >= 1 << 20)
+        EPM_CHECK(time_sync(x, 0, iters, &t));
+        if (t * iters > secs / (2 * ROUNDS) || iters >= 1 << 20)
             break;
         iters *= 2;
     }
-    *t_ours = *t_raw = 1e30;
     for (int round = 0; round < ROUNDS; round++) {
-        MPI_Barrier(MPI_COMM_WORLD);
-        double t0 = epm_now();
-        for (int i = 0; i < iters; i++)
-            EPM_CHECK(epm_xcomm_agree(x, EPM_OK));
-        double to = (epm_now() - t0) / iters;
-        MPI_Barrier(MPI_COMM_WORLD);
-        t0 = epm_now();
-        for (int i = 0; i < iters; i++) {
-            int v = 1;
-            MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-        }
-        double tr = (epm_now() - t0) / iters;
-        double t[2] = {to, tr};
-        MPI_Allreduce(MPI_IN_PLACE, t, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-        *t_ours = t[0] < *t_ours ? t[0] : *t_ours;
-        *t_raw = t[1] < *t_raw ? t[1] : *t_raw;
+        EPM_CHECK(time_sync(x, 1, iters, &t));
+        *t_ours = t < *t_ours ? t : *t_ours;
+        EPM_CHECK(time_sync(x, 0, iters, &t));
+        *t_raw = t < *t_raw ? t : *t_raw;
     }
     return EPM_OK;
 }
