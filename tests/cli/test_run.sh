@@ -21,6 +21,13 @@ check() { # description, expected exit code, command...
   fi
 }
 has() { grep -q -- "$2" "$1" || { echo "FAIL: '$2' not in $1:"; head -5 "$1"; fails=$((fails + 1)); }; }
+# none_left INPUT WHAT: no epmoe process of the job that read INPUT is left
+none_left() {
+  sleep 0.5
+  local left
+  left=$(pgrep -fc "$E run --model $m --input $1")
+  [ "$left" = 0 ] || { echo "FAIL: $left epmoe processes left behind by $2"; fails=$((fails + 1)); }
+}
 nonzero() { [ "$1" != 0 ] || { echo "FAIL: $2 exited 0"; fails=$((fails + 1)); }; }
 
 m=$F/mixtral-tiny
@@ -83,9 +90,7 @@ elif [ "$rc" != 1 ]; then
 fi
 has "$d/err" "rank 1 stalled or died: no answer for 3 s"
 [ $(($(date +%s) - t0)) -lt 30 ] || { echo "FAIL: the stalled run took more than 30 s"; fails=$((fails + 1)); }
-sleep 0.5
-left=$(pgrep -fc "$E run --model $m --input $d/stall_in.safetensors")
-[ "$left" = 0 ] || { echo "FAIL: $left epmoe processes left behind by the stalled run"; fails=$((fails + 1)); }
+none_left "$d/stall_in.safetensors" "the stalled run"
 # a rank killed with SIGKILL in the middle of prefill (an input of its own, so
 # that pgrep finds this job's processes and not those of tests beside it)
 cp "$m/reference.safetensors" "$d/kill_in.safetensors"
@@ -108,9 +113,7 @@ rc=$?
 [ "$killed" = 1 ] || { echo "FAIL: found no rank 1 to kill"; fails=$((fails + 1)); }
 nonzero "$rc" "a job with a killed rank"
 [ $(($(date +%s) - t0)) -lt 30 ] || { echo "FAIL: the killed run took more than 30 s"; fails=$((fails + 1)); }
-sleep 0.5
-left=$(pgrep -fc "$E run --model $m --input $d/kill_in.safetensors")
-[ "$left" = 0 ] || { echo "FAIL: $left epmoe processes left behind"; fails=$((fails + 1)); }
+none_left "$d/kill_in.safetensors" "the killed run"
 
 check "output over input" 2 "$E" run --model "$m" --input "$d/in.json" --trace-out "$d/in.json"
 check "usage" 2 "$E" run --input "$d/in.json"
