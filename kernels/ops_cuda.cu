@@ -24,8 +24,18 @@
 //    the same bits (each GEMM writes its own rows; the SiLU and down stages
 //    are ordered after the join). Default 1 until measured on the GPU
 //    machine (bench/gpu_session.sh kernels runs both).
-// Which one (EPM_CUDA_GROUPED_GEMM = auto, the default, | on | off, read by
-// create): auto takes the grouped path in bf16 when >= GROUPED_MIN_EXPERTS
+//  - batched (EPM_CUDA_GROUPED_GEMM = batched): experts padded to a few row
+//    counts, each count one cublasGemmBatchedEx for gate and up together, the
+//    SiLU, one for down, then the real rows copied to y (layout and why:
+//    ffn_bplan.h). It runs cuBLAS's tuned kernels over many experts per launch
+//    and writes gate/up in dt (bf16 in bf16, as vLLM's fused MoE does, so
+//    half the bytes of the float32 gate/up of the per-expert path); the padded
+//    areas come from the stream-ordered pool, not the caller's scratch. Needs
+//    16-byte rows and pointers and memory pools, else the call falls back to
+//    the per-expert path. Not yet measured on a GPU, so auto does not take
+//    it (bench/gpu_session.sh kernels measures it beside the others).
+// Which one (EPM_CUDA_GROUPED_GEMM = auto, the default, | on | off | batched,
+// read by create): auto takes the grouped path in bf16 when >= GROUPED_MIN_EXPERTS
 // experts are non-empty and their gate GEMMs average <= GROUPED_MAX_EXPERT_MACS
 // multiply-adds (rows x hidden x ffn: DeepSeek-V3 up to ~85 rows per expert,
 // OLMoE/Qwen2-MoE-sized experts up to ~400-600), else the per-expert path.
@@ -76,6 +86,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ffn_bplan.h"
 #include "ops_gpu.h"
 
 extern "C" epm_status epm_fail(epm_status s, const char *fmt, ...);
@@ -89,7 +100,7 @@ extern "C" epm_status epm_fail(epm_status s, const char *fmt, ...);
 #define GROUPED_MIN_PTRS (11 * 256) // first capacity: one call over 256 experts
 #define FFN_STREAMS_MAX 16        // EPM_CUDA_FFN_STREAMS at most
 
-enum { GROUPED_AUTO, GROUPED_ON, GROUPED_OFF };
+enum { GROUPED_AUTO, GROUPED_ON, GROUPED_OFF, GROUPED_BATCHED };
 
 // One pinned host buffer of device pointers and the event recorded after the
 // cudaMemcpyAsync that reads it: the buffer is rewritten only once that event
@@ -105,9 +116,12 @@ struct epm_gpu {
     int device;
     cudaStream_t stream;
     cublasHandle_t blas;
-    int grouped_mode;  // GROUPED_AUTO / _ON / _OFF from EPM_CUDA_GROUPED_GEMM
+    int grouped_mode;  // GROUPED_AUTO / _ON / _OFF / _BATCHED from EPM_CUDA_GROUPED_GEMM
     int pools;         // cudaMallocAsync works on this device
     int gu_f32_refused; // the grouped call refused bf16 A/B with a float32 C
+    int batched_refused; // cublasGemmBatchedEx refused the batched path's types
+    int batched_strict;  // EPM_TEST_CUDA_BATCHED_STRICT: a call that cannot take the batched path fails
+    epm_ffn_bplan bplan; // the batched path's layout, arrays reused across calls
     void **dptr;       // device copy of one call's pointer arrays
     size_t dptr_cap;   // pointers
     grouped_slot slot[GROUPED_SLOTS];
@@ -186,6 +200,7 @@ static void cu_destroy(epm_gpu *g)
             cudaEventDestroy(g->slot[i].copied);
     }
     free(g->par);
+    epm_ffn_bplan_free(&g->bplan);
     for (int i = 0; i < FFN_STREAMS_MAX; i++) {
         if (g->side[i])
             cudaStreamSynchronize(g->side[i]);
@@ -218,8 +233,11 @@ static epm_status cu_create(int device, epm_gpu **out)
             mode = GROUPED_ON;
         else if (!strcmp(gm, "off") || !strcmp(gm, "0"))
             mode = GROUPED_OFF;
+        else if (!strcmp(gm, "batched"))
+            mode = GROUPED_BATCHED;
         else
-            return epm_fail(EPM_ERR_INVALID_ARG, "GPU backend: EPM_CUDA_GROUPED_GEMM = '%s' (auto, on or off)", gm);
+            return epm_fail(EPM_ERR_INVALID_ARG,
+                            "GPU backend: EPM_CUDA_GROUPED_GEMM = '%s' (auto, on, off or batched)", gm);
     }
     int nside = 1;
     const char *fs = getenv("EPM_CUDA_FFN_STREAMS");
@@ -236,6 +254,9 @@ static epm_status cu_create(int device, epm_gpu **out)
         return epm_fail(EPM_ERR_NOMEM, "GPU backend: context");
     g->device = device;
     g->grouped_mode = mode;
+    // a test hook: proves the batched path ran rather than its fallback
+    const char *strict = getenv("EPM_TEST_CUDA_BATCHED_STRICT");
+    g->batched_strict = strict && *strict && strcmp(strict, "0");
     cudaError_t e = cudaSetDevice(device);
     if (e == cudaSuccess)
         e = cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking);
@@ -853,6 +874,178 @@ static int grouped_wanted(const epm_gpu *g, epm_gpu_dtype dt, int ne, int64_t ro
            (double)rows * hidden * ffn <= GROUPED_MAX_EXPERT_MACS * ne;
 }
 
+// ---- the batched path (EPM_CUDA_GROUPED_GEMM = batched; layout: ffn_bplan.h) ----
+
+static_assert(sizeof(void *) == sizeof(int64_t), "the copy tables share the pointer buffer");
+
+// Rows copied between x or y and the padded areas, as 16-byte words: entry t
+// of tab is (source row, destination row, rows). Grid-stride in both
+// dimensions (y over entries, x over the words of one entry).
+__global__ void k_copy_rows(const uint4 *src, uint4 *dst, const int64_t *tab, int entries, int64_t words)
+{
+    for (int t = blockIdx.y; t < entries; t += gridDim.y) {
+        const uint4 *s = src + tab[3 * t] * words;
+        uint4 *d = dst + tab[3 * t + 1] * words;
+        int64_t n = tab[3 * t + 2] * words;
+        for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+            d[i] = s[i];
+    }
+}
+
+static epm_status copy_rows(epm_gpu *g, const void *src, void *dst, const int64_t *tab, int entries, int64_t max_rows,
+                            size_t row_bytes)
+{
+    if (entries <= 0)
+        return EPM_OK;
+    int64_t words = (int64_t)(row_bytes / 16);
+    unsigned bx = blocks_for(max_rows * words, 256);
+    dim3 grid(bx < 1024 ? bx : 1024, entries < 65535 ? entries : 65535);
+    k_copy_rows<<<grid, 256, 0, g->stream>>>((const uint4 *)src, (uint4 *)dst, tab, entries, words);
+    LAUNCHED();
+    return EPM_OK;
+}
+
+static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+// Whether this call can take the batched path: 16-byte rows and pointers
+// (the copy kernel moves 16-byte words; cuBLAS is handed pointers it cannot
+// inspect) and a stream-ordered allocator for the padded areas.
+static int batched_fits(const epm_gpu *g, size_t es, const void *x, const int64_t *offsets, int experts, int hidden,
+                        int ffn, const void *const *gate, const void *const *up, const void *const *down,
+                        const void *y)
+{
+    if (!g->pools || g->batched_refused || (hidden * es) % 16 || (ffn * es) % 16 || !aligned16(x) || !aligned16(y))
+        return 0;
+    for (int e = 0; e < experts; e++)
+        if (offsets[e + 1] > offsets[e] && !(aligned16(gate[e]) && aligned16(up[e]) && aligned16(down[e])))
+            return 0;
+    return 1;
+}
+
+static size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+
+// One batched call: C_i (out x B) = W_i^T-as-stored (out x in) * X_i (in x B)
+// for i < count, every W of type t (see gemm_rows for the mapping).
+static cublasStatus_t batched_gemm(cublasHandle_t h, void *const *A, void *const *B, void *const *C, cudaDataType_t t,
+                                   int64_t brows, int in, int out, int count)
+{
+    const float one = 1.0f, zero = 0.0f;
+    return cublasGemmBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, out, (int)brows, in, &one, (const void *const *)A, t, in,
+                               (const void *const *)B, t, in, &zero, C, t, out, count, CUBLAS_COMPUTE_32F,
+                               CUBLAS_GEMM_DEFAULT);
+}
+
+// The buckets' batches: gate and up, SiLU * up, down, bucket after bucket on
+// the context's stream or round-robin over the side streams (each bucket's
+// three steps on one stream, so no bucket waits for another). Returns
+// CUBLAS_STATUS_NOT_SUPPORTED in *refused when cuBLAS refused a batch (the
+// caller falls back; what ran is harmless: it wrote only the padded areas).
+static epm_status batched_buckets(epm_gpu *g, epm_gpu_dtype dt, void *const *dp, char *gt, char *upo, char *h,
+                                  int hidden, int ffn, int *refused)
+{
+    const epm_ffn_bplan *pl = &g->bplan;
+    cudaDataType_t t = ctype(dt);
+    size_t es = esize(dt);
+    int S = g->nside;
+    epm_status st = S > 1 ? side_fork(g) : EPM_OK;
+    for (int b = 0; b < pl->nb && st == EPM_OK; b++) {
+        int n = pl->first[b + 1] - pl->first[b];
+        int64_t brows = pl->brows[b];
+        void *const *P = dp + (size_t)9 * pl->first[b];
+        cublasHandle_t hb = S > 1 ? g->side_blas[b % S] : g->blas;
+        cudaStream_t sb = S > 1 ? g->side[b % S] : g->stream;
+        cublasStatus_t bs = batched_gemm(hb, P, P + 2 * n, P + 4 * n, t, brows, hidden, ffn, 2 * n);
+        if (bs == CUBLAS_STATUS_SUCCESS) {
+            size_t at = (size_t)pl->p[pl->first[b]] * ffn * es;
+            int64_t nh = (int64_t)n * brows * ffn;
+            unsigned nbk = blocks_for(nh, 256);
+            if (dt == EPM_GPU_BF16)
+                k_silu_mul<<<nbk, 256, 0, sb>>>((const __nv_bfloat16 *)(gt + at), (const __nv_bfloat16 *)(upo + at),
+                                                 (__nv_bfloat16 *)(h + at), nh);
+            else
+                k_silu_mul<<<nbk, 256, 0, sb>>>((const float *)(gt + at), (const float *)(upo + at),
+                                                 (float *)(h + at), nh);
+            cudaError_t e = cudaGetLastError();
+            if (e != cudaSuccess) {
+                st = epm_fail(EPM_ERR_CUDA, "GPU batched FFN: SiLU of bucket %d: %s", b, cudaGetErrorString(e));
+                break;
+            }
+            bs = batched_gemm(hb, P + 6 * n, P + 7 * n, P + 8 * n, t, brows, ffn, hidden, n);
+        }
+        if (bs == CUBLAS_STATUS_NOT_SUPPORTED) {
+            *refused = 1;
+            break;
+        }
+        if (bs != CUBLAS_STATUS_SUCCESS)
+            st = epm_fail(EPM_ERR_CUDA, "GPU batched FFN: cublasGemmBatchedEx, bucket %d (%d experts of %lld rows): "
+                          "cuBLAS status %d", b, n, (long long)brows, (int)bs);
+    }
+    return S > 1 ? side_join(g, st) : st;
+}
+
+// The grouped FFN through cublasGemmBatchedEx over buckets of experts padded
+// to one row count (ffn_bplan.h). *done = 0 (and EPM_OK) when this call does
+// not fit the path or cuBLAS refused it: the caller then runs another path,
+// from the start.
+static epm_status batched_swiglu(epm_gpu *g, epm_gpu_dtype dt, const void *x, const int64_t *offsets, int experts,
+                                 int hidden, int ffn, const void *const *gate, const void *const *up,
+                                 const void *const *down, void *y, int *done)
+{
+    *done = 0;
+    size_t es = esize(dt);
+    if (!batched_fits(g, es, x, offsets, experts, hidden, ffn, gate, up, down, y))
+        return g->batched_strict ? epm_fail(EPM_ERR_UNSUPPORTED, "GPU batched FFN: hidden %d, ffn %d or a pointer "
+                                            "is not 16-byte aligned, or cuBLAS refused the batches before",
+                                            hidden, ffn)
+                                 : EPM_OK;
+    epm_ffn_bplan *pl = &g->bplan;
+    CHECK(epm_ffn_bplan_make(pl, offsets, experts, 1));
+    if (pl->ne == 0)
+        return EPM_OK;
+
+    // pointers [9 ne] bucket by bucket, then the gather table [3 ncopy] and
+    // the scatter table [3 ne]; one copy to the device
+    size_t count = (size_t)12 * pl->ne + (size_t)3 * pl->ncopy;
+    grouped_slot *s = NULL;
+    CHECK(grouped_slot_get(g, count, &s));
+    size_t fbytes = align256((size_t)pl->padded_rows * ffn * es);
+    size_t ybytes = align256((size_t)pl->padded_rows * hidden * es);
+    size_t sbytes = align256((size_t)pl->spare_rows * hidden * es);
+    char *area = NULL;
+    CU(cudaMallocAsync((void **)&area, 3 * fbytes + ybytes + sbytes, g->stream));
+    char *gt = area, *upo = area + fbytes, *h = area + 2 * fbytes, *yp = area + 3 * fbytes, *spare = yp + ybytes;
+    for (int b = 0; b < pl->nb; b++)
+        epm_ffn_bplan_ptrs(pl, b, gate, up, down, (const char *)x, spare, gt, upo, h, yp, hidden, ffn, es,
+                           s->host + (size_t)9 * pl->first[b]);
+    int64_t *tab = (int64_t *)(s->host + (size_t)9 * pl->ne);
+    epm_ffn_bplan_tables(pl, tab, tab + 3 * pl->ncopy);
+    epm_status st = grouped_slot_send(g, s, count);
+    const int64_t *dtab = (const int64_t *)(g->dptr + (size_t)9 * pl->ne);
+    if (st == EPM_OK)
+        st = copy_rows(g, x, spare, dtab, pl->ncopy, pl->max_rows, hidden * es);
+    int refused = 0;
+    if (st == EPM_OK)
+        st = batched_buckets(g, dt, g->dptr, gt, upo, h, hidden, ffn, &refused);
+    if (st == EPM_OK && !refused)
+        st = copy_rows(g, yp, y, dtab + 3 * pl->ncopy, pl->ne, pl->max_rows, hidden * es);
+    // stream ordered: freed once everything queued above has run
+    cudaError_t e = cudaFreeAsync(area, g->stream);
+    if (st != EPM_OK)
+        return st;
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return epm_fail(EPM_ERR_CUDA, "GPU batched FFN: cudaFreeAsync: %s", cudaGetErrorString(e));
+    }
+    if (refused) {
+        g->batched_refused = 1;
+        if (g->batched_strict)
+            return epm_fail(EPM_ERR_UNSUPPORTED, "GPU batched FFN: cublasGemmBatchedEx refused %s",
+                            dt == EPM_GPU_BF16 ? "bfloat16" : "float32");
+    }
+    *done = !refused;
+    return EPM_OK;
+}
+
 static epm_status cu_grouped_swiglu(epm_gpu *g, epm_gpu_dtype dt, const void *x, const int64_t *offsets, int experts,
                                     int hidden, int ffn, const void *const *gate, const void *const *up,
                                     const void *const *down, void *scratch, void *y)
@@ -875,6 +1068,12 @@ static epm_status cu_grouped_swiglu(epm_gpu *g, epm_gpu_dtype dt, const void *x,
             return epm_fail(EPM_ERR_INVALID_ARG, "GPU grouped FFN: expert %d has %lld rows and %s weights", e,
                             (long long)m, gate[e] && up[e] && down[e] ? "" : "no");
         ne++;
+    }
+    if (g->grouped_mode == GROUPED_BATCHED) {
+        int done = 0;
+        CHECK(batched_swiglu(g, dt, x, offsets, experts, hidden, ffn, gate, up, down, y, &done));
+        if (done)
+            return EPM_OK;
     }
 
     int gu_grouped = 0, gu_bf16 = 0, down_grouped = 0;

@@ -45,6 +45,10 @@ static const kc_ffn_case many_cases[] = {
     {64, 33, 20, 256, 8, KC_HALF_EMPTY},  /* every odd expert idle */
     {500, 67, 45, 256, 8, KC_SKEWED},     /* one expert with 500 rows beside experts with a few */
     {200, 256, 128, 64, 6, KC_RANDOM},    /* widths the tensor cores like */
+    /* rows of 16-byte multiples: these take the batched path (the ones above fall back) */
+    {300, 64, 32, 256, 8, KC_RANDOM},     /* DeepSeek-V3-like: ~9 rows an expert, some idle */
+    {500, 64, 48, 256, 8, KC_SKEWED},     /* one 500-row expert (its own batch) beside small ones */
+    {40, 32, 16, 8, 8, KC_RANDOM},        /* the last expert's padded rows run past x: a spare copy */
 };
 
 static kc_routing skewed_routing(int64_t n, int E, int K)
@@ -123,17 +127,25 @@ static void ffn_case(kc_ctx *c, epm_dtype dt, const kc_ffn_case *k, const char *
 /* A cuda backend created with EPM_CUDA_GROUPED_GEMM = mode, in a copy of the
  * fixture's context; mode "streams" is the per-expert path spread over 3 side
  * streams (EPM_CUDA_GROUPED_GEMM = off, EPM_CUDA_FFN_STREAMS = 3: an odd count,
- * fewer streams than experts in most cases, more in some). */
-static kc_ctx with_mode(const kc_ctx *c, const char *mode)
+ * fewer streams than experts in most cases, more in some), "batched-streams"
+ * the batched path's buckets over 3 side streams. */
+static kc_ctx with_mode(const kc_ctx *c, const char *mode, int strict)
 {
     kc_ctx m = *c;
-    int streams = !strcmp(mode, "streams");
-    assert_int_equal(setenv("EPM_CUDA_GROUPED_GEMM", streams ? "off" : mode, 1), 0);
+    int streams = !strcmp(mode, "streams") || !strcmp(mode, "batched-streams");
+    assert_int_equal(setenv("EPM_CUDA_GROUPED_GEMM", !strcmp(mode, "streams") ? "off"
+                                                     : streams                  ? "batched"
+                                                                                : mode,
+                            1),
+                     0);
     if (streams)
         assert_int_equal(setenv("EPM_CUDA_FFN_STREAMS", "3", 1), 0);
+    if (strict) /* a call that cannot take the batched path fails instead of falling back */
+        assert_int_equal(setenv("EPM_TEST_CUDA_BATCHED_STRICT", "1", 1), 0);
     epm_status st = epm_kernels_create("cuda", &m.fast);
     unsetenv("EPM_CUDA_GROUPED_GEMM");
     unsetenv("EPM_CUDA_FFN_STREAMS");
+    unsetenv("EPM_TEST_CUDA_BATCHED_STRICT");
     assert_int_equal(st, EPM_OK);
     m.F = epm_kernels_ops(m.fast);
     return m;
@@ -143,9 +155,9 @@ static void many_experts(kc_ctx *c, epm_dtype dt)
 {
     for (size_t i = 0; i < sizeof many_cases / sizeof *many_cases; i++) /* the fixture's backend: auto */
         ffn_case(c, dt, &many_cases[i], "auto");
-    static const char *const modes[] = {"on", "off", "streams"};
-    for (int mi = 0; mi < 3; mi++) {
-        kc_ctx m = with_mode(c, modes[mi]);
+    static const char *const modes[] = {"on", "off", "streams", "batched", "batched-streams"};
+    for (int mi = 0; mi < 5; mi++) {
+        kc_ctx m = with_mode(c, modes[mi], 0);
         assert_true(kc_grouped_ffn(&m, dt, 0)); /* the shared cases on this path */
         for (size_t i = 0; i < sizeof many_cases / sizeof *many_cases; i++)
             ffn_case(&m, dt, &many_cases[i], modes[mi]);
@@ -164,7 +176,7 @@ static void queued(kc_ctx *c, epm_dtype dt, const char *mode)
 {
     enum { CALLS = 20, H = 40, F = 24, EMAX = 600 };
     static const int ex[CALLS] = {8, 256, 16, 600, 3, 256, 64, 1, 600, 32, 8, 256, 16, 600, 3, 256, 64, 1, 600, 32};
-    kc_ctx m = with_mode(c, mode);
+    kc_ctx m = with_mode(c, mode, !strncmp(mode, "batched", 7)); /* every call here fits the batched path */
     size_t es = epm_dtype_size(dt);
     float *wf = kc_rnd((size_t)EMAX * 3 * F * H, &m.seed);
     for (size_t j = 0; j < (size_t)EMAX * 3 * F * H; j++)
@@ -231,6 +243,20 @@ static void test_kernels_cuda_grouped_ffn_queued_bf16(void **state) { queued(*st
 static void test_kernels_cuda_ffn_streams_queued_f32(void **state) { queued(*state, EPM_DTYPE_F32, "streams"); }
 static void test_kernels_cuda_ffn_streams_queued_bf16(void **state) { queued(*state, EPM_DTYPE_BF16, "streams"); }
 
+/* the batched path: padded areas allocated and freed in stream order per
+ * call, buckets (3 side streams in the second pair) joined before the copy
+ * back to y */
+static void test_kernels_cuda_ffn_batched_queued_f32(void **state) { queued(*state, EPM_DTYPE_F32, "batched"); }
+static void test_kernels_cuda_ffn_batched_queued_bf16(void **state) { queued(*state, EPM_DTYPE_BF16, "batched"); }
+static void test_kernels_cuda_ffn_batched_streams_queued_f32(void **state)
+{
+    queued(*state, EPM_DTYPE_F32, "batched-streams");
+}
+static void test_kernels_cuda_ffn_batched_streams_queued_bf16(void **state)
+{
+    queued(*state, EPM_DTYPE_BF16, "batched-streams");
+}
+
 static void test_kernels_cuda_ffn_streams_refused(void **state)
 {
     (void)state;
@@ -295,6 +321,10 @@ int main(void)
         cmocka_unit_test(test_kernels_cuda_grouped_ffn_queued_bf16),
         cmocka_unit_test(test_kernels_cuda_ffn_streams_queued_f32),
         cmocka_unit_test(test_kernels_cuda_ffn_streams_queued_bf16),
+        cmocka_unit_test(test_kernels_cuda_ffn_batched_queued_f32),
+        cmocka_unit_test(test_kernels_cuda_ffn_batched_queued_bf16),
+        cmocka_unit_test(test_kernels_cuda_ffn_batched_streams_queued_f32),
+        cmocka_unit_test(test_kernels_cuda_ffn_batched_streams_queued_bf16),
         cmocka_unit_test(test_kernels_cuda_grouped_mode_refused),
         cmocka_unit_test(test_kernels_cuda_ffn_streams_refused),
         cmocka_unit_test(test_kernels_cuda_attention_probs_refused),

@@ -1,0 +1,99 @@
+/* The batched expert FFN's layout (ffn_bplan.h). */
+#include "ffn_bplan.h"
+
+#include <stdlib.h>
+
+#include "kcheck.h"
+
+int64_t epm_ffn_bucket_rows(int64_t m)
+{
+    int64_t q = 16;
+    while (q * 16 < m)
+        q *= 2;
+    return (m + q - 1) / q * q;
+}
+
+/* Largest bucket first, then expert id: the big batches start first, and
+ * equal buckets keep the experts' order (their x rows are then read in
+ * order). */
+static int by_bucket(const void *a, const void *b)
+{
+    const int64_t *x = a, *y = b;
+    if (x[0] != y[0])
+        return x[0] > y[0] ? -1 : 1;
+    return (x[1] > y[1]) - (x[1] < y[1]);
+}
+
+static epm_status grow(epm_ffn_bplan *pl, int experts)
+{
+    /* int64 arrays: o, m, p, s, brows [experts] each, then the sort keys
+     * [2 experts]; int32: expert [experts], first [experts + 1] */
+    size_t n = (size_t)experts;
+    size_t need = (7 * n + 1) * sizeof(int64_t) + (2 * n + 1) * sizeof(int32_t);
+    if (need > pl->cap) {
+        void *mem = realloc(pl->mem, need);
+        if (!mem)
+            return epm_fail(EPM_ERR_NOMEM, "batched FFN layout for %d experts", experts);
+        pl->mem = mem, pl->cap = need;
+    }
+    int64_t *w = pl->mem;
+    pl->o = w, pl->m = w + n, pl->p = w + 2 * n, pl->s = w + 3 * n, pl->brows = w + 4 * n;
+    pl->expert = (int32_t *)(w + 7 * n + 1);
+    pl->first = pl->expert + n;
+    return EPM_OK;
+}
+
+epm_status epm_ffn_bplan_make(epm_ffn_bplan *pl, const int64_t *offsets, int experts, int x_in_place)
+{
+    KREQ(experts >= 1, "batched FFN: %d experts", experts);
+    EPM_CHECK(epm_ref_check_offsets("batched FFN", offsets, experts));
+    EPM_CHECK(grow(pl, experts));
+    int64_t *key = pl->brows + experts; /* [2 experts]: (bucket rows, expert) */
+    int ne = 0;
+    int64_t rows = offsets[experts], max_rows = 0;
+    for (int e = 0; e < experts; e++) {
+        int64_t m = offsets[e + 1] - offsets[e];
+        if (m <= 0)
+            continue;
+        int64_t b = epm_ffn_bucket_rows(m);
+        KREQ(b <= INT32_MAX, "batched FFN: expert %d has %lld rows (a batch holds at most %d)", e, (long long)m,
+             INT32_MAX);
+        key[2 * ne] = b, key[2 * ne + 1] = e;
+        max_rows = m > max_rows ? m : max_rows;
+        ne++;
+    }
+    qsort(key, (size_t)ne, 2 * sizeof *key, by_bucket);
+    int nb = 0, ncopy = 0;
+    int64_t padded = 0, spare = 0;
+    for (int j = 0; j < ne; j++) {
+        int64_t b = key[2 * j];
+        int e = (int)key[2 * j + 1];
+        pl->expert[j] = e;
+        pl->o[j] = offsets[e], pl->m[j] = offsets[e + 1] - offsets[e];
+        pl->p[j] = padded;
+        padded += b;
+        if (x_in_place && pl->o[j] + b <= rows) {
+            pl->s[j] = -1;
+        } else {
+            pl->s[j] = spare;
+            spare += b;
+            ncopy++;
+        }
+        if (j == 0 || b != key[2 * (j - 1)]) {
+            pl->first[nb] = j;
+            pl->brows[nb++] = b;
+        }
+    }
+    pl->first[nb] = ne;
+    pl->ne = ne, pl->nb = nb, pl->ncopy = ncopy;
+    pl->rows = rows, pl->padded_rows = padded, pl->spare_rows = spare, pl->max_rows = max_rows;
+    return EPM_OK;
+}
+
+void epm_ffn_bplan_free(epm_ffn_bplan *pl)
+{
+    if (!pl)
+        return;
+    free(pl->mem);
+    *pl = (epm_ffn_bplan){0};
+}

@@ -1,0 +1,109 @@
+/* The layout of the batched expert FFN (ops_cuda.cu, EPM_CUDA_GROUPED_GEMM =
+ * batched), kept in C so that the CPU tests can check it without a GPU.
+ *
+ * Why batches: a uniform-shape batched GEMM (cublasGemmBatchedEx) runs
+ * cuBLAS's tuned single-GEMM kernels over many experts in one launch, so a
+ * fine-grained MoE (DeepSeek-V3: 256 experts of ~128 rows at 4k tokens)
+ * fills every SM; the grouped call (cublasGemmGroupedBatchedEx) allows a
+ * different shape per expert but runs slower kernels, and one GEMM per expert
+ * leaves most SMs idle. A batch needs one row count, so each expert's rows
+ * are rounded up to a bucket (epm_ffn_bucket_rows: at most 1/16 of the rows
+ * more past 256 rows, at most 15 below) and the experts of one bucket form
+ * one batch. The extra rows are computed and thrown away: a GEMM's output
+ * row depends only on the same input row, so what those rows read does not
+ * reach the real ones.
+ *
+ * Where the rows live, per expert j (in bucket order):
+ *  - input: x itself from row o[j] (its B rows read into the next experts'
+ *    rows, never past x's end), or, where that would read past the end or x
+ *    cannot be read in place, a copy in a spare area from row s[j];
+ *  - gate, up, h and the down output: padded areas, from row p[j], B rows
+ *    each, disjoint;
+ *  - the m[j] real rows of the down output are copied back to y from row o[j].
+ * The copies are described by tables of (source row, destination row, rows)
+ * that one device kernel runs. */
+#ifndef EPM_FFN_BPLAN_H
+#define EPM_FFN_BPLAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "epmoe/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct epm_ffn_bplan {
+    int ne;                  /* experts with rows */
+    int nb;                  /* buckets (batches) */
+    int ncopy;               /* experts whose input is copied to the spare area */
+    int64_t rows;            /* offsets[E]: rows of x and y */
+    int64_t padded_rows;     /* rows of each padded area */
+    int64_t spare_rows;      /* rows of the spare area */
+    int64_t max_rows;        /* the largest m[j] */
+    int32_t *expert;         /* [ne] expert id, bucket order (largest bucket first) */
+    int64_t *o, *m, *p, *s;  /* [ne] first row in x/y, rows, first padded row, first spare row or -1 */
+    int32_t *first;          /* [nb + 1] bucket b holds experts first[b] .. first[b+1]-1 */
+    int64_t *brows;          /* [nb] the padded rows of every expert of bucket b */
+    void *mem;               /* the arrays above, grown and reused across calls */
+    size_t cap;
+} epm_ffn_bplan;
+
+/* Rows a batch gives an expert with m >= 1 rows: m rounded up to a multiple
+ * of q, q = 16 up to 256 rows, then doubling with m (q <= m / 8), so that
+ * nearby row counts share a batch and padding stays small. */
+int64_t epm_ffn_bucket_rows(int64_t m);
+
+/* Lays out one call over offsets[0..experts] (non-decreasing, offsets[0] = 0).
+ * x_in_place: x may be read directly (the caller checked its alignment);
+ * when 0 every expert's input is copied to the spare area. Reuses pl's
+ * arrays (zero-initialise pl before the first call). EPM_ERR_INVALID_ARG for
+ * offsets that are not a valid grouping or a bucket over INT32_MAX rows;
+ * EPM_ERR_NOMEM. */
+epm_status epm_ffn_bplan_make(epm_ffn_bplan *pl, const int64_t *offsets, int experts, int x_in_place);
+void epm_ffn_bplan_free(epm_ffn_bplan *pl);
+
+/* The pointer arrays of bucket b's two batches, n = its experts, written to
+ * out[0 .. 9n): gate/up batch A[2n] (gate weights, then up), B[2n] (the
+ * input, twice), C[2n] (gate rows, then up rows); down batch A[n] (down
+ * weights), B[n] (h rows), C[n] (down output rows). Row sizes: hidden * es
+ * bytes for x, spare and the down output, ffn * es for gate, up and h. */
+static inline void epm_ffn_bplan_ptrs(const epm_ffn_bplan *pl, int b, const void *const *gate,
+                                      const void *const *up, const void *const *down, const char *x,
+                                      const char *spare, char *gt, char *upo, char *h, char *yp, int hidden, int ffn,
+                                      size_t es, void **out)
+{
+    int j0 = pl->first[b], n = pl->first[b + 1] - j0;
+    size_t hb = (size_t)hidden * es, fb = (size_t)ffn * es;
+    for (int i = 0; i < n; i++) {
+        int j = j0 + i, e = pl->expert[j];
+        const char *in = pl->s[j] >= 0 ? spare + (size_t)pl->s[j] * hb : x + (size_t)pl->o[j] * hb;
+        out[i] = (void *)gate[e], out[n + i] = (void *)up[e];
+        out[2 * n + i] = out[3 * n + i] = (void *)in;
+        out[4 * n + i] = gt + (size_t)pl->p[j] * fb, out[5 * n + i] = upo + (size_t)pl->p[j] * fb;
+        out[6 * n + i] = (void *)down[e];
+        out[7 * n + i] = h + (size_t)pl->p[j] * fb;
+        out[8 * n + i] = yp + (size_t)pl->p[j] * hb;
+    }
+}
+
+/* The copy tables, (source row, destination row, rows) per entry: gather
+ * [ncopy] (x -> spare, the copied experts in bucket order) and scatter [ne]
+ * (the down output -> y, every expert). */
+static inline void epm_ffn_bplan_tables(const epm_ffn_bplan *pl, int64_t *gather, int64_t *scatter)
+{
+    for (int j = 0, c = 0; j < pl->ne; j++) {
+        if (pl->s[j] >= 0) {
+            gather[3 * c] = pl->o[j], gather[3 * c + 1] = pl->s[j], gather[3 * c + 2] = pl->m[j];
+            c++;
+        }
+        scatter[3 * j] = pl->p[j], scatter[3 * j + 1] = pl->o[j], scatter[3 * j + 2] = pl->m[j];
+    }
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
