@@ -58,6 +58,31 @@ if has kernels; then
       --tokens 128,1024,4096,16384 --csv >"$out/kernels_streams$s.csv" 2>&1
     echo "kernels bf16 dsv3, per expert on $s stream(s): exit $?"; cat "$out/kernels_streams$s.csv"
   done
+  # every FFN path side by side: grouped/dense per (shape, tokens), the best marked (what auto should pick)
+  python3 - "$out" <<'PY'
+import csv, glob, os, sys
+out = sys.argv[1]
+paths = {}
+for f in sorted(glob.glob(os.path.join(out, 'kernels_*streams*.csv'))):
+    name = os.path.basename(f)[len('kernels_'):-len('.csv')]
+    try:
+        for r in csv.DictReader(open(f)):
+            paths.setdefault((r['shape'], int(r['tokens'])), {})[name] = (float(r['grouped_s']), float(r['ratio']))
+    except (KeyError, ValueError):
+        print('unreadable: %s' % f)
+auto = os.path.join(out, 'kernels_bf16.csv')
+if os.path.exists(auto):
+    try:
+        for r in csv.DictReader(open(auto)):
+            paths.setdefault((r['shape'], int(r['tokens'])), {})['auto'] = (float(r['epmoe_ms']) / 1e3,
+                                                                            float(r['of_ceiling']))
+    except (KeyError, ValueError):
+        print('unreadable: %s' % auto)
+for (shape, tokens), v in sorted(paths.items()):
+    best = min(v, key=lambda k: v[k][0])
+    print('%s %6d  ' % (shape, tokens) + '  '.join('%s %.3f ms %.2f%s' % (k, v[k][0] * 1e3, v[k][1],
+                                                    ' *' if k == best else '') for k in sorted(v)))
+PY
 fi
 if has a2a; then
   EPM_A2A=nccl mpirun -np 1 $E bench a2a --min-bytes 1048576 --max-bytes 67108864 --time 0.2 --csv \

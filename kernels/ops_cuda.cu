@@ -30,7 +30,8 @@
 //    ffn_bplan.h). It runs cuBLAS's tuned kernels over many experts per launch
 //    and writes gate/up in dt (bf16 in bf16, as vLLM's fused MoE does, so
 //    half the bytes of the float32 gate/up of the per-expert path); the padded
-//    areas come from the stream-ordered pool, not the caller's scratch. Needs
+//    areas are the context's (grown from the stream-ordered pool and kept),
+//    not the caller's scratch. Needs
 //    16-byte rows and pointers and memory pools, else the call falls back to
 //    the per-expert path. Not yet measured on a GPU, so auto does not take
 //    it (bench/gpu_session.sh kernels measures it beside the others).
@@ -122,6 +123,8 @@ struct epm_gpu {
     int batched_refused; // cublasGemmBatchedEx refused the batched path's types
     int batched_strict;  // EPM_TEST_CUDA_BATCHED_STRICT: a call that cannot take the batched path fails
     epm_ffn_bplan bplan; // the batched path's layout, arrays reused across calls
+    char *barea;         // the batched path's padded areas, grown in stream order and kept
+    size_t barea_cap;    // bytes
     void **dptr;       // device copy of one call's pointer arrays
     size_t dptr_cap;   // pointers
     grouped_slot slot[GROUPED_SLOTS];
@@ -201,6 +204,10 @@ static void cu_destroy(epm_gpu *g)
     }
     free(g->par);
     epm_ffn_bplan_free(&g->bplan);
+    if (g->barea) { // only ever allocated from the pool (batched_fits needs it); the stream was synced above
+        cudaFreeAsync(g->barea, g->stream);
+        cudaStreamSynchronize(g->stream);
+    }
     for (int i = 0; i < FFN_STREAMS_MAX; i++) {
         if (g->side[i])
             cudaStreamSynchronize(g->side[i]);
@@ -1011,8 +1018,20 @@ static epm_status batched_swiglu(epm_gpu *g, epm_gpu_dtype dt, const void *x, co
     size_t fbytes = align256((size_t)pl->padded_rows * ffn * es);
     size_t ybytes = align256((size_t)pl->padded_rows * hidden * es);
     size_t sbytes = align256((size_t)pl->spare_rows * hidden * es);
-    char *area = NULL;
-    CU(cudaMallocAsync((void **)&area, 3 * fbytes + ybytes + sbytes, g->stream));
+    // kept between calls: a fresh pool allocation of this size (GBs at 16k
+    // tokens) per call would map pages again whenever the pool trims at a
+    // sync; the stream orders a later call's writes after this one's reads
+    size_t need = 3 * fbytes + ybytes + sbytes;
+    if (need > g->barea_cap) {
+        size_t cap = need + need / 4;
+        char *old = g->barea;
+        g->barea = NULL, g->barea_cap = 0;
+        if (old)
+            CU(cudaFreeAsync(old, g->stream));
+        CU(cudaMallocAsync((void **)&g->barea, cap, g->stream));
+        g->barea_cap = cap;
+    }
+    char *area = g->barea;
     char *gt = area, *upo = area + fbytes, *h = area + 2 * fbytes, *yp = area + 3 * fbytes, *spare = yp + ybytes;
     for (int b = 0; b < pl->nb; b++)
         epm_ffn_bplan_ptrs(pl, b, gate, up, down, (const char *)x, spare, gt, upo, h, yp, hidden, ffn, es,
@@ -1028,14 +1047,8 @@ static epm_status batched_swiglu(epm_gpu *g, epm_gpu_dtype dt, const void *x, co
         st = batched_buckets(g, dt, g->dptr, gt, upo, h, hidden, ffn, &refused);
     if (st == EPM_OK && !refused)
         st = copy_rows(g, yp, y, dtab + 3 * pl->ncopy, pl->ne, pl->max_rows, hidden * es);
-    // stream ordered: freed once everything queued above has run
-    cudaError_t e = cudaFreeAsync(area, g->stream);
     if (st != EPM_OK)
         return st;
-    if (e != cudaSuccess) {
-        (void)cudaGetLastError();
-        return epm_fail(EPM_ERR_CUDA, "GPU batched FFN: cudaFreeAsync: %s", cudaGetErrorString(e));
-    }
     if (refused) {
         g->batched_refused = 1;
         if (g->batched_strict)
