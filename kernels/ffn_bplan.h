@@ -7,7 +7,7 @@
  * fills every SM; the grouped call (cublasGemmGroupedBatchedEx) allows a
  * different shape per expert but runs slower kernels, and one GEMM per expert
  * leaves most SMs idle. A batch needs one row count, so each expert's rows
- * are rounded up to a bucket (epm_ffn_bucket_rows: at most 1/16 of the rows
+ * are rounded up to a bucket (epm_ffn_bucket_rows: at most 1/8 of the rows
  * more past 256 rows, at most 15 below) and the experts of one bucket form
  * one batch. The extra rows are computed and thrown away: a GEMM's output
  * row depends only on the same input row, so what those rows read does not
