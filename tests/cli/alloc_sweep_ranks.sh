@@ -17,16 +17,15 @@
 # The stack of one point: run that rank under gdb with
 #   mpirun -np 1 epmoe run ... : -np 1 -x EPM_TEST_FAIL_ALLOC_RANK=1 -x EPM_TEST_FAIL_ALLOC_NTH=N \
 #     gdb -batch -ex 'break epm_fail if s == EPM_ERR_NOMEM' -ex run -ex bt --args epmoe run ...
-set -u
-E=${EPMOE:?}
+tmp_template=/tmp/epm-sweep.XXXXXX
+. "$(dirname "$0")/lib.sh" || exit 1
 F=${EPM_FIXTURES:?}
 R=${1:-2}
 FR=${2:-$((R - 1))}
 n=${3:-1}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-d=$(mktemp -d /tmp/epm-sweep.XXXXXX)
-trap 'for p in $(pgrep -f -- "$d/"); do kill -9 "$p"; done 2>/dev/null; rm -rf "$d"' EXIT
+export ASAN_OPTIONS=$no_leaks
+# at exit (lib.sh), before $d goes: a run the sweep left running
+cleanup() { for p in $(pgrep -f -- "$d/"); do kill -9 "$p"; done 2>/dev/null; }
 echo '[[1, 2, 3, 4, 5], [9, 8, 7]]' >"$d/in.json"
 for (( ; ; n++)); do
   s=$(date +%s%N)

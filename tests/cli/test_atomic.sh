@@ -7,15 +7,10 @@
 # nothing else. Then: an output that names an input (same path, another
 # spelling, a symbolic or a hard link) is refused with exit status 2 and a
 # message, and the input is left as it was.
-set -u
-E=${EPMOE:?}
+tmp_template=/tmp/epm-atomic.XXXXXX
+. "$(dirname "$0")/lib.sh" || exit 1
 F=${EPM_FIXTURES:?}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-d=$(mktemp -d /tmp/epm-atomic.XXXXXX)
-trap 'rm -rf "$d"' EXIT
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+export ASAN_OPTIONS=$no_leaks
 ms_sleep() { sleep "$(printf '0.%03d' "$1")"; }
 # same content; with NORM=json the plan's own timing is left out
 same() {
@@ -190,5 +185,4 @@ echo z >"$d/u.st.tmp.$dead"
 [ -e "$d/u.st.tmp.$dead" ] || fail "another output's temporary file was removed"
 kill "$live" 2>/dev/null
 
-[ "$fails" = 0 ] && echo "all atomic-output checks passed"
-exit $((fails > 0))
+checks_done "all atomic-output checks passed"

@@ -10,21 +10,14 @@
 # Not run: bench kernels --shape mixtral (two Mixtral expert weight sets are
 # 1.4 GB of float32, several seconds to fill); dsv3 with --weight-gb at its
 # minimum (2 sets, 352 MB) is the smallest instance the bench has.
-set -u
-E=${EPMOE:?}
+. "$(dirname "$0")/lib.sh" || exit 1
 F=${EPM_FIXTURES:?}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-command -v mpirun >/dev/null || { echo "mpirun not found: skipped"; exit 77; }
-command -v python3 >/dev/null || { echo "python3 not found: skipped"; exit 77; }
-d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
+require mpirun
+require python3
 cd "$d" || exit 1 # anything a bench writes by default lands here, and is checked for
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 show() { sed 's/^/  | /' "$d/out" | head -12; sed 's/^/  ! /' "$d/err" | head -6; }
-# Open MPI's unloaded components look like leaks to LeakSanitizer (see tests/mpi/meson.build);
-# the benches run without mpirun keep leak checking
-mpi() { ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" timeout 120 mpirun --oversubscribe "$@"; }
+# leak checking off under mpirun only (lib.sh): the benches run without it keep it
+mpi() { ASAN_OPTIONS=$no_leaks timeout 120 mpirun --oversubscribe "$@"; }
 # ok DESCRIPTION CMD...: CMD exits 0; its output is in $d/out and $d/err
 ok() {
   local what=$1; shift
@@ -464,5 +457,4 @@ usage nope "" nope
 python3 -S "$d/check.py" "$d/jobs"
 fails=$((fails + $?))
 
-[ "$fails" = 0 ] || { echo "$fails failure(s)"; exit 1; }
-echo "all bench checks passed"
+checks_done "all bench checks passed" "$fails failure(s)"

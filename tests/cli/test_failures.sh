@@ -22,24 +22,18 @@
 #   form gives the last rank such a copy (the same files, one shard gone).
 # - alloc: EPM_TEST_FAIL_ALLOC_RANK/NTH (launch/cmd_run.c) fail the n-th
 #   allocation of epm_run on that rank (dist/alloc.c's injector).
-set -u
-E=${EPMOE:?}
+tmp_template=/tmp/epm-failures.XXXXXX
+. "$(dirname "$0")/lib.sh" || exit 1
 F=${EPM_FIXTURES:?}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-# Open MPI's unloaded components look like leaks to LeakSanitizer (see tests/mpi/meson.build)
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-command -v mpirun >/dev/null || { echo "mpirun not found: skipped"; exit 77; }
-d=$(mktemp -d /tmp/epm-failures.XXXXXX)
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+export OMPI_MCA_rmaps_base_oversubscribe=1 ASAN_OPTIONS=$no_leaks
+require mpirun
 # every process of this test has "$d/" in its command line
 mine() { pgrep -f -- "$d/"; }
+# at exit (lib.sh), before $d goes: whatever a failed case left running
 cleanup() {
   local p
   for p in $(mine); do kill -9 "$p" 2>/dev/null; done
-  rm -rf "$d"
 }
-trap cleanup EXIT
 
 t_script=$SECONDS
 RANKS="2 4"
@@ -229,5 +223,4 @@ for s in kill-prefill kill-decode shard alloc-first alloc-layer stall; do
   echo
 done
 echo "whole script: $((SECONDS - t_script)) s"
-[ "$fails" = 0 ] && echo "all failure checks passed"
-exit $((fails > 0))
+checks_done "all failure checks passed"

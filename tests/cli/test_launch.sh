@@ -2,11 +2,7 @@
 # epmoe launch: the mpirun line it builds, and every mismatch refused before
 # launch with its own message. With the argument 'multinode' (suite
 # multinode), real runs across pseudo-nodes through tests/multinode/harness.sh.
-set -u
-E=${EPMOE:?}
-d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
-fails=0
+. "$(dirname "$0")/lib.sh" || exit 1
 check() { # description, expected exit code, command...
   local what=$1 want=$2; shift 2
   "$@" >"$d/out" 2>"$d/err"
@@ -107,8 +103,7 @@ EOF
     --mca plm_rsh_agent "$EPM_MN_AGENT" --mca btl_tcp_if_include eth0 --mca oob_tcp_if_include eth0 \
     "$0" run --model "$1" --input "$1/reference.safetensors"' "$E" "$F/olmoe-tiny"
   has "$d/err" "by MPI's shared-memory split"
-  [ $fails = 0 ] && echo "multinode launch: all checks passed"
-  exit $((fails > 0))
+  checks_done "multinode launch: all checks passed"
 fi
 
 # ---- the mpirun line ----
@@ -223,5 +218,4 @@ check "bad mca" 2 "$E" launch --hosts a:1 --gpus-per-node 1 --mca btl -- run
 check "bad iface" 2 "$E" launch --hosts a:1 --gpus-per-node 1 --iface 'eth0;x y' -- run
 check "unknown option" 2 "$E" launch --hosts a:1 --gpus-per-node 1 --frobnicate -- run
 
-[ $fails = 0 ] && echo "launch: all checks passed"
-exit $((fails > 0))
+checks_done "launch: all checks passed"

@@ -3,16 +3,12 @@
 # every rank count and both modes give the 1-rank run's tokens and logits;
 # skipped tokens move no bytes (plan eval of the run's own trace predicts
 # exactly the bytes the run counted); bad options are refused by name.
-set -u
-E=${EPMOE:?}
+. "$(dirname "$0")/lib.sh" || exit 1
 F=${EPM_FIXTURES:?}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-command -v mpirun >/dev/null || { echo "mpirun not found: skipped"; exit 77; }
-command -v python3 >/dev/null || { echo "python3 not found: skipped"; exit 77; }
-d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
-fails=0
+export ASAN_OPTIONS=$no_leaks
+require mpirun
+require python3
+# with the status of the command that failed, and the end of its output
 fail() { echo "FAIL: $* (last exit status $?)"; fails=$((fails + 1)); tail -3 "$d/out" "$d/err" 2>/dev/null; }
 run() { timeout 120 mpirun --oversubscribe "$@"; }
 
@@ -178,5 +174,4 @@ check_err "bad source" "--mod must be" --mod sometimes
 check_err "capacity 0" "mod-capacity" --mod schedule --mod-capacity 0
 check_err "node cap above 1" "ta-node-cap" --ta-node-cap 1.5
 
-[ "$fails" = 0 ] || { echo "$fails failure(s)"; exit 1; }
-echo "all MoD checks passed"
+checks_done "all MoD checks passed" "$fails failure(s)"

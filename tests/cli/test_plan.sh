@@ -1,10 +1,6 @@
 #!/usr/bin/env bash
 # epmoe plan and plan eval from the command line: files, exit codes, messages.
-set -u
-E=${EPMOE:?}
-d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
-fails=0
+. "$(dirname "$0")/lib.sh" || exit 1
 check() { # description, expected exit code, command...
   local what=$1 want=$2; shift 2
   "$@" >"$d/out" 2>"$d/err"
@@ -78,5 +74,4 @@ for words in "plan --out" "plan eval --trace" "run --model" "launch --hosts" "mo
   bad_opt "${@:1:$#-1}" --frobnicate "unknown option '--frobnicate'"
 done
 
-[ "$fails" = 0 ] && echo "all plan CLI checks passed"
-exit $((fails > 0))
+checks_done "all plan CLI checks passed"

@@ -1,11 +1,7 @@
 #!/usr/bin/env bash
 # epmoe plan eval (and the output-over-input guard of epmoe plan): reports,
 # exit codes 0/1/2, and a message naming the file for every failure.
-set -u
-E=${EPMOE:?}
-d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
-fails=0
+. "$(dirname "$0")/lib.sh" || exit 1
 check() { # description, expected exit code, command...
   local what=$1 want=$2; shift 2
   "$@" >"$d/out" 2>"$d/err"
@@ -112,5 +108,4 @@ has "$d/err" "same file"
 check "plan with cluster file" 0 "$E" plan --trace "$d/a.st" --cluster "$d/cluster.json" --out "$d/cf.json" --json --quiet
 has "$d/out" '"ranks": 4'
 
-[ "$fails" = 0 ] && echo "all plan eval CLI checks passed"
-exit $((fails > 0))
+checks_done "all plan eval CLI checks passed"

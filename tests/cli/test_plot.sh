@@ -11,23 +11,17 @@
 # SVG behind, not even over the charts of an earlier run. A value a log axis
 # cannot show is left out with a note, not a failure.
 # The figures themselves are not judged: this is a 2-core CI machine.
-set -u
-E=${EPMOE:?}
+. "$(dirname "$0")/lib.sh" || exit 1
 S=${EPM_SOURCE_ROOT:?}
 P=$S/bench/plot.py
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-command -v mpirun >/dev/null || { echo "mpirun not found: skipped"; exit 77; }
-command -v python3 >/dev/null || { echo "python3 not found: skipped"; exit 77; }
+require mpirun
+require python3
 # the interpreter itself: a version manager's python3 shim can cost 0.3 s a start
 PY=$(python3 -c 'import sys; print(sys.executable)') && [ -x "$PY" ] || PY=python3
-d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
 cd "$d" || exit 1
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 show() { sed 's/^/  | /' "$d/out" | head -12; sed 's/^/  ! /' "$d/err" | head -6; }
-# Open MPI's unloaded components look like leaks to LeakSanitizer (see tests/mpi/meson.build)
-mpi() { ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" timeout 120 mpirun --oversubscribe "$@"; }
+# leak checking off under mpirun only (lib.sh): plot's own epmoe runs keep it
+mpi() { ASAN_OPTIONS=$no_leaks timeout 120 mpirun --oversubscribe "$@"; }
 # bench FILE CMD...: CMD exits 0, its stdout is FILE
 bench() {
   local f=$1; shift
@@ -290,5 +284,4 @@ for job in all cat zero; do
   fails=$((fails + $?))
 done
 
-[ "$fails" = 0 ] || { echo "$fails failure(s)"; exit 1; }
-echo "all plot checks passed"
+checks_done "all plot checks passed" "$fails failure(s)"

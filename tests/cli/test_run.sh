@@ -1,16 +1,10 @@
 #!/usr/bin/env bash
 # epmoe run from the command line under mpirun: outputs, and each failure
 # ending every rank with its own clear message and a non-zero status.
-set -u
-E=${EPMOE:?}
+. "$(dirname "$0")/lib.sh" || exit 1
 F=${EPM_FIXTURES:?}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-# Open MPI's unloaded components look like leaks to LeakSanitizer (see tests/mpi/meson.build)
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-command -v mpirun >/dev/null || { echo "mpirun not found: skipped"; exit 77; }
-d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
-fails=0
+export ASAN_OPTIONS=$no_leaks
+require mpirun
 run() { timeout 60 mpirun --oversubscribe "$@"; }
 check() { # description, expected exit code, command...
   local what=$1 want=$2; shift 2
@@ -119,5 +113,4 @@ check "output over input" 2 "$E" run --model "$m" --input "$d/in.json" --trace-o
 check "usage" 2 "$E" run --input "$d/in.json"
 check "help" 0 "$E" run --help
 
-[ "$fails" = 0 ] && echo "all run CLI checks passed"
-exit $((fails > 0))
+checks_done "all run CLI checks passed"

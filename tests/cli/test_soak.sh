@@ -4,19 +4,14 @@
 # same generated tokens as the 1-rank run and its prefill logits within 1e-4
 # (of max(1, max |logit|)). Odd rank counts leave ranks with two sequences
 # next to ranks with one, and sequences homed away from every expert.
-set -u
-E=${EPMOE:?}
+tmp_template=/tmp/epm-soak.XXXXXX
+. "$(dirname "$0")/lib.sh" || exit 1
 F=${EPM_FIXTURES:?}
 S=${EPM_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-command -v mpirun >/dev/null || { echo "mpirun not found: skipped"; exit 77; }
-command -v python3 >/dev/null || { echo "python3 not found (logits comparison): skipped"; exit 77; }
+export ASAN_OPTIONS=$no_leaks
+require mpirun
+require python3 "logits comparison"
 cmp_logits=$S/tests/multinode/compare_logits.py
-d=$(mktemp -d /tmp/epm-soak.XXXXXX)
-trap 'rm -rf "$d"' EXIT
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 
 # 13 prompts, lengths 1..40, ids from a fixed LCG (vocabulary 256)
 awk 'BEGIN {
@@ -55,5 +50,4 @@ for model in mixtral-tiny qwen2moe-tiny olmoe-tiny; do
 done
 worst=$(sed -n 's/.*max abs diff \([^ ]*\) .*/\1/p' "$d/diffs" 2>/dev/null | sort -g | tail -1)
 echo "soak: $(($(date +%s) - t0)) s, largest logit difference from the 1-rank run: ${worst:-?}"
-[ "$fails" = 0 ] && echo "all soak checks passed"
-exit $((fails > 0))
+checks_done "all soak checks passed"
