@@ -183,15 +183,18 @@ static int bench_shape(bench *b, const shape *sh, const long *tokens, int ntoken
     size_t per = (size_t)3 * sh->ffn * sh->hidden * b->es;
     int nsets = weight_gb > 0 ? (int)(weight_gb * 1e9 / (double)per) : E;
     nsets = nsets < 2 ? 2 : nsets > E ? E : nsets;
-    void *sets[256] = {0};
+    /* the experts stacked in one block, [gate; up; down] each, as serving
+     * engines hold them (vLLM's and SGLang's w13/w2 tensors): the strided
+     * CUDA path needs the uniform stride; the other paths take any layout */
+    void *sets[256] = {0}, *block = NULL;
     int rc = EPM_EXIT_OK;
-    for (int i = 0; i < nsets && rc == EPM_EXIT_OK; i++) {
-        epm_status st = b->o->alloc(b->kb, per, &sets[i]);
-        if (st == EPM_OK)
-            st = fill(b, sets[i], per / b->es, seed);
-        if (st != EPM_OK)
-            rc = cli_fail(W, st);
+    epm_status ast = b->o->alloc(b->kb, per * (size_t)nsets, &block);
+    for (int i = 0; i < nsets && ast == EPM_OK; i++) {
+        sets[i] = (char *)block + per * (size_t)i;
+        ast = fill(b, sets[i], per / b->es, seed);
     }
+    if (ast != EPM_OK)
+        rc = cli_fail(W, ast);
     for (int ti = 0; ti < ntokens && rc == EPM_EXIT_OK; ti++) {
         long T = tokens[ti];
         int32_t *ids = epm_malloc((size_t)T * K * sizeof *ids), *src = epm_malloc((size_t)T * K * sizeof *src);
@@ -223,8 +226,8 @@ static int bench_shape(bench *b, const shape *sh, const long *tokens, int ntoken
         }
         epm_free(ids), epm_free(src), epm_free(rof), epm_free(perm), epm_free(off);
     }
-    for (int i = 0; i < nsets; i++)
-        b->o->free(b->kb, sets[i]);
+    if (block)
+        b->o->free(b->kb, block);
     return rc;
 }
 

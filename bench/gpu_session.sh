@@ -45,11 +45,14 @@ if has kernels; then
   echo "kernels bf16 vs torch: exit $?"; cat "$out/kernels_bf16.csv"
   $E bench kernels --backend cuda --dtype f32 --tokens 1,128,4096 --csv >"$out/kernels_f32.csv" 2>&1
   echo "kernels f32:"; cat "$out/kernels_f32.csv"
-  # the batched path (ops_cuda.cu, ffn_bplan.h: not in auto until measured), buckets on 1 and 4 streams
-  for s in 1 4; do
-    EPM_CUDA_GROUPED_GEMM=batched EPM_CUDA_FFN_STREAMS=$s $E bench kernels --backend cuda --dtype bf16 \
-      --tokens 1,16,128,1024,4096,16384 --csv >"$out/kernels_batched_streams$s.csv" 2>&1
-    echo "kernels bf16, batched on $s stream(s): exit $?"; cat "$out/kernels_batched_streams$s.csv"
+  # the batched and strided paths (ops_cuda.cu, ffn_bplan.h: not in auto until measured), their
+  # batches on 1 and 4 streams
+  for p in batched strided; do
+    for s in 1 4; do
+      EPM_CUDA_GROUPED_GEMM=$p EPM_CUDA_FFN_STREAMS=$s $E bench kernels --backend cuda --dtype bf16 \
+        --tokens 1,16,128,1024,4096,16384 --csv >"$out/kernels_${p}_streams$s.csv" 2>&1
+      echo "kernels bf16, $p on $s stream(s): exit $?"; cat "$out/kernels_${p}_streams$s.csv"
+    done
   done
   # the per-expert path on 1, 4 and 8 side streams (ops_cuda.cu: EPM_CUDA_FFN_STREAMS, default 1
   # until these figures say otherwise)

@@ -27,9 +27,10 @@ static int by_bucket(const void *a, const void *b)
 static epm_status grow(epm_ffn_bplan *pl, int experts)
 {
     /* int64 arrays: o, m, p, s, brows [experts] each, then the sort keys
-     * [2 experts]; int32: expert [experts], first [experts + 1] */
+     * [2 experts], stride [3 experts]; int32: expert [experts], first
+     * [experts + 1], fused [experts] */
     size_t n = (size_t)experts;
-    size_t need = (7 * n + 1) * sizeof(int64_t) + (2 * n + 1) * sizeof(int32_t);
+    size_t need = (10 * n + 1) * sizeof(int64_t) + (3 * n + 1) * sizeof(int32_t);
     if (need > pl->cap) {
         void *mem = realloc(pl->mem, need);
         if (!mem)
@@ -38,8 +39,10 @@ static epm_status grow(epm_ffn_bplan *pl, int experts)
     }
     int64_t *w = pl->mem;
     pl->o = w, pl->m = w + n, pl->p = w + 2 * n, pl->s = w + 3 * n, pl->brows = w + 4 * n;
-    pl->expert = (int32_t *)(w + 7 * n + 1);
+    pl->stride = w + 7 * n;
+    pl->expert = (int32_t *)(w + 10 * n + 1);
     pl->first = pl->expert + n;
+    pl->fused = pl->first + n + 1;
     return EPM_OK;
 }
 
@@ -87,6 +90,60 @@ epm_status epm_ffn_bplan_make(epm_ffn_bplan *pl, const int64_t *offsets, int exp
     pl->first[nb] = ne;
     pl->ne = ne, pl->nb = nb, pl->ncopy = ncopy;
     pl->rows = rows, pl->padded_rows = padded, pl->spare_rows = spare, pl->max_rows = max_rows;
+    return EPM_OK;
+}
+
+static int64_t gap(const void *a, const void *b) { return (int64_t)((uintptr_t)b - (uintptr_t)a); }
+
+epm_status epm_ffn_bplan_make_runs(epm_ffn_bplan *pl, const int64_t *offsets, int experts, const void *const *gate,
+                                   const void *const *up, const void *const *down, size_t gu_bytes)
+{
+    KREQ(experts >= 1, "batched FFN: %d experts", experts);
+    EPM_CHECK(epm_ref_check_offsets("batched FFN", offsets, experts));
+    EPM_CHECK(grow(pl, experts));
+    int ne = 0, nb = 0;
+    int64_t padded = 0, max_rows = 0;
+    for (int e = 0; e < experts;) {
+        if (offsets[e + 1] == offsets[e]) {
+            e++;
+            continue;
+        }
+        /* a run from e: each next expert must keep the strides its second one set */
+        int f = e + 1;
+        int64_t sg = 0, su = 0, sd = 0, most = offsets[e + 1] - offsets[e];
+        for (; f < experts && offsets[f + 1] > offsets[f]; f++) {
+            int64_t g = gap(gate[f - 1], gate[f]), u = gap(up[f - 1], up[f]), d = gap(down[f - 1], down[f]);
+            if (f == e + 1) {
+                if (g <= 0 || u <= 0 || d <= 0 || g % 16 || u % 16 || d % 16)
+                    break;
+                sg = g, su = u, sd = d;
+            } else if (g != sg || u != su || d != sd) {
+                break;
+            }
+            int64_t m = offsets[f + 1] - offsets[f];
+            most = m > most ? m : most;
+        }
+        int64_t b = epm_ffn_bucket_rows(most);
+        KREQ(b <= INT32_MAX, "batched FFN: expert %d has %lld rows (a batch holds at most %d)", e, (long long)most,
+             INT32_MAX);
+        int fused = 1;
+        pl->first[nb] = ne;
+        for (int x = e; x < f; x++, ne++) {
+            pl->expert[ne] = x;
+            pl->o[ne] = offsets[x], pl->m[ne] = offsets[x + 1] - offsets[x];
+            pl->p[ne] = pl->s[ne] = padded;
+            padded += b;
+            fused = fused && gap(gate[x], up[x]) == (int64_t)gu_bytes;
+        }
+        pl->brows[nb] = b;
+        pl->stride[3 * nb] = sg, pl->stride[3 * nb + 1] = su, pl->stride[3 * nb + 2] = sd;
+        pl->fused[nb++] = fused;
+        max_rows = most > max_rows ? most : max_rows;
+        e = f;
+    }
+    pl->first[nb] = ne;
+    pl->ne = ne, pl->nb = nb, pl->ncopy = ne;
+    pl->rows = offsets[experts], pl->padded_rows = padded, pl->spare_rows = padded, pl->max_rows = max_rows;
     return EPM_OK;
 }
 

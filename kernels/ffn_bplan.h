@@ -46,6 +46,11 @@ typedef struct epm_ffn_bplan {
     int64_t *o, *m, *p, *s;  /* [ne] first row in x/y, rows, first padded row, first spare row or -1 */
     int32_t *first;          /* [nb + 1] bucket b holds experts first[b] .. first[b+1]-1 */
     int64_t *brows;          /* [nb] the padded rows of every expert of bucket b */
+    /* runs only (epm_ffn_bplan_make_runs): bucket b's gate, up and down
+     * weights at a uniform byte stride from its first expert's, and whether
+     * each expert's up matrix directly follows its gate matrix */
+    int64_t *stride;         /* [3 nb] gate, up, down strides of bucket b */
+    int32_t *fused;          /* [nb] */
     void *mem;               /* the arrays above, grown and reused across calls */
     size_t cap;
 } epm_ffn_bplan;
@@ -62,6 +67,19 @@ int64_t epm_ffn_bucket_rows(int64_t m);
  * offsets that are not a valid grouping or a bucket over INT32_MAX rows;
  * EPM_ERR_NOMEM. */
 epm_status epm_ffn_bplan_make(epm_ffn_bplan *pl, const int64_t *offsets, int experts, int x_in_place);
+/* The strided layout (EPM_CUDA_GROUPED_GEMM = strided): a uniform-stride
+ * batched GEMM (cublasGemmStridedBatchedEx) needs every operand at one
+ * stride, which cuBLAS's strided kernels are built for (a pointer-array batch
+ * may run kernels that fetch each entry's address first). So a bucket is a
+ * run of consecutive experts with rows whose gate, up and down weights are
+ * each at a uniform stride (16-byte multiples, positive: experts stacked in
+ * one tensor, as vLLM and SGLang hold them), padded to the bucket rows of
+ * the run's busiest expert; every expert's input is copied (s[j] = p[j]), so
+ * the input is uniformly strided too. fused[b]: up[e] = gate[e] + gu_bytes
+ * for all its experts (gate and up then run as one GEMM of 2 ffn outputs).
+ * An idle expert or a change of stride ends a run. Same errors as make. */
+epm_status epm_ffn_bplan_make_runs(epm_ffn_bplan *pl, const int64_t *offsets, int experts, const void *const *gate,
+                                   const void *const *up, const void *const *down, size_t gu_bytes);
 void epm_ffn_bplan_free(epm_ffn_bplan *pl);
 
 /* The pointer arrays of bucket b's two batches, n = its experts, written to

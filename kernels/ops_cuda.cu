@@ -35,8 +35,19 @@
 //    16-byte rows and pointers and memory pools, else the call falls back to
 //    the per-expert path. Not yet measured on a GPU, so auto does not take
 //    it (bench/gpu_session.sh kernels measures it beside the others).
-// Which one (EPM_CUDA_GROUPED_GEMM = auto, the default, | on | off | batched,
-// read by create): auto takes the grouped path in bf16 when >= GROUPED_MIN_EXPERTS
+//  - strided (EPM_CUDA_GROUPED_GEMM = strided): the same padded areas, but
+//    batches of uniform stride (cublasGemmStridedBatchedEx) over runs of
+//    consecutive experts stacked in one tensor (as serving engines hold
+//    them), padded to the run's busiest expert, gate and up one GEMM of
+//    2 ffn outputs when up follows gate. Why beside batched: a pointer-array
+//    batch may run kernels that fetch every entry's addresses (cuBLAS's
+//    grouped call ran at half of GemmEx's speed), a strided batch is one
+//    3-D operand to the tuned kernels; the price is padding every expert of
+//    a run to its busiest (DeepSeek-V3 at 4k tokens: ~165 rows for a mean of
+//    128) and copying every expert's input. Falls back as batched does;
+//    unmeasured as well.
+// Which one (EPM_CUDA_GROUPED_GEMM = auto, the default, | on | off | batched
+// | strided, read by create): auto takes the grouped path in bf16 when >= GROUPED_MIN_EXPERTS
 // experts are non-empty and their gate GEMMs average <= GROUPED_MAX_EXPERT_MACS
 // multiply-adds (rows x hidden x ffn: DeepSeek-V3 up to ~85 rows per expert,
 // OLMoE/Qwen2-MoE-sized experts up to ~400-600), else the per-expert path.
@@ -101,7 +112,7 @@ extern "C" epm_status epm_fail(epm_status s, const char *fmt, ...);
 #define GROUPED_MIN_PTRS (11 * 256) // first capacity: one call over 256 experts
 #define FFN_STREAMS_MAX 16        // EPM_CUDA_FFN_STREAMS at most
 
-enum { GROUPED_AUTO, GROUPED_ON, GROUPED_OFF, GROUPED_BATCHED };
+enum { GROUPED_AUTO, GROUPED_ON, GROUPED_OFF, GROUPED_BATCHED, GROUPED_STRIDED };
 
 // One pinned host buffer of device pointers and the event recorded after the
 // cudaMemcpyAsync that reads it: the buffer is rewritten only once that event
@@ -117,7 +128,7 @@ struct epm_gpu {
     int device;
     cudaStream_t stream;
     cublasHandle_t blas;
-    int grouped_mode;  // GROUPED_AUTO / _ON / _OFF / _BATCHED from EPM_CUDA_GROUPED_GEMM
+    int grouped_mode;  // GROUPED_AUTO / _ON / _OFF / _BATCHED / _STRIDED from EPM_CUDA_GROUPED_GEMM
     int pools;         // cudaMallocAsync works on this device
     int gu_f32_refused; // the grouped call refused bf16 A/B with a float32 C
     int batched_refused; // cublasGemmBatchedEx refused the batched path's types
@@ -242,9 +253,11 @@ static epm_status cu_create(int device, epm_gpu **out)
             mode = GROUPED_OFF;
         else if (!strcmp(gm, "batched"))
             mode = GROUPED_BATCHED;
+        else if (!strcmp(gm, "strided"))
+            mode = GROUPED_STRIDED;
         else
             return epm_fail(EPM_ERR_INVALID_ARG,
-                            "GPU backend: EPM_CUDA_GROUPED_GEMM = '%s' (auto, on, off or batched)", gm);
+                            "GPU backend: EPM_CUDA_GROUPED_GEMM = '%s' (auto, on, off, batched or strided)", gm);
     }
     int nside = 1;
     const char *fs = getenv("EPM_CUDA_FFN_STREAMS");
@@ -931,6 +944,50 @@ static int batched_fits(const epm_gpu *g, size_t es, const void *x, const int64_
 
 static size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
+// A call the batched or strided path cannot take: the caller falls back,
+// unless the strict test hook wants to know.
+static epm_status unfit(const epm_gpu *g, const char *path, int hidden, int ffn)
+{
+    if (!g->batched_strict)
+        return EPM_OK;
+    return epm_fail(EPM_ERR_UNSUPPORTED, "GPU %s FFN: hidden %d, ffn %d or a pointer is not 16-byte aligned, or "
+                    "cuBLAS refused the batches before", path, hidden, ffn);
+}
+
+// The end of a batched or strided call: cuBLAS refusing the types (refused)
+// sends this call and every later one to the per-expert path.
+static epm_status padded_end(epm_gpu *g, const char *path, epm_gpu_dtype dt, epm_status st, int refused, int *done)
+{
+    if (st != EPM_OK)
+        return st;
+    if (refused) {
+        g->batched_refused = 1;
+        if (g->batched_strict)
+            return epm_fail(EPM_ERR_UNSUPPORTED, "GPU %s FFN: cuBLAS refused %s batches", path,
+                            dt == EPM_GPU_BF16 ? "bfloat16" : "float32");
+    }
+    *done = !refused;
+    return EPM_OK;
+}
+
+// The padded areas, kept between calls: a fresh pool allocation of this size
+// (GBs at 16k tokens) per call would map pages again whenever the pool trims
+// at a sync; the stream orders a later call's writes after this one's reads.
+static epm_status barea_get(epm_gpu *g, size_t need, char **out)
+{
+    if (need > g->barea_cap) {
+        size_t cap = need + need / 4;
+        char *old = g->barea;
+        g->barea = NULL, g->barea_cap = 0;
+        if (old)
+            CU(cudaFreeAsync(old, g->stream));
+        CU(cudaMallocAsync((void **)&g->barea, cap, g->stream));
+        g->barea_cap = cap;
+    }
+    *out = g->barea;
+    return EPM_OK;
+}
+
 // One batched call: C_i (out x B) = W_i^T-as-stored (out x in) * X_i (in x B)
 // for i < count, every W of type t (see gemm_rows for the mapping).
 static cublasStatus_t batched_gemm(cublasHandle_t h, void *const *A, void *const *B, void *const *C, cudaDataType_t t,
@@ -1001,10 +1058,7 @@ static epm_status batched_swiglu(epm_gpu *g, epm_gpu_dtype dt, const void *x, co
     *done = 0;
     size_t es = esize(dt);
     if (!batched_fits(g, es, x, offsets, experts, hidden, ffn, gate, up, down, y))
-        return g->batched_strict ? epm_fail(EPM_ERR_UNSUPPORTED, "GPU batched FFN: hidden %d, ffn %d or a pointer "
-                                            "is not 16-byte aligned, or cuBLAS refused the batches before",
-                                            hidden, ffn)
-                                 : EPM_OK;
+        return unfit(g, "batched", hidden, ffn);
     epm_ffn_bplan *pl = &g->bplan;
     CHECK(epm_ffn_bplan_make(pl, offsets, experts, 1));
     if (pl->ne == 0)
@@ -1018,20 +1072,8 @@ static epm_status batched_swiglu(epm_gpu *g, epm_gpu_dtype dt, const void *x, co
     size_t fbytes = align256((size_t)pl->padded_rows * ffn * es);
     size_t ybytes = align256((size_t)pl->padded_rows * hidden * es);
     size_t sbytes = align256((size_t)pl->spare_rows * hidden * es);
-    // kept between calls: a fresh pool allocation of this size (GBs at 16k
-    // tokens) per call would map pages again whenever the pool trims at a
-    // sync; the stream orders a later call's writes after this one's reads
-    size_t need = 3 * fbytes + ybytes + sbytes;
-    if (need > g->barea_cap) {
-        size_t cap = need + need / 4;
-        char *old = g->barea;
-        g->barea = NULL, g->barea_cap = 0;
-        if (old)
-            CU(cudaFreeAsync(old, g->stream));
-        CU(cudaMallocAsync((void **)&g->barea, cap, g->stream));
-        g->barea_cap = cap;
-    }
-    char *area = g->barea;
+    char *area = NULL;
+    CHECK(barea_get(g, 3 * fbytes + ybytes + sbytes, &area));
     char *gt = area, *upo = area + fbytes, *h = area + 2 * fbytes, *yp = area + 3 * fbytes, *spare = yp + ybytes;
     for (int b = 0; b < pl->nb; b++)
         epm_ffn_bplan_ptrs(pl, b, gate, up, down, (const char *)x, spare, gt, upo, h, yp, hidden, ffn, es,
@@ -1047,16 +1089,121 @@ static epm_status batched_swiglu(epm_gpu *g, epm_gpu_dtype dt, const void *x, co
         st = batched_buckets(g, dt, g->dptr, gt, upo, h, hidden, ffn, &refused);
     if (st == EPM_OK && !refused)
         st = copy_rows(g, yp, y, dtab + 3 * pl->ncopy, pl->ne, pl->max_rows, hidden * es);
-    if (st != EPM_OK)
-        return st;
-    if (refused) {
-        g->batched_refused = 1;
-        if (g->batched_strict)
-            return epm_fail(EPM_ERR_UNSUPPORTED, "GPU batched FFN: cublasGemmBatchedEx refused %s",
-                            dt == EPM_GPU_BF16 ? "bfloat16" : "float32");
+    return padded_end(g, "batched", dt, st, refused, done);
+}
+
+
+// ---- the strided path (EPM_CUDA_GROUPED_GEMM = strided; layout: ffn_bplan.h's runs) ----
+
+// h[r][f] = silu(gu[r][f]) * gu[r][ffn + f]: gate and up side by side in one
+// row of 2 ffn (the fused GEMM's output, and where the unfused pair writes)
+template <typename T> __global__ void k_silu_mul_pairs(const T *gu, T *h, int64_t n, int ffn)
+{
+    int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i < n) {
+        int64_t r = i / ffn, f = i % ffn;
+        float v = to_f<T>(gu[r * 2 * ffn + f]);
+        h[i] = from_f<T>(v / (1.0f + expf(-v)) * to_f<T>(gu[r * 2 * ffn + ffn + f]));
     }
-    *done = !refused;
-    return EPM_OK;
+}
+
+// count entries: C_i (out x B) = W_i^T-as-stored (out x in) * X_i (in x B),
+// W_i = w + i * sw, X_i = x + i * sx, C_i = c + i * sc (elements)
+static cublasStatus_t strided_gemm(cublasHandle_t h, const void *w, int64_t sw, const void *x, int64_t sx, void *c,
+                                   int ldc, int64_t sc, cudaDataType_t t, int64_t brows, int in, int out, int count)
+{
+    const float one = 1.0f, zero = 0.0f;
+    return cublasGemmStridedBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, out, (int)brows, in, &one, w, t, in, sw, x, t, in,
+                                      sx, &zero, c, t, ldc, sc, count, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+}
+
+// One run's three steps on one stream: gate and up (one GEMM of 2 ffn
+// outputs when fused, else two into the same [2 ffn] rows), the SiLU, down.
+static cublasStatus_t strided_run(epm_gpu *g, int b, cublasHandle_t hb, cudaStream_t sb, epm_gpu_dtype dt,
+                                  const void *const *gate, const void *const *up, const void *const *down,
+                                  const char *spare, char *gu, char *h, char *yp, int hidden, int ffn)
+{
+    const epm_ffn_bplan *pl = &g->bplan;
+    cudaDataType_t t = ctype(dt);
+    size_t es = esize(dt);
+    int j0 = pl->first[b], n = pl->first[b + 1] - j0, e0 = pl->expert[j0];
+    int64_t B = pl->brows[b], p0 = pl->p[j0];
+    const int64_t *sw = pl->stride + 3 * b;
+    const char *in = spare + (size_t)p0 * hidden * es;
+    char *out = gu + (size_t)p0 * 2 * ffn * es;
+    cublasStatus_t bs;
+    if (pl->fused[b]) {
+        bs = strided_gemm(hb, gate[e0], sw[0] / (int64_t)es, in, B * hidden, out, 2 * ffn, B * 2 * ffn, t, B, hidden,
+                          2 * ffn, n);
+    } else {
+        bs = strided_gemm(hb, gate[e0], sw[0] / (int64_t)es, in, B * hidden, out, 2 * ffn, B * 2 * ffn, t, B, hidden,
+                          ffn, n);
+        if (bs == CUBLAS_STATUS_SUCCESS)
+            bs = strided_gemm(hb, up[e0], sw[1] / (int64_t)es, in, B * hidden, out + (size_t)ffn * es, 2 * ffn,
+                              B * 2 * ffn, t, B, hidden, ffn, n);
+    }
+    if (bs != CUBLAS_STATUS_SUCCESS)
+        return bs;
+    int64_t nh = (int64_t)n * B * ffn;
+    char *hh = h + (size_t)p0 * ffn * es;
+    if (dt == EPM_GPU_BF16)
+        k_silu_mul_pairs<<<blocks_for(nh, 256), 256, 0, sb>>>((const __nv_bfloat16 *)out, (__nv_bfloat16 *)hh, nh,
+                                                               ffn);
+    else
+        k_silu_mul_pairs<<<blocks_for(nh, 256), 256, 0, sb>>>((const float *)out, (float *)hh, nh, ffn);
+    if (cudaGetLastError() != cudaSuccess)
+        return CUBLAS_STATUS_EXECUTION_FAILED; // reported by the caller as this run's failure
+    return strided_gemm(hb, down[e0], sw[2] / (int64_t)es, hh, B * ffn, yp + (size_t)p0 * hidden * es, hidden,
+                        B * hidden, t, B, ffn, hidden, n);
+}
+
+// The grouped FFN through cublasGemmStridedBatchedEx over runs of stacked
+// experts (ffn_bplan.h). *done as batched_swiglu's.
+static epm_status strided_swiglu(epm_gpu *g, epm_gpu_dtype dt, const void *x, const int64_t *offsets, int experts,
+                                 int hidden, int ffn, const void *const *gate, const void *const *up,
+                                 const void *const *down, void *y, int *done)
+{
+    *done = 0;
+    size_t es = esize(dt);
+    if (!batched_fits(g, es, x, offsets, experts, hidden, ffn, gate, up, down, y))
+        return unfit(g, "strided", hidden, ffn);
+    epm_ffn_bplan *pl = &g->bplan;
+    CHECK(epm_ffn_bplan_make_runs(pl, offsets, experts, gate, up, down, (size_t)ffn * hidden * es));
+    if (pl->ne == 0)
+        return EPM_OK;
+    // the gather [3 ne] and scatter [3 ne] tables: one copy to the device
+    size_t count = (size_t)6 * pl->ne;
+    grouped_slot *s = NULL;
+    CHECK(grouped_slot_get(g, count, &s));
+    size_t rowsb = align256((size_t)pl->padded_rows * hidden * es), fbytes = align256((size_t)pl->padded_rows * ffn * es);
+    char *area = NULL;
+    CHECK(barea_get(g, 3 * fbytes + 2 * rowsb, &area));
+    char *gu = area, *h = area + 2 * fbytes, *yp = h + fbytes, *spare = yp + rowsb;
+    int64_t *tab = (int64_t *)s->host;
+    epm_ffn_bplan_tables(pl, tab, tab + 3 * pl->ncopy);
+    epm_status st = grouped_slot_send(g, s, count);
+    const int64_t *dtab = (const int64_t *)g->dptr;
+    if (st == EPM_OK)
+        st = copy_rows(g, x, spare, dtab, pl->ncopy, pl->max_rows, hidden * es);
+    int refused = 0, S = g->nside;
+    if (st == EPM_OK && S > 1)
+        st = side_fork(g);
+    for (int b = 0; b < pl->nb && st == EPM_OK && !refused; b++) {
+        cublasStatus_t bs = strided_run(g, b, S > 1 ? g->side_blas[b % S] : g->blas,
+                                        S > 1 ? g->side[b % S] : g->stream, dt, gate, up, down, spare, gu, h, yp,
+                                        hidden, ffn);
+        if (bs == CUBLAS_STATUS_NOT_SUPPORTED)
+            refused = 1;
+        else if (bs != CUBLAS_STATUS_SUCCESS)
+            st = epm_fail(EPM_ERR_CUDA, "GPU strided FFN: run %d (%d experts of %lld rows from expert %d): status %d",
+                          b, pl->first[b + 1] - pl->first[b], (long long)pl->brows[b], pl->expert[pl->first[b]],
+                          (int)bs);
+    }
+    if (S > 1)
+        st = side_join(g, st);
+    if (st == EPM_OK && !refused)
+        st = copy_rows(g, yp, y, dtab + 3 * pl->ncopy, pl->ne, pl->max_rows, hidden * es);
+    return padded_end(g, "strided", dt, st, refused, done);
 }
 
 static epm_status cu_grouped_swiglu(epm_gpu *g, epm_gpu_dtype dt, const void *x, const int64_t *offsets, int experts,
@@ -1082,9 +1229,10 @@ static epm_status cu_grouped_swiglu(epm_gpu *g, epm_gpu_dtype dt, const void *x,
                             (long long)m, gate[e] && up[e] && down[e] ? "" : "no");
         ne++;
     }
-    if (g->grouped_mode == GROUPED_BATCHED) {
+    if (g->grouped_mode == GROUPED_BATCHED || g->grouped_mode == GROUPED_STRIDED) {
         int done = 0;
-        CHECK(batched_swiglu(g, dt, x, offsets, experts, hidden, ffn, gate, up, down, y, &done));
+        CHECK((g->grouped_mode == GROUPED_BATCHED ? batched_swiglu : strided_swiglu)(g, dt, x, offsets, experts, hidden,
+                                                                                    ffn, gate, up, down, y, &done));
         if (done)
             return EPM_OK;
     }

@@ -128,16 +128,18 @@ static void ffn_case(kc_ctx *c, epm_dtype dt, const kc_ffn_case *k, const char *
  * fixture's context; mode "streams" is the per-expert path spread over 3 side
  * streams (EPM_CUDA_GROUPED_GEMM = off, EPM_CUDA_FFN_STREAMS = 3: an odd count,
  * fewer streams than experts in most cases, more in some), "batched-streams"
- * the batched path's buckets over 3 side streams. */
+ * and "strided-streams" those paths' batches over 3 side streams. */
 static kc_ctx with_mode(const kc_ctx *c, const char *mode, int strict)
 {
     kc_ctx m = *c;
-    int streams = !strcmp(mode, "streams") || !strcmp(mode, "batched-streams");
-    assert_int_equal(setenv("EPM_CUDA_GROUPED_GEMM", !strcmp(mode, "streams") ? "off"
-                                                     : streams                  ? "batched"
-                                                                                : mode,
-                            1),
-                     0);
+    const char *dash = strchr(mode, '-'); /* "batched-streams", "strided-streams" */
+    int streams = !strcmp(mode, "streams") || dash;
+    char path[16] = "off";
+    if (dash)
+        snprintf(path, sizeof path, "%.*s", (int)(dash - mode), mode);
+    else if (!streams)
+        snprintf(path, sizeof path, "%s", mode);
+    assert_int_equal(setenv("EPM_CUDA_GROUPED_GEMM", path, 1), 0);
     if (streams)
         assert_int_equal(setenv("EPM_CUDA_FFN_STREAMS", "3", 1), 0);
     if (strict) /* a call that cannot take the batched path fails instead of falling back */
@@ -155,8 +157,9 @@ static void many_experts(kc_ctx *c, epm_dtype dt)
 {
     for (size_t i = 0; i < sizeof many_cases / sizeof *many_cases; i++) /* the fixture's backend: auto */
         ffn_case(c, dt, &many_cases[i], "auto");
-    static const char *const modes[] = {"on", "off", "streams", "batched", "batched-streams"};
-    for (int mi = 0; mi < 5; mi++) {
+    static const char *const modes[] = {"on", "off", "streams", "batched", "batched-streams", "strided",
+                                        "strided-streams"};
+    for (int mi = 0; mi < 7; mi++) {
         kc_ctx m = with_mode(c, modes[mi], 0);
         assert_true(kc_grouped_ffn(&m, dt, 0)); /* the shared cases on this path */
         for (size_t i = 0; i < sizeof many_cases / sizeof *many_cases; i++)
@@ -176,7 +179,8 @@ static void queued(kc_ctx *c, epm_dtype dt, const char *mode)
 {
     enum { CALLS = 20, H = 40, F = 24, EMAX = 600 };
     static const int ex[CALLS] = {8, 256, 16, 600, 3, 256, 64, 1, 600, 32, 8, 256, 16, 600, 3, 256, 64, 1, 600, 32};
-    kc_ctx m = with_mode(c, mode, !strncmp(mode, "batched", 7)); /* every call here fits the batched path */
+    /* every call here fits the batched and strided paths (16-byte rows, stacked weights) */
+    kc_ctx m = with_mode(c, mode, !strncmp(mode, "batched", 7) || !strncmp(mode, "strided", 7));
     size_t es = epm_dtype_size(dt);
     float *wf = kc_rnd((size_t)EMAX * 3 * F * H, &m.seed);
     for (size_t j = 0; j < (size_t)EMAX * 3 * F * H; j++)
@@ -257,6 +261,14 @@ static void test_kernels_cuda_ffn_batched_streams_queued_bf16(void **state)
     queued(*state, EPM_DTYPE_BF16, "batched-streams");
 }
 
+/* the strided path: runs of stacked experts, gate and up fused */
+static void test_kernels_cuda_ffn_strided_queued_f32(void **state) { queued(*state, EPM_DTYPE_F32, "strided"); }
+static void test_kernels_cuda_ffn_strided_queued_bf16(void **state) { queued(*state, EPM_DTYPE_BF16, "strided"); }
+static void test_kernels_cuda_ffn_strided_streams_queued_bf16(void **state)
+{
+    queued(*state, EPM_DTYPE_BF16, "strided-streams");
+}
+
 static void test_kernels_cuda_ffn_streams_refused(void **state)
 {
     (void)state;
@@ -325,6 +337,9 @@ int main(void)
         cmocka_unit_test(test_kernels_cuda_ffn_batched_queued_bf16),
         cmocka_unit_test(test_kernels_cuda_ffn_batched_streams_queued_f32),
         cmocka_unit_test(test_kernels_cuda_ffn_batched_streams_queued_bf16),
+        cmocka_unit_test(test_kernels_cuda_ffn_strided_queued_f32),
+        cmocka_unit_test(test_kernels_cuda_ffn_strided_queued_bf16),
+        cmocka_unit_test(test_kernels_cuda_ffn_strided_streams_queued_bf16),
         cmocka_unit_test(test_kernels_cuda_grouped_mode_refused),
         cmocka_unit_test(test_kernels_cuda_ffn_streams_refused),
         cmocka_unit_test(test_kernels_cuda_attention_probs_refused),

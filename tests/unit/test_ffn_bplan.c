@@ -140,9 +140,87 @@ static void emulate(const epm_ffn_bplan *pl, const float *x, int hidden, int ffn
     free(gt), free(uo), free(h), free(yp), free(spare), free(tab), free(ptr);
 }
 
+/* The strided path (ops_cuda.cu's strided_swiglu) on the host: every input
+ * copied to the spare area, then per run one batch per matrix whose entry i
+ * is at the first expert's address plus i strides (the run's claim), gate
+ * and up as one [2 ffn] product when fused. */
+static void emulate_runs(const epm_ffn_bplan *pl, const float *x, int hidden, int ffn, const float *const *gate,
+                         const float *const *up, const float *const *down, float *y)
+{
+    int64_t P = pl->padded_rows;
+    float *gu = nans(2 * P * ffn), *h = nans(P * ffn), *yp = nans(P * hidden), *spare = nans(P * hidden);
+    int64_t *tab = malloc((size_t)(6 * pl->ne + 1) * sizeof *tab);
+    assert_non_null(tab);
+    epm_ffn_bplan_tables(pl, tab, tab + 3 * pl->ncopy);
+    copy_rows(x, spare, tab, pl->ncopy, hidden);
+    for (int b = 0; b < pl->nb; b++) {
+        int j0 = pl->first[b], n = pl->first[b + 1] - j0;
+        int64_t B = pl->brows[b], p0 = pl->p[j0];
+        const char *g0 = (const char *)gate[pl->expert[j0]], *u0 = (const char *)up[pl->expert[j0]];
+        const char *d0 = (const char *)down[pl->expert[j0]];
+        for (int i = 0; i < n; i++) {
+            const float *in = spare + (pl->s[j0] + i * B) * hidden;
+            const float *gw = (const float *)(g0 + i * pl->stride[3 * b]);
+            const float *uw = (const float *)(u0 + i * pl->stride[3 * b + 1]);
+            float *o = gu + (p0 + i * B) * 2 * ffn;
+            if (pl->fused[b]) { /* one product over 2 ffn weight rows: gate's, then up's right after */
+                gemm(in, B, hidden, gw, 2 * ffn, o);
+            } else { /* gate and up as two products, written as the fused one would */
+                float *tg = nans(B * ffn), *tu = nans(B * ffn);
+                gemm(in, B, hidden, gw, ffn, tg);
+                gemm(in, B, hidden, uw, ffn, tu);
+                for (int64_t r = 0; r < B; r++) {
+                    memcpy(o + r * 2 * ffn, tg + r * ffn, (size_t)ffn * sizeof *o);
+                    memcpy(o + r * 2 * ffn + ffn, tu + r * ffn, (size_t)ffn * sizeof *o);
+                }
+                free(tg), free(tu);
+            }
+        }
+        for (int64_t r = p0; r < p0 + n * B; r++)
+            for (int f = 0; f < ffn; f++) {
+                float v = gu[r * 2 * ffn + f];
+                h[r * ffn + f] = v / (1.0f + expf(-v)) * gu[r * 2 * ffn + ffn + f];
+            }
+        for (int i = 0; i < n; i++)
+            gemm(h + (p0 + i * B) * ffn, B, ffn, (const float *)(d0 + i * pl->stride[3 * b + 2]), hidden,
+                 yp + (p0 + i * B) * hidden);
+    }
+    copy_rows(yp, y, tab + 3 * pl->ncopy, pl->ne, hidden);
+    free(gu), free(h), free(yp), free(spare), free(tab);
+}
+
+static void check_runs(const epm_ffn_bplan *pl, const int64_t *off, int E)
+{
+    int ne = 0;
+    for (int e = 0; e < E; e++)
+        ne += off[e + 1] > off[e];
+    assert_int_equal(pl->ne, ne);
+    assert_int_equal(pl->ncopy, ne);
+    assert_int_equal(pl->first[pl->nb], ne);
+    int64_t padded = 0;
+    for (int b = 0; b < pl->nb; b++) {
+        int64_t most = 0;
+        for (int j = pl->first[b]; j < pl->first[b + 1]; j++) {
+            if (j > pl->first[b])
+                assert_int_equal(pl->expert[j], pl->expert[j - 1] + 1); /* consecutive experts */
+            assert_int_equal(pl->m[j], off[pl->expert[j] + 1] - off[pl->expert[j]]);
+            assert_true(pl->m[j] > 0);
+            assert_int_equal(pl->p[j], padded);
+            assert_int_equal(pl->s[j], pl->p[j]);
+            padded += pl->brows[b];
+            most = pl->m[j] > most ? pl->m[j] : most;
+        }
+        assert_int_equal(pl->brows[b], epm_ffn_bucket_rows(most));
+    }
+    assert_int_equal(pl->padded_rows, padded);
+    assert_int_equal(pl->spare_rows, padded);
+}
+
 /* One call: offsets from per-expert row counts, the layout checked, the
  * emulated path beside the reference. */
-static void one_case(epm_ffn_bplan *pl, const int64_t *counts, int E, int hidden, int ffn, int x_in_place,
+enum { LAYOUT_BUCKETS, LAYOUT_RUNS, LAYOUT_RUNS_SCATTERED }; /* scattered: each expert its own block */
+
+static void one_case(epm_ffn_bplan *pl, const int64_t *counts, int E, int hidden, int ffn, int layout, int x_in_place,
                      uint64_t *seed)
 {
     int64_t *off = malloc((size_t)(E + 1) * sizeof *off);
@@ -151,9 +229,6 @@ static void one_case(epm_ffn_bplan *pl, const int64_t *counts, int E, int hidden
     for (int e = 0; e < E; e++)
         off[e + 1] = off[e] + counts[e];
     int64_t rows = off[E];
-    assert_int_equal(epm_ffn_bplan_make(pl, off, E, x_in_place), EPM_OK);
-    check_layout(pl, off, E, x_in_place);
-
     float *x = malloc((size_t)(rows ? rows : 1) * hidden * sizeof *x); /* exact: ASan sees a read past it */
     float *w = malloc((size_t)E * 3 * ffn * hidden * sizeof *w);
     float *want = malloc((size_t)(rows ? rows : 1) * hidden * sizeof *want);
@@ -165,15 +240,41 @@ static void one_case(epm_ffn_bplan *pl, const int64_t *counts, int E, int hidden
         x[i] = (float)((int)(rnd(seed) % 2001) - 1000) / 1000.0f;
     for (int64_t i = 0; i < (int64_t)E * 3 * ffn * hidden; i++)
         w[i] = (float)((int)(rnd(seed) % 2001) - 1000) / (1000.0f * sqrtf((float)(hidden + ffn)));
+    float **own = calloc((size_t)E, sizeof *own);
+    assert_non_null(own);
     for (int e = 0; e < E; e++) {
         if (!counts[e])
             continue; /* an idle expert has no weights: the layout must not touch them */
         g[e] = w + (size_t)e * 3 * ffn * hidden;
+        if (layout == LAYOUT_RUNS_SCATTERED) { /* a block of its own, up before gate: never fused */
+            own[e] = malloc((size_t)3 * ffn * hidden * sizeof **own);
+            assert_non_null(own[e]);
+            memcpy(own[e] + (size_t)ffn * hidden, g[e], (size_t)ffn * hidden * sizeof **own);
+            memcpy(own[e], g[e] + (size_t)ffn * hidden, (size_t)2 * ffn * hidden * sizeof **own);
+            g[e] = own[e] + (size_t)ffn * hidden;
+            u[e] = own[e];
+            d[e] = own[e] + (size_t)2 * ffn * hidden;
+            memcpy(own[e] + (size_t)2 * ffn * hidden, w + (size_t)e * 3 * ffn * hidden + (size_t)2 * ffn * hidden,
+                   (size_t)ffn * hidden * sizeof **own);
+            continue;
+        }
         u[e] = g[e] + (size_t)ffn * hidden;
         d[e] = u[e] + (size_t)ffn * hidden;
     }
     assert_int_equal(epm_ref_grouped_ffn(x, off, E, hidden, ffn, g, u, d, want), EPM_OK);
-    emulate(pl, x, hidden, ffn, g, u, d, got);
+    if (layout == LAYOUT_BUCKETS) {
+        assert_int_equal(epm_ffn_bplan_make(pl, off, E, x_in_place), EPM_OK);
+        check_layout(pl, off, E, x_in_place);
+        emulate(pl, x, hidden, ffn, g, u, d, got);
+    } else {
+        assert_int_equal(epm_ffn_bplan_make_runs(pl, off, E, (const void *const *)g, (const void *const *)u,
+                                                 (const void *const *)d, (size_t)ffn * hidden * sizeof(float)),
+                         EPM_OK);
+        check_runs(pl, off, E);
+        for (int b = 0; b < pl->nb; b++) /* stacked weights fuse gate and up; scattered ones never do */
+            assert_int_equal(pl->fused[b], layout == LAYOUT_RUNS);
+        emulate_runs(pl, x, hidden, ffn, g, u, d, got);
+    }
     for (int64_t i = 0; i < rows * hidden; i++) {
         float tol = 1e-5f * (1.0f + fabsf(want[i]));
         if (!(fabsf(got[i] - want[i]) <= tol))
@@ -181,7 +282,9 @@ static void one_case(epm_ffn_bplan *pl, const int64_t *counts, int E, int hidden
                      (long long)(i / hidden), (long long)(i % hidden), got[i], want[i], E, (long long)rows, hidden,
                      ffn, x_in_place);
     }
-    free(off), free(x), free(w), free(want), free(got), free(g), free(u), free(d);
+    for (int e = 0; e < E; e++)
+        free(own[e]);
+    free(own), free(off), free(x), free(w), free(want), free(got), free(g), free(u), free(d);
 }
 
 static void test_shapes(void **state)
@@ -191,29 +294,31 @@ static void test_shapes(void **state)
     epm_ffn_bplan pl = {0}; /* reused across calls, as the GPU context does */
     enum { EMAX = 256 };
     int64_t c[EMAX];
-    for (int in_place = 1; in_place >= 0; in_place--) {
+    for (int variant = 0; variant < 4; variant++) {
+        /* buckets with x read in place, and copied; runs over stacked and scattered weights */
+        int layout = variant < 2 ? LAYOUT_BUCKETS : variant - 1, in_place = variant == 0;
         /* fine-grained: 256 experts, ~10 rows each, some idle */
         for (int e = 0; e < 256; e++)
             c[e] = rnd(&seed) % 4 == 0 ? 0 : (int64_t)(rnd(&seed) % 20);
-        one_case(&pl, c, 256, 8, 4, in_place, &seed);
+        one_case(&pl, c, 256, 8, 4, layout, in_place, &seed);
         /* one expert with every row, the rest idle: its batch reads past its own rows */
         memset(c, 0, sizeof c);
         c[5] = 600;
-        one_case(&pl, c, 8, 5, 3, in_place, &seed);
+        one_case(&pl, c, 8, 5, 3, layout, in_place, &seed);
         /* the last expert busy: its padded rows would run past x */
         memset(c, 0, sizeof c);
         c[0] = 3, c[7] = 37;
-        one_case(&pl, c, 8, 6, 4, in_place, &seed);
+        one_case(&pl, c, 8, 6, 4, layout, in_place, &seed);
         /* sizes across bucket steps (16-row steps, then wider past 256), one hot expert */
         static const int64_t steps[] = {1, 15, 16, 17, 31, 255, 256, 257, 300, 700};
         for (int e = 0; e < 10; e++)
             c[e] = steps[e];
-        one_case(&pl, c, 10, 3, 2, in_place, &seed);
+        one_case(&pl, c, 10, 3, 2, layout, in_place, &seed);
         /* nothing at all, and a single expert */
         memset(c, 0, sizeof c);
-        one_case(&pl, c, 4, 4, 4, in_place, &seed);
+        one_case(&pl, c, 4, 4, 4, layout, in_place, &seed);
         c[0] = 9;
-        one_case(&pl, c, 1, 4, 4, in_place, &seed);
+        one_case(&pl, c, 1, 4, 4, layout, in_place, &seed);
     }
     epm_ffn_bplan_free(&pl);
 }
