@@ -46,10 +46,13 @@ if has kernels; then
   $E bench kernels --backend cuda --dtype f32 --tokens 1,128,4096 --csv >"$out/kernels_f32.csv" 2>&1
   echo "kernels f32:"; cat "$out/kernels_f32.csv"
   # the batched and strided paths (ops_cuda.cu, ffn_bplan.h: not in auto until measured), their
-  # batches on 1 and 4 streams
+  # batches on 1 and 4 streams; strict, so that a call falling back to the per-expert path fails
+  # the run instead of being timed under the wrong name (the dense ceiling, one expert, is the
+  # same GEMM chain in every mode)
   for p in batched strided; do
     for s in 1 4; do
-      EPM_CUDA_GROUPED_GEMM=$p EPM_CUDA_FFN_STREAMS=$s $E bench kernels --backend cuda --dtype bf16 \
+      EPM_TEST_CUDA_BATCHED_STRICT=1 EPM_CUDA_GROUPED_GEMM=$p EPM_CUDA_FFN_STREAMS=$s $E bench kernels \
+        --backend cuda --dtype bf16 \
         --tokens 1,16,128,1024,4096,16384 --csv >"$out/kernels_${p}_streams$s.csv" 2>&1
       echo "kernels bf16, $p on $s stream(s): exit $?"; cat "$out/kernels_${p}_streams$s.csv"
     done
@@ -71,7 +74,7 @@ for f in sorted(glob.glob(os.path.join(out, 'kernels_*streams*.csv'))):
     try:
         for r in csv.DictReader(open(f)):
             paths.setdefault((r['shape'], int(r['tokens'])), {})[name] = (float(r['grouped_s']), float(r['ratio']))
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, TypeError):
         print('unreadable: %s' % f)
 auto = os.path.join(out, 'kernels_bf16.csv')
 if os.path.exists(auto):
@@ -79,7 +82,7 @@ if os.path.exists(auto):
         for r in csv.DictReader(open(auto)):
             paths.setdefault((r['shape'], int(r['tokens'])), {})['auto'] = (float(r['epmoe_ms']) / 1e3,
                                                                             float(r['of_ceiling']))
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, TypeError):
         print('unreadable: %s' % auto)
 for (shape, tokens), v in sorted(paths.items()):
     best = min(v, key=lambda k: v[k][0])

@@ -108,20 +108,23 @@ epm_status epm_ffn_bplan_make_runs(epm_ffn_bplan *pl, const int64_t *offsets, in
             e++;
             continue;
         }
-        /* a run from e: each next expert must keep the strides its second one set */
+        /* a run from e: each next expert must keep the strides its second
+         * one set, and the run's padding within the buckets' bound (1/8 of
+         * its rows and 16 rows an expert), so that a hot expert ends a run
+         * rather than padding all its neighbours to its rows */
         int f = e + 1;
-        int64_t sg = 0, su = 0, sd = 0, most = offsets[e + 1] - offsets[e];
+        int64_t sg = 0, su = 0, sd = 0, most = offsets[e + 1] - offsets[e], sum = most;
         for (; f < experts && offsets[f + 1] > offsets[f]; f++) {
             int64_t g = gap(gate[f - 1], gate[f]), u = gap(up[f - 1], up[f]), d = gap(down[f - 1], down[f]);
-            if (f == e + 1) {
-                if (g <= 0 || u <= 0 || d <= 0 || g % 16 || u % 16 || d % 16)
-                    break;
-                sg = g, su = u, sd = d;
-            } else if (g != sg || u != su || d != sd) {
+            if (f == e + 1 && (g <= 0 || u <= 0 || d <= 0 || g % 16 || u % 16 || d % 16))
                 break;
-            }
-            int64_t m = offsets[f + 1] - offsets[f];
-            most = m > most ? m : most;
+            if (f > e + 1 && (g != sg || u != su || d != sd))
+                break;
+            int64_t m = offsets[f + 1] - offsets[f], big = m > most ? m : most, n = f - e + 1;
+            if ((double)n * (double)epm_ffn_bucket_rows(big) > (double)(sum + m) * 9 / 8 + 16.0 * (double)n)
+                break;
+            sg = g, su = u, sd = d;
+            most = big, sum += m;
         }
         int64_t b = epm_ffn_bucket_rows(most);
         KREQ(b <= INT32_MAX, "batched FFN: expert %d has %lld rows (a batch holds at most %d)", e, (long long)most,

@@ -77,7 +77,8 @@ epm_status epm_ffn_bplan_make(epm_ffn_bplan *pl, const int64_t *offsets, int exp
  * the run's busiest expert; every expert's input is copied (s[j] = p[j]), so
  * the input is uniformly strided too. fused[b]: up[e] = gate[e] + gu_bytes
  * for all its experts (gate and up then run as one GEMM of 2 ffn outputs).
- * An idle expert or a change of stride ends a run. Same errors as make. */
+ * An idle expert, a change of stride, or padding past the buckets' bound
+ * (n * rows > 9/8 of the run's rows + 16 n) ends a run. Same errors as make. */
 epm_status epm_ffn_bplan_make_runs(epm_ffn_bplan *pl, const int64_t *offsets, int experts, const void *const *gate,
                                    const void *const *up, const void *const *down, size_t gu_bytes);
 void epm_ffn_bplan_free(epm_ffn_bplan *pl);
@@ -104,6 +105,45 @@ static inline void epm_ffn_bplan_ptrs(const epm_ffn_bplan *pl, int b, const void
         out[7 * n + i] = h + (size_t)pl->p[j] * fb;
         out[8 * n + i] = yp + (size_t)pl->p[j] * hb;
     }
+}
+
+/* One uniform-stride batch of the strided path: entry i computes, row-major,
+ * y_i[r][0..out) = x_i[r][0..in) W_i^T for r < the bucket's rows, with
+ * W_i = w + i w_stride, x_i = x + i x_stride, y_i = y + i y_stride
+ * (strides in elements) and y's rows ldy elements apart. */
+typedef struct epm_ffn_sgemm {
+    const void *w;
+    const void *x;
+    void *y;
+    int64_t w_stride, x_stride, y_stride;
+    int in, out, ldy;
+} epm_ffn_sgemm;
+
+/* Run b's batches in order, returning their count: gate and up as one of
+ * 2 ffn outputs when fused, else gate then up into the same rows of 2 ffn
+ * (up at column ffn); then down, whose input (h from row p[first[b]]) is
+ * where the SiLU writes silu(gate) * up. gu: the gate/up area, rows of
+ * 2 ffn; the input rows are the spare copies. */
+static inline int epm_ffn_bplan_sgemms(const epm_ffn_bplan *pl, int b, const void *const *gate,
+                                       const void *const *up, const void *const *down, const char *spare, char *gu,
+                                       char *h, char *yp, int hidden, int ffn, size_t es, epm_ffn_sgemm out[3])
+{
+    int j0 = pl->first[b], e0 = pl->expert[j0], k = 0;
+    int64_t B = pl->brows[b], p0 = pl->p[j0];
+    const int64_t *sw = pl->stride + 3 * b;
+    const char *in = spare + (size_t)pl->s[j0] * hidden * es;
+    char *o = gu + (size_t)p0 * 2 * ffn * es;
+    if (pl->fused[b]) {
+        out[k++] = (epm_ffn_sgemm){gate[e0], in, o, sw[0] / (int64_t)es, B * hidden, B * 2 * ffn, hidden, 2 * ffn,
+                                   2 * ffn};
+    } else {
+        out[k++] = (epm_ffn_sgemm){gate[e0], in, o, sw[0] / (int64_t)es, B * hidden, B * 2 * ffn, hidden, ffn, 2 * ffn};
+        out[k++] = (epm_ffn_sgemm){up[e0], in, o + (size_t)ffn * es, sw[1] / (int64_t)es, B * hidden, B * 2 * ffn,
+                                   hidden, ffn, 2 * ffn};
+    }
+    out[k++] = (epm_ffn_sgemm){down[e0], h + (size_t)p0 * ffn * es, yp + (size_t)p0 * hidden * es,
+                               sw[2] / (int64_t)es, B * ffn, B * hidden, ffn, hidden, hidden};
+    return k;
 }
 
 /* The copy tables, (source row, destination row, rows) per entry: gather

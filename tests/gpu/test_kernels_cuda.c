@@ -2,12 +2,14 @@
  * tolerances of ../unit/kernels_check.h (the CPU test's), float32 and
  * bfloat16. Exits 77 (skip) when cudaGetDeviceCount fails or finds no
  * device. The attention-probabilities output is the one stated limit of the
- * CUDA backend (EPM_ERR_UNSUPPORTED, checked below). The grouped FFN has two
- * paths (cuBLAS grouped GEMM, per-expert GEMMs; EPM_CUDA_GROUPED_GEMM picks
- * one when the backend is created): both are forced below, on the shared
- * cases and on many-expert ones (256 experts, top-8, empty experts, odd
- * widths, one hot expert), and many calls are queued without a sync between
- * them (the pinned staging ring and the growth of the device pointer buffer). */
+ * CUDA backend (EPM_ERR_UNSUPPORTED, checked below). The grouped FFN has
+ * several paths (cuBLAS grouped GEMM, per-expert GEMMs, padded batches by
+ * pointer array or by stride; EPM_CUDA_GROUPED_GEMM picks one when the
+ * backend is created): each is forced below, on the shared cases and on
+ * many-expert ones (256 experts, top-8, empty experts, odd widths, one hot
+ * expert), the padded ones also strictly (a call that falls back fails), and
+ * many calls are queued without a sync between them (the pinned staging
+ * ring, the growth of the device pointer buffer and of the padded areas). */
 #include "test_util.h"
 
 #include <stdio.h>
@@ -70,7 +72,9 @@ static kc_routing skewed_routing(int64_t n, int E, int K)
 }
 
 /* One case of the grouped FFN on c->fast beside the reference (kc_grouped_ffn's body for one case). */
-static void ffn_case(kc_ctx *c, epm_dtype dt, const kc_ffn_case *k, const char *path)
+/* up_first: each expert's weights [up; gate; down] rather than [gate; up;
+ * down], so that the strided path cannot fuse gate and up */
+static void ffn_case(kc_ctx *c, epm_dtype dt, const kc_ffn_case *k, const char *path, int up_first)
 {
     size_t es = epm_dtype_size(dt);
     int h = k->hidden, f = k->ffn, E = k->E;
@@ -94,8 +98,8 @@ static void ffn_case(kc_ctx *c, epm_dtype dt, const kc_ffn_case *k, const char *
         for (int e = 0; e < E; e++) {
             if (r.off[e + 1] == r.off[e])
                 continue; /* an expert with no rows is not loaded: NULL weights */
-            g[s][e] = base + (size_t)e * 3 * f * h * es;
-            u[s][e] = base + ((size_t)e * 3 + 1) * f * h * es;
+            g[s][e] = base + ((size_t)e * 3 + (up_first ? 1 : 0)) * f * h * es;
+            u[s][e] = base + ((size_t)e * 3 + (up_first ? 0 : 1)) * f * h * es;
             d[s][e] = base + ((size_t)e * 3 + 2) * f * h * es;
         }
         size_t sb = epm_kernels_ops(kb[s])->grouped_ffn_scratch(kb[s], dt, r.rows, h, f);
@@ -109,8 +113,9 @@ static void ffn_case(kc_ctx *c, epm_dtype dt, const kc_ffn_case *k, const char *
     for (int e = 0; e < E; e++)
         used += r.off[e + 1] > r.off[e];
     char what[160];
-    snprintf(what, sizeof what, "grouped_ffn (%s) %s n %d hidden %d ffn %d E %d (%d used, %lld rows) k %d mode %d",
-             path, epm_dtype_name(dt), k->n, h, f, E, used, (long long)r.rows, k->k, k->mode);
+    snprintf(what, sizeof what, "grouped_ffn (%s%s) %s n %d hidden %d ffn %d E %d (%d used, %lld rows) k %d mode %d",
+             path, up_first ? ", up first" : "", epm_dtype_name(dt), k->n, h, f, E, used, (long long)r.rows, k->k,
+             k->mode);
     void *wy = kc_down(c->ref, bf[2].ref_d, bf[2].bytes), *gy = kc_down(c->fast, bf[2].fast_d, bf[2].bytes);
     float *wy32 = kc_to_f32(wy, r.rows * h, dt), *gy32 = kc_to_f32(gy, r.rows * h, dt);
     kc_close(what, gy32, wy32, r.rows * h, dt == EPM_DTYPE_F32 ? KC_F32_TOL : KC_BF16_TOL);
@@ -155,17 +160,28 @@ static kc_ctx with_mode(const kc_ctx *c, const char *mode, int strict)
 
 static void many_experts(kc_ctx *c, epm_dtype dt)
 {
-    for (size_t i = 0; i < sizeof many_cases / sizeof *many_cases; i++) /* the fixture's backend: auto */
-        ffn_case(c, dt, &many_cases[i], "auto");
+    size_t ncase = sizeof many_cases / sizeof *many_cases, es = epm_dtype_size(dt);
+    for (size_t i = 0; i < ncase; i++) /* the fixture's backend: auto */
+        ffn_case(c, dt, &many_cases[i], "auto", 0);
     static const char *const modes[] = {"on", "off", "streams", "batched", "batched-streams", "strided",
                                         "strided-streams"};
     for (int mi = 0; mi < 7; mi++) {
-        kc_ctx m = with_mode(c, modes[mi], 0);
-        assert_true(kc_grouped_ffn(&m, dt, 0)); /* the shared cases on this path */
-        for (size_t i = 0; i < sizeof many_cases / sizeof *many_cases; i++)
-            ffn_case(&m, dt, &many_cases[i], modes[mi]);
-        c->seed = m.seed;
-        epm_kernels_destroy(m.fast);
+        int padded = !strncmp(modes[mi], "batched", 7) || !strncmp(modes[mi], "strided", 7);
+        for (int strict = 0; strict <= padded; strict++) {
+            kc_ctx m = with_mode(c, modes[mi], strict);
+            if (!strict)
+                assert_true(kc_grouped_ffn(&m, dt, 0)); /* the shared cases on this path (some fall back) */
+            for (size_t i = 0; i < ncase; i++) {
+                const kc_ffn_case *k = &many_cases[i];
+                if (strict && ((k->hidden * es) % 16 || (k->ffn * es) % 16))
+                    continue; /* rows that are not 16-byte multiples fall back: checked just above */
+                ffn_case(&m, dt, k, modes[mi], 0);
+                if (strict && !strncmp(modes[mi], "strided", 7))
+                    ffn_case(&m, dt, k, modes[mi], 1); /* gate and up as two batches */
+            }
+            c->seed = m.seed;
+            epm_kernels_destroy(m.fast);
+        }
     }
 }
 
@@ -247,9 +263,9 @@ static void test_kernels_cuda_grouped_ffn_queued_bf16(void **state) { queued(*st
 static void test_kernels_cuda_ffn_streams_queued_f32(void **state) { queued(*state, EPM_DTYPE_F32, "streams"); }
 static void test_kernels_cuda_ffn_streams_queued_bf16(void **state) { queued(*state, EPM_DTYPE_BF16, "streams"); }
 
-/* the batched path: padded areas allocated and freed in stream order per
- * call, buckets (3 side streams in the second pair) joined before the copy
- * back to y */
+/* the batched path: padded areas kept and grown in stream order while
+ * earlier calls still use them, buckets (3 side streams in the second pair)
+ * joined before the copy back to y */
 static void test_kernels_cuda_ffn_batched_queued_f32(void **state) { queued(*state, EPM_DTYPE_F32, "batched"); }
 static void test_kernels_cuda_ffn_batched_queued_bf16(void **state) { queued(*state, EPM_DTYPE_BF16, "batched"); }
 static void test_kernels_cuda_ffn_batched_streams_queued_f32(void **state)

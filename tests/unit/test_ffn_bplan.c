@@ -1,12 +1,12 @@
-/* The batched expert FFN's layout (kernels/ffn_bplan.h), checked on the CPU:
- * the invariants of the layout, and the whole path run as ops_cuda.cu runs
- * it, with the very pointer arrays and copy tables the device gets, each
- * batch computing all of its padded rows. Buffers are exact-size heap blocks
- * and the padded areas start as NaN, so a read past x (ASan), a region
- * shared by two experts, or a padded row reaching a real one fails here; the
- * result must equal the C reference's. What only the GPU can check (cuBLAS
- * taking the batches, the copy and SiLU kernels) is in
- * tests/gpu/test_kernels_cuda.c. */
+/* The batched and strided expert FFN's layouts (kernels/ffn_bplan.h),
+ * checked on the CPU: their invariants, and each whole path run as
+ * ops_cuda.cu runs it, with the very pointer arrays, batches and copy tables
+ * the device gets, each batch computing all of its padded rows. Buffers are
+ * exact-size heap blocks and the padded areas start as NaN, so a read past
+ * x (in CI's sanitizer build), a region shared by two experts, a wrong
+ * stride, or a padded row reaching a real one fails here; the result must
+ * equal the C reference's. What only the GPU can check (cuBLAS taking the
+ * batches, the copy and SiLU kernels) is in tests/gpu/test_kernels_cuda.c. */
 #include "test_util.h"
 
 #include <math.h>
@@ -81,15 +81,16 @@ static void check_layout(const epm_ffn_bplan *pl, const int64_t *off, int E, int
     free(seen);
 }
 
-/* y[r][c] = sum_k x[r][k] w[c][k], r < rows, as one batch entry computes it */
-static void gemm(const float *x, int64_t rows, int in, const float *w, int out, float *y)
+/* y[r][c] = sum_k x[r][k] w[c][k], r < rows, c < out, y's rows ldy apart:
+ * what one batch entry computes */
+static void gemm(const float *x, int64_t rows, int in, const float *w, int out, float *y, int ldy)
 {
     for (int64_t r = 0; r < rows; r++)
         for (int c = 0; c < out; c++) {
             double s = 0;
             for (int k = 0; k < in; k++)
                 s += (double)x[r * in + k] * w[(int64_t)c * in + k];
-            y[r * out + c] = (float)s;
+            y[r * ldy + c] = (float)s;
         }
 }
 
@@ -127,23 +128,23 @@ static void emulate(const epm_ffn_bplan *pl, const float *x, int hidden, int ffn
                            (const char *)x, (const char *)spare, (char *)gt, (char *)uo, (char *)h, (char *)yp,
                            hidden, ffn, sizeof(float), ptr);
         for (int i = 0; i < 2 * n; i++)
-            gemm(ptr[2 * n + i], B, hidden, ptr[i], ffn, ptr[4 * n + i]);
+            gemm(ptr[2 * n + i], B, hidden, ptr[i], ffn, ptr[4 * n + i], ffn);
         int64_t at = pl->p[pl->first[b]] * ffn;
         for (int64_t i = 0; i < n * B * ffn; i++) {
             float v = gt[at + i];
             h[at + i] = v / (1.0f + expf(-v)) * uo[at + i];
         }
         for (int i = 0; i < n; i++)
-            gemm(ptr[7 * n + i], B, ffn, ptr[6 * n + i], hidden, ptr[8 * n + i]);
+            gemm(ptr[7 * n + i], B, ffn, ptr[6 * n + i], hidden, ptr[8 * n + i], hidden);
     }
     copy_rows(yp, y, tab + 3 * pl->ncopy, pl->ne, hidden);
     free(gt), free(uo), free(h), free(yp), free(spare), free(tab), free(ptr);
 }
 
 /* The strided path (ops_cuda.cu's strided_swiglu) on the host: every input
- * copied to the spare area, then per run one batch per matrix whose entry i
- * is at the first expert's address plus i strides (the run's claim), gate
- * and up as one [2 ffn] product when fused. */
+ * copied to the spare area, then per run the batches epm_ffn_bplan_sgemms
+ * gives the device, entry i at i strides from the first expert's weights
+ * (the run's claim, which the reference checks), the SiLU in between. */
 static void emulate_runs(const epm_ffn_bplan *pl, const float *x, int hidden, int ffn, const float *const *gate,
                          const float *const *up, const float *const *down, float *y)
 {
@@ -154,36 +155,24 @@ static void emulate_runs(const epm_ffn_bplan *pl, const float *x, int hidden, in
     epm_ffn_bplan_tables(pl, tab, tab + 3 * pl->ncopy);
     copy_rows(x, spare, tab, pl->ncopy, hidden);
     for (int b = 0; b < pl->nb; b++) {
-        int j0 = pl->first[b], n = pl->first[b + 1] - j0;
-        int64_t B = pl->brows[b], p0 = pl->p[j0];
-        const char *g0 = (const char *)gate[pl->expert[j0]], *u0 = (const char *)up[pl->expert[j0]];
-        const char *d0 = (const char *)down[pl->expert[j0]];
-        for (int i = 0; i < n; i++) {
-            const float *in = spare + (pl->s[j0] + i * B) * hidden;
-            const float *gw = (const float *)(g0 + i * pl->stride[3 * b]);
-            const float *uw = (const float *)(u0 + i * pl->stride[3 * b + 1]);
-            float *o = gu + (p0 + i * B) * 2 * ffn;
-            if (pl->fused[b]) { /* one product over 2 ffn weight rows: gate's, then up's right after */
-                gemm(in, B, hidden, gw, 2 * ffn, o);
-            } else { /* gate and up as two products, written as the fused one would */
-                float *tg = nans(B * ffn), *tu = nans(B * ffn);
-                gemm(in, B, hidden, gw, ffn, tg);
-                gemm(in, B, hidden, uw, ffn, tu);
-                for (int64_t r = 0; r < B; r++) {
-                    memcpy(o + r * 2 * ffn, tg + r * ffn, (size_t)ffn * sizeof *o);
-                    memcpy(o + r * 2 * ffn + ffn, tu + r * ffn, (size_t)ffn * sizeof *o);
+        int n = pl->first[b + 1] - pl->first[b];
+        int64_t B = pl->brows[b];
+        epm_ffn_sgemm q[3];
+        int k = epm_ffn_bplan_sgemms(pl, b, (const void *const *)gate, (const void *const *)up,
+                                     (const void *const *)down, (const char *)spare, (char *)gu, (char *)h,
+                                     (char *)yp, hidden, ffn, sizeof(float), q);
+        assert_int_equal(k, pl->fused[b] ? 2 : 3);
+        for (int j = 0; j < k; j++) {
+            if (j == k - 1) /* the SiLU: gate and up side by side in rows of 2 ffn */
+                for (int64_t i = 0; i < n * B * ffn; i++) {
+                    const float *r = (const float *)q[0].y + i / ffn * 2 * ffn;
+                    float v = r[i % ffn];
+                    ((float *)q[j].x)[i] = v / (1.0f + expf(-v)) * r[ffn + i % ffn];
                 }
-                free(tg), free(tu);
-            }
+            for (int i = 0; i < n; i++)
+                gemm((const float *)q[j].x + i * q[j].x_stride, B, q[j].in, (const float *)q[j].w + i * q[j].w_stride,
+                     q[j].out, (float *)q[j].y + i * q[j].y_stride, q[j].ldy);
         }
-        for (int64_t r = p0; r < p0 + n * B; r++)
-            for (int f = 0; f < ffn; f++) {
-                float v = gu[r * 2 * ffn + f];
-                h[r * ffn + f] = v / (1.0f + expf(-v)) * gu[r * 2 * ffn + ffn + f];
-            }
-        for (int i = 0; i < n; i++)
-            gemm(h + (p0 + i * B) * ffn, B, ffn, (const float *)(d0 + i * pl->stride[3 * b + 2]), hidden,
-                 yp + (p0 + i * B) * hidden);
     }
     copy_rows(yp, y, tab + 3 * pl->ncopy, pl->ne, hidden);
     free(gu), free(h), free(yp), free(spare), free(tab);
@@ -211,6 +200,11 @@ static void check_runs(const epm_ffn_bplan *pl, const int64_t *off, int E)
             most = pl->m[j] > most ? pl->m[j] : most;
         }
         assert_int_equal(pl->brows[b], epm_ffn_bucket_rows(most));
+        /* the buckets' bound: 1/8 of the run's rows and 16 rows an expert */
+        int64_t n = pl->first[b + 1] - pl->first[b], sum = 0;
+        for (int j = pl->first[b]; j < pl->first[b + 1]; j++)
+            sum += pl->m[j];
+        assert_true(8 * n * pl->brows[b] <= 9 * sum + 128 * n);
     }
     assert_int_equal(pl->padded_rows, padded);
     assert_int_equal(pl->spare_rows, padded);
@@ -345,6 +339,74 @@ static void test_random_layouts(void **state)
     epm_ffn_bplan_free(&pl);
 }
 
+/* Runs over pointer arrays with random gaps (uniform, negative, zero, not a
+ * multiple of 16), never dereferenced: the run invariants, and every run's
+ * entries really at its strides. */
+static void test_random_runs(void **state)
+{
+    (void)state;
+    uint64_t seed = 13;
+    epm_ffn_bplan pl = {0};
+    static char arena[1 << 16]; /* addresses only */
+    for (int it = 0; it < 300; it++) {
+        int E = 1 + (int)(rnd(&seed) % 300);
+        int64_t *off = malloc((size_t)(E + 1) * sizeof *off);
+        const void **g = calloc((size_t)E, sizeof *g), **u = calloc((size_t)E, sizeof *u);
+        const void **d = calloc((size_t)E, sizeof *d);
+        assert_true(off && g && u && d);
+        off[0] = 0;
+        int64_t scale = (int64_t)1 << (rnd(&seed) % 10);
+        size_t at = 0, step = 48;
+        for (int e = 0; e < E; e++) {
+            off[e + 1] = off[e] + (rnd(&seed) % 5 == 0 ? 0 : 1 + (int64_t)(rnd(&seed) % (uint64_t)scale));
+            if (rnd(&seed) % 8 == 0) /* a new stride, sometimes one no batch can take */
+                step = (size_t)(rnd(&seed) % 4 == 0 ? rnd(&seed) % 40 : 16 * (1 + rnd(&seed) % 6));
+            at = rnd(&seed) % 16 == 0 ? rnd(&seed) % 4096 : at + step; /* now and then a jump, maybe backwards */
+            g[e] = arena + at % 40000, u[e] = (const char *)g[e] + 16, d[e] = (const char *)g[e] + 32;
+        }
+        assert_int_equal(epm_ffn_bplan_make_runs(&pl, off, E, g, u, d, 16), EPM_OK);
+        check_runs(&pl, off, E);
+        for (int b = 0; b < pl.nb; b++) {
+            assert_true(pl.fused[b]);
+            int j0 = pl.first[b], e0 = pl.expert[j0];
+            for (int j = j0; j < pl.first[b + 1]; j++) {
+                int64_t i = j - j0;
+                assert_ptr_equal(g[pl.expert[j]], (const char *)g[e0] + i * pl.stride[3 * b]);
+                assert_ptr_equal(u[pl.expert[j]], (const char *)u[e0] + i * pl.stride[3 * b + 1]);
+                assert_ptr_equal(d[pl.expert[j]], (const char *)d[e0] + i * pl.stride[3 * b + 2]);
+                if (j > j0)
+                    assert_true(pl.stride[3 * b] > 0 && pl.stride[3 * b] % 16 == 0);
+            }
+        }
+        free(off), free(g), free(u), free(d);
+    }
+    epm_ffn_bplan_free(&pl);
+}
+
+/* A hot expert among stacked ones ends a run instead of padding its
+ * neighbours to its rows. */
+static void test_hot_expert_runs(void **state)
+{
+    (void)state;
+    enum { E = 256 };
+    int64_t off[E + 1];
+    const void *g[E], *u[E], *d[E];
+    static char arena[E * 48];
+    off[0] = 0;
+    for (int e = 0; e < E; e++) {
+        off[e + 1] = off[e] + (e == 100 ? 2200 : 128);
+        g[e] = arena + e * 48, u[e] = arena + e * 48 + 16, d[e] = arena + e * 48 + 32;
+    }
+    epm_ffn_bplan pl = {0};
+    assert_int_equal(epm_ffn_bplan_make_runs(&pl, off, E, g, u, d, 16), EPM_OK);
+    check_runs(&pl, off, E);
+    assert_int_equal(pl.nb, 3); /* 0-99, 100 alone, 101-255 */
+    assert_int_equal(pl.first[1], 100);
+    assert_int_equal(pl.first[2], 101);
+    assert_int_equal(pl.padded_rows, 255 * 128 + epm_ffn_bucket_rows(2200));
+    epm_ffn_bplan_free(&pl);
+}
+
 static void test_refusals(void **state)
 {
     (void)state;
@@ -367,6 +429,8 @@ int main(void)
         cmocka_unit_test(test_bucket_rows),
         cmocka_unit_test(test_shapes),
         cmocka_unit_test(test_random_layouts),
+        cmocka_unit_test(test_random_runs),
+        cmocka_unit_test(test_hot_expert_runs),
         cmocka_unit_test(test_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
