@@ -1,5 +1,7 @@
-/* The layout of the batched expert FFN (ops_cuda.cu, EPM_CUDA_GROUPED_GEMM =
- * batched), kept in C so that the CPU tests can check it without a GPU.
+/* The layouts of the padded expert FFN paths (ops_cuda.cu,
+ * EPM_CUDA_GROUPED_GEMM = batched or strided), kept in C so that the CPU
+ * tests can check them without a GPU. Batched first; the strided runs are
+ * described at epm_ffn_bplan_make_runs.
  *
  * Why batches: a uniform-shape batched GEMM (cublasGemmBatchedEx) runs
  * cuBLAS's tuned single-GEMM kernels over many experts in one launch, so a

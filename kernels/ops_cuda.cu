@@ -1,6 +1,7 @@
 // The CUDA backend of ops_gpu.h.
 //
-// Grouped expert FFN (SwiGLU), all on the context's one stream, in two ways:
+// Grouped expert FFN (SwiGLU), on the context's stream (and side streams), in
+// four ways:
 //  - grouped: cublasGemmGroupedBatchedEx, one call for gate and up together
 //    (2 x the non-empty experts as groups of one GEMM each), the fused SiLU*up
 //    kernel, one call for down. Why: with fine-grained experts (DeepSeek-V3:
@@ -27,25 +28,25 @@
 //  - batched (EPM_CUDA_GROUPED_GEMM = batched): experts padded to a few row
 //    counts, each count one cublasGemmBatchedEx for gate and up together, the
 //    SiLU, one for down, then the real rows copied to y (layout and why:
-//    ffn_bplan.h). It runs cuBLAS's tuned kernels over many experts per launch
-//    and writes gate/up in dt (bf16 in bf16, as vLLM's fused MoE does, so
-//    half the bytes of the float32 gate/up of the per-expert path); the padded
+//    ffn_bplan.h). It runs cuBLAS's tuned kernels over many experts per
+//    launch and writes gate/up in dt (bf16 in bf16, as vLLM's fused MoE does:
+//    half the bytes of the per-expert path's float32 gate/up). The padded
 //    areas are the context's (grown from the stream-ordered pool and kept),
-//    not the caller's scratch. Needs
-//    16-byte rows and pointers and memory pools, else the call falls back to
-//    the per-expert path. Not yet measured on a GPU, so auto does not take
-//    it (bench/gpu_session.sh kernels measures it beside the others).
+//    not the caller's scratch. A call falls back to the per-expert path when
+//    a row or pointer is not 16-byte aligned, the device has no pools or no
+//    room, cuBLAS refuses the types, or only one expert is busy (a plain
+//    GEMM chain). Not yet measured on a GPU, so auto does not take it
+//    (bench/gpu_session.sh kernels measures it beside the others).
 //  - strided (EPM_CUDA_GROUPED_GEMM = strided): the same padded areas, but
 //    batches of uniform stride (cublasGemmStridedBatchedEx) over runs of
 //    consecutive experts stacked in one tensor (as serving engines hold
-//    them), padded to the run's busiest expert, gate and up one GEMM of
-//    2 ffn outputs when up follows gate. Why beside batched: a pointer-array
-//    batch may run kernels that fetch every entry's addresses (cuBLAS's
-//    grouped call ran at half of GemmEx's speed), a strided batch is one
-//    3-D operand to the tuned kernels; the price is padding every expert of
-//    a run to its busiest (DeepSeek-V3 at 4k tokens: ~165 rows for a mean of
-//    128) and copying every expert's input. Falls back as batched does;
-//    unmeasured as well.
+//    them), each run padded to its busiest expert within the buckets' bound
+//    (a hot expert ends a run), gate and up one GEMM of 2 ffn outputs when
+//    up follows gate. Why beside batched: a pointer-array batch may run
+//    kernels that fetch every entry's addresses (cuBLAS's grouped call ran at
+//    half of GemmEx's speed), while a strided batch is one 3-D operand to the
+//    tuned kernels; the price is more padding and a copy of every expert's
+//    input. Falls back as batched does; unmeasured as well.
 // Which one (EPM_CUDA_GROUPED_GEMM = auto, the default, | on | off | batched
 // | strided, read by create): auto takes the grouped path in bf16 when >= GROUPED_MIN_EXPERTS
 // experts are non-empty and their gate GEMMs average <= GROUPED_MAX_EXPERT_MACS
