@@ -1,4 +1,4 @@
-/* The batched expert FFN's layout (ffn_bplan.h). */
+/* The padded expert FFN paths' layouts (ffn_bplan.h). */
 #include "ffn_bplan.h"
 
 #include <stdlib.h>
@@ -46,7 +46,7 @@ static epm_status grow(epm_ffn_bplan *pl, int experts)
     return EPM_OK;
 }
 
-epm_status epm_ffn_bplan_make(epm_ffn_bplan *pl, const int64_t *offsets, int experts, int x_in_place)
+epm_status epm_ffn_bplan_make(epm_ffn_bplan *pl, const int64_t *offsets, int experts)
 {
     KREQ(experts >= 1, "batched FFN: %d experts", experts);
     EPM_CHECK(epm_ref_check_offsets("batched FFN", offsets, experts));
@@ -75,7 +75,7 @@ epm_status epm_ffn_bplan_make(epm_ffn_bplan *pl, const int64_t *offsets, int exp
         pl->o[j] = offsets[e], pl->m[j] = offsets[e + 1] - offsets[e];
         pl->p[j] = padded;
         padded += b;
-        if (x_in_place && pl->o[j] + b <= rows) {
+        if (pl->o[j] + b <= rows) {
             pl->s[j] = -1;
         } else {
             pl->s[j] = spare;

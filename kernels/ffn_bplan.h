@@ -17,8 +17,8 @@
  *
  * Where the rows live, per expert j (in bucket order):
  *  - input: x itself from row o[j] (its B rows read into the next experts'
- *    rows, never past x's end), or, where that would read past the end or x
- *    cannot be read in place, a copy in a spare area from row s[j];
+ *    rows, never past x's end), or, where that would read past the end, a
+ *    copy in a spare area from row s[j];
  *  - gate, up, h and the down output: padded areas, from row p[j], B rows
  *    each, disjoint;
  *  - the m[j] real rows of the down output are copied back to y from row o[j].
@@ -63,12 +63,10 @@ typedef struct epm_ffn_bplan {
 int64_t epm_ffn_bucket_rows(int64_t m);
 
 /* Lays out one call over offsets[0..experts] (non-decreasing, offsets[0] = 0).
- * x_in_place: x may be read directly (the caller checked its alignment);
- * when 0 every expert's input is copied to the spare area. Reuses pl's
- * arrays (zero-initialise pl before the first call). EPM_ERR_INVALID_ARG for
- * offsets that are not a valid grouping or a bucket over INT32_MAX rows;
- * EPM_ERR_NOMEM. */
-epm_status epm_ffn_bplan_make(epm_ffn_bplan *pl, const int64_t *offsets, int experts, int x_in_place);
+ * Reuses pl's arrays (zero-initialise pl before the first call).
+ * EPM_ERR_INVALID_ARG for offsets that are not a valid grouping or a bucket
+ * over INT32_MAX rows; EPM_ERR_NOMEM. */
+epm_status epm_ffn_bplan_make(epm_ffn_bplan *pl, const int64_t *offsets, int experts);
 /* The strided layout (EPM_CUDA_GROUPED_GEMM = strided): a uniform-stride
  * batched GEMM (cublasGemmStridedBatchedEx) needs every operand at one
  * stride, which cuBLAS's strided kernels are built for (a pointer-array batch

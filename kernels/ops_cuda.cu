@@ -1004,13 +1004,9 @@ static epm_status barea_get(epm_gpu *g, size_t need, char **out)
 // no room and the call should fall back (not under the strict test hook).
 static epm_status barea_or_fallback(epm_gpu *g, size_t need, char **out)
 {
-    *out = NULL;
+    *out = NULL; // barea_get sets it only when it succeeds
     epm_status st = barea_get(g, need, out);
-    if (st == EPM_ERR_NOMEM && !g->batched_strict) {
-        *out = NULL;
-        return EPM_OK;
-    }
-    return st;
+    return st == EPM_ERR_NOMEM && !g->batched_strict ? EPM_OK : st;
 }
 
 // One batched call: C_i (out x B) = W_i^T-as-stored (out x in) * X_i (in x B)
@@ -1024,101 +1020,42 @@ static cublasStatus_t batched_gemm(cublasHandle_t h, void *const *A, void *const
                                CUBLAS_GEMM_DEFAULT);
 }
 
-// The buckets' batches: gate and up, SiLU * up, down, bucket after bucket on
-// the context's stream or round-robin over the side streams (each bucket's
-// three steps on one stream, so no bucket waits for another). Returns
-// CUBLAS_STATUS_NOT_SUPPORTED in *refused when cuBLAS refused a batch (the
-// caller falls back; what ran is harmless: it wrote only the padded areas).
-static epm_status batched_buckets(epm_gpu *g, epm_gpu_dtype dt, void *const *dp, char *gt, char *upo, char *h,
-                                  int hidden, int ffn, int *refused)
+// One bucket's batches on one stream: gate and up (2n entries), SiLU * up,
+// down (n entries), P its pointer arrays on the device (epm_ffn_bplan_ptrs).
+// *refused when cuBLAS refused a batch (the caller falls back; what ran
+// wrote only the padded areas).
+static epm_status batched_bucket(epm_gpu *g, int b, cublasHandle_t hb, cudaStream_t sb, epm_gpu_dtype dt,
+                                 void *const *P, char *gt, char *upo, char *h, int hidden, int ffn, int *refused)
 {
     const epm_ffn_bplan *pl = &g->bplan;
     cudaDataType_t t = ctype(dt);
-    size_t es = esize(dt);
-    int S = g->nside;
-    epm_status st = S > 1 ? side_fork(g) : EPM_OK;
-    for (int b = 0; b < pl->nb && st == EPM_OK; b++) {
-        int n = pl->first[b + 1] - pl->first[b];
-        int64_t brows = pl->brows[b];
-        void *const *P = dp + (size_t)9 * pl->first[b];
-        cublasHandle_t hb = S > 1 ? g->side_blas[b % S] : g->blas;
-        cudaStream_t sb = S > 1 ? g->side[b % S] : g->stream;
-        cublasStatus_t bs = batched_gemm(hb, P, P + 2 * n, P + 4 * n, t, brows, hidden, ffn, 2 * n);
-        if (bs == CUBLAS_STATUS_SUCCESS) {
-            size_t at = (size_t)pl->p[pl->first[b]] * ffn * es;
-            int64_t nh = (int64_t)n * brows * ffn;
-            unsigned nbk = blocks_for(nh, 256);
-            if (dt == EPM_GPU_BF16)
-                k_silu_mul<<<nbk, 256, 0, sb>>>((const __nv_bfloat16 *)(gt + at), (const __nv_bfloat16 *)(upo + at),
-                                                 (__nv_bfloat16 *)(h + at), nh);
-            else
-                k_silu_mul<<<nbk, 256, 0, sb>>>((const float *)(gt + at), (const float *)(upo + at),
-                                                 (float *)(h + at), nh);
-            cudaError_t e = cudaGetLastError();
-            if (e != cudaSuccess) {
-                st = epm_fail(EPM_ERR_CUDA, "GPU batched FFN: SiLU of bucket %d: %s", b, cudaGetErrorString(e));
-                break;
-            }
-            bs = batched_gemm(hb, P + 6 * n, P + 7 * n, P + 8 * n, t, brows, ffn, hidden, n);
-        }
-        if (bs == CUBLAS_STATUS_NOT_SUPPORTED) {
-            *refused = 1;
-            break;
-        }
-        if (bs != CUBLAS_STATUS_SUCCESS)
-            st = epm_fail(EPM_ERR_CUDA, "GPU batched FFN: cublasGemmBatchedEx, bucket %d (%d experts of %lld rows): "
-                          "cuBLAS status %d", b, n, (long long)brows, (int)bs);
+    int n = pl->first[b + 1] - pl->first[b];
+    int64_t brows = pl->brows[b];
+    cublasStatus_t bs = batched_gemm(hb, P, P + 2 * n, P + 4 * n, t, brows, hidden, ffn, 2 * n);
+    if (bs == CUBLAS_STATUS_SUCCESS) {
+        size_t at = (size_t)pl->p[pl->first[b]] * ffn * esize(dt);
+        int64_t nh = (int64_t)n * brows * ffn;
+        unsigned nbk = blocks_for(nh, 256);
+        if (dt == EPM_GPU_BF16)
+            k_silu_mul<<<nbk, 256, 0, sb>>>((const __nv_bfloat16 *)(gt + at), (const __nv_bfloat16 *)(upo + at),
+                                             (__nv_bfloat16 *)(h + at), nh);
+        else
+            k_silu_mul<<<nbk, 256, 0, sb>>>((const float *)(gt + at), (const float *)(upo + at), (float *)(h + at),
+                                             nh);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess)
+            return epm_fail(EPM_ERR_CUDA, "GPU batched FFN: SiLU of bucket %d: %s", b, cudaGetErrorString(e));
+        bs = batched_gemm(hb, P + 6 * n, P + 7 * n, P + 8 * n, t, brows, ffn, hidden, n);
     }
-    return S > 1 ? side_join(g, st) : st;
-}
-
-// The grouped FFN through cublasGemmBatchedEx over buckets of experts padded
-// to one row count (ffn_bplan.h). *done = 0 (and EPM_OK) when this call does
-// not fit the path or cuBLAS refused it: the caller then runs another path,
-// from the start.
-static epm_status batched_swiglu(epm_gpu *g, epm_gpu_dtype dt, const void *x, const int64_t *offsets, int experts,
-                                 int hidden, int ffn, const void *const *gate, const void *const *up,
-                                 const void *const *down, void *y, int *done)
-{
-    *done = 0;
-    size_t es = esize(dt);
-    if (!batched_fits(g, es, x, offsets, experts, hidden, ffn, gate, up, down, y))
-        return unfit(g, "batched", hidden, ffn);
-    epm_ffn_bplan *pl = &g->bplan;
-    CHECK(epm_ffn_bplan_make(pl, offsets, experts, 1));
-    if (pl->ne == 0)
+    if (bs == CUBLAS_STATUS_NOT_SUPPORTED) {
+        *refused = 1;
         return EPM_OK;
-
-    // pointers [9 ne] bucket by bucket, then the gather table [3 ncopy] and
-    // the scatter table [3 ne]; one copy to the device
-    size_t count = (size_t)12 * pl->ne + (size_t)3 * pl->ncopy;
-    grouped_slot *s = NULL;
-    CHECK(grouped_slot_get(g, count, &s));
-    size_t fbytes = align256((size_t)pl->padded_rows * ffn * es);
-    size_t ybytes = align256((size_t)pl->padded_rows * hidden * es);
-    size_t sbytes = align256((size_t)pl->spare_rows * hidden * es);
-    char *area = NULL;
-    CHECK(barea_or_fallback(g, 3 * fbytes + ybytes + sbytes, &area));
-    if (!area)
-        return EPM_OK;
-    char *gt = area, *upo = area + fbytes, *h = area + 2 * fbytes, *yp = area + 3 * fbytes, *spare = yp + ybytes;
-    for (int b = 0; b < pl->nb; b++)
-        epm_ffn_bplan_ptrs(pl, b, gate, up, down, (const char *)x, spare, gt, upo, h, yp, hidden, ffn, es,
-                           s->host + (size_t)9 * pl->first[b]);
-    int64_t *tab = (int64_t *)(s->host + (size_t)9 * pl->ne);
-    epm_ffn_bplan_tables(pl, tab, tab + 3 * pl->ncopy);
-    epm_status st = grouped_slot_send(g, s, count);
-    const int64_t *dtab = (const int64_t *)(g->dptr + (size_t)9 * pl->ne);
-    if (st == EPM_OK)
-        st = copy_rows(g, x, spare, dtab, pl->ncopy, pl->max_rows, hidden * es);
-    int refused = 0;
-    if (st == EPM_OK)
-        st = batched_buckets(g, dt, g->dptr, gt, upo, h, hidden, ffn, &refused);
-    if (st == EPM_OK && !refused)
-        st = copy_rows(g, yp, y, dtab + 3 * pl->ncopy, pl->ne, pl->max_rows, hidden * es);
-    return padded_end(g, "batched", dt, st, refused, done);
+    }
+    if (bs != CUBLAS_STATUS_SUCCESS)
+        return epm_fail(EPM_ERR_CUDA, "GPU batched FFN: cublasGemmBatchedEx, bucket %d (%d experts of %lld rows): "
+                        "cuBLAS status %d", b, n, (long long)brows, (int)bs);
+    return EPM_OK;
 }
-
 
 // ---- the strided path (EPM_CUDA_GROUPED_GEMM = strided; layout: ffn_bplan.h's runs) ----
 
@@ -1183,47 +1120,71 @@ static epm_status strided_run(epm_gpu *g, int b, cublasHandle_t hb, cudaStream_t
     return EPM_OK;
 }
 
-// The grouped FFN through cublasGemmStridedBatchedEx over runs of stacked
-// experts (ffn_bplan.h). *done as batched_swiglu's.
-static epm_status strided_swiglu(epm_gpu *g, epm_gpu_dtype dt, const void *x, const int64_t *offsets, int experts,
-                                 int hidden, int ffn, const void *const *gate, const void *const *up,
-                                 const void *const *down, void *y, int *done)
+// ---- both padded paths ----
+
+// The grouped FFN over padded batches (ffn_bplan.h): buckets of experts
+// through cublasGemmBatchedEx, or (strided) runs of stacked experts through
+// cublasGemmStridedBatchedEx. Inputs that cannot be read in place are
+// gathered to the spare area, the batches run bucket by bucket (round-robin
+// over the side streams), and the real rows are scattered back to y.
+// *done = 0 (and EPM_OK) when this call does not fit the path, the device
+// has no room, or cuBLAS refused it: the caller then runs the per-expert
+// path, from the start.
+static epm_status padded_swiglu(epm_gpu *g, int strided, epm_gpu_dtype dt, const void *x, const int64_t *offsets,
+                                int experts, int hidden, int ffn, const void *const *gate, const void *const *up,
+                                const void *const *down, void *y, int *done)
 {
     *done = 0;
+    const char *path = strided ? "strided" : "batched";
     size_t es = esize(dt);
     if (!batched_fits(g, es, x, offsets, experts, hidden, ffn, gate, up, down, y))
-        return unfit(g, "strided", hidden, ffn);
+        return unfit(g, path, hidden, ffn);
     epm_ffn_bplan *pl = &g->bplan;
-    CHECK(epm_ffn_bplan_make_runs(pl, offsets, experts, gate, up, down, (size_t)ffn * hidden * es));
+    CHECK(strided ? epm_ffn_bplan_make_runs(pl, offsets, experts, gate, up, down, (size_t)ffn * hidden * es)
+                  : epm_ffn_bplan_make(pl, offsets, experts));
     if (pl->ne == 0)
         return EPM_OK;
-    // the gather [3 ne] and scatter [3 ne] tables: one copy to the device
-    size_t count = (size_t)6 * pl->ne;
+
+    // batched: pointers [9 ne] bucket by bucket; then the gather table
+    // [3 ncopy] and the scatter table [3 ne]; one copy to the device
+    size_t nptr = strided ? 0 : (size_t)9 * pl->ne;
+    size_t count = nptr + (size_t)3 * pl->ncopy + (size_t)3 * pl->ne;
     grouped_slot *s = NULL;
     CHECK(grouped_slot_get(g, count, &s));
-    size_t rowsb = align256((size_t)pl->padded_rows * hidden * es), fbytes = align256((size_t)pl->padded_rows * ffn * es);
+    // gate and up (two areas of rows of ffn, batched; one of rows of 2 ffn,
+    // strided: the same bytes), h, the down output, the spare inputs
+    size_t fbytes = align256((size_t)pl->padded_rows * ffn * es);
+    size_t ybytes = align256((size_t)pl->padded_rows * hidden * es);
+    size_t sbytes = align256((size_t)pl->spare_rows * hidden * es);
     char *area = NULL;
-    CHECK(barea_or_fallback(g, 3 * fbytes + 2 * rowsb, &area));
+    CHECK(barea_or_fallback(g, 3 * fbytes + ybytes + sbytes, &area));
     if (!area)
         return EPM_OK;
-    char *gu = area, *h = area + 2 * fbytes, *yp = h + fbytes, *spare = yp + rowsb;
-    int64_t *tab = (int64_t *)s->host;
+    char *gu = area, *h = area + 2 * fbytes, *yp = h + fbytes, *spare = yp + ybytes;
+    for (int b = 0; b < pl->nb && !strided; b++)
+        epm_ffn_bplan_ptrs(pl, b, gate, up, down, (const char *)x, spare, gu, gu + fbytes, h, yp, hidden, ffn, es,
+                           s->host + (size_t)9 * pl->first[b]);
+    int64_t *tab = (int64_t *)(s->host + nptr);
     epm_ffn_bplan_tables(pl, tab, tab + 3 * pl->ncopy);
     epm_status st = grouped_slot_send(g, s, count);
-    const int64_t *dtab = (const int64_t *)g->dptr;
+    const int64_t *dtab = (const int64_t *)(g->dptr + nptr);
     if (st == EPM_OK)
         st = copy_rows(g, x, spare, dtab, pl->ncopy, pl->max_rows, hidden * es);
     int refused = 0, S = g->nside;
     if (st == EPM_OK && S > 1)
         st = side_fork(g);
-    for (int b = 0; b < pl->nb && st == EPM_OK && !refused; b++)
-        st = strided_run(g, b, S > 1 ? g->side_blas[b % S] : g->blas, S > 1 ? g->side[b % S] : g->stream, dt, gate,
-                         up, down, spare, gu, h, yp, hidden, ffn, &refused);
+    for (int b = 0; b < pl->nb && st == EPM_OK && !refused; b++) {
+        cublasHandle_t hb = S > 1 ? g->side_blas[b % S] : g->blas;
+        cudaStream_t sb = S > 1 ? g->side[b % S] : g->stream;
+        st = strided ? strided_run(g, b, hb, sb, dt, gate, up, down, spare, gu, h, yp, hidden, ffn, &refused)
+                     : batched_bucket(g, b, hb, sb, dt, g->dptr + (size_t)9 * pl->first[b], gu, gu + fbytes, h,
+                                      hidden, ffn, &refused);
+    }
     if (S > 1)
         st = side_join(g, st);
     if (st == EPM_OK && !refused)
         st = copy_rows(g, yp, y, dtab + 3 * pl->ncopy, pl->ne, pl->max_rows, hidden * es);
-    return padded_end(g, "strided", dt, st, refused, done);
+    return padded_end(g, path, dt, st, refused, done);
 }
 
 static epm_status cu_grouped_swiglu(epm_gpu *g, epm_gpu_dtype dt, const void *x, const int64_t *offsets, int experts,
@@ -1253,8 +1214,8 @@ static epm_status cu_grouped_swiglu(epm_gpu *g, epm_gpu_dtype dt, const void *x,
     // (and bench kernels' dense ceiling stays the same chain in every mode)
     if ((g->grouped_mode == GROUPED_BATCHED || g->grouped_mode == GROUPED_STRIDED) && ne >= 2) {
         int done = 0;
-        CHECK((g->grouped_mode == GROUPED_BATCHED ? batched_swiglu : strided_swiglu)(g, dt, x, offsets, experts, hidden,
-                                                                                    ffn, gate, up, down, y, &done));
+        CHECK(padded_swiglu(g, g->grouped_mode == GROUPED_STRIDED, dt, x, offsets, experts, hidden, ffn, gate, up,
+                            down, y, &done));
         if (done)
             return EPM_OK;
     }

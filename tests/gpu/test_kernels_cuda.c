@@ -134,6 +134,9 @@ static void ffn_case(kc_ctx *c, epm_dtype dt, const kc_ffn_case *k, const char *
  * streams (EPM_CUDA_GROUPED_GEMM = off, EPM_CUDA_FFN_STREAMS = 3: an odd count,
  * fewer streams than experts in most cases, more in some), "batched-streams"
  * and "strided-streams" those paths' batches over 3 side streams. */
+/* the modes of the padded paths, which may fall back and so have a strict form */
+static int padded_mode(const char *mode) { return !strncmp(mode, "batched", 7) || !strncmp(mode, "strided", 7); }
+
 static kc_ctx with_mode(const kc_ctx *c, const char *mode, int strict)
 {
     kc_ctx m = *c;
@@ -166,8 +169,7 @@ static void many_experts(kc_ctx *c, epm_dtype dt)
     static const char *const modes[] = {"on", "off", "streams", "batched", "batched-streams", "strided",
                                         "strided-streams"};
     for (int mi = 0; mi < 7; mi++) {
-        int padded = !strncmp(modes[mi], "batched", 7) || !strncmp(modes[mi], "strided", 7);
-        for (int strict = 0; strict <= padded; strict++) {
+        for (int strict = 0; strict <= padded_mode(modes[mi]); strict++) {
             kc_ctx m = with_mode(c, modes[mi], strict);
             if (!strict)
                 assert_true(kc_grouped_ffn(&m, dt, 0)); /* the shared cases on this path (some fall back) */
@@ -196,7 +198,7 @@ static void queued(kc_ctx *c, epm_dtype dt, const char *mode)
     enum { CALLS = 20, H = 40, F = 24, EMAX = 600 };
     static const int ex[CALLS] = {8, 256, 16, 600, 3, 256, 64, 1, 600, 32, 8, 256, 16, 600, 3, 256, 64, 1, 600, 32};
     /* every call here fits the batched and strided paths (16-byte rows, stacked weights) */
-    kc_ctx m = with_mode(c, mode, !strncmp(mode, "batched", 7) || !strncmp(mode, "strided", 7));
+    kc_ctx m = with_mode(c, mode, padded_mode(mode));
     size_t es = epm_dtype_size(dt);
     float *wf = kc_rnd((size_t)EMAX * 3 * F * H, &m.seed);
     for (size_t j = 0; j < (size_t)EMAX * 3 * F * H; j++)

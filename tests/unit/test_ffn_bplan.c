@@ -38,7 +38,7 @@ static uint64_t rnd(uint64_t *s)
     return *s >> 33;
 }
 
-static void check_layout(const epm_ffn_bplan *pl, const int64_t *off, int E, int x_in_place)
+static void check_layout(const epm_ffn_bplan *pl, const int64_t *off, int E)
 {
     int64_t rows = off[E], padded = 0, spare = 0;
     int ne = 0, ncopy = 0;
@@ -64,9 +64,9 @@ static void check_layout(const epm_ffn_bplan *pl, const int64_t *off, int E, int
             assert_int_equal(pl->p[j], padded); /* disjoint and in order: a bucket's rows are one block */
             padded += pl->brows[b];
             if (pl->s[j] < 0) {
-                assert_true(x_in_place);
                 assert_true(pl->o[j] + pl->brows[b] <= rows);
-            } else {
+            } else { /* copied only where reading in place would run past x */
+                assert_true(pl->o[j] + pl->brows[b] > rows);
                 assert_int_equal(pl->s[j], spare);
                 spare += pl->brows[b];
                 ncopy++;
@@ -109,70 +109,75 @@ static float *nans(int64_t n)
     return p;
 }
 
-/* ops_cuda.cu's batched_swiglu on the host (float32) */
-static void emulate(const epm_ffn_bplan *pl, const float *x, int hidden, int ffn, const float *const *gate,
-                    const float *const *up, const float *const *down, float *y)
+/* One bucket of the batched path: its pointer arrays (epm_ffn_bplan_ptrs),
+ * gate and up, the SiLU, down */
+static void bucket_batched(const epm_ffn_bplan *pl, int b, const float *x, const float *spare, float *gt, float *uo,
+                           float *h, float *yp, int hidden, int ffn, const float *const *gate, const float *const *up,
+                           const float *const *down)
 {
-    int64_t P = pl->padded_rows;
-    float *gt = nans(P * ffn), *uo = nans(P * ffn), *h = nans(P * ffn), *yp = nans(P * hidden);
-    float *spare = nans(pl->spare_rows * hidden);
-    int64_t *tab = malloc((size_t)(3 * (pl->ne + pl->ncopy) + 1) * sizeof *tab);
-    void **ptr = malloc((size_t)(9 * pl->ne + 1) * sizeof *ptr);
-    assert_true(tab && ptr);
-    epm_ffn_bplan_tables(pl, tab, tab + 3 * pl->ncopy);
-    copy_rows(x, spare, tab, pl->ncopy, hidden);
-    for (int b = 0; b < pl->nb; b++) {
-        int n = pl->first[b + 1] - pl->first[b];
-        int64_t B = pl->brows[b];
-        epm_ffn_bplan_ptrs(pl, b, (const void *const *)gate, (const void *const *)up, (const void *const *)down,
-                           (const char *)x, (const char *)spare, (char *)gt, (char *)uo, (char *)h, (char *)yp,
-                           hidden, ffn, sizeof(float), ptr);
-        for (int i = 0; i < 2 * n; i++)
-            gemm(ptr[2 * n + i], B, hidden, ptr[i], ffn, ptr[4 * n + i], ffn);
-        int64_t at = pl->p[pl->first[b]] * ffn;
-        for (int64_t i = 0; i < n * B * ffn; i++) {
-            float v = gt[at + i];
-            h[at + i] = v / (1.0f + expf(-v)) * uo[at + i];
-        }
-        for (int i = 0; i < n; i++)
-            gemm(ptr[7 * n + i], B, ffn, ptr[6 * n + i], hidden, ptr[8 * n + i], hidden);
+    int n = pl->first[b + 1] - pl->first[b];
+    int64_t B = pl->brows[b];
+    void **ptr = malloc((size_t)9 * n * sizeof *ptr);
+    assert_non_null(ptr);
+    epm_ffn_bplan_ptrs(pl, b, (const void *const *)gate, (const void *const *)up, (const void *const *)down,
+                       (const char *)x, (const char *)spare, (char *)gt, (char *)uo, (char *)h, (char *)yp, hidden,
+                       ffn, sizeof(float), ptr);
+    for (int i = 0; i < 2 * n; i++)
+        gemm(ptr[2 * n + i], B, hidden, ptr[i], ffn, ptr[4 * n + i], ffn);
+    int64_t at = pl->p[pl->first[b]] * ffn;
+    for (int64_t i = 0; i < n * B * ffn; i++) {
+        float v = gt[at + i];
+        h[at + i] = v / (1.0f + expf(-v)) * uo[at + i];
     }
-    copy_rows(yp, y, tab + 3 * pl->ncopy, pl->ne, hidden);
-    free(gt), free(uo), free(h), free(yp), free(spare), free(tab), free(ptr);
+    for (int i = 0; i < n; i++)
+        gemm(ptr[7 * n + i], B, ffn, ptr[6 * n + i], hidden, ptr[8 * n + i], hidden);
+    free(ptr);
 }
 
-/* The strided path (ops_cuda.cu's strided_swiglu) on the host: every input
- * copied to the spare area, then per run the batches epm_ffn_bplan_sgemms
- * gives the device, entry i at i strides from the first expert's weights
- * (the run's claim, which the reference checks), the SiLU in between. */
-static void emulate_runs(const epm_ffn_bplan *pl, const float *x, int hidden, int ffn, const float *const *gate,
-                         const float *const *up, const float *const *down, float *y)
+/* One run of the strided path: the batches epm_ffn_bplan_sgemms gives the
+ * device, entry i at i strides from the first expert's weights (the run's
+ * claim, which the reference checks), the SiLU before down */
+static void run_strided(const epm_ffn_bplan *pl, int b, const float *spare, float *gu, float *h, float *yp, int hidden,
+                        int ffn, const float *const *gate, const float *const *up, const float *const *down)
+{
+    int n = pl->first[b + 1] - pl->first[b];
+    int64_t B = pl->brows[b];
+    epm_ffn_sgemm q[3];
+    int k = epm_ffn_bplan_sgemms(pl, b, (const void *const *)gate, (const void *const *)up, (const void *const *)down,
+                                 (const char *)spare, (char *)gu, (char *)h, (char *)yp, hidden, ffn, sizeof(float),
+                                 q);
+    assert_int_equal(k, pl->fused[b] ? 2 : 3);
+    for (int j = 0; j < k; j++) {
+        if (j == k - 1) /* the SiLU: gate and up side by side in rows of 2 ffn */
+            for (int64_t i = 0; i < n * B * ffn; i++) {
+                const float *r = (const float *)q[0].y + i / ffn * 2 * ffn;
+                float v = r[i % ffn];
+                ((float *)q[j].x)[i] = v / (1.0f + expf(-v)) * r[ffn + i % ffn];
+            }
+        for (int i = 0; i < n; i++)
+            gemm((const float *)q[j].x + i * q[j].x_stride, B, q[j].in, (const float *)q[j].w + i * q[j].w_stride,
+                 q[j].out, (float *)q[j].y + i * q[j].y_stride, q[j].ldy);
+    }
+}
+
+/* ops_cuda.cu's padded_swiglu on the host (float32): the inputs that cannot
+ * be read in place gathered to the spare area, every bucket's batches, the
+ * real rows scattered to y. Gate and up share one area, as on the device:
+ * two of P rows of ffn (batched) or P rows of 2 ffn (strided). */
+static void emulate(const epm_ffn_bplan *pl, int strided, const float *x, int hidden, int ffn,
+                    const float *const *gate, const float *const *up, const float *const *down, float *y)
 {
     int64_t P = pl->padded_rows;
-    float *gu = nans(2 * P * ffn), *h = nans(P * ffn), *yp = nans(P * hidden), *spare = nans(P * hidden);
-    int64_t *tab = malloc((size_t)(6 * pl->ne + 1) * sizeof *tab);
+    float *gu = nans(2 * P * ffn), *h = nans(P * ffn), *yp = nans(P * hidden), *spare = nans(pl->spare_rows * hidden);
+    int64_t *tab = malloc((size_t)(3 * (pl->ne + pl->ncopy) + 1) * sizeof *tab);
     assert_non_null(tab);
     epm_ffn_bplan_tables(pl, tab, tab + 3 * pl->ncopy);
     copy_rows(x, spare, tab, pl->ncopy, hidden);
     for (int b = 0; b < pl->nb; b++) {
-        int n = pl->first[b + 1] - pl->first[b];
-        int64_t B = pl->brows[b];
-        epm_ffn_sgemm q[3];
-        int k = epm_ffn_bplan_sgemms(pl, b, (const void *const *)gate, (const void *const *)up,
-                                     (const void *const *)down, (const char *)spare, (char *)gu, (char *)h,
-                                     (char *)yp, hidden, ffn, sizeof(float), q);
-        assert_int_equal(k, pl->fused[b] ? 2 : 3);
-        for (int j = 0; j < k; j++) {
-            if (j == k - 1) /* the SiLU: gate and up side by side in rows of 2 ffn */
-                for (int64_t i = 0; i < n * B * ffn; i++) {
-                    const float *r = (const float *)q[0].y + i / ffn * 2 * ffn;
-                    float v = r[i % ffn];
-                    ((float *)q[j].x)[i] = v / (1.0f + expf(-v)) * r[ffn + i % ffn];
-                }
-            for (int i = 0; i < n; i++)
-                gemm((const float *)q[j].x + i * q[j].x_stride, B, q[j].in, (const float *)q[j].w + i * q[j].w_stride,
-                     q[j].out, (float *)q[j].y + i * q[j].y_stride, q[j].ldy);
-        }
+        if (strided)
+            run_strided(pl, b, spare, gu, h, yp, hidden, ffn, gate, up, down);
+        else
+            bucket_batched(pl, b, x, spare, gu, gu + P * ffn, h, yp, hidden, ffn, gate, up, down);
     }
     copy_rows(yp, y, tab + 3 * pl->ncopy, pl->ne, hidden);
     free(gu), free(h), free(yp), free(spare), free(tab);
@@ -214,8 +219,7 @@ static void check_runs(const epm_ffn_bplan *pl, const int64_t *off, int E)
  * emulated path beside the reference. */
 enum { LAYOUT_BUCKETS, LAYOUT_RUNS, LAYOUT_RUNS_SCATTERED }; /* scattered: each expert its own block */
 
-static void one_case(epm_ffn_bplan *pl, const int64_t *counts, int E, int hidden, int ffn, int layout, int x_in_place,
-                     uint64_t *seed)
+static void one_case(epm_ffn_bplan *pl, const int64_t *counts, int E, int hidden, int ffn, int layout, uint64_t *seed)
 {
     int64_t *off = malloc((size_t)(E + 1) * sizeof *off);
     assert_non_null(off);
@@ -257,9 +261,9 @@ static void one_case(epm_ffn_bplan *pl, const int64_t *counts, int E, int hidden
     }
     assert_int_equal(epm_ref_grouped_ffn(x, off, E, hidden, ffn, g, u, d, want), EPM_OK);
     if (layout == LAYOUT_BUCKETS) {
-        assert_int_equal(epm_ffn_bplan_make(pl, off, E, x_in_place), EPM_OK);
-        check_layout(pl, off, E, x_in_place);
-        emulate(pl, x, hidden, ffn, g, u, d, got);
+        assert_int_equal(epm_ffn_bplan_make(pl, off, E), EPM_OK);
+        check_layout(pl, off, E);
+        emulate(pl, 0, x, hidden, ffn, g, u, d, got);
     } else {
         assert_int_equal(epm_ffn_bplan_make_runs(pl, off, E, (const void *const *)g, (const void *const *)u,
                                                  (const void *const *)d, (size_t)ffn * hidden * sizeof(float)),
@@ -267,14 +271,14 @@ static void one_case(epm_ffn_bplan *pl, const int64_t *counts, int E, int hidden
         check_runs(pl, off, E);
         for (int b = 0; b < pl->nb; b++) /* stacked weights fuse gate and up; scattered ones never do */
             assert_int_equal(pl->fused[b], layout == LAYOUT_RUNS);
-        emulate_runs(pl, x, hidden, ffn, g, u, d, got);
+        emulate(pl, 1, x, hidden, ffn, g, u, d, got);
     }
     for (int64_t i = 0; i < rows * hidden; i++) {
         float tol = 1e-5f * (1.0f + fabsf(want[i]));
         if (!(fabsf(got[i] - want[i]) <= tol))
-            fail_msg("row %lld col %lld: batched %g, reference %g (E %d, rows %lld, hidden %d, ffn %d, in place %d)",
+            fail_msg("row %lld col %lld: padded %g, reference %g (E %d, rows %lld, hidden %d, ffn %d, layout %d)",
                      (long long)(i / hidden), (long long)(i % hidden), got[i], want[i], E, (long long)rows, hidden,
-                     ffn, x_in_place);
+                     ffn, layout);
     }
     for (int e = 0; e < E; e++)
         free(own[e]);
@@ -288,31 +292,30 @@ static void test_shapes(void **state)
     epm_ffn_bplan pl = {0}; /* reused across calls, as the GPU context does */
     enum { EMAX = 256 };
     int64_t c[EMAX];
-    for (int variant = 0; variant < 4; variant++) {
-        /* buckets with x read in place, and copied; runs over stacked and scattered weights */
-        int layout = variant < 2 ? LAYOUT_BUCKETS : variant - 1, in_place = variant == 0;
+    /* buckets; runs over stacked and scattered weights */
+    for (int layout = LAYOUT_BUCKETS; layout <= LAYOUT_RUNS_SCATTERED; layout++) {
         /* fine-grained: 256 experts, ~10 rows each, some idle */
         for (int e = 0; e < 256; e++)
             c[e] = rnd(&seed) % 4 == 0 ? 0 : (int64_t)(rnd(&seed) % 20);
-        one_case(&pl, c, 256, 8, 4, layout, in_place, &seed);
+        one_case(&pl, c, 256, 8, 4, layout, &seed);
         /* one expert with every row, the rest idle: its batch reads past its own rows */
         memset(c, 0, sizeof c);
         c[5] = 600;
-        one_case(&pl, c, 8, 5, 3, layout, in_place, &seed);
+        one_case(&pl, c, 8, 5, 3, layout, &seed);
         /* the last expert busy: its padded rows would run past x */
         memset(c, 0, sizeof c);
         c[0] = 3, c[7] = 37;
-        one_case(&pl, c, 8, 6, 4, layout, in_place, &seed);
+        one_case(&pl, c, 8, 6, 4, layout, &seed);
         /* sizes across bucket steps (16-row steps, then wider past 256), one hot expert */
         static const int64_t steps[] = {1, 15, 16, 17, 31, 255, 256, 257, 300, 700};
         for (int e = 0; e < 10; e++)
             c[e] = steps[e];
-        one_case(&pl, c, 10, 3, 2, layout, in_place, &seed);
+        one_case(&pl, c, 10, 3, 2, layout, &seed);
         /* nothing at all, and a single expert */
         memset(c, 0, sizeof c);
-        one_case(&pl, c, 4, 4, 4, layout, in_place, &seed);
+        one_case(&pl, c, 4, 4, 4, layout, &seed);
         c[0] = 9;
-        one_case(&pl, c, 1, 4, 4, layout, in_place, &seed);
+        one_case(&pl, c, 1, 4, 4, layout, &seed);
     }
     epm_ffn_bplan_free(&pl);
 }
@@ -331,9 +334,8 @@ static void test_random_layouts(void **state)
         int64_t scale = (int64_t)1 << (rnd(&seed) % 12);
         for (int e = 0; e < E; e++)
             off[e + 1] = off[e] + (rnd(&seed) % 3 == 0 ? 0 : (int64_t)(rnd(&seed) % (uint64_t)scale));
-        int in_place = (int)(rnd(&seed) % 2);
-        assert_int_equal(epm_ffn_bplan_make(&pl, off, E, in_place), EPM_OK);
-        check_layout(&pl, off, E, in_place);
+        assert_int_equal(epm_ffn_bplan_make(&pl, off, E), EPM_OK);
+        check_layout(&pl, off, E);
         free(off);
     }
     epm_ffn_bplan_free(&pl);
@@ -412,13 +414,13 @@ static void test_refusals(void **state)
     (void)state;
     epm_ffn_bplan pl = {0};
     int64_t bad[] = {0, 4, 2, 6};
-    assert_int_equal(epm_ffn_bplan_make(&pl, bad, 3, 1), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_ffn_bplan_make(&pl, bad, 3), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "offsets[2]"));
     int64_t start[] = {1, 4};
-    assert_int_equal(epm_ffn_bplan_make(&pl, start, 1, 1), EPM_ERR_INVALID_ARG);
-    assert_int_equal(epm_ffn_bplan_make(&pl, start, 0, 1), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_ffn_bplan_make(&pl, start, 1), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_ffn_bplan_make(&pl, start, 0), EPM_ERR_INVALID_ARG);
     int64_t huge[] = {0, (int64_t)INT32_MAX + 1};
-    assert_int_equal(epm_ffn_bplan_make(&pl, huge, 1, 1), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_ffn_bplan_make(&pl, huge, 1), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "expert 0"));
     epm_ffn_bplan_free(&pl);
 }
