@@ -22,7 +22,10 @@ static const char usage[] =
     "  --tokens LIST  batch sizes, e.g. 1,16,128,1024,4096,16384. Default on the CPU\n"
     "                 1,16,128,512 (a 2-core machine finishes in a few minutes); on\n"
     "                 cuda 1,16,128,1024,4096,16384\n"
-    "  --dtype        default f32 on the CPU backends (their only one), bf16 on cuda\n"
+    "  --dtype        default f32 on the CPU backends, bf16 on cuda. bf16 on the cpu\n"
+    "                 backend keeps the weights bf16 and also times the float32 path\n"
+    "                 on the same weights widened (columns f32_s, vs_f32 = f32_s /\n"
+    "                 grouped_s); --weight-gb then bounds both copies\n"
     "  --weight-gb G  distinct expert weights to allocate, GB (default 3 on the CPU,\n"
     "                 all experts on cuda); experts cycle through the weight sets that fit\n"
     "Routing: each token picks k distinct experts uniformly at random. FLOPs count\n"
@@ -56,6 +59,7 @@ typedef struct bench {
     epm_dtype dt;
     size_t es;
     int reps;
+    int vs_f32; /* bf16 on the CPU: the float32 path on the widened weights timed beside it */
 } bench;
 
 /* Random values in [-0.01, 0.01) in the element type: one chunk drawn, then
@@ -83,40 +87,52 @@ static epm_status fill(bench *b, void *dst, size_t n, uint64_t *seed)
     return st;
 }
 
-static epm_status time_once(bench *b, int experts, const int64_t *off, int H, int F, const void *x,
+static epm_status time_once(bench *b, epm_dtype dt, int experts, const int64_t *off, int H, int F, const void *x,
                             const void *const *g, const void *const *u, const void *const *d, void *scr, void *y,
                             double *best)
 {
     double t0 = epm_now();
-    EPM_CHECK(b->o->grouped_ffn(b->kb, b->dt, x, off, experts, H, F, g, u, d, scr, y));
+    EPM_CHECK(b->o->grouped_ffn(b->kb, dt, x, off, experts, H, F, g, u, d, scr, y));
     EPM_CHECK(b->o->sync(b->kb));
     double t = epm_now() - t0;
     *best = t < *best ? t : *best;
     return EPM_OK;
 }
 
-/* Best of --reps for the grouped FFN and the dense chain, one of each in
- * turn, so that a slow spell of a shared machine hits both sides alike. */
+/* The float32 side of a bf16 run on the CPU: its rows, weights and scratch. */
+typedef struct f32_side {
+    const void *x;
+    const void *const *g, *const *u, *const *d;
+    void *scr, *y;
+} f32_side;
+
+/* Best of --reps for the grouped FFN and the dense chain (and the float32
+ * grouped FFN when s32 is set), one of each in turn, so that a slow spell
+ * of a shared machine hits every side alike. */
 static epm_status best_of(bench *b, int experts, const int64_t *off, const int64_t *dense, int H, int F,
                           const void *x, const void *const *g, const void *const *u, const void *const *d, void *scr,
-                          void *y, double *tg, double *td)
+                          void *y, const f32_side *s32, double *tg, double *td, double *t32)
 {
-    *tg = *td = 1e30;
+    *tg = *td = *t32 = 1e30;
     if (!epm_kernels_host_memory(b->kb)) { /* one untimed call each: cuBLAS picks and loads its kernels */
         double ignored = 1e30;
-        EPM_CHECK(time_once(b, experts, off, H, F, x, g, u, d, scr, y, &ignored));
-        EPM_CHECK(time_once(b, 1, dense, H, F, x, g, u, d, scr, y, &ignored));
+        EPM_CHECK(time_once(b, b->dt, experts, off, H, F, x, g, u, d, scr, y, &ignored));
+        EPM_CHECK(time_once(b, b->dt, 1, dense, H, F, x, g, u, d, scr, y, &ignored));
     }
     for (int r = 0; r < b->reps; r++) {
-        EPM_CHECK(time_once(b, experts, off, H, F, x, g, u, d, scr, y, tg));
-        EPM_CHECK(time_once(b, 1, dense, H, F, x, g, u, d, scr, y, td));
+        EPM_CHECK(time_once(b, b->dt, experts, off, H, F, x, g, u, d, scr, y, tg));
+        EPM_CHECK(time_once(b, b->dt, 1, dense, H, F, x, g, u, d, scr, y, td));
+        if (s32)
+            EPM_CHECK(time_once(b, EPM_DTYPE_F32, experts, off, H, F, s32->x, s32->g, s32->u, s32->d, s32->scr,
+                                s32->y, t32));
     }
     return EPM_OK;
 }
 
-/* One batch: the grouped FFN over off's experts, then the dense chain. */
-static epm_status run_case(bench *b, const shape *sh, const int64_t *off, void *const *sets, int nsets, double *tg,
-                           double *td)
+/* One batch: the grouped FFN over off's experts, then the dense chain (and
+ * the float32 grouped FFN over sets32, the widened sets, when b->vs_f32). */
+static epm_status run_case(bench *b, const shape *sh, const int64_t *off, void *const *sets, void *const *sets32,
+                           int nsets, double *tg, double *td, double *t32)
 {
     const int H = sh->hidden, F = sh->ffn, E = sh->experts;
     int64_t rows = off[E] ? off[E] : 1;
@@ -148,10 +164,44 @@ static epm_status run_case(bench *b, const shape *sh, const int64_t *off, void *
         g[e] = w, u[e] = w + per / 3, d[e] = w + 2 * (per / 3);
     }
     const int64_t dense[2] = {0, off[E]};
+    /* the float32 side: the same rows and weights widened (exactly) */
+    void *x32 = NULL, *y32 = NULL, *scr32 = NULL;
+    const void **g32 = NULL, **u32 = NULL, **d32 = NULL;
+    f32_side side = {0};
+    if (st == EPM_OK && b->vs_f32) {
+        size_t sb32 = b->o->grouped_ffn_scratch(b->kb, EPM_DTYPE_F32, rows, H, F);
+        g32 = epm_calloc((size_t)E, sizeof *g32), u32 = epm_calloc((size_t)E, sizeof *u32);
+        d32 = epm_calloc((size_t)E, sizeof *d32);
+        st = g32 && u32 && d32 ? EPM_OK : epm_fail(EPM_ERR_NOMEM, "bench kernels: %d experts", E);
+        if (st == EPM_OK)
+            st = b->o->alloc(b->kb, (size_t)rows * H * 4, &x32);
+        if (st == EPM_OK)
+            st = b->o->alloc(b->kb, (size_t)rows * H * 4, &y32);
+        if (st == EPM_OK)
+            st = b->o->alloc(b->kb, sb32 ? sb32 : 4, &scr32);
+        if (st == EPM_OK)
+            st = b->o->convert(b->kb, x, b->dt, rows * H, EPM_DTYPE_F32, x32);
+        if (st == EPM_OK) { /* touched before timing, as y and the scratch above */
+            memset(y32, 0, (size_t)rows * H * 4);
+            memset(scr32, 0, sb32);
+        }
+        for (int e = 0; e < E && st == EPM_OK; e++) {
+            char *w = (char *)sets32[e % nsets];
+            size_t m = (size_t)F * H * 4;
+            g32[e] = w, u32[e] = w + m, d32[e] = w + 2 * m;
+        }
+        side = (f32_side){x32, g32, u32, d32, scr32, y32};
+    }
     if (st == EPM_OK)
-        st = best_of(b, E, off, dense, H, F, x, g, u, d, scr, y, tg, td);
+        st = best_of(b, E, off, dense, H, F, x, g, u, d, scr, y, b->vs_f32 ? &side : NULL, tg, td, t32);
     b->o->free(b->kb, x), b->o->free(b->kb, y), b->o->free(b->kb, scr);
-    epm_free(g), epm_free(u), epm_free(d);
+    if (x32)
+        b->o->free(b->kb, x32);
+    if (y32)
+        b->o->free(b->kb, y32);
+    if (scr32)
+        b->o->free(b->kb, scr32);
+    epm_free(g), epm_free(u), epm_free(d), epm_free(g32), epm_free(u32), epm_free(d32);
     return st;
 }
 
@@ -184,18 +234,25 @@ static int bench_shape(bench *b, const shape *sh, const long *tokens, int ntoken
 {
     const char *W = "bench kernels";
     const int E = sh->experts, K = sh->k;
-    size_t per = (size_t)3 * sh->ffn * sh->hidden * b->es;
-    int nsets = weight_gb > 0 ? (int)(weight_gb * 1e9 / (double)per) : E;
+    size_t per = (size_t)3 * sh->ffn * sh->hidden * b->es, per32 = (size_t)3 * sh->ffn * sh->hidden * 4;
+    /* --weight-gb bounds both copies when the float32 one is timed beside */
+    int nsets = weight_gb > 0 ? (int)(weight_gb * 1e9 / (double)(per + (b->vs_f32 ? per32 : 0))) : E;
     nsets = nsets < 2 ? 2 : nsets > E ? E : nsets;
     /* the experts stacked in one block, [gate; up; down] each, as serving
      * engines hold them (vLLM's and SGLang's w13/w2 tensors): the strided
      * CUDA path needs the uniform stride; the other paths take any layout */
-    void *sets[256] = {0}, *block = NULL;
+    void *sets[256] = {0}, *sets32[256] = {0}, *block = NULL, *block32 = NULL;
     int rc = EPM_EXIT_OK;
     epm_status ast = b->o->alloc(b->kb, per * (size_t)nsets, &block);
+    if (ast == EPM_OK && b->vs_f32)
+        ast = b->o->alloc(b->kb, per32 * (size_t)nsets, &block32);
     for (int i = 0; i < nsets && ast == EPM_OK; i++) {
         sets[i] = (char *)block + per * (size_t)i;
         ast = fill(b, sets[i], per / b->es, seed);
+        if (ast == EPM_OK && b->vs_f32) {
+            sets32[i] = (char *)block32 + per32 * (size_t)i;
+            ast = b->o->convert(b->kb, sets[i], b->dt, (int64_t)(per / b->es), EPM_DTYPE_F32, sets32[i]);
+        }
     }
     if (ast != EPM_OK)
         rc = cli_fail(W, ast);
@@ -209,9 +266,9 @@ static int bench_shape(bench *b, const shape *sh, const long *tokens, int ntoken
             route_random(T, E, K, seed, ids, perm);
             st = epm_ref_route(ids, T, K, E, off, src, rof);
         }
-        double tg = 0, td = 0;
+        double tg = 0, td = 0, t32 = 0;
         if (st == EPM_OK)
-            st = run_case(b, sh, off, sets, nsets, &tg, &td);
+            st = run_case(b, sh, off, sets, sets32, nsets, &tg, &td, &t32);
         if (st != EPM_OK) {
             rc = cli_fail(W, st);
         } else {
@@ -222,10 +279,13 @@ static int bench_shape(bench *b, const shape *sh, const long *tokens, int ntoken
             for (int e = 0; e < E; e++)
                 used += off[e + 1] > off[e];
             double wbytes = (double)used * per;
-            printf(csv ? "%s,%s,%s,%ld,%.0f,%d,%.6f,%.4f,%.2f,%.6f,%.4f,%.3f\n"
-                       : "%s%s%-8s %7ld %7.0f %5d %11.6f %9.4f %8.2f %11.6f %9.4f %7.3f\n",
+            printf(csv ? "%s,%s,%s,%ld,%.0f,%d,%.6f,%.4f,%.2f,%.6f,%.4f,%.3f"
+                       : "%s%s%-8s %7ld %7.0f %5d %11.6f %9.4f %8.2f %11.6f %9.4f %7.3f",
                    csv ? epm_kernels_name(b->kb) : "", csv ? epm_dtype_name(b->dt) : "", sh->name, T, rows, used, tg,
                    flops / tg / 1e12, wbytes / tg / 1e9, td, flops / td / 1e12, td / tg);
+            if (b->vs_f32)
+                printf(csv ? ",%.6f,%.3f" : " %11.6f %7.3f", t32, t32 / tg);
+            putchar('\n');
             fflush(stdout);
         }
         epm_free(ids), epm_free(src), epm_free(rof), epm_free(perm), epm_free(off);
@@ -295,6 +355,7 @@ int epm_bench_kernels(int argc, char **argv)
     int rc = EPM_EXIT_OK;
     b.dt = !strcasecmp(dtype, "f32") ? EPM_DTYPE_F32 : EPM_DTYPE_BF16;
     b.es = epm_dtype_size(b.dt);
+    b.vs_f32 = host && b.dt == EPM_DTYPE_BF16 && !strcmp(backend, "cpu");
     if (weight_gb < 0 && host)
         weight_gb = 3;
     if (!tokens_s) { /* the defaults parse */
@@ -307,9 +368,12 @@ int epm_bench_kernels(int argc, char **argv)
                host && !strcmp(tokens_s, "1,16,128,512") ? " (small CPU default; the shapes scale to 16384)" : "",
                reps);
     printf(csv ? "backend,dtype,shape,tokens,rows,experts_used,grouped_s,grouped_tflops,weight_gbs,dense_s,"
-                 "dense_tflops,ratio\n"
-               : "%-8s %7s %7s %5s %11s %9s %8s %11s %9s %7s\n",
+                 "dense_tflops,ratio"
+               : "%-8s %7s %7s %5s %11s %9s %8s %11s %9s %7s",
            "shape", "tokens", "rows", "used", "grouped s", "TFLOP/s", "wGB/s", "dense s", "TFLOP/s", "ratio");
+    if (b.vs_f32)
+        printf(csv ? ",f32_s,vs_f32" : " %11s %7s", "f32 s", "vs f32");
+    putchar('\n');
     uint64_t seed = 5;
     for (size_t si = 0; si < sizeof shapes / sizeof *shapes && rc == EPM_EXIT_OK; si++)
         if (!strcmp(which, "all") || !strcmp(which, shapes[si].name))

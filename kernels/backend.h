@@ -24,12 +24,34 @@ epm_status epm_kernels_cuda_open(epm_kernels *kb);
 /* Visible CUDA devices; 0 in a build without CUDA. */
 int epm_kernels_cuda_devices(void);
 
+/* Rows per GEMM of the CPU grouped FFN: scratch stays bounded at 16k tokens
+ * x top-8 while each GEMM stays large enough to run at the BLAS's full rate. */
+enum { EPM_CPU_FFN_CHUNK = 1024 };
+
+/* The argument checks of the CPU grouped FFNs, each failure naming fn. */
+epm_status epm_cpu_ffn_check(const char *fn, const void *x, const int64_t *offsets, int experts, int hidden,
+                             int ffn, const void *const *gate, const void *const *up, const void *const *down,
+                             const void *scratch, const void *y);
 /* The CPU grouped expert FFN, float32 (cpu_ffn.c); scratch from
  * epm_cpu_ffn_scratch_bytes. */
 size_t epm_cpu_ffn_scratch_bytes(int64_t rows, int hidden, int ffn);
 epm_status epm_cpu_grouped_ffn(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
                                const float *const *gate, const float *const *up, const float *const *down,
                                float *scratch, float *y);
+/* The same over bfloat16 weights (cpu_ffn_bf16.c): x, y and scratch float32;
+ * scratch holds epm_cpu_ffn_w16_scratch_floats(rows of the busiest expert,
+ * hidden, ffn, 0) floats (the float32 path's, plus a panel of widened
+ * weights when an expert has more than a few rows). */
+epm_status epm_cpu_grouped_ffn_w16(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
+                                   const uint16_t *const *gate, const uint16_t *const *up,
+                                   const uint16_t *const *down, float *scratch, float *y);
+size_t epm_cpu_ffn_w16_scratch_floats(int64_t max_rows, int hidden, int ffn, int fixed_panel);
+/* As epm_cpu_grouped_ffn_w16 with panels of fixed_panel weight rows (> 0;
+ * 0 = the automatic size; the scratch to match): the tests' way to several
+ * panels and a short last one on small weights. */
+epm_status epm_cpu_grouped_ffn_w16_panels(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
+                                          const uint16_t *const *gate, const uint16_t *const *up,
+                                          const uint16_t *const *down, float *scratch, float *y, int fixed_panel);
 epm_status epm_cpu_linear(const float *x, int64_t n, int in, const float *w, const float *b, int out, float *y);
 
 #endif

@@ -2,7 +2,8 @@
  * "cpu" replaces the GEMM-shaped operations (linear, grouped FFN) with BLAS
  * and keeps the reference for the rest, which are memory-bound or small.
  * bfloat16 (permute, unpermute, and the reference's grouped FFN, the oracle
- * of the CUDA bf16 path) is computed in float32 and rounded once on output. */
+ * of the CUDA bf16 path) is computed in float32 and rounded once on output;
+ * "cpu"'s bf16 grouped FFN keeps the weights bf16 (cpu_ffn_bf16.c). */
 #include <string.h>
 
 #include "backend.h"
@@ -226,10 +227,40 @@ static epm_status cpu_linear(epm_kernels *kb, const float *x, int64_t n, int in,
     return epm_cpu_linear(x, n, in, w, b, out, y);
 }
 
+/* bf16 rows move through float32 copies of one chunk at a time, ahead of
+ * the bf16-weight kernel's own scratch */
+static int64_t bf16_chunk(int64_t rows) { return rows < EPM_CPU_FFN_CHUNK ? rows : EPM_CPU_FFN_CHUNK; }
+
 static size_t cpu_ffn_scratch(epm_kernels *kb, epm_dtype dt, int64_t rows, int hidden, int ffn)
 {
-    (void)kb, (void)dt;
-    return epm_cpu_ffn_scratch_bytes(rows, hidden, ffn);
+    (void)kb;
+    if (dt != EPM_DTYPE_BF16)
+        return epm_cpu_ffn_scratch_bytes(rows, hidden, ffn);
+    size_t f = (size_t)(2 * bf16_chunk(rows) * hidden) + epm_cpu_ffn_w16_scratch_floats(rows, hidden, ffn, 0);
+    return f * sizeof(float);
+}
+
+/* bf16 in, weights and out: the weights stay bf16 (cpu_ffn_bf16.c), each
+ * chunk of an expert's rows is widened, run, and rounded once to bf16 (as
+ * the reference rounds its float32 result). */
+static epm_status cpu_ffn_bf16(const uint16_t *x, const int64_t *offsets, int experts, int hidden, int ffn,
+                               const uint16_t *const *gate, const uint16_t *const *up, const uint16_t *const *down,
+                               float *scratch, uint16_t *y)
+{
+    EPM_CHECK(epm_cpu_ffn_check("cpu grouped_ffn", x, offsets, experts, hidden, ffn, (const void *const *)gate,
+                                (const void *const *)up, (const void *const *)down, scratch, y));
+    int64_t rows = offsets[experts];
+    float *xf = scratch, *yf = xf + bf16_chunk(rows) * hidden, *rest = yf + bf16_chunk(rows) * hidden;
+    for (int e = 0; e < experts; e++) {
+        for (int64_t r0 = offsets[e]; r0 < offsets[e + 1]; r0 += EPM_CPU_FFN_CHUNK) {
+            int64_t m = bf16_chunk(offsets[e + 1] - r0);
+            const int64_t off[2] = {0, m};
+            EPM_CHECK(epm_ref_convert(x + r0 * hidden, EPM_DTYPE_BF16, m * hidden, EPM_DTYPE_F32, xf));
+            EPM_CHECK(epm_cpu_grouped_ffn_w16(xf, off, 1, hidden, ffn, gate + e, up + e, down + e, rest, yf));
+            EPM_CHECK(epm_ref_convert(yf, EPM_DTYPE_F32, m * hidden, EPM_DTYPE_BF16, y + r0 * hidden));
+        }
+    }
+    return EPM_OK;
 }
 
 static epm_status cpu_grouped_ffn(epm_kernels *kb, epm_dtype dt, const void *x, const int64_t *offsets, int experts,
@@ -237,9 +268,10 @@ static epm_status cpu_grouped_ffn(epm_kernels *kb, epm_dtype dt, const void *x, 
                                   const void *const *down, void *scratch, void *y)
 {
     (void)kb;
-    if (dt != EPM_DTYPE_F32)
-        return epm_fail(EPM_ERR_UNSUPPORTED, "cpu grouped_ffn: dtype %s: the CPU path keeps weights in float32 "
-                        "(OpenBLAS has no bf16 GEMM here); use F32 or the ref backend", epm_dtype_name(dt));
+    EPM_CHECK(check_dtype("cpu grouped_ffn", dt));
+    if (dt == EPM_DTYPE_BF16)
+        return cpu_ffn_bf16(x, offsets, experts, hidden, ffn, (const uint16_t *const *)gate,
+                            (const uint16_t *const *)up, (const uint16_t *const *)down, scratch, y);
     return epm_cpu_grouped_ffn(x, offsets, experts, hidden, ffn, (const float *const *)gate,
                                (const float *const *)up, (const float *const *)down, scratch, y);
 }

@@ -13,7 +13,7 @@
 #include "backend.h"
 #include "kcheck.h"
 
-enum { CHUNK = 1024 };
+enum { CHUNK = EPM_CPU_FFN_CHUNK };
 
 static void sgemm_rows(const float *x, int64_t m, int in, const float *w, int out, float *y)
 {
@@ -44,21 +44,30 @@ size_t epm_cpu_ffn_scratch_bytes(int64_t rows, int hidden, int ffn)
     return (size_t)(2 * m * ffn) * sizeof(float);
 }
 
+epm_status epm_cpu_ffn_check(const char *fn, const void *x, const int64_t *offsets, int experts, int hidden,
+                             int ffn, const void *const *gate, const void *const *up, const void *const *down,
+                             const void *scratch, const void *y)
+{
+    EPM_CHECK(epm_ref_check_offsets(fn, offsets, experts));
+    KREQ(hidden >= 1 && ffn >= 1, "%s: hidden = %d, ffn = %d", fn, hidden, ffn);
+    KREQ(gate && up && down, "%s: a weight pointer array is NULL", fn);
+    KREQ(x || offsets[experts] == 0, "%s: x is NULL", fn);
+    KREQ(y || offsets[experts] == 0, "%s: y is NULL", fn);
+    KREQ(scratch || offsets[experts] == 0, "%s: scratch is NULL", fn);
+    for (int e = 0; e < experts; e++) {
+        int64_t m = offsets[e + 1] - offsets[e];
+        KREQ(m == 0 || (gate[e] && up[e] && down[e]), "%s: expert %d has %lld rows but no weights", fn, e,
+             (long long)m);
+    }
+    return EPM_OK;
+}
+
 epm_status epm_cpu_grouped_ffn(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
                                const float *const *gate, const float *const *up, const float *const *down,
                                float *scratch, float *y)
 {
-    EPM_CHECK(epm_ref_check_offsets("cpu grouped_ffn", offsets, experts));
-    KREQ(hidden >= 1 && ffn >= 1, "cpu grouped_ffn: hidden = %d, ffn = %d", hidden, ffn);
-    KREQ(gate && up && down, "cpu grouped_ffn: a weight pointer array is NULL");
-    KPTR("cpu grouped_ffn", x, offsets[experts]);
-    KPTR("cpu grouped_ffn", y, offsets[experts]);
-    KPTR("cpu grouped_ffn", scratch, offsets[experts]);
-    for (int e = 0; e < experts; e++) {
-        int64_t m = offsets[e + 1] - offsets[e];
-        KREQ(m == 0 || (gate[e] && up[e] && down[e]), "cpu grouped_ffn: expert %d has %lld rows but no weights", e,
-             (long long)m);
-    }
+    EPM_CHECK(epm_cpu_ffn_check("cpu grouped_ffn", x, offsets, experts, hidden, ffn, (const void *const *)gate,
+                                (const void *const *)up, (const void *const *)down, scratch, y));
     for (int e = 0; e < experts; e++) {
         for (int64_t r0 = offsets[e]; r0 < offsets[e + 1]; r0 += CHUNK) {
             int64_t m = offsets[e + 1] - r0 < CHUNK ? offsets[e + 1] - r0 : CHUNK;

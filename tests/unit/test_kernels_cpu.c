@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "backend.h"
 #include "epm_config.h"
 #include "kernels_check.h"
 
@@ -23,17 +24,74 @@ static void test_kernels_cpu_embed_convert(void **state) { kc_embed_convert(*sta
 
 static void test_kernels_cpu_grouped_ffn_f32(void **state) { assert_true(kc_grouped_ffn(*state, EPM_DTYPE_F32, 0)); }
 
-/* The CPU path keeps weights in float32: bf16 is refused by name, not
- * computed wrongly. */
-static void test_kernels_cpu_grouped_ffn_bf16_refused(void **state)
+/* bf16 rows and weights: the weights stay bf16 (cpu_ffn_bf16.c), beside the
+ * reference's widened float32 at the bf16 tolerance. */
+static void test_kernels_cpu_grouped_ffn_bf16(void **state) { assert_true(kc_grouped_ffn(*state, EPM_DTYPE_BF16, 0)); }
+
+/* The bf16-weight kernel with float32 rows is float32 math on the widened
+ * weights: the reference on them, to float32 tolerance (only the order of
+ * the additions differs). Rows per expert cross the direct kernel's row
+ * block (4), its limit (32) and the chunk (1024); widths are odd and below
+ * one vector; panels are automatic, or a few rows each so that several
+ * panels and a short last one run on small weights; the widths of the last
+ * cases take the threads (direct kernel and widening). */
+static void test_kernels_cpu_w16_is_f32_on_widened(void **state)
 {
-    assert_false(kc_grouped_ffn(*state, EPM_DTYPE_BF16, 1));
     kc_ctx *c = *state;
-    const int64_t off[2] = {0, 0};
-    const void *w[1] = {NULL};
-    assert_int_equal(c->F->grouped_ffn(c->fast, EPM_DTYPE_BF16, NULL, off, 1, 4, 4, w, w, w, NULL, NULL),
-                     EPM_ERR_UNSUPPORTED);
-    assert_non_null(strstr(epm_last_error(), "BF16"));
+    static const struct {
+        int H, F;
+        int64_t rows[6];
+        int panel;
+    } cases[] = {
+        {1, 1, {0, 1, 0, 2, 0, 0}, 0},          {7, 9, {1, 2, 3, 4, 5, 6}, 0},
+        {23, 17, {5, 0, 32, 9, 33, 7}, 3},       {67, 45, {0, 0, 0, 0, 0, 40}, 7},
+        {16, 33, {1030, 3, 0, 0, 0, 0}, 0},      {9, 16, {1030, 0, 0, 0, 0, 0}, 5},
+        {257, 300, {1, 2, 3, 4, 12, 0}, 0},      {257, 300, {0, 0, 4, 0, 0, 40}, 0},
+        {257, 300, {0, 0, 0, 0, 0, 41}, 64},
+    };
+    enum { E = 6 };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        int H = cases[i].H, F = cases[i].F;
+        int64_t off[E + 1] = {0};
+        for (int e = 0; e < E; e++)
+            off[e + 1] = off[e] + cases[i].rows[e];
+        int64_t R = off[E];
+        size_t per = (size_t)3 * F * H;
+        float *x = kc_rnd((size_t)R * H + 1, &c->seed), *wf = kc_rnd(E * per, &c->seed);
+        for (size_t j = 0; j < E * per; j++)
+            wf[j] *= 2.0f / sqrtf((float)(H + F));
+        uint16_t *w = kc_as(wf, (int64_t)(E * per), EPM_DTYPE_BF16);
+        float *ww = kc_to_f32(w, (int64_t)(E * per), EPM_DTYPE_BF16);
+        const uint16_t *g[E], *u[E], *d[E];
+        const float *gf[E], *uf[E], *df[E];
+        for (int e = 0; e < E; e++) {
+            g[e] = w + e * per, u[e] = g[e] + (size_t)F * H, d[e] = u[e] + (size_t)F * H;
+            gf[e] = ww + e * per, uf[e] = gf[e] + (size_t)F * H, df[e] = uf[e] + (size_t)F * H;
+        }
+        int64_t busiest = 0;
+        for (int e = 0; e < E; e++)
+            busiest = cases[i].rows[e] > busiest ? cases[i].rows[e] : busiest;
+        size_t sn = epm_cpu_ffn_w16_scratch_floats(busiest, H, F, cases[i].panel) + 1;
+        float *scr = malloc(sn * sizeof *scr), *y = malloc(((size_t)R * H + 1) * sizeof *y);
+        float *want = malloc(((size_t)R * H + 1) * sizeof *want);
+        for (size_t j = 0; j < sn; j++)
+            scr[j] = NAN;
+        for (int64_t j = 0; j < R * H; j++)
+            y[j] = NAN; /* a row never written stays NaN and fails below */
+        assert_int_equal(epm_cpu_grouped_ffn_w16_panels(x, off, E, H, F, g, u, d, scr, y, cases[i].panel), EPM_OK);
+        assert_int_equal(epm_ref_grouped_ffn(x, off, E, H, F, gf, uf, df, want), EPM_OK);
+        char what[96];
+        snprintf(what, sizeof what, "w16 case %zu (hidden %d, ffn %d, panel %d)", i, H, F, cases[i].panel);
+        kc_close(what, y, want, R * H, KC_F32_TOL);
+        free(x), free(wf), free(w), free(ww), free(scr), free(y), free(want);
+    }
+    /* an expert with rows but no weights is refused by name */
+    const int64_t off[3] = {0, 1, 3};
+    uint16_t wz[4] = {0};
+    const uint16_t *some[2] = {wz, NULL};
+    float x[8] = {0}, y[8], scr[32];
+    assert_int_equal(epm_cpu_grouped_ffn_w16(x, off, 2, 2, 1, some, some, some, scr, y), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "expert 1 has 2 rows but no weights"));
     epm_clear_error();
 }
 
@@ -154,7 +212,8 @@ int main(void)
         cmocka_unit_test(test_kernels_cpu_permute_bf16),
         cmocka_unit_test(test_kernels_cpu_embed_convert),
         cmocka_unit_test(test_kernels_cpu_grouped_ffn_f32),
-        cmocka_unit_test(test_kernels_cpu_grouped_ffn_bf16_refused),
+        cmocka_unit_test(test_kernels_cpu_grouped_ffn_bf16),
+        cmocka_unit_test(test_kernels_cpu_w16_is_f32_on_widened),
         cmocka_unit_test(test_kernels_cpu_grouped_ffn_bad_offsets),
         cmocka_unit_test(test_kernels_cpu_ref_bf16_is_widened_f32),
         cmocka_unit_test(test_kernels_cpu_backend_selection),

@@ -1,0 +1,274 @@
+/* The CPU expert FFN over bfloat16 weights, float32 activations and float32
+ * accumulation. Why: MoE checkpoints ship in bf16, and widening every expert
+ * to float32 at load doubles the memory a rank needs and the bytes each
+ * decoded token reads; Debian's OpenBLAS has no bf16 GEMM (cblas_sbgemm), so
+ * the weights are widened where they are used. Every product is the same as
+ * float32 math on the widened weights (a bf16 value widens exactly); only the
+ * order of the additions differs from the reference.
+ *
+ * Two ways, by the rows an expert chunk has:
+ *  - up to DIRECT_ROWS rows (decode): each weight row is widened in registers
+ *    and dotted with every input row, gate and up in the same pass with the
+ *    SiLU applied on the spot, threads over output features. It reads the
+ *    bf16 weights once: half the bytes of the float32 path, which is what
+ *    bounds decode.
+ *  - more rows: panels of the weight widened to float32 into the caller's
+ *    scratch, then one SGEMM per panel (OpenBLAS's threads). The widening
+ *    runs on one thread: a few percent of the SGEMM's time, while a second
+ *    thread pool beside OpenBLAS's costs more in their spinning. A
+ *    panel has at least PANEL_MIN_ROWS rows because each SGEMM packs its whole
+ *    input block again (OpenBLAS packs A on every call): below a few hundred
+ *    output columns that repacking costs more than the widening saves. */
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#include "backend.h"
+#include "half.h"
+#include "ops.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#define EPM_OMP(directive) _Pragma(directive)
+#else
+#define EPM_OMP(directive)
+#endif
+
+enum {
+    ROW_BLOCK = 4,               /* rows the direct kernel dots with one weight row at once */
+    DIRECT_ROWS = 32,            /* rows of an expert up to which the direct kernel runs */
+    CHUNK = EPM_CPU_FFN_CHUNK,   /* rows per chunk of the panel path, as cpu_ffn.c */
+    PANEL_MIN_ROWS = 512,        /* output features per widened panel, at least ... */
+    PANEL_FLOATS = 2 << 20,      /* ... and at most this many floats (8 MiB) unless those rows are wider */
+    PAR_MIN_WORK = 1 << 16       /* multiply-adds below which one thread does it all */
+};
+_Static_assert(ROW_BLOCK == 4, "dot_block's switch covers 1..4 rows");
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+/* The direct kernel is plain C on GCC vectors; these clones let it use FMA
+ * and 256-bit registers where the CPU has them, picked once at load (ifunc). */
+#define EPM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define EPM_CLONES
+#endif
+
+/* 8-wide vectors pass between static inline helpers only, never across an
+ * ABI boundary: GCC's note that their ABI differs without AVX does not apply */
+#pragma GCC diagnostic ignored "-Wpsabi"
+#if defined(__GNUC__) && !defined(__clang__)
+/* ISO C mode turns contraction off; the dot products want fused multiply-adds */
+#pragma GCC optimize("fp-contract=fast")
+#endif
+typedef float vf8 __attribute__((vector_size(32)));
+typedef uint16_t vh8 __attribute__((vector_size(16)));
+typedef uint32_t vu8 __attribute__((vector_size(32)));
+
+static inline __attribute__((always_inline)) vf8 widen8(const uint16_t *p)
+{
+    vh8 h;
+    memcpy(&h, p, sizeof h);
+    vu8 u = __builtin_convertvector(h, vu8) << 16;
+    vf8 f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline __attribute__((always_inline)) vf8 load8(const float *p)
+{
+    vf8 f;
+    memcpy(&f, p, sizeof f);
+    return f;
+}
+
+static inline __attribute__((always_inline)) float hsum8(const vf8 *p)
+{
+    vf8 v = *p;
+    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+}
+
+/* acc[i] = x[i] . w for M rows of x (stride ld), w one bf16 row of length K.
+ * Inlined with a constant M (the switches below), so that the accumulators
+ * live in registers. */
+static inline __attribute__((always_inline)) void dot_rows(const int M, const float *x, int64_t ld,
+                                                            const uint16_t *w, int K, float *acc)
+{
+    /* two sets of accumulators: one row alone would wait on each add */
+    vf8 a[ROW_BLOCK] = {0}, b[ROW_BLOCK] = {0};
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        vf8 w0 = widen8(w + k), w1 = widen8(w + k + 8);
+#pragma GCC unroll 4
+        for (int i = 0; i < M; i++) {
+            a[i] += load8(x + i * ld + k) * w0;
+            b[i] += load8(x + i * ld + k + 8) * w1;
+        }
+    }
+    for (; k + 8 <= K; k += 8) {
+        vf8 w0 = widen8(w + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < M; i++)
+            a[i] += load8(x + i * ld + k) * w0;
+    }
+    for (int i = 0; i < M; i++) {
+        vf8 ab = a[i] + b[i];
+        float s = hsum8(&ab);
+        for (int j = k; j < K; j++)
+            s += x[i * ld + j] * epm_bf16_to_f32(w[j]);
+        acc[i] = s;
+    }
+}
+
+/* dot_rows for M = 1..4 rows, M known only at run time. */
+static inline __attribute__((always_inline)) void dot_block(int M, const float *x, int64_t ld, const uint16_t *w,
+                                                             int K, float *acc)
+{
+    switch (M) {
+    case 1: dot_rows(1, x, ld, w, K, acc); break;
+    case 2: dot_rows(2, x, ld, w, K, acc); break;
+    case 3: dot_rows(3, x, ld, w, K, acc); break;
+    default: dot_rows(4, x, ld, w, K, acc); break;
+    }
+}
+
+/* y[i][n] = x[i] . w[n] for i < M, n in [n0, n1). Each weight row is read
+ * from memory once and dotted with every row block while it is in L1. */
+EPM_CLONES static void direct_linear(int M, const float *x, int K, const uint16_t *w, int n0, int n1, float *y,
+                                     int64_t ldy)
+{
+    float acc[ROW_BLOCK];
+    for (int n = n0; n < n1; n++)
+        for (int i0 = 0; i0 < M; i0 += ROW_BLOCK) {
+            int m = M - i0 < ROW_BLOCK ? M - i0 : ROW_BLOCK;
+            dot_block(m, x + (int64_t)i0 * K, K, w + (int64_t)n * K, K, acc);
+            for (int i = 0; i < m; i++)
+                y[(i0 + i) * ldy + n] = acc[i];
+        }
+}
+
+/* h[i][n] = silu(x[i] . gate[n]) * (x[i] . up[n]) for i < M, n in [n0, n1). */
+EPM_CLONES static void direct_gate_up(int M, const float *x, int K, const uint16_t *gate, const uint16_t *up, int n0,
+                                      int n1, float *h, int64_t ldh)
+{
+    float g[ROW_BLOCK], u[ROW_BLOCK];
+    for (int n = n0; n < n1; n++)
+        for (int i0 = 0; i0 < M; i0 += ROW_BLOCK) {
+            int m = M - i0 < ROW_BLOCK ? M - i0 : ROW_BLOCK;
+            dot_block(m, x + (int64_t)i0 * K, K, gate + (int64_t)n * K, K, g);
+            dot_block(m, x + (int64_t)i0 * K, K, up + (int64_t)n * K, K, u);
+            for (int i = 0; i < m; i++)
+                h[(i0 + i) * ldh + n] = epm_silu(g[i]) * u[i];
+        }
+}
+
+/* Threads over blocks of output features when there is enough work. */
+static int threads_for(int64_t work)
+{
+#ifdef _OPENMP
+    return work < PAR_MIN_WORK ? 1 : omp_get_max_threads();
+#else
+    (void)work;
+    return 1;
+#endif
+}
+
+static void direct_expert(int M, const float *x, int H, int F, const uint16_t *gate, const uint16_t *up,
+                          const uint16_t *down, float *h, float *y)
+{
+    int nt = threads_for((int64_t)M * H * F);
+    (void)nt;
+EPM_OMP("omp parallel num_threads(nt)")
+    {
+        int t = 0, T = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num(), T = omp_get_num_threads();
+#endif
+        direct_gate_up(M, x, H, gate, up, (int)((int64_t)F * t / T), (int)((int64_t)F * (t + 1) / T), h, F);
+EPM_OMP("omp barrier")
+        direct_linear(M, h, F, down, (int)((int64_t)H * t / T), (int)((int64_t)H * (t + 1) / T), y, H);
+    }
+}
+
+EPM_CLONES static void widen_span(const uint16_t *w, int64_t n, float *out)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        vf8 f = widen8(w + i);
+        memcpy(out + i, &f, sizeof f);
+    }
+    for (; i < n; i++)
+        out[i] = epm_bf16_to_f32(w[i]);
+}
+
+/* y[m][N] (ld N) = x[m][K] w^T, w bf16 [N][K], through widened panels. */
+static void panel_linear(const float *x, int64_t m, int K, const uint16_t *w, int N, float *panel, int panel_rows,
+                         float *y)
+{
+    for (int n0 = 0; n0 < N; n0 += panel_rows) {
+        int nb = N - n0 < panel_rows ? N - n0 : panel_rows;
+        widen_span(w + (int64_t)n0 * K, (int64_t)nb * K, panel);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, nb, K, 1.0f, x, K, panel, K, 0.0f, y + n0, N);
+    }
+}
+
+static int panel_rows_for(int K, int N, int fixed)
+{
+    int64_t r = fixed > 0 ? fixed : PANEL_FLOATS / K;
+    if (fixed <= 0 && r < PANEL_MIN_ROWS)
+        r = PANEL_MIN_ROWS;
+    return r > N ? N : (int)r;
+}
+
+static size_t panel_floats(int hidden, int ffn, int fixed)
+{
+    int64_t a = (int64_t)panel_rows_for(hidden, ffn, fixed) * hidden;
+    int64_t b = (int64_t)panel_rows_for(ffn, hidden, fixed) * ffn;
+    return (size_t)(a > b ? a : b);
+}
+
+/* gate and up outputs of one chunk, then the widened panel when needed */
+size_t epm_cpu_ffn_w16_scratch_floats(int64_t max_rows, int hidden, int ffn, int fixed_panel)
+{
+    int64_t m = max_rows < CHUNK ? max_rows : CHUNK;
+    size_t f = (size_t)(2 * m * ffn);
+    return max_rows > DIRECT_ROWS ? f + panel_floats(hidden, ffn, fixed_panel) : f;
+}
+
+epm_status epm_cpu_grouped_ffn_w16_panels(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
+                                          const uint16_t *const *gate, const uint16_t *const *up,
+                                          const uint16_t *const *down, float *scratch, float *y, int fixed_panel)
+{
+    EPM_CHECK(epm_cpu_ffn_check("cpu grouped_ffn (bf16 weights)", x, offsets, experts, hidden, ffn,
+                                (const void *const *)gate, (const void *const *)up, (const void *const *)down,
+                                scratch, y));
+    int64_t busiest = 0;
+    for (int e = 0; e < experts; e++)
+        busiest = offsets[e + 1] - offsets[e] > busiest ? offsets[e + 1] - offsets[e] : busiest;
+    float *panel = scratch + 2 * (busiest < CHUNK ? busiest : CHUNK) * (int64_t)ffn;
+    int pr_in = panel_rows_for(hidden, ffn, fixed_panel), pr_out = panel_rows_for(ffn, hidden, fixed_panel);
+    for (int e = 0; e < experts; e++) {
+        int64_t rows = offsets[e + 1] - offsets[e];
+        if (rows <= DIRECT_ROWS) {
+            if (rows > 0)
+                direct_expert((int)rows, x + offsets[e] * hidden, hidden, ffn, gate[e], up[e], down[e], scratch,
+                              y + offsets[e] * hidden);
+            continue;
+        }
+        for (int64_t r0 = offsets[e]; r0 < offsets[e + 1]; r0 += CHUNK) {
+            int64_t m = offsets[e + 1] - r0 < CHUNK ? offsets[e + 1] - r0 : CHUNK;
+            float *g = scratch, *u = scratch + m * ffn;
+            panel_linear(x + r0 * hidden, m, hidden, gate[e], ffn, panel, pr_in, g);
+            panel_linear(x + r0 * hidden, m, hidden, up[e], ffn, panel, pr_in, u);
+            for (int64_t i = 0; i < m * ffn; i++)
+                g[i] = epm_silu(g[i]) * u[i];
+            panel_linear(g, m, ffn, down[e], hidden, panel, pr_out, y + r0 * hidden);
+        }
+    }
+    return EPM_OK;
+}
+
+epm_status epm_cpu_grouped_ffn_w16(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
+                                   const uint16_t *const *gate, const uint16_t *const *up,
+                                   const uint16_t *const *down, float *scratch, float *y)
+{
+    return epm_cpu_grouped_ffn_w16_panels(x, offsets, experts, hidden, ffn, gate, up, down, scratch, y, 0);
+}
