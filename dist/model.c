@@ -1,7 +1,7 @@
-/* Opening a checkpoint and loading its weights as float32. Opening checks
- * every tensor the config implies (headers only); loading reads the dense
- * weights and only the experts a rank asks for, so that a rank's I/O follows
- * its placement. */
+/* Opening a checkpoint and loading its weights as float32 (routed experts
+ * may stay bf16: epm_model_set_expert_dtype). Opening checks every tensor
+ * the config implies (headers only); loading reads the dense weights and only
+ * the experts a rank asks for, so that a rank's I/O follows its placement. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -16,36 +16,62 @@ struct epm_model {
     epm_model_dense dense;
     int dense_loaded;
     epm_model_mlp *experts; /* [layers * experts]; gate NULL = not loaded */
-    float **owned;          /* converted copies */
+    int experts_loaded;     /* any expert yet: their dtype is fixed from then on */
+    int keep_bf16;          /* routed experts stay bf16 (every one of them is BF16 in the checkpoint) */
+    void **owned;           /* converted or aligned copies */
     int nowned, capowned;
     int64_t bytes, expert_bytes;
 };
 
-/* One tensor the config implies: its name, shape, and where its float32
- * pointer goes once loaded. */
+/* One tensor the config implies: its name, shape, and where its pointer
+ * goes once loaded: a float32 one (dst), or an MLP weight's (mlp), whose
+ * dtype the MLP records. */
 typedef struct spec {
     char name[192];
     int ndim;
     int64_t shape[2];
     const float **dst;
+    const void **mlp;
 } spec;
 
 /* Up to this many tensors per layer besides the routed experts. */
 enum { MAX_LAYER_SPECS = 24 };
 
-static void add(spec *s, int *n, const float **dst, int64_t d0, int64_t d1, const char *fmt, ...) EPM_PRINTF(6, 7);
+static void vadd(spec *s, int *n, const float **dst, const void **mlp, int64_t d0, int64_t d1, const char *fmt,
+                 va_list ap) EPM_PRINTF(7, 0);
 
-static void add(spec *s, int *n, const float **dst, int64_t d0, int64_t d1, const char *fmt, ...)
+static void vadd(spec *s, int *n, const float **dst, const void **mlp, int64_t d0, int64_t d1, const char *fmt,
+                 va_list ap)
 {
     spec *x = &s[(*n)++];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(x->name, sizeof x->name, fmt, ap);
-    va_end(ap);
     x->ndim = d1 > 0 ? 2 : 1;
     x->shape[0] = d0;
     x->shape[1] = d1;
     x->dst = dst;
+    x->mlp = mlp;
+}
+
+static void add(spec *s, int *n, const float **dst, int64_t d0, int64_t d1, const char *fmt, ...) EPM_PRINTF(6, 7);
+
+static void add(spec *s, int *n, const float **dst, int64_t d0, int64_t d1, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vadd(s, n, dst, NULL, d0, d1, fmt, ap);
+    va_end(ap);
+}
+
+/* An MLP weight (gate, up or down): float32, or bf16 for routed experts kept so. */
+static void add_mlp(spec *s, int *n, const void **dst, int64_t d0, int64_t d1, const char *fmt, ...)
+    EPM_PRINTF(6, 7);
+
+static void add_mlp(spec *s, int *n, const void **dst, int64_t d0, int64_t d1, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vadd(s, n, NULL, dst, d0, d1, fmt, ap);
+    va_end(ap);
 }
 
 static int layer_specs(const epm_model_config *c, int l, epm_model_layer *w, spec *s)
@@ -74,9 +100,9 @@ static int layer_specs(const epm_model_config *c, int l, epm_model_layer *w, spe
     if (!w->is_moe) {
         int64_t F = c->dense_ffn;
         w->mlp.ffn = c->dense_ffn;
-        add(s, &n, &w->mlp.gate, F, H, L, l, "mlp.gate_proj.weight");
-        add(s, &n, &w->mlp.up, F, H, L, l, "mlp.up_proj.weight");
-        add(s, &n, &w->mlp.down, H, F, L, l, "mlp.down_proj.weight");
+        add_mlp(s, &n, &w->mlp.gate, F, H, L, l, "mlp.gate_proj.weight");
+        add_mlp(s, &n, &w->mlp.up, F, H, L, l, "mlp.up_proj.weight");
+        add_mlp(s, &n, &w->mlp.down, H, F, L, l, "mlp.down_proj.weight");
         return n;
     }
     add(s, &n, &w->router, c->num_experts, H, L, l,
@@ -84,9 +110,9 @@ static int layer_specs(const epm_model_config *c, int l, epm_model_layer *w, spe
     if (c->arch == EPM_MODEL_QWEN2MOE && c->shared_ffn > 0) {
         int64_t S = c->shared_ffn;
         w->shared.ffn = c->shared_ffn;
-        add(s, &n, &w->shared.gate, S, H, L, l, "mlp.shared_expert.gate_proj.weight");
-        add(s, &n, &w->shared.up, S, H, L, l, "mlp.shared_expert.up_proj.weight");
-        add(s, &n, &w->shared.down, H, S, L, l, "mlp.shared_expert.down_proj.weight");
+        add_mlp(s, &n, &w->shared.gate, S, H, L, l, "mlp.shared_expert.gate_proj.weight");
+        add_mlp(s, &n, &w->shared.up, S, H, L, l, "mlp.shared_expert.up_proj.weight");
+        add_mlp(s, &n, &w->shared.down, H, S, L, l, "mlp.shared_expert.down_proj.weight");
         add(s, &n, &w->shared_gate, 1, H, L, l, "mlp.shared_expert_gate.weight");
     }
     return n;
@@ -100,9 +126,9 @@ static int expert_specs(const epm_model_config *c, int l, int e, epm_model_mlp *
     const char *blk = mix ? "block_sparse_moe" : "mlp";
 #define E "model.layers.%d.%s.experts.%d.%s"
     w->ffn = c->moe_ffn;
-    add(s, &n, &w->gate, F, H, E, l, blk, e, mix ? "w1.weight" : "gate_proj.weight");
-    add(s, &n, &w->up, F, H, E, l, blk, e, mix ? "w3.weight" : "up_proj.weight");
-    add(s, &n, &w->down, H, F, E, l, blk, e, mix ? "w2.weight" : "down_proj.weight");
+    add_mlp(s, &n, &w->gate, F, H, E, l, blk, e, mix ? "w1.weight" : "gate_proj.weight");
+    add_mlp(s, &n, &w->up, F, H, E, l, blk, e, mix ? "w3.weight" : "up_proj.weight");
+    add_mlp(s, &n, &w->down, H, F, E, l, blk, e, mix ? "w2.weight" : "down_proj.weight");
 #undef E
     return n;
 }
@@ -142,11 +168,11 @@ static epm_status check(const epm_model *m, const spec *x)
     return EPM_OK;
 }
 
-static epm_status own(epm_model *m, float *f)
+static epm_status own(epm_model *m, void *f)
 {
     if (m->nowned == m->capowned) {
         int cap = m->capowned ? 2 * m->capowned : 64;
-        float **n = epm_realloc(m->owned, (size_t)cap * sizeof *n);
+        void **n = epm_realloc(m->owned, (size_t)cap * sizeof *n);
         if (!n)
             return EPM_ERR_NOMEM;
         m->owned = n;
@@ -156,35 +182,51 @@ static epm_status own(epm_model *m, float *f)
     return EPM_OK;
 }
 
-/* float32 data of a checked tensor: the mapping itself when it already is
- * aligned float32 (pages are read when first touched), else a converted copy. */
-static epm_status fetch(epm_model *m, const spec *x, const float **out, int64_t *bytes)
+/* The data of a checked tensor, into x->dst or x->mlp: the mapping itself
+ * when it is aligned float32, or aligned bf16 kept as stored (keep16; pages
+ * are read when first touched); else a float32 copy (or an aligned bf16 one). */
+static epm_status fetch(epm_model *m, const spec *x, int keep16, int64_t *bytes)
 {
     const epm_st_tensor *t = epm_shards_find(m->sh, x->name, NULL);
     *bytes += (int64_t)(t->end - t->begin);
-    if (t->dtype == EPM_DTYPE_F32 && ((uintptr_t)t->data & 3) == 0) {
-        *out = t->data;
-        return EPM_OK;
-    }
-    float *f = epm_malloc((size_t)(t->numel ? t->numel : 1) * sizeof *f);
-    if (!f)
-        return EPM_ERR_NOMEM;
+    const void *p = NULL;
+    void *copy = NULL;
     const uint8_t *src = t->data;
-    if (t->dtype == EPM_DTYPE_F32) {
-        memcpy(f, src, (size_t)t->numel * 4);
-    } else {
-        int bf = t->dtype == EPM_DTYPE_BF16;
-        for (int64_t i = 0; i < t->numel; i++) {
-            uint16_t h = (uint16_t)(src[2 * i] | (src[2 * i + 1] << 8)); /* safetensors is little-endian */
-            f[i] = bf ? epm_bf16_to_f32(h) : epm_f16_to_f32(h);
+    size_t n = (size_t)(t->numel ? t->numel : 1);
+    if (keep16 && t->dtype == EPM_DTYPE_BF16) {
+        if (((uintptr_t)t->data & 1) == 0) {
+            p = t->data;
+        } else if ((copy = epm_malloc(n * 2))) {
+            memcpy(copy, src, (size_t)t->numel * 2);
+        }
+    } else if (t->dtype == EPM_DTYPE_F32 && ((uintptr_t)t->data & 3) == 0) {
+        p = t->data;
+    } else if ((copy = epm_malloc(n * sizeof(float)))) {
+        float *f = copy;
+        if (t->dtype == EPM_DTYPE_F32) {
+            memcpy(f, src, (size_t)t->numel * 4);
+        } else {
+            int bf = t->dtype == EPM_DTYPE_BF16;
+            for (int64_t i = 0; i < t->numel; i++) {
+                uint16_t h = (uint16_t)(src[2 * i] | (src[2 * i + 1] << 8)); /* safetensors is little-endian */
+                f[i] = bf ? epm_bf16_to_f32(h) : epm_f16_to_f32(h);
+            }
         }
     }
-    epm_status st = own(m, f);
-    if (st != EPM_OK) {
-        epm_free(f);
-        return st;
+    if (!p && !copy)
+        return EPM_ERR_NOMEM;
+    if (copy) {
+        epm_status st = own(m, copy);
+        if (st != EPM_OK) {
+            epm_free(copy);
+            return st;
+        }
+        p = copy;
     }
-    *out = f;
+    if (x->dst)
+        *x->dst = p;
+    else
+        *x->mlp = p;
     return EPM_OK;
 }
 
@@ -287,7 +329,7 @@ epm_status epm_model_load_dense(epm_model *m, const epm_model_dense **out)
         spec s[MAX_LAYER_SPECS];
         int n = global_specs(c, &m->dense, s);
         for (int i = 0; i < n; i++)
-            EPM_CHECK(fetch(m, &s[i], s[i].dst, &m->bytes));
+            EPM_CHECK(fetch(m, &s[i], 0, &m->bytes));
         if (c->tie_word_embeddings)
             m->dense.lm_head = m->dense.embed;
         for (int l = 0; l < c->num_layers; l++) {
@@ -304,7 +346,7 @@ epm_status epm_model_load_dense(epm_model *m, const epm_model_dense **out)
             if (mr)
                 EPM_CHECK(check(m, &s[n - 1]));
             for (int i = 0; i < n; i++)
-                EPM_CHECK(fetch(m, &s[i], s[i].dst, &m->bytes));
+                EPM_CHECK(fetch(m, &s[i], 0, &m->bytes));
         }
         m->dense_loaded = 1;
     }
@@ -332,8 +374,10 @@ epm_status epm_model_load_experts(epm_model *m, int layer, const int *experts, i
             spec s[3];
             int ns = expert_specs(c, layer, e, &w, s);
             int64_t b = 0;
+            m->experts_loaded = 1;
             for (int j = 0; j < ns; j++)
-                EPM_CHECK(fetch(m, &s[j], s[j].dst, &b));
+                EPM_CHECK(fetch(m, &s[j], m->keep_bf16, &b));
+            w.dtype = m->keep_bf16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
             m->bytes += b;
             m->expert_bytes += b;
             *slot = w;
@@ -341,6 +385,36 @@ epm_status epm_model_load_experts(epm_model *m, int layer, const int *experts, i
         if (out)
             out[i] = *slot;
     }
+    return EPM_OK;
+}
+
+epm_status epm_model_set_expert_dtype(epm_model *m, epm_dtype want, epm_dtype *got)
+{
+    if (!m)
+        return epm_fail(EPM_ERR_INVALID_ARG, "epm_model_set_expert_dtype: NULL model");
+    if (want != EPM_DTYPE_F32 && want != EPM_DTYPE_BF16)
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s: routed experts can be held as F32 or BF16, not %s", m->dir,
+                        epm_dtype_name(want));
+    if (m->experts_loaded)
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s: the experts' dtype is fixed once one is loaded", m->dir);
+    int keep = want == EPM_DTYPE_BF16;
+    const epm_model_config *c = &m->cfg;
+    for (int l = 0; l < c->num_layers && keep; l++) {
+        if (!c->moe_layer[l])
+            continue;
+        for (int e = 0; e < c->num_experts && keep; e++) {
+            epm_model_mlp w;
+            spec s[3];
+            int ns = expert_specs(c, l, e, &w, s);
+            for (int j = 0; j < ns && keep; j++) {
+                const epm_st_tensor *t = epm_shards_find(m->sh, s[j].name, NULL);
+                keep = t && t->dtype == EPM_DTYPE_BF16;
+            }
+        }
+    }
+    m->keep_bf16 = keep;
+    if (got)
+        *got = keep ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
     return EPM_OK;
 }
 

@@ -415,12 +415,15 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     /* all local experts in one grouped call: rows grouped by expert */
     int F = c->moe_ffn;
     int64_t *goff = epm_malloc(((size_t)E + 1) * sizeof *goff);
+    /* the weight arrays in the type the experts are held in */
     const float **gw = epm_malloc(3 * (size_t)E * sizeof *gw);
+    const uint16_t **gh = epm_malloc(3 * (size_t)E * sizeof *gh);
     sx = epm_malloc((size_t)(npairs ? npairs : 1) * H * sizeof *sx);
     y = epm_malloc((size_t)(npairs ? npairs : 1) * H * sizeof *y);
-    if (!goff || !gw || !sx || !y) {
+    if (!goff || !gw || !gh || !sx || !y) {
         epm_free(goff);
         epm_free(gw);
+        epm_free(gh);
         epm_free(wrows);
         epm_free(wsrc);
         st = EPM_ERR_NOMEM;
@@ -430,6 +433,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         goff[e] = ecount[e];
     for (int e = 0; e < E && st == EPM_OK; e++) {
         gw[e] = gw[E + e] = gw[2 * E + e] = NULL;
+        gh[e] = gh[E + e] = gh[2 * E + e] = NULL;
         if (goff[e + 1] == goff[e])
             continue;
         const epm_model_mlp *ex = epm_model_expert(r->m, l, e);
@@ -438,22 +442,37 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
                           r->me, e, l);
             break;
         }
-        gw[e] = ex->gate, gw[E + e] = ex->up, gw[2 * E + e] = ex->down;
+        if ((ex->dtype == EPM_DTYPE_BF16) != r->w16) {
+            st = epm_fail(EPM_ERR_INTERNAL, "expert %d of layer %d is held as %s, the run's experts as %s", e, l,
+                          epm_dtype_name(ex->dtype), r->w16 ? "BF16" : "F32");
+            break;
+        }
+        if (ex->dtype == EPM_DTYPE_BF16)
+            gh[e] = ex->gate, gh[E + e] = ex->up, gh[2 * E + e] = ex->down;
+        else
+            gw[e] = ex->gate, gw[E + e] = ex->up, gw[2 * E + e] = ex->down;
     }
+    int64_t nscr = r->w16 ? epm_grouped_scratch_w16(goff, E, H, F) : epm_grouped_scratch(goff, E, F);
     if (st == EPM_OK)
-        scr = epm_malloc((size_t)(epm_grouped_scratch(goff, E, F) ? epm_grouped_scratch(goff, E, F) : 1) * sizeof *scr);
+        scr = epm_malloc((size_t)(nscr ? nscr : 1) * sizeof *scr);
     if (st == EPM_OK && !scr)
         st = EPM_ERR_NOMEM;
+    if (st == EPM_OK) {
+        for (int64_t a = 0; a < npairs; a++)
+            memcpy(sx + a * H, xin + (int64_t)elist[2 * a] * H, (size_t)H * sizeof *sx);
+        if (r->w16)
+            st = r->ops->grouped_swiglu_w16(sx, goff, E, H, F, gh, gh + E, gh + 2 * E, scr, y);
+        else
+            r->ops->grouped_swiglu(sx, goff, E, H, F, gw, gw + E, gw + 2 * E, scr, y);
+    }
     if (st != EPM_OK) {
         epm_free(goff);
         epm_free(gw);
+        epm_free(gh);
         epm_free(wrows);
         epm_free(wsrc);
         goto out;
     }
-    for (int64_t a = 0; a < npairs; a++)
-        memcpy(sx + a * H, xin + (int64_t)elist[2 * a] * H, (size_t)H * sizeof *sx);
-    r->ops->grouped_swiglu(sx, goff, E, H, F, gw, gw + E, gw + 2 * E, scr, y);
     for (int64_t a = 0; a < npairs; a++) {
         int64_t i = elist[2 * a];
         float wt = wrows[i * W + 2 + H + K + elist[2 * a + 1]];
@@ -462,6 +481,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     }
     epm_free(goff);
     epm_free(gw);
+    epm_free(gh);
     r->rep->t_experts += epm_now() - t0;
 
     /* combine: partial sums travel to the token's combine rank */
@@ -808,7 +828,7 @@ static epm_status embed(rt *r, int64_t n, const int64_t *g, const int32_t *tok, 
 
 typedef struct mem_count {
     const rt *r;
-    int64_t numel;
+    double bytes;
 } mem_count;
 
 static epm_status count_tensor(void *ctx, const epm_model_tensor_info *t)
@@ -816,7 +836,8 @@ static epm_status count_tensor(void *ctx, const epm_model_tensor_info *t)
     mem_count *m = ctx;
     if (t->expert >= 0 && !epm_placement_has(m->r->p, m->r->moe_index[t->layer], t->expert, m->r->me))
         return EPM_OK;
-    m->numel += t->shape[0] * (t->ndim == 2 ? t->shape[1] : 1);
+    int64_t n = t->shape[0] * (t->ndim == 2 ? t->shape[1] : 1);
+    m->bytes += (t->expert >= 0 && m->r->w16 ? 2.0 : 4.0) * (double)n;
     return EPM_OK;
 }
 
@@ -841,7 +862,8 @@ static double machine_share(const rt *r)
 
 /* What this rank will hold, as loaded: every tensor it reads in float32
  * (bf16/f16 checkpoints are converted; float32 ones are mapped, which the
- * page cache must hold all the same) plus its KV caches. */
+ * page cache must hold all the same), routed experts in bf16 where they are
+ * kept so, plus its KV caches. */
 static epm_status memory_check(rt *r)
 {
     const epm_model_config *c = r->c;
@@ -850,13 +872,14 @@ static epm_status memory_check(rt *r)
     int seqs = 0;
     for (int s = 0; s < r->B; s++)
         seqs += r->o->mode == EPM_MODE_FOLLOW || s % r->R == r->me;
-    double w = 4.0 * (double)m.numel;
+    double w = m.bytes;
     double kv = 2.0 * c->num_layers * seqs * (double)r->max_len * c->num_kv_heads * c->head_dim * 4.0;
     double limit = r->o->max_memory > 0 ? r->o->max_memory : machine_share(r);
     if (limit > 0 && w + kv > limit)
-        return epm_fail(EPM_ERR_NOMEM, "would hold %.4g GB (weights %.4g GB as float32, KV cache %.4g GB "
+        return epm_fail(EPM_ERR_NOMEM, "would hold %.4g GB (weights %.4g GB, routed experts as %s, KV cache %.4g GB "
                         "for %d sequences x %d positions) but %s %.4g GB; use more ranks, fewer or shorter "
-                        "sequences, or another placement", (w + kv) / 1e9, w / 1e9, kv / 1e9, seqs,
+                        "sequences, or another placement", (w + kv) / 1e9, w / 1e9, r->w16 ? "bf16" : "float32",
+                        kv / 1e9, seqs,
                         r->max_len, r->o->max_memory > 0 ? "--max-memory allows" : "the machine has, per rank,",
                         limit / 1e9);
     return EPM_OK;
@@ -938,6 +961,13 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     if (st == EPM_OK && (o->ta_strength < 0 || o->top_p < 0 || o->top_p > 1))
         st = epm_fail(EPM_ERR_INVALID_ARG, "ta_strength = %g must be >= 0 and top_p = %g in [0, 1]", o->ta_strength,
                       o->top_p);
+    /* routed experts stay bf16 where the checkpoint has them so and the
+     * kernels take bf16 weights: half the memory, the same values */
+    if (st == EPM_OK && r->ops->grouped_swiglu_w16 && !o->experts_f32) {
+        epm_dtype held = EPM_DTYPE_F32;
+        st = epm_model_set_expert_dtype(r->m, EPM_DTYPE_BF16, &held);
+        r->w16 = held == EPM_DTYPE_BF16;
+    }
     EPM_CHECK(sync(r, st));
     /* refuse before loading what will not fit */
     if (st == EPM_OK)
@@ -1261,6 +1291,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     rep->t_dispatch = times[4], rep->t_experts = times[5], rep->t_combine = times[6];
     rep->weight_bytes_sum = wb[0];
     rep->weight_bytes_max = (int64_t)wmax;
+    rep->expert_dtype = r.w16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
     rep->bytes = r.bytes_local;
     rep->kv_bytes = r.kv_local;
     rep->rank_load = r.load_local;

@@ -26,7 +26,7 @@ typedef struct epm_run_opts {
     epm_mode mode;
     int virtual_nodes;
     int max_new_tokens;
-    double max_memory;              /* bytes a rank may hold (weights as float32 + KV cache); 0 = the
+    double max_memory;              /* bytes a rank may hold (weights as held + KV cache); 0 = the
                                        machine's available memory shared by the node's ranks */
     const char *ops;                /* "ref" or "blas" */
     const epm_trace *route_from;    /* replay routing from a trace (NULL = the gate decides) */
@@ -47,6 +47,8 @@ typedef struct epm_run_opts {
     epm_mod_source mod;             /* Mixture-of-Depths layer skipping (EPM_MOD_OFF: every token runs every block) */
     double mod_capacity;            /* fraction of each sequence's tokens that run a MoD layer, (0, 1]; 0 = 1 */
     const char *mod_layers;         /* the MoD layers, e.g. "1-5,7" (0-based); NULL = every layer but the first */
+    int experts_f32;                /* hold routed experts in float32 even when the checkpoint's are bf16 and
+                                       the kernels take bf16 weights (which halves their memory: default) */
 } epm_run_opts;
 
 typedef struct epm_run_report {
@@ -68,6 +70,7 @@ typedef struct epm_run_report {
     int num_layers;
     int64_t *layer_tokens;  /* [num_layers] tokens that ran each block (all ranks, prefill + decode);
                                fewer than prefill + decode tokens only where MoD skipped some */
+    epm_dtype expert_dtype; /* what routed experts were held in: F32, or BF16 as the checkpoint stores them */
 } epm_run_report;
 
 typedef struct epm_run_result {

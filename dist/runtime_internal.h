@@ -35,6 +35,7 @@ typedef struct rt {
     int64_t kv_cache_bytes;
     int failed;        /* an agreement returned an error: every rank knows, no more collectives */
     int cuda;          /* ops is the GPU table (ops_cuda_host.h): its errors are checked at every agreement */
+    int w16;           /* routed experts are held bf16 (ops->grouped_swiglu_w16 runs them) */
     /* the forward pass under way: tokens g0 .. g0 + pn - 1 (all ranks) */
     int64_t g0, pn;
     int prefill;

@@ -26,10 +26,19 @@ typedef struct epm_ops {
     void (*grouped_swiglu)(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
                            const float *const *gate, const float *const *up, const float *const *down,
                            float *scratch, float *y);
+    /* The same over bf16 weights (uint16_t bit patterns, as checkpoints hold
+     * them: epm_model_set_expert_dtype); x, y and scratch float32, scratch of
+     * epm_grouped_scratch_w16 floats. NULL where the table has none (the
+     * runtime then holds its experts in float32). */
+    epm_status (*grouped_swiglu_w16)(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
+                                     const uint16_t *const *gate, const uint16_t *const *up,
+                                     const uint16_t *const *down, float *scratch, float *y);
 } epm_ops;
 
 /* Floats of scratch grouped_swiglu needs: 2 * ffn * (rows of the busiest expert). */
 int64_t epm_grouped_scratch(const int64_t *offsets, int experts, int ffn);
+/* Floats of scratch grouped_swiglu_w16 needs (every table's). */
+int64_t epm_grouped_scratch_w16(const int64_t *offsets, int experts, int hidden, int ffn);
 
 /* The C reference (the oracle). */
 const epm_ops *epm_ops_ref(void);

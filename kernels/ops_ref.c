@@ -2,6 +2,7 @@
  * ops.h, both thin layers over the public epm_ref_* kernels (ref_dense.c,
  * ref_moe.c), so there is one reference implementation of each op. */
 #include "epmoe/kernels.h"
+#include "kcheck.h"
 #include "ops.h"
 
 static void ref_linear(const float *x, int64_t n, int in, const float *w, const float *b, int out, float *y)
@@ -29,7 +30,45 @@ static void ref_grouped_swiglu(const float *x, const int64_t *offsets, int exper
     (void)epm_ref_grouped_ffn(x, offsets, experts, hidden, ffn, gate, up, down, y);
 }
 
-static const epm_ops ref_ops = {"ref", ref_linear, ref_rmsnorm, ref_swiglu, ref_grouped_swiglu};
+/* Each busy expert's weights widened (exactly) into float32 copies, then the
+ * float32 reference on them: the oracle of the bf16-weight fast path. */
+static epm_status ref_grouped_swiglu_w16(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
+                                         const uint16_t *const *gate, const uint16_t *const *up,
+                                         const uint16_t *const *down, float *scratch, float *y)
+{
+    (void)scratch;
+    EPM_CHECK(epm_ref_check_offsets("ref grouped_ffn (bf16 weights)", offsets, experts));
+    int64_t n = (int64_t)hidden * ffn;
+    float *w = n > 0 ? epm_malloc(3 * (size_t)n * sizeof *w) : NULL;
+    if (!w)
+        return n > 0 ? epm_fail(EPM_ERR_NOMEM, "ref grouped_ffn (bf16 weights): %lld floats", (long long)(3 * n))
+                     : epm_fail(EPM_ERR_INVALID_ARG, "ref grouped_ffn (bf16 weights): hidden = %d, ffn = %d",
+                                hidden, ffn);
+    epm_status st = EPM_OK;
+    for (int e = 0; e < experts && st == EPM_OK; e++) {
+        int64_t m = offsets[e + 1] - offsets[e];
+        if (m == 0)
+            continue;
+        if (!gate[e] || !up[e] || !down[e]) {
+            st = epm_fail(EPM_ERR_INVALID_ARG, "ref grouped_ffn (bf16 weights): expert %d has %lld rows but no "
+                          "weights", e, (long long)m);
+            break;
+        }
+        st = epm_ref_convert(gate[e], EPM_DTYPE_BF16, n, EPM_DTYPE_F32, w);
+        if (st == EPM_OK)
+            st = epm_ref_convert(up[e], EPM_DTYPE_BF16, n, EPM_DTYPE_F32, w + n);
+        if (st == EPM_OK)
+            st = epm_ref_convert(down[e], EPM_DTYPE_BF16, n, EPM_DTYPE_F32, w + 2 * n);
+        if (st == EPM_OK)
+            st = epm_ref_expert_ffn(x + offsets[e] * hidden, m, hidden, ffn, w, w + n, w + 2 * n,
+                                    y + offsets[e] * hidden);
+    }
+    epm_free(w);
+    return st;
+}
+
+static const epm_ops ref_ops = {"ref", ref_linear, ref_rmsnorm, ref_swiglu, ref_grouped_swiglu,
+                                ref_grouped_swiglu_w16};
 
 const epm_ops *epm_ops_ref(void) { return &ref_ops; }
 

@@ -98,10 +98,13 @@ EPM_API int epm_model_config_moe_layers(const epm_model_config *cfg);
 
 /* ---- weights ---- */
 
-/* A SwiGLU MLP: down(silu(gate x) * up x). gate/up [ffn, hidden], down [hidden, ffn]. */
+/* A SwiGLU MLP: down(silu(gate x) * up x). gate/up [ffn, hidden], down
+ * [hidden, ffn], of type dtype: F32 (float), or BF16 (uint16_t bit patterns)
+ * for routed experts held as stored (epm_model_set_expert_dtype). */
 typedef struct epm_model_mlp {
-    const float *gate, *up, *down;
+    const void *gate, *up, *down;
     int ffn;
+    epm_dtype dtype;
 } epm_model_mlp;
 
 typedef struct epm_model_layer {
@@ -143,6 +146,13 @@ EPM_API epm_status epm_model_load_dense(epm_model *m, const epm_model_dense **ou
  * their weights. Loading an expert twice reads it once. */
 EPM_API epm_status epm_model_load_experts(epm_model *m, int layer, const int *experts, int n,
                                           epm_model_mlp *out);
+/* The dtype routed experts are held in from their first load on: F32 (the
+ * default; every tensor widened), or BF16 when want is BF16 and every routed
+ * expert tensor of the checkpoint is BF16: they are then used as stored
+ * (mapped, not copied, when aligned), half the memory of float32 and the
+ * same values. *got (may be NULL) receives the dtype chosen. Call before the
+ * first epm_model_load_experts (EPM_ERR_INVALID_ARG after). */
+EPM_API epm_status epm_model_set_expert_dtype(epm_model *m, epm_dtype want, epm_dtype *got);
 /* Weights of an expert already loaded, or NULL. */
 EPM_API const epm_model_mlp *epm_model_expert(const epm_model *m, int layer, int expert);
 

@@ -261,7 +261,7 @@ static void test_model_sharded_equals_single(void **state)
         double r = 0, w = 0;
         for (int i = 0; i < 32; i++) {
             r += fabs(a.d->layer[0].router[i]);
-            w += fabs(epm_model_expert(a.m, 0, 0)->gate[i]);
+            w += fabs(((const float *)epm_model_expert(a.m, 0, 0)->gate)[i]);
         }
         assert_true(r > 4 * w);
         epm_model_close(a.m);
@@ -290,6 +290,57 @@ static void test_model_half_precision_converts(void **state)
     epm_model_close(a.m);
     epm_model_close(b.m);
     epm_model_close(h.m);
+}
+
+/* Routed experts held bf16: the checkpoint's own bits, the dense
+ * weights and Qwen2-MoE's shared expert still float32; the choice is refused
+ * once an expert is loaded, and a float32 or f16 checkpoint stays float32. */
+static void test_model_experts_kept_bf16(void **state)
+{
+    (void)state;
+    const char *bf16 = tu_path("keep16"), *f16 = tu_path("keep16_f16");
+    synth(bf16, EPM_MODEL_QWEN2MOE, EPM_DTYPE_BF16, 2, 0);
+    synth(f16, EPM_MODEL_QWEN2MOE, EPM_DTYPE_F16, 1, 0);
+    epm_model *m, *w;
+    assert_int_equal(epm_model_open(bf16, &m), EPM_OK);
+    assert_int_equal(epm_model_open(bf16, &w), EPM_OK);
+    epm_dtype got = EPM_DTYPE_F16;
+    assert_int_equal(epm_model_set_expert_dtype(m, EPM_DTYPE_F16, &got), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "F32 or BF16, not F16"));
+    assert_int_equal(epm_model_set_expert_dtype(m, EPM_DTYPE_BF16, &got), EPM_OK);
+    assert_int_equal(got, EPM_DTYPE_BF16);
+    const epm_model_dense *d;
+    assert_int_equal(epm_model_load_dense(m, &d), EPM_OK);
+    int want[2] = {5, 0};
+    epm_model_mlp e[2], f[2];
+    assert_int_equal(epm_model_load_experts(m, 2, want, 2, e), EPM_OK);
+    assert_int_equal(epm_model_load_experts(w, 2, want, 2, f), EPM_OK); /* the default: widened */
+    assert_int_equal(epm_model_set_expert_dtype(m, EPM_DTYPE_F32, NULL), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "fixed once one is loaded"));
+    assert_int_equal(d->layer[2].shared.dtype, EPM_DTYPE_F32);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(e[i].dtype, EPM_DTYPE_BF16);
+        assert_int_equal(f[i].dtype, EPM_DTYPE_F32);
+        const void *ge[3] = {e[i].gate, e[i].up, e[i].down}, *gf[3] = {f[i].gate, f[i].up, f[i].down};
+        for (int t = 0; t < 3; t++)
+            for (int j = 0; j < 24 * 32; j++)
+                assert_true(epm_bf16_to_f32(((const uint16_t *)ge[t])[j]) == ((const float *)gf[t])[j]);
+    }
+    /* the bytes read are the file's, whatever the experts are held in */
+    assert_int_equal(epm_model_expert_bytes_loaded(m), epm_model_expert_bytes_loaded(w));
+    epm_model_close(m);
+    epm_model_close(w);
+    assert_int_equal(epm_model_open(f16, &m), EPM_OK);
+    assert_int_equal(epm_model_set_expert_dtype(m, EPM_DTYPE_BF16, &got), EPM_OK);
+    assert_int_equal(got, EPM_DTYPE_F32);
+    assert_int_equal(epm_model_load_experts(m, 2, want, 1, e), EPM_OK);
+    assert_int_equal(e[0].dtype, EPM_DTYPE_F32);
+    epm_model_close(m);
+    assert_int_equal(epm_model_open(fixture("mixtral-tiny"), &m), EPM_OK);
+    assert_int_equal(epm_model_set_expert_dtype(m, EPM_DTYPE_BF16, &got), EPM_OK);
+    assert_int_equal(got, EPM_DTYPE_F32);
+    epm_model_close(m);
+    epm_clear_error();
 }
 
 static void test_model_half_conversions(void **state)
@@ -522,6 +573,7 @@ int main(void)
         cmocka_unit_test(test_model_sharded_equals_single),
         cmocka_unit_test(test_model_half_precision_converts),
         cmocka_unit_test(test_model_half_conversions),
+        cmocka_unit_test(test_model_experts_kept_bf16),
         cmocka_unit_test(test_model_missing_tensor),
         cmocka_unit_test(test_model_shard_errors),
         cmocka_unit_test(test_model_truncated_file),
