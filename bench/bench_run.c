@@ -40,10 +40,15 @@ static const char usage[] =
     "                       --capacities (default 1,0.75,0.5,0.25), live routing, contiguous placement:\n"
     "                       tokens/s, bytes and the same deviation columns, from capacity 1\n"
     "  --capacities LIST    MoD capacities for --mod\n"
+    "  --expert-dtypes      instead: routed experts widened to float32 at load, then held as the\n"
+    "                       checkpoint stores them (epmoe run --expert-dtype f32, then auto: bf16 for a\n"
+    "                       bf16 checkpoint), alternated --reps times, live routing, contiguous\n"
+    "                       placement: best tokens/s of each, auto's over float32's, logit error and\n"
+    "                       greedy-token agreement of auto against float32\n"
     "  --kernels K          ref, blas (default) or cuda, as epmoe run --kernels\n"
     "  --csv                CSV rows instead of a table\n";
 
-enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM };
+enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -57,6 +62,7 @@ static const struct option opts[] = {
     {"help", no_argument, 0, O_HELP},         {"ta", required_argument, 0, O_TA},
     {"mod", required_argument, 0, O_MOD},     {"capacities", required_argument, 0, O_CAPS},
     {"kernels", required_argument, 0, O_KER}, {"warmup", required_argument, 0, O_WARM},
+    {"expert-dtypes", no_argument, 0, O_EDT},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
@@ -163,6 +169,70 @@ static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm
     return rc;
 }
 
+/* Experts widened to float32, then held as stored (auto), one run of each in
+ * turn --reps times so that a slow spell hits both alike; the first pair is
+ * also the output comparison. */
+static int dtype_compare(epm_xcomm *x, const char *model, epm_mode mode, int vn, int batch, const int *lens,
+                         int32_t **prompts, int nnew, int reps, int csv)
+{
+    int me = epm_xcomm_rank(x), rc = EPM_EXIT_OK;
+    epm_run_result *first[2] = {NULL, NULL};
+    double pre[2] = {1e30, 1e30}, dec[2] = {1e30, 1e30};
+    epm_dtype held[2] = {EPM_DTYPE_F32, EPM_DTYPE_F32};
+    for (int r = 0; r < reps && rc == EPM_EXIT_OK; r++)
+        for (int k = 0; k < 2; k++) {
+            epm_run_opts o;
+            memset(&o, 0, sizeof o);
+            o.model_dir = model;
+            o.mode = mode;
+            o.virtual_nodes = vn;
+            o.max_new_tokens = nnew;
+            o.keep_logits = 1;
+            o.ops = kernels;
+            o.experts_f32 = k == 0;
+            epm_run_result *res = NULL;
+            epm_status st = epm_run(&o, batch, lens, (const int32_t *const *)prompts, &res);
+            if (st != EPM_OK) {
+                rc = me == 0 ? cli_fail("bench run", st) : EPM_EXIT_FAIL;
+                break;
+            }
+            held[k] = res->report.expert_dtype;
+            pre[k] = res->report.t_prefill < pre[k] ? res->report.t_prefill : pre[k];
+            dec[k] = res->report.t_decode < dec[k] ? res->report.t_decode : dec[k];
+            if (!first[k])
+                first[k] = res;
+            else
+                epm_run_result_destroy(res);
+        }
+    if (rc == EPM_EXIT_OK && me == 0) {
+        const epm_run_result *a = first[0], *b = first[1];
+        int64_t n = 0;
+        for (int q = 0; q < batch; q++)
+            n += lens[q];
+        double err = 0, mx = 0;
+        for (int64_t i = 0; i < n * a->vocab; i++) {
+            err = fmax(err, fabs((double)b->logits[i] - a->logits[i]));
+            mx = fmax(mx, fabs(a->logits[i]));
+        }
+        int same = 0;
+        for (int i = 0; i < batch * nnew; i++)
+            same += a->generated[i] == b->generated[i];
+        double pt = (double)a->report.prefill_tokens, dt = (double)a->report.decode_tokens;
+        printf(csv ? "experts,prefill_tok_s,decode_tok_s,prefill_vs_f32,decode_vs_f32,logit_rel_err,token_agreement\n"
+                   : "%-8s %12s %12s %9s %9s %13s %9s\n",
+               "experts", "prefill t/s", "decode t/s", "pre/f32", "dec/f32", "logit rel err", "token agr");
+        for (int k = 0; k < 2; k++)
+            printf(csv ? "%s,%.1f,%.1f,%.3f,%.3f,%.3g,%.4f\n" : "%-8s %12.1f %12.1f %9.3f %9.3f %13.3g %9.4f\n",
+                   epm_dtype_name(held[k]), pt / pre[k], dec[k] > 0 ? dt / dec[k] : 0.0, pre[0] / pre[k],
+                   dec[k] > 0 ? dec[0] / dec[k] : 1.0, k && mx > 0 ? err / mx : 0.0,
+                   k ? (double)same / (batch * nnew) : 1.0);
+        fflush(stdout);
+    }
+    epm_run_result_destroy(first[0]);
+    epm_run_result_destroy(first[1]);
+    return rc;
+}
+
 /* Every entry of a comma-separated option list, checked before any work, so
  * that a typo is a usage error naming it, not a failure after the first runs
  * (nor, for numbers, atof's silent 0). kind: 'm' mode, 'p' placement method,
@@ -211,7 +281,7 @@ int epm_bench_run(int argc, char **argv)
     const char *model = NULL, *methods_s = "contiguous,eplb,ilp", *modes_s = "home,follow", *workdir = "bench-run-work";
     long batch = 8, seq = 64, nnew = 8, slots = 0, vn = 0, reps = 2, warm = 1, v;
     double zipf = 1.0, aff = 0.8, tl = 20;
-    int csv = 0, c;
+    int csv = 0, c, dtypes = 0;
     const char *ta_list = NULL, *caps = "0.75,0.5,0.25";
     epm_mod_source mod = EPM_MOD_OFF;
     optind = 1;
@@ -234,6 +304,7 @@ int epm_bench_run(int argc, char **argv)
         case O_CSV: csv = 1; break;
         case O_TA: ta_list = optarg; break;
         case O_CAPS: caps = optarg; break;
+        case O_EDT: dtypes = 1; break;
         case O_KER:
             if (strcmp(optarg, "ref") && strcmp(optarg, "blas") && strcmp(optarg, "cuda"))
                 return cli_usage_error(W, "option --kernels: '%s' is not ref, blas or cuda", optarg);
@@ -293,7 +364,7 @@ int epm_bench_run(int argc, char **argv)
         for (int p = 0; p < seq && prompts[s]; p++)
             prompts[s][p] = (int32_t)(epm_splitmix64(&rng) % (uint64_t)hc->vocab_size);
     }
-    if (ta_list || mod) {
+    if (ta_list || mod || dtypes) {
         epm_mode mode = EPM_MODE_HOME;
         char first[16];
         snprintf(first, sizeof first, "%s", modes_s);
@@ -303,10 +374,14 @@ int epm_bench_run(int argc, char **argv)
             goto out;
         }
         if (me == 0 && !csv)
-            printf("# bench run %s: %s, %d ranks (%d nodes), mode %s, batch %ld x %ld + %ld new\n",
-                   mod ? "--mod" : "--ta", model, R, cl.nodes, epm_mode_name(mode), batch, seq, nnew);
-        rc = fidelity_sweep(x, model, mod ? caps : ta_list, mod, mode, (int)vn, (int)batch, lens, prompts, (int)nnew,
-                            csv);
+            printf("# bench run %s: %s, %d ranks (%d nodes), mode %s, batch %ld x %ld + %ld new, kernels %s\n",
+                   dtypes ? "--expert-dtypes" : mod ? "--mod" : "--ta", model, R, cl.nodes, epm_mode_name(mode),
+                   batch, seq, nnew, kernels);
+        if (dtypes)
+            rc = dtype_compare(x, model, mode, (int)vn, (int)batch, lens, prompts, (int)nnew, (int)reps, csv);
+        else
+            rc = fidelity_sweep(x, model, mod ? caps : ta_list, mod, mode, (int)vn, (int)batch, lens, prompts,
+                                (int)nnew, csv);
         goto out;
     }
     int64_t total = batch * seq + (nnew - 1) * batch;

@@ -195,6 +195,12 @@ static epm_status fetch(epm_model *m, const spec *x, int keep16, int64_t *bytes)
     size_t n = (size_t)(t->numel ? t->numel : 1);
     if (keep16 && t->dtype == EPM_DTYPE_BF16) {
         if (((uintptr_t)t->data & 1) == 0) {
+            /* mapped pages are faulted in here, at load, as a copy's would be:
+             * else the first forward pass pays for every page of its experts */
+            volatile uint8_t sink = 0;
+            for (size_t b = 0; b < (size_t)t->numel * 2; b += 4096)
+                sink ^= src[b];
+            (void)sink;
             p = t->data;
         } else if ((copy = epm_malloc(n * 2))) {
             memcpy(copy, src, (size_t)t->numel * 2);

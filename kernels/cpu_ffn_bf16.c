@@ -36,17 +36,19 @@
 
 enum {
     ROW_BLOCK = 4,               /* rows the direct kernel dots with one weight row at once */
-    DIRECT_ROWS = 32,            /* rows of an expert up to which the direct kernel runs */
+    DIRECT_ROWS = 64,            /* rows of an expert up to which the direct kernel runs */
     CHUNK = EPM_CPU_FFN_CHUNK,   /* rows per chunk of the panel path, as cpu_ffn.c */
-    PANEL_MIN_ROWS = 512,        /* output features per widened panel, at least ... */
-    PANEL_FLOATS = 2 << 20,      /* ... and at most this many floats (8 MiB) unless those rows are wider */
+    PANEL_MIN_ROWS = 512,        /* output features per widened panel, at least (wide rows: 14-29 MiB) ... */
+    PANEL_FLOATS = 2 << 20,      /* ... or as many as fill this many floats (8 MiB) */
     PAR_MIN_WORK = 1 << 16       /* multiply-adds below which one thread does it all */
 };
 _Static_assert(ROW_BLOCK == 4, "dot_block's switch covers 1..4 rows");
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && defined(__linux__) && \
+    defined(__GLIBC__)
 /* The direct kernel is plain C on GCC vectors; these clones let it use FMA
- * and 256-bit registers where the CPU has them, picked once at load (ifunc). */
+ * and 256-bit registers where the CPU has them, picked once at load (ifunc:
+ * glibc; the x86-64-v3/v4 names: GCC 12 and later). */
 #define EPM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define EPM_CLONES
@@ -86,78 +88,119 @@ static inline __attribute__((always_inline)) float hsum8(const vf8 *p)
     return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
 }
 
-/* acc[i] = x[i] . w for M rows of x (stride ld), w one bf16 row of length K.
- * Inlined with a constant M (the switches below), so that the accumulators
- * live in registers. */
-static inline __attribute__((always_inline)) void dot_rows(const int M, const float *x, int64_t ld,
-                                                            const uint16_t *w, int K, float *acc)
+/* The direct kernel reads a weight row 16 elements at a time as 8 bf16
+ * pairs in 32-bit lanes: shifting each lane left by 16 widens its even
+ * element, masking its low half widens the odd one (two operations for 16
+ * weights, no shuffles). The input rows are laid out to match once per call
+ * ("paired": in each full block of 16, the 8 even elements, then the 8 odd
+ * ones; the last K % 16 in order), so each half meets its weights in place. */
+static inline __attribute__((always_inline)) void pairs16(const uint16_t *w, vf8 *even, vf8 *odd)
 {
-    /* two sets of accumulators: one row alone would wait on each add */
+    vu8 u;
+    memcpy(&u, w, sizeof u);
+    vu8 e = u << 16, o = u & 0xffff0000u;
+    memcpy(even, &e, sizeof e);
+    memcpy(odd, &o, sizeof o);
+}
+
+/* Where element k of a row of width K lies in the paired layout. */
+static inline int64_t paired_at(int64_t k, int64_t K)
+{
+    int64_t b = k & ~(int64_t)15, r = k & 15;
+    return b + 16 > K ? k : b + (r & 1) * 8 + (r >> 1);
+}
+
+static void to_paired(const float *x, int M, int K, float *xp)
+{
+    for (int i = 0; i < M; i++)
+        for (int k = 0; k < K; k++)
+            xp[(int64_t)i * K + paired_at(k, K)] = x[(int64_t)i * K + k];
+}
+
+/* acc0[i] = x[i] . w0 and acc1[i] = x[i] . w1 for M rows of paired x
+ * (stride ld), w0 and w1 bf16 rows of length K: each input load feeds two
+ * weight rows, as the input rows come from L2 while the weights stream.
+ * Inlined with a constant M (dot2_block), so that the 2 M accumulators live
+ * in registers. */
+static inline __attribute__((always_inline)) void dot2_rows(const int M, const float *xp, int64_t ld,
+                                                             const uint16_t *w0, const uint16_t *w1, int K,
+                                                             float *acc0, float *acc1)
+{
     vf8 a[ROW_BLOCK] = {0}, b[ROW_BLOCK] = {0};
     int k = 0;
     for (; k + 16 <= K; k += 16) {
-        vf8 w0 = widen8(w + k), w1 = widen8(w + k + 8);
+        vf8 e0, o0, e1, o1;
+        pairs16(w0 + k, &e0, &o0);
+        pairs16(w1 + k, &e1, &o1);
 #pragma GCC unroll 4
         for (int i = 0; i < M; i++) {
-            a[i] += load8(x + i * ld + k) * w0;
-            b[i] += load8(x + i * ld + k + 8) * w1;
+            vf8 xe = load8(xp + i * ld + k), xo = load8(xp + i * ld + k + 8);
+            a[i] += xe * e0;
+            b[i] += xe * e1;
+            a[i] += xo * o0;
+            b[i] += xo * o1;
         }
-    }
-    for (; k + 8 <= K; k += 8) {
-        vf8 w0 = widen8(w + k);
-#pragma GCC unroll 4
-        for (int i = 0; i < M; i++)
-            a[i] += load8(x + i * ld + k) * w0;
     }
     for (int i = 0; i < M; i++) {
-        vf8 ab = a[i] + b[i];
-        float s = hsum8(&ab);
-        for (int j = k; j < K; j++)
-            s += x[i * ld + j] * epm_bf16_to_f32(w[j]);
-        acc[i] = s;
+        float s0 = hsum8(&a[i]), s1 = hsum8(&b[i]);
+        for (int j = k; j < K; j++) {
+            s0 += xp[i * ld + j] * epm_bf16_to_f32(w0[j]);
+            s1 += xp[i * ld + j] * epm_bf16_to_f32(w1[j]);
+        }
+        acc0[i] = s0, acc1[i] = s1;
     }
 }
 
-/* dot_rows for M = 1..4 rows, M known only at run time. */
-static inline __attribute__((always_inline)) void dot_block(int M, const float *x, int64_t ld, const uint16_t *w,
-                                                             int K, float *acc)
+/* dot2_rows for M = 1..4 rows, M known only at run time. */
+static inline __attribute__((always_inline)) void dot2_block(int M, const float *xp, int64_t ld,
+                                                              const uint16_t *w0, const uint16_t *w1, int K,
+                                                              float *acc0, float *acc1)
 {
     switch (M) {
-    case 1: dot_rows(1, x, ld, w, K, acc); break;
-    case 2: dot_rows(2, x, ld, w, K, acc); break;
-    case 3: dot_rows(3, x, ld, w, K, acc); break;
-    default: dot_rows(4, x, ld, w, K, acc); break;
+    case 1: dot2_rows(1, xp, ld, w0, w1, K, acc0, acc1); break;
+    case 2: dot2_rows(2, xp, ld, w0, w1, K, acc0, acc1); break;
+    case 3: dot2_rows(3, xp, ld, w0, w1, K, acc0, acc1); break;
+    default: dot2_rows(4, xp, ld, w0, w1, K, acc0, acc1); break;
     }
 }
 
-/* y[i][n] = x[i] . w[n] for i < M, n in [n0, n1). Each weight row is read
- * from memory once and dotted with every row block while it is in L1. */
-EPM_CLONES static void direct_linear(int M, const float *x, int K, const uint16_t *w, int n0, int n1, float *y,
+/* y[i][n] = x[i] . w[n] for i < M, n in [n0, n1), x paired; output features
+ * two at a time (the last one of an odd range with itself). Each weight row
+ * is read from memory once and dotted with every row block while in L1. */
+EPM_CLONES static void direct_linear(int M, const float *xp, int K, const uint16_t *w, int n0, int n1, float *y,
                                      int64_t ldy)
 {
-    float acc[ROW_BLOCK];
-    for (int n = n0; n < n1; n++)
+    float a0[ROW_BLOCK], a1[ROW_BLOCK];
+    for (int n = n0; n < n1; n += 2) {
+        int two = n + 1 < n1;
+        const uint16_t *w0 = w + (int64_t)n * K, *w1 = two ? w0 + K : w0;
         for (int i0 = 0; i0 < M; i0 += ROW_BLOCK) {
             int m = M - i0 < ROW_BLOCK ? M - i0 : ROW_BLOCK;
-            dot_block(m, x + (int64_t)i0 * K, K, w + (int64_t)n * K, K, acc);
-            for (int i = 0; i < m; i++)
-                y[(i0 + i) * ldy + n] = acc[i];
+            dot2_block(m, xp + (int64_t)i0 * K, K, w0, w1, K, a0, a1);
+            for (int i = 0; i < m; i++) {
+                y[(i0 + i) * ldy + n] = a0[i];
+                if (two)
+                    y[(i0 + i) * ldy + n + 1] = a1[i];
+            }
         }
+    }
 }
 
-/* h[i][n] = silu(x[i] . gate[n]) * (x[i] . up[n]) for i < M, n in [n0, n1). */
-EPM_CLONES static void direct_gate_up(int M, const float *x, int K, const uint16_t *gate, const uint16_t *up, int n0,
-                                      int n1, float *h, int64_t ldh)
+/* h[i][n] = silu(x[i] . gate[n]) * (x[i] . up[n]) for i < M, n in [n0, n1),
+ * x paired (width K), h written paired (width F) for the down projection. */
+EPM_CLONES static void direct_gate_up(int M, const float *xp, int K, const uint16_t *gate, const uint16_t *up,
+                                      int n0, int n1, float *hp, int F)
 {
     float g[ROW_BLOCK], u[ROW_BLOCK];
-    for (int n = n0; n < n1; n++)
+    for (int n = n0; n < n1; n++) {
+        int64_t at = paired_at(n, F);
         for (int i0 = 0; i0 < M; i0 += ROW_BLOCK) {
             int m = M - i0 < ROW_BLOCK ? M - i0 : ROW_BLOCK;
-            dot_block(m, x + (int64_t)i0 * K, K, gate + (int64_t)n * K, K, g);
-            dot_block(m, x + (int64_t)i0 * K, K, up + (int64_t)n * K, K, u);
+            dot2_block(m, xp + (int64_t)i0 * K, K, gate + (int64_t)n * K, up + (int64_t)n * K, K, g, u);
             for (int i = 0; i < m; i++)
-                h[(i0 + i) * ldh + n] = epm_silu(g[i]) * u[i];
+                hp[(i0 + i) * (int64_t)F + at] = epm_silu(g[i]) * u[i];
         }
+    }
 }
 
 /* Threads over blocks of output features when there is enough work. */
@@ -171,9 +214,12 @@ static int threads_for(int64_t work)
 #endif
 }
 
+/* scratch: M x F of h, then M x H of x, both paired */
 static void direct_expert(int M, const float *x, int H, int F, const uint16_t *gate, const uint16_t *up,
-                          const uint16_t *down, float *h, float *y)
+                          const uint16_t *down, float *scratch, float *y)
 {
+    float *h = scratch, *xp = scratch + (int64_t)M * F;
+    to_paired(x, M, H, xp);
     int nt = threads_for((int64_t)M * H * F);
     (void)nt;
 EPM_OMP("omp parallel num_threads(nt)")
@@ -182,7 +228,7 @@ EPM_OMP("omp parallel num_threads(nt)")
 #ifdef _OPENMP
         t = omp_get_thread_num(), T = omp_get_num_threads();
 #endif
-        direct_gate_up(M, x, H, gate, up, (int)((int64_t)F * t / T), (int)((int64_t)F * (t + 1) / T), h, F);
+        direct_gate_up(M, xp, H, gate, up, (int)((int64_t)F * t / T), (int)((int64_t)F * (t + 1) / T), h, F);
 EPM_OMP("omp barrier")
         direct_linear(M, h, F, down, (int)((int64_t)H * t / T), (int)((int64_t)H * (t + 1) / T), y, H);
     }
@@ -226,10 +272,17 @@ static size_t panel_floats(int hidden, int ffn, int fixed)
 }
 
 /* gate and up outputs of one chunk, then the widened panel when needed */
+/* gate and up outputs of one chunk (the direct kernel's h in the first half),
+ * the direct kernel's paired input rows, then the widened panel when needed */
+static int64_t panel_offset(int64_t max_rows, int hidden, int ffn)
+{
+    int64_t m = max_rows < CHUNK ? max_rows : CHUNK, d = max_rows < DIRECT_ROWS ? max_rows : DIRECT_ROWS;
+    return 2 * m * ffn + d * hidden;
+}
+
 size_t epm_cpu_ffn_w16_scratch_floats(int64_t max_rows, int hidden, int ffn, int fixed_panel)
 {
-    int64_t m = max_rows < CHUNK ? max_rows : CHUNK;
-    size_t f = (size_t)(2 * m * ffn);
+    size_t f = (size_t)panel_offset(max_rows, hidden, ffn);
     return max_rows > DIRECT_ROWS ? f + panel_floats(hidden, ffn, fixed_panel) : f;
 }
 
@@ -243,7 +296,7 @@ epm_status epm_cpu_grouped_ffn_w16_panels(const float *x, const int64_t *offsets
     int64_t busiest = 0;
     for (int e = 0; e < experts; e++)
         busiest = offsets[e + 1] - offsets[e] > busiest ? offsets[e + 1] - offsets[e] : busiest;
-    float *panel = scratch + 2 * (busiest < CHUNK ? busiest : CHUNK) * (int64_t)ffn;
+    float *panel = scratch + panel_offset(busiest, hidden, ffn);
     int pr_in = panel_rows_for(hidden, ffn, fixed_panel), pr_out = panel_rows_for(ffn, hidden, fixed_panel);
     for (int e = 0; e < experts; e++) {
         int64_t rows = offsets[e + 1] - offsets[e];

@@ -431,6 +431,7 @@ static const kc_ffn_case kc_ffn_cases[] = {
     {30, 24, 16, 16, 8, KC_HALF_EMPTY}, /* k = 8, half the experts idle */
     {25, 40, 20, 6, 4, KC_DROPS},       /* top-p: some slots empty */
     {200, 128, 64, 4, 2, KC_RANDOM},    /* a bigger one */
+    {1100, 16, 12, 4, 1, KC_ONE_EXPERT}, /* one expert past the CPU paths' chunk of 1024 rows */
 };
 
 /* Returns 0 when the fast backend refused the dtype with

@@ -9,6 +9,10 @@
 #include "epm_config.h"
 #include "kernels_check.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 static int setup(void **state) { return kc_setup(state, "cpu"); }
 static int teardown(void **state) { return kc_teardown(state); }
 
@@ -31,10 +35,12 @@ static void test_kernels_cpu_grouped_ffn_bf16(void **state) { assert_true(kc_gro
 /* The bf16-weight kernel with float32 rows is float32 math on the widened
  * weights: the reference on them, to float32 tolerance (only the order of
  * the additions differs). Rows per expert cross the direct kernel's row
- * block (4), its limit (32) and the chunk (1024); widths are odd and below
- * one vector; panels are automatic, or a few rows each so that several
- * panels and a short last one run on small weights; the widths of the last
- * cases take the threads (direct kernel and widening). */
+ * block (4), its limit (64) and the chunk (1024, also for an expert after
+ * another); widths are odd, below one paired block of 16 or exact blocks;
+ * panels are automatic, or a few rows each so that several panels and a short
+ * last one run on small weights. Each weight matrix is its own allocation
+ * (the sanitizer build sees a read past one), and the cases run on 1 and 3
+ * threads where OpenMP is on (the direct kernel splits output features). */
 static void test_kernels_cpu_w16_is_f32_on_widened(void **state)
 {
     kc_ctx *c = *state;
@@ -44,52 +50,75 @@ static void test_kernels_cpu_w16_is_f32_on_widened(void **state)
         int panel;
     } cases[] = {
         {1, 1, {0, 1, 0, 2, 0, 0}, 0},          {7, 9, {1, 2, 3, 4, 5, 6}, 0},
-        {23, 17, {5, 0, 32, 9, 33, 7}, 3},       {67, 45, {0, 0, 0, 0, 0, 40}, 7},
-        {16, 33, {1030, 3, 0, 0, 0, 0}, 0},      {9, 16, {1030, 0, 0, 0, 0, 0}, 5},
-        {257, 300, {1, 2, 3, 4, 12, 0}, 0},      {257, 300, {0, 0, 4, 0, 0, 40}, 0},
-        {257, 300, {0, 0, 0, 0, 0, 41}, 64},
+        {23, 17, {5, 0, 64, 9, 65, 7}, 3},       {67, 45, {0, 0, 0, 0, 0, 80}, 7},
+        {16, 33, {3, 1030, 0, 0, 0, 0}, 0},      {9, 16, {1030, 0, 0, 0, 0, 0}, 5},
+        {33, 48, {2, 7, 0, 0, 1, 0}, 0},         {48, 15, {0, 3, 0, 0, 0, 6}, 0},
+        {257, 300, {1, 2, 3, 4, 12, 0}, 0},      {257, 300, {0, 0, 4, 0, 0, 70}, 0},
+        {257, 300, {0, 0, 0, 0, 0, 66}, 64},
     };
     enum { E = 6 };
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        int H = cases[i].H, F = cases[i].F;
-        int64_t off[E + 1] = {0};
-        for (int e = 0; e < E; e++)
-            off[e + 1] = off[e] + cases[i].rows[e];
-        int64_t R = off[E];
-        size_t per = (size_t)3 * F * H;
-        float *x = kc_rnd((size_t)R * H + 1, &c->seed), *wf = kc_rnd(E * per, &c->seed);
-        for (size_t j = 0; j < E * per; j++)
-            wf[j] *= 2.0f / sqrtf((float)(H + F));
-        uint16_t *w = kc_as(wf, (int64_t)(E * per), EPM_DTYPE_BF16);
-        float *ww = kc_to_f32(w, (int64_t)(E * per), EPM_DTYPE_BF16);
-        const uint16_t *g[E], *u[E], *d[E];
-        const float *gf[E], *uf[E], *df[E];
-        for (int e = 0; e < E; e++) {
-            g[e] = w + e * per, u[e] = g[e] + (size_t)F * H, d[e] = u[e] + (size_t)F * H;
-            gf[e] = ww + e * per, uf[e] = gf[e] + (size_t)F * H, df[e] = uf[e] + (size_t)F * H;
+#ifdef _OPENMP
+    const int threads[2] = {1, 3}, nthreads = 2, was = omp_get_max_threads();
+#else
+    const int threads[1] = {1}, nthreads = 1;
+#endif
+    for (int ti = 0; ti < nthreads; ti++) {
+#ifdef _OPENMP
+        omp_set_num_threads(threads[ti]);
+#endif
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+            int H = cases[i].H, F = cases[i].F;
+            int64_t off[E + 1] = {0};
+            for (int e = 0; e < E; e++)
+                off[e + 1] = off[e] + cases[i].rows[e];
+            int64_t R = off[E], fh = (int64_t)F * H;
+            float *x = kc_rnd((size_t)R * H + 1, &c->seed);
+            uint16_t *w[3 * E];
+            float *ww[3 * E];
+            for (int j = 0; j < 3 * E; j++) {
+                float *wf = kc_rnd((size_t)fh, &c->seed);
+                for (int64_t q = 0; q < fh; q++)
+                    wf[q] *= 2.0f / sqrtf((float)(H + F));
+                w[j] = kc_as(wf, fh, EPM_DTYPE_BF16);
+                ww[j] = kc_to_f32(w[j], fh, EPM_DTYPE_BF16);
+                free(wf);
+            }
+            const uint16_t *g[E], *u[E], *d[E];
+            const float *gf[E], *uf[E], *df[E];
+            for (int e = 0; e < E; e++) {
+                g[e] = w[3 * e], u[e] = w[3 * e + 1], d[e] = w[3 * e + 2];
+                gf[e] = ww[3 * e], uf[e] = ww[3 * e + 1], df[e] = ww[3 * e + 2];
+            }
+            int64_t busiest = 0;
+            for (int e = 0; e < E; e++)
+                busiest = cases[i].rows[e] > busiest ? cases[i].rows[e] : busiest;
+            size_t sn = epm_cpu_ffn_w16_scratch_floats(busiest, H, F, cases[i].panel);
+            float *scr = malloc((sn + 1) * sizeof *scr), *y = malloc(((size_t)R * H + 1) * sizeof *y);
+            float *want = malloc(((size_t)R * H + 1) * sizeof *want);
+            for (size_t j = 0; j < sn; j++)
+                scr[j] = NAN;
+            for (int64_t j = 0; j < R * H; j++)
+                y[j] = NAN; /* a row never written stays NaN and fails below */
+            assert_int_equal(epm_cpu_grouped_ffn_w16_panels(x, off, E, H, F, g, u, d, scr, y, cases[i].panel),
+                             EPM_OK);
+            assert_int_equal(epm_ref_grouped_ffn(x, off, E, H, F, gf, uf, df, want), EPM_OK);
+            char what[128];
+            snprintf(what, sizeof what, "w16 case %zu (hidden %d, ffn %d, panel %d, %d threads)", i, H, F,
+                     cases[i].panel, threads[ti]);
+            kc_close(what, y, want, R * H, KC_F32_TOL);
+            free(x), free(scr), free(y), free(want);
+            for (int j = 0; j < 3 * E; j++)
+                free(w[j]), free(ww[j]);
         }
-        int64_t busiest = 0;
-        for (int e = 0; e < E; e++)
-            busiest = cases[i].rows[e] > busiest ? cases[i].rows[e] : busiest;
-        size_t sn = epm_cpu_ffn_w16_scratch_floats(busiest, H, F, cases[i].panel) + 1;
-        float *scr = malloc(sn * sizeof *scr), *y = malloc(((size_t)R * H + 1) * sizeof *y);
-        float *want = malloc(((size_t)R * H + 1) * sizeof *want);
-        for (size_t j = 0; j < sn; j++)
-            scr[j] = NAN;
-        for (int64_t j = 0; j < R * H; j++)
-            y[j] = NAN; /* a row never written stays NaN and fails below */
-        assert_int_equal(epm_cpu_grouped_ffn_w16_panels(x, off, E, H, F, g, u, d, scr, y, cases[i].panel), EPM_OK);
-        assert_int_equal(epm_ref_grouped_ffn(x, off, E, H, F, gf, uf, df, want), EPM_OK);
-        char what[96];
-        snprintf(what, sizeof what, "w16 case %zu (hidden %d, ffn %d, panel %d)", i, H, F, cases[i].panel);
-        kc_close(what, y, want, R * H, KC_F32_TOL);
-        free(x), free(wf), free(w), free(ww), free(scr), free(y), free(want);
     }
+#ifdef _OPENMP
+    omp_set_num_threads(was);
+#endif
     /* an expert with rows but no weights is refused by name */
     const int64_t off[3] = {0, 1, 3};
     uint16_t wz[4] = {0};
     const uint16_t *some[2] = {wz, NULL};
-    float x[8] = {0}, y[8], scr[32];
+    float x[8] = {0}, y[8], scr[64];
     assert_int_equal(epm_cpu_grouped_ffn_w16(x, off, 2, 2, 1, some, some, some, scr, y), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "expert 1 has 2 rows but no weights"));
     epm_clear_error();
