@@ -70,6 +70,18 @@ static const struct option opts[] = {
  * what it costs in output fidelity. mod: EPM_MOD_OFF sweeps TA strengths. */
 static const char *kernels = "blas";
 
+/* A live-routing run of the sweeps: every prompt logit kept, contiguous placement. */
+static void live_opts(epm_run_opts *o, const char *model, epm_mode mode, int vn, int nnew)
+{
+    memset(o, 0, sizeof *o);
+    o->model_dir = model;
+    o->mode = mode;
+    o->virtual_nodes = vn;
+    o->max_new_tokens = nnew;
+    o->keep_logits = 1;
+    o->ops = kernels;
+}
+
 static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm_mod_source mod, epm_mode mode,
                           int vn, int batch, const int *lens, int32_t **prompts, int nnew, int csv)
 {
@@ -90,19 +102,13 @@ static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm
         if (!first && value == neutral)
             continue;
         epm_run_opts o;
-        memset(&o, 0, sizeof o);
-        o.model_dir = model;
-        o.mode = mode;
-        o.virtual_nodes = vn;
-        o.max_new_tokens = nnew;
-        o.keep_logits = 1;
+        live_opts(&o, model, mode, vn, nnew);
         if (mod) {
             o.mod = mod;
             o.mod_capacity = value;
         } else {
             o.ta_strength = value;
         }
-        o.ops = kernels;
         epm_run_result *res = NULL;
         epm_status st = epm_run(&o, batch, lens, (const int32_t *const *)prompts, &res);
         if (st != EPM_OK) {
@@ -182,13 +188,7 @@ static int dtype_compare(epm_xcomm *x, const char *model, epm_mode mode, int vn,
     for (int r = 0; r < reps && rc == EPM_EXIT_OK; r++)
         for (int k = 0; k < 2; k++) {
             epm_run_opts o;
-            memset(&o, 0, sizeof o);
-            o.model_dir = model;
-            o.mode = mode;
-            o.virtual_nodes = vn;
-            o.max_new_tokens = nnew;
-            o.keep_logits = 1;
-            o.ops = kernels;
+            live_opts(&o, model, mode, vn, nnew);
             o.experts_f32 = k == 0;
             epm_run_result *res = NULL;
             epm_status st = epm_run(&o, batch, lens, (const int32_t *const *)prompts, &res);
