@@ -120,4 +120,8 @@ if has run; then
       echo "bench run $k, $n rank(s): exit $?"; cat "$out/run_${k}_np$n.csv"
     done
   done
+  # the CPU path's bf16 experts (blas holds them as stored) against widening them, 16 cores
+  mpirun --oversubscribe -np 1 $E bench run --model /tmp/mixtral2 --expert-dtypes --batch 8 --seq 128 --new 8 \
+    --reps 2 --csv >"$out/run_expert_dtypes.csv" 2>&1
+  echo "bench run --expert-dtypes, 1 rank: exit $?"; cat "$out/run_expert_dtypes.csv"
 fi
