@@ -59,7 +59,8 @@ const char *tu_write(const char *name, const void *data, size_t n)
     return p;
 }
 
-epm_trace *tu_synth_trace(int layers, int experts, int k, int64_t tokens, uint64_t seed)
+epm_trace *tu_synth_trace_skew(int layers, int experts, int k, int64_t tokens, uint64_t seed, double zipf_s,
+                               int64_t tokens_per_seq)
 {
     epm_trace_synth_opts so;
     epm_trace_synth_opts_init(&so);
@@ -68,11 +69,28 @@ epm_trace *tu_synth_trace(int layers, int experts, int k, int64_t tokens, uint64
     so.k = k;
     so.tokens = tokens;
     so.seed = seed;
-    so.zipf_s = 1.0;
+    so.zipf_s = zipf_s;
     so.affinity = 0.7;
-    so.tokens_per_seq = 5;
+    so.tokens_per_seq = tokens_per_seq;
     epm_trace *t = NULL;
     if (epm_trace_synth(&so, &t) != EPM_OK)
         fail_msg("synth: %s", epm_last_error());
     return t;
+}
+
+epm_trace *tu_synth_trace(int layers, int experts, int k, int64_t tokens, uint64_t seed)
+{
+    return tu_synth_trace_skew(layers, experts, k, tokens, seed, 1.0, 5);
+}
+
+void tu_plan_opts(epm_plan_opts *o, int method, int mode, int slots, double time_limit_s, double mip_gap)
+{
+    epm_plan_opts_init(o);
+    o->method = (epm_method)method;
+    o->mode = (epm_mode)mode;
+    o->slots_per_rank = slots;
+    o->hidden = 4096;
+    o->kv_dim = 1024;
+    o->time_limit_s = time_limit_s;
+    o->mip_gap = mip_gap;
 }

@@ -23,5 +23,13 @@ struct epm_trace;
  * cross-layer affinity 0.7, sequences of 5 tokens; fails the test if
  * synthesis fails. */
 struct epm_trace *tu_synth_trace(int layers, int experts, int k, int64_t tokens, uint64_t seed);
+/* The same with Zipf exponent zipf_s and sequences of tokens_per_seq tokens (0 = no sequence ids). */
+struct epm_trace *tu_synth_trace_skew(int layers, int experts, int k, int64_t tokens, uint64_t seed, double zipf_s,
+                                      int64_t tokens_per_seq);
+
+struct epm_plan_opts;
+/* Planner options of the planner's tests: the method, mode and slots
+ * given, hidden 4096, KV width 1024, the MIP's time limit and gap. */
+void tu_plan_opts(struct epm_plan_opts *o, int method, int mode, int slots, double time_limit_s, double mip_gap);
 
 #endif

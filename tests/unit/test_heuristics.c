@@ -9,20 +9,10 @@
 #include "epmoe/epmoe.h"
 #include "planner.h"
 
+/* Zipf 1.2 load skew, no sequence ids */
 static epm_trace *skewed(int layers, int experts, int k, int64_t tokens, uint64_t seed)
 {
-    epm_trace_synth_opts o;
-    epm_trace_synth_opts_init(&o);
-    o.layers = layers;
-    o.experts = experts;
-    o.k = k;
-    o.tokens = tokens;
-    o.zipf_s = 1.2;
-    o.affinity = 0.7;
-    o.seed = seed;
-    epm_trace *t;
-    assert_int_equal(epm_trace_synth(&o, &t), EPM_OK);
-    return t;
+    return tu_synth_trace_skew(layers, experts, k, tokens, seed, 1.2, 0);
 }
 
 static double mean_imbalance(const epm_trace *t, const epm_placement *p)

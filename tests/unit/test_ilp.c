@@ -14,14 +14,7 @@
 
 static void opts_for(epm_plan_opts *o, epm_mode mode, int slots)
 {
-    epm_plan_opts_init(o);
-    o->method = EPM_METHOD_ILP;
-    o->mode = mode;
-    o->slots_per_rank = slots;
-    o->hidden = 4096;
-    o->kv_dim = 1024;
-    o->time_limit_s = 30;
-    o->mip_gap = 1e-9;
+    tu_plan_opts(o, EPM_METHOD_ILP, mode, slots, 30, 1e-9);
 }
 
 static int close_to(double a, double b) { return fabs(a - b) <= 1e-9 * (fabs(a) + fabs(b) + 1.0); }

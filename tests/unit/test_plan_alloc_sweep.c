@@ -45,18 +45,6 @@ static epm_status run_job_cb(void *ctx) { return run_job(ctx); }
 
 static uint64_t sweep(const job *j) { return tu_alloc_sweep(j->what, run_job_cb, (void *)j); }
 
-static void plan_opts(epm_plan_opts *o, epm_method m, epm_mode mode, int slots)
-{
-    epm_plan_opts_init(o);
-    o->method = m;
-    o->mode = mode;
-    o->slots_per_rank = slots;
-    o->hidden = 4096;
-    o->kv_dim = 1024;
-    o->time_limit_s = 60; /* never reached on these sizes: the paths do not depend on the clock */
-    o->mip_gap = 1e-6;
-}
-
 /* Every method in both modes on 2 ranks in 2 nodes with spare slots (eplb's
  * and the ILP's replicas), then epm_eval of the ILP's placement. Small, as
  * each point reruns the whole plan (the MIP included). */
@@ -72,7 +60,7 @@ static void test_plan_alloc_sweep_methods(void **state)
             char what[64];
             snprintf(what, sizeof what, "plan %s %s", epm_method_name((epm_method)m), epm_mode_name((epm_mode)mode));
             job j = {.what = what, .t = t, .c = &c};
-            plan_opts(&j.o, (epm_method)m, (epm_mode)mode, 3);
+            tu_plan_opts(&j.o, m, mode, 3, 60, 1e-6); /* the limit is never reached: no clock-dependent path */
             double t0 = epm_now();
             uint64_t k = sweep(&j);
             fprintf(stderr, "%s: %llu allocation points failed cleanly (%.1f s)\n", what, (unsigned long long)k,
@@ -82,7 +70,7 @@ static void test_plan_alloc_sweep_methods(void **state)
         }
     for (int mode = 0; mode < 2; mode++) {
         job j = {.what = mode ? "eval follow" : "eval home", .t = t, .c = &c};
-        plan_opts(&j.o, EPM_METHOD_ILP, (epm_mode)mode, 3);
+        tu_plan_opts(&j.o, EPM_METHOD_ILP, mode, 3, 60, 1e-6);
         epm_placement *p;
         assert_int_equal(epm_plan(t, &c, &j.o, &p), EPM_OK);
         j.eval_of = p;
@@ -112,7 +100,7 @@ static void test_plan_alloc_sweep_decomposition(void **state)
         char what[64];
         snprintf(what, sizeof what, "ilp follow E = R = 4, %lld tokens", (long long)tokens[i]);
         job j = {.what = what, .t = t, .c = &c};
-        plan_opts(&j.o, EPM_METHOD_ILP, EPM_MODE_FOLLOW, 1);
+        tu_plan_opts(&j.o, EPM_METHOD_ILP, EPM_MODE_FOLLOW, 1, 60, 1e-6);
         uint64_t k = sweep(&j);
         fprintf(stderr, "%s: %llu allocation points failed cleanly\n", what, (unsigned long long)k);
         assert_true(k >= 10);
