@@ -195,12 +195,7 @@ static epm_status run_case(bench *b, const shape *sh, const int64_t *off, void *
     if (st == EPM_OK)
         st = best_of(b, E, off, dense, H, F, x, g, u, d, scr, y, b->vs_f32 ? &side : NULL, tg, td, t32);
     b->o->free(b->kb, x), b->o->free(b->kb, y), b->o->free(b->kb, scr);
-    if (x32)
-        b->o->free(b->kb, x32);
-    if (y32)
-        b->o->free(b->kb, y32);
-    if (scr32)
-        b->o->free(b->kb, scr32);
+    b->o->free(b->kb, x32), b->o->free(b->kb, y32), b->o->free(b->kb, scr32);
     epm_free(g), epm_free(u), epm_free(d), epm_free(g32), epm_free(u32), epm_free(d32);
     return st;
 }
@@ -290,8 +285,7 @@ static int bench_shape(bench *b, const shape *sh, const long *tokens, int ntoken
         }
         epm_free(ids), epm_free(src), epm_free(rof), epm_free(perm), epm_free(off);
     }
-    if (block)
-        b->o->free(b->kb, block);
+    b->o->free(b->kb, block), b->o->free(b->kb, block32);
     return rc;
 }
 

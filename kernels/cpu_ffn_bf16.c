@@ -271,7 +271,6 @@ static size_t panel_floats(int hidden, int ffn, int fixed)
     return (size_t)(a > b ? a : b);
 }
 
-/* gate and up outputs of one chunk, then the widened panel when needed */
 /* gate and up outputs of one chunk (the direct kernel's h in the first half),
  * the direct kernel's paired input rows, then the widened panel when needed */
 static int64_t panel_offset(int64_t max_rows, int hidden, int ffn)
@@ -293,10 +292,7 @@ epm_status epm_cpu_grouped_ffn_w16_panels(const float *x, const int64_t *offsets
     EPM_CHECK(epm_cpu_ffn_check("cpu grouped_ffn (bf16 weights)", x, offsets, experts, hidden, ffn,
                                 (const void *const *)gate, (const void *const *)up, (const void *const *)down,
                                 scratch, y));
-    int64_t busiest = 0;
-    for (int e = 0; e < experts; e++)
-        busiest = offsets[e + 1] - offsets[e] > busiest ? offsets[e + 1] - offsets[e] : busiest;
-    float *panel = scratch + panel_offset(busiest, hidden, ffn);
+    float *panel = scratch + panel_offset(epm_busiest_rows(offsets, experts), hidden, ffn);
     int pr_in = panel_rows_for(hidden, ffn, fixed_panel), pr_out = panel_rows_for(ffn, hidden, fixed_panel);
     for (int e = 0; e < experts; e++) {
         int64_t rows = offsets[e + 1] - offsets[e];

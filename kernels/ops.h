@@ -35,6 +35,8 @@ typedef struct epm_ops {
                                      const uint16_t *const *down, float *scratch, float *y);
 } epm_ops;
 
+/* Rows of the busiest expert: offsets[e + 1] - offsets[e] at its largest. */
+int64_t epm_busiest_rows(const int64_t *offsets, int experts);
 /* Floats of scratch grouped_swiglu needs: 2 * ffn * (rows of the busiest expert). */
 int64_t epm_grouped_scratch(const int64_t *offsets, int experts, int ffn);
 /* Floats of scratch grouped_swiglu_w16 needs (every table's). */

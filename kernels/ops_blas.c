@@ -30,10 +30,7 @@ static const epm_ops blas_ops = {"blas", blas_linear, NULL, blas_swiglu, blas_gr
 /* the BLAS path's need covers the reference's (none) */
 int64_t epm_grouped_scratch_w16(const int64_t *offsets, int experts, int hidden, int ffn)
 {
-    int64_t most = 0;
-    for (int e = 0; e < experts; e++)
-        most = offsets[e + 1] - offsets[e] > most ? offsets[e + 1] - offsets[e] : most;
-    return (int64_t)epm_cpu_ffn_w16_scratch_floats(most, hidden, ffn, 0);
+    return (int64_t)epm_cpu_ffn_w16_scratch_floats(epm_busiest_rows(offsets, experts), hidden, ffn, 0);
 }
 
 const epm_ops *epm_ops_blas(void) { return &blas_ops; }

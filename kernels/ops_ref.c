@@ -38,12 +38,11 @@ static epm_status ref_grouped_swiglu_w16(const float *x, const int64_t *offsets,
 {
     (void)scratch;
     EPM_CHECK(epm_ref_check_offsets("ref grouped_ffn (bf16 weights)", offsets, experts));
+    KREQ(hidden >= 1 && ffn >= 1, "ref grouped_ffn (bf16 weights): hidden = %d, ffn = %d", hidden, ffn);
     int64_t n = (int64_t)hidden * ffn;
-    float *w = n > 0 ? epm_malloc(3 * (size_t)n * sizeof *w) : NULL;
+    float *w = epm_malloc(3 * (size_t)n * sizeof *w);
     if (!w)
-        return n > 0 ? epm_fail(EPM_ERR_NOMEM, "ref grouped_ffn (bf16 weights): %lld floats", (long long)(3 * n))
-                     : epm_fail(EPM_ERR_INVALID_ARG, "ref grouped_ffn (bf16 weights): hidden = %d, ffn = %d",
-                                hidden, ffn);
+        return epm_fail(EPM_ERR_NOMEM, "ref grouped_ffn (bf16 weights): %lld floats", (long long)(3 * n));
     epm_status st = EPM_OK;
     for (int e = 0; e < experts && st == EPM_OK; e++) {
         int64_t m = offsets[e + 1] - offsets[e];
@@ -72,12 +71,17 @@ static const epm_ops ref_ops = {"ref", ref_linear, ref_rmsnorm, ref_swiglu, ref_
 
 const epm_ops *epm_ops_ref(void) { return &ref_ops; }
 
-int64_t epm_grouped_scratch(const int64_t *offsets, int experts, int ffn)
+int64_t epm_busiest_rows(const int64_t *offsets, int experts)
 {
     int64_t most = 0;
     for (int e = 0; e < experts; e++)
         most = offsets[e + 1] - offsets[e] > most ? offsets[e + 1] - offsets[e] : most;
-    return 2 * most * ffn;
+    return most;
+}
+
+int64_t epm_grouped_scratch(const int64_t *offsets, int experts, int ffn)
+{
+    return 2 * epm_busiest_rows(offsets, experts) * ffn;
 }
 
 void epm_rope(float *x, int64_t n, int heads, int hd, const int32_t *pos, double theta)
