@@ -25,6 +25,9 @@ cleanup() { :; }
 trap 'cleanup; rm -rf "$d"' EXIT
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+# has FILE PATTERN: a line of FILE matches the grep pattern; else a failure
+# showing the file's first lines
+has() { grep -q -- "$2" "$1" || { fail "'$2' not in $1:"; head -20 "$1"; }; }
 # exit 77 is meson's "skipped": a machine without the tool is not a failure
 require() { command -v "$1" >/dev/null || { echo "$1 not found${2:+ ($2)}: skipped"; exit 77; }; }
 # the script's last line: PASSED and status 0, or FAILED (if given) and

@@ -16,7 +16,6 @@ ok() { # description, command...: must exit 0
   local what=$1; shift
   "$@" >"$d/out" 2>"$d/err" || { fail "$what: exit $?"; head -5 "$d/err"; }
 }
-has() { grep -q -- "$2" "$1" || { fail "'$2' not in $1:"; head -5 "$1"; }; }
 close() { # what, got.st, want.st, tolerance
   python3 "$here/../multinode/compare_logits.py" "$2" "$3" "$4" >"$d/cmp" 2>&1 || { fail "$1: $(cat "$d/cmp")"; }
 }

@@ -9,9 +9,6 @@ check() { # description, expected exit code, command...
     echo "FAIL: $what: exit $got, expected $want"; cat "$d/err"; fails=$((fails + 1))
   fi
 }
-has() { # file, text
-  grep -q -- "$2" "$1" || { echo "FAIL: '$2' not in $1:"; cat "$1"; fails=$((fails + 1)); }
-}
 
 check "synth" 0 "$E" trace synth --out "$d/t.st" --layers 4 --experts 8 --k 2 --tokens 2000 --zipf 1.1 \
   --affinity 0.8 --seed 3

@@ -10,9 +10,6 @@ check() { # description, expected exit code, command...
     echo "FAIL: $what: exit $got, expected $want"; cat "$d/err"; fails=$((fails + 1))
   fi
 }
-has() { # file, text
-  grep -q -- "$2" "$1" || { echo "FAIL: '$2' not in $1:"; cat "$1"; fails=$((fails + 1)); }
-}
 lacks() { # file, text
   ! grep -q -- "$2" "$1" || { echo "FAIL: '$2' unexpectedly in $1:"; cat "$1"; fails=$((fails + 1)); }
 }

@@ -14,7 +14,6 @@ check() { # description, expected exit code, command...
     echo "FAIL: $what: exit $got, expected $want"; head -5 "$d/err"; fails=$((fails + 1))
   fi
 }
-has() { grep -q -- "$2" "$1" || { echo "FAIL: '$2' not in $1:"; head -5 "$1"; fails=$((fails + 1)); }; }
 # none_left INPUT WHAT: no epmoe process of the job that read INPUT is left
 none_left() {
   sleep 0.5

@@ -33,6 +33,15 @@ same() {
     fi
 }
 
+# same_stats A B DROP: `trace stats --json` of A and B agree but for the lines matching DROP
+same_stats() {
+    expect 0 "$EPMOE" trace stats "$1" --json
+    grep -v "$3" "$d/out" >"$d/stats_a.json"
+    expect 0 "$EPMOE" trace stats "$2" --json
+    grep -v "$3" "$d/out" >"$d/stats_b.json"
+    same "$d/stats_a.json" "$d/stats_b.json"
+}
+
 fx="$EPM_FIXTURES/mixtral-tiny/reference.safetensors"
 
 # ---- help and usage errors ----
@@ -114,19 +123,11 @@ contains "$d/err" "ids only"
 expect 0 "$EPMOE" trace convert "$d/b.npy" "$d/b2.safetensors"
 expect 0 "$EPMOE" trace convert "$d/b2.safetensors" "$d/b3.npy"
 same "$d/b.npy" "$d/b3.npy"
-expect 0 "$EPMOE" trace stats "$d/b.safetensors" --json
-grep -v '"file"\|has_' "$d/out" >"$d/s1.json"
-expect 0 "$EPMOE" trace stats "$d/b.npy" --json
-grep -v '"file"\|has_' "$d/out" >"$d/s2.json"
-same "$d/s1.json" "$d/s2.json"
+same_stats "$d/b.safetensors" "$d/b.npy" '"file"\|has_'
 # the fixture through .npy and back: same ids as the original's topk_ids
 expect 0 "$EPMOE" trace convert "$fx" "$d/fx.npy"
 expect 0 "$EPMOE" trace convert "$d/fx.npy" "$d/fx.safetensors"
-expect 0 "$EPMOE" trace stats "$fx" --json
-grep -v '"file"' "$d/out" >"$d/f1.json"
-expect 0 "$EPMOE" trace stats "$d/fx.safetensors" --json
-grep -v '"file"' "$d/out" >"$d/f2.json"
-same "$d/f1.json" "$d/f2.json"
+same_stats "$fx" "$d/fx.safetensors" '"file"'
 
 # outputs never overwrite inputs
 expect 2 "$EPMOE" trace convert "$d/b.npy" "$d/b.npy"
