@@ -11,6 +11,7 @@
 
 #include "../launch/cli.h"
 #include "bench.h"
+#include "blas_info.h"
 #include "core.h"
 #include "epmoe/kernels.h"
 
@@ -361,6 +362,11 @@ int epm_bench_kernels(int argc, char **argv)
                epm_dtype_name(b.dt), tokens_s,
                host && !strcmp(tokens_s, "1,16,128,512") ? " (small CPU default; the shapes scale to 16384)" : "",
                reps);
+    if (!csv && host) {
+        char blas[256];
+        epm_blas_describe(blas, sizeof blas);
+        printf("# blas: %s\n", blas);
+    }
     printf(csv ? "backend,dtype,shape,tokens,rows,experts_used,grouped_s,grouped_tflops,weight_gbs,dense_s,"
                  "dense_tflops,ratio"
                : "%-8s %7s %7s %5s %11s %9s %8s %11s %9s %7s",

@@ -10,6 +10,7 @@
 
 #include "../launch/cli.h"
 #include "bench.h"
+#include "blas_info.h"
 #include "core.h"
 #include "epmoe/model.h"
 #include "runtime.h"
@@ -71,6 +72,14 @@ static const struct option opts[] = {
 static const char *kernels = "blas";
 
 /* A live-routing run of the sweeps: every prompt logit kept, contiguous placement. */
+/* CPU figures depend on the BLAS kernels as much as on epmoe (blas_info.h) */
+static void print_blas(void)
+{
+    char blas[256];
+    epm_blas_describe(blas, sizeof blas);
+    printf("# blas: %s\n", blas);
+}
+
 static void live_opts(epm_run_opts *o, const char *model, epm_mode mode, int vn, int nnew)
 {
     memset(o, 0, sizeof *o);
@@ -377,6 +386,8 @@ int epm_bench_run(int argc, char **argv)
             printf("# bench run %s: %s, %d ranks (%d nodes), mode %s, batch %ld x %ld + %ld new, kernels %s\n",
                    dtypes ? "--expert-dtypes" : mod ? "--mod" : "--ta", model, R, cl.nodes, epm_mode_name(mode),
                    batch, seq, nnew, kernels);
+        if (me == 0 && !csv)
+            print_blas();
         if (dtypes)
             rc = dtype_compare(x, model, mode, (int)vn, (int)batch, lens, prompts, (int)nnew, (int)reps, csv);
         else
@@ -409,6 +420,8 @@ int epm_bench_run(int argc, char **argv)
     if (me == 0 && !csv)
         printf("# bench run: %s, %d ranks (%d nodes), batch %ld x %ld tokens + %ld new, zipf %.2f affinity %.2f\n",
                model, R, cl.nodes, batch, seq, nnew, zipf, aff);
+    if (me == 0 && !csv)
+        print_blas();
     if (me == 0)
         printf(csv ? "ranks,nodes,mode,method,prefill_tok_s,decode_tok_s,intra_bytes,inter_bytes,kv_bytes,max_load,"
                      "prefill_vs_contiguous,decode_vs_contiguous,bytes_vs_contiguous,kv_cache_bytes_per_rank\n"

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "blas_info.h"
 #include "cli.h"
 #include "epm_config.h"
 
@@ -41,8 +42,10 @@ int main(int argc, char **argv)
         return EPM_EXIT_OK;
     }
     if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
-        printf("epmoe %s (cuda: %s, nccl: %s)\n", EPM_VERSION, EPM_HAVE_CUDA ? "yes" : "no",
-               EPM_HAVE_NCCL ? "yes" : "no");
+        char blas[256];
+        epm_blas_describe(blas, sizeof blas);
+        printf("epmoe %s (cuda: %s, nccl: %s)\nblas: %s\n", EPM_VERSION, EPM_HAVE_CUDA ? "yes" : "no",
+               EPM_HAVE_NCCL ? "yes" : "no", blas);
         return EPM_EXIT_OK;
     }
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)

@@ -402,7 +402,13 @@ usage plan extra "" --quiet extra
 ok "bench kernels cpu csv" "$E" bench kernels --backend cpu --shape dsv3 --tokens 1,3 --reps 1 --weight-gb 0.001 --csv &&
   csvcheck kernels cpu 1,3
 ok "bench kernels ref" "$E" bench kernels --backend ref --shape dsv3 --tokens 1 --reps 1 --weight-gb 0.001 &&
-  csvcheck kernels-table 1
+  csvcheck kernels-table 1 && has "$d/out" "^# blas: ."
+# a CPU figure names the BLAS kernels that made it, and a forced kernel set says so
+ok "version" "$E" version && has "$d/out" "^blas: ."
+if grep -q "^blas: OpenBLAS" "$d/out"; then
+  ok "version, OPENBLAS_CORETYPE" env OPENBLAS_CORETYPE=Prescott "$E" version &&
+    has "$d/out" "^blas: OpenBLAS .*Prescott.*(OPENBLAS_CORETYPE=Prescott)$"
+fi
 help_ok kernels --shape --tokens --reps --backend --weight-gb --csv
 usage kernels --tokens x --shape dsv3 --weight-gb 0.001 --tokens 1,x
 usage kernels --tokens 1,,2 --shape dsv3 --weight-gb 0.001 --tokens 1,,2
