@@ -453,8 +453,13 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
             gw[e] = ex->gate, gw[E + e] = ex->up, gw[2 * E + e] = ex->down;
     }
     int64_t nscr = r->w16 ? epm_grouped_scratch_w16(goff, E, H, F) : epm_grouped_scratch(goff, E, F);
-    if (st == EPM_OK)
-        scr = epm_malloc((size_t)(nscr ? nscr : 1) * sizeof *scr);
+    nscr = nscr ? nscr : 1;
+    if (st == EPM_OK && nscr > r->ffn_scr_n) {
+        epm_free(r->ffn_scr);
+        r->ffn_scr = epm_malloc((size_t)nscr * sizeof *r->ffn_scr);
+        r->ffn_scr_n = r->ffn_scr ? nscr : 0;
+    }
+    scr = r->ffn_scr;
     if (st == EPM_OK && !scr)
         st = EPM_ERR_NOMEM;
     if (st == EPM_OK) {
@@ -642,7 +647,6 @@ out:
     epm_free(prow);
     epm_free(xin);
     epm_free(y);
-    epm_free(scr);
     epm_free(sx);
     epm_free(elist);
     epm_free(ecount);
@@ -1027,6 +1031,7 @@ static void teardown(rt *r)
     }
     epm_free(r->kc);
     epm_free(r->vc);
+    epm_free(r->ffn_scr);
     epm_free(r->offset);
     epm_free(r->moe_index);
     epm_free(r->trace_rec);

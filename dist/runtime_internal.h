@@ -36,6 +36,11 @@ typedef struct rt {
     int failed;        /* an agreement returned an error: every rank knows, no more collectives */
     int cuda;          /* ops is the GPU table (ops_cuda_host.h): its errors are checked at every agreement */
     int w16;           /* routed experts are held bf16 (ops->grouped_swiglu_w16 runs them) */
+    /* the grouped FFN's scratch, kept from layer to layer and grown when a
+     * layer needs more: tens of MB on the bf16 panel path, whose pages a
+     * fresh allocation per layer would fault in again every time */
+    float *ffn_scr;
+    int64_t ffn_scr_n;
     /* the forward pass under way: tokens g0 .. g0 + pn - 1 (all ranks) */
     int64_t g0, pn;
     int prefill;

@@ -14,11 +14,16 @@
  *    bounds decode.
  *  - more rows: panels of the weight widened to float32 into the caller's
  *    scratch, then one SGEMM per panel (OpenBLAS's threads). The widening
- *    runs on one thread: a few percent of the SGEMM's time, while a second
- *    thread pool beside OpenBLAS's costs more in their spinning. A
+ *    runs on one thread: a second thread pool beside OpenBLAS's costs more in
+ *    their spinning than it saves (measured: 0.6-0.8 of one thread). A
  *    panel has at least PANEL_MIN_ROWS rows because each SGEMM packs its whole
- *    input block again (OpenBLAS packs A on every call): below a few hundred
- *    output columns that repacking costs more than the widening saves. */
+ *    input block again: below a few hundred output columns that repacking
+ *    costs more than the widening saves. Larger panels (128 MiB) ran 128-row
+ *    Mixtral experts faster alone (0.84 of float32 against 0.69) but a whole
+ *    model slower (0.68 against 1.18 on a 2-core Zen 5), so they stay at 8 MiB.
+ *    Past 32 rows the panels beat the direct kernel, whose 4 x 2 register
+ *    block is bound by its loads, with OpenBLAS's AVX2 and AVX-512 SGEMM alike
+ *    (at 64 rows 0.84 of float32 against 0.46). */
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
@@ -36,7 +41,7 @@
 
 enum {
     ROW_BLOCK = 4,               /* rows the direct kernel dots with one weight row at once */
-    DIRECT_ROWS = 64,            /* rows of an expert up to which the direct kernel runs */
+    DIRECT_ROWS = EPM_CPU_FFN_W16_DIRECT_ROWS, /* rows of an expert up to which the direct kernel runs */
     CHUNK = EPM_CPU_FFN_CHUNK,   /* rows per chunk of the panel path, as cpu_ffn.c */
     PANEL_MIN_ROWS = 512,        /* output features per widened panel, at least (wide rows: 14-29 MiB) ... */
     PANEL_FLOATS = 2 << 20,      /* ... or as many as fill this many floats (8 MiB) */
