@@ -71,7 +71,6 @@ static const struct option opts[] = {
  * what it costs in output fidelity. mod: EPM_MOD_OFF sweeps TA strengths. */
 static const char *kernels = "blas";
 
-/* A live-routing run of the sweeps: every prompt logit kept, contiguous placement. */
 /* CPU figures depend on the BLAS kernels as much as on epmoe (blas_info.h) */
 static void print_blas(void)
 {
@@ -80,6 +79,7 @@ static void print_blas(void)
     printf("# blas: %s\n", blas);
 }
 
+/* A live-routing run of the sweeps: every prompt logit kept, contiguous placement. */
 static void live_opts(epm_run_opts *o, const char *model, epm_mode mode, int vn, int nnew)
 {
     memset(o, 0, sizeof *o);
