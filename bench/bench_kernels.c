@@ -290,6 +290,13 @@ static int bench_shape(bench *b, const shape *sh, const long *tokens, int ntoken
     return rc;
 }
 
+void epm_bench_print_blas(void)
+{
+    char blas[256];
+    epm_blas_describe(blas, sizeof blas);
+    printf("# blas: %s\n", blas);
+}
+
 int epm_bench_kernels(int argc, char **argv)
 {
     const char *W = "bench kernels";
@@ -362,11 +369,8 @@ int epm_bench_kernels(int argc, char **argv)
                epm_dtype_name(b.dt), tokens_s,
                host && !strcmp(tokens_s, "1,16,128,512") ? " (small CPU default; the shapes scale to 16384)" : "",
                reps);
-    if (!csv && host) {
-        char blas[256];
-        epm_blas_describe(blas, sizeof blas);
-        printf("# blas: %s\n", blas);
-    }
+    if (!csv && host)
+        epm_bench_print_blas();
     printf(csv ? "backend,dtype,shape,tokens,rows,experts_used,grouped_s,grouped_tflops,weight_gbs,dense_s,"
                  "dense_tflops,ratio"
                : "%-8s %7s %7s %5s %11s %9s %8s %11s %9s %7s",

@@ -10,7 +10,6 @@
 
 #include "../launch/cli.h"
 #include "bench.h"
-#include "blas_info.h"
 #include "core.h"
 #include "epmoe/model.h"
 #include "runtime.h"
@@ -70,14 +69,6 @@ static const struct option opts[] = {
  * or MoD capacity 1): what topology-aware gating or layer skipping saves and
  * what it costs in output fidelity. mod: EPM_MOD_OFF sweeps TA strengths. */
 static const char *kernels = "blas";
-
-/* CPU figures depend on the BLAS kernels as much as on epmoe (blas_info.h) */
-static void print_blas(void)
-{
-    char blas[256];
-    epm_blas_describe(blas, sizeof blas);
-    printf("# blas: %s\n", blas);
-}
 
 /* A live-routing run of the sweeps: every prompt logit kept, contiguous placement. */
 static void live_opts(epm_run_opts *o, const char *model, epm_mode mode, int vn, int nnew)
@@ -387,7 +378,7 @@ int epm_bench_run(int argc, char **argv)
                    dtypes ? "--expert-dtypes" : mod ? "--mod" : "--ta", model, R, cl.nodes, epm_mode_name(mode),
                    batch, seq, nnew, kernels);
         if (me == 0 && !csv)
-            print_blas();
+            epm_bench_print_blas();
         if (dtypes)
             rc = dtype_compare(x, model, mode, (int)vn, (int)batch, lens, prompts, (int)nnew, (int)reps, csv);
         else
@@ -421,7 +412,7 @@ int epm_bench_run(int argc, char **argv)
         printf("# bench run: %s, %d ranks (%d nodes), batch %ld x %ld tokens + %ld new, zipf %.2f affinity %.2f\n",
                model, R, cl.nodes, batch, seq, nnew, zipf, aff);
     if (me == 0 && !csv)
-        print_blas();
+        epm_bench_print_blas();
     if (me == 0)
         printf(csv ? "ranks,nodes,mode,method,prefill_tok_s,decode_tok_s,intra_bytes,inter_bytes,kv_bytes,max_load,"
                      "prefill_vs_contiguous,decode_vs_contiguous,bytes_vs_contiguous,kv_cache_bytes_per_rank\n"

@@ -35,8 +35,8 @@ static void test_kernels_cpu_grouped_ffn_bf16(void **state) { assert_true(kc_gro
 /* The bf16-weight kernel with float32 rows is float32 math on the widened
  * weights: the reference on them, to float32 tolerance (only the order of
  * the additions differs). Rows per expert cross the direct kernel's row
- * block (4), its limit (EPM_CPU_FFN_W16_DIRECT_ROWS) and the chunk (1024, also for an expert after
- * another); widths are odd, below one paired block of 16 or exact blocks;
+ * block (4), its limit (EPM_CPU_FFN_W16_DIRECT_ROWS) and the chunk (1024,
+ * also for an expert after another); widths are odd, below one paired block of 16 or exact blocks;
  * panels are automatic, or a few rows each so that several panels and a short
  * last one run on small weights. Each weight matrix is its own allocation
  * (the sanitizer build sees a read past one), and the cases run on 1 and 3
@@ -51,7 +51,7 @@ static void test_kernels_cpu_w16_is_f32_on_widened(void **state)
         int panel;
     } cases[] = {
         {1, 1, {0, 1, 0, 2, 0, 0}, 0},          {7, 9, {1, 2, 3, 4, 5, 6}, 0},
-        {23, 17, {5, 0, DIRECT, 9, DIRECT + 1, 7}, 3},       {67, 45, {0, 0, 0, 0, 0, 80}, 7},
+        {23, 17, {5, 0, DIRECT, 9, DIRECT + 1, 7}, 3}, {67, 45, {0, 0, 0, 0, 0, 80}, 7},
         {16, 33, {3, 1030, 0, 0, 0, 0}, 0},      {9, 16, {1030, 0, 0, 0, 0, 0}, 5},
         {33, 48, {2, 7, 0, 0, 1, 0}, 0},         {48, 15, {0, 3, 0, 0, 0, 6}, 0},
         {257, 300, {1, 2, 3, 4, 12, 0}, 0},      {257, 300, {0, 0, 4, 0, 0, 70}, 0},
