@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cpu_gemm_nt.h"
 #include "epm_config.h"
 #include "ops_cuda_host.h"
 #include "ops_gpu.h"
@@ -253,7 +254,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         return EPM_ERR_NOMEM;
     r->ref->rmsnorm(h, n, H, w->post_attn_norm, c->rms_norm_eps, x2);
     if (ml < 0) { /* dense MLP layer: no experts, no traffic */
-        float *scr = epm_malloc((size_t)(n ? n : 1) * 2 * c->dense_ffn * sizeof *scr);
+        float *scr = epm_malloc((size_t)epm_swiglu_scratch(n ? n : 1, H, c->dense_ffn) * sizeof *scr);
         float *y = epm_malloc((size_t)(n ? n : 1) * H * sizeof *y);
         if (scr && y) {
             r->ops->swiglu(x2, n, H, c->dense_ffn, w->mlp.gate, w->mlp.up, w->mlp.down, scr, y);
@@ -452,7 +453,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         else
             gw[e] = ex->gate, gw[E + e] = ex->up, gw[2 * E + e] = ex->down;
     }
-    int64_t nscr = r->w16 ? epm_grouped_scratch_w16(goff, E, H, F) : epm_grouped_scratch(goff, E, F);
+    int64_t nscr = r->w16 ? epm_grouped_scratch_w16(goff, E, H, F) : epm_grouped_scratch(goff, E, H, F);
     nscr = nscr ? nscr : 1;
     if (st == EPM_OK && nscr > r->ffn_scr_n) {
         epm_free(r->ffn_scr);
@@ -582,7 +583,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     if (w->shared.gate && nn > 0) {
         float *sx2 = epm_malloc((size_t)nn * H * sizeof *sx2);
         float *sy = epm_malloc((size_t)nn * H * sizeof *sy);
-        float *ss = epm_malloc((size_t)nn * 2 * c->shared_ffn * sizeof *ss);
+        float *ss = epm_malloc((size_t)epm_swiglu_scratch(nn, H, c->shared_ffn) * sizeof *ss);
         float *hpre = epm_malloc((size_t)nn * H * sizeof *hpre);
         if (!sx2 || !sy || !ss || !hpre) {
             st = EPM_ERR_NOMEM;
@@ -1101,6 +1102,9 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     if (o->ops && strcmp(o->ops, "ref") && strcmp(o->ops, "blas") && strcmp(o->ops, "cuda"))
         return epm_fail(EPM_ERR_INVALID_ARG, "--kernels %s: expected ref, blas or cuda", o->ops);
     r.ops = o->ops && !strcmp(o->ops, "ref") ? epm_ops_ref() : epm_ops_blas();
+    epm_cpu_isa isa; /* a bad EPM_CPU_ISA fails the run by name rather than quietly turning the kernel off */
+    if (!o->ops || strcmp(o->ops, "ref"))
+        EPM_CHECK(epm_cpu_isa_from_env(&isa));
     epm_xcomm_set_timeout(o->timeout_s);
     epm_xcomm_opts xo;
     epm_xcomm_opts_init(&xo);

@@ -3,6 +3,7 @@
 
 #include "backend.h"
 #include "core.h"
+#include "cpu_gemm_nt.h"
 
 epm_status epm_kernels_create(const char *name, epm_kernels **out)
 {
@@ -14,6 +15,10 @@ epm_status epm_kernels_create(const char *name, epm_kernels **out)
     int want_cuda = !strcmp(name, "cuda") || (!strcmp(name, "auto") && epm_kernels_cuda_devices() > 0);
     if (!want_cuda && strcmp(name, "ref") && strcmp(name, "cpu") && strcmp(name, "auto"))
         return epm_fail(EPM_ERR_INVALID_ARG, "kernels: backend '%s' is not one of ref, cpu, cuda, auto", name);
+    if (!want_cuda && strcmp(name, "ref")) { /* a bad EPM_CPU_ISA fails here, not silently later */
+        epm_cpu_isa isa;
+        EPM_CHECK(epm_cpu_isa_from_env(&isa));
+    }
     epm_kernels *kb = epm_calloc(1, sizeof *kb);
     if (!kb)
         return epm_fail(EPM_ERR_NOMEM, "kernels: backend '%s'", name);

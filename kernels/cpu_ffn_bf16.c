@@ -24,20 +24,14 @@
  *    Past 32 rows the panels beat the direct kernel, whose 4 x 2 register
  *    block is bound by its loads, with OpenBLAS's AVX2 and AVX-512 SGEMM alike
  *    (at 64 rows 0.84 of float32 against 0.46). */
-#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
 #include "backend.h"
+#include "cpu_omp.h"
+#include "cpu_sgemm.h"
 #include "half.h"
 #include "ops.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#define EPM_OMP(directive) _Pragma(directive)
-#else
-#define EPM_OMP(directive)
-#endif
 
 enum {
     ROW_BLOCK = 4,               /* rows the direct kernel dots with one weight row at once */
@@ -208,16 +202,6 @@ EPM_CLONES static void direct_gate_up(int M, const float *xp, int K, const uint1
     }
 }
 
-/* Threads over blocks of output features when there is enough work. */
-static int threads_for(int64_t work)
-{
-#ifdef _OPENMP
-    return work < PAR_MIN_WORK ? 1 : omp_get_max_threads();
-#else
-    (void)work;
-    return 1;
-#endif
-}
 
 /* scratch: M x F of h, then M x H of x, both paired */
 static void direct_expert(int M, const float *x, int H, int F, const uint16_t *gate, const uint16_t *up,
@@ -225,14 +209,12 @@ static void direct_expert(int M, const float *x, int H, int F, const uint16_t *g
 {
     float *h = scratch, *xp = scratch + (int64_t)M * F;
     to_paired(x, M, H, xp);
-    int nt = threads_for((int64_t)M * H * F);
+    int nt = epm_omp_threads_for((int64_t)M * H * F, PAR_MIN_WORK);
     (void)nt;
 EPM_OMP("omp parallel num_threads(nt)")
     {
-        int t = 0, T = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num(), T = omp_get_num_threads();
-#endif
+        int t, T;
+        epm_omp_me(&t, &T);
         direct_gate_up(M, xp, H, gate, up, (int)((int64_t)F * t / T), (int)((int64_t)F * (t + 1) / T), h, F);
 EPM_OMP("omp barrier")
         direct_linear(M, h, F, down, (int)((int64_t)H * t / T), (int)((int64_t)H * (t + 1) / T), y, H);
@@ -257,7 +239,7 @@ static void panel_linear(const float *x, int64_t m, int K, const uint16_t *w, in
     for (int n0 = 0; n0 < N; n0 += panel_rows) {
         int nb = N - n0 < panel_rows ? N - n0 : panel_rows;
         widen_span(w + (int64_t)n0 * K, (int64_t)nb * K, panel);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, nb, K, 1.0f, x, K, panel, K, 0.0f, y + n0, N);
+        epm_cpu_sgemm_nt(x, m, K, panel, nb, y + n0, N);
     }
 }
 

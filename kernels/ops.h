@@ -15,13 +15,14 @@ typedef struct epm_ops {
     void (*linear)(const float *x, int64_t n, int in, const float *w, const float *b, int out, float *y);
     /* per row of width d: x * w / sqrt(mean(x^2) + eps) */
     void (*rmsnorm)(const float *x, int64_t n, int d, const float *w, float eps, float *y);
-    /* y[n][hidden] = down(silu(gate x) * up x) for one expert; scratch holds 2 * n * ffn floats */
+    /* y[n][hidden] = down(silu(gate x) * up x) for one expert; scratch holds
+     * epm_swiglu_scratch(n, hidden, ffn) floats */
     void (*swiglu)(const float *x, int64_t n, int hidden, int ffn, const float *gate, const float *up,
                    const float *down, float *scratch, float *y);
     /* The grouped expert FFN: rows offsets[e]..offsets[e+1]-1 of x [offsets[E]][hidden]
      * belong to expert e, whose weights are gate[e], up[e] [ffn][hidden] and down[e]
      * [hidden][ffn] (NULL allowed for an expert with no rows). y gets the same row
-     * order. scratch holds epm_grouped_scratch(offsets, E, ffn) floats. Added after
+     * order. scratch holds epm_grouped_scratch(offsets, E, hidden, ffn) floats. Added after
      * the first three so existing tables and callers stay valid. */
     void (*grouped_swiglu)(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
                            const float *const *gate, const float *const *up, const float *const *down,
@@ -37,8 +38,11 @@ typedef struct epm_ops {
 
 /* Rows of the busiest expert: offsets[e + 1] - offsets[e] at its largest. */
 int64_t epm_busiest_rows(const int64_t *offsets, int experts);
-/* Floats of scratch grouped_swiglu needs: 2 * ffn * (rows of the busiest expert). */
-int64_t epm_grouped_scratch(const int64_t *offsets, int experts, int ffn);
+/* Floats of scratch swiglu needs for n rows (every table's). */
+int64_t epm_swiglu_scratch(int64_t n, int hidden, int ffn);
+/* Floats of scratch grouped_swiglu needs (every table's): swiglu's for the
+ * busiest expert. */
+int64_t epm_grouped_scratch(const int64_t *offsets, int experts, int hidden, int ffn);
 /* Floats of scratch grouped_swiglu_w16 needs (every table's). */
 int64_t epm_grouped_scratch_w16(const int64_t *offsets, int experts, int hidden, int ffn);
 

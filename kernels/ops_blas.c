@@ -15,8 +15,6 @@ static void blas_swiglu(const float *x, int64_t n, int hidden, int ffn, const fl
     (void)epm_cpu_grouped_ffn(x, off, 1, hidden, ffn, &gate, &up, &down, scratch, y);
 }
 
-/* epm_grouped_scratch's 2 * ffn * (busiest expert's rows) floats cover the
- * BLAS path's need, 2 * ffn * min(rows, its chunk), for every expert. */
 static void blas_grouped_swiglu(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
                                 const float *const *gate, const float *const *up, const float *const *down,
                                 float *scratch, float *y)
@@ -27,7 +25,17 @@ static void blas_grouped_swiglu(const float *x, const int64_t *offsets, int expe
 static const epm_ops blas_ops = {"blas", blas_linear, NULL, blas_swiglu, blas_grouped_swiglu,
                                  epm_cpu_grouped_ffn_w16};
 
-/* the BLAS path's need covers the reference's (none) */
+/* the BLAS path's needs cover the reference's (none) */
+int64_t epm_swiglu_scratch(int64_t n, int hidden, int ffn)
+{
+    return (int64_t)(epm_cpu_ffn_scratch_bytes(n, hidden, ffn) / sizeof(float));
+}
+
+int64_t epm_grouped_scratch(const int64_t *offsets, int experts, int hidden, int ffn)
+{
+    return epm_swiglu_scratch(epm_busiest_rows(offsets, experts), hidden, ffn);
+}
+
 int64_t epm_grouped_scratch_w16(const int64_t *offsets, int experts, int hidden, int ffn)
 {
     return (int64_t)epm_cpu_ffn_w16_scratch_floats(epm_busiest_rows(offsets, experts), hidden, ffn, 0);

@@ -79,11 +79,6 @@ int64_t epm_busiest_rows(const int64_t *offsets, int experts)
     return most;
 }
 
-int64_t epm_grouped_scratch(const int64_t *offsets, int experts, int ffn)
-{
-    return 2 * epm_busiest_rows(offsets, experts) * ffn;
-}
-
 void epm_rope(float *x, int64_t n, int heads, int hd, const int32_t *pos, double theta)
 {
     (void)epm_ref_rope(x, n, heads, hd, pos, theta);

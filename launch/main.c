@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "blas_info.h"
+#include "cpu_gemm_nt.h"
 #include "cli.h"
 #include "epm_config.h"
 
@@ -44,8 +45,9 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
         char blas[256];
         epm_blas_describe(blas, sizeof blas);
-        printf("epmoe %s (cuda: %s, nccl: %s)\nblas: %s\n", EPM_VERSION, EPM_HAVE_CUDA ? "yes" : "no",
-               EPM_HAVE_NCCL ? "yes" : "no", blas);
+        printf("epmoe %s (cuda: %s, nccl: %s)\nblas: %s\ncpu gemm (up to %d rows): %s\n", EPM_VERSION,
+               EPM_HAVE_CUDA ? "yes" : "no", EPM_HAVE_NCCL ? "yes" : "no", blas, EPM_GEMM_NT_MAX_ROWS,
+               epm_cpu_isa_name(epm_cpu_isa_active()));
         return EPM_EXIT_OK;
     }
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)

@@ -402,9 +402,18 @@ usage plan extra "" --quiet extra
 ok "bench kernels cpu csv" "$E" bench kernels --backend cpu --shape dsv3 --tokens 1,3 --reps 1 --weight-gb 0.001 --csv &&
   csvcheck kernels cpu 1,3
 ok "bench kernels ref" "$E" bench kernels --backend ref --shape dsv3 --tokens 1 --reps 1 --weight-gb 0.001 &&
-  csvcheck kernels-table 1 && has "$d/out" "^# blas: ."
+  csvcheck kernels-table 1 && has "$d/out" "^# blas: ." &&
+  has "$d/out" "^# cpu gemm for up to [0-9]* rows: ."
+# EPM_CPU_ISA caps the CPU GEMM's instruction set; a bad value stops the bench by name
+ok "bench kernels, EPM_CPU_ISA=off" env EPM_CPU_ISA=off "$E" bench kernels --shape dsv3 --tokens 1 --reps 1 \
+  --weight-gb 0.001 && has "$d/out" "^# cpu gemm for up to [0-9]* rows: the blas (EPM_CPU_ISA off"
+EPM_CPU_ISA=sse9 "$E" bench kernels --shape dsv3 --tokens 1 --reps 1 --weight-gb 0.001 >"$d/out" 2>"$d/err"
+rc=$?
+if [ $rc = 0 ] || ! grep -qF "EPM_CPU_ISA = 'sse9'" "$d/err"; then
+  fail "bench kernels, EPM_CPU_ISA=sse9: exit $rc, expected a failure naming EPM_CPU_ISA = 'sse9'"; show
+fi
 # a CPU figure names the BLAS kernels that made it, and a forced kernel set says so
-ok "version" "$E" version && has "$d/out" "^blas: ."
+ok "version" "$E" version && has "$d/out" "^blas: ." && has "$d/out" "^cpu gemm (up to [0-9]* rows): [a-z0-9]*$"
 if grep -q "^blas: OpenBLAS" "$d/out"; then
   ok "version, OPENBLAS_CORETYPE" env OPENBLAS_CORETYPE=Prescott "$E" version &&
     has "$d/out" "^blas: OpenBLAS .*Prescott.*(OPENBLAS_CORETYPE=Prescott)$"

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core.h"
 #include "epmoe/epmoe.h"
 
 static char tmpdir[256];
@@ -93,4 +94,13 @@ void tu_plan_opts(epm_plan_opts *o, int method, int mode, int slots, double time
     o->kv_dim = 1024;
     o->time_limit_s = time_limit_s;
     o->mip_gap = mip_gap;
+}
+
+float *tu_rnd(size_t n, uint64_t *seed)
+{
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    assert_non_null(v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = (float)(2 * epm_rand_unit(seed) - 1);
+    return v;
 }

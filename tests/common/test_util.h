@@ -15,6 +15,9 @@ const char *tu_fixtures(void);
 const char *tu_tmpdir(void);
 /* tu_path("x.json") -> "<tmpdir>/x.json" in a static rotating buffer. */
 const char *tu_path(const char *name);
+/* n floats uniform in [-1, 1) from the seed (epm_rand_unit), malloc'd (at
+ * least one); fails the test when out of memory. */
+float *tu_rnd(size_t n, uint64_t *seed);
 /* Writes bytes to a file under the temporary directory and returns its path. */
 const char *tu_write(const char *name, const void *data, size_t n);
 

@@ -235,7 +235,7 @@ static void test_ops_cuda_swiglu(void **state)
         int n = cases[i][0], h = cases[i][1], f = cases[i][2];
         float sc = 2.0f / sqrtf((float)(h + f));
         float *x = rnd((size_t)n * h, 1), *g = wrnd((size_t)f * h, sc), *u = wrnd((size_t)f * h, sc);
-        float *d = wrnd((size_t)h * f, sc), *scr = malloc(((size_t)n * 2 * f + 1) * sizeof *scr);
+        float *d = wrnd((size_t)h * f, sc), *scr = malloc(((size_t)epm_swiglu_scratch(n, h, f) + 1) * sizeof *scr);
         size_t ny = (size_t)n * h;
         float *want = outbuf(ny), *got = outbuf(ny);
         assert_non_null(scr);
@@ -297,7 +297,7 @@ static void one_grouped(const gcase *k)
     }
     int64_t rows = off[E];
     float *x = rnd((size_t)rows * h, 1);
-    float *scr = malloc(((size_t)epm_grouped_scratch(off, E, f) + 1) * sizeof *scr);
+    float *scr = malloc(((size_t)epm_grouped_scratch(off, E, h, f) + 1) * sizeof *scr);
     float *want = outbuf((size_t)rows * h), *got = outbuf((size_t)rows * h);
     assert_non_null(scr);
     R->grouped_swiglu(x, off, E, h, f, gw, gw + E, gw + 2 * E, scr, want);

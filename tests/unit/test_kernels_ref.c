@@ -14,14 +14,6 @@
 #define near(a, b, tol) assert_true(fabs((double)(a) - (double)(b)) <= (tol))
 #define ok(call) assert_int_equal((call), EPM_OK)
 
-static float *rnd(size_t n, uint64_t *s)
-{
-    float *v = malloc((n ? n : 1) * sizeof *v);
-    assert_non_null(v);
-    for (size_t i = 0; i < n; i++)
-        v[i] = (float)(2 * epm_rand_unit(s) - 1);
-    return v;
-}
 
 /* The router with its options spelled out, as the cases below read best. */
 static epm_status router(const float *logits, int64_t n, int experts, int k, int sigmoid, float top_p, int renorm,
@@ -99,7 +91,7 @@ static void test_kernels_ref_grouped_matches_per_expert(void **state)
     (void)state;
     enum { H = 5, F = 3, E = 3, N = 6 };
     uint64_t s = 11;
-    float *x = rnd(N * H, &s), *w = rnd((size_t)E * 3 * F * H, &s);
+    float *x = tu_rnd(N * H, &s), *w = tu_rnd((size_t)E * 3 * F * H, &s);
     const float *g[E], *u[E], *d[E];
     for (int e = 0; e < E; e++)
         g[e] = w + (size_t)e * 3 * F * H, u[e] = g[e] + F * H, d[e] = u[e] + F * H;
@@ -124,7 +116,7 @@ static void test_kernels_ref_rope(void **state)
 {
     (void)state;
     uint64_t s = 3;
-    float *v = rnd(2 * 8, &s), orig[16];
+    float *v = tu_rnd(2 * 8, &s), orig[16];
     memcpy(orig, v, sizeof orig);
     int32_t pos0 = 0, pos7 = 7;
     ok(epm_ref_rope(v, 1, 2, 8, &pos0, 10000.0));
@@ -160,7 +152,7 @@ static void test_kernels_ref_attention_causal(void **state)
     (void)state;
     enum { T = 5, KV = 1, H = 2, D = 4 };
     uint64_t s = 4;
-    float *kc = rnd(T * KV * D, &s), *vc = rnd(T * KV * D, &s), *q = rnd(3 * H * D, &s);
+    float *kc = tu_rnd(T * KV * D, &s), *vc = tu_rnd(T * KV * D, &s), *q = tu_rnd(3 * H * D, &s);
     float out1[3 * H * D], out2[3 * H * D], probs[H * 3 * T];
     const int32_t pos[3] = {0, 1, 2}; /* a prefill of three rows */
     ok(epm_ref_attention(q, 3, pos, kc, vc, T, H, KV, D, out1, probs));
@@ -428,7 +420,7 @@ static void test_kernels_ref_attention_decode_matches_prefill(void **state)
     (void)state;
     enum { T = 6, KV = 2, H = 4, D = 3 };
     uint64_t s = 21;
-    float *kc = rnd(T * KV * D, &s), *vc = rnd(T * KV * D, &s), *q = rnd(T * H * D, &s);
+    float *kc = tu_rnd(T * KV * D, &s), *vc = tu_rnd(T * KV * D, &s), *q = tu_rnd(T * H * D, &s);
     float pre[T * H * D], dec[H * D], probs[H * T];
     int32_t pos[T];
     for (int i = 0; i < T; i++)

@@ -10,13 +10,6 @@
 #include "core.h"
 #include "ops.h"
 
-static float *rnd(size_t n, uint64_t *s)
-{
-    float *v = malloc((n ? n : 1) * sizeof *v);
-    for (size_t i = 0; i < n; i++)
-        v[i] = (float)(2 * epm_rand_unit(s) - 1);
-    return v;
-}
 
 /* float32 sums of up to a few thousand products: BLAS reorders them, so allow
  * 1e-5 of the largest magnitude (plus 1e-6 for outputs near zero) */
@@ -39,7 +32,7 @@ static void test_ops_linear_blas_vs_ref(void **state)
     uint64_t s = 1;
     for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
         int n = shapes[k][0], in = shapes[k][1], out = shapes[k][2];
-        float *x = rnd((size_t)n * in, &s), *w = rnd((size_t)out * in, &s), *b = rnd((size_t)out, &s);
+        float *x = tu_rnd((size_t)n * in, &s), *w = tu_rnd((size_t)out * in, &s), *b = tu_rnd((size_t)out, &s);
         float *y0 = calloc((size_t)(n ? n : 1) * out, sizeof *y0), *y1 = calloc((size_t)(n ? n : 1) * out, sizeof *y1);
         for (int bias = 0; bias < 2; bias++) {
             ref->linear(x, n, in, w, bias ? b : NULL, out, y0);
@@ -62,9 +55,9 @@ static void test_ops_swiglu_blas_vs_ref(void **state)
     uint64_t s = 2;
     for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
         int n = shapes[k][0], h = shapes[k][1], f = shapes[k][2];
-        float *x = rnd((size_t)n * h, &s), *g = rnd((size_t)f * h, &s), *u = rnd((size_t)f * h, &s);
-        float *d = rnd((size_t)h * f, &s);
-        float *scr = malloc((size_t)(n ? n : 1) * 2 * f * sizeof *scr);
+        float *x = tu_rnd((size_t)n * h, &s), *g = tu_rnd((size_t)f * h, &s), *u = tu_rnd((size_t)f * h, &s);
+        float *d = tu_rnd((size_t)h * f, &s);
+        float *scr = malloc((size_t)epm_swiglu_scratch(n ? n : 1, h, f) * sizeof *scr);
         float *y0 = calloc((size_t)(n ? n : 1) * h, sizeof *y0), *y1 = calloc((size_t)(n ? n : 1) * h, sizeof *y1);
         ref->swiglu(x, n, h, f, g, u, d, scr, y0);
         fast->swiglu(x, n, h, f, g, u, d, scr, y1);
@@ -110,7 +103,7 @@ static void test_rope_identities(void **state)
 {
     (void)state;
     uint64_t s = 3;
-    float *v = rnd(2 * 8, &s), orig[16];
+    float *v = tu_rnd(2 * 8, &s), orig[16];
     memcpy(orig, v, sizeof orig);
     int32_t pos0[1] = {0}, pos7[1] = {7};
     epm_rope(v, 1, 2, 8, pos0, 10000.0);
@@ -130,7 +123,7 @@ static void test_attention_causal_and_gqa(void **state)
     (void)state;
     enum { T = 5, KV = 1, H = 2, D = 4 };
     uint64_t s = 4;
-    float *kc = rnd(T * KV * D, &s), *vc = rnd(T * KV * D, &s), *q = rnd(H * D, &s);
+    float *kc = tu_rnd(T * KV * D, &s), *vc = tu_rnd(T * KV * D, &s), *q = tu_rnd(H * D, &s);
     float out1[H * D], out2[H * D], probs[H * T];
     int32_t p2[1] = {2};
     epm_attention(q, 1, p2, kc, vc, H, KV, D, out1, probs, T);

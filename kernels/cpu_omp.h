@@ -1,0 +1,38 @@
+/* OpenMP for the CPU kernels (internal), so that each kernel reads the same
+ * with and without it: a build without OpenMP runs every region on one
+ * thread. All CPU kernels share OpenMP's one pool (cpu_sgemm.h says why). */
+#ifndef EPM_KERNELS_CPU_OMP_H
+#define EPM_KERNELS_CPU_OMP_H
+
+#include <stdint.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#define EPM_OMP(directive) _Pragma(directive)
+#else
+#define EPM_OMP(directive)
+#endif
+
+/* Threads for a region of `work` multiply-adds: all of OpenMP's when there
+ * are at least min_work, else 1. */
+static inline int epm_omp_threads_for(int64_t work, int64_t min_work)
+{
+#ifdef _OPENMP
+    return work < min_work ? 1 : omp_get_max_threads();
+#else
+    (void)work, (void)min_work;
+    return 1;
+#endif
+}
+
+/* The calling thread's index and its team's size, inside a region. */
+static inline void epm_omp_me(int *t, int *T)
+{
+#ifdef _OPENMP
+    *t = omp_get_thread_num(), *T = omp_get_num_threads();
+#else
+    *t = 0, *T = 1;
+#endif
+}
+
+#endif
