@@ -11,6 +11,7 @@
  * where the CPU runs it: the BLAS's repacking of the weight is not amortised
  * over so few rows. */
 #include <math.h>
+#include <stdlib.h>
 
 #include "backend.h"
 #include "cpu_gemm_nt.h"
@@ -45,7 +46,18 @@ epm_status epm_cpu_linear(const float *x, int64_t n, int in, const float *w, con
     KPTR("cpu linear", y, n);
     if (n == 0)
         return EPM_OK;
-    sgemm_rows(x, n, in, w, out, y);
+    /* few rows (decode): the CPU GEMM, its packed rows allocated here (the
+     * runtime's linear has no scratch; at decode sizes a heap block that
+     * malloc hands back call after call). Plain malloc, outside the fault
+     * sweeps: without it the BLAS computes the same y, so no failure to report */
+    float *pack = n <= NT_ROWS && epm_cpu_isa_active() != EPM_CPU_ISA_OFF
+                      ? malloc(epm_cpu_gemm_nt_pack_floats(n, in) * sizeof *pack)
+                      : NULL;
+    if (pack)
+        expert_gemm(x, n, in, w, out, y, pack);
+    else
+        sgemm_rows(x, n, in, w, out, y);
+    free(pack);
     if (b)
         for (int64_t i = 0; i < n; i++)
             for (int o = 0; o < out; o++)

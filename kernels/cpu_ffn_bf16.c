@@ -6,28 +6,33 @@
  * float32 math on the widened weights (a bf16 value widens exactly); only the
  * order of the additions differs from the reference.
  *
- * Two ways, by the rows an expert chunk has:
+ * Three ways, by the rows an expert chunk has:
  *  - up to DIRECT_ROWS rows (decode): each weight row is widened in registers
  *    and dotted with every input row, gate and up in the same pass with the
  *    SiLU applied on the spot, threads over output features. It reads the
  *    bf16 weights once: half the bytes of the float32 path, which is what
- *    bounds decode.
- *  - more rows: panels of the weight widened to float32 into the caller's
- *    scratch, then one SGEMM per panel (OpenBLAS's threads). The widening
- *    runs on one thread: a second thread pool beside OpenBLAS's costs more in
- *    their spinning than it saves (measured: 0.6-0.8 of one thread). A
- *    panel has at least PANEL_MIN_ROWS rows because each SGEMM packs its whole
- *    input block again: below a few hundred output columns that repacking
- *    costs more than the widening saves. Larger panels (128 MiB) ran 128-row
- *    Mixtral experts faster alone (0.84 of float32 against 0.69) but a whole
- *    model slower (0.68 against 1.18 on a 2-core Zen 5), so they stay at 8 MiB.
- *    Past 32 rows the panels beat the direct kernel, whose 4 x 2 register
- *    block is bound by its loads, with OpenBLAS's AVX2 and AVX-512 SGEMM alike
- *    (at 64 rows 0.84 of float32 against 0.46). */
+ *    bounds decode. At 1-2 rows per expert it ran 1.9-2.7x the float32 FFN,
+ *    against 1.35-1.4x for the next way, which pads to 4 rows.
+ *  - up to NT_ROWS rows, where the CPU has AVX2 or AVX-512: cpu_gemm_nt.c,
+ *    which widens each weight as it loads it. From 4 rows on it is as fast as
+ *    the direct kernel or faster (16 rows: 1.19x float32 against 0.58x; 32:
+ *    1.08x against 0.70x; 2-core Zen 5, the float32 side on the same GEMM).
+ *  - more rows, or neither instruction set: panels of the weight widened to
+ *    float32 into the caller's scratch, then one SGEMM per panel. The
+ *    widening runs on one thread (it was measured beside OpenBLAS's own
+ *    threads, whose spinning made a second pool cost more than it saved;
+ *    since cpu_sgemm.h the BLAS runs on OpenMP's threads, so this is worth
+ *    measuring again). A panel has at least PANEL_MIN_ROWS rows because each
+ *    SGEMM packs its whole input block again: below a few hundred output
+ *    columns that repacking costs more than the widening saves. Larger panels
+ *    (128 MiB) ran 128-row Mixtral experts faster alone (0.84 of float32
+ *    against 0.69) but a whole model slower (0.68 against 1.18 on a 2-core
+ *    Zen 5), so they stay at 8 MiB. */
 #include <math.h>
 #include <string.h>
 
 #include "backend.h"
+#include "cpu_gemm_nt.h"
 #include "cpu_omp.h"
 #include "cpu_sgemm.h"
 #include "half.h"
@@ -37,6 +42,7 @@ enum {
     ROW_BLOCK = 4,               /* rows the direct kernel dots with one weight row at once */
     DIRECT_ROWS = EPM_CPU_FFN_W16_DIRECT_ROWS, /* rows of an expert up to which the direct kernel runs */
     CHUNK = EPM_CPU_FFN_CHUNK,   /* rows per chunk of the panel path, as cpu_ffn.c */
+    NT_ROWS = EPM_GEMM_NT_MAX_ROWS, /* rows of a chunk up to which cpu_gemm_nt.c runs it, where the CPU can */
     PANEL_MIN_ROWS = 512,        /* output features per widened panel, at least (wide rows: 14-29 MiB) ... */
     PANEL_FLOATS = 2 << 20,      /* ... or as many as fill this many floats (8 MiB) */
     PAR_MIN_WORK = 1 << 16       /* multiply-adds below which one thread does it all */
@@ -266,10 +272,16 @@ static int64_t panel_offset(int64_t max_rows, int hidden, int ffn)
     return 2 * m * ffn + d * hidden;
 }
 
+/* past panel_offset: the widened panel, or cpu_gemm_nt.c's packed rows (an
+ * expert takes one way or the other) */
 size_t epm_cpu_ffn_w16_scratch_floats(int64_t max_rows, int hidden, int ffn, int fixed_panel)
 {
     size_t f = (size_t)panel_offset(max_rows, hidden, ffn);
-    return max_rows > DIRECT_ROWS ? f + panel_floats(hidden, ffn, fixed_panel) : f;
+    if (max_rows <= DIRECT_ROWS)
+        return f;
+    size_t panel = panel_floats(hidden, ffn, fixed_panel);
+    size_t pack = epm_cpu_gemm_nt_pack_floats(max_rows < NT_ROWS ? max_rows : NT_ROWS, hidden > ffn ? hidden : ffn);
+    return f + (panel > pack ? panel : pack);
 }
 
 epm_status epm_cpu_grouped_ffn_w16_panels(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
@@ -280,6 +292,7 @@ epm_status epm_cpu_grouped_ffn_w16_panels(const float *x, const int64_t *offsets
                                 (const void *const *)gate, (const void *const *)up, (const void *const *)down,
                                 scratch, y));
     float *panel = scratch + panel_offset(epm_busiest_rows(offsets, experts), hidden, ffn);
+    const epm_cpu_isa isa = epm_cpu_isa_active();
     int pr_in = panel_rows_for(hidden, ffn, fixed_panel), pr_out = panel_rows_for(ffn, hidden, fixed_panel);
     for (int e = 0; e < experts; e++) {
         int64_t rows = offsets[e + 1] - offsets[e];
@@ -292,11 +305,19 @@ epm_status epm_cpu_grouped_ffn_w16_panels(const float *x, const int64_t *offsets
         for (int64_t r0 = offsets[e]; r0 < offsets[e + 1]; r0 += CHUNK) {
             int64_t m = offsets[e + 1] - r0 < CHUNK ? offsets[e + 1] - r0 : CHUNK;
             float *g = scratch, *u = scratch + m * ffn;
-            panel_linear(x + r0 * hidden, m, hidden, gate[e], ffn, panel, pr_in, g);
-            panel_linear(x + r0 * hidden, m, hidden, up[e], ffn, panel, pr_in, u);
+            if (m <= NT_ROWS && isa != EPM_CPU_ISA_OFF) { /* panel: the packed rows */
+                epm_cpu_gemm_nt_w16(isa, x + r0 * hidden, m, hidden, gate[e], ffn, g, panel);
+                epm_cpu_gemm_nt_w16(isa, x + r0 * hidden, m, hidden, up[e], ffn, u, panel);
+            } else {
+                panel_linear(x + r0 * hidden, m, hidden, gate[e], ffn, panel, pr_in, g);
+                panel_linear(x + r0 * hidden, m, hidden, up[e], ffn, panel, pr_in, u);
+            }
             for (int64_t i = 0; i < m * ffn; i++)
                 g[i] = epm_silu(g[i]) * u[i];
-            panel_linear(g, m, ffn, down[e], hidden, panel, pr_out, y + r0 * hidden);
+            if (m <= NT_ROWS && isa != EPM_CPU_ISA_OFF)
+                epm_cpu_gemm_nt_w16(isa, g, m, ffn, down[e], hidden, y + r0 * hidden, panel);
+            else
+                panel_linear(g, m, ffn, down[e], hidden, panel, pr_out, y + r0 * hidden);
         }
     }
     return EPM_OK;

@@ -73,9 +73,10 @@ static void pack_block(const float *x, int64_t m, int k, int k0, int kc, int64_t
 }
 
 /* One tile: rows of y at yt (stride ldy, mv valid of 4), nr output features
- * from weight rows at wt (stride ldw), over the packed x block xp of kc k;
- * first = the k-block at 0, which stores rather than adds. */
-typedef void (*tile_fn)(const float *xp, int kc, const float *wt, int64_t ldw, float *yt, int64_t ldy, int mv,
+ * from weight rows at wt (stride ldw elements, float32 or bf16 by the tile),
+ * over the packed x block xp of kc k; first = the k-block at 0, which stores
+ * rather than adds. */
+typedef void (*tile_fn)(const float *xp, int kc, const void *wt, int64_t ldw, float *yt, int64_t ldy, int mv,
                         int first);
 
 static inline void put(float *y, int64_t ldy, int mv, int nr, const float *sums, int first)
@@ -85,9 +86,32 @@ static inline void put(float *y, int64_t ldy, int mv, int nr, const float *sums,
             y[i * ldy + j] = first ? sums[i * nr + j] : y[i * ldy + j] + sums[i * nr + j];
 }
 
+/* The last have (< 16) weights of a row, zero-padded to a step: a step's
+ * worth is not read, so nothing past the weight's end is touched. */
+static inline void tail_copy(const void *w, int es, int have, void *step)
+{
+    memset(step, 0, (size_t)KV * es);
+    memcpy(step, w, (size_t)have * es);
+}
+
 #ifdef EPM_GEMM_X86
 #define T512 __attribute__((target("avx512f,fma")))
 #define T256 __attribute__((target("avx2,fma")))
+
+/* 16 weights as float32: loaded, or bf16 widened (a bf16 value is the top
+ * half of its float32, so the widening is exact). */
+T512 static inline __attribute__((always_inline)) __m512 w512_f32(const float *p) { return _mm512_loadu_ps(p); }
+T512 static inline __attribute__((always_inline)) __m512 w512_bf16(const uint16_t *p)
+{
+    __m256i h = _mm256_loadu_si256((const __m256i *)(const void *)p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+T256 static inline __attribute__((always_inline)) __m256 w256_f32(const float *p) { return _mm256_loadu_ps(p); }
+T256 static inline __attribute__((always_inline)) __m256 w256_bf16(const uint16_t *p)
+{
+    __m128i h = _mm_loadu_si128((const __m128i *)(const void *)p);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
 
 /* 16 vectors to their 16 sums: lane 4 i + j of the result is the sum of
  * the (4 j + i)-th argument. Four levels, each adding two halves of every
@@ -107,98 +131,113 @@ tree16(__m512 v0, __m512 v1, __m512 v2, __m512 v3, __m512 v4, __m512 v5, __m512 
     return FOLD4(FOLD3(s0, s1), FOLD3(s2, s3));
 }
 
+/* y rows of a full 4 x 4 tile from tree16's lanes (row i: lanes 4 i .. 4 i + 3) */
+T512 static inline __attribute__((always_inline)) void put44(float *yt, int64_t ldy, __m512 t, int first)
+{
+    __m128 r0 = _mm512_extractf32x4_ps(t, 0), r1 = _mm512_extractf32x4_ps(t, 1);
+    __m128 r2 = _mm512_extractf32x4_ps(t, 2), r3 = _mm512_extractf32x4_ps(t, 3);
+    if (!first) {
+        r0 = _mm_add_ps(r0, _mm_loadu_ps(yt)), r1 = _mm_add_ps(r1, _mm_loadu_ps(yt + ldy));
+        r2 = _mm_add_ps(r2, _mm_loadu_ps(yt + 2 * ldy)), r3 = _mm_add_ps(r3, _mm_loadu_ps(yt + 3 * ldy));
+    }
+    _mm_storeu_ps(yt, r0), _mm_storeu_ps(yt + ldy, r1);
+    _mm_storeu_ps(yt + 2 * ldy, r2), _mm_storeu_ps(yt + 3 * ldy, r3);
+}
+
 /* The 4 x 4 step: 4 packed x vectors meet each of 4 weight vectors (the
  * accumulators are named, not an array, so that they stay in registers). */
-#define STEP44(LOAD)                                                                                               \
+#define STEP44(W, w0, w1, w2, w3)                                                                                  \
     do {                                                                                                           \
         __m512 x0 = _mm512_loadu_ps(xp), x1 = _mm512_loadu_ps(xp + 16), x2 = _mm512_loadu_ps(xp + 32),             \
                x3 = _mm512_loadu_ps(xp + 48);                                                                      \
-        __m512 wv = LOAD(w0 + k);                                                                                  \
+        __m512 wv = W(w0);                                                                                         \
         a00 = _mm512_fmadd_ps(x0, wv, a00), a10 = _mm512_fmadd_ps(x1, wv, a10);                                    \
         a20 = _mm512_fmadd_ps(x2, wv, a20), a30 = _mm512_fmadd_ps(x3, wv, a30);                                    \
-        wv = LOAD(w1 + k);                                                                                         \
+        wv = W(w1);                                                                                                \
         a01 = _mm512_fmadd_ps(x0, wv, a01), a11 = _mm512_fmadd_ps(x1, wv, a11);                                    \
         a21 = _mm512_fmadd_ps(x2, wv, a21), a31 = _mm512_fmadd_ps(x3, wv, a31);                                    \
-        wv = LOAD(w2 + k);                                                                                         \
+        wv = W(w2);                                                                                                \
         a02 = _mm512_fmadd_ps(x0, wv, a02), a12 = _mm512_fmadd_ps(x1, wv, a12);                                    \
         a22 = _mm512_fmadd_ps(x2, wv, a22), a32 = _mm512_fmadd_ps(x3, wv, a32);                                    \
-        wv = LOAD(w3 + k);                                                                                         \
+        wv = W(w3);                                                                                                \
         a03 = _mm512_fmadd_ps(x0, wv, a03), a13 = _mm512_fmadd_ps(x1, wv, a13);                                    \
         a23 = _mm512_fmadd_ps(x2, wv, a23), a33 = _mm512_fmadd_ps(x3, wv, a33);                                    \
     } while (0)
-#define LOAD_FULL(p) _mm512_loadu_ps(p)
-#define LOAD_TAIL(p) _mm512_maskz_loadu_ps(tail_mask, p)
 
-T512 static void tile44_512(const float *xp, int kc, const float *wt, int64_t ldw, float *yt, int64_t ldy, int mv,
-                            int first)
-{
-    const float *w0 = wt, *w1 = wt + ldw, *w2 = wt + 2 * ldw, *w3 = wt + 3 * ldw;
-    __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00,
-           a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00;
-    int k = 0;
-    for (; k + KV <= kc; k += KV, xp += MR * KV)
-        STEP44(LOAD_FULL);
-    if (k < kc) { /* the masked lanes are not read: no fault past the weight's end */
-        __mmask16 tail_mask = (__mmask16)((1u << (kc - k)) - 1);
-        STEP44(LOAD_TAIL);
-    }
-    __m512 t = tree16(a00, a10, a20, a30, a01, a11, a21, a31, a02, a12, a22, a32, a03, a13, a23, a33);
-    if (mv == MR) { /* row i: lanes 4 i .. 4 i + 3 */
-        __m128 r0 = _mm512_extractf32x4_ps(t, 0), r1 = _mm512_extractf32x4_ps(t, 1);
-        __m128 r2 = _mm512_extractf32x4_ps(t, 2), r3 = _mm512_extractf32x4_ps(t, 3);
-        if (!first) {
-            r0 = _mm_add_ps(r0, _mm_loadu_ps(yt)), r1 = _mm_add_ps(r1, _mm_loadu_ps(yt + ldy));
-            r2 = _mm_add_ps(r2, _mm_loadu_ps(yt + 2 * ldy)), r3 = _mm_add_ps(r3, _mm_loadu_ps(yt + 3 * ldy));
-        }
-        _mm_storeu_ps(yt, r0), _mm_storeu_ps(yt + ldy, r1);
-        _mm_storeu_ps(yt + 2 * ldy, r2), _mm_storeu_ps(yt + 3 * ldy, r3);
-        return;
-    }
-    float sums[16];
-    _mm512_storeu_ps(sums, t);
-    put(yt, ldy, mv, 4, sums, first);
-}
+/* The 4 x 1 step (the features past the last whole tile). */
+#define STEP41(W, w0)                                                                                              \
+    do {                                                                                                           \
+        __m512 wv = W(w0);                                                                                         \
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xp), wv, a0), a1 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 16), wv, a1); \
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 32), wv, a2);                                                    \
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 48), wv, a3);                                                    \
+    } while (0)
 
-T512 static void tile41_512(const float *xp, int kc, const float *wt, int64_t ldw, float *yt, int64_t ldy, int mv,
-                            int first)
-{
-    (void)ldw;
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int k = 0;
-    for (; k + KV <= kc; k += KV, xp += MR * KV) {
-        __m512 wv = _mm512_loadu_ps(wt + k);
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xp), wv, a0), a1 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 16), wv, a1);
-        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 32), wv, a2), a3 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 48), wv, a3);
+/* The AVX-512 tiles over weights of type WT, loaded by W: 4 x 4 and 4 x 1. */
+#define TILES_512(WT, W)                                                                                           \
+    T512 static void tile44_512_##WT(const float *xp, int kc, const void *wt, int64_t ldw, float *yt, int64_t ldy, \
+                                     int mv, int first)                                                            \
+    {                                                                                                              \
+        const WT *w0 = wt, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;                                         \
+        __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00,        \
+               a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00;  \
+        int k = 0;                                                                                                 \
+        for (; k + KV <= kc; k += KV, xp += MR * KV)                                                               \
+            STEP44(W, w0 + k, w1 + k, w2 + k, w3 + k);                                                             \
+        if (k < kc) {                                                                                              \
+            WT s0[KV], s1[KV], s2[KV], s3[KV];                                                                     \
+            tail_copy(w0 + k, sizeof(WT), kc - k, s0), tail_copy(w1 + k, sizeof(WT), kc - k, s1);                  \
+            tail_copy(w2 + k, sizeof(WT), kc - k, s2), tail_copy(w3 + k, sizeof(WT), kc - k, s3);                  \
+            STEP44(W, s0, s1, s2, s3);                                                                             \
+        }                                                                                                          \
+        __m512 t = tree16(a00, a10, a20, a30, a01, a11, a21, a31, a02, a12, a22, a32, a03, a13, a23, a33);         \
+        if (mv == MR) {                                                                                            \
+            put44(yt, ldy, t, first);                                                                              \
+            return;                                                                                                \
+        }                                                                                                          \
+        float sums[16];                                                                                            \
+        _mm512_storeu_ps(sums, t);                                                                                 \
+        put(yt, ldy, mv, 4, sums, first);                                                                          \
+    }                                                                                                              \
+    T512 static void tile41_512_##WT(const float *xp, int kc, const void *wt, int64_t ldw, float *yt, int64_t ldy, \
+                                     int mv, int first)                                                            \
+    {                                                                                                              \
+        (void)ldw;                                                                                                 \
+        const WT *w0 = wt;                                                                                         \
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                                \
+        int k = 0;                                                                                                 \
+        for (; k + KV <= kc; k += KV, xp += MR * KV)                                                               \
+            STEP41(W, w0 + k);                                                                                     \
+        if (k < kc) {                                                                                              \
+            WT s0[KV];                                                                                             \
+            tail_copy(w0 + k, sizeof(WT), kc - k, s0);                                                             \
+            STEP41(W, s0);                                                                                         \
+        }                                                                                                          \
+        const float sums[4] = {_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2),       \
+                               _mm512_reduce_add_ps(a3)};                                                          \
+        put(yt, ldy, mv, 1, sums, first);                                                                          \
     }
-    if (k < kc) {
-        __m512 wv = _mm512_maskz_loadu_ps((__mmask16)((1u << (kc - k)) - 1), wt + k);
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xp), wv, a0), a1 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 16), wv, a1);
-        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 32), wv, a2), a3 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 48), wv, a3);
-    }
-    const float sums[4] = {_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2),
-                           _mm512_reduce_add_ps(a3)};
-    put(yt, ldy, mv, 1, sums, first);
-}
 
 /* AVX2: 16 vector registers allow 4 rows x 2 weight rows (8 accumulators,
- * 4 x and 1 weight vector live). */
-T256 static inline __m256 tail256(const float *p, int have)
-{
-    __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(have), lane));
-}
-
-/* Half a 16-step (8 of k) of the 4 x 2 tile at offset o of the step. */
-#define HALF42(W0, W1, o)                                                                                          \
+ * 4 x and 1 weight vector live); each 16-step in two halves of 8. */
+#define HALF42(W, w0, w1, o)                                                                                       \
     do {                                                                                                           \
         __m256 x0 = _mm256_loadu_ps(xp + (o)), x1 = _mm256_loadu_ps(xp + 16 + (o)),                                \
                x2 = _mm256_loadu_ps(xp + 32 + (o)), x3 = _mm256_loadu_ps(xp + 48 + (o));                           \
-        __m256 wv = (W0);                                                                                          \
+        __m256 wv = W((w0) + (o));                                                                                 \
         a00 = _mm256_fmadd_ps(x0, wv, a00), a10 = _mm256_fmadd_ps(x1, wv, a10);                                    \
         a20 = _mm256_fmadd_ps(x2, wv, a20), a30 = _mm256_fmadd_ps(x3, wv, a30);                                    \
-        wv = (W1);                                                                                                 \
+        wv = W((w1) + (o));                                                                                        \
         a01 = _mm256_fmadd_ps(x0, wv, a01), a11 = _mm256_fmadd_ps(x1, wv, a11);                                    \
         a21 = _mm256_fmadd_ps(x2, wv, a21), a31 = _mm256_fmadd_ps(x3, wv, a31);                                    \
+    } while (0)
+#define HALF41(W, w0, o)                                                                                           \
+    do {                                                                                                           \
+        __m256 wv = W((w0) + (o));                                                                                 \
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + (o)), wv, a0);                                                   \
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 16 + (o)), wv, a1);                                              \
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 32 + (o)), wv, a2);                                              \
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 48 + (o)), wv, a3);                                              \
     } while (0)
 
 /* [sum a, sum b, sum c, sum d] */
@@ -208,44 +247,70 @@ T256 static inline __m128 sum4_256(__m256 a, __m256 b, __m256 c, __m256 d)
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-T256 static void tile42_256(const float *xp, int kc, const float *wt, int64_t ldw, float *yt, int64_t ldy, int mv,
-                            int first)
-{
-    const float *w0 = wt, *w1 = wt + ldw;
-    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-    int k = 0;
-    for (; k + KV <= kc; k += KV, xp += MR * KV) {
-        HALF42(_mm256_loadu_ps(w0 + k), _mm256_loadu_ps(w1 + k), 0);
-        HALF42(_mm256_loadu_ps(w0 + k + 8), _mm256_loadu_ps(w1 + k + 8), 8);
+#define TILES_256(WT, W)                                                                                           \
+    T256 static void tile42_256_##WT(const float *xp, int kc, const void *wt, int64_t ldw, float *yt, int64_t ldy, \
+                                     int mv, int first)                                                            \
+    {                                                                                                              \
+        const WT *w0 = wt, *w1 = w0 + ldw;                                                                         \
+        __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00,        \
+               a31 = a00;                                                                                          \
+        int k = 0;                                                                                                 \
+        for (; k + KV <= kc; k += KV, xp += MR * KV) {                                                             \
+            HALF42(W, w0 + k, w1 + k, 0);                                                                          \
+            HALF42(W, w0 + k, w1 + k, 8);                                                                          \
+        }                                                                                                          \
+        if (k < kc) {                                                                                              \
+            WT s0[KV], s1[KV];                                                                                     \
+            tail_copy(w0 + k, sizeof(WT), kc - k, s0), tail_copy(w1 + k, sizeof(WT), kc - k, s1);                  \
+            HALF42(W, s0, s1, 0);                                                                                  \
+            HALF42(W, s0, s1, 8);                                                                                  \
+        }                                                                                                          \
+        float sums[8];                                                                                             \
+        _mm_storeu_ps(sums, sum4_256(a00, a01, a10, a11));                                                         \
+        _mm_storeu_ps(sums + 4, sum4_256(a20, a21, a30, a31));                                                     \
+        put(yt, ldy, mv, 2, sums, first);                                                                          \
+    }                                                                                                              \
+    T256 static void tile41_256_##WT(const float *xp, int kc, const void *wt, int64_t ldw, float *yt, int64_t ldy, \
+                                     int mv, int first)                                                            \
+    {                                                                                                              \
+        (void)ldw;                                                                                                 \
+        const WT *w0 = wt;                                                                                         \
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                                \
+        int k = 0;                                                                                                 \
+        for (; k + KV <= kc; k += KV, xp += MR * KV) {                                                             \
+            HALF41(W, w0 + k, 0);                                                                                  \
+            HALF41(W, w0 + k, 8);                                                                                  \
+        }                                                                                                          \
+        if (k < kc) {                                                                                              \
+            WT s0[KV];                                                                                             \
+            tail_copy(w0 + k, sizeof(WT), kc - k, s0);                                                             \
+            HALF41(W, s0, 0);                                                                                      \
+            HALF41(W, s0, 8);                                                                                      \
+        }                                                                                                          \
+        float sums[4];                                                                                             \
+        _mm_storeu_ps(sums, sum4_256(a0, a1, a2, a3));                                                             \
+        put(yt, ldy, mv, 1, sums, first);                                                                          \
     }
-    if (k < kc) {
-        int have = kc - k;
-        HALF42(tail256(w0 + k, have), tail256(w1 + k, have), 0);
-        HALF42(tail256(w0 + k + 8, have - 8), tail256(w1 + k + 8, have - 8), 8);
-    }
-    float sums[8];
-    _mm_storeu_ps(sums, sum4_256(a00, a01, a10, a11));
-    _mm_storeu_ps(sums + 4, sum4_256(a20, a21, a30, a31));
-    put(yt, ldy, mv, 2, sums, first);
-}
 
-T256 static void tile41_256(const float *xp, int kc, const float *wt, int64_t ldw, float *yt, int64_t ldy, int mv,
-                            int first)
+typedef uint16_t bf16;
+TILES_512(float, w512_f32)
+TILES_512(bf16, w512_bf16)
+TILES_256(float, w256_f32)
+TILES_256(bf16, w256_bf16)
+
+/* A weight type's tiles for an instruction set. */
+typedef struct tiles {
+    tile_fn tile, one;
+    int nr, es; /* features per tile, bytes per weight */
+} tiles;
+
+static tiles tiles_for(epm_cpu_isa isa, int bf16_weights)
 {
-    (void)ldw;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int k = 0;
-    for (; k < kc; k += KV, xp += MR * KV)
-        for (int o = 0; o < KV; o += 8) {
-            __m256 wv = k + KV <= kc ? _mm256_loadu_ps(wt + k + o) : tail256(wt + k + o, kc - k - o);
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + o), wv, a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 16 + o), wv, a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 32 + o), wv, a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 48 + o), wv, a3);
-        }
-    float sums[4];
-    _mm_storeu_ps(sums, sum4_256(a0, a1, a2, a3));
-    put(yt, ldy, mv, 1, sums, first);
+    if (isa == EPM_CPU_ISA_AVX512)
+        return bf16_weights ? (tiles){tile44_512_bf16, tile41_512_bf16, 4, 2}
+                            : (tiles){tile44_512_float, tile41_512_float, 4, 4};
+    return bf16_weights ? (tiles){tile42_256_bf16, tile41_256_bf16, 2, 2}
+                        : (tiles){tile42_256_float, tile41_256_float, 2, 4};
 }
 #endif
 
@@ -303,9 +368,16 @@ epm_status epm_cpu_isa_from_env(epm_cpu_isa *out)
     }
 }
 
+static int cached = -1; /* every thread works out the same answer; a race only repeats it */
+
+void epm_cpu_isa_force(epm_cpu_isa isa)
+{
+    epm_cpu_isa best = epm_cpu_isa_best();
+    __atomic_store_n(&cached, (int)(isa > best ? best : isa), __ATOMIC_RELAXED);
+}
+
 epm_cpu_isa epm_cpu_isa_active(void)
 {
-    static int cached = -1; /* every thread works out the same answer; a race only repeats it */
     int c = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (c < 0) {
         epm_cpu_isa isa = EPM_CPU_ISA_OFF;
@@ -319,11 +391,12 @@ epm_cpu_isa epm_cpu_isa_active(void)
 
 #ifdef EPM_GEMM_X86
 /* Rows [0, m) of one pass: x and y point at the pass's first row. */
-static void gemm_pass(tile_fn tile, tile_fn one, int nr, int nt, const float *x, int64_t m, int k, const float *w,
-                      int n, float *y, float *pack)
+static void gemm_pass(const tiles *tl, int nt, const float *x, int64_t m, int k, const void *w, int n, float *y,
+                      float *pack)
 {
-    const int kcb = m <= KC_ROWS ? KC : KC_WIDE;
+    const int kcb = m <= KC_ROWS ? KC : KC_WIDE, nr = tl->nr;
     const int64_t blocks = round_up(m, MR) / MR, kblocks = (k + kcb - 1) / kcb, tiles = n / nr;
+    const char *wb = w;
     (void)nt;
 EPM_OMP("omp parallel num_threads(nt)")
     {
@@ -341,36 +414,50 @@ EPM_OMP("omp for schedule(static)")
             int kc = k - k0 < kcb ? k - k0 : kcb, first = k0 == 0;
             const float *xb = pack + blocks * MR * k0;
             int64_t step = MR * round_up(kc, KV), c = c0;
-            for (; c + nr <= c1; c += nr)
+            while (c < c1) {
+                int whole = c + nr <= c1;
                 for (int64_t b = 0; b < blocks; b++)
-                    tile(xb + b * step, kc, w + c * k + k0, k, y + b * MR * n + c, n,
-                         (int)(m - b * MR < MR ? m - b * MR : MR), first);
-            for (; c < c1; c++)
-                for (int64_t b = 0; b < blocks; b++)
-                    one(xb + b * step, kc, w + c * k + k0, k, y + b * MR * n + c, n,
-                        (int)(m - b * MR < MR ? m - b * MR : MR), first);
+                    (whole ? tl->tile : tl->one)(xb + b * step, kc, wb + (c * k + k0) * tl->es, k,
+                                                 y + b * MR * n + c, n, (int)(m - b * MR < MR ? m - b * MR : MR),
+                                                 first);
+                c += whole ? nr : 1;
+            }
         }
     }
+}
+
+static void gemm(epm_cpu_isa isa, int bf16_weights, const float *x, int64_t m, int k, const void *w, int n,
+                 float *y, float *pack)
+{
+    if (m <= 0 || n <= 0 || k <= 0 || isa == EPM_CPU_ISA_OFF)
+        return;
+    const tiles tl = tiles_for(isa, bf16_weights);
+    int nt = epm_omp_threads_for(m * n * (int64_t)k, PAR_MIN_WORK);
+    if (nt > n / tl.nr)
+        nt = n / tl.nr > 0 ? n / tl.nr : 1;
+    const int64_t per = pass_rows(m);
+    pack = (float *)(((uintptr_t)pack + 63) & ~(uintptr_t)63);
+    for (int64_t r0 = 0; r0 < m; r0 += per)
+        gemm_pass(&tl, nt, x + r0 * k, m - r0 < per ? m - r0 : per, k, w, n, y + r0 * n, pack);
 }
 #endif
 
 void epm_cpu_gemm_nt(epm_cpu_isa isa, const float *x, int64_t m, int k, const float *w, int n, float *y,
                      float *pack)
 {
-    if (m <= 0 || n <= 0 || k <= 0 || isa == EPM_CPU_ISA_OFF)
-        return;
 #ifdef EPM_GEMM_X86
-    tile_fn tile = isa == EPM_CPU_ISA_AVX512 ? tile44_512 : tile42_256;
-    tile_fn one = isa == EPM_CPU_ISA_AVX512 ? tile41_512 : tile41_256;
-    const int nr = isa == EPM_CPU_ISA_AVX512 ? 4 : 2;
-    int nt = epm_omp_threads_for(m * n * (int64_t)k, PAR_MIN_WORK);
-    if (nt > n / nr)
-        nt = n / nr > 0 ? n / nr : 1;
-    const int64_t per = pass_rows(m);
-    pack = (float *)(((uintptr_t)pack + 63) & ~(uintptr_t)63);
-    for (int64_t r0 = 0; r0 < m; r0 += per)
-        gemm_pass(tile, one, nr, nt, x + r0 * k, m - r0 < per ? m - r0 : per, k, w, n, y + r0 * n, pack);
+    gemm(isa, 0, x, m, k, w, n, y, pack);
 #else
-    (void)x, (void)w, (void)y, (void)pack;
+    (void)isa, (void)x, (void)m, (void)k, (void)w, (void)n, (void)y, (void)pack;
+#endif
+}
+
+void epm_cpu_gemm_nt_w16(epm_cpu_isa isa, const float *x, int64_t m, int k, const uint16_t *w, int n, float *y,
+                         float *pack)
+{
+#ifdef EPM_GEMM_X86
+    gemm(isa, 1, x, m, k, w, n, y, pack);
+#else
+    (void)isa, (void)x, (void)m, (void)k, (void)w, (void)n, (void)y, (void)pack;
 #endif
 }

@@ -38,6 +38,9 @@ epm_status epm_cpu_isa_from_env(epm_cpu_isa *out);
  * "cpu" backend refuses to open then, naming the problem). */
 epm_cpu_isa epm_cpu_isa_active(void);
 const char *epm_cpu_isa_name(epm_cpu_isa isa);
+/* For the tests: every kernel takes isa from now on (at most the best), so
+ * that each way through the CPU FFN runs in one process. */
+void epm_cpu_isa_force(epm_cpu_isa isa);
 
 /* Floats of packed input rows epm_cpu_gemm_nt needs for m rows of width k. */
 size_t epm_cpu_gemm_nt_pack_floats(int64_t m, int k);
@@ -47,5 +50,9 @@ size_t epm_cpu_gemm_nt_pack_floats(int64_t m, int k);
  * No checks: the callers' own argument checks cover it. */
 void epm_cpu_gemm_nt(epm_cpu_isa isa, const float *x, int64_t m, int k, const float *w, int n, float *y,
                      float *pack);
+/* The same over bfloat16 weights (bit patterns, as checkpoints hold them),
+ * widened exactly as they are loaded: float32 math on the widened weights. */
+void epm_cpu_gemm_nt_w16(epm_cpu_isa isa, const float *x, int64_t m, int k, const uint16_t *w, int n, float *y,
+                         float *pack);
 
 #endif

@@ -1,5 +1,5 @@
 /* The CPU GEMM for few rows (cpu_gemm_nt.c), each instruction set this CPU
- * runs, against a double-precision product: rows that are not a multiple of
+ * runs, float32 and bf16 weights, against a double-precision product: rows that are not a multiple of
  * the 4-row block, output features that are not a multiple of a tile (the
  * one-feature tail), k that is not a multiple of 16 (the masked weight load)
  * or crosses a k-block, rows that take several passes, 1 and 3 threads. Every weight matrix,
@@ -16,6 +16,7 @@
 #include "core.h"
 #include "cpu_gemm_nt.h"
 #include "epmoe/kernels.h"
+#include "half.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -25,9 +26,18 @@
 enum { GUARD = 16 };
 
 
-static void check_one(epm_cpu_isa isa, int m, int k, int n, int threads, uint64_t *s)
+/* bf16: the weights rounded to bf16 (the kernel's input) and the reference on
+ * them widened, which is exact: the kernel must be float32 math on those. */
+static void check_one(epm_cpu_isa isa, int w16, int m, int k, int n, int threads, uint64_t *s)
 {
     float *x = tu_rnd((size_t)m * k, s), *w = tu_rnd((size_t)n * k, s);
+    uint16_t *wh = NULL;
+    if (w16) {
+        wh = malloc(((size_t)n * k) * sizeof *wh);
+        assert_non_null(wh);
+        for (size_t i = 0; i < (size_t)n * k; i++)
+            wh[i] = epm_f32_to_bf16(w[i]), w[i] = epm_bf16_to_f32(wh[i]);
+    }
     size_t np = epm_cpu_gemm_nt_pack_floats(m, k);
     float *pack = malloc(np * sizeof *pack), *y = malloc(((size_t)m * n + GUARD) * sizeof *y);
     assert_non_null(pack);
@@ -38,7 +48,10 @@ static void check_one(epm_cpu_isa isa, int m, int k, int n, int threads, uint64_
         y[i] = NAN;
     for (int i = 0; i < GUARD; i++)
         y[(size_t)m * n + i] = 1234.5f;
-    epm_cpu_gemm_nt(isa, x, m, k, w, n, y, pack);
+    if (w16)
+        epm_cpu_gemm_nt_w16(isa, x, m, k, wh, n, y, pack);
+    else
+        epm_cpu_gemm_nt(isa, x, m, k, w, n, y, pack);
     double err = 0, big = 0;
     int64_t at = -1;
     for (int i = 0; i < m; i++)
@@ -52,8 +65,9 @@ static void check_one(epm_cpu_isa isa, int m, int k, int n, int threads, uint64_
                 err = d != d ? INFINITY : d, at = (int64_t)i * n + j;
         }
     if (err > TOL * (big + 1)) {
-        print_error("gemm_nt %s, m %d k %d n %d, %d threads: max error %g at [%lld], allowed %g\n",
-                    epm_cpu_isa_name(isa), m, k, n, threads, err, (long long)at, TOL * (big + 1));
+        print_error("gemm_nt %s %s, m %d k %d n %d, %d threads: max error %g at [%lld], allowed %g\n",
+                    epm_cpu_isa_name(isa), w16 ? "bf16" : "f32", m, k, n, threads, err, (long long)at,
+                    TOL * (big + 1));
         fail();
     }
     for (int i = 0; i < GUARD; i++)
@@ -61,7 +75,7 @@ static void check_one(epm_cpu_isa isa, int m, int k, int n, int threads, uint64_
             print_error("gemm_nt %s, m %d k %d n %d: wrote past y\n", epm_cpu_isa_name(isa), m, k, n);
             fail();
         }
-    free(x), free(w), free(pack), free(y);
+    free(x), free(w), free(wh), free(pack), free(y);
 }
 
 static void test_gemm_nt_every_isa(void **state)
@@ -92,8 +106,9 @@ static void test_gemm_nt_every_isa(void **state)
 #ifdef _OPENMP
             omp_set_num_threads(threads[ti]);
 #endif
-            for (size_t i = 0; i < sizeof cases / sizeof *cases; i++, ran++)
-                check_one((epm_cpu_isa)isa, cases[i][0], cases[i][1], cases[i][2], threads[ti], &s);
+            for (int w16 = 0; w16 < 2; w16++)
+                for (size_t i = 0; i < sizeof cases / sizeof *cases; i++, ran++)
+                    check_one((epm_cpu_isa)isa, w16, cases[i][0], cases[i][1], cases[i][2], threads[ti], &s);
         }
 #ifdef _OPENMP
     omp_set_num_threads(was);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "cpu_gemm_nt.h"
 #include "epm_config.h"
 #include "kernels_check.h"
 
@@ -16,7 +17,6 @@
 static int setup(void **state) { return kc_setup(state, "cpu"); }
 static int teardown(void **state) { return kc_teardown(state); }
 
-static void test_kernels_cpu_linear(void **state) { kc_linear(*state); }
 static void test_kernels_cpu_rmsnorm(void **state) { kc_rmsnorm(*state); }
 static void test_kernels_cpu_rope(void **state) { kc_rope(*state); }
 static void test_kernels_cpu_attention(void **state) { kc_attention(*state, 1); }
@@ -26,25 +26,49 @@ static void test_kernels_cpu_permute_f32(void **state) { kc_permute(*state, EPM_
 static void test_kernels_cpu_permute_bf16(void **state) { kc_permute(*state, EPM_DTYPE_BF16); }
 static void test_kernels_cpu_embed_convert(void **state) { kc_embed_convert(*state); }
 
-static void test_kernels_cpu_grouped_ffn_f32(void **state) { assert_true(kc_grouped_ffn(*state, EPM_DTYPE_F32, 0)); }
+/* Each instruction set the CPU GEMM can take here, then back to the one
+ * the process started with: every way through the CPU FFN runs. */
+#define FOR_EACH_ISA(isa)                                                                                          \
+    for (int isa = EPM_CPU_ISA_OFF, was_ = (int)epm_cpu_isa_active(), best_ = (int)epm_cpu_isa_best();             \
+         isa <= best_ ? (epm_cpu_isa_force((epm_cpu_isa)isa), 1) : (epm_cpu_isa_force((epm_cpu_isa)was_), 0); isa++)
+
+/* few rows go through the CPU GEMM, more through the BLAS */
+static void test_kernels_cpu_linear(void **state)
+{
+    FOR_EACH_ISA(isa)
+        kc_linear(*state);
+}
+
+static void test_kernels_cpu_grouped_ffn_f32(void **state)
+{
+    FOR_EACH_ISA(isa)
+        assert_true(kc_grouped_ffn(*state, EPM_DTYPE_F32, 0));
+}
 
 /* bf16 rows and weights: the weights stay bf16 (cpu_ffn_bf16.c), beside the
  * reference's widened float32 at the bf16 tolerance. */
-static void test_kernels_cpu_grouped_ffn_bf16(void **state) { assert_true(kc_grouped_ffn(*state, EPM_DTYPE_BF16, 0)); }
+static void test_kernels_cpu_grouped_ffn_bf16(void **state)
+{
+    FOR_EACH_ISA(isa)
+        assert_true(kc_grouped_ffn(*state, EPM_DTYPE_BF16, 0));
+}
 
 /* The bf16-weight kernel with float32 rows is float32 math on the widened
  * weights: the reference on them, to float32 tolerance (only the order of
- * the additions differs). Rows per expert cross the direct kernel's row
- * block (4), its limit (EPM_CPU_FFN_W16_DIRECT_ROWS) and the chunk (1024,
- * also for an expert after another); widths are odd, below one paired block of 16 or exact blocks;
- * panels are automatic, or a few rows each so that several panels and a short
- * last one run on small weights. Each weight matrix is its own allocation
- * (the sanitizer build sees a read past one), and the cases run on 1 and 3
- * threads where OpenMP is on (the direct kernel splits output features). */
+ * the additions differs). Rows per expert cross the direct kernel's limit
+ * (EPM_CPU_FFN_W16_DIRECT_ROWS), the CPU GEMM's (EPM_GEMM_NT_MAX_ROWS) and
+ * the chunk (1024, also for an expert after another); widths are odd, below
+ * one paired block of 16 or exact blocks; panels are automatic, or a few
+ * rows each so that several panels and a short last one run on small
+ * weights. Each weight matrix is its own allocation (the sanitizer build sees
+ * a read past one), and the cases run on 1 and 3 threads where OpenMP is on
+ * (the direct kernel splits output features), with each instruction set the
+ * CPU GEMM can take here and with it off (the panels then take every chunk
+ * past the direct kernel's). */
 static void test_kernels_cpu_w16_is_f32_on_widened(void **state)
 {
     kc_ctx *c = *state;
-    enum { DIRECT = EPM_CPU_FFN_W16_DIRECT_ROWS };
+    enum { DIRECT = EPM_CPU_FFN_W16_DIRECT_ROWS, NT = EPM_GEMM_NT_MAX_ROWS };
     static const struct {
         int H, F;
         int64_t rows[6];
@@ -55,7 +79,7 @@ static void test_kernels_cpu_w16_is_f32_on_widened(void **state)
         {16, 33, {3, 1030, 0, 0, 0, 0}, 0},      {9, 16, {1030, 0, 0, 0, 0, 0}, 5},
         {33, 48, {2, 7, 0, 0, 1, 0}, 0},         {48, 15, {0, 3, 0, 0, 0, 6}, 0},
         {257, 300, {1, 2, 3, 4, 12, 0}, 0},      {257, 300, {0, 0, 4, 0, 0, 70}, 0},
-        {257, 300, {0, 0, 0, 0, 0, 66}, 64},
+        {257, 300, {0, 0, 0, 0, 0, 66}, 64},    {7, 9, {NT, NT + 1, 0, 3, 0, 0}, 0},
     };
     enum { E = 6 };
 #ifdef _OPENMP
@@ -63,6 +87,7 @@ static void test_kernels_cpu_w16_is_f32_on_widened(void **state)
 #else
     const int threads[1] = {1}, nthreads = 1;
 #endif
+    FOR_EACH_ISA(isa)
     for (int ti = 0; ti < nthreads; ti++) {
 #ifdef _OPENMP
         omp_set_num_threads(threads[ti]);
@@ -104,8 +129,8 @@ static void test_kernels_cpu_w16_is_f32_on_widened(void **state)
                              EPM_OK);
             assert_int_equal(epm_ref_grouped_ffn(x, off, E, H, F, gf, uf, df, want), EPM_OK);
             char what[128];
-            snprintf(what, sizeof what, "w16 case %zu (hidden %d, ffn %d, panel %d, %d threads)", i, H, F,
-                     cases[i].panel, threads[ti]);
+            snprintf(what, sizeof what, "w16 case %zu (hidden %d, ffn %d, panel %d, %d threads, cpu gemm %s)", i, H,
+                     F, cases[i].panel, threads[ti], epm_cpu_isa_name((epm_cpu_isa)isa));
             kc_close(what, y, want, R * H, KC_F32_TOL);
             free(x), free(scr), free(y), free(want);
             for (int j = 0; j < 3 * E; j++)
