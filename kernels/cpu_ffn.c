@@ -15,6 +15,7 @@
 
 #include "backend.h"
 #include "cpu_gemm_nt.h"
+#include "cpu_omp.h"
 #include "cpu_sgemm.h"
 #include "kcheck.h"
 #include "ops.h"
@@ -107,8 +108,7 @@ epm_status epm_cpu_grouped_ffn(const float *x, const int64_t *offsets, int exper
             float *g = scratch, *u = scratch + m * ffn, *pack = scratch + 2 * chunk_max * ffn;
             expert_gemm(x + r0 * hidden, m, hidden, gate[e], ffn, g, pack);
             expert_gemm(x + r0 * hidden, m, hidden, up[e], ffn, u, pack);
-            for (int64_t i = 0; i < m * ffn; i++)
-                g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+            epm_swiglu_inplace(g, u, m * ffn);
             expert_gemm(g, m, ffn, down[e], hidden, y + r0 * hidden, pack);
         }
     }

@@ -312,8 +312,7 @@ epm_status epm_cpu_grouped_ffn_w16_panels(const float *x, const int64_t *offsets
                 panel_linear(x + r0 * hidden, m, hidden, gate[e], ffn, panel, pr_in, g);
                 panel_linear(x + r0 * hidden, m, hidden, up[e], ffn, panel, pr_in, u);
             }
-            for (int64_t i = 0; i < m * ffn; i++)
-                g[i] = epm_silu(g[i]) * u[i];
+            epm_swiglu_inplace(g, u, m * ffn);
             if (m <= NT_ROWS && isa != EPM_CPU_ISA_OFF)
                 epm_cpu_gemm_nt_w16(isa, g, m, ffn, down[e], hidden, y + r0 * hidden, panel);
             else

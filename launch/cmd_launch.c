@@ -351,7 +351,7 @@ static int build(const launch_args *a, const epm_hostlist *h, const char *mpirun
     extern char **environ;
     for (char **e = environ; *e; e++)
         if (!strncmp(*e, "NCCL_", 5) || !strncmp(*e, "OMP_NUM_THREADS=", 16) ||
-            !strncmp(*e, "OPENBLAS_NUM_THREADS=", 21))
+            !strncmp(*e, "OPENBLAS_NUM_THREADS=", 21) || !strncmp(*e, "EPM_CPU_ISA=", 12))
             ok = ok && words_add(w, "-x") && words_add(w, *e);
     for (int i = 0; i < a->env.n; i++) {
         const char *v = a->env.v[i];

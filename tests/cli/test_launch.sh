@@ -128,6 +128,10 @@ has "$d/out" "--host nodeA:4,bob@nodeB:4 -np 8 --map-by ppr:4:node"
 has "$d/out" "--mca plm_rsh_agent /usr/bin/true"
 hasnt "$d/out" "NCCL_SOCKET_IFNAME"
 has "$d/out" "/epmoe bench a2a"
+# the CPU kernels' settings reach every node
+check "dry-run, EPM_CPU_ISA" 0 env EPM_CPU_ISA=avx2 "$E" launch --hosts nodeA:1 --gpus-per-node 1 --no-resolve \
+  --agent /bin/true --dry-run -- run
+has "$d/out" "-x EPM_CPU_ISA=avx2"
 check "program, not subcommand" 0 "$E" launch --hosts localhost:1 --gpus-per-node 1 --dry-run -- hostname -s
 has "$d/out" "ppr:1:node --bind-to none -x CUDA_DEVICE_ORDER=PCI_BUS_ID hostname -s"
 
