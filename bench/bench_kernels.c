@@ -13,6 +13,7 @@
 #include "bench.h"
 #include "blas_info.h"
 #include "cpu_gemm_nt.h"
+#include "cpu_sgemm.h"
 #include "core.h"
 #include "epmoe/kernels.h"
 
@@ -295,7 +296,7 @@ void epm_bench_print_blas(void)
 {
     char blas[256];
     epm_blas_describe(blas, sizeof blas);
-    printf("# blas: %s\n", blas);
+    printf("# blas: %s; threads: %s\n", blas, epm_cpu_sgemm_threading());
     printf("# cpu gemm for up to %d rows: %s\n", EPM_GEMM_NT_MAX_ROWS,
            epm_cpu_isa_active() == EPM_CPU_ISA_OFF ? "the blas (EPM_CPU_ISA off or no AVX2)"
                                                    : epm_cpu_isa_name(epm_cpu_isa_active()));

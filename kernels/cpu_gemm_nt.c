@@ -8,7 +8,7 @@
  * a time (4 weight rows with AVX-512, 3 with AVX2) and, for each, every
  * 4-row block of x: the tile's weight rows (4 x 4 KiB) stay in L1 while the
  * k-block of packed x (at 128 rows, 512 KiB) stays in L2, and the weight is
- * read from memory once. A tile keeps 4 x NR vector accumulators along k and
+ * read from memory once per pass of up to 256 rows. A tile keeps 4 x NR vector accumulators along k and
  * folds them into y once per k-block: with AVX-512, 16 vectors to 16 sums in
  * one transposing tree (5-10% faster than 16 separate reductions). KC = 1024
  * measured best of 512, 768, 1024 and 2048 (2048 no longer fits L1). */

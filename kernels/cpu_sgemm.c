@@ -13,13 +13,14 @@ enum {
 
 /* 1 when each BLAS call runs on the calling thread only: a pthreads OpenBLAS
  * set to one thread here, a sequential one, or an OpenMP one (which runs
- * single-threaded inside a parallel region). 0 for any other BLAS. */
+ * single-threaded inside a parallel region). 0 for any other BLAS, and in a
+ * build without OpenMP, where OpenBLAS's threads are the only ones. */
 static int blas_on_caller(void)
 {
     static int state = -1; /* every thread works out the same answer; a race only repeats it */
     int s = __atomic_load_n(&state, __ATOMIC_RELAXED);
     if (s < 0) {
-#if EPM_HAVE_OPENBLAS
+#if EPM_HAVE_OPENBLAS && defined(_OPENMP)
         if (openblas_get_parallel() == 1)
             openblas_set_num_threads(1);
         s = 1;

@@ -17,8 +17,8 @@
 /* y[m][n] (row stride ldy) = x[m][k] . w[n][k]^T, w's rows k apart. */
 void epm_cpu_sgemm_nt(const float *x, int64_t m, int k, const float *w, int n, float *y, int64_t ldy);
 
-/* How the BLAS is threaded: "openmp slices" once the BLAS is on one thread,
- * "the blas's own" where it is not OpenBLAS (its threading is unknown). */
+/* How the BLAS is threaded, in words: OpenMP slices with the BLAS on one
+ * thread, or the BLAS's own threads (not OpenBLAS, or no OpenMP). */
 const char *epm_cpu_sgemm_threading(void);
 
 #endif
