@@ -32,6 +32,8 @@ static int blas_on_caller(void)
     return s;
 }
 
+int epm_cpu_sgemm_on_caller(void) { return blas_on_caller(); }
+
 const char *epm_cpu_sgemm_threading(void)
 {
     return blas_on_caller() ? "openmp slices, the blas on one thread" : "the blas's own";

@@ -17,6 +17,10 @@
 /* y[m][n] (row stride ldy) = x[m][k] . w[n][k]^T, w's rows k apart. */
 void epm_cpu_sgemm_nt(const float *x, int64_t m, int k, const float *w, int n, float *y, int64_t ldy);
 
+/* 1 when a BLAS call runs on its calling thread alone (so that OpenMP's
+ * threads may each make one at once); 0 when the BLAS has threads of its own. */
+int epm_cpu_sgemm_on_caller(void);
+
 /* How the BLAS is threaded, in words: OpenMP slices with the BLAS on one
  * thread, or the BLAS's own threads (not OpenBLAS, or no OpenMP). */
 const char *epm_cpu_sgemm_threading(void);
