@@ -220,11 +220,12 @@ static void direct_expert(int M, const float *x, int H, int F, const uint16_t *g
     (void)nt;
 EPM_OMP("omp parallel num_threads(nt)")
     {
-        int t, T;
-        epm_omp_me(&t, &T);
-        direct_gate_up(M, xp, H, gate, up, (int)((int64_t)F * t / T), (int)((int64_t)F * (t + 1) / T), h, F);
+        int64_t c0, c1;
+        epm_omp_share(F, 1, &c0, &c1);
+        direct_gate_up(M, xp, H, gate, up, (int)c0, (int)c1, h, F);
 EPM_OMP("omp barrier")
-        direct_linear(M, h, F, down, (int)((int64_t)H * t / T), (int)((int64_t)H * (t + 1) / T), y, H);
+        epm_omp_share(H, 1, &c0, &c1);
+        direct_linear(M, h, F, down, (int)c0, (int)c1, y, H);
     }
 }
 
@@ -244,24 +245,17 @@ static void panel_linear(const float *x, int64_t m, int K, const uint16_t *w, in
                          float *y)
 {
     int nt = epm_cpu_sgemm_on_caller() ? epm_omp_threads_for(m * (int64_t)N * K, PAR_MIN_WORK) : 1;
+    (void)nt;
     for (int n0 = 0; n0 < N; n0 += panel_rows) {
         int nb = N - n0 < panel_rows ? N - n0 : panel_rows;
-        if (nt <= 1) {
-            widen_span(w + (int64_t)n0 * K, (int64_t)nb * K, panel);
-            epm_cpu_sgemm_nt(x, m, K, panel, nb, y + n0, N);
-            continue;
-        }
         /* each thread widens its own slice of the panel and multiplies it (whole groups of 16 features) */
 EPM_OMP("omp parallel num_threads(nt)")
         {
-            int t, T;
-            epm_omp_me(&t, &T);
-            int64_t groups = (nb + 15) / 16;
-            int c0 = (int)(groups * t / T * 16), c1 = (int)(groups * (t + 1) / T * 16);
-            c0 = c0 < nb ? c0 : nb, c1 = c1 < nb ? c1 : nb;
+            int64_t c0, c1;
+            epm_omp_share(nb, 16, &c0, &c1);
             if (c1 > c0) {
-                widen_span(w + (int64_t)(n0 + c0) * K, (int64_t)(c1 - c0) * K, panel + (int64_t)c0 * K);
-                epm_cpu_sgemm_nt(x, m, K, panel + (int64_t)c0 * K, c1 - c0, y + n0 + c0, N);
+                widen_span(w + (n0 + c0) * K, (c1 - c0) * K, panel + c0 * K);
+                epm_cpu_sgemm_nt(x, m, K, panel + c0 * K, (int)(c1 - c0), y + n0 + c0, N);
             }
         }
     }
@@ -323,7 +317,8 @@ epm_status epm_cpu_grouped_ffn_w16_panels(const float *x, const int64_t *offsets
         for (int64_t r0 = offsets[e]; r0 < offsets[e + 1]; r0 += CHUNK) {
             int64_t m = offsets[e + 1] - r0 < CHUNK ? offsets[e + 1] - r0 : CHUNK;
             float *g = scratch, *u = scratch + m * ffn;
-            if (m <= NT_ROWS && isa != EPM_CPU_ISA_OFF) { /* panel: the packed rows */
+            int nt_path = m <= NT_ROWS && isa != EPM_CPU_ISA_OFF; /* panel then holds the packed rows */
+            if (nt_path) {
                 epm_cpu_gemm_nt_w16(isa, x + r0 * hidden, m, hidden, gate[e], ffn, g, panel);
                 epm_cpu_gemm_nt_w16(isa, x + r0 * hidden, m, hidden, up[e], ffn, u, panel);
             } else {
@@ -331,7 +326,7 @@ epm_status epm_cpu_grouped_ffn_w16_panels(const float *x, const int64_t *offsets
                 panel_linear(x + r0 * hidden, m, hidden, up[e], ffn, panel, pr_in, u);
             }
             epm_swiglu_inplace(g, u, m * ffn);
-            if (m <= NT_ROWS && isa != EPM_CPU_ISA_OFF)
+            if (nt_path)
                 epm_cpu_gemm_nt_w16(isa, g, m, ffn, down[e], hidden, y + r0 * hidden, panel);
             else
                 panel_linear(g, m, ffn, down[e], hidden, panel, pr_out, y + r0 * hidden);

@@ -401,21 +401,20 @@ static void gemm_pass(const tiles *tl, int nt, const float *x, int64_t m, int k,
                       float *pack)
 {
     const int kcb = m <= KC_ROWS ? KC : KC_WIDE, nr = tl->nr;
-    const int64_t blocks = round_up(m, MR) / MR, kblocks = (k + kcb - 1) / kcb, tiles = n / nr;
+    const int64_t blocks = round_up(m, MR) / MR, kblocks = (k + kcb - 1) / kcb;
     const char *wb = w;
     (void)nt;
 EPM_OMP("omp parallel num_threads(nt)")
     {
-        int t, T;
-        epm_omp_me(&t, &T);
 EPM_OMP("omp for schedule(static)")
         for (int64_t q = 0; q < kblocks * blocks; q++) {
             int k0 = (int)(q / blocks) * kcb, kc = k - k0 < kcb ? k - k0 : kcb;
             int64_t b = q % blocks;
             pack_block(x, m, k, k0, kc, b, pack + blocks * MR * k0 + b * MR * round_up(kc, KV));
         }
-        /* tiles split evenly; the last thread also takes the features past the last whole tile */
-        int64_t c0 = tiles * t / T * nr, c1 = t == T - 1 ? n : tiles * (t + 1) / T * nr;
+        /* whole tiles split evenly; the last thread's share ends in the features past the last whole tile */
+        int64_t c0, c1;
+        epm_omp_share(n, nr, &c0, &c1);
         for (int k0 = 0; k0 < k; k0 += kcb) {
             int kc = k - k0 < kcb ? k - k0 : kcb, first = k0 == 0;
             const float *xb = pack + blocks * MR * k0;

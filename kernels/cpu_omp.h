@@ -26,14 +26,18 @@ static inline int epm_omp_threads_for(int64_t work, int64_t min_work)
 #endif
 }
 
-/* The calling thread's index and its team's size, inside a region. */
-static inline void epm_omp_me(int *t, int *T)
+/* The calling thread's share [*c0, *c1) of n items, inside a region: the
+ * team splits them evenly in whole units of `unit` (the last share ends at
+ * n), so that every share but the last starts and ends on a unit. */
+static inline void epm_omp_share(int64_t n, int64_t unit, int64_t *c0, int64_t *c1)
 {
+    int t = 0, T = 1;
 #ifdef _OPENMP
-    *t = omp_get_thread_num(), *T = omp_get_num_threads();
-#else
-    *t = 0, *T = 1;
+    t = omp_get_thread_num(), T = omp_get_num_threads();
 #endif
+    int64_t units = (n + unit - 1) / unit;
+    *c0 = units * t / T * unit, *c1 = units * (t + 1) / T * unit;
+    *c0 = *c0 < n ? *c0 : n, *c1 = *c1 < n ? *c1 : n;
 }
 
 /* g[i] = silu(g[i]) * u[i] for i < n, the SwiGLU between an expert's GEMMs:

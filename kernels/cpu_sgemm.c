@@ -56,14 +56,11 @@ void epm_cpu_sgemm_nt(const float *x, int64_t m, int k, const float *w, int n, f
         return;
     }
     /* slices of whole 16-feature groups: every slice's y columns start on the same 64-byte phase */
-    const int groups = (n + 15) / 16;
 EPM_OMP("omp parallel num_threads(nt)")
     {
-        int t, T;
-        epm_omp_me(&t, &T);
-        int c0 = (int)((int64_t)groups * t / T) * 16, c1 = (int)((int64_t)groups * (t + 1) / T) * 16;
-        c1 = c1 < n ? c1 : n;
+        int64_t c0, c1;
+        epm_omp_share(n, 16, &c0, &c1);
         if (c1 > c0)
-            sgemm(x, m, k, w + (int64_t)c0 * k, c1 - c0, y + c0, ldy);
+            sgemm(x, m, k, w + c0 * k, (int)(c1 - c0), y + c0, ldy);
     }
 }
