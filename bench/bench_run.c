@@ -40,11 +40,12 @@ static const char usage[] =
     "                       --capacities (default 1,0.75,0.5,0.25), live routing, contiguous placement:\n"
     "                       tokens/s, bytes and the same deviation columns, from capacity 1\n"
     "  --capacities LIST    MoD capacities for --mod\n"
-    "  --expert-dtypes      instead: routed experts widened to float32 at load, then held as the\n"
-    "                       checkpoint stores them (epmoe run --expert-dtype f32, then auto: bf16 for a\n"
+    "  --expert-dtypes      instead: every weight widened to float32 at load, then the routed experts\n"
+    "                       held as the checkpoint stores them, then the dense matrices too (epmoe run\n"
+    "                       --expert-dtype and --dense-dtype f32/f32, auto/f32, auto/auto: bf16 for a\n"
     "                       bf16 checkpoint), alternated --reps times, live routing, contiguous\n"
-    "                       placement: best tokens/s of each, auto's over float32's, logit error and\n"
-    "                       greedy-token agreement of auto against float32\n"
+    "                       placement: best tokens/s of each, over all-float32's, logit error and\n"
+    "                       greedy-token agreement against all-float32\n"
     "  --kernels K          ref, blas (default) or cuda, as epmoe run --kernels\n"
     "  --csv                CSV rows instead of a table\n";
 
@@ -175,21 +176,25 @@ static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm
     return rc;
 }
 
-/* Experts widened to float32, then held as stored (auto), one run of each in
- * turn --reps times so that a slow spell hits both alike; the first pair is
- * also the output comparison. */
+/* Every weight widened to float32, then the experts held as stored, then the
+ * dense matrices too (auto), one run of each in turn --reps times so that a
+ * slow spell hits all alike; the first of each is also the output
+ * comparison against the first. */
 static int dtype_compare(epm_xcomm *x, const char *model, epm_mode mode, int vn, int batch, const int *lens,
                          int32_t **prompts, int nnew, int reps, int csv)
 {
     int me = epm_xcomm_rank(x), rc = EPM_EXIT_OK;
-    epm_run_result *first[2] = {NULL, NULL};
-    double pre[2] = {1e30, 1e30}, dec[2] = {1e30, 1e30};
-    epm_dtype held[2] = {EPM_DTYPE_F32, EPM_DTYPE_F32};
+    enum { CONFIGS = 3 };
+    epm_run_result *first[CONFIGS] = {NULL, NULL, NULL};
+    double pre[CONFIGS] = {1e30, 1e30, 1e30}, dec[CONFIGS] = {1e30, 1e30, 1e30};
+    epm_dtype held[CONFIGS] = {EPM_DTYPE_F32, EPM_DTYPE_F32, EPM_DTYPE_F32};
+    epm_dtype dense[CONFIGS] = {EPM_DTYPE_F32, EPM_DTYPE_F32, EPM_DTYPE_F32};
     for (int r = 0; r < reps && rc == EPM_EXIT_OK; r++)
-        for (int k = 0; k < 2; k++) {
+        for (int k = 0; k < CONFIGS; k++) {
             epm_run_opts o;
             live_opts(&o, model, mode, vn, nnew);
             o.experts_f32 = k == 0;
+            o.dense_f32 = k < 2;
             epm_run_result *res = NULL;
             epm_status st = epm_run(&o, batch, lens, (const int32_t *const *)prompts, &res);
             if (st != EPM_OK) {
@@ -197,6 +202,7 @@ static int dtype_compare(epm_xcomm *x, const char *model, epm_mode mode, int vn,
                 break;
             }
             held[k] = res->report.expert_dtype;
+            dense[k] = res->report.dense_dtype;
             pre[k] = res->report.t_prefill < pre[k] ? res->report.t_prefill : pre[k];
             dec[k] = res->report.t_decode < dec[k] ? res->report.t_decode : dec[k];
             if (!first[k])
@@ -205,31 +211,34 @@ static int dtype_compare(epm_xcomm *x, const char *model, epm_mode mode, int vn,
                 epm_run_result_destroy(res);
         }
     if (rc == EPM_EXIT_OK && me == 0) {
-        const epm_run_result *a = first[0], *b = first[1];
+        const epm_run_result *a = first[0];
         int64_t n = 0;
         for (int q = 0; q < batch; q++)
             n += lens[q];
-        double err = 0, mx = 0;
-        for (int64_t i = 0; i < n * a->vocab; i++) {
-            err = fmax(err, fabs((double)b->logits[i] - a->logits[i]));
-            mx = fmax(mx, fabs(a->logits[i]));
-        }
-        int same = 0;
-        for (int i = 0; i < batch * nnew; i++)
-            same += a->generated[i] == b->generated[i];
         double pt = (double)a->report.prefill_tokens, dt = (double)a->report.decode_tokens;
-        printf(csv ? "experts,prefill_tok_s,decode_tok_s,prefill_vs_f32,decode_vs_f32,logit_rel_err,token_agreement\n"
-                   : "%-8s %12s %12s %9s %9s %13s %9s\n",
-               "experts", "prefill t/s", "decode t/s", "pre/f32", "dec/f32", "logit rel err", "token agr");
-        for (int k = 0; k < 2; k++)
-            printf(csv ? "%s,%.1f,%.1f,%.3f,%.3f,%.3g,%.4f\n" : "%-8s %12.1f %12.1f %9.3f %9.3f %13.3g %9.4f\n",
-                   epm_dtype_name(held[k]), pt / pre[k], dec[k] > 0 ? dt / dec[k] : 0.0, pre[0] / pre[k],
-                   dec[k] > 0 ? dec[0] / dec[k] : 1.0, k && mx > 0 ? err / mx : 0.0,
-                   k ? (double)same / (batch * nnew) : 1.0);
+        printf(csv ? "experts,dense,prefill_tok_s,decode_tok_s,prefill_vs_f32,decode_vs_f32,logit_rel_err,"
+                     "token_agreement\n"
+                   : "%-8s %-6s %12s %12s %9s %9s %13s %9s\n",
+               "experts", "dense", "prefill t/s", "decode t/s", "pre/f32", "dec/f32", "logit rel err", "token agr");
+        for (int k = 0; k < CONFIGS; k++) {
+            const epm_run_result *b = first[k];
+            double err = 0, mx = 0;
+            for (int64_t i = 0; i < n * a->vocab; i++) {
+                err = fmax(err, fabs((double)b->logits[i] - a->logits[i]));
+                mx = fmax(mx, fabs(a->logits[i]));
+            }
+            int same = 0;
+            for (int i = 0; i < batch * nnew; i++)
+                same += a->generated[i] == b->generated[i];
+            printf(csv ? "%s,%s,%.1f,%.1f,%.3f,%.3f,%.3g,%.4f\n" : "%-8s %-6s %12.1f %12.1f %9.3f %9.3f %13.3g %9.4f\n",
+                   epm_dtype_name(held[k]), epm_dtype_name(dense[k]), pt / pre[k], dec[k] > 0 ? dt / dec[k] : 0.0,
+                   pre[0] / pre[k], dec[k] > 0 ? dec[0] / dec[k] : 1.0, mx > 0 ? err / mx : 0.0,
+                   batch * nnew > 0 ? (double)same / (batch * nnew) : 1.0);
+        }
         fflush(stdout);
     }
-    epm_run_result_destroy(first[0]);
-    epm_run_result_destroy(first[1]);
+    for (int k = 0; k < CONFIGS; k++)
+        epm_run_result_destroy(first[k]);
     return rc;
 }
 

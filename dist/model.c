@@ -1,5 +1,5 @@
-/* Opening a checkpoint and loading its weights as float32 (routed experts
- * may stay bf16: epm_model_set_expert_dtype). Opening checks every tensor
+/* Opening a checkpoint and loading its weights as float32 (weight matrices
+ * may stay bf16: epm_model_set_expert_dtype, epm_model_set_dense_dtype). Opening checks every tensor
  * the config implies (headers only); loading reads the dense weights and only
  * the experts a rank asks for, so that a rank's I/O follows its placement. */
 #include <stdarg.h>
@@ -18,38 +18,38 @@ struct epm_model {
     epm_model_mlp *experts; /* [layers * experts]; gate NULL = not loaded */
     int experts_loaded;     /* any expert yet: their dtype is fixed from then on */
     int keep_bf16;          /* routed experts stay bf16 (every one of them is BF16 in the checkpoint) */
+    int keep_dense16;       /* so do the dense weight matrices (the same rule) */
     void **owned;           /* converted or aligned copies */
     int nowned, capowned;
     int64_t bytes, expert_bytes;
 };
 
 /* One tensor the config implies: its name, shape, and where its pointer
- * goes once loaded: a float32 one (dst), or an MLP weight's (mlp), whose
- * dtype the MLP records. */
+ * goes once loaded: a float32 one (dst), a weight matrix (wt, which records
+ * its dtype), or an MLP weight's (mlp), whose dtype the MLP records. */
 typedef struct spec {
     char name[192];
     int ndim;
     int64_t shape[2];
     const float **dst;
+    epm_weight *wt;
     const void **mlp;
 } spec;
 
 /* Up to this many tensors per layer besides the routed experts. */
 enum { MAX_LAYER_SPECS = 24 };
 
-static void vadd(spec *s, int *n, const float **dst, const void **mlp, int64_t d0, int64_t d1, const char *fmt,
-                 va_list ap) EPM_PRINTF(7, 0);
+static spec *vadd(spec *s, int *n, int64_t d0, int64_t d1, const char *fmt, va_list ap) EPM_PRINTF(5, 0);
 
-static void vadd(spec *s, int *n, const float **dst, const void **mlp, int64_t d0, int64_t d1, const char *fmt,
-                 va_list ap)
+static spec *vadd(spec *s, int *n, int64_t d0, int64_t d1, const char *fmt, va_list ap)
 {
     spec *x = &s[(*n)++];
+    memset(x, 0, sizeof *x);
     vsnprintf(x->name, sizeof x->name, fmt, ap);
     x->ndim = d1 > 0 ? 2 : 1;
     x->shape[0] = d0;
     x->shape[1] = d1;
-    x->dst = dst;
-    x->mlp = mlp;
+    return x;
 }
 
 static void add(spec *s, int *n, const float **dst, int64_t d0, int64_t d1, const char *fmt, ...) EPM_PRINTF(6, 7);
@@ -58,11 +58,22 @@ static void add(spec *s, int *n, const float **dst, int64_t d0, int64_t d1, cons
 {
     va_list ap;
     va_start(ap, fmt);
-    vadd(s, n, dst, NULL, d0, d1, fmt, ap);
+    vadd(s, n, d0, d1, fmt, ap)->dst = dst;
     va_end(ap);
 }
 
-/* An MLP weight (gate, up or down): float32, or bf16 for routed experts kept so. */
+/* A weight matrix: float32, or bf16 for dense weights kept so. */
+static void add_w(spec *s, int *n, epm_weight *dst, int64_t d0, int64_t d1, const char *fmt, ...) EPM_PRINTF(6, 7);
+
+static void add_w(spec *s, int *n, epm_weight *dst, int64_t d0, int64_t d1, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vadd(s, n, d0, d1, fmt, ap)->wt = dst;
+    va_end(ap);
+}
+
+/* An MLP weight (gate, up or down): float32, or bf16 when kept so. */
 static void add_mlp(spec *s, int *n, const void **dst, int64_t d0, int64_t d1, const char *fmt, ...)
     EPM_PRINTF(6, 7);
 
@@ -70,7 +81,7 @@ static void add_mlp(spec *s, int *n, const void **dst, int64_t d0, int64_t d1, c
 {
     va_list ap;
     va_start(ap, fmt);
-    vadd(s, n, NULL, dst, d0, d1, fmt, ap);
+    vadd(s, n, d0, d1, fmt, ap)->mlp = dst;
     va_end(ap);
 }
 
@@ -81,10 +92,10 @@ static int layer_specs(const epm_model_config *c, int l, epm_model_layer *w, spe
 #define L "model.layers.%d.%s"
     add(s, &n, &w->input_norm, H, 0, L, l, "input_layernorm.weight");
     add(s, &n, &w->post_attn_norm, H, 0, L, l, "post_attention_layernorm.weight");
-    add(s, &n, &w->q, q, H, L, l, "self_attn.q_proj.weight");
-    add(s, &n, &w->k, kv, H, L, l, "self_attn.k_proj.weight");
-    add(s, &n, &w->v, kv, H, L, l, "self_attn.v_proj.weight");
-    add(s, &n, &w->o, H, q, L, l, "self_attn.o_proj.weight");
+    add_w(s, &n, &w->q, q, H, L, l, "self_attn.q_proj.weight");
+    add_w(s, &n, &w->k, kv, H, L, l, "self_attn.k_proj.weight");
+    add_w(s, &n, &w->v, kv, H, L, l, "self_attn.v_proj.weight");
+    add_w(s, &n, &w->o, H, q, L, l, "self_attn.o_proj.weight");
     if (c->qkv_bias) {
         add(s, &n, &w->q_bias, q, 0, L, l, "self_attn.q_proj.bias");
         add(s, &n, &w->k_bias, kv, 0, L, l, "self_attn.k_proj.bias");
@@ -137,10 +148,10 @@ static int global_specs(const epm_model_config *c, epm_model_dense *d, spec *s)
 {
     int n = 0;
     int64_t V = c->vocab_size, H = c->hidden_size;
-    add(s, &n, &d->embed, V, H, "model.embed_tokens.weight");
+    add_w(s, &n, &d->embed, V, H, "model.embed_tokens.weight");
     add(s, &n, &d->final_norm, H, 0, "model.norm.weight");
     if (!c->tie_word_embeddings)
-        add(s, &n, &d->lm_head, V, H, "lm_head.weight");
+        add_w(s, &n, &d->lm_head, V, H, "lm_head.weight");
     return n;
 }
 
@@ -182,9 +193,10 @@ static epm_status own(epm_model *m, void *f)
     return EPM_OK;
 }
 
-/* The data of a checked tensor, into x->dst or x->mlp: the mapping itself
- * when it is aligned float32, or aligned bf16 kept as stored (keep16; pages
- * are read when first touched); else a float32 copy (or an aligned bf16 one). */
+/* The data of a checked tensor, into x->dst, x->wt or x->mlp: the mapping
+ * itself when it is aligned float32, or aligned bf16 kept as stored (keep16,
+ * for a matrix; its pages are read here); else a float32 copy (or an aligned
+ * bf16 one). */
 static epm_status fetch(epm_model *m, const spec *x, int keep16, int64_t *bytes)
 {
     const epm_st_tensor *t = epm_shards_find(m->sh, x->name, NULL);
@@ -193,7 +205,8 @@ static epm_status fetch(epm_model *m, const spec *x, int keep16, int64_t *bytes)
     void *copy = NULL;
     const uint8_t *src = t->data;
     size_t n = (size_t)(t->numel ? t->numel : 1);
-    if (keep16 && t->dtype == EPM_DTYPE_BF16) {
+    keep16 = keep16 && t->dtype == EPM_DTYPE_BF16 && (x->wt || x->mlp);
+    if (keep16) {
         if (((uintptr_t)t->data & 1) == 0) {
             /* mapped pages are faulted in here, at load, as a copy's would be:
              * else the first forward pass pays for every page of its experts */
@@ -229,17 +242,22 @@ static epm_status fetch(epm_model *m, const spec *x, int keep16, int64_t *bytes)
         }
         p = copy;
     }
-    if (x->dst)
+    if (x->dst) {
         *x->dst = p;
-    else
+    } else if (x->wt) {
+        x->wt->data = p;
+        x->wt->dtype = keep16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+    } else {
         *x->mlp = p;
+    }
     return EPM_OK;
 }
 
 static epm_status visit(const spec *s, int n, int layer, int expert, epm_model_tensor_fn fn, void *ctx)
 {
     for (int i = 0; i < n; i++) {
-        epm_model_tensor_info t = {s[i].name, s[i].ndim, {s[i].shape[0], s[i].shape[1]}, layer, expert};
+        epm_model_tensor_info t = {s[i].name, s[i].ndim, {s[i].shape[0], s[i].shape[1]}, layer, expert,
+                                   s[i].wt || s[i].mlp};
         EPM_CHECK(fn(ctx, &t));
     }
     return EPM_OK;
@@ -335,7 +353,7 @@ epm_status epm_model_load_dense(epm_model *m, const epm_model_dense **out)
         spec s[MAX_LAYER_SPECS];
         int n = global_specs(c, &m->dense, s);
         for (int i = 0; i < n; i++)
-            EPM_CHECK(fetch(m, &s[i], 0, &m->bytes));
+            EPM_CHECK(fetch(m, &s[i], m->keep_dense16, &m->bytes));
         if (c->tie_word_embeddings)
             m->dense.lm_head = m->dense.embed;
         for (int l = 0; l < c->num_layers; l++) {
@@ -352,7 +370,9 @@ epm_status epm_model_load_dense(epm_model *m, const epm_model_dense **out)
             if (mr)
                 EPM_CHECK(check(m, &s[n - 1]));
             for (int i = 0; i < n; i++)
-                EPM_CHECK(fetch(m, &s[i], 0, &m->bytes));
+                EPM_CHECK(fetch(m, &s[i], m->keep_dense16, &m->bytes));
+            epm_dtype md = m->keep_dense16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+            w->mlp.dtype = w->shared.dtype = md;
         }
         m->dense_loaded = 1;
     }
@@ -421,6 +441,41 @@ epm_status epm_model_set_expert_dtype(epm_model *m, epm_dtype want, epm_dtype *g
     m->keep_bf16 = keep;
     if (got)
         *got = keep ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+    return EPM_OK;
+}
+
+/* Every matrix the config implies outside the routed experts is BF16. */
+static int dense_all_bf16(const epm_model *m)
+{
+    const epm_model_config *c = &m->cfg;
+    spec s[MAX_LAYER_SPECS];
+    epm_model_dense d;
+    epm_model_layer w;
+    int n = global_specs(c, &d, s);
+    for (int l = -1; l < c->num_layers; l++) {
+        if (l >= 0)
+            n = layer_specs(c, l, &w, s);
+        for (int i = 0; i < n; i++) {
+            const epm_st_tensor *t = epm_shards_find(m->sh, s[i].name, NULL);
+            if ((s[i].wt || s[i].mlp) && (!t || t->dtype != EPM_DTYPE_BF16))
+                return 0;
+        }
+    }
+    return 1;
+}
+
+epm_status epm_model_set_dense_dtype(epm_model *m, epm_dtype want, epm_dtype *got)
+{
+    if (!m)
+        return epm_fail(EPM_ERR_INVALID_ARG, "epm_model_set_dense_dtype: NULL model");
+    if (want != EPM_DTYPE_F32 && want != EPM_DTYPE_BF16)
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s: dense weights can be held as F32 or BF16, not %s", m->dir,
+                        epm_dtype_name(want));
+    if (m->dense_loaded)
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s: the dense weights' dtype is fixed once they are loaded", m->dir);
+    m->keep_dense16 = want == EPM_DTYPE_BF16 && dense_all_bf16(m);
+    if (got)
+        *got = m->keep_dense16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
     return EPM_OK;
 }
 

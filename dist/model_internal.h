@@ -44,6 +44,8 @@ typedef struct epm_model_tensor_info {
     int ndim;
     int64_t shape[2];
     int layer, expert; /* -1 when not a layer's / a routed expert's */
+    int matrix;        /* a weight matrix that may be held as bf16 (epm_model_set_expert_dtype for
+                          routed experts, epm_model_set_dense_dtype for the others) */
 } epm_model_tensor_info;
 typedef epm_status (*epm_model_tensor_fn)(void *ctx, const epm_model_tensor_info *t);
 epm_status epm_model_tensors(const epm_model_config *cfg, epm_model_tensor_fn fn, void *ctx);

@@ -9,6 +9,7 @@
 
 #include "cpu_gemm_nt.h"
 #include "epm_config.h"
+#include "half.h"
 #include "ops_cuda_host.h"
 #include "ops_gpu.h"
 #include "model_internal.h"
@@ -49,6 +50,37 @@ static epm_status record_trace(rt *r, int ml, int64_t g, const int32_t *ids)
     return EPM_OK;
 }
 
+/* ---- dense layers over weights as held ---- */
+
+static epm_status lin(rt *r, const float *x, int64_t n, int in, epm_weight w, const float *b, int out, float *y)
+{
+    if (w.dtype == EPM_DTYPE_BF16)
+        return r->ops->linear_w16(x, n, in, w.data, b, out, y);
+    r->ops->linear(x, n, in, w.data, b, out, y);
+    return EPM_OK;
+}
+
+/* A shared expert or dense MLP (one expert of n rows). */
+static epm_status mlp(rt *r, const epm_model_mlp *w, const float *x, int64_t n, float *y)
+{
+    const int H = r->c->hidden_size;
+    const int64_t off[2] = {0, n};
+    int64_t floats = w->dtype == EPM_DTYPE_BF16 ? epm_grouped_scratch_w16(off, 1, H, w->ffn)
+                                                : epm_swiglu_scratch(n, H, w->ffn);
+    float *scr = epm_malloc((size_t)(floats ? floats : 1) * sizeof *scr);
+    if (!scr)
+        return EPM_ERR_NOMEM;
+    epm_status st = EPM_OK;
+    if (w->dtype == EPM_DTYPE_BF16) {
+        const uint16_t *g = w->gate, *u = w->up, *d = w->down;
+        st = r->ops->grouped_swiglu_w16(x, off, 1, H, w->ffn, &g, &u, &d, scr, y);
+    } else {
+        r->ops->swiglu(x, n, H, w->ffn, w->gate, w->up, w->down, scr, y);
+    }
+    epm_free(scr);
+    return st;
+}
+
 /* ---- attention ---- */
 
 static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
@@ -71,9 +103,9 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     }
     double t0 = epm_now();
     r->ref->rmsnorm(h, n, H, w->input_norm, c->rms_norm_eps, x);
-    r->ops->linear(x, n, H, w->q, w->q_bias, qd, q);
-    r->ops->linear(x, n, H, w->k, w->k_bias, kvd, k);
-    r->ops->linear(x, n, H, w->v, w->v_bias, kvd, v);
+    EPM_CHECK_GOTO(lin(r, x, n, H, w->q, w->q_bias, qd, q), st, out);
+    EPM_CHECK_GOTO(lin(r, x, n, H, w->k, w->k_bias, kvd, k), st, out);
+    EPM_CHECK_GOTO(lin(r, x, n, H, w->v, w->v_bias, kvd, v), st, out);
     if (c->qk_norm) {
         r->ref->rmsnorm(q, n, qd, w->q_norm, c->rms_norm_eps, q);
         r->ref->rmsnorm(k, n, kvd, w->k_norm, c->rms_norm_eps, k);
@@ -126,7 +158,7 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     }
     if (amod)
         EPM_CHECK_GOTO(epm_mod_attention_done(r), st, out);
-    r->ops->linear(att, n, qd, w->o, w->o_bias, H, o);
+    EPM_CHECK_GOTO(lin(r, att, n, qd, w->o, w->o_bias, H, o), st, out);
     for (int64_t i = 0; i < n * H; i++)
         h[i] += o[i];
     r->rep->t_attention += epm_now() - t0;
@@ -222,13 +254,12 @@ typedef struct work {
     int *src;     /* rank the token lives on */
 } work;
 
-static void shared_expert(rt *r, const epm_model_layer *w, const float *x2, int64_t n, float *h, float *scratch,
-                          float *y)
+static epm_status shared_expert(rt *r, const epm_model_layer *w, const float *x2, int64_t n, float *h, float *y)
 {
     const epm_model_config *c = r->c;
     if (!w->shared.gate || n == 0)
-        return;
-    r->ops->swiglu(x2, n, c->hidden_size, c->shared_ffn, w->shared.gate, w->shared.up, w->shared.down, scratch, y);
+        return EPM_OK;
+    EPM_CHECK(mlp(r, &w->shared, x2, n, y));
     for (int64_t i = 0; i < n; i++) {
         float gl;
         r->ref->linear(x2 + i * c->hidden_size, 1, c->hidden_size, w->shared_gate, NULL, 1, &gl);
@@ -236,6 +267,7 @@ static void shared_expert(rt *r, const epm_model_layer *w, const float *x2, int6
         for (int j = 0; j < c->hidden_size; j++)
             h[i * c->hidden_size + j] += sg * y[i * c->hidden_size + j];
     }
+    return EPM_OK;
 }
 
 /* One MoE (or dense MLP) block over the resident tokens (g, h). In follow mode
@@ -254,16 +286,10 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         return EPM_ERR_NOMEM;
     r->ref->rmsnorm(h, n, H, w->post_attn_norm, c->rms_norm_eps, x2);
     if (ml < 0) { /* dense MLP layer: no experts, no traffic */
-        float *scr = epm_malloc((size_t)epm_swiglu_scratch(n ? n : 1, H, c->dense_ffn) * sizeof *scr);
         float *y = epm_malloc((size_t)(n ? n : 1) * H * sizeof *y);
-        if (scr && y) {
-            r->ops->swiglu(x2, n, H, c->dense_ffn, w->mlp.gate, w->mlp.up, w->mlp.down, scr, y);
-            for (int64_t i = 0; i < n * H; i++)
-                h[i] += y[i];
-        } else {
-            st = EPM_ERR_NOMEM;
-        }
-        epm_free(scr);
+        st = y ? mlp(r, &w->mlp, x2, n, y) : EPM_ERR_NOMEM;
+        for (int64_t i = 0; st == EPM_OK && i < n * H; i++)
+            h[i] += y[i];
         epm_free(y);
         epm_free(x2);
         return st;
@@ -583,9 +609,8 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     if (w->shared.gate && nn > 0) {
         float *sx2 = epm_malloc((size_t)nn * H * sizeof *sx2);
         float *sy = epm_malloc((size_t)nn * H * sizeof *sy);
-        float *ss = epm_malloc((size_t)epm_swiglu_scratch(nn, H, c->shared_ffn) * sizeof *ss);
         float *hpre = epm_malloc((size_t)nn * H * sizeof *hpre);
-        if (!sx2 || !sy || !ss || !hpre) {
+        if (!sx2 || !sy || !hpre) {
             st = EPM_ERR_NOMEM;
         } else {
             /* the shared expert sees the pre-MoE hidden state of each resident */
@@ -610,13 +635,12 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
                     }
                 }
                 r->ref->rmsnorm(hpre, nn, H, w->post_attn_norm, c->rms_norm_eps, sx2);
-                shared_expert(r, w, sx2, nn, nh, ss, sy);
+                st = shared_expert(r, w, sx2, nn, nh, sy);
                 epm_free(slot_old);
             }
         }
         epm_free(sx2);
         epm_free(sy);
-        epm_free(ss);
         epm_free(hpre);
     }
     if (st == EPM_OK) {
@@ -805,7 +829,11 @@ static epm_status logits(rt *r, int64_t n, const float *h, float **out)
     float *lg = epm_malloc((size_t)(n ? n : 1) * c->vocab_size * sizeof *lg);
     if (!lg)
         return EPM_ERR_NOMEM;
-    r->ops->linear(h, n, c->hidden_size, r->dense->lm_head, NULL, c->vocab_size, lg);
+    epm_status st = lin(r, h, n, c->hidden_size, r->dense->lm_head, NULL, c->vocab_size, lg);
+    if (st != EPM_OK) {
+        epm_free(lg);
+        return st;
+    }
     *out = lg;
     return EPM_OK;
 }
@@ -826,7 +854,13 @@ static epm_status embed(rt *r, int64_t n, const int64_t *g, const int32_t *tok, 
         if (tok[i] < 0 || tok[i] >= c->vocab_size)
             return epm_fail(EPM_ERR_INVALID_ARG, "token id %d of sequence %d position %d is outside [0, %d)", tok[i],
                             seq_of(r, g[i]), pos_of(r, g[i]), c->vocab_size);
-        memcpy(h + i * c->hidden_size, r->dense->embed + (int64_t)tok[i] * c->hidden_size, (size_t)c->hidden_size * sizeof *h);
+        int64_t at = (int64_t)tok[i] * c->hidden_size;
+        if (r->dense->embed.dtype == EPM_DTYPE_BF16)
+            for (int j = 0; j < c->hidden_size; j++)
+                h[i * c->hidden_size + j] = epm_bf16_to_f32(((const uint16_t *)r->dense->embed.data)[at + j]);
+        else
+            memcpy(h + i * c->hidden_size, (const float *)r->dense->embed.data + at,
+                   (size_t)c->hidden_size * sizeof *h);
     }
     return EPM_OK;
 }
@@ -842,7 +876,8 @@ static epm_status count_tensor(void *ctx, const epm_model_tensor_info *t)
     if (t->expert >= 0 && !epm_placement_has(m->r->p, m->r->moe_index[t->layer], t->expert, m->r->me))
         return EPM_OK;
     int64_t n = t->shape[0] * (t->ndim == 2 ? t->shape[1] : 1);
-    m->bytes += (t->expert >= 0 && m->r->w16 ? 2.0 : 4.0) * (double)n;
+    int held16 = t->matrix && (t->expert >= 0 ? m->r->w16 : m->r->d16);
+    m->bytes += (held16 ? 2.0 : 4.0) * (double)n;
     return EPM_OK;
 }
 
@@ -867,7 +902,7 @@ static double machine_share(const rt *r)
 
 /* What this rank will hold, as loaded: every tensor it reads in float32
  * (bf16/f16 checkpoints are converted; float32 ones are mapped, which the
- * page cache must hold all the same), routed experts in bf16 where they are
+ * page cache must hold all the same), weight matrices in bf16 where they are
  * kept so, plus its KV caches. */
 static epm_status memory_check(rt *r)
 {
@@ -881,10 +916,10 @@ static epm_status memory_check(rt *r)
     double kv = 2.0 * c->num_layers * seqs * (double)r->max_len * c->num_kv_heads * c->head_dim * 4.0;
     double limit = r->o->max_memory > 0 ? r->o->max_memory : machine_share(r);
     if (limit > 0 && w + kv > limit)
-        return epm_fail(EPM_ERR_NOMEM, "would hold %.4g GB (weights %.4g GB, routed experts as %s, KV cache %.4g GB "
-                        "for %d sequences x %d positions) but %s %.4g GB; use more ranks, fewer or shorter "
-                        "sequences, or another placement", (w + kv) / 1e9, w / 1e9, r->w16 ? "bf16" : "float32",
-                        kv / 1e9, seqs,
+        return epm_fail(EPM_ERR_NOMEM, "would hold %.4g GB (weights %.4g GB, routed experts as %s, dense matrices "
+                        "as %s, KV cache %.4g GB for %d sequences x %d positions) but %s %.4g GB; use more ranks, "
+                        "fewer or shorter sequences, or another placement", (w + kv) / 1e9, w / 1e9,
+                        r->w16 ? "bf16" : "float32", r->d16 ? "bf16" : "float32", kv / 1e9, seqs,
                         r->max_len, r->o->max_memory > 0 ? "--max-memory allows" : "the machine has, per rank,",
                         limit / 1e9);
     return EPM_OK;
@@ -972,6 +1007,12 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
         epm_dtype held = EPM_DTYPE_F32;
         st = epm_model_set_expert_dtype(r->m, EPM_DTYPE_BF16, &held);
         r->w16 = held == EPM_DTYPE_BF16;
+    }
+    /* the dense matrices too, where the kernels have a bf16 linear */
+    if (st == EPM_OK && r->ops->linear_w16 && r->ops->grouped_swiglu_w16 && !o->dense_f32) {
+        epm_dtype held = EPM_DTYPE_F32;
+        st = epm_model_set_dense_dtype(r->m, EPM_DTYPE_BF16, &held);
+        r->d16 = held == EPM_DTYPE_BF16;
     }
     EPM_CHECK(sync(r, st));
     /* refuse before loading what will not fit */
@@ -1301,6 +1342,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     rep->weight_bytes_sum = wb[0];
     rep->weight_bytes_max = (int64_t)wmax;
     rep->expert_dtype = r.w16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+    rep->dense_dtype = r.d16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
     rep->bytes = r.bytes_local;
     rep->kv_bytes = r.kv_local;
     rep->rank_load = r.load_local;

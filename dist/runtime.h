@@ -49,6 +49,8 @@ typedef struct epm_run_opts {
     const char *mod_layers;         /* the MoD layers, e.g. "1-5,7" (0-based); NULL = every layer but the first */
     int experts_f32;                /* hold routed experts in float32 even when the checkpoint's are bf16 and
                                        the kernels take bf16 weights (which halves their memory: default) */
+    int dense_f32;                  /* the same for the dense weight matrices (attention, embedding, LM
+                                       head, shared experts, dense MLPs: epm_model_set_dense_dtype) */
 } epm_run_opts;
 
 typedef struct epm_run_report {
@@ -71,6 +73,7 @@ typedef struct epm_run_report {
     int64_t *layer_tokens;  /* [num_layers] tokens that ran each block (all ranks, prefill + decode);
                                fewer than prefill + decode tokens only where MoD skipped some */
     epm_dtype expert_dtype; /* what routed experts were held in: F32, or BF16 as the checkpoint stores them */
+    epm_dtype dense_dtype;  /* what the dense weight matrices were held in, the same way */
 } epm_run_report;
 
 typedef struct epm_run_result {

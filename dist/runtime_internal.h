@@ -36,6 +36,8 @@ typedef struct rt {
     int failed;        /* an agreement returned an error: every rank knows, no more collectives */
     int cuda;          /* ops is the GPU table (ops_cuda_host.h): its errors are checked at every agreement */
     int w16;           /* routed experts are held bf16 (ops->grouped_swiglu_w16 runs them) */
+    int d16;           /* so are the dense matrices (ops->linear_w16; the shared and dense MLPs through
+                          ops->grouped_swiglu_w16) */
     /* the grouped FFN's scratch, kept from layer to layer and grown when a
      * layer needs more: tens of MB on the bf16 panel path, whose pages a
      * fresh allocation per layer would fault in again every time */

@@ -57,5 +57,10 @@ epm_status epm_cpu_grouped_ffn_w16_panels(const float *x, const int64_t *offsets
                                           const uint16_t *const *gate, const uint16_t *const *up,
                                           const uint16_t *const *down, float *scratch, float *y, int fixed_panel);
 epm_status epm_cpu_linear(const float *x, int64_t n, int in, const float *w, const float *b, int out, float *y);
+/* The same over a bf16 weight [out][in] (cpu_ffn_bf16.c), with the bf16
+ * FFN's three ways by rows; its buffers come from epm_malloc (EPM_ERR_NOMEM
+ * when they cannot). */
+epm_status epm_cpu_linear_w16(const float *x, int64_t n, int in, const uint16_t *w, const float *b, int out,
+                              float *y);
 
 #endif

@@ -37,6 +37,7 @@
 #include "cpu_omp.h"
 #include "cpu_sgemm.h"
 #include "half.h"
+#include "kcheck.h"
 #include "ops.h"
 
 enum {
@@ -340,4 +341,47 @@ epm_status epm_cpu_grouped_ffn_w16(const float *x, const int64_t *offsets, int e
                                    const uint16_t *const *down, float *scratch, float *y)
 {
     return epm_cpu_grouped_ffn_w16_panels(x, offsets, experts, hidden, ffn, gate, up, down, scratch, y, 0);
+}
+
+epm_status epm_cpu_linear_w16(const float *x, int64_t n, int in, const uint16_t *w, const float *b, int out,
+                              float *y)
+{
+    KREQ(n >= 0 && n <= INT32_MAX, "cpu linear (bf16 weights): n = %lld", (long long)n);
+    KREQ(in >= 1 && out >= 1, "cpu linear (bf16 weights): in = %d, out = %d", in, out);
+    KPTR("cpu linear (bf16 weights)", x, n);
+    KPTR("cpu linear (bf16 weights)", w, 1);
+    KPTR("cpu linear (bf16 weights)", y, n);
+    if (n == 0)
+        return EPM_OK;
+    const epm_cpu_isa isa = epm_cpu_isa_active();
+    int direct = n <= DIRECT_ROWS, nt_path = !direct && n <= NT_ROWS && isa != EPM_CPU_ISA_OFF;
+    int pr = panel_rows_for(in, out, 0);
+    size_t floats = direct    ? (size_t)n * (size_t)in
+                    : nt_path ? epm_cpu_gemm_nt_pack_floats(n, in)
+                              : (size_t)pr * (size_t)in;
+    float *buf = epm_malloc(floats * sizeof *buf);
+    if (!buf)
+        return epm_fail(EPM_ERR_NOMEM, "cpu linear (bf16 weights): %zu floats of scratch", floats);
+    if (direct) {
+        /* decode: the FFN's direct kernel, output features over the threads in pairs */
+        to_paired(x, (int)n, in, buf);
+        int nt = epm_omp_threads_for(n * (int64_t)in * out, PAR_MIN_WORK);
+        (void)nt;
+EPM_OMP("omp parallel num_threads(nt)")
+        {
+            int64_t c0, c1;
+            epm_omp_share(out, 2, &c0, &c1);
+            direct_linear((int)n, buf, in, w, (int)c0, (int)c1, y, out);
+        }
+    } else if (nt_path) {
+        epm_cpu_gemm_nt_w16(isa, x, n, in, w, out, y, buf);
+    } else {
+        panel_linear(x, n, in, w, out, buf, pr, y);
+    }
+    epm_free(buf);
+    if (b)
+        for (int64_t i = 0; i < n; i++)
+            for (int o = 0; o < out; o++)
+                y[i * out + o] += b[o];
+    return EPM_OK;
 }

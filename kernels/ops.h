@@ -34,6 +34,11 @@ typedef struct epm_ops {
     epm_status (*grouped_swiglu_w16)(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
                                      const uint16_t *const *gate, const uint16_t *const *up,
                                      const uint16_t *const *down, float *scratch, float *y);
+    /* linear over a bf16 weight (as the checkpoint holds it:
+     * epm_model_set_dense_dtype); b float32. NULL where the table has none
+     * (the runtime then holds its dense weights in float32). */
+    epm_status (*linear_w16)(const float *x, int64_t n, int in, const uint16_t *w, const float *b, int out,
+                             float *y);
 } epm_ops;
 
 /* Rows of the busiest expert: offsets[e + 1] - offsets[e] at its largest. */

@@ -370,9 +370,9 @@ static void cuda_grouped_swiglu(const float *x, const int64_t *offsets, int expe
     pthread_mutex_unlock(&lock);
 }
 
-/* no bf16-weight FFN: its weight cache uploads float32 tensors, so the
- * runtime holds experts in float32 under these kernels */
-static const epm_ops cuda_ops = {"cuda", cuda_linear, cuda_rmsnorm, cuda_swiglu, cuda_grouped_swiglu, NULL};
+/* no bf16-weight FFN or linear: its weight cache uploads float32 tensors,
+ * so the runtime holds every weight in float32 under these kernels */
+static const epm_ops cuda_ops = {"cuda", cuda_linear, cuda_rmsnorm, cuda_swiglu, cuda_grouped_swiglu, NULL, NULL};
 
 /* ---- open / close ---- */
 

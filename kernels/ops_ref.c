@@ -2,6 +2,7 @@
  * ops.h, both thin layers over the public epm_ref_* kernels (ref_dense.c,
  * ref_moe.c), so there is one reference implementation of each op. */
 #include "epmoe/kernels.h"
+#include "half.h"
 #include "kcheck.h"
 #include "ops.h"
 
@@ -66,8 +67,28 @@ static epm_status ref_grouped_swiglu_w16(const float *x, const int64_t *offsets,
     return st;
 }
 
+/* epm_ref_linear's sums over the weights widened (exactly) as they are read. */
+static epm_status ref_linear_w16(const float *x, int64_t n, int in, const uint16_t *w, const float *b, int out,
+                                 float *y)
+{
+    KREQ(n >= 0, "linear (bf16 weights): n = %lld", (long long)n);
+    KREQ(in >= 1 && out >= 1, "linear (bf16 weights): in = %d, out = %d", in, out);
+    KPTR("linear (bf16 weights)", x, n);
+    KPTR("linear (bf16 weights)", w, 1);
+    KPTR("linear (bf16 weights)", y, n);
+    for (int64_t i = 0; i < n; i++)
+        for (int o = 0; o < out; o++) {
+            const uint16_t *wr = w + (int64_t)o * in;
+            double s = b ? b[o] : 0.0;
+            for (int j = 0; j < in; j++)
+                s += (double)x[i * in + j] * epm_bf16_to_f32(wr[j]);
+            y[i * out + o] = (float)s;
+        }
+    return EPM_OK;
+}
+
 static const epm_ops ref_ops = {"ref", ref_linear, ref_rmsnorm, ref_swiglu, ref_grouped_swiglu,
-                                ref_grouped_swiglu_w16};
+                                ref_grouped_swiglu_w16, ref_linear_w16};
 
 const epm_ops *epm_ops_ref(void) { return &ref_ops; }
 

@@ -40,7 +40,10 @@ static const char usage[] =
     "                           cache; default: the machine's available memory shared by its ranks)\n"
     "  --expert-dtype auto|f32  auto (default): routed experts stay bf16 where the checkpoint stores\n"
     "                           them so and the kernels are ref or blas (half the memory, the same\n"
-    "                           values); f32: widen them at load, as every other tensor\n"
+    "                           values); f32: widen them at load\n"
+    "  --dense-dtype auto|f32   the same for the dense weight matrices (attention projections,\n"
+    "                           embedding, LM head, shared experts, dense MLPs; norms and routers stay\n"
+    "                           float32): auto holds them bf16 when all of them are so stored\n"
     "  --a2a T                  row exchange: alltoallv (default), p2p, staged (MPI through pinned host\n"
     "                           memory, CUDA builds), nccl (one rank per GPU); EPM_A2A sets the default\n"
     "  --hier auto|on|off       hierarchical exchange between nodes (Tutel's 2DH); default auto\n"
@@ -55,7 +58,7 @@ static const char usage[] =
     "  --json                   results as JSON on stdout\n";
 
 enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER, O_MAXMEM,
-       O_EDT };
+       O_EDT, O_DDT };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -72,6 +75,7 @@ static const struct option opts[] = {
     {"mod-layers", required_argument, 0, O_MODLAY}, {"ta-node-cap", required_argument, 0, O_TACAP},
     {"a2a", required_argument, 0, O_A2A},            {"hier", required_argument, 0, O_HIER},
     {"max-memory", required_argument, 0, O_MAXMEM},  {"expert-dtype", required_argument, 0, O_EDT},
+    {"dense-dtype", required_argument, 0, O_DDT},
     {0, 0, 0, 0}};
 
 /* The checkpoint file (a name in dir) that out would overwrite, or NULL:
@@ -131,10 +135,10 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
         fprintf(f, "\"report\": {\"ranks\": %d, \"nodes\": %d, \"prefill_tokens\": %lld, \"decode_tokens\": %lld, "
                    "\"prefill_tokens_per_s\": %.3f, \"decode_tokens_per_s\": %.3f, \"seconds\": {\"prefill\": %.6f, "
                    "\"decode\": %.6f, \"attention\": %.6f, \"gate\": %.6f, \"dispatch\": %.6f, \"experts\": %.6f, "
-                   "\"combine\": %.6f}, \"expert_dtype\": \"%s\", \"weight_bytes_max_rank\": %lld, \"kv_cache_bytes_max_rank\": %lld, \"gather_bytes\": [%lld, %lld, %lld], \"layers\": [",
+                   "\"combine\": %.6f}, \"expert_dtype\": \"%s\", \"dense_dtype\": \"%s\", \"weight_bytes_max_rank\": %lld, \"kv_cache_bytes_max_rank\": %lld, \"gather_bytes\": [%lld, %lld, %lld], \"layers\": [",
                 r->ranks, r->nodes, (long long)r->prefill_tokens, (long long)r->decode_tokens, tps, dps, r->t_prefill,
                 r->t_decode, r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine,
-                epm_dtype_name(r->expert_dtype), (long long)r->weight_bytes_max, (long long)r->kv_cache_bytes_max, (long long)r->gather_bytes[0], (long long)r->gather_bytes[1],
+                epm_dtype_name(r->expert_dtype), epm_dtype_name(r->dense_dtype), (long long)r->weight_bytes_max, (long long)r->kv_cache_bytes_max, (long long)r->gather_bytes[0], (long long)r->gather_bytes[1],
                 (long long)r->gather_bytes[2]);
         for (int l = 0; l < r->moe_layers; l++) {
             const int64_t *b = r->bytes + l * EPM_LINK_COUNT, *k = r->kv_bytes + l * EPM_LINK_COUNT;
@@ -161,9 +165,9 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
     fprintf(f, "time (slowest rank): attention %.3f  gate %.3f  dispatch %.3f  experts %.3f  combine %.3f s\n",
             r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine);
     fprintf(f, "checkpoint bytes read: %lld on the busiest rank, %lld in all; KV cache %lld bytes on the fullest rank; "
-               "routed experts held as %s\n",
+               "routed experts held as %s, dense matrices as %s\n",
             (long long)r->weight_bytes_max, (long long)r->weight_bytes_sum, (long long)r->kv_cache_bytes_max,
-            epm_dtype_name(r->expert_dtype));
+            epm_dtype_name(r->expert_dtype), epm_dtype_name(r->dense_dtype));
     int64_t tot[3] = {0, 0, 0};
     for (int l = 0; l < r->moe_layers; l++) {
         const int64_t *b = r->bytes + l * EPM_LINK_COUNT, *k = r->kv_bytes + l * EPM_LINK_COUNT;
@@ -266,6 +270,11 @@ int epm_cli_run(int argc, char **argv)
             if (strcmp(optarg, "auto") && strcmp(optarg, "f32"))
                 return cli_usage_error(W, "--expert-dtype '%s' is not auto or f32", optarg);
             o.experts_f32 = !strcmp(optarg, "f32");
+            break;
+        case O_DDT:
+            if (strcmp(optarg, "auto") && strcmp(optarg, "f32"))
+                return cli_usage_error(W, "--dense-dtype '%s' is not auto or f32", optarg);
+            o.dense_f32 = !strcmp(optarg, "f32");
             break;
         case O_BIND: bind = 1; break;
         case O_RBIND: report_bindings = 1; break;

@@ -100,16 +100,25 @@ EPM_API int epm_model_config_moe_layers(const epm_model_config *cfg);
 
 /* A SwiGLU MLP: down(silu(gate x) * up x). gate/up [ffn, hidden], down
  * [hidden, ffn], of type dtype: F32 (float), or BF16 (uint16_t bit patterns)
- * for routed experts held as stored (epm_model_set_expert_dtype). */
+ * held as stored (routed experts: epm_model_set_expert_dtype; shared experts
+ * and dense MLPs: epm_model_set_dense_dtype). */
 typedef struct epm_model_mlp {
     const void *gate, *up, *down;
     int ffn;
     epm_dtype dtype;
 } epm_model_mlp;
 
+/* A weight matrix [out, in] as held: F32 (float), or BF16 (uint16_t bit
+ * patterns) held as stored (epm_model_set_dense_dtype). A struct, not a bare
+ * pointer, so that no caller can take it for float32 unawares. */
+typedef struct epm_weight {
+    const void *data;
+    epm_dtype dtype;
+} epm_weight;
+
 typedef struct epm_model_layer {
     const float *input_norm, *post_attn_norm;  /* [hidden] */
-    const float *q, *k, *v, *o;                /* [heads*hd, H], [kv*hd, H], [kv*hd, H], [H, heads*hd] */
+    epm_weight q, k, v, o;                     /* [heads*hd, H], [kv*hd, H], [kv*hd, H], [H, heads*hd] */
     const float *q_bias, *k_bias, *v_bias, *o_bias; /* NULL when the model has none */
     const float *q_norm, *k_norm;              /* OLMoE: [heads*hd], [kv*hd]; else NULL */
     int is_moe;
@@ -123,9 +132,9 @@ typedef struct epm_model_layer {
 } epm_model_layer;
 
 typedef struct epm_model_dense {
-    const float *embed;      /* [vocab, hidden] */
+    epm_weight embed;        /* [vocab, hidden] */
     const float *final_norm; /* [hidden] */
-    const float *lm_head;    /* [vocab, hidden]; the embedding itself when tied */
+    epm_weight lm_head;      /* [vocab, hidden]; the embedding itself when tied */
     int num_layers;
     epm_model_layer *layer;  /* [num_layers] */
 } epm_model_dense;
@@ -153,6 +162,12 @@ EPM_API epm_status epm_model_load_experts(epm_model *m, int layer, const int *ex
  * same values. *got (may be NULL) receives the dtype chosen. Call before the
  * first epm_model_load_experts (EPM_ERR_INVALID_ARG after). */
 EPM_API epm_status epm_model_set_expert_dtype(epm_model *m, epm_dtype want, epm_dtype *got);
+/* The same for the dense weight matrices (epm_weight and the shared and
+ * dense MLPs: attention projections, embedding, LM head; not the norms,
+ * biases or routers, which stay float32): F32 (the default), or BF16 when
+ * want is BF16 and every one of those matrices is BF16 in the checkpoint.
+ * Call before epm_model_load_dense (EPM_ERR_INVALID_ARG after). */
+EPM_API epm_status epm_model_set_dense_dtype(epm_model *m, epm_dtype want, epm_dtype *got);
 /* Weights of an expert already loaded, or NULL. */
 EPM_API const epm_model_mlp *epm_model_expert(const epm_model *m, int layer, int expert);
 

@@ -452,16 +452,18 @@ done
 ok "bench run --mod" mpi -np 2 "$E" bench run "${small[@]}" --mod schedule --capacities 0.5 --csv &&
   csvcheck mod 0.5
 ok "bench run --ta" mpi -np 2 "$E" bench run "${small[@]}" --virtual-nodes 2 --ta 0,1 && csvcheck ta-table
-# float32 against bf16 experts on a bf16 checkpoint: the F32 row is the baseline (ratios 1), the
-# BF16 row keeps every greedy token and the logits to float32 rounding
+# float32 against bf16 experts, then bf16 dense matrices too, on a bf16 checkpoint: the F32,F32
+# row is the baseline (ratios 1, no error), the others keep every greedy token and the logits to
+# float32 rounding
 "$E" model synth --out "$d/bf16" --hidden 32 --layers 2 --experts 4 --k 2 --ffn 40 --vocab 64 --dtype bf16 \
   >/dev/null 2>&1 || fail "model synth bf16"
 ok "bench run --expert-dtypes" mpi -np 2 "$E" bench run --model "$d/bf16" --batch 2 --seq 8 --new 3 --reps 2 \
   --expert-dtypes --csv &&
-  { awk -F, 'NR == 1 && $1 == "experts" && NF == 7 {h = 1}
-             NR == 2 && $1 == "F32" && $4 == 1 && $5 == 1 && $7 == 1 {a = 1}
-             NR == 3 && $1 == "BF16" && $2 > 0 && $3 > 0 && $6 < 1e-4 && $7 == 1 {b = 1}
-             END {exit !(h && a && b && NR == 3)}' "$d/out" || { fail "bench run --expert-dtypes: rows"; show; }; }
+  { awk -F, 'NR == 1 && $1 == "experts" && $2 == "dense" && NF == 8 {h = 1}
+             NR == 2 && $1 == "F32" && $2 == "F32" && $5 == 1 && $6 == 1 && $7 == 0 && $8 == 1 {a = 1}
+             NR == 3 && $1 == "BF16" && $2 == "F32" && $3 > 0 && $4 > 0 && $7 < 1e-4 && $8 == 1 {b = 1}
+             NR == 4 && $1 == "BF16" && $2 == "BF16" && $3 > 0 && $4 > 0 && $7 < 1e-4 && $8 == 1 {c = 1}
+             END {exit !(h && a && b && c && NR == 4)}' "$d/out" || { fail "bench run --expert-dtypes: rows"; show; }; }
 help_ok run --model --batch --seq --new --methods --modes --workdir --reps --warmup --ta --mod --capacities \
   --expert-dtypes --csv
 usage run --model "" --batch 2

@@ -9,6 +9,7 @@
 #include "cpu_gemm_nt.h"
 #include "epm_config.h"
 #include "kernels_check.h"
+#include "ops.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -150,6 +151,77 @@ static void test_kernels_cpu_w16_is_f32_on_widened(void **state)
     epm_clear_error();
 }
 
+/* The bf16-weight linear layer (a checkpoint's dense matrices held bf16) is
+ * float32 math on the widened weight: epm_ref_linear on it, to float32
+ * tolerance. Rows cross the direct kernel's limit and the CPU GEMM's (the
+ * panels past it, several and a short last one for the widest case), widths
+ * are odd or whole paired blocks, with and without a bias; 1 and 3 threads,
+ * each instruction set. The reference table's own bf16 linear is the same
+ * sums in the same order: equal bit for bit. */
+static void test_kernels_cpu_linear_w16(void **state)
+{
+    kc_ctx *c = *state;
+    enum { DIRECT = EPM_CPU_FFN_W16_DIRECT_ROWS, NT = EPM_GEMM_NT_MAX_ROWS };
+    static const struct {
+        int64_t n;
+        int in, out, bias, once;
+    } cases[] = {
+        {0, 5, 3, 1, 0},      {1, 7, 9, 1, 0},       {2, 16, 33, 0, 0},      {3, 33, 17, 1, 0},
+        {DIRECT, 48, 15, 0, 0}, {DIRECT + 1, 23, 17, 1, 0}, {17, 257, 300, 0, 0}, {NT, 67, 45, 1, 0},
+        {NT + 1, 67, 45, 0, 0}, {300, 129, 70, 1, 0},  {NT + 1, 4100, 600, 1, 1},
+    };
+#ifdef _OPENMP
+    const int threads[2] = {1, 3}, nthreads = 2, was = omp_get_max_threads();
+#else
+    const int threads[1] = {1}, nthreads = 1;
+#endif
+    const epm_ops *ref = epm_ops_ref(), *blas = epm_ops_blas();
+    assert_non_null(ref->linear_w16);
+    assert_non_null(blas->linear_w16);
+    FOR_EACH_ISA(isa)
+    for (int ti = 0; ti < nthreads; ti++) {
+#ifdef _OPENMP
+        omp_set_num_threads(threads[ti]);
+#endif
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+            if (cases[i].once && (isa != EPM_CPU_ISA_OFF || ti))
+                continue; /* the panels whatever the instruction set: once is enough */
+            int64_t n = cases[i].n, wn = (int64_t)cases[i].in * cases[i].out;
+            int in = cases[i].in, out = cases[i].out;
+            float *x = kc_rnd((size_t)n * in + 1, &c->seed), *wf = kc_rnd((size_t)wn, &c->seed);
+            float *b = cases[i].bias ? kc_rnd((size_t)out, &c->seed) : NULL;
+            for (int64_t q = 0; q < wn; q++)
+                wf[q] *= 1.0f / sqrtf((float)in);
+            uint16_t *w = kc_as(wf, wn, EPM_DTYPE_BF16);
+            float *ww = kc_to_f32(w, wn, EPM_DTYPE_BF16);
+            float *y = malloc(((size_t)n * out + 1) * sizeof *y), *want = malloc(((size_t)n * out + 1) * sizeof *want);
+            float *r16 = malloc(((size_t)n * out + 1) * sizeof *r16);
+            for (int64_t j = 0; j < n * out; j++)
+                y[j] = r16[j] = NAN;
+            assert_int_equal(blas->linear_w16(x, n, in, w, b, out, y), EPM_OK);
+            assert_int_equal(epm_ref_linear(x, n, in, ww, b, out, want), EPM_OK);
+            char what[128];
+            snprintf(what, sizeof what, "linear w16 case %zu (n %lld, in %d, out %d, %d threads, cpu gemm %s)", i,
+                     (long long)n, in, out, threads[ti], epm_cpu_isa_name((epm_cpu_isa)isa));
+            kc_close(what, y, want, n * out, KC_F32_TOL);
+            if (n * wn < (1 << 22)) {
+                assert_int_equal(ref->linear_w16(x, n, in, w, b, out, r16), EPM_OK);
+                assert_memory_equal(r16, want, (size_t)n * out * sizeof *want);
+            }
+            free(x), free(wf), free(b), free(w), free(ww), free(y), free(want), free(r16);
+        }
+    }
+#ifdef _OPENMP
+    omp_set_num_threads(was);
+#endif
+    float x[4] = {0}, y[4];
+    uint16_t w[4] = {0};
+    assert_int_equal(blas->linear_w16(x, 1, 0, w, NULL, 2, y), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "linear (bf16 weights): in = 0"));
+    assert_int_equal(ref->linear_w16(x, 1, 2, NULL, NULL, 2, y), EPM_ERR_INVALID_ARG);
+    epm_clear_error();
+}
+
 /* A bad call through the table fails by name, as the reference does. */
 static void test_kernels_cpu_grouped_ffn_bad_offsets(void **state)
 {
@@ -269,6 +341,7 @@ int main(void)
         cmocka_unit_test(test_kernels_cpu_grouped_ffn_f32),
         cmocka_unit_test(test_kernels_cpu_grouped_ffn_bf16),
         cmocka_unit_test(test_kernels_cpu_w16_is_f32_on_widened),
+        cmocka_unit_test(test_kernels_cpu_linear_w16),
         cmocka_unit_test(test_kernels_cpu_grouped_ffn_bad_offsets),
         cmocka_unit_test(test_kernels_cpu_ref_bf16_is_widened_f32),
         cmocka_unit_test(test_kernels_cpu_backend_selection),

@@ -49,14 +49,15 @@ static void test_model_fixtures_open(void **state)
         const epm_model_dense *d;
         assert_int_equal(epm_model_load_dense(m, &d), EPM_OK);
         assert_int_equal(d->num_layers, 4);
-        assert_memory_equal(d->embed, raw(st, "model.embed_tokens.weight"), 256 * 64 * 4);
-        assert_memory_equal(d->lm_head, raw(st, "lm_head.weight"), 256 * 64 * 4);
+        assert_int_equal(d->embed.dtype, EPM_DTYPE_F32);
+        assert_memory_equal(d->embed.data, raw(st, "model.embed_tokens.weight"), 256 * 64 * 4);
+        assert_memory_equal(d->lm_head.data, raw(st, "lm_head.weight"), 256 * 64 * 4);
         assert_memory_equal(d->final_norm, raw(st, "model.norm.weight"), 64 * 4);
         for (int l = 0; l < 4; l++) {
             const epm_model_layer *w = &d->layer[l];
             char n[128];
             snprintf(n, sizeof n, "model.layers.%d.self_attn.k_proj.weight", l);
-            assert_memory_equal(w->k, raw(st, n), 32 * 64 * 4);
+            assert_memory_equal(w->k.data, raw(st, n), 32 * 64 * 4);
             snprintf(n, sizeof n, "model.layers.%d.%s.gate.weight", l,
                      c->arch == EPM_MODEL_MIXTRAL ? "block_sparse_moe" : "mlp");
             assert_memory_equal(w->router, raw(st, n), 8 * 64 * 4);
@@ -180,6 +181,13 @@ static loaded load_all(const char *dir)
     return x;
 }
 
+/* A weight held in float32 (the loads these tests compare widen everything). */
+static const float *f32w(epm_weight w)
+{
+    assert_int_equal(w.dtype, EPM_DTYPE_F32);
+    return w.data;
+}
+
 /* Compares every weight of two loaded models: exactly (tol < 0), or each
  * value of b within tol relative of a (plus half the smallest f16 step). */
 static int64_t compare_arrays(const float *a, const float *b, int64_t n, double tol)
@@ -202,17 +210,17 @@ static int64_t compare_models(loaded a, loaded b, double tol)
     const epm_model_config *c = epm_model_get_config(a.m);
     int64_t H = c->hidden_size, V = c->vocab_size, q = (int64_t)c->num_heads * c->head_dim,
             kv = (int64_t)c->num_kv_heads * c->head_dim, n = 0;
-    n += compare_arrays(a.d->embed, b.d->embed, V * H, tol);
-    n += compare_arrays(a.d->lm_head, b.d->lm_head, V * H, tol);
+    n += compare_arrays(f32w(a.d->embed), f32w(b.d->embed), V * H, tol);
+    n += compare_arrays(f32w(a.d->lm_head), f32w(b.d->lm_head), V * H, tol);
     n += compare_arrays(a.d->final_norm, b.d->final_norm, H, tol);
     for (int l = 0; l < c->num_layers; l++) {
         const epm_model_layer *x = &a.d->layer[l], *y = &b.d->layer[l];
         n += compare_arrays(x->input_norm, y->input_norm, H, tol);
         n += compare_arrays(x->post_attn_norm, y->post_attn_norm, H, tol);
-        n += compare_arrays(x->q, y->q, q * H, tol);
-        n += compare_arrays(x->k, y->k, kv * H, tol);
-        n += compare_arrays(x->v, y->v, kv * H, tol);
-        n += compare_arrays(x->o, y->o, H * q, tol);
+        n += compare_arrays(f32w(x->q), f32w(y->q), q * H, tol);
+        n += compare_arrays(f32w(x->k), f32w(y->k), kv * H, tol);
+        n += compare_arrays(f32w(x->v), f32w(y->v), kv * H, tol);
+        n += compare_arrays(f32w(x->o), f32w(y->o), H * q, tol);
         n += compare_arrays(x->q_bias, y->q_bias, q, tol);
         n += compare_arrays(x->v_bias, y->v_bias, kv, tol);
         n += compare_arrays(x->q_norm, y->q_norm, q, tol);
@@ -277,15 +285,15 @@ static void test_model_half_precision_converts(void **state)
     synth(bf16, EPM_MODEL_OLMOE, EPM_DTYPE_BF16, 2, 1);
     synth(f16, EPM_MODEL_OLMOE, EPM_DTYPE_F16, 1, 1);
     loaded a = load_all(f32), b = load_all(bf16), h = load_all(f16);
-    assert_ptr_equal(b.d->lm_head, b.d->embed); /* tied */
+    assert_ptr_equal(b.d->lm_head.data, b.d->embed.data); /* tied */
     assert_int_equal(epm_model_get_config(b.m)->dtype, EPM_DTYPE_BF16);
     /* bf16 keeps 8 significant bits, f16 11 (all values here are normal halves) */
     assert_true(compare_models(a, b, 1.0 / 256) > 10000);
     assert_true(compare_models(a, h, 1.0 / 2048) > 10000);
     /* and exactly the rounding of the float32 weights */
-    float x = a.d->layer[2].q[7];
-    assert_true(b.d->layer[2].q[7] == epm_bf16_to_f32(epm_f32_to_bf16(x)));
-    assert_true(h.d->layer[2].q[7] == epm_f16_to_f32(epm_f32_to_f16(x)));
+    float x = f32w(a.d->layer[2].q)[7];
+    assert_true(f32w(b.d->layer[2].q)[7] == epm_bf16_to_f32(epm_f32_to_bf16(x)));
+    assert_true(f32w(h.d->layer[2].q)[7] == epm_f16_to_f32(epm_f32_to_f16(x)));
     assert_int_equal(epm_model_bytes_loaded(b.m) * 2, epm_model_bytes_loaded(a.m));
     epm_model_close(a.m);
     epm_model_close(b.m);
@@ -339,6 +347,88 @@ static void test_model_experts_kept_bf16(void **state)
     assert_int_equal(epm_model_open(fixture("mixtral-tiny"), &m), EPM_OK);
     assert_int_equal(epm_model_set_expert_dtype(m, EPM_DTYPE_BF16, &got), EPM_OK);
     assert_int_equal(got, EPM_DTYPE_F32);
+    epm_model_close(m);
+    epm_clear_error();
+}
+
+/* A matrix held bf16 and its float32 widening: the same values, bit for bit. */
+static void same_widened(epm_weight a, epm_weight b, int64_t n)
+{
+    assert_int_equal(a.dtype, EPM_DTYPE_BF16);
+    assert_int_equal(b.dtype, EPM_DTYPE_F32);
+    for (int64_t i = 0; i < n; i++)
+        assert_true(epm_bf16_to_f32(((const uint16_t *)a.data)[i]) == ((const float *)b.data)[i]);
+}
+
+/* The dense matrices held bf16 (attention, embedding, LM head, shared expert,
+ * dense MLP): the checkpoint's bits, norms and routers still float32; refused
+ * once loaded; an f16 checkpoint stays float32; a tied head is the embedding. */
+static void test_model_dense_kept_bf16(void **state)
+{
+    (void)state;
+    const char *bf16 = tu_path("dense16"), *f16 = tu_path("dense16_f16"), *tied = tu_path("dense16_tied");
+    synth(bf16, EPM_MODEL_QWEN2MOE, EPM_DTYPE_BF16, 1, 0);
+    synth(f16, EPM_MODEL_QWEN2MOE, EPM_DTYPE_F16, 1, 0);
+    synth(tied, EPM_MODEL_OLMOE, EPM_DTYPE_BF16, 1, 1);
+    epm_model *m, *w;
+    assert_int_equal(epm_model_open(bf16, &m), EPM_OK);
+    assert_int_equal(epm_model_open(bf16, &w), EPM_OK);
+    epm_dtype got = EPM_DTYPE_F16;
+    assert_int_equal(epm_model_set_dense_dtype(m, EPM_DTYPE_F16, &got), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "F32 or BF16, not F16"));
+    assert_int_equal(epm_model_set_dense_dtype(m, EPM_DTYPE_BF16, &got), EPM_OK);
+    assert_int_equal(got, EPM_DTYPE_BF16);
+    const epm_model_dense *d, *e;
+    assert_int_equal(epm_model_load_dense(m, &d), EPM_OK);
+    assert_int_equal(epm_model_load_dense(w, &e), EPM_OK);
+    assert_int_equal(epm_model_set_dense_dtype(m, EPM_DTYPE_F32, NULL), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "fixed once they are loaded"));
+    const epm_model_config *c = epm_model_get_config(m);
+    int64_t H = c->hidden_size, V = c->vocab_size, q = (int64_t)c->num_heads * c->head_dim,
+            kv = (int64_t)c->num_kv_heads * c->head_dim;
+    same_widened(d->embed, e->embed, V * H);
+    same_widened(d->lm_head, e->lm_head, V * H);
+    assert_true(d->final_norm[3] == e->final_norm[3]);
+    int dense_layers = 0, shared = 0;
+    for (int l = 0; l < c->num_layers; l++) {
+        const epm_model_layer *x = &d->layer[l], *y = &e->layer[l];
+        same_widened(x->q, y->q, q * H);
+        same_widened(x->k, y->k, kv * H);
+        same_widened(x->v, y->v, kv * H);
+        same_widened(x->o, y->o, H * q);
+        assert_true(x->input_norm[1] == y->input_norm[1] && x->q_bias[2] == y->q_bias[2]);
+        const epm_model_mlp *a = x->is_moe ? &x->shared : &x->mlp, *b = x->is_moe ? &y->shared : &y->mlp;
+        if (x->is_moe)
+            assert_true(x->router[5] == y->router[5] && x->shared_gate[0] == y->shared_gate[0]);
+        if (!a->gate)
+            continue;
+        dense_layers += !x->is_moe, shared += x->is_moe;
+        assert_int_equal(a->dtype, EPM_DTYPE_BF16);
+        assert_int_equal(b->dtype, EPM_DTYPE_F32);
+        assert_int_equal(a->ffn, b->ffn);
+        const void *ga[3] = {a->gate, a->up, a->down}, *gb[3] = {b->gate, b->up, b->down};
+        for (int t = 0; t < 3; t++)
+            same_widened((epm_weight){ga[t], EPM_DTYPE_BF16}, (epm_weight){gb[t], EPM_DTYPE_F32}, H * a->ffn);
+    }
+    assert_int_equal(dense_layers, 1);
+    assert_true(shared >= 1);
+    /* the bytes read are the file's, whatever the weights are held in */
+    assert_int_equal(epm_model_bytes_loaded(m), epm_model_bytes_loaded(w));
+    epm_model_close(m);
+    epm_model_close(w);
+    assert_int_equal(epm_model_open(f16, &m), EPM_OK);
+    assert_int_equal(epm_model_set_dense_dtype(m, EPM_DTYPE_BF16, &got), EPM_OK);
+    assert_int_equal(got, EPM_DTYPE_F32);
+    assert_int_equal(epm_model_load_dense(m, &d), EPM_OK);
+    assert_int_equal(d->layer[0].q.dtype, EPM_DTYPE_F32);
+    assert_int_equal(d->layer[1].mlp.dtype, EPM_DTYPE_F32);
+    epm_model_close(m);
+    assert_int_equal(epm_model_open(tied, &m), EPM_OK);
+    assert_int_equal(epm_model_set_dense_dtype(m, EPM_DTYPE_BF16, &got), EPM_OK);
+    assert_int_equal(got, EPM_DTYPE_BF16);
+    assert_int_equal(epm_model_load_dense(m, &d), EPM_OK);
+    assert_ptr_equal(d->lm_head.data, d->embed.data);
+    assert_int_equal(d->lm_head.dtype, EPM_DTYPE_BF16);
     epm_model_close(m);
     epm_clear_error();
 }
@@ -574,6 +664,7 @@ int main(void)
         cmocka_unit_test(test_model_half_precision_converts),
         cmocka_unit_test(test_model_half_conversions),
         cmocka_unit_test(test_model_experts_kept_bf16),
+        cmocka_unit_test(test_model_dense_kept_bf16),
         cmocka_unit_test(test_model_missing_tensor),
         cmocka_unit_test(test_model_shard_errors),
         cmocka_unit_test(test_model_truncated_file),
