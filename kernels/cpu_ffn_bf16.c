@@ -28,7 +28,9 @@
  *    columns that repacking costs more than the widening saves. Larger panels
  *    (128 MiB) ran 128-row Mixtral experts faster alone (0.84 of float32
  *    against 0.69) but a whole model slower (0.68 against 1.18 on a 2-core
- *    Zen 5), so they stay at 8 MiB. */
+ *    Zen 5), so they stay at 8 MiB.
+ * epm_cpu_linear_w16 takes the same three ways for the dense matrices a
+ * checkpoint stores in bf16 (epm_model_set_dense_dtype). */
 #include <math.h>
 #include <string.h>
 
@@ -57,6 +59,7 @@ _Static_assert(ROW_BLOCK == 4, "dot_block's switch covers 1..4 rows");
  * and 256-bit registers where the CPU has them, picked once at load (ifunc:
  * glibc; the x86-64-v3/v4 names: GCC 12 and later). */
 #define EPM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define EPM_CLONES_ON 1
 #else
 #define EPM_CLONES
 #endif
@@ -72,6 +75,7 @@ typedef float vf8 __attribute__((vector_size(32)));
 typedef uint16_t vh8 __attribute__((vector_size(16)));
 typedef uint32_t vu8 __attribute__((vector_size(32)));
 
+/* the panels' widening: 8 bf16 values to 8 floats */
 static inline __attribute__((always_inline)) vf8 widen8(const uint16_t *p)
 {
     vh8 h;
@@ -82,151 +86,69 @@ static inline __attribute__((always_inline)) vf8 widen8(const uint16_t *p)
     return f;
 }
 
-static inline __attribute__((always_inline)) vf8 load8(const float *p)
-{
-    vf8 f;
-    memcpy(&f, p, sizeof f);
-    return f;
-}
+/* The direct kernel reads a weight row 2 W elements at a time (W floats per
+ * vector) as W bf16 pairs in 32-bit lanes: shifting each lane left by 16
+ * widens its even element, masking its low half widens the odd one (two
+ * operations for 2 W weights, no shuffles). The input rows are laid out to
+ * match once per call ("paired"), so each half meets its weights in place.
+ * direct_gate_up and direct_linear: acc0[i] = x[i] . w0 and acc1[i] = x[i] .
+ * w1 for up to ROW_BLOCK rows at once, each input load feeding two weight
+ * rows, as the input rows come from L2 while the weights stream; each weight
+ * row is read from memory once and dotted with every row block while in L1.
+ * direct_gate_up writes silu(x . gate[n]) * (x . up[n]) paired (width F) for
+ * the down projection; output features go two at a time. */
+typedef struct direct_kernels {
+    void (*to_paired)(const float *x, int M, int K, float *xp);
+    void (*gate_up)(int M, const float *xp, int K, const uint16_t *gate, const uint16_t *up, int n0, int n1,
+                    float *hp, int F);
+    void (*linear)(int M, const float *xp, int K, const uint16_t *w, int n0, int n1, float *y, int64_t ldy);
+} direct_kernels;
 
-static inline __attribute__((always_inline)) float hsum8(const vf8 *p)
-{
-    vf8 v = *p;
-    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
-}
+#define DW 8
+#define DSFX _w8
+#define DATTR EPM_CLONES
+#include "cpu_ffn_bf16_direct.inc"
+#undef DW
+#undef DSFX
+#undef DATTR
+#ifdef EPM_CLONES_ON
+#define DW 16
+#define DSFX _w16
+#define DATTR __attribute__((target("arch=x86-64-v4")))
+#include "cpu_ffn_bf16_direct.inc"
+#undef DW
+#undef DSFX
+#undef DATTR
+#endif
 
-/* The direct kernel reads a weight row 16 elements at a time as 8 bf16
- * pairs in 32-bit lanes: shifting each lane left by 16 widens its even
- * element, masking its low half widens the odd one (two operations for 16
- * weights, no shuffles). The input rows are laid out to match once per call
- * ("paired": in each full block of 16, the 8 even elements, then the 8 odd
- * ones; the last K % 16 in order), so each half meets its weights in place. */
-static inline __attribute__((always_inline)) void pairs16(const uint16_t *w, vf8 *even, vf8 *odd)
+/* 16-wide under AVX-512 (1.1-1.35x the 8-wide clone's rate at 1-2 rows,
+ * about even at 4, bf16 rows of 2048 on a 2-core Zen 5), else 8-wide */
+static const direct_kernels *direct_for(epm_cpu_isa isa)
 {
-    vu8 u;
-    memcpy(&u, w, sizeof u);
-    vu8 e = u << 16, o = u & 0xffff0000u;
-    memcpy(even, &e, sizeof e);
-    memcpy(odd, &o, sizeof o);
+#ifdef EPM_CLONES_ON
+    if (isa == EPM_CPU_ISA_AVX512)
+        return &direct_w16;
+#endif
+    (void)isa;
+    return &direct_w8;
 }
-
-/* Where element k of a row of width K lies in the paired layout. */
-static inline int64_t paired_at(int64_t k, int64_t K)
-{
-    int64_t b = k & ~(int64_t)15, r = k & 15;
-    return b + 16 > K ? k : b + (r & 1) * 8 + (r >> 1);
-}
-
-static void to_paired(const float *x, int M, int K, float *xp)
-{
-    for (int i = 0; i < M; i++)
-        for (int k = 0; k < K; k++)
-            xp[(int64_t)i * K + paired_at(k, K)] = x[(int64_t)i * K + k];
-}
-
-/* acc0[i] = x[i] . w0 and acc1[i] = x[i] . w1 for M rows of paired x
- * (stride ld), w0 and w1 bf16 rows of length K: each input load feeds two
- * weight rows, as the input rows come from L2 while the weights stream.
- * Inlined with a constant M (dot2_block), so that the 2 M accumulators live
- * in registers. */
-static inline __attribute__((always_inline)) void dot2_rows(const int M, const float *xp, int64_t ld,
-                                                             const uint16_t *w0, const uint16_t *w1, int K,
-                                                             float *acc0, float *acc1)
-{
-    vf8 a[ROW_BLOCK] = {0}, b[ROW_BLOCK] = {0};
-    int k = 0;
-    for (; k + 16 <= K; k += 16) {
-        vf8 e0, o0, e1, o1;
-        pairs16(w0 + k, &e0, &o0);
-        pairs16(w1 + k, &e1, &o1);
-#pragma GCC unroll 4
-        for (int i = 0; i < M; i++) {
-            vf8 xe = load8(xp + i * ld + k), xo = load8(xp + i * ld + k + 8);
-            a[i] += xe * e0;
-            b[i] += xe * e1;
-            a[i] += xo * o0;
-            b[i] += xo * o1;
-        }
-    }
-    for (int i = 0; i < M; i++) {
-        float s0 = hsum8(&a[i]), s1 = hsum8(&b[i]);
-        for (int j = k; j < K; j++) {
-            s0 += xp[i * ld + j] * epm_bf16_to_f32(w0[j]);
-            s1 += xp[i * ld + j] * epm_bf16_to_f32(w1[j]);
-        }
-        acc0[i] = s0, acc1[i] = s1;
-    }
-}
-
-/* dot2_rows for M = 1..4 rows, M known only at run time. */
-static inline __attribute__((always_inline)) void dot2_block(int M, const float *xp, int64_t ld,
-                                                              const uint16_t *w0, const uint16_t *w1, int K,
-                                                              float *acc0, float *acc1)
-{
-    switch (M) {
-    case 1: dot2_rows(1, xp, ld, w0, w1, K, acc0, acc1); break;
-    case 2: dot2_rows(2, xp, ld, w0, w1, K, acc0, acc1); break;
-    case 3: dot2_rows(3, xp, ld, w0, w1, K, acc0, acc1); break;
-    default: dot2_rows(4, xp, ld, w0, w1, K, acc0, acc1); break;
-    }
-}
-
-/* y[i][n] = x[i] . w[n] for i < M, n in [n0, n1), x paired; output features
- * two at a time (the last one of an odd range with itself). Each weight row
- * is read from memory once and dotted with every row block while in L1. */
-EPM_CLONES static void direct_linear(int M, const float *xp, int K, const uint16_t *w, int n0, int n1, float *y,
-                                     int64_t ldy)
-{
-    float a0[ROW_BLOCK], a1[ROW_BLOCK];
-    for (int n = n0; n < n1; n += 2) {
-        int two = n + 1 < n1;
-        const uint16_t *w0 = w + (int64_t)n * K, *w1 = two ? w0 + K : w0;
-        for (int i0 = 0; i0 < M; i0 += ROW_BLOCK) {
-            int m = M - i0 < ROW_BLOCK ? M - i0 : ROW_BLOCK;
-            dot2_block(m, xp + (int64_t)i0 * K, K, w0, w1, K, a0, a1);
-            for (int i = 0; i < m; i++) {
-                y[(i0 + i) * ldy + n] = a0[i];
-                if (two)
-                    y[(i0 + i) * ldy + n + 1] = a1[i];
-            }
-        }
-    }
-}
-
-/* h[i][n] = silu(x[i] . gate[n]) * (x[i] . up[n]) for i < M, n in [n0, n1),
- * x paired (width K), h written paired (width F) for the down projection. */
-EPM_CLONES static void direct_gate_up(int M, const float *xp, int K, const uint16_t *gate, const uint16_t *up,
-                                      int n0, int n1, float *hp, int F)
-{
-    float g[ROW_BLOCK], u[ROW_BLOCK];
-    for (int n = n0; n < n1; n++) {
-        int64_t at = paired_at(n, F);
-        for (int i0 = 0; i0 < M; i0 += ROW_BLOCK) {
-            int m = M - i0 < ROW_BLOCK ? M - i0 : ROW_BLOCK;
-            dot2_block(m, xp + (int64_t)i0 * K, K, gate + (int64_t)n * K, up + (int64_t)n * K, K, g, u);
-            for (int i = 0; i < m; i++)
-                hp[(i0 + i) * (int64_t)F + at] = epm_silu(g[i]) * u[i];
-        }
-    }
-}
-
 
 /* scratch: M x F of h, then M x H of x, both paired */
-static void direct_expert(int M, const float *x, int H, int F, const uint16_t *gate, const uint16_t *up,
-                          const uint16_t *down, float *scratch, float *y)
+static void direct_expert(const direct_kernels *dk, int M, const float *x, int H, int F, const uint16_t *gate,
+                          const uint16_t *up, const uint16_t *down, float *scratch, float *y)
 {
     float *h = scratch, *xp = scratch + (int64_t)M * F;
-    to_paired(x, M, H, xp);
+    dk->to_paired(x, M, H, xp);
     int nt = epm_omp_threads_for((int64_t)M * H * F, PAR_MIN_WORK);
     (void)nt;
 EPM_OMP("omp parallel num_threads(nt)")
     {
         int64_t c0, c1;
         epm_omp_share(F, 1, &c0, &c1);
-        direct_gate_up(M, xp, H, gate, up, (int)c0, (int)c1, h, F);
+        dk->gate_up(M, xp, H, gate, up, (int)c0, (int)c1, h, F);
 EPM_OMP("omp barrier")
         epm_omp_share(H, 1, &c0, &c1);
-        direct_linear(M, h, F, down, (int)c0, (int)c1, y, H);
+        dk->linear(M, h, F, down, (int)c0, (int)c1, y, H);
     }
 }
 
@@ -311,7 +233,7 @@ epm_status epm_cpu_grouped_ffn_w16_panels(const float *x, const int64_t *offsets
         int64_t rows = offsets[e + 1] - offsets[e];
         if (rows <= DIRECT_ROWS) {
             if (rows > 0)
-                direct_expert((int)rows, x + offsets[e] * hidden, hidden, ffn, gate[e], up[e], down[e], scratch,
+                direct_expert(direct_for(isa), (int)rows, x + offsets[e] * hidden, hidden, ffn, gate[e], up[e], down[e], scratch,
                               y + offsets[e] * hidden);
             continue;
         }
@@ -359,26 +281,28 @@ epm_status epm_cpu_linear_w16(const float *x, int64_t n, int in, const uint16_t 
     size_t floats = direct    ? (size_t)n * (size_t)in
                     : nt_path ? epm_cpu_gemm_nt_pack_floats(n, in)
                               : (size_t)pr * (size_t)in;
-    float *buf = epm_malloc(floats * sizeof *buf);
-    if (!buf)
+    /* on a cache line: a vector load across two costs as much as two */
+    float *mem = epm_malloc((floats + 16) * sizeof *mem), *buf = mem + (-(uintptr_t)mem / sizeof *mem & 15);
+    if (!mem)
         return epm_fail(EPM_ERR_NOMEM, "cpu linear (bf16 weights): %zu floats of scratch", floats);
     if (direct) {
         /* decode: the FFN's direct kernel, output features over the threads in pairs */
-        to_paired(x, (int)n, in, buf);
+        const direct_kernels *dk = direct_for(isa);
+        dk->to_paired(x, (int)n, in, buf);
         int nt = epm_omp_threads_for(n * (int64_t)in * out, PAR_MIN_WORK);
         (void)nt;
 EPM_OMP("omp parallel num_threads(nt)")
         {
             int64_t c0, c1;
             epm_omp_share(out, 2, &c0, &c1);
-            direct_linear((int)n, buf, in, w, (int)c0, (int)c1, y, out);
+            dk->linear((int)n, buf, in, w, (int)c0, (int)c1, y, out);
         }
     } else if (nt_path) {
         epm_cpu_gemm_nt_w16(isa, x, n, in, w, out, y, buf);
     } else {
         panel_linear(x, n, in, w, out, buf, pr, y);
     }
-    epm_free(buf);
+    epm_free(mem);
     if (b)
         for (int64_t i = 0; i < n; i++)
             for (int o = 0; o < out; o++)
