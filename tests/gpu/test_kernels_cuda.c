@@ -48,9 +48,13 @@ static const kc_ffn_case many_cases[] = {
     {500, 67, 45, 256, 8, KC_SKEWED},     /* one expert with 500 rows beside experts with a few */
     {200, 256, 128, 64, 6, KC_RANDOM},    /* widths the tensor cores like */
     /* rows of 16-byte multiples: these take the batched path (the ones above fall back) */
-    {300, 64, 32, 256, 8, KC_RANDOM},     /* DeepSeek-V3-like: ~9 rows an expert, some idle */
+    {300, 64, 32, 256, 8, KC_RANDOM},     /* DeepSeek-V3-like: ~9 rows an expert */
     {500, 64, 48, 256, 8, KC_SKEWED},     /* one 500-row expert (its own batch) beside small ones */
     {40, 32, 16, 8, 8, KC_RANDOM},        /* the last expert's padded rows run past x: a spare copy */
+    /* ffn wider than hidden, as Mixtral's (every shape above has hidden > ffn) */
+    {300, 32, 64, 256, 8, KC_RANDOM},     /* many small experts */
+    {200, 48, 96, 8, 2, KC_RANDOM},       /* Mixtral-like: 8 experts, top-2, ~50 rows each */
+    {64, 32, 64, 256, 8, KC_HALF_EMPTY},  /* every odd expert idle: runs broken at each */
 };
 
 static kc_routing skewed_routing(int64_t n, int E, int K)
@@ -197,7 +201,8 @@ static void queued(kc_ctx *c, epm_dtype dt, const char *mode)
 {
     enum { CALLS = 20, H = 40, F = 24, EMAX = 600 };
     static const int ex[CALLS] = {8, 256, 16, 600, 3, 256, 64, 1, 600, 32, 8, 256, 16, 600, 3, 256, 64, 1, 600, 32};
-    /* every call here fits the batched and strided paths (16-byte rows, stacked weights) */
+    /* every call here fits the batched and strided paths (16-byte rows, stacked weights), but those
+     * with one busy expert (ex 1), which take the plain GEMM chain as the padded paths do by design */
     kc_ctx m = with_mode(c, mode, padded_mode(mode));
     size_t es = epm_dtype_size(dt);
     float *wf = kc_rnd((size_t)EMAX * 3 * F * H, &m.seed);
