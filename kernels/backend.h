@@ -28,8 +28,9 @@ int epm_kernels_cuda_devices(void);
  * x top-8 while each GEMM stays large enough to run at the BLAS's full rate. */
 enum { EPM_CPU_FFN_CHUNK = 1024 };
 /* Rows of an expert up to which the bf16-weight FFN dots each weight row
- * with every input row directly (cpu_ffn_bf16.c); more go through
- * cpu_gemm_nt.c up to its limit, and widened panels and SGEMM past it. */
+ * with every input row directly (cpu_ffn_bf16.c), at most: 1 under AVX-512
+ * and 3 under AVX2, where cpu_gemm_nt.c takes the rows past them up to its
+ * limit; widened panels and SGEMM past that. */
 enum { EPM_CPU_FFN_W16_DIRECT_ROWS = 4 };
 
 /* The argument checks of the CPU grouped FFNs, each failure naming fn. */

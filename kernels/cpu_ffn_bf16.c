@@ -7,7 +7,8 @@
  * order of the additions differs from the reference.
  *
  * Three ways, by the rows an expert chunk has:
- *  - up to DIRECT_ROWS rows (decode): each weight row is widened in registers
+ *  - up to DIRECT_ROWS rows (decode; fewer where cpu_gemm_nt.c runs:
+ *    direct_rows_for): each weight row is widened in registers
  *    and dotted with every input row, gate and up in the same pass with the
  *    SiLU applied on the spot, threads over output features. It reads the
  *    bf16 weights once: half the bytes of the float32 path, which is what
@@ -121,8 +122,8 @@ typedef struct direct_kernels {
 #undef DATTR
 #endif
 
-/* 16-wide under AVX-512 (1.1-1.35x the 8-wide clone's rate at 1-2 rows,
- * about even at 4, bf16 rows of 2048 on a 2-core Zen 5), else 8-wide */
+/* 16-wide under AVX-512 (1.12-1.2x the 8-wide clone's rate at 1 row, bf16
+ * rows of 2048 on a 2-core Zen 5, quiet), else 8-wide */
 static const direct_kernels *direct_for(epm_cpu_isa isa)
 {
 #ifdef EPM_CLONES_ON
@@ -133,11 +134,25 @@ static const direct_kernels *direct_for(epm_cpu_isa isa)
     return &direct_w8;
 }
 
+/* Rows of an expert (or linear layer) up to which the direct kernel runs,
+ * by what cpu_gemm_nt.c can do here: one weight row dotted with a few input
+ * rows beats that GEMM's 4-row tiles at 1 row under AVX-512 (1.1-1.3x; even
+ * at 2, 1.2-1.7x behind at 3-4) and at 1 row under AVX2 (1.3-1.4x; even at
+ * 2-3, behind at 4); without either, the next way is the panels. (Bf16
+ * linear layers of 2048 and 4096 inputs, 2-core Zen 5, quiet machine.) */
+static int direct_rows_for(epm_cpu_isa isa)
+{
+    return isa == EPM_CPU_ISA_AVX512 ? 1 : isa == EPM_CPU_ISA_AVX2 ? 3 : DIRECT_ROWS;
+}
+
+/* p rounded up to a cache line: a vector load across two costs as much as two */
+static float *line_up(float *p) { return p + (-(uintptr_t)p / sizeof *p & 15); }
+
 /* scratch: M x F of h, then M x H of x, both paired */
 static void direct_expert(const direct_kernels *dk, int M, const float *x, int H, int F, const uint16_t *gate,
                           const uint16_t *up, const uint16_t *down, float *scratch, float *y)
 {
-    float *h = scratch, *xp = scratch + (int64_t)M * F;
+    float *h = line_up(scratch), *xp = line_up(h + (int64_t)M * F);
     dk->to_paired(x, M, H, xp);
     int nt = epm_omp_threads_for((int64_t)M * H * F, PAR_MIN_WORK);
     (void)nt;
@@ -204,7 +219,7 @@ static size_t panel_floats(int hidden, int ffn, int fixed)
 static int64_t panel_offset(int64_t max_rows, int hidden, int ffn)
 {
     int64_t m = max_rows < CHUNK ? max_rows : CHUNK, d = max_rows < DIRECT_ROWS ? max_rows : DIRECT_ROWS;
-    return 2 * m * ffn + d * hidden;
+    return 2 * m * ffn + d * hidden + 32; /* + the direct kernel's two alignments */
 }
 
 /* past panel_offset: the widened panel, or cpu_gemm_nt.c's packed rows (an
@@ -212,7 +227,7 @@ static int64_t panel_offset(int64_t max_rows, int hidden, int ffn)
 size_t epm_cpu_ffn_w16_scratch_floats(int64_t max_rows, int hidden, int ffn, int fixed_panel)
 {
     size_t f = (size_t)panel_offset(max_rows, hidden, ffn);
-    if (max_rows <= DIRECT_ROWS)
+    if (max_rows <= direct_rows_for(epm_cpu_isa_active()))
         return f;
     size_t panel = panel_floats(hidden, ffn, fixed_panel);
     size_t pack = epm_cpu_gemm_nt_pack_floats(max_rows < NT_ROWS ? max_rows : NT_ROWS, hidden > ffn ? hidden : ffn);
@@ -231,7 +246,7 @@ epm_status epm_cpu_grouped_ffn_w16_panels(const float *x, const int64_t *offsets
     int pr_in = panel_rows_for(hidden, ffn, fixed_panel), pr_out = panel_rows_for(ffn, hidden, fixed_panel);
     for (int e = 0; e < experts; e++) {
         int64_t rows = offsets[e + 1] - offsets[e];
-        if (rows <= DIRECT_ROWS) {
+        if (rows <= direct_rows_for(isa)) {
             if (rows > 0)
                 direct_expert(direct_for(isa), (int)rows, x + offsets[e] * hidden, hidden, ffn, gate[e], up[e], down[e], scratch,
                               y + offsets[e] * hidden);
@@ -276,13 +291,12 @@ epm_status epm_cpu_linear_w16(const float *x, int64_t n, int in, const uint16_t 
     if (n == 0)
         return EPM_OK;
     const epm_cpu_isa isa = epm_cpu_isa_active();
-    int direct = n <= DIRECT_ROWS, nt_path = !direct && n <= NT_ROWS && isa != EPM_CPU_ISA_OFF;
+    int direct = n <= direct_rows_for(isa), nt_path = !direct && n <= NT_ROWS && isa != EPM_CPU_ISA_OFF;
     int pr = panel_rows_for(in, out, 0);
     size_t floats = direct    ? (size_t)n * (size_t)in
                     : nt_path ? epm_cpu_gemm_nt_pack_floats(n, in)
                               : (size_t)pr * (size_t)in;
-    /* on a cache line: a vector load across two costs as much as two */
-    float *mem = epm_malloc((floats + 16) * sizeof *mem), *buf = mem + (-(uintptr_t)mem / sizeof *mem & 15);
+    float *mem = epm_malloc((floats + 16) * sizeof *mem), *buf = mem ? line_up(mem) : NULL;
     if (!mem)
         return epm_fail(EPM_ERR_NOMEM, "cpu linear (bf16 weights): %zu floats of scratch", floats);
     if (direct) {
