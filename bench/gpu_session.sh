@@ -64,6 +64,9 @@ if has kernels; then
       --tokens 128,1024,4096,16384 --csv >"$out/kernels_streams$s.csv" 2>&1
     echo "kernels bf16 dsv3, per expert on $s stream(s): exit $?"; cat "$out/kernels_streams$s.csv"
   done
+  # attention on the device beside the C reference (host, one thread): decode and a prefill chunk
+  $E bench attention --backend cuda --csv >"$out/attention_cuda.csv" 2>&1
+  echo "attention cuda: exit $?"; cat "$out/attention_cuda.csv"
   # every FFN path side by side: grouped/dense per (shape, tokens), the best marked (what auto should pick)
   python3 - "$out" <<'PY'
 import csv, glob, os, sys

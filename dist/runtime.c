@@ -149,8 +149,13 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     }
     for (int64_t i = 0; i < n; i++) {
         int s = seq_of(r, g[i]), ci = r->cidx[g[i] - r->g0];
-        st = epm_attention(q + i * qd, 1, &ci, r->kc[(size_t)l * r->B + s], r->vc[(size_t)l * r->B + s],
-                           c->num_heads, c->num_kv_heads, c->head_dim, att + i * qd, probs, r->max_len);
+        const float *kc = r->kc[(size_t)l * r->B + s], *vc = r->vc[(size_t)l * r->B + s];
+        if (r->ops->attention)
+            st = r->ops->attention(q + i * qd, 1, &ci, kc, vc, r->max_len, c->num_heads, c->num_kv_heads,
+                                   c->head_dim, att + i * qd, probs);
+        else
+            st = epm_attention(q + i * qd, 1, &ci, kc, vc, c->num_heads, c->num_kv_heads, c->head_dim, att + i * qd,
+                               probs, r->max_len);
         if (st != EPM_OK)
             goto out;
         if (amod)

@@ -58,6 +58,10 @@ epm_status epm_cpu_grouped_ffn_w16_panels(const float *x, const int64_t *offsets
                                           const uint16_t *const *gate, const uint16_t *const *up,
                                           const uint16_t *const *down, float *scratch, float *y, int fixed_panel);
 epm_status epm_cpu_linear(const float *x, int64_t n, int in, const float *w, const float *b, int out, float *y);
+/* epm_ref_attention's contract in float32 on OpenMP's threads (cpu_attention.c);
+ * its scores buffer comes from epm_malloc. */
+epm_status epm_cpu_attention(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc,
+                             int64_t cache_len, int heads, int kv_heads, int hd, float *out, float *probs);
 /* The same over a bf16 weight [out][in] (cpu_ffn_bf16.c), with the bf16
  * FFN's three ways by rows; its buffers come from epm_malloc (EPM_ERR_NOMEM
  * when they cannot). */

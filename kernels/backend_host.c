@@ -84,6 +84,14 @@ static epm_status h_attention(epm_kernels *kb, const float *q, int64_t n, const 
     return epm_ref_attention(q, n, pos, kc, vc, cache_len, heads, kv_heads, hd, out, probs);
 }
 
+static epm_status cpu_attention(epm_kernels *kb, const float *q, int64_t n, const int32_t *pos, const float *kc,
+                                const float *vc, int64_t cache_len, int heads, int kv_heads, int hd, float *out,
+                                float *probs)
+{
+    (void)kb;
+    return epm_cpu_attention(q, n, pos, kc, vc, cache_len, heads, kv_heads, hd, out, probs);
+}
+
 static epm_status h_router(epm_kernels *kb, const float *logits, int64_t n, int experts, const epm_router_opts *o,
                            int32_t *ids, float *wts)
 {
@@ -279,7 +287,7 @@ static epm_status cpu_grouped_ffn(epm_kernels *kb, epm_dtype dt, const void *x, 
 static const epm_kernel_ops cpu_table = {
     .alloc = host_alloc, .free = host_free, .upload = host_copy, .download = host_copy, .sync = host_sync,
     .convert = h_convert, .embed = h_embed, .linear = cpu_linear, .rmsnorm = h_rmsnorm, .rope = h_rope,
-    .attention = h_attention, .router = h_router, .route = h_route, .permute = h_permute,
+    .attention = cpu_attention, .router = h_router, .route = h_route, .permute = h_permute,
     .unpermute = h_unpermute, .grouped_ffn_scratch = cpu_ffn_scratch, .grouped_ffn = cpu_grouped_ffn,
 };
 

@@ -298,7 +298,8 @@ epm_status epm_cpu_linear_w16(const float *x, int64_t n, int in, const uint16_t 
                               : (size_t)pr * (size_t)in;
     float *mem = epm_malloc((floats + 16) * sizeof *mem), *buf = mem ? line_up(mem) : NULL;
     if (!mem)
-        return epm_fail(EPM_ERR_NOMEM, "cpu linear (bf16 weights): %zu floats of scratch", floats);
+        return epm_fail(EPM_ERR_NOMEM, "cpu linear (bf16 weights): allocation of %zu floats of scratch failed",
+                        floats);
     if (direct) {
         /* decode: the FFN's direct kernel, output features over the threads in pairs */
         const direct_kernels *dk = direct_for(isa);

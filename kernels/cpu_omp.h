@@ -26,6 +26,16 @@ static inline int epm_omp_threads_for(int64_t work, int64_t min_work)
 #endif
 }
 
+/* The calling thread's number in its team (0 outside a region). */
+static inline int epm_omp_me(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 /* The calling thread's share [*c0, *c1) of n items, inside a region: the
  * team splits them evenly in whole units of `unit` (the last share ends at
  * n), so that every share but the last starts and ends on a unit. */

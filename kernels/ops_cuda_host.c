@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "backend.h"
 #include "core.h"
 #include "kcheck.h"
 #include "ops_cuda_host.h"
@@ -371,8 +372,10 @@ static void cuda_grouped_swiglu(const float *x, const int64_t *offsets, int expe
 }
 
 /* no bf16-weight FFN or linear: its weight cache uploads float32 tensors,
- * so the runtime holds every weight in float32 under these kernels */
-static const epm_ops cuda_ops = {"cuda", cuda_linear, cuda_rmsnorm, cuda_swiglu, cuda_grouped_swiglu, NULL, NULL};
+ * so the runtime holds every weight in float32 under these kernels; the
+ * runtime's attention reads its KV caches in host memory, so the CPU's */
+static const epm_ops cuda_ops = {"cuda", cuda_linear, cuda_rmsnorm, cuda_swiglu, cuda_grouped_swiglu, NULL, NULL,
+                                 epm_cpu_attention};
 
 /* ---- open / close ---- */
 

@@ -16,6 +16,7 @@ static const bench_entry benches[] = {
     {"help", NULL, "list the benchmarks"},
     {"plan", epm_bench_plan, "planner: solve time, gap, held-out eval vs contiguous"},
     {"kernels", epm_bench_kernels, "grouped expert FFN vs dense GEMM of the same FLOPs (cpu, ref, cuda)"},
+    {"attention", epm_bench_attention, "causal GQA attention of a backend vs the C reference (cpu, cuda)"},
     {"run", epm_bench_run, "epmoe run tokens/s and bytes per link class, per mode and placement"},
     {"a2a", epm_bench_a2a, "dispatch+combine vs raw MPI_Alltoallv (nccl-tests style)"},
 };

@@ -425,6 +425,19 @@ usage kernels --reps 0 --reps 0
 usage kernels --weight-gb -1 --weight-gb -1
 usage kernels --bogus "" --bogus
 
+# ---- bench attention: both head shapes, decode and an 8-query prefill chunk, beside the reference ----
+ok "bench attention csv" "$E" bench attention --contexts 40,130 --chunk 8 --reps 1 --csv &&
+  { awk -F, 'NR == 1 && $1 == "backend" && $9 == "ratio" && NF == 9 {h = 1}
+             NR > 1 && $1 == "cpu" && (($3 == "decode" && $5 == 1) || ($3 == "prefill" && $5 == 8)) &&
+               ($4 == 40 || $4 == 130) && $6 > 0 && $7 > 0 && $8 > 0 && $9 > 0 {r++}
+             END {exit !(h && r == 8 && NR == 9)}' "$d/out" || { fail "bench attention: rows"; show; }; }
+help_ok attention --contexts --chunk --reps --backend --csv
+usage attention --contexts 0 --contexts 0
+usage attention --contexts x --contexts 40,x
+usage attention --backend ref --backend ref
+usage attention --chunk 0 --chunk 0
+usage attention --bogus "" --bogus
+
 # ---- bench a2a: 2 and 3 ranks, 8 B to 2 KiB, 10 ms a size and method ----
 ok "bench a2a 2 ranks" mpi -np 2 "$E" bench a2a --a2a alltoallv --hier off --max-bytes 2048 --step 16 --time 0.01 &&
   csvcheck a2a-table 2 8,128,2048

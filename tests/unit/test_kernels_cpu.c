@@ -20,7 +20,20 @@ static int teardown(void **state) { return kc_teardown(state); }
 
 static void test_kernels_cpu_rmsnorm(void **state) { kc_rmsnorm(*state); }
 static void test_kernels_cpu_rope(void **state) { kc_rope(*state); }
-static void test_kernels_cpu_attention(void **state) { kc_attention(*state, 1); }
+/* on 1, 2 and 3 threads: the cpu kernel cuts a row's positions into ranges by the thread count */
+static void test_kernels_cpu_attention(void **state)
+{
+#ifdef _OPENMP
+    const int was = omp_get_max_threads();
+    for (int t = 1; t <= 3; t++) {
+        omp_set_num_threads(t);
+        kc_attention(*state, 1);
+    }
+    omp_set_num_threads(was);
+#else
+    kc_attention(*state, 1);
+#endif
+}
 static void test_kernels_cpu_router(void **state) { kc_router(*state); }
 static void test_kernels_cpu_route(void **state) { kc_route(*state); }
 static void test_kernels_cpu_permute_f32(void **state) { kc_permute(*state, EPM_DTYPE_F32); }

@@ -1,0 +1,243 @@
+/* Causal grouped-query attention on the CPU, float32. Why not the
+ * reference: it is the oracle, in double with two passes over the keys and
+ * one thread, and decoding at long contexts spends its time here (2048
+ * positions, 16 heads of 128: about 8M double multiply-adds per token and
+ * layer). Here each query row's positions are cut into ranges, the (row,
+ * range) pieces split over OpenMP's threads, and each piece walks its
+ * positions in order, every head at each position: a cache row holds all KV
+ * heads side by side, so the caches stream from memory once, in order (one
+ * kv head at a time would stride 4 KB between positions, a page per row: a
+ * third of the speed at 8192 positions). Scores go block by block through
+ * an online softmax (running max, sum and unnormalised output per head,
+ * rescaled when the max grows); the pieces of a row are merged at the end,
+ * as flash-decoding does. The sums are float32 in vectors of 8 (the
+ * reference's double sums differ by float rounding: the tests' 1e-5). With
+ * probs wanted (A-MoD's scores) a second pass writes them, over (row, kv
+ * head) pieces that keep every score; the output is the first pass's either
+ * way, so that MoD at capacity 1 is the same bits as no MoD. */
+#include <math.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cpu_omp.h"
+#include "kcheck.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && defined(__linux__) && \
+    defined(__GLIBC__)
+/* plain C on GCC vectors; the clones use FMA and 256-bit registers where
+ * the CPU has them (ifunc: glibc; the x86-64-v3/v4 names: GCC 12 and later) */
+#define ATT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define ATT_CLONES
+#endif
+/* 8-wide vectors stay between static inline helpers (no ABI boundary) */
+#pragma GCC diagnostic ignored "-Wpsabi"
+#if defined(__GNUC__) && !defined(__clang__)
+/* ISO C mode turns contraction off; the dot products want fused multiply-adds */
+#pragma GCC optimize("fp-contract=fast")
+#endif
+
+enum { PAR_MIN_WORK = 1 << 15 }; /* multiply-adds below which one thread does it all */
+
+typedef float v8 __attribute__((vector_size(32)));
+
+static inline __attribute__((always_inline)) v8 ld8(const float *p)
+{
+    v8 f;
+    memcpy(&f, p, sizeof f);
+    return f;
+}
+
+static inline __attribute__((always_inline)) float dot(const float *a, const float *b, int d)
+{
+    v8 s0 = {0}, s1 = {0};
+    int j = 0;
+    for (; j + 16 <= d; j += 16) {
+        s0 += ld8(a + j) * ld8(b + j);
+        s1 += ld8(a + j + 8) * ld8(b + j + 8);
+    }
+    for (; j + 8 <= d; j += 8)
+        s0 += ld8(a + j) * ld8(b + j);
+    v8 s = s0 + s1;
+    float r = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+    for (; j < d; j++)
+        r += a[j] * b[j];
+    return r;
+}
+
+/* o[j] += w * v[j] */
+static inline __attribute__((always_inline)) void axpy(float *o, float w, const float *v, int d)
+{
+    int j = 0;
+    for (; j + 8 <= d; j += 8) {
+        v8 x = ld8(o + j) + w * ld8(v + j);
+        memcpy(o + j, &x, sizeof x);
+    }
+    for (; j < d; j++)
+        o[j] += w * v[j];
+}
+
+/* The softmax weights of the group query heads q [group][hd] of one row over
+ * kv head kh's positions 0..len-1, into p0 (a stride of pstride floats per
+ * head; zero from len to cache_len); sc holds group x len floats. */
+ATT_CLONES static void kv_head_probs(const float *q, int group, int hd, const float *kc, int kv_heads, int kh,
+                                     int64_t len, float scale, float *sc, float *p0, int64_t pstride,
+                                     int64_t cache_len)
+{
+    for (int64_t t = 0; t < len; t++) {
+        const float *k = kc + (t * kv_heads + kh) * hd;
+        for (int g = 0; g < group; g++)
+            sc[g * len + t] = dot(q + (int64_t)g * hd, k, hd) * scale;
+    }
+    for (int g = 0; g < group; g++) {
+        float *s = sc + g * len, *p = p0 + g * pstride, m = -INFINITY, z = 0;
+        for (int64_t t = 0; t < len; t++)
+            m = s[t] > m ? s[t] : m;
+        for (int64_t t = 0; t < len; t++)
+            z += s[t] = expf(s[t] - m);
+        for (int64_t t = 0; t < len; t++)
+            p[t] = s[t] / z;
+        memset(p + len, 0, (size_t)(cache_len - len) * sizeof *p);
+    }
+}
+
+enum { BLOCK = 128 }; /* positions per step of the online softmax */
+
+/* Positions [t0, t1) of one query row q [heads][hd] for every head: the
+ * running max m[h], sum z[h] and output o[h][hd] (scaled by exp(-m[h]));
+ * sc holds heads x BLOCK floats. An empty range leaves m = -inf, z = 0. */
+ATT_CLONES static void piece(const float *q, int heads, int group, int hd, const float *kc, const float *vc,
+                             int kv_heads, int64_t t0, int64_t t1, float scale, float *sc, float *m, float *z,
+                             float *o)
+{
+    const int64_t ld = (int64_t)kv_heads * hd;
+    for (int h = 0; h < heads; h++)
+        m[h] = -INFINITY, z[h] = 0;
+    memset(o, 0, (size_t)heads * (size_t)hd * sizeof *o);
+    for (int64_t b0 = t0; b0 < t1; b0 += BLOCK) {
+        int nb = t1 - b0 < BLOCK ? (int)(t1 - b0) : BLOCK;
+        for (int j = 0; j < nb; j++) {
+            const float *k = kc + (b0 + j) * ld;
+            for (int h = 0; h < heads; h++)
+                sc[h * BLOCK + j] = dot(q + (int64_t)h * hd, k + (int64_t)(h / group) * hd, hd) * scale;
+        }
+        for (int h = 0; h < heads; h++) {
+            float *s = sc + h * BLOCK, bm = m[h];
+            for (int j = 0; j < nb; j++)
+                bm = s[j] > bm ? s[j] : bm;
+            if (bm > m[h] && m[h] > -INFINITY) { /* the max grew: what came before shrinks by its factor */
+                float f = expf(m[h] - bm);
+                z[h] *= f;
+                for (int d = 0; d < hd; d++)
+                    o[(int64_t)h * hd + d] *= f;
+            }
+            m[h] = bm;
+            for (int j = 0; j < nb; j++)
+                z[h] += s[j] = expf(s[j] - bm);
+        }
+        for (int j = 0; j < nb; j++) {
+            const float *v = vc + (b0 + j) * ld;
+            for (int h = 0; h < heads; h++)
+                axpy(o + (int64_t)h * hd, sc[h * BLOCK + j], v + (int64_t)(h / group) * hd, hd);
+        }
+    }
+}
+
+/* Without probs: (row, range) pieces, then each row's pieces merged. */
+static epm_status by_ranges(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc,
+                            int heads, int kv_heads, int hd, float *out, int nt, float scale)
+{
+    const int group = heads / kv_heads;
+    /* ranges per row: enough pieces for every thread (twice over, for balance) when rows are few */
+    const int64_t C = n >= 2 * nt ? 1 : (2 * nt + n - 1) / n, pieces = n * C;
+    const int64_t pw = (int64_t)heads * (hd + 2); /* one piece's m, z and o */
+    float *buf = epm_malloc(((size_t)pieces * (size_t)pw + (size_t)nt * heads * BLOCK) * sizeof *buf);
+    if (!buf)
+        return epm_fail(EPM_ERR_NOMEM, "cpu attention: allocation of %lld pieces of %lld floats failed",
+                        (long long)pieces, (long long)pw);
+    float *part = buf, *scr = buf + pieces * pw;
+EPM_OMP("omp parallel num_threads(nt)")
+    {
+        int me = epm_omp_me();
+        int64_t c0, c1;
+        epm_omp_share(pieces, 1, &c0, &c1);
+        for (int64_t k = c0; k < c1; k++) {
+            int64_t i = k / C, c = k % C, len = (int64_t)pos[i] + 1;
+            float *pp = part + k * pw;
+            piece(q + i * heads * hd, heads, group, hd, kc, vc, kv_heads, len * c / C, len * (c + 1) / C, scale,
+                  scr + (int64_t)me * heads * BLOCK, pp, pp + heads, pp + 2 * heads);
+        }
+EPM_OMP("omp barrier")
+        epm_omp_share(n * heads, 1, &c0, &c1);
+        for (int64_t k = c0; k < c1; k++) {
+            int64_t i = k / heads;
+            int h = (int)(k % heads);
+            float M = -INFINITY, Z = 0, *o = out + (i * heads + h) * hd;
+            for (int64_t c = 0; c < C; c++)
+                M = part[(i * C + c) * pw + h] > M ? part[(i * C + c) * pw + h] : M;
+            memset(o, 0, (size_t)hd * sizeof *o);
+            for (int64_t c = 0; c < C; c++) {
+                const float *pp = part + (i * C + c) * pw;
+                if (pp[heads + h] == 0)
+                    continue; /* an empty range */
+                float f = expf(pp[h] - M);
+                Z += f * pp[heads + h];
+                axpy(o, f, pp + 2 * heads + (int64_t)h * hd, hd);
+            }
+            for (int d = 0; d < hd; d++)
+                o[d] /= Z;
+        }
+    }
+    epm_free(buf);
+    return EPM_OK;
+}
+
+epm_status epm_cpu_attention(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc,
+                             int64_t cache_len, int heads, int kv_heads, int hd, float *out, float *probs)
+{
+    KREQ(n >= 0, "cpu attention: n = %lld", (long long)n);
+    KREQ(cache_len >= 1, "cpu attention: cache_len = %lld", (long long)cache_len);
+    KREQ(heads >= 1 && kv_heads >= 1 && heads % kv_heads == 0,
+         "cpu attention: heads = %d, kv_heads = %d (heads must be a multiple)", heads, kv_heads);
+    KREQ(hd >= 1, "cpu attention: head_dim = %d", hd);
+    KPTR("cpu attention", q, n);
+    KPTR("cpu attention", pos, n);
+    KPTR("cpu attention", kc, 1);
+    KPTR("cpu attention", vc, 1);
+    KPTR("cpu attention", out, n);
+    int64_t work = 0;
+    for (int64_t i = 0; i < n; i++) {
+        KREQ(pos[i] >= 0 && pos[i] < cache_len, "cpu attention: pos[%lld] = %d is outside [0, cache_len = %lld)",
+             (long long)i, pos[i], (long long)cache_len);
+        work += 2 * ((int64_t)pos[i] + 1) * heads * hd;
+    }
+    if (n == 0)
+        return EPM_OK;
+    const int group = heads / kv_heads, nt = epm_omp_threads_for(work, PAR_MIN_WORK);
+    const float scale = (float)(1.0 / sqrt((double)hd));
+    /* the output always comes the one way, so that asking for probs changes no bit of it */
+    EPM_CHECK(by_ranges(q, n, pos, kc, vc, heads, kv_heads, hd, out, nt, scale));
+    if (!probs)
+        return EPM_OK;
+    const int64_t per = (int64_t)group * cache_len; /* one thread's scores */
+    float *sc = epm_malloc((size_t)nt * (size_t)per * sizeof *sc);
+    if (!sc)
+        return epm_fail(EPM_ERR_NOMEM, "cpu attention: allocation of %d x %lld floats of scores failed", nt,
+                        (long long)per);
+    const int64_t items = n * kv_heads;
+EPM_OMP("omp parallel num_threads(nt)")
+    {
+        int me = epm_omp_me();
+        int64_t c0, c1;
+        epm_omp_share(items, 1, &c0, &c1);
+        for (int64_t it = c0; it < c1; it++) {
+            int64_t i = it / kv_heads;
+            int kh = (int)(it % kv_heads), h0 = kh * group;
+            kv_head_probs(q + (i * heads + h0) * hd, group, hd, kc, kv_heads, kh, (int64_t)pos[i] + 1, scale,
+                          sc + (int64_t)me * per, probs + ((int64_t)h0 * n + i) * cache_len, n * cache_len,
+                          cache_len);
+        }
+    }
+    epm_free(sc);
+    return EPM_OK;
+}
