@@ -2,8 +2,10 @@
  * reference: it is the oracle, in double with two passes over the keys and
  * one thread, and decoding at long contexts spends its time here (2048
  * positions, 16 heads of 128: about 8M double multiply-adds per token and
- * layer). Here each query row's positions are cut into ranges, the (row,
- * range) pieces split over OpenMP's threads, and each piece walks its
+ * layer). Here each query row's positions are cut into ranges of RANGE, the
+ * (row, range) pieces split over OpenMP's threads (the cut and the merge
+ * order do not depend on the thread count: the same bits on 1 thread or
+ * 64, as the runtime's ranks need), and each piece walks its
  * positions in order, every head at each position: a cache row holds all KV
  * heads side by side, so the caches stream from memory once, in order (one
  * kv head at a time would stride 4 KB between positions, a page per row: a
@@ -101,7 +103,10 @@ ATT_CLONES static void kv_head_probs(const float *q, int group, int hd, const fl
     }
 }
 
-enum { BLOCK = 128 }; /* positions per step of the online softmax */
+enum {
+    BLOCK = 128, /* positions per step of the online softmax */
+    RANGE = 256  /* positions per piece: fixed, so that no result depends on the thread count */
+};
 
 /* Positions [t0, t1) of one query row q [heads][hd] for every head: the
  * running max m[h], sum z[h] and output o[h][hd] (scaled by exp(-m[h]));
@@ -148,8 +153,11 @@ static epm_status by_ranges(const float *q, int64_t n, const int32_t *pos, const
                             int heads, int kv_heads, int hd, float *out, int nt, float scale)
 {
     const int group = heads / kv_heads;
-    /* ranges per row: enough pieces for every thread (twice over, for balance) when rows are few */
-    const int64_t C = n >= 2 * nt ? 1 : (2 * nt + n - 1) / n, pieces = n * C;
+    /* C ranges per row, for the longest row (a shorter one leaves some empty) */
+    int64_t longest = 1;
+    for (int64_t i = 0; i < n; i++)
+        longest = (int64_t)pos[i] + 1 > longest ? (int64_t)pos[i] + 1 : longest;
+    const int64_t C = (longest + RANGE - 1) / RANGE, pieces = n * C;
     const int64_t pw = (int64_t)heads * (hd + 2); /* one piece's m, z and o */
     float *buf = epm_malloc(((size_t)pieces * (size_t)pw + (size_t)nt * heads * BLOCK) * sizeof *buf);
     if (!buf)
@@ -163,8 +171,9 @@ EPM_OMP("omp parallel num_threads(nt)")
         epm_omp_share(pieces, 1, &c0, &c1);
         for (int64_t k = c0; k < c1; k++) {
             int64_t i = k / C, c = k % C, len = (int64_t)pos[i] + 1;
+            int64_t t0 = c * RANGE < len ? c * RANGE : len, t1 = (c + 1) * RANGE < len ? (c + 1) * RANGE : len;
             float *pp = part + k * pw;
-            piece(q + i * heads * hd, heads, group, hd, kc, vc, kv_heads, len * c / C, len * (c + 1) / C, scale,
+            piece(q + i * heads * hd, heads, group, hd, kc, vc, kv_heads, t0, t1, scale,
                   scr + (int64_t)me * heads * BLOCK, pp, pp + heads, pp + 2 * heads);
         }
 EPM_OMP("omp barrier")

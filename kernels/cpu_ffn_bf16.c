@@ -115,7 +115,9 @@ typedef struct direct_kernels {
 #ifdef EPM_CLONES_ON
 #define DW 16
 #define DSFX _w16
-#define DATTR __attribute__((target("arch=x86-64-v4")))
+/* the features epm_cpu_isa_best checks for AVX-512, no more: x86-64-v4
+ * would let GCC use AVX512VL registers that an AVX512F-only CPU lacks */
+#define DATTR __attribute__((target("avx512f,fma")))
 #include "cpu_ffn_bf16_direct.inc"
 #undef DW
 #undef DSFX
@@ -226,11 +228,13 @@ static int64_t panel_offset(int64_t max_rows, int hidden, int ffn)
  * expert takes one way or the other) */
 size_t epm_cpu_ffn_w16_scratch_floats(int64_t max_rows, int hidden, int ffn, int fixed_panel)
 {
+    /* whatever instruction set runs the call: 1 row always takes the direct
+     * kernel, up to DIRECT_ROWS rows the direct kernel or the CPU GEMM */
     size_t f = (size_t)panel_offset(max_rows, hidden, ffn);
-    if (max_rows <= direct_rows_for(epm_cpu_isa_active()))
+    if (max_rows <= 1)
         return f;
-    size_t panel = panel_floats(hidden, ffn, fixed_panel);
     size_t pack = epm_cpu_gemm_nt_pack_floats(max_rows < NT_ROWS ? max_rows : NT_ROWS, hidden > ffn ? hidden : ffn);
+    size_t panel = max_rows > DIRECT_ROWS ? panel_floats(hidden, ffn, fixed_panel) : 0;
     return f + (panel > pack ? panel : pack);
 }
 

@@ -20,7 +20,9 @@ static int teardown(void **state) { return kc_teardown(state); }
 
 static void test_kernels_cpu_rmsnorm(void **state) { kc_rmsnorm(*state); }
 static void test_kernels_cpu_rope(void **state) { kc_rope(*state); }
-/* on 1, 2 and 3 threads: the cpu kernel cuts a row's positions into ranges by the thread count */
+/* on 1, 2 and 3 threads; and the same bits whatever the thread count (the
+ * runtime's ranks may each run a different number): a long row (several
+ * position ranges, merged) and a few short ones */
 static void test_kernels_cpu_attention(void **state)
 {
 #ifdef _OPENMP
@@ -29,7 +31,23 @@ static void test_kernels_cpu_attention(void **state)
         omp_set_num_threads(t);
         kc_attention(*state, 1);
     }
+    kc_ctx *c = *state;
+    enum { T = 1100, H = 8, KV = 2, D = 64, N = 3 };
+    float *q = kc_rnd((size_t)N * H * D, &c->seed), *kc = kc_rnd((size_t)T * KV * D, &c->seed);
+    float *vc = kc_rnd((size_t)T * KV * D, &c->seed), *o1 = malloc(sizeof(float) * N * H * D);
+    float *ot = malloc(sizeof(float) * N * H * D);
+    const int32_t pos[N] = {T - 1, 300, 2};
+    omp_set_num_threads(1);
+    assert_int_equal(epm_cpu_attention(q, N, pos, kc, vc, T, H, KV, D, o1, NULL), EPM_OK);
+    for (int t = 2; t <= 5; t++) {
+        omp_set_num_threads(t);
+        assert_int_equal(epm_cpu_attention(q, N, pos, kc, vc, T, H, KV, D, ot, NULL), EPM_OK);
+        assert_memory_equal(o1, ot, sizeof(float) * N * H * D);
+        assert_int_equal(epm_cpu_attention(q, 1, pos, kc, vc, T, H, KV, D, ot, NULL), EPM_OK);
+        assert_memory_equal(o1, ot, sizeof(float) * H * D);
+    }
     omp_set_num_threads(was);
+    free(q), free(kc), free(vc), free(o1), free(ot);
 #else
     kc_attention(*state, 1);
 #endif
@@ -182,6 +200,7 @@ static void test_kernels_cpu_linear_w16(void **state)
         {0, 5, 3, 1, 0},      {1, 7, 9, 1, 0},       {2, 16, 33, 0, 0},      {3, 33, 17, 1, 0},
         {DIRECT, 48, 15, 0, 0}, {DIRECT + 1, 23, 17, 1, 0}, {17, 257, 300, 0, 0}, {NT, 67, 45, 1, 0},
         {NT + 1, 67, 45, 0, 0}, {300, 129, 70, 1, 0},  {NT + 1, 4100, 600, 1, 1},
+        {1, 257, 300, 1, 0},  {1, 64, 33, 0, 0},       {2, 257, 300, 0, 0}, /* whole 16-wide blocks, 1-2 rows */
     };
 #ifdef _OPENMP
     const int threads[2] = {1, 3}, nthreads = 2, was = omp_get_max_threads();
