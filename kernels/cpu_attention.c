@@ -204,22 +204,10 @@ EPM_OMP("omp barrier")
 epm_status epm_cpu_attention(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc,
                              int64_t cache_len, int heads, int kv_heads, int hd, float *out, float *probs)
 {
-    KREQ(n >= 0, "cpu attention: n = %lld", (long long)n);
-    KREQ(cache_len >= 1, "cpu attention: cache_len = %lld", (long long)cache_len);
-    KREQ(heads >= 1 && kv_heads >= 1 && heads % kv_heads == 0,
-         "cpu attention: heads = %d, kv_heads = %d (heads must be a multiple)", heads, kv_heads);
-    KREQ(hd >= 1, "cpu attention: head_dim = %d", hd);
-    KPTR("cpu attention", q, n);
-    KPTR("cpu attention", pos, n);
-    KPTR("cpu attention", kc, 1);
-    KPTR("cpu attention", vc, 1);
-    KPTR("cpu attention", out, n);
+    EPM_CHECK(epm_attention_check("cpu attention", q, n, pos, kc, vc, cache_len, heads, kv_heads, hd, out));
     int64_t work = 0;
-    for (int64_t i = 0; i < n; i++) {
-        KREQ(pos[i] >= 0 && pos[i] < cache_len, "cpu attention: pos[%lld] = %d is outside [0, cache_len = %lld)",
-             (long long)i, pos[i], (long long)cache_len);
+    for (int64_t i = 0; i < n; i++)
         work += 2 * ((int64_t)pos[i] + 1) * heads * hd;
-    }
     if (n == 0)
         return EPM_OK;
     const int group = heads / kv_heads, nt = epm_omp_threads_for(work, PAR_MIN_WORK);

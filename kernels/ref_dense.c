@@ -165,22 +165,30 @@ epm_status epm_ref_rope(float *x, int64_t n, int heads, int hd, const int32_t *p
     return EPM_OK;
 }
 
+epm_status epm_attention_check(const char *fn, const float *q, int64_t n, const int32_t *pos, const float *kc,
+                               const float *vc, int64_t cache_len, int heads, int kv_heads, int hd,
+                               const float *out)
+{
+    KREQ(n >= 0, "%s: n = %lld", fn, (long long)n);
+    KREQ(cache_len >= 1, "%s: cache_len = %lld", fn, (long long)cache_len);
+    KREQ(heads >= 1 && kv_heads >= 1 && heads % kv_heads == 0,
+         "%s: heads = %d, kv_heads = %d (heads must be a multiple)", fn, heads, kv_heads);
+    KREQ(hd >= 1, "%s: head_dim = %d", fn, hd);
+    KPTR(fn, q, n);
+    KPTR(fn, pos, n);
+    KPTR(fn, kc, 1);
+    KPTR(fn, vc, 1);
+    KPTR(fn, out, n);
+    for (int64_t i = 0; i < n; i++)
+        KREQ(pos[i] >= 0 && pos[i] < cache_len, "%s: pos[%lld] = %d is outside [0, cache_len = %lld)", fn,
+             (long long)i, pos[i], (long long)cache_len);
+    return EPM_OK;
+}
+
 epm_status epm_ref_attention(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc,
                              int64_t cache_len, int heads, int kv_heads, int hd, float *out, float *probs)
 {
-    KREQ(n >= 0, "attention: n = %lld", (long long)n);
-    KREQ(cache_len >= 1, "attention: cache_len = %lld", (long long)cache_len);
-    KREQ(heads >= 1 && kv_heads >= 1 && heads % kv_heads == 0,
-         "attention: heads = %d, kv_heads = %d (heads must be a multiple)", heads, kv_heads);
-    KREQ(hd >= 1, "attention: head_dim = %d", hd);
-    KPTR("attention", q, n);
-    KPTR("attention", pos, n);
-    KPTR("attention", kc, 1);
-    KPTR("attention", vc, 1);
-    KPTR("attention", out, n);
-    for (int64_t i = 0; i < n; i++)
-        KREQ(pos[i] >= 0 && pos[i] < cache_len, "attention: pos[%lld] = %d is outside [0, cache_len = %lld)",
-             (long long)i, pos[i], (long long)cache_len);
+    EPM_CHECK(epm_attention_check("attention", q, n, pos, kc, vc, cache_len, heads, kv_heads, hd, out));
     double small[512]; /* every head_dim the runtime accepts: no allocation in the layer loop */
     double *acc = hd <= 512 ? small : epm_malloc((size_t)hd * sizeof *acc);
     if (!acc)
