@@ -60,25 +60,34 @@ static epm_status lin(rt *r, const float *x, int64_t n, int in, epm_weight w, co
     return EPM_OK;
 }
 
+/* The FFN scratch kept from layer to layer (runtime_internal.h says why),
+ * grown to hold `floats`; NULL when it cannot grow. */
+static float *ffn_scratch(rt *r, int64_t floats)
+{
+    floats = floats ? floats : 1;
+    if (floats > r->ffn_scr_n) {
+        epm_free(r->ffn_scr);
+        r->ffn_scr = epm_malloc((size_t)floats * sizeof *r->ffn_scr);
+        r->ffn_scr_n = r->ffn_scr ? floats : 0;
+    }
+    return r->ffn_scr;
+}
+
 /* A shared expert or dense MLP (one expert of n rows). */
 static epm_status mlp(rt *r, const epm_model_mlp *w, const float *x, int64_t n, float *y)
 {
     const int H = r->c->hidden_size;
     const int64_t off[2] = {0, n};
-    int64_t floats = w->dtype == EPM_DTYPE_BF16 ? epm_grouped_scratch_w16(off, 1, H, w->ffn)
-                                                : epm_swiglu_scratch(n, H, w->ffn);
-    float *scr = epm_malloc((size_t)(floats ? floats : 1) * sizeof *scr);
+    float *scr = ffn_scratch(r, w->dtype == EPM_DTYPE_BF16 ? epm_grouped_scratch_w16(off, 1, H, w->ffn)
+                                                           : epm_swiglu_scratch(n, H, w->ffn));
     if (!scr)
         return EPM_ERR_NOMEM;
-    epm_status st = EPM_OK;
     if (w->dtype == EPM_DTYPE_BF16) {
         const uint16_t *g = w->gate, *u = w->up, *d = w->down;
-        st = r->ops->grouped_swiglu_w16(x, off, 1, H, w->ffn, &g, &u, &d, scr, y);
-    } else {
-        r->ops->swiglu(x, n, H, w->ffn, w->gate, w->up, w->down, scr, y);
+        return r->ops->grouped_swiglu_w16(x, off, 1, H, w->ffn, &g, &u, &d, scr, y);
     }
-    epm_free(scr);
-    return st;
+    r->ops->swiglu(x, n, H, w->ffn, w->gate, w->up, w->down, scr, y);
+    return EPM_OK;
 }
 
 /* ---- attention ---- */
@@ -149,13 +158,8 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     }
     for (int64_t i = 0; i < n; i++) {
         int s = seq_of(r, g[i]), ci = r->cidx[g[i] - r->g0];
-        const float *kc = r->kc[(size_t)l * r->B + s], *vc = r->vc[(size_t)l * r->B + s];
-        if (r->ops->attention)
-            st = r->ops->attention(q + i * qd, 1, &ci, kc, vc, r->max_len, c->num_heads, c->num_kv_heads,
-                                   c->head_dim, att + i * qd, probs);
-        else
-            st = epm_attention(q + i * qd, 1, &ci, kc, vc, c->num_heads, c->num_kv_heads, c->head_dim, att + i * qd,
-                               probs, r->max_len);
+        st = r->ops->attention(q + i * qd, 1, &ci, r->kc[(size_t)l * r->B + s], r->vc[(size_t)l * r->B + s],
+                               r->max_len, c->num_heads, c->num_kv_heads, c->head_dim, att + i * qd, probs);
         if (st != EPM_OK)
             goto out;
         if (amod)
@@ -484,15 +488,8 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         else
             gw[e] = ex->gate, gw[E + e] = ex->up, gw[2 * E + e] = ex->down;
     }
-    int64_t nscr = r->w16 ? epm_grouped_scratch_w16(goff, E, H, F) : epm_grouped_scratch(goff, E, H, F);
-    nscr = nscr ? nscr : 1;
-    if (st == EPM_OK && nscr > r->ffn_scr_n) {
-        epm_free(r->ffn_scr);
-        r->ffn_scr = epm_malloc((size_t)nscr * sizeof *r->ffn_scr);
-        r->ffn_scr_n = r->ffn_scr ? nscr : 0;
-    }
-    scr = r->ffn_scr;
-    if (st == EPM_OK && !scr)
+    if (st == EPM_OK &&
+        !(scr = ffn_scratch(r, r->w16 ? epm_grouped_scratch_w16(goff, E, H, F) : epm_grouped_scratch(goff, E, H, F))))
         st = EPM_ERR_NOMEM;
     if (st == EPM_OK) {
         for (int64_t a = 0; a < npairs; a++)

@@ -38,9 +38,10 @@ typedef struct rt {
     int w16;           /* routed experts are held bf16 (ops->grouped_swiglu_w16 runs them) */
     int d16;           /* so are the dense matrices (ops->linear_w16; the shared and dense MLPs through
                           ops->grouped_swiglu_w16) */
-    /* the grouped FFN's scratch, kept from layer to layer and grown when a
-     * layer needs more: tens of MB on the bf16 panel path, whose pages a
-     * fresh allocation per layer would fault in again every time */
+    /* the FFN scratch (routed experts, shared experts, dense MLPs), kept
+     * from layer to layer and grown when a layer needs more: tens of MB on
+     * the bf16 panel path, whose pages a fresh allocation per layer would
+     * fault in again every time */
     float *ffn_scr;
     int64_t ffn_scr_n;
     /* the forward pass under way: tokens g0 .. g0 + pn - 1 (all ranks) */

@@ -39,8 +39,7 @@ typedef struct epm_ops {
      * (the runtime then holds its dense weights in float32). */
     epm_status (*linear_w16)(const float *x, int64_t n, int in, const uint16_t *w, const float *b, int out,
                              float *y);
-    /* epm_attention's contract (host memory); NULL: the runtime calls
-     * epm_attention, the reference */
+    /* epm_ref_attention's contract (host memory); every table has one */
     epm_status (*attention)(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc,
                             int64_t cache_len, int heads, int kv_heads, int hd, float *out, float *probs);
 } epm_ops;
