@@ -23,21 +23,8 @@
 #include "backend.h"
 #include "cpu_omp.h"
 #include "kcheck.h"
+#include "cpu_vec.h" /* last: its settings hold for the rest of the file */
 
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && defined(__linux__) && \
-    defined(__GLIBC__)
-/* plain C on GCC vectors; the clones use FMA and 256-bit registers where
- * the CPU has them (ifunc: glibc; the x86-64-v3/v4 names: GCC 12 and later) */
-#define ATT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define ATT_CLONES
-#endif
-/* 8-wide vectors stay between static inline helpers (no ABI boundary) */
-#pragma GCC diagnostic ignored "-Wpsabi"
-#if defined(__GNUC__) && !defined(__clang__)
-/* ISO C mode turns contraction off; the dot products want fused multiply-adds */
-#pragma GCC optimize("fp-contract=fast")
-#endif
 
 enum { PAR_MIN_WORK = 1 << 15 }; /* multiply-adds below which one thread does it all */
 
@@ -82,7 +69,7 @@ static inline __attribute__((always_inline)) void axpy(float *o, float w, const 
 /* The softmax weights of the group query heads q [group][hd] of one row over
  * kv head kh's positions 0..len-1, into p0 (a stride of pstride floats per
  * head; zero from len to cache_len); sc holds group x len floats. */
-ATT_CLONES static void kv_head_probs(const float *q, int group, int hd, const float *kc, int kv_heads, int kh,
+EPM_CLONES static void kv_head_probs(const float *q, int group, int hd, const float *kc, int kv_heads, int kh,
                                      int64_t len, float scale, float *sc, float *p0, int64_t pstride,
                                      int64_t cache_len)
 {
@@ -111,7 +98,7 @@ enum {
 /* Positions [t0, t1) of one query row q [heads][hd] for every head: the
  * running max m[h], sum z[h] and output o[h][hd] (scaled by exp(-m[h]));
  * sc holds heads x BLOCK floats. An empty range leaves m = -inf, z = 0. */
-ATT_CLONES static void piece(const float *q, int heads, int group, int hd, const float *kc, const float *vc,
+EPM_CLONES static void piece(const float *q, int heads, int group, int hd, const float *kc, const float *vc,
                              int kv_heads, int64_t t0, int64_t t1, float scale, float *sc, float *m, float *z,
                              float *o)
 {

@@ -42,6 +42,7 @@
 #include "half.h"
 #include "kcheck.h"
 #include "ops.h"
+#include "cpu_vec.h" /* last: its settings hold for the rest of the file */
 
 enum {
     ROW_BLOCK = 4,               /* rows the direct kernel dots with one weight row at once */
@@ -54,24 +55,6 @@ enum {
 };
 _Static_assert(ROW_BLOCK == 4, "dot_block's switch covers 1..4 rows");
 
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && defined(__linux__) && \
-    defined(__GLIBC__)
-/* The direct kernel is plain C on GCC vectors; these clones let it use FMA
- * and 256-bit registers where the CPU has them, picked once at load (ifunc:
- * glibc; the x86-64-v3/v4 names: GCC 12 and later). */
-#define EPM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define EPM_CLONES_ON 1
-#else
-#define EPM_CLONES
-#endif
-
-/* 8-wide vectors pass between static inline helpers only, never across an
- * ABI boundary: GCC's note that their ABI differs without AVX does not apply */
-#pragma GCC diagnostic ignored "-Wpsabi"
-#if defined(__GNUC__) && !defined(__clang__)
-/* ISO C mode turns contraction off; the dot products want fused multiply-adds */
-#pragma GCC optimize("fp-contract=fast")
-#endif
 typedef float vf8 __attribute__((vector_size(32)));
 typedef uint16_t vh8 __attribute__((vector_size(16)));
 typedef uint32_t vu8 __attribute__((vector_size(32)));
