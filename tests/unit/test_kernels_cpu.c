@@ -64,6 +64,16 @@ static void test_kernels_cpu_embed_convert(void **state) { kc_embed_convert(*sta
     for (int isa = EPM_CPU_ISA_OFF, was_ = (int)epm_cpu_isa_active(), best_ = (int)epm_cpu_isa_best();             \
          isa <= best_ ? (epm_cpu_isa_force((epm_cpu_isa)isa), 1) : (epm_cpu_isa_force((epm_cpu_isa)was_), 0); isa++)
 
+/* 1 and 3 threads where OpenMP is on, then back to the count the process
+ * started with; one thread without it */
+#ifdef _OPENMP
+#define FOR_THREADS(t)                                                                                         \
+    for (int t = 1, was_t_ = omp_get_max_threads();                                                           \
+         t <= 3 ? (omp_set_num_threads(t), 1) : (omp_set_num_threads(was_t_), 0); t += 2)
+#else
+#define FOR_THREADS(t) for (int t = 1; t <= 1; t++)
+#endif
+
 /* few rows go through the CPU GEMM, more through the BLAS */
 static void test_kernels_cpu_linear(void **state)
 {
@@ -114,16 +124,8 @@ static void test_kernels_cpu_w16_is_f32_on_widened(void **state)
         {257, 300, {0, 0, 0, 0, 0, 66}, 64},    {7, 9, {NT, NT + 1, 0, 3, 0, 0}, 0},
     };
     enum { E = 6 };
-#ifdef _OPENMP
-    const int threads[2] = {1, 3}, nthreads = 2, was = omp_get_max_threads();
-#else
-    const int threads[1] = {1}, nthreads = 1;
-#endif
     FOR_EACH_ISA(isa)
-    for (int ti = 0; ti < nthreads; ti++) {
-#ifdef _OPENMP
-        omp_set_num_threads(threads[ti]);
-#endif
+    FOR_THREADS(nthr) {
         for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
             int H = cases[i].H, F = cases[i].F;
             int64_t off[E + 1] = {0};
@@ -162,16 +164,13 @@ static void test_kernels_cpu_w16_is_f32_on_widened(void **state)
             assert_int_equal(epm_ref_grouped_ffn(x, off, E, H, F, gf, uf, df, want), EPM_OK);
             char what[128];
             snprintf(what, sizeof what, "w16 case %zu (hidden %d, ffn %d, panel %d, %d threads, cpu gemm %s)", i, H,
-                     F, cases[i].panel, threads[ti], epm_cpu_isa_name((epm_cpu_isa)isa));
+                     F, cases[i].panel, nthr, epm_cpu_isa_name((epm_cpu_isa)isa));
             kc_close(what, y, want, R * H, KC_F32_TOL);
             free(x), free(scr), free(y), free(want);
             for (int j = 0; j < 3 * E; j++)
                 free(w[j]), free(ww[j]);
         }
     }
-#ifdef _OPENMP
-    omp_set_num_threads(was);
-#endif
     /* an expert with rows but no weights is refused by name */
     const int64_t off[3] = {0, 1, 3};
     uint16_t wz[4] = {0};
@@ -202,21 +201,13 @@ static void test_kernels_cpu_linear_w16(void **state)
         {NT + 1, 67, 45, 0, 0}, {300, 129, 70, 1, 0},  {NT + 1, 4100, 600, 1, 1},
         {1, 257, 300, 1, 0},  {1, 64, 33, 0, 0},       {2, 257, 300, 0, 0}, /* whole 16-wide blocks, 1-2 rows */
     };
-#ifdef _OPENMP
-    const int threads[2] = {1, 3}, nthreads = 2, was = omp_get_max_threads();
-#else
-    const int threads[1] = {1}, nthreads = 1;
-#endif
     const epm_ops *ref = epm_ops_ref(), *blas = epm_ops_blas();
     assert_non_null(ref->linear_w16);
     assert_non_null(blas->linear_w16);
     FOR_EACH_ISA(isa)
-    for (int ti = 0; ti < nthreads; ti++) {
-#ifdef _OPENMP
-        omp_set_num_threads(threads[ti]);
-#endif
+    FOR_THREADS(nthr) {
         for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-            if (cases[i].once && (isa != EPM_CPU_ISA_OFF || ti))
+            if (cases[i].once && (isa != EPM_CPU_ISA_OFF || nthr != 1))
                 continue; /* the panels whatever the instruction set: once is enough */
             int64_t n = cases[i].n, wn = (int64_t)cases[i].in * cases[i].out;
             int in = cases[i].in, out = cases[i].out;
@@ -234,7 +225,7 @@ static void test_kernels_cpu_linear_w16(void **state)
             assert_int_equal(epm_ref_linear(x, n, in, ww, b, out, want), EPM_OK);
             char what[128];
             snprintf(what, sizeof what, "linear w16 case %zu (n %lld, in %d, out %d, %d threads, cpu gemm %s)", i,
-                     (long long)n, in, out, threads[ti], epm_cpu_isa_name((epm_cpu_isa)isa));
+                     (long long)n, in, out, nthr, epm_cpu_isa_name((epm_cpu_isa)isa));
             kc_close(what, y, want, n * out, KC_F32_TOL);
             if (n * wn < (1 << 22)) {
                 assert_int_equal(ref->linear_w16(x, n, in, w, b, out, r16), EPM_OK);
@@ -243,9 +234,6 @@ static void test_kernels_cpu_linear_w16(void **state)
             free(x), free(wf), free(b), free(w), free(ww), free(y), free(want), free(r16);
         }
     }
-#ifdef _OPENMP
-    omp_set_num_threads(was);
-#endif
     float x[4] = {0}, y[4];
     uint16_t w[4] = {0};
     assert_int_equal(blas->linear_w16(x, 1, 0, w, NULL, 2, y), EPM_ERR_INVALID_ARG);
