@@ -1,4 +1,4 @@
-/* config.json of Mixtral, Qwen2-MoE and OLMoE, as transformers writes it.
+/* config.json of Mixtral, Qwen2-MoE, OLMoE and Qwen3-MoE, as transformers writes it.
  * A field that is absent takes the default of transformers' config class for
  * that architecture; a field that is present but wrong is an error naming
  * the file, the field and its value. */
@@ -17,7 +17,10 @@ static const struct {
     [EPM_MODEL_MIXTRAL] = {"MixtralForCausalLM", "mixtral", "mixtral"},
     [EPM_MODEL_QWEN2MOE] = {"Qwen2MoeForCausalLM", "qwen2moe", "qwen2_moe"},
     [EPM_MODEL_OLMOE] = {"OlmoeForCausalLM", "olmoe", "olmoe"},
+    [EPM_MODEL_QWEN3MOE] = {"Qwen3MoeForCausalLM", "qwen3moe", "qwen3_moe"},
 };
+
+#define ARCH_LIST "MixtralForCausalLM, Qwen2MoeForCausalLM, OlmoeForCausalLM, Qwen3MoeForCausalLM"
 
 const char *epm_model_arch_class(epm_model_arch a)
 {
@@ -37,7 +40,7 @@ epm_status epm_model_arch_parse(const char *s, epm_model_arch *out)
             return EPM_OK;
         }
     return epm_fail(EPM_ERR_UNSUPPORTED,
-                    "architecture '%s' is not supported (MixtralForCausalLM, Qwen2MoeForCausalLM, OlmoeForCausalLM)",
+                    "architecture '%s' is not supported (" ARCH_LIST ")",
                     s ? s : "(null)");
 }
 
@@ -140,8 +143,7 @@ static epm_status parse_arch(const ctx *c, epm_model_config *cfg)
     }
     if (epm_model_arch_parse(json_string_value(v), &cfg->arch) != EPM_OK)
         return epm_fail(EPM_ERR_UNSUPPORTED,
-                        "%s: field '%s' = '%s': architecture not supported (MixtralForCausalLM, "
-                        "Qwen2MoeForCausalLM, OlmoeForCausalLM)",
+                        "%s: field '%s' = '%s': architecture not supported (" ARCH_LIST ")",
                         c->label, key, json_string_value(v));
     return EPM_OK;
 }
@@ -209,8 +211,9 @@ static epm_status parse_dtype(const ctx *c, epm_model_config *cfg)
     return EPM_OK;
 }
 
-/* Which layers hold a sparse MoE block. Qwen2-MoE: layer l is sparse when
- * (l + 1) % decoder_sparse_step == 0 and l is not in mlp_only_layers. */
+/* Which layers hold a sparse MoE block. Qwen2-MoE and Qwen3-MoE: layer l is
+ * sparse when (l + 1) % decoder_sparse_step == 0 and l is not in
+ * mlp_only_layers. */
 static epm_status parse_layers(const ctx *c, epm_model_config *cfg)
 {
     cfg->decoder_sparse_step = 1;
@@ -218,7 +221,7 @@ static epm_status parse_layers(const ctx *c, epm_model_config *cfg)
     if (!cfg->moe_layer)
         return EPM_ERR_NOMEM;
     memset(cfg->moe_layer, 1, (size_t)cfg->num_layers);
-    if (cfg->arch != EPM_MODEL_QWEN2MOE)
+    if (cfg->arch != EPM_MODEL_QWEN2MOE && cfg->arch != EPM_MODEL_QWEN3MOE)
         return EPM_OK;
     EPM_CHECK(get_int(c, c->root, "decoder_sparse_step", 0, 1, cfg->num_layers, &cfg->decoder_sparse_step));
     for (int l = 0; l < cfg->num_layers; l++)
@@ -278,10 +281,11 @@ static epm_status parse(const ctx *c, epm_model_config *cfg)
     EPM_CHECK(get_int(c, r, "num_experts_per_tok", 1, 1, cfg->num_experts, &cfg->top_k));
     EPM_CHECK(get_int(c, r, "intermediate_size", 1, 1, 1L << 20, &cfg->dense_ffn));
     cfg->moe_ffn = cfg->dense_ffn;
-    if (a == EPM_MODEL_QWEN2MOE) {
+    int qwen = a == EPM_MODEL_QWEN2MOE || a == EPM_MODEL_QWEN3MOE;
+    if (qwen)
         EPM_CHECK(get_int(c, r, "moe_intermediate_size", 1, 1, 1L << 20, &cfg->moe_ffn));
+    if (a == EPM_MODEL_QWEN2MOE)
         EPM_CHECK(get_int(c, r, "shared_expert_intermediate_size", 1, 0, 1L << 20, &cfg->shared_ffn));
-    }
     /* Mixtral renormalises the top-k weights unconditionally; the others follow the flag. */
     cfg->norm_topk_prob = a == EPM_MODEL_MIXTRAL;
     if (a != EPM_MODEL_MIXTRAL)
@@ -289,11 +293,17 @@ static epm_status parse(const ctx *c, epm_model_config *cfg)
     if (a == EPM_MODEL_QWEN2MOE) {
         cfg->qkv_bias = 1; /* transformers 4 always had them; 5 writes qkv_bias */
         EPM_CHECK(get_bool(c, "qkv_bias", &cfg->qkv_bias, &cfg->qkv_bias_stated));
+    } else if (a == EPM_MODEL_QWEN3MOE) {
+        /* one flag for all four projections; q and k are normalised per head */
+        EPM_CHECK(get_bool(c, "attention_bias", &cfg->qkv_bias, NULL));
+        cfg->o_bias = cfg->qkv_bias;
+        cfg->qkv_bias_stated = 1;
+        cfg->qk_norm = EPM_QK_NORM_PER_HEAD;
     } else if (a == EPM_MODEL_OLMOE) {
         EPM_CHECK(get_bool(c, "attention_bias", &cfg->qkv_bias, NULL));
         cfg->o_bias = cfg->qkv_bias;
         cfg->qkv_bias_stated = 1;
-        cfg->qk_norm = 1;
+        cfg->qk_norm = EPM_QK_NORM_WHOLE;
         json_t *clip = json_object_get(r, "clip_qkv");
         if (clip && !json_is_null(clip)) {
             char b[64];
@@ -304,7 +314,7 @@ static epm_status parse(const ctx *c, epm_model_config *cfg)
         cfg->qkv_bias_stated = 1;
     }
     EPM_CHECK(get_bool(c, "tie_word_embeddings", &cfg->tie_word_embeddings, NULL));
-    double eps = a == EPM_MODEL_QWEN2MOE ? 1e-6 : 1e-5;
+    double eps = qwen ? 1e-6 : 1e-5;
     /* above float32's underflow: the runtime keeps eps as a float, and 0 would divide by zero */
     EPM_CHECK(get_num(c, r, "rms_norm_eps", 1e-30, 1, &eps, NULL));
     cfg->rms_norm_eps = (float)eps;
@@ -314,9 +324,9 @@ static epm_status parse(const ctx *c, epm_model_config *cfg)
         return epm_fail(EPM_ERR_UNSUPPORTED, "%s: field 'hidden_act' = %s: only \"silu\" is supported", c->label,
                         show(act, b, sizeof b));
     }
-    /* Mixtral's window applies whenever set; Qwen2-MoE's only with use_sliding_window. */
+    /* Mixtral's window applies whenever set; the Qwens' only with use_sliding_window. */
     int use_sw = a == EPM_MODEL_MIXTRAL;
-    if (a == EPM_MODEL_QWEN2MOE)
+    if (qwen)
         EPM_CHECK(get_bool(c, "use_sliding_window", &use_sw, NULL));
     if (use_sw && a != EPM_MODEL_OLMOE)
         EPM_CHECK(get_int(c, r, "sliding_window", 0, 0, 1L << 30, &cfg->sliding_window));
@@ -407,9 +417,13 @@ static json_t *to_json(const epm_model_config *cfg)
     if (a != EPM_MODEL_MIXTRAL)
         SET("norm_topk_prob", json_boolean(cfg->norm_topk_prob));
     if (a == EPM_MODEL_QWEN2MOE) {
-        SET("moe_intermediate_size", json_integer(cfg->moe_ffn));
         SET("shared_expert_intermediate_size", json_integer(cfg->shared_ffn));
         SET("qkv_bias", json_boolean(cfg->qkv_bias));
+    }
+    if (a == EPM_MODEL_QWEN3MOE)
+        SET("attention_bias", json_boolean(cfg->qkv_bias));
+    if (a == EPM_MODEL_QWEN2MOE || a == EPM_MODEL_QWEN3MOE) {
+        SET("moe_intermediate_size", json_integer(cfg->moe_ffn));
         SET("decoder_sparse_step", json_integer(cfg->decoder_sparse_step));
         json_t *only = json_array();
         for (int l = 0; only && l < cfg->num_layers; l++)

@@ -103,9 +103,10 @@ static int layer_specs(const epm_model_config *c, int l, epm_model_layer *w, spe
     }
     if (c->o_bias)
         add(s, &n, &w->o_bias, H, 0, L, l, "self_attn.o_proj.bias");
-    if (c->qk_norm) {
-        add(s, &n, &w->q_norm, q, 0, L, l, "self_attn.q_norm.weight");
-        add(s, &n, &w->k_norm, kv, 0, L, l, "self_attn.k_norm.weight");
+    if (c->qk_norm != EPM_QK_NORM_NONE) {
+        int whole = c->qk_norm == EPM_QK_NORM_WHOLE;
+        add(s, &n, &w->q_norm, whole ? q : c->head_dim, 0, L, l, "self_attn.q_norm.weight");
+        add(s, &n, &w->k_norm, whole ? kv : c->head_dim, 0, L, l, "self_attn.k_norm.weight");
     }
     w->is_moe = c->moe_layer[l];
     if (!w->is_moe) {

@@ -56,27 +56,32 @@ static epm_status make_config(const epm_model_synth_opts *o, epm_model_config *c
     EPM_CHECK(range("ffn", o->ffn, 1, 1L << 20));
     EPM_CHECK(range("heads", o->heads, 1, o->hidden / 2));
     EPM_CHECK(range("kv-heads", o->kv_heads, 1, o->heads));
+    EPM_CHECK(range("head-dim", o->head_dim, 0, 1024));
     EPM_CHECK(range("vocab", o->vocab, 1, 1L << 24));
     EPM_CHECK(range("shards", o->shards, 1, 99999));
     if (o->heads % o->kv_heads)
         return epm_fail(EPM_ERR_INVALID_ARG, "model synth: kv-heads = %d does not divide heads = %d", o->kv_heads,
                         o->heads);
-    if (o->hidden % o->heads || (o->hidden / o->heads) % 2)
+    if (o->head_dim == 0 && (o->hidden % o->heads || (o->hidden / o->heads) % 2))
         return epm_fail(EPM_ERR_INVALID_ARG, "model synth: hidden = %d over heads = %d must give an even head size",
                         o->hidden, o->heads);
+    if (o->head_dim % 2)
+        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: head_dim = %d must be even for RoPE", o->head_dim);
     if (o->dtype != EPM_DTYPE_F32 && o->dtype != EPM_DTYPE_BF16 && o->dtype != EPM_DTYPE_F16)
         return epm_fail(EPM_ERR_INVALID_ARG, "model synth: dtype %s is not F32, BF16 or F16", epm_dtype_name(o->dtype));
     if (!(o->router_scale > 0 && o->router_scale < 1e6))
         return epm_fail(EPM_ERR_INVALID_ARG, "model synth: router_scale = %g must be positive", o->router_scale);
-    if (o->arch != EPM_MODEL_QWEN2MOE && o->n_mlp_only > 0)
-        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: dense MLP layers (mlp_only) exist only in qwen2moe");
+    int qwen = o->arch == EPM_MODEL_QWEN2MOE || o->arch == EPM_MODEL_QWEN3MOE;
+    if (!qwen && o->n_mlp_only > 0)
+        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: dense MLP layers (mlp_only) exist only in qwen2moe and "
+                        "qwen3moe");
     c->arch = o->arch;
     c->vocab_size = o->vocab;
     c->hidden_size = o->hidden;
     c->num_layers = o->layers;
     c->num_heads = o->heads;
     c->num_kv_heads = o->kv_heads;
-    c->head_dim = o->hidden / o->heads;
+    c->head_dim = o->head_dim ? o->head_dim : o->hidden / o->heads;
     c->num_experts = o->experts;
     c->top_k = o->k;
     c->moe_ffn = o->ffn;
@@ -88,16 +93,23 @@ static epm_status make_config(const epm_model_synth_opts *o, epm_model_config *c
     c->rope_theta = o->arch == EPM_MODEL_MIXTRAL ? 1e6 : 1e4;
     c->dtype = o->dtype;
     c->decoder_sparse_step = 1;
-    if (o->arch == EPM_MODEL_QWEN2MOE) {
-        c->shared_ffn = o->shared_ffn < 0 ? 4 * o->ffn : o->shared_ffn;
+    if (qwen) {
         c->dense_ffn = o->dense_ffn < 0 ? 4 * o->ffn : o->dense_ffn;
-        EPM_CHECK(range("shared-ffn", c->shared_ffn, 0, 1L << 20));
         EPM_CHECK(range("dense-ffn", c->dense_ffn, 1, 1L << 20));
-        c->qkv_bias = 1;
         c->rms_norm_eps = 1e-6f;
     }
+    if (o->arch == EPM_MODEL_QWEN2MOE) {
+        c->shared_ffn = o->shared_ffn < 0 ? 4 * o->ffn : o->shared_ffn;
+        EPM_CHECK(range("shared-ffn", c->shared_ffn, 0, 1L << 20));
+        c->qkv_bias = 1;
+    }
+    if (o->arch == EPM_MODEL_QWEN3MOE) {
+        /* as the released Qwen3-MoE checkpoints: renormalised top-k, no biases */
+        c->norm_topk_prob = 1;
+        c->qk_norm = EPM_QK_NORM_PER_HEAD;
+    }
     if (o->arch == EPM_MODEL_OLMOE)
-        c->qk_norm = 1;
+        c->qk_norm = EPM_QK_NORM_WHOLE;
     c->moe_layer = epm_malloc((size_t)c->num_layers);
     if (!c->moe_layer)
         return EPM_ERR_NOMEM;

@@ -115,9 +115,12 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     EPM_CHECK_GOTO(lin(r, x, n, H, w->q, w->q_bias, qd, q), st, out);
     EPM_CHECK_GOTO(lin(r, x, n, H, w->k, w->k_bias, kvd, k), st, out);
     EPM_CHECK_GOTO(lin(r, x, n, H, w->v, w->v_bias, kvd, v), st, out);
-    if (c->qk_norm) {
+    if (c->qk_norm == EPM_QK_NORM_WHOLE) {
         r->ref->rmsnorm(q, n, qd, w->q_norm, c->rms_norm_eps, q);
         r->ref->rmsnorm(k, n, kvd, w->k_norm, c->rms_norm_eps, k);
+    } else if (c->qk_norm == EPM_QK_NORM_PER_HEAD) {
+        r->ref->rmsnorm(q, n * c->num_heads, c->head_dim, w->q_norm, c->rms_norm_eps, q);
+        r->ref->rmsnorm(k, n * c->num_kv_heads, c->head_dim, w->k_norm, c->rms_norm_eps, k);
     }
     for (int64_t i = 0; i < n; i++)
         pos[i] = pos_of(r, g[i]);

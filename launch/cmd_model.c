@@ -24,7 +24,7 @@ static const char synth_help[] =
     "weights; the router's are scaled so that routing is decisive. The same seed gives\n"
     "the same weights whatever --dtype rounds them to and however many --shards.\n"
     "  --out DIR              model folder (created if missing)\n"
-    "  --arch A               mixtral, qwen2moe or olmoe (default mixtral)\n"
+    "  --arch A               mixtral, qwen2moe, olmoe or qwen3moe (default mixtral)\n"
     "  --hidden H             hidden size (default 64)\n"
     "  --layers L             decoder layers (default 4)\n"
     "  --experts E            routed experts per MoE layer (default 8)\n"
@@ -32,19 +32,20 @@ static const char synth_help[] =
     "  --ffn F                routed expert width (default 128)\n"
     "  --heads N              attention heads (default 4)\n"
     "  --kv-heads M           key/value heads (default 2)\n"
+    "  --head-dim D           attention head width (default hidden / heads; Qwen3-MoE's is wider)\n"
     "  --vocab V              vocabulary size (default 256)\n"
     "  --dtype f32|bf16|f16   stored dtype (default f32)\n"
     "  --seed S               random seed (default 1)\n"
     "  --shards N             split into N files with model.safetensors.index.json (default 1)\n"
     "  --shared-ffn S         qwen2moe shared expert width (default 4*F; 0 = none)\n"
-    "  --dense-ffn D          qwen2moe dense MLP width (default 4*F)\n"
-    "  --mlp-only-layers L,.. qwen2moe layers with a dense MLP instead of experts\n"
+    "  --dense-ffn D          qwen2moe/qwen3moe dense MLP width (default 4*F)\n"
+    "  --mlp-only-layers L,.. qwen2moe/qwen3moe layers with a dense MLP instead of experts\n"
     "  --tie-embeddings       lm_head shares the embedding matrix\n"
     "  --router-scale X       router weight spread relative to the others (default 8)\n";
 
 enum {
     S_OUT = 256, S_ARCH, S_HIDDEN, S_LAYERS, S_EXPERTS, S_K, S_FFN, S_HEADS, S_KV, S_VOCAB, S_DTYPE, S_SEED, S_SHARDS,
-    S_SHARED, S_DENSE, S_MLPONLY, S_TIE, S_RSCALE, S_HELP
+    S_SHARED, S_DENSE, S_MLPONLY, S_TIE, S_RSCALE, S_HEADDIM, S_HELP
 };
 
 static const struct option synth_opts[] = {
@@ -57,7 +58,8 @@ static const struct option synth_opts[] = {
     {"shards", required_argument, 0, S_SHARDS},   {"shared-ffn", required_argument, 0, S_SHARED},
     {"dense-ffn", required_argument, 0, S_DENSE}, {"mlp-only-layers", required_argument, 0, S_MLPONLY},
     {"tie-embeddings", no_argument, 0, S_TIE},    {"router-scale", required_argument, 0, S_RSCALE},
-    {"help", no_argument, 0, S_HELP},             {0, 0, 0, 0}};
+    {"head-dim", required_argument, 0, S_HEADDIM}, {"help", no_argument, 0, S_HELP},
+    {0, 0, 0, 0}};
 
 /* "0,3,5" -> layers; returns the count or -1. */
 static int parse_list(const char *s, int *out, int cap)
@@ -89,7 +91,7 @@ static int cmd_synth(int argc, char **argv)
         case S_OUT: out = optarg; break;
         case S_ARCH:
             if (epm_model_arch_parse(optarg, &o.arch) != EPM_OK)
-                return cli_usage_error(W, "--arch '%s' is not one of: mixtral, qwen2moe, olmoe", optarg);
+                return cli_usage_error(W, "--arch '%s' is not one of: mixtral, qwen2moe, olmoe, qwen3moe", optarg);
             break;
 #define INT_OPT(code, name, lo, hi, field)                                                 \
     case code:                                                                             \
@@ -104,6 +106,7 @@ static int cmd_synth(int argc, char **argv)
         INT_OPT(S_FFN, "--ffn", 1, 1 << 20, ffn)
         INT_OPT(S_HEADS, "--heads", 1, 4096, heads)
         INT_OPT(S_KV, "--kv-heads", 1, 4096, kv_heads)
+        INT_OPT(S_HEADDIM, "--head-dim", 2, 1024, head_dim)
         INT_OPT(S_VOCAB, "--vocab", 1, 1 << 24, vocab)
         INT_OPT(S_SHARDS, "--shards", 1, 99999, shards)
         INT_OPT(S_SHARED, "--shared-ffn", 0, 1 << 20, shared_ffn)
@@ -143,10 +146,12 @@ static int cmd_synth(int argc, char **argv)
     /* a bad shape is the user's mistake, not a failure of the work */
     if (o.k > o.experts)
         return cli_usage_error(W, "--k %d exceeds --experts %d", o.k, o.experts);
-    if (o.heads % o.kv_heads || o.hidden % o.heads || (o.hidden / o.heads) % 2)
+    if (o.heads % o.kv_heads || (o.head_dim == 0 && (o.hidden % o.heads || (o.hidden / o.heads) % 2)))
         return cli_usage_error(W, "--kv-heads must divide --heads, and --heads must divide --hidden into an even "
-                                  "head size (got hidden %d, heads %d, kv-heads %d)",
+                                  "head size unless --head-dim says it (got hidden %d, heads %d, kv-heads %d)",
                                o.hidden, o.heads, o.kv_heads);
+    if (o.head_dim % 2)
+        return cli_usage_error(W, "--head-dim %d must be even (RoPE turns pairs)", o.head_dim);
     double gb = (double)o.layers * o.experts * 3.0 * o.hidden * o.ffn * (double)epm_dtype_size(o.dtype) / 1e9;
     if (gb > 0.25) {
         char msg[160];
@@ -244,7 +249,8 @@ static int cmd_info(int argc, char **argv)
         printf("  layers      %d (%d MoE, %d dense MLP)\n", c->num_layers, moe, c->num_layers - moe);
         printf("  hidden      %d, vocab %d\n", c->hidden_size, c->vocab_size);
         printf("  attention   %d heads, %d kv heads, head_dim %d%s%s, rope theta %g\n", c->num_heads,
-               c->num_kv_heads, c->head_dim, c->qkv_bias ? ", qkv bias" : "", c->qk_norm ? ", q/k norm" : "",
+               c->num_kv_heads, c->head_dim, c->qkv_bias ? ", qkv bias" : "",
+               c->qk_norm == EPM_QK_NORM_PER_HEAD ? ", q/k norm per head" : c->qk_norm ? ", q/k norm" : "",
                c->rope_theta);
         printf("  experts     %d, top-%d%s, ffn %d", c->num_experts, c->top_k,
                c->norm_topk_prob ? " (renormalised)" : "", c->moe_ffn);

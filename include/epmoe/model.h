@@ -19,7 +19,7 @@
  *         model.layers.l.block_sparse_moe.experts.e.w1.weight        [ffn, hidden]  (gate)
  *         model.layers.l.block_sparse_moe.experts.e.w3.weight        [ffn, hidden]  (up)
  *         model.layers.l.block_sparse_moe.experts.e.w2.weight        [hidden, ffn]  (down)
- *   Qwen2MoeForCausalLM (qwen2_moe), OlmoeForCausalLM (olmoe):
+ *   Qwen2MoeForCausalLM (qwen2_moe), OlmoeForCausalLM (olmoe), Qwen3MoeForCausalLM (qwen3_moe):
  *         model.layers.l.mlp.gate.weight                             [experts, hidden]
  *         model.layers.l.mlp.experts.e.{gate,up,down}_proj.weight    [ffn, hidden] x2, [hidden, ffn]
  *   Qwen2-MoE only:
@@ -31,6 +31,9 @@
  *         model.layers.l.mlp.{gate,up,down}_proj.weight              [inter, hidden] x2, [hidden, inter]
  *   OLMoE only:
  *         model.layers.l.self_attn.q_norm.weight [heads*hd], k_norm.weight [kv*hd]
+ *         model.layers.l.self_attn.{q,k,v,o}_proj.bias when attention_bias is true
+ *   Qwen3MoeForCausalLM (qwen3_moe): the experts and dense layers as Qwen2-MoE, no shared expert;
+ *         model.layers.l.self_attn.q_norm.weight [hd], k_norm.weight [hd] (applied to each head)
  *         model.layers.l.self_attn.{q,k,v,o}_proj.bias when attention_bias is true
  *
  * Other tensors in the files (rotary caches and the like) are ignored. */
@@ -51,13 +54,24 @@ typedef enum epm_model_arch {
     EPM_MODEL_MIXTRAL,
     EPM_MODEL_QWEN2MOE,
     EPM_MODEL_OLMOE,
+    EPM_MODEL_QWEN3MOE,
     EPM_MODEL_ARCH_COUNT
 } epm_model_arch;
 
-/* "MixtralForCausalLM", ... and "mixtral", "qwen2moe", "olmoe". */
+/* Where q/k RMSNorm applies: over the whole projection output (OLMoE: weights
+ * [heads*hd] and [kv*hd]) or over each head with one shared weight [hd]
+ * (Qwen3-MoE). */
+typedef enum epm_qk_norm {
+    EPM_QK_NORM_NONE,
+    EPM_QK_NORM_WHOLE,
+    EPM_QK_NORM_PER_HEAD
+} epm_qk_norm;
+
+/* "MixtralForCausalLM", ... and "mixtral", "qwen2moe", "olmoe", "qwen3moe". */
 EPM_API const char *epm_model_arch_class(epm_model_arch a);
 EPM_API const char *epm_model_arch_short(epm_model_arch a);
-/* Accepts the class name, the short name or the model_type ("qwen2_moe"). */
+/* Accepts the class name, the short name or the model_type ("qwen2_moe",
+ * "qwen3_moe"). */
 EPM_API epm_status epm_model_arch_parse(const char *s, epm_model_arch *out);
 
 /* ---- config.json ---- */
@@ -77,7 +91,7 @@ typedef struct epm_model_config {
     int qkv_bias;        /* q/k/v projections have biases */
     int qkv_bias_stated; /* 0: config.json is silent, epm_model_open decides from the tensors */
     int o_bias;          /* o projection has a bias (OLMoE attention_bias) */
-    int qk_norm;         /* RMSNorm on q and k after projection (OLMoE) */
+    int qk_norm;         /* RMSNorm on q and k after projection: EPM_QK_NORM_* */
     int tie_word_embeddings;
     int sliding_window;  /* 0 = full attention; else the window the config asks for */
     float rms_norm_eps;
@@ -120,7 +134,8 @@ typedef struct epm_model_layer {
     const float *input_norm, *post_attn_norm;  /* [hidden] */
     epm_weight q, k, v, o;                     /* [heads*hd, H], [kv*hd, H], [kv*hd, H], [H, heads*hd] */
     const float *q_bias, *k_bias, *v_bias, *o_bias; /* NULL when the model has none */
-    const float *q_norm, *k_norm;              /* OLMoE: [heads*hd], [kv*hd]; else NULL */
+    const float *q_norm, *k_norm;              /* OLMoE: [heads*hd], [kv*hd]; Qwen3-MoE: [hd] each;
+                                                  else NULL */
     int is_moe;
     const float *router;                       /* MoE layers: [experts, hidden] */
     epm_model_mlp shared;                      /* Qwen2-MoE shared expert (gate NULL when none) */
@@ -184,9 +199,10 @@ EPM_API int64_t epm_model_file_bytes(const epm_model *m);
 typedef struct epm_model_synth_opts {
     epm_model_arch arch;
     int hidden, layers, experts, k, ffn, heads, kv_heads, vocab;
+    int head_dim;         /* 0 = hidden / heads; else stated in config.json (Qwen3-MoE's is wider) */
     int shared_ffn;       /* Qwen2-MoE shared expert width (default 4 * ffn, 0 = none) */
-    int dense_ffn;        /* intermediate_size for Qwen2-MoE dense layers (default 4 * ffn) */
-    const int *mlp_only;  /* Qwen2-MoE: layers that get a dense MLP */
+    int dense_ffn;        /* intermediate_size for Qwen2-MoE / Qwen3-MoE dense layers (default 4 * ffn) */
+    const int *mlp_only;  /* Qwen2-MoE / Qwen3-MoE: layers that get a dense MLP */
     int n_mlp_only;
     int tie_embeddings;
     epm_dtype dtype;      /* F32, BF16 or F16 */

@@ -1,4 +1,4 @@
-/* config.json: the three bundled fixtures parse to the values transformers
+/* config.json: the bundled fixtures parse to the values transformers
  * wrote; both RoPE spellings; every bad field is refused with an error that
  * names the field and its value. */
 #include "test_util.h"
@@ -16,6 +16,8 @@ static epm_status load_fixture(const char *name, epm_model_config *c)
     snprintf(path, sizeof path, "%s/%s/config.json", tu_fixtures(), name);
     return epm_model_config_load(path, c);
 }
+
+static epm_status parse_edited_q3(const char *key, const char *value_json, epm_model_config *c);
 
 static void test_config_mixtral_fixture(void **state)
 {
@@ -81,6 +83,43 @@ static void test_config_olmoe_fixture(void **state)
     epm_model_config_clear(&c);
 }
 
+static void test_config_qwen3moe_fixture(void **state)
+{
+    (void)state;
+    epm_model_config c;
+    assert_int_equal(load_fixture("qwen3moe-tiny", &c), EPM_OK);
+    assert_int_equal(c.arch, EPM_MODEL_QWEN3MOE);
+    assert_int_equal(c.head_dim, 32); /* stated, twice hidden / heads */
+    assert_int_equal(c.moe_ffn, 48);
+    assert_int_equal(c.dense_ffn, 96);
+    assert_int_equal(c.shared_ffn, 0);
+    assert_int_equal(c.norm_topk_prob, 1);
+    assert_int_equal(c.qk_norm, EPM_QK_NORM_PER_HEAD);
+    assert_int_equal(c.qkv_bias, 0);
+    assert_int_equal(c.o_bias, 0);
+    assert_int_equal(epm_model_config_moe_layers(&c), 4);
+    epm_model_config_clear(&c);
+    /* Qwen3MoeConfig's defaults where the file is silent; attention_bias covers o too */
+    assert_int_equal(parse_edited_q3("norm_topk_prob", NULL, &c), EPM_OK);
+    assert_int_equal(c.norm_topk_prob, 0);
+    epm_model_config_clear(&c);
+    assert_int_equal(parse_edited_q3("rms_norm_eps", NULL, &c), EPM_OK);
+    assert_float_equal(c.rms_norm_eps, 1e-6f, 0);
+    epm_model_config_clear(&c);
+    assert_int_equal(parse_edited_q3("attention_bias", "true", &c), EPM_OK);
+    assert_int_equal(c.qkv_bias, 1);
+    assert_int_equal(c.o_bias, 1);
+    epm_model_config_clear(&c);
+    assert_int_equal(parse_edited_q3("mlp_only_layers", "[0, 3]", &c), EPM_OK);
+    assert_int_equal(epm_model_config_moe_layers(&c), 2);
+    assert_int_equal(c.moe_layer[0], 0);
+    epm_model_config_clear(&c);
+    /* a window is used only when use_sliding_window says so */
+    assert_int_equal(parse_edited_q3("sliding_window", "4096", &c), EPM_OK);
+    assert_int_equal(c.sliding_window, 0);
+    epm_model_config_clear(&c);
+}
+
 /* The fixture's config with one field replaced (value NULL deletes it). */
 static epm_status parse_edited(const char *fixture, const char *key, const char *value_json, epm_model_config *c)
 {
@@ -101,6 +140,11 @@ static epm_status parse_edited(const char *fixture, const char *key, const char 
     epm_status st = epm_model_config_parse(text, strlen(text), "edited.json", c);
     free(text);
     return st;
+}
+
+static epm_status parse_edited_q3(const char *key, const char *value_json, epm_model_config *c)
+{
+    return parse_edited("qwen3moe-tiny", key, value_json, c);
 }
 
 static void test_config_rope_spellings(void **state)
@@ -204,6 +248,12 @@ static void test_config_bad_fields(void **state)
         {"olmoe-tiny", "attention_bias", "\"no\"", "\"no\"", EPM_ERR_FORMAT},
         {"olmoe-tiny", "rope_parameters", "[1]", "[1]", EPM_ERR_FORMAT},
         {"olmoe-tiny", "rope_parameters", "{\"rope_theta\": 0}", "rope_parameters.rope_theta", EPM_ERR_FORMAT},
+        {"qwen3moe-tiny", "attention_bias", "\"no\"", "\"no\"", EPM_ERR_FORMAT},
+        {"qwen3moe-tiny", "head_dim", "33", "33", EPM_ERR_UNSUPPORTED},
+        {"qwen3moe-tiny", "mlp_only_layers", "[4]", "mlp_only_layers[0]", EPM_ERR_FORMAT},
+        {"qwen3moe-tiny", "moe_intermediate_size", "-1", "-1", EPM_ERR_FORMAT},
+        {"qwen3moe-tiny", "rope_parameters", "{\"rope_theta\": 1e6, \"rope_type\": \"yarn\"}", "yarn",
+         EPM_ERR_UNSUPPORTED},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         const bad_case *b = &cases[i];
@@ -257,11 +307,11 @@ static void test_config_qwen2moe_dense_layers(void **state)
 static void test_config_save_round_trip(void **state)
 {
     (void)state;
-    const char *names[] = {"mixtral-tiny", "qwen2moe-tiny", "olmoe-tiny"};
-    for (int i = 0; i < 3; i++) {
+    const char *names[] = {"mixtral-tiny", "qwen2moe-tiny", "olmoe-tiny", "qwen3moe-tiny"};
+    for (int i = 0; i < 4; i++) {
         epm_model_config a, b;
         assert_int_equal(load_fixture(names[i], &a), EPM_OK);
-        a.moe_layer[1] = a.arch == EPM_MODEL_QWEN2MOE ? 0 : 1;
+        a.moe_layer[1] = a.arch == EPM_MODEL_QWEN2MOE || a.arch == EPM_MODEL_QWEN3MOE ? 0 : 1;
         a.dtype = EPM_DTYPE_BF16;
         const char *p = tu_path("saved.json");
         assert_int_equal(epm_model_config_save(&a, p), EPM_OK);
@@ -275,6 +325,7 @@ static void test_config_save_round_trip(void **state)
         assert_int_equal(b.shared_ffn, a.shared_ffn);
         assert_int_equal(b.norm_topk_prob, a.norm_topk_prob);
         assert_int_equal(b.qkv_bias, a.qkv_bias);
+        assert_int_equal(b.o_bias, a.o_bias);
         assert_int_equal(b.qk_norm, a.qk_norm);
         assert_int_equal(b.dtype, EPM_DTYPE_BF16);
         assert_float_equal(b.rms_norm_eps, a.rms_norm_eps, 0);
@@ -294,7 +345,12 @@ static void test_config_arch_names(void **state)
     assert_int_equal(epm_model_arch_parse("qwen2moe", &a), EPM_OK);
     assert_int_equal(epm_model_arch_parse("OlmoeForCausalLM", &a), EPM_OK);
     assert_int_equal(a, EPM_MODEL_OLMOE);
+    assert_int_equal(epm_model_arch_parse("qwen3_moe", &a), EPM_OK);
+    assert_int_equal(a, EPM_MODEL_QWEN3MOE);
+    assert_int_equal(epm_model_arch_parse("Qwen3MoeForCausalLM", &a), EPM_OK);
+    assert_int_equal(a, EPM_MODEL_QWEN3MOE);
     assert_int_equal(epm_model_arch_parse("llama", &a), EPM_ERR_UNSUPPORTED);
+    assert_non_null(strstr(epm_last_error(), "Qwen3MoeForCausalLM"));
     assert_string_equal(epm_model_arch_class(EPM_MODEL_MIXTRAL), "MixtralForCausalLM");
     assert_string_equal(epm_model_arch_short(EPM_MODEL_OLMOE), "olmoe");
 }
@@ -303,7 +359,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_mixtral_fixture),  cmocka_unit_test(test_config_qwen2moe_fixture),
-        cmocka_unit_test(test_config_olmoe_fixture),    cmocka_unit_test(test_config_rope_spellings),
+        cmocka_unit_test(test_config_olmoe_fixture),    cmocka_unit_test(test_config_qwen3moe_fixture),
+        cmocka_unit_test(test_config_rope_spellings),
         cmocka_unit_test(test_config_unknown_arch),     cmocka_unit_test(test_config_bad_fields),
         cmocka_unit_test(test_config_qwen2moe_dense_layers), cmocka_unit_test(test_config_save_round_trip),
         cmocka_unit_test(test_config_arch_names),

@@ -35,8 +35,8 @@ static const float *raw(const epm_safetensors *st, const char *name)
 static void test_model_fixtures_open(void **state)
 {
     (void)state;
-    const char *names[] = {"mixtral-tiny", "qwen2moe-tiny", "olmoe-tiny"};
-    for (int i = 0; i < 3; i++) {
+    const char *names[] = {"mixtral-tiny", "qwen2moe-tiny", "olmoe-tiny", "qwen3moe-tiny"};
+    for (int i = 0; i < 4; i++) {
         char file[1024];
         snprintf(file, sizeof file, "%s/model.safetensors", fixture(names[i]));
         epm_safetensors *st;
@@ -57,7 +57,8 @@ static void test_model_fixtures_open(void **state)
             const epm_model_layer *w = &d->layer[l];
             char n[128];
             snprintf(n, sizeof n, "model.layers.%d.self_attn.k_proj.weight", l);
-            assert_memory_equal(w->k.data, raw(st, n), 32 * 64 * 4);
+            int kv = c->num_kv_heads * c->head_dim; /* 32, and 64 for Qwen3-MoE's wider heads */
+            assert_memory_equal(w->k.data, raw(st, n), (size_t)kv * 64 * 4);
             snprintf(n, sizeof n, "model.layers.%d.%s.gate.weight", l,
                      c->arch == EPM_MODEL_MIXTRAL ? "block_sparse_moe" : "mlp");
             assert_memory_equal(w->router, raw(st, n), 8 * 64 * 4);
@@ -79,6 +80,12 @@ static void test_model_fixtures_open(void **state)
             if (c->arch == EPM_MODEL_OLMOE) {
                 snprintf(n, sizeof n, "model.layers.%d.self_attn.q_norm.weight", l);
                 assert_memory_equal(w->q_norm, raw(st, n), 64 * 4);
+                snprintf(n, sizeof n, "model.layers.%d.self_attn.k_norm.weight", l);
+                assert_memory_equal(w->k_norm, raw(st, n), 32 * 4);
+            } else if (c->arch == EPM_MODEL_QWEN3MOE) {
+                /* one weight for every head */
+                snprintf(n, sizeof n, "model.layers.%d.self_attn.q_norm.weight", l);
+                assert_memory_equal(w->q_norm, raw(st, n), 32 * 4);
                 snprintf(n, sizeof n, "model.layers.%d.self_attn.k_norm.weight", l);
                 assert_memory_equal(w->k_norm, raw(st, n), 32 * 4);
             } else {
@@ -146,10 +153,12 @@ static void synth(const char *dir, epm_model_arch arch, epm_dtype dtype, int sha
     o.shared_ffn = 40;
     o.dense_ffn = 36;
     static const int only[1] = {1};
-    if (arch == EPM_MODEL_QWEN2MOE) {
+    if (arch == EPM_MODEL_QWEN2MOE || arch == EPM_MODEL_QWEN3MOE) {
         o.mlp_only = only;
         o.n_mlp_only = 1;
     }
+    if (arch == EPM_MODEL_QWEN3MOE)
+        o.head_dim = 16; /* heads * head_dim = 64, twice the hidden size, as in Qwen3-30B-A3B */
     o.dtype = dtype;
     o.shards = shards;
     o.seed = 42;
@@ -223,8 +232,9 @@ static int64_t compare_models(loaded a, loaded b, double tol)
         n += compare_arrays(f32w(x->o), f32w(y->o), H * q, tol);
         n += compare_arrays(x->q_bias, y->q_bias, q, tol);
         n += compare_arrays(x->v_bias, y->v_bias, kv, tol);
-        n += compare_arrays(x->q_norm, y->q_norm, q, tol);
-        n += compare_arrays(x->k_norm, y->k_norm, kv, tol);
+        int whole = c->qk_norm == EPM_QK_NORM_WHOLE;
+        n += compare_arrays(x->q_norm, y->q_norm, whole ? q : c->head_dim, tol);
+        n += compare_arrays(x->k_norm, y->k_norm, whole ? kv : c->head_dim, tol);
         n += compare_arrays(x->router, y->router, x->is_moe ? c->num_experts * H : 0, tol);
         n += compare_arrays(x->shared.gate, y->shared.gate, (int64_t)x->shared.ffn * H, tol);
         n += compare_arrays(x->shared.down, y->shared.down, (int64_t)x->shared.ffn * H, tol);
@@ -255,13 +265,23 @@ static void test_model_sharded_equals_single(void **state)
         assert_int_equal(epm_model_files(b.m), 3);
         const epm_model_config *c = epm_model_get_config(b.m);
         assert_int_equal(c->arch, arch);
-        if (arch == EPM_MODEL_QWEN2MOE) {
+        if (arch == EPM_MODEL_QWEN2MOE || arch == EPM_MODEL_QWEN3MOE) {
             assert_int_equal(c->moe_layer[1], 0);
             assert_non_null(b.d->layer[1].mlp.gate);
             assert_int_equal(b.d->layer[1].mlp.ffn, 36);
             assert_null(b.d->layer[1].router);
-            assert_int_equal(b.d->layer[0].shared.ffn, 40);
+            assert_int_equal(b.d->layer[0].shared.ffn, arch == EPM_MODEL_QWEN2MOE ? 40 : 0);
             assert_int_equal(epm_model_load_experts(b.m, 1, (int[]){0}, 1, NULL), EPM_ERR_INVALID_ARG);
+        }
+        if (arch == EPM_MODEL_QWEN3MOE) {
+            /* per-head q/k norms of the stated head_dim (epm_model_open checked the
+             * tensors' shapes), no biases, no shared expert */
+            assert_int_equal(c->head_dim, 16);
+            assert_int_equal(c->qk_norm, EPM_QK_NORM_PER_HEAD);
+            assert_non_null(b.d->layer[0].q_norm);
+            assert_null(b.d->layer[0].q_bias);
+            assert_null(b.d->layer[0].o_bias);
+            assert_null(b.d->layer[0].shared.gate);
         }
         assert_true(compare_models(a, b, -1) > 10000);
         assert_int_equal(epm_model_bytes_loaded(a.m), epm_model_bytes_loaded(b.m));
