@@ -14,7 +14,7 @@
 #include "safetensors.h"
 #include "xcomm.h"
 
-static const char *const models[] = {"mixtral-tiny", "qwen2moe-tiny", "olmoe-tiny"};
+static const char *const models[] = {"mixtral-tiny", "qwen2moe-tiny", "olmoe-tiny", "qwen3moe-tiny"};
 static int R, me;
 
 typedef struct fixture {
@@ -162,7 +162,7 @@ static void check_fixture(const char *name, epm_mode mode, int kind, int vnodes)
 static void test_run_fixtures_home(void **state)
 {
     (void)state;
-    for (int m = 0; m < 3; m++)
+    for (size_t m = 0; m < sizeof models / sizeof *models; m++)
         for (int kind = 0; kind < 4; kind++)
             check_fixture(models[m], EPM_MODE_HOME, kind, 0);
 }
@@ -170,7 +170,7 @@ static void test_run_fixtures_home(void **state)
 static void test_run_fixtures_follow(void **state)
 {
     (void)state;
-    for (int m = 0; m < 3; m++)
+    for (size_t m = 0; m < sizeof models / sizeof *models; m++)
         for (int kind = 0; kind < 4; kind++)
             check_fixture(models[m], EPM_MODE_FOLLOW, kind, R % 2 == 0 ? 2 : 0);
 }
