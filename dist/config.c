@@ -1,4 +1,4 @@
-/* config.json of Mixtral, Qwen2-MoE, OLMoE and Qwen3-MoE, as transformers writes it.
+/* config.json of Mixtral, Qwen2-MoE, OLMoE, Qwen3-MoE and DeepSeek-V3, as transformers writes it.
  * A field that is absent takes the default of transformers' config class for
  * that architecture; a field that is present but wrong is an error naming
  * the file, the field and its value. */
@@ -18,9 +18,11 @@ static const struct {
     [EPM_MODEL_QWEN2MOE] = {"Qwen2MoeForCausalLM", "qwen2moe", "qwen2_moe"},
     [EPM_MODEL_OLMOE] = {"OlmoeForCausalLM", "olmoe", "olmoe"},
     [EPM_MODEL_QWEN3MOE] = {"Qwen3MoeForCausalLM", "qwen3moe", "qwen3_moe"},
+    [EPM_MODEL_DEEPSEEKV3] = {"DeepseekV3ForCausalLM", "deepseekv3", "deepseek_v3"},
 };
 
-#define ARCH_LIST "MixtralForCausalLM, Qwen2MoeForCausalLM, OlmoeForCausalLM, Qwen3MoeForCausalLM"
+#define ARCH_LIST                                                                                                  \
+    "MixtralForCausalLM, Qwen2MoeForCausalLM, OlmoeForCausalLM, Qwen3MoeForCausalLM, DeepseekV3ForCausalLM"
 
 const char *epm_model_arch_class(epm_model_arch a)
 {
@@ -221,6 +223,11 @@ static epm_status parse_layers(const ctx *c, epm_model_config *cfg)
     if (!cfg->moe_layer)
         return EPM_ERR_NOMEM;
     memset(cfg->moe_layer, 1, (size_t)cfg->num_layers);
+    if (cfg->arch == EPM_MODEL_DEEPSEEKV3) {
+        for (int l = 0; l < cfg->first_k_dense; l++)
+            cfg->moe_layer[l] = 0;
+        return EPM_OK;
+    }
     if (cfg->arch != EPM_MODEL_QWEN2MOE && cfg->arch != EPM_MODEL_QWEN3MOE)
         return EPM_OK;
     EPM_CHECK(get_int(c, c->root, "decoder_sparse_step", 0, 1, cfg->num_layers, &cfg->decoder_sparse_step));
@@ -244,6 +251,98 @@ static epm_status parse_layers(const ctx *c, epm_model_config *cfg)
     return EPM_OK;
 }
 
+/* A string field that, when present, must be `want` (a setting whose other
+ * values would change the model's arithmetic). */
+static epm_status want_string(const ctx *c, const char *key, const char *want)
+{
+    json_t *v = json_object_get(c->root, key);
+    if (!v || json_is_null(v) || (json_is_string(v) && !strcmp(json_string_value(v), want)))
+        return EPM_OK;
+    char b[64];
+    return epm_fail(EPM_ERR_UNSUPPORTED, "%s: field '%s' = %s: only \"%s\" is supported", c->label, key,
+                    show(v, b, sizeof b), want);
+}
+
+/* Multi-head latent attention (DeepseekV3Config's defaults where silent). */
+static epm_status parse_mla(const ctx *c, epm_model_config *cfg)
+{
+    json_t *r = c->root;
+    cfg->mla = 1;
+    cfg->q_lora_rank = 1536;
+    cfg->kv_lora_rank = 512;
+    cfg->qk_nope_dim = 128;
+    cfg->qk_rope_dim = 64;
+    cfg->v_head_dim = 128;
+    cfg->rope_interleave = 1;
+    json_t *ql = json_object_get(r, "q_lora_rank");
+    if (ql && json_is_null(ql))
+        cfg->q_lora_rank = 0; /* null: a plain q_proj (DeepSeek-V2-Lite) */
+    else
+        EPM_CHECK(get_int(c, r, "q_lora_rank", 0, 1, 1L << 16, &cfg->q_lora_rank));
+    EPM_CHECK(get_int(c, r, "kv_lora_rank", 0, 1, 1L << 16, &cfg->kv_lora_rank));
+    EPM_CHECK(get_int(c, r, "qk_nope_head_dim", 0, 0, 1024, &cfg->qk_nope_dim));
+    EPM_CHECK(get_int(c, r, "qk_rope_head_dim", 0, 2, 1024, &cfg->qk_rope_dim));
+    EPM_CHECK(get_int(c, r, "v_head_dim", 0, 1, 1024, &cfg->v_head_dim));
+    EPM_CHECK(get_bool(c, "rope_interleave", &cfg->rope_interleave, NULL));
+    if (cfg->qk_rope_dim % 2)
+        return bad(c, "qk_rope_head_dim", json_object_get(r, "qk_rope_head_dim"), "must be even for RoPE");
+    int qk = cfg->qk_nope_dim + cfg->qk_rope_dim;
+    cfg->head_dim = qk > cfg->v_head_dim ? qk : cfg->v_head_dim;
+    if (cfg->head_dim % 2)
+        cfg->head_dim++; /* the cache's rows are even; the pad is zeros */
+    if (cfg->head_dim > 1024)
+        return epm_fail(EPM_ERR_UNSUPPORTED, "%s: qk_nope_head_dim + qk_rope_head_dim = %d: at most 1024 supported",
+                        c->label, qk);
+    cfg->num_kv_heads = cfg->num_heads; /* expanded: a key and a value per head */
+    return EPM_OK;
+}
+
+/* DeepSeek-V3's routed and shared experts and its router. */
+static epm_status parse_deepseek_moe(const ctx *c, epm_model_config *cfg)
+{
+    json_t *r = c->root;
+    int shared = 1;
+    EPM_CHECK(get_int(c, r, "n_shared_experts", 0, 0, 64, &shared));
+    cfg->shared_ffn = shared * cfg->moe_ffn;
+    cfg->first_k_dense = 3;
+    EPM_CHECK(get_int(c, r, "first_k_dense_replace", 0, 0, cfg->num_layers, &cfg->first_k_dense));
+    cfg->router_sigmoid = 1;
+    cfg->n_group = 8;
+    cfg->topk_group = 4;
+    EPM_CHECK(get_int(c, r, "n_group", 0, 1, cfg->num_experts < 1024 ? cfg->num_experts : 1024, &cfg->n_group));
+    EPM_CHECK(get_int(c, r, "topk_group", 0, 1, cfg->n_group, &cfg->topk_group));
+    int E = cfg->num_experts, G = cfg->n_group;
+    /* a group's score is the sum of its two best experts */
+    if (E % G || (G > 1 && E / G < 2))
+        return bad(c, "n_group", json_object_get(r, "n_group"), "must divide n_routed_experts into groups of 2 or more");
+    if ((int64_t)cfg->topk_group * (E / G) < cfg->top_k)
+        return bad(c, "topk_group", json_object_get(r, "topk_group"),
+                   "leaves fewer experts to choose from than num_experts_per_tok");
+    double rs = 2.5;
+    EPM_CHECK(get_num(c, r, "routed_scaling_factor", 0, 1e6, &rs, NULL));
+    cfg->routed_scaling = (float)rs;
+    /* the remote-code configs name the rule transformers implements */
+    EPM_CHECK(want_string(c, "scoring_func", "sigmoid"));
+    EPM_CHECK(want_string(c, "topk_method", "noaux_tc"));
+    int freq = 1;
+    EPM_CHECK(get_int(c, r, "moe_layer_freq", 0, 1, 1, &freq));
+    return EPM_OK;
+}
+
+/* Quantised checkpoints (FP8 blocks with scales, GPTQ, AWQ, ...) hold more
+ * than the weights this loader reads: refused by name rather than misread. */
+static epm_status refuse_quantized(const ctx *c)
+{
+    json_t *q = json_object_get(c->root, "quantization_config");
+    if (!q || json_is_null(q))
+        return EPM_OK;
+    json_t *m = json_is_object(q) ? json_object_get(q, "quant_method") : NULL;
+    return epm_fail(EPM_ERR_UNSUPPORTED,
+                    "%s: field 'quantization_config' (quant_method %s): quantised checkpoints are not supported; "
+                    "convert the weights to bfloat16 first",
+                    c->label, json_is_string(m) ? json_string_value(m) : "?");
+}
+
 static epm_status parse(const ctx *c, epm_model_config *cfg)
 {
     if (!json_is_object(c->root))
@@ -262,8 +361,12 @@ static epm_status parse(const ctx *c, epm_model_config *cfg)
         return bad(c, "num_key_value_heads", json_object_get(r, "num_key_value_heads"),
                    "must divide num_attention_heads");
     cfg->head_dim = 0;
-    EPM_CHECK(get_int(c, r, "head_dim", 0, 2, 1024, &cfg->head_dim));
-    if (cfg->head_dim == 0) {
+    /* DeepSeek-V3's saved head_dim is the rope width, not the attention's */
+    if (a != EPM_MODEL_DEEPSEEKV3)
+        EPM_CHECK(get_int(c, r, "head_dim", 0, 2, 1024, &cfg->head_dim));
+    if (a == EPM_MODEL_DEEPSEEKV3) {
+        EPM_CHECK(parse_mla(c, cfg));
+    } else if (cfg->head_dim == 0) {
         if (cfg->hidden_size % cfg->num_heads)
             return bad(c, "num_attention_heads", json_object_get(r, "num_attention_heads"),
                        "must divide hidden_size when head_dim is not given");
@@ -276,23 +379,33 @@ static epm_status parse(const ctx *c, epm_model_config *cfg)
     if (cfg->head_dim % 2)
         return epm_fail(EPM_ERR_UNSUPPORTED, "%s: field 'head_dim' = %d: must be even for RoPE", c->label,
                         cfg->head_dim);
-    const char *ek = a == EPM_MODEL_MIXTRAL ? "num_local_experts" : "num_experts";
+    const char *ek = a == EPM_MODEL_MIXTRAL ? "num_local_experts" : a == EPM_MODEL_DEEPSEEKV3 ? "n_routed_experts"
+                                                                                               : "num_experts";
     EPM_CHECK(get_int(c, r, ek, 1, 1, 1L << 16, &cfg->num_experts));
     EPM_CHECK(get_int(c, r, "num_experts_per_tok", 1, 1, cfg->num_experts, &cfg->top_k));
     EPM_CHECK(get_int(c, r, "intermediate_size", 1, 1, 1L << 20, &cfg->dense_ffn));
     cfg->moe_ffn = cfg->dense_ffn;
     int qwen = a == EPM_MODEL_QWEN2MOE || a == EPM_MODEL_QWEN3MOE;
-    if (qwen)
+    if (qwen || a == EPM_MODEL_DEEPSEEKV3)
         EPM_CHECK(get_int(c, r, "moe_intermediate_size", 1, 1, 1L << 20, &cfg->moe_ffn));
+    cfg->routed_scaling = 1.0f;
+    if (a == EPM_MODEL_DEEPSEEKV3)
+        EPM_CHECK(parse_deepseek_moe(c, cfg));
     if (a == EPM_MODEL_QWEN2MOE)
         EPM_CHECK(get_int(c, r, "shared_expert_intermediate_size", 1, 0, 1L << 20, &cfg->shared_ffn));
-    /* Mixtral renormalises the top-k weights unconditionally; the others follow the flag. */
-    cfg->norm_topk_prob = a == EPM_MODEL_MIXTRAL;
+    /* Mixtral renormalises the top-k weights unconditionally; the others follow
+     * the flag, which DeepseekV3Config defaults to true. */
+    cfg->norm_topk_prob = a == EPM_MODEL_MIXTRAL || a == EPM_MODEL_DEEPSEEKV3;
     if (a != EPM_MODEL_MIXTRAL)
         EPM_CHECK(get_bool(c, "norm_topk_prob", &cfg->norm_topk_prob, NULL));
     if (a == EPM_MODEL_QWEN2MOE) {
         cfg->qkv_bias = 1; /* transformers 4 always had them; 5 writes qkv_bias */
         EPM_CHECK(get_bool(c, "qkv_bias", &cfg->qkv_bias, &cfg->qkv_bias_stated));
+    } else if (a == EPM_MODEL_DEEPSEEKV3) {
+        /* biases on q_a_proj, kv_a_proj_with_mqa and o_proj */
+        EPM_CHECK(get_bool(c, "attention_bias", &cfg->qkv_bias, NULL));
+        cfg->o_bias = cfg->qkv_bias;
+        cfg->qkv_bias_stated = 1;
     } else if (a == EPM_MODEL_QWEN3MOE) {
         /* one flag for all four projections; q and k are normalised per head */
         EPM_CHECK(get_bool(c, "attention_bias", &cfg->qkv_bias, NULL));
@@ -314,7 +427,7 @@ static epm_status parse(const ctx *c, epm_model_config *cfg)
         cfg->qkv_bias_stated = 1;
     }
     EPM_CHECK(get_bool(c, "tie_word_embeddings", &cfg->tie_word_embeddings, NULL));
-    double eps = qwen ? 1e-6 : 1e-5;
+    double eps = qwen || a == EPM_MODEL_DEEPSEEKV3 ? 1e-6 : 1e-5;
     /* above float32's underflow: the runtime keeps eps as a float, and 0 would divide by zero */
     EPM_CHECK(get_num(c, r, "rms_norm_eps", 1e-30, 1, &eps, NULL));
     cfg->rms_norm_eps = (float)eps;
@@ -332,6 +445,7 @@ static epm_status parse(const ctx *c, epm_model_config *cfg)
         EPM_CHECK(get_int(c, r, "sliding_window", 0, 0, 1L << 30, &cfg->sliding_window));
     EPM_CHECK(parse_rope(c, cfg));
     EPM_CHECK(parse_dtype(c, cfg));
+    EPM_CHECK(refuse_quantized(c));
     return parse_layers(c, cfg);
 }
 
@@ -406,8 +520,12 @@ static json_t *to_json(const epm_model_config *cfg)
     SET("num_hidden_layers", json_integer(cfg->num_layers));
     SET("num_attention_heads", json_integer(cfg->num_heads));
     SET("num_key_value_heads", json_integer(cfg->num_kv_heads));
-    SET("head_dim", json_integer(cfg->head_dim));
-    SET(a == EPM_MODEL_MIXTRAL ? "num_local_experts" : "num_experts", json_integer(cfg->num_experts));
+    /* DeepseekV3Config's head_dim is the rope width (its rotary embedding reads it) */
+    SET("head_dim", json_integer(cfg->mla ? cfg->qk_rope_dim : cfg->head_dim));
+    SET(a == EPM_MODEL_MIXTRAL    ? "num_local_experts"
+        : a == EPM_MODEL_DEEPSEEKV3 ? "n_routed_experts"
+                                    : "num_experts",
+        json_integer(cfg->num_experts));
     SET("num_experts_per_tok", json_integer(cfg->top_k));
     SET("hidden_act", json_string("silu"));
     SET("rms_norm_eps", json_real(cfg->rms_norm_eps));
@@ -435,6 +553,23 @@ static json_t *to_json(const epm_model_config *cfg)
     if (a == EPM_MODEL_OLMOE) {
         SET("attention_bias", json_boolean(cfg->qkv_bias));
         SET("clip_qkv", json_null());
+    }
+    if (a == EPM_MODEL_DEEPSEEKV3) {
+        SET("attention_bias", json_boolean(cfg->qkv_bias));
+        SET("moe_intermediate_size", json_integer(cfg->moe_ffn));
+        SET("n_shared_experts", json_integer(cfg->moe_ffn ? cfg->shared_ffn / cfg->moe_ffn : 0));
+        SET("first_k_dense_replace", json_integer(cfg->first_k_dense));
+        SET("n_group", json_integer(cfg->n_group));
+        SET("topk_group", json_integer(cfg->topk_group));
+        SET("routed_scaling_factor", json_real(cfg->routed_scaling));
+        SET("scoring_func", json_string("sigmoid"));
+        SET("topk_method", json_string("noaux_tc"));
+        SET("q_lora_rank", cfg->q_lora_rank ? json_integer(cfg->q_lora_rank) : json_null());
+        SET("kv_lora_rank", json_integer(cfg->kv_lora_rank));
+        SET("qk_nope_head_dim", json_integer(cfg->qk_nope_dim));
+        SET("qk_rope_head_dim", json_integer(cfg->qk_rope_dim));
+        SET("v_head_dim", json_integer(cfg->v_head_dim));
+        SET("rope_interleave", json_boolean(cfg->rope_interleave));
     }
     if (a != EPM_MODEL_OLMOE)
         SET("sliding_window", cfg->sliding_window > 0 ? json_integer(cfg->sliding_window) : json_null());

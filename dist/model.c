@@ -85,6 +85,32 @@ static void add_mlp(spec *s, int *n, const void **dst, int64_t d0, int64_t d1, c
     va_end(ap);
 }
 
+/* Multi-head latent attention's projections (DeepSeek-V3). */
+static int mla_specs(const epm_model_config *c, int l, epm_model_layer *w, spec *s)
+{
+    int n = 0;
+    int64_t H = c->hidden_size, nh = c->num_heads, qk = c->qk_nope_dim + c->qk_rope_dim, QL = c->q_lora_rank,
+            KL = c->kv_lora_rank;
+#define L "model.layers.%d.%s"
+    if (QL) {
+        add_w(s, &n, &w->q_a, QL, H, L, l, "self_attn.q_a_proj.weight");
+        add(s, &n, &w->q_a_norm, QL, 0, L, l, "self_attn.q_a_layernorm.weight");
+        add_w(s, &n, &w->q_b, nh * qk, QL, L, l, "self_attn.q_b_proj.weight");
+        if (c->qkv_bias)
+            add(s, &n, &w->q_a_bias, QL, 0, L, l, "self_attn.q_a_proj.bias");
+    } else {
+        add_w(s, &n, &w->q, nh * qk, H, L, l, "self_attn.q_proj.weight");
+    }
+    add_w(s, &n, &w->kv_a, KL + c->qk_rope_dim, H, L, l, "self_attn.kv_a_proj_with_mqa.weight");
+    if (c->qkv_bias)
+        add(s, &n, &w->kv_a_bias, KL + c->qk_rope_dim, 0, L, l, "self_attn.kv_a_proj_with_mqa.bias");
+    add(s, &n, &w->kv_a_norm, KL, 0, L, l, "self_attn.kv_a_layernorm.weight");
+    add_w(s, &n, &w->kv_b, nh * (c->qk_nope_dim + c->v_head_dim), KL, L, l, "self_attn.kv_b_proj.weight");
+    add_w(s, &n, &w->o, H, nh * c->v_head_dim, L, l, "self_attn.o_proj.weight");
+#undef L
+    return n;
+}
+
 static int layer_specs(const epm_model_config *c, int l, epm_model_layer *w, spec *s)
 {
     int n = 0;
@@ -92,11 +118,15 @@ static int layer_specs(const epm_model_config *c, int l, epm_model_layer *w, spe
 #define L "model.layers.%d.%s"
     add(s, &n, &w->input_norm, H, 0, L, l, "input_layernorm.weight");
     add(s, &n, &w->post_attn_norm, H, 0, L, l, "post_attention_layernorm.weight");
-    add_w(s, &n, &w->q, q, H, L, l, "self_attn.q_proj.weight");
-    add_w(s, &n, &w->k, kv, H, L, l, "self_attn.k_proj.weight");
-    add_w(s, &n, &w->v, kv, H, L, l, "self_attn.v_proj.weight");
-    add_w(s, &n, &w->o, H, q, L, l, "self_attn.o_proj.weight");
-    if (c->qkv_bias) {
+    if (c->mla) {
+        n += mla_specs(c, l, w, s + n);
+    } else {
+        add_w(s, &n, &w->q, q, H, L, l, "self_attn.q_proj.weight");
+        add_w(s, &n, &w->k, kv, H, L, l, "self_attn.k_proj.weight");
+        add_w(s, &n, &w->v, kv, H, L, l, "self_attn.v_proj.weight");
+        add_w(s, &n, &w->o, H, q, L, l, "self_attn.o_proj.weight");
+    }
+    if (c->qkv_bias && !c->mla) {
         add(s, &n, &w->q_bias, q, 0, L, l, "self_attn.q_proj.bias");
         add(s, &n, &w->k_bias, kv, 0, L, l, "self_attn.k_proj.bias");
         add(s, &n, &w->v_bias, kv, 0, L, l, "self_attn.v_proj.bias");
@@ -119,13 +149,17 @@ static int layer_specs(const epm_model_config *c, int l, epm_model_layer *w, spe
     }
     add(s, &n, &w->router, c->num_experts, H, L, l,
         c->arch == EPM_MODEL_MIXTRAL ? "block_sparse_moe.gate.weight" : "mlp.gate.weight");
-    if (c->arch == EPM_MODEL_QWEN2MOE && c->shared_ffn > 0) {
+    if (c->router_sigmoid)
+        add(s, &n, &w->router_bias, c->num_experts, 0, L, l, "mlp.gate.e_score_correction_bias");
+    if (c->shared_ffn > 0) { /* Qwen2-MoE's one, gated; DeepSeek-V3's n_shared_experts, ungated */
         int64_t S = c->shared_ffn;
+        const char *sh = c->arch == EPM_MODEL_DEEPSEEKV3 ? "mlp.shared_experts" : "mlp.shared_expert";
         w->shared.ffn = c->shared_ffn;
-        add_mlp(s, &n, &w->shared.gate, S, H, L, l, "mlp.shared_expert.gate_proj.weight");
-        add_mlp(s, &n, &w->shared.up, S, H, L, l, "mlp.shared_expert.up_proj.weight");
-        add_mlp(s, &n, &w->shared.down, H, S, L, l, "mlp.shared_expert.down_proj.weight");
-        add(s, &n, &w->shared_gate, 1, H, L, l, "mlp.shared_expert_gate.weight");
+        add_mlp(s, &n, &w->shared.gate, S, H, "model.layers.%d.%s.gate_proj.weight", l, sh);
+        add_mlp(s, &n, &w->shared.up, S, H, "model.layers.%d.%s.up_proj.weight", l, sh);
+        add_mlp(s, &n, &w->shared.down, H, S, "model.layers.%d.%s.down_proj.weight", l, sh);
+        if (c->arch == EPM_MODEL_QWEN2MOE)
+            add(s, &n, &w->shared_gate, 1, H, L, l, "mlp.shared_expert_gate.weight");
     }
     return n;
 #undef L

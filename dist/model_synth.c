@@ -35,6 +35,7 @@ void epm_model_synth_opts_init(epm_model_synth_opts *o)
     o->seed = 1;
     o->shards = 1;
     o->router_scale = 8.0;
+    o->q_lora = o->kv_lora = o->qk_rope = o->v_head = o->n_group = o->topk_group = o->first_dense = -1;
 }
 
 static epm_status range(const char *opt, long v, long lo, long hi)
@@ -43,6 +44,47 @@ static epm_status range(const char *opt, long v, long lo, long hi)
         return epm_fail(EPM_ERR_INVALID_ARG, "model synth: %s = %ld is outside [%ld, %ld]", opt, v, lo, hi);
     return EPM_OK;
 }
+
+/* DeepSeek-V3's attention and router shape, the unset parts derived. */
+static epm_status deepseek_config(const epm_model_synth_opts *o, epm_model_config *c)
+{
+    int nope = o->head_dim ? o->head_dim : o->hidden / o->heads;
+    c->mla = 1;
+    c->q_lora_rank = o->q_lora >= 0 ? o->q_lora : o->hidden / 2;
+    c->kv_lora_rank = o->kv_lora >= 0 ? o->kv_lora : o->hidden / 2;
+    c->qk_nope_dim = nope;
+    c->qk_rope_dim = o->qk_rope >= 0 ? o->qk_rope : (nope / 4) * 2 > 2 ? (nope / 4) * 2 : 2;
+    c->v_head_dim = o->v_head >= 0 ? o->v_head : nope;
+    c->rope_interleave = 1;
+    EPM_CHECK(range("q-lora-rank", c->q_lora_rank, 0, 1L << 16));
+    EPM_CHECK(range("kv-lora-rank", c->kv_lora_rank, 1, 1L << 16));
+    EPM_CHECK(range("qk-rope-dim", c->qk_rope_dim, 2, 1024));
+    EPM_CHECK(range("v-head-dim", c->v_head_dim, 1, 1024));
+    if (c->qk_rope_dim % 2)
+        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: qk-rope-dim = %d must be even", c->qk_rope_dim);
+    int qk = nope + c->qk_rope_dim;
+    c->head_dim = qk > c->v_head_dim ? qk : c->v_head_dim;
+    c->head_dim += c->head_dim % 2;
+    c->num_kv_heads = c->num_heads;
+    int E = o->experts, g = E % 4 == 0 && E >= 8 ? 4 : 1;
+    c->n_group = o->n_group > 0 ? o->n_group : g;
+    c->topk_group = o->topk_group > 0 ? o->topk_group : c->n_group > 1 ? c->n_group / 2 : 1;
+    if (E % c->n_group || (c->n_group > 1 && E / c->n_group < 2) || c->topk_group > c->n_group ||
+        (int64_t)c->topk_group * (E / c->n_group) < o->k)
+        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: %d groups, %d kept, do not fit %d experts top-%d (groups of "
+                        "2 or more that leave k to choose from)", c->n_group, c->topk_group, E, o->k);
+    c->router_sigmoid = 1;
+    c->routed_scaling = 2.5f;
+    c->norm_topk_prob = 1;
+    c->first_k_dense = o->first_dense >= 0 ? o->first_dense : o->layers > 1;
+    EPM_CHECK(range("first-dense", c->first_k_dense, 0, o->layers - 1));
+    c->shared_ffn = o->shared_ffn < 0 ? o->ffn : o->shared_ffn;
+    if (c->shared_ffn % o->ffn)
+        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: shared-ffn = %d is not a whole number of experts of %d",
+                        c->shared_ffn, o->ffn);
+    return EPM_OK;
+}
+
 
 static epm_status make_config(const epm_model_synth_opts *o, epm_model_config *c)
 {
@@ -62,10 +104,11 @@ static epm_status make_config(const epm_model_synth_opts *o, epm_model_config *c
     if (o->heads % o->kv_heads)
         return epm_fail(EPM_ERR_INVALID_ARG, "model synth: kv-heads = %d does not divide heads = %d", o->kv_heads,
                         o->heads);
-    if (o->head_dim == 0 && (o->hidden % o->heads || (o->hidden / o->heads) % 2))
+    int ds = o->arch == EPM_MODEL_DEEPSEEKV3;
+    if (o->head_dim == 0 && (o->hidden % o->heads || (!ds && (o->hidden / o->heads) % 2)))
         return epm_fail(EPM_ERR_INVALID_ARG, "model synth: hidden = %d over heads = %d must give an even head size",
                         o->hidden, o->heads);
-    if (o->head_dim % 2)
+    if (o->head_dim % 2 && !ds)
         return epm_fail(EPM_ERR_INVALID_ARG, "model synth: head_dim = %d must be even for RoPE", o->head_dim);
     if (o->dtype != EPM_DTYPE_F32 && o->dtype != EPM_DTYPE_BF16 && o->dtype != EPM_DTYPE_F16)
         return epm_fail(EPM_ERR_INVALID_ARG, "model synth: dtype %s is not F32, BF16 or F16", epm_dtype_name(o->dtype));
@@ -93,7 +136,7 @@ static epm_status make_config(const epm_model_synth_opts *o, epm_model_config *c
     c->rope_theta = o->arch == EPM_MODEL_MIXTRAL ? 1e6 : 1e4;
     c->dtype = o->dtype;
     c->decoder_sparse_step = 1;
-    if (qwen) {
+    if (qwen || ds) {
         c->dense_ffn = o->dense_ffn < 0 ? 4 * o->ffn : o->dense_ffn;
         EPM_CHECK(range("dense-ffn", c->dense_ffn, 1, 1L << 20));
         c->rms_norm_eps = 1e-6f;
@@ -110,10 +153,15 @@ static epm_status make_config(const epm_model_synth_opts *o, epm_model_config *c
     }
     if (o->arch == EPM_MODEL_OLMOE)
         c->qk_norm = EPM_QK_NORM_WHOLE;
+    if (ds) {
+        c->rms_norm_eps = 1e-6f;
+        EPM_CHECK(deepseek_config(o, c));
+    }
     c->moe_layer = epm_malloc((size_t)c->num_layers);
     if (!c->moe_layer)
         return EPM_ERR_NOMEM;
     memset(c->moe_layer, 1, (size_t)c->num_layers);
+    memset(c->moe_layer, 0, (size_t)c->first_k_dense);
     for (int i = 0; i < o->n_mlp_only; i++) {
         if (o->mlp_only[i] < 0 || o->mlp_only[i] >= o->layers) {
             epm_model_config_clear(c);
@@ -227,6 +275,11 @@ static void value_law(const item *x, double router_scale, double *center, double
     if (ends_with(x->name, "norm.weight")) {
         *center = 1.0;
         *half = 0.1;
+    } else if (ends_with(x->name, "e_score_correction_bias")) {
+        /* positive, so that every kept expert's choice score is above the 0
+         * that transformers gives a dropped group's (DeepSeek's code: -inf) */
+        *center = 0.055;
+        *half = 0.045;
     } else if (ends_with(x->name, ".bias")) {
         *half = 0.1;
     } else if (!strcmp(x->name, "model.embed_tokens.weight")) {

@@ -52,7 +52,7 @@ static epm_status record_trace(rt *r, int ml, int64_t g, const int32_t *ids)
 
 /* ---- dense layers over weights as held ---- */
 
-static epm_status lin(rt *r, const float *x, int64_t n, int in, epm_weight w, const float *b, int out, float *y)
+epm_status epm_rt_lin(rt *r, const float *x, int64_t n, int in, epm_weight w, const float *b, int out, float *y)
 {
     if (w.dtype == EPM_DTYPE_BF16)
         return r->ops->linear_w16(x, n, in, w.data, b, out, y);
@@ -112,20 +112,24 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     }
     double t0 = epm_now();
     r->ref->rmsnorm(h, n, H, w->input_norm, c->rms_norm_eps, x);
-    EPM_CHECK_GOTO(lin(r, x, n, H, w->q, w->q_bias, qd, q), st, out);
-    EPM_CHECK_GOTO(lin(r, x, n, H, w->k, w->k_bias, kvd, k), st, out);
-    EPM_CHECK_GOTO(lin(r, x, n, H, w->v, w->v_bias, kvd, v), st, out);
-    if (c->qk_norm == EPM_QK_NORM_WHOLE) {
-        r->ref->rmsnorm(q, n, qd, w->q_norm, c->rms_norm_eps, q);
-        r->ref->rmsnorm(k, n, kvd, w->k_norm, c->rms_norm_eps, k);
-    } else if (c->qk_norm == EPM_QK_NORM_PER_HEAD) {
-        r->ref->rmsnorm(q, n * c->num_heads, c->head_dim, w->q_norm, c->rms_norm_eps, q);
-        r->ref->rmsnorm(k, n * c->num_kv_heads, c->head_dim, w->k_norm, c->rms_norm_eps, k);
-    }
     for (int64_t i = 0; i < n; i++)
         pos[i] = pos_of(r, g[i]);
-    epm_rope(q, n, c->num_heads, c->head_dim, pos, c->rope_theta);
-    epm_rope(k, n, c->num_kv_heads, c->head_dim, pos, c->rope_theta);
+    if (c->mla) {
+        EPM_CHECK_GOTO(epm_mla_qkv(r, w, x, n, pos, q, k, v), st, out);
+    } else {
+        EPM_CHECK_GOTO(epm_rt_lin(r, x, n, H, w->q, w->q_bias, qd, q), st, out);
+        EPM_CHECK_GOTO(epm_rt_lin(r, x, n, H, w->k, w->k_bias, kvd, k), st, out);
+        EPM_CHECK_GOTO(epm_rt_lin(r, x, n, H, w->v, w->v_bias, kvd, v), st, out);
+        if (c->qk_norm == EPM_QK_NORM_WHOLE) {
+            r->ref->rmsnorm(q, n, qd, w->q_norm, c->rms_norm_eps, q);
+            r->ref->rmsnorm(k, n, kvd, w->k_norm, c->rms_norm_eps, k);
+        } else if (c->qk_norm == EPM_QK_NORM_PER_HEAD) {
+            r->ref->rmsnorm(q, n * c->num_heads, c->head_dim, w->q_norm, c->rms_norm_eps, q);
+            r->ref->rmsnorm(k, n * c->num_kv_heads, c->head_dim, w->k_norm, c->rms_norm_eps, k);
+        }
+        epm_rope(q, n, c->num_heads, c->head_dim, pos, c->rope_theta);
+        epm_rope(k, n, c->num_kv_heads, c->head_dim, pos, c->rope_theta);
+    }
     int W = 2 + 2 * kvd;
     for (int64_t i = 0; i < n; i++) {
         put_g(kv + i * W, g[i]);
@@ -170,7 +174,10 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     }
     if (amod)
         EPM_CHECK_GOTO(epm_mod_attention_done(r), st, out);
-    EPM_CHECK_GOTO(lin(r, att, n, qd, w->o, w->o_bias, H, o), st, out);
+    if (c->mla)
+        epm_mla_compact(c, att, n); /* each head's value part, for o_proj */
+    EPM_CHECK_GOTO(epm_rt_lin(r, att, n, c->mla ? c->num_heads * c->v_head_dim : qd, w->o, w->o_bias, H, o), st,
+                   out);
     for (int64_t i = 0; i < n * H; i++)
         h[i] += o[i];
     r->rep->t_attention += epm_now() - t0;
@@ -209,30 +216,46 @@ static int off_node(const rt *r, int ml, int e) { return nearest_cost(r, ml, e, 
 
 /* node_only: TA-MoE's cap on the share of tokens leaving the node is
  * reached for this layer, so only experts with a replica on this node may
- * be chosen (when there are k of them). */
+ * be chosen (when there are k of them). scr: [3 * experts] floats.
+ *
+ * Scores: the softmax of the router's logits, or DeepSeek-V3's sigmoid of
+ * each logit. The choice is made on the scores (softmax: their logs, when
+ * TA-MoE biases them), DeepSeek's plus e_score_correction_bias and limited
+ * to its best groups; the weights are always the scores of the chosen. */
 static void gate(rt *r, const epm_model_layer *w, int ml, const float *x2, int64_t g, int32_t *ids, float *wts,
-                 float *probs, int node_only)
+                 float *scr, int node_only)
 {
     const epm_model_config *c = r->c;
-    int E = c->num_experts, K = c->top_k;
+    int E = c->num_experts, K = c->top_k, sig = c->router_sigmoid;
+    float *probs = scr, *choice = scr + E;
     r->ref->linear(x2, 1, c->hidden_size, w->router, NULL, E, probs);
-    epm_softmax(probs, E);
+    if (sig) {
+        for (int e = 0; e < E; e++) {
+            probs[e] = epm_sigmoid(probs[e]);
+            choice[e] = probs[e] + (w->router_bias ? w->router_bias[e] : 0.0f);
+        }
+        if (c->n_group > 1)
+            epm_group_limit(choice, E, c->n_group, c->topk_group, scr + 2 * E);
+    } else {
+        epm_softmax(probs, E);
+        memcpy(choice, probs, (size_t)E * sizeof *choice);
+    }
     if (!r->o->route_from && (r->o->ta_strength > 0 || r->o->top_p > 0 || node_only)) {
-        /* choose on biased scores, weigh with the model's own probabilities */
-        float score[1024];
+        /* choose on biased scores, weigh with the model's own */
         int on_node = 0;
         for (int e = 0; e < E && node_only; e++)
-            on_node += !off_node(r, ml, e);
+            on_node += !off_node(r, ml, e) && choice[e] > -INFINITY;
         node_only = node_only && on_node >= K;
         for (int e = 0; e < E; e++) {
-            score[e] = logf(probs[e] > 1e-30f ? probs[e] : 1e-30f);
+            if (!sig)
+                choice[e] = logf(probs[e] > 1e-30f ? probs[e] : 1e-30f);
             if (r->o->ta_strength > 0)
-                score[e] -= (float)(r->o->ta_strength * nearest_cost(r, ml, e, r->me));
+                choice[e] -= (float)(r->o->ta_strength * nearest_cost(r, ml, e, r->me));
             if (node_only && off_node(r, ml, e))
-                score[e] = -INFINITY;
+                choice[e] = -INFINITY;
         }
-        epm_topk(score, E, K, ids, wts);
-        double mass = 0;
+        epm_topk(choice, E, K, ids, wts);
+        double mass = 0; /* top-p: softmax routers only (setup refuses the others) */
         for (int j = 0; j < K; j++) {
             if (r->o->top_p > 0 && j > 0 && mass >= r->o->top_p) {
                 ids[j] = -1;
@@ -249,15 +272,19 @@ static void gate(rt *r, const epm_model_layer *w, int ml, const float *x2, int64
             wts[j] = row[j] >= 0 ? probs[row[j]] : 0.0f;
         }
     } else {
-        epm_topk(probs, E, K, ids, wts);
+        epm_topk(choice, E, K, ids, wts);
+        for (int j = 0; j < K; j++)
+            wts[j] = probs[ids[j]];
     }
     if (c->norm_topk_prob) {
-        double s = 0;
+        double s = sig ? 1e-20 : 0; /* DeepSeek-V3's denominator */
         for (int j = 0; j < K; j++)
             s += wts[j];
         for (int j = 0; j < K && s > 0; j++)
             wts[j] = (float)(wts[j] / s);
     }
+    for (int j = 0; j < K && c->routed_scaling != 1.0f; j++)
+        wts[j] *= c->routed_scaling;
 }
 
 typedef struct work {
@@ -273,9 +300,11 @@ static epm_status shared_expert(rt *r, const epm_model_layer *w, const float *x2
         return EPM_OK;
     EPM_CHECK(mlp(r, &w->shared, x2, n, y));
     for (int64_t i = 0; i < n; i++) {
-        float gl;
-        r->ref->linear(x2 + i * c->hidden_size, 1, c->hidden_size, w->shared_gate, NULL, 1, &gl);
-        float sg = epm_sigmoid(gl);
+        float gl = 0, sg = 1; /* DeepSeek-V3's shared experts have no gate */
+        if (w->shared_gate) {
+            r->ref->linear(x2 + i * c->hidden_size, 1, c->hidden_size, w->shared_gate, NULL, 1, &gl);
+            sg = epm_sigmoid(gl);
+        }
         for (int j = 0; j < c->hidden_size; j++)
             h[i * c->hidden_size + j] += sg * y[i * c->hidden_size + j];
     }
@@ -309,7 +338,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     const int W = 2 + H + 2 * K;
     float *rows = epm_malloc((size_t)(n ? n : 1) * (K + 1) * W * sizeof *rows);
     int *dest = epm_malloc((size_t)(n ? n : 1) * (K + 1) * sizeof *dest);
-    float *probs = epm_malloc((size_t)E * sizeof *probs);
+    float *probs = epm_malloc((size_t)3 * E * sizeof *probs); /* gate's scratch */
     int32_t *ids = epm_malloc((size_t)(n ? n : 1) * K * sizeof *ids);
     float *wts = epm_malloc((size_t)(n ? n : 1) * K * sizeof *wts);
     int *dst = epm_malloc((size_t)K * sizeof *dst);
@@ -834,7 +863,7 @@ static epm_status logits(rt *r, int64_t n, const float *h, float **out)
     float *lg = epm_malloc((size_t)(n ? n : 1) * c->vocab_size * sizeof *lg);
     if (!lg)
         return EPM_ERR_NOMEM;
-    epm_status st = lin(r, h, n, c->hidden_size, r->dense->lm_head, NULL, c->vocab_size, lg);
+    epm_status st = epm_rt_lin(r, h, n, c->hidden_size, r->dense->lm_head, NULL, c->vocab_size, lg);
     if (st != EPM_OK) {
         epm_free(lg);
         return st;
@@ -1000,9 +1029,9 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
                       c->head_dim);
     if (st == EPM_OK && o->ta_node_cap_on && !(o->ta_node_cap >= 0 && o->ta_node_cap <= 1))
         st = epm_fail(EPM_ERR_INVALID_ARG, "--ta-node-cap %g: must be in [0, 1]", o->ta_node_cap);
-    if (st == EPM_OK && (o->ta_strength > 0 || o->top_p > 0 || o->ta_node_cap_on) && c->num_experts > 1024)
-        st = epm_fail(EPM_ERR_UNSUPPORTED, "--ta-strength and --top-p support up to 1024 experts, the model has %d",
-                      c->num_experts);
+    if (st == EPM_OK && o->top_p > 0 && c->router_sigmoid)
+        st = epm_fail(EPM_ERR_UNSUPPORTED, "--top-p %g: %s scores experts by sigmoid, not by a distribution whose mass "
+                      "top-p could cut", o->top_p, epm_model_arch_class(c->arch));
     if (st == EPM_OK && (o->ta_strength < 0 || o->top_p < 0 || o->top_p > 1))
         st = epm_fail(EPM_ERR_INVALID_ARG, "ta_strength = %g must be >= 0 and top_p = %g in [0, 1]", o->ta_strength,
                       o->top_p);

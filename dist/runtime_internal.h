@@ -94,6 +94,16 @@ static inline int64_t get_g(const float *row)
     return g;
 }
 
+/* y = x W^T (+ b) on the run's kernels, W as held (float32 or bf16). */
+epm_status epm_rt_lin(rt *r, const float *x, int64_t n, int in, epm_weight w, const float *b, int out, float *y);
+
+/* MLA (runtime_mla.c): q, k, v [n][heads][head_dim] of the layer's input x
+ * [n][hidden] at positions pos, as the layer loop caches and attends them. */
+epm_status epm_mla_qkv(rt *r, const epm_model_layer *w, const float *x, int64_t n, const int32_t *pos, float *q,
+                       float *k, float *v);
+/* att [n][heads][head_dim] -> [n][heads][v_head_dim] in place: o_proj's input. */
+void epm_mla_compact(const epm_model_config *c, float *att, int64_t n);
+
 /* Collective agreement on st (every rank's first failure wins). */
 epm_status epm_rt_sync(rt *r, epm_status st);
 

@@ -78,6 +78,12 @@ void epm_softmax(float *x, int d);
 /* Top-k of scores[d] (higher first, ties to the lower index) into ids/vals. */
 void epm_topk(const float *scores, int d, int k, int32_t *ids, float *vals);
 
+/* DeepSeek-V3's group limit on scores[d] in `groups` consecutive groups of
+ * d / groups: all but the `keep` groups with the highest sum of their two
+ * best scores (ties to the lower group) are set to -inf, so no top-k picks
+ * them. gs: [groups] scratch. */
+void epm_group_limit(float *scores, int d, int groups, int keep, float *gs);
+
 /* Top-p dynamic k ('Harder Tasks Need More Experts'): experts in score order
  * (ties to the lower index) until their cumulative probability reaches p, at
  * least one and at most k; the remaining slots get id -1 and value 0.

@@ -39,6 +39,31 @@ static void topk_loop(const float *scores, int d, int k, int32_t *ids, float *va
  * never chosen over a number there, rather than refused. */
 void epm_topk(const float *scores, int d, int k, int32_t *ids, float *vals) { topk_loop(scores, d, k, ids, vals); }
 
+void epm_group_limit(float *scores, int d, int groups, int keep, float *gs)
+{
+    int per = d / groups;
+    for (int g = 0; g < groups; g++) {
+        float a = -INFINITY, b = -INFINITY; /* the group's best two */
+        for (int e = g * per; e < (g + 1) * per; e++) {
+            if (scores[e] > a) {
+                b = a;
+                a = scores[e];
+            } else if (scores[e] > b) {
+                b = scores[e];
+            }
+        }
+        gs[g] = per > 1 ? a + b : a;
+    }
+    for (int g = 0; g < groups; g++) {
+        int above = 0; /* groups ranked before g: higher, or equal and earlier */
+        for (int o = 0; o < groups; o++)
+            above += gs[o] > gs[g] || (gs[o] == gs[g] && o < g);
+        if (above >= keep)
+            for (int e = g * per; e < (g + 1) * per; e++)
+                scores[e] = -INFINITY;
+    }
+}
+
 epm_status epm_ref_topk(const float *scores, int d, int k, int32_t *ids, float *vals)
 {
     KREQ(d >= 1, "topk: d = %d", d);

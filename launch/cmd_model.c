@@ -24,7 +24,7 @@ static const char synth_help[] =
     "weights; the router's are scaled so that routing is decisive. The same seed gives\n"
     "the same weights whatever --dtype rounds them to and however many --shards.\n"
     "  --out DIR              model folder (created if missing)\n"
-    "  --arch A               mixtral, qwen2moe, olmoe or qwen3moe (default mixtral)\n"
+    "  --arch A               mixtral, qwen2moe, olmoe, qwen3moe or deepseekv3 (default mixtral)\n"
     "  --hidden H             hidden size (default 64)\n"
     "  --layers L             decoder layers (default 4)\n"
     "  --experts E            routed experts per MoE layer (default 8)\n"
@@ -32,7 +32,8 @@ static const char synth_help[] =
     "  --ffn F                routed expert width (default 128)\n"
     "  --heads N              attention heads (default 4)\n"
     "  --kv-heads M           key/value heads (default 2)\n"
-    "  --head-dim D           attention head width (default hidden / heads; Qwen3-MoE's is wider)\n"
+    "  --head-dim D           attention head width (default hidden / heads; Qwen3-MoE's is wider;\n"
+    "                         deepseekv3: the query/key part without RoPE, qk_nope_head_dim)\n"
     "  --vocab V              vocabulary size (default 256)\n"
     "  --dtype f32|bf16|f16   stored dtype (default f32)\n"
     "  --seed S               random seed (default 1)\n"
@@ -41,11 +42,21 @@ static const char synth_help[] =
     "  --dense-ffn D          qwen2moe/qwen3moe dense MLP width (default 4*F)\n"
     "  --mlp-only-layers L,.. qwen2moe/qwen3moe layers with a dense MLP instead of experts\n"
     "  --tie-embeddings       lm_head shares the embedding matrix\n"
-    "  --router-scale X       router weight spread relative to the others (default 8)\n";
+    "  --router-scale X       router weight spread relative to the others (default 8)\n"
+    "deepseekv3 (multi-head latent attention, sigmoid routing in groups; -1 or unset = derived):\n"
+    "  --q-lora-rank N        query LoRA rank (default hidden/2; 0 = a plain q_proj)\n"
+    "  --kv-lora-rank N       key/value latent width (default hidden/2)\n"
+    "  --qk-rope-dim N        RoPE part of each query/key head (default half the --head-dim part, even)\n"
+    "  --v-head-dim N         value head width (default the --head-dim part)\n"
+    "  --groups G             expert groups (n_group; default 4 where 8+ experts divide, else 1)\n"
+    "  --topk-groups T        groups a token may choose from (default G/2)\n"
+    "  --first-dense N        leading dense layers (first_k_dense_replace; default 1)\n"
+    "  --shared-ffn S         is a multiple of --ffn here: S/F shared experts (default F)\n";
 
 enum {
     S_OUT = 256, S_ARCH, S_HIDDEN, S_LAYERS, S_EXPERTS, S_K, S_FFN, S_HEADS, S_KV, S_VOCAB, S_DTYPE, S_SEED, S_SHARDS,
-    S_SHARED, S_DENSE, S_MLPONLY, S_TIE, S_RSCALE, S_HEADDIM, S_HELP
+    S_SHARED, S_DENSE, S_MLPONLY, S_TIE, S_RSCALE, S_HEADDIM, S_QLORA, S_KVLORA, S_ROPE, S_VHEAD, S_GROUPS,
+    S_TOPKG, S_FIRSTD, S_HELP
 };
 
 static const struct option synth_opts[] = {
@@ -58,8 +69,11 @@ static const struct option synth_opts[] = {
     {"shards", required_argument, 0, S_SHARDS},   {"shared-ffn", required_argument, 0, S_SHARED},
     {"dense-ffn", required_argument, 0, S_DENSE}, {"mlp-only-layers", required_argument, 0, S_MLPONLY},
     {"tie-embeddings", no_argument, 0, S_TIE},    {"router-scale", required_argument, 0, S_RSCALE},
-    {"head-dim", required_argument, 0, S_HEADDIM}, {"help", no_argument, 0, S_HELP},
-    {0, 0, 0, 0}};
+    {"head-dim", required_argument, 0, S_HEADDIM}, {"q-lora-rank", required_argument, 0, S_QLORA},
+    {"kv-lora-rank", required_argument, 0, S_KVLORA}, {"qk-rope-dim", required_argument, 0, S_ROPE},
+    {"v-head-dim", required_argument, 0, S_VHEAD}, {"groups", required_argument, 0, S_GROUPS},
+    {"topk-groups", required_argument, 0, S_TOPKG}, {"first-dense", required_argument, 0, S_FIRSTD},
+    {"help", no_argument, 0, S_HELP},             {0, 0, 0, 0}};
 
 /* "0,3,5" -> layers; returns the count or -1. */
 static int parse_list(const char *s, int *out, int cap)
@@ -107,6 +121,13 @@ static int cmd_synth(int argc, char **argv)
         INT_OPT(S_HEADS, "--heads", 1, 4096, heads)
         INT_OPT(S_KV, "--kv-heads", 1, 4096, kv_heads)
         INT_OPT(S_HEADDIM, "--head-dim", 2, 1024, head_dim)
+        INT_OPT(S_QLORA, "--q-lora-rank", 0, 1 << 16, q_lora)
+        INT_OPT(S_KVLORA, "--kv-lora-rank", 1, 1 << 16, kv_lora)
+        INT_OPT(S_ROPE, "--qk-rope-dim", 2, 1024, qk_rope)
+        INT_OPT(S_VHEAD, "--v-head-dim", 1, 1024, v_head)
+        INT_OPT(S_GROUPS, "--groups", 1, 1 << 16, n_group)
+        INT_OPT(S_TOPKG, "--topk-groups", 1, 1 << 16, topk_group)
+        INT_OPT(S_FIRSTD, "--first-dense", 0, 4096, first_dense)
         INT_OPT(S_VOCAB, "--vocab", 1, 1 << 24, vocab)
         INT_OPT(S_SHARDS, "--shards", 1, 99999, shards)
         INT_OPT(S_SHARED, "--shared-ffn", 0, 1 << 20, shared_ffn)
@@ -146,11 +167,12 @@ static int cmd_synth(int argc, char **argv)
     /* a bad shape is the user's mistake, not a failure of the work */
     if (o.k > o.experts)
         return cli_usage_error(W, "--k %d exceeds --experts %d", o.k, o.experts);
-    if (o.heads % o.kv_heads || (o.head_dim == 0 && (o.hidden % o.heads || (o.hidden / o.heads) % 2)))
+    int ds = o.arch == EPM_MODEL_DEEPSEEKV3; /* its heads are sized by their parts */
+    if (o.heads % o.kv_heads || (o.head_dim == 0 && (o.hidden % o.heads || (!ds && (o.hidden / o.heads) % 2))))
         return cli_usage_error(W, "--kv-heads must divide --heads, and --heads must divide --hidden into an even "
                                   "head size unless --head-dim says it (got hidden %d, heads %d, kv-heads %d)",
                                o.hidden, o.heads, o.kv_heads);
-    if (o.head_dim % 2)
+    if (o.head_dim % 2 && !ds)
         return cli_usage_error(W, "--head-dim %d must be even (RoPE turns pairs)", o.head_dim);
     double gb = (double)o.layers * o.experts * 3.0 * o.hidden * o.ffn * (double)epm_dtype_size(o.dtype) / 1e9;
     if (gb > 0.25) {
@@ -236,28 +258,42 @@ static int cmd_info(int argc, char **argv)
                "\"qk_norm\": %s, \"tie_word_embeddings\": %s, \"rms_norm_eps\": %g, \"rope_theta\": %g, "
                "\"dtype\": \"%s\", \"files\": %d, \"file_bytes\": %lld, \"params\": %lld, \"expert_params\": %lld, "
                "\"active_params\": %lld, \"tensor_bytes\": %lld, \"expert_bytes\": %lld, \"params_per_expert\": %lld, "
-               "\"bytes_per_expert\": %lld}\n",
+               "\"bytes_per_expert\": %lld, \"router\": \"%s\", \"n_group\": %d, \"topk_group\": %d, "
+               "\"routed_scaling_factor\": %g, \"mla\": %s, \"q_lora_rank\": %d, \"kv_lora_rank\": %d, "
+               "\"qk_nope_head_dim\": %d, \"qk_rope_head_dim\": %d, \"v_head_dim\": %d}\n",
                epm_model_arch_class(c->arch), c->vocab_size, c->hidden_size, c->num_layers, moe, c->num_heads,
                c->num_kv_heads, c->head_dim, c->num_experts, c->top_k, c->moe_ffn, c->dense_ffn, c->shared_ffn,
                c->norm_topk_prob ? "true" : "false", c->qkv_bias ? "true" : "false", c->qk_norm ? "true" : "false",
                c->tie_word_embeddings ? "true" : "false", (double)c->rms_norm_eps, c->rope_theta,
                epm_dtype_name(c->dtype), epm_model_files(m), (long long)epm_model_file_bytes(m), (long long)n.total,
                (long long)n.expert, (long long)active, (long long)n.bytes, (long long)n.expert_bytes,
-               (long long)per_expert, (long long)per_expert_bytes);
+               (long long)per_expert, (long long)per_expert_bytes, c->router_sigmoid ? "sigmoid" : "softmax",
+               c->router_sigmoid ? c->n_group : 1, c->router_sigmoid ? c->topk_group : 1, (double)c->routed_scaling,
+               c->mla ? "true" : "false", c->q_lora_rank, c->kv_lora_rank, c->qk_nope_dim, c->qk_rope_dim,
+               c->v_head_dim);
     } else {
         printf("%s: %s\n", dir, epm_model_arch_class(c->arch));
         printf("  layers      %d (%d MoE, %d dense MLP)\n", c->num_layers, moe, c->num_layers - moe);
         printf("  hidden      %d, vocab %d\n", c->hidden_size, c->vocab_size);
-        printf("  attention   %d heads, %d kv heads, head_dim %d%s%s, rope theta %g\n", c->num_heads,
-               c->num_kv_heads, c->head_dim, c->qkv_bias ? ", qkv bias" : "",
-               c->qk_norm == EPM_QK_NORM_PER_HEAD ? ", q/k norm per head" : c->qk_norm ? ", q/k norm" : "",
-               c->rope_theta);
+        if (c->mla)
+            printf("  attention   MLA, %d heads: q LoRA %d, kv latent %d, q/k %d + %d rope, v %d (run expanded at "
+                   "head_dim %d)%s, rope theta %g\n",
+                   c->num_heads, c->q_lora_rank, c->kv_lora_rank, c->qk_nope_dim, c->qk_rope_dim, c->v_head_dim,
+                   c->head_dim, c->qkv_bias ? ", biases" : "", c->rope_theta);
+        else
+            printf("  attention   %d heads, %d kv heads, head_dim %d%s%s, rope theta %g\n", c->num_heads,
+                   c->num_kv_heads, c->head_dim, c->qkv_bias ? ", qkv bias" : "",
+                   c->qk_norm == EPM_QK_NORM_PER_HEAD ? ", q/k norm per head" : c->qk_norm ? ", q/k norm" : "",
+                   c->rope_theta);
         printf("  experts     %d, top-%d%s, ffn %d", c->num_experts, c->top_k,
                c->norm_topk_prob ? " (renormalised)" : "", c->moe_ffn);
         if (c->shared_ffn)
             printf(", shared expert ffn %d", c->shared_ffn);
         if (moe < c->num_layers)
             printf(", dense ffn %d", c->dense_ffn);
+        if (c->router_sigmoid)
+            printf("\n  router      sigmoid + correction bias, %d groups (%d kept), weights x %g", c->n_group,
+                   c->topk_group, (double)c->routed_scaling);
         printf("\n  params      %.4g M total, %.4g M in experts, %.4g M active per token\n", (double)n.total / 1e6,
                (double)n.expert / 1e6, (double)active / 1e6);
         printf("  per expert  %lld params, %.4g MB as stored (%.4g MB for all %d routed experts)\n",

@@ -32,6 +32,14 @@
  *   OLMoE only:
  *         model.layers.l.self_attn.q_norm.weight [heads*hd], k_norm.weight [kv*hd]
  *         model.layers.l.self_attn.{q,k,v,o}_proj.bias when attention_bias is true
+ *   DeepseekV3ForCausalLM (deepseek_v3): routed experts as Qwen2-MoE; layers before
+ *         first_k_dense_replace dense (mlp.{gate,up,down}_proj);
+ *         model.layers.l.mlp.gate.e_score_correction_bias               [experts]
+ *         model.layers.l.mlp.shared_experts.{gate,up,down}_proj.weight   (n_shared_experts * moe width)
+ *         model.layers.l.self_attn.q_a_proj.weight, q_a_layernorm.weight, q_b_proj.weight
+ *                                   (or q_proj.weight when q_lora_rank is null)
+ *         model.layers.l.self_attn.kv_a_proj_with_mqa.weight, kv_a_layernorm.weight, kv_b_proj.weight
+ *         model.layers.l.self_attn.{q_a_proj,kv_a_proj_with_mqa,o_proj}.bias when attention_bias
  *   Qwen3MoeForCausalLM (qwen3_moe): the experts and dense layers as Qwen2-MoE, no shared expert;
  *         model.layers.l.self_attn.q_norm.weight [hd], k_norm.weight [hd] (applied to each head)
  *         model.layers.l.self_attn.{q,k,v,o}_proj.bias when attention_bias is true
@@ -55,6 +63,7 @@ typedef enum epm_model_arch {
     EPM_MODEL_QWEN2MOE,
     EPM_MODEL_OLMOE,
     EPM_MODEL_QWEN3MOE,
+    EPM_MODEL_DEEPSEEKV3,
     EPM_MODEL_ARCH_COUNT
 } epm_model_arch;
 
@@ -67,11 +76,12 @@ typedef enum epm_qk_norm {
     EPM_QK_NORM_PER_HEAD
 } epm_qk_norm;
 
-/* "MixtralForCausalLM", ... and "mixtral", "qwen2moe", "olmoe", "qwen3moe". */
+/* "MixtralForCausalLM", ... and "mixtral", "qwen2moe", "olmoe", "qwen3moe",
+ * "deepseekv3". */
 EPM_API const char *epm_model_arch_class(epm_model_arch a);
 EPM_API const char *epm_model_arch_short(epm_model_arch a);
 /* Accepts the class name, the short name or the model_type ("qwen2_moe",
- * "qwen3_moe"). */
+ * "qwen3_moe", "deepseek_v3"). */
 EPM_API epm_status epm_model_arch_parse(const char *s, epm_model_arch *out);
 
 /* ---- config.json ---- */
@@ -81,12 +91,14 @@ typedef struct epm_model_config {
     int vocab_size;
     int hidden_size;
     int num_layers;
-    int num_heads, num_kv_heads, head_dim; /* head_dim: config value, else hidden / heads */
+    int num_heads, num_kv_heads, head_dim; /* head_dim: config value, else hidden / heads; with MLA the
+                                              width attention runs at (below) and kv heads = heads */
     int num_experts;                       /* num_local_experts (Mixtral) / num_experts */
     int top_k;                             /* num_experts_per_tok */
     int moe_ffn;    /* width of each routed expert (Qwen2-MoE moe_intermediate_size, else intermediate_size) */
     int dense_ffn;  /* intermediate_size: width of dense MLP layers */
-    int shared_ffn; /* Qwen2-MoE shared_expert_intermediate_size; 0 = no shared expert */
+    int shared_ffn; /* Qwen2-MoE shared_expert_intermediate_size, DeepSeek-V3 n_shared_experts *
+                       moe_intermediate_size; 0 = no shared expert */
     int norm_topk_prob;  /* renormalise the top-k softmax weights (Mixtral: always) */
     int qkv_bias;        /* q/k/v projections have biases */
     int qkv_bias_stated; /* 0: config.json is silent, epm_model_open decides from the tensors */
@@ -99,6 +111,23 @@ typedef struct epm_model_config {
     epm_dtype dtype;     /* declared "dtype"/"torch_dtype" (F32 when absent); tensors carry their own */
     int decoder_sparse_step;
     uint8_t *moe_layer;  /* [num_layers]: 1 = sparse MoE block, 0 = dense MLP */
+    /* DeepSeek-V3's multi-head latent attention (MLA), run expanded: the
+     * latent goes through kv_b_proj into a key and a value per head, cached
+     * as for any other model. head_dim = max(qk_nope + qk_rope, v_head_dim);
+     * a value shorter than that is padded with zeros. */
+    int mla;
+    int q_lora_rank;      /* 0: q_proj; else q_a_proj -> q_a_layernorm -> q_b_proj */
+    int kv_lora_rank;
+    int qk_nope_dim, qk_rope_dim, v_head_dim;
+    int rope_interleave;  /* RoPE pairs the rope part's (2j, 2j+1), not (j, j + d/2) */
+    int first_k_dense;    /* first_k_dense_replace: layers before it are dense */
+    /* DeepSeek-V3's router: sigmoid scores; e_score_correction_bias added for
+     * the choice only; experts in n_group groups of which the topk_group with
+     * the highest sum of their two best scores may be chosen; the chosen
+     * weights (scores without the bias) times routed_scaling. */
+    int router_sigmoid;
+    int n_group, topk_group;
+    float routed_scaling;  /* 1 for the others */
 } epm_model_config;
 
 /* Parses config.json text; label (usually its path) names it in errors. On
@@ -132,14 +161,23 @@ typedef struct epm_weight {
 
 typedef struct epm_model_layer {
     const float *input_norm, *post_attn_norm;  /* [hidden] */
-    epm_weight q, k, v, o;                     /* [heads*hd, H], [kv*hd, H], [kv*hd, H], [H, heads*hd] */
+    epm_weight q, k, v, o;                     /* [heads*hd, H], [kv*hd, H], [kv*hd, H], [H, heads*hd];
+                                                  MLA: q_proj [heads*qk, H] (no q LoRA), no k or v,
+                                                  o [H, heads*v_head_dim] */
+    /* MLA (DeepSeek-V3), qk = qk_nope + qk_rope: q_a [q_lora, H], q_b [heads*qk, q_lora],
+     * kv_a [kv_lora + qk_rope, H], kv_b [heads*(qk_nope + v_head_dim), kv_lora] */
+    epm_weight q_a, q_b, kv_a, kv_b;
+    const float *q_a_norm, *kv_a_norm;          /* [q_lora], [kv_lora] (eps 1e-6 whatever the config says) */
+    const float *q_a_bias, *kv_a_bias;          /* attention_bias only */
+    const float *router_bias;                   /* DeepSeek-V3 e_score_correction_bias [experts] */
     const float *q_bias, *k_bias, *v_bias, *o_bias; /* NULL when the model has none */
     const float *q_norm, *k_norm;              /* OLMoE: [heads*hd], [kv*hd]; Qwen3-MoE: [hd] each;
                                                   else NULL */
     int is_moe;
     const float *router;                       /* MoE layers: [experts, hidden] */
     epm_model_mlp shared;                      /* Qwen2-MoE shared expert (gate NULL when none) */
-    const float *shared_gate;                  /* [1, hidden]: sigmoid(shared_gate . x) scales it */
+    const float *shared_gate;                  /* [1, hidden]: sigmoid(shared_gate . x) scales it
+                                                  (Qwen2-MoE; NULL: added as is, DeepSeek-V3) */
     epm_model_mlp mlp;                         /* dense layers only */
     const float *mod_router;                   /* [hidden] Mixture-of-Depths router (tensor
                                                   model.layers.{l}.mod_router.weight, [1, hidden] or
@@ -209,6 +247,13 @@ typedef struct epm_model_synth_opts {
     uint64_t seed;
     int shards;           /* 1 = model.safetensors; more = model-0000N-of-0000M + index */
     double router_scale;  /* router weights' spread relative to the others (default 8): decisive routing */
+    /* DeepSeek-V3 (head_dim, when set, is qk_nope_head_dim; -1 = derived):
+     * q_lora (hidden / 2; 0 = a plain q_proj), kv_lora (hidden / 2), qk_rope
+     * (half the nope width, even), v_head (the nope width), n_group and
+     * topk_group (4 and 2 where the experts allow, else 1 and 1),
+     * first_dense (1 when there are 2+ layers); shared_ffn, when set, a
+     * multiple of ffn (default ffn: one shared expert) */
+    int q_lora, kv_lora, qk_rope, v_head, n_group, topk_group, first_dense;
 } epm_model_synth_opts;
 
 EPM_API void epm_model_synth_opts_init(epm_model_synth_opts *o);

@@ -14,7 +14,8 @@
 #include "safetensors.h"
 #include "xcomm.h"
 
-static const char *const models[] = {"mixtral-tiny", "qwen2moe-tiny", "olmoe-tiny", "qwen3moe-tiny"};
+static const char *const models[] = {"mixtral-tiny", "qwen2moe-tiny", "olmoe-tiny", "qwen3moe-tiny",
+                                     "deepseekv3-tiny"};
 static int R, me;
 
 typedef struct fixture {

@@ -18,6 +18,8 @@ static epm_status load_fixture(const char *name, epm_model_config *c)
 }
 
 static epm_status parse_edited_q3(const char *key, const char *value_json, epm_model_config *c);
+static epm_status parse_with(json_t *root, const char *key, const char *value_json, const char *label,
+                             epm_model_config *c);
 
 static void test_config_mixtral_fixture(void **state)
 {
@@ -120,26 +122,122 @@ static void test_config_qwen3moe_fixture(void **state)
     epm_model_config_clear(&c);
 }
 
+/* A DeepSeek-V3 config as the Hub's remote-code checkpoints write it (their
+ * field names and values), shrunk, with one field replaced (key NULL: none;
+ * value NULL: deleted). */
+static epm_status parse_deepseek(const char *key, const char *value_json, epm_model_config *c)
+{
+    const char *text =
+        "{\"architectures\": [\"DeepseekV3ForCausalLM\"], \"model_type\": \"deepseek_v3\", \"vocab_size\": 256, "
+        "\"hidden_size\": 64, \"intermediate_size\": 96, \"moe_intermediate_size\": 32, \"num_hidden_layers\": 5, "
+        "\"num_attention_heads\": 4, \"num_key_value_heads\": 4, \"n_shared_experts\": 2, \"n_routed_experts\": 16, "
+        "\"routed_scaling_factor\": 2.5, \"kv_lora_rank\": 32, \"q_lora_rank\": 24, \"qk_rope_head_dim\": 8, "
+        "\"v_head_dim\": 16, \"qk_nope_head_dim\": 16, \"topk_method\": \"noaux_tc\", \"n_group\": 4, "
+        "\"topk_group\": 2, \"num_experts_per_tok\": 4, \"moe_layer_freq\": 1, \"first_k_dense_replace\": 2, "
+        "\"norm_topk_prob\": true, \"scoring_func\": \"sigmoid\", \"hidden_act\": \"silu\", \"rms_norm_eps\": 1e-06, "
+        "\"rope_theta\": 10000, \"rope_scaling\": null, \"head_dim\": 8, \"num_nextn_predict_layers\": 1, "
+        "\"torch_dtype\": \"bfloat16\"}";
+    return parse_with(json_loads(text, 0, NULL), key, value_json, "ds.json", c);
+}
+
+static void test_config_deepseek(void **state)
+{
+    (void)state;
+    epm_model_config c;
+    assert_int_equal(parse_deepseek(NULL, NULL, &c), EPM_OK);
+    assert_int_equal(c.arch, EPM_MODEL_DEEPSEEKV3);
+    assert_int_equal(c.num_experts, 16);
+    assert_int_equal(c.top_k, 4);
+    assert_int_equal(c.moe_ffn, 32);
+    assert_int_equal(c.shared_ffn, 64); /* two shared experts of the routed width */
+    assert_int_equal(c.mla, 1);
+    assert_int_equal(c.q_lora_rank, 24);
+    assert_int_equal(c.kv_lora_rank, 32);
+    assert_int_equal(c.head_dim, 24); /* nope + rope, not the saved head_dim (the rope width) */
+    assert_int_equal(c.num_kv_heads, 4);
+    assert_int_equal(c.rope_interleave, 1);
+    assert_int_equal(c.router_sigmoid, 1);
+    assert_int_equal(c.n_group, 4);
+    assert_int_equal(c.topk_group, 2);
+    assert_float_equal(c.routed_scaling, 2.5f, 0);
+    assert_int_equal(c.norm_topk_prob, 1);
+    assert_int_equal(epm_model_config_moe_layers(&c), 3);
+    assert_int_equal(c.moe_layer[1], 0);
+    assert_int_equal(c.moe_layer[2], 1);
+    assert_int_equal(c.dtype, EPM_DTYPE_BF16);
+    epm_model_config_clear(&c);
+    /* q_lora_rank null: a plain q_proj (DeepSeek-V2-Lite's shape) */
+    assert_int_equal(parse_deepseek("q_lora_rank", "null", &c), EPM_OK);
+    assert_int_equal(c.q_lora_rank, 0);
+    epm_model_config_clear(&c);
+    /* a value head wider than q/k sets the width attention runs at (even) */
+    assert_int_equal(parse_deepseek("v_head_dim", "33", &c), EPM_OK);
+    assert_int_equal(c.head_dim, 34);
+    epm_model_config_clear(&c);
+    /* DeepseekV3Config's defaults where the file is silent */
+    assert_int_equal(parse_deepseek("routed_scaling_factor", NULL, &c), EPM_OK);
+    assert_float_equal(c.routed_scaling, 2.5f, 0);
+    epm_model_config_clear(&c);
+    assert_int_equal(parse_deepseek("first_k_dense_replace", NULL, &c), EPM_OK);
+    assert_int_equal(c.first_k_dense, 3);
+    epm_model_config_clear(&c);
+    /* one kept group of 4 leaves exactly top-4 to choose from; top-5 not */
+    assert_int_equal(parse_deepseek("topk_group", "1", &c), EPM_OK);
+    epm_model_config_clear(&c);
+    assert_int_equal(parse_deepseek("num_experts_per_tok", "9", &c), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "'topk_group'"));
+    /* what this runtime cannot run, or a shape that cannot be, is refused by name */
+    static const struct {
+        const char *key, *value, *must_show;
+        epm_status st;
+    } bad[] = {
+        {"quantization_config", "{\"quant_method\": \"fp8\", \"weight_block_size\": [128, 128]}", "fp8",
+         EPM_ERR_UNSUPPORTED},
+        {"rope_scaling", "{\"type\": \"yarn\", \"factor\": 40}", "yarn", EPM_ERR_UNSUPPORTED},
+        {"scoring_func", "\"softmax\"", "scoring_func", EPM_ERR_UNSUPPORTED},
+        {"topk_method", "\"greedy\"", "topk_method", EPM_ERR_UNSUPPORTED},
+        {"moe_layer_freq", "2", "moe_layer_freq", EPM_ERR_FORMAT},
+        {"n_group", "3", "n_group", EPM_ERR_FORMAT},
+        {"n_group", "16", "n_group", EPM_ERR_FORMAT}, /* groups of one expert */
+        {"qk_rope_head_dim", "7", "qk_rope_head_dim", EPM_ERR_FORMAT},
+        {"n_routed_experts", NULL, "n_routed_experts", EPM_ERR_FORMAT},
+        {"first_k_dense_replace", "6", "first_k_dense_replace", EPM_ERR_FORMAT},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        epm_status st = parse_deepseek(bad[i].key, bad[i].value, &c);
+        if (st != bad[i].st || !strstr(epm_last_error(), bad[i].must_show) || !strstr(epm_last_error(), "ds.json"))
+            fail_msg("case %zu (%s): status %d, message: %s", i, bad[i].key, st, epm_last_error());
+        assert_null(c.moe_layer);
+    }
+}
+
+/* A config's JSON with one field replaced (value NULL deletes it), parsed
+ * under `label`; root is consumed. */
+static epm_status parse_with(json_t *root, const char *key, const char *value_json, const char *label,
+                             epm_model_config *c)
+{
+    json_error_t err;
+    assert_non_null(root);
+    if (key && value_json) {
+        json_t *v = json_loads(value_json, JSON_DECODE_ANY, &err);
+        assert_non_null(v);
+        json_object_set_new(root, key, v);
+    } else if (key) {
+        json_object_del(root, key);
+    }
+    char *text = json_dumps(root, 0);
+    json_decref(root);
+    epm_status st = epm_model_config_parse(text, strlen(text), label, c);
+    free(text);
+    return st;
+}
+
 /* The fixture's config with one field replaced (value NULL deletes it). */
 static epm_status parse_edited(const char *fixture, const char *key, const char *value_json, epm_model_config *c)
 {
     char path[1024];
     snprintf(path, sizeof path, "%s/%s/config.json", tu_fixtures(), fixture);
-    json_error_t err;
-    json_t *root = json_load_file(path, 0, &err);
-    assert_non_null(root);
-    if (value_json) {
-        json_t *v = json_loads(value_json, JSON_DECODE_ANY, &err);
-        assert_non_null(v);
-        json_object_set_new(root, key, v);
-    } else {
-        json_object_del(root, key);
-    }
-    char *text = json_dumps(root, 0);
-    json_decref(root);
-    epm_status st = epm_model_config_parse(text, strlen(text), "edited.json", c);
-    free(text);
-    return st;
+    return parse_with(json_load_file(path, 0, NULL), key, value_json, "edited.json", c);
 }
 
 static epm_status parse_edited_q3(const char *key, const char *value_json, epm_model_config *c)
@@ -187,9 +285,9 @@ static void test_config_unknown_arch(void **state)
 {
     (void)state;
     epm_model_config c;
-    assert_int_equal(parse_edited("mixtral-tiny", "architectures", "[\"DeepseekV3ForCausalLM\"]", &c),
+    assert_int_equal(parse_edited("mixtral-tiny", "architectures", "[\"GptOssForCausalLM\"]", &c),
                      EPM_ERR_UNSUPPORTED);
-    assert_non_null(strstr(epm_last_error(), "DeepseekV3ForCausalLM"));
+    assert_non_null(strstr(epm_last_error(), "GptOssForCausalLM"));
     assert_non_null(strstr(epm_last_error(), "edited.json"));
     /* without architectures, model_type decides */
     json_t *root = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i}", "model_type", "olmoe", "vocab_size", 10,
@@ -360,6 +458,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_mixtral_fixture),  cmocka_unit_test(test_config_qwen2moe_fixture),
         cmocka_unit_test(test_config_olmoe_fixture),    cmocka_unit_test(test_config_qwen3moe_fixture),
+        cmocka_unit_test(test_config_deepseek),
         cmocka_unit_test(test_config_rope_spellings),
         cmocka_unit_test(test_config_unknown_arch),     cmocka_unit_test(test_config_bad_fields),
         cmocka_unit_test(test_config_qwen2moe_dense_layers), cmocka_unit_test(test_config_save_round_trip),

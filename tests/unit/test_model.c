@@ -159,6 +159,8 @@ static void synth(const char *dir, epm_model_arch arch, epm_dtype dtype, int sha
     }
     if (arch == EPM_MODEL_QWEN3MOE)
         o.head_dim = 16; /* heads * head_dim = 64, twice the hidden size, as in Qwen3-30B-A3B */
+    if (arch == EPM_MODEL_DEEPSEEKV3)
+        o.shared_ffn = 24; /* one shared expert of the routed width */
     o.dtype = dtype;
     o.shards = shards;
     o.seed = 42;
@@ -226,10 +228,22 @@ static int64_t compare_models(loaded a, loaded b, double tol)
         const epm_model_layer *x = &a.d->layer[l], *y = &b.d->layer[l];
         n += compare_arrays(x->input_norm, y->input_norm, H, tol);
         n += compare_arrays(x->post_attn_norm, y->post_attn_norm, H, tol);
-        n += compare_arrays(f32w(x->q), f32w(y->q), q * H, tol);
+        n += compare_arrays(f32w(x->q), f32w(y->q), c->mla ? 0 : q * H, tol);
         n += compare_arrays(f32w(x->k), f32w(y->k), kv * H, tol);
         n += compare_arrays(f32w(x->v), f32w(y->v), kv * H, tol);
-        n += compare_arrays(f32w(x->o), f32w(y->o), H * q, tol);
+        int64_t od = c->mla ? (int64_t)c->num_heads * c->v_head_dim : q; /* o_proj's input width */
+        n += compare_arrays(f32w(x->o), f32w(y->o), H * od, tol);
+        if (c->mla) {
+            int64_t qk = c->qk_nope_dim + c->qk_rope_dim, QL = c->q_lora_rank, KL = c->kv_lora_rank;
+            n += compare_arrays(f32w(x->q_a), f32w(y->q_a), QL * H, tol);
+            n += compare_arrays(f32w(x->q_b), f32w(y->q_b), c->num_heads * qk * QL, tol);
+            n += compare_arrays(f32w(x->kv_a), f32w(y->kv_a), (KL + c->qk_rope_dim) * H, tol);
+            n += compare_arrays(f32w(x->kv_b), f32w(y->kv_b), c->num_heads * (c->qk_nope_dim + c->v_head_dim) * KL,
+                                tol);
+            n += compare_arrays(x->q_a_norm, y->q_a_norm, QL, tol);
+            n += compare_arrays(x->kv_a_norm, y->kv_a_norm, KL, tol);
+            n += compare_arrays(x->router_bias, y->router_bias, x->is_moe ? c->num_experts : 0, tol);
+        }
         n += compare_arrays(x->q_bias, y->q_bias, q, tol);
         n += compare_arrays(x->v_bias, y->v_bias, kv, tol);
         int whole = c->qk_norm == EPM_QK_NORM_WHOLE;
@@ -273,6 +287,26 @@ static void test_model_sharded_equals_single(void **state)
             assert_int_equal(b.d->layer[0].shared.ffn, arch == EPM_MODEL_QWEN2MOE ? 40 : 0);
             assert_int_equal(epm_model_load_experts(b.m, 1, (int[]){0}, 1, NULL), EPM_ERR_INVALID_ARG);
         }
+        if (arch == EPM_MODEL_DEEPSEEKV3) {
+            /* MLA's projections (q LoRA, kv latent), the router's correction bias,
+             * a shared expert without a gate, a dense first layer */
+            assert_int_equal(c->mla, 1);
+            assert_int_equal(c->moe_layer[0], 0);
+            assert_non_null(b.d->layer[0].mlp.gate);
+            const epm_model_layer *x = &b.d->layer[1];
+            assert_non_null(x->q_a.data);
+            assert_non_null(x->q_b.data);
+            assert_non_null(x->kv_a.data);
+            assert_non_null(x->kv_b.data);
+            assert_non_null(x->q_a_norm);
+            assert_non_null(x->kv_a_norm);
+            assert_null(x->q.data);
+            assert_null(x->k.data);
+            assert_non_null(x->router_bias);
+            assert_true(x->router_bias[0] > 0);
+            assert_int_equal(x->shared.ffn, 24);
+            assert_null(x->shared_gate);
+        }
         if (arch == EPM_MODEL_QWEN3MOE) {
             /* per-head q/k norms of the stated head_dim (epm_model_open checked the
              * tensors' shapes), no biases, no shared expert */
@@ -287,9 +321,10 @@ static void test_model_sharded_equals_single(void **state)
         assert_int_equal(epm_model_bytes_loaded(a.m), epm_model_bytes_loaded(b.m));
         /* routing must be decisive: the router's rows are wider than the experts' */
         double r = 0, w = 0;
+        int l0 = c->moe_layer[0] ? 0 : 1; /* DeepSeek-V3's first layer is dense */
         for (int i = 0; i < 32; i++) {
-            r += fabs(a.d->layer[0].router[i]);
-            w += fabs(((const float *)epm_model_expert(a.m, 0, 0)->gate)[i]);
+            r += fabs(a.d->layer[l0].router[i]);
+            w += fabs(((const float *)epm_model_expert(a.m, l0, 0)->gate)[i]);
         }
         assert_true(r > 4 * w);
         epm_model_close(a.m);

@@ -158,6 +158,45 @@ static void test_topk_ties(void **state)
     assert_int_equal(ids[2], 4);
 }
 
+/* DeepSeek-V3's group limit, by hand: 4 groups of 3, a group's score the sum
+ * of its best two, the best 2 groups kept */
+static void test_group_limit(void **state)
+{
+    (void)state;
+    float sc[12] = {0.9f, 0.0f, 0.0f, /* group 0: 0.9 */
+                    0.5f, 0.5f, 0.1f, /* group 1: 1.0 */
+                    0.4f, 0.3f, 0.3f, /* group 2: 0.7 */
+                    0.2f, 0.7f, 0.2f /* group 3: 0.9, ties group 0: the lower group wins */};
+    float keep[12], gs[4];
+    memcpy(keep, sc, sizeof sc);
+    epm_group_limit(keep, 12, 4, 2, gs);
+    for (int e = 0; e < 12; e++) {
+        int kept = e < 6; /* groups 0 and 1 */
+        if (kept)
+            assert_true(keep[e] == sc[e]);
+        else
+            assert_true(isinf(keep[e]) && keep[e] < 0);
+    }
+    /* the best single expert (0.9, group 0) survives though group 1 outranks its group */
+    int32_t ids[2];
+    float v[2];
+    epm_topk(keep, 12, 2, ids, v);
+    assert_int_equal(ids[0], 0);
+    assert_int_equal(ids[1], 3);
+    /* keeping every group changes nothing; one expert per group ranks by itself */
+    memcpy(keep, sc, sizeof sc);
+    epm_group_limit(keep, 12, 4, 4, gs);
+    assert_memory_equal(keep, sc, sizeof sc);
+    memcpy(keep, sc, sizeof sc);
+    epm_group_limit(keep, 12, 12, 1, gs);
+    for (int e = 0; e < 12; e++)
+        assert_true(e == 0 ? keep[e] == 0.9f : isinf(keep[e]));
+    /* negative scores (a negative correction bias): a group of them loses to any other */
+    float neg[4] = {-0.2f, -0.1f, 0.05f, 0.0f};
+    epm_group_limit(neg, 4, 2, 1, gs);
+    assert_true(isinf(neg[0]) && isinf(neg[1]) && neg[2] == 0.05f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -165,6 +204,7 @@ int main(void)
         cmocka_unit_test(test_ops_comparator_catches_a_wrong_result), cmocka_unit_test(test_ops_swiglu_by_hand),
         cmocka_unit_test(test_ops_rmsnorm), cmocka_unit_test(test_rope_identities),
         cmocka_unit_test(test_attention_causal_and_gqa), cmocka_unit_test(test_topk_ties),
+        cmocka_unit_test(test_group_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
