@@ -214,6 +214,12 @@ static void test_run_alloc_sweep(void **state)
         assert_int_equal(epm_model_synth(&so, bf16), EPM_OK);
         sweep(bf16, so.vocab, EPM_MODE_HOME, &points);
     }
+    if ((!only && R == 1) || (only && !strcmp(only, "deepseek"))) {
+        /* MLA's projections, the group-limited router, ungated shared experts */
+        char ds[512];
+        snprintf(ds, sizeof ds, "%s/deepseekv3-tiny", tu_fixtures());
+        sweep(ds, 256, EPM_MODE_FOLLOW, &points);
+    }
     assert_int_equal(tu_leak_check(), 0);
     if (me == R - 1)
         fprintf(stderr, "run: %llu allocation points in all\n", (unsigned long long)points);
