@@ -150,10 +150,63 @@ static epm_status parse_arch(const ctx *c, epm_model_config *cfg)
     return EPM_OK;
 }
 
+/* A number of the rope dict `rp` (home.name in messages) in (lo, hi); absent
+ * or null keeps *out. */
+static epm_status rope_num(const ctx *c, json_t *rp, const char *home, const char *name, double lo, double hi,
+                           double *out)
+{
+    json_t *v = json_object_get(rp, name);
+    if (!v || json_is_null(v))
+        return EPM_OK;
+    double x = json_is_number(v) ? json_number_value(v) : NAN;
+    if (!(x > lo && x < hi)) {
+        char key[96], why[96];
+        snprintf(key, sizeof key, "%s.%s", home, name);
+        snprintf(why, sizeof why, "must be a number in (%g, %g)", lo, hi);
+        return bad(c, key, v, why);
+    }
+    *out = x;
+    return EPM_OK;
+}
+
+/* YaRN's parameters, with the defaults of DeepSeek's code and transformers. */
+static epm_status parse_yarn(const ctx *c, json_t *rp, const char *home, epm_model_config *cfg)
+{
+    char key[96];
+    cfg->yarn_factor = -1;
+    EPM_CHECK(rope_num(c, rp, home, "factor", 0, 1e6, &cfg->yarn_factor));
+    if (cfg->yarn_factor <= 0)
+        return epm_fail(EPM_ERR_FORMAT, "%s: field '%s.factor' is missing (YaRN needs it)", c->label, home);
+    cfg->yarn_beta_fast = 32;
+    cfg->yarn_beta_slow = 1;
+    cfg->yarn_attn_factor = -1;
+    EPM_CHECK(rope_num(c, rp, home, "beta_fast", 0, 1e6, &cfg->yarn_beta_fast));
+    EPM_CHECK(rope_num(c, rp, home, "beta_slow", 0, 1e6, &cfg->yarn_beta_slow));
+    EPM_CHECK(rope_num(c, rp, home, "mscale", -1e6, 1e6, &cfg->yarn_mscale));
+    EPM_CHECK(rope_num(c, rp, home, "mscale_all_dim", -1e6, 1e6, &cfg->yarn_mscale_all_dim));
+    EPM_CHECK(rope_num(c, rp, home, "attention_factor", 0, 1e6, &cfg->yarn_attn_factor));
+    double om = cfg->max_position_embeddings;
+    EPM_CHECK(rope_num(c, rp, home, "original_max_position_embeddings", 0, 1e12, &om));
+    if (om < 1)
+        return epm_fail(EPM_ERR_FORMAT, "%s: YaRN needs '%s.original_max_position_embeddings' or "
+                        "'max_position_embeddings'", c->label, home);
+    cfg->yarn_original_max = (int)om;
+    cfg->yarn_truncate = 1;
+    json_t *t = json_object_get(rp, "truncate");
+    if (t && !json_is_null(t)) {
+        snprintf(key, sizeof key, "%s.truncate", home);
+        if (!json_is_boolean(t))
+            return bad(c, key, t, "must be true or false");
+        cfg->yarn_truncate = json_is_true(t);
+    }
+    return EPM_OK;
+}
+
 /* Older Hub configs write rope_theta at the top level, newer ones inside
  * rope_parameters; rope_scaling is the older home of a non-default type. */
 static epm_status parse_rope(const ctx *c, epm_model_config *cfg)
 {
+    EPM_CHECK(get_int(c, c->root, "max_position_embeddings", 0, 1, 1L << 30, &cfg->max_position_embeddings));
     cfg->rope_theta = cfg->arch == EPM_MODEL_MIXTRAL ? 1e6 : 1e4;
     EPM_CHECK(get_num(c, c->root, "rope_theta", 0, 1e12, &cfg->rope_theta, NULL));
     static const char *const homes[] = {"rope_parameters", "rope_scaling"};
@@ -182,10 +235,13 @@ static epm_status parse_rope(const ctx *c, epm_model_config *cfg)
         if (ty && !json_is_null(ty)) {
             if (!json_is_string(ty))
                 return bad(c, key, ty, "must be a string");
-            if (strcmp(json_string_value(ty), "default"))
+            if (!strcmp(json_string_value(ty), "yarn"))
+                EPM_CHECK(parse_yarn(c, rp, homes[i], cfg));
+            else if (strcmp(json_string_value(ty), "default"))
                 return epm_fail(EPM_ERR_UNSUPPORTED,
-                                "%s: field '%s' = '%s': RoPE scaling is not supported (only 'default')", c->label,
-                                key, json_string_value(ty));
+                                "%s: field '%s' = '%s': this RoPE scaling is not supported (only 'default' and "
+                                "'yarn')",
+                                c->label, key, json_string_value(ty));
         }
     }
     return EPM_OK;
@@ -531,7 +587,20 @@ static json_t *to_json(const epm_model_config *cfg)
     SET("rms_norm_eps", json_real(cfg->rms_norm_eps));
     SET("tie_word_embeddings", json_boolean(cfg->tie_word_embeddings));
     SET("dtype", json_string(torch_dtype(cfg->dtype)));
-    SET("rope_parameters", json_pack("{s:f, s:s}", "rope_theta", cfg->rope_theta, "rope_type", "default"));
+    if (cfg->yarn_factor > 0) {
+        json_t *rp = json_pack("{s:f, s:s, s:f, s:i, s:f, s:f, s:f, s:f, s:b}", "rope_theta", cfg->rope_theta,
+                               "rope_type", "yarn", "factor", cfg->yarn_factor, "original_max_position_embeddings",
+                               cfg->yarn_original_max, "beta_fast", cfg->yarn_beta_fast, "beta_slow",
+                               cfg->yarn_beta_slow, "mscale", cfg->yarn_mscale, "mscale_all_dim",
+                               cfg->yarn_mscale_all_dim, "truncate", cfg->yarn_truncate);
+        if (rp && cfg->yarn_attn_factor >= 0)
+            ok &= json_object_set_new(rp, "attention_factor", json_real(cfg->yarn_attn_factor)) == 0;
+        SET("rope_parameters", rp);
+    } else {
+        SET("rope_parameters", json_pack("{s:f, s:s}", "rope_theta", cfg->rope_theta, "rope_type", "default"));
+    }
+    if (cfg->max_position_embeddings > 0)
+        SET("max_position_embeddings", json_integer(cfg->max_position_embeddings));
     if (a != EPM_MODEL_MIXTRAL)
         SET("norm_topk_prob", json_boolean(cfg->norm_topk_prob));
     if (a == EPM_MODEL_QWEN2MOE) {

@@ -136,6 +136,20 @@ static epm_status make_config(const epm_model_synth_opts *o, epm_model_config *c
     c->rope_theta = o->arch == EPM_MODEL_MIXTRAL ? 1e6 : 1e4;
     c->dtype = o->dtype;
     c->decoder_sparse_step = 1;
+    if (o->yarn_factor > 0) {
+        if (!(o->yarn_factor < 1e6) || o->yarn_original_max < 1 || o->yarn_factor * o->yarn_original_max > 1 << 30)
+            return epm_fail(EPM_ERR_INVALID_ARG, "model synth: YaRN factor %g over an original context of %d",
+                            o->yarn_factor, o->yarn_original_max);
+        c->yarn_factor = o->yarn_factor;
+        c->yarn_original_max = o->yarn_original_max;
+        c->yarn_beta_fast = 32;
+        c->yarn_beta_slow = 1;
+        c->yarn_mscale = o->yarn_mscale;
+        c->yarn_mscale_all_dim = o->yarn_mscale_all_dim;
+        c->yarn_attn_factor = -1;
+        c->yarn_truncate = 1;
+        c->max_position_embeddings = (int)(o->yarn_factor * o->yarn_original_max);
+    }
     if (qwen || ds) {
         c->dense_ffn = o->dense_ffn < 0 ? 4 * o->ffn : o->dense_ffn;
         EPM_CHECK(range("dense-ffn", c->dense_ffn, 1, 1L << 20));

@@ -127,8 +127,8 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
             r->ref->rmsnorm(q, n * c->num_heads, c->head_dim, w->q_norm, c->rms_norm_eps, q);
             r->ref->rmsnorm(k, n * c->num_kv_heads, c->head_dim, w->k_norm, c->rms_norm_eps, k);
         }
-        epm_rope(q, n, c->num_heads, c->head_dim, pos, c->rope_theta);
-        epm_rope(k, n, c->num_kv_heads, c->head_dim, pos, c->rope_theta);
+        epm_rt_rope(r, q, n, c->num_heads, c->head_dim, pos);
+        epm_rt_rope(r, k, n, c->num_kv_heads, c->head_dim, pos);
     }
     int W = 2 + 2 * kvd;
     for (int64_t i = 0; i < n; i++) {
@@ -973,6 +973,14 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     r->moe_index = epm_malloc((size_t)c->num_layers * sizeof *r->moe_index);
     if (!r->offset || !r->moe_index)
         return sync(r, EPM_ERR_NOMEM);
+    r->softmax_scale = 1;
+    if (c->yarn_factor > 0) {
+        int dim = c->mla ? c->qk_rope_dim : c->head_dim;
+        r->rope_inv = epm_malloc((size_t)(dim / 2) * sizeof *r->rope_inv);
+        if (!r->rope_inv)
+            return sync(r, EPM_ERR_NOMEM);
+        epm_model_rope_freqs(c, dim, r->rope_inv, &r->rope_cs, &r->softmax_scale);
+    }
     int maxlen = 0;
     for (int s = 0; s < batch; s++) {
         r->offset[s] = r->N;
@@ -1110,6 +1118,7 @@ static void teardown(rt *r)
     epm_free(r->ffn_scr);
     epm_free(r->offset);
     epm_free(r->moe_index);
+    epm_free(r->rope_inv);
     epm_free(r->trace_rec);
     epm_free(r->bytes_local);
     epm_free(r->kv_local);

@@ -61,6 +61,9 @@ typedef struct rt {
     int64_t *acc;         /* [3 * pass] fixed-point attention sums */
     float *sc_tmp;        /* [2 * pass] gathered scores */
     int64_t *layer_tokens; /* [layers] tokens that ran each block, this rank */
+    /* YaRN (NULL without): RoPE's frequencies, the factor on cos and sin,
+     * and DeepSeek-V3's on the softmax scale */
+    double *rope_inv, rope_cs, softmax_scale;
 } rt;
 
 static inline int seq_of(const rt *r, int64_t g)
@@ -92,6 +95,15 @@ static inline int64_t get_g(const float *row)
     int64_t g;
     memcpy(&g, row, sizeof g);
     return g;
+}
+
+/* RoPE on x [n][heads][hd] at positions pos, with the model's frequencies. */
+static inline void epm_rt_rope(const rt *r, float *x, int64_t n, int heads, int hd, const int32_t *pos)
+{
+    if (r->rope_inv)
+        epm_rope_freqs(x, n, heads, hd, pos, r->rope_inv, r->rope_cs);
+    else
+        epm_rope(x, n, heads, hd, pos, r->c->rope_theta);
 }
 
 /* y = x W^T (+ b) on the run's kernels, W as held (float32 or bf16). */

@@ -75,9 +75,10 @@ epm_status epm_mla_qkv(rt *r, const epm_model_layer *w, const float *x, int64_t 
     EPM_CHECK_GOTO(epm_rt_lin(r, lat, n, KL, w->kv_b, NULL, nh * kvb, kvo), st, out);
     gather_rope(c, qt, n, nh, qk, nope, rq);
     gather_rope(c, kva, n, 1, KL + rope, KL, rk);
-    epm_rope(rq, n, nh, rope, pos, c->rope_theta);
-    epm_rope(rk, n, 1, rope, pos, c->rope_theta);
-    float qs = hd > qk ? sqrtf((float)hd / (float)qk) : 1.0f;
+    epm_rt_rope(r, rq, n, nh, rope, pos);
+    epm_rt_rope(r, rk, n, 1, rope, pos);
+    /* YaRN's softmax factor (1 without), and 1/sqrt(qk) where the kernel divides by sqrt(hd) */
+    float qs = (float)(r->softmax_scale * (hd > qk ? sqrt((double)hd / qk) : 1.0));
     for (int64_t i = 0; i < n; i++)
         for (int h = 0; h < nh; h++) {
             float *qo = q + (i * nh + h) * hd, *ko = k + (i * nh + h) * hd, *vo = v + (i * nh + h) * hd;

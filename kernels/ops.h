@@ -64,6 +64,9 @@ const epm_ops *epm_ops_blas(void);
 /* Rotary embedding in the Hugging Face rotate_half convention on x[n][heads][hd]
  * for token positions pos[n]. */
 void epm_rope(float *x, int64_t n, int heads, int hd, const int32_t *pos, double theta);
+/* The same with given inverse frequencies inv[hd / 2] (YaRN's) and cos and
+ * sin multiplied by scale (its attention factor). */
+void epm_rope_freqs(float *x, int64_t n, int heads, int hd, const int32_t *pos, const double *inv, double scale);
 
 /* Causal grouped-query attention of n query rows of one sequence at positions
  * pos[i], against cached K/V rows 0..max(pos) of that sequence:

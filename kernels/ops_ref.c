@@ -1,6 +1,7 @@
 /* The internal epm_ops table of the C reference and the unchecked helpers of
  * ops.h, both thin layers over the public epm_ref_* kernels (ref_dense.c,
  * ref_moe.c), so there is one reference implementation of each op. */
+#include <math.h>
 #include "epmoe/kernels.h"
 #include "half.h"
 #include "kcheck.h"
@@ -103,6 +104,22 @@ int64_t epm_busiest_rows(const int64_t *offsets, int experts)
 void epm_rope(float *x, int64_t n, int heads, int hd, const int32_t *pos, double theta)
 {
     (void)epm_ref_rope(x, n, heads, hd, pos, theta);
+}
+
+void epm_rope_freqs(float *x, int64_t n, int heads, int hd, const int32_t *pos, const double *inv, double scale)
+{
+    int half = hd / 2;
+    for (int64_t i = 0; i < n; i++)
+        for (int j = 0; j < half; j++) {
+            double a = (double)pos[i] * inv[j];
+            float c = (float)(cos(a) * scale), s = (float)(sin(a) * scale);
+            for (int h = 0; h < heads; h++) {
+                float *v = x + (i * heads + h) * hd;
+                float x1 = v[j], x2 = v[j + half];
+                v[j] = x1 * c - x2 * s;
+                v[j + half] = x2 * c + x1 * s;
+            }
+        }
 }
 
 epm_status epm_attention(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc, int heads,

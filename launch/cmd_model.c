@@ -43,6 +43,8 @@ static const char synth_help[] =
     "  --mlp-only-layers L,.. qwen2moe/qwen3moe layers with a dense MLP instead of experts\n"
     "  --tie-embeddings       lm_head shares the embedding matrix\n"
     "  --router-scale X       router weight spread relative to the others (default 8)\n"
+    "  --yarn F,ORIG[,M,MA]   YaRN RoPE scaling: factor F over an original context of ORIG positions,\n"
+    "                         mscale M and mscale_all_dim MA (default 0: unset)\n"
     "deepseekv3 (multi-head latent attention, sigmoid routing in groups; -1 or unset = derived):\n"
     "  --q-lora-rank N        query LoRA rank (default hidden/2; 0 = a plain q_proj)\n"
     "  --kv-lora-rank N       key/value latent width (default hidden/2)\n"
@@ -56,7 +58,7 @@ static const char synth_help[] =
 enum {
     S_OUT = 256, S_ARCH, S_HIDDEN, S_LAYERS, S_EXPERTS, S_K, S_FFN, S_HEADS, S_KV, S_VOCAB, S_DTYPE, S_SEED, S_SHARDS,
     S_SHARED, S_DENSE, S_MLPONLY, S_TIE, S_RSCALE, S_HEADDIM, S_QLORA, S_KVLORA, S_ROPE, S_VHEAD, S_GROUPS,
-    S_TOPKG, S_FIRSTD, S_HELP
+    S_TOPKG, S_FIRSTD, S_YARN, S_HELP
 };
 
 static const struct option synth_opts[] = {
@@ -73,7 +75,8 @@ static const struct option synth_opts[] = {
     {"kv-lora-rank", required_argument, 0, S_KVLORA}, {"qk-rope-dim", required_argument, 0, S_ROPE},
     {"v-head-dim", required_argument, 0, S_VHEAD}, {"groups", required_argument, 0, S_GROUPS},
     {"topk-groups", required_argument, 0, S_TOPKG}, {"first-dense", required_argument, 0, S_FIRSTD},
-    {"help", no_argument, 0, S_HELP},             {0, 0, 0, 0}};
+    {"yarn", required_argument, 0, S_YARN},       {"help", no_argument, 0, S_HELP},
+    {0, 0, 0, 0}};
 
 /* "0,3,5" -> layers; returns the count or -1. */
 static int parse_list(const char *s, int *out, int cap)
@@ -151,6 +154,16 @@ static int cmd_synth(int argc, char **argv)
             o.mlp_only = mlp_only;
             break;
         case S_TIE: o.tie_embeddings = 1; break;
+        case S_YARN: {
+            char tail;
+            int got = sscanf(optarg, "%lf,%d,%lf,%lf%c", &o.yarn_factor, &o.yarn_original_max, &o.yarn_mscale,
+                             &o.yarn_mscale_all_dim, &tail);
+            if ((got != 2 && got != 4) || !(o.yarn_factor > 0 && o.yarn_factor < 1e6) || o.yarn_original_max < 1)
+                return cli_usage_error(W, "--yarn '%s' is not FACTOR,ORIGINAL[,MSCALE,MSCALE_ALL_DIM] (factor > 0, "
+                                          "original >= 1)",
+                                       optarg);
+            break;
+        }
         case S_RSCALE:
             if (!cli_parse_double(W, "--router-scale", optarg, 1e-6, 1e6, &d))
                 return EPM_EXIT_USAGE;
@@ -260,7 +273,8 @@ static int cmd_info(int argc, char **argv)
                "\"active_params\": %lld, \"tensor_bytes\": %lld, \"expert_bytes\": %lld, \"params_per_expert\": %lld, "
                "\"bytes_per_expert\": %lld, \"router\": \"%s\", \"n_group\": %d, \"topk_group\": %d, "
                "\"routed_scaling_factor\": %g, \"mla\": %s, \"q_lora_rank\": %d, \"kv_lora_rank\": %d, "
-               "\"qk_nope_head_dim\": %d, \"qk_rope_head_dim\": %d, \"v_head_dim\": %d}\n",
+               "\"qk_nope_head_dim\": %d, \"qk_rope_head_dim\": %d, \"v_head_dim\": %d, \"rope_type\": \"%s\", "
+               "\"yarn_factor\": %g, \"yarn_original_max_position_embeddings\": %d}\n",
                epm_model_arch_class(c->arch), c->vocab_size, c->hidden_size, c->num_layers, moe, c->num_heads,
                c->num_kv_heads, c->head_dim, c->num_experts, c->top_k, c->moe_ffn, c->dense_ffn, c->shared_ffn,
                c->norm_topk_prob ? "true" : "false", c->qkv_bias ? "true" : "false", c->qk_norm ? "true" : "false",
@@ -270,7 +284,8 @@ static int cmd_info(int argc, char **argv)
                (long long)per_expert, (long long)per_expert_bytes, c->router_sigmoid ? "sigmoid" : "softmax",
                c->router_sigmoid ? c->n_group : 1, c->router_sigmoid ? c->topk_group : 1, (double)c->routed_scaling,
                c->mla ? "true" : "false", c->q_lora_rank, c->kv_lora_rank, c->qk_nope_dim, c->qk_rope_dim,
-               c->v_head_dim);
+               c->v_head_dim, c->yarn_factor > 0 ? "yarn" : "default", c->yarn_factor > 0 ? c->yarn_factor : 1.0,
+               c->yarn_original_max);
     } else {
         printf("%s: %s\n", dir, epm_model_arch_class(c->arch));
         printf("  layers      %d (%d MoE, %d dense MLP)\n", c->num_layers, moe, c->num_layers - moe);
@@ -291,6 +306,9 @@ static int cmd_info(int argc, char **argv)
             printf(", shared expert ffn %d", c->shared_ffn);
         if (moe < c->num_layers)
             printf(", dense ffn %d", c->dense_ffn);
+        if (c->yarn_factor > 0)
+            printf("\n  rope        YaRN x%g over %d original positions (mscale %g, mscale_all_dim %g)", c->yarn_factor,
+                   c->yarn_original_max, c->yarn_mscale, c->yarn_mscale_all_dim);
         if (c->router_sigmoid)
             printf("\n  router      sigmoid + correction bias, %d groups (%d kept), weights x %g", c->n_group,
                    c->topk_group, (double)c->routed_scaling);

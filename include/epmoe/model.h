@@ -108,6 +108,15 @@ typedef struct epm_model_config {
     int sliding_window;  /* 0 = full attention; else the window the config asks for */
     float rms_norm_eps;
     double rope_theta;
+    int max_position_embeddings; /* 0 when the config does not say */
+    /* RoPE scaling "yarn" (YaRN) when yarn_factor > 0: frequencies between
+     * interpolated and extrapolated ones over a ramp set by beta_fast/slow
+     * and yarn_original_max, cos and sin scaled by an attention factor
+     * (stated, or from mscale / mscale_all_dim); DeepSeek-V3 also scales its
+     * softmax by get_mscale(factor, mscale_all_dim)^2 (epm_model_rope_freqs). */
+    double yarn_factor, yarn_beta_fast, yarn_beta_slow, yarn_mscale, yarn_mscale_all_dim;
+    double yarn_attn_factor; /* < 0: derived */
+    int yarn_original_max, yarn_truncate;
     epm_dtype dtype;     /* declared "dtype"/"torch_dtype" (F32 when absent); tensors carry their own */
     int decoder_sparse_step;
     uint8_t *moe_layer;  /* [num_layers]: 1 = sparse MoE block, 0 = dense MLP */
@@ -134,6 +143,11 @@ typedef struct epm_model_config {
  * failure cfg is left empty (nothing to clear). */
 EPM_API epm_status epm_model_config_parse(const char *text, size_t len, const char *label, epm_model_config *cfg);
 EPM_API epm_status epm_model_config_load(const char *path, epm_model_config *cfg);
+/* RoPE's inverse frequencies inv[dim / 2] for a rotary width dim (head_dim,
+ * or DeepSeek-V3's qk_rope_head_dim), the factor on cos and sin, and the
+ * extra factor on the attention's softmax scale (1 but for YaRN on DeepSeek-V3). */
+EPM_API void epm_model_rope_freqs(const epm_model_config *cfg, int dim, double *inv, double *cs_scale,
+                                  double *softmax_scale);
 /* Writes config.json in the Hub's spelling (rope_parameters, dtype), atomically. */
 EPM_API epm_status epm_model_config_save(const epm_model_config *cfg, const char *path);
 EPM_API void epm_model_config_clear(epm_model_config *cfg);
@@ -254,6 +268,10 @@ typedef struct epm_model_synth_opts {
      * first_dense (1 when there are 2+ layers); shared_ffn, when set, a
      * multiple of ffn (default ffn: one shared expert) */
     int q_lora, kv_lora, qk_rope, v_head, n_group, topk_group, first_dense;
+    /* YaRN RoPE scaling when yarn_factor > 0 (max_position_embeddings =
+     * factor x original; beta_fast 32, beta_slow 1) */
+    double yarn_factor, yarn_mscale, yarn_mscale_all_dim;
+    int yarn_original_max;
 } epm_model_synth_opts;
 
 EPM_API void epm_model_synth_opts_init(epm_model_synth_opts *o);

@@ -193,7 +193,11 @@ static void test_config_deepseek(void **state)
     } bad[] = {
         {"quantization_config", "{\"quant_method\": \"fp8\", \"weight_block_size\": [128, 128]}", "fp8",
          EPM_ERR_UNSUPPORTED},
-        {"rope_scaling", "{\"type\": \"yarn\", \"factor\": 40}", "yarn", EPM_ERR_UNSUPPORTED},
+        {"rope_scaling", "{\"type\": \"dynamic\", \"factor\": 4}", "dynamic", EPM_ERR_UNSUPPORTED},
+        {"rope_scaling", "{\"type\": \"yarn\", \"factor\": 40}", "original_max_position_embeddings", EPM_ERR_FORMAT},
+        {"rope_scaling", "{\"type\": \"yarn\", \"factor\": 40, \"original_max_position_embeddings\": 4096, "
+                         "\"beta_fast\": \"x\"}",
+         "rope_scaling.beta_fast", EPM_ERR_FORMAT},
         {"scoring_func", "\"softmax\"", "scoring_func", EPM_ERR_UNSUPPORTED},
         {"topk_method", "\"greedy\"", "topk_method", EPM_ERR_UNSUPPORTED},
         {"moe_layer_freq", "2", "moe_layer_freq", EPM_ERR_FORMAT},
@@ -271,11 +275,29 @@ static void test_config_rope_spellings(void **state)
                                   &c), EPM_OK);
     assert_float_equal(c.rope_theta, 20000.0, 0);
     epm_model_config_clear(&c);
-    /* scaled RoPE is named, in either home */
-    assert_int_equal(parse_edited("olmoe-tiny", "rope_parameters", "{\"rope_theta\": 1e4, \"rope_type\": \"yarn\"}", &c),
+    /* RoPE scaling other than YaRN is named, in either home */
+    assert_int_equal(parse_edited("olmoe-tiny", "rope_parameters", "{\"rope_theta\": 1e4, \"rope_type\": \"llama3\"}",
+                                  &c),
                      EPM_ERR_UNSUPPORTED);
-    assert_non_null(strstr(epm_last_error(), "yarn"));
+    assert_non_null(strstr(epm_last_error(), "llama3"));
     assert_non_null(strstr(epm_last_error(), "rope_parameters.rope_type"));
+    /* YaRN needs its factor */
+    assert_int_equal(parse_edited("olmoe-tiny", "rope_parameters", "{\"rope_theta\": 1e4, \"rope_type\": \"yarn\"}", &c),
+                     EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "rope_parameters.factor"));
+    /* YaRN as Qwen3's long-context configs write it: the original context from
+     * max_position_embeddings' sibling, defaults for the rest */
+    assert_int_equal(parse_edited("qwen3moe-tiny", "rope_scaling",
+                                  "{\"rope_type\": \"yarn\", \"factor\": 4.0, \"original_max_position_embeddings\": 32768}",
+                                  &c),
+                     EPM_OK);
+    assert_float_equal(c.yarn_factor, 4.0, 0);
+    assert_int_equal(c.yarn_original_max, 32768);
+    assert_float_equal(c.yarn_beta_fast, 32, 0);
+    assert_float_equal(c.yarn_beta_slow, 1, 0);
+    assert_int_equal(c.yarn_truncate, 1);
+    assert_true(c.yarn_attn_factor < 0);
+    epm_model_config_clear(&c);
     assert_int_equal(parse_edited("mixtral-tiny", "rope_scaling", "{\"type\": \"linear\", \"factor\": 2.0}", &c),
                      EPM_ERR_UNSUPPORTED);
     assert_non_null(strstr(epm_last_error(), "linear"));
@@ -350,7 +372,7 @@ static void test_config_bad_fields(void **state)
         {"qwen3moe-tiny", "head_dim", "33", "33", EPM_ERR_UNSUPPORTED},
         {"qwen3moe-tiny", "mlp_only_layers", "[4]", "mlp_only_layers[0]", EPM_ERR_FORMAT},
         {"qwen3moe-tiny", "moe_intermediate_size", "-1", "-1", EPM_ERR_FORMAT},
-        {"qwen3moe-tiny", "rope_parameters", "{\"rope_theta\": 1e6, \"rope_type\": \"yarn\"}", "yarn",
+        {"qwen3moe-tiny", "rope_parameters", "{\"rope_theta\": 1e6, \"rope_type\": \"longrope\"}", "longrope",
          EPM_ERR_UNSUPPORTED},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {

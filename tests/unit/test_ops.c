@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core.h"
+#include "epmoe/model.h"
 #include "ops.h"
 
 
@@ -197,6 +198,62 @@ static void test_group_limit(void **state)
     assert_true(isinf(neg[0]) && isinf(neg[1]) && neg[2] == 0.05f);
 }
 
+/* YaRN's frequencies, by hand: dim 8, base 1e4, 64 original positions,
+ * factor 4: the correction range is [floor(-0.50), ceil(1.01)] = [0, 2], so
+ * the ramp over j = 0..3 is 0, 0.5, 1, 1 and the frequencies are the plain
+ * ones times 1, 0.5 + 0.5 / 4, 1/4, 1/4 */
+static void test_rope_yarn(void **state)
+{
+    (void)state;
+    epm_model_config c;
+    memset(&c, 0, sizeof c);
+    c.rope_theta = 1e4;
+    double inv[4], cs, sm, plain[4];
+    epm_model_rope_freqs(&c, 8, plain, &cs, &sm);
+    assert_true(cs == 1 && sm == 1);
+    for (int j = 0; j < 4; j++)
+        assert_true(fabs(plain[j] - pow(1e4, -2.0 * j / 8)) < 1e-15);
+    c.yarn_factor = 4;
+    c.yarn_original_max = 64;
+    c.yarn_beta_fast = 32;
+    c.yarn_beta_slow = 1;
+    c.yarn_attn_factor = -1;
+    c.yarn_truncate = 1;
+    epm_model_rope_freqs(&c, 8, inv, &cs, &sm);
+    const double want[4] = {1, 0.625, 0.25, 0.25};
+    for (int j = 0; j < 4; j++)
+        assert_true(fabs(inv[j] - plain[j] * want[j]) < 1e-15 * plain[j]);
+    assert_true(fabs(cs - (0.1 * log(4) + 1)) < 1e-15); /* no mscale pair: get_mscale(factor) */
+    assert_true(sm == 1);                                  /* not MLA */
+    /* DeepSeek's pair: the ratio on cos and sin, mscale_all_dim's square on the softmax */
+    c.yarn_mscale = 1.0;
+    c.yarn_mscale_all_dim = 0.8;
+    c.mla = 1;
+    epm_model_rope_freqs(&c, 8, inv, &cs, &sm);
+    double m1 = 0.1 * log(4) + 1, m8 = 0.08 * log(4) + 1;
+    assert_true(fabs(cs - m1 / m8) < 1e-15);
+    assert_true(fabs(sm - m8 * m8) < 1e-15);
+    /* without truncation the range is [0, 1.01]: j = 1 is (almost) all interpolated */
+    c.yarn_truncate = 0;
+    epm_model_rope_freqs(&c, 8, inv, &cs, &sm);
+    assert_true(inv[1] < plain[1] * 0.26 && inv[0] == plain[0]);
+    /* factor 1 is plain RoPE */
+    c.yarn_factor = 1;
+    c.yarn_truncate = 1;
+    epm_model_rope_freqs(&c, 8, inv, &cs, &sm);
+    for (int j = 0; j < 4; j++)
+        assert_true(fabs(inv[j] - plain[j]) < 1e-15 * plain[j]);
+    assert_true(cs == 1 && sm == 1);
+    /* the kernel with plain frequencies and scale 1 is epm_rope, bit for bit */
+    float a[16], b[16];
+    for (int i = 0; i < 16; i++)
+        a[i] = b[i] = (float)sin(i + 1.0);
+    const int32_t pos[1] = {37};
+    epm_rope(a, 1, 2, 8, pos, 1e4);
+    epm_rope_freqs(b, 1, 2, 8, pos, plain, 1.0);
+    assert_memory_equal(a, b, sizeof a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -204,7 +261,7 @@ int main(void)
         cmocka_unit_test(test_ops_comparator_catches_a_wrong_result), cmocka_unit_test(test_ops_swiglu_by_hand),
         cmocka_unit_test(test_ops_rmsnorm), cmocka_unit_test(test_rope_identities),
         cmocka_unit_test(test_attention_causal_and_gqa), cmocka_unit_test(test_topk_ties),
-        cmocka_unit_test(test_group_limit),
+        cmocka_unit_test(test_group_limit),           cmocka_unit_test(test_rope_yarn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
