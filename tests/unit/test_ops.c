@@ -168,7 +168,7 @@ static void test_group_limit(void **state)
                     0.5f, 0.5f, 0.1f, /* group 1: 1.0 */
                     0.4f, 0.3f, 0.3f, /* group 2: 0.7 */
                     0.2f, 0.7f, 0.2f /* group 3: 0.9, ties group 0: the lower group wins */};
-    float keep[12], gs[4];
+    float keep[12], gs[12]; /* scratch for up to 12 groups */
     memcpy(keep, sc, sizeof sc);
     epm_group_limit(keep, 12, 4, 2, gs);
     for (int e = 0; e < 12; e++) {
