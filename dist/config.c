@@ -19,10 +19,14 @@ static const struct {
     [EPM_MODEL_OLMOE] = {"OlmoeForCausalLM", "olmoe", "olmoe"},
     [EPM_MODEL_QWEN3MOE] = {"Qwen3MoeForCausalLM", "qwen3moe", "qwen3_moe"},
     [EPM_MODEL_DEEPSEEKV3] = {"DeepseekV3ForCausalLM", "deepseekv3", "deepseek_v3"},
+    [EPM_MODEL_DEEPSEEKV2] = {"DeepseekV2ForCausalLM", "deepseekv2", "deepseek_v2"},
 };
 
+static int is_deepseek(epm_model_arch a) { return a == EPM_MODEL_DEEPSEEKV3 || a == EPM_MODEL_DEEPSEEKV2; }
+
 #define ARCH_LIST                                                                                                  \
-    "MixtralForCausalLM, Qwen2MoeForCausalLM, OlmoeForCausalLM, Qwen3MoeForCausalLM, DeepseekV3ForCausalLM"
+    "MixtralForCausalLM, Qwen2MoeForCausalLM, OlmoeForCausalLM, Qwen3MoeForCausalLM, DeepseekV3ForCausalLM, "      \
+    "DeepseekV2ForCausalLM"
 
 const char *epm_model_arch_class(epm_model_arch a)
 {
@@ -279,7 +283,7 @@ static epm_status parse_layers(const ctx *c, epm_model_config *cfg)
     if (!cfg->moe_layer)
         return EPM_ERR_NOMEM;
     memset(cfg->moe_layer, 1, (size_t)cfg->num_layers);
-    if (cfg->arch == EPM_MODEL_DEEPSEEKV3) {
+    if (is_deepseek(cfg->arch)) {
         for (int l = 0; l < cfg->first_k_dense; l++)
             cfg->moe_layer[l] = 0;
         return EPM_OK;
@@ -339,7 +343,9 @@ static epm_status parse_mla(const ctx *c, epm_model_config *cfg)
     EPM_CHECK(get_int(c, r, "qk_nope_head_dim", 0, 0, 1024, &cfg->qk_nope_dim));
     EPM_CHECK(get_int(c, r, "qk_rope_head_dim", 0, 2, 1024, &cfg->qk_rope_dim));
     EPM_CHECK(get_int(c, r, "v_head_dim", 0, 1, 1024, &cfg->v_head_dim));
-    EPM_CHECK(get_bool(c, "rope_interleave", &cfg->rope_interleave, NULL));
+    /* DeepSeek-V2 rotates consecutive pairs (complex numbers); V3 says */
+    if (cfg->arch == EPM_MODEL_DEEPSEEKV3)
+        EPM_CHECK(get_bool(c, "rope_interleave", &cfg->rope_interleave, NULL));
     if (cfg->qk_rope_dim % 2)
         return bad(c, "qk_rope_head_dim", json_object_get(r, "qk_rope_head_dim"), "must be even for RoPE");
     int qk = cfg->qk_nope_dim + cfg->qk_rope_dim;
@@ -353,33 +359,56 @@ static epm_status parse_mla(const ctx *c, epm_model_config *cfg)
     return EPM_OK;
 }
 
-/* DeepSeek-V3's routed and shared experts and its router. */
+/* DeepSeek-V3's or V2's routed and shared experts and router (their
+ * configuration classes' defaults where silent). */
 static epm_status parse_deepseek_moe(const ctx *c, epm_model_config *cfg)
 {
     json_t *r = c->root;
-    int shared = 1;
-    EPM_CHECK(get_int(c, r, "n_shared_experts", 0, 0, 64, &shared));
+    int v3 = cfg->arch == EPM_MODEL_DEEPSEEKV3, shared = v3 ? 1 : 2;
+    json_t *ns = json_object_get(r, "n_shared_experts");
+    if (ns && json_is_null(ns))
+        shared = 0;
+    else
+        EPM_CHECK(get_int(c, r, "n_shared_experts", 0, 0, 64, &shared));
     cfg->shared_ffn = shared * cfg->moe_ffn;
-    cfg->first_k_dense = 3;
+    cfg->first_k_dense = v3 ? 3 : 0;
     EPM_CHECK(get_int(c, r, "first_k_dense_replace", 0, 0, cfg->num_layers, &cfg->first_k_dense));
-    cfg->router_sigmoid = 1;
-    cfg->n_group = 8;
-    cfg->topk_group = 4;
-    EPM_CHECK(get_int(c, r, "n_group", 0, 1, cfg->num_experts < 1024 ? cfg->num_experts : 1024, &cfg->n_group));
-    EPM_CHECK(get_int(c, r, "topk_group", 0, 1, cfg->n_group, &cfg->topk_group));
+    cfg->router_sigmoid = v3;
+    cfg->n_group = v3 ? 8 : 1;
+    cfg->topk_group = v3 ? 4 : 1;
+    int hi = cfg->num_experts < 1024 ? cfg->num_experts : 1024;
+    if (v3) {
+        EPM_CHECK(get_int(c, r, "n_group", 0, 1, hi, &cfg->n_group));
+        EPM_CHECK(get_int(c, r, "topk_group", 0, 1, cfg->n_group, &cfg->topk_group));
+        /* the remote-code configs name the rule transformers implements */
+        EPM_CHECK(want_string(c, "scoring_func", "sigmoid"));
+        EPM_CHECK(want_string(c, "topk_method", "noaux_tc"));
+    } else {
+        EPM_CHECK(want_string(c, "scoring_func", "softmax"));
+        json_t *tm = json_object_get(r, "topk_method");
+        const char *m = json_is_string(tm) ? json_string_value(tm) : "greedy";
+        if (tm && !json_is_null(tm) && (!json_is_string(tm) || (strcmp(m, "greedy") && strcmp(m, "group_limited_greedy")))) {
+            char b[64];
+            return epm_fail(EPM_ERR_UNSUPPORTED, "%s: field 'topk_method' = %s: DeepSeek-V2 routes by \"greedy\" or "
+                            "\"group_limited_greedy\"", c->label, show(tm, b, sizeof b));
+        }
+        if (!strcmp(m, "group_limited_greedy")) {
+            EPM_CHECK(get_int(c, r, "n_group", 1, 1, hi, &cfg->n_group));
+            EPM_CHECK(get_int(c, r, "topk_group", 1, 1, cfg->n_group, &cfg->topk_group));
+            cfg->group_max = 1;
+        }
+    }
     int E = cfg->num_experts, G = cfg->n_group;
-    /* a group's score is the sum of its two best experts */
-    if (E % G || (G > 1 && E / G < 2))
-        return bad(c, "n_group", json_object_get(r, "n_group"), "must divide n_routed_experts into groups of 2 or more");
+    /* V3's group score is the sum of its two best experts */
+    if (E % G || (v3 && G > 1 && E / G < 2))
+        return bad(c, "n_group", json_object_get(r, "n_group"),
+                   v3 ? "must divide n_routed_experts into groups of 2 or more" : "must divide n_routed_experts");
     if ((int64_t)cfg->topk_group * (E / G) < cfg->top_k)
         return bad(c, "topk_group", json_object_get(r, "topk_group"),
                    "leaves fewer experts to choose from than num_experts_per_tok");
-    double rs = 2.5;
+    double rs = v3 ? 2.5 : 1.0;
     EPM_CHECK(get_num(c, r, "routed_scaling_factor", 0, 1e6, &rs, NULL));
     cfg->routed_scaling = (float)rs;
-    /* the remote-code configs name the rule transformers implements */
-    EPM_CHECK(want_string(c, "scoring_func", "sigmoid"));
-    EPM_CHECK(want_string(c, "topk_method", "noaux_tc"));
     int freq = 1;
     EPM_CHECK(get_int(c, r, "moe_layer_freq", 0, 1, 1, &freq));
     return EPM_OK;
@@ -418,9 +447,9 @@ static epm_status parse(const ctx *c, epm_model_config *cfg)
                    "must divide num_attention_heads");
     cfg->head_dim = 0;
     /* DeepSeek-V3's saved head_dim is the rope width, not the attention's */
-    if (a != EPM_MODEL_DEEPSEEKV3)
+    if (!is_deepseek(a))
         EPM_CHECK(get_int(c, r, "head_dim", 0, 2, 1024, &cfg->head_dim));
-    if (a == EPM_MODEL_DEEPSEEKV3) {
+    if (is_deepseek(a)) {
         EPM_CHECK(parse_mla(c, cfg));
     } else if (cfg->head_dim == 0) {
         if (cfg->hidden_size % cfg->num_heads)
@@ -435,17 +464,16 @@ static epm_status parse(const ctx *c, epm_model_config *cfg)
     if (cfg->head_dim % 2)
         return epm_fail(EPM_ERR_UNSUPPORTED, "%s: field 'head_dim' = %d: must be even for RoPE", c->label,
                         cfg->head_dim);
-    const char *ek = a == EPM_MODEL_MIXTRAL ? "num_local_experts" : a == EPM_MODEL_DEEPSEEKV3 ? "n_routed_experts"
-                                                                                               : "num_experts";
+    const char *ek = a == EPM_MODEL_MIXTRAL ? "num_local_experts" : is_deepseek(a) ? "n_routed_experts" : "num_experts";
     EPM_CHECK(get_int(c, r, ek, 1, 1, 1L << 16, &cfg->num_experts));
     EPM_CHECK(get_int(c, r, "num_experts_per_tok", 1, 1, cfg->num_experts, &cfg->top_k));
     EPM_CHECK(get_int(c, r, "intermediate_size", 1, 1, 1L << 20, &cfg->dense_ffn));
     cfg->moe_ffn = cfg->dense_ffn;
     int qwen = a == EPM_MODEL_QWEN2MOE || a == EPM_MODEL_QWEN3MOE;
-    if (qwen || a == EPM_MODEL_DEEPSEEKV3)
+    if (qwen || is_deepseek(a))
         EPM_CHECK(get_int(c, r, "moe_intermediate_size", 1, 1, 1L << 20, &cfg->moe_ffn));
     cfg->routed_scaling = 1.0f;
-    if (a == EPM_MODEL_DEEPSEEKV3)
+    if (is_deepseek(a))
         EPM_CHECK(parse_deepseek_moe(c, cfg));
     if (a == EPM_MODEL_QWEN2MOE)
         EPM_CHECK(get_int(c, r, "shared_expert_intermediate_size", 1, 0, 1L << 20, &cfg->shared_ffn));
@@ -454,10 +482,14 @@ static epm_status parse(const ctx *c, epm_model_config *cfg)
     cfg->norm_topk_prob = a == EPM_MODEL_MIXTRAL || a == EPM_MODEL_DEEPSEEKV3;
     if (a != EPM_MODEL_MIXTRAL)
         EPM_CHECK(get_bool(c, "norm_topk_prob", &cfg->norm_topk_prob, NULL));
+    if (a == EPM_MODEL_DEEPSEEKV2 && cfg->top_k == 1)
+        cfg->norm_topk_prob = 0; /* its code renormalises only k > 1 */
+    if (a == EPM_MODEL_DEEPSEEKV2 && cfg->norm_topk_prob)
+        cfg->routed_scaling = 1.0f; /* and scales only what it does not renormalise */
     if (a == EPM_MODEL_QWEN2MOE) {
         cfg->qkv_bias = 1; /* transformers 4 always had them; 5 writes qkv_bias */
         EPM_CHECK(get_bool(c, "qkv_bias", &cfg->qkv_bias, &cfg->qkv_bias_stated));
-    } else if (a == EPM_MODEL_DEEPSEEKV3) {
+    } else if (is_deepseek(a)) {
         /* biases on q_a_proj, kv_a_proj_with_mqa and o_proj */
         EPM_CHECK(get_bool(c, "attention_bias", &cfg->qkv_bias, NULL));
         cfg->o_bias = cfg->qkv_bias;
@@ -483,7 +515,7 @@ static epm_status parse(const ctx *c, epm_model_config *cfg)
         cfg->qkv_bias_stated = 1;
     }
     EPM_CHECK(get_bool(c, "tie_word_embeddings", &cfg->tie_word_embeddings, NULL));
-    double eps = qwen || a == EPM_MODEL_DEEPSEEKV3 ? 1e-6 : 1e-5;
+    double eps = qwen || is_deepseek(a) ? 1e-6 : 1e-5;
     /* above float32's underflow: the runtime keeps eps as a float, and 0 would divide by zero */
     EPM_CHECK(get_num(c, r, "rms_norm_eps", 1e-30, 1, &eps, NULL));
     cfg->rms_norm_eps = (float)eps;
@@ -578,9 +610,7 @@ static json_t *to_json(const epm_model_config *cfg)
     SET("num_key_value_heads", json_integer(cfg->num_kv_heads));
     /* DeepseekV3Config's head_dim is the rope width (its rotary embedding reads it) */
     SET("head_dim", json_integer(cfg->mla ? cfg->qk_rope_dim : cfg->head_dim));
-    SET(a == EPM_MODEL_MIXTRAL    ? "num_local_experts"
-        : a == EPM_MODEL_DEEPSEEKV3 ? "n_routed_experts"
-                                    : "num_experts",
+    SET(a == EPM_MODEL_MIXTRAL ? "num_local_experts" : is_deepseek(a) ? "n_routed_experts" : "num_experts",
         json_integer(cfg->num_experts));
     SET("num_experts_per_tok", json_integer(cfg->top_k));
     SET("hidden_act", json_string("silu"));
@@ -623,7 +653,8 @@ static json_t *to_json(const epm_model_config *cfg)
         SET("attention_bias", json_boolean(cfg->qkv_bias));
         SET("clip_qkv", json_null());
     }
-    if (a == EPM_MODEL_DEEPSEEKV3) {
+    if (is_deepseek(a)) {
+        int v3 = a == EPM_MODEL_DEEPSEEKV3;
         SET("attention_bias", json_boolean(cfg->qkv_bias));
         SET("moe_intermediate_size", json_integer(cfg->moe_ffn));
         SET("n_shared_experts", json_integer(cfg->moe_ffn ? cfg->shared_ffn / cfg->moe_ffn : 0));
@@ -631,14 +662,15 @@ static json_t *to_json(const epm_model_config *cfg)
         SET("n_group", json_integer(cfg->n_group));
         SET("topk_group", json_integer(cfg->topk_group));
         SET("routed_scaling_factor", json_real(cfg->routed_scaling));
-        SET("scoring_func", json_string("sigmoid"));
-        SET("topk_method", json_string("noaux_tc"));
+        SET("scoring_func", json_string(v3 ? "sigmoid" : "softmax"));
+        SET("topk_method", json_string(v3 ? "noaux_tc" : cfg->group_max ? "group_limited_greedy" : "greedy"));
         SET("q_lora_rank", cfg->q_lora_rank ? json_integer(cfg->q_lora_rank) : json_null());
         SET("kv_lora_rank", json_integer(cfg->kv_lora_rank));
         SET("qk_nope_head_dim", json_integer(cfg->qk_nope_dim));
         SET("qk_rope_head_dim", json_integer(cfg->qk_rope_dim));
         SET("v_head_dim", json_integer(cfg->v_head_dim));
-        SET("rope_interleave", json_boolean(cfg->rope_interleave));
+        if (v3)
+            SET("rope_interleave", json_boolean(cfg->rope_interleave));
     }
     if (a != EPM_MODEL_OLMOE)
         SET("sliding_window", cfg->sliding_window > 0 ? json_integer(cfg->sliding_window) : json_null());

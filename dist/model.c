@@ -151,9 +151,9 @@ static int layer_specs(const epm_model_config *c, int l, epm_model_layer *w, spe
         c->arch == EPM_MODEL_MIXTRAL ? "block_sparse_moe.gate.weight" : "mlp.gate.weight");
     if (c->router_sigmoid)
         add(s, &n, &w->router_bias, c->num_experts, 0, L, l, "mlp.gate.e_score_correction_bias");
-    if (c->shared_ffn > 0) { /* Qwen2-MoE's one, gated; DeepSeek-V3's n_shared_experts, ungated */
+    if (c->shared_ffn > 0) { /* Qwen2-MoE's one, gated; DeepSeek's n_shared_experts, ungated */
         int64_t S = c->shared_ffn;
-        const char *sh = c->arch == EPM_MODEL_DEEPSEEKV3 ? "mlp.shared_experts" : "mlp.shared_expert";
+        const char *sh = c->arch == EPM_MODEL_QWEN2MOE ? "mlp.shared_expert" : "mlp.shared_experts";
         w->shared.ffn = c->shared_ffn;
         add_mlp(s, &n, &w->shared.gate, S, H, "model.layers.%d.%s.gate_proj.weight", l, sh);
         add_mlp(s, &n, &w->shared.up, S, H, "model.layers.%d.%s.up_proj.weight", l, sh);

@@ -36,6 +36,7 @@ void epm_model_synth_opts_init(epm_model_synth_opts *o)
     o->shards = 1;
     o->router_scale = 8.0;
     o->q_lora = o->kv_lora = o->qk_rope = o->v_head = o->n_group = o->topk_group = o->first_dense = -1;
+    o->routed_scaling = -1;
 }
 
 static epm_status range(const char *opt, long v, long lo, long hi)
@@ -45,7 +46,7 @@ static epm_status range(const char *opt, long v, long lo, long hi)
     return EPM_OK;
 }
 
-/* DeepSeek-V3's attention and router shape, the unset parts derived. */
+/* DeepSeek-V3's or V2's attention and router shape, the unset parts derived. */
 static epm_status deepseek_config(const epm_model_synth_opts *o, epm_model_config *c)
 {
     int nope = o->head_dim ? o->head_dim : o->hidden / o->heads;
@@ -73,12 +74,16 @@ static epm_status deepseek_config(const epm_model_synth_opts *o, epm_model_confi
         (int64_t)c->topk_group * (E / c->n_group) < o->k)
         return epm_fail(EPM_ERR_INVALID_ARG, "model synth: %d groups, %d kept, do not fit %d experts top-%d (groups of "
                         "2 or more that leave k to choose from)", c->n_group, c->topk_group, E, o->k);
-    c->router_sigmoid = 1;
-    c->routed_scaling = 2.5f;
-    c->norm_topk_prob = 1;
+    int v3 = o->arch == EPM_MODEL_DEEPSEEKV3;
+    /* V3: sigmoid, renormalised, x2.5; V2 (DeepSeek-V2 itself): softmax,
+     * group_limited_greedy where there are groups, not renormalised, scaled */
+    c->router_sigmoid = v3;
+    c->group_max = !v3 && c->n_group > 1;
+    c->norm_topk_prob = v3;
+    c->routed_scaling = o->routed_scaling > 0 ? (float)o->routed_scaling : v3 ? 2.5f : 1.0f;
     c->first_k_dense = o->first_dense >= 0 ? o->first_dense : o->layers > 1;
     EPM_CHECK(range("first-dense", c->first_k_dense, 0, o->layers - 1));
-    c->shared_ffn = o->shared_ffn < 0 ? o->ffn : o->shared_ffn;
+    c->shared_ffn = o->shared_ffn < 0 ? (v3 ? 1 : 2) * o->ffn : o->shared_ffn;
     if (c->shared_ffn % o->ffn)
         return epm_fail(EPM_ERR_INVALID_ARG, "model synth: shared-ffn = %d is not a whole number of experts of %d",
                         c->shared_ffn, o->ffn);
@@ -104,7 +109,7 @@ static epm_status make_config(const epm_model_synth_opts *o, epm_model_config *c
     if (o->heads % o->kv_heads)
         return epm_fail(EPM_ERR_INVALID_ARG, "model synth: kv-heads = %d does not divide heads = %d", o->kv_heads,
                         o->heads);
-    int ds = o->arch == EPM_MODEL_DEEPSEEKV3;
+    int ds = o->arch == EPM_MODEL_DEEPSEEKV3 || o->arch == EPM_MODEL_DEEPSEEKV2;
     if (o->head_dim == 0 && (o->hidden % o->heads || (!ds && (o->hidden / o->heads) % 2)))
         return epm_fail(EPM_ERR_INVALID_ARG, "model synth: hidden = %d over heads = %d must give an even head size",
                         o->hidden, o->heads);

@@ -220,8 +220,9 @@ static int off_node(const rt *r, int ml, int e) { return nearest_cost(r, ml, e, 
  *
  * Scores: the softmax of the router's logits, or DeepSeek-V3's sigmoid of
  * each logit. The choice is made on the scores (softmax: their logs, when
- * TA-MoE biases them), DeepSeek's plus e_score_correction_bias and limited
- * to its best groups; the weights are always the scores of the chosen. */
+ * TA-MoE biases them), V3's plus e_score_correction_bias, DeepSeek's
+ * limited to their best groups; the weights are always the scores of the
+ * chosen. */
 static void gate(rt *r, const epm_model_layer *w, int ml, const float *x2, int64_t g, int32_t *ids, float *wts,
                  float *scr, int node_only)
 {
@@ -234,12 +235,12 @@ static void gate(rt *r, const epm_model_layer *w, int ml, const float *x2, int64
             probs[e] = epm_sigmoid(probs[e]);
             choice[e] = probs[e] + (w->router_bias ? w->router_bias[e] : 0.0f);
         }
-        if (c->n_group > 1)
-            epm_group_limit(choice, E, c->n_group, c->topk_group, scr + 2 * E);
     } else {
         epm_softmax(probs, E);
         memcpy(choice, probs, (size_t)E * sizeof *choice);
     }
+    if (c->n_group > 1)
+        epm_group_limit(choice, E, c->n_group, c->topk_group, c->group_max, scr + 2 * E);
     if (!r->o->route_from && (r->o->ta_strength > 0 || r->o->top_p > 0 || node_only)) {
         /* choose on biased scores, weigh with the model's own */
         int on_node = 0;
@@ -247,7 +248,7 @@ static void gate(rt *r, const epm_model_layer *w, int ml, const float *x2, int64
             on_node += !off_node(r, ml, e) && choice[e] > -INFINITY;
         node_only = node_only && on_node >= K;
         for (int e = 0; e < E; e++) {
-            if (!sig)
+            if (!sig && choice[e] > -INFINITY) /* a dropped group stays dropped */
                 choice[e] = logf(probs[e] > 1e-30f ? probs[e] : 1e-30f);
             if (r->o->ta_strength > 0)
                 choice[e] -= (float)(r->o->ta_strength * nearest_cost(r, ml, e, r->me));
@@ -277,7 +278,7 @@ static void gate(rt *r, const epm_model_layer *w, int ml, const float *x2, int64
             wts[j] = probs[ids[j]];
     }
     if (c->norm_topk_prob) {
-        double s = sig ? 1e-20 : 0; /* DeepSeek-V3's denominator */
+        double s = c->mla ? 1e-20 : 0; /* DeepSeek's denominator */
         for (int j = 0; j < K; j++)
             s += wts[j];
         for (int j = 0; j < K && s > 0; j++)

@@ -81,11 +81,11 @@ void epm_softmax(float *x, int d);
 /* Top-k of scores[d] (higher first, ties to the lower index) into ids/vals. */
 void epm_topk(const float *scores, int d, int k, int32_t *ids, float *vals);
 
-/* DeepSeek-V3's group limit on scores[d] in `groups` consecutive groups of
- * d / groups: all but the `keep` groups with the highest sum of their two
- * best scores (ties to the lower group) are set to -inf, so no top-k picks
- * them. gs: [groups] scratch. */
-void epm_group_limit(float *scores, int d, int groups, int keep, float *gs);
+/* DeepSeek's group limit on scores[d] in `groups` consecutive groups of
+ * d / groups: all but the `keep` groups with the highest score (V3: the sum
+ * of their two best; V2, by_max: their best; ties to the lower group) are
+ * set to -inf, so no top-k picks them. gs: [groups] scratch. */
+void epm_group_limit(float *scores, int d, int groups, int keep, int by_max, float *gs);
 
 /* Top-p dynamic k ('Harder Tasks Need More Experts'): experts in score order
  * (ties to the lower index) until their cumulative probability reaches p, at

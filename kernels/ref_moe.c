@@ -39,7 +39,7 @@ static void topk_loop(const float *scores, int d, int k, int32_t *ids, float *va
  * never chosen over a number there, rather than refused. */
 void epm_topk(const float *scores, int d, int k, int32_t *ids, float *vals) { topk_loop(scores, d, k, ids, vals); }
 
-void epm_group_limit(float *scores, int d, int groups, int keep, float *gs)
+void epm_group_limit(float *scores, int d, int groups, int keep, int by_max, float *gs)
 {
     int per = d / groups;
     for (int g = 0; g < groups; g++) {
@@ -52,7 +52,7 @@ void epm_group_limit(float *scores, int d, int groups, int keep, float *gs)
                 b = scores[e];
             }
         }
-        gs[g] = per > 1 ? a + b : a;
+        gs[g] = per > 1 && !by_max ? a + b : a;
     }
     for (int g = 0; g < groups; g++) {
         int above = 0; /* groups ranked before g: higher, or equal and earlier */

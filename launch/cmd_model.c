@@ -24,7 +24,7 @@ static const char synth_help[] =
     "weights; the router's are scaled so that routing is decisive. The same seed gives\n"
     "the same weights whatever --dtype rounds them to and however many --shards.\n"
     "  --out DIR              model folder (created if missing)\n"
-    "  --arch A               mixtral, qwen2moe, olmoe, qwen3moe or deepseekv3 (default mixtral)\n"
+    "  --arch A               mixtral, qwen2moe, olmoe, qwen3moe, deepseekv3 or deepseekv2 (default mixtral)\n"
     "  --hidden H             hidden size (default 64)\n"
     "  --layers L             decoder layers (default 4)\n"
     "  --experts E            routed experts per MoE layer (default 8)\n"
@@ -45,7 +45,8 @@ static const char synth_help[] =
     "  --router-scale X       router weight spread relative to the others (default 8)\n"
     "  --yarn F,ORIG[,M,MA]   YaRN RoPE scaling: factor F over an original context of ORIG positions,\n"
     "                         mscale M and mscale_all_dim MA (default 0: unset)\n"
-    "deepseekv3 (multi-head latent attention, sigmoid routing in groups; -1 or unset = derived):\n"
+    "deepseekv3, deepseekv2 (multi-head latent attention; routing in groups: V3 sigmoid + bias,\n"
+    "V2 softmax, group_limited_greedy where there are groups; -1 or unset = derived):\n"
     "  --q-lora-rank N        query LoRA rank (default hidden/2; 0 = a plain q_proj)\n"
     "  --kv-lora-rank N       key/value latent width (default hidden/2)\n"
     "  --qk-rope-dim N        RoPE part of each query/key head (default half the --head-dim part, even)\n"
@@ -53,12 +54,13 @@ static const char synth_help[] =
     "  --groups G             expert groups (n_group; default 4 where 8+ experts divide, else 1)\n"
     "  --topk-groups T        groups a token may choose from (default G/2)\n"
     "  --first-dense N        leading dense layers (first_k_dense_replace; default 1)\n"
-    "  --shared-ffn S         is a multiple of --ffn here: S/F shared experts (default F)\n";
+    "  --shared-ffn S         is a multiple of --ffn here: S/F shared experts (default F; V2 2F)\n"
+    "  --routed-scaling X     routed_scaling_factor (default V3 2.5, V2 1)\n";
 
 enum {
     S_OUT = 256, S_ARCH, S_HIDDEN, S_LAYERS, S_EXPERTS, S_K, S_FFN, S_HEADS, S_KV, S_VOCAB, S_DTYPE, S_SEED, S_SHARDS,
     S_SHARED, S_DENSE, S_MLPONLY, S_TIE, S_RSCALE, S_HEADDIM, S_QLORA, S_KVLORA, S_ROPE, S_VHEAD, S_GROUPS,
-    S_TOPKG, S_FIRSTD, S_YARN, S_HELP
+    S_TOPKG, S_FIRSTD, S_YARN, S_RSCALING, S_HELP
 };
 
 static const struct option synth_opts[] = {
@@ -75,7 +77,8 @@ static const struct option synth_opts[] = {
     {"kv-lora-rank", required_argument, 0, S_KVLORA}, {"qk-rope-dim", required_argument, 0, S_ROPE},
     {"v-head-dim", required_argument, 0, S_VHEAD}, {"groups", required_argument, 0, S_GROUPS},
     {"topk-groups", required_argument, 0, S_TOPKG}, {"first-dense", required_argument, 0, S_FIRSTD},
-    {"yarn", required_argument, 0, S_YARN},       {"help", no_argument, 0, S_HELP},
+    {"yarn", required_argument, 0, S_YARN},       {"routed-scaling", required_argument, 0, S_RSCALING},
+    {"help", no_argument, 0, S_HELP},
     {0, 0, 0, 0}};
 
 /* "0,3,5" -> layers; returns the count or -1. */
@@ -108,7 +111,8 @@ static int cmd_synth(int argc, char **argv)
         case S_OUT: out = optarg; break;
         case S_ARCH:
             if (epm_model_arch_parse(optarg, &o.arch) != EPM_OK)
-                return cli_usage_error(W, "--arch '%s' is not one of: mixtral, qwen2moe, olmoe, qwen3moe", optarg);
+                return cli_usage_error(W, "--arch '%s' is not one of: mixtral, qwen2moe, olmoe, qwen3moe, deepseekv3, "
+                                          "deepseekv2", optarg);
             break;
 #define INT_OPT(code, name, lo, hi, field)                                                 \
     case code:                                                                             \
@@ -154,6 +158,11 @@ static int cmd_synth(int argc, char **argv)
             o.mlp_only = mlp_only;
             break;
         case S_TIE: o.tie_embeddings = 1; break;
+        case S_RSCALING:
+            if (!cli_parse_double(W, "--routed-scaling", optarg, 1e-6, 1e6, &d))
+                return EPM_EXIT_USAGE;
+            o.routed_scaling = d;
+            break;
         case S_YARN: {
             char tail;
             int got = sscanf(optarg, "%lf,%d,%lf,%lf%c", &o.yarn_factor, &o.yarn_original_max, &o.yarn_mscale,
@@ -180,7 +189,8 @@ static int cmd_synth(int argc, char **argv)
     /* a bad shape is the user's mistake, not a failure of the work */
     if (o.k > o.experts)
         return cli_usage_error(W, "--k %d exceeds --experts %d", o.k, o.experts);
-    int ds = o.arch == EPM_MODEL_DEEPSEEKV3; /* its heads are sized by their parts */
+    /* DeepSeek's heads are sized by their parts */
+    int ds = o.arch == EPM_MODEL_DEEPSEEKV3 || o.arch == EPM_MODEL_DEEPSEEKV2;
     if (o.heads % o.kv_heads || (o.head_dim == 0 && (o.hidden % o.heads || (!ds && (o.hidden / o.heads) % 2))))
         return cli_usage_error(W, "--kv-heads must divide --heads, and --heads must divide --hidden into an even "
                                   "head size unless --head-dim says it (got hidden %d, heads %d, kv-heads %d)",
@@ -282,7 +292,7 @@ static int cmd_info(int argc, char **argv)
                epm_dtype_name(c->dtype), epm_model_files(m), (long long)epm_model_file_bytes(m), (long long)n.total,
                (long long)n.expert, (long long)active, (long long)n.bytes, (long long)n.expert_bytes,
                (long long)per_expert, (long long)per_expert_bytes, c->router_sigmoid ? "sigmoid" : "softmax",
-               c->router_sigmoid ? c->n_group : 1, c->router_sigmoid ? c->topk_group : 1, (double)c->routed_scaling,
+               c->n_group > 1 ? c->n_group : 1, c->n_group > 1 ? c->topk_group : 1, (double)c->routed_scaling,
                c->mla ? "true" : "false", c->q_lora_rank, c->kv_lora_rank, c->qk_nope_dim, c->qk_rope_dim,
                c->v_head_dim, c->yarn_factor > 0 ? "yarn" : "default", c->yarn_factor > 0 ? c->yarn_factor : 1.0,
                c->yarn_original_max);
@@ -291,8 +301,8 @@ static int cmd_info(int argc, char **argv)
         printf("  layers      %d (%d MoE, %d dense MLP)\n", c->num_layers, moe, c->num_layers - moe);
         printf("  hidden      %d, vocab %d\n", c->hidden_size, c->vocab_size);
         if (c->mla)
-            printf("  attention   MLA, %d heads: q LoRA %d, kv latent %d, q/k %d + %d rope, v %d (run expanded at "
-                   "head_dim %d)%s, rope theta %g\n",
+            printf("  attention   MLA, %d heads: q LoRA %d (0: q_proj), kv latent %d, q/k %d + %d rope, v %d (run "
+                   "expanded at head_dim %d)%s, rope theta %g\n",
                    c->num_heads, c->q_lora_rank, c->kv_lora_rank, c->qk_nope_dim, c->qk_rope_dim, c->v_head_dim,
                    c->head_dim, c->qkv_bias ? ", biases" : "", c->rope_theta);
         else
@@ -312,6 +322,9 @@ static int cmd_info(int argc, char **argv)
         if (c->router_sigmoid)
             printf("\n  router      sigmoid + correction bias, %d groups (%d kept), weights x %g", c->n_group,
                    c->topk_group, (double)c->routed_scaling);
+        else if (c->n_group > 1 || c->routed_scaling != 1.0f)
+            printf("\n  router      softmax, %d groups (%d kept, each scored by its best expert), weights x %g",
+                   c->n_group, c->topk_group, (double)c->routed_scaling);
         printf("\n  params      %.4g M total, %.4g M in experts, %.4g M active per token\n", (double)n.total / 1e6,
                (double)n.expert / 1e6, (double)active / 1e6);
         printf("  per expert  %lld params, %.4g MB as stored (%.4g MB for all %d routed experts)\n",

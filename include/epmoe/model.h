@@ -32,7 +32,8 @@
  *   OLMoE only:
  *         model.layers.l.self_attn.q_norm.weight [heads*hd], k_norm.weight [kv*hd]
  *         model.layers.l.self_attn.{q,k,v,o}_proj.bias when attention_bias is true
- *   DeepseekV3ForCausalLM (deepseek_v3): routed experts as Qwen2-MoE; layers before
+ *   DeepseekV3ForCausalLM (deepseek_v3), DeepseekV2ForCausalLM (deepseek_v2, no correction bias,
+ *         softmax routing): routed experts as Qwen2-MoE; layers before
  *         first_k_dense_replace dense (mlp.{gate,up,down}_proj);
  *         model.layers.l.mlp.gate.e_score_correction_bias               [experts]
  *         model.layers.l.mlp.shared_experts.{gate,up,down}_proj.weight   (n_shared_experts * moe width)
@@ -64,6 +65,7 @@ typedef enum epm_model_arch {
     EPM_MODEL_OLMOE,
     EPM_MODEL_QWEN3MOE,
     EPM_MODEL_DEEPSEEKV3,
+    EPM_MODEL_DEEPSEEKV2,
     EPM_MODEL_ARCH_COUNT
 } epm_model_arch;
 
@@ -77,7 +79,7 @@ typedef enum epm_qk_norm {
 } epm_qk_norm;
 
 /* "MixtralForCausalLM", ... and "mixtral", "qwen2moe", "olmoe", "qwen3moe",
- * "deepseekv3". */
+ * "deepseekv3", "deepseekv2". */
 EPM_API const char *epm_model_arch_class(epm_model_arch a);
 EPM_API const char *epm_model_arch_short(epm_model_arch a);
 /* Accepts the class name, the short name or the model_type ("qwen2_moe",
@@ -136,7 +138,9 @@ typedef struct epm_model_config {
      * weights (scores without the bias) times routed_scaling. */
     int router_sigmoid;
     int n_group, topk_group;
-    float routed_scaling;  /* 1 for the others */
+    int group_max;         /* DeepSeek-V2's group_limited_greedy: a group scores its best expert */
+    float routed_scaling;  /* 1 for the others; DeepSeek-V2 with norm_topk_prob: 1 (its code scales
+                              only weights it does not renormalise) */
 } epm_model_config;
 
 /* Parses config.json text; label (usually its path) names it in errors. On
@@ -261,13 +265,14 @@ typedef struct epm_model_synth_opts {
     uint64_t seed;
     int shards;           /* 1 = model.safetensors; more = model-0000N-of-0000M + index */
     double router_scale;  /* router weights' spread relative to the others (default 8): decisive routing */
-    /* DeepSeek-V3 (head_dim, when set, is qk_nope_head_dim; -1 = derived):
+    /* DeepSeek-V3 and V2 (head_dim, when set, is qk_nope_head_dim; -1 = derived):
      * q_lora (hidden / 2; 0 = a plain q_proj), kv_lora (hidden / 2), qk_rope
      * (half the nope width, even), v_head (the nope width), n_group and
      * topk_group (4 and 2 where the experts allow, else 1 and 1),
      * first_dense (1 when there are 2+ layers); shared_ffn, when set, a
-     * multiple of ffn (default ffn: one shared expert) */
+     * multiple of ffn (default: one shared expert for V3, two for V2) */
     int q_lora, kv_lora, qk_rope, v_head, n_group, topk_group, first_dense;
+    double routed_scaling; /* <= 0: V3 2.5, V2 1 */
     /* YaRN RoPE scaling when yarn_factor > 0 (max_position_embeddings =
      * factor x original; beta_fast 32, beta_slow 1) */
     double yarn_factor, yarn_mscale, yarn_mscale_all_dim;

@@ -236,6 +236,77 @@ static epm_status parse_with(json_t *root, const char *key, const char *value_js
     return st;
 }
 
+/* DeepSeek-V2-Lite's config.json as published (remote-code field names and
+ * values), one field replaced as parse_deepseek does. */
+static epm_status parse_v2_lite(const char *key, const char *value_json, epm_model_config *c)
+{
+    const char *text =
+        "{\"architectures\": [\"DeepseekV2ForCausalLM\"], \"aux_loss_alpha\": 0.001, \"bos_token_id\": 100000, "
+        "\"eos_token_id\": 100001, \"first_k_dense_replace\": 1, \"hidden_act\": \"silu\", \"hidden_size\": 2048, "
+        "\"initializer_range\": 0.02, \"intermediate_size\": 10944, \"kv_lora_rank\": 512, "
+        "\"max_position_embeddings\": 163840, \"model_type\": \"deepseek_v2\", \"moe_intermediate_size\": 1408, "
+        "\"moe_layer_freq\": 1, \"n_group\": 1, \"n_routed_experts\": 64, \"n_shared_experts\": 2, "
+        "\"norm_topk_prob\": false, \"num_attention_heads\": 16, \"num_experts_per_tok\": 6, "
+        "\"num_hidden_layers\": 27, \"num_key_value_heads\": 16, \"pretraining_tp\": 1, \"q_lora_rank\": null, "
+        "\"qk_nope_head_dim\": 128, \"qk_rope_head_dim\": 64, \"rms_norm_eps\": 1e-06, \"rope_scaling\": "
+        "{\"beta_fast\": 32, \"beta_slow\": 1, \"factor\": 40, \"mscale\": 0.707, \"mscale_all_dim\": 0.707, "
+        "\"original_max_position_embeddings\": 4096, \"type\": \"yarn\"}, \"rope_theta\": 10000, "
+        "\"routed_scaling_factor\": 1.0, \"scoring_func\": \"softmax\", \"seq_aux\": true, "
+        "\"tie_word_embeddings\": false, \"topk_group\": 1, \"topk_method\": \"greedy\", "
+        "\"torch_dtype\": \"bfloat16\", \"use_cache\": true, \"v_head_dim\": 128, \"vocab_size\": 102400}";
+    return parse_with(json_loads(text, 0, NULL), key, value_json, "v2lite.json", c);
+}
+
+static void test_config_deepseek_v2(void **state)
+{
+    (void)state;
+    epm_model_config c;
+    assert_int_equal(parse_v2_lite(NULL, NULL, &c), EPM_OK);
+    assert_int_equal(c.arch, EPM_MODEL_DEEPSEEKV2);
+    assert_int_equal(c.num_experts, 64);
+    assert_int_equal(c.top_k, 6);
+    assert_int_equal(c.shared_ffn, 2 * 1408);
+    assert_int_equal(c.q_lora_rank, 0);
+    assert_int_equal(c.head_dim, 192);
+    assert_int_equal(c.num_kv_heads, 16);
+    assert_int_equal(c.rope_interleave, 1); /* V2 rotates consecutive pairs */
+    assert_int_equal(c.router_sigmoid, 0);
+    assert_int_equal(c.n_group, 1); /* greedy */
+    assert_int_equal(c.group_max, 0);
+    assert_int_equal(c.norm_topk_prob, 0);
+    assert_float_equal(c.routed_scaling, 1.0f, 0);
+    assert_int_equal(c.first_k_dense, 1);
+    assert_int_equal(epm_model_config_moe_layers(&c), 26);
+    assert_float_equal(c.yarn_factor, 40, 0);
+    assert_int_equal(c.yarn_original_max, 4096);
+    assert_float_equal(c.yarn_mscale_all_dim, 0.707, 1e-12);
+    epm_model_config_clear(&c);
+    /* DeepSeek-V2 (236B) routes group_limited_greedy: groups scored by their best expert */
+    assert_int_equal(parse_v2_lite("topk_method", "\"group_limited_greedy\"", &c), EPM_OK);
+    assert_int_equal(c.n_group, 1);
+    epm_model_config_clear(&c);
+    /* its code renormalises or scales, never both */
+    assert_int_equal(parse_v2_lite("norm_topk_prob", "true", &c), EPM_OK);
+    assert_int_equal(c.norm_topk_prob, 1);
+    epm_model_config_clear(&c);
+    assert_int_equal(parse_v2_lite("routed_scaling_factor", "16.0", &c), EPM_OK);
+    assert_float_equal(c.routed_scaling, 16.0f, 0);
+    epm_model_config_clear(&c);
+    static const struct {
+        const char *key, *value, *must_show;
+        epm_status st;
+    } bad[] = {
+        {"topk_method", "\"noaux_tc\"", "topk_method", EPM_ERR_UNSUPPORTED},
+        {"scoring_func", "\"sigmoid\"", "scoring_func", EPM_ERR_UNSUPPORTED},
+        {"moe_layer_freq", "2", "moe_layer_freq", EPM_ERR_FORMAT}, /* greedy reads no n_group */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        epm_status st = parse_v2_lite(bad[i].key, bad[i].value, &c);
+        if (st != bad[i].st || !strstr(epm_last_error(), bad[i].must_show) || !strstr(epm_last_error(), "v2lite.json"))
+            fail_msg("case %zu (%s): status %d, message: %s", i, bad[i].key, st, epm_last_error());
+    }
+}
+
 /* The fixture's config with one field replaced (value NULL deletes it). */
 static epm_status parse_edited(const char *fixture, const char *key, const char *value_json, epm_model_config *c)
 {
@@ -480,7 +551,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_mixtral_fixture),  cmocka_unit_test(test_config_qwen2moe_fixture),
         cmocka_unit_test(test_config_olmoe_fixture),    cmocka_unit_test(test_config_qwen3moe_fixture),
-        cmocka_unit_test(test_config_deepseek),
+        cmocka_unit_test(test_config_deepseek),         cmocka_unit_test(test_config_deepseek_v2),
         cmocka_unit_test(test_config_rope_spellings),
         cmocka_unit_test(test_config_unknown_arch),     cmocka_unit_test(test_config_bad_fields),
         cmocka_unit_test(test_config_qwen2moe_dense_layers), cmocka_unit_test(test_config_save_round_trip),

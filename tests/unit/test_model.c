@@ -159,7 +159,7 @@ static void synth(const char *dir, epm_model_arch arch, epm_dtype dtype, int sha
     }
     if (arch == EPM_MODEL_QWEN3MOE)
         o.head_dim = 16; /* heads * head_dim = 64, twice the hidden size, as in Qwen3-30B-A3B */
-    if (arch == EPM_MODEL_DEEPSEEKV3)
+    if (arch == EPM_MODEL_DEEPSEEKV3 || arch == EPM_MODEL_DEEPSEEKV2)
         o.shared_ffn = 24; /* one shared expert of the routed width */
     o.dtype = dtype;
     o.shards = shards;
@@ -286,6 +286,13 @@ static void test_model_sharded_equals_single(void **state)
             assert_null(b.d->layer[1].router);
             assert_int_equal(b.d->layer[0].shared.ffn, arch == EPM_MODEL_QWEN2MOE ? 40 : 0);
             assert_int_equal(epm_model_load_experts(b.m, 1, (int[]){0}, 1, NULL), EPM_ERR_INVALID_ARG);
+        }
+        if (arch == EPM_MODEL_DEEPSEEKV2) {
+            /* softmax routing, no correction bias; MLA as V3's */
+            assert_int_equal(c->router_sigmoid, 0);
+            assert_null(b.d->layer[1].router_bias);
+            assert_non_null(b.d->layer[1].kv_b.data);
+            assert_null(b.d->layer[1].shared_gate);
         }
         if (arch == EPM_MODEL_DEEPSEEKV3) {
             /* MLA's projections (q LoRA, kv latent), the router's correction bias,

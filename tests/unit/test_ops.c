@@ -170,7 +170,7 @@ static void test_group_limit(void **state)
                     0.2f, 0.7f, 0.2f /* group 3: 0.9, ties group 0: the lower group wins */};
     float keep[12], gs[12]; /* scratch for up to 12 groups */
     memcpy(keep, sc, sizeof sc);
-    epm_group_limit(keep, 12, 4, 2, gs);
+    epm_group_limit(keep, 12, 4, 2, 0, gs);
     for (int e = 0; e < 12; e++) {
         int kept = e < 6; /* groups 0 and 1 */
         if (kept)
@@ -186,16 +186,24 @@ static void test_group_limit(void **state)
     assert_int_equal(ids[1], 3);
     /* keeping every group changes nothing; one expert per group ranks by itself */
     memcpy(keep, sc, sizeof sc);
-    epm_group_limit(keep, 12, 4, 4, gs);
+    epm_group_limit(keep, 12, 4, 4, 0, gs);
     assert_memory_equal(keep, sc, sizeof sc);
     memcpy(keep, sc, sizeof sc);
-    epm_group_limit(keep, 12, 12, 1, gs);
+    epm_group_limit(keep, 12, 12, 1, 0, gs);
     for (int e = 0; e < 12; e++)
         assert_true(e == 0 ? keep[e] == 0.9f : isinf(keep[e]));
     /* negative scores (a negative correction bias): a group of them loses to any other */
     float neg[4] = {-0.2f, -0.1f, 0.05f, 0.0f};
-    epm_group_limit(neg, 4, 2, 1, gs);
+    epm_group_limit(neg, 4, 2, 1, 0, gs);
     assert_true(isinf(neg[0]) && isinf(neg[1]) && neg[2] == 0.05f);
+    /* DeepSeek-V2 scores a group by its best expert (0.9, 0.5, 0.4, 0.7):
+     * groups 0 and 3 now, where the sums kept 0 and 1 */
+    memcpy(keep, sc, sizeof sc);
+    epm_group_limit(keep, 12, 4, 2, 1, gs);
+    for (int e = 0; e < 12; e++) {
+        int kept = e < 3 || e >= 9; /* groups 0 and 3 */
+        assert_true(kept ? keep[e] == sc[e] : isinf(keep[e]));
+    }
 }
 
 /* YaRN's frequencies, by hand: dim 8, base 1e4, 64 original positions,
