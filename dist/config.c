@@ -184,6 +184,9 @@ static epm_status parse_yarn(const ctx *c, json_t *rp, const char *home, epm_mod
     cfg->yarn_beta_fast = 32;
     cfg->yarn_beta_slow = 1;
     cfg->yarn_attn_factor = -1;
+    /* DeepSeek-V2's code (and vLLM's) take an absent mscale as 1, where
+     * transformers' reading (V3, the others) leaves it unset */
+    cfg->yarn_mscale = cfg->arch == EPM_MODEL_DEEPSEEKV2 ? 1 : 0;
     EPM_CHECK(rope_num(c, rp, home, "beta_fast", 0, 1e6, &cfg->yarn_beta_fast));
     EPM_CHECK(rope_num(c, rp, home, "beta_slow", 0, 1e6, &cfg->yarn_beta_slow));
     EPM_CHECK(rope_num(c, rp, home, "mscale", -1e6, 1e6, &cfg->yarn_mscale));

@@ -15,7 +15,7 @@
 #include "xcomm.h"
 
 static const char *const models[] = {"mixtral-tiny", "qwen2moe-tiny", "olmoe-tiny", "qwen3moe-tiny",
-                                     "deepseekv3-tiny"};
+                                     "deepseekv3-tiny", "deepseekv2-tiny"};
 static int R, me;
 
 typedef struct fixture {
