@@ -178,7 +178,8 @@ static epm_status parse_yarn(const ctx *c, json_t *rp, const char *home, epm_mod
 {
     char key[96];
     cfg->yarn_factor = -1;
-    EPM_CHECK(rope_num(c, rp, home, "factor", 0, 1e6, &cfg->yarn_factor));
+    /* a factor below 1 would compress, not extend, the context: no model does */
+    EPM_CHECK(rope_num(c, rp, home, "factor", 0.999999, 1e6, &cfg->yarn_factor));
     if (cfg->yarn_factor <= 0)
         return epm_fail(EPM_ERR_FORMAT, "%s: field '%s.factor' is missing (YaRN needs it)", c->label, home);
     cfg->yarn_beta_fast = 32;
@@ -189,14 +190,18 @@ static epm_status parse_yarn(const ctx *c, json_t *rp, const char *home, epm_mod
     cfg->yarn_mscale = cfg->arch == EPM_MODEL_DEEPSEEKV2 ? 1 : 0;
     EPM_CHECK(rope_num(c, rp, home, "beta_fast", 0, 1e6, &cfg->yarn_beta_fast));
     EPM_CHECK(rope_num(c, rp, home, "beta_slow", 0, 1e6, &cfg->yarn_beta_slow));
-    EPM_CHECK(rope_num(c, rp, home, "mscale", -1e6, 1e6, &cfg->yarn_mscale));
-    EPM_CHECK(rope_num(c, rp, home, "mscale_all_dim", -1e6, 1e6, &cfg->yarn_mscale_all_dim));
+    /* negative ones would drive get_mscale through zero: infinite scales */
+    EPM_CHECK(rope_num(c, rp, home, "mscale", -1e-300, 1e6, &cfg->yarn_mscale));
+    EPM_CHECK(rope_num(c, rp, home, "mscale_all_dim", -1e-300, 1e6, &cfg->yarn_mscale_all_dim));
     EPM_CHECK(rope_num(c, rp, home, "attention_factor", 0, 1e6, &cfg->yarn_attn_factor));
     double om = cfg->max_position_embeddings;
-    EPM_CHECK(rope_num(c, rp, home, "original_max_position_embeddings", 0, 1e12, &om));
+    EPM_CHECK(rope_num(c, rp, home, "original_max_position_embeddings", 0.999999, 1073741824.5, &om));
     if (om < 1)
         return epm_fail(EPM_ERR_FORMAT, "%s: YaRN needs '%s.original_max_position_embeddings' or "
                         "'max_position_embeddings'", c->label, home);
+    if (om != floor(om))
+        return epm_fail(EPM_ERR_FORMAT, "%s: field '%s.original_max_position_embeddings' = %g: must be a whole "
+                        "number of positions", c->label, home, om);
     cfg->yarn_original_max = (int)om;
     cfg->yarn_truncate = 1;
     json_t *t = json_object_get(rp, "truncate");
@@ -213,7 +218,11 @@ static epm_status parse_yarn(const ctx *c, json_t *rp, const char *home, epm_mod
  * rope_parameters; rope_scaling is the older home of a non-default type. */
 static epm_status parse_rope(const ctx *c, epm_model_config *cfg)
 {
-    EPM_CHECK(get_int(c, c->root, "max_position_embeddings", 0, 1, 1L << 30, &cfg->max_position_embeddings));
+    /* read only as YaRN's fallback for the original context: a value this
+     * runtime cannot use (4096.0, 1e12) is not an error unless YaRN needs it */
+    json_t *mp = json_object_get(c->root, "max_position_embeddings");
+    double mpv = json_is_number(mp) ? json_number_value(mp) : 0;
+    cfg->max_position_embeddings = mpv >= 1 && mpv <= (1 << 30) && mpv == floor(mpv) ? (int)mpv : 0;
     cfg->rope_theta = cfg->arch == EPM_MODEL_MIXTRAL ? 1e6 : 1e4;
     EPM_CHECK(get_num(c, c->root, "rope_theta", 0, 1e12, &cfg->rope_theta, NULL));
     static const char *const homes[] = {"rope_parameters", "rope_scaling"};
@@ -374,7 +383,9 @@ static epm_status parse_deepseek_moe(const ctx *c, epm_model_config *cfg)
     else
         EPM_CHECK(get_int(c, r, "n_shared_experts", 0, 0, 64, &shared));
     cfg->shared_ffn = shared * cfg->moe_ffn;
-    cfg->first_k_dense = v3 ? 3 : 0;
+    /* V3's default of 3 on a smaller model: every layer dense (then refused
+     * as having no MoE layer, by the runtime, not here) */
+    cfg->first_k_dense = v3 ? (cfg->num_layers < 3 ? cfg->num_layers : 3) : 0;
     EPM_CHECK(get_int(c, r, "first_k_dense_replace", 0, 0, cfg->num_layers, &cfg->first_k_dense));
     cfg->router_sigmoid = v3;
     cfg->n_group = v3 ? 8 : 1;
@@ -402,10 +413,15 @@ static epm_status parse_deepseek_moe(const ctx *c, epm_model_config *cfg)
         }
     }
     int E = cfg->num_experts, G = cfg->n_group;
-    /* V3's group score is the sum of its two best experts */
+    /* V3's group score is the sum of its two best experts; the checks name
+     * the value in force, which may be the default */
     if (E % G || (v3 && G > 1 && E / G < 2))
-        return bad(c, "n_group", json_object_get(r, "n_group"),
-                   v3 ? "must divide n_routed_experts into groups of 2 or more" : "must divide n_routed_experts");
+        return epm_fail(EPM_ERR_FORMAT, "%s: field 'n_group' = %d (%s): must divide n_routed_experts = %d%s", c->label,
+                        G, json_object_get(r, "n_group") ? "as given" : "the default", E,
+                        v3 ? " into groups of 2 or more" : "");
+    if (cfg->topk_group > G)
+        return epm_fail(EPM_ERR_FORMAT, "%s: field 'topk_group' = %d (%s) exceeds n_group = %d", c->label,
+                        cfg->topk_group, json_object_get(r, "topk_group") ? "as given" : "the default", G);
     if ((int64_t)cfg->topk_group * (E / G) < cfg->top_k)
         return bad(c, "topk_group", json_object_get(r, "topk_group"),
                    "leaves fewer experts to choose from than num_experts_per_tok");

@@ -57,6 +57,8 @@ static epm_status deepseek_config(const epm_model_synth_opts *o, epm_model_confi
     c->qk_rope_dim = o->qk_rope >= 0 ? o->qk_rope : (nope / 4) * 2 > 2 ? (nope / 4) * 2 : 2;
     c->v_head_dim = o->v_head >= 0 ? o->v_head : nope;
     c->rope_interleave = 1;
+    /* what the loader accepts (config.c), so that a synthesised model loads */
+    EPM_CHECK(range("head-dim (qk_nope_head_dim)", nope, 0, 1024));
     EPM_CHECK(range("q-lora-rank", c->q_lora_rank, 0, 1L << 16));
     EPM_CHECK(range("kv-lora-rank", c->kv_lora_rank, 1, 1L << 16));
     EPM_CHECK(range("qk-rope-dim", c->qk_rope_dim, 2, 1024));
@@ -69,6 +71,7 @@ static epm_status deepseek_config(const epm_model_synth_opts *o, epm_model_confi
     c->num_kv_heads = c->num_heads;
     int E = o->experts, g = E % 4 == 0 && E >= 8 ? 4 : 1;
     c->n_group = o->n_group > 0 ? o->n_group : g;
+    EPM_CHECK(range("groups", c->n_group, 1, 1024));
     c->topk_group = o->topk_group > 0 ? o->topk_group : c->n_group > 1 ? c->n_group / 2 : 1;
     if (E % c->n_group || (c->n_group > 1 && E / c->n_group < 2) || c->topk_group > c->n_group ||
         (int64_t)c->topk_group * (E / c->n_group) < o->k)
@@ -84,9 +87,9 @@ static epm_status deepseek_config(const epm_model_synth_opts *o, epm_model_confi
     c->first_k_dense = o->first_dense >= 0 ? o->first_dense : o->layers > 1;
     EPM_CHECK(range("first-dense", c->first_k_dense, 0, o->layers - 1));
     c->shared_ffn = o->shared_ffn < 0 ? (v3 ? 1 : 2) * o->ffn : o->shared_ffn;
-    if (c->shared_ffn % o->ffn)
-        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: shared-ffn = %d is not a whole number of experts of %d",
-                        c->shared_ffn, o->ffn);
+    if (c->shared_ffn % o->ffn || c->shared_ffn / o->ffn > 64)
+        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: shared-ffn = %d is not a whole number (at most 64) of "
+                        "experts of %d", c->shared_ffn, o->ffn);
     return EPM_OK;
 }
 

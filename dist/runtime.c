@@ -216,19 +216,20 @@ static int off_node(const rt *r, int ml, int e) { return nearest_cost(r, ml, e, 
 
 /* node_only: TA-MoE's cap on the share of tokens leaving the node is
  * reached for this layer, so only experts with a replica on this node may
- * be chosen (when there are k of them). scr: [3 * experts] floats.
+ * be chosen (when there are k of them). scr: [4 * experts] floats.
  *
  * Scores: the softmax of the router's logits, or DeepSeek-V3's sigmoid of
  * each logit. The choice is made on the scores (softmax: their logs, when
- * TA-MoE biases them), V3's plus e_score_correction_bias, DeepSeek's
- * limited to their best groups; the weights are always the scores of the
- * chosen. */
+ * TA-MoE biases them), V3's plus e_score_correction_bias; TA-MoE's bias and
+ * node mask come before DeepSeek's group limit, so that groups are ranked
+ * on what TA-MoE made of their experts. The weights are always the scores
+ * of the chosen. */
 static void gate(rt *r, const epm_model_layer *w, int ml, const float *x2, int64_t g, int32_t *ids, float *wts,
                  float *scr, int node_only)
 {
     const epm_model_config *c = r->c;
     int E = c->num_experts, K = c->top_k, sig = c->router_sigmoid;
-    float *probs = scr, *choice = scr + E;
+    float *probs = scr, *choice = scr + E, *masked = scr + 2 * E, *gs = scr + 3 * E;
     r->ref->linear(x2, 1, c->hidden_size, w->router, NULL, E, probs);
     if (sig) {
         for (int e = 0; e < E; e++) {
@@ -239,23 +240,28 @@ static void gate(rt *r, const epm_model_layer *w, int ml, const float *x2, int64
         epm_softmax(probs, E);
         memcpy(choice, probs, (size_t)E * sizeof *choice);
     }
-    if (c->n_group > 1)
-        epm_group_limit(choice, E, c->n_group, c->topk_group, c->group_max, scr + 2 * E);
-    if (!r->o->route_from && (r->o->ta_strength > 0 || r->o->top_p > 0 || node_only)) {
-        /* choose on biased scores, weigh with the model's own */
-        int on_node = 0;
-        for (int e = 0; e < E && node_only; e++)
-            on_node += !off_node(r, ml, e) && choice[e] > -INFINITY;
-        node_only = node_only && on_node >= K;
-        for (int e = 0; e < E; e++) {
-            if (!sig && choice[e] > -INFINITY) /* a dropped group stays dropped */
-                choice[e] = logf(probs[e] > 1e-30f ? probs[e] : 1e-30f);
-            if (r->o->ta_strength > 0)
-                choice[e] -= (float)(r->o->ta_strength * nearest_cost(r, ml, e, r->me));
-            if (node_only && off_node(r, ml, e))
-                choice[e] = -INFINITY;
-        }
-        epm_topk(choice, E, K, ids, wts);
+    int ta = !r->o->route_from && (r->o->ta_strength > 0 || r->o->top_p > 0 || node_only);
+    for (int e = 0; e < E && ta; e++) {
+        if (!sig)
+            choice[e] = logf(probs[e] > 1e-30f ? probs[e] : 1e-30f);
+        if (r->o->ta_strength > 0)
+            choice[e] -= (float)(r->o->ta_strength * nearest_cost(r, ml, e, r->me));
+    }
+    float *sel = choice;
+    if (ta && node_only) { /* the node's experts, when k of them survive the group limit */
+        int left = 0;
+        for (int e = 0; e < E; e++)
+            masked[e] = off_node(r, ml, e) ? -INFINITY : choice[e];
+        if (c->n_group > 1)
+            epm_group_limit(masked, E, c->n_group, c->topk_group, c->group_max, gs);
+        for (int e = 0; e < E; e++)
+            left += masked[e] > -INFINITY;
+        sel = left >= K ? masked : choice;
+    }
+    if (sel == choice && c->n_group > 1)
+        epm_group_limit(choice, E, c->n_group, c->topk_group, c->group_max, gs);
+    if (ta) {
+        epm_topk(sel, E, K, ids, wts);
         double mass = 0; /* top-p: softmax routers only (setup refuses the others) */
         for (int j = 0; j < K; j++) {
             if (r->o->top_p > 0 && j > 0 && mass >= r->o->top_p) {
@@ -339,7 +345,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     const int W = 2 + H + 2 * K;
     float *rows = epm_malloc((size_t)(n ? n : 1) * (K + 1) * W * sizeof *rows);
     int *dest = epm_malloc((size_t)(n ? n : 1) * (K + 1) * sizeof *dest);
-    float *probs = epm_malloc((size_t)3 * E * sizeof *probs); /* gate's scratch */
+    float *probs = epm_malloc((size_t)4 * E * sizeof *probs); /* gate's scratch */
     int32_t *ids = epm_malloc((size_t)(n ? n : 1) * K * sizeof *ids);
     float *wts = epm_malloc((size_t)(n ? n : 1) * K * sizeof *wts);
     int *dst = epm_malloc((size_t)K * sizeof *dst);
@@ -1033,6 +1039,9 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     if (st == EPM_OK && c->sliding_window > 0 && c->sliding_window < r->max_len)
         st = epm_fail(EPM_ERR_UNSUPPORTED, "%s/config.json: sliding_window = %d is shorter than this run's %d "
                       "positions; epmoe attends to the full context", o->model_dir, c->sliding_window, r->max_len);
+    if (st == EPM_OK && c->top_k > 64) /* the exchange's per-token expert lists (rid) */
+        st = epm_fail(EPM_ERR_UNSUPPORTED, "%s/config.json: num_experts_per_tok = %d; epmoe runs up to 64 experts per "
+                      "token", o->model_dir, c->top_k);
     if (st == EPM_OK && c->head_dim > 512)
         st = epm_fail(EPM_ERR_UNSUPPORTED, "%s/config.json: head_dim = %d; epmoe supports up to 512", o->model_dir,
                       c->head_dim);

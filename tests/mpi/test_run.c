@@ -365,6 +365,37 @@ static void test_run_topology_bias_and_top_p(void **state)
     epm_st_close(f.ref);
 }
 
+/* TA-MoE's node cap at 0 keeps every token's experts on its node (each node
+ * holds 4 of the 8 experts, k = 2), also where DeepSeek's group limit chooses
+ * the groups: they are ranked on the node's experts only. */
+static void test_run_node_cap_with_groups(void **state)
+{
+    (void)state;
+    if (R < 2 || R % 2)
+        return; /* needs two virtual nodes */
+    static const char *const names[] = {"mixtral-tiny", "deepseekv3-tiny", "deepseekv2-tiny"};
+    for (int m = 0; m < 3; m++) {
+        fixture f;
+        fixture_open(&f, names[m]);
+        epm_run_opts o;
+        memset(&o, 0, sizeof o);
+        o.model_dir = f.dir;
+        o.virtual_nodes = 2;
+        o.max_new_tokens = 3;
+        o.ta_node_cap_on = 1;
+        o.ta_node_cap = 0;
+        const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
+        epm_run_result *res;
+        assert_int_equal(epm_run(&o, 2, f.lens, prompts, &res), EPM_OK);
+        if (inter_bytes(&res->report) != 0)
+            fprintf(stderr, "%s: %lld bytes between nodes under a node cap of 0\n", names[m],
+                    (long long)inter_bytes(&res->report));
+        assert_int_equal(inter_bytes(&res->report), 0);
+        epm_run_result_destroy(res);
+        epm_st_close(f.ref);
+    }
+}
+
 static void test_run_mismatched_placement(void **state)
 {
     (void)state;
@@ -407,6 +438,7 @@ int main(void)
     epm_xcomm_destroy(x);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_run_fixtures_home),           cmocka_unit_test(test_run_fixtures_follow),
+        cmocka_unit_test(test_run_node_cap_with_groups),
         cmocka_unit_test(test_run_decode_equals_recompute), cmocka_unit_test(test_run_agrees_with_plan_eval),
         cmocka_unit_test(test_run_topology_bias_and_top_p), cmocka_unit_test(test_run_mismatched_placement),
     };

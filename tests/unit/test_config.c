@@ -181,6 +181,42 @@ static void test_config_deepseek(void **state)
     assert_int_equal(parse_deepseek("first_k_dense_replace", NULL, &c), EPM_OK);
     assert_int_equal(c.first_k_dense, 3);
     epm_model_config_clear(&c);
+    /* V3's default of 3 dense layers on a 2-layer model: both dense (the
+     * runtime then refuses it as having no MoE layer), not a write past the table */
+    {
+        json_t *root = json_loads("{\"architectures\": [\"DeepseekV3ForCausalLM\"], \"vocab_size\": 256, "
+                                  "\"hidden_size\": 64, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+                                  "\"n_routed_experts\": 8, \"num_experts_per_tok\": 2, \"intermediate_size\": 96, "
+                                  "\"moe_intermediate_size\": 32, \"n_group\": 2, \"topk_group\": 1}",
+                                  0, NULL);
+        assert_int_equal(parse_with(root, NULL, NULL, "two.json", &c), EPM_OK);
+        assert_int_equal(c.first_k_dense, 2);
+        assert_int_equal(epm_model_config_moe_layers(&c), 0);
+        epm_model_config_clear(&c);
+    }
+    /* a default topk_group (4) above a stated n_group (2) is named as the default */
+    {
+        json_t *root = json_loads("{\"architectures\": [\"DeepseekV3ForCausalLM\"], \"vocab_size\": 256, "
+                                  "\"hidden_size\": 64, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+                                  "\"n_routed_experts\": 8, \"num_experts_per_tok\": 2, \"intermediate_size\": 96, "
+                                  "\"moe_intermediate_size\": 32, \"n_group\": 2}",
+                                  0, NULL);
+        assert_int_equal(parse_with(root, NULL, NULL, "two.json", &c), EPM_ERR_FORMAT);
+        assert_non_null(strstr(epm_last_error(), "'topk_group' = 4 (the default) exceeds n_group = 2"));
+    }
+    /* YaRN values that would give infinite or nonsense scales */
+    static const char *const bad_yarn[] = {
+        "{\"rope_type\": \"yarn\", \"factor\": 4, \"original_max_position_embeddings\": 1e11}",
+        "{\"rope_type\": \"yarn\", \"factor\": 4, \"original_max_position_embeddings\": 4096.5}",
+        "{\"rope_type\": \"yarn\", \"factor\": 0.5, \"original_max_position_embeddings\": 4096}",
+        "{\"rope_type\": \"yarn\", \"factor\": 4, \"original_max_position_embeddings\": 4096, \"mscale\": -7.2}",
+    };
+    for (size_t i = 0; i < sizeof bad_yarn / sizeof *bad_yarn; i++)
+        if (parse_deepseek("rope_scaling", bad_yarn[i], &c) != EPM_ERR_FORMAT || !strstr(epm_last_error(), "rope_scaling."))
+            fail_msg("bad YaRN %zu accepted or unnamed: %s", i, epm_last_error());
+    /* max_position_embeddings is only YaRN's fallback: a float there is no error */
+    assert_int_equal(parse_deepseek("max_position_embeddings", "4096.0", &c), EPM_OK);
+    epm_model_config_clear(&c);
     /* one kept group of 4 leaves exactly top-4 to choose from; top-5 not */
     assert_int_equal(parse_deepseek("topk_group", "1", &c), EPM_OK);
     epm_model_config_clear(&c);

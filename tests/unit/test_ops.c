@@ -241,6 +241,16 @@ static void test_rope_yarn(void **state)
     double m1 = 0.1 * log(4) + 1, m8 = 0.08 * log(4) + 1;
     assert_true(fabs(cs - m1 / m8) < 1e-15);
     assert_true(fabs(sm - m8 * m8) < 1e-15);
+    /* DeepSeek-V2's code always takes the ratio, get_mscale(f, 0) being 1 */
+    c.arch = EPM_MODEL_DEEPSEEKV2;
+    c.yarn_mscale = 0.707;
+    c.yarn_mscale_all_dim = 0;
+    epm_model_rope_freqs(&c, 8, inv, &cs, &sm);
+    assert_true(fabs(cs - (0.0707 * log(4) + 1)) < 1e-15);
+    assert_true(sm == 1); /* no mscale_all_dim: no softmax factor */
+    c.arch = EPM_MODEL_DEEPSEEKV3;
+    c.yarn_mscale = 1.0;
+    c.yarn_mscale_all_dim = 0.8;
     /* without truncation the range is [0, 1.01]: j = 1 is (almost) all interpolated */
     c.yarn_truncate = 0;
     epm_model_rope_freqs(&c, 8, inv, &cs, &sm);
