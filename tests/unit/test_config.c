@@ -182,28 +182,19 @@ static void test_config_deepseek(void **state)
     assert_int_equal(c.first_k_dense, 3);
     epm_model_config_clear(&c);
     /* V3's default of 3 dense layers on a 2-layer model: both dense (the
-     * runtime then refuses it as having no MoE layer), not a write past the table */
-    {
-        json_t *root = json_loads("{\"architectures\": [\"DeepseekV3ForCausalLM\"], \"vocab_size\": 256, "
-                                  "\"hidden_size\": 64, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
-                                  "\"n_routed_experts\": 8, \"num_experts_per_tok\": 2, \"intermediate_size\": 96, "
-                                  "\"moe_intermediate_size\": 32, \"n_group\": 2, \"topk_group\": 1}",
-                                  0, NULL);
-        assert_int_equal(parse_with(root, NULL, NULL, "two.json", &c), EPM_OK);
-        assert_int_equal(c.first_k_dense, 2);
-        assert_int_equal(epm_model_config_moe_layers(&c), 0);
-        epm_model_config_clear(&c);
-    }
-    /* a default topk_group (4) above a stated n_group (2) is named as the default */
-    {
-        json_t *root = json_loads("{\"architectures\": [\"DeepseekV3ForCausalLM\"], \"vocab_size\": 256, "
-                                  "\"hidden_size\": 64, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
-                                  "\"n_routed_experts\": 8, \"num_experts_per_tok\": 2, \"intermediate_size\": 96, "
-                                  "\"moe_intermediate_size\": 32, \"n_group\": 2}",
-                                  0, NULL);
-        assert_int_equal(parse_with(root, NULL, NULL, "two.json", &c), EPM_ERR_FORMAT);
-        assert_non_null(strstr(epm_last_error(), "'topk_group' = 4 (the default) exceeds n_group = 2"));
-    }
+     * runtime then refuses it as having no MoE layer), not a write past the
+     * table; and a default topk_group (4) above a stated n_group (2) is
+     * named as the default */
+    static const char two_layers[] =
+        "{\"architectures\": [\"DeepseekV3ForCausalLM\"], \"vocab_size\": 256, \"hidden_size\": 64, "
+        "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"n_routed_experts\": 8, \"num_experts_per_tok\": 2, "
+        "\"intermediate_size\": 96, \"moe_intermediate_size\": 32, \"n_group\": 2}";
+    assert_int_equal(parse_with(json_loads(two_layers, 0, NULL), "topk_group", "1", "two.json", &c), EPM_OK);
+    assert_int_equal(c.first_k_dense, 2);
+    assert_int_equal(epm_model_config_moe_layers(&c), 0);
+    epm_model_config_clear(&c);
+    assert_int_equal(parse_with(json_loads(two_layers, 0, NULL), NULL, NULL, "two.json", &c), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "'topk_group' = 4 (the default) exceeds n_group = 2"));
     /* YaRN values that would give infinite or nonsense scales */
     static const char *const bad_yarn[] = {
         "{\"rope_type\": \"yarn\", \"factor\": 4, \"original_max_position_embeddings\": 1e11}",
