@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # epmoe model: synth -> info round trip for each architecture, sharded and
 # bf16 checkpoints, the fixtures, and exit codes (0 ok, 1 failure, 2 usage);
-# with mpirun, epmoe run on a synthesised sharded bf16 Qwen2-MoE with a dense layer.
+# with mpirun, epmoe run on a synthesised sharded bf16 Qwen2-MoE with a dense
+# layer, and on bf16 DeepSeek-V3 / V2 and Qwen3-MoE checkpoints with YaRN.
 . "$(dirname "$0")/lib.sh" || exit 1
 : "${EPM_FIXTURES:?path of tests/fixtures}"
 export ASAN_OPTIONS=$no_leaks
@@ -92,6 +93,32 @@ expect 2 "$EPMOE" model synth --out "$d/x" --arch qwen2moe --layers 2 --mlp-only
 contains "$d/err" "no MoE layer"
 expect 0 "$EPMOE" model synth --help
 contains "$d/out" "--shards"
+contains "$d/out" "--yarn"
+
+# DeepSeek and Qwen3: what synth was asked for is what info reports
+expect 0 "$EPMOE" model synth --out "$d/v3" --arch deepseekv3 --hidden 64 --layers 3 --experts 8 --k 2 --ffn 16 \
+    --heads 4 --head-dim 16 --qk-rope-dim 8 --v-head-dim 12 --q-lora-rank 24 --kv-lora-rank 20 --groups 4 \
+    --topk-groups 2 --vocab 128 --dtype bf16 --router-scale 3 --yarn 4,64,1,0.8
+expect 0 "$EPMOE" model info "$d/v3" --json
+contains "$d/out" '"architecture": "DeepseekV3ForCausalLM"'
+contains "$d/out" '"router": "sigmoid", "n_group": 4, "topk_group": 2, "routed_scaling_factor": 2.5, "mla": true'
+contains "$d/out" '"q_lora_rank": 24, "kv_lora_rank": 20, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8'
+contains "$d/out" '"rope_type": "yarn", "yarn_factor": 4, "yarn_original_max_position_embeddings": 64'
+contains "$d/out" '"moe_layers": 2' # the first layer dense
+expect 0 "$EPMOE" model synth --out "$d/v2" --arch deepseekv2 --hidden 64 --layers 3 --experts 8 --k 2 --ffn 16 \
+    --heads 4 --head-dim 16 --qk-rope-dim 8 --q-lora-rank 0 --kv-lora-rank 20 --groups 2 --topk-groups 1 \
+    --routed-scaling 1.5 --vocab 128 --dtype bf16 --router-scale 2 --yarn 4,64,0.707,0.707
+expect 0 "$EPMOE" model info "$d/v2"
+contains "$d/out" "softmax, 2 groups (1 kept, each scored by its best expert), weights x 1.5"
+contains "$d/out" "shared expert ffn 32" # two shared experts by default
+expect 0 "$EPMOE" model synth --out "$d/q3" --arch qwen3moe --hidden 32 --layers 2 --experts 6 --k 2 --ffn 16 \
+    --heads 4 --head-dim 16 --vocab 128 --dtype bf16 --yarn 4,64
+expect 0 "$EPMOE" model info "$d/q3"
+contains "$d/out" "head_dim 16, q/k norm per head"
+expect 2 "$EPMOE" model synth --out "$d/x" --arch deepseekv3 --yarn 4
+contains "$d/err" "--yarn"
+expect 2 "$EPMOE" model synth --out "$d/x" --arch deepseekv3 --groups 3
+contains "$d/err" "groups"
 
 # the synthesised checkpoint runs: 2 ranks generate what 1 rank does
 if command -v mpirun >/dev/null; then
@@ -103,6 +130,20 @@ if command -v mpirun >/dev/null; then
     expect 0 timeout 120 mpirun --oversubscribe -np 1 "$EPMOE" run --model "$d/sh" --input "$d/in.json" \
         --max-new-tokens 3 --json
     cmp -s "$d/out" "$d/run2.json" || { echo "FAIL: 1 and 2 ranks generate differently"; fails=$((fails + 1)); }
+    # MLA, the group limits and YaRN from bf16 files: 3 ranks in follow mode generate
+    # what 1 rank does with the reference kernels and every weight widened
+    for m in v3 v2 q3; do
+        expect 0 timeout 120 mpirun --oversubscribe -np 3 "$EPMOE" run --model "$d/$m" --input "$d/in.json" \
+            --max-new-tokens 3 --mode follow --json
+        cp "$d/out" "$d/run3.json"
+        contains "$d/run3.json" '"generated": [['
+        expect 0 timeout 120 mpirun --oversubscribe -np 1 "$EPMOE" run --model "$d/$m" --input "$d/in.json" \
+            --max-new-tokens 3 --kernels ref --expert-dtype f32 --dense-dtype f32 --json
+        one=$(grep -o '"generated": \[\[[^]]*\], \[[^]]*\]\]' "$d/out")
+        three=$(grep -o '"generated": \[\[[^]]*\], \[[^]]*\]\]' "$d/run3.json")
+        [ -n "$one" ] && [ "$one" = "$three" ] ||
+            { echo "FAIL: $m: 3 ranks (blas, bf16) and 1 rank (ref, f32) generate differently"; fails=$((fails + 1)); }
+    done
 else
     echo "mpirun not found: epmoe run on a synthesised model skipped"
 fi
