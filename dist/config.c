@@ -95,6 +95,18 @@ static epm_status get_int(const ctx *c, json_t *obj, const char *key, int requir
     return EPM_OK;
 }
 
+/* As get_int, but where an explicit null means 0, "none" (DeepSeek's
+ * q_lora_rank and n_shared_experts), while absence keeps *out. */
+static epm_status get_int_or_none(const ctx *c, json_t *obj, const char *key, long lo, long hi, int *out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v && json_is_null(v)) {
+        *out = 0;
+        return EPM_OK;
+    }
+    return get_int(c, obj, key, 0, lo, hi, out);
+}
+
 /* A finite number in (lo, hi). */
 static epm_status get_num(const ctx *c, json_t *obj, const char *key, double lo, double hi, double *out,
                           int *present)
@@ -346,11 +358,8 @@ static epm_status parse_mla(const ctx *c, epm_model_config *cfg)
     cfg->qk_rope_dim = 64;
     cfg->v_head_dim = 128;
     cfg->rope_interleave = 1;
-    json_t *ql = json_object_get(r, "q_lora_rank");
-    if (ql && json_is_null(ql))
-        cfg->q_lora_rank = 0; /* null: a plain q_proj (DeepSeek-V2-Lite) */
-    else
-        EPM_CHECK(get_int(c, r, "q_lora_rank", 0, 1, 1L << 16, &cfg->q_lora_rank));
+    /* null: a plain q_proj (DeepSeek-V2-Lite) */
+    EPM_CHECK(get_int_or_none(c, r, "q_lora_rank", 1, 1L << 16, &cfg->q_lora_rank));
     EPM_CHECK(get_int(c, r, "kv_lora_rank", 0, 1, 1L << 16, &cfg->kv_lora_rank));
     EPM_CHECK(get_int(c, r, "qk_nope_head_dim", 0, 0, 1024, &cfg->qk_nope_dim));
     EPM_CHECK(get_int(c, r, "qk_rope_head_dim", 0, 2, 1024, &cfg->qk_rope_dim));
@@ -377,11 +386,7 @@ static epm_status parse_deepseek_moe(const ctx *c, epm_model_config *cfg)
 {
     json_t *r = c->root;
     int v3 = cfg->arch == EPM_MODEL_DEEPSEEKV3, shared = v3 ? 1 : 2;
-    json_t *ns = json_object_get(r, "n_shared_experts");
-    if (ns && json_is_null(ns))
-        shared = 0;
-    else
-        EPM_CHECK(get_int(c, r, "n_shared_experts", 0, 0, 64, &shared));
+    EPM_CHECK(get_int_or_none(c, r, "n_shared_experts", 0, 64, &shared));
     cfg->shared_ffn = shared * cfg->moe_ffn;
     /* V3's default of 3 on a smaller model: every layer dense (then refused
      * as having no MoE layer, by the runtime, not here) */

@@ -40,9 +40,9 @@ void epm_model_rope_freqs(const epm_model_config *c, int dim, double *inv, doubl
     }
     if (c->yarn_attn_factor >= 0)
         *cs_scale = c->yarn_attn_factor;
-    else if (c->arch == EPM_MODEL_DEEPSEEKV2) /* DeepSeek's V2 code: always the ratio (get_mscale(f, 0) = 1) */
-        *cs_scale = get_mscale(f, c->yarn_mscale) / get_mscale(f, c->yarn_mscale_all_dim);
-    else if (c->yarn_mscale != 0 && c->yarn_mscale_all_dim != 0)
+    /* transformers takes the ratio when both are set; DeepSeek's V2 code
+     * always does (get_mscale(f, 0) = 1) */
+    else if (c->arch == EPM_MODEL_DEEPSEEKV2 || (c->yarn_mscale != 0 && c->yarn_mscale_all_dim != 0))
         *cs_scale = get_mscale(f, c->yarn_mscale) / get_mscale(f, c->yarn_mscale_all_dim);
     else
         *cs_scale = get_mscale(f, 1.0);
