@@ -438,18 +438,48 @@ static epm_status parse_deepseek_moe(const ctx *c, epm_model_config *cfg)
     return EPM_OK;
 }
 
-/* Quantised checkpoints (FP8 blocks with scales, GPTQ, AWQ, ...) hold more
- * than the weights this loader reads: refused by name rather than misread. */
-static epm_status refuse_quantized(const ctx *c)
+/* FP8 block-quantised checkpoints (DeepSeek-V3/R1's release, Qwen3's
+ * -FP8): e4m3 weight matrices with one scale (weight_scale_inv) per
+ * weight_block_size block, dequantised at load. Activations are not
+ * quantised (the dynamic scheme quantises them per token group at run time:
+ * a rounding the loader leaves out). Other methods are refused by name. */
+static epm_status parse_quant(const ctx *c, epm_model_config *cfg)
 {
     json_t *q = json_object_get(c->root, "quantization_config");
     if (!q || json_is_null(q))
         return EPM_OK;
-    json_t *m = json_is_object(q) ? json_object_get(q, "quant_method") : NULL;
-    return epm_fail(EPM_ERR_UNSUPPORTED,
-                    "%s: field 'quantization_config' (quant_method %s): quantised checkpoints are not supported; "
-                    "convert the weights to bfloat16 first",
-                    c->label, json_is_string(m) ? json_string_value(m) : "?");
+    if (!json_is_object(q))
+        return bad(c, "quantization_config", q, "must be an object");
+    char b[64];
+    json_t *m = json_object_get(q, "quant_method");
+    if (!json_is_string(m) || strcmp(json_string_value(m), "fp8"))
+        return epm_fail(EPM_ERR_UNSUPPORTED,
+                        "%s: field 'quantization_config.quant_method' = %s: only \"fp8\" (block-quantised e4m3, as "
+                        "DeepSeek-V3 and Qwen3 publish) is supported; convert the weights to bfloat16 first",
+                        c->label, m ? show(m, b, sizeof b) : "(missing)");
+    json_t *f = json_object_get(q, "fmt");
+    if (f && !json_is_null(f) && !(json_is_string(f) && !strcmp(json_string_value(f), "e4m3")))
+        return epm_fail(EPM_ERR_UNSUPPORTED, "%s: field 'quantization_config.fmt' = %s: only \"e4m3\" is supported",
+                        c->label, show(f, b, sizeof b));
+    json_t *as = json_object_get(q, "activation_scheme");
+    if (as && !json_is_null(as) && !(json_is_string(as) && !strcmp(json_string_value(as), "dynamic")))
+        return epm_fail(EPM_ERR_UNSUPPORTED,
+                        "%s: field 'quantization_config.activation_scheme' = %s: only \"dynamic\" is supported "
+                        "(static activation scales are not read)",
+                        c->label, show(as, b, sizeof b));
+    json_t *bs = json_object_get(q, "weight_block_size");
+    if (!bs || json_is_null(bs))
+        return epm_fail(EPM_ERR_UNSUPPORTED,
+                        "%s: field 'quantization_config.weight_block_size' is missing: per-tensor FP8 scales are not "
+                        "supported, only block scales", c->label);
+    for (int d = 0; d < 2; d++) {
+        json_t *v = json_is_array(bs) && json_array_size(bs) == 2 ? json_array_get(bs, (size_t)d) : NULL;
+        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 65536)
+            return bad(c, "quantization_config.weight_block_size", bs,
+                       "must be [rows, columns], integers in [1, 65536]");
+        cfg->fp8_block[d] = (int)json_integer_value(v);
+    }
+    return EPM_OK;
 }
 
 static epm_status parse(const ctx *c, epm_model_config *cfg)
@@ -557,7 +587,7 @@ static epm_status parse(const ctx *c, epm_model_config *cfg)
         EPM_CHECK(get_int(c, r, "sliding_window", 0, 0, 1L << 30, &cfg->sliding_window));
     EPM_CHECK(parse_rope(c, cfg));
     EPM_CHECK(parse_dtype(c, cfg));
-    EPM_CHECK(refuse_quantized(c));
+    EPM_CHECK(parse_quant(c, cfg));
     return parse_layers(c, cfg);
 }
 
@@ -696,6 +726,10 @@ static json_t *to_json(const epm_model_config *cfg)
         if (v3)
             SET("rope_interleave", json_boolean(cfg->rope_interleave));
     }
+    if (cfg->fp8_block[0] > 0)
+        SET("quantization_config", json_pack("{s:s, s:s, s:s, s:[i,i]}", "quant_method", "fp8", "fmt", "e4m3",
+                                             "activation_scheme", "dynamic", "weight_block_size", cfg->fp8_block[0],
+                                             cfg->fp8_block[1]));
     if (a != EPM_MODEL_OLMOE)
         SET("sliding_window", cfg->sliding_window > 0 ? json_integer(cfg->sliding_window) : json_null());
 #undef SET

@@ -10,7 +10,7 @@ static const struct {
     [EPM_DTYPE_F32] = {"F32", 4}, [EPM_DTYPE_F16] = {"F16", 2}, [EPM_DTYPE_BF16] = {"BF16", 2},
     [EPM_DTYPE_F64] = {"F64", 8}, [EPM_DTYPE_I8] = {"I8", 1},   [EPM_DTYPE_U8] = {"U8", 1},
     [EPM_DTYPE_I16] = {"I16", 2}, [EPM_DTYPE_I32] = {"I32", 4}, [EPM_DTYPE_I64] = {"I64", 8},
-    [EPM_DTYPE_BOOL] = {"BOOL", 1},
+    [EPM_DTYPE_BOOL] = {"BOOL", 1}, [EPM_DTYPE_F8_E4M3] = {"F8_E4M3", 1}, [EPM_DTYPE_F8_E5M2] = {"F8_E5M2", 1},
 };
 
 size_t epm_dtype_size(epm_dtype t) { return (unsigned)t < EPM_DTYPE_COUNT ? dtypes[t].size : 0; }

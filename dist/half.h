@@ -67,4 +67,50 @@ static inline uint16_t epm_f32_to_f16(float f)
     return (uint16_t)(s | ((r - 0x38000000u) >> 13));
 }
 
+/* float8 e4m3fn (DeepSeek-V3's and Qwen3's FP8 checkpoints): bias 7, three
+ * mantissa bits, no infinities; 0x7f and 0xff are NaN. */
+static inline float epm_f8e4m3_to_f32(uint8_t b)
+{
+    uint32_t s = (uint32_t)(b >> 7) << 31, e = (b >> 3) & 15u, m = b & 7u;
+    float f;
+    if (e == 15 && m == 7) {
+        uint32_t u = s | 0x7fc00000u;
+        memcpy(&f, &u, 4);
+    } else if (e == 0) {
+        f = (float)m * (1.0f / 512.0f); /* subnormal: m / 8 * 2^-6, exact */
+        if (s)
+            f = -f;
+    } else {
+        uint32_t u = s | ((e - 7 + 127) << 23) | (m << 20);
+        memcpy(&f, &u, 4);
+    }
+    return f;
+}
+
+/* Round to nearest even; beyond the largest finite value (448) saturates
+ * rather than giving NaN (callers scale into range first). */
+static inline uint8_t epm_f32_to_f8e4m3(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint8_t s = (uint8_t)((u >> 24) & 0x80u);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u)
+        return (uint8_t)(s | 0x7f);
+    if (a < 0x3c800000u) { /* below 2^-6: subnormal steps of 2^-9 */
+        float x = 0;
+        memcpy(&x, &a, 4);
+        x *= 512.0f; /* exact: a power of two */
+        uint32_t q = (uint32_t)x;
+        float rem = x - (float)q;
+        q += rem > 0.5f || (rem == 0.5f && (q & 1));
+        return (uint8_t)(s | q); /* q == 8 is the smallest normal, 0x08 */
+    }
+    uint32_t r = (a + 0x7ffffu + ((a >> 20) & 1)) >> 20; /* exponent and 3 mantissa bits */
+    int e = (int)(r >> 3) - 127 + 7;
+    if (e > 15 || (e == 15 && (r & 7) == 7))
+        return (uint8_t)(s | 0x7e);
+    return (uint8_t)(s | ((uint32_t)e << 3) | (r & 7));
+}
+
 #endif

@@ -2,6 +2,7 @@
  * may stay bf16: epm_model_set_expert_dtype, epm_model_set_dense_dtype). Opening checks every tensor
  * the config implies (headers only); loading reads the dense weights and only
  * the experts a rank asks for, so that a rank's I/O follows its placement. */
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -17,7 +18,7 @@ struct epm_model {
     int dense_loaded;
     epm_model_mlp *experts; /* [layers * experts]; gate NULL = not loaded */
     int experts_loaded;     /* any expert yet: their dtype is fixed from then on */
-    int keep_bf16;          /* routed experts stay bf16 (every one of them is BF16 in the checkpoint) */
+    int keep_bf16;          /* routed experts stay bf16 (every one of them is BF16, or FP8, in the checkpoint) */
     int keep_dense16;       /* so do the dense weight matrices (the same rule) */
     void **owned;           /* converted or aligned copies */
     int nowned, capowned;
@@ -190,16 +191,51 @@ static int global_specs(const epm_model_config *c, epm_model_dense *d, spec *s)
     return n;
 }
 
-static epm_status check(const epm_model *m, const spec *x)
+/* An FP8 weight's scales: "<name>_scale_inv" (the name ends in ".weight"),
+ * float32 or bf16, one per block of the config's weight_block_size. */
+static epm_status fp8_scales(const epm_model *m, const spec *x, const char *path, const epm_st_tensor **out,
+                             const char **out_path)
+{
+    char name[sizeof x->name + 16];
+    snprintf(name, sizeof name, "%s_scale_inv", x->name);
+    const int *b = m->cfg.fp8_block;
+    if (b[0] <= 0)
+        return epm_fail(EPM_ERR_FORMAT,
+                        "%s: tensor '%s' has dtype F8_E4M3 but config.json has no fp8 quantization_config", path,
+                        x->name);
+    const char *spath;
+    const epm_st_tensor *s = epm_shards_find(m->sh, name, &spath);
+    if (!s)
+        return epm_fail(EPM_ERR_FORMAT, "%s: tensor '%s' is missing (the F8_E4M3 tensor '%s' needs its scales)",
+                        epm_shards_where(m->sh), name, x->name);
+    int64_t r = (x->shape[0] + b[0] - 1) / b[0], c = (x->shape[1] + b[1] - 1) / b[1];
+    if ((s->dtype != EPM_DTYPE_F32 && s->dtype != EPM_DTYPE_BF16) || s->ndim != 2 || s->shape[0] != r ||
+        s->shape[1] != c)
+        return epm_fail(EPM_ERR_FORMAT,
+                        "%s: tensor '%s' has dtype %s and %d dims, want F32 or BF16 [%lld, %lld] (blocks of [%d, %d] "
+                        "over [%lld, %lld])",
+                        spath, name, epm_dtype_name(s->dtype), s->ndim, (long long)r, (long long)c,
+                        b[0], b[1], (long long)x->shape[0], (long long)x->shape[1]);
+    if (out)
+        *out = s;
+    if (out_path)
+        *out_path = spath;
+    return EPM_OK;
+}
+
+static epm_status check(const epm_model *m, const spec *x, int matrix)
 {
     const char *path;
     const epm_st_tensor *t = epm_shards_find(m->sh, x->name, &path);
     if (!t)
         return epm_fail(EPM_ERR_FORMAT, "%s: tensor '%s' is missing (the %s config.json implies it)",
                         epm_shards_where(m->sh), x->name, epm_model_arch_class(m->cfg.arch));
-    if (t->dtype != EPM_DTYPE_F32 && t->dtype != EPM_DTYPE_BF16 && t->dtype != EPM_DTYPE_F16)
-        return epm_fail(EPM_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s (F32, BF16 and F16 are supported)", path,
-                        x->name, epm_dtype_name(t->dtype));
+    int fp8 = t->dtype == EPM_DTYPE_F8_E4M3 && matrix && x->ndim == 2;
+    if (t->dtype != EPM_DTYPE_F32 && t->dtype != EPM_DTYPE_BF16 && t->dtype != EPM_DTYPE_F16 && !fp8)
+        return epm_fail(EPM_ERR_UNSUPPORTED,
+                        "%s: tensor '%s' has dtype %s (F32, BF16 and F16 are supported; F8_E4M3 for weight "
+                        "matrices with block scales)",
+                        path, x->name, epm_dtype_name(t->dtype));
     if (t->ndim != x->ndim || t->shape[0] != x->shape[0] || (x->ndim == 2 && t->shape[1] != x->shape[1])) {
         char got[64] = "", want[64];
         for (int d = 0, o = 0; d < t->ndim && o < (int)sizeof got; d++)
@@ -211,7 +247,7 @@ static epm_status check(const epm_model *m, const spec *x)
         return epm_fail(EPM_ERR_FORMAT, "%s: tensor '%s' has shape [%s], config.json implies [%s]", path, x->name,
                         got, want);
     }
-    return EPM_OK;
+    return fp8 ? fp8_scales(m, x, path, NULL, NULL) : EPM_OK;
 }
 
 static epm_status own(epm_model *m, void *f)
@@ -228,20 +264,76 @@ static epm_status own(epm_model *m, void *f)
     return EPM_OK;
 }
 
+/* w = e4m3(q) * scale of its block in float32, rounded to bf16, as
+ * DeepSeek's weight_dequant and fp8_cast_bf16.py make it: the model an FP8
+ * checkpoint stands for is that bf16 one, whether its matrices are held bf16
+ * or widened to float32. NaN codes and non-finite scales are errors: they
+ * would poison every token. */
+static epm_status fp8_dequant(const epm_model *m, const spec *x, const char *path, const epm_st_tensor *t,
+                              const char *spath, const epm_st_tensor *sc, int to16, void *out)
+{
+    float lut[256];
+    for (int b = 0; b < 256; b++)
+        lut[b] = epm_f8e4m3_to_f32((uint8_t)b);
+    const int b0 = m->cfg.fp8_block[0], b1 = m->cfg.fp8_block[1];
+    const int64_t rows = x->shape[0], cols = x->shape[1], sc_cols = sc->shape[1];
+    const uint8_t *q = t->data, *s8 = sc->data;
+    float *f = out;
+    uint16_t *h = out;
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t jb = 0; jb < sc_cols; jb++) {
+            int64_t si = (i / b0) * sc_cols + jb, j1 = (jb + 1) * b1 < cols ? (jb + 1) * b1 : cols;
+            float scale;
+            if (sc->dtype == EPM_DTYPE_F32)
+                memcpy(&scale, s8 + 4 * si, 4);
+            else
+                scale = epm_bf16_to_f32((uint16_t)(s8[2 * si] | (s8[2 * si + 1] << 8)));
+            if (!isfinite(scale))
+                return epm_fail(EPM_ERR_FORMAT, "%s: tensor '%s_scale_inv' element [%lld, %lld] is not finite",
+                                spath, x->name, (long long)(i / b0), (long long)jb);
+            for (int64_t j = jb * b1; j < j1; j++) {
+                uint8_t code = q[i * cols + j];
+                if ((code & 0x7f) == 0x7f)
+                    return epm_fail(EPM_ERR_FORMAT, "%s: tensor '%s' element [%lld, %lld] is NaN (float8 code 0x%02x)",
+                                    path, x->name, (long long)i, (long long)j, code);
+                uint16_t v = epm_f32_to_bf16(lut[code] * scale);
+                if (to16)
+                    h[i * cols + j] = v;
+                else
+                    f[i * cols + j] = epm_bf16_to_f32(v);
+            }
+        }
+    return EPM_OK;
+}
+
 /* The data of a checked tensor, into x->dst, x->wt or x->mlp: the mapping
  * itself when it is aligned float32, or aligned bf16 kept as stored (keep16,
  * for a matrix; its pages are read here); else a float32 copy (or an aligned
  * bf16 one). */
 static epm_status fetch(epm_model *m, const spec *x, int keep16, int64_t *bytes)
 {
-    const epm_st_tensor *t = epm_shards_find(m->sh, x->name, NULL);
+    const char *path;
+    const epm_st_tensor *t = epm_shards_find(m->sh, x->name, &path);
     *bytes += (int64_t)(t->end - t->begin);
     const void *p = NULL;
     void *copy = NULL;
     const uint8_t *src = t->data;
     size_t n = (size_t)(t->numel ? t->numel : 1);
-    keep16 = keep16 && t->dtype == EPM_DTYPE_BF16 && (x->wt || x->mlp);
-    if (keep16) {
+    int fp8 = t->dtype == EPM_DTYPE_F8_E4M3;
+    keep16 = keep16 && (t->dtype == EPM_DTYPE_BF16 || fp8) && (x->wt || x->mlp);
+    if (fp8) {
+        const epm_st_tensor *sc;
+        const char *spath;
+        EPM_CHECK(fp8_scales(m, x, path, &sc, &spath));
+        *bytes += (int64_t)(sc->end - sc->begin);
+        if (!(copy = epm_malloc(n * (keep16 ? 2 : 4))))
+            return EPM_ERR_NOMEM;
+        epm_status st = fp8_dequant(m, x, path, t, spath, sc, keep16, copy);
+        if (st != EPM_OK) {
+            epm_free(copy);
+            return st;
+        }
+    } else if (keep16) {
         if (((uintptr_t)t->data & 1) == 0) {
             /* mapped pages are faulted in here, at load, as a copy's would be:
              * else the first forward pass pays for every page of its experts */
@@ -320,7 +412,7 @@ static epm_status check_one(void *vm, const epm_model_tensor_info *t)
     x.ndim = t->ndim;
     x.shape[0] = t->shape[0];
     x.shape[1] = t->shape[1];
-    return check(vm, &x);
+    return check(vm, &x, t->matrix);
 }
 
 epm_status epm_model_open(const char *dir, epm_model **out)
@@ -403,7 +495,7 @@ epm_status epm_model_load_dense(epm_model *m, const epm_model_dense **out)
                 add(s, &n, &w->mod_router, mr->ndim == 2 ? 1 : c->hidden_size, mr->ndim == 2 ? c->hidden_size : 0,
                     "%s", name);
             if (mr)
-                EPM_CHECK(check(m, &s[n - 1]));
+                EPM_CHECK(check(m, &s[n - 1], 0));
             for (int i = 0; i < n; i++)
                 EPM_CHECK(fetch(m, &s[i], m->keep_dense16, &m->bytes));
             epm_dtype md = m->keep_dense16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
@@ -469,7 +561,7 @@ epm_status epm_model_set_expert_dtype(epm_model *m, epm_dtype want, epm_dtype *g
             int ns = expert_specs(c, l, e, &w, s);
             for (int j = 0; j < ns && keep; j++) {
                 const epm_st_tensor *t = epm_shards_find(m->sh, s[j].name, NULL);
-                keep = t && t->dtype == EPM_DTYPE_BF16;
+                keep = t && (t->dtype == EPM_DTYPE_BF16 || t->dtype == EPM_DTYPE_F8_E4M3);
             }
         }
     }
@@ -479,7 +571,8 @@ epm_status epm_model_set_expert_dtype(epm_model *m, epm_dtype want, epm_dtype *g
     return EPM_OK;
 }
 
-/* Every matrix the config implies outside the routed experts is BF16. */
+/* Every matrix the config implies outside the routed experts is BF16 (or
+ * FP8, dequantised to bf16). */
 static int dense_all_bf16(const epm_model *m)
 {
     const epm_model_config *c = &m->cfg;
@@ -492,7 +585,7 @@ static int dense_all_bf16(const epm_model *m)
             n = layer_specs(c, l, &w, s);
         for (int i = 0; i < n; i++) {
             const epm_st_tensor *t = epm_shards_find(m->sh, s[i].name, NULL);
-            if ((s[i].wt || s[i].mlp) && (!t || t->dtype != EPM_DTYPE_BF16))
+            if ((s[i].wt || s[i].mlp) && (!t || (t->dtype != EPM_DTYPE_BF16 && t->dtype != EPM_DTYPE_F8_E4M3)))
                 return 0;
         }
     }

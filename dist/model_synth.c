@@ -32,6 +32,7 @@ void epm_model_synth_opts_init(epm_model_synth_opts *o)
     o->shared_ffn = -1; /* 4 * ffn */
     o->dense_ffn = -1;  /* 4 * ffn */
     o->dtype = EPM_DTYPE_F32;
+    o->fp8_block[0] = o->fp8_block[1] = 128;
     o->seed = 1;
     o->shards = 1;
     o->router_scale = 8.0;
@@ -118,8 +119,14 @@ static epm_status make_config(const epm_model_synth_opts *o, epm_model_config *c
                         o->hidden, o->heads);
     if (o->head_dim % 2 && !ds)
         return epm_fail(EPM_ERR_INVALID_ARG, "model synth: head_dim = %d must be even for RoPE", o->head_dim);
-    if (o->dtype != EPM_DTYPE_F32 && o->dtype != EPM_DTYPE_BF16 && o->dtype != EPM_DTYPE_F16)
-        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: dtype %s is not F32, BF16 or F16", epm_dtype_name(o->dtype));
+    if (o->dtype != EPM_DTYPE_F32 && o->dtype != EPM_DTYPE_BF16 && o->dtype != EPM_DTYPE_F16 &&
+        o->dtype != EPM_DTYPE_F8_E4M3)
+        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: dtype %s is not F32, BF16, F16 or F8_E4M3",
+                        epm_dtype_name(o->dtype));
+    if (o->dtype == EPM_DTYPE_F8_E4M3) {
+        EPM_CHECK(range("fp8 block rows", o->fp8_block[0], 1, 65536));
+        EPM_CHECK(range("fp8 block columns", o->fp8_block[1], 1, 65536));
+    }
     if (!(o->router_scale > 0 && o->router_scale < 1e6))
         return epm_fail(EPM_ERR_INVALID_ARG, "model synth: router_scale = %g must be positive", o->router_scale);
     int qwen = o->arch == EPM_MODEL_QWEN2MOE || o->arch == EPM_MODEL_QWEN3MOE;
@@ -142,7 +149,11 @@ static epm_status make_config(const epm_model_synth_opts *o, epm_model_config *c
     c->tie_word_embeddings = o->tie_embeddings != 0;
     c->rms_norm_eps = 1e-5f;
     c->rope_theta = o->arch == EPM_MODEL_MIXTRAL ? 1e6 : 1e4;
-    c->dtype = o->dtype;
+    c->dtype = o->dtype == EPM_DTYPE_F8_E4M3 ? EPM_DTYPE_BF16 : o->dtype;
+    if (o->dtype == EPM_DTYPE_F8_E4M3) {
+        c->fp8_block[0] = o->fp8_block[0];
+        c->fp8_block[1] = o->fp8_block[1];
+    }
     c->decoder_sparse_step = 1;
     if (o->yarn_factor > 0) {
         if (!(o->yarn_factor < 1e6) || o->yarn_original_max < 1 || o->yarn_factor * o->yarn_original_max > 1 << 30)
@@ -206,6 +217,8 @@ typedef struct item {
     char *name;
     int ndim;
     int64_t shape[2];
+    epm_dtype dtype;
+    int scales_of; /* >= 0: the weight_scale_inv of that FP8 item, derived from its values */
     size_t bytes;
     int shard;
 } item;
@@ -213,13 +226,29 @@ typedef struct item {
 typedef struct plan {
     item *it;
     int n, cap;
-    size_t elem;
+    epm_dtype dtype;  /* the checkpoint's: F8_E4M3 puts the layers' matrices in FP8, the rest in BF16 */
+    int block[2];
     uint64_t total;
 } plan;
+
+static epm_status add_item(plan *p, const char *name, int ndim, int64_t d0, int64_t d1, epm_dtype dt, int scales_of);
 
 static epm_status collect(void *vp, const epm_model_tensor_info *t)
 {
     plan *p = vp;
+    int fp8 = p->dtype == EPM_DTYPE_F8_E4M3 && t->matrix && t->layer >= 0;
+    epm_dtype dt = fp8 ? EPM_DTYPE_F8_E4M3 : p->dtype == EPM_DTYPE_F8_E4M3 ? EPM_DTYPE_BF16 : p->dtype;
+    EPM_CHECK(add_item(p, t->name, t->ndim, t->shape[0], t->shape[1], dt, -1));
+    if (!fp8)
+        return EPM_OK;
+    char name[256];
+    snprintf(name, sizeof name, "%s_scale_inv", t->name);
+    return add_item(p, name, 2, (t->shape[0] + p->block[0] - 1) / p->block[0],
+                    (t->shape[1] + p->block[1] - 1) / p->block[1], EPM_DTYPE_F32, p->n - 1);
+}
+
+static epm_status add_item(plan *p, const char *name, int ndim, int64_t d0, int64_t d1, epm_dtype dt, int scales_of)
+{
     if (p->n == p->cap) {
         int cap = p->cap ? 2 * p->cap : 256;
         item *n = epm_realloc(p->it, (size_t)cap * sizeof *n);
@@ -230,14 +259,16 @@ static epm_status collect(void *vp, const epm_model_tensor_info *t)
     }
     item *x = &p->it[p->n];
     memset(x, 0, sizeof *x);
-    if (!(x->name = epm_strdup(t->name)))
+    if (!(x->name = epm_strdup(name)))
         return EPM_ERR_NOMEM;
-    x->ndim = t->ndim;
-    x->shape[0] = t->shape[0];
-    x->shape[1] = t->shape[1];
-    size_t numel = (size_t)t->shape[0] * (size_t)(t->ndim == 2 ? t->shape[1] : 1);
-    if (!epm_mul_ok(numel, p->elem, &x->bytes))
-        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: tensor '%s' is too large", t->name);
+    x->ndim = ndim;
+    x->shape[0] = d0;
+    x->shape[1] = d1;
+    x->dtype = dt;
+    x->scales_of = scales_of;
+    size_t numel = (size_t)d0 * (size_t)(ndim == 2 ? d1 : 1);
+    if (!epm_mul_ok(numel, epm_dtype_size(dt), &x->bytes))
+        return epm_fail(EPM_ERR_INVALID_ARG, "model synth: tensor '%s' is too large", name);
     p->total += x->bytes;
     p->n++;
     return EPM_OK;
@@ -322,25 +353,69 @@ typedef struct shard_ctx {
     size_t hlen;
 } shard_ctx;
 
+/* An FP8 weight (or, scales_only, its weight_scale_inv), a block row at a
+ * time: each block's scale is its largest magnitude over 448, e4m3's largest
+ * value, so that every value of it is in range. */
+static epm_status write_fp8(const shard_ctx *c, const item *w, int scales_only, void *f)
+{
+    double center, half;
+    value_law(w, c->o->router_scale, &center, &half);
+    uint64_t rng = c->o->seed ^ name_hash(w->name);
+    const int64_t rows = w->shape[0], cols = w->shape[1], b0 = c->p->block[0], b1 = c->p->block[1];
+    const int64_t nb = (cols + b1 - 1) / b1;
+    float *v = epm_malloc((size_t)(b0 < rows ? b0 : rows) * (size_t)cols * sizeof *v);
+    float *sc = epm_malloc((size_t)nb * sizeof *sc);
+    uint8_t *q = epm_malloc((size_t)(b0 < rows ? b0 : rows) * (size_t)cols);
+    epm_status st = v && sc && q ? EPM_OK : EPM_ERR_NOMEM;
+    for (int64_t r0 = 0; r0 < rows && st == EPM_OK; r0 += b0) {
+        int64_t nr = rows - r0 < b0 ? rows - r0 : b0;
+        for (int64_t i = 0; i < nr * cols; i++)
+            v[i] = (float)(center + half * (2.0 * epm_rand_unit(&rng) - 1.0));
+        for (int64_t b = 0; b < nb; b++) {
+            float amax = 0;
+            for (int64_t i = 0; i < nr; i++)
+                for (int64_t j = b * b1; j < cols && j < (b + 1) * b1; j++)
+                    amax = fabsf(v[i * cols + j]) > amax ? fabsf(v[i * cols + j]) : amax;
+            sc[b] = amax > 0 ? amax / 448.0f : 1.0f;
+        }
+        if (scales_only) {
+            st = epm_file_write(f, c->path, sc, (size_t)nb * sizeof *sc); /* little-endian hosts only, as elsewhere */
+            continue;
+        }
+        for (int64_t i = 0; i < nr; i++)
+            for (int64_t j = 0; j < cols; j++)
+                q[i * cols + j] = epm_f32_to_f8e4m3(v[i * cols + j] / sc[j / b1]);
+        st = epm_file_write(f, c->path, q, (size_t)(nr * cols));
+    }
+    epm_free(v);
+    epm_free(sc);
+    epm_free(q);
+    return st;
+}
+
 static epm_status write_tensor(const shard_ctx *c, const item *x, void *f, uint8_t *buf)
 {
+    if (x->dtype == EPM_DTYPE_F8_E4M3)
+        return write_fp8(c, x, 0, f);
+    if (x->scales_of >= 0)
+        return write_fp8(c, &c->p->it[x->scales_of], 1, f);
     double center, half;
     value_law(x, c->o->router_scale, &center, &half);
     uint64_t rng = c->o->seed ^ name_hash(x->name);
-    size_t numel = x->bytes / c->p->elem;
+    size_t elem = epm_dtype_size(x->dtype), numel = x->bytes / elem;
     for (size_t done = 0; done < numel;) {
         size_t n = numel - done < CHUNK ? numel - done : CHUNK;
         for (size_t i = 0; i < n; i++) {
             float v = (float)(center + half * (2.0 * epm_rand_unit(&rng) - 1.0));
-            if (c->o->dtype == EPM_DTYPE_F32) {
+            if (x->dtype == EPM_DTYPE_F32) {
                 memcpy(buf + 4 * i, &v, 4);
             } else {
-                uint16_t h = c->o->dtype == EPM_DTYPE_BF16 ? epm_f32_to_bf16(v) : epm_f32_to_f16(v);
+                uint16_t h = x->dtype == EPM_DTYPE_BF16 ? epm_f32_to_bf16(v) : epm_f32_to_f16(v);
                 buf[2 * i] = (uint8_t)h;
                 buf[2 * i + 1] = (uint8_t)(h >> 8);
             }
         }
-        EPM_CHECK(epm_file_write(f, c->path, buf, n * c->p->elem));
+        EPM_CHECK(epm_file_write(f, c->path, buf, n * elem));
         done += n;
     }
     return EPM_OK;
@@ -367,7 +442,7 @@ static epm_status produce_shard(void *vc, void *f)
 
 /* The header of one shard, padded with spaces to 8 bytes so that the data
  * (and every float32 tensor in it) is aligned, as the reference writer does. */
-static epm_status shard_header(const plan *p, epm_dtype dtype, int shard, char **out, size_t *len)
+static epm_status shard_header(const plan *p, int shard, char **out, size_t *len)
 {
     json_t *root = json_object();
     int ok = root && json_object_set_new(root, "__metadata__", json_pack("{s:s}", "format", "pt")) == 0;
@@ -378,7 +453,7 @@ static epm_status shard_header(const plan *p, epm_dtype dtype, int shard, char *
             continue;
         json_t *shape = x->ndim == 2 ? json_pack("[I,I]", (json_int_t)x->shape[0], (json_int_t)x->shape[1])
                                      : json_pack("[I]", (json_int_t)x->shape[0]);
-        json_t *e = json_pack("{s:s, s:o, s:[I,I]}", "dtype", epm_dtype_name(dtype), "shape", shape, "data_offsets",
+        json_t *e = json_pack("{s:s, s:o, s:[I,I]}", "dtype", epm_dtype_name(x->dtype), "shape", shape, "data_offsets",
                               (json_int_t)off, (json_int_t)(off + x->bytes));
         ok = e && json_object_set_new(root, x->name, e) == 0;
         off += x->bytes;
@@ -507,7 +582,9 @@ epm_status epm_model_synth(const epm_model_synth_opts *o, const char *dir)
         return st;
     }
     plan p = {0};
-    p.elem = epm_dtype_size(o->dtype);
+    p.dtype = o->dtype;
+    p.block[0] = o->fp8_block[0];
+    p.block[1] = o->fp8_block[1];
     char path[4096], file[64];
     st = epm_model_tensors(&cfg, collect, &p);
     if (st == EPM_OK)
@@ -518,7 +595,7 @@ epm_status epm_model_synth(const epm_model_synth_opts *o, const char *dir)
         size_t hlen = 0;
         st = path_in(path, sizeof path, stage, file);
         if (st == EPM_OK)
-            st = shard_header(&p, o->dtype, s, &hdr, &hlen);
+            st = shard_header(&p, s, &hdr, &hlen);
         shard_ctx c = {&p, o, s, path, hdr, hlen};
         if (st == EPM_OK)
             st = epm_write_atomic(path, produce_shard, &c);

@@ -35,7 +35,10 @@ static const char synth_help[] =
     "  --head-dim D           attention head width (default hidden / heads; Qwen3-MoE's is wider;\n"
     "                         deepseekv3: the query/key part without RoPE, qk_nope_head_dim)\n"
     "  --vocab V              vocabulary size (default 256)\n"
-    "  --dtype f32|bf16|f16   stored dtype (default f32)\n"
+    "  --dtype f32|bf16|f16|fp8  stored dtype (default f32); fp8: the layers' weight matrices in float8\n"
+    "                         e4m3 with block scales (weight_scale_inv), the rest bf16, as DeepSeek-V3's\n"
+    "                         FP8 release\n"
+    "  --fp8-block R,C        rows and columns of an fp8 scale's block (default 128,128)\n"
     "  --seed S               random seed (default 1)\n"
     "  --shards N             split into N files with model.safetensors.index.json (default 1)\n"
     "  --shared-ffn S         qwen2moe shared expert width (default 4*F; 0 = none)\n"
@@ -60,7 +63,7 @@ static const char synth_help[] =
 enum {
     S_OUT = 256, S_ARCH, S_HIDDEN, S_LAYERS, S_EXPERTS, S_K, S_FFN, S_HEADS, S_KV, S_VOCAB, S_DTYPE, S_SEED, S_SHARDS,
     S_SHARED, S_DENSE, S_MLPONLY, S_TIE, S_RSCALE, S_HEADDIM, S_QLORA, S_KVLORA, S_ROPE, S_VHEAD, S_GROUPS,
-    S_TOPKG, S_FIRSTD, S_YARN, S_RSCALING, S_HELP
+    S_TOPKG, S_FIRSTD, S_YARN, S_RSCALING, S_FP8BLOCK, S_HELP
 };
 
 static const struct option synth_opts[] = {
@@ -78,7 +81,7 @@ static const struct option synth_opts[] = {
     {"v-head-dim", required_argument, 0, S_VHEAD}, {"groups", required_argument, 0, S_GROUPS},
     {"topk-groups", required_argument, 0, S_TOPKG}, {"first-dense", required_argument, 0, S_FIRSTD},
     {"yarn", required_argument, 0, S_YARN},       {"routed-scaling", required_argument, 0, S_RSCALING},
-    {"help", no_argument, 0, S_HELP},
+    {"fp8-block", required_argument, 0, S_FP8BLOCK}, {"help", no_argument, 0, S_HELP},
     {0, 0, 0, 0}};
 
 /* "0,3,5" -> layers; returns the count or -1. */
@@ -147,9 +150,18 @@ static int cmd_synth(int argc, char **argv)
                 o.dtype = EPM_DTYPE_BF16;
             else if (!strcmp(optarg, "f16") || !strcmp(optarg, "float16"))
                 o.dtype = EPM_DTYPE_F16;
+            else if (!strcmp(optarg, "fp8") || !strcmp(optarg, "f8_e4m3") || !strcmp(optarg, "float8_e4m3fn"))
+                o.dtype = EPM_DTYPE_F8_E4M3;
             else
-                return cli_usage_error(W, "--dtype '%s' is not one of: f32, bf16, f16", optarg);
+                return cli_usage_error(W, "--dtype '%s' is not one of: f32, bf16, f16, fp8", optarg);
             break;
+        case S_FP8BLOCK: {
+            char tail;
+            if (sscanf(optarg, "%d,%d%c", &o.fp8_block[0], &o.fp8_block[1], &tail) != 2 || o.fp8_block[0] < 1 ||
+                o.fp8_block[1] < 1 || o.fp8_block[0] > 65536 || o.fp8_block[1] > 65536)
+                return cli_usage_error(W, "--fp8-block '%s' is not ROWS,COLUMNS (each in [1, 65536])", optarg);
+            break;
+        }
         case S_SEED: if (!cli_parse_u64(W, "--seed", optarg, &o.seed)) return EPM_EXIT_USAGE; break;
         case S_MLPONLY:
             o.n_mlp_only = parse_list(optarg, mlp_only, (int)(sizeof mlp_only / sizeof *mlp_only));
@@ -226,6 +238,12 @@ static epm_status count(void *vc, const epm_model_tensor_info *t)
     int64_t n = t->shape[0] * (t->ndim == 2 ? t->shape[1] : 1);
     const epm_st_tensor *st = c->sh ? epm_shards_find(c->sh, t->name, NULL) : NULL;
     int64_t b = st ? (int64_t)(st->end - st->begin) : 0;
+    if (st && st->dtype == EPM_DTYPE_F8_E4M3) { /* and its block scales */
+        char name[256];
+        snprintf(name, sizeof name, "%s_scale_inv", t->name);
+        const epm_st_tensor *sc = epm_shards_find(c->sh, name, NULL);
+        b += sc ? (int64_t)(sc->end - sc->begin) : 0;
+    }
     c->total += n;
     c->bytes += b;
     if (t->expert >= 0) {
@@ -274,6 +292,9 @@ static int cmd_info(int argc, char **argv)
     int64_t per_expert = moe ? n.expert / ((int64_t)moe * c->num_experts) : 0;
     int64_t per_expert_bytes = moe ? n.expert_bytes / ((int64_t)moe * c->num_experts) : 0;
     int64_t active = n.total - n.expert + (int64_t)moe * c->top_k * per_expert;
+    char fp8[48] = "null";
+    if (c->fp8_block[0] > 0)
+        snprintf(fp8, sizeof fp8, "[%d, %d]", c->fp8_block[0], c->fp8_block[1]);
     if (json) {
         printf("{\"architecture\": \"%s\", \"vocab_size\": %d, \"hidden_size\": %d, \"layers\": %d, "
                "\"moe_layers\": %d, \"heads\": %d, \"kv_heads\": %d, \"head_dim\": %d, \"experts\": %d, \"k\": %d, "
@@ -284,7 +305,7 @@ static int cmd_info(int argc, char **argv)
                "\"bytes_per_expert\": %lld, \"router\": \"%s\", \"n_group\": %d, \"topk_group\": %d, "
                "\"routed_scaling_factor\": %g, \"mla\": %s, \"q_lora_rank\": %d, \"kv_lora_rank\": %d, "
                "\"qk_nope_head_dim\": %d, \"qk_rope_head_dim\": %d, \"v_head_dim\": %d, \"rope_type\": \"%s\", "
-               "\"yarn_factor\": %g, \"yarn_original_max_position_embeddings\": %d}\n",
+               "\"yarn_factor\": %g, \"yarn_original_max_position_embeddings\": %d, \"fp8_block\": %s}\n",
                epm_model_arch_class(c->arch), c->vocab_size, c->hidden_size, c->num_layers, moe, c->num_heads,
                c->num_kv_heads, c->head_dim, c->num_experts, c->top_k, c->moe_ffn, c->dense_ffn, c->shared_ffn,
                c->norm_topk_prob ? "true" : "false", c->qkv_bias ? "true" : "false", c->qk_norm ? "true" : "false",
@@ -295,7 +316,7 @@ static int cmd_info(int argc, char **argv)
                c->n_group > 1 ? c->n_group : 1, c->n_group > 1 ? c->topk_group : 1, (double)c->routed_scaling,
                c->mla ? "true" : "false", c->q_lora_rank, c->kv_lora_rank, c->qk_nope_dim, c->qk_rope_dim,
                c->v_head_dim, c->yarn_factor > 0 ? "yarn" : "default", c->yarn_factor > 0 ? c->yarn_factor : 1.0,
-               c->yarn_original_max);
+               c->yarn_original_max, fp8);
     } else {
         printf("%s: %s\n", dir, epm_model_arch_class(c->arch));
         printf("  layers      %d (%d MoE, %d dense MLP)\n", c->num_layers, moe, c->num_layers - moe);
@@ -332,6 +353,9 @@ static int cmd_info(int argc, char **argv)
                moe * c->num_experts);
         printf("  files       %d (%.4g MB), dtype %s%s\n", epm_model_files(m), (double)epm_model_file_bytes(m) / 1e6,
                epm_dtype_name(c->dtype), c->tie_word_embeddings ? ", tied embeddings" : "");
+        if (c->fp8_block[0] > 0)
+            printf("  quantised   FP8 (e4m3) weight matrices, a scale per [%d, %d] block: dequantised at load\n",
+                   c->fp8_block[0], c->fp8_block[1]);
     }
     epm_model_close(m);
     return EPM_EXIT_OK;

@@ -141,6 +141,10 @@ typedef struct epm_model_config {
     int group_max;         /* DeepSeek-V2's group_limited_greedy: a group scores its best expert */
     float routed_scaling;  /* 1 for the others; DeepSeek-V2 with norm_topk_prob: 1 (its code scales
                               only weights it does not renormalise) */
+    /* quantization_config "fp8": weight matrices may be float8 e4m3 with a
+     * float32 weight_scale_inv per [rows, columns] block, dequantised at
+     * load; 0, 0 = not quantised */
+    int fp8_block[2];
 } epm_model_config;
 
 /* Parses config.json text; label (usually its path) names it in errors. On
@@ -228,7 +232,7 @@ EPM_API epm_status epm_model_load_experts(epm_model *m, int layer, const int *ex
                                           epm_model_mlp *out);
 /* The dtype routed experts are held in from their first load on: F32 (the
  * default; every tensor widened), or BF16 when want is BF16 and every routed
- * expert tensor of the checkpoint is BF16: they are then used as stored
+ * expert tensor of the checkpoint is BF16 (or FP8, dequantised to bf16): they are then used as stored
  * (mapped, not copied, when aligned), half the memory of float32 and the
  * same values. *got (may be NULL) receives the dtype chosen. Call before the
  * first epm_model_load_experts (EPM_ERR_INVALID_ARG after). */
@@ -236,7 +240,7 @@ EPM_API epm_status epm_model_set_expert_dtype(epm_model *m, epm_dtype want, epm_
 /* The same for the dense weight matrices (epm_weight and the shared and
  * dense MLPs: attention projections, embedding, LM head; not the norms,
  * biases or routers, which stay float32): F32 (the default), or BF16 when
- * want is BF16 and every one of those matrices is BF16 in the checkpoint.
+ * want is BF16 and every one of those matrices is BF16 (or FP8) in the checkpoint.
  * Call before epm_model_load_dense (EPM_ERR_INVALID_ARG after). */
 EPM_API epm_status epm_model_set_dense_dtype(epm_model *m, epm_dtype want, epm_dtype *got);
 /* Weights of an expert already loaded, or NULL. */
@@ -261,7 +265,10 @@ typedef struct epm_model_synth_opts {
     const int *mlp_only;  /* Qwen2-MoE / Qwen3-MoE: layers that get a dense MLP */
     int n_mlp_only;
     int tie_embeddings;
-    epm_dtype dtype;      /* F32, BF16 or F16 */
+    epm_dtype dtype;      /* F32, BF16, F16, or F8_E4M3: the layers' weight matrices in float8 with a
+                             float32 weight_scale_inv per fp8_block (amax / 448), the rest BF16, as
+                             DeepSeek-V3's FP8 release */
+    int fp8_block[2];     /* rows, columns of a scale's block (default 128, 128) */
     uint64_t seed;
     int shards;           /* 1 = model.safetensors; more = model-0000N-of-0000M + index */
     double router_scale;  /* router weights' spread relative to the others (default 8): decisive routing */

@@ -22,6 +22,8 @@ typedef enum epm_dtype {
     EPM_DTYPE_I32,
     EPM_DTYPE_I64,
     EPM_DTYPE_BOOL,
+    EPM_DTYPE_F8_E4M3, /* float8 e4m3fn: no infinities, 0x7f/0xff are NaN */
+    EPM_DTYPE_F8_E5M2,
     EPM_DTYPE_COUNT
 } epm_dtype;
 

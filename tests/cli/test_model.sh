@@ -119,6 +119,17 @@ expect 2 "$EPMOE" model synth --out "$d/x" --arch deepseekv3 --yarn 4
 contains "$d/err" "--yarn"
 expect 2 "$EPMOE" model synth --out "$d/x" --arch deepseekv3 --groups 3
 contains "$d/err" "groups"
+# DeepSeek-V3's FP8 release format: e4m3 matrices with a float32 scale per block
+expect 0 "$EPMOE" model synth --out "$d/v3f8" --arch deepseekv3 --hidden 64 --layers 3 --experts 8 --k 2 --ffn 16 \
+    --heads 4 --head-dim 16 --vocab 128 --dtype fp8 --fp8-block 16,24 --router-scale 3 --yarn 4,64,1,0.8
+expect 0 "$EPMOE" model info "$d/v3f8"
+contains "$d/out" "quantised   FP8 (e4m3) weight matrices, a scale per [16, 24] block"
+expect 0 "$EPMOE" model info "$d/v3f8" --json
+contains "$d/out" '"fp8_block": [16, 24]'
+expect 2 "$EPMOE" model synth --out "$d/x" --dtype fp8 --fp8-block 16
+contains "$d/err" "--fp8-block"
+expect 2 "$EPMOE" model synth --out "$d/x" --dtype e5m2
+contains "$d/err" "f32, bf16, f16, fp8"
 
 # the synthesised checkpoint runs: 2 ranks generate what 1 rank does
 if command -v mpirun >/dev/null; then
@@ -130,9 +141,9 @@ if command -v mpirun >/dev/null; then
     expect 0 timeout 120 mpirun --oversubscribe -np 1 "$EPMOE" run --model "$d/sh" --input "$d/in.json" \
         --max-new-tokens 3 --json
     cmp -s "$d/out" "$d/run2.json" || { echo "FAIL: 1 and 2 ranks generate differently"; fails=$((fails + 1)); }
-    # MLA, the group limits and YaRN from bf16 files: 3 ranks in follow mode generate
-    # what 1 rank does with the reference kernels and every weight widened
-    for m in v3 v2 q3; do
+    # MLA, the group limits and YaRN from bf16 (and FP8) files: 3 ranks in follow mode
+    # generate what 1 rank does with the reference kernels and every weight widened
+    for m in v3 v2 q3 v3f8; do
         expect 0 timeout 120 mpirun --oversubscribe -np 3 "$EPMOE" run --model "$d/$m" --input "$d/in.json" \
             --max-new-tokens 3 --mode follow --json
         cp "$d/out" "$d/run3.json"

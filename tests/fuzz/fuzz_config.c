@@ -25,6 +25,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (c.mla && (c.head_dim < c.qk_nope_dim + c.qk_rope_dim || c.head_dim < c.v_head_dim || c.qk_rope_dim % 2 ||
                   c.num_kv_heads != c.num_heads || c.first_k_dense > c.num_layers))
         __builtin_trap();
+    /* FP8 blocks: both set (positive) or neither */
+    if ((c.fp8_block[0] > 0) != (c.fp8_block[1] > 0) || c.fp8_block[0] < 0 || c.fp8_block[1] < 0)
+        __builtin_trap();
     if (c.yarn_factor > 0) {
         double inv[512], cs, sm;
         int dim = c.mla ? c.qk_rope_dim : c.head_dim;
@@ -51,7 +54,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         d.router_sigmoid != c.router_sigmoid || d.n_group != c.n_group || d.topk_group != c.topk_group ||
         d.group_max != c.group_max || d.norm_topk_prob != c.norm_topk_prob ||
         (d.yarn_factor > 0) != (c.yarn_factor > 0) || d.yarn_original_max != c.yarn_original_max ||
-        d.yarn_truncate != c.yarn_truncate ||
+        d.yarn_truncate != c.yarn_truncate || memcmp(d.fp8_block, c.fp8_block, sizeof c.fp8_block) ||
         memcmp(d.moe_layer, c.moe_layer, (size_t)c.num_layers))
         __builtin_trap();
     unlink(path);

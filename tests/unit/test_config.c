@@ -205,6 +205,24 @@ static void test_config_deepseek(void **state)
     for (size_t i = 0; i < sizeof bad_yarn / sizeof *bad_yarn; i++)
         if (parse_deepseek("rope_scaling", bad_yarn[i], &c) != EPM_ERR_FORMAT || !strstr(epm_last_error(), "rope_scaling."))
             fail_msg("bad YaRN %zu accepted or unnamed: %s", i, epm_last_error());
+    /* DeepSeek-V3's FP8 release, as its config.json says it */
+    assert_int_equal(parse_deepseek("quantization_config",
+                                    "{\"activation_scheme\": \"dynamic\", \"fmt\": \"e4m3\", \"quant_method\": "
+                                    "\"fp8\", \"weight_block_size\": [128, 64]}",
+                                    &c),
+                     EPM_OK);
+    assert_int_equal(c.fp8_block[0], 128);
+    assert_int_equal(c.fp8_block[1], 64);
+    epm_model_config a = c, b;
+    const char *saved = tu_path("fp8.json");
+    assert_int_equal(epm_model_config_save(&a, saved), EPM_OK);
+    assert_int_equal(epm_model_config_load(saved, &b), EPM_OK);
+    assert_memory_equal(b.fp8_block, a.fp8_block, sizeof a.fp8_block);
+    epm_model_config_clear(&b);
+    epm_model_config_clear(&c);
+    assert_int_equal(parse_deepseek("quantization_config", "null", &c), EPM_OK);
+    assert_int_equal(c.fp8_block[0], 0);
+    epm_model_config_clear(&c);
     /* max_position_embeddings is only YaRN's fallback: a float there is no error */
     assert_int_equal(parse_deepseek("max_position_embeddings", "4096.0", &c), EPM_OK);
     epm_model_config_clear(&c);
@@ -218,8 +236,20 @@ static void test_config_deepseek(void **state)
         const char *key, *value, *must_show;
         epm_status st;
     } bad[] = {
-        {"quantization_config", "{\"quant_method\": \"fp8\", \"weight_block_size\": [128, 128]}", "fp8",
+        {"quantization_config", "{\"quant_method\": \"awq\", \"bits\": 4}", "quantization_config.quant_method",
          EPM_ERR_UNSUPPORTED},
+        {"quantization_config", "{\"quant_method\": \"fp8\"}", "quantization_config.weight_block_size",
+         EPM_ERR_UNSUPPORTED},
+        {"quantization_config", "{\"quant_method\": \"fp8\", \"fmt\": \"e5m2\", \"weight_block_size\": [128, 128]}",
+         "quantization_config.fmt", EPM_ERR_UNSUPPORTED},
+        {"quantization_config",
+         "{\"quant_method\": \"fp8\", \"activation_scheme\": \"static\", \"weight_block_size\": [128, 128]}",
+         "quantization_config.activation_scheme", EPM_ERR_UNSUPPORTED},
+        {"quantization_config", "{\"quant_method\": \"fp8\", \"weight_block_size\": [128]}",
+         "quantization_config.weight_block_size", EPM_ERR_FORMAT},
+        {"quantization_config", "{\"quant_method\": \"fp8\", \"weight_block_size\": [0, 128]}",
+         "quantization_config.weight_block_size", EPM_ERR_FORMAT},
+        {"quantization_config", "[\"fp8\"]", "quantization_config", EPM_ERR_FORMAT},
         {"rope_scaling", "{\"type\": \"dynamic\", \"factor\": 4}", "dynamic", EPM_ERR_UNSUPPORTED},
         {"rope_scaling", "{\"type\": \"yarn\", \"factor\": 40}", "original_max_position_embeddings", EPM_ERR_FORMAT},
         {"rope_scaling", "{\"type\": \"yarn\", \"factor\": 40, \"original_max_position_embeddings\": 4096, "

@@ -717,6 +717,240 @@ static void test_model_alloc_failures(void **state)
     assert_true(failed > 10);
 }
 
+
+static void test_model_fp8_conversions(void **state)
+{
+    (void)state;
+    for (int c = 0; c < 256; c++) {
+        int e = (c >> 3) & 15, m = c & 7;
+        float v = epm_f8e4m3_to_f32((uint8_t)c);
+        if (e == 15 && m == 7) {
+            assert_true(isnan(v));
+            continue;
+        }
+        float want = e ? ldexpf(1.0f + m / 8.0f, e - 7) : ldexpf(m / 8.0f, -6);
+        assert_true(v == ((c & 0x80) ? -want : want));
+        assert_int_equal(epm_f32_to_f8e4m3(v), c); /* every finite code survives the round trip */
+    }
+    assert_true(epm_f8e4m3_to_f32(0x7e) == 448.0f);
+    /* ties to even: 1 + 1/16 lies halfway between 1 (0x38) and 1.125 (0x39) */
+    assert_int_equal(epm_f32_to_f8e4m3(1.0625f), 0x38);
+    assert_int_equal(epm_f32_to_f8e4m3(1.1875f), 0x3a);
+    assert_int_equal(epm_f32_to_f8e4m3(1.07f), 0x39);
+    /* subnormals, steps of 2^-9, and the carry into the smallest normal */
+    assert_int_equal(epm_f32_to_f8e4m3(ldexpf(1, -10)), 0x00);
+    assert_int_equal(epm_f32_to_f8e4m3(ldexpf(3, -10)), 0x02);
+    assert_int_equal(epm_f32_to_f8e4m3(-ldexpf(15, -10)), 0x88);
+    /* beyond 448 saturates; NaN stays NaN */
+    assert_int_equal(epm_f32_to_f8e4m3(470.0f), 0x7e);
+    assert_int_equal(epm_f32_to_f8e4m3(-1e30f), 0xfe);
+    assert_int_equal(epm_f32_to_f8e4m3(NAN) & 0x7f, 0x7f);
+}
+
+static void synth_fp8(const char *dir, epm_dtype dtype)
+{
+    epm_model_synth_opts o;
+    epm_model_synth_opts_init(&o);
+    o.arch = EPM_MODEL_DEEPSEEKV3;
+    o.hidden = 32;
+    o.layers = 3;
+    o.experts = 8;
+    o.ffn = 24;
+    o.heads = 4;
+    o.kv_heads = 4;
+    o.vocab = 50;
+    o.dtype = dtype;
+    o.fp8_block[0] = 5; /* blocks that divide nothing: partial ones at every edge */
+    o.fp8_block[1] = 7;
+    o.seed = 9;
+    if (epm_model_synth(&o, dir) != EPM_OK)
+        fail_msg("synth %s: %s", dir, epm_last_error());
+}
+
+/* An FP8 weight as stored, dequantised by hand: code value times its
+ * block's scale in float32, rounded to bf16. */
+static void check_dequant(const epm_safetensors *st, const char *name, const float *w, int64_t rows, int64_t cols)
+{
+    char sn[256];
+    snprintf(sn, sizeof sn, "%s_scale_inv", name);
+    const epm_st_tensor *q = epm_st_find(st, name), *sc = epm_st_find(st, sn);
+    assert_non_null(q);
+    assert_non_null(sc);
+    assert_int_equal(q->dtype, EPM_DTYPE_F8_E4M3);
+    assert_int_equal(sc->shape[0], (rows + 4) / 5);
+    assert_int_equal(sc->shape[1], (cols + 6) / 7);
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) {
+            float s;
+            memcpy(&s, (const uint8_t *)sc->data + 4 * ((i / 5) * sc->shape[1] + j / 7), 4);
+            uint8_t c = ((const uint8_t *)q->data)[i * cols + j];
+            int e = (c >> 3) & 15, m = c & 7;
+            float v = e ? ldexpf(1.0f + m / 8.0f, e - 7) : ldexpf(m / 8.0f, -6);
+            v = (c & 0x80) ? -v : v;
+            if (w[i * cols + j] != epm_bf16_to_f32(epm_f32_to_bf16(v * s)))
+                fail_msg("%s [%lld, %lld]: %g", name, (long long)i, (long long)j, (double)w[i * cols + j]);
+        }
+}
+
+/* DeepSeek-V3's FP8 format: the loader's dequantisation against one by
+ * hand, close to the float32 weights the same seed gives, the same values
+ * held bf16 or widened, and the rest (norms, routers, embedding) bf16. */
+static void test_model_fp8_dequantised(void **state)
+{
+    (void)state;
+    const char *d8 = tu_path("fp8"), *d32 = tu_path("fp8_f32");
+    synth_fp8(d8, EPM_DTYPE_F8_E4M3);
+    synth_fp8(d32, EPM_DTYPE_F32);
+    loaded a = load_all(d8), b = load_all(d32);
+    const epm_model_config *c = epm_model_get_config(a.m);
+    assert_int_equal(c->fp8_block[0], 5);
+    assert_int_equal(c->fp8_block[1], 7);
+    char file[1024], n[160];
+    snprintf(file, sizeof file, "%s/model.safetensors", d8);
+    epm_safetensors *st;
+    assert_int_equal(epm_st_open(file, &st), EPM_OK);
+    /* an expert, the dense layer's MLP and an attention projection */
+    const epm_model_mlp *e = epm_model_expert(a.m, 2, 7), *e32 = epm_model_expert(b.m, 2, 7);
+    assert_non_null(e);
+    check_dequant(st, "model.layers.2.mlp.experts.7.down_proj.weight", e->down, 32, 24);
+    check_dequant(st, "model.layers.0.mlp.gate_proj.weight", a.d->layer[0].mlp.gate, c->dense_ffn, 32);
+    check_dequant(st, "model.layers.1.self_attn.kv_b_proj.weight", f32w(a.d->layer[1].kv_b),
+                  (int64_t)c->num_heads * (c->qk_nope_dim + c->v_head_dim), c->kv_lora_rank);
+    /* e4m3 keeps 4 significant bits of each value scaled into its block's range */
+    double err = 0, ref = 0;
+    for (int j = 0; j < 32 * 24; j++) {
+        err = fmax(err, fabs((double)((const float *)e->up)[j] - ((const float *)e32->up)[j]));
+        ref = fmax(ref, fabs((double)((const float *)e32->up)[j]));
+    }
+    assert_true(err > 0 && err <= ref / 16);
+    /* not quantised: bf16 roundings of the float32 values */
+    snprintf(n, sizeof n, "model.layers.1.mlp.gate.weight");
+    assert_int_equal(epm_st_find(st, n)->dtype, EPM_DTYPE_BF16);
+    for (int j = 0; j < 8 * 32; j++)
+        assert_true(a.d->layer[1].router[j] == epm_bf16_to_f32(epm_f32_to_bf16(b.d->layer[1].router[j])));
+    /* the bytes read are the codes and their scales */
+    int64_t one = 0;
+    for (int t = 0; t < 3; t++)
+        for (int sc = 0; sc < 2; sc++) {
+            snprintf(n, sizeof n, "model.layers.2.mlp.experts.7.%s_proj.weight%s", t == 0 ? "gate" : t == 1 ? "up" : "down",
+                     sc ? "_scale_inv" : "");
+            const epm_st_tensor *x = epm_st_find(st, n);
+            one += (int64_t)(x->end - x->begin);
+        }
+    assert_int_equal(one, 3 * 24 * 32 + 4 * (25 + 25 + 28));
+    assert_int_equal(epm_model_expert_bytes_loaded(a.m), 2 * 8 * one);
+    /* held bf16: the same values */
+    epm_model *h;
+    epm_dtype got;
+    assert_int_equal(epm_model_open(d8, &h), EPM_OK);
+    assert_int_equal(epm_model_set_expert_dtype(h, EPM_DTYPE_BF16, &got), EPM_OK);
+    assert_int_equal(got, EPM_DTYPE_BF16);
+    assert_int_equal(epm_model_set_dense_dtype(h, EPM_DTYPE_BF16, &got), EPM_OK);
+    assert_int_equal(got, EPM_DTYPE_BF16);
+    const epm_model_dense *hd;
+    assert_int_equal(epm_model_load_dense(h, &hd), EPM_OK);
+    int want[1] = {7};
+    epm_model_mlp he;
+    assert_int_equal(epm_model_load_experts(h, 2, want, 1, &he), EPM_OK);
+    for (int j = 0; j < 32 * 24; j++)
+        assert_true(epm_bf16_to_f32(((const uint16_t *)he.down)[j]) == ((const float *)e->down)[j]);
+    same_widened(hd->layer[1].kv_b, a.d->layer[1].kv_b,
+                 (int64_t)c->num_heads * (c->qk_nope_dim + c->v_head_dim) * c->kv_lora_rank);
+    epm_model_close(h);
+    epm_st_close(st);
+    epm_model_close(a.m);
+    epm_model_close(b.m);
+}
+
+/* Overwrites n bytes of a file at offset. */
+static void patch(const char *path, long offset, const void *bytes, size_t n)
+{
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, offset, SEEK_SET), 0);
+    assert_int_equal(fwrite(bytes, 1, n, f), n);
+    fclose(f);
+}
+
+/* Where a tensor's data starts in its file. */
+static long data_offset(const char *path, const char *name)
+{
+    epm_safetensors *st;
+    assert_int_equal(epm_st_open(path, &st), EPM_OK);
+    const epm_st_tensor *t = epm_st_find(st, name);
+    assert_non_null(t);
+    long off = (long)((const uint8_t *)t->data - (const uint8_t *)st->map);
+    epm_st_close(st);
+    return off;
+}
+
+static epm_status try_load(const char *dir)
+{
+    epm_model *m = NULL;
+    epm_status st = epm_model_open(dir, &m);
+    if (st == EPM_OK) {
+        st = epm_model_load_dense(m, NULL);
+        int all[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+        for (int l = 1; l < 3 && st == EPM_OK; l++)
+            st = epm_model_load_experts(m, l, all, 8, NULL);
+    }
+    epm_model_close(m);
+    return st;
+}
+
+/* Each way an FP8 checkpoint can be wrong is named: no quantization_config,
+ * scales of another block size, a missing scale tensor, a NaN code, a NaN
+ * scale; and other quantisation methods are refused. */
+static void test_model_fp8_errors(void **state)
+{
+    (void)state;
+    const char *dir = tu_path("fp8_bad");
+    char cfg[1024], file[1024];
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    snprintf(file, sizeof file, "%s/model.safetensors", dir);
+    synth_fp8(dir, EPM_DTYPE_F8_E4M3);
+    assert_int_equal(try_load(dir), EPM_OK);
+    edit_json(cfg, "quantization_config", json_null());
+    assert_int_equal(try_load(dir), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "has dtype F8_E4M3 but config.json has no fp8 quantization_config"));
+    edit_json(cfg, "quantization_config", json_pack("{s:s, s:[i,i]}", "quant_method", "fp8", "weight_block_size", 8, 7));
+    assert_int_equal(try_load(dir), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "_scale_inv' has dtype F32 and 2 dims, want F32 or BF16"));
+    assert_non_null(strstr(epm_last_error(), "blocks of [8, 7]"));
+    edit_json(cfg, "quantization_config", json_pack("{s:s, s:[i,i]}", "quant_method", "awq", "weight_block_size", 5, 7));
+    assert_int_equal(try_load(dir), EPM_ERR_UNSUPPORTED);
+    assert_non_null(strstr(epm_last_error(), "quantization_config.quant_method"));
+    assert_non_null(strstr(epm_last_error(), "\"awq\""));
+    edit_json(cfg, "quantization_config", json_pack("{s:s, s:[i,i]}", "quant_method", "fp8", "weight_block_size", 5, 7));
+    /* a NaN code in an expert, then a NaN scale */
+    const char *w = "model.layers.2.mlp.experts.3.up_proj.weight";
+    long off = data_offset(file, w);
+    uint8_t nan8 = 0xff;
+    patch(file, off + 2 * 32 + 5, &nan8, 1);
+    assert_int_equal(try_load(dir), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "'model.layers.2.mlp.experts.3.up_proj.weight' element [2, 5] is NaN"));
+    assert_non_null(strstr(epm_last_error(), file));
+    synth_fp8(dir, EPM_DTYPE_F8_E4M3);
+    char sn[160];
+    snprintf(sn, sizeof sn, "%s_scale_inv", w);
+    float nanf32 = NAN;
+    patch(file, data_offset(file, sn) + 4 * (1 * 5 + 2), &nanf32, 4); /* scale [1, 2] of a [5, 5] grid */
+    assert_int_equal(try_load(dir), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "up_proj.weight_scale_inv' element [1, 2] is not finite"));
+    /* the scales missing: renamed in the header (same length, same offsets) */
+    synth_fp8(dir, EPM_DTYPE_F8_E4M3);
+    epm_safetensors *st;
+    assert_int_equal(epm_st_open(file, &st), EPM_OK);
+    const char *hdr = (const char *)st->map + 8, *at = strstr(hdr, sn);
+    assert_non_null(at);
+    long pos = 8 + (long)(at - hdr) + (long)strlen(sn) - 3;
+    epm_st_close(st);
+    patch(file, pos, "inx", 3);
+    assert_int_equal(try_load(dir), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "up_proj.weight_scale_inv' is missing (the F8_E4M3 tensor"));
+    epm_clear_error();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -733,6 +967,9 @@ int main(void)
         cmocka_unit_test(test_model_qkv_bias_from_tensors),
         cmocka_unit_test(test_model_synth_rejects_bad_shapes),
         cmocka_unit_test(test_model_alloc_failures),
+        cmocka_unit_test(test_model_fp8_conversions),
+        cmocka_unit_test(test_model_fp8_dequantised),
+        cmocka_unit_test(test_model_fp8_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
