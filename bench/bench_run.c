@@ -449,7 +449,7 @@ int epm_bench_run(int argc, char **argv)
             }
             po.mode = mode;
             po.hidden = hc->hidden_size;
-            po.kv_dim = 2 * hc->num_kv_heads * hc->head_dim;
+            po.kv_dim = epm_model_kv_floats(hc, 0); /* what the run all-gathers (MLA: its latent) */
             po.ffn = hc->moe_ffn;
             po.time_limit_s = tl;
             int need = (hc->num_experts + R - 1) / R;

@@ -639,6 +639,13 @@ int epm_model_config_moe_layers(const epm_model_config *cfg)
     return n;
 }
 
+int epm_model_kv_floats(const epm_model_config *c, int mla_expanded)
+{
+    if (c->mla && !mla_expanded)
+        return c->kv_lora_rank + c->qk_rope_dim;
+    return 2 * c->num_kv_heads * c->head_dim;
+}
+
 /* ---- writing ---- */
 
 static const char *torch_dtype(epm_dtype t)

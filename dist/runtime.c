@@ -96,17 +96,24 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
 {
     const epm_model_config *c = r->c;
     const epm_model_layer *w = &r->dense->layer[l];
-    int H = c->hidden_size, qd = c->num_heads * c->head_dim, kvd = c->num_kv_heads * c->head_dim;
+    /* per token: query width qd, cached row width kw (K, or MLA's latent row),
+     * value width vw (0 with the latent: its values are its rows), kernel heads
+     * and kv heads of width hd; latent: one kv head of width kw */
+    const int H = c->hidden_size, nh = c->num_heads, lat = r->latent;
+    const int kw = lat ? c->kv_lora_rank + c->qk_rope_dim : c->num_kv_heads * c->head_dim, vw = lat ? 0 : kw;
+    const int hd = lat ? kw : c->head_dim, kvh = lat ? 1 : c->num_kv_heads, qd = nh * hd;
+    const size_t rows = (size_t)(n ? n : 1);
     epm_status st = EPM_OK;
-    float *x = epm_malloc((size_t)(n ? n : 1) * H * sizeof *x);
-    float *q = epm_malloc((size_t)(n ? n : 1) * qd * sizeof *q);
-    float *kv = epm_malloc((size_t)(n ? n : 1) * (2 + 2 * kvd) * sizeof *kv); /* g, k, v rows */
-    float *att = epm_malloc((size_t)(n ? n : 1) * qd * sizeof *att);
-    float *o = epm_malloc((size_t)(n ? n : 1) * H * sizeof *o);
-    float *k = epm_malloc((size_t)(n ? n : 1) * kvd * sizeof *k), *v = epm_malloc((size_t)(n ? n : 1) * kvd * sizeof *v);
-    int32_t *pos = epm_malloc((size_t)(n ? n : 1) * sizeof *pos);
+    float *x = epm_malloc(rows * H * sizeof *x);
+    float *q = epm_malloc(rows * qd * sizeof *q);
+    float *kv = epm_malloc(rows * (2 + kw + vw) * sizeof *kv); /* g, k(, v) rows */
+    float *att = epm_malloc(rows * qd * sizeof *att);
+    float *o = epm_malloc(rows * H * sizeof *o);
+    float *k = epm_malloc(rows * kw * sizeof *k), *v = vw ? epm_malloc(rows * vw * sizeof *v) : NULL;
+    float *vout = lat ? epm_malloc(rows * nh * c->v_head_dim * sizeof *vout) : NULL;
+    int32_t *pos = epm_malloc(rows * sizeof *pos);
     float *all = NULL, *probs = NULL;
-    if (!x || !q || !kv || !att || !o || !k || !v || !pos) {
+    if (!x || !q || !kv || !att || !o || !k || (vw && !v) || (lat && !vout) || !pos) {
         st = EPM_ERR_NOMEM;
         goto out;
     }
@@ -114,59 +121,63 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     r->ref->rmsnorm(h, n, H, w->input_norm, c->rms_norm_eps, x);
     for (int64_t i = 0; i < n; i++)
         pos[i] = pos_of(r, g[i]);
-    if (c->mla) {
+    if (lat) {
+        EPM_CHECK_GOTO(epm_mla_latent_qk(r, w, x, n, pos, q, k), st, out);
+    } else if (c->mla) {
         EPM_CHECK_GOTO(epm_mla_qkv(r, w, x, n, pos, q, k, v), st, out);
     } else {
         EPM_CHECK_GOTO(epm_rt_lin(r, x, n, H, w->q, w->q_bias, qd, q), st, out);
-        EPM_CHECK_GOTO(epm_rt_lin(r, x, n, H, w->k, w->k_bias, kvd, k), st, out);
-        EPM_CHECK_GOTO(epm_rt_lin(r, x, n, H, w->v, w->v_bias, kvd, v), st, out);
+        EPM_CHECK_GOTO(epm_rt_lin(r, x, n, H, w->k, w->k_bias, kw, k), st, out);
+        EPM_CHECK_GOTO(epm_rt_lin(r, x, n, H, w->v, w->v_bias, vw, v), st, out);
         if (c->qk_norm == EPM_QK_NORM_WHOLE) {
             r->ref->rmsnorm(q, n, qd, w->q_norm, c->rms_norm_eps, q);
-            r->ref->rmsnorm(k, n, kvd, w->k_norm, c->rms_norm_eps, k);
+            r->ref->rmsnorm(k, n, kw, w->k_norm, c->rms_norm_eps, k);
         } else if (c->qk_norm == EPM_QK_NORM_PER_HEAD) {
-            r->ref->rmsnorm(q, n * c->num_heads, c->head_dim, w->q_norm, c->rms_norm_eps, q);
-            r->ref->rmsnorm(k, n * c->num_kv_heads, c->head_dim, w->k_norm, c->rms_norm_eps, k);
+            r->ref->rmsnorm(q, n * nh, hd, w->q_norm, c->rms_norm_eps, q);
+            r->ref->rmsnorm(k, n * kvh, hd, w->k_norm, c->rms_norm_eps, k);
         }
-        epm_rt_rope(r, q, n, c->num_heads, c->head_dim, pos);
-        epm_rt_rope(r, k, n, c->num_kv_heads, c->head_dim, pos);
+        epm_rt_rope(r, q, n, nh, hd, pos);
+        epm_rt_rope(r, k, n, kvh, hd, pos);
     }
-    int W = 2 + 2 * kvd;
+    int W = 2 + kw + vw;
     for (int64_t i = 0; i < n; i++) {
         put_g(kv + i * W, g[i]);
-        memcpy(kv + i * W + 2, k + i * kvd, (size_t)kvd * sizeof *k);
-        memcpy(kv + i * W + 2 + kvd, v + i * kvd, (size_t)kvd * sizeof *v);
+        memcpy(kv + i * W + 2, k + i * kw, (size_t)kw * sizeof *k);
+        if (vw)
+            memcpy(kv + i * W + 2 + kw, v + i * vw, (size_t)vw * sizeof *v);
     }
-    const float *rows = kv;
+    const float *rows_in = kv;
     int64_t nrows = n;
     if (r->o->mode == EPM_MODE_FOLLOW) {
         /* every rank keeps every sequence's cache: all-gather the new rows */
         int ml = r->moe_index[l];
         int64_t *cnt = ml >= 0 ? r->kv_local + (size_t)ml * EPM_LINK_COUNT : NULL;
         EPM_CHECK_GOTO(sync(r, EPM_OK), st, out);
-        EPM_CHECK_GOTO(epm_xcomm_allgather(r->x, n, kv, W, 2 * kvd, cnt, &all, &nrows), st, out);
-        rows = all;
+        EPM_CHECK_GOTO(epm_xcomm_allgather(r->x, n, kv, W, kw + vw, cnt, &all, &nrows), st, out);
+        rows_in = all;
     }
     /* cache rows follow the MoD rule of runtime_mod.c: without skipping, row = position */
     for (int64_t i = 0; i < nrows; i++) {
-        int64_t gi = get_g(rows + i * W);
+        int64_t gi = get_g(rows_in + i * W);
         int s = seq_of(r, gi), ps = r->cidx[gi - r->g0];
         float *kc = r->kc[(size_t)l * r->B + s], *vc = r->vc[(size_t)l * r->B + s];
         if (!kc) {
             st = epm_fail(EPM_ERR_INTERNAL, "rank %d holds no KV cache for sequence %d", r->me, s);
             goto out;
         }
-        memcpy(kc + (int64_t)ps * kvd, rows + i * W + 2, (size_t)kvd * sizeof *kc);
-        memcpy(vc + (int64_t)ps * kvd, rows + i * W + 2 + kvd, (size_t)kvd * sizeof *vc);
+        memcpy(kc + (int64_t)ps * kw, rows_in + i * W + 2, (size_t)kw * sizeof *kc);
+        if (vw)
+            memcpy(vc + (int64_t)ps * vw, rows_in + i * W + 2 + kw, (size_t)vw * sizeof *vc);
     }
     int amod = r->amod_need && r->amod_need[l];
-    if (amod && !(probs = epm_malloc((size_t)c->num_heads * r->max_len * sizeof *probs))) {
+    if (amod && !(probs = epm_malloc((size_t)nh * r->max_len * sizeof *probs))) {
         st = EPM_ERR_NOMEM;
         goto out;
     }
     for (int64_t i = 0; i < n; i++) {
         int s = seq_of(r, g[i]), ci = r->cidx[g[i] - r->g0];
-        st = r->ops->attention(q + i * qd, 1, &ci, r->kc[(size_t)l * r->B + s], r->vc[(size_t)l * r->B + s],
-                               r->max_len, c->num_heads, c->num_kv_heads, c->head_dim, att + i * qd, probs);
+        const float *kc = r->kc[(size_t)l * r->B + s], *vc = lat ? kc : r->vc[(size_t)l * r->B + s];
+        st = r->ops->attention(q + i * qd, 1, &ci, kc, vc, r->max_len, nh, kvh, hd, att + i * qd, probs);
         if (st != EPM_OK)
             goto out;
         if (amod)
@@ -174,10 +185,14 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     }
     if (amod)
         EPM_CHECK_GOTO(epm_mod_attention_done(r), st, out);
-    if (c->mla)
-        epm_mla_compact(c, att, n); /* each head's value part, for o_proj */
-    EPM_CHECK_GOTO(epm_rt_lin(r, att, n, c->mla ? c->num_heads * c->v_head_dim : qd, w->o, w->o_bias, H, o), st,
-                   out);
+    const float *oin = att;
+    if (lat) {
+        EPM_CHECK_GOTO(epm_mla_latent_out(r, w, att, n, vout), st, out); /* each head's value, for o_proj */
+        oin = vout;
+    } else if (c->mla) {
+        epm_mla_compact(c, att, n);
+    }
+    EPM_CHECK_GOTO(epm_rt_lin(r, oin, n, c->mla ? nh * c->v_head_dim : qd, w->o, w->o_bias, H, o), st, out);
     for (int64_t i = 0; i < n * H; i++)
         h[i] += o[i];
     r->rep->t_attention += epm_now() - t0;
@@ -189,6 +204,7 @@ out:
     epm_free(o);
     epm_free(k);
     epm_free(v);
+    epm_free(vout);
     epm_free(pos);
     epm_free(all);
     epm_free(probs);
@@ -954,7 +970,7 @@ static epm_status memory_check(rt *r)
     for (int s = 0; s < r->B; s++)
         seqs += r->o->mode == EPM_MODE_FOLLOW || s % r->R == r->me;
     double w = m.bytes;
-    double kv = 2.0 * c->num_layers * seqs * (double)r->max_len * c->num_kv_heads * c->head_dim * 4.0;
+    double kv = (double)c->num_layers * seqs * (double)r->max_len * epm_model_kv_floats(c, !r->latent) * 4.0;
     double limit = r->o->max_memory > 0 ? r->o->max_memory : machine_share(r);
     if (limit > 0 && w + kv > limit)
         return epm_fail(EPM_ERR_NOMEM, "would hold %.4g GB (weights %.4g GB, routed experts as %s, dense matrices "
@@ -973,6 +989,7 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     EPM_CHECK(sync(r, st));
     r->c = epm_model_get_config(r->m);
     const epm_model_config *c = r->c;
+    r->latent = c->mla && !o->mla_expanded;
     r->B = batch;
     r->lens = lens;
     r->steps = o->max_new_tokens > 0 ? o->max_new_tokens - 1 : 0;
@@ -1088,7 +1105,8 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     epm_free(mine);
     EPM_CHECK(sync(r, st));
     /* KV caches: home keeps its own sequences, follow every sequence */
-    int kvd = c->num_kv_heads * c->head_dim;
+    /* (MLA's latent: one row per token in kc, no vc) */
+    int row = epm_model_kv_floats(c, !r->latent), kw = r->latent ? row : row / 2;
     r->kc = epm_calloc((size_t)c->num_layers * batch, sizeof *r->kc);
     r->vc = epm_calloc((size_t)c->num_layers * batch, sizeof *r->vc);
     st = r->kc && r->vc ? EPM_OK : EPM_ERR_NOMEM;
@@ -1097,10 +1115,11 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
             if (o->mode == EPM_MODE_HOME && s % r->R != r->me)
                 continue;
             size_t i = (size_t)l * batch + s;
-            r->kv_cache_bytes += 2 * (int64_t)r->max_len * kvd * (int64_t)sizeof(float);
-            r->kc[i] = epm_calloc((size_t)r->max_len * kvd, sizeof(float));
-            r->vc[i] = epm_calloc((size_t)r->max_len * kvd, sizeof(float));
-            if (!r->kc[i] || !r->vc[i])
+            r->kv_cache_bytes += (int64_t)r->max_len * row * (int64_t)sizeof(float);
+            r->kc[i] = epm_calloc((size_t)r->max_len * kw, sizeof(float));
+            if (!r->latent)
+                r->vc[i] = epm_calloc((size_t)r->max_len * kw, sizeof(float));
+            if (!r->kc[i] || (!r->latent && !r->vc[i]))
                 st = EPM_ERR_NOMEM;
         }
     if (st == EPM_OK)

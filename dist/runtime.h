@@ -51,6 +51,9 @@ typedef struct epm_run_opts {
                                        the kernels take bf16 weights (which halves their memory: default) */
     int dense_f32;                  /* the same for the dense weight matrices (attention, embedding, LM
                                        head, shared experts, dense MLPs: epm_model_set_dense_dtype) */
+    int mla_expanded;               /* DeepSeek's MLA: cache a key and a value per head (transformers'
+                                       arithmetic) rather than the latent (the default: kv_lora_rank +
+                                       qk_rope_head_dim floats per token and layer) */
 } epm_run_opts;
 
 typedef struct epm_run_report {

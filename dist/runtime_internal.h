@@ -27,7 +27,9 @@ typedef struct rt {
     int *offset;       /* [B] first prefill g of each sequence */
     int *moe_index;    /* [layers] MoE layer number, or -1 for dense layers */
     int moe_layers;
-    float **kc, **vc;  /* [layers * B] caches, NULL where this rank keeps none */
+    float **kc, **vc;  /* [layers * B] caches, NULL where this rank keeps none (vc: also with MLA's
+                          latent cache, whose rows kc holds) */
+    int latent;        /* MLA cached as its latent (runtime_mla.c) */
     int32_t *trace_rec; /* [n_rec][2 + k]: moe layer, g, ids */
     int64_t n_rec, cap_rec;
     epm_run_report *rep;
@@ -115,6 +117,14 @@ epm_status epm_mla_qkv(rt *r, const epm_model_layer *w, const float *x, int64_t 
                        float *k, float *v);
 /* att [n][heads][head_dim] -> [n][heads][v_head_dim] in place: o_proj's input. */
 void epm_mla_compact(const epm_model_config *c, float *att, int64_t n);
+/* MLA's latent form: queries q [n][heads][D] (kv_b's key half absorbed) and
+ * cache rows krow [n][D] = [normalised latent | roped key part], D =
+ * kv_lora_rank + qk_rope_dim, attended as one kv head of width D; then
+ * out [n][heads][v_head_dim] = kv_b's value half of each head's attention
+ * output att [n][heads][D] (its first kv_lora_rank entries). */
+epm_status epm_mla_latent_qk(rt *r, const epm_model_layer *w, const float *x, int64_t n, const int32_t *pos,
+                             float *q, float *krow);
+epm_status epm_mla_latent_out(rt *r, const epm_model_layer *w, const float *att, int64_t n, float *out);
 
 /* Collective agreement on st (every rank's first failure wins). */
 epm_status epm_rt_sync(rt *r, epm_status st);

@@ -1,21 +1,31 @@
-/* DeepSeek-V3's multi-head latent attention (MLA), run expanded: the
- * compressed latent goes through kv_b_proj into a key and a value per head
- * here, so the layer loop caches and attends them as it does any model's
- * (kv heads = heads, head_dim = r->c->head_dim). That is transformers'
- * eager arithmetic; the absorbed form that caches only the latent (what
- * makes MLA's cache small) is not implemented, so the cache costs
- * 2 * heads * head_dim floats per token and layer.
+/* DeepSeek's multi-head latent attention (MLA), in two forms.
  *
- * Per head h, with qk = qk_nope + qk_rope and hd = head_dim >= qk, v_head_dim:
+ * Latent (the default, what vLLM and SGLang run): the cache holds, per token
+ * and layer, the normalised kv latent c (kv_lora_rank) and the roped key part
+ * k_r (qk_rope_head_dim) shared by all heads: 576 floats for DeepSeek-V3,
+ * not 2 x 128 heads x 192. kv_b_proj's key half is absorbed into the query
+ * and its value half applied after attention:
+ *   q_nope_h . (W_UK_h c) = (W_UK_h^T q_nope_h) . c
+ *   sum_t p_t (W_UV_h c_t) = W_UV_h (sum_t p_t c_t)
+ * so attention is multi-query attention (one kv head) over rows [c | k_r] of
+ * width kv_lora_rank + qk_rope, with values the rows' first kv_lora_rank
+ * entries: the run's attention kernels, unchanged.
+ *
+ * Expanded (--mla-cache expanded; transformers' eager arithmetic): the latent
+ * goes through kv_b_proj into a key and a value per head, cached and attended
+ * as any model's (kv heads = heads, head_dim = r->c->head_dim). Per head h,
+ * with qk = qk_nope + qk_rope and hd = head_dim >= qk, v_head_dim:
  *   query = [q_nope_h | rope(q_rot_h) | 0...]     from q_proj, or q_b(norm(q_a x))
  *   key   = [k_nope_h | rope(k_rot)   | 0...]     k_rot: one vector for all heads
  *   value = [v_h      | 0...]                     k_nope_h, v_h from kv_b(norm(latent))
- * The zeros add nothing to q.k or to the output; the attention kernel scales
- * by 1/sqrt(hd), so q is scaled by sqrt(hd / qk) where hd > qk, leaving
- * transformers' 1/sqrt(qk). */
+ * The zeros add nothing to q.k or to the output.
+ *
+ * Both: the attention kernel scales q.k by 1/sqrt(its head width), so q is
+ * scaled to leave transformers' 1/sqrt(qk) (times YaRN's softmax factor). */
 #include <math.h>
 
 #include "core.h"
+#include "half.h"
 #include "runtime_internal.h"
 
 /* transformers builds q_a_layernorm and kv_a_layernorm with the RMSNorm
@@ -41,22 +51,37 @@ static void gather_rope(const epm_model_config *c, const float *src, int64_t n, 
         }
 }
 
-epm_status epm_mla_qkv(rt *r, const epm_model_layer *w, const float *x, int64_t n, const int32_t *pos, float *q,
-                       float *k, float *v)
+/* What both forms start from: qt [n][heads][qk] (q_nope in front), the
+ * normalised latent lat [n][KL], and the roped parts rq [n][heads][rope],
+ * rk [n][rope]. */
+typedef struct mla_parts {
+    float *qt, *lat, *rq, *rk;
+} mla_parts;
+
+static void parts_free(mla_parts *p)
+{
+    epm_free(p->qt);
+    epm_free(p->lat);
+    epm_free(p->rq);
+    epm_free(p->rk);
+}
+
+static epm_status project(rt *r, const epm_model_layer *w, const float *x, int64_t n, const int32_t *pos,
+                          mla_parts *p)
 {
     const epm_model_config *c = r->c;
-    const int H = c->hidden_size, nh = c->num_heads, hd = c->head_dim, nope = c->qk_nope_dim,
-              rope = c->qk_rope_dim, vd = c->v_head_dim, qk = nope + rope, QL = c->q_lora_rank,
-              KL = c->kv_lora_rank, kvb = nope + vd;
+    const int H = c->hidden_size, nh = c->num_heads, rope = c->qk_rope_dim, qk = c->qk_nope_dim + rope,
+              QL = c->q_lora_rank, KL = c->kv_lora_rank;
     size_t rows = (size_t)(n ? n : 1);
-    float *qt = epm_malloc(rows * nh * qk * sizeof *qt);
+    memset(p, 0, sizeof *p);
+    p->qt = epm_malloc(rows * nh * qk * sizeof *p->qt);
+    p->lat = epm_malloc(rows * KL * sizeof *p->lat);
+    p->rq = epm_malloc(rows * nh * rope * sizeof *p->rq);
+    p->rk = epm_malloc(rows * rope * sizeof *p->rk);
     float *qa = QL ? epm_malloc(rows * QL * sizeof *qa) : NULL;
     float *kva = epm_malloc(rows * (KL + rope) * sizeof *kva);
-    float *lat = epm_malloc(rows * KL * sizeof *lat);
-    float *kvo = epm_malloc(rows * nh * kvb * sizeof *kvo);
-    float *rq = epm_malloc(rows * nh * rope * sizeof *rq), *rk = epm_malloc(rows * rope * sizeof *rk);
     epm_status st = EPM_OK;
-    if (!qt || (QL && !qa) || !kva || !lat || !kvo || !rq || !rk) {
+    if (!p->qt || !p->lat || !p->rq || !p->rk || (QL && !qa) || !kva) {
         st = epm_fail(EPM_ERR_NOMEM, "rank %d: allocation for MLA's projections of %lld tokens failed", r->me,
                       (long long)n);
         goto out;
@@ -64,44 +89,69 @@ epm_status epm_mla_qkv(rt *r, const epm_model_layer *w, const float *x, int64_t 
     if (QL) {
         EPM_CHECK_GOTO(epm_rt_lin(r, x, n, H, w->q_a, w->q_a_bias, QL, qa), st, out);
         r->ref->rmsnorm(qa, n, QL, w->q_a_norm, LORA_NORM_EPS, qa);
-        EPM_CHECK_GOTO(epm_rt_lin(r, qa, n, QL, w->q_b, NULL, nh * qk, qt), st, out);
+        EPM_CHECK_GOTO(epm_rt_lin(r, qa, n, QL, w->q_b, NULL, nh * qk, p->qt), st, out);
     } else {
-        EPM_CHECK_GOTO(epm_rt_lin(r, x, n, H, w->q, NULL, nh * qk, qt), st, out);
+        EPM_CHECK_GOTO(epm_rt_lin(r, x, n, H, w->q, NULL, nh * qk, p->qt), st, out);
     }
     EPM_CHECK_GOTO(epm_rt_lin(r, x, n, H, w->kv_a, w->kv_a_bias, KL + rope, kva), st, out);
     for (int64_t i = 0; i < n; i++)
-        memcpy(lat + i * KL, kva + i * (KL + rope), (size_t)KL * sizeof *lat);
-    r->ref->rmsnorm(lat, n, KL, w->kv_a_norm, LORA_NORM_EPS, lat);
-    EPM_CHECK_GOTO(epm_rt_lin(r, lat, n, KL, w->kv_b, NULL, nh * kvb, kvo), st, out);
-    gather_rope(c, qt, n, nh, qk, nope, rq);
-    gather_rope(c, kva, n, 1, KL + rope, KL, rk);
-    epm_rt_rope(r, rq, n, nh, rope, pos);
-    epm_rt_rope(r, rk, n, 1, rope, pos);
-    /* YaRN's softmax factor (1 without), and 1/sqrt(qk) where the kernel divides by sqrt(hd) */
-    float qs = (float)(r->softmax_scale * (hd > qk ? sqrt((double)hd / qk) : 1.0));
+        memcpy(p->lat + i * KL, kva + i * (KL + rope), (size_t)KL * sizeof *p->lat);
+    r->ref->rmsnorm(p->lat, n, KL, w->kv_a_norm, LORA_NORM_EPS, p->lat);
+    gather_rope(c, p->qt, n, nh, qk, c->qk_nope_dim, p->rq);
+    gather_rope(c, kva, n, 1, KL + rope, KL, p->rk);
+    epm_rt_rope(r, p->rq, n, nh, rope, pos);
+    epm_rt_rope(r, p->rk, n, 1, rope, pos);
+out:
+    epm_free(qa);
+    epm_free(kva);
+    if (st != EPM_OK)
+        parts_free(p);
+    return st;
+}
+
+/* YaRN's softmax factor (1 without), over sqrt(qk), for a kernel that
+ * divides by sqrt(width) */
+static float q_scale(const rt *r, int width)
+{
+    const epm_model_config *c = r->c;
+    return (float)(r->softmax_scale * sqrt((double)width / (c->qk_nope_dim + c->qk_rope_dim)));
+}
+
+epm_status epm_mla_qkv(rt *r, const epm_model_layer *w, const float *x, int64_t n, const int32_t *pos, float *q,
+                       float *k, float *v)
+{
+    const epm_model_config *c = r->c;
+    const int nh = c->num_heads, hd = c->head_dim, nope = c->qk_nope_dim, rope = c->qk_rope_dim,
+              vd = c->v_head_dim, qk = nope + rope, KL = c->kv_lora_rank, kvb = nope + vd;
+    mla_parts p;
+    EPM_CHECK(project(r, w, x, n, pos, &p));
+    float *kvo = epm_malloc((size_t)(n ? n : 1) * nh * kvb * sizeof *kvo);
+    epm_status st = EPM_OK;
+    if (!kvo) {
+        st = epm_fail(EPM_ERR_NOMEM, "rank %d: allocation for MLA's keys and values of %lld tokens failed", r->me,
+                      (long long)n);
+        goto out;
+    }
+    EPM_CHECK_GOTO(epm_rt_lin(r, p.lat, n, KL, w->kv_b, NULL, nh * kvb, kvo), st, out);
+    float qs = q_scale(r, hd);
     for (int64_t i = 0; i < n; i++)
         for (int h = 0; h < nh; h++) {
             float *qo = q + (i * nh + h) * hd, *ko = k + (i * nh + h) * hd, *vo = v + (i * nh + h) * hd;
-            const float *qi = qt + (i * nh + h) * qk, *kv = kvo + (i * nh + h) * kvb;
+            const float *qi = p.qt + (i * nh + h) * qk, *kv = kvo + (i * nh + h) * kvb;
             memset(qo, 0, (size_t)hd * sizeof *qo);
             memset(ko, 0, (size_t)hd * sizeof *ko);
             memset(vo, 0, (size_t)hd * sizeof *vo);
             for (int j = 0; j < nope; j++)
                 qo[j] = qs * qi[j];
             for (int j = 0; j < rope; j++)
-                qo[nope + j] = qs * rq[(i * nh + h) * rope + j];
+                qo[nope + j] = qs * p.rq[(i * nh + h) * rope + j];
             memcpy(ko, kv, (size_t)nope * sizeof *ko);
-            memcpy(ko + nope, rk + i * rope, (size_t)rope * sizeof *ko);
+            memcpy(ko + nope, p.rk + i * rope, (size_t)rope * sizeof *ko);
             memcpy(vo, kv + nope, (size_t)vd * sizeof *vo);
         }
 out:
-    epm_free(qt);
-    epm_free(qa);
-    epm_free(kva);
-    epm_free(lat);
     epm_free(kvo);
-    epm_free(rq);
-    epm_free(rk);
+    parts_free(&p);
     return st;
 }
 
@@ -110,4 +160,86 @@ void epm_mla_compact(const epm_model_config *c, float *att, int64_t n)
     const int nh = c->num_heads, hd = c->head_dim, vd = c->v_head_dim;
     for (int64_t i = 0; i < n * nh; i++)
         memmove(att + i * vd, att + i * hd, (size_t)vd * sizeof *att);
+}
+
+/* Row `row` of a [rows][cols] matrix as float32 (bf16 widened into buf). */
+static const float *row_f32(epm_weight w, int64_t row, int cols, float *buf)
+{
+    if (w.dtype != EPM_DTYPE_BF16)
+        return (const float *)w.data + row * cols;
+    const uint16_t *s = (const uint16_t *)w.data + row * cols;
+    for (int j = 0; j < cols; j++)
+        buf[j] = epm_bf16_to_f32(s[j]);
+    return buf;
+}
+
+epm_status epm_mla_latent_qk(rt *r, const epm_model_layer *w, const float *x, int64_t n, const int32_t *pos,
+                             float *q, float *krow)
+{
+    const epm_model_config *c = r->c;
+    const int nh = c->num_heads, nope = c->qk_nope_dim, rope = c->qk_rope_dim, qk = nope + rope,
+              KL = c->kv_lora_rank, kvb = nope + c->v_head_dim, D = KL + rope;
+    mla_parts p;
+    EPM_CHECK(project(r, w, x, n, pos, &p));
+    float *buf = epm_malloc((size_t)KL * sizeof *buf);
+    if (!buf) {
+        parts_free(&p);
+        return epm_fail(EPM_ERR_NOMEM, "rank %d: allocation for MLA's absorbed queries failed", r->me);
+    }
+    float qs = q_scale(r, D);
+    for (int64_t i = 0; i < n; i++)
+        for (int h = 0; h < nh; h++) {
+            float *qo = q + (i * nh + h) * D;
+            memset(qo, 0, (size_t)KL * sizeof *qo);
+            for (int j = 0; j < rope; j++)
+                qo[KL + j] = qs * p.rq[(i * nh + h) * rope + j];
+        }
+    /* q_lat = W_UK_h^T q_nope: each row of W_UK_h (kv_b's rows h*kvb + j)
+     * read once and added into every token's query */
+    for (int h = 0; h < nh; h++)
+        for (int j = 0; j < nope; j++) {
+            const float *wr = row_f32(w->kv_b, (int64_t)h * kvb + j, KL, buf);
+            for (int64_t i = 0; i < n; i++) {
+                float a = qs * p.qt[(i * nh + h) * qk + j];
+                float *qo = q + (i * nh + h) * D;
+                for (int t = 0; t < KL; t++)
+                    qo[t] += a * wr[t];
+            }
+        }
+    for (int64_t i = 0; i < n; i++) {
+        memcpy(krow + i * D, p.lat + i * KL, (size_t)KL * sizeof *krow);
+        memcpy(krow + i * D + KL, p.rk + i * rope, (size_t)rope * sizeof *krow);
+    }
+    epm_free(buf);
+    parts_free(&p);
+    return EPM_OK;
+}
+
+epm_status epm_mla_latent_out(rt *r, const epm_model_layer *w, const float *att, int64_t n, float *out)
+{
+    const epm_model_config *c = r->c;
+    const int nh = c->num_heads, nope = c->qk_nope_dim, vd = c->v_head_dim, KL = c->kv_lora_rank,
+              kvb = nope + vd, D = KL + c->qk_rope_dim;
+    size_t rows = (size_t)(n ? n : 1);
+    float *ol = epm_malloc(rows * KL * sizeof *ol), *vh = epm_malloc(rows * vd * sizeof *vh);
+    epm_status st = EPM_OK;
+    if (!ol || !vh) {
+        st = epm_fail(EPM_ERR_NOMEM, "rank %d: allocation for MLA's value projection of %lld tokens failed", r->me,
+                      (long long)n);
+        goto out;
+    }
+    size_t el = w->kv_b.dtype == EPM_DTYPE_BF16 ? 2 : 4;
+    for (int h = 0; h < nh; h++) {
+        /* W_UV_h: kv_b's rows h*kvb + nope .. + vd, a [vd][KL] matrix of its own */
+        epm_weight uv = {(const uint8_t *)w->kv_b.data + ((size_t)h * kvb + nope) * KL * el, w->kv_b.dtype};
+        for (int64_t i = 0; i < n; i++)
+            memcpy(ol + i * KL, att + (i * nh + h) * D, (size_t)KL * sizeof *ol);
+        EPM_CHECK_GOTO(epm_rt_lin(r, ol, n, KL, uv, NULL, vd, vh), st, out);
+        for (int64_t i = 0; i < n; i++)
+            memcpy(out + (i * nh + h) * vd, vh + i * vd, (size_t)vd * sizeof *out);
+    }
+out:
+    epm_free(ol);
+    epm_free(vh);
+    return st;
 }

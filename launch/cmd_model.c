@@ -305,7 +305,8 @@ static int cmd_info(int argc, char **argv)
                "\"bytes_per_expert\": %lld, \"router\": \"%s\", \"n_group\": %d, \"topk_group\": %d, "
                "\"routed_scaling_factor\": %g, \"mla\": %s, \"q_lora_rank\": %d, \"kv_lora_rank\": %d, "
                "\"qk_nope_head_dim\": %d, \"qk_rope_head_dim\": %d, \"v_head_dim\": %d, \"rope_type\": \"%s\", "
-               "\"yarn_factor\": %g, \"yarn_original_max_position_embeddings\": %d, \"fp8_block\": %s}\n",
+               "\"yarn_factor\": %g, \"yarn_original_max_position_embeddings\": %d, \"fp8_block\": %s, "
+               "\"kv_dim\": %d, \"kv_dim_mla_expanded\": %d}\n",
                epm_model_arch_class(c->arch), c->vocab_size, c->hidden_size, c->num_layers, moe, c->num_heads,
                c->num_kv_heads, c->head_dim, c->num_experts, c->top_k, c->moe_ffn, c->dense_ffn, c->shared_ffn,
                c->norm_topk_prob ? "true" : "false", c->qkv_bias ? "true" : "false", c->qk_norm ? "true" : "false",
@@ -316,14 +317,14 @@ static int cmd_info(int argc, char **argv)
                c->n_group > 1 ? c->n_group : 1, c->n_group > 1 ? c->topk_group : 1, (double)c->routed_scaling,
                c->mla ? "true" : "false", c->q_lora_rank, c->kv_lora_rank, c->qk_nope_dim, c->qk_rope_dim,
                c->v_head_dim, c->yarn_factor > 0 ? "yarn" : "default", c->yarn_factor > 0 ? c->yarn_factor : 1.0,
-               c->yarn_original_max, fp8);
+               c->yarn_original_max, fp8, epm_model_kv_floats(c, 0), epm_model_kv_floats(c, 1));
     } else {
         printf("%s: %s\n", dir, epm_model_arch_class(c->arch));
         printf("  layers      %d (%d MoE, %d dense MLP)\n", c->num_layers, moe, c->num_layers - moe);
         printf("  hidden      %d, vocab %d\n", c->hidden_size, c->vocab_size);
         if (c->mla)
-            printf("  attention   MLA, %d heads: q LoRA %d (0: q_proj), kv latent %d, q/k %d + %d rope, v %d (run "
-                   "expanded at head_dim %d)%s, rope theta %g\n",
+            printf("  attention   MLA, %d heads: q LoRA %d (0: q_proj), kv latent %d, q/k %d + %d rope, v %d "
+                   "(head_dim %d when expanded)%s, rope theta %g\n",
                    c->num_heads, c->q_lora_rank, c->kv_lora_rank, c->qk_nope_dim, c->qk_rope_dim, c->v_head_dim,
                    c->head_dim, c->qkv_bias ? ", biases" : "", c->rope_theta);
         else
@@ -331,6 +332,11 @@ static int cmd_info(int argc, char **argv)
                    c->num_kv_heads, c->head_dim, c->qkv_bias ? ", qkv bias" : "",
                    c->qk_norm == EPM_QK_NORM_PER_HEAD ? ", q/k norm per head" : c->qk_norm ? ", q/k norm" : "",
                    c->rope_theta);
+        if (c->mla)
+            printf("  kv cache    %d floats per token and layer (latent; %d expanded): plan's --kv-dim\n",
+                   epm_model_kv_floats(c, 0), epm_model_kv_floats(c, 1));
+        else
+            printf("  kv cache    %d floats per token and layer: plan's --kv-dim\n", epm_model_kv_floats(c, 0));
         printf("  experts     %d, top-%d%s, ffn %d", c->num_experts, c->top_k,
                c->norm_topk_prob ? " (renormalised)" : "", c->moe_ffn);
         if (c->shared_ffn)

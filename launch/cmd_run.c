@@ -44,6 +44,10 @@ static const char usage[] =
     "  --dense-dtype auto|f32   the same for the dense weight matrices (attention projections,\n"
     "                           embedding, LM head, shared experts, dense MLPs; norms and routers stay\n"
     "                           float32): auto holds them bf16 when all of them are so stored\n"
+    "  --mla-cache latent|expanded\n"
+    "                           DeepSeek's multi-head latent attention: cache the latent (default;\n"
+    "                           kv_lora_rank + qk_rope_head_dim floats per token and layer, kv_b_proj\n"
+    "                           absorbed) or a key and a value per head (transformers' arithmetic)\n"
     "  --a2a T                  row exchange: alltoallv (default), p2p, staged (MPI through pinned host\n"
     "                           memory, CUDA builds), nccl (one rank per GPU); EPM_A2A sets the default\n"
     "  --hier auto|on|off       hierarchical exchange between nodes (Tutel's 2DH); default auto\n"
@@ -58,7 +62,7 @@ static const char usage[] =
     "  --json                   results as JSON on stdout\n";
 
 enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER, O_MAXMEM,
-       O_EDT, O_DDT };
+       O_EDT, O_DDT, O_MLA };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -75,7 +79,7 @@ static const struct option opts[] = {
     {"mod-layers", required_argument, 0, O_MODLAY}, {"ta-node-cap", required_argument, 0, O_TACAP},
     {"a2a", required_argument, 0, O_A2A},            {"hier", required_argument, 0, O_HIER},
     {"max-memory", required_argument, 0, O_MAXMEM},  {"expert-dtype", required_argument, 0, O_EDT},
-    {"dense-dtype", required_argument, 0, O_DDT},
+    {"dense-dtype", required_argument, 0, O_DDT},     {"mla-cache", required_argument, 0, O_MLA},
     {0, 0, 0, 0}};
 
 /* The checkpoint file (a name in dir) that out would overwrite, or NULL:
@@ -275,6 +279,11 @@ int epm_cli_run(int argc, char **argv)
             if (strcmp(optarg, "auto") && strcmp(optarg, "f32"))
                 return cli_usage_error(W, "--dense-dtype '%s' is not auto or f32", optarg);
             o.dense_f32 = !strcmp(optarg, "f32");
+            break;
+        case O_MLA:
+            if (strcmp(optarg, "latent") && strcmp(optarg, "expanded"))
+                return cli_usage_error(W, "--mla-cache '%s' is not latent or expanded", optarg);
+            o.mla_expanded = !strcmp(optarg, "expanded");
             break;
         case O_BIND: bind = 1; break;
         case O_RBIND: report_bindings = 1; break;

@@ -122,10 +122,10 @@ typedef struct epm_model_config {
     epm_dtype dtype;     /* declared "dtype"/"torch_dtype" (F32 when absent); tensors carry their own */
     int decoder_sparse_step;
     uint8_t *moe_layer;  /* [num_layers]: 1 = sparse MoE block, 0 = dense MLP */
-    /* DeepSeek-V3's multi-head latent attention (MLA), run expanded: the
-     * latent goes through kv_b_proj into a key and a value per head, cached
-     * as for any other model. head_dim = max(qk_nope + qk_rope, v_head_dim);
-     * a value shorter than that is padded with zeros. */
+    /* DeepSeek's multi-head latent attention (MLA): the run caches the
+     * latent (epm_model_kv_floats), or, expanded, a key and a value per head
+     * of head_dim = max(qk_nope + qk_rope, v_head_dim) (a value shorter than
+     * that padded with zeros). */
     int mla;
     int q_lora_rank;      /* 0: q_proj; else q_a_proj -> q_a_layernorm -> q_b_proj */
     int kv_lora_rank;
@@ -160,6 +160,10 @@ EPM_API void epm_model_rope_freqs(const epm_model_config *cfg, int dim, double *
 EPM_API epm_status epm_model_config_save(const epm_model_config *cfg, const char *path);
 EPM_API void epm_model_config_clear(epm_model_config *cfg);
 EPM_API int epm_model_config_moe_layers(const epm_model_config *cfg);
+/* Floats a KV cache row holds per token and layer (what follow mode
+ * all-gathers: plan's kv_dim): 2 x kv heads x head_dim, or for MLA cached as
+ * its latent (mla_expanded 0) kv_lora_rank + qk_rope_head_dim. */
+EPM_API int epm_model_kv_floats(const epm_model_config *cfg, int mla_expanded);
 
 /* ---- weights ---- */
 

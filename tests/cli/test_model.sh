@@ -124,12 +124,15 @@ expect 0 "$EPMOE" model synth --out "$d/v3f8" --arch deepseekv3 --hidden 64 --la
     --heads 4 --head-dim 16 --vocab 128 --dtype fp8 --fp8-block 16,24 --router-scale 3 --yarn 4,64,1,0.8
 expect 0 "$EPMOE" model info "$d/v3f8"
 contains "$d/out" "quantised   FP8 (e4m3) weight matrices, a scale per [16, 24] block"
+contains "$d/out" "kv cache    40 floats per token and layer (latent; 192 expanded)"
 expect 0 "$EPMOE" model info "$d/v3f8" --json
 contains "$d/out" '"fp8_block": [16, 24]'
 expect 2 "$EPMOE" model synth --out "$d/x" --dtype fp8 --fp8-block 16
 contains "$d/err" "--fp8-block"
 expect 2 "$EPMOE" model synth --out "$d/x" --dtype e5m2
 contains "$d/err" "f32, bf16, f16, fp8"
+expect 2 "$EPMOE" run --model "$d/v3f8" --input "$d/x.json" --mla-cache compressed
+contains "$d/err" "--mla-cache 'compressed' is not latent or expanded"
 
 # the synthesised checkpoint runs: 2 ranks generate what 1 rank does
 if command -v mpirun >/dev/null; then
@@ -148,8 +151,10 @@ if command -v mpirun >/dev/null; then
             --max-new-tokens 3 --mode follow --json
         cp "$d/out" "$d/run3.json"
         contains "$d/run3.json" '"generated": [['
+        # (and DeepSeek's MLA as a key and a value per head there, its latent at 3 ranks)
         expect 0 timeout 120 mpirun --oversubscribe -np 1 "$EPMOE" run --model "$d/$m" --input "$d/in.json" \
-            --max-new-tokens 3 --kernels ref --expert-dtype f32 --dense-dtype f32 --json
+            --max-new-tokens 3 --kernels ref --expert-dtype f32 --dense-dtype f32 --json \
+            $([ $m = q3 ] || echo --mla-cache expanded)
         one=$(grep -o '"generated": \[\[[^]]*\], \[[^]]*\]\]' "$d/out")
         three=$(grep -o '"generated": \[\[[^]]*\], \[[^]]*\]\]' "$d/run3.json")
         [ -n "$one" ] && [ "$one" = "$three" ] ||

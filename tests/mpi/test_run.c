@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "epmoe/epmoe.h"
+#include "epmoe/model.h"
 #include "runtime.h"
 #include "safetensors.h"
 #include "xcomm.h"
@@ -117,8 +118,10 @@ static epm_placement *make_placement(int kind, int layers, int experts, int node
     return p;
 }
 
-/* f32: widen the weight matrices at load (else held as stored: bf16 where they are bf16 or FP8) */
-static void check_fixture_held(const char *name, epm_mode mode, int kind, int vnodes, int f32)
+/* f32: widen the weight matrices at load (else held as stored: bf16 where
+ * they are bf16 or FP8); expanded: MLA caches keys and values per head.
+ * Returns the fullest rank's KV cache bytes. */
+static int64_t check_fixture_held(const char *name, epm_mode mode, int kind, int vnodes, int f32, int expanded)
 {
     fixture f;
     fixture_open(&f, name);
@@ -133,6 +136,7 @@ static void check_fixture_held(const char *name, epm_mode mode, int kind, int vn
     o.keep_logits = 1;
     o.ops = kind == 1 ? "ref" : "blas";
     o.experts_f32 = o.dense_f32 = f32;
+    o.mla_expanded = expanded;
     epm_run_result *res;
     const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
     epm_status st = epm_run(&o, 2, f.lens, prompts, &res);
@@ -160,14 +164,16 @@ static void check_fixture_held(const char *name, epm_mode mode, int kind, int vn
             assert_memory_equal(epm_trace_ids(res->trace, l), ids->data, 32 * 2 * sizeof(int32_t));
         }
     }
+    int64_t kv = res->report.kv_cache_bytes_max;
     epm_run_result_destroy(res);
     epm_placement_destroy(p);
     epm_st_close(f.ref);
+    return kv;
 }
 
 static void check_fixture(const char *name, epm_mode mode, int kind, int vnodes)
 {
-    check_fixture_held(name, mode, kind, vnodes, 0);
+    check_fixture_held(name, mode, kind, vnodes, 0, 0);
 }
 
 /* DeepSeek-V3's FP8 release format: e4m3 matrices with a scale per block
@@ -176,9 +182,25 @@ static void check_fixture(const char *name, epm_mode mode, int kind, int vnodes)
 static void test_run_fp8_checkpoint(void **state)
 {
     (void)state;
-    check_fixture_held("deepseekv3-fp8-tiny", EPM_MODE_HOME, 0, 0, 0);
-    check_fixture_held("deepseekv3-fp8-tiny", EPM_MODE_FOLLOW, 1, R % 2 == 0 ? 2 : 0, 0);
-    check_fixture_held("deepseekv3-fp8-tiny", EPM_MODE_FOLLOW, 2, 0, 1);
+    check_fixture_held("deepseekv3-fp8-tiny", EPM_MODE_HOME, 0, 0, 0, 0);
+    check_fixture_held("deepseekv3-fp8-tiny", EPM_MODE_FOLLOW, 1, R % 2 == 0 ? 2 : 0, 0, 0);
+    check_fixture_held("deepseekv3-fp8-tiny", EPM_MODE_FOLLOW, 2, 0, 1, 0);
+}
+
+/* MLA's two cache forms give the reference's logits (the fixtures' other
+ * runs are latent); the latent's cache is (kv_lora 32 + rope 8) floats per
+ * token and layer against 2 x 4 heads x 24 expanded */
+static void test_run_mla_cache_forms(void **state)
+{
+    (void)state;
+    const char *names[] = {"deepseekv3-tiny", "deepseekv2-tiny"};
+    for (int i = 0; i < 2; i++) {
+        epm_mode mode = i ? EPM_MODE_FOLLOW : EPM_MODE_HOME;
+        int64_t lat = check_fixture_held(names[i], mode, i, 0, 0, 0);
+        int64_t exp = check_fixture_held(names[i], mode, i, 0, 0, 1);
+        assert_true(lat > 0);
+        assert_int_equal(exp * 40, lat * 2 * 4 * 24);
+    }
 }
 
 static void test_run_fixtures_home(void **state)
@@ -272,49 +294,64 @@ static void test_run_agrees_with_plan_eval(void **state)
         seq[g] = g < 32 ? g / 16 : (g - 32) % 2;
     assert_int_equal(epm_trace_set_seq_ids(t, seq), EPM_OK);
     epm_trace_ids(t, 2)[5 * 2 + 1] = -1; /* a dynamic-k token */
+    /* OLMoE under every placement; DeepSeek-V3, whose follow mode all-gathers
+     * MLA's latent rows (or, expanded, a key and a value per head), under one */
+    static const struct {
+        const char *name;
+        int kinds, expanded;
+    } runs[] = {{"olmoe-tiny", 3, 0}, {"deepseekv3-tiny", 1, 0}, {"deepseekv3-tiny", 1, 1}};
     int vn = R % 2 == 0 ? 2 : 0;
-    for (int mode = 0; mode < 2; mode++)
-        for (int kind = 0; kind < 3; kind++) {
-            fixture f;
-            fixture_open(&f, "olmoe-tiny");
-            epm_placement *p = make_placement(kind, 4, 8, vn ? vn : 1);
-            epm_run_opts o;
-            memset(&o, 0, sizeof o);
-            o.model_dir = f.dir;
-            o.placement = p;
-            o.mode = (epm_mode)mode;
-            o.virtual_nodes = vn;
-            o.max_new_tokens = NEW;
-            o.route_from = t;
-            epm_run_result *res;
-            const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
-            assert_int_equal(epm_run(&o, 2, f.lens, prompts, &res), EPM_OK);
-            epm_eval_opts eo;
-            epm_eval_opts_init(&eo);
-            eo.mode = (epm_mode)mode;
-            eo.hidden_bytes = 64 * 4;
-            eo.kv_row_bytes = 2 * 32 * 4;
-            epm_eval_result *ev;
-            assert_int_equal(epm_eval(t, p, &eo, &ev), EPM_OK);
-            const epm_run_report *rp = &res->report;
-            for (int l = 0; l < 4; l++) {
-                for (int c = 0; c < EPM_LINK_COUNT; c++) {
-                    assert_int_equal(rp->bytes[l * EPM_LINK_COUNT + c], ev->layer[l].bytes[c]);
-                    assert_int_equal(rp->kv_bytes[l * EPM_LINK_COUNT + c], ev->layer[l].kv_bytes[c]);
+    for (size_t m = 0; m < sizeof runs / sizeof *runs; m++) {
+        for (int mode = 0; mode < 2; mode++)
+            for (int kind = 3 - runs[m].kinds; kind < 3; kind++) {
+                fixture f;
+                fixture_open(&f, runs[m].name);
+                char cp[600];
+                snprintf(cp, sizeof cp, "%s/config.json", f.dir);
+                epm_model_config mc;
+                assert_int_equal(epm_model_config_load(cp, &mc), EPM_OK);
+                epm_placement *p = make_placement(kind, 4, 8, vn ? vn : 1);
+                epm_run_opts o;
+                memset(&o, 0, sizeof o);
+                o.model_dir = f.dir;
+                o.placement = p;
+                o.mode = (epm_mode)mode;
+                o.virtual_nodes = vn;
+                o.max_new_tokens = NEW;
+                o.route_from = t;
+                o.mla_expanded = runs[m].expanded;
+                epm_run_result *res;
+                const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
+                assert_int_equal(epm_run(&o, 2, f.lens, prompts, &res), EPM_OK);
+                epm_eval_opts eo;
+                epm_eval_opts_init(&eo);
+                eo.mode = (epm_mode)mode;
+                eo.hidden_bytes = 64 * 4;
+                eo.kv_row_bytes = epm_model_kv_floats(&mc, runs[m].expanded) * 4; /* OLMoE 2 x 32, MLA 32 + 8 */
+                assert_int_equal(eo.kv_row_bytes, runs[m].expanded ? 2 * 4 * 24 * 4 : runs[m].kinds == 3 ? 2 * 32 * 4 : 40 * 4);
+                epm_model_config_clear(&mc);
+                epm_eval_result *ev;
+                assert_int_equal(epm_eval(t, p, &eo, &ev), EPM_OK);
+                const epm_run_report *rp = &res->report;
+                for (int l = 0; l < 4; l++) {
+                    for (int c = 0; c < EPM_LINK_COUNT; c++) {
+                        assert_int_equal(rp->bytes[l * EPM_LINK_COUNT + c], ev->layer[l].bytes[c]);
+                        assert_int_equal(rp->kv_bytes[l * EPM_LINK_COUNT + c], ev->layer[l].kv_bytes[c]);
+                    }
+                    for (int q = 0; q < R; q++)
+                        assert_int_equal(rp->rank_load[l * R + q], ev->rank_load[l * R + q]);
                 }
-                for (int q = 0; q < R; q++)
-                    assert_int_equal(rp->rank_load[l * R + q], ev->rank_load[l * R + q]);
+                for (int c = 0; c < EPM_LINK_COUNT; c++)
+                    assert_int_equal(rp->gather_bytes[c], ev->gather_bytes[c]);
+                if (me == 0) /* the replayed routing is what was captured */
+                    for (int l = 0; l < 4; l++)
+                        assert_memory_equal(epm_trace_ids(res->trace, l), epm_trace_ids(t, l), (size_t)total * 2 * 4);
+                epm_eval_result_destroy(ev);
+                epm_run_result_destroy(res);
+                epm_placement_destroy(p);
+                epm_st_close(f.ref);
             }
-            for (int c = 0; c < EPM_LINK_COUNT; c++)
-                assert_int_equal(rp->gather_bytes[c], ev->gather_bytes[c]);
-            if (me == 0) /* the replayed routing is what was captured */
-                for (int l = 0; l < 4; l++)
-                    assert_memory_equal(epm_trace_ids(res->trace, l), epm_trace_ids(t, l), (size_t)total * 2 * 4);
-            epm_eval_result_destroy(ev);
-            epm_run_result_destroy(res);
-            epm_placement_destroy(p);
-            epm_st_close(f.ref);
-        }
+    }
     epm_trace_destroy(t);
 }
 
@@ -460,6 +497,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_run_fixtures_home),           cmocka_unit_test(test_run_fixtures_follow),
         cmocka_unit_test(test_run_node_cap_with_groups),  cmocka_unit_test(test_run_fp8_checkpoint),
+        cmocka_unit_test(test_run_mla_cache_forms),
         cmocka_unit_test(test_run_decode_equals_recompute), cmocka_unit_test(test_run_agrees_with_plan_eval),
         cmocka_unit_test(test_run_topology_bias_and_top_p), cmocka_unit_test(test_run_mismatched_placement),
     };
