@@ -46,10 +46,14 @@ static const char usage[] =
     "                       bf16 checkpoint), alternated --reps times, live routing, contiguous\n"
     "                       placement: best tokens/s of each, over all-float32's, logit error and\n"
     "                       greedy-token agreement against all-float32\n"
+    "  --mla-cache          instead (DeepSeek models): MLA cached expanded (a key and a value per head,\n"
+    "                       the baseline) then as its latent, alternated --reps times, live routing,\n"
+    "                       contiguous placement: KV cache bytes of the fullest rank, best tokens/s,\n"
+    "                       each over expanded's, logit error and greedy-token agreement\n"
     "  --kernels K          ref, blas (default) or cuda, as epmoe run --kernels\n"
     "  --csv                CSV rows instead of a table\n";
 
-enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT };
+enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -63,7 +67,7 @@ static const struct option opts[] = {
     {"help", no_argument, 0, O_HELP},         {"ta", required_argument, 0, O_TA},
     {"mod", required_argument, 0, O_MOD},     {"capacities", required_argument, 0, O_CAPS},
     {"kernels", required_argument, 0, O_KER}, {"warmup", required_argument, 0, O_WARM},
-    {"expert-dtypes", no_argument, 0, O_EDT},
+    {"expert-dtypes", no_argument, 0, O_EDT},       {"mla-cache", no_argument, 0, O_MLA},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
@@ -180,29 +184,34 @@ static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm
  * dense matrices too (auto), one run of each in turn --reps times so that a
  * slow spell hits all alike; the first of each is also the output
  * comparison against the first. */
-static int dtype_compare(epm_xcomm *x, const char *model, epm_mode mode, int vn, int batch, const int *lens,
-                         int32_t **prompts, int nnew, int reps, int csv)
+/* Variants of one run, alternated --reps times, the first the baseline:
+ * 'd' the weights' dtypes held (all float32; routed experts as stored; dense
+ * matrices too), 'm' MLA's cache (expanded; latent). Best prefill and decode
+ * times of each, and its logits and tokens against the baseline's. */
+static int variant_compare(epm_xcomm *x, char which, const char *model, epm_mode mode, int vn, int batch,
+                           const int *lens, int32_t **prompts, int nnew, int reps, int csv)
 {
     int me = epm_xcomm_rank(x), rc = EPM_EXIT_OK;
-    enum { CONFIGS = 3 };
-    epm_run_result *first[CONFIGS] = {NULL, NULL, NULL};
-    double pre[CONFIGS] = {1e30, 1e30, 1e30}, dec[CONFIGS] = {1e30, 1e30, 1e30};
-    epm_dtype held[CONFIGS] = {EPM_DTYPE_F32, EPM_DTYPE_F32, EPM_DTYPE_F32};
-    epm_dtype dense[CONFIGS] = {EPM_DTYPE_F32, EPM_DTYPE_F32, EPM_DTYPE_F32};
+    enum { MAXV = 3 };
+    const int configs = which == 'd' ? 3 : 2;
+    epm_run_result *first[MAXV] = {NULL, NULL, NULL};
+    double pre[MAXV] = {1e30, 1e30, 1e30}, dec[MAXV] = {1e30, 1e30, 1e30};
     for (int r = 0; r < reps && rc == EPM_EXIT_OK; r++)
-        for (int k = 0; k < CONFIGS; k++) {
+        for (int k = 0; k < configs; k++) {
             epm_run_opts o;
             live_opts(&o, model, mode, vn, nnew);
-            o.experts_f32 = k == 0;
-            o.dense_f32 = k < 2;
+            if (which == 'd') {
+                o.experts_f32 = k == 0;
+                o.dense_f32 = k < 2;
+            } else {
+                o.mla_expanded = k == 0;
+            }
             epm_run_result *res = NULL;
             epm_status st = epm_run(&o, batch, lens, (const int32_t *const *)prompts, &res);
             if (st != EPM_OK) {
                 rc = me == 0 ? cli_fail("bench run", st) : EPM_EXIT_FAIL;
                 break;
             }
-            held[k] = res->report.expert_dtype;
-            dense[k] = res->report.dense_dtype;
             pre[k] = res->report.t_prefill < pre[k] ? res->report.t_prefill : pre[k];
             dec[k] = res->report.t_decode < dec[k] ? res->report.t_decode : dec[k];
             if (!first[k])
@@ -216,11 +225,18 @@ static int dtype_compare(epm_xcomm *x, const char *model, epm_mode mode, int vn,
         for (int q = 0; q < batch; q++)
             n += lens[q];
         double pt = (double)a->report.prefill_tokens, dt = (double)a->report.decode_tokens;
-        printf(csv ? "experts,dense,prefill_tok_s,decode_tok_s,prefill_vs_f32,decode_vs_f32,logit_rel_err,"
-                     "token_agreement\n"
-                   : "%-8s %-6s %12s %12s %9s %9s %13s %9s\n",
-               "experts", "dense", "prefill t/s", "decode t/s", "pre/f32", "dec/f32", "logit rel err", "token agr");
-        for (int k = 0; k < CONFIGS; k++) {
+        if (which == 'd')
+            printf(csv ? "experts,dense,prefill_tok_s,decode_tok_s,prefill_vs_f32,decode_vs_f32,logit_rel_err,"
+                         "token_agreement\n"
+                       : "%-8s %-6s %12s %12s %9s %9s %13s %9s\n",
+                   "experts", "dense", "prefill t/s", "decode t/s", "pre/f32", "dec/f32", "logit rel err", "token agr");
+        else
+            printf(csv ? "mla_cache,kv_cache_bytes_rank,kv_vs_expanded,prefill_tok_s,decode_tok_s,prefill_vs_expanded,"
+                         "decode_vs_expanded,logit_rel_err,token_agreement\n"
+                       : "%-9s %14s %8s %12s %12s %9s %9s %13s %9s\n",
+                   "mla cache", "kv bytes/rank", "kv/exp", "prefill t/s", "decode t/s", "pre/exp", "dec/exp",
+                   "logit rel err", "token agr");
+        for (int k = 0; k < configs; k++) {
             const epm_run_result *b = first[k];
             double err = 0, mx = 0;
             for (int64_t i = 0; i < n * a->vocab; i++) {
@@ -230,14 +246,23 @@ static int dtype_compare(epm_xcomm *x, const char *model, epm_mode mode, int vn,
             int same = 0;
             for (int i = 0; i < batch * nnew; i++)
                 same += a->generated[i] == b->generated[i];
-            printf(csv ? "%s,%s,%.1f,%.1f,%.3f,%.3f,%.3g,%.4f\n" : "%-8s %-6s %12.1f %12.1f %9.3f %9.3f %13.3g %9.4f\n",
-                   epm_dtype_name(held[k]), epm_dtype_name(dense[k]), pt / pre[k], dec[k] > 0 ? dt / dec[k] : 0.0,
-                   pre[0] / pre[k], dec[k] > 0 ? dec[0] / dec[k] : 1.0, mx > 0 ? err / mx : 0.0,
-                   batch * nnew > 0 ? (double)same / (batch * nnew) : 1.0);
+            double pts = pt / pre[k], dts = dec[k] > 0 ? dt / dec[k] : 0.0, pr = pre[0] / pre[k],
+                   dr = dec[k] > 0 ? dec[0] / dec[k] : 1.0, e = mx > 0 ? err / mx : 0.0,
+                   agr = batch * nnew > 0 ? (double)same / (batch * nnew) : 1.0;
+            if (which == 'd')
+                printf(csv ? "%s,%s,%.1f,%.1f,%.3f,%.3f,%.3g,%.4f\n" : "%-8s %-6s %12.1f %12.1f %9.3f %9.3f %13.3g %9.4f\n",
+                       epm_dtype_name(b->report.expert_dtype), epm_dtype_name(b->report.dense_dtype), pts, dts, pr, dr,
+                       e, agr);
+            else
+                printf(csv ? "%s,%lld,%.4f,%.1f,%.1f,%.3f,%.3f,%.3g,%.4f\n"
+                           : "%-9s %14lld %8.4f %12.1f %12.1f %9.3f %9.3f %13.3g %9.4f\n",
+                       k ? "latent" : "expanded", (long long)b->report.kv_cache_bytes_max,
+                       (double)b->report.kv_cache_bytes_max / (double)a->report.kv_cache_bytes_max, pts, dts, pr, dr,
+                       e, agr);
         }
         fflush(stdout);
     }
-    for (int k = 0; k < CONFIGS; k++)
+    for (int k = 0; k < configs; k++)
         epm_run_result_destroy(first[k]);
     return rc;
 }
@@ -290,7 +315,7 @@ int epm_bench_run(int argc, char **argv)
     const char *model = NULL, *methods_s = "contiguous,eplb,ilp", *modes_s = "home,follow", *workdir = "bench-run-work";
     long batch = 8, seq = 64, nnew = 8, slots = 0, vn = 0, reps = 2, warm = 1, v;
     double zipf = 1.0, aff = 0.8, tl = 20;
-    int csv = 0, c, dtypes = 0;
+    int csv = 0, c, dtypes = 0, mla = 0;
     const char *ta_list = NULL, *caps = "0.75,0.5,0.25";
     epm_mod_source mod = EPM_MOD_OFF;
     optind = 1;
@@ -314,6 +339,7 @@ int epm_bench_run(int argc, char **argv)
         case O_TA: ta_list = optarg; break;
         case O_CAPS: caps = optarg; break;
         case O_EDT: dtypes = 1; break;
+        case O_MLA: mla = 1; break;
         case O_KER:
             if (strcmp(optarg, "ref") && strcmp(optarg, "blas") && strcmp(optarg, "cuda"))
                 return cli_usage_error(W, "option --kernels: '%s' is not ref, blas or cuda", optarg);
@@ -373,7 +399,11 @@ int epm_bench_run(int argc, char **argv)
         for (int p = 0; p < seq && prompts[s]; p++)
             prompts[s][p] = (int32_t)(epm_splitmix64(&rng) % (uint64_t)hc->vocab_size);
     }
-    if (ta_list || mod || dtypes) {
+    if (mla && !hc->mla) {
+        rc = cli_usage_error(W, "--mla-cache: %s is not a multi-head latent attention model (DeepSeek-V2/V3)", model);
+        goto out;
+    }
+    if (ta_list || mod || dtypes || mla) {
         epm_mode mode = EPM_MODE_HOME;
         char first[16];
         snprintf(first, sizeof first, "%s", modes_s);
@@ -384,12 +414,13 @@ int epm_bench_run(int argc, char **argv)
         }
         if (me == 0 && !csv)
             printf("# bench run %s: %s, %d ranks (%d nodes), mode %s, batch %ld x %ld + %ld new, kernels %s\n",
-                   dtypes ? "--expert-dtypes" : mod ? "--mod" : "--ta", model, R, cl.nodes, epm_mode_name(mode),
+                   dtypes ? "--expert-dtypes" : mla ? "--mla-cache" : mod ? "--mod" : "--ta", model, R, cl.nodes, epm_mode_name(mode),
                    batch, seq, nnew, kernels);
         if (me == 0 && !csv)
             epm_bench_print_blas();
-        if (dtypes)
-            rc = dtype_compare(x, model, mode, (int)vn, (int)batch, lens, prompts, (int)nnew, (int)reps, csv);
+        if (dtypes || mla)
+            rc = variant_compare(x, dtypes ? 'd' : 'm', model, mode, (int)vn, (int)batch, lens, prompts, (int)nnew,
+                                 (int)reps, csv);
         else
             rc = fidelity_sweep(x, model, mod ? caps : ta_list, mod, mode, (int)vn, (int)batch, lens, prompts,
                                 (int)nnew, csv);

@@ -92,6 +92,57 @@ static epm_status mlp(rt *r, const epm_model_mlp *w, const float *x, int64_t n, 
 
 /* ---- attention ---- */
 
+/* MLA's prefill from its latent cache: each sequence's rows up to its last
+ * query here expanded into keys and values per head, then attended as the
+ * expanded form does (q [n][heads][head_dim], att likewise). */
+static epm_status mla_attend_expanded(rt *r, int l, int64_t n, const int64_t *g, const float *q, float *att,
+                                      float *probs)
+{
+    const epm_model_config *c = r->c;
+    const int nh = c->num_heads, hd = c->head_dim, qd = nh * hd;
+    int amod = r->amod_need && r->amod_need[l];
+    int32_t *last = epm_malloc((size_t)r->B * sizeof *last);
+    float *k = NULL, *v = NULL;
+    int64_t cap = 0;
+    epm_status st = last ? EPM_OK : EPM_ERR_NOMEM;
+    for (int s = 0; st == EPM_OK && s < r->B; s++)
+        last[s] = -1;
+    for (int64_t i = 0; st == EPM_OK && i < n; i++) {
+        int s = seq_of(r, g[i]), ci = r->cidx[g[i] - r->g0];
+        last[s] = ci > last[s] ? ci : last[s];
+    }
+    for (int s = 0; st == EPM_OK && s < r->B; s++) {
+        if (last[s] < 0)
+            continue;
+        int64_t len = (int64_t)last[s] + 1;
+        if (len > cap) {
+            epm_free(k);
+            epm_free(v);
+            k = epm_malloc((size_t)len * qd * sizeof *k);
+            v = epm_malloc((size_t)len * qd * sizeof *v);
+            cap = len;
+            if (!k || !v) {
+                st = epm_fail(EPM_ERR_NOMEM, "rank %d: allocation for %lld expanded MLA rows failed", r->me,
+                              (long long)len);
+                break;
+            }
+        }
+        st = epm_mla_expand_rows(r, l, r->kc[(size_t)l * r->B + s], len, k, v);
+        for (int64_t i = 0; st == EPM_OK && i < n; i++) {
+            if (seq_of(r, g[i]) != s)
+                continue;
+            int ci = r->cidx[g[i] - r->g0];
+            st = r->ops->attention(q + i * qd, 1, &ci, k, v, r->max_len, nh, nh, hd, att + i * qd, probs);
+            if (st == EPM_OK && amod)
+                epm_mod_attention_add(r, s, ci, probs);
+        }
+    }
+    epm_free(last);
+    epm_free(k);
+    epm_free(v);
+    return st;
+}
+
 static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
 {
     const epm_model_config *c = r->c;
@@ -99,9 +150,12 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     /* per token: query width qd, cached row width kw (K, or MLA's latent row),
      * value width vw (0 with the latent: its values are its rows), kernel heads
      * and kv heads of width hd; latent: one kv head of width kw */
-    const int H = c->hidden_size, nh = c->num_heads, lat = r->latent;
+    /* MLA's latent in decode: absorbed, one kv head of width kw; in prefill:
+     * the pass's cache rows expanded (mla_attend_expanded), for the expanded
+     * form's cost where the queries are many */
+    const int H = c->hidden_size, nh = c->num_heads, lat = r->latent, absorbed = lat && !r->prefill;
     const int kw = lat ? c->kv_lora_rank + c->qk_rope_dim : c->num_kv_heads * c->head_dim, vw = lat ? 0 : kw;
-    const int hd = lat ? kw : c->head_dim, kvh = lat ? 1 : c->num_kv_heads, qd = nh * hd;
+    const int hd = absorbed ? kw : c->head_dim, kvh = absorbed ? 1 : c->num_kv_heads, qd = nh * hd;
     const size_t rows = (size_t)(n ? n : 1);
     epm_status st = EPM_OK;
     float *x = epm_malloc(rows * H * sizeof *x);
@@ -122,7 +176,7 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     for (int64_t i = 0; i < n; i++)
         pos[i] = pos_of(r, g[i]);
     if (lat) {
-        EPM_CHECK_GOTO(epm_mla_latent_qk(r, w, x, n, pos, q, k), st, out);
+        EPM_CHECK_GOTO(epm_mla_latent_qk(r, l, x, n, pos, absorbed, q, k), st, out);
     } else if (c->mla) {
         EPM_CHECK_GOTO(epm_mla_qkv(r, w, x, n, pos, q, k, v), st, out);
     } else {
@@ -174,7 +228,9 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
         st = EPM_ERR_NOMEM;
         goto out;
     }
-    for (int64_t i = 0; i < n; i++) {
+    if (lat && !absorbed)
+        st = mla_attend_expanded(r, l, n, g, q, att, probs);
+    for (int64_t i = 0; i < n && !(lat && !absorbed); i++) {
         int s = seq_of(r, g[i]), ci = r->cidx[g[i] - r->g0];
         const float *kc = r->kc[(size_t)l * r->B + s], *vc = lat ? kc : r->vc[(size_t)l * r->B + s];
         st = r->ops->attention(q + i * qd, 1, &ci, kc, vc, r->max_len, nh, kvh, hd, att + i * qd, probs);
@@ -183,10 +239,12 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
         if (amod)
             epm_mod_attention_add(r, s, ci, probs);
     }
+    if (st != EPM_OK)
+        goto out;
     if (amod)
         EPM_CHECK_GOTO(epm_mod_attention_done(r), st, out);
     const float *oin = att;
-    if (lat) {
+    if (absorbed) {
         EPM_CHECK_GOTO(epm_mla_latent_out(r, w, att, n, vout), st, out); /* each head's value, for o_proj */
         oin = vout;
     } else if (c->mla) {
@@ -969,7 +1027,7 @@ static epm_status memory_check(rt *r)
     int seqs = 0;
     for (int s = 0; s < r->B; s++)
         seqs += r->o->mode == EPM_MODE_FOLLOW || s % r->R == r->me;
-    double w = m.bytes;
+    double w = m.bytes + (double)c->num_layers * epm_mla_setup_bytes(r);
     double kv = (double)c->num_layers * seqs * (double)r->max_len * epm_model_kv_floats(c, !r->latent) * 4.0;
     double limit = r->o->max_memory > 0 ? r->o->max_memory : machine_share(r);
     if (limit > 0 && w + kv > limit)
@@ -1090,6 +1148,8 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     EPM_CHECK(sync(r, st));
     /* each rank reads the dense weights and only the experts placed on it */
     st = epm_model_load_dense(r->m, &r->dense);
+    if (st == EPM_OK)
+        st = epm_mla_setup(r);
     int *mine = epm_malloc((size_t)c->num_experts * sizeof *mine);
     if (st == EPM_OK && !mine)
         st = EPM_ERR_NOMEM;
@@ -1136,6 +1196,7 @@ static void teardown(rt *r)
 {
     if (r->cuda) /* its weight cache points into the model's tensors */
         epm_ops_cuda_close();
+    epm_mla_teardown(r);
     for (size_t i = 0; r->c && i < (size_t)r->c->num_layers * r->B; i++) {
         if (r->kc)
             epm_free(r->kc[i]);

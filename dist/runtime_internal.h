@@ -30,6 +30,9 @@ typedef struct rt {
     float **kc, **vc;  /* [layers * B] caches, NULL where this rank keeps none (vc: also with MLA's
                           latent cache, whose rows kc holds) */
     int latent;        /* MLA cached as its latent (runtime_mla.c) */
+    epm_weight *mla_ukt; /* [layers] with the latent: kv_b's key half per head, transposed to
+                            [heads][kv_lora][qk_nope] (as held), so that absorbing it into the
+                            queries is a linear layer */
     int32_t *trace_rec; /* [n_rec][2 + k]: moe layer, g, ids */
     int64_t n_rec, cap_rec;
     epm_run_report *rep;
@@ -122,9 +125,18 @@ void epm_mla_compact(const epm_model_config *c, float *att, int64_t n);
  * kv_lora_rank + qk_rope_dim, attended as one kv head of width D; then
  * out [n][heads][v_head_dim] = kv_b's value half of each head's attention
  * output att [n][heads][D] (its first kv_lora_rank entries). */
-epm_status epm_mla_latent_qk(rt *r, const epm_model_layer *w, const float *x, int64_t n, const int32_t *pos,
-                             float *q, float *krow);
+epm_status epm_mla_latent_qk(rt *r, int l, const float *x, int64_t n, const int32_t *pos, int absorbed, float *q,
+                             float *krow);
+/* Prefill (absorbed 0 above: q [n][heads][head_dim] as the expanded form's):
+ * cache rows krow [len][D] expanded into k, v [len][heads][head_dim], as the
+ * expanded form caches them, for attention at the expanded form's cost. */
+epm_status epm_mla_expand_rows(rt *r, int l, const float *krow, int64_t len, float *k, float *v);
 epm_status epm_mla_latent_out(rt *r, const epm_model_layer *w, const float *att, int64_t n, float *out);
+/* r->mla_ukt from the loaded dense weights (with the latent), and its release. */
+epm_status epm_mla_setup(rt *r);
+void epm_mla_teardown(rt *r);
+/* Bytes epm_mla_setup will hold per layer (0 without the latent). */
+double epm_mla_setup_bytes(const rt *r);
 
 /* Collective agreement on st (every rank's first failure wins). */
 epm_status epm_rt_sync(rt *r, epm_status st);

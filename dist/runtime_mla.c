@@ -25,7 +25,6 @@
 #include <math.h>
 
 #include "core.h"
-#include "half.h"
 #include "runtime_internal.h"
 
 /* transformers builds q_a_layernorm and kv_a_layernorm with the RMSNorm
@@ -162,57 +161,116 @@ void epm_mla_compact(const epm_model_config *c, float *att, int64_t n)
         memmove(att + i * vd, att + i * hd, (size_t)vd * sizeof *att);
 }
 
-/* Row `row` of a [rows][cols] matrix as float32 (bf16 widened into buf). */
-static const float *row_f32(epm_weight w, int64_t row, int cols, float *buf)
-{
-    if (w.dtype != EPM_DTYPE_BF16)
-        return (const float *)w.data + row * cols;
-    const uint16_t *s = (const uint16_t *)w.data + row * cols;
-    for (int j = 0; j < cols; j++)
-        buf[j] = epm_bf16_to_f32(s[j]);
-    return buf;
-}
-
-epm_status epm_mla_latent_qk(rt *r, const epm_model_layer *w, const float *x, int64_t n, const int32_t *pos,
-                             float *q, float *krow)
+double epm_mla_setup_bytes(const rt *r)
 {
     const epm_model_config *c = r->c;
+    if (!r->latent)
+        return 0;
+    return (double)c->num_heads * c->kv_lora_rank * c->qk_nope_dim * (r->d16 ? 2.0 : 4.0);
+}
+
+epm_status epm_mla_setup(rt *r)
+{
+    const epm_model_config *c = r->c;
+    if (!r->latent)
+        return EPM_OK;
+    const int nh = c->num_heads, nope = c->qk_nope_dim, KL = c->kv_lora_rank, kvb = nope + c->v_head_dim;
+    if (!(r->mla_ukt = epm_calloc((size_t)c->num_layers, sizeof *r->mla_ukt)))
+        return epm_fail(EPM_ERR_NOMEM, "rank %d: allocation for MLA's absorbed key projections failed", r->me);
+    for (int l = 0; l < c->num_layers; l++) {
+        epm_weight kb = r->dense->layer[l].kv_b;
+        int b16 = kb.dtype == EPM_DTYPE_BF16;
+        size_t el = b16 ? 2 : 4;
+        uint8_t *t = epm_malloc((size_t)nh * KL * nope * el);
+        if (!t)
+            return epm_fail(EPM_ERR_NOMEM, "rank %d: allocation for MLA's absorbed key projections failed", r->me);
+        r->mla_ukt[l].data = t;
+        r->mla_ukt[l].dtype = kb.dtype;
+        /* [h][j][t] of kv_b's rows h*kvb + j (j < nope) -> [h][t][j] */
+        for (int h = 0; h < nh; h++)
+            for (int j = 0; j < nope; j++) {
+                const uint8_t *src = (const uint8_t *)kb.data + ((size_t)h * kvb + j) * KL * el;
+                for (int u = 0; u < KL; u++)
+                    memcpy(t + (((size_t)h * KL + u) * nope + j) * el, src + (size_t)u * el, el);
+            }
+    }
+    return EPM_OK;
+}
+
+void epm_mla_teardown(rt *r)
+{
+    for (int l = 0; r->mla_ukt && l < r->c->num_layers; l++)
+        epm_free((void *)r->mla_ukt[l].data);
+    epm_free(r->mla_ukt);
+    r->mla_ukt = NULL;
+}
+
+/* One head's [rows][width] slice of a [n][heads][stride] array (at column
+ * at) into a contiguous [n][width] one, or back (in = 0). */
+static void head_slice(float *packed, float *strided, int64_t n, int heads, int h, int stride, int at, int width,
+                       int in)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float *s = strided + (i * heads + h) * (int64_t)stride + at, *p = packed + i * width;
+        memcpy(in ? p : s, in ? s : p, (size_t)width * sizeof *p);
+    }
+}
+
+epm_status epm_mla_latent_qk(rt *r, int l, const float *x, int64_t n, const int32_t *pos, int absorbed, float *q,
+                             float *krow)
+{
+    const epm_model_config *c = r->c;
+    const epm_model_layer *w = &r->dense->layer[l];
     const int nh = c->num_heads, nope = c->qk_nope_dim, rope = c->qk_rope_dim, qk = nope + rope,
-              KL = c->kv_lora_rank, kvb = nope + c->v_head_dim, D = KL + rope;
+              KL = c->kv_lora_rank, D = KL + rope;
     mla_parts p;
     EPM_CHECK(project(r, w, x, n, pos, &p));
-    float *buf = epm_malloc((size_t)KL * sizeof *buf);
-    if (!buf) {
-        parts_free(&p);
-        return epm_fail(EPM_ERR_NOMEM, "rank %d: allocation for MLA's absorbed queries failed", r->me);
+    size_t rows = (size_t)(n ? n : 1);
+    float *qn = epm_malloc(rows * nope * sizeof *qn), *ql = epm_malloc(rows * KL * sizeof *ql);
+    epm_status st = EPM_OK;
+    if (!qn || !ql) {
+        st = epm_fail(EPM_ERR_NOMEM, "rank %d: allocation for MLA's absorbed queries of %lld tokens failed", r->me,
+                      (long long)n);
+        goto out;
     }
-    float qs = q_scale(r, D);
-    for (int64_t i = 0; i < n; i++)
-        for (int h = 0; h < nh; h++) {
-            float *qo = q + (i * nh + h) * D;
-            memset(qo, 0, (size_t)KL * sizeof *qo);
-            for (int j = 0; j < rope; j++)
-                qo[KL + j] = qs * p.rq[(i * nh + h) * rope + j];
-        }
-    /* q_lat = W_UK_h^T q_nope: each row of W_UK_h (kv_b's rows h*kvb + j)
-     * read once and added into every token's query */
-    for (int h = 0; h < nh; h++)
-        for (int j = 0; j < nope; j++) {
-            const float *wr = row_f32(w->kv_b, (int64_t)h * kvb + j, KL, buf);
-            for (int64_t i = 0; i < n; i++) {
-                float a = qs * p.qt[(i * nh + h) * qk + j];
-                float *qo = q + (i * nh + h) * D;
-                for (int t = 0; t < KL; t++)
-                    qo[t] += a * wr[t];
-            }
-        }
     for (int64_t i = 0; i < n; i++) {
         memcpy(krow + i * D, p.lat + i * KL, (size_t)KL * sizeof *krow);
         memcpy(krow + i * D + KL, p.rk + i * rope, (size_t)rope * sizeof *krow);
     }
-    epm_free(buf);
+    if (!absorbed) { /* the expanded form's queries: [q_nope | q_rope | 0...] of head_dim */
+        const int hd = c->head_dim;
+        float qe = q_scale(r, hd);
+        for (int64_t i = 0; i < n * nh; i++) {
+            float *qo = q + i * hd;
+            memset(qo, 0, (size_t)hd * sizeof *qo);
+            for (int j = 0; j < nope; j++)
+                qo[j] = qe * p.qt[i * qk + j];
+            for (int j = 0; j < rope; j++)
+                qo[nope + j] = qe * p.rq[i * rope + j];
+        }
+        goto out;
+    }
+    float qs = q_scale(r, D);
+    for (int64_t i = 0; i < n * nh * qk; i++)
+        p.qt[i] *= qs;
+    for (int64_t i = 0; i < n * nh * rope; i++)
+        p.rq[i] *= qs;
+    size_t el = r->mla_ukt[l].dtype == EPM_DTYPE_BF16 ? 2 : 4;
+    for (int h = 0; h < nh; h++) {
+        /* q_lat = W_UK_h^T q_nope_h, with W_UK_h^T [KL][nope] held as a linear layer's weight */
+        epm_weight uk = {(const uint8_t *)r->mla_ukt[l].data + (size_t)h * KL * nope * el, r->mla_ukt[l].dtype};
+        head_slice(qn, p.qt, n, nh, h, qk, 0, nope, 1);
+        EPM_CHECK_GOTO(epm_rt_lin(r, qn, n, nope, uk, NULL, KL, ql), st, out);
+        head_slice(ql, q, n, nh, h, D, 0, KL, 0);
+    }
+    for (int64_t i = 0; i < n; i++)
+        for (int h = 0; h < nh; h++)
+            memcpy(q + (i * nh + h) * D + KL, p.rq + (i * nh + h) * rope, (size_t)rope * sizeof *q);
+out:
+    epm_free(qn);
+    epm_free(ql);
     parts_free(&p);
-    return EPM_OK;
+    return st;
 }
 
 epm_status epm_mla_latent_out(rt *r, const epm_model_layer *w, const float *att, int64_t n, float *out)
@@ -241,5 +299,37 @@ epm_status epm_mla_latent_out(rt *r, const epm_model_layer *w, const float *att,
 out:
     epm_free(ol);
     epm_free(vh);
+    return st;
+}
+
+epm_status epm_mla_expand_rows(rt *r, int l, const float *krow, int64_t len, float *k, float *v)
+{
+    const epm_model_config *c = r->c;
+    const int nh = c->num_heads, hd = c->head_dim, nope = c->qk_nope_dim, rope = c->qk_rope_dim,
+              vd = c->v_head_dim, KL = c->kv_lora_rank, kvb = nope + vd, D = KL + rope;
+    size_t rows = (size_t)(len ? len : 1);
+    float *lat = epm_malloc(rows * KL * sizeof *lat), *kvo = epm_malloc(rows * nh * kvb * sizeof *kvo);
+    epm_status st = EPM_OK;
+    if (!lat || !kvo) {
+        st = epm_fail(EPM_ERR_NOMEM, "rank %d: allocation for expanding %lld MLA cache rows failed", r->me,
+                      (long long)len);
+        goto out;
+    }
+    for (int64_t t = 0; t < len; t++)
+        memcpy(lat + t * KL, krow + t * D, (size_t)KL * sizeof *lat);
+    EPM_CHECK_GOTO(epm_rt_lin(r, lat, len, KL, r->dense->layer[l].kv_b, NULL, nh * kvb, kvo), st, out);
+    for (int64_t t = 0; t < len; t++)
+        for (int h = 0; h < nh; h++) {
+            float *ko = k + (t * nh + h) * hd, *vo = v + (t * nh + h) * hd;
+            const float *kv = kvo + (t * nh + h) * kvb;
+            memset(ko, 0, (size_t)hd * sizeof *ko);
+            memset(vo, 0, (size_t)hd * sizeof *vo);
+            memcpy(ko, kv, (size_t)nope * sizeof *ko);
+            memcpy(ko + nope, krow + t * D + KL, (size_t)rope * sizeof *ko);
+            memcpy(vo, kv + nope, (size_t)vd * sizeof *vo);
+        }
+out:
+    epm_free(lat);
+    epm_free(kvo);
     return st;
 }

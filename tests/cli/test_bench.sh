@@ -477,8 +477,17 @@ ok "bench run --expert-dtypes" mpi -np 2 "$E" bench run --model "$d/bf16" --batc
              NR == 3 && $1 == "BF16" && $2 == "F32" && $3 > 0 && $4 > 0 && $7 < 1e-4 && $8 == 1 {b = 1}
              NR == 4 && $1 == "BF16" && $2 == "BF16" && $3 > 0 && $4 > 0 && $7 < 1e-4 && $8 == 1 {c = 1}
              END {exit !(h && a && b && c && NR == 4)}' "$d/out" || { fail "bench run --expert-dtypes: rows"; show; }; }
+# MLA cached expanded (the baseline row) and as its latent: (32 + 8) / (2 x 4 heads x 24) of the cache,
+# every greedy token and the logits to float32 rounding; refused for a model without MLA
+ok "bench run --mla-cache" mpi -np 2 "$E" bench run --model "$F/deepseekv3-tiny" --batch 2 --seq 8 --new 3 --reps 1 \
+  --mla-cache --csv &&
+  { awk -F, 'NR == 1 && $1 == "mla_cache" && NF == 9 {h = 1}
+             NR == 2 && $1 == "expanded" && $3 == 1 && $6 == 1 && $7 == 1 && $8 == 0 && $9 == 1 {a = 1}
+             NR == 3 && $1 == "latent" && $3 == 0.2083 && $4 > 0 && $5 > 0 && $8 < 1e-4 && $9 == 1 {b = 1}
+             END {exit !(h && a && b && NR == 3)}' "$d/out" || { fail "bench run --mla-cache: rows"; show; }; }
+usage run --mla-cache "" --model "$m" --mla-cache
 help_ok run --model --batch --seq --new --methods --modes --workdir --reps --warmup --ta --mod --capacities \
-  --expert-dtypes --csv
+  --expert-dtypes --mla-cache --csv
 usage run --model "" --batch 2
 usage run --batch x --model "$m" --batch x
 usage run --kernels foo --model "$m" --kernels foo
