@@ -178,7 +178,7 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     if (lat) {
         EPM_CHECK_GOTO(epm_mla_latent_qk(r, l, x, n, pos, absorbed, q, k), st, out);
     } else if (c->mla) {
-        EPM_CHECK_GOTO(epm_mla_qkv(r, w, x, n, pos, q, k, v), st, out);
+        EPM_CHECK_GOTO(epm_mla_qkv(r, l, x, n, pos, q, k, v), st, out);
     } else {
         EPM_CHECK_GOTO(epm_rt_lin(r, x, n, H, w->q, w->q_bias, qd, q), st, out);
         EPM_CHECK_GOTO(epm_rt_lin(r, x, n, H, w->k, w->k_bias, kw, k), st, out);

@@ -116,8 +116,7 @@ epm_status epm_rt_lin(rt *r, const float *x, int64_t n, int in, epm_weight w, co
 
 /* MLA (runtime_mla.c): q, k, v [n][heads][head_dim] of the layer's input x
  * [n][hidden] at positions pos, as the layer loop caches and attends them. */
-epm_status epm_mla_qkv(rt *r, const epm_model_layer *w, const float *x, int64_t n, const int32_t *pos, float *q,
-                       float *k, float *v);
+epm_status epm_mla_qkv(rt *r, int l, const float *x, int64_t n, const int32_t *pos, float *q, float *k, float *v);
 /* att [n][heads][head_dim] -> [n][heads][v_head_dim] in place: o_proj's input. */
 void epm_mla_compact(const epm_model_config *c, float *att, int64_t n);
 /* MLA's latent form: queries q [n][heads][D] (kv_b's key half absorbed) and

@@ -9,11 +9,15 @@
  *   sum_t p_t (W_UV_h c_t) = W_UV_h (sum_t p_t c_t)
  * so attention is multi-query attention (one kv head) over rows [c | k_r] of
  * width kv_lora_rank + qk_rope, with values the rows' first kv_lora_rank
- * entries: the run's attention kernels, unchanged.
+ * entries: the run's attention kernels, unchanged. That is decode's form: per
+ * key and head it reads the one shared row. Prefill expands each sequence's
+ * cached rows through kv_b_proj and attends them as the expanded form does,
+ * which costs qk + v_head per key and head rather than 2 kv_lora + qk_rope,
+ * where queries are many (vLLM's split too).
  *
  * Expanded (--mla-cache expanded; transformers' eager arithmetic): the latent
- * goes through kv_b_proj into a key and a value per head, cached and attended
- * as any model's (kv heads = heads, head_dim = r->c->head_dim). Per head h,
+ * goes through kv_b_proj into a key and a value per head (the prefill path's
+ * rows, as they come), cached and attended as any model's (kv heads = heads, head_dim = r->c->head_dim). Per head h,
  * with qk = qk_nope + qk_rope and hd = head_dim >= qk, v_head_dim:
  *   query = [q_nope_h | rope(q_rot_h) | 0...]     from q_proj, or q_b(norm(q_a x))
  *   key   = [k_nope_h | rope(k_rot)   | 0...]     k_rot: one vector for all heads
@@ -116,41 +120,18 @@ static float q_scale(const rt *r, int width)
     return (float)(r->softmax_scale * sqrt((double)width / (c->qk_nope_dim + c->qk_rope_dim)));
 }
 
-epm_status epm_mla_qkv(rt *r, const epm_model_layer *w, const float *x, int64_t n, const int32_t *pos, float *q,
-                       float *k, float *v)
+epm_status epm_mla_qkv(rt *r, int l, const float *x, int64_t n, const int32_t *pos, float *q, float *k, float *v)
 {
     const epm_model_config *c = r->c;
-    const int nh = c->num_heads, hd = c->head_dim, nope = c->qk_nope_dim, rope = c->qk_rope_dim,
-              vd = c->v_head_dim, qk = nope + rope, KL = c->kv_lora_rank, kvb = nope + vd;
-    mla_parts p;
-    EPM_CHECK(project(r, w, x, n, pos, &p));
-    float *kvo = epm_malloc((size_t)(n ? n : 1) * nh * kvb * sizeof *kvo);
-    epm_status st = EPM_OK;
-    if (!kvo) {
-        st = epm_fail(EPM_ERR_NOMEM, "rank %d: allocation for MLA's keys and values of %lld tokens failed", r->me,
-                      (long long)n);
-        goto out;
-    }
-    EPM_CHECK_GOTO(epm_rt_lin(r, p.lat, n, KL, w->kv_b, NULL, nh * kvb, kvo), st, out);
-    float qs = q_scale(r, hd);
-    for (int64_t i = 0; i < n; i++)
-        for (int h = 0; h < nh; h++) {
-            float *qo = q + (i * nh + h) * hd, *ko = k + (i * nh + h) * hd, *vo = v + (i * nh + h) * hd;
-            const float *qi = p.qt + (i * nh + h) * qk, *kv = kvo + (i * nh + h) * kvb;
-            memset(qo, 0, (size_t)hd * sizeof *qo);
-            memset(ko, 0, (size_t)hd * sizeof *ko);
-            memset(vo, 0, (size_t)hd * sizeof *vo);
-            for (int j = 0; j < nope; j++)
-                qo[j] = qs * qi[j];
-            for (int j = 0; j < rope; j++)
-                qo[nope + j] = qs * p.rq[(i * nh + h) * rope + j];
-            memcpy(ko, kv, (size_t)nope * sizeof *ko);
-            memcpy(ko + nope, p.rk + i * rope, (size_t)rope * sizeof *ko);
-            memcpy(vo, kv + nope, (size_t)vd * sizeof *vo);
-        }
-out:
-    epm_free(kvo);
-    parts_free(&p);
+    float *krow = epm_malloc((size_t)(n ? n : 1) * (c->kv_lora_rank + c->qk_rope_dim) * sizeof *krow);
+    if (!krow)
+        return epm_fail(EPM_ERR_NOMEM, "rank %d: allocation for MLA's latent rows of %lld tokens failed", r->me,
+                        (long long)n);
+    /* the latent form's prefill queries, and its rows expanded as they come */
+    epm_status st = epm_mla_latent_qk(r, l, x, n, pos, 0, q, krow);
+    if (st == EPM_OK)
+        st = epm_mla_expand_rows(r, l, krow, n, k, v);
+    epm_free(krow);
     return st;
 }
 
@@ -226,13 +207,8 @@ epm_status epm_mla_latent_qk(rt *r, int l, const float *x, int64_t n, const int3
     mla_parts p;
     EPM_CHECK(project(r, w, x, n, pos, &p));
     size_t rows = (size_t)(n ? n : 1);
-    float *qn = epm_malloc(rows * nope * sizeof *qn), *ql = epm_malloc(rows * KL * sizeof *ql);
+    float *qn = NULL, *ql = NULL;
     epm_status st = EPM_OK;
-    if (!qn || !ql) {
-        st = epm_fail(EPM_ERR_NOMEM, "rank %d: allocation for MLA's absorbed queries of %lld tokens failed", r->me,
-                      (long long)n);
-        goto out;
-    }
     for (int64_t i = 0; i < n; i++) {
         memcpy(krow + i * D, p.lat + i * KL, (size_t)KL * sizeof *krow);
         memcpy(krow + i * D + KL, p.rk + i * rope, (size_t)rope * sizeof *krow);
@@ -248,6 +224,13 @@ epm_status epm_mla_latent_qk(rt *r, int l, const float *x, int64_t n, const int3
             for (int j = 0; j < rope; j++)
                 qo[nope + j] = qe * p.rq[i * rope + j];
         }
+        goto out;
+    }
+    qn = epm_malloc(rows * nope * sizeof *qn);
+    ql = epm_malloc(rows * KL * sizeof *ql);
+    if (!qn || !ql) {
+        st = epm_fail(EPM_ERR_NOMEM, "rank %d: allocation for MLA's absorbed queries of %lld tokens failed", r->me,
+                      (long long)n);
         goto out;
     }
     float qs = q_scale(r, D);
