@@ -210,12 +210,16 @@ static epm_status fp8_scales(const epm_model *m, const spec *x, const char *path
                         epm_shards_where(m->sh), name, x->name);
     int64_t r = (x->shape[0] + b[0] - 1) / b[0], c = (x->shape[1] + b[1] - 1) / b[1];
     if ((s->dtype != EPM_DTYPE_F32 && s->dtype != EPM_DTYPE_BF16) || s->ndim != 2 || s->shape[0] != r ||
-        s->shape[1] != c)
+        s->shape[1] != c) {
+        char got[96] = "";
+        for (int d = 0, o = 0; d < s->ndim && o < (int)sizeof got; d++)
+            o += snprintf(got + o, sizeof got - (size_t)o, "%s%lld", d ? ", " : "", (long long)s->shape[d]);
         return epm_fail(EPM_ERR_FORMAT,
-                        "%s: tensor '%s' has dtype %s and %d dims, want F32 or BF16 [%lld, %lld] (blocks of [%d, %d] "
-                        "over [%lld, %lld])",
-                        spath, name, epm_dtype_name(s->dtype), s->ndim, (long long)r, (long long)c,
-                        b[0], b[1], (long long)x->shape[0], (long long)x->shape[1]);
+                        "%s: tensor '%s' is %s [%s], want F32 or BF16 [%lld, %lld] (blocks of [%d, %d] over "
+                        "[%lld, %lld])",
+                        spath, name, epm_dtype_name(s->dtype), got, (long long)r, (long long)c, b[0], b[1],
+                        (long long)x->shape[0], (long long)x->shape[1]);
+    }
     if (out)
         *out = s;
     if (out_path)
@@ -297,6 +301,12 @@ static epm_status fp8_dequant(const epm_model *m, const spec *x, const char *pat
                     return epm_fail(EPM_ERR_FORMAT, "%s: tensor '%s' element [%lld, %lld] is NaN (float8 code 0x%02x)",
                                     path, x->name, (long long)i, (long long)j, code);
                 uint16_t v = epm_f32_to_bf16(lut[code] * scale);
+                if ((v & 0x7f80u) == 0x7f80u) /* a finite scale too large: the product overflows bf16 */
+                    return epm_fail(EPM_ERR_FORMAT,
+                                    "%s: tensor '%s' element [%lld, %lld] (float8 %g) times its scale %g (tensor "
+                                    "'%s_scale_inv' element [%lld, %lld]) overflows bfloat16",
+                                    path, x->name, (long long)i, (long long)j, (double)lut[code], (double)scale,
+                                    x->name, (long long)(i / b0), (long long)jb);
                 if (to16)
                     h[i * cols + j] = v;
                 else
@@ -408,7 +418,8 @@ epm_status epm_model_tensors(const epm_model_config *c, epm_model_tensor_fn fn, 
 static epm_status check_one(void *vm, const epm_model_tensor_info *t)
 {
     spec x;
-    snprintf(x.name, sizeof x.name, "%s", t->name);
+    if (snprintf(x.name, sizeof x.name, "%s", t->name) >= (int)sizeof x.name)
+        return epm_fail(EPM_ERR_INTERNAL, "tensor name '%.40s...' longer than %zu", t->name, sizeof x.name - 1);
     x.ndim = t->ndim;
     x.shape[0] = t->shape[0];
     x.shape[1] = t->shape[1];

@@ -1,4 +1,5 @@
 /* epmoe model: synthetic checkpoints in the Hub layout, and what a checkpoint holds. */
+#include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,7 +108,7 @@ static int cmd_synth(int argc, char **argv)
     int mlp_only[4096];
     long v;
     double d;
-    int c;
+    int c, fp8_block_set = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", synth_opts, NULL)) != -1) {
         switch (c) {
@@ -156,10 +157,21 @@ static int cmd_synth(int argc, char **argv)
                 return cli_usage_error(W, "--dtype '%s' is not one of: f32, bf16, f16, fp8", optarg);
             break;
         case S_FP8BLOCK: {
-            char tail;
-            if (sscanf(optarg, "%d,%d%c", &o.fp8_block[0], &o.fp8_block[1], &tail) != 2 || o.fp8_block[0] < 1 ||
-                o.fp8_block[1] < 1 || o.fp8_block[0] > 65536 || o.fp8_block[1] > 65536)
+            /* strtol, not sscanf's %d: an out-of-range value is refused, not wrapped */
+            char *end;
+            errno = 0;
+            long r0 = strtol(optarg, &end, 10), r1 = 0;
+            int ok = errno == 0 && end != optarg && *end == ',';
+            if (ok) {
+                const char *p1 = end + 1;
+                r1 = strtol(p1, &end, 10);
+                ok = errno == 0 && end != p1 && *end == 0;
+            }
+            if (!ok || r0 < 1 || r1 < 1 || r0 > 65536 || r1 > 65536)
                 return cli_usage_error(W, "--fp8-block '%s' is not ROWS,COLUMNS (each in [1, 65536])", optarg);
+            o.fp8_block[0] = (int)r0;
+            o.fp8_block[1] = (int)r1;
+            fp8_block_set = 1;
             break;
         }
         case S_SEED: if (!cli_parse_u64(W, "--seed", optarg, &o.seed)) return EPM_EXIT_USAGE; break;
@@ -198,6 +210,8 @@ static int cmd_synth(int argc, char **argv)
         return cli_usage_error(W, "unexpected argument '%s'", argv[optind]);
     if (!out)
         return cli_usage_error(W, "--out DIR is required");
+    if (fp8_block_set && o.dtype != EPM_DTYPE_F8_E4M3)
+        return cli_usage_error(W, "--fp8-block needs --dtype fp8 (the blocks of FP8 weights' scales)");
     /* a bad shape is the user's mistake, not a failure of the work */
     if (o.k > o.experts)
         return cli_usage_error(W, "--k %d exceeds --experts %d", o.k, o.experts);

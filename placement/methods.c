@@ -211,7 +211,7 @@ epm_status epm_plan_heuristic(epm_method m, const epm_trace *t, const epm_cluste
     o = &resolved;
     if (m == EPM_METHOD_ILP || (unsigned)m >= EPM_METHOD_COUNT)
         return epm_fail(EPM_ERR_INVALID_ARG, "plan: '%s' is not a heuristic method", epm_method_name(m));
-    int slots;
+    int slots = 0;
     EPM_CHECK(epm_plan_slots(t, c, o, &slots));
     int L = epm_trace_layers(t), E = epm_trace_experts(t), R = epm_cluster_ranks(c);
     epm_placement *p = NULL;

@@ -129,6 +129,10 @@ expect 0 "$EPMOE" model info "$d/v3f8" --json
 contains "$d/out" '"fp8_block": [16, 24]'
 expect 2 "$EPMOE" model synth --out "$d/x" --dtype fp8 --fp8-block 16
 contains "$d/err" "--fp8-block"
+expect 2 "$EPMOE" model synth --out "$d/x" --dtype fp8 --fp8-block 4294967297,128
+contains "$d/err" "--fp8-block '4294967297,128'"
+expect 2 "$EPMOE" model synth --out "$d/x" --dtype bf16 --fp8-block 16,24
+contains "$d/err" "--fp8-block needs --dtype fp8"
 expect 2 "$EPMOE" model synth --out "$d/x" --dtype e5m2
 contains "$d/err" "f32, bf16, f16, fp8"
 expect 2 "$EPMOE" run --model "$d/v3f8" --input "$d/x.json" --mla-cache compressed
