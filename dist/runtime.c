@@ -101,16 +101,29 @@ static epm_status mla_attend_expanded(rt *r, int l, int64_t n, const int64_t *g,
     const epm_model_config *c = r->c;
     const int nh = c->num_heads, hd = c->head_dim, qd = nh * hd;
     int amod = r->amod_need && r->amod_need[l];
+    /* the pass's queries by sequence (a counting sort), and each sequence's last row */
+    int64_t *first = epm_calloc((size_t)r->B + 1, sizeof *first), *order = epm_malloc((size_t)(n ? n : 1) * sizeof *order);
     int32_t *last = epm_malloc((size_t)r->B * sizeof *last);
     float *k = NULL, *v = NULL;
     int64_t cap = 0;
-    epm_status st = last ? EPM_OK : EPM_ERR_NOMEM;
+    epm_status st = first && order && last ? EPM_OK : EPM_ERR_NOMEM;
     for (int s = 0; st == EPM_OK && s < r->B; s++)
         last[s] = -1;
     for (int64_t i = 0; st == EPM_OK && i < n; i++) {
         int s = seq_of(r, g[i]), ci = r->cidx[g[i] - r->g0];
         last[s] = ci > last[s] ? ci : last[s];
+        first[s + 1]++;
     }
+    for (int s = 0; st == EPM_OK && s < r->B; s++)
+        first[s + 1] += first[s];
+    for (int64_t i = 0; st == EPM_OK && i < n; i++) {
+        int s = seq_of(r, g[i]);
+        order[first[s]++] = i;
+    }
+    for (int s = r->B; st == EPM_OK && s > 0; s--) /* first[] back to each bucket's start */
+        first[s] = first[s - 1];
+    if (st == EPM_OK)
+        first[0] = 0;
     for (int s = 0; st == EPM_OK && s < r->B; s++) {
         if (last[s] < 0)
             continue;
@@ -128,15 +141,16 @@ static epm_status mla_attend_expanded(rt *r, int l, int64_t n, const int64_t *g,
             }
         }
         st = epm_mla_expand_rows(r, l, r->kc[(size_t)l * r->B + s], len, k, v);
-        for (int64_t i = 0; st == EPM_OK && i < n; i++) {
-            if (seq_of(r, g[i]) != s)
-                continue;
+        for (int64_t j = first[s]; st == EPM_OK && j < first[s + 1]; j++) {
+            int64_t i = order[j];
             int ci = r->cidx[g[i] - r->g0];
             st = r->ops->attention(q + i * qd, 1, &ci, k, v, r->max_len, nh, nh, hd, att + i * qd, probs);
             if (st == EPM_OK && amod)
                 epm_mod_attention_add(r, s, ci, probs);
         }
     }
+    epm_free(first);
+    epm_free(order);
     epm_free(last);
     epm_free(k);
     epm_free(v);

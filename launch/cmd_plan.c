@@ -7,6 +7,7 @@
 
 #include "cli.h"
 #include "core.h"
+#include "epmoe/model.h"
 
 static const char plan_usage[] =
     "usage: epmoe plan --trace FILE [options]\n"
@@ -14,6 +15,9 @@ static const char plan_usage[] =
     "\n"
     "Plans where each MoE layer's experts live, from a routing trace.\n"
     "  --trace FILE          routing trace (safetensors or .npy)\n"
+    "  --model DIR           the checkpoint (its config.json; weights are not read): experts, --hidden,\n"
+    "                        --kv-dim and --ffn from it, and its MoE layers must be the trace's\n"
+    "                        (flags given beside it win)\n"
     "  --experts N           experts per layer (default: largest id in the trace + 1)\n"
     "  --method M            contiguous | round-robin | greedy | eplb | ilp (default contiguous)\n"
     "  --mode M              home | follow: the execution mode to plan for (default home)\n"
@@ -44,6 +48,9 @@ static const char eval_usage[] =
     "prints side by side: per-rank expert load (max/mean), token transfers crossing ranks and\n"
     "nodes, bytes per link class and a modelled MoE time, with ratios to the first placement.\n"
     "  --trace FILE          routing trace\n"
+    "  --model DIR           --hidden, --dtype-bytes, --kv-dim and --ffn from the checkpoint's\n"
+    "                        config.json, whose experts and MoE layers must be the trace's (flags\n"
+    "                        given beside it win)\n"
     "  --mode M              home | follow | both (default: the placements' own mode; both when\n"
     "                        they were planned for different modes)\n"
     "  --hidden H            hidden size (default 4096)\n"
@@ -56,7 +63,7 @@ static const char eval_usage[] =
 
 enum {
     O_TRACE = 256, O_EXPERTS, O_METHOD, O_MODE, O_NODES, O_GPN, O_CLUSTER, O_INTRA, O_INTER, O_SLOTS, O_TLIM,
-    O_GAP, O_HIDDEN, O_BW, O_TW, O_OUT, O_EPLB, O_JSON, O_QUIET, O_DTB, O_KV, O_FFN, O_PERLAYER, O_HELP
+    O_GAP, O_HIDDEN, O_BW, O_TW, O_OUT, O_EPLB, O_JSON, O_QUIET, O_DTB, O_KV, O_FFN, O_PERLAYER, O_MODEL, O_HELP
 };
 
 static const struct option plan_opts[] = {
@@ -71,8 +78,47 @@ static const struct option plan_opts[] = {
     {"eplb-out", required_argument, 0, O_EPLB},     {"json", no_argument, 0, O_JSON},
     {"quiet", no_argument, 0, O_QUIET},             {"dtype-bytes", required_argument, 0, O_DTB},
     {"kv-dim", required_argument, 0, O_KV},         {"ffn", required_argument, 0, O_FFN},
-    {"per-layer", no_argument, 0, O_PERLAYER},      {"help", no_argument, 0, O_HELP},
+    {"per-layer", no_argument, 0, O_PERLAYER},      {"model", required_argument, 0, O_MODEL},
+    {"help", no_argument, 0, O_HELP},
     {0, 0, 0, 0}};
+
+/* What the planner's and the evaluator's cost terms need from a checkpoint,
+ * read from its config.json alone (a planning machine need not hold the
+ * weights). */
+typedef struct model_shape {
+    const char *dir;
+    int hidden, kv_dim, ffn, experts, moe_layers, dtype_bytes;
+} model_shape;
+
+static epm_status model_shape_load(const char *dir, model_shape *m)
+{
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
+        return epm_fail(EPM_ERR_INVALID_ARG, "--model '%s': path too long", dir);
+    epm_model_config c;
+    EPM_CHECK(epm_model_config_load(path, &c));
+    m->dir = dir;
+    m->hidden = c.hidden_size;
+    m->kv_dim = epm_model_kv_floats(&c, 0); /* what epmoe run all-gathers in follow mode (MLA: its latent) */
+    m->ffn = c.moe_ffn;
+    m->experts = c.num_experts;
+    m->moe_layers = epm_model_config_moe_layers(&c);
+    /* bf16 on the wire for a bf16 (or FP8, run as bf16) model, float32's 4 bytes otherwise */
+    m->dtype_bytes = c.dtype == EPM_DTYPE_F32 && !c.fp8_block[0] ? 4 : 2;
+    epm_model_config_clear(&c);
+    return EPM_OK;
+}
+
+/* The trace must be of the model's MoE layers and experts. */
+static epm_status model_shape_check(const model_shape *m, const epm_trace *t, const char *trace_path)
+{
+    if (!m->dir)
+        return EPM_OK;
+    if (epm_trace_layers(t) != m->moe_layers || epm_trace_experts(t) != m->experts)
+        return epm_fail(EPM_ERR_MISMATCH, "the trace %s has %d MoE layers of %d experts, the model %s %d of %d",
+                        trace_path, epm_trace_layers(t), epm_trace_experts(t), m->dir, m->moe_layers, m->experts);
+    return EPM_OK;
+}
 
 
 
@@ -85,7 +131,9 @@ static int cmd_plan(int argc, char **argv)
     const char *W = "plan";
     const char *trace_path = NULL, *out = NULL, *eplb_out = NULL, *cluster_path = NULL;
     long experts = 0, nodes = 1, gpn = 8, v;
-    int json = 0, quiet = 0, have_nodes = 0;
+    int json = 0, quiet = 0, have_nodes = 0, have_hidden = 0, have_kv = 0, have_ffn = 0;
+    const char *model_dir = NULL;
+    model_shape ms = {0};
     double intra = -1, inter = -1;
     epm_plan_opts o;
     epm_plan_opts_init(&o);
@@ -109,10 +157,11 @@ static int cmd_plan(int argc, char **argv)
         case O_SLOTS: if (!cli_parse_int(W, "--slots", optarg, 1, 1 << 20, &v)) return EPM_EXIT_USAGE; o.slots_per_rank = (int)v; break;
         case O_TLIM: if (!cli_parse_double(W, "--time-limit", optarg, 0, 1e7, &o.time_limit_s)) return EPM_EXIT_USAGE; break;
         case O_GAP: if (!cli_parse_double(W, "--mip-gap", optarg, 0, 0.999, &o.mip_gap)) return EPM_EXIT_USAGE; break;
-        case O_HIDDEN: if (!cli_parse_int(W, "--hidden", optarg, 1, 1 << 20, &v)) return EPM_EXIT_USAGE; o.hidden = (int)v; break;
+        case O_HIDDEN: if (!cli_parse_int(W, "--hidden", optarg, 1, 1 << 20, &v)) return EPM_EXIT_USAGE; o.hidden = (int)v; have_hidden = 1; break;
+        case O_MODEL: model_dir = optarg; break;
         case O_BW: if (!cli_parse_double(W, "--balance-weight", optarg, 0, 1e9, &o.balance_weight)) return EPM_EXIT_USAGE; break;
-        case O_FFN: if (!cli_parse_int(W, "--ffn", optarg, 1, 1 << 24, &v)) return EPM_EXIT_USAGE; o.ffn = (int)v; break;
-        case O_KV: if (!cli_parse_int(W, "--kv-dim", optarg, 0, 1 << 20, &v)) return EPM_EXIT_USAGE; o.kv_dim = (int)v; break;
+        case O_FFN: if (!cli_parse_int(W, "--ffn", optarg, 1, 1 << 24, &v)) return EPM_EXIT_USAGE; o.ffn = (int)v; have_ffn = 1; break;
+        case O_KV: if (!cli_parse_int(W, "--kv-dim", optarg, 0, 1 << 20, &v)) return EPM_EXIT_USAGE; o.kv_dim = (int)v; have_kv = 1; break;
         case O_TW: if (!cli_parse_double(W, "--traffic-weight", optarg, 0, 1e9, &o.traffic_weight)) return EPM_EXIT_USAGE; break;
         case O_OUT: out = optarg; break;
         case O_EPLB: eplb_out = optarg; break;
@@ -137,9 +186,17 @@ static int cmd_plan(int argc, char **argv)
     if (clash(out, eplb_out))
         return cli_usage_error(W, "--out and --eplb-out name the same file '%s'", out);
 
+    epm_status st;
+    if (model_dir) {
+        if ((st = model_shape_load(model_dir, &ms)) != EPM_OK)
+            return cli_fail(W, st);
+        o.hidden = have_hidden ? o.hidden : ms.hidden;
+        o.kv_dim = have_kv ? o.kv_dim : ms.kv_dim;
+        o.ffn = have_ffn ? o.ffn : ms.ffn;
+        experts = experts ? experts : ms.experts;
+    }
     epm_cluster cl;
     epm_cluster_init(&cl, (int)nodes, (int)gpn);
-    epm_status st;
     if (cluster_path && (st = epm_cluster_load_json(cluster_path, &cl)) != EPM_OK)
         return cli_fail(W, st);
     if (intra > 0)
@@ -153,6 +210,10 @@ static int cmd_plan(int argc, char **argv)
     epm_trace *t;
     if ((st = epm_trace_load(trace_path, (int)experts, &t)) != EPM_OK)
         return cli_fail(W, st);
+    if ((st = model_shape_check(&ms, t, trace_path)) != EPM_OK) {
+        epm_trace_destroy(t);
+        return cli_fail(W, st);
+    }
     epm_placement *p = NULL;
     st = epm_plan(t, &cl, &o, &p);
     epm_trace_destroy(t);
@@ -321,16 +382,19 @@ static int cmd_eval(int argc, char **argv)
     const char *W = "plan eval";
     const char *trace_path = NULL, *mode_s = NULL;
     long hidden = 4096, dtb = 2, kv = 0, ffn = 14336;
-    int json = 0, per_layer = 0, c;
+    int json = 0, per_layer = 0, c, have_hidden = 0, have_dtb = 0, have_kv = 0, have_ffn = 0;
+    const char *model_dir = NULL;
+    model_shape ms = {0};
     optind = 1;
     while ((c = getopt_long(argc, argv, "", plan_opts, NULL)) != -1) {
         switch (c) {
         case O_TRACE: trace_path = optarg; break;
         case O_MODE: mode_s = optarg; break;
-        case O_HIDDEN: if (!cli_parse_int(W, "--hidden", optarg, 1, 1 << 20, &hidden)) return EPM_EXIT_USAGE; break;
-        case O_DTB: if (!cli_parse_int(W, "--dtype-bytes", optarg, 1, 8, &dtb)) return EPM_EXIT_USAGE; break;
-        case O_KV: if (!cli_parse_int(W, "--kv-dim", optarg, 0, 1 << 20, &kv)) return EPM_EXIT_USAGE; break;
-        case O_FFN: if (!cli_parse_int(W, "--ffn", optarg, 1, 1 << 24, &ffn)) return EPM_EXIT_USAGE; break;
+        case O_HIDDEN: if (!cli_parse_int(W, "--hidden", optarg, 1, 1 << 20, &hidden)) return EPM_EXIT_USAGE; have_hidden = 1; break;
+        case O_DTB: if (!cli_parse_int(W, "--dtype-bytes", optarg, 1, 8, &dtb)) return EPM_EXIT_USAGE; have_dtb = 1; break;
+        case O_KV: if (!cli_parse_int(W, "--kv-dim", optarg, 0, 1 << 20, &kv)) return EPM_EXIT_USAGE; have_kv = 1; break;
+        case O_FFN: if (!cli_parse_int(W, "--ffn", optarg, 1, 1 << 24, &ffn)) return EPM_EXIT_USAGE; have_ffn = 1; break;
+        case O_MODEL: model_dir = optarg; break;
         case O_PERLAYER: per_layer = 1; break;
         case O_JSON: json = 1; break;
         case O_HELP: fputs(eval_usage, stdout); return EPM_EXIT_OK;
@@ -347,6 +411,14 @@ static int cmd_eval(int argc, char **argv)
     if (mode_s && !both && epm_mode_parse(mode_s, &fixed) != EPM_OK)
         return cli_usage_error(W, "--mode '%s' is not home, follow or both", mode_s);
     epm_status st;
+    if (model_dir) {
+        if ((st = model_shape_load(model_dir, &ms)) != EPM_OK)
+            return cli_fail(W, st);
+        hidden = have_hidden ? hidden : ms.hidden;
+        dtb = have_dtb ? dtb : ms.dtype_bytes;
+        kv = have_kv ? kv : ms.kv_dim;
+        ffn = have_ffn ? ffn : ms.ffn;
+    }
     epm_trace *t = NULL;
     evaluated *ev = calloc((size_t)n, sizeof *ev);
     int rc = EPM_EXIT_FAIL;
@@ -359,7 +431,8 @@ static int cmd_eval(int argc, char **argv)
             goto out;
         }
     }
-    if ((st = epm_trace_load(trace_path, epm_placement_experts(ev[0].p), &t)) != EPM_OK) {
+    if ((st = epm_trace_load(trace_path, epm_placement_experts(ev[0].p), &t)) != EPM_OK ||
+        (st = model_shape_check(&ms, t, trace_path)) != EPM_OK) {
         rc = cli_fail(W, st);
         goto out;
     }

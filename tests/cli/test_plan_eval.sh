@@ -105,4 +105,45 @@ has "$d/err" "same file"
 check "plan with cluster file" 0 "$E" plan --trace "$d/a.st" --cluster "$d/cluster.json" --out "$d/cf.json" --json --quiet
 has "$d/out" '"ranks": 4'
 
+# --model: the shape from a checkpoint's config.json. DeepSeek-V3's follow mode all-gathers MLA's
+# latent rows (32 + 8 floats, float32): plan eval --model predicts the bytes a 3-rank run counts
+F=${EPM_FIXTURES:?}
+ds=$F/deepseekv3-tiny
+if command -v mpirun >/dev/null; then
+  echo '[[5, 9, 13, 2, 7, 11, 3], [4, 8, 1, 6], [10, 12, 14, 15, 16]]' >"$d/in.json"
+  mpi() { timeout 120 mpirun --oversubscribe "$@"; }
+  check "traced run" 0 mpi -np 3 "$E" run --model "$ds" --input "$d/in.json" --max-new-tokens 3 --mode follow \
+    --trace-out "$d/ds.st"
+  check "plan --model" 0 "$E" plan --trace "$d/ds.st" --model "$ds" --gpus-per-node 3 --method greedy --mode follow \
+    --out "$d/ds.json" --quiet
+  check "run with the plan" 0 mpi -np 3 "$E" run --model "$ds" --input "$d/in.json" --max-new-tokens 3 --mode follow \
+    --placement "$d/ds.json" --json --report
+  cp "$d/out" "$d/dsrun.json"
+  check "plan eval --model" 0 "$E" plan eval --trace "$d/ds.st" "$d/ds.json" --model "$ds" --json
+  python3 - "$d/dsrun.json" "$d/out" <<'EOF2' || { echo "FAIL: plan eval --model does not predict the run's bytes"; fails=$((fails + 1)); }
+import json, sys
+r = json.load(open(sys.argv[1]))['report']
+e = json.load(open(sys.argv[2]))['placements'][0]['results'][0]
+run = [sum(l['bytes'][c] + l['kv_bytes'][c] for l in r['layers']) + r['gather_bytes'][c] for c in (1, 2)]
+kv = sum(l['kv_bytes'][1] for l in r['layers'])
+ev = [e['bytes']['intra_node'], e['bytes']['inter_node']]
+print('run counted', run, '(K/V', kv, ') plan eval predicted', ev)
+sys.exit(0 if run == ev and kv > 0 and kv % 160 == 0 else 1)
+EOF2
+  # the flags the model replaces change the prediction; given beside it, they win
+  check "plan eval --model --kv-dim" 0 "$E" plan eval --trace "$d/ds.st" "$d/ds.json" --model "$ds" --kv-dim 192 --json
+  cmp -s "$d/out" "$d/dsrun.json" && { echo "FAIL: --kv-dim beside --model changed nothing"; fails=$((fails + 1)); }
+fi
+# a model whose experts or MoE layers are not the trace's is refused, naming both
+check "synth 6 experts" 0 "$E" model synth --out "$d/m6" --experts 6 --layers 3
+check "synth 2 layers" 0 "$E" model synth --out "$d/m2" --experts 8 --layers 2
+check "plan --model mismatch" 1 "$E" plan --trace "$d/t.st" --model "$d/m2" --quiet
+has "$d/err" "has 3 MoE layers of 8 experts, the model $d/m2 2 of 8"
+check "plan --model fewer experts" 1 "$E" plan --trace "$d/t.st" --model "$d/m6" --quiet
+has "$d/err" "is outside \[0, 6)"
+check "plan eval --model mismatch" 1 "$E" plan eval --trace "$d/b.st" "$d/c.json" --model "$d/m6"
+has "$d/err" "the model $d/m6 3 of 6"
+check "plan --model missing" 1 "$E" plan --trace "$d/t.st" --model "$d/nothing" --quiet
+has "$d/err" "$d/nothing/config.json"
+
 checks_done "all plan eval CLI checks passed"
