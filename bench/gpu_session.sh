@@ -30,7 +30,7 @@ if has tests; then
     echo "staged transport at $n ranks on one GPU: exit $?"
   done
   # the fixtures on the GPU kernels: reference logits at 1 and 2 ranks
-  for m in mixtral-tiny qwen2moe-tiny olmoe-tiny; do
+  for m in mixtral-tiny qwen2moe-tiny olmoe-tiny qwen3moe-tiny deepseekv3-tiny deepseekv2-tiny deepseekv3-fp8-tiny; do
     for n in 1 2; do
       mpirun --oversubscribe -np $n $E run --model tests/fixtures/$m --input tests/fixtures/$m/reference.safetensors \
         --kernels cuda --all-logits --logits-out "$out/l.st" >"$out/run_${m}_${n}.log" 2>&1 &&
