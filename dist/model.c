@@ -268,52 +268,76 @@ static epm_status own(epm_model *m, void *f)
     return EPM_OK;
 }
 
+typedef struct fp8_job {
+    const spec *x;
+    const char *path, *spath;
+    const epm_st_tensor *t, *sc;
+    int b0, b1, to16;
+    float lut[256];
+    void *out;
+} fp8_job;
+
+/* Row i of an FP8 matrix dequantised; report: the error is also described
+ * (epm_fail), else only returned (the rows run on OpenMP threads). */
+static epm_status fp8_row(const fp8_job *J, int64_t i, int report)
+{
+    const int64_t cols = J->x->shape[1], sc_cols = J->sc->shape[1];
+    const uint8_t *q = (const uint8_t *)J->t->data + i * cols, *s8 = J->sc->data;
+    const char *name = J->x->name;
+    for (int64_t jb = 0; jb < sc_cols; jb++) {
+        int64_t si = (i / J->b0) * sc_cols + jb, j1 = (jb + 1) * J->b1 < cols ? (jb + 1) * J->b1 : cols;
+        float scale;
+        if (J->sc->dtype == EPM_DTYPE_F32)
+            memcpy(&scale, s8 + 4 * si, 4);
+        else
+            scale = epm_bf16_to_f32((uint16_t)(s8[2 * si] | (s8[2 * si + 1] << 8)));
+        if (!isfinite(scale))
+            return !report ? EPM_ERR_FORMAT
+                           : epm_fail(EPM_ERR_FORMAT, "%s: tensor '%s_scale_inv' element [%lld, %lld] is not finite",
+                                      J->spath, name, (long long)(i / J->b0), (long long)jb);
+        for (int64_t j = jb * J->b1; j < j1; j++) {
+            uint8_t code = q[j];
+            if ((code & 0x7f) == 0x7f)
+                return !report ? EPM_ERR_FORMAT
+                               : epm_fail(EPM_ERR_FORMAT,
+                                          "%s: tensor '%s' element [%lld, %lld] is NaN (float8 code 0x%02x)", J->path,
+                                          name, (long long)i, (long long)j, code);
+            uint16_t v = epm_f32_to_bf16(J->lut[code] * scale);
+            if ((v & 0x7f80u) == 0x7f80u) /* a finite scale too large: the product overflows bf16 */
+                return !report ? EPM_ERR_FORMAT
+                               : epm_fail(EPM_ERR_FORMAT,
+                                          "%s: tensor '%s' element [%lld, %lld] (float8 %g) times its scale %g "
+                                          "(tensor '%s_scale_inv' element [%lld, %lld]) overflows bfloat16",
+                                          J->path, name, (long long)i, (long long)j, (double)J->lut[code],
+                                          (double)scale, name, (long long)(i / J->b0), (long long)jb);
+            if (J->to16)
+                ((uint16_t *)J->out)[i * cols + j] = v;
+            else
+                ((float *)J->out)[i * cols + j] = epm_bf16_to_f32(v);
+        }
+    }
+    return EPM_OK;
+}
+
 /* w = e4m3(q) * scale of its block in float32, rounded to bf16, as
  * DeepSeek's weight_dequant and fp8_cast_bf16.py make it: the model an FP8
  * checkpoint stands for is that bf16 one, whether its matrices are held bf16
- * or widened to float32. NaN codes and non-finite scales are errors: they
- * would poison every token. */
+ * or widened to float32. NaN codes, non-finite scales and products beyond
+ * bf16 are errors (the first in row order is named): they would poison every
+ * token. Rows in parallel: a rank dequantises gigabytes at load. */
 static epm_status fp8_dequant(const epm_model *m, const spec *x, const char *path, const epm_st_tensor *t,
                               const char *spath, const epm_st_tensor *sc, int to16, void *out)
 {
-    float lut[256];
+    fp8_job J = {x, path, spath, t, sc, m->cfg.fp8_block[0], m->cfg.fp8_block[1], to16, {0}, out};
     for (int b = 0; b < 256; b++)
-        lut[b] = epm_f8e4m3_to_f32((uint8_t)b);
-    const int b0 = m->cfg.fp8_block[0], b1 = m->cfg.fp8_block[1];
-    const int64_t rows = x->shape[0], cols = x->shape[1], sc_cols = sc->shape[1];
-    const uint8_t *q = t->data, *s8 = sc->data;
-    float *f = out;
-    uint16_t *h = out;
+        J.lut[b] = epm_f8e4m3_to_f32((uint8_t)b);
+    const int64_t rows = x->shape[0];
+    int64_t bad = rows;
+#pragma omp parallel for schedule(static) reduction(min : bad) if (rows * x->shape[1] > (1 << 20))
     for (int64_t i = 0; i < rows; i++)
-        for (int64_t jb = 0; jb < sc_cols; jb++) {
-            int64_t si = (i / b0) * sc_cols + jb, j1 = (jb + 1) * b1 < cols ? (jb + 1) * b1 : cols;
-            float scale;
-            if (sc->dtype == EPM_DTYPE_F32)
-                memcpy(&scale, s8 + 4 * si, 4);
-            else
-                scale = epm_bf16_to_f32((uint16_t)(s8[2 * si] | (s8[2 * si + 1] << 8)));
-            if (!isfinite(scale))
-                return epm_fail(EPM_ERR_FORMAT, "%s: tensor '%s_scale_inv' element [%lld, %lld] is not finite",
-                                spath, x->name, (long long)(i / b0), (long long)jb);
-            for (int64_t j = jb * b1; j < j1; j++) {
-                uint8_t code = q[i * cols + j];
-                if ((code & 0x7f) == 0x7f)
-                    return epm_fail(EPM_ERR_FORMAT, "%s: tensor '%s' element [%lld, %lld] is NaN (float8 code 0x%02x)",
-                                    path, x->name, (long long)i, (long long)j, code);
-                uint16_t v = epm_f32_to_bf16(lut[code] * scale);
-                if ((v & 0x7f80u) == 0x7f80u) /* a finite scale too large: the product overflows bf16 */
-                    return epm_fail(EPM_ERR_FORMAT,
-                                    "%s: tensor '%s' element [%lld, %lld] (float8 %g) times its scale %g (tensor "
-                                    "'%s_scale_inv' element [%lld, %lld]) overflows bfloat16",
-                                    path, x->name, (long long)i, (long long)j, (double)lut[code], (double)scale,
-                                    x->name, (long long)(i / b0), (long long)jb);
-                if (to16)
-                    h[i * cols + j] = v;
-                else
-                    f[i * cols + j] = epm_bf16_to_f32(v);
-            }
-        }
-    return EPM_OK;
+        if (i < bad && fp8_row(&J, i, 0) != EPM_OK)
+            bad = i;
+    return bad < rows ? fp8_row(&J, bad, 1) : EPM_OK;
 }
 
 /* The data of a checked tensor, into x->dst, x->wt or x->mlp: the mapping
