@@ -945,6 +945,34 @@ static void test_model_fp8_errors(void **state)
     assert_int_equal(try_load(dir), EPM_ERR_FORMAT);
     assert_non_null(strstr(epm_last_error(), "overflows bfloat16"));
     assert_non_null(strstr(epm_last_error(), "up_proj.weight_scale_inv' element [1, 2]"));
+    /* a matrix large enough to be dequantised on several threads: of two NaN codes, the first in
+     * row order is named */
+    {
+        const char *big = tu_path("fp8_big");
+        char bf[1024];
+        epm_model_synth_opts o;
+        epm_model_synth_opts_init(&o);
+        o.hidden = 1024;
+        o.ffn = 1040; /* 1040 x 1024 codes: above the parallel threshold of 2^20 */
+        o.layers = 1;
+        o.experts = 2;
+        o.heads = 4;
+        o.kv_heads = 2;
+        o.vocab = 16;
+        o.dtype = EPM_DTYPE_F8_E4M3;
+        assert_int_equal(epm_model_synth(&o, big), EPM_OK);
+        assert_int_equal(try_open(big), EPM_OK);
+        snprintf(bf, sizeof bf, "%s/model.safetensors", big);
+        long at = data_offset(bf, "model.layers.0.block_sparse_moe.experts.1.w1.weight");
+        patch(bf, at + 1000L * 1024 + 17, &nan8, 1);
+        patch(bf, at + 300L * 1024 + 900, &nan8, 1);
+        epm_model *bm;
+        assert_int_equal(epm_model_open(big, &bm), EPM_OK);
+        int one[1] = {1};
+        assert_int_equal(epm_model_load_experts(bm, 0, one, 1, NULL), EPM_ERR_FORMAT);
+        assert_non_null(strstr(epm_last_error(), "experts.1.w1.weight' element [300, 900] is NaN"));
+        epm_model_close(bm);
+    }
     /* the scales missing: renamed in the header (same length, same offsets) */
     synth_fp8(dir, EPM_DTYPE_F8_E4M3);
     epm_safetensors *st;
