@@ -367,6 +367,17 @@ int epm_bench_run(int argc, char **argv)
         (mod && !check_list(W, "--capacities", caps, 250, 'c')))
         return EPM_EXIT_USAGE;
     (void)v;
+    if (mla) { /* before MPI starts: a usage error leaves nothing behind */
+        char cp[4096];
+        epm_model_config mc;
+        snprintf(cp, sizeof cp, "%s/config.json", model);
+        epm_status cst = epm_model_config_load(cp, &mc);
+        int is_mla = cst == EPM_OK && mc.mla;
+        epm_model_config_clear(&mc);
+        if (cst == EPM_OK && !is_mla)
+            return cli_usage_error(W, "--mla-cache: %s is not a multi-head latent attention model (DeepSeek-V2/V3)",
+                                   model);
+    }
     epm_xcomm *x;
     epm_status st = epm_xcomm_create((int)vn, &x);
     if (st != EPM_OK)
@@ -398,10 +409,6 @@ int epm_bench_run(int argc, char **argv)
         prompts[s] = malloc((size_t)seq * sizeof **prompts);
         for (int p = 0; p < seq && prompts[s]; p++)
             prompts[s][p] = (int32_t)(epm_splitmix64(&rng) % (uint64_t)hc->vocab_size);
-    }
-    if (mla && !hc->mla) {
-        rc = cli_usage_error(W, "--mla-cache: %s is not a multi-head latent attention model (DeepSeek-V2/V3)", model);
-        goto out;
     }
     if (ta_list || mod || dtypes || mla) {
         epm_mode mode = EPM_MODE_HOME;
