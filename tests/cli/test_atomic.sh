@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Nothing half-written: a command writing over an existing output is killed
-# with SIGKILL at several points (before its write, then 0, 2, 5, 10, 20, ... ms
+# with SIGKILL at several points (before its write, then 0, 3, 10, 30, 100, ... ms
 # after its temporary file appears, until it finishes first); every time the
 # output must be the old complete file or the new complete one, and what is
 # left beside it must be the killed writer's own "<output>.tmp.<pid>" and
@@ -26,7 +26,7 @@ same() {
 kill_during_write() {
   local label=$1 out=$2 old=$3 new=$4
   shift 4
-  local dir base delays=(pre 0 2 5 10 20 40 80 160 320 640 1280 2560)
+  local dir base delays=(pre 0 3 10 30 100 300 1000 2560)
   dir=$(dirname "$out")
   base=$(basename "$out")
   local kills=0 mid=0 olds=0 news=0 left=0 done_first=0 nsize p dl tsize f

@@ -146,7 +146,12 @@ done
 # the node, a cap in between sends fewer bytes across than none, and a run
 # repeats its bytes exactly
 inter() { field "$1" "[sum(l['bytes'][c] for l in d['report']['layers']) for c in (1, 2)]"; }
-for mode in home follow; do
+# (all three caps in follow mode; home checks that cap 0 keeps every byte inside the node)
+run -np 4 "$E" run --model "$m" --input "$d/in.json" --virtual-nodes 2 --max-new-tokens 3 --mode home --ta-node-cap 0 \
+  --json --report >"$d/ta_home0.json" 2>"$d/err" || { fail "--ta-node-cap 0 (home)"; head -3 "$d/err"; }
+python3 -c "import json,sys; b=json.loads(sys.argv[1]); sys.exit(0 if b[1] == 0 and b[0] > 0 else 1)" \
+  "$(inter "$d/ta_home0.json")" || fail "home: --ta-node-cap 0 sends bytes between nodes"
+for mode in follow; do
   for cap in none 0.3 0; do
     a=(); [ $cap != none ] && a=(--ta-node-cap $cap)
     run -np 4 "$E" run --model "$m" --input "$d/in.json" --virtual-nodes 2 --max-new-tokens 3 --mode $mode "${a[@]}" \

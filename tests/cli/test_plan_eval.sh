@@ -111,7 +111,7 @@ F=${EPM_FIXTURES:?}
 ds=$F/deepseekv3-tiny
 if command -v mpirun >/dev/null; then
   echo '[[5, 9, 13, 2, 7, 11, 3], [4, 8, 1, 6], [10, 12, 14, 15, 16]]' >"$d/in.json"
-  mpi() { timeout 120 mpirun --oversubscribe "$@"; }
+  mpi() { ASAN_OPTIONS=$no_leaks timeout 120 mpirun --oversubscribe "$@"; }
   check "traced run" 0 mpi -np 3 "$E" run --model "$ds" --input "$d/in.json" --max-new-tokens 3 --mode follow \
     --trace-out "$d/ds.st"
   check "plan --model" 0 "$E" plan --trace "$d/ds.st" --model "$ds" --gpus-per-node 3 --method greedy --mode follow \

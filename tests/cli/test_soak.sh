@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Soak: 13 sequences of mixed lengths (1 to 40 tokens) decoded at 1, 3, 5 and
-# 7 ranks, in modes home and follow, on every bundled fixture, must give the
+# Soak: 13 sequences of mixed lengths (1 to 40 tokens) decoded at 1, 5 and 7
+# ranks (3 is everywhere else), in modes home and follow, on every bundled fixture, must give the
 # same generated tokens as the 1-rank run and its prefill logits within 1e-4
 # (of max(1, max |logit|)). Odd rank counts leave ranks with two sequences
 # next to ranks with one, and sequences homed away from every expert.
@@ -29,7 +29,7 @@ NEW=6
 t0=$(date +%s)
 for model in mixtral-tiny qwen2moe-tiny olmoe-tiny; do
   for mode in home follow; do
-    for R in 1 3 5 7; do
+    for R in 1 5 7; do
       tag=$model.$mode.$R
       if ! timeout 120 mpirun --oversubscribe -np "$R" "$E" run --model "$F/$model" --input "$d/in.json" \
         --mode "$mode" --max-new-tokens "$NEW" --json --logits-out "$d/$tag.st" --all-logits \
@@ -46,7 +46,7 @@ for model in mixtral-tiny qwen2moe-tiny olmoe-tiny; do
       echo "$model $mode $R $out" >>"$d/diffs"
     done
   done
-  echo "  $model: home and follow at 1, 3, 5, 7 ranks agree ($(grep -o '\[\[.*' "$d/$model.home.1.json" | head -c 60)...)"
+  echo "  $model: home and follow at 1, 5, 7 ranks agree ($(grep -o '\[\[.*' "$d/$model.home.1.json" | head -c 60)...)"
 done
 worst=$(sed -n 's/.*max abs diff \([^ ]*\) .*/\1/p' "$d/diffs" 2>/dev/null | sort -g | tail -1)
 echo "soak: $(($(date +%s) - t0)) s, largest logit difference from the 1-rank run: ${worst:-?}"

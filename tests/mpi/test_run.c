@@ -70,7 +70,7 @@ static epm_placement *ilp_placement(const epm_safetensors *ref, int nodes, epm_m
     o.method = EPM_METHOD_ILP;
     o.mode = mode;
     o.hidden = 64;
-    o.time_limit_s = 1;
+    o.time_limit_s = 0.2; /* a feasible placement is all this needs: not the optimum */
     o.slots_per_rank = (8 + R - 1) / R + (R > 1 && R < 8);
     /* rank 0 plans (a time limit could make ranks disagree) and shares it */
     int64_t flags[4 * 8 * 8];
@@ -304,7 +304,8 @@ static void test_run_agrees_with_plan_eval(void **state)
     } runs[] = {{"olmoe-tiny", 3, 0}, {"deepseekv3-tiny", 1, 0}, {"deepseekv3-tiny", 1, 1}};
     int vn = R % 2 == 0 ? 2 : 0;
     for (size_t m = 0; m < sizeof runs / sizeof *runs; m++) {
-        for (int mode = 0; mode < 2; mode++)
+        /* (DeepSeek: follow only, where its K/V rows travel; home moves what OLMoE's does) */
+        for (int mode = m ? 1 : 0; mode < 2; mode++)
             for (int kind = 3 - runs[m].kinds; kind < 3; kind++) {
                 fixture f;
                 fixture_open(&f, runs[m].name);
