@@ -129,6 +129,17 @@ expect 0 "$EPMOE" model info "$d/v3f8" --json
 contains "$d/out" '"fp8_block": [16, 24]'
 expect 2 "$EPMOE" model synth --out "$d/x" --dtype fp8 --fp8-block 16
 contains "$d/err" "--fp8-block"
+# Qwen3-MoE's FP8 release format (q/k/v/o and the experts FP8, the per-head norms bf16): the run's
+# logits against the oracle's own dequantisation and forward
+S=${EPM_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
+if command -v python3 >/dev/null; then
+    expect 0 "$EPMOE" model synth --out "$d/q3f8" --arch qwen3moe --hidden 64 --layers 3 --experts 8 --k 2 \
+        --ffn 32 --heads 4 --kv-heads 2 --head-dim 32 --vocab 256 --dtype fp8 --fp8-block 16,24 --router-scale 3
+    expect 0 python3 "$S/tests/fixtures/hf_reference.py" write "$d/q3f8" --input-from "$S/tests/fixtures/qwen3moe-tiny"
+    expect 0 "$EPMOE" run --model "$d/q3f8" --input "$d/q3f8/reference.safetensors" --all-logits \
+        --logits-out "$d/q3f8.st"
+    expect 0 python3 "$S/tests/multinode/compare_logits.py" "$d/q3f8.st" "$d/q3f8/reference.safetensors" 1e-5
+fi
 expect 2 "$EPMOE" model synth --out "$d/x" --dtype fp8 --fp8-block 4294967297,128
 contains "$d/err" "--fp8-block '4294967297,128'"
 expect 2 "$EPMOE" model synth --out "$d/x" --dtype bf16 --fp8-block 16,24
