@@ -1490,6 +1490,8 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     rep->weight_bytes_max = (int64_t)wmax;
     rep->expert_dtype = r.w16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
     rep->dense_dtype = r.d16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+    rep->kv_cache = !r.c->mla ? "keys-values" : r.latent ? "mla-latent" : "mla-expanded";
+    rep->kv_row_floats = epm_model_kv_floats(r.c, !r.latent);
     rep->bytes = r.bytes_local;
     rep->kv_bytes = r.kv_local;
     rep->rank_load = r.load_local;

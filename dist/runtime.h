@@ -77,6 +77,9 @@ typedef struct epm_run_report {
                                fewer than prefill + decode tokens only where MoD skipped some */
     epm_dtype expert_dtype; /* what routed experts were held in: F32, or BF16 as the checkpoint stores them */
     epm_dtype dense_dtype;  /* what the dense weight matrices were held in, the same way */
+    const char *kv_cache;   /* what a KV cache row holds: "keys-values", or for MLA "mla-latent" or
+                               "mla-expanded" (epm_run_opts.mla_expanded) */
+    int kv_row_floats;      /* its width per token and layer (epm_model_kv_floats): plan's kv_dim */
 } epm_run_report;
 
 typedef struct epm_run_result {

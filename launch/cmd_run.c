@@ -139,10 +139,10 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
         fprintf(f, "\"report\": {\"ranks\": %d, \"nodes\": %d, \"prefill_tokens\": %lld, \"decode_tokens\": %lld, "
                    "\"prefill_tokens_per_s\": %.3f, \"decode_tokens_per_s\": %.3f, \"seconds\": {\"prefill\": %.6f, "
                    "\"decode\": %.6f, \"attention\": %.6f, \"gate\": %.6f, \"dispatch\": %.6f, \"experts\": %.6f, "
-                   "\"combine\": %.6f}, \"expert_dtype\": \"%s\", \"dense_dtype\": \"%s\", \"weight_bytes_max_rank\": %lld, \"kv_cache_bytes_max_rank\": %lld, \"gather_bytes\": [%lld, %lld, %lld], \"layers\": [",
+                   "\"combine\": %.6f}, \"expert_dtype\": \"%s\", \"dense_dtype\": \"%s\", \"weight_bytes_max_rank\": %lld, \"kv_cache\": \"%s\", \"kv_row_floats\": %d, \"kv_cache_bytes_max_rank\": %lld, \"gather_bytes\": [%lld, %lld, %lld], \"layers\": [",
                 r->ranks, r->nodes, (long long)r->prefill_tokens, (long long)r->decode_tokens, tps, dps, r->t_prefill,
                 r->t_decode, r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine,
-                epm_dtype_name(r->expert_dtype), epm_dtype_name(r->dense_dtype), (long long)r->weight_bytes_max, (long long)r->kv_cache_bytes_max, (long long)r->gather_bytes[0], (long long)r->gather_bytes[1],
+                epm_dtype_name(r->expert_dtype), epm_dtype_name(r->dense_dtype), (long long)r->weight_bytes_max, r->kv_cache ? r->kv_cache : "?", r->kv_row_floats, (long long)r->kv_cache_bytes_max, (long long)r->gather_bytes[0], (long long)r->gather_bytes[1],
                 (long long)r->gather_bytes[2]);
         for (int l = 0; l < r->moe_layers; l++) {
             const int64_t *b = r->bytes + l * EPM_LINK_COUNT, *k = r->kv_bytes + l * EPM_LINK_COUNT;
@@ -168,10 +168,11 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
             r->t_decode, dps);
     fprintf(f, "time (slowest rank): attention %.3f  gate %.3f  dispatch %.3f  experts %.3f  combine %.3f s\n",
             r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine);
-    fprintf(f, "checkpoint bytes read: %lld on the busiest rank, %lld in all; KV cache %lld bytes on the fullest rank; "
-               "routed experts held as %s, dense matrices as %s\n",
+    fprintf(f, "checkpoint bytes read: %lld on the busiest rank, %lld in all; KV cache %lld bytes on the fullest rank "
+               "(%s, %d floats per token and layer); routed experts held as %s, dense matrices as %s\n",
             (long long)r->weight_bytes_max, (long long)r->weight_bytes_sum, (long long)r->kv_cache_bytes_max,
-            epm_dtype_name(r->expert_dtype), epm_dtype_name(r->dense_dtype));
+            r->kv_cache ? r->kv_cache : "?", r->kv_row_floats, epm_dtype_name(r->expert_dtype),
+            epm_dtype_name(r->dense_dtype));
     int64_t tot[3] = {0, 0, 0};
     for (int l = 0; l < r->moe_layers; l++) {
         const int64_t *b = r->bytes + l * EPM_LINK_COUNT, *k = r->kv_bytes + l * EPM_LINK_COUNT;

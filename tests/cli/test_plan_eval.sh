@@ -128,7 +128,9 @@ run = [sum(l['bytes'][c] + l['kv_bytes'][c] for l in r['layers']) + r['gather_by
 kv = sum(l['kv_bytes'][1] for l in r['layers'])
 ev = [e['bytes']['intra_node'], e['bytes']['inter_node']]
 print('run counted', run, '(K/V', kv, ') plan eval predicted', ev)
-sys.exit(0 if run == ev and kv > 0 and kv % 160 == 0 else 1)
+print('cache', r['kv_cache'], r['kv_row_floats'])
+sys.exit(0 if run == ev and kv > 0 and kv % 160 == 0 and r['kv_cache'] == 'mla-latent' and r['kv_row_floats'] == 40
+         else 1)
 EOF2
   # the flags the model replaces change the prediction; given beside it, they win
   check "plan eval --model --kv-dim" 0 "$E" plan eval --trace "$d/ds.st" "$d/ds.json" --model "$ds" --kv-dim 192 --json
