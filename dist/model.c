@@ -191,6 +191,15 @@ static int global_specs(const epm_model_config *c, epm_model_dense *d, spec *s)
     return n;
 }
 
+/* "d0, d1, ..." of a tensor's shape, for messages. */
+static const char *shape_str(const epm_st_tensor *t, char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    for (int d = 0, o = 0; d < t->ndim && o < (int)cap; d++)
+        o += snprintf(buf + o, cap - (size_t)o, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+    return buf;
+}
+
 /* An FP8 weight's scales: "<name>_scale_inv" (the name ends in ".weight"),
  * float32 or bf16, one per block of the config's weight_block_size. */
 static epm_status fp8_scales(const epm_model *m, const spec *x, const char *path, const epm_st_tensor **out,
@@ -211,13 +220,11 @@ static epm_status fp8_scales(const epm_model *m, const spec *x, const char *path
     int64_t r = (x->shape[0] + b[0] - 1) / b[0], c = (x->shape[1] + b[1] - 1) / b[1];
     if ((s->dtype != EPM_DTYPE_F32 && s->dtype != EPM_DTYPE_BF16) || s->ndim != 2 || s->shape[0] != r ||
         s->shape[1] != c) {
-        char got[96] = "";
-        for (int d = 0, o = 0; d < s->ndim && o < (int)sizeof got; d++)
-            o += snprintf(got + o, sizeof got - (size_t)o, "%s%lld", d ? ", " : "", (long long)s->shape[d]);
+        char got[96];
         return epm_fail(EPM_ERR_FORMAT,
                         "%s: tensor '%s' is %s [%s], want F32 or BF16 [%lld, %lld] (blocks of [%d, %d] over "
                         "[%lld, %lld])",
-                        spath, name, epm_dtype_name(s->dtype), got, (long long)r, (long long)c, b[0], b[1],
+                        spath, name, epm_dtype_name(s->dtype), shape_str(s, got, sizeof got), (long long)r, (long long)c, b[0], b[1],
                         (long long)x->shape[0], (long long)x->shape[1]);
     }
     if (out)
@@ -241,15 +248,13 @@ static epm_status check(const epm_model *m, const spec *x, int matrix)
                         "matrices with block scales)",
                         path, x->name, epm_dtype_name(t->dtype));
     if (t->ndim != x->ndim || t->shape[0] != x->shape[0] || (x->ndim == 2 && t->shape[1] != x->shape[1])) {
-        char got[64] = "", want[64];
-        for (int d = 0, o = 0; d < t->ndim && o < (int)sizeof got; d++)
-            o += snprintf(got + o, sizeof got - (size_t)o, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+        char got[96], want[64];
         if (x->ndim == 2)
             snprintf(want, sizeof want, "%lld, %lld", (long long)x->shape[0], (long long)x->shape[1]);
         else
             snprintf(want, sizeof want, "%lld", (long long)x->shape[0]);
         return epm_fail(EPM_ERR_FORMAT, "%s: tensor '%s' has shape [%s], config.json implies [%s]", path, x->name,
-                        got, want);
+                        shape_str(t, got, sizeof got), want);
     }
     return fp8 ? fp8_scales(m, x, path, NULL, NULL) : EPM_OK;
 }

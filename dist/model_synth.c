@@ -353,6 +353,12 @@ typedef struct shard_ctx {
     size_t hlen;
 } shard_ctx;
 
+/* The next value of a tensor's stream: uniform in center +- half. */
+static float draw(uint64_t *rng, double center, double half)
+{
+    return (float)(center + half * (2.0 * epm_rand_unit(rng) - 1.0));
+}
+
 /* An FP8 weight (or, scales_only, its weight_scale_inv), a block row at a
  * time: each block's scale is its largest magnitude over 448, e4m3's largest
  * value, so that every value of it is in range. */
@@ -370,7 +376,7 @@ static epm_status write_fp8(const shard_ctx *c, const item *w, int scales_only, 
     for (int64_t r0 = 0; r0 < rows && st == EPM_OK; r0 += b0) {
         int64_t nr = rows - r0 < b0 ? rows - r0 : b0;
         for (int64_t i = 0; i < nr * cols; i++)
-            v[i] = (float)(center + half * (2.0 * epm_rand_unit(&rng) - 1.0));
+            v[i] = draw(&rng, center, half);
         for (int64_t b = 0; b < nb; b++) {
             float amax = 0;
             for (int64_t i = 0; i < nr; i++)
@@ -406,7 +412,7 @@ static epm_status write_tensor(const shard_ctx *c, const item *x, void *f, uint8
     for (size_t done = 0; done < numel;) {
         size_t n = numel - done < CHUNK ? numel - done : CHUNK;
         for (size_t i = 0; i < n; i++) {
-            float v = (float)(center + half * (2.0 * epm_rand_unit(&rng) - 1.0));
+            float v = draw(&rng, center, half);
             if (x->dtype == EPM_DTYPE_F32) {
                 memcpy(buf + 4 * i, &v, 4);
             } else {

@@ -106,24 +106,27 @@ static epm_status mla_attend_expanded(rt *r, int l, int64_t n, const int64_t *g,
     int32_t *last = epm_malloc((size_t)r->B * sizeof *last);
     float *k = NULL, *v = NULL;
     int64_t cap = 0;
-    epm_status st = first && order && last ? EPM_OK : EPM_ERR_NOMEM;
-    for (int s = 0; st == EPM_OK && s < r->B; s++)
+    epm_status st = EPM_OK;
+    if (!first || !order || !last) {
+        st = EPM_ERR_NOMEM;
+        goto out;
+    }
+    for (int s = 0; s < r->B; s++)
         last[s] = -1;
-    for (int64_t i = 0; st == EPM_OK && i < n; i++) {
+    for (int64_t i = 0; i < n; i++) {
         int s = seq_of(r, g[i]), ci = r->cidx[g[i] - r->g0];
         last[s] = ci > last[s] ? ci : last[s];
         first[s + 1]++;
     }
-    for (int s = 0; st == EPM_OK && s < r->B; s++)
+    for (int s = 0; s < r->B; s++)
         first[s + 1] += first[s];
-    for (int64_t i = 0; st == EPM_OK && i < n; i++) {
+    for (int64_t i = 0; i < n; i++) {
         int s = seq_of(r, g[i]);
         order[first[s]++] = i;
     }
-    for (int s = r->B; st == EPM_OK && s > 0; s--) /* first[] back to each bucket's start */
+    for (int s = r->B; s > 0; s--) /* first[] back to each bucket's start */
         first[s] = first[s - 1];
-    if (st == EPM_OK)
-        first[0] = 0;
+    first[0] = 0;
     for (int s = 0; st == EPM_OK && s < r->B; s++) {
         if (last[s] < 0)
             continue;
@@ -149,6 +152,7 @@ static epm_status mla_attend_expanded(rt *r, int l, int64_t n, const int64_t *g,
                 epm_mod_attention_add(r, s, ci, probs);
         }
     }
+out:
     epm_free(first);
     epm_free(order);
     epm_free(last);
@@ -161,13 +165,13 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
 {
     const epm_model_config *c = r->c;
     const epm_model_layer *w = &r->dense->layer[l];
-    /* per token: query width qd, cached row width kw (K, or MLA's latent row),
-     * value width vw (0 with the latent: its values are its rows), kernel heads
-     * and kv heads of width hd; latent: one kv head of width kw */
-    /* MLA's latent in decode: absorbed, one kv head of width kw; in prefill:
-     * the pass's cache rows expanded (mla_attend_expanded), for the expanded
-     * form's cost where the queries are many */
-    const int H = c->hidden_size, nh = c->num_heads, lat = r->latent, absorbed = lat && !r->prefill;
+    /* per token: cached row width kw (K, or MLA's latent row), value width vw
+     * (0 with the latent: its values are its rows), query width qd of nh heads
+     * of width hd against kvh kv heads. MLA's latent in decode is absorbed (one
+     * kv head of width kw); in prefill the cached rows are expanded
+     * (mla_attend_expanded), for the expanded form's cost where queries are many. */
+    const int H = c->hidden_size, nh = c->num_heads, lat = r->latent, absorbed = lat && !r->prefill,
+              expand = lat && !absorbed;
     const int kw = lat ? c->kv_lora_rank + c->qk_rope_dim : c->num_kv_heads * c->head_dim, vw = lat ? 0 : kw;
     const int hd = absorbed ? kw : c->head_dim, kvh = absorbed ? 1 : c->num_kv_heads, qd = nh * hd;
     const size_t rows = (size_t)(n ? n : 1);
@@ -178,10 +182,10 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     float *att = epm_malloc(rows * qd * sizeof *att);
     float *o = epm_malloc(rows * H * sizeof *o);
     float *k = epm_malloc(rows * kw * sizeof *k), *v = vw ? epm_malloc(rows * vw * sizeof *v) : NULL;
-    float *vout = lat ? epm_malloc(rows * nh * c->v_head_dim * sizeof *vout) : NULL;
+    float *vout = absorbed ? epm_malloc(rows * nh * c->v_head_dim * sizeof *vout) : NULL;
     int32_t *pos = epm_malloc(rows * sizeof *pos);
     float *all = NULL, *probs = NULL;
-    if (!x || !q || !kv || !att || !o || !k || (vw && !v) || (lat && !vout) || !pos) {
+    if (!x || !q || !kv || !att || !o || !k || (vw && !v) || (absorbed && !vout) || !pos) {
         st = EPM_ERR_NOMEM;
         goto out;
     }
@@ -242,9 +246,9 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
         st = EPM_ERR_NOMEM;
         goto out;
     }
-    if (lat && !absorbed)
-        st = mla_attend_expanded(r, l, n, g, q, att, probs);
-    for (int64_t i = 0; i < n && !(lat && !absorbed); i++) {
+    if (expand)
+        EPM_CHECK_GOTO(mla_attend_expanded(r, l, n, g, q, att, probs), st, out);
+    for (int64_t i = 0; i < n && !expand; i++) {
         int s = seq_of(r, g[i]), ci = r->cidx[g[i] - r->g0];
         const float *kc = r->kc[(size_t)l * r->B + s], *vc = lat ? kc : r->vc[(size_t)l * r->B + s];
         st = r->ops->attention(q + i * qd, 1, &ci, kc, vc, r->max_len, nh, kvh, hd, att + i * qd, probs);
@@ -253,8 +257,6 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
         if (amod)
             epm_mod_attention_add(r, s, ci, probs);
     }
-    if (st != EPM_OK)
-        goto out;
     if (amod)
         EPM_CHECK_GOTO(epm_mod_attention_done(r), st, out);
     const float *oin = att;

@@ -17,8 +17,9 @@
  *
  * Expanded (--mla-cache expanded; transformers' eager arithmetic): the latent
  * goes through kv_b_proj into a key and a value per head (the prefill path's
- * rows, as they come), cached and attended as any model's (kv heads = heads, head_dim = r->c->head_dim). Per head h,
- * with qk = qk_nope + qk_rope and hd = head_dim >= qk, v_head_dim:
+ * rows, as they come), cached and attended as any model's (kv heads = heads,
+ * head_dim = r->c->head_dim). Per head h, with qk = qk_nope + qk_rope and
+ * hd = head_dim >= qk, v_head_dim:
  *   query = [q_nope_h | rope(q_rot_h) | 0...]     from q_proj, or q_b(norm(q_a x))
  *   key   = [k_nope_h | rope(k_rot)   | 0...]     k_rot: one vector for all heads
  *   value = [v_h      | 0...]                     k_nope_h, v_h from kv_b(norm(latent))
@@ -186,15 +187,20 @@ void epm_mla_teardown(rt *r)
     r->mla_ukt = NULL;
 }
 
-/* One head's [rows][width] slice of a [n][heads][stride] array (at column
- * at) into a contiguous [n][width] one, or back (in = 0). */
-static void head_slice(float *packed, float *strided, int64_t n, int heads, int h, int stride, int at, int width,
-                       int in)
+/* Head h's width entries at column at of each row of a [n][heads][stride]
+ * array, into a contiguous [n][width] one (gather), or back (scatter). */
+static void gather_head(float *packed, const float *strided, int64_t n, int heads, int h, int stride, int at,
+                        int width)
 {
-    for (int64_t i = 0; i < n; i++) {
-        float *s = strided + (i * heads + h) * (int64_t)stride + at, *p = packed + i * width;
-        memcpy(in ? p : s, in ? s : p, (size_t)width * sizeof *p);
-    }
+    for (int64_t i = 0; i < n; i++)
+        memcpy(packed + i * width, strided + (i * heads + h) * (int64_t)stride + at, (size_t)width * sizeof *packed);
+}
+
+static void scatter_head(const float *packed, float *strided, int64_t n, int heads, int h, int stride, int at,
+                         int width)
+{
+    for (int64_t i = 0; i < n; i++)
+        memcpy(strided + (i * heads + h) * (int64_t)stride + at, packed + i * width, (size_t)width * sizeof *packed);
 }
 
 epm_status epm_mla_latent_qk(rt *r, int l, const float *x, int64_t n, const int32_t *pos, int absorbed, float *q,
@@ -242,9 +248,9 @@ epm_status epm_mla_latent_qk(rt *r, int l, const float *x, int64_t n, const int3
     for (int h = 0; h < nh; h++) {
         /* q_lat = W_UK_h^T q_nope_h, with W_UK_h^T [KL][nope] held as a linear layer's weight */
         epm_weight uk = {(const uint8_t *)r->mla_ukt[l].data + (size_t)h * KL * nope * el, r->mla_ukt[l].dtype};
-        head_slice(qn, p.qt, n, nh, h, qk, 0, nope, 1);
+        gather_head(qn, p.qt, n, nh, h, qk, 0, nope);
         EPM_CHECK_GOTO(epm_rt_lin(r, qn, n, nope, uk, NULL, KL, ql), st, out);
-        head_slice(ql, q, n, nh, h, D, 0, KL, 0);
+        scatter_head(ql, q, n, nh, h, D, 0, KL);
     }
     for (int64_t i = 0; i < n; i++)
         for (int h = 0; h < nh; h++)
@@ -273,11 +279,9 @@ epm_status epm_mla_latent_out(rt *r, const epm_model_layer *w, const float *att,
     for (int h = 0; h < nh; h++) {
         /* W_UV_h: kv_b's rows h*kvb + nope .. + vd, a [vd][KL] matrix of its own */
         epm_weight uv = {(const uint8_t *)w->kv_b.data + ((size_t)h * kvb + nope) * KL * el, w->kv_b.dtype};
-        for (int64_t i = 0; i < n; i++)
-            memcpy(ol + i * KL, att + (i * nh + h) * D, (size_t)KL * sizeof *ol);
+        gather_head(ol, att, n, nh, h, D, 0, KL);
         EPM_CHECK_GOTO(epm_rt_lin(r, ol, n, KL, uv, NULL, vd, vh), st, out);
-        for (int64_t i = 0; i < n; i++)
-            memcpy(out + (i * nh + h) * vd, vh + i * vd, (size_t)vd * sizeof *out);
+        scatter_head(vh, out, n, nh, h, vd, 0, vd);
     }
 out:
     epm_free(ol);
