@@ -43,8 +43,10 @@ static const char usage[] =
     "  --expert-dtypes      instead: every weight widened to float32 at load, then the routed experts\n"
     "                       held as the checkpoint stores them, then the dense matrices too (epmoe run\n"
     "                       --expert-dtype and --dense-dtype f32/f32, auto/f32, auto/auto: bf16 for a\n"
-    "                       bf16 checkpoint), alternated --reps times, live routing, contiguous\n"
-    "                       placement: best tokens/s of each, over all-float32's, logit error and\n"
+    "                       bf16 checkpoint), and for an FP8 one the experts dequantised to bf16\n"
+    "                       (bf16/auto), alternated --reps times, live routing, contiguous\n"
+    "                       placement: best tokens/s of each, over all-float32's and over the run\n"
+    "                       with bf16 experts and dense matrices as stored, logit error and\n"
     "                       greedy-token agreement against all-float32\n"
     "  --mla-cache          instead (DeepSeek models): MLA cached expanded (a key and a value per head,\n"
     "                       the baseline) then as its latent, alternated --reps times, live routing,\n"
@@ -191,11 +193,20 @@ static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm
 static int variant_compare(epm_xcomm *x, char which, const char *model, epm_mode mode, int vn, int batch,
                            const int *lens, int32_t **prompts, int nnew, int reps, int csv)
 {
-    int me = epm_xcomm_rank(x), rc = EPM_EXIT_OK;
-    enum { MAXV = 3 };
-    const int configs = which == 'd' ? 3 : 2;
-    epm_run_result *first[MAXV] = {NULL, NULL, NULL};
-    double pre[MAXV] = {1e30, 1e30, 1e30}, dec[MAXV] = {1e30, 1e30, 1e30};
+    int me = epm_xcomm_rank(x), rc = EPM_EXIT_OK, fp8 = 0;
+    if (which == 'd') { /* an FP8 checkpoint: its experts also dequantised to bf16, the row FP8 is against */
+        char path[4096];
+        epm_model_config cfg;
+        snprintf(path, sizeof path, "%s/config.json", model);
+        if (epm_model_config_load(path, &cfg) == EPM_OK) {
+            fp8 = cfg.fp8_block[0] > 0;
+            epm_model_config_clear(&cfg);
+        }
+    }
+    enum { MAXV = 4 };
+    const int configs = which == 'd' ? 3 + fp8 : 2, kb = fp8 ? 3 : 2; /* kb: bf16 experts, dense as stored */
+    epm_run_result *first[MAXV] = {NULL, NULL, NULL, NULL};
+    double pre[MAXV] = {1e30, 1e30, 1e30, 1e30}, dec[MAXV] = {1e30, 1e30, 1e30, 1e30};
     for (int r = 0; r < reps && rc == EPM_EXIT_OK; r++)
         for (int k = 0; k < configs; k++) {
             epm_run_opts o;
@@ -203,6 +214,7 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, epm_mode
             if (which == 'd') {
                 o.experts_f32 = k == 0;
                 o.dense_f32 = k < 2;
+                o.experts_bf16 = k == 3;
             } else {
                 o.mla_expanded = k == 0;
             }
@@ -226,10 +238,11 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, epm_mode
             n += lens[q];
         double pt = (double)a->report.prefill_tokens, dt = (double)a->report.decode_tokens;
         if (which == 'd')
-            printf(csv ? "experts,dense,prefill_tok_s,decode_tok_s,prefill_vs_f32,decode_vs_f32,logit_rel_err,"
-                         "token_agreement\n"
-                       : "%-8s %-6s %12s %12s %9s %9s %13s %9s\n",
-                   "experts", "dense", "prefill t/s", "decode t/s", "pre/f32", "dec/f32", "logit rel err", "token agr");
+            printf(csv ? "experts,dense,prefill_tok_s,decode_tok_s,prefill_vs_f32,decode_vs_f32,prefill_vs_bf16,"
+                         "decode_vs_bf16,logit_rel_err,token_agreement\n"
+                       : "%-8s %-6s %12s %12s %9s %9s %9s %9s %13s %9s\n",
+                   "experts", "dense", "prefill t/s", "decode t/s", "pre/f32", "dec/f32", "pre/bf16", "dec/bf16",
+                   "logit rel err", "token agr");
         else
             printf(csv ? "mla_cache,kv_cache_bytes_rank,kv_vs_expanded,prefill_tok_s,decode_tok_s,prefill_vs_expanded,"
                          "decode_vs_expanded,logit_rel_err,token_agreement\n"
@@ -249,10 +262,12 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, epm_mode
             double pts = pt / pre[k], dts = dec[k] > 0 ? dt / dec[k] : 0.0, pr = pre[0] / pre[k],
                    dr = dec[k] > 0 ? dec[0] / dec[k] : 1.0, e = mx > 0 ? err / mx : 0.0,
                    agr = batch * nnew > 0 ? (double)same / (batch * nnew) : 1.0;
+            double pb = pre[kb] / pre[k], db = dec[k] > 0 ? dec[kb] / dec[k] : 1.0;
             if (which == 'd')
-                printf(csv ? "%s,%s,%.1f,%.1f,%.3f,%.3f,%.3g,%.4f\n" : "%-8s %-6s %12.1f %12.1f %9.3f %9.3f %13.3g %9.4f\n",
+                printf(csv ? "%s,%s,%.1f,%.1f,%.3f,%.3f,%.3f,%.3f,%.3g,%.4f\n"
+                           : "%-8s %-6s %12.1f %12.1f %9.3f %9.3f %9.3f %9.3f %13.3g %9.4f\n",
                        epm_dtype_name(b->report.expert_dtype), epm_dtype_name(b->report.dense_dtype), pts, dts, pr, dr,
-                       e, agr);
+                       pb, db, e, agr);
             else
                 printf(csv ? "%s,%lld,%.4f,%.1f,%.1f,%.3f,%.3f,%.3g,%.4f\n"
                            : "%-9s %14lld %8.4f %12.1f %12.1f %9.3f %9.3f %13.3g %9.4f\n",

@@ -19,6 +19,7 @@ struct epm_model {
     epm_model_mlp *experts; /* [layers * experts]; gate NULL = not loaded */
     int experts_loaded;     /* any expert yet: their dtype is fixed from then on */
     int keep_bf16;          /* routed experts stay bf16 (every one of them is BF16, or FP8, in the checkpoint) */
+    int keep_fp8;           /* routed experts stay FP8 (every one of them is FP8 in the checkpoint) */
     int keep_dense16;       /* so do the dense weight matrices (the same rule) */
     void **owned;           /* converted or aligned copies */
     int nowned, capowned;
@@ -35,6 +36,7 @@ typedef struct spec {
     const float **dst;
     epm_weight *wt;
     const void **mlp;
+    const float **scale; /* an MLP weight's FP8 scales, when held FP8 */
 } spec;
 
 /* Up to this many tensors per layer besides the routed experts. */
@@ -84,6 +86,21 @@ static void add_mlp(spec *s, int *n, const void **dst, int64_t d0, int64_t d1, c
     va_start(ap, fmt);
     vadd(s, n, d0, d1, fmt, ap)->mlp = dst;
     va_end(ap);
+}
+
+/* A routed expert's weight, which may be held FP8 with its scales. */
+static void add_expert(spec *s, int *n, const void **dst, const float **scale, int64_t d0, int64_t d1,
+                       const char *fmt, ...) EPM_PRINTF(7, 8);
+
+static void add_expert(spec *s, int *n, const void **dst, const float **scale, int64_t d0, int64_t d1,
+                       const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    spec *x = vadd(s, n, d0, d1, fmt, ap);
+    va_end(ap);
+    x->mlp = dst;
+    x->scale = scale;
 }
 
 /* Multi-head latent attention's projections (DeepSeek-V3). */
@@ -172,10 +189,11 @@ static int expert_specs(const epm_model_config *c, int l, int e, epm_model_mlp *
     int64_t H = c->hidden_size, F = c->moe_ffn;
     const char *blk = mix ? "block_sparse_moe" : "mlp";
 #define E "model.layers.%d.%s.experts.%d.%s"
+    memset(w, 0, sizeof *w);
     w->ffn = c->moe_ffn;
-    add_mlp(s, &n, &w->gate, F, H, E, l, blk, e, mix ? "w1.weight" : "gate_proj.weight");
-    add_mlp(s, &n, &w->up, F, H, E, l, blk, e, mix ? "w3.weight" : "up_proj.weight");
-    add_mlp(s, &n, &w->down, H, F, E, l, blk, e, mix ? "w2.weight" : "down_proj.weight");
+    add_expert(s, &n, &w->gate, &w->scale[0], F, H, E, l, blk, e, mix ? "w1.weight" : "gate_proj.weight");
+    add_expert(s, &n, &w->up, &w->scale[1], F, H, E, l, blk, e, mix ? "w3.weight" : "up_proj.weight");
+    add_expert(s, &n, &w->down, &w->scale[2], H, F, E, l, blk, e, mix ? "w2.weight" : "down_proj.weight");
 #undef E
     return n;
 }
@@ -315,6 +333,8 @@ static epm_status fp8_row(const fp8_job *J, int64_t i, int report)
                                           "(tensor '%s_scale_inv' element [%lld, %lld]) overflows bfloat16",
                                           J->path, name, (long long)i, (long long)j, (double)J->lut[code],
                                           (double)scale, name, (long long)(i / J->b0), (long long)jb);
+            if (!J->out)
+                continue;
             if (J->to16)
                 ((uint16_t *)J->out)[i * cols + j] = v;
             else
@@ -345,9 +365,37 @@ static epm_status fp8_dequant(const epm_model *m, const spec *x, const char *pat
     return bad < rows ? fp8_row(&J, bad, 1) : EPM_OK;
 }
 
+/* An FP8 routed expert's weight held as stored: its codes and scales
+ * checked as dequantisation checks them (which also reads every page of the
+ * mapping, at load), the mapping itself, and its scales as float32. */
+static epm_status fetch_fp8(epm_model *m, const spec *x, const char *path, const epm_st_tensor *t,
+                            const char *spath, const epm_st_tensor *sc)
+{
+    EPM_CHECK(fp8_dequant(m, x, path, t, spath, sc, 0, NULL));
+    float *f = epm_malloc((size_t)sc->numel * sizeof *f);
+    if (!f)
+        return epm_fail(EPM_ERR_NOMEM, "%s: allocation of %lld scales of tensor '%s_scale_inv' failed", spath,
+                        (long long)sc->numel, x->name);
+    const uint8_t *s8 = sc->data;
+    for (int64_t i = 0; i < sc->numel; i++)
+        if (sc->dtype == EPM_DTYPE_F32)
+            memcpy(&f[i], s8 + 4 * i, 4);
+        else
+            f[i] = epm_bf16_to_f32((uint16_t)(s8[2 * i] | (s8[2 * i + 1] << 8)));
+    epm_status st = own(m, f);
+    if (st != EPM_OK) {
+        epm_free(f);
+        return st;
+    }
+    *x->mlp = t->data;
+    *x->scale = f;
+    return EPM_OK;
+}
+
 /* The data of a checked tensor, into x->dst, x->wt or x->mlp: the mapping
  * itself when it is aligned float32, or aligned bf16 kept as stored (keep16,
- * for a matrix; its pages are read here); else a float32 copy (or an aligned
+ * for a matrix; its pages are read here), or FP8 kept as stored (a routed
+ * expert's, when the model keeps them so); else a float32 copy (or an aligned
  * bf16 one). */
 static epm_status fetch(epm_model *m, const spec *x, int keep16, int64_t *bytes)
 {
@@ -365,6 +413,8 @@ static epm_status fetch(epm_model *m, const spec *x, int keep16, int64_t *bytes)
         const char *spath;
         EPM_CHECK(fp8_scales(m, x, path, &sc, &spath));
         *bytes += (int64_t)(sc->end - sc->begin);
+        if (m->keep_fp8 && x->scale)
+            return fetch_fp8(m, x, path, t, spath, sc);
         if (!(copy = epm_malloc(n * (keep16 ? 2 : 4))))
             return EPM_ERR_NOMEM;
         epm_status st = fp8_dequant(m, x, path, t, spath, sc, keep16, copy);
@@ -570,7 +620,9 @@ epm_status epm_model_load_experts(epm_model *m, int layer, const int *experts, i
             m->experts_loaded = 1;
             for (int j = 0; j < ns; j++)
                 EPM_CHECK(fetch(m, &s[j], m->keep_bf16, &b));
-            w.dtype = m->keep_bf16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+            w.dtype = m->keep_fp8 ? EPM_DTYPE_F8_E4M3 : m->keep_bf16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+            if (m->keep_fp8)
+                memcpy(w.block, c->fp8_block, sizeof w.block);
             m->bytes += b;
             m->expert_bytes += b;
             *slot = w;
@@ -585,12 +637,12 @@ epm_status epm_model_set_expert_dtype(epm_model *m, epm_dtype want, epm_dtype *g
 {
     if (!m)
         return epm_fail(EPM_ERR_INVALID_ARG, "epm_model_set_expert_dtype: NULL model");
-    if (want != EPM_DTYPE_F32 && want != EPM_DTYPE_BF16)
-        return epm_fail(EPM_ERR_INVALID_ARG, "%s: routed experts can be held as F32 or BF16, not %s", m->dir,
-                        epm_dtype_name(want));
+    if (want != EPM_DTYPE_F32 && want != EPM_DTYPE_BF16 && want != EPM_DTYPE_F8_E4M3)
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s: routed experts can be held as F32, BF16 or F8_E4M3, not %s",
+                        m->dir, epm_dtype_name(want));
     if (m->experts_loaded)
         return epm_fail(EPM_ERR_INVALID_ARG, "%s: the experts' dtype is fixed once one is loaded", m->dir);
-    int keep = want == EPM_DTYPE_BF16;
+    int keep = want != EPM_DTYPE_F32, all8 = want == EPM_DTYPE_F8_E4M3;
     const epm_model_config *c = &m->cfg;
     for (int l = 0; l < c->num_layers && keep; l++) {
         if (!c->moe_layer[l])
@@ -602,12 +654,14 @@ epm_status epm_model_set_expert_dtype(epm_model *m, epm_dtype want, epm_dtype *g
             for (int j = 0; j < ns && keep; j++) {
                 const epm_st_tensor *t = epm_shards_find(m->sh, s[j].name, NULL);
                 keep = t && (t->dtype == EPM_DTYPE_BF16 || t->dtype == EPM_DTYPE_F8_E4M3);
+                all8 = all8 && t && t->dtype == EPM_DTYPE_F8_E4M3;
             }
         }
     }
-    m->keep_bf16 = keep;
+    m->keep_fp8 = keep && all8;
+    m->keep_bf16 = keep && !m->keep_fp8;
     if (got)
-        *got = keep ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+        *got = m->keep_fp8 ? EPM_DTYPE_F8_E4M3 : keep ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
     return EPM_OK;
 }
 

@@ -60,6 +60,12 @@ epm_status epm_rt_lin(rt *r, const float *x, int64_t n, int in, epm_weight w, co
     return EPM_OK;
 }
 
+/* What the run holds its routed experts in. */
+static epm_dtype experts_dtype(const rt *r)
+{
+    return r->w8 ? EPM_DTYPE_F8_E4M3 : r->w16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+}
+
 /* The FFN scratch kept from layer to layer (runtime_internal.h says why),
  * grown to hold `floats`; NULL when it cannot grow. */
 static float *ffn_scratch(rt *r, int64_t floats)
@@ -583,12 +589,14 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     /* the weight arrays in the type the experts are held in */
     const float **gw = epm_malloc(3 * (size_t)E * sizeof *gw);
     const uint16_t **gh = epm_malloc(3 * (size_t)E * sizeof *gh);
+    epm_w8 *g8 = epm_malloc(3 * (size_t)E * sizeof *g8);
     sx = epm_malloc((size_t)(npairs ? npairs : 1) * H * sizeof *sx);
     y = epm_malloc((size_t)(npairs ? npairs : 1) * H * sizeof *y);
-    if (!goff || !gw || !gh || !sx || !y) {
+    if (!goff || !gw || !gh || !g8 || !sx || !y) {
         epm_free(goff);
         epm_free(gw);
         epm_free(gh);
+        epm_free(g8);
         epm_free(wrows);
         epm_free(wsrc);
         st = EPM_ERR_NOMEM;
@@ -599,6 +607,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     for (int e = 0; e < E && st == EPM_OK; e++) {
         gw[e] = gw[E + e] = gw[2 * E + e] = NULL;
         gh[e] = gh[E + e] = gh[2 * E + e] = NULL;
+        g8[e] = g8[E + e] = g8[2 * E + e] = (epm_w8){0};
         if (goff[e + 1] == goff[e])
             continue;
         const epm_model_mlp *ex = epm_model_expert(r->m, l, e);
@@ -607,23 +616,31 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
                           r->me, e, l);
             break;
         }
-        if ((ex->dtype == EPM_DTYPE_BF16) != r->w16) {
+        if (ex->dtype != experts_dtype(r)) {
             st = epm_fail(EPM_ERR_INTERNAL, "expert %d of layer %d is held as %s, the run's experts as %s", e, l,
-                          epm_dtype_name(ex->dtype), r->w16 ? "BF16" : "F32");
+                          epm_dtype_name(ex->dtype), epm_dtype_name(experts_dtype(r)));
             break;
         }
-        if (ex->dtype == EPM_DTYPE_BF16)
+        if (ex->dtype == EPM_DTYPE_F8_E4M3) {
+            const void *m3[3] = {ex->gate, ex->up, ex->down};
+            for (int k = 0; k < 3; k++)
+                g8[k * E + e] = (epm_w8){m3[k], ex->scale[k], ex->block[0], ex->block[1]};
+        } else if (ex->dtype == EPM_DTYPE_BF16)
             gh[e] = ex->gate, gh[E + e] = ex->up, gh[2 * E + e] = ex->down;
         else
             gw[e] = ex->gate, gw[E + e] = ex->up, gw[2 * E + e] = ex->down;
     }
     if (st == EPM_OK &&
-        !(scr = ffn_scratch(r, r->w16 ? epm_grouped_scratch_w16(goff, E, H, F) : epm_grouped_scratch(goff, E, H, F))))
+        !(scr = ffn_scratch(r, r->w8    ? epm_grouped_scratch_w8(goff, E, H, F)
+                               : r->w16 ? epm_grouped_scratch_w16(goff, E, H, F)
+                                        : epm_grouped_scratch(goff, E, H, F))))
         st = EPM_ERR_NOMEM;
     if (st == EPM_OK) {
         for (int64_t a = 0; a < npairs; a++)
             memcpy(sx + a * H, xin + (int64_t)elist[2 * a] * H, (size_t)H * sizeof *sx);
-        if (r->w16)
+        if (r->w8)
+            st = r->ops->grouped_swiglu_w8(sx, goff, E, H, F, g8, g8 + E, g8 + 2 * E, scr, y);
+        else if (r->w16)
             st = r->ops->grouped_swiglu_w16(sx, goff, E, H, F, gh, gh + E, gh + 2 * E, scr, y);
         else
             r->ops->grouped_swiglu(sx, goff, E, H, F, gw, gw + E, gw + 2 * E, scr, y);
@@ -632,6 +649,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         epm_free(goff);
         epm_free(gw);
         epm_free(gh);
+        epm_free(g8);
         epm_free(wrows);
         epm_free(wsrc);
         goto out;
@@ -645,6 +663,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     epm_free(goff);
     epm_free(gw);
     epm_free(gh);
+    epm_free(g8);
     r->rep->t_experts += epm_now() - t0;
 
     /* combine: partial sums travel to the token's combine rank */
@@ -1008,6 +1027,11 @@ static epm_status count_tensor(void *ctx, const epm_model_tensor_info *t)
         return EPM_OK;
     int64_t n = t->shape[0] * (t->ndim == 2 ? t->shape[1] : 1);
     int held16 = t->matrix && (t->expert >= 0 ? m->r->w16 : m->r->d16);
+    if (t->matrix && t->expert >= 0 && m->r->w8) { /* a byte per weight, a float per block */
+        const int *b = m->r->c->fp8_block;
+        m->bytes += (double)n + 4.0 * (double)((t->shape[0] + b[0] - 1) / b[0]) * (double)((t->shape[1] + b[1] - 1) / b[1]);
+        return EPM_OK;
+    }
     m->bytes += (held16 ? 2.0 : 4.0) * (double)n;
     return EPM_OK;
 }
@@ -1050,7 +1074,7 @@ static epm_status memory_check(rt *r)
         return epm_fail(EPM_ERR_NOMEM, "would hold %.4g GB (weights %.4g GB, routed experts as %s, dense matrices "
                         "as %s, KV cache %.4g GB for %d sequences x %d positions) but %s %.4g GB; use more ranks, "
                         "fewer or shorter sequences, or another placement", (w + kv) / 1e9, w / 1e9,
-                        r->w16 ? "bf16" : "float32", r->d16 ? "bf16" : "float32", kv / 1e9, seqs,
+                        r->w8 ? "fp8" : r->w16 ? "bf16" : "float32", r->d16 ? "bf16" : "float32", kv / 1e9, seqs,
                         r->max_len, r->o->max_memory > 0 ? "--max-memory allows" : "the machine has, per rank,",
                         limit / 1e9);
     return EPM_OK;
@@ -1148,8 +1172,11 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
      * kernels take bf16 weights: half the memory, the same values */
     if (st == EPM_OK && r->ops->grouped_swiglu_w16 && !o->experts_f32) {
         epm_dtype held = EPM_DTYPE_F32;
-        st = epm_model_set_expert_dtype(r->m, EPM_DTYPE_BF16, &held);
+        /* an FP8 checkpoint's experts as stored where the kernels take them: half of bf16 */
+        int fp8 = r->ops->grouped_swiglu_w8 && !o->experts_bf16;
+        st = epm_model_set_expert_dtype(r->m, fp8 ? EPM_DTYPE_F8_E4M3 : EPM_DTYPE_BF16, &held);
         r->w16 = held == EPM_DTYPE_BF16;
+        r->w8 = held == EPM_DTYPE_F8_E4M3;
     }
     /* the dense matrices too, where the kernels have a bf16 linear */
     if (st == EPM_OK && r->ops->linear_w16 && r->ops->grouped_swiglu_w16 && !o->dense_f32) {
@@ -1490,7 +1517,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     rep->t_dispatch = times[4], rep->t_experts = times[5], rep->t_combine = times[6];
     rep->weight_bytes_sum = wb[0];
     rep->weight_bytes_max = (int64_t)wmax;
-    rep->expert_dtype = r.w16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+    rep->expert_dtype = experts_dtype(&r);
     rep->dense_dtype = r.d16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
     rep->kv_cache = !r.c->mla ? "keys-values" : r.latent ? "mla-latent" : "mla-expanded";
     rep->kv_row_floats = epm_model_kv_floats(r.c, !r.latent);

@@ -49,6 +49,8 @@ typedef struct epm_run_opts {
     const char *mod_layers;         /* the MoD layers, e.g. "1-5,7" (0-based); NULL = every layer but the first */
     int experts_f32;                /* hold routed experts in float32 even when the checkpoint's are bf16 and
                                        the kernels take bf16 weights (which halves their memory: default) */
+    int experts_bf16;               /* hold an FP8 checkpoint's routed experts dequantised to bf16 even when
+                                       the kernels take FP8 weights (held as stored: default, half of bf16) */
     int dense_f32;                  /* the same for the dense weight matrices (attention, embedding, LM
                                        head, shared experts, dense MLPs: epm_model_set_dense_dtype) */
     int mla_expanded;               /* DeepSeek's MLA: cache a key and a value per head (transformers'

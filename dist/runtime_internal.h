@@ -41,6 +41,7 @@ typedef struct rt {
     int failed;        /* an agreement returned an error: every rank knows, no more collectives */
     int cuda;          /* ops is the GPU table (ops_cuda_host.h): its errors are checked at every agreement */
     int w16;           /* routed experts are held bf16 (ops->grouped_swiglu_w16 runs them) */
+    int w8;            /* or FP8, as stored (ops->grouped_swiglu_w8) */
     int d16;           /* so are the dense matrices (ops->linear_w16; the shared and dense MLPs through
                           ops->grouped_swiglu_w16) */
     /* the FFN scratch (routed experts, shared experts, dense MLPs), kept

@@ -57,6 +57,28 @@ size_t epm_cpu_ffn_w16_scratch_floats(int64_t max_rows, int hidden, int ffn, int
 epm_status epm_cpu_grouped_ffn_w16_panels(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
                                           const uint16_t *const *gate, const uint16_t *const *up,
                                           const uint16_t *const *down, float *scratch, float *y, int fixed_panel);
+/* The widened-panel GEMM of the low-precision weight paths (cpu_ffn_bf16.c):
+ * y[m][N] (ld N) = x[m][K] w^T, panel_rows output features at a time widened
+ * by widen (rows r0..r1 of w, K floats each, into out) into panel, then
+ * SGEMM, each OpenMP thread widening and multiplying its own slice. */
+typedef void (*epm_cpu_widen_fn)(const void *w, int64_t r0, int64_t r1, int K, float *out);
+void epm_cpu_panel_linear(const float *x, int64_t m, int K, epm_cpu_widen_fn widen, const void *w, int N,
+                          float *panel, int panel_rows, float *y);
+/* Output features per panel for inputs of width K (fixed > 0: that many),
+ * and the floats a panel of either FFN projection needs. */
+int epm_cpu_panel_rows(int K, int N, int fixed);
+size_t epm_cpu_panel_floats(int hidden, int ffn, int fixed);
+/* The expert FFN over FP8 weights (cpu_ffn_fp8.c; ops.h's epm_w8): scratch
+ * holds epm_cpu_ffn_w8_scratch_floats(rows of the busiest expert, hidden,
+ * ffn) floats; buffers of the direct kernel come from epm_malloc. */
+struct epm_w8;
+size_t epm_cpu_ffn_w8_scratch_floats(int64_t max_rows, int hidden, int ffn);
+epm_status epm_cpu_grouped_ffn_w8(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
+                                  const struct epm_w8 *gate, const struct epm_w8 *up, const struct epm_w8 *down,
+                                  float *scratch, float *y);
+/* rows r0..r1 of an FP8 weight of K columns as the float32 values it
+ * stands for (bf16(e4m3 x scale)): the widening of the panel path */
+void epm_cpu_w8_rows(const struct epm_w8 *w, int64_t r0, int64_t r1, int K, float *out);
 epm_status epm_cpu_linear(const float *x, int64_t n, int in, const float *w, const float *b, int out, float *y);
 /* epm_ref_attention's contract in float32 on OpenMP's threads (cpu_attention.c);
  * its scores buffer comes from epm_malloc. */

@@ -163,9 +163,13 @@ EPM_CLONES static void widen_span(const uint16_t *w, int64_t n, float *out)
         out[i] = epm_bf16_to_f32(w[i]);
 }
 
-/* y[m][N] (ld N) = x[m][K] w^T, w bf16 [N][K], through widened panels. */
-static void panel_linear(const float *x, int64_t m, int K, const uint16_t *w, int N, float *panel, int panel_rows,
-                         float *y)
+static void widen_bf16_rows(const void *w, int64_t r0, int64_t r1, int K, float *out)
+{
+    widen_span((const uint16_t *)w + r0 * K, (r1 - r0) * K, out);
+}
+
+void epm_cpu_panel_linear(const float *x, int64_t m, int K, epm_cpu_widen_fn widen, const void *w, int N,
+                          float *panel, int panel_rows, float *y)
 {
     int nt = epm_cpu_sgemm_on_caller() ? epm_omp_threads_for(m * (int64_t)N * K, PAR_MIN_WORK) : 1;
     (void)nt;
@@ -177,14 +181,20 @@ EPM_OMP("omp parallel num_threads(nt)")
             int64_t c0, c1;
             epm_omp_share(nb, 16, &c0, &c1);
             if (c1 > c0) {
-                widen_span(w + (n0 + c0) * K, (c1 - c0) * K, panel + c0 * K);
+                widen(w, n0 + c0, n0 + c1, K, panel + c0 * K);
                 epm_cpu_sgemm_nt(x, m, K, panel + c0 * K, (int)(c1 - c0), y + n0 + c0, N);
             }
         }
     }
 }
 
-static int panel_rows_for(int K, int N, int fixed)
+static void panel_linear(const float *x, int64_t m, int K, const uint16_t *w, int N, float *panel, int panel_rows,
+                         float *y)
+{
+    epm_cpu_panel_linear(x, m, K, widen_bf16_rows, w, N, panel, panel_rows, y);
+}
+
+int epm_cpu_panel_rows(int K, int N, int fixed)
 {
     int64_t r = fixed > 0 ? fixed : PANEL_FLOATS / K;
     if (fixed <= 0 && r < PANEL_MIN_ROWS)
@@ -192,10 +202,10 @@ static int panel_rows_for(int K, int N, int fixed)
     return r > N ? N : (int)r;
 }
 
-static size_t panel_floats(int hidden, int ffn, int fixed)
+size_t epm_cpu_panel_floats(int hidden, int ffn, int fixed)
 {
-    int64_t a = (int64_t)panel_rows_for(hidden, ffn, fixed) * hidden;
-    int64_t b = (int64_t)panel_rows_for(ffn, hidden, fixed) * ffn;
+    int64_t a = (int64_t)epm_cpu_panel_rows(hidden, ffn, fixed) * hidden;
+    int64_t b = (int64_t)epm_cpu_panel_rows(ffn, hidden, fixed) * ffn;
     return (size_t)(a > b ? a : b);
 }
 
@@ -217,7 +227,7 @@ size_t epm_cpu_ffn_w16_scratch_floats(int64_t max_rows, int hidden, int ffn, int
     if (max_rows <= 1)
         return f;
     size_t pack = epm_cpu_gemm_nt_pack_floats(max_rows < NT_ROWS ? max_rows : NT_ROWS, hidden > ffn ? hidden : ffn);
-    size_t panel = max_rows > DIRECT_ROWS ? panel_floats(hidden, ffn, fixed_panel) : 0;
+    size_t panel = max_rows > DIRECT_ROWS ? epm_cpu_panel_floats(hidden, ffn, fixed_panel) : 0;
     return f + (panel > pack ? panel : pack);
 }
 
@@ -230,7 +240,7 @@ epm_status epm_cpu_grouped_ffn_w16_panels(const float *x, const int64_t *offsets
                                 scratch, y));
     float *panel = scratch + panel_offset(epm_busiest_rows(offsets, experts), hidden, ffn);
     const epm_cpu_isa isa = epm_cpu_isa_active();
-    int pr_in = panel_rows_for(hidden, ffn, fixed_panel), pr_out = panel_rows_for(ffn, hidden, fixed_panel);
+    int pr_in = epm_cpu_panel_rows(hidden, ffn, fixed_panel), pr_out = epm_cpu_panel_rows(ffn, hidden, fixed_panel);
     for (int e = 0; e < experts; e++) {
         int64_t rows = offsets[e + 1] - offsets[e];
         if (rows <= direct_rows_for(isa)) {
@@ -279,7 +289,7 @@ epm_status epm_cpu_linear_w16(const float *x, int64_t n, int in, const uint16_t 
         return EPM_OK;
     const epm_cpu_isa isa = epm_cpu_isa_active();
     int direct = n <= direct_rows_for(isa), nt_path = !direct && n <= NT_ROWS && isa != EPM_CPU_ISA_OFF;
-    int pr = panel_rows_for(in, out, 0);
+    int pr = epm_cpu_panel_rows(in, out, 0);
     size_t floats = direct    ? (size_t)n * (size_t)in
                     : nt_path ? epm_cpu_gemm_nt_pack_floats(n, in)
                               : (size_t)pr * (size_t)in;

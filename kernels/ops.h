@@ -9,6 +9,19 @@
 
 #include "core.h"
 
+/* An FP8 weight matrix [out][in] as DeepSeek-V3/R1's and Qwen3's FP8
+ * checkpoints hold it: float8 e4m3 codes q and a float32 scale per block of
+ * br x bc weights (scale [ceil(out / br)][ceil(in / bc)], row-major). Weight
+ * (i, j) stands for bf16(e4m3(q[i][j]) x its block's scale), rounded to
+ * nearest even: the bf16 model DeepSeek's fp8_cast_bf16.py writes, which the
+ * loader also gives when it dequantises (epm_model_set_expert_dtype), so
+ * both ways run the same model. */
+typedef struct epm_w8 {
+    const uint8_t *q;
+    const float *scale;
+    int br, bc;
+} epm_w8;
+
 typedef struct epm_ops {
     const char *name;
     /* y[n][out] = x[n][in] W^T (+ b when b != NULL) */
@@ -42,6 +55,13 @@ typedef struct epm_ops {
     /* epm_ref_attention's contract (host memory); every table has one */
     epm_status (*attention)(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc,
                             int64_t cache_len, int heads, int kv_heads, int hd, float *out, float *probs);
+    /* grouped_swiglu over FP8 weights (epm_w8, one per expert; q NULL for
+     * an expert with no rows), scratch of epm_grouped_scratch_w8 floats.
+     * NULL where the table has none (the runtime then holds FP8 experts
+     * dequantised to bf16, or widened). */
+    epm_status (*grouped_swiglu_w8)(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
+                                    const epm_w8 *gate, const epm_w8 *up, const epm_w8 *down, float *scratch,
+                                    float *y);
 } epm_ops;
 
 /* Rows of the busiest expert: offsets[e + 1] - offsets[e] at its largest. */
@@ -53,6 +73,9 @@ int64_t epm_swiglu_scratch(int64_t n, int hidden, int ffn);
 int64_t epm_grouped_scratch(const int64_t *offsets, int experts, int hidden, int ffn);
 /* Floats of scratch grouped_swiglu_w16 needs (every table's). */
 int64_t epm_grouped_scratch_w16(const int64_t *offsets, int experts, int hidden, int ffn);
+
+/* Floats of scratch grouped_swiglu_w8 needs (every table's). */
+int64_t epm_grouped_scratch_w8(const int64_t *offsets, int experts, int hidden, int ffn);
 
 /* The C reference (the oracle). */
 const epm_ops *epm_ops_ref(void);

@@ -23,7 +23,8 @@ static void blas_grouped_swiglu(const float *x, const int64_t *offsets, int expe
 }
 
 static const epm_ops blas_ops = {"blas", blas_linear, NULL, blas_swiglu, blas_grouped_swiglu,
-                                 epm_cpu_grouped_ffn_w16, epm_cpu_linear_w16, epm_cpu_attention};
+                                 epm_cpu_grouped_ffn_w16, epm_cpu_linear_w16, epm_cpu_attention,
+                                 epm_cpu_grouped_ffn_w8};
 
 /* the BLAS path's needs cover the reference's (none) */
 int64_t epm_swiglu_scratch(int64_t n, int hidden, int ffn)
@@ -39,6 +40,11 @@ int64_t epm_grouped_scratch(const int64_t *offsets, int experts, int hidden, int
 int64_t epm_grouped_scratch_w16(const int64_t *offsets, int experts, int hidden, int ffn)
 {
     return (int64_t)epm_cpu_ffn_w16_scratch_floats(epm_busiest_rows(offsets, experts), hidden, ffn, 0);
+}
+
+int64_t epm_grouped_scratch_w8(const int64_t *offsets, int experts, int hidden, int ffn)
+{
+    return (int64_t)epm_cpu_ffn_w8_scratch_floats(epm_busiest_rows(offsets, experts), hidden, ffn);
 }
 
 const epm_ops *epm_ops_blas(void) { return &blas_ops; }

@@ -68,6 +68,53 @@ static epm_status ref_grouped_swiglu_w16(const float *x, const int64_t *offsets,
     return st;
 }
 
+/* An FP8 weight [rows][cols] as the values it stands for, one by one. */
+static void ref_w8_values(const epm_w8 *w, int64_t rows, int64_t cols, float *out)
+{
+    int64_t sc_cols = (cols + w->bc - 1) / w->bc;
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) {
+            float v = epm_f8e4m3_to_f32(w->q[i * cols + j]) * w->scale[i / w->br * sc_cols + j / w->bc];
+            out[i * cols + j] = epm_bf16_to_f32(epm_f32_to_bf16(v));
+        }
+}
+
+/* Each busy expert's FP8 weights dequantised into float32 copies, then the
+ * float32 reference on them: the oracle of the FP8-weight fast path. */
+static epm_status ref_grouped_swiglu_w8(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
+                                        const epm_w8 *gate, const epm_w8 *up, const epm_w8 *down, float *scratch,
+                                        float *y)
+{
+    (void)scratch;
+    static const char fn[] = "ref grouped_ffn (fp8 weights)";
+    EPM_CHECK(epm_ref_check_offsets(fn, offsets, experts));
+    KREQ(hidden >= 1 && ffn >= 1, "%s: hidden = %d, ffn = %d", fn, hidden, ffn);
+    KREQ(gate && up && down, "%s: a weight array is NULL", fn);
+    int64_t n = (int64_t)hidden * ffn;
+    float *w = epm_malloc(3 * (size_t)n * sizeof *w);
+    if (!w)
+        return epm_fail(EPM_ERR_NOMEM, "%s: allocation of %lld floats failed", fn, (long long)(3 * n));
+    epm_status st = EPM_OK;
+    for (int e = 0; e < experts && st == EPM_OK; e++) {
+        int64_t m = offsets[e + 1] - offsets[e];
+        if (m == 0)
+            continue;
+        const epm_w8 *ws[3] = {&gate[e], &up[e], &down[e]};
+        for (int k = 0; k < 3 && st == EPM_OK; k++)
+            if (!ws[k]->q || !ws[k]->scale || ws[k]->br < 1 || ws[k]->bc < 1)
+                st = epm_fail(EPM_ERR_INVALID_ARG, "%s: expert %d has %lld rows but no weights or blocks", fn, e,
+                              (long long)m);
+        if (st != EPM_OK)
+            break;
+        ref_w8_values(&gate[e], ffn, hidden, w);
+        ref_w8_values(&up[e], ffn, hidden, w + n);
+        ref_w8_values(&down[e], hidden, ffn, w + 2 * n);
+        st = epm_ref_expert_ffn(x + offsets[e] * hidden, m, hidden, ffn, w, w + n, w + 2 * n, y + offsets[e] * hidden);
+    }
+    epm_free(w);
+    return st;
+}
+
 /* epm_ref_linear's sums over the weights widened (exactly) as they are read. */
 static epm_status ref_linear_w16(const float *x, int64_t n, int in, const uint16_t *w, const float *b, int out,
                                  float *y)
@@ -89,7 +136,8 @@ static epm_status ref_linear_w16(const float *x, int64_t n, int in, const uint16
 }
 
 static const epm_ops ref_ops = {"ref", ref_linear, ref_rmsnorm, ref_swiglu, ref_grouped_swiglu,
-                                ref_grouped_swiglu_w16, ref_linear_w16, epm_ref_attention};
+                                ref_grouped_swiglu_w16, ref_linear_w16, epm_ref_attention,
+                                ref_grouped_swiglu_w8};
 
 const epm_ops *epm_ops_ref(void) { return &ref_ops; }
 

@@ -38,9 +38,11 @@ static const char usage[] =
     "                           link cost to its nearest replica (0 = off)\n"
     "  --max-memory GB          refuse to start when a rank would hold more (weights as held + KV\n"
     "                           cache; default: the machine's available memory shared by its ranks)\n"
-    "  --expert-dtype auto|f32  auto (default): routed experts stay bf16 where the checkpoint stores\n"
-    "                           them so and the kernels are ref or blas (half the memory, the same\n"
-    "                           values); f32: widen them at load\n"
+    "  --expert-dtype auto|bf16|f32\n"
+    "                           auto (default): routed experts stay as the checkpoint stores them\n"
+    "                           where the kernels are ref or blas: bf16 (half of float32's memory),\n"
+    "                           or FP8 with its block scales (a quarter); the same values either\n"
+    "                           way; bf16: an FP8 checkpoint's dequantised at load; f32: widened\n"
     "  --dense-dtype auto|f32   the same for the dense weight matrices (attention projections,\n"
     "                           embedding, LM head, shared experts, dense MLPs; norms and routers stay\n"
     "                           float32): auto holds them bf16 when all of them are so stored\n"
@@ -272,9 +274,10 @@ int epm_cli_run(int argc, char **argv)
             break;
         case O_REP: report = 1; break;
         case O_EDT:
-            if (strcmp(optarg, "auto") && strcmp(optarg, "f32"))
-                return cli_usage_error(W, "--expert-dtype '%s' is not auto or f32", optarg);
+            if (strcmp(optarg, "auto") && strcmp(optarg, "bf16") && strcmp(optarg, "f32"))
+                return cli_usage_error(W, "--expert-dtype '%s' is not auto, bf16 or f32", optarg);
             o.experts_f32 = !strcmp(optarg, "f32");
+            o.experts_bf16 = !strcmp(optarg, "bf16");
             break;
         case O_DDT:
             if (strcmp(optarg, "auto") && strcmp(optarg, "f32"))

@@ -175,6 +175,14 @@ typedef struct epm_model_mlp {
     const void *gate, *up, *down;
     int ffn;
     epm_dtype dtype;
+    /* F8_E4M3 (routed experts of an FP8 checkpoint held as stored:
+     * epm_model_set_expert_dtype): gate, up, down are uint8_t e4m3 codes and
+     * scale[0..2] their float32 scales, one per block of block[0] rows x
+     * block[1] columns (row-major, [ceil(rows / block[0])][ceil(cols /
+     * block[1])]); weight (i, j) stands for bf16(e4m3 x its block's scale).
+     * Unused otherwise. */
+    const float *scale[3];
+    int block[2];
 } epm_model_mlp;
 
 /* A weight matrix [out, in] as held: F32 (float), or BF16 (uint16_t bit
@@ -238,7 +246,11 @@ EPM_API epm_status epm_model_load_experts(epm_model *m, int layer, const int *ex
  * default; every tensor widened), or BF16 when want is BF16 and every routed
  * expert tensor of the checkpoint is BF16 (or FP8, dequantised to bf16): they are then used as stored
  * (mapped, not copied, when aligned), half the memory of float32 and the
- * same values. *got (may be NULL) receives the dtype chosen. Call before the
+ * same values. want F8_E4M3: held as stored (mapped, their scales copied to
+ * float32) when every routed expert tensor is FP8, a quarter of float32's
+ * memory; else as for BF16. The codes and scales are checked at load as when
+ * dequantising (NaN codes, non-finite scales, products beyond bf16 are
+ * refused). *got (may be NULL) receives the dtype chosen. Call before the
  * first epm_model_load_experts (EPM_ERR_INVALID_ARG after). */
 EPM_API epm_status epm_model_set_expert_dtype(epm_model *m, epm_dtype want, epm_dtype *got);
 /* The same for the dense weight matrices (epm_weight and the shared and

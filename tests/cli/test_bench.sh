@@ -472,11 +472,18 @@ ok "bench run --ta" mpi -np 2 "$E" bench run "${small[@]}" --virtual-nodes 2 --t
   >/dev/null 2>&1 || fail "model synth bf16"
 ok "bench run --expert-dtypes" mpi -np 2 "$E" bench run --model "$d/bf16" --batch 2 --seq 8 --new 3 --reps 2 \
   --expert-dtypes --csv &&
-  { awk -F, 'NR == 1 && $1 == "experts" && $2 == "dense" && NF == 8 {h = 1}
-             NR == 2 && $1 == "F32" && $2 == "F32" && $5 == 1 && $6 == 1 && $7 == 0 && $8 == 1 {a = 1}
-             NR == 3 && $1 == "BF16" && $2 == "F32" && $3 > 0 && $4 > 0 && $7 < 1e-4 && $8 == 1 {b = 1}
-             NR == 4 && $1 == "BF16" && $2 == "BF16" && $3 > 0 && $4 > 0 && $7 < 1e-4 && $8 == 1 {c = 1}
+  { awk -F, 'NR == 1 && $1 == "experts" && $2 == "dense" && $7 == "prefill_vs_bf16" && NF == 10 {h = 1}
+             NR == 2 && $1 == "F32" && $2 == "F32" && $5 == 1 && $6 == 1 && $9 == 0 && $10 == 1 {a = 1}
+             NR == 3 && $1 == "BF16" && $2 == "F32" && $3 > 0 && $4 > 0 && $9 < 1e-4 && $10 == 1 {b = 1}
+             NR == 4 && $1 == "BF16" && $2 == "BF16" && $7 == 1 && $8 == 1 && $9 < 1e-4 && $10 == 1 {c = 1}
              END {exit !(h && a && b && c && NR == 4)}' "$d/out" || { fail "bench run --expert-dtypes: rows"; show; }; }
+# an FP8 checkpoint: its experts held FP8, and dequantised to bf16 (the last row, the pre/bf16 baseline)
+ok "bench run --expert-dtypes, FP8" mpi -np 2 "$E" bench run --model "$F/deepseekv3-fp8-tiny" --batch 2 --seq 8 \
+  --new 3 --reps 1 --expert-dtypes --csv &&
+  { awk -F, 'NR == 3 && $1 == "F8_E4M3" && $2 == "F32" && $9 < 1e-4 && $10 == 1 {a = 1}
+             NR == 4 && $1 == "F8_E4M3" && $2 == "BF16" && $7 > 0 && $8 > 0 && $9 < 1e-4 && $10 == 1 {b = 1}
+             NR == 5 && $1 == "BF16" && $2 == "BF16" && $7 == 1 && $8 == 1 && $9 < 1e-4 && $10 == 1 {c = 1}
+             END {exit !(a && b && c && NR == 5)}' "$d/out" || { fail "bench run --expert-dtypes, FP8: rows"; show; }; }
 # MLA cached expanded (the baseline row) and as its latent: (32 + 8) / (2 x 4 heads x 24) of the cache,
 # every greedy token and the logits to float32 rounding; refused for a model without MLA
 ok "bench run --mla-cache" mpi -np 2 "$E" bench run --model "$F/deepseekv3-tiny" --batch 2 --seq 8 --new 3 --reps 1 \

@@ -136,10 +136,16 @@ if command -v python3 >/dev/null; then
     expect 0 "$EPMOE" model synth --out "$d/q3f8" --arch qwen3moe --hidden 64 --layers 3 --experts 8 --k 2 \
         --ffn 32 --heads 4 --kv-heads 2 --head-dim 32 --vocab 256 --dtype fp8 --fp8-block 16,24 --router-scale 3
     expect 0 python3 "$S/tests/fixtures/hf_reference.py" write "$d/q3f8" --input-from "$S/tests/fixtures/qwen3moe-tiny"
-    expect 0 "$EPMOE" run --model "$d/q3f8" --input "$d/q3f8/reference.safetensors" --all-logits \
-        --logits-out "$d/q3f8.st"
-    expect 0 python3 "$S/tests/multinode/compare_logits.py" "$d/q3f8.st" "$d/q3f8/reference.safetensors" 1e-5
+    # the experts held FP8 (the default) and dequantised to bf16: the same model
+    for edt in auto bf16; do
+        expect 0 "$EPMOE" run --model "$d/q3f8" --input "$d/q3f8/reference.safetensors" --all-logits \
+            --logits-out "$d/q3f8.st" --expert-dtype $edt --report --json
+        contains "$d/out" "\"expert_dtype\": \"$([ $edt = auto ] && echo F8_E4M3 || echo BF16)\""
+        expect 0 python3 "$S/tests/multinode/compare_logits.py" "$d/q3f8.st" "$d/q3f8/reference.safetensors" 1e-5
+    done
 fi
+expect 2 "$EPMOE" run --model "$d/v3f8" --input "$d/x.json" --expert-dtype fp8
+contains "$d/err" "--expert-dtype 'fp8' is not auto, bf16 or f32"
 expect 2 "$EPMOE" model synth --out "$d/x" --dtype fp8 --fp8-block 4294967297,128
 contains "$d/err" "--fp8-block '4294967297,128'"
 expect 2 "$EPMOE" model synth --out "$d/x" --dtype bf16 --fp8-block 16,24

@@ -118,8 +118,9 @@ static epm_placement *make_placement(int kind, int layers, int experts, int node
     return p;
 }
 
-/* f32: widen the weight matrices at load (else held as stored: bf16 where
- * they are bf16 or FP8); expanded: MLA caches keys and values per head.
+/* f32: widen the weight matrices at load (1), or hold FP8 experts
+ * dequantised to bf16 (2; else held as stored: bf16 where they are bf16,
+ * FP8 experts as FP8); expanded: MLA caches keys and values per head.
  * Returns the fullest rank's KV cache bytes. */
 static int64_t check_fixture_held(const char *name, epm_mode mode, int kind, int vnodes, int f32, int expanded)
 {
@@ -135,7 +136,8 @@ static int64_t check_fixture_held(const char *name, epm_mode mode, int kind, int
     o.virtual_nodes = vnodes;
     o.keep_logits = 1;
     o.ops = kind == 1 ? "ref" : "blas";
-    o.experts_f32 = o.dense_f32 = f32;
+    o.experts_f32 = o.dense_f32 = f32 == 1;
+    o.experts_bf16 = f32 == 2;
     o.mla_expanded = expanded;
     epm_run_result *res;
     const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
@@ -146,9 +148,10 @@ static int64_t check_fixture_held(const char *name, epm_mode mode, int kind, int
     if (me == 0) {
         const epm_st_tensor *t = epm_st_find(f.ref, "logits");
         double e = rel_err(res->logits, t->data, 2 * 16 * 256);
-        /* FP8 matrices are dequantised to bf16, held so unless widened */
+        /* FP8 experts are held as stored unless dequantised to bf16 or widened */
         if (strstr(name, "fp8"))
-            assert_int_equal(res->report.expert_dtype, f32 ? EPM_DTYPE_F32 : EPM_DTYPE_BF16);
+            assert_int_equal(res->report.expert_dtype, f32 == 1 ? EPM_DTYPE_F32 : f32 == 2 ? EPM_DTYPE_BF16
+                                                                                         : EPM_DTYPE_F8_E4M3);
         if (e > 1e-4)
             fprintf(stderr, "%s mode %s placement %d ranks %d: relative error %g\n", name, epm_mode_name(mode), kind,
                     R, e);
@@ -178,13 +181,15 @@ static void check_fixture(const char *name, epm_mode mode, int kind, int vnodes)
 
 /* DeepSeek-V3's FP8 release format: e4m3 matrices with a scale per block
  * (blocks of 16 x 24 here, partial at the edges), against the oracle's own
- * dequantisation; held bf16 (blas, ref) and widened to float32 */
+ * dequantisation; experts held FP8 (blas, ref), dequantised to bf16, and
+ * everything widened to float32 */
 static void test_run_fp8_checkpoint(void **state)
 {
     (void)state;
     check_fixture_held("deepseekv3-fp8-tiny", EPM_MODE_HOME, 0, 0, 0, 0);
     check_fixture_held("deepseekv3-fp8-tiny", EPM_MODE_FOLLOW, 1, R % 2 == 0 ? 2 : 0, 0, 0);
     check_fixture_held("deepseekv3-fp8-tiny", EPM_MODE_FOLLOW, 2, 0, 1, 0);
+    check_fixture_held("deepseekv3-fp8-tiny", EPM_MODE_HOME, 2, 0, 2, 0);
 }
 
 /* MLA's two cache forms give the reference's logits (the fixtures' other

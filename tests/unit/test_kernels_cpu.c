@@ -8,6 +8,7 @@
 #include "backend.h"
 #include "cpu_gemm_nt.h"
 #include "epm_config.h"
+#include "half.h"
 #include "kernels_check.h"
 #include "ops.h"
 
@@ -95,6 +96,15 @@ static void test_kernels_cpu_grouped_ffn_bf16(void **state)
         assert_true(kc_grouped_ffn(*state, EPM_DTYPE_BF16, 0));
 }
 
+/* off[E + 1] of experts with rows[e] rows each; returns the total */
+static int64_t offsets_of(const int64_t *rows, int E, int64_t *off)
+{
+    off[0] = 0;
+    for (int e = 0; e < E; e++)
+        off[e + 1] = off[e] + rows[e];
+    return off[E];
+}
+
 /* The bf16-weight kernel with float32 rows is float32 math on the widened
  * weights: the reference on them, to float32 tolerance (only the order of
  * the additions differs). Rows per expert cross the direct kernel's limit
@@ -128,10 +138,7 @@ static void test_kernels_cpu_w16_is_f32_on_widened(void **state)
     FOR_THREADS(nthr) {
         for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
             int H = cases[i].H, F = cases[i].F;
-            int64_t off[E + 1] = {0};
-            for (int e = 0; e < E; e++)
-                off[e + 1] = off[e] + cases[i].rows[e];
-            int64_t R = off[E], fh = (int64_t)F * H;
+            int64_t off[E + 1], R = offsets_of(cases[i].rows, E, off), fh = (int64_t)F * H;
             float *x = kc_rnd((size_t)R * H + 1, &c->seed);
             uint16_t *w[3 * E];
             float *ww[3 * E];
@@ -178,6 +185,125 @@ static void test_kernels_cpu_w16_is_f32_on_widened(void **state)
     float x[8] = {0}, y[8], scr[64];
     assert_int_equal(epm_cpu_grouped_ffn_w16(x, off, 2, 2, 1, some, some, some, scr, y), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "expert 1 has 2 rows but no weights"));
+    epm_clear_error();
+}
+
+/* The FP8 decoding of the fast path gives, for every non-NaN code and
+ * scales from 2^-40 (products below bf16's normals) to 1e30, in blocks of
+ * every width and with a partial last block, the bits of the scalar
+ * formula: bf16(e4m3(q) x scale), rounded to nearest even. */
+static void test_kernels_cpu_w8_decode(void **state)
+{
+    (void)state;
+    enum { K = 254 + 7 };
+    uint8_t q[2 * K];
+    for (int i = 0, c = 0; i < 2 * K; i++, c++) {
+        c = (c & 0x7f) == 0x7f ? c + 1 : c;
+        q[i] = (uint8_t)c;
+    }
+    static const float scales[] = {1.0f, 3.7e-3f, 0x1p-40f, 1e30f, 0.333f, 7.0f};
+    static const int bcs[] = {1, 5, 8, 16, 128, 300};
+    float out[2 * K];
+    for (size_t b = 0; b < sizeof bcs / sizeof *bcs; b++) {
+        int bc = bcs[b], nsc = (K + bc - 1) / bc;
+        float *sc = malloc(2 * (size_t)nsc * sizeof *sc);
+        for (int j = 0; j < 2 * nsc; j++)
+            sc[j] = scales[(size_t)j % (sizeof scales / sizeof *scales)];
+        const epm_w8 w = {q, sc, 1, bc};
+        epm_cpu_w8_rows(&w, 0, 2, K, out);
+        for (int r = 0; r < 2; r++)
+            for (int j = 0; j < K; j++) {
+                float want = epm_bf16_to_f32(epm_f32_to_bf16(epm_f8e4m3_to_f32(q[r * K + j]) * sc[r * nsc + j / bc]));
+                if (memcmp(&want, &out[r * K + j], sizeof want) != 0)
+                    fail_msg("block width %d, row %d, column %d (code 0x%02x): %a, want %a", bc, r, j, q[r * K + j],
+                             (double)out[r * K + j], (double)want);
+            }
+        free(sc);
+    }
+}
+
+/* A random FP8 matrix: codes below 2^3 in magnitude (no NaN) and scales
+ * of 1/16 to 1/64 per block of br x bc. */
+static epm_w8 w8_random(int rows, int cols, int br, int bc, uint64_t *seed)
+{
+    int64_t n = (int64_t)rows * cols, ns = (int64_t)((rows + br - 1) / br) * ((cols + bc - 1) / bc);
+    uint8_t *q = malloc((size_t)n + 1);
+    float *sc = malloc((size_t)ns * sizeof *sc);
+    assert_true(q && sc);
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t r = (uint32_t)(epm_rand_unit(seed) * 4294967296.0);
+        q[i] = (uint8_t)((r & 0x80) | ((r >> 8) % 0x50));
+    }
+    for (int64_t i = 0; i < ns; i++)
+        sc[i] = (float)(1.0 / 64 + epm_rand_unit(seed) * 3.0 / 64);
+    return (epm_w8){q, sc, br, bc};
+}
+
+/* The FP8-weight FFN (DeepSeek-V3's experts held as stored) against the
+ * reference table's, which dequantises one weight at a time and runs the
+ * float32 reference: float32 tolerance. Rows per expert cross the direct
+ * kernel's limit (4) and the chunk; widths are odd, shorter than a block or
+ * several blocks with a partial last one; 1 and 3 threads. */
+static void test_kernels_cpu_w8_is_ref(void **state)
+{
+    kc_ctx *c = *state;
+    static const struct {
+        int H, F, br, bc;
+        int64_t rows[5];
+    } cases[] = {
+        {1, 1, 1, 1, {0, 1, 0, 2, 0}},        {37, 29, 16, 24, {1, 2, 3, 4, 5}},
+        {64, 40, 128, 128, {0, 0, 7, 0, 1}}, {23, 9, 5, 3, {1030, 0, 0, 1, 0}},
+        {136, 96, 16, 24, {0, 4, 66, 0, 3}},
+    };
+    enum { E = 5 };
+    const epm_ops *ref = epm_ops_ref(), *blas = epm_ops_blas();
+    assert_non_null(ref->grouped_swiglu_w8);
+    assert_non_null(blas->grouped_swiglu_w8);
+    FOR_THREADS(nthr) {
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+            int H = cases[i].H, F = cases[i].F;
+            int64_t off[E + 1], R = offsets_of(cases[i].rows, E, off);
+            float *x = kc_rnd((size_t)R * H + 1, &c->seed);
+            epm_w8 g[E], u[E], d[E];
+            for (int e = 0; e < E; e++) {
+                g[e] = w8_random(F, H, cases[i].br, cases[i].bc, &c->seed);
+                u[e] = w8_random(F, H, cases[i].br, cases[i].bc, &c->seed);
+                d[e] = w8_random(H, F, cases[i].br, cases[i].bc, &c->seed);
+            }
+            int64_t sn = epm_grouped_scratch_w8(off, E, H, F);
+            float *scr = malloc((size_t)sn * sizeof *scr), *y = malloc(((size_t)R * H + 1) * sizeof *y);
+            float *want = malloc(((size_t)R * H + 1) * sizeof *want);
+            for (int64_t j = 0; j < sn; j++)
+                scr[j] = NAN;
+            for (int64_t j = 0; j < R * H; j++)
+                y[j] = NAN; /* a row never written stays NaN and fails below */
+            assert_int_equal(blas->grouped_swiglu_w8(x, off, E, H, F, g, u, d, scr, y), EPM_OK);
+            assert_int_equal(ref->grouped_swiglu_w8(x, off, E, H, F, g, u, d, NULL, want), EPM_OK);
+            char what[128];
+            snprintf(what, sizeof what, "w8 case %zu (hidden %d, ffn %d, blocks %d x %d, %d threads)", i, H, F,
+                     cases[i].br, cases[i].bc, nthr);
+            kc_close(what, y, want, R * H, KC_F32_TOL);
+            free(x), free(scr), free(y), free(want);
+            for (int e = 0; e < E; e++) {
+                const epm_w8 *ws[3] = {&g[e], &u[e], &d[e]};
+                for (int k = 0; k < 3; k++)
+                    free((void *)ws[k]->q), free((void *)ws[k]->scale);
+            }
+        }
+    }
+    /* an expert with rows but no weights, or no blocks, is refused by name */
+    const int64_t off[3] = {0, 1, 3};
+    uint8_t qz[4] = {0};
+    float sz[2] = {1, 1};
+    epm_w8 some[2] = {{qz, sz, 1, 2}, {NULL, NULL, 0, 0}};
+    float x[8] = {0}, y[8], scr[64];
+    assert_int_equal(blas->grouped_swiglu_w8(x, off, 2, 2, 1, some, some, some, scr, y), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "expert 1 has 2 rows but no gate weights"));
+    assert_int_equal(ref->grouped_swiglu_w8(x, off, 2, 2, 1, some, some, some, scr, y), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "expert 1 has 2 rows but no weights"));
+    some[1] = (epm_w8){qz, sz, 1, 0};
+    assert_int_equal(blas->grouped_swiglu_w8(x, off, 2, 2, 1, some, some, some, scr, y), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "expert 1's gate blocks are 1 x 0"));
     epm_clear_error();
 }
 
@@ -362,6 +488,8 @@ int main(void)
         cmocka_unit_test(test_kernels_cpu_grouped_ffn_bf16),
         cmocka_unit_test(test_kernels_cpu_w16_is_f32_on_widened),
         cmocka_unit_test(test_kernels_cpu_linear_w16),
+        cmocka_unit_test(test_kernels_cpu_w8_decode),
+        cmocka_unit_test(test_kernels_cpu_w8_is_ref),
         cmocka_unit_test(test_kernels_cpu_grouped_ffn_bad_offsets),
         cmocka_unit_test(test_kernels_cpu_ref_bf16_is_widened_f32),
         cmocka_unit_test(test_kernels_cpu_backend_selection),

@@ -376,7 +376,7 @@ static void test_model_experts_kept_bf16(void **state)
     assert_int_equal(epm_model_open(bf16, &w), EPM_OK);
     epm_dtype got = EPM_DTYPE_F16;
     assert_int_equal(epm_model_set_expert_dtype(m, EPM_DTYPE_F16, &got), EPM_ERR_INVALID_ARG);
-    assert_non_null(strstr(epm_last_error(), "F32 or BF16, not F16"));
+    assert_non_null(strstr(epm_last_error(), "F32, BF16 or F8_E4M3, not F16"));
     assert_int_equal(epm_model_set_expert_dtype(m, EPM_DTYPE_BF16, &got), EPM_OK);
     assert_int_equal(got, EPM_DTYPE_BF16);
     const epm_model_dense *d;
@@ -857,6 +857,30 @@ static void test_model_fp8_dequantised(void **state)
     same_widened(hd->layer[1].kv_b, a.d->layer[1].kv_b,
                  (int64_t)c->num_heads * (c->qk_nope_dim + c->v_head_dim) * c->kv_lora_rank);
     epm_model_close(h);
+    /* held FP8: the mapped codes and their scales as float32, standing for the same values; the
+     * same bytes read */
+    assert_int_equal(epm_model_open(d8, &h), EPM_OK);
+    assert_int_equal(epm_model_set_expert_dtype(h, EPM_DTYPE_F8_E4M3, &got), EPM_OK);
+    assert_int_equal(got, EPM_DTYPE_F8_E4M3);
+    assert_int_equal(epm_model_load_experts(h, 2, want, 1, &he), EPM_OK);
+    assert_int_equal(he.dtype, EPM_DTYPE_F8_E4M3);
+    assert_int_equal(he.block[0], 5);
+    assert_int_equal(he.block[1], 7);
+    assert_memory_equal(he.down, epm_st_find(st, "model.layers.2.mlp.experts.7.down_proj.weight")->data, 32 * 24);
+    const epm_st_tensor *dsc = epm_st_find(st, "model.layers.2.mlp.experts.7.down_proj.weight_scale_inv");
+    assert_memory_equal(he.scale[2], dsc->data, (size_t)dsc->numel * 4);
+    for (int i = 0; i < 32; i++)
+        for (int j = 0; j < 24; j++) {
+            float v = epm_f8e4m3_to_f32(((const uint8_t *)he.down)[i * 24 + j]) * he.scale[2][i / 5 * 4 + j / 7];
+            assert_true(epm_bf16_to_f32(epm_f32_to_bf16(v)) == ((const float *)e->down)[i * 24 + j]);
+        }
+    assert_int_equal(epm_model_expert_bytes_loaded(h), one);
+    epm_model_close(h);
+    /* a float32 checkpoint asked for FP8 holds float32 */
+    assert_int_equal(epm_model_open(d32, &h), EPM_OK);
+    assert_int_equal(epm_model_set_expert_dtype(h, EPM_DTYPE_F8_E4M3, &got), EPM_OK);
+    assert_int_equal(got, EPM_DTYPE_F32);
+    epm_model_close(h);
     epm_st_close(st);
     epm_model_close(a.m);
     epm_model_close(b.m);
@@ -931,6 +955,17 @@ static void test_model_fp8_errors(void **state)
     assert_int_equal(try_load(dir), EPM_ERR_FORMAT);
     assert_non_null(strstr(epm_last_error(), "'model.layers.2.mlp.experts.3.up_proj.weight' element [2, 5] is NaN"));
     assert_non_null(strstr(epm_last_error(), file));
+    { /* held FP8, the codes are checked all the same */
+        epm_model *h;
+        epm_dtype got;
+        int three[1] = {3};
+        assert_int_equal(epm_model_open(dir, &h), EPM_OK);
+        assert_int_equal(epm_model_set_expert_dtype(h, EPM_DTYPE_F8_E4M3, &got), EPM_OK);
+        assert_int_equal(got, EPM_DTYPE_F8_E4M3);
+        assert_int_equal(epm_model_load_experts(h, 2, three, 1, NULL), EPM_ERR_FORMAT);
+        assert_non_null(strstr(epm_last_error(), "experts.3.up_proj.weight' element [2, 5] is NaN"));
+        epm_model_close(h);
+    }
     synth_fp8(dir, EPM_DTYPE_F8_E4M3);
     char sn[160];
     snprintf(sn, sizeof sn, "%s_scale_inv", w);

@@ -11,7 +11,9 @@
 #include "epmoe/model.h"
 #include "alloc_sweep.h"
 
-static const char *const fixtures[] = {"qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny"};
+/* the last: DeepSeek-V3's FP8 format, its experts held FP8 (their scales copied) */
+static const char *const fixtures[] = {"qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseekv3-fp8-tiny"};
+enum { NFIX = sizeof fixtures / sizeof *fixtures };
 
 /* open, load the dense weights, then every expert, one MoE layer at a time */
 static epm_status load_all(const char *dir)
@@ -22,7 +24,9 @@ static epm_status load_all(const char *dir)
         assert_null(m);
         return st;
     }
-    st = epm_model_load_dense(m, NULL);
+    st = epm_model_set_expert_dtype(m, EPM_DTYPE_F8_E4M3, NULL);
+    if (st == EPM_OK)
+        st = epm_model_load_dense(m, NULL);
     const epm_model_config *c = epm_model_get_config(m);
     int experts[256];
     for (int e = 0; e < c->num_experts && e < 256; e++)
@@ -40,7 +44,7 @@ static void test_model_load_alloc_sweep(void **state)
 {
     (void)state;
     uint64_t total = 0;
-    for (int f = 0; f < 3; f++) {
+    for (int f = 0; f < NFIX; f++) {
         char dir[512];
         snprintf(dir, sizeof dir, "%s/%s", tu_fixtures(), fixtures[f]);
         uint64_t k = tu_alloc_sweep(fixtures[f], load_all_cb, dir);
