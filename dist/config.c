@@ -440,7 +440,8 @@ static epm_status parse_deepseek_moe(const ctx *c, epm_model_config *cfg)
 
 /* FP8 block-quantised checkpoints (DeepSeek-V3/R1's release, Qwen3's
  * -FP8): e4m3 weight matrices with one scale (weight_scale_inv) per
- * weight_block_size block, dequantised at load. Activations are not
+ * weight_block_size block: routed experts held so where the kernels take
+ * FP8, the rest dequantised to bf16 at load. Activations are not
  * quantised (the dynamic scheme quantises them per token group at run time:
  * a rounding the loader leaves out). Other methods are refused by name. */
 static epm_status parse_quant(const ctx *c, epm_model_config *cfg)

@@ -377,11 +377,20 @@ static epm_status fetch_fp8(epm_model *m, const spec *x, const char *path, const
         return epm_fail(EPM_ERR_NOMEM, "%s: allocation of %lld scales of tensor '%s_scale_inv' failed", spath,
                         (long long)sc->numel, x->name);
     const uint8_t *s8 = sc->data;
-    for (int64_t i = 0; i < sc->numel; i++)
+    for (int64_t i = 0; i < sc->numel; i++) {
         if (sc->dtype == EPM_DTYPE_F32)
             memcpy(&f[i], s8 + 4 * i, 4);
         else
             f[i] = epm_bf16_to_f32((uint16_t)(s8[2 * i] | (s8[2 * i + 1] << 8)));
+        if (!isfinite(f[i] * 256.0f)) { /* the FP8 kernels fold 2^8 into each scale (ops.h) */
+            epm_free(f);
+            return epm_fail(EPM_ERR_UNSUPPORTED,
+                            "%s: tensor '%s_scale_inv' element [%lld, %lld] = %g is beyond 2^120, which experts "
+                            "held FP8 do not take; --expert-dtype bf16 dequantises them instead",
+                            spath, x->name, (long long)(i / sc->shape[1]), (long long)(i % sc->shape[1]),
+                            (double)f[i]);
+        }
+    }
     epm_status st = own(m, f);
     if (st != EPM_OK) {
         epm_free(f);

@@ -2,26 +2,46 @@
  * float32 scale per block), float32 activations and accumulation. Why:
  * DeepSeek-V3/R1 publish their experts in FP8, and holding them dequantised
  * to bf16 doubles the memory a rank needs for them and the bytes each
- * decoded token reads. Each weight is decoded where it is used to the value
- * the loader's dequantisation gives (bf16(e4m3 x scale)), so the products
- * are those of the bf16 path on the dequantised model; only the order of
- * the additions differs.
+ * decoded token reads.
+ *
+ * A weight is decoded where it is used to the value the loader's
+ * dequantisation gives, bf16(e4m3 x scale), so both holdings run the same
+ * model (SGLang's CPU kernels also unpack FP8 to bf16 with its scale).
+ * Decoding: an e4m3 code shifted left by 7 (its sign moved to bit 15) is a
+ * float16 of 2^-8 times its value, subnormals included, which F16C
+ * (vcvtph2ps) widens exactly; the 2^8 goes into the block's scale (the
+ * loader refuses scales where that overflows); then the product, rounded to
+ * bf16 by integer operations. About ten vector operations per 16 weights,
+ * where decoding the e4m3 fields bit by bit (exponent rebias, a subnormal
+ * fix-up) took about thirty: decode at 0.36x the bf16 kernel's rate before,
+ * 1.03x after (bench/README.md). Without the rounding it ran 1.33x, but it
+ * would be another model than the bf16 one by up to 2^-9 per weight.
  *
  * Two ways, by the rows an expert has:
- *  - up to DIRECT_ROWS (decode): each weight row is decoded in registers, 8
- *    codes at a time, and dotted with every input row at once, gate and up
- *    in the same pass with the SiLU applied on the spot; threads over
- *    output features. It reads one byte per weight.
+ *  - up to DIRECT_ROWS (decode): each weight row is decoded in registers and
+ *    dotted with every input row at once, gate and up in the same pass with
+ *    the SiLU applied on the spot; threads over output features. It reads
+ *    one byte per weight.
  *  - more rows: panels decoded to float32 into the caller's scratch, then
- *    SGEMM (cpu_ffn_bf16.c's panel path with this file's decoding). */
+ *    SGEMM (cpu_ffn_bf16.c's panel path with this file's decoding).
+ * Under AVX-512 (16 floats a vector) or AVX2 with F16C (8); elsewhere, or
+ * with EPM_CPU_ISA=off, one weight at a time in portable C. */
 #include <string.h>
 
 #include "backend.h"
+#include "cpu_gemm_nt.h"
 #include "cpu_omp.h"
 #include "half.h"
 #include "kcheck.h"
 #include "ops.h"
-#include "cpu_vec.h" /* last: its settings hold for the rest of the file */
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define W8_X86 1
+#include <immintrin.h>
+#define T512 __attribute__((target("avx512f,fma")))
+#define T256 __attribute__((target("avx2,fma,f16c")))
+#define INL inline __attribute__((always_inline))
+#endif
 
 enum {
     DIRECT_ROWS = 4,           /* rows of an expert up to which the direct kernel runs */
@@ -29,72 +49,275 @@ enum {
     PAR_MIN_WORK = 1 << 16     /* multiply-adds below which one thread does it all */
 };
 
-typedef float vf8 __attribute__((vector_size(32)));
-typedef uint32_t vu8 __attribute__((vector_size(32)));
-typedef int32_t vi8 __attribute__((vector_size(32)));
-typedef uint8_t vb8 __attribute__((vector_size(8)));
+typedef enum { W8_PORTABLE, W8_AVX2, W8_AVX512 } w8_isa;
 
-/* 8 e4m3 codes times scale s, rounded to bf16, as floats. A normal code's
- * exponent and mantissa move into a float's (bias 7 to 127); a subnormal
- * one (exponent 0, m x 2^-9) is that float less 2^-7, doubled: exact. The
- * loader refuses NaN codes and products beyond bf16, so neither occurs. */
-static inline __attribute__((always_inline)) vf8 decode8(const uint8_t *q, vf8 s)
+/* the CPU GEMM's choice (EPM_CPU_ISA, or what the tests force), F16C
+ * besides for AVX2 */
+static w8_isa w8_isa_active(void)
 {
-    vb8 b;
-    memcpy(&b, q, sizeof b);
-    vu8 u = __builtin_convertvector(b, vu8), em = u & 0x7fu;
-    vu8 bits = (em << 20) + (120u << 23);
-    vf8 fn, fs;
-    memcpy(&fn, &bits, sizeof fn);
-    fs = (fn - 0x1p-7f) * 2.0f;
-    vu8 sub = (vu8)(em < 8u), bs;
-    memcpy(&bs, &fs, sizeof bs);
-    bits = (bits & ~sub) | (bs & sub) | ((u & 0x80u) << 24);
-    vf8 v;
-    memcpy(&v, &bits, sizeof v);
-    v *= s;
-    memcpy(&bits, &v, sizeof bits);
-    bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
-    memcpy(&v, &bits, sizeof v);
-    return v;
+#ifdef W8_X86
+    epm_cpu_isa isa = epm_cpu_isa_active();
+    if (isa == EPM_CPU_ISA_AVX512)
+        return W8_AVX512;
+    if (isa == EPM_CPU_ISA_AVX2 && __builtin_cpu_supports("f16c"))
+        return W8_AVX2;
+#endif
+    return W8_PORTABLE;
 }
 
-static inline float decode1(uint8_t q, float s) { return epm_bf16_to_f32(epm_f32_to_bf16(epm_f8e4m3_to_f32(q) * s)); }
+static inline float value1(uint8_t q, float s) { return epm_bf16_to_f32(epm_f32_to_bf16(epm_f8e4m3_to_f32(q) * s)); }
 
-static inline __attribute__((always_inline)) vf8 load8(const float *p)
+/* Row r of an FP8 weight of K columns: its codes and its blocks' scales. */
+typedef struct w8_row {
+    const uint8_t *q;
+    const float *s;
+} w8_row;
+
+static inline w8_row row_at(const epm_w8 *w, int64_t r, int K)
 {
-    vf8 f;
-    memcpy(&f, p, sizeof f);
-    return f;
+    if (!w)
+        return (w8_row){NULL, NULL};
+    return (w8_row){w->q + r * K, w->scale + r / w->br * ((K + w->bc - 1) / w->bc)};
 }
 
-/* by pointer and always inlined: a vector passed by value to a function
- * compiled for another instruction set than its caller's clone is garbage */
-static inline __attribute__((always_inline)) float hsum8(const vf8 *v)
+/* The weights a vector loop leaves in block cb, columns j..j1, one at a time
+ * into the rows' scalar sums (r1.q NULL: no second matrix). */
+static inline void tail(int M, const float *x, int64_t ldx, w8_row r0, w8_row r1, int64_t cb, int64_t j, int64_t j1,
+                        float *ta, float *tb)
 {
-    float s[8];
-    memcpy(s, v, sizeof s);
-    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-}
-
-EPM_CLONES void epm_cpu_w8_rows(const epm_w8 *w, int64_t r0, int64_t r1, int K, float *out)
-{
-    const int64_t sc_cols = (K + w->bc - 1) / w->bc;
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *q = w->q + r * K;
-        const float *s = w->scale + r / w->br * sc_cols;
-        float *o = out + (r - r0) * K;
-        for (int64_t cb = 0; cb < sc_cols; cb++) {
-            int64_t j = cb * w->bc, j1 = j + w->bc < K ? j + w->bc : K;
-            vf8 sv = {s[cb], s[cb], s[cb], s[cb], s[cb], s[cb], s[cb], s[cb]};
-            for (; j + 8 <= j1; j += 8) {
-                vf8 v = decode8(q + j, sv);
-                memcpy(o + j, &v, sizeof v);
-            }
-            for (; j < j1; j++)
-                o[j] = decode1(q[j], s[cb]);
+    for (; j < j1; j++) {
+        float d0 = value1(r0.q[j], r0.s[cb]), d1 = r1.q ? value1(r1.q[j], r1.s[cb]) : 0;
+        for (int i = 0; i < M; i++) {
+            ta[i] += x[i * ldx + j] * d0;
+            tb[i] += x[i * ldx + j] * d1;
         }
     }
+}
+
+/* One weight row against M input rows, for w0 and (when not NULL) w1:
+ * acc0[i] = x[i] . w0[r], acc1[i] = x[i] . w1[r]. Each ISA's version below
+ * runs its vectors over whole groups of a block, the rest one at a time. */
+typedef struct dot_args {
+    const float *x;
+    int64_t ldx;
+    const epm_w8 *w0, *w1;
+    int64_t r;
+    int K;
+} dot_args;
+
+static void dot_portable(int M, const dot_args *a, float *acc0, float *acc1)
+{
+    const int bc = a->w0->bc;
+    w8_row r0 = row_at(a->w0, a->r, a->K), r1 = row_at(a->w1, a->r, a->K);
+    for (int i = 0; i < M; i++)
+        acc0[i] = 0, acc1[i] = 0;
+    for (int64_t cb = 0; cb * bc < a->K; cb++)
+        tail(M, a->x, a->ldx, r0, r1, cb, cb * bc, (cb + 1) * bc < a->K ? (cb + 1) * bc : a->K, acc0, acc1);
+}
+
+static void rows_portable(const epm_w8 *w, int64_t r0, int64_t r1, int K, float *out)
+{
+    for (int64_t r = r0; r < r1; r++) {
+        w8_row wr = row_at(w, r, K);
+        for (int64_t j = 0; j < K; j++)
+            out[(r - r0) * K + j] = value1(wr.q[j], wr.s[j / w->bc]);
+    }
+}
+
+#ifdef W8_X86
+/* 16 codes as float16 bit patterns of 2^-8 times their values */
+T256 static INL __m256i codes16(const uint8_t *q)
+{
+    __m256i h = _mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)q)), 7);
+    return _mm256_add_epi16(h, _mm256_and_si256(h, _mm256_set1_epi16(0x4000)));
+}
+
+/* float32 to the nearest bf16 (ties to even), as floats: no NaN or
+ * overflow here (the loader refuses both) */
+T256 static INL __m256 bf16_256(__m256 f)
+{
+    __m256i u = _mm256_castps_si256(f);
+    u = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(_mm256_srli_epi32(u, 16),
+                                                                                          _mm256_set1_epi32(1))));
+    return _mm256_castsi256_ps(_mm256_and_si256(u, _mm256_set1_epi32((int)0xffff0000u)));
+}
+
+T256 static INL float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+/* M known at compile time through the switch below: the row loops unroll */
+T256 static INL void dot256_m(const int M, const dot_args *a, float *acc0, float *acc1)
+{
+    const int K = a->K, bc = a->w0->bc;
+    const w8_row r0 = row_at(a->w0, a->r, K), r1 = row_at(a->w1, a->r, K);
+    const uint8_t *q0 = r0.q, *q1 = r1.q;
+    __m256 A[DIRECT_ROWS], B[DIRECT_ROWS];
+    float ta[DIRECT_ROWS] = {0}, tb[DIRECT_ROWS] = {0};
+    for (int i = 0; i < M; i++)
+        A[i] = B[i] = _mm256_setzero_ps();
+    for (int64_t cb = 0; cb * bc < K; cb++) {
+        int64_t j = cb * bc, j1 = j + bc < K ? j + bc : K;
+        const __m256 v0 = _mm256_set1_ps(r0.s[cb] * 256.0f), v1 = _mm256_set1_ps(q1 ? r1.s[cb] * 256.0f : 0);
+        for (; j + 16 <= j1; j += 16) {
+            __m256i h0 = codes16(q0 + j);
+            __m256 lo0 = bf16_256(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h0)), v0));
+            __m256 hi0 = bf16_256(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h0, 1)), v0));
+            if (q1) {
+                __m256i h1 = codes16(q1 + j);
+                __m256 lo1 = bf16_256(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h1)), v1));
+                __m256 hi1 = bf16_256(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h1, 1)), v1));
+                for (int i = 0; i < M; i++) {
+                    __m256 xl = _mm256_loadu_ps(a->x + i * a->ldx + j), xh = _mm256_loadu_ps(a->x + i * a->ldx + j + 8);
+                    A[i] = _mm256_fmadd_ps(xh, hi0, _mm256_fmadd_ps(xl, lo0, A[i]));
+                    B[i] = _mm256_fmadd_ps(xh, hi1, _mm256_fmadd_ps(xl, lo1, B[i]));
+                }
+            } else {
+                for (int i = 0; i < M; i++)
+                    A[i] = _mm256_fmadd_ps(_mm256_loadu_ps(a->x + i * a->ldx + j + 8), hi0,
+                                           _mm256_fmadd_ps(_mm256_loadu_ps(a->x + i * a->ldx + j), lo0, A[i]));
+            }
+        }
+        tail(M, a->x, a->ldx, r0, r1, cb, j, j1, ta, tb);
+    }
+    for (int i = 0; i < M; i++) {
+        acc0[i] = hsum256(A[i]) + ta[i];
+        acc1[i] = hsum256(B[i]) + tb[i];
+    }
+}
+
+/* each row count its own unrolled body */
+#define DOT_BY_ROWS(fn, M, a, acc0, acc1)       \
+    switch (M) {                                \
+    case 1: fn(1, a, acc0, acc1); break;        \
+    case 2: fn(2, a, acc0, acc1); break;        \
+    case 3: fn(3, a, acc0, acc1); break;        \
+    default: fn(4, a, acc0, acc1); break;       \
+    }
+
+T256 static void dot_avx2(int M, const dot_args *a, float *acc0, float *acc1)
+{
+    DOT_BY_ROWS(dot256_m, M, a, acc0, acc1)
+}
+
+T256 static void rows_avx2(const epm_w8 *w, int64_t r0, int64_t r1, int K, float *out)
+{
+    for (int64_t r = r0; r < r1; r++) {
+        const w8_row wr = row_at(w, r, K);
+        const uint8_t *q = wr.q;
+        float *o = out + (r - r0) * K;
+        for (int64_t cb = 0; cb * w->bc < K; cb++) {
+            int64_t j = cb * w->bc, j1 = j + w->bc < K ? j + w->bc : K;
+            const __m256 v = _mm256_set1_ps(wr.s[cb] * 256.0f);
+            for (; j + 16 <= j1; j += 16) {
+                __m256i h = codes16(q + j);
+                _mm256_storeu_ps(o + j, bf16_256(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), v)));
+                _mm256_storeu_ps(o + j + 8, bf16_256(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), v)));
+            }
+            for (; j < j1; j++)
+                o[j] = value1(q[j], wr.s[cb]);
+        }
+    }
+}
+
+T512 static INL __m512 decode512(const uint8_t *q, __m512 v)
+{
+    __m256i h = _mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)q)), 7);
+    h = _mm256_add_epi16(h, _mm256_and_si256(h, _mm256_set1_epi16(0x4000)));
+    __m512i u = _mm512_castps_si512(_mm512_mul_ps(_mm512_cvtph_ps(h), v));
+    u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(u, 16),
+                                                                                          _mm512_set1_epi32(1))));
+    return _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32((int)0xffff0000u)));
+}
+
+T512 static INL void dot512_m(const int M, const dot_args *a, float *acc0, float *acc1)
+{
+    const int K = a->K, bc = a->w0->bc;
+    const w8_row r0 = row_at(a->w0, a->r, K), r1 = row_at(a->w1, a->r, K);
+    const uint8_t *q0 = r0.q, *q1 = r1.q;
+    __m512 A[DIRECT_ROWS], B[DIRECT_ROWS];
+    float ta[DIRECT_ROWS] = {0}, tb[DIRECT_ROWS] = {0};
+    for (int i = 0; i < M; i++)
+        A[i] = B[i] = _mm512_setzero_ps();
+    for (int64_t cb = 0; cb * bc < K; cb++) {
+        int64_t j = cb * bc, j1 = j + bc < K ? j + bc : K;
+        const __m512 v0 = _mm512_set1_ps(r0.s[cb] * 256.0f), v1 = _mm512_set1_ps(q1 ? r1.s[cb] * 256.0f : 0);
+        for (; j + 16 <= j1; j += 16) {
+            __m512 w0 = decode512(q0 + j, v0);
+            if (q1) {
+                __m512 w1 = decode512(q1 + j, v1);
+                for (int i = 0; i < M; i++) {
+                    __m512 xv = _mm512_loadu_ps(a->x + i * a->ldx + j);
+                    A[i] = _mm512_fmadd_ps(xv, w0, A[i]);
+                    B[i] = _mm512_fmadd_ps(xv, w1, B[i]);
+                }
+            } else {
+                for (int i = 0; i < M; i++)
+                    A[i] = _mm512_fmadd_ps(_mm512_loadu_ps(a->x + i * a->ldx + j), w0, A[i]);
+            }
+        }
+        tail(M, a->x, a->ldx, r0, r1, cb, j, j1, ta, tb);
+    }
+    for (int i = 0; i < M; i++) {
+        acc0[i] = _mm512_reduce_add_ps(A[i]) + ta[i];
+        acc1[i] = _mm512_reduce_add_ps(B[i]) + tb[i];
+    }
+}
+
+T512 static void dot_avx512(int M, const dot_args *a, float *acc0, float *acc1)
+{
+    DOT_BY_ROWS(dot512_m, M, a, acc0, acc1)
+}
+
+T512 static void rows_avx512(const epm_w8 *w, int64_t r0, int64_t r1, int K, float *out)
+{
+    for (int64_t r = r0; r < r1; r++) {
+        const w8_row wr = row_at(w, r, K);
+        const uint8_t *q = wr.q;
+        float *o = out + (r - r0) * K;
+        for (int64_t cb = 0; cb * w->bc < K; cb++) {
+            int64_t j = cb * w->bc, j1 = j + w->bc < K ? j + w->bc : K;
+            const __m512 v = _mm512_set1_ps(wr.s[cb] * 256.0f);
+            for (; j + 16 <= j1; j += 16)
+                _mm512_storeu_ps(o + j, decode512(q + j, v));
+            for (; j < j1; j++)
+                o[j] = value1(q[j], wr.s[cb]);
+        }
+    }
+}
+#endif
+
+typedef void (*dot_fn)(int M, const dot_args *a, float *acc0, float *acc1);
+
+static dot_fn dot_for(w8_isa isa)
+{
+#ifdef W8_X86
+    if (isa == W8_AVX512)
+        return dot_avx512;
+    if (isa == W8_AVX2)
+        return dot_avx2;
+#endif
+    (void)isa;
+    return dot_portable;
+}
+
+void epm_cpu_w8_rows(const epm_w8 *w, int64_t r0, int64_t r1, int K, float *out)
+{
+#ifdef W8_X86
+    w8_isa isa = w8_isa_active();
+    if (isa == W8_AVX512) {
+        rows_avx512(w, r0, r1, K, out);
+        return;
+    }
+    if (isa == W8_AVX2) {
+        rows_avx2(w, r0, r1, K, out);
+        return;
+    }
+#endif
+    rows_portable(w, r0, r1, K, out);
 }
 
 static void w8_rows_fn(const void *w, int64_t r0, int64_t r1, int K, float *out)
@@ -102,69 +325,11 @@ static void w8_rows_fn(const void *w, int64_t r0, int64_t r1, int K, float *out)
     epm_cpu_w8_rows(w, r0, r1, K, out);
 }
 
-/* acc0[i] = x[i] . row r of w0 and acc1[i] = x[i] . row r of w1 (w1 may be
- * NULL) for M input rows of width K (ld ldx), each block of codes decoded
- * once for all rows. */
-static inline __attribute__((always_inline)) void dot_rows(const int M, const float *x, int64_t ldx, const epm_w8 *w0,
-                                                           const epm_w8 *w1, int64_t r, int K, float *acc0,
-                                                           float *acc1)
-{
-    const int64_t sc_cols = (K + w0->bc - 1) / w0->bc;
-    const uint8_t *q0 = w0->q + r * K, *q1 = w1 ? w1->q + r * K : NULL;
-    const float *s0 = w0->scale + r / w0->br * sc_cols, *s1 = w1 ? w1->scale + r / w1->br * sc_cols : NULL;
-    vf8 a[DIRECT_ROWS] = {0}, b[DIRECT_ROWS] = {0};
-    float ta[DIRECT_ROWS] = {0}, tb[DIRECT_ROWS] = {0};
-    for (int64_t cb = 0; cb < sc_cols; cb++) {
-        int64_t j = cb * w0->bc, j1 = j + w0->bc < K ? j + w0->bc : K;
-        float f0 = s0[cb], f1 = w1 ? s1[cb] : 0;
-        vf8 v0 = {f0, f0, f0, f0, f0, f0, f0, f0}, v1 = {f1, f1, f1, f1, f1, f1, f1, f1};
-        for (; j + 8 <= j1; j += 8) {
-            vf8 d0 = decode8(q0 + j, v0);
-            if (w1) {
-                vf8 d1 = decode8(q1 + j, v1);
-#pragma GCC unroll 4
-                for (int i = 0; i < M; i++) {
-                    vf8 xv = load8(x + i * ldx + j);
-                    a[i] += xv * d0;
-                    b[i] += xv * d1;
-                }
-            } else {
-#pragma GCC unroll 4
-                for (int i = 0; i < M; i++)
-                    a[i] += load8(x + i * ldx + j) * d0;
-            }
-        }
-        for (; j < j1; j++) {
-            float d0 = decode1(q0[j], f0), d1 = w1 ? decode1(q1[j], f1) : 0;
-            for (int i = 0; i < M; i++) {
-                ta[i] += x[i * ldx + j] * d0;
-                tb[i] += x[i * ldx + j] * d1;
-            }
-        }
-    }
-    for (int i = 0; i < M; i++) {
-        acc0[i] = hsum8(&a[i]) + ta[i];
-        if (w1)
-            acc1[i] = hsum8(&b[i]) + tb[i];
-    }
-}
-
-/* the switch gives each row count its own unrolled body */
-EPM_CLONES static void dot_block(int M, const float *x, int64_t ldx, const epm_w8 *w0, const epm_w8 *w1, int64_t r,
-                                 int K, float *acc0, float *acc1)
-{
-    switch (M) {
-    case 1: dot_rows(1, x, ldx, w0, w1, r, K, acc0, acc1); break;
-    case 2: dot_rows(2, x, ldx, w0, w1, r, K, acc0, acc1); break;
-    case 3: dot_rows(3, x, ldx, w0, w1, r, K, acc0, acc1); break;
-    default: dot_rows(4, x, ldx, w0, w1, r, K, acc0, acc1); break;
-    }
-}
-
 /* M <= DIRECT_ROWS rows through one expert; h: M x F of scratch */
 static void direct_expert(int M, const float *x, int H, int F, const epm_w8 *gate, const epm_w8 *up,
                           const epm_w8 *down, float *h, float *y)
 {
+    const dot_fn dot = dot_for(w8_isa_active());
     int nt = epm_omp_threads_for((int64_t)M * H * F, PAR_MIN_WORK);
     (void)nt;
 EPM_OMP("omp parallel num_threads(nt)")
@@ -173,14 +338,16 @@ EPM_OMP("omp parallel num_threads(nt)")
         int64_t c0, c1;
         epm_omp_share(F, 1, &c0, &c1);
         for (int64_t n = c0; n < c1; n++) {
-            dot_block(M, x, H, gate, up, n, H, g, u);
+            dot_args a = {x, H, gate, up, n, H};
+            dot(M, &a, g, u);
             for (int i = 0; i < M; i++)
                 h[(int64_t)i * F + n] = epm_silu(g[i]) * u[i];
         }
 EPM_OMP("omp barrier")
         epm_omp_share(H, 1, &c0, &c1);
         for (int64_t n = c0; n < c1; n++) {
-            dot_block(M, h, F, down, NULL, n, F, g, NULL);
+            dot_args a = {h, F, down, NULL, n, F};
+            dot(M, &a, g, u);
             for (int i = 0; i < M; i++)
                 y[(int64_t)i * H + n] = g[i];
         }

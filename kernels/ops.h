@@ -12,10 +12,12 @@
 /* An FP8 weight matrix [out][in] as DeepSeek-V3/R1's and Qwen3's FP8
  * checkpoints hold it: float8 e4m3 codes q and a float32 scale per block of
  * br x bc weights (scale [ceil(out / br)][ceil(in / bc)], row-major). Weight
- * (i, j) stands for bf16(e4m3(q[i][j]) x its block's scale), rounded to
- * nearest even: the bf16 model DeepSeek's fp8_cast_bf16.py writes, which the
- * loader also gives when it dequantises (epm_model_set_expert_dtype), so
- * both ways run the same model. */
+ * (i, j) stands for bf16(e4m3(q[i][j]) x its block's scale): the product in
+ * float32 rounded to bf16 (nearest even), the bf16 model DeepSeek's
+ * fp8_cast_bf16.py writes and the loader gives when it dequantises
+ * (epm_model_set_expert_dtype), so both holdings run the same model, as
+ * SGLang's CPU kernels do (FP8 unpacked to bf16 with its scale). |scale| x
+ * 2^8 must be finite (the CPU kernels fold 2^8 into it). */
 typedef struct epm_w8 {
     const uint8_t *q;
     const float *scale;

@@ -248,10 +248,12 @@ EPM_API epm_status epm_model_load_experts(epm_model *m, int layer, const int *ex
  * (mapped, not copied, when aligned), half the memory of float32 and the
  * same values. want F8_E4M3: held as stored (mapped, their scales copied to
  * float32) when every routed expert tensor is FP8, a quarter of float32's
- * memory; else as for BF16. The codes and scales are checked at load as when
- * dequantising (NaN codes, non-finite scales, products beyond bf16 are
- * refused). *got (may be NULL) receives the dtype chosen. Call before the
- * first epm_model_load_experts (EPM_ERR_INVALID_ARG after). */
+ * memory, standing for the same bf16 values; else as for BF16. The codes and
+ * scales are checked at load as when dequantising (NaN codes, non-finite
+ * scales, products beyond bf16 are refused), and scales beyond 2^120 are
+ * refused (EPM_ERR_UNSUPPORTED: the kernels fold 2^8 into them). *got (may
+ * be NULL) receives the dtype chosen. Call before the first
+ * epm_model_load_experts (EPM_ERR_INVALID_ARG after). */
 EPM_API epm_status epm_model_set_expert_dtype(epm_model *m, epm_dtype want, epm_dtype *got);
 /* The same for the dense weight matrices (epm_weight and the shared and
  * dense MLPs: attention projections, embedding, LM head; not the norms,

@@ -189,9 +189,9 @@ static void test_kernels_cpu_w16_is_f32_on_widened(void **state)
 }
 
 /* The FP8 decoding of the fast path gives, for every non-NaN code and
- * scales from 2^-40 (products below bf16's normals) to 1e30, in blocks of
- * every width and with a partial last block, the bits of the scalar
- * formula: bf16(e4m3(q) x scale), rounded to nearest even. */
+ * scales from 2^-140 (subnormal products) to 1e30, negative ones too, in
+ * blocks of every width and with a partial last block, under each
+ * instruction set, the bits of the scalar formula: bf16(e4m3(q) x scale). */
 static void test_kernels_cpu_w8_decode(void **state)
 {
     (void)state;
@@ -201,9 +201,10 @@ static void test_kernels_cpu_w8_decode(void **state)
         c = (c & 0x7f) == 0x7f ? c + 1 : c;
         q[i] = (uint8_t)c;
     }
-    static const float scales[] = {1.0f, 3.7e-3f, 0x1p-40f, 1e30f, 0.333f, 7.0f};
-    static const int bcs[] = {1, 5, 8, 16, 128, 300};
+    static const float scales[] = {1.0f, 3.7e-3f, 0x1p-140f, 1e30f, 0.333f, -7.0f};
+    static const int bcs[] = {1, 5, 8, 16, 32, 128, 300};
     float out[2 * K];
+    FOR_EACH_ISA(isa)
     for (size_t b = 0; b < sizeof bcs / sizeof *bcs; b++) {
         int bc = bcs[b], nsc = (K + bc - 1) / bc;
         float *sc = malloc(2 * (size_t)nsc * sizeof *sc);
@@ -215,8 +216,9 @@ static void test_kernels_cpu_w8_decode(void **state)
             for (int j = 0; j < K; j++) {
                 float want = epm_bf16_to_f32(epm_f32_to_bf16(epm_f8e4m3_to_f32(q[r * K + j]) * sc[r * nsc + j / bc]));
                 if (memcmp(&want, &out[r * K + j], sizeof want) != 0)
-                    fail_msg("block width %d, row %d, column %d (code 0x%02x): %a, want %a", bc, r, j, q[r * K + j],
-                             (double)out[r * K + j], (double)want);
+                    fail_msg("%s: block width %d, row %d, column %d (code 0x%02x): %a, want %a",
+                             epm_cpu_isa_name((epm_cpu_isa)isa), bc, r, j, q[r * K + j], (double)out[r * K + j],
+                             (double)want);
             }
         free(sc);
     }
@@ -253,12 +255,13 @@ static void test_kernels_cpu_w8_is_ref(void **state)
     } cases[] = {
         {1, 1, 1, 1, {0, 1, 0, 2, 0}},        {37, 29, 16, 24, {1, 2, 3, 4, 5}},
         {64, 40, 128, 128, {0, 0, 7, 0, 1}}, {23, 9, 5, 3, {1030, 0, 0, 1, 0}},
-        {136, 96, 16, 24, {0, 4, 66, 0, 3}},
+        {136, 96, 16, 24, {0, 4, 66, 0, 3}}, {256, 128, 128, 128, {1, 2, 3, 4, 20}},
     };
     enum { E = 5 };
     const epm_ops *ref = epm_ops_ref(), *blas = epm_ops_blas();
     assert_non_null(ref->grouped_swiglu_w8);
     assert_non_null(blas->grouped_swiglu_w8);
+    FOR_EACH_ISA(isa)
     FOR_THREADS(nthr) {
         for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
             int H = cases[i].H, F = cases[i].F;
@@ -280,8 +283,8 @@ static void test_kernels_cpu_w8_is_ref(void **state)
             assert_int_equal(blas->grouped_swiglu_w8(x, off, E, H, F, g, u, d, scr, y), EPM_OK);
             assert_int_equal(ref->grouped_swiglu_w8(x, off, E, H, F, g, u, d, NULL, want), EPM_OK);
             char what[128];
-            snprintf(what, sizeof what, "w8 case %zu (hidden %d, ffn %d, blocks %d x %d, %d threads)", i, H, F,
-                     cases[i].br, cases[i].bc, nthr);
+            snprintf(what, sizeof what, "w8 case %zu (hidden %d, ffn %d, blocks %d x %d, %d threads, %s)", i, H, F,
+                     cases[i].br, cases[i].bc, nthr, epm_cpu_isa_name((epm_cpu_isa)isa));
             kc_close(what, y, want, R * H, KC_F32_TOL);
             free(x), free(scr), free(y), free(want);
             for (int e = 0; e < E; e++) {

@@ -980,6 +980,25 @@ static void test_model_fp8_errors(void **state)
     assert_int_equal(try_load(dir), EPM_ERR_FORMAT);
     assert_non_null(strstr(epm_last_error(), "overflows bfloat16"));
     assert_non_null(strstr(epm_last_error(), "up_proj.weight_scale_inv' element [1, 2]"));
+    { /* a scale beyond 2^120 (products still within bf16 when the block's codes are small): the
+       * experts held FP8 refuse it, dequantised they take it */
+        float far = 0x1p121f;
+        patch(file, data_offset(file, sn) + 4 * (1 * 5 + 2), &far, 4);
+        long at = data_offset(file, w);
+        uint8_t tiny = 0x01; /* 2^-9: x 2^121 = 2^112 */
+        for (int i = 5; i < 10; i++)
+            for (int j = 14; j < 21; j++)
+                patch(file, at + i * 32 + j, &tiny, 1);
+        assert_int_equal(try_load(dir), EPM_OK);
+        epm_model *h;
+        int three[1] = {3};
+        assert_int_equal(epm_model_open(dir, &h), EPM_OK);
+        assert_int_equal(epm_model_set_expert_dtype(h, EPM_DTYPE_F8_E4M3, NULL), EPM_OK);
+        assert_int_equal(epm_model_load_experts(h, 2, three, 1, NULL), EPM_ERR_UNSUPPORTED);
+        assert_non_null(strstr(epm_last_error(), "up_proj.weight_scale_inv' element [1, 2] = "));
+        assert_non_null(strstr(epm_last_error(), "--expert-dtype bf16"));
+        epm_model_close(h);
+    }
     /* a matrix large enough to be dequantised on several threads: of two NaN codes, the first in
      * row order is named */
     {
