@@ -383,12 +383,12 @@ static epm_status fetch_fp8(epm_model *m, const spec *x, const char *path, const
         else
             f[i] = epm_bf16_to_f32((uint16_t)(s8[2 * i] | (s8[2 * i + 1] << 8)));
         if (!isfinite(f[i] * 256.0f)) { /* the FP8 kernels fold 2^8 into each scale (ops.h) */
+            double v = f[i];
             epm_free(f);
             return epm_fail(EPM_ERR_UNSUPPORTED,
                             "%s: tensor '%s_scale_inv' element [%lld, %lld] = %g is beyond 2^120, which experts "
                             "held FP8 do not take; --expert-dtype bf16 dequantises them instead",
-                            spath, x->name, (long long)(i / sc->shape[1]), (long long)(i % sc->shape[1]),
-                            (double)f[i]);
+                            spath, x->name, (long long)(i / sc->shape[1]), (long long)(i % sc->shape[1]), v);
         }
     }
     epm_status st = own(m, f);
