@@ -43,8 +43,8 @@ static const char usage[] =
     "  --expert-dtypes      instead: every weight widened to float32 at load, then the routed experts\n"
     "                       held as the checkpoint stores them, then the dense matrices too (epmoe run\n"
     "                       --expert-dtype and --dense-dtype f32/f32, auto/f32, auto/auto: bf16 for a\n"
-    "                       bf16 checkpoint), and for an FP8 one the experts dequantised to bf16\n"
-    "                       (bf16/auto), alternated --reps times, live routing, contiguous\n"
+    "                       bf16 checkpoint), and for an FP8 one everything dequantised to bf16\n"
+    "                       (bf16/bf16), alternated --reps times, live routing, contiguous\n"
     "                       placement: best tokens/s of each, over all-float32's and over the run\n"
     "                       with bf16 experts and dense matrices as stored, logit error and\n"
     "                       greedy-token agreement against all-float32\n"
@@ -214,7 +214,7 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, epm_mode
             if (which == 'd') {
                 o.experts_f32 = k == 0;
                 o.dense_f32 = k < 2;
-                o.experts_bf16 = k == 3;
+                o.experts_bf16 = o.dense_bf16 = k == 3;
             } else {
                 o.mla_expanded = k == 0;
             }

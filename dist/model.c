@@ -1,5 +1,6 @@
 /* Opening a checkpoint and loading its weights as float32 (weight matrices
- * may stay bf16: epm_model_set_expert_dtype, epm_model_set_dense_dtype). Opening checks every tensor
+ * may stay bf16, routed experts FP8: epm_model_set_expert_dtype,
+ * epm_model_set_dense_dtype). Opening checks every tensor
  * the config implies (headers only); loading reads the dense weights and only
  * the experts a rank asks for, so that a rank's I/O follows its placement. */
 #include <math.h>
@@ -21,6 +22,7 @@ struct epm_model {
     int keep_bf16;          /* routed experts stay bf16 (every one of them is BF16, or FP8, in the checkpoint) */
     int keep_fp8;           /* routed experts stay FP8 (every one of them is FP8 in the checkpoint) */
     int keep_dense16;       /* so do the dense weight matrices (the same rule) */
+    int keep_dense8;        /* and those that may stay FP8 stay so (every one of them is FP8) */
     void **owned;           /* converted or aligned copies */
     int nowned, capowned;
     int64_t bytes, expert_bytes;
@@ -37,6 +39,8 @@ typedef struct spec {
     epm_weight *wt;
     const void **mlp;
     const float **scale; /* an MLP weight's FP8 scales, when held FP8 */
+    int fp8ok;           /* may be held FP8: an MLP's, or an attention projection's but kv_b's (whose
+                            slices MLA's absorption reads) */
 } spec;
 
 /* Up to this many tensors per layer besides the routed experts. */
@@ -76,24 +80,25 @@ static void add_w(spec *s, int *n, epm_weight *dst, int64_t d0, int64_t d1, cons
     va_end(ap);
 }
 
-/* An MLP weight (gate, up or down): float32, or bf16 when kept so. */
-static void add_mlp(spec *s, int *n, const void **dst, int64_t d0, int64_t d1, const char *fmt, ...)
-    EPM_PRINTF(6, 7);
+/* An attention projection, which may also stay FP8. */
+static void add_w8(spec *s, int *n, epm_weight *dst, int64_t d0, int64_t d1, const char *fmt, ...) EPM_PRINTF(6, 7);
 
-static void add_mlp(spec *s, int *n, const void **dst, int64_t d0, int64_t d1, const char *fmt, ...)
+static void add_w8(spec *s, int *n, epm_weight *dst, int64_t d0, int64_t d1, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vadd(s, n, d0, d1, fmt, ap)->mlp = dst;
+    spec *x = vadd(s, n, d0, d1, fmt, ap);
     va_end(ap);
+    x->wt = dst;
+    x->fp8ok = 1;
 }
 
-/* A routed expert's weight, which may be held FP8 with its scales. */
-static void add_expert(spec *s, int *n, const void **dst, const float **scale, int64_t d0, int64_t d1,
-                       const char *fmt, ...) EPM_PRINTF(7, 8);
+/* An MLP weight (gate, up or down): float32, or bf16 when kept so. */
+static void add_mlp(spec *s, int *n, const void **dst, const float **scale, int64_t d0, int64_t d1,
+                    const char *fmt, ...) EPM_PRINTF(7, 8);
 
-static void add_expert(spec *s, int *n, const void **dst, const float **scale, int64_t d0, int64_t d1,
-                       const char *fmt, ...)
+static void add_mlp(spec *s, int *n, const void **dst, const float **scale, int64_t d0, int64_t d1,
+                    const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -101,6 +106,7 @@ static void add_expert(spec *s, int *n, const void **dst, const float **scale, i
     va_end(ap);
     x->mlp = dst;
     x->scale = scale;
+    x->fp8ok = 1;
 }
 
 /* Multi-head latent attention's projections (DeepSeek-V3). */
@@ -111,20 +117,20 @@ static int mla_specs(const epm_model_config *c, int l, epm_model_layer *w, spec 
             KL = c->kv_lora_rank;
 #define L "model.layers.%d.%s"
     if (QL) {
-        add_w(s, &n, &w->q_a, QL, H, L, l, "self_attn.q_a_proj.weight");
+        add_w8(s, &n, &w->q_a, QL, H, L, l, "self_attn.q_a_proj.weight");
         add(s, &n, &w->q_a_norm, QL, 0, L, l, "self_attn.q_a_layernorm.weight");
-        add_w(s, &n, &w->q_b, nh * qk, QL, L, l, "self_attn.q_b_proj.weight");
+        add_w8(s, &n, &w->q_b, nh * qk, QL, L, l, "self_attn.q_b_proj.weight");
         if (c->qkv_bias)
             add(s, &n, &w->q_a_bias, QL, 0, L, l, "self_attn.q_a_proj.bias");
     } else {
-        add_w(s, &n, &w->q, nh * qk, H, L, l, "self_attn.q_proj.weight");
+        add_w8(s, &n, &w->q, nh * qk, H, L, l, "self_attn.q_proj.weight");
     }
-    add_w(s, &n, &w->kv_a, KL + c->qk_rope_dim, H, L, l, "self_attn.kv_a_proj_with_mqa.weight");
+    add_w8(s, &n, &w->kv_a, KL + c->qk_rope_dim, H, L, l, "self_attn.kv_a_proj_with_mqa.weight");
     if (c->qkv_bias)
         add(s, &n, &w->kv_a_bias, KL + c->qk_rope_dim, 0, L, l, "self_attn.kv_a_proj_with_mqa.bias");
     add(s, &n, &w->kv_a_norm, KL, 0, L, l, "self_attn.kv_a_layernorm.weight");
     add_w(s, &n, &w->kv_b, nh * (c->qk_nope_dim + c->v_head_dim), KL, L, l, "self_attn.kv_b_proj.weight");
-    add_w(s, &n, &w->o, H, nh * c->v_head_dim, L, l, "self_attn.o_proj.weight");
+    add_w8(s, &n, &w->o, H, nh * c->v_head_dim, L, l, "self_attn.o_proj.weight");
 #undef L
     return n;
 }
@@ -139,10 +145,10 @@ static int layer_specs(const epm_model_config *c, int l, epm_model_layer *w, spe
     if (c->mla) {
         n += mla_specs(c, l, w, s + n);
     } else {
-        add_w(s, &n, &w->q, q, H, L, l, "self_attn.q_proj.weight");
-        add_w(s, &n, &w->k, kv, H, L, l, "self_attn.k_proj.weight");
-        add_w(s, &n, &w->v, kv, H, L, l, "self_attn.v_proj.weight");
-        add_w(s, &n, &w->o, H, q, L, l, "self_attn.o_proj.weight");
+        add_w8(s, &n, &w->q, q, H, L, l, "self_attn.q_proj.weight");
+        add_w8(s, &n, &w->k, kv, H, L, l, "self_attn.k_proj.weight");
+        add_w8(s, &n, &w->v, kv, H, L, l, "self_attn.v_proj.weight");
+        add_w8(s, &n, &w->o, H, q, L, l, "self_attn.o_proj.weight");
     }
     if (c->qkv_bias && !c->mla) {
         add(s, &n, &w->q_bias, q, 0, L, l, "self_attn.q_proj.bias");
@@ -160,9 +166,9 @@ static int layer_specs(const epm_model_config *c, int l, epm_model_layer *w, spe
     if (!w->is_moe) {
         int64_t F = c->dense_ffn;
         w->mlp.ffn = c->dense_ffn;
-        add_mlp(s, &n, &w->mlp.gate, F, H, L, l, "mlp.gate_proj.weight");
-        add_mlp(s, &n, &w->mlp.up, F, H, L, l, "mlp.up_proj.weight");
-        add_mlp(s, &n, &w->mlp.down, H, F, L, l, "mlp.down_proj.weight");
+        add_mlp(s, &n, &w->mlp.gate, &w->mlp.scale[0], F, H, L, l, "mlp.gate_proj.weight");
+        add_mlp(s, &n, &w->mlp.up, &w->mlp.scale[1], F, H, L, l, "mlp.up_proj.weight");
+        add_mlp(s, &n, &w->mlp.down, &w->mlp.scale[2], H, F, L, l, "mlp.down_proj.weight");
         return n;
     }
     add(s, &n, &w->router, c->num_experts, H, L, l,
@@ -173,9 +179,9 @@ static int layer_specs(const epm_model_config *c, int l, epm_model_layer *w, spe
         int64_t S = c->shared_ffn;
         const char *sh = c->arch == EPM_MODEL_QWEN2MOE ? "mlp.shared_expert" : "mlp.shared_experts";
         w->shared.ffn = c->shared_ffn;
-        add_mlp(s, &n, &w->shared.gate, S, H, "model.layers.%d.%s.gate_proj.weight", l, sh);
-        add_mlp(s, &n, &w->shared.up, S, H, "model.layers.%d.%s.up_proj.weight", l, sh);
-        add_mlp(s, &n, &w->shared.down, H, S, "model.layers.%d.%s.down_proj.weight", l, sh);
+        add_mlp(s, &n, &w->shared.gate, &w->shared.scale[0], S, H, "model.layers.%d.%s.gate_proj.weight", l, sh);
+        add_mlp(s, &n, &w->shared.up, &w->shared.scale[1], S, H, "model.layers.%d.%s.up_proj.weight", l, sh);
+        add_mlp(s, &n, &w->shared.down, &w->shared.scale[2], H, S, "model.layers.%d.%s.down_proj.weight", l, sh);
         if (c->arch == EPM_MODEL_QWEN2MOE)
             add(s, &n, &w->shared_gate, 1, H, L, l, "mlp.shared_expert_gate.weight");
     }
@@ -191,9 +197,9 @@ static int expert_specs(const epm_model_config *c, int l, int e, epm_model_mlp *
 #define E "model.layers.%d.%s.experts.%d.%s"
     memset(w, 0, sizeof *w);
     w->ffn = c->moe_ffn;
-    add_expert(s, &n, &w->gate, &w->scale[0], F, H, E, l, blk, e, mix ? "w1.weight" : "gate_proj.weight");
-    add_expert(s, &n, &w->up, &w->scale[1], F, H, E, l, blk, e, mix ? "w3.weight" : "up_proj.weight");
-    add_expert(s, &n, &w->down, &w->scale[2], H, F, E, l, blk, e, mix ? "w2.weight" : "down_proj.weight");
+    add_mlp(s, &n, &w->gate, &w->scale[0], F, H, E, l, blk, e, mix ? "w1.weight" : "gate_proj.weight");
+    add_mlp(s, &n, &w->up, &w->scale[1], F, H, E, l, blk, e, mix ? "w3.weight" : "up_proj.weight");
+    add_mlp(s, &n, &w->down, &w->scale[2], H, F, E, l, blk, e, mix ? "w2.weight" : "down_proj.weight");
 #undef E
     return n;
 }
@@ -365,9 +371,10 @@ static epm_status fp8_dequant(const epm_model *m, const spec *x, const char *pat
     return bad < rows ? fp8_row(&J, bad, 1) : EPM_OK;
 }
 
-/* An FP8 routed expert's weight held as stored: its codes and scales
- * checked as dequantisation checks them (which also reads every page of the
- * mapping, at load), the mapping itself, and its scales as float32. */
+/* An FP8 weight held as stored (a routed expert's, or a dense one that may
+ * be): its codes and scales checked as dequantisation checks them (which
+ * also reads every page of the mapping, at load), the mapping itself, and
+ * its scales as float32. */
 static epm_status fetch_fp8(epm_model *m, const spec *x, const char *path, const epm_st_tensor *t,
                             const char *spath, const epm_st_tensor *sc)
 {
@@ -382,22 +389,18 @@ static epm_status fetch_fp8(epm_model *m, const spec *x, const char *path, const
             memcpy(&f[i], s8 + 4 * i, 4);
         else
             f[i] = epm_bf16_to_f32((uint16_t)(s8[2 * i] | (s8[2 * i + 1] << 8)));
-        if (!isfinite(f[i] * 256.0f)) { /* the FP8 kernels fold 2^8 into each scale (ops.h) */
-            double v = f[i];
-            epm_free(f);
-            return epm_fail(EPM_ERR_UNSUPPORTED,
-                            "%s: tensor '%s_scale_inv' element [%lld, %lld] = %g is beyond 2^120, which experts "
-                            "held FP8 do not take; --expert-dtype bf16 dequantises them instead",
-                            spath, x->name, (long long)(i / sc->shape[1]), (long long)(i % sc->shape[1]), v);
-        }
     }
     epm_status st = own(m, f);
     if (st != EPM_OK) {
         epm_free(f);
         return st;
     }
-    *x->mlp = t->data;
-    *x->scale = f;
+    if (x->wt) {
+        *x->wt = (epm_weight){t->data, EPM_DTYPE_F8_E4M3, f, {m->cfg.fp8_block[0], m->cfg.fp8_block[1]}};
+    } else {
+        *x->mlp = t->data;
+        *x->scale = f;
+    }
     return EPM_OK;
 }
 
@@ -406,7 +409,7 @@ static epm_status fetch_fp8(epm_model *m, const spec *x, const char *path, const
  * for a matrix; its pages are read here), or FP8 kept as stored (a routed
  * expert's, when the model keeps them so); else a float32 copy (or an aligned
  * bf16 one). */
-static epm_status fetch(epm_model *m, const spec *x, int keep16, int64_t *bytes)
+static epm_status fetch(epm_model *m, const spec *x, int keep16, int keep8, int64_t *bytes)
 {
     const char *path;
     const epm_st_tensor *t = epm_shards_find(m->sh, x->name, &path);
@@ -422,7 +425,7 @@ static epm_status fetch(epm_model *m, const spec *x, int keep16, int64_t *bytes)
         const char *spath;
         EPM_CHECK(fp8_scales(m, x, path, &sc, &spath));
         *bytes += (int64_t)(sc->end - sc->begin);
-        if (m->keep_fp8 && x->scale)
+        if (keep8 && x->fp8ok)
             return fetch_fp8(m, x, path, t, spath, sc);
         if (!(copy = epm_malloc(n * (keep16 ? 2 : 4))))
             return EPM_ERR_NOMEM;
@@ -482,7 +485,7 @@ static epm_status visit(const spec *s, int n, int layer, int expert, epm_model_t
 {
     for (int i = 0; i < n; i++) {
         epm_model_tensor_info t = {s[i].name, s[i].ndim, {s[i].shape[0], s[i].shape[1]}, layer, expert,
-                                   s[i].wt || s[i].mlp};
+                                   s[i].wt || s[i].mlp, s[i].fp8ok};
         EPM_CHECK(fn(ctx, &t));
     }
     return EPM_OK;
@@ -579,7 +582,7 @@ epm_status epm_model_load_dense(epm_model *m, const epm_model_dense **out)
         spec s[MAX_LAYER_SPECS];
         int n = global_specs(c, &m->dense, s);
         for (int i = 0; i < n; i++)
-            EPM_CHECK(fetch(m, &s[i], m->keep_dense16, &m->bytes));
+            EPM_CHECK(fetch(m, &s[i], m->keep_dense16, 0, &m->bytes));
         if (c->tie_word_embeddings)
             m->dense.lm_head = m->dense.embed;
         for (int l = 0; l < c->num_layers; l++) {
@@ -596,9 +599,11 @@ epm_status epm_model_load_dense(epm_model *m, const epm_model_dense **out)
             if (mr)
                 EPM_CHECK(check(m, &s[n - 1], 0));
             for (int i = 0; i < n; i++)
-                EPM_CHECK(fetch(m, &s[i], m->keep_dense16, &m->bytes));
-            epm_dtype md = m->keep_dense16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+                EPM_CHECK(fetch(m, &s[i], m->keep_dense16, m->keep_dense8, &m->bytes));
+            epm_dtype md = m->keep_dense8 ? EPM_DTYPE_F8_E4M3 : m->keep_dense16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
             w->mlp.dtype = w->shared.dtype = md;
+            for (int k = 0; k < 2 && m->keep_dense8; k++)
+                w->mlp.block[k] = w->shared.block[k] = c->fp8_block[k];
         }
         m->dense_loaded = 1;
     }
@@ -628,7 +633,7 @@ epm_status epm_model_load_experts(epm_model *m, int layer, const int *experts, i
             int64_t b = 0;
             m->experts_loaded = 1;
             for (int j = 0; j < ns; j++)
-                EPM_CHECK(fetch(m, &s[j], m->keep_bf16, &b));
+                EPM_CHECK(fetch(m, &s[j], m->keep_bf16, m->keep_fp8, &b));
             w.dtype = m->keep_fp8 ? EPM_DTYPE_F8_E4M3 : m->keep_bf16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
             if (m->keep_fp8)
                 memcpy(w.block, c->fp8_block, sizeof w.block);
@@ -675,8 +680,8 @@ epm_status epm_model_set_expert_dtype(epm_model *m, epm_dtype want, epm_dtype *g
 }
 
 /* Every matrix the config implies outside the routed experts is BF16 (or
- * FP8, dequantised to bf16). */
-static int dense_all_bf16(const epm_model *m)
+ * FP8, dequantised to bf16); fp8: every one that may stay FP8 is FP8. */
+static int dense_all(const epm_model *m, int fp8)
 {
     const epm_model_config *c = &m->cfg;
     spec s[MAX_LAYER_SPECS];
@@ -688,7 +693,8 @@ static int dense_all_bf16(const epm_model *m)
             n = layer_specs(c, l, &w, s);
         for (int i = 0; i < n; i++) {
             const epm_st_tensor *t = epm_shards_find(m->sh, s[i].name, NULL);
-            if ((s[i].wt || s[i].mlp) && (!t || (t->dtype != EPM_DTYPE_BF16 && t->dtype != EPM_DTYPE_F8_E4M3)))
+            if (fp8 ? s[i].fp8ok && (!t || t->dtype != EPM_DTYPE_F8_E4M3)
+                    : (s[i].wt || s[i].mlp) && (!t || (t->dtype != EPM_DTYPE_BF16 && t->dtype != EPM_DTYPE_F8_E4M3)))
                 return 0;
         }
     }
@@ -699,14 +705,15 @@ epm_status epm_model_set_dense_dtype(epm_model *m, epm_dtype want, epm_dtype *go
 {
     if (!m)
         return epm_fail(EPM_ERR_INVALID_ARG, "epm_model_set_dense_dtype: NULL model");
-    if (want != EPM_DTYPE_F32 && want != EPM_DTYPE_BF16)
-        return epm_fail(EPM_ERR_INVALID_ARG, "%s: dense weights can be held as F32 or BF16, not %s", m->dir,
+    if (want != EPM_DTYPE_F32 && want != EPM_DTYPE_BF16 && want != EPM_DTYPE_F8_E4M3)
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s: dense weights can be held as F32, BF16 or F8_E4M3, not %s", m->dir,
                         epm_dtype_name(want));
     if (m->dense_loaded)
         return epm_fail(EPM_ERR_INVALID_ARG, "%s: the dense weights' dtype is fixed once they are loaded", m->dir);
-    m->keep_dense16 = want == EPM_DTYPE_BF16 && dense_all_bf16(m);
+    m->keep_dense16 = want != EPM_DTYPE_F32 && dense_all(m, 0);
+    m->keep_dense8 = m->keep_dense16 && want == EPM_DTYPE_F8_E4M3 && dense_all(m, 1);
     if (got)
-        *got = m->keep_dense16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+        *got = m->keep_dense8 ? EPM_DTYPE_F8_E4M3 : m->keep_dense16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
     return EPM_OK;
 }
 

@@ -46,6 +46,7 @@ typedef struct epm_model_tensor_info {
     int layer, expert; /* -1 when not a layer's / a routed expert's */
     int matrix;        /* a weight matrix that may be held as bf16 (epm_model_set_expert_dtype for
                           routed experts, epm_model_set_dense_dtype for the others) */
+    int fp8ok;         /* one that may also stay FP8 (not the embedding, LM head or MLA's kv_b) */
 } epm_model_tensor_info;
 typedef epm_status (*epm_model_tensor_fn)(void *ctx, const epm_model_tensor_info *t);
 epm_status epm_model_tensors(const epm_model_config *cfg, epm_model_tensor_fn fn, void *ctx);

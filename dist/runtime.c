@@ -56,6 +56,10 @@ epm_status epm_rt_lin(rt *r, const float *x, int64_t n, int in, epm_weight w, co
 {
     if (w.dtype == EPM_DTYPE_BF16)
         return r->ops->linear_w16(x, n, in, w.data, b, out, y);
+    if (w.dtype == EPM_DTYPE_F8_E4M3) {
+        const epm_w8 w8 = {w.data, w.scale, w.block[0], w.block[1]};
+        return r->ops->linear_w8(x, n, in, &w8, b, out, y);
+    }
     r->ops->linear(x, n, in, w.data, b, out, y);
     return EPM_OK;
 }
@@ -84,10 +88,17 @@ static epm_status mlp(rt *r, const epm_model_mlp *w, const float *x, int64_t n, 
 {
     const int H = r->c->hidden_size;
     const int64_t off[2] = {0, n};
-    float *scr = ffn_scratch(r, w->dtype == EPM_DTYPE_BF16 ? epm_grouped_scratch_w16(off, 1, H, w->ffn)
-                                                           : epm_swiglu_scratch(n, H, w->ffn));
+    float *scr = ffn_scratch(r, w->dtype == EPM_DTYPE_F8_E4M3 ? epm_grouped_scratch_w8(off, 1, H, w->ffn)
+                                : w->dtype == EPM_DTYPE_BF16  ? epm_grouped_scratch_w16(off, 1, H, w->ffn)
+                                                              : epm_swiglu_scratch(n, H, w->ffn));
     if (!scr)
         return EPM_ERR_NOMEM;
+    if (w->dtype == EPM_DTYPE_F8_E4M3) {
+        const epm_w8 g = {w->gate, w->scale[0], w->block[0], w->block[1]};
+        const epm_w8 u = {w->up, w->scale[1], w->block[0], w->block[1]};
+        const epm_w8 d = {w->down, w->scale[2], w->block[0], w->block[1]};
+        return r->ops->grouped_swiglu_w8(x, off, 1, H, w->ffn, &g, &u, &d, scr, y);
+    }
     if (w->dtype == EPM_DTYPE_BF16) {
         const uint16_t *g = w->gate, *u = w->up, *d = w->down;
         return r->ops->grouped_swiglu_w16(x, off, 1, H, w->ffn, &g, &u, &d, scr, y);
@@ -1027,7 +1038,7 @@ static epm_status count_tensor(void *ctx, const epm_model_tensor_info *t)
         return EPM_OK;
     int64_t n = t->shape[0] * (t->ndim == 2 ? t->shape[1] : 1);
     int held16 = t->matrix && (t->expert >= 0 ? m->r->w16 : m->r->d16);
-    if (t->matrix && t->expert >= 0 && m->r->w8) { /* a byte per weight, a float per block */
+    if (t->fp8ok && (t->expert >= 0 ? m->r->w8 : m->r->d8)) { /* a byte per weight, a float per block */
         const int *b = m->r->c->fp8_block;
         m->bytes += (double)n + 4.0 * (double)((t->shape[0] + b[0] - 1) / b[0]) * (double)((t->shape[1] + b[1] - 1) / b[1]);
         return EPM_OK;
@@ -1074,7 +1085,8 @@ static epm_status memory_check(rt *r)
         return epm_fail(EPM_ERR_NOMEM, "would hold %.4g GB (weights %.4g GB, routed experts as %s, dense matrices "
                         "as %s, KV cache %.4g GB for %d sequences x %d positions) but %s %.4g GB; use more ranks, "
                         "fewer or shorter sequences, or another placement", (w + kv) / 1e9, w / 1e9,
-                        r->w8 ? "fp8" : r->w16 ? "bf16" : "float32", r->d16 ? "bf16" : "float32", kv / 1e9, seqs,
+                        r->w8 ? "fp8" : r->w16 ? "bf16" : "float32",
+                        r->d8 ? "fp8 and bf16" : r->d16 ? "bf16" : "float32", kv / 1e9, seqs,
                         r->max_len, r->o->max_memory > 0 ? "--max-memory allows" : "the machine has, per rank,",
                         limit / 1e9);
     return EPM_OK;
@@ -1168,21 +1180,24 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     if (st == EPM_OK && (o->ta_strength < 0 || o->top_p < 0 || o->top_p > 1))
         st = epm_fail(EPM_ERR_INVALID_ARG, "ta_strength = %g must be >= 0 and top_p = %g in [0, 1]", o->ta_strength,
                       o->top_p);
-    /* routed experts stay bf16 where the checkpoint has them so and the
-     * kernels take bf16 weights: half the memory, the same values */
+    /* routed experts stay as stored where the kernels take them so: bf16
+     * (half of float32's memory) or FP8 (half of bf16's), the same values */
     if (st == EPM_OK && r->ops->grouped_swiglu_w16 && !o->experts_f32) {
         epm_dtype held = EPM_DTYPE_F32;
-        /* an FP8 checkpoint's experts as stored where the kernels take them: half of bf16 */
         int fp8 = r->ops->grouped_swiglu_w8 && !o->experts_bf16;
         st = epm_model_set_expert_dtype(r->m, fp8 ? EPM_DTYPE_F8_E4M3 : EPM_DTYPE_BF16, &held);
         r->w16 = held == EPM_DTYPE_BF16;
         r->w8 = held == EPM_DTYPE_F8_E4M3;
     }
-    /* the dense matrices too, where the kernels have a bf16 linear */
+    /* the dense matrices too, where the kernels have a bf16 linear; an FP8
+     * checkpoint's attention projections and shared and dense MLPs FP8 where
+     * they have an FP8 one */
     if (st == EPM_OK && r->ops->linear_w16 && r->ops->grouped_swiglu_w16 && !o->dense_f32) {
         epm_dtype held = EPM_DTYPE_F32;
-        st = epm_model_set_dense_dtype(r->m, EPM_DTYPE_BF16, &held);
-        r->d16 = held == EPM_DTYPE_BF16;
+        int fp8 = r->ops->linear_w8 && r->ops->grouped_swiglu_w8 && !o->dense_bf16;
+        st = epm_model_set_dense_dtype(r->m, fp8 ? EPM_DTYPE_F8_E4M3 : EPM_DTYPE_BF16, &held);
+        r->d8 = held == EPM_DTYPE_F8_E4M3;
+        r->d16 = held == EPM_DTYPE_BF16 || r->d8;
     }
     EPM_CHECK(sync(r, st));
     /* refuse before loading what will not fit */
@@ -1518,7 +1533,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     rep->weight_bytes_sum = wb[0];
     rep->weight_bytes_max = (int64_t)wmax;
     rep->expert_dtype = experts_dtype(&r);
-    rep->dense_dtype = r.d16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+    rep->dense_dtype = r.d8 ? EPM_DTYPE_F8_E4M3 : r.d16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
     rep->kv_cache = !r.c->mla ? "keys-values" : r.latent ? "mla-latent" : "mla-expanded";
     rep->kv_row_floats = epm_model_kv_floats(r.c, !r.latent);
     rep->bytes = r.bytes_local;

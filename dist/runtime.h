@@ -53,6 +53,8 @@ typedef struct epm_run_opts {
                                        the kernels take FP8 weights (held as stored: default, half of bf16) */
     int dense_f32;                  /* the same for the dense weight matrices (attention, embedding, LM
                                        head, shared experts, dense MLPs: epm_model_set_dense_dtype) */
+    int dense_bf16;                 /* hold an FP8 checkpoint's dense matrices dequantised to bf16 (default:
+                                       attention projections and shared and dense MLPs FP8 as stored) */
     int mla_expanded;               /* DeepSeek's MLA: cache a key and a value per head (transformers'
                                        arithmetic) rather than the latent (the default: kv_lora_rank +
                                        qk_rope_head_dim floats per token and layer) */

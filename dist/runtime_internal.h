@@ -44,6 +44,8 @@ typedef struct rt {
     int w8;            /* or FP8, as stored (ops->grouped_swiglu_w8) */
     int d16;           /* so are the dense matrices (ops->linear_w16; the shared and dense MLPs through
                           ops->grouped_swiglu_w16) */
+    int d8;            /* and those of an FP8 checkpoint that may be are FP8 (epm_model_set_dense_dtype;
+                          ops->linear_w8, ops->grouped_swiglu_w8); d16 is set too */
     /* the FFN scratch (routed experts, shared experts, dense MLPs), kept
      * from layer to layer and grown when a layer needs more: tens of MB on
      * the bf16 panel path, whose pages a fresh allocation per layer would

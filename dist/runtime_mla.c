@@ -247,7 +247,8 @@ epm_status epm_mla_latent_qk(rt *r, int l, const float *x, int64_t n, const int3
     size_t el = r->mla_ukt[l].dtype == EPM_DTYPE_BF16 ? 2 : 4;
     for (int h = 0; h < nh; h++) {
         /* q_lat = W_UK_h^T q_nope_h, with W_UK_h^T [KL][nope] held as a linear layer's weight */
-        epm_weight uk = {(const uint8_t *)r->mla_ukt[l].data + (size_t)h * KL * nope * el, r->mla_ukt[l].dtype};
+        epm_weight uk = {.data = (const uint8_t *)r->mla_ukt[l].data + (size_t)h * KL * nope * el,
+                         .dtype = r->mla_ukt[l].dtype};
         gather_head(qn, p.qt, n, nh, h, qk, 0, nope);
         EPM_CHECK_GOTO(epm_rt_lin(r, qn, n, nope, uk, NULL, KL, ql), st, out);
         scatter_head(ql, q, n, nh, h, D, 0, KL);
@@ -278,7 +279,8 @@ epm_status epm_mla_latent_out(rt *r, const epm_model_layer *w, const float *att,
     size_t el = w->kv_b.dtype == EPM_DTYPE_BF16 ? 2 : 4;
     for (int h = 0; h < nh; h++) {
         /* W_UV_h: kv_b's rows h*kvb + nope .. + vd, a [vd][KL] matrix of its own */
-        epm_weight uv = {(const uint8_t *)w->kv_b.data + ((size_t)h * kvb + nope) * KL * el, w->kv_b.dtype};
+        epm_weight uv = {.data = (const uint8_t *)w->kv_b.data + ((size_t)h * kvb + nope) * KL * el,
+                         .dtype = w->kv_b.dtype};
         gather_head(ol, att, n, nh, h, D, 0, KL);
         EPM_CHECK_GOTO(epm_rt_lin(r, ol, n, KL, uv, NULL, vd, vh), st, out);
         scatter_head(vh, out, n, nh, h, vd, 0, vd);

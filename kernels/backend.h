@@ -70,7 +70,7 @@ int epm_cpu_panel_rows(int K, int N, int fixed);
 size_t epm_cpu_panel_floats(int hidden, int ffn, int fixed);
 /* The expert FFN over FP8 weights (cpu_ffn_fp8.c; ops.h's epm_w8): scratch
  * holds epm_cpu_ffn_w8_scratch_floats(rows of the busiest expert, hidden,
- * ffn) floats; buffers of the direct kernel come from epm_malloc. */
+ * ffn) floats; it allocates nothing. */
 struct epm_w8;
 size_t epm_cpu_ffn_w8_scratch_floats(int64_t max_rows, int hidden, int ffn);
 epm_status epm_cpu_grouped_ffn_w8(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
@@ -79,6 +79,11 @@ epm_status epm_cpu_grouped_ffn_w8(const float *x, const int64_t *offsets, int ex
 /* rows r0..r1 of an FP8 weight of K columns as the float32 values it
  * stands for (bf16(e4m3 x scale)): the widening of the panel path */
 void epm_cpu_w8_rows(const struct epm_w8 *w, int64_t r0, int64_t r1, int K, float *out);
+/* A linear layer over an FP8 weight [out][in] (cpu_ffn_fp8.c): the direct
+ * kernel up to 4 rows, else decoded panels and SGEMM; b float32 or NULL;
+ * its panel comes from epm_malloc. */
+epm_status epm_cpu_linear_w8(const float *x, int64_t n, int in, const struct epm_w8 *w, const float *b, int out,
+                             float *y);
 epm_status epm_cpu_linear(const float *x, int64_t n, int in, const float *w, const float *b, int out, float *y);
 /* epm_ref_attention's contract in float32 on OpenMP's threads (cpu_attention.c);
  * its scores buffer comes from epm_malloc. */

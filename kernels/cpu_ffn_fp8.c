@@ -9,19 +9,25 @@
  * model (SGLang's CPU kernels also unpack FP8 to bf16 with its scale).
  * Decoding: an e4m3 code shifted left by 7 (its sign moved to bit 15) is a
  * float16 of 2^-8 times its value, subnormals included, which F16C
- * (vcvtph2ps) widens exactly; the 2^8 goes into the block's scale (the
- * loader refuses scales where that overflows); then the product, rounded to
- * bf16 by integer operations. About ten vector operations per 16 weights,
- * where decoding the e4m3 fields bit by bit (exponent rebias, a subnormal
- * fix-up) took about thirty: decode at 0.36x the bf16 kernel's rate before,
- * 1.03x after (bench/README.md). Without the rounding it ran 1.33x, but it
- * would be another model than the bf16 one by up to 2^-9 per weight.
+ * (vcvtph2ps) widens exactly; times 2^8 (exact), times the block's scale,
+ * rounded to bf16 by integer operations. About a dozen vector operations
+ * per 16 weights, where decoding the e4m3 fields bit by bit (exponent
+ * rebias, a subnormal fix-up) took about thirty: decode at 0.36x the bf16
+ * kernel's rate before, 1.00-1.06x after (bench/README.md). Without the
+ * rounding it ran 1.33x, but it would be another model than the bf16 one by
+ * up to 2^-9 per weight.
  *
- * Two ways, by the rows an expert has:
+ * Three ways, by the rows an expert has:
  *  - up to DIRECT_ROWS (decode): each weight row is decoded in registers and
  *    dotted with every input row at once, gate and up in the same pass with
  *    the SiLU applied on the spot; threads over output features. It reads
  *    one byte per weight.
+ *  - up to EPM_GEMM_NT_MAX_ROWS, where the CPU has AVX2 or AVX-512 and a
+ *    matrix has at most WHOLE_MAX floats (an expert's; not a dense MLP of
+ *    18432 x 7168): each matrix decoded whole to float32 into the caller's
+ *    scratch (rows over the threads), then cpu_gemm_nt.c's GEMM for few
+ *    rows, which beats SGEMM's repacking there (prefill at 0.74-0.87x of
+ *    the bf16 kernel with panels and SGEMM for these rows; bench/README.md).
  *  - more rows: panels decoded to float32 into the caller's scratch, then
  *    SGEMM (cpu_ffn_bf16.c's panel path with this file's decoding).
  * Under AVX-512 (16 floats a vector) or AVX2 with F16C (8); elsewhere, or
@@ -37,6 +43,7 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define W8_X86 1
+#include <cpuid.h>
 #include <immintrin.h>
 #define T512 __attribute__((target("avx512f,fma")))
 #define T256 __attribute__((target("avx2,fma,f16c")))
@@ -45,6 +52,7 @@
 
 enum {
     DIRECT_ROWS = 4,           /* rows of an expert up to which the direct kernel runs */
+    WHOLE_MAX = 1 << 24,       /* floats of a matrix decoded whole, at most (64 MiB) */
     CHUNK = EPM_CPU_FFN_CHUNK, /* rows per chunk of the panel path, as cpu_ffn.c */
     PAR_MIN_WORK = 1 << 16     /* multiply-adds below which one thread does it all */
 };
@@ -59,7 +67,8 @@ static w8_isa w8_isa_active(void)
     epm_cpu_isa isa = epm_cpu_isa_active();
     if (isa == EPM_CPU_ISA_AVX512)
         return W8_AVX512;
-    if (isa == EPM_CPU_ISA_AVX2 && __builtin_cpu_supports("f16c"))
+    unsigned a, b, c, d; /* cpuid, not __builtin_cpu_supports: clang 14 does not know "f16c" */
+    if (isa == EPM_CPU_ISA_AVX2 && __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C))
         return W8_AVX2;
 #endif
     return W8_PORTABLE;
@@ -142,6 +151,12 @@ T256 static INL __m256 bf16_256(__m256 f)
     return _mm256_castsi256_ps(_mm256_and_si256(u, _mm256_set1_epi32((int)0xffff0000u)));
 }
 
+/* 8 codes (float16 patterns from codes16) times their scale v, as bf16 */
+T256 static INL __m256 value8(__m128i h, __m256 v)
+{
+    return bf16_256(_mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0f)), v));
+}
+
 T256 static INL float hsum256(__m256 v)
 {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -161,15 +176,15 @@ T256 static INL void dot256_m(const int M, const dot_args *a, float *acc0, float
         A[i] = B[i] = _mm256_setzero_ps();
     for (int64_t cb = 0; cb * bc < K; cb++) {
         int64_t j = cb * bc, j1 = j + bc < K ? j + bc : K;
-        const __m256 v0 = _mm256_set1_ps(r0.s[cb] * 256.0f), v1 = _mm256_set1_ps(q1 ? r1.s[cb] * 256.0f : 0);
+        const __m256 v0 = _mm256_set1_ps(r0.s[cb]), v1 = _mm256_set1_ps(q1 ? r1.s[cb] : 0);
         for (; j + 16 <= j1; j += 16) {
             __m256i h0 = codes16(q0 + j);
-            __m256 lo0 = bf16_256(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h0)), v0));
-            __m256 hi0 = bf16_256(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h0, 1)), v0));
+            __m256 lo0 = value8(_mm256_castsi256_si128(h0), v0);
+            __m256 hi0 = value8(_mm256_extracti128_si256(h0, 1), v0);
             if (q1) {
                 __m256i h1 = codes16(q1 + j);
-                __m256 lo1 = bf16_256(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h1)), v1));
-                __m256 hi1 = bf16_256(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h1, 1)), v1));
+                __m256 lo1 = value8(_mm256_castsi256_si128(h1), v1);
+                __m256 hi1 = value8(_mm256_extracti128_si256(h1, 1), v1);
                 for (int i = 0; i < M; i++) {
                     __m256 xl = _mm256_loadu_ps(a->x + i * a->ldx + j), xh = _mm256_loadu_ps(a->x + i * a->ldx + j + 8);
                     A[i] = _mm256_fmadd_ps(xh, hi0, _mm256_fmadd_ps(xl, lo0, A[i]));
@@ -211,11 +226,11 @@ T256 static void rows_avx2(const epm_w8 *w, int64_t r0, int64_t r1, int K, float
         float *o = out + (r - r0) * K;
         for (int64_t cb = 0; cb * w->bc < K; cb++) {
             int64_t j = cb * w->bc, j1 = j + w->bc < K ? j + w->bc : K;
-            const __m256 v = _mm256_set1_ps(wr.s[cb] * 256.0f);
+            const __m256 v = _mm256_set1_ps(wr.s[cb]);
             for (; j + 16 <= j1; j += 16) {
                 __m256i h = codes16(q + j);
-                _mm256_storeu_ps(o + j, bf16_256(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), v)));
-                _mm256_storeu_ps(o + j + 8, bf16_256(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), v)));
+                _mm256_storeu_ps(o + j, value8(_mm256_castsi256_si128(h), v));
+                _mm256_storeu_ps(o + j + 8, value8(_mm256_extracti128_si256(h, 1), v));
             }
             for (; j < j1; j++)
                 o[j] = value1(q[j], wr.s[cb]);
@@ -227,7 +242,7 @@ T512 static INL __m512 decode512(const uint8_t *q, __m512 v)
 {
     __m256i h = _mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)q)), 7);
     h = _mm256_add_epi16(h, _mm256_and_si256(h, _mm256_set1_epi16(0x4000)));
-    __m512i u = _mm512_castps_si512(_mm512_mul_ps(_mm512_cvtph_ps(h), v));
+    __m512i u = _mm512_castps_si512(_mm512_mul_ps(_mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0f)), v));
     u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(u, 16),
                                                                                           _mm512_set1_epi32(1))));
     return _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32((int)0xffff0000u)));
@@ -244,7 +259,7 @@ T512 static INL void dot512_m(const int M, const dot_args *a, float *acc0, float
         A[i] = B[i] = _mm512_setzero_ps();
     for (int64_t cb = 0; cb * bc < K; cb++) {
         int64_t j = cb * bc, j1 = j + bc < K ? j + bc : K;
-        const __m512 v0 = _mm512_set1_ps(r0.s[cb] * 256.0f), v1 = _mm512_set1_ps(q1 ? r1.s[cb] * 256.0f : 0);
+        const __m512 v0 = _mm512_set1_ps(r0.s[cb]), v1 = _mm512_set1_ps(q1 ? r1.s[cb] : 0);
         for (; j + 16 <= j1; j += 16) {
             __m512 w0 = decode512(q0 + j, v0);
             if (q1) {
@@ -280,7 +295,7 @@ T512 static void rows_avx512(const epm_w8 *w, int64_t r0, int64_t r1, int K, flo
         float *o = out + (r - r0) * K;
         for (int64_t cb = 0; cb * w->bc < K; cb++) {
             int64_t j = cb * w->bc, j1 = j + w->bc < K ? j + w->bc : K;
-            const __m512 v = _mm512_set1_ps(wr.s[cb] * 256.0f);
+            const __m512 v = _mm512_set1_ps(wr.s[cb]);
             for (; j + 16 <= j1; j += 16)
                 _mm512_storeu_ps(o + j, decode512(q + j, v));
             for (; j < j1; j++)
@@ -325,6 +340,21 @@ static void w8_rows_fn(const void *w, int64_t r0, int64_t r1, int K, float *out)
     epm_cpu_w8_rows(w, r0, r1, K, out);
 }
 
+/* Output features [c0, c1) of w against M <= DIRECT_ROWS rows of width K:
+ * y[i][n] (ld ldy) = x[i] . w[n], or with w1, silu(x[i] . w[n]) x (x[i] .
+ * w1[n]) (gate and up in one pass). */
+static void direct_span(dot_fn dot, int M, const float *x, int K, const epm_w8 *w, const epm_w8 *w1, int64_t c0,
+                        int64_t c1, float *y, int64_t ldy)
+{
+    float a0[DIRECT_ROWS], a1[DIRECT_ROWS];
+    for (int64_t n = c0; n < c1; n++) {
+        dot_args a = {x, K, w, w1, n, K};
+        dot(M, &a, a0, a1);
+        for (int i = 0; i < M; i++)
+            y[i * ldy + n] = w1 ? epm_silu(a0[i]) * a1[i] : a0[i];
+    }
+}
+
 /* M <= DIRECT_ROWS rows through one expert; h: M x F of scratch */
 static void direct_expert(int M, const float *x, int H, int F, const epm_w8 *gate, const epm_w8 *up,
                           const epm_w8 *down, float *h, float *y)
@@ -334,31 +364,48 @@ static void direct_expert(int M, const float *x, int H, int F, const epm_w8 *gat
     (void)nt;
 EPM_OMP("omp parallel num_threads(nt)")
     {
-        float g[DIRECT_ROWS], u[DIRECT_ROWS];
         int64_t c0, c1;
         epm_omp_share(F, 1, &c0, &c1);
-        for (int64_t n = c0; n < c1; n++) {
-            dot_args a = {x, H, gate, up, n, H};
-            dot(M, &a, g, u);
-            for (int i = 0; i < M; i++)
-                h[(int64_t)i * F + n] = epm_silu(g[i]) * u[i];
-        }
+        direct_span(dot, M, x, H, gate, up, c0, c1, h, F);
 EPM_OMP("omp barrier")
         epm_omp_share(H, 1, &c0, &c1);
-        for (int64_t n = c0; n < c1; n++) {
-            dot_args a = {h, F, down, NULL, n, F};
-            dot(M, &a, g, u);
-            for (int i = 0; i < M; i++)
-                y[(int64_t)i * H + n] = g[i];
-        }
+        direct_span(dot, M, h, F, down, NULL, c0, c1, y, H);
     }
 }
 
+/* past the chunk's gate and up outputs: a panel, or a whole decoded
+ * matrix and cpu_gemm_nt.c's packed rows (an expert takes one way or the
+ * other, whatever the instruction set) */
 size_t epm_cpu_ffn_w8_scratch_floats(int64_t max_rows, int hidden, int ffn)
 {
     int64_t m = max_rows < CHUNK ? max_rows : CHUNK;
-    size_t f = (size_t)(2 * m * ffn);
-    return f + (max_rows > DIRECT_ROWS ? epm_cpu_panel_floats(hidden, ffn, 0) : 0) + 1;
+    size_t f = (size_t)(2 * m * ffn) + 1;
+    if (max_rows <= DIRECT_ROWS)
+        return f;
+    size_t panel = epm_cpu_panel_floats(hidden, ffn, 0);
+    size_t whole = (int64_t)hidden * ffn > WHOLE_MAX
+                       ? 0
+                       : (size_t)hidden * (size_t)ffn + 16 +
+                             epm_cpu_gemm_nt_pack_floats(m < EPM_GEMM_NT_MAX_ROWS ? m : EPM_GEMM_NT_MAX_ROWS,
+                                                         hidden > ffn ? hidden : ffn);
+    return f + (panel > whole ? panel : whole);
+}
+
+/* y[m][N] = x[m][K] w^T through w decoded whole into wf (rows over the
+ * threads) and cpu_gemm_nt.c's GEMM */
+static void whole_linear(epm_cpu_isa isa, const float *x, int64_t m, int K, const epm_w8 *w, int N, float *wf,
+                         float *pack, float *y)
+{
+    int nt = epm_omp_threads_for((int64_t)N * K, PAR_MIN_WORK);
+    (void)nt;
+EPM_OMP("omp parallel num_threads(nt)")
+    {
+        int64_t r0, r1;
+        epm_omp_share(N, 1, &r0, &r1);
+        if (r1 > r0)
+            epm_cpu_w8_rows(w, r0, r1, K, wf + r0 * K);
+    }
+    epm_cpu_gemm_nt(isa, x, m, K, wf, N, y, pack);
 }
 
 static epm_status check_w8(const char *fn, const epm_w8 *w, const char *which, int e, int64_t rows)
@@ -385,10 +432,15 @@ epm_status epm_cpu_grouped_ffn_w8(const float *x, const int64_t *offsets, int ex
         EPM_CHECK(check_w8(fn, &gate[e], "gate", e, m));
         EPM_CHECK(check_w8(fn, &up[e], "up", e, m));
         EPM_CHECK(check_w8(fn, &down[e], "down", e, m));
+        KREQ(gate[e].bc == up[e].bc, "%s: expert %d's gate and up blocks are %d and %d columns wide (the direct "
+             "kernel walks them together)", fn, e, gate[e].bc, up[e].bc);
     }
     int64_t busiest = epm_busiest_rows(offsets, experts), chunk_max = busiest < CHUNK ? busiest : CHUNK;
     float *panel = scratch + 2 * chunk_max * ffn;
+    float *wf = panel, *pack = wf + (int64_t)hidden * ffn;
+    pack += -(uintptr_t)pack / sizeof *pack & 15; /* a cache line: cpu_gemm_nt.c's loads */
     int pr_in = epm_cpu_panel_rows(hidden, ffn, 0), pr_out = epm_cpu_panel_rows(ffn, hidden, 0);
+    const epm_cpu_isa isa = epm_cpu_isa_active();
     for (int e = 0; e < experts; e++) {
         int64_t rows = offsets[e + 1] - offsets[e];
         if (rows == 0)
@@ -401,11 +453,56 @@ epm_status epm_cpu_grouped_ffn_w8(const float *x, const int64_t *offsets, int ex
         for (int64_t r0 = offsets[e]; r0 < offsets[e + 1]; r0 += CHUNK) {
             int64_t m = offsets[e + 1] - r0 < CHUNK ? offsets[e + 1] - r0 : CHUNK;
             float *g = scratch, *u = scratch + m * ffn;
+            if (m <= EPM_GEMM_NT_MAX_ROWS && isa != EPM_CPU_ISA_OFF && (int64_t)hidden * ffn <= WHOLE_MAX) {
+                whole_linear(isa, x + r0 * hidden, m, hidden, &gate[e], ffn, wf, pack, g);
+                whole_linear(isa, x + r0 * hidden, m, hidden, &up[e], ffn, wf, pack, u);
+                epm_swiglu_inplace(g, u, m * ffn);
+                whole_linear(isa, g, m, ffn, &down[e], hidden, wf, pack, y + r0 * hidden);
+                continue;
+            }
             epm_cpu_panel_linear(x + r0 * hidden, m, hidden, w8_rows_fn, &gate[e], ffn, panel, pr_in, g);
             epm_cpu_panel_linear(x + r0 * hidden, m, hidden, w8_rows_fn, &up[e], ffn, panel, pr_in, u);
             epm_swiglu_inplace(g, u, m * ffn);
             epm_cpu_panel_linear(g, m, ffn, w8_rows_fn, &down[e], hidden, panel, pr_out, y + r0 * hidden);
         }
     }
+    return EPM_OK;
+}
+
+epm_status epm_cpu_linear_w8(const float *x, int64_t n, int in, const epm_w8 *w, const float *b, int out, float *y)
+{
+    static const char fn[] = "cpu linear (fp8 weights)";
+    KREQ(n >= 0 && n <= INT32_MAX, "%s: n = %lld", fn, (long long)n);
+    KREQ(in >= 1 && out >= 1, "%s: in = %d, out = %d", fn, in, out);
+    KPTR(fn, x, n);
+    KPTR(fn, w, 1);
+    KPTR(fn, y, n);
+    KREQ(w->q && w->scale && w->br >= 1 && w->bc >= 1, "%s: no codes or scales, or blocks of %d x %d", fn, w->br,
+         w->bc);
+    if (n == 0)
+        return EPM_OK;
+    if (n <= DIRECT_ROWS) { /* decode: output features over the threads */
+        const dot_fn dot = dot_for(w8_isa_active());
+        int nt = epm_omp_threads_for(n * (int64_t)in * out, PAR_MIN_WORK);
+        (void)nt;
+EPM_OMP("omp parallel num_threads(nt)")
+        {
+            int64_t c0, c1;
+            epm_omp_share(out, 1, &c0, &c1);
+            direct_span(dot, (int)n, x, in, w, NULL, c0, c1, y, out);
+        }
+    } else { /* panels and SGEMM: a dense matrix may be far larger than an expert's */
+        int pr = epm_cpu_panel_rows(in, out, 0);
+        float *panel = epm_malloc((size_t)pr * (size_t)in * sizeof *panel);
+        if (!panel)
+            return epm_fail(EPM_ERR_NOMEM, "%s: allocation of %lld floats of panel failed", fn,
+                            (long long)pr * in);
+        epm_cpu_panel_linear(x, n, in, w8_rows_fn, w, out, panel, pr, y);
+        epm_free(panel);
+    }
+    if (b)
+        for (int64_t i = 0; i < n; i++)
+            for (int o = 0; o < out; o++)
+                y[i * out + o] += b[o];
     return EPM_OK;
 }

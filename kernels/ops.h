@@ -16,8 +16,9 @@
  * float32 rounded to bf16 (nearest even), the bf16 model DeepSeek's
  * fp8_cast_bf16.py writes and the loader gives when it dequantises
  * (epm_model_set_expert_dtype), so both holdings run the same model, as
- * SGLang's CPU kernels do (FP8 unpacked to bf16 with its scale). |scale| x
- * 2^8 must be finite (the CPU kernels fold 2^8 into it). */
+ * SGLang's CPU kernels do (FP8 unpacked to bf16 with its scale). Codes
+ * 0x7f and 0xff (NaN) and products beyond bf16 are not allowed (the loader
+ * refuses them); an expert's gate and up share their block width. */
 typedef struct epm_w8 {
     const uint8_t *q;
     const float *scale;
@@ -64,6 +65,9 @@ typedef struct epm_ops {
     epm_status (*grouped_swiglu_w8)(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
                                     const epm_w8 *gate, const epm_w8 *up, const epm_w8 *down, float *scratch,
                                     float *y);
+    /* linear over an FP8 weight; b float32. NULL where the table has none
+     * (the runtime then holds FP8 dense matrices dequantised to bf16). */
+    epm_status (*linear_w8)(const float *x, int64_t n, int in, const epm_w8 *w, const float *b, int out, float *y);
 } epm_ops;
 
 /* Rows of the busiest expert: offsets[e + 1] - offsets[e] at its largest. */

@@ -375,7 +375,7 @@ static void cuda_grouped_swiglu(const float *x, const int64_t *offsets, int expe
  * so the runtime holds every weight in float32 under these kernels; the
  * runtime's attention reads its KV caches in host memory, so the CPU's */
 static const epm_ops cuda_ops = {"cuda", cuda_linear, cuda_rmsnorm, cuda_swiglu, cuda_grouped_swiglu, NULL, NULL,
-                                 epm_cpu_attention, NULL};
+                                 epm_cpu_attention, NULL, NULL};
 
 /* ---- open / close ---- */
 

@@ -115,6 +115,22 @@ static epm_status ref_grouped_swiglu_w8(const float *x, const int64_t *offsets, 
     return st;
 }
 
+/* epm_ref_linear over the FP8 weight dequantised into a float32 copy. */
+static epm_status ref_linear_w8(const float *x, int64_t n, int in, const epm_w8 *w, const float *b, int out,
+                                float *y)
+{
+    static const char fn[] = "ref linear (fp8 weights)";
+    KREQ(n >= 0 && in >= 1 && out >= 1, "%s: n = %lld, in = %d, out = %d", fn, (long long)n, in, out);
+    KREQ(w && w->q && w->scale && w->br >= 1 && w->bc >= 1, "%s: no weight or blocks", fn);
+    float *wf = epm_malloc((size_t)in * (size_t)out * sizeof *wf);
+    if (!wf)
+        return epm_fail(EPM_ERR_NOMEM, "%s: allocation of %lld floats failed", fn, (long long)in * out);
+    ref_w8_values(w, out, in, wf);
+    epm_status st = epm_ref_linear(x, n, in, wf, b, out, y);
+    epm_free(wf);
+    return st;
+}
+
 /* epm_ref_linear's sums over the weights widened (exactly) as they are read. */
 static epm_status ref_linear_w16(const float *x, int64_t n, int in, const uint16_t *w, const float *b, int out,
                                  float *y)
@@ -137,7 +153,7 @@ static epm_status ref_linear_w16(const float *x, int64_t n, int in, const uint16
 
 static const epm_ops ref_ops = {"ref", ref_linear, ref_rmsnorm, ref_swiglu, ref_grouped_swiglu,
                                 ref_grouped_swiglu_w16, ref_linear_w16, epm_ref_attention,
-                                ref_grouped_swiglu_w8};
+                                ref_grouped_swiglu_w8, ref_linear_w8};
 
 const epm_ops *epm_ops_ref(void) { return &ref_ops; }
 

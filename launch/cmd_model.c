@@ -374,8 +374,9 @@ static int cmd_info(int argc, char **argv)
         printf("  files       %d (%.4g MB), dtype %s%s\n", epm_model_files(m), (double)epm_model_file_bytes(m) / 1e6,
                epm_dtype_name(c->dtype), c->tie_word_embeddings ? ", tied embeddings" : "");
         if (c->fp8_block[0] > 0)
-            printf("  quantised   FP8 (e4m3) weight matrices, a scale per [%d, %d] block: routed experts held FP8\n"
-                   "              by the ref and blas kernels, the rest dequantised to bf16 at load\n",
+            printf("  quantised   FP8 (e4m3) weight matrices, a scale per [%d, %d] block: held FP8 by the ref and\n"
+                   "              blas kernels (routed experts; attention, shared and dense MLPs but kv_b), where\n"
+                   "              all of a kind are; other FP8 matrices dequantised to bf16 at load\n",
                    c->fp8_block[0], c->fp8_block[1]);
     }
     epm_model_close(m);

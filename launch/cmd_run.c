@@ -43,9 +43,13 @@ static const char usage[] =
     "                           where the kernels are ref or blas: bf16 (half of float32's memory),\n"
     "                           or FP8 with its block scales (a quarter); the same values either\n"
     "                           way; bf16: an FP8 checkpoint's dequantised at load; f32: widened\n"
-    "  --dense-dtype auto|f32   the same for the dense weight matrices (attention projections,\n"
+    "  --dense-dtype auto|bf16|f32\n"
+    "                           the same for the dense weight matrices (attention projections,\n"
     "                           embedding, LM head, shared experts, dense MLPs; norms and routers stay\n"
-    "                           float32): auto holds them bf16 when all of them are so stored\n"
+    "                           float32): auto holds them bf16 when all of them are so stored (or\n"
+    "                           FP8), and an FP8 checkpoint's attention projections (but MLA's kv_b)\n"
+    "                           and shared and dense MLPs FP8 when all of those are; bf16: those\n"
+    "                           dequantised too\n"
     "  --mla-cache latent|expanded\n"
     "                           DeepSeek's multi-head latent attention: cache the latent (default;\n"
     "                           kv_lora_rank + qk_rope_head_dim floats per token and layer, kv_b_proj\n"
@@ -280,9 +284,10 @@ int epm_cli_run(int argc, char **argv)
             o.experts_bf16 = !strcmp(optarg, "bf16");
             break;
         case O_DDT:
-            if (strcmp(optarg, "auto") && strcmp(optarg, "f32"))
-                return cli_usage_error(W, "--dense-dtype '%s' is not auto or f32", optarg);
+            if (strcmp(optarg, "auto") && strcmp(optarg, "bf16") && strcmp(optarg, "f32"))
+                return cli_usage_error(W, "--dense-dtype '%s' is not auto, bf16 or f32", optarg);
             o.dense_f32 = !strcmp(optarg, "f32");
+            o.dense_bf16 = !strcmp(optarg, "bf16");
             break;
         case O_MLA:
             if (strcmp(optarg, "latent") && strcmp(optarg, "expanded"))

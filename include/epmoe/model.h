@@ -191,6 +191,10 @@ typedef struct epm_model_mlp {
 typedef struct epm_weight {
     const void *data;
     epm_dtype dtype;
+    /* F8_E4M3 (epm_model_set_dense_dtype): data are e4m3 codes, scale their
+     * float32 scales per block of block[0] x block[1], as epm_model_mlp's */
+    const float *scale;
+    int block[2];
 } epm_weight;
 
 typedef struct epm_model_layer {
@@ -250,16 +254,18 @@ EPM_API epm_status epm_model_load_experts(epm_model *m, int layer, const int *ex
  * float32) when every routed expert tensor is FP8, a quarter of float32's
  * memory, standing for the same bf16 values; else as for BF16. The codes and
  * scales are checked at load as when dequantising (NaN codes, non-finite
- * scales, products beyond bf16 are refused), and scales beyond 2^120 are
- * refused (EPM_ERR_UNSUPPORTED: the kernels fold 2^8 into them). *got (may
- * be NULL) receives the dtype chosen. Call before the first
- * epm_model_load_experts (EPM_ERR_INVALID_ARG after). */
+ * scales, products beyond bf16 are refused). *got (may be NULL) receives
+ * the dtype chosen. Call before the first epm_model_load_experts
+ * (EPM_ERR_INVALID_ARG after). */
 EPM_API epm_status epm_model_set_expert_dtype(epm_model *m, epm_dtype want, epm_dtype *got);
 /* The same for the dense weight matrices (epm_weight and the shared and
  * dense MLPs: attention projections, embedding, LM head; not the norms,
  * biases or routers, which stay float32): F32 (the default), or BF16 when
  * want is BF16 and every one of those matrices is BF16 (or FP8) in the checkpoint.
- * Call before epm_model_load_dense (EPM_ERR_INVALID_ARG after). */
+ * want F8_E4M3: as for BF16, and when besides every attention projection
+ * but MLA's kv_b and every shared or dense MLP weight is FP8 (DeepSeek-V3's
+ * release), those stay FP8 as stored (the embedding, LM head and kv_b are
+ * held bf16). Call before epm_model_load_dense (EPM_ERR_INVALID_ARG after). */
 EPM_API epm_status epm_model_set_dense_dtype(epm_model *m, epm_dtype want, epm_dtype *got);
 /* Weights of an expert already loaded, or NULL. */
 EPM_API const epm_model_mlp *epm_model_expert(const epm_model *m, int layer, int expert);

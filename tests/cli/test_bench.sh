@@ -477,11 +477,12 @@ ok "bench run --expert-dtypes" mpi -np 2 "$E" bench run --model "$d/bf16" --batc
              NR == 3 && $1 == "BF16" && $2 == "F32" && $3 > 0 && $4 > 0 && $9 < 1e-4 && $10 == 1 {b = 1}
              NR == 4 && $1 == "BF16" && $2 == "BF16" && $7 == 1 && $8 == 1 && $9 < 1e-4 && $10 == 1 {c = 1}
              END {exit !(h && a && b && c && NR == 4)}' "$d/out" || { fail "bench run --expert-dtypes: rows"; show; }; }
-# an FP8 checkpoint: its experts held FP8, and dequantised to bf16 (the last row, the pre/bf16 baseline)
+# an FP8 checkpoint: its experts (then its dense matrices) held FP8, and everything dequantised to bf16
+# (the last row, the pre/bf16 baseline)
 ok "bench run --expert-dtypes, FP8" mpi -np 2 "$E" bench run --model "$F/deepseekv3-fp8-tiny" --batch 2 --seq 8 \
   --new 3 --reps 1 --expert-dtypes --csv &&
   { awk -F, 'NR == 3 && $1 == "F8_E4M3" && $2 == "F32" && $9 < 1e-4 && $10 == 1 {a = 1}
-             NR == 4 && $1 == "F8_E4M3" && $2 == "BF16" && $7 > 0 && $8 > 0 && $9 < 1e-4 && $10 == 1 {b = 1}
+             NR == 4 && $1 == "F8_E4M3" && $2 == "F8_E4M3" && $7 > 0 && $8 > 0 && $9 < 1e-4 && $10 == 1 {b = 1}
              NR == 5 && $1 == "BF16" && $2 == "BF16" && $7 == 1 && $8 == 1 && $9 < 1e-4 && $10 == 1 {c = 1}
              END {exit !(a && b && c && NR == 5)}' "$d/out" || { fail "bench run --expert-dtypes, FP8: rows"; show; }; }
 # MLA cached expanded (the baseline row) and as its latent: (32 + 8) / (2 x 4 heads x 24) of the cache,

@@ -118,9 +118,10 @@ static epm_placement *make_placement(int kind, int layers, int experts, int node
     return p;
 }
 
-/* f32: widen the weight matrices at load (1), or hold FP8 experts
+/* f32: widen the weight matrices at load (1), or hold FP8 matrices
  * dequantised to bf16 (2; else held as stored: bf16 where they are bf16,
- * FP8 experts as FP8); expanded: MLA caches keys and values per head.
+ * FP8 experts, attention projections and shared experts as FP8); expanded:
+ * MLA caches keys and values per head.
  * Returns the fullest rank's KV cache bytes. */
 static int64_t check_fixture_held(const char *name, epm_mode mode, int kind, int vnodes, int f32, int expanded)
 {
@@ -137,7 +138,7 @@ static int64_t check_fixture_held(const char *name, epm_mode mode, int kind, int
     o.keep_logits = 1;
     o.ops = kind == 1 ? "ref" : "blas";
     o.experts_f32 = o.dense_f32 = f32 == 1;
-    o.experts_bf16 = f32 == 2;
+    o.experts_bf16 = o.dense_bf16 = f32 == 2;
     o.mla_expanded = expanded;
     epm_run_result *res;
     const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
@@ -149,9 +150,11 @@ static int64_t check_fixture_held(const char *name, epm_mode mode, int kind, int
         const epm_st_tensor *t = epm_st_find(f.ref, "logits");
         double e = rel_err(res->logits, t->data, 2 * 16 * 256);
         /* FP8 experts are held as stored unless dequantised to bf16 or widened */
-        if (strstr(name, "fp8"))
-            assert_int_equal(res->report.expert_dtype, f32 == 1 ? EPM_DTYPE_F32 : f32 == 2 ? EPM_DTYPE_BF16
-                                                                                         : EPM_DTYPE_F8_E4M3);
+        if (strstr(name, "fp8")) {
+            epm_dtype want = f32 == 1 ? EPM_DTYPE_F32 : f32 == 2 ? EPM_DTYPE_BF16 : EPM_DTYPE_F8_E4M3;
+            assert_int_equal(res->report.expert_dtype, want);
+            assert_int_equal(res->report.dense_dtype, want);
+        }
         if (e > 1e-4)
             fprintf(stderr, "%s mode %s placement %d ranks %d: relative error %g\n", name, epm_mode_name(mode), kind,
                     R, e);
@@ -181,8 +184,8 @@ static void check_fixture(const char *name, epm_mode mode, int kind, int vnodes)
 
 /* DeepSeek-V3's FP8 release format: e4m3 matrices with a scale per block
  * (blocks of 16 x 24 here, partial at the edges), against the oracle's own
- * dequantisation; experts held FP8 (blas, ref), dequantised to bf16, and
- * everything widened to float32 */
+ * dequantisation; experts and dense matrices held FP8 (blas, ref),
+ * dequantised to bf16, and everything widened to float32 */
 static void test_run_fp8_checkpoint(void **state)
 {
     (void)state;

@@ -256,6 +256,7 @@ static void test_kernels_cpu_w8_is_ref(void **state)
         {1, 1, 1, 1, {0, 1, 0, 2, 0}},        {37, 29, 16, 24, {1, 2, 3, 4, 5}},
         {64, 40, 128, 128, {0, 0, 7, 0, 1}}, {23, 9, 5, 3, {1030, 0, 0, 1, 0}},
         {136, 96, 16, 24, {0, 4, 66, 0, 3}}, {256, 128, 128, 128, {1, 2, 3, 4, 20}},
+        {256, 384, 128, 128, {0, 9, 0, 0, 40}}, /* decoded on several threads */
     };
     enum { E = 5 };
     const epm_ops *ref = epm_ops_ref(), *blas = epm_ops_blas();
@@ -307,6 +308,50 @@ static void test_kernels_cpu_w8_is_ref(void **state)
     some[1] = (epm_w8){qz, sz, 1, 0};
     assert_int_equal(blas->grouped_swiglu_w8(x, off, 2, 2, 1, some, some, some, scr, y), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "expert 1's gate blocks are 1 x 0"));
+    epm_w8 wide[2] = {{qz, sz, 1, 2}, {qz, sz, 1, 1}}, valid[2] = {{qz, sz, 1, 2}, {qz, sz, 1, 2}};
+    assert_int_equal(blas->grouped_swiglu_w8(x, off, 2, 2, 1, wide, valid, valid, scr, y), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "expert 1's gate and up blocks are 1 and 2 columns wide"));
+    epm_clear_error();
+}
+
+/* The FP8-weight linear layer (DeepSeek-V3's attention projections held as
+ * stored) against the reference table's: rows across the direct kernel's
+ * limit, widths odd or several blocks with a partial last one, with and
+ * without a bias, each instruction set, 1 and 3 threads; bad weights refused. */
+static void test_kernels_cpu_linear_w8(void **state)
+{
+    kc_ctx *c = *state;
+    static const int cases[][6] = {/* n, in, out, br, bc, bias */
+                                   {0, 8, 4, 2, 2, 0},      {1, 37, 29, 16, 24, 1}, {3, 256, 300, 128, 128, 0},
+                                   {4, 130, 70, 16, 24, 1}, {5, 37, 29, 5, 7, 0},   {40, 300, 257, 128, 128, 1}};
+    const epm_ops *ref = epm_ops_ref(), *blas = epm_ops_blas();
+    assert_non_null(ref->linear_w8);
+    assert_non_null(blas->linear_w8);
+    FOR_EACH_ISA(isa)
+    FOR_THREADS(nthr) {
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+            int n = cases[i][0], in = cases[i][1], out = cases[i][2];
+            float *x = kc_rnd((size_t)n * in + 1, &c->seed), *b = kc_rnd((size_t)out, &c->seed);
+            epm_w8 w = w8_random(out, in, cases[i][3], cases[i][4], &c->seed);
+            float *y = malloc(((size_t)n * out + 1) * sizeof *y), *want = malloc(((size_t)n * out + 1) * sizeof *want);
+            for (int64_t j = 0; j < (int64_t)n * out; j++)
+                y[j] = NAN;
+            const float *bias = cases[i][5] ? b : NULL;
+            assert_int_equal(blas->linear_w8(x, n, in, &w, bias, out, y), EPM_OK);
+            assert_int_equal(ref->linear_w8(x, n, in, &w, bias, out, want), EPM_OK);
+            char what[128];
+            snprintf(what, sizeof what, "linear w8 case %zu (n %d, in %d, out %d, %d threads, %s)", i, n, in, out,
+                     nthr, epm_cpu_isa_name((epm_cpu_isa)isa));
+            kc_close(what, y, want, (int64_t)n * out, KC_F32_TOL);
+            free(x), free(b), free(y), free(want), free((void *)w.q), free((void *)w.scale);
+        }
+    }
+    float x[4] = {0}, y[4];
+    epm_w8 none = {NULL, NULL, 1, 1};
+    assert_int_equal(blas->linear_w8(x, 1, 2, &none, NULL, 2, y), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "cpu linear (fp8 weights): no codes or scales"));
+    assert_int_equal(ref->linear_w8(x, 1, 2, &none, NULL, 2, y), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "ref linear (fp8 weights): no weight or blocks"));
     epm_clear_error();
 }
 
@@ -493,6 +538,7 @@ int main(void)
         cmocka_unit_test(test_kernels_cpu_linear_w16),
         cmocka_unit_test(test_kernels_cpu_w8_decode),
         cmocka_unit_test(test_kernels_cpu_w8_is_ref),
+        cmocka_unit_test(test_kernels_cpu_linear_w8),
         cmocka_unit_test(test_kernels_cpu_grouped_ffn_bad_offsets),
         cmocka_unit_test(test_kernels_cpu_ref_bf16_is_widened_f32),
         cmocka_unit_test(test_kernels_cpu_backend_selection),

@@ -437,7 +437,7 @@ static void test_model_dense_kept_bf16(void **state)
     assert_int_equal(epm_model_open(bf16, &w), EPM_OK);
     epm_dtype got = EPM_DTYPE_F16;
     assert_int_equal(epm_model_set_dense_dtype(m, EPM_DTYPE_F16, &got), EPM_ERR_INVALID_ARG);
-    assert_non_null(strstr(epm_last_error(), "F32 or BF16, not F16"));
+    assert_non_null(strstr(epm_last_error(), "F32, BF16 or F8_E4M3, not F16"));
     assert_int_equal(epm_model_set_dense_dtype(m, EPM_DTYPE_BF16, &got), EPM_OK);
     assert_int_equal(got, EPM_DTYPE_BF16);
     const epm_model_dense *d, *e;
@@ -470,7 +470,8 @@ static void test_model_dense_kept_bf16(void **state)
         assert_int_equal(a->ffn, b->ffn);
         const void *ga[3] = {a->gate, a->up, a->down}, *gb[3] = {b->gate, b->up, b->down};
         for (int t = 0; t < 3; t++)
-            same_widened((epm_weight){ga[t], EPM_DTYPE_BF16}, (epm_weight){gb[t], EPM_DTYPE_F32}, H * a->ffn);
+            same_widened((epm_weight){.data = ga[t], .dtype = EPM_DTYPE_BF16},
+                         (epm_weight){.data = gb[t], .dtype = EPM_DTYPE_F32}, H * a->ffn);
     }
     assert_int_equal(dense_layers, 1);
     assert_true(shared >= 1);
@@ -876,6 +877,29 @@ static void test_model_fp8_dequantised(void **state)
         }
     assert_int_equal(epm_model_expert_bytes_loaded(h), one);
     epm_model_close(h);
+    /* the dense matrices held FP8 too: attention projections and the dense and shared MLPs, the
+     * same values; kv_b and the embedding bf16 */
+    assert_int_equal(epm_model_open(d8, &h), EPM_OK);
+    assert_int_equal(epm_model_set_dense_dtype(h, EPM_DTYPE_F8_E4M3, &got), EPM_OK);
+    assert_int_equal(got, EPM_DTYPE_F8_E4M3);
+    assert_int_equal(epm_model_load_dense(h, &hd), EPM_OK);
+    const epm_model_layer *l1 = &hd->layer[1];
+    assert_int_equal(l1->o.dtype, EPM_DTYPE_F8_E4M3);
+    assert_int_equal(l1->o.block[0], 5);
+    assert_int_equal(l1->kv_b.dtype, EPM_DTYPE_BF16);
+    assert_int_equal(hd->embed.dtype, EPM_DTYPE_BF16);
+    assert_int_equal(hd->layer[0].mlp.dtype, EPM_DTYPE_F8_E4M3);
+    assert_true(c->shared_ffn > 0);
+    assert_int_equal(l1->shared.dtype, EPM_DTYPE_F8_E4M3);
+    {
+        int64_t rows = c->hidden_size, cols = (int64_t)c->num_heads * c->v_head_dim, nb = (cols + 6) / 7;
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t j = 0; j < cols; j++) {
+                float v = epm_f8e4m3_to_f32(((const uint8_t *)l1->o.data)[i * cols + j]) * l1->o.scale[i / 5 * nb + j / 7];
+                assert_true(epm_bf16_to_f32(epm_f32_to_bf16(v)) == f32w(a.d->layer[1].o)[i * cols + j]);
+            }
+    }
+    epm_model_close(h);
     /* a float32 checkpoint asked for FP8 holds float32 */
     assert_int_equal(epm_model_open(d32, &h), EPM_OK);
     assert_int_equal(epm_model_set_expert_dtype(h, EPM_DTYPE_F8_E4M3, &got), EPM_OK);
@@ -980,8 +1004,8 @@ static void test_model_fp8_errors(void **state)
     assert_int_equal(try_load(dir), EPM_ERR_FORMAT);
     assert_non_null(strstr(epm_last_error(), "overflows bfloat16"));
     assert_non_null(strstr(epm_last_error(), "up_proj.weight_scale_inv' element [1, 2]"));
-    { /* a scale beyond 2^120 (products still within bf16 when the block's codes are small): the
-       * experts held FP8 refuse it, dequantised they take it */
+    { /* a scale beyond 2^120 (products still within bf16 when the block's codes are small): held
+       * FP8, as dequantised */
         float far = 0x1p121f;
         patch(file, data_offset(file, sn) + 4 * (1 * 5 + 2), &far, 4);
         long at = data_offset(file, w);
@@ -994,9 +1018,9 @@ static void test_model_fp8_errors(void **state)
         int three[1] = {3};
         assert_int_equal(epm_model_open(dir, &h), EPM_OK);
         assert_int_equal(epm_model_set_expert_dtype(h, EPM_DTYPE_F8_E4M3, NULL), EPM_OK);
-        assert_int_equal(epm_model_load_experts(h, 2, three, 1, NULL), EPM_ERR_UNSUPPORTED);
-        assert_non_null(strstr(epm_last_error(), "up_proj.weight_scale_inv' element [1, 2] = "));
-        assert_non_null(strstr(epm_last_error(), "--expert-dtype bf16"));
+        epm_model_mlp he;
+        assert_int_equal(epm_model_load_experts(h, 2, three, 1, &he), EPM_OK);
+        assert_true(he.scale[1][1 * 5 + 2] == far);
         epm_model_close(h);
     }
     /* a matrix large enough to be dequantised on several threads: of two NaN codes, the first in

@@ -11,7 +11,7 @@
 #include "epmoe/model.h"
 #include "alloc_sweep.h"
 
-/* the last: DeepSeek-V3's FP8 format, its experts held FP8 (their scales copied) */
+/* the last: DeepSeek-V3's FP8 format, its experts and dense matrices held FP8 (their scales copied) */
 static const char *const fixtures[] = {"qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseekv3-fp8-tiny"};
 enum { NFIX = sizeof fixtures / sizeof *fixtures };
 
@@ -25,6 +25,8 @@ static epm_status load_all(const char *dir)
         return st;
     }
     st = epm_model_set_expert_dtype(m, EPM_DTYPE_F8_E4M3, NULL);
+    if (st == EPM_OK)
+        st = epm_model_set_dense_dtype(m, EPM_DTYPE_F8_E4M3, NULL);
     if (st == EPM_OK)
         st = epm_model_load_dense(m, NULL);
     const epm_model_config *c = epm_model_get_config(m);
