@@ -11,7 +11,7 @@ tmp_template=/tmp/epm-atomic.XXXXXX
 . "$(dirname "$0")/lib.sh" || exit 1
 F=${EPM_FIXTURES:?}
 export ASAN_OPTIONS=$no_leaks
-ms_sleep() { sleep "$(printf '0.%03d' "$1")"; }
+ms_sleep() { sleep "$(printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)))"; } # 2560 -> 2.560 (was 0.2560)
 # same content; with NORM=json the plan's own timing is left out
 same() {
   if [ "${NORM:-}" = json ]; then
@@ -26,7 +26,8 @@ same() {
 kill_during_write() {
   local label=$1 out=$2 old=$3 new=$4
   shift 4
-  # (the last step only where a loaded machine makes the 50 MB write outlast 2.5 s: CI saw it)
+  # (the last steps only where a loaded machine makes the 50 MB write outlast 1 s: until this
+  # stop, ms_sleep turned 1000 and more into 0.1-0.256 s, so a write past 0.3 s failed here)
   local dir base delays=(pre 0 3 10 30 100 300 1000 2560 10000)
   dir=$(dirname "$out")
   base=$(basename "$out")
