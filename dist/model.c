@@ -230,7 +230,7 @@ static epm_status fp8_scales(const epm_model *m, const spec *x, const char *path
                              const char **out_path)
 {
     char name[sizeof x->name + 16];
-    snprintf(name, sizeof name, "%s_scale_inv", x->name);
+    epm_fp8_scale_name(x->name, name, sizeof name);
     const int *b = m->cfg.fp8_block;
     if (b[0] <= 0)
         return epm_fail(EPM_ERR_FORMAT,

@@ -3,6 +3,8 @@
 #ifndef EPM_MODEL_INTERNAL_H
 #define EPM_MODEL_INTERNAL_H
 
+#include <stdio.h>
+
 #include "core.h"
 #include "epmoe/model.h"
 #include "safetensors.h"
@@ -49,6 +51,15 @@ typedef struct epm_model_tensor_info {
     int fp8ok;         /* one that may also stay FP8 (not the embedding, LM head or MLA's kv_b) */
 } epm_model_tensor_info;
 typedef epm_status (*epm_model_tensor_fn)(void *ctx, const epm_model_tensor_info *t);
+
+/* The tensor of an FP8 weight's block scales: "<weight>_scale_inv", as
+ * DeepSeek-V3's and Qwen3's FP8 releases name it (the loader, model info
+ * and synth each need it). buf of at least strlen(weight) + 11 bytes. */
+static inline const char *epm_fp8_scale_name(const char *weight, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s_scale_inv", weight);
+    return buf;
+}
 epm_status epm_model_tensors(const epm_model_config *cfg, epm_model_tensor_fn fn, void *ctx);
 
 #endif

@@ -242,7 +242,7 @@ static epm_status collect(void *vp, const epm_model_tensor_info *t)
     if (!fp8)
         return EPM_OK;
     char name[256];
-    snprintf(name, sizeof name, "%s_scale_inv", t->name);
+    epm_fp8_scale_name(t->name, name, sizeof name);
     return add_item(p, name, 2, (t->shape[0] + p->block[0] - 1) / p->block[0],
                     (t->shape[1] + p->block[1] - 1) / p->block[1], EPM_DTYPE_F32, p->n - 1);
 }

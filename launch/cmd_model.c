@@ -254,7 +254,7 @@ static epm_status count(void *vc, const epm_model_tensor_info *t)
     int64_t b = st ? (int64_t)(st->end - st->begin) : 0;
     if (st && st->dtype == EPM_DTYPE_F8_E4M3) { /* and its block scales */
         char name[256];
-        snprintf(name, sizeof name, "%s_scale_inv", t->name);
+        epm_fp8_scale_name(t->name, name, sizeof name);
         const epm_st_tensor *sc = epm_shards_find(c->sh, name, NULL);
         b += sc ? (int64_t)(sc->end - sc->begin) : 0;
     }
