@@ -46,8 +46,9 @@ static const char usage[] =
     "                       bf16 checkpoint), and for an FP8 one everything dequantised to bf16\n"
     "                       (bf16/bf16), alternated --reps times, live routing, contiguous\n"
     "                       placement: best tokens/s of each, over all-float32's and over the run\n"
-    "                       with bf16 experts and dense matrices as stored, logit error and\n"
-    "                       greedy-token agreement against all-float32\n"
+    "                       holding every matrix bf16 (auto/auto for a bf16 checkpoint, bf16/bf16\n"
+    "                       for an FP8 one), logit error and greedy-token agreement against\n"
+    "                       all-float32\n"
     "  --mla-cache          instead (DeepSeek models): MLA cached expanded (a key and a value per head,\n"
     "                       the baseline) then as its latent, alternated --reps times, live routing,\n"
     "                       contiguous placement: KV cache bytes of the fullest rank, best tokens/s,\n"
@@ -194,7 +195,7 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, epm_mode
                            const int *lens, int32_t **prompts, int nnew, int reps, int csv)
 {
     int me = epm_xcomm_rank(x), rc = EPM_EXIT_OK, fp8 = 0;
-    if (which == 'd') { /* an FP8 checkpoint: its experts also dequantised to bf16, the row FP8 is against */
+    if (which == 'd') { /* an FP8 checkpoint: also everything dequantised to bf16, the row FP8 is against */
         char path[4096];
         epm_model_config cfg;
         snprintf(path, sizeof path, "%s/config.json", model);
@@ -204,7 +205,7 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, epm_mode
         }
     }
     enum { MAXV = 4 };
-    const int configs = which == 'd' ? 3 + fp8 : 2, kb = fp8 ? 3 : 2; /* kb: bf16 experts, dense as stored */
+    const int configs = which == 'd' ? 3 + fp8 : 2, kb = fp8 ? 3 : 2; /* kb: every matrix held bf16 */
     epm_run_result *first[MAXV] = {NULL, NULL, NULL, NULL};
     double pre[MAXV] = {1e30, 1e30, 1e30, 1e30}, dec[MAXV] = {1e30, 1e30, 1e30, 1e30};
     for (int r = 0; r < reps && rc == EPM_EXIT_OK; r++)

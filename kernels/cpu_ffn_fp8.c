@@ -67,8 +67,16 @@ static w8_isa w8_isa_active(void)
     epm_cpu_isa isa = epm_cpu_isa_active();
     if (isa == EPM_CPU_ISA_AVX512)
         return W8_AVX512;
-    unsigned a, b, c, d; /* cpuid, not __builtin_cpu_supports: clang 14 does not know "f16c" */
-    if (isa == EPM_CPU_ISA_AVX2 && __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C))
+    /* cpuid (not __builtin_cpu_supports: clang 14 does not know "f16c"),
+     * once: in a VM every cpuid traps to the hypervisor */
+    static int f16c = -1;
+    int have = __atomic_load_n(&f16c, __ATOMIC_RELAXED);
+    if (have < 0) {
+        unsigned a, b, c, d;
+        have = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+        __atomic_store_n(&f16c, have, __ATOMIC_RELAXED);
+    }
+    if (isa == EPM_CPU_ISA_AVX2 && have)
         return W8_AVX2;
 #endif
     return W8_PORTABLE;
@@ -437,8 +445,11 @@ epm_status epm_cpu_grouped_ffn_w8(const float *x, const int64_t *offsets, int ex
     }
     int64_t busiest = epm_busiest_rows(offsets, experts), chunk_max = busiest < CHUNK ? busiest : CHUNK;
     float *panel = scratch + 2 * chunk_max * ffn;
-    float *wf = panel, *pack = wf + (int64_t)hidden * ffn;
-    pack += -(uintptr_t)pack / sizeof *pack & 15; /* a cache line: cpu_gemm_nt.c's loads */
+    /* the whole-matrix path: the decoded matrix, then the packed rows on a cache line */
+    const int whole = (int64_t)hidden * ffn <= WHOLE_MAX;
+    float *wf = panel, *pack = whole ? wf + (int64_t)hidden * ffn : NULL;
+    if (pack)
+        pack += -(uintptr_t)pack / sizeof *pack & 15;
     int pr_in = epm_cpu_panel_rows(hidden, ffn, 0), pr_out = epm_cpu_panel_rows(ffn, hidden, 0);
     const epm_cpu_isa isa = epm_cpu_isa_active();
     for (int e = 0; e < experts; e++) {
@@ -453,7 +464,7 @@ epm_status epm_cpu_grouped_ffn_w8(const float *x, const int64_t *offsets, int ex
         for (int64_t r0 = offsets[e]; r0 < offsets[e + 1]; r0 += CHUNK) {
             int64_t m = offsets[e + 1] - r0 < CHUNK ? offsets[e + 1] - r0 : CHUNK;
             float *g = scratch, *u = scratch + m * ffn;
-            if (m <= EPM_GEMM_NT_MAX_ROWS && isa != EPM_CPU_ISA_OFF && (int64_t)hidden * ffn <= WHOLE_MAX) {
+            if (m <= EPM_GEMM_NT_MAX_ROWS && isa != EPM_CPU_ISA_OFF && whole) {
                 whole_linear(isa, x + r0 * hidden, m, hidden, &gate[e], ffn, wf, pack, g);
                 whole_linear(isa, x + r0 * hidden, m, hidden, &up[e], ffn, wf, pack, u);
                 epm_swiglu_inplace(g, u, m * ffn);

@@ -61,12 +61,13 @@ typedef struct epm_ops {
     /* grouped_swiglu over FP8 weights (epm_w8, one per expert; q NULL for
      * an expert with no rows), scratch of epm_grouped_scratch_w8 floats.
      * NULL where the table has none (the runtime then holds FP8 experts
-     * dequantised to bf16, or widened). */
+     * dequantised to bf16 where the table has a bf16 FFN, else widened). */
     epm_status (*grouped_swiglu_w8)(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
                                     const epm_w8 *gate, const epm_w8 *up, const epm_w8 *down, float *scratch,
                                     float *y);
     /* linear over an FP8 weight; b float32. NULL where the table has none
-     * (the runtime then holds FP8 dense matrices dequantised to bf16). */
+     * (the runtime then holds FP8 dense matrices dequantised to bf16, or
+     * widened where the table has no bf16 linear either). */
     epm_status (*linear_w8)(const float *x, int64_t n, int in, const epm_w8 *w, const float *b, int out, float *y);
 } epm_ops;
 

@@ -68,67 +68,93 @@ static epm_status ref_grouped_swiglu_w16(const float *x, const int64_t *offsets,
     return st;
 }
 
-/* An FP8 weight [rows][cols] as the values it stands for, one by one. */
-static void ref_w8_values(const epm_w8 *w, int64_t rows, int64_t cols, float *out)
+/* Row r of an FP8 weight of cols columns as the values it stands for, one
+ * by one. */
+static void ref_w8_row(const epm_w8 *w, int64_t r, int64_t cols, float *out)
 {
     int64_t sc_cols = (cols + w->bc - 1) / w->bc;
-    for (int64_t i = 0; i < rows; i++)
-        for (int64_t j = 0; j < cols; j++) {
-            float v = epm_f8e4m3_to_f32(w->q[i * cols + j]) * w->scale[i / w->br * sc_cols + j / w->bc];
-            out[i * cols + j] = epm_bf16_to_f32(epm_f32_to_bf16(v));
-        }
+    for (int64_t j = 0; j < cols; j++) {
+        float v = epm_f8e4m3_to_f32(w->q[r * cols + j]) * w->scale[r / w->br * sc_cols + j / w->bc];
+        out[j] = epm_bf16_to_f32(epm_f32_to_bf16(v));
+    }
 }
 
-/* Each busy expert's FP8 weights dequantised into float32 copies, then the
- * float32 reference on them: the oracle of the FP8-weight fast path. */
+/* y[i][o] (ld ldy) = x[i] . w[o] (+ b[o]) for n rows of width in, in
+ * double, each weight row dequantised once into row[in]: a dense FP8
+ * matrix is never widened whole (DeepSeek-V3's o_proj would be 470 MB). */
+static void ref_w8_rows(const float *x, int64_t n, int in, const epm_w8 *w, const float *b, int out, float *row,
+                        float *y, int64_t ldy)
+{
+    for (int o = 0; o < out; o++) {
+        ref_w8_row(w, o, in, row);
+        for (int64_t i = 0; i < n; i++) {
+            double sum = b ? b[o] : 0.0;
+            for (int j = 0; j < in; j++)
+                sum += (double)x[i * in + j] * row[j];
+            y[i * ldy + o] = (float)sum;
+        }
+    }
+}
+
+static int w8_ok(const epm_w8 *w) { return w && w->q && w->scale && w->br >= 1 && w->bc >= 1; }
+
+/* The FP8-weight FFN one weight row at a time, tokens in blocks of 32
+ * (their SwiGLU rows in h): the oracle of the FP8-weight fast path. */
 static epm_status ref_grouped_swiglu_w8(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
                                         const epm_w8 *gate, const epm_w8 *up, const epm_w8 *down, float *scratch,
                                         float *y)
 {
     (void)scratch;
+    enum { TB = 32 };
     static const char fn[] = "ref grouped_ffn (fp8 weights)";
     EPM_CHECK(epm_ref_check_offsets(fn, offsets, experts));
     KREQ(hidden >= 1 && ffn >= 1, "%s: hidden = %d, ffn = %d", fn, hidden, ffn);
     KREQ(gate && up && down, "%s: a weight array is NULL", fn);
-    int64_t n = (int64_t)hidden * ffn;
-    float *w = epm_malloc(3 * (size_t)n * sizeof *w);
-    if (!w)
-        return epm_fail(EPM_ERR_NOMEM, "%s: allocation of %lld floats failed", fn, (long long)(3 * n));
-    epm_status st = EPM_OK;
-    for (int e = 0; e < experts && st == EPM_OK; e++) {
-        int64_t m = offsets[e + 1] - offsets[e];
-        if (m == 0)
-            continue;
-        const epm_w8 *ws[3] = {&gate[e], &up[e], &down[e]};
-        for (int k = 0; k < 3 && st == EPM_OK; k++)
-            if (!ws[k]->q || !ws[k]->scale || ws[k]->br < 1 || ws[k]->bc < 1)
-                st = epm_fail(EPM_ERR_INVALID_ARG, "%s: expert %d has %lld rows but no weights or blocks", fn, e,
-                              (long long)m);
-        if (st != EPM_OK)
-            break;
-        ref_w8_values(&gate[e], ffn, hidden, w);
-        ref_w8_values(&up[e], ffn, hidden, w + n);
-        ref_w8_values(&down[e], hidden, ffn, w + 2 * n);
-        st = epm_ref_expert_ffn(x + offsets[e] * hidden, m, hidden, ffn, w, w + n, w + 2 * n, y + offsets[e] * hidden);
-    }
-    epm_free(w);
-    return st;
+    for (int e = 0; e < experts; e++)
+        KREQ(offsets[e + 1] == offsets[e] || (w8_ok(&gate[e]) && w8_ok(&up[e]) && w8_ok(&down[e])),
+             "%s: expert %d has %lld rows but no weights or blocks", fn, e, (long long)(offsets[e + 1] - offsets[e]));
+    size_t wide = (size_t)(hidden > ffn ? hidden : ffn);
+    float *buf = epm_malloc((2 * wide + (size_t)TB * (size_t)ffn) * sizeof *buf);
+    if (!buf)
+        return epm_fail(EPM_ERR_NOMEM, "%s: allocation of %zu floats failed", fn, 2 * wide + (size_t)TB * ffn);
+    float *gr = buf, *ur = buf + wide, *h = buf + 2 * wide;
+    for (int e = 0; e < experts; e++)
+        for (int64_t t0 = offsets[e]; t0 < offsets[e + 1]; t0 += TB) {
+            int64_t m = offsets[e + 1] - t0 < TB ? offsets[e + 1] - t0 : TB;
+            const float *xt = x + t0 * hidden;
+            for (int f = 0; f < ffn; f++) {
+                ref_w8_row(&gate[e], f, hidden, gr);
+                ref_w8_row(&up[e], f, hidden, ur);
+                for (int64_t i = 0; i < m; i++) {
+                    double g = 0, u = 0;
+                    for (int j = 0; j < hidden; j++) {
+                        g += (double)xt[i * hidden + j] * gr[j];
+                        u += (double)xt[i * hidden + j] * ur[j];
+                    }
+                    h[i * ffn + f] = epm_silu((float)g) * (float)u;
+                }
+            }
+            ref_w8_rows(h, m, ffn, &down[e], NULL, hidden, gr, y + t0 * hidden, hidden);
+        }
+    epm_free(buf);
+    return EPM_OK;
 }
 
-/* epm_ref_linear over the FP8 weight dequantised into a float32 copy. */
+/* epm_ref_linear's sums over the FP8 weight dequantised row by row. */
 static epm_status ref_linear_w8(const float *x, int64_t n, int in, const epm_w8 *w, const float *b, int out,
                                 float *y)
 {
     static const char fn[] = "ref linear (fp8 weights)";
     KREQ(n >= 0 && in >= 1 && out >= 1, "%s: n = %lld, in = %d, out = %d", fn, (long long)n, in, out);
-    KREQ(w && w->q && w->scale && w->br >= 1 && w->bc >= 1, "%s: no weight or blocks", fn);
-    float *wf = epm_malloc((size_t)in * (size_t)out * sizeof *wf);
-    if (!wf)
-        return epm_fail(EPM_ERR_NOMEM, "%s: allocation of %lld floats failed", fn, (long long)in * out);
-    ref_w8_values(w, out, in, wf);
-    epm_status st = epm_ref_linear(x, n, in, wf, b, out, y);
-    epm_free(wf);
-    return st;
+    KREQ(w8_ok(w), "%s: no weight or blocks", fn);
+    KPTR(fn, x, n);
+    KPTR(fn, y, n);
+    float *row = epm_malloc((size_t)in * sizeof *row);
+    if (!row)
+        return epm_fail(EPM_ERR_NOMEM, "%s: allocation of %d floats failed", fn, in);
+    ref_w8_rows(x, n, in, w, b, out, row, y, out);
+    epm_free(row);
+    return EPM_OK;
 }
 
 /* epm_ref_linear's sums over the weights widened (exactly) as they are read. */

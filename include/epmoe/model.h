@@ -169,14 +169,15 @@ EPM_API int epm_model_kv_floats(const epm_model_config *cfg, int mla_expanded);
 
 /* A SwiGLU MLP: down(silu(gate x) * up x). gate/up [ffn, hidden], down
  * [hidden, ffn], of type dtype: F32 (float), or BF16 (uint16_t bit patterns)
- * held as stored (routed experts: epm_model_set_expert_dtype; shared experts
- * and dense MLPs: epm_model_set_dense_dtype). */
+ * or F8_E4M3 (codes, with scale and block below) held as stored (routed
+ * experts: epm_model_set_expert_dtype; shared experts and dense MLPs:
+ * epm_model_set_dense_dtype). */
 typedef struct epm_model_mlp {
     const void *gate, *up, *down;
     int ffn;
     epm_dtype dtype;
-    /* F8_E4M3 (routed experts of an FP8 checkpoint held as stored:
-     * epm_model_set_expert_dtype): gate, up, down are uint8_t e4m3 codes and
+    /* F8_E4M3 (an FP8 checkpoint's MLP held as stored): gate, up, down are
+     * uint8_t e4m3 codes and
      * scale[0..2] their float32 scales, one per block of block[0] rows x
      * block[1] columns (row-major, [ceil(rows / block[0])][ceil(cols /
      * block[1])]); weight (i, j) stands for bf16(e4m3 x its block's scale).

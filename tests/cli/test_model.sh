@@ -140,7 +140,7 @@ if command -v python3 >/dev/null; then
     for edt in auto bf16; do
         expect 0 "$EPMOE" run --model "$d/q3f8" --input "$d/q3f8/reference.safetensors" --all-logits \
             --logits-out "$d/q3f8.st" --expert-dtype $edt --report --json
-        contains "$d/out" "\"expert_dtype\": \"$([ $edt = auto ] && echo F8_E4M3 || echo BF16)\""
+        contains "$d/out" "\"expert_dtype\": \"$([ $edt = auto ] && echo F8_E4M3 || echo BF16)\", \"dense_dtype\": \"F8_E4M3\""
         expect 0 python3 "$S/tests/multinode/compare_logits.py" "$d/q3f8.st" "$d/q3f8/reference.safetensors" 1e-5
     done
 fi

@@ -891,6 +891,25 @@ static void test_model_fp8_dequantised(void **state)
     assert_int_equal(hd->layer[0].mlp.dtype, EPM_DTYPE_F8_E4M3);
     assert_true(c->shared_ffn > 0);
     assert_int_equal(l1->shared.dtype, EPM_DTYPE_F8_E4M3);
+    /* the MLPs' codes and scales: the shared expert's down projection and the dense MLP's gate
+     * stand for the dequantised values */
+    {
+        const epm_model_mlp *mm[2] = {&l1->shared, &hd->layer[0].mlp}, *mf[2] = {&a.d->layer[1].shared, &a.d->layer[0].mlp};
+        for (int k = 0; k < 2; k++) {
+            int down = k == 0;
+            int64_t rows = down ? c->hidden_size : mm[k]->ffn, cols = down ? mm[k]->ffn : c->hidden_size,
+                    nb = (cols + 6) / 7;
+            const uint8_t *q = down ? mm[k]->down : mm[k]->gate;
+            const float *sc = mm[k]->scale[down ? 2 : 0], *want = down ? mf[k]->down : mf[k]->gate;
+            assert_non_null(sc);
+            assert_int_equal(mm[k]->block[1], 7);
+            for (int64_t i = 0; i < rows; i++)
+                for (int64_t j = 0; j < cols; j++) {
+                    float v = epm_f8e4m3_to_f32(q[i * cols + j]) * sc[i / 5 * nb + j / 7];
+                    assert_true(epm_bf16_to_f32(epm_f32_to_bf16(v)) == want[i * cols + j]);
+                }
+        }
+    }
     {
         int64_t rows = c->hidden_size, cols = (int64_t)c->num_heads * c->v_head_dim, nb = (cols + 6) / 7;
         for (int64_t i = 0; i < rows; i++)
