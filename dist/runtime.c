@@ -1066,10 +1066,32 @@ static double machine_share(const rt *r)
     return avail > 0 ? avail / local : 0;
 }
 
+/* The FFN scratch the run keeps between layers (ffn_scratch) at its
+ * largest: one expert or MLP given a whole chunk of rows (the CPU FFN's
+ * 1024) in the dtype it is held in. */
+static double ffn_scratch_bytes(const rt *r)
+{
+    const epm_model_config *c = r->c;
+    const int H = c->hidden_size;
+    const int64_t off[2] = {0, 1024};
+    const int widths[3] = {epm_model_config_moe_layers(c) > 0 ? c->moe_ffn : 0, c->shared_ffn,
+                           epm_model_config_moe_layers(c) < c->num_layers ? c->dense_ffn : 0};
+    double most = 0;
+    for (int k = 0; k < 3; k++) {
+        int F = widths[k], w8 = k ? r->d8 : r->w8, w16 = k ? r->d16 : r->w16;
+        if (F <= 0)
+            continue;
+        int64_t f = w8 ? epm_grouped_scratch_w8(off, 1, H, F) : w16 ? epm_grouped_scratch_w16(off, 1, H, F)
+                                                              : epm_swiglu_scratch(1024, H, F);
+        most = (double)f > most ? (double)f : most;
+    }
+    return most * sizeof(float);
+}
+
 /* What this rank will hold, as loaded: every tensor it reads in float32
  * (bf16/f16 checkpoints are converted; float32 ones are mapped, which the
- * page cache must hold all the same), weight matrices in bf16 where they are
- * kept so, plus its KV caches. */
+ * page cache must hold all the same), weight matrices in bf16 (or FP8) where
+ * they are kept so, plus its KV caches and its FFN scratch. */
 static epm_status memory_check(rt *r)
 {
     const epm_model_config *c = r->c;
@@ -1080,14 +1102,15 @@ static epm_status memory_check(rt *r)
         seqs += r->o->mode == EPM_MODE_FOLLOW || s % r->R == r->me;
     double w = m.bytes + (double)c->num_layers * epm_mla_setup_bytes(r);
     double kv = (double)c->num_layers * seqs * (double)r->max_len * epm_model_kv_floats(c, !r->latent) * 4.0;
+    double scr = ffn_scratch_bytes(r);
     double limit = r->o->max_memory > 0 ? r->o->max_memory : machine_share(r);
-    if (limit > 0 && w + kv > limit)
+    if (limit > 0 && w + kv + scr > limit)
         return epm_fail(EPM_ERR_NOMEM, "would hold %.4g GB (weights %.4g GB, routed experts as %s, dense matrices "
-                        "as %s, KV cache %.4g GB for %d sequences x %d positions) but %s %.4g GB; use more ranks, "
-                        "fewer or shorter sequences, or another placement", (w + kv) / 1e9, w / 1e9,
-                        r->w8 ? "fp8" : r->w16 ? "bf16" : "float32",
-                        r->d8 ? "fp8 and bf16" : r->d16 ? "bf16" : "float32", kv / 1e9, seqs,
-                        r->max_len, r->o->max_memory > 0 ? "--max-memory allows" : "the machine has, per rank,",
+                        "as %s, KV cache %.4g GB for %d sequences x %d positions, FFN scratch %.4g GB) but %s %.4g "
+                        "GB; use more ranks, fewer or shorter sequences, or another placement",
+                        (w + kv + scr) / 1e9, w / 1e9, r->w8 ? "fp8" : r->w16 ? "bf16" : "float32",
+                        r->d8 ? "fp8 and bf16" : r->d16 ? "bf16" : "float32", kv / 1e9, seqs, r->max_len,
+                        scr / 1e9, r->o->max_memory > 0 ? "--max-memory allows" : "the machine has, per rank,",
                         limit / 1e9);
     return EPM_OK;
 }

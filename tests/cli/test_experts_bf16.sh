@@ -91,6 +91,7 @@ has "$d/err" "--expert-dtype 'f16' is not auto, bf16 or f32"
 # an FP8 checkpoint's experts are counted as held: FP8, or dequantised to bf16
 "$E" run --model "$F/deepseekv3-fp8-tiny" --input "$d/in.json" --max-memory 0.00001 >"$d/out" 2>"$d/err"
 has "$d/err" "routed experts as fp8, dense matrices as fp8 and bf16"
+has "$d/err" "FFN scratch"
 "$E" run --model "$F/deepseekv3-fp8-tiny" --input "$d/in.json" --max-memory 0.00001 --expert-dtype bf16 \
   --dense-dtype bf16 >"$d/out" 2>"$d/err"
 has "$d/err" "routed experts as bf16, dense matrices as bf16"
