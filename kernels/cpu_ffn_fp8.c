@@ -45,7 +45,7 @@
 #define W8_X86 1
 #include <cpuid.h>
 #include <immintrin.h>
-#define T512 __attribute__((target("avx512f,fma")))
+#define T512 __attribute__((target("avx512f,fma,f16c")))
 #define T256 __attribute__((target("avx2,fma,f16c")))
 #define INL inline __attribute__((always_inline))
 #endif
@@ -141,77 +141,6 @@ static void rows_portable(const epm_w8 *w, int64_t r0, int64_t r1, int K, float 
     }
 }
 
-#ifdef W8_X86
-/* 16 codes as float16 bit patterns of 2^-8 times their values */
-T256 static INL __m256i codes16(const uint8_t *q)
-{
-    __m256i h = _mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)q)), 7);
-    return _mm256_add_epi16(h, _mm256_and_si256(h, _mm256_set1_epi16(0x4000)));
-}
-
-/* float32 to the nearest bf16 (ties to even), as floats: no NaN or
- * overflow here (the loader refuses both) */
-T256 static INL __m256 bf16_256(__m256 f)
-{
-    __m256i u = _mm256_castps_si256(f);
-    u = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(_mm256_srli_epi32(u, 16),
-                                                                                          _mm256_set1_epi32(1))));
-    return _mm256_castsi256_ps(_mm256_and_si256(u, _mm256_set1_epi32((int)0xffff0000u)));
-}
-
-/* 8 codes (float16 patterns from codes16) times their scale v, as bf16 */
-T256 static INL __m256 value8(__m128i h, __m256 v)
-{
-    return bf16_256(_mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0f)), v));
-}
-
-T256 static INL float hsum256(__m256 v)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
-
-/* M known at compile time through the switch below: the row loops unroll */
-T256 static INL void dot256_m(const int M, const dot_args *a, float *acc0, float *acc1)
-{
-    const int K = a->K, bc = a->w0->bc;
-    const w8_row r0 = row_at(a->w0, a->r, K), r1 = row_at(a->w1, a->r, K);
-    const uint8_t *q0 = r0.q, *q1 = r1.q;
-    __m256 A[DIRECT_ROWS], B[DIRECT_ROWS];
-    float ta[DIRECT_ROWS] = {0}, tb[DIRECT_ROWS] = {0};
-    for (int i = 0; i < M; i++)
-        A[i] = B[i] = _mm256_setzero_ps();
-    for (int64_t cb = 0; cb * bc < K; cb++) {
-        int64_t j = cb * bc, j1 = j + bc < K ? j + bc : K;
-        const __m256 v0 = _mm256_set1_ps(r0.s[cb]), v1 = _mm256_set1_ps(q1 ? r1.s[cb] : 0);
-        for (; j + 16 <= j1; j += 16) {
-            __m256i h0 = codes16(q0 + j);
-            __m256 lo0 = value8(_mm256_castsi256_si128(h0), v0);
-            __m256 hi0 = value8(_mm256_extracti128_si256(h0, 1), v0);
-            if (q1) {
-                __m256i h1 = codes16(q1 + j);
-                __m256 lo1 = value8(_mm256_castsi256_si128(h1), v1);
-                __m256 hi1 = value8(_mm256_extracti128_si256(h1, 1), v1);
-                for (int i = 0; i < M; i++) {
-                    __m256 xl = _mm256_loadu_ps(a->x + i * a->ldx + j), xh = _mm256_loadu_ps(a->x + i * a->ldx + j + 8);
-                    A[i] = _mm256_fmadd_ps(xh, hi0, _mm256_fmadd_ps(xl, lo0, A[i]));
-                    B[i] = _mm256_fmadd_ps(xh, hi1, _mm256_fmadd_ps(xl, lo1, B[i]));
-                }
-            } else {
-                for (int i = 0; i < M; i++)
-                    A[i] = _mm256_fmadd_ps(_mm256_loadu_ps(a->x + i * a->ldx + j + 8), hi0,
-                                           _mm256_fmadd_ps(_mm256_loadu_ps(a->x + i * a->ldx + j), lo0, A[i]));
-            }
-        }
-        tail(M, a->x, a->ldx, r0, r1, cb, j, j1, ta, tb);
-    }
-    for (int i = 0; i < M; i++) {
-        acc0[i] = hsum256(A[i]) + ta[i];
-        acc1[i] = hsum256(B[i]) + tb[i];
-    }
-}
-
 /* each row count its own unrolled body */
 #define DOT_BY_ROWS(fn, M, a, acc0, acc1)       \
     switch (M) {                                \
@@ -221,96 +150,94 @@ T256 static INL void dot256_m(const int M, const dot_args *a, float *acc0, float
     default: fn(4, a, acc0, acc1); break;       \
     }
 
-T256 static void dot_avx2(int M, const dot_args *a, float *acc0, float *acc1)
+#ifdef W8_X86
+/* 8 codes (codes16: 16) in 16-bit lanes as float16 bit patterns of
+ * 2^-8 times their values: shifted left by 7, the sign from bit 14 to 15 */
+T256 static INL __m128i codes8(const uint8_t *q)
 {
-    DOT_BY_ROWS(dot256_m, M, a, acc0, acc1)
+    __m128i h = _mm_slli_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)q)), 7);
+    return _mm_add_epi16(h, _mm_and_si128(h, _mm_set1_epi16(0x4000)));
 }
 
-T256 static void rows_avx2(const epm_w8 *w, int64_t r0, int64_t r1, int K, float *out)
-{
-    for (int64_t r = r0; r < r1; r++) {
-        const w8_row wr = row_at(w, r, K);
-        const uint8_t *q = wr.q;
-        float *o = out + (r - r0) * K;
-        for (int64_t cb = 0; cb * w->bc < K; cb++) {
-            int64_t j = cb * w->bc, j1 = j + w->bc < K ? j + w->bc : K;
-            const __m256 v = _mm256_set1_ps(wr.s[cb]);
-            for (; j + 16 <= j1; j += 16) {
-                __m256i h = codes16(q + j);
-                _mm256_storeu_ps(o + j, value8(_mm256_castsi256_si128(h), v));
-                _mm256_storeu_ps(o + j + 8, value8(_mm256_extracti128_si256(h, 1), v));
-            }
-            for (; j < j1; j++)
-                o[j] = value1(q[j], wr.s[cb]);
-        }
-    }
-}
-
-T512 static INL __m512 decode512(const uint8_t *q, __m512 v)
+T512 static INL __m256i codes16(const uint8_t *q)
 {
     __m256i h = _mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)q)), 7);
-    h = _mm256_add_epi16(h, _mm256_and_si256(h, _mm256_set1_epi16(0x4000)));
-    __m512i u = _mm512_castps_si512(_mm512_mul_ps(_mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0f)), v));
+    return _mm256_add_epi16(h, _mm256_and_si256(h, _mm256_set1_epi16(0x4000)));
+}
+
+/* 8 codes times their scale v, rounded to bf16 (ties to even) by integer
+ * operations: no NaN or overflow here (the loader refuses both) */
+T256 static INL __m256 decode256(const uint8_t *q, __m256 v)
+{
+    __m256i u = _mm256_castps_si256(_mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(codes8(q)), _mm256_set1_ps(256.0f)), v));
+    u = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(_mm256_srli_epi32(u, 16),
+                                                                                          _mm256_set1_epi32(1))));
+    return _mm256_castsi256_ps(_mm256_and_si256(u, _mm256_set1_epi32((int)0xffff0000u)));
+}
+
+T256 static INL float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+/* the same for 16 codes */
+T512 static INL __m512 decode512(const uint8_t *q, __m512 v)
+{
+    __m512i u = _mm512_castps_si512(_mm512_mul_ps(_mm512_mul_ps(_mm512_cvtph_ps(codes16(q)), _mm512_set1_ps(256.0f)), v));
     u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(u, 16),
                                                                                           _mm512_set1_epi32(1))));
     return _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32((int)0xffff0000u)));
 }
 
-T512 static INL void dot512_m(const int M, const dot_args *a, float *acc0, float *acc1)
-{
-    const int K = a->K, bc = a->w0->bc;
-    const w8_row r0 = row_at(a->w0, a->r, K), r1 = row_at(a->w1, a->r, K);
-    const uint8_t *q0 = r0.q, *q1 = r1.q;
-    __m512 A[DIRECT_ROWS], B[DIRECT_ROWS];
-    float ta[DIRECT_ROWS] = {0}, tb[DIRECT_ROWS] = {0};
-    for (int i = 0; i < M; i++)
-        A[i] = B[i] = _mm512_setzero_ps();
-    for (int64_t cb = 0; cb * bc < K; cb++) {
-        int64_t j = cb * bc, j1 = j + bc < K ? j + bc : K;
-        const __m512 v0 = _mm512_set1_ps(r0.s[cb]), v1 = _mm512_set1_ps(q1 ? r1.s[cb] : 0);
-        for (; j + 16 <= j1; j += 16) {
-            __m512 w0 = decode512(q0 + j, v0);
-            if (q1) {
-                __m512 w1 = decode512(q1 + j, v1);
-                for (int i = 0; i < M; i++) {
-                    __m512 xv = _mm512_loadu_ps(a->x + i * a->ldx + j);
-                    A[i] = _mm512_fmadd_ps(xv, w0, A[i]);
-                    B[i] = _mm512_fmadd_ps(xv, w1, B[i]);
-                }
-            } else {
-                for (int i = 0; i < M; i++)
-                    A[i] = _mm512_fmadd_ps(_mm512_loadu_ps(a->x + i * a->ldx + j), w0, A[i]);
-            }
-        }
-        tail(M, a->x, a->ldx, r0, r1, cb, j, j1, ta, tb);
-    }
-    for (int i = 0; i < M; i++) {
-        acc0[i] = _mm512_reduce_add_ps(A[i]) + ta[i];
-        acc1[i] = _mm512_reduce_add_ps(B[i]) + tb[i];
-    }
-}
+#define W8S _256
+#define W8ATTR T256
+#define W8V __m256
+#define W8W 8
+#define W8DEC decode256
+#define W8LOAD _mm256_loadu_ps
+#define W8STORE _mm256_storeu_ps
+#define W8FMA _mm256_fmadd_ps
+#define W8SET1 _mm256_set1_ps
+#define W8ZERO _mm256_setzero_ps
+#define W8SUM hsum256
+#include "cpu_ffn_fp8_isa.inc"
+#undef W8S
+#undef W8ATTR
+#undef W8V
+#undef W8W
+#undef W8DEC
+#undef W8LOAD
+#undef W8STORE
+#undef W8FMA
+#undef W8SET1
+#undef W8ZERO
+#undef W8SUM
 
-T512 static void dot_avx512(int M, const dot_args *a, float *acc0, float *acc1)
-{
-    DOT_BY_ROWS(dot512_m, M, a, acc0, acc1)
-}
-
-T512 static void rows_avx512(const epm_w8 *w, int64_t r0, int64_t r1, int K, float *out)
-{
-    for (int64_t r = r0; r < r1; r++) {
-        const w8_row wr = row_at(w, r, K);
-        const uint8_t *q = wr.q;
-        float *o = out + (r - r0) * K;
-        for (int64_t cb = 0; cb * w->bc < K; cb++) {
-            int64_t j = cb * w->bc, j1 = j + w->bc < K ? j + w->bc : K;
-            const __m512 v = _mm512_set1_ps(wr.s[cb]);
-            for (; j + 16 <= j1; j += 16)
-                _mm512_storeu_ps(o + j, decode512(q + j, v));
-            for (; j < j1; j++)
-                o[j] = value1(q[j], wr.s[cb]);
-        }
-    }
-}
+#define W8S _512
+#define W8ATTR T512
+#define W8V __m512
+#define W8W 16
+#define W8DEC decode512
+#define W8LOAD _mm512_loadu_ps
+#define W8STORE _mm512_storeu_ps
+#define W8FMA _mm512_fmadd_ps
+#define W8SET1 _mm512_set1_ps
+#define W8ZERO _mm512_setzero_ps
+#define W8SUM _mm512_reduce_add_ps
+#include "cpu_ffn_fp8_isa.inc"
+#undef W8S
+#undef W8ATTR
+#undef W8V
+#undef W8W
+#undef W8DEC
+#undef W8LOAD
+#undef W8STORE
+#undef W8FMA
+#undef W8SET1
+#undef W8ZERO
+#undef W8SUM
 #endif
 
 typedef void (*dot_fn)(int M, const dot_args *a, float *acc0, float *acc1);
@@ -319,9 +246,9 @@ static dot_fn dot_for(w8_isa isa)
 {
 #ifdef W8_X86
     if (isa == W8_AVX512)
-        return dot_avx512;
+        return dot_512;
     if (isa == W8_AVX2)
-        return dot_avx2;
+        return dot_256;
 #endif
     (void)isa;
     return dot_portable;
@@ -332,11 +259,11 @@ void epm_cpu_w8_rows(const epm_w8 *w, int64_t r0, int64_t r1, int K, float *out)
 #ifdef W8_X86
     w8_isa isa = w8_isa_active();
     if (isa == W8_AVX512) {
-        rows_avx512(w, r0, r1, K, out);
+        rows_512(w, r0, r1, K, out);
         return;
     }
     if (isa == W8_AVX2) {
-        rows_avx2(w, r0, r1, K, out);
+        rows_256(w, r0, r1, K, out);
         return;
     }
 #endif
