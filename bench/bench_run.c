@@ -191,19 +191,11 @@ static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm
  * 'd' the weights' dtypes held (all float32; routed experts as stored; dense
  * matrices too), 'm' MLA's cache (expanded; latent). Best prefill and decode
  * times of each, and its logits and tokens against the baseline's. */
-static int variant_compare(epm_xcomm *x, char which, const char *model, epm_mode mode, int vn, int batch,
+static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8, epm_mode mode, int vn, int batch,
                            const int *lens, int32_t **prompts, int nnew, int reps, int csv)
 {
-    int me = epm_xcomm_rank(x), rc = EPM_EXIT_OK, fp8 = 0;
-    if (which == 'd') { /* an FP8 checkpoint: also everything dequantised to bf16, the row FP8 is against */
-        char path[4096];
-        epm_model_config cfg;
-        snprintf(path, sizeof path, "%s/config.json", model);
-        if (epm_model_config_load(path, &cfg) == EPM_OK) {
-            fp8 = cfg.fp8_block[0] > 0;
-            epm_model_config_clear(&cfg);
-        }
-    }
+    int me = epm_xcomm_rank(x), rc = EPM_EXIT_OK;
+    fp8 = which == 'd' && fp8; /* an FP8 checkpoint: also everything dequantised to bf16, the row FP8 is against */
     enum { MAXV = 4 };
     const int configs = which == 'd' ? 3 + fp8 : 2, kb = fp8 ? 3 : 2; /* kb: every matrix held bf16 */
     epm_run_result *first[MAXV] = {NULL, NULL, NULL, NULL};
@@ -442,8 +434,8 @@ int epm_bench_run(int argc, char **argv)
         if (me == 0 && !csv)
             epm_bench_print_blas();
         if (dtypes || mla)
-            rc = variant_compare(x, dtypes ? 'd' : 'm', model, mode, (int)vn, (int)batch, lens, prompts, (int)nnew,
-                                 (int)reps, csv);
+            rc = variant_compare(x, dtypes ? 'd' : 'm', model, hc->fp8_block[0] > 0, mode, (int)vn, (int)batch, lens,
+                                 prompts, (int)nnew, (int)reps, csv);
         else
             rc = fidelity_sweep(x, model, mod ? caps : ta_list, mod, mode, (int)vn, (int)batch, lens, prompts,
                                 (int)nnew, csv);

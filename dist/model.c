@@ -297,6 +297,17 @@ static epm_status own(epm_model *m, void *f)
     return EPM_OK;
 }
 
+/* Element i of an FP8 weight's scale tensor (F32 or BF16, little-endian). */
+static float scale_at(const epm_st_tensor *sc, int64_t i)
+{
+    const uint8_t *s8 = sc->data;
+    if (sc->dtype == EPM_DTYPE_BF16)
+        return epm_bf16_to_f32((uint16_t)(s8[2 * i] | (s8[2 * i + 1] << 8)));
+    float f;
+    memcpy(&f, s8 + 4 * i, 4);
+    return f;
+}
+
 typedef struct fp8_job {
     const spec *x;
     const char *path, *spath;
@@ -311,15 +322,11 @@ typedef struct fp8_job {
 static epm_status fp8_row(const fp8_job *J, int64_t i, int report)
 {
     const int64_t cols = J->x->shape[1], sc_cols = J->sc->shape[1];
-    const uint8_t *q = (const uint8_t *)J->t->data + i * cols, *s8 = J->sc->data;
+    const uint8_t *q = (const uint8_t *)J->t->data + i * cols;
     const char *name = J->x->name;
     for (int64_t jb = 0; jb < sc_cols; jb++) {
-        int64_t si = (i / J->b0) * sc_cols + jb, j1 = (jb + 1) * J->b1 < cols ? (jb + 1) * J->b1 : cols;
-        float scale;
-        if (J->sc->dtype == EPM_DTYPE_F32)
-            memcpy(&scale, s8 + 4 * si, 4);
-        else
-            scale = epm_bf16_to_f32((uint16_t)(s8[2 * si] | (s8[2 * si + 1] << 8)));
+        int64_t j1 = (jb + 1) * J->b1 < cols ? (jb + 1) * J->b1 : cols;
+        float scale = scale_at(J->sc, (i / J->b0) * sc_cols + jb);
         if (!isfinite(scale))
             return !report ? EPM_ERR_FORMAT
                            : epm_fail(EPM_ERR_FORMAT, "%s: tensor '%s_scale_inv' element [%lld, %lld] is not finite",
@@ -383,13 +390,8 @@ static epm_status fetch_fp8(epm_model *m, const spec *x, const char *path, const
     if (!f)
         return epm_fail(EPM_ERR_NOMEM, "%s: allocation of %lld scales of tensor '%s_scale_inv' failed", spath,
                         (long long)sc->numel, x->name);
-    const uint8_t *s8 = sc->data;
-    for (int64_t i = 0; i < sc->numel; i++) {
-        if (sc->dtype == EPM_DTYPE_F32)
-            memcpy(&f[i], s8 + 4 * i, 4);
-        else
-            f[i] = epm_bf16_to_f32((uint16_t)(s8[2 * i] | (s8[2 * i + 1] << 8)));
-    }
+    for (int64_t i = 0; i < sc->numel; i++)
+        f[i] = scale_at(sc, i);
     epm_status st = own(m, f);
     if (st != EPM_OK) {
         epm_free(f);
@@ -406,9 +408,9 @@ static epm_status fetch_fp8(epm_model *m, const spec *x, const char *path, const
 
 /* The data of a checked tensor, into x->dst, x->wt or x->mlp: the mapping
  * itself when it is aligned float32, or aligned bf16 kept as stored (keep16,
- * for a matrix; its pages are read here), or FP8 kept as stored (a routed
- * expert's, when the model keeps them so); else a float32 copy (or an aligned
- * bf16 one). */
+ * for a matrix; its pages are read here), or FP8 kept as stored (keep8, for
+ * a matrix that may be: fetch_fp8); else a float32 copy (or an aligned bf16
+ * one). */
 static epm_status fetch(epm_model *m, const spec *x, int keep16, int keep8, int64_t *bytes)
 {
     const char *path;

@@ -64,10 +64,32 @@ epm_status epm_rt_lin(rt *r, const float *x, int64_t n, int in, epm_weight w, co
     return EPM_OK;
 }
 
-/* What the run holds its routed experts in. */
+/* What the run holds its routed experts in, and its dense matrices (those
+ * that may be FP8; the others bf16 then). */
 static epm_dtype experts_dtype(const rt *r)
 {
     return r->w8 ? EPM_DTYPE_F8_E4M3 : r->w16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+}
+
+static epm_dtype dense_dtype(const rt *r)
+{
+    return r->d8 ? EPM_DTYPE_F8_E4M3 : r->d16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+}
+
+/* Floats of FFN scratch for the rows of offsets over weights held as dt. */
+static int64_t scratch_floats(epm_dtype dt, const int64_t *offsets, int experts, int hidden, int ffn)
+{
+    return dt == EPM_DTYPE_F8_E4M3 ? epm_grouped_scratch_w8(offsets, experts, hidden, ffn)
+           : dt == EPM_DTYPE_BF16  ? epm_grouped_scratch_w16(offsets, experts, hidden, ffn)
+                                   : epm_grouped_scratch(offsets, experts, hidden, ffn);
+}
+
+/* An FP8 MLP's three matrices as the kernels take them. */
+static void mlp_w8(const epm_model_mlp *w, epm_w8 *gate, epm_w8 *up, epm_w8 *down)
+{
+    *gate = (epm_w8){w->gate, w->scale[0], w->block[0], w->block[1]};
+    *up = (epm_w8){w->up, w->scale[1], w->block[0], w->block[1]};
+    *down = (epm_w8){w->down, w->scale[2], w->block[0], w->block[1]};
 }
 
 /* The FFN scratch kept from layer to layer (runtime_internal.h says why),
@@ -88,15 +110,12 @@ static epm_status mlp(rt *r, const epm_model_mlp *w, const float *x, int64_t n, 
 {
     const int H = r->c->hidden_size;
     const int64_t off[2] = {0, n};
-    float *scr = ffn_scratch(r, w->dtype == EPM_DTYPE_F8_E4M3 ? epm_grouped_scratch_w8(off, 1, H, w->ffn)
-                                : w->dtype == EPM_DTYPE_BF16  ? epm_grouped_scratch_w16(off, 1, H, w->ffn)
-                                                              : epm_swiglu_scratch(n, H, w->ffn));
+    float *scr = ffn_scratch(r, scratch_floats(w->dtype, off, 1, H, w->ffn));
     if (!scr)
         return EPM_ERR_NOMEM;
     if (w->dtype == EPM_DTYPE_F8_E4M3) {
-        const epm_w8 g = {w->gate, w->scale[0], w->block[0], w->block[1]};
-        const epm_w8 u = {w->up, w->scale[1], w->block[0], w->block[1]};
-        const epm_w8 d = {w->down, w->scale[2], w->block[0], w->block[1]};
+        epm_w8 g, u, d;
+        mlp_w8(w, &g, &u, &d);
         return r->ops->grouped_swiglu_w8(x, off, 1, H, w->ffn, &g, &u, &d, scr, y);
     }
     if (w->dtype == EPM_DTYPE_BF16) {
@@ -632,19 +651,15 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
                           epm_dtype_name(ex->dtype), epm_dtype_name(experts_dtype(r)));
             break;
         }
-        if (ex->dtype == EPM_DTYPE_F8_E4M3) {
-            const void *m3[3] = {ex->gate, ex->up, ex->down};
-            for (int k = 0; k < 3; k++)
-                g8[k * E + e] = (epm_w8){m3[k], ex->scale[k], ex->block[0], ex->block[1]};
-        } else if (ex->dtype == EPM_DTYPE_BF16)
+        if (ex->dtype == EPM_DTYPE_F8_E4M3)
+            mlp_w8(ex, &g8[e], &g8[E + e], &g8[2 * E + e]);
+        else if (ex->dtype == EPM_DTYPE_BF16)
             gh[e] = ex->gate, gh[E + e] = ex->up, gh[2 * E + e] = ex->down;
         else
             gw[e] = ex->gate, gw[E + e] = ex->up, gw[2 * E + e] = ex->down;
     }
     if (st == EPM_OK &&
-        !(scr = ffn_scratch(r, r->w8    ? epm_grouped_scratch_w8(goff, E, H, F)
-                               : r->w16 ? epm_grouped_scratch_w16(goff, E, H, F)
-                                        : epm_grouped_scratch(goff, E, H, F))))
+        !(scr = ffn_scratch(r, scratch_floats(experts_dtype(r), goff, E, H, F))))
         st = EPM_ERR_NOMEM;
     if (st == EPM_OK) {
         for (int64_t a = 0; a < npairs; a++)
@@ -1078,11 +1093,7 @@ static double ffn_scratch_bytes(const rt *r)
                            epm_model_config_moe_layers(c) < c->num_layers ? c->dense_ffn : 0};
     double most = 0;
     for (int k = 0; k < 3; k++) {
-        int F = widths[k], w8 = k ? r->d8 : r->w8, w16 = k ? r->d16 : r->w16;
-        if (F <= 0)
-            continue;
-        int64_t f = w8 ? epm_grouped_scratch_w8(off, 1, H, F) : w16 ? epm_grouped_scratch_w16(off, 1, H, F)
-                                                              : epm_swiglu_scratch(1024, H, F);
+        int64_t f = widths[k] > 0 ? scratch_floats(k ? dense_dtype(r) : experts_dtype(r), off, 1, H, widths[k]) : 0;
         most = (double)f > most ? (double)f : most;
     }
     return most * sizeof(float);
@@ -1556,7 +1567,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     rep->weight_bytes_sum = wb[0];
     rep->weight_bytes_max = (int64_t)wmax;
     rep->expert_dtype = experts_dtype(&r);
-    rep->dense_dtype = r.d8 ? EPM_DTYPE_F8_E4M3 : r.d16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+    rep->dense_dtype = dense_dtype(&r);
     rep->kv_cache = !r.c->mla ? "keys-values" : r.latent ? "mla-latent" : "mla-expanded";
     rep->kv_row_floats = epm_model_kv_floats(r.c, !r.latent);
     rep->bytes = r.bytes_local;

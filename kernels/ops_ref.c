@@ -99,7 +99,8 @@ static void ref_w8_rows(const float *x, int64_t n, int in, const epm_w8 *w, cons
 static int w8_ok(const epm_w8 *w) { return w && w->q && w->scale && w->br >= 1 && w->bc >= 1; }
 
 /* The FP8-weight FFN one weight row at a time, tokens in blocks of 32
- * (their SwiGLU rows in h): the oracle of the FP8-weight fast path. */
+ * (their gate and up outputs in g and u): the oracle of the FP8-weight fast
+ * path. */
 static epm_status ref_grouped_swiglu_w8(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
                                         const epm_w8 *gate, const epm_w8 *up, const epm_w8 *down, float *scratch,
                                         float *y)
@@ -113,28 +114,19 @@ static epm_status ref_grouped_swiglu_w8(const float *x, const int64_t *offsets, 
     for (int e = 0; e < experts; e++)
         KREQ(offsets[e + 1] == offsets[e] || (w8_ok(&gate[e]) && w8_ok(&up[e]) && w8_ok(&down[e])),
              "%s: expert %d has %lld rows but no weights or blocks", fn, e, (long long)(offsets[e + 1] - offsets[e]));
-    size_t wide = (size_t)(hidden > ffn ? hidden : ffn);
-    float *buf = epm_malloc((2 * wide + (size_t)TB * (size_t)ffn) * sizeof *buf);
+    size_t wide = (size_t)(hidden > ffn ? hidden : ffn), n = wide + 2 * (size_t)TB * (size_t)ffn;
+    float *buf = epm_malloc(n * sizeof *buf);
     if (!buf)
-        return epm_fail(EPM_ERR_NOMEM, "%s: allocation of %zu floats failed", fn, 2 * wide + (size_t)TB * ffn);
-    float *gr = buf, *ur = buf + wide, *h = buf + 2 * wide;
+        return epm_fail(EPM_ERR_NOMEM, "%s: allocation of %zu floats failed", fn, n);
+    float *row = buf, *g = buf + wide, *u = g + (size_t)TB * ffn;
     for (int e = 0; e < experts; e++)
         for (int64_t t0 = offsets[e]; t0 < offsets[e + 1]; t0 += TB) {
             int64_t m = offsets[e + 1] - t0 < TB ? offsets[e + 1] - t0 : TB;
-            const float *xt = x + t0 * hidden;
-            for (int f = 0; f < ffn; f++) {
-                ref_w8_row(&gate[e], f, hidden, gr);
-                ref_w8_row(&up[e], f, hidden, ur);
-                for (int64_t i = 0; i < m; i++) {
-                    double g = 0, u = 0;
-                    for (int j = 0; j < hidden; j++) {
-                        g += (double)xt[i * hidden + j] * gr[j];
-                        u += (double)xt[i * hidden + j] * ur[j];
-                    }
-                    h[i * ffn + f] = epm_silu((float)g) * (float)u;
-                }
-            }
-            ref_w8_rows(h, m, ffn, &down[e], NULL, hidden, gr, y + t0 * hidden, hidden);
+            ref_w8_rows(x + t0 * hidden, m, hidden, &gate[e], NULL, ffn, row, g, ffn);
+            ref_w8_rows(x + t0 * hidden, m, hidden, &up[e], NULL, ffn, row, u, ffn);
+            for (int64_t i = 0; i < m * ffn; i++)
+                g[i] = epm_silu(g[i]) * u[i];
+            ref_w8_rows(g, m, ffn, &down[e], NULL, hidden, row, y + t0 * hidden, hidden);
         }
     epm_free(buf);
     return EPM_OK;
