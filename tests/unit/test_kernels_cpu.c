@@ -189,7 +189,7 @@ static void test_kernels_cpu_w16_is_f32_on_widened(void **state)
 }
 
 /* The FP8 decoding of the fast path gives, for every non-NaN code and
- * scales from 2^-140 (subnormal products) to 1e30, negative ones too, in
+ * scales from 2^-140 (subnormal products) to 2^119, negative ones too, in
  * blocks of every width and with a partial last block, under each
  * instruction set, the bits of the scalar formula: bf16(e4m3(q) x scale). */
 static void test_kernels_cpu_w8_decode(void **state)
@@ -201,15 +201,21 @@ static void test_kernels_cpu_w8_decode(void **state)
         c = (c & 0x7f) == 0x7f ? c + 1 : c;
         q[i] = (uint8_t)c;
     }
-    static const float scales[] = {1.0f, 3.7e-3f, 0x1p-140f, 1e30f, 0.333f, -7.0f};
+    /* the AVX-512 table decoding's range, [2^-120, 2^119) in magnitude, on
+     * both sides of each end */
+    static const float scales[] = {1.0f,      3.7e-3f,    0x1p-140f,        1e30f,           0.333f,   -7.0f,
+                                   0x1p-120f, -0x1p-120f, 0x1.8p-121f,      0x1.fffffep118f, 0x1p119f, -0x1.8p119f,
+                                   0.0f,      -0x1.8p-60f};
     static const int bcs[] = {1, 5, 8, 16, 32, 128, 300};
     float out[2 * K];
+    const size_t nscales = sizeof scales / sizeof *scales;
     FOR_EACH_ISA(isa)
-    for (size_t b = 0; b < sizeof bcs / sizeof *bcs; b++) {
+    for (size_t b = 0; b < sizeof bcs / sizeof *bcs; b++)
+    for (size_t first = 0; first < nscales; first++) { /* every scale in every block position */
         int bc = bcs[b], nsc = (K + bc - 1) / bc;
         float *sc = malloc(2 * (size_t)nsc * sizeof *sc);
         for (int j = 0; j < 2 * nsc; j++)
-            sc[j] = scales[(size_t)j % (sizeof scales / sizeof *scales)];
+            sc[j] = scales[(first + (size_t)j) % nscales];
         const epm_w8 w = {q, sc, 1, bc};
         epm_cpu_w8_rows(&w, 0, 2, K, out);
         for (int r = 0; r < 2; r++)
