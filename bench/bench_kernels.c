@@ -11,6 +11,7 @@
 
 #include "../launch/cli.h"
 #include "bench.h"
+#include "bench_kernels.h"
 #include "blas_info.h"
 #include "cpu_gemm_nt.h"
 #include "cpu_sgemm.h"
@@ -19,7 +20,7 @@
 
 static const char usage[] =
     "usage: epmoe bench kernels [--shape mixtral|dsv3|all] [--tokens LIST] [--reps R]\n"
-    "                           [--backend cpu|ref|cuda] [--dtype f32|bf16] [--csv]\n"
+    "                           [--backend cpu|ref|cuda] [--dtype f32|bf16|fp8] [--csv]\n"
     "  mixtral: hidden 4096, expert FFN 14336, 8 experts, top-2\n"
     "  dsv3:    hidden 7168, expert FFN 2048, 256 experts, top-8 (DeepSeek-V3-like)\n"
     "  --tokens LIST  batch sizes, e.g. 1,16,128,1024,4096,16384. Default on the CPU\n"
@@ -28,22 +29,22 @@ static const char usage[] =
     "  --dtype        default f32 on the CPU backends, bf16 on cuda. bf16 on the cpu\n"
     "                 backend keeps the weights bf16 and also times the float32 path\n"
     "                 on the same weights widened (columns f32_s, vs_f32 = f32_s /\n"
-    "                 grouped_s); --weight-gb then bounds both copies\n"
+    "                 grouped_s); --weight-gb then bounds both copies. fp8 (cpu\n"
+    "                 and ref): e4m3 weights with a float32 scale per 128 x 128\n"
+    "                 block, held as stored (DeepSeek-V3's format), beside the same\n"
+    "                 weights dequantised to bf16 (columns bf16_s, vs_bf16 = bf16_s /\n"
+    "                 grouped_s, max_rel_diff between the two outputs)\n"
     "  --weight-gb G  distinct expert weights to allocate, GB (default 3 on the CPU,\n"
     "                 all experts on cuda); experts cycle through the weight sets that fit\n"
     "Routing: each token picks k distinct experts uniformly at random. FLOPs count\n"
     "6 * hidden * ffn per routed row (gate, up, down). Every weight set is far larger\n"
     "than any cache, so cycling sets still reads each expert's weights from memory.\n";
 
-typedef struct shape {
-    const char *name;
-    int hidden, ffn, experts, k;
-} shape;
+typedef epm_bench_shape shape;
 
 static const shape shapes[] = {{"mixtral", 4096, 14336, 8, 2}, {"dsv3", 7168, 2048, 256, 8}};
 
-/* k distinct experts per token, uniform (partial Fisher-Yates per token). */
-static void route_random(int64_t T, int E, int K, uint64_t *seed, int32_t *ids, int32_t *perm)
+void epm_bench_route_random(int64_t T, int E, int K, uint64_t *seed, int32_t *ids, int32_t *perm)
 {
     for (int e = 0; e < E; e++)
         perm[e] = e;
@@ -261,7 +262,7 @@ static int bench_shape(bench *b, const shape *sh, const long *tokens, int ntoken
         int64_t *off = epm_malloc((size_t)(E + 1) * sizeof *off);
         epm_status st = ids && src && rof && perm && off ? EPM_OK : epm_fail(EPM_ERR_NOMEM, "bench kernels: routing");
         if (st == EPM_OK) {
-            route_random(T, E, K, seed, ids, perm);
+            epm_bench_route_random(T, E, K, seed, ids, perm);
             st = epm_ref_route(ids, T, K, E, off, src, rof);
         }
         double tg = 0, td = 0, t32 = 0;
@@ -344,8 +345,12 @@ int epm_bench_kernels(int argc, char **argv)
     if (strcmp(backend, "cpu") && strcmp(backend, "ref") && strcmp(backend, "cuda"))
         return cli_usage_error(W, "--backend '%s' is not cpu, ref or cuda", backend);
     /* any case: the CSV names them as safetensors does (F32, BF16) */
-    if (dtype && strcasecmp(dtype, "f32") && strcasecmp(dtype, "bf16"))
-        return cli_usage_error(W, "--dtype '%s' is not f32 or bf16", dtype);
+    if (dtype && strcasecmp(dtype, "f32") && strcasecmp(dtype, "bf16") && strcasecmp(dtype, "fp8"))
+        return cli_usage_error(W, "--dtype '%s' is not f32, bf16 or fp8", dtype);
+    const int fp8 = dtype && !strcasecmp(dtype, "fp8");
+    if (fp8 && !strcmp(backend, "cuda"))
+        return cli_usage_error(W, "--dtype fp8 with --backend 'cuda': FP8 weights run on the cpu and ref backends "
+                                  "(the CUDA kernels widen them)");
     long tokens[MAX_TOKEN_COUNTS];
     int ntokens = 0;
     if (tokens_s && !parse_tokens(W, tokens_s, tokens, &ntokens))
@@ -362,7 +367,7 @@ int epm_bench_kernels(int argc, char **argv)
     int rc = EPM_EXIT_OK;
     b.dt = !strcasecmp(dtype, "f32") ? EPM_DTYPE_F32 : EPM_DTYPE_BF16;
     b.es = epm_dtype_size(b.dt);
-    b.vs_f32 = host && b.dt == EPM_DTYPE_BF16 && !strcmp(backend, "cpu");
+    b.vs_f32 = host && !fp8 && b.dt == EPM_DTYPE_BF16 && !strcmp(backend, "cpu");
     if (weight_gb < 0 && host)
         weight_gb = 3;
     if (!tokens_s) { /* the defaults parse */
@@ -371,7 +376,7 @@ int epm_bench_kernels(int argc, char **argv)
     }
     if (!csv)
         printf("# backend %s %s; tokens %s%s; best of %ld; dense = one GEMM chain, same FLOPs\n", backend,
-               epm_dtype_name(b.dt), tokens_s,
+               fp8 ? "F8_E4M3 (blocks of 128 x 128)" : epm_dtype_name(b.dt), tokens_s,
                host && !strcmp(tokens_s, "1,16,128,512") ? " (small CPU default; the shapes scale to 16384)" : "",
                reps);
     if (!csv && host)
@@ -382,11 +387,15 @@ int epm_bench_kernels(int argc, char **argv)
            "shape", "tokens", "rows", "used", "grouped s", "TFLOP/s", "wGB/s", "dense s", "TFLOP/s", "ratio");
     if (b.vs_f32)
         printf(csv ? ",f32_s,vs_f32" : " %11s %7s", "f32 s", "vs f32");
+    if (fp8)
+        printf(csv ? ",bf16_s,vs_bf16,max_rel_diff" : " %11s %7s %9s", "bf16 s", "vs bf16", "rel diff");
     putchar('\n');
     uint64_t seed = 5;
+    const epm_bench_kernels_args fa = {tokens, ntokens, (int)reps, csv, !strcmp(backend, "ref"), weight_gb};
     for (size_t si = 0; si < sizeof shapes / sizeof *shapes && rc == EPM_EXIT_OK; si++)
         if (!strcmp(which, "all") || !strcmp(which, shapes[si].name))
-            rc = bench_shape(&b, &shapes[si], tokens, ntokens, weight_gb, csv, &seed);
+            rc = fp8 ? epm_bench_kernels_fp8(&fa, &shapes[si], &seed)
+                     : bench_shape(&b, &shapes[si], tokens, ntokens, weight_gb, csv, &seed);
     epm_kernels_destroy(b.kb);
     return rc;
 }

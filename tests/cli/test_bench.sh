@@ -207,6 +207,32 @@ def check(kind, args):
                 agrees(r, 'weight_gbs', used * 3 * H * FF * 4 / tg / 1e9, ['grouped_s'], 'used weights / grouped_s')
                 agrees(r, 'ratio', td / tg, ['grouped_s', 'dense_s'], 'dense_s / grouped_s')
 
+    elif kind == 'kernels-fp8':  # args: backend, tokens list
+        backend, tokens = args[0], [int(t) for t in args[1].split(',')]
+        H, FF, E, K = 7168, 2048, 256, 8  # the dsv3 shape
+        rows = load(['backend', 'dtype', 'shape', 'tokens', 'rows', 'experts_used', 'grouped_s', 'grouped_tflops',
+                     'weight_gbs', 'dense_s', 'dense_tflops', 'ratio', 'bf16_s', 'vs_bf16', 'max_rel_diff'])
+        need([int(r['tokens']) for r in rows] == tokens, 'token rows %s, asked %s' % ([r['tokens'] for r in rows], tokens))
+        for r in rows:
+            need(r['backend'] == backend and r['dtype'] == 'F8_E4M3' and r['shape'] == 'dsv3',
+                 'backend/dtype/shape %s/%s/%s' % (r['backend'], r['dtype'], r['shape']))
+            T, n, used = int(r['tokens']), num(r, 'rows', 1), num(r, 'experts_used', 1)
+            need(n == T * K, 'rows %s: not tokens x top-%d' % (r['rows'], K))
+            need(used <= min(E, n) and (T > 1 or used == K), 'experts_used %s of %d rows' % (r['experts_used'], n))
+            tg, td, t16 = num(r, 'grouped_s', 0, True), num(r, 'dense_s', 0, True), num(r, 'bf16_s', 0, True)
+            for k in ('grouped_tflops', 'weight_gbs', 'dense_tflops'):
+                num(r, k, 0)
+            # the FP8 and the bf16 holdings are one model: outputs apart by float rounding only
+            need(num(r, 'max_rel_diff', 0) < 1e-4, 'FP8 and bf16 outputs %s apart' % r['max_rel_diff'])
+            if tg > 0 and td > 0 and t16 > 0:
+                fl = 6.0 * H * FF * n
+                agrees(r, 'grouped_tflops', fl / tg / 1e12, ['grouped_s'], '6*H*F*rows / grouped_s')
+                agrees(r, 'dense_tflops', fl / td / 1e12, ['dense_s'], '6*H*F*rows / dense_s')
+                # a byte per weight: FP8 codes
+                agrees(r, 'weight_gbs', used * 3 * H * FF / tg / 1e9, ['grouped_s'], 'used FP8 weights / grouped_s')
+                agrees(r, 'ratio', td / tg, ['grouped_s', 'dense_s'], 'dense_s / grouped_s')
+                agrees(r, 'vs_bf16', t16 / tg, ['grouped_s', 'bf16_s'], 'bf16_s / grouped_s')
+
     elif kind == 'kernels-table':  # args: tokens
         lines = open(path).read().splitlines()
         need(any(l.startswith('# backend ref') for l in lines), 'no "# backend ref" line')
@@ -404,6 +430,16 @@ ok "bench kernels cpu csv" "$E" bench kernels --backend cpu --shape dsv3 --token
 ok "bench kernels ref" "$E" bench kernels --backend ref --shape dsv3 --tokens 1 --reps 1 --weight-gb 0.001 &&
   csvcheck kernels-table 1 && has "$d/out" "^# blas: ." &&
   has "$d/out" "^# cpu gemm for up to [0-9]* rows: ."
+# FP8 weights held as stored beside the same weights dequantised to bf16, both backends
+ok "bench kernels fp8 csv" "$E" bench kernels --dtype fp8 --shape dsv3 --tokens 1,5 --reps 1 --weight-gb 0.001 --csv &&
+  csvcheck kernels-fp8 cpu 1,5
+ok "bench kernels fp8 ref" "$E" bench kernels --dtype FP8 --backend ref --shape dsv3 --tokens 1 --reps 1 \
+  --weight-gb 0.001 --csv && csvcheck kernels-fp8 ref 1
+ok "bench kernels fp8 table" "$E" bench kernels --dtype fp8 --shape dsv3 --tokens 1 --reps 1 --weight-gb 0.001 &&
+  has "$d/out" "^# backend cpu F8_E4M3 (blocks of 128 x 128)" && has "$d/out" "bf16 s *vs bf16 *rel diff$" &&
+  has "$d/out" "^dsv3 *1 *8 *8 .* [0-9.e+-]*$"
+usage kernels --dtype cuda --dtype fp8 --backend cuda
+usage kernels --dtype fp9 --dtype fp9
 # EPM_CPU_ISA caps the CPU GEMM's instruction set; a bad value stops the bench by name
 ok "bench kernels, EPM_CPU_ISA=off" env EPM_CPU_ISA=off "$E" bench kernels --shape dsv3 --tokens 1 --reps 1 \
   --weight-gb 0.001 && has "$d/out" "^# cpu gemm for up to [0-9]* rows: the blas (EPM_CPU_ISA off"
@@ -418,7 +454,7 @@ if grep -q "^blas: OpenBLAS" "$d/out"; then
   ok "version, OPENBLAS_CORETYPE" env OPENBLAS_CORETYPE=Prescott "$E" version &&
     has "$d/out" "^blas: OpenBLAS .*Prescott.*(OPENBLAS_CORETYPE=Prescott)$"
 fi
-help_ok kernels --shape --tokens --reps --backend --weight-gb --csv
+help_ok kernels --shape --tokens --reps --backend --dtype fp8 --weight-gb --csv
 usage kernels --tokens x --shape dsv3 --weight-gb 0.001 --tokens 1,x
 usage kernels --tokens 1,,2 --shape dsv3 --weight-gb 0.001 --tokens 1,,2
 usage kernels --reps 0 --reps 0
