@@ -79,6 +79,9 @@ epm_status epm_cpu_grouped_ffn_w8(const float *x, const int64_t *offsets, int ex
 /* rows r0..r1 of an FP8 weight of K columns as the float32 values it
  * stands for (bf16(e4m3 x scale)): the widening of the panel path */
 void epm_cpu_w8_rows(const struct epm_w8 *w, int64_t r0, int64_t r1, int K, float *out);
+/* The same for columns [c0, c1) of those rows (row stride ldo). */
+void epm_cpu_w8_block(const struct epm_w8 *w, int64_t r0, int64_t r1, int K, int c0, int c1, float *out,
+                      int64_t ldo);
 /* A linear layer over an FP8 weight [out][in] (cpu_ffn_fp8.c): the direct
  * kernel up to 4 rows, else decoded panels and SGEMM; b float32 or NULL;
  * its panel comes from epm_malloc. */

@@ -26,12 +26,13 @@
  *    dotted with every input row at once, gate and up in the same pass with
  *    the SiLU applied on the spot; threads over output features. It reads
  *    one byte per weight.
- *  - up to EPM_GEMM_NT_MAX_ROWS, where the CPU has AVX2 or AVX-512 and a
- *    matrix has at most WHOLE_MAX floats (an expert's; not a dense MLP of
- *    18432 x 7168): each matrix decoded whole to float32 into the caller's
- *    scratch (rows over the threads), then cpu_gemm_nt.c's GEMM for few
- *    rows, which beats SGEMM's repacking there (prefill at 0.74-0.87x of
- *    the bf16 kernel with panels and SGEMM for these rows; bench/README.md).
+ *  - up to EPM_GEMM_NT_MAX_ROWS, where the CPU has AVX2 or AVX-512:
+ *    cpu_gemm_nt.c's GEMM for few rows, each thread decoding its weight rows
+ *    a k-block of 48 rows at a time into a buffer that stays in L2, so that
+ *    the codes are read once and nothing decoded goes back to memory. (The
+ *    first version decoded each matrix whole to float32 first, 9 bytes of
+ *    traffic per weight against bf16's 2: 0.48-0.77x of bf16 on experts
+ *    from memory; panels and SGEMM were slower still; bench/README.md.)
  *  - more rows: panels decoded to float32 into the caller's scratch, then
  *    SGEMM (cpu_ffn_bf16.c's panel path with this file's decoding).
  * Under AVX-512 with BW (16 floats a vector) or AVX2 with F16C (8; also
@@ -57,7 +58,6 @@
 
 enum {
     DIRECT_ROWS = 4,           /* rows of an expert up to which the direct kernel runs */
-    WHOLE_MAX = 1 << 24,       /* floats of a matrix decoded whole, at most (64 MiB) */
     CHUNK = EPM_CPU_FFN_CHUNK, /* rows per chunk of the panel path, as cpu_ffn.c */
     PAR_MIN_WORK = 1 << 16     /* multiply-adds below which one thread does it all */
 };
@@ -141,12 +141,12 @@ static void dot_portable(int M, const dot_args *a, float *acc0, float *acc1)
         tail(M, a->x, a->ldx, r0, r1, cb, cb * bc, (cb + 1) * bc < a->K ? (cb + 1) * bc : a->K, acc0, acc1);
 }
 
-static void rows_portable(const epm_w8 *w, int64_t r0, int64_t r1, int K, float *out)
+static void rows_portable(const epm_w8 *w, int64_t r0, int64_t r1, int K, int c0, int c1, float *out, int64_t ldo)
 {
     for (int64_t r = r0; r < r1; r++) {
         w8_row wr = row_at(w, r, K);
-        for (int64_t j = 0; j < K; j++)
-            out[(r - r0) * K + j] = value1(wr.q[j], wr.s[j / w->bc]);
+        for (int64_t j = c0; j < c1; j++)
+            out[(r - r0) * ldo + j - c0] = value1(wr.q[j], wr.s[j / w->bc]);
     }
 }
 
@@ -322,25 +322,52 @@ static dot_fn dot_for(w8_isa isa)
     return dot_portable;
 }
 
-void epm_cpu_w8_rows(const epm_w8 *w, int64_t r0, int64_t r1, int K, float *out)
+void epm_cpu_w8_block(const epm_w8 *w, int64_t r0, int64_t r1, int K, int c0, int c1, float *out, int64_t ldo)
 {
 #ifdef W8_X86
     w8_isa isa = w8_isa_active();
     if (isa == W8_AVX512) {
-        rows_512(w, r0, r1, K, out);
+        rows_512(w, r0, r1, K, c0, c1, out, ldo);
         return;
     }
     if (isa == W8_AVX2) {
-        rows_256(w, r0, r1, K, out);
+        rows_256(w, r0, r1, K, c0, c1, out, ldo);
         return;
     }
 #endif
-    rows_portable(w, r0, r1, K, out);
+    rows_portable(w, r0, r1, K, c0, c1, out, ldo);
+}
+
+void epm_cpu_w8_rows(const epm_w8 *w, int64_t r0, int64_t r1, int K, float *out)
+{
+    epm_cpu_w8_block(w, r0, r1, K, 0, K, out, K);
 }
 
 static void w8_rows_fn(const void *w, int64_t r0, int64_t r1, int K, float *out)
 {
     epm_cpu_w8_rows(w, r0, r1, K, out);
+}
+
+/* cpu_gemm_nt.c's decoding callback: a matrix and its row length */
+typedef struct w8_k {
+    const epm_w8 *w;
+    int K;
+} w8_k;
+
+static void w8_decode_fn(const void *wk, int64_t r0, int64_t r1, int j0, int j1, float *out, int64_t ldo)
+{
+    const w8_k *a = wk;
+    epm_cpu_w8_block(a->w, r0, r1, a->K, j0, j1, out, ldo);
+}
+
+/* y[m][N] = x[m][K] w^T for m <= EPM_GEMM_NT_MAX_ROWS: cpu_gemm_nt.c's GEMM,
+ * each thread decoding its weight rows a k-block at a time into its part of
+ * wbuf (threads of them) */
+static void nt_linear(epm_cpu_isa isa, const float *x, int64_t m, int K, const epm_w8 *w, int N, float *y,
+                      float *pack, float *wbuf, int threads)
+{
+    const w8_k a = {w, K};
+    epm_cpu_gemm_nt_decoded(isa, x, m, K, w8_decode_fn, &a, N, y, pack, wbuf, threads);
 }
 
 /* Output features [c0, c1) of w against M <= DIRECT_ROWS rows of width K:
@@ -376,9 +403,8 @@ EPM_OMP("omp barrier")
     }
 }
 
-/* past the chunk's gate and up outputs: a panel, or a whole decoded
- * matrix and cpu_gemm_nt.c's packed rows (an expert takes one way or the
- * other, whatever the instruction set) */
+/* past the chunk's gate and up outputs: a panel, or cpu_gemm_nt.c's packed
+ * rows (an expert takes one way or the other, whatever the instruction set) */
 size_t epm_cpu_ffn_w8_scratch_floats(int64_t max_rows, int hidden, int ffn)
 {
     int64_t m = max_rows < CHUNK ? max_rows : CHUNK;
@@ -386,29 +412,20 @@ size_t epm_cpu_ffn_w8_scratch_floats(int64_t max_rows, int hidden, int ffn)
     if (max_rows <= DIRECT_ROWS)
         return f;
     size_t panel = epm_cpu_panel_floats(hidden, ffn, 0);
-    size_t whole = (int64_t)hidden * ffn > WHOLE_MAX
-                       ? 0
-                       : (size_t)hidden * (size_t)ffn + 16 +
-                             epm_cpu_gemm_nt_pack_floats(m < EPM_GEMM_NT_MAX_ROWS ? m : EPM_GEMM_NT_MAX_ROWS,
-                                                         hidden > ffn ? hidden : ffn);
-    return f + (panel > whole ? panel : whole);
+    size_t pack = epm_cpu_gemm_nt_pack_floats(m < EPM_GEMM_NT_MAX_ROWS ? m : EPM_GEMM_NT_MAX_ROWS,
+                                              hidden > ffn ? hidden : ffn);
+    return f + (panel > pack ? panel : pack);
 }
 
-/* y[m][N] = x[m][K] w^T through w decoded whole into wf (rows over the
- * threads) and cpu_gemm_nt.c's GEMM */
-static void whole_linear(epm_cpu_isa isa, const float *x, int64_t m, int K, const epm_w8 *w, int N, float *wf,
-                         float *pack, float *y)
+/* The decoding buffers of cpu_gemm_nt.c's FP8 path, one per thread: asked
+ * for per call (192 KiB a thread), as the threads are known only then. */
+static epm_status nt_buffers(const char *fn, float **wbuf, int *threads)
 {
-    int nt = epm_omp_threads_for((int64_t)N * K, PAR_MIN_WORK);
-    (void)nt;
-EPM_OMP("omp parallel num_threads(nt)")
-    {
-        int64_t r0, r1;
-        epm_omp_share(N, 1, &r0, &r1);
-        if (r1 > r0)
-            epm_cpu_w8_rows(w, r0, r1, K, wf + r0 * K);
-    }
-    epm_cpu_gemm_nt(isa, x, m, K, wf, N, y, pack);
+    *threads = epm_omp_threads_for(1, 0);
+    *wbuf = epm_malloc(epm_cpu_gemm_nt_decode_floats(*threads) * sizeof **wbuf);
+    return *wbuf ? EPM_OK
+                 : epm_fail(EPM_ERR_NOMEM, "%s: allocation of %d decoding buffers of %zu floats failed", fn, *threads,
+                            epm_cpu_gemm_nt_decode_floats(1));
 }
 
 static epm_status check_w8(const char *fn, const epm_w8 *w, const char *which, int e, int64_t rows)
@@ -439,15 +456,11 @@ epm_status epm_cpu_grouped_ffn_w8(const float *x, const int64_t *offsets, int ex
              "kernel walks them together)", fn, e, gate[e].bc, up[e].bc);
     }
     int64_t busiest = epm_busiest_rows(offsets, experts), chunk_max = busiest < CHUNK ? busiest : CHUNK;
-    float *panel = scratch + 2 * chunk_max * ffn;
-    /* the whole-matrix path: the decoded matrix, then the packed rows on a cache line */
-    const int whole = (int64_t)hidden * ffn <= WHOLE_MAX;
-    float *wf = panel, *pack = whole ? wf + (int64_t)hidden * ffn : NULL;
-    if (pack)
-        pack += -(uintptr_t)pack / sizeof *pack & 15;
-    int pr_in = epm_cpu_panel_rows(hidden, ffn, 0), pr_out = epm_cpu_panel_rows(ffn, hidden, 0);
+    float *panel = scratch + 2 * chunk_max * ffn, *wbuf = NULL;
+    int pr_in = epm_cpu_panel_rows(hidden, ffn, 0), pr_out = epm_cpu_panel_rows(ffn, hidden, 0), threads = 1;
     const epm_cpu_isa isa = epm_cpu_isa_active();
-    for (int e = 0; e < experts; e++) {
+    epm_status st = EPM_OK;
+    for (int e = 0; e < experts && st == EPM_OK; e++) {
         int64_t rows = offsets[e + 1] - offsets[e];
         if (rows == 0)
             continue;
@@ -459,11 +472,13 @@ epm_status epm_cpu_grouped_ffn_w8(const float *x, const int64_t *offsets, int ex
         for (int64_t r0 = offsets[e]; r0 < offsets[e + 1]; r0 += CHUNK) {
             int64_t m = offsets[e + 1] - r0 < CHUNK ? offsets[e + 1] - r0 : CHUNK;
             float *g = scratch, *u = scratch + m * ffn;
-            if (m <= EPM_GEMM_NT_MAX_ROWS && isa != EPM_CPU_ISA_OFF && whole) {
-                whole_linear(isa, x + r0 * hidden, m, hidden, &gate[e], ffn, wf, pack, g);
-                whole_linear(isa, x + r0 * hidden, m, hidden, &up[e], ffn, wf, pack, u);
+            if (m <= EPM_GEMM_NT_MAX_ROWS && isa != EPM_CPU_ISA_OFF) { /* panel then holds the packed rows */
+                if (!wbuf && (st = nt_buffers(fn, &wbuf, &threads)) != EPM_OK)
+                    break;
+                nt_linear(isa, x + r0 * hidden, m, hidden, &gate[e], ffn, g, panel, wbuf, threads);
+                nt_linear(isa, x + r0 * hidden, m, hidden, &up[e], ffn, u, panel, wbuf, threads);
                 epm_swiglu_inplace(g, u, m * ffn);
-                whole_linear(isa, g, m, ffn, &down[e], hidden, wf, pack, y + r0 * hidden);
+                nt_linear(isa, g, m, ffn, &down[e], hidden, y + r0 * hidden, panel, wbuf, threads);
                 continue;
             }
             epm_cpu_panel_linear(x + r0 * hidden, m, hidden, w8_rows_fn, &gate[e], ffn, panel, pr_in, g);
@@ -472,7 +487,8 @@ epm_status epm_cpu_grouped_ffn_w8(const float *x, const int64_t *offsets, int ex
             epm_cpu_panel_linear(g, m, ffn, w8_rows_fn, &down[e], hidden, panel, pr_out, y + r0 * hidden);
         }
     }
-    return EPM_OK;
+    epm_free(wbuf);
+    return st;
 }
 
 epm_status epm_cpu_linear_w8(const float *x, int64_t n, int in, const epm_w8 *w, const float *b, int out, float *y)
@@ -497,6 +513,18 @@ EPM_OMP("omp parallel num_threads(nt)")
             epm_omp_share(out, 1, &c0, &c1);
             direct_span(dot, (int)n, x, in, w, NULL, c0, c1, y, out);
         }
+    } else if (n <= EPM_GEMM_NT_MAX_ROWS && epm_cpu_isa_active() != EPM_CPU_ISA_OFF) {
+        float *wbuf;
+        int threads;
+        EPM_CHECK(nt_buffers(fn, &wbuf, &threads));
+        float *pack = epm_malloc(epm_cpu_gemm_nt_pack_floats(n, in) * sizeof *pack);
+        if (!pack) {
+            epm_free(wbuf);
+            return epm_fail(EPM_ERR_NOMEM, "%s: allocation of %zu floats of packed rows failed", fn,
+                            epm_cpu_gemm_nt_pack_floats(n, in));
+        }
+        nt_linear(epm_cpu_isa_active(), x, n, in, w, out, y, pack, wbuf, threads);
+        epm_free(pack), epm_free(wbuf);
     } else { /* panels and SGEMM: a dense matrix may be far larger than an expert's */
         int pr = epm_cpu_panel_rows(in, out, 0);
         float *panel = epm_malloc((size_t)pr * (size_t)in * sizeof *panel);

@@ -11,7 +11,13 @@
  * read from memory once per pass of up to 256 rows. A tile keeps 4 x NR vector accumulators along k and
  * folds them into y once per k-block: with AVX-512, 16 vectors to 16 sums in
  * one transposing tree (5-10% faster than 16 separate reductions). KC = 1024
- * measured best of 512, 768, 1024 and 2048 (2048 no longer fits L1). */
+ * measured best of 512, 768, 1024 and 2048 (2048 no longer fits L1).
+ *
+ * Weights held in a format no tile reads (FP8) come through a decoding
+ * callback instead: for each k-block each thread decodes its features
+ * DEC_ROWS at a time into its own buffer (in L2 beside the x block) and runs
+ * the float32 tiles on that. Decoding a whole FP8 matrix to float32 first
+ * cost 8 more bytes of memory traffic per weight (bench/README.md). */
 #include "cpu_gemm_nt.h"
 
 #include <stdlib.h>
@@ -32,6 +38,8 @@ enum {
     PASS_ROWS = 256,         /* rows per pass over the weight */
     KV = 16,                 /* k per packed step */
     MR = 4,                  /* rows per packed block and per tile */
+    DEC_ROWS = 48,           /* weight rows decoded at a time (a multiple of 4 and 3): 192 KiB a k-block */
+    DEC_LD = KC + 16,        /* their row stride: rows 4 KiB apart would share the caches' sets */
     PAR_MIN_WORK = 1 << 20   /* multiply-adds below which one thread does it all */
 };
 
@@ -398,13 +406,34 @@ epm_cpu_isa epm_cpu_isa_active(void)
 }
 
 #ifdef EPM_GEMM_X86
+/* How a pass gets its weight rows: in place (dec NULL), or decoded by dec a
+ * k-block of DEC_ROWS rows at a time into the thread's wbuf. */
+typedef struct wsrc {
+    const void *w;
+    epm_gemm_nt_decode_fn dec;
+    float *wbuf; /* DEC_ROWS x KC floats per thread */
+} wsrc;
+
+static void pass_tiles(const tiles *tl, const float *xb, int64_t blocks, int64_t step, int kc, const char *wt,
+                       int64_t ldw, int64_t c, int64_t c1, int64_t m, float *y, int n, int first)
+{
+    while (c < c1) {
+        int whole = c + tl->nr <= c1;
+        for (int64_t b = 0; b < blocks; b++)
+            (whole ? tl->tile : tl->one)(xb + b * step, kc, wt, ldw, y + b * MR * n + c, n,
+                                         (int)(m - b * MR < MR ? m - b * MR : MR), first);
+        wt += (whole ? tl->nr : 1) * ldw * tl->es;
+        c += whole ? tl->nr : 1;
+    }
+}
+
 /* Rows [0, m) of one pass: x and y point at the pass's first row. */
-static void gemm_pass(const tiles *tl, int nt, const float *x, int64_t m, int k, const void *w, int n, float *y,
+static void gemm_pass(const tiles *tl, int nt, const float *x, int64_t m, int k, const wsrc *ws, int n, float *y,
                       float *pack)
 {
     const int kcb = m <= KC_ROWS ? KC : KC_WIDE, nr = tl->nr;
     const int64_t blocks = round_up(m, MR) / MR, kblocks = (k + kcb - 1) / kcb;
-    const char *wb = w;
+    const char *wb = ws->w;
     (void)nt;
 EPM_OMP("omp parallel num_threads(nt)")
     {
@@ -420,21 +449,24 @@ EPM_OMP("omp for schedule(static)")
         for (int k0 = 0; k0 < k; k0 += kcb) {
             int kc = k - k0 < kcb ? k - k0 : kcb, first = k0 == 0;
             const float *xb = pack + blocks * MR * k0;
-            int64_t step = MR * round_up(kc, KV), c = c0;
-            while (c < c1) {
-                int whole = c + nr <= c1;
-                for (int64_t b = 0; b < blocks; b++)
-                    (whole ? tl->tile : tl->one)(xb + b * step, kc, wb + (c * k + k0) * tl->es, k,
-                                                 y + b * MR * n + c, n, (int)(m - b * MR < MR ? m - b * MR : MR),
-                                                 first);
-                c += whole ? nr : 1;
+            int64_t step = MR * round_up(kc, KV);
+            if (!ws->dec) {
+                pass_tiles(tl, xb, blocks, step, kc, wb + (c0 * k + k0) * tl->es, k, c0, c1, m, y, n, first);
+                continue;
+            }
+            /* DEC_ROWS is a multiple of every tile's rows: the chunks split no whole tile */
+            float *buf = ws->wbuf + (int64_t)epm_omp_me() * DEC_ROWS * DEC_LD;
+            for (int64_t cc = c0; cc < c1; cc += DEC_ROWS) {
+                int64_t ce = c1 - cc < DEC_ROWS ? c1 : cc + DEC_ROWS;
+                ws->dec(ws->w, cc, ce, k0, k0 + kc, buf, DEC_LD);
+                pass_tiles(tl, xb, blocks, step, kc, (const char *)buf, DEC_LD, cc, ce, m, y, n, first);
             }
         }
     }
 }
 
-static void gemm(epm_cpu_isa isa, int bf16_weights, const float *x, int64_t m, int k, const void *w, int n,
-                 float *y, float *pack)
+static void gemm(epm_cpu_isa isa, int bf16_weights, const float *x, int64_t m, int k, const wsrc *ws, int n,
+                 float *y, float *pack, int max_threads)
 {
     if (m <= 0 || n <= 0 || k <= 0 || isa == EPM_CPU_ISA_OFF)
         return;
@@ -442,18 +474,38 @@ static void gemm(epm_cpu_isa isa, int bf16_weights, const float *x, int64_t m, i
     int nt = epm_omp_threads_for(m * n * (int64_t)k, PAR_MIN_WORK);
     if (nt > n / tl.nr)
         nt = n / tl.nr > 0 ? n / tl.nr : 1;
+    if (max_threads > 0 && nt > max_threads)
+        nt = max_threads;
     const int64_t per = pass_rows(m);
     pack = (float *)(((uintptr_t)pack + 63) & ~(uintptr_t)63);
     for (int64_t r0 = 0; r0 < m; r0 += per)
-        gemm_pass(&tl, nt, x + r0 * k, m - r0 < per ? m - r0 : per, k, w, n, y + r0 * n, pack);
+        gemm_pass(&tl, nt, x + r0 * k, m - r0 < per ? m - r0 : per, k, ws, n, y + r0 * n, pack);
 }
 #endif
+
+size_t epm_cpu_gemm_nt_decode_floats(int threads)
+{
+    return (size_t)(threads > 0 ? threads : 1) * DEC_ROWS * DEC_LD;
+}
+
+void epm_cpu_gemm_nt_decoded(epm_cpu_isa isa, const float *x, int64_t m, int k, epm_gemm_nt_decode_fn dec,
+                             const void *w, int n, float *y, float *pack, float *wbuf, int threads)
+{
+#ifdef EPM_GEMM_X86
+    const wsrc ws = {w, dec, wbuf};
+    gemm(isa, 0, x, m, k, &ws, n, y, pack, threads > 0 ? threads : 1);
+#else
+    (void)isa, (void)x, (void)m, (void)k, (void)dec, (void)w, (void)n, (void)y, (void)pack, (void)wbuf;
+    (void)threads;
+#endif
+}
 
 void epm_cpu_gemm_nt(epm_cpu_isa isa, const float *x, int64_t m, int k, const float *w, int n, float *y,
                      float *pack)
 {
 #ifdef EPM_GEMM_X86
-    gemm(isa, 0, x, m, k, w, n, y, pack);
+    const wsrc ws = {w, NULL, NULL};
+    gemm(isa, 0, x, m, k, &ws, n, y, pack, 0);
 #else
     (void)isa, (void)x, (void)m, (void)k, (void)w, (void)n, (void)y, (void)pack;
 #endif
@@ -463,7 +515,8 @@ void epm_cpu_gemm_nt_w16(epm_cpu_isa isa, const float *x, int64_t m, int k, cons
                          float *pack)
 {
 #ifdef EPM_GEMM_X86
-    gemm(isa, 1, x, m, k, w, n, y, pack);
+    const wsrc ws = {w, NULL, NULL};
+    gemm(isa, 1, x, m, k, &ws, n, y, pack, 0);
 #else
     (void)isa, (void)x, (void)m, (void)k, (void)w, (void)n, (void)y, (void)pack;
 #endif

@@ -55,4 +55,19 @@ void epm_cpu_gemm_nt(epm_cpu_isa isa, const float *x, int64_t m, int k, const fl
 void epm_cpu_gemm_nt_w16(epm_cpu_isa isa, const float *x, int64_t m, int k, const uint16_t *w, int n, float *y,
                          float *pack);
 
+/* The same over weights held in another format (FP8: cpu_ffn_fp8.c), which
+ * dec decodes to float32: rows [r0, r1), columns [j0, j1) of w into out
+ * (row stride ldo). Each thread decodes its own output features a
+ * k-block of up to 48 rows at a time into its part of wbuf, which stays in
+ * the L2 cache beside the packed input block, so that the weight is read
+ * once per pass and nothing decoded goes back to memory (decoding a whole
+ * matrix first costs 8 more bytes of traffic per weight). wbuf holds
+ * epm_cpu_gemm_nt_decode_floats(threads) floats; at most `threads` threads
+ * run. */
+typedef void (*epm_gemm_nt_decode_fn)(const void *w, int64_t r0, int64_t r1, int j0, int j1, float *out,
+                                      int64_t ldo);
+size_t epm_cpu_gemm_nt_decode_floats(int threads);
+void epm_cpu_gemm_nt_decoded(epm_cpu_isa isa, const float *x, int64_t m, int k, epm_gemm_nt_decode_fn dec,
+                             const void *w, int n, float *y, float *pack, float *wbuf, int threads);
+
 #endif

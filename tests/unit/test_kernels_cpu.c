@@ -226,6 +226,26 @@ static void test_kernels_cpu_w8_decode(void **state)
                              epm_cpu_isa_name((epm_cpu_isa)isa), bc, r, j, q[r * K + j], (double)out[r * K + j],
                              (double)want);
             }
+        /* column ranges starting and ending inside blocks (the CPU GEMM
+         * decodes a k-block at a time), a row stride past the range: the
+         * same bits, and nothing written outside the range */
+        static const int ranges[][2] = {{5, 200}, {24, 48}, {0, K}, {K - 1, K}, {33, 34}, {100, 261}};
+        for (size_t g = 0; g < sizeof ranges / sizeof *ranges; g++) {
+            const int c0 = ranges[g][0], c1 = ranges[g][1], ld = c1 - c0 + 3;
+            float blk[2 * (K + 3) + 8];
+            for (size_t j = 0; j < sizeof blk / sizeof *blk; j++)
+                blk[j] = -999.0f;
+            epm_cpu_w8_block(&w, 0, 2, K, c0, c1, blk + 4, ld);
+            for (int j = 0; j < (int)(sizeof blk / sizeof *blk); j++) {
+                int r = (j - 4) / ld, col = (j - 4) % ld + c0;
+                int inside = j >= 4 && r < 2 && col < c1;
+                float want = inside ? out[r * K + col] : -999.0f;
+                if (memcmp(&want, &blk[j], sizeof want) != 0)
+                    fail_msg("%s: block width %d, columns [%d, %d), row stride %d: element %d is %a, want %a",
+                             epm_cpu_isa_name((epm_cpu_isa)isa), bc, c0, c1, ld, j - 4, (double)blk[j],
+                             (double)want);
+            }
+        }
         free(sc);
     }
 }
@@ -263,6 +283,9 @@ static void test_kernels_cpu_w8_is_ref(void **state)
         {64, 40, 128, 128, {0, 0, 7, 0, 1}}, {23, 9, 5, 3, {1030, 0, 0, 1, 0}},
         {136, 96, 16, 24, {0, 4, 66, 0, 3}}, {256, 128, 128, 128, {1, 2, 3, 4, 20}},
         {256, 384, 128, 128, {0, 9, 0, 0, 40}}, /* decoded on several threads */
+        /* gate and up wider than the CPU GEMM's k-blocks (1024, and 512 past
+         * 128 rows), blocks of 24 straddling them: decoded a k-block at a time */
+        {1100, 40, 16, 24, {0, 6, 0, 0, 130}},
     };
     enum { E = 5 };
     const epm_ops *ref = epm_ops_ref(), *blas = epm_ops_blas();
@@ -329,7 +352,9 @@ static void test_kernels_cpu_linear_w8(void **state)
     kc_ctx *c = *state;
     static const int cases[][6] = {/* n, in, out, br, bc, bias */
                                    {0, 8, 4, 2, 2, 0},      {1, 37, 29, 16, 24, 1}, {3, 256, 300, 128, 128, 0},
-                                   {4, 130, 70, 16, 24, 1}, {5, 37, 29, 5, 7, 0},   {40, 300, 257, 128, 128, 1}};
+                                   {4, 130, 70, 16, 24, 1}, {5, 37, 29, 5, 7, 0},   {40, 300, 257, 128, 128, 1},
+                                   /* past the CPU GEMM's k-blocks, blocks straddling them, past 192 rows */
+                                   {7, 1100, 50, 16, 24, 0}, {150, 1100, 101, 128, 128, 1}, {200, 130, 9, 8, 8, 0}};
     const epm_ops *ref = epm_ops_ref(), *blas = epm_ops_blas();
     assert_non_null(ref->linear_w8);
     assert_non_null(blas->linear_w8);
