@@ -654,6 +654,54 @@ static const char *torch_dtype(epm_dtype t)
     return t == EPM_DTYPE_BF16 ? "bfloat16" : t == EPM_DTYPE_F16 ? "float16" : "float32";
 }
 
+/* A float field as the double of its shortest decimal (1e-06, not
+ * 9.9999999747524271e-07), so that real_digits keeps it short. */
+static double float_decimal(float f)
+{
+    char buf[40];
+    for (int d = 1; d < 9; d++) {
+        snprintf(buf, sizeof buf, "%.*g", d, (double)f);
+        if ((float)strtod(buf, NULL) == f)
+            return strtod(buf, NULL);
+    }
+    snprintf(buf, sizeof buf, "%.9g", (double)f);
+    return strtod(buf, NULL);
+}
+
+/* The fewest significant digits (7 to 17) that print every real in v so
+ * that it reads back as the same double: one precision serves the whole
+ * dump (Jansson's is per dump), and values the config was read from, such as
+ * 1e-6 and 10000.0, keep their short form (7 digits, as before, print a
+ * rope_theta of 1000000 without an exponent) while 0.1 + 0.2 keeps all 17. */
+static int real_digits(const json_t *v)
+{
+    int d = 7;
+    if (json_is_real(v)) {
+        double x = json_real_value(v);
+        char buf[40];
+        for (; d < 17; d++) {
+            snprintf(buf, sizeof buf, "%.*g", d, x);
+            if (strtod(buf, NULL) == x)
+                break;
+        }
+    } else if (json_is_object(v)) {
+        const char *k;
+        json_t *e;
+        json_object_foreach((json_t *)v, k, e) {
+            int de = real_digits(e);
+            d = de > d ? de : d;
+        }
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(v, i, e) {
+            int de = real_digits(e);
+            d = de > d ? de : d;
+        }
+    }
+    return d;
+}
+
 static json_t *to_json(const epm_model_config *cfg)
 {
     epm_model_arch a = cfg->arch;
@@ -676,7 +724,7 @@ static json_t *to_json(const epm_model_config *cfg)
         json_integer(cfg->num_experts));
     SET("num_experts_per_tok", json_integer(cfg->top_k));
     SET("hidden_act", json_string("silu"));
-    SET("rms_norm_eps", json_real(cfg->rms_norm_eps));
+    SET("rms_norm_eps", json_real(float_decimal(cfg->rms_norm_eps)));
     SET("tie_word_embeddings", json_boolean(cfg->tie_word_embeddings));
     SET("dtype", json_string(torch_dtype(cfg->dtype)));
     if (cfg->yarn_factor > 0) {
@@ -723,7 +771,7 @@ static json_t *to_json(const epm_model_config *cfg)
         SET("first_k_dense_replace", json_integer(cfg->first_k_dense));
         SET("n_group", json_integer(cfg->n_group));
         SET("topk_group", json_integer(cfg->topk_group));
-        SET("routed_scaling_factor", json_real(cfg->routed_scaling));
+        SET("routed_scaling_factor", json_real(float_decimal(cfg->routed_scaling)));
         SET("scoring_func", json_string(v3 ? "sigmoid" : "softmax"));
         SET("topk_method", json_string(v3 ? "noaux_tc" : cfg->group_max ? "group_limited_greedy" : "greedy"));
         SET("q_lora_rank", cfg->q_lora_rank ? json_integer(cfg->q_lora_rank) : json_null());
@@ -764,7 +812,7 @@ epm_status epm_model_config_save(const epm_model_config *cfg, const char *path)
     if (!cfg || !path || (unsigned)cfg->arch >= EPM_MODEL_ARCH_COUNT || !cfg->moe_layer)
         return epm_fail(EPM_ERR_INVALID_ARG, "epm_model_config_save: NULL or incomplete config");
     json_t *r = to_json(cfg);
-    char *s = r ? json_dumps(r, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(7)) : NULL;
+    char *s = r ? json_dumps(r, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(real_digits(r))) : NULL;
     json_decref(r);
     if (!s)
         return epm_fail(EPM_ERR_NOMEM, "%s: out of memory writing config.json", path);

@@ -579,8 +579,28 @@ static void test_config_save_round_trip(void **state)
         assert_float_equal(b.rms_norm_eps, a.rms_norm_eps, 0);
         assert_float_equal(b.rope_theta, a.rope_theta, 0);
         assert_memory_equal(b.moe_layer, a.moe_layer, (size_t)a.num_layers);
-        epm_model_config_clear(&a);
         epm_model_config_clear(&b);
+        /* a value needing all 17 digits reads back as the same double (7
+         * digits were written before); the fixture's short ones stay short */
+        float eps = a.rms_norm_eps;
+        a.rms_norm_eps = 0.1f + 0.2f, a.rope_theta = 1e6 / 3;
+        assert_int_equal(epm_model_config_save(&a, p), EPM_OK);
+        assert_int_equal(epm_model_config_load(p, &b), EPM_OK);
+        if (b.rms_norm_eps != a.rms_norm_eps || b.rope_theta != a.rope_theta)
+            fail_msg("%s: saved %.9g and %.17g, read back %.9g and %.17g", names[i], (double)a.rms_norm_eps,
+                     a.rope_theta, (double)b.rms_norm_eps, b.rope_theta);
+        epm_model_config_clear(&b);
+        a.rms_norm_eps = eps, a.rope_theta = 10000;
+        assert_int_equal(epm_model_config_save(&a, p), EPM_OK);
+        char text[8192] = {0};
+        FILE *f = fopen(p, "r");
+        assert_non_null(f);
+        size_t got = fread(text, 1, sizeof text - 1, f);
+        fclose(f);
+        assert_true(got > 0);
+        if (!strstr(text, "10000") || strstr(text, "9999") || strstr(text, "00000"))
+            fail_msg("%s: short values not written short:\n%s", names[i], text);
+        epm_model_config_clear(&a);
     }
 }
 
