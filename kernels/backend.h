@@ -70,7 +70,9 @@ int epm_cpu_panel_rows(int K, int N, int fixed);
 size_t epm_cpu_panel_floats(int hidden, int ffn, int fixed);
 /* The expert FFN over FP8 weights (cpu_ffn_fp8.c; ops.h's epm_w8): scratch
  * holds epm_cpu_ffn_w8_scratch_floats(rows of the busiest expert, hidden,
- * ffn) floats; it allocates nothing. */
+ * ffn) floats. An expert of 5-192 rows also takes decoding buffers from
+ * epm_malloc for the call (192 KiB a thread: the threads are known only
+ * then); when that fails it returns EPM_ERR_NOMEM with y partly written. */
 struct epm_w8;
 size_t epm_cpu_ffn_w8_scratch_floats(int64_t max_rows, int hidden, int ffn);
 epm_status epm_cpu_grouped_ffn_w8(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,
@@ -83,8 +85,9 @@ void epm_cpu_w8_rows(const struct epm_w8 *w, int64_t r0, int64_t r1, int K, floa
 void epm_cpu_w8_block(const struct epm_w8 *w, int64_t r0, int64_t r1, int K, int c0, int c1, float *out,
                       int64_t ldo);
 /* A linear layer over an FP8 weight [out][in] (cpu_ffn_fp8.c): the direct
- * kernel up to 4 rows, else decoded panels and SGEMM; b float32 or NULL;
- * its panel comes from epm_malloc. */
+ * kernel up to 4 rows, cpu_gemm_nt.c's decoding GEMM up to 192 (AVX2 or
+ * AVX-512), else decoded panels and SGEMM; b float32 or NULL; its packed
+ * rows, decoding buffers or panel come from epm_malloc. */
 epm_status epm_cpu_linear_w8(const float *x, int64_t n, int in, const struct epm_w8 *w, const float *b, int out,
                              float *y);
 epm_status epm_cpu_linear(const float *x, int64_t n, int in, const float *w, const float *b, int out, float *y);

@@ -411,7 +411,7 @@ epm_cpu_isa epm_cpu_isa_active(void)
 typedef struct wsrc {
     const void *w;
     epm_gemm_nt_decode_fn dec;
-    float *wbuf; /* DEC_ROWS x KC floats per thread */
+    float *wbuf; /* DEC_ROWS x DEC_LD floats per thread */
 } wsrc;
 
 static void pass_tiles(const tiles *tl, const float *xb, int64_t blocks, int64_t step, int kc, const char *wt,

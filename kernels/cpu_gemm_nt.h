@@ -62,8 +62,8 @@ void epm_cpu_gemm_nt_w16(epm_cpu_isa isa, const float *x, int64_t m, int k, cons
  * the L2 cache beside the packed input block, so that the weight is read
  * once per pass and nothing decoded goes back to memory (decoding a whole
  * matrix first costs 8 more bytes of traffic per weight). wbuf holds
- * epm_cpu_gemm_nt_decode_floats(threads) floats; at most `threads` threads
- * run. */
+ * epm_cpu_gemm_nt_decode_floats(threads) floats, for one call at a time; at
+ * most `threads` threads run. */
 typedef void (*epm_gemm_nt_decode_fn)(const void *w, int64_t r0, int64_t r1, int j0, int j1, float *out,
                                       int64_t ldo);
 size_t epm_cpu_gemm_nt_decode_floats(int threads);

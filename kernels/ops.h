@@ -59,7 +59,8 @@ typedef struct epm_ops {
     epm_status (*attention)(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc,
                             int64_t cache_len, int heads, int kv_heads, int hd, float *out, float *probs);
     /* grouped_swiglu over FP8 weights (epm_w8, one per expert; q NULL for
-     * an expert with no rows), scratch of epm_grouped_scratch_w8 floats.
+     * an expert with no rows), scratch of epm_grouped_scratch_w8 floats; it
+     * may also allocate for the call (EPM_ERR_NOMEM, y partly written).
      * NULL where the table has none (the runtime then holds FP8 experts
      * dequantised to bf16 where the table has a bf16 FFN, else widened). */
     epm_status (*grouped_swiglu_w8)(const float *x, const int64_t *offsets, int experts, int hidden, int ffn,

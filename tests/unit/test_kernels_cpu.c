@@ -286,6 +286,8 @@ static void test_kernels_cpu_w8_is_ref(void **state)
         /* gate and up wider than the CPU GEMM's k-blocks (1024, and 512 past
          * 128 rows), blocks of 24 straddling them: decoded a k-block at a time */
         {1100, 40, 16, 24, {0, 6, 0, 0, 130}},
+        /* panels of whole rows of 44 blocks: past the 40 tables kept per row block */
+        {1400, 16, 8, 32, {0, 0, 200, 0, 3}},
     };
     enum { E = 5 };
     const epm_ops *ref = epm_ops_ref(), *blas = epm_ops_blas();
@@ -551,6 +553,50 @@ static void test_kernels_cpu_create_nomem(void **state)
     epm_clear_error();
 }
 
+/* The FP8 kernels' allocations for a call (decoding buffers, packed rows,
+ * panels) fail by name, with nothing leaked (ASan), under each instruction
+ * set: the decoding GEMM's (5-192 rows) or the panels' (off). */
+static void test_kernels_cpu_w8_nomem(void **state)
+{
+    kc_ctx *c = *state;
+    const epm_ops *blas = epm_ops_blas();
+    enum { H = 40, F = 24, N = 7 };
+    const int64_t off[2] = {0, N};
+    epm_w8 g = w8_random(F, H, 16, 8, &c->seed), u = w8_random(F, H, 16, 8, &c->seed);
+    epm_w8 d = w8_random(H, F, 16, 8, &c->seed);
+    float *x = kc_rnd((size_t)N * H, &c->seed), y[N * H];
+    int64_t sn = epm_grouped_scratch_w8(off, 1, H, F);
+    float *scr = malloc((size_t)sn * sizeof *scr);
+    FOR_EACH_ISA(isa)
+    {
+        for (int nth = 1; nth <= 2; nth++) {
+            epm_fault_fail_nth_alloc(nth);
+            epm_status st = blas->linear_w8(x, N, H, &g, NULL, F, y);
+            epm_fault_fail_nth_alloc(0);
+            if (isa == EPM_CPU_ISA_OFF && nth == 2) { /* the panel path allocates once */
+                assert_int_equal(st, EPM_OK);
+                continue;
+            }
+            if (st != EPM_ERR_NOMEM || !strstr(epm_last_error(), "allocation"))
+                fail_msg("%s: linear_w8 with allocation %d failing: status %d, '%s'",
+                         epm_cpu_isa_name((epm_cpu_isa)isa), nth, (int)st, epm_last_error());
+        }
+        epm_fault_fail_nth_alloc(1);
+        epm_status st = blas->grouped_swiglu_w8(x, off, 1, H, F, &g, &u, &d, scr, y);
+        epm_fault_fail_nth_alloc(0);
+        if (isa != EPM_CPU_ISA_OFF && (st != EPM_ERR_NOMEM || !strstr(epm_last_error(), "allocation")))
+            fail_msg("%s: grouped_swiglu_w8 with its allocation failing: status %d, '%s'",
+                     epm_cpu_isa_name((epm_cpu_isa)isa), (int)st, epm_last_error());
+        if (isa == EPM_CPU_ISA_OFF) /* panels from the scratch: nothing to allocate */
+            assert_int_equal(st, EPM_OK);
+        epm_clear_error();
+    }
+    const epm_w8 *ws[3] = {&g, &u, &d};
+    for (int k = 0; k < 3; k++)
+        free((void *)ws[k]->q), free((void *)ws[k]->scale);
+    free(x), free(scr);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -574,6 +620,7 @@ int main(void)
         cmocka_unit_test(test_kernels_cpu_ref_bf16_is_widened_f32),
         cmocka_unit_test(test_kernels_cpu_backend_selection),
         cmocka_unit_test(test_kernels_cpu_create_nomem),
+        cmocka_unit_test(test_kernels_cpu_w8_nomem),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
