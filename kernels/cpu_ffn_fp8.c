@@ -123,12 +123,25 @@ static inline void tail(int M, const float *x, int64_t ldx, w8_row r0, w8_row r1
 /* One weight row against M input rows, for w0 and (when not NULL) w1:
  * acc0[i] = x[i] . w0[r], acc1[i] = x[i] . w1[r]. Each ISA's version below
  * runs its vectors over whole groups of a block, the rest one at a time. */
+/* The AVX-512 decoding tables of the direct kernel's current row block, for
+ * the first DIRECT_TABS column blocks of w0 (k = 0) and w1 (k = 1): a
+ * block's scale serves br rows, and making its table for every row cost a
+ * fifth of the kernel's operations at 4 rows. Raw bytes, so that the
+ * generic code can hold one for whichever kernel runs. */
+enum { DIRECT_TABS = 64, TAB_BYTES = 128 };
+typedef struct w8_tabcache {
+    int64_t rb[2]; /* the row block the tables are of; -1: none yet */
+    signed char made[2][DIRECT_TABS]; /* -1: not made, else the table maker's answer */
+    _Alignas(64) unsigned char t[2][DIRECT_TABS][TAB_BYTES];
+} w8_tabcache;
+
 typedef struct dot_args {
     const float *x;
     int64_t ldx;
     const epm_w8 *w0, *w1;
     int64_t r;
     int K;
+    w8_tabcache *tabs;
 } dot_args;
 
 static void dot_portable(int M, const dot_args *a, float *acc0, float *acc1)
@@ -255,6 +268,27 @@ T512 static INL int tab512_make(float scale, tab512 *tb)
     return 1;
 }
 
+_Static_assert(sizeof(tab512) <= TAB_BYTES, "a table fits w8_tabcache's slot");
+
+/* The table of column block cb of w (k: w0 or w1) at row r: from the cache
+ * for the first DIRECT_TABS blocks, else made into own; NULL where the
+ * scale is out of the table's range. */
+T512 static INL const tab512 *tab512_for(w8_tabcache *c, int k, const epm_w8 *w, int64_t r, int64_t cb, float s,
+                                         tab512 *own)
+{
+    if (!c || cb >= DIRECT_TABS)
+        return tab512_make(s, own) ? own : NULL;
+    const int64_t rb = r / w->br;
+    if (c->rb[k] != rb) {
+        memset(c->made[k], -1, sizeof c->made[k]);
+        c->rb[k] = rb;
+    }
+    tab512 *t = (tab512 *)(void *)c->t[k][cb];
+    if (c->made[k][cb] < 0)
+        c->made[k][cb] = (signed char)tab512_make(s, t);
+    return c->made[k][cb] ? t : NULL;
+}
+
 /* 32 codes of a block whose table is tb: lo gets the first 16 values, hi
  * the next. vpermw reads an index's low 5 bits, (e & 3) << 3 | m, and each
  * table holds its 8 values at every m. */
@@ -278,6 +312,7 @@ T512 static INL void dec32(const uint8_t *q, const tab512 *tb, __m512 *lo, __m51
 #define W8PAIR
 #define W8TAB tab512
 #define W8TABMAKE tab512_make
+#define W8TABFOR tab512_for
 #define W8DEC2 dec32
 #define W8S _512
 #define W8ATTR T512
@@ -305,6 +340,7 @@ T512 static INL void dec32(const uint8_t *q, const tab512 *tb, __m512 *lo, __m51
 #undef W8PAIR
 #undef W8TAB
 #undef W8TABMAKE
+#undef W8TABFOR
 #undef W8DEC2
 #endif
 
@@ -377,8 +413,10 @@ static void direct_span(dot_fn dot, int M, const float *x, int K, const epm_w8 *
                         int64_t c1, float *y, int64_t ldy)
 {
     float a0[DIRECT_ROWS], a1[DIRECT_ROWS];
+    w8_tabcache tabs;
+    tabs.rb[0] = tabs.rb[1] = -1;
     for (int64_t n = c0; n < c1; n++) {
-        dot_args a = {x, K, w, w1, n, K};
+        dot_args a = {x, K, w, w1, n, K, &tabs};
         dot(M, &a, a0, a1);
         for (int i = 0; i < M; i++)
             y[i * ldy + n] = w1 ? epm_silu(a0[i]) * a1[i] : a0[i];

@@ -356,7 +356,9 @@ static void test_kernels_cpu_linear_w8(void **state)
                                    {0, 8, 4, 2, 2, 0},      {1, 37, 29, 16, 24, 1}, {3, 256, 300, 128, 128, 0},
                                    {4, 130, 70, 16, 24, 1}, {5, 37, 29, 5, 7, 0},   {40, 300, 257, 128, 128, 1},
                                    /* past the CPU GEMM's k-blocks, blocks straddling them, past 192 rows */
-                                   {7, 1100, 50, 16, 24, 0}, {150, 1100, 101, 128, 128, 1}, {200, 130, 9, 8, 8, 0}};
+                                   {7, 1100, 50, 16, 24, 0}, {150, 1100, 101, 128, 128, 1}, {200, 130, 9, 8, 8, 0},
+                                   /* the direct kernel past the 64 tables it keeps per row block of 4 */
+                                   {2, 2200, 20, 4, 32, 1}};
     const epm_ops *ref = epm_ops_ref(), *blas = epm_ops_blas();
     assert_non_null(ref->linear_w8);
     assert_non_null(blas->linear_w8);
