@@ -123,11 +123,11 @@ static inline void tail(int M, const float *x, int64_t ldx, w8_row r0, w8_row r1
 /* One weight row against M input rows, for w0 and (when not NULL) w1:
  * acc0[i] = x[i] . w0[r], acc1[i] = x[i] . w1[r]. Each ISA's version below
  * runs its vectors over whole groups of a block, the rest one at a time. */
-/* The AVX-512 decoding tables of the direct kernel's current row block, for
- * the first DIRECT_TABS column blocks of w0 (k = 0) and w1 (k = 1): a
- * block's scale serves br rows, and making its table for every row cost a
- * fifth of the kernel's operations at 4 rows. Raw bytes, so that the
- * generic code can hold one for whichever kernel runs. */
+/* The AVX-512 decoding tables of the current row block, for the first
+ * DIRECT_TABS column blocks of w0 (k = 0) and w1 (k = 1; the direct
+ * kernel's up): a block's scale serves br rows, and making its table for
+ * every row cost a fifth of the direct kernel's operations at 4 rows. Raw
+ * bytes, so that the generic code can hold one for whichever kernel runs. */
 enum { DIRECT_TABS = 64, TAB_BYTES = 128 };
 typedef struct w8_tabcache {
     int64_t rb[2]; /* the row block the tables are of; -1: none yet */
@@ -225,17 +225,6 @@ T512 static INL __m512 decode512(const uint8_t *q, __m512 v)
 #define W8ZERO _mm256_setzero_ps
 #define W8SUM hsum256
 #include "cpu_ffn_fp8_isa.inc"
-#undef W8S
-#undef W8ATTR
-#undef W8V
-#undef W8W
-#undef W8DEC
-#undef W8LOAD
-#undef W8STORE
-#undef W8FMA
-#undef W8SET1
-#undef W8ZERO
-#undef W8SUM
 
 /* The table decoding (AVX-512BW), 32 codes a step. Within a block every
  * code's value is 2^(e-1) times one of 8 values (e >= 1, by its 3 mantissa
@@ -270,23 +259,23 @@ T512 static INL int tab512_make(float scale, tab512 *tb)
 
 _Static_assert(sizeof(tab512) <= TAB_BYTES, "a table fits w8_tabcache's slot");
 
-/* The table of column block cb of w (k: w0 or w1) at row r: from the cache
- * for the first DIRECT_TABS blocks, else made into own; NULL where the
- * scale is out of the table's range. */
-T512 static INL const tab512 *tab512_for(w8_tabcache *c, int k, const epm_w8 *w, int64_t r, int64_t cb, float s,
+/* The table of scale s, a column block of w (k: w0 or w1) at row r whose
+ * cache slot is `slot`: from the cache for the first DIRECT_TABS slots,
+ * else made into own; NULL where the scale is out of the table's range. */
+T512 static INL const tab512 *tab512_for(w8_tabcache *c, int k, const epm_w8 *w, int64_t r, int64_t slot, float s,
                                          tab512 *own)
 {
-    if (!c || cb >= DIRECT_TABS)
+    if (!c || slot >= DIRECT_TABS)
         return tab512_make(s, own) ? own : NULL;
     const int64_t rb = r / w->br;
     if (c->rb[k] != rb) {
         memset(c->made[k], -1, sizeof c->made[k]);
         c->rb[k] = rb;
     }
-    tab512 *t = (tab512 *)(void *)c->t[k][cb];
-    if (c->made[k][cb] < 0)
-        c->made[k][cb] = (signed char)tab512_make(s, t);
-    return c->made[k][cb] ? t : NULL;
+    tab512 *t = (tab512 *)(void *)c->t[k][slot];
+    if (c->made[k][slot] < 0)
+        c->made[k][slot] = (signed char)tab512_make(s, t);
+    return c->made[k][slot] ? t : NULL;
 }
 
 /* 32 codes of a block whose table is tb: lo gets the first 16 values, hi
@@ -311,7 +300,6 @@ T512 static INL void dec32(const uint8_t *q, const tab512 *tb, __m512 *lo, __m51
 
 #define W8PAIR
 #define W8TAB tab512
-#define W8TABMAKE tab512_make
 #define W8TABFOR tab512_for
 #define W8DEC2 dec32
 #define W8S _512
@@ -326,22 +314,6 @@ T512 static INL void dec32(const uint8_t *q, const tab512 *tb, __m512 *lo, __m51
 #define W8ZERO _mm512_setzero_ps
 #define W8SUM _mm512_reduce_add_ps
 #include "cpu_ffn_fp8_isa.inc"
-#undef W8S
-#undef W8ATTR
-#undef W8V
-#undef W8W
-#undef W8DEC
-#undef W8LOAD
-#undef W8STORE
-#undef W8FMA
-#undef W8SET1
-#undef W8ZERO
-#undef W8SUM
-#undef W8PAIR
-#undef W8TAB
-#undef W8TABMAKE
-#undef W8TABFOR
-#undef W8DEC2
 #endif
 
 typedef void (*dot_fn)(int M, const dot_args *a, float *acc0, float *acc1);

@@ -286,8 +286,8 @@ static void test_kernels_cpu_w8_is_ref(void **state)
         /* gate and up wider than the CPU GEMM's k-blocks (1024, and 512 past
          * 128 rows), blocks of 24 straddling them: decoded a k-block at a time */
         {1100, 40, 16, 24, {0, 6, 0, 0, 130}},
-        /* panels of whole rows of 44 blocks: past the 40 tables kept per row block */
-        {1400, 16, 8, 32, {0, 0, 200, 0, 3}},
+        /* panels of whole rows of 69 blocks: past the 64 tables kept per row block */
+        {2200, 16, 8, 32, {0, 0, 200, 0, 3}},
     };
     enum { E = 5 };
     const epm_ops *ref = epm_ops_ref(), *blas = epm_ops_blas();
