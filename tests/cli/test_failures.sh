@@ -119,11 +119,23 @@ finish() {
   [ "$rc" != 0 ] || fail "$what: exit status 0"
   [ "$took" -le $((LIMIT * 1000)) ] || fail "$what: $(secs "$took") s from the fault to a clean stop"
 }
+# Open MPI 4.1's mpirun now and then segfaults in its own teardown of a
+# failed job (PMIx, libevent, its show_help; see test_run.sh), sometimes
+# before it prints its "exited on signal" line. True when mpirun itself (its
+# pid, $mp) reported a signal with exit 139.
+launcher_crashed() {
+  [ "$rc" = 139 ] && grep -q ":$mp\] \*\*\* Process received signal \*\*\*" "$d/err"
+}
 # exactly one message about the failure: it names rank $2 and matches $3
+# (none is accepted only when mpirun crashed before it could print its own)
 one_message() {
   local what=$1 fr=$2 cause=$3 msgs n
   msgs=$(grep -E '^epmoe run: error|exited on signal' "$d/err")
   n=$(printf '%s' "$msgs" | grep -c .)
+  if [ "$n" = 0 ] && launcher_crashed; then
+    echo "  note: $what: mpirun crashed in its own teardown (Open MPI bug) before any message"
+    return
+  fi
   if [ "$n" != 1 ]; then
     fail "$what: $n messages about the failure, expected 1:"
     printf '%s\n' "$msgs" | head -8 | sed 's/^/    /'

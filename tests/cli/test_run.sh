@@ -78,12 +78,15 @@ rc=$?
 # down after MPI_Abort (in PMIx_server_finalize, or in its PMIx progress thread
 # with no symbols in the trace; open-mpi/ompi#13650 reports the same in 5.x).
 # The ranks did their part, so that exit is the launcher's, not ours. It is
-# accepted only after the abort, when the signal report carries mpirun's own
-# pid, or when every frame of its backtrace lies in Open MPI's runtime (PMIx,
-# libevent, ORTE/OPAL, libc), none in epmoe.
+# accepted only after the abort (rank 0's message, which it writes just before
+# MPI_Abort, or mpirun's MPI_ABORT notice; mpirun can crash in the show_help
+# that would print the notice, so the notice alone is not enough), when the
+# signal report carries mpirun's own pid, or when every frame of its backtrace
+# lies in Open MPI's runtime (PMIx, libevent, ORTE/OPAL, libc), none in epmoe.
 mpid=$(cat "$d/mpirun.pid" 2>/dev/null)
 launcher_crash() {
-  grep -q 'MPI_ABORT was invoked' "$d/err" && grep -q '\*\*\* Process received signal \*\*\*' "$d/err" || return 1
+  grep -qE 'MPI_ABORT was invoked|^epmoe run: error: timeout: rank 1 stalled or died' "$d/err" || return 1
+  grep -q '\*\*\* Process received signal \*\*\*' "$d/err" || return 1
   [ -n "$mpid" ] && grep -q ":$mpid\] \*\*\* Process received signal \*\*\*" "$d/err" && return 0
   frames=$(grep -E '^\[[^]]+\] \[ *[0-9]+\] ' "$d/err")
   [ -n "$frames" ] && ! printf '%s\n' "$frames" | grep -qvE '/(libc\.so|libpthread|libevent[a-z_-]*-[0-9.]+\.so|libpmix\.so|libopen-(pal|rte)\.so|(mpirun|orterun)\()'
