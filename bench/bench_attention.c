@@ -3,7 +3,9 @@
  * kernel) beside the C reference (epm_ref_attention, the oracle, which the
  * runtime used for every query before the cpu table had its own), at the
  * head shapes of Mixtral and OLMoE, for decode (one query at the end of the
- * context) and a prefill chunk (queries ending there), timed in the same run. */
+ * context) and a prefill chunk (queries ending there), timed in the same run.
+ * With --kv-dtype bf16 the cache is bf16 (run --kv-dtype bf16), and the
+ * backend's float32 kernel on the same values, widened, is timed beside it. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,14 +15,18 @@
 #include "bench.h"
 #include "core.h"
 #include "epmoe/kernels.h"
+#include "half.h"
 
 static const char usage[] =
-    "usage: epmoe bench attention [--contexts LIST] [--chunk N] [--reps R] [--backend cpu|cuda] [--csv]\n"
+    "usage: epmoe bench attention [--contexts LIST] [--chunk N] [--reps R] [--backend cpu|cuda]\n"
+    "                              [--kv-dtype f32|bf16] [--csv]\n"
     "  --contexts LIST  context lengths (positions in the KV cache), default 512,2048,8192\n"
     "  --chunk N        prefill queries per call, ending at the context length (default 32)\n"
     "  --reps R         best of R calls of the backend (default 5; the reference runs once)\n"
     "Shapes: mixtral (32 heads, 8 KV heads, head_dim 128), olmoe (16 heads, 16 KV heads, 128).\n"
-    "ratio = reference time / backend time; GB/s counts the K and V rows each query reads.\n";
+    "  --kv-dtype T     the cache's values: f32 (default) or bf16, which adds f32_s (the backend over\n"
+    "                   the same values in float32, best of R, same run) and vs_f32 = f32_s / backend_s\n"
+    "ratio = reference time / backend time; GB/s counts the K and V bytes each query reads.\n";
 
 typedef struct ashape {
     const char *name;
@@ -35,39 +41,66 @@ typedef struct att_case {
     const ashape *sh;
     int64_t L, n;
     float *q, *kc, *vc, *out;      /* host */
+    uint16_t *kh, *vh;             /* host, bf16 (NULL: a float32 run) */
     void *dq, *dk, *dv, *dout, *dpos; /* backend memory */
+    void *dkh, *dvh;
     int32_t *pos;
 } att_case;
 
-static epm_status backend_once(att_case *c, double *secs)
+static epm_status backend_once(att_case *c, int bf16, double *secs)
 {
+    const ashape *sh = c->sh;
     double t0 = epm_now();
-    EPM_CHECK(c->o->attention(c->kb, c->dq, c->n, c->dpos, c->dk, c->dv, c->L, c->sh->heads, c->sh->kv_heads,
-                              c->sh->hd, c->dout, NULL));
+    if (bf16)
+        EPM_CHECK(c->o->attention_bf16(c->kb, c->dq, c->n, c->dpos, c->dkh, c->dvh, c->L, sh->heads, sh->kv_heads,
+                                       sh->hd, c->dout, NULL));
+    else
+        EPM_CHECK(c->o->attention(c->kb, c->dq, c->n, c->dpos, c->dk, c->dv, c->L, sh->heads, sh->kv_heads, sh->hd,
+                                  c->dout, NULL));
     EPM_CHECK(c->o->sync(c->kb));
     *secs = epm_now() - t0;
+    return EPM_OK;
+}
+
+/* best of reps after an untimed call (first touch, device kernels loaded) */
+static epm_status backend_best(att_case *c, int bf16, int reps, double *best)
+{
+    double t;
+    EPM_CHECK(backend_once(c, bf16, &t));
+    *best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        EPM_CHECK(backend_once(c, bf16, &t));
+        *best = t < *best ? t : *best;
+    }
     return EPM_OK;
 }
 
 static epm_status run_one(att_case *c, int reps, int csv, const char *backend)
 {
     const ashape *sh = c->sh;
-    double best = 1e30, t;
-    EPM_CHECK(backend_once(c, &t)); /* untimed: first touch, device kernels loaded */
-    for (int r = 0; r < reps; r++) {
-        EPM_CHECK(backend_once(c, &t));
-        best = t < best ? t : best;
-    }
+    const int bf16 = c->kh != NULL;
+    double best, f32 = 0;
+    /* the two caches alternate per pass, so that a slow spell hits both */
+    EPM_CHECK(backend_best(c, bf16, reps, &best));
+    if (bf16)
+        EPM_CHECK(backend_best(c, 0, reps, &f32));
     double t0 = epm_now();
-    EPM_CHECK(epm_ref_attention(c->q, c->n, c->pos, c->kc, c->vc, c->L, sh->heads, sh->kv_heads, sh->hd, c->out,
-                                NULL));
+    if (bf16)
+        EPM_CHECK(epm_ref_attention_bf16(c->q, c->n, c->pos, c->kh, c->vh, c->L, sh->heads, sh->kv_heads, sh->hd,
+                                         c->out, NULL));
+    else
+        EPM_CHECK(epm_ref_attention(c->q, c->n, c->pos, c->kc, c->vc, c->L, sh->heads, sh->kv_heads, sh->hd, c->out,
+                                    NULL));
     double ref = epm_now() - t0;
     double bytes = 0;
     for (int64_t i = 0; i < c->n; i++)
-        bytes += 2.0 * (c->pos[i] + 1) * sh->kv_heads * sh->hd * sizeof(float);
-    printf(csv ? "%s,%s,%s,%lld,%lld,%.6g,%.6g,%.2f,%.4f\n" : "%-8s %-8s %-7s %8lld %6lld %11.6f %11.6f %8.2f %9.2f\n",
+        bytes += 2.0 * (c->pos[i] + 1) * sh->kv_heads * sh->hd * (bf16 ? 2 : sizeof(float));
+    printf(csv ? "%s,%s,%s,%lld,%lld,%.6g,%.6g,%.2f,%.4f" : "%-8s %-8s %-7s %8lld %6lld %11.6f %11.6f %8.2f %9.2f",
            backend, sh->name, c->n == 1 ? "decode" : "prefill", (long long)c->L, (long long)c->n, best, ref,
            bytes / best / 1e9, ref / best);
+    if (bf16)
+        printf(csv ? ",%.6g,%.4f" : " %11.6f %8.3f", f32, f32 / best);
+    printf("\n");
     fflush(stdout);
     return EPM_OK;
 }
@@ -79,7 +112,7 @@ static epm_status up(att_case *c, void **d, const void *h, size_t bytes)
 }
 
 static epm_status bench_context(epm_kernels *kb, const ashape *sh, int64_t L, int64_t chunk, int reps, int csv,
-                                const char *backend, uint64_t *seed)
+                                const char *backend, int bf16, uint64_t *seed)
 {
     att_case c = {.o = epm_kernels_ops(kb), .kb = kb, .sh = sh, .L = L};
     size_t kv = (size_t)L * sh->kv_heads * sh->hd, qn = (size_t)chunk * sh->heads * sh->hd;
@@ -96,6 +129,19 @@ static epm_status bench_context(epm_kernels *kb, const ashape *sh, int64_t L, in
     }
     for (size_t i = 0; st == EPM_OK && i < qn; i++)
         c.q[i] = c.kc[i % kv] * 0.5f;
+    if (st == EPM_OK && bf16) { /* both caches hold the same values: the float32 one the bf16 one's, widened */
+        c.kh = epm_malloc(kv * sizeof *c.kh);
+        c.vh = epm_malloc(kv * sizeof *c.vh);
+        st = c.kh && c.vh ? EPM_OK : EPM_ERR_NOMEM;
+        for (size_t i = 0; st == EPM_OK && i < kv; i++) {
+            c.kh[i] = epm_f32_to_bf16(c.kc[i]), c.kc[i] = epm_bf16_to_f32(c.kh[i]);
+            c.vh[i] = epm_f32_to_bf16(c.vc[i]), c.vc[i] = epm_bf16_to_f32(c.vh[i]);
+        }
+        if (st == EPM_OK)
+            st = up(&c, &c.dkh, c.kh, kv * sizeof *c.kh);
+        if (st == EPM_OK)
+            st = up(&c, &c.dvh, c.vh, kv * sizeof *c.vh);
+    }
     if (st == EPM_OK)
         st = up(&c, &c.dk, c.kc, kv * sizeof(float));
     if (st == EPM_OK)
@@ -115,20 +161,22 @@ static epm_status bench_context(epm_kernels *kb, const ashape *sh, int64_t L, in
             st = run_one(&c, reps, csv, backend);
     }
     c.o->free(kb, c.dk), c.o->free(kb, c.dv), c.o->free(kb, c.dq), c.o->free(kb, c.dout), c.o->free(kb, c.dpos);
-    epm_free(c.kc), epm_free(c.vc), epm_free(c.q), epm_free(c.out), epm_free(c.pos);
+    c.o->free(kb, c.dkh), c.o->free(kb, c.dvh);
+    epm_free(c.kc), epm_free(c.vc), epm_free(c.q), epm_free(c.out), epm_free(c.pos), epm_free(c.kh), epm_free(c.vh);
     return st;
 }
 
 int epm_bench_attention(int argc, char **argv)
 {
     const char *W = "bench attention";
-    const char *contexts = "512,2048,8192", *backend = "cpu";
+    const char *contexts = "512,2048,8192", *backend = "cpu", *kvdt = "f32";
     long reps = 5, chunk = 32;
     int csv = 0, c;
     static const struct option opts[] = {
         {"contexts", required_argument, 0, 'x'}, {"chunk", required_argument, 0, 'n'},
         {"reps", required_argument, 0, 'r'},     {"backend", required_argument, 0, 'b'},
         {"csv", no_argument, 0, 'c'},            {"help", no_argument, 0, 'h'},
+        {"kv-dtype", required_argument, 0, 'k'},
         {0, 0, 0, 0}};
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -137,6 +185,7 @@ int epm_bench_attention(int argc, char **argv)
         case 'n': if (!cli_parse_int(W, "--chunk", optarg, 1, 4096, &chunk)) return EPM_EXIT_USAGE; break;
         case 'r': if (!cli_parse_int(W, "--reps", optarg, 1, 1000, &reps)) return EPM_EXIT_USAGE; break;
         case 'b': backend = optarg; break;
+        case 'k': kvdt = optarg; break;
         case 'c': csv = 1; break;
         case 'h': fputs(usage, stdout); return EPM_EXIT_OK;
         default: return cli_option_error(W, argv);
@@ -146,6 +195,9 @@ int epm_bench_attention(int argc, char **argv)
         return cli_usage_error(W, "unexpected argument '%s'", argv[optind]);
     if (strcmp(backend, "cpu") && strcmp(backend, "cuda"))
         return cli_usage_error(W, "--backend '%s' is not cpu or cuda", backend);
+    if (strcmp(kvdt, "f32") && strcmp(kvdt, "bf16"))
+        return cli_usage_error(W, "--kv-dtype '%s' is not f32 or bf16", kvdt);
+    const int bf16 = !strcmp(kvdt, "bf16");
     long L[32];
     int nl = 0;
     char buf[256];
@@ -164,18 +216,25 @@ int epm_bench_attention(int argc, char **argv)
     epm_status st = epm_kernels_create(backend, &kb);
     if (st != EPM_OK)
         return cli_fail(W, st);
+    if (bf16 && !epm_kernels_ops(kb)->attention_bf16) {
+        epm_kernels_destroy(kb);
+        return cli_fail(W, epm_fail(EPM_ERR_UNSUPPORTED, "--kv-dtype bf16: the %s backend has no attention over a "
+                                    "bf16 cache", backend));
+    }
     if (!csv)
-        printf("# backend %s beside epm_ref_attention (one thread, double); best of %ld; prefill chunk %ld\n",
-               backend, reps, chunk);
-    printf(csv ? "backend,shape,phase,context,queries,backend_s,ref_s,kv_gbs,ratio\n"
-               : "%-8s %-8s %-7s %8s %6s %11s %11s %8s %9s\n",
-           "backend", "shape", "phase", "context", "rows", "backend s", "ref s", "KV GB/s", "ratio");
+        printf("# backend %s beside epm_ref_attention%s (one thread, double); best of %ld; prefill chunk %ld; "
+               "cache %s\n", backend, bf16 ? "_bf16" : "", reps, chunk, bf16 ? "bf16" : "float32");
+    if (csv)
+        printf("backend,shape,phase,context,queries,backend_s,ref_s,kv_gbs,ratio%s\n", bf16 ? ",f32_s,vs_f32" : "");
+    else
+        printf("%-8s %-8s %-7s %8s %6s %11s %11s %8s %9s%s\n", "backend", "shape", "phase", "context", "rows",
+               "backend s", "ref s", "KV GB/s", "ratio", bf16 ? "       f32 s   vs f32" : "");
     uint64_t seed = 11;
     for (size_t si = 0; si < sizeof ashapes / sizeof *ashapes && st == EPM_OK; si++)
         for (int i = 0; i < nl && st == EPM_OK; i++) {
             if (!csv)
                 fprintf(stderr, "bench attention: %s, context %ld\n", ashapes[si].name, L[i]);
-            st = bench_context(kb, &ashapes[si], L[i], chunk, (int)reps, csv, backend, &seed);
+            st = bench_context(kb, &ashapes[si], L[i], chunk, (int)reps, csv, backend, bf16, &seed);
         }
     epm_kernels_destroy(kb);
     return st == EPM_OK ? EPM_EXIT_OK : cli_fail(W, st);

@@ -53,10 +53,13 @@ static const char usage[] =
     "                       the baseline) then as its latent, alternated --reps times, live routing,\n"
     "                       contiguous placement: KV cache bytes of the fullest rank, best tokens/s,\n"
     "                       each over expanded's, logit error and greedy-token agreement\n"
+    "  --kv-dtypes          instead: the K/V cache in float32 (the baseline) then in bf16 (epmoe run\n"
+    "                       --kv-dtype), alternated --reps times, live routing, contiguous placement:\n"
+    "                       the same columns as --mla-cache, over float32's\n"
     "  --kernels K          ref, blas (default) or cuda, as epmoe run --kernels\n"
     "  --csv                CSV rows instead of a table\n";
 
-enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA };
+enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -71,6 +74,7 @@ static const struct option opts[] = {
     {"mod", required_argument, 0, O_MOD},     {"capacities", required_argument, 0, O_CAPS},
     {"kernels", required_argument, 0, O_KER}, {"warmup", required_argument, 0, O_WARM},
     {"expert-dtypes", no_argument, 0, O_EDT},       {"mla-cache", no_argument, 0, O_MLA},
+    {"kv-dtypes", no_argument, 0, O_KVDT},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
@@ -189,7 +193,8 @@ static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm
  * comparison against the first. */
 /* Variants of one run, alternated --reps times, the first the baseline:
  * 'd' the weights' dtypes held (all float32; routed experts as stored; dense
- * matrices too), 'm' MLA's cache (expanded; latent). Best prefill and decode
+ * matrices too), 'm' MLA's cache (expanded; latent), 'k' the K/V cache's
+ * dtype (float32; bf16). Best prefill and decode
  * times of each, and its logits and tokens against the baseline's. */
 static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8, epm_mode mode, int vn, int batch,
                            const int *lens, int32_t **prompts, int nnew, int reps, int csv)
@@ -208,8 +213,10 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
                 o.experts_f32 = k == 0;
                 o.dense_f32 = k < 2;
                 o.experts_bf16 = o.dense_bf16 = k == 3;
-            } else {
+            } else if (which == 'm') {
                 o.mla_expanded = k == 0;
+            } else {
+                o.kv_bf16 = k == 1;
             }
             epm_run_result *res = NULL;
             epm_status st = epm_run(&o, batch, lens, (const int32_t *const *)prompts, &res);
@@ -236,11 +243,17 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
                        : "%-8s %-6s %12s %12s %9s %9s %9s %9s %13s %9s\n",
                    "experts", "dense", "prefill t/s", "decode t/s", "pre/f32", "dec/f32", "pre/bf16", "dec/bf16",
                    "logit rel err", "token agr");
-        else
+        else if (which == 'm')
             printf(csv ? "mla_cache,kv_cache_bytes_rank,kv_vs_expanded,prefill_tok_s,decode_tok_s,prefill_vs_expanded,"
                          "decode_vs_expanded,logit_rel_err,token_agreement\n"
                        : "%-9s %14s %8s %12s %12s %9s %9s %13s %9s\n",
                    "mla cache", "kv bytes/rank", "kv/exp", "prefill t/s", "decode t/s", "pre/exp", "dec/exp",
+                   "logit rel err", "token agr");
+        else
+            printf(csv ? "kv_dtype,kv_cache_bytes_rank,kv_vs_f32,prefill_tok_s,decode_tok_s,prefill_vs_f32,"
+                         "decode_vs_f32,logit_rel_err,token_agreement\n"
+                       : "%-9s %14s %8s %12s %12s %9s %9s %13s %9s\n",
+                   "kv dtype", "kv bytes/rank", "kv/f32", "prefill t/s", "decode t/s", "pre/f32", "dec/f32",
                    "logit rel err", "token agr");
         for (int k = 0; k < configs; k++) {
             const epm_run_result *b = first[k];
@@ -264,7 +277,8 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
             else
                 printf(csv ? "%s,%lld,%.4f,%.1f,%.1f,%.3f,%.3f,%.3g,%.4f\n"
                            : "%-9s %14lld %8.4f %12.1f %12.1f %9.3f %9.3f %13.3g %9.4f\n",
-                       k ? "latent" : "expanded", (long long)b->report.kv_cache_bytes_max,
+                       which == 'k' ? epm_dtype_name(b->report.kv_dtype) : k ? "latent" : "expanded",
+                       (long long)b->report.kv_cache_bytes_max,
                        (double)b->report.kv_cache_bytes_max / (double)a->report.kv_cache_bytes_max, pts, dts, pr, dr,
                        e, agr);
         }
@@ -323,7 +337,7 @@ int epm_bench_run(int argc, char **argv)
     const char *model = NULL, *methods_s = "contiguous,eplb,ilp", *modes_s = "home,follow", *workdir = "bench-run-work";
     long batch = 8, seq = 64, nnew = 8, slots = 0, vn = 0, reps = 2, warm = 1, v;
     double zipf = 1.0, aff = 0.8, tl = 20;
-    int csv = 0, c, dtypes = 0, mla = 0;
+    int csv = 0, c, dtypes = 0, mla = 0, kvdt = 0;
     const char *ta_list = NULL, *caps = "0.75,0.5,0.25";
     epm_mod_source mod = EPM_MOD_OFF;
     optind = 1;
@@ -348,6 +362,7 @@ int epm_bench_run(int argc, char **argv)
         case O_CAPS: caps = optarg; break;
         case O_EDT: dtypes = 1; break;
         case O_MLA: mla = 1; break;
+        case O_KVDT: kvdt = 1; break;
         case O_KER:
             if (strcmp(optarg, "ref") && strcmp(optarg, "blas") && strcmp(optarg, "cuda"))
                 return cli_usage_error(W, "option --kernels: '%s' is not ref, blas or cuda", optarg);
@@ -369,6 +384,9 @@ int epm_bench_run(int argc, char **argv)
     }
     if (!model)
         return cli_usage_error(W, "--model is required");
+    if (!!ta_list + !!mod + dtypes + mla + kvdt > 1)
+        return cli_usage_error(W, "--ta, --mod, --expert-dtypes, --mla-cache and --kv-dtypes are each a bench of "
+                               "their own: give one");
     /* the sizes are those of the buffers the lists are copied into below */
     if (!check_list(W, "--modes", modes_s, 64, 'm') || !check_list(W, "--methods", methods_s, 128, 'p') ||
         (ta_list && !check_list(W, "--ta", ta_list, 250, 't')) ||
@@ -418,7 +436,7 @@ int epm_bench_run(int argc, char **argv)
         for (int p = 0; p < seq && prompts[s]; p++)
             prompts[s][p] = (int32_t)(epm_splitmix64(&rng) % (uint64_t)hc->vocab_size);
     }
-    if (ta_list || mod || dtypes || mla) {
+    if (ta_list || mod || dtypes || mla || kvdt) {
         epm_mode mode = EPM_MODE_HOME;
         char first[16];
         snprintf(first, sizeof first, "%s", modes_s);
@@ -429,12 +447,13 @@ int epm_bench_run(int argc, char **argv)
         }
         if (me == 0 && !csv)
             printf("# bench run %s: %s, %d ranks (%d nodes), mode %s, batch %ld x %ld + %ld new, kernels %s\n",
-                   dtypes ? "--expert-dtypes" : mla ? "--mla-cache" : mod ? "--mod" : "--ta", model, R, cl.nodes, epm_mode_name(mode),
+                   dtypes ? "--expert-dtypes" : mla ? "--mla-cache" : kvdt ? "--kv-dtypes" : mod ? "--mod" : "--ta", model, R,
+                   cl.nodes, epm_mode_name(mode),
                    batch, seq, nnew, kernels);
         if (me == 0 && !csv)
             epm_bench_print_blas();
-        if (dtypes || mla)
-            rc = variant_compare(x, dtypes ? 'd' : 'm', model, hc->fp8_block[0] > 0, mode, (int)vn, (int)batch, lens,
+        if (dtypes || mla || kvdt)
+            rc = variant_compare(x, dtypes ? 'd' : mla ? 'm' : 'k', model, hc->fp8_block[0] > 0, mode, (int)vn, (int)batch, lens,
                                  prompts, (int)nnew, (int)reps, csv);
         else
             rc = fidelity_sweep(x, model, mod ? caps : ta_list, mod, mode, (int)vn, (int)batch, lens, prompts,

@@ -128,6 +128,28 @@ static epm_status mlp(rt *r, const epm_model_mlp *w, const float *x, int64_t n, 
 
 /* ---- attention ---- */
 
+void epm_kv_get(const void *c, int w16, int64_t off, int n, float *dst)
+{
+    if (!w16) {
+        memcpy(dst, (const float *)c + off, (size_t)n * sizeof *dst);
+        return;
+    }
+    const uint16_t *h = (const uint16_t *)c + off;
+    for (int j = 0; j < n; j++)
+        dst[j] = epm_bf16_to_f32(h[j]);
+}
+
+void epm_kv_put(void *c, int w16, int64_t off, int n, const float *src)
+{
+    if (!w16) {
+        memcpy((float *)c + off, src, (size_t)n * sizeof *src);
+        return;
+    }
+    uint16_t *h = (uint16_t *)c + off;
+    for (int j = 0; j < n; j++)
+        h[j] = epm_f32_to_bf16(src[j]);
+}
+
 /* MLA's prefill from its latent cache: each sequence's rows up to its last
  * query here expanded into keys and values per head, then attended as the
  * expanded form does (q [n][heads][head_dim], att likewise). */
@@ -179,7 +201,7 @@ static epm_status mla_attend_expanded(rt *r, int l, int64_t n, const int64_t *g,
                 break;
             }
         }
-        st = epm_mla_expand_rows(r, l, r->kc[(size_t)l * r->B + s], len, k, v);
+        st = epm_mla_expand_rows(r, l, r->kc[(size_t)l * r->B + s], r->kv16, len, k, v);
         for (int64_t j = first[s]; st == EPM_OK && j < first[s + 1]; j++) {
             int64_t i = order[j];
             int ci = r->cidx[g[i] - r->g0];
@@ -268,14 +290,14 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     for (int64_t i = 0; i < nrows; i++) {
         int64_t gi = get_g(rows_in + i * W);
         int s = seq_of(r, gi), ps = r->cidx[gi - r->g0];
-        float *kc = r->kc[(size_t)l * r->B + s], *vc = r->vc[(size_t)l * r->B + s];
+        void *kc = r->kc[(size_t)l * r->B + s], *vc = r->vc[(size_t)l * r->B + s];
         if (!kc) {
             st = epm_fail(EPM_ERR_INTERNAL, "rank %d holds no KV cache for sequence %d", r->me, s);
             goto out;
         }
-        memcpy(kc + (int64_t)ps * kw, rows_in + i * W + 2, (size_t)kw * sizeof *kc);
+        epm_kv_put(kc, r->kv16, (int64_t)ps * kw, kw, rows_in + i * W + 2);
         if (vw)
-            memcpy(vc + (int64_t)ps * vw, rows_in + i * W + 2 + kw, (size_t)vw * sizeof *vc);
+            epm_kv_put(vc, r->kv16, (int64_t)ps * vw, vw, rows_in + i * W + 2 + kw);
     }
     int amod = r->amod_need && r->amod_need[l];
     if (amod && !(probs = epm_malloc((size_t)nh * r->max_len * sizeof *probs))) {
@@ -286,8 +308,9 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
         EPM_CHECK_GOTO(mla_attend_expanded(r, l, n, g, q, att, probs), st, out);
     for (int64_t i = 0; i < n && !expand; i++) {
         int s = seq_of(r, g[i]), ci = r->cidx[g[i] - r->g0];
-        const float *kc = r->kc[(size_t)l * r->B + s], *vc = lat ? kc : r->vc[(size_t)l * r->B + s];
-        st = r->ops->attention(q + i * qd, 1, &ci, kc, vc, r->max_len, nh, kvh, hd, att + i * qd, probs);
+        const void *kc = r->kc[(size_t)l * r->B + s], *vc = lat ? kc : r->vc[(size_t)l * r->B + s];
+        st = r->kv16 ? r->ops->attention_w16(q + i * qd, 1, &ci, kc, vc, r->max_len, nh, kvh, hd, att + i * qd, probs)
+                     : r->ops->attention(q + i * qd, 1, &ci, kc, vc, r->max_len, nh, kvh, hd, att + i * qd, probs);
         if (st != EPM_OK)
             goto out;
         if (amod)
@@ -1099,6 +1122,9 @@ static double ffn_scratch_bytes(const rt *r)
     return most * sizeof(float);
 }
 
+/* Bytes of one cached K/V value. */
+static int kv_elem(const rt *r) { return r->kv16 ? 2 : (int)sizeof(float); }
+
 /* What this rank will hold, as loaded: every tensor it reads in float32
  * (bf16/f16 checkpoints are converted; float32 ones are mapped, which the
  * page cache must hold all the same), weight matrices in bf16 (or FP8) where
@@ -1112,15 +1138,16 @@ static epm_status memory_check(rt *r)
     for (int s = 0; s < r->B; s++)
         seqs += r->o->mode == EPM_MODE_FOLLOW || s % r->R == r->me;
     double w = m.bytes + (double)c->num_layers * epm_mla_setup_bytes(r);
-    double kv = (double)c->num_layers * seqs * (double)r->max_len * epm_model_kv_floats(c, !r->latent) * 4.0;
+    double kv = (double)c->num_layers * seqs * (double)r->max_len * epm_model_kv_floats(c, !r->latent) * kv_elem(r);
     double scr = ffn_scratch_bytes(r);
     double limit = r->o->max_memory > 0 ? r->o->max_memory : machine_share(r);
     if (limit > 0 && w + kv + scr > limit)
         return epm_fail(EPM_ERR_NOMEM, "would hold %.4g GB (weights %.4g GB, routed experts as %s, dense matrices "
-                        "as %s, KV cache %.4g GB for %d sequences x %d positions, FFN scratch %.4g GB) but %s %.4g "
-                        "GB; use more ranks, fewer or shorter sequences, or another placement",
+                        "as %s, %s KV cache %.4g GB for %d sequences x %d positions, FFN scratch %.4g GB) but %s "
+                        "%.4g GB; use more ranks, fewer or shorter sequences, --kv-dtype bf16, or another placement",
                         (w + kv + scr) / 1e9, w / 1e9, r->w8 ? "fp8" : r->w16 ? "bf16" : "float32",
-                        r->d8 ? "fp8 and bf16" : r->d16 ? "bf16" : "float32", kv / 1e9, seqs, r->max_len,
+                        r->d8 ? "fp8 and bf16" : r->d16 ? "bf16" : "float32", r->kv16 ? "bf16" : "float32", kv / 1e9,
+                        seqs, r->max_len,
                         scr / 1e9, r->o->max_memory > 0 ? "--max-memory allows" : "the machine has, per rank,",
                         limit / 1e9);
     return EPM_OK;
@@ -1134,6 +1161,10 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     r->c = epm_model_get_config(r->m);
     const epm_model_config *c = r->c;
     r->latent = c->mla && !o->mla_expanded;
+    r->kv16 = o->kv_bf16 != 0;
+    if (r->kv16 && !r->ops->attention_w16)
+        return sync(r, epm_fail(EPM_ERR_UNSUPPORTED, "--kv-dtype bf16: the %s kernels have no attention over a "
+                                "bf16 cache", r->ops->name));
     r->B = batch;
     r->lens = lens;
     r->steps = o->max_new_tokens > 0 ? o->max_new_tokens - 1 : 0;
@@ -1267,10 +1298,10 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
             if (o->mode == EPM_MODE_HOME && s % r->R != r->me)
                 continue;
             size_t i = (size_t)l * batch + s;
-            r->kv_cache_bytes += (int64_t)r->max_len * row * (int64_t)sizeof(float);
-            r->kc[i] = epm_calloc((size_t)r->max_len * kw, sizeof(float));
+            r->kv_cache_bytes += (int64_t)r->max_len * row * kv_elem(r);
+            r->kc[i] = epm_calloc((size_t)r->max_len * kw, (size_t)kv_elem(r));
             if (!r->latent)
-                r->vc[i] = epm_calloc((size_t)r->max_len * kw, sizeof(float));
+                r->vc[i] = epm_calloc((size_t)r->max_len * kw, (size_t)kv_elem(r));
             if (!r->kc[i] || (!r->latent && !r->vc[i]))
                 st = EPM_ERR_NOMEM;
         }
@@ -1570,6 +1601,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     rep->dense_dtype = dense_dtype(&r);
     rep->kv_cache = !r.c->mla ? "keys-values" : r.latent ? "mla-latent" : "mla-expanded";
     rep->kv_row_floats = epm_model_kv_floats(r.c, !r.latent);
+    rep->kv_dtype = r.kv16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
     rep->bytes = r.bytes_local;
     rep->kv_bytes = r.kv_local;
     rep->rank_load = r.load_local;

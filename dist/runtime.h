@@ -58,6 +58,9 @@ typedef struct epm_run_opts {
     int mla_expanded;               /* DeepSeek's MLA: cache a key and a value per head (transformers'
                                        arithmetic) rather than the latent (the default: kv_lora_rank +
                                        qk_rope_head_dim floats per token and layer) */
+    int kv_bf16;                    /* hold the K/V cache in bf16 (half of float32's memory and of the bytes
+                                       decoding streams; each value rounded to bf16 as it is stored) rather
+                                       than float32 (the default, the checkpoints' reference arithmetic) */
 } epm_run_opts;
 
 typedef struct epm_run_report {
@@ -84,6 +87,8 @@ typedef struct epm_run_report {
     const char *kv_cache;   /* what a KV cache row holds: "keys-values", or for MLA "mla-latent" or
                                "mla-expanded" (epm_run_opts.mla_expanded) */
     int kv_row_floats;      /* its width per token and layer (epm_model_kv_floats): plan's kv_dim */
+    epm_dtype kv_dtype;     /* what the cache holds each value in: F32, or BF16 (epm_run_opts.kv_bf16);
+                               rows travel between ranks as float32 either way */
 } epm_run_report;
 
 typedef struct epm_run_result {

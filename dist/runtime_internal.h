@@ -27,8 +27,9 @@ typedef struct rt {
     int *offset;       /* [B] first prefill g of each sequence */
     int *moe_index;    /* [layers] MoE layer number, or -1 for dense layers */
     int moe_layers;
-    float **kc, **vc;  /* [layers * B] caches, NULL where this rank keeps none (vc: also with MLA's
-                          latent cache, whose rows kc holds) */
+    void **kc, **vc;   /* [layers * B] caches, NULL where this rank keeps none (vc: also with MLA's
+                          latent cache, whose rows kc holds); float32, or bf16 bit patterns (kv16) */
+    int kv16;          /* the caches hold bf16 (epm_run_opts.kv_bf16) */
     int latent;        /* MLA cached as its latent (runtime_mla.c) */
     epm_weight *mla_ukt; /* [layers] with the latent: kv_b's key half per head, transposed to
                             [heads][kv_lora][qk_nope] (as held), so that absorbing it into the
@@ -130,9 +131,14 @@ void epm_mla_compact(const epm_model_config *c, float *att, int64_t n);
 epm_status epm_mla_latent_qk(rt *r, int l, const float *x, int64_t n, const int32_t *pos, int absorbed, float *q,
                              float *krow);
 /* Prefill (absorbed 0 above: q [n][heads][head_dim] as the expanded form's):
- * cache rows krow [len][D] expanded into k, v [len][heads][head_dim], as the
- * expanded form caches them, for attention at the expanded form's cost. */
-epm_status epm_mla_expand_rows(rt *r, int l, const float *krow, int64_t len, float *k, float *v);
+ * cache rows krow [len][D] (float32, or bf16 bit patterns when w16: a bf16
+ * cache's) expanded into k, v [len][heads][head_dim], as the expanded form
+ * caches them, for attention at the expanded form's cost. */
+epm_status epm_mla_expand_rows(rt *r, int l, const void *krow, int w16, int64_t len, float *k, float *v);
+/* dst[0..n) = cache elements c[off..off+n) as float32 (bf16 widened when w16) */
+void epm_kv_get(const void *c, int w16, int64_t off, int n, float *dst);
+/* cache elements c[off..off+n) = src (rounded to bf16, nearest even, when w16) */
+void epm_kv_put(void *c, int w16, int64_t off, int n, const float *src);
 epm_status epm_mla_latent_out(rt *r, const epm_model_layer *w, const float *att, int64_t n, float *out);
 /* r->mla_ukt from the loaded dense weights (with the latent), and its release. */
 epm_status epm_mla_setup(rt *r);

@@ -131,7 +131,7 @@ epm_status epm_mla_qkv(rt *r, int l, const float *x, int64_t n, const int32_t *p
     /* the latent form's prefill queries, and its rows expanded as they come */
     epm_status st = epm_mla_latent_qk(r, l, x, n, pos, 0, q, krow);
     if (st == EPM_OK)
-        st = epm_mla_expand_rows(r, l, krow, n, k, v);
+        st = epm_mla_expand_rows(r, l, krow, 0, n, k, v);
     epm_free(krow);
     return st;
 }
@@ -291,7 +291,7 @@ out:
     return st;
 }
 
-epm_status epm_mla_expand_rows(rt *r, int l, const float *krow, int64_t len, float *k, float *v)
+epm_status epm_mla_expand_rows(rt *r, int l, const void *krow, int w16, int64_t len, float *k, float *v)
 {
     const epm_model_config *c = r->c;
     const int nh = c->num_heads, hd = c->head_dim, nope = c->qk_nope_dim, rope = c->qk_rope_dim,
@@ -305,7 +305,7 @@ epm_status epm_mla_expand_rows(rt *r, int l, const float *krow, int64_t len, flo
         goto out;
     }
     for (int64_t t = 0; t < len; t++)
-        memcpy(lat + t * KL, krow + t * D, (size_t)KL * sizeof *lat);
+        epm_kv_get(krow, w16, t * D, KL, lat + t * KL);
     EPM_CHECK_GOTO(epm_rt_lin(r, lat, len, KL, r->dense->layer[l].kv_b, NULL, nh * kvb, kvo), st, out);
     for (int64_t t = 0; t < len; t++)
         for (int h = 0; h < nh; h++) {
@@ -314,7 +314,7 @@ epm_status epm_mla_expand_rows(rt *r, int l, const float *krow, int64_t len, flo
             memset(ko, 0, (size_t)hd * sizeof *ko);
             memset(vo, 0, (size_t)hd * sizeof *vo);
             memcpy(ko, kv, (size_t)nope * sizeof *ko);
-            memcpy(ko + nope, krow + t * D + KL, (size_t)rope * sizeof *ko);
+            epm_kv_get(krow, w16, t * D + KL, rope, ko + nope);
             memcpy(vo, kv + nope, (size_t)vd * sizeof *vo);
         }
 out:

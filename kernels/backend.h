@@ -95,6 +95,11 @@ epm_status epm_cpu_linear(const float *x, int64_t n, int in, const float *w, con
  * its scores buffer comes from epm_malloc. */
 epm_status epm_cpu_attention(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc,
                              int64_t cache_len, int heads, int kv_heads, int hd, float *out, float *probs);
+/* The same over a bf16 K/V cache (epm_ref_attention_bf16's contract): each
+ * cached value widened as it is read, the float32 kernel's arithmetic. */
+epm_status epm_cpu_attention_bf16(const float *q, int64_t n, const int32_t *pos, const uint16_t *kc,
+                                  const uint16_t *vc, int64_t cache_len, int heads, int kv_heads, int hd, float *out,
+                                  float *probs);
 /* The same over a bf16 weight [out][in] (cpu_ffn_bf16.c), with the bf16
  * FFN's three ways by rows; its buffers come from epm_malloc (EPM_ERR_NOMEM
  * when they cannot). */

@@ -1,4 +1,6 @@
-/* Causal grouped-query attention on the CPU, float32. Why not the
+/* Causal grouped-query attention on the CPU, over a float32 or a bf16 K/V
+ * cache (half the bytes to stream in decoding; widened as read, float32
+ * arithmetic either way). Why not the
  * reference: it is the oracle, in double with two passes over the keys and
  * one thread, and decoding at long contexts spends its time here (2048
  * positions, 16 heads of 128: about 8M double multiply-adds per token and
@@ -22,13 +24,14 @@
 
 #include "backend.h"
 #include "cpu_omp.h"
+#include "half.h"
 #include "kcheck.h"
 #include "cpu_vec.h" /* last: its settings hold for the rest of the file */
 
 
 enum { PAR_MIN_WORK = 1 << 15 }; /* multiply-adds below which one thread does it all */
 
-typedef float v8 __attribute__((vector_size(32)));
+typedef epm_vf8 v8;
 
 static inline __attribute__((always_inline)) v8 ld8(const float *p)
 {
@@ -54,7 +57,7 @@ static inline __attribute__((always_inline)) float dot(const float *a, const flo
     return r;
 }
 
-/* o[j] += w * v[j] */
+/* o[j] += w * v[j], v float32 */
 static inline __attribute__((always_inline)) void axpy(float *o, float w, const float *v, int d)
 {
     int j = 0;
@@ -66,17 +69,70 @@ static inline __attribute__((always_inline)) void axpy(float *o, float w, const 
         o[j] += w * v[j];
 }
 
-/* The softmax weights of the group query heads q [group][hd] of one row over
- * kv head kh's positions 0..len-1, into p0 (a stride of pstride floats per
- * head; zero from len to cache_len); sc holds group x len floats. */
-EPM_CLONES static void kv_head_probs(const float *q, int group, int hd, const float *kc, int kv_heads, int kh,
-                                     int64_t len, float scale, float *sc, float *p0, int64_t pstride,
-                                     int64_t cache_len)
+/* dot and axpy on a bf16 row, widened in registers: where one query head
+ * reads each KV head (no GQA), this beats widening it into a buffer first
+ * (the same sums in the same order: the float32 kernel's bits) */
+static inline __attribute__((always_inline)) float dot_h(const float *a, const uint16_t *b, int d)
+{
+    v8 s0 = {0}, s1 = {0};
+    int j = 0;
+    for (; j + 16 <= d; j += 16) {
+        s0 += ld8(a + j) * epm_bf16x8(b + j);
+        s1 += ld8(a + j + 8) * epm_bf16x8(b + j + 8);
+    }
+    for (; j + 8 <= d; j += 8)
+        s0 += ld8(a + j) * epm_bf16x8(b + j);
+    v8 s = s0 + s1;
+    float r = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+    for (; j < d; j++)
+        r += a[j] * epm_bf16_to_f32(b[j]);
+    return r;
+}
+
+static inline __attribute__((always_inline)) void axpy_h(float *o, float w, const uint16_t *v, int d)
+{
+    int j = 0;
+    for (; j + 8 <= d; j += 8) {
+        v8 x = ld8(o + j) + w * epm_bf16x8(v + j);
+        memcpy(o + j, &x, sizeof x);
+    }
+    for (; j < d; j++)
+        o[j] += w * epm_bf16_to_f32(v[j]);
+}
+
+/* dst[0..d) = bf16 values h[0..d) widened: once per cache row and KV head
+ * under GQA, so that the query heads sharing it read float32 (widening it
+ * per query head made a bf16 cache 0.7-0.8x of float32 at Mixtral's group
+ * of 4) */
+static inline __attribute__((always_inline)) void widen(const uint16_t *h, int d, float *dst)
+{
+    int j = 0;
+    for (; j + 8 <= d; j += 8) {
+        v8 x = epm_bf16x8(h + j);
+        memcpy(dst + j, &x, sizeof x);
+    }
+    for (; j < d; j++)
+        dst[j] = epm_bf16_to_f32(h[j]);
+}
+
+static inline __attribute__((always_inline)) void kv_head_probs(const float *q, int group, int hd, const void *kc,
+                                                                int w16, int kv_heads, int kh, int64_t len,
+                                                                float scale, float *sc, float *p0, int64_t pstride,
+                                                                int64_t cache_len, float *kb)
 {
     for (int64_t t = 0; t < len; t++) {
-        const float *k = kc + (t * kv_heads + kh) * hd;
+        const int64_t k = (t * kv_heads + kh) * hd;
+        const float *row = (const float *)kc + k;
+        if (w16 && group == 1) {
+            sc[t] = dot_h(q, (const uint16_t *)kc + k, hd) * scale;
+            continue;
+        }
+        if (w16) {
+            widen((const uint16_t *)kc + k, hd, kb);
+            row = kb;
+        }
         for (int g = 0; g < group; g++)
-            sc[g * len + t] = dot(q + (int64_t)g * hd, k, hd) * scale;
+            sc[g * len + t] = dot(q + (int64_t)g * hd, row, hd) * scale;
     }
     for (int g = 0; g < group; g++) {
         float *s = sc + g * len, *p = p0 + g * pstride, m = -INFINITY, z = 0;
@@ -97,10 +153,12 @@ enum {
 
 /* Positions [t0, t1) of one query row q [heads][hd] for every head: the
  * running max m[h], sum z[h] and output o[h][hd] (scaled by exp(-m[h]));
- * sc holds heads x BLOCK floats. An empty range leaves m = -inf, z = 0. */
-EPM_CLONES static void piece(const float *q, int heads, int group, int hd, const float *kc, const float *vc,
-                             int kv_heads, int64_t t0, int64_t t1, float scale, float *sc, float *m, float *z,
-                             float *o)
+ * sc holds heads x BLOCK floats, kb hd (a bf16 cache's widened head). An
+ * empty range leaves m = -inf, z = 0. */
+static inline __attribute__((always_inline)) void piece(const float *q, int heads, int group, int hd,
+                                                        const void *kc, const void *vc, int w16, int kv_heads,
+                                                        int64_t t0, int64_t t1, float scale, float *sc, float *m,
+                                                        float *z, float *o, float *kb)
 {
     const int64_t ld = (int64_t)kv_heads * hd;
     for (int h = 0; h < heads; h++)
@@ -109,9 +167,23 @@ EPM_CLONES static void piece(const float *q, int heads, int group, int hd, const
     for (int64_t b0 = t0; b0 < t1; b0 += BLOCK) {
         int nb = t1 - b0 < BLOCK ? (int)(t1 - b0) : BLOCK;
         for (int j = 0; j < nb; j++) {
-            const float *k = kc + (b0 + j) * ld;
-            for (int h = 0; h < heads; h++)
-                sc[h * BLOCK + j] = dot(q + (int64_t)h * hd, k + (int64_t)(h / group) * hd, hd) * scale;
+            const int64_t k = (b0 + j) * ld;
+            if (!w16) {
+                for (int h = 0; h < heads; h++)
+                    sc[h * BLOCK + j] = dot(q + (int64_t)h * hd, (const float *)kc + k + (int64_t)(h / group) * hd, hd) *
+                                        scale;
+                continue;
+            }
+            for (int kh = 0; kh < kv_heads; kh++) {
+                const uint16_t *kr = (const uint16_t *)kc + k + (int64_t)kh * hd;
+                if (group == 1) {
+                    sc[kh * BLOCK + j] = dot_h(q + (int64_t)kh * hd, kr, hd) * scale;
+                    continue;
+                }
+                widen(kr, hd, kb);
+                for (int h = kh * group; h < (kh + 1) * group; h++)
+                    sc[h * BLOCK + j] = dot(q + (int64_t)h * hd, kb, hd) * scale;
+            }
         }
         for (int h = 0; h < heads; h++) {
             float *s = sc + h * BLOCK, bm = m[h];
@@ -128,16 +200,55 @@ EPM_CLONES static void piece(const float *q, int heads, int group, int hd, const
                 z[h] += s[j] = expf(s[j] - bm);
         }
         for (int j = 0; j < nb; j++) {
-            const float *v = vc + (b0 + j) * ld;
-            for (int h = 0; h < heads; h++)
-                axpy(o + (int64_t)h * hd, sc[h * BLOCK + j], v + (int64_t)(h / group) * hd, hd);
+            const int64_t v = (b0 + j) * ld;
+            for (int kh = 0; kh < kv_heads; kh++) {
+                const float *vr = (const float *)vc + v + (int64_t)kh * hd;
+                if (w16 && group == 1) {
+                    axpy_h(o + (int64_t)kh * hd, sc[kh * BLOCK + j], (const uint16_t *)vc + v + (int64_t)kh * hd, hd);
+                    continue;
+                }
+                if (w16) {
+                    widen((const uint16_t *)vc + v + (int64_t)kh * hd, hd, kb);
+                    vr = kb;
+                }
+                for (int h = kh * group; h < (kh + 1) * group; h++)
+                    axpy(o + (int64_t)h * hd, sc[h * BLOCK + j], vr, hd);
+            }
         }
     }
 }
 
+EPM_CLONES static void piece_f32(const float *q, int heads, int group, int hd, const void *kc, const void *vc,
+                                 int kv_heads, int64_t t0, int64_t t1, float scale, float *sc, float *m, float *z,
+                                 float *o, float *kb)
+{
+    piece(q, heads, group, hd, kc, vc, 0, kv_heads, t0, t1, scale, sc, m, z, o, kb);
+}
+
+EPM_CLONES static void piece_bf16(const float *q, int heads, int group, int hd, const void *kc, const void *vc,
+                                  int kv_heads, int64_t t0, int64_t t1, float scale, float *sc, float *m, float *z,
+                                  float *o, float *kb)
+{
+    piece(q, heads, group, hd, kc, vc, 1, kv_heads, t0, t1, scale, sc, m, z, o, kb);
+}
+
+EPM_CLONES static void kv_head_probs_f32(const float *q, int group, int hd, const void *kc, int kv_heads, int kh,
+                                         int64_t len, float scale, float *sc, float *p0, int64_t pstride,
+                                         int64_t cache_len, float *kb)
+{
+    kv_head_probs(q, group, hd, kc, 0, kv_heads, kh, len, scale, sc, p0, pstride, cache_len, kb);
+}
+
+EPM_CLONES static void kv_head_probs_bf16(const float *q, int group, int hd, const void *kc, int kv_heads, int kh,
+                                          int64_t len, float scale, float *sc, float *p0, int64_t pstride,
+                                          int64_t cache_len, float *kb)
+{
+    kv_head_probs(q, group, hd, kc, 1, kv_heads, kh, len, scale, sc, p0, pstride, cache_len, kb);
+}
+
 /* Without probs: (row, range) pieces, then each row's pieces merged. */
-static epm_status by_ranges(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc,
-                            int heads, int kv_heads, int hd, float *out, int nt, float scale)
+static epm_status by_ranges(const float *q, int64_t n, const int32_t *pos, const void *kc, const void *vc,
+                            int w16, int heads, int kv_heads, int hd, float *out, int nt, float scale)
 {
     const int group = heads / kv_heads;
     /* C ranges per row, for the longest row (a shorter one leaves some empty) */
@@ -146,7 +257,8 @@ static epm_status by_ranges(const float *q, int64_t n, const int32_t *pos, const
         longest = (int64_t)pos[i] + 1 > longest ? (int64_t)pos[i] + 1 : longest;
     const int64_t C = (longest + RANGE - 1) / RANGE, pieces = n * C;
     const int64_t pw = (int64_t)heads * (hd + 2); /* one piece's m, z and o */
-    float *buf = epm_malloc(((size_t)pieces * (size_t)pw + (size_t)nt * heads * BLOCK) * sizeof *buf);
+    const int64_t per = (int64_t)heads * BLOCK + (w16 ? hd : 0); /* a thread's scores (and widened head) */
+    float *buf = epm_malloc(((size_t)pieces * (size_t)pw + (size_t)nt * (size_t)per) * sizeof *buf);
     if (!buf)
         return epm_fail(EPM_ERR_NOMEM, "cpu attention: allocation of %lld pieces of %lld floats failed",
                         (long long)pieces, (long long)pw);
@@ -160,8 +272,9 @@ EPM_OMP("omp parallel num_threads(nt)")
             int64_t i = k / C, c = k % C, len = (int64_t)pos[i] + 1;
             int64_t t0 = c * RANGE < len ? c * RANGE : len, t1 = (c + 1) * RANGE < len ? (c + 1) * RANGE : len;
             float *pp = part + k * pw;
-            piece(q + i * heads * hd, heads, group, hd, kc, vc, kv_heads, t0, t1, scale,
-                  scr + (int64_t)me * heads * BLOCK, pp, pp + heads, pp + 2 * heads);
+            float *ts = scr + (int64_t)me * per;
+            (w16 ? piece_bf16 : piece_f32)(q + i * heads * hd, heads, group, hd, kc, vc, kv_heads, t0, t1, scale, ts,
+                                           pp, pp + heads, pp + 2 * heads, ts + (int64_t)heads * BLOCK);
         }
 EPM_OMP("omp barrier")
         epm_omp_share(n * heads, 1, &c0, &c1);
@@ -188,10 +301,11 @@ EPM_OMP("omp barrier")
     return EPM_OK;
 }
 
-epm_status epm_cpu_attention(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc,
-                             int64_t cache_len, int heads, int kv_heads, int hd, float *out, float *probs)
+static epm_status cpu_attention(const char *fn, const float *q, int64_t n, const int32_t *pos, const void *kc,
+                                const void *vc, int w16, int64_t cache_len, int heads, int kv_heads, int hd,
+                                float *out, float *probs)
 {
-    EPM_CHECK(epm_attention_check("cpu attention", q, n, pos, kc, vc, cache_len, heads, kv_heads, hd, out));
+    EPM_CHECK(epm_attention_check(fn, q, n, pos, kc, vc, cache_len, heads, kv_heads, hd, out));
     int64_t work = 0;
     for (int64_t i = 0; i < n; i++)
         work += 2 * ((int64_t)pos[i] + 1) * heads * hd;
@@ -200,10 +314,10 @@ epm_status epm_cpu_attention(const float *q, int64_t n, const int32_t *pos, cons
     const int group = heads / kv_heads, nt = epm_omp_threads_for(work, PAR_MIN_WORK);
     const float scale = (float)(1.0 / sqrt((double)hd));
     /* the output always comes the one way, so that asking for probs changes no bit of it */
-    EPM_CHECK(by_ranges(q, n, pos, kc, vc, heads, kv_heads, hd, out, nt, scale));
+    EPM_CHECK(by_ranges(q, n, pos, kc, vc, w16, heads, kv_heads, hd, out, nt, scale));
     if (!probs)
         return EPM_OK;
-    const int64_t per = (int64_t)group * cache_len; /* one thread's scores */
+    const int64_t per = (int64_t)group * cache_len + (w16 ? hd : 0); /* one thread's scores (and widened head) */
     float *sc = epm_malloc((size_t)nt * (size_t)per * sizeof *sc);
     if (!sc)
         return epm_fail(EPM_ERR_NOMEM, "cpu attention: allocation of %d x %lld floats of scores failed", nt,
@@ -217,11 +331,27 @@ EPM_OMP("omp parallel num_threads(nt)")
         for (int64_t it = c0; it < c1; it++) {
             int64_t i = it / kv_heads;
             int kh = (int)(it % kv_heads), h0 = kh * group;
-            kv_head_probs(q + (i * heads + h0) * hd, group, hd, kc, kv_heads, kh, (int64_t)pos[i] + 1, scale,
-                          sc + (int64_t)me * per, probs + ((int64_t)h0 * n + i) * cache_len, n * cache_len,
-                          cache_len);
+            float *ts = sc + (int64_t)me * per;
+            (w16 ? kv_head_probs_bf16 : kv_head_probs_f32)(q + (i * heads + h0) * hd, group, hd, kc, kv_heads, kh,
+                                                           (int64_t)pos[i] + 1, scale, ts,
+                                                           probs + ((int64_t)h0 * n + i) * cache_len, n * cache_len,
+                                                           cache_len, ts + (int64_t)group * cache_len);
         }
     }
     epm_free(sc);
     return EPM_OK;
+}
+
+epm_status epm_cpu_attention(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc,
+                             int64_t cache_len, int heads, int kv_heads, int hd, float *out, float *probs)
+{
+    return cpu_attention("cpu attention", q, n, pos, kc, vc, 0, cache_len, heads, kv_heads, hd, out, probs);
+}
+
+epm_status epm_cpu_attention_bf16(const float *q, int64_t n, const int32_t *pos, const uint16_t *kc,
+                                  const uint16_t *vc, int64_t cache_len, int heads, int kv_heads, int hd, float *out,
+                                  float *probs)
+{
+    return cpu_attention("cpu attention (bf16 cache)", q, n, pos, kc, vc, 1, cache_len, heads, kv_heads, hd, out,
+                         probs);
 }

@@ -55,20 +55,7 @@ enum {
 };
 _Static_assert(ROW_BLOCK == 4, "dot_block's switch covers 1..4 rows");
 
-typedef float vf8 __attribute__((vector_size(32)));
-typedef uint16_t vh8 __attribute__((vector_size(16)));
-typedef uint32_t vu8 __attribute__((vector_size(32)));
-
-/* the panels' widening: 8 bf16 values to 8 floats */
-static inline __attribute__((always_inline)) vf8 widen8(const uint16_t *p)
-{
-    vh8 h;
-    memcpy(&h, p, sizeof h);
-    vu8 u = __builtin_convertvector(h, vu8) << 16;
-    vf8 f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
+typedef epm_vf8 vf8;
 
 /* The direct kernel reads a weight row 2 W elements at a time (W floats per
  * vector) as W bf16 pairs in 32-bit lanes: shifting each lane left by 16
@@ -156,7 +143,7 @@ EPM_CLONES static void widen_span(const uint16_t *w, int64_t n, float *out)
 {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        vf8 f = widen8(w + i);
+        vf8 f = epm_bf16x8(w + i);
         memcpy(out + i, &f, sizeof f);
     }
     for (; i < n; i++)

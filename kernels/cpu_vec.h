@@ -22,4 +22,22 @@
 #pragma GCC optimize("fp-contract=fast")
 #endif
 
+#include <stdint.h>
+#include <string.h>
+
+/* 8 bf16 values at p, widened (a bf16 is the top half of its float32): the
+ * bf16 panels' and the bf16 K/V cache's */
+typedef float epm_vf8 __attribute__((vector_size(32)));
+static inline __attribute__((always_inline)) epm_vf8 epm_bf16x8(const uint16_t *p)
+{
+    typedef uint16_t vh8 __attribute__((vector_size(16)));
+    typedef uint32_t vu8 __attribute__((vector_size(32)));
+    vh8 h;
+    memcpy(&h, p, sizeof h);
+    vu8 u = __builtin_convertvector(h, vu8) << 16;
+    epm_vf8 f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
 #endif

@@ -21,8 +21,8 @@ epm_status epm_ref_check_offsets(const char *fn, const int64_t *offsets, int exp
 
 /* The arguments of epm_ref_attention's contract (every host attention
  * kernel takes them), each failure naming fn. */
-epm_status epm_attention_check(const char *fn, const float *q, int64_t n, const int32_t *pos, const float *kc,
-                               const float *vc, int64_t cache_len, int heads, int kv_heads, int hd,
+epm_status epm_attention_check(const char *fn, const float *q, int64_t n, const int32_t *pos, const void *kc,
+                               const void *vc, int64_t cache_len, int heads, int kv_heads, int hd,
                                const float *out);
 
 #endif

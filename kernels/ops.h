@@ -70,6 +70,12 @@ typedef struct epm_ops {
      * (the runtime then holds FP8 dense matrices dequantised to bf16, or
      * widened where the table has no bf16 linear either). */
     epm_status (*linear_w8)(const float *x, int64_t n, int in, const epm_w8 *w, const float *b, int out, float *y);
+    /* attention's contract over a bf16 K/V cache (bit patterns; the runtime's
+     * --kv-dtype bf16, half of float32's memory): epm_ref_attention_bf16's.
+     * NULL where the table has none (the runtime then refuses bf16). */
+    epm_status (*attention_w16)(const float *q, int64_t n, const int32_t *pos, const uint16_t *kc,
+                                const uint16_t *vc, int64_t cache_len, int heads, int kv_heads, int hd, float *out,
+                                float *probs);
 } epm_ops;
 
 /* Rows of the busiest expert: offsets[e + 1] - offsets[e] at its largest. */

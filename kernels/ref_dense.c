@@ -165,8 +165,8 @@ epm_status epm_ref_rope(float *x, int64_t n, int heads, int hd, const int32_t *p
     return EPM_OK;
 }
 
-epm_status epm_attention_check(const char *fn, const float *q, int64_t n, const int32_t *pos, const float *kc,
-                               const float *vc, int64_t cache_len, int heads, int kv_heads, int hd,
+epm_status epm_attention_check(const char *fn, const float *q, int64_t n, const int32_t *pos, const void *kc,
+                               const void *vc, int64_t cache_len, int heads, int kv_heads, int hd,
                                const float *out)
 {
     KREQ(n >= 0, "%s: n = %lld", fn, (long long)n);
@@ -185,10 +185,20 @@ epm_status epm_attention_check(const char *fn, const float *q, int64_t n, const 
     return EPM_OK;
 }
 
-epm_status epm_ref_attention(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc,
-                             int64_t cache_len, int heads, int kv_heads, int hd, float *out, float *probs)
+/* Element i of a cache row array: float32, or bf16 (w16) widened exactly. */
+static inline double kv_at(const void *c, int64_t i, int w16)
 {
-    EPM_CHECK(epm_attention_check("attention", q, n, pos, kc, vc, cache_len, heads, kv_heads, hd, out));
+    return w16 ? (double)epm_bf16_to_f32(((const uint16_t *)c)[i]) : (double)((const float *)c)[i];
+}
+
+/* The one body of both caches' reference: the bf16 oracle is the float32
+ * one's arithmetic on the widened values, read where they lie (no copy, so
+ * no allocation in the layer loop either way). */
+static epm_status ref_attention(const char *fn, const float *q, int64_t n, const int32_t *pos, const void *kc,
+                                const void *vc, int w16, int64_t cache_len, int heads, int kv_heads, int hd,
+                                float *out, float *probs)
+{
+    EPM_CHECK(epm_attention_check(fn, q, n, pos, kc, vc, cache_len, heads, kv_heads, hd, out));
     double small[512]; /* every head_dim the runtime accepts: no allocation in the layer loop */
     double *acc = hd <= 512 ? small : epm_malloc((size_t)hd * sizeof *acc);
     if (!acc)
@@ -204,23 +214,23 @@ epm_status epm_ref_attention(const float *q, int64_t n, const int32_t *pos, cons
             /* two passes (max, then weights) so the oracle needs no score buffer */
             double m = -INFINITY;
             for (int64_t t = 0; t < len; t++) {
-                const float *kv = kc + (t * kv_heads + kh) * hd;
+                int64_t kv = (t * kv_heads + kh) * hd;
                 double s = 0;
                 for (int j = 0; j < hd; j++)
-                    s += (double)qv[j] * kv[j];
+                    s += (double)qv[j] * kv_at(kc, kv + j, w16);
                 m = s * scale > m ? s * scale : m;
             }
             double z = 0;
             memset(acc, 0, (size_t)hd * sizeof *acc);
             for (int64_t t = 0; t < len; t++) {
-                const float *kv = kc + (t * kv_heads + kh) * hd, *vv = vc + (t * kv_heads + kh) * hd;
+                int64_t kv = (t * kv_heads + kh) * hd;
                 double s = 0;
                 for (int j = 0; j < hd; j++)
-                    s += (double)qv[j] * kv[j];
+                    s += (double)qv[j] * kv_at(kc, kv + j, w16);
                 double wt = exp(s * scale - m);
                 z += wt;
                 for (int j = 0; j < hd; j++)
-                    acc[j] += wt * vv[j];
+                    acc[j] += wt * kv_at(vc, kv + j, w16);
                 if (p)
                     p[t] = (float)wt;
             }
@@ -238,4 +248,18 @@ epm_status epm_ref_attention(const float *q, int64_t n, const int32_t *pos, cons
     if (acc != small)
         epm_free(acc);
     return EPM_OK;
+}
+
+epm_status epm_ref_attention(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc,
+                             int64_t cache_len, int heads, int kv_heads, int hd, float *out, float *probs)
+{
+    return ref_attention("attention", q, n, pos, kc, vc, 0, cache_len, heads, kv_heads, hd, out, probs);
+}
+
+epm_status epm_ref_attention_bf16(const float *q, int64_t n, const int32_t *pos, const uint16_t *kc,
+                                  const uint16_t *vc, int64_t cache_len, int heads, int kv_heads, int hd, float *out,
+                                  float *probs)
+{
+    return ref_attention("attention (bf16 cache)", q, n, pos, kc, vc, 1, cache_len, heads, kv_heads, hd, out,
+                         probs);
 }

@@ -50,6 +50,9 @@ static const char usage[] =
     "                           FP8), and an FP8 checkpoint's attention projections (but MLA's kv_b)\n"
     "                           and shared and dense MLPs FP8 when all of those are; bf16: those\n"
     "                           dequantised too\n"
+    "  --kv-dtype f32|bf16      what the K/V cache holds each value in: f32 (default, the reference\n"
+    "                           arithmetic) or bf16 (half the cache memory and half the bytes a decode\n"
+    "                           step streams; K and V rounded to bf16 as they are stored)\n"
     "  --mla-cache latent|expanded\n"
     "                           DeepSeek's multi-head latent attention: cache the latent (default;\n"
     "                           kv_lora_rank + qk_rope_head_dim floats per token and layer, kv_b_proj\n"
@@ -68,7 +71,7 @@ static const char usage[] =
     "  --json                   results as JSON on stdout\n";
 
 enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER, O_MAXMEM,
-       O_EDT, O_DDT, O_MLA };
+       O_EDT, O_DDT, O_MLA, O_KVDT };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -86,6 +89,7 @@ static const struct option opts[] = {
     {"a2a", required_argument, 0, O_A2A},            {"hier", required_argument, 0, O_HIER},
     {"max-memory", required_argument, 0, O_MAXMEM},  {"expert-dtype", required_argument, 0, O_EDT},
     {"dense-dtype", required_argument, 0, O_DDT},     {"mla-cache", required_argument, 0, O_MLA},
+    {"kv-dtype", required_argument, 0, O_KVDT},
     {0, 0, 0, 0}};
 
 /* The checkpoint file (a name in dir) that out would overwrite, or NULL:
@@ -145,10 +149,10 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
         fprintf(f, "\"report\": {\"ranks\": %d, \"nodes\": %d, \"prefill_tokens\": %lld, \"decode_tokens\": %lld, "
                    "\"prefill_tokens_per_s\": %.3f, \"decode_tokens_per_s\": %.3f, \"seconds\": {\"prefill\": %.6f, "
                    "\"decode\": %.6f, \"attention\": %.6f, \"gate\": %.6f, \"dispatch\": %.6f, \"experts\": %.6f, "
-                   "\"combine\": %.6f}, \"expert_dtype\": \"%s\", \"dense_dtype\": \"%s\", \"weight_bytes_max_rank\": %lld, \"kv_cache\": \"%s\", \"kv_row_floats\": %d, \"kv_cache_bytes_max_rank\": %lld, \"gather_bytes\": [%lld, %lld, %lld], \"layers\": [",
+                   "\"combine\": %.6f}, \"expert_dtype\": \"%s\", \"dense_dtype\": \"%s\", \"weight_bytes_max_rank\": %lld, \"kv_cache\": \"%s\", \"kv_dtype\": \"%s\", \"kv_row_floats\": %d, \"kv_cache_bytes_max_rank\": %lld, \"gather_bytes\": [%lld, %lld, %lld], \"layers\": [",
                 r->ranks, r->nodes, (long long)r->prefill_tokens, (long long)r->decode_tokens, tps, dps, r->t_prefill,
                 r->t_decode, r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine,
-                epm_dtype_name(r->expert_dtype), epm_dtype_name(r->dense_dtype), (long long)r->weight_bytes_max, r->kv_cache ? r->kv_cache : "?", r->kv_row_floats, (long long)r->kv_cache_bytes_max, (long long)r->gather_bytes[0], (long long)r->gather_bytes[1],
+                epm_dtype_name(r->expert_dtype), epm_dtype_name(r->dense_dtype), (long long)r->weight_bytes_max, r->kv_cache ? r->kv_cache : "?", epm_dtype_name(r->kv_dtype), r->kv_row_floats, (long long)r->kv_cache_bytes_max, (long long)r->gather_bytes[0], (long long)r->gather_bytes[1],
                 (long long)r->gather_bytes[2]);
         for (int l = 0; l < r->moe_layers; l++) {
             const int64_t *b = r->bytes + l * EPM_LINK_COUNT, *k = r->kv_bytes + l * EPM_LINK_COUNT;
@@ -175,9 +179,10 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
     fprintf(f, "time (slowest rank): attention %.3f  gate %.3f  dispatch %.3f  experts %.3f  combine %.3f s\n",
             r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine);
     fprintf(f, "checkpoint bytes read: %lld on the busiest rank, %lld in all; KV cache %lld bytes on the fullest rank "
-               "(%s, %d floats per token and layer); routed experts held as %s, dense matrices as %s\n",
+               "(%s, %d values per token and layer, each %s); routed experts held as %s, dense matrices as %s\n",
             (long long)r->weight_bytes_max, (long long)r->weight_bytes_sum, (long long)r->kv_cache_bytes_max,
-            r->kv_cache ? r->kv_cache : "?", r->kv_row_floats, epm_dtype_name(r->expert_dtype),
+            r->kv_cache ? r->kv_cache : "?", r->kv_row_floats, epm_dtype_name(r->kv_dtype),
+            epm_dtype_name(r->expert_dtype),
             epm_dtype_name(r->dense_dtype));
     int64_t tot[3] = {0, 0, 0};
     for (int l = 0; l < r->moe_layers; l++) {
@@ -288,6 +293,11 @@ int epm_cli_run(int argc, char **argv)
                 return cli_usage_error(W, "--dense-dtype '%s' is not auto, bf16 or f32", optarg);
             o.dense_f32 = !strcmp(optarg, "f32");
             o.dense_bf16 = !strcmp(optarg, "bf16");
+            break;
+        case O_KVDT:
+            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16"))
+                return cli_usage_error(W, "--kv-dtype '%s' is not f32 or bf16", optarg);
+            o.kv_bf16 = !strcmp(optarg, "bf16");
             break;
         case O_MLA:
             if (strcmp(optarg, "latent") && strcmp(optarg, "expanded"))

@@ -83,6 +83,12 @@ EPM_API epm_status epm_ref_rope(float *x, int64_t n, int heads, int hd, const in
 EPM_API epm_status epm_ref_attention(const float *q, int64_t n, const int32_t *pos, const float *kc,
                                      const float *vc, int64_t cache_len, int heads, int kv_heads, int hd,
                                      float *out, float *probs);
+/* The same over a bf16 K/V cache (kc, vc: bf16 bit patterns, as a runtime
+ * that keeps its cache at half of float32's memory holds them): the float32
+ * reference's arithmetic on the exactly widened values. */
+EPM_API epm_status epm_ref_attention_bf16(const float *q, int64_t n, const int32_t *pos, const uint16_t *kc,
+                                          const uint16_t *vc, int64_t cache_len, int heads, int kv_heads, int hd,
+                                          float *out, float *probs);
 
 /* ---------------------------------------------------------------------------
  * MoE routing
@@ -203,6 +209,11 @@ typedef struct epm_kernel_ops {
     epm_status (*grouped_ffn)(epm_kernels *kb, epm_dtype dt, const void *x, const int64_t *offsets, int experts,
                               int hidden, int ffn, const void *const *gate, const void *const *up,
                               const void *const *down, void *scratch, void *y);
+    /* attention over a bf16 K/V cache (epm_ref_attention_bf16's contract);
+     * NULL where the backend has none (cuda) */
+    epm_status (*attention_bf16)(epm_kernels *kb, const float *q, int64_t n, const int32_t *pos, const uint16_t *kc,
+                                 const uint16_t *vc, int64_t cache_len, int heads, int kv_heads, int hd, float *out,
+                                 float *probs);
 } epm_kernel_ops;
 
 /* A backend by name: "ref" (the C reference), "cpu" (BLAS: OpenBLAS threads

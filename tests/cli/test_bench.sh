@@ -467,7 +467,14 @@ ok "bench attention csv" "$E" bench attention --contexts 40,130 --chunk 8 --reps
              NR > 1 && $1 == "cpu" && (($3 == "decode" && $5 == 1) || ($3 == "prefill" && $5 == 8)) &&
                ($4 == 40 || $4 == 130) && $6 > 0 && $7 > 0 && $8 > 0 && $9 > 0 {r++}
              END {exit !(h && r == 8 && NR == 9)}' "$d/out" || { fail "bench attention: rows"; show; }; }
-help_ok attention --contexts --chunk --reps --backend --csv
+# a bf16 cache: the same rows plus the float32 kernel's time on the same values and the ratio
+ok "bench attention bf16 csv" "$E" bench attention --contexts 40,300 --chunk 8 --reps 1 --csv --kv-dtype bf16 &&
+  { awk -F, 'function abs(x) {return x < 0 ? -x : x}
+             NR == 1 && $9 == "ratio" && $10 == "f32_s" && $11 == "vs_f32" && NF == 11 {h = 1}
+             NR > 1 && $1 == "cpu" && $6 > 0 && $7 > 0 && $10 > 0 && abs($11 - $10 / $6) <= 1e-3 * $11 + 1e-4 {r++}
+             END {exit !(h && r == 8 && NR == 9)}' "$d/out" || { fail "bench attention bf16: rows"; show; }; }
+help_ok attention --contexts --chunk --reps --backend --kv-dtype --csv
+usage attention --kv-dtype fp8 --kv-dtype fp8
 usage attention --contexts 0 --contexts 0
 usage attention --contexts x --contexts 40,x
 usage attention --backend ref --backend ref
@@ -530,8 +537,15 @@ ok "bench run --mla-cache" mpi -np 2 "$E" bench run --model "$F/deepseekv3-tiny"
              NR == 3 && $1 == "latent" && $3 == 0.2083 && $4 > 0 && $5 > 0 && $8 < 1e-4 && $9 == 1 {b = 1}
              END {exit !(h && a && b && NR == 3)}' "$d/out" || { fail "bench run --mla-cache: rows"; show; }; }
 usage run --mla-cache "" --model "$m" --mla-cache
+ok "bench run --kv-dtypes" mpi -np 3 "$E" bench run --model "$F/qwen2moe-tiny" --batch 3 --seq 8 --new 3 --reps 1 \
+  --kv-dtypes --modes follow --csv &&
+  { awk -F, 'NR == 1 && $1 == "kv_dtype" && $3 == "kv_vs_f32" && NF == 9 {h = 1}
+             NR == 2 && $1 == "F32" && $2 > 0 && $3 == 1 && $6 == 1 && $7 == 1 && $8 == 0 && $9 == 1 {a = 1; b32 = $2}
+             NR == 3 && $1 == "BF16" && $2 * 2 == b32 && $3 == 0.5 && $4 > 0 && $5 > 0 && $8 > 0 && $8 < 0.05 {b = 1}
+             END {exit !(h && a && b && NR == 3)}' "$d/out" || { fail "bench run --kv-dtypes: rows"; show; }; }
+usage run --kv-dtypes "" --model "$m" --kv-dtypes --mla-cache
 help_ok run --model --batch --seq --new --methods --modes --workdir --reps --warmup --ta --mod --capacities \
-  --expert-dtypes --mla-cache --csv
+  --expert-dtypes --mla-cache --kv-dtypes --csv
 usage run --model "" --batch 2
 usage run --batch x --model "$m" --batch x
 usage run --kernels foo --model "$m" --kernels foo

@@ -55,6 +55,17 @@ for name in olmoe-tiny mixtral-tiny; do
       --logits-out "$d/c1.st" --json >"$d/c1.json" 2>"$d/err" || { fail "$name: --mod $src capacity 1"; head -3 "$d/err"; }
     cmp_logits "$d/off.st" "$d/c1.st" 0 || fail "$name: --mod $src --mod-capacity 1 changed the logits"
   done
+  # the same over a bf16 K/V cache (A-MoD's scores then come from it)
+  if [ $name = olmoe-tiny ]; then
+    for mod in "" "--mod attention --mod-capacity 1"; do
+      # shellcheck disable=SC2086
+      run -np 3 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --mode follow --kv-dtype bf16 $mod \
+        --logits-out "$d/kv16${mod:+-mod}.st" --json >"$d/c1.json" 2>"$d/err" ||
+        { fail "$name: --kv-dtype bf16 $mod"; head -3 "$d/err"; }
+    done
+    cmp_logits "$d/kv16.st" "$d/kv16-mod.st" 0 || fail "$name: bf16 cache: --mod attention capacity 1 changed the logits"
+    cmp_logits "$d/off.st" "$d/kv16.st" 2e-2 || fail "$name: bf16 cache: logits off float32's"
+  fi
 
   # skipping: the 1-rank run is the reference of the same rule at 2, 3, 4 ranks, home and follow
   for src in "${srcs[@]}"; do

@@ -28,6 +28,24 @@ echo '[[1, 2, 3, 4, 5], [9, 8, 7]]' >"$d/in.json"
 check "json input, 2 ranks" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report
 has "$d/out" '"generated": \[\['
 has "$d/out" '"rank_load"'
+# a bf16 K/V cache: named in the report, half the float32 cache's bytes (3 ranks, follow: every rank
+# keeps every sequence's); a dtype it has not is refused by name
+kvbytes() { sed -n 's/.*"kv_cache_bytes_max_rank": \([0-9]*\).*/\1/p' "$d/out"; }
+check "float32 K/V cache" 0 run -np 3 "$E" run --model "$m" --input "$d/in.json" --mode follow --max-new-tokens 2 \
+  --json --report
+has "$d/out" '"kv_dtype": "F32"'
+kv32=$(kvbytes)
+check "bf16 K/V cache" 0 run -np 3 "$E" run --model "$m" --input "$d/in.json" --mode follow --max-new-tokens 2 \
+  --json --report --kv-dtype bf16
+has "$d/out" '"kv_dtype": "BF16"'
+kv16=$(kvbytes)
+[ -n "$kv16" ] && [ "$kv16" -gt 0 ] && [ $((2 * kv16)) = "$kv32" ] ||
+  { echo "FAIL: bf16 K/V cache of $kv16 bytes against float32's $kv32"; fails=$((fails + 1)); }
+check "bf16 K/V cache over the memory allowed" 1 run -np 2 "$E" run --model "$m" --input "$d/in.json" \
+  --kv-dtype bf16 --max-memory 0.0001
+has "$d/err" "bf16 KV cache"
+check "K/V cache dtype it has not" 2 "$E" run --model "$m" --input "$d/in.json" --kv-dtype fp8
+has "$d/err" "--kv-dtype 'fp8' is not f32 or bf16"
 check "bindings" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --bind --report-bindings
 [ "$(grep -c '^binding: rank' "$d/err")" = 2 ] || { echo "FAIL: expected 2 binding lines"; cat "$d/err"; fails=$((fails + 1)); }
 check "trace and logits out" 0 run -np 3 "$E" run --model "$m" --input "$m/reference.safetensors" \

@@ -33,6 +33,7 @@
 
 #include "core.h"
 #include "epmoe/kernels.h"
+#include "half.h"
 
 #define KC_F32_TOL 1e-5
 #define KC_BF16_TOL 1e-2
@@ -263,6 +264,32 @@ static void kc_attention(kc_ctx *c, int probs_supported)
             free(want), free(got);
         }
         kc_release(c, bf, 6);
+        if (c->F->attention_bf16) { /* the same over a bf16 cache, against the reference's */
+            size_t m = (size_t)T * KV * D;
+            uint16_t *kh = malloc(2 * m * sizeof *kh);
+            for (size_t j = 0; j < m; j++)
+                kh[j] = epm_f32_to_bf16(kc[j]), kh[m + j] = epm_f32_to_bf16(vc[j]);
+            kc_buf hb[6] = {{q, (size_t)n * H * D * 4, 0, 0},    {pos, (size_t)n * 4, 0, 0},
+                            {kh, m * 2, 0, 0},                   {kh + m, m * 2, 0, 0},
+                            {NULL, (size_t)n * H * D * 4, 0, 0}, {NULL, (size_t)H * n * T * 4, 0, 0}};
+            kc_upload_all(c, hb, 6);
+            assert_int_equal(c->R->attention_bf16(c->ref, hb[0].ref_d, n, hb[1].ref_d, hb[2].ref_d, hb[3].ref_d, T, H,
+                                                  KV, D, hb[4].ref_d, hb[5].ref_d),
+                             EPM_OK);
+            assert_int_equal(c->F->attention_bf16(c->fast, hb[0].fast_d, n, hb[1].fast_d, hb[2].fast_d, hb[3].fast_d,
+                                                  T, H, KV, D, hb[4].fast_d, probs_supported ? hb[5].fast_d : NULL),
+                             EPM_OK);
+            char what[96];
+            snprintf(what, sizeof what, "bf16-cache attention n %d pos %d.. cache %d heads %d/%d hd %d", n, p0, T, H,
+                     KV, D);
+            for (int b = 4; b < (probs_supported ? 6 : 5); b++) {
+                float *want = kc_down(c->ref, hb[b].ref_d, hb[b].bytes), *got = kc_down(c->fast, hb[b].fast_d, hb[b].bytes);
+                kc_close(what, got, want, (int64_t)(hb[b].bytes / 4), KC_F32_TOL);
+                free(want), free(got);
+            }
+            kc_release(c, hb, 6);
+            free(kh);
+        }
         free(q), free(kc), free(vc);
     }
 }

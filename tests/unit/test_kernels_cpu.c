@@ -2,6 +2,7 @@
  * and tolerances of kernels_check.h; and backend selection by name. */
 #include "test_util.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -52,6 +53,77 @@ static void test_kernels_cpu_attention(void **state)
 #else
     kc_attention(*state, 1);
 #endif
+}
+/* The bf16 K/V cache (run --kv-dtype bf16): each kernel is its float32
+ * self on the widened cache, bit for bit (the reference, and the CPU
+ * kernel on 1-3 threads, outputs and A-MoD's probs), so the float32 tests
+ * above cover its arithmetic; and the CPU kernel is within the float
+ * tolerance of the reference. Shapes: odd head widths (vector tails), GQA,
+ * one KV head as wide as MLA's latent row, rows past the kernel's 256-position
+ * ranges, position 0. */
+static void test_kernels_cpu_attention_bf16(void **state)
+{
+    kc_ctx *c = *state;
+    const int shapes[][4] = {/* T, heads, kv_heads, head_dim */
+                             {1, 1, 1, 1},    {9, 3, 3, 5},    {40, 4, 2, 67},
+                             {300, 8, 2, 64}, {600, 4, 1, 576}, {1100, 2, 2, 128}};
+    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+        const int T = shapes[k][0], H = shapes[k][1], KV = shapes[k][2], D = shapes[k][3];
+        const size_t nkv = (size_t)T * KV * D;
+        const int32_t pos[3] = {T - 1, T / 3, 0};
+        const int64_t N = T > 2 ? 3 : 1;
+        float *q = kc_rnd((size_t)N * H * D, &c->seed), *kf = kc_rnd(nkv, &c->seed), *vf = kc_rnd(nkv, &c->seed);
+        uint16_t *kh = malloc(nkv * sizeof *kh), *vh = malloc(nkv * sizeof *vh);
+        float *o[4], *p[4];
+        for (int i = 0; i < 4; i++) {
+            o[i] = malloc(sizeof(float) * (size_t)N * H * D);
+            p[i] = malloc(sizeof(float) * (size_t)H * N * T);
+        }
+        for (size_t i = 0; i < nkv; i++) {
+            kh[i] = epm_f32_to_bf16(kf[i] * 3.0f), kf[i] = epm_bf16_to_f32(kh[i]);
+            vh[i] = epm_f32_to_bf16(vf[i]), vf[i] = epm_bf16_to_f32(vh[i]);
+        }
+        assert_int_equal(epm_ref_attention(q, N, pos, kf, vf, T, H, KV, D, o[0], p[0]), EPM_OK);
+        assert_int_equal(epm_ref_attention_bf16(q, N, pos, kh, vh, T, H, KV, D, o[1], p[1]), EPM_OK);
+        assert_memory_equal(o[0], o[1], sizeof(float) * (size_t)N * H * D);
+        assert_memory_equal(p[0], p[1], sizeof(float) * (size_t)H * N * T);
+#ifdef _OPENMP
+        const int was = omp_get_max_threads();
+#endif
+        for (int t = 1; t <= 3; t++) {
+#ifdef _OPENMP
+            omp_set_num_threads(t);
+#endif
+            assert_int_equal(epm_cpu_attention(q, N, pos, kf, vf, T, H, KV, D, o[2], p[2]), EPM_OK);
+            assert_int_equal(epm_cpu_attention_bf16(q, N, pos, kh, vh, T, H, KV, D, o[3], p[3]), EPM_OK);
+            assert_memory_equal(o[2], o[3], sizeof(float) * (size_t)N * H * D);
+            assert_memory_equal(p[2], p[3], sizeof(float) * (size_t)H * N * T);
+        }
+#ifdef _OPENMP
+        omp_set_num_threads(was);
+#endif
+        double m = 0, e = 0;
+        for (size_t i = 0; i < (size_t)N * H * D; i++) {
+            m = fmax(m, fabs(o[1][i]));
+            e = fmax(e, fabs((double)o[3][i] - o[1][i]));
+        }
+        if (e > 1e-5 * m + 1e-6)
+            fail_msg("T %d heads %d/%d hd %d: cpu bf16 attention %g off the reference (max %g)", T, H, KV, D, e, m);
+        /* the ops tables the runtime picks from carry these */
+        assert_ptr_equal(epm_ops_ref()->attention_w16, epm_ref_attention_bf16);
+        assert_ptr_equal(epm_ops_blas()->attention_w16, epm_cpu_attention_bf16);
+        free(q), free(kf), free(vf), free(kh), free(vh);
+        for (int i = 0; i < 4; i++)
+            free(o[i]), free(p[i]);
+    }
+    /* bad arguments are named as the bf16 cache's */
+    float x[4] = {0};
+    uint16_t h[4] = {0};
+    const int32_t bad = 4;
+    assert_int_equal(epm_cpu_attention_bf16(x, 1, &bad, h, h, 4, 1, 1, 1, x, NULL), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "bf16 cache"));
+    assert_int_equal(epm_ref_attention_bf16(x, 1, &bad, NULL, h, 8, 1, 1, 1, x, NULL), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "kc is NULL"));
 }
 static void test_kernels_cpu_router(void **state) { kc_router(*state); }
 static void test_kernels_cpu_route(void **state) { kc_route(*state); }
@@ -606,6 +678,7 @@ int main(void)
         cmocka_unit_test(test_kernels_cpu_rmsnorm),
         cmocka_unit_test(test_kernels_cpu_rope),
         cmocka_unit_test(test_kernels_cpu_attention),
+        cmocka_unit_test(test_kernels_cpu_attention_bf16),
         cmocka_unit_test(test_kernels_cpu_router),
         cmocka_unit_test(test_kernels_cpu_route),
         cmocka_unit_test(test_kernels_cpu_permute_f32),
