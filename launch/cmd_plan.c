@@ -48,9 +48,10 @@ static const char eval_usage[] =
     "prints side by side: per-rank expert load (max/mean), token transfers crossing ranks and\n"
     "nodes, bytes per link class and a modelled MoE time, with ratios to the first placement.\n"
     "  --trace FILE          routing trace\n"
-    "  --model DIR           --hidden, --dtype-bytes, --kv-dim and --ffn from the checkpoint's\n"
-    "                        config.json, whose experts and MoE layers must be the trace's (flags\n"
-    "                        given beside it win)\n"
+    "  --model DIR           --hidden, --kv-dim and --ffn from the checkpoint's config.json, whose\n"
+    "                        experts and MoE layers must be the trace's (flags given beside it\n"
+    "                        win), and --dtype-bytes 4: epmoe run's activations are float32 on the\n"
+    "                        wire whatever the weights' dtype, so this predicts what run counts\n"
     "  --mode M              home | follow | both (default: the placements' own mode; both when\n"
     "                        they were planned for different modes)\n"
     "  --hidden H            hidden size (default 4096)\n"
@@ -103,8 +104,10 @@ static epm_status model_shape_load(const char *dir, model_shape *m)
     m->ffn = c.moe_ffn;
     m->experts = c.num_experts;
     m->moe_layers = epm_model_config_moe_layers(&c);
-    /* bf16 on the wire for a bf16 (or FP8, run as bf16) model, float32's 4 bytes otherwise */
-    m->dtype_bytes = c.dtype == EPM_DTYPE_F32 && !c.fp8_block[0] ? 4 : 2;
+    /* what epmoe run sends: its activations are float32 whatever the
+     * weights are held in (a bf16 checkpoint's too), so plan eval --model
+     * predicts the run's bytes; --dtype-bytes 2 plans a bf16-wire deployment */
+    m->dtype_bytes = (int)sizeof(float);
     epm_model_config_clear(&c);
     return EPM_OK;
 }

@@ -132,6 +132,26 @@ print('cache', r['kv_cache'], r['kv_row_floats'])
 sys.exit(0 if run == ev and kv > 0 and kv % 160 == 0 and r['kv_cache'] == 'mla-latent' and r['kv_row_floats'] == 40
          else 1)
 EOF2
+  # a bf16 checkpoint: run's activations are float32 on the wire all the same, and --model says so
+  # (it once predicted 2 bytes per element: half of what run counts)
+  check "synth bf16" 0 "$E" model synth --out "$d/m16" --dtype bf16 --layers 2 --experts 8 --k 2
+  check "bf16 traced run" 0 mpi -np 3 "$E" run --model "$d/m16" --input "$d/in.json" --max-new-tokens 3 --mode follow \
+    --trace-out "$d/m16.st"
+  check "bf16 plan" 0 "$E" plan --trace "$d/m16.st" --model "$d/m16" --gpus-per-node 3 --method greedy \
+    --mode follow --out "$d/m16.json" --quiet
+  check "bf16 run with the plan" 0 mpi -np 3 "$E" run --model "$d/m16" --input "$d/in.json" --max-new-tokens 3 \
+    --mode follow --placement "$d/m16.json" --json --report
+  cp "$d/out" "$d/m16run.json"
+  check "bf16 plan eval --model" 0 "$E" plan eval --trace "$d/m16.st" "$d/m16.json" --model "$d/m16" --json
+  python3 - "$d/m16run.json" "$d/out" <<'EOF2' || { echo "FAIL: plan eval --model (bf16) does not predict the run's bytes"; fails=$((fails + 1)); }
+import json, sys
+r = json.load(open(sys.argv[1]))['report']
+e = json.load(open(sys.argv[2]))['placements'][0]['results'][0]
+run = [sum(l['bytes'][c] + l['kv_bytes'][c] for l in r['layers']) + r['gather_bytes'][c] for c in (1, 2)]
+ev = [e['bytes']['intra_node'], e['bytes']['inter_node']]
+print('bf16 checkpoint: run counted', run, 'plan eval predicted', ev, 'experts held', r['expert_dtype'])
+sys.exit(0 if run == ev and run[0] > 0 and r['expert_dtype'] == 'BF16' else 1)
+EOF2
   # the flags the model replaces change the prediction; given beside it, they win
   check "plan eval --model --kv-dim" 0 "$E" plan eval --trace "$d/ds.st" "$d/ds.json" --model "$ds" --kv-dim 192 --json
   cmp -s "$d/out" "$d/dsrun.json" && { echo "FAIL: --kv-dim beside --model changed nothing"; fails=$((fails + 1)); }
