@@ -384,9 +384,15 @@ int epm_bench_run(int argc, char **argv)
     }
     if (!model)
         return cli_usage_error(W, "--model is required");
-    if (!!ta_list + !!mod + dtypes + mla + kvdt > 1)
-        return cli_usage_error(W, "--ta, --mod, --expert-dtypes, --mla-cache and --kv-dtypes are each a bench of "
-                               "their own: give one");
+    if (!!ta_list + !!mod + dtypes + mla + kvdt > 1) {
+        char given[96] = "";
+        const char *name[] = {"--ta", "--mod", "--expert-dtypes", "--mla-cache", "--kv-dtypes"};
+        const int on[] = {ta_list != NULL, mod != EPM_MOD_OFF, dtypes, mla, kvdt};
+        for (int i = 0; i < 5; i++)
+            if (on[i])
+                snprintf(given + strlen(given), sizeof given - strlen(given), "%s%s", *given ? " and " : "", name[i]);
+        return cli_usage_error(W, "%s: each is a bench of its own; give one", given);
+    }
     /* the sizes are those of the buffers the lists are copied into below */
     if (!check_list(W, "--modes", modes_s, 64, 'm') || !check_list(W, "--methods", methods_s, 128, 'p') ||
         (ta_list && !check_list(W, "--ta", ta_list, 250, 't')) ||

@@ -1144,12 +1144,12 @@ static epm_status memory_check(rt *r)
     if (limit > 0 && w + kv + scr > limit)
         return epm_fail(EPM_ERR_NOMEM, "would hold %.4g GB (weights %.4g GB, routed experts as %s, dense matrices "
                         "as %s, %s KV cache %.4g GB for %d sequences x %d positions, FFN scratch %.4g GB) but %s "
-                        "%.4g GB; use more ranks, fewer or shorter sequences, --kv-dtype bf16, or another placement",
+                        "%.4g GB; use more ranks, fewer or shorter sequences%s, or another placement",
                         (w + kv + scr) / 1e9, w / 1e9, r->w8 ? "fp8" : r->w16 ? "bf16" : "float32",
                         r->d8 ? "fp8 and bf16" : r->d16 ? "bf16" : "float32", r->kv16 ? "bf16" : "float32", kv / 1e9,
                         seqs, r->max_len,
                         scr / 1e9, r->o->max_memory > 0 ? "--max-memory allows" : "the machine has, per rank,",
-                        limit / 1e9);
+                        limit / 1e9, r->kv16 ? "" : ", --kv-dtype bf16");
     return EPM_OK;
 }
 

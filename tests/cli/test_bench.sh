@@ -543,7 +543,7 @@ ok "bench run --kv-dtypes" mpi -np 3 "$E" bench run --model "$F/qwen2moe-tiny" -
              NR == 2 && $1 == "F32" && $2 > 0 && $3 == 1 && $6 == 1 && $7 == 1 && $8 == 0 && $9 == 1 {a = 1; b32 = $2}
              NR == 3 && $1 == "BF16" && $2 * 2 == b32 && $3 == 0.5 && $4 > 0 && $5 > 0 && $8 > 0 && $8 < 0.05 {b = 1}
              END {exit !(h && a && b && NR == 3)}' "$d/out" || { fail "bench run --kv-dtypes: rows"; show; }; }
-usage run --kv-dtypes "" --model "$m" --kv-dtypes --mla-cache
+usage run "--kv-dtypes --mla-cache" "" --model "$m" --kv-dtypes --mla-cache
 help_ok run --model --batch --seq --new --methods --modes --workdir --reps --warmup --ta --mod --capacities \
   --expert-dtypes --mla-cache --kv-dtypes --csv
 usage run --model "" --batch 2

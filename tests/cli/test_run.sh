@@ -41,9 +41,16 @@ has "$d/out" '"kv_dtype": "BF16"'
 kv16=$(kvbytes)
 [ -n "$kv16" ] && [ "$kv16" -gt 0 ] && [ $((2 * kv16)) = "$kv32" ] ||
   { echo "FAIL: bf16 K/V cache of $kv16 bytes against float32's $kv32"; fails=$((fails + 1)); }
+# the memory check's estimate (before anything is loaded) halves too
+kvgb() { sed -n "s/.*$1 KV cache \([0-9.e+-]*\) GB.*/\1/p" "$d/err" | head -1; }
+check "float32 K/V cache over the memory allowed" 1 run -np 2 "$E" run --model "$m" --input "$d/in.json" \
+  --max-new-tokens 900 --max-memory 0.0001
+g32=$(kvgb float32)
 check "bf16 K/V cache over the memory allowed" 1 run -np 2 "$E" run --model "$m" --input "$d/in.json" \
-  --kv-dtype bf16 --max-memory 0.0001
-has "$d/err" "bf16 KV cache"
+  --max-new-tokens 900 --kv-dtype bf16 --max-memory 0.0001
+g16=$(kvgb bf16)
+awk -v a="$g32" -v b="$g16" 'BEGIN {exit !(a > 0 && b > 0 && (a - 2 * b) ^ 2 <= (1e-3 * a) ^ 2)}' ||
+  { echo "FAIL: estimated K/V cache: bf16 $g16 GB against float32's $g32 GB"; fails=$((fails + 1)); }
 check "K/V cache dtype it has not" 2 "$E" run --model "$m" --input "$d/in.json" --kv-dtype fp8
 has "$d/err" "--kv-dtype 'fp8' is not f32 or bf16"
 check "bindings" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --bind --report-bindings

@@ -64,9 +64,9 @@ static void test_kernels_cpu_attention(void **state)
 static void test_kernels_cpu_attention_bf16(void **state)
 {
     kc_ctx *c = *state;
-    const int shapes[][4] = {/* T, heads, kv_heads, head_dim */
-                             {1, 1, 1, 1},    {9, 3, 3, 5},    {40, 4, 2, 67},
-                             {300, 8, 2, 64}, {600, 4, 1, 576}, {1100, 2, 2, 128}};
+    const int shapes[][4] = {/* T, heads, kv_heads, head_dim (no GQA with a lone 8-wide step: 13, 24) */
+                             {1, 1, 1, 1},     {9, 3, 3, 5},      {40, 4, 2, 67},    {50, 3, 3, 13},
+                             {50, 2, 2, 24},   {300, 8, 2, 64},   {600, 4, 1, 576},  {1100, 2, 2, 128}};
     for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
         const int T = shapes[k][0], H = shapes[k][1], KV = shapes[k][2], D = shapes[k][3];
         const size_t nkv = (size_t)T * KV * D;
