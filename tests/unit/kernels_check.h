@@ -217,7 +217,9 @@ static void kc_attention(kc_ctx *c, int probs_supported)
                                    {1, 0, 1, 1, 1, 1},   {5, 0, 5, 4, 2, 64},   {3, 9, 67, 8, 1, 128},
                                    {1, 66, 67, 4, 4, 3}, {16, 4, 20, 6, 3, 32}, {0, 0, 4, 2, 1, 8},
                                    /* long contexts (decode past a prompt), a group of 4, odd widths */
-                                   {2, 1500, 1503, 8, 2, 128}, {3, 297, 300, 12, 3, 72}, {1, 40, 41, 5, 5, 13}};
+                                   {2, 1500, 1503, 8, 2, 128}, {3, 297, 300, 12, 3, 72}, {1, 40, 41, 5, 5, 13},
+                                   /* GQA groups of 5 (4 + 1) with a scalar tail, and of 16 */
+                                   {3, 297, 300, 10, 2, 7},    {2, 64, 67, 16, 1, 24}};
     if (!c->F->attention)
         return;
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {

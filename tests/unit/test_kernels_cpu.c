@@ -64,9 +64,12 @@ static void test_kernels_cpu_attention(void **state)
 static void test_kernels_cpu_attention_bf16(void **state)
 {
     kc_ctx *c = *state;
-    const int shapes[][4] = {/* T, heads, kv_heads, head_dim (no GQA with a lone 8-wide step: 13, 24) */
+    const int shapes[][4] = {/* T, heads, kv_heads, head_dim (no GQA with a lone 8-wide step: 13, 24;
+                                groups of 3, 5 = 4 + 1, 6 = 4 + 2, 8 and 16, positions not a multiple of 4) */
                              {1, 1, 1, 1},     {9, 3, 3, 5},      {40, 4, 2, 67},    {50, 3, 3, 13},
-                             {50, 2, 2, 24},   {300, 8, 2, 64},   {600, 4, 1, 576},  {1100, 2, 2, 128}};
+                             {50, 2, 2, 24},   {300, 8, 2, 64},   {600, 4, 1, 576},  {1100, 2, 2, 128},
+                             {300, 6, 2, 13},  {263, 10, 2, 24},  {257, 12, 2, 1},   {131, 16, 2, 7},
+                             {67, 16, 1, 128}};
     for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
         const int T = shapes[k][0], H = shapes[k][1], KV = shapes[k][2], D = shapes[k][3];
         const size_t nkv = (size_t)T * KV * D;
