@@ -190,10 +190,8 @@ enum {
 /* Positions [t0, t1) of one query row q [heads][hd] for every head: the
  * running max m[h], sum z[h] and output o[h][hd] (scaled by exp(-m[h]));
  * sc holds heads x BLOCK floats. An empty range leaves m = -inf, z = 0. */
-static inline __attribute__((always_inline)) void piece(const float *q, int heads, int group, int hd,
-                                                        const void *kc, const void *vc, int w16, int kv_heads,
-                                                        int64_t t0, int64_t t1, float scale, float *sc, float *m,
-                                                        float *z, float *o)
+static inline AI void piece(const float *q, int heads, int group, int hd, const void *kc, const void *vc, int w16,
+                            int kv_heads, int64_t t0, int64_t t1, float scale, float *sc, float *m, float *z, float *o)
 {
     const int64_t ld = (int64_t)kv_heads * hd;
     for (int h = 0; h < heads; h++)
@@ -276,8 +274,7 @@ static epm_status by_ranges(const float *q, int64_t n, const int32_t *pos, const
         longest = (int64_t)pos[i] + 1 > longest ? (int64_t)pos[i] + 1 : longest;
     const int64_t C = (longest + RANGE - 1) / RANGE, pieces = n * C;
     const int64_t pw = (int64_t)heads * (hd + 2); /* one piece's m, z and o */
-    const int64_t per = (int64_t)heads * BLOCK; /* a thread's scores */
-    float *buf = epm_malloc(((size_t)pieces * (size_t)pw + (size_t)nt * (size_t)per) * sizeof *buf);
+    float *buf = epm_malloc(((size_t)pieces * (size_t)pw + (size_t)nt * heads * BLOCK) * sizeof *buf);
     if (!buf)
         return epm_fail(EPM_ERR_NOMEM, "cpu attention: allocation of %lld pieces of %lld floats failed",
                         (long long)pieces, (long long)pw);
@@ -291,9 +288,8 @@ EPM_OMP("omp parallel num_threads(nt)")
             int64_t i = k / C, c = k % C, len = (int64_t)pos[i] + 1;
             int64_t t0 = c * RANGE < len ? c * RANGE : len, t1 = (c + 1) * RANGE < len ? (c + 1) * RANGE : len;
             float *pp = part + k * pw;
-            float *ts = scr + (int64_t)me * per;
-            (w16 ? piece_bf16 : piece_f32)(q + i * heads * hd, heads, group, hd, kc, vc, kv_heads, t0, t1, scale, ts,
-                                           pp, pp + heads, pp + 2 * heads);
+            (w16 ? piece_bf16 : piece_f32)(q + i * heads * hd, heads, group, hd, kc, vc, kv_heads, t0, t1, scale,
+                                           scr + (int64_t)me * heads * BLOCK, pp, pp + heads, pp + 2 * heads);
         }
 EPM_OMP("omp barrier")
         epm_omp_share(n * heads, 1, &c0, &c1);
@@ -350,9 +346,8 @@ EPM_OMP("omp parallel num_threads(nt)")
         for (int64_t it = c0; it < c1; it++) {
             int64_t i = it / kv_heads;
             int kh = (int)(it % kv_heads), h0 = kh * group;
-            float *ts = sc + (int64_t)me * per;
             (w16 ? kv_head_probs_bf16 : kv_head_probs_f32)(q + (i * heads + h0) * hd, group, hd, kc, kv_heads, kh,
-                                                           (int64_t)pos[i] + 1, scale, ts,
+                                                           (int64_t)pos[i] + 1, scale, sc + (int64_t)me * per,
                                                            probs + ((int64_t)h0 * n + i) * cache_len, n * cache_len,
                                                            cache_len);
         }

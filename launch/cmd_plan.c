@@ -88,7 +88,7 @@ static const struct option plan_opts[] = {
  * weights). */
 typedef struct model_shape {
     const char *dir;
-    int hidden, kv_dim, ffn, experts, moe_layers, dtype_bytes;
+    int hidden, kv_dim, ffn, experts, moe_layers;
 } model_shape;
 
 static epm_status model_shape_load(const char *dir, model_shape *m)
@@ -104,10 +104,6 @@ static epm_status model_shape_load(const char *dir, model_shape *m)
     m->ffn = c.moe_ffn;
     m->experts = c.num_experts;
     m->moe_layers = epm_model_config_moe_layers(&c);
-    /* what epmoe run sends: its activations are float32 whatever the
-     * weights are held in (a bf16 checkpoint's too), so plan eval --model
-     * predicts the run's bytes; --dtype-bytes 2 plans a bf16-wire deployment */
-    m->dtype_bytes = (int)sizeof(float);
     epm_model_config_clear(&c);
     return EPM_OK;
 }
@@ -418,7 +414,10 @@ static int cmd_eval(int argc, char **argv)
         if ((st = model_shape_load(model_dir, &ms)) != EPM_OK)
             return cli_fail(W, st);
         hidden = have_hidden ? hidden : ms.hidden;
-        dtb = have_dtb ? dtb : ms.dtype_bytes;
+        /* what epmoe run sends: its activations are float32 whatever the
+         * weights are held in (a bf16 checkpoint's too), so plan eval --model
+         * predicts the run's bytes; --dtype-bytes 2 plans a bf16-wire deployment */
+        dtb = have_dtb ? dtb : (long)sizeof(float);
         kv = have_kv ? kv : ms.kv_dim;
         ffn = have_ffn ? ffn : ms.ffn;
     }
