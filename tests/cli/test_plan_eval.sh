@@ -112,49 +112,41 @@ ds=$F/deepseekv3-tiny
 if command -v mpirun >/dev/null; then
   echo '[[5, 9, 13, 2, 7, 11, 3], [4, 8, 1, 6], [10, 12, 14, 15, 16]]' >"$d/in.json"
   mpi() { ASAN_OPTIONS=$no_leaks timeout 120 mpirun --oversubscribe "$@"; }
-  check "traced run" 0 mpi -np 3 "$E" run --model "$ds" --input "$d/in.json" --max-new-tokens 3 --mode follow \
-    --trace-out "$d/ds.st"
-  check "plan --model" 0 "$E" plan --trace "$d/ds.st" --model "$ds" --gpus-per-node 3 --method greedy --mode follow \
-    --out "$d/ds.json" --quiet
-  check "run with the plan" 0 mpi -np 3 "$E" run --model "$ds" --input "$d/in.json" --max-new-tokens 3 --mode follow \
-    --placement "$d/ds.json" --json --report
-  cp "$d/out" "$d/dsrun.json"
-  check "plan eval --model" 0 "$E" plan eval --trace "$d/ds.st" "$d/ds.json" --model "$ds" --json
-  python3 - "$d/dsrun.json" "$d/out" <<'EOF2' || { echo "FAIL: plan eval --model does not predict the run's bytes"; fails=$((fails + 1)); }
+  # predicts NAME MODEL CONDITION: a traced 3-rank follow run, a plan from its trace, the run with it
+  # and plan eval --model of the plan: the bytes run counted are plan eval's, and CONDITION (Python
+  # over the report r, its bytes run and its K/V bytes kv) holds; $d/NAME-eval.json keeps the eval
+  predicts() {
+    local name=$1 model=$2
+    check "$name: traced run" 0 mpi -np 3 "$E" run --model "$model" --input "$d/in.json" --max-new-tokens 3 \
+      --mode follow --trace-out "$d/$name.st"
+    check "$name: plan --model" 0 "$E" plan --trace "$d/$name.st" --model "$model" --gpus-per-node 3 \
+      --method greedy --mode follow --out "$d/$name.json" --quiet
+    check "$name: run with the plan" 0 mpi -np 3 "$E" run --model "$model" --input "$d/in.json" --max-new-tokens 3 \
+      --mode follow --placement "$d/$name.json" --json --report
+    cp "$d/out" "$d/$name-run.json"
+    check "$name: plan eval --model" 0 "$E" plan eval --trace "$d/$name.st" "$d/$name.json" --model "$model" --json
+    cp "$d/out" "$d/$name-eval.json"
+    python3 - "$d/$name-run.json" "$d/$name-eval.json" "$3" <<'EOF2' ||
 import json, sys
 r = json.load(open(sys.argv[1]))['report']
 e = json.load(open(sys.argv[2]))['placements'][0]['results'][0]
 run = [sum(l['bytes'][c] + l['kv_bytes'][c] for l in r['layers']) + r['gather_bytes'][c] for c in (1, 2)]
 kv = sum(l['kv_bytes'][1] for l in r['layers'])
 ev = [e['bytes']['intra_node'], e['bytes']['inter_node']]
-print('run counted', run, '(K/V', kv, ') plan eval predicted', ev)
-print('cache', r['kv_cache'], r['kv_row_floats'])
-sys.exit(0 if run == ev and kv > 0 and kv % 160 == 0 and r['kv_cache'] == 'mla-latent' and r['kv_row_floats'] == 40
-         else 1)
+print('run counted', run, '(K/V', kv, ') plan eval predicted', ev, '; cache', r['kv_cache'], r['kv_row_floats'],
+      '; experts held', r['expert_dtype'])
+sys.exit(0 if run == ev and eval(sys.argv[3]) else 1)
 EOF2
+      { echo "FAIL: plan eval --model does not predict the run's bytes ($name)"; fails=$((fails + 1)); }
+  }
+  predicts ds "$ds" "kv > 0 and kv % 160 == 0 and r['kv_cache'] == 'mla-latent' and r['kv_row_floats'] == 40"
   # a bf16 checkpoint: run's activations are float32 on the wire all the same, and --model says so
   # (it once predicted 2 bytes per element: half of what run counts)
   check "synth bf16" 0 "$E" model synth --out "$d/m16" --dtype bf16 --layers 2 --experts 8 --k 2
-  check "bf16 traced run" 0 mpi -np 3 "$E" run --model "$d/m16" --input "$d/in.json" --max-new-tokens 3 --mode follow \
-    --trace-out "$d/m16.st"
-  check "bf16 plan" 0 "$E" plan --trace "$d/m16.st" --model "$d/m16" --gpus-per-node 3 --method greedy \
-    --mode follow --out "$d/m16.json" --quiet
-  check "bf16 run with the plan" 0 mpi -np 3 "$E" run --model "$d/m16" --input "$d/in.json" --max-new-tokens 3 \
-    --mode follow --placement "$d/m16.json" --json --report
-  cp "$d/out" "$d/m16run.json"
-  check "bf16 plan eval --model" 0 "$E" plan eval --trace "$d/m16.st" "$d/m16.json" --model "$d/m16" --json
-  python3 - "$d/m16run.json" "$d/out" <<'EOF2' || { echo "FAIL: plan eval --model (bf16) does not predict the run's bytes"; fails=$((fails + 1)); }
-import json, sys
-r = json.load(open(sys.argv[1]))['report']
-e = json.load(open(sys.argv[2]))['placements'][0]['results'][0]
-run = [sum(l['bytes'][c] + l['kv_bytes'][c] for l in r['layers']) + r['gather_bytes'][c] for c in (1, 2)]
-ev = [e['bytes']['intra_node'], e['bytes']['inter_node']]
-print('bf16 checkpoint: run counted', run, 'plan eval predicted', ev, 'experts held', r['expert_dtype'])
-sys.exit(0 if run == ev and run[0] > 0 and r['expert_dtype'] == 'BF16' else 1)
-EOF2
+  predicts m16 "$d/m16" "run[0] > 0 and r['expert_dtype'] == 'BF16'"
   # the flags the model replaces change the prediction; given beside it, they win
   check "plan eval --model --kv-dim" 0 "$E" plan eval --trace "$d/ds.st" "$d/ds.json" --model "$ds" --kv-dim 192 --json
-  cmp -s "$d/out" "$d/dsrun.json" && { echo "FAIL: --kv-dim beside --model changed nothing"; fails=$((fails + 1)); }
+  cmp -s "$d/out" "$d/ds-eval.json" && { echo "FAIL: --kv-dim beside --model changed nothing"; fails=$((fails + 1)); }
 fi
 # a model whose experts or MoE layers are not the trace's is refused, naming both
 check "synth 6 experts" 0 "$E" model synth --out "$d/m6" --experts 6 --layers 3
