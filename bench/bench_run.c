@@ -243,18 +243,16 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
                        : "%-8s %-6s %12s %12s %9s %9s %9s %9s %13s %9s\n",
                    "experts", "dense", "prefill t/s", "decode t/s", "pre/f32", "dec/f32", "pre/bf16", "dec/bf16",
                    "logit rel err", "token agr");
-        else if (which == 'm')
-            printf(csv ? "mla_cache,kv_cache_bytes_rank,kv_vs_expanded,prefill_tok_s,decode_tok_s,prefill_vs_expanded,"
-                         "decode_vs_expanded,logit_rel_err,token_agreement\n"
-                       : "%-9s %14s %8s %12s %12s %9s %9s %13s %9s\n",
-                   "mla cache", "kv bytes/rank", "kv/exp", "prefill t/s", "decode t/s", "pre/exp", "dec/exp",
-                   "logit rel err", "token agr");
+        else if (csv) /* the cache's two forms ('m') or dtypes ('k'), against the first */
+            printf("%s,kv_cache_bytes_rank,kv_vs_%s,prefill_tok_s,decode_tok_s,prefill_vs_%s,decode_vs_%s,"
+                   "logit_rel_err,token_agreement\n", which == 'm' ? "mla_cache" : "kv_dtype",
+                   which == 'm' ? "expanded" : "f32", which == 'm' ? "expanded" : "f32",
+                   which == 'm' ? "expanded" : "f32");
         else
-            printf(csv ? "kv_dtype,kv_cache_bytes_rank,kv_vs_f32,prefill_tok_s,decode_tok_s,prefill_vs_f32,"
-                         "decode_vs_f32,logit_rel_err,token_agreement\n"
-                       : "%-9s %14s %8s %12s %12s %9s %9s %13s %9s\n",
-                   "kv dtype", "kv bytes/rank", "kv/f32", "prefill t/s", "decode t/s", "pre/f32", "dec/f32",
-                   "logit rel err", "token agr");
+            printf("%-9s %14s %8s %12s %12s %9s %9s %13s %9s\n", which == 'm' ? "mla cache" : "kv dtype",
+                   "kv bytes/rank", which == 'm' ? "kv/exp" : "kv/f32", "prefill t/s", "decode t/s",
+                   which == 'm' ? "pre/exp" : "pre/f32", which == 'm' ? "dec/exp" : "dec/f32", "logit rel err",
+                   "token agr");
         for (int k = 0; k < configs; k++) {
             const epm_run_result *b = first[k];
             double err = 0, mx = 0;
