@@ -243,7 +243,9 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     float *vout = absorbed ? epm_malloc(rows * nh * c->v_head_dim * sizeof *vout) : NULL;
     int32_t *pos = epm_malloc(rows * sizeof *pos);
     float *all = NULL, *probs = NULL;
-    if (!x || !q || !kv || !att || !o || !k || (vw && !v) || (absorbed && !vout) || !pos) {
+    /* one cache row packed for the wire, or unpacked from it */
+    float *kvw = r->wire16 ? epm_malloc(((size_t)kw + vw + 1) * sizeof *kvw) : NULL;
+    if (!x || !q || !kv || !att || !o || !k || (vw && !v) || (absorbed && !vout) || !pos || (r->wire16 && !kvw)) {
         st = EPM_ERR_NOMEM;
         goto out;
     }
@@ -278,26 +280,44 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     }
     const float *rows_in = kv;
     int64_t nrows = n;
+    /* a cache row's K and V as they travel (all-gathered rows: the wire's dtype) */
+    int RW = W, wire = 0;
     if (r->o->mode == EPM_MODE_FOLLOW) {
-        /* every rank keeps every sequence's cache: all-gather the new rows */
+        /* every rank keeps every sequence's cache: all-gather the new rows,
+         * mine among them, so that each rank caches the same values */
         int ml = r->moe_index[l];
-        int64_t *cnt = ml >= 0 ? r->kv_local + (size_t)ml * EPM_LINK_COUNT : NULL;
+        int64_t *cnt = ml >= 0 ? r->kv_local + (size_t)ml * EPM_LINK_COUNT : NULL, sent[EPM_LINK_COUNT] = {0};
+        RW = 2 + epm_wire_floats(r, kw + vw), wire = 1;
+        for (int64_t i = 0; i < n && r->wire16; i++) { /* packed in place: a packed row is no wider */
+            float *row = kv + i * RW;
+            int64_t gi = get_g(kv + i * W);
+            epm_wire_put(r, kvw, kw + vw, kv + i * W + 2);
+            put_g(row, gi);
+            memcpy(row + 2, kvw, (size_t)(RW - 2) * sizeof *row);
+        }
         EPM_CHECK_GOTO(sync(r, EPM_OK), st, out);
-        EPM_CHECK_GOTO(epm_xcomm_allgather(r->x, n, kv, W, kw + vw, cnt, &all, &nrows), st, out);
+        EPM_CHECK_GOTO(epm_xcomm_allgather(r->x, n, kv, RW, RW - 2, sent, &all, &nrows), st, out);
+        epm_wire_count(r, kw + vw, sent, cnt);
         rows_in = all;
     }
     /* cache rows follow the MoD rule of runtime_mod.c: without skipping, row = position */
     for (int64_t i = 0; i < nrows; i++) {
-        int64_t gi = get_g(rows_in + i * W);
+        const float *row = rows_in + i * RW;
+        int64_t gi = get_g(row);
         int s = seq_of(r, gi), ps = r->cidx[gi - r->g0];
         void *kc = r->kc[(size_t)l * r->B + s], *vc = r->vc[(size_t)l * r->B + s];
         if (!kc) {
             st = epm_fail(EPM_ERR_INTERNAL, "rank %d holds no KV cache for sequence %d", r->me, s);
             goto out;
         }
-        epm_kv_put(kc, r->kv16, (int64_t)ps * kw, kw, rows_in + i * W + 2);
+        const float *kv_in = row + 2;
+        if (wire && r->wire16) {
+            epm_wire_get(r, row + 2, kw + vw, kvw);
+            kv_in = kvw;
+        }
+        epm_kv_put(kc, r->kv16, (int64_t)ps * kw, kw, kv_in);
         if (vw)
-            epm_kv_put(vc, r->kv16, (int64_t)ps * vw, vw, rows_in + i * W + 2 + kw);
+            epm_kv_put(vc, r->kv16, (int64_t)ps * vw, vw, kv_in + kw);
     }
     int amod = r->amod_need && r->amod_need[l];
     if (amod && !(probs = epm_malloc((size_t)nh * r->max_len * sizeof *probs))) {
@@ -341,6 +361,7 @@ out:
     epm_free(pos);
     epm_free(all);
     epm_free(probs);
+    epm_free(kvw);
     return st;
 }
 
@@ -481,6 +502,10 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     float *x2 = epm_malloc((size_t)(n ? n : 1) * H * sizeof *x2);
     if (!x2)
         return EPM_ERR_NOMEM;
+    /* a bf16 wire in follow mode: the residual streams travel with their
+     * tokens, so every token's is rounded, whether it moves or not */
+    if (ml >= 0 && r->o->mode == EPM_MODE_FOLLOW)
+        epm_wire_round(r, h, n * H);
     r->ref->rmsnorm(h, n, H, w->post_attn_norm, c->rms_norm_eps, x2);
     if (ml < 0) { /* dense MLP layer: no experts, no traffic */
         float *y = epm_malloc((size_t)(n ? n : 1) * H * sizeof *y);
@@ -491,7 +516,9 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         epm_free(x2);
         return st;
     }
-    const int W = 2 + H + 2 * K;
+    /* a dispatch row: g, the residual stream (P floats: the wire's dtype),
+     * then the token's K expert ids and K weights */
+    const int P = epm_wire_floats(r, H), W = 2 + P + 2 * K;
     float *rows = epm_malloc((size_t)(n ? n : 1) * (K + 1) * W * sizeof *rows);
     int *dest = epm_malloc((size_t)(n ? n : 1) * (K + 1) * sizeof *dest);
     float *probs = epm_malloc((size_t)4 * E * sizeof *probs); /* gate's scratch */
@@ -544,16 +571,17 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
             dest[nsend * K + j] = -1;
         float *row = rows + nsend * W;
         put_g(row, g[i]);
-        memcpy(row + 2, h + i * H, (size_t)H * sizeof *row);
+        epm_wire_put(r, row + 2, H, h + i * H);
         for (int q = 0; q < K; q++) {
-            row[2 + H + q] = (float)ids[i * K + q];
-            row[2 + H + K + q] = wts[i * K + q];
+            row[2 + P + q] = (float)ids[i * K + q];
+            row[2 + P + K + q] = wts[i * K + q];
         }
         nsend++;
     }
-    int64_t *cnt = r->bytes_local + (size_t)ml * EPM_LINK_COUNT;
+    int64_t *cnt = r->bytes_local + (size_t)ml * EPM_LINK_COUNT, sent[EPM_LINK_COUNT] = {0};
     EPM_CHECK_GOTO(sync(r, EPM_OK), st, out);
-    EPM_CHECK_GOTO(epm_xcomm_exchange_multi(r->x, nsend, K, dest, rows, W, H, cnt, &recv, &rsrc, &nrecv), st, out);
+    EPM_CHECK_GOTO(epm_xcomm_exchange_multi(r->x, nsend, K, dest, rows, W, P, sent, &recv, &rsrc, &nrecv), st, out);
+    epm_wire_count(r, H, sent, cnt);
     r->rep->t_dispatch += epm_now() - t0;
 
     /* the work of this rank: my own tokens with an expert here, then received rows */
@@ -583,19 +611,29 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
             continue;
         float *row = wrows + nw * W;
         put_g(row, g[i]);
-        memcpy(row + 2, h + i * H, (size_t)H * sizeof *row);
+        epm_wire_put(r, row + 2, H, h + i * H);
         for (int q = 0; q < K; q++) {
-            row[2 + H + q] = (float)ids[i * K + q];
-            row[2 + H + K + q] = wts[i * K + q];
+            row[2 + P + q] = (float)ids[i * K + q];
+            row[2 + P + K + q] = wts[i * K + q];
         }
-        memcpy(xin + nw * H, x2 + i * H, (size_t)H * sizeof *xin);
+        /* with a bf16 wire, my own tokens' experts see what a remote
+         * expert would: the normalised rounded state */
+        if (r->wire16) {
+            epm_wire_get(r, row + 2, H, xin + nw * H);
+            r->ref->rmsnorm(xin + nw * H, 1, H, w->post_attn_norm, c->rms_norm_eps, xin + nw * H);
+        } else {
+            memcpy(xin + nw * H, x2 + i * H, (size_t)H * sizeof *xin);
+        }
         wsrc[nw++] = r->me;
     }
     int64_t nlocal = nw;
     memcpy(wrows + nw * W, recv, (size_t)nrecv * W * sizeof *wrows);
     memcpy(wsrc + nw, rsrc, (size_t)nrecv * sizeof *wsrc);
-    for (int64_t i = 0; i < nrecv; i++)
-        r->ref->rmsnorm(recv + i * W + 2, 1, H, w->post_attn_norm, c->rms_norm_eps, xin + (nw + i) * H);
+    for (int64_t i = 0; i < nrecv; i++) {
+        float *xi = xin + (nw + i) * H;
+        epm_wire_get(r, recv + i * W + 2, H, xi);
+        r->ref->rmsnorm(xi, 1, H, w->post_attn_norm, c->rms_norm_eps, xi);
+    }
     nw += nrecv;
     /* group (row, slot) pairs by local expert, stable */
     int64_t npairs = 0;
@@ -603,7 +641,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     for (int64_t i = 0; i < nw; i++) {
         const float *row = wrows + i * W;
         for (int q = 0; q < K; q++)
-            rid[q] = (int32_t)row[2 + H + q];
+            rid[q] = (int32_t)row[2 + P + q];
         epm_route_pick(r->p, ml, rid, K, wsrc[i], (uint64_t)get_g(row), dst);
         for (int q = 0; q < K; q++)
             if (dst[q] == r->me) {
@@ -624,7 +662,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         for (int64_t i = 0; i < nw; i++) {
             const float *row = wrows + i * W;
             for (int q = 0; q < K; q++)
-                rid[q] = (int32_t)row[2 + H + q];
+                rid[q] = (int32_t)row[2 + P + q];
             epm_route_pick(r->p, ml, rid, K, wsrc[i], (uint64_t)get_g(row), dst);
             for (int q = 0; q < K; q++)
                 if (dst[q] == r->me) {
@@ -705,7 +743,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     }
     for (int64_t a = 0; a < npairs; a++) {
         int64_t i = elist[2 * a];
-        float wt = wrows[i * W + 2 + H + K + elist[2 * a + 1]];
+        float wt = wrows[i * W + 2 + P + K + elist[2 * a + 1]];
         for (int j = 0; j < H; j++)
             part[i * H + j] += wt * y[a * H + j];
     }
@@ -717,7 +755,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
 
     /* combine: partial sums travel to the token's combine rank */
     t0 = epm_now();
-    const int PW = 2 + H;
+    const int PW = 2 + P;
     prow = epm_malloc((size_t)(nw ? nw : 1) * PW * sizeof *prow);
     pdest = epm_malloc((size_t)(nw ? nw : 1) * sizeof *pdest);
     if (!prow || !pdest) {
@@ -732,16 +770,18 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         int comb = wsrc[i];
         if (r->o->mode == EPM_MODE_FOLLOW) {
             for (int q = 0; q < K; q++)
-                rid[q] = (int32_t)row[2 + H + q];
+                rid[q] = (int32_t)row[2 + P + q];
             epm_route_pick(r->p, ml, rid, K, wsrc[i], (uint64_t)get_g(row), dst);
             comb = dst[0];
         }
         put_g(prow + np * PW, get_g(row));
-        memcpy(prow + np * PW + 2, part + i * H, (size_t)H * sizeof *prow);
+        epm_wire_put(r, prow + np * PW + 2, H, part + i * H);
         pdest[np++] = comb;
     }
     EPM_CHECK_GOTO(sync(r, EPM_OK), st, out_w);
-    EPM_CHECK_GOTO(epm_xcomm_exchange(r->x, np, pdest, prow, PW, H, cnt, &precv, &psrc, &npr), st, out_w);
+    memset(sent, 0, sizeof sent);
+    EPM_CHECK_GOTO(epm_xcomm_exchange(r->x, np, pdest, prow, PW, P, sent, &precv, &psrc, &npr), st, out_w);
+    epm_wire_count(r, H, sent, cnt);
 
     /* the tokens living here after this layer and their residual streams */
     int64_t nn = 0, capn = n + nw;
@@ -767,12 +807,12 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         for (int64_t i = nlocal; i < nw; i++) {
             const float *row = wrows + i * W;
             for (int q = 0; q < K; q++)
-                rid[q] = (int32_t)row[2 + H + q];
+                rid[q] = (int32_t)row[2 + P + q];
             epm_route_pick(r->p, ml, rid, K, wsrc[i], (uint64_t)get_g(row), dst);
             if (dst[0] != r->me)
                 continue;
             ng[nn] = get_g(row);
-            memcpy(nh + nn * H, row + 2, (size_t)H * sizeof *nh);
+            epm_wire_get(r, row + 2, H, nh + nn * H);
             nn++;
         }
     }
@@ -787,7 +827,8 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         }
         for (int64_t i = 0; i < nn; i++)
             slot[ng[i]] = i;
-        float *acc = epm_calloc((size_t)(nn ? nn : 1) * H, sizeof *acc);
+        /* nn rows, and one to widen a bf16 partial into */
+        float *acc = epm_calloc((size_t)(nn + 1) * H, sizeof *acc), *wide = acc + nn * H;
         if (!acc) {
             epm_free(slot);
             st = EPM_ERR_NOMEM;
@@ -795,8 +836,13 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         }
         for (int64_t i = 0; i < npr; i++) {
             int64_t s = slot[get_g(precv + i * PW)];
+            const float *pr = precv + i * PW + 2;
+            if (r->wire16) {
+                epm_wire_get(r, pr, H, wide);
+                pr = wide;
+            }
             for (int j = 0; j < H; j++)
-                acc[s * H + j] += precv[i * PW + 2 + j];
+                acc[s * H + j] += pr[j];
         }
         for (int64_t i = 0; i < nn * H; i++)
             nh[i] += acc[i];
@@ -828,7 +874,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
                     } else {
                         for (int64_t q = nlocal; q < nw; q++)
                             if (get_g(wrows + q * W) == ng[i]) {
-                                memcpy(hpre + i * H, wrows + q * W + 2, (size_t)H * sizeof *hpre);
+                                epm_wire_get(r, wrows + q * W + 2, H, hpre + i * H);
                                 break;
                             }
                     }
@@ -963,7 +1009,7 @@ static epm_status forward(rt *r, int64_t *pn, int64_t **pg, float **ph)
         return st;
     if (r->o->mode == EPM_MODE_FOLLOW) {
         /* tokens return to their home rank for the logits */
-        int H = c->hidden_size, W = 2 + H;
+        int H = c->hidden_size, P = epm_wire_floats(r, H), W = 2 + P;
         int64_t n = *pn, nr = 0;
         float *rows = epm_malloc((size_t)(n ? n : 1) * W * sizeof *rows), *recv = NULL;
         int *dest = epm_malloc((size_t)(n ? n : 1) * sizeof *dest), *src = NULL;
@@ -974,12 +1020,15 @@ static epm_status forward(rt *r, int64_t *pn, int64_t **pg, float **ph)
         }
         for (int64_t i = 0; i < n; i++) {
             put_g(rows + i * W, (*pg)[i]);
-            memcpy(rows + i * W + 2, *ph + i * H, (size_t)H * sizeof *rows);
+            epm_wire_put(r, rows + i * W + 2, H, *ph + i * H);
             dest[i] = home_of(r, (*pg)[i]);
         }
+        int64_t sent[EPM_LINK_COUNT] = {0};
         st = sync(r, EPM_OK);
         if (st == EPM_OK)
-            st = epm_xcomm_exchange(r->x, n, dest, rows, W, H, r->gather_local, &recv, &src, &nr);
+            st = epm_xcomm_exchange(r->x, n, dest, rows, W, P, sent, &recv, &src, &nr);
+        if (st == EPM_OK)
+            epm_wire_count(r, H, sent, r->gather_local);
         epm_free(rows);
         epm_free(dest);
         if (st != EPM_OK)
@@ -989,7 +1038,7 @@ static epm_status forward(rt *r, int64_t *pn, int64_t **pg, float **ph)
         if (ng && nh) {
             for (int64_t i = 0; i < nr; i++) {
                 ng[i] = get_g(recv + i * W);
-                memcpy(nh + i * H, recv + i * W + 2, (size_t)H * sizeof *nh);
+                epm_wire_get(r, recv + i * W + 2, H, nh + i * H);
             }
         }
         epm_free(recv);
@@ -1162,6 +1211,7 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     const epm_model_config *c = r->c;
     r->latent = c->mla && !o->mla_expanded;
     r->kv16 = o->kv_bf16 != 0;
+    r->wire16 = o->wire_bf16 != 0;
     if (r->kv16 && !r->ops->attention_w16)
         return sync(r, epm_fail(EPM_ERR_UNSUPPORTED, "--kv-dtype bf16: the %s kernels have no attention over a "
                                 "bf16 cache", r->ops->name));
@@ -1602,6 +1652,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     rep->kv_cache = !r.c->mla ? "keys-values" : r.latent ? "mla-latent" : "mla-expanded";
     rep->kv_row_floats = epm_model_kv_floats(r.c, !r.latent);
     rep->kv_dtype = r.kv16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+    rep->wire_dtype = r.wire16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
     rep->bytes = r.bytes_local;
     rep->kv_bytes = r.kv_local;
     rep->rank_load = r.load_local;

@@ -61,6 +61,12 @@ typedef struct epm_run_opts {
     int kv_bf16;                    /* hold the K/V cache in bf16 (half of float32's memory and of the bytes
                                        decoding streams; each value rounded to bf16 as it is stored) rather
                                        than float32 (the default, the checkpoints' reference arithmetic) */
+    int wire_bf16;                  /* activations travel between ranks in bf16, as DeepEP's and vLLM's
+                                       dispatch and combine send them (half of float32's bytes: plan eval's
+                                       dtype bytes 2): every MoE layer's expert inputs are rounded to bf16,
+                                       on every rank, whether their expert is remote or not; so are the
+                                       partial sums of the combine, and in follow mode the residual streams
+                                       and the K/V rows the ranks all-gather. Default float32 */
 } epm_run_opts;
 
 typedef struct epm_run_report {
@@ -88,7 +94,8 @@ typedef struct epm_run_report {
                                "mla-expanded" (epm_run_opts.mla_expanded) */
     int kv_row_floats;      /* its width per token and layer (epm_model_kv_floats): plan's kv_dim */
     epm_dtype kv_dtype;     /* what the cache holds each value in: F32, or BF16 (epm_run_opts.kv_bf16);
-                               rows travel between ranks as float32 either way */
+                               rows travel between ranks in wire_dtype either way */
+    epm_dtype wire_dtype;   /* what activation rows travel between ranks in: F32, or BF16 (wire_bf16) */
 } epm_run_report;
 
 typedef struct epm_run_result {

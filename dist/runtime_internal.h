@@ -30,6 +30,7 @@ typedef struct rt {
     void **kc, **vc;   /* [layers * B] caches, NULL where this rank keeps none (vc: also with MLA's
                           latent cache, whose rows kc holds); float32, or bf16 bit patterns (kv16) */
     int kv16;          /* the caches hold bf16 (epm_run_opts.kv_bf16) */
+    int wire16;        /* activation rows travel between ranks as bf16 (epm_run_opts.wire_bf16) */
     int latent;        /* MLA cached as its latent (runtime_mla.c) */
     epm_weight *mla_ukt; /* [layers] with the latent: kv_b's key half per head, transposed to
                             [heads][kv_lora][qk_nope] (as held), so that absorbing it into the
@@ -145,6 +146,19 @@ epm_status epm_mla_setup(rt *r);
 void epm_mla_teardown(rt *r);
 /* Bytes epm_mla_setup will hold per layer (0 without the latent). */
 double epm_mla_setup_bytes(const rt *r);
+
+/* Activation rows between ranks (runtime_wire.c): a payload of n float32
+ * values takes epm_wire_floats(n) floats of a row (n, or n/2 rounded up as
+ * packed bf16 pairs); _put writes it (rounding to bf16, nearest even), _get
+ * reads it back as float32; _round rounds x [n] in place as _put then _get
+ * would. _count adds to counted (NULL: nothing) the payload bytes of an
+ * exchange of such rows (what it counted in sent) at the wire dtype's
+ * element size, which plan eval's dtype bytes model. */
+int epm_wire_floats(const rt *r, int n);
+void epm_wire_put(const rt *r, float *row, int n, const float *src);
+void epm_wire_get(const rt *r, const float *row, int n, float *dst);
+void epm_wire_round(const rt *r, float *x, int64_t n);
+void epm_wire_count(const rt *r, int n, const int64_t sent[EPM_LINK_COUNT], int64_t *counted);
 
 /* Collective agreement on st (every rank's first failure wins). */
 epm_status epm_rt_sync(rt *r, epm_status st);

@@ -53,6 +53,12 @@ static const char usage[] =
     "  --kv-dtype f32|bf16      what the K/V cache holds each value in: f32 (default, the reference\n"
     "                           arithmetic) or bf16 (half the cache memory and half the bytes a decode\n"
     "                           step streams; K and V rounded to bf16 as they are stored)\n"
+    "  --wire-dtype f32|bf16    what activations travel between ranks in: f32 (default) or bf16 (half\n"
+    "                           the bytes of dispatch, combine, the K/V all-gather and the final\n"
+    "                           gather, as DeepEP and vLLM send them; plan eval --dtype-bytes 2\n"
+    "                           predicts them). Expert inputs and combined partial sums are rounded to\n"
+    "                           bf16 on every rank, remote or not; in follow mode so are the residual\n"
+    "                           streams and the all-gathered K/V rows\n"
     "  --mla-cache latent|expanded\n"
     "                           DeepSeek's multi-head latent attention: cache the latent (default;\n"
     "                           kv_lora_rank + qk_rope_head_dim floats per token and layer, kv_b_proj\n"
@@ -71,7 +77,7 @@ static const char usage[] =
     "  --json                   results as JSON on stdout\n";
 
 enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER, O_MAXMEM,
-       O_EDT, O_DDT, O_MLA, O_KVDT };
+       O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -90,6 +96,7 @@ static const struct option opts[] = {
     {"max-memory", required_argument, 0, O_MAXMEM},  {"expert-dtype", required_argument, 0, O_EDT},
     {"dense-dtype", required_argument, 0, O_DDT},     {"mla-cache", required_argument, 0, O_MLA},
     {"kv-dtype", required_argument, 0, O_KVDT},
+    {"wire-dtype", required_argument, 0, O_WDT},
     {0, 0, 0, 0}};
 
 /* The checkpoint file (a name in dir) that out would overwrite, or NULL:
@@ -149,10 +156,10 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
         fprintf(f, "\"report\": {\"ranks\": %d, \"nodes\": %d, \"prefill_tokens\": %lld, \"decode_tokens\": %lld, "
                    "\"prefill_tokens_per_s\": %.3f, \"decode_tokens_per_s\": %.3f, \"seconds\": {\"prefill\": %.6f, "
                    "\"decode\": %.6f, \"attention\": %.6f, \"gate\": %.6f, \"dispatch\": %.6f, \"experts\": %.6f, "
-                   "\"combine\": %.6f}, \"expert_dtype\": \"%s\", \"dense_dtype\": \"%s\", \"weight_bytes_max_rank\": %lld, \"kv_cache\": \"%s\", \"kv_dtype\": \"%s\", \"kv_row_floats\": %d, \"kv_cache_bytes_max_rank\": %lld, \"gather_bytes\": [%lld, %lld, %lld], \"layers\": [",
+                   "\"combine\": %.6f}, \"expert_dtype\": \"%s\", \"dense_dtype\": \"%s\", \"weight_bytes_max_rank\": %lld, \"kv_cache\": \"%s\", \"kv_dtype\": \"%s\", \"kv_row_floats\": %d, \"kv_cache_bytes_max_rank\": %lld, \"wire_dtype\": \"%s\", \"gather_bytes\": [%lld, %lld, %lld], \"layers\": [",
                 r->ranks, r->nodes, (long long)r->prefill_tokens, (long long)r->decode_tokens, tps, dps, r->t_prefill,
                 r->t_decode, r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine,
-                epm_dtype_name(r->expert_dtype), epm_dtype_name(r->dense_dtype), (long long)r->weight_bytes_max, r->kv_cache ? r->kv_cache : "?", epm_dtype_name(r->kv_dtype), r->kv_row_floats, (long long)r->kv_cache_bytes_max, (long long)r->gather_bytes[0], (long long)r->gather_bytes[1],
+                epm_dtype_name(r->expert_dtype), epm_dtype_name(r->dense_dtype), (long long)r->weight_bytes_max, r->kv_cache ? r->kv_cache : "?", epm_dtype_name(r->kv_dtype), r->kv_row_floats, (long long)r->kv_cache_bytes_max, epm_dtype_name(r->wire_dtype), (long long)r->gather_bytes[0], (long long)r->gather_bytes[1],
                 (long long)r->gather_bytes[2]);
         for (int l = 0; l < r->moe_layers; l++) {
             const int64_t *b = r->bytes + l * EPM_LINK_COUNT, *k = r->kv_bytes + l * EPM_LINK_COUNT;
@@ -199,9 +206,9 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
         for (int c = 0; c < 3; c++)
             tot[c] += b[c] + k[c];
     }
-    fprintf(f, "on the wire (%s%s): intra-node %lld bytes in %lld messages, inter-node %lld bytes in %lld messages\n",
+    fprintf(f, "on the wire (%s%s, activations %s): intra-node %lld bytes in %lld messages, inter-node %lld bytes in %lld messages\n",
             r->transport ? r->transport : "?", r->hierarchical ? ", hierarchical" : ", flat",
-            (long long)r->wire_bytes[1], (long long)r->wire_msgs[1], (long long)r->wire_bytes[2],
+            epm_dtype_name(r->wire_dtype), (long long)r->wire_bytes[1], (long long)r->wire_msgs[1], (long long)r->wire_bytes[2],
             (long long)r->wire_msgs[2]);
     int64_t ran = 0, all = (r->prefill_tokens + r->decode_tokens) * r->num_layers;
     for (int l = 0; l < r->num_layers; l++)
@@ -298,6 +305,11 @@ int epm_cli_run(int argc, char **argv)
             if (strcmp(optarg, "f32") && strcmp(optarg, "bf16"))
                 return cli_usage_error(W, "--kv-dtype '%s' is not f32 or bf16", optarg);
             o.kv_bf16 = !strcmp(optarg, "bf16");
+            break;
+        case O_WDT:
+            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16"))
+                return cli_usage_error(W, "--wire-dtype '%s' is not f32 or bf16", optarg);
+            o.wire_bf16 = !strcmp(optarg, "bf16");
             break;
         case O_MLA:
             if (strcmp(optarg, "latent") && strcmp(optarg, "expanded"))

@@ -112,19 +112,22 @@ ds=$F/deepseekv3-tiny
 if command -v mpirun >/dev/null; then
   echo '[[5, 9, 13, 2, 7, 11, 3], [4, 8, 1, 6], [10, 12, 14, 15, 16]]' >"$d/in.json"
   mpi() { ASAN_OPTIONS=$no_leaks timeout 120 mpirun --oversubscribe "$@"; }
-  # predicts NAME MODEL CONDITION: a traced 3-rank follow run, a plan from its trace, the run with it
-  # and plan eval --model of the plan: the bytes run counted are plan eval's, and CONDITION (Python
-  # over the report r, its bytes run and its K/V bytes kv) holds; $d/NAME-eval.json keeps the eval
+  # predicts NAME MODEL CONDITION [RUN_FLAG [EVAL_FLAG]]: a traced 3-rank follow run, a plan from its
+  # trace, the run with it (and RUN_FLAG) and plan eval --model of the plan (and EVAL_FLAG): the bytes
+  # run counted are plan eval's, and CONDITION (Python over the report r, its bytes run and its K/V
+  # bytes kv) holds; $d/NAME-eval.json keeps the eval
   predicts() {
-    local name=$1 model=$2
+    local name=$1 model=$2 rf=${4:-} ef=${5:-}
     check "$name: traced run" 0 mpi -np 3 "$E" run --model "$model" --input "$d/in.json" --max-new-tokens 3 \
       --mode follow --trace-out "$d/$name.st"
     check "$name: plan --model" 0 "$E" plan --trace "$d/$name.st" --model "$model" --gpus-per-node 3 \
       --method greedy --mode follow --out "$d/$name.json" --quiet
+    # shellcheck disable=SC2086
     check "$name: run with the plan" 0 mpi -np 3 "$E" run --model "$model" --input "$d/in.json" --max-new-tokens 3 \
-      --mode follow --placement "$d/$name.json" --json --report
+      --mode follow --placement "$d/$name.json" --json --report $rf
     cp "$d/out" "$d/$name-run.json"
-    check "$name: plan eval --model" 0 "$E" plan eval --trace "$d/$name.st" "$d/$name.json" --model "$model" --json
+    # shellcheck disable=SC2086
+    check "$name: plan eval --model" 0 "$E" plan eval --trace "$d/$name.st" "$d/$name.json" --model "$model" --json $ef
     cp "$d/out" "$d/$name-eval.json"
     python3 - "$d/$name-run.json" "$d/$name-eval.json" "$3" <<'EOF2' ||
 import json, sys
@@ -144,6 +147,10 @@ EOF2
   # (it once predicted 2 bytes per element: half of what run counts)
   check "synth bf16" 0 "$E" model synth --out "$d/m16" --dtype bf16 --layers 2 --experts 8 --k 2
   predicts m16 "$d/m16" "run[0] > 0 and r['expert_dtype'] == 'BF16'"
+  # activations in bf16 on the wire: 2 bytes per element, as plan eval --dtype-bytes 2 predicts, also
+  # for an odd hidden size (whose rows carry a pad half-word that is not payload)
+  check "synth hidden 33" 0 "$E" model synth --out "$d/m33" --hidden 33 --head-dim 6 --layers 2
+  predicts w33 "$d/m33" "kv > 0 and r['wire_dtype'] == 'BF16'" "--wire-dtype bf16" "--dtype-bytes 2"
   # the flags the model replaces change the prediction; given beside it, they win
   check "plan eval --model --kv-dim" 0 "$E" plan eval --trace "$d/ds.st" "$d/ds.json" --model "$ds" --kv-dim 192 --json
   cmp -s "$d/out" "$d/ds-eval.json" && { echo "FAIL: --kv-dim beside --model changed nothing"; fails=$((fails + 1)); }

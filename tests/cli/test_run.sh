@@ -53,6 +53,8 @@ awk -v a="$g32" -v b="$g16" 'BEGIN {exit !(a > 0 && b > 0 && (a - 2 * b) ^ 2 <= 
   { echo "FAIL: estimated K/V cache: bf16 $g16 GB against float32's $g32 GB"; fails=$((fails + 1)); }
 check "K/V cache dtype it has not" 2 "$E" run --model "$m" --input "$d/in.json" --kv-dtype fp8
 has "$d/err" "--kv-dtype 'fp8' is not f32 or bf16"
+check "wire dtype it has not" 2 "$E" run --model "$m" --input "$d/in.json" --wire-dtype f16
+has "$d/err" "--wire-dtype 'f16' is not f32 or bf16"
 check "bindings" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --bind --report-bindings
 [ "$(grep -c '^binding: rank' "$d/err")" = 2 ] || { echo "FAIL: expected 2 binding lines"; cat "$d/err"; fails=$((fails + 1)); }
 check "trace and logits out" 0 run -np 3 "$E" run --model "$m" --input "$m/reference.safetensors" \

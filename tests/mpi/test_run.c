@@ -125,13 +125,21 @@ static epm_placement *make_placement(int kind, int layers, int experts, int node
     return p;
 }
 
+/* What a run reported: its fullest rank's KV cache, and the bytes it
+ * counted per link class (all MoE layers) */
+typedef struct held {
+    int64_t kv_cache, bytes[EPM_LINK_COUNT], kv_bytes[EPM_LINK_COUNT], gather[EPM_LINK_COUNT];
+} held;
+
+/* lowp: what runs in bf16 besides the weights */
+enum { KV16 = 1, WIRE16 = 2 };
+
 /* f32: widen the weight matrices at load (1), or hold FP8 matrices
  * dequantised to bf16 (2; else held as stored: bf16 where they are bf16,
  * FP8 experts, attention projections and shared experts as FP8); expanded:
- * MLA caches keys and values per head; kv16: the K/V cache holds bf16.
- * Returns the fullest rank's KV cache bytes. */
-static int64_t check_fixture_held(const char *name, epm_mode mode, int kind, int vnodes, int f32, int expanded,
-                                  int kv16)
+ * MLA caches keys and values per head; lowp KV16: the K/V cache holds bf16,
+ * WIRE16: activations travel between ranks in bf16. */
+static held check_fixture_held(const char *name, epm_mode mode, int kind, int vnodes, int f32, int expanded, int lowp)
 {
     fixture f;
     fixture_open(&f, name);
@@ -148,12 +156,14 @@ static int64_t check_fixture_held(const char *name, epm_mode mode, int kind, int
     o.experts_f32 = o.dense_f32 = f32 == 1;
     o.experts_bf16 = o.dense_bf16 = f32 == 2;
     o.mla_expanded = expanded;
-    o.kv_bf16 = kv16;
-    /* a bf16 cache can tip a near-tie of the router (deepseekv3-tiny with
-     * its latent cache: layer 3, token 11, experts 3 and 6 at 1 rank), after
+    o.kv_bf16 = (lowp & KV16) != 0;
+    o.wire_bf16 = (lowp & WIRE16) != 0;
+    /* bf16 can tip a near-tie of the router (deepseekv3-tiny with its
+     * latent cache in bf16: layer 3, token 11, experts 3 and 6 at 1 rank;
+     * mixtral-tiny in follow mode at 1 and 2 ranks with a bf16 wire), after
      * which the logits differ by a different expert's output, not by
      * rounding: those runs replay the reference routing */
-    epm_trace *replay = kv16 ? ref_trace(f.ref) : NULL;
+    epm_trace *replay = lowp ? ref_trace(f.ref) : NULL;
     o.route_from = replay;
     epm_run_result *res;
     const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
@@ -171,13 +181,15 @@ static int64_t check_fixture_held(const char *name, epm_mode mode, int kind, int
             assert_int_equal(res->report.dense_dtype, want);
         }
         /* a bf16 cache rounds every K and V to 8 significant bits: 2^-9 of
-         * each, which the fixtures' logits carry at up to a few 1e-3 */
-        const double tol = kv16 ? 1e-2 : 1e-4;
+         * each, which the fixtures' logits carry at up to a few 1e-3; so
+         * does a bf16 wire the expert inputs and partial sums */
+        const double tol = lowp ? 1e-2 : 1e-4;
         if (e > tol)
-            fprintf(stderr, "%s mode %s placement %d ranks %d kv %s: relative error %g\n", name, epm_mode_name(mode),
-                    kind, R, kv16 ? "bf16" : "f32", e);
+            fprintf(stderr, "%s mode %s placement %d ranks %d kv %s wire %s: relative error %g\n", name,
+                    epm_mode_name(mode), kind, R, lowp & KV16 ? "bf16" : "f32", lowp & WIRE16 ? "bf16" : "f32", e);
         assert_true(e <= tol);
-        assert_int_equal(res->report.kv_dtype, kv16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32);
+        assert_int_equal(res->report.kv_dtype, lowp & KV16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32);
+        assert_int_equal(res->report.wire_dtype, lowp & WIRE16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32);
         /* each rank read the dense weights and only its experts */
         if (R >= 2 && kind == 0)
             assert_true(res->report.weight_bytes_max < res->report.weight_bytes_sum);
@@ -189,12 +201,18 @@ static int64_t check_fixture_held(const char *name, epm_mode mode, int kind, int
             assert_memory_equal(epm_trace_ids(res->trace, l), ids->data, 32 * 2 * sizeof(int32_t));
         }
     }
-    int64_t kv = res->report.kv_cache_bytes_max;
+    held out = {.kv_cache = res->report.kv_cache_bytes_max};
+    for (int l = 0; l < res->report.moe_layers; l++)
+        for (int c = 0; c < EPM_LINK_COUNT; c++) {
+            out.bytes[c] += res->report.bytes[l * EPM_LINK_COUNT + c];
+            out.kv_bytes[c] += res->report.kv_bytes[l * EPM_LINK_COUNT + c];
+        }
+    memcpy(out.gather, res->report.gather_bytes, sizeof out.gather);
     epm_trace_destroy(replay);
     epm_run_result_destroy(res);
     epm_placement_destroy(p);
     epm_st_close(f.ref);
-    return kv;
+    return out;
 }
 
 static void check_fixture(const char *name, epm_mode mode, int kind, int vnodes)
@@ -224,8 +242,8 @@ static void test_run_mla_cache_forms(void **state)
     const char *names[] = {"deepseekv3-tiny", "deepseekv2-tiny"};
     for (int i = 0; i < 2; i++) {
         epm_mode mode = i ? EPM_MODE_FOLLOW : EPM_MODE_HOME;
-        int64_t lat = check_fixture_held(names[i], mode, i, 0, 0, 0, 0);
-        int64_t exp = check_fixture_held(names[i], mode, i, 0, 0, 1, 0);
+        int64_t lat = check_fixture_held(names[i], mode, i, 0, 0, 0, 0).kv_cache;
+        int64_t exp = check_fixture_held(names[i], mode, i, 0, 0, 1, 0).kv_cache;
         assert_true(lat > 0);
         assert_int_equal(exp * 40, lat * 2 * 4 * 24);
     }
@@ -246,10 +264,47 @@ static void test_run_kv_bf16(void **state)
                 {"deepseekv3-tiny", EPM_MODE_FOLLOW, 2, 0}, {"deepseekv2-tiny", EPM_MODE_HOME, 1, 1},
                 {"deepseekv3-fp8-tiny", EPM_MODE_HOME, 0, 0}};
     for (size_t i = 0; i < sizeof runs / sizeof *runs; i++) {
-        int64_t f32 = check_fixture_held(runs[i].name, runs[i].mode, runs[i].kind, 0, 0, runs[i].expanded, 0);
-        int64_t b16 = check_fixture_held(runs[i].name, runs[i].mode, runs[i].kind, 0, 0, runs[i].expanded, 1);
+        int64_t f32 = check_fixture_held(runs[i].name, runs[i].mode, runs[i].kind, 0, 0, runs[i].expanded, 0).kv_cache;
+        int64_t b16 = check_fixture_held(runs[i].name, runs[i].mode, runs[i].kind, 0, 0, runs[i].expanded, KV16).kv_cache;
         assert_true(b16 > 0);
         assert_int_equal(2 * b16, f32);
+    }
+}
+
+/* Activations between ranks in bf16: the reference's logits within its
+ * rounding (with its routing: check_fixture_held) and exactly half the
+ * bytes of float32, per link class, in dispatch and combine, the K/V
+ * all-gather (follow: K and V per head, MLA's latent) and the final
+ * gather; Qwen2-MoE's shared expert reads the residual streams that came
+ * over the wire; with a bf16 cache as well; virtual nodes where the ranks
+ * split evenly (the hierarchical path). Not the ILP placement: GLPK's time
+ * limit may give the two runs of a pair different placements */
+static void test_run_wire_bf16(void **state)
+{
+    (void)state;
+    const struct {
+        const char *name;
+        epm_mode mode;
+        int kind, expanded, kv16;
+    } runs[] = {{"mixtral-tiny", EPM_MODE_HOME, 0, 0, 0},    {"qwen2moe-tiny", EPM_MODE_FOLLOW, 2, 0, 0},
+                {"deepseekv3-tiny", EPM_MODE_FOLLOW, 1, 0, 0}, {"deepseekv2-tiny", EPM_MODE_FOLLOW, 0, 1, 0},
+                {"olmoe-tiny", EPM_MODE_FOLLOW, 2, 0, KV16}};
+    int vn = R % 2 == 0 && R > 2 ? 2 : 0;
+    for (size_t i = 0; i < sizeof runs / sizeof *runs; i++) {
+        held a = check_fixture_held(runs[i].name, runs[i].mode, runs[i].kind, vn, 0, runs[i].expanded, runs[i].kv16);
+        held b = check_fixture_held(runs[i].name, runs[i].mode, runs[i].kind, vn, 0, runs[i].expanded,
+                                    runs[i].kv16 | WIRE16);
+        int64_t moved = 0;
+        for (int c = 0; c < EPM_LINK_COUNT; c++) {
+            if (2 * b.bytes[c] != a.bytes[c] || 2 * b.kv_bytes[c] != a.kv_bytes[c])
+                fprintf(stderr, "rank %d %s class %d: bytes %lld vs %lld kv %lld vs %lld\n", me, runs[i].name, c,
+                        (long long)a.bytes[c], (long long)b.bytes[c], (long long)a.kv_bytes[c], (long long)b.kv_bytes[c]);
+            assert_int_equal(2 * b.bytes[c], a.bytes[c]);
+            assert_int_equal(2 * b.kv_bytes[c], a.kv_bytes[c]);
+            assert_int_equal(2 * b.gather[c], a.gather[c]);
+            moved += b.bytes[c] + (runs[i].mode == EPM_MODE_FOLLOW ? b.kv_bytes[c] : 0);
+        }
+        assert_true(R == 1 || moved > 0);
     }
 }
 
@@ -554,6 +609,7 @@ int main(void)
         cmocka_unit_test(test_run_node_cap_with_groups),  cmocka_unit_test(test_run_fp8_checkpoint),
         cmocka_unit_test(test_run_mla_cache_forms),
         cmocka_unit_test(test_run_kv_bf16),
+        cmocka_unit_test(test_run_wire_bf16),
         cmocka_unit_test(test_run_decode_equals_recompute), cmocka_unit_test(test_run_agrees_with_plan_eval),
         cmocka_unit_test(test_run_topology_bias_and_top_p), cmocka_unit_test(test_run_mismatched_placement),
     };

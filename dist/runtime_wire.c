@@ -1,0 +1,54 @@
+/* The activation rows' dtype between ranks (epm_run_opts.wire_bf16). With
+ * bf16, a row's payload travels as bf16 pairs packed into the float rows the
+ * exchange moves, so the transports (MPI, staged, NCCL, the hierarchical
+ * path) carry half the bytes unchanged; the row's header (token id, expert
+ * ids, weights) stays float32, exact. The runtime counts what plan eval
+ * models, 2 bytes per element: an odd width's pad half-word goes over the
+ * wire (the exchange's wire statistics include it) but is not payload. */
+#include "half.h"
+#include "runtime_internal.h"
+
+int epm_wire_floats(const rt *r, int n) { return r->wire16 ? (n + 1) / 2 : n; }
+
+void epm_wire_put(const rt *r, float *row, int n, const float *src)
+{
+    if (!r->wire16) {
+        memcpy(row, src, (size_t)n * sizeof *src);
+        return;
+    }
+    uint16_t *h = (uint16_t *)(void *)row;
+    for (int j = 0; j < n; j++)
+        h[j] = epm_f32_to_bf16(src[j]);
+    if (n & 1)
+        h[n] = 0; /* the pad travels too: no uninitialised bytes on the wire */
+}
+
+void epm_wire_get(const rt *r, const float *row, int n, float *dst)
+{
+    if (!r->wire16) {
+        memcpy(dst, row, (size_t)n * sizeof *dst);
+        return;
+    }
+    const uint16_t *h = (const uint16_t *)(const void *)row;
+    for (int j = 0; j < n; j++)
+        dst[j] = epm_bf16_to_f32(h[j]);
+}
+
+void epm_wire_round(const rt *r, float *x, int64_t n)
+{
+    if (!r->wire16)
+        return;
+    for (int64_t j = 0; j < n; j++)
+        x[j] = epm_bf16_to_f32(epm_f32_to_bf16(x[j]));
+}
+
+void epm_wire_count(const rt *r, int n, const int64_t sent[EPM_LINK_COUNT], int64_t *counted)
+{
+    if (!counted)
+        return;
+    /* every row of one exchange has the same payload: the exchange counted
+     * 4 x epm_wire_floats bytes per row copy */
+    int64_t per = 4 * (int64_t)epm_wire_floats(r, n), elem = r->wire16 ? 2 : 4;
+    for (int c = 0; c < EPM_LINK_COUNT; c++)
+        counted[c] += per ? sent[c] / per * elem * n : 0;
+}
