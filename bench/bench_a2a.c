@@ -11,7 +11,10 @@
  * exchange buffers are reused from one operation to the next.
  * Tokens are added until this rank's dispatch rows reach `size` bytes. The
  * baseline moves exactly those per-peer row counts, already packed, with two
- * MPI_Alltoallv calls (there and back). */
+ * MPI_Alltoallv calls (there and back). A fourth method, full16, is the
+ * whole of ours with activations in bf16 on the wire (epmoe run --wire-dtype
+ * bf16): rows rounded into bf16 pairs (half the width), the same exchanges,
+ * widened as they are summed; its ratio is full's time over its own. */
 #include <getopt.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -21,6 +24,7 @@
 #include "../launch/cli.h"
 #include "bench.h"
 #include "core.h"
+#include "half.h"
 #include "xcomm.h"
 
 static const char usage[] =
@@ -59,12 +63,15 @@ typedef struct cfg {
 typedef struct bcase {
     epm_xcomm *x;
     int R, me, W; /* W floats per row */
+    int W16;      /* floats per row of bf16 pairs */
     int64_t ntok, nrows;
     float *h;     /* [ntok][W] token hidden vectors */
     int64_t *tok; /* [nrows] token of each dispatch row */
     int *dest;    /* [nrows] */
     float *rows, *out;
     epm_xcomm_buf disp, comb; /* reused across iterations, as a layer loop would */
+    float *rows16;
+    epm_xcomm_buf disp16, comb16;
     /* baseline */
     float *sbuf, *rbuf;
     int *cnt; /* send counts, displacements, receive counts, displacements: [4][R] */
@@ -116,6 +123,23 @@ static epm_status ours(bcase *b)
     return EPM_OK;
 }
 
+static epm_status ours16(bcase *b)
+{
+    int W = b->W, W16 = b->W16;
+    for (int64_t i = 0; i < b->nrows; i++) /* an odd row's pad half-word stays as set up */
+        epm_bf16_pack(b->rows16 + i * W16, b->h + b->tok[i] * W, W);
+    epm_xcomm_buf *d = &b->disp16, *c = &b->comb16;
+    EPM_CHECK(epm_xcomm_exchange_buf(b->x, b->nrows, b->dest, b->rows16, W16, W16, NULL, d));
+    EPM_CHECK(epm_xcomm_exchange_buf(b->x, d->n, d->src, d->rows, W16, W16, NULL, c));
+    if (c->n != b->nrows)
+        return epm_fail(EPM_ERR_INTERNAL, "bench a2a: %lld bf16 rows came back of %lld", (long long)c->n,
+                        (long long)b->nrows);
+    memset(b->out, 0, (size_t)b->ntok * W * sizeof(float));
+    for (int64_t i = 0; i < b->nrows; i++)
+        epm_bf16_add(b->out + b->tok[i] * W, c->rows + i * W16, W);
+    return EPM_OK;
+}
+
 static epm_status raw(bcase *b)
 {
     int R = b->R, *c = b->cnt;
@@ -125,7 +149,10 @@ static epm_status raw(bcase *b)
     return rc == MPI_SUCCESS ? EPM_OK : epm_fail(EPM_ERR_MPI, "bench a2a: MPI_Alltoallv failed");
 }
 
-static epm_status run_one(bcase *b, int which) { return which == 2 ? raw(b) : which == 1 ? exchanges(b) : ours(b); }
+static epm_status run_one(bcase *b, int which)
+{
+    return which == 3 ? ours16(b) : which == 2 ? raw(b) : which == 1 ? exchanges(b) : ours(b);
+}
 
 /* iterations per timing, sized from one timed call (the slowest rank's) */
 static int calibrate(bcase *b, int which, double secs, epm_status *st)
@@ -159,12 +186,15 @@ static void bcase_free(bcase *b)
     epm_free(b->tok);
     epm_free(b->dest);
     epm_free(b->rows);
+    epm_free(b->rows16);
     epm_free(b->out);
     epm_free(b->sbuf);
     epm_free(b->rbuf);
     epm_free(b->cnt);
     epm_xcomm_buf_free(&b->disp);
     epm_xcomm_buf_free(&b->comb);
+    epm_xcomm_buf_free(&b->disp16);
+    epm_xcomm_buf_free(&b->comb16);
     if (b->row != MPI_DATATYPE_NULL)
         MPI_Type_free(&b->row);
 }
@@ -238,8 +268,10 @@ static epm_status setup(bcase *b, long size, const cfg *g)
     b->h = epm_malloc((size_t)(b->ntok + 1) * W * sizeof *b->h);
     b->out = epm_malloc((size_t)(b->ntok + 1) * W * sizeof *b->out);
     b->rows = epm_malloc((size_t)(b->nrows + 1) * W * sizeof *b->rows);
+    b->W16 = (W + 1) / 2;
+    b->rows16 = epm_calloc((size_t)(b->nrows + 1) * b->W16, sizeof *b->rows16);
     b->sbuf = epm_calloc((size_t)(b->nrows + 1) * W, sizeof *b->sbuf);
-    if (!b->h || !b->out || !b->rows || !b->sbuf)
+    if (!b->h || !b->out || !b->rows || !b->rows16 || !b->sbuf)
         return EPM_ERR_NOMEM;
     for (int64_t i = 0; i < b->ntok * W; i++)
         b->h[i] = (float)(i % 1000) * 0.001f;
@@ -409,19 +441,21 @@ int epm_bench_a2a(int argc, char **argv)
     if (me == 0) {
         if (g.csv)
             printf("ranks,nodes,a2a,hier,bytes,row_bytes,ours_us,ours_algbw_gbs,ours_busbw_gbs,raw_us,raw_algbw_gbs,"
-                   "raw_busbw_gbs,ratio,full_us,ratio_full,size\n");
+                   "raw_busbw_gbs,ratio,full_us,ratio_full,size,full16_us,full_vs_full16\n");
         else
             printf("# epmoe bench a2a: %d ranks, %d node(s)%s, transport %s%s, top-%ld of %ld experts (contiguous)\n"
                    "# size = dispatch bytes per rank (mean); ours = dispatch + combine exchanges (epm_xcomm);\n"
                    "# raw = MPI_Alltoallv there and back of the same packed rows; full = ours + building the rows\n"
                    "# and summing the combined rows into the tokens; algbw = 2*size/time (GB/s), busbw = algbw*(n-1)/n;\n"
+                   "# full16 = full with the rows in bf16 on the wire (half the bytes), f/f16 = full / full16;\n"
                    "# time = the fastest of 5 alternating rounds and of single operations interleaved one by one\n"
                    "%s"
-                   "%11s %6s %11s %8s %8s %11s %8s %8s %6s %11s %6s\n",
+                   "%11s %6s %11s %8s %8s %11s %8s %8s %6s %11s %6s %11s %6s\n",
                    R, cl.nodes, xo.virtual_nodes ? " (virtual)" : "", epm_xcomm_a2a_name(xo.a2a),
                    epm_xcomm_hierarchical(x) ? ", hierarchical" : "", g.k, g.epr * R,
                    R == 1 ? "# one rank: no row leaves it, raw moves nothing, so no ratio is given\n" : "",
-                   "size", "row", "ours_us", "algbw", "busbw", "raw_us", "algbw", "busbw", "ratio", "full_us", "ratio");
+                   "size", "row", "ours_us", "algbw", "busbw", "raw_us", "algbw", "busbw", "ratio", "full_us", "ratio",
+                   "full16_us", "f/f16");
     }
     int rc = EPM_EXIT_OK;
     for (long size = g.min; size <= g.max && rc == EPM_EXIT_OK; size *= g.step) {
@@ -431,14 +465,15 @@ int epm_bench_a2a(int argc, char **argv)
         b.R = R;
         b.me = me;
         st = epm_xcomm_agree(x, setup(&b, size, &g));
-        double t[3] = {1e30, 1e30, 1e30};
-        int it[3] = {0, 0, 0};
-        for (int m = 0; m < 3 && st == EPM_OK; m++)
+        enum { METHODS = 4 };
+        double t[METHODS] = {1e30, 1e30, 1e30, 1e30};
+        int it[METHODS] = {0, 0, 0, 0};
+        for (int m = 0; m < METHODS && st == EPM_OK; m++)
             it[m] = calibrate(&b, m, g.secs / ROUNDS, &st);
         /* the methods alternate, best of ROUNDS each: a shared machine's
          * noise hits all alike */
         for (int round = 0; round < ROUNDS && st == EPM_OK; round++)
-            for (int m = 0; m < 3 && st == EPM_OK; m++) {
+            for (int m = 0; m < METHODS && st == EPM_OK; m++) {
                 double one = timeit(&b, m, it[m], &st);
                 t[m] = one < t[m] ? one : t[m];
             }
@@ -448,11 +483,11 @@ int epm_bench_a2a(int argc, char **argv)
          * and the fastest operation of each method is the one it hit least */
         int pairs = it[2] * ROUNDS < 5000 ? it[2] * ROUNDS : 5000;
         for (int i = 0; i < pairs && st == EPM_OK; i++)
-            for (int m = 0; m < 3 && st == EPM_OK; m++) {
+            for (int m = 0; m < METHODS && st == EPM_OK; m++) {
                 double one = timeit(&b, m, 1, &st);
                 t[m] = one < t[m] ? one : t[m];
             }
-        double tf = t[0], to = t[1], tr = t[2];
+        double tf = t[0], to = t[1], tr = t[2], t16 = t[3];
         st = epm_xcomm_agree(x, st);
         double bytes = (double)b.nrows * b.W * 4;
         MPI_Allreduce(MPI_IN_PLACE, &bytes, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
@@ -465,24 +500,26 @@ int epm_bench_a2a(int argc, char **argv)
             /* with nothing crossing ranks (one rank) raw moves nothing and
              * ours only its bookkeeping: a ratio would mean nothing, so the
              * fields are left empty (CSV) or "-" (table) */
-            char r1[16], r2[16];
+            char r1[16], r2[16], r3[16];
             snprintf(r1, sizeof r1, g.csv ? "" : "-");
             snprintf(r2, sizeof r2, g.csv ? "" : "-");
+            snprintf(r3, sizeof r3, g.csv ? "" : "-");
             if (bytes > 0) {
                 snprintf(r1, sizeof r1, g.csv ? "%.3f" : "%.2f", to / tr);
                 snprintf(r2, sizeof r2, g.csv ? "%.3f" : "%.2f", tf / tr);
+                snprintf(r3, sizeof r3, g.csv ? "%.3f" : "%.2f", tf / t16);
             }
             if (g.csv) {
                 /* size: the size asked for (the same at every rank count); bytes: what each rank
                  * sent on average, which the bandwidths use */
-                printf("%d,%d,%s,%d,%.0f,%d,%.2f,%.4f,%.4f,%.2f,%.4f,%.4f,%s,%.2f,%s,%ld\n", R, cl.nodes,
+                printf("%d,%d,%s,%d,%.0f,%d,%.2f,%.4f,%.4f,%.2f,%.4f,%.4f,%s,%.2f,%s,%ld,%.2f,%s\n", R, cl.nodes,
                        epm_xcomm_a2a_name(xo.a2a), epm_xcomm_hierarchical(x), bytes, b.W * 4, to * 1e6, ao, ao * f,
-                       tr * 1e6, ar, ar * f, r1, tf * 1e6, r2, size);
+                       tr * 1e6, ar, ar * f, r1, tf * 1e6, r2, size, t16 * 1e6, r3);
             } else {
                 char sz[32];
                 print_size(bytes, sz, sizeof sz);
-                printf("%11s %6d %11.1f %8.3f %8.3f %11.1f %8.3f %8.3f %6s %11.1f %6s\n", sz, b.W * 4, to * 1e6, ao,
-                       ao * f, tr * 1e6, ar, ar * f, r1, tf * 1e6, r2);
+                printf("%11s %6d %11.1f %8.3f %8.3f %11.1f %8.3f %8.3f %6s %11.1f %6s %11.1f %6s\n", sz, b.W * 4,
+                       to * 1e6, ao, ao * f, tr * 1e6, ar, ar * f, r1, tf * 1e6, r2, t16 * 1e6, r3);
             }
             fflush(stdout);
         }

@@ -56,10 +56,16 @@ static const char usage[] =
     "  --kv-dtypes          instead: the K/V cache in float32 (the baseline) then in bf16 (epmoe run\n"
     "                       --kv-dtype), alternated --reps times, live routing, contiguous placement:\n"
     "                       the same columns as --mla-cache, over float32's\n"
+    "  --wire-dtypes        instead: activations between ranks in float32 (the baseline) then in bf16\n"
+    "                       (epmoe run --wire-dtype), alternated --reps times, live routing,\n"
+    "                       contiguous placement: bytes counted (all layers and link classes, K/V\n"
+    "                       and final gather included), best dispatch + combine seconds (slowest\n"
+    "                       rank), best tokens/s, each over float32's, logit error and greedy-token\n"
+    "                       agreement\n"
     "  --kernels K          ref, blas (default) or cuda, as epmoe run --kernels\n"
     "  --csv                CSV rows instead of a table\n";
 
-enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT };
+enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -74,7 +80,7 @@ static const struct option opts[] = {
     {"mod", required_argument, 0, O_MOD},     {"capacities", required_argument, 0, O_CAPS},
     {"kernels", required_argument, 0, O_KER}, {"warmup", required_argument, 0, O_WARM},
     {"expert-dtypes", no_argument, 0, O_EDT},       {"mla-cache", no_argument, 0, O_MLA},
-    {"kv-dtypes", no_argument, 0, O_KVDT},
+    {"kv-dtypes", no_argument, 0, O_KVDT},    {"wire-dtypes", no_argument, 0, O_WIDT},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
@@ -191,10 +197,24 @@ static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm
  * dense matrices too (auto), one run of each in turn --reps times so that a
  * slow spell hits all alike; the first of each is also the output
  * comparison against the first. */
+/* All the bytes a run counted: every MoE layer's dispatch, combine and
+ * K/V all-gather and the final gather, every link class but a rank's own */
+static int64_t report_bytes(const epm_run_report *r)
+{
+    int64_t s = 0;
+    for (int c = 1; c < EPM_LINK_COUNT; c++) {
+        for (int l = 0; l < r->moe_layers; l++)
+            s += r->bytes[l * EPM_LINK_COUNT + c] + r->kv_bytes[l * EPM_LINK_COUNT + c];
+        s += r->gather_bytes[c];
+    }
+    return s;
+}
+
 /* Variants of one run, alternated --reps times, the first the baseline:
  * 'd' the weights' dtypes held (all float32; routed experts as stored; dense
  * matrices too), 'm' MLA's cache (expanded; latent), 'k' the K/V cache's
- * dtype (float32; bf16). Best prefill and decode
+ * dtype (float32; bf16), 'w' the activations' between ranks (float32;
+ * bf16). Best prefill and decode
  * times of each, and its logits and tokens against the baseline's. */
 static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8, epm_mode mode, int vn, int batch,
                            const int *lens, int32_t **prompts, int nnew, int reps, int csv)
@@ -205,6 +225,7 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
     const int configs = which == 'd' ? 3 + fp8 : 2, kb = fp8 ? 3 : 2; /* kb: every matrix held bf16 */
     epm_run_result *first[MAXV] = {NULL, NULL, NULL, NULL};
     double pre[MAXV] = {1e30, 1e30, 1e30, 1e30}, dec[MAXV] = {1e30, 1e30, 1e30, 1e30};
+    double comm[MAXV] = {1e30, 1e30, 1e30, 1e30}; /* dispatch + combine */
     for (int r = 0; r < reps && rc == EPM_EXIT_OK; r++)
         for (int k = 0; k < configs; k++) {
             epm_run_opts o;
@@ -215,8 +236,10 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
                 o.experts_bf16 = o.dense_bf16 = k == 3;
             } else if (which == 'm') {
                 o.mla_expanded = k == 0;
-            } else {
+            } else if (which == 'k') {
                 o.kv_bf16 = k == 1;
+            } else {
+                o.wire_bf16 = k == 1;
             }
             epm_run_result *res = NULL;
             epm_status st = epm_run(&o, batch, lens, (const int32_t *const *)prompts, &res);
@@ -226,6 +249,7 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
             }
             pre[k] = res->report.t_prefill < pre[k] ? res->report.t_prefill : pre[k];
             dec[k] = res->report.t_decode < dec[k] ? res->report.t_decode : dec[k];
+            comm[k] = fmin(comm[k], res->report.t_dispatch + res->report.t_combine);
             if (!first[k])
                 first[k] = res;
             else
@@ -243,6 +267,12 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
                        : "%-8s %-6s %12s %12s %9s %9s %9s %9s %13s %9s\n",
                    "experts", "dense", "prefill t/s", "decode t/s", "pre/f32", "dec/f32", "pre/bf16", "dec/bf16",
                    "logit rel err", "token agr");
+        else if (which == 'w')
+            printf(csv ? "wire_dtype,bytes,bytes_vs_f32,comm_s,comm_vs_f32,prefill_tok_s,decode_tok_s,prefill_vs_f32,"
+                         "decode_vs_f32,logit_rel_err,token_agreement\n"
+                       : "%-10s %12s %9s %10s %9s %12s %12s %9s %9s %13s %9s\n",
+                   "wire dtype", "bytes", "bytes/f32", "comm s", "comm/f32", "prefill t/s", "decode t/s", "pre/f32",
+                   "dec/f32", "logit rel err", "token agr");
         else if (csv) /* the cache's two forms ('m') or dtypes ('k'), against the first */
             printf("%s,kv_cache_bytes_rank,kv_vs_%s,prefill_tok_s,decode_tok_s,prefill_vs_%s,decode_vs_%s,"
                    "logit_rel_err,token_agreement\n", which == 'm' ? "mla_cache" : "kv_dtype",
@@ -272,6 +302,12 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
                            : "%-8s %-6s %12.1f %12.1f %9.3f %9.3f %9.3f %9.3f %13.3g %9.4f\n",
                        epm_dtype_name(b->report.expert_dtype), epm_dtype_name(b->report.dense_dtype), pts, dts, pr, dr,
                        pb, db, e, agr);
+            else if (which == 'w')
+                printf(csv ? "%s,%lld,%.4f,%.6f,%.3f,%.1f,%.1f,%.3f,%.3f,%.3g,%.4f\n"
+                           : "%-10s %12lld %9.4f %10.6f %9.3f %12.1f %12.1f %9.3f %9.3f %13.3g %9.4f\n",
+                       epm_dtype_name(b->report.wire_dtype), (long long)report_bytes(&b->report),
+                       (double)report_bytes(&b->report) / (double)report_bytes(&a->report), comm[k], comm[0] / comm[k],
+                       pts, dts, pr, dr, e, agr);
             else
                 printf(csv ? "%s,%lld,%.4f,%.1f,%.1f,%.3f,%.3f,%.3g,%.4f\n"
                            : "%-9s %14lld %8.4f %12.1f %12.1f %9.3f %9.3f %13.3g %9.4f\n",
@@ -335,7 +371,7 @@ int epm_bench_run(int argc, char **argv)
     const char *model = NULL, *methods_s = "contiguous,eplb,ilp", *modes_s = "home,follow", *workdir = "bench-run-work";
     long batch = 8, seq = 64, nnew = 8, slots = 0, vn = 0, reps = 2, warm = 1, v;
     double zipf = 1.0, aff = 0.8, tl = 20;
-    int csv = 0, c, dtypes = 0, mla = 0, kvdt = 0;
+    int csv = 0, c, dtypes = 0, mla = 0, kvdt = 0, widt = 0;
     const char *ta_list = NULL, *caps = "0.75,0.5,0.25";
     epm_mod_source mod = EPM_MOD_OFF;
     optind = 1;
@@ -361,6 +397,7 @@ int epm_bench_run(int argc, char **argv)
         case O_EDT: dtypes = 1; break;
         case O_MLA: mla = 1; break;
         case O_KVDT: kvdt = 1; break;
+        case O_WIDT: widt = 1; break;
         case O_KER:
             if (strcmp(optarg, "ref") && strcmp(optarg, "blas") && strcmp(optarg, "cuda"))
                 return cli_usage_error(W, "option --kernels: '%s' is not ref, blas or cuda", optarg);
@@ -382,11 +419,11 @@ int epm_bench_run(int argc, char **argv)
     }
     if (!model)
         return cli_usage_error(W, "--model is required");
-    if (!!ta_list + !!mod + dtypes + mla + kvdt > 1) {
-        char given[96] = "";
-        const char *name[] = {"--ta", "--mod", "--expert-dtypes", "--mla-cache", "--kv-dtypes"};
-        const int on[] = {ta_list != NULL, mod != EPM_MOD_OFF, dtypes, mla, kvdt};
-        for (int i = 0; i < 5; i++)
+    if (!!ta_list + !!mod + dtypes + mla + kvdt + widt > 1) {
+        char given[128] = "";
+        const char *name[] = {"--ta", "--mod", "--expert-dtypes", "--mla-cache", "--kv-dtypes", "--wire-dtypes"};
+        const int on[] = {ta_list != NULL, mod != EPM_MOD_OFF, dtypes, mla, kvdt, widt};
+        for (int i = 0; i < 6; i++)
             if (on[i])
                 snprintf(given + strlen(given), sizeof given - strlen(given), "%s%s", *given ? " and " : "", name[i]);
         return cli_usage_error(W, "%s: each is a bench of its own; give one", given);
@@ -440,7 +477,7 @@ int epm_bench_run(int argc, char **argv)
         for (int p = 0; p < seq && prompts[s]; p++)
             prompts[s][p] = (int32_t)(epm_splitmix64(&rng) % (uint64_t)hc->vocab_size);
     }
-    if (ta_list || mod || dtypes || mla || kvdt) {
+    if (ta_list || mod || dtypes || mla || kvdt || widt) {
         epm_mode mode = EPM_MODE_HOME;
         char first[16];
         snprintf(first, sizeof first, "%s", modes_s);
@@ -451,13 +488,14 @@ int epm_bench_run(int argc, char **argv)
         }
         if (me == 0 && !csv)
             printf("# bench run %s: %s, %d ranks (%d nodes), mode %s, batch %ld x %ld + %ld new, kernels %s\n",
-                   dtypes ? "--expert-dtypes" : mla ? "--mla-cache" : kvdt ? "--kv-dtypes" : mod ? "--mod" : "--ta", model, R,
+                   dtypes ? "--expert-dtypes" : mla ? "--mla-cache" : kvdt ? "--kv-dtypes" : widt ? "--wire-dtypes"
+                   : mod ? "--mod" : "--ta", model, R,
                    cl.nodes, epm_mode_name(mode),
                    batch, seq, nnew, kernels);
         if (me == 0 && !csv)
             epm_bench_print_blas();
-        if (dtypes || mla || kvdt)
-            rc = variant_compare(x, dtypes ? 'd' : mla ? 'm' : 'k', model, hc->fp8_block[0] > 0, mode, (int)vn, (int)batch, lens,
+        if (dtypes || mla || kvdt || widt)
+            rc = variant_compare(x, dtypes ? 'd' : mla ? 'm' : kvdt ? 'k' : 'w', model, hc->fp8_block[0] > 0, mode, (int)vn, (int)batch, lens,
                                  prompts, (int)nnew, (int)reps, csv);
         else
             rc = fidelity_sweep(x, model, mod ? caps : ta_list, mod, mode, (int)vn, (int)batch, lens, prompts,

@@ -23,6 +23,13 @@ static inline uint16_t epm_f32_to_bf16(float f)
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
 }
 
+/* In bulk (dist/bf16_rows.c): dst [n] bf16 = src [n] rounded as above;
+ * dst [n] = src [n] bf16 widened; acc [n] += src [n] bf16 widened. The bf16
+ * side is any memory (a float row's bytes, for one). */
+void epm_bf16_pack(void *dst, const float *src, int64_t n);
+void epm_bf16_unpack(float *dst, const void *src, int64_t n);
+void epm_bf16_add(float *acc, const void *src, int64_t n);
+
 static inline float epm_f16_to_f32(uint16_t h)
 {
     uint32_t s = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 31u, m = h & 1023u, u;

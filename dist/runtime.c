@@ -827,8 +827,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         }
         for (int64_t i = 0; i < nn; i++)
             slot[ng[i]] = i;
-        /* nn rows, and one to widen a bf16 partial into */
-        float *acc = epm_calloc((size_t)(nn + 1) * H, sizeof *acc), *wide = acc + nn * H;
+        float *acc = epm_calloc((size_t)(nn ? nn : 1) * H, sizeof *acc);
         if (!acc) {
             epm_free(slot);
             st = EPM_ERR_NOMEM;
@@ -836,13 +835,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         }
         for (int64_t i = 0; i < npr; i++) {
             int64_t s = slot[get_g(precv + i * PW)];
-            const float *pr = precv + i * PW + 2;
-            if (r->wire16) {
-                epm_wire_get(r, pr, H, wide);
-                pr = wide;
-            }
-            for (int j = 0; j < H; j++)
-                acc[s * H + j] += pr[j];
+            epm_wire_add(r, precv + i * PW + 2, H, acc + s * H);
         }
         for (int64_t i = 0; i < nn * H; i++)
             nh[i] += acc[i];

@@ -150,13 +150,14 @@ double epm_mla_setup_bytes(const rt *r);
 /* Activation rows between ranks (runtime_wire.c): a payload of n float32
  * values takes epm_wire_floats(n) floats of a row (n, or n/2 rounded up as
  * packed bf16 pairs); _put writes it (rounding to bf16, nearest even), _get
- * reads it back as float32; _round rounds x [n] in place as _put then _get
+ * reads it back as float32, _add adds it to acc [n]; _round rounds x [n] in place as _put then _get
  * would. _count adds to counted (NULL: nothing) the payload bytes of an
  * exchange of such rows (what it counted in sent) at the wire dtype's
  * element size, which plan eval's dtype bytes model. */
 int epm_wire_floats(const rt *r, int n);
 void epm_wire_put(const rt *r, float *row, int n, const float *src);
 void epm_wire_get(const rt *r, const float *row, int n, float *dst);
+void epm_wire_add(const rt *r, const float *row, int n, float *acc);
 void epm_wire_round(const rt *r, float *x, int64_t n);
 void epm_wire_count(const rt *r, int n, const int64_t sent[EPM_LINK_COUNT], int64_t *counted);
 

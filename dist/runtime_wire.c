@@ -16,11 +16,11 @@ void epm_wire_put(const rt *r, float *row, int n, const float *src)
         memcpy(row, src, (size_t)n * sizeof *src);
         return;
     }
-    uint16_t *h = (uint16_t *)(void *)row;
-    for (int j = 0; j < n; j++)
-        h[j] = epm_f32_to_bf16(src[j]);
-    if (n & 1)
-        h[n] = 0; /* the pad travels too: no uninitialised bytes on the wire */
+    epm_bf16_pack(row, src, n);
+    if (n & 1) { /* the pad travels too: no uninitialised bytes on the wire */
+        uint16_t z = 0;
+        memcpy((unsigned char *)row + 2 * (size_t)n, &z, sizeof z);
+    }
 }
 
 void epm_wire_get(const rt *r, const float *row, int n, float *dst)
@@ -29,17 +29,29 @@ void epm_wire_get(const rt *r, const float *row, int n, float *dst)
         memcpy(dst, row, (size_t)n * sizeof *dst);
         return;
     }
-    const uint16_t *h = (const uint16_t *)(const void *)row;
+    epm_bf16_unpack(dst, row, n);
+}
+
+void epm_wire_add(const rt *r, const float *row, int n, float *acc)
+{
+    if (r->wire16) {
+        epm_bf16_add(acc, row, n);
+        return;
+    }
     for (int j = 0; j < n; j++)
-        dst[j] = epm_bf16_to_f32(h[j]);
+        acc[j] += row[j];
 }
 
 void epm_wire_round(const rt *r, float *x, int64_t n)
 {
     if (!r->wire16)
         return;
-    for (int64_t j = 0; j < n; j++)
-        x[j] = epm_bf16_to_f32(epm_f32_to_bf16(x[j]));
+    uint16_t h[256];
+    for (int64_t j = 0; j < n; j += 256) {
+        int64_t m = n - j < 256 ? n - j : 256;
+        epm_bf16_pack(h, x + j, m);
+        epm_bf16_unpack(x + j, h, m);
+    }
 }
 
 void epm_wire_count(const rt *r, int n, const int64_t sent[EPM_LINK_COUNT], int64_t *counted)

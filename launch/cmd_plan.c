@@ -52,10 +52,12 @@ static const char eval_usage[] =
     "                        experts and MoE layers must be the trace's (flags given beside it\n"
     "                        win), and --dtype-bytes 4: epmoe run's activations are float32 on the\n"
     "                        wire whatever the weights' dtype, so this predicts what run counts\n"
+    "                        (add --dtype-bytes 2 for a run with --wire-dtype bf16)\n"
     "  --mode M              home | follow | both (default: the placements' own mode; both when\n"
     "                        they were planned for different modes)\n"
     "  --hidden H            hidden size (default 4096)\n"
-    "  --dtype-bytes B       bytes per element on the wire (default 2)\n"
+    "  --dtype-bytes B       bytes per element on the wire (default 2: bf16, epmoe run --wire-dtype\n"
+    "                        bf16; 4 for its float32 default)\n"
     "  --kv-dim D            K+V width per token per layer for follow (default hidden/2; `epmoe model\n"
     "                        info` prints a model's)\n"
     "  --ffn F               expert FFN width, for modelled compute (default 14336)\n"
@@ -416,7 +418,7 @@ static int cmd_eval(int argc, char **argv)
         hidden = have_hidden ? hidden : ms.hidden;
         /* what epmoe run sends: its activations are float32 whatever the
          * weights are held in (a bf16 checkpoint's too), so plan eval --model
-         * predicts the run's bytes; --dtype-bytes 2 plans a bf16-wire deployment */
+         * predicts the run's bytes; --dtype-bytes 2 those of run --wire-dtype bf16 */
         dtb = have_dtb ? dtb : (long)sizeof(float);
         kv = have_kv ? kv : ms.kv_dim;
         ffn = have_ffn ? ffn : ms.ffn;

@@ -518,6 +518,55 @@ static void test_model_half_conversions(void **state)
             fail_msg("half 0x%04x", h);
 }
 
+/* The bulk conversions (a bf16 wire's rows) give the scalar ones' bits at
+ * every length (the vector body and its tail), at every offset, on values
+ * that round up, down, to even, overflow to Inf, and NaN; and they write
+ * nothing past n */
+static void test_model_bf16_bulk_conversions(void **state)
+{
+    (void)state;
+    enum { N = 77 };
+    float src[N + 3], back[N + 3], acc[N + 3], want[N + 3];
+    uint16_t h[N + 4];
+    uint64_t rng = 7;
+    for (int i = 0; i < N + 3; i++) {
+        uint32_t u = (uint32_t)epm_splitmix64(&rng);
+        memcpy(&src[i], &u, 4);
+        if (i % 5 == 1)
+            src[i] = 1.0f + (float)(i % 4) * ldexpf(1, -8); /* ties, both ways */
+        if (i % 11 == 3)
+            src[i] = i % 2 ? 3.4e38f : -3.39e38f; /* rounds to Inf / stays finite */
+    }
+    src[6] = NAN;
+    uint32_t snan = 0x7f800001u; /* a NaN whose rounding would carry into Inf */
+    memcpy(&src[12], &snan, 4);
+    src[9] = -INFINITY;
+    for (int off = 0; off < 3; off++)
+        for (int n = 0; n <= N; n++) {
+            for (int i = 0; i < N + 4; i++)
+                h[i] = 0xabcd;
+            epm_bf16_pack(h, src + off, n);
+            for (int i = 0; i < n; i++)
+                if (h[i] != epm_f32_to_bf16(src[off + i]))
+                    fail_msg("pack n %d offset %d [%d]: 0x%04x, scalar 0x%04x", n, off, i, h[i],
+                             epm_f32_to_bf16(src[off + i]));
+            assert_int_equal(h[n], 0xabcd);
+            epm_bf16_unpack(back + off, h, n);
+            for (int i = 0; i < n; i++) {
+                float w = epm_bf16_to_f32(h[i]);
+                if (memcmp(&back[off + i], &w, 4))
+                    fail_msg("unpack n %d offset %d [%d]", n, off, i);
+                acc[off + i] = (float)i;
+                want[off + i] = (float)i + w;
+            }
+            epm_bf16_add(acc + off, h, n);
+            for (int i = 0; i < n; i++)
+                if (memcmp(&acc[off + i], &want[off + i], 4) && !(isnan(acc[off + i]) && isnan(want[off + i])))
+                    fail_msg("add n %d offset %d [%d]", n, off, i);
+        }
+    assert_true(isnan(epm_bf16_to_f32(epm_f32_to_bf16(NAN))));
+}
+
 static void write_text(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
@@ -1092,6 +1141,7 @@ int main(void)
         cmocka_unit_test(test_model_sharded_equals_single),
         cmocka_unit_test(test_model_half_precision_converts),
         cmocka_unit_test(test_model_half_conversions),
+        cmocka_unit_test(test_model_bf16_bulk_conversions),
         cmocka_unit_test(test_model_experts_kept_bf16),
         cmocka_unit_test(test_model_dense_kept_bf16),
         cmocka_unit_test(test_model_missing_tensor),
