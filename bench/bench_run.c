@@ -56,8 +56,9 @@ static const char usage[] =
     "  --kv-dtypes          instead: the K/V cache in float32 (the baseline) then in bf16 (epmoe run\n"
     "                       --kv-dtype), alternated --reps times, live routing, contiguous placement:\n"
     "                       the same columns as --mla-cache, over float32's\n"
-    "  --wire-dtypes        instead: activations between ranks in float32 (the baseline) then in bf16\n"
-    "                       (epmoe run --wire-dtype), alternated --reps times, live routing,\n"
+    "  --wire-dtypes        instead: activations between ranks in float32 (the baseline), in bf16, and\n"
+    "                       in home mode with fp8 dispatch (epmoe run --wire-dtype), alternated --reps\n"
+    "                       times, live routing,\n"
     "                       contiguous placement: bytes counted (all layers and link classes, K/V\n"
     "                       and final gather included), best dispatch + combine seconds (slowest\n"
     "                       rank), best tokens/s, each over float32's, logit error and greedy-token\n"
@@ -222,7 +223,8 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
     int me = epm_xcomm_rank(x), rc = EPM_EXIT_OK;
     fp8 = which == 'd' && fp8; /* an FP8 checkpoint: also everything dequantised to bf16, the row FP8 is against */
     enum { MAXV = 4 };
-    const int configs = which == 'd' ? 3 + fp8 : 2, kb = fp8 ? 3 : 2; /* kb: every matrix held bf16 */
+    /* kb: every matrix held bf16; 'w' in home mode: fp8 dispatch too */
+    const int configs = which == 'd' ? 3 + fp8 : which == 'w' && mode == EPM_MODE_HOME ? 3 : 2, kb = fp8 ? 3 : 2;
     epm_run_result *first[MAXV] = {NULL, NULL, NULL, NULL};
     double pre[MAXV] = {1e30, 1e30, 1e30, 1e30}, dec[MAXV] = {1e30, 1e30, 1e30, 1e30};
     double comm[MAXV] = {1e30, 1e30, 1e30, 1e30}; /* dispatch + combine */
@@ -240,6 +242,7 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
                 o.kv_bf16 = k == 1;
             } else {
                 o.wire_bf16 = k == 1;
+                o.wire_fp8 = k == 2;
             }
             epm_run_result *res = NULL;
             epm_status st = epm_run(&o, batch, lens, (const int32_t *const *)prompts, &res);

@@ -23,12 +23,21 @@ static inline uint16_t epm_f32_to_bf16(float f)
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
 }
 
-/* In bulk (dist/bf16_rows.c): dst [n] bf16 = src [n] rounded as above;
+/* In bulk (dist/rows_lowp.c): dst [n] bf16 = src [n] rounded as above;
  * dst [n] = src [n] bf16 widened; acc [n] += src [n] bf16 widened. The bf16
  * side is any memory (a float row's bytes, for one). */
 void epm_bf16_pack(void *dst, const float *src, int64_t n);
 void epm_bf16_unpack(float *dst, const void *src, int64_t n);
 void epm_bf16_add(float *acc, const void *src, int64_t n);
+/* An fp8 dispatch row (DeepEP's): x [n] as float8 e4m3 codes (n bytes,
+ * zero-padded to a multiple of 4) then one float32 scale per block of
+ * EPM_FP8_ROW_BLOCK values (the block's largest magnitude over 448, or 1
+ * for an all-zero block), code = e4m3(x * (1 / scale)), nearest even;
+ * row holds n / 4 + blocks floats, rounded up. _get: x = lut[code] * scale
+ * (lut: the 256 codes' values, epm_f8e4m3_to_f32). */
+enum { EPM_FP8_ROW_BLOCK = 128 };
+void epm_fp8_row_put(float *row, int n, const float *x);
+void epm_fp8_row_get(const float *row, int n, const float *lut, float *x);
 
 static inline float epm_f16_to_f32(uint16_t h)
 {

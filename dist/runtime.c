@@ -297,7 +297,7 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
         }
         EPM_CHECK_GOTO(sync(r, EPM_OK), st, out);
         EPM_CHECK_GOTO(epm_xcomm_allgather(r->x, n, kv, RW, RW - 2, sent, &all, &nrows), st, out);
-        epm_wire_count(r, kw + vw, sent, cnt);
+        epm_wire_count(RW - 2, epm_wire_bytes(r, kw + vw), sent, cnt);
         rows_in = all;
     }
     /* cache rows follow the MoD rule of runtime_mod.c: without skipping, row = position */
@@ -516,9 +516,10 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         epm_free(x2);
         return st;
     }
-    /* a dispatch row: g, the residual stream (P floats: the wire's dtype),
-     * then the token's K expert ids and K weights */
-    const int P = epm_wire_floats(r, H), W = 2 + P + 2 * K;
+    /* a dispatch row: g, the residual stream (P floats: the wire's dtype;
+     * fp8: the expert input instead), then the token's K expert ids and K
+     * weights */
+    const int P = epm_wire_dispatch_floats(r, H), W = 2 + P + 2 * K;
     float *rows = epm_malloc((size_t)(n ? n : 1) * (K + 1) * W * sizeof *rows);
     int *dest = epm_malloc((size_t)(n ? n : 1) * (K + 1) * sizeof *dest);
     float *probs = epm_malloc((size_t)4 * E * sizeof *probs); /* gate's scratch */
@@ -571,7 +572,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
             dest[nsend * K + j] = -1;
         float *row = rows + nsend * W;
         put_g(row, g[i]);
-        epm_wire_put(r, row + 2, H, h + i * H);
+        epm_wire_dispatch_put(r, row + 2, H, h + i * H, x2 + i * H);
         for (int q = 0; q < K; q++) {
             row[2 + P + q] = (float)ids[i * K + q];
             row[2 + P + K + q] = wts[i * K + q];
@@ -581,7 +582,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     int64_t *cnt = r->bytes_local + (size_t)ml * EPM_LINK_COUNT, sent[EPM_LINK_COUNT] = {0};
     EPM_CHECK_GOTO(sync(r, EPM_OK), st, out);
     EPM_CHECK_GOTO(epm_xcomm_exchange_multi(r->x, nsend, K, dest, rows, W, P, sent, &recv, &rsrc, &nrecv), st, out);
-    epm_wire_count(r, H, sent, cnt);
+    epm_wire_count(P, epm_wire_dispatch_bytes(r, H), sent, cnt);
     r->rep->t_dispatch += epm_now() - t0;
 
     /* the work of this rank: my own tokens with an expert here, then received rows */
@@ -611,16 +612,15 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
             continue;
         float *row = wrows + nw * W;
         put_g(row, g[i]);
-        epm_wire_put(r, row + 2, H, h + i * H);
+        epm_wire_dispatch_put(r, row + 2, H, h + i * H, x2 + i * H);
         for (int q = 0; q < K; q++) {
             row[2 + P + q] = (float)ids[i * K + q];
             row[2 + P + K + q] = wts[i * K + q];
         }
-        /* with a bf16 wire, my own tokens' experts see what a remote
-         * expert would: the normalised rounded state */
+        /* with a bf16 or fp8 wire, my own tokens' experts see what a
+         * remote expert would: the rounded state, normalised */
         if (r->wire16) {
-            epm_wire_get(r, row + 2, H, xin + nw * H);
-            r->ref->rmsnorm(xin + nw * H, 1, H, w->post_attn_norm, c->rms_norm_eps, xin + nw * H);
+            epm_wire_dispatch_input(r, row + 2, H, w->post_attn_norm, xin + nw * H);
         } else {
             memcpy(xin + nw * H, x2 + i * H, (size_t)H * sizeof *xin);
         }
@@ -630,9 +630,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     memcpy(wrows + nw * W, recv, (size_t)nrecv * W * sizeof *wrows);
     memcpy(wsrc + nw, rsrc, (size_t)nrecv * sizeof *wsrc);
     for (int64_t i = 0; i < nrecv; i++) {
-        float *xi = xin + (nw + i) * H;
-        epm_wire_get(r, recv + i * W + 2, H, xi);
-        r->ref->rmsnorm(xi, 1, H, w->post_attn_norm, c->rms_norm_eps, xi);
+        epm_wire_dispatch_input(r, recv + i * W + 2, H, w->post_attn_norm, xin + (nw + i) * H);
     }
     nw += nrecv;
     /* group (row, slot) pairs by local expert, stable */
@@ -755,7 +753,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
 
     /* combine: partial sums travel to the token's combine rank */
     t0 = epm_now();
-    const int PW = 2 + P;
+    const int PC = epm_wire_floats(r, H), PW = 2 + PC;
     prow = epm_malloc((size_t)(nw ? nw : 1) * PW * sizeof *prow);
     pdest = epm_malloc((size_t)(nw ? nw : 1) * sizeof *pdest);
     if (!prow || !pdest) {
@@ -780,8 +778,8 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     }
     EPM_CHECK_GOTO(sync(r, EPM_OK), st, out_w);
     memset(sent, 0, sizeof sent);
-    EPM_CHECK_GOTO(epm_xcomm_exchange(r->x, np, pdest, prow, PW, P, sent, &precv, &psrc, &npr), st, out_w);
-    epm_wire_count(r, H, sent, cnt);
+    EPM_CHECK_GOTO(epm_xcomm_exchange(r->x, np, pdest, prow, PW, PC, sent, &precv, &psrc, &npr), st, out_w);
+    epm_wire_count(PC, epm_wire_bytes(r, H), sent, cnt);
 
     /* the tokens living here after this layer and their residual streams */
     int64_t nn = 0, capn = n + nw;
@@ -1021,7 +1019,7 @@ static epm_status forward(rt *r, int64_t *pn, int64_t **pg, float **ph)
         if (st == EPM_OK)
             st = epm_xcomm_exchange(r->x, n, dest, rows, W, P, sent, &recv, &src, &nr);
         if (st == EPM_OK)
-            epm_wire_count(r, H, sent, r->gather_local);
+            epm_wire_count(P, epm_wire_bytes(r, H), sent, r->gather_local);
         epm_free(rows);
         epm_free(dest);
         if (st != EPM_OK)
@@ -1204,7 +1202,17 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     const epm_model_config *c = r->c;
     r->latent = c->mla && !o->mla_expanded;
     r->kv16 = o->kv_bf16 != 0;
-    r->wire16 = o->wire_bf16 != 0;
+    r->wire8 = o->wire_fp8 != 0;
+    r->wire16 = o->wire_bf16 || r->wire8; /* fp8's combine is bf16 */
+    if (o->wire_bf16 && o->wire_fp8)
+        return sync(r, epm_fail(EPM_ERR_INVALID_ARG, "the wire's dtype is bf16 or fp8, not both"));
+    /* follow mode's rows carry the residual streams, which fp8 would round
+     * to 3 mantissa bits for good: DeepEP's fp8 dispatch is for home mode */
+    if (r->wire8 && o->mode == EPM_MODE_FOLLOW)
+        return sync(r, epm_fail(EPM_ERR_UNSUPPORTED, "--wire-dtype fp8 is for home mode: in follow mode the rows "
+                                "carry the residual streams, which e4m3 would round to 3 mantissa bits (use bf16)"));
+    for (int b = 0; b < 256 && r->wire8; b++)
+        r->fp8_lut[b] = epm_f8e4m3_to_f32((uint8_t)b);
     if (r->kv16 && !r->ops->attention_w16)
         return sync(r, epm_fail(EPM_ERR_UNSUPPORTED, "--kv-dtype bf16: the %s kernels have no attention over a "
                                 "bf16 cache", r->ops->name));
@@ -1645,7 +1653,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     rep->kv_cache = !r.c->mla ? "keys-values" : r.latent ? "mla-latent" : "mla-expanded";
     rep->kv_row_floats = epm_model_kv_floats(r.c, !r.latent);
     rep->kv_dtype = r.kv16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
-    rep->wire_dtype = r.wire16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+    rep->wire_dtype = r.wire8 ? EPM_DTYPE_F8_E4M3 : r.wire16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
     rep->bytes = r.bytes_local;
     rep->kv_bytes = r.kv_local;
     rep->rank_load = r.load_local;

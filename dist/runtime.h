@@ -67,6 +67,11 @@ typedef struct epm_run_opts {
                                        on every rank, whether their expert is remote or not; so are the
                                        partial sums of the combine, and in follow mode the residual streams
                                        and the K/V rows the ranks all-gather. Default float32 */
+    int wire_fp8;                   /* home mode: dispatch rows carry each token's expert input (the
+                                       normalised hidden state) in float8 e4m3 with a float32 scale per
+                                       128 values, as DeepEP's fp8 dispatch (hidden + 4 x ceil(hidden /
+                                       128) bytes: plan eval's dispatch bytes), on every rank, remote
+                                       or not; the combine is bf16 as with wire_bf16. Not with it */
 } epm_run_opts;
 
 typedef struct epm_run_report {
@@ -95,7 +100,8 @@ typedef struct epm_run_report {
     int kv_row_floats;      /* its width per token and layer (epm_model_kv_floats): plan's kv_dim */
     epm_dtype kv_dtype;     /* what the cache holds each value in: F32, or BF16 (epm_run_opts.kv_bf16);
                                rows travel between ranks in wire_dtype either way */
-    epm_dtype wire_dtype;   /* what activation rows travel between ranks in: F32, or BF16 (wire_bf16) */
+    epm_dtype wire_dtype;   /* what activation rows travel between ranks in: F32, BF16 (wire_bf16), or
+                               F8_E4M3 (wire_fp8: dispatch; its combine is bf16) */
 } epm_run_report;
 
 typedef struct epm_run_result {

@@ -30,7 +30,10 @@ typedef struct rt {
     void **kc, **vc;   /* [layers * B] caches, NULL where this rank keeps none (vc: also with MLA's
                           latent cache, whose rows kc holds); float32, or bf16 bit patterns (kv16) */
     int kv16;          /* the caches hold bf16 (epm_run_opts.kv_bf16) */
-    int wire16;        /* activation rows travel between ranks as bf16 (epm_run_opts.wire_bf16) */
+    int wire16;        /* activation rows travel between ranks as bf16 (epm_run_opts.wire_bf16; with
+                          wire_fp8 too: its combine) */
+    int wire8;         /* dispatch rows carry the expert input in fp8 (epm_run_opts.wire_fp8) */
+    float fp8_lut[256]; /* e4m3 codes' values, with wire8 */
     int latent;        /* MLA cached as its latent (runtime_mla.c) */
     epm_weight *mla_ukt; /* [layers] with the latent: kv_b's key half per head, transposed to
                             [heads][kv_lora][qk_nope] (as held), so that absorbing it into the
@@ -149,17 +152,27 @@ double epm_mla_setup_bytes(const rt *r);
 
 /* Activation rows between ranks (runtime_wire.c): a payload of n float32
  * values takes epm_wire_floats(n) floats of a row (n, or n/2 rounded up as
- * packed bf16 pairs); _put writes it (rounding to bf16, nearest even), _get
- * reads it back as float32, _add adds it to acc [n]; _round rounds x [n] in place as _put then _get
- * would. _count adds to counted (NULL: nothing) the payload bytes of an
- * exchange of such rows (what it counted in sent) at the wire dtype's
- * element size, which plan eval's dtype bytes model. */
+ * packed bf16 pairs) and epm_wire_bytes(n) counted bytes; _put writes it
+ * (rounding to bf16, nearest even), _get reads it back as float32, _add
+ * adds it to acc [n]; _round rounds x [n] in place as _put then _get
+ * would. A dispatch row's payload (epm_wire_dispatch_floats, _bytes) is
+ * that of the residual stream h, or with fp8 the expert input x as e4m3
+ * codes and block scales; _dispatch_input gives the expert input from it
+ * (dequantised, or read and normalised with norm). epm_wire_count adds to
+ * counted (NULL: nothing) the payload bytes of an exchange of rows of
+ * floats payload floats (what it counted in sent) at row_bytes per row:
+ * what plan eval models. */
 int epm_wire_floats(const rt *r, int n);
+int64_t epm_wire_bytes(const rt *r, int n);
+int epm_wire_dispatch_floats(const rt *r, int n);
+int64_t epm_wire_dispatch_bytes(const rt *r, int n);
 void epm_wire_put(const rt *r, float *row, int n, const float *src);
 void epm_wire_get(const rt *r, const float *row, int n, float *dst);
 void epm_wire_add(const rt *r, const float *row, int n, float *acc);
 void epm_wire_round(const rt *r, float *x, int64_t n);
-void epm_wire_count(const rt *r, int n, const int64_t sent[EPM_LINK_COUNT], int64_t *counted);
+void epm_wire_dispatch_put(const rt *r, float *row, int n, const float *h, const float *x);
+void epm_wire_dispatch_input(const rt *r, const float *row, int n, const float *norm, float *xin);
+void epm_wire_count(int floats, int64_t row_bytes, const int64_t sent[EPM_LINK_COUNT], int64_t *counted);
 
 /* Collective agreement on st (every rank's first failure wins). */
 epm_status epm_rt_sync(rt *r, epm_status st);

@@ -52,12 +52,16 @@ static const char eval_usage[] =
     "                        experts and MoE layers must be the trace's (flags given beside it\n"
     "                        win), and --dtype-bytes 4: epmoe run's activations are float32 on the\n"
     "                        wire whatever the weights' dtype, so this predicts what run counts\n"
-    "                        (add --dtype-bytes 2 for a run with --wire-dtype bf16)\n"
+    "                        (add --wire-dtype for a run with it)\n"
     "  --mode M              home | follow | both (default: the placements' own mode; both when\n"
     "                        they were planned for different modes)\n"
     "  --hidden H            hidden size (default 4096)\n"
     "  --dtype-bytes B       bytes per element on the wire (default 2: bf16, epmoe run --wire-dtype\n"
     "                        bf16; 4 for its float32 default)\n"
+    "  --wire-dtype T        what epmoe run --wire-dtype T sends: f32 (--dtype-bytes 4), bf16 (2), or\n"
+    "                        fp8 (home mode: dispatch rows of hidden + 4 x ceil(hidden / 128) bytes,\n"
+    "                        e4m3 with a scale per 128 values, and a bf16 combine); instead of\n"
+    "                        --dtype-bytes\n"
     "  --kv-dim D            K+V width per token per layer for follow (default hidden/2; `epmoe model\n"
     "                        info` prints a model's)\n"
     "  --ffn F               expert FFN width, for modelled compute (default 14336)\n"
@@ -66,7 +70,8 @@ static const char eval_usage[] =
 
 enum {
     O_TRACE = 256, O_EXPERTS, O_METHOD, O_MODE, O_NODES, O_GPN, O_CLUSTER, O_INTRA, O_INTER, O_SLOTS, O_TLIM,
-    O_GAP, O_HIDDEN, O_BW, O_TW, O_OUT, O_EPLB, O_JSON, O_QUIET, O_DTB, O_KV, O_FFN, O_PERLAYER, O_MODEL, O_HELP
+    O_GAP, O_HIDDEN, O_BW, O_TW, O_OUT, O_EPLB, O_JSON, O_QUIET, O_DTB, O_KV, O_FFN, O_PERLAYER, O_MODEL, O_WIRE,
+    O_HELP
 };
 
 static const struct option plan_opts[] = {
@@ -82,7 +87,7 @@ static const struct option plan_opts[] = {
     {"quiet", no_argument, 0, O_QUIET},             {"dtype-bytes", required_argument, 0, O_DTB},
     {"kv-dim", required_argument, 0, O_KV},         {"ffn", required_argument, 0, O_FFN},
     {"per-layer", no_argument, 0, O_PERLAYER},      {"model", required_argument, 0, O_MODEL},
-    {"help", no_argument, 0, O_HELP},
+    {"wire-dtype", required_argument, 0, O_WIRE},   {"help", no_argument, 0, O_HELP},
     {0, 0, 0, 0}};
 
 /* What the planner's and the evaluator's cost terms need from a checkpoint,
@@ -381,7 +386,7 @@ static void print_eval_text(const evaluated *ev, int n, int per_layer)
 static int cmd_eval(int argc, char **argv)
 {
     const char *W = "plan eval";
-    const char *trace_path = NULL, *mode_s = NULL;
+    const char *trace_path = NULL, *mode_s = NULL, *wire_s = NULL;
     long hidden = 4096, dtb = 2, kv = 0, ffn = 14336;
     int json = 0, per_layer = 0, c, have_hidden = 0, have_dtb = 0, have_kv = 0, have_ffn = 0;
     const char *model_dir = NULL;
@@ -397,6 +402,7 @@ static int cmd_eval(int argc, char **argv)
         case O_FFN: if (!cli_parse_int(W, "--ffn", optarg, 1, 1 << 24, &ffn)) return EPM_EXIT_USAGE; have_ffn = 1; break;
         case O_MODEL: model_dir = optarg; break;
         case O_PERLAYER: per_layer = 1; break;
+        case O_WIRE: wire_s = optarg; break;
         case O_JSON: json = 1; break;
         case O_HELP: fputs(eval_usage, stdout); return EPM_EXIT_OK;
         default: return cli_option_error(W, argv);
@@ -411,6 +417,15 @@ static int cmd_eval(int argc, char **argv)
     int both = mode_s && !strcmp(mode_s, "both");
     if (mode_s && !both && epm_mode_parse(mode_s, &fixed) != EPM_OK)
         return cli_usage_error(W, "--mode '%s' is not home, follow or both", mode_s);
+    int fp8 = wire_s && !strcmp(wire_s, "fp8");
+    if (wire_s) {
+        if (strcmp(wire_s, "f32") && strcmp(wire_s, "bf16") && !fp8)
+            return cli_usage_error(W, "--wire-dtype '%s' is not f32, bf16 or fp8", wire_s);
+        if (have_dtb)
+            return cli_usage_error(W, "--wire-dtype %s and --dtype-bytes %ld: give one", wire_s, dtb);
+        dtb = strcmp(wire_s, "f32") ? 2 : 4; /* fp8's combine is bf16 */
+        have_dtb = 1;
+    }
     epm_status st;
     if (model_dir) {
         if ((st = model_shape_load(model_dir, &ms)) != EPM_OK)
@@ -418,7 +433,7 @@ static int cmd_eval(int argc, char **argv)
         hidden = have_hidden ? hidden : ms.hidden;
         /* what epmoe run sends: its activations are float32 whatever the
          * weights are held in (a bf16 checkpoint's too), so plan eval --model
-         * predicts the run's bytes; --dtype-bytes 2 those of run --wire-dtype bf16 */
+         * predicts the run's bytes; --wire-dtype those of run --wire-dtype */
         dtb = have_dtb ? dtb : (long)sizeof(float);
         kv = have_kv ? kv : ms.kv_dim;
         ffn = have_ffn ? ffn : ms.ffn;
@@ -452,6 +467,12 @@ static int cmd_eval(int argc, char **argv)
                         epm_mode_name(epm_placement_get_info(ev[i].p)->mode));
             }
     }
+    /* as epmoe run refuses it: follow mode's rows carry the residual streams */
+    if (fp8 && (both || fixed == EPM_MODE_FOLLOW)) {
+        rc = cli_usage_error(W, "--wire-dtype fp8 is for home mode (epmoe run refuses it in follow mode), and %s %s",
+                             mode_s ? "--mode asks for" : "the placements ask for", both ? "both modes" : "follow");
+        goto out;
+    }
     for (int i = 0; i < n; i++) {
         if (epm_placement_experts(ev[i].p) != epm_trace_experts(t)) {
             rc = cli_fail(W, epm_fail(EPM_ERR_MISMATCH, "%s has %d experts per layer, the trace %s has %d", ev[i].path,
@@ -466,6 +487,7 @@ static int cmd_eval(int argc, char **argv)
             epm_eval_opts_init(&eo);
             eo.mode = ev[i].modes[m];
             eo.hidden_bytes = hidden * dtb;
+            eo.dispatch_bytes = fp8 ? hidden + 4 * ((hidden + 127) / 128) : 0;
             eo.kv_row_bytes = (kv ? kv : hidden / 2) * dtb;
             eo.flops_per_assignment = 6.0 * (double)hidden * (double)ffn;
             if ((st = epm_eval(t, ev[i].p, &eo, &ev[i].r[m])) != EPM_OK) {

@@ -53,12 +53,16 @@ static const char usage[] =
     "  --kv-dtype f32|bf16      what the K/V cache holds each value in: f32 (default, the reference\n"
     "                           arithmetic) or bf16 (half the cache memory and half the bytes a decode\n"
     "                           step streams; K and V rounded to bf16 as they are stored)\n"
-    "  --wire-dtype f32|bf16    what activations travel between ranks in: f32 (default) or bf16 (half\n"
+    "  --wire-dtype f32|bf16|fp8\n"
+    "                           what activations travel between ranks in: f32 (default); bf16 (half\n"
     "                           the bytes of dispatch, combine, the K/V all-gather and the final\n"
-    "                           gather, as DeepEP and vLLM send them; plan eval --dtype-bytes 2\n"
-    "                           predicts them). Expert inputs and combined partial sums are rounded to\n"
-    "                           bf16 on every rank, remote or not; in follow mode so are the residual\n"
-    "                           streams and the all-gathered K/V rows\n"
+    "                           gather, as DeepEP and vLLM send them): expert inputs and combined\n"
+    "                           partial sums are rounded to bf16 on every rank, remote or not, and in\n"
+    "                           follow mode so are the residual streams and the all-gathered K/V rows;\n"
+    "                           fp8 (home mode, DeepEP's low-precision dispatch): the expert inputs as\n"
+    "                           e4m3 with a scale per 128 values (hidden + 4 x ceil(hidden / 128)\n"
+    "                           bytes a row), the combine in bf16. plan eval --wire-dtype predicts\n"
+    "                           the bytes of each\n"
     "  --mla-cache latent|expanded\n"
     "                           DeepSeek's multi-head latent attention: cache the latent (default;\n"
     "                           kv_lora_rank + qk_rope_head_dim floats per token and layer, kv_b_proj\n"
@@ -307,9 +311,10 @@ int epm_cli_run(int argc, char **argv)
             o.kv_bf16 = !strcmp(optarg, "bf16");
             break;
         case O_WDT:
-            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16"))
-                return cli_usage_error(W, "--wire-dtype '%s' is not f32 or bf16", optarg);
+            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16") && strcmp(optarg, "fp8"))
+                return cli_usage_error(W, "--wire-dtype '%s' is not f32, bf16 or fp8", optarg);
             o.wire_bf16 = !strcmp(optarg, "bf16");
+            o.wire_fp8 = !strcmp(optarg, "fp8");
             break;
         case O_MLA:
             if (strcmp(optarg, "latent") && strcmp(optarg, "expanded"))

@@ -13,6 +13,7 @@ void epm_eval_opts_init(epm_eval_opts *o)
     o->mode = EPM_MODE_HOME;
     o->hidden_bytes = 4096 * 2;
     o->kv_row_bytes = 8 * 128 * 2 * 2;
+    o->dispatch_bytes = 0;
     o->flops_per_assignment = 6.0 * 4096.0 * 14336.0;
 }
 
@@ -99,11 +100,13 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
                         epm_trace_experts(t) - 1, p->experts);
     if (o->mode != EPM_MODE_HOME && o->mode != EPM_MODE_FOLLOW)
         return epm_fail(EPM_ERR_INVALID_ARG, "eval: mode = %d is not home or follow", (int)o->mode);
-    if (o->hidden_bytes < 0 || o->kv_row_bytes < 0 || !(o->flops_per_assignment >= 0) ||
+    if (o->hidden_bytes < 0 || o->kv_row_bytes < 0 || o->dispatch_bytes < 0 || !(o->flops_per_assignment >= 0) ||
         !isfinite(o->flops_per_assignment))
         return epm_fail(EPM_ERR_INVALID_ARG,
-                        "eval: hidden_bytes = %lld, kv_row_bytes = %lld and flops_per_assignment = %g must be >= 0",
-                        (long long)o->hidden_bytes, (long long)o->kv_row_bytes, o->flops_per_assignment);
+                        "eval: hidden_bytes = %lld, kv_row_bytes = %lld, dispatch_bytes = %lld and flops_per_assignment "
+                        "= %g must be >= 0",
+                        (long long)o->hidden_bytes, (long long)o->kv_row_bytes, (long long)o->dispatch_bytes,
+                        o->flops_per_assignment);
     EPM_CHECK(epm_placement_validate(p, 0));
 
     const int L = p->layers, R = p->ranks, K = epm_trace_k(t);
@@ -161,7 +164,7 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
             }
             int comb = o->mode == EPM_MODE_FOLLOW ? dst[0] : src;
             for (int q = 0; q < nd; q++) {
-                move(&a, src, distinct[q], o->hidden_bytes, 0);
+                move(&a, src, distinct[q], o->dispatch_bytes ? o->dispatch_bytes : o->hidden_bytes, 0);
                 move(&a, distinct[q], comb, o->hidden_bytes, 0);
             }
             if (o->mode == EPM_MODE_FOLLOW) {

@@ -12,8 +12,9 @@
  *           goes from src to every other rank (the all-gather of the
  *           replicated KV cache). After the last layer the token's state goes
  *           from its rank to its home rank (gather_bytes).
- * Each transfer moves hidden_bytes = hidden * dtype size and is counted under
- * the link class of its two ranks. A token whose row starts with -1 skips the
+ * Each transfer moves hidden_bytes = hidden * dtype size (a dispatch
+ * dispatch_bytes where that is set: fp8 rows with their scales) and is
+ * counted under the link class of its two ranks. A token whose row starts with -1 skips the
  * layer: it moves nothing, writes no K/V row and, in follow, stays where it
  * is; trailing -1 ids (dynamic k) are simply not dispatched.
  * The expert load of a rank is the number of (token, expert) pairs it serves.
@@ -45,6 +46,9 @@ typedef struct epm_eval_opts {
     epm_mode mode;
     int64_t hidden_bytes;  /* bytes of one hidden vector on the wire */
     int64_t kv_row_bytes;  /* bytes of one token's K and V rows for one layer (follow) */
+    int64_t dispatch_bytes; /* bytes of one dispatched row where it differs from hidden_bytes (epmoe
+                               run --wire-dtype fp8: hidden + 4 x ceil(hidden / 128)); 0 = hidden_bytes.
+                               Appended last: callers that set fields by name keep working */
     double flops_per_assignment; /* expert FLOPs per (token, expert): 6 * hidden * ffn for SwiGLU */
 } epm_eval_opts;
 

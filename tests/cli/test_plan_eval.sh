@@ -151,6 +151,17 @@ EOF2
   # for an odd hidden size (whose rows carry a pad half-word that is not payload)
   check "synth hidden 33" 0 "$E" model synth --out "$d/m33" --hidden 33 --head-dim 6 --layers 2
   predicts w33 "$d/m33" "kv > 0 and r['wire_dtype'] == 'BF16'" "--wire-dtype bf16" "--dtype-bytes 2"
+  # fp8 dispatch (home mode): rows of 33 e4m3 codes (padded to 36 bytes on the wire) and one scale,
+  # counted as 33 + 4 bytes, and a bf16 combine; plan eval --wire-dtype fp8 predicts them
+  predicts w8 "$d/m33" "kv == 0 and r['wire_dtype'] == 'F8_E4M3'" "--wire-dtype fp8 --mode home" \
+    "--wire-dtype fp8 --mode home"
+  check "plan eval --wire-dtype with --dtype-bytes" 2 "$E" plan eval --trace "$d/w8.st" "$d/w8.json" \
+    --wire-dtype bf16 --dtype-bytes 2
+  has "$d/err" "--wire-dtype bf16 and --dtype-bytes 2: give one"
+  check "plan eval --wire-dtype fp8, follow" 2 "$E" plan eval --trace "$d/w8.st" "$d/w8.json" --wire-dtype fp8
+  has "$d/err" "--wire-dtype fp8 is for home mode (epmoe run refuses it in follow mode), and the placements ask for follow"
+  check "plan eval --wire-dtype f16" 2 "$E" plan eval --trace "$d/w8.st" "$d/w8.json" --wire-dtype f16 --mode home
+  has "$d/err" "--wire-dtype 'f16' is not f32, bf16 or fp8"
   # the flags the model replaces change the prediction; given beside it, they win
   check "plan eval --model --kv-dim" 0 "$E" plan eval --trace "$d/ds.st" "$d/ds.json" --model "$ds" --kv-dim 192 --json
   cmp -s "$d/out" "$d/ds-eval.json" && { echo "FAIL: --kv-dim beside --model changed nothing"; fails=$((fails + 1)); }

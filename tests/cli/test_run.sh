@@ -54,7 +54,10 @@ awk -v a="$g32" -v b="$g16" 'BEGIN {exit !(a > 0 && b > 0 && (a - 2 * b) ^ 2 <= 
 check "K/V cache dtype it has not" 2 "$E" run --model "$m" --input "$d/in.json" --kv-dtype fp8
 has "$d/err" "--kv-dtype 'fp8' is not f32 or bf16"
 check "wire dtype it has not" 2 "$E" run --model "$m" --input "$d/in.json" --wire-dtype f16
-has "$d/err" "--wire-dtype 'f16' is not f32 or bf16"
+has "$d/err" "--wire-dtype 'f16' is not f32, bf16 or fp8"
+check "fp8 dispatch in follow mode" 1 run -np 2 "$E" run --model "$m" --input "$d/in.json" --mode follow \
+  --wire-dtype fp8
+has "$d/err" "--wire-dtype fp8 is for home mode"
 check "bindings" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --bind --report-bindings
 [ "$(grep -c '^binding: rank' "$d/err")" = 2 ] || { echo "FAIL: expected 2 binding lines"; cat "$d/err"; fails=$((fails + 1)); }
 check "trace and logits out" 0 run -np 3 "$E" run --model "$m" --input "$m/reference.safetensors" \

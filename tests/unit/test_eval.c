@@ -69,6 +69,19 @@ static void test_eval_home_counts(void **state)
     assert_int_equal(r->recv_bytes[1], 40); /* tok 0 and tok 2 in, tok 1 back from r2 and r3 */
     assert_int_equal(r->gather_bytes[EPM_LINK_INTER], 0);
     epm_eval_result_destroy(r);
+    /* fp8 dispatch (dispatch_bytes): dispatched rows of 7 bytes, combined ones of 10 */
+    o.dispatch_bytes = 7;
+    assert_int_equal(epm_eval(t, p, &o, &r), EPM_OK);
+    assert_int_equal(r->layer[0].bytes[EPM_LINK_INTRA], 7 + 10);
+    assert_int_equal(r->layer[0].bytes[EPM_LINK_INTER], 3 * (7 + 10));
+    assert_int_equal(r->send_bytes[1], 2 * 7 + 2 * 10); /* tok 1 out to r2 and r3; tok 0 and 2 back */
+    assert_int_equal(r->recv_bytes[1], 2 * 7 + 2 * 10);
+    assert_int_equal(r->send_bytes[0], 7);
+    assert_int_equal(r->recv_bytes[0], 10);
+    epm_eval_result_destroy(r);
+    o.dispatch_bytes = -2;
+    assert_int_equal(epm_eval(t, p, &o, &r), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "dispatch_bytes = -2"));
     epm_placement_destroy(p);
     epm_trace_destroy(t);
 }

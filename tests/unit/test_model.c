@@ -567,6 +567,55 @@ static void test_model_bf16_bulk_conversions(void **state)
     assert_true(isnan(epm_bf16_to_f32(epm_f32_to_bf16(NAN))));
 }
 
+/* fp8 dispatch rows: per block of 128 (a partial last one), the scale is
+ * the block's largest magnitude over 448 and the codes those of the scalar
+ * conversion; that largest value comes back exactly and every value within
+ * e4m3's rounding (2^-4 of itself, or half a subnormal step); an all-zero
+ * block has scale 1 and zero codes; the pad bytes are zero; nothing is
+ * written past the row */
+static void test_model_fp8_rows(void **state)
+{
+    (void)state;
+    enum { N = 200 }; /* 128 + 72 */
+    float x[N], back[N], lut[256];
+    for (int b = 0; b < 256; b++)
+        lut[b] = epm_f8e4m3_to_f32((uint8_t)b);
+    uint64_t rng = 3;
+    for (int i = 0; i < N; i++)
+        x[i] = i < 128 ? (float)((double)(epm_splitmix64(&rng) % 20001) / 1000.0 - 10.0) : 0.0f;
+    x[5] = 37.5f;       /* block 0's largest */
+    x[17] = 1e-6f;      /* a subnormal code */
+    const int codes = 200, floats = codes / 4 + 2;
+    float row[N / 4 + 2 + 1];
+    memset(row, 0x5a, sizeof row);
+    for (int n = 199; n <= 200; n++) {
+        epm_fp8_row_put(row, n, x);
+        const unsigned char *q = (const unsigned char *)row;
+        int cb = 4 * ((n + 3) / 4);
+        float s0, s1;
+        memcpy(&s0, q + cb, 4);
+        memcpy(&s1, q + cb + 4, 4);
+        assert_true(s0 == 37.5f / 448.0f);
+        assert_true(s1 == 1.0f); /* block 1 is all zeros */
+        for (int j = 0; j < n; j++)
+            assert_int_equal(q[j], epm_f32_to_f8e4m3(x[j] * (1.0f / (j < 128 ? s0 : s1))));
+        for (int j = n; j < cb; j++)
+            assert_int_equal(q[j], 0);
+        epm_fp8_row_get(row, n, lut, back);
+        assert_true(back[5] == 37.5f);
+        for (int j = 0; j < n; j++) {
+            double err = fabs((double)back[j] - x[j]), sub = (j < 128 ? s0 : s1) * 0x1p-10;
+            if (err > fabs(x[j]) * 0x1p-4 + sub)
+                fail_msg("n %d [%d]: %g back as %g", n, j, x[j], back[j]);
+        }
+    }
+    float last;
+    memcpy(&last, &row[floats], 4);
+    uint32_t u;
+    memcpy(&u, &last, 4);
+    assert_int_equal(u, 0x5a5a5a5au);
+}
+
 static void write_text(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
@@ -1142,6 +1191,7 @@ int main(void)
         cmocka_unit_test(test_model_half_precision_converts),
         cmocka_unit_test(test_model_half_conversions),
         cmocka_unit_test(test_model_bf16_bulk_conversions),
+        cmocka_unit_test(test_model_fp8_rows),
         cmocka_unit_test(test_model_experts_kept_bf16),
         cmocka_unit_test(test_model_dense_kept_bf16),
         cmocka_unit_test(test_model_missing_tensor),
