@@ -31,8 +31,9 @@ void epm_bf16_unpack(float *dst, const void *src, int64_t n);
 void epm_bf16_add(float *acc, const void *src, int64_t n);
 /* An fp8 dispatch row (DeepEP's): x [n] as float8 e4m3 codes (n bytes,
  * zero-padded to a multiple of 4) then one float32 scale per block of
- * EPM_FP8_ROW_BLOCK values (the block's largest magnitude over 448, or 1
- * for an all-zero block), code = e4m3(x * (1 / scale)), nearest even;
+ * EPM_FP8_ROW_BLOCK values (the block's largest magnitude over 448, at
+ * least FLT_MIN, or 1 for an all-zero block), code = e4m3(x * (1 /
+ * scale)), nearest even;
  * row holds n / 4 + blocks floats, rounded up. _get: x = lut[code] * scale
  * (lut: the 256 codes' values, epm_f8e4m3_to_f32). */
 enum { EPM_FP8_ROW_BLOCK = 128 };

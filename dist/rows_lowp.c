@@ -5,6 +5,7 @@
  * (bench a2a's full16 column). The same rounding as epm_f32_to_bf16:
  * nearest even, NaN kept quiet. Loads and stores go through memcpy: the rows
  * are float arrays. */
+#include <float.h>
 #include <math.h>
 
 #include "half.h"
@@ -73,10 +74,14 @@ void epm_fp8_row_put(float *row, int n, const float *x)
         float amax = 0;
         for (int j = j0; j < j1; j++)
             amax = fmaxf(amax, fabsf(x[j]));
-        /* an all-zero block keeps scale 1 (its codes are zeros); a NaN or
-         * infinite value makes the scale, and so the block, NaN, as float32
-         * arithmetic would spread it */
-        float scale = amax > 0 || isnan(amax) ? amax / 448.0f : 1.0f, inv = 1.0f / scale;
+        /* An all-zero block keeps scale 1 (its codes are zeros). The
+         * scale is at least FLT_MIN: a block of values below 448 x FLT_MIN
+         * would otherwise have a subnormal or zero scale whose inverse is
+         * infinite, and its zeros would come back NaN. A NaN (which fmaxf
+         * passes over) stays NaN in its own place; an infinite value makes
+         * the scale infinite, its own place NaN and the block's others 0:
+         * garbage either way, as float32 arithmetic would spread it. */
+        float scale = amax > 0 ? fmaxf(amax, 448.0f * FLT_MIN) / 448.0f : 1.0f, inv = 1.0f / scale;
         for (int j = j0; j < j1; j++)
             q[j] = epm_f32_to_f8e4m3(x[j] * inv);
         memcpy(q + codes + 4 * (size_t)b, &scale, sizeof scale);

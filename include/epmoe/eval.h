@@ -46,10 +46,10 @@ typedef struct epm_eval_opts {
     epm_mode mode;
     int64_t hidden_bytes;  /* bytes of one hidden vector on the wire */
     int64_t kv_row_bytes;  /* bytes of one token's K and V rows for one layer (follow) */
+    double flops_per_assignment; /* expert FLOPs per (token, expert): 6 * hidden * ffn for SwiGLU */
     int64_t dispatch_bytes; /* bytes of one dispatched row where it differs from hidden_bytes (epmoe
                                run --wire-dtype fp8: hidden + 4 x ceil(hidden / 128)); 0 = hidden_bytes.
-                               Appended last: callers that set fields by name keep working */
-    double flops_per_assignment; /* expert FLOPs per (token, expert): 6 * hidden * ffn for SwiGLU */
+                               Appended last, so the fields before it keep their places */
 } epm_eval_opts;
 
 /* Mixtral-8x7B-like defaults: hidden 4096 in bf16, 8 KV heads x 128 x 2 (K,V) x bf16,

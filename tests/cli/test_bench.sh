@@ -551,13 +551,13 @@ ok "bench run --kv-dtypes" mpi -np 3 "$E" bench run --model "$F/qwen2moe-tiny" -
              NR == 3 && $1 == "BF16" && $2 * 2 == b32 && $3 == 0.5 && $4 > 0 && $5 > 0 && $8 > 0 && $8 < 0.05 {b = 1}
              END {exit !(h && a && b && NR == 3)}' "$d/out" || { fail "bench run --kv-dtypes: rows"; show; }; }
 usage run "--kv-dtypes --mla-cache" "" --model "$m" --kv-dtypes --mla-cache
-# activations between ranks in bf16: exactly half the bytes (the same routing here), the logits within
+# activations between ranks in bf16: half the bytes (exactly, unless the rounding tips a router), the logits within
 # bf16 rounding of float32's; fp8 dispatch (home mode): fewer bytes still, the logits within its rounding
 ok "bench run --wire-dtypes" mpi -np 3 "$E" bench run --model "$F/mixtral-tiny" --batch 3 --seq 8 --new 3 --reps 1 \
   --wire-dtypes --csv &&
   { awk -F, 'NR == 1 && $1 == "wire_dtype" && $3 == "bytes_vs_f32" && $5 == "comm_vs_f32" && NF == 11 {h = 1}
              NR == 2 && $1 == "F32" && $2 > 0 && $3 == 1 && $4 > 0 && $5 == 1 && $10 == 0 && $11 == 1 {a = 1; b32 = $2}
-             NR == 3 && $1 == "BF16" && $2 * 2 == b32 && $3 == 0.5 && $4 > 0 && $5 > 0 && $10 > 0 && $10 < 0.01 {b = 1}
+             NR == 3 && $1 == "BF16" && $3 > 0.45 && $3 < 0.55 && $4 > 0 && $5 > 0 && $10 > 0 && $10 < 0.01 {b = 1}
              NR == 4 && $1 == "F8_E4M3" && $3 > 0.3 && $3 < 0.45 && $4 > 0 && $10 > 0 && $10 < 0.05 {c = 1}
              END {exit !(h && a && b && c && NR == 4)}' "$d/out" || { fail "bench run --wire-dtypes: rows"; show; }; }
 usage run "--wire-dtypes --kv-dtypes" "" --model "$m" --wire-dtypes --kv-dtypes

@@ -123,8 +123,10 @@ if command -v mpirun >/dev/null; then
     check "$name: plan --model" 0 "$E" plan --trace "$d/$name.st" --model "$model" --gpus-per-node 3 \
       --method greedy --mode follow --out "$d/$name.json" --quiet
     # shellcheck disable=SC2086
+    # (the traced routing replayed: a bf16 or fp8 wire could tip a router's near-tie, and then the
+    # run would not be the trace's)
     check "$name: run with the plan" 0 mpi -np 3 "$E" run --model "$model" --input "$d/in.json" --max-new-tokens 3 \
-      --mode follow --placement "$d/$name.json" --json --report $rf
+      --mode follow --placement "$d/$name.json" --json --report --route-from-trace "$d/$name.st" $rf
     cp "$d/out" "$d/$name-run.json"
     # shellcheck disable=SC2086
     check "$name: plan eval --model" 0 "$E" plan eval --trace "$d/$name.st" "$d/$name.json" --model "$model" --json $ef

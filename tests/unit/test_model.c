@@ -4,6 +4,7 @@
  * missing tensor, a missing shard and a truncated file are each named. */
 #include "test_util.h"
 
+#include <float.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -614,6 +615,15 @@ static void test_model_fp8_rows(void **state)
     uint32_t u;
     memcpy(&u, &last, 4);
     assert_int_equal(u, 0x5a5a5a5au);
+    /* a block of values far below 448 x FLT_MIN: a finite scale, zeros
+     * stay zeros (an infinite inverse once made them NaN) */
+    float tiny[4] = {1e-37f, 0.0f, -5e-38f, 1e-40f}, tb[4];
+    epm_fp8_row_put(row, 4, tiny);
+    epm_fp8_row_get(row, 4, lut, tb);
+    assert_true(tb[1] == 0.0f);
+    for (int j = 0; j < 4; j++)
+        if (!(fabsf(tb[j] - tiny[j]) <= fabsf(tiny[j]) * 0x1p-4f + FLT_MIN * 0x1p-9f))
+            fail_msg("tiny [%d]: %g back as %g", j, tiny[j], tb[j]);
 }
 
 static void write_text(const char *path, const char *text)
