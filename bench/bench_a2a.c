@@ -14,7 +14,10 @@
  * MPI_Alltoallv calls (there and back). A fourth method, full16, is the
  * whole of ours with activations in bf16 on the wire (epmoe run --wire-dtype
  * bf16): rows rounded into bf16 pairs (half the width), the same exchanges,
- * widened as they are summed; its ratio is full's time over its own. */
+ * widened as they are summed; its ratio is full's time over its own.
+ * full8 is the same with --wire-dtype fp8's rows: the dispatch as e4m3
+ * with a scale per 128 values, dequantised where it lands and sent back
+ * as bf16 (the runtime's expert input, then its partial sum). */
 #include <getopt.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -72,6 +75,10 @@ typedef struct bcase {
     epm_xcomm_buf disp, comb; /* reused across iterations, as a layer loop would */
     float *rows16;
     epm_xcomm_buf disp16, comb16;
+    int W8;                        /* floats per fp8 row: codes, then scales */
+    int64_t ncap;                  /* rows a rank may receive (the baseline's count) */
+    float *rows8, *mid16, *wide;
+    epm_xcomm_buf disp8, comb8;
     /* baseline */
     float *sbuf, *rbuf;
     int *cnt; /* send counts, displacements, receive counts, displacements: [4][R] */
@@ -123,14 +130,12 @@ static epm_status ours(bcase *b)
     return EPM_OK;
 }
 
-static epm_status ours16(bcase *b)
+/* the bf16 combine: rows [d->n] of bf16 back to where d's came from, widened
+ * as they are summed into the tokens */
+static epm_status combine16(bcase *b, const epm_xcomm_buf *d, const float *rows, epm_xcomm_buf *c)
 {
     int W = b->W, W16 = b->W16;
-    for (int64_t i = 0; i < b->nrows; i++) /* an odd row's pad half-word stays as set up */
-        epm_bf16_pack(b->rows16 + i * W16, b->h + b->tok[i] * W, W);
-    epm_xcomm_buf *d = &b->disp16, *c = &b->comb16;
-    EPM_CHECK(epm_xcomm_exchange_buf(b->x, b->nrows, b->dest, b->rows16, W16, W16, NULL, d));
-    EPM_CHECK(epm_xcomm_exchange_buf(b->x, d->n, d->src, d->rows, W16, W16, NULL, c));
+    EPM_CHECK(epm_xcomm_exchange_buf(b->x, d->n, d->src, rows, W16, W16, NULL, c));
     if (c->n != b->nrows)
         return epm_fail(EPM_ERR_INTERNAL, "bench a2a: %lld bf16 rows came back of %lld", (long long)c->n,
                         (long long)b->nrows);
@@ -138,6 +143,33 @@ static epm_status ours16(bcase *b)
     for (int64_t i = 0; i < b->nrows; i++)
         epm_bf16_add(b->out + b->tok[i] * W, c->rows + i * W16, W);
     return EPM_OK;
+}
+
+static epm_status ours16(bcase *b)
+{
+    int W = b->W, W16 = b->W16;
+    for (int64_t i = 0; i < b->nrows; i++) /* an odd row's pad half-word stays as set up */
+        epm_bf16_pack(b->rows16 + i * W16, b->h + b->tok[i] * W, W);
+    epm_xcomm_buf *d = &b->disp16, *c = &b->comb16;
+    EPM_CHECK(epm_xcomm_exchange_buf(b->x, b->nrows, b->dest, b->rows16, W16, W16, NULL, d));
+    return combine16(b, d, d->rows, c);
+}
+
+static epm_status ours8(bcase *b)
+{
+    int W = b->W, W16 = b->W16, W8 = b->W8;
+    for (int64_t i = 0; i < b->nrows; i++)
+        epm_fp8_row_put(b->rows8 + i * W8, W, b->h + b->tok[i] * W);
+    epm_xcomm_buf *d = &b->disp8, *c = &b->comb8;
+    EPM_CHECK(epm_xcomm_exchange_buf(b->x, b->nrows, b->dest, b->rows8, W8, W8, NULL, d));
+    if (d->n > b->ncap)
+        return epm_fail(EPM_ERR_INTERNAL, "bench a2a: %lld fp8 rows arrived, room for %lld", (long long)d->n,
+                        (long long)b->ncap);
+    for (int64_t i = 0; i < d->n; i++) { /* pad half-words stay as set up */
+        epm_fp8_row_get(d->rows + i * W8, W, b->wide);
+        epm_bf16_pack(b->mid16 + i * W16, b->wide, W);
+    }
+    return combine16(b, d, b->mid16, c);
 }
 
 static epm_status raw(bcase *b)
@@ -151,7 +183,7 @@ static epm_status raw(bcase *b)
 
 static epm_status run_one(bcase *b, int which)
 {
-    return which == 3 ? ours16(b) : which == 2 ? raw(b) : which == 1 ? exchanges(b) : ours(b);
+    return which == 4 ? ours8(b) : which == 3 ? ours16(b) : which == 2 ? raw(b) : which == 1 ? exchanges(b) : ours(b);
 }
 
 /* iterations per timing, sized from one timed call (the slowest rank's) */
@@ -187,6 +219,9 @@ static void bcase_free(bcase *b)
     epm_free(b->dest);
     epm_free(b->rows);
     epm_free(b->rows16);
+    epm_free(b->rows8);
+    epm_free(b->mid16);
+    epm_free(b->wide);
     epm_free(b->out);
     epm_free(b->sbuf);
     epm_free(b->rbuf);
@@ -195,6 +230,8 @@ static void bcase_free(bcase *b)
     epm_xcomm_buf_free(&b->comb);
     epm_xcomm_buf_free(&b->disp16);
     epm_xcomm_buf_free(&b->comb16);
+    epm_xcomm_buf_free(&b->disp8);
+    epm_xcomm_buf_free(&b->comb8);
     if (b->row != MPI_DATATYPE_NULL)
         MPI_Type_free(&b->row);
 }
@@ -293,7 +330,12 @@ static epm_status setup(bcase *b, long size, const cfg *g)
             c[R + r] = c[R + r - 1] + c[r - 1];
     }
     b->rbuf = epm_calloc((size_t)(nr + 1) * W, sizeof *b->rbuf);
-    if (!b->rbuf)
+    b->W8 = (W + 3) / 4 + (W + EPM_FP8_ROW_BLOCK - 1) / EPM_FP8_ROW_BLOCK;
+    b->ncap = nr;
+    b->rows8 = epm_malloc((size_t)(b->nrows + 1) * b->W8 * sizeof *b->rows8);
+    b->mid16 = epm_calloc((size_t)(nr + 1) * b->W16, sizeof *b->mid16);
+    b->wide = epm_malloc((size_t)W * sizeof *b->wide);
+    if (!b->rbuf || !b->rows8 || !b->mid16 || !b->wide)
         return EPM_ERR_NOMEM;
     MPI_Type_contiguous(W, MPI_FLOAT, &b->row);
     MPI_Type_commit(&b->row);
@@ -441,21 +483,22 @@ int epm_bench_a2a(int argc, char **argv)
     if (me == 0) {
         if (g.csv)
             printf("ranks,nodes,a2a,hier,bytes,row_bytes,ours_us,ours_algbw_gbs,ours_busbw_gbs,raw_us,raw_algbw_gbs,"
-                   "raw_busbw_gbs,ratio,full_us,ratio_full,size,full16_us,full_vs_full16\n");
+                   "raw_busbw_gbs,ratio,full_us,ratio_full,size,full16_us,full_vs_full16,full8_us,full_vs_full8\n");
         else
             printf("# epmoe bench a2a: %d ranks, %d node(s)%s, transport %s%s, top-%ld of %ld experts (contiguous)\n"
                    "# size = dispatch bytes per rank (mean); ours = dispatch + combine exchanges (epm_xcomm);\n"
                    "# raw = MPI_Alltoallv there and back of the same packed rows; full = ours + building the rows\n"
                    "# and summing the combined rows into the tokens; algbw = 2*size/time (GB/s), busbw = algbw*(n-1)/n;\n"
                    "# full16 = full with the rows in bf16 on the wire (half the bytes), f/f16 = full / full16;\n"
+                   "# full8 = full with fp8 dispatch rows and a bf16 combine (run --wire-dtype fp8), f/f8 likewise;\n"
                    "# time = the fastest of 5 alternating rounds and of single operations interleaved one by one\n"
                    "%s"
-                   "%11s %6s %11s %8s %8s %11s %8s %8s %6s %11s %6s %11s %6s\n",
+                   "%11s %6s %11s %8s %8s %11s %8s %8s %6s %11s %6s %11s %6s %11s %6s\n",
                    R, cl.nodes, xo.virtual_nodes ? " (virtual)" : "", epm_xcomm_a2a_name(xo.a2a),
                    epm_xcomm_hierarchical(x) ? ", hierarchical" : "", g.k, g.epr * R,
                    R == 1 ? "# one rank: no row leaves it, raw moves nothing, so no ratio is given\n" : "",
                    "size", "row", "ours_us", "algbw", "busbw", "raw_us", "algbw", "busbw", "ratio", "full_us", "ratio",
-                   "full16_us", "f/f16");
+                   "full16_us", "f/f16", "full8_us", "f/f8");
     }
     int rc = EPM_EXIT_OK;
     for (long size = g.min; size <= g.max && rc == EPM_EXIT_OK; size *= g.step) {
@@ -465,9 +508,9 @@ int epm_bench_a2a(int argc, char **argv)
         b.R = R;
         b.me = me;
         st = epm_xcomm_agree(x, setup(&b, size, &g));
-        enum { METHODS = 4 };
-        double t[METHODS] = {1e30, 1e30, 1e30, 1e30};
-        int it[METHODS] = {0, 0, 0, 0};
+        enum { METHODS = 5 };
+        double t[METHODS] = {1e30, 1e30, 1e30, 1e30, 1e30};
+        int it[METHODS] = {0, 0, 0, 0, 0};
         for (int m = 0; m < METHODS && st == EPM_OK; m++)
             it[m] = calibrate(&b, m, g.secs / ROUNDS, &st);
         /* the methods alternate, best of ROUNDS each: a shared machine's
@@ -487,7 +530,7 @@ int epm_bench_a2a(int argc, char **argv)
                 double one = timeit(&b, m, 1, &st);
                 t[m] = one < t[m] ? one : t[m];
             }
-        double tf = t[0], to = t[1], tr = t[2], t16 = t[3];
+        double tf = t[0], to = t[1], tr = t[2], t16 = t[3], t8 = t[4];
         st = epm_xcomm_agree(x, st);
         double bytes = (double)b.nrows * b.W * 4;
         MPI_Allreduce(MPI_IN_PLACE, &bytes, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
@@ -500,26 +543,29 @@ int epm_bench_a2a(int argc, char **argv)
             /* with nothing crossing ranks (one rank) raw moves nothing and
              * ours only its bookkeeping: a ratio would mean nothing, so the
              * fields are left empty (CSV) or "-" (table) */
-            char r1[16], r2[16], r3[16];
+            char r1[16], r2[16], r3[16], r4[16];
             snprintf(r1, sizeof r1, g.csv ? "" : "-");
             snprintf(r2, sizeof r2, g.csv ? "" : "-");
             snprintf(r3, sizeof r3, g.csv ? "" : "-");
+            snprintf(r4, sizeof r4, g.csv ? "" : "-");
             if (bytes > 0) {
                 snprintf(r1, sizeof r1, g.csv ? "%.3f" : "%.2f", to / tr);
                 snprintf(r2, sizeof r2, g.csv ? "%.3f" : "%.2f", tf / tr);
                 snprintf(r3, sizeof r3, g.csv ? "%.3f" : "%.2f", tf / t16);
+                snprintf(r4, sizeof r4, g.csv ? "%.3f" : "%.2f", tf / t8);
             }
             if (g.csv) {
                 /* size: the size asked for (the same at every rank count); bytes: what each rank
                  * sent on average, which the bandwidths use */
-                printf("%d,%d,%s,%d,%.0f,%d,%.2f,%.4f,%.4f,%.2f,%.4f,%.4f,%s,%.2f,%s,%ld,%.2f,%s\n", R, cl.nodes,
-                       epm_xcomm_a2a_name(xo.a2a), epm_xcomm_hierarchical(x), bytes, b.W * 4, to * 1e6, ao, ao * f,
-                       tr * 1e6, ar, ar * f, r1, tf * 1e6, r2, size, t16 * 1e6, r3);
+                printf("%d,%d,%s,%d,%.0f,%d,%.2f,%.4f,%.4f,%.2f,%.4f,%.4f,%s,%.2f,%s,%ld,%.2f,%s,%.2f,%s\n", R,
+                       cl.nodes, epm_xcomm_a2a_name(xo.a2a), epm_xcomm_hierarchical(x), bytes, b.W * 4, to * 1e6, ao,
+                       ao * f, tr * 1e6, ar, ar * f, r1, tf * 1e6, r2, size, t16 * 1e6, r3, t8 * 1e6, r4);
             } else {
                 char sz[32];
                 print_size(bytes, sz, sizeof sz);
-                printf("%11s %6d %11.1f %8.3f %8.3f %11.1f %8.3f %8.3f %6s %11.1f %6s %11.1f %6s\n", sz, b.W * 4,
-                       to * 1e6, ao, ao * f, tr * 1e6, ar, ar * f, r1, tf * 1e6, r2, t16 * 1e6, r3);
+                printf("%11s %6d %11.1f %8.3f %8.3f %11.1f %8.3f %8.3f %6s %11.1f %6s %11.1f %6s %11.1f %6s\n", sz,
+                       b.W * 4, to * 1e6, ao, ao * f, tr * 1e6, ar, ar * f, r1, tf * 1e6, r2, t16 * 1e6, r3, t8 * 1e6,
+                       r4);
             }
             fflush(stdout);
         }

@@ -65,15 +65,101 @@ EPM_CLONES void epm_bf16_add(float *acc, const void *src, int64_t n)
     }
 }
 
+EPM_CLONES void epm_f8e4m3_pack(void *dst, const float *src, float mul, int64_t n)
+{
+    typedef uint8_t vb8 __attribute__((vector_size(8)));
+    unsigned char *d = dst;
+    int64_t j = 0;
+    /* epm_f32_to_f8e4m3's branches as masks: NaN, the normal range (round
+     * at the third mantissa bit, saturate beyond 448), and below 2^-6 the
+     * subnormal steps of 2^-9, rounded to nearest even by adding 2^23 */
+    for (; j + 8 <= n; j += 8) {
+        epm_vf8 y;
+        memcpy(&y, src + j, sizeof y);
+        y *= mul;
+        epm_vu8 u, a, sub, nan, sat, r, code;
+        memcpy(&u, &y, sizeof u);
+        a = u & 0x7fffffffu;
+        nan = (epm_vu8)(a > 0x7f800000u);
+        sub = (epm_vu8)(a < 0x3c800000u);
+        r = (a + 0x7ffffu + ((a >> 20) & 1u)) >> 20;
+        sat = (epm_vu8)((r >> 3) > 135u) | ((epm_vu8)((r >> 3) == 135u) & (epm_vu8)((r & 7u) == 7u));
+        code = ((((r >> 3) - 120u) << 3) | (r & 7u)) & ~sat;
+        code |= 0x7eu & sat;
+        epm_vf8 af, t;
+        memcpy(&af, &a, sizeof af);
+        t = af * 512.0f + 8388608.0f;
+        epm_vu8 q;
+        memcpy(&q, &t, sizeof q);
+        code = (code & ~sub) | ((q - 0x4b000000u) & sub);
+        code = (code & ~nan) | (0x7fu & nan);
+        code |= (u >> 24) & 0x80u;
+        vb8 b = __builtin_convertvector(code, vb8);
+        memcpy(d + j, &b, sizeof b);
+    }
+    for (; j < n; j++)
+        d[j] = epm_f32_to_f8e4m3(src[j] * mul);
+}
+
+EPM_CLONES void epm_f8e4m3_unpack(float *dst, const void *src, float mul, int64_t n)
+{
+    typedef uint8_t vb8 __attribute__((vector_size(8)));
+    const unsigned char *s = src;
+    int64_t j = 0;
+    /* epm_f8e4m3_to_f32's cases as masks: normal codes rebuilt as float32
+     * bits, subnormal ones m / 512, and NaN */
+    for (; j + 8 <= n; j += 8) {
+        vb8 b;
+        memcpy(&b, s + j, sizeof b);
+        epm_vu8 c = __builtin_convertvector(b, epm_vu8);
+        epm_vu8 e = (c >> 3) & 15u, m = c & 7u, sg = (c & 0x80u) << 24;
+        epm_vu8 bits = sg | ((e + 120u) << 23) | (m << 20), sub, is_sub, is_nan;
+        epm_vf8 mf = __builtin_convertvector(m, epm_vf8) * (1.0f / 512.0f);
+        memcpy(&sub, &mf, sizeof sub);
+        is_sub = (epm_vu8)(e == 0u);
+        is_nan = (epm_vu8)((c & 0x7fu) == 0x7fu);
+        bits = (bits & ~is_sub) | ((sub | sg) & is_sub);
+        bits = (bits & ~is_nan) | ((sg | 0x7fc00000u) & is_nan);
+        epm_vf8 f;
+        memcpy(&f, &bits, sizeof f);
+        f *= mul;
+        memcpy(dst + j, &f, sizeof f);
+    }
+    for (; j < n; j++)
+        dst[j] = epm_f8e4m3_to_f32(s[j]) * mul;
+}
+
+/* the largest magnitude of x [n], NaN passed over as fmaxf does: on the
+ * bits, which order non-negative floats as integers */
+EPM_CLONES static float amax_of(const float *x, int64_t n)
+{
+    epm_vu8 m = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        epm_vu8 u, gt;
+        memcpy(&u, x + j, sizeof u);
+        u &= 0x7fffffffu;
+        u &= ~(epm_vu8)(u > 0x7f800000u);
+        gt = (epm_vu8)(u > m);
+        m = (m & ~gt) | (u & gt);
+    }
+    uint32_t best = 0;
+    for (int k = 0; k < 8; k++)
+        best = m[k] > best ? m[k] : best;
+    float amax;
+    memcpy(&amax, &best, sizeof amax);
+    for (; j < n; j++)
+        amax = fmaxf(amax, fabsf(x[j]));
+    return amax;
+}
+
 void epm_fp8_row_put(float *row, int n, const float *x)
 {
     unsigned char *q = (unsigned char *)row;
     int nb = (n + EPM_FP8_ROW_BLOCK - 1) / EPM_FP8_ROW_BLOCK, codes = 4 * ((n + 3) / 4);
     for (int b = 0; b < nb; b++) {
         int j0 = b * EPM_FP8_ROW_BLOCK, j1 = j0 + EPM_FP8_ROW_BLOCK < n ? j0 + EPM_FP8_ROW_BLOCK : n;
-        float amax = 0;
-        for (int j = j0; j < j1; j++)
-            amax = fmaxf(amax, fabsf(x[j]));
+        float amax = amax_of(x + j0, j1 - j0);
         /* An all-zero block keeps scale 1 (its codes are zeros). The
          * scale is at least FLT_MIN: a block of values below 448 x FLT_MIN
          * would otherwise have a subnormal or zero scale whose inverse is
@@ -82,14 +168,13 @@ void epm_fp8_row_put(float *row, int n, const float *x)
          * the scale infinite, its own place NaN and the block's others 0:
          * garbage either way, as float32 arithmetic would spread it. */
         float scale = amax > 0 ? fmaxf(amax, 448.0f * FLT_MIN) / 448.0f : 1.0f, inv = 1.0f / scale;
-        for (int j = j0; j < j1; j++)
-            q[j] = epm_f32_to_f8e4m3(x[j] * inv);
+        epm_f8e4m3_pack(q + j0, x + j0, inv, j1 - j0);
         memcpy(q + codes + 4 * (size_t)b, &scale, sizeof scale);
     }
     memset(q + n, 0, (size_t)(codes - n));
 }
 
-void epm_fp8_row_get(const float *row, int n, const float *lut, float *x)
+void epm_fp8_row_get(const float *row, int n, float *x)
 {
     const unsigned char *q = (const unsigned char *)row;
     int nb = (n + EPM_FP8_ROW_BLOCK - 1) / EPM_FP8_ROW_BLOCK, codes = 4 * ((n + 3) / 4);
@@ -97,7 +182,6 @@ void epm_fp8_row_get(const float *row, int n, const float *lut, float *x)
         int j0 = b * EPM_FP8_ROW_BLOCK, j1 = j0 + EPM_FP8_ROW_BLOCK < n ? j0 + EPM_FP8_ROW_BLOCK : n;
         float scale;
         memcpy(&scale, q + codes + 4 * (size_t)b, sizeof scale);
-        for (int j = j0; j < j1; j++)
-            x[j] = lut[q[j]] * scale;
+        epm_f8e4m3_unpack(x + j0, q + j0, scale, j1 - j0);
     }
 }

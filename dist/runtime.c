@@ -1211,8 +1211,6 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     if (r->wire8 && o->mode == EPM_MODE_FOLLOW)
         return sync(r, epm_fail(EPM_ERR_UNSUPPORTED, "--wire-dtype fp8 is for home mode: in follow mode the rows "
                                 "carry the residual streams, which e4m3 would round to 3 mantissa bits (use bf16)"));
-    for (int b = 0; b < 256 && r->wire8; b++)
-        r->fp8_lut[b] = epm_f8e4m3_to_f32((uint8_t)b);
     if (r->kv16 && !r->ops->attention_w16)
         return sync(r, epm_fail(EPM_ERR_UNSUPPORTED, "--kv-dtype bf16: the %s kernels have no attention over a "
                                 "bf16 cache", r->ops->name));

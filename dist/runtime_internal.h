@@ -33,7 +33,6 @@ typedef struct rt {
     int wire16;        /* activation rows travel between ranks as bf16 (epm_run_opts.wire_bf16; with
                           wire_fp8 too: its combine) */
     int wire8;         /* dispatch rows carry the expert input in fp8 (epm_run_opts.wire_fp8) */
-    float fp8_lut[256]; /* e4m3 codes' values, with wire8 */
     int latent;        /* MLA cached as its latent (runtime_mla.c) */
     epm_weight *mla_ukt; /* [layers] with the latent: kv_b's key half per head, transposed to
                             [heads][kv_lora][qk_nope] (as held), so that absorbing it into the

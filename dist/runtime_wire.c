@@ -88,7 +88,7 @@ void epm_wire_dispatch_put(const rt *r, float *row, int n, const float *h, const
 void epm_wire_dispatch_input(const rt *r, const float *row, int n, const float *norm, float *xin)
 {
     if (r->wire8) {
-        epm_fp8_row_get(row, n, r->fp8_lut, xin);
+        epm_fp8_row_get(row, n, xin);
         return;
     }
     epm_wire_get(r, row, n, xin);

@@ -586,6 +586,7 @@ static void test_model_fp8_rows(void **state)
         x[i] = i < 128 ? (float)((double)(epm_splitmix64(&rng) % 20001) / 1000.0 - 10.0) : 0.0f;
     x[5] = 37.5f;       /* block 0's largest */
     x[17] = 1e-6f;      /* a subnormal code */
+    x[40] = NAN;        /* passed over by the scale, NaN in its own place */
     const int codes = 200, floats = codes / 4 + 2;
     float row[N / 4 + 2 + 1];
     memset(row, 0x5a, sizeof row);
@@ -602,8 +603,9 @@ static void test_model_fp8_rows(void **state)
             assert_int_equal(q[j], epm_f32_to_f8e4m3(x[j] * (1.0f / (j < 128 ? s0 : s1))));
         for (int j = n; j < cb; j++)
             assert_int_equal(q[j], 0);
-        epm_fp8_row_get(row, n, lut, back);
+        epm_fp8_row_get(row, n, back);
         assert_true(back[5] == 37.5f);
+        assert_true(isnan(back[40]));
         for (int j = 0; j < n; j++) {
             double err = fabs((double)back[j] - x[j]), sub = (j < 128 ? s0 : s1) * 0x1p-10;
             if (err > fabs(x[j]) * 0x1p-4 + sub)
@@ -615,11 +617,53 @@ static void test_model_fp8_rows(void **state)
     uint32_t u;
     memcpy(&u, &last, 4);
     assert_int_equal(u, 0x5a5a5a5au);
+    /* the vector encoder against the scalar one on a sweep of bit patterns
+     * (both signs, every exponent, NaN, Inf, subnormals, ties), scaled by
+     * 1 and by 1/3, at lengths that leave tails */
+    enum { SW = 4099 };
+    static float sw[SW];
+    static unsigned char got[SW];
+    for (uint64_t base = 0; base < (1ull << 32); base += (uint64_t)SW * 977) {
+        for (int i = 0; i < SW; i++) {
+            uint32_t v = (uint32_t)(base + (uint64_t)i * 977);
+            memcpy(&sw[i], &v, 4);
+        }
+        for (int k = 0; k < 2; k++) {
+            float mul = k ? 1.0f / 3.0f : 1.0f;
+            int len = SW - (int)(base % 7);
+            epm_f8e4m3_pack(got, sw, mul, len);
+            for (int i = 0; i < len; i++)
+                if (got[i] != epm_f32_to_f8e4m3(sw[i] * mul))
+                    fail_msg("e4m3 of %a x %g: 0x%02x, scalar 0x%02x", (double)sw[i], (double)mul, got[i],
+                             epm_f32_to_f8e4m3(sw[i] * mul));
+        }
+    }
+    /* and the vector decoder: every code, at lengths that leave tails, scaled */
+    {
+        unsigned char all[256 + 7];
+        float dec[256 + 7];
+        for (int i = 0; i < 256 + 7; i++)
+            all[i] = (unsigned char)(i * 37 + 11);
+        for (int len = 256; len < 256 + 7; len++) {
+            epm_f8e4m3_unpack(dec, all, 0.75f, len);
+            for (int i = 0; i < len; i++) {
+                float w = lut[all[i]] * 0.75f;
+                if (memcmp(&dec[i], &w, 4))
+                    fail_msg("e4m3 0x%02x x 0.75: %a, scalar %a", all[i], (double)dec[i], (double)w);
+            }
+        }
+    }
+    for (int i = 0; i < 512; i++) /* every e4m3 value, and the midpoints between them (ties) */
+        sw[i] = i % 2 ? (lut[i / 2] + lut[(i / 2 + 1) % 256]) / 2 : lut[i / 2];
+    epm_f8e4m3_pack(got, sw, 1.0f, 512);
+    for (int i = 0; i < 512; i++)
+        if (got[i] != epm_f32_to_f8e4m3(sw[i]))
+            fail_msg("e4m3 of %a: 0x%02x, scalar 0x%02x", (double)sw[i], got[i], epm_f32_to_f8e4m3(sw[i]));
     /* a block of values far below 448 x FLT_MIN: a finite scale, zeros
      * stay zeros (an infinite inverse once made them NaN) */
     float tiny[4] = {1e-37f, 0.0f, -5e-38f, 1e-40f}, tb[4];
     epm_fp8_row_put(row, 4, tiny);
-    epm_fp8_row_get(row, 4, lut, tb);
+    epm_fp8_row_get(row, 4, tb);
     assert_true(tb[1] == 0.0f);
     for (int j = 0; j < 4; j++)
         if (!(fabsf(tb[j] - tiny[j]) <= fabsf(tiny[j]) * 0x1p-4f + FLT_MIN * 0x1p-9f))
