@@ -64,9 +64,11 @@ static const char usage[] =
     "                       rank), best tokens/s, each over float32's, logit error and greedy-token\n"
     "                       agreement\n"
     "  --kernels K          ref, blas (default) or cuda, as epmoe run --kernels\n"
+    "  --wire-dtype T       f32 (default), bf16 or fp8 (home mode only), as epmoe run --wire-dtype, for\n"
+    "                       every run but --wire-dtypes' own\n"
     "  --csv                CSV rows instead of a table\n";
 
-enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT };
+enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -82,12 +84,20 @@ static const struct option opts[] = {
     {"kernels", required_argument, 0, O_KER}, {"warmup", required_argument, 0, O_WARM},
     {"expert-dtypes", no_argument, 0, O_EDT},       {"mla-cache", no_argument, 0, O_MLA},
     {"kv-dtypes", no_argument, 0, O_KVDT},    {"wire-dtypes", no_argument, 0, O_WIDT},
+    {"wire-dtype", required_argument, 0, O_WIRE},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
  * or MoD capacity 1): what topology-aware gating or layer skipping saves and
  * what it costs in output fidelity. mod: EPM_MOD_OFF sweeps TA strengths. */
 static const char *kernels = "blas";
+static const char *wire = "f32"; /* --wire-dtype */
+
+static void wire_opts(epm_run_opts *o)
+{
+    o->wire_bf16 = !strcmp(wire, "bf16");
+    o->wire_fp8 = !strcmp(wire, "fp8");
+}
 
 /* A live-routing run of the sweeps: every prompt logit kept, contiguous placement. */
 static void live_opts(epm_run_opts *o, const char *model, epm_mode mode, int vn, int nnew)
@@ -99,6 +109,7 @@ static void live_opts(epm_run_opts *o, const char *model, epm_mode mode, int vn,
     o->max_new_tokens = nnew;
     o->keep_logits = 1;
     o->ops = kernels;
+    wire_opts(o);
 }
 
 static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm_mod_source mod, epm_mode mode,
@@ -401,6 +412,11 @@ int epm_bench_run(int argc, char **argv)
         case O_MLA: mla = 1; break;
         case O_KVDT: kvdt = 1; break;
         case O_WIDT: widt = 1; break;
+        case O_WIRE:
+            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16") && strcmp(optarg, "fp8"))
+                return cli_usage_error(W, "option --wire-dtype: '%s' is not f32, bf16 or fp8", optarg);
+            wire = optarg;
+            break;
         case O_KER:
             if (strcmp(optarg, "ref") && strcmp(optarg, "blas") && strcmp(optarg, "cuda"))
                 return cli_usage_error(W, "option --kernels: '%s' is not ref, blas or cuda", optarg);
@@ -431,6 +447,9 @@ int epm_bench_run(int argc, char **argv)
                 snprintf(given + strlen(given), sizeof given - strlen(given), "%s%s", *given ? " and " : "", name[i]);
         return cli_usage_error(W, "%s: each is a bench of its own; give one", given);
     }
+    /* as epmoe run refuses it, before any run */
+    if (!strcmp(wire, "fp8") && strstr(modes_s, "follow"))
+        return cli_usage_error(W, "--wire-dtype fp8 is for home mode, and --modes '%s' has follow", modes_s);
     /* the sizes are those of the buffers the lists are copied into below */
     if (!check_list(W, "--modes", modes_s, 64, 'm') || !check_list(W, "--methods", methods_s, 128, 'p') ||
         (ta_list && !check_list(W, "--ta", ta_list, 250, 't')) ||
@@ -490,11 +509,12 @@ int epm_bench_run(int argc, char **argv)
             goto out;
         }
         if (me == 0 && !csv)
-            printf("# bench run %s: %s, %d ranks (%d nodes), mode %s, batch %ld x %ld + %ld new, kernels %s\n",
+            printf("# bench run %s: %s, %d ranks (%d nodes), mode %s, batch %ld x %ld + %ld new, kernels %s, "
+                   "wire %s\n",
                    dtypes ? "--expert-dtypes" : mla ? "--mla-cache" : kvdt ? "--kv-dtypes" : widt ? "--wire-dtypes"
                    : mod ? "--mod" : "--ta", model, R,
                    cl.nodes, epm_mode_name(mode),
-                   batch, seq, nnew, kernels);
+                   batch, seq, nnew, kernels, !widt ? wire : mode == EPM_MODE_HOME ? "f32, bf16, fp8" : "f32, bf16");
         if (me == 0 && !csv)
             epm_bench_print_blas();
         if (dtypes || mla || kvdt || widt)
@@ -528,8 +548,9 @@ int epm_bench_run(int argc, char **argv)
         goto out;
     }
     if (me == 0 && !csv)
-        printf("# bench run: %s, %d ranks (%d nodes), batch %ld x %ld tokens + %ld new, zipf %.2f affinity %.2f\n",
-               model, R, cl.nodes, batch, seq, nnew, zipf, aff);
+        printf("# bench run: %s, %d ranks (%d nodes), batch %ld x %ld tokens + %ld new, zipf %.2f affinity %.2f, "
+               "activations on the wire %s\n",
+               model, R, cl.nodes, batch, seq, nnew, zipf, aff, wire);
     if (me == 0 && !csv)
         epm_bench_print_blas();
     if (me == 0)
@@ -605,6 +626,7 @@ int epm_bench_run(int argc, char **argv)
                 o.max_new_tokens = (int)nnew;
                 o.route_from = t;
                 o.ops = kernels;
+                wire_opts(&o);
                 epm_run_result *res = NULL;
                 st = epm_run(&o, (int)batch, lens, (const int32_t *const *)prompts, &res);
                 if (st != EPM_OK)

@@ -517,6 +517,22 @@ for f in home-contiguous home-eplb home-ilp follow-contiguous follow-eplb follow
   grep -q '"format": "epmoe-placement"' "$d/work/$f.json" 2>/dev/null || fail "bench run wrote no placement $f.json in --workdir"
 done
 [ ! -e "$d/bench-run-work" ] || fail "bench run wrote into the default workdir despite --workdir"
+# the sweep with activations in bf16 on the wire: the same replayed routing, half the bytes of each row
+cp "$d/out" "$d/run32.csv"
+ok "bench run csv, bf16 wire" mpi -np 2 "$E" bench run "${small[@]}" --methods contiguous,eplb --modes home,follow \
+  --wire-dtype bf16 --csv &&
+  { python3 - "$d/run32.csv" "$d/out" <<'EOF2' || { fail "bench run --wire-dtype bf16: not half the bytes"; show; }
+import csv, sys
+a = {(r['mode'], r['method']): r for r in csv.DictReader(open(sys.argv[1]))}
+b = list(csv.DictReader(open(sys.argv[2])))
+ok = len(b) == 4 and all(int(a[(r['mode'], r['method'])][c]) == 2 * int(r[c]) for r in b
+                         for c in ('intra_bytes', 'inter_bytes', 'kv_bytes'))
+ok = ok and sum(int(r['intra_bytes']) for r in b) > 0
+sys.exit(0 if ok else 1)
+EOF2
+  }
+usage run "--wire-dtype fp8 --modes home,follow" "" "${small[@]}" --wire-dtype fp8
+usage run --wire-dtype f16 "${small[@]}" --wire-dtype f16
 ok "bench run --mod" mpi -np 2 "$E" bench run "${small[@]}" --mod schedule --capacities 0.5 --csv &&
   csvcheck mod 0.5
 ok "bench run --ta" mpi -np 2 "$E" bench run "${small[@]}" --virtual-nodes 2 --ta 0,1 && csvcheck ta-table
@@ -567,7 +583,7 @@ ok "bench run --wire-dtypes" mpi -np 3 "$E" bench run --model "$F/mixtral-tiny" 
              END {exit !(h && a && b && c && NR == 4)}' "$d/out" || { fail "bench run --wire-dtypes: rows"; show; }; }
 usage run "--wire-dtypes --kv-dtypes" "" --model "$m" --wire-dtypes --kv-dtypes
 help_ok run --model --batch --seq --new --methods --modes --workdir --reps --warmup --ta --mod --capacities \
-  --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --csv
+  --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --csv
 usage run --model "" --batch 2
 usage run --batch x --model "$m" --batch x
 usage run --kernels foo --model "$m" --kernels foo
