@@ -91,12 +91,12 @@ static const struct option opts[] = {
  * or MoD capacity 1): what topology-aware gating or layer skipping saves and
  * what it costs in output fidelity. mod: EPM_MOD_OFF sweeps TA strengths. */
 static const char *kernels = "blas";
-static const char *wire = "f32"; /* --wire-dtype */
+static int wire = CLI_WIRE_F32; /* --wire-dtype */
 
 static void wire_opts(epm_run_opts *o)
 {
-    o->wire_bf16 = !strcmp(wire, "bf16");
-    o->wire_fp8 = !strcmp(wire, "fp8");
+    o->wire_bf16 = wire == CLI_WIRE_BF16;
+    o->wire_fp8 = wire == CLI_WIRE_FP8;
 }
 
 /* A live-routing run of the sweeps: every prompt logit kept, contiguous placement. */
@@ -413,9 +413,8 @@ int epm_bench_run(int argc, char **argv)
         case O_KVDT: kvdt = 1; break;
         case O_WIDT: widt = 1; break;
         case O_WIRE:
-            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16") && strcmp(optarg, "fp8"))
-                return cli_usage_error(W, "option --wire-dtype: '%s' is not f32, bf16 or fp8", optarg);
-            wire = optarg;
+            if (!cli_parse_choice(W, "--wire-dtype", optarg, cli_wire_dtypes, &wire))
+                return EPM_EXIT_USAGE;
             break;
         case O_KER:
             if (strcmp(optarg, "ref") && strcmp(optarg, "blas") && strcmp(optarg, "cuda"))
@@ -448,7 +447,7 @@ int epm_bench_run(int argc, char **argv)
         return cli_usage_error(W, "%s: each is a bench of its own; give one", given);
     }
     /* as epmoe run refuses it, before any run */
-    if (!strcmp(wire, "fp8") && strstr(modes_s, "follow"))
+    if (wire == CLI_WIRE_FP8 && strstr(modes_s, "follow"))
         return cli_usage_error(W, "--wire-dtype fp8 is for home mode, and --modes '%s' has follow", modes_s);
     /* the sizes are those of the buffers the lists are copied into below */
     if (!check_list(W, "--modes", modes_s, 64, 'm') || !check_list(W, "--methods", methods_s, 128, 'p') ||
@@ -514,7 +513,8 @@ int epm_bench_run(int argc, char **argv)
                    dtypes ? "--expert-dtypes" : mla ? "--mla-cache" : kvdt ? "--kv-dtypes" : widt ? "--wire-dtypes"
                    : mod ? "--mod" : "--ta", model, R,
                    cl.nodes, epm_mode_name(mode),
-                   batch, seq, nnew, kernels, !widt ? wire : mode == EPM_MODE_HOME ? "f32, bf16, fp8" : "f32, bf16");
+                   batch, seq, nnew, kernels,
+                   !widt ? cli_wire_dtypes[wire] : mode == EPM_MODE_HOME ? "f32, bf16, fp8" : "f32, bf16");
         if (me == 0 && !csv)
             epm_bench_print_blas();
         if (dtypes || mla || kvdt || widt)
@@ -550,7 +550,7 @@ int epm_bench_run(int argc, char **argv)
     if (me == 0 && !csv)
         printf("# bench run: %s, %d ranks (%d nodes), batch %ld x %ld tokens + %ld new, zipf %.2f affinity %.2f, "
                "activations on the wire %s\n",
-               model, R, cl.nodes, batch, seq, nnew, zipf, aff, wire);
+               model, R, cl.nodes, batch, seq, nnew, zipf, aff, cli_wire_dtypes[wire]);
     if (me == 0 && !csv)
         epm_bench_print_blas();
     if (me == 0)

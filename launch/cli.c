@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cli.h"
 #include "core.h"
@@ -60,6 +61,25 @@ int cli_parse_int(const char *what, const char *opt, const char *val, long lo, l
     }
     *out = v;
     return 1;
+}
+
+const char *const cli_wire_dtypes[] = {"f32", "bf16", "fp8", NULL};
+
+int cli_parse_choice(const char *what, const char *opt, const char *val, const char *const *names, int *out)
+{
+    char list[256] = "";
+    size_t at = 0;
+    for (int i = 0; names[i]; i++) {
+        if (!strcmp(val, names[i])) {
+            *out = i;
+            return 1;
+        }
+        const char *sep = !i ? "" : names[i + 1] ? ", " : " or ";
+        int w = snprintf(list + at, sizeof list - at, "%s%s", sep, names[i]);
+        at = w > 0 && (size_t)w < sizeof list - at ? at + (size_t)w : sizeof list - 1;
+    }
+    cli_usage_error(what, "%s '%s' is not %s", opt, val, list);
+    return 0;
 }
 
 int cli_parse_double(const char *what, const char *opt, const char *val, double lo, double hi, double *out)

@@ -24,6 +24,12 @@ int cli_option_error(const char *what, char **argv);
 
 /* Strict number parsing for option values; the error names the option and value. */
 int cli_parse_int(const char *what, const char *opt, const char *val, long lo, long hi, long *out);
+/* *out = the index of val among names (NULL-terminated); else a usage error
+ * "OPT 'VAL' is not A, B or C" and 0 */
+int cli_parse_choice(const char *what, const char *opt, const char *val, const char *const *names, int *out);
+/* --wire-dtype's values (epmoe run, plan eval, bench run), in this order */
+enum { CLI_WIRE_F32, CLI_WIRE_BF16, CLI_WIRE_FP8 };
+extern const char *const cli_wire_dtypes[];
 int cli_parse_double(const char *what, const char *opt, const char *val, double lo, double hi, double *out);
 int cli_parse_u64(const char *what, const char *opt, const char *val, uint64_t *out);
 

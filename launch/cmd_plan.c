@@ -417,15 +417,16 @@ static int cmd_eval(int argc, char **argv)
     int both = mode_s && !strcmp(mode_s, "both");
     if (mode_s && !both && epm_mode_parse(mode_s, &fixed) != EPM_OK)
         return cli_usage_error(W, "--mode '%s' is not home, follow or both", mode_s);
-    int fp8 = wire_s && !strcmp(wire_s, "fp8");
+    int wire = CLI_WIRE_F32;
     if (wire_s) {
-        if (strcmp(wire_s, "f32") && strcmp(wire_s, "bf16") && !fp8)
-            return cli_usage_error(W, "--wire-dtype '%s' is not f32, bf16 or fp8", wire_s);
+        if (!cli_parse_choice(W, "--wire-dtype", wire_s, cli_wire_dtypes, &wire))
+            return EPM_EXIT_USAGE;
         if (have_dtb)
             return cli_usage_error(W, "--wire-dtype %s and --dtype-bytes %ld: give one", wire_s, dtb);
-        dtb = strcmp(wire_s, "f32") ? 2 : 4; /* fp8's combine is bf16 */
+        dtb = wire == CLI_WIRE_F32 ? 4 : 2; /* fp8's combine is bf16 */
         have_dtb = 1;
     }
+    int fp8 = wire == CLI_WIRE_FP8;
     epm_status st;
     if (model_dir) {
         if ((st = model_shape_load(model_dir, &ms)) != EPM_OK)

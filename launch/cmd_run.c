@@ -270,7 +270,7 @@ int epm_cli_run(int argc, char **argv)
     memset(&o, 0, sizeof o);
     o.ops = "blas";
     const char *input = NULL, *place = NULL, *rft = NULL, *tout = NULL, *lout = NULL;
-    int report = 0, json = 0, c, bind = 0, report_bindings = 0;
+    int report = 0, json = 0, c, k, bind = 0, report_bindings = 0;
     long v;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -294,33 +294,34 @@ int epm_cli_run(int argc, char **argv)
             break;
         case O_REP: report = 1; break;
         case O_EDT:
-            if (strcmp(optarg, "auto") && strcmp(optarg, "bf16") && strcmp(optarg, "f32"))
-                return cli_usage_error(W, "--expert-dtype '%s' is not auto, bf16 or f32", optarg);
-            o.experts_f32 = !strcmp(optarg, "f32");
-            o.experts_bf16 = !strcmp(optarg, "bf16");
+        case O_DDT: {
+            static const char *const held[] = {"auto", "bf16", "f32", NULL};
+            if (!cli_parse_choice(W, c == O_EDT ? "--expert-dtype" : "--dense-dtype", optarg, held, &k))
+                return EPM_EXIT_USAGE;
+            *(c == O_EDT ? &o.experts_bf16 : &o.dense_bf16) = k == 1;
+            *(c == O_EDT ? &o.experts_f32 : &o.dense_f32) = k == 2;
             break;
-        case O_DDT:
-            if (strcmp(optarg, "auto") && strcmp(optarg, "bf16") && strcmp(optarg, "f32"))
-                return cli_usage_error(W, "--dense-dtype '%s' is not auto, bf16 or f32", optarg);
-            o.dense_f32 = !strcmp(optarg, "f32");
-            o.dense_bf16 = !strcmp(optarg, "bf16");
+        }
+        case O_KVDT: {
+            static const char *const kvd[] = {"f32", "bf16", NULL};
+            if (!cli_parse_choice(W, "--kv-dtype", optarg, kvd, &k))
+                return EPM_EXIT_USAGE;
+            o.kv_bf16 = k == 1;
             break;
-        case O_KVDT:
-            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16"))
-                return cli_usage_error(W, "--kv-dtype '%s' is not f32 or bf16", optarg);
-            o.kv_bf16 = !strcmp(optarg, "bf16");
-            break;
+        }
         case O_WDT:
-            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16") && strcmp(optarg, "fp8"))
-                return cli_usage_error(W, "--wire-dtype '%s' is not f32, bf16 or fp8", optarg);
-            o.wire_bf16 = !strcmp(optarg, "bf16");
-            o.wire_fp8 = !strcmp(optarg, "fp8");
+            if (!cli_parse_choice(W, "--wire-dtype", optarg, cli_wire_dtypes, &k))
+                return EPM_EXIT_USAGE;
+            o.wire_bf16 = k == CLI_WIRE_BF16;
+            o.wire_fp8 = k == CLI_WIRE_FP8;
             break;
-        case O_MLA:
-            if (strcmp(optarg, "latent") && strcmp(optarg, "expanded"))
-                return cli_usage_error(W, "--mla-cache '%s' is not latent or expanded", optarg);
-            o.mla_expanded = !strcmp(optarg, "expanded");
+        case O_MLA: {
+            static const char *const forms[] = {"latent", "expanded", NULL};
+            if (!cli_parse_choice(W, "--mla-cache", optarg, forms, &k))
+                return EPM_EXIT_USAGE;
+            o.mla_expanded = k == 1;
             break;
+        }
         case O_BIND: bind = 1; break;
         case O_RBIND: report_bindings = 1; break;
         case O_TIMEOUT: if (!cli_parse_double(W, "--timeout", optarg, 0, 1e7, &o.timeout_s)) return EPM_EXIT_USAGE; break;
