@@ -330,7 +330,7 @@ static epm_status setup(bcase *b, long size, const cfg *g)
             c[R + r] = c[R + r - 1] + c[r - 1];
     }
     b->rbuf = epm_calloc((size_t)(nr + 1) * W, sizeof *b->rbuf);
-    b->W8 = (W + 3) / 4 + (W + EPM_FP8_ROW_BLOCK - 1) / EPM_FP8_ROW_BLOCK;
+    b->W8 = epm_fp8_row_floats(W);
     b->ncap = nr;
     b->rows8 = epm_malloc((size_t)(b->nrows + 1) * b->W8 * sizeof *b->rows8);
     b->mid16 = epm_calloc((size_t)(nr + 1) * b->W16, sizeof *b->mid16);

@@ -34,13 +34,15 @@ void epm_bf16_add(float *acc, const void *src, int64_t n);
  * EPM_FP8_ROW_BLOCK values (the block's largest magnitude over 448, at
  * least FLT_MIN, or 1 for an all-zero block), code = e4m3(x * (1 /
  * scale)), nearest even;
- * row holds n / 4 + blocks floats, rounded up. _get: x = e4m3 value *
- * scale. */
+ * the row holds epm_fp8_row_floats(n) = n / 4 rounded up + blocks floats
+ * (epm_fp8_row_blocks). _get: x = e4m3 value * scale. */
 enum { EPM_FP8_ROW_BLOCK = 128 };
 /* dst [n] = epm_f32_to_f8e4m3(src [n] * mul), and dst [n] =
  * epm_f8e4m3_to_f32(src [n]) * mul, eight at a time */
 void epm_f8e4m3_pack(void *dst, const float *src, float mul, int64_t n);
 void epm_f8e4m3_unpack(float *dst, const void *src, float mul, int64_t n);
+int epm_fp8_row_blocks(int n);
+int epm_fp8_row_floats(int n);
 void epm_fp8_row_put(float *row, int n, const float *x);
 void epm_fp8_row_get(const float *row, int n, float *x);
 

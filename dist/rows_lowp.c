@@ -153,10 +153,14 @@ EPM_CLONES static float amax_of(const float *x, int64_t n)
     return amax;
 }
 
+int epm_fp8_row_blocks(int n) { return (n + EPM_FP8_ROW_BLOCK - 1) / EPM_FP8_ROW_BLOCK; }
+
+int epm_fp8_row_floats(int n) { return (n + 3) / 4 + epm_fp8_row_blocks(n); }
+
 void epm_fp8_row_put(float *row, int n, const float *x)
 {
     unsigned char *q = (unsigned char *)row;
-    int nb = (n + EPM_FP8_ROW_BLOCK - 1) / EPM_FP8_ROW_BLOCK, codes = 4 * ((n + 3) / 4);
+    int nb = epm_fp8_row_blocks(n), codes = 4 * ((n + 3) / 4);
     for (int b = 0; b < nb; b++) {
         int j0 = b * EPM_FP8_ROW_BLOCK, j1 = j0 + EPM_FP8_ROW_BLOCK < n ? j0 + EPM_FP8_ROW_BLOCK : n;
         float amax = amax_of(x + j0, j1 - j0);
@@ -177,7 +181,7 @@ void epm_fp8_row_put(float *row, int n, const float *x)
 void epm_fp8_row_get(const float *row, int n, float *x)
 {
     const unsigned char *q = (const unsigned char *)row;
-    int nb = (n + EPM_FP8_ROW_BLOCK - 1) / EPM_FP8_ROW_BLOCK, codes = 4 * ((n + 3) / 4);
+    int nb = epm_fp8_row_blocks(n), codes = 4 * ((n + 3) / 4);
     for (int b = 0; b < nb; b++) {
         int j0 = b * EPM_FP8_ROW_BLOCK, j1 = j0 + EPM_FP8_ROW_BLOCK < n ? j0 + EPM_FP8_ROW_BLOCK : n;
         float scale;

@@ -243,9 +243,11 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     float *vout = absorbed ? epm_malloc(rows * nh * c->v_head_dim * sizeof *vout) : NULL;
     int32_t *pos = epm_malloc(rows * sizeof *pos);
     float *all = NULL, *probs = NULL;
-    /* one cache row packed for the wire, or unpacked from it */
-    float *kvw = r->wire16 ? epm_malloc(((size_t)kw + vw + 1) * sizeof *kvw) : NULL;
-    if (!x || !q || !kv || !att || !o || !k || (vw && !v) || (absorbed && !vout) || !pos || (r->wire16 && !kvw)) {
+    /* follow mode all-gathers the cache rows, in bf16 on a bf16 wire: kvw
+     * holds one row packed for it, or unpacked from it */
+    const int packed = r->o->mode == EPM_MODE_FOLLOW && r->wire16;
+    float *kvw = packed ? epm_malloc(((size_t)kw + vw + 1) * sizeof *kvw) : NULL;
+    if (!x || !q || !kv || !att || !o || !k || (vw && !v) || (absorbed && !vout) || !pos || (packed && !kvw)) {
         st = EPM_ERR_NOMEM;
         goto out;
     }
@@ -280,15 +282,14 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     }
     const float *rows_in = kv;
     int64_t nrows = n;
-    /* a cache row's K and V as they travel (all-gathered rows: the wire's dtype) */
-    int RW = W, wire = 0;
+    /* the width of a cache row as it travels */
+    const int RW = packed ? 2 + epm_wire_floats(r, kw + vw) : W;
     if (r->o->mode == EPM_MODE_FOLLOW) {
         /* every rank keeps every sequence's cache: all-gather the new rows,
          * mine among them, so that each rank caches the same values */
         int ml = r->moe_index[l];
         int64_t *cnt = ml >= 0 ? r->kv_local + (size_t)ml * EPM_LINK_COUNT : NULL, sent[EPM_LINK_COUNT] = {0};
-        RW = 2 + epm_wire_floats(r, kw + vw), wire = 1;
-        for (int64_t i = 0; i < n && r->wire16; i++) { /* packed in place: a packed row is no wider */
+        for (int64_t i = 0; i < n && packed; i++) { /* packed in place: a packed row is no wider */
             float *row = kv + i * RW;
             int64_t gi = get_g(kv + i * W);
             epm_wire_put(r, kvw, kw + vw, kv + i * W + 2);
@@ -311,7 +312,7 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
             goto out;
         }
         const float *kv_in = row + 2;
-        if (wire && r->wire16) {
+        if (packed) {
             epm_wire_get(r, row + 2, kw + vw, kvw);
             kv_in = kvw;
         }

@@ -16,21 +16,18 @@
 #include "half.h"
 #include "runtime_internal.h"
 
-
 int epm_wire_floats(const rt *r, int n) { return r->wire16 ? (n + 1) / 2 : n; }
 
 int64_t epm_wire_bytes(const rt *r, int n) { return (int64_t)n * (r->wire16 ? 2 : 4); }
 
-static int fp8_blocks(int n) { return (n + EPM_FP8_ROW_BLOCK - 1) / EPM_FP8_ROW_BLOCK; }
-
 int epm_wire_dispatch_floats(const rt *r, int n)
 {
-    return r->wire8 ? (n + 3) / 4 + fp8_blocks(n) : epm_wire_floats(r, n);
+    return r->wire8 ? epm_fp8_row_floats(n) : epm_wire_floats(r, n);
 }
 
 int64_t epm_wire_dispatch_bytes(const rt *r, int n)
 {
-    return r->wire8 ? (int64_t)n + 4 * (int64_t)fp8_blocks(n) : epm_wire_bytes(r, n);
+    return r->wire8 ? (int64_t)n + 4 * (int64_t)epm_fp8_row_blocks(n) : epm_wire_bytes(r, n);
 }
 
 void epm_wire_put(const rt *r, float *row, int n, const float *src)
