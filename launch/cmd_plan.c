@@ -8,6 +8,7 @@
 #include "cli.h"
 #include "core.h"
 #include "epmoe/model.h"
+#include "half.h"
 
 static const char plan_usage[] =
     "usage: epmoe plan --trace FILE [options]\n"
@@ -488,7 +489,7 @@ static int cmd_eval(int argc, char **argv)
             epm_eval_opts_init(&eo);
             eo.mode = ev[i].modes[m];
             eo.hidden_bytes = hidden * dtb;
-            eo.dispatch_bytes = fp8 ? hidden + 4 * ((hidden + 127) / 128) : 0;
+            eo.dispatch_bytes = fp8 ? hidden + 4 * (int64_t)epm_fp8_row_blocks((int)hidden) : 0; /* the rows run sends */
             eo.kv_row_bytes = (kv ? kv : hidden / 2) * dtb;
             eo.flops_per_assignment = 6.0 * (double)hidden * (double)ffn;
             if ((st = epm_eval(t, ev[i].p, &eo, &ev[i].r[m])) != EPM_OK) {
