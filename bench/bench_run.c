@@ -53,8 +53,8 @@ static const char usage[] =
     "                       the baseline) then as its latent, alternated --reps times, live routing,\n"
     "                       contiguous placement: KV cache bytes of the fullest rank, best tokens/s,\n"
     "                       each over expanded's, logit error and greedy-token agreement\n"
-    "  --kv-dtypes          instead: the K/V cache in float32 (the baseline) then in bf16 (epmoe run\n"
-    "                       --kv-dtype), alternated --reps times, live routing, contiguous placement:\n"
+    "  --kv-dtypes          instead: the K/V cache in float32 (the baseline), in bf16 and in fp8 (epmoe\n"
+    "                       run --kv-dtype), alternated --reps times, live routing, contiguous placement:\n"
     "                       the same columns as --mla-cache, over float32's\n"
     "  --wire-dtypes        instead: activations between ranks in float32 (the baseline), in bf16, and\n"
     "                       in home mode with fp8 dispatch (epmoe run --wire-dtype), alternated --reps\n"
@@ -225,8 +225,8 @@ static int64_t report_bytes(const epm_run_report *r)
 /* Variants of one run, alternated --reps times, the first the baseline:
  * 'd' the weights' dtypes held (all float32; routed experts as stored; dense
  * matrices too), 'm' MLA's cache (expanded; latent), 'k' the K/V cache's
- * dtype (float32; bf16), 'w' the activations' between ranks (float32;
- * bf16). Best prefill and decode
+ * dtype (float32; bf16; fp8), 'w' the activations' between ranks (float32;
+ * bf16; fp8 dispatch in home mode). Best prefill and decode
  * times of each, and its logits and tokens against the baseline's. */
 static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8, epm_mode mode, int vn, int batch,
                            const int *lens, int32_t **prompts, int nnew, int reps, int csv)
@@ -235,7 +235,8 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
     fp8 = which == 'd' && fp8; /* an FP8 checkpoint: also everything dequantised to bf16, the row FP8 is against */
     enum { MAXV = 4 };
     /* kb: every matrix held bf16; 'w' in home mode: fp8 dispatch too */
-    const int configs = which == 'd' ? 3 + fp8 : which == 'w' && mode == EPM_MODE_HOME ? 3 : 2, kb = fp8 ? 3 : 2;
+    const int configs = which == 'd' ? 3 + fp8 : (which == 'w' && mode == EPM_MODE_HOME) || which == 'k' ? 3 : 2,
+              kb = fp8 ? 3 : 2;
     epm_run_result *first[MAXV] = {NULL, NULL, NULL, NULL};
     double pre[MAXV] = {1e30, 1e30, 1e30, 1e30}, dec[MAXV] = {1e30, 1e30, 1e30, 1e30};
     double comm[MAXV] = {1e30, 1e30, 1e30, 1e30}; /* dispatch + combine */
@@ -251,6 +252,7 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
                 o.mla_expanded = k == 0;
             } else if (which == 'k') {
                 o.kv_bf16 = k == 1;
+                o.kv_fp8 = k == 2;
             } else {
                 o.wire_bf16 = k == 1;
                 o.wire_fp8 = k == 2;

@@ -41,6 +41,8 @@ enum { EPM_FP8_ROW_BLOCK = 128 };
  * epm_f8e4m3_to_f32(src [n]) * mul, eight at a time */
 void epm_f8e4m3_pack(void *dst, const float *src, float mul, int64_t n);
 void epm_f8e4m3_unpack(float *dst, const void *src, float mul, int64_t n);
+/* the largest magnitude of x [n], NaN passed over as fmaxf does */
+float epm_amax(const float *x, int64_t n);
 int epm_fp8_row_blocks(int n);
 int epm_fp8_row_floats(int n);
 void epm_fp8_row_put(float *row, int n, const float *x);

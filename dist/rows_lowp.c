@@ -131,7 +131,7 @@ EPM_CLONES void epm_f8e4m3_unpack(float *dst, const void *src, float mul, int64_
 
 /* the largest magnitude of x [n], NaN passed over as fmaxf does: on the
  * bits, which order non-negative floats as integers */
-EPM_CLONES static float amax_of(const float *x, int64_t n)
+EPM_CLONES float epm_amax(const float *x, int64_t n)
 {
     epm_vu8 m = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t j = 0;
@@ -163,7 +163,7 @@ void epm_fp8_row_put(float *row, int n, const float *x)
     int nb = epm_fp8_row_blocks(n), codes = 4 * ((n + 3) / 4);
     for (int b = 0; b < nb; b++) {
         int j0 = b * EPM_FP8_ROW_BLOCK, j1 = j0 + EPM_FP8_ROW_BLOCK < n ? j0 + EPM_FP8_ROW_BLOCK : n;
-        float amax = amax_of(x + j0, j1 - j0);
+        float amax = epm_amax(x + j0, j1 - j0);
         /* An all-zero block keeps scale 1 (its codes are zeros). The
          * scale is at least FLT_MIN: a block of values below 448 x FLT_MIN
          * would otherwise have a subnormal or zero scale whose inverse is

@@ -128,28 +128,6 @@ static epm_status mlp(rt *r, const epm_model_mlp *w, const float *x, int64_t n, 
 
 /* ---- attention ---- */
 
-void epm_kv_get(const void *c, int w16, int64_t off, int n, float *dst)
-{
-    if (!w16) {
-        memcpy(dst, (const float *)c + off, (size_t)n * sizeof *dst);
-        return;
-    }
-    const uint16_t *h = (const uint16_t *)c + off;
-    for (int j = 0; j < n; j++)
-        dst[j] = epm_bf16_to_f32(h[j]);
-}
-
-void epm_kv_put(void *c, int w16, int64_t off, int n, const float *src)
-{
-    if (!w16) {
-        memcpy((float *)c + off, src, (size_t)n * sizeof *src);
-        return;
-    }
-    uint16_t *h = (uint16_t *)c + off;
-    for (int j = 0; j < n; j++)
-        h[j] = epm_f32_to_bf16(src[j]);
-}
-
 /* MLA's prefill from its latent cache: each sequence's rows up to its last
  * query here expanded into keys and values per head, then attended as the
  * expanded form does (q [n][heads][head_dim], att likewise). */
@@ -201,7 +179,7 @@ static epm_status mla_attend_expanded(rt *r, int l, int64_t n, const int64_t *g,
                 break;
             }
         }
-        st = epm_mla_expand_rows(r, l, r->kc[(size_t)l * r->B + s], r->kv16, len, k, v);
+        st = epm_mla_expand_rows(r, l, r->kc[(size_t)l * r->B + s], 1, len, k, v);
         for (int64_t j = first[s]; st == EPM_OK && j < first[s + 1]; j++) {
             int64_t i = order[j];
             int ci = r->cidx[g[i] - r->g0];
@@ -316,9 +294,9 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
             epm_wire_get(r, row + 2, kw + vw, kvw);
             kv_in = kvw;
         }
-        epm_kv_put(kc, r->kv16, (int64_t)ps * kw, kw, kv_in);
+        epm_kv_put(r, kc, (int64_t)ps * kw, kw, kv_in);
         if (vw)
-            epm_kv_put(vc, r->kv16, (int64_t)ps * vw, vw, kv_in + kw);
+            epm_kv_put(r, vc, (int64_t)ps * vw, vw, kv_in + kw);
     }
     int amod = r->amod_need && r->amod_need[l];
     if (amod && !(probs = epm_malloc((size_t)nh * r->max_len * sizeof *probs))) {
@@ -330,8 +308,14 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     for (int64_t i = 0; i < n && !expand; i++) {
         int s = seq_of(r, g[i]), ci = r->cidx[g[i] - r->g0];
         const void *kc = r->kc[(size_t)l * r->B + s], *vc = lat ? kc : r->vc[(size_t)l * r->B + s];
-        st = r->kv16 ? r->ops->attention_w16(q + i * qd, 1, &ci, kc, vc, r->max_len, nh, kvh, hd, att + i * qd, probs)
-                     : r->ops->attention(q + i * qd, 1, &ci, kc, vc, r->max_len, nh, kvh, hd, att + i * qd, probs);
+        if (r->kvt == EPM_KV_FP8)
+            st = r->ops->attention_w8(q + i * qd, 1, &ci, epm_kv_codes(r, kc), epm_kv_scales(r, kc),
+                                      epm_kv_codes(r, vc), epm_kv_scales(r, vc), r->max_len, nh, kvh, hd,
+                                      att + i * qd, probs);
+        else if (r->kvt == EPM_KV_BF16)
+            st = r->ops->attention_w16(q + i * qd, 1, &ci, kc, vc, r->max_len, nh, kvh, hd, att + i * qd, probs);
+        else
+            st = r->ops->attention(q + i * qd, 1, &ci, kc, vc, r->max_len, nh, kvh, hd, att + i * qd, probs);
         if (st != EPM_OK)
             goto out;
         if (amod)
@@ -1163,8 +1147,10 @@ static double ffn_scratch_bytes(const rt *r)
     return most * sizeof(float);
 }
 
-/* Bytes of one cached K/V value. */
-static int kv_elem(const rt *r) { return r->kv16 ? 2 : (int)sizeof(float); }
+static const char *kv_name(const rt *r)
+{
+    return r->kvt == EPM_KV_FP8 ? "fp8" : r->kvt == EPM_KV_BF16 ? "bf16" : "float32";
+}
 
 /* What this rank will hold, as loaded: every tensor it reads in float32
  * (bf16/f16 checkpoints are converted; float32 ones are mapped, which the
@@ -1179,7 +1165,8 @@ static epm_status memory_check(rt *r)
     for (int s = 0; s < r->B; s++)
         seqs += r->o->mode == EPM_MODE_FOLLOW || s % r->R == r->me;
     double w = m.bytes + (double)c->num_layers * epm_mla_setup_bytes(r);
-    double kv = (double)c->num_layers * seqs * (double)r->max_len * epm_model_kv_floats(c, !r->latent) * kv_elem(r);
+    /* K and V (or the latent alone) */
+    double kv = (double)c->num_layers * seqs * (r->latent ? 1 : 2) * (double)epm_kv_bytes(r, (int64_t)r->max_len * r->kv_w);
     double scr = ffn_scratch_bytes(r);
     double limit = r->o->max_memory > 0 ? r->o->max_memory : machine_share(r);
     if (limit > 0 && w + kv + scr > limit)
@@ -1187,10 +1174,11 @@ static epm_status memory_check(rt *r)
                         "as %s, %s KV cache %.4g GB for %d sequences x %d positions, FFN scratch %.4g GB) but %s "
                         "%.4g GB; use more ranks, fewer or shorter sequences%s, or another placement",
                         (w + kv + scr) / 1e9, w / 1e9, r->w8 ? "fp8" : r->w16 ? "bf16" : "float32",
-                        r->d8 ? "fp8 and bf16" : r->d16 ? "bf16" : "float32", r->kv16 ? "bf16" : "float32", kv / 1e9,
+                        r->d8 ? "fp8 and bf16" : r->d16 ? "bf16" : "float32", kv_name(r), kv / 1e9,
                         seqs, r->max_len,
                         scr / 1e9, r->o->max_memory > 0 ? "--max-memory allows" : "the machine has, per rank,",
-                        limit / 1e9, r->kv16 ? "" : ", --kv-dtype bf16");
+                        limit / 1e9, r->kvt == EPM_KV_FP8 ? "" : r->kvt == EPM_KV_BF16 ? ", --kv-dtype fp8" :
+                        ", --kv-dtype bf16 or fp8");
     return EPM_OK;
 }
 
@@ -1202,7 +1190,7 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     r->c = epm_model_get_config(r->m);
     const epm_model_config *c = r->c;
     r->latent = c->mla && !o->mla_expanded;
-    r->kv16 = o->kv_bf16 != 0;
+    r->kvt = o->kv_fp8 ? EPM_KV_FP8 : o->kv_bf16 ? EPM_KV_BF16 : EPM_KV_F32;
     r->wire8 = o->wire_fp8 != 0;
     r->wire16 = o->wire_bf16 || r->wire8; /* fp8's combine is bf16 */
     if (o->wire_bf16 && o->wire_fp8)
@@ -1212,9 +1200,11 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     if (r->wire8 && o->mode == EPM_MODE_FOLLOW)
         return sync(r, epm_fail(EPM_ERR_UNSUPPORTED, "--wire-dtype fp8 is for home mode: in follow mode the rows "
                                 "carry the residual streams, which e4m3 would round to 3 mantissa bits (use bf16)"));
-    if (r->kv16 && !r->ops->attention_w16)
-        return sync(r, epm_fail(EPM_ERR_UNSUPPORTED, "--kv-dtype bf16: the %s kernels have no attention over a "
-                                "bf16 cache", r->ops->name));
+    if (o->kv_bf16 && o->kv_fp8)
+        return sync(r, epm_fail(EPM_ERR_INVALID_ARG, "the K/V cache's dtype is bf16 or fp8, not both"));
+    if ((r->kvt == EPM_KV_BF16 && !r->ops->attention_w16) || (r->kvt == EPM_KV_FP8 && !r->ops->attention_w8))
+        return sync(r, epm_fail(EPM_ERR_UNSUPPORTED, "--kv-dtype %s: the %s kernels have no attention over a "
+                                "%s cache", kv_name(r), r->ops->name, kv_name(r)));
     r->B = batch;
     r->lens = lens;
     r->steps = o->max_new_tokens > 0 ? o->max_new_tokens - 1 : 0;
@@ -1237,6 +1227,8 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
         maxlen = lens[s] > maxlen ? lens[s] : maxlen;
     }
     r->max_len = maxlen + r->steps + 1;
+    r->kv_w = r->latent ? epm_model_kv_floats(c, 0) : epm_model_kv_floats(c, 1) / 2;
+    r->kv_grp = r->latent ? r->kv_w : c->head_dim;
     r->total = r->N + (int64_t)r->steps * batch;
     for (int l = 0; l < c->num_layers; l++)
         r->moe_index[l] = c->moe_layer[l] ? r->moe_layers++ : -1;
@@ -1339,7 +1331,7 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     EPM_CHECK(sync(r, st));
     /* KV caches: home keeps its own sequences, follow every sequence */
     /* (MLA's latent: one row per token in kc, no vc) */
-    int row = epm_model_kv_floats(c, !r->latent), kw = r->latent ? row : row / 2;
+    size_t cache_bytes = epm_kv_bytes(r, (int64_t)r->max_len * r->kv_w);
     r->kc = epm_calloc((size_t)c->num_layers * batch, sizeof *r->kc);
     r->vc = epm_calloc((size_t)c->num_layers * batch, sizeof *r->vc);
     st = r->kc && r->vc ? EPM_OK : EPM_ERR_NOMEM;
@@ -1348,10 +1340,10 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
             if (o->mode == EPM_MODE_HOME && s % r->R != r->me)
                 continue;
             size_t i = (size_t)l * batch + s;
-            r->kv_cache_bytes += (int64_t)r->max_len * row * kv_elem(r);
-            r->kc[i] = epm_calloc((size_t)r->max_len * kw, (size_t)kv_elem(r));
+            r->kv_cache_bytes += (int64_t)cache_bytes * (r->latent ? 1 : 2);
+            r->kc[i] = epm_calloc(cache_bytes, 1);
             if (!r->latent)
-                r->vc[i] = epm_calloc((size_t)r->max_len * kw, (size_t)kv_elem(r));
+                r->vc[i] = epm_calloc(cache_bytes, 1);
             if (!r->kc[i] || (!r->latent && !r->vc[i]))
                 st = EPM_ERR_NOMEM;
         }
@@ -1651,7 +1643,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     rep->dense_dtype = dense_dtype(&r);
     rep->kv_cache = !r.c->mla ? "keys-values" : r.latent ? "mla-latent" : "mla-expanded";
     rep->kv_row_floats = epm_model_kv_floats(r.c, !r.latent);
-    rep->kv_dtype = r.kv16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+    rep->kv_dtype = r.kvt == EPM_KV_FP8 ? EPM_DTYPE_F8_E4M3 : r.kvt == EPM_KV_BF16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
     rep->wire_dtype = r.wire8 ? EPM_DTYPE_F8_E4M3 : r.wire16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
     rep->bytes = r.bytes_local;
     rep->kv_bytes = r.kv_local;

@@ -61,6 +61,10 @@ typedef struct epm_run_opts {
     int kv_bf16;                    /* hold the K/V cache in bf16 (half of float32's memory and of the bytes
                                        decoding streams; each value rounded to bf16 as it is stored) rather
                                        than float32 (the default, the checkpoints' reference arithmetic) */
+    int kv_fp8;                     /* hold it in float8 e4m3 with a float32 scale per cached head row
+                                       (vLLM's fp8_e4m3 cache dtype: a quarter of float32's memory, plus 4
+                                       bytes per head row; each row scaled by its largest magnitude over
+                                       448 as it is stored). Not with kv_bf16 */
     int wire_bf16;                  /* activations travel between ranks in bf16, as DeepEP's and vLLM's
                                        dispatch and combine send them (half of float32's bytes: plan eval's
                                        dtype bytes 2): every MoE layer's expert inputs are rounded to bf16,
@@ -98,7 +102,8 @@ typedef struct epm_run_report {
     const char *kv_cache;   /* what a KV cache row holds: "keys-values", or for MLA "mla-latent" or
                                "mla-expanded" (epm_run_opts.mla_expanded) */
     int kv_row_floats;      /* its width per token and layer (epm_model_kv_floats): plan's kv_dim */
-    epm_dtype kv_dtype;     /* what the cache holds each value in: F32, or BF16 (epm_run_opts.kv_bf16);
+    epm_dtype kv_dtype;     /* what the cache holds each value in: F32, BF16 (epm_run_opts.kv_bf16), or
+                               F8_E4M3 (kv_fp8, with a scale per head row);
                                rows travel between ranks in wire_dtype either way */
     epm_dtype wire_dtype;   /* what activation rows travel between ranks in: F32, BF16 (wire_bf16), or
                                F8_E4M3 (wire_fp8: dispatch; its combine is bf16) */

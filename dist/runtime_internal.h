@@ -11,6 +11,8 @@
 #include "runtime.h"
 #include "xcomm.h"
 
+enum { EPM_KV_F32, EPM_KV_BF16, EPM_KV_FP8 };
+
 typedef struct rt {
     const epm_run_opts *o;
     epm_xcomm *x;
@@ -27,9 +29,11 @@ typedef struct rt {
     int *offset;       /* [B] first prefill g of each sequence */
     int *moe_index;    /* [layers] MoE layer number, or -1 for dense layers */
     int moe_layers;
-    void **kc, **vc;   /* [layers * B] caches, NULL where this rank keeps none (vc: also with MLA's
-                          latent cache, whose rows kc holds); float32, or bf16 bit patterns (kv16) */
-    int kv16;          /* the caches hold bf16 (epm_run_opts.kv_bf16) */
+    void **kc, **vc;   /* [layers * B] caches of max_len x kv_w values in kvt (runtime_kv.c), NULL where
+                          this rank keeps none (vc: also with MLA's latent cache, whose rows kc holds) */
+    int kvt;           /* EPM_KV_F32, _BF16 (epm_run_opts.kv_bf16) or _FP8 (kv_fp8) */
+    int kv_w, kv_grp;  /* values per cached row (K or V; MLA's latent row) and per fp8 scale (a head
+                          row: head_dim, or the latent row, which decoding attends as one head) */
     int wire16;        /* activation rows travel between ranks as bf16 (epm_run_opts.wire_bf16; with
                           wire_fp8 too: its combine) */
     int wire8;         /* dispatch rows carry the expert input in fp8 (epm_run_opts.wire_fp8) */
@@ -134,14 +138,19 @@ void epm_mla_compact(const epm_model_config *c, float *att, int64_t n);
 epm_status epm_mla_latent_qk(rt *r, int l, const float *x, int64_t n, const int32_t *pos, int absorbed, float *q,
                              float *krow);
 /* Prefill (absorbed 0 above: q [n][heads][head_dim] as the expanded form's):
- * cache rows krow [len][D] (float32, or bf16 bit patterns when w16: a bf16
- * cache's) expanded into k, v [len][heads][head_dim], as the expanded form
+ * rows krow [len][D] (cached: a cache in r->kvt, else float32) expanded into k, v [len][heads][head_dim], as the expanded form
  * caches them, for attention at the expanded form's cost. */
-epm_status epm_mla_expand_rows(rt *r, int l, const void *krow, int w16, int64_t len, float *k, float *v);
-/* dst[0..n) = cache elements c[off..off+n) as float32 (bf16 widened when w16) */
-void epm_kv_get(const void *c, int w16, int64_t off, int n, float *dst);
-/* cache elements c[off..off+n) = src (rounded to bf16, nearest even, when w16) */
-void epm_kv_put(void *c, int w16, int64_t off, int n, const float *src);
+epm_status epm_mla_expand_rows(rt *r, int l, const void *krow, int cached, int64_t len, float *k, float *v);
+/* The K/V cache (runtime_kv.c): bytes of a cache of n values in r->kvt;
+ * dst[0..n) = elements c[off..off+n) as float32 (bf16 widened, e4m3 times
+ * its row's scale); elements c[off..off+n) = src (rounded to bf16, nearest
+ * even; fp8: whole head rows, off and n multiples of r->kv_grp, each
+ * scaled by its own scale); and where a fp8 cache's scales and codes lie. */
+size_t epm_kv_bytes(const rt *r, int64_t n);
+void epm_kv_get(const rt *r, const void *c, int64_t off, int n, float *dst);
+void epm_kv_put(const rt *r, void *c, int64_t off, int n, const float *src);
+const float *epm_kv_scales(const rt *r, const void *c);
+const uint8_t *epm_kv_codes(const rt *r, const void *c);
 epm_status epm_mla_latent_out(rt *r, const epm_model_layer *w, const float *att, int64_t n, float *out);
 /* r->mla_ukt from the loaded dense weights (with the latent), and its release. */
 epm_status epm_mla_setup(rt *r);

@@ -131,7 +131,7 @@ epm_status epm_mla_qkv(rt *r, int l, const float *x, int64_t n, const int32_t *p
     /* the latent form's prefill queries, and its rows expanded as they come */
     epm_status st = epm_mla_latent_qk(r, l, x, n, pos, 0, q, krow);
     if (st == EPM_OK)
-        st = epm_mla_expand_rows(r, l, krow, 0, n, k, v);
+        st = epm_mla_expand_rows(r, l, krow, 0, n, k, v); /* float32 rows, not a cache */
     epm_free(krow);
     return st;
 }
@@ -291,7 +291,16 @@ out:
     return st;
 }
 
-epm_status epm_mla_expand_rows(rt *r, int l, const void *krow, int w16, int64_t len, float *k, float *v)
+/* float32 rows, or a cache's in r->kvt */
+static void rows_get(const rt *r, const void *krow, int cached, int64_t off, int n, float *dst)
+{
+    if (cached)
+        epm_kv_get(r, krow, off, n, dst);
+    else
+        memcpy(dst, (const float *)krow + off, (size_t)n * sizeof *dst);
+}
+
+epm_status epm_mla_expand_rows(rt *r, int l, const void *krow, int cached, int64_t len, float *k, float *v)
 {
     const epm_model_config *c = r->c;
     const int nh = c->num_heads, hd = c->head_dim, nope = c->qk_nope_dim, rope = c->qk_rope_dim,
@@ -305,7 +314,7 @@ epm_status epm_mla_expand_rows(rt *r, int l, const void *krow, int w16, int64_t 
         goto out;
     }
     for (int64_t t = 0; t < len; t++)
-        epm_kv_get(krow, w16, t * D, KL, lat + t * KL);
+        rows_get(r, krow, cached, t * D, KL, lat + t * KL);
     EPM_CHECK_GOTO(epm_rt_lin(r, lat, len, KL, r->dense->layer[l].kv_b, NULL, nh * kvb, kvo), st, out);
     for (int64_t t = 0; t < len; t++)
         for (int h = 0; h < nh; h++) {
@@ -314,7 +323,7 @@ epm_status epm_mla_expand_rows(rt *r, int l, const void *krow, int w16, int64_t 
             memset(ko, 0, (size_t)hd * sizeof *ko);
             memset(vo, 0, (size_t)hd * sizeof *vo);
             memcpy(ko, kv, (size_t)nope * sizeof *ko);
-            epm_kv_get(krow, w16, t * D + KL, rope, ko + nope);
+            rows_get(r, krow, cached, t * D + KL, rope, ko + nope);
             memcpy(vo, kv + nope, (size_t)vd * sizeof *vo);
         }
 out:

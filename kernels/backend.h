@@ -100,6 +100,12 @@ epm_status epm_cpu_attention(const float *q, int64_t n, const int32_t *pos, cons
 epm_status epm_cpu_attention_bf16(const float *q, int64_t n, const int32_t *pos, const uint16_t *kc,
                                   const uint16_t *vc, int64_t cache_len, int heads, int kv_heads, int hd, float *out,
                                   float *probs);
+/* The same over an fp8 K/V cache (epm_ref_attention_fp8's contract): each
+ * cached head row's dot products and value sums taken over its e4m3 values
+ * and multiplied by its scale once. */
+epm_status epm_cpu_attention_fp8(const float *q, int64_t n, const int32_t *pos, const uint8_t *kc, const float *ks,
+                                 const uint8_t *vc, const float *vs, int64_t cache_len, int heads, int kv_heads,
+                                 int hd, float *out, float *probs);
 /* The same over a bf16 weight [out][in] (cpu_ffn_bf16.c), with the bf16
  * FFN's three ways by rows; its buffers come from epm_malloc (EPM_ERR_NOMEM
  * when they cannot). */

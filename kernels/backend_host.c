@@ -108,6 +108,22 @@ static epm_status cpu_attention_bf16(epm_kernels *kb, const float *q, int64_t n,
     return epm_cpu_attention_bf16(q, n, pos, kc, vc, cache_len, heads, kv_heads, hd, out, probs);
 }
 
+static epm_status h_attention_fp8(epm_kernels *kb, const float *q, int64_t n, const int32_t *pos, const uint8_t *kc,
+                                  const float *ks, const uint8_t *vc, const float *vs, int64_t cache_len, int heads,
+                                  int kv_heads, int hd, float *out, float *probs)
+{
+    (void)kb;
+    return epm_ref_attention_fp8(q, n, pos, kc, ks, vc, vs, cache_len, heads, kv_heads, hd, out, probs);
+}
+
+static epm_status cpu_attention_fp8(epm_kernels *kb, const float *q, int64_t n, const int32_t *pos,
+                                    const uint8_t *kc, const float *ks, const uint8_t *vc, const float *vs,
+                                    int64_t cache_len, int heads, int kv_heads, int hd, float *out, float *probs)
+{
+    (void)kb;
+    return epm_cpu_attention_fp8(q, n, pos, kc, ks, vc, vs, cache_len, heads, kv_heads, hd, out, probs);
+}
+
 static epm_status h_router(epm_kernels *kb, const float *logits, int64_t n, int experts, const epm_router_opts *o,
                            int32_t *ids, float *wts)
 {
@@ -238,7 +254,7 @@ static const epm_kernel_ops ref_table = {
     .convert = h_convert, .embed = h_embed, .linear = ref_linear, .rmsnorm = h_rmsnorm, .rope = h_rope,
     .attention = h_attention, .router = h_router, .route = h_route, .permute = h_permute,
     .unpermute = h_unpermute, .grouped_ffn_scratch = ref_ffn_scratch, .grouped_ffn = ref_grouped_ffn,
-    .attention_bf16 = h_attention_bf16,
+    .attention_bf16 = h_attention_bf16, .attention_fp8 = h_attention_fp8,
 };
 
 const epm_kernel_ops *epm_kernels_ref_ops(void) { return &ref_table; }
@@ -306,7 +322,7 @@ static const epm_kernel_ops cpu_table = {
     .convert = h_convert, .embed = h_embed, .linear = cpu_linear, .rmsnorm = h_rmsnorm, .rope = h_rope,
     .attention = cpu_attention, .router = h_router, .route = h_route, .permute = h_permute,
     .unpermute = h_unpermute, .grouped_ffn_scratch = cpu_ffn_scratch, .grouped_ffn = cpu_grouped_ffn,
-    .attention_bf16 = cpu_attention_bf16,
+    .attention_bf16 = cpu_attention_bf16, .attention_fp8 = cpu_attention_fp8,
 };
 
 const epm_kernel_ops *epm_kernels_cpu_ops(void) { return &cpu_table; }

@@ -1,6 +1,8 @@
-/* Causal grouped-query attention on the CPU, over a float32 or a bf16 K/V
- * cache (half the bytes to stream in decoding; widened as read, float32
- * arithmetic either way). Why not the
+/* Causal grouped-query attention on the CPU, over a float32, a bf16 or an
+ * fp8 K/V cache (half or about a quarter of the bytes to stream in
+ * decoding; widened as read, float32 arithmetic every way; an fp8 head
+ * row's scale multiplies its dot products and its weight in the value sums
+ * once, not each value). Why not the
  * reference: it is the oracle, in double with two passes over the keys and
  * one thread, and decoding at long contexts spends its time here (2048
  * positions, 16 heads of 128: about 8M double multiply-adds per token and
@@ -28,10 +30,16 @@
 #include <string.h>
 
 #include "backend.h"
+#include "cpu_gemm_nt.h"
 #include "cpu_omp.h"
 #include "half.h"
 #include "kcheck.h"
 #include "cpu_vec.h" /* last: its settings hold for the rest of the file */
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define EPM_ATT_X86 1 /* F16C's fp8 kernels (GCC's target pragmas) */
+#include <immintrin.h>
+#endif
 
 
 enum { PAR_MIN_WORK = 1 << 15 }; /* multiply-adds below which one thread does it all */
@@ -59,214 +67,131 @@ static inline AI void axpy(float *o, float w, const float *v, int d)
         o[j] += w * v[j];
 }
 
-/* 8 cached values from element i on: float32, or bf16 widened in registers
- * (w16, a constant wherever these are inlined: each kernel below comes in
- * two branch-free copies, one per cache dtype) */
-static inline AI v8 kv8(const void *c, int64_t i, int w16)
-{
-    return w16 ? epm_bf16x8((const uint16_t *)c + i) : ld8((const float *)c + i);
-}
+/* The cache's element types. An fp8 cache's values are e4m3 codes times a
+ * scale per cached head row (sc, [positions][kv heads]): kv8 and kv1 give
+ * the codes' values, and each head row's dot products and value sums are
+ * multiplied by its scale once (scale_of), not every value. */
+enum { KV_F32, KV_BF16, KV_FP8 };
 
-static inline AI float kv1(const void *c, int64_t i, int w16)
-{
-    return w16 ? epm_bf16_to_f32(((const uint16_t *)c)[i]) : ((const float *)c)[i];
-}
-
-/* The scores of N query heads q [N][hd] (N a constant, 1..4) against the
- * cached row at element k0, times scale, into out[g * ostride]: each cached
- * vector is loaded (and widened) once for the N heads of a GQA group, and
- * each head adds in a plain dot product's order (two sums of alternate
- * vectors, then the tail), whatever N and the cache dtype. */
-static inline AI void dots_n(const float *q, int N, int hd, const void *c, int64_t k0, int w16, float scale,
-                             float *out, int64_t ostride)
-{
-    v8 s0[4], s1[4];
-    _Pragma("GCC unroll 4") for (int g = 0; g < N; g++)
-        s0[g] = s1[g] = (v8){0};
-    int j = 0;
-    for (; j + 16 <= hd; j += 16) {
-        v8 a = kv8(c, k0 + j, w16), b = kv8(c, k0 + j + 8, w16);
-        _Pragma("GCC unroll 4") for (int g = 0; g < N; g++) {
-            s0[g] += ld8(q + g * hd + j) * a;
-            s1[g] += ld8(q + g * hd + j + 8) * b;
-        }
-    }
-    for (; j + 8 <= hd; j += 8) {
-        v8 a = kv8(c, k0 + j, w16);
-        _Pragma("GCC unroll 4") for (int g = 0; g < N; g++)
-            s0[g] += ld8(q + g * hd + j) * a;
-    }
-    _Pragma("GCC unroll 4") for (int g = 0; g < N; g++) {
-        v8 s = s0[g] + s1[g];
-        float r = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-        for (int t = j; t < hd; t++) /* fmaf: GCC contracted these tails in one dtype's copy only */
-            r = fmaf(q[g * hd + t], kv1(c, k0 + t, w16), r);
-        out[g * ostride] = r * scale;
-    }
-}
-
-/* dots_n over a group of n heads, four at a time */
-static inline AI void dots(const float *q, int n, int hd, const void *c, int64_t k0, int w16, float scale,
-                           float *out, int64_t ostride)
-{
-    int g = 0;
-    for (; g + 4 <= n; g += 4)
-        dots_n(q + (int64_t)g * hd, 4, hd, c, k0, w16, scale, out + g * ostride, ostride);
-    switch (n - g) {
-    case 3: dots_n(q + (int64_t)g * hd, 3, hd, c, k0, w16, scale, out + g * ostride, ostride); break;
-    case 2: dots_n(q + (int64_t)g * hd, 2, hd, c, k0, w16, scale, out + g * ostride, ostride); break;
-    case 1: dots_n(q + (int64_t)g * hd, 1, hd, c, k0, w16, scale, out + g * ostride, ostride); break;
-    default: break;
-    }
-}
-
-/* o[g][hd] += sum over positions t < T (T a constant, 1 or 4) of
- * p[g * pstride + t] x the cached row at element v0 + t * ld, for the n
- * heads of a GQA group: each cached vector is loaded (and widened) once for
- * the group, each output vector loaded and stored once per T positions, and
- * the products added in position order (a per-position o += p v's bits). */
-static inline AI void axpys(float *o, int n, int hd, const float *p, int64_t pstride, const void *c, int64_t v0,
-                            int64_t ld, int T, int w16)
-{
-    int d = 0;
-    for (; d + 8 <= hd; d += 8) {
-        v8 v[4];
-        _Pragma("GCC unroll 4") for (int t = 0; t < T; t++)
-            v[t] = kv8(c, v0 + t * ld + d, w16);
-        for (int g = 0; g < n; g++) {
-            const float *pg = p + g * pstride;
-            v8 x = ld8(o + (int64_t)g * hd + d);
-            _Pragma("GCC unroll 4") for (int t = 0; t < T; t++)
-                x += pg[t] * v[t];
-            memcpy(o + (int64_t)g * hd + d, &x, sizeof x);
-        }
-    }
-    for (; d < hd; d++)
-        for (int g = 0; g < n; g++) {
-            const float *pg = p + g * pstride;
-            float x = o[(int64_t)g * hd + d];
-            _Pragma("GCC unroll 4") for (int t = 0; t < T; t++)
-                x = fmaf(pg[t], kv1(c, v0 + t * ld + d, w16), x);
-            o[(int64_t)g * hd + d] = x;
-        }
-}
-
-/* o[d] += w x the cached row at element v0 (one head per cached row: w
- * stays in a register, where axpys would read it for every vector) */
-static inline AI void axpy1(float *o, float w, const void *c, int64_t v0, int hd, int w16)
-{
-    int d = 0;
-    for (; d + 8 <= hd; d += 8) {
-        v8 x = ld8(o + d) + w * kv8(c, v0 + d, w16);
-        memcpy(o + d, &x, sizeof x);
-    }
-    for (; d < hd; d++)
-        o[d] = fmaf(w, kv1(c, v0 + d, w16), o[d]);
-}
-
-static inline AI void kv_head_probs(const float *q, int group, int hd, const void *kc, int w16, int kv_heads, int kh,
-                                    int64_t len, float scale, float *sc, float *p0, int64_t pstride,
-                                    int64_t cache_len)
-{
-    for (int64_t t = 0; t < len; t++)
-        dots(q, group, hd, kc, (t * kv_heads + kh) * hd, w16, scale, sc + t, len);
-    for (int g = 0; g < group; g++) {
-        float *s = sc + g * len, *p = p0 + g * pstride, m = -INFINITY, z = 0;
-        for (int64_t t = 0; t < len; t++)
-            m = s[t] > m ? s[t] : m;
-        for (int64_t t = 0; t < len; t++)
-            z += s[t] = expf(s[t] - m);
-        for (int64_t t = 0; t < len; t++)
-            p[t] = s[t] / z;
-        memset(p + len, 0, (size_t)(cache_len - len) * sizeof *p);
-    }
-}
+/* the scale of the head row at element i (hd values a row) */
+static inline AI float scale_of(const float *sc, int64_t i, int hd) { return sc[i / hd]; }
 
 enum {
     BLOCK = 128, /* positions per step of the online softmax */
     RANGE = 256  /* positions per piece: fixed, so that no result depends on the thread count */
 };
 
-/* Positions [t0, t1) of one query row q [heads][hd] for every head: the
- * running max m[h], sum z[h] and output o[h][hd] (scaled by exp(-m[h]));
- * sc holds heads x BLOCK floats. An empty range leaves m = -inf, z = 0. */
-static inline AI void piece(const float *q, int heads, int group, int hd, const void *kc, const void *vc, int w16,
-                            int kv_heads, int64_t t0, int64_t t1, float scale, float *sc, float *m, float *z, float *o)
-{
-    const int64_t ld = (int64_t)kv_heads * hd;
-    for (int h = 0; h < heads; h++)
-        m[h] = -INFINITY, z[h] = 0;
-    memset(o, 0, (size_t)heads * (size_t)hd * sizeof *o);
-    for (int64_t b0 = t0; b0 < t1; b0 += BLOCK) {
-        int nb = t1 - b0 < BLOCK ? (int)(t1 - b0) : BLOCK;
-        for (int j = 0; j < nb; j++)
-            for (int kh = 0; kh < kv_heads; kh++)
-                dots(q + (int64_t)kh * group * hd, group, hd, kc, (b0 + j) * ld + (int64_t)kh * hd, w16, scale,
-                     sc + kh * group * BLOCK + j, BLOCK);
-        for (int h = 0; h < heads; h++) {
-            float *s = sc + h * BLOCK, bm = m[h];
-            for (int j = 0; j < nb; j++)
-                bm = s[j] > bm ? s[j] : bm;
-            if (bm > m[h] && m[h] > -INFINITY) { /* the max grew: what came before shrinks by its factor */
-                float f = expf(m[h] - bm);
-                z[h] *= f;
-                for (int d = 0; d < hd; d++)
-                    o[(int64_t)h * hd + d] *= f;
-            }
-            m[h] = bm;
-            for (int j = 0; j < nb; j++)
-                z[h] += s[j] = expf(s[j] - bm);
-        }
-        int j = 0;
-        if (group == 1) { /* axpys' way costs OLMoE's heads 0.7-0.85x */
-            for (; j < nb; j++)
-                for (int h = 0; h < heads; h++)
-                    axpy1(o + (int64_t)h * hd, sc[h * BLOCK + j], vc, (b0 + j) * ld + (int64_t)h * hd, hd, w16);
-            continue;
-        }
-        for (; j + 4 <= nb; j += 4)
-            for (int kh = 0; kh < kv_heads; kh++)
-                axpys(o + (int64_t)kh * group * hd, group, hd, sc + kh * group * BLOCK + j, BLOCK, vc,
-                      (b0 + j) * ld + (int64_t)kh * hd, ld, 4, w16);
-        for (; j < nb; j++)
-            for (int kh = 0; kh < kv_heads; kh++)
-                axpys(o + (int64_t)kh * group * hd, group, hd, sc + kh * group * BLOCK + j, BLOCK, vc,
-                      (b0 + j) * ld + (int64_t)kh * hd, ld, 1, w16);
+/* The kernels with e4m3 codes decoded by bit operations (any CPU) */
+#define AN(name) name
+#define KV_FP8X8 epm_f8e4m3x8
+#define KV_FP8_MUL 1.0f
+#include "cpu_attention_kv.inc"
+
+/* one clone set per cache dtype (kind a constant in each) */
+#define PIECE(name, kind)                                                                                       \
+    EPM_CLONES static void name(const float *q, int heads, int group, int hd, const void *kc, const float *ks,   \
+                                const void *vc, const float *vs, int kv_heads, int64_t t0, int64_t t1,          \
+                                float scale, float *sc, float *m, float *z, float *o)                           \
+    {                                                                                                           \
+        piece(q, heads, group, hd, kc, ks, vc, vs, kind, kv_heads, t0, t1, scale, sc, m, z, o);                 \
     }
+PIECE(piece_f32, KV_F32)
+PIECE(piece_bf16, KV_BF16)
+PIECE(piece_fp8, KV_FP8)
+
+#define KV_HEAD_PROBS(name, kind)                                                                               \
+    EPM_CLONES static void name(const float *q, int group, int hd, const void *kc, const float *ks, int kv_heads, \
+                                int kh, int64_t len, float scale, float *sc, float *p0, int64_t pstride,        \
+                                int64_t cache_len)                                                              \
+    {                                                                                                           \
+        kv_head_probs(q, group, hd, kc, ks, kind, kv_heads, kh, len, scale, sc, p0, pstride, cache_len);        \
+    }
+KV_HEAD_PROBS(kv_head_probs_f32, KV_F32)
+KV_HEAD_PROBS(kv_head_probs_bf16, KV_BF16)
+KV_HEAD_PROBS(kv_head_probs_fp8, KV_FP8)
+
+#ifdef EPM_ATT_X86
+/* The same kernels for AVX2 CPUs with F16C, whose fp8 copies decode codes
+ * with its conversion: an e4m3 code, sign-extended to 16 bits and shifted
+ * left by 7 with bit 14 cleared, is the float16 of 2^-8 times its value
+ * (subnormal codes included, which vcvtph2ps widens exactly, whatever the
+ * MXCSR says); a carry out of bits 7-13 marks the NaN codes, whose bit 14
+ * then makes a float16 NaN. The 2^8 goes into the head row's scale. Four
+ * integer operations and a conversion per 8 values, where the bit
+ * operations take about a dozen (bench attention --kv-dtype fp8). */
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+static inline AI v8 fp8x8_f16c(const uint8_t *p)
+{
+    __m128i x = _mm_slli_epi16(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)p)), 7);
+    x = _mm_and_si128(x, _mm_set1_epi16((short)0xbf80));
+    x = _mm_or_si128(x, _mm_and_si128(_mm_add_epi16(x, _mm_set1_epi16(0x80)), _mm_set1_epi16(0x4000)));
+    __m256 f = _mm256_cvtph_ps(x);
+    v8 r;
+    memcpy(&r, &f, sizeof r);
+    return r;
+}
+#define AN(name) name##_f16c
+#define KV_FP8X8 fp8x8_f16c
+#define KV_FP8_MUL 256.0f
+#include "cpu_attention_kv.inc"
+
+static void piece_fp8_f16c(const float *q, int heads, int group, int hd, const void *kc, const float *ks,
+                           const void *vc, const float *vs, int kv_heads, int64_t t0, int64_t t1, float scale,
+                           float *sc, float *m, float *z, float *o)
+{
+    piece_f16c(q, heads, group, hd, kc, ks, vc, vs, KV_FP8, kv_heads, t0, t1, scale, sc, m, z, o);
 }
 
-EPM_CLONES static void piece_f32(const float *q, int heads, int group, int hd, const void *kc, const void *vc,
-                                 int kv_heads, int64_t t0, int64_t t1, float scale, float *sc, float *m, float *z,
-                                 float *o)
+static void kv_head_probs_fp8_f16c(const float *q, int group, int hd, const void *kc, const float *ks, int kv_heads,
+                                   int kh, int64_t len, float scale, float *sc, float *p0, int64_t pstride,
+                                   int64_t cache_len)
 {
-    piece(q, heads, group, hd, kc, vc, 0, kv_heads, t0, t1, scale, sc, m, z, o);
+    kv_head_probs_f16c(q, group, hd, kc, ks, KV_FP8, kv_heads, kh, len, scale, sc, p0, pstride, cache_len);
+}
+#pragma GCC pop_options
+#endif
+
+/* the fp8 kernels F16C's conversion decodes for, where the CPU has it and
+ * EPM_CPU_ISA allows vector kernels */
+static int fp8_f16c(void)
+{
+#ifdef EPM_ATT_X86
+    return epm_cpu_isa_active() != EPM_CPU_ISA_OFF && (epm_cpu_x86_feats() & EPM_X86_F16C);
+#else
+    return 0;
+#endif
 }
 
-EPM_CLONES static void piece_bf16(const float *q, int heads, int group, int hd, const void *kc, const void *vc,
-                                  int kv_heads, int64_t t0, int64_t t1, float scale, float *sc, float *m, float *z,
-                                  float *o)
+typedef void (*piece_fn)(const float *, int, int, int, const void *, const float *, const void *, const float *, int,
+                         int64_t, int64_t, float, float *, float *, float *, float *);
+typedef void (*probs_fn)(const float *, int, int, const void *, const float *, int, int, int64_t, float, float *,
+                         float *, int64_t, int64_t);
+
+static piece_fn piece_for(int kind)
 {
-    piece(q, heads, group, hd, kc, vc, 1, kv_heads, t0, t1, scale, sc, m, z, o);
+#ifdef EPM_ATT_X86
+    if (kind == KV_FP8 && fp8_f16c())
+        return piece_fp8_f16c;
+#endif
+    return kind == KV_FP8 ? piece_fp8 : kind == KV_BF16 ? piece_bf16 : piece_f32;
 }
 
-EPM_CLONES static void kv_head_probs_f32(const float *q, int group, int hd, const void *kc, int kv_heads, int kh,
-                                         int64_t len, float scale, float *sc, float *p0, int64_t pstride,
-                                         int64_t cache_len)
+static probs_fn probs_for(int kind)
 {
-    kv_head_probs(q, group, hd, kc, 0, kv_heads, kh, len, scale, sc, p0, pstride, cache_len);
-}
-
-EPM_CLONES static void kv_head_probs_bf16(const float *q, int group, int hd, const void *kc, int kv_heads, int kh,
-                                          int64_t len, float scale, float *sc, float *p0, int64_t pstride,
-                                          int64_t cache_len)
-{
-    kv_head_probs(q, group, hd, kc, 1, kv_heads, kh, len, scale, sc, p0, pstride, cache_len);
+#ifdef EPM_ATT_X86
+    if (kind == KV_FP8 && fp8_f16c())
+        return kv_head_probs_fp8_f16c;
+#endif
+    return kind == KV_FP8 ? kv_head_probs_fp8 : kind == KV_BF16 ? kv_head_probs_bf16 : kv_head_probs_f32;
 }
 
 /* Without probs: (row, range) pieces, then each row's pieces merged. */
-static epm_status by_ranges(const float *q, int64_t n, const int32_t *pos, const void *kc, const void *vc,
-                            int w16, int heads, int kv_heads, int hd, float *out, int nt, float scale)
+static epm_status by_ranges(const float *q, int64_t n, const int32_t *pos, const void *kc, const float *ks,
+                            const void *vc, const float *vs, int kind, int heads, int kv_heads, int hd, float *out,
+                            int nt, float scale)
 {
+    const piece_fn run = piece_for(kind);
     const int group = heads / kv_heads;
     /* C ranges per row, for the longest row (a shorter one leaves some empty) */
     int64_t longest = 1;
@@ -288,8 +213,8 @@ EPM_OMP("omp parallel num_threads(nt)")
             int64_t i = k / C, c = k % C, len = (int64_t)pos[i] + 1;
             int64_t t0 = c * RANGE < len ? c * RANGE : len, t1 = (c + 1) * RANGE < len ? (c + 1) * RANGE : len;
             float *pp = part + k * pw;
-            (w16 ? piece_bf16 : piece_f32)(q + i * heads * hd, heads, group, hd, kc, vc, kv_heads, t0, t1, scale,
-                                           scr + (int64_t)me * heads * BLOCK, pp, pp + heads, pp + 2 * heads);
+            run(q + i * heads * hd, heads, group, hd, kc, ks, vc, vs, kv_heads, t0, t1, scale,
+                scr + (int64_t)me * heads * BLOCK, pp, pp + heads, pp + 2 * heads);
         }
 EPM_OMP("omp barrier")
         epm_omp_share(n * heads, 1, &c0, &c1);
@@ -317,10 +242,14 @@ EPM_OMP("omp barrier")
 }
 
 static epm_status cpu_attention(const char *fn, const float *q, int64_t n, const int32_t *pos, const void *kc,
-                                const void *vc, int w16, int64_t cache_len, int heads, int kv_heads, int hd,
-                                float *out, float *probs)
+                                const float *ks, const void *vc, const float *vs, int kind, int64_t cache_len,
+                                int heads, int kv_heads, int hd, float *out, float *probs)
 {
     EPM_CHECK(epm_attention_check(fn, q, n, pos, kc, vc, cache_len, heads, kv_heads, hd, out));
+    if (kind == KV_FP8) {
+        KPTR(fn, ks, 1);
+        KPTR(fn, vs, 1);
+    }
     int64_t work = 0;
     for (int64_t i = 0; i < n; i++)
         work += 2 * ((int64_t)pos[i] + 1) * heads * hd;
@@ -329,7 +258,7 @@ static epm_status cpu_attention(const char *fn, const float *q, int64_t n, const
     const int group = heads / kv_heads, nt = epm_omp_threads_for(work, PAR_MIN_WORK);
     const float scale = (float)(1.0 / sqrt((double)hd));
     /* the output always comes the one way, so that asking for probs changes no bit of it */
-    EPM_CHECK(by_ranges(q, n, pos, kc, vc, w16, heads, kv_heads, hd, out, nt, scale));
+    EPM_CHECK(by_ranges(q, n, pos, kc, ks, vc, vs, kind, heads, kv_heads, hd, out, nt, scale));
     if (!probs)
         return EPM_OK;
     const int64_t per = (int64_t)group * cache_len; /* one thread's scores */
@@ -338,6 +267,7 @@ static epm_status cpu_attention(const char *fn, const float *q, int64_t n, const
         return epm_fail(EPM_ERR_NOMEM, "cpu attention: allocation of %d x %lld floats of scores failed", nt,
                         (long long)per);
     const int64_t items = n * kv_heads;
+    const probs_fn probs_run = probs_for(kind);
 EPM_OMP("omp parallel num_threads(nt)")
     {
         int me = epm_omp_me();
@@ -346,10 +276,8 @@ EPM_OMP("omp parallel num_threads(nt)")
         for (int64_t it = c0; it < c1; it++) {
             int64_t i = it / kv_heads;
             int kh = (int)(it % kv_heads), h0 = kh * group;
-            (w16 ? kv_head_probs_bf16 : kv_head_probs_f32)(q + (i * heads + h0) * hd, group, hd, kc, kv_heads, kh,
-                                                           (int64_t)pos[i] + 1, scale, sc + (int64_t)me * per,
-                                                           probs + ((int64_t)h0 * n + i) * cache_len, n * cache_len,
-                                                           cache_len);
+            probs_run(q + (i * heads + h0) * hd, group, hd, kc, ks, kv_heads, kh, (int64_t)pos[i] + 1, scale,
+                      sc + (int64_t)me * per, probs + ((int64_t)h0 * n + i) * cache_len, n * cache_len, cache_len);
         }
     }
     epm_free(sc);
@@ -359,13 +287,22 @@ EPM_OMP("omp parallel num_threads(nt)")
 epm_status epm_cpu_attention(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc,
                              int64_t cache_len, int heads, int kv_heads, int hd, float *out, float *probs)
 {
-    return cpu_attention("cpu attention", q, n, pos, kc, vc, 0, cache_len, heads, kv_heads, hd, out, probs);
+    return cpu_attention("cpu attention", q, n, pos, kc, NULL, vc, NULL, KV_F32, cache_len, heads, kv_heads, hd, out,
+                         probs);
 }
 
 epm_status epm_cpu_attention_bf16(const float *q, int64_t n, const int32_t *pos, const uint16_t *kc,
                                   const uint16_t *vc, int64_t cache_len, int heads, int kv_heads, int hd, float *out,
                                   float *probs)
 {
-    return cpu_attention("cpu attention (bf16 cache)", q, n, pos, kc, vc, 1, cache_len, heads, kv_heads, hd, out,
-                         probs);
+    return cpu_attention("cpu attention (bf16 cache)", q, n, pos, kc, NULL, vc, NULL, KV_BF16, cache_len, heads,
+                         kv_heads, hd, out, probs);
+}
+
+epm_status epm_cpu_attention_fp8(const float *q, int64_t n, const int32_t *pos, const uint8_t *kc, const float *ks,
+                                 const uint8_t *vc, const float *vs, int64_t cache_len, int heads, int kv_heads,
+                                 int hd, float *out, float *probs)
+{
+    return cpu_attention("cpu attention (fp8 cache)", q, n, pos, kc, ks, vc, vs, KV_FP8, cache_len, heads, kv_heads,
+                         hd, out, probs);
 }

@@ -49,7 +49,6 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define W8_X86 1
-#include <cpuid.h>
 #include <immintrin.h>
 #define T512 __attribute__((target("avx512f,avx512bw,fma,f16c")))
 #define T256 __attribute__((target("avx2,fma,f16c")))
@@ -70,19 +69,11 @@ static w8_isa w8_isa_active(void)
 {
 #ifdef W8_X86
     epm_cpu_isa isa = epm_cpu_isa_active();
-    /* cpuid (not __builtin_cpu_supports: clang 14 does not know "f16c"),
-     * once: in a VM every cpuid traps to the hypervisor. Bit 0: F16C,
-     * bit 1: AVX512BW (the table decoding's 16-bit permutes; every AVX-512
-     * CPU but Knights Landing has it, which takes the AVX2 kernels). */
-    static int feats = -1;
-    int have = __atomic_load_n(&feats, __ATOMIC_RELAXED);
-    if (have < 0) {
-        unsigned a, b, c, d;
-        have = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
-        if (have && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & bit_AVX512BW))
-            have |= 2;
-        __atomic_store_n(&feats, have, __ATOMIC_RELAXED);
-    }
+    /* F16C, and AVX512BW for the table decoding's 16-bit permutes (every
+     * AVX-512 CPU but Knights Landing has it, which takes the AVX2 kernels) */
+    int have = epm_cpu_x86_feats();
+    if (!(have & EPM_X86_F16C))
+        have = 0;
     if (isa == EPM_CPU_ISA_AVX512 && have == 3)
         return W8_AVX512;
     if (isa != EPM_CPU_ISA_OFF && (have & 1))

@@ -28,6 +28,7 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define EPM_GEMM_X86 1
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -340,6 +341,25 @@ epm_cpu_isa epm_cpu_isa_best(void)
         return EPM_CPU_ISA_AVX2;
 #endif
     return EPM_CPU_ISA_OFF;
+}
+
+int epm_cpu_x86_feats(void)
+{
+#ifdef EPM_GEMM_X86
+    /* cpuid, not __builtin_cpu_supports: clang 14 does not know "f16c" */
+    static int feats = -1;
+    int have = __atomic_load_n(&feats, __ATOMIC_RELAXED);
+    if (have < 0) {
+        unsigned a, b, c, d;
+        have = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) ? EPM_X86_F16C : 0;
+        if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & bit_AVX512BW))
+            have |= EPM_X86_AVX512BW;
+        __atomic_store_n(&feats, have, __ATOMIC_RELAXED);
+    }
+    return have;
+#else
+    return 0;
+#endif
 }
 
 const char *epm_cpu_isa_name(epm_cpu_isa isa)

@@ -38,6 +38,11 @@ epm_status epm_cpu_isa_from_env(epm_cpu_isa *out);
  * "cpu" backend refuses to open then, naming the problem). */
 epm_cpu_isa epm_cpu_isa_active(void);
 const char *epm_cpu_isa_name(epm_cpu_isa isa);
+/* x86 features besides the ISA level, by cpuid, once (in a VM every cpuid
+ * traps to the hypervisor): EPM_X86_F16C (the fp8 kernels' conversions),
+ * EPM_X86_AVX512BW (their 16-bit permutes); 0 elsewhere. */
+enum { EPM_X86_F16C = 1, EPM_X86_AVX512BW = 2 };
+int epm_cpu_x86_feats(void);
 /* For the tests: every kernel takes isa from now on (at most the best), so
  * that each way through the CPU FFN runs in one process. */
 void epm_cpu_isa_force(epm_cpu_isa isa);

@@ -40,4 +40,28 @@ static inline __attribute__((always_inline)) epm_vf8 epm_bf16x8(const uint16_t *
     return f;
 }
 
+/* 8 float8 e4m3fn codes at p as the values they stand for, NaN codes
+ * included: normal codes rebuilt as float32 bits with the exponent rebiased
+ * (e + 120), subnormal ones (exponent 0: m / 512) as 2 x (2^-7 (1 + m / 8))
+ * - 2^-6, exactly, so that no float32 subnormal is ever an operand (a
+ * microcode assist on some CPUs, zero under DAZ); then the sign */
+static inline __attribute__((always_inline)) epm_vf8 epm_f8e4m3x8(const uint8_t *p)
+{
+    typedef uint8_t vb8 __attribute__((vector_size(8)));
+    typedef uint32_t vu8 __attribute__((vector_size(32)));
+    vb8 b;
+    memcpy(&b, p, sizeof b);
+    vu8 c = __builtin_convertvector(b, vu8), mag = c & 0x7fu;
+    vu8 bits = (mag << 20) + (120u << 23), sub, is_sub = (vu8)(mag < 8u), is_nan = (vu8)(mag == 0x7fu);
+    epm_vf8 f;
+    memcpy(&f, &bits, sizeof f);
+    f = f * 2.0f - 0.015625f;
+    memcpy(&sub, &f, sizeof sub);
+    bits = (bits & ~is_sub) | (sub & is_sub);
+    bits = (bits & ~is_nan) | (0x7fc00000u & is_nan);
+    bits |= (c & 0x80u) << 24;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
 #endif

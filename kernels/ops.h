@@ -76,6 +76,12 @@ typedef struct epm_ops {
     epm_status (*attention_w16)(const float *q, int64_t n, const int32_t *pos, const uint16_t *kc,
                                 const uint16_t *vc, int64_t cache_len, int heads, int kv_heads, int hd, float *out,
                                 float *probs);
+    /* the same over an fp8 K/V cache (--kv-dtype fp8: e4m3 codes and a
+     * float32 scale per cached head row): epm_ref_attention_fp8's. NULL
+     * where the table has none (the runtime then refuses fp8). */
+    epm_status (*attention_w8)(const float *q, int64_t n, const int32_t *pos, const uint8_t *kc, const float *ks,
+                               const uint8_t *vc, const float *vs, int64_t cache_len, int heads, int kv_heads, int hd,
+                               float *out, float *probs);
 } epm_ops;
 
 /* Rows of the busiest expert: offsets[e + 1] - offsets[e] at its largest. */

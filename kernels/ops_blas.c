@@ -24,7 +24,8 @@ static void blas_grouped_swiglu(const float *x, const int64_t *offsets, int expe
 
 static const epm_ops blas_ops = {"blas", blas_linear, NULL, blas_swiglu, blas_grouped_swiglu,
                                  epm_cpu_grouped_ffn_w16, epm_cpu_linear_w16, epm_cpu_attention,
-                                 epm_cpu_grouped_ffn_w8, epm_cpu_linear_w8, epm_cpu_attention_bf16};
+                                 epm_cpu_grouped_ffn_w8, epm_cpu_linear_w8, epm_cpu_attention_bf16,
+                                 epm_cpu_attention_fp8};
 
 /* the BLAS path's needs cover the reference's (none) */
 int64_t epm_swiglu_scratch(int64_t n, int hidden, int ffn)

@@ -374,9 +374,9 @@ static void cuda_grouped_swiglu(const float *x, const int64_t *offsets, int expe
 /* no bf16-weight FFN or linear: its weight cache uploads float32 tensors,
  * so the runtime holds every weight in float32 under these kernels; the
  * runtime's attention reads its KV caches in host memory, so the CPU's
- * (either cache dtype) */
+ * (every cache dtype) */
 static const epm_ops cuda_ops = {"cuda", cuda_linear, cuda_rmsnorm, cuda_swiglu, cuda_grouped_swiglu, NULL, NULL,
-                                 epm_cpu_attention, NULL, NULL, epm_cpu_attention_bf16};
+                                 epm_cpu_attention, NULL, NULL, epm_cpu_attention_bf16, epm_cpu_attention_fp8};
 
 /* ---- open / close ---- */
 

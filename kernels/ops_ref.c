@@ -171,7 +171,8 @@ static epm_status ref_linear_w16(const float *x, int64_t n, int in, const uint16
 
 static const epm_ops ref_ops = {"ref", ref_linear, ref_rmsnorm, ref_swiglu, ref_grouped_swiglu,
                                 ref_grouped_swiglu_w16, ref_linear_w16, epm_ref_attention,
-                                ref_grouped_swiglu_w8, ref_linear_w8, epm_ref_attention_bf16};
+                                ref_grouped_swiglu_w8, ref_linear_w8, epm_ref_attention_bf16,
+                                epm_ref_attention_fp8};
 
 const epm_ops *epm_ops_ref(void) { return &ref_ops; }
 

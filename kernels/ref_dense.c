@@ -185,20 +185,34 @@ epm_status epm_attention_check(const char *fn, const float *q, int64_t n, const 
     return EPM_OK;
 }
 
-/* Element i of a cache row array: float32, or bf16 (w16) widened exactly. */
-static inline double kv_at(const void *c, int64_t i, int w16)
+/* The cache's element types: float32, bf16 bit patterns, or e4m3 codes
+ * times a float32 scale per cached head row. */
+enum { KV_F32, KV_BF16, KV_FP8 };
+
+/* Element i of a cache row array, exactly as it stands for: bf16 widened;
+ * an e4m3 code times its head row's scale sc[i / hd] (the float32 product,
+ * so that the oracle over that cache is the float32 one over those values). */
+static inline double kv_at(const void *c, int64_t i, int kind, const float *sc, int hd)
 {
-    return w16 ? (double)epm_bf16_to_f32(((const uint16_t *)c)[i]) : (double)((const float *)c)[i];
+    switch (kind) {
+    case KV_BF16: return (double)epm_bf16_to_f32(((const uint16_t *)c)[i]);
+    case KV_FP8: return (double)(epm_f8e4m3_to_f32(((const uint8_t *)c)[i]) * sc[i / hd]);
+    default: return (double)((const float *)c)[i];
+    }
 }
 
-/* The one body of both caches' reference: the bf16 oracle is the float32
- * one's arithmetic on the widened values, read where they lie (no copy, so
- * no allocation in the layer loop either way). */
+/* The one body of every cache's reference: the bf16 and fp8 oracles are the
+ * float32 one's arithmetic on the values they stand for, read where they
+ * lie (no copy, so no allocation in the layer loop either way). */
 static epm_status ref_attention(const char *fn, const float *q, int64_t n, const int32_t *pos, const void *kc,
-                                const void *vc, int w16, int64_t cache_len, int heads, int kv_heads, int hd,
-                                float *out, float *probs)
+                                const float *ks, const void *vc, const float *vs, int kind, int64_t cache_len,
+                                int heads, int kv_heads, int hd, float *out, float *probs)
 {
     EPM_CHECK(epm_attention_check(fn, q, n, pos, kc, vc, cache_len, heads, kv_heads, hd, out));
+    if (kind == KV_FP8) {
+        KPTR(fn, ks, 1);
+        KPTR(fn, vs, 1);
+    }
     double small[512]; /* every head_dim the runtime accepts: no allocation in the layer loop */
     double *acc = hd <= 512 ? small : epm_malloc((size_t)hd * sizeof *acc);
     if (!acc)
@@ -217,7 +231,7 @@ static epm_status ref_attention(const char *fn, const float *q, int64_t n, const
                 int64_t kv = (t * kv_heads + kh) * hd;
                 double s = 0;
                 for (int j = 0; j < hd; j++)
-                    s += (double)qv[j] * kv_at(kc, kv + j, w16);
+                    s += (double)qv[j] * kv_at(kc, kv + j, kind, ks, hd);
                 m = s * scale > m ? s * scale : m;
             }
             double z = 0;
@@ -226,11 +240,11 @@ static epm_status ref_attention(const char *fn, const float *q, int64_t n, const
                 int64_t kv = (t * kv_heads + kh) * hd;
                 double s = 0;
                 for (int j = 0; j < hd; j++)
-                    s += (double)qv[j] * kv_at(kc, kv + j, w16);
+                    s += (double)qv[j] * kv_at(kc, kv + j, kind, ks, hd);
                 double wt = exp(s * scale - m);
                 z += wt;
                 for (int j = 0; j < hd; j++)
-                    acc[j] += wt * kv_at(vc, kv + j, w16);
+                    acc[j] += wt * kv_at(vc, kv + j, kind, vs, hd);
                 if (p)
                     p[t] = (float)wt;
             }
@@ -253,13 +267,21 @@ static epm_status ref_attention(const char *fn, const float *q, int64_t n, const
 epm_status epm_ref_attention(const float *q, int64_t n, const int32_t *pos, const float *kc, const float *vc,
                              int64_t cache_len, int heads, int kv_heads, int hd, float *out, float *probs)
 {
-    return ref_attention("attention", q, n, pos, kc, vc, 0, cache_len, heads, kv_heads, hd, out, probs);
+    return ref_attention("attention", q, n, pos, kc, NULL, vc, NULL, KV_F32, cache_len, heads, kv_heads, hd, out, probs);
 }
 
 epm_status epm_ref_attention_bf16(const float *q, int64_t n, const int32_t *pos, const uint16_t *kc,
                                   const uint16_t *vc, int64_t cache_len, int heads, int kv_heads, int hd, float *out,
                                   float *probs)
 {
-    return ref_attention("attention (bf16 cache)", q, n, pos, kc, vc, 1, cache_len, heads, kv_heads, hd, out,
-                         probs);
+    return ref_attention("attention (bf16 cache)", q, n, pos, kc, NULL, vc, NULL, KV_BF16, cache_len, heads,
+                         kv_heads, hd, out, probs);
+}
+
+epm_status epm_ref_attention_fp8(const float *q, int64_t n, const int32_t *pos, const uint8_t *kc, const float *ks,
+                                 const uint8_t *vc, const float *vs, int64_t cache_len, int heads, int kv_heads,
+                                 int hd, float *out, float *probs)
+{
+    return ref_attention("attention (fp8 cache)", q, n, pos, kc, ks, vc, vs, KV_FP8, cache_len, heads, kv_heads, hd,
+                         out, probs);
 }

@@ -50,9 +50,12 @@ static const char usage[] =
     "                           FP8), and an FP8 checkpoint's attention projections (but MLA's kv_b)\n"
     "                           and shared and dense MLPs FP8 when all of those are; bf16: those\n"
     "                           dequantised too\n"
-    "  --kv-dtype f32|bf16      what the K/V cache holds each value in: f32 (default, the reference\n"
-    "                           arithmetic) or bf16 (half the cache memory and half the bytes a decode\n"
-    "                           step streams; K and V rounded to bf16 as they are stored)\n"
+    "  --kv-dtype f32|bf16|fp8  what the K/V cache holds each value in: f32 (default, the reference\n"
+    "                           arithmetic), bf16 (half the cache memory and half the bytes a decode\n"
+    "                           step streams; K and V rounded to bf16 as they are stored) or fp8\n"
+    "                           (float8 e4m3 with a float32 scale per cached head row, its largest\n"
+    "                           magnitude over 448: about a quarter of the memory, as vLLM's\n"
+    "                           fp8_e4m3 cache)\n"
     "  --wire-dtype f32|bf16|fp8\n"
     "                           what activations travel between ranks in: f32 (default); bf16 (half\n"
     "                           the bytes of dispatch, combine, the K/V all-gather and the final\n"
@@ -303,10 +306,11 @@ int epm_cli_run(int argc, char **argv)
             break;
         }
         case O_KVDT: {
-            static const char *const kvd[] = {"f32", "bf16", NULL};
+            static const char *const kvd[] = {"f32", "bf16", "fp8", NULL};
             if (!cli_parse_choice(W, "--kv-dtype", optarg, kvd, &k))
                 return EPM_EXIT_USAGE;
             o.kv_bf16 = k == 1;
+            o.kv_fp8 = k == 2;
             break;
         }
         case O_WDT:

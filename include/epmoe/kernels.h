@@ -90,6 +90,16 @@ EPM_API epm_status epm_ref_attention_bf16(const float *q, int64_t n, const int32
                                           const uint16_t *vc, int64_t cache_len, int heads, int kv_heads, int hd,
                                           float *out, float *probs);
 
+/* The same over an fp8 K/V cache (vLLM's and SGLang's fp8_e4m3 cache dtype,
+ * a quarter of float32's memory): kc, vc [cache_len][kv_heads][hd] float8
+ * e4m3fn codes and ks, vs [cache_len][kv_heads] a float32 scale per cached
+ * head row, the value of element (t, kh, j) being e4m3(kc[(t * kv_heads +
+ * kh) * hd + j]) x ks[t * kv_heads + kh] (a float32 product): the float32
+ * reference's arithmetic on those values. */
+EPM_API epm_status epm_ref_attention_fp8(const float *q, int64_t n, const int32_t *pos, const uint8_t *kc,
+                                         const float *ks, const uint8_t *vc, const float *vs, int64_t cache_len,
+                                         int heads, int kv_heads, int hd, float *out, float *probs);
+
 /* ---------------------------------------------------------------------------
  * MoE routing
  * ------------------------------------------------------------------------- */
@@ -214,6 +224,11 @@ typedef struct epm_kernel_ops {
     epm_status (*attention_bf16)(epm_kernels *kb, const float *q, int64_t n, const int32_t *pos, const uint16_t *kc,
                                  const uint16_t *vc, int64_t cache_len, int heads, int kv_heads, int hd, float *out,
                                  float *probs);
+    /* attention over an fp8 K/V cache (epm_ref_attention_fp8's contract);
+     * NULL where the backend has none (cuda) */
+    epm_status (*attention_fp8)(epm_kernels *kb, const float *q, int64_t n, const int32_t *pos, const uint8_t *kc,
+                                const float *ks, const uint8_t *vc, const float *vs, int64_t cache_len, int heads,
+                                int kv_heads, int hd, float *out, float *probs);
 } epm_kernel_ops;
 
 /* A backend by name: "ref" (the C reference), "cpu" (BLAS: OpenBLAS threads

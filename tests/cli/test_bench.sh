@@ -485,8 +485,14 @@ ok "bench attention bf16 csv" "$E" bench attention --contexts 40,300 --chunk 8 -
              NR == 1 && $9 == "ratio" && $10 == "f32_s" && $11 == "vs_f32" && NF == 11 {h = 1}
              NR > 1 && $1 == "cpu" && $6 > 0 && $7 > 0 && $10 > 0 && abs($11 - $10 / $6) <= 1e-3 * $11 + 1e-4 {r++}
              END {exit !(h && r == 8 && NR == 9)}' "$d/out" || { fail "bench attention bf16: rows"; show; }; }
+# an fp8 cache: the same columns; the reference and the kernel read its codes and scales
+ok "bench attention fp8 csv" "$E" bench attention --contexts 40,300 --chunk 8 --reps 1 --csv --kv-dtype fp8 &&
+  { awk -F, 'function abs(x) {return x < 0 ? -x : x}
+             NR == 1 && $9 == "ratio" && $10 == "f32_s" && $11 == "vs_f32" && NF == 11 {h = 1}
+             NR > 1 && $1 == "cpu" && $6 > 0 && $7 > 0 && $10 > 0 && abs($11 - $10 / $6) <= 1e-3 * $11 + 1e-4 {r++}
+             END {exit !(h && r == 8 && NR == 9)}' "$d/out" || { fail "bench attention fp8: rows"; show; }; }
 help_ok attention --contexts --chunk --reps --backend --kv-dtype --csv
-usage attention --kv-dtype fp8 --kv-dtype fp8
+usage attention --kv-dtype f16 --kv-dtype f16
 usage attention --contexts 0 --contexts 0
 usage attention --contexts x --contexts 40,x
 usage attention --backend ref --backend ref
@@ -570,7 +576,9 @@ ok "bench run --kv-dtypes" mpi -np 3 "$E" bench run --model "$F/qwen2moe-tiny" -
   { awk -F, 'NR == 1 && $1 == "kv_dtype" && $3 == "kv_vs_f32" && NF == 9 {h = 1}
              NR == 2 && $1 == "F32" && $2 > 0 && $3 == 1 && $6 == 1 && $7 == 1 && $8 == 0 && $9 == 1 {a = 1; b32 = $2}
              NR == 3 && $1 == "BF16" && $2 * 2 == b32 && $3 == 0.5 && $4 > 0 && $5 > 0 && $8 > 0 && $8 < 0.05 {b = 1}
-             END {exit !(h && a && b && NR == 3)}' "$d/out" || { fail "bench run --kv-dtypes: rows"; show; }; }
+             NR == 4 && $1 == "F8_E4M3" && $2 * 64 == b32 * 20 && $3 == 0.3125 && $4 > 0 && $5 > 0 && $8 > 0 &&
+               $8 < 0.1 {c = 1}
+             END {exit !(h && a && b && c && NR == 4)}' "$d/out" || { fail "bench run --kv-dtypes: rows"; show; }; }
 usage run "--kv-dtypes --mla-cache" "" --model "$m" --kv-dtypes --mla-cache
 # activations between ranks in bf16: half the bytes (exactly, unless the rounding tips a router), the logits within
 # bf16 rounding of float32's; fp8 dispatch (home mode): fewer bytes still, the logits within its rounding

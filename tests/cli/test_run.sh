@@ -41,6 +41,13 @@ has "$d/out" '"kv_dtype": "BF16"'
 kv16=$(kvbytes)
 [ -n "$kv16" ] && [ "$kv16" -gt 0 ] && [ $((2 * kv16)) = "$kv32" ] ||
   { echo "FAIL: bf16 K/V cache of $kv16 bytes against float32's $kv32"; fails=$((fails + 1)); }
+# fp8: a byte per value and a float32 scale per head row (mixtral-tiny's heads are 16 wide)
+check "fp8 K/V cache" 0 run -np 3 "$E" run --model "$m" --input "$d/in.json" --mode follow --max-new-tokens 2 \
+  --json --report --kv-dtype fp8
+has "$d/out" '"kv_dtype": "F8_E4M3"'
+kv8=$(kvbytes)
+[ -n "$kv8" ] && [ "$kv8" -gt 0 ] && [ $((4 * 16 * kv8)) = $((kv32 * 20)) ] ||
+  { echo "FAIL: fp8 K/V cache of $kv8 bytes against float32's $kv32"; fails=$((fails + 1)); }
 # the memory check's estimate (before anything is loaded) halves too
 kvgb() { sed -n "s/.*$1 KV cache \([0-9.e+-]*\) GB.*/\1/p" "$d/err" | head -1; }
 check "float32 K/V cache over the memory allowed" 1 run -np 2 "$E" run --model "$m" --input "$d/in.json" \
@@ -51,8 +58,13 @@ check "bf16 K/V cache over the memory allowed" 1 run -np 2 "$E" run --model "$m"
 g16=$(kvgb bf16)
 awk -v a="$g32" -v b="$g16" 'BEGIN {exit !(a > 0 && b > 0 && (a - 2 * b) ^ 2 <= (1e-3 * a) ^ 2)}' ||
   { echo "FAIL: estimated K/V cache: bf16 $g16 GB against float32's $g32 GB"; fails=$((fails + 1)); }
-check "K/V cache dtype it has not" 2 "$E" run --model "$m" --input "$d/in.json" --kv-dtype fp8
-has "$d/err" "--kv-dtype 'fp8' is not f32 or bf16"
+check "fp8 K/V cache over the memory allowed" 1 run -np 2 "$E" run --model "$m" --input "$d/in.json" \
+  --max-new-tokens 900 --kv-dtype fp8 --max-memory 0.0001
+g8=$(kvgb fp8)
+awk -v a="$g32" -v b="$g8" 'BEGIN {exit !(a > 0 && b > 0 && (a * 20 - 64 * b) ^ 2 <= (1e-3 * a * 20) ^ 2)}' ||
+  { echo "FAIL: estimated K/V cache: fp8 $g8 GB against float32's $g32 GB"; fails=$((fails + 1)); }
+check "K/V cache dtype it has not" 2 "$E" run --model "$m" --input "$d/in.json" --kv-dtype f16
+has "$d/err" "--kv-dtype 'f16' is not f32, bf16 or fp8"
 check "wire dtype it has not" 2 "$E" run --model "$m" --input "$d/in.json" --wire-dtype f16
 has "$d/err" "--wire-dtype 'f16' is not f32, bf16 or fp8"
 check "fp8 dispatch in follow mode" 1 run -np 2 "$E" run --model "$m" --input "$d/in.json" --mode follow \

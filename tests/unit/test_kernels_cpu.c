@@ -54,6 +54,143 @@ static void test_kernels_cpu_attention(void **state)
     kc_attention(*state, 1);
 #endif
 }
+/* The low-precision caches' shapes: T, heads, kv_heads, head_dim (no GQA
+ * with a lone 8-wide step: 13, 24; groups of 3, 5 = 4 + 1, 6 = 4 + 2, 8 and
+ * 16, positions not a multiple of 4) */
+static const int att_shapes[][4] = {{1, 1, 1, 1},      {9, 3, 3, 5},     {40, 4, 2, 67},   {50, 3, 3, 13},
+                                    {50, 2, 2, 24},    {300, 8, 2, 64},  {600, 4, 1, 576}, {1100, 2, 2, 128},
+                                    {300, 6, 2, 13},   {263, 10, 2, 24}, {257, 12, 2, 1},  {131, 16, 2, 7},
+                                    {67, 16, 1, 128}};
+
+/* a head row of hd values as an fp8 cache holds it (runtime_kv.c's rule:
+ * its largest magnitude over 448, 1 for an all-zero row), and x back as
+ * the values it stands for */
+static void kc_fp8_row(float *x, int hd, uint8_t *q, float *scale)
+{
+    float amax = epm_amax(x, hd);
+    *scale = amax > 0 ? amax / 448.0f : 1.0f;
+    epm_f8e4m3_pack(q, x, 1.0f / *scale, hd);
+    for (int j = 0; j < hd; j++)
+        x[j] = epm_f8e4m3_to_f32(q[j]) * *scale;
+}
+
+/* The fp8 K/V cache (run --kv-dtype fp8): the reference is its float32 self
+ * on the values the codes and scales stand for, bit for bit; the CPU kernel,
+ * which multiplies each head row's dot products and value sums by its scale
+ * once, is within the float tolerance of it and gives the same bits on 1, 2
+ * and 3 threads. The bf16 test's shapes, with rows spanning 2^-20 of their
+ * largest values (subnormal codes), an all-zero row, and a V row holding
+ * every code: at one position its output is each code's value exactly */
+static void test_kernels_cpu_attention_fp8(void **state)
+{
+    kc_ctx *c = *state;
+    for (size_t k = 0; k < sizeof att_shapes / sizeof *att_shapes; k++) {
+        const int T = att_shapes[k][0], H = att_shapes[k][1], KV = att_shapes[k][2], D = att_shapes[k][3];
+        const size_t nkv = (size_t)T * KV * D, rows = (size_t)T * KV;
+        const int32_t pos[3] = {T - 1, T / 3, 0};
+        const int64_t N = T > 2 ? 3 : 1;
+        float *q = kc_rnd((size_t)N * H * D, &c->seed), *kf = kc_rnd(nkv, &c->seed), *vf = kc_rnd(nkv, &c->seed);
+        uint8_t *k8 = malloc(nkv), *v8 = malloc(nkv);
+        float *ks = malloc(rows * sizeof *ks), *vs = malloc(rows * sizeof *vs);
+        float *o[4], *p[4];
+        for (int i = 0; i < 4; i++) {
+            o[i] = malloc(sizeof(float) * (size_t)N * H * D);
+            p[i] = malloc(sizeof(float) * (size_t)H * N * T);
+        }
+        for (size_t i = 0; i < nkv; i++) {
+            kf[i] *= 3.0f;
+            if (i % 7 == 3) /* far below the row's largest: subnormal codes, and zeros */
+                kf[i] *= 1e-6f, vf[i] *= 1e-5f;
+        }
+        if (rows > 2)
+            memset(vf + D, 0, (size_t)D * sizeof *vf), memset(kf + 2 * (size_t)D, 0, (size_t)D * sizeof *kf);
+        for (size_t r = 0; r < rows; r++) {
+            kc_fp8_row(kf + r * D, D, k8 + r * D, ks + r);
+            kc_fp8_row(vf + r * D, D, v8 + r * D, vs + r);
+        }
+        assert_int_equal(epm_ref_attention(q, N, pos, kf, vf, T, H, KV, D, o[0], p[0]), EPM_OK);
+        assert_int_equal(epm_ref_attention_fp8(q, N, pos, k8, ks, v8, vs, T, H, KV, D, o[1], p[1]), EPM_OK);
+        assert_memory_equal(o[0], o[1], sizeof(float) * (size_t)N * H * D);
+        assert_memory_equal(p[0], p[1], sizeof(float) * (size_t)H * N * T);
+#ifdef _OPENMP
+        const int was = omp_get_max_threads();
+#endif
+        for (int t = 1; t <= 3; t++) {
+#ifdef _OPENMP
+            omp_set_num_threads(t);
+#endif
+            assert_int_equal(epm_cpu_attention_fp8(q, N, pos, k8, ks, v8, vs, T, H, KV, D, o[t == 1 ? 2 : 3],
+                                                   p[t == 1 ? 2 : 3]),
+                             EPM_OK);
+            if (t > 1) {
+                assert_memory_equal(o[2], o[3], sizeof(float) * (size_t)N * H * D);
+                assert_memory_equal(p[2], p[3], sizeof(float) * (size_t)H * N * T);
+            }
+        }
+#ifdef _OPENMP
+        omp_set_num_threads(was);
+#endif
+        /* the codes decoded by bit operations (EPM_CPU_ISA=off), not F16C's
+         * conversion: the same bits */
+        const epm_cpu_isa isa = epm_cpu_isa_active();
+        epm_cpu_isa_force(EPM_CPU_ISA_OFF);
+        assert_int_equal(epm_cpu_attention_fp8(q, N, pos, k8, ks, v8, vs, T, H, KV, D, o[3], p[3]), EPM_OK);
+        epm_cpu_isa_force(isa);
+        assert_memory_equal(o[2], o[3], sizeof(float) * (size_t)N * H * D);
+        assert_memory_equal(p[2], p[3], sizeof(float) * (size_t)H * N * T);
+        double m = 0, e = 0, pe = 0;
+        for (size_t i = 0; i < (size_t)N * H * D; i++) {
+            m = fmax(m, fabs(o[1][i]));
+            e = fmax(e, fabs((double)o[2][i] - o[1][i]));
+        }
+        for (size_t i = 0; i < (size_t)H * N * T; i++)
+            pe = fmax(pe, fabs((double)p[2][i] - p[1][i]));
+        if (e > 1e-5 * m + 1e-6 || pe > 1e-5)
+            fail_msg("T %d heads %d/%d hd %d: cpu fp8 attention %g off the reference (max %g), probs %g", T, H, KV,
+                     D, e, m, pe);
+        assert_ptr_equal(epm_ops_ref()->attention_w8, epm_ref_attention_fp8);
+        assert_ptr_equal(epm_ops_blas()->attention_w8, epm_cpu_attention_fp8);
+        free(q), free(kf), free(vf), free(k8), free(v8), free(ks), free(vs);
+        for (int i = 0; i < 4; i++)
+            free(o[i]), free(p[i]);
+    }
+    /* every code, NaN's included, decoded exactly: one position, one head,
+     * a V row of all 256 codes at scale 1 (the output is that row, 0 + its
+     * values) */
+    {
+        enum { D = 256 };
+        uint8_t kq[D] = {0}, vq[D];
+        float one = 1.0f, qv[D] = {0}, out[D];
+        for (int j = 0; j < D; j++)
+            vq[j] = (uint8_t)j;
+        const int32_t p0 = 0;
+        const epm_cpu_isa isa = epm_cpu_isa_active();
+        for (int way = 0; way < 3; way++) { /* the reference, the CPU's two decodings */
+            epm_cpu_isa_force(way == 2 ? EPM_CPU_ISA_OFF : isa);
+            assert_int_equal((way ? epm_cpu_attention_fp8 : epm_ref_attention_fp8)(qv, 1, &p0, kq, &one, vq, &one, 1,
+                                                                                    1, 1, D, out, NULL),
+                             EPM_OK);
+            for (int j = 0; j < D; j++) {
+                float want = epm_f8e4m3_to_f32((uint8_t)j);
+                if (isnan(want) ? !isnan(out[j]) : out[j] != want) /* == : the sum 0 + -0 is +0 */
+                    fail_msg("%s fp8 attention: code 0x%02x read as %g, not %g",
+                             way == 0 ? "ref" : way == 1 ? "cpu" : "cpu (EPM_CPU_ISA=off)", j, out[j], want);
+            }
+        }
+        epm_cpu_isa_force(isa);
+    }
+    /* bad arguments are named as the fp8 cache's, its scales included */
+    float x[4] = {0};
+    uint8_t b[4] = {0};
+    const int32_t bad = 4, zero = 0;
+    assert_int_equal(epm_cpu_attention_fp8(x, 1, &bad, b, x, b, x, 4, 1, 1, 1, x, NULL), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "fp8 cache"));
+    assert_int_equal(epm_cpu_attention_fp8(x, 1, &zero, b, NULL, b, x, 4, 1, 1, 1, x, NULL), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "ks is NULL"));
+    assert_int_equal(epm_ref_attention_fp8(x, 1, &zero, b, x, b, NULL, 4, 1, 1, 1, x, NULL), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "vs is NULL"));
+}
+
 /* The bf16 K/V cache (run --kv-dtype bf16): each kernel is its float32
  * self on the widened cache, bit for bit (the reference, and the CPU
  * kernel on 1-3 threads, outputs and A-MoD's probs), so the float32 tests
@@ -64,14 +201,8 @@ static void test_kernels_cpu_attention(void **state)
 static void test_kernels_cpu_attention_bf16(void **state)
 {
     kc_ctx *c = *state;
-    const int shapes[][4] = {/* T, heads, kv_heads, head_dim (no GQA with a lone 8-wide step: 13, 24;
-                                groups of 3, 5 = 4 + 1, 6 = 4 + 2, 8 and 16, positions not a multiple of 4) */
-                             {1, 1, 1, 1},     {9, 3, 3, 5},      {40, 4, 2, 67},    {50, 3, 3, 13},
-                             {50, 2, 2, 24},   {300, 8, 2, 64},   {600, 4, 1, 576},  {1100, 2, 2, 128},
-                             {300, 6, 2, 13},  {263, 10, 2, 24},  {257, 12, 2, 1},   {131, 16, 2, 7},
-                             {67, 16, 1, 128}};
-    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
-        const int T = shapes[k][0], H = shapes[k][1], KV = shapes[k][2], D = shapes[k][3];
+    for (size_t k = 0; k < sizeof att_shapes / sizeof *att_shapes; k++) {
+        const int T = att_shapes[k][0], H = att_shapes[k][1], KV = att_shapes[k][2], D = att_shapes[k][3];
         const size_t nkv = (size_t)T * KV * D;
         const int32_t pos[3] = {T - 1, T / 3, 0};
         const int64_t N = T > 2 ? 3 : 1;
@@ -682,6 +813,7 @@ int main(void)
         cmocka_unit_test(test_kernels_cpu_rope),
         cmocka_unit_test(test_kernels_cpu_attention),
         cmocka_unit_test(test_kernels_cpu_attention_bf16),
+        cmocka_unit_test(test_kernels_cpu_attention_fp8),
         cmocka_unit_test(test_kernels_cpu_router),
         cmocka_unit_test(test_kernels_cpu_route),
         cmocka_unit_test(test_kernels_cpu_permute_f32),

@@ -1,0 +1,74 @@
+/* The K/V cache's element types (epm_run_opts.kv_bf16, kv_fp8): float32
+ * (the checkpoints' reference arithmetic), bf16 (vLLM's default for a bf16
+ * model: half the memory), or float8 e4m3 with a float32 scale per cached
+ * head row (vLLM's and SGLang's fp8_e4m3 cache: a quarter, plus 4 bytes per
+ * head row). vLLM takes one scale per layer from calibration and falls back
+ * to 1.0; a row's own scale (its largest magnitude over 448, as the fp8
+ * wire's blocks) needs no calibration and cannot overflow, at 4 bytes per
+ * 128 values. A cache of n values: its scales (n / group floats), then its
+ * codes (n bytes). */
+#include <float.h>
+#include <math.h>
+
+#include "half.h"
+#include "runtime_internal.h"
+
+/* where a cache's codes begin: after the scales of its max_len rows */
+static size_t codes_at(const rt *r) { return (size_t)r->max_len * (size_t)(r->kv_w / r->kv_grp) * sizeof(float); }
+
+size_t epm_kv_bytes(const rt *r, int64_t n)
+{
+    switch (r->kvt) {
+    case EPM_KV_BF16: return (size_t)n * 2;
+    case EPM_KV_FP8: return (size_t)n + (size_t)(n / r->kv_grp) * sizeof(float);
+    default: return (size_t)n * sizeof(float);
+    }
+}
+
+const float *epm_kv_scales(const rt *r, const void *c)
+{
+    (void)r;
+    return c;
+}
+
+const uint8_t *epm_kv_codes(const rt *r, const void *c) { return (const uint8_t *)c + codes_at(r); }
+
+void epm_kv_get(const rt *r, const void *c, int64_t off, int n, float *dst)
+{
+    switch (r->kvt) {
+    case EPM_KV_BF16: epm_bf16_unpack(dst, (const uint16_t *)c + off, n); return;
+    case EPM_KV_FP8: {
+        const float *sc = epm_kv_scales(r, c);
+        const uint8_t *q = epm_kv_codes(r, c);
+        /* a group at a time: the range may start and end inside one */
+        for (int64_t j = off; j < off + n;) {
+            int64_t gi = j / r->kv_grp, end = (gi + 1) * r->kv_grp < off + n ? (gi + 1) * r->kv_grp : off + n;
+            epm_f8e4m3_unpack(dst + (j - off), q + j, sc[gi], end - j);
+            j = end;
+        }
+        return;
+    }
+    default: memcpy(dst, (const float *)c + off, (size_t)n * sizeof *dst); return;
+    }
+}
+
+void epm_kv_put(const rt *r, void *c, int64_t off, int n, const float *src)
+{
+    switch (r->kvt) {
+    case EPM_KV_BF16: epm_bf16_pack((uint16_t *)c + off, src, n); return;
+    case EPM_KV_FP8: {
+        float *sc = c;
+        uint8_t *q = (uint8_t *)c + codes_at(r);
+        for (int64_t j = 0; j < n; j += r->kv_grp) {
+            float amax = epm_amax(src + j, r->kv_grp);
+            /* the fp8 wire's rule (rows_lowp.c says why): at least
+             * FLT_MIN, 1 for an all-zero row */
+            float s = amax > 0 ? fmaxf(amax, 448.0f * FLT_MIN) / 448.0f : 1.0f;
+            epm_f8e4m3_pack(q + off + j, src + j, 1.0f / s, r->kv_grp);
+            sc[(off + j) / r->kv_grp] = s;
+        }
+        return;
+    }
+    default: memcpy((float *)c + off, src, (size_t)n * sizeof *src); return;
+    }
+}
