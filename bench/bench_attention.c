@@ -6,7 +6,9 @@
  * context) and a prefill chunk (queries ending there), timed in the same run.
  * With --kv-dtype bf16 or fp8 the cache is that (run --kv-dtype), and the
  * backend's float32 kernel on the same values, widened, is timed beside it. */
+#include <float.h>
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,7 +155,7 @@ static epm_status bench_context(epm_kernels *kb, const ashape *sh, int64_t L, in
             uint8_t *q[2] = {c.k8 + i * sh->hd, c.v8 + i * sh->hd};
             for (int w = 0; w < 2; w++) {
                 float amax = epm_amax(x[w], sh->hd);
-                *sc[w] = amax > 0 ? amax / 448.0f : 1.0f;
+                *sc[w] = amax > 0 ? fmaxf(amax, 448.0f * FLT_MIN) / 448.0f : 1.0f;
                 epm_f8e4m3_pack(q[w], x[w], 1.0f / *sc[w], sh->hd);
                 for (int j = 0; j < sh->hd; j++)
                     x[w][j] = epm_f8e4m3_to_f32(q[w][j]) * *sc[w];

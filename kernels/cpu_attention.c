@@ -36,8 +36,11 @@
 #include "kcheck.h"
 #include "cpu_vec.h" /* last: its settings hold for the rest of the file */
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define EPM_ATT_X86 1 /* F16C's fp8 kernels (GCC's target pragmas) */
+/* F16C's fp8 kernels: GCC's target pragmas, and only where the integer
+ * copy has clones that fuse multiply-adds as the F16C copy does (else the
+ * two would round differently) */
+#if defined(__x86_64__) && defined(EPM_CLONES_ON)
+#define EPM_ATT_X86 1
 #include <immintrin.h>
 #endif
 
@@ -150,18 +153,15 @@ static void kv_head_probs_fp8_f16c(const float *q, int group, int hd, const void
     kv_head_probs_f16c(q, group, hd, kc, ks, KV_FP8, kv_heads, kh, len, scale, sc, p0, pstride, cache_len);
 }
 #pragma GCC pop_options
-#endif
 
 /* the fp8 kernels F16C's conversion decodes for, where the CPU has it and
  * EPM_CPU_ISA allows vector kernels */
 static int fp8_f16c(void)
 {
-#ifdef EPM_ATT_X86
     return epm_cpu_isa_active() != EPM_CPU_ISA_OFF && (epm_cpu_x86_feats() & EPM_X86_F16C);
-#else
-    return 0;
-#endif
 }
+#endif
+
 
 typedef void (*piece_fn)(const float *, int, int, int, const void *, const float *, const void *, const float *, int,
                          int64_t, int64_t, float, float *, float *, float *, float *);

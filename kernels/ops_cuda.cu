@@ -93,9 +93,12 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <dlfcn.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -172,6 +175,76 @@ struct epm_gpu {
             return c_;                                                                                    \
     } while (0)
 
+// cuBLAS is opened with the first GPU context, not linked: its static
+// initialisers cost every process that links it about 0.45 s of CPU (a
+// CPU-only `epmoe --help` took 0.47 s, and the test suite starts hundreds
+// of processes, MPI ranks each). Only these entry points are used.
+#define EPM_STR_(x) #x
+#define EPM_STR(x) EPM_STR_(x)
+#define CUBLAS_SONAME "libcublas.so." EPM_STR(CUBLAS_VER_MAJOR)
+// the C entry points (C++ also sees deprecated overloads taking cudaDataType)
+typedef cublasStatus_t (*gemm_fn)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void *,
+                                  const void *, cudaDataType, int, const void *, cudaDataType, int, const void *,
+                                  void *, cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
+typedef cublasStatus_t (*gemm_batched_fn)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                                          const void *, const void *const[], cudaDataType, int, const void *const[],
+                                          cudaDataType, int, const void *, void *const[], cudaDataType, int, int,
+                                          cublasComputeType_t, cublasGemmAlgo_t);
+typedef cublasStatus_t (*gemm_strided_fn)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                                          const void *, const void *, cudaDataType, int, long long, const void *,
+                                          cudaDataType, int, long long, const void *, void *, cudaDataType, int,
+                                          long long, int, cublasComputeType_t, cublasGemmAlgo_t);
+static struct {
+    decltype(&cublasCreate_v2) create;
+    decltype(&cublasDestroy_v2) destroy;
+    decltype(&cublasSetStream_v2) set_stream;
+    gemm_fn gemm;
+    gemm_batched_fn gemm_batched;
+    gemm_strided_fn gemm_strided;
+    decltype(&cublasGemmGroupedBatchedEx) gemm_grouped;
+} cb;
+static pthread_once_t cb_once = PTHREAD_ONCE_INIT;
+static char cb_error[512]; // empty once every entry point is found
+
+static void *cb_sym(void *h, const char *name)
+{
+    void *f = dlsym(h, name);
+    if (!f && !cb_error[0])
+        snprintf(cb_error, sizeof cb_error, "%s has no %s (a cuBLAS older than this build's %s)", CUBLAS_SONAME,
+                 name, EPM_STR(CUBLAS_VER_MAJOR) "." EPM_STR(CUBLAS_VER_MINOR));
+    return f;
+}
+
+static void cb_open(void)
+{
+    // by name (the runpath, LD_LIBRARY_PATH), then where the build found it
+    void *h = dlopen(CUBLAS_SONAME, RTLD_NOW | RTLD_LOCAL);
+#ifdef EPM_CUDA_LIBDIR
+    if (!h)
+        h = dlopen(EPM_CUDA_LIBDIR "/" CUBLAS_SONAME, RTLD_NOW | RTLD_LOCAL);
+#endif
+    if (!h) {
+        const char *why = dlerror();
+        snprintf(cb_error, sizeof cb_error, "cuBLAS (%s) could not be loaded: %s", CUBLAS_SONAME, why ? why : "?");
+        return;
+    }
+    cb.create = (decltype(cb.create))cb_sym(h, "cublasCreate_v2");
+    cb.destroy = (decltype(cb.destroy))cb_sym(h, "cublasDestroy_v2");
+    cb.set_stream = (decltype(cb.set_stream))cb_sym(h, "cublasSetStream_v2");
+    cb.gemm = (decltype(cb.gemm))cb_sym(h, "cublasGemmEx");
+    cb.gemm_batched = (decltype(cb.gemm_batched))cb_sym(h, "cublasGemmBatchedEx");
+    cb.gemm_strided = (decltype(cb.gemm_strided))cb_sym(h, "cublasGemmStridedBatchedEx");
+    cb.gemm_grouped = (decltype(cb.gemm_grouped))cb_sym(h, "cublasGemmGroupedBatchedEx");
+}
+
+static epm_status cublas_open(void)
+{
+    pthread_once(&cb_once, cb_open);
+    return cb_error[0] ? epm_fail(EPM_ERR_CUDA, "GPU backend: %s", cb_error) : EPM_OK;
+}
+
+extern "C" epm_status epm_gpu_cublas_open(void) { return cublas_open(); }
+
 static unsigned blocks_for(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
 
 template <typename T> __device__ __forceinline__ float to_f(T v);
@@ -224,7 +297,7 @@ static void cu_destroy(epm_gpu *g)
         if (g->side[i])
             cudaStreamSynchronize(g->side[i]);
         if (g->side_blas[i])
-            cublasDestroy(g->side_blas[i]);
+            cb.destroy(g->side_blas[i]);
         if (g->side[i])
             cudaStreamDestroy(g->side[i]);
         if (g->joined[i])
@@ -233,7 +306,7 @@ static void cu_destroy(epm_gpu *g)
     if (g->fork)
         cudaEventDestroy(g->fork);
     if (g->blas)
-        cublasDestroy(g->blas);
+        cb.destroy(g->blas);
     if (g->stream)
         cudaStreamDestroy(g->stream);
     free(g);
@@ -270,6 +343,7 @@ static epm_status cu_create(int device, epm_gpu **out)
                             fs, FFN_STREAMS_MAX);
         nside = (int)v;
     }
+    CHECK(cublas_open());
     epm_gpu *g = (epm_gpu *)calloc(1, sizeof *g);
     if (!g)
         return epm_fail(EPM_ERR_NOMEM, "GPU backend: context");
@@ -293,11 +367,11 @@ static epm_status cu_create(int device, epm_gpu **out)
     }
     // default math mode: CUBLAS_COMPUTE_32F then means true float32 (TF32
     // only with CUBLAS_TF32_TENSOR_OP_MATH or the _FAST_TF32 compute types)
-    cublasStatus_t bs = cublasCreate(&g->blas);
+    cublasStatus_t bs = cb.create(&g->blas);
     if (bs != CUBLAS_STATUS_SUCCESS)
         g->blas = NULL;
     else
-        bs = cublasSetStream(g->blas, g->stream);
+        bs = cb.set_stream(g->blas, g->stream);
     if (bs != CUBLAS_STATUS_SUCCESS) {
         cu_destroy(g);
         return epm_fail(EPM_ERR_CUDA, "GPU backend: cuBLAS on device %d", device);
@@ -308,10 +382,10 @@ static epm_status cu_create(int device, epm_gpu **out)
             e = cudaStreamCreateWithFlags(&g->side[i], cudaStreamNonBlocking);
             if (e == cudaSuccess)
                 e = cudaEventCreateWithFlags(&g->joined[i], cudaEventDisableTiming);
-            if (e == cudaSuccess && (bs = cublasCreate(&g->side_blas[i])) != CUBLAS_STATUS_SUCCESS)
+            if (e == cudaSuccess && (bs = cb.create(&g->side_blas[i])) != CUBLAS_STATUS_SUCCESS)
                 g->side_blas[i] = NULL;
             if (e == cudaSuccess && bs == CUBLAS_STATUS_SUCCESS)
-                bs = cublasSetStream(g->side_blas[i], g->side[i]);
+                bs = cb.set_stream(g->side_blas[i], g->side[i]);
         }
         if (e != cudaSuccess || bs != CUBLAS_STATUS_SUCCESS) {
             cu_destroy(g);
@@ -721,7 +795,7 @@ static cublasStatus_t gemm_rows(cublasHandle_t hd, const void *w, cudaDataType_t
                                 cudaDataType_t xt, int64_t m, int in, int out, void *y, cudaDataType_t yt)
 {
     const float one = 1.0f, zero = 0.0f;
-    return cublasGemmEx(hd, CUBLAS_OP_T, CUBLAS_OP_N, out, (int)m, in, &one, w, wt, in, x, xt, in, &zero, y, yt, out,
+    return cb.gemm(hd, CUBLAS_OP_T, CUBLAS_OP_N, out, (int)m, in, &one, w, wt, in, x, xt, in, &zero, y, yt, out,
                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
 }
 
@@ -820,7 +894,7 @@ static epm_status grouped_slot_send(epm_gpu *g, grouped_slot *s, size_t count)
 static cublasStatus_t grouped_gemm(epm_gpu *g, const grouped_par *p, int first, int count, void *const *A,
                                    void *const *B, void *const *C, cudaDataType_t abt, cudaDataType_t ct)
 {
-    return cublasGemmGroupedBatchedEx(g->blas, p->ta + first, p->tb + first, p->m + first, p->n + first, p->k + first,
+    return cb.gemm_grouped(g->blas, p->ta + first, p->tb + first, p->m + first, p->n + first, p->k + first,
                                       p->alpha + first, (const void *const *)A, abt, p->lda + first,
                                       (const void *const *)B, abt, p->ldb + first, p->beta + first, C, ct,
                                       p->ldc + first, count, p->size + first, CUBLAS_COMPUTE_32F);
@@ -1015,7 +1089,7 @@ static cublasStatus_t batched_gemm(cublasHandle_t h, void *const *A, void *const
                                    int64_t brows, int in, int out, int count)
 {
     const float one = 1.0f, zero = 0.0f;
-    return cublasGemmBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, out, (int)brows, in, &one, (const void *const *)A, t, in,
+    return cb.gemm_batched(h, CUBLAS_OP_T, CUBLAS_OP_N, out, (int)brows, in, &one, (const void *const *)A, t, in,
                                (const void *const *)B, t, in, &zero, C, t, out, count, CUBLAS_COMPUTE_32F,
                                CUBLAS_GEMM_DEFAULT);
 }
@@ -1085,7 +1159,7 @@ static cublasStatus_t strided_gemm(cublasHandle_t h, const void *w, int64_t sw, 
                                    int ldc, int64_t sc, cudaDataType_t t, int64_t brows, int in, int out, int count)
 {
     const float one = 1.0f, zero = 0.0f;
-    return cublasGemmStridedBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, out, (int)brows, in, &one, w, t, in, sw, x, t, in,
+    return cb.gemm_strided(h, CUBLAS_OP_T, CUBLAS_OP_N, out, (int)brows, in, &one, w, t, in, sw, x, t, in,
                                       sx, &zero, c, t, ldc, sc, count, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
 }
 

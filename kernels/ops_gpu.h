@@ -76,6 +76,9 @@ typedef struct epm_gpu_ops {
 
 /* The CUDA backend, or NULL in a build without CUDA. */
 const epm_gpu_ops *epm_gpu_ops_cuda(void);
+/* Opens cuBLAS (dlopen, once; every GPU context does first): EPM_OK, or
+ * EPM_ERR_CUDA naming the library and why. No GPU needed. */
+epm_status epm_gpu_cublas_open(void);
 
 #ifdef __cplusplus
 }

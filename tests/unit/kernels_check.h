@@ -292,6 +292,39 @@ static void kc_attention(kc_ctx *c, int probs_supported)
             kc_release(c, hb, 6);
             free(kh);
         }
+        if (c->F->attention_fp8) { /* and over an fp8 cache: codes, and a scale per head row */
+            size_t m = (size_t)T * KV * D, rows = (size_t)T * KV;
+            uint8_t *k8 = malloc(2 * m);
+            float *sc = malloc(2 * rows * sizeof *sc);
+            for (size_t r = 0; r < 2 * rows; r++) {
+                const float *x = r < rows ? kc + r * D : vc + (r - rows) * D;
+                float amax = epm_amax(x, D);
+                sc[r] = amax > 0 ? amax / 448.0f : 1.0f;
+                epm_f8e4m3_pack(k8 + r * D, x, 1.0f / sc[r], D);
+            }
+            kc_buf fb[8] = {{q, (size_t)n * H * D * 4, 0, 0},    {pos, (size_t)n * 4, 0, 0},
+                            {k8, m, 0, 0},                       {sc, rows * 4, 0, 0},
+                            {k8 + m, m, 0, 0},                   {sc + rows, rows * 4, 0, 0},
+                            {NULL, (size_t)n * H * D * 4, 0, 0}, {NULL, (size_t)H * n * T * 4, 0, 0}};
+            kc_upload_all(c, fb, 8);
+            assert_int_equal(c->R->attention_fp8(c->ref, fb[0].ref_d, n, fb[1].ref_d, fb[2].ref_d, fb[3].ref_d,
+                                                 fb[4].ref_d, fb[5].ref_d, T, H, KV, D, fb[6].ref_d, fb[7].ref_d),
+                             EPM_OK);
+            assert_int_equal(c->F->attention_fp8(c->fast, fb[0].fast_d, n, fb[1].fast_d, fb[2].fast_d, fb[3].fast_d,
+                                                 fb[4].fast_d, fb[5].fast_d, T, H, KV, D, fb[6].fast_d,
+                                                 probs_supported ? fb[7].fast_d : NULL),
+                             EPM_OK);
+            char what[96];
+            snprintf(what, sizeof what, "fp8-cache attention n %d pos %d.. cache %d heads %d/%d hd %d", n, p0, T, H,
+                     KV, D);
+            for (int b = 6; b < (probs_supported ? 8 : 7); b++) {
+                float *want = kc_down(c->ref, fb[b].ref_d, fb[b].bytes), *got = kc_down(c->fast, fb[b].fast_d, fb[b].bytes);
+                kc_close(what, got, want, (int64_t)(fb[b].bytes / 4), KC_F32_TOL);
+                free(want), free(got);
+            }
+            kc_release(c, fb, 8);
+            free(k8), free(sc);
+        }
         free(q), free(kc), free(vc);
     }
 }

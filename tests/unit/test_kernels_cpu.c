@@ -2,6 +2,7 @@
  * and tolerances of kernels_check.h; and backend selection by name. */
 #include "test_util.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -12,6 +13,8 @@
 #include "half.h"
 #include "kernels_check.h"
 #include "ops.h"
+#include "ops_gpu.h"
+#include "runtime_internal.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -68,7 +71,7 @@ static const int att_shapes[][4] = {{1, 1, 1, 1},      {9, 3, 3, 5},     {40, 4,
 static void kc_fp8_row(float *x, int hd, uint8_t *q, float *scale)
 {
     float amax = epm_amax(x, hd);
-    *scale = amax > 0 ? amax / 448.0f : 1.0f;
+    *scale = amax > 0 ? fmaxf(amax, 448.0f * FLT_MIN) / 448.0f : 1.0f;
     epm_f8e4m3_pack(q, x, 1.0f / *scale, hd);
     for (int j = 0; j < hd; j++)
         x[j] = epm_f8e4m3_to_f32(q[j]) * *scale;
@@ -99,8 +102,8 @@ static void test_kernels_cpu_attention_fp8(void **state)
         }
         for (size_t i = 0; i < nkv; i++) {
             kf[i] *= 3.0f;
-            if (i % 7 == 3) /* far below the row's largest: subnormal codes, and zeros */
-                kf[i] *= 1e-6f, vf[i] *= 1e-5f;
+            if (i % 7 == 3) /* far below the row's largest: subnormal codes (x / scale in [2^-9, 2^-6)), and zeros */
+                kf[i] *= 1e-5f, vf[i] *= 1e-5f;
         }
         if (rows > 2)
             memset(vf + D, 0, (size_t)D * sizeof *vf), memset(kf + 2 * (size_t)D, 0, (size_t)D * sizeof *kf);
@@ -148,12 +151,13 @@ static void test_kernels_cpu_attention_fp8(void **state)
         if (e > 1e-5 * m + 1e-6 || pe > 1e-5)
             fail_msg("T %d heads %d/%d hd %d: cpu fp8 attention %g off the reference (max %g), probs %g", T, H, KV,
                      D, e, m, pe);
-        assert_ptr_equal(epm_ops_ref()->attention_w8, epm_ref_attention_fp8);
-        assert_ptr_equal(epm_ops_blas()->attention_w8, epm_cpu_attention_fp8);
         free(q), free(kf), free(vf), free(k8), free(v8), free(ks), free(vs);
         for (int i = 0; i < 4; i++)
             free(o[i]), free(p[i]);
     }
+    /* the ops tables the runtime picks from carry these */
+    assert_ptr_equal(epm_ops_ref()->attention_w8, epm_ref_attention_fp8);
+    assert_ptr_equal(epm_ops_blas()->attention_w8, epm_cpu_attention_fp8);
     /* every code, NaN's included, decoded exactly: one position, one head,
      * a V row of all 256 codes at scale 1 (the output is that row, 0 + its
      * values) */
@@ -189,6 +193,90 @@ static void test_kernels_cpu_attention_fp8(void **state)
     assert_non_null(strstr(epm_last_error(), "ks is NULL"));
     assert_int_equal(epm_ref_attention_fp8(x, 1, &zero, b, x, b, NULL, 4, 1, 1, 1, x, NULL), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "vs is NULL"));
+}
+
+/* The runtime's fp8 cache (runtime_kv.c) as the kernels read it: rows put
+ * whole, two KV heads of different magnitudes, come back from epm_kv_get
+ * as each code times its head row's scale, over any range (one crossing
+ * head rows too), within e4m3's rounding of what was put; its bytes are a
+ * code per value and a scale per head row; and the CPU kernel on its codes
+ * and scales is the reference on those values */
+static void test_kernels_cpu_runtime_fp8_cache(void **state)
+{
+    kc_ctx *c = *state;
+    const int shapes[][3] = {{37, 2, 16}, {20, 1, 40}}; /* T, kv heads, head_dim (one head: MLA's latent row) */
+    for (int k = 0; k < 2; k++) {
+        const int T = shapes[k][0], KV = shapes[k][1], D = shapes[k][2], W = KV * D, H = 2 * KV;
+        rt r;
+        memset(&r, 0, sizeof r);
+        r.kvt = EPM_KV_FP8, r.max_len = T, r.kv_w = W, r.kv_grp = D;
+        const size_t n = (size_t)T * W, bytes = epm_kv_bytes(&r, (int64_t)n);
+        assert_int_equal(bytes, n + (size_t)T * KV * sizeof(float));
+        void *kc = calloc(bytes, 1), *vc = calloc(bytes, 1);
+        float *kf = kc_rnd(n, &c->seed), *vf = kc_rnd(n, &c->seed), *kd = malloc(n * sizeof *kd);
+        float *vd = malloc(n * sizeof *vd), *part = malloc(n * sizeof *part), *q = kc_rnd((size_t)H * D, &c->seed);
+        float o[2][2 * 2 * 40];
+        for (size_t i = 0; i < n; i++)
+            if ((i / D) % 2) /* every other head row 1000 times larger */
+                kf[i] *= 1000.0f, vf[i] *= 1000.0f;
+        for (int t = 0; t < T; t++) {
+            epm_kv_put(&r, kc, (int64_t)t * W, W, kf + (size_t)t * W);
+            epm_kv_put(&r, vc, (int64_t)t * W, W, vf + (size_t)t * W);
+        }
+        epm_kv_get(&r, kc, 0, (int)n, kd);
+        epm_kv_get(&r, vc, 0, (int)n, vd);
+        const uint8_t *codes = epm_kv_codes(&r, kc);
+        const float *sc = epm_kv_scales(&r, kc);
+        for (size_t i = 0; i < n; i++) {
+            assert_true(kd[i] == epm_f8e4m3_to_f32(codes[i]) * sc[i / D]);
+            if (fabsf(kd[i] - kf[i]) > 0.0625f * fabsf(kf[i]) + sc[i / D] * 0x1p-10f)
+                fail_msg("shape %d: element %zu put as %g, read as %g (scale %g)", k, i, kf[i], kd[i], sc[i / D]);
+        }
+        const int64_t off = D / 2 + 3, len = (int64_t)2 * D + 5 < (int64_t)n - off ? 2 * D + 5 : (int64_t)n - off;
+        epm_kv_get(&r, kc, off, (int)len, part);
+        assert_memory_equal(part, kd + off, (size_t)len * sizeof *part);
+        const int32_t pos = T - 1;
+        assert_int_equal(epm_cpu_attention_fp8(q, 1, &pos, codes, sc, epm_kv_codes(&r, vc), epm_kv_scales(&r, vc), T,
+                                               H, KV, D, o[0], NULL),
+                         EPM_OK);
+        assert_int_equal(epm_ref_attention(q, 1, &pos, kd, vd, T, H, KV, D, o[1], NULL), EPM_OK);
+        double m = 0, e = 0;
+        for (int i = 0; i < H * D; i++)
+            m = fmax(m, fabs(o[1][i])), e = fmax(e, fabs((double)o[0][i] - o[1][i]));
+        if (e > 1e-5 * m + 1e-6)
+            fail_msg("shape %d: the kernel on the runtime's cache is %g off the reference (max %g)", k, e, m);
+        free(kc), free(vc), free(kf), free(vf), free(kd), free(vd), free(part), free(q);
+    }
+}
+
+/* 1 when the file at a path containing name is mapped into this process */
+static int mapped(const char *name)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[1024];
+    int found = 0;
+    while (f && !found && fgets(line, sizeof line, f))
+        found = strstr(line, name) != NULL;
+    if (f)
+        fclose(f);
+    return found;
+}
+
+/* cuBLAS is not linked (its initialisers cost every process ~0.45 s) but
+ * opened with the first GPU context: in a CUDA build it is absent until
+ * then and loads without a GPU; elsewhere the call says the build has none */
+static void test_kernels_cpu_cublas_on_demand(void **state)
+{
+    (void)state;
+    assert_false(mapped("libcublas"));
+#if EPM_HAVE_CUDA
+    assert_int_equal(epm_gpu_cublas_open(), EPM_OK);
+    assert_true(mapped("libcublas"));
+    assert_int_equal(epm_gpu_cublas_open(), EPM_OK); /* once */
+#else
+    assert_int_equal(epm_gpu_cublas_open(), EPM_ERR_UNSUPPORTED);
+    assert_non_null(strstr(epm_last_error(), "without CUDA"));
+#endif
 }
 
 /* The bf16 K/V cache (run --kv-dtype bf16): each kernel is its float32
@@ -814,6 +902,8 @@ int main(void)
         cmocka_unit_test(test_kernels_cpu_attention),
         cmocka_unit_test(test_kernels_cpu_attention_bf16),
         cmocka_unit_test(test_kernels_cpu_attention_fp8),
+        cmocka_unit_test(test_kernels_cpu_runtime_fp8_cache),
+        cmocka_unit_test(test_kernels_cpu_cublas_on_demand),
         cmocka_unit_test(test_kernels_cpu_router),
         cmocka_unit_test(test_kernels_cpu_route),
         cmocka_unit_test(test_kernels_cpu_permute_f32),
