@@ -193,9 +193,10 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
     fprintf(f, "time (slowest rank): attention %.3f  gate %.3f  dispatch %.3f  experts %.3f  combine %.3f s\n",
             r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine);
     fprintf(f, "checkpoint bytes read: %lld on the busiest rank, %lld in all; KV cache %lld bytes on the fullest rank "
-               "(%s, %d values per token and layer, each %s); routed experts held as %s, dense matrices as %s\n",
+               "(%s, %d values per token and layer, each %s%s); routed experts held as %s, dense matrices as %s\n",
             (long long)r->weight_bytes_max, (long long)r->weight_bytes_sum, (long long)r->kv_cache_bytes_max,
             r->kv_cache ? r->kv_cache : "?", r->kv_row_floats, epm_dtype_name(r->kv_dtype),
+            r->kv_dtype == EPM_DTYPE_F8_E4M3 ? ", a float32 scale per head row" : "",
             epm_dtype_name(r->expert_dtype),
             epm_dtype_name(r->dense_dtype));
     int64_t tot[3] = {0, 0, 0};
