@@ -88,8 +88,11 @@ static void pack_block(const float *x, int64_t m, int k, int k0, int kc, int64_t
 typedef void (*tile_fn)(const float *xp, int kc, const void *wt, int64_t ldw, float *yt, int64_t ldy, int mv,
                         int first);
 
-/* gcc 12 at -O3 does not see the _mm*_storeu_ps before each put fill sums */
+/* gcc 12 at -O3 does not see the _mm*_storeu_ps before each put fill sums
+ * (clang has no such warning, and -Werror refuses the unknown name) */
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 static inline void put(float *y, int64_t ldy, int mv, int nr, const float *sums, int first)
 {
     for (int i = 0; i < mv; i++)
