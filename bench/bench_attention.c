@@ -6,9 +6,7 @@
  * context) and a prefill chunk (queries ending there), timed in the same run.
  * With --kv-dtype bf16 or fp8 the cache is that (run --kv-dtype), and the
  * backend's float32 kernel on the same values, widened, is timed beside it. */
-#include <float.h>
 #include <getopt.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,11 +152,8 @@ static epm_status bench_context(epm_kernels *kb, const ashape *sh, int64_t L, in
             float *x[2] = {c.kc + i * sh->hd, c.vc + i * sh->hd}, *sc[2] = {c.ks + i, c.vs + i};
             uint8_t *q[2] = {c.k8 + i * sh->hd, c.v8 + i * sh->hd};
             for (int w = 0; w < 2; w++) {
-                float amax = epm_amax(x[w], sh->hd);
-                *sc[w] = amax > 0 ? fmaxf(amax, 448.0f * FLT_MIN) / 448.0f : 1.0f;
-                epm_f8e4m3_pack(q[w], x[w], 1.0f / *sc[w], sh->hd);
-                for (int j = 0; j < sh->hd; j++)
-                    x[w][j] = epm_f8e4m3_to_f32(q[w][j]) * *sc[w];
+                *sc[w] = epm_fp8_block_put(q[w], x[w], sh->hd);
+                epm_f8e4m3_unpack(x[w], q[w], *sc[w], sh->hd);
             }
         }
         if (st == EPM_OK)

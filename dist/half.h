@@ -43,6 +43,10 @@ void epm_f8e4m3_pack(void *dst, const float *src, float mul, int64_t n);
 void epm_f8e4m3_unpack(float *dst, const void *src, float mul, int64_t n);
 /* the largest magnitude of x [n], NaN passed over as fmaxf does */
 float epm_amax(const float *x, int64_t n);
+/* codes [n] = x [n] in e4m3 scaled by one block scale, returned: the
+ * block's largest magnitude over 448, at least FLT_MIN, 1 for an all-zero
+ * block (the fp8 wire's blocks, the fp8 K/V cache's head rows) */
+float epm_fp8_block_put(void *codes, const float *x, int64_t n);
 int epm_fp8_row_blocks(int n);
 int epm_fp8_row_floats(int n);
 void epm_fp8_row_put(float *row, int n, const float *x);

@@ -103,26 +103,10 @@ EPM_CLONES void epm_f8e4m3_pack(void *dst, const float *src, float mul, int64_t 
 
 EPM_CLONES void epm_f8e4m3_unpack(float *dst, const void *src, float mul, int64_t n)
 {
-    typedef uint8_t vb8 __attribute__((vector_size(8)));
     const unsigned char *s = src;
     int64_t j = 0;
-    /* epm_f8e4m3_to_f32's cases as masks: normal codes rebuilt as float32
-     * bits, subnormal ones m / 512, and NaN */
     for (; j + 8 <= n; j += 8) {
-        vb8 b;
-        memcpy(&b, s + j, sizeof b);
-        epm_vu8 c = __builtin_convertvector(b, epm_vu8);
-        epm_vu8 e = (c >> 3) & 15u, m = c & 7u, sg = (c & 0x80u) << 24;
-        epm_vu8 bits = sg | ((e + 120u) << 23) | (m << 20), sub, is_sub, is_nan;
-        epm_vf8 mf = __builtin_convertvector(m, epm_vf8) * (1.0f / 512.0f);
-        memcpy(&sub, &mf, sizeof sub);
-        is_sub = (epm_vu8)(e == 0u);
-        is_nan = (epm_vu8)((c & 0x7fu) == 0x7fu);
-        bits = (bits & ~is_sub) | ((sub | sg) & is_sub);
-        bits = (bits & ~is_nan) | ((sg | 0x7fc00000u) & is_nan);
-        epm_vf8 f;
-        memcpy(&f, &bits, sizeof f);
-        f *= mul;
+        epm_vf8 f = epm_f8e4m3x8(s + j) * mul; /* cpu_vec.h's: epm_f8e4m3_to_f32's values, NaN included */
         memcpy(dst + j, &f, sizeof f);
     }
     for (; j < n; j++)
@@ -153,6 +137,21 @@ EPM_CLONES float epm_amax(const float *x, int64_t n)
     return amax;
 }
 
+float epm_fp8_block_put(void *codes, const float *x, int64_t n)
+{
+    float amax = epm_amax(x, n);
+    /* An all-zero block keeps scale 1 (its codes are zeros). The scale is
+     * at least FLT_MIN: a block of values below 448 x FLT_MIN would
+     * otherwise have a subnormal or zero scale whose inverse is infinite,
+     * and its zeros would come back NaN. A NaN (which fmaxf passes over)
+     * stays NaN in its own place; an infinite value makes the scale
+     * infinite, its own place NaN and the block's others 0: garbage either
+     * way, as float32 arithmetic would spread it. */
+    float scale = amax > 0 ? fmaxf(amax, 448.0f * FLT_MIN) / 448.0f : 1.0f;
+    epm_f8e4m3_pack(codes, x, 1.0f / scale, n);
+    return scale;
+}
+
 int epm_fp8_row_blocks(int n) { return (n + EPM_FP8_ROW_BLOCK - 1) / EPM_FP8_ROW_BLOCK; }
 
 int epm_fp8_row_floats(int n) { return (n + 3) / 4 + epm_fp8_row_blocks(n); }
@@ -163,16 +162,7 @@ void epm_fp8_row_put(float *row, int n, const float *x)
     int nb = epm_fp8_row_blocks(n), codes = 4 * ((n + 3) / 4);
     for (int b = 0; b < nb; b++) {
         int j0 = b * EPM_FP8_ROW_BLOCK, j1 = j0 + EPM_FP8_ROW_BLOCK < n ? j0 + EPM_FP8_ROW_BLOCK : n;
-        float amax = epm_amax(x + j0, j1 - j0);
-        /* An all-zero block keeps scale 1 (its codes are zeros). The
-         * scale is at least FLT_MIN: a block of values below 448 x FLT_MIN
-         * would otherwise have a subnormal or zero scale whose inverse is
-         * infinite, and its zeros would come back NaN. A NaN (which fmaxf
-         * passes over) stays NaN in its own place; an infinite value makes
-         * the scale infinite, its own place NaN and the block's others 0:
-         * garbage either way, as float32 arithmetic would spread it. */
-        float scale = amax > 0 ? fmaxf(amax, 448.0f * FLT_MIN) / 448.0f : 1.0f, inv = 1.0f / scale;
-        epm_f8e4m3_pack(q + j0, x + j0, inv, j1 - j0);
+        float scale = epm_fp8_block_put(q + j0, x + j0, j1 - j0);
         memcpy(q + codes + 4 * (size_t)b, &scale, sizeof scale);
     }
     memset(q + n, 0, (size_t)(codes - n));

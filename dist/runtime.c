@@ -208,7 +208,7 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
      * (mla_attend_expanded), for the expanded form's cost where queries are many. */
     const int H = c->hidden_size, nh = c->num_heads, lat = r->latent, absorbed = lat && !r->prefill,
               expand = lat && !absorbed;
-    const int kw = lat ? c->kv_lora_rank + c->qk_rope_dim : c->num_kv_heads * c->head_dim, vw = lat ? 0 : kw;
+    const int kw = r->kv_w, vw = lat ? 0 : kw;
     const int hd = absorbed ? kw : c->head_dim, kvh = absorbed ? 1 : c->num_kv_heads, qd = nh * hd;
     const size_t rows = (size_t)(n ? n : 1);
     epm_status st = EPM_OK;

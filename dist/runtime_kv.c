@@ -7,9 +7,6 @@
  * wire's blocks) needs no calibration and cannot overflow, at 4 bytes per
  * 128 values. A cache of n values: its scales (n / group floats), then its
  * codes (n bytes). */
-#include <float.h>
-#include <math.h>
-
 #include "half.h"
 #include "runtime_internal.h"
 
@@ -59,14 +56,8 @@ void epm_kv_put(const rt *r, void *c, int64_t off, int n, const float *src)
     case EPM_KV_FP8: {
         float *sc = c;
         uint8_t *q = (uint8_t *)c + codes_at(r);
-        for (int64_t j = 0; j < n; j += r->kv_grp) {
-            float amax = epm_amax(src + j, r->kv_grp);
-            /* the fp8 wire's rule (rows_lowp.c says why): at least
-             * FLT_MIN, 1 for an all-zero row */
-            float s = amax > 0 ? fmaxf(amax, 448.0f * FLT_MIN) / 448.0f : 1.0f;
-            epm_f8e4m3_pack(q + off + j, src + j, 1.0f / s, r->kv_grp);
-            sc[(off + j) / r->kv_grp] = s;
-        }
+        for (int64_t j = 0; j < n; j += r->kv_grp)
+            sc[(off + j) / r->kv_grp] = epm_fp8_block_put(q + off + j, src + j, r->kv_grp);
         return;
     }
     default: memcpy((float *)c + off, src, (size_t)n * sizeof *src); return;

@@ -91,28 +91,27 @@ enum {
 #define KV_FP8_MUL 1.0f
 #include "cpu_attention_kv.inc"
 
-/* one clone set per cache dtype (kind a constant in each) */
-#define PIECE(name, kind)                                                                                       \
-    EPM_CLONES static void name(const float *q, int heads, int group, int hd, const void *kc, const float *ks,   \
-                                const void *vc, const float *vs, int kv_heads, int64_t t0, int64_t t1,          \
-                                float scale, float *sc, float *m, float *z, float *o)                           \
-    {                                                                                                           \
-        piece(q, heads, group, hd, kc, ks, vc, vs, kind, kv_heads, t0, t1, scale, sc, m, z, o);                 \
+/* the outer kernels, one per cache dtype (kind a constant in each) over a
+ * copy of the bodies (piece_body, kv_head_probs_body), with attributes */
+#define PIECE(attr, name, piece_body, kind)                                                                      \
+    attr static void name(const float *q, int heads, int group, int hd, const void *kc, const float *ks,         \
+                          const void *vc, const float *vs, int kv_heads, int64_t t0, int64_t t1, float scale,    \
+                          float *sc, float *m, float *z, float *o)                                               \
+    {                                                                                                            \
+        piece_body(q, heads, group, hd, kc, ks, vc, vs, kind, kv_heads, t0, t1, scale, sc, m, z, o);             \
     }
-PIECE(piece_f32, KV_F32)
-PIECE(piece_bf16, KV_BF16)
-PIECE(piece_fp8, KV_FP8)
-
-#define KV_HEAD_PROBS(name, kind)                                                                               \
-    EPM_CLONES static void name(const float *q, int group, int hd, const void *kc, const float *ks, int kv_heads, \
-                                int kh, int64_t len, float scale, float *sc, float *p0, int64_t pstride,        \
-                                int64_t cache_len)                                                              \
-    {                                                                                                           \
-        kv_head_probs(q, group, hd, kc, ks, kind, kv_heads, kh, len, scale, sc, p0, pstride, cache_len);        \
+#define KV_HEAD_PROBS(attr, name, probs_body, kind)                                                              \
+    attr static void name(const float *q, int group, int hd, const void *kc, const float *ks, int kv_heads, int kh, \
+                          int64_t len, float scale, float *sc, float *p0, int64_t pstride, int64_t cache_len)    \
+    {                                                                                                            \
+        probs_body(q, group, hd, kc, ks, kind, kv_heads, kh, len, scale, sc, p0, pstride, cache_len);            \
     }
-KV_HEAD_PROBS(kv_head_probs_f32, KV_F32)
-KV_HEAD_PROBS(kv_head_probs_bf16, KV_BF16)
-KV_HEAD_PROBS(kv_head_probs_fp8, KV_FP8)
+PIECE(EPM_CLONES, piece_f32, piece, KV_F32)
+PIECE(EPM_CLONES, piece_bf16, piece, KV_BF16)
+PIECE(EPM_CLONES, piece_fp8, piece, KV_FP8)
+KV_HEAD_PROBS(EPM_CLONES, kv_head_probs_f32, kv_head_probs, KV_F32)
+KV_HEAD_PROBS(EPM_CLONES, kv_head_probs_bf16, kv_head_probs, KV_BF16)
+KV_HEAD_PROBS(EPM_CLONES, kv_head_probs_fp8, kv_head_probs, KV_FP8)
 
 #ifdef EPM_ATT_X86
 /* The same kernels for AVX2 CPUs with F16C, whose fp8 copies decode codes
@@ -125,23 +124,26 @@ KV_HEAD_PROBS(kv_head_probs_fp8, KV_FP8)
  * operations take about a dozen (bench attention --kv-dtype fp8). */
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
+/* up to 16 codes (bytes) as float16 bit patterns, 16 lanes */
+static inline AI __m256i f16_of_codes(__m128i bytes)
+{
+    __m256i x = _mm256_slli_epi16(_mm256_cvtepi8_epi16(bytes), 7);
+    x = _mm256_and_si256(x, _mm256_set1_epi16((short)0xbf80));
+    return _mm256_or_si256(x, _mm256_and_si256(_mm256_add_epi16(x, _mm256_set1_epi16(0x80)), _mm256_set1_epi16(0x4000)));
+}
+
 static inline AI v8 fp8x8_f16c(const uint8_t *p)
 {
-    __m128i x = _mm_slli_epi16(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)p)), 7);
-    x = _mm_and_si128(x, _mm_set1_epi16((short)0xbf80));
-    x = _mm_or_si128(x, _mm_and_si128(_mm_add_epi16(x, _mm_set1_epi16(0x80)), _mm_set1_epi16(0x4000)));
-    __m256 f = _mm256_cvtph_ps(x);
+    __m256 f = _mm256_cvtph_ps(_mm256_castsi256_si128(f16_of_codes(_mm_loadl_epi64((const __m128i *)(const void *)p))));
     v8 r;
     memcpy(&r, &f, sizeof r);
     return r;
 }
 
-/* 16 codes: the integer steps once, on a 256-bit vector */
+/* 16 codes: the integer steps once for both halves */
 static inline AI void fp8x16_f16c(const uint8_t *p, v8 *a, v8 *b)
 {
-    __m256i x = _mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)p)), 7);
-    x = _mm256_and_si256(x, _mm256_set1_epi16((short)0xbf80));
-    x = _mm256_or_si256(x, _mm256_and_si256(_mm256_add_epi16(x, _mm256_set1_epi16(0x80)), _mm256_set1_epi16(0x4000)));
+    __m256i x = f16_of_codes(_mm_loadu_si128((const __m128i *)(const void *)p));
     __m256 lo = _mm256_cvtph_ps(_mm256_castsi256_si128(x)), hi = _mm256_cvtph_ps(_mm256_extracti128_si256(x, 1));
     memcpy(a, &lo, sizeof lo);
     memcpy(b, &hi, sizeof hi);
@@ -152,19 +154,8 @@ static inline AI void fp8x16_f16c(const uint8_t *p, v8 *a, v8 *b)
 #define KV_FP8_MUL 256.0f
 #include "cpu_attention_kv.inc"
 
-static void piece_fp8_f16c(const float *q, int heads, int group, int hd, const void *kc, const float *ks,
-                           const void *vc, const float *vs, int kv_heads, int64_t t0, int64_t t1, float scale,
-                           float *sc, float *m, float *z, float *o)
-{
-    piece_f16c(q, heads, group, hd, kc, ks, vc, vs, KV_FP8, kv_heads, t0, t1, scale, sc, m, z, o);
-}
-
-static void kv_head_probs_fp8_f16c(const float *q, int group, int hd, const void *kc, const float *ks, int kv_heads,
-                                   int kh, int64_t len, float scale, float *sc, float *p0, int64_t pstride,
-                                   int64_t cache_len)
-{
-    kv_head_probs_f16c(q, group, hd, kc, ks, KV_FP8, kv_heads, kh, len, scale, sc, p0, pstride, cache_len);
-}
+PIECE(, piece_fp8_f16c, piece_f16c, KV_FP8)
+KV_HEAD_PROBS(, kv_head_probs_fp8_f16c, kv_head_probs_f16c, KV_FP8)
 #pragma GCC pop_options
 
 /* the fp8 kernels F16C's conversion decodes for, where the CPU has it and

@@ -237,13 +237,11 @@ static void cb_open(void)
     cb.gemm_grouped = (decltype(cb.gemm_grouped))cb_sym(h, "cublasGemmGroupedBatchedEx");
 }
 
-static epm_status cublas_open(void)
+extern "C" epm_status epm_gpu_cublas_open(void)
 {
     pthread_once(&cb_once, cb_open);
     return cb_error[0] ? epm_fail(EPM_ERR_CUDA, "GPU backend: %s", cb_error) : EPM_OK;
 }
-
-extern "C" epm_status epm_gpu_cublas_open(void) { return cublas_open(); }
 
 static unsigned blocks_for(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
 
@@ -343,7 +341,7 @@ static epm_status cu_create(int device, epm_gpu **out)
                             fs, FFN_STREAMS_MAX);
         nside = (int)v;
     }
-    CHECK(cublas_open());
+    CHECK(epm_gpu_cublas_open());
     epm_gpu *g = (epm_gpu *)calloc(1, sizeof *g);
     if (!g)
         return epm_fail(EPM_ERR_NOMEM, "GPU backend: context");

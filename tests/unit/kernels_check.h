@@ -298,9 +298,7 @@ static void kc_attention(kc_ctx *c, int probs_supported)
             float *sc = malloc(2 * rows * sizeof *sc);
             for (size_t r = 0; r < 2 * rows; r++) {
                 const float *x = r < rows ? kc + r * D : vc + (r - rows) * D;
-                float amax = epm_amax(x, D);
-                sc[r] = amax > 0 ? amax / 448.0f : 1.0f;
-                epm_f8e4m3_pack(k8 + r * D, x, 1.0f / sc[r], D);
+                sc[r] = epm_fp8_block_put(k8 + r * D, x, D);
             }
             kc_buf fb[8] = {{q, (size_t)n * H * D * 4, 0, 0},    {pos, (size_t)n * 4, 0, 0},
                             {k8, m, 0, 0},                       {sc, rows * 4, 0, 0},

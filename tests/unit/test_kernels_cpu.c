@@ -2,7 +2,6 @@
  * and tolerances of kernels_check.h; and backend selection by name. */
 #include "test_util.h"
 
-#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -70,9 +69,7 @@ static const int att_shapes[][4] = {{1, 1, 1, 1},      {9, 3, 3, 5},     {40, 4,
  * the values it stands for */
 static void kc_fp8_row(float *x, int hd, uint8_t *q, float *scale)
 {
-    float amax = epm_amax(x, hd);
-    *scale = amax > 0 ? fmaxf(amax, 448.0f * FLT_MIN) / 448.0f : 1.0f;
-    epm_f8e4m3_pack(q, x, 1.0f / *scale, hd);
+    *scale = epm_fp8_block_put(q, x, hd);
     for (int j = 0; j < hd; j++)
         x[j] = epm_f8e4m3_to_f32(q[j]) * *scale;
 }
