@@ -45,7 +45,7 @@ static epm_status record_trace(rt *r, int ml, int64_t g, const int32_t *ids)
     }
     int32_t *rec = r->trace_rec + r->n_rec++ * (2 + K);
     rec[0] = ml;
-    rec[1] = (int32_t)g;
+    rec[1] = (int32_t)trace_index(r, g);
     memcpy(rec + 2, ids, (size_t)K * sizeof *ids);
     return EPM_OK;
 }
@@ -428,7 +428,8 @@ static void gate(rt *r, const epm_model_layer *w, int ml, const float *x2, int64
             mass += wts[j];
         }
     } else if (r->o->route_from) {
-        const int32_t *row = epm_trace_ids_const(r->o->route_from, ml) + g * epm_trace_k(r->o->route_from);
+        const int32_t *row = epm_trace_ids_const(r->o->route_from, ml) +
+                             trace_index(r, g) * epm_trace_k(r->o->route_from);
         for (int j = 0; j < K; j++) {
             ids[j] = row[j];
             wts[j] = row[j] >= 0 ? probs[row[j]] : 0.0f;
@@ -1062,15 +1063,6 @@ static epm_status logits(rt *r, int64_t n, const float *h, float **out)
     return EPM_OK;
 }
 
-static int argmax(const float *v, int n)
-{
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[b])
-            b = i;
-    return b;
-}
-
 static epm_status embed(rt *r, int64_t n, const int64_t *g, const int32_t *tok, float *h)
 {
     const epm_model_config *c = r->c;
@@ -1230,6 +1222,13 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     r->kv_w = r->latent ? epm_model_kv_floats(c, 0) : epm_model_kv_floats(c, 1) / 2;
     r->kv_grp = r->latent ? r->kv_w : c->head_dim;
     r->total = r->N + (int64_t)r->steps * batch;
+    r->dec_base = r->N;
+    r->live = epm_malloc((size_t)batch);
+    r->live_rank = epm_malloc((size_t)batch * sizeof *r->live_rank);
+    r->dec_seq = epm_malloc((size_t)(r->steps ? r->steps : 1) * batch * sizeof *r->dec_seq);
+    if (!r->live || !r->live_rank || !r->dec_seq)
+        return sync(r, EPM_ERR_NOMEM);
+    memset(r->live, 1, (size_t)batch);
     for (int l = 0; l < c->num_layers; l++)
         r->moe_index[l] = c->moe_layer[l] ? r->moe_layers++ : -1;
     if (r->moe_layers == 0)
@@ -1263,12 +1262,14 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     }
     if (st == EPM_OK && o->route_from) {
         const epm_trace *t = o->route_from;
-        if (epm_trace_layers(t) != r->moe_layers || epm_trace_tokens(t) < r->total || epm_trace_k(t) != c->top_k ||
+        /* with stop tokens the run's length is known only as it goes: each step checks its own */
+        int64_t need = o->n_stop > 0 ? r->N : r->total;
+        if (epm_trace_layers(t) != r->moe_layers || epm_trace_tokens(t) < need || epm_trace_k(t) != c->top_k ||
             epm_trace_experts(t) > c->num_experts)
             st = epm_fail(EPM_ERR_MISMATCH,
                           "--route-from-trace: the trace has %d layers x %lld tokens x k=%d (experts < %d); this run "
                           "needs %d x %lld x k=%d (experts < %d)", epm_trace_layers(t), (long long)epm_trace_tokens(t),
-                          epm_trace_k(t), epm_trace_experts(t), r->moe_layers, (long long)r->total, c->top_k, c->num_experts);
+                          epm_trace_k(t), epm_trace_experts(t), r->moe_layers, (long long)need, c->top_k, c->num_experts);
     }
     if (st == EPM_OK && c->sliding_window > 0 && c->sliding_window < r->max_len)
         st = epm_fail(EPM_ERR_UNSUPPORTED, "%s/config.json: sliding_window = %d is shorter than this run's %d "
@@ -1375,6 +1376,9 @@ static void teardown(rt *r)
     epm_free(r->moe_index);
     epm_free(r->rope_inv);
     epm_free(r->trace_rec);
+    epm_free(r->live);
+    epm_free(r->live_rank);
+    epm_free(r->dec_seq);
     epm_free(r->bytes_local);
     epm_free(r->kv_local);
     epm_free(r->load_local);
@@ -1389,6 +1393,8 @@ void epm_run_result_destroy(epm_run_result *res)
         return;
     epm_free(res->lens);
     epm_free(res->generated);
+    epm_free(res->gen_len);
+    epm_free(res->stopped);
     epm_free(res->logits);
     epm_trace_destroy(res->trace);
     epm_free(res->report.bytes);
@@ -1407,15 +1413,16 @@ static epm_status collect_trace(rt *r, epm_run_result *res)
     EPM_CHECK(epm_xcomm_gather_bytes(r->x, r->trace_rec, r->n_rec * (2 + K) * (int64_t)sizeof(int32_t), &all, &nb));
     if (r->me != 0)
         return EPM_OK;
-    epm_status st = epm_trace_create(r->moe_layers, r->total, K, r->c->num_experts, &res->trace);
-    int32_t *seq = epm_malloc((size_t)(r->total ? r->total : 1) * sizeof *seq);
+    const int64_t total = r->dec_base; /* prefill and every decoded token */
+    epm_status st = epm_trace_create(r->moe_layers, total, K, r->c->num_experts, &res->trace);
+    int32_t *seq = epm_malloc((size_t)(total ? total : 1) * sizeof *seq);
     if (st == EPM_OK && seq) {
         const int32_t *rec = all;
         int64_t nrec = nb / (int64_t)((2 + K) * sizeof(int32_t));
         for (int64_t i = 0; i < nrec; i++, rec += 2 + K)
             memcpy(epm_trace_ids(res->trace, rec[0]) + (int64_t)rec[1] * K, rec + 2, (size_t)K * sizeof *rec);
-        for (int64_t gi = 0; gi < r->total; gi++)
-            seq[gi] = seq_of(r, gi);
+        for (int64_t gi = 0; gi < total; gi++)
+            seq[gi] = gi < r->N ? seq_of(r, gi) : r->dec_seq[gi - r->N];
         st = epm_trace_set_seq_ids(res->trace, seq);
     } else if (st == EPM_OK) {
         st = EPM_ERR_NOMEM;
@@ -1505,15 +1512,24 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     res->batch = batch;
     res->vocab = c->vocab_size;
     res->lens = epm_malloc((size_t)batch * sizeof *res->lens);
-    res->generated = epm_calloc((size_t)batch * (size_t)(o->max_new_tokens > 0 ? o->max_new_tokens : 1), sizeof(int32_t));
-    int64_t *gen64 = epm_calloc((size_t)batch * (size_t)(o->max_new_tokens > 0 ? o->max_new_tokens : 1), sizeof *gen64);
+    const int maxnew = o->max_new_tokens > 0 ? o->max_new_tokens : 1;
+    res->generated = epm_malloc((size_t)batch * (size_t)maxnew * sizeof *res->generated);
+    res->gen_len = epm_calloc((size_t)batch, sizeof *res->gen_len);
+    res->stopped = epm_calloc((size_t)batch, sizeof *res->stopped);
+    int64_t *nt = epm_calloc((size_t)batch, sizeof *nt); /* a step's new tokens, every rank's summed */
+    epm_sampler *smp = NULL;
     /* prefill: each rank starts with the tokens of its home sequences */
     g = epm_malloc((size_t)(r.N ? r.N : 1) * sizeof *g);
     tok = epm_malloc((size_t)(r.N ? r.N : 1) * sizeof *tok);
     h = epm_malloc((size_t)(r.N ? r.N : 1) * c->hidden_size * sizeof *h);
-    st = res->lens && res->generated && gen64 && g && tok && h ? EPM_OK : EPM_ERR_NOMEM;
+    st = res->lens && res->generated && res->gen_len && res->stopped && nt && g && tok && h ? EPM_OK
+                                                                                            : EPM_ERR_NOMEM;
+    if (st == EPM_OK)
+        st = epm_sampler_create(&o->sampling, c->vocab_size, &smp);
     if (st == EPM_OK) {
         memcpy(res->lens, lens, (size_t)batch * sizeof *lens);
+        for (size_t i = 0; i < (size_t)batch * (size_t)maxnew; i++)
+            res->generated[i] = -1;
         for (int s = r.me; s < batch; s += r.R)
             for (int p = 0; p < lens[s]; p++) {
                 g[n] = r.offset[s] + p;
@@ -1523,7 +1539,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     }
     EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
     double t0 = epm_now();
-    r.g0 = 0, r.pn = r.N, r.prefill = 1;
+    r.g0 = 0, r.pn = r.pass_n = r.N, r.prefill = 1;
     /* forward's failures after its last agreement (follow mode's way home)
      * are this rank's alone: they join the logits' agreement */
     st = forward(&r, &n, &g, &h);
@@ -1541,8 +1557,11 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         for (int64_t i = 0; i < n && rows; i++) {
             int s = seq_of(&r, g[i]);
             int last = pos_of(&r, g[i]) == lens[s] - 1;
-            if (last && o->max_new_tokens > 0)
-                gen64[(size_t)s * o->max_new_tokens] = argmax(lg + i * V, V);
+            if (last && o->max_new_tokens > 0 && st == EPM_OK) {
+                int32_t t;
+                st = epm_sampler_next(smp, lg + i * V, prompts[s], lens[s], NULL, 0, s, 0, &t);
+                nt[s] = t;
+            }
             if (!o->keep_logits && !last)
                 continue;
             put_g(rows + keep * (2 + V), o->keep_logits ? g[i] : s);
@@ -1571,33 +1590,62 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         epm_free(all);
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
     }
-    /* greedy decoding: one new token per sequence per step, KV caches grow */
+    /* decoding: one new token per live sequence per step, KV caches grow; a
+     * sequence leaves the batch at a stop token. Every rank learns every new
+     * token (one small sum per step), so all know who is still decoding. */
     t0 = epm_now();
-    for (int step = 0; step < r.steps; step++) {
+    for (int step = 0; step <= r.steps && o->max_new_tokens > 0; step++) {
+        /* the tokens of the previous pass (the prefill's for step 0) */
+        EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, nt, batch), st, fail_gen);
+        int nlive = 0;
+        for (int s = 0; s < batch; s++) {
+            if (!r.live[s])
+                continue;
+            int32_t t = (int32_t)nt[s];
+            res->generated[(size_t)s * maxnew + res->gen_len[s]++] = t;
+            for (int j = 0; j < o->n_stop; j++)
+                if (t == o->stop_ids[j])
+                    res->stopped[s] = 1;
+            r.live[s] = !res->stopped[s];
+            r.live_rank[s] = r.live[s] ? nlive++ : -1;
+            nt[s] = 0;
+        }
+        if (step == r.steps || nlive == 0)
+            break;
+        int64_t trace_len = o->route_from ? epm_trace_tokens(o->route_from) : INT64_MAX;
+        if (r.dec_base + nlive > trace_len)
+            st = epm_fail(EPM_ERR_MISMATCH, "--route-from-trace: the trace ends at token %lld; decoding step %d needs "
+                          "up to token %lld", (long long)trace_len, step + 1, (long long)(r.dec_base + nlive));
+        EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
         n = 0;
-        for (int s = r.me; s < batch; s += r.R) {
-            g[n] = r.N + (int64_t)step * batch + s;
-            tok[n++] = (int32_t)gen64[(size_t)s * o->max_new_tokens + step];
+        for (int s = 0; s < batch; s++) {
+            if (r.live[s])
+                r.dec_seq[r.dec_base - r.N + r.live_rank[s]] = s;
+            if (s % r.R == r.me && r.live[s]) {
+                g[n] = r.N + (int64_t)step * batch + s;
+                tok[n++] = res->generated[(size_t)s * maxnew + step];
+            }
         }
         st = embed(&r, n, g, tok, h);
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
-        r.g0 = r.N + (int64_t)step * batch, r.pn = batch, r.prefill = 0;
+        r.g0 = r.N + (int64_t)step * batch, r.pn = batch, r.pass_n = nlive, r.prefill = 0;
         st = forward(&r, &n, &g, &h);
         epm_free(lg);
         lg = NULL;
         if (st == EPM_OK)
             st = logits(&r, n, h, &lg);
-        for (int64_t i = 0; i < n && st == EPM_OK; i++)
-            gen64[(size_t)seq_of(&r, g[i]) * o->max_new_tokens + step + 1] = argmax(lg + i * c->vocab_size, c->vocab_size);
+        for (int64_t i = 0; i < n && st == EPM_OK; i++) {
+            int s = seq_of(&r, g[i]);
+            int32_t t;
+            st = epm_sampler_next(smp, lg + i * c->vocab_size, prompts[s], lens[s], res->generated + (size_t)s * maxnew,
+                                  res->gen_len[s], s, step + 1, &t);
+            nt[s] = t;
+        }
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
-        res->report.decode_tokens += batch;
+        r.dec_base += nlive;
+        res->report.decode_tokens += nlive;
     }
     res->report.t_decode = epm_now() - t0;
-    if (o->max_new_tokens > 0) {
-        EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, gen64, batch * o->max_new_tokens), st, fail_gen);
-        for (int i = 0; i < batch * o->max_new_tokens; i++)
-            res->generated[i] = (int32_t)gen64[i];
-    }
     EPM_CHECK_GOTO(collect_trace(&r, res), st, fail_gen);
     /* the report: counted bytes and loads summed over ranks */
     epm_run_report *rep = &res->report;
@@ -1650,7 +1698,8 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     rep->rank_load = r.load_local;
     memcpy(rep->gather_bytes, r.gather_local, sizeof rep->gather_bytes);
     r.bytes_local = r.kv_local = r.load_local = NULL;
-    epm_free(gen64);
+    epm_free(nt);
+    epm_sampler_destroy(smp);
     epm_free(g);
     epm_free(h);
     epm_free(tok);
@@ -1660,7 +1709,8 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     *out = res;
     return EPM_OK;
 fail_gen:
-    epm_free(gen64);
+    epm_free(nt);
+    epm_sampler_destroy(smp);
 fail:
     epm_free(g);
     epm_free(h);

@@ -8,6 +8,7 @@
 
 #include "core.h"
 #include "epmoe/eval.h"
+#include "epmoe/generate.h"
 #include "epmoe/placement.h"
 #include "epmoe/trace.h"
 
@@ -26,6 +27,11 @@ typedef struct epm_run_opts {
     epm_mode mode;
     int virtual_nodes;
     int max_new_tokens;
+    epm_sampling sampling;          /* how each new token is chosen (zero: greedy), on its sequence's home
+                                       rank; the draws depend on (seed, sequence, step) alone */
+    const int32_t *stop_ids;        /* a sequence ends when it generates one of these (it is kept in the
+                                       output); it then leaves the batch: no compute, no exchange */
+    int n_stop;
     double max_memory;              /* bytes a rank may hold (weights as held + KV cache); 0 = the
                                        machine's available memory shared by the node's ranks */
     const char *ops;                /* "ref" or "blas" */
@@ -112,7 +118,11 @@ typedef struct epm_run_report {
 typedef struct epm_run_result {
     int batch, vocab;
     int *lens;          /* [batch] prompt lengths */
-    int32_t *generated; /* [batch][max_new_tokens] */
+    int32_t *generated; /* [batch][max_new_tokens]; sequence s's first gen_len[s] are its tokens, the
+                           rest -1 */
+    int *gen_len;       /* [batch] tokens generated (a stop token included) */
+    int *stopped;       /* [batch] 1: ended at a stop token (finish_reason "stop"), 0: at
+                           max_new_tokens ("length") */
     float *logits;      /* rank 0: [total prefill tokens][vocab] (keep_logits) or [batch][vocab] */
     epm_trace *trace;   /* rank 0: the routing of every MoE layer, prefill then decode tokens */
     epm_run_report report;

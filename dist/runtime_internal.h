@@ -63,6 +63,12 @@ typedef struct rt {
     /* the forward pass under way: tokens g0 .. g0 + pn - 1 (all ranks) */
     int64_t g0, pn;
     int prefill;
+    int64_t pass_n;       /* tokens of the pass: pn in prefill, the live sequences' in decoding */
+    /* decoding: sequences leave the batch at a stop token */
+    uint8_t *live;        /* [B] every rank knows every sequence's */
+    int32_t *live_rank;   /* [B] a live sequence's index among this step's live ones */
+    int64_t dec_base;     /* trace index of this step's first token: N + the tokens decoded before */
+    int32_t *dec_seq;     /* [steps * B] the sequence of each decoded token, in trace order */
     /* Mixture-of-Depths (runtime_mod.c) */
     uint8_t *mod_on;      /* [layers] */
     int32_t *kv_n;        /* [layers * B] cache rows written per sequence (every rank keeps the count) */
@@ -102,6 +108,14 @@ static inline int pos_of(const rt *r, int64_t g)
     if (g >= r->N)
         return r->lens[seq_of(r, g)] + (int)((g - r->N) / r->B);
     return (int)(g - r->offset[seq_of(r, g)]);
+}
+
+/* Token g's index in the run's trace: g itself, but a decoding step's tokens
+ * are numbered among its live sequences only (the same as g while no
+ * sequence has stopped). g must be in the pass under way. */
+static inline int64_t trace_index(const rt *r, int64_t g)
+{
+    return g < r->N ? g : r->dec_base + r->live_rank[(g - r->N) % r->B];
 }
 
 /* g travels in two floats' bits: exact for any int64 */

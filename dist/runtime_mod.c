@@ -193,10 +193,10 @@ static epm_status gather_scores(rt *r, int l, int64_t n, const int64_t *g, const
     epm_free(rows);
     if (st != EPM_OK)
         return st;
-    if (na != P) {
+    if (na != r->pass_n) {
         epm_free(all);
         return epm_fail(EPM_ERR_INTERNAL, "MoD: %lld tokens resident on all ranks, the pass has %lld", (long long)na,
-                        (long long)P);
+                        (long long)r->pass_n);
     }
     for (int64_t i = 0; i < na; i++) {
         int64_t t = get_g(all + 4 * i) - r->g0;
@@ -263,6 +263,9 @@ epm_status epm_mod_select(rt *r, int l, int64_t n, const int64_t *g, const float
     } else {
         memset(r->sel, 1, (size_t)P);
     }
+    /* a decoding pass's position t is sequence t's token: none for a sequence that stopped */
+    for (int64_t t = 0; !r->prefill && r->live && t < P; t++)
+        r->sel[t] &= r->live[t];
     /* cache rows: each sequence's selected tokens, in order, after its rows so far */
     int32_t *kv = r->kv_n + (size_t)l * r->B;
     memcpy(r->kv_base, kv, (size_t)r->B * sizeof *kv);

@@ -1,6 +1,7 @@
 /* epmoe run: distributed inference of a Hugging Face MoE checkpoint. Run it
  * under mpirun; every rank parses the same arguments. */
 #include <dirent.h>
+#include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,13 +17,30 @@
 static const char usage[] =
     "usage: mpirun -np N epmoe run --model DIR --input TOKENS [options]\n"
     "\n"
-    "Prefill a batch, then greedy-decode, expert-parallel over the MPI ranks.\n"
+    "Prefill a batch, then decode (greedy or sampled), expert-parallel over the MPI ranks.\n"
     "  --model DIR              Hugging Face checkpoint (config.json + safetensors)\n"
     "  --input FILE             token ids: JSON [[1,2,3],[4,5]] or {\"input_ids\": ..., \"attention_mask\": ...},\n"
     "                           .npy int32/int64 [batch, seq], or safetensors with 'input_ids'\n"
     "  --placement FILE         placement JSON from epmoe plan (default: contiguous)\n"
     "  --mode home|follow       where tokens live between MoE layers (default home)\n"
-    "  --max-new-tokens N       greedy tokens to generate per sequence (default 0)\n"
+    "  --max-new-tokens N       tokens to generate per sequence at most (default 0); a sequence ends\n"
+    "                           earlier at a stop token (the checkpoint's eos_token_id, --stop-token-ids)\n"
+    "  --generation-config auto|none|FILE\n"
+    "                           decoding defaults: auto (default) the checkpoint's generation_config.json,\n"
+    "                           as transformers' generate() reads it (sampling only where do_sample is\n"
+    "                           true; its eos_token_id, else config.json's); none: greedy; the flags\n"
+    "                           below override either\n"
+    "  --temperature T          sample from softmax(logits / T); 0: greedy (the highest logit)\n"
+    "  --sample-top-k K         sample among the K most likely tokens (0: all)\n"
+    "  --sample-top-p P         nucleus sampling: the most likely tokens until their mass reaches P\n"
+    "                           (--top-p is the router's dynamic expert count, not this)\n"
+    "  --min-p P                drop tokens less likely than P x the most likely one\n"
+    "  --repetition-penalty R   divide (multiply, if negative) the logits of tokens already in the\n"
+    "                           sequence by R (greedy too; 1: off)\n"
+    "  --seed N                 the draws depend on (seed, sequence, step) alone: the same tokens at\n"
+    "                           any rank count or placement (default 0)\n"
+    "  --stop-token-ids LIST    more stop tokens, e.g. 2,32000 (kept in the output)\n"
+    "  --ignore-eos             do not stop at the checkpoint's eos_token_id (benchmarks)\n"
     "  --virtual-nodes N        split the ranks into N pretend nodes\n"
     "  --route-from-trace FILE  replace the gate's choices by a recorded trace\n"
     "  --trace-out FILE         write the routing of every MoE layer (trace format)\n"
@@ -84,7 +102,8 @@ static const char usage[] =
     "  --json                   results as JSON on stdout\n";
 
 enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER, O_MAXMEM,
-       O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT };
+       O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
+       O_NOEOS };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -104,6 +123,11 @@ static const struct option opts[] = {
     {"dense-dtype", required_argument, 0, O_DDT},     {"mla-cache", required_argument, 0, O_MLA},
     {"kv-dtype", required_argument, 0, O_KVDT},
     {"wire-dtype", required_argument, 0, O_WDT},
+    {"generation-config", required_argument, 0, O_GENCFG}, {"temperature", required_argument, 0, O_TEMP},
+    {"sample-top-k", required_argument, 0, O_STOPK}, {"sample-top-p", required_argument, 0, O_STOPP},
+    {"min-p", required_argument, 0, O_MINP},         {"repetition-penalty", required_argument, 0, O_REPP},
+    {"seed", required_argument, 0, O_SEED},          {"stop-token-ids", required_argument, 0, O_STOPIDS},
+    {"ignore-eos", no_argument, 0, O_NOEOS},
     {0, 0, 0, 0}};
 
 /* The checkpoint file (a name in dir) that out would overwrite, or NULL:
@@ -228,6 +252,69 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
             (long long)tot[2], (long long)r->gather_bytes[1], (long long)r->gather_bytes[2]);
 }
 
+/* The decoding flags as given; each one set overrides the generation config's value. */
+typedef struct gen_flags {
+    const char *config; /* auto (NULL), none, or a file */
+    epm_sampling s;
+    int temperature, top_k, top_p, min_p, rp; /* given */
+    int32_t stop[EPM_MAX_STOP_IDS];
+    int n_stop, ignore_eos;
+} gen_flags;
+
+static int parse_stop_ids(const char *W, const char *val, gen_flags *f)
+{
+    const char *p = val;
+    f->n_stop = 0;
+    for (;;) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX || (*end && *end != ','))
+            return cli_usage_error(W, "--stop-token-ids '%s': expected token ids >= 0 separated by commas", val), 0;
+        if (f->n_stop == EPM_MAX_STOP_IDS)
+            return cli_usage_error(W, "--stop-token-ids '%s': at most %d ids", val, EPM_MAX_STOP_IDS), 0;
+        f->stop[f->n_stop++] = (int32_t)v;
+        if (!*end)
+            return 1;
+        p = end + 1;
+    }
+}
+
+/* The run's sampling and stop tokens: the generation config (the
+ * checkpoint's, a file, or none), then the flags over it. */
+static epm_status decoding(const char *model_dir, const gen_flags *f, epm_sampling *s, int32_t *stop, int *n_stop)
+{
+    epm_generation_config gc;
+    memset(&gc, 0, sizeof gc);
+    int none = f->config && !strcmp(f->config, "none");
+    epm_status st = none ? epm_generation_config_eos(model_dir, &gc)
+                         : epm_generation_config_load(model_dir, f->config && strcmp(f->config, "auto") ? f->config
+                                                                                                          : NULL, &gc);
+    if (st != EPM_OK)
+        return st;
+    *s = gc.sampling;
+    if (f->temperature)
+        s->temperature = f->s.temperature;
+    if (f->top_k)
+        s->top_k = f->s.top_k;
+    if (f->top_p)
+        s->top_p = f->s.top_p;
+    if (f->min_p)
+        s->min_p = f->s.min_p;
+    if (f->rp)
+        s->repetition_penalty = f->s.repetition_penalty;
+    s->seed = f->s.seed;
+    if ((f->top_k || f->top_p || f->min_p) && !epm_sampling_random(s))
+        return epm_fail(EPM_ERR_INVALID_ARG, "--sample-top-k, --sample-top-p and --min-p shape sampling, but this run "
+                        "decodes greedily: give --temperature > 0 (or a generation config with do_sample true)");
+    *n_stop = 0;
+    for (int i = 0; i < gc.n_eos && !f->ignore_eos; i++)
+        stop[(*n_stop)++] = gc.eos[i];
+    for (int i = 0; i < f->n_stop; i++)
+        stop[(*n_stop)++] = f->stop[i];
+    return epm_sampling_validate(s);
+}
+
 /* Binding failures are reported and the run goes on unbound: a container
  * may forbid it, and a slower run beats no run. */
 static void bind_rank(int apply, int report)
@@ -274,6 +361,9 @@ int epm_cli_run(int argc, char **argv)
     memset(&o, 0, sizeof o);
     o.ops = "blas";
     const char *input = NULL, *place = NULL, *rft = NULL, *tout = NULL, *lout = NULL;
+    gen_flags gf;
+    memset(&gf, 0, sizeof gf);
+    int32_t stop_ids[2 * EPM_MAX_STOP_IDS];
     int report = 0, json = 0, c, k, bind = 0, report_bindings = 0;
     long v;
     optind = 1;
@@ -356,6 +446,32 @@ int epm_cli_run(int argc, char **argv)
             if (!cli_parse_double(W, "--ta-node-cap", optarg, 0, 1, &o.ta_node_cap)) return EPM_EXIT_USAGE;
             o.ta_node_cap_on = 1;
             break;
+        case O_GENCFG: gf.config = optarg; break;
+        case O_TEMP:
+            if (!cli_parse_double(W, "--temperature", optarg, 0, 1e6, &gf.s.temperature)) return EPM_EXIT_USAGE;
+            gf.temperature = 1;
+            break;
+        case O_STOPK:
+            if (!cli_parse_int(W, "--sample-top-k", optarg, 0, INT32_MAX, &v)) return EPM_EXIT_USAGE;
+            gf.s.top_k = (int)v;
+            gf.top_k = 1;
+            break;
+        case O_STOPP:
+            if (!cli_parse_double(W, "--sample-top-p", optarg, 1e-9, 1, &gf.s.top_p)) return EPM_EXIT_USAGE;
+            gf.top_p = 1;
+            break;
+        case O_MINP:
+            if (!cli_parse_double(W, "--min-p", optarg, 0, 0.999999, &gf.s.min_p)) return EPM_EXIT_USAGE;
+            gf.min_p = 1;
+            break;
+        case O_REPP:
+            if (!cli_parse_double(W, "--repetition-penalty", optarg, 1e-6, 1e6, &gf.s.repetition_penalty))
+                return EPM_EXIT_USAGE;
+            gf.rp = 1;
+            break;
+        case O_SEED: if (!cli_parse_u64(W, "--seed", optarg, &gf.s.seed)) return EPM_EXIT_USAGE; break;
+        case O_STOPIDS: if (!parse_stop_ids(W, optarg, &gf)) return EPM_EXIT_USAGE; break;
+        case O_NOEOS: gf.ignore_eos = 1; break;
         case O_JSON: json = 1; break;
         case O_HELP: fputs(usage, stdout); return EPM_EXIT_OK;
         default: return cli_option_error(W, argv);
@@ -383,7 +499,10 @@ int epm_cli_run(int argc, char **argv)
     epm_trace *t = NULL;
     epm_run_result *res = NULL;
     /* ids are checked against the vocabulary by the run, which knows it */
-    epm_status st = epm_tokens_load(input, 0, &pr);
+    epm_status st = decoding(o.model_dir, &gf, &o.sampling, stop_ids, &o.n_stop);
+    o.stop_ids = stop_ids;
+    if (st == EPM_OK)
+        st = epm_tokens_load(input, 0, &pr);
     if (st == EPM_OK && place)
         st = epm_placement_load_json(place, &p);
     if (st == EPM_OK && rft)
@@ -428,10 +547,20 @@ int epm_cli_run(int argc, char **argv)
             printf("{\"generated\": [");
             for (int s = 0; s < res->batch; s++) {
                 printf("%s[", s ? ", " : "");
-                for (int j = 0; j < o.max_new_tokens; j++)
+                for (int j = 0; j < res->gen_len[s]; j++)
                     printf("%s%d", j ? ", " : "", res->generated[(size_t)s * o.max_new_tokens + j]);
                 printf("]");
             }
+            printf("], \"finish_reason\": [");
+            for (int s = 0; s < res->batch; s++)
+                printf("%s\"%s\"", s ? ", " : "", res->stopped[s] ? "stop" : "length");
+            printf("], \"sampling\": {\"temperature\": %.17g, \"top_k\": %d, \"top_p\": %.17g, \"min_p\": %.17g, "
+                   "\"repetition_penalty\": %.17g, \"seed\": %llu}, \"stop_token_ids\": [",
+                   o.sampling.temperature, o.sampling.top_k, o.sampling.top_p > 0 ? o.sampling.top_p : 1,
+                   o.sampling.min_p, o.sampling.repetition_penalty > 0 ? o.sampling.repetition_penalty : 1,
+                   (unsigned long long)o.sampling.seed);
+            for (int i = 0; i < o.n_stop; i++)
+                printf("%s%d", i ? ", " : "", (int)o.stop_ids[i]);
             printf("]");
             if (report) {
                 printf(", ");
@@ -441,9 +570,9 @@ int epm_cli_run(int argc, char **argv)
         } else {
             for (int s = 0; s < res->batch && o.max_new_tokens > 0; s++) {
                 printf("sequence %d:", s);
-                for (int j = 0; j < o.max_new_tokens; j++)
+                for (int j = 0; j < res->gen_len[s]; j++)
                     printf(" %d", res->generated[(size_t)s * o.max_new_tokens + j]);
-                printf("\n");
+                printf("%s\n", res->stopped[s] ? "  (stop)" : "");
             }
             if (report)
                 print_report(stderr, res, 0);

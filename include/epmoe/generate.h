@@ -1,0 +1,88 @@
+/* epmoe: choosing the next token — greedy or sampled — and when a sequence stops.
+ *
+ * The sampler follows transformers' logits processors, in their order:
+ * repetition penalty over the sequence so far (prompt and generated), then
+ * temperature, top-k, top-p (nucleus) and min-p, then a draw from what is
+ * left. Its randomness is a counter-based hash of (seed, sequence, step), not
+ * a stream, so a token depends on the seed, the sequence's index in the batch,
+ * its step and its logits alone: the same at any rank count, placement or
+ * batch split, and reproducible from a run's seed.
+ *
+ * generation_config.json is the checkpoint's decoding defaults as transformers'
+ * generate() reads them: eos_token_id (else config.json's), do_sample and,
+ * where it is true, temperature, top_k, top_p, min_p; repetition_penalty
+ * either way. */
+#ifndef EPMOE_GENERATE_H
+#define EPMOE_GENERATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "epmoe/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Zero everywhere is greedy decoding: the highest logit, the lowest id among equals. */
+typedef struct epm_sampling {
+    double temperature;        /* 0: greedy; > 0: sample from softmax(logits / temperature) */
+    int top_k;                 /* 0: off; else keep the tokens whose logit reaches the k-th highest
+                                  (ties at the k-th all kept, as transformers' TopKLogitsWarper) */
+    double top_p;              /* 0 or 1: off; else (0, 1): keep tokens, most probable first (equal
+                                  probabilities: lower id first), while the mass before them is < top_p */
+    double min_p;              /* 0: off; else [0, 1): drop tokens less probable than min_p x the top one */
+    double repetition_penalty; /* 0 or 1: off; else > 0: a logit of a token already in the sequence is
+                                  divided by it where positive, multiplied where negative (CTRL's rule);
+                                  applies to greedy decoding too */
+    uint64_t seed;
+} epm_sampling;
+
+/* NULL is greedy. An error names the parameter and its value. */
+EPM_API epm_status epm_sampling_validate(const epm_sampling *s);
+
+/* 1 when s draws at random (temperature > 0), 0 when it takes the top logit. */
+EPM_API int epm_sampling_random(const epm_sampling *s);
+
+typedef struct epm_sampler epm_sampler;
+
+EPM_API epm_status epm_sampler_create(const epm_sampling *s, int vocab, epm_sampler **out);
+EPM_API void epm_sampler_destroy(epm_sampler *s);
+
+/* The next token of sequence `seq` at generation step `step` (0 for the
+ * first generated token) from its logits [vocab]. The sequence so far is
+ * prompt[0 .. nprompt) then generated[0 .. ngen) (read only by the repetition
+ * penalty; ids outside [0, vocab) are not penalised). NaN logits count as
+ * -inf; a row with no finite logit is an error naming seq and step. */
+EPM_API epm_status epm_sampler_next(epm_sampler *s, const float *logits, const int32_t *prompt, int64_t nprompt,
+                                    const int32_t *generated, int64_t ngen, int64_t seq, int64_t step,
+                                    int32_t *token);
+
+#define EPM_MAX_STOP_IDS 64
+
+typedef struct epm_generation_config {
+    epm_sampling sampling; /* greedy unless do_sample is true (a repetition_penalty applies either way) */
+    int do_sample;         /* as written (0 when absent) */
+    int n_eos;
+    int32_t eos[EPM_MAX_STOP_IDS]; /* stop tokens: eos_token_id, an id or a list of ids */
+} epm_generation_config;
+
+/* generation_config.json's text (label names it in errors). Fields other than
+ * those above are ignored, as transformers ignores those it does not use. */
+EPM_API epm_status epm_generation_config_parse(const char *text, size_t len, const char *label,
+                                               epm_generation_config *out);
+
+/* A checkpoint's defaults: the generation config at `path`, or with path
+ * NULL DIR/generation_config.json where it exists (else greedy); its
+ * eos_token_id, or where it names none, DIR/config.json's. An absent or null
+ * eos_token_id is no stop token. */
+EPM_API epm_status epm_generation_config_load(const char *model_dir, const char *path, epm_generation_config *out);
+
+/* Only DIR/config.json's eos_token_id into out->eos and out->n_eos (the rest untouched). */
+EPM_API epm_status epm_generation_config_eos(const char *model_dir, epm_generation_config *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
