@@ -165,6 +165,59 @@ nonzero "$rc" "a job with a killed rank"
 [ $(($(date +%s) - t0)) -lt 30 ] || { echo "FAIL: the killed run took more than 30 s"; fails=$((fails + 1)); }
 none_left "$d/kill_in.safetensors" "the killed run"
 
+# decoding: a copy of the fixture with a generation_config.json, flags over it, stop tokens
+gj() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$d/out" "$1"; }
+g=$d/mixgen
+mkdir -p "$g" && ln -sf "$m/model.safetensors" "$g/" && cp "$m/config.json" "$g/"
+check "greedy, config.json's eos" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 --json
+[ "$(gj "d['stop_token_ids'], d['sampling']['temperature']")" = "([2], 0)" ] || fail "config.json's eos_token_id 2 not a stop token: $(head -c 300 "$d/out")"
+check "greedy, --ignore-eos" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 --json --ignore-eos
+greedy=$(gj "d['generated']")
+[ "$(gj "d['stop_token_ids'], d['finish_reason']")" = "([], ['length', 'length'])" ] || fail "--ignore-eos: $(head -c 300 "$d/out")"
+printf '{"do_sample": true, "temperature": 0.8, "top_p": 0.9, "eos_token_id": [7, 2], "pad_token_id": 0,
+  "transformers_version": "4.46.0"}\n' >"$g/generation_config.json"
+check "generation_config.json, 1 rank" 0 run -np 1 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 --json --ignore-eos
+s1=$(gj "d['generated']")
+[ "$(gj "d['sampling']")" = "{'temperature': 0.8, 'top_k': 50, 'top_p': 0.9, 'min_p': 0, 'repetition_penalty': 1, 'seed': 0}" ] ||
+  fail "generation_config.json's sampling (with transformers' top_k 50): $(head -c 400 "$d/out")"
+[ "$s1" != "$greedy" ] || fail "sampling at temperature 0.8 generated the greedy tokens"
+check "generation_config.json, 3 ranks follow" 0 run -np 3 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 \
+  --json --mode follow --ignore-eos
+[ "$(gj "d['generated']")" = "$s1" ] || fail "sampled tokens at 3 ranks $(gj "d['generated']"), at 1 rank $s1"
+check "generation_config.json's eos" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 --json
+[ "$(gj "d['stop_token_ids']")" = "[7, 2]" ] || fail "generation_config.json's eos_token_id: $(head -c 400 "$d/out")"
+check "another seed" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 --json --ignore-eos --seed 5
+[ "$(gj "d['generated']")" != "$s1" ] || fail "--seed 5 generated what seed 0 did"
+check "--temperature 0 over the file" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 --json \
+  --ignore-eos --temperature 0
+[ "$(gj "d['generated']")" = "$greedy" ] || fail "--temperature 0 did not decode greedily"
+check "--generation-config none" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 --json \
+  --generation-config none
+[ "$(gj "d['sampling']['temperature'], d['stop_token_ids']")" = "(0, [2])" ] || fail "--generation-config none: $(head -c 300 "$d/out")"
+# a stop token: sequence 0's first greedy token after the first that it had not generated before
+# ends it there (kept), in text output too
+read -r st k < <(python3 -c 'import sys; g = eval(sys.argv[1])[0]
+k = next(k for k in range(1, len(g)) if g[k] not in g[:k]); print(g[k], k + 1)' "$greedy")
+check "--stop-token-ids" 0 run -np 3 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 --json \
+  --generation-config none --ignore-eos --stop-token-ids "$st,100000" --report
+[ "$(gj "len(d['generated'][0]), d['finish_reason'][0], d['stop_token_ids']")" = "($k, 'stop', [$st, 100000])" ] ||
+  fail "--stop-token-ids $st: $(head -c 300 "$d/out")"
+check "--stop-token-ids, text" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 \
+  --generation-config none --ignore-eos --stop-token-ids "$st"
+has "$d/out" "^sequence 0:\( [0-9]*\)\{$((k - 1))\} $st  (stop)$"
+check "top-k without sampling" 1 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 2 \
+  --generation-config none --sample-top-k 5
+has "$d/err" "give --temperature > 0"
+check "bad --stop-token-ids" 2 "$E" run --model "$g" --input "$d/in.json" --stop-token-ids 1,x
+has "$d/err" "stop-token-ids '1,x'"
+check "bad --temperature" 2 "$E" run --model "$g" --input "$d/in.json" --temperature -1
+printf '{"do_sample": false, "num_beams": 4}\n' >"$g/generation_config.json"
+check "beam search refused" 1 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 2
+has "$d/err" "$g/generation_config.json: field 'num_beams' = 4: epmoe does not run beam search"
+check "missing --generation-config file" 1 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 2 \
+  --generation-config "$d/nonexistent.json"
+has "$d/err" "$d/nonexistent.json"
+
 check "output over input" 2 "$E" run --model "$m" --input "$d/in.json" --trace-out "$d/in.json"
 check "usage" 2 "$E" run --input "$d/in.json"
 check "help" 0 "$E" run --help

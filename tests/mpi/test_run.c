@@ -410,6 +410,164 @@ static void test_run_decode_equals_recompute(void **state)
     }
 }
 
+/* Sampling: every generated token is what a fresh sampler draws from the
+ * logits that recomputing the whole sequence gives, at its (seed, sequence,
+ * step), at any rank count and in both modes. */
+static void test_run_sampling_equals_recompute(void **state)
+{
+    (void)state;
+    enum { NEW = 6 };
+    for (int mode = 0; mode < 2; mode++) {
+        fixture f;
+        fixture_open(&f, mode ? "olmoe-tiny" : "mixtral-tiny");
+        epm_run_opts o;
+        memset(&o, 0, sizeof o);
+        o.model_dir = f.dir;
+        o.mode = (epm_mode)mode;
+        o.max_new_tokens = NEW;
+        o.ops = "blas";
+        o.sampling = (epm_sampling){.temperature = 0.9, .top_k = 40, .top_p = 0.95, .min_p = 0.01,
+                                    .repetition_penalty = 1.3, .seed = 11u + (unsigned)mode};
+        epm_run_result *a, *b;
+        const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
+        assert_int_equal(epm_run(&o, 2, f.lens, prompts, &a), EPM_OK);
+        /* every rank holds the generated tokens */
+        int32_t longer[2][16 + NEW];
+        int lens[2] = {16 + NEW - 1, 16 + NEW - 1};
+        for (int s = 0; s < 2; s++) {
+            assert_int_equal(a->gen_len[s], NEW);
+            assert_int_equal(a->stopped[s], 0);
+            memcpy(longer[s], f.ids[s], 16 * sizeof(int32_t));
+            memcpy(longer[s] + 16, a->generated + s * NEW, (NEW - 1) * sizeof(int32_t));
+        }
+        const int32_t *lp[2] = {longer[0], longer[1]};
+        epm_run_opts ob = o;
+        ob.max_new_tokens = 0;
+        ob.keep_logits = 1;
+        assert_int_equal(epm_run(&ob, 2, lens, lp, &b), EPM_OK);
+        if (me == 0) {
+            epm_sampler *smp;
+            assert_int_equal(epm_sampler_create(&o.sampling, 256, &smp), EPM_OK);
+            int differs = 0;
+            for (int s = 0; s < 2; s++)
+                for (int j = 0; j < NEW; j++) {
+                    int32_t t;
+                    const float *row = b->logits + ((int64_t)s * lens[s] + 15 + j) * 256;
+                    assert_int_equal(epm_sampler_next(smp, row, f.ids[s], 16, a->generated + s * NEW, j, s, j, &t),
+                                     EPM_OK);
+                    assert_int_equal(t, a->generated[s * NEW + j]);
+                    /* the draw is not the greedy choice everywhere (the test would not see sampling) */
+                    int best = 0;
+                    for (int v = 1; v < 256; v++)
+                        best = row[v] > row[best] ? v : best;
+                    differs += t != best;
+                }
+            assert_true(differs > 0);
+            epm_sampler_destroy(smp);
+        }
+        epm_run_result_destroy(a);
+        epm_run_result_destroy(b);
+        epm_st_close(f.ref);
+    }
+}
+
+/* Stop tokens: a sequence ends at its first stop token (kept), the others go
+ * on as they would have; the trace and the report count only the tokens that
+ * ran, and a trace so recorded replays the same run. Home and follow mode,
+ * with and without A-MoD (whose decode selection must skip the stopped). */
+static void test_run_stop_tokens(void **state)
+{
+    (void)state;
+    enum { NEW = 10 };
+    for (int run = 0; run < 4; run++) {
+        fixture f;
+        fixture_open(&f, "mixtral-tiny");
+        epm_run_opts o;
+        memset(&o, 0, sizeof o);
+        o.model_dir = f.dir;
+        o.mode = (epm_mode)(run % 2);
+        o.max_new_tokens = NEW;
+        o.ops = "ref"; /* row for row the same arithmetic whatever the batch holds */
+        if (run >= 2) {
+            o.mod = EPM_MOD_ATTENTION;
+            o.mod_capacity = 0.5;
+        }
+        epm_run_result *a, *b, *c;
+        const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
+        assert_int_equal(epm_run(&o, 2, f.lens, prompts, &a), EPM_OK);
+        /* stop at sequence 0's third token: it ends there, sequence 1 where it
+         * first generates that token, if it does */
+        int32_t stop[2] = {a->generated[2], 100000};
+        int want[2];
+        for (int s = 0; s < 2; s++) {
+            want[s] = NEW;
+            for (int j = NEW - 1; j >= 0; j--)
+                if (a->generated[s * NEW + j] == stop[0])
+                    want[s] = j + 1;
+        }
+        o.stop_ids = stop;
+        o.n_stop = 2;
+        assert_int_equal(epm_run(&o, 2, f.lens, prompts, &b), EPM_OK);
+        int64_t decoded = 0;
+        for (int s = 0; s < 2; s++) {
+            assert_int_equal(b->gen_len[s], want[s]);
+            assert_int_equal(b->stopped[s], want[s] < NEW || a->generated[s * NEW + NEW - 1] == stop[0]);
+            assert_memory_equal(b->generated + s * NEW, a->generated + s * NEW, (size_t)want[s] * sizeof(int32_t));
+            for (int j = want[s]; j < NEW; j++)
+                assert_int_equal(b->generated[s * NEW + j], -1);
+            decoded += want[s] - 1;
+        }
+        assert_true(want[0] == 3 && want[1] >= 1);
+        assert_int_equal(b->report.decode_tokens, decoded);
+        int64_t ran = 0;
+        for (int l = 0; l < 4; l++)
+            ran += b->report.layer_tokens[l];
+        if (run < 2)
+            assert_int_equal(ran, 4 * (32 + decoded));
+        if (me == 0) {
+            assert_int_equal(epm_trace_tokens(b->trace), 32 + decoded);
+            const int32_t *seq = epm_trace_seq_ids(b->trace);
+            assert_non_null(seq);
+            int64_t per[2] = {0, 0};
+            for (int64_t i = 0; i < 32 + decoded; i++)
+                per[seq[i]]++;
+            assert_int_equal(per[0], 16 + want[0] - 1);
+            assert_int_equal(per[1], 16 + want[1] - 1);
+        }
+        /* the recorded routing replays (rank 0 holds it: every rank loads a copy) */
+        char path[128];
+        snprintf(path, sizeof path, "/tmp/epm_test_stop_%d_%d.safetensors", R, run);
+        epm_xcomm *x;
+        assert_int_equal(epm_xcomm_create(0, &x), EPM_OK);
+        if (me == 0)
+            assert_int_equal(epm_trace_save(b->trace, path), EPM_OK);
+        assert_int_equal(epm_xcomm_agree(x, EPM_OK), EPM_OK);
+        epm_xcomm_destroy(x);
+        epm_trace *t;
+        assert_int_equal(epm_trace_load(path, 8, &t), EPM_OK);
+        o.route_from = t;
+        assert_int_equal(epm_run(&o, 2, f.lens, prompts, &c), EPM_OK);
+        for (int s = 0; s < 2; s++) {
+            assert_int_equal(c->gen_len[s], want[s]);
+            assert_memory_equal(c->generated + s * NEW, b->generated + s * NEW, (size_t)want[s] * sizeof(int32_t));
+        }
+        /* without the stops the run outgrows the trace: refused, on every rank */
+        epm_run_result *d = NULL;
+        o.n_stop = 0;
+        if (want[0] + want[1] < 2 * NEW) {
+            epm_status st = epm_run(&o, 2, f.lens, prompts, &d);
+            assert_true(st == EPM_ERR_MISMATCH || st == EPM_ERR_REMOTE);
+            assert_non_null(strstr(epm_last_error(), "--route-from-trace"));
+            assert_null(d);
+        }
+        epm_trace_destroy(t);
+        epm_run_result_destroy(a);
+        epm_run_result_destroy(b);
+        epm_run_result_destroy(c);
+        epm_st_close(f.ref);
+    }
+}
+
 static void test_run_agrees_with_plan_eval(void **state)
 {
     (void)state;
@@ -643,6 +801,7 @@ int main(void)
         cmocka_unit_test(test_run_kv_bf16),
         cmocka_unit_test(test_run_wire_bf16),
         cmocka_unit_test(test_run_decode_equals_recompute), cmocka_unit_test(test_run_agrees_with_plan_eval),
+        cmocka_unit_test(test_run_sampling_equals_recompute), cmocka_unit_test(test_run_stop_tokens),
         cmocka_unit_test(test_run_topology_bias_and_top_p), cmocka_unit_test(test_run_mismatched_placement),
     };
     if (getenv("EPM_TEST_FILTER")) /* one test by name (a developer's shortcut; CI runs them all) */
