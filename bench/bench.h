@@ -8,6 +8,7 @@ int epm_bench_a2a(int argc, char **argv);     /* bench/bench_a2a.c (issue 3) */
 int epm_bench_kernels(int argc, char **argv); /* bench/bench_kernels.c (issue 4) */
 int epm_bench_attention(int argc, char **argv); /* bench/bench_attention.c (issue 4) */
 int epm_bench_run(int argc, char **argv);     /* bench/bench_run.c (issues 5, 8) */
+int epm_bench_sampling(int argc, char **argv); /* bench/bench_sampling.c */
 
 /* "# blas: <the BLAS and its kernel set>" on stdout, a header line of the CPU
  * benchmarks: their figures depend on those kernels as much as on epmoe

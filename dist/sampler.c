@@ -10,11 +10,17 @@
 #include "core.h"
 #include "epmoe/generate.h"
 
+typedef struct cand {
+    double key; /* the logit, then its weight: exp((logit - top) / temperature) */
+    int32_t id;
+} cand;
+
 struct epm_sampler {
     epm_sampling p;
     int V;
-    double *z;     /* [V] the processed logits, then their exponentials */
-    int32_t *idx;  /* [V] candidate ids */
+    double *z;     /* [V] the logits after the penalty, NaN as -inf */
+    cand *c;       /* [V] the candidates */
+    double *heap;  /* [min(k, V)] top-k's threshold search */
     uint8_t *seen; /* [V] repetition-penalty marks, cleared after each token */
 };
 
@@ -56,9 +62,10 @@ epm_status epm_sampler_create(const epm_sampling *s, int vocab, epm_sampler **ou
         r->p = *s;
     r->V = vocab;
     r->z = epm_malloc((size_t)vocab * sizeof *r->z);
-    r->idx = epm_malloc((size_t)vocab * sizeof *r->idx);
+    r->c = epm_malloc((size_t)vocab * sizeof *r->c);
+    r->heap = epm_malloc((size_t)(r->p.top_k > 0 && r->p.top_k < vocab ? r->p.top_k : 1) * sizeof *r->heap);
     r->seen = epm_calloc((size_t)vocab, 1);
-    if (!r->z || !r->idx || !r->seen) {
+    if (!r->z || !r->c || !r->heap || !r->seen) {
         epm_sampler_destroy(r);
         return EPM_ERR_NOMEM;
     }
@@ -71,7 +78,8 @@ void epm_sampler_destroy(epm_sampler *s)
     if (!s)
         return;
     epm_free(s->z);
-    epm_free(s->idx);
+    epm_free(s->c);
+    epm_free(s->heap);
     epm_free(s->seen);
     epm_free(s);
 }
@@ -92,88 +100,155 @@ static double uniform(uint64_t seed, int64_t seq, int64_t step)
     return (double)(x >> 11) * 0x1.0p-53;
 }
 
-/* the candidates' order: larger key first, then lower id (a total order) */
-static inline int first(const double *key, int32_t a, int32_t b) { return key[a] > key[b] || (key[a] == key[b] && a < b); }
-
-static inline void swap32(int32_t *v, int64_t i, int64_t j)
+/* exp(x) for x in [-NEGLIGIBLE, 0] (-37.5 .. 0), to within 2 ulp, in a loop
+ * the compiler vectorises (glibc's exp is a call per value, 7 ns): 2^k e^r
+ * with k = round(x / ln 2), r = x - k ln 2 in two parts, e^r by its Taylor
+ * series to r^13 (|r| <= ln 2 / 2: the next term is below 2^-60), and 2^k
+ * built in the exponent bits. */
+static double exp_weights(cand *c, int64_t n, double zbest, double inv_t)
 {
-    int32_t t = v[i];
+    double mass = 0;
+    const double log2e = 1.4426950408889634, ln2_hi = 0.693147180369123816490, ln2_lo = 1.90821492927058770002e-10;
+    const double shifter = 0x1.8p52;
+#pragma omp simd reduction(+ : mass)
+    for (int64_t i = 0; i < n; i++) {
+        double x = (c[i].key - zbest) * inv_t;
+        double kd = x * log2e + shifter; /* round to nearest, k in the low bits */
+        int64_t kb;
+        memcpy(&kb, &kd, sizeof kb);
+        kd -= shifter;
+        double r = (x - kd * ln2_hi) - kd * ln2_lo;
+        double e = 1.0 / 6227020800.0;
+        e = e * r + 1.0 / 479001600.0;
+        e = e * r + 1.0 / 39916800.0;
+        e = e * r + 1.0 / 3628800.0;
+        e = e * r + 1.0 / 362880.0;
+        e = e * r + 1.0 / 40320.0;
+        e = e * r + 1.0 / 5040.0;
+        e = e * r + 1.0 / 720.0;
+        e = e * r + 1.0 / 120.0;
+        e = e * r + 1.0 / 24.0;
+        e = e * r + 1.0 / 6.0;
+        e = e * r + 0.5;
+        e = e * r + 1.0;
+        e = e * r + 1.0;
+        int64_t bits = (int64_t)((uint64_t)(kb + 1023) << 52); /* 2^k: k in [-55, 0], a normal number */
+        double two_k;
+        memcpy(&two_k, &bits, sizeof two_k);
+        c[i].key = e * two_k;
+        mass += c[i].key;
+    }
+    return mass;
+}
+
+/* the candidates' order: larger key first, then lower id (a total order) */
+static inline int first(cand a, cand b) { return a.key > b.key || (a.key == b.key && a.id < b.id); }
+
+static inline void swap_c(cand *v, int64_t i, int64_t j)
+{
+    cand t = v[i];
     v[i] = v[j];
     v[j] = t;
 }
 
-/* Partitions idx[lo, hi) around a median-of-three pivot: [lo, a) come before
+/* Partitions c[lo, hi) around a median-of-three pivot: [lo, a) come before
  * it, the pivot lands at a, [a + 1, hi) after. Returns a. */
-static int64_t partition(const double *key, int32_t *idx, int64_t lo, int64_t hi)
+static int64_t partition(cand *c, int64_t lo, int64_t hi)
 {
     int64_t mid = lo + (hi - lo) / 2, last = hi - 1;
-    if (first(key, idx[mid], idx[lo]))
-        swap32(idx, mid, lo);
-    if (first(key, idx[last], idx[lo]))
-        swap32(idx, last, lo);
-    if (first(key, idx[last], idx[mid]))
-        swap32(idx, last, mid);
-    swap32(idx, mid, last); /* the median is the pivot, parked at the end */
-    int32_t pv = idx[last];
+    if (first(c[mid], c[lo]))
+        swap_c(c, mid, lo);
+    if (first(c[last], c[lo]))
+        swap_c(c, last, lo);
+    if (first(c[last], c[mid]))
+        swap_c(c, last, mid);
+    swap_c(c, mid, last); /* the median is the pivot, parked at the end */
+    const cand pv = c[last];
     int64_t a = lo;
     for (int64_t i = lo; i < last; i++)
-        if (first(key, idx[i], pv))
-            swap32(idx, i, a++);
-    swap32(idx, a, last);
+        if (first(c[i], pv))
+            swap_c(c, i, a++);
+    swap_c(c, a, last);
     return a;
 }
 
-static void insertion_sort(const double *key, int32_t *idx, int64_t lo, int64_t hi)
+static void insertion_sort(cand *c, int64_t lo, int64_t hi)
 {
     for (int64_t i = lo + 1; i < hi; i++)
-        for (int64_t j = i; j > lo && first(key, idx[j], idx[j - 1]); j--)
-            swap32(idx, j, j - 1);
+        for (int64_t j = i; j > lo && first(c[j], c[j - 1]); j--)
+            swap_c(c, j, j - 1);
 }
 
-/* Reorders idx[0, n) so that idx[k - 1] is the k-th in order (quickselect). */
-static void select_kth(const double *key, int32_t *idx, int64_t n, int64_t k)
+/* The k-th largest key of c[0, n), 0 < k < n: a min-heap of the k largest
+ * seen, which most keys pass with one comparison. */
+static double kth_largest(const cand *c, int64_t n, int k, double *heap)
 {
-    int64_t lo = 0, hi = n;
-    while (hi - lo > 16) {
-        int64_t a = partition(key, idx, lo, hi);
-        if (a == k - 1)
-            return;
-        if (a < k - 1)
-            lo = a + 1;
-        else
-            hi = a;
+    for (int i = 0; i < k; i++) { /* heapify the first k */
+        int j = i;
+        heap[j] = c[i].key;
+        while (j > 0 && heap[(j - 1) / 2] > heap[j]) {
+            double t = heap[j];
+            heap[j] = heap[(j - 1) / 2];
+            heap[(j - 1) / 2] = t;
+            j = (j - 1) / 2;
+        }
     }
-    insertion_sort(key, idx, lo, hi);
+    for (int64_t i = k; i < n; i++) {
+        if (!(c[i].key > heap[0]))
+            continue;
+        double v = c[i].key;
+        int j = 0;
+        for (;;) { /* sift v down from the root */
+            int l = 2 * j + 1, m = l + 1 < k && heap[l + 1] < heap[l] ? l + 1 : l;
+            if (l >= k || heap[m] >= v)
+                break;
+            heap[j] = heap[m];
+            j = m;
+        }
+        heap[j] = v;
+    }
+    return heap[0];
 }
 
-/* The nucleus: reorders idx[0, n) and returns m such that idx[0, m) are the
- * tokens, in order, whose preceding mass (w) is below `mass` (> 0). */
-static int64_t nucleus(const double *w, int32_t *idx, int64_t n, double mass)
+/* The nucleus: reorders c[0, n) and returns m such that c[0, m) are the
+ * tokens, in order, whose preceding mass is below `mass` (> 0). */
+static int64_t nucleus(cand *c, int64_t n, double mass)
 {
     int64_t lo = 0, hi = n;
-    double acc = 0; /* the mass of idx[0, lo), all kept; acc < mass */
+    double acc = 0; /* the mass of c[0, lo), all kept; acc < mass */
     while (hi - lo > 16) {
-        int64_t a = partition(w, idx, lo, hi);
+        int64_t a = partition(c, lo, hi);
         double before = acc;
         for (int64_t i = lo; i < a; i++)
-            before += w[idx[i]];
+            before += c[i].key;
         if (before >= mass) { /* the pivot, and all after it, are out */
             hi = a;
             continue;
         }
-        acc = before + w[idx[a]];
+        acc = before + c[a].key;
         lo = a + 1;
         if (acc >= mass)
             return lo;
     }
-    insertion_sort(w, idx, lo, hi);
+    insertion_sort(c, lo, hi);
     for (int64_t i = lo; i < hi; i++) {
         if (acc >= mass)
             return i;
-        acc += w[idx[i]];
+        acc += c[i].key;
     }
     return hi;
 }
+
+static epm_status no_token(int64_t seq, int64_t step, int pinf)
+{
+    return epm_fail(EPM_ERR_FORMAT, "sampling: the logits of sequence %lld at step %lld %s", (long long)seq,
+                    (long long)step, pinf ? "hold +inf" : "hold no finite value");
+}
+
+/* A weight below 2^-54 of the top token's cannot change a double sum that
+ * holds the top token's 1: such tokens are left out of sampling (their chance
+ * of being drawn would be below 1e-16). exp(-54 ln 2) = 2^-54. */
+#define NEGLIGIBLE (54 * 0.69314718055994530942)
 
 epm_status epm_sampler_next(epm_sampler *s, const float *logits, const int32_t *prompt, int64_t nprompt,
                             const int32_t *generated, int64_t ngen, int64_t seq, int64_t step, int32_t *token)
@@ -182,6 +257,17 @@ epm_status epm_sampler_next(epm_sampler *s, const float *logits, const int32_t *
         return epm_fail(EPM_ERR_INVALID_ARG, "epm_sampler_next: NULL argument");
     const int V = s->V;
     const epm_sampling *p = &s->p;
+    if (!penalised(p) && !epm_sampling_random(p)) { /* greedy, straight from the row */
+        int best = -1;
+        float bv = -INFINITY;
+        for (int i = 0; i < V; i++)
+            if (logits[i] > bv) /* NaN never is */
+                bv = logits[i], best = i;
+        if (best < 0 || bv == INFINITY)
+            return no_token(seq, step, bv == INFINITY);
+        *token = best;
+        return EPM_OK;
+    }
     double *z = s->z;
     for (int i = 0; i < V; i++)
         z[i] = isnan(logits[i]) ? -INFINITY : (double)logits[i];
@@ -207,56 +293,53 @@ epm_status epm_sampler_next(epm_sampler *s, const float *logits, const int32_t *
         if (z[i] > z[best])
             best = i;
     if (!(z[best] > -INFINITY) || z[best] == INFINITY)
-        return epm_fail(EPM_ERR_FORMAT, "sampling: the logits of sequence %lld at step %lld %s", (long long)seq,
-                        (long long)step, z[best] == INFINITY ? "hold +inf" : "hold no finite value");
+        return no_token(seq, step, z[best] == INFINITY);
     if (!epm_sampling_random(p)) {
         *token = best;
         return EPM_OK;
     }
-    /* candidates: the finite logits, then the top k of them (ties kept) */
+    /* candidates: the logits within reach of the top one, then the top k of them (ties kept) */
+    const double zbest = z[best], zcut = zbest - NEGLIGIBLE * p->temperature;
+    cand *c = s->c;
     int64_t n = 0;
     for (int i = 0; i < V; i++)
-        if (z[i] > -INFINITY)
-            s->idx[n++] = i;
+        if (z[i] >= zcut)
+            c[n++] = (cand){z[i], i};
     if (p->top_k > 0 && p->top_k < n) {
-        select_kth(z, s->idx, n, p->top_k);
-        const double kth = z[s->idx[p->top_k - 1]];
+        const double kth = kth_largest(c, n, p->top_k, s->heap);
         int64_t m = 0;
         for (int64_t i = 0; i < n; i++)
-            if (z[s->idx[i]] >= kth)
-                s->idx[m++] = s->idx[i];
+            if (c[i].key >= kth)
+                c[m++] = c[i];
         n = m;
     }
     /* probabilities relative to the top one (which is always kept), after
      * temperature: the difference first, so that no temperature overflows */
-    const double zbest = z[best];
-    double mass = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double w = exp((z[s->idx[i]] - zbest) / p->temperature);
-        z[s->idx[i]] = w;
-        mass += w;
-    }
+    double mass = exp_weights(c, n, zbest, 1 / p->temperature), total = mass;
+    const int64_t all = n;
     if (p->top_p > 0 && p->top_p < 1)
-        n = nucleus(z, s->idx, n, p->top_p * mass);
+        n = nucleus(c, n, p->top_p * mass);
     if (p->min_p > 0) { /* after top-p, as transformers orders them; min-p's ratio is to the top one, w = 1 */
         int64_t m = 0;
         for (int64_t i = 0; i < n; i++)
-            if (z[s->idx[i]] >= p->min_p)
-                s->idx[m++] = s->idx[i];
+            if (c[i].key >= p->min_p)
+                c[m++] = c[i];
         n = m;
     }
-    double total = 0;
-    for (int64_t i = 0; i < n; i++)
-        total += z[s->idx[i]];
+    if (n < all) { /* top-p or min-p left some out */
+        total = 0;
+        for (int64_t i = 0; i < n; i++)
+            total += c[i].key;
+    }
     const double target = uniform(p->seed, seq, step) * total;
     double acc = 0;
     for (int64_t i = 0; i < n; i++) {
-        acc += z[s->idx[i]];
+        acc += c[i].key;
         if (acc > target) {
-            *token = s->idx[i];
+            *token = c[i].id;
             return EPM_OK;
         }
     }
-    *token = s->idx[n - 1]; /* target rounded up to the total */
+    *token = c[n - 1].id; /* target rounded up to the total */
     return EPM_OK;
 }

@@ -19,6 +19,7 @@ static const bench_entry benches[] = {
     {"attention", epm_bench_attention, "causal GQA attention of a backend vs the C reference (cpu, cuda)"},
     {"run", epm_bench_run, "epmoe run tokens/s and bytes per link class, per mode and placement"},
     {"a2a", epm_bench_a2a, "dispatch+combine vs raw MPI_Alltoallv (nccl-tests style)"},
+    {"sampling", epm_bench_sampling, "choosing a token: greedy, temperature, top-k/p, min-p vs a full sort"},
 };
 
 int epm_cli_bench(int argc, char **argv)

@@ -499,6 +499,19 @@ usage attention --backend ref --backend ref
 usage attention --chunk 0 --chunk 0
 usage attention --bogus "" --bogus
 
+# ---- bench sampling: every configuration per vocabulary, greedy the baseline, top-p beside a full sort ----
+ok "bench sampling csv" "$E" bench sampling --vocabs 17,3000 --reps 20 --csv &&
+  { awk -F, 'function abs(x) {return x < 0 ? -x : x}
+             NR == 1 && $1 == "vocab" && $4 == "vs_greedy" && $6 == "vs_sort" && NF == 6 {h = 1}
+             NR > 1 && $2 == "greedy" && $4 == 1 {g++}
+             NR > 1 && ($1 == 17 || $1 == 3000) && $3 > 0 && $4 > 0 {r++}
+             NR > 1 && $2 == "top_p=0.9" && $5 > 0 && abs($6 - $5 / $3) <= 1e-2 * $6 {p++}
+             END {exit !(h && g == 2 && p == 2 && r == 12 && NR == 13)}' "$d/out" || { fail "bench sampling: rows"; show; }; }
+help_ok sampling --vocabs --reps --csv
+usage sampling --vocabs 1 --vocabs 1
+usage sampling --vocabs 40,x --vocabs 40,x
+usage sampling --reps 0 --reps 0
+
 # ---- bench a2a: 2 and 3 ranks, 8 B to 2 KiB, 10 ms a size and method ----
 ok "bench a2a 2 ranks" mpi -np 2 "$E" bench a2a --a2a alltoallv --hier off --max-bytes 2048 --step 16 --time 0.01 &&
   csvcheck a2a-table 2 8,128,2048
