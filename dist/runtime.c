@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "cpu_gemm_nt.h"
+#include "cpu_omp.h"
 #include "epm_config.h"
 #include "half.h"
 #include "ops_cuda_host.h"
@@ -1404,6 +1405,61 @@ void epm_run_result_destroy(epm_run_result *res)
     epm_free(res);
 }
 
+/* Samplers, one per OpenMP thread (each holds a few MB of scratch at a large
+ * vocabulary), no more than this rank has home sequences. */
+typedef struct samplers {
+    epm_sampler **s;
+    int n;
+} samplers;
+
+static epm_status samplers_create(const epm_sampling *p, int vocab, int homes, samplers *out)
+{
+    int n = epm_omp_threads_for(homes, 2);
+    n = n < homes ? n : homes;
+    n = n < 1 ? 1 : n;
+    out->s = epm_calloc((size_t)n, sizeof *out->s);
+    out->n = 0;
+    if (!out->s)
+        return EPM_ERR_NOMEM;
+    for (; out->n < n; out->n++)
+        EPM_CHECK(epm_sampler_create(p, vocab, &out->s[out->n]));
+    return EPM_OK;
+}
+
+static void samplers_destroy(samplers *ss)
+{
+    for (int i = 0; ss->s && i < ss->n; i++)
+        epm_sampler_destroy(ss->s[i]);
+    epm_free(ss->s);
+}
+
+/* The next token of rows[0, nrows) (rows of lg, sequence seqs[j]) into
+ * nt[seq], at generation step `step`, over the threads. A failure's message
+ * is the first failing row's (the error detail is per thread). */
+static epm_status sample_rows(const samplers *ss, const float *lg, int V, int nrows, const int64_t *rows,
+                              const int *seqs, const int32_t *const *prompts, const int *lens, const int32_t *gen,
+                              int maxnew, int step, int64_t *nt)
+{
+    epm_status first = EPM_OK;
+    char why[512] = "";
+    EPM_OMP("omp parallel for schedule(dynamic, 1) num_threads(ss->n) if (nrows > 1 && ss->n > 1)")
+    for (int j = 0; j < nrows; j++) {
+        int s = seqs[j];
+        int32_t t = 0;
+        epm_status st = epm_sampler_next(ss->s[epm_omp_me()], lg + rows[j] * V, prompts[s], lens[s],
+                                         gen + (size_t)s * maxnew, step, s, step, &t);
+        nt[s] = t;
+        if (st != EPM_OK) {
+            EPM_OMP("omp critical(epm_sample_rows)")
+            if (first == EPM_OK) {
+                first = st;
+                snprintf(why, sizeof why, "%s", epm_last_error());
+            }
+        }
+    }
+    return first == EPM_OK ? EPM_OK : epm_fail(first, "%s", why);
+}
+
 /* rank 0 assembles the routing trace from every rank's records */
 static epm_status collect_trace(rt *r, epm_run_result *res)
 {
@@ -1517,15 +1573,19 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     res->gen_len = epm_calloc((size_t)batch, sizeof *res->gen_len);
     res->stopped = epm_calloc((size_t)batch, sizeof *res->stopped);
     int64_t *nt = epm_calloc((size_t)batch, sizeof *nt); /* a step's new tokens, every rank's summed */
-    epm_sampler *smp = NULL;
+    samplers smp = {NULL, 0};
+    int homes = batch / r.R + (r.me < batch % r.R);
+    int64_t *srow = epm_malloc((size_t)(homes ? homes : 1) * sizeof *srow); /* the rows sampled in a pass */
+    int *sseq = epm_malloc((size_t)(homes ? homes : 1) * sizeof *sseq);
     /* prefill: each rank starts with the tokens of its home sequences */
     g = epm_malloc((size_t)(r.N ? r.N : 1) * sizeof *g);
     tok = epm_malloc((size_t)(r.N ? r.N : 1) * sizeof *tok);
     h = epm_malloc((size_t)(r.N ? r.N : 1) * c->hidden_size * sizeof *h);
-    st = res->lens && res->generated && res->gen_len && res->stopped && nt && g && tok && h ? EPM_OK
-                                                                                            : EPM_ERR_NOMEM;
+    st = res->lens && res->generated && res->gen_len && res->stopped && nt && srow && sseq && g && tok && h
+             ? EPM_OK
+             : EPM_ERR_NOMEM;
     if (st == EPM_OK)
-        st = epm_sampler_create(&o->sampling, c->vocab_size, &smp);
+        st = samplers_create(&o->sampling, c->vocab_size, homes, &smp);
     if (st == EPM_OK) {
         memcpy(res->lens, lens, (size_t)batch * sizeof *lens);
         for (size_t i = 0; i < (size_t)batch * (size_t)maxnew; i++)
@@ -1554,14 +1614,17 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         int64_t keep = 0;
         float *rows = epm_malloc((size_t)(n ? n : 1) * (2 + V) * sizeof *rows);
         st = rows ? EPM_OK : EPM_ERR_NOMEM;
+        int nsample = 0;
+        for (int64_t i = 0; i < n && o->max_new_tokens > 0; i++) {
+            int s = seq_of(&r, g[i]);
+            if (pos_of(&r, g[i]) == lens[s] - 1 && nsample < homes)
+                srow[nsample] = i, sseq[nsample++] = s;
+        }
+        if (st == EPM_OK)
+            st = sample_rows(&smp, lg, V, nsample, srow, sseq, prompts, lens, res->generated, maxnew, 0, nt);
         for (int64_t i = 0; i < n && rows; i++) {
             int s = seq_of(&r, g[i]);
             int last = pos_of(&r, g[i]) == lens[s] - 1;
-            if (last && o->max_new_tokens > 0 && st == EPM_OK) {
-                int32_t t;
-                st = epm_sampler_next(smp, lg + i * V, prompts[s], lens[s], NULL, 0, s, 0, &t);
-                nt[s] = t;
-            }
             if (!o->keep_logits && !last)
                 continue;
             put_g(rows + keep * (2 + V), o->keep_logits ? g[i] : s);
@@ -1634,13 +1697,14 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         lg = NULL;
         if (st == EPM_OK)
             st = logits(&r, n, h, &lg);
-        for (int64_t i = 0; i < n && st == EPM_OK; i++) {
-            int s = seq_of(&r, g[i]);
-            int32_t t;
-            st = epm_sampler_next(smp, lg + i * c->vocab_size, prompts[s], lens[s], res->generated + (size_t)s * maxnew,
-                                  res->gen_len[s], s, step + 1, &t);
-            nt[s] = t;
-        }
+        for (int64_t i = 0; i < n && i < homes; i++)
+            srow[i] = i, sseq[i] = seq_of(&r, g[i]);
+        if (st == EPM_OK && n > homes)
+            st = epm_fail(EPM_ERR_INTERNAL, "decoding: %lld tokens came home to rank %d, which has %d sequences",
+                          (long long)n, r.me, homes);
+        if (st == EPM_OK)
+            st = sample_rows(&smp, lg, c->vocab_size, (int)n, srow, sseq, prompts, lens, res->generated, maxnew,
+                             step + 1, nt);
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
         r.dec_base += nlive;
         res->report.decode_tokens += nlive;
@@ -1699,7 +1763,9 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     memcpy(rep->gather_bytes, r.gather_local, sizeof rep->gather_bytes);
     r.bytes_local = r.kv_local = r.load_local = NULL;
     epm_free(nt);
-    epm_sampler_destroy(smp);
+    samplers_destroy(&smp);
+    epm_free(srow);
+    epm_free(sseq);
     epm_free(g);
     epm_free(h);
     epm_free(tok);
@@ -1710,7 +1776,9 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     return EPM_OK;
 fail_gen:
     epm_free(nt);
-    epm_sampler_destroy(smp);
+    samplers_destroy(&smp);
+    epm_free(srow);
+    epm_free(sseq);
 fail:
     epm_free(g);
     epm_free(h);

@@ -100,19 +100,26 @@ static double uniform(uint64_t seed, int64_t seq, int64_t step)
     return (double)(x >> 11) * 0x1.0p-53;
 }
 
-/* exp(x) for x in [-NEGLIGIBLE, 0] (-37.5 .. 0), to within 2 ulp, in a loop
+/* exp(x) for x in [-700, 0] (candidates: -37.5 .. 0), to within 2 ulp, in a loop
  * the compiler vectorises (glibc's exp is a call per value, 7 ns): 2^k e^r
  * with k = round(x / ln 2), r = x - k ln 2 in two parts, e^r by its Taylor
  * series to r^13 (|r| <= ln 2 / 2: the next term is below 2^-60), and 2^k
  * built in the exponent bits. */
-static double exp_weights(cand *c, int64_t n, double zbest, double inv_t)
+static double exp_weights(cand *c, int64_t n, double zbest, double t)
 {
     double mass = 0;
     const double log2e = 1.4426950408889634, ln2_hi = 0.693147180369123816490, ln2_lo = 1.90821492927058770002e-10;
     const double shifter = 0x1.8p52;
+#if defined(__clang__) /* clang's UBSan instrumentation can keep it from vectorising: not an error */
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Wpass-failed"
+#endif
 #pragma omp simd reduction(+ : mass)
     for (int64_t i = 0; i < n; i++) {
-        double x = (c[i].key - zbest) * inv_t;
+        /* divided, not multiplied by 1 / t, which overflows for a subnormal t;
+         * -700 keeps 2^k normal whatever the temperature's rounding let in */
+        double x = (c[i].key - zbest) / t;
+        x = x < -700 ? -700 : x;
         double kd = x * log2e + shifter; /* round to nearest, k in the low bits */
         int64_t kb;
         memcpy(&kb, &kd, sizeof kb);
@@ -132,12 +139,15 @@ static double exp_weights(cand *c, int64_t n, double zbest, double inv_t)
         e = e * r + 0.5;
         e = e * r + 1.0;
         e = e * r + 1.0;
-        int64_t bits = (int64_t)((uint64_t)(kb + 1023) << 52); /* 2^k: k in [-55, 0], a normal number */
+        int64_t bits = (int64_t)((uint64_t)(kb + 1023) << 52); /* 2^k: k in [-1010, 0], a normal number */
         double two_k;
         memcpy(&two_k, &bits, sizeof two_k);
         c[i].key = e * two_k;
         mass += c[i].key;
     }
+#if defined(__clang__)
+#pragma clang diagnostic pop
+#endif
     return mass;
 }
 
@@ -303,7 +313,7 @@ epm_status epm_sampler_next(epm_sampler *s, const float *logits, const int32_t *
     cand *c = s->c;
     int64_t n = 0;
     for (int i = 0; i < V; i++)
-        if (z[i] >= zcut)
+        if (z[i] >= zcut && z[i] > -INFINITY) /* zcut is -inf where the temperature is huge */
             c[n++] = (cand){z[i], i};
     if (p->top_k > 0 && p->top_k < n) {
         const double kth = kth_largest(c, n, p->top_k, s->heap);
@@ -315,7 +325,7 @@ epm_status epm_sampler_next(epm_sampler *s, const float *logits, const int32_t *
     }
     /* probabilities relative to the top one (which is always kept), after
      * temperature: the difference first, so that no temperature overflows */
-    double mass = exp_weights(c, n, zbest, 1 / p->temperature), total = mass;
+    double mass = exp_weights(c, n, zbest, p->temperature), total = mass;
     const int64_t all = n;
     if (p->top_p > 0 && p->top_p < 1)
         n = nucleus(c, n, p->top_p * mass);
@@ -340,6 +350,9 @@ epm_status epm_sampler_next(epm_sampler *s, const float *logits, const int32_t *
             return EPM_OK;
         }
     }
+    if (n < 1) /* the top token has weight 1 and passes every filter */
+        return epm_fail(EPM_ERR_INTERNAL, "sampling: no candidate left for sequence %lld at step %lld", (long long)seq,
+                        (long long)step);
     *token = c[n - 1].id; /* target rounded up to the total */
     return EPM_OK;
 }
