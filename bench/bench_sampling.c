@@ -38,13 +38,13 @@ static int by_w(const void *a, const void *b)
     return (i > j) - (i < j);
 }
 
-static int32_t sort_nucleus(const float *lg, int V, double top_p, double u, double *w, int32_t *idx)
+static int32_t sort_nucleus(const float *lg, int V, double temp, double top_p, double u, double *w, int32_t *idx)
 {
     double mx = -INFINITY, tot = 0;
     for (int i = 0; i < V; i++)
         mx = lg[i] > mx ? lg[i] : mx;
     for (int i = 0; i < V; i++) {
-        w[i] = exp(lg[i] - mx);
+        w[i] = exp((lg[i] - mx) / temp);
         tot += w[i];
         idx[i] = i;
     }
@@ -163,7 +163,8 @@ int epm_bench_sampling(int argc, char **argv)
             if (nucleus) {
                 double t1 = epm_now();
                 for (long r = 0; r < reps; r++)
-                    sum += sort_nucleus(lg, V, cfgs[ci].s.top_p, (double)r / (double)reps, w, idx);
+                    sum += sort_nucleus(lg, V, cfgs[ci].s.temperature, cfgs[ci].s.top_p, (double)r / (double)reps, w,
+                                        idx);
                 sort_us = (epm_now() - t1) / (double)reps * 1e6;
             }
             if (csv)

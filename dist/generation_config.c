@@ -80,6 +80,18 @@ static epm_status neutral(json_t *root, const char *label, const char *key, doub
     return bad(label, key, v, EPM_ERR_UNSUPPORTED, why);
 }
 
+/* A field whose only value epmoe runs is absent, null, or empty (a list or object). */
+static epm_status none_given(json_t *root, const char *label, const char *key, const char *what)
+{
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v) || (json_is_array(v) && !json_array_size(v)) || (json_is_object(v) && !json_object_size(v)))
+        return EPM_OK;
+    char why[160];
+    snprintf(why, sizeof why, "epmoe does not run %s (use --generation-config none, or a copy of the file without it)",
+             what);
+    return bad(label, key, v, EPM_ERR_UNSUPPORTED, why);
+}
+
 static epm_status parse(json_t *root, const char *label, epm_generation_config *g, int *eos_present)
 {
     if (!json_is_object(root))
@@ -105,19 +117,29 @@ static epm_status parse(json_t *root, const char *label, epm_generation_config *
     EPM_CHECK(neutral(root, label, "num_beams", 1, "beam search"));
     EPM_CHECK(neutral(root, label, "no_repeat_ngram_size", 0, "n-gram bans"));
     EPM_CHECK(neutral(root, label, "penalty_alpha", 0, "contrastive search"));
+    EPM_CHECK(neutral(root, label, "min_new_tokens", 0, "a minimum length"));
+    EPM_CHECK(neutral(root, label, "min_length", 0, "a minimum length"));
+    EPM_CHECK(none_given(root, label, "suppress_tokens", "token suppression"));
+    EPM_CHECK(none_given(root, label, "begin_suppress_tokens", "token suppression"));
+    EPM_CHECK(none_given(root, label, "bad_words_ids", "banned words"));
+    EPM_CHECK(none_given(root, label, "sequence_bias", "sequence biases"));
+    EPM_CHECK(none_given(root, label, "forced_bos_token_id", "forced tokens"));
+    EPM_CHECK(none_given(root, label, "forced_eos_token_id", "forced tokens"));
     if (g->do_sample) {
         EPM_CHECK(neutral(root, label, "typical_p", 1, "typical sampling"));
         EPM_CHECK(neutral(root, label, "epsilon_cutoff", 0, "epsilon sampling"));
         EPM_CHECK(neutral(root, label, "eta_cutoff", 0, "eta sampling"));
     }
+    memset(&g->if_sampled, 0, sizeof g->if_sampled);
+    g->if_sampled.temperature = temperature; /* 0 is greedy, as vLLM takes it */
+    g->if_sampled.top_k = (int)top_k;
+    g->if_sampled.top_p = top_p;
+    g->if_sampled.min_p = min_p;
+    g->if_sampled.repetition_penalty = rp;
     memset(&g->sampling, 0, sizeof g->sampling);
     g->sampling.repetition_penalty = rp;
-    if (g->do_sample) {
-        g->sampling.temperature = temperature; /* 0 is greedy, as vLLM takes it */
-        g->sampling.top_k = (int)top_k;
-        g->sampling.top_p = top_p;
-        g->sampling.min_p = min_p;
-    }
+    if (g->do_sample)
+        g->sampling = g->if_sampled;
     return EPM_OK;
 }
 

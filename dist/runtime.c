@@ -1396,6 +1396,9 @@ void epm_run_result_destroy(epm_run_result *res)
     epm_free(res->generated);
     epm_free(res->gen_len);
     epm_free(res->stopped);
+    epm_free(res->logprob);
+    epm_free(res->top_ids);
+    epm_free(res->top_lp);
     epm_free(res->logits);
     epm_trace_destroy(res->trace);
     epm_free(res->report.bytes);
@@ -1433,14 +1436,36 @@ static void samplers_destroy(samplers *ss)
     epm_free(ss->s);
 }
 
-/* The next token of rows[0, nrows) (rows of lg, sequence seqs[j]) into
- * nt[seq], at generation step `step`, over the threads. A failure's message
- * is the first failing row's (the error detail is per thread). */
-static epm_status sample_rows(const samplers *ss, const float *lg, int V, int nrows, const int64_t *rows,
-                              const int *seqs, const int32_t *const *prompts, const int *lens, const int32_t *gen,
-                              int maxnew, int step, int64_t *nt)
+/* A step's record of one sequence, as int64s that the ranks sum (only its
+ * home rank's is not zero): the token, then with logprobs its logprob and
+ * the top ids and their logprobs (floats as their bits). */
+static int rec_width(const epm_run_opts *o) { return 1 + (o->logprobs_on ? 1 + 2 * o->top_logprobs : 0); }
+
+static int64_t f_bits(float f)
 {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static float bits_f(int64_t b)
+{
+    uint32_t u = (uint32_t)b;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* The next token of rows[0, nrows) (rows of lg, sequence seqs[j]) into its
+ * record rec[seq], at generation step `step`, over the threads. A failure's
+ * message is the first failing row's (the error detail is per thread). */
+static epm_status sample_rows(const epm_run_opts *o, const samplers *ss, const float *lg, int V, int nrows,
+                              const int64_t *rows, const int *seqs, const int32_t *const *prompts, const int *lens,
+                              const int32_t *gen, int maxnew, int step, int64_t *rec)
+{
+    const int W = rec_width(o), top = o->top_logprobs;
     epm_status first = EPM_OK;
+    int first_j = nrows;
     char why[512] = "";
     EPM_OMP("omp parallel for schedule(dynamic, 1) num_threads(ss->n) if (nrows > 1 && ss->n > 1)")
     for (int j = 0; j < nrows; j++) {
@@ -1448,11 +1473,22 @@ static epm_status sample_rows(const samplers *ss, const float *lg, int V, int nr
         int32_t t = 0;
         epm_status st = epm_sampler_next(ss->s[epm_omp_me()], lg + rows[j] * V, prompts[s], lens[s],
                                          gen + (size_t)s * maxnew, step, s, step, &t);
-        nt[s] = t;
+        int64_t *w = rec + (size_t)s * W;
+        w[0] = t;
+        if (st == EPM_OK && o->logprobs_on) {
+            float lp, tlp[EPM_MAX_LOGPROBS];
+            int32_t tid[EPM_MAX_LOGPROBS];
+            st = epm_logprobs(lg + rows[j] * V, V, t, top, &lp, tid, tlp);
+            w[1] = f_bits(lp);
+            for (int q = 0; q < top && st == EPM_OK; q++) {
+                w[2 + q] = tid[q];
+                w[2 + top + q] = f_bits(tlp[q]);
+            }
+        }
         if (st != EPM_OK) {
             EPM_OMP("omp critical(epm_sample_rows)")
-            if (first == EPM_OK) {
-                first = st;
+            if (j < first_j) { /* the lowest row's, whichever thread gets here first */
+                first = st, first_j = j;
                 snprintf(why, sizeof why, "%s", epm_last_error());
             }
         }
@@ -1497,6 +1533,9 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     for (int s = 0; s < batch; s++)
         if (lens[s] <= 0)
             return epm_fail(EPM_ERR_INVALID_ARG, "run: sequence %d is empty", s);
+    if (o->logprobs_on && (o->top_logprobs < 0 || o->top_logprobs > EPM_MAX_LOGPROBS))
+        return epm_fail(EPM_ERR_INVALID_ARG, "run: top logprobs = %d: must be in [0, %d]", o->top_logprobs,
+                        EPM_MAX_LOGPROBS);
     rt r;
     memset(&r, 0, sizeof r);
     r.o = o;
@@ -1572,7 +1611,16 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     res->generated = epm_malloc((size_t)batch * (size_t)maxnew * sizeof *res->generated);
     res->gen_len = epm_calloc((size_t)batch, sizeof *res->gen_len);
     res->stopped = epm_calloc((size_t)batch, sizeof *res->stopped);
-    int64_t *nt = epm_calloc((size_t)batch, sizeof *nt); /* a step's new tokens, every rank's summed */
+    const int W = rec_width(o);
+    int64_t *nt = epm_calloc((size_t)batch * W, sizeof *nt); /* a step's records, every rank's summed */
+    if (o->logprobs_on && nt) {
+        res->top_logprobs = o->top_logprobs;
+        res->logprob = epm_malloc((size_t)batch * maxnew * sizeof *res->logprob);
+        res->top_ids = epm_malloc((size_t)batch * maxnew * (o->top_logprobs ? o->top_logprobs : 1) * sizeof *res->top_ids);
+        res->top_lp = epm_malloc((size_t)batch * maxnew * (o->top_logprobs ? o->top_logprobs : 1) * sizeof *res->top_lp);
+        if (!res->logprob || !res->top_ids || !res->top_lp)
+            epm_free(nt), nt = NULL;
+    }
     samplers smp = {NULL, 0};
     int homes = batch / r.R + (r.me < batch % r.R);
     int64_t *srow = epm_malloc((size_t)(homes ? homes : 1) * sizeof *srow); /* the rows sampled in a pass */
@@ -1621,7 +1669,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
                 srow[nsample] = i, sseq[nsample++] = s;
         }
         if (st == EPM_OK)
-            st = sample_rows(&smp, lg, V, nsample, srow, sseq, prompts, lens, res->generated, maxnew, 0, nt);
+            st = sample_rows(o, &smp, lg, V, nsample, srow, sseq, prompts, lens, res->generated, maxnew, 0, nt);
         for (int64_t i = 0; i < n && rows; i++) {
             int s = seq_of(&r, g[i]);
             int last = pos_of(&r, g[i]) == lens[s] - 1;
@@ -1653,32 +1701,55 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         epm_free(all);
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
     }
+    /* a replayed trace that a run of this batch recorded (its prompt tokens
+     * are numbered as here) has its decoded tokens checked step by step */
+    int trace_of_run = o->route_from && epm_trace_seq_ids(o->route_from);
+    for (int64_t gi = 0; gi < r.N && trace_of_run; gi++)
+        trace_of_run = epm_trace_seq_ids(o->route_from)[gi] == seq_of(&r, gi);
     /* decoding: one new token per live sequence per step, KV caches grow; a
      * sequence leaves the batch at a stop token. Every rank learns every new
      * token (one small sum per step), so all know who is still decoding. */
     t0 = epm_now();
     for (int step = 0; step <= r.steps && o->max_new_tokens > 0; step++) {
         /* the tokens of the previous pass (the prefill's for step 0) */
-        EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, nt, batch), st, fail_gen);
+        EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, nt, batch * W), st, fail_gen);
         int nlive = 0;
         for (int s = 0; s < batch; s++) {
             if (!r.live[s])
                 continue;
-            int32_t t = (int32_t)nt[s];
+            const int64_t *w = nt + (size_t)s * W;
+            const int32_t t = (int32_t)w[0];
+            const size_t at = (size_t)s * maxnew + res->gen_len[s], top = (size_t)o->top_logprobs;
+            if (o->logprobs_on) {
+                res->logprob[at] = bits_f(w[1]);
+                for (size_t q = 0; q < top; q++) {
+                    res->top_ids[at * top + q] = (int32_t)w[2 + q];
+                    res->top_lp[at * top + q] = bits_f(w[2 + top + q]);
+                }
+            }
             res->generated[(size_t)s * maxnew + res->gen_len[s]++] = t;
             for (int j = 0; j < o->n_stop; j++)
                 if (t == o->stop_ids[j])
                     res->stopped[s] = 1;
             r.live[s] = !res->stopped[s];
             r.live_rank[s] = r.live[s] ? nlive++ : -1;
-            nt[s] = 0;
+            memset(nt + (size_t)s * W, 0, (size_t)W * sizeof *nt);
         }
         if (step == r.steps || nlive == 0)
             break;
         int64_t trace_len = o->route_from ? epm_trace_tokens(o->route_from) : INT64_MAX;
+        const int32_t *tseq = trace_of_run ? epm_trace_seq_ids(o->route_from) : NULL;
         if (r.dec_base + nlive > trace_len)
             st = epm_fail(EPM_ERR_MISMATCH, "--route-from-trace: the trace ends at token %lld; decoding step %d needs "
                           "up to token %lld", (long long)trace_len, step + 1, (long long)(r.dec_base + nlive));
+        /* a replayed trace's decoded tokens must be this run's: a trace recorded
+         * with other stop tokens (or none) numbers them otherwise */
+        for (int s = 0; s < batch && tseq && st == EPM_OK; s++)
+            if (r.live[s] && tseq[r.dec_base + r.live_rank[s]] != s)
+                st = epm_fail(EPM_ERR_MISMATCH, "--route-from-trace: token %lld of the trace is sequence %d's, this "
+                              "run's decoding step %d has sequence %d's there: the trace was recorded with other stop "
+                              "tokens (or --ignore-eos, or none)", (long long)(r.dec_base + r.live_rank[s]),
+                              (int)tseq[r.dec_base + r.live_rank[s]], step + 1, s);
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
         n = 0;
         for (int s = 0; s < batch; s++) {
@@ -1703,7 +1774,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
             st = epm_fail(EPM_ERR_INTERNAL, "decoding: %lld tokens came home to rank %d, which has %d sequences",
                           (long long)n, r.me, homes);
         if (st == EPM_OK)
-            st = sample_rows(&smp, lg, c->vocab_size, (int)n, srow, sseq, prompts, lens, res->generated, maxnew,
+            st = sample_rows(o, &smp, lg, c->vocab_size, (int)n, srow, sseq, prompts, lens, res->generated, maxnew,
                              step + 1, nt);
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
         r.dec_base += nlive;

@@ -32,6 +32,9 @@ typedef struct epm_run_opts {
     const int32_t *stop_ids;        /* a sequence ends when it generates one of these (it is kept in the
                                        output); it then leaves the batch: no compute, no exchange */
     int n_stop;
+    int logprobs_on;                /* return each generated token's log-probability under the model
+                                       (log_softmax of its logits: vLLM's raw logprobs) */
+    int top_logprobs;               /* and the most likely tokens' at each step, 0 .. EPM_MAX_LOGPROBS */
     double max_memory;              /* bytes a rank may hold (weights as held + KV cache); 0 = the
                                        machine's available memory shared by the node's ranks */
     const char *ops;                /* "ref" or "blas" */
@@ -123,6 +126,10 @@ typedef struct epm_run_result {
     int *gen_len;       /* [batch] tokens generated (a stop token included) */
     int *stopped;       /* [batch] 1: ended at a stop token (finish_reason "stop"), 0: at
                            max_new_tokens ("length") */
+    float *logprob;     /* with logprobs_on: [batch][max_new_tokens], the generated token's */
+    int top_logprobs;   /* and at each of those steps the most likely tokens, most likely first: */
+    int32_t *top_ids;   /* [batch][max_new_tokens][top_logprobs] */
+    float *top_lp;      /* [batch][max_new_tokens][top_logprobs] */
     float *logits;      /* rank 0: [total prefill tokens][vocab] (keep_logits) or [batch][vocab] */
     epm_trace *trace;   /* rank 0: the routing of every MoE layer, prefill then decode tokens */
     epm_run_report report;

@@ -1,8 +1,10 @@
 /* The next token from a row of logits: transformers' processors in their
  * order (repetition penalty, temperature, top-k, top-p, min-p), then a draw
  * whose uniform comes from (seed, sequence, step) alone. Everything after the
- * penalty is in double, and top-k and top-p select by quickselect rather than
- * sorting the vocabulary (129280 ids for DeepSeek-V3, every step). */
+ * penalty is in double; top-k finds its threshold with a heap of k values and
+ * top-p its nucleus by quickselect, rather than sorting the vocabulary (129280
+ * ids for DeepSeek-V3, every step). */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +63,10 @@ epm_status epm_sampler_create(const epm_sampling *s, int vocab, epm_sampler **ou
     if (s)
         r->p = *s;
     r->V = vocab;
+    if (!penalised(&r->p) && !epm_sampling_random(&r->p)) { /* greedy reads the row as it is */
+        *out = r;
+        return EPM_OK;
+    }
     r->z = epm_malloc((size_t)vocab * sizeof *r->z);
     r->c = epm_malloc((size_t)vocab * sizeof *r->c);
     r->heap = epm_malloc((size_t)(r->p.top_k > 0 && r->p.top_k < vocab ? r->p.top_k : 1) * sizeof *r->heap);
@@ -100,13 +106,16 @@ static double uniform(uint64_t seed, int64_t seq, int64_t step)
     return (double)(x >> 11) * 0x1.0p-53;
 }
 
-/* exp(x) for x in [-700, 0] (candidates: -37.5 .. 0), to within 2 ulp, in a loop
+/* exp(x) for x in [-37.5, 0], to within 2 ulp, in a loop
  * the compiler vectorises (glibc's exp is a call per value, 7 ns): 2^k e^r
  * with k = round(x / ln 2), r = x - k ln 2 in two parts, e^r by its Taylor
- * series to r^13 (|r| <= ln 2 / 2: the next term is below 2^-60), and 2^k
+ * series to r^13 (|r| <= ln 2 / 2: the next term is below 2^-57), and 2^k
  * built in the exponent bits. */
 static double exp_weights(cand *c, int64_t n, double zbest, double t)
 {
+    /* 1 / t is infinite for a subnormal t (and 0 x inf a NaN): capped, a tie
+     * with the top one still weighs 1 */
+    const double inv_t = 1 / t < DBL_MAX ? 1 / t : DBL_MAX;
     double mass = 0;
     const double log2e = 1.4426950408889634, ln2_hi = 0.693147180369123816490, ln2_lo = 1.90821492927058770002e-10;
     const double shifter = 0x1.8p52;
@@ -116,10 +125,10 @@ static double exp_weights(cand *c, int64_t n, double zbest, double t)
 #endif
 #pragma omp simd reduction(+ : mass)
     for (int64_t i = 0; i < n; i++) {
-        /* divided, not multiplied by 1 / t, which overflows for a subnormal t;
-         * -700 keeps 2^k normal whatever the temperature's rounding let in */
-        double x = (c[i].key - zbest) / t;
-        x = x < -700 ? -700 : x;
+        /* x >= -37.5: a candidate is within NEGLIGIBLE x t of the top one,
+         * inv_t <= 1 / t, and with t so large that zcut overflowed, logits
+         * (floats) are within 2^129 of each other while t > 2^1000 */
+        double x = (c[i].key - zbest) * inv_t;
         double kd = x * log2e + shifter; /* round to nearest, k in the low bits */
         int64_t kb;
         memcpy(&kb, &kd, sizeof kb);
@@ -139,7 +148,7 @@ static double exp_weights(cand *c, int64_t n, double zbest, double t)
         e = e * r + 0.5;
         e = e * r + 1.0;
         e = e * r + 1.0;
-        int64_t bits = (int64_t)((uint64_t)(kb + 1023) << 52); /* 2^k: k in [-1010, 0], a normal number */
+        int64_t bits = (int64_t)((uint64_t)(kb + 1023) << 52); /* 2^k: k in [-55, 0], a normal number */
         double two_k;
         memcpy(&two_k, &bits, sizeof two_k);
         c[i].key = e * two_k;
@@ -256,8 +265,9 @@ static epm_status no_token(int64_t seq, int64_t step, int pinf)
 }
 
 /* A weight below 2^-54 of the top token's cannot change a double sum that
- * holds the top token's 1: such tokens are left out of sampling (their chance
- * of being drawn would be below 1e-16). exp(-54 ln 2) = 2^-54. */
+ * holds the top token's 1: such tokens are left out of sampling (each one's
+ * chance of being drawn would be below 2^-54; all of them, at most V 2^-54 of
+ * the mass, 7e-12 at 129280 tokens). exp(-54 ln 2) = 2^-54. */
 #define NEGLIGIBLE (54 * 0.69314718055994530942)
 
 epm_status epm_sampler_next(epm_sampler *s, const float *logits, const int32_t *prompt, int64_t nprompt,
@@ -354,5 +364,44 @@ epm_status epm_sampler_next(epm_sampler *s, const float *logits, const int32_t *
         return epm_fail(EPM_ERR_INTERNAL, "sampling: no candidate left for sequence %lld at step %lld", (long long)seq,
                         (long long)step);
     *token = c[n - 1].id; /* target rounded up to the total */
+    return EPM_OK;
+}
+
+epm_status epm_logprobs(const float *logits, int vocab, int32_t token, int n, float *lp, int32_t *top_ids,
+                        float *top_lp)
+{
+    if (!logits || !lp || (n > 0 && (!top_ids || !top_lp)))
+        return epm_fail(EPM_ERR_INVALID_ARG, "epm_logprobs: NULL argument");
+    if (vocab < 1 || token < 0 || token >= vocab || n < 0 || n > EPM_MAX_LOGPROBS)
+        return epm_fail(EPM_ERR_INVALID_ARG, "epm_logprobs: token %d of vocab %d, n = %d (0 .. %d)", (int)token, vocab,
+                        n, EPM_MAX_LOGPROBS);
+    n = n < vocab ? n : vocab;
+    float mx = -INFINITY;
+    for (int i = 0; i < vocab; i++)
+        mx = logits[i] > mx ? logits[i] : mx;
+    if (!(mx > -INFINITY) || mx == INFINITY)
+        return epm_fail(EPM_ERR_FORMAT, "logprobs: the logits %s", mx == INFINITY ? "hold +inf" : "hold no finite value");
+    double sum = 0;
+    for (int i = 0; i < vocab; i++)
+        sum += logits[i] > -INFINITY ? exp((double)logits[i] - mx) : 0; /* NaN fails the test too */
+    const double lse = mx + log(sum);
+#define LP(i) (logits[i] > -INFINITY ? (double)logits[i] - lse : -INFINITY)
+    *lp = (float)LP(token);
+    /* the n best by insertion into a short sorted list (n <= 20) */
+#define VAL(i) (isnan(logits[i]) ? -INFINITY : logits[i])
+    int m = 0;
+    for (int i = 0; i < vocab && n > 0; i++) {
+        float v = VAL(i);
+        if (m == n && !(v > VAL(top_ids[m - 1])))
+            continue; /* equals stay behind the lower ids before them */
+        int j = m < n ? m++ : m - 1;
+        for (; j > 0 && v > VAL(top_ids[j - 1]); j--)
+            top_ids[j] = top_ids[j - 1];
+        top_ids[j] = i;
+    }
+#undef VAL
+    for (int j = 0; j < m; j++)
+        top_lp[j] = (float)LP(top_ids[j]);
+#undef LP
     return EPM_OK;
 }

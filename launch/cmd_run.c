@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,19 +29,24 @@ static const char usage[] =
     "  --generation-config auto|none|FILE\n"
     "                           decoding defaults: auto (default) the checkpoint's generation_config.json,\n"
     "                           as transformers' generate() reads it (sampling only where do_sample is\n"
-    "                           true; its eos_token_id, else config.json's); none: greedy; the flags\n"
-    "                           below override either\n"
-    "  --temperature T          sample from softmax(logits / T); 0: greedy (the highest logit)\n"
+    "                           true; its eos_token_id, else config.json's); none: greedy, and only\n"
+    "                           config.json's eos_token_id; the flags below override either\n"
+    "  --temperature T          sample from softmax(logits / T); 0: greedy (the highest logit). Over a\n"
+    "                           greedy generation config, with its top-k, top-p and min-p, as\n"
+    "                           generate(do_sample=True) (top_k 50 where it is silent)\n"
     "  --sample-top-k K         sample among the K most likely tokens (0: all)\n"
     "  --sample-top-p P         nucleus sampling: the most likely tokens until their mass reaches P\n"
     "                           (--top-p is the router's dynamic expert count, not this)\n"
     "  --min-p P                drop tokens less likely than P x the most likely one\n"
     "  --repetition-penalty R   divide (multiply, if negative) the logits of tokens already in the\n"
     "                           sequence by R (greedy too; 1: off)\n"
-    "  --seed N                 the draws depend on (seed, sequence, step) alone: the same tokens at\n"
-    "                           any rank count or placement (default 0)\n"
+    "  --seed N                 a draw depends on (seed, sequence, step) and the logits alone: logits\n"
+    "                           equal to the bit draw the same token at any rank count (default 0)\n"
     "  --stop-token-ids LIST    more stop tokens, e.g. 2,32000 (kept in the output)\n"
     "  --ignore-eos             do not stop at the checkpoint's eos_token_id (benchmarks)\n"
+    "  --logprobs N             with --json: each generated token's log-probability under the model\n"
+    "                           (log_softmax of its logits, before penalty, temperature and top-k/p)\n"
+    "                           and the N (0-20) most likely tokens' at that step\n"
     "  --virtual-nodes N        split the ranks into N pretend nodes\n"
     "  --route-from-trace FILE  replace the gate's choices by a recorded trace\n"
     "  --trace-out FILE         write the routing of every MoE layer (trace format)\n"
@@ -103,7 +109,7 @@ static const char usage[] =
 
 enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER, O_MAXMEM,
        O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
-       O_NOEOS };
+       O_NOEOS, O_LOGPROBS };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -127,7 +133,7 @@ static const struct option opts[] = {
     {"sample-top-k", required_argument, 0, O_STOPK}, {"sample-top-p", required_argument, 0, O_STOPP},
     {"min-p", required_argument, 0, O_MINP},         {"repetition-penalty", required_argument, 0, O_REPP},
     {"seed", required_argument, 0, O_SEED},          {"stop-token-ids", required_argument, 0, O_STOPIDS},
-    {"ignore-eos", no_argument, 0, O_NOEOS},
+    {"ignore-eos", no_argument, 0, O_NOEOS},        {"logprobs", required_argument, 0, O_LOGPROBS},
     {0, 0, 0, 0}};
 
 /* The checkpoint file (a name in dir) that out would overwrite, or NULL:
@@ -263,8 +269,7 @@ typedef struct gen_flags {
 
 static int parse_stop_ids(const char *W, const char *val, gen_flags *f)
 {
-    const char *p = val;
-    f->n_stop = 0;
+    const char *p = val; /* a second --stop-token-ids adds to the first */
     for (;;) {
         char *end;
         errno = 0;
@@ -292,7 +297,10 @@ static epm_status decoding(const char *model_dir, const gen_flags *f, epm_sampli
                                                                                                           : NULL, &gc);
     if (st != EPM_OK)
         return st;
-    *s = gc.sampling;
+    /* --temperature > 0 over a greedy config samples as generate(do_sample=True)
+     * would: with the file's top-k, top-p and min-p (transformers' top_k 50
+     * where it is silent); with `none`, from nothing (vLLM's defaults) */
+    *s = f->temperature && f->s.temperature > 0 && !none ? gc.if_sampled : gc.sampling;
     if (f->temperature)
         s->temperature = f->s.temperature;
     if (f->top_k)
@@ -304,15 +312,56 @@ static epm_status decoding(const char *model_dir, const gen_flags *f, epm_sampli
     if (f->rp)
         s->repetition_penalty = f->s.repetition_penalty;
     s->seed = f->s.seed;
-    if ((f->top_k || f->top_p || f->min_p) && !epm_sampling_random(s))
+    if (((f->top_k && f->s.top_k > 0) || (f->top_p && f->s.top_p < 1) || (f->min_p && f->s.min_p > 0)) &&
+        !epm_sampling_random(s))
         return epm_fail(EPM_ERR_INVALID_ARG, "--sample-top-k, --sample-top-p and --min-p shape sampling, but this run "
                         "decodes greedily: give --temperature > 0 (or a generation config with do_sample true)");
+    if (!epm_sampling_random(s)) /* greedy: only the penalty means anything (and the report says so) */
+        *s = (epm_sampling){.repetition_penalty = s->repetition_penalty, .seed = s->seed};
+    /* the checkpoint's stop tokens, then the flags', each once */
     *n_stop = 0;
-    for (int i = 0; i < gc.n_eos && !f->ignore_eos; i++)
-        stop[(*n_stop)++] = gc.eos[i];
-    for (int i = 0; i < f->n_stop; i++)
-        stop[(*n_stop)++] = f->stop[i];
+    for (int i = 0; i < gc.n_eos + f->n_stop; i++) {
+        int32_t id = i < gc.n_eos ? gc.eos[i] : f->stop[i - gc.n_eos];
+        int dup = i < gc.n_eos && f->ignore_eos;
+        for (int j = 0; j < *n_stop; j++)
+            dup |= stop[j] == id;
+        if (!dup)
+            stop[(*n_stop)++] = id;
+    }
     return epm_sampling_validate(s);
+}
+
+/* a log-probability as JSON: -inf (a token the model rules out) as null */
+static void print_lp(float lp)
+{
+    if (lp > -INFINITY)
+        printf("%.9g", lp);
+    else
+        printf("null");
+}
+
+/* "logprobs": per sequence, per generated token {"token", "logprob", "top": [[id, logprob], ...]} */
+static void print_logprobs(const epm_run_result *res, int maxnew)
+{
+    const int top = res->top_logprobs;
+    printf(", \"logprobs\": [");
+    for (int s = 0; s < res->batch; s++) {
+        printf("%s[", s ? ", " : "");
+        for (int j = 0; j < res->gen_len[s]; j++) {
+            size_t at = (size_t)s * maxnew + j;
+            printf("%s{\"token\": %d, \"logprob\": ", j ? ", " : "", (int)res->generated[at]);
+            print_lp(res->logprob[at]);
+            printf(", \"top\": [");
+            for (int q = 0; q < top; q++) {
+                printf("%s[%d, ", q ? ", " : "", (int)res->top_ids[at * top + q]);
+                print_lp(res->top_lp[at * top + q]);
+                printf("]");
+            }
+            printf("]}");
+        }
+        printf("]");
+    }
+    printf("]");
 }
 
 /* Binding failures are reported and the run goes on unbound: a container
@@ -472,6 +521,11 @@ int epm_cli_run(int argc, char **argv)
         case O_SEED: if (!cli_parse_u64(W, "--seed", optarg, &gf.s.seed)) return EPM_EXIT_USAGE; break;
         case O_STOPIDS: if (!parse_stop_ids(W, optarg, &gf)) return EPM_EXIT_USAGE; break;
         case O_NOEOS: gf.ignore_eos = 1; break;
+        case O_LOGPROBS:
+            if (!cli_parse_int(W, "--logprobs", optarg, 0, EPM_MAX_LOGPROBS, &v)) return EPM_EXIT_USAGE;
+            o.logprobs_on = 1;
+            o.top_logprobs = (int)v;
+            break;
         case O_JSON: json = 1; break;
         case O_HELP: fputs(usage, stdout); return EPM_EXIT_OK;
         default: return cli_option_error(W, argv);
@@ -481,6 +535,8 @@ int epm_cli_run(int argc, char **argv)
         return cli_usage_error(W, "unexpected argument '%s'", argv[optind]);
     if (!o.model_dir || !input)
         return cli_usage_error(W, "--model and --input are required");
+    if (o.logprobs_on && !json)
+        return cli_usage_error(W, "--logprobs %d: logprobs come with --json output", o.top_logprobs);
     const char *outs[] = {tout, lout};
     const char *ins[] = {input, place, rft};
     for (int i = 0; i < 2; i++)
@@ -499,7 +555,8 @@ int epm_cli_run(int argc, char **argv)
     epm_trace *t = NULL;
     epm_run_result *res = NULL;
     /* ids are checked against the vocabulary by the run, which knows it */
-    epm_status st = decoding(o.model_dir, &gf, &o.sampling, stop_ids, &o.n_stop);
+    /* nothing to decode (logits, a trace): the generation config is not read */
+    epm_status st = o.max_new_tokens > 0 ? decoding(o.model_dir, &gf, &o.sampling, stop_ids, &o.n_stop) : EPM_OK;
     o.stop_ids = stop_ids;
     if (st == EPM_OK)
         st = epm_tokens_load(input, 0, &pr);
@@ -562,6 +619,8 @@ int epm_cli_run(int argc, char **argv)
             for (int i = 0; i < o.n_stop; i++)
                 printf("%s%d", i ? ", " : "", (int)o.stop_ids[i]);
             printf("]");
+            if (res->logprob)
+                print_logprobs(res, o.max_new_tokens);
             if (report) {
                 printf(", ");
                 print_report(stdout, res, 1);

@@ -53,16 +53,33 @@ EPM_API void epm_sampler_destroy(epm_sampler *s);
  * first generated token) from its logits [vocab]. The sequence so far is
  * prompt[0 .. nprompt) then generated[0 .. ngen) (read only by the repetition
  * penalty; ids outside [0, vocab) are not penalised). NaN logits count as
- * -inf; a row with no finite logit is an error naming seq and step. */
+ * -inf; a row with no finite logit, or with +inf, is an error naming seq and
+ * step. The token depends on the parameters, (seed, seq, step) and the
+ * logits only: logits equal to the bit give the same token (with the same
+ * build: the weights' sum is vectorised as the compiler chooses). */
 EPM_API epm_status epm_sampler_next(epm_sampler *s, const float *logits, const int32_t *prompt, int64_t nprompt,
                                     const int32_t *generated, int64_t ngen, int64_t seq, int64_t step,
                                     int32_t *token);
+
+#define EPM_MAX_LOGPROBS 20 /* as OpenAI's API and vLLM's default max_logprobs */
+
+/* Log-probabilities under the model's own distribution, log_softmax(logits)
+ * (vLLM's default "raw" logprobs: before penalty, temperature and
+ * truncation), in double: the chosen token's into *lp, and the n (0 ..
+ * EPM_MAX_LOGPROBS) most likely tokens, most likely first, lower id first
+ * among equals, into top_ids/top_lp[0, n). NaN logits count as -inf. */
+EPM_API epm_status epm_logprobs(const float *logits, int vocab, int32_t token, int n, float *lp, int32_t *top_ids,
+                                float *top_lp);
 
 #define EPM_MAX_STOP_IDS 64
 
 typedef struct epm_generation_config {
     epm_sampling sampling; /* greedy unless do_sample is true (a repetition_penalty applies either way) */
     int do_sample;         /* as written (0 when absent) */
+    epm_sampling if_sampled; /* the file's sampling values whatever do_sample says (transformers'
+                                defaults, temperature 1 and top_k 50, where it is silent): what
+                                generate(do_sample=True) would use, and `run --temperature` over
+                                a greedy file starts from */
     int n_eos;
     int32_t eos[EPM_MAX_STOP_IDS]; /* stop tokens: eos_token_id, an id or a list of ids */
 } epm_generation_config;

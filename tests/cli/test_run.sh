@@ -205,15 +205,47 @@ check "--stop-token-ids" 0 run -np 3 "$E" run --model "$g" --input "$d/in.json" 
 check "--stop-token-ids, text" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 \
   --generation-config none --ignore-eos --stop-token-ids "$st"
 has "$d/out" "^sequence 0:\( [0-9]*\)\{$((k - 1))\} $st  (stop)$"
+# logprobs: each generated token's and the 3 most likely, in order; greedy's token is the top one
+check "--logprobs" 0 run -np 3 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 4 --json \
+  --generation-config none --ignore-eos --logprobs 3
+python3 - "$d/out" <<'PY' || fail "--logprobs: $(head -c 400 "$d/out")"
+import json, math, sys
+d = json.load(open(sys.argv[1]))
+for gen, lps in zip(d["generated"], d["logprobs"]):
+    assert [e["token"] for e in lps] == gen and len(gen) == 4
+    for e in lps:
+        top = e["top"]
+        assert len(top) == 3 and top[0][0] == e["token"] and abs(top[0][1] - e["logprob"]) < 1e-6
+        assert all(top[i][1] >= top[i + 1][1] for i in range(2)) and sum(math.exp(t[1]) for t in top) <= 1 + 1e-6
+PY
+check "--logprobs without --json" 2 "$E" run --model "$g" --input "$d/in.json" --logprobs 3
+has "$d/err" "with --json"
+check "--logprobs 21" 2 "$E" run --model "$g" --input "$d/in.json" --json --logprobs 21
+# a trace recorded without stops does not replay into a run with them: refused, not misrouted
+check "trace without stops" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 --json \
+  --generation-config none --ignore-eos --trace-out "$d/nostop.st"
+check "replayed with a stop" 1 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 --json \
+  --generation-config none --ignore-eos --stop-token-ids "$st" --route-from-trace "$d/nostop.st"
+has "$d/err" "recorded with other stop tokens"
 check "top-k without sampling" 1 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 2 \
   --generation-config none --sample-top-k 5
 has "$d/err" "give --temperature > 0"
 check "bad --stop-token-ids" 2 "$E" run --model "$g" --input "$d/in.json" --stop-token-ids 1,x
 has "$d/err" "stop-token-ids '1,x'"
 check "bad --temperature" 2 "$E" run --model "$g" --input "$d/in.json" --temperature -1
+# --temperature over a greedy file samples with the file's top-p and transformers' top_k 50, as
+# generate(do_sample=True) would; over none, from nothing
+printf '{"do_sample": false, "top_p": 0.8, "eos_token_id": 2}\n' >"$g/generation_config.json"
+check "--temperature over a greedy file" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 2 \
+  --json --temperature 0.7
+[ "$(gj "d['sampling']['top_k'], d['sampling']['top_p']")" = "(50, 0.8)" ] || fail "--temperature over do_sample false: $(head -c 300 "$d/out")"
+check "--temperature over none" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 2 --json \
+  --temperature 0.7 --generation-config none
+[ "$(gj "d['sampling']['top_k'], d['sampling']['top_p']")" = "(0, 1)" ] || fail "--temperature over none: $(head -c 300 "$d/out")"
 printf '{"do_sample": false, "num_beams": 4}\n' >"$g/generation_config.json"
 check "beam search refused" 1 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 2
 has "$d/err" "$g/generation_config.json: field 'num_beams' = 4: epmoe does not run beam search"
+check "prefill only: the generation config is not read" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --json
 check "missing --generation-config file" 1 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 2 \
   --generation-config "$d/nonexistent.json"
 has "$d/err" "$d/nonexistent.json"

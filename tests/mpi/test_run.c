@@ -428,6 +428,8 @@ static void test_run_sampling_equals_recompute(void **state)
         o.ops = "blas";
         o.sampling = (epm_sampling){.temperature = 0.9, .top_k = 40, .top_p = 0.95, .min_p = 0.01,
                                     .repetition_penalty = 1.3, .seed = 11u + (unsigned)mode};
+        o.logprobs_on = 1;
+        o.top_logprobs = 5;
         epm_run_result *a, *b;
         const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
         assert_int_equal(epm_run(&o, 2, f.lens, prompts, &a), EPM_OK);
@@ -456,6 +458,29 @@ static void test_run_sampling_equals_recompute(void **state)
                     assert_int_equal(epm_sampler_next(smp, row, f.ids[s], 16, a->generated + s * NEW, j, s, j, &t),
                                      EPM_OK);
                     assert_int_equal(t, a->generated[s * NEW + j]);
+                    /* logprobs: log_softmax of the recomputed logits, the most likely 5 in order */
+                    double mx = row[0], sum = 0;
+                    for (int v = 1; v < 256; v++)
+                        mx = row[v] > mx ? row[v] : mx;
+                    for (int v = 0; v < 256; v++)
+                        sum += exp((double)row[v] - mx);
+                    double lse = mx + log(sum);
+                    int at = s * NEW + j;
+                    assert_true(fabs(a->logprob[at] - (row[t] - lse)) < 1e-4);
+                    int32_t top[5] = {-1, -1, -1, -1, -1};
+                    for (int q = 0; q < 5; q++)
+                        for (int v = 0; v < 256; v++) {
+                            int used = 0;
+                            for (int u = 0; u < q; u++)
+                                used |= top[u] == v;
+                            if (!used && (top[q] < 0 || row[v] > row[top[q]]))
+                                top[q] = v;
+                        }
+                    assert_int_equal(a->top_logprobs, 5);
+                    for (int q = 0; q < 5; q++) {
+                        assert_int_equal(a->top_ids[at * 5 + q], top[q]);
+                        assert_true(fabs(a->top_lp[at * 5 + q] - (row[top[q]] - lse)) < 1e-4);
+                    }
                     /* the draw is not the greedy choice everywhere (the test would not see sampling) */
                     int best = 0;
                     for (int v = 1; v < 256; v++)

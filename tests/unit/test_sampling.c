@@ -123,6 +123,60 @@ static void test_extreme_temperature(void **state)
     }
 }
 
+/* ---- logprobs ---- */
+
+static void test_logprobs(void **state)
+{
+    (void)state;
+    /* log_softmax, the top n most likely first and lower ids first among equals */
+    const float lg[8] = {1, 3, NAN, 3, -INFINITY, 0.5f, 3, 2};
+    double sum = 3 * exp(0.0) + exp(-1.0) + exp(-2.0) + exp(-2.5);
+    double lse = 3 + log(sum);
+    float lp, tlp[20];
+    int32_t tid[20];
+    assert_int_equal(epm_logprobs(lg, 8, 7, 5, &lp, tid, tlp), EPM_OK);
+    assert_true(fabs(lp - (2 - lse)) < 1e-6);
+    const int32_t want[5] = {1, 3, 6, 7, 0};
+    for (int q = 0; q < 5; q++) {
+        assert_int_equal(tid[q], want[q]);
+        assert_true(fabs(tlp[q] - (lg[want[q]] - lse)) < 1e-6);
+    }
+    /* more than the finite ones: NaN and -inf last, at -inf, in id order */
+    assert_int_equal(epm_logprobs(lg, 8, 0, 8, &lp, tid, tlp), EPM_OK);
+    assert_int_equal(tid[6], 2);
+    assert_int_equal(tid[7], 4);
+    assert_true(isinf(tlp[6]) && tlp[6] < 0 && isinf(tlp[7]) && tlp[7] < 0);
+    assert_true(fabs(tlp[5] - (0.5 - lse)) < 1e-6);
+    /* n 0: only the token's; n above the vocabulary: the vocabulary */
+    assert_int_equal(epm_logprobs(lg, 8, 4, 0, &lp, NULL, NULL), EPM_OK);
+    assert_true(isinf(lp) && lp < 0);
+    const float two[2] = {0, 0};
+    assert_int_equal(epm_logprobs(two, 2, 1, 20, &lp, tid, tlp), EPM_OK);
+    assert_true(fabs(lp - log(0.5)) < 1e-7);
+    assert_int_equal(tid[0], 0);
+    assert_int_equal(tid[1], 1);
+    /* the probabilities of a large row sum to 1 */
+    enum { V = 5000 };
+    static float big[V];
+    for (int i = 0; i < V; i++)
+        big[i] = (float)((i * 7919) % 1000) / 50.0f - 10;
+    double tot = 0;
+    for (int i = 0; i < V; i++) {
+        assert_int_equal(epm_logprobs(big, V, i, 0, &lp, NULL, NULL), EPM_OK);
+        tot += exp(lp);
+    }
+    assert_true(fabs(tot - 1) < 1e-4);
+    /* errors */
+    assert_int_equal(epm_logprobs(lg, 8, 8, 0, &lp, NULL, NULL), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "token 8 of vocab 8"));
+    assert_int_equal(epm_logprobs(lg, 8, 0, 21, &lp, tid, tlp), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_logprobs(lg, 8, 0, 2, &lp, NULL, NULL), EPM_ERR_INVALID_ARG);
+    const float none[2] = {NAN, -INFINITY}, pinf[2] = {0, INFINITY};
+    assert_int_equal(epm_logprobs(none, 2, 0, 0, &lp, NULL, NULL), EPM_ERR_FORMAT);
+    assert_int_equal(epm_logprobs(pinf, 2, 0, 0, &lp, NULL, NULL), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "+inf"));
+}
+
 /* ---- greedy ---- */
 
 static void test_greedy(void **state)
@@ -1347,6 +1401,7 @@ int main(void)
         cmocka_unit_test(test_combined),
         cmocka_unit_test(test_validate),       cmocka_unit_test(test_generation_config_parse),
         cmocka_unit_test(test_generation_config_load), cmocka_unit_test(test_extreme_temperature),
+        cmocka_unit_test(test_logprobs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
