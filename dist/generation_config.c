@@ -1,7 +1,7 @@
 /* generation_config.json, the decoding defaults a checkpoint ships with, read
  * as transformers' GenerationConfig reads it: sampling only where do_sample is
  * true, with its defaults (temperature 1, top_k 50) for what the file leaves
- * out. Decoding methods epmoe does not run (beam search, typical sampling,
+ * out; min_new_tokens and repetition_penalty either way. Decoding methods epmoe does not run (beam search, typical sampling,
  * epsilon and eta cutoffs, n-gram bans) are refused by name rather than
  * ignored: they would change the tokens. */
 #include <errno.h>
@@ -117,8 +117,12 @@ static epm_status parse(json_t *root, const char *label, epm_generation_config *
     EPM_CHECK(neutral(root, label, "num_beams", 1, "beam search"));
     EPM_CHECK(neutral(root, label, "no_repeat_ngram_size", 0, "n-gram bans"));
     EPM_CHECK(neutral(root, label, "penalty_alpha", 0, "contrastive search"));
-    EPM_CHECK(neutral(root, label, "min_new_tokens", 0, "a minimum length"));
-    EPM_CHECK(neutral(root, label, "min_length", 0, "a minimum length"));
+    EPM_CHECK(neutral(root, label, "min_length", 0, "a minimum length counting the prompt (min_new_tokens is "
+                      "run)"));
+    v = json_object_get(root, "min_new_tokens");
+    if (v && !json_is_null(v) && (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX))
+        return bad(label, "min_new_tokens", v, EPM_ERR_FORMAT, "must be an integer >= 0, or null");
+    const int min_new = v && json_is_integer(v) ? (int)json_integer_value(v) : 0;
     EPM_CHECK(none_given(root, label, "suppress_tokens", "token suppression"));
     EPM_CHECK(none_given(root, label, "begin_suppress_tokens", "token suppression"));
     EPM_CHECK(none_given(root, label, "bad_words_ids", "banned words"));
@@ -136,8 +140,10 @@ static epm_status parse(json_t *root, const char *label, epm_generation_config *
     g->if_sampled.top_p = top_p;
     g->if_sampled.min_p = min_p;
     g->if_sampled.repetition_penalty = rp;
+    g->if_sampled.min_tokens = min_new;
     memset(&g->sampling, 0, sizeof g->sampling);
     g->sampling.repetition_penalty = rp;
+    g->sampling.min_tokens = min_new;
     if (g->do_sample)
         g->sampling = g->if_sampled;
     return EPM_OK;

@@ -1632,8 +1632,13 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     st = res->lens && res->generated && res->gen_len && res->stopped && nt && srow && sseq && g && tok && h
              ? EPM_OK
              : EPM_ERR_NOMEM;
-    if (st == EPM_OK)
-        st = samplers_create(&o->sampling, c->vocab_size, homes, &smp);
+    {
+        epm_sampling sp = o->sampling; /* min_tokens holds back the run's stop tokens */
+        sp.stop_ids = o->stop_ids;
+        sp.n_stop = o->n_stop;
+        if (st == EPM_OK)
+            st = samplers_create(&sp, c->vocab_size, homes, &smp);
+    }
     if (st == EPM_OK) {
         memcpy(res->lens, lens, (size_t)batch * sizeof *lens);
         for (size_t i = 0; i < (size_t)batch * (size_t)maxnew; i++)

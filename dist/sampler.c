@@ -24,9 +24,16 @@ struct epm_sampler {
     cand *c;       /* [V] the candidates */
     double *heap;  /* [min(k, V)] top-k's threshold search */
     uint8_t *seen; /* [V] repetition-penalty marks, cleared after each token */
+    int32_t *cnt;  /* [V] times generated, for the frequency penalty, cleared likewise */
+    int32_t *stop; /* [n_stop] the stop tokens min_tokens holds back */
 };
 
 static int penalised(const epm_sampling *s) { return s->repetition_penalty > 0 && s->repetition_penalty != 1; }
+
+static int counted(const epm_sampling *s) { return s->presence_penalty != 0 || s->frequency_penalty != 0; }
+
+/* the row is changed before the choice (penalties, stop tokens held back): not read as it is */
+static int changed(const epm_sampling *s) { return penalised(s) || counted(s) || (s->min_tokens > 0 && s->n_stop > 0); }
 
 int epm_sampling_random(const epm_sampling *s) { return s && s->temperature > 0; }
 
@@ -46,6 +53,16 @@ epm_status epm_sampling_validate(const epm_sampling *s)
     if (!(s->repetition_penalty >= 0 && isfinite(s->repetition_penalty)))
         return epm_fail(EPM_ERR_INVALID_ARG, "sampling: repetition_penalty = %g: must be a finite number > 0 "
                         "(1: off)", s->repetition_penalty);
+    if (!(s->presence_penalty >= -2 && s->presence_penalty <= 2))
+        return epm_fail(EPM_ERR_INVALID_ARG, "sampling: presence_penalty = %g: must be in [-2, 2] (0: off)",
+                        s->presence_penalty);
+    if (!(s->frequency_penalty >= -2 && s->frequency_penalty <= 2))
+        return epm_fail(EPM_ERR_INVALID_ARG, "sampling: frequency_penalty = %g: must be in [-2, 2] (0: off)",
+                        s->frequency_penalty);
+    if (s->min_tokens < 0)
+        return epm_fail(EPM_ERR_INVALID_ARG, "sampling: min_tokens = %d: must be >= 0", s->min_tokens);
+    if (s->n_stop < 0 || (s->n_stop > 0 && !s->stop_ids))
+        return epm_fail(EPM_ERR_INVALID_ARG, "sampling: %d stop ids, %s", s->n_stop, s->stop_ids ? "set" : "NULL");
     return EPM_OK;
 }
 
@@ -63,7 +80,16 @@ epm_status epm_sampler_create(const epm_sampling *s, int vocab, epm_sampler **ou
     if (s)
         r->p = *s;
     r->V = vocab;
-    if (!penalised(&r->p) && !epm_sampling_random(&r->p)) { /* greedy reads the row as it is */
+    r->p.stop_ids = NULL;
+    if (r->p.n_stop > 0) {
+        r->stop = epm_malloc((size_t)r->p.n_stop * sizeof *r->stop);
+        if (!r->stop) {
+            epm_free(r);
+            return EPM_ERR_NOMEM;
+        }
+        memcpy(r->stop, s->stop_ids, (size_t)r->p.n_stop * sizeof *r->stop);
+    }
+    if (!changed(&r->p) && !epm_sampling_random(&r->p)) { /* greedy reads the row as it is */
         *out = r;
         return EPM_OK;
     }
@@ -71,7 +97,8 @@ epm_status epm_sampler_create(const epm_sampling *s, int vocab, epm_sampler **ou
     r->c = epm_malloc((size_t)vocab * sizeof *r->c);
     r->heap = epm_malloc((size_t)(r->p.top_k > 0 && r->p.top_k < vocab ? r->p.top_k : 1) * sizeof *r->heap);
     r->seen = epm_calloc((size_t)vocab, 1);
-    if (!r->z || !r->c || !r->heap || !r->seen) {
+    r->cnt = epm_calloc((size_t)vocab, sizeof *r->cnt);
+    if (!r->z || !r->c || !r->heap || !r->seen || !r->cnt) {
         epm_sampler_destroy(r);
         return EPM_ERR_NOMEM;
     }
@@ -87,6 +114,8 @@ void epm_sampler_destroy(epm_sampler *s)
     epm_free(s->c);
     epm_free(s->heap);
     epm_free(s->seen);
+    epm_free(s->cnt);
+    epm_free(s->stop);
     epm_free(s);
 }
 
@@ -277,7 +306,7 @@ epm_status epm_sampler_next(epm_sampler *s, const float *logits, const int32_t *
         return epm_fail(EPM_ERR_INVALID_ARG, "epm_sampler_next: NULL argument");
     const int V = s->V;
     const epm_sampling *p = &s->p;
-    if (!penalised(p) && !epm_sampling_random(p)) { /* greedy, straight from the row */
+    if (!changed(p) && !epm_sampling_random(p)) { /* greedy, straight from the row */
         int best = -1;
         float bv = -INFINITY;
         for (int i = 0; i < V; i++)
@@ -308,6 +337,19 @@ epm_status epm_sampler_next(epm_sampler *s, const float *logits, const int32_t *
                     s->seen[ids[i]] = 0;
         }
     }
+    if (counted(p)) { /* vLLM's order: after the repetition penalty, over the generated tokens */
+        for (int64_t i = 0; i < ngen; i++)
+            if (generated[i] >= 0 && generated[i] < V)
+                s->cnt[generated[i]]++;
+        for (int64_t i = 0; i < ngen; i++)
+            if (generated[i] >= 0 && generated[i] < V && s->cnt[generated[i]] > 0) {
+                z[generated[i]] -= p->frequency_penalty * s->cnt[generated[i]] + p->presence_penalty;
+                s->cnt[generated[i]] = 0;
+            }
+    }
+    for (int j = 0; step < p->min_tokens && j < p->n_stop; j++)
+        if (s->stop[j] >= 0 && s->stop[j] < V)
+            z[s->stop[j]] = -INFINITY;
     int best = 0;
     for (int i = 1; i < V; i++)
         if (z[i] > z[best])

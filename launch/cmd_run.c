@@ -40,6 +40,10 @@ static const char usage[] =
     "  --min-p P                drop tokens less likely than P x the most likely one\n"
     "  --repetition-penalty R   divide (multiply, if negative) the logits of tokens already in the\n"
     "                           sequence by R (greedy too; 1: off)\n"
+    "  --presence-penalty P     subtract P from the logit of each token generated so far (vLLM, [-2, 2])\n"
+    "  --frequency-penalty F    subtract F per time it was generated (vLLM, [-2, 2])\n"
+    "  --min-tokens N           no stop token before N tokens (vLLM's min_tokens; the generation\n"
+    "                           config's min_new_tokens)\n"
     "  --seed N                 a draw depends on (seed, sequence, step) and the logits alone: logits\n"
     "                           equal to the bit draw the same token at any rank count (default 0)\n"
     "  --stop-token-ids LIST    more stop tokens, e.g. 2,32000 (kept in the output)\n"
@@ -109,7 +113,7 @@ static const char usage[] =
 
 enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER, O_MAXMEM,
        O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
-       O_NOEOS, O_LOGPROBS };
+       O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -134,6 +138,8 @@ static const struct option opts[] = {
     {"min-p", required_argument, 0, O_MINP},         {"repetition-penalty", required_argument, 0, O_REPP},
     {"seed", required_argument, 0, O_SEED},          {"stop-token-ids", required_argument, 0, O_STOPIDS},
     {"ignore-eos", no_argument, 0, O_NOEOS},        {"logprobs", required_argument, 0, O_LOGPROBS},
+    {"presence-penalty", required_argument, 0, O_PRESP}, {"frequency-penalty", required_argument, 0, O_FREQP},
+    {"min-tokens", required_argument, 0, O_MINTOK},
     {0, 0, 0, 0}};
 
 /* The checkpoint file (a name in dir) that out would overwrite, or NULL:
@@ -262,7 +268,7 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
 typedef struct gen_flags {
     const char *config; /* auto (NULL), none, or a file */
     epm_sampling s;
-    int temperature, top_k, top_p, min_p, rp; /* given */
+    int temperature, top_k, top_p, min_p, rp, presence, frequency, min_tokens; /* given */
     int32_t stop[EPM_MAX_STOP_IDS];
     int n_stop, ignore_eos;
 } gen_flags;
@@ -311,13 +317,20 @@ static epm_status decoding(const char *model_dir, const gen_flags *f, epm_sampli
         s->min_p = f->s.min_p;
     if (f->rp)
         s->repetition_penalty = f->s.repetition_penalty;
+    if (f->presence)
+        s->presence_penalty = f->s.presence_penalty;
+    if (f->frequency)
+        s->frequency_penalty = f->s.frequency_penalty;
+    if (f->min_tokens)
+        s->min_tokens = f->s.min_tokens;
     s->seed = f->s.seed;
     if (((f->top_k && f->s.top_k > 0) || (f->top_p && f->s.top_p < 1) || (f->min_p && f->s.min_p > 0)) &&
         !epm_sampling_random(s))
         return epm_fail(EPM_ERR_INVALID_ARG, "--sample-top-k, --sample-top-p and --min-p shape sampling, but this run "
                         "decodes greedily: give --temperature > 0 (or a generation config with do_sample true)");
-    if (!epm_sampling_random(s)) /* greedy: only the penalty means anything (and the report says so) */
-        *s = (epm_sampling){.repetition_penalty = s->repetition_penalty, .seed = s->seed};
+    if (!epm_sampling_random(s)) /* greedy: only the penalties mean anything (and the report says so) */
+        *s = (epm_sampling){.repetition_penalty = s->repetition_penalty, .presence_penalty = s->presence_penalty,
+                            .frequency_penalty = s->frequency_penalty, .min_tokens = s->min_tokens, .seed = s->seed};
     /* the checkpoint's stop tokens, then the flags', each once */
     *n_stop = 0;
     for (int i = 0; i < gc.n_eos + f->n_stop; i++) {
@@ -518,6 +531,18 @@ int epm_cli_run(int argc, char **argv)
                 return EPM_EXIT_USAGE;
             gf.rp = 1;
             break;
+        case O_PRESP:
+        case O_FREQP:
+            if (!cli_parse_double(W, c == O_PRESP ? "--presence-penalty" : "--frequency-penalty", optarg, -2, 2,
+                                  c == O_PRESP ? &gf.s.presence_penalty : &gf.s.frequency_penalty))
+                return EPM_EXIT_USAGE;
+            *(c == O_PRESP ? &gf.presence : &gf.frequency) = 1;
+            break;
+        case O_MINTOK:
+            if (!cli_parse_int(W, "--min-tokens", optarg, 0, 1 << 20, &v)) return EPM_EXIT_USAGE;
+            gf.s.min_tokens = (int)v;
+            gf.min_tokens = 1;
+            break;
         case O_SEED: if (!cli_parse_u64(W, "--seed", optarg, &gf.s.seed)) return EPM_EXIT_USAGE; break;
         case O_STOPIDS: if (!parse_stop_ids(W, optarg, &gf)) return EPM_EXIT_USAGE; break;
         case O_NOEOS: gf.ignore_eos = 1; break;
@@ -612,9 +637,11 @@ int epm_cli_run(int argc, char **argv)
             for (int s = 0; s < res->batch; s++)
                 printf("%s\"%s\"", s ? ", " : "", res->stopped[s] ? "stop" : "length");
             printf("], \"sampling\": {\"temperature\": %.17g, \"top_k\": %d, \"top_p\": %.17g, \"min_p\": %.17g, "
-                   "\"repetition_penalty\": %.17g, \"seed\": %llu}, \"stop_token_ids\": [",
+                   "\"repetition_penalty\": %.17g, \"presence_penalty\": %.17g, \"frequency_penalty\": %.17g, "
+                   "\"min_tokens\": %d, \"seed\": %llu}, \"stop_token_ids\": [",
                    o.sampling.temperature, o.sampling.top_k, o.sampling.top_p > 0 ? o.sampling.top_p : 1,
                    o.sampling.min_p, o.sampling.repetition_penalty > 0 ? o.sampling.repetition_penalty : 1,
+                   o.sampling.presence_penalty, o.sampling.frequency_penalty, o.sampling.min_tokens,
                    (unsigned long long)o.sampling.seed);
             for (int i = 0; i < o.n_stop; i++)
                 printf("%s%d", i ? ", " : "", (int)o.stop_ids[i]);

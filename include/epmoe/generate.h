@@ -1,8 +1,10 @@
 /* epmoe: choosing the next token — greedy or sampled — and when a sequence stops.
  *
  * The sampler follows transformers' logits processors, in their order:
- * repetition penalty over the sequence so far (prompt and generated), then
- * temperature, top-k, top-p (nucleus) and min-p, then a draw from what is
+ * repetition penalty over the sequence so far (prompt and generated), vLLM's
+ * presence and frequency penalties over what was generated, stop tokens held
+ * back until min_tokens, then temperature, top-k, top-p (nucleus) and min-p,
+ * then a draw from what is
  * left. Its randomness is a counter-based hash of (seed, sequence, step), not
  * a stream, so a token depends on the seed, the sequence's index in the batch,
  * its step and its logits alone: the same at any rank count, placement or
@@ -35,6 +37,13 @@ typedef struct epm_sampling {
     double repetition_penalty; /* 0 or 1: off; else > 0: a logit of a token already in the sequence is
                                   divided by it where positive, multiplied where negative (CTRL's rule);
                                   applies to greedy decoding too */
+    double presence_penalty;   /* vLLM's and OpenAI's, in [-2, 2], 0 off: subtracted from the logit of */
+    double frequency_penalty;  /* each token generated so far, once, and once per time it was */
+    int min_tokens;            /* vLLM's min_tokens (transformers' min_new_tokens): the stop tokens are
+                                  ruled out (-inf) at steps before this one */
+    const int32_t *stop_ids;   /* those stop tokens (copied by epm_sampler_create; epm_run sets them
+                                  from its own stop_ids) */
+    int n_stop;
     uint64_t seed;
 } epm_sampling;
 

@@ -166,11 +166,16 @@ nonzero "$rc" "a job with a killed rank"
 none_left "$d/kill_in.safetensors" "the killed run"
 
 # decoding: a copy of the fixture with a generation_config.json, flags over it, stop tokens
+# (the sanitizer pass, EPM_TEST_QUICK=1, runs the checks outside the `if full` blocks: the sampler,
+# stops at 3 ranks, penalties, logprobs, errors; the normal pass ran all of them)
+full() { [ "${EPM_TEST_QUICK:-0}" != 1 ]; }
 gj() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$d/out" "$1"; }
 g=$d/mixgen
 mkdir -p "$g" && ln -sf "$m/model.safetensors" "$g/" && cp "$m/config.json" "$g/"
+if full; then
 check "greedy, config.json's eos" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 --json
 [ "$(gj "d['stop_token_ids'], d['sampling']['temperature']")" = "([2], 0)" ] || fail "config.json's eos_token_id 2 not a stop token: $(head -c 300 "$d/out")"
+fi
 check "greedy, --ignore-eos" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 --json --ignore-eos
 greedy=$(gj "d['generated']")
 [ "$(gj "d['stop_token_ids'], d['finish_reason']")" = "([], ['length', 'length'])" ] || fail "--ignore-eos: $(head -c 300 "$d/out")"
@@ -178,9 +183,10 @@ printf '{"do_sample": true, "temperature": 0.8, "top_p": 0.9, "eos_token_id": [7
   "transformers_version": "4.46.0"}\n' >"$g/generation_config.json"
 check "generation_config.json, 1 rank" 0 run -np 1 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 --json --ignore-eos
 s1=$(gj "d['generated']")
-[ "$(gj "d['sampling']")" = "{'temperature': 0.8, 'top_k': 50, 'top_p': 0.9, 'min_p': 0, 'repetition_penalty': 1, 'seed': 0}" ] ||
+[ "$(gj "d['sampling']")" = "{'temperature': 0.8, 'top_k': 50, 'top_p': 0.9, 'min_p': 0, 'repetition_penalty': 1, 'presence_penalty': 0, 'frequency_penalty': 0, 'min_tokens': 0, 'seed': 0}" ] ||
   fail "generation_config.json's sampling (with transformers' top_k 50): $(head -c 400 "$d/out")"
 [ "$s1" != "$greedy" ] || fail "sampling at temperature 0.8 generated the greedy tokens"
+if full; then
 check "generation_config.json, 3 ranks follow" 0 run -np 3 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 \
   --json --mode follow --ignore-eos
 [ "$(gj "d['generated']")" = "$s1" ] || fail "sampled tokens at 3 ranks $(gj "d['generated']"), at 1 rank $s1"
@@ -194,6 +200,7 @@ check "--temperature 0 over the file" 0 run -np 2 "$E" run --model "$g" --input 
 check "--generation-config none" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 --json \
   --generation-config none
 [ "$(gj "d['sampling']['temperature'], d['stop_token_ids']")" = "(0, [2])" ] || fail "--generation-config none: $(head -c 300 "$d/out")"
+fi
 # a stop token: sequence 0's first greedy token after the first that it had not generated before
 # ends it there (kept), in text output too
 read -r st k < <(python3 -c 'import sys; g = eval(sys.argv[1])[0]
@@ -202,9 +209,25 @@ check "--stop-token-ids" 0 run -np 3 "$E" run --model "$g" --input "$d/in.json" 
   --generation-config none --ignore-eos --stop-token-ids "$st,100000" --report
 [ "$(gj "len(d['generated'][0]), d['finish_reason'][0], d['stop_token_ids']")" = "($k, 'stop', [$st, 100000])" ] ||
   fail "--stop-token-ids $st: $(head -c 300 "$d/out")"
+if full; then
 check "--stop-token-ids, text" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 \
   --generation-config none --ignore-eos --stop-token-ids "$st"
 has "$d/out" "^sequence 0:\( [0-9]*\)\{$((k - 1))\} $st  (stop)$"
+fi
+if full; then
+# --min-tokens: that stop token cannot end sequence 0 before 3 more tokens (min_new_tokens of a
+# generation config does the same)
+check "--min-tokens" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 --json \
+  --generation-config none --ignore-eos --stop-token-ids "$st" --min-tokens $((k + 2))
+python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); g = d["generated"][0]; k = int(sys.argv[3])
+assert d["sampling"]["min_tokens"] == k + 2 and len(g) >= k + 2 and int(sys.argv[2]) not in g[:k + 1], g' \
+  "$d/out" "$st" "$k" || fail "--min-tokens $((k + 2)): $(head -c 300 "$d/out")"
+fi
+# presence and frequency penalties change greedy decoding (the model repeats itself)
+check "--frequency-penalty" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 --json \
+  --generation-config none --ignore-eos --frequency-penalty 2 --presence-penalty 2
+[ "$(gj "d['generated']")" != "$greedy" ] || fail "presence and frequency penalties changed nothing"
+check "--presence-penalty 3" 2 "$E" run --model "$g" --input "$d/in.json" --presence-penalty 3
 # logprobs: each generated token's and the 3 most likely, in order; greedy's token is the top one
 check "--logprobs" 0 run -np 3 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 4 --json \
   --generation-config none --ignore-eos --logprobs 3
@@ -221,6 +244,7 @@ PY
 check "--logprobs without --json" 2 "$E" run --model "$g" --input "$d/in.json" --logprobs 3
 has "$d/err" "with --json"
 check "--logprobs 21" 2 "$E" run --model "$g" --input "$d/in.json" --json --logprobs 21
+if full; then
 # a trace recorded without stops does not replay into a run with them: refused, not misrouted
 check "trace without stops" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 --json \
   --generation-config none --ignore-eos --trace-out "$d/nostop.st"
@@ -230,9 +254,11 @@ has "$d/err" "recorded with other stop tokens"
 check "top-k without sampling" 1 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 2 \
   --generation-config none --sample-top-k 5
 has "$d/err" "give --temperature > 0"
+fi
 check "bad --stop-token-ids" 2 "$E" run --model "$g" --input "$d/in.json" --stop-token-ids 1,x
 has "$d/err" "stop-token-ids '1,x'"
 check "bad --temperature" 2 "$E" run --model "$g" --input "$d/in.json" --temperature -1
+if full; then
 # --temperature over a greedy file samples with the file's top-p and transformers' top_k 50, as
 # generate(do_sample=True) would; over none, from nothing
 printf '{"do_sample": false, "top_p": 0.8, "eos_token_id": 2}\n' >"$g/generation_config.json"
@@ -242,10 +268,13 @@ check "--temperature over a greedy file" 0 run -np 2 "$E" run --model "$g" --inp
 check "--temperature over none" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 2 --json \
   --temperature 0.7 --generation-config none
 [ "$(gj "d['sampling']['top_k'], d['sampling']['top_p']")" = "(0, 1)" ] || fail "--temperature over none: $(head -c 300 "$d/out")"
+fi
 printf '{"do_sample": false, "num_beams": 4}\n' >"$g/generation_config.json"
 check "beam search refused" 1 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 2
 has "$d/err" "$g/generation_config.json: field 'num_beams' = 4: epmoe does not run beam search"
+if full; then
 check "prefill only: the generation config is not read" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --json
+fi
 check "missing --generation-config file" 1 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 2 \
   --generation-config "$d/nonexistent.json"
 has "$d/err" "$d/nonexistent.json"

@@ -1391,6 +1391,89 @@ static void test_generation_config_load(void **state)
     assert_int_not_equal(epm_generation_config_load(NULL, NULL, &g), EPM_OK);
 }
 
+/* ---- presence and frequency penalties, min_tokens ---- */
+
+static void test_penalties_and_min_tokens(void **state)
+{
+    (void)state;
+    float lg[4] = {2.0f, 1.9f, 0, -1};
+    const int32_t twice[2] = {0, 0}, out_of_range[2] = {-3, 9};
+    /* frequency: per time generated; presence: once; over the generated tokens only */
+    struct {
+        double pres, freq;
+        int want;
+    } cases[] = {{0, 0.1, 1}, {0, 0.04, 0}, {0.2, 0, 1}, {0.05, 0, 0}, {0.03, 0.03, 0}, {0.05, 0.03, 1},
+                 {-0.5, 0.2, 0}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        epm_sampling p = {.presence_penalty = cases[i].pres, .frequency_penalty = cases[i].freq};
+        int32_t t = greedy1(&p, lg, 4, NULL, 0, twice, 2);
+        if (t != cases[i].want)
+            fail_msg("presence %g, frequency %g: token %d, expected %d", cases[i].pres, cases[i].freq, t,
+                     cases[i].want);
+        assert_int_equal(greedy1(&p, lg, 4, twice, 2, NULL, 0), 0); /* the prompt is not counted */
+        assert_int_equal(greedy1(&p, lg, 4, NULL, 0, out_of_range, 2), 0);
+    }
+    /* a negative frequency penalty raises a token: 0.5 x 2 lifts token 1 past token 0 */
+    epm_sampling up = {.frequency_penalty = -0.5};
+    const int32_t ones[2] = {1, 1};
+    assert_int_equal(greedy1(&up, lg, 4, NULL, 0, ones, 2), 1);
+    /* the counts do not leak from one call to the next */
+    epm_sampling f = {.frequency_penalty = 0.04};
+    epm_sampler *s = mk(&f, 4);
+    for (int r = 0; r < 3; r++) {
+        assert_int_equal(next_pen(s, 4, lg, NULL, 0, twice, 2, 0, 2), 0);
+        assert_int_equal(next_pen(s, 4, lg, NULL, 0, NULL, 0, 0, 0), 0);
+    }
+    epm_sampler_destroy(s);
+    /* min_tokens: the stop tokens are out before that step, in greedy and sampled decoding; the
+     * ids are copied at creation; ids outside the vocabulary are ignored */
+    int32_t stops[3] = {0, 77, -1};
+    for (int sampled = 0; sampled < 2; sampled++) {
+        epm_sampling p = {.temperature = sampled ? 0.01 : 0, .min_tokens = 2, .stop_ids = stops, .n_stop = 3};
+        epm_sampler *m = mk(&p, 4);
+        stops[0] = 1; /* after creation: no effect */
+        for (int step = 0; step < 4; step++)
+            for (int seq = 0; seq < 20; seq++) {
+                int32_t t = next_pen(m, 4, lg, NULL, 0, NULL, 0, seq, step);
+                if (step < 2 && t == 0)
+                    fail_msg("min_tokens 2: stop token drawn at step %d", step);
+                if (step >= 2 && !sampled && t != 0)
+                    fail_msg("min_tokens 2: step %d took %d, not the top token", step, t);
+            }
+        epm_sampler_destroy(m);
+        stops[0] = 0;
+    }
+    /* only stop tokens left before min_tokens: no token, named */
+    const float only[2] = {1, -INFINITY};
+    int32_t stop0 = 0, t;
+    epm_sampling p = {.min_tokens = 1, .stop_ids = &stop0, .n_stop = 1};
+    epm_sampler *m = mk(&p, 2);
+    assert_int_equal(epm_sampler_next(m, only, NULL, 0, NULL, 0, 4, 0, &t), EPM_ERR_FORMAT);
+    expect_msg("sequence 4 at step 0");
+    epm_sampler_destroy(m);
+    /* parameters named */
+    epm_sampling bad = {.presence_penalty = 2.5};
+    assert_int_equal(epm_sampling_validate(&bad), EPM_ERR_INVALID_ARG);
+    expect_msg("presence_penalty = 2.5");
+    bad = (epm_sampling){.frequency_penalty = NAN};
+    assert_int_equal(epm_sampling_validate(&bad), EPM_ERR_INVALID_ARG);
+    expect_msg("frequency_penalty");
+    bad = (epm_sampling){.min_tokens = -1};
+    assert_int_equal(epm_sampling_validate(&bad), EPM_ERR_INVALID_ARG);
+    expect_msg("min_tokens = -1");
+    bad = (epm_sampling){.n_stop = 3};
+    assert_int_equal(epm_sampling_validate(&bad), EPM_ERR_INVALID_ARG);
+    /* generation_config.json's min_new_tokens, sampling or not; min_length refused */
+    epm_generation_config g = gc_ok("{\"min_new_tokens\": 5}");
+    assert_int_equal(g.sampling.min_tokens, 5);
+    g = gc_ok("{\"do_sample\": true, \"min_new_tokens\": 3}");
+    assert_int_equal(g.sampling.min_tokens, 3);
+    assert_int_equal(g.if_sampled.min_tokens, 3);
+    gc_bad("{\"min_new_tokens\": -1}", EPM_ERR_FORMAT, "min_new_tokens", "-1");
+    gc_bad("{\"min_new_tokens\": 1.5}", EPM_ERR_FORMAT, "min_new_tokens", "1.5");
+    gc_bad("{\"min_length\": 10}", EPM_ERR_UNSUPPORTED, "min_length", "10");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1401,7 +1484,7 @@ int main(void)
         cmocka_unit_test(test_combined),
         cmocka_unit_test(test_validate),       cmocka_unit_test(test_generation_config_parse),
         cmocka_unit_test(test_generation_config_load), cmocka_unit_test(test_extreme_temperature),
-        cmocka_unit_test(test_logprobs),
+        cmocka_unit_test(test_logprobs),       cmocka_unit_test(test_penalties_and_min_tokens),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
