@@ -513,6 +513,8 @@ static void test_run_stop_tokens(void **state)
         o.mode = (epm_mode)(run % 2);
         o.max_new_tokens = NEW;
         o.ops = "ref"; /* row for row the same arithmetic whatever the batch holds */
+        epm_placement *p = make_placement(1, 4, 8, 1); /* experts spread, (e + l) mod R */
+        o.placement = p;
         if (run >= 2) {
             o.mod = EPM_MOD_ATTENTION;
             o.mod_capacity = 0.5;
@@ -544,6 +546,28 @@ static void test_run_stop_tokens(void **state)
         }
         assert_true(want[0] == 3 && want[1] >= 1);
         assert_int_equal(b->report.decode_tokens, decoded);
+        /* plan eval on the trace the run recorded predicts the bytes and loads it counted, stopped
+         * sequences and all (rank 0 holds the trace; the report's sums are everyone's) */
+        if (me == 0) {
+            epm_eval_opts eo;
+            epm_eval_opts_init(&eo);
+            eo.mode = o.mode;
+            eo.hidden_bytes = 64 * 4;
+            eo.kv_row_bytes = 2 * 32 * 4; /* a key and a value of 2 KV heads x 16 */
+            epm_eval_result *ev;
+            assert_int_equal(epm_eval(b->trace, p, &eo, &ev), EPM_OK);
+            for (int l = 0; l < 4; l++) {
+                for (int cl = 0; cl < EPM_LINK_COUNT; cl++) {
+                    assert_int_equal(b->report.bytes[l * EPM_LINK_COUNT + cl], ev->layer[l].bytes[cl]);
+                    assert_int_equal(b->report.kv_bytes[l * EPM_LINK_COUNT + cl], ev->layer[l].kv_bytes[cl]);
+                }
+                for (int q = 0; q < R; q++)
+                    assert_int_equal(b->report.rank_load[l * R + q], ev->rank_load[l * R + q]);
+            }
+            for (int cl = 0; cl < EPM_LINK_COUNT; cl++)
+                assert_int_equal(b->report.gather_bytes[cl], ev->gather_bytes[cl]);
+            epm_eval_result_destroy(ev);
+        }
         int64_t ran = 0;
         for (int l = 0; l < 4; l++)
             ran += b->report.layer_tokens[l];
@@ -586,6 +610,7 @@ static void test_run_stop_tokens(void **state)
             assert_null(d);
         }
         epm_trace_destroy(t);
+        epm_placement_destroy(p);
         epm_run_result_destroy(a);
         epm_run_result_destroy(b);
         epm_run_result_destroy(c);
