@@ -1533,6 +1533,10 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     for (int s = 0; s < batch; s++)
         if (lens[s] <= 0)
             return epm_fail(EPM_ERR_INVALID_ARG, "run: sequence %d is empty", s);
+    for (int s = 0; o->max_new_per_seq && s < batch; s++)
+        if (o->max_new_per_seq[s] < 1)
+            return epm_fail(EPM_ERR_INVALID_ARG, "run: sequence %d may generate %d tokens (at least 1)", s,
+                            o->max_new_per_seq[s]);
     if (o->logprobs_on && (o->top_logprobs < 0 || o->top_logprobs > EPM_MAX_LOGPROBS))
         return epm_fail(EPM_ERR_INVALID_ARG, "run: top logprobs = %d: must be in [0, %d]", o->top_logprobs,
                         EPM_MAX_LOGPROBS);
@@ -1736,7 +1740,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
             for (int j = 0; j < o->n_stop; j++)
                 if (t == o->stop_ids[j])
                     res->stopped[s] = 1;
-            r.live[s] = !res->stopped[s];
+            r.live[s] = !res->stopped[s] && (!o->max_new_per_seq || res->gen_len[s] < o->max_new_per_seq[s]);
             r.live_rank[s] = r.live[s] ? nlive++ : -1;
             memset(nt + (size_t)s * W, 0, (size_t)W * sizeof *nt);
         }

@@ -27,6 +27,8 @@ typedef struct epm_run_opts {
     epm_mode mode;
     int virtual_nodes;
     int max_new_tokens;
+    const int *max_new_per_seq;     /* [batch] or NULL: sequence s ends ("length") after min(this,
+                                       max_new_tokens) tokens and leaves the batch; each >= 1 */
     epm_sampling sampling;          /* how each new token is chosen (zero: greedy), on its sequence's home
                                        rank; the draws depend on (seed, sequence, step) alone */
     const int32_t *stop_ids;        /* a sequence ends when it generates one of these (it is kept in the

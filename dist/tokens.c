@@ -21,6 +21,7 @@ void epm_tokens_destroy(epm_tokens *t)
         epm_free(t->ids[s]);
     epm_free(t->ids);
     epm_free(t->lens);
+    epm_free(t->max_new);
     epm_free(t);
 }
 
@@ -123,6 +124,32 @@ static int int_list(json_t *a)
     return 1;
 }
 
+/* "max_new_tokens": absent or null (the run's --max-new-tokens), an integer
+ * for every sequence, or a list of one per sequence; each in [1, 2^20] */
+static epm_status max_new_of(json_t *v, const char *label, epm_tokens *t)
+{
+    if (!v || json_is_null(v))
+        return EPM_OK;
+    char b[64];
+    if (json_is_array(v) && json_array_size(v) != (size_t)t->batch)
+        return epm_fail(EPM_ERR_FORMAT, "%s: field 'max_new_tokens' has %zu values for %d sequences", label,
+                        json_array_size(v), t->batch);
+    if (!(t->max_new = epm_malloc((size_t)t->batch * sizeof *t->max_new)))
+        return EPM_ERR_NOMEM;
+    for (int s = 0; s < t->batch; s++) {
+        json_t *e = json_is_array(v) ? json_array_get(v, (size_t)s) : v;
+        if (!json_is_integer(e) || json_integer_value(e) < 1 || json_integer_value(e) > (1 << 20)) {
+            char at[16] = "";
+            if (json_is_array(v))
+                snprintf(at, sizeof at, "[%d]", s);
+            return epm_fail(EPM_ERR_FORMAT, "%s: max_new_tokens%s = %s: expected an integer in [1, 1048576], or a "
+                            "list of one per sequence", label, at, show(e, b, sizeof b));
+        }
+        t->max_new[s] = (int)json_integer_value(e);
+    }
+    return EPM_OK;
+}
+
 /* [[...], ...], a single [...], or {"input_ids": ..., "attention_mask": ...}
  * as a tokenizer returns it; masked-out positions (padding) are dropped. */
 static epm_status from_json(const char *text, size_t len, const char *label, int vocab, epm_tokens **out)
@@ -206,6 +233,8 @@ static epm_status from_json(const char *text, size_t len, const char *label, int
         }
         t->lens[s] = kept;
     }
+    if (json_is_object(root))
+        st = max_new_of(json_object_get(root, "max_new_tokens"), label, t);
 out:
     json_decref(root);
     if (st != EPM_OK) {

@@ -20,11 +20,13 @@ static const char usage[] =
     "\n"
     "Prefill a batch, then decode (greedy or sampled), expert-parallel over the MPI ranks.\n"
     "  --model DIR              Hugging Face checkpoint (config.json + safetensors)\n"
-    "  --input FILE             token ids: JSON [[1,2,3],[4,5]] or {\"input_ids\": ..., \"attention_mask\": ...},\n"
+    "  --input FILE             token ids: JSON [[1,2,3],[4,5]] or {\"input_ids\": ..., \"attention_mask\": ...,\n"
+    "                           \"max_new_tokens\": N or [per sequence]},\n"
     "                           .npy int32/int64 [batch, seq], or safetensors with 'input_ids'\n"
     "  --placement FILE         placement JSON from epmoe plan (default: contiguous)\n"
     "  --mode home|follow       where tokens live between MoE layers (default home)\n"
-    "  --max-new-tokens N       tokens to generate per sequence at most (default 0); a sequence ends\n"
+    "  --max-new-tokens N       tokens to generate per sequence at most (default 0, or the input's\n"
+    "                           max_new_tokens, which this caps); a sequence ends\n"
     "                           earlier at a stop token (the checkpoint's eos_token_id, --stop-token-ids)\n"
     "  --generation-config auto|none|FILE\n"
     "                           decoding defaults: auto (default) the checkpoint's generation_config.json,\n"
@@ -426,7 +428,7 @@ int epm_cli_run(int argc, char **argv)
     gen_flags gf;
     memset(&gf, 0, sizeof gf);
     int32_t stop_ids[2 * EPM_MAX_STOP_IDS];
-    int report = 0, json = 0, c, k, bind = 0, report_bindings = 0;
+    int report = 0, json = 0, c, k, bind = 0, report_bindings = 0, maxnew_given = 0;
     long v;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -437,7 +439,11 @@ int epm_cli_run(int argc, char **argv)
         case O_MODE:
             if (epm_mode_parse(optarg, &o.mode) != EPM_OK) return cli_usage_error(W, "%s", epm_last_error());
             break;
-        case O_MAXNEW: if (!cli_parse_int(W, "--max-new-tokens", optarg, 0, 1 << 20, &v)) return EPM_EXIT_USAGE; o.max_new_tokens = (int)v; break;
+        case O_MAXNEW:
+            if (!cli_parse_int(W, "--max-new-tokens", optarg, 0, 1 << 20, &v)) return EPM_EXIT_USAGE;
+            o.max_new_tokens = (int)v;
+            maxnew_given = 1;
+            break;
         case O_VN: if (!cli_parse_int(W, "--virtual-nodes", optarg, 1, 4096, &v)) return EPM_EXIT_USAGE; o.virtual_nodes = (int)v; break;
         case O_RFT: rft = optarg; break;
         case O_TOUT: tout = optarg; break;
@@ -581,10 +587,18 @@ int epm_cli_run(int argc, char **argv)
     epm_run_result *res = NULL;
     /* ids are checked against the vocabulary by the run, which knows it */
     /* nothing to decode (logits, a trace): the generation config is not read */
-    epm_status st = o.max_new_tokens > 0 ? decoding(o.model_dir, &gf, &o.sampling, stop_ids, &o.n_stop) : EPM_OK;
+    epm_status st = epm_tokens_load(input, 0, &pr);
+    if (st == EPM_OK && pr->max_new) {
+        /* the input's lengths per sequence, under --max-new-tokens where it is given */
+        int most = 0;
+        for (int s = 0; s < pr->batch; s++)
+            most = pr->max_new[s] > most ? pr->max_new[s] : most;
+        o.max_new_tokens = maxnew_given && o.max_new_tokens < most ? o.max_new_tokens : most;
+        o.max_new_per_seq = pr->max_new;
+    }
+    if (st == EPM_OK && o.max_new_tokens > 0)
+        st = decoding(o.model_dir, &gf, &o.sampling, stop_ids, &o.n_stop);
     o.stop_ids = stop_ids;
-    if (st == EPM_OK)
-        st = epm_tokens_load(input, 0, &pr);
     if (st == EPM_OK && place)
         st = epm_placement_load_json(place, &p);
     if (st == EPM_OK && rft)

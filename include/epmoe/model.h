@@ -323,9 +323,11 @@ typedef struct epm_tokens {
     int batch;
     int *lens;       /* [batch] */
     int32_t **ids;   /* [batch][lens[s]] */
+    int *max_new;    /* [batch] or NULL: JSON's "max_new_tokens", one for all or one per sequence
+                        (each >= 1), as a serving benchmark gives each request its output length */
 } epm_tokens;
 
-/* JSON ([[1,2,3],[4,5]] or {"input_ids": [[...]]}), .npy int32/int64
+/* JSON ([[1,2,3],[4,5]] or {"input_ids": [[...]], "max_new_tokens": 8 | [8, 2]}), .npy int32/int64
  * [batch, seq] (or [seq]), or safetensors with an integer `input_ids`
  * tensor; chosen by content. vocab > 0: every id must be below it; errors
  * name the sequence and position. */

@@ -223,6 +223,19 @@ python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); g = d["generated
 assert d["sampling"]["min_tokens"] == k + 2 and len(g) >= k + 2 and int(sys.argv[2]) not in g[:k + 1], g' \
   "$d/out" "$st" "$k" || fail "--min-tokens $((k + 2)): $(head -c 300 "$d/out")"
 fi
+# per-sequence lengths from the input ("max_new_tokens", as a serving benchmark gives each request
+# its output length), under --max-new-tokens where given; a sequence that is done leaves the batch
+printf '{"input_ids": [[1, 2, 3], [7, 8], [4, 4]], "max_new_tokens": [2, 6, 4]}\n' >"$d/lens.json"
+check "per-sequence max_new_tokens" 0 run -np 3 "$E" run --model "$g" --input "$d/lens.json" --json --report \
+  --generation-config none --ignore-eos
+[ "$(gj "[len(x) for x in d['generated']], d['finish_reason'], d['report']['decode_tokens']")" = \
+  "([2, 6, 4], ['length', 'length', 'length'], 9)" ] || fail "per-sequence max_new_tokens: $(head -c 300 "$d/out")"
+check "per-sequence max_new_tokens, capped" 0 run -np 2 "$E" run --model "$g" --input "$d/lens.json" --json \
+  --generation-config none --ignore-eos --max-new-tokens 3
+[ "$(gj "[len(x) for x in d['generated']]")" = "[2, 3, 3]" ] || fail "capped per-sequence lengths: $(head -c 300 "$d/out")"
+printf '{"input_ids": [[1, 2, 3], [7, 8]], "max_new_tokens": [2]}\n' >"$d/lens1.json"
+check "max_new_tokens of another batch" 1 run -np 2 "$E" run --model "$g" --input "$d/lens1.json"
+has "$d/err" "field 'max_new_tokens' has 1 values for 2 sequences"
 # presence and frequency penalties change greedy decoding (the model repeats itself)
 check "--frequency-penalty" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 --json \
   --generation-config none --ignore-eos --frequency-penalty 2 --presence-penalty 2

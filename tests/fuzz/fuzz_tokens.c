@@ -1,5 +1,6 @@
 /* Fuzz target: token-id input (JSON, .npy, safetensors by content). Every
- * accepted id lies inside the vocabulary given. */
+ * accepted id lies inside the vocabulary given, and every per-sequence
+ * max_new_tokens in [1, 2^20]. */
 #include <stdint.h>
 
 #include "epmoe/model.h"
@@ -20,6 +21,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (int i = 0; i < t->lens[s]; i++)
             if (t->ids[s][i] < 0 || t->ids[s][i] >= vocab)
                 __builtin_trap();
+        if (t->max_new && (t->max_new[s] < 1 || t->max_new[s] > (1 << 20)))
+            __builtin_trap();
     }
     epm_tokens_destroy(t);
     return 0;

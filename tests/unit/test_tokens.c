@@ -115,6 +115,40 @@ static void test_tokens_json_errors(void **state)
     assert_int_equal(parse_bad("{\"input_ids\": [[1, 2], [3]], \"attention_mask\": [[1, 1]]}", 0), EPM_ERR_FORMAT);
 }
 
+/* "max_new_tokens" beside the ids: one for all, one per sequence, or none */
+static void test_tokens_max_new(void **state)
+{
+    (void)state;
+    const char *all = "{\"input_ids\": [[1, 2], [3]], \"max_new_tokens\": 5}";
+    epm_tokens *t = parse_ok(all, strlen(all), 0);
+    assert_non_null(t->max_new);
+    assert_int_equal(t->max_new[0], 5);
+    assert_int_equal(t->max_new[1], 5);
+    epm_tokens_destroy(t);
+    const char *each = "{\"input_ids\": [[1, 2], [3], [4]], \"max_new_tokens\": [2, 1048576, 1]}";
+    t = parse_ok(each, strlen(each), 0);
+    assert_int_equal(t->max_new[0], 2);
+    assert_int_equal(t->max_new[1], 1 << 20);
+    assert_int_equal(t->max_new[2], 1);
+    epm_tokens_destroy(t);
+    const char *none[] = {"{\"input_ids\": [[1]], \"max_new_tokens\": null}", "{\"input_ids\": [[1]]}", "[[1]]"};
+    for (int i = 0; i < 3; i++) {
+        t = parse_ok(none[i], strlen(none[i]), 0);
+        assert_null(t->max_new);
+        epm_tokens_destroy(t);
+    }
+    assert_int_equal(parse_bad("{\"input_ids\": [[1], [2]], \"max_new_tokens\": [3]}", 0), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "in.json: field 'max_new_tokens' has 1 values for 2 sequences"));
+    assert_int_equal(parse_bad("{\"input_ids\": [[1], [2]], \"max_new_tokens\": [3, 0]}", 0), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "in.json: max_new_tokens[1] = 0"));
+    assert_int_equal(parse_bad("{\"input_ids\": [[1]], \"max_new_tokens\": 1048577}", 0), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "max_new_tokens = 1048577"));
+    assert_int_equal(parse_bad("{\"input_ids\": [[1]], \"max_new_tokens\": \"4\"}", 0), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "max_new_tokens = \"4\""));
+    assert_int_equal(parse_bad("{\"input_ids\": [[1]], \"max_new_tokens\": 2.5}", 0), EPM_ERR_FORMAT);
+    assert_int_equal(parse_bad("{\"input_ids\": [[1]], \"max_new_tokens\": {}}", 0), EPM_ERR_FORMAT);
+}
+
 static void test_tokens_npy(void **state)
 {
     (void)state;
@@ -282,6 +316,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tokens_json),
         cmocka_unit_test(test_tokens_json_errors),
+        cmocka_unit_test(test_tokens_max_new),
         cmocka_unit_test(test_tokens_npy),
         cmocka_unit_test(test_tokens_npy_header),
         cmocka_unit_test(test_tokens_safetensors_and_files),
