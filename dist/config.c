@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core.h"
+#include "json_show.h"
 #include "epmoe/model.h"
 
 static const struct {
@@ -50,22 +51,6 @@ epm_status epm_model_arch_parse(const char *s, epm_model_arch *out)
                     s ? s : "(null)");
 }
 
-/* The JSON text of a value, shortened, for error messages. */
-static const char *show(json_t *v, char *buf, size_t cap)
-{
-    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-    if (!s) {
-        snprintf(buf, cap, "(?)");
-        return buf;
-    }
-    if (strlen(s) >= cap && cap > 4)
-        snprintf(buf, cap, "%.*s...", (int)cap - 4, s);
-    else
-        snprintf(buf, cap, "%s", s);
-    free(s);
-    return buf;
-}
-
 typedef struct ctx {
     json_t *root;
     const char *label;
@@ -74,7 +59,7 @@ typedef struct ctx {
 static epm_status bad(const ctx *c, const char *key, json_t *v, const char *why)
 {
     char b[96];
-    return epm_fail(EPM_ERR_FORMAT, "%s: field '%s' = %s: %s", c->label, key, show(v, b, sizeof b), why);
+    return epm_fail(EPM_ERR_FORMAT, "%s: field '%s' = %s: %s", c->label, key, epm_json_show(v, b, sizeof b), why);
 }
 
 /* An integer field in [lo, hi]; absent or null keeps *out unless required. */
@@ -344,7 +329,7 @@ static epm_status want_string(const ctx *c, const char *key, const char *want)
         return EPM_OK;
     char b[64];
     return epm_fail(EPM_ERR_UNSUPPORTED, "%s: field '%s' = %s: only \"%s\" is supported", c->label, key,
-                    show(v, b, sizeof b), want);
+                    epm_json_show(v, b, sizeof b), want);
 }
 
 /* Multi-head latent attention (DeepseekV3Config's defaults where silent). */
@@ -409,7 +394,7 @@ static epm_status parse_deepseek_moe(const ctx *c, epm_model_config *cfg)
         if (tm && !json_is_null(tm) && (!json_is_string(tm) || (strcmp(m, "greedy") && strcmp(m, "group_limited_greedy")))) {
             char b[64];
             return epm_fail(EPM_ERR_UNSUPPORTED, "%s: field 'topk_method' = %s: DeepSeek-V2 routes by \"greedy\" or "
-                            "\"group_limited_greedy\"", c->label, show(tm, b, sizeof b));
+                            "\"group_limited_greedy\"", c->label, epm_json_show(tm, b, sizeof b));
         }
         if (!strcmp(m, "group_limited_greedy")) {
             EPM_CHECK(get_int(c, r, "n_group", 1, 1, hi, &cfg->n_group));
@@ -457,17 +442,17 @@ static epm_status parse_quant(const ctx *c, epm_model_config *cfg)
         return epm_fail(EPM_ERR_UNSUPPORTED,
                         "%s: field 'quantization_config.quant_method' = %s: only \"fp8\" (block-quantised e4m3, as "
                         "DeepSeek-V3 and Qwen3 publish) is supported; convert the weights to bfloat16 first",
-                        c->label, m ? show(m, b, sizeof b) : "(missing)");
+                        c->label, m ? epm_json_show(m, b, sizeof b) : "(missing)");
     json_t *f = json_object_get(q, "fmt");
     if (f && !json_is_null(f) && !(json_is_string(f) && !strcmp(json_string_value(f), "e4m3")))
         return epm_fail(EPM_ERR_UNSUPPORTED, "%s: field 'quantization_config.fmt' = %s: only \"e4m3\" is supported",
-                        c->label, show(f, b, sizeof b));
+                        c->label, epm_json_show(f, b, sizeof b));
     json_t *as = json_object_get(q, "activation_scheme");
     if (as && !json_is_null(as) && !(json_is_string(as) && !strcmp(json_string_value(as), "dynamic")))
         return epm_fail(EPM_ERR_UNSUPPORTED,
                         "%s: field 'quantization_config.activation_scheme' = %s: only \"dynamic\" is supported "
                         "(static activation scales are not read)",
-                        c->label, show(as, b, sizeof b));
+                        c->label, epm_json_show(as, b, sizeof b));
     json_t *bs = json_object_get(q, "weight_block_size");
     if (!bs || json_is_null(bs))
         return epm_fail(EPM_ERR_UNSUPPORTED,
@@ -564,7 +549,7 @@ static epm_status parse(const ctx *c, epm_model_config *cfg)
         if (clip && !json_is_null(clip)) {
             char b[64];
             return epm_fail(EPM_ERR_UNSUPPORTED, "%s: field 'clip_qkv' = %s: clipping q/k/v is not supported (null)",
-                            c->label, show(clip, b, sizeof b));
+                            c->label, epm_json_show(clip, b, sizeof b));
         }
     } else {
         cfg->qkv_bias_stated = 1;
@@ -578,7 +563,7 @@ static epm_status parse(const ctx *c, epm_model_config *cfg)
     if (act && !json_is_null(act) && !(json_is_string(act) && !strcmp(json_string_value(act), "silu"))) {
         char b[64];
         return epm_fail(EPM_ERR_UNSUPPORTED, "%s: field 'hidden_act' = %s: only \"silu\" is supported", c->label,
-                        show(act, b, sizeof b));
+                        epm_json_show(act, b, sizeof b));
     }
     /* Mixtral's window applies whenever set; the Qwens' only with use_sliding_window. */
     int use_sw = a == EPM_MODEL_MIXTRAL;

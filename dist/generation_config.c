@@ -12,23 +12,13 @@
 #include <sys/stat.h>
 
 #include "core.h"
+#include "json_show.h"
 #include "epmoe/generate.h"
-
-/* the JSON text of a value, shortened, for error messages */
-static const char *shown(json_t *v, char *buf, size_t cap)
-{
-    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-    snprintf(buf, cap, "%s", s ? s : "(?)");
-    if (s && strlen(s) >= cap && cap > 4)
-        snprintf(buf + cap - 4, 4, "...");
-    free(s);
-    return buf;
-}
 
 static epm_status bad(const char *label, const char *key, json_t *v, epm_status code, const char *why)
 {
     char b[96];
-    return epm_fail(code, "%s: field '%s' = %s: %s", label, key, shown(v, b, sizeof b), why);
+    return epm_fail(code, "%s: field '%s' = %s: %s", label, key, epm_json_show(v, b, sizeof b), why);
 }
 
 /* eos_token_id: absent or null (no stop token), an id, or a list of ids */

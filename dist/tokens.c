@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "epmoe/model.h"
+#include "json_show.h"
 #include "npy.h"
 #include "safetensors.h"
 
@@ -49,20 +50,6 @@ static epm_status check_id(const char *label, int vocab, int s, int i, long long
         return epm_fail(EPM_ERR_FORMAT, "%s: input_ids[%d][%d]: token id %lld is outside [0, %lld)", label, s, i, v,
                         vocab > 0 ? (long long)vocab : (long long)INT32_MAX + 1);
     return EPM_OK;
-}
-
-/* The JSON text of a value, shortened, for error messages. */
-static const char *show(json_t *v, char *buf, size_t cap)
-{
-    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-    if (!s)
-        snprintf(buf, cap, "(?)");
-    else if (strlen(s) >= cap && cap > 4)
-        snprintf(buf, cap, "%.*s...", (int)cap - 4, s);
-    else
-        snprintf(buf, cap, "%s", s);
-    free(s); /* jansson's allocation */
-    return buf;
 }
 
 /* A dense [batch, seq] (or [seq]) integer array, from .npy or safetensors. */
@@ -143,7 +130,7 @@ static epm_status max_new_of(json_t *v, const char *label, epm_tokens *t)
             if (json_is_array(v))
                 snprintf(at, sizeof at, "[%d]", s);
             return epm_fail(EPM_ERR_FORMAT, "%s: max_new_tokens%s = %s: expected an integer in [1, 1048576], or a "
-                            "list of one per sequence", label, at, show(e, b, sizeof b));
+                            "list of one per sequence", label, at, epm_json_show(e, b, sizeof b));
         }
         t->max_new[s] = (int)json_integer_value(e);
     }
@@ -192,12 +179,12 @@ static epm_status from_json(const char *text, size_t len, const char *label, int
         if (!json_is_array(seq) || json_array_size(seq) == 0 || json_array_size(seq) > MAX_SEQ) {
             st = epm_fail(EPM_ERR_FORMAT,
                           "%s: input_ids[%d]: sequence %d is not a non-empty list of token ids (got %s)", label, s, s,
-                          show(seq, b, sizeof b));
+                          epm_json_show(seq, b, sizeof b));
             goto out;
         }
         if (ms && (!json_is_array(ms) || json_array_size(ms) != json_array_size(seq))) {
             st = epm_fail(EPM_ERR_FORMAT, "%s: attention_mask[%d] = %s does not match the length of input_ids[%d]",
-                          label, s, show(ms, b, sizeof b), s);
+                          label, s, epm_json_show(ms, b, sizeof b), s);
             goto out;
         }
         size_t n = json_array_size(seq);
@@ -212,7 +199,7 @@ static epm_status from_json(const char *text, size_t len, const char *label, int
                 json_t *mv = json_array_get(ms, i);
                 if (!json_is_integer(mv) || (json_integer_value(mv) != 0 && json_integer_value(mv) != 1)) {
                     st = epm_fail(EPM_ERR_FORMAT, "%s: attention_mask[%d][%zu] = %s is not 0 or 1", label, s, i,
-                                  show(mv, b, sizeof b));
+                                  epm_json_show(mv, b, sizeof b));
                     goto out;
                 }
                 if (json_integer_value(mv) == 0)
@@ -220,7 +207,7 @@ static epm_status from_json(const char *text, size_t len, const char *label, int
             }
             if (!json_is_integer(v)) {
                 st = epm_fail(EPM_ERR_FORMAT, "%s: input_ids[%d][%zu]: %s is not an integer token id", label, s, i,
-                              show(v, b, sizeof b));
+                              epm_json_show(v, b, sizeof b));
                 goto out;
             }
             EPM_CHECK_GOTO(check_id(label, vocab, s, (int)i, (long long)json_integer_value(v)), st, out);

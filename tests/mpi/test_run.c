@@ -351,6 +351,22 @@ static void test_run_fixtures_follow(void **state)
             check_fixture(models[m], EPM_MODE_FOLLOW, kind, R % 2 == 0 ? 2 : 0);
 }
 
+/* A run's counted bytes, K/V bytes, per-rank loads and final gather equal
+ * plan eval's prediction, layer by layer (DESIGN.md's agreement). */
+static void assert_report_is_eval(const epm_run_report *rp, const epm_eval_result *ev, int layers)
+{
+    for (int l = 0; l < layers; l++) {
+        for (int c = 0; c < EPM_LINK_COUNT; c++) {
+            assert_int_equal(rp->bytes[l * EPM_LINK_COUNT + c], ev->layer[l].bytes[c]);
+            assert_int_equal(rp->kv_bytes[l * EPM_LINK_COUNT + c], ev->layer[l].kv_bytes[c]);
+        }
+        for (int q = 0; q < R; q++)
+            assert_int_equal(rp->rank_load[l * R + q], ev->rank_load[l * R + q]);
+    }
+    for (int c = 0; c < EPM_LINK_COUNT; c++)
+        assert_int_equal(rp->gather_bytes[c], ev->gather_bytes[c]);
+}
+
 static void test_run_decode_equals_recompute(void **state)
 {
     (void)state;
@@ -372,23 +388,12 @@ static void test_run_decode_equals_recompute(void **state)
         epm_run_result *a, *b;
         const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
         assert_int_equal(epm_run(&o, 2, f.lens, prompts, &a), EPM_OK);
-        /* every rank needs the generated tokens to build the longer prompts */
-        int32_t gen[2 * NEW];
-        if (me == 0)
-            memcpy(gen, a->generated, sizeof gen);
-        epm_xcomm *x;
-        assert_int_equal(epm_xcomm_create(0, &x), EPM_OK);
-        int64_t g64[2 * NEW];
-        for (int i = 0; i < 2 * NEW; i++)
-            g64[i] = me == 0 ? gen[i] : 0;
-        assert_int_equal(epm_xcomm_sum_i64(x, g64, 2 * NEW), EPM_OK);
-        epm_xcomm_destroy(x);
+        /* every rank holds the generated tokens: the longer prompts are built everywhere */
         int32_t longer[2][16 + NEW];
         int lens[2] = {16 + NEW - 1, 16 + NEW - 1};
         for (int s = 0; s < 2; s++) {
             memcpy(longer[s], f.ids[s], 16 * sizeof(int32_t));
-            for (int j = 0; j < NEW - 1; j++)
-                longer[s][16 + j] = (int32_t)g64[s * NEW + j];
+            memcpy(longer[s] + 16, a->generated + s * NEW, (NEW - 1) * sizeof(int32_t));
         }
         const int32_t *lp[2] = {longer[0], longer[1]};
         o.max_new_tokens = 0;
@@ -556,16 +561,7 @@ static void test_run_stop_tokens(void **state)
             eo.kv_row_bytes = 2 * 32 * 4; /* a key and a value of 2 KV heads x 16 */
             epm_eval_result *ev;
             assert_int_equal(epm_eval(b->trace, p, &eo, &ev), EPM_OK);
-            for (int l = 0; l < 4; l++) {
-                for (int cl = 0; cl < EPM_LINK_COUNT; cl++) {
-                    assert_int_equal(b->report.bytes[l * EPM_LINK_COUNT + cl], ev->layer[l].bytes[cl]);
-                    assert_int_equal(b->report.kv_bytes[l * EPM_LINK_COUNT + cl], ev->layer[l].kv_bytes[cl]);
-                }
-                for (int q = 0; q < R; q++)
-                    assert_int_equal(b->report.rank_load[l * R + q], ev->rank_load[l * R + q]);
-            }
-            for (int cl = 0; cl < EPM_LINK_COUNT; cl++)
-                assert_int_equal(b->report.gather_bytes[cl], ev->gather_bytes[cl]);
+            assert_report_is_eval(&b->report, ev, 4);
             epm_eval_result_destroy(ev);
         }
         int64_t ran = 0;
@@ -682,17 +678,7 @@ static void test_run_agrees_with_plan_eval(void **state)
                 epm_model_config_clear(&mc);
                 epm_eval_result *ev;
                 assert_int_equal(epm_eval(t, p, &eo, &ev), EPM_OK);
-                const epm_run_report *rp = &res->report;
-                for (int l = 0; l < 4; l++) {
-                    for (int c = 0; c < EPM_LINK_COUNT; c++) {
-                        assert_int_equal(rp->bytes[l * EPM_LINK_COUNT + c], ev->layer[l].bytes[c]);
-                        assert_int_equal(rp->kv_bytes[l * EPM_LINK_COUNT + c], ev->layer[l].kv_bytes[c]);
-                    }
-                    for (int q = 0; q < R; q++)
-                        assert_int_equal(rp->rank_load[l * R + q], ev->rank_load[l * R + q]);
-                }
-                for (int c = 0; c < EPM_LINK_COUNT; c++)
-                    assert_int_equal(rp->gather_bytes[c], ev->gather_bytes[c]);
+                assert_report_is_eval(&res->report, ev, 4);
                 if (me == 0) /* the replayed routing is what was captured */
                     for (int l = 0; l < 4; l++)
                         assert_memory_equal(epm_trace_ids(res->trace, l), epm_trace_ids(t, l), (size_t)total * 2 * 4);
