@@ -955,6 +955,16 @@ static epm_status skip_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph
 
 /* One forward pass over the tokens this rank starts with (at their home).
  * On return (g, h) are the same tokens, back home, after the final norm. */
+typedef struct {
+    int64_t g, at;
+} g_at;
+
+static int by_g(const void *a, const void *b)
+{
+    int64_t x = ((const g_at *)a)->g, y = ((const g_at *)b)->g;
+    return (x > y) - (x < y);
+}
+
 static epm_status forward(rt *r, int64_t *pn, int64_t **pg, float **ph)
 {
     const epm_model_config *c = r->c;
@@ -1011,38 +1021,33 @@ static epm_status forward(rt *r, int64_t *pn, int64_t **pg, float **ph)
         epm_free(dest);
         if (st != EPM_OK)
             return st;
+        /* residents in ascending g: the order of home mode */
         int64_t *ng = epm_malloc((size_t)(nr ? nr : 1) * sizeof *ng);
         float *nh = epm_malloc((size_t)(nr ? nr : 1) * H * sizeof *nh);
-        if (ng && nh) {
+        g_at *ord = epm_malloc((size_t)(nr ? nr : 1) * sizeof *ord);
+        if (ng && nh && ord) {
+            for (int64_t i = 0; i < nr; i++)
+                ord[i] = (g_at){get_g(recv + i * W), i};
+            qsort(ord, (size_t)nr, sizeof *ord, by_g);
             for (int64_t i = 0; i < nr; i++) {
-                ng[i] = get_g(recv + i * W);
-                epm_wire_get(r, recv + i * W + 2, H, nh + i * H);
+                ng[i] = ord[i].g;
+                epm_wire_get(r, recv + ord[i].at * W + 2, H, nh + i * H);
             }
         }
         epm_free(recv);
         epm_free(src);
-        if (!ng || !nh) {
+        if (!ng || !nh || !ord) {
+            epm_free(ord);
             epm_free(ng);
             epm_free(nh);
             return EPM_ERR_NOMEM;
         }
+        epm_free(ord);
         epm_free(*pg);
         epm_free(*ph);
         *pg = ng;
         *ph = nh;
         *pn = nr;
-        /* sort residents by g: the order of home mode */
-        for (int64_t i = 1; i < nr; i++)
-            for (int64_t j = i; j > 0 && ng[j - 1] > ng[j]; j--) {
-                int64_t tg = ng[j];
-                ng[j] = ng[j - 1];
-                ng[j - 1] = tg;
-                for (int q = 0; q < H; q++) {
-                    float t = nh[j * H + q];
-                    nh[j * H + q] = nh[(j - 1) * H + q];
-                    nh[(j - 1) * H + q] = t;
-                }
-            }
     }
     r->ref->rmsnorm(*ph, *pn, c->hidden_size, r->dense->final_norm, c->rms_norm_eps, *ph);
     return EPM_OK;
@@ -1660,33 +1665,39 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     /* forward's failures after its last agreement (follow mode's way home)
      * are this rank's alone: they join the logits' agreement */
     st = forward(&r, &n, &g, &h);
+    /* the LM head runs on the rows anyone reads: each sequence's last (its
+     * next token, its logits in the result), or every row with keep_logits */
+    int64_t keep = 0;
+    for (int64_t i = 0; i < n && st == EPM_OK; i++) {
+        if (!o->keep_logits && pos_of(&r, g[i]) != lens[seq_of(&r, g[i])] - 1)
+            continue;
+        if (keep < i) {
+            g[keep] = g[i];
+            memcpy(h + keep * c->hidden_size, h + i * c->hidden_size, (size_t)c->hidden_size * sizeof *h);
+        }
+        keep++;
+    }
     if (st == EPM_OK)
-        st = logits(&r, n, h, &lg);
+        st = logits(&r, keep, h, &lg);
     EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
     res->report.t_prefill = epm_now() - t0;
     res->report.prefill_tokens = r.N;
     /* rank 0 gathers the prefill logits it was asked to keep */
     {
         int V = c->vocab_size;
-        int64_t keep = 0;
-        float *rows = epm_malloc((size_t)(n ? n : 1) * (2 + V) * sizeof *rows);
+        float *rows = epm_malloc((size_t)(keep ? keep : 1) * (2 + V) * sizeof *rows);
         st = rows ? EPM_OK : EPM_ERR_NOMEM;
         int nsample = 0;
-        for (int64_t i = 0; i < n && o->max_new_tokens > 0; i++) {
+        for (int64_t i = 0; i < keep && o->max_new_tokens > 0; i++) {
             int s = seq_of(&r, g[i]);
             if (pos_of(&r, g[i]) == lens[s] - 1 && nsample < homes)
                 srow[nsample] = i, sseq[nsample++] = s;
         }
         if (st == EPM_OK)
             st = sample_rows(o, &smp, lg, V, nsample, srow, sseq, prompts, lens, res->generated, maxnew, 0, nt);
-        for (int64_t i = 0; i < n && rows; i++) {
-            int s = seq_of(&r, g[i]);
-            int last = pos_of(&r, g[i]) == lens[s] - 1;
-            if (!o->keep_logits && !last)
-                continue;
-            put_g(rows + keep * (2 + V), o->keep_logits ? g[i] : s);
-            memcpy(rows + keep * (2 + V) + 2, lg + i * V, (size_t)V * sizeof *rows);
-            keep++;
+        for (int64_t i = 0; i < keep && rows; i++) {
+            put_g(rows + i * (2 + V), o->keep_logits ? g[i] : seq_of(&r, g[i]));
+            memcpy(rows + i * (2 + V) + 2, lg + i * V, (size_t)V * sizeof *rows);
         }
         if ((st = sync(&r, st)) != EPM_OK) {
             epm_free(rows);
