@@ -206,28 +206,6 @@ static epm_status run_case(bench *b, const shape *sh, const int64_t *off, void *
 
 enum { MAX_TOKEN_COUNTS = 64 };
 
-/* --tokens: the whole list is checked before anything is allocated or timed,
- * so a typo is a usage error, not a failure after minutes of measuring */
-static int parse_tokens(const char *W, const char *s, long *out, int *n)
-{
-    *n = 0;
-    for (const char *p = s;; p++) {
-        size_t len = strcspn(p, ",");
-        char item[32];
-        if (len == 0 || len >= sizeof item || *n == MAX_TOKEN_COUNTS) {
-            cli_usage_error(W, "option --tokens: '%s' is not a list of at most %d batch sizes", s, MAX_TOKEN_COUNTS);
-            return 0;
-        }
-        memcpy(item, p, len);
-        item[len] = '\0';
-        if (!cli_parse_int(W, "--tokens", item, 1, 1 << 20, &out[(*n)++]))
-            return 0;
-        p += len;
-        if (!*p)
-            return 1;
-    }
-}
-
 static int bench_shape(bench *b, const shape *sh, const long *tokens, int ntokens, double weight_gb, int csv,
                        uint64_t *seed)
 {
@@ -353,7 +331,8 @@ int epm_bench_kernels(int argc, char **argv)
                                   "(the CUDA kernels widen them)");
     long tokens[MAX_TOKEN_COUNTS];
     int ntokens = 0;
-    if (tokens_s && !parse_tokens(W, tokens_s, tokens, &ntokens))
+    if (tokens_s && !cli_parse_int_list(W, "--tokens", tokens_s, 1, 1 << 20, "batch sizes", tokens, MAX_TOKEN_COUNTS,
+                                        &ntokens))
         return EPM_EXIT_USAGE;
     bench b = {0};
     b.reps = (int)reps;
@@ -372,7 +351,7 @@ int epm_bench_kernels(int argc, char **argv)
         weight_gb = 3;
     if (!tokens_s) { /* the defaults parse */
         tokens_s = host ? "1,16,128,512" : "1,16,128,1024,4096,16384";
-        parse_tokens(W, tokens_s, tokens, &ntokens);
+        cli_parse_int_list(W, "--tokens", tokens_s, 1, 1 << 20, "batch sizes", tokens, MAX_TOKEN_COUNTS, &ntokens);
     }
     if (!csv)
         printf("# backend %s %s; tokens %s%s; best of %ld; dense = one GEMM chain, same FLOPs\n", backend,

@@ -10,6 +10,7 @@
 
 #include "../launch/cli.h"
 #include "bench.h"
+#include "bench_run.h"
 #include "core.h"
 #include "epmoe/model.h"
 #include "runtime.h"
@@ -63,12 +64,18 @@ static const char usage[] =
     "                       and final gather included), best dispatch + combine seconds (slowest\n"
     "                       rank), best tokens/s, each over float32's, logit error and greedy-token\n"
     "                       agreement\n"
+    "  --prefill-chunks LIST\n"
+    "                       instead: the prompts prefilled in one pass (the baseline), then in passes\n"
+    "                       of each of these chunk sizes (epmoe run --prefill-chunk, at most 8),\n"
+    "                       alternated --reps times, live routing, contiguous placement: passes, peak\n"
+    "                       resident memory of the fullest rank, best prefill tokens/s, each over one\n"
+    "                       pass's, last logits' error and greedy-token agreement against one pass\n"
     "  --kernels K          ref, blas (default) or cuda, as epmoe run --kernels\n"
     "  --wire-dtype T       f32 (default), bf16 or fp8 (home mode only), as epmoe run --wire-dtype, for\n"
     "                       every run but --wire-dtypes' own\n"
     "  --csv                CSV rows instead of a table\n";
 
-enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE };
+enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -84,7 +91,7 @@ static const struct option opts[] = {
     {"kernels", required_argument, 0, O_KER}, {"warmup", required_argument, 0, O_WARM},
     {"expert-dtypes", no_argument, 0, O_EDT},       {"mla-cache", no_argument, 0, O_MLA},
     {"kv-dtypes", no_argument, 0, O_KVDT},    {"wire-dtypes", no_argument, 0, O_WIDT},
-    {"wire-dtype", required_argument, 0, O_WIRE},
+    {"wire-dtype", required_argument, 0, O_WIRE}, {"prefill-chunks", required_argument, 0, O_CHUNKS},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
@@ -110,6 +117,24 @@ static void live_opts(epm_run_opts *o, const char *model, epm_mode mode, int vn,
     o->keep_logits = 1;
     o->ops = kernels;
     wire_opts(o);
+}
+
+double epm_bench_logit_err(const float *a, const float *b, int64_t n)
+{
+    double err = 0, mx = 0;
+    for (int64_t i = 0; i < n; i++) {
+        err = fmax(err, fabs((double)b[i] - a[i]));
+        mx = fmax(mx, fabs((double)a[i]));
+    }
+    return mx > 0 ? err / mx : 0.0;
+}
+
+double epm_bench_token_agreement(const int32_t *a, const int32_t *b, int n)
+{
+    int same = 0;
+    for (int i = 0; i < n; i++)
+        same += a[i] == b[i];
+    return n > 0 ? (double)same / n : 1.0;
 }
 
 static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm_mod_source mod, epm_mode mode,
@@ -157,12 +182,6 @@ static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm
             int64_t n = 0;
             for (int q = 0; q < batch; q++)
                 n += lens[q];
-            double err = 0, mx = 0;
-            for (int64_t i = 0; i < n * res->vocab; i++) {
-                double d = fabs((double)res->logits[i] - base->logits[i]);
-                err = d > err ? d : err;
-                mx = fabs(base->logits[i]) > mx ? fabs(base->logits[i]) : mx;
-            }
             const epm_trace *ta = res->trace, *tb = base->trace;
             int K = epm_trace_k(ta);
             int64_t same = 0, rows = 0;
@@ -178,9 +197,6 @@ static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm
                     }
                     same += eq;
                 }
-            int tok_same = 0;
-            for (int i = 0; i < batch * nnew; i++)
-                tok_same += res->generated[i] == base->generated[i];
             int64_t base_inter = 0, base_all = 0;
             for (int l = 0; l < base->report.moe_layers; l++) {
                 base_inter += base->report.bytes[l * 3 + 2];
@@ -192,8 +208,9 @@ static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm
             printf(csv ? "%g,%lld,%lld,%.3f,%.3f,%.3g,%.4f,%.4f,%.4f,%.1f,%.1f\n"
                        : "%-9g %12lld %12lld %8.3f %8.3f %13.3g %9.4f %9.4f %8.4f %11.1f %11.1f\n",
                    value, (long long)b[1], (long long)b[2], base_all ? (double)(b[1] + b[2]) / base_all : 1.0,
-                   base_inter ? (double)b[2] / base_inter : 1.0, mx > 0 ? err / mx : 0, (double)same / rows,
-                   (double)tok_same / (batch * nnew), blocks ? (double)ran / blocks : 1.0,
+                   base_inter ? (double)b[2] / base_inter : 1.0,
+                   epm_bench_logit_err(base->logits, res->logits, n * res->vocab), (double)same / rows,
+                   epm_bench_token_agreement(base->generated, res->generated, batch * nnew), blocks ? (double)ran / blocks : 1.0,
                    res->report.prefill_tokens / res->report.t_prefill,
                    res->report.t_decode > 0 ? res->report.decode_tokens / res->report.t_decode : 0.0);
             fflush(stdout);
@@ -301,17 +318,9 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
                    "token agr");
         for (int k = 0; k < configs; k++) {
             const epm_run_result *b = first[k];
-            double err = 0, mx = 0;
-            for (int64_t i = 0; i < n * a->vocab; i++) {
-                err = fmax(err, fabs((double)b->logits[i] - a->logits[i]));
-                mx = fmax(mx, fabs(a->logits[i]));
-            }
-            int same = 0;
-            for (int i = 0; i < batch * nnew; i++)
-                same += a->generated[i] == b->generated[i];
             double pts = pt / pre[k], dts = dec[k] > 0 ? dt / dec[k] : 0.0, pr = pre[0] / pre[k],
-                   dr = dec[k] > 0 ? dec[0] / dec[k] : 1.0, e = mx > 0 ? err / mx : 0.0,
-                   agr = batch * nnew > 0 ? (double)same / (batch * nnew) : 1.0;
+                   dr = dec[k] > 0 ? dec[0] / dec[k] : 1.0, e = epm_bench_logit_err(a->logits, b->logits, n * a->vocab),
+                   agr = epm_bench_token_agreement(a->generated, b->generated, batch * nnew);
             double pb = pre[kb] / pre[k], db = dec[k] > 0 ? dec[kb] / dec[k] : 1.0;
             if (which == 'd')
                 printf(csv ? "%s,%s,%.1f,%.1f,%.3f,%.3f,%.3f,%.3f,%.3g,%.4f\n"
@@ -387,7 +396,8 @@ int epm_bench_run(int argc, char **argv)
     const char *model = NULL, *methods_s = "contiguous,eplb,ilp", *modes_s = "home,follow", *workdir = "bench-run-work";
     long batch = 8, seq = 64, nnew = 8, slots = 0, vn = 0, reps = 2, warm = 1, v;
     double zipf = 1.0, aff = 0.8, tl = 20;
-    int csv = 0, c, dtypes = 0, mla = 0, kvdt = 0, widt = 0;
+    int csv = 0, c, dtypes = 0, mla = 0, kvdt = 0, widt = 0, nchunk = 0;
+    long chunk[8];
     const char *ta_list = NULL, *caps = "0.75,0.5,0.25";
     epm_mod_source mod = EPM_MOD_OFF;
     optind = 1;
@@ -414,6 +424,10 @@ int epm_bench_run(int argc, char **argv)
         case O_MLA: mla = 1; break;
         case O_KVDT: kvdt = 1; break;
         case O_WIDT: widt = 1; break;
+        case O_CHUNKS:
+            if (!cli_parse_int_list(W, "--prefill-chunks", optarg, 1, INT32_MAX, "chunk sizes", chunk, 8, &nchunk))
+                return EPM_EXIT_USAGE;
+            break;
         case O_WIRE:
             if (!cli_parse_choice(W, "--wire-dtype", optarg, cli_wire_dtypes, &wire))
                 return EPM_EXIT_USAGE;
@@ -439,11 +453,13 @@ int epm_bench_run(int argc, char **argv)
     }
     if (!model)
         return cli_usage_error(W, "--model is required");
-    if (!!ta_list + !!mod + dtypes + mla + kvdt + widt > 1) {
-        char given[128] = "";
-        const char *name[] = {"--ta", "--mod", "--expert-dtypes", "--mla-cache", "--kv-dtypes", "--wire-dtypes"};
-        const int on[] = {ta_list != NULL, mod != EPM_MOD_OFF, dtypes, mla, kvdt, widt};
-        for (int i = 0; i < 6; i++)
+    const int chunks = nchunk > 0;
+    if (!!ta_list + !!mod + dtypes + mla + kvdt + widt + chunks > 1) {
+        char given[160] = "";
+        const char *name[] = {"--ta", "--mod", "--expert-dtypes", "--mla-cache", "--kv-dtypes", "--wire-dtypes",
+                              "--prefill-chunks"};
+        const int on[] = {ta_list != NULL, mod != EPM_MOD_OFF, dtypes, mla, kvdt, widt, chunks};
+        for (int i = 0; i < 7; i++)
             if (on[i])
                 snprintf(given + strlen(given), sizeof given - strlen(given), "%s%s", *given ? " and " : "", name[i]);
         return cli_usage_error(W, "%s: each is a bench of its own; give one", given);
@@ -500,7 +516,7 @@ int epm_bench_run(int argc, char **argv)
         for (int p = 0; p < seq && prompts[s]; p++)
             prompts[s][p] = (int32_t)(epm_splitmix64(&rng) % (uint64_t)hc->vocab_size);
     }
-    if (ta_list || mod || dtypes || mla || kvdt || widt) {
+    if (ta_list || mod || dtypes || mla || kvdt || widt || chunks) {
         epm_mode mode = EPM_MODE_HOME;
         char first[16];
         snprintf(first, sizeof first, "%s", modes_s);
@@ -513,13 +529,18 @@ int epm_bench_run(int argc, char **argv)
             printf("# bench run %s: %s, %d ranks (%d nodes), mode %s, batch %ld x %ld + %ld new, kernels %s, "
                    "wire %s\n",
                    dtypes ? "--expert-dtypes" : mla ? "--mla-cache" : kvdt ? "--kv-dtypes" : widt ? "--wire-dtypes"
-                   : mod ? "--mod" : "--ta", model, R,
+                   : chunks ? "--prefill-chunks" : mod ? "--mod" : "--ta", model, R,
                    cl.nodes, epm_mode_name(mode),
                    batch, seq, nnew, kernels,
                    !widt ? cli_wire_dtypes[wire] : mode == EPM_MODE_HOME ? "f32, bf16, fp8" : "f32, bf16");
         if (me == 0 && !csv)
             epm_bench_print_blas();
-        if (dtypes || mla || kvdt || widt)
+        if (chunks) {
+            epm_run_opts o;
+            live_opts(&o, model, mode, (int)vn, (int)nnew);
+            o.keep_logits = 0; /* every prompt row's logits would be most of the memory measured */
+            rc = epm_bench_run_chunks(x, &o, (int)batch, lens, prompts, chunk, nchunk, (int)reps, csv);
+        } else if (dtypes || mla || kvdt || widt)
             rc = variant_compare(x, dtypes ? 'd' : mla ? 'm' : kvdt ? 'k' : 'w', model, hc->fp8_block[0] > 0, mode, (int)vn, (int)batch, lens,
                                  prompts, (int)nnew, (int)reps, csv);
         else

@@ -953,8 +953,6 @@ static epm_status skip_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph
     return st;
 }
 
-/* One forward pass over the tokens this rank starts with (at their home).
- * On return (g, h) are the same tokens, back home, after the final norm. */
 typedef struct {
     int64_t g, at;
 } g_at;
@@ -965,6 +963,8 @@ static int by_g(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* One forward pass over the tokens this rank starts with (at their home).
+ * On return (g, h) are the same tokens, back home, after the final norm. */
 static epm_status forward(rt *r, int64_t *pn, int64_t **pg, float **ph)
 {
     const epm_model_config *c = r->c;
@@ -1153,7 +1153,8 @@ static const char *kv_name(const rt *r)
 /* What this rank will hold, as loaded: every tensor it reads in float32
  * (bf16/f16 checkpoints are converted; float32 ones are mapped, which the
  * page cache must hold all the same), weight matrices in bf16 (or FP8) where
- * they are kept so, plus its KV caches and its FFN scratch. */
+ * they are kept so, plus its KV caches, its FFN scratch and the
+ * activations of its largest prefill pass (an estimate). */
 static epm_status memory_check(rt *r)
 {
     const epm_model_config *c = r->c;
@@ -1166,17 +1167,71 @@ static epm_status memory_check(rt *r)
     /* K and V (or the latent alone) */
     double kv = (double)c->num_layers * seqs * (r->latent ? 1 : 2) * (double)epm_kv_bytes(r, (int64_t)r->max_len * r->kv_w);
     double scr = ffn_scratch_bytes(r);
+    /* a prefill pass's activation rows, which its largest pass holds at
+     * once: per token the residual and normalised input, K + 1 dispatch
+     * rows out and up to min(K, R) in, and per expert slot its input,
+     * output and combine rows both ways; and the logits kept */
+    int64_t mine = 0;
+    for (int s = r->me; s < r->B; s += r->R)
+        mine += r->lens[s];
+    const int64_t most = r->chunk_of && r->o->prefill_chunk < mine ? r->o->prefill_chunk : mine;
+    const int K = c->top_k, in = K < r->R ? K : r->R;
+    double act = (double)most * c->hidden_size * (3.0 + 5.0 * K + in) * sizeof(float);
+    act += (double)(r->o->keep_logits ? mine + (r->me == 0) * r->N : r->B) * c->vocab_size * 2 * sizeof(float);
     double limit = r->o->max_memory > 0 ? r->o->max_memory : machine_share(r);
-    if (limit > 0 && w + kv + scr > limit)
+    if (limit > 0 && w + kv + scr + act > limit)
         return epm_fail(EPM_ERR_NOMEM, "would hold %.4g GB (weights %.4g GB, routed experts as %s, dense matrices "
-                        "as %s, %s KV cache %.4g GB for %d sequences x %d positions, FFN scratch %.4g GB) but %s "
-                        "%.4g GB; use more ranks, fewer or shorter sequences%s, or another placement",
-                        (w + kv + scr) / 1e9, w / 1e9, r->w8 ? "fp8" : r->w16 ? "bf16" : "float32",
+                        "as %s, %s KV cache %.4g GB for %d sequences x %d positions, FFN scratch %.4g GB, "
+                        "activations of %lld prompt tokens a pass about %.4g GB) but %s %.4g GB; use more ranks, "
+                        "fewer or shorter sequences%s%s, or another placement",
+                        (w + kv + scr + act) / 1e9, w / 1e9, r->w8 ? "fp8" : r->w16 ? "bf16" : "float32",
                         r->d8 ? "fp8 and bf16" : r->d16 ? "bf16" : "float32", kv_name(r), kv / 1e9,
-                        seqs, r->max_len,
-                        scr / 1e9, r->o->max_memory > 0 ? "--max-memory allows" : "the machine has, per rank,",
+                        seqs, r->max_len, scr / 1e9, (long long)most, act / 1e9,
+                        r->o->max_memory > 0 ? "--max-memory allows" : "the machine has, per rank,",
                         limit / 1e9, r->kvt == EPM_KV_FP8 ? "" : r->kvt == EPM_KV_BF16 ? ", --kv-dtype fp8" :
-                        ", --kv-dtype bf16 or fp8");
+                        ", --kv-dtype bf16 or fp8", act > 0.25 * limit ? ", a smaller --prefill-chunk" : "");
+    return EPM_OK;
+}
+
+/* The prefill's passes: with a chunk of T tokens, a rank's prompt tokens
+ * (its home sequences', in order) go T to a pass (vLLM's chunked prefill,
+ * per rank as SGLang's data-parallel attention takes it); every rank runs
+ * as many passes as the one with the most. A chunk's queries attend the
+ * cache rows earlier passes wrote, so the tokens are those of one pass. */
+static epm_status prefill_passes(rt *r)
+{
+    const epm_run_opts *o = r->o;
+    const int64_t T = o->prefill_chunk;
+    r->passes = 1;
+    if (T < 0)
+        return epm_fail(EPM_ERR_INVALID_ARG, "--prefill-chunk %lld: must be at least 1 (0: one pass)", (long long)T);
+    if (T > 0 && (o->mod == EPM_MOD_ROUTER || o->mod == EPM_MOD_ATTENTION))
+        return epm_fail(EPM_ERR_UNSUPPORTED, "--prefill-chunk with --mod %s: prefill picks each prompt's top tokens "
+                        "over the whole prompt, which a chunk does not hold (--mod schedule chunks)",
+                        o->mod == EPM_MOD_ROUTER ? "router" : "attention");
+    int64_t *seen = epm_calloc((size_t)r->R, sizeof *seen);
+    if (!seen)
+        return EPM_ERR_NOMEM;
+    for (int s = 0; s < r->B; s++)
+        seen[s % r->R] += r->lens[s];
+    for (int q = 0; q < r->R && T > 0; q++)
+        r->passes = (seen[q] + T - 1) / T > r->passes ? (int)((seen[q] + T - 1) / T) : r->passes;
+    r->pass_tokens = epm_calloc((size_t)r->passes, sizeof *r->pass_tokens);
+    r->chunk_of = r->passes > 1 ? epm_malloc((size_t)r->N * sizeof *r->chunk_of) : NULL;
+    if (!r->pass_tokens || (r->passes > 1 && !r->chunk_of)) {
+        epm_free(seen);
+        return EPM_ERR_NOMEM;
+    }
+    memset(seen, 0, (size_t)r->R * sizeof *seen);
+    for (int s = 0; s < r->B && r->chunk_of; s++)
+        for (int p = 0; p < r->lens[s]; p++) {
+            int32_t k = (int32_t)(seen[s % r->R]++ / T);
+            r->chunk_of[r->offset[s] + p] = k;
+            r->pass_tokens[k]++;
+        }
+    if (!r->chunk_of)
+        r->pass_tokens[0] = r->N;
+    epm_free(seen);
     return EPM_OK;
 }
 
@@ -1225,6 +1280,7 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
         maxlen = lens[s] > maxlen ? lens[s] : maxlen;
     }
     r->max_len = maxlen + r->steps + 1;
+    EPM_CHECK(sync(r, prefill_passes(r)));
     r->kv_w = r->latent ? epm_model_kv_floats(c, 0) : epm_model_kv_floats(c, 1) / 2;
     r->kv_grp = r->latent ? r->kv_w : c->head_dim;
     r->total = r->N + (int64_t)r->steps * batch;
@@ -1385,6 +1441,8 @@ static void teardown(rt *r)
     epm_free(r->live);
     epm_free(r->live_rank);
     epm_free(r->dec_seq);
+    epm_free(r->pass_tokens);
+    epm_free(r->chunk_of);
     epm_free(r->bytes_local);
     epm_free(r->kv_local);
     epm_free(r->load_local);
@@ -1529,6 +1587,128 @@ static epm_status collect_trace(rt *r, epm_run_result *res)
     return st;
 }
 
+/* Where a pass's new tokens go: their records (one per sequence, summed
+ * over ranks at the next decoding step), sampled on this rank's samplers
+ * over rows srow of the logits, sequences sseq (scratch of homes entries). */
+typedef struct {
+    const samplers *smp;
+    int64_t *srow;
+    int *sseq;
+    int homes, maxnew;
+    int64_t *nt;
+} pass_out;
+
+/* (g, h) sized for a pass of n tokens (forward leaves them sized for the last one's). */
+static epm_status pass_buffers(const rt *r, int64_t n, int64_t **g, float **h)
+{
+    epm_free(*g);
+    epm_free(*h);
+    *g = epm_malloc((size_t)(n ? n : 1) * sizeof **g);
+    *h = epm_malloc((size_t)(n ? n : 1) * r->c->hidden_size * sizeof **h);
+    return *g && *h ? EPM_OK : EPM_ERR_NOMEM;
+}
+
+/* The prompts' forward passes: one, or with a prefill chunk as many as the
+ * rank with the most prompt tokens needs (the others join with fewer or
+ * none). Each pass's sequences that end in it are sampled (step 0) and
+ * their last logits, or with keep_logits all, are gathered on rank 0. */
+static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *po, epm_run_result *res)
+{
+    const epm_run_opts *o = r->o;
+    const epm_model_config *c = r->c;
+    const int V = c->vocab_size, H = c->hidden_size;
+    int64_t mine = 0, kept = 0, n = 0, *g = NULL;
+    for (int s = r->me; s < r->B; s += r->R)
+        mine += r->lens[s];
+    float *rows = epm_malloc((size_t)((o->keep_logits ? mine : po->homes) + 1) * (2 + V) * sizeof *rows);
+    float *h = NULL, *lg = NULL;
+    int32_t *tok = epm_malloc((size_t)(mine + 1) * sizeof *tok);
+    epm_status st = rows && tok ? EPM_OK : EPM_ERR_NOMEM;
+    double t0 = epm_now();
+    for (int pass = 0; pass < r->passes; pass++) {
+        /* this rank's tokens of the pass: its home sequences', in order */
+        n = 0;
+        for (int s = r->me; s < r->B && st == EPM_OK; s += r->R)
+            for (int p = 0; p < r->lens[s]; p++)
+                n += !r->chunk_of || r->chunk_of[r->offset[s] + p] == pass;
+        if (st == EPM_OK)
+            st = pass_buffers(r, n, &g, &h);
+        n = 0;
+        for (int s = r->me; s < r->B && st == EPM_OK; s += r->R)
+            for (int p = 0; p < r->lens[s]; p++)
+                if (!r->chunk_of || r->chunk_of[r->offset[s] + p] == pass) {
+                    g[n] = r->offset[s] + p;
+                    tok[n++] = prompts[s][p];
+                }
+        if (st == EPM_OK)
+            st = embed(r, n, g, tok, h);
+        if ((st = sync(r, st)) != EPM_OK)
+            break;
+        r->g0 = 0, r->pn = r->N, r->pass_n = r->pass_tokens[pass], r->prefill = 1, r->chunk = pass;
+        /* forward's failures after its last agreement (follow mode's way
+         * home) are this rank's alone: they join the logits' agreement */
+        st = forward(r, &n, &g, &h);
+        /* the LM head runs on the rows anyone reads: each sequence's last
+         * (its next token, its logits in the result), or all with keep_logits */
+        int64_t keep = 0;
+        for (int64_t i = 0; i < n && st == EPM_OK; i++) {
+            if (!o->keep_logits && pos_of(r, g[i]) != r->lens[seq_of(r, g[i])] - 1)
+                continue;
+            if (keep < i) {
+                g[keep] = g[i];
+                memcpy(h + keep * H, h + i * H, (size_t)H * sizeof *h);
+            }
+            keep++;
+        }
+        epm_free(lg);
+        lg = NULL;
+        if (st == EPM_OK)
+            st = logits(r, keep, h, &lg);
+        if ((st = sync(r, st)) != EPM_OK)
+            break;
+        /* a failure from here on is this rank's: the next agreement has it */
+        int nsample = 0;
+        for (int64_t i = 0; i < keep && o->max_new_tokens > 0; i++) {
+            int s = seq_of(r, g[i]);
+            if (pos_of(r, g[i]) == r->lens[s] - 1 && nsample < po->homes)
+                po->srow[nsample] = i, po->sseq[nsample++] = s;
+        }
+        st = sample_rows(o, po->smp, lg, V, nsample, po->srow, po->sseq, prompts, r->lens, res->generated, po->maxnew,
+                         0, po->nt);
+        for (int64_t i = 0; i < keep; i++, kept++) {
+            put_g(rows + kept * (2 + V), o->keep_logits ? g[i] : seq_of(r, g[i]));
+            memcpy(rows + kept * (2 + V) + 2, lg + i * V, (size_t)V * sizeof *rows);
+        }
+    }
+    epm_free(g);
+    epm_free(h);
+    epm_free(lg);
+    epm_free(tok);
+    st = sync(r, st);
+    res->report.t_prefill = epm_now() - t0;
+    res->report.prefill_tokens = r->N;
+    res->report.prefill_passes = r->passes;
+    /* rank 0 gathers the prefill logits it was asked to keep */
+    void *all = NULL;
+    int64_t nb = 0;
+    if (st == EPM_OK)
+        st = epm_xcomm_gather_bytes(r->x, rows, kept * (2 + V) * (int64_t)sizeof(float), &all, &nb);
+    epm_free(rows);
+    if (st == EPM_OK && r->me == 0) {
+        int64_t rowsn = o->keep_logits ? r->N : r->B;
+        res->logits = epm_malloc((size_t)rowsn * V * sizeof(float));
+        if (!res->logits) {
+            st = EPM_ERR_NOMEM;
+        } else {
+            const float *a = all;
+            for (int64_t i = 0; i < nb / (int64_t)((2 + V) * sizeof(float)); i++)
+                memcpy(res->logits + get_g(a + i * (2 + V)) * V, a + i * (2 + V) + 2, (size_t)V * sizeof(float));
+        }
+    }
+    epm_free(all);
+    return sync(r, st);
+}
+
 epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int32_t *const *prompts,
                    epm_run_result **out)
 {
@@ -1634,13 +1814,8 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     int homes = batch / r.R + (r.me < batch % r.R);
     int64_t *srow = epm_malloc((size_t)(homes ? homes : 1) * sizeof *srow); /* the rows sampled in a pass */
     int *sseq = epm_malloc((size_t)(homes ? homes : 1) * sizeof *sseq);
-    /* prefill: each rank starts with the tokens of its home sequences */
-    g = epm_malloc((size_t)(r.N ? r.N : 1) * sizeof *g);
-    tok = epm_malloc((size_t)(r.N ? r.N : 1) * sizeof *tok);
-    h = epm_malloc((size_t)(r.N ? r.N : 1) * c->hidden_size * sizeof *h);
-    st = res->lens && res->generated && res->gen_len && res->stopped && nt && srow && sseq && g && tok && h
-             ? EPM_OK
-             : EPM_ERR_NOMEM;
+    tok = epm_malloc((size_t)(homes ? homes : 1) * sizeof *tok); /* a decoding step's */
+    st = res->lens && res->generated && res->gen_len && res->stopped && nt && srow && sseq && tok ? EPM_OK : EPM_ERR_NOMEM;
     {
         epm_sampling sp = o->sampling; /* min_tokens holds back the run's stop tokens */
         sp.stop_ids = o->stop_ids;
@@ -1652,75 +1827,10 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         memcpy(res->lens, lens, (size_t)batch * sizeof *lens);
         for (size_t i = 0; i < (size_t)batch * (size_t)maxnew; i++)
             res->generated[i] = -1;
-        for (int s = r.me; s < batch; s += r.R)
-            for (int p = 0; p < lens[s]; p++) {
-                g[n] = r.offset[s] + p;
-                tok[n++] = prompts[s][p];
-            }
-        st = embed(&r, n, g, tok, h);
     }
     EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
-    double t0 = epm_now();
-    r.g0 = 0, r.pn = r.pass_n = r.N, r.prefill = 1;
-    /* forward's failures after its last agreement (follow mode's way home)
-     * are this rank's alone: they join the logits' agreement */
-    st = forward(&r, &n, &g, &h);
-    /* the LM head runs on the rows anyone reads: each sequence's last (its
-     * next token, its logits in the result), or every row with keep_logits */
-    int64_t keep = 0;
-    for (int64_t i = 0; i < n && st == EPM_OK; i++) {
-        if (!o->keep_logits && pos_of(&r, g[i]) != lens[seq_of(&r, g[i])] - 1)
-            continue;
-        if (keep < i) {
-            g[keep] = g[i];
-            memcpy(h + keep * c->hidden_size, h + i * c->hidden_size, (size_t)c->hidden_size * sizeof *h);
-        }
-        keep++;
-    }
-    if (st == EPM_OK)
-        st = logits(&r, keep, h, &lg);
-    EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
-    res->report.t_prefill = epm_now() - t0;
-    res->report.prefill_tokens = r.N;
-    /* rank 0 gathers the prefill logits it was asked to keep */
-    {
-        int V = c->vocab_size;
-        float *rows = epm_malloc((size_t)(keep ? keep : 1) * (2 + V) * sizeof *rows);
-        st = rows ? EPM_OK : EPM_ERR_NOMEM;
-        int nsample = 0;
-        for (int64_t i = 0; i < keep && o->max_new_tokens > 0; i++) {
-            int s = seq_of(&r, g[i]);
-            if (pos_of(&r, g[i]) == lens[s] - 1 && nsample < homes)
-                srow[nsample] = i, sseq[nsample++] = s;
-        }
-        if (st == EPM_OK)
-            st = sample_rows(o, &smp, lg, V, nsample, srow, sseq, prompts, lens, res->generated, maxnew, 0, nt);
-        for (int64_t i = 0; i < keep && rows; i++) {
-            put_g(rows + i * (2 + V), o->keep_logits ? g[i] : seq_of(&r, g[i]));
-            memcpy(rows + i * (2 + V) + 2, lg + i * V, (size_t)V * sizeof *rows);
-        }
-        if ((st = sync(&r, st)) != EPM_OK) {
-            epm_free(rows);
-            goto fail_gen;
-        }
-        void *all = NULL;
-        int64_t nb = 0;
-        st = epm_xcomm_gather_bytes(r.x, rows, keep * (2 + V) * (int64_t)sizeof(float), &all, &nb);
-        epm_free(rows);
-        if (st == EPM_OK && r.me == 0) {
-            int64_t rowsn = o->keep_logits ? r.N : batch;
-            res->logits = epm_malloc((size_t)rowsn * V * sizeof(float));
-            if (!res->logits) {
-                st = EPM_ERR_NOMEM;
-            } else {
-                const float *a = all;
-                for (int64_t i = 0; i < nb / (int64_t)((2 + V) * sizeof(float)); i++)
-                    memcpy(res->logits + get_g(a + i * (2 + V)) * V, a + i * (2 + V) + 2, (size_t)V * sizeof(float));
-            }
-        }
-        epm_free(all);
-        EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
-    }
+    const pass_out po = {&smp, srow, sseq, homes, maxnew, nt};
+    EPM_CHECK_GOTO(prefill(&r, prompts, &po, res), st, fail_gen);
     /* a replayed trace that a run of this batch recorded (its prompt tokens
      * are numbered as here) has its decoded tokens checked step by step */
     int trace_of_run = o->route_from && epm_trace_seq_ids(o->route_from);
@@ -1729,7 +1839,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     /* decoding: one new token per live sequence per step, KV caches grow; a
      * sequence leaves the batch at a stop token. Every rank learns every new
      * token (one small sum per step), so all know who is still decoding. */
-    t0 = epm_now();
+    double t0 = epm_now();
     for (int step = 0; step <= r.steps && o->max_new_tokens > 0; step++) {
         /* the tokens of the previous pass (the prefill's for step 0) */
         EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, nt, batch * W), st, fail_gen);
@@ -1770,6 +1880,8 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
                               "run's decoding step %d has sequence %d's there: the trace was recorded with other stop "
                               "tokens (or --ignore-eos, or none)", (long long)(r.dec_base + r.live_rank[s]),
                               (int)tseq[r.dec_base + r.live_rank[s]], step + 1, s);
+        if (st == EPM_OK)
+            st = pass_buffers(&r, homes, &g, &h);
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
         n = 0;
         for (int s = 0; s < batch; s++) {

@@ -37,11 +37,16 @@ typedef struct epm_run_opts {
     int logprobs_on;                /* return each generated token's log-probability under the model
                                        (log_softmax of its logits: vLLM's raw logprobs) */
     int top_logprobs;               /* and the most likely tokens' at each step, 0 .. EPM_MAX_LOGPROBS */
-    double max_memory;              /* bytes a rank may hold (weights as held + KV cache); 0 = the
-                                       machine's available memory shared by the node's ranks */
+    double max_memory;              /* bytes a rank may hold (weights as held + KV cache + an estimate of
+                                       a prefill pass's activations); 0 = the machine's available memory
+                                       shared by the node's ranks */
     const char *ops;                /* "ref" or "blas" */
     const epm_trace *route_from;    /* replay routing from a trace (NULL = the gate decides) */
     int keep_logits;                /* keep every prefill position's logits (else last only) */
+    int64_t prefill_chunk;          /* > 0: prefill in passes of at most this many of each rank's prompt
+                                       tokens (vLLM's chunked prefill: activations bounded by the chunk,
+                                       not the prompts); a pass's queries attend the rows earlier passes
+                                       cached. Not with MoD router or attention. 0: one pass */
     double top_p;                   /* > 0: dynamic expert count, experts in score order until their
                                        probability mass reaches top_p, at most k ('Harder Tasks Need
                                        More Experts') */
@@ -92,6 +97,7 @@ typedef struct epm_run_opts {
 typedef struct epm_run_report {
     int ranks, nodes, moe_layers;
     int64_t prefill_tokens, decode_tokens;
+    int prefill_passes;    /* forward passes the prefill took (epm_run_opts.prefill_chunk) */
     double t_prefill, t_decode, t_attention, t_gate, t_dispatch, t_experts, t_combine;
     int64_t *bytes;        /* [moe_layers][EPM_LINK_COUNT] dispatch+combine, all ranks */
     int64_t *kv_bytes;     /* [moe_layers][EPM_LINK_COUNT] follow all-gather */

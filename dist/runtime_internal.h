@@ -60,10 +60,15 @@ typedef struct rt {
      * fault in again every time */
     float *ffn_scr;
     int64_t ffn_scr_n;
-    /* the forward pass under way: tokens g0 .. g0 + pn - 1 (all ranks) */
+    /* the forward pass under way: tokens g0 .. g0 + pn - 1 (all ranks), those of the pass among them */
     int64_t g0, pn;
     int prefill;
-    int64_t pass_n;       /* tokens of the pass: pn in prefill, the live sequences' in decoding */
+    int64_t pass_n;       /* tokens of the pass: a prefill pass's (pass_tokens), the live sequences' in decoding */
+    /* prefill in passes (epm_run_opts.prefill_chunk): token g < N runs in pass chunk_of[g] (NULL: one
+       pass), which has pass_tokens[] tokens on all ranks; chunk is the prefill pass under way */
+    int passes, chunk;
+    int32_t *chunk_of;
+    int64_t *pass_tokens;
     /* decoding: sequences leave the batch at a stop token */
     uint8_t *live;        /* [B] every rank knows every sequence's */
     int32_t *live_rank;   /* [B] a live sequence's index among this step's live ones */

@@ -63,6 +63,27 @@ int cli_parse_int(const char *what, const char *opt, const char *val, long lo, l
     return 1;
 }
 
+int cli_parse_int_list(const char *what, const char *opt, const char *val, long lo, long hi, const char *noun,
+                       long *out, int cap, int *n)
+{
+    *n = 0;
+    for (const char *p = val;; p++) {
+        size_t len = strcspn(p, ",");
+        char item[32];
+        if (len == 0 || len >= sizeof item || *n == cap) {
+            cli_usage_error(what, "option %s: '%s' is not a list of at most %d %s", opt, val, cap, noun);
+            return 0;
+        }
+        memcpy(item, p, len);
+        item[len] = '\0';
+        if (!cli_parse_int(what, opt, item, lo, hi, &out[(*n)++]))
+            return 0;
+        p += len;
+        if (!*p)
+            return 1;
+    }
+}
+
 const char *const cli_wire_dtypes[] = {"f32", "bf16", "fp8", NULL};
 
 int cli_parse_choice(const char *what, const char *opt, const char *val, const char *const *names, int *out)

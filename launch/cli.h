@@ -24,6 +24,11 @@ int cli_option_error(const char *what, char **argv);
 
 /* Strict number parsing for option values; the error names the option and value. */
 int cli_parse_int(const char *what, const char *opt, const char *val, long lo, long hi, long *out);
+/* A comma-separated list of such integers into out[0, *n), at most cap of
+ * them, the whole list checked before any work; else a usage error "OPT:
+ * 'VAL' is not a list of at most CAP NOUN" (or the bad item's) and 0. */
+int cli_parse_int_list(const char *what, const char *opt, const char *val, long lo, long hi, const char *noun,
+                       long *out, int cap, int *n);
 /* *out = the index of val among names (NULL-terminated); else a usage error
  * "OPT 'VAL' is not A, B or C" and 0 */
 int cli_parse_choice(const char *what, const char *opt, const char *val, const char *const *names, int *out);

@@ -58,6 +58,8 @@ static const char usage[] =
     "  --trace-out FILE         write the routing of every MoE layer (trace format)\n"
     "  --logits-out FILE        write logits (safetensors 'logits')\n"
     "  --all-logits             logits of every prompt position, not only the last\n"
+    "  --prefill-chunk T        prefill in passes of at most T of each rank's prompt tokens (chunked\n"
+    "                           prefill: activation memory follows T, not the prompts; 0 = one pass)\n"
     "  --kernels ref|blas|cuda  compute kernels (default blas; cuda: the GPU of the rank's local index)\n"
     "  --bind                   bind each rank's threads and memory to the cores of its GPU's NUMA node\n"
     "                           (its share of the node's cores without GPUs; EPM_GPU_MAP=0,2,.. maps GPUs)\n"
@@ -67,7 +69,8 @@ static const char usage[] =
     "  --ta-strength S          topology-aware gating: lower each expert's log-probability by S x the\n"
     "                           link cost to its nearest replica (0 = off)\n"
     "  --max-memory GB          refuse to start when a rank would hold more (weights as held + KV\n"
-    "                           cache; default: the machine's available memory shared by its ranks)\n"
+    "                           cache + a prefill pass's activations; default: the machine's\n"
+    "                           available memory shared by its ranks)\n"
     "  --expert-dtype auto|bf16|f32\n"
     "                           auto (default): routed experts stay as the checkpoint stores them\n"
     "                           where the kernels are ref or blas: bf16 (half of float32's memory),\n"
@@ -115,7 +118,7 @@ static const char usage[] =
 
 enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER, O_MAXMEM,
        O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
-       O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK };
+       O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -141,7 +144,7 @@ static const struct option opts[] = {
     {"seed", required_argument, 0, O_SEED},          {"stop-token-ids", required_argument, 0, O_STOPIDS},
     {"ignore-eos", no_argument, 0, O_NOEOS},        {"logprobs", required_argument, 0, O_LOGPROBS},
     {"presence-penalty", required_argument, 0, O_PRESP}, {"frequency-penalty", required_argument, 0, O_FREQP},
-    {"min-tokens", required_argument, 0, O_MINTOK},
+    {"min-tokens", required_argument, 0, O_MINTOK}, {"prefill-chunk", required_argument, 0, O_CHUNK},
     {0, 0, 0, 0}};
 
 /* The checkpoint file (a name in dir) that out would overwrite, or NULL:
@@ -198,11 +201,11 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
     double tps = r->t_prefill > 0 ? (double)r->prefill_tokens / r->t_prefill : 0;
     double dps = r->t_decode > 0 ? (double)r->decode_tokens / r->t_decode : 0;
     if (json) {
-        fprintf(f, "\"report\": {\"ranks\": %d, \"nodes\": %d, \"prefill_tokens\": %lld, \"decode_tokens\": %lld, "
+        fprintf(f, "\"report\": {\"ranks\": %d, \"nodes\": %d, \"prefill_tokens\": %lld, \"prefill_passes\": %d, \"decode_tokens\": %lld, "
                    "\"prefill_tokens_per_s\": %.3f, \"decode_tokens_per_s\": %.3f, \"seconds\": {\"prefill\": %.6f, "
                    "\"decode\": %.6f, \"attention\": %.6f, \"gate\": %.6f, \"dispatch\": %.6f, \"experts\": %.6f, "
                    "\"combine\": %.6f}, \"expert_dtype\": \"%s\", \"dense_dtype\": \"%s\", \"weight_bytes_max_rank\": %lld, \"kv_cache\": \"%s\", \"kv_dtype\": \"%s\", \"kv_row_floats\": %d, \"kv_cache_bytes_max_rank\": %lld, \"wire_dtype\": \"%s\", \"gather_bytes\": [%lld, %lld, %lld], \"layers\": [",
-                r->ranks, r->nodes, (long long)r->prefill_tokens, (long long)r->decode_tokens, tps, dps, r->t_prefill,
+                r->ranks, r->nodes, (long long)r->prefill_tokens, r->prefill_passes, (long long)r->decode_tokens, tps, dps, r->t_prefill,
                 r->t_decode, r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine,
                 epm_dtype_name(r->expert_dtype), epm_dtype_name(r->dense_dtype), (long long)r->weight_bytes_max, r->kv_cache ? r->kv_cache : "?", epm_dtype_name(r->kv_dtype), r->kv_row_floats, (long long)r->kv_cache_bytes_max, epm_dtype_name(r->wire_dtype), (long long)r->gather_bytes[0], (long long)r->gather_bytes[1],
                 (long long)r->gather_bytes[2]);
@@ -225,8 +228,11 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
         fprintf(f, "]}");
         return;
     }
-    fprintf(f, "ranks %d (%d nodes)  prefill %lld tokens in %.3f s (%.1f tok/s)  decode %lld tokens in %.3f s (%.1f tok/s)\n",
-            r->ranks, r->nodes, (long long)r->prefill_tokens, r->t_prefill, tps, (long long)r->decode_tokens,
+    char passes[32] = "";
+    if (r->prefill_passes > 1)
+        snprintf(passes, sizeof passes, " (%d passes)", r->prefill_passes);
+    fprintf(f, "ranks %d (%d nodes)  prefill %lld tokens%s in %.3f s (%.1f tok/s)  decode %lld tokens in %.3f s (%.1f tok/s)\n",
+            r->ranks, r->nodes, (long long)r->prefill_tokens, passes, r->t_prefill, tps, (long long)r->decode_tokens,
             r->t_decode, dps);
     fprintf(f, "time (slowest rank): attention %.3f  gate %.3f  dispatch %.3f  experts %.3f  combine %.3f s\n",
             r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine);
@@ -543,6 +549,10 @@ int epm_cli_run(int argc, char **argv)
                                   c == O_PRESP ? &gf.s.presence_penalty : &gf.s.frequency_penalty))
                 return EPM_EXIT_USAGE;
             *(c == O_PRESP ? &gf.presence : &gf.frequency) = 1;
+            break;
+        case O_CHUNK:
+            if (!cli_parse_int(W, "--prefill-chunk", optarg, 0, INT32_MAX, &v)) return EPM_EXIT_USAGE;
+            o.prefill_chunk = v;
             break;
         case O_MINTOK:
             if (!cli_parse_int(W, "--min-tokens", optarg, 0, 1 << 20, &v)) return EPM_EXIT_USAGE;

@@ -606,8 +606,21 @@ ok "bench run --wire-dtypes" mpi -np 3 "$E" bench run --model "$F/mixtral-tiny" 
              NR == 4 && $1 == "F8_E4M3" && $3 > 0.3 && $3 < 0.45 && $4 > 0 && $10 > 0 && $10 < 0.05 {c = 1}
              END {exit !(h && a && b && c && NR == 4)}' "$d/out" || { fail "bench run --wire-dtypes: rows"; show; }; }
 usage run "--wire-dtypes --kv-dtypes" "" --model "$m" --wire-dtypes --kv-dtypes
+# the prompts in one prefill pass (the baseline row), then in passes of 5 and of 3 of each rank's prompt
+# tokens: 4 and 6 passes for the fuller rank's 16, a peak resident set measured, the same tokens, and the
+# last logits to float32 rounding
+ok "bench run --prefill-chunks" mpi -np 2 "$E" bench run --model "$F/olmoe-tiny" --batch 3 --seq 8 --new 3 --reps 1 \
+  --prefill-chunks 5,3 --modes follow --csv &&
+  { awk -F, 'NR == 1 && $1 == "prefill_chunk" && $4 == "peak_vs_one_pass" && NF == 8 {h = 1}
+             NR == 2 && $1 == 0 && $2 == 1 && $3 > 0 && $4 == 1 && $5 > 0 && $6 == 1 && $7 == 0 && $8 == 1 {a = 1}
+             NR == 3 && $1 == 5 && $2 == 4 && $3 > 0 && $5 > 0 && $7 < 1e-5 && $8 == 1 {b = 1}
+             NR == 4 && $1 == 3 && $2 == 6 && $3 > 0 && $5 > 0 && $7 < 1e-5 && $8 == 1 {c = 1}
+             END {exit !(h && a && b && c && NR == 4)}' "$d/out" || { fail "bench run --prefill-chunks: rows"; show; }; }
+usage run --prefill-chunks 0 --model "$m" --prefill-chunks 4,0
+usage run --prefill-chunks 1,2,3,4,5,6,7,8,9 --model "$m" --prefill-chunks 1,2,3,4,5,6,7,8,9
+usage run "--prefill-chunks --kv-dtypes" "" --model "$m" --prefill-chunks 4 --kv-dtypes
 help_ok run --model --batch --seq --new --methods --modes --workdir --reps --warmup --ta --mod --capacities \
-  --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --csv
+  --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --prefill-chunks --csv
 usage run --model "" --batch 2
 usage run --batch x --model "$m" --batch x
 usage run --kernels foo --model "$m" --kernels foo

@@ -106,6 +106,10 @@ has "$d/err" "route-from-trace"
 check "more memory than allowed" 1 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-memory 0.0001
 has "$d/err" "rank 0: would hold"
 has "$d/err" "but --max-memory allows 0.0001 GB"
+has "$d/err" "activations of 5 prompt tokens a pass" # rank 0's prompt
+check "more memory than allowed, prefill in chunks" 1 run -np 2 "$E" run --model "$m" --input "$d/in.json" \
+  --max-memory 0.0001 --prefill-chunk 2
+has "$d/err" "activations of 2 prompt tokens a pass"
 check "within the memory allowed" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-memory 1
 check "virtual nodes not dividing ranks" 1 run -np 3 "$E" run --model "$m" --input "$d/in.json" --virtual-nodes 2
 has "$d/err" "virtual-nodes 2"
@@ -292,6 +296,22 @@ check "missing --generation-config file" 1 run -np 2 "$E" run --model "$g" --inp
   --generation-config "$d/nonexistent.json"
 has "$d/err" "$d/nonexistent.json"
 
+# chunked prefill: passes of 2 of each rank's prompt tokens (rank 0's 5: 3 passes), the same tokens as one
+# pass; MoD's scored sources and a negative chunk refused by name
+check "one prefill pass" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report
+tok1=$(gj "d['generated']")
+[ "$(gj "d['report']['prefill_passes']")" = 1 ] || fail "one prefill pass: $(head -c 300 "$d/out")"
+check "prefill in chunks" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report \
+  --prefill-chunk 2
+[ "$(gj "d['report']['prefill_passes']"),$(gj "d['generated']")" = "3,$tok1" ] ||
+  fail "prefill in chunks: $(head -c 300 "$d/out")"
+check "prefill in chunks, text" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --report --prefill-chunk 2
+has "$d/err" "prefill 8 tokens (3 passes) in"
+check "prefill chunks with --mod router" 1 run -np 2 "$E" run --model "$m" --input "$d/in.json" --mod router \
+  --mod-capacity 0.5 --prefill-chunk 4
+has "$d/err" "--prefill-chunk with --mod router"
+check "negative prefill chunk" 2 "$E" run --model "$m" --input "$d/in.json" --prefill-chunk -1
+has "$d/err" "--prefill-chunk"
 check "output over input" 2 "$E" run --model "$m" --input "$d/in.json" --trace-out "$d/in.json"
 check "usage" 2 "$E" run --input "$d/in.json"
 check "help" 0 "$E" run --help

@@ -691,6 +691,98 @@ static void test_run_agrees_with_plan_eval(void **state)
     epm_trace_destroy(t);
 }
 
+/* Chunked prefill: the prompts in passes of T of each rank's tokens give
+ * the reference's logits and routing and the unchunked run's tokens, and
+ * count the same bytes and loads (each token is dispatched alike, whichever
+ * pass it is in: plan eval's agreement holds). Chunks of 11 cross from one
+ * sequence into the next; 16 is one prompt a pass. MoD's schedule chunks,
+ * its scored sources are refused. */
+static void test_run_prefill_chunk(void **state)
+{
+    (void)state;
+    static const int64_t chunks[] = {5, 1, 11, 16};
+    for (int m = 0; m < 7; m++)
+        for (int mode = 0; mode < 2; mode++)
+            for (int c = 0; c < 4; c++) {
+                if (c > 0 && m != 0 && m != 4) /* every chunk on Mixtral and DeepSeek-V3 (MLA), 5 on all */
+                    continue;
+                const int mod = m == 6; /* Qwen2-MoE again with MoD's schedule at capacity 1/2 */
+                fixture f;
+                fixture_open(&f, mod ? "qwen2moe-tiny" : models[m]);
+                epm_placement *p = make_placement(1, 4, 8, 1);
+                epm_run_opts o;
+                memset(&o, 0, sizeof o);
+                o.model_dir = f.dir;
+                o.placement = p;
+                o.mode = (epm_mode)mode;
+                o.keep_logits = 1;
+                o.max_new_tokens = 4;
+                o.ops = "blas";
+                o.mod = mod ? EPM_MOD_SCHEDULE : EPM_MOD_OFF;
+                o.mod_capacity = 0.5;
+                epm_run_result *a, *b;
+                const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
+                assert_int_equal(epm_run(&o, 2, f.lens, prompts, &a), EPM_OK);
+                o.prefill_chunk = chunks[c];
+                assert_int_equal(epm_run(&o, 2, f.lens, prompts, &b), EPM_OK);
+                const int64_t most = R == 1 ? 32 : 16; /* a rank's prompt tokens */
+                assert_int_equal(a->report.prefill_passes, 1);
+                assert_int_equal(b->report.prefill_passes, (most + chunks[c] - 1) / chunks[c]);
+                const epm_run_report *x = &a->report, *y = &b->report;
+                const int L = x->moe_layers;
+                assert_memory_equal(x->bytes, y->bytes, (size_t)L * EPM_LINK_COUNT * sizeof *x->bytes);
+                assert_memory_equal(x->kv_bytes, y->kv_bytes, (size_t)L * EPM_LINK_COUNT * sizeof *x->bytes);
+                assert_memory_equal(x->rank_load, y->rank_load, (size_t)L * R * sizeof *x->rank_load);
+                assert_memory_equal(x->gather_bytes, y->gather_bytes, sizeof x->gather_bytes);
+                assert_memory_equal(x->layer_tokens, y->layer_tokens, (size_t)x->num_layers * sizeof *x->layer_tokens);
+                assert_int_equal(x->decode_tokens, y->decode_tokens);
+                if (me == 0) {
+                    /* MoD has no reference: the unchunked run is it */
+                    const float *want = mod ? a->logits : epm_st_find(f.ref, "logits")->data;
+                    double e = rel_err(b->logits, want, 2 * 16 * 256);
+                    if (e > 1e-4)
+                        fprintf(stderr, "%s mode %d chunk %lld ranks %d: relative error %g\n", f.dir, mode,
+                                (long long)chunks[c], R, e);
+                    assert_true(e <= 1e-4);
+                    assert_memory_equal(a->generated, b->generated, 2 * 4 * sizeof *a->generated);
+                    for (int l = 0; l < 4; l++) {
+                        assert_memory_equal(epm_trace_ids(b->trace, l), epm_trace_ids(a->trace, l),
+                                            (size_t)epm_trace_tokens(a->trace) * 2 * sizeof(int32_t));
+                        char key[32];
+                        snprintf(key, sizeof key, "topk_ids.%d", l);
+                        if (!mod)
+                            assert_memory_equal(epm_trace_ids(b->trace, l), epm_st_find(f.ref, key)->data,
+                                                32 * 2 * sizeof(int32_t));
+                    }
+                }
+                epm_run_result_destroy(a);
+                epm_run_result_destroy(b);
+                epm_placement_destroy(p);
+                epm_st_close(f.ref);
+            }
+    /* the scored sources pick each prompt's top tokens over the whole prompt */
+    fixture f;
+    fixture_open(&f, "olmoe-tiny");
+    epm_run_opts o;
+    memset(&o, 0, sizeof o);
+    o.model_dir = f.dir;
+    o.mod = EPM_MOD_ATTENTION;
+    o.mod_capacity = 0.5;
+    o.prefill_chunk = 8;
+    epm_run_result *res = NULL;
+    const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
+    epm_status st = epm_run(&o, 2, f.lens, prompts, &res); /* the others learn rank 0's failure */
+    assert_true(st == EPM_ERR_UNSUPPORTED || st == EPM_ERR_REMOTE);
+    assert_non_null(strstr(epm_last_error(), "--prefill-chunk with --mod attention"));
+    assert_null(res);
+    o.mod = EPM_MOD_OFF;
+    o.prefill_chunk = -1;
+    st = epm_run(&o, 2, f.lens, prompts, &res);
+    assert_true(st == EPM_ERR_INVALID_ARG || st == EPM_ERR_REMOTE);
+    assert_non_null(strstr(epm_last_error(), "--prefill-chunk -1"));
+    epm_st_close(f.ref);
+}
+
 /* sum of counted inter-node bytes, all layers */
 static int64_t inter_bytes(const epm_run_report *r)
 {
@@ -838,6 +930,7 @@ int main(void)
         cmocka_unit_test(test_run_wire_bf16),
         cmocka_unit_test(test_run_decode_equals_recompute), cmocka_unit_test(test_run_agrees_with_plan_eval),
         cmocka_unit_test(test_run_sampling_equals_recompute), cmocka_unit_test(test_run_stop_tokens),
+        cmocka_unit_test(test_run_prefill_chunk),
         cmocka_unit_test(test_run_topology_bias_and_top_p), cmocka_unit_test(test_run_mismatched_placement),
     };
     if (getenv("EPM_TEST_FILTER")) /* one test by name (a developer's shortcut; CI runs them all) */
