@@ -115,6 +115,7 @@ static void live_opts(epm_run_opts *o, const char *model, epm_mode mode, int vn,
     o->virtual_nodes = vn;
     o->max_new_tokens = nnew;
     o->keep_logits = 1;
+    o->prefill_chunk = CLI_PREFILL_CHUNK; /* as epmoe run */
     o->ops = kernels;
     wire_opts(o);
 }
@@ -161,6 +162,8 @@ static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm
         if (mod) {
             o.mod = mod;
             o.mod_capacity = value;
+            if (mod != EPM_MOD_SCHEDULE) /* ranked over whole prompts: one pass, as epmoe run */
+                o.prefill_chunk = 0;
         } else {
             o.ta_strength = value;
         }
@@ -649,6 +652,7 @@ int epm_bench_run(int argc, char **argv)
                 o.max_new_tokens = (int)nnew;
                 o.route_from = t;
                 o.ops = kernels;
+                o.prefill_chunk = CLI_PREFILL_CHUNK; /* as epmoe run */
                 wire_opts(&o);
                 epm_run_result *res = NULL;
                 st = epm_run(&o, (int)batch, lens, (const int32_t *const *)prompts, &res);

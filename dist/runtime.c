@@ -1170,7 +1170,8 @@ static epm_status memory_check(rt *r)
     /* a prefill pass's activation rows, which its largest pass holds at
      * once: per token the residual and normalised input, K + 1 dispatch
      * rows out and up to min(K, R) in, and per expert slot its input,
-     * output and combine rows both ways; and the logits kept */
+     * output and combine rows both ways; and the logits kept (or a pass's
+     * every row's, which prompt logprobs read) */
     int64_t mine = 0;
     for (int s = r->me; s < r->B; s += r->R)
         mine += r->lens[s];
@@ -1178,6 +1179,8 @@ static epm_status memory_check(rt *r)
     const int K = c->top_k, in = K < r->R ? K : r->R;
     double act = (double)most * c->hidden_size * (3.0 + 5.0 * K + in) * sizeof(float);
     act += (double)(r->o->keep_logits ? mine + (r->me == 0) * r->N : r->B) * c->vocab_size * 2 * sizeof(float);
+    if (r->o->prompt_logprobs_on && !r->o->keep_logits) /* a pass's logits, every row's */
+        act += (double)most * c->vocab_size * sizeof(float);
     double limit = r->o->max_memory > 0 ? r->o->max_memory : machine_share(r);
     if (limit > 0 && w + kv + scr + act > limit)
         return epm_fail(EPM_ERR_NOMEM, "would hold %.4g GB (weights %.4g GB, routed experts as %s, dense matrices "
@@ -1463,6 +1466,9 @@ void epm_run_result_destroy(epm_run_result *res)
     epm_free(res->top_ids);
     epm_free(res->top_lp);
     epm_free(res->logits);
+    epm_free(res->prompt_lp);
+    epm_free(res->prompt_top_ids);
+    epm_free(res->prompt_top_lp);
     epm_trace_destroy(res->trace);
     epm_free(res->report.bytes);
     epm_free(res->report.kv_bytes);
@@ -1608,6 +1614,75 @@ static epm_status pass_buffers(const rt *r, int64_t n, int64_t **g, float **h)
     return *g && *h ? EPM_OK : EPM_ERR_NOMEM;
 }
 
+/* A prompt logprob's record as it travels to rank 0: the g of the token
+ * it scores, its logprob, the top ids (their bits) and logprobs. */
+static int prompt_rec_width(const epm_run_opts *o) { return 3 + 2 * o->prompt_top_logprobs; }
+
+/* The records of rows [0, n) of a pass's logits lg (tokens g, at home):
+ * each row but a sequence's last scores the prompt's next token. */
+static epm_status prompt_records(rt *r, const int32_t *const *prompts, const int64_t *g, int64_t n, const float *lg,
+                                 float *rec, int64_t *nrec)
+{
+    const epm_run_opts *o = r->o;
+    const int V = r->c->vocab_size, top = o->prompt_top_logprobs, PW = prompt_rec_width(o);
+    int64_t *at = epm_malloc((size_t)(n ? n : 1) * sizeof *at), m = 0;
+    if (!at)
+        return EPM_ERR_NOMEM;
+    for (int64_t i = 0; i < n; i++)
+        if (pos_of(r, g[i]) < r->lens[seq_of(r, g[i])] - 1)
+            at[m++] = i;
+    int bad = 0;
+    EPM_OMP("omp parallel for schedule(static) reduction(|:bad) if (m > 64)")
+    for (int64_t j = 0; j < m; j++) {
+        const int64_t i = at[j];
+        const int s = seq_of(r, g[i]), p = pos_of(r, g[i]);
+        float *w = rec + (*nrec + j) * PW, tlp[EPM_MAX_LOGPROBS];
+        int32_t tid[EPM_MAX_LOGPROBS];
+        bad |= epm_logprobs(lg + i * V, V, prompts[s][p + 1], top, &w[2], tid, tlp) != EPM_OK;
+        put_g(w, g[i] + 1);
+        for (int q = 0; q < top; q++) {
+            memcpy(&w[3 + q], &tid[q], sizeof tid[q]);
+            w[3 + top + q] = tlp[q];
+        }
+    }
+    *nrec += m;
+    epm_free(at);
+    return bad ? epm_fail(EPM_ERR_INTERNAL, "prompt logprobs: a row's log_softmax failed") : EPM_OK;
+}
+
+/* Rank 0 files every rank's records by the token they score. */
+static epm_status prompt_gather(rt *r, const float *rec, int64_t nrec, epm_run_result *res)
+{
+    const int top = r->o->prompt_top_logprobs, PW = prompt_rec_width(r->o);
+    void *all = NULL;
+    int64_t nb = 0;
+    EPM_CHECK(epm_xcomm_gather_bytes(r->x, rec, nrec * PW * (int64_t)sizeof *rec, &all, &nb));
+    epm_status st = EPM_OK;
+    if (r->me == 0) {
+        res->prompt_top = top;
+        res->prompt_lp = epm_malloc((size_t)(r->N ? r->N : 1) * sizeof *res->prompt_lp);
+        res->prompt_top_ids = epm_malloc((size_t)(r->N * top + 1) * sizeof *res->prompt_top_ids);
+        res->prompt_top_lp = epm_malloc((size_t)(r->N * top + 1) * sizeof *res->prompt_top_lp);
+        st = res->prompt_lp && res->prompt_top_ids && res->prompt_top_lp ? EPM_OK : EPM_ERR_NOMEM;
+        for (int64_t t = 0; t < r->N && st == EPM_OK; t++) { /* each sequence's first token: none */
+            res->prompt_lp[t] = NAN;
+            for (int q = 0; q < top; q++)
+                res->prompt_top_ids[t * top + q] = -1, res->prompt_top_lp[t * top + q] = NAN;
+        }
+        const float *a = all;
+        for (int64_t i = 0; i < nb / (int64_t)(PW * sizeof *a) && st == EPM_OK; i++, a += PW) {
+            int64_t t = get_g(a);
+            res->prompt_lp[t] = a[2];
+            for (int q = 0; q < top; q++) {
+                memcpy(&res->prompt_top_ids[t * top + q], &a[3 + q], sizeof(int32_t));
+                res->prompt_top_lp[t * top + q] = a[3 + top + q];
+            }
+        }
+    }
+    epm_free(all);
+    return st;
+}
+
 /* The prompts' forward passes: one, or with a prefill chunk as many as the
  * rank with the most prompt tokens needs (the others join with fewer or
  * none). Each pass's sequences that end in it are sampled (step 0) and
@@ -1617,13 +1692,17 @@ static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *
     const epm_run_opts *o = r->o;
     const epm_model_config *c = r->c;
     const int V = c->vocab_size, H = c->hidden_size;
-    int64_t mine = 0, kept = 0, n = 0, *g = NULL;
+    int64_t mine = 0, kept = 0, nrec = 0, n = 0, *g = NULL;
     for (int s = r->me; s < r->B; s += r->R)
         mine += r->lens[s];
     float *rows = epm_malloc((size_t)((o->keep_logits ? mine : po->homes) + 1) * (2 + V) * sizeof *rows);
     float *h = NULL, *lg = NULL;
     int32_t *tok = epm_malloc((size_t)(mine + 1) * sizeof *tok);
-    epm_status st = rows && tok ? EPM_OK : EPM_ERR_NOMEM;
+    /* prompt logprobs: a record per prompt token but each sequence's last,
+     * filed under the token it scores (g + 1) */
+    const int PW = prompt_rec_width(o);
+    float *prec = o->prompt_logprobs_on ? epm_malloc((size_t)(mine + 1) * PW * sizeof *prec) : NULL;
+    epm_status st = rows && tok && (prec || !o->prompt_logprobs_on) ? EPM_OK : EPM_ERR_NOMEM;
     double t0 = epm_now();
     for (int pass = 0; pass < r->passes; pass++) {
         /* this rank's tokens of the pass: its home sequences', in order */
@@ -1649,10 +1728,11 @@ static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *
          * home) are this rank's alone: they join the logits' agreement */
         st = forward(r, &n, &g, &h);
         /* the LM head runs on the rows anyone reads: each sequence's last
-         * (its next token, its logits in the result), or all with keep_logits */
+         * (its next token, its logits in the result), or all with keep_logits
+         * or prompt logprobs */
         int64_t keep = 0;
         for (int64_t i = 0; i < n && st == EPM_OK; i++) {
-            if (!o->keep_logits && pos_of(r, g[i]) != r->lens[seq_of(r, g[i])] - 1)
+            if (!o->keep_logits && !o->prompt_logprobs_on && pos_of(r, g[i]) != r->lens[seq_of(r, g[i])] - 1)
                 continue;
             if (keep < i) {
                 g[keep] = g[i];
@@ -1675,10 +1755,16 @@ static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *
         }
         st = sample_rows(o, po->smp, lg, V, nsample, po->srow, po->sseq, prompts, r->lens, res->generated, po->maxnew,
                          0, po->nt);
-        for (int64_t i = 0; i < keep; i++, kept++) {
-            put_g(rows + kept * (2 + V), o->keep_logits ? g[i] : seq_of(r, g[i]));
+        for (int64_t i = 0; i < keep; i++) {
+            int s = seq_of(r, g[i]);
+            if (!o->keep_logits && pos_of(r, g[i]) != r->lens[s] - 1)
+                continue;
+            put_g(rows + kept * (2 + V), o->keep_logits ? g[i] : s);
             memcpy(rows + kept * (2 + V) + 2, lg + i * V, (size_t)V * sizeof *rows);
+            kept++;
         }
+        if (st == EPM_OK && prec)
+            st = prompt_records(r, prompts, g, keep, lg, prec, &nrec);
     }
     epm_free(g);
     epm_free(h);
@@ -1694,6 +1780,9 @@ static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *
     if (st == EPM_OK)
         st = epm_xcomm_gather_bytes(r->x, rows, kept * (2 + V) * (int64_t)sizeof(float), &all, &nb);
     epm_free(rows);
+    if (st == EPM_OK && prec)
+        st = prompt_gather(r, prec, nrec, res);
+    epm_free(prec);
     if (st == EPM_OK && r->me == 0) {
         int64_t rowsn = o->keep_logits ? r->N : r->B;
         res->logits = epm_malloc((size_t)rowsn * V * sizeof(float));
@@ -1722,6 +1811,9 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         if (o->max_new_per_seq[s] < 1)
             return epm_fail(EPM_ERR_INVALID_ARG, "run: sequence %d may generate %d tokens (at least 1)", s,
                             o->max_new_per_seq[s]);
+    if (o->prompt_logprobs_on && (o->prompt_top_logprobs < 0 || o->prompt_top_logprobs > EPM_MAX_LOGPROBS))
+        return epm_fail(EPM_ERR_INVALID_ARG, "run: prompt top logprobs = %d: must be in [0, %d]",
+                        o->prompt_top_logprobs, EPM_MAX_LOGPROBS);
     if (o->logprobs_on && (o->top_logprobs < 0 || o->top_logprobs > EPM_MAX_LOGPROBS))
         return epm_fail(EPM_ERR_INVALID_ARG, "run: top logprobs = %d: must be in [0, %d]", o->top_logprobs,
                         EPM_MAX_LOGPROBS);

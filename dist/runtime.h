@@ -37,6 +37,11 @@ typedef struct epm_run_opts {
     int logprobs_on;                /* return each generated token's log-probability under the model
                                        (log_softmax of its logits: vLLM's raw logprobs) */
     int top_logprobs;               /* and the most likely tokens' at each step, 0 .. EPM_MAX_LOGPROBS */
+    int prompt_logprobs_on;         /* return each prompt token's log-probability given the tokens before
+                                       it (vLLM's prompt_logprobs, what perplexity and lm-eval's
+                                       loglikelihood read; a sequence's first token has none): the LM
+                                       head then runs on every prompt row, a prefill pass's at a time */
+    int prompt_top_logprobs;        /* and the most likely tokens' at each position, 0 .. EPM_MAX_LOGPROBS */
     double max_memory;              /* bytes a rank may hold (weights as held + KV cache + an estimate of
                                        a prefill pass's activations); 0 = the machine's available memory
                                        shared by the node's ranks */
@@ -139,6 +144,11 @@ typedef struct epm_run_result {
     int32_t *top_ids;   /* [batch][max_new_tokens][top_logprobs] */
     float *top_lp;      /* [batch][max_new_tokens][top_logprobs] */
     float *logits;      /* rank 0: [total prefill tokens][vocab] (keep_logits) or [batch][vocab] */
+    float *prompt_lp;   /* rank 0, with prompt_logprobs_on: [total prefill tokens] (sequence s's token p at
+                           offset(s) + p), its log-probability after the tokens before it; NaN at p = 0 */
+    int prompt_top;     /* and at each of those the most likely tokens, most likely first: */
+    int32_t *prompt_top_ids; /* [total prefill tokens][prompt_top] */
+    float *prompt_top_lp;    /* [total prefill tokens][prompt_top] */
     epm_trace *trace;   /* rank 0: the routing of every MoE layer, prefill then decode tokens */
     epm_run_report report;
 } epm_run_result;

@@ -32,6 +32,9 @@ int cli_parse_int_list(const char *what, const char *opt, const char *val, long 
 /* *out = the index of val among names (NULL-terminated); else a usage error
  * "OPT 'VAL' is not A, B or C" and 0 */
 int cli_parse_choice(const char *what, const char *opt, const char *val, const char *const *names, int *out);
+/* epmoe run's (and bench run's) --prefill-chunk: each rank's prompt tokens
+ * a pass, as SGLang's default chunked_prefill_size on large GPUs */
+enum { CLI_PREFILL_CHUNK = 8192 };
 /* --wire-dtype's values (epmoe run, plan eval, bench run), in this order */
 enum { CLI_WIRE_F32, CLI_WIRE_BF16, CLI_WIRE_FP8 };
 extern const char *const cli_wire_dtypes[];

@@ -53,13 +53,17 @@ static const char usage[] =
     "  --logprobs N             with --json: each generated token's log-probability under the model\n"
     "                           (log_softmax of its logits, before penalty, temperature and top-k/p)\n"
     "                           and the N (0-20) most likely tokens' at that step\n"
+    "  --prompt-logprobs N      with --json: each prompt token's log-probability given the tokens\n"
+    "                           before it, the N (0-20) most likely tokens' there, and each\n"
+    "                           prompt's perplexity (vLLM's prompt_logprobs)\n"
     "  --virtual-nodes N        split the ranks into N pretend nodes\n"
     "  --route-from-trace FILE  replace the gate's choices by a recorded trace\n"
     "  --trace-out FILE         write the routing of every MoE layer (trace format)\n"
     "  --logits-out FILE        write logits (safetensors 'logits')\n"
     "  --all-logits             logits of every prompt position, not only the last\n"
     "  --prefill-chunk T        prefill in passes of at most T of each rank's prompt tokens (chunked\n"
-    "                           prefill: activation memory follows T, not the prompts; 0 = one pass)\n"
+    "                           prefill: activation memory follows T, not the prompts; default 8192,\n"
+    "                           one pass with --mod router|attention; 0 = one pass)\n"
     "  --kernels ref|blas|cuda  compute kernels (default blas; cuda: the GPU of the rank's local index)\n"
     "  --bind                   bind each rank's threads and memory to the cores of its GPU's NUMA node\n"
     "                           (its share of the node's cores without GPUs; EPM_GPU_MAP=0,2,.. maps GPUs)\n"
@@ -118,7 +122,7 @@ static const char usage[] =
 
 enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER, O_MAXMEM,
        O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
-       O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK };
+       O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK, O_PLOGPROBS };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -145,6 +149,7 @@ static const struct option opts[] = {
     {"ignore-eos", no_argument, 0, O_NOEOS},        {"logprobs", required_argument, 0, O_LOGPROBS},
     {"presence-penalty", required_argument, 0, O_PRESP}, {"frequency-penalty", required_argument, 0, O_FREQP},
     {"min-tokens", required_argument, 0, O_MINTOK}, {"prefill-chunk", required_argument, 0, O_CHUNK},
+    {"prompt-logprobs", required_argument, 0, O_PLOGPROBS},
     {0, 0, 0, 0}};
 
 /* The checkpoint file (a name in dir) that out would overwrite, or NULL:
@@ -385,6 +390,44 @@ static void print_logprobs(const epm_run_result *res, int maxnew)
     printf("]");
 }
 
+/* "prompt_logprobs": per sequence, null for its first token, then per prompt
+ * token {"token", "logprob", "top": [[id, logprob], ...]} (vLLM's
+ * prompt_logprobs); "prompt_perplexity": per sequence exp(-mean logprob)
+ * over those tokens (null for a one-token prompt or one the model rules out) */
+static void print_prompt_logprobs(const epm_run_result *res, const int32_t *const *ids)
+{
+    const int top = res->prompt_top;
+    printf(", \"prompt_logprobs\": [");
+    for (int s = 0, at = 0; s < res->batch; at += res->lens[s++]) {
+        printf("%s[null", s ? ", " : "");
+        for (int p = 1; p < res->lens[s]; p++) {
+            size_t t = (size_t)at + p;
+            printf(", {\"token\": %d, \"logprob\": ", (int)ids[s][p]);
+            print_lp(res->prompt_lp[t]);
+            printf(", \"top\": [");
+            for (int q = 0; q < top; q++) {
+                printf("%s[%d, ", q ? ", " : "", (int)res->prompt_top_ids[t * top + q]);
+                print_lp(res->prompt_top_lp[t * top + q]);
+                printf("]");
+            }
+            printf("]}");
+        }
+        printf("]");
+    }
+    printf("], \"prompt_perplexity\": [");
+    for (int s = 0, at = 0; s < res->batch; at += res->lens[s++]) {
+        double sum = 0;
+        for (int p = 1; p < res->lens[s]; p++)
+            sum += res->prompt_lp[at + p];
+        double ppl = exp(-sum / (res->lens[s] - 1));
+        if (res->lens[s] > 1 && isfinite(ppl))
+            printf("%s%.9g", s ? ", " : "", ppl);
+        else
+            printf("%snull", s ? ", " : "");
+    }
+    printf("]");
+}
+
 /* Binding failures are reported and the run goes on unbound: a container
  * may forbid it, and a slower run beats no run. */
 static void bind_rank(int apply, int report)
@@ -434,7 +477,7 @@ int epm_cli_run(int argc, char **argv)
     gen_flags gf;
     memset(&gf, 0, sizeof gf);
     int32_t stop_ids[2 * EPM_MAX_STOP_IDS];
-    int report = 0, json = 0, c, k, bind = 0, report_bindings = 0, maxnew_given = 0;
+    int report = 0, json = 0, c, k, bind = 0, report_bindings = 0, maxnew_given = 0, chunk_given = 0;
     long v;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -553,6 +596,7 @@ int epm_cli_run(int argc, char **argv)
         case O_CHUNK:
             if (!cli_parse_int(W, "--prefill-chunk", optarg, 0, INT32_MAX, &v)) return EPM_EXIT_USAGE;
             o.prefill_chunk = v;
+            chunk_given = 1;
             break;
         case O_MINTOK:
             if (!cli_parse_int(W, "--min-tokens", optarg, 0, 1 << 20, &v)) return EPM_EXIT_USAGE;
@@ -567,6 +611,11 @@ int epm_cli_run(int argc, char **argv)
             o.logprobs_on = 1;
             o.top_logprobs = (int)v;
             break;
+        case O_PLOGPROBS:
+            if (!cli_parse_int(W, "--prompt-logprobs", optarg, 0, EPM_MAX_LOGPROBS, &v)) return EPM_EXIT_USAGE;
+            o.prompt_logprobs_on = 1;
+            o.prompt_top_logprobs = (int)v;
+            break;
         case O_JSON: json = 1; break;
         case O_HELP: fputs(usage, stdout); return EPM_EXIT_OK;
         default: return cli_option_error(W, argv);
@@ -576,8 +625,14 @@ int epm_cli_run(int argc, char **argv)
         return cli_usage_error(W, "unexpected argument '%s'", argv[optind]);
     if (!o.model_dir || !input)
         return cli_usage_error(W, "--model and --input are required");
+    /* chunked by default, as SGLang's chunked_prefill_size; MoD's scored
+     * sources rank each prompt's tokens over the whole prompt */
+    if (!chunk_given)
+        o.prefill_chunk = o.mod == EPM_MOD_ROUTER || o.mod == EPM_MOD_ATTENTION ? 0 : CLI_PREFILL_CHUNK;
     if (o.logprobs_on && !json)
         return cli_usage_error(W, "--logprobs %d: logprobs come with --json output", o.top_logprobs);
+    if (o.prompt_logprobs_on && !json)
+        return cli_usage_error(W, "--prompt-logprobs %d: logprobs come with --json output", o.prompt_top_logprobs);
     const char *outs[] = {tout, lout};
     const char *ins[] = {input, place, rft};
     for (int i = 0; i < 2; i++)
@@ -672,6 +727,8 @@ int epm_cli_run(int argc, char **argv)
             printf("]");
             if (res->logprob)
                 print_logprobs(res, o.max_new_tokens);
+            if (res->prompt_lp)
+                print_prompt_logprobs(res, (const int32_t *const *)pr->ids);
             if (report) {
                 printf(", ");
                 print_report(stdout, res, 1);

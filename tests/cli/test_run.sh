@@ -110,6 +110,13 @@ has "$d/err" "activations of 5 prompt tokens a pass" # rank 0's prompt
 check "more memory than allowed, prefill in chunks" 1 run -np 2 "$E" run --model "$m" --input "$d/in.json" \
   --max-memory 0.0001 --prefill-chunk 2
 has "$d/err" "activations of 2 prompt tokens a pass"
+# by default 8192 a pass (SGLang's chunked_prefill_size); one pass where MoD ranks a prompt's tokens
+python3 -c 'import json; print(json.dumps([[i % 200 + 1 for i in range(9000)]]))' >"$d/long.json"
+check "the default prefill chunk" 1 run -np 1 "$E" run --model "$m" --input "$d/long.json" --max-memory 0.0001
+has "$d/err" "activations of 8192 prompt tokens a pass"
+check "one prefill pass under --mod attention" 1 run -np 1 "$E" run --model "$m" --input "$d/long.json" \
+  --mod attention --mod-capacity 0.5 --max-memory 0.0001
+has "$d/err" "activations of 9000 prompt tokens a pass"
 check "within the memory allowed" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-memory 1
 check "virtual nodes not dividing ranks" 1 run -np 3 "$E" run --model "$m" --input "$d/in.json" --virtual-nodes 2
 has "$d/err" "virtual-nodes 2"
@@ -312,6 +319,39 @@ check "prefill chunks with --mod router" 1 run -np 2 "$E" run --model "$m" --inp
 has "$d/err" "--prefill-chunk with --mod router"
 check "negative prefill chunk" 2 "$E" run --model "$m" --input "$d/in.json" --prefill-chunk -1
 has "$d/err" "--prefill-chunk"
+# prompt logprobs (in passes of 2): log_softmax of the logits at the position before each prompt token, as
+# --all-logits writes them in the same run; the top 2 there; each prompt's perplexity
+check "--prompt-logprobs" 0 run -np 3 "$E" run --model "$m" --input "$d/in.json" --json --prompt-logprobs 2 \
+  --prefill-chunk 2 --logits-out "$d/pl.st" --all-logits
+python3 - "$d/out" "$d/pl.st" <<'PY' || fail "--prompt-logprobs: $(head -c 300 "$d/out")"
+import json, math, struct, sys
+d = json.load(open(sys.argv[1]))
+b = open(sys.argv[2], 'rb').read()
+n = struct.unpack('<Q', b[:8])[0]
+t = json.loads(b[8:8 + n])['logits']
+V = t['shape'][1]
+raw = b[8 + n + t['data_offsets'][0]:8 + n + t['data_offsets'][1]]
+lg = struct.unpack('<%df' % (len(raw) // 4), raw)
+ids = [[1, 2, 3, 4, 5], [9, 8, 7]]
+at = 0
+for s, seq in enumerate(ids):
+    pl = d['prompt_logprobs'][s]
+    assert len(pl) == len(seq) and pl[0] is None
+    total = 0
+    for p in range(1, len(seq)):
+        row = lg[(at + p - 1) * V:(at + p) * V]
+        mx = max(row)
+        lse = mx + math.log(sum(math.exp(x - mx) for x in row))
+        e = pl[p]
+        assert e['token'] == seq[p] and abs(e['logprob'] - (row[seq[p]] - lse)) < 1e-4, (s, p, e)
+        best = sorted(range(V), key=lambda v: (-row[v], v))[:2]
+        assert [x[0] for x in e['top']] == best and abs(e['top'][0][1] - (row[best[0]] - lse)) < 1e-4
+        total += e['logprob']
+    assert abs(d['prompt_perplexity'][s] - math.exp(-total / (len(seq) - 1))) < 1e-4 * d['prompt_perplexity'][s]
+    at += len(seq)
+PY
+check "--prompt-logprobs without --json" 2 "$E" run --model "$m" --input "$d/in.json" --prompt-logprobs 2
+has "$d/err" "with --json"
 check "output over input" 2 "$E" run --model "$m" --input "$d/in.json" --trace-out "$d/in.json"
 check "usage" 2 "$E" run --input "$d/in.json"
 check "help" 0 "$E" run --help

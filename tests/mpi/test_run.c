@@ -783,6 +783,60 @@ static void test_run_prefill_chunk(void **state)
     epm_st_close(f.ref);
 }
 
+/* Prompt logprobs: each prompt token's log-probability under the logits
+ * the reference gives at the position before it (and the top 3 there), in
+ * one prefill pass and in passes of 5, both modes; a first token has none. */
+static void test_run_prompt_logprobs(void **state)
+{
+    (void)state;
+    static const char *const names[] = {"mixtral-tiny", "qwen2moe-tiny", "deepseekv3-tiny"};
+    for (int m = 0; m < 3; m++)
+        for (int mode = 0; mode < 2; mode++)
+            for (int chunk = 0; chunk <= 5; chunk += 5) {
+                fixture f;
+                fixture_open(&f, names[m]);
+                epm_run_opts o;
+                memset(&o, 0, sizeof o);
+                o.model_dir = f.dir;
+                o.mode = (epm_mode)mode;
+                o.ops = "blas";
+                o.prompt_logprobs_on = 1;
+                o.prompt_top_logprobs = 3;
+                o.prefill_chunk = chunk;
+                epm_run_result *res;
+                const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
+                assert_int_equal(epm_run(&o, 2, f.lens, prompts, &res), EPM_OK);
+                if (me == 0) {
+                    const float *ref = epm_st_find(f.ref, "logits")->data;
+                    assert_int_equal(res->prompt_top, 3);
+                    for (int s = 0; s < 2; s++) {
+                        assert_true(isnan(res->prompt_lp[s * 16]));
+                        assert_int_equal(res->prompt_top_ids[s * 16 * 3], -1);
+                        for (int p = 1; p < 16; p++) {
+                            float lp, tlp[3];
+                            int32_t tid[3];
+                            assert_int_equal(epm_logprobs(ref + (s * 16 + p - 1) * 256, 256, f.ids[s][p], 3, &lp, tid,
+                                                          tlp), EPM_OK);
+                            const int t = s * 16 + p;
+                            assert_true(fabs(res->prompt_lp[t] - lp) <= 1e-4);
+                            for (int q = 0; q < 3; q++) {
+                                assert_int_equal(res->prompt_top_ids[t * 3 + q], tid[q]);
+                                assert_true(fabs(res->prompt_top_lp[t * 3 + q] - tlp[q]) <= 1e-4);
+                            }
+                        }
+                    }
+                    /* the result's logits stay each sequence's last */
+                    double e = rel_err(res->logits, ref + 15 * 256, 256);
+                    e = fmax(e, rel_err(res->logits + 256, ref + 31 * 256, 256));
+                    assert_true(e <= 1e-4);
+                } else {
+                    assert_null(res->prompt_lp);
+                }
+                epm_run_result_destroy(res);
+                epm_st_close(f.ref);
+            }
+}
+
 /* sum of counted inter-node bytes, all layers */
 static int64_t inter_bytes(const epm_run_report *r)
 {
@@ -930,7 +984,7 @@ int main(void)
         cmocka_unit_test(test_run_wire_bf16),
         cmocka_unit_test(test_run_decode_equals_recompute), cmocka_unit_test(test_run_agrees_with_plan_eval),
         cmocka_unit_test(test_run_sampling_equals_recompute), cmocka_unit_test(test_run_stop_tokens),
-        cmocka_unit_test(test_run_prefill_chunk),
+        cmocka_unit_test(test_run_prefill_chunk), cmocka_unit_test(test_run_prompt_logprobs),
         cmocka_unit_test(test_run_topology_bias_and_top_p), cmocka_unit_test(test_run_mismatched_placement),
     };
     if (getenv("EPM_TEST_FILTER")) /* one test by name (a developer's shortcut; CI runs them all) */
