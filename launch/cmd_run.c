@@ -366,6 +366,20 @@ static void print_lp(float lp)
         printf("null");
 }
 
+/* {"token", "logprob", "top": [[id, logprob], ...]} */
+static void print_token_lp(int32_t token, float lp, const int32_t *top_ids, const float *top_lp, int top)
+{
+    printf("{\"token\": %d, \"logprob\": ", (int)token);
+    print_lp(lp);
+    printf(", \"top\": [");
+    for (int q = 0; q < top; q++) {
+        printf("%s[%d, ", q ? ", " : "", (int)top_ids[q]);
+        print_lp(top_lp[q]);
+        printf("]");
+    }
+    printf("]}");
+}
+
 /* "logprobs": per sequence, per generated token {"token", "logprob", "top": [[id, logprob], ...]} */
 static void print_logprobs(const epm_run_result *res, int maxnew)
 {
@@ -375,15 +389,8 @@ static void print_logprobs(const epm_run_result *res, int maxnew)
         printf("%s[", s ? ", " : "");
         for (int j = 0; j < res->gen_len[s]; j++) {
             size_t at = (size_t)s * maxnew + j;
-            printf("%s{\"token\": %d, \"logprob\": ", j ? ", " : "", (int)res->generated[at]);
-            print_lp(res->logprob[at]);
-            printf(", \"top\": [");
-            for (int q = 0; q < top; q++) {
-                printf("%s[%d, ", q ? ", " : "", (int)res->top_ids[at * top + q]);
-                print_lp(res->top_lp[at * top + q]);
-                printf("]");
-            }
-            printf("]}");
+            printf("%s", j ? ", " : "");
+            print_token_lp(res->generated[at], res->logprob[at], res->top_ids + at * top, res->top_lp + at * top, top);
         }
         printf("]");
     }
@@ -402,15 +409,9 @@ static void print_prompt_logprobs(const epm_run_result *res, const int32_t *cons
         printf("%s[null", s ? ", " : "");
         for (int p = 1; p < res->lens[s]; p++) {
             size_t t = (size_t)at + p;
-            printf(", {\"token\": %d, \"logprob\": ", (int)ids[s][p]);
-            print_lp(res->prompt_lp[t]);
-            printf(", \"top\": [");
-            for (int q = 0; q < top; q++) {
-                printf("%s[%d, ", q ? ", " : "", (int)res->prompt_top_ids[t * top + q]);
-                print_lp(res->prompt_top_lp[t * top + q]);
-                printf("]");
-            }
-            printf("]}");
+            printf(", ");
+            print_token_lp(ids[s][p], res->prompt_lp[t], res->prompt_top_ids + t * top, res->prompt_top_lp + t * top,
+                           top);
         }
         printf("]");
     }
