@@ -436,9 +436,12 @@ usage plan extra "" --quiet extra
 # ---- bench kernels: the DeepSeek-V3-like shape at 1 and 3 tokens, two weight sets ----
 ok "bench kernels cpu csv" "$E" bench kernels --backend cpu --shape dsv3 --tokens 1,3 --reps 1 --weight-gb 0.001 --csv &&
   csvcheck kernels cpu 1,3
-ok "bench kernels ref" "$E" bench kernels --backend ref --shape dsv3 --tokens 1 --reps 1 --weight-gb 0.001 &&
-  csvcheck kernels-table 1 && has "$d/out" "^# blas: ." &&
-  has "$d/out" "^# cpu gemm for up to [0-9]* rows: ."
+# (the tables: not in the sanitizer pass, EPM_TEST_QUICK=1, which runs the same kernels for the CSVs
+# and the reference's in the unit tests; 4 s each under ASan)
+[ "${EPM_TEST_QUICK:-0}" = 1 ] ||
+  { ok "bench kernels ref" "$E" bench kernels --backend ref --shape dsv3 --tokens 1 --reps 1 --weight-gb 0.001 &&
+      csvcheck kernels-table 1 && has "$d/out" "^# blas: ." &&
+      has "$d/out" "^# cpu gemm for up to [0-9]* rows: ."; }
 # FP8 weights held as stored beside the same weights dequantised to bf16, both backends
 # (the sanitizer pass, EPM_TEST_QUICK=1, times one row count: each is 5 s under ASan)
 fp8rows=1,5
@@ -450,9 +453,10 @@ ok "bench kernels fp8 csv" "$E" bench kernels --dtype fp8 --shape dsv3 --tokens 
 [ "${EPM_TEST_QUICK:-0}" = 1 ] ||
   { ok "bench kernels fp8 ref" "$E" bench kernels --dtype FP8 --backend ref --shape dsv3 --tokens 1 --reps 1 \
       --weight-gb 0.001 --csv && csvcheck kernels-fp8 ref 1; }
-ok "bench kernels fp8 table" "$E" bench kernels --dtype fp8 --shape dsv3 --tokens 1 --reps 1 --weight-gb 0.001 &&
-  has "$d/out" "^# backend cpu F8_E4M3 (blocks of 128 x 128)" && has "$d/out" "bf16 s *vs bf16 *rel diff$" &&
-  has "$d/out" "^dsv3 *1 *8 *8 .* [0-9.e+-]*$"
+[ "${EPM_TEST_QUICK:-0}" = 1 ] ||
+  { ok "bench kernels fp8 table" "$E" bench kernels --dtype fp8 --shape dsv3 --tokens 1 --reps 1 --weight-gb 0.001 &&
+      has "$d/out" "^# backend cpu F8_E4M3 (blocks of 128 x 128)" && has "$d/out" "bf16 s *vs bf16 *rel diff$" &&
+      has "$d/out" "^dsv3 *1 *8 *8 .* [0-9.e+-]*$"; }
 usage kernels --dtype cuda --dtype fp8 --backend cuda
 usage kernels --dtype fp9 --dtype fp9
 # EPM_CPU_ISA caps the CPU GEMM's instruction set; a bad value stops the bench by name

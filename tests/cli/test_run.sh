@@ -30,6 +30,7 @@ echo '[[1, 2, 3, 4, 5], [9, 8, 7]]' >"$d/in.json"
 check "json input, 2 ranks" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report
 has "$d/out" '"generated": \[\['
 has "$d/out" '"rank_load"'
+cp "$d/out" "$d/onepass.json" # (chunked prefill below: the same tokens as this one pass)
 # a bf16 K/V cache: named in the report, half the float32 cache's bytes (3 ranks, follow: every rank
 # keeps every sequence's); a dtype it has not is refused by name
 kvbytes() { sed -n 's/.*"kv_cache_bytes_max_rank": \([0-9]*\).*/\1/p' "$d/out"; }
@@ -312,7 +313,7 @@ has "$d/err" "$d/nonexistent.json"
 # pass; MoD's scored sources and a negative chunk refused by name (the sanitizer pass: the last; test_run
 # runs the chunks there)
 if full; then
-check "one prefill pass" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report
+cp "$d/onepass.json" "$d/out"
 tok1=$(gj "d['generated']")
 [ "$(gj "d['report']['prefill_passes']")" = 1 ] || fail "one prefill pass: $(head -c 300 "$d/out")"
 check "prefill in chunks" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report \
