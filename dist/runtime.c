@@ -1172,10 +1172,7 @@ static epm_status memory_check(rt *r)
      * rows out and up to min(K, R) in, and per expert slot its input,
      * output and combine rows both ways; and the logits kept (or a pass's
      * every row's, which prompt logprobs read) */
-    int64_t mine = 0;
-    for (int s = r->me; s < r->B; s += r->R)
-        mine += r->lens[s];
-    const int64_t most = r->chunk_of && r->o->prefill_chunk < mine ? r->o->prefill_chunk : mine;
+    const int64_t mine = r->mine, most = r->chunk_of && r->o->prefill_chunk < mine ? r->o->prefill_chunk : mine;
     const int K = c->top_k, in = K < r->R ? K : r->R;
     double act = (double)most * c->hidden_size * (3.0 + 5.0 * K + in) * sizeof(float);
     act += (double)(r->o->keep_logits ? mine + (r->me == 0) * r->N : r->B) * c->vocab_size * 2 * sizeof(float);
@@ -1217,6 +1214,7 @@ static epm_status prefill_passes(rt *r)
         return EPM_ERR_NOMEM;
     for (int s = 0; s < r->B; s++)
         seen[s % r->R] += r->lens[s];
+    r->mine = seen[r->me];
     for (int q = 0; q < r->R && T > 0; q++)
         r->passes = (seen[q] + T - 1) / T > r->passes ? (int)((seen[q] + T - 1) / T) : r->passes;
     r->pass_tokens = epm_calloc((size_t)r->passes, sizeof *r->pass_tokens);
@@ -1593,6 +1591,9 @@ static epm_status collect_trace(rt *r, epm_run_result *res)
     return st;
 }
 
+/* Prompt token g is its sequence's last: its logits give the first new token. */
+static int prompt_last(const rt *r, int64_t g) { return pos_of(r, g) == r->lens[seq_of(r, g)] - 1; }
+
 /* Where a pass's new tokens go: their records (one per sequence, summed
  * over ranks at the next decoding step), sampled on this rank's samplers
  * over rows srow of the logits, sequences sseq (scratch of homes entries). */
@@ -1629,7 +1630,7 @@ static epm_status prompt_records(rt *r, const int32_t *const *prompts, const int
     if (!at)
         return EPM_ERR_NOMEM;
     for (int64_t i = 0; i < n; i++)
-        if (pos_of(r, g[i]) < r->lens[seq_of(r, g[i])] - 1)
+        if (!prompt_last(r, g[i]))
             at[m++] = i;
     int bad = 0;
     EPM_OMP("omp parallel for schedule(static) reduction(|:bad) if (m > 64)")
@@ -1692,9 +1693,8 @@ static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *
     const epm_run_opts *o = r->o;
     const epm_model_config *c = r->c;
     const int V = c->vocab_size, H = c->hidden_size;
-    int64_t mine = 0, kept = 0, nrec = 0, n = 0, *g = NULL;
-    for (int s = r->me; s < r->B; s += r->R)
-        mine += r->lens[s];
+    const int64_t mine = r->mine;
+    int64_t kept = 0, nrec = 0, n = 0, *g = NULL;
     float *rows = epm_malloc((size_t)((o->keep_logits ? mine : po->homes) + 1) * (2 + V) * sizeof *rows);
     float *h = NULL, *lg = NULL;
     int32_t *tok = epm_malloc((size_t)(mine + 1) * sizeof *tok);
@@ -1732,7 +1732,7 @@ static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *
          * or prompt logprobs */
         int64_t keep = 0;
         for (int64_t i = 0; i < n && st == EPM_OK; i++) {
-            if (!o->keep_logits && !o->prompt_logprobs_on && pos_of(r, g[i]) != r->lens[seq_of(r, g[i])] - 1)
+            if (!o->keep_logits && !o->prompt_logprobs_on && !prompt_last(r, g[i]))
                 continue;
             if (keep < i) {
                 g[keep] = g[i];
@@ -1746,23 +1746,22 @@ static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *
             st = logits(r, keep, h, &lg);
         if ((st = sync(r, st)) != EPM_OK)
             break;
-        /* a failure from here on is this rank's: the next agreement has it */
+        /* a failure from here on is this rank's: the next agreement has it.
+         * Sequences ending here are sampled; the result keeps their logits
+         * (or every row's) */
         int nsample = 0;
-        for (int64_t i = 0; i < keep && o->max_new_tokens > 0; i++) {
-            int s = seq_of(r, g[i]);
-            if (pos_of(r, g[i]) == r->lens[s] - 1 && nsample < po->homes)
-                po->srow[nsample] = i, po->sseq[nsample++] = s;
-        }
-        st = sample_rows(o, po->smp, lg, V, nsample, po->srow, po->sseq, prompts, r->lens, res->generated, po->maxnew,
-                         0, po->nt);
         for (int64_t i = 0; i < keep; i++) {
-            int s = seq_of(r, g[i]);
-            if (!o->keep_logits && pos_of(r, g[i]) != r->lens[s] - 1)
+            const int s = seq_of(r, g[i]), last = prompt_last(r, g[i]);
+            if (last && o->max_new_tokens > 0 && nsample < po->homes)
+                po->srow[nsample] = i, po->sseq[nsample++] = s;
+            if (!o->keep_logits && !last)
                 continue;
             put_g(rows + kept * (2 + V), o->keep_logits ? g[i] : s);
             memcpy(rows + kept * (2 + V) + 2, lg + i * V, (size_t)V * sizeof *rows);
             kept++;
         }
+        st = sample_rows(o, po->smp, lg, V, nsample, po->srow, po->sseq, prompts, r->lens, res->generated, po->maxnew,
+                         0, po->nt);
         if (st == EPM_OK && prec)
             st = prompt_records(r, prompts, g, keep, lg, prec, &nrec);
     }

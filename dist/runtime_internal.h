@@ -67,6 +67,7 @@ typedef struct rt {
     /* prefill in passes (epm_run_opts.prefill_chunk): token g < N runs in pass chunk_of[g] (NULL: one
        pass), which has pass_tokens[] tokens on all ranks; chunk is the prefill pass under way */
     int passes, chunk;
+    int64_t mine;         /* prompt tokens of this rank's (home) sequences */
     int32_t *chunk_of;
     int64_t *pass_tokens;
     /* decoding: sequences leave the batch at a stop token */
