@@ -61,20 +61,6 @@ static int32_t sort_nucleus(const float *lg, int V, double temp, double top_p, d
     return idx[m - 1];
 }
 
-static int parse_vocabs(const char *s, int *out, int cap)
-{
-    int n = 0;
-    while (*s && n < cap) {
-        char *end;
-        long v = strtol(s, &end, 10);
-        if (end == s || v < 2 || v > (1 << 24) || (*end && *end != ','))
-            return 0;
-        out[n++] = (int)v;
-        s = *end ? end + 1 : end;
-    }
-    return *s ? 0 : n;
-}
-
 int epm_bench_sampling(int argc, char **argv)
 {
     const char *W = "bench sampling";
@@ -91,10 +77,14 @@ int epm_bench_sampling(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (c) {
         case O_V:
-            if (!(nv = parse_vocabs(optarg, vocabs, 16)))
-                return cli_usage_error(W, "--vocabs '%s': expected up to 16 sizes in [2, 16777216], comma-separated",
-                                       optarg);
+        {
+            long lv[16];
+            if (!cli_parse_int_list(W, "--vocabs", optarg, 2, 1 << 24, "vocabulary sizes", lv, 16, &nv))
+                return EPM_EXIT_USAGE;
+            for (int i = 0; i < nv; i++)
+                vocabs[i] = (int)lv[i];
             break;
+        }
         case O_R: if (!cli_parse_int(W, "--reps", optarg, 1, 1000000, &reps)) return EPM_EXIT_USAGE; break;
         case O_CSV: csv = 1; break;
         case O_H: fputs(usage, stdout); return EPM_EXIT_OK;

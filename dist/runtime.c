@@ -1326,7 +1326,10 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     if (st == EPM_OK && o->route_from) {
         const epm_trace *t = o->route_from;
         /* with stop tokens the run's length is known only as it goes: each step checks its own */
-        int64_t need = o->n_stop > 0 ? r->N : r->total;
+        int stops = o->n_stop > 0;
+        for (int s = 0; o->seq_sampling && s < batch; s++)
+            stops |= o->seq_sampling[s].n_stop > 0;
+        int64_t need = stops ? r->N : r->total;
         if (epm_trace_layers(t) != r->moe_layers || epm_trace_tokens(t) < need || epm_trace_k(t) != c->top_k ||
             epm_trace_experts(t) > c->num_experts)
             st = epm_fail(EPM_ERR_MISMATCH,
@@ -1538,8 +1541,11 @@ static epm_status sample_rows(const epm_run_opts *o, const samplers *ss, const f
     for (int j = 0; j < nrows; j++) {
         int s = seqs[j];
         int32_t t = 0;
-        epm_status st = epm_sampler_next(ss->s[epm_omp_me()], lg + rows[j] * V, prompts[s], lens[s],
-                                         gen + (size_t)s * maxnew, step, s, step, &t);
+        epm_sampler *smp = ss->s[epm_omp_me()];
+        epm_status st = o->seq_sampling ? epm_sampler_set(smp, &o->seq_sampling[s]) : EPM_OK;
+        if (st == EPM_OK)
+            st = epm_sampler_next(smp, lg + rows[j] * V, prompts[s], lens[s], gen + (size_t)s * maxnew, step, s, step,
+                                  &t);
         int64_t *w = rec + (size_t)s * W;
         w[0] = t;
         if (st == EPM_OK && o->logprobs_on) {
@@ -1810,6 +1816,9 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         if (o->max_new_per_seq[s] < 1)
             return epm_fail(EPM_ERR_INVALID_ARG, "run: sequence %d may generate %d tokens (at least 1)", s,
                             o->max_new_per_seq[s]);
+    for (int s = 0; o->seq_sampling && s < batch; s++)
+        if (epm_sampling_validate(&o->seq_sampling[s]) != EPM_OK)
+            return epm_fail_context(EPM_ERR_INVALID_ARG, "run: sequence %d", s);
     if (o->prompt_logprobs_on && (o->prompt_top_logprobs < 0 || o->prompt_top_logprobs > EPM_MAX_LOGPROBS))
         return epm_fail(EPM_ERR_INVALID_ARG, "run: prompt top logprobs = %d: must be in [0, %d]",
                         o->prompt_top_logprobs, EPM_MAX_LOGPROBS);
@@ -1949,8 +1958,9 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
                 }
             }
             res->generated[(size_t)s * maxnew + res->gen_len[s]++] = t;
-            for (int j = 0; j < o->n_stop; j++)
-                if (t == o->stop_ids[j])
+            const epm_sampling *own = o->seq_sampling ? &o->seq_sampling[s] : NULL;
+            for (int j = 0, ns = own ? own->n_stop : o->n_stop; j < ns; j++)
+                if (t == (own ? own->stop_ids : o->stop_ids)[j])
                     res->stopped[s] = 1;
             r.live[s] = !res->stopped[s] && (!o->max_new_per_seq || res->gen_len[s] < o->max_new_per_seq[s]);
             r.live_rank[s] = r.live[s] ? nlive++ : -1;

@@ -34,6 +34,10 @@ typedef struct epm_run_opts {
     const int32_t *stop_ids;        /* a sequence ends when it generates one of these (it is kept in the
                                        output); it then leaves the batch: no compute, no exchange */
     int n_stop;
+    const epm_sampling *seq_sampling; /* [batch] or NULL: sequence s's own sampling and stop tokens
+                                       (its stop_ids and n_stop), in place of sampling, stop_ids and
+                                       n_stop: requests that each bring their own
+                                       (epm_request_sampling_apply) */
     int logprobs_on;                /* return each generated token's log-probability under the model
                                        (log_softmax of its logits: vLLM's raw logprobs) */
     int top_logprobs;               /* and the most likely tokens' at each step, 0 .. EPM_MAX_LOGPROBS */

@@ -26,6 +26,7 @@ struct epm_sampler {
     uint8_t *seen; /* [V] repetition-penalty marks, cleared after each token */
     int32_t *cnt;  /* [V] times generated, for the frequency penalty, cleared likewise */
     int32_t *stop; /* [n_stop] the stop tokens min_tokens holds back */
+    int stop_cap, heap_cap; /* what stop and heap have room for */
 };
 
 static int penalised(const epm_sampling *s) { return s->repetition_penalty > 0 && s->repetition_penalty != 1; }
@@ -73,36 +74,55 @@ epm_status epm_sampler_create(const epm_sampling *s, int vocab, epm_sampler **ou
     *out = NULL;
     if (vocab < 1)
         return epm_fail(EPM_ERR_INVALID_ARG, "epm_sampler_create: vocab = %d", vocab);
-    EPM_CHECK(epm_sampling_validate(s));
     epm_sampler *r = epm_calloc(1, sizeof *r);
     if (!r)
         return EPM_ERR_NOMEM;
-    if (s)
-        r->p = *s;
     r->V = vocab;
-    r->p.stop_ids = NULL;
-    if (r->p.n_stop > 0) {
-        r->stop = epm_malloc((size_t)r->p.n_stop * sizeof *r->stop);
-        if (!r->stop) {
-            epm_free(r);
-            return EPM_ERR_NOMEM;
-        }
-        memcpy(r->stop, s->stop_ids, (size_t)r->p.n_stop * sizeof *r->stop);
-    }
-    if (!changed(&r->p) && !epm_sampling_random(&r->p)) { /* greedy reads the row as it is */
-        *out = r;
-        return EPM_OK;
-    }
-    r->z = epm_malloc((size_t)vocab * sizeof *r->z);
-    r->c = epm_malloc((size_t)vocab * sizeof *r->c);
-    r->heap = epm_malloc((size_t)(r->p.top_k > 0 && r->p.top_k < vocab ? r->p.top_k : 1) * sizeof *r->heap);
-    r->seen = epm_calloc((size_t)vocab, 1);
-    r->cnt = epm_calloc((size_t)vocab, sizeof *r->cnt);
-    if (!r->z || !r->c || !r->heap || !r->seen || !r->cnt) {
+    const epm_sampling greedy = {0};
+    epm_status st = epm_sampler_set(r, s ? s : &greedy);
+    if (st != EPM_OK) {
         epm_sampler_destroy(r);
-        return EPM_ERR_NOMEM;
+        return st;
     }
     *out = r;
+    return EPM_OK;
+}
+
+epm_status epm_sampler_set(epm_sampler *r, const epm_sampling *s)
+{
+    if (!r || !s)
+        return epm_fail(EPM_ERR_INVALID_ARG, "epm_sampler_set: NULL argument");
+    EPM_CHECK(epm_sampling_validate(s));
+    const int V = r->V;
+    if (s->n_stop > r->stop_cap) {
+        int32_t *stop = epm_realloc(r->stop, (size_t)s->n_stop * sizeof *stop);
+        if (!stop)
+            return EPM_ERR_NOMEM;
+        r->stop = stop, r->stop_cap = s->n_stop;
+    }
+    /* greedy reads the row as it is; anything else works on a copy */
+    if ((changed(s) || epm_sampling_random(s)) && !r->z) {
+        r->z = epm_malloc((size_t)V * sizeof *r->z);
+        r->c = epm_malloc((size_t)V * sizeof *r->c);
+        r->seen = epm_calloc((size_t)V, 1);
+        r->cnt = epm_calloc((size_t)V, sizeof *r->cnt);
+        if (!r->z || !r->c || !r->seen || !r->cnt) {
+            epm_free(r->z), epm_free(r->c), epm_free(r->seen), epm_free(r->cnt);
+            r->z = NULL, r->c = NULL, r->seen = NULL, r->cnt = NULL;
+            return EPM_ERR_NOMEM;
+        }
+    }
+    int heap = s->top_k > 0 && s->top_k < V ? s->top_k : 1;
+    if (heap > r->heap_cap) {
+        double *h = epm_realloc(r->heap, (size_t)heap * sizeof *h);
+        if (!h)
+            return EPM_ERR_NOMEM;
+        r->heap = h, r->heap_cap = heap;
+    }
+    if (s->n_stop > 0)
+        memcpy(r->stop, s->stop_ids, (size_t)s->n_stop * sizeof *r->stop);
+    r->p = *s;
+    r->p.stop_ids = NULL;
     return EPM_OK;
 }
 
@@ -393,7 +413,7 @@ epm_status epm_sampler_next(epm_sampler *s, const float *logits, const int32_t *
         for (int64_t i = 0; i < n; i++)
             total += c[i].key;
     }
-    const double target = uniform(p->seed, seq, step) * total;
+    const double target = uniform(p->seed, p->own_seed ? 0 : seq, step) * total;
     double acc = 0;
     for (int64_t i = 0; i < n; i++) {
         acc += c[i].key;

@@ -8,6 +8,7 @@
 #include "epmoe/model.h"
 #include "json_show.h"
 #include "npy.h"
+#include "request.h"
 #include "safetensors.h"
 
 /* Bounds that keep a hostile file from asking for absurd allocations; the
@@ -23,6 +24,7 @@ void epm_tokens_destroy(epm_tokens *t)
     epm_free(t->ids);
     epm_free(t->lens);
     epm_free(t->max_new);
+    epm_free(t->req);
     epm_free(t);
 }
 
@@ -137,15 +139,122 @@ static epm_status max_new_of(json_t *v, const char *label, epm_tokens *t)
     return EPM_OK;
 }
 
-/* [[...], ...], a single [...], or {"input_ids": ..., "attention_mask": ...}
- * as a tokenizer returns it; masked-out positions (padding) are dropped. */
+/* Request objects (vLLM's: prompt_token_ids, max_tokens, SamplingParams),
+ * from a JSON list (lines NULL), a JSON-lines file (the line of each) or a
+ * file of one request object (single). */
+static epm_status from_requests(json_t *list, const int *lines, int single, const char *label, int vocab,
+                                epm_tokens **out)
+{
+    const int batch = (int)json_array_size(list);
+    epm_tokens *t;
+    EPM_CHECK(alloc_batch(batch, &t));
+    t->max_new = epm_calloc((size_t)batch, sizeof *t->max_new);
+    t->req = epm_calloc((size_t)batch, sizeof *t->req);
+    epm_status st = t->max_new && t->req ? EPM_OK : EPM_ERR_NOMEM;
+    for (int s = 0; s < batch && st == EPM_OK; s++) {
+        char where[48];
+        if (single)
+            snprintf(where, sizeof where, "the request");
+        else if (lines)
+            snprintf(where, sizeof where, "line %d (request %d)", lines[s], s);
+        else
+            snprintf(where, sizeof where, "requests[%d]", s);
+        st = epm_request_from_json(json_array_get(list, (size_t)s), label, where, vocab, MAX_SEQ, &t->ids[s],
+                                   &t->lens[s], &t->max_new[s], &t->req[s]);
+    }
+    if (st != EPM_OK) {
+        epm_tokens_destroy(t);
+        return st;
+    }
+    *out = t;
+    return EPM_OK;
+}
+
+/* JSON lines: one request object per line (blank lines skipped) */
+static epm_status from_jsonl(const char *text, size_t len, const char *label, int vocab, epm_tokens **out)
+{
+    json_t *list = json_array();
+    int *lines = NULL, cap = 0, line = 1;
+    epm_status st = list ? EPM_OK : EPM_ERR_NOMEM;
+    for (size_t off = 0; st == EPM_OK;) {
+        while (off < len && (text[off] == ' ' || text[off] == '\t' || text[off] == '\r' || text[off] == '\n'))
+            line += text[off++] == '\n';
+        if (off == len)
+            break;
+        json_error_t err;
+        json_t *v = json_loadb(text + off, len - off, JSON_REJECT_DUPLICATES | JSON_DISABLE_EOF_CHECK, &err);
+        if (!v) {
+            st = epm_fail(EPM_ERR_FORMAT, "%s: line %d: not a JSON request object (%s)", label, line + err.line - 1,
+                          err.text);
+            break;
+        }
+        int n = (int)json_array_size(list);
+        if (n == MAX_BATCH) {
+            json_decref(v);
+            st = epm_fail(EPM_ERR_FORMAT, "%s: more than %d requests", label, MAX_BATCH);
+            break;
+        }
+        if (n == cap) {
+            int *l = epm_realloc(lines, (size_t)(cap = cap ? 2 * cap : 64) * sizeof *l);
+            if (!l) {
+                json_decref(v);
+                st = EPM_ERR_NOMEM;
+                break;
+            }
+            lines = l;
+        }
+        lines[n] = line;
+        if (json_array_append_new(list, v))
+            st = EPM_ERR_NOMEM;
+        for (size_t i = off; i < off + err.position; i++)
+            line += text[i] == '\n';
+        off += err.position;
+    }
+    if (st == EPM_OK)
+        st = from_requests(list, lines, 0, label, vocab, out);
+    json_decref(list);
+    epm_free(lines);
+    return st;
+}
+
+static int only_space(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r' && p[i] != '\n')
+            return 0;
+    return 1;
+}
+
+/* [[...], ...], a single [...], {"input_ids": ..., "attention_mask": ...}
+ * as a tokenizer returns it (masked-out positions, padding, are dropped), or
+ * requests: a list of objects, or one per line (JSON lines). */
 static epm_status from_json(const char *text, size_t len, const char *label, int vocab, epm_tokens **out)
 {
     json_error_t err;
-    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &err);
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DISABLE_EOF_CHECK, &err);
     if (!root)
         return epm_fail(EPM_ERR_FORMAT, "%s: not .npy, safetensors or valid JSON (line %d: %s)", label, err.line,
                         err.text);
+    if (!only_space(text + err.position, len - err.position)) { /* more after the first value */
+        json_decref(root);
+        return from_jsonl(text, len, label, vocab, out);
+    }
+    if (epm_request_like(root)) { /* one request */
+        json_t *one = json_array();
+        epm_status st = one && !json_array_append(one, root) ? from_requests(one, NULL, 1, label, vocab, out)
+                                                             : EPM_ERR_NOMEM;
+        json_decref(one);
+        json_decref(root);
+        return st;
+    }
+    if (json_is_array(root) && json_array_size(root) > 0 && json_is_object(json_array_get(root, 0))) {
+        epm_status st = json_array_size(root) > MAX_BATCH
+                            ? epm_fail(EPM_ERR_FORMAT, "%s: %zu requests; at most %d", label, json_array_size(root),
+                                       MAX_BATCH)
+                            : from_requests(root, NULL, 0, label, vocab, out);
+        json_decref(root);
+        return st;
+    }
     epm_status st = EPM_OK;
     epm_tokens *t = NULL;
     json_t *ids = root, *mask = NULL;

@@ -35,6 +35,8 @@ int cli_parse_choice(const char *what, const char *opt, const char *val, const c
 /* epmoe run's (and bench run's) --prefill-chunk: each rank's prompt tokens
  * a pass, as SGLang's default chunked_prefill_size on large GPUs */
 enum { CLI_PREFILL_CHUNK = 8192 };
+/* the output length of a request that gives no max_tokens (vLLM's SamplingParams default) */
+enum { CLI_REQUEST_MAX_TOKENS = 16 };
 /* --wire-dtype's values (epmoe run, plan eval, bench run), in this order */
 enum { CLI_WIRE_F32, CLI_WIRE_BF16, CLI_WIRE_FP8 };
 extern const char *const cli_wire_dtypes[];

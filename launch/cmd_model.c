@@ -85,21 +85,6 @@ static const struct option synth_opts[] = {
     {"fp8-block", required_argument, 0, S_FP8BLOCK}, {"help", no_argument, 0, S_HELP},
     {0, 0, 0, 0}};
 
-/* "0,3,5" -> layers; returns the count or -1. */
-static int parse_list(const char *s, int *out, int cap)
-{
-    int n = 0;
-    while (*s) {
-        char *end;
-        long v = strtol(s, &end, 10);
-        if (end == s || v < 0 || v > 1 << 20 || n == cap || (*end && *end != ','))
-            return -1;
-        out[n++] = (int)v;
-        s = *end ? end + 1 : end;
-    }
-    return n;
-}
-
 static int cmd_synth(int argc, char **argv)
 {
     const char *W = "model synth", *out = NULL;
@@ -176,11 +161,16 @@ static int cmd_synth(int argc, char **argv)
         }
         case S_SEED: if (!cli_parse_u64(W, "--seed", optarg, &o.seed)) return EPM_EXIT_USAGE; break;
         case S_MLPONLY:
-            o.n_mlp_only = parse_list(optarg, mlp_only, (int)(sizeof mlp_only / sizeof *mlp_only));
-            if (o.n_mlp_only < 0)
-                return cli_usage_error(W, "--mlp-only-layers '%s' is not a comma-separated list of layers", optarg);
+        {
+            static long layers[4096];
+            if (!cli_parse_int_list(W, "--mlp-only-layers", optarg, 0, 1 << 20, "layers", layers, 4096,
+                                    &o.n_mlp_only))
+                return EPM_EXIT_USAGE;
+            for (int i = 0; i < o.n_mlp_only; i++)
+                mlp_only[i] = (int)layers[i];
             o.mlp_only = mlp_only;
             break;
+        }
         case S_TIE: o.tie_embeddings = 1; break;
         case S_RSCALING:
             if (!cli_parse_double(W, "--routed-scaling", optarg, 1e-6, 1e6, &d))

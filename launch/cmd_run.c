@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +22,10 @@ static const char usage[] =
     "Prefill a batch, then decode (greedy or sampled), expert-parallel over the MPI ranks.\n"
     "  --model DIR              Hugging Face checkpoint (config.json + safetensors)\n"
     "  --input FILE             token ids: JSON [[1,2,3],[4,5]] or {\"input_ids\": ..., \"attention_mask\": ...,\n"
-    "                           \"max_new_tokens\": N or [per sequence]},\n"
+    "                           \"max_new_tokens\": N or [per sequence]}, requests (vLLM's) as a JSON list\n"
+    "                           or JSON lines of {\"prompt_token_ids\": [...], \"max_tokens\": N, and\n"
+    "                           SamplingParams' temperature, top_k, top_p, min_p, seed, stop_token_ids,\n"
+    "                           ignore_eos, min_tokens and penalties, each over the run's},\n"
     "                           .npy int32/int64 [batch, seq], or safetensors with 'input_ids'\n"
     "  --placement FILE         placement JSON from epmoe plan (default: contiguous)\n"
     "  --mode home|follow       where tokens live between MoE layers (default home)\n"
@@ -288,25 +292,21 @@ typedef struct gen_flags {
 
 static int parse_stop_ids(const char *W, const char *val, gen_flags *f)
 {
-    const char *p = val; /* a second --stop-token-ids adds to the first */
-    for (;;) {
-        char *end;
-        errno = 0;
-        long v = strtol(p, &end, 10);
-        if (end == p || errno || v < 0 || v > INT32_MAX || (*end && *end != ','))
-            return cli_usage_error(W, "--stop-token-ids '%s': expected token ids >= 0 separated by commas", val), 0;
-        if (f->n_stop == EPM_MAX_STOP_IDS)
-            return cli_usage_error(W, "--stop-token-ids '%s': at most %d ids", val, EPM_MAX_STOP_IDS), 0;
-        f->stop[f->n_stop++] = (int32_t)v;
-        if (!*end)
-            return 1;
-        p = end + 1;
-    }
+    long ids[EPM_MAX_STOP_IDS];
+    int n; /* a second --stop-token-ids adds to the first */
+    if (!cli_parse_int_list(W, "--stop-token-ids", val, 0, INT32_MAX, "token ids", ids, EPM_MAX_STOP_IDS, &n))
+        return 0;
+    if (f->n_stop + n > EPM_MAX_STOP_IDS)
+        return cli_usage_error(W, "--stop-token-ids: %d ids in all; at most %d", f->n_stop + n, EPM_MAX_STOP_IDS), 0;
+    for (int i = 0; i < n; i++)
+        f->stop[f->n_stop++] = (int32_t)ids[i];
+    return 1;
 }
 
 /* The run's sampling and stop tokens: the generation config (the
  * checkpoint's, a file, or none), then the flags over it. */
-static epm_status decoding(const char *model_dir, const gen_flags *f, epm_sampling *s, int32_t *stop, int *n_stop)
+static epm_status decoding(const char *model_dir, const gen_flags *f, epm_sampling *s, int32_t *stop, int *n_stop,
+                           int32_t *eos, int *n_eos)
 {
     epm_generation_config gc;
     memset(&gc, 0, sizeof gc);
@@ -345,6 +345,8 @@ static epm_status decoding(const char *model_dir, const gen_flags *f, epm_sampli
         *s = (epm_sampling){.repetition_penalty = s->repetition_penalty, .presence_penalty = s->presence_penalty,
                             .frequency_penalty = s->frequency_penalty, .min_tokens = s->min_tokens, .seed = s->seed};
     /* the checkpoint's stop tokens, then the flags', each once */
+    memcpy(eos, gc.eos, (size_t)gc.n_eos * sizeof *eos);
+    *n_eos = gc.n_eos;
     *n_stop = 0;
     for (int i = 0; i < gc.n_eos + f->n_stop; i++) {
         int32_t id = i < gc.n_eos ? gc.eos[i] : f->stop[i - gc.n_eos];
@@ -355,6 +357,24 @@ static epm_status decoding(const char *model_dir, const gen_flags *f, epm_sampli
             stop[(*n_stop)++] = id;
     }
     return epm_sampling_validate(s);
+}
+
+/* the fields of a "sampling" object (off as vLLM writes it: top_p and repetition_penalty 1) */
+static void print_sampling(const epm_sampling *s)
+{
+    printf("\"temperature\": %.17g, \"top_k\": %d, \"top_p\": %.17g, \"min_p\": %.17g, \"repetition_penalty\": "
+           "%.17g, \"presence_penalty\": %.17g, \"frequency_penalty\": %.17g, \"min_tokens\": %d, \"seed\": %llu",
+           s->temperature, s->top_k, s->top_p > 0 ? s->top_p : 1, s->min_p,
+           s->repetition_penalty > 0 ? s->repetition_penalty : 1, s->presence_penalty, s->frequency_penalty,
+           s->min_tokens, (unsigned long long)s->seed);
+}
+
+static void print_ids(const int32_t *ids, int n)
+{
+    printf("[");
+    for (int i = 0; i < n; i++)
+        printf("%s%d", i ? ", " : "", (int)ids[i]);
+    printf("]");
 }
 
 /* a log-probability as JSON: -inf (a token the model rules out) as null */
@@ -651,20 +671,53 @@ int epm_cli_run(int argc, char **argv)
     epm_placement *p = NULL;
     epm_trace *t = NULL;
     epm_run_result *res = NULL;
-    /* ids are checked against the vocabulary by the run, which knows it */
-    /* nothing to decode (logits, a trace): the generation config is not read */
-    epm_status st = epm_tokens_load(input, 0, &pr);
+    /* ids are checked against config.json's vocabulary here, where an error
+     * can name the file (a checkpoint without one fails in the run, by name);
+     * nothing to decode (logits, a trace): the generation config is not read */
+    int vocab = 0;
+    {
+        char cpath[PATH_MAX];
+        epm_model_config cfg;
+        memset(&cfg, 0, sizeof cfg);
+        if (snprintf(cpath, sizeof cpath, "%s/config.json", o.model_dir) < (int)sizeof cpath &&
+            epm_model_config_load(cpath, &cfg) == EPM_OK)
+            vocab = cfg.vocab_size;
+        epm_model_config_clear(&cfg);
+    }
+    epm_status st = epm_tokens_load(input, vocab, &pr);
     if (st == EPM_OK && pr->max_new) {
-        /* the input's lengths per sequence, under --max-new-tokens where it is given */
+        /* the input's lengths per sequence, under --max-new-tokens where it is given; a
+         * request without max_tokens has --max-new-tokens, else vLLM's default */
         int most = 0;
-        for (int s = 0; s < pr->batch; s++)
+        for (int s = 0; s < pr->batch; s++) {
+            if (!pr->max_new[s])
+                pr->max_new[s] = maxnew_given && o.max_new_tokens > 0 ? o.max_new_tokens : CLI_REQUEST_MAX_TOKENS;
             most = pr->max_new[s] > most ? pr->max_new[s] : most;
+        }
         o.max_new_tokens = maxnew_given && o.max_new_tokens < most ? o.max_new_tokens : most;
         o.max_new_per_seq = pr->max_new;
     }
+    int32_t eos[EPM_MAX_STOP_IDS];
+    int n_eos = 0;
     if (st == EPM_OK && o.max_new_tokens > 0)
-        st = decoding(o.model_dir, &gf, &o.sampling, stop_ids, &o.n_stop);
+        st = decoding(o.model_dir, &gf, &o.sampling, stop_ids, &o.n_stop, eos, &n_eos);
     o.stop_ids = stop_ids;
+    epm_sampling *own = NULL; /* each request's sampling over the run's */
+    int32_t *own_stops = NULL;
+    if (st == EPM_OK && o.max_new_tokens > 0 && pr->req) {
+        const size_t room = (size_t)n_eos + (size_t)gf.n_stop + EPM_MAX_STOP_IDS;
+        own = malloc((size_t)pr->batch * sizeof *own);
+        own_stops = malloc((size_t)pr->batch * room * sizeof *own_stops);
+        st = own && own_stops ? EPM_OK : EPM_ERR_NOMEM;
+        for (int s = 0; s < pr->batch && st == EPM_OK; s++) {
+            char label[PATH_MAX + 32];
+            snprintf(label, sizeof label, "%s: request %d", input, s);
+            int n;
+            st = epm_request_sampling_apply(&pr->req[s], &o.sampling, eos, n_eos, gf.ignore_eos, gf.stop, gf.n_stop,
+                                            label, &own[s], own_stops + s * room, &n);
+        }
+        o.seq_sampling = own;
+    }
     if (st == EPM_OK && place)
         st = epm_placement_load_json(place, &p);
     if (st == EPM_OK && rft)
@@ -716,16 +769,23 @@ int epm_cli_run(int argc, char **argv)
             printf("], \"finish_reason\": [");
             for (int s = 0; s < res->batch; s++)
                 printf("%s\"%s\"", s ? ", " : "", res->stopped[s] ? "stop" : "length");
-            printf("], \"sampling\": {\"temperature\": %.17g, \"top_k\": %d, \"top_p\": %.17g, \"min_p\": %.17g, "
-                   "\"repetition_penalty\": %.17g, \"presence_penalty\": %.17g, \"frequency_penalty\": %.17g, "
-                   "\"min_tokens\": %d, \"seed\": %llu}, \"stop_token_ids\": [",
-                   o.sampling.temperature, o.sampling.top_k, o.sampling.top_p > 0 ? o.sampling.top_p : 1,
-                   o.sampling.min_p, o.sampling.repetition_penalty > 0 ? o.sampling.repetition_penalty : 1,
-                   o.sampling.presence_penalty, o.sampling.frequency_penalty, o.sampling.min_tokens,
-                   (unsigned long long)o.sampling.seed);
-            for (int i = 0; i < o.n_stop; i++)
-                printf("%s%d", i ? ", " : "", (int)o.stop_ids[i]);
-            printf("]");
+            printf("], \"sampling\": {");
+            print_sampling(&o.sampling);
+            printf("}, \"stop_token_ids\": ");
+            print_ids(o.stop_ids, o.n_stop);
+            if (own) { /* what each request ran with */
+                printf(", \"request_sampling\": [");
+                for (int s = 0; s < res->batch; s++) {
+                    printf("%s{", s ? ", " : "");
+                    print_sampling(&own[s]);
+                    printf(", \"seed_of\": \"%s\", \"max_tokens\": %d, \"stop_token_ids\": ",
+                           own[s].own_seed ? "request" : "run",
+                           pr->max_new[s] < o.max_new_tokens ? pr->max_new[s] : o.max_new_tokens);
+                    print_ids(own[s].stop_ids, own[s].n_stop);
+                    printf("}");
+                }
+                printf("]");
+            }
             if (res->logprob)
                 print_logprobs(res, o.max_new_tokens);
             if (res->prompt_lp)
@@ -750,6 +810,8 @@ int epm_cli_run(int argc, char **argv)
     epm_placement_destroy(p);
     epm_trace_destroy(t);
     epm_tokens_destroy(pr);
+    free(own);
+    free(own_stops);
     epm_xcomm_finalize();
     return rc;
 }

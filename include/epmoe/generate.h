@@ -26,6 +26,8 @@
 extern "C" {
 #endif
 
+#define EPM_MAX_STOP_IDS 64
+
 /* Zero everywhere is greedy decoding: the highest logit, the lowest id among equals. */
 typedef struct epm_sampling {
     double temperature;        /* 0: greedy; > 0: sample from softmax(logits / temperature) */
@@ -45,6 +47,9 @@ typedef struct epm_sampling {
                                   from its own stop_ids) */
     int n_stop;
     uint64_t seed;
+    int own_seed;              /* 1: the draws depend on (seed, step) alone, as sequence 0's would: a
+                                  request's own seed (vLLM's SamplingParams.seed), which gives the
+                                  same tokens wherever the request sits in a batch */
 } epm_sampling;
 
 /* NULL is greedy. An error names the parameter and its value. */
@@ -57,6 +62,11 @@ typedef struct epm_sampler epm_sampler;
 
 EPM_API epm_status epm_sampler_create(const epm_sampling *s, int vocab, epm_sampler **out);
 EPM_API void epm_sampler_destroy(epm_sampler *s);
+
+/* New parameters for the next tokens (a batch whose requests each have
+ * their own): validated, stop ids copied, buffers grown where needed. On
+ * an error the sampler keeps its old parameters. */
+EPM_API epm_status epm_sampler_set(epm_sampler *s, const epm_sampling *p);
 
 /* The next token of sequence `seq` at generation step `step` (0 for the
  * first generated token) from its logits [vocab]. The sequence so far is
@@ -80,7 +90,45 @@ EPM_API epm_status epm_sampler_next(epm_sampler *s, const float *logits, const i
 EPM_API epm_status epm_logprobs(const float *logits, int vocab, int32_t token, int n, float *lp, int32_t *top_ids,
                                 float *top_lp);
 
-#define EPM_MAX_STOP_IDS 64
+/* One request's own decoding parameters, under vLLM's SamplingParams names
+ * (temperature, top_k, top_p, min_p, repetition_penalty, presence_penalty,
+ * frequency_penalty, min_tokens, seed, stop_token_ids, ignore_eos): each
+ * one the request gives replaces the run's (flags over the generation
+ * config); the rest are the run's. */
+enum {
+    EPM_REQ_TEMPERATURE = 1 << 0,
+    EPM_REQ_TOP_K = 1 << 1,
+    EPM_REQ_TOP_P = 1 << 2,
+    EPM_REQ_MIN_P = 1 << 3,
+    EPM_REQ_REPETITION = 1 << 4,
+    EPM_REQ_PRESENCE = 1 << 5,
+    EPM_REQ_FREQUENCY = 1 << 6,
+    EPM_REQ_MIN_TOKENS = 1 << 7,
+    EPM_REQ_SEED = 1 << 8,
+    EPM_REQ_IGNORE_EOS = 1 << 9,
+};
+
+typedef struct epm_request_sampling {
+    unsigned set;   /* EPM_REQ_* of the fields the request gives */
+    epm_sampling s; /* their values (its stop_ids and n_stop unused) */
+    int ignore_eos;
+    int n_stop;     /* stop_token_ids: stop tokens beyond the run's (vLLM: beside the EOS) */
+    int32_t stop[EPM_MAX_STOP_IDS];
+} epm_request_sampling;
+
+/* The sampling of one request over the run's: `run` as resolved (a greedy
+ * run's has no top-k, top-p or min-p), the checkpoint's EOS ids and the
+ * run's other stop ids (with run_ignore_eos the EOS ids are not the run's
+ * stop tokens). A request that decodes greedily drops top-k, top-p and
+ * min-p (as vLLM does); one that samples over a greedy run has none unless
+ * it gives them (vLLM's defaults). With its own seed, its draws depend on
+ * (seed, step) alone (own_seed). The stop tokens, each once, go to
+ * stop[0, *n_stop) (room for n_eos + n_extra + EPM_MAX_STOP_IDS) and out->stop_ids
+ * points there. An error names `label` (the request) and the field. */
+EPM_API epm_status epm_request_sampling_apply(const epm_request_sampling *rq, const epm_sampling *run,
+                                              const int32_t *eos, int n_eos, int run_ignore_eos,
+                                              const int32_t *extra, int n_extra, const char *label,
+                                              epm_sampling *out, int32_t *stop, int *n_stop);
 
 typedef struct epm_generation_config {
     epm_sampling sampling; /* greedy unless do_sample is true (a repetition_penalty applies either way) */

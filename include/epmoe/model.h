@@ -52,6 +52,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "epmoe/generate.h"
 #include "epmoe/status.h"
 #include "epmoe/types.h"
 
@@ -324,10 +325,17 @@ typedef struct epm_tokens {
     int *lens;       /* [batch] */
     int32_t **ids;   /* [batch][lens[s]] */
     int *max_new;    /* [batch] or NULL: JSON's "max_new_tokens", one for all or one per sequence
-                        (each >= 1), as a serving benchmark gives each request its output length */
+                        (each >= 1), as a serving benchmark gives each request its output length;
+                        a request's max_tokens (0: it gives none) */
+    epm_request_sampling *req; /* [batch] or NULL: each request's own decoding parameters */
 } epm_tokens;
 
-/* JSON ([[1,2,3],[4,5]] or {"input_ids": [[...]], "max_new_tokens": 8 | [8, 2]}), .npy int32/int64
+/* JSON ([[1,2,3],[4,5]] or {"input_ids": [[...]], "max_new_tokens": 8 | [8, 2]}); requests, vLLM's
+ * way: a JSON list of objects, or one object per line (JSON lines), each
+ * {"prompt_token_ids": [...], "max_tokens": N, and SamplingParams fields:
+ * temperature, top_k, top_p, min_p, repetition_penalty, presence_penalty,
+ * frequency_penalty, min_tokens, seed, stop_token_ids, ignore_eos}, unknown
+ * fields refused by name; .npy int32/int64
  * [batch, seq] (or [seq]), or safetensors with an integer `input_ids`
  * tensor; chosen by content. vocab > 0: every id must be below it; errors
  * name the sequence and position. */

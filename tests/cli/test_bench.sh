@@ -516,7 +516,7 @@ ok "bench sampling csv" "$E" bench sampling --vocabs 17,3000 --reps 20 --csv &&
              END {exit !(h && g == 2 && p == 2 && r == 12 && NR == 13)}' "$d/out" || { fail "bench sampling: rows"; show; }; }
 help_ok sampling --vocabs --reps --csv
 usage sampling --vocabs 1 --vocabs 1
-usage sampling --vocabs 40,x --vocabs 40,x
+usage sampling --vocabs x --vocabs 40,x
 usage sampling --reps 0 --reps 0
 
 # ---- bench a2a: 2 and 3 ranks, 8 B to 2 KiB, 10 ms a size and method ----

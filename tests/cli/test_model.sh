@@ -89,6 +89,8 @@ expect 2 "$EPMOE" model synth --out "$d/x" --heads 3
 expect 2 "$EPMOE" model synth --out "$d/x" --dtype f64
 expect 2 "$EPMOE" model synth --out "$d/x" --hidden abc
 expect 2 "$EPMOE" model synth --out "$d/x" --arch mixtral --mlp-only-layers 1
+expect 2 "$EPMOE" model synth --out "$d/x" --arch qwen2moe --mlp-only-layers 1,-2
+contains "$d/err" "option --mlp-only-layers: '-2' is not an integer"
 expect 2 "$EPMOE" model synth --out "$d/x" --arch qwen2moe --layers 2 --mlp-only-layers 0,1
 contains "$d/err" "no MoE layer"
 expect 0 "$EPMOE" model synth --help

@@ -286,7 +286,7 @@ check "top-k without sampling" 1 run -np 2 "$E" run --model "$g" --input "$d/in.
 has "$d/err" "give --temperature > 0"
 fi
 check "bad --stop-token-ids" 2 "$E" run --model "$g" --input "$d/in.json" --stop-token-ids 1,x
-has "$d/err" "stop-token-ids '1,x'"
+has "$d/err" "option --stop-token-ids: 'x' is not an integer"
 check "bad --temperature" 2 "$E" run --model "$g" --input "$d/in.json" --temperature -1
 if full; then
 # --temperature over a greedy file samples with the file's top-p and transformers' top_k 50, as

@@ -1,8 +1,10 @@
-/* Fuzz target: token-id input (JSON, .npy, safetensors by content). Every
- * accepted id lies inside the vocabulary given, and every per-sequence
- * max_new_tokens in [1, 2^20]. */
+/* Fuzz target: token-id input (JSON, .npy, safetensors by content; request
+ * lists and JSON lines). Every accepted id lies inside the vocabulary given,
+ * every per-sequence max_new_tokens in [1, 2^20] (a request's may be 0: it
+ * gives none), and every request's sampling parameters pass validation. */
 #include <stdint.h>
 
+#include "epmoe/generate.h"
 #include "epmoe/model.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -21,8 +23,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (int i = 0; i < t->lens[s]; i++)
             if (t->ids[s][i] < 0 || t->ids[s][i] >= vocab)
                 __builtin_trap();
-        if (t->max_new && (t->max_new[s] < 1 || t->max_new[s] > (1 << 20)))
+        if (t->max_new && (t->max_new[s] < (t->req ? 0 : 1) || t->max_new[s] > (1 << 20)))
             __builtin_trap();
+        if (t->req) {
+            epm_sampling run = {0}, out;
+            int32_t stop[EPM_MAX_STOP_IDS];
+            int n;
+            if (t->req[s].n_stop < 0 || t->req[s].n_stop > EPM_MAX_STOP_IDS ||
+                epm_request_sampling_apply(&t->req[s], &run, NULL, 0, 0, NULL, 0, "fuzz", &out, stop, &n) != EPM_OK)
+                __builtin_trap();
+        }
     }
     epm_tokens_destroy(t);
     return 0;

@@ -621,6 +621,71 @@ static void test_run_stop_tokens(void **state)
     }
 }
 
+/* Requests with their own sampling (epm_run_opts.seq_sampling): each
+ * sequence decodes as a run with its parameters would have decoded it, a
+ * request's own seed draws as sequence 0 of a run with that seed, and a
+ * request's stop tokens end it alone. Reference kernels: a row's arithmetic
+ * does not depend on what else the batch holds. */
+static void test_run_request_sampling(void **state)
+{
+    (void)state;
+    enum { NEW = 8, B = 4 };
+    for (int mode = 0; mode < 2; mode++) {
+        fixture f;
+        fixture_open(&f, "mixtral-tiny");
+        epm_run_opts o;
+        memset(&o, 0, sizeof o);
+        o.model_dir = f.dir;
+        o.mode = (epm_mode)mode;
+        o.max_new_tokens = NEW;
+        o.ops = "ref";
+        const epm_sampling sampled = {.temperature = 0.9, .top_k = 40, .seed = 7};
+        const epm_sampling greedy = {.repetition_penalty = 1.3};
+        const int32_t *prompts[B] = {f.ids[0], f.ids[1], f.ids[0], f.ids[1]};
+        const int lens[B] = {16, 16, 16, 16};
+        epm_run_result *a, *b, *c;
+        o.sampling = sampled;
+        assert_int_equal(epm_run(&o, B, lens, prompts, &a), EPM_OK);
+        o.sampling = greedy;
+        assert_int_equal(epm_run(&o, B, lens, prompts, &b), EPM_OK);
+        /* sequence 2 has sequence 0's prompt, but not its draws (else own_seed would go unseen) */
+        assert_memory_not_equal(a->generated, a->generated + 2 * NEW, NEW * sizeof(int32_t));
+        int32_t stop = b->generated[3 * NEW + 2];
+        int want = 3;
+        while (want > 1 && b->generated[3 * NEW + want - 2] == stop)
+            want--;
+        epm_sampling own[B] = {sampled, greedy, sampled, greedy};
+        own[2].own_seed = 1;
+        own[3].stop_ids = &stop;
+        own[3].n_stop = 1;
+        o.seq_sampling = own;
+        o.sampling = (epm_sampling){.temperature = 2, .seed = 99}; /* unread */
+        assert_int_equal(epm_run(&o, B, lens, prompts, &c), EPM_OK);
+        assert_memory_equal(c->generated, a->generated, NEW * sizeof(int32_t));
+        assert_memory_equal(c->generated + NEW, b->generated + NEW, NEW * sizeof(int32_t));
+        assert_memory_equal(c->generated + 2 * NEW, a->generated, NEW * sizeof(int32_t));
+        for (int s = 0; s < 3; s++) {
+            assert_int_equal(c->gen_len[s], NEW);
+            assert_int_equal(c->stopped[s], 0);
+        }
+        assert_int_equal(c->gen_len[3], want);
+        assert_int_equal(c->stopped[3], 1);
+        assert_memory_equal(c->generated + 3 * NEW, b->generated + 3 * NEW, (size_t)want * sizeof(int32_t));
+        assert_int_equal(c->report.decode_tokens, 3 * (NEW - 1) + want - 1);
+        /* a request's bad parameters are refused, naming its sequence */
+        own[1].top_p = 2;
+        epm_run_result *d = NULL;
+        assert_int_equal(epm_run(&o, B, lens, prompts, &d), EPM_ERR_INVALID_ARG);
+        assert_non_null(strstr(epm_last_error(), "sequence 1"));
+        assert_non_null(strstr(epm_last_error(), "top_p"));
+        assert_null(d);
+        epm_run_result_destroy(a);
+        epm_run_result_destroy(b);
+        epm_run_result_destroy(c);
+        epm_st_close(f.ref);
+    }
+}
+
 static void test_run_agrees_with_plan_eval(void **state)
 {
     (void)state;
@@ -994,6 +1059,7 @@ int main(void)
         cmocka_unit_test(test_run_wire_bf16),
         cmocka_unit_test(test_run_decode_equals_recompute), cmocka_unit_test(test_run_agrees_with_plan_eval),
         cmocka_unit_test(test_run_sampling_equals_recompute), cmocka_unit_test(test_run_stop_tokens),
+        cmocka_unit_test(test_run_request_sampling),
         cmocka_unit_test(test_run_prefill_chunk), cmocka_unit_test(test_run_prompt_logprobs),
         cmocka_unit_test(test_run_topology_bias_and_top_p), cmocka_unit_test(test_run_mismatched_placement),
     };

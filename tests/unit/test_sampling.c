@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core.h"
 #include "epmoe/generate.h"
 
 /* ---- helpers ---- */
@@ -1474,6 +1475,402 @@ static void test_penalties_and_min_tokens(void **state)
     gc_bad("{\"min_length\": 10}", EPM_ERR_UNSUPPORTED, "min_length", "10");
 }
 
+/* ---- per-request parameters: epm_sampler_set, own_seed, epm_request_sampling_apply ---- */
+
+enum { SV = 64, SETS = 6 };
+
+/* The parameter sets a batch's requests may bring: greedy, top-k sampled,
+ * penalised (greedy and sampled), stop ids held back by min_tokens, min-p. */
+static int32_t set_stops[SETS][8];
+static epm_sampling param_set(int i)
+{
+    epm_sampling p;
+    memset(&p, 0, sizeof p);
+    switch (i) {
+    case 0: break; /* greedy */
+    case 1: p = (epm_sampling){.temperature = 0.8, .top_k = 5, .seed = 7}; break;
+    case 2: p = (epm_sampling){.repetition_penalty = 1.8, .frequency_penalty = 0.7, .seed = 8}; break;
+    case 3:
+        p = (epm_sampling){.temperature = 1.3, .top_k = 40, .top_p = 0.9, .repetition_penalty = 1.5,
+                           .presence_penalty = 0.5, .seed = 9};
+        break;
+    case 4: { /* the stop ids are the best tokens: held back before step 3 */
+        static const int32_t st[5] = {3, 17, 40, 63, 200};
+        memcpy(set_stops[i], st, sizeof st);
+        p = (epm_sampling){.temperature = 0.05, .top_k = 20, .min_tokens = 3, .seed = 10, .n_stop = 5,
+                           .stop_ids = set_stops[i]};
+        break;
+    }
+    default: {
+        set_stops[i][0] = 11;
+        p = (epm_sampling){.temperature = 2, .min_p = 0.2, .seed = 11, .min_tokens = 2, .n_stop = 1,
+                           .stop_ids = set_stops[i]};
+        break;
+    }
+    }
+    return p;
+}
+
+/* logits at random, the stop ids of set 4 and 5 on top */
+static void rand_logits(float *lg)
+{
+    for (int i = 0; i < SV; i++)
+        lg[i] = (float)(rng_unit() * 4 - 2);
+    lg[3] = lg[17] = lg[40] = lg[63] = 6 + (float)rng_unit();
+    lg[11] = 3;
+}
+
+/* One sampler whose parameters change between calls gives, bit for bit, the
+ * tokens a fresh sampler with each set gives; a refused set leaves the old. */
+static void test_sampler_set(void **state)
+{
+    (void)state;
+    rng_state = 77;
+    epm_sampler *sw = mk(NULL, SV);
+    /* every switch between two sets, growing and shrinking the stop ids and top-k's heap */
+    const int order[] = {0, 1, 3, 1, 4, 0, 5, 4, 2, 3, 0, 2, 5, 1, 4, 3, 5, 0, 3, 2, 4, 5, 2, 1, 0, 4, 1, 5, 3, 4,
+                         2, 0, 1, 2, 3, 5};
+    int differ[SETS] = {0}; /* the sets do differ from the greedy one */
+    float lg[SV];
+    int32_t hist[12];
+    for (size_t r = 0; r < sizeof order / sizeof order[0]; r++) {
+        const int i = order[r];
+        epm_sampling p = param_set(i);
+        int32_t scratch[8];
+        if (p.n_stop) { /* the ids are copied: scribbled over after the set */
+            memcpy(scratch, p.stop_ids, (size_t)p.n_stop * sizeof *scratch);
+            p.stop_ids = scratch;
+        }
+        if (epm_sampler_set(sw, &p) != EPM_OK)
+            fail_msg("epm_sampler_set(set %d): %s", i, epm_last_error());
+        for (int j = 0; j < 8; j++)
+            scratch[j] = 0;
+        epm_sampling q = param_set(i);
+        epm_sampler *fresh = mk(&q, SV), *greedy = mk(NULL, SV);
+        for (int step = 0; step < 6; step++) {
+            rand_logits(lg);
+            for (int j = 0; j < 12; j++)
+                hist[j] = (int32_t)(rng_next() % SV);
+            const int64_t seq = (int64_t)(rng_next() % 5);
+            int32_t a = next_pen(sw, SV, lg, hist, 6, hist + 6, 6, seq, step);
+            int32_t b = next_pen(fresh, SV, lg, hist, 6, hist + 6, 6, seq, step);
+            if (a != b)
+                fail_msg("switch %zu to set %d, step %d: %d after epm_sampler_set, %d from a fresh sampler", r, i,
+                         step, a, b);
+            differ[i] += a != next_pen(greedy, SV, lg, hist, 6, hist + 6, 6, seq, step);
+        }
+        epm_sampler_destroy(fresh);
+        epm_sampler_destroy(greedy);
+    }
+    for (int i = 1; i < SETS; i++)
+        if (differ[i] == 0)
+            fail_msg("set %d never differs from greedy decoding: the test cannot tell them apart", i);
+    /* refused parameters: the status, named, and the sampler keeps set 4 (stop ids, min_tokens) */
+    epm_sampling p4 = param_set(4);
+    assert_int_equal(epm_sampler_set(sw, &p4), EPM_OK);
+    epm_sampler *ref = mk(&p4, SV);
+    int32_t big[70];
+    for (int j = 0; j < 70; j++)
+        big[j] = 30 + j; /* 30 .. 63 in the vocabulary, the rest beyond it */
+    epm_sampling bad[5];
+    for (int b = 0; b < 5; b++)
+        bad[b] = (epm_sampling){.temperature = 1, .top_k = 60, .n_stop = 70, .stop_ids = big};
+    bad[0].temperature = -1;
+    bad[1].top_p = 1.5;
+    bad[2].stop_ids = NULL;
+    bad[3].min_p = NAN;
+    bad[4].top_k = -3;
+    const char *named[5] = {"temperature = -1", "top_p = 1.5", "stop ids", "min_p", "top_k = -3"};
+    for (int b = 0; b < 5; b++) {
+        epm_clear_error();
+        assert_int_equal(epm_sampler_set(sw, &bad[b]), EPM_ERR_INVALID_ARG);
+        expect_msg(named[b]);
+        for (int step = 0; step < 5; step++) {
+            rand_logits(lg);
+            const int64_t seq = (int64_t)(rng_next() % 5);
+            assert_int_equal(next_tok(sw, SV, lg, seq, step), next_tok(ref, SV, lg, seq, step));
+        }
+        int32_t t0 = next_tok(sw, SV, lg, 0, 0);
+        assert_true(t0 != 3 && t0 != 17 && t0 != 40 && t0 != 63); /* still held back at step 0 */
+    }
+    assert_int_equal(epm_sampler_set(NULL, &p4), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_sampler_set(sw, NULL), EPM_ERR_INVALID_ARG);
+    /* out of memory part way (stop ids grown, then the scratch or heap refused): the old parameters */
+    epm_sampler *g = mk(NULL, SV);
+    epm_sampling p3 = param_set(3);
+    p3.n_stop = 70;
+    p3.stop_ids = big;
+    p3.min_tokens = 100;
+    for (uint64_t k = 1;; k++) {
+        epm_fault_fail_nth_alloc(k);
+        epm_status st = epm_sampler_set(g, &p3);
+        epm_fault_fail_nth_alloc(0);
+        if (st == EPM_OK) {
+            assert_true(k > 2);
+            break;
+        }
+        assert_int_equal(st, EPM_ERR_NOMEM);
+        for (int step = 0; step < 3; step++) {
+            rand_logits(lg);
+            int32_t t = next_tok(g, SV, lg, 1, step), best = 0;
+            for (int j = 1; j < SV; j++)
+                best = lg[j] > lg[best] ? j : best;
+            assert_int_equal(t, best);
+        }
+        assert_true(k < 20);
+    }
+    epm_sampler *f3 = mk(&p3, SV);
+    for (int step = 0; step < 6; step++) {
+        rand_logits(lg);
+        for (int j = 0; j < 12; j++)
+            hist[j] = (int32_t)(rng_next() % SV);
+        assert_int_equal(next_pen(g, SV, lg, hist, 6, hist + 6, 6, 2, step),
+                         next_pen(f3, SV, lg, hist, 6, hist + 6, 6, 2, step));
+    }
+    epm_sampler_destroy(f3);
+    epm_sampler_destroy(g);
+    epm_sampler_destroy(ref);
+    epm_sampler_destroy(sw);
+}
+
+/* own_seed: the draws of (seed, step) alone, sequence 0's, wherever it sits */
+static void test_own_seed(void **state)
+{
+    (void)state;
+    enum { V = 100, N = 400 };
+    float lg[V];
+    rng_state = 3;
+    for (int i = 0; i < V; i++)
+        lg[i] = (float)(rng_unit() * 0.5); /* nearly flat: agreement by chance about 1 / V */
+    const epm_sampling kinds[3] = {{.temperature = 1, .seed = 1234},
+                                   {.temperature = 0.7, .top_k = 50, .top_p = 0.95, .seed = 99},
+                                   {.temperature = 1.5, .min_p = 0.5, .seed = 5, .repetition_penalty = 1.2}};
+    for (int kk = 0; kk < 3; kk++) {
+        epm_sampling run = kinds[kk], own = run;
+        own.own_seed = 1;
+        epm_sampler *a = mk(&run, V), *b = mk(&own, V);
+        int same5 = 0;
+        for (int step = 0; step < N; step++) {
+            const int32_t t0 = next_tok(a, V, lg, 0, step);
+            const int64_t seqs[4] = {0, 1, 5, 1000003};
+            for (int j = 0; j < 4; j++)
+                if (next_tok(b, V, lg, seqs[j], step) != t0)
+                    fail_msg("kind %d step %d: own_seed at sequence %lld differs from sequence 0", kk, step,
+                             (long long)seqs[j]);
+            same5 += next_tok(a, V, lg, 5, step) == t0;
+        }
+        /* without own_seed, sequence 5 draws otherwise (about N / 100 agreements by chance) */
+        if (same5 > N / 4)
+            fail_msg("kind %d: sequence 5 drew sequence 0's token %d times in %d", kk, same5, N);
+        /* own_seed also keeps the seed: another seed draws otherwise */
+        own.seed ^= 0x5555;
+        epm_sampler *c = mk(&own, V);
+        int same_seed = 0;
+        for (int step = 0; step < N; step++)
+            same_seed += next_tok(c, V, lg, 3, step) == next_tok(b, V, lg, 3, step);
+        assert_true(same_seed < N / 4);
+        epm_sampler_destroy(a);
+        epm_sampler_destroy(b);
+        epm_sampler_destroy(c);
+    }
+    /* through epm_sampler_set too */
+    epm_sampling run = kinds[0], own = run;
+    own.own_seed = 1;
+    epm_sampler *a = mk(&run, V), *b = mk(&run, V);
+    assert_int_equal(epm_sampler_set(b, &own), EPM_OK);
+    int same = 0;
+    for (int step = 0; step < 50; step++) {
+        assert_int_equal(next_tok(b, V, lg, 7, step), next_tok(a, V, lg, 0, step));
+        same += next_tok(a, V, lg, 7, step) == next_tok(a, V, lg, 0, step);
+    }
+    assert_true(same < 25);
+    epm_sampler_destroy(a);
+    epm_sampler_destroy(b);
+}
+
+static void ids_equal(const int32_t *got, int n, const int32_t *want, int m)
+{
+    if (n != m)
+        fail_msg("%d stop ids, expected %d", n, m);
+    for (int i = 0; i < n; i++)
+        if (got[i] != want[i])
+            fail_msg("stop id %d is %d, expected %d", i, got[i], want[i]);
+}
+
+static void test_request_sampling_apply(void **state)
+{
+    (void)state;
+    const epm_sampling run = {.temperature = 0.6, .top_k = 20, .top_p = 0.9, .min_p = 0.1, .repetition_penalty = 1.1,
+                              .presence_penalty = 0.2, .frequency_penalty = 0.3, .min_tokens = 2, .seed = 42};
+    const int32_t eos[2] = {2, 7}, extra[2] = {9, 2};
+    int32_t stop[2 + 2 + EPM_MAX_STOP_IDS];
+    int n = -1;
+    epm_sampling out;
+    /* nothing given: the run's, and the EOS and the run's extra ids, each once */
+    epm_request_sampling rq;
+    memset(&rq, 0, sizeof rq);
+    rq.s.temperature = 5; /* values without their bit are not read */
+    rq.s.top_k = 3;
+    rq.s.seed = 1;
+    rq.ignore_eos = 1;
+    for (int null_rq = 0; null_rq < 2; null_rq++) {
+        memset(&out, 0x5a, sizeof out);
+        assert_int_equal(epm_request_sampling_apply(null_rq ? NULL : &rq, &run, eos, 2, 0, extra, 2, "r0", &out, stop,
+                                                    &n),
+                         EPM_OK);
+        assert_true(out.temperature == 0.6 && out.top_k == 20 && out.top_p == 0.9 && out.min_p == 0.1);
+        assert_true(out.repetition_penalty == 1.1 && out.presence_penalty == 0.2 && out.frequency_penalty == 0.3);
+        assert_int_equal(out.min_tokens, 2);
+        assert_true(out.seed == 42);
+        assert_int_equal(out.own_seed, 0);
+        const int32_t want[3] = {2, 7, 9};
+        ids_equal(stop, n, want, 3);
+        assert_ptr_equal(out.stop_ids, stop);
+        assert_int_equal(out.n_stop, 3);
+    }
+    /* every field given: each replaces the run's */
+    memset(&rq, 0, sizeof rq);
+    rq.set = EPM_REQ_TEMPERATURE | EPM_REQ_TOP_K | EPM_REQ_TOP_P | EPM_REQ_MIN_P | EPM_REQ_REPETITION |
+             EPM_REQ_PRESENCE | EPM_REQ_FREQUENCY | EPM_REQ_MIN_TOKENS | EPM_REQ_SEED;
+    rq.s = (epm_sampling){.temperature = 1.5, .top_k = 0, .top_p = 1, .min_p = 0, .repetition_penalty = 1,
+                          .presence_penalty = -1, .frequency_penalty = 0, .min_tokens = 0, .seed = 0};
+    rq.n_stop = 3;
+    rq.stop[0] = 11, rq.stop[1] = 7, rq.stop[2] = 11;
+    assert_int_equal(epm_request_sampling_apply(&rq, &run, eos, 2, 0, extra, 2, "r1", &out, stop, &n), EPM_OK);
+    assert_true(out.temperature == 1.5 && out.top_k == 0 && out.top_p == 1 && out.min_p == 0);
+    assert_true(out.repetition_penalty == 1 && out.presence_penalty == -1 && out.frequency_penalty == 0);
+    assert_int_equal(out.min_tokens, 0);
+    assert_true(out.seed == 0); /* seed 0 is a seed */
+    assert_int_equal(out.own_seed, 1);
+    const int32_t want1[4] = {2, 7, 9, 11};
+    ids_equal(stop, n, want1, 4);
+    assert_ptr_equal(out.stop_ids, stop);
+    assert_int_equal(out.n_stop, 4);
+    /* one field at a time: that one changes, the rest are the run's */
+    for (int bit = 0; bit < 9; bit++) {
+        memset(&rq, 0, sizeof rq);
+        rq.set = 1u << bit;
+        rq.s = (epm_sampling){.temperature = 0.25, .top_k = 4, .top_p = 0.5, .min_p = 0.3, .repetition_penalty = 2,
+                              .presence_penalty = 1, .frequency_penalty = -1, .min_tokens = 9, .seed = 77};
+        assert_int_equal(epm_request_sampling_apply(&rq, &run, eos, 2, 0, NULL, 0, "r", &out, stop, &n), EPM_OK);
+        assert_true(out.temperature == (rq.set == EPM_REQ_TEMPERATURE ? 0.25 : 0.6));
+        assert_int_equal(out.top_k, rq.set == EPM_REQ_TOP_K ? 4 : 20);
+        assert_true(out.top_p == (rq.set == EPM_REQ_TOP_P ? 0.5 : 0.9));
+        assert_true(out.min_p == (rq.set == EPM_REQ_MIN_P ? 0.3 : 0.1));
+        assert_true(out.repetition_penalty == (rq.set == EPM_REQ_REPETITION ? 2 : 1.1));
+        assert_true(out.presence_penalty == (rq.set == EPM_REQ_PRESENCE ? 1 : 0.2));
+        assert_true(out.frequency_penalty == (rq.set == EPM_REQ_FREQUENCY ? -1 : 0.3));
+        assert_int_equal(out.min_tokens, rq.set == EPM_REQ_MIN_TOKENS ? 9 : 2);
+        assert_true(out.seed == (rq.set == EPM_REQ_SEED ? 77 : 42));
+        assert_int_equal(out.own_seed, rq.set == EPM_REQ_SEED);
+        ids_equal(stop, n, eos, 2);
+    }
+    /* greedy (the request's temperature 0, or the run's kept): no top-k, top-p or min-p; penalties stay */
+    memset(&rq, 0, sizeof rq);
+    rq.set = EPM_REQ_TEMPERATURE | EPM_REQ_TOP_K | EPM_REQ_MIN_P;
+    rq.s.temperature = 0, rq.s.top_k = 5, rq.s.min_p = 0.5;
+    assert_int_equal(epm_request_sampling_apply(&rq, &run, eos, 2, 0, NULL, 0, "g", &out, stop, &n), EPM_OK);
+    assert_true(out.temperature == 0);
+    assert_true(out.top_k == 0 && out.top_p == 0 && out.min_p == 0);
+    assert_true(out.repetition_penalty == 1.1 && out.presence_penalty == 0.2 && out.frequency_penalty == 0.3);
+    assert_int_equal(out.min_tokens, 2);
+    const epm_sampling greedy_run = {.repetition_penalty = 1.3, .seed = 4};
+    rq.set = EPM_REQ_TOP_P;
+    rq.s.top_p = 0.5;
+    assert_int_equal(epm_request_sampling_apply(&rq, &greedy_run, NULL, 0, 0, NULL, 0, "g", &out, stop, &n), EPM_OK);
+    assert_true(out.temperature == 0 && out.top_p == 0 && out.repetition_penalty == 1.3);
+    assert_int_equal(n, 0);
+    assert_int_equal(out.n_stop, 0);
+    /* sampling over a greedy run: what the request gives, nothing more */
+    rq.set = EPM_REQ_TEMPERATURE | EPM_REQ_TOP_P;
+    rq.s.temperature = 0.9;
+    assert_int_equal(epm_request_sampling_apply(&rq, &greedy_run, NULL, 0, 0, NULL, 0, "g", &out, stop, &n), EPM_OK);
+    assert_true(out.temperature == 0.9 && out.top_p == 0.5 && out.top_k == 0 && out.min_p == 0);
+    assert_true(out.seed == 4);
+    assert_int_equal(out.own_seed, 0);
+    /* ignore_eos: the request's over the run's, either way; the run's extra and the request's ids stay */
+    const int32_t more[2] = {7, 30};
+    struct {
+        int run_ignore, given, req_ignore;
+        int32_t want[5];
+        int n;
+    } ig[] = {
+        {0, 0, 0, {2, 7, 9, 30}, 4},  {1, 0, 0, {9, 2, 7, 30}, 4}, {0, 1, 1, {9, 2, 7, 30}, 4},
+        {1, 1, 0, {2, 7, 9, 30}, 4},  {1, 1, 1, {9, 2, 7, 30}, 4}, {0, 1, 0, {2, 7, 9, 30}, 4},
+    };
+    for (size_t i = 0; i < sizeof ig / sizeof ig[0]; i++) {
+        memset(&rq, 0, sizeof rq);
+        rq.set = ig[i].given ? EPM_REQ_IGNORE_EOS : 0;
+        rq.ignore_eos = ig[i].req_ignore;
+        rq.n_stop = 2;
+        memcpy(rq.stop, more, sizeof more);
+        assert_int_equal(epm_request_sampling_apply(&rq, &run, eos, 2, ig[i].run_ignore, extra, 2, "ig", &out, stop,
+                                                    &n),
+                         EPM_OK);
+        /* the EOS ids go where ignored; 2 and 7 come back as the run's extra and the request's own */
+        int32_t sorted[8];
+        memcpy(sorted, stop, (size_t)n * sizeof *stop);
+        for (int a = 0; a < n; a++)
+            for (int b = a + 1; b < n; b++)
+                if (sorted[b] < sorted[a]) {
+                    int32_t x = sorted[a];
+                    sorted[a] = sorted[b], sorted[b] = x;
+                }
+        const int32_t all[4] = {2, 7, 9, 30};
+        ids_equal(sorted, n, all, 4);
+        const int ignored = ig[i].given ? ig[i].req_ignore : ig[i].run_ignore;
+        ids_equal(stop, n, ig[i].want, ig[i].n);
+        assert_int_equal(ignored, stop[0] == 9);
+        assert_ptr_equal(out.stop_ids, stop);
+        assert_int_equal(out.n_stop, n);
+    }
+    /* ignored EOS, nothing else: no stop tokens */
+    memset(&rq, 0, sizeof rq);
+    rq.set = EPM_REQ_IGNORE_EOS;
+    rq.ignore_eos = 1;
+    assert_int_equal(epm_request_sampling_apply(&rq, &run, eos, 2, 0, NULL, 0, "ig", &out, stop, &n), EPM_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(out.n_stop, 0);
+    /* the most there is room for: EOS, extra and 64 of the request's, all distinct */
+    memset(&rq, 0, sizeof rq);
+    rq.n_stop = EPM_MAX_STOP_IDS;
+    for (int i = 0; i < EPM_MAX_STOP_IDS; i++)
+        rq.stop[i] = 100 + i;
+    const int32_t x2[2] = {50, 51};
+    assert_int_equal(epm_request_sampling_apply(&rq, &run, eos, 2, 0, x2, 2, "max", &out, stop, &n), EPM_OK);
+    assert_int_equal(n, 4 + EPM_MAX_STOP_IDS);
+    assert_int_equal(stop[3], 51);
+    assert_int_equal(stop[4 + EPM_MAX_STOP_IDS - 1], 100 + EPM_MAX_STOP_IDS - 1);
+    /* invalid values (a caller's own struct): refused, naming the label and the field; out untouched */
+    memset(&rq, 0, sizeof rq);
+    rq.set = EPM_REQ_TEMPERATURE;
+    rq.s.temperature = -2;
+    memset(&out, 0x5a, sizeof out);
+    epm_sampling before = out;
+    epm_clear_error();
+    assert_int_equal(epm_request_sampling_apply(&rq, &run, eos, 2, 0, NULL, 0, "in.jsonl: request 3", &out, stop, &n),
+                     EPM_ERR_INVALID_ARG);
+    expect_msg("in.jsonl: request 3");
+    expect_msg("temperature = -2");
+    assert_memory_equal(&out, &before, sizeof out);
+    rq.set = EPM_REQ_TOP_K;
+    rq.s.top_k = -5;
+    assert_int_equal(epm_request_sampling_apply(&rq, &run, NULL, 0, 0, NULL, 0, "rq", &out, stop, &n),
+                     EPM_ERR_INVALID_ARG);
+    expect_msg("top_k = -5");
+    /* NULL arguments */
+    assert_int_equal(epm_request_sampling_apply(&rq, NULL, NULL, 0, 0, NULL, 0, "x", &out, stop, &n),
+                     EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_request_sampling_apply(&rq, &run, NULL, 0, 0, NULL, 0, "x", NULL, stop, &n),
+                     EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_request_sampling_apply(&rq, &run, NULL, 0, 0, NULL, 0, "x", &out, NULL, &n),
+                     EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_request_sampling_apply(&rq, &run, NULL, 2, 0, NULL, 0, "x", &out, stop, &n),
+                     EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_request_sampling_apply(&rq, &run, NULL, 0, 0, NULL, 1, "x", &out, stop, &n),
+                     EPM_ERR_INVALID_ARG);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1485,6 +1882,8 @@ int main(void)
         cmocka_unit_test(test_validate),       cmocka_unit_test(test_generation_config_parse),
         cmocka_unit_test(test_generation_config_load), cmocka_unit_test(test_extreme_temperature),
         cmocka_unit_test(test_logprobs),       cmocka_unit_test(test_penalties_and_min_tokens),
+        cmocka_unit_test(test_sampler_set),    cmocka_unit_test(test_own_seed),
+        cmocka_unit_test(test_request_sampling_apply),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -311,6 +311,308 @@ static void test_tokens_alloc_failures(void **state)
     }
 }
 
+/* ---- requests, vLLM's way: a list of objects, or one object per line ---- */
+
+/* four requests: every field; aliases, top_k -1 and false; nulls and an
+ * empty stop list; an explicit greedy temperature 0 */
+static const char *const REQS[4] = {
+    "{\"prompt_token_ids\": [1, 2, 3], \"max_tokens\": 7, \"temperature\": 0.5, \"top_k\": 40, \"top_p\": 0.9, "
+    "\"min_p\": 0.05, \"repetition_penalty\": 1.25, \"presence_penalty\": -0.5, \"frequency_penalty\": 1.5, "
+    "\"min_tokens\": 3, \"seed\": 1234567890123, \"stop_token_ids\": [5, 99999, 6], \"ignore_eos\": true}",
+    "{\"input_ids\": [4], \"max_new_tokens\": 2, \"top_k\": -1, \"ignore_eos\": false}",
+    "{\"prompt_token_ids\": [9, 8], \"temperature\": null, \"top_k\": 0, \"seed\": null, \"max_tokens\": null, "
+    "\"stop_token_ids\": [], \"ignore_eos\": null, \"min_p\": 0, \"top_p\": 1}",
+    "{\"temperature\": 0, \"prompt_token_ids\": [7], \"seed\": 0, \"min_tokens\": 0}",
+};
+
+enum {
+    REQ_ALL = EPM_REQ_TEMPERATURE | EPM_REQ_TOP_K | EPM_REQ_TOP_P | EPM_REQ_MIN_P | EPM_REQ_REPETITION |
+              EPM_REQ_PRESENCE | EPM_REQ_FREQUENCY | EPM_REQ_MIN_TOKENS | EPM_REQ_SEED | EPM_REQ_IGNORE_EOS
+};
+
+/* what REQS parse to */
+static void check_reqs(const epm_tokens *t)
+{
+    assert_int_equal(t->batch, 4);
+    assert_non_null(t->max_new);
+    assert_non_null(t->req);
+    const int lens[4] = {3, 1, 2, 1}, first[4] = {1, 4, 9, 7}, max_new[4] = {7, 2, 0, 0};
+    for (int s = 0; s < 4; s++) {
+        assert_int_equal(t->lens[s], lens[s]);
+        assert_int_equal(t->ids[s][0], first[s]);
+        assert_int_equal(t->max_new[s], max_new[s]);
+    }
+    assert_int_equal(t->ids[0][2], 3);
+    assert_int_equal(t->ids[2][1], 8);
+    /* request 0: every field, every bit */
+    const epm_request_sampling *r = &t->req[0];
+    assert_int_equal(r->set, REQ_ALL);
+    assert_true(r->s.temperature == 0.5);
+    assert_int_equal(r->s.top_k, 40);
+    assert_true(r->s.top_p == 0.9);
+    assert_true(r->s.min_p == 0.05);
+    assert_true(r->s.repetition_penalty == 1.25);
+    assert_true(r->s.presence_penalty == -0.5);
+    assert_true(r->s.frequency_penalty == 1.5);
+    assert_int_equal(r->s.min_tokens, 3);
+    assert_true(r->s.seed == 1234567890123ull);
+    assert_int_equal(r->ignore_eos, 1);
+    assert_int_equal(r->n_stop, 3); /* stop ids are not held to the prompt's vocabulary */
+    assert_int_equal(r->stop[0], 5);
+    assert_int_equal(r->stop[1], 99999);
+    assert_int_equal(r->stop[2], 6);
+    /* request 1: top_k -1 is off (0) but given; ignore_eos false is given */
+    r = &t->req[1];
+    assert_int_equal(r->set, EPM_REQ_TOP_K | EPM_REQ_IGNORE_EOS);
+    assert_int_equal(r->s.top_k, 0);
+    assert_int_equal(r->ignore_eos, 0);
+    assert_int_equal(r->n_stop, 0);
+    assert_true(r->s.temperature == 0 && r->s.top_p == 0 && r->s.seed == 0);
+    /* request 2: null is absent; top_k 0, min_p 0 and top_p 1 are given */
+    r = &t->req[2];
+    assert_int_equal(r->set, EPM_REQ_TOP_K | EPM_REQ_MIN_P | EPM_REQ_TOP_P);
+    assert_int_equal(r->s.top_k, 0);
+    assert_true(r->s.top_p == 1);
+    assert_int_equal(r->n_stop, 0);
+    /* request 3: temperature 0, seed 0 and min_tokens 0 are given (0 is not absent) */
+    r = &t->req[3];
+    assert_int_equal(r->set, EPM_REQ_TEMPERATURE | EPM_REQ_SEED | EPM_REQ_MIN_TOKENS);
+    assert_true(r->s.temperature == 0);
+    assert_true(r->s.seed == 0);
+}
+
+static void same_tokens(const epm_tokens *a, const epm_tokens *b)
+{
+    assert_int_equal(a->batch, b->batch);
+    assert_non_null(a->req);
+    assert_non_null(b->req);
+    for (int s = 0; s < a->batch; s++) {
+        assert_int_equal(a->lens[s], b->lens[s]);
+        assert_memory_equal(a->ids[s], b->ids[s], (size_t)a->lens[s] * sizeof(int32_t));
+        assert_int_equal(a->max_new[s], b->max_new[s]);
+        const epm_request_sampling *x = &a->req[s], *y = &b->req[s];
+        assert_int_equal(x->set, y->set);
+        assert_true(x->s.temperature == y->s.temperature && x->s.top_p == y->s.top_p && x->s.min_p == y->s.min_p);
+        assert_true(x->s.repetition_penalty == y->s.repetition_penalty);
+        assert_true(x->s.presence_penalty == y->s.presence_penalty);
+        assert_true(x->s.frequency_penalty == y->s.frequency_penalty);
+        assert_int_equal(x->s.top_k, y->s.top_k);
+        assert_int_equal(x->s.min_tokens, y->s.min_tokens);
+        assert_true(x->s.seed == y->s.seed);
+        assert_int_equal(x->ignore_eos, y->ignore_eos);
+        assert_int_equal(x->n_stop, y->n_stop);
+        assert_memory_equal(x->stop, y->stop, (size_t)x->n_stop * sizeof(int32_t));
+    }
+}
+
+static void test_tokens_requests(void **state)
+{
+    (void)state;
+    char list[2048], lines[2048];
+    snprintf(list, sizeof list, "[%s,\n %s, %s,\n%s]\n", REQS[0], REQS[1], REQS[2], REQS[3]);
+    epm_tokens *a = parse_ok(list, strlen(list), 10);
+    check_reqs(a);
+    /* JSON lines: blank lines, CRLF and a last line without its newline */
+    const char *forms[] = {"%s\n%s\n%s\n%s\n", "\n\n%s\n\n%s\r\n   \n%s\r\n%s", "%s\n%s\n%s\n%s\n\n\n"};
+    for (int f = 0; f < 3; f++) {
+        snprintf(lines, sizeof lines, forms[f], REQS[0], REQS[1], REQS[2], REQS[3]);
+        epm_tokens *b = parse_ok(lines, strlen(lines), 10);
+        check_reqs(b);
+        same_tokens(a, b);
+        epm_tokens_destroy(b);
+    }
+    epm_tokens_destroy(a);
+    /* the other forms have no requests */
+    const char *plain[] = {"[[1, 2], [3]]", "[4, 5]", "{\"input_ids\": [[1]], \"max_new_tokens\": 2}"};
+    for (int i = 0; i < 3; i++) {
+        epm_tokens *t = parse_ok(plain[i], strlen(plain[i]), 10);
+        assert_null(t->req);
+        epm_tokens_destroy(t);
+    }
+    /* 64 stop ids are allowed */
+    char many[1024];
+    int n = snprintf(many, sizeof many, "[{\"prompt_token_ids\": [1], \"stop_token_ids\": [");
+    for (int i = 0; i < EPM_MAX_STOP_IDS; i++)
+        n += snprintf(many + n, sizeof many - (size_t)n, "%s%d", i ? ", " : "", 1000 + i);
+    snprintf(many + n, sizeof many - (size_t)n, "]}]");
+    epm_tokens *t = parse_ok(many, strlen(many), 10);
+    assert_int_equal(t->req[0].n_stop, EPM_MAX_STOP_IDS);
+    assert_int_equal(t->req[0].stop[EPM_MAX_STOP_IDS - 1], 1000 + EPM_MAX_STOP_IDS - 1);
+    assert_int_equal(t->req[0].set, 0);
+    epm_tokens_destroy(t);
+    /* a file of one request object; input_ids with a sampling field is one too (not a tokenizer's
+     * output, whose other fields are ignored), so its temperature is not dropped */
+    const char *one[] = {"{\"prompt_token_ids\": [1, 2], \"max_tokens\": 4}\n",
+                         "{\"input_ids\": [1, 2], \"temperature\": 0.5, \"max_tokens\": 4}",
+                         "{\"prompt_token_ids\": [1, 2], \"input_ids\": null, \"max_tokens\": 4}"};
+    for (int i = 0; i < 3; i++) {
+        t = parse_ok(one[i], strlen(one[i]), 10);
+        assert_int_equal(t->batch, 1);
+        assert_non_null(t->req);
+        assert_int_equal(t->lens[0], 2);
+        assert_int_equal(t->max_new[0], 4);
+        assert_int_equal(t->req[0].set, i == 1 ? EPM_REQ_TEMPERATURE : 0);
+        epm_tokens_destroy(t);
+    }
+    const char *tok = "{\"input_ids\": [[1, 2]], \"attention_mask\": [[1, 1]], \"token_type_ids\": [[0, 0]]}";
+    t = parse_ok(tok, strlen(tok), 10);
+    assert_null(t->req);
+    assert_null(t->max_new);
+    epm_tokens_destroy(t);
+    const char *bad1 = "{\"input_ids\": [[1, 2]], \"max_tokens\": 3}";
+    assert_int_equal(parse_bad(bad1, 10), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "in.json: the request: field 'input_ids[0]' = [1,2]"));
+}
+
+/* A refused request, second in a list and third line (after a blank one) of
+ * JSON lines: the status, and the message names the file, the request and
+ * each of what[]. */
+static void req_bad(const char *obj, epm_status code, const char *what1, const char *what2)
+{
+    const char *ok = "{\"prompt_token_ids\": [1, 2], \"max_tokens\": 4}";
+    char text[4096];
+    for (int form = 0; form < 2; form++) {
+        snprintf(text, sizeof text, form ? "%s\n\n%s\n%s\n" : "[%s, %s, %s]", ok, obj, ok);
+        epm_clear_error();
+        epm_status st = parse_bad(text, 10);
+        const char *e = epm_last_error();
+        const char *where = form ? "in.json: line 3 (request 1)" : "in.json: requests[1]";
+        if (form && obj[0] != '{' && obj[0] != '[') { /* a line of JSON lines holds an object or an array */
+            if (st != EPM_ERR_FORMAT || !strstr(e, "in.json: line 3:"))
+                fail_msg("%s: status %d, error \"%s\", expected one naming line 3", text, st, e);
+            continue;
+        }
+        if (st != code)
+            fail_msg("%s: status %d (%s), expected %d", text, st, e, code);
+        if (!strstr(e, where) || !strstr(e, what1) || (what2 && !strstr(e, what2)))
+            fail_msg("%s: error \"%s\" does not name \"%s\", \"%s\" and \"%s\"", text, e, where, what1,
+                     what2 ? what2 : "");
+    }
+}
+
+static void test_tokens_requests_errors(void **state)
+{
+    (void)state;
+    req_bad("{\"prompt_token_ids\": [1], \"temprature\": 0.5}", EPM_ERR_FORMAT, "unknown field 'temprature'", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"Temperature\": 0.5}", EPM_ERR_FORMAT, "unknown field 'Temperature'", NULL);
+    req_bad("{\"prompt\": \"Hello\"}", EPM_ERR_UNSUPPORTED, "'prompt'", "tokenizer");
+    req_bad("{\"prompt_token_ids\": [1], \"prompt\": \"Hello\"}", EPM_ERR_UNSUPPORTED, "'prompt'", "tokenizer");
+    req_bad("{\"prompt_token_ids\": [1], \"temperature\": -1}", EPM_ERR_FORMAT, "'temperature' = -1", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"temperature\": \"0.5\"}", EPM_ERR_FORMAT, "'temperature' = \"0.5\"", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"temperature\": true}", EPM_ERR_FORMAT, "'temperature' = true", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"top_p\": 0}", EPM_ERR_FORMAT, "'top_p' = 0", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"top_p\": 1.5}", EPM_ERR_FORMAT, "'top_p' = 1.5", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"min_p\": 1}", EPM_ERR_FORMAT, "'min_p' = 1", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"min_p\": -0.1}", EPM_ERR_FORMAT, "'min_p' = -0.1", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"top_k\": -2}", EPM_ERR_FORMAT, "'top_k' = -2", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"top_k\": 1.5}", EPM_ERR_FORMAT, "'top_k' = 1.5", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"repetition_penalty\": 0}", EPM_ERR_FORMAT, "'repetition_penalty' = 0",
+            NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"presence_penalty\": 2.5}", EPM_ERR_FORMAT, "'presence_penalty' = 2.5",
+            NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"frequency_penalty\": -3}", EPM_ERR_FORMAT, "'frequency_penalty' = -3",
+            NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"min_tokens\": -1}", EPM_ERR_FORMAT, "'min_tokens' = -1", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"seed\": -1}", EPM_ERR_FORMAT, "'seed' = -1", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"seed\": 1.5}", EPM_ERR_FORMAT, "'seed' = 1.5", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"ignore_eos\": 1}", EPM_ERR_FORMAT, "'ignore_eos' = 1", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"max_tokens\": 4, \"max_new_tokens\": 4}", EPM_ERR_FORMAT,
+            "'max_tokens'", "'max_new_tokens'");
+    req_bad("{\"prompt_token_ids\": [1], \"max_new_tokens\": 4, \"max_tokens\": 5}", EPM_ERR_FORMAT,
+            "'max_tokens'", "'max_new_tokens'");
+    req_bad("{\"prompt_token_ids\": [1], \"max_tokens\": 0}", EPM_ERR_FORMAT, "'max_tokens' = 0", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"max_new_tokens\": 1048577}", EPM_ERR_FORMAT,
+            "'max_new_tokens' = 1048577", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"stop_token_ids\": [3, -1]}", EPM_ERR_FORMAT, "'stop_token_ids[1]' = -1",
+            NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"stop_token_ids\": 3}", EPM_ERR_FORMAT, "'stop_token_ids' = 3", NULL);
+    char many[1024];
+    int n = snprintf(many, sizeof many, "{\"prompt_token_ids\": [1], \"stop_token_ids\": [");
+    for (int i = 0; i < EPM_MAX_STOP_IDS + 1; i++)
+        n += snprintf(many + n, sizeof many - (size_t)n, "%s%d", i ? ", " : "", i);
+    snprintf(many + n, sizeof many - (size_t)n, "]}");
+    req_bad(many, EPM_ERR_FORMAT, "'stop_token_ids'", "at most 64");
+    /* the prompt: ids in the vocabulary (10 here), under either name; present, a non-empty list */
+    req_bad("{\"prompt_token_ids\": [1, 10]}", EPM_ERR_FORMAT, "'prompt_token_ids[1]' = 10", NULL);
+    req_bad("{\"input_ids\": [10]}", EPM_ERR_FORMAT, "'input_ids[0]' = 10", NULL);
+    req_bad("{\"prompt_token_ids\": [1, -1]}", EPM_ERR_FORMAT, "'prompt_token_ids[1]' = -1", NULL);
+    req_bad("{\"prompt_token_ids\": [1, 2.5]}", EPM_ERR_FORMAT, "'prompt_token_ids[1]' = 2.5", NULL);
+    req_bad("{\"prompt_token_ids\": [[1]]}", EPM_ERR_FORMAT, "'prompt_token_ids[0]' = [1]", NULL);
+    req_bad("{\"prompt_token_ids\": []}", EPM_ERR_FORMAT, "'prompt_token_ids' = []", NULL);
+    req_bad("{\"max_tokens\": 3}", EPM_ERR_FORMAT, "no 'prompt_token_ids'", NULL);
+    req_bad("{}", EPM_ERR_FORMAT, "no 'prompt_token_ids'", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"input_ids\": [1]}", EPM_ERR_FORMAT, "'prompt_token_ids'", "'input_ids'");
+    req_bad("{\"prompt_token_ids\": null}", EPM_ERR_FORMAT, "no 'prompt_token_ids'", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"max_tokens\": 2, \"min_tokens\": 3}", EPM_ERR_FORMAT,
+            "min_tokens = 3 is more than max_tokens = 2", NULL);
+    /* an element that is no request object */
+    req_bad("5", EPM_ERR_FORMAT, "is 5, not a request object", NULL);
+    req_bad("[1, 2]", EPM_ERR_FORMAT, "is [1,2], not a request object", NULL);
+    req_bad("\"x\"", EPM_ERR_FORMAT, "is \"x\", not a request object", NULL);
+}
+
+/* A JSON syntax error in JSON lines names its line, blank lines and CRLF counted. */
+static void test_tokens_requests_syntax(void **state)
+{
+    (void)state;
+    const char *ok = "{\"prompt_token_ids\": [1], \"max_tokens\": 2}";
+    struct {
+        const char *fmt;
+        const char *line;
+    } cases[] = {
+        {"%s\n%s\n{\"prompt_token_ids\": [1,, 2]}\n%s\n", "line 3:"},
+        {"%s\n\n{\"prompt_token_ids\": [1] \"max_tokens\": 2}\n%s\n%s\n", "line 3:"},
+        {"%s\r\n\r\n{\"prompt_token_ids\": [1], }\r\n%s\r\n%s\r\n", "line 3:"},
+        {"\n\n%s\n\n%s\n\n{\"prompt_token_ids\": [1] x\n%s\n", "line 7:"},
+        {"%s %s\n%s\n{\"prompt_token_ids\": nul}", "line 3:"}, /* two requests on line 1 */
+        {"%s\n%s\n%s\n{\"prompt_token_ids\": [1]}}\n", "line 4:"},
+        /* an object over several lines (read, though JSON lines has one a line): the lines after it count */
+        {"{\n  \"prompt_token_ids\": [1],\n  \"max_tokens\": 2\n}\n%s\n{\"prompt_token_ids\": [1] x}\n%s%s", "line 6:"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[1024];
+        snprintf(text, sizeof text, cases[i].fmt, ok, ok, ok);
+        epm_clear_error();
+        epm_status st = parse_bad(text, 10);
+        if (st != EPM_ERR_FORMAT || !strstr(epm_last_error(), "in.json") ||
+            !strstr(epm_last_error(), cases[i].line))
+            fail_msg("case %zu: status %d, error \"%s\", expected one naming \"%s\"", i, st, epm_last_error(),
+                     cases[i].line);
+    }
+    /* the request numbers count requests, not lines */
+    char text[1024];
+    snprintf(text, sizeof text, "\n%s\n\n\n%s\n{\"prompt_token_ids\": [1], \"topk\": 3}\n", ok, ok);
+    assert_int_equal(parse_bad(text, 10), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "in.json: line 6 (request 2): unknown field 'topk'"));
+}
+
+/* Every allocation of a request parse may fail, a list or JSON lines alike. */
+static void test_tokens_requests_alloc_failures(void **state)
+{
+    (void)state;
+    char texts[2][2048];
+    snprintf(texts[0], sizeof texts[0], "[%s, %s, %s, %s]", REQS[0], REQS[1], REQS[2], REQS[3]);
+    snprintf(texts[1], sizeof texts[1], "%s\n%s\n\n%s\n%s\n", REQS[0], REQS[1], REQS[2], REQS[3]);
+    for (int f = 0; f < 2; f++)
+        for (uint64_t k = 1;; k++) {
+            epm_tokens *t = NULL;
+            epm_fault_fail_nth_alloc(k);
+            epm_status st = epm_tokens_parse(texts[f], strlen(texts[f]), "in.json", 10, &t);
+            epm_fault_fail_nth_alloc(0);
+            if (st == EPM_OK) {
+                check_reqs(t);
+                epm_tokens_destroy(t);
+                assert_true(k > 6);
+                break;
+            }
+            if (st != EPM_ERR_NOMEM)
+                fail_msg("form %d, allocation %llu failed: status %d (%s)", f, (unsigned long long)k, st,
+                         epm_last_error());
+            assert_null(t);
+            assert_true(k < 100);
+        }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -322,6 +624,10 @@ int main(void)
         cmocka_unit_test(test_tokens_safetensors_and_files),
         cmocka_unit_test(test_tokens_safetensors_errors),
         cmocka_unit_test(test_tokens_alloc_failures),
+        cmocka_unit_test(test_tokens_requests),
+        cmocka_unit_test(test_tokens_requests_errors),
+        cmocka_unit_test(test_tokens_requests_syntax),
+        cmocka_unit_test(test_tokens_requests_alloc_failures),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

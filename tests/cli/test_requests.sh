@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# epmoe run on requests, vLLM's way: a list of objects or JSON lines, each
+# with its prompt ids, output length and sampling parameters, laid over the
+# run's; what each request ran with comes back in the JSON.
+. "$(dirname "$0")/lib.sh" || exit 1
+F=${EPM_FIXTURES:?}
+export ASAN_OPTIONS=$no_leaks
+require mpirun
+require python3
+run() { timeout 60 mpirun --oversubscribe "$@"; }
+m=$F/mixtral-tiny # eos_token_id 2
+# gj EXPR: a Python expression over the last output's JSON (d)
+gj() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$d/out" "$1"; }
+A='[1, 5, 9, 13, 17, 21]'
+B='[4, 8, 15, 16, 23, 42]'
+# request 0 samples with its own seed; 1 is greedy with a penalty, no EOS and a stop token of
+# its own; 2 gives nothing (the run's sampling, --max-new-tokens's length, else vLLM's 16)
+cat >"$d/req.json" <<JSON
+[{"prompt_token_ids": $A, "max_tokens": 6, "temperature": 0.8, "seed": 5, "top_k": -1, "top_p": null},
+ {"prompt_token_ids": $B, "repetition_penalty": 1.2, "ignore_eos": true, "stop_token_ids": [300]},
+ {"prompt_token_ids": $A}]
+JSON
+run -np 2 "$E" run --model "$m" --input "$d/req.json" --kernels ref --json >"$d/out" 2>"$d/err" ||
+  { fail "request list"; head -5 "$d/err"; }
+[ "$(gj '[len(g) for g in d["generated"]]')" = "[6, 16, 16]" ] ||
+  fail "request lengths: $(gj '[len(g) for g in d["generated"]]'), expected [6, 16, 16]"
+[ "$(gj '[(r["temperature"], r["top_k"], r["seed_of"], r["max_tokens"]) for r in d["request_sampling"]]')" = \
+  "[(0.8, 0, 'request', 6), (0, 0, 'run', 16), (0, 0, 'run', 16)]" ] ||
+  fail "request sampling: $(gj 'd["request_sampling"]')"
+[ "$(gj '[r["stop_token_ids"] for r in d["request_sampling"]] + [d["request_sampling"][1]["repetition_penalty"]]')" = \
+  "[[2], [300], [2], 1.2]" ] || fail "request stop tokens: $(gj 'd["request_sampling"]')"
+cp "$d/out" "$d/list.json"
+# its own seed: request 0 draws what sequence 0 of a run with that seed and temperature draws
+run -np 2 "$E" run --model "$m" --input "[$A]" --kernels ref --json --temperature 0.8 --seed 5 \
+  --generation-config none --max-new-tokens 6 >"$d/out" 2>"$d/err" || true
+if [ ! -s "$d/out" ]; then # (--input takes a file)
+  echo "[$A]" >"$d/a.json"
+  run -np 2 "$E" run --model "$m" --input "$d/a.json" --kernels ref --json --temperature 0.8 --seed 5 \
+    --generation-config none --max-new-tokens 6 >"$d/out" 2>"$d/err" || { fail "run-wide seed"; head -5 "$d/err"; }
+fi
+own=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["generated"][0])' "$d/list.json")
+[ "$(gj 'd["generated"][0]')" = "$own" ] || fail "request with seed 5: $own; run with --seed 5: $(gj 'd["generated"][0]')"
+# JSON lines (a blank line, 3 ranks): the same requests, request 1 now stopping at its third token
+stop=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["generated"][1][2])' "$d/list.json")
+{ echo "{\"prompt_token_ids\": $A, \"max_tokens\": 6, \"temperature\": 0.8, \"seed\": 5}"
+  echo
+  echo "{\"prompt_token_ids\": $B, \"repetition_penalty\": 1.2, \"ignore_eos\": true, \"stop_token_ids\": [$stop]}"
+  echo "{\"input_ids\": $A}"; } >"$d/req.jsonl"
+run -np 3 "$E" run --model "$m" --input "$d/req.jsonl" --kernels ref --json >"$d/out" 2>"$d/err" ||
+  { fail "JSON lines"; head -5 "$d/err"; }
+python3 - "$d/list.json" "$d/out" <<'PY' || fail "JSON lines against the list"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+g1 = a["generated"][1]
+cut = g1.index(g1[2]) + 1
+assert b["generated"][0] == a["generated"][0] and b["generated"][2] == a["generated"][2], (a, b)
+assert b["generated"][1] == g1[:cut] and b["finish_reason"] == ["length", "stop", "length"], (g1, b)
+PY
+# --max-new-tokens caps every request and gives those without max_tokens theirs
+check_caps() {
+  run -np 2 "$E" run --model "$m" --input "$d/req.json" --kernels ref --json --max-new-tokens "$1" >"$d/out" \
+    2>"$d/err" || { fail "--max-new-tokens $1"; head -5 "$d/err"; }
+  [ "$(gj '[len(g) for g in d["generated"]]')" = "$2" ] || fail "--max-new-tokens $1: $(gj 'd["generated"]')"
+}
+check_caps 3 "[3, 3, 3]"
+check_caps 9 "[6, 9, 9]"
+# refusals name the file, the request and the field; every rank ends
+refuse() { # description, text, expected message part
+  printf '%s\n' "$2" >"$d/bad.jsonl"
+  run -np 2 "$E" run --model "$m" --input "$d/bad.jsonl" >"$d/out" 2>"$d/err"
+  [ $? = 1 ] || fail "$1: exit status not 1"
+  has "$d/err" "$3"
+}
+refuse "misspelt field" '{"prompt_token_ids": [1]}
+{"prompt_token_ids": [2], "temprature": 0.5}' "bad.jsonl: line 2 (request 1): unknown field 'temprature'"
+refuse "text prompt" '[{"prompt": "Hello"}]' "requests\[0\]: field 'prompt' is text, and epmoe has no tokenizer"
+refuse "bad top_p" '[{"prompt_token_ids": [1], "top_p": 0}]' "requests\[0\]: field 'top_p' = 0: expected a number in (0, 1\]"
+refuse "id outside the vocabulary" '[{"prompt_token_ids": [1, 256]}]' "prompt_token_ids\[1\]' = 256"
+checks_done "all request checks passed"
