@@ -80,7 +80,39 @@ static double *num_slot(epm_sampling *s, unsigned bit)
 }
 
 static const char FIELDS[] = "prompt_token_ids, max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, "
-                             "presence_penalty, frequency_penalty, min_tokens, seed, stop_token_ids, ignore_eos";
+                             "presence_penalty, frequency_penalty, min_tokens, seed, stop_token_ids, ignore_eos, n, "
+                             "logprobs, prompt_logprobs";
+
+/* vLLM's fields that would change the tokens in ways epmoe does not run:
+ * refused by name, unless at their default (null, false, 0, "", [] or {}) */
+static const char *unsupported(const char *key)
+{
+    static const char *const why[][2] = {
+        {"best_of", "best-of-n is not run (n samples are: use n)"},
+        {"use_beam_search", "beam search is not run"},
+        {"stop", "stop strings need a tokenizer, which epmoe does not have: give stop_token_ids"},
+        {"include_stop_str_in_output", "stop strings need a tokenizer, which epmoe does not have"},
+        {"bad_words", "bad words need a tokenizer, which epmoe does not have"},
+        {"logit_bias", "logit bias is not applied"},
+        {"allowed_token_ids", "allowed token ids are not applied"},
+        {"guided_decoding", "guided decoding is not run"},
+        {"truncate_prompt_tokens", "prompts are not truncated"},
+        {"length_penalty", "beam search is not run"},
+    };
+    for (size_t i = 0; i < sizeof why / sizeof why[0]; i++)
+        if (!strcmp(key, why[i][0]))
+            return why[i][1];
+    return NULL;
+}
+
+static int at_default(const char *key, json_t *v)
+{
+    if (!strcmp(key, "best_of") && json_is_integer(v) && json_integer_value(v) == 1) /* one of one */
+        return 1;
+    return json_is_false(v) || (json_is_integer(v) && json_integer_value(v) == 0) ||
+           (json_is_string(v) && json_string_length(v) == 0) || (json_is_array(v) && json_array_size(v) == 0) ||
+           (json_is_object(v) && json_object_size(v) == 0);
+}
 
 static epm_status field(const char *key, json_t *v, const char *label, const char *where, epm_request_sampling *rq,
                         int *max_new)
@@ -122,6 +154,28 @@ static epm_status field(const char *key, json_t *v, const char *label, const cha
         if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > (1 << 20))
             return bad(label, where, key, v, "expected an integer in [1, 1048576]");
         *max_new = (int)json_integer_value(v);
+    } else if (!strcmp(key, "n") || !strcmp(key, "logprobs") || !strcmp(key, "prompt_logprobs")) {
+        const int is_n = key[0] == 'n', hi = is_n ? EPM_MAX_REQUEST_N : EPM_MAX_LOGPROBS;
+        if (!json_is_integer(v) || json_integer_value(v) < is_n || json_integer_value(v) > hi) {
+            char why[64];
+            snprintf(why, sizeof why, "expected an integer in [%d, %d]", is_n, hi);
+            return bad(label, where, key, v, why);
+        }
+        const int x = (int)json_integer_value(v);
+        if (is_n)
+            rq->n = x, rq->set |= EPM_REQ_N;
+        else if (key[0] == 'l')
+            rq->logprobs = x, rq->set |= EPM_REQ_LOGPROBS;
+        else
+            rq->prompt_logprobs = x, rq->set |= EPM_REQ_PROMPT_LOGPROBS;
+    } else if (!strcmp(key, "detokenize") || !strcmp(key, "skip_special_tokens") ||
+               !strcmp(key, "spaces_between_special_tokens")) {
+        if (!json_is_boolean(v)) /* text options: the output is token ids, which they do not change */
+            return bad(label, where, key, v, "expected true or false");
+    } else if (unsupported(key)) {
+        if (!at_default(key, v))
+            return epm_fail(EPM_ERR_UNSUPPORTED, "%s: %s: field '%s' = %s: %s", label, where, key,
+                            epm_json_show(v, (char[96]){0}, 96), unsupported(key));
     } else if (!strcmp(key, "prompt")) {
         return epm_fail(EPM_ERR_UNSUPPORTED, "%s: %s: field 'prompt' is text, and epmoe has no tokenizer: give the "
                         "ids your model's tokenizer makes of it as 'prompt_token_ids'", label, where);
@@ -133,20 +187,20 @@ static epm_status field(const char *key, json_t *v, const char *label, const cha
 
 int epm_request_like(json_t *obj)
 {
+    static const char *const keys[] = {"prompt_token_ids", "prompt", "max_tokens", "top_k", "min_tokens", "seed",
+                                       "stop_token_ids", "ignore_eos", "n", "logprobs", "prompt_logprobs"};
     if (!json_is_object(obj))
         return 0;
-    if (json_object_get(obj, "prompt_token_ids") || json_object_get(obj, "prompt"))
-        return 1;
     const char *key;
     json_t *v;
     json_object_foreach(obj, key, v) {
-        if (!strcmp(key, "max_tokens"))
-            return 1;
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+            if (!strcmp(key, keys[i]))
+                return 1;
         for (size_t i = 0; i < sizeof NUMS / sizeof NUMS[0]; i++)
             if (!strcmp(key, NUMS[i].key))
                 return 1;
-        if (!strcmp(key, "top_k") || !strcmp(key, "min_tokens") || !strcmp(key, "seed") ||
-            !strcmp(key, "stop_token_ids") || !strcmp(key, "ignore_eos"))
+        if (unsupported(key))
             return 1;
     }
     return 0;

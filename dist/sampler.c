@@ -413,7 +413,7 @@ epm_status epm_sampler_next(epm_sampler *s, const float *logits, const int32_t *
         for (int64_t i = 0; i < n; i++)
             total += c[i].key;
     }
-    const double target = uniform(p->seed, p->own_seed ? 0 : seq, step) * total;
+    const double target = uniform(p->seed, p->own_seed ? p->own_index : seq, step) * total;
     double acc = 0;
     for (int64_t i = 0; i < n; i++) {
         acc += c[i].key;

@@ -10,6 +10,7 @@
 
 #include "cli.h"
 #include "core.h"
+#include "run_requests.h"
 #include "runtime.h"
 #include "epmoe/launch.h"
 #include "epmoe/model.h"
@@ -25,7 +26,8 @@ static const char usage[] =
     "                           \"max_new_tokens\": N or [per sequence]}, requests (vLLM's) as a JSON list\n"
     "                           or JSON lines of {\"prompt_token_ids\": [...], \"max_tokens\": N, and\n"
     "                           SamplingParams' temperature, top_k, top_p, min_p, seed, stop_token_ids,\n"
-    "                           ignore_eos, min_tokens and penalties, each over the run's},\n"
+    "                           ignore_eos, min_tokens, penalties, n, logprobs and prompt_logprobs,\n"
+    "                           each over the run's},\n"
     "                           .npy int32/int64 [batch, seq], or safetensors with 'input_ids'\n"
     "  --placement FILE         placement JSON from epmoe plan (default: contiguous)\n"
     "  --mode home|follow       where tokens live between MoE layers (default home)\n"
@@ -377,6 +379,14 @@ static void print_ids(const int32_t *ids, int n)
     printf("]");
 }
 
+static void print_ints(const int *v, int n)
+{
+    printf("[");
+    for (int i = 0; i < n; i++)
+        printf("%s%d", i ? ", " : "", v[i]);
+    printf("]");
+}
+
 /* a log-probability as JSON: -inf (a token the model rules out) as null */
 static void print_lp(float lp)
 {
@@ -400,17 +410,24 @@ static void print_token_lp(int32_t token, float lp, const int32_t *top_ids, cons
     printf("]}");
 }
 
-/* "logprobs": per sequence, per generated token {"token", "logprob", "top": [[id, logprob], ...]} */
-static void print_logprobs(const epm_run_result *res, int maxnew)
+/* "logprobs": per sequence, per generated token {"token", "logprob", "top": [[id, logprob], ...]},
+ * with shown[s] of the top tokens (NULL: all; -1: null, a request that did not ask) */
+static void print_logprobs(const epm_run_result *res, int maxnew, const int *shown)
 {
     const int top = res->top_logprobs;
     printf(", \"logprobs\": [");
     for (int s = 0; s < res->batch; s++) {
-        printf("%s[", s ? ", " : "");
+        printf("%s", s ? ", " : "");
+        if (shown && shown[s] < 0) {
+            printf("null");
+            continue;
+        }
+        printf("[");
         for (int j = 0; j < res->gen_len[s]; j++) {
             size_t at = (size_t)s * maxnew + j;
             printf("%s", j ? ", " : "");
-            print_token_lp(res->generated[at], res->logprob[at], res->top_ids + at * top, res->top_lp + at * top, top);
+            print_token_lp(res->generated[at], res->logprob[at], res->top_ids + at * top, res->top_lp + at * top,
+                           shown ? shown[s] : top);
         }
         printf("]");
     }
@@ -421,23 +438,31 @@ static void print_logprobs(const epm_run_result *res, int maxnew)
  * token {"token", "logprob", "top": [[id, logprob], ...]} (vLLM's
  * prompt_logprobs); "prompt_perplexity": per sequence exp(-mean logprob)
  * over those tokens (null for a one-token prompt or one the model rules out) */
-static void print_prompt_logprobs(const epm_run_result *res, const int32_t *const *ids)
+static void print_prompt_logprobs(const epm_run_result *res, const int32_t *const *ids, const int *shown)
 {
     const int top = res->prompt_top;
     printf(", \"prompt_logprobs\": [");
     for (int s = 0, at = 0; s < res->batch; at += res->lens[s++]) {
+        if (shown && shown[s] < 0) {
+            printf("%snull", s ? ", " : "");
+            continue;
+        }
         printf("%s[null", s ? ", " : "");
         for (int p = 1; p < res->lens[s]; p++) {
             size_t t = (size_t)at + p;
             printf(", ");
             print_token_lp(ids[s][p], res->prompt_lp[t], res->prompt_top_ids + t * top, res->prompt_top_lp + t * top,
-                           top);
+                           shown ? shown[s] : top);
         }
         printf("]");
     }
     printf("], \"prompt_perplexity\": [");
     for (int s = 0, at = 0; s < res->batch; at += res->lens[s++]) {
         double sum = 0;
+        if (shown && shown[s] < 0) {
+            printf("%snull", s ? ", " : "");
+            continue;
+        }
         for (int p = 1; p < res->lens[s]; p++)
             sum += res->prompt_lp[at + p];
         double ppl = exp(-sum / (res->lens[s] - 1));
@@ -685,39 +710,36 @@ int epm_cli_run(int argc, char **argv)
         epm_model_config_clear(&cfg);
     }
     epm_status st = epm_tokens_load(input, vocab, &pr);
-    if (st == EPM_OK && pr->max_new) {
+    run_batch rb; /* the sequences: the input's, or each request's samples */
+    memset(&rb, 0, sizeof rb);
+    int top = o.logprobs_on ? o.top_logprobs : -1, ptop = o.prompt_logprobs_on ? o.prompt_top_logprobs : -1;
+    if (st == EPM_OK)
+        st = run_batch_build(pr, top, ptop, &rb, &top, &ptop);
+    if (st == EPM_OK && (top >= 0 || ptop >= 0) && !json)
+        st = epm_fail(EPM_ERR_INVALID_ARG, "%s: requests ask for %slogprobs, which come with --json output", input,
+                      top >= 0 ? "" : "prompt ");
+    o.logprobs_on = top >= 0, o.top_logprobs = top > 0 ? top : 0;
+    o.prompt_logprobs_on = ptop >= 0, o.prompt_top_logprobs = ptop > 0 ? ptop : 0;
+    if (st == EPM_OK && rb.max_new) {
         /* the input's lengths per sequence, under --max-new-tokens where it is given; a
          * request without max_tokens has --max-new-tokens, else vLLM's default */
         int most = 0;
-        for (int s = 0; s < pr->batch; s++) {
-            if (!pr->max_new[s])
-                pr->max_new[s] = maxnew_given && o.max_new_tokens > 0 ? o.max_new_tokens : CLI_REQUEST_MAX_TOKENS;
-            most = pr->max_new[s] > most ? pr->max_new[s] : most;
+        for (int s = 0; s < rb.batch; s++) {
+            if (!rb.max_new[s])
+                rb.max_new[s] = maxnew_given && o.max_new_tokens > 0 ? o.max_new_tokens : CLI_REQUEST_MAX_TOKENS;
+            most = rb.max_new[s] > most ? rb.max_new[s] : most;
         }
         o.max_new_tokens = maxnew_given && o.max_new_tokens < most ? o.max_new_tokens : most;
-        o.max_new_per_seq = pr->max_new;
+        o.max_new_per_seq = rb.max_new;
     }
     int32_t eos[EPM_MAX_STOP_IDS];
     int n_eos = 0;
     if (st == EPM_OK && o.max_new_tokens > 0)
         st = decoding(o.model_dir, &gf, &o.sampling, stop_ids, &o.n_stop, eos, &n_eos);
     o.stop_ids = stop_ids;
-    epm_sampling *own = NULL; /* each request's sampling over the run's */
-    int32_t *own_stops = NULL;
-    if (st == EPM_OK && o.max_new_tokens > 0 && pr->req) {
-        const size_t room = (size_t)n_eos + (size_t)gf.n_stop + EPM_MAX_STOP_IDS;
-        own = malloc((size_t)pr->batch * sizeof *own);
-        own_stops = malloc((size_t)pr->batch * room * sizeof *own_stops);
-        st = own && own_stops ? EPM_OK : EPM_ERR_NOMEM;
-        for (int s = 0; s < pr->batch && st == EPM_OK; s++) {
-            char label[PATH_MAX + 32];
-            snprintf(label, sizeof label, "%s: request %d", input, s);
-            int n;
-            st = epm_request_sampling_apply(&pr->req[s], &o.sampling, eos, n_eos, gf.ignore_eos, gf.stop, gf.n_stop,
-                                            label, &own[s], own_stops + s * room, &n);
-        }
-        o.seq_sampling = own;
-    }
+    if (st == EPM_OK && o.max_new_tokens > 0)
+        st = run_batch_sampling(&rb, pr, input, &o.sampling, eos, n_eos, gf.ignore_eos, gf.stop, gf.n_stop);
+    o.seq_sampling = rb.own;
     if (st == EPM_OK && place)
         st = epm_placement_load_json(place, &p);
     if (st == EPM_OK && rft)
@@ -739,7 +761,7 @@ int epm_cli_run(int argc, char **argv)
         o.placement = p;
         o.route_from = t;
         test_hook_fail_alloc(rank);
-        st = epm_run(&o, pr->batch, pr->lens, (const int32_t *const *)pr->ids, &res);
+        st = epm_run(&o, rb.batch, rb.lens, rb.ids, &res);
     }
     if (st == EPM_ERR_TIMEOUT) {
         /* the stalled rank cannot hear us: end the whole job */
@@ -773,23 +795,26 @@ int epm_cli_run(int argc, char **argv)
             print_sampling(&o.sampling);
             printf("}, \"stop_token_ids\": ");
             print_ids(o.stop_ids, o.n_stop);
-            if (own) { /* what each request ran with */
+            if (rb.req_of) { /* what each request's samples ran with */
+                printf(", \"request_index\": ");
+                print_ints(rb.req_of, rb.batch);
                 printf(", \"request_sampling\": [");
-                for (int s = 0; s < res->batch; s++) {
+                for (int s = 0; s < res->batch && rb.own; s++) {
+                    const epm_sampling *q = &rb.own[s];
                     printf("%s{", s ? ", " : "");
-                    print_sampling(&own[s]);
+                    print_sampling(q);
                     printf(", \"seed_of\": \"%s\", \"max_tokens\": %d, \"stop_token_ids\": ",
-                           own[s].own_seed ? "request" : "run",
-                           pr->max_new[s] < o.max_new_tokens ? pr->max_new[s] : o.max_new_tokens);
-                    print_ids(own[s].stop_ids, own[s].n_stop);
+                           q->own_seed ? "request" : "run",
+                           rb.max_new[s] < o.max_new_tokens ? rb.max_new[s] : o.max_new_tokens);
+                    print_ids(q->stop_ids, q->n_stop);
                     printf("}");
                 }
                 printf("]");
             }
             if (res->logprob)
-                print_logprobs(res, o.max_new_tokens);
+                print_logprobs(res, o.max_new_tokens, rb.lp_top);
             if (res->prompt_lp)
-                print_prompt_logprobs(res, (const int32_t *const *)pr->ids);
+                print_prompt_logprobs(res, rb.ids, rb.plp_top);
             if (report) {
                 printf(", ");
                 print_report(stdout, res, 1);
@@ -810,8 +835,7 @@ int epm_cli_run(int argc, char **argv)
     epm_placement_destroy(p);
     epm_trace_destroy(t);
     epm_tokens_destroy(pr);
-    free(own);
-    free(own_stops);
+    run_batch_free(&rb);
     epm_xcomm_finalize();
     return rc;
 }

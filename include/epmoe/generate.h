@@ -47,9 +47,10 @@ typedef struct epm_sampling {
                                   from its own stop_ids) */
     int n_stop;
     uint64_t seed;
-    int own_seed;              /* 1: the draws depend on (seed, step) alone, as sequence 0's would: a
-                                  request's own seed (vLLM's SamplingParams.seed), which gives the
-                                  same tokens wherever the request sits in a batch */
+    int own_seed;              /* 1: the draws depend on (seed, own_index, step) alone, as sequence
+                                  own_index's would: a request's own seed (vLLM's SamplingParams.seed),
+                                  which gives the same tokens wherever the request sits in a batch */
+    int own_index;             /* which of the request's n samples (0 .. n - 1) */
 } epm_sampling;
 
 /* NULL is greedy. An error names the parameter and its value. */
@@ -92,9 +93,9 @@ EPM_API epm_status epm_logprobs(const float *logits, int vocab, int32_t token, i
 
 /* One request's own decoding parameters, under vLLM's SamplingParams names
  * (temperature, top_k, top_p, min_p, repetition_penalty, presence_penalty,
- * frequency_penalty, min_tokens, seed, stop_token_ids, ignore_eos): each
- * one the request gives replaces the run's (flags over the generation
- * config); the rest are the run's. */
+ * frequency_penalty, min_tokens, seed, stop_token_ids, ignore_eos; n,
+ * logprobs, prompt_logprobs): each one the request gives replaces the run's
+ * (flags over the generation config); the rest are the run's. */
 enum {
     EPM_REQ_TEMPERATURE = 1 << 0,
     EPM_REQ_TOP_K = 1 << 1,
@@ -106,7 +107,12 @@ enum {
     EPM_REQ_MIN_TOKENS = 1 << 7,
     EPM_REQ_SEED = 1 << 8,
     EPM_REQ_IGNORE_EOS = 1 << 9,
+    EPM_REQ_N = 1 << 10,
+    EPM_REQ_LOGPROBS = 1 << 11,
+    EPM_REQ_PROMPT_LOGPROBS = 1 << 12,
 };
+
+#define EPM_MAX_REQUEST_N 1024 /* samples of one request (vLLM's n) at most */
 
 typedef struct epm_request_sampling {
     unsigned set;   /* EPM_REQ_* of the fields the request gives */
@@ -114,6 +120,9 @@ typedef struct epm_request_sampling {
     int ignore_eos;
     int n_stop;     /* stop_token_ids: stop tokens beyond the run's (vLLM: beside the EOS) */
     int32_t stop[EPM_MAX_STOP_IDS];
+    int n;               /* samples of the prompt, [1, EPM_MAX_REQUEST_N] (EPM_REQ_N) */
+    int logprobs;        /* the top logprobs of each generated token, [0, EPM_MAX_LOGPROBS] */
+    int prompt_logprobs; /* and of each prompt token (EPM_REQ_LOGPROBS, EPM_REQ_PROMPT_LOGPROBS) */
 } epm_request_sampling;
 
 /* The sampling of one request over the run's: `run` as resolved (a greedy
@@ -122,7 +131,8 @@ typedef struct epm_request_sampling {
  * stop tokens). A request that decodes greedily drops top-k, top-p and
  * min-p (as vLLM does); one that samples over a greedy run has none unless
  * it gives them (vLLM's defaults). With its own seed, its draws depend on
- * (seed, step) alone (own_seed). The stop tokens, each once, go to
+ * (seed, step) alone (own_seed; the caller numbers a request's n samples in
+ * own_index). The stop tokens, each once, go to
  * stop[0, *n_stop) (room for n_eos + n_extra + EPM_MAX_STOP_IDS) and out->stop_ids
  * points there. An error names `label` (the request) and the field. */
 EPM_API epm_status epm_request_sampling_apply(const epm_request_sampling *rq, const epm_sampling *run,

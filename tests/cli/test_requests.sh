@@ -56,6 +56,30 @@ cut = g1.index(g1[2]) + 1
 assert b["generated"][0] == a["generated"][0] and b["generated"][2] == a["generated"][2], (a, b)
 assert b["generated"][1] == g1[:cut] and b["finish_reason"] == ["length", "stop", "length"], (g1, b)
 PY
+# n samples of a request: sequences of their own (request_index), each draw its own; with the
+# request's seed, sample 0 draws what the request alone draws. Logprobs where a request asks, with
+# its number of top tokens (null where it does not ask); text-only options accepted, best_of 1 too
+cat >"$d/n.json" <<JSON
+[{"prompt_token_ids": $A, "max_tokens": 6, "temperature": 0.8, "seed": 5, "n": 3, "logprobs": 2},
+ {"prompt_token_ids": $B, "max_tokens": 2, "prompt_logprobs": 1, "best_of": 1, "skip_special_tokens": true,
+  "stop": []}]
+JSON
+run -np 3 "$E" run --model "$m" --input "$d/n.json" --kernels ref --json >"$d/out" 2>"$d/err" ||
+  { fail "n samples"; head -5 "$d/err"; }
+python3 - "$d/list.json" "$d/out" <<'PY' || fail "n samples, logprobs per request"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+g = b["generated"]
+assert b["request_index"] == [0, 0, 0, 1], b["request_index"]
+assert g[0] == a["generated"][0] and len({tuple(x) for x in g[:3]}) == 3, g
+assert [None if l is None else [len(t["top"]) for t in l] for l in b["logprobs"]] == [[2] * 6] * 3 + [None], b
+assert b["prompt_logprobs"][:3] == [None] * 3 and len(b["prompt_logprobs"][3]) == 6, b["prompt_logprobs"]
+assert all(len(t["top"]) == 1 for t in b["prompt_logprobs"][3][1:]), b["prompt_logprobs"][3]
+assert [r["seed_of"] for r in b["request_sampling"]] == ["request"] * 3 + ["run"], b["request_sampling"]
+PY
+run -np 2 "$E" run --model "$m" --input "$d/n.json" >"$d/out" 2>"$d/err"
+[ $? = 1 ] || fail "logprobs without --json: exit status not 1"
+has "$d/err" "requests ask for logprobs, which come with --json output"
 # --max-new-tokens caps every request and gives those without max_tokens theirs
 check_caps() {
   run -np 2 "$E" run --model "$m" --input "$d/req.json" --kernels ref --json --max-new-tokens "$1" >"$d/out" \
@@ -75,5 +99,8 @@ refuse "misspelt field" '{"prompt_token_ids": [1]}
 {"prompt_token_ids": [2], "temprature": 0.5}' "bad.jsonl: line 2 (request 1): unknown field 'temprature'"
 refuse "text prompt" '[{"prompt": "Hello"}]' "requests\[0\]: field 'prompt' is text, and epmoe has no tokenizer"
 refuse "bad top_p" '[{"prompt_token_ids": [1], "top_p": 0}]' "requests\[0\]: field 'top_p' = 0: expected a number in (0, 1\]"
+refuse "best of n" '[{"prompt_token_ids": [1], "best_of": 2}]' "field 'best_of' = 2: best-of-n is not run"
+refuse "stop strings" '[{"prompt_token_ids": [1], "stop": ["a"]}]' "stop strings need a tokenizer"
+refuse "n of 0" '[{"prompt_token_ids": [1], "n": 0}]' "field 'n' = 0: expected an integer in \[1, 1024\]"
 refuse "id outside the vocabulary" '[{"prompt_token_ids": [1, 256]}]' "prompt_token_ids\[1\]' = 256"
 checks_done "all request checks passed"

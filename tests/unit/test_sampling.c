@@ -1662,6 +1662,14 @@ static void test_own_seed(void **state)
         /* without own_seed, sequence 5 draws otherwise (about N / 100 agreements by chance) */
         if (same5 > N / 4)
             fail_msg("kind %d: sequence 5 drew sequence 0's token %d times in %d", kk, same5, N);
+        /* a request's sample j (own_index) draws as sequence j, wherever it sits */
+        epm_sampling sj = own;
+        sj.own_index = 5;
+        epm_sampler *e = mk(&sj, V);
+        for (int step = 0; step < N; step++)
+            if (next_tok(e, V, lg, 77, step) != next_tok(a, V, lg, 5, step))
+                fail_msg("kind %d step %d: own_index 5 at sequence 77 differs from sequence 5", kk, step);
+        epm_sampler_destroy(e);
         /* own_seed also keeps the seed: another seed draws otherwise */
         own.seed ^= 0x5555;
         epm_sampler *c = mk(&own, V);

@@ -454,6 +454,16 @@ static void test_tokens_requests(void **state)
         assert_int_equal(t->req[0].set, i == 1 ? EPM_REQ_TEMPERATURE : 0);
         epm_tokens_destroy(t);
     }
+    const char *more = "[{\"prompt_token_ids\": [1], \"n\": 3, \"logprobs\": 0, \"prompt_logprobs\": 20, "
+                       "\"best_of\": 1, \"use_beam_search\": false, \"stop\": [], \"logit_bias\": null, "
+                       "\"skip_special_tokens\": true, \"detokenize\": false}, {\"prompt_token_ids\": [2]}]";
+    t = parse_ok(more, strlen(more), 10);
+    assert_int_equal(t->req[0].set, EPM_REQ_N | EPM_REQ_LOGPROBS | EPM_REQ_PROMPT_LOGPROBS);
+    assert_int_equal(t->req[0].n, 3);
+    assert_int_equal(t->req[0].logprobs, 0);
+    assert_int_equal(t->req[0].prompt_logprobs, 20);
+    assert_int_equal(t->req[1].set, 0);
+    epm_tokens_destroy(t);
     const char *tok = "{\"input_ids\": [[1, 2]], \"attention_mask\": [[1, 1]], \"token_type_ids\": [[0, 0]]}";
     t = parse_ok(tok, strlen(tok), 10);
     assert_null(t->req);
@@ -543,6 +553,19 @@ static void test_tokens_requests_errors(void **state)
     req_bad("{}", EPM_ERR_FORMAT, "no 'prompt_token_ids'", NULL);
     req_bad("{\"prompt_token_ids\": [1], \"input_ids\": [1]}", EPM_ERR_FORMAT, "'prompt_token_ids'", "'input_ids'");
     req_bad("{\"prompt_token_ids\": null}", EPM_ERR_FORMAT, "no 'prompt_token_ids'", NULL);
+    /* n samples, logprobs; vLLM's fields that epmoe does not run refused unless at their default */
+    req_bad("{\"prompt_token_ids\": [1], \"n\": 0}", EPM_ERR_FORMAT, "'n' = 0", "[1, 1024]");
+    req_bad("{\"prompt_token_ids\": [1], \"n\": 1025}", EPM_ERR_FORMAT, "'n' = 1025", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"logprobs\": 21}", EPM_ERR_FORMAT, "'logprobs' = 21", "[0, 20]");
+    req_bad("{\"prompt_token_ids\": [1], \"logprobs\": -1}", EPM_ERR_FORMAT, "'logprobs' = -1", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"prompt_logprobs\": true}", EPM_ERR_FORMAT, "'prompt_logprobs' = true",
+            NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"best_of\": 2}", EPM_ERR_UNSUPPORTED, "'best_of' = 2", "use n");
+    req_bad("{\"prompt_token_ids\": [1], \"use_beam_search\": true}", EPM_ERR_UNSUPPORTED, "beam search", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"stop\": [\"a\"]}", EPM_ERR_UNSUPPORTED, "'stop'", "stop_token_ids");
+    req_bad("{\"prompt_token_ids\": [1], \"logit_bias\": {\"5\": 1}}", EPM_ERR_UNSUPPORTED, "'logit_bias'", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"skip_special_tokens\": 1}", EPM_ERR_FORMAT,
+            "'skip_special_tokens' = 1", NULL);
     req_bad("{\"prompt_token_ids\": [1], \"max_tokens\": 2, \"min_tokens\": 3}", EPM_ERR_FORMAT,
             "min_tokens = 3 is more than max_tokens = 2", NULL);
     /* an element that is no request object */
