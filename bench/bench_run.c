@@ -22,6 +22,10 @@ static const char usage[] =
     "  --batch B            sequences (default 8)\n"
     "  --seq S              prompt length (default 64)\n"
     "  --new N              greedy tokens per sequence (default 8)\n"
+    "  --input FILE         instead of --batch and --seq: the sequences of FILE, as epmoe run --input\n"
+    "                       reads it (token lists, requests: a dataset's prompt and output lengths;\n"
+    "                       a request's max_tokens, else --new; its n samples; its sampling\n"
+    "                       parameters not applied: greedy)\n"
     "  --zipf S             routing skew of the synthetic trace (default 1.0)\n"
     "  --affinity A         cross-layer affinity of the trace (default 0.8)\n"
     "  --methods LIST       placements, comma separated, contiguous first (the baseline;\n"
@@ -75,7 +79,7 @@ static const char usage[] =
     "                       every run but --wire-dtypes' own\n"
     "  --csv                CSV rows instead of a table\n";
 
-enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS };
+enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -92,6 +96,7 @@ static const struct option opts[] = {
     {"expert-dtypes", no_argument, 0, O_EDT},       {"mla-cache", no_argument, 0, O_MLA},
     {"kv-dtypes", no_argument, 0, O_KVDT},    {"wire-dtypes", no_argument, 0, O_WIDT},
     {"wire-dtype", required_argument, 0, O_WIRE}, {"prefill-chunks", required_argument, 0, O_CHUNKS},
+    {"input", required_argument, 0, O_INPUT},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
@@ -99,6 +104,7 @@ static const struct option opts[] = {
  * what it costs in output fidelity. mod: EPM_MOD_OFF sweeps TA strengths. */
 static const char *kernels = "blas";
 static int wire = CLI_WIRE_F32; /* --wire-dtype */
+static const int *max_new_of = NULL; /* --input's output lengths per sequence (NULL: --new for all) */
 
 static void wire_opts(epm_run_opts *o)
 {
@@ -114,6 +120,7 @@ static void live_opts(epm_run_opts *o, const char *model, epm_mode mode, int vn,
     o->mode = mode;
     o->virtual_nodes = vn;
     o->max_new_tokens = nnew;
+    o->max_new_per_seq = max_new_of;
     o->keep_logits = 1;
     o->prefill_chunk = CLI_PREFILL_CHUNK; /* as epmoe run */
     o->ops = kernels;
@@ -133,13 +140,16 @@ double epm_bench_logit_err(const float *a, const float *b, int64_t n)
 double epm_bench_token_agreement(const int32_t *a, const int32_t *b, int n)
 {
     int same = 0;
-    for (int i = 0; i < n; i++)
-        same += a[i] == b[i];
-    return n > 0 ? (double)same / n : 1.0;
+    int both = 0; /* positions past a sequence's length (-1 in both) are no tokens */
+    for (int i = 0; i < n; i++) {
+        same += a[i] == b[i] && a[i] >= 0;
+        both += a[i] >= 0 || b[i] >= 0;
+    }
+    return both > 0 ? (double)same / both : 1.0;
 }
 
 static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm_mod_source mod, epm_mode mode,
-                          int vn, int batch, const int *lens, int32_t **prompts, int nnew, int csv)
+                          int vn, int batch, const int *lens, const int32_t *const *prompts, int nnew, int csv)
 {
     int me = epm_xcomm_rank(x);
     char buf[256];
@@ -168,7 +178,7 @@ static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm
             o.ta_strength = value;
         }
         epm_run_result *res = NULL;
-        epm_status st = epm_run(&o, batch, lens, (const int32_t *const *)prompts, &res);
+        epm_status st = epm_run(&o, batch, lens, prompts, &res);
         if (st != EPM_OK) {
             rc = me == 0 ? cli_fail("bench run", st) : EPM_EXIT_FAIL;
             break;
@@ -249,7 +259,7 @@ static int64_t report_bytes(const epm_run_report *r)
  * bf16; fp8 dispatch in home mode). Best prefill and decode
  * times of each, and its logits and tokens against the baseline's. */
 static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8, epm_mode mode, int vn, int batch,
-                           const int *lens, int32_t **prompts, int nnew, int reps, int csv)
+                           const int *lens, const int32_t *const *prompts, int nnew, int reps, int csv)
 {
     int me = epm_xcomm_rank(x), rc = EPM_EXIT_OK;
     fp8 = which == 'd' && fp8; /* an FP8 checkpoint: also everything dequantised to bf16, the row FP8 is against */
@@ -278,7 +288,7 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
                 o.wire_fp8 = k == 2;
             }
             epm_run_result *res = NULL;
-            epm_status st = epm_run(&o, batch, lens, (const int32_t *const *)prompts, &res);
+            epm_status st = epm_run(&o, batch, lens, prompts, &res);
             if (st != EPM_OK) {
                 rc = me == 0 ? cli_fail("bench run", st) : EPM_EXIT_FAIL;
                 break;
@@ -396,6 +406,8 @@ static int check_list(const char *W, const char *opt, const char *list, size_t r
 int epm_bench_run(int argc, char **argv)
 {
     const char *W = "bench run";
+    const char *input = NULL;
+    int shape_given = 0;
     const char *model = NULL, *methods_s = "contiguous,eplb,ilp", *modes_s = "home,follow", *workdir = "bench-run-work";
     long batch = 8, seq = 64, nnew = 8, slots = 0, vn = 0, reps = 2, warm = 1, v;
     double zipf = 1.0, aff = 0.8, tl = 20;
@@ -407,8 +419,17 @@ int epm_bench_run(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case O_MODEL: model = optarg; break;
-        case O_BATCH: if (!cli_parse_int(W, "--batch", optarg, 1, 1 << 16, &batch)) return EPM_EXIT_USAGE; break;
-        case O_SEQ: if (!cli_parse_int(W, "--seq", optarg, 1, 1 << 16, &seq)) return EPM_EXIT_USAGE; break;
+        case O_BATCH:
+            if (!cli_parse_int(W, "--batch", optarg, 1, 1 << 16, &batch))
+                return EPM_EXIT_USAGE;
+            shape_given = 1;
+            break;
+        case O_SEQ:
+            if (!cli_parse_int(W, "--seq", optarg, 1, 1 << 16, &seq))
+                return EPM_EXIT_USAGE;
+            shape_given = 1;
+            break;
+        case O_INPUT: input = optarg; break;
         case O_NEW: if (!cli_parse_int(W, "--new", optarg, 1, 1 << 16, &nnew)) return EPM_EXIT_USAGE; break;
         case O_ZIPF: if (!cli_parse_double(W, "--zipf", optarg, 0, 10, &zipf)) return EPM_EXIT_USAGE; break;
         case O_AFF: if (!cli_parse_double(W, "--affinity", optarg, 0, 1, &aff)) return EPM_EXIT_USAGE; break;
@@ -456,6 +477,8 @@ int epm_bench_run(int argc, char **argv)
     }
     if (!model)
         return cli_usage_error(W, "--model is required");
+    if (input && shape_given)
+        return cli_usage_error(W, "--input %s gives the sequences: --batch and --seq are for the random ones", input);
     const int chunks = nchunk > 0;
     if (!!ta_list + !!mod + dtypes + mla + kvdt + widt + chunks > 1) {
         char given[160] = "";
@@ -499,6 +522,8 @@ int epm_bench_run(int argc, char **argv)
     int rc = EPM_EXIT_OK;
     int32_t **prompts = NULL;
     int *lens = NULL;
+    epm_bench_input in;
+    memset(&in, 0, sizeof in);
     st = epm_model_open(model, &m);
     st = epm_xcomm_agree(x, st);
     if (st != EPM_OK) {
@@ -509,15 +534,43 @@ int epm_bench_run(int argc, char **argv)
     int moe_layers = 0;
     for (int l = 0; l < hc->num_layers; l++)
         moe_layers += hc->moe_layer[l];
+    if (input) { /* every rank reads it; all agree before the first run */
+        st = epm_xcomm_agree(x, epm_bench_input_load(input, hc->vocab_size, (int)nnew, &in));
+        if (st != EPM_OK) {
+            rc = me == 0 ? cli_fail(W, st) : EPM_EXIT_FAIL;
+            goto out;
+        }
+        batch = in.batch;
+        max_new_of = in.max_new;
+        for (int s = 0; in.max_new && s < in.batch; s++)
+            nnew = s == 0 || in.max_new[s] > nnew ? in.max_new[s] : nnew;
+    }
+    const int32_t *const *pr = in.prompts;
+    const int *pl = in.lens;
+    int64_t ptok = 0; /* prompt tokens in all */
+    char shape[4400];
+    if (input) {
+        for (int s = 0; s < batch; s++)
+            ptok += pl[s];
+        snprintf(shape, sizeof shape, "%s: %ld sequences, %lld prompt tokens, up to %ld new%s", input, batch,
+                 (long long)ptok, nnew, in.sampled ? " (requests' sampling parameters not applied: greedy)" : "");
+    } else {
+        ptok = batch * seq;
+        snprintf(shape, sizeof shape, "batch %ld x %ld + %ld new", batch, seq, nnew);
+    }
     /* prompts and the routing to replay: the same on every rank (seeded) */
-    prompts = calloc((size_t)batch, sizeof *prompts);
-    lens = calloc((size_t)batch, sizeof *lens);
+    prompts = input ? NULL : calloc((size_t)batch, sizeof *prompts);
+    lens = input ? NULL : calloc((size_t)batch, sizeof *lens);
     uint64_t rng = 12345;
     for (int s = 0; s < batch && prompts && lens; s++) {
         lens[s] = (int)seq;
         prompts[s] = malloc((size_t)seq * sizeof **prompts);
         for (int p = 0; p < seq && prompts[s]; p++)
             prompts[s][p] = (int32_t)(epm_splitmix64(&rng) % (uint64_t)hc->vocab_size);
+    }
+    if (!input) {
+        pr = (const int32_t *const *)prompts;
+        pl = lens;
     }
     if (ta_list || mod || dtypes || mla || kvdt || widt || chunks) {
         epm_mode mode = EPM_MODE_HOME;
@@ -529,12 +582,10 @@ int epm_bench_run(int argc, char **argv)
             goto out;
         }
         if (me == 0 && !csv)
-            printf("# bench run %s: %s, %d ranks (%d nodes), mode %s, batch %ld x %ld + %ld new, kernels %s, "
-                   "wire %s\n",
+            printf("# bench run %s: %s, %d ranks (%d nodes), mode %s, %s, kernels %s, wire %s\n",
                    dtypes ? "--expert-dtypes" : mla ? "--mla-cache" : kvdt ? "--kv-dtypes" : widt ? "--wire-dtypes"
                    : chunks ? "--prefill-chunks" : mod ? "--mod" : "--ta", model, R,
-                   cl.nodes, epm_mode_name(mode),
-                   batch, seq, nnew, kernels,
+                   cl.nodes, epm_mode_name(mode), shape, kernels,
                    !widt ? cli_wire_dtypes[wire] : mode == EPM_MODE_HOME ? "f32, bf16, fp8" : "f32, bf16");
         if (me == 0 && !csv)
             epm_bench_print_blas();
@@ -542,16 +593,16 @@ int epm_bench_run(int argc, char **argv)
             epm_run_opts o;
             live_opts(&o, model, mode, (int)vn, (int)nnew);
             o.keep_logits = 0; /* every prompt row's logits would be most of the memory measured */
-            rc = epm_bench_run_chunks(x, &o, (int)batch, lens, prompts, chunk, nchunk, (int)reps, csv);
+            rc = epm_bench_run_chunks(x, &o, (int)batch, pl, pr, chunk, nchunk, (int)reps, csv);
         } else if (dtypes || mla || kvdt || widt)
-            rc = variant_compare(x, dtypes ? 'd' : mla ? 'm' : kvdt ? 'k' : 'w', model, hc->fp8_block[0] > 0, mode, (int)vn, (int)batch, lens,
-                                 prompts, (int)nnew, (int)reps, csv);
+            rc = variant_compare(x, dtypes ? 'd' : mla ? 'm' : kvdt ? 'k' : 'w', model, hc->fp8_block[0] > 0, mode, (int)vn, (int)batch, pl,
+                                 pr, (int)nnew, (int)reps, csv);
         else
-            rc = fidelity_sweep(x, model, mod ? caps : ta_list, mod, mode, (int)vn, (int)batch, lens, prompts,
-                                (int)nnew, csv);
+            rc = fidelity_sweep(x, model, mod ? caps : ta_list, mod, mode, (int)vn, (int)batch, pl, pr, (int)nnew,
+                                csv);
         goto out;
     }
-    int64_t total = batch * seq + (nnew - 1) * batch;
+    int64_t total = ptok + epm_bench_decode_tokens((int)batch, max_new_of, (int)nnew);
     epm_trace_synth_opts so;
     epm_trace_synth_opts_init(&so);
     so.layers = moe_layers;
@@ -564,8 +615,7 @@ int epm_bench_run(int argc, char **argv)
     st = epm_trace_synth(&so, &t);
     int32_t *seqid = malloc((size_t)total * sizeof *seqid);
     if (st == EPM_OK && seqid) {
-        for (int64_t g = 0; g < total; g++)
-            seqid[g] = (int32_t)(g < batch * seq ? g / seq : (g - batch * seq) % batch);
+        epm_bench_seq_ids((int)batch, pl, max_new_of, (int)nnew, seqid);
         st = epm_trace_set_seq_ids(t, seqid);
     }
     free(seqid);
@@ -574,9 +624,8 @@ int epm_bench_run(int argc, char **argv)
         goto out;
     }
     if (me == 0 && !csv)
-        printf("# bench run: %s, %d ranks (%d nodes), batch %ld x %ld tokens + %ld new, zipf %.2f affinity %.2f, "
-               "activations on the wire %s\n",
-               model, R, cl.nodes, batch, seq, nnew, zipf, aff, cli_wire_dtypes[wire]);
+        printf("# bench run: %s, %d ranks (%d nodes), %s, zipf %.2f affinity %.2f, activations on the wire %s\n",
+               model, R, cl.nodes, shape, zipf, aff, cli_wire_dtypes[wire]);
     if (me == 0 && !csv)
         epm_bench_print_blas();
     if (me == 0)
@@ -650,12 +699,13 @@ int epm_bench_run(int argc, char **argv)
                 o.mode = mode;
                 o.virtual_nodes = (int)vn;
                 o.max_new_tokens = (int)nnew;
+                o.max_new_per_seq = max_new_of;
                 o.route_from = t;
                 o.ops = kernels;
                 o.prefill_chunk = CLI_PREFILL_CHUNK; /* as epmoe run */
                 wire_opts(&o);
                 epm_run_result *res = NULL;
-                st = epm_run(&o, (int)batch, lens, (const int32_t *const *)prompts, &res);
+                st = epm_run(&o, (int)batch, pl, pr, &res);
                 if (st != EPM_OK)
                     break;
                 if (rep < 0) {
@@ -709,6 +759,8 @@ out:
         free(prompts[s]);
     free(prompts);
     free(lens);
+    epm_bench_input_free(&in);
+    max_new_of = NULL;
     epm_trace_destroy(t);
     epm_model_close(m);
     epm_xcomm_destroy(x);

@@ -2,13 +2,39 @@
 #ifndef EPM_BENCH_RUN_H
 #define EPM_BENCH_RUN_H
 
+#include "../launch/run_requests.h"
+#include "epmoe/model.h"
 #include "runtime.h"
 #include "xcomm.h"
+
+/* --input FILE: its sequences (a request's n samples each one), their
+ * prompts and output lengths (max_new NULL: --new for all; a request
+ * without max_tokens gets --new); sampled: some request gives sampling
+ * parameters, which bench run does not apply. In bench_run_input.c. */
+typedef struct epm_bench_input {
+    int batch;
+    const int *lens;
+    const int32_t *const *prompts;
+    int *max_new;
+    int sampled;
+    epm_tokens *tok;
+    run_batch rb;
+} epm_bench_input;
+
+epm_status epm_bench_input_load(const char *path, int vocab, int nnew, epm_bench_input *in);
+void epm_bench_input_free(epm_bench_input *in);
+
+/* The decoded tokens of a greedy run without stop tokens, each sequence
+ * min(max_new[s], nnew) - 1 (max_new NULL: nnew for all), and the sequence
+ * of each token a run's trace numbers: the prompts', then each decoding
+ * step's live sequences in order (total prompt tokens + that many). */
+int64_t epm_bench_decode_tokens(int batch, const int *max_new, int nnew);
+void epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int nnew, int32_t *out);
 
 /* --prefill-chunks: base's run in one prefill pass, then in passes of each
  * of chunk[0, nchunk) (at most 8), alternated reps times; rank 0 prints the
  * table (CSV with csv). Collective; an EPM_EXIT_* code. */
-int epm_bench_run_chunks(epm_xcomm *x, const epm_run_opts *base, int batch, const int *lens, int32_t **prompts,
+int epm_bench_run_chunks(epm_xcomm *x, const epm_run_opts *base, int batch, const int *lens, const int32_t *const *prompts,
                          const long *chunk, int nchunk, int reps, int csv);
 
 /* max |b - a| / max |a| over n logits (0 where a is all zeros), and the

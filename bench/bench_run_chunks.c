@@ -44,7 +44,7 @@ static double peak_bytes(void)
     return kb * 1024;
 }
 
-int epm_bench_run_chunks(epm_xcomm *x, const epm_run_opts *base, int batch, const int *lens, int32_t **prompts,
+int epm_bench_run_chunks(epm_xcomm *x, const epm_run_opts *base, int batch, const int *lens, const int32_t *const *prompts,
                          const long *chunk, int nchunk, int reps, int csv)
 {
     enum { MAXC = 9 };
@@ -60,7 +60,7 @@ int epm_bench_run_chunks(epm_xcomm *x, const epm_run_opts *base, int batch, cons
             o.prefill_chunk = k ? chunk[k - 1] : 0;
             epm_run_result *res = NULL;
             peak_reset();
-            epm_status st = epm_run(&o, batch, lens, (const int32_t *const *)prompts, &res);
+            epm_status st = epm_run(&o, batch, lens, prompts, &res);
             double p = peak_bytes();
             if (st == EPM_OK)
                 st = epm_xcomm_max_f64(x, &p, 1);

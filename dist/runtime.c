@@ -1330,6 +1330,8 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
         for (int s = 0; o->seq_sampling && s < batch; s++)
             stops |= o->seq_sampling[s].n_stop > 0;
         int64_t need = stops ? r->N : r->total;
+        for (int s = 0; !stops && o->max_new_per_seq && s < batch; s++) /* sequences that end early */
+            need -= r->steps + 1 - (o->max_new_per_seq[s] < r->steps + 1 ? o->max_new_per_seq[s] : r->steps + 1);
         if (epm_trace_layers(t) != r->moe_layers || epm_trace_tokens(t) < need || epm_trace_k(t) != c->top_k ||
             epm_trace_experts(t) > c->num_experts)
             st = epm_fail(EPM_ERR_MISMATCH,

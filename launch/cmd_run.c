@@ -10,6 +10,7 @@
 
 #include "cli.h"
 #include "core.h"
+#include "run_output.h"
 #include "run_requests.h"
 #include "runtime.h"
 #include "epmoe/launch.h"
@@ -56,16 +57,20 @@ static const char usage[] =
     "                           equal to the bit draw the same token at any rank count (default 0)\n"
     "  --stop-token-ids LIST    more stop tokens, e.g. 2,32000 (kept in the output)\n"
     "  --ignore-eos             do not stop at the checkpoint's eos_token_id (benchmarks)\n"
-    "  --logprobs N             with --json: each generated token's log-probability under the model\n"
-    "                           (log_softmax of its logits, before penalty, temperature and top-k/p)\n"
-    "                           and the N (0-20) most likely tokens' at that step\n"
-    "  --prompt-logprobs N      with --json: each prompt token's log-probability given the tokens\n"
-    "                           before it, the N (0-20) most likely tokens' there, and each\n"
-    "                           prompt's perplexity (vLLM's prompt_logprobs)\n"
+    "  --logprobs N             with --json or --output: each generated token's log-probability\n"
+    "                           under the model (log_softmax of its logits, before penalty,\n"
+    "                           temperature and top-k/p) and the N (0-20) most likely tokens' there\n"
+    "  --prompt-logprobs N      with --json or --output: each prompt token's log-probability given\n"
+    "                           the tokens before it, the N (0-20) most likely tokens' there, and\n"
+    "                           (--json) each prompt's perplexity (vLLM's prompt_logprobs)\n"
     "  --virtual-nodes N        split the ranks into N pretend nodes\n"
     "  --route-from-trace FILE  replace the gate's choices by a recorded trace\n"
     "  --trace-out FILE         write the routing of every MoE layer (trace format)\n"
     "  --logits-out FILE        write logits (safetensors 'logits')\n"
+    "  --output FILE            results as JSON lines, one per request (one per sequence without\n"
+    "                           requests), as vLLM's RequestOutput: request_index, prompt_tokens,\n"
+    "                           outputs [{index, token_ids, finish_reason, cumulative_logprob,\n"
+    "                           logprobs}] (a request's n samples), prompt_logprobs\n"
     "  --all-logits             logits of every prompt position, not only the last\n"
     "  --prefill-chunk T        prefill in passes of at most T of each rank's prompt tokens (chunked\n"
     "                           prefill: activation memory follows T, not the prompts; default 8192,\n"
@@ -129,7 +134,7 @@ static const char usage[] =
 enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER, O_MAXMEM,
        O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
        O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK, O_PLOGPROBS };
-enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
+enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_OUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
     {"model", required_argument, 0, O_MODEL},        {"input", required_argument, 0, O_INPUT},
@@ -138,7 +143,7 @@ static const struct option opts[] = {
     {"route-from-trace", required_argument, 0, O_RFT}, {"trace-out", required_argument, 0, O_TOUT},
     {"logits-out", required_argument, 0, O_LOUT},    {"all-logits", no_argument, 0, O_ALL},
     {"kernels", required_argument, 0, O_KER},        {"report", no_argument, 0, O_REP},
-    {"json", no_argument, 0, O_JSON},                {"help", no_argument, 0, O_HELP},
+    {"output", required_argument, 0, O_OUT},       {"json", no_argument, 0, O_JSON},                {"help", no_argument, 0, O_HELP},
     {"bind", no_argument, 0, O_BIND},                {"report-bindings", no_argument, 0, O_RBIND},
     {"timeout", required_argument, 0, O_TIMEOUT},    {"top-p", required_argument, 0, O_TOPP},         {"ta-strength", required_argument, 0, O_TA},
     {"mod", required_argument, 0, O_MOD},            {"mod-capacity", required_argument, 0, O_MODCAP},
@@ -387,29 +392,6 @@ static void print_ints(const int *v, int n)
     printf("]");
 }
 
-/* a log-probability as JSON: -inf (a token the model rules out) as null */
-static void print_lp(float lp)
-{
-    if (lp > -INFINITY)
-        printf("%.9g", lp);
-    else
-        printf("null");
-}
-
-/* {"token", "logprob", "top": [[id, logprob], ...]} */
-static void print_token_lp(int32_t token, float lp, const int32_t *top_ids, const float *top_lp, int top)
-{
-    printf("{\"token\": %d, \"logprob\": ", (int)token);
-    print_lp(lp);
-    printf(", \"top\": [");
-    for (int q = 0; q < top; q++) {
-        printf("%s[%d, ", q ? ", " : "", (int)top_ids[q]);
-        print_lp(top_lp[q]);
-        printf("]");
-    }
-    printf("]}");
-}
-
 /* "logprobs": per sequence, per generated token {"token", "logprob", "top": [[id, logprob], ...]},
  * with shown[s] of the top tokens (NULL: all; -1: null, a request that did not ask) */
 static void print_logprobs(const epm_run_result *res, int maxnew, const int *shown)
@@ -426,7 +408,7 @@ static void print_logprobs(const epm_run_result *res, int maxnew, const int *sho
         for (int j = 0; j < res->gen_len[s]; j++) {
             size_t at = (size_t)s * maxnew + j;
             printf("%s", j ? ", " : "");
-            print_token_lp(res->generated[at], res->logprob[at], res->top_ids + at * top, res->top_lp + at * top,
+            run_print_token_lp(stdout, res->generated[at], res->logprob[at], res->top_ids + at * top, res->top_lp + at * top,
                            shown ? shown[s] : top);
         }
         printf("]");
@@ -451,7 +433,7 @@ static void print_prompt_logprobs(const epm_run_result *res, const int32_t *cons
         for (int p = 1; p < res->lens[s]; p++) {
             size_t t = (size_t)at + p;
             printf(", ");
-            print_token_lp(ids[s][p], res->prompt_lp[t], res->prompt_top_ids + t * top, res->prompt_top_lp + t * top,
+            run_print_token_lp(stdout, ids[s][p], res->prompt_lp[t], res->prompt_top_ids + t * top, res->prompt_top_lp + t * top,
                            shown ? shown[s] : top);
         }
         printf("]");
@@ -519,7 +501,7 @@ int epm_cli_run(int argc, char **argv)
     epm_run_opts o;
     memset(&o, 0, sizeof o);
     o.ops = "blas";
-    const char *input = NULL, *place = NULL, *rft = NULL, *tout = NULL, *lout = NULL;
+    const char *input = NULL, *place = NULL, *rft = NULL, *tout = NULL, *lout = NULL, *oout = NULL;
     gen_flags gf;
     memset(&gf, 0, sizeof gf);
     int32_t stop_ids[2 * EPM_MAX_STOP_IDS];
@@ -543,6 +525,7 @@ int epm_cli_run(int argc, char **argv)
         case O_RFT: rft = optarg; break;
         case O_TOUT: tout = optarg; break;
         case O_LOUT: lout = optarg; break;
+        case O_OUT: oout = optarg; break;
         case O_ALL: o.keep_logits = 1; break;
         case O_KER:
             if (strcmp(optarg, "ref") && strcmp(optarg, "blas") && strcmp(optarg, "cuda"))
@@ -675,17 +658,22 @@ int epm_cli_run(int argc, char **argv)
      * sources rank each prompt's tokens over the whole prompt */
     if (!chunk_given)
         o.prefill_chunk = o.mod == EPM_MOD_ROUTER || o.mod == EPM_MOD_ATTENTION ? 0 : CLI_PREFILL_CHUNK;
-    if (o.logprobs_on && !json)
-        return cli_usage_error(W, "--logprobs %d: logprobs come with --json output", o.top_logprobs);
-    if (o.prompt_logprobs_on && !json)
-        return cli_usage_error(W, "--prompt-logprobs %d: logprobs come with --json output", o.prompt_top_logprobs);
-    const char *outs[] = {tout, lout};
+    if (o.logprobs_on && !json && !oout)
+        return cli_usage_error(W, "--logprobs %d: logprobs come with --json or --output", o.top_logprobs);
+    if (o.prompt_logprobs_on && !json && !oout)
+        return cli_usage_error(W, "--prompt-logprobs %d: logprobs come with --json or --output",
+                               o.prompt_top_logprobs);
+    const char *outs[] = {tout, lout, oout};
     const char *ins[] = {input, place, rft};
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 3; i++)
         for (int j = 0; j < 3; j++)
             if (outs[i] && ins[j] && cli_same_file(outs[i], ins[j]))
                 return cli_usage_error(W, "output '%s' would overwrite an input", outs[i]);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < i; j++)
+            if (outs[i] && outs[j] && (!strcmp(outs[i], outs[j]) || cli_same_file(outs[i], outs[j])))
+                return cli_usage_error(W, "'%s' is given as two outputs", outs[i]);
+    for (int i = 0; i < 3; i++) {
         const char *hit = outs[i] ? model_file_clash(o.model_dir, outs[i]) : NULL;
         if (hit)
             return cli_usage_error(W, "output '%s' would overwrite the checkpoint's %s", outs[i], hit);
@@ -715,9 +703,9 @@ int epm_cli_run(int argc, char **argv)
     int top = o.logprobs_on ? o.top_logprobs : -1, ptop = o.prompt_logprobs_on ? o.prompt_top_logprobs : -1;
     if (st == EPM_OK)
         st = run_batch_build(pr, top, ptop, &rb, &top, &ptop);
-    if (st == EPM_OK && (top >= 0 || ptop >= 0) && !json)
-        st = epm_fail(EPM_ERR_INVALID_ARG, "%s: requests ask for %slogprobs, which come with --json output", input,
-                      top >= 0 ? "" : "prompt ");
+    if (st == EPM_OK && (top >= 0 || ptop >= 0) && !json && !oout)
+        st = epm_fail(EPM_ERR_INVALID_ARG, "%s: requests ask for %slogprobs, which come with --json or --output",
+                      input, top >= 0 ? "" : "prompt ");
     o.logprobs_on = top >= 0, o.top_logprobs = top > 0 ? top : 0;
     o.prompt_logprobs_on = ptop >= 0, o.prompt_top_logprobs = ptop > 0 ? ptop : 0;
     if (st == EPM_OK && rb.max_new) {
@@ -779,6 +767,8 @@ int epm_cli_run(int argc, char **argv)
         if (tout && (st = epm_trace_save(res->trace, tout)) != EPM_OK)
             rc = cli_fail(W, st);
         if (lout && res->logits && (st = write_logits(lout, res, o.keep_logits)) != EPM_OK)
+            rc = cli_fail(W, st);
+        if (oout && (st = run_output_write(oout, res, &rb, o.max_new_tokens > 0 ? o.max_new_tokens : 1)) != EPM_OK)
             rc = cli_fail(W, st);
         if (json) {
             printf("{\"generated\": [");

@@ -157,7 +157,9 @@ elif [ "$rc" != 1 ]; then
   echo "FAIL: stalled rank: exit $rc, expected 1"; head -20 "$d/err"; fails=$((fails + 1))
 fi
 has "$d/err" "rank 1 stalled or died: no answer for 3 s"
-[ $(($(date +%s) - t0)) -lt 30 ] || { echo "FAIL: the stalled run took more than 30 s"; fails=$((fails + 1)); }
+# (well under the 60 s stall, which a run without the timeout would sit out; 45 s, not 30, for a loaded
+# 2-core machine under the sanitizers)
+[ $(($(date +%s) - t0)) -lt 45 ] || { echo "FAIL: the stalled run took more than 45 s"; fails=$((fails + 1)); }
 none_left "$d/stall_in.safetensors" "the stalled run"
 # a rank killed with SIGKILL in the middle of prefill (an input of its own, so
 # that pgrep finds this job's processes and not those of tests beside it)

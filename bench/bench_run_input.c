@@ -1,0 +1,61 @@
+/* `epmoe bench run --input FILE`: the batch of a file, as `epmoe run` reads
+ * it (token lists, {"input_ids": ...}, requests as vLLM takes them, .npy,
+ * safetensors), so that a bench runs a dataset's prompt and output lengths
+ * (a serving benchmark's ShareGPT-like mix) rather than one length for all.
+ * Requests' n samples count as sequences; their sampling parameters do not
+ * apply: bench run decodes greedily, and says so. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench_run.h"
+#include "core.h"
+
+epm_status epm_bench_input_load(const char *path, int vocab, int nnew, epm_bench_input *in)
+{
+    memset(in, 0, sizeof *in);
+    EPM_CHECK(epm_tokens_load(path, vocab, &in->tok));
+    int top, ptop;
+    epm_status st = run_batch_build(in->tok, -1, -1, &in->rb, &top, &ptop);
+    if (st != EPM_OK) {
+        epm_bench_input_free(in);
+        return st;
+    }
+    in->batch = in->rb.batch;
+    in->lens = in->rb.lens;
+    in->prompts = in->rb.ids;
+    in->max_new = in->rb.max_new;
+    for (int r = 0; in->tok->req && r < in->tok->batch; r++)
+        in->sampled |= (in->tok->req[r].set & ~(unsigned)EPM_REQ_N) != 0;
+    for (int s = 0; in->max_new && s < in->batch; s++) /* a request without max_tokens: --new */
+        if (!in->max_new[s])
+            in->max_new[s] = nnew;
+    return EPM_OK;
+}
+
+void epm_bench_input_free(epm_bench_input *in)
+{
+    run_batch_free(&in->rb);
+    epm_tokens_destroy(in->tok);
+    memset(in, 0, sizeof *in);
+}
+
+int64_t epm_bench_decode_tokens(int batch, const int *max_new, int nnew)
+{
+    int64_t n = 0;
+    for (int s = 0; s < batch; s++)
+        n += (max_new ? (max_new[s] < nnew ? max_new[s] : nnew) : nnew) - 1;
+    return n;
+}
+
+void epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int nnew, int32_t *out)
+{
+    int64_t g = 0;
+    for (int s = 0; s < batch; s++)
+        for (int p = 0; p < lens[s]; p++)
+            out[g++] = s;
+    /* decoding step k runs the sequences with a token still to come, in order */
+    for (int k = 0; k + 1 < nnew; k++)
+        for (int s = 0; s < batch; s++)
+            if (k + 1 < (max_new ? (max_new[s] < nnew ? max_new[s] : nnew) : nnew))
+                out[g++] = s;
+}
