@@ -15,7 +15,7 @@ epm_status epm_bench_input_load(const char *path, int vocab, int nnew, epm_bench
     memset(in, 0, sizeof *in);
     EPM_CHECK(epm_tokens_load(path, vocab, &in->tok));
     int top, ptop;
-    epm_status st = run_batch_build(in->tok, -1, -1, &in->rb, &top, &ptop);
+    epm_status st = run_batch_build(in->tok, path, -1, -1, &in->rb, &top, &ptop);
     if (st != EPM_OK) {
         epm_bench_input_free(in);
         return st;
@@ -24,8 +24,9 @@ epm_status epm_bench_input_load(const char *path, int vocab, int nnew, epm_bench
     in->lens = in->rb.lens;
     in->prompts = in->rb.ids;
     in->max_new = in->rb.max_new;
+    const unsigned kept = EPM_REQ_N | EPM_REQ_LOGPROBS | EPM_REQ_PROMPT_LOGPROBS; /* what bench run does not need */
     for (int r = 0; in->tok->req && r < in->tok->batch; r++)
-        in->sampled |= (in->tok->req[r].set & ~(unsigned)EPM_REQ_N) != 0;
+        in->sampled |= (in->tok->req[r].set & ~kept) != 0 || in->tok->req[r].n_stop > 0;
     for (int s = 0; in->max_new && s < in->batch; s++) /* a request without max_tokens: --new */
         if (!in->max_new[s])
             in->max_new[s] = nnew;

@@ -107,7 +107,7 @@ static const char *unsupported(const char *key)
 
 static int at_default(const char *key, json_t *v)
 {
-    if (!strcmp(key, "best_of") && json_is_integer(v) && json_integer_value(v) == 1) /* one of one */
+    if (!strcmp(key, "length_penalty") && json_is_number(v) && json_number_value(v) == 1) /* vLLM's default */
         return 1;
     return json_is_false(v) || (json_is_integer(v) && json_integer_value(v) == 0) ||
            (json_is_string(v) && json_string_length(v) == 0) || (json_is_array(v) && json_array_size(v) == 0) ||
@@ -226,10 +226,16 @@ epm_status epm_request_from_json(json_t *obj, const char *label, const char *whe
     const char *key;
     json_t *v;
     json_object_foreach(obj, key, v) {
-        if (!strcmp(key, "prompt_token_ids") || !strcmp(key, "input_ids") || json_is_null(v))
-            continue; /* null: unset, as Python writes None */
+        if (!strcmp(key, "prompt_token_ids") || !strcmp(key, "input_ids") || !strcmp(key, "best_of") ||
+            json_is_null(v))
+            continue; /* null: unset, as Python writes None; best_of below, beside n */
         EPM_CHECK(field(key, v, label, where, rq, max_new));
     }
+    json_t *best = json_object_get(obj, "best_of"); /* vLLM's best_of equal to n is n samples */
+    if (best && !json_is_null(best) &&
+        !(json_is_integer(best) && json_integer_value(best) == (rq->set & EPM_REQ_N ? rq->n : 1)))
+        return epm_fail(EPM_ERR_UNSUPPORTED, "%s: %s: field 'best_of' = %s: %s", label, where,
+                        epm_json_show(best, (char[96]){0}, 96), unsupported("best_of"));
     if (!p)
         return epm_fail(EPM_ERR_FORMAT, "%s: %s has no 'prompt_token_ids'", label, where);
     if (*max_new && (rq->set & EPM_REQ_MIN_TOKENS) && rq->s.min_tokens > *max_new) /* as vLLM refuses it */
@@ -270,6 +276,15 @@ epm_status epm_request_sampling_apply(const epm_request_sampling *rq, const epm_
         s.min_tokens = rq->s.min_tokens;
     if (set & EPM_REQ_SEED)
         s.seed = rq->s.seed, s.own_seed = 1;
+    /* truncation given to a request that decodes greedily because the run
+     * does: refused, as the run's flags are (vLLM would sample at its default
+     * temperature 1); with the request's own temperature 0 it means nothing,
+     * and vLLM drops it likewise */
+    const int truncates = ((set & EPM_REQ_TOP_K) && s.top_k > 0) || ((set & EPM_REQ_TOP_P) && s.top_p < 1) ||
+                          ((set & EPM_REQ_MIN_P) && s.min_p > 0);
+    if (truncates && !epm_sampling_random(&s) && !(set & EPM_REQ_TEMPERATURE))
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s: top_k, top_p and min_p shape sampling, but this request decodes "
+                        "greedily as the run does: give it a temperature > 0", label ? label : "request");
     if (!epm_sampling_random(&s)) /* greedy: truncation means nothing (vLLM resets it likewise) */
         s.top_k = 0, s.top_p = 0, s.min_p = 0;
     const int ignore = set & EPM_REQ_IGNORE_EOS ? rq->ignore_eos : run_ignore_eos;

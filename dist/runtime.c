@@ -1326,7 +1326,7 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     if (st == EPM_OK && o->route_from) {
         const epm_trace *t = o->route_from;
         /* with stop tokens the run's length is known only as it goes: each step checks its own */
-        int stops = o->n_stop > 0;
+        int stops = !o->seq_sampling && o->n_stop > 0; /* seq_sampling replaces the run's stops */
         for (int s = 0; o->seq_sampling && s < batch; s++)
             stops |= o->seq_sampling[s].n_stop > 0;
         int64_t need = stops ? r->N : r->total;

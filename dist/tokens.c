@@ -236,8 +236,15 @@ static epm_status from_json(const char *text, size_t len, const char *label, int
         return epm_fail(EPM_ERR_FORMAT, "%s: not .npy, safetensors or valid JSON (line %d: %s)", label, err.line,
                         err.text);
     if (!only_space(text + err.position, len - err.position)) { /* more after the first value */
+        const int obj = json_is_object(root);
         json_decref(root);
-        return from_jsonl(text, len, label, vocab, out);
+        if (obj) /* JSON lines of requests */
+            return from_jsonl(text, len, label, vocab, out);
+        int line = 1;
+        for (size_t i = 0; i < (size_t)err.position; i++)
+            line += text[i] == '\n';
+        return epm_fail(EPM_ERR_FORMAT, "%s: line %d: more text after the JSON value (only requests, one object a "
+                        "line, come as JSON lines)", label, line);
     }
     if (epm_request_like(root)) { /* one request */
         json_t *one = json_array();

@@ -424,7 +424,8 @@ static void print_prompt_logprobs(const epm_run_result *res, const int32_t *cons
 {
     const int top = res->prompt_top;
     printf(", \"prompt_logprobs\": [");
-    for (int s = 0, at = 0; s < res->batch; at += res->lens[s++]) {
+    int64_t at = 0;
+    for (int s = 0; s < res->batch; at += res->lens[s++]) {
         if (shown && shown[s] < 0) {
             printf("%snull", s ? ", " : "");
             continue;
@@ -439,7 +440,8 @@ static void print_prompt_logprobs(const epm_run_result *res, const int32_t *cons
         printf("]");
     }
     printf("], \"prompt_perplexity\": [");
-    for (int s = 0, at = 0; s < res->batch; at += res->lens[s++]) {
+    at = 0;
+    for (int s = 0; s < res->batch; at += res->lens[s++]) {
         double sum = 0;
         if (shown && shown[s] < 0) {
             printf("%snull", s ? ", " : "");
@@ -702,7 +704,7 @@ int epm_cli_run(int argc, char **argv)
     memset(&rb, 0, sizeof rb);
     int top = o.logprobs_on ? o.top_logprobs : -1, ptop = o.prompt_logprobs_on ? o.prompt_top_logprobs : -1;
     if (st == EPM_OK)
-        st = run_batch_build(pr, top, ptop, &rb, &top, &ptop);
+        st = run_batch_build(pr, input, top, ptop, &rb, &top, &ptop);
     if (st == EPM_OK && (top >= 0 || ptop >= 0) && !json && !oout)
         st = epm_fail(EPM_ERR_INVALID_ARG, "%s: requests ask for %slogprobs, which come with --json or --output",
                       input, top >= 0 ? "" : "prompt ");
@@ -727,6 +729,12 @@ int epm_cli_run(int argc, char **argv)
     o.stop_ids = stop_ids;
     if (st == EPM_OK && o.max_new_tokens > 0)
         st = run_batch_sampling(&rb, pr, input, &o.sampling, eos, n_eos, gf.ignore_eos, gf.stop, gf.n_stop);
+    for (int s = 0; st == EPM_OK && rb.own && s < rb.batch; s++) { /* as vLLM refuses it */
+        const int most = rb.max_new[s] < o.max_new_tokens ? rb.max_new[s] : o.max_new_tokens;
+        if (rb.own[s].min_tokens > most)
+            st = epm_fail(EPM_ERR_INVALID_ARG, "%s: request %d: min_tokens = %d is more than the %d tokens it may "
+                          "generate", input, rb.req_of[s], rb.own[s].min_tokens, most);
+    }
     o.seq_sampling = rb.own;
     if (st == EPM_OK && place)
         st = epm_placement_load_json(place, &p);
@@ -788,7 +796,7 @@ int epm_cli_run(int argc, char **argv)
             if (rb.req_of) { /* what each request's samples ran with */
                 printf(", \"request_index\": ");
                 print_ints(rb.req_of, rb.batch);
-                printf(", \"request_sampling\": [");
+                printf(", \"request_sampling\": %s", rb.own ? "[" : "null"); /* null: nothing decoded */
                 for (int s = 0; s < res->batch && rb.own; s++) {
                     const epm_sampling *q = &rb.own[s];
                     printf("%s{", s ? ", " : "");
@@ -799,7 +807,7 @@ int epm_cli_run(int argc, char **argv)
                     print_ids(q->stop_ids, q->n_stop);
                     printf("}");
                 }
-                printf("]");
+                printf("%s", rb.own ? "]" : "");
             }
             if (res->logprob)
                 print_logprobs(res, o.max_new_tokens, rb.lp_top);

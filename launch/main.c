@@ -42,13 +42,13 @@ static void usage(FILE *f)
  * next layer. Keeping them made a one-pass prefill of 8192 prompt tokens
  * 1.2-1.4x faster on a 2-core VM (bench/README.md), for about 5% more peak
  * memory; chunked prefill and decoding are unchanged. A process policy, so
- * the command line's and not the library's; malloc settings of the user's
- * own (GLIBC_TUNABLES) win. */
+ * the command line's and not the library's; the user's own thresholds
+ * (GLIBC_TUNABLES) win. */
 static void malloc_policy(void)
 {
 #ifdef __GLIBC__
     const char *t = getenv("GLIBC_TUNABLES");
-    if (t && strstr(t, "glibc.malloc."))
+    if (t && (strstr(t, "glibc.malloc.mmap_threshold") || strstr(t, "glibc.malloc.trim_threshold")))
         return;
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);

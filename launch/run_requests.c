@@ -14,7 +14,7 @@ enum { MAX_SEQUENCES = 1 << 20 }; /* as many as an input may hold */
 
 void run_batch_free(run_batch *b)
 {
-    if (b->req_of) { /* (without requests the arrays are the input's) */
+    if (b->owns) { /* (without requests the arrays are the input's) */
         free(b->lens);
         free(b->ids);
         free(b->max_new);
@@ -27,8 +27,8 @@ void run_batch_free(run_batch *b)
     memset(b, 0, sizeof *b);
 }
 
-epm_status run_batch_build(const epm_tokens *t, int flag_top, int flag_ptop, run_batch *b, int *top_out,
-                           int *ptop_out)
+epm_status run_batch_build(const epm_tokens *t, const char *input, int flag_top, int flag_ptop, run_batch *b,
+                           int *top_out, int *ptop_out)
 {
     memset(b, 0, sizeof *b);
     *top_out = flag_top, *ptop_out = flag_ptop;
@@ -43,9 +43,10 @@ epm_status run_batch_build(const epm_tokens *t, int flag_top, int flag_ptop, run
     for (int r = 0; r < t->batch; r++)
         n += t->req[r].set & EPM_REQ_N ? t->req[r].n : 1;
     if (n > MAX_SEQUENCES)
-        return epm_fail(EPM_ERR_INVALID_ARG, "the requests ask for %lld samples in all; at most %d", (long long)n,
-                        MAX_SEQUENCES);
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s: the requests ask for %lld samples in all; at most %d", input,
+                        (long long)n, MAX_SEQUENCES);
     b->batch = (int)n;
+    b->owns = 1;
     b->lens = malloc((size_t)n * sizeof *b->lens);
     b->ids = malloc((size_t)n * sizeof *b->ids);
     b->max_new = malloc((size_t)n * sizeof *b->max_new);

@@ -16,6 +16,7 @@ typedef struct run_batch {
     int *req_of;         /* [batch]: the request of each sequence; NULL without requests */
     int *lp_top;         /* [batch] or NULL: top logprobs shown per sequence, -1 none (logprobs null) */
     int *plp_top;        /* the same for prompt logprobs */
+    int owns;            /* lens, ids and max_new are this batch's (else the input's) */
     epm_sampling *own;   /* [batch] or NULL: each sequence's sampling (run_batch_sampling) */
     int32_t *own_stops;
 } run_batch;
@@ -24,8 +25,8 @@ typedef struct run_batch {
  * (and prompt logprobs) are on where --logprobs is (flag_top >= 0) or any
  * request asks, with the most top tokens any asks; *top_out and *ptop_out
  * get those (-1: off). */
-epm_status run_batch_build(const epm_tokens *t, int flag_top, int flag_ptop, run_batch *b, int *top_out,
-                           int *ptop_out);
+epm_status run_batch_build(const epm_tokens *t, const char *input, int flag_top, int flag_ptop, run_batch *b,
+                           int *top_out, int *ptop_out);
 
 /* Each sequence's sampling: its request's over the run's, its sample index
  * its own_index (see epm_request_sampling_apply for the rest). */

@@ -148,7 +148,18 @@ refuse "misspelt field" '{"prompt_token_ids": [1]}
 {"prompt_token_ids": [2], "temprature": 0.5}' "bad.jsonl: line 2 (request 1): unknown field 'temprature'"
 refuse "text prompt" '[{"prompt": "Hello"}]' "requests\[0\]: field 'prompt' is text, and epmoe has no tokenizer"
 refuse "bad top_p" '[{"prompt_token_ids": [1], "top_p": 0}]' "requests\[0\]: field 'top_p' = 0: expected a number in (0, 1\]"
+# min_tokens beyond what a request may generate (here vLLM's default 16), and truncation on a request
+# that is greedy because the run is, are refused as vLLM and the run's own flags refuse them
+refuse "min_tokens over the length" '[{"prompt_token_ids": [1]}, {"prompt_token_ids": [1], "min_tokens": 20}]' \
+  "request 1: min_tokens = 20 is more than the 16 tokens it may generate"
+refuse "top_p on a greedy run" '[{"prompt_token_ids": [1], "top_p": 0.5}]' \
+  "request 0: top_k, top_p and min_p shape sampling, but this request decodes greedily as the run does"
 full || checks_done "all request checks passed" # (the parser's refusals: test_tokens under the sanitizers)
+# nothing decoded: no request sampling to echo
+run -np 2 "$E" run --model "$m" --input "$d/req.json" --max-new-tokens 0 --json >"$d/out" 2>"$d/err" ||
+  { fail "prefill only"; head -5 "$d/err"; }
+[ "$(gj '[d["request_sampling"], d["request_index"], d["generated"]]')" = "[None, [0, 1, 2], [[], [], []]]" ] ||
+  fail "prefill only: $(head -c 300 "$d/out")"
 refuse "best of n" '[{"prompt_token_ids": [1], "best_of": 2}]' "field 'best_of' = 2: best-of-n is not run"
 refuse "stop strings" '[{"prompt_token_ids": [1], "stop": ["a"]}]' "stop strings need a tokenizer"
 refuse "n of 0" '[{"prompt_token_ids": [1], "n": 0}]' "field 'n' = 0: expected an integer in \[1, 1024\]"

@@ -1,7 +1,8 @@
 /* Fuzz target: token-id input (JSON, .npy, safetensors by content; request
  * lists and JSON lines). Every accepted id lies inside the vocabulary given,
  * every per-sequence max_new_tokens in [1, 2^20] (a request's may be 0: it
- * gives none), and every request's sampling parameters pass validation. */
+ * gives none), and every request's sampling parameters, laid over a
+ * sampling run's, pass validation. */
 #include <stdint.h>
 
 #include "epmoe/generate.h"
@@ -26,7 +27,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (t->max_new && (t->max_new[s] < (t->req ? 0 : 1) || t->max_new[s] > (1 << 20)))
             __builtin_trap();
         if (t->req) {
-            epm_sampling run = {0}, out;
+            epm_sampling run = {.temperature = 1}, out; /* (a greedy run refuses a request's top-p) */
             int32_t stop[EPM_MAX_STOP_IDS];
             int n;
             if (t->req[s].n_stop < 0 || t->req[s].n_stop > EPM_MAX_STOP_IDS ||

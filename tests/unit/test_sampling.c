@@ -1782,13 +1782,21 @@ static void test_request_sampling_apply(void **state)
     assert_true(out.top_k == 0 && out.top_p == 0 && out.min_p == 0);
     assert_true(out.repetition_penalty == 1.1 && out.presence_penalty == 0.2 && out.frequency_penalty == 0.3);
     assert_int_equal(out.min_tokens, 2);
+    /* truncation on a request that is greedy because the run is: refused by name, as the run's flags are
+     * (vLLM would sample at temperature 1); top_p 1 truncates nothing and passes */
     const epm_sampling greedy_run = {.repetition_penalty = 1.3, .seed = 4};
     rq.set = EPM_REQ_TOP_P;
     rq.s.top_p = 0.5;
+    epm_clear_error();
+    assert_int_equal(epm_request_sampling_apply(&rq, &greedy_run, NULL, 0, 0, NULL, 0, "g", &out, stop, &n),
+                     EPM_ERR_INVALID_ARG);
+    expect_msg("g: top_k, top_p and min_p shape sampling");
+    rq.s.top_p = 1;
     assert_int_equal(epm_request_sampling_apply(&rq, &greedy_run, NULL, 0, 0, NULL, 0, "g", &out, stop, &n), EPM_OK);
     assert_true(out.temperature == 0 && out.top_p == 0 && out.repetition_penalty == 1.3);
     assert_int_equal(n, 0);
     assert_int_equal(out.n_stop, 0);
+    rq.s.top_p = 0.5;
     /* sampling over a greedy run: what the request gives, nothing more */
     rq.set = EPM_REQ_TEMPERATURE | EPM_REQ_TOP_P;
     rq.s.temperature = 0.9;

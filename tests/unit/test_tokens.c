@@ -455,8 +455,9 @@ static void test_tokens_requests(void **state)
         epm_tokens_destroy(t);
     }
     const char *more = "[{\"prompt_token_ids\": [1], \"n\": 3, \"logprobs\": 0, \"prompt_logprobs\": 20, "
-                       "\"best_of\": 1, \"use_beam_search\": false, \"stop\": [], \"logit_bias\": null, "
-                       "\"skip_special_tokens\": true, \"detokenize\": false}, {\"prompt_token_ids\": [2]}]";
+                       "\"best_of\": 3, \"use_beam_search\": false, \"stop\": [], \"logit_bias\": null, "
+                       "\"length_penalty\": 1.0, \"skip_special_tokens\": true, \"detokenize\": false}, "
+                       "{\"prompt_token_ids\": [2], \"best_of\": 1}]";
     t = parse_ok(more, strlen(more), 10);
     assert_int_equal(t->req[0].set, EPM_REQ_N | EPM_REQ_LOGPROBS | EPM_REQ_PROMPT_LOGPROBS);
     assert_int_equal(t->req[0].n, 3);
@@ -469,6 +470,9 @@ static void test_tokens_requests(void **state)
     assert_null(t->req);
     assert_null(t->max_new);
     epm_tokens_destroy(t);
+    const char *junk = "[[1, 2]]\n]";
+    assert_int_equal(parse_bad(junk, 10), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "in.json: line 1: more text after the JSON value"));
     const char *bad1 = "{\"input_ids\": [[1, 2]], \"max_tokens\": 3}";
     assert_int_equal(parse_bad(bad1, 10), EPM_ERR_FORMAT);
     assert_non_null(strstr(epm_last_error(), "in.json: the request: field 'input_ids[0]' = [1,2]"));
@@ -561,6 +565,9 @@ static void test_tokens_requests_errors(void **state)
     req_bad("{\"prompt_token_ids\": [1], \"prompt_logprobs\": true}", EPM_ERR_FORMAT, "'prompt_logprobs' = true",
             NULL);
     req_bad("{\"prompt_token_ids\": [1], \"best_of\": 2}", EPM_ERR_UNSUPPORTED, "'best_of' = 2", "use n");
+    req_bad("{\"prompt_token_ids\": [1], \"n\": 2, \"best_of\": 3}", EPM_ERR_UNSUPPORTED, "'best_of' = 3", NULL);
+    req_bad("{\"prompt_token_ids\": [1], \"length_penalty\": 0.8}", EPM_ERR_UNSUPPORTED, "'length_penalty' = 0.8",
+            NULL);
     req_bad("{\"prompt_token_ids\": [1], \"use_beam_search\": true}", EPM_ERR_UNSUPPORTED, "beam search", NULL);
     req_bad("{\"prompt_token_ids\": [1], \"stop\": [\"a\"]}", EPM_ERR_UNSUPPORTED, "'stop'", "stop_token_ids");
     req_bad("{\"prompt_token_ids\": [1], \"logit_bias\": {\"5\": 1}}", EPM_ERR_UNSUPPORTED, "'logit_bias'", NULL);
