@@ -568,11 +568,11 @@ int epm_bench_run(int argc, char **argv)
         for (int p = 0; p < seq && prompts[s]; p++)
             prompts[s][p] = (int32_t)(epm_splitmix64(&rng) % (uint64_t)hc->vocab_size);
     }
-    if (!input && (!prompts || !lens)) {
-        rc = me == 0 ? cli_fail(W, EPM_ERR_NOMEM) : EPM_EXIT_FAIL;
-        goto out;
-    }
     if (!input) {
+        if (!prompts || !lens) {
+            rc = me == 0 ? cli_fail(W, EPM_ERR_NOMEM) : EPM_EXIT_FAIL;
+            goto out;
+        }
         pr = (const int32_t *const *)prompts;
         pl = lens;
     }

@@ -79,9 +79,12 @@ static double *num_slot(epm_sampling *s, unsigned bit)
     }
 }
 
-static const char FIELDS[] = "prompt_token_ids, max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, "
-                             "presence_penalty, frequency_penalty, min_tokens, seed, stop_token_ids, ignore_eos, n, "
-                             "logprobs, prompt_logprobs";
+/* a request's fields (the message of an unknown one lists them; any of
+ * them makes an object a request) */
+static const char *const FIELDS[] = {"prompt_token_ids", "max_tokens", "temperature", "top_k", "top_p", "min_p",
+                                     "repetition_penalty", "presence_penalty", "frequency_penalty", "min_tokens",
+                                     "seed", "stop_token_ids", "ignore_eos", "n", "logprobs", "prompt_logprobs"};
+enum { N_FIELDS = sizeof FIELDS / sizeof FIELDS[0] };
 
 /* vLLM's fields that would change the tokens in ways epmoe does not run:
  * refused by name, unless at their default (null, false, 0, "", [] or {}) */
@@ -112,6 +115,14 @@ static int at_default(const char *key, json_t *v)
     return json_is_false(v) || (json_is_integer(v) && json_integer_value(v) == 0) ||
            (json_is_string(v) && json_string_length(v) == 0) || (json_is_array(v) && json_array_size(v) == 0) ||
            (json_is_object(v) && json_object_size(v) == 0);
+}
+
+/* a field of vLLM's that epmoe does not run, given a value other than its default */
+static epm_status not_run(const char *label, const char *where, const char *key, json_t *v)
+{
+    char b[96];
+    return epm_fail(EPM_ERR_UNSUPPORTED, "%s: %s: field '%s' = %s: %s", label, where, key, epm_json_show(v, b, sizeof b),
+                    unsupported(key));
 }
 
 static epm_status field(const char *key, json_t *v, const char *label, const char *where, epm_request_sampling *rq,
@@ -174,33 +185,30 @@ static epm_status field(const char *key, json_t *v, const char *label, const cha
             return bad(label, where, key, v, "expected true or false");
     } else if (unsupported(key)) {
         if (!at_default(key, v))
-            return epm_fail(EPM_ERR_UNSUPPORTED, "%s: %s: field '%s' = %s: %s", label, where, key,
-                            epm_json_show(v, (char[96]){0}, 96), unsupported(key));
+            return not_run(label, where, key, v);
     } else if (!strcmp(key, "prompt")) {
         return epm_fail(EPM_ERR_UNSUPPORTED, "%s: %s: field 'prompt' is text, and epmoe has no tokenizer: give the "
                         "ids your model's tokenizer makes of it as 'prompt_token_ids'", label, where);
     } else {
-        return epm_fail(EPM_ERR_FORMAT, "%s: %s: unknown field '%s' (a request has %s)", label, where, key, FIELDS);
+        char list[256] = "";
+        for (int i = 0; i < N_FIELDS; i++)
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", FIELDS[i]);
+        return epm_fail(EPM_ERR_FORMAT, "%s: %s: unknown field '%s' (a request has %s)", label, where, key, list);
     }
     return EPM_OK;
 }
 
 int epm_request_like(json_t *obj)
 {
-    static const char *const keys[] = {"prompt_token_ids", "prompt", "max_tokens", "top_k", "min_tokens", "seed",
-                                       "stop_token_ids", "ignore_eos", "n", "logprobs", "prompt_logprobs"};
     if (!json_is_object(obj))
         return 0;
     const char *key;
     json_t *v;
     json_object_foreach(obj, key, v) {
-        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
-            if (!strcmp(key, keys[i]))
+        for (int i = 0; i < N_FIELDS; i++) /* (max_new_tokens is not one: {"input_ids", "max_new_tokens"} is not) */
+            if (!strcmp(key, FIELDS[i]))
                 return 1;
-        for (size_t i = 0; i < sizeof NUMS / sizeof NUMS[0]; i++)
-            if (!strcmp(key, NUMS[i].key))
-                return 1;
-        if (unsupported(key))
+        if (!strcmp(key, "prompt") || unsupported(key))
             return 1;
     }
     return 0;
@@ -234,8 +242,7 @@ epm_status epm_request_from_json(json_t *obj, const char *label, const char *whe
     json_t *best = json_object_get(obj, "best_of"); /* vLLM's best_of equal to n is n samples */
     if (best && !json_is_null(best) &&
         !(json_is_integer(best) && json_integer_value(best) == (rq->set & EPM_REQ_N ? rq->n : 1)))
-        return epm_fail(EPM_ERR_UNSUPPORTED, "%s: %s: field 'best_of' = %s: %s", label, where,
-                        epm_json_show(best, (char[96]){0}, 96), unsupported("best_of"));
+        return not_run(label, where, "best_of", best);
     if (!p)
         return epm_fail(EPM_ERR_FORMAT, "%s: %s has no 'prompt_token_ids'", label, where);
     if (*max_new && (rq->set & EPM_REQ_MIN_TOKENS) && rq->s.min_tokens > *max_new) /* as vLLM refuses it */

@@ -170,6 +170,25 @@ static epm_status from_requests(json_t *list, const int *lines, int single, cons
     return EPM_OK;
 }
 
+static int is_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+
+static int only_space(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!is_space(p[i]))
+            return 0;
+    return 1;
+}
+
+/* the line breaks in p[0, n), which error messages count lines by */
+static int newlines(const char *p, size_t n)
+{
+    int k = 0;
+    for (size_t i = 0; i < n; i++)
+        k += p[i] == '\n';
+    return k;
+}
+
 /* JSON lines: one request object per line (blank lines skipped) */
 static epm_status from_jsonl(const char *text, size_t len, const char *label, int vocab, epm_tokens **out)
 {
@@ -177,7 +196,7 @@ static epm_status from_jsonl(const char *text, size_t len, const char *label, in
     int *lines = NULL, cap = 0, line = 1;
     epm_status st = list ? EPM_OK : EPM_ERR_NOMEM;
     for (size_t off = 0; st == EPM_OK;) {
-        while (off < len && (text[off] == ' ' || text[off] == '\t' || text[off] == '\r' || text[off] == '\n'))
+        while (off < len && is_space(text[off]))
             line += text[off++] == '\n';
         if (off == len)
             break;
@@ -206,8 +225,7 @@ static epm_status from_jsonl(const char *text, size_t len, const char *label, in
         lines[n] = line;
         if (json_array_append_new(list, v))
             st = EPM_ERR_NOMEM;
-        for (size_t i = off; i < off + err.position; i++)
-            line += text[i] == '\n';
+        line += newlines(text + off, (size_t)err.position);
         off += err.position;
     }
     if (st == EPM_OK)
@@ -215,14 +233,6 @@ static epm_status from_jsonl(const char *text, size_t len, const char *label, in
     json_decref(list);
     epm_free(lines);
     return st;
-}
-
-static int only_space(const char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r' && p[i] != '\n')
-            return 0;
-    return 1;
 }
 
 /* [[...], ...], a single [...], {"input_ids": ..., "attention_mask": ...}
@@ -240,11 +250,8 @@ static epm_status from_json(const char *text, size_t len, const char *label, int
         json_decref(root);
         if (obj) /* JSON lines of requests */
             return from_jsonl(text, len, label, vocab, out);
-        int line = 1;
-        for (size_t i = 0; i < (size_t)err.position; i++)
-            line += text[i] == '\n';
         return epm_fail(EPM_ERR_FORMAT, "%s: line %d: more text after the JSON value (only requests, one object a "
-                        "line, come as JSON lines)", label, line);
+                        "line, come as JSON lines)", label, 1 + newlines(text, (size_t)err.position));
     }
     if (epm_request_like(root)) { /* one request */
         json_t *one = json_array();

@@ -351,19 +351,13 @@ static epm_status decoding(const char *model_dir, const gen_flags *f, epm_sampli
     if (!epm_sampling_random(s)) /* greedy: only the penalties mean anything (and the report says so) */
         *s = (epm_sampling){.repetition_penalty = s->repetition_penalty, .presence_penalty = s->presence_penalty,
                             .frequency_penalty = s->frequency_penalty, .min_tokens = s->min_tokens, .seed = s->seed};
-    /* the checkpoint's stop tokens, then the flags', each once */
+    EPM_CHECK(epm_sampling_validate(s));
+    /* the checkpoint's stop tokens (not with --ignore-eos), then the flags',
+     * each once: a request's rule, with no request over the run */
     memcpy(eos, gc.eos, (size_t)gc.n_eos * sizeof *eos);
     *n_eos = gc.n_eos;
-    *n_stop = 0;
-    for (int i = 0; i < gc.n_eos + f->n_stop; i++) {
-        int32_t id = i < gc.n_eos ? gc.eos[i] : f->stop[i - gc.n_eos];
-        int dup = i < gc.n_eos && f->ignore_eos;
-        for (int j = 0; j < *n_stop; j++)
-            dup |= stop[j] == id;
-        if (!dup)
-            stop[(*n_stop)++] = id;
-    }
-    return epm_sampling_validate(s);
+    return epm_request_sampling_apply(NULL, s, gc.eos, gc.n_eos, f->ignore_eos, f->stop, f->n_stop, "run", s, stop,
+                                      n_stop);
 }
 
 /* the fields of a "sampling" object (off as vLLM writes it: top_p and repetition_penalty 1) */
@@ -396,22 +390,13 @@ static void print_ints(const int *v, int n)
  * with shown[s] of the top tokens (NULL: all; -1: null, a request that did not ask) */
 static void print_logprobs(const epm_run_result *res, int maxnew, const int *shown)
 {
-    const int top = res->top_logprobs;
     printf(", \"logprobs\": [");
     for (int s = 0; s < res->batch; s++) {
         printf("%s", s ? ", " : "");
-        if (shown && shown[s] < 0) {
+        if (shown && shown[s] < 0)
             printf("null");
-            continue;
-        }
-        printf("[");
-        for (int j = 0; j < res->gen_len[s]; j++) {
-            size_t at = (size_t)s * maxnew + j;
-            printf("%s", j ? ", " : "");
-            run_print_token_lp(stdout, res->generated[at], res->logprob[at], res->top_ids + at * top, res->top_lp + at * top,
-                           shown ? shown[s] : top);
-        }
-        printf("]");
+        else
+            run_print_gen_lp(stdout, res, maxnew, s, shown ? shown[s] : res->top_logprobs);
     }
     printf("]");
 }
@@ -422,22 +407,14 @@ static void print_logprobs(const epm_run_result *res, int maxnew, const int *sho
  * over those tokens (null for a one-token prompt or one the model rules out) */
 static void print_prompt_logprobs(const epm_run_result *res, const int32_t *const *ids, const int *shown)
 {
-    const int top = res->prompt_top;
     printf(", \"prompt_logprobs\": [");
     int64_t at = 0;
     for (int s = 0; s < res->batch; at += res->lens[s++]) {
-        if (shown && shown[s] < 0) {
-            printf("%snull", s ? ", " : "");
-            continue;
-        }
-        printf("%s[null", s ? ", " : "");
-        for (int p = 1; p < res->lens[s]; p++) {
-            size_t t = (size_t)at + p;
-            printf(", ");
-            run_print_token_lp(stdout, ids[s][p], res->prompt_lp[t], res->prompt_top_ids + t * top, res->prompt_top_lp + t * top,
-                           shown ? shown[s] : top);
-        }
-        printf("]");
+        printf("%s", s ? ", " : "");
+        if (shown && shown[s] < 0)
+            printf("null");
+        else
+            run_print_prompt_lp(stdout, res, ids[s], s, at, shown ? shown[s] : res->prompt_top);
     }
     printf("], \"prompt_perplexity\": [");
     at = 0;

@@ -27,6 +27,32 @@ void run_print_token_lp(FILE *f, int32_t token, float lp, const int32_t *top_ids
     fprintf(f, "]}");
 }
 
+void run_print_gen_lp(FILE *f, const epm_run_result *res, int maxnew, int s, int shown)
+{
+    const int top = res->top_logprobs;
+    fprintf(f, "[");
+    for (int j = 0; j < res->gen_len[s]; j++) {
+        const size_t at = (size_t)s * (size_t)maxnew + j;
+        fprintf(f, "%s", j ? ", " : "");
+        run_print_token_lp(f, res->generated[at], res->logprob[at], res->top_ids + at * top, res->top_lp + at * top,
+                           shown);
+    }
+    fprintf(f, "]");
+}
+
+void run_print_prompt_lp(FILE *f, const epm_run_result *res, const int32_t *ids, int s, int64_t first, int shown)
+{
+    const int top = res->prompt_top;
+    fprintf(f, "[null");
+    for (int p = 1; p < res->lens[s]; p++) {
+        const int64_t t = first + p;
+        fprintf(f, ", ");
+        run_print_token_lp(f, ids[p], res->prompt_lp[t], res->prompt_top_ids + t * top, res->prompt_top_lp + t * top,
+                           shown);
+    }
+    fprintf(f, "]");
+}
+
 typedef struct out_ctx {
     const epm_run_result *res;
     const run_batch *rb;
@@ -37,7 +63,7 @@ typedef struct out_ctx {
 static void sample(FILE *f, const out_ctx *c, int s, int index)
 {
     const epm_run_result *res = c->res;
-    const int top = res->top_logprobs, shown = c->rb->lp_top ? c->rb->lp_top[s] : top;
+    const int shown = c->rb->lp_top ? c->rb->lp_top[s] : res->top_logprobs;
     const size_t at0 = (size_t)s * (size_t)c->maxnew;
     fprintf(f, "{\"index\": %d, \"token_ids\": [", index);
     for (int j = 0; j < res->gen_len[s]; j++)
@@ -51,14 +77,9 @@ static void sample(FILE *f, const out_ctx *c, int s, int index)
     for (int j = 0; j < res->gen_len[s]; j++)
         sum += res->logprob[at0 + j];
     run_print_lp(f, (float)sum);
-    fprintf(f, ", \"logprobs\": [");
-    for (int j = 0; j < res->gen_len[s]; j++) {
-        const size_t at = at0 + j;
-        fprintf(f, "%s", j ? ", " : "");
-        run_print_token_lp(f, res->generated[at], res->logprob[at], res->top_ids + at * top, res->top_lp + at * top,
-                           shown);
-    }
-    fprintf(f, "]}");
+    fprintf(f, ", \"logprobs\": ");
+    run_print_gen_lp(f, res, c->maxnew, s, shown);
+    fprintf(f, "}");
 }
 
 static epm_status produce(void *ctx, void *file)
@@ -80,19 +101,10 @@ static epm_status produce(void *ctx, void *file)
         }
         fprintf(f, "], \"prompt_logprobs\": ");
         const int shown = rb->plp_top ? rb->plp_top[s] : res->prompt_top;
-        if (!res->prompt_lp || shown < 0) {
+        if (!res->prompt_lp || shown < 0)
             fprintf(f, "null");
-        } else { /* vLLM's: null for the first token, which nothing comes before */
-            const int top = res->prompt_top;
-            fprintf(f, "[null");
-            for (int p = 1; p < res->lens[s]; p++) {
-                const int64_t t = first_row + p;
-                fprintf(f, ", ");
-                run_print_token_lp(f, rb->ids[s][p], res->prompt_lp[t], res->prompt_top_ids + t * top,
-                                   res->prompt_top_lp + t * top, shown);
-            }
-            fprintf(f, "]");
-        }
+        else
+            run_print_prompt_lp(f, res, rb->ids[s], s, first_row, shown);
         fprintf(f, "}\n");
         for (int q = s; q < e; q++)
             first_row += res->lens[q];

@@ -14,6 +14,14 @@ void run_print_lp(FILE *f, float lp);
 /* {"token", "logprob", "top": [[id, logprob], ...]} with top of them */
 void run_print_token_lp(FILE *f, int32_t token, float lp, const int32_t *top_ids, const float *top_lp, int top);
 
+/* Sequence s's generated tokens' entries, [{...}, ...], each with shown of
+ * the top tokens (maxnew: the stride of res->generated). */
+void run_print_gen_lp(FILE *f, const epm_run_result *res, int maxnew, int s, int shown);
+
+/* Sequence s's prompt entries, [null, {...}, ...] (vLLM's: nothing comes
+ * before the first token), its rows from `first` of res->prompt_lp on. */
+void run_print_prompt_lp(FILE *f, const epm_run_result *res, const int32_t *ids, int s, int64_t first, int shown);
+
 /* One line per request (per sequence without requests), written atomically:
  * {"request_index", "prompt_tokens", "outputs": [{"index", "token_ids",
  * "finish_reason", "cumulative_logprob", "logprobs"}, ...], "prompt_logprobs"},

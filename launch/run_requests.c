@@ -12,6 +12,9 @@
 
 enum { MAX_SEQUENCES = 1 << 20 }; /* as many as an input may hold */
 
+/* a request's samples: its n, else one */
+static int samples(const epm_request_sampling *q) { return q->set & EPM_REQ_N ? q->n : 1; }
+
 void run_batch_free(run_batch *b)
 {
     if (b->owns) { /* (without requests the arrays are the input's) */
@@ -41,7 +44,7 @@ epm_status run_batch_build(const epm_tokens *t, const char *input, int flag_top,
     }
     int64_t n = 0;
     for (int r = 0; r < t->batch; r++)
-        n += t->req[r].set & EPM_REQ_N ? t->req[r].n : 1;
+        n += samples(&t->req[r]);
     if (n > MAX_SEQUENCES)
         return epm_fail(EPM_ERR_INVALID_ARG, "%s: the requests ask for %lld samples in all; at most %d", input,
                         (long long)n, MAX_SEQUENCES);
@@ -64,7 +67,7 @@ epm_status run_batch_build(const epm_tokens *t, const char *input, int flag_top,
         const int plp = q->set & EPM_REQ_PROMPT_LOGPROBS ? q->prompt_logprobs : flag_ptop;
         *top_out = lp > *top_out ? lp : *top_out;
         *ptop_out = plp > *ptop_out ? plp : *ptop_out;
-        for (int j = 0; j < (q->set & EPM_REQ_N ? q->n : 1); j++, s++) {
+        for (int j = 0; j < samples(q); j++, s++) {
             b->lens[s] = t->lens[r];
             b->ids[s] = t->ids[r];
             b->max_new[s] = t->max_new[r];

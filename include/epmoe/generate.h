@@ -133,7 +133,7 @@ typedef struct epm_request_sampling {
  * it gives them (vLLM's defaults). With its own seed, its draws depend on
  * (seed, step) alone (own_seed; the caller numbers a request's n samples in
  * own_index). The stop tokens, each once, go to
- * stop[0, *n_stop) (room for n_eos + n_extra + EPM_MAX_STOP_IDS) and out->stop_ids
+ * stop[0, *n_stop) (room for n_eos + n_extra + rq's n_stop) and out->stop_ids
  * points there. An error names `label` (the request) and the field. */
 EPM_API epm_status epm_request_sampling_apply(const epm_request_sampling *rq, const epm_sampling *run,
                                               const int32_t *eos, int n_eos, int run_ignore_eos,
