@@ -46,7 +46,7 @@ static epm_status record_trace(rt *r, int ml, int64_t g, const int32_t *ids)
     }
     int32_t *rec = r->trace_rec + r->n_rec++ * (2 + K);
     rec[0] = ml;
-    rec[1] = (int32_t)trace_index(r, g);
+    rec[1] = (int32_t)g;
     memcpy(rec + 2, ids, (size_t)K * sizeof *ids);
     return EPM_OK;
 }
@@ -430,7 +430,7 @@ static void gate(rt *r, const epm_model_layer *w, int ml, const float *x2, int64
         }
     } else if (r->o->route_from) {
         const int32_t *row = epm_trace_ids_const(r->o->route_from, ml) +
-                             trace_index(r, g) * epm_trace_k(r->o->route_from);
+                             g * epm_trace_k(r->o->route_from);
         for (int j = 0; j < K; j++) {
             ids[j] = row[j];
             wts[j] = row[j] >= 0 ? probs[row[j]] : 0.0f;
@@ -1289,7 +1289,8 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     r->live = epm_malloc((size_t)batch);
     r->live_rank = epm_malloc((size_t)batch * sizeof *r->live_rank);
     r->dec_seq = epm_malloc((size_t)(r->steps ? r->steps : 1) * batch * sizeof *r->dec_seq);
-    if (!r->live || !r->live_rank || !r->dec_seq)
+    r->dec_pos = epm_malloc((size_t)(r->steps ? r->steps : 1) * batch * sizeof *r->dec_pos);
+    if (!r->live || !r->live_rank || !r->dec_seq || !r->dec_pos)
         return sync(r, EPM_ERR_NOMEM);
     memset(r->live, 1, (size_t)batch);
     for (int l = 0; l < c->num_layers; l++)
@@ -1447,6 +1448,7 @@ static void teardown(rt *r)
     epm_free(r->live);
     epm_free(r->live_rank);
     epm_free(r->dec_seq);
+    epm_free(r->dec_pos);
     epm_free(r->pass_tokens);
     epm_free(r->chunk_of);
     epm_free(r->bytes_local);
@@ -1988,16 +1990,19 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
         n = 0;
         for (int s = 0; s < batch; s++) {
-            if (r.live[s])
-                r.dec_seq[r.dec_base - r.N + r.live_rank[s]] = s;
-            if (s % r.R == r.me && r.live[s]) {
-                g[n] = r.N + (int64_t)step * batch + s;
-                tok[n++] = res->generated[(size_t)s * maxnew + step];
+            if (!r.live[s])
+                continue;
+            const int64_t gs = r.dec_base + r.live_rank[s];
+            r.dec_seq[gs - r.N] = s;
+            r.dec_pos[gs - r.N] = lens[s] + res->gen_len[s] - 1; /* where its last token goes */
+            if (s % r.R == r.me) {
+                g[n] = gs;
+                tok[n++] = res->generated[(size_t)s * maxnew + res->gen_len[s] - 1];
             }
         }
         st = embed(&r, n, g, tok, h);
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
-        r.g0 = r.N + (int64_t)step * batch, r.pn = batch, r.pass_n = nlive, r.prefill = 0;
+        r.g0 = r.dec_base, r.pn = nlive, r.pass_n = nlive, r.prefill = 0;
         st = forward(&r, &n, &g, &h);
         epm_free(lg);
         lg = NULL;

@@ -73,8 +73,9 @@ typedef struct rt {
     /* decoding: sequences leave the batch at a stop token */
     uint8_t *live;        /* [B] every rank knows every sequence's */
     int32_t *live_rank;   /* [B] a live sequence's index among this step's live ones */
-    int64_t dec_base;     /* trace index of this step's first token: N + the tokens decoded before */
-    int32_t *dec_seq;     /* [steps * B] the sequence of each decoded token, in trace order */
+    int64_t dec_base;     /* g of this step's first token: N + the tokens decoded before */
+    int32_t *dec_seq;     /* [steps * B] the sequence of each decoded token, in trace order (its g - N) */
+    int32_t *dec_pos;     /* [steps * B] and its position */
     /* Mixture-of-Depths (runtime_mod.c) */
     uint8_t *mod_on;      /* [layers] */
     int32_t *kv_n;        /* [layers * B] cache rows written per sequence (every rank keeps the count) */
@@ -94,10 +95,13 @@ typedef struct rt {
     double *rope_inv, rope_cs, softmax_scale;
 } rt;
 
+/* Token g: prompt tokens are 0 .. N - 1, sequence by sequence; decoded
+ * tokens follow in the order they are decoded (a step's live sequences in
+ * order), so that g is the token's index in the run's trace. */
 static inline int seq_of(const rt *r, int64_t g)
 {
     if (g >= r->N)
-        return (int)((g - r->N) % r->B);
+        return r->dec_seq[g - r->N];
     int lo = 0, hi = r->B - 1;
     while (lo < hi) { /* last sequence whose offset <= g */
         int mid = (lo + hi + 1) / 2;
@@ -112,16 +116,8 @@ static inline int seq_of(const rt *r, int64_t g)
 static inline int pos_of(const rt *r, int64_t g)
 {
     if (g >= r->N)
-        return r->lens[seq_of(r, g)] + (int)((g - r->N) / r->B);
+        return r->dec_pos[g - r->N];
     return (int)(g - r->offset[seq_of(r, g)]);
-}
-
-/* Token g's index in the run's trace: g itself, but a decoding step's tokens
- * are numbered among its live sequences only (the same as g while no
- * sequence has stopped). g must be in the pass under way. */
-static inline int64_t trace_index(const rt *r, int64_t g)
-{
-    return g < r->N ? g : r->dec_base + r->live_rank[(g - r->N) % r->B];
 }
 
 /* g travels in two floats' bits: exact for any int64 */

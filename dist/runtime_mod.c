@@ -263,10 +263,9 @@ epm_status epm_mod_select(rt *r, int l, int64_t n, const int64_t *g, const float
     } else {
         memset(r->sel, 1, (size_t)P);
     }
-    /* only the pass's tokens: a prefill chunk's, or in decoding (where
-     * position t is sequence t's token) the live sequences' */
-    for (int64_t t = 0; t < P && (r->prefill ? r->chunk_of != NULL : r->live != NULL); t++)
-        r->sel[t] &= r->prefill ? r->chunk_of[t] == r->chunk : r->live[t];
+    /* only the pass's tokens: a prefill chunk's (a decoding step's are all its own) */
+    for (int64_t t = 0; t < P && r->prefill && r->chunk_of; t++)
+        r->sel[t] &= r->chunk_of[r->g0 + t] == r->chunk;
     /* cache rows: each sequence's selected tokens, in order, after its rows so far */
     int32_t *kv = r->kv_n + (size_t)l * r->B;
     memcpy(r->kv_base, kv, (size_t)r->B * sizeof *kv);

@@ -525,7 +525,8 @@ static void test_run_stop_tokens(void **state)
         o.mode = (epm_mode)(run % 2);
         o.max_new_tokens = NEW;
         o.ops = "ref"; /* row for row the same arithmetic whatever the batch holds */
-        epm_placement *p = make_placement(1, 4, 8, 1); /* experts spread, (e + l) mod R */
+        /* experts spread, (e + l) mod R, and mirrored: replicas are picked per token by its trace index */
+        epm_placement *p = make_placement(2, 4, 8, 1);
         o.placement = p;
         if (run >= 2) {
             o.mod = EPM_MOD_ATTENTION;
