@@ -26,6 +26,8 @@ static const char usage[] =
     "                       reads it (token lists, requests: a dataset's prompt and output lengths;\n"
     "                       a request's max_tokens, else --new; its n samples; its sampling\n"
     "                       parameters not applied: greedy)\n"
+    "  --max-num-seqs N     at most N sequences decode at once, as epmoe run --max-num-seqs (default\n"
+    "                       256; all at once with --mod router|attention; 0 = all)\n"
     "  --zipf S             routing skew of the synthetic trace (default 1.0)\n"
     "  --affinity A         cross-layer affinity of the trace (default 0.8)\n"
     "  --methods LIST       placements, comma separated, contiguous first (the baseline;\n"
@@ -79,7 +81,7 @@ static const char usage[] =
     "                       every run but --wire-dtypes' own\n"
     "  --csv                CSV rows instead of a table\n";
 
-enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT };
+enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT, O_MAXSEQS };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -96,7 +98,7 @@ static const struct option opts[] = {
     {"expert-dtypes", no_argument, 0, O_EDT},       {"mla-cache", no_argument, 0, O_MLA},
     {"kv-dtypes", no_argument, 0, O_KVDT},    {"wire-dtypes", no_argument, 0, O_WIDT},
     {"wire-dtype", required_argument, 0, O_WIRE}, {"prefill-chunks", required_argument, 0, O_CHUNKS},
-    {"input", required_argument, 0, O_INPUT},
+    {"input", required_argument, 0, O_INPUT}, {"max-num-seqs", required_argument, 0, O_MAXSEQS},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
@@ -105,6 +107,7 @@ static const struct option opts[] = {
 static const char *kernels = "blas";
 static int wire = CLI_WIRE_F32; /* --wire-dtype */
 static const int *max_new_of = NULL; /* --input's output lengths per sequence (NULL: --new for all) */
+static long max_seqs = CLI_MAX_NUM_SEQS; /* --max-num-seqs */
 
 static void wire_opts(epm_run_opts *o)
 {
@@ -123,6 +126,7 @@ static void live_opts(epm_run_opts *o, const char *model, epm_mode mode, int vn,
     o->max_new_per_seq = max_new_of;
     o->keep_logits = 1;
     o->prefill_chunk = CLI_PREFILL_CHUNK; /* as epmoe run */
+    o->max_num_seqs = (int)max_seqs;
     o->ops = kernels;
     wire_opts(o);
 }
@@ -172,8 +176,8 @@ static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm
         if (mod) {
             o.mod = mod;
             o.mod_capacity = value;
-            if (mod != EPM_MOD_SCHEDULE) /* ranked over whole prompts: one pass, as epmoe run */
-                o.prefill_chunk = 0;
+            if (mod != EPM_MOD_SCHEDULE) /* ranked over whole prompts: one pass of all, as epmoe run */
+                o.prefill_chunk = 0, o.max_num_seqs = 0;
         } else {
             o.ta_strength = value;
         }
@@ -430,6 +434,9 @@ int epm_bench_run(int argc, char **argv)
             shape_given = 1;
             break;
         case O_INPUT: input = optarg; break;
+        case O_MAXSEQS:
+            if (!cli_parse_int(W, "--max-num-seqs", optarg, 0, INT32_MAX, &max_seqs)) return EPM_EXIT_USAGE;
+            break;
         case O_NEW: if (!cli_parse_int(W, "--new", optarg, 1, 1 << 16, &nnew)) return EPM_EXIT_USAGE; break;
         case O_ZIPF: if (!cli_parse_double(W, "--zipf", optarg, 0, 10, &zipf)) return EPM_EXIT_USAGE; break;
         case O_AFF: if (!cli_parse_double(W, "--affinity", optarg, 0, 1, &aff)) return EPM_EXIT_USAGE; break;
@@ -618,10 +625,12 @@ int epm_bench_run(int argc, char **argv)
     so.seed = 7;
     st = epm_trace_synth(&so, &t);
     int32_t *seqid = malloc((size_t)total * sizeof *seqid);
-    if (st == EPM_OK && seqid) {
-        epm_bench_seq_ids((int)batch, pl, max_new_of, (int)nnew, seqid);
+    if (st == EPM_OK && !seqid)
+        st = EPM_ERR_NOMEM;
+    if (st == EPM_OK)
+        st = epm_bench_seq_ids((int)batch, pl, max_new_of, (int)nnew, (int)max_seqs, seqid);
+    if (st == EPM_OK)
         st = epm_trace_set_seq_ids(t, seqid);
-    }
     free(seqid);
     if (st != EPM_OK) {
         rc = cli_fail(W, st);
@@ -707,6 +716,7 @@ int epm_bench_run(int argc, char **argv)
                 o.route_from = t;
                 o.ops = kernels;
                 o.prefill_chunk = CLI_PREFILL_CHUNK; /* as epmoe run */
+                o.max_num_seqs = (int)max_seqs;
                 wire_opts(&o);
                 epm_run_result *res = NULL;
                 st = epm_run(&o, (int)batch, pl, pr, &res);

@@ -27,9 +27,10 @@ void epm_bench_input_free(epm_bench_input *in);
 /* The decoded tokens of a greedy run without stop tokens, each sequence
  * min(max_new[s], nnew) - 1 (max_new NULL: nnew for all), and the sequence
  * of each token a run's trace numbers: the prompts', then each decoding
- * step's live sequences in order (total prompt tokens + that many). */
+ * step's live sequences in order (total prompt tokens + that many), with at
+ * most max_seqs (0: all) decoding at once, admitted as epm_run admits them. */
 int64_t epm_bench_decode_tokens(int batch, const int *max_new, int nnew);
-void epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int nnew, int32_t *out);
+epm_status epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int nnew, int max_seqs, int32_t *out);
 
 /* --prefill-chunks: base's run in one prefill pass, then in passes of each
  * of chunk[0, nchunk) (at most 8), alternated reps times; rank 0 prints the

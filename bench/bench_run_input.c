@@ -48,15 +48,38 @@ int64_t epm_bench_decode_tokens(int batch, const int *max_new, int nnew)
     return n;
 }
 
-void epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int nnew, int32_t *out)
+epm_status epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int nnew, int max_seqs, int32_t *out)
 {
     int64_t g = 0;
     for (int s = 0; s < batch; s++)
         for (int p = 0; p < lens[s]; p++)
             out[g++] = s;
-    /* decoding step k runs the sequences with a token still to come, in order */
-    for (int k = 0; k + 1 < nnew; k++)
+    /* epm_run's schedule: after each step's tokens, the waiting sequences
+     * that fit are admitted (prefilled: their first token), then a decoding
+     * step runs the sequences with a token still to come, in order */
+    const int most = max_seqs > 0 && max_seqs < batch ? max_seqs : batch;
+    int *gen = calloc((size_t)batch + 1, sizeof *gen);
+    unsigned char *fed = calloc((size_t)batch + 1, 1), *live = calloc((size_t)batch + 1, 1);
+    if (!gen || !fed || !live) {
+        free(gen), free(fed), free(live);
+        return EPM_ERR_NOMEM;
+    }
+    for (int next = 0;;) {
+        int nlive = 0;
+        for (int s = 0; s < batch; s++) {
+            const int cap = max_new ? (max_new[s] < nnew ? max_new[s] : nnew) : nnew;
+            if (fed[s])
+                fed[s] = 0, gen[s]++, live[s] = gen[s] < cap;
+            nlive += live[s];
+        }
+        if (nlive == 0 && next == batch)
+            break;
+        for (const int s0 = next; next < batch && nlive + (next - s0) < most; next++)
+            fed[next] = nnew > 0;
         for (int s = 0; s < batch; s++)
-            if (k + 1 < (max_new ? (max_new[s] < nnew ? max_new[s] : nnew) : nnew))
-                out[g++] = s;
+            if (live[s])
+                out[g++] = s, fed[s] = 1;
+    }
+    free(gen), free(fed), free(live);
+    return EPM_OK;
 }

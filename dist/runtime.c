@@ -1160,9 +1160,10 @@ static epm_status memory_check(rt *r)
     const epm_model_config *c = r->c;
     mem_count m = {.r = r};
     EPM_CHECK(epm_model_tensors(c, count_tensor, &m));
-    int seqs = 0;
+    int seqs = 0; /* whose caches it holds at once: its home sequences' (follow: all), max_seqs at most */
     for (int s = 0; s < r->B; s++)
         seqs += r->o->mode == EPM_MODE_FOLLOW || s % r->R == r->me;
+    seqs = seqs < r->max_seqs ? seqs : r->max_seqs;
     double w = m.bytes + (double)c->num_layers * epm_mla_setup_bytes(r);
     /* K and V (or the latent alone) */
     double kv = (double)c->num_layers * seqs * (r->latent ? 1 : 2) * (double)epm_kv_bytes(r, (int64_t)r->max_len * r->kv_w);
@@ -1172,7 +1173,7 @@ static epm_status memory_check(rt *r)
      * rows out and up to min(K, R) in, and per expert slot its input,
      * output and combine rows both ways; and the logits kept (or a pass's
      * every row's, which prompt logprobs read) */
-    const int64_t mine = r->mine, most = r->chunk_of && r->o->prefill_chunk < mine ? r->o->prefill_chunk : mine;
+    const int64_t mine = r->mine_most, most = r->chunk_of && r->o->prefill_chunk < mine ? r->o->prefill_chunk : mine;
     const int K = c->top_k, in = K < r->R ? K : r->R;
     double act = (double)most * c->hidden_size * (3.0 + 5.0 * K + in) * sizeof(float);
     act += (double)(r->o->keep_logits ? mine + (r->me == 0) * r->N : r->B) * c->vocab_size * 2 * sizeof(float);
@@ -1183,57 +1184,134 @@ static epm_status memory_check(rt *r)
         return epm_fail(EPM_ERR_NOMEM, "would hold %.4g GB (weights %.4g GB, routed experts as %s, dense matrices "
                         "as %s, %s KV cache %.4g GB for %d sequences x %d positions, FFN scratch %.4g GB, "
                         "activations of %lld prompt tokens a pass about %.4g GB) but %s %.4g GB; use more ranks, "
-                        "fewer or shorter sequences%s%s, or another placement",
+                        "fewer or shorter sequences%s%s%s, or another placement",
                         (w + kv + scr + act) / 1e9, w / 1e9, r->w8 ? "fp8" : r->w16 ? "bf16" : "float32",
                         r->d8 ? "fp8 and bf16" : r->d16 ? "bf16" : "float32", kv_name(r), kv / 1e9,
                         seqs, r->max_len, scr / 1e9, (long long)most, act / 1e9,
                         r->o->max_memory > 0 ? "--max-memory allows" : "the machine has, per rank,",
                         limit / 1e9, r->kvt == EPM_KV_FP8 ? "" : r->kvt == EPM_KV_BF16 ? ", --kv-dtype fp8" :
-                        ", --kv-dtype bf16 or fp8", act > 0.25 * limit ? ", a smaller --prefill-chunk" : "");
+                        ", --kv-dtype bf16 or fp8", act > 0.25 * limit ? ", a smaller --prefill-chunk" : "",
+                        kv > 0.25 * limit && seqs > 1 ? ", a smaller --max-num-seqs" : "");
     return EPM_OK;
 }
 
-/* The prefill's passes: with a chunk of T tokens, a rank's prompt tokens
- * (its home sequences', in order) go T to a pass (vLLM's chunked prefill,
- * per rank as SGLang's data-parallel attention takes it); every rank runs
- * as many passes as the one with the most. A chunk's queries attend the
- * cache rows earlier passes wrote, so the tokens are those of one pass. */
-static epm_status prefill_passes(rt *r)
+static int by_int_desc(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x < y) - (x > y);
+}
+
+/* --prefill-chunk and --max-num-seqs against the run, and the most prompt
+ * tokens of this rank's one admission can bring (the memory check's): the
+ * max_seqs longest of its home sequences. */
+static epm_status prefill_check(rt *r)
 {
     const epm_run_opts *o = r->o;
     const int64_t T = o->prefill_chunk;
-    r->passes = 1;
+    const int scored = o->mod == EPM_MOD_ROUTER || o->mod == EPM_MOD_ATTENTION;
+    const char *mod = o->mod == EPM_MOD_ROUTER ? "router" : "attention";
     if (T < 0)
         return epm_fail(EPM_ERR_INVALID_ARG, "--prefill-chunk %lld: must be at least 1 (0: one pass)", (long long)T);
-    if (T > 0 && (o->mod == EPM_MOD_ROUTER || o->mod == EPM_MOD_ATTENTION))
+    if (T > 0 && scored)
         return epm_fail(EPM_ERR_UNSUPPORTED, "--prefill-chunk with --mod %s: prefill picks each prompt's top tokens "
-                        "over the whole prompt, which a chunk does not hold (--mod schedule chunks)",
-                        o->mod == EPM_MOD_ROUTER ? "router" : "attention");
+                        "over the whole prompt, which a chunk does not hold (--mod schedule chunks)", mod);
+    if (o->max_num_seqs < 0)
+        return epm_fail(EPM_ERR_INVALID_ARG, "--max-num-seqs %d: must be at least 1 (0: every sequence at once)",
+                        o->max_num_seqs);
+    r->max_seqs = o->max_num_seqs > 0 && o->max_num_seqs < r->B ? o->max_num_seqs : r->B;
+    /* a scored source's decode thresholds are the prompts' rate: one prefill of the whole batch sets them */
+    if (r->max_seqs < r->B && scored)
+        return epm_fail(EPM_ERR_UNSUPPORTED, "--max-num-seqs %d with --mod %s: decoding's skip thresholds are "
+                        "calibrated on the prompts of the whole batch, which admission in turns does not prefill "
+                        "at once (--mod schedule admits in turns; or at most %d sequences)", o->max_num_seqs, mod,
+                        o->max_num_seqs);
+    int *home = epm_malloc((size_t)r->B * sizeof *home), n = 0;
+    if (!home)
+        return EPM_ERR_NOMEM;
+    for (int s = r->me; s < r->B; s += r->R)
+        home[n++] = r->lens[s];
+    qsort(home, (size_t)n, sizeof *home, by_int_desc);
+    r->mine_most = 0;
+    for (int i = 0; i < n && i < r->max_seqs; i++)
+        r->mine_most += home[i];
+    epm_free(home);
+    if (T > 0 && !(r->chunk_of = epm_malloc((size_t)r->N * sizeof *r->chunk_of)))
+        return EPM_ERR_NOMEM;
+    return EPM_OK;
+}
+
+/* The prefill passes of sequences s0 .. s1 - 1 (those being admitted):
+ * one, or with a chunk of T tokens, a rank's prompt tokens (its home
+ * sequences', in order) go T to a pass (vLLM's chunked prefill, per rank as
+ * SGLang's data-parallel attention takes it); every rank runs as many
+ * passes as the one with the most. A chunk's queries attend the cache rows
+ * earlier passes wrote, so the tokens are those of one pass. */
+static epm_status admit_passes(rt *r, int s0, int s1)
+{
+    const int64_t T = r->o->prefill_chunk;
     int64_t *seen = epm_calloc((size_t)r->R, sizeof *seen);
     if (!seen)
         return EPM_ERR_NOMEM;
-    for (int s = 0; s < r->B; s++)
+    for (int s = s0; s < s1; s++)
         seen[s % r->R] += r->lens[s];
     r->mine = seen[r->me];
+    r->passes = 1;
     for (int q = 0; q < r->R && T > 0; q++)
         r->passes = (seen[q] + T - 1) / T > r->passes ? (int)((seen[q] + T - 1) / T) : r->passes;
+    epm_free(r->pass_tokens);
     r->pass_tokens = epm_calloc((size_t)r->passes, sizeof *r->pass_tokens);
-    r->chunk_of = r->passes > 1 ? epm_malloc((size_t)r->N * sizeof *r->chunk_of) : NULL;
-    if (!r->pass_tokens || (r->passes > 1 && !r->chunk_of)) {
+    if (!r->pass_tokens) {
         epm_free(seen);
         return EPM_ERR_NOMEM;
     }
     memset(seen, 0, (size_t)r->R * sizeof *seen);
-    for (int s = 0; s < r->B && r->chunk_of; s++)
+    for (int s = s0; s < s1; s++)
         for (int p = 0; p < r->lens[s]; p++) {
-            int32_t k = (int32_t)(seen[s % r->R]++ / T);
-            r->chunk_of[r->offset[s] + p] = k;
+            int32_t k = r->chunk_of ? (int32_t)(seen[s % r->R]++ / T) : 0;
+            if (r->chunk_of)
+                r->chunk_of[r->offset[s] + p] = k;
             r->pass_tokens[k]++;
         }
-    if (!r->chunk_of)
-        r->pass_tokens[0] = r->N;
+    r->ws0 = s0, r->ws1 = s1;
     epm_free(seen);
     return EPM_OK;
+}
+
+/* Sequence s's K/V caches on this rank (home keeps its own sequences',
+ * follow every sequence's; MLA's latent: one row per token in kc, no vc):
+ * taken when it is admitted, given back when it ends, so that with
+ * max_num_seqs the caches held are those of the sequences decoding. */
+static epm_status kv_acquire(rt *r, int s)
+{
+    if (r->o->mode == EPM_MODE_HOME && s % r->R != r->me)
+        return EPM_OK;
+    const size_t cache_bytes = epm_kv_bytes(r, (int64_t)r->max_len * r->kv_w);
+    for (int l = 0; l < r->c->num_layers; l++) {
+        size_t i = (size_t)l * r->B + s;
+        r->kc[i] = epm_calloc(cache_bytes, 1);
+        if (!r->latent)
+            r->vc[i] = epm_calloc(cache_bytes, 1);
+        if (!r->kc[i] || (!r->latent && !r->vc[i]))
+            return EPM_ERR_NOMEM;
+        r->kv_cache_bytes += (int64_t)cache_bytes * (r->latent ? 1 : 2);
+    }
+    r->kv_cache_peak = r->kv_cache_bytes > r->kv_cache_peak ? r->kv_cache_bytes : r->kv_cache_peak;
+    return EPM_OK;
+}
+
+static void kv_release(rt *r, int s)
+{
+    const size_t cache_bytes = epm_kv_bytes(r, (int64_t)r->max_len * r->kv_w);
+    for (int l = 0; l < r->c->num_layers; l++) {
+        size_t i = (size_t)l * r->B + s;
+        if (r->kc[i])
+            r->kv_cache_bytes -= (int64_t)cache_bytes;
+        if (r->vc[i])
+            r->kv_cache_bytes -= (int64_t)cache_bytes;
+        epm_free(r->kc[i]);
+        epm_free(r->vc[i]);
+        r->kc[i] = r->vc[i] = NULL;
+    }
 }
 
 static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens)
@@ -1281,18 +1359,18 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
         maxlen = lens[s] > maxlen ? lens[s] : maxlen;
     }
     r->max_len = maxlen + r->steps + 1;
-    EPM_CHECK(sync(r, prefill_passes(r)));
+    EPM_CHECK(sync(r, prefill_check(r)));
     r->kv_w = r->latent ? epm_model_kv_floats(c, 0) : epm_model_kv_floats(c, 1) / 2;
     r->kv_grp = r->latent ? r->kv_w : c->head_dim;
     r->total = r->N + (int64_t)r->steps * batch;
     r->dec_base = r->N;
-    r->live = epm_malloc((size_t)batch);
+    r->live = epm_calloc((size_t)batch, 1);
+    r->fed = epm_calloc((size_t)batch, 1);
     r->live_rank = epm_malloc((size_t)batch * sizeof *r->live_rank);
     r->dec_seq = epm_malloc((size_t)(r->steps ? r->steps : 1) * batch * sizeof *r->dec_seq);
     r->dec_pos = epm_malloc((size_t)(r->steps ? r->steps : 1) * batch * sizeof *r->dec_pos);
-    if (!r->live || !r->live_rank || !r->dec_seq || !r->dec_pos)
+    if (!r->live || !r->fed || !r->live_rank || !r->dec_seq || !r->dec_pos)
         return sync(r, EPM_ERR_NOMEM);
-    memset(r->live, 1, (size_t)batch);
     for (int l = 0; l < c->num_layers; l++)
         r->moe_index[l] = c->moe_layer[l] ? r->moe_layers++ : -1;
     if (r->moe_layers == 0)
@@ -1399,24 +1477,10 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     }
     epm_free(mine);
     EPM_CHECK(sync(r, st));
-    /* KV caches: home keeps its own sequences, follow every sequence */
-    /* (MLA's latent: one row per token in kc, no vc) */
-    size_t cache_bytes = epm_kv_bytes(r, (int64_t)r->max_len * r->kv_w);
+    /* KV caches: each sequence's as it is admitted (kv_acquire) */
     r->kc = epm_calloc((size_t)c->num_layers * batch, sizeof *r->kc);
     r->vc = epm_calloc((size_t)c->num_layers * batch, sizeof *r->vc);
     st = r->kc && r->vc ? EPM_OK : EPM_ERR_NOMEM;
-    for (int l = 0; l < c->num_layers && st == EPM_OK; l++)
-        for (int s = 0; s < batch && st == EPM_OK; s++) {
-            if (o->mode == EPM_MODE_HOME && s % r->R != r->me)
-                continue;
-            size_t i = (size_t)l * batch + s;
-            r->kv_cache_bytes += (int64_t)cache_bytes * (r->latent ? 1 : 2);
-            r->kc[i] = epm_calloc(cache_bytes, 1);
-            if (!r->latent)
-                r->vc[i] = epm_calloc(cache_bytes, 1);
-            if (!r->kc[i] || (!r->latent && !r->vc[i]))
-                st = EPM_ERR_NOMEM;
-        }
     if (st == EPM_OK)
         st = epm_mod_setup(r);
     r->bytes_local = epm_calloc((size_t)r->moe_layers * EPM_LINK_COUNT, sizeof(int64_t));
@@ -1446,6 +1510,7 @@ static void teardown(rt *r)
     epm_free(r->rope_inv);
     epm_free(r->trace_rec);
     epm_free(r->live);
+    epm_free(r->fed);
     epm_free(r->live_rank);
     epm_free(r->dec_seq);
     epm_free(r->dec_pos);
@@ -1531,11 +1596,11 @@ static float bits_f(int64_t b)
 }
 
 /* The next token of rows[0, nrows) (rows of lg, sequence seqs[j]) into its
- * record rec[seq], at generation step `step`, over the threads. A failure's
+ * record rec[seq], at its generation step (its gen_len), over the threads. A failure's
  * message is the first failing row's (the error detail is per thread). */
 static epm_status sample_rows(const epm_run_opts *o, const samplers *ss, const float *lg, int V, int nrows,
                               const int64_t *rows, const int *seqs, const int32_t *const *prompts, const int *lens,
-                              const int32_t *gen, int maxnew, int step, int64_t *rec)
+                              const int32_t *gen, const int *gen_len, int maxnew, int64_t *rec)
 {
     const int W = rec_width(o), top = o->top_logprobs;
     epm_status first = EPM_OK;
@@ -1543,7 +1608,7 @@ static epm_status sample_rows(const epm_run_opts *o, const samplers *ss, const f
     char why[512] = "";
     EPM_OMP("omp parallel for schedule(dynamic, 1) num_threads(ss->n) if (nrows > 1 && ss->n > 1)")
     for (int j = 0; j < nrows; j++) {
-        int s = seqs[j];
+        int s = seqs[j], step = gen_len[s];
         int32_t t = 0;
         epm_sampler *smp = ss->s[epm_omp_me()];
         epm_status st = o->seq_sampling ? epm_sampler_set(smp, &o->seq_sampling[s]) : EPM_OK;
@@ -1669,7 +1734,7 @@ static epm_status prompt_gather(rt *r, const float *rec, int64_t nrec, epm_run_r
     int64_t nb = 0;
     EPM_CHECK(epm_xcomm_gather_bytes(r->x, rec, nrec * PW * (int64_t)sizeof *rec, &all, &nb));
     epm_status st = EPM_OK;
-    if (r->me == 0) {
+    if (r->me == 0 && !res->prompt_lp) { /* the first admission's */
         res->prompt_top = top;
         res->prompt_lp = epm_malloc((size_t)(r->N ? r->N : 1) * sizeof *res->prompt_lp);
         res->prompt_top_ids = epm_malloc((size_t)(r->N * top + 1) * sizeof *res->prompt_top_ids);
@@ -1680,6 +1745,8 @@ static epm_status prompt_gather(rt *r, const float *rec, int64_t nrec, epm_run_r
             for (int q = 0; q < top; q++)
                 res->prompt_top_ids[t * top + q] = -1, res->prompt_top_lp[t * top + q] = NAN;
         }
+    }
+    if (r->me == 0 && st == EPM_OK) {
         const float *a = all;
         for (int64_t i = 0; i < nb / (int64_t)(PW * sizeof *a) && st == EPM_OK; i++, a += PW) {
             int64_t t = get_g(a);
@@ -1694,18 +1761,24 @@ static epm_status prompt_gather(rt *r, const float *rec, int64_t nrec, epm_run_r
     return st;
 }
 
-/* The prompts' forward passes: one, or with a prefill chunk as many as the
- * rank with the most prompt tokens needs (the others join with fewer or
- * none). Each pass's sequences that end in it are sampled (step 0) and
- * their last logits, or with keep_logits all, are gathered on rank 0. */
+/* The forward passes of the prompts being admitted (ws0 .. ws1 - 1,
+ * admit_passes): one, or with a prefill chunk as many as the rank with the
+ * most of their prompt tokens needs (the others join with fewer or none).
+ * Each pass's sequences that end in it are sampled (step 0) and their last
+ * logits, or with keep_logits all, are filed on rank 0 (res->logits, which
+ * rank 0 holds for the whole batch). */
 static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *po, epm_run_result *res)
 {
     const epm_run_opts *o = r->o;
     const epm_model_config *c = r->c;
     const int V = c->vocab_size, H = c->hidden_size;
     const int64_t mine = r->mine;
+    const int first = r->ws0 + ((r->me - r->ws0 % r->R) % r->R + r->R) % r->R; /* this rank's first admitted */
+    int homes = 0;
+    for (int s = first; s < r->ws1; s += r->R)
+        homes++;
     int64_t kept = 0, nrec = 0, n = 0, *g = NULL;
-    float *rows = epm_malloc((size_t)((o->keep_logits ? mine : po->homes) + 1) * (2 + V) * sizeof *rows);
+    float *rows = epm_malloc((size_t)((o->keep_logits ? mine : homes) + 1) * (2 + V) * sizeof *rows);
     float *h = NULL, *lg = NULL;
     int32_t *tok = epm_malloc((size_t)(mine + 1) * sizeof *tok);
     /* prompt logprobs: a record per prompt token but each sequence's last,
@@ -1713,17 +1786,18 @@ static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *
     const int PW = prompt_rec_width(o);
     float *prec = o->prompt_logprobs_on ? epm_malloc((size_t)(mine + 1) * PW * sizeof *prec) : NULL;
     epm_status st = rows && tok && (prec || !o->prompt_logprobs_on) ? EPM_OK : EPM_ERR_NOMEM;
+    const int64_t g0 = r->offset[r->ws0], gend = r->ws1 < r->B ? r->offset[r->ws1] : r->N;
     double t0 = epm_now();
     for (int pass = 0; pass < r->passes; pass++) {
         /* this rank's tokens of the pass: its home sequences', in order */
         n = 0;
-        for (int s = r->me; s < r->B && st == EPM_OK; s += r->R)
+        for (int s = first; s < r->ws1 && st == EPM_OK; s += r->R)
             for (int p = 0; p < r->lens[s]; p++)
                 n += !r->chunk_of || r->chunk_of[r->offset[s] + p] == pass;
         if (st == EPM_OK)
             st = pass_buffers(r, n, &g, &h);
         n = 0;
-        for (int s = r->me; s < r->B && st == EPM_OK; s += r->R)
+        for (int s = first; s < r->ws1 && st == EPM_OK; s += r->R)
             for (int p = 0; p < r->lens[s]; p++)
                 if (!r->chunk_of || r->chunk_of[r->offset[s] + p] == pass) {
                     g[n] = r->offset[s] + p;
@@ -1733,7 +1807,7 @@ static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *
             st = embed(r, n, g, tok, h);
         if ((st = sync(r, st)) != EPM_OK)
             break;
-        r->g0 = 0, r->pn = r->N, r->pass_n = r->pass_tokens[pass], r->prefill = 1, r->chunk = pass;
+        r->g0 = g0, r->pn = gend - g0, r->pass_n = r->pass_tokens[pass], r->prefill = 1, r->chunk = pass;
         /* forward's failures after its last agreement (follow mode's way
          * home) are this rank's alone: they join the logits' agreement */
         st = forward(r, &n, &g, &h);
@@ -1770,8 +1844,8 @@ static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *
             memcpy(rows + kept * (2 + V) + 2, lg + i * V, (size_t)V * sizeof *rows);
             kept++;
         }
-        st = sample_rows(o, po->smp, lg, V, nsample, po->srow, po->sseq, prompts, r->lens, res->generated, po->maxnew,
-                         0, po->nt);
+        st = sample_rows(o, po->smp, lg, V, nsample, po->srow, po->sseq, prompts, r->lens, res->generated,
+                         res->gen_len, po->maxnew, po->nt);
         if (st == EPM_OK && prec)
             st = prompt_records(r, prompts, g, keep, lg, prec, &nrec);
     }
@@ -1780,9 +1854,9 @@ static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *
     epm_free(lg);
     epm_free(tok);
     st = sync(r, st);
-    res->report.t_prefill = epm_now() - t0;
-    res->report.prefill_tokens = r->N;
-    res->report.prefill_passes = r->passes;
+    res->report.t_prefill += epm_now() - t0;
+    res->report.prefill_tokens += gend - g0;
+    res->report.prefill_passes += r->passes;
     /* rank 0 gathers the prefill logits it was asked to keep */
     void *all = NULL;
     int64_t nb = 0;
@@ -1793,15 +1867,9 @@ static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *
         st = prompt_gather(r, prec, nrec, res);
     epm_free(prec);
     if (st == EPM_OK && r->me == 0) {
-        int64_t rowsn = o->keep_logits ? r->N : r->B;
-        res->logits = epm_malloc((size_t)rowsn * V * sizeof(float));
-        if (!res->logits) {
-            st = EPM_ERR_NOMEM;
-        } else {
-            const float *a = all;
-            for (int64_t i = 0; i < nb / (int64_t)((2 + V) * sizeof(float)); i++)
-                memcpy(res->logits + get_g(a + i * (2 + V)) * V, a + i * (2 + V) + 2, (size_t)V * sizeof(float));
-        }
+        const float *a = all;
+        for (int64_t i = 0; i < nb / (int64_t)((2 + V) * sizeof(float)); i++)
+            memcpy(res->logits + get_g(a + i * (2 + V)) * V, a + i * (2 + V) + 2, (size_t)V * sizeof(float));
     }
     epm_free(all);
     return sync(r, st);
@@ -1934,23 +2002,37 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     }
     EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
     const pass_out po = {&smp, srow, sseq, homes, maxnew, nt};
-    EPM_CHECK_GOTO(prefill(&r, prompts, &po, res), st, fail_gen);
+    if (st == EPM_OK && r.me == 0) { /* the prefill's logits: each sequence's last row, or every row */
+        res->logits = epm_malloc((size_t)(o->keep_logits ? r.N : batch) * c->vocab_size * sizeof(float));
+        st = res->logits ? EPM_OK : EPM_ERR_NOMEM;
+    }
+    EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
     /* a replayed trace that a run of this batch recorded (its prompt tokens
      * are numbered as here) has its decoded tokens checked step by step */
     int trace_of_run = o->route_from && epm_trace_seq_ids(o->route_from);
     for (int64_t gi = 0; gi < r.N && trace_of_run; gi++)
         trace_of_run = epm_trace_seq_ids(o->route_from)[gi] == seq_of(&r, gi);
-    /* decoding: one new token per live sequence per step, KV caches grow; a
-     * sequence leaves the batch at a stop token. Every rank learns every new
-     * token (one small sum per step), so all know who is still decoding. */
+    /* Sequences are admitted in order while fewer than max_seqs decode (all
+     * at once without max_num_seqs): their prompts are prefilled, which
+     * gives each its first token, and then they decode, one new token per
+     * live sequence per step, KV caches growing. A sequence leaves at a stop
+     * token or its length, gives its caches back, and the next waiting
+     * sequences take its place (vLLM's continuous batching, a prefill before
+     * the step that follows it). Every rank learns every new token (one
+     * small sum per step), so all know who is decoding and who comes next. */
     double t0 = epm_now();
-    for (int step = 0; step <= r.steps && o->max_new_tokens > 0; step++) {
-        /* the tokens of the previous pass (the prefill's for step 0) */
-        EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, nt, batch * W), st, fail_gen);
-        int nlive = 0;
-        for (int s = 0; s < batch; s++) {
-            if (!r.live[s])
+    for (int step = 0;;) {
+        int lo = batch, hi = 0; /* the sequences fed since the last sum: those between lo and hi - 1 */
+        for (int s = 0; s < batch; s++)
+            if (r.fed[s])
+                lo = s < lo ? s : lo, hi = s + 1;
+        /* the tokens of the passes since the last sum (of many waiting sequences, only those that ran) */
+        if (lo < hi)
+            EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, nt + (size_t)lo * W, (hi - lo) * W), st, fail_gen);
+        for (int s = lo; s < hi; s++) {
+            if (!r.fed[s])
                 continue;
+            r.fed[s] = 0;
             const int64_t *w = nt + (size_t)s * W;
             const int32_t t = (int32_t)w[0];
             const size_t at = (size_t)s * maxnew + res->gen_len[s], top = (size_t)o->top_logprobs;
@@ -1966,27 +2048,54 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
             for (int j = 0, ns = own ? own->n_stop : o->n_stop; j < ns; j++)
                 if (t == (own ? own->stop_ids : o->stop_ids)[j])
                     res->stopped[s] = 1;
-            r.live[s] = !res->stopped[s] && (!o->max_new_per_seq || res->gen_len[s] < o->max_new_per_seq[s]);
-            r.live_rank[s] = r.live[s] ? nlive++ : -1;
+            const int cap = o->max_new_per_seq && o->max_new_per_seq[s] < maxnew ? o->max_new_per_seq[s] : maxnew;
+            r.live[s] = !res->stopped[s] && res->gen_len[s] < cap;
+            if (!r.live[s])
+                kv_release(&r, s);
             memset(nt + (size_t)s * W, 0, (size_t)W * sizeof *nt);
         }
-        if (step == r.steps || nlive == 0)
+        int nlive = 0;
+        for (int s = 0; s < batch; s++)
+            r.live_rank[s] = r.live[s] ? nlive++ : -1;
+        if (nlive == 0 && r.next == batch)
             break;
+        if (r.next < batch && nlive < r.max_seqs) {
+            /* the waiting sequences that fit: prefilled now, decoding from the next step */
+            const int s0 = r.next;
+            while (r.next < batch && nlive + (r.next - s0) < r.max_seqs)
+                r.next++;
+            st = admit_passes(&r, s0, r.next);
+            for (int s = s0; s < r.next && st == EPM_OK; s++)
+                st = kv_acquire(&r, s);
+            EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
+            EPM_CHECK_GOTO(prefill(&r, prompts, &po, res), st, fail_gen);
+            for (int s = s0; s < r.next; s++) {
+                r.fed[s] = o->max_new_tokens > 0;
+                if (!r.fed[s]) /* nothing to decode: done */
+                    kv_release(&r, s);
+            }
+        }
+        if (nlive == 0)
+            continue;
         int64_t trace_len = o->route_from ? epm_trace_tokens(o->route_from) : INT64_MAX;
         const int32_t *tseq = trace_of_run ? epm_trace_seq_ids(o->route_from) : NULL;
         if (r.dec_base + nlive > trace_len)
             st = epm_fail(EPM_ERR_MISMATCH, "--route-from-trace: the trace ends at token %lld; decoding step %d needs "
                           "up to token %lld", (long long)trace_len, step + 1, (long long)(r.dec_base + nlive));
         /* a replayed trace's decoded tokens must be this run's: a trace recorded
-         * with other stop tokens (or none) numbers them otherwise */
+         * with other stop tokens (or none, or another --max-num-seqs) numbers them otherwise */
         for (int s = 0; s < batch && tseq && st == EPM_OK; s++)
             if (r.live[s] && tseq[r.dec_base + r.live_rank[s]] != s)
                 st = epm_fail(EPM_ERR_MISMATCH, "--route-from-trace: token %lld of the trace is sequence %d's, this "
                               "run's decoding step %d has sequence %d's there: the trace was recorded with other stop "
-                              "tokens (or --ignore-eos, or none)", (long long)(r.dec_base + r.live_rank[s]),
-                              (int)tseq[r.dec_base + r.live_rank[s]], step + 1, s);
+                              "tokens (or --ignore-eos, or none) or another --max-num-seqs",
+                              (long long)(r.dec_base + r.live_rank[s]), (int)tseq[r.dec_base + r.live_rank[s]],
+                              step + 1, s);
+        n = 0;
+        for (int s = r.me; s < batch; s += r.R)
+            n += r.live[s];
         if (st == EPM_OK)
-            st = pass_buffers(&r, homes, &g, &h);
+            st = pass_buffers(&r, n, &g, &h); /* this rank's live sequences' */
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
         n = 0;
         for (int s = 0; s < batch; s++) {
@@ -1995,6 +2104,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
             const int64_t gs = r.dec_base + r.live_rank[s];
             r.dec_seq[gs - r.N] = s;
             r.dec_pos[gs - r.N] = lens[s] + res->gen_len[s] - 1; /* where its last token goes */
+            r.fed[s] = 1;
             if (s % r.R == r.me) {
                 g[n] = gs;
                 tok[n++] = res->generated[(size_t)s * maxnew + res->gen_len[s] - 1];
@@ -2014,13 +2124,15 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
             st = epm_fail(EPM_ERR_INTERNAL, "decoding: %lld tokens came home to rank %d, which has %d sequences",
                           (long long)n, r.me, homes);
         if (st == EPM_OK)
-            st = sample_rows(o, &smp, lg, c->vocab_size, (int)n, srow, sseq, prompts, lens, res->generated, maxnew,
-                             step + 1, nt);
+            st = sample_rows(o, &smp, lg, c->vocab_size, (int)n, srow, sseq, prompts, lens, res->generated,
+                             res->gen_len, maxnew, nt);
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
         r.dec_base += nlive;
         res->report.decode_tokens += nlive;
+        step++;
     }
-    res->report.t_decode = epm_now() - t0;
+    res->report.t_decode = epm_now() - t0 - res->report.t_prefill; /* the admissions' prefills are their own */
+    res->report.max_num_seqs = r.max_seqs;
     EPM_CHECK_GOTO(collect_trace(&r, res), st, fail_gen);
     /* the report: counted bytes and loads summed over ranks */
     epm_run_report *rep = &res->report;
@@ -2051,7 +2163,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     r.layer_tokens = NULL;
     int64_t wb[2] = {epm_model_bytes_loaded(r.m), epm_model_bytes_loaded(r.m)};
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, wb, 1), st, fail_gen);
-    double wmax = (double)epm_model_bytes_loaded(r.m), kvmax = (double)r.kv_cache_bytes;
+    double wmax = (double)epm_model_bytes_loaded(r.m), kvmax = (double)r.kv_cache_peak;
     double times[7] = {rep->t_prefill, rep->t_decode, rep->t_attention, rep->t_gate, rep->t_dispatch, rep->t_experts,
                        rep->t_combine};
     EPM_CHECK_GOTO(epm_xcomm_max_f64(r.x, &wmax, 1), st, fail_gen);

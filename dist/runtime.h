@@ -56,6 +56,13 @@ typedef struct epm_run_opts {
                                        tokens (vLLM's chunked prefill: activations bounded by the chunk,
                                        not the prompts); a pass's queries attend the rows earlier passes
                                        cached. Not with MoD router or attention. 0: one pass */
+    int max_num_seqs;               /* > 0: at most this many sequences decode at once (vLLM's
+                                       max_num_seqs): the rest wait, in order, and each is admitted
+                                       (prefilled, its K/V caches taken) when one ends and gives its
+                                       caches back: continuous batching, K/V memory for this many
+                                       sequences rather than the batch. Each sequence's tokens are those
+                                       of the whole batch at once. Not with MoD router or attention,
+                                       whose decode thresholds one prefill of the batch sets. 0: all */
     double top_p;                   /* > 0: dynamic expert count, experts in score order until their
                                        probability mass reaches top_p, at most k ('Harder Tasks Need
                                        More Experts') */
@@ -106,7 +113,10 @@ typedef struct epm_run_opts {
 typedef struct epm_run_report {
     int ranks, nodes, moe_layers;
     int64_t prefill_tokens, decode_tokens;
-    int prefill_passes;    /* forward passes the prefill took (epm_run_opts.prefill_chunk) */
+    int prefill_passes;    /* forward passes the prefill took (epm_run_opts.prefill_chunk), over every
+                              admission */
+    int max_num_seqs;      /* sequences that decoded at once, at most (epm_run_opts.max_num_seqs, or the
+                              batch) */
     double t_prefill, t_decode, t_attention, t_gate, t_dispatch, t_experts, t_combine;
     int64_t *bytes;        /* [moe_layers][EPM_LINK_COUNT] dispatch+combine, all ranks */
     int64_t *kv_bytes;     /* [moe_layers][EPM_LINK_COUNT] follow all-gather */
@@ -114,7 +124,8 @@ typedef struct epm_run_report {
     int64_t gather_bytes[EPM_LINK_COUNT];
     int64_t weight_bytes_max; /* largest checkpoint bytes any rank read */
     int64_t weight_bytes_sum;
-    int64_t kv_cache_bytes_max;  /* KV cache memory of the fullest rank (follow keeps every sequence's) */
+    int64_t kv_cache_bytes_max;  /* KV cache memory of the fullest rank at its fullest (follow keeps every
+                                    live sequence's; with max_num_seqs those of the sequences decoding) */
     int64_t wire_bytes[EPM_LINK_COUNT]; /* what went over the links (differs from bytes only on the
                                            hierarchical path, which forwards through gateways) */
     int64_t wire_msgs[EPM_LINK_COUNT];

@@ -45,7 +45,8 @@ typedef struct rt {
     int64_t n_rec, cap_rec;
     epm_run_report *rep;
     int64_t *bytes_local, *kv_local, *load_local, gather_local[EPM_LINK_COUNT];
-    int64_t kv_cache_bytes;
+    int64_t kv_cache_bytes;  /* the K/V caches this rank holds now (sequences admitted and not ended) */
+    int64_t kv_cache_peak;   /* and held at most */
     int failed;        /* an agreement returned an error: every rank knows, no more collectives */
     int cuda;          /* ops is the GPU table (ops_cuda_host.h): its errors are checked at every agreement */
     int w16;           /* routed experts are held bf16 (ops->grouped_swiglu_w16 runs them) */
@@ -64,14 +65,21 @@ typedef struct rt {
     int64_t g0, pn;
     int prefill;
     int64_t pass_n;       /* tokens of the pass: a prefill pass's (pass_tokens), the live sequences' in decoding */
-    /* prefill in passes (epm_run_opts.prefill_chunk): token g < N runs in pass chunk_of[g] (NULL: one
-       pass), which has pass_tokens[] tokens on all ranks; chunk is the prefill pass under way */
+    /* prefill in passes (epm_run_opts.prefill_chunk): token g < N of the sequences being admitted
+       (ws0 .. ws1 - 1) runs in pass chunk_of[g] (NULL: one pass), which has pass_tokens[] tokens on
+       all ranks; chunk is the prefill pass under way */
     int passes, chunk;
-    int64_t mine;         /* prompt tokens of this rank's (home) sequences */
+    int ws0, ws1;         /* the sequences a prefill admits: all of them, or with max_num_seqs those
+                             that fill the free places (continuous batching) */
+    int max_seqs;         /* sequences decoding at once, at most (epm_run_opts.max_num_seqs, else B) */
+    int next;             /* the first sequence not yet admitted */
+    int64_t mine;         /* prompt tokens of this rank's (home) sequences among those admitted */
+    int64_t mine_most;    /* at most, over the admissions (the memory check's) */
     int32_t *chunk_of;
     int64_t *pass_tokens;
     /* decoding: sequences leave the batch at a stop token */
-    uint8_t *live;        /* [B] every rank knows every sequence's */
+    uint8_t *live;        /* [B] admitted, prefilled and decoding: every rank knows every sequence's */
+    uint8_t *fed;         /* [B] it ran a pass whose new token the next sum brings */
     int32_t *live_rank;   /* [B] a live sequence's index among this step's live ones */
     int64_t dec_base;     /* g of this step's first token: N + the tokens decoded before */
     int32_t *dec_seq;     /* [steps * B] the sequence of each decoded token, in trace order (its g - N) */

@@ -222,11 +222,11 @@ static epm_status select_scored(rt *r, int l)
     /* top ceil(c * len) of each sequence (a prefill pass holds whole prompts, in order) */
     sort_key = r->sc_tmp;
     memset(r->sel, 0, (size_t)P);
-    for (int s = 0; s < r->B; s++) {
+    for (int s = r->ws0; s < r->ws1; s++) {
         int len = r->lens[s], keep = (int)ceil(c * len - 1e-9);
         keep = keep < 1 ? 1 : keep;
         for (int p = 0; p < len; p++)
-            idx[p] = r->offset[s] + p;
+            idx[p] = (int32_t)(r->offset[s] - r->g0 + p);
         qsort(idx, (size_t)len, sizeof *idx, by_score);
         for (int q = 0; q < keep; q++)
             r->sel[idx[q]] = 1;

@@ -35,6 +35,9 @@ int cli_parse_choice(const char *what, const char *opt, const char *val, const c
 /* epmoe run's (and bench run's) --prefill-chunk: each rank's prompt tokens
  * a pass, as SGLang's default chunked_prefill_size on large GPUs */
 enum { CLI_PREFILL_CHUNK = 8192 };
+/* sequences decoding at once by default (vLLM's max_num_seqs): the rest wait
+ * for a place, so that a file of many requests holds K/V caches for these */
+enum { CLI_MAX_NUM_SEQS = 256 };
 /* the output length of a request that gives no max_tokens (vLLM's SamplingParams default) */
 enum { CLI_REQUEST_MAX_TOKENS = 16 };
 /* --wire-dtype's values (epmoe run, plan eval, bench run), in this order */

@@ -75,6 +75,10 @@ static const char usage[] =
     "  --prefill-chunk T        prefill in passes of at most T of each rank's prompt tokens (chunked\n"
     "                           prefill: activation memory follows T, not the prompts; default 8192,\n"
     "                           one pass with --mod router|attention; 0 = one pass)\n"
+    "  --max-num-seqs N         at most N sequences decode at once (continuous batching, vLLM's\n"
+    "                           max_num_seqs): the rest wait in order, each admitted (prefilled, its\n"
+    "                           K/V caches taken) when one ends; K/V memory for N sequences, the same\n"
+    "                           tokens. Default 256, all at once with --mod router|attention; 0 = all\n"
     "  --kernels ref|blas|cuda  compute kernels (default blas; cuda: the GPU of the rank's local index)\n"
     "  --bind                   bind each rank's threads and memory to the cores of its GPU's NUMA node\n"
     "                           (its share of the node's cores without GPUs; EPM_GPU_MAP=0,2,.. maps GPUs)\n"
@@ -133,7 +137,7 @@ static const char usage[] =
 
 enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER, O_MAXMEM,
        O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
-       O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK, O_PLOGPROBS };
+       O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK, O_PLOGPROBS, O_MAXSEQS };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_OUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -160,6 +164,7 @@ static const struct option opts[] = {
     {"ignore-eos", no_argument, 0, O_NOEOS},        {"logprobs", required_argument, 0, O_LOGPROBS},
     {"presence-penalty", required_argument, 0, O_PRESP}, {"frequency-penalty", required_argument, 0, O_FREQP},
     {"min-tokens", required_argument, 0, O_MINTOK}, {"prefill-chunk", required_argument, 0, O_CHUNK},
+    {"max-num-seqs", required_argument, 0, O_MAXSEQS},
     {"prompt-logprobs", required_argument, 0, O_PLOGPROBS},
     {0, 0, 0, 0}};
 
@@ -217,11 +222,11 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
     double tps = r->t_prefill > 0 ? (double)r->prefill_tokens / r->t_prefill : 0;
     double dps = r->t_decode > 0 ? (double)r->decode_tokens / r->t_decode : 0;
     if (json) {
-        fprintf(f, "\"report\": {\"ranks\": %d, \"nodes\": %d, \"prefill_tokens\": %lld, \"prefill_passes\": %d, \"decode_tokens\": %lld, "
+        fprintf(f, "\"report\": {\"ranks\": %d, \"nodes\": %d, \"prefill_tokens\": %lld, \"prefill_passes\": %d, \"max_num_seqs\": %d, \"decode_tokens\": %lld, "
                    "\"prefill_tokens_per_s\": %.3f, \"decode_tokens_per_s\": %.3f, \"seconds\": {\"prefill\": %.6f, "
                    "\"decode\": %.6f, \"attention\": %.6f, \"gate\": %.6f, \"dispatch\": %.6f, \"experts\": %.6f, "
                    "\"combine\": %.6f}, \"expert_dtype\": \"%s\", \"dense_dtype\": \"%s\", \"weight_bytes_max_rank\": %lld, \"kv_cache\": \"%s\", \"kv_dtype\": \"%s\", \"kv_row_floats\": %d, \"kv_cache_bytes_max_rank\": %lld, \"wire_dtype\": \"%s\", \"gather_bytes\": [%lld, %lld, %lld], \"layers\": [",
-                r->ranks, r->nodes, (long long)r->prefill_tokens, r->prefill_passes, (long long)r->decode_tokens, tps, dps, r->t_prefill,
+                r->ranks, r->nodes, (long long)r->prefill_tokens, r->prefill_passes, r->max_num_seqs, (long long)r->decode_tokens, tps, dps, r->t_prefill,
                 r->t_decode, r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine,
                 epm_dtype_name(r->expert_dtype), epm_dtype_name(r->dense_dtype), (long long)r->weight_bytes_max, r->kv_cache ? r->kv_cache : "?", epm_dtype_name(r->kv_dtype), r->kv_row_floats, (long long)r->kv_cache_bytes_max, epm_dtype_name(r->wire_dtype), (long long)r->gather_bytes[0], (long long)r->gather_bytes[1],
                 (long long)r->gather_bytes[2]);
@@ -247,9 +252,10 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
     char passes[32] = "";
     if (r->prefill_passes > 1)
         snprintf(passes, sizeof passes, " (%d passes)", r->prefill_passes);
-    fprintf(f, "ranks %d (%d nodes)  prefill %lld tokens%s in %.3f s (%.1f tok/s)  decode %lld tokens in %.3f s (%.1f tok/s)\n",
+    fprintf(f, "ranks %d (%d nodes)  prefill %lld tokens%s in %.3f s (%.1f tok/s)  decode %lld tokens in %.3f s "
+               "(%.1f tok/s, at most %d sequences at once)\n",
             r->ranks, r->nodes, (long long)r->prefill_tokens, passes, r->t_prefill, tps, (long long)r->decode_tokens,
-            r->t_decode, dps);
+            r->t_decode, dps, r->max_num_seqs);
     fprintf(f, "time (slowest rank): attention %.3f  gate %.3f  dispatch %.3f  experts %.3f  combine %.3f s\n",
             r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine);
     fprintf(f, "checkpoint bytes read: %lld on the busiest rank, %lld in all; KV cache %lld bytes on the fullest rank "
@@ -484,7 +490,7 @@ int epm_cli_run(int argc, char **argv)
     gen_flags gf;
     memset(&gf, 0, sizeof gf);
     int32_t stop_ids[2 * EPM_MAX_STOP_IDS];
-    int report = 0, json = 0, c, k, bind = 0, report_bindings = 0, maxnew_given = 0, chunk_given = 0;
+    int report = 0, json = 0, c, k, bind = 0, report_bindings = 0, maxnew_given = 0, chunk_given = 0, seqs_given = 0;
     long v;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -606,6 +612,11 @@ int epm_cli_run(int argc, char **argv)
             o.prefill_chunk = v;
             chunk_given = 1;
             break;
+        case O_MAXSEQS:
+            if (!cli_parse_int(W, "--max-num-seqs", optarg, 0, INT32_MAX, &v)) return EPM_EXIT_USAGE;
+            o.max_num_seqs = (int)v;
+            seqs_given = 1;
+            break;
         case O_MINTOK:
             if (!cli_parse_int(W, "--min-tokens", optarg, 0, 1 << 20, &v)) return EPM_EXIT_USAGE;
             gf.s.min_tokens = (int)v;
@@ -637,6 +648,8 @@ int epm_cli_run(int argc, char **argv)
      * sources rank each prompt's tokens over the whole prompt */
     if (!chunk_given)
         o.prefill_chunk = o.mod == EPM_MOD_ROUTER || o.mod == EPM_MOD_ATTENTION ? 0 : CLI_PREFILL_CHUNK;
+    if (!seqs_given) /* (their decode thresholds come from one prefill of the whole batch) */
+        o.max_num_seqs = o.mod == EPM_MOD_ROUTER || o.mod == EPM_MOD_ATTENTION ? 0 : CLI_MAX_NUM_SEQS;
     if (o.logprobs_on && !json && !oout)
         return cli_usage_error(W, "--logprobs %d: logprobs come with --json or --output", o.top_logprobs);
     if (o.prompt_logprobs_on && !json && !oout)

@@ -564,8 +564,9 @@ printf '{"prompt_token_ids": [1, 2, 3, 4, 5], "max_tokens": 3}\n{"prompt_token_i
   >"$d/in.jsonl"
 ok "bench run --input" mpi -np 2 "$E" bench run --model "$m" --input "$d/in.jsonl" --new 2 --reps 1 --time-limit 1 \
   --workdir "$d/work" --methods contiguous,eplb --modes home,follow --csv && csvcheck run 2 home,follow contiguous,eplb
+# (two at a time: the trace numbers the sequences as continuous batching admits them)
 ok "bench run --input, table" mpi -np 3 "$E" bench run --model "$m" --input "$d/in.jsonl" --new 2 --reps 1 \
-  --workdir "$d/work" --methods contiguous --modes follow &&
+  --workdir "$d/work" --methods contiguous --modes follow --max-num-seqs 2 &&
   { grep -q "in.jsonl: 4 sequences, 11 prompt tokens, up to 3 new, zipf" "$d/out" || { fail "bench run --input: header"; show; }; }
 usage run "--input $d/in.jsonl gives the sequences" "" --model "$m" --input "$d/in.jsonl" --seq 4
 usage run "--wire-dtype fp8 --modes home,follow" "" "${small[@]}" --wire-dtype fp8
@@ -634,7 +635,8 @@ ok "bench run --prefill-chunks" mpi -np 2 "$E" bench run --model "$F/olmoe-tiny"
 usage run --prefill-chunks 0 --model "$m" --prefill-chunks 4,0
 usage run --prefill-chunks 1,2,3,4,5,6,7,8,9 --model "$m" --prefill-chunks 1,2,3,4,5,6,7,8,9
 usage run "--prefill-chunks --kv-dtypes" "" --model "$m" --prefill-chunks 4 --kv-dtypes
-help_ok run --model --batch --seq --new --input --methods --modes --workdir --reps --warmup --ta --mod --capacities \
+usage run --max-num-seqs -1 --model "$m" --max-num-seqs -1
+help_ok run --model --batch --seq --new --input --max-num-seqs --methods --modes --workdir --reps --warmup --ta --mod --capacities \
   --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --prefill-chunks --csv
 usage run --model "" --batch 2
 usage run --batch x --model "$m" --batch x

@@ -101,10 +101,11 @@ for l in lines:
 assert [o["index"] for o in lines[0]["outputs"]] == [0, 1, 2] and s == 4
 PY
 if full; then
-# without --json: the text on stdout, logprobs in the file; a file of its own per output
-run -np 2 "$E" run --model "$m" --input "$d/n.json" --kernels ref --output "$d/n2.jsonl" >"$d/out" 2>"$d/err" ||
-  { fail "--output without --json"; head -5 "$d/err"; }
-cmp -s "$d/n.out.jsonl" "$d/n2.jsonl" || fail "--output without --json: another file"
+# without --json: the text on stdout, logprobs in the file; a file of its own per output. One
+# sample at a time (continuous batching, each admitted as the one before ends): the same file
+run -np 2 "$E" run --model "$m" --input "$d/n.json" --kernels ref --output "$d/n2.jsonl" --max-num-seqs 1 \
+  >"$d/out" 2>"$d/err" || { fail "--output without --json"; head -5 "$d/err"; }
+cmp -s "$d/n.out.jsonl" "$d/n2.jsonl" || fail "--output without --json, --max-num-seqs 1: another file"
 has "$d/out" "^sequence 3:"
 run -np 1 "$E" run --model "$m" --input "$d/n.json" --output "$d/x.st" --trace-out "$d/x.st" >"$d/out" 2>"$d/err"
 [ $? = 2 ] || fail "one file for two outputs: exit status not 2"

@@ -323,10 +323,14 @@ tok1=$(gj "d['generated']")
 [ "$(gj "d['report']['prefill_passes']")" = 1 ] || fail "one prefill pass: $(head -c 300 "$d/out")"
 check "prefill in chunks" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report \
   --prefill-chunk 2
-[ "$(gj "d['report']['prefill_passes']"),$(gj "d['generated']")" = "3,$tok1" ] ||
+[ "$(gj "d['report']['prefill_passes']"),$(gj "d['generated']"),$(gj "d['report']['max_num_seqs']")" = "3,$tok1,2" ] ||
   fail "prefill in chunks: $(head -c 300 "$d/out")"
-check "prefill in chunks, text" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --report --prefill-chunk 2
-has "$d/err" "prefill 8 tokens (3 passes) in"
+# one sequence at a time (continuous batching): each admission its own passes, 3 for rank 0's 5
+# prompt tokens, then 2 for rank 1's 3
+check "prefill in chunks, one sequence at a time" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --report \
+  --prefill-chunk 2 --max-num-seqs 1
+has "$d/err" "prefill 8 tokens (5 passes) in"
+has "$d/err" "at most 1 sequences at once"
 check "prefill chunks with --mod router" 1 one "$E" run --model "$m" --input "$d/in.json" --mod router \
   --mod-capacity 0.5 --prefill-chunk 4
 has "$d/err" "--prefill-chunk with --mod router"

@@ -687,6 +687,206 @@ static void test_run_request_sampling(void **state)
     }
 }
 
+/* Continuous batching (epm_run_opts.max_num_seqs): with at most 1, 2 or 3
+ * of 7 sequences decoding at once, each admitted as another ends, every
+ * sequence's tokens, logprobs, prompt logprobs and first logits are the
+ * whole batch's, sampled or greedy, with stops and per-sequence lengths;
+ * so are the tokens that ran each layer and, each token dispatched alike,
+ * the counted bytes and loads. The K/V caches held are those of the
+ * sequences decoding; plan eval on the run's own trace predicts what it
+ * counted under replicas; the trace replays at its own max_num_seqs and is
+ * refused at another. Reference kernels: a row's arithmetic does not depend
+ * on what else a pass holds. */
+static void test_run_continuous_batching(void **state)
+{
+    (void)state;
+    enum { B = 7, NEW = 6 };
+    static const int lens[B] = {16, 11, 14, 5, 16, 9, 13};
+    static const int news[B] = {6, 2, 5, 1, 6, 3, 4};
+    for (int run = 0; run < 6; run++) {
+        const int mode = run % 2, variant = run / 2; /* 0: sampled; 1: greedy, a stop token, MoD; 2: chunks */
+        if (quick() && variant == 2)
+            continue;
+        fixture f;
+        fixture_open(&f, variant == 1 ? "qwen2moe-tiny" : "mixtral-tiny");
+        const int32_t *prompts[B];
+        for (int s = 0; s < B; s++)
+            prompts[s] = f.ids[s % 2] + (16 - lens[s]);
+        epm_placement *p = make_placement(1, 4, 8, 1);
+        epm_run_opts o;
+        memset(&o, 0, sizeof o);
+        o.model_dir = f.dir;
+        o.placement = p;
+        o.mode = (epm_mode)mode;
+        o.max_new_tokens = NEW;
+        o.max_new_per_seq = news;
+        o.ops = "ref";
+        o.logprobs_on = 1;
+        o.top_logprobs = 2;
+        o.prompt_logprobs_on = 1;
+        o.prompt_top_logprobs = 1;
+        int32_t stop = -1;
+        if (variant == 0) {
+            o.sampling = (epm_sampling){.temperature = 0.8, .top_k = 20, .seed = 5};
+        } else if (variant == 1) {
+            o.mod = EPM_MOD_SCHEDULE; /* positions alone pick the tokens: admission in turns changes nothing */
+            o.mod_capacity = 0.5;
+        } else {
+            o.prefill_chunk = 5;
+        }
+        epm_run_result *a;
+        assert_int_equal(epm_run(&o, B, lens, prompts, &a), EPM_OK);
+        if (variant == 1) { /* sequence 0's second token ends whoever makes it */
+            stop = a->generated[1];
+            o.stop_ids = &stop;
+            o.n_stop = 1;
+            epm_run_result_destroy(a);
+            assert_int_equal(epm_run(&o, B, lens, prompts, &a), EPM_OK);
+            assert_int_equal(a->gen_len[0], 2);
+        }
+        assert_int_equal(a->report.max_num_seqs, B);
+        int64_t held_max = 0; /* the caches a sequence holds: the static run's fullest rank's, per sequence */
+        {
+            int most = mode == 1 ? B : B / R + (B % R > 0);
+            held_max = a->report.kv_cache_bytes_max / most;
+            assert_int_equal(a->report.kv_cache_bytes_max % most, 0);
+        }
+        for (int m = 1; m <= 3; m++) {
+            o.max_num_seqs = m;
+            epm_run_result *b;
+            epm_status st = epm_run(&o, B, lens, prompts, &b);
+            if (st != EPM_OK)
+                fprintf(stderr, "rank %d: %s\n", me, epm_last_error());
+            assert_int_equal(st, EPM_OK);
+            assert_int_equal(b->report.max_num_seqs, m);
+            if (m == 1 && variant != 2) /* one sequence at a time: an admission (one pass) each */
+                assert_int_equal(b->report.prefill_passes, B);
+            assert_memory_equal(b->gen_len, a->gen_len, B * sizeof *a->gen_len);
+            assert_memory_equal(b->stopped, a->stopped, B * sizeof *a->stopped);
+            assert_memory_equal(b->generated, a->generated, (size_t)B * NEW * sizeof *a->generated);
+            for (int s = 0; s < B; s++) {
+                assert_memory_equal(b->logprob + s * NEW, a->logprob + s * NEW, a->gen_len[s] * sizeof(float));
+                assert_memory_equal(b->top_ids + s * NEW * 2, a->top_ids + s * NEW * 2,
+                                    a->gen_len[s] * 2 * sizeof(int32_t));
+            }
+            const epm_run_report *x = &a->report, *y = &b->report;
+            assert_int_equal(y->decode_tokens, x->decode_tokens);
+            assert_int_equal(y->prefill_tokens, x->prefill_tokens);
+            assert_memory_equal(y->layer_tokens, x->layer_tokens, 4 * sizeof *x->layer_tokens);
+            assert_memory_equal(y->bytes, x->bytes, 4 * EPM_LINK_COUNT * sizeof *x->bytes);
+            assert_memory_equal(y->kv_bytes, x->kv_bytes, 4 * EPM_LINK_COUNT * sizeof *x->kv_bytes);
+            assert_memory_equal(y->rank_load, x->rank_load, (size_t)4 * R * sizeof *x->rank_load);
+            assert_memory_equal(y->gather_bytes, x->gather_bytes, sizeof x->gather_bytes);
+            /* at most m sequences' caches at once (all at the fullest rank in follow mode, where every rank keeps
+             * every live sequence's); fewer than the whole batch's wherever m is below what a rank holds */
+            assert_true(y->kv_cache_bytes_max <= m * held_max);
+            if (mode == 1)
+                assert_int_equal(y->kv_cache_bytes_max, m * held_max);
+            if (me == 0) {
+                assert_memory_equal(b->logits, a->logits, (size_t)B * 256 * sizeof(float));
+                for (int64_t t = 0; t < a->report.prefill_tokens; t++) { /* NaN: a first token's */
+                    assert_true(isnan(a->prompt_lp[t]) == isnan(b->prompt_lp[t]));
+                    if (!isnan(a->prompt_lp[t]))
+                        assert_true(a->prompt_lp[t] == b->prompt_lp[t]);
+                    assert_int_equal(a->prompt_top_ids[t], b->prompt_top_ids[t]);
+                }
+            }
+            if (m == 2 && variant == 0) {
+                /* under replicas: plan eval on the run's own trace predicts it */
+                epm_placement *p2 = make_placement(2, 4, 8, 1);
+                o.placement = p2;
+                epm_run_result *c;
+                assert_int_equal(epm_run(&o, B, lens, prompts, &c), EPM_OK);
+                assert_memory_equal(c->generated, a->generated, (size_t)B * NEW * sizeof *a->generated);
+                char path[128];
+                snprintf(path, sizeof path, "/tmp/epm_test_cb_%d_%d.safetensors", R, run);
+                epm_xcomm *xc;
+                assert_int_equal(epm_xcomm_create(0, &xc), EPM_OK);
+                if (me == 0) {
+                    epm_eval_opts eo;
+                    epm_eval_opts_init(&eo);
+                    eo.mode = o.mode;
+                    eo.hidden_bytes = 64 * 4;
+                    eo.kv_row_bytes = 2 * 32 * 4;
+                    epm_eval_result *ev;
+                    assert_int_equal(epm_eval(c->trace, p2, &eo, &ev), EPM_OK);
+                    assert_report_is_eval(&c->report, ev, 4);
+                    epm_eval_result_destroy(ev);
+                    assert_int_equal(epm_trace_save(c->trace, path), EPM_OK);
+                }
+                assert_int_equal(epm_xcomm_agree(xc, EPM_OK), EPM_OK);
+                epm_xcomm_destroy(xc);
+                /* the trace replays at its own max_num_seqs, not at another (its decoded tokens are in
+                 * another order) */
+                epm_trace *t;
+                assert_int_equal(epm_trace_load(path, 8, &t), EPM_OK);
+                o.route_from = t;
+                epm_run_result *d = NULL;
+                assert_int_equal(epm_run(&o, B, lens, prompts, &d), EPM_OK);
+                assert_memory_equal(d->generated, a->generated, (size_t)B * NEW * sizeof *a->generated);
+                epm_run_result_destroy(d);
+                d = NULL;
+                o.max_num_seqs = 0;
+                st = epm_run(&o, B, lens, prompts, &d);
+                assert_true(st == EPM_ERR_MISMATCH || st == EPM_ERR_REMOTE);
+                assert_non_null(strstr(epm_last_error(), "--max-num-seqs"));
+                assert_null(d);
+                o.max_num_seqs = m;
+                o.route_from = NULL;
+                o.placement = p;
+                epm_trace_destroy(t);
+                epm_run_result_destroy(c);
+                epm_placement_destroy(p2);
+            }
+            epm_run_result_destroy(b);
+        }
+        /* prefill alone (lm-eval's loglikelihood over a dataset): the same prompt logprobs */
+        if (variant == 0) {
+            o.max_new_tokens = 0;
+            o.max_new_per_seq = NULL;
+            o.max_num_seqs = 2;
+            epm_run_result *e;
+            assert_int_equal(epm_run(&o, B, lens, prompts, &e), EPM_OK);
+            assert_int_equal(e->report.decode_tokens, 0);
+            assert_true(e->report.kv_cache_bytes_max <= 2 * held_max);
+            if (me == 0) {
+                assert_memory_equal(e->logits, a->logits, (size_t)B * 256 * sizeof(float));
+                for (int64_t t = 0; t < a->report.prefill_tokens; t++)
+                    if (!isnan(a->prompt_lp[t]))
+                        assert_true(a->prompt_lp[t] == e->prompt_lp[t]);
+            }
+            epm_run_result_destroy(e);
+        }
+        epm_run_result_destroy(a);
+        epm_placement_destroy(p);
+        epm_st_close(f.ref);
+    }
+    /* refused, on every rank: a negative count; MoD's scored sources, whose decode thresholds one prefill of the
+     * whole batch sets */
+    fixture f;
+    fixture_open(&f, "olmoe-tiny");
+    epm_run_opts o;
+    memset(&o, 0, sizeof o);
+    o.model_dir = f.dir;
+    o.max_new_tokens = 2;
+    o.max_num_seqs = -1;
+    const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
+    epm_run_result *res = NULL;
+    epm_status st = epm_run(&o, 2, f.lens, prompts, &res);
+    assert_true(st == EPM_ERR_INVALID_ARG || st == EPM_ERR_REMOTE);
+    assert_non_null(strstr(epm_last_error(), "--max-num-seqs -1"));
+    o.max_num_seqs = 1;
+    o.mod = EPM_MOD_ATTENTION;
+    o.mod_capacity = 0.5;
+    st = epm_run(&o, 2, f.lens, prompts, &res);
+    assert_true(st == EPM_ERR_UNSUPPORTED || st == EPM_ERR_REMOTE);
+    assert_non_null(strstr(epm_last_error(), "--max-num-seqs 1 with --mod attention"));
+    o.max_num_seqs = 2; /* the whole batch: one prefill */
+    assert_int_equal(epm_run(&o, 2, f.lens, prompts, &res), EPM_OK);
+    epm_run_result_destroy(res);
+    epm_st_close(f.ref);
+}
+
 static void test_run_agrees_with_plan_eval(void **state)
 {
     (void)state;
@@ -1060,7 +1260,7 @@ int main(void)
         cmocka_unit_test(test_run_wire_bf16),
         cmocka_unit_test(test_run_decode_equals_recompute), cmocka_unit_test(test_run_agrees_with_plan_eval),
         cmocka_unit_test(test_run_sampling_equals_recompute), cmocka_unit_test(test_run_stop_tokens),
-        cmocka_unit_test(test_run_request_sampling),
+        cmocka_unit_test(test_run_request_sampling),          cmocka_unit_test(test_run_continuous_batching),
         cmocka_unit_test(test_run_prefill_chunk), cmocka_unit_test(test_run_prompt_logprobs),
         cmocka_unit_test(test_run_topology_bias_and_top_p), cmocka_unit_test(test_run_mismatched_placement),
     };
