@@ -26,8 +26,9 @@ static const char usage[] =
     "                       reads it (token lists, requests: a dataset's prompt and output lengths;\n"
     "                       a request's max_tokens, else --new; its n samples; its sampling\n"
     "                       parameters not applied: greedy)\n"
-    "  --max-num-seqs N     at most N sequences decode at once, as epmoe run --max-num-seqs (default\n"
-    "                       256; all at once with --mod router|attention; 0 = all)\n"
+    "  --max-num-seqs N     at most N sequences decode at once (N/ranks on each home rank), as epmoe\n"
+    "                       run --max-num-seqs (default 256; all at once with --mod router|attention;\n"
+    "                       0 = all)\n"
     "  --zipf S             routing skew of the synthetic trace (default 1.0)\n"
     "  --affinity A         cross-layer affinity of the trace (default 0.8)\n"
     "  --methods LIST       placements, comma separated, contiguous first (the baseline;\n"
@@ -76,12 +77,19 @@ static const char usage[] =
     "                       alternated --reps times, live routing, contiguous placement: passes, peak\n"
     "                       resident memory of the fullest rank, best prefill tokens/s, each over one\n"
     "                       pass's, last logits' error and greedy-token agreement against one pass\n"
+    "  --continuous LIST    instead: for each N of LIST (at most 8), the sequences decoded with at\n"
+    "                       most N at once in static batches of N one after another (the baseline,\n"
+    "                       each batch until its longest sequence ends) and continuously (epmoe run\n"
+    "                       --max-num-seqs N), alternated --reps times, live routing, contiguous\n"
+    "                       placement: decoding steps, generated tokens/s over prefill + decoding,\n"
+    "                       continuous over static, K/V caches of the fullest rank, token agreement.\n"
+    "                       Without --input, sequence s generates 1 to --new tokens (seeded, uniform)\n"
     "  --kernels K          ref, blas (default) or cuda, as epmoe run --kernels\n"
     "  --wire-dtype T       f32 (default), bf16 or fp8 (home mode only), as epmoe run --wire-dtype, for\n"
     "                       every run but --wire-dtypes' own\n"
     "  --csv                CSV rows instead of a table\n";
 
-enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT, O_MAXSEQS };
+enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT, O_MAXSEQS, O_CONT };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -99,6 +107,7 @@ static const struct option opts[] = {
     {"kv-dtypes", no_argument, 0, O_KVDT},    {"wire-dtypes", no_argument, 0, O_WIDT},
     {"wire-dtype", required_argument, 0, O_WIRE}, {"prefill-chunks", required_argument, 0, O_CHUNKS},
     {"input", required_argument, 0, O_INPUT}, {"max-num-seqs", required_argument, 0, O_MAXSEQS},
+    {"continuous", required_argument, 0, O_CONT},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
@@ -415,8 +424,8 @@ int epm_bench_run(int argc, char **argv)
     const char *model = NULL, *methods_s = "contiguous,eplb,ilp", *modes_s = "home,follow", *workdir = "bench-run-work";
     long batch = 8, seq = 64, nnew = 8, slots = 0, vn = 0, reps = 2, warm = 1, v;
     double zipf = 1.0, aff = 0.8, tl = 20;
-    int csv = 0, c, dtypes = 0, mla = 0, kvdt = 0, widt = 0, nchunk = 0;
-    long chunk[8];
+    int csv = 0, c, dtypes = 0, mla = 0, kvdt = 0, widt = 0, nchunk = 0, ncont = 0;
+    long chunk[8], cont[8];
     const char *ta_list = NULL, *caps = "0.75,0.5,0.25";
     epm_mod_source mod = EPM_MOD_OFF;
     optind = 1;
@@ -459,6 +468,10 @@ int epm_bench_run(int argc, char **argv)
             if (!cli_parse_int_list(W, "--prefill-chunks", optarg, 1, INT32_MAX, "chunk sizes", chunk, 8, &nchunk))
                 return EPM_EXIT_USAGE;
             break;
+        case O_CONT:
+            if (!cli_parse_int_list(W, "--continuous", optarg, 1, INT32_MAX, "sequence counts", cont, 8, &ncont))
+                return EPM_EXIT_USAGE;
+            break;
         case O_WIRE:
             if (!cli_parse_choice(W, "--wire-dtype", optarg, cli_wire_dtypes, &wire))
                 return EPM_EXIT_USAGE;
@@ -486,13 +499,13 @@ int epm_bench_run(int argc, char **argv)
         return cli_usage_error(W, "--model is required");
     if (input && shape_given)
         return cli_usage_error(W, "--input %s gives the sequences: --batch and --seq are for the random ones", input);
-    const int chunks = nchunk > 0;
-    if (!!ta_list + !!mod + dtypes + mla + kvdt + widt + chunks > 1) {
-        char given[160] = "";
+    const int chunks = nchunk > 0, conts = ncont > 0;
+    if (!!ta_list + !!mod + dtypes + mla + kvdt + widt + chunks + conts > 1) {
+        char given[192] = "";
         const char *name[] = {"--ta", "--mod", "--expert-dtypes", "--mla-cache", "--kv-dtypes", "--wire-dtypes",
-                              "--prefill-chunks"};
-        const int on[] = {ta_list != NULL, mod != EPM_MOD_OFF, dtypes, mla, kvdt, widt, chunks};
-        for (int i = 0; i < 7; i++)
+                              "--prefill-chunks", "--continuous"};
+        const int on[] = {ta_list != NULL, mod != EPM_MOD_OFF, dtypes, mla, kvdt, widt, chunks, conts};
+        for (int i = 0; i < 8; i++)
             if (on[i])
                 snprintf(given + strlen(given), sizeof given - strlen(given), "%s%s", *given ? " and " : "", name[i]);
         return cli_usage_error(W, "%s: each is a bench of its own; give one", given);
@@ -583,7 +596,7 @@ int epm_bench_run(int argc, char **argv)
         pr = (const int32_t *const *)prompts;
         pl = lens;
     }
-    if (ta_list || mod || dtypes || mla || kvdt || widt || chunks) {
+    if (ta_list || mod || dtypes || mla || kvdt || widt || chunks || conts) {
         epm_mode mode = EPM_MODE_HOME;
         char first[16];
         snprintf(first, sizeof first, "%s", modes_s);
@@ -595,11 +608,30 @@ int epm_bench_run(int argc, char **argv)
         if (me == 0 && !csv)
             printf("# bench run %s: %s, %d ranks (%d nodes), mode %s, %s, kernels %s, wire %s\n",
                    dtypes ? "--expert-dtypes" : mla ? "--mla-cache" : kvdt ? "--kv-dtypes" : widt ? "--wire-dtypes"
-                   : chunks ? "--prefill-chunks" : mod ? "--mod" : "--ta", model, R,
+                   : chunks ? "--prefill-chunks" : conts ? "--continuous" : mod ? "--mod" : "--ta", model, R,
                    cl.nodes, epm_mode_name(mode), shape, kernels,
                    !widt ? cli_wire_dtypes[wire] : mode == EPM_MODE_HOME ? "f32, bf16, fp8" : "f32, bf16");
         if (me == 0 && !csv)
             epm_bench_print_blas();
+        if (conts) {
+            epm_run_opts o;
+            live_opts(&o, model, mode, (int)vn, (int)nnew);
+            o.keep_logits = 0;
+            int *spread = NULL; /* without --input: 1 .. --new tokens each, the same on every rank */
+            if (!max_new_of && (spread = malloc((size_t)batch * sizeof *spread)) != NULL) {
+                uint64_t lr = 777;
+                for (int s = 0; s < batch; s++)
+                    spread[s] = 1 + (int)(epm_splitmix64(&lr) % (uint64_t)nnew);
+            }
+            st = epm_xcomm_agree(x, max_new_of || spread ? EPM_OK : EPM_ERR_NOMEM);
+            if (st != EPM_OK)
+                rc = me == 0 ? cli_fail(W, st) : EPM_EXIT_FAIL;
+            else
+                rc = epm_bench_run_continuous(x, &o, (int)batch, pl, pr, max_new_of ? max_new_of : spread, cont, ncont,
+                                              (int)reps, csv);
+            free(spread);
+            goto out;
+        }
         if (chunks) {
             epm_run_opts o;
             live_opts(&o, model, mode, (int)vn, (int)nnew);
@@ -628,7 +660,7 @@ int epm_bench_run(int argc, char **argv)
     if (st == EPM_OK && !seqid)
         st = EPM_ERR_NOMEM;
     if (st == EPM_OK)
-        st = epm_bench_seq_ids((int)batch, pl, max_new_of, (int)nnew, (int)max_seqs, seqid);
+        st = epm_bench_seq_ids((int)batch, pl, max_new_of, (int)nnew, (int)max_seqs, R, seqid);
     if (st == EPM_OK)
         st = epm_trace_set_seq_ids(t, seqid);
     free(seqid);

@@ -27,10 +27,12 @@ void epm_bench_input_free(epm_bench_input *in);
 /* The decoded tokens of a greedy run without stop tokens, each sequence
  * min(max_new[s], nnew) - 1 (max_new NULL: nnew for all), and the sequence
  * of each token a run's trace numbers: the prompts', then each decoding
- * step's live sequences in order (total prompt tokens + that many), with at
- * most max_seqs (0: all) decoding at once, admitted as epm_run admits them. */
+ * step's live sequences in order (total prompt tokens + that many), with
+ * max_seqs places (0: all) shared out over the ranks, sequences admitted
+ * as epm_run admits them. */
 int64_t epm_bench_decode_tokens(int batch, const int *max_new, int nnew);
-epm_status epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int nnew, int max_seqs, int32_t *out);
+epm_status epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int nnew, int max_seqs, int ranks,
+                             int32_t *out);
 
 /* --prefill-chunks: base's run in one prefill pass, then in passes of each
  * of chunk[0, nchunk) (at most 8), alternated reps times; rank 0 prints the
@@ -43,5 +45,14 @@ int epm_bench_run_chunks(epm_xcomm *x, const epm_run_opts *base, int batch, cons
  * deviation columns, each run against its baseline's. In bench_run.c. */
 double epm_bench_logit_err(const float *a, const float *b, int64_t n);
 double epm_bench_token_agreement(const int32_t *a, const int32_t *b, int n);
+
+/* --continuous: for each of seqs[0, nseqs) (at most 8), base's run in static
+ * batches of that many sequences one after another (the baseline), then
+ * with that many at most decoding at once (max_num_seqs), alternated reps
+ * times; sequence s generates max_new[s] tokens at most. Rank 0 prints the
+ * table (CSV with csv). Collective; an EPM_EXIT_* code. */
+int epm_bench_run_continuous(epm_xcomm *x, const epm_run_opts *base, int batch, const int *lens,
+                             const int32_t *const *prompts, const int *max_new, const long *seqs, int nseqs, int reps,
+                             int csv);
 
 #endif

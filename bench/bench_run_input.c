@@ -48,38 +48,54 @@ int64_t epm_bench_decode_tokens(int batch, const int *max_new, int nnew)
     return n;
 }
 
-epm_status epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int nnew, int max_seqs, int32_t *out)
+epm_status epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int nnew, int max_seqs, int ranks,
+                             int32_t *out)
 {
     int64_t g = 0;
     for (int s = 0; s < batch; s++)
         for (int p = 0; p < lens[s]; p++)
             out[g++] = s;
-    /* epm_run's schedule: after each step's tokens, the waiting sequences
-     * that fit are admitted (prefilled: their first token), then a decoding
-     * step runs the sequences with a token still to come, in order */
-    const int most = max_seqs > 0 && max_seqs < batch ? max_seqs : batch;
-    int *gen = calloc((size_t)batch + 1, sizeof *gen);
+    /* epm_run's schedule: after each step's tokens, each home rank (sequence
+     * s's is s mod ranks) admits its waiting sequences into its free places
+     * (prefilled: their first token), then a decoding step runs the
+     * sequences with a token still to come, in order */
+    int *gen = calloc((size_t)batch + 1, sizeof *gen), *places = calloc((size_t)ranks, sizeof *places);
+    int *waiting = calloc((size_t)ranks, sizeof *waiting);
     unsigned char *fed = calloc((size_t)batch + 1, 1), *live = calloc((size_t)batch + 1, 1);
-    if (!gen || !fed || !live) {
-        free(gen), free(fed), free(live);
+    if (!gen || !places || !waiting || !fed || !live) {
+        free(gen), free(places), free(waiting), free(fed), free(live);
         return EPM_ERR_NOMEM;
     }
-    for (int next = 0;;) {
-        int nlive = 0;
+    for (int q = 0; q < ranks; q++) {
+        const int homes = batch / ranks + (q < batch % ranks);
+        int p = max_seqs > 0 ? max_seqs / ranks + (q < max_seqs % ranks) : homes;
+        p = p < 1 ? 1 : p;
+        places[q] = p > homes ? homes : p;
+        waiting[q] = q < batch ? q : batch;
+    }
+    for (;;) {
+        int nlive = 0, wait = 0;
         for (int s = 0; s < batch; s++) {
             const int cap = max_new ? (max_new[s] < nnew ? max_new[s] : nnew) : nnew;
             if (fed[s])
                 fed[s] = 0, gen[s]++, live[s] = gen[s] < cap;
             nlive += live[s];
         }
-        if (nlive == 0 && next == batch)
+        for (int q = 0; q < ranks; q++)
+            wait |= waiting[q] < batch;
+        if (nlive == 0 && !wait)
             break;
-        for (const int s0 = next; next < batch && nlive + (next - s0) < most; next++)
-            fed[next] = nnew > 0;
+        for (int q = 0; q < ranks; q++) {
+            int on = 0;
+            for (int s = q; s < batch; s += ranks)
+                on += live[s];
+            for (; waiting[q] < batch && on < places[q]; waiting[q] += ranks, on++)
+                fed[waiting[q]] = nnew > 0;
+        }
         for (int s = 0; s < batch; s++)
             if (live[s])
                 out[g++] = s, fed[s] = 1;
     }
-    free(gen), free(fed), free(live);
+    free(gen), free(places), free(waiting), free(fed), free(live);
     return EPM_OK;
 }

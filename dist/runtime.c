@@ -1160,10 +1160,8 @@ static epm_status memory_check(rt *r)
     const epm_model_config *c = r->c;
     mem_count m = {.r = r};
     EPM_CHECK(epm_model_tensors(c, count_tensor, &m));
-    int seqs = 0; /* whose caches it holds at once: its home sequences' (follow: all), max_seqs at most */
-    for (int s = 0; s < r->B; s++)
-        seqs += r->o->mode == EPM_MODE_FOLLOW || s % r->R == r->me;
-    seqs = seqs < r->max_seqs ? seqs : r->max_seqs;
+    /* whose caches it holds at once: its places' (follow: every rank's) */
+    const int seqs = r->o->mode == EPM_MODE_FOLLOW ? r->max_seqs : r->places[r->me];
     double w = m.bytes + (double)c->num_layers * epm_mla_setup_bytes(r);
     /* K and V (or the latent alone) */
     double kv = (double)c->num_layers * seqs * (r->latent ? 1 : 2) * (double)epm_kv_bytes(r, (int64_t)r->max_len * r->kv_w);
@@ -1173,7 +1171,7 @@ static epm_status memory_check(rt *r)
      * rows out and up to min(K, R) in, and per expert slot its input,
      * output and combine rows both ways; and the logits kept (or a pass's
      * every row's, which prompt logprobs read) */
-    const int64_t mine = r->mine_most, most = r->chunk_of && r->o->prefill_chunk < mine ? r->o->prefill_chunk : mine;
+    const int64_t mine = r->mine_most, most = r->o->prefill_chunk > 0 && r->o->prefill_chunk < mine ? r->o->prefill_chunk : mine;
     const int K = c->top_k, in = K < r->R ? K : r->R;
     double act = (double)most * c->hidden_size * (3.0 + 5.0 * K + in) * sizeof(float);
     act += (double)(r->o->keep_logits ? mine + (r->me == 0) * r->N : r->B) * c->vocab_size * 2 * sizeof(float);
@@ -1195,15 +1193,23 @@ static epm_status memory_check(rt *r)
     return EPM_OK;
 }
 
+static int by_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
 static int by_int_desc(const void *a, const void *b)
 {
     int x = *(const int *)a, y = *(const int *)b;
     return (x < y) - (x > y);
 }
 
-/* --prefill-chunk and --max-num-seqs against the run, and the most prompt
- * tokens of this rank's one admission can bring (the memory check's): the
- * max_seqs longest of its home sequences. */
+/* --prefill-chunk and --max-num-seqs against the run; each home rank's
+ * places (max_num_seqs shared out, at least one each: every rank homes its
+ * own sequences, as data-parallel attention does), and the most prompt
+ * tokens of this rank's one admission can bring (the memory check's): its
+ * places' worth of its longest home sequences. */
 static epm_status prefill_check(rt *r)
 {
     const epm_run_opts *o = r->o;
@@ -1218,42 +1224,59 @@ static epm_status prefill_check(rt *r)
     if (o->max_num_seqs < 0)
         return epm_fail(EPM_ERR_INVALID_ARG, "--max-num-seqs %d: must be at least 1 (0: every sequence at once)",
                         o->max_num_seqs);
-    r->max_seqs = o->max_num_seqs > 0 && o->max_num_seqs < r->B ? o->max_num_seqs : r->B;
+    r->places = epm_malloc((size_t)r->R * sizeof *r->places);
+    r->waiting = epm_malloc((size_t)r->R * sizeof *r->waiting);
+    r->adm = epm_malloc((size_t)r->B * sizeof *r->adm);
+    r->chunk_of = epm_malloc((size_t)r->N * sizeof *r->chunk_of);
+    int *home = epm_malloc((size_t)r->B * sizeof *home), n = 0;
+    if (!r->places || !r->waiting || !r->adm || !r->chunk_of || !home) {
+        epm_free(home);
+        return EPM_ERR_NOMEM;
+    }
+    r->max_seqs = 0;
+    for (int q = 0; q < r->R; q++) {
+        const int homes = r->B / r->R + (q < r->B % r->R), M = o->max_num_seqs;
+        int p = M > 0 ? M / r->R + (q < M % r->R) : homes;
+        p = p < 1 ? 1 : p;
+        p = p > homes ? homes : p;
+        r->places[q] = p;
+        r->waiting[q] = q < r->B ? q : r->B;
+        r->max_seqs += p;
+    }
     /* a scored source's decode thresholds are the prompts' rate: one prefill of the whole batch sets them */
-    if (r->max_seqs < r->B && scored)
+    if (r->max_seqs < r->B && scored) {
+        epm_free(home);
         return epm_fail(EPM_ERR_UNSUPPORTED, "--max-num-seqs %d with --mod %s: decoding's skip thresholds are "
                         "calibrated on the prompts of the whole batch, which admission in turns does not prefill "
-                        "at once (--mod schedule admits in turns; or at most %d sequences)", o->max_num_seqs, mod,
-                        o->max_num_seqs);
-    int *home = epm_malloc((size_t)r->B * sizeof *home), n = 0;
-    if (!home)
-        return EPM_ERR_NOMEM;
+                        "at once (--mod schedule admits in turns; or at least %d)", o->max_num_seqs, mod, r->B);
+    }
     for (int s = r->me; s < r->B; s += r->R)
         home[n++] = r->lens[s];
     qsort(home, (size_t)n, sizeof *home, by_int_desc);
     r->mine_most = 0;
-    for (int i = 0; i < n && i < r->max_seqs; i++)
+    for (int i = 0; i < n && i < r->places[r->me]; i++)
         r->mine_most += home[i];
     epm_free(home);
-    if (T > 0 && !(r->chunk_of = epm_malloc((size_t)r->N * sizeof *r->chunk_of)))
-        return EPM_ERR_NOMEM;
     return EPM_OK;
 }
 
-/* The prefill passes of sequences s0 .. s1 - 1 (those being admitted):
- * one, or with a chunk of T tokens, a rank's prompt tokens (its home
- * sequences', in order) go T to a pass (vLLM's chunked prefill, per rank as
- * SGLang's data-parallel attention takes it); every rank runs as many
- * passes as the one with the most. A chunk's queries attend the cache rows
- * earlier passes wrote, so the tokens are those of one pass. */
-static epm_status admit_passes(rt *r, int s0, int s1)
+/* The prefill passes of the sequences being admitted (adm[0, nadm),
+ * ascending): one, or with a chunk of T tokens, a rank's prompt tokens (its
+ * home sequences', in order) go T to a pass (vLLM's chunked prefill, per
+ * rank as SGLang's data-parallel attention takes it); every rank runs as
+ * many passes as the one with the most. A chunk's queries attend the cache
+ * rows earlier passes wrote, so the tokens are those of one pass. The
+ * tokens between the first and the last admitted that are not theirs are
+ * in no pass (-1). */
+static epm_status admit_passes(rt *r)
 {
     const int64_t T = r->o->prefill_chunk;
+    const int first = r->adm[0], last = r->adm[r->nadm - 1];
     int64_t *seen = epm_calloc((size_t)r->R, sizeof *seen);
     if (!seen)
         return EPM_ERR_NOMEM;
-    for (int s = s0; s < s1; s++)
-        seen[s % r->R] += r->lens[s];
+    for (int i = 0; i < r->nadm; i++)
+        seen[r->adm[i] % r->R] += r->lens[r->adm[i]];
     r->mine = seen[r->me];
     r->passes = 1;
     for (int q = 0; q < r->R && T > 0; q++)
@@ -1265,14 +1288,16 @@ static epm_status admit_passes(rt *r, int s0, int s1)
         return EPM_ERR_NOMEM;
     }
     memset(seen, 0, (size_t)r->R * sizeof *seen);
-    for (int s = s0; s < s1; s++)
+    for (int64_t gi = r->offset[first]; gi < r->offset[last] + r->lens[last]; gi++)
+        r->chunk_of[gi] = -1;
+    for (int i = 0; i < r->nadm; i++) {
+        const int s = r->adm[i];
         for (int p = 0; p < r->lens[s]; p++) {
-            int32_t k = r->chunk_of ? (int32_t)(seen[s % r->R]++ / T) : 0;
-            if (r->chunk_of)
-                r->chunk_of[r->offset[s] + p] = k;
+            int32_t k = T > 0 ? (int32_t)(seen[s % r->R]++ / T) : 0;
+            r->chunk_of[r->offset[s] + p] = k;
             r->pass_tokens[k]++;
         }
-    r->ws0 = s0, r->ws1 = s1;
+    }
     epm_free(seen);
     return EPM_OK;
 }
@@ -1516,6 +1541,9 @@ static void teardown(rt *r)
     epm_free(r->dec_pos);
     epm_free(r->pass_tokens);
     epm_free(r->chunk_of);
+    epm_free(r->adm);
+    epm_free(r->places);
+    epm_free(r->waiting);
     epm_free(r->bytes_local);
     epm_free(r->kv_local);
     epm_free(r->load_local);
@@ -1761,22 +1789,21 @@ static epm_status prompt_gather(rt *r, const float *rec, int64_t nrec, epm_run_r
     return st;
 }
 
-/* The forward passes of the prompts being admitted (ws0 .. ws1 - 1,
- * admit_passes): one, or with a prefill chunk as many as the rank with the
- * most of their prompt tokens needs (the others join with fewer or none).
- * Each pass's sequences that end in it are sampled (step 0) and their last
- * logits, or with keep_logits all, are filed on rank 0 (res->logits, which
- * rank 0 holds for the whole batch). */
+/* The forward passes of the prompts being admitted (adm, admit_passes):
+ * one, or with a prefill chunk as many as the rank with the most of their
+ * prompt tokens needs (the others join with fewer or none). Each pass's
+ * sequences that end in it are sampled (step 0) and their last logits, or
+ * with keep_logits all, are filed on rank 0 (res->logits, which rank 0
+ * holds for the whole batch). */
 static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *po, epm_run_result *res)
 {
     const epm_run_opts *o = r->o;
     const epm_model_config *c = r->c;
     const int V = c->vocab_size, H = c->hidden_size;
     const int64_t mine = r->mine;
-    const int first = r->ws0 + ((r->me - r->ws0 % r->R) % r->R + r->R) % r->R; /* this rank's first admitted */
     int homes = 0;
-    for (int s = first; s < r->ws1; s += r->R)
-        homes++;
+    for (int i = 0; i < r->nadm; i++)
+        homes += r->adm[i] % r->R == r->me;
     int64_t kept = 0, nrec = 0, n = 0, *g = NULL;
     float *rows = epm_malloc((size_t)((o->keep_logits ? mine : homes) + 1) * (2 + V) * sizeof *rows);
     float *h = NULL, *lg = NULL;
@@ -1786,20 +1813,21 @@ static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *
     const int PW = prompt_rec_width(o);
     float *prec = o->prompt_logprobs_on ? epm_malloc((size_t)(mine + 1) * PW * sizeof *prec) : NULL;
     epm_status st = rows && tok && (prec || !o->prompt_logprobs_on) ? EPM_OK : EPM_ERR_NOMEM;
-    const int64_t g0 = r->offset[r->ws0], gend = r->ws1 < r->B ? r->offset[r->ws1] : r->N;
+    const int last = r->adm[r->nadm - 1];
+    const int64_t g0 = r->offset[r->adm[0]], gend = r->offset[last] + r->lens[last];
     double t0 = epm_now();
     for (int pass = 0; pass < r->passes; pass++) {
         /* this rank's tokens of the pass: its home sequences', in order */
         n = 0;
-        for (int s = first; s < r->ws1 && st == EPM_OK; s += r->R)
-            for (int p = 0; p < r->lens[s]; p++)
-                n += !r->chunk_of || r->chunk_of[r->offset[s] + p] == pass;
+        for (int i = 0; i < r->nadm && st == EPM_OK; i++)
+            for (int s = r->adm[i], p = 0; s % r->R == r->me && p < r->lens[s]; p++)
+                n += r->chunk_of[r->offset[s] + p] == pass;
         if (st == EPM_OK)
             st = pass_buffers(r, n, &g, &h);
         n = 0;
-        for (int s = first; s < r->ws1 && st == EPM_OK; s += r->R)
-            for (int p = 0; p < r->lens[s]; p++)
-                if (!r->chunk_of || r->chunk_of[r->offset[s] + p] == pass) {
+        for (int i = 0; i < r->nadm && st == EPM_OK; i++)
+            for (int s = r->adm[i], p = 0; s % r->R == r->me && p < r->lens[s]; p++)
+                if (r->chunk_of[r->offset[s] + p] == pass) {
                     g[n] = r->offset[s] + p;
                     tok[n++] = prompts[s][p];
                 }
@@ -2012,14 +2040,15 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     int trace_of_run = o->route_from && epm_trace_seq_ids(o->route_from);
     for (int64_t gi = 0; gi < r.N && trace_of_run; gi++)
         trace_of_run = epm_trace_seq_ids(o->route_from)[gi] == seq_of(&r, gi);
-    /* Sequences are admitted in order while fewer than max_seqs decode (all
+    /* Each home rank admits its sequences in order while it has places (all
      * at once without max_num_seqs): their prompts are prefilled, which
      * gives each its first token, and then they decode, one new token per
      * live sequence per step, KV caches growing. A sequence leaves at a stop
-     * token or its length, gives its caches back, and the next waiting
-     * sequences take its place (vLLM's continuous batching, a prefill before
-     * the step that follows it). Every rank learns every new token (one
-     * small sum per step), so all know who is decoding and who comes next. */
+     * token or its length, gives its caches back, and its rank's next
+     * waiting sequence takes its place (vLLM's continuous batching, a
+     * prefill before the step that follows it). Every rank learns every new
+     * token (one small sum per step), so all know who is decoding and who
+     * comes next. */
     double t0 = epm_now();
     for (int step = 0;;) {
         int lo = batch, hi = 0; /* the sequences fed since the last sum: those between lo and hi - 1 */
@@ -2057,22 +2086,32 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         int nlive = 0;
         for (int s = 0; s < batch; s++)
             r.live_rank[s] = r.live[s] ? nlive++ : -1;
-        if (nlive == 0 && r.next == batch)
+        int waiting = 0;
+        for (int q = 0; q < r.R; q++)
+            waiting |= r.waiting[q] < batch;
+        if (nlive == 0 && !waiting)
             break;
-        if (r.next < batch && nlive < r.max_seqs) {
-            /* the waiting sequences that fit: prefilled now, decoding from the next step */
-            const int s0 = r.next;
-            while (r.next < batch && nlive + (r.next - s0) < r.max_seqs)
-                r.next++;
-            st = admit_passes(&r, s0, r.next);
-            for (int s = s0; s < r.next && st == EPM_OK; s++)
-                st = kv_acquire(&r, s);
+        /* each home rank's waiting sequences that fit in its places: prefilled
+         * now, decoding from the next step */
+        r.nadm = 0;
+        for (int q = 0; q < r.R && waiting; q++) {
+            int on = 0;
+            for (int s = q; s < batch; s += r.R)
+                on += r.live[s];
+            for (; r.waiting[q] < batch && on < r.places[q]; r.waiting[q] += r.R, on++)
+                r.adm[r.nadm++] = r.waiting[q];
+        }
+        if (r.nadm > 0) {
+            qsort(r.adm, (size_t)r.nadm, sizeof *r.adm, by_i32);
+            st = admit_passes(&r);
+            for (int i = 0; i < r.nadm && st == EPM_OK; i++)
+                st = kv_acquire(&r, r.adm[i]);
             EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
             EPM_CHECK_GOTO(prefill(&r, prompts, &po, res), st, fail_gen);
-            for (int s = s0; s < r.next; s++) {
-                r.fed[s] = o->max_new_tokens > 0;
-                if (!r.fed[s]) /* nothing to decode: done */
-                    kv_release(&r, s);
+            for (int i = 0; i < r.nadm; i++) {
+                r.fed[r.adm[i]] = o->max_new_tokens > 0;
+                if (!r.fed[r.adm[i]]) /* nothing to decode: done */
+                    kv_release(&r, r.adm[i]);
             }
         }
         if (nlive == 0)
@@ -2129,7 +2168,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
         r.dec_base += nlive;
         res->report.decode_tokens += nlive;
-        step++;
+        res->report.decode_steps = ++step;
     }
     res->report.t_decode = epm_now() - t0 - res->report.t_prefill; /* the admissions' prefills are their own */
     res->report.max_num_seqs = r.max_seqs;

@@ -57,12 +57,16 @@ typedef struct epm_run_opts {
                                        not the prompts); a pass's queries attend the rows earlier passes
                                        cached. Not with MoD router or attention. 0: one pass */
     int max_num_seqs;               /* > 0: at most this many sequences decode at once (vLLM's
-                                       max_num_seqs): the rest wait, in order, and each is admitted
-                                       (prefilled, its K/V caches taken) when one ends and gives its
-                                       caches back: continuous batching, K/V memory for this many
-                                       sequences rather than the batch. Each sequence's tokens are those
-                                       of the whole batch at once. Not with MoD router or attention,
-                                       whose decode thresholds one prefill of the batch sets. 0: all */
+                                       max_num_seqs), shared out over their home ranks (rank q has
+                                       N / R, the first N mod R one more, at least one each, as each
+                                       data-parallel attention rank has its own): a rank's other
+                                       sequences wait, in order, and each is admitted (prefilled, its
+                                       K/V caches taken) when one of that rank's ends and gives its
+                                       caches back: continuous batching, K/V memory for a rank's places
+                                       rather than its sequences. Each sequence's tokens are those of the
+                                       whole batch at once. Not below the batch with MoD router or
+                                       attention, whose decode thresholds one prefill of the batch
+                                       sets. 0: all */
     double top_p;                   /* > 0: dynamic expert count, experts in score order until their
                                        probability mass reaches top_p, at most k ('Harder Tasks Need
                                        More Experts') */
@@ -117,6 +121,7 @@ typedef struct epm_run_report {
                               admission */
     int max_num_seqs;      /* sequences that decoded at once, at most (epm_run_opts.max_num_seqs, or the
                               batch) */
+    int64_t decode_steps;  /* decoding passes (each of every live sequence's next token) */
     double t_prefill, t_decode, t_attention, t_gate, t_dispatch, t_experts, t_combine;
     int64_t *bytes;        /* [moe_layers][EPM_LINK_COUNT] dispatch+combine, all ranks */
     int64_t *kv_bytes;     /* [moe_layers][EPM_LINK_COUNT] follow all-gather */

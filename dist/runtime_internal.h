@@ -66,13 +66,15 @@ typedef struct rt {
     int prefill;
     int64_t pass_n;       /* tokens of the pass: a prefill pass's (pass_tokens), the live sequences' in decoding */
     /* prefill in passes (epm_run_opts.prefill_chunk): token g < N of the sequences being admitted
-       (ws0 .. ws1 - 1) runs in pass chunk_of[g] (NULL: one pass), which has pass_tokens[] tokens on
-       all ranks; chunk is the prefill pass under way */
+       (adm[0 .. nadm), ascending) runs in pass chunk_of[g] (-1: another sequence's), which has
+       pass_tokens[] tokens on all ranks; chunk is the prefill pass under way */
     int passes, chunk;
-    int ws0, ws1;         /* the sequences a prefill admits: all of them, or with max_num_seqs those
-                             that fill the free places (continuous batching) */
-    int max_seqs;         /* sequences decoding at once, at most (epm_run_opts.max_num_seqs, else B) */
-    int next;             /* the first sequence not yet admitted */
+    int32_t *adm;         /* [B] the sequences a prefill admits: all of them, or with max_num_seqs those
+                             that fill their home ranks' free places (continuous batching) */
+    int nadm;
+    int *places;          /* [R] sequences each home rank decodes at once, at most */
+    int *waiting;         /* [R] each home rank's first sequence not yet admitted (B: none) */
+    int max_seqs;         /* the places of all ranks (those of a rank with fewer sequences: theirs) */
     int64_t mine;         /* prompt tokens of this rank's (home) sequences among those admitted */
     int64_t mine_most;    /* at most, over the admissions (the memory check's) */
     int32_t *chunk_of;

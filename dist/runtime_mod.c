@@ -222,7 +222,8 @@ static epm_status select_scored(rt *r, int l)
     /* top ceil(c * len) of each sequence (a prefill pass holds whole prompts, in order) */
     sort_key = r->sc_tmp;
     memset(r->sel, 0, (size_t)P);
-    for (int s = r->ws0; s < r->ws1; s++) {
+    for (int i = 0; i < r->nadm; i++) {
+        const int s = r->adm[i];
         int len = r->lens[s], keep = (int)ceil(c * len - 1e-9);
         keep = keep < 1 ? 1 : keep;
         for (int p = 0; p < len; p++)
@@ -264,7 +265,7 @@ epm_status epm_mod_select(rt *r, int l, int64_t n, const int64_t *g, const float
         memset(r->sel, 1, (size_t)P);
     }
     /* only the pass's tokens: a prefill chunk's (a decoding step's are all its own) */
-    for (int64_t t = 0; t < P && r->prefill && r->chunk_of; t++)
+    for (int64_t t = 0; t < P && r->prefill; t++)
         r->sel[t] &= r->chunk_of[r->g0 + t] == r->chunk;
     /* cache rows: each sequence's selected tokens, in order, after its rows so far */
     int32_t *kv = r->kv_n + (size_t)l * r->B;

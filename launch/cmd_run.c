@@ -76,9 +76,10 @@ static const char usage[] =
     "                           prefill: activation memory follows T, not the prompts; default 8192,\n"
     "                           one pass with --mod router|attention; 0 = one pass)\n"
     "  --max-num-seqs N         at most N sequences decode at once (continuous batching, vLLM's\n"
-    "                           max_num_seqs): the rest wait in order, each admitted (prefilled, its\n"
-    "                           K/V caches taken) when one ends; K/V memory for N sequences, the same\n"
-    "                           tokens. Default 256, all at once with --mod router|attention; 0 = all\n"
+    "                           max_num_seqs), N/ranks on each home rank (at least one): a rank's others\n"
+    "                           wait in order, each admitted (prefilled, its K/V caches taken) when one\n"
+    "                           of its own ends; K/V memory for those places, the same tokens. Default\n"
+    "                           256, all at once with --mod router|attention; 0 = all\n"
     "  --kernels ref|blas|cuda  compute kernels (default blas; cuda: the GPU of the rank's local index)\n"
     "  --bind                   bind each rank's threads and memory to the cores of its GPU's NUMA node\n"
     "                           (its share of the node's cores without GPUs; EPM_GPU_MAP=0,2,.. maps GPUs)\n"
@@ -222,11 +223,11 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
     double tps = r->t_prefill > 0 ? (double)r->prefill_tokens / r->t_prefill : 0;
     double dps = r->t_decode > 0 ? (double)r->decode_tokens / r->t_decode : 0;
     if (json) {
-        fprintf(f, "\"report\": {\"ranks\": %d, \"nodes\": %d, \"prefill_tokens\": %lld, \"prefill_passes\": %d, \"max_num_seqs\": %d, \"decode_tokens\": %lld, "
+        fprintf(f, "\"report\": {\"ranks\": %d, \"nodes\": %d, \"prefill_tokens\": %lld, \"prefill_passes\": %d, \"max_num_seqs\": %d, \"decode_tokens\": %lld, \"decode_steps\": %lld, "
                    "\"prefill_tokens_per_s\": %.3f, \"decode_tokens_per_s\": %.3f, \"seconds\": {\"prefill\": %.6f, "
                    "\"decode\": %.6f, \"attention\": %.6f, \"gate\": %.6f, \"dispatch\": %.6f, \"experts\": %.6f, "
                    "\"combine\": %.6f}, \"expert_dtype\": \"%s\", \"dense_dtype\": \"%s\", \"weight_bytes_max_rank\": %lld, \"kv_cache\": \"%s\", \"kv_dtype\": \"%s\", \"kv_row_floats\": %d, \"kv_cache_bytes_max_rank\": %lld, \"wire_dtype\": \"%s\", \"gather_bytes\": [%lld, %lld, %lld], \"layers\": [",
-                r->ranks, r->nodes, (long long)r->prefill_tokens, r->prefill_passes, r->max_num_seqs, (long long)r->decode_tokens, tps, dps, r->t_prefill,
+                r->ranks, r->nodes, (long long)r->prefill_tokens, r->prefill_passes, r->max_num_seqs, (long long)r->decode_tokens, (long long)r->decode_steps, tps, dps, r->t_prefill,
                 r->t_decode, r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine,
                 epm_dtype_name(r->expert_dtype), epm_dtype_name(r->dense_dtype), (long long)r->weight_bytes_max, r->kv_cache ? r->kv_cache : "?", epm_dtype_name(r->kv_dtype), r->kv_row_floats, (long long)r->kv_cache_bytes_max, epm_dtype_name(r->wire_dtype), (long long)r->gather_bytes[0], (long long)r->gather_bytes[1],
                 (long long)r->gather_bytes[2]);

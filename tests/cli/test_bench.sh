@@ -633,11 +633,22 @@ ok "bench run --prefill-chunks" mpi -np 2 "$E" bench run --model "$F/olmoe-tiny"
              NR == 4 && $1 == 3 && $2 == 6 && $3 > 0 && $5 > 0 && $7 < 1e-5 && $8 == 1 {c = 1}
              END {exit !(h && a && b && c && NR == 4)}' "$d/out" || { fail "bench run --prefill-chunks: rows"; show; }; }
 usage run --prefill-chunks 0 --model "$m" --prefill-chunks 4,0
+# 7 sequences of 1 to 6 new tokens, at most 2 and 3 at once: in static batches (the baseline) and
+# continuously; the reference kernels, the same tokens; fewer decoding steps and no more K/V caches
+# continuously; the same tokens generated either way
+ok "bench run --continuous" mpi -np 2 "$E" bench run --model "$F/mixtral-tiny" --batch 7 --seq 6 --new 6 --reps 1 \
+  --continuous 2,3 --kernels ref --modes follow --csv &&
+  { awk -F, 'NR == 1 && $1 == "max_num_seqs" && $7 == "continuous_vs_static" && NF == 10 {h = 1}
+             NR > 1 && $2 > 0 && $3 > 0 && $3 <= $2 && $4 > 7 && $5 > 0 && $6 > 0 && $9 > 0 && $9 <= $8 &&
+               $10 == 1 {n++}
+             NR == 2 && $1 == 2 {a = 1} NR == 3 && $1 == 3 {b = 1}
+             END {exit !(h && a && b && n == 2 && NR == 3)}' "$d/out" || { fail "bench run --continuous: rows"; show; }; }
+usage run "--continuous --prefill-chunks" "" --model "$m" --continuous 2 --prefill-chunks 4
 usage run --prefill-chunks 1,2,3,4,5,6,7,8,9 --model "$m" --prefill-chunks 1,2,3,4,5,6,7,8,9
 usage run "--prefill-chunks --kv-dtypes" "" --model "$m" --prefill-chunks 4 --kv-dtypes
 usage run --max-num-seqs -1 --model "$m" --max-num-seqs -1
 help_ok run --model --batch --seq --new --input --max-num-seqs --methods --modes --workdir --reps --warmup --ta --mod --capacities \
-  --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --prefill-chunks --csv
+  --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --prefill-chunks --continuous --csv
 usage run --model "" --batch 2
 usage run --batch x --model "$m" --batch x
 usage run --kernels foo --model "$m" --kernels foo

@@ -325,9 +325,9 @@ check "prefill in chunks" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json"
   --prefill-chunk 2
 [ "$(gj "d['report']['prefill_passes']"),$(gj "d['generated']"),$(gj "d['report']['max_num_seqs']")" = "3,$tok1,2" ] ||
   fail "prefill in chunks: $(head -c 300 "$d/out")"
-# one sequence at a time (continuous batching): each admission its own passes, 3 for rank 0's 5
-# prompt tokens, then 2 for rank 1's 3
-check "prefill in chunks, one sequence at a time" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --report \
+# one sequence at a time (continuous batching, one rank): each admission its own passes, 3 for the
+# first's 5 prompt tokens, then 2 for the second's 3
+check "prefill in chunks, one sequence at a time" 0 run -np 1 "$E" run --model "$m" --input "$d/in.json" --report \
   --prefill-chunk 2 --max-num-seqs 1
 has "$d/err" "prefill 8 tokens (5 passes) in"
 has "$d/err" "at most 1 sequences at once"
