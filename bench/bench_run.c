@@ -83,7 +83,8 @@ static const char usage[] =
     "                       --max-num-seqs N), alternated --reps times, live routing, contiguous\n"
     "                       placement: decoding steps, generated tokens/s over prefill + decoding,\n"
     "                       continuous over static, K/V caches of the fullest rank, token agreement.\n"
-    "                       Without --input, sequence s generates 1 to --new tokens (seeded, uniform)\n"
+    "                       Without --input, sequence s generates 1 to --new tokens (seeded, uniform);\n"
+    "                       each N is its own --max-num-seqs\n"
     "  --kernels K          ref, blas (default) or cuda, as epmoe run --kernels\n"
     "  --wire-dtype T       f32 (default), bf16 or fp8 (home mode only), as epmoe run --wire-dtype, for\n"
     "                       every run but --wire-dtypes' own\n"
@@ -636,6 +637,7 @@ int epm_bench_run(int argc, char **argv)
             epm_run_opts o;
             live_opts(&o, model, mode, (int)vn, (int)nnew);
             o.keep_logits = 0; /* every prompt row's logits would be most of the memory measured */
+            o.max_num_seqs = 0; /* one pass is the whole batch's */
             rc = epm_bench_run_chunks(x, &o, (int)batch, pl, pr, chunk, nchunk, (int)reps, csv);
         } else if (dtypes || mla || kvdt || widt)
             rc = variant_compare(x, dtypes ? 'd' : mla ? 'm' : kvdt ? 'k' : 'w', model, hc->fp8_block[0] > 0, mode, (int)vn, (int)batch, pl,
@@ -663,9 +665,10 @@ int epm_bench_run(int argc, char **argv)
         st = epm_bench_seq_ids((int)batch, pl, max_new_of, (int)nnew, (int)max_seqs, R, seqid);
     if (st == EPM_OK)
         st = epm_trace_set_seq_ids(t, seqid);
+    st = epm_xcomm_agree(x, st); /* every rank fails alike */
     free(seqid);
     if (st != EPM_OK) {
-        rc = cli_fail(W, st);
+        rc = me == 0 ? cli_fail(W, st) : EPM_EXIT_FAIL;
         goto out;
     }
     if (me == 0 && !csv)

@@ -1882,8 +1882,8 @@ static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *
     epm_free(lg);
     epm_free(tok);
     st = sync(r, st);
-    res->report.t_prefill += epm_now() - t0;
-    res->report.prefill_tokens += gend - g0;
+    for (int i = 0; i < r->nadm; i++) /* (not gend - g0: sequences between them may not be admitted) */
+        res->report.prefill_tokens += r->lens[r->adm[i]];
     res->report.prefill_passes += r->passes;
     /* rank 0 gathers the prefill logits it was asked to keep */
     void *all = NULL;
@@ -1900,7 +1900,9 @@ static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *
             memcpy(res->logits + get_g(a + i * (2 + V)) * V, a + i * (2 + V) + 2, (size_t)V * sizeof(float));
     }
     epm_free(all);
-    return sync(r, st);
+    st = sync(r, st);
+    res->report.t_prefill += epm_now() - t0; /* its results filed: what decoding does not wait for */
+    return st;
 }
 
 epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int32_t *const *prompts,
@@ -2127,7 +2129,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
             if (r.live[s] && tseq[r.dec_base + r.live_rank[s]] != s)
                 st = epm_fail(EPM_ERR_MISMATCH, "--route-from-trace: token %lld of the trace is sequence %d's, this "
                               "run's decoding step %d has sequence %d's there: the trace was recorded with other stop "
-                              "tokens (or --ignore-eos, or none) or another --max-num-seqs",
+                              "tokens (or --ignore-eos, or none), or another --max-num-seqs or rank count",
                               (long long)(r.dec_base + r.live_rank[s]), (int)tseq[r.dec_base + r.live_rank[s]],
                               step + 1, s);
         n = 0;

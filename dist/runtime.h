@@ -64,7 +64,12 @@ typedef struct epm_run_opts {
                                        K/V caches taken) when one of that rank's ends and gives its
                                        caches back: continuous batching, K/V memory for a rank's places
                                        rather than its sequences. Each sequence's tokens are those of the
-                                       whole batch at once. Not below the batch with MoD router or
+                                       whole batch at once (with kernels whose rows do not depend on the
+                                       pass, as the reference's; else to their rounding), and so are the
+                                       counted bytes where no expert is replicated (a replica is picked
+                                       per token by its place in the trace, which admission changes;
+                                       plan eval on the run's own trace predicts them either way). Not
+                                       below the batch with MoD router or
                                        attention, whose decode thresholds one prefill of the batch
                                        sets. 0: all */
     double top_p;                   /* > 0: dynamic expert count, experts in score order until their

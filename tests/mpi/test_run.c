@@ -719,7 +719,9 @@ static void test_run_continuous_batching(void **state)
     (void)state;
     enum { B = 7, NEW = 6 };
     static const int lens[B] = {16, 11, 14, 5, 16, 9, 13};
-    static const int news[B] = {6, 2, 5, 1, 6, 3, 4};
+    /* (at 2 to 4 ranks two ranks admit at once with others' sequences between theirs, whose tokens the
+     * prefill pass must leave out) */
+    static const int news[B] = {5, 2, 5, 3, 1, 1, 1};
     for (int run = 0; run < 6; run++) {
         const int mode = run % 2, variant = run / 2; /* 0: sampled; 1: greedy, a stop token, MoD; 2: chunks */
         if (quick() && variant > 0) /* the sanitizer pass: sampled, two at a time, replicas and replay */
@@ -792,6 +794,7 @@ static void test_run_continuous_batching(void **state)
             const epm_run_report *x = &a->report, *y = &b->report;
             assert_int_equal(y->decode_tokens, x->decode_tokens);
             assert_int_equal(y->prefill_tokens, x->prefill_tokens);
+            assert_int_equal(y->prefill_tokens, 16 + 11 + 14 + 5 + 16 + 9 + 13);
             assert_memory_equal(y->layer_tokens, x->layer_tokens, 4 * sizeof *x->layer_tokens);
             assert_memory_equal(y->bytes, x->bytes, 4 * EPM_LINK_COUNT * sizeof *x->bytes);
             assert_memory_equal(y->kv_bytes, x->kv_bytes, 4 * EPM_LINK_COUNT * sizeof *x->kv_bytes);
@@ -831,10 +834,14 @@ static void test_run_continuous_batching(void **state)
                     epm_eval_result_destroy(ev);
                     assert_int_equal(epm_trace_save(c->trace, path), EPM_OK);
                 }
-                assert_int_equal(epm_xcomm_agree(xc, EPM_OK), EPM_OK);
+                /* whether its decoded tokens come in another order than the whole batch's (rank 0 holds the
+                 * traces) */
+                int64_t other = me == 0 && memcmp(epm_trace_seq_ids(c->trace), epm_trace_seq_ids(a->trace),
+                                                  (size_t)epm_trace_tokens(a->trace) * sizeof(int32_t)) != 0;
+                assert_int_equal(epm_xcomm_sum_i64(xc, &other, 1), EPM_OK);
+                assert_true(other || places == B || R > 1); /* at one rank fewer places reorder them */
                 epm_xcomm_destroy(xc);
-                /* the trace replays at its own max_num_seqs, not at another (its decoded tokens are in
-                 * another order) */
+                /* the trace replays at its own max_num_seqs, and at another only where the order is the same */
                 epm_trace *t;
                 assert_int_equal(epm_trace_load(path, 8, &t), EPM_OK);
                 o.route_from = t;
@@ -845,11 +852,11 @@ static void test_run_continuous_batching(void **state)
                 d = NULL;
                 o.max_num_seqs = 0;
                 st = epm_run(&o, B, lens, prompts, &d);
-                if (places < B) {
+                if (other) {
                     assert_true(st == EPM_ERR_MISMATCH || st == EPM_ERR_REMOTE);
                     assert_non_null(strstr(epm_last_error(), "--max-num-seqs"));
                     assert_null(d);
-                } else { /* a place for every sequence: the whole batch at once */
+                } else { /* the same order (every sequence with something to decode admitted at once) */
                     assert_int_equal(st, EPM_OK);
                     epm_run_result_destroy(d);
                 }
