@@ -1174,7 +1174,10 @@ static epm_status memory_check(rt *r)
     const int64_t mine = r->mine_most, most = r->o->prefill_chunk > 0 && r->o->prefill_chunk < mine ? r->o->prefill_chunk : mine;
     const int K = c->top_k, in = K < r->R ? K : r->R;
     double act = (double)most * c->hidden_size * (3.0 + 5.0 * K + in) * sizeof(float);
-    act += (double)(r->o->keep_logits ? mine + (r->me == 0) * r->N : r->B) * c->vocab_size * 2 * sizeof(float);
+    const double rows = r->o->keep_logits ? (double)mine + (r->me == 0) * r->N /* every prompt row's, kept */
+                        : r->o->drop_logits ? r->places[r->me] /* an admission's last rows, sampled */
+                                            : r->B;             /* each sequence's last, kept */
+    act += rows * c->vocab_size * 2 * sizeof(float);
     if (r->o->prompt_logprobs_on && !r->o->keep_logits) /* a pass's logits, every row's */
         act += (double)most * c->vocab_size * sizeof(float);
     double limit = r->o->max_memory > 0 ? r->o->max_memory : machine_share(r);
@@ -1805,7 +1808,8 @@ static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *
     for (int i = 0; i < r->nadm; i++)
         homes += r->adm[i] % r->R == r->me;
     int64_t kept = 0, nrec = 0, n = 0, *g = NULL;
-    float *rows = epm_malloc((size_t)((o->keep_logits ? mine : homes) + 1) * (2 + V) * sizeof *rows);
+    float *rows = epm_malloc((size_t)(res->logits_kept ? (o->keep_logits ? mine : homes) + 1 : 1) * (2 + V) *
+                             sizeof *rows);
     float *h = NULL, *lg = NULL;
     int32_t *tok = epm_malloc((size_t)(mine + 1) * sizeof *tok);
     /* prompt logprobs: a record per prompt token but each sequence's last,
@@ -1866,7 +1870,7 @@ static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *
             const int s = seq_of(r, g[i]), last = prompt_last(r, g[i]);
             if (last && o->max_new_tokens > 0 && nsample < po->homes)
                 po->srow[nsample] = i, po->sseq[nsample++] = s;
-            if (!o->keep_logits && !last)
+            if ((!o->keep_logits && !last) || (o->drop_logits && !o->keep_logits))
                 continue;
             put_g(rows + kept * (2 + V), o->keep_logits ? g[i] : s);
             memcpy(rows + kept * (2 + V) + 2, lg + i * V, (size_t)V * sizeof *rows);
@@ -1888,13 +1892,13 @@ static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *
     /* rank 0 gathers the prefill logits it was asked to keep */
     void *all = NULL;
     int64_t nb = 0;
-    if (st == EPM_OK)
+    if (st == EPM_OK && res->logits_kept)
         st = epm_xcomm_gather_bytes(r->x, rows, kept * (2 + V) * (int64_t)sizeof(float), &all, &nb);
     epm_free(rows);
     if (st == EPM_OK && prec)
         st = prompt_gather(r, prec, nrec, res);
     epm_free(prec);
-    if (st == EPM_OK && r->me == 0) {
+    if (st == EPM_OK && r->me == 0 && res->logits_kept) {
         const float *a = all;
         for (int64_t i = 0; i < nb / (int64_t)((2 + V) * sizeof(float)); i++)
             memcpy(res->logits + get_g(a + i * (2 + V)) * V, a + i * (2 + V) + 2, (size_t)V * sizeof(float));
@@ -2032,7 +2036,8 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     }
     EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
     const pass_out po = {&smp, srow, sseq, homes, maxnew, nt};
-    if (st == EPM_OK && r.me == 0) { /* the prefill's logits: each sequence's last row, or every row */
+    res->logits_kept = o->keep_logits || !o->drop_logits;
+    if (st == EPM_OK && r.me == 0 && res->logits_kept) { /* the prefill's logits: each sequence's last, or all */
         res->logits = epm_malloc((size_t)(o->keep_logits ? r.N : batch) * c->vocab_size * sizeof(float));
         st = res->logits ? EPM_OK : EPM_ERR_NOMEM;
     }

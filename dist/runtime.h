@@ -52,6 +52,9 @@ typedef struct epm_run_opts {
     const char *ops;                /* "ref" or "blas" */
     const epm_trace *route_from;    /* replay routing from a trace (NULL = the gate decides) */
     int keep_logits;                /* keep every prefill position's logits (else last only) */
+    int drop_logits;                /* keep none (res->logits NULL, unless keep_logits): a caller that reads
+                                       tokens alone spares rank 0 batch x vocab floats and the prefill
+                                       their gather; the tokens are the same */
     int64_t prefill_chunk;          /* > 0: prefill in passes of at most this many of each rank's prompt
                                        tokens (vLLM's chunked prefill: activations bounded by the chunk,
                                        not the prompts); a pass's queries attend the rows earlier passes
@@ -168,7 +171,9 @@ typedef struct epm_run_result {
     int top_logprobs;   /* and at each of those steps the most likely tokens, most likely first: */
     int32_t *top_ids;   /* [batch][max_new_tokens][top_logprobs] */
     float *top_lp;      /* [batch][max_new_tokens][top_logprobs] */
-    float *logits;      /* rank 0: [total prefill tokens][vocab] (keep_logits) or [batch][vocab] */
+    float *logits;      /* rank 0: [total prefill tokens][vocab] (keep_logits) or [batch][vocab]; NULL with
+                           drop_logits */
+    int logits_kept;    /* every rank: the run kept them (on rank 0) */
     float *prompt_lp;   /* rank 0, with prompt_logprobs_on: [total prefill tokens] (sequence s's token p at
                            offset(s) + p), its log-probability after the tokens before it; NaN at p = 0 */
     int prompt_top;     /* and at each of those the most likely tokens, most likely first: */

@@ -651,6 +651,7 @@ int epm_cli_run(int argc, char **argv)
         o.prefill_chunk = o.mod == EPM_MOD_ROUTER || o.mod == EPM_MOD_ATTENTION ? 0 : CLI_PREFILL_CHUNK;
     if (!seqs_given) /* (their decode thresholds come from one prefill of the whole batch) */
         o.max_num_seqs = o.mod == EPM_MOD_ROUTER || o.mod == EPM_MOD_ATTENTION ? 0 : CLI_MAX_NUM_SEQS;
+    o.drop_logits = !lout; /* only --logits-out reads them */
     if (o.logprobs_on && !json && !oout)
         return cli_usage_error(W, "--logprobs %d: logprobs come with --json or --output", o.top_logprobs);
     if (o.prompt_logprobs_on && !json && !oout)

@@ -774,8 +774,10 @@ static void test_run_continuous_batching(void **state)
             if (quick() && m != 2)
                 continue;
             o.max_num_seqs = m;
+            o.drop_logits = m == 3; /* (no logits kept: the same tokens) */
             epm_run_result *b;
             epm_status st = epm_run(&o, B, lens, prompts, &b);
+            o.drop_logits = 0;
             if (st != EPM_OK)
                 fprintf(stderr, "rank %d: %s\n", me, epm_last_error());
             assert_int_equal(st, EPM_OK);
@@ -802,8 +804,12 @@ static void test_run_continuous_batching(void **state)
             assert_memory_equal(y->gather_bytes, x->gather_bytes, sizeof x->gather_bytes);
             /* a rank holds its places' caches (in follow mode every rank's, which the first admission fills) */
             assert_int_equal(y->kv_cache_bytes_max, (mode == 1 ? places : most) * held_max);
+            assert_int_equal(b->logits_kept, m != 3);
             if (me == 0) {
-                assert_memory_equal(b->logits, a->logits, (size_t)B * 256 * sizeof(float));
+                if (m == 3)
+                    assert_null(b->logits);
+                else
+                    assert_memory_equal(b->logits, a->logits, (size_t)B * 256 * sizeof(float));
                 for (int64_t t = 0; t < a->report.prefill_tokens; t++) { /* NaN: a first token's */
                     assert_true(isnan(a->prompt_lp[t]) == isnan(b->prompt_lp[t]));
                     if (!isnan(a->prompt_lp[t]))
