@@ -128,6 +128,15 @@ check "one prefill pass under --mod attention" 1 one "$E" run --model "$m" --inp
 has "$d/err" "activations of 9000 prompt tokens a pass"
 fi
 check "within the memory allowed" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-memory 1
+# continuous batching: the K/V caches counted are those of the places (--max-num-seqs), not of every
+# sequence in the file
+python3 -c 'import json; print(json.dumps([[i % 50 + 1, 7, 9] for i in range(40)]))' >"$d/many.json"
+check "K/V of every sequence at once" 1 one "$E" run --model "$m" --input "$d/many.json" --max-num-seqs 0 \
+  --max-memory 0.0001
+has "$d/err" "KV cache .* GB for 40 sequences"
+has "$d/err" "a smaller --max-num-seqs"
+check "K/V of 4 places" 1 one "$E" run --model "$m" --input "$d/many.json" --max-num-seqs 4 --max-memory 0.0001
+has "$d/err" "KV cache .* GB for 4 sequences"
 check "virtual nodes not dividing ranks" 1 run -np 3 "$E" run --model "$m" --input "$d/in.json" --virtual-nodes 2
 has "$d/err" "virtual-nodes 2"
 # a rank that stalls: every rank ends within the timeout (+ abort), non-zero, nothing left behind
