@@ -4,8 +4,9 @@
  * longest sequence ends (the baseline: what a runtime without continuous
  * batching does under the same K/V memory), and continuously (epmoe run
  * --max-num-seqs N: a sequence that ends makes room for the next). Decoding
- * steps, generated tokens/s over prefill + decoding, K/V caches of the
- * fullest rank, and token agreement between the two. */
+ * steps, generated tokens/s over prefill + decoding, the prefill's share of
+ * that time, K/V caches of the fullest rank, and token agreement between
+ * the two. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +16,7 @@
 #include "../launch/cli.h"
 
 typedef struct way {
-    double secs;       /* best prefill + decoding seconds (slowest rank) */
+    double pre, dec;   /* prefill and decoding seconds (slowest rank's) of the best repetition */
     int64_t steps;     /* decoding steps */
     int64_t generated; /* tokens */
     int64_t kv_peak;   /* K/V cache bytes of the fullest rank at its fullest */
@@ -27,7 +28,7 @@ static epm_status static_batches(const epm_run_opts *base, int batch, const int 
                                  const int *max_new, int n, way *w, double *secs)
 {
     const int nnew = base->max_new_tokens;
-    *secs = 0;
+    secs[0] = secs[1] = 0;
     w->steps = w->generated = 0;
     for (int s0 = 0; s0 < batch; s0 += n) {
         const int b = batch - s0 < n ? batch - s0 : n;
@@ -36,7 +37,8 @@ static epm_status static_batches(const epm_run_opts *base, int batch, const int 
         o.max_new_per_seq = max_new + s0;
         epm_run_result *res = NULL;
         EPM_CHECK(epm_run(&o, b, lens + s0, prompts + s0, &res));
-        *secs += res->report.t_prefill + res->report.t_decode;
+        secs[0] += res->report.t_prefill;
+        secs[1] += res->report.t_decode;
         w->steps += res->report.decode_steps;
         w->kv_peak = res->report.kv_cache_bytes_max > w->kv_peak ? res->report.kv_cache_bytes_max : w->kv_peak;
         for (int s = 0; s < b; s++) {
@@ -58,7 +60,8 @@ static epm_status continuous(const epm_run_opts *base, int batch, const int *len
     o.max_new_per_seq = max_new;
     epm_run_result *res = NULL;
     EPM_CHECK(epm_run(&o, batch, lens, prompts, &res));
-    *secs = res->report.t_prefill + res->report.t_decode;
+    secs[0] = res->report.t_prefill;
+    secs[1] = res->report.t_decode;
     w->steps = res->report.decode_steps;
     w->kv_peak = res->report.kv_cache_bytes_max;
     w->generated = 0;
@@ -78,40 +81,42 @@ int epm_bench_run_continuous(epm_xcomm *x, const epm_run_opts *base, int batch, 
     int rc = EPM_EXIT_OK;
     if (me == 0)
         printf(csv ? "max_num_seqs,static_steps,continuous_steps,generated,static_tok_s,continuous_tok_s,"
-                     "continuous_vs_static,static_kv_bytes_rank,continuous_kv_bytes_rank,token_agreement\n"
-                   : "%-12s %12s %12s %10s %12s %12s %9s %14s %14s %9s\n",
+                     "continuous_vs_static,static_prefill_share,continuous_prefill_share,static_kv_bytes_rank,"
+                     "continuous_kv_bytes_rank,token_agreement\n"
+                   : "%-12s %12s %12s %10s %12s %12s %9s %10s %10s %14s %14s %9s\n",
                "max seqs", "static steps", "cont. steps", "generated", "static t/s", "cont. t/s", "cont/stat",
-               "static KV/rank", "cont. KV/rank", "token agr");
+               "stat. pre", "cont. pre", "static KV/rank", "cont. KV/rank", "token agr");
     for (int k = 0; k < nseqs && rc == EPM_EXIT_OK; k++) {
         const int n = (int)seqs[k];
         way w[2];
         memset(w, 0, sizeof w);
-        double best[2] = {1e30, 1e30};
+        double best[2] = {1e30, 1e30}; /* prefill + decoding */
         for (int i = 0; i < 2; i++)
             w[i].tokens = malloc((size_t)batch * nnew * sizeof *w[i].tokens);
         epm_status st = w[0].tokens && w[1].tokens ? EPM_OK : EPM_ERR_NOMEM;
         st = epm_xcomm_agree(x, st);
         for (int r = 0; r < reps && st == EPM_OK; r++)
             for (int i = 0; i < 2 && st == EPM_OK; i++) {
-                double secs = 0;
+                double secs[2] = {0, 0};
                 int32_t *keep = w[i].tokens;
                 if (r > 0)
                     w[i].tokens = NULL; /* the first repetition's tokens are the ones compared */
-                st = i == 0 ? static_batches(base, batch, lens, prompts, max_new, n, &w[i], &secs)
-                            : continuous(base, batch, lens, prompts, max_new, n, &w[i], &secs);
+                st = i == 0 ? static_batches(base, batch, lens, prompts, max_new, n, &w[i], secs)
+                            : continuous(base, batch, lens, prompts, max_new, n, &w[i], secs);
                 w[i].tokens = keep;
                 if (st == EPM_OK)
-                    st = epm_xcomm_max_f64(x, &secs, 1);
-                best[i] = fmin(best[i], secs);
+                    st = epm_xcomm_max_f64(x, secs, 2);
+                if (st == EPM_OK && secs[0] + secs[1] < best[i])
+                    best[i] = secs[0] + secs[1], w[i].pre = secs[0], w[i].dec = secs[1];
             }
         if (st != EPM_OK)
             rc = me == 0 ? cli_fail("bench run", st) : EPM_EXIT_FAIL;
         if (rc == EPM_EXIT_OK && me == 0) {
             const double ts = (double)w[0].generated / best[0], tc = (double)w[1].generated / best[1];
-            printf(csv ? "%d,%lld,%lld,%lld,%.1f,%.1f,%.3f,%lld,%lld,%.4f\n"
-                       : "%-12d %12lld %12lld %10lld %12.1f %12.1f %9.3f %14lld %14lld %9.4f\n",
+            printf(csv ? "%d,%lld,%lld,%lld,%.1f,%.1f,%.3f,%.3f,%.3f,%lld,%lld,%.4f\n"
+                       : "%-12d %12lld %12lld %10lld %12.1f %12.1f %9.3f %10.3f %10.3f %14lld %14lld %9.4f\n",
                    n, (long long)w[0].steps, (long long)w[1].steps, (long long)w[1].generated, ts, tc, tc / ts,
-                   (long long)w[0].kv_peak, (long long)w[1].kv_peak,
+                   w[0].pre / best[0], w[1].pre / best[1], (long long)w[0].kv_peak, (long long)w[1].kv_peak,
                    epm_bench_token_agreement(w[0].tokens, w[1].tokens, batch * nnew));
             fflush(stdout);
         }

@@ -638,9 +638,9 @@ usage run --prefill-chunks 0 --model "$m" --prefill-chunks 4,0
 # continuously; the same tokens generated either way
 ok "bench run --continuous" mpi -np 2 "$E" bench run --model "$F/mixtral-tiny" --batch 7 --seq 6 --new 6 --reps 1 \
   --continuous 2,3 --kernels ref --modes follow --csv &&
-  { awk -F, 'NR == 1 && $1 == "max_num_seqs" && $7 == "continuous_vs_static" && NF == 10 {h = 1}
-             NR > 1 && $2 > 0 && $3 > 0 && $3 <= $2 && $4 > 7 && $5 > 0 && $6 > 0 && $9 > 0 && $9 <= $8 &&
-               $10 == 1 {n++}
+  { awk -F, 'NR == 1 && $1 == "max_num_seqs" && $7 == "continuous_vs_static" && NF == 12 {h = 1}
+             NR > 1 && $2 > 0 && $3 > 0 && $3 <= $2 && $4 > 7 && $5 > 0 && $6 > 0 && $8 > 0 && $8 < 1 && $9 > 0 &&
+               $9 < 1 && $11 > 0 && $11 <= $10 && $12 == 1 {n++}
              NR == 2 && $1 == 2 {a = 1} NR == 3 && $1 == 3 {b = 1}
              END {exit !(h && a && b && n == 2 && NR == 3)}' "$d/out" || { fail "bench run --continuous: rows"; show; }; }
 usage run "--continuous --prefill-chunks" "" --model "$m" --continuous 2 --prefill-chunks 4
