@@ -273,6 +273,25 @@ static epm_status from_json(const char *text, size_t len, const char *label, int
     epm_tokens *t = NULL;
     json_t *ids = root, *mask = NULL;
     if (json_is_object(root)) {
+        /* a tokenizer's output (transformers' BatchEncoding) and epmoe's
+         * max_new_tokens; another key is a mistake to name, not to ignore
+         * (a misspelt "temprature" would otherwise change nothing) */
+        static const char *const known[] = {"input_ids", "attention_mask", "max_new_tokens", "token_type_ids",
+                                            "position_ids", "special_tokens_mask", "offset_mapping",
+                                            "overflowing_tokens", "num_truncated_tokens", "length", NULL};
+        const char *key;
+        json_t *v;
+        json_object_foreach(root, key, v) {
+            int k = 0;
+            while (known[k] && strcmp(known[k], key))
+                k++;
+            if (!known[k]) {
+                st = epm_fail(EPM_ERR_FORMAT, "%s: unknown field '%s' beside 'input_ids' (a tokenizer's output takes "
+                              "input_ids, attention_mask and max_new_tokens; sampling parameters come with requests, "
+                              "{\"prompt_token_ids\": [...], ...})", label, key);
+                goto out;
+            }
+        }
         ids = json_object_get(root, "input_ids");
         mask = json_object_get(root, "attention_mask");
         if (json_is_null(mask))

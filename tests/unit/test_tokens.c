@@ -104,6 +104,16 @@ static void test_tokens_json_errors(void **state)
     assert_int_equal(parse_bad("[[1], 2]", 0), EPM_ERR_FORMAT);
     assert_int_equal(parse_bad("[[1, 2", 0), EPM_ERR_FORMAT);
     assert_int_equal(parse_bad("[[4294967297]]", 0), EPM_ERR_FORMAT);
+    /* a key that is neither a tokenizer's nor max_new_tokens: named (a misspelt sampling field would otherwise
+     * change nothing); a tokenizer's others are taken and ignored */
+    assert_int_equal(parse_bad("{\"input_ids\": [[1, 2]], \"temprature\": 0.5}", 0), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "in.json: unknown field 'temprature' beside 'input_ids'"));
+    {
+        const char *tk = "{\"input_ids\": [[1, 2]], \"token_type_ids\": [[0, 0]], \"special_tokens_mask\": [[1, 0]]}";
+        epm_tokens *t = parse_ok(tk, strlen(tk), 0);
+        assert_int_equal(t->batch, 1);
+        epm_tokens_destroy(t);
+    }
     assert_int_equal(parse_bad("{\"input_ids\": [[1, 2]], \"attention_mask\": [[1]]}", 0), EPM_ERR_FORMAT);
     assert_non_null(strstr(epm_last_error(), "attention_mask"));
     assert_int_equal(parse_bad("{\"input_ids\": [[1, 2]], \"attention_mask\": [[0, 0]]}", 0), EPM_ERR_FORMAT);
