@@ -325,13 +325,13 @@ static void test_tokens_alloc_failures(void **state)
 
 /* four requests: every field; aliases, top_k -1 and false; nulls and an
  * empty stop list; an explicit greedy temperature 0 */
-static const char *const REQS[4] = {
-    "{\"prompt_token_ids\": [1, 2, 3], \"max_tokens\": 7, \"temperature\": 0.5, \"top_k\": 40, \"top_p\": 0.9, "
-    "\"min_p\": 0.05, \"repetition_penalty\": 1.25, \"presence_penalty\": -0.5, \"frequency_penalty\": 1.5, "
-    "\"min_tokens\": 3, \"seed\": 1234567890123, \"stop_token_ids\": [5, 99999, 6], \"ignore_eos\": true}",
+static const char *const REQS[4] = { /* (parenthesised: one element, as clang's -Wstring-concatenation asks) */
+    ("{\"prompt_token_ids\": [1, 2, 3], \"max_tokens\": 7, \"temperature\": 0.5, \"top_k\": 40, \"top_p\": 0.9, "
+     "\"min_p\": 0.05, \"repetition_penalty\": 1.25, \"presence_penalty\": -0.5, \"frequency_penalty\": 1.5, "
+     "\"min_tokens\": 3, \"seed\": 1234567890123, \"stop_token_ids\": [5, 99999, 6], \"ignore_eos\": true}"),
     "{\"input_ids\": [4], \"max_new_tokens\": 2, \"top_k\": -1, \"ignore_eos\": false}",
-    "{\"prompt_token_ids\": [9, 8], \"temperature\": null, \"top_k\": 0, \"seed\": null, \"max_tokens\": null, "
-    "\"stop_token_ids\": [], \"ignore_eos\": null, \"min_p\": 0, \"top_p\": 1}",
+    ("{\"prompt_token_ids\": [9, 8], \"temperature\": null, \"top_k\": 0, \"seed\": null, \"max_tokens\": null, "
+     "\"stop_token_ids\": [], \"ignore_eos\": null, \"min_p\": 0, \"top_p\": 1}"),
     "{\"temperature\": 0, \"prompt_token_ids\": [7], \"seed\": 0, \"min_tokens\": 0}",
 };
 
