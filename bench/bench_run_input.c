@@ -67,10 +67,7 @@ epm_status epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int
         return EPM_ERR_NOMEM;
     }
     for (int q = 0; q < ranks; q++) {
-        const int homes = batch / ranks + (q < batch % ranks);
-        int p = max_seqs > 0 ? max_seqs / ranks + (q < max_seqs % ranks) : homes;
-        p = p < 1 ? 1 : p;
-        places[q] = p > homes ? homes : p;
+        places[q] = epm_run_places(batch, ranks, max_seqs, q);
         waiting[q] = q < batch ? q : batch;
     }
     for (;;) {

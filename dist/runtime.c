@@ -1208,6 +1208,14 @@ static int by_int_desc(const void *a, const void *b)
     return (x < y) - (x > y);
 }
 
+int epm_run_places(int batch, int ranks, int max_num_seqs, int q)
+{
+    const int homes = batch / ranks + (q < batch % ranks), M = max_num_seqs;
+    int p = M > 0 ? M / ranks + (q < M % ranks) : homes;
+    p = p < 1 ? 1 : p;
+    return p > homes ? homes : p;
+}
+
 /* --prefill-chunk and --max-num-seqs against the run; each home rank's
  * places (max_num_seqs shared out, at least one each: every rank homes its
  * own sequences, as data-parallel attention does), and the most prompt
@@ -1238,13 +1246,9 @@ static epm_status prefill_check(rt *r)
     }
     r->max_seqs = 0;
     for (int q = 0; q < r->R; q++) {
-        const int homes = r->B / r->R + (q < r->B % r->R), M = o->max_num_seqs;
-        int p = M > 0 ? M / r->R + (q < M % r->R) : homes;
-        p = p < 1 ? 1 : p;
-        p = p > homes ? homes : p;
-        r->places[q] = p;
+        r->places[q] = epm_run_places(r->B, r->R, o->max_num_seqs, q);
         r->waiting[q] = q < r->B ? q : r->B;
-        r->max_seqs += p;
+        r->max_seqs += r->places[q];
     }
     /* a scored source's decode thresholds are the prompts' rate: one prefill of the whole batch sets them */
     if (r->max_seqs < r->B && scored) {

@@ -190,4 +190,10 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
                    epm_run_result **out);
 void epm_run_result_destroy(epm_run_result *r);
 
+/* The places of home rank q (of ranks) for a batch of sequences (sequence s
+ * homed on s mod ranks) under max_num_seqs (0: all): max_num_seqs / ranks,
+ * the first max_num_seqs mod ranks one more, at least one, at most its home
+ * sequences. epm_run admits by it; bench run's synthetic trace follows it. */
+int epm_run_places(int batch, int ranks, int max_num_seqs, int q);
+
 #endif
