@@ -29,6 +29,8 @@ static const char usage[] =
     "  --max-num-seqs N     at most N sequences decode at once (N/ranks on each home rank), as epmoe\n"
     "                       run --max-num-seqs (default 256; all at once with --mod router|attention;\n"
     "                       0 = all)\n"
+    "  --separate-prefill   passes hold prompt or decode tokens, never both, as epmoe run\n"
+    "                       --separate-prefill (default: mixed)\n"
     "  --zipf S             routing skew of the synthetic trace (default 1.0)\n"
     "  --affinity A         cross-layer affinity of the trace (default 0.8)\n"
     "  --methods LIST       placements, comma separated, contiguous first (the baseline;\n"
@@ -79,11 +81,12 @@ static const char usage[] =
     "                       pass's, last logits' error and greedy-token agreement against one pass\n"
     "  --continuous LIST    instead: for each N of LIST (at most 8), the sequences decoded with at\n"
     "                       most N at once in static batches of N one after another (the baseline,\n"
-    "                       each batch until its longest sequence ends) and continuously (epmoe run\n"
-    "                       --max-num-seqs N), alternated --reps times, live routing, contiguous\n"
-    "                       placement: decoding steps, generated tokens/s over prefill + decoding,\n"
-    "                       continuous over static, the prefill's share of each time, K/V caches of\n"
-    "                       the fullest rank, token agreement.\n"
+    "                       each batch until its longest sequence ends), continuously (epmoe run\n"
+    "                       --max-num-seqs N) with prefill passes of their own (--separate-prefill),\n"
+    "                       and continuously in mixed batches (the default), alternated --reps times,\n"
+    "                       live routing, contiguous placement: passes, decoding passes, generated\n"
+    "                       tokens/s over prefill + decoding and over static's, the prefill's share\n"
+    "                       of the time, K/V caches of the fullest rank, token agreement with static.\n"
     "                       Without --input, sequence s generates 1 to --new tokens (seeded, uniform);\n"
     "                       each N is its own --max-num-seqs\n"
     "  --kernels K          ref, blas (default) or cuda, as epmoe run --kernels\n"
@@ -91,7 +94,7 @@ static const char usage[] =
     "                       every run but --wire-dtypes' own\n"
     "  --csv                CSV rows instead of a table\n";
 
-enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT, O_MAXSEQS, O_CONT };
+enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT, O_MAXSEQS, O_CONT, O_SEPPRE };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -109,7 +112,7 @@ static const struct option opts[] = {
     {"kv-dtypes", no_argument, 0, O_KVDT},    {"wire-dtypes", no_argument, 0, O_WIDT},
     {"wire-dtype", required_argument, 0, O_WIRE}, {"prefill-chunks", required_argument, 0, O_CHUNKS},
     {"input", required_argument, 0, O_INPUT}, {"max-num-seqs", required_argument, 0, O_MAXSEQS},
-    {"continuous", required_argument, 0, O_CONT},
+    {"continuous", required_argument, 0, O_CONT}, {"separate-prefill", no_argument, 0, O_SEPPRE},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
@@ -119,6 +122,7 @@ static const char *kernels = "blas";
 static int wire = CLI_WIRE_F32; /* --wire-dtype */
 static const int *max_new_of = NULL; /* --input's output lengths per sequence (NULL: --new for all) */
 static long max_seqs = CLI_MAX_NUM_SEQS; /* --max-num-seqs */
+static int separate = 0;                 /* --separate-prefill */
 
 static void wire_opts(epm_run_opts *o)
 {
@@ -138,6 +142,7 @@ static void live_opts(epm_run_opts *o, const char *model, epm_mode mode, int vn,
     o->keep_logits = 1;
     o->prefill_chunk = CLI_PREFILL_CHUNK; /* as epmoe run */
     o->max_num_seqs = (int)max_seqs;
+    o->separate_prefill = separate;
     o->ops = kernels;
     wire_opts(o);
 }
@@ -430,6 +435,7 @@ int epm_bench_run(int argc, char **argv)
     long chunk[8], cont[8];
     const char *ta_list = NULL, *caps = "0.75,0.5,0.25";
     epm_mod_source mod = EPM_MOD_OFF;
+    separate = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -445,6 +451,7 @@ int epm_bench_run(int argc, char **argv)
             shape_given = 1;
             break;
         case O_INPUT: input = optarg; break;
+        case O_SEPPRE: separate = 1; break;
         case O_MAXSEQS:
             if (!cli_parse_int(W, "--max-num-seqs", optarg, 0, INT32_MAX, &max_seqs)) return EPM_EXIT_USAGE;
             break;
@@ -663,7 +670,8 @@ int epm_bench_run(int argc, char **argv)
     if (st == EPM_OK && !seqid)
         st = EPM_ERR_NOMEM;
     if (st == EPM_OK)
-        st = epm_bench_seq_ids((int)batch, pl, max_new_of, (int)nnew, (int)max_seqs, R, seqid);
+        st = epm_bench_seq_ids((int)batch, pl, max_new_of, (int)nnew, (int)max_seqs, R, CLI_PREFILL_CHUNK, separate,
+                               seqid);
     if (st == EPM_OK)
         st = epm_trace_set_seq_ids(t, seqid);
     st = epm_xcomm_agree(x, st); /* every rank fails alike */
@@ -753,6 +761,7 @@ int epm_bench_run(int argc, char **argv)
                 o.ops = kernels;
                 o.prefill_chunk = CLI_PREFILL_CHUNK; /* as epmoe run */
                 o.max_num_seqs = (int)max_seqs;
+                o.separate_prefill = separate;
                 wire_opts(&o);
                 epm_run_result *res = NULL;
                 st = epm_run(&o, (int)batch, pl, pr, &res);

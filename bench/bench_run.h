@@ -26,13 +26,13 @@ void epm_bench_input_free(epm_bench_input *in);
 
 /* The decoded tokens of a greedy run without stop tokens, each sequence
  * min(max_new[s], nnew) - 1 (max_new NULL: nnew for all), and the sequence
- * of each token a run's trace numbers: the prompts', then each decoding
- * step's live sequences in order (total prompt tokens + that many), with
- * max_seqs places (0: all) shared out over the ranks, sequences admitted
- * as epm_run admits them. */
+ * of each token a run's trace numbers: the prompts', then each pass's
+ * decoding sequences in order (total prompt tokens + that many), with
+ * max_seqs places (0: all) shared out over the ranks, prompt chunks of
+ * chunk tokens (0: whole) and separate_prefill as epm_run schedules them. */
 int64_t epm_bench_decode_tokens(int batch, const int *max_new, int nnew);
 epm_status epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int nnew, int max_seqs, int ranks,
-                             int32_t *out);
+                             int64_t chunk, int separate_prefill, int32_t *out);
 
 /* --prefill-chunks: base's run in one prefill pass, then in passes of each
  * of chunk[0, nchunk) (at most 8), alternated reps times; rank 0 prints the
@@ -48,8 +48,9 @@ double epm_bench_token_agreement(const int32_t *a, const int32_t *b, int n);
 
 /* --continuous: for each of seqs[0, nseqs) (at most 8), base's run in static
  * batches of that many sequences one after another (the baseline), then
- * with that many at most decoding at once (max_num_seqs), alternated reps
- * times; sequence s generates max_new[s] tokens at most. Rank 0 prints the
+ * with that many at most decoding at once (max_num_seqs), with separate
+ * prefill passes and in mixed batches, alternated reps times; sequence s
+ * generates max_new[s] tokens at most. Rank 0 prints the
  * table (CSV with csv). Collective; an EPM_EXIT_* code. */
 int epm_bench_run_continuous(epm_xcomm *x, const epm_run_opts *base, int batch, const int *lens,
                              const int32_t *const *prompts, const int *max_new, const long *seqs, int nseqs, int reps,

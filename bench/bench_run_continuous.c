@@ -1,12 +1,14 @@
 /* `epmoe bench run --continuous LIST`: for each N of LIST, the batch
- * decoded with at most N sequences at once, two ways, alternated --reps
+ * decoded with at most N sequences at once, three ways, alternated --reps
  * times: in static batches of N, one after another, each decoding until its
  * longest sequence ends (the baseline: what a runtime without continuous
- * batching does under the same K/V memory), and continuously (epmoe run
- * --max-num-seqs N: a sequence that ends makes room for the next). Decoding
- * steps, generated tokens/s over prefill + decoding, the prefill's share of
- * that time, K/V caches of the fullest rank, and token agreement between
- * the two. */
+ * batching does under the same K/V memory); continuously (epmoe run
+ * --max-num-seqs N: a sequence that ends makes room for the next) with
+ * prefill passes of their own (--separate-prefill: decoding waits); and
+ * continuously in mixed batches (the default: an admitted prompt's chunks
+ * ride in the decoding passes). Passes, decoding passes, generated
+ * tokens/s over all passes and over static's, the prefill's share of that
+ * time, K/V caches of the fullest rank, and token agreement with static. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +19,8 @@
 
 typedef struct way {
     double pre, dec;   /* prefill and decoding seconds (slowest rank's) of the best repetition */
-    int64_t steps;     /* decoding steps */
+    int64_t steps;     /* passes with decode tokens */
+    int64_t passes;    /* forward passes */
     int64_t generated; /* tokens */
     int64_t kv_peak;   /* K/V cache bytes of the fullest rank at its fullest */
     int32_t *tokens;   /* [batch][nnew] of the first repetition (-1 past a sequence's end) */
@@ -29,7 +32,7 @@ static epm_status static_batches(const epm_run_opts *base, int batch, const int 
 {
     const int nnew = base->max_new_tokens;
     secs[0] = secs[1] = 0;
-    w->steps = w->generated = 0;
+    w->steps = w->passes = w->generated = 0;
     for (int s0 = 0; s0 < batch; s0 += n) {
         const int b = batch - s0 < n ? batch - s0 : n;
         epm_run_opts o = *base;
@@ -40,6 +43,7 @@ static epm_status static_batches(const epm_run_opts *base, int batch, const int 
         secs[0] += res->report.t_prefill;
         secs[1] += res->report.t_decode;
         w->steps += res->report.decode_steps;
+        w->passes += res->report.decode_steps + res->report.prefill_passes - res->report.mixed_passes;
         w->kv_peak = res->report.kv_cache_bytes_max > w->kv_peak ? res->report.kv_cache_bytes_max : w->kv_peak;
         for (int s = 0; s < b; s++) {
             w->generated += res->gen_len[s];
@@ -53,16 +57,18 @@ static epm_status static_batches(const epm_run_opts *base, int batch, const int 
 }
 
 static epm_status continuous(const epm_run_opts *base, int batch, const int *lens, const int32_t *const *prompts,
-                             const int *max_new, int n, way *w, double *secs)
+                             const int *max_new, int n, int separate, way *w, double *secs)
 {
     epm_run_opts o = *base;
     o.max_num_seqs = n;
     o.max_new_per_seq = max_new;
+    o.separate_prefill = separate;
     epm_run_result *res = NULL;
     EPM_CHECK(epm_run(&o, batch, lens, prompts, &res));
     secs[0] = res->report.t_prefill;
     secs[1] = res->report.t_decode;
     w->steps = res->report.decode_steps;
+    w->passes = res->report.decode_steps + res->report.prefill_passes - res->report.mixed_passes;
     w->kv_peak = res->report.kv_cache_bytes_max;
     w->generated = 0;
     for (int s = 0; s < batch; s++)
@@ -73,6 +79,9 @@ static epm_status continuous(const epm_run_opts *base, int batch, const int *len
     return EPM_OK;
 }
 
+enum { WAYS = 3 };
+static const char *const way_name[WAYS] = {"static", "separate", "mixed"};
+
 int epm_bench_run_continuous(epm_xcomm *x, const epm_run_opts *base, int batch, const int *lens,
                              const int32_t *const *prompts, const int *max_new, const long *seqs, int nseqs, int reps,
                              int csv)
@@ -80,29 +89,29 @@ int epm_bench_run_continuous(epm_xcomm *x, const epm_run_opts *base, int batch, 
     const int me = epm_xcomm_rank(x), nnew = base->max_new_tokens;
     int rc = EPM_EXIT_OK;
     if (me == 0)
-        printf(csv ? "max_num_seqs,static_steps,continuous_steps,generated,static_tok_s,continuous_tok_s,"
-                     "continuous_vs_static,static_prefill_share,continuous_prefill_share,static_kv_bytes_rank,"
-                     "continuous_kv_bytes_rank,token_agreement\n"
-                   : "%-12s %12s %12s %10s %12s %12s %9s %10s %10s %14s %14s %9s\n",
-               "max seqs", "static steps", "cont. steps", "generated", "static t/s", "cont. t/s", "cont/stat",
-               "stat. pre", "cont. pre", "static KV/rank", "cont. KV/rank", "token agr");
+        printf(csv ? "max_num_seqs,way,passes,decode_steps,generated,tok_s,vs_static,prefill_share,kv_bytes_rank,"
+                     "token_agreement\n"
+                   : "%-9s %-9s %8s %8s %10s %10s %9s %9s %14s %9s\n",
+               "max seqs", "way", "passes", "steps", "generated", "tok/s", "vs static", "prefill", "KV/rank",
+               "token agr");
     for (int k = 0; k < nseqs && rc == EPM_EXIT_OK; k++) {
         const int n = (int)seqs[k];
-        way w[2];
+        way w[WAYS];
         memset(w, 0, sizeof w);
-        double best[2] = {1e30, 1e30}; /* prefill + decoding */
-        for (int i = 0; i < 2; i++)
-            w[i].tokens = malloc((size_t)batch * nnew * sizeof *w[i].tokens);
-        epm_status st = w[0].tokens && w[1].tokens ? EPM_OK : EPM_ERR_NOMEM;
+        double best[WAYS] = {1e30, 1e30, 1e30}; /* prefill + decoding */
+        epm_status st = EPM_OK;
+        for (int i = 0; i < WAYS; i++)
+            if (!(w[i].tokens = malloc((size_t)batch * nnew * sizeof *w[i].tokens)))
+                st = EPM_ERR_NOMEM;
         st = epm_xcomm_agree(x, st);
         for (int r = 0; r < reps && st == EPM_OK; r++)
-            for (int i = 0; i < 2 && st == EPM_OK; i++) {
+            for (int i = 0; i < WAYS && st == EPM_OK; i++) {
                 double secs[2] = {0, 0};
                 int32_t *keep = w[i].tokens;
                 if (r > 0)
                     w[i].tokens = NULL; /* the first repetition's tokens are the ones compared */
                 st = i == 0 ? static_batches(base, batch, lens, prompts, max_new, n, &w[i], secs)
-                            : continuous(base, batch, lens, prompts, max_new, n, &w[i], secs);
+                            : continuous(base, batch, lens, prompts, max_new, n, i == 1, &w[i], secs);
                 w[i].tokens = keep;
                 if (st == EPM_OK)
                     st = epm_xcomm_max_f64(x, secs, 2);
@@ -111,17 +120,17 @@ int epm_bench_run_continuous(epm_xcomm *x, const epm_run_opts *base, int batch, 
             }
         if (st != EPM_OK)
             rc = me == 0 ? cli_fail("bench run", st) : EPM_EXIT_FAIL;
-        if (rc == EPM_EXIT_OK && me == 0) {
-            const double ts = (double)w[0].generated / best[0], tc = (double)w[1].generated / best[1];
-            printf(csv ? "%d,%lld,%lld,%lld,%.1f,%.1f,%.3f,%.3f,%.3f,%lld,%lld,%.4f\n"
-                       : "%-12d %12lld %12lld %10lld %12.1f %12.1f %9.3f %10.3f %10.3f %14lld %14lld %9.4f\n",
-                   n, (long long)w[0].steps, (long long)w[1].steps, (long long)w[1].generated, ts, tc, tc / ts,
-                   w[0].pre / best[0], w[1].pre / best[1], (long long)w[0].kv_peak, (long long)w[1].kv_peak,
-                   epm_bench_token_agreement(w[0].tokens, w[1].tokens, batch * nnew));
+        for (int i = 0; i < WAYS && rc == EPM_EXIT_OK && me == 0; i++) {
+            const double ts = (double)w[0].generated / best[0], t = (double)w[i].generated / best[i];
+            printf(csv ? "%d,%s,%lld,%lld,%lld,%.1f,%.3f,%.3f,%lld,%.4f\n"
+                       : "%-9d %-9s %8lld %8lld %10lld %10.1f %9.3f %9.3f %14lld %9.4f\n",
+                   n, way_name[i], (long long)w[i].passes, (long long)w[i].steps, (long long)w[i].generated, t,
+                   t / ts, w[i].pre / best[i], (long long)w[i].kv_peak,
+                   epm_bench_token_agreement(w[0].tokens, w[i].tokens, batch * nnew));
             fflush(stdout);
         }
-        free(w[0].tokens);
-        free(w[1].tokens);
+        for (int i = 0; i < WAYS; i++)
+            free(w[i].tokens);
     }
     return rc;
 }

@@ -49,50 +49,34 @@ int64_t epm_bench_decode_tokens(int batch, const int *max_new, int nnew)
 }
 
 epm_status epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int nnew, int max_seqs, int ranks,
-                             int32_t *out)
+                             int64_t chunk, int separate_prefill, int32_t *out)
 {
     int64_t g = 0;
     for (int s = 0; s < batch; s++)
         for (int p = 0; p < lens[s]; p++)
             out[g++] = s;
-    /* epm_run's schedule: after each step's tokens, each home rank (sequence
-     * s's is s mod ranks) admits its waiting sequences into its free places
-     * (prefilled: their first token), then a decoding step runs the
-     * sequences with a token still to come, in order */
-    int *gen = calloc((size_t)batch + 1, sizeof *gen), *places = calloc((size_t)ranks, sizeof *places);
-    int *waiting = calloc((size_t)ranks, sizeof *waiting);
-    unsigned char *fed = calloc((size_t)batch + 1, 1), *live = calloc((size_t)batch + 1, 1);
-    if (!gen || !places || !waiting || !fed || !live) {
-        free(gen), free(places), free(waiting), free(fed), free(live);
-        return EPM_ERR_NOMEM;
-    }
-    for (int q = 0; q < ranks; q++) {
-        places[q] = epm_run_places(batch, ranks, max_seqs, q);
-        waiting[q] = q < batch ? q : batch;
-    }
-    for (;;) {
-        int nlive = 0, wait = 0;
-        for (int s = 0; s < batch; s++) {
-            const int cap = max_new ? (max_new[s] < nnew ? max_new[s] : nnew) : nnew;
-            if (fed[s])
-                fed[s] = 0, gen[s]++, live[s] = gen[s] < cap;
-            nlive += live[s];
+    /* epm_run's passes (sched.h): a sequence's first token comes with its
+     * prompt's last piece, each decode token numbered in the order of its
+     * pass; it ends after its output length */
+    const epm_sched_opts so = {batch, lens, ranks, max_seqs, chunk, separate_prefill};
+    epm_sched *sc = NULL;
+    int *gen = calloc((size_t)batch + 1, sizeof *gen);
+    epm_status st = gen ? epm_sched_create(&so, &sc) : EPM_ERR_NOMEM;
+    epm_sched_pass p;
+    while (st == EPM_OK && epm_sched_next(sc, &p)) {
+        for (int i = 0; i < p.n_pre; i++) {
+            const int s = p.pre[i].seq, cap = max_new && max_new[s] < nnew ? max_new[s] : nnew;
+            if (p.pre[i].to == lens[s] && ++gen[s] >= cap)
+                epm_sched_end(sc, s);
         }
-        for (int q = 0; q < ranks; q++)
-            wait |= waiting[q] < batch;
-        if (nlive == 0 && !wait)
-            break;
-        for (int q = 0; q < ranks; q++) {
-            int on = 0;
-            for (int s = q; s < batch; s += ranks)
-                on += live[s];
-            for (; waiting[q] < batch && on < places[q]; waiting[q] += ranks, on++)
-                fed[waiting[q]] = nnew > 0;
+        for (int i = 0; i < p.n_dec; i++) {
+            const int s = p.dec[i], cap = max_new && max_new[s] < nnew ? max_new[s] : nnew;
+            out[g++] = s;
+            if (++gen[s] >= cap)
+                epm_sched_end(sc, s);
         }
-        for (int s = 0; s < batch; s++)
-            if (live[s])
-                out[g++] = s, fed[s] = 1;
     }
-    free(gen), free(places), free(waiting), free(fed), free(live);
-    return EPM_OK;
+    epm_sched_destroy(sc);
+    free(gen);
+    return st;
 }

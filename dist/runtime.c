@@ -151,7 +151,7 @@ static epm_status mla_attend_expanded(rt *r, int l, int64_t n, const int64_t *g,
     for (int s = 0; s < r->B; s++)
         last[s] = -1;
     for (int64_t i = 0; i < n; i++) {
-        int s = seq_of(r, g[i]), ci = r->cidx[g[i] - r->g0];
+        int s = seq_of(r, g[i]), ci = r->cidx[pass_t(r, g[i])];
         last[s] = ci > last[s] ? ci : last[s];
         first[s + 1]++;
     }
@@ -183,7 +183,7 @@ static epm_status mla_attend_expanded(rt *r, int l, int64_t n, const int64_t *g,
         st = epm_mla_expand_rows(r, l, r->kc[(size_t)l * r->B + s], 1, len, k, v);
         for (int64_t j = first[s]; st == EPM_OK && j < first[s + 1]; j++) {
             int64_t i = order[j];
-            int ci = r->cidx[g[i] - r->g0];
+            int ci = r->cidx[pass_t(r, g[i])];
             st = r->ops->attention(q + i * qd, 1, &ci, k, v, r->max_len, nh, nh, hd, att + i * qd, probs);
             if (st == EPM_OK && amod)
                 epm_mod_attention_add(r, s, ci, probs);
@@ -198,7 +198,7 @@ out:
     return st;
 }
 
-static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
+static epm_status attend(rt *r, int l, int64_t n, const int64_t *g, float *h, int absorbed)
 {
     const epm_model_config *c = r->c;
     const epm_model_layer *w = &r->dense->layer[l];
@@ -207,8 +207,7 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
      * of width hd against kvh kv heads. MLA's latent in decode is absorbed (one
      * kv head of width kw); in prefill the cached rows are expanded
      * (mla_attend_expanded), for the expanded form's cost where queries are many. */
-    const int H = c->hidden_size, nh = c->num_heads, lat = r->latent, absorbed = lat && !r->prefill,
-              expand = lat && !absorbed;
+    const int H = c->hidden_size, nh = c->num_heads, lat = r->latent, expand = lat && !absorbed;
     const int kw = r->kv_w, vw = lat ? 0 : kw;
     const int hd = absorbed ? kw : c->head_dim, kvh = absorbed ? 1 : c->num_kv_heads, qd = nh * hd;
     const size_t rows = (size_t)(n ? n : 1);
@@ -284,7 +283,7 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     for (int64_t i = 0; i < nrows; i++) {
         const float *row = rows_in + i * RW;
         int64_t gi = get_g(row);
-        int s = seq_of(r, gi), ps = r->cidx[gi - r->g0];
+        int s = seq_of(r, gi), ps = r->cidx[pass_t(r, gi)];
         void *kc = r->kc[(size_t)l * r->B + s], *vc = r->vc[(size_t)l * r->B + s];
         if (!kc) {
             st = epm_fail(EPM_ERR_INTERNAL, "rank %d holds no KV cache for sequence %d", r->me, s);
@@ -307,7 +306,7 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     if (expand)
         EPM_CHECK_GOTO(mla_attend_expanded(r, l, n, g, q, att, probs), st, out);
     for (int64_t i = 0; i < n && !expand; i++) {
-        int s = seq_of(r, g[i]), ci = r->cidx[g[i] - r->g0];
+        int s = seq_of(r, g[i]), ci = r->cidx[pass_t(r, g[i])];
         const void *kc = r->kc[(size_t)l * r->B + s], *vc = lat ? kc : r->vc[(size_t)l * r->B + s];
         if (r->kvt == EPM_KV_FP8)
             st = r->ops->attention_w8(q + i * qd, 1, &ci, epm_kv_codes(r, kc), epm_kv_scales(r, kc),
@@ -348,6 +347,43 @@ out:
     epm_free(all);
     epm_free(probs);
     epm_free(kvw);
+    return st;
+}
+
+/* A layer's attention for the pass's resident tokens (g, h). Under MLA's
+ * latent a mixed pass's prompt rows attend expanded and its decode rows
+ * absorbed: two calls (each a collective in follow mode, which every rank
+ * makes: the pass is the same everywhere). */
+static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
+{
+    const int64_t npre = r->pf_n, ndec = r->pn - r->pf_n;
+    if (!r->latent || npre == 0 || ndec == 0)
+        return attend(r, l, n, g, h, r->latent && npre == 0);
+    const int H = r->c->hidden_size;
+    int64_t *gs = epm_malloc((size_t)(n ? n : 1) * sizeof *gs), *at = epm_malloc((size_t)(n ? n : 1) * sizeof *at);
+    float *hs = epm_malloc((size_t)(n ? n : 1) * H * sizeof *hs);
+    epm_status st = gs && at && hs ? EPM_OK : EPM_ERR_NOMEM;
+    int64_t k = 0;
+    for (int dec = 0; dec < 2 && st == EPM_OK; dec++) /* prompt rows, then decode rows */
+        for (int64_t i = 0; i < n; i++)
+            if ((g[i] >= r->N) == dec) {
+                gs[k] = g[i];
+                at[k] = i;
+                memcpy(hs + k++ * H, h + i * H, (size_t)H * sizeof *hs);
+            }
+    int64_t np = 0;
+    while (np < k && gs[np] < r->N)
+        np++;
+    /* a failure meets the others at their next agreement, whichever it is (see forward) */
+    if (st == EPM_OK)
+        st = attend(r, l, np, gs, hs, 0);
+    if (st == EPM_OK)
+        st = attend(r, l, k - np, gs + np, hs + np * H, 1);
+    for (int64_t j = 0; j < k && st == EPM_OK; j++)
+        memcpy(h + at[j] * H, hs + j * H, (size_t)H * sizeof *hs);
+    epm_free(gs);
+    epm_free(at);
+    epm_free(hs);
     return st;
 }
 
@@ -915,7 +951,7 @@ static epm_status skip_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph
     float *hskip = epm_malloc((size_t)(n ? n : 1) * H * sizeof *hskip);
     epm_status st = grun && gskip && hrun && hskip ? EPM_OK : EPM_ERR_NOMEM;
     for (int64_t i = 0; i < n && st == EPM_OK; i++) {
-        int run = r->sel[(*pg)[i] - r->g0];
+        int run = r->sel[pass_t(r, (*pg)[i])];
         int64_t j = run ? nrun++ : nskip++;
         (run ? grun : gskip)[j] = (*pg)[i];
         memcpy((run ? hrun : hskip) + j * H, *ph + i * H, (size_t)H * sizeof *hrun);
@@ -1196,24 +1232,10 @@ static epm_status memory_check(rt *r)
     return EPM_OK;
 }
 
-static int by_i32(const void *a, const void *b)
-{
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return (x > y) - (x < y);
-}
-
 static int by_int_desc(const void *a, const void *b)
 {
     int x = *(const int *)a, y = *(const int *)b;
     return (x < y) - (x > y);
-}
-
-int epm_run_places(int batch, int ranks, int max_num_seqs, int q)
-{
-    const int homes = batch / ranks + (q < batch % ranks), M = max_num_seqs;
-    int p = M > 0 ? M / ranks + (q < M % ranks) : homes;
-    p = p < 1 ? 1 : p;
-    return p > homes ? homes : p;
 }
 
 /* --prefill-chunk and --max-num-seqs against the run; each home rank's
@@ -1236,18 +1258,18 @@ static epm_status prefill_check(rt *r)
         return epm_fail(EPM_ERR_INVALID_ARG, "--max-num-seqs %d: must be at least 1 (0: every sequence at once)",
                         o->max_num_seqs);
     r->places = epm_malloc((size_t)r->R * sizeof *r->places);
-    r->waiting = epm_malloc((size_t)r->R * sizeof *r->waiting);
     r->adm = epm_malloc((size_t)r->B * sizeof *r->adm);
     r->chunk_of = epm_malloc((size_t)r->N * sizeof *r->chunk_of);
     int *home = epm_malloc((size_t)r->B * sizeof *home), n = 0;
-    if (!r->places || !r->waiting || !r->adm || !r->chunk_of || !home) {
+    if (!r->places || !r->adm || !r->chunk_of || !home) {
         epm_free(home);
         return EPM_ERR_NOMEM;
     }
+    for (int64_t g = 0; g < r->N; g++)
+        r->chunk_of[g] = -1;
     r->max_seqs = 0;
     for (int q = 0; q < r->R; q++) {
         r->places[q] = epm_run_places(r->B, r->R, o->max_num_seqs, q);
-        r->waiting[q] = q < r->B ? q : r->B;
         r->max_seqs += r->places[q];
     }
     /* a scored source's decode thresholds are the prompts' rate: one prefill of the whole batch sets them */
@@ -1264,49 +1286,8 @@ static epm_status prefill_check(rt *r)
     for (int i = 0; i < n && i < r->places[r->me]; i++)
         r->mine_most += home[i];
     epm_free(home);
-    return EPM_OK;
-}
-
-/* The prefill passes of the sequences being admitted (adm[0, nadm),
- * ascending): one, or with a chunk of T tokens, a rank's prompt tokens (its
- * home sequences', in order) go T to a pass (vLLM's chunked prefill, per
- * rank as SGLang's data-parallel attention takes it); every rank runs as
- * many passes as the one with the most. A chunk's queries attend the cache
- * rows earlier passes wrote, so the tokens are those of one pass. The
- * tokens between the first and the last admitted that are not theirs are
- * in no pass (-1). */
-static epm_status admit_passes(rt *r)
-{
-    const int64_t T = r->o->prefill_chunk;
-    const int first = r->adm[0], last = r->adm[r->nadm - 1];
-    int64_t *seen = epm_calloc((size_t)r->R, sizeof *seen);
-    if (!seen)
-        return EPM_ERR_NOMEM;
-    for (int i = 0; i < r->nadm; i++)
-        seen[r->adm[i] % r->R] += r->lens[r->adm[i]];
-    r->mine = seen[r->me];
-    r->passes = 1;
-    for (int q = 0; q < r->R && T > 0; q++)
-        r->passes = (seen[q] + T - 1) / T > r->passes ? (int)((seen[q] + T - 1) / T) : r->passes;
-    epm_free(r->pass_tokens);
-    r->pass_tokens = epm_calloc((size_t)r->passes, sizeof *r->pass_tokens);
-    if (!r->pass_tokens) {
-        epm_free(seen);
-        return EPM_ERR_NOMEM;
-    }
-    memset(seen, 0, (size_t)r->R * sizeof *seen);
-    for (int64_t gi = r->offset[first]; gi < r->offset[last] + r->lens[last]; gi++)
-        r->chunk_of[gi] = -1;
-    for (int i = 0; i < r->nadm; i++) {
-        const int s = r->adm[i];
-        for (int p = 0; p < r->lens[s]; p++) {
-            int32_t k = T > 0 ? (int32_t)(seen[s % r->R]++ / T) : 0;
-            r->chunk_of[r->offset[s] + p] = k;
-            r->pass_tokens[k]++;
-        }
-    }
-    epm_free(seen);
-    return EPM_OK;
+    const epm_sched_opts so = {r->B, r->lens, r->R, o->max_num_seqs, T, o->separate_prefill};
+    return epm_sched_create(&so, &r->sched);
 }
 
 /* Sequence s's K/V caches on this rank (home keeps its own sequences',
@@ -1396,12 +1377,10 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     r->kv_grp = r->latent ? r->kv_w : c->head_dim;
     r->total = r->N + (int64_t)r->steps * batch;
     r->dec_base = r->N;
-    r->live = epm_calloc((size_t)batch, 1);
     r->fed = epm_calloc((size_t)batch, 1);
-    r->live_rank = epm_malloc((size_t)batch * sizeof *r->live_rank);
     r->dec_seq = epm_malloc((size_t)(r->steps ? r->steps : 1) * batch * sizeof *r->dec_seq);
     r->dec_pos = epm_malloc((size_t)(r->steps ? r->steps : 1) * batch * sizeof *r->dec_pos);
-    if (!r->live || !r->fed || !r->live_rank || !r->dec_seq || !r->dec_pos)
+    if (!r->fed || !r->dec_seq || !r->dec_pos)
         return sync(r, EPM_ERR_NOMEM);
     for (int l = 0; l < c->num_layers; l++)
         r->moe_index[l] = c->moe_layer[l] ? r->moe_layers++ : -1;
@@ -1541,16 +1520,13 @@ static void teardown(rt *r)
     epm_free(r->moe_index);
     epm_free(r->rope_inv);
     epm_free(r->trace_rec);
-    epm_free(r->live);
     epm_free(r->fed);
-    epm_free(r->live_rank);
     epm_free(r->dec_seq);
     epm_free(r->dec_pos);
-    epm_free(r->pass_tokens);
     epm_free(r->chunk_of);
     epm_free(r->adm);
     epm_free(r->places);
-    epm_free(r->waiting);
+    epm_sched_destroy(r->sched);
     epm_free(r->bytes_local);
     epm_free(r->kv_local);
     epm_free(r->load_local);
@@ -1796,120 +1772,195 @@ static epm_status prompt_gather(rt *r, const float *rec, int64_t nrec, epm_run_r
     return st;
 }
 
-/* The forward passes of the prompts being admitted (adm, admit_passes):
- * one, or with a prefill chunk as many as the rank with the most of their
- * prompt tokens needs (the others join with fewer or none). Each pass's
- * sequences that end in it are sampled (step 0) and their last logits, or
- * with keep_logits all, are filed on rank 0 (res->logits, which rank 0
- * holds for the whole batch). */
-static epm_status prefill(rt *r, const int32_t *const *prompts, const pass_out *po, epm_run_result *res)
+/* One pass of the schedule (sched.h): its prompt pieces (each rank's home
+ * sequences', up to its chunk) and, mixed with them unless
+ * separate_prefill, one decode token of every decoding sequence. Decode
+ * tokens are numbered on from dec_base in the order of the pass (their
+ * trace index). The LM head runs on the rows anyone reads; sequences whose
+ * prompt ends here and every decoding one are sampled, their records summed
+ * at the next pass. A pass with prompt tokens files its kept logits and
+ * prompt logprobs on rank 0 (res->logits, res->prompt_lp). */
+static epm_status run_pass(rt *r, const epm_sched_pass *sp, const int32_t *const *prompts, const pass_out *po,
+                           int trace_of_run, epm_run_result *res)
 {
     const epm_run_opts *o = r->o;
     const epm_model_config *c = r->c;
-    const int V = c->vocab_size, H = c->hidden_size;
-    const int64_t mine = r->mine;
-    int homes = 0;
-    for (int i = 0; i < r->nadm; i++)
-        homes += r->adm[i] % r->R == r->me;
-    int64_t kept = 0, nrec = 0, n = 0, *g = NULL;
-    float *rows = epm_malloc((size_t)(res->logits_kept ? (o->keep_logits ? mine : homes) + 1 : 1) * (2 + V) *
-                             sizeof *rows);
-    float *h = NULL, *lg = NULL;
-    int32_t *tok = epm_malloc((size_t)(mine + 1) * sizeof *tok);
-    /* prompt logprobs: a record per prompt token but each sequence's last,
-     * filed under the token it scores (g + 1) */
-    const int PW = prompt_rec_width(o);
-    float *prec = o->prompt_logprobs_on ? epm_malloc((size_t)(mine + 1) * PW * sizeof *prec) : NULL;
-    epm_status st = rows && tok && (prec || !o->prompt_logprobs_on) ? EPM_OK : EPM_ERR_NOMEM;
-    const int last = r->adm[r->nadm - 1];
-    const int64_t g0 = r->offset[r->adm[0]], gend = r->offset[last] + r->lens[last];
-    double t0 = epm_now();
-    for (int pass = 0; pass < r->passes; pass++) {
-        /* this rank's tokens of the pass: its home sequences', in order */
-        n = 0;
-        for (int i = 0; i < r->nadm && st == EPM_OK; i++)
-            for (int s = r->adm[i], p = 0; s % r->R == r->me && p < r->lens[s]; p++)
-                n += r->chunk_of[r->offset[s] + p] == pass;
-        if (st == EPM_OK)
-            st = pass_buffers(r, n, &g, &h);
-        n = 0;
-        for (int i = 0; i < r->nadm && st == EPM_OK; i++)
-            for (int s = r->adm[i], p = 0; s % r->R == r->me && p < r->lens[s]; p++)
-                if (r->chunk_of[r->offset[s] + p] == pass) {
-                    g[n] = r->offset[s] + p;
-                    tok[n++] = prompts[s][p];
-                }
-        if (st == EPM_OK)
-            st = embed(r, n, g, tok, h);
-        if ((st = sync(r, st)) != EPM_OK)
-            break;
-        r->g0 = g0, r->pn = gend - g0, r->pass_n = r->pass_tokens[pass], r->prefill = 1, r->chunk = pass;
-        /* forward's failures after its last agreement (follow mode's way
-         * home) are this rank's alone: they join the logits' agreement */
-        st = forward(r, &n, &g, &h);
-        /* the LM head runs on the rows anyone reads: each sequence's last
-         * (its next token, its logits in the result), or all with keep_logits
-         * or prompt logprobs */
-        int64_t keep = 0;
-        for (int64_t i = 0; i < n && st == EPM_OK; i++) {
-            if (!o->keep_logits && !o->prompt_logprobs_on && !prompt_last(r, g[i]))
-                continue;
-            if (keep < i) {
-                g[keep] = g[i];
-                memcpy(h + keep * H, h + i * H, (size_t)H * sizeof *h);
-            }
-            keep++;
-        }
-        epm_free(lg);
-        lg = NULL;
-        if (st == EPM_OK)
-            st = logits(r, keep, h, &lg);
-        if ((st = sync(r, st)) != EPM_OK)
-            break;
-        /* a failure from here on is this rank's: the next agreement has it.
-         * Sequences ending here are sampled; the result keeps their logits
-         * (or every row's) */
-        int nsample = 0;
-        for (int64_t i = 0; i < keep; i++) {
-            const int s = seq_of(r, g[i]), last = prompt_last(r, g[i]);
-            if (last && o->max_new_tokens > 0 && nsample < po->homes)
-                po->srow[nsample] = i, po->sseq[nsample++] = s;
-            if ((!o->keep_logits && !last) || (o->drop_logits && !o->keep_logits))
-                continue;
-            put_g(rows + kept * (2 + V), o->keep_logits ? g[i] : s);
-            memcpy(rows + kept * (2 + V) + 2, lg + i * V, (size_t)V * sizeof *rows);
-            kept++;
-        }
-        st = sample_rows(o, po->smp, lg, V, nsample, po->srow, po->sseq, prompts, r->lens, res->generated,
-                         res->gen_len, po->maxnew, po->nt);
-        if (st == EPM_OK && prec)
-            st = prompt_records(r, prompts, g, keep, lg, prec, &nrec);
+    const int V = c->vocab_size, H = c->hidden_size, maxnew = po->maxnew;
+    epm_status st = EPM_OK;
+    /* the pass's windows: its prompt tokens' (the pieces' among them), then its decode tokens */
+    int64_t g0 = r->N, gend = 0;
+    r->chunk = (int)sp->index;
+    r->nadm = sp->n_pre;
+    for (int i = 0; i < sp->n_pre; i++) {
+        const epm_sched_piece *pc = &sp->pre[i];
+        const int64_t a = r->offset[pc->seq] + pc->from, b = r->offset[pc->seq] + pc->to;
+        for (int64_t gi = a; gi < b; gi++)
+            r->chunk_of[gi] = r->chunk;
+        g0 = a < g0 ? a : g0;
+        gend = b > gend ? b : gend;
+        r->adm[i] = pc->seq;
     }
-    epm_free(g);
-    epm_free(h);
-    epm_free(lg);
-    epm_free(tok);
+    r->g0 = sp->n_pre ? g0 : 0;
+    r->pf_n = sp->n_pre ? gend - g0 : 0;
+    r->dg0 = r->dec_base;
+    r->pn = r->pf_n + sp->n_dec;
+    r->pass_n = sp->pre_tokens + sp->n_dec;
+    r->prefill = sp->n_pre > 0;
+    for (int i = 0; i < sp->n_dec; i++) {
+        const int s = sp->dec[i];
+        r->dec_seq[r->dec_base + i - r->N] = s;
+        r->dec_pos[r->dec_base + i - r->N] = r->lens[s] + res->gen_len[s] - 1; /* where its last token goes */
+    }
+    /* a replayed trace's decoded tokens must be this run's: a trace recorded
+     * with other stop tokens (or none, or another --max-num-seqs) numbers them otherwise */
+    const int64_t trace_len = o->route_from ? epm_trace_tokens(o->route_from) : INT64_MAX;
+    const int32_t *tseq = trace_of_run ? epm_trace_seq_ids(o->route_from) : NULL;
+    if (r->dec_base + sp->n_dec > trace_len)
+        st = epm_fail(EPM_ERR_MISMATCH, "--route-from-trace: the trace ends at token %lld; pass %lld needs up to "
+                      "token %lld", (long long)trace_len, (long long)sp->index + 1,
+                      (long long)(r->dec_base + sp->n_dec));
+    for (int i = 0; i < sp->n_dec && tseq && st == EPM_OK; i++)
+        if (tseq[r->dec_base + i] != sp->dec[i])
+            st = epm_fail(EPM_ERR_MISMATCH, "--route-from-trace: token %lld of the trace is sequence %d's, this "
+                          "run's pass %lld has sequence %d's there: the trace was recorded with other stop tokens "
+                          "(or --ignore-eos, or none), or another --max-num-seqs, --prefill-chunk, "
+                          "--separate-prefill or rank count", (long long)(r->dec_base + i), (int)tseq[r->dec_base + i],
+                          (long long)sp->index + 1, sp->dec[i]);
+    /* this rank's tokens: its prompt pieces', then its decoding sequences' (ascending g) */
+    int64_t n = 0, *g = NULL;
+    for (int i = 0; i < sp->n_pre; i++)
+        n += sp->pre[i].seq % r->R == r->me ? sp->pre[i].to - sp->pre[i].from : 0;
+    for (int i = 0; i < sp->n_dec; i++)
+        n += sp->dec[i] % r->R == r->me;
+    float *h = NULL, *lg = NULL, *rows = NULL, *prec = NULL;
+    int32_t *tok = epm_malloc((size_t)(n ? n : 1) * sizeof *tok);
+    if (st == EPM_OK)
+        st = pass_buffers(r, n, &g, &h);
+    if (st == EPM_OK && !tok)
+        st = EPM_ERR_NOMEM;
+    n = 0;
+    for (int i = 0; i < sp->n_pre && st == EPM_OK; i++)
+        for (int s = sp->pre[i].seq, p = sp->pre[i].from; s % r->R == r->me && p < sp->pre[i].to; p++) {
+            g[n] = r->offset[s] + p;
+            tok[n++] = prompts[s][p];
+        }
+    for (int i = 0; i < sp->n_dec && st == EPM_OK; i++)
+        if (sp->dec[i] % r->R == r->me) {
+            const int s = sp->dec[i];
+            g[n] = r->dec_base + i;
+            tok[n++] = res->generated[(size_t)s * maxnew + res->gen_len[s] - 1];
+        }
+    if (st == EPM_OK)
+        st = embed(r, n, g, tok, h);
+    if ((st = sync(r, st)) != EPM_OK)
+        goto out;
+    /* forward's failures after its last agreement (follow mode's way home)
+     * are this rank's alone: they join the logits' agreement */
+    st = forward(r, &n, &g, &h);
+    /* the LM head runs on the rows anyone reads: each prompt's last (its
+     * first token, its logits in the result), or all prompt rows with
+     * keep_logits or prompt logprobs; and every decode row. Prompt rows
+     * [0, kp), then decode rows [kp, keep) */
+    int64_t keep = 0, kp = 0;
+    int apart = 0; /* a decode row before a prompt row: forward may leave them in any order */
+    for (int64_t i = 0; i < n && st == EPM_OK; i++) {
+        if (g[i] >= r->N || o->keep_logits || o->prompt_logprobs_on || prompt_last(r, g[i]))
+            keep++, kp += g[i] < r->N;
+        apart |= i > 0 && g[i - 1] >= r->N && g[i] < r->N;
+    }
+    if (st == EPM_OK && (keep < n || apart)) {
+        int64_t *gk = epm_malloc((size_t)(keep ? keep : 1) * sizeof *gk), j = 0;
+        float *hk = epm_malloc((size_t)(keep ? keep : 1) * H * sizeof *hk);
+        for (int dec = 0; dec < 2 && gk && hk; dec++)
+            for (int64_t i = 0; i < n; i++)
+                if ((g[i] >= r->N) == dec && (dec || o->keep_logits || o->prompt_logprobs_on || prompt_last(r, g[i]))) {
+                    gk[j] = g[i];
+                    memcpy(hk + j++ * H, h + i * H, (size_t)H * sizeof *hk);
+                }
+        st = gk && hk ? EPM_OK : EPM_ERR_NOMEM;
+        epm_free(st == EPM_OK ? g : gk);
+        epm_free(st == EPM_OK ? h : hk);
+        if (st == EPM_OK)
+            g = gk, h = hk;
+    }
+    if (st == EPM_OK)
+        st = logits(r, keep, h, &lg);
+    if ((st = sync(r, st)) != EPM_OK)
+        goto out;
+    /* a failure from here on is this rank's: the next agreement has it */
+    rows = res->logits_kept ? epm_malloc((size_t)(kp ? kp : 1) * (2 + V) * sizeof *rows) : NULL;
+    const int PW = prompt_rec_width(o);
+    prec = o->prompt_logprobs_on ? epm_malloc((size_t)(kp ? kp : 1) * PW * sizeof *prec) : NULL;
+    if ((res->logits_kept && !rows) || (o->prompt_logprobs_on && !prec))
+        st = EPM_ERR_NOMEM;
+    /* sampled: each prompt's last row (when tokens are asked for) and every decode row */
+    int nsample = 0;
+    int64_t kept = 0, nrec = 0;
+    for (int64_t i = 0; i < keep && st == EPM_OK; i++) {
+        const int s = seq_of(r, g[i]), last = i >= kp || prompt_last(r, g[i]);
+        if (last && (i >= kp || o->max_new_tokens > 0)) {
+            if (nsample == po->homes) {
+                st = epm_fail(EPM_ERR_INTERNAL, "pass %lld: more tokens to sample came home to rank %d than its %d "
+                              "sequences", (long long)sp->index, r->me, po->homes);
+                break;
+            }
+            po->srow[nsample] = i, po->sseq[nsample++] = s;
+        }
+        if (i >= kp || !rows || (!o->keep_logits && !last))
+            continue;
+        put_g(rows + kept * (2 + V), o->keep_logits ? g[i] : s);
+        memcpy(rows + kept * (2 + V) + 2, lg + i * V, (size_t)V * sizeof *rows);
+        kept++;
+    }
+    if (st == EPM_OK)
+        st = sample_rows(o, po->smp, lg, V, nsample, po->srow, po->sseq, prompts, r->lens, res->generated,
+                         res->gen_len, maxnew, po->nt);
+    if (st == EPM_OK && prec)
+        st = prompt_records(r, prompts, g, kp, lg, prec, &nrec);
     st = sync(r, st);
-    for (int i = 0; i < r->nadm; i++) /* (not gend - g0: sequences between them may not be admitted) */
-        res->report.prefill_tokens += r->lens[r->adm[i]];
-    res->report.prefill_passes += r->passes;
-    /* rank 0 gathers the prefill logits it was asked to keep */
+    /* rank 0 files the prompt rows' logits it was asked to keep, and their prompt logprobs */
     void *all = NULL;
     int64_t nb = 0;
-    if (st == EPM_OK && res->logits_kept)
+    if (st == EPM_OK && sp->n_pre && res->logits_kept)
         st = epm_xcomm_gather_bytes(r->x, rows, kept * (2 + V) * (int64_t)sizeof(float), &all, &nb);
-    epm_free(rows);
-    if (st == EPM_OK && prec)
+    if (st == EPM_OK && sp->n_pre && prec)
         st = prompt_gather(r, prec, nrec, res);
-    epm_free(prec);
-    if (st == EPM_OK && r->me == 0 && res->logits_kept) {
+    if (st == EPM_OK && r->me == 0 && sp->n_pre && res->logits_kept) {
         const float *a = all;
         for (int64_t i = 0; i < nb / (int64_t)((2 + V) * sizeof(float)); i++)
             memcpy(res->logits + get_g(a + i * (2 + V)) * V, a + i * (2 + V) + 2, (size_t)V * sizeof(float));
     }
     epm_free(all);
     st = sync(r, st);
-    res->report.t_prefill += epm_now() - t0; /* its results filed: what decoding does not wait for */
+    if (st != EPM_OK)
+        goto out;
+    /* every rank follows every sequence: who has a token in the next sum, who is done */
+    for (int i = 0; i < sp->n_pre; i++) {
+        const int s = sp->pre[i].seq;
+        if (sp->pre[i].to < r->lens[s])
+            continue;
+        r->fed[s] = o->max_new_tokens > 0;
+        if (!r->fed[s]) { /* nothing to decode: done */
+            epm_sched_end(r->sched, s);
+            kv_release(r, s);
+        }
+    }
+    for (int i = 0; i < sp->n_dec; i++)
+        r->fed[sp->dec[i]] = 1;
+    r->dec_base += sp->n_dec;
+    epm_run_report *rep = &res->report;
+    rep->prefill_tokens += sp->pre_tokens;
+    rep->prefill_passes += sp->n_pre > 0;
+    rep->decode_tokens += sp->n_dec;
+    rep->decode_steps += sp->n_dec > 0;
+    rep->mixed_passes += sp->n_pre > 0 && sp->n_dec > 0;
+out:
+    epm_free(g);
+    epm_free(h);
+    epm_free(lg);
+    epm_free(tok);
+    epm_free(rows);
+    epm_free(prec);
     return st;
 }
 
@@ -1998,9 +2049,6 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     }
     r.me = epm_xcomm_rank(r.x);
     r.R = epm_xcomm_size(r.x);
-    int64_t n = 0, *g = NULL;
-    float *h = NULL, *lg = NULL;
-    int32_t *tok = NULL;
     EPM_CHECK_GOTO(setup(&r, o, batch, lens), st, fail);
     const epm_model_config *c = r.c;
     res->batch = batch;
@@ -2024,8 +2072,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     int homes = batch / r.R + (r.me < batch % r.R);
     int64_t *srow = epm_malloc((size_t)(homes ? homes : 1) * sizeof *srow); /* the rows sampled in a pass */
     int *sseq = epm_malloc((size_t)(homes ? homes : 1) * sizeof *sseq);
-    tok = epm_malloc((size_t)(homes ? homes : 1) * sizeof *tok); /* a decoding step's */
-    st = res->lens && res->generated && res->gen_len && res->stopped && nt && srow && sseq && tok ? EPM_OK : EPM_ERR_NOMEM;
+    st = res->lens && res->generated && res->gen_len && res->stopped && nt && srow && sseq ? EPM_OK : EPM_ERR_NOMEM;
     {
         epm_sampling sp = o->sampling; /* min_tokens holds back the run's stop tokens */
         sp.stop_ids = o->stop_ids;
@@ -2051,22 +2098,22 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     int trace_of_run = o->route_from && epm_trace_seq_ids(o->route_from);
     for (int64_t gi = 0; gi < r.N && trace_of_run; gi++)
         trace_of_run = epm_trace_seq_ids(o->route_from)[gi] == seq_of(&r, gi);
-    /* Each home rank admits its sequences in order while it has places (all
-     * at once without max_num_seqs): their prompts are prefilled, which
-     * gives each its first token, and then they decode, one new token per
-     * live sequence per step, KV caches growing. A sequence leaves at a stop
-     * token or its length, gives its caches back, and its rank's next
-     * waiting sequence takes its place (vLLM's continuous batching, a
-     * prefill before the step that follows it). Every rank learns every new
-     * token (one small sum per step), so all know who is decoding and who
-     * comes next. */
-    double t0 = epm_now();
-    for (int step = 0;;) {
+    /* The scheduler (sched.h) admits each home rank's sequences in order
+     * while it has places (all at once without max_num_seqs): their K/V
+     * caches are taken and their prompts prefilled, a chunk a pass, which
+     * gives each its first token; then they decode, one new token per pass,
+     * caches growing, in the passes of the others' prompt chunks too unless
+     * separate_prefill. A sequence leaves at a stop token or its length,
+     * gives its caches back, and its rank's next waiting sequence takes its
+     * place (vLLM's continuous batching). Every rank learns every new token
+     * (one small sum per pass), so all build the same passes. */
+    for (;;) {
+        const double t0 = epm_now();
         int lo = batch, hi = 0; /* the sequences fed since the last sum: those between lo and hi - 1 */
         for (int s = 0; s < batch; s++)
             if (r.fed[s])
                 lo = s < lo ? s : lo, hi = s + 1;
-        /* the tokens of the passes since the last sum (of many waiting sequences, only those that ran) */
+        /* the tokens of the last pass (of many waiting sequences, only those that ran) */
         if (lo < hi)
             EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, nt + (size_t)lo * W, (hi - lo) * W), st, fail_gen);
         for (int s = lo; s < hi; s++) {
@@ -2089,99 +2136,24 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
                 if (t == (own ? own->stop_ids : o->stop_ids)[j])
                     res->stopped[s] = 1;
             const int cap = o->max_new_per_seq && o->max_new_per_seq[s] < maxnew ? o->max_new_per_seq[s] : maxnew;
-            r.live[s] = !res->stopped[s] && res->gen_len[s] < cap;
-            if (!r.live[s])
+            if (res->stopped[s] || res->gen_len[s] >= cap) {
+                epm_sched_end(r.sched, s);
                 kv_release(&r, s);
+            }
             memset(nt + (size_t)s * W, 0, (size_t)W * sizeof *nt);
         }
-        int nlive = 0;
-        for (int s = 0; s < batch; s++)
-            r.live_rank[s] = r.live[s] ? nlive++ : -1;
-        int waiting = 0;
-        for (int q = 0; q < r.R; q++)
-            waiting |= r.waiting[q] < batch;
-        if (nlive == 0 && !waiting)
+        epm_sched_pass sp;
+        if (!epm_sched_next(r.sched, &sp))
             break;
-        /* each home rank's waiting sequences that fit in its places: prefilled
-         * now, decoding from the next step */
-        r.nadm = 0;
-        for (int q = 0; q < r.R && waiting; q++) {
-            int on = 0;
-            for (int s = q; s < batch; s += r.R)
-                on += r.live[s];
-            for (; r.waiting[q] < batch && on < r.places[q]; r.waiting[q] += r.R, on++)
-                r.adm[r.nadm++] = r.waiting[q];
-        }
-        if (r.nadm > 0) {
-            qsort(r.adm, (size_t)r.nadm, sizeof *r.adm, by_i32);
-            st = admit_passes(&r);
-            for (int i = 0; i < r.nadm && st == EPM_OK; i++)
-                st = kv_acquire(&r, r.adm[i]);
-            EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
-            EPM_CHECK_GOTO(prefill(&r, prompts, &po, res), st, fail_gen);
-            for (int i = 0; i < r.nadm; i++) {
-                r.fed[r.adm[i]] = o->max_new_tokens > 0;
-                if (!r.fed[r.adm[i]]) /* nothing to decode: done */
-                    kv_release(&r, r.adm[i]);
-            }
-        }
-        if (nlive == 0)
-            continue;
-        int64_t trace_len = o->route_from ? epm_trace_tokens(o->route_from) : INT64_MAX;
-        const int32_t *tseq = trace_of_run ? epm_trace_seq_ids(o->route_from) : NULL;
-        if (r.dec_base + nlive > trace_len)
-            st = epm_fail(EPM_ERR_MISMATCH, "--route-from-trace: the trace ends at token %lld; decoding step %d needs "
-                          "up to token %lld", (long long)trace_len, step + 1, (long long)(r.dec_base + nlive));
-        /* a replayed trace's decoded tokens must be this run's: a trace recorded
-         * with other stop tokens (or none, or another --max-num-seqs) numbers them otherwise */
-        for (int s = 0; s < batch && tseq && st == EPM_OK; s++)
-            if (r.live[s] && tseq[r.dec_base + r.live_rank[s]] != s)
-                st = epm_fail(EPM_ERR_MISMATCH, "--route-from-trace: token %lld of the trace is sequence %d's, this "
-                              "run's decoding step %d has sequence %d's there: the trace was recorded with other stop "
-                              "tokens (or --ignore-eos, or none), or another --max-num-seqs or rank count",
-                              (long long)(r.dec_base + r.live_rank[s]), (int)tseq[r.dec_base + r.live_rank[s]],
-                              step + 1, s);
-        n = 0;
-        for (int s = r.me; s < batch; s += r.R)
-            n += r.live[s];
-        if (st == EPM_OK)
-            st = pass_buffers(&r, n, &g, &h); /* this rank's live sequences' */
+        for (int i = 0; i < sp.n_admitted && st == EPM_OK; i++)
+            st = kv_acquire(&r, sp.admitted[i]);
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
-        n = 0;
-        for (int s = 0; s < batch; s++) {
-            if (!r.live[s])
-                continue;
-            const int64_t gs = r.dec_base + r.live_rank[s];
-            r.dec_seq[gs - r.N] = s;
-            r.dec_pos[gs - r.N] = lens[s] + res->gen_len[s] - 1; /* where its last token goes */
-            r.fed[s] = 1;
-            if (s % r.R == r.me) {
-                g[n] = gs;
-                tok[n++] = res->generated[(size_t)s * maxnew + res->gen_len[s] - 1];
-            }
-        }
-        st = embed(&r, n, g, tok, h);
-        EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
-        r.g0 = r.dec_base, r.pn = nlive, r.pass_n = nlive, r.prefill = 0;
-        st = forward(&r, &n, &g, &h);
-        epm_free(lg);
-        lg = NULL;
-        if (st == EPM_OK)
-            st = logits(&r, n, h, &lg);
-        for (int64_t i = 0; i < n && i < homes; i++)
-            srow[i] = i, sseq[i] = seq_of(&r, g[i]);
-        if (st == EPM_OK && n > homes)
-            st = epm_fail(EPM_ERR_INTERNAL, "decoding: %lld tokens came home to rank %d, which has %d sequences",
-                          (long long)n, r.me, homes);
-        if (st == EPM_OK)
-            st = sample_rows(o, &smp, lg, c->vocab_size, (int)n, srow, sseq, prompts, lens, res->generated,
-                             res->gen_len, maxnew, nt);
-        EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
-        r.dec_base += nlive;
-        res->report.decode_tokens += nlive;
-        res->report.decode_steps = ++step;
+        EPM_CHECK_GOTO(run_pass(&r, &sp, prompts, &po, trace_of_run, res), st, fail_gen);
+        /* a mixed pass's seconds are shared out by its tokens */
+        const double dt = epm_now() - t0, pre = (double)sp.pre_tokens / (double)(sp.pre_tokens + sp.n_dec);
+        res->report.t_prefill += dt * pre;
+        res->report.t_decode += dt * (1 - pre);
     }
-    res->report.t_decode = epm_now() - t0 - res->report.t_prefill; /* the admissions' prefills are their own */
     res->report.max_num_seqs = r.max_seqs;
     EPM_CHECK_GOTO(collect_trace(&r, res), st, fail_gen);
     /* the report: counted bytes and loads summed over ranks */
@@ -2239,10 +2211,6 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     samplers_destroy(&smp);
     epm_free(srow);
     epm_free(sseq);
-    epm_free(g);
-    epm_free(h);
-    epm_free(tok);
-    epm_free(lg);
     teardown(&r);
     epm_xcomm_destroy(r.x);
     *out = res;
@@ -2253,10 +2221,6 @@ fail_gen:
     epm_free(srow);
     epm_free(sseq);
 fail:
-    epm_free(g);
-    epm_free(h);
-    epm_free(tok);
-    epm_free(lg);
     teardown(&r);
     epm_xcomm_destroy(r.x);
     epm_run_result_destroy(res);

@@ -11,6 +11,7 @@
 #include "epmoe/generate.h"
 #include "epmoe/placement.h"
 #include "epmoe/trace.h"
+#include "sched.h"
 
 /* Mixture-of-Depths: where the scores that pick the tokens running a block
  * come from (docs in dist/README.md or the README's MoD section). */
@@ -59,6 +60,11 @@ typedef struct epm_run_opts {
                                        tokens (vLLM's chunked prefill: activations bounded by the chunk,
                                        not the prompts); a pass's queries attend the rows earlier passes
                                        cached. Not with MoD router or attention. 0: one pass */
+    int separate_prefill;           /* a pass holds prompt tokens or decode tokens, never both: decoding
+                                       waits while any rank prefills (vLLM before V1; SGLang without
+                                       --enable-mixed-chunk). 0: mixed batches, as vLLM V1: each pass
+                                       holds every decoding sequence's next token and the prompt
+                                       chunks of those admitted (sched.h) */
     int max_num_seqs;               /* > 0: at most this many sequences decode at once (vLLM's
                                        max_num_seqs), shared out over their home ranks (rank q has
                                        N / R, the first N mod R one more, at least one each, as each
@@ -125,12 +131,14 @@ typedef struct epm_run_opts {
 typedef struct epm_run_report {
     int ranks, nodes, moe_layers;
     int64_t prefill_tokens, decode_tokens;
-    int prefill_passes;    /* forward passes the prefill took (epm_run_opts.prefill_chunk), over every
-                              admission */
+    int prefill_passes;    /* forward passes that held prompt tokens (epm_run_opts.prefill_chunk), over
+                              every admission; mixed ones too */
     int max_num_seqs;      /* sequences that decoded at once, at most (epm_run_opts.max_num_seqs, or the
                               batch) */
-    int64_t decode_steps;  /* decoding passes (each of every live sequence's next token) */
-    double t_prefill, t_decode, t_attention, t_gate, t_dispatch, t_experts, t_combine;
+    int64_t decode_steps;  /* passes that held decode tokens (each of every decoding sequence's next) */
+    int64_t mixed_passes;  /* passes that held both */
+    double t_prefill, t_decode; /* the passes' seconds, a mixed one's shared out by its tokens */
+    double t_attention, t_gate, t_dispatch, t_experts, t_combine;
     int64_t *bytes;        /* [moe_layers][EPM_LINK_COUNT] dispatch+combine, all ranks */
     int64_t *kv_bytes;     /* [moe_layers][EPM_LINK_COUNT] follow all-gather */
     int64_t *rank_load;    /* [moe_layers][ranks] (token, expert) pairs served */
@@ -189,11 +197,5 @@ typedef struct epm_run_result {
 epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int32_t *const *prompts,
                    epm_run_result **out);
 void epm_run_result_destroy(epm_run_result *r);
-
-/* The places of home rank q (of ranks) for a batch of sequences (sequence s
- * homed on s mod ranks) under max_num_seqs (0: all): max_num_seqs / ranks,
- * the first max_num_seqs mod ranks one more, at least one, at most its home
- * sequences. epm_run admits by it; bench run's synthetic trace follows it. */
-int epm_run_places(int batch, int ranks, int max_num_seqs, int q);
 
 #endif

@@ -61,29 +61,23 @@ typedef struct rt {
      * fault in again every time */
     float *ffn_scr;
     int64_t ffn_scr_n;
-    /* the forward pass under way: tokens g0 .. g0 + pn - 1 (all ranks), those of the pass among them */
-    int64_t g0, pn;
-    int prefill;
-    int64_t pass_n;       /* tokens of the pass: a prefill pass's (pass_tokens), the live sequences' in decoding */
-    /* prefill in passes (epm_run_opts.prefill_chunk): token g < N of the sequences being admitted
-       (adm[0 .. nadm), ascending) runs in pass chunk_of[g] (-1: another sequence's), which has
-       pass_tokens[] tokens on all ranks; chunk is the prefill pass under way */
-    int passes, chunk;
-    int32_t *adm;         /* [B] the sequences a prefill admits: all of them, or with max_num_seqs those
-                             that fill their home ranks' free places (continuous batching) */
+    /* the forward pass under way (sched.h): its prompt tokens' window g0 .. g0 + pf_n - 1 (the
+       pieces' tokens among them: chunk_of[g] == chunk), then its decode tokens dg0 .. dg0 + pn - pf_n - 1;
+       pass_t and pass_g map a token to its index in the pass's arrays and back */
+    int64_t g0, pf_n, dg0, pn;
+    int prefill;          /* the pass holds prompt tokens */
+    int64_t pass_n;       /* tokens of the pass on all ranks */
+    int chunk;            /* the pass's number */
+    int32_t *chunk_of;    /* [N] the pass that runs each prompt token (-1: none yet) */
+    int32_t *adm;         /* [B] the sequences whose prompt pieces the pass holds, ascending */
     int nadm;
-    int *places;          /* [R] sequences each home rank decodes at once, at most */
-    int *waiting;         /* [R] each home rank's first sequence not yet admitted (B: none) */
+    int *places;          /* [R] sequences each home rank holds at once, at most */
     int max_seqs;         /* the places of all ranks (those of a rank with fewer sequences: theirs) */
-    int64_t mine;         /* prompt tokens of this rank's (home) sequences among those admitted */
-    int64_t mine_most;    /* at most, over the admissions (the memory check's) */
-    int32_t *chunk_of;
-    int64_t *pass_tokens;
+    int64_t mine_most;    /* prompt tokens of this rank's places' longest sequences (the memory check's) */
+    struct epm_sched *sched;
     /* decoding: sequences leave the batch at a stop token */
-    uint8_t *live;        /* [B] admitted, prefilled and decoding: every rank knows every sequence's */
     uint8_t *fed;         /* [B] it ran a pass whose new token the next sum brings */
-    int32_t *live_rank;   /* [B] a live sequence's index among this step's live ones */
-    int64_t dec_base;     /* g of this step's first token: N + the tokens decoded before */
+    int64_t dec_base;     /* g of this pass's first decode token: N + the tokens decoded before */
     int32_t *dec_seq;     /* [steps * B] the sequence of each decoded token, in trace order (its g - N) */
     int32_t *dec_pos;     /* [steps * B] and its position */
     /* Mixture-of-Depths (runtime_mod.c) */
@@ -129,6 +123,10 @@ static inline int pos_of(const rt *r, int64_t g)
         return r->dec_pos[g - r->N];
     return (int)(g - r->offset[seq_of(r, g)]);
 }
+
+/* token g's index in the arrays of the pass under way, and back */
+static inline int64_t pass_t(const rt *r, int64_t g) { return g < r->N ? g - r->g0 : r->pf_n + (g - r->dg0); }
+static inline int64_t pass_g(const rt *r, int64_t t) { return t < r->pf_n ? r->g0 + t : r->dg0 + (t - r->pf_n); }
 
 /* g travels in two floats' bits: exact for any int64 */
 static inline void put_g(float *row, int64_t g) { memcpy(row, &g, sizeof g); }

@@ -83,7 +83,7 @@ epm_status epm_mod_setup(rt *r)
 {
     const epm_run_opts *o = r->o;
     const int L = r->c->num_layers;
-    int64_t P = r->N > r->B ? r->N : r->B; /* the largest pass */
+    int64_t P = (int64_t)r->N + r->B; /* the largest pass: prompt tokens and a decode token each */
     r->kv_n = epm_calloc((size_t)L * r->B, sizeof *r->kv_n);
     r->kv_base = epm_calloc((size_t)r->B, sizeof *r->kv_base);
     r->sel_first = epm_calloc((size_t)r->B, sizeof *r->sel_first);
@@ -199,7 +199,7 @@ static epm_status gather_scores(rt *r, int l, int64_t n, const int64_t *g, const
                         (long long)r->pass_n);
     }
     for (int64_t i = 0; i < na; i++) {
-        int64_t t = get_g(all + 4 * i) - r->g0;
+        int64_t t = pass_t(r, get_g(all + 4 * i));
         r->sc_tmp[t] = all[4 * i + 2];
         r->sc_tmp[P + t] = all[4 * i + 3];
     }
@@ -216,6 +216,9 @@ static epm_status select_scored(rt *r, int l)
             r->sel[t] = r->sc_tmp[P + t] >= r->tau[l];
         return EPM_OK;
     }
+    if (r->pf_n != P) /* the scheduler gives scored sources whole prompts, in one pass of their own */
+        return epm_fail(EPM_ERR_INTERNAL, "MoD: a pass of %lld prompt and %lld decode tokens", (long long)r->pf_n,
+                        (long long)(P - r->pf_n));
     int32_t *idx = epm_malloc((size_t)P * sizeof *idx);
     if (!idx)
         return EPM_ERR_NOMEM;
@@ -227,7 +230,7 @@ static epm_status select_scored(rt *r, int l)
         int len = r->lens[s], keep = (int)ceil(c * len - 1e-9);
         keep = keep < 1 ? 1 : keep;
         for (int p = 0; p < len; p++)
-            idx[p] = (int32_t)(r->offset[s] - r->g0 + p);
+            idx[p] = (int32_t)pass_t(r, r->offset[s] + p);
         qsort(idx, (size_t)len, sizeof *idx, by_score);
         for (int q = 0; q < keep; q++)
             r->sel[idx[q]] = 1;
@@ -254,7 +257,7 @@ epm_status epm_mod_select(rt *r, int l, int64_t n, const int64_t *g, const float
         *all = 0;
         if (r->o->mod == EPM_MOD_SCHEDULE) {
             for (int64_t t = 0; t < P; t++) {
-                int p = pos_of(r, r->g0 + t);
+                int p = pos_of(r, pass_g(r, t));
                 r->sel[t] = floor((p + l + 1) * c) > floor((p + l) * c);
             }
         } else {
@@ -264,8 +267,8 @@ epm_status epm_mod_select(rt *r, int l, int64_t n, const int64_t *g, const float
     } else {
         memset(r->sel, 1, (size_t)P);
     }
-    /* only the pass's tokens: a prefill chunk's (a decoding step's are all its own) */
-    for (int64_t t = 0; t < P && r->prefill; t++)
+    /* only the pass's prompt tokens: its pieces' (its decode tokens are all its own) */
+    for (int64_t t = 0; t < r->pf_n; t++)
         r->sel[t] &= r->chunk_of[r->g0 + t] == r->chunk;
     /* cache rows: each sequence's selected tokens, in order, after its rows so far */
     int32_t *kv = r->kv_n + (size_t)l * r->B;
@@ -277,7 +280,7 @@ epm_status epm_mod_select(rt *r, int l, int64_t n, const int64_t *g, const float
         r->cidx[t] = -1;
         if (!r->sel[t])
             continue;
-        int s = seq_of(r, r->g0 + t);
+        int s = seq_of(r, pass_g(r, t));
         if (r->sel_first[s] < 0)
             r->sel_first[s] = (int32_t)ns;
         r->sel_list[ns++] = (int32_t)t;
@@ -316,8 +319,8 @@ epm_status epm_mod_attention_done(rt *r)
     for (int64_t t = 0; t < P; t++) {
         if (!r->sel[t] || r->acc[2 * P + t] == 0)
             continue;
-        r->sc_att[r->g0 + t] = (double)r->acc[t] / (AMOD_ONE * heads * (double)r->acc[2 * P + t]);
-        r->sc_diag[r->g0 + t] = (double)r->acc[P + t] / (AMOD_ONE * heads);
+        r->sc_att[pass_g(r, t)] = (double)r->acc[t] / (AMOD_ONE * heads * (double)r->acc[2 * P + t]);
+        r->sc_diag[pass_g(r, t)] = (double)r->acc[P + t] / (AMOD_ONE * heads);
     }
     return EPM_OK;
 }

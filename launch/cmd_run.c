@@ -138,7 +138,7 @@ static const char usage[] =
 
 enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER, O_MAXMEM,
        O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
-       O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK, O_PLOGPROBS, O_MAXSEQS };
+       O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK, O_PLOGPROBS, O_MAXSEQS, O_SEPPRE };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_OUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -166,6 +166,7 @@ static const struct option opts[] = {
     {"presence-penalty", required_argument, 0, O_PRESP}, {"frequency-penalty", required_argument, 0, O_FREQP},
     {"min-tokens", required_argument, 0, O_MINTOK}, {"prefill-chunk", required_argument, 0, O_CHUNK},
     {"max-num-seqs", required_argument, 0, O_MAXSEQS},
+    {"separate-prefill", no_argument, 0, O_SEPPRE},
     {"prompt-logprobs", required_argument, 0, O_PLOGPROBS},
     {0, 0, 0, 0}};
 
@@ -223,11 +224,11 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
     double tps = r->t_prefill > 0 ? (double)r->prefill_tokens / r->t_prefill : 0;
     double dps = r->t_decode > 0 ? (double)r->decode_tokens / r->t_decode : 0;
     if (json) {
-        fprintf(f, "\"report\": {\"ranks\": %d, \"nodes\": %d, \"prefill_tokens\": %lld, \"prefill_passes\": %d, \"max_num_seqs\": %d, \"decode_tokens\": %lld, \"decode_steps\": %lld, "
+        fprintf(f, "\"report\": {\"ranks\": %d, \"nodes\": %d, \"prefill_tokens\": %lld, \"prefill_passes\": %d, \"max_num_seqs\": %d, \"decode_tokens\": %lld, \"decode_steps\": %lld, \"mixed_passes\": %lld, "
                    "\"prefill_tokens_per_s\": %.3f, \"decode_tokens_per_s\": %.3f, \"seconds\": {\"prefill\": %.6f, "
                    "\"decode\": %.6f, \"attention\": %.6f, \"gate\": %.6f, \"dispatch\": %.6f, \"experts\": %.6f, "
                    "\"combine\": %.6f}, \"expert_dtype\": \"%s\", \"dense_dtype\": \"%s\", \"weight_bytes_max_rank\": %lld, \"kv_cache\": \"%s\", \"kv_dtype\": \"%s\", \"kv_row_floats\": %d, \"kv_cache_bytes_max_rank\": %lld, \"wire_dtype\": \"%s\", \"gather_bytes\": [%lld, %lld, %lld], \"layers\": [",
-                r->ranks, r->nodes, (long long)r->prefill_tokens, r->prefill_passes, r->max_num_seqs, (long long)r->decode_tokens, (long long)r->decode_steps, tps, dps, r->t_prefill,
+                r->ranks, r->nodes, (long long)r->prefill_tokens, r->prefill_passes, r->max_num_seqs, (long long)r->decode_tokens, (long long)r->decode_steps, (long long)r->mixed_passes, tps, dps, r->t_prefill,
                 r->t_decode, r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine,
                 epm_dtype_name(r->expert_dtype), epm_dtype_name(r->dense_dtype), (long long)r->weight_bytes_max, r->kv_cache ? r->kv_cache : "?", epm_dtype_name(r->kv_dtype), r->kv_row_floats, (long long)r->kv_cache_bytes_max, epm_dtype_name(r->wire_dtype), (long long)r->gather_bytes[0], (long long)r->gather_bytes[1],
                 (long long)r->gather_bytes[2]);
@@ -250,8 +251,11 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
         fprintf(f, "]}");
         return;
     }
-    char passes[32] = "";
-    if (r->prefill_passes > 1)
+    char passes[96] = "";
+    if (r->mixed_passes > 0)
+        snprintf(passes, sizeof passes, " (%d passes, %lld of them mixed with decode tokens)", r->prefill_passes,
+                 (long long)r->mixed_passes);
+    else if (r->prefill_passes > 1)
         snprintf(passes, sizeof passes, " (%d passes)", r->prefill_passes);
     fprintf(f, "ranks %d (%d nodes)  prefill %lld tokens%s in %.3f s (%.1f tok/s)  decode %lld tokens in %.3f s "
                "(%.1f tok/s, at most %d sequences at once)\n",
@@ -618,6 +622,7 @@ int epm_cli_run(int argc, char **argv)
             o.max_num_seqs = (int)v;
             seqs_given = 1;
             break;
+        case O_SEPPRE: o.separate_prefill = 1; break;
         case O_MINTOK:
             if (!cli_parse_int(W, "--min-tokens", optarg, 0, 1 << 20, &v)) return EPM_EXIT_USAGE;
             gf.s.min_tokens = (int)v;

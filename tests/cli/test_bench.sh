@@ -564,7 +564,10 @@ printf '{"prompt_token_ids": [1, 2, 3, 4, 5], "max_tokens": 3}\n{"prompt_token_i
   >"$d/in.jsonl"
 ok "bench run --input" mpi -np 2 "$E" bench run --model "$m" --input "$d/in.jsonl" --new 2 --reps 1 --time-limit 1 \
   --workdir "$d/work" --methods contiguous,eplb --modes home,follow --csv && csvcheck run 2 home,follow contiguous,eplb
-# (two at a time: the trace numbers the sequences as continuous batching admits them)
+# (three at a time, rank 1 one: its second waits, then is prefilled in a pass of its own)
+ok "bench run --input --separate-prefill" mpi -np 2 "$E" bench run --model "$m" --input "$d/in.jsonl" --new 2 \
+  --reps 1 --workdir "$d/work" --methods contiguous --modes home --max-num-seqs 3 --separate-prefill
+# (two at a time: the trace numbers the sequences as continuous batching admits them, in mixed batches)
 ok "bench run --input, table" mpi -np 3 "$E" bench run --model "$m" --input "$d/in.jsonl" --new 2 --reps 1 \
   --workdir "$d/work" --methods contiguous --modes follow --max-num-seqs 2 &&
   { grep -q "in.jsonl: 4 sequences, 11 prompt tokens, up to 3 new, zipf" "$d/out" || { fail "bench run --input: header"; show; }; }
@@ -633,21 +636,23 @@ ok "bench run --prefill-chunks" mpi -np 2 "$E" bench run --model "$F/olmoe-tiny"
              NR == 4 && $1 == 3 && $2 == 6 && $3 > 0 && $5 > 0 && $7 < 1e-5 && $8 == 1 {c = 1}
              END {exit !(h && a && b && c && NR == 4)}' "$d/out" || { fail "bench run --prefill-chunks: rows"; show; }; }
 usage run --prefill-chunks 0 --model "$m" --prefill-chunks 4,0
-# 7 sequences of 1 to 6 new tokens, at most 2 and 3 at once: in static batches (the baseline) and
-# continuously; the reference kernels, the same tokens; fewer decoding steps and no more K/V caches
-# continuously; the same tokens generated either way
+# 7 sequences of 1 to 6 new tokens, at most 2 and 3 at once: in static batches (the baseline),
+# continuously with separate prefill passes, and in mixed batches; the reference kernels, the same
+# tokens each way; continuously fewer decoding steps, mixed fewer passes, no more K/V caches
 ok "bench run --continuous" mpi -np 2 "$E" bench run --model "$F/mixtral-tiny" --batch 7 --seq 6 --new 6 --reps 1 \
   --continuous 2,3 --kernels ref --modes follow --csv &&
-  { awk -F, 'NR == 1 && $1 == "max_num_seqs" && $7 == "continuous_vs_static" && NF == 12 {h = 1}
-             NR > 1 && $2 > 0 && $3 > 0 && $3 <= $2 && $4 > 7 && $5 > 0 && $6 > 0 && $8 > 0 && $8 < 1 && $9 > 0 &&
-               $9 < 1 && $11 > 0 && $11 <= $10 && $12 == 1 {n++}
-             NR == 2 && $1 == 2 {a = 1} NR == 3 && $1 == 3 {b = 1}
-             END {exit !(h && a && b && n == 2 && NR == 3)}' "$d/out" || { fail "bench run --continuous: rows"; show; }; }
+  { awk -F, 'NR == 1 && $1 == "max_num_seqs" && $2 == "way" && $7 == "vs_static" && NF == 10 {h = 1}
+             NR > 1 && $3 > 0 && $4 > 0 && $5 > 7 && $6 > 0 && $8 > 0 && $8 < 1 && $9 > 0 && $10 == 1 {n++}
+             NR > 1 && $2 == "static" && $7 == 1 {st[$1] = $4; kv[$1] = $9; gen[$1] = $5; n++}
+             NR > 1 && $2 == "separate" && $4 <= st[$1] && $9 <= kv[$1] && $5 == gen[$1] {sep[$1] = $3; n++}
+             NR > 1 && $2 == "mixed" && $3 <= sep[$1] && $9 <= kv[$1] && $5 == gen[$1] {n++}
+             NR == 2 && $1 == 2 {a = 1} NR == 5 && $1 == 3 {b = 1}
+             END {exit !(h && a && b && n == 12 && NR == 7)}' "$d/out" || { fail "bench run --continuous: rows"; show; }; }
 usage run "--continuous --prefill-chunks" "" --model "$m" --continuous 2 --prefill-chunks 4
 usage run --prefill-chunks 1,2,3,4,5,6,7,8,9 --model "$m" --prefill-chunks 1,2,3,4,5,6,7,8,9
 usage run "--prefill-chunks --kv-dtypes" "" --model "$m" --prefill-chunks 4 --kv-dtypes
 usage run --max-num-seqs -1 --model "$m" --max-num-seqs -1
-help_ok run --model --batch --seq --new --input --max-num-seqs --methods --modes --workdir --reps --warmup --ta --mod --capacities \
+help_ok run --model --batch --seq --new --input --max-num-seqs --separate-prefill --methods --modes --workdir --reps --warmup --ta --mod --capacities \
   --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --prefill-chunks --continuous --csv
 usage run --model "" --batch 2
 usage run --batch x --model "$m" --batch x

@@ -340,6 +340,19 @@ check "prefill in chunks, one sequence at a time" 0 run -np 1 "$E" run --model "
   --prefill-chunk 2 --max-num-seqs 1
 has "$d/err" "prefill 8 tokens (5 passes) in"
 has "$d/err" "at most 1 sequences at once"
+# both at once on one rank: the first decodes in the passes of the second's last chunks (mixed batches),
+# or waits for them (--separate-prefill); the same tokens either way
+check "mixed batches" 0 run -np 1 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report \
+  --prefill-chunk 2
+[ "$(gj "d['generated']"),$(gj "d['report']['mixed_passes'] > 0")" = "$tok1,True" ] ||
+  fail "mixed batches: $(head -c 300 "$d/out")"
+check "mixed batches, text report" 0 run -np 1 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 \
+  --report --prefill-chunk 2
+has "$d/err" "prefill 8 tokens (4 passes, 1 of them mixed with decode tokens) in"
+check "--separate-prefill" 0 run -np 1 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json \
+  --report --prefill-chunk 2 --separate-prefill
+[ "$(gj "d['generated']"),$(gj "d['report']['mixed_passes']")" = "$tok1,0" ] ||
+  fail "--separate-prefill: $(head -c 300 "$d/out")"
 check "prefill chunks with --mod router" 1 one "$E" run --model "$m" --input "$d/in.json" --mod router \
   --mod-capacity 0.5 --prefill-chunk 4
 has "$d/err" "--prefill-chunk with --mod router"

@@ -817,6 +817,25 @@ static void test_run_continuous_batching(void **state)
                     assert_int_equal(a->prompt_top_ids[t], b->prompt_top_ids[t]);
                 }
             }
+            /* one rank, two places: the third sequence's prompt is prefilled while the first decodes */
+            if (R == 1 && variant == 0)
+                assert_int_equal(y->mixed_passes > 0, m >= 2);
+            if (m == 2) { /* prefill passes of their own: the same tokens, later */
+                o.separate_prefill = 1;
+                epm_run_result *c;
+                assert_int_equal(epm_run(&o, B, lens, prompts, &c), EPM_OK);
+                o.separate_prefill = 0;
+                assert_int_equal(c->report.mixed_passes, 0);
+                assert_memory_equal(c->gen_len, a->gen_len, B * sizeof *a->gen_len);
+                assert_memory_equal(c->generated, a->generated, (size_t)B * NEW * sizeof *a->generated);
+                for (int s = 0; s < B; s++)
+                    assert_memory_equal(c->logprob + s * NEW, a->logprob + s * NEW, a->gen_len[s] * sizeof(float));
+                assert_memory_equal(c->report.layer_tokens, x->layer_tokens, 4 * sizeof *x->layer_tokens);
+                assert_memory_equal(c->report.bytes, x->bytes, 4 * EPM_LINK_COUNT * sizeof *x->bytes);
+                assert_true(c->report.prefill_passes + c->report.decode_steps >= y->prefill_passes + y->decode_steps -
+                                                                                     y->mixed_passes);
+                epm_run_result_destroy(c);
+            }
             if (m == 2 && variant == 0) {
                 /* under replicas: plan eval on the run's own trace predicts it */
                 epm_placement *p2 = make_placement(2, 4, 8, 1);
@@ -1004,6 +1023,28 @@ static void test_run_agrees_with_plan_eval(void **state)
     epm_trace_destroy(t);
 }
 
+/* Traces a and b route each sequence's tokens alike, token for token,
+ * whatever order their passes decoded them in (their seq_ids). */
+static void assert_same_routing(epm_trace *a, epm_trace *b, int layers, int k)
+{
+    const int64_t T = epm_trace_tokens(a);
+    assert_int_equal(epm_trace_tokens(b), T);
+    const int32_t *sa = epm_trace_seq_ids(a), *sb = epm_trace_seq_ids(b);
+    assert_non_null(sa);
+    assert_non_null(sb);
+    for (int64_t i = 0; i < T; i++) {
+        int64_t occ = 0, j = 0; /* token i is its sequence's occ-th; b's occ-th of that sequence is j */
+        for (int64_t q = 0; q < i; q++)
+            occ += sa[q] == sa[i];
+        for (int64_t seen = -1; j < T; j++)
+            if (sb[j] == sa[i] && ++seen == occ)
+                break;
+        assert_true(j < T);
+        for (int l = 0; l < layers; l++)
+            assert_memory_equal(epm_trace_ids(a, l) + i * k, epm_trace_ids(b, l) + j * k, (size_t)k * sizeof(int32_t));
+    }
+}
+
 /* Chunked prefill: the prompts in passes of T of each rank's tokens give
  * the reference's logits and routing and the unchunked run's tokens, and
  * count the same bytes and loads (each token is dispatched alike, whichever
@@ -1040,10 +1081,13 @@ static void test_run_prefill_chunk(void **state)
                 const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
                 assert_int_equal(epm_run(&o, 2, f.lens, prompts, &a), EPM_OK);
                 o.prefill_chunk = chunks[c];
+                o.separate_prefill = c % 2; /* 5 and 11 mixed, 1 and 16 separate */
                 assert_int_equal(epm_run(&o, 2, f.lens, prompts, &b), EPM_OK);
                 const int64_t most = R == 1 ? 32 : 16; /* a rank's prompt tokens */
                 assert_int_equal(a->report.prefill_passes, 1);
                 assert_int_equal(b->report.prefill_passes, (most + chunks[c] - 1) / chunks[c]);
+                /* one rank: sequence 0 decodes in the passes of sequence 1's chunks, unless separate */
+                assert_int_equal(b->report.mixed_passes > 0, R == 1 && !o.separate_prefill);
                 const epm_run_report *x = &a->report, *y = &b->report;
                 const int L = x->moe_layers;
                 assert_memory_equal(x->bytes, y->bytes, (size_t)L * EPM_LINK_COUNT * sizeof *x->bytes);
@@ -1061,9 +1105,13 @@ static void test_run_prefill_chunk(void **state)
                                 (long long)chunks[c], R, e);
                     assert_true(e <= 1e-4);
                     assert_memory_equal(a->generated, b->generated, 2 * 4 * sizeof *a->generated);
+                    /* separate prefill decodes in the same order as one pass; mixed batches decode
+                     * a sequence whose prompt is done while the other's is prefilled */
+                    if (o.separate_prefill)
+                        assert_memory_equal(epm_trace_seq_ids(b->trace), epm_trace_seq_ids(a->trace),
+                                            (size_t)epm_trace_tokens(a->trace) * sizeof(int32_t));
+                    assert_same_routing(a->trace, b->trace, 4, 2);
                     for (int l = 0; l < 4; l++) {
-                        assert_memory_equal(epm_trace_ids(b->trace, l), epm_trace_ids(a->trace, l),
-                                            (size_t)epm_trace_tokens(a->trace) * 2 * sizeof(int32_t));
                         char key[32];
                         snprintf(key, sizeof key, "topk_ids.%d", l);
                         if (!mod)

@@ -1,0 +1,137 @@
+/* The pass scheduler of `epmoe run` (sched.h). */
+#include "sched.h"
+
+enum { WAITING, PREFILLING, DECODING, ENDED };
+
+struct epm_sched {
+    epm_sched_opts o;
+    uint8_t *state;     /* [batch] */
+    int *done;          /* [batch] prompt tokens prefilled */
+    int *places;        /* [ranks] */
+    int *held;          /* [ranks] sequences prefilling or decoding */
+    int *waiting;       /* [ranks] first sequence not yet admitted (batch: none) */
+    int64_t *budget;    /* [ranks] prompt tokens left to a pass */
+    int32_t *admitted, *dec;
+    epm_sched_piece *pre;
+    int64_t index;
+};
+
+int epm_run_places(int batch, int ranks, int max_num_seqs, int q)
+{
+    const int homes = batch / ranks + (q < batch % ranks), M = max_num_seqs;
+    int p = M > 0 ? M / ranks + (q < M % ranks) : homes;
+    p = p < 1 ? 1 : p;
+    return p > homes ? homes : p;
+}
+
+void epm_sched_destroy(epm_sched *s)
+{
+    if (!s)
+        return;
+    epm_free(s->state);
+    epm_free(s->done);
+    epm_free(s->places);
+    epm_free(s->held);
+    epm_free(s->waiting);
+    epm_free(s->budget);
+    epm_free(s->admitted);
+    epm_free(s->dec);
+    epm_free(s->pre);
+    epm_free(s);
+}
+
+epm_status epm_sched_create(const epm_sched_opts *o, epm_sched **out)
+{
+    *out = NULL;
+    if (o->batch < 1 || o->ranks < 1 || !o->lens || o->max_num_seqs < 0 || o->chunk < 0)
+        return epm_fail(EPM_ERR_INVALID_ARG, "scheduler: batch %d, ranks %d, max_num_seqs %d, chunk %lld",
+                        o->batch, o->ranks, o->max_num_seqs, (long long)o->chunk);
+    epm_sched *s = epm_calloc(1, sizeof *s);
+    if (!s)
+        return EPM_ERR_NOMEM;
+    const size_t B = (size_t)o->batch, R = (size_t)o->ranks;
+    s->o = *o;
+    s->state = epm_calloc(B, 1);
+    s->done = epm_calloc(B, sizeof *s->done);
+    s->places = epm_malloc(R * sizeof *s->places);
+    s->held = epm_calloc(R, sizeof *s->held);
+    s->waiting = epm_malloc(R * sizeof *s->waiting);
+    s->budget = epm_malloc(R * sizeof *s->budget);
+    s->admitted = epm_malloc(B * sizeof *s->admitted);
+    s->dec = epm_malloc(B * sizeof *s->dec);
+    s->pre = epm_malloc(B * sizeof *s->pre);
+    if (!s->state || !s->done || !s->places || !s->held || !s->waiting || !s->budget || !s->admitted || !s->dec ||
+        !s->pre) {
+        epm_sched_destroy(s);
+        return EPM_ERR_NOMEM;
+    }
+    for (int q = 0; q < o->ranks; q++) {
+        s->places[q] = epm_run_places(o->batch, o->ranks, o->max_num_seqs, q);
+        s->waiting[q] = q < o->batch ? q : o->batch;
+    }
+    for (int i = 0; i < o->batch; i++)
+        if (o->lens[i] < 1) {
+            epm_sched_destroy(s);
+            return epm_fail(EPM_ERR_INVALID_ARG, "scheduler: sequence %d is empty", i);
+        }
+    *out = s;
+    return EPM_OK;
+}
+
+void epm_sched_end(epm_sched *s, int seq)
+{
+    if (!s || seq < 0 || seq >= s->o.batch || s->state[seq] == ENDED || s->state[seq] == WAITING)
+        return;
+    s->state[seq] = ENDED;
+    s->held[seq % s->o.ranks]--;
+}
+
+int epm_sched_next(epm_sched *s, epm_sched_pass *p)
+{
+    const int B = s->o.batch, R = s->o.ranks;
+    const int *lens = s->o.lens;
+    /* the prompts whose last piece ran decode from now on */
+    int left = 0;
+    for (int i = 0; i < B; i++) {
+        if (s->state[i] == PREFILLING && s->done[i] == lens[i])
+            s->state[i] = DECODING;
+        left |= s->state[i] != ENDED;
+    }
+    if (!left)
+        return 0;
+    /* each home rank fills its free places with its next waiting sequences, in order */
+    int na = 0;
+    for (int q = 0; q < R; q++)
+        for (; s->waiting[q] < B && s->held[q] < s->places[q]; s->waiting[q] += R, s->held[q]++) {
+            s->state[s->waiting[q]] = PREFILLING;
+            s->admitted[na++] = s->waiting[q];
+        }
+    /* ascending, as the pass's arrays are */
+    for (int i = 1; i < na; i++)
+        for (int j = i; j > 0 && s->admitted[j - 1] > s->admitted[j]; j--) {
+            int32_t t = s->admitted[j];
+            s->admitted[j] = s->admitted[j - 1];
+            s->admitted[j - 1] = t;
+        }
+    /* each rank's prefilling sequences, in order, take up to its chunk of prompt tokens */
+    for (int q = 0; q < R; q++)
+        s->budget[q] = s->o.chunk > 0 ? s->o.chunk : INT64_MAX;
+    int np = 0, nd = 0;
+    int64_t pt = 0;
+    for (int i = 0; i < B; i++) {
+        int64_t *b = &s->budget[i % R];
+        if (s->state[i] != PREFILLING || *b == 0)
+            continue;
+        int take = lens[i] - s->done[i];
+        take = *b < take ? (int)*b : take;
+        s->pre[np++] = (epm_sched_piece){i, s->done[i], s->done[i] + take};
+        s->done[i] += take;
+        *b -= take;
+        pt += take;
+    }
+    for (int i = 0; i < B && (np == 0 || !s->o.separate_prefill); i++)
+        if (s->state[i] == DECODING)
+            s->dec[nd++] = i;
+    *p = (epm_sched_pass){s->admitted, na, s->pre, np, pt, s->dec, nd, s->index++};
+    return 1;
+}

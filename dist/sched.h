@@ -1,0 +1,58 @@
+/* Which tokens each forward pass of `epmoe run` holds (internal): the
+ * scheduler that admits sequences into their home ranks' places, splits
+ * their prompts into chunks and, in mixed batches, puts those chunks in the
+ * same pass as the running sequences' decode tokens (vLLM V1's and
+ * SGLang's mixed chunked prefill). epm_run follows it; `bench run`
+ * simulates a run with it to number a synthetic trace the way the run will.
+ * It depends on the lengths alone, so every rank builds the same passes. */
+#ifndef EPM_SCHED_H
+#define EPM_SCHED_H
+
+#include <stdint.h>
+
+#include "core.h"
+
+typedef struct epm_sched epm_sched;
+
+/* positions [from, to) of sequence seq's prompt, prefilled in a pass */
+typedef struct epm_sched_piece {
+    int seq, from, to;
+} epm_sched_piece;
+
+typedef struct epm_sched_pass {
+    const int32_t *admitted;    /* sequences admitted as this pass begins (their K/V caches are taken now) */
+    int n_admitted;
+    const epm_sched_piece *pre; /* prompt pieces, by ascending sequence */
+    int n_pre;
+    int64_t pre_tokens;         /* their tokens */
+    const int32_t *dec;         /* sequences that decode one token, ascending */
+    int n_dec;
+    int64_t index;              /* the pass's number, from 0 */
+} epm_sched_pass;
+
+typedef struct epm_sched_opts {
+    int batch;
+    const int *lens;   /* [batch] prompt lengths, each >= 1 (read as it goes: kept by the caller) */
+    int ranks;         /* home ranks: sequence s's is s mod ranks */
+    int max_num_seqs;  /* 0: all at once (epm_run_places) */
+    int64_t chunk;     /* > 0: at most this many of a rank's prompt tokens a pass; 0: whole prompts */
+    int separate_prefill;       /* a pass holds prompt tokens or decode tokens, never both: decoding waits while any
+                          rank prefills (vLLM before V1, SGLang without --enable-mixed-chunk) */
+} epm_sched_opts;
+
+epm_status epm_sched_create(const epm_sched_opts *o, epm_sched **out);
+void epm_sched_destroy(epm_sched *s);
+
+/* The next pass into *p (valid until the next call): 1, or 0 when every
+ * sequence has ended. A sequence whose prompt's last piece ran in the
+ * previous pass decodes in this one unless epm_sched_end ended it. */
+int epm_sched_next(epm_sched *s, epm_sched_pass *p);
+
+/* Sequence seq ended (its last token came in the previous pass): its place
+ * is free for its rank's next waiting sequence. */
+void epm_sched_end(epm_sched *s, int seq);
+
+/* A home rank's places: how many of its sequences it holds at once. */
+int epm_run_places(int batch, int ranks, int max_num_seqs, int q);
+
+#endif

@@ -1,0 +1,204 @@
+/* The pass scheduler of epmoe run (dist/sched.c): two schedules worked out
+ * by hand (mixed and separate prefill), and on random batches the rules
+ * every schedule keeps: each prompt token prefilled once, in order; a
+ * rank's prompt tokens in a pass within its chunk; a rank's sequences held
+ * within its places, admitted in order; a sequence decodes in the pass
+ * after its prompt's last piece and each pass after until it ends, once
+ * per token; with separate prefill no pass holds both kinds. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "test_util.h"
+
+#include "sched.h"
+
+/* Runs a schedule to its end, sequence s ending after caps[s] tokens (its
+ * prompt's last piece gives the first), and writes each pass as
+ * "a<admitted> p<seq>:<from>-<to> d<decoding>;" into out. */
+static int describe(const epm_sched_opts *o, const int *caps, char *out, size_t cap)
+{
+    epm_sched *s = NULL;
+    assert_int_equal(epm_sched_create(o, &s), EPM_OK);
+    int gen[64] = {0}, passes = 0;
+    size_t at = 0;
+    out[0] = 0;
+    epm_sched_pass p;
+    while (epm_sched_next(s, &p)) {
+        at += (size_t)snprintf(out + at, cap - at, "a");
+        for (int i = 0; i < p.n_admitted; i++)
+            at += (size_t)snprintf(out + at, cap - at, "%s%d", i ? "," : "", p.admitted[i]);
+        for (int i = 0; i < p.n_pre; i++)
+            at += (size_t)snprintf(out + at, cap - at, " p%d:%d-%d", p.pre[i].seq, p.pre[i].from, p.pre[i].to);
+        at += (size_t)snprintf(out + at, cap - at, " d");
+        for (int i = 0; i < p.n_dec; i++)
+            at += (size_t)snprintf(out + at, cap - at, "%s%d", i ? "," : "", p.dec[i]);
+        at += (size_t)snprintf(out + at, cap - at, ";");
+        for (int i = 0; i < p.n_pre; i++)
+            if (p.pre[i].to == o->lens[p.pre[i].seq] && ++gen[p.pre[i].seq] >= caps[p.pre[i].seq])
+                epm_sched_end(s, p.pre[i].seq);
+        for (int i = 0; i < p.n_dec; i++)
+            if (++gen[p.dec[i]] >= caps[p.dec[i]])
+                epm_sched_end(s, p.dec[i]);
+        assert_int_equal(p.index, passes++);
+        assert_true(passes < 1000);
+    }
+    epm_sched_destroy(s);
+    return passes;
+}
+
+/* One rank, two places, chunks of 2: sequence 0 decodes in the passes of
+ * sequence 1's chunks, and sequence 2 takes the place of both once they end. */
+static void test_mixed_by_hand(void **state)
+{
+    (void)state;
+    static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
+    const epm_sched_opts o = {3, lens, 1, 2, 2, 0};
+    char got[512];
+    assert_int_equal(describe(&o, caps, got, sizeof got), 4);
+    assert_string_equal(got, "a0,1 p0:0-2 d;a p1:0-2 d0;a p1:2-3 d0;a2 p2:0-2 d;");
+}
+
+/* The same batch with separate prefill: decoding waits for sequence 1's
+ * chunks, and for sequence 2's, admitted as sequence 1 ends. */
+static void test_separate_by_hand(void **state)
+{
+    (void)state;
+    static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
+    const epm_sched_opts o = {3, lens, 1, 2, 2, 1};
+    char got[512];
+    assert_int_equal(describe(&o, caps, got, sizeof got), 6);
+    assert_string_equal(got, "a0,1 p0:0-2 d;a p1:0-2 d;a p1:2-3 d;a2 p2:0-2 d;a d0;a d0;");
+}
+
+/* Two ranks, one place each (max_num_seqs 2), chunks of 2: rank 1's
+ * sequence 1 ends at its first token and sequence 3 is admitted at once;
+ * rank 0's sequence 2 waits for sequence 0. Whole prompts without a chunk. */
+static void test_two_ranks_by_hand(void **state)
+{
+    (void)state;
+    static const int lens[] = {3, 2, 4, 1}, caps[] = {2, 1, 3, 2};
+    epm_sched_opts o = {4, lens, 2, 2, 2, 0};
+    char got[512];
+    describe(&o, caps, got, sizeof got);
+    assert_string_equal(got, "a0,1 p0:0-2 p1:0-2 d;a3 p0:2-3 p3:0-1 d;a d0,3;a2 p2:0-2 d;a p2:2-4 d;a d2;a d2;");
+    o.chunk = 0;
+    o.max_num_seqs = 0; /* all at once, whole prompts */
+    describe(&o, caps, got, sizeof got);
+    assert_string_equal(got, "a0,1,2,3 p0:0-3 p1:0-2 p2:0-4 p3:0-1 d;a d0,2,3;a d2;");
+}
+
+static unsigned lcg(unsigned *x)
+{
+    *x = *x * 1103515245u + 12345u;
+    return (*x >> 16) & 0x7fff;
+}
+
+static void test_rules_on_random_batches(void **state)
+{
+    (void)state;
+    unsigned seed = 7;
+    for (int trial = 0; trial < 2000; trial++) {
+        int lens[40], caps[40], B = 1 + (int)(lcg(&seed) % 40), R = 1 + (int)(lcg(&seed) % 8);
+        for (int i = 0; i < B; i++) {
+            lens[i] = 1 + (int)(lcg(&seed) % 30);
+            caps[i] = 1 + (int)(lcg(&seed) % 6);
+        }
+        const epm_sched_opts o = {B, lens, R, (int)(lcg(&seed) % 12), (int64_t)(lcg(&seed) % 3 ? lcg(&seed) % 20 : 0),
+                                  (int)(lcg(&seed) % 2)};
+        epm_sched *s = NULL;
+        assert_int_equal(epm_sched_create(&o, &s), EPM_OK);
+        int done[40] = {0}, gen[40] = {0}, ended[40] = {0}, admitted[40] = {0}, last_piece[40], next_adm[8];
+        for (int i = 0; i < B; i++)
+            last_piece[i] = -2;
+        for (int q = 0; q < R; q++)
+            next_adm[q] = q;
+        epm_sched_pass p;
+        int64_t pass = 0;
+        while (epm_sched_next(s, &p)) {
+            int64_t tok[8] = {0};
+            int held[8] = {0};
+            for (int i = 0; i < p.n_admitted; i++) { /* in order, each rank's next */
+                const int q = p.admitted[i] % R;
+                assert_int_equal(p.admitted[i], next_adm[q]);
+                next_adm[q] += R;
+                admitted[p.admitted[i]] = 1;
+            }
+            for (int i = 0; i < B; i++)
+                held[i % R] += admitted[i] && !ended[i];
+            for (int q = 0; q < R; q++)
+                assert_true(held[q] <= epm_run_places(B, R, o.max_num_seqs, q));
+            int64_t pt = 0;
+            for (int i = 0; i < p.n_pre; i++) {
+                const epm_sched_piece *c = &p.pre[i];
+                assert_true(i == 0 || c->seq > p.pre[i - 1].seq);
+                assert_true(admitted[c->seq] && !ended[c->seq]);
+                assert_int_equal(c->from, done[c->seq]); /* in order, each token once */
+                assert_true(c->to > c->from && c->to <= lens[c->seq]);
+                done[c->seq] = c->to;
+                tok[c->seq % R] += c->to - c->from;
+                pt += c->to - c->from;
+                if (c->to == lens[c->seq])
+                    last_piece[c->seq] = (int)pass;
+            }
+            assert_int_equal(pt, p.pre_tokens);
+            for (int q = 0; q < R && o.chunk > 0; q++)
+                assert_true(tok[q] <= o.chunk);
+            assert_true(!(o.separate_prefill && p.n_pre > 0 && p.n_dec > 0));
+            /* who decodes: every sequence whose prompt is done and that has not ended (mixed, or no prompt
+             * pieces in the pass) */
+            int want = 0;
+            for (int i = 0; i < B; i++)
+                want += done[i] == lens[i] && last_piece[i] < pass && !ended[i];
+            assert_int_equal(p.n_dec, p.n_pre > 0 && o.separate_prefill ? 0 : want);
+            for (int i = 0; i < p.n_dec; i++) {
+                assert_true(i == 0 || p.dec[i] > p.dec[i - 1]);
+                assert_true(done[p.dec[i]] == lens[p.dec[i]] && last_piece[p.dec[i]] < pass && !ended[p.dec[i]]);
+            }
+            for (int i = 0; i < p.n_pre; i++)
+                if (p.pre[i].to == lens[p.pre[i].seq] && ++gen[p.pre[i].seq] >= caps[p.pre[i].seq])
+                    epm_sched_end(s, p.pre[i].seq), ended[p.pre[i].seq] = 1;
+            for (int i = 0; i < p.n_dec; i++)
+                if (++gen[p.dec[i]] >= caps[p.dec[i]])
+                    epm_sched_end(s, p.dec[i]), ended[p.dec[i]] = 1;
+            assert_int_equal(p.index, pass++);
+            assert_true(pass < 100000);
+        }
+        for (int i = 0; i < B; i++) /* every sequence ran to its end */
+            assert_true(ended[i] && gen[i] == caps[i] && done[i] == lens[i]);
+        epm_sched_destroy(s);
+    }
+}
+
+static void test_bad_batches(void **state)
+{
+    (void)state;
+    static const int lens[] = {3, 0};
+    epm_sched *s = (epm_sched *)&s;
+    epm_sched_opts o = {2, lens, 1, 0, 0, 0};
+    assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
+    assert_null(s);
+    assert_non_null(strstr(epm_last_error(), "sequence 1 is empty"));
+    o.batch = 0;
+    assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
+    o.batch = 1;
+    o.chunk = -1;
+    assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
+    o.chunk = 0;
+    o.max_num_seqs = -2;
+    assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "max_num_seqs -2"));
+    epm_sched_end(NULL, 0); /* nothing */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mixed_by_hand),
+        cmocka_unit_test(test_separate_by_hand),
+        cmocka_unit_test(test_two_ranks_by_hand),
+        cmocka_unit_test(test_rules_on_random_batches),
+        cmocka_unit_test(test_bad_batches),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
