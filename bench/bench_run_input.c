@@ -55,7 +55,7 @@ epm_status epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int
     for (int s = 0; s < batch; s++)
         for (int p = 0; p < lens[s]; p++)
             out[g++] = s;
-    /* epm_run's passes (sched.h): a sequence's first token comes with its
+    /* epm_run's passes (scheduler.h): a sequence's first token comes with its
      * prompt's last piece, each decode token numbered in the order of its
      * pass; it ends after its output length */
     const epm_sched_opts so = {batch, lens, ranks, max_seqs, chunk, separate_prefill};

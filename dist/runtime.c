@@ -1550,6 +1550,9 @@ void epm_run_result_destroy(epm_run_result *res)
     epm_free(res->prompt_lp);
     epm_free(res->prompt_top_ids);
     epm_free(res->prompt_top_lp);
+    epm_free(res->t_admit);
+    epm_free(res->t_first);
+    epm_free(res->t_done);
     epm_trace_destroy(res->trace);
     epm_free(res->report.bytes);
     epm_free(res->report.kv_bytes);
@@ -1772,7 +1775,7 @@ static epm_status prompt_gather(rt *r, const float *rec, int64_t nrec, epm_run_r
     return st;
 }
 
-/* One pass of the schedule (sched.h): its prompt pieces (each rank's home
+/* One pass of the schedule (scheduler.h): its prompt pieces (each rank's home
  * sequences', up to its chunk) and, mixed with them unless
  * separate_prefill, one decode token of every decoding sequence. Decode
  * tokens are numbered on from dec_base in the order of the pass (their
@@ -2058,6 +2061,10 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     res->generated = epm_malloc((size_t)batch * (size_t)maxnew * sizeof *res->generated);
     res->gen_len = epm_calloc((size_t)batch, sizeof *res->gen_len);
     res->stopped = epm_calloc((size_t)batch, sizeof *res->stopped);
+    res->t_admit = epm_malloc((size_t)batch * sizeof *res->t_admit);
+    res->t_first = epm_malloc((size_t)batch * sizeof *res->t_first);
+    res->t_done = epm_malloc((size_t)batch * sizeof *res->t_done);
+    double *itl = epm_malloc((size_t)(r.steps ? r.steps : 1) * batch * sizeof *itl); /* every decode token's gap */
     const int W = rec_width(o);
     int64_t *nt = epm_calloc((size_t)batch * W, sizeof *nt); /* a step's records, every rank's summed */
     if (o->logprobs_on && nt) {
@@ -2072,7 +2079,8 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     int homes = batch / r.R + (r.me < batch % r.R);
     int64_t *srow = epm_malloc((size_t)(homes ? homes : 1) * sizeof *srow); /* the rows sampled in a pass */
     int *sseq = epm_malloc((size_t)(homes ? homes : 1) * sizeof *sseq);
-    st = res->lens && res->generated && res->gen_len && res->stopped && nt && srow && sseq ? EPM_OK : EPM_ERR_NOMEM;
+    st = res->lens && res->generated && res->gen_len && res->stopped && nt && srow && sseq && res->t_admit &&
+                 res->t_first && res->t_done && itl ? EPM_OK : EPM_ERR_NOMEM;
     {
         epm_sampling sp = o->sampling; /* min_tokens holds back the run's stop tokens */
         sp.stop_ids = o->stop_ids;
@@ -2084,6 +2092,8 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         memcpy(res->lens, lens, (size_t)batch * sizeof *lens);
         for (size_t i = 0; i < (size_t)batch * (size_t)maxnew; i++)
             res->generated[i] = -1;
+        for (int q = 0; q < batch; q++)
+            res->t_admit[q] = res->t_first[q] = res->t_done[q] = NAN;
     }
     EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
     const pass_out po = {&smp, srow, sseq, homes, maxnew, nt};
@@ -2098,7 +2108,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     int trace_of_run = o->route_from && epm_trace_seq_ids(o->route_from);
     for (int64_t gi = 0; gi < r.N && trace_of_run; gi++)
         trace_of_run = epm_trace_seq_ids(o->route_from)[gi] == seq_of(&r, gi);
-    /* The scheduler (sched.h) admits each home rank's sequences in order
+    /* The scheduler (scheduler.h) admits each home rank's sequences in order
      * while it has places (all at once without max_num_seqs): their K/V
      * caches are taken and their prompts prefilled, a chunk a pass, which
      * gives each its first token; then they decode, one new token per pass,
@@ -2107,6 +2117,8 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
      * gives its caches back, and its rank's next waiting sequence takes its
      * place (vLLM's continuous batching). Every rank learns every new token
      * (one small sum per pass), so all build the same passes. */
+    const double t_start = epm_now(); /* every sequence arrives now */
+    int64_t n_itl = 0;
     for (;;) {
         const double t0 = epm_now();
         int lo = batch, hi = 0; /* the sequences fed since the last sum: those between lo and hi - 1 */
@@ -2145,14 +2157,45 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         epm_sched_pass sp;
         if (!epm_sched_next(r.sched, &sp))
             break;
-        for (int i = 0; i < sp.n_admitted && st == EPM_OK; i++)
+        for (int i = 0; i < sp.n_admitted && st == EPM_OK; i++) {
+            res->t_admit[sp.admitted[i]] = t0 - t_start;
             st = kv_acquire(&r, sp.admitted[i]);
+        }
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
         EPM_CHECK_GOTO(run_pass(&r, &sp, prompts, &po, trace_of_run, res), st, fail_gen);
         /* a mixed pass's seconds are shared out by its tokens */
-        const double dt = epm_now() - t0, pre = (double)sp.pre_tokens / (double)(sp.pre_tokens + sp.n_dec);
+        const double t1 = epm_now(), dt = t1 - t0, pre = (double)sp.pre_tokens / (double)(sp.pre_tokens + sp.n_dec);
         res->report.t_prefill += dt * pre;
         res->report.t_decode += dt * (1 - pre);
+        /* its tokens' times: a prompt's first, the gap since each decoding sequence's last */
+        for (int i = 0; i < sp.n_pre; i++)
+            if (sp.pre[i].to == lens[sp.pre[i].seq]) {
+                const int q = sp.pre[i].seq;
+                res->t_done[q] = t1 - t_start;
+                if (o->max_new_tokens > 0)
+                    res->t_first[q] = t1 - t_start;
+            }
+        for (int i = 0; i < sp.n_dec; i++) {
+            const int q = sp.dec[i];
+            itl[n_itl++] = t1 - t_start - res->t_done[q];
+            res->t_done[q] = t1 - t_start;
+        }
+    }
+    {
+        double *tpot = epm_malloc((size_t)batch * sizeof *tpot);
+        st = tpot ? EPM_OK : EPM_ERR_NOMEM;
+        for (int q = 0; q < batch && st == EPM_OK; q++)
+            tpot[q] = res->gen_len[q] > 1 ? (res->t_done[q] - res->t_first[q]) / (res->gen_len[q] - 1) : NAN;
+        if (st == EPM_OK)
+            st = epm_latency_of(tpot, batch, &res->report.tpot);
+        epm_free(tpot);
+        if (st == EPM_OK)
+            st = epm_latency_of(res->t_first, batch, &res->report.ttft);
+        if (st == EPM_OK)
+            st = epm_latency_of(res->t_done, batch, &res->report.e2e);
+        if (st == EPM_OK)
+            st = epm_latency_of(itl, n_itl, &res->report.itl);
+        EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
     }
     res->report.max_num_seqs = r.max_seqs;
     EPM_CHECK_GOTO(collect_trace(&r, res), st, fail_gen);
@@ -2208,6 +2251,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     memcpy(rep->gather_bytes, r.gather_local, sizeof rep->gather_bytes);
     r.bytes_local = r.kv_local = r.load_local = NULL;
     epm_free(nt);
+    epm_free(itl);
     samplers_destroy(&smp);
     epm_free(srow);
     epm_free(sseq);
@@ -2217,6 +2261,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     return EPM_OK;
 fail_gen:
     epm_free(nt);
+    epm_free(itl);
     samplers_destroy(&smp);
     epm_free(srow);
     epm_free(sseq);

@@ -11,7 +11,7 @@
 #include "epmoe/generate.h"
 #include "epmoe/placement.h"
 #include "epmoe/trace.h"
-#include "sched.h"
+#include "scheduler.h"
 
 /* Mixture-of-Depths: where the scores that pick the tokens running a block
  * come from (docs in dist/README.md or the README's MoD section). */
@@ -64,7 +64,7 @@ typedef struct epm_run_opts {
                                        waits while any rank prefills (vLLM before V1; SGLang without
                                        --enable-mixed-chunk). 0: mixed batches, as vLLM V1: each pass
                                        holds every decoding sequence's next token and the prompt
-                                       chunks of those admitted (sched.h) */
+                                       chunks of those admitted (scheduler.h) */
     int max_num_seqs;               /* > 0: at most this many sequences decode at once (vLLM's
                                        max_num_seqs), shared out over their home ranks (rank q has
                                        N / R, the first N mod R one more, at least one each, as each
@@ -128,6 +128,18 @@ typedef struct epm_run_opts {
                                        or not; the combine is bf16 as with wire_bf16. Not with it */
 } epm_run_opts;
 
+/* A latency's distribution over requests (or over tokens, for the gaps
+ * between them), in seconds: numpy's percentiles (linear between ranks),
+ * as vLLM's benchmark_serving reports them. n = 0: nothing measured (all
+ * fields 0). */
+typedef struct epm_latency {
+    double mean, p50, p90, p99, max;
+    int64_t n;
+} epm_latency;
+
+/* The distribution of the finite values of v[0, n) (NaN: none). */
+epm_status epm_latency_of(const double *v, int64_t n, epm_latency *out);
+
 typedef struct epm_run_report {
     int ranks, nodes, moe_layers;
     int64_t prefill_tokens, decode_tokens;
@@ -145,6 +157,12 @@ typedef struct epm_run_report {
     int64_t gather_bytes[EPM_LINK_COUNT];
     int64_t weight_bytes_max; /* largest checkpoint bytes any rank read */
     int64_t weight_bytes_sum;
+    /* Serving latencies, every sequence arriving as the first pass starts (an offline batch), on rank
+     * 0's clock at the end of the pass that made each token: time to first token (queueing for a
+     * place included), time per output token after the first ((finish - first) / (tokens - 1), of
+     * sequences with two or more), the gaps between a sequence's consecutive tokens (inter-token
+     * latency, over all tokens: where prefill passes stall decoding), and end to end */
+    epm_latency ttft, tpot, itl, e2e;
     int64_t kv_cache_bytes_max;  /* KV cache memory of the fullest rank at its fullest (follow keeps every
                                     live sequence's; with max_num_seqs those of the sequences decoding) */
     int64_t wire_bytes[EPM_LINK_COUNT]; /* what went over the links (differs from bytes only on the
@@ -188,6 +206,9 @@ typedef struct epm_run_result {
     int32_t *prompt_top_ids; /* [total prefill tokens][prompt_top] */
     float *prompt_top_lp;    /* [total prefill tokens][prompt_top] */
     epm_trace *trace;   /* rank 0: the routing of every MoE layer, prefill then decode tokens */
+    double *t_admit;    /* [batch] seconds from the run's start to the pass that admitted each sequence, */
+    double *t_first;    /*         to the end of the pass that made its first token (NaN: none), */
+    double *t_done;     /*         and to the end of its last pass (report.ttft and the others) */
     epm_run_report report;
 } epm_run_result;
 

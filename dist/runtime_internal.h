@@ -61,7 +61,7 @@ typedef struct rt {
      * fault in again every time */
     float *ffn_scr;
     int64_t ffn_scr_n;
-    /* the forward pass under way (sched.h): its prompt tokens' window g0 .. g0 + pf_n - 1 (the
+    /* the forward pass under way (scheduler.h): its prompt tokens' window g0 .. g0 + pf_n - 1 (the
        pieces' tokens among them: chunk_of[g] == chunk), then its decode tokens dg0 .. dg0 + pn - pf_n - 1;
        pass_t and pass_g map a token to its index in the pass's arrays and back */
     int64_t g0, pf_n, dg0, pn;

@@ -248,7 +248,14 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
         fprintf(f, ", \"layer_tokens\": [");
         for (int l = 0; l < r->num_layers; l++)
             fprintf(f, "%s%lld", l ? ", " : "", (long long)r->layer_tokens[l]);
-        fprintf(f, "]}");
+        fprintf(f, "], \"latency_s\": {");
+        const epm_latency *lat[4] = {&r->ttft, &r->tpot, &r->itl, &r->e2e};
+        const char *lname[4] = {"ttft", "tpot", "itl", "e2e"};
+        for (int i = 0; i < 4; i++)
+            fprintf(f, "%s\"%s\": {\"n\": %lld, \"mean\": %.6f, \"p50\": %.6f, \"p90\": %.6f, \"p99\": %.6f, "
+                       "\"max\": %.6f}", i ? ", " : "", lname[i], (long long)lat[i]->n, lat[i]->mean, lat[i]->p50,
+                    lat[i]->p90, lat[i]->p99, lat[i]->max);
+        fprintf(f, "}}");
         return;
     }
     char passes[96] = "";
@@ -263,6 +270,11 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
             r->t_decode, dps, r->max_num_seqs);
     fprintf(f, "time (slowest rank): attention %.3f  gate %.3f  dispatch %.3f  experts %.3f  combine %.3f s\n",
             r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine);
+    if (r->ttft.n > 0)
+        fprintf(f, "latency (all sequences arriving at the start): TTFT mean %.1f ms p50 %.1f p99 %.1f; TPOT mean %.1f ms "
+                   "p50 %.1f p99 %.1f; ITL p50 %.1f ms p99 %.1f max %.1f; end to end p50 %.3f s p99 %.3f\n",
+                1e3 * r->ttft.mean, 1e3 * r->ttft.p50, 1e3 * r->ttft.p99, 1e3 * r->tpot.mean, 1e3 * r->tpot.p50,
+                1e3 * r->tpot.p99, 1e3 * r->itl.p50, 1e3 * r->itl.p99, 1e3 * r->itl.max, r->e2e.p50, r->e2e.p99);
     fprintf(f, "checkpoint bytes read: %lld on the busiest rank, %lld in all; KV cache %lld bytes on the fullest rank "
                "(%s, %d values per token and layer, each %s%s); routed experts held as %s, dense matrices as %s\n",
             (long long)r->weight_bytes_max, (long long)r->weight_bytes_sum, (long long)r->kv_cache_bytes_max,
@@ -786,7 +798,18 @@ int epm_cli_run(int argc, char **argv)
             printf("], \"finish_reason\": [");
             for (int s = 0; s < res->batch; s++)
                 printf("%s\"%s\"", s ? ", " : "", res->stopped[s] ? "stop" : "length");
-            printf("], \"sampling\": {");
+            /* each sequence's times from the run's start (vLLM's RequestMetrics, relative): admitted,
+             * first token (null: none asked for), finished */
+            const double *ts[3] = {res->t_admit, res->t_first, res->t_done};
+            const char *tn[3] = {"admitted", "first_token", "finished"};
+            printf("], \"times_s\": {");
+            for (int k = 0; k < 3; k++) {
+                printf("%s\"%s\": [", k ? ", " : "", tn[k]);
+                for (int s = 0; s < res->batch; s++)
+                    printf(isfinite(ts[k][s]) ? "%s%.6f" : "%snull", s ? ", " : "", ts[k][s]);
+                printf("]");
+            }
+            printf("}, \"sampling\": {");
             print_sampling(&o.sampling);
             printf("}, \"stop_token_ids\": ");
             print_ids(o.stop_ids, o.n_stop);

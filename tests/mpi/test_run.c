@@ -817,6 +817,19 @@ static void test_run_continuous_batching(void **state)
                     assert_int_equal(a->prompt_top_ids[t], b->prompt_top_ids[t]);
                 }
             }
+            /* the latencies: each sequence admitted, given its first token and finished in that order; one
+             * place at one rank admits each sequence once the one before it has finished */
+            int two = 0;
+            for (int s = 0; s < B; s++) {
+                assert_true(b->t_admit[s] >= 0 && b->t_admit[s] <= b->t_first[s] && b->t_first[s] <= b->t_done[s]);
+                assert_true(R > 1 || m > 1 || s == 0 || b->t_admit[s] >= b->t_done[s - 1]);
+                two += b->gen_len[s] > 1;
+            }
+            assert_int_equal(y->ttft.n, B);
+            assert_int_equal(y->e2e.n, B);
+            assert_int_equal(y->tpot.n, two);
+            assert_int_equal(y->itl.n, y->decode_tokens);
+            assert_true(y->ttft.p50 <= y->ttft.p99 && y->ttft.p99 <= y->ttft.max && y->e2e.max >= y->ttft.max);
             /* one rank, two places: the third sequence's prompt is prefilled while the first decodes */
             if (R == 1 && variant == 0)
                 assert_int_equal(y->mixed_passes > 0, m >= 2);

@@ -5,8 +5,8 @@
  * SGLang's mixed chunked prefill). epm_run follows it; `bench run`
  * simulates a run with it to number a synthetic trace the way the run will.
  * It depends on the lengths alone, so every rank builds the same passes. */
-#ifndef EPM_SCHED_H
-#define EPM_SCHED_H
+#ifndef EPM_SCHEDULER_H
+#define EPM_SCHEDULER_H
 
 #include <stdint.h>
 

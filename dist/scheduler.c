@@ -1,5 +1,5 @@
-/* The pass scheduler of `epmoe run` (sched.h). */
-#include "sched.h"
+/* The pass scheduler of `epmoe run` (scheduler.h). */
+#include "scheduler.h"
 
 enum { WAITING, PREFILLING, DECODING, ENDED };
 

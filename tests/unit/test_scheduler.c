@@ -1,4 +1,4 @@
-/* The pass scheduler of epmoe run (dist/sched.c): two schedules worked out
+/* The pass scheduler of epmoe run (dist/scheduler.c): two schedules worked out
  * by hand (mixed and separate prefill), and on random batches the rules
  * every schedule keeps: each prompt token prefilled once, in order; a
  * rank's prompt tokens in a pass within its chunk; a rank's sequences held
@@ -11,7 +11,7 @@
 
 #include "test_util.h"
 
-#include "sched.h"
+#include "scheduler.h"
 
 /* Runs a schedule to its end, sequence s ending after caps[s] tokens (its
  * prompt's last piece gives the first), and writes each pass as
