@@ -1553,6 +1553,7 @@ void epm_run_result_destroy(epm_run_result *res)
     epm_free(res->t_admit);
     epm_free(res->t_first);
     epm_free(res->t_done);
+    epm_free(res->t_token);
     epm_trace_destroy(res->trace);
     epm_free(res->report.bytes);
     epm_free(res->report.kv_bytes);
@@ -2064,6 +2065,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     res->t_admit = epm_malloc((size_t)batch * sizeof *res->t_admit);
     res->t_first = epm_malloc((size_t)batch * sizeof *res->t_first);
     res->t_done = epm_malloc((size_t)batch * sizeof *res->t_done);
+    res->t_token = epm_malloc((size_t)batch * maxnew * sizeof *res->t_token);
     double *itl = epm_malloc((size_t)(r.steps ? r.steps : 1) * batch * sizeof *itl); /* every decode token's gap */
     const int W = rec_width(o);
     int64_t *nt = epm_calloc((size_t)batch * W, sizeof *nt); /* a step's records, every rank's summed */
@@ -2080,7 +2082,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     int64_t *srow = epm_malloc((size_t)(homes ? homes : 1) * sizeof *srow); /* the rows sampled in a pass */
     int *sseq = epm_malloc((size_t)(homes ? homes : 1) * sizeof *sseq);
     st = res->lens && res->generated && res->gen_len && res->stopped && nt && srow && sseq && res->t_admit &&
-                 res->t_first && res->t_done && itl ? EPM_OK : EPM_ERR_NOMEM;
+                 res->t_first && res->t_done && res->t_token && itl ? EPM_OK : EPM_ERR_NOMEM;
     {
         epm_sampling sp = o->sampling; /* min_tokens holds back the run's stop tokens */
         sp.stop_ids = o->stop_ids;
@@ -2091,7 +2093,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     if (st == EPM_OK) {
         memcpy(res->lens, lens, (size_t)batch * sizeof *lens);
         for (size_t i = 0; i < (size_t)batch * (size_t)maxnew; i++)
-            res->generated[i] = -1;
+            res->generated[i] = -1, res->t_token[i] = NAN;
         for (int q = 0; q < batch; q++)
             res->t_admit[q] = res->t_first[q] = res->t_done[q] = NAN;
     }
@@ -2173,12 +2175,12 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
                 const int q = sp.pre[i].seq;
                 res->t_done[q] = t1 - t_start;
                 if (o->max_new_tokens > 0)
-                    res->t_first[q] = t1 - t_start;
+                    res->t_first[q] = res->t_token[(size_t)q * maxnew] = t1 - t_start;
             }
-        for (int i = 0; i < sp.n_dec; i++) {
+        for (int i = 0; i < sp.n_dec; i++) { /* (its token's index: gen_len, which the next sum raises) */
             const int q = sp.dec[i];
             itl[n_itl++] = t1 - t_start - res->t_done[q];
-            res->t_done[q] = t1 - t_start;
+            res->t_done[q] = res->t_token[(size_t)q * maxnew + res->gen_len[q]] = t1 - t_start;
         }
     }
     {

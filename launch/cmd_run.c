@@ -255,6 +255,17 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
             fprintf(f, "%s\"%s\": {\"n\": %lld, \"mean\": %.6f, \"p50\": %.6f, \"p90\": %.6f, \"p99\": %.6f, "
                        "\"max\": %.6f}", i ? ", " : "", lname[i], (long long)lat[i]->n, lat[i]->mean, lat[i]->p50,
                     lat[i]->p90, lat[i]->p99, lat[i]->max);
+        /* each sequence's times from the run's start (vLLM's RequestMetrics, relative): admitted,
+         * first token (null: none asked for), finished */
+        const double *ts[3] = {res->t_admit, res->t_first, res->t_done};
+        const char *tn[3] = {"admitted", "first_token", "finished"};
+        fprintf(f, "}, \"times_s\": {");
+        for (int k = 0; k < 3; k++) {
+            fprintf(f, "%s\"%s\": [", k ? ", " : "", tn[k]);
+            for (int s = 0; s < res->batch; s++)
+                fprintf(f, isfinite(ts[k][s]) ? "%s%.6f" : "%snull", s ? ", " : "", ts[k][s]);
+            fprintf(f, "]");
+        }
         fprintf(f, "}}");
         return;
     }
@@ -798,18 +809,7 @@ int epm_cli_run(int argc, char **argv)
             printf("], \"finish_reason\": [");
             for (int s = 0; s < res->batch; s++)
                 printf("%s\"%s\"", s ? ", " : "", res->stopped[s] ? "stop" : "length");
-            /* each sequence's times from the run's start (vLLM's RequestMetrics, relative): admitted,
-             * first token (null: none asked for), finished */
-            const double *ts[3] = {res->t_admit, res->t_first, res->t_done};
-            const char *tn[3] = {"admitted", "first_token", "finished"};
-            printf("], \"times_s\": {");
-            for (int k = 0; k < 3; k++) {
-                printf("%s\"%s\": [", k ? ", " : "", tn[k]);
-                for (int s = 0; s < res->batch; s++)
-                    printf(isfinite(ts[k][s]) ? "%s%.6f" : "%snull", s ? ", " : "", ts[k][s]);
-                printf("]");
-            }
-            printf("}, \"sampling\": {");
+            printf("], \"sampling\": {");
             print_sampling(&o.sampling);
             printf("}, \"stop_token_ids\": ");
             print_ids(o.stop_ids, o.n_stop);

@@ -641,8 +641,10 @@ usage run --prefill-chunks 0 --model "$m" --prefill-chunks 4,0
 # tokens each way; continuously fewer decoding steps, mixed fewer passes, no more K/V caches
 ok "bench run --continuous" mpi -np 2 "$E" bench run --model "$F/mixtral-tiny" --batch 7 --seq 6 --new 6 --reps 1 \
   --continuous 2,3 --kernels ref --modes follow --csv &&
-  { awk -F, 'NR == 1 && $1 == "max_num_seqs" && $2 == "way" && $7 == "vs_static" && NF == 10 {h = 1}
-             NR > 1 && $3 > 0 && $4 > 0 && $5 > 7 && $6 > 0 && $8 > 0 && $8 < 1 && $9 > 0 && $10 == 1 {n++}
+  { awk -F, 'NR == 1 && $1 == "max_num_seqs" && $2 == "way" && $7 == "vs_static" && $14 == "itl_p99_ms" &&
+               NF == 14 {h = 1}
+             NR > 1 && $3 > 0 && $4 > 0 && $5 > 7 && $6 > 0 && $8 > 0 && $8 < 1 && $9 > 0 && $10 == 1 &&
+               $11 > 0 && $12 >= $11 && $13 > 0 && $14 >= $13 {n++}
              NR > 1 && $2 == "static" && $7 == 1 {st[$1] = $4; kv[$1] = $9; gen[$1] = $5; n++}
              NR > 1 && $2 == "separate" && $4 <= st[$1] && $9 <= kv[$1] && $5 == gen[$1] {sep[$1] = $3; n++}
              NR > 1 && $2 == "mixed" && $3 <= sep[$1] && $9 <= kv[$1] && $5 == gen[$1] {n++}

@@ -348,9 +348,9 @@ check "mixed batches" 0 run -np 1 "$E" run --model "$m" --input "$d/in.json" --m
   fail "mixed batches: $(head -c 300 "$d/out")"
 # each sequence's times (admitted, first token, finished, in order) and the report's latencies: TTFT
 # and end to end of both, the gaps of the 4 decoded tokens
-gj "(all(a <= f <= e for a, f, e in zip(*[d['times_s'][k] for k in ('admitted', 'first_token', 'finished')]))
+gj "(all(a <= f <= e for a, f, e in zip(*[d['report']['times_s'][k] for k in ('admitted', 'first_token', 'finished')]))
     and [d['report']['latency_s'][k]['n'] for k in ('ttft', 'tpot', 'itl', 'e2e')] == [2, 2, 4, 2]
-    and d['report']['latency_s']['ttft']['max'] == max(d['times_s']['first_token']))" | grep -qx True ||
+    and d['report']['latency_s']['ttft']['max'] == max(d['report']['times_s']['first_token']))" | grep -qx True ||
   fail "mixed batches, latencies: $(head -c 300 "$d/out")"
 check "mixed batches, text report" 0 run -np 1 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 \
   --report --prefill-chunk 2
