@@ -132,6 +132,18 @@ static epm_status mlp(rt *r, const epm_model_mlp *w, const float *x, int64_t n, 
 /* MLA's prefill from its latent cache: each sequence's rows up to its last
  * query here expanded into keys and values per head, then attended as the
  * expanded form does (q [n][heads][head_dim], att likewise). */
+/* Positions sequence s's caches hold: its prompt and the tokens it may
+ * decode (its own output length, not the run's longest; max_len is the
+ * longest of these). */
+static int64_t kv_rows(const rt *r, int s)
+{
+    const epm_run_opts *o = r->o;
+    int cap = o->max_new_tokens > 0 ? o->max_new_tokens : 1;
+    if (o->max_new_per_seq && o->max_new_per_seq[s] < cap)
+        cap = o->max_new_per_seq[s];
+    return (int64_t)r->lens[s] + cap;
+}
+
 static epm_status mla_attend_expanded(rt *r, int l, int64_t n, const int64_t *g, const float *q, float *att,
                                       float *probs)
 {
@@ -180,7 +192,7 @@ static epm_status mla_attend_expanded(rt *r, int l, int64_t n, const int64_t *g,
                 break;
             }
         }
-        st = epm_mla_expand_rows(r, l, r->kc[(size_t)l * r->B + s], 1, len, k, v);
+        st = epm_mla_expand_rows(r, l, r->kc[(size_t)l * r->B + s], kv_rows(r, s), len, k, v);
         for (int64_t j = first[s]; st == EPM_OK && j < first[s + 1]; j++) {
             int64_t i = order[j];
             int ci = r->cidx[pass_t(r, g[i])];
@@ -294,9 +306,9 @@ static epm_status attend(rt *r, int l, int64_t n, const int64_t *g, float *h, in
             epm_wire_get(r, row + 2, kw + vw, kvw);
             kv_in = kvw;
         }
-        epm_kv_put(r, kc, (int64_t)ps * kw, kw, kv_in);
+        epm_kv_put(r, kc, kv_rows(r, s), (int64_t)ps * kw, kw, kv_in);
         if (vw)
-            epm_kv_put(r, vc, (int64_t)ps * vw, vw, kv_in + kw);
+            epm_kv_put(r, vc, kv_rows(r, s), (int64_t)ps * vw, vw, kv_in + kw);
     }
     int amod = r->amod_need && r->amod_need[l];
     if (amod && !(probs = epm_malloc((size_t)nh * r->max_len * sizeof *probs))) {
@@ -309,8 +321,8 @@ static epm_status attend(rt *r, int l, int64_t n, const int64_t *g, float *h, in
         int s = seq_of(r, g[i]), ci = r->cidx[pass_t(r, g[i])];
         const void *kc = r->kc[(size_t)l * r->B + s], *vc = lat ? kc : r->vc[(size_t)l * r->B + s];
         if (r->kvt == EPM_KV_FP8)
-            st = r->ops->attention_w8(q + i * qd, 1, &ci, epm_kv_codes(r, kc), epm_kv_scales(r, kc),
-                                      epm_kv_codes(r, vc), epm_kv_scales(r, vc), r->max_len, nh, kvh, hd,
+            st = r->ops->attention_w8(q + i * qd, 1, &ci, epm_kv_codes(r, kv_rows(r, s), kc), epm_kv_scales(r, kc),
+                                      epm_kv_codes(r, kv_rows(r, s), vc), epm_kv_scales(r, vc), r->max_len, nh, kvh, hd,
                                       att + i * qd, probs);
         else if (r->kvt == EPM_KV_BF16)
             st = r->ops->attention_w16(q + i * qd, 1, &ci, kc, vc, r->max_len, nh, kvh, hd, att + i * qd, probs);
@@ -1191,16 +1203,44 @@ static const char *kv_name(const rt *r)
  * page cache must hold all the same), weight matrices in bf16 (or FP8) where
  * they are kept so, plus its KV caches, its FFN scratch and the
  * activations of its largest prefill pass (an estimate). */
+/* The most K/V bytes a layer's caches (K or V, or the latent) of rank q's
+ * sequences hold at once: those of its places' largest. */
+static double kv_most(const rt *r, int q)
+{
+    /* its places' largest, in order of size then sequence: no allocation, so no failure */
+    double bytes = 0;
+    int64_t pv = INT64_MAX;
+    int ps = -1;
+    for (int k = 0; k < r->places[q]; k++) {
+        int best = -1;
+        int64_t bv = 0;
+        for (int s = q; s < r->B; s += r->R) {
+            const int64_t v = kv_rows(r, s);
+            if (v > pv || (v == pv && s <= ps)) /* taken already */
+                continue;
+            if (best < 0 || v > bv)
+                best = s, bv = v;
+        }
+        if (best < 0)
+            break;
+        bytes += (double)epm_kv_cache_bytes(r, bv);
+        pv = bv, ps = best;
+    }
+    return bytes;
+}
+
 static epm_status memory_check(rt *r)
 {
     const epm_model_config *c = r->c;
     mem_count m = {.r = r};
     EPM_CHECK(epm_model_tensors(c, count_tensor, &m));
-    /* whose caches it holds at once: its places' (follow: every rank's) */
+    /* whose caches it holds at once: its places' (follow: every rank's), each sized for its own sequence */
     const int seqs = r->o->mode == EPM_MODE_FOLLOW ? r->max_seqs : r->places[r->me];
-    double w = m.bytes + (double)c->num_layers * epm_mla_setup_bytes(r);
+    double w = m.bytes + (double)c->num_layers * epm_mla_setup_bytes(r), held = 0;
+    for (int q = 0; q < r->R; q++)
+        held += r->o->mode == EPM_MODE_FOLLOW || q == r->me ? kv_most(r, q) : 0;
     /* K and V (or the latent alone) */
-    double kv = (double)c->num_layers * seqs * (r->latent ? 1 : 2) * (double)epm_kv_bytes(r, (int64_t)r->max_len * r->kv_w);
+    double kv = (double)c->num_layers * (r->latent ? 1 : 2) * held;
     double scr = ffn_scratch_bytes(r);
     /* a prefill pass's activation rows, which its largest pass holds at
      * once: per token the residual and normalised input, K + 1 dispatch
@@ -1219,7 +1259,7 @@ static epm_status memory_check(rt *r)
     double limit = r->o->max_memory > 0 ? r->o->max_memory : machine_share(r);
     if (limit > 0 && w + kv + scr + act > limit)
         return epm_fail(EPM_ERR_NOMEM, "would hold %.4g GB (weights %.4g GB, routed experts as %s, dense matrices "
-                        "as %s, %s KV cache %.4g GB for %d sequences x %d positions, FFN scratch %.4g GB, "
+                        "as %s, %s KV cache %.4g GB for %d sequences of up to %d positions, FFN scratch %.4g GB, "
                         "activations of %lld prompt tokens a pass about %.4g GB) but %s %.4g GB; use more ranks, "
                         "fewer or shorter sequences%s%s%s, or another placement",
                         (w + kv + scr + act) / 1e9, w / 1e9, r->w8 ? "fp8" : r->w16 ? "bf16" : "float32",
@@ -1298,7 +1338,7 @@ static epm_status kv_acquire(rt *r, int s)
 {
     if (r->o->mode == EPM_MODE_HOME && s % r->R != r->me)
         return EPM_OK;
-    const size_t cache_bytes = epm_kv_bytes(r, (int64_t)r->max_len * r->kv_w);
+    const size_t cache_bytes = epm_kv_cache_bytes(r, kv_rows(r, s));
     for (int l = 0; l < r->c->num_layers; l++) {
         size_t i = (size_t)l * r->B + s;
         r->kc[i] = epm_calloc(cache_bytes, 1);
@@ -1314,7 +1354,7 @@ static epm_status kv_acquire(rt *r, int s)
 
 static void kv_release(rt *r, int s)
 {
-    const size_t cache_bytes = epm_kv_bytes(r, (int64_t)r->max_len * r->kv_w);
+    const size_t cache_bytes = epm_kv_cache_bytes(r, kv_rows(r, s));
     for (int l = 0; l < r->c->num_layers; l++) {
         size_t i = (size_t)l * r->B + s;
         if (r->kc[i])

@@ -164,17 +164,21 @@ epm_status epm_mla_latent_qk(rt *r, int l, const float *x, int64_t n, const int3
 /* Prefill (absorbed 0 above: q [n][heads][head_dim] as the expanded form's):
  * rows krow [len][D] (cached: a cache in r->kvt, else float32) expanded into k, v [len][heads][head_dim], as the expanded form
  * caches them, for attention at the expanded form's cost. */
-epm_status epm_mla_expand_rows(rt *r, int l, const void *krow, int cached, int64_t len, float *k, float *v);
+epm_status epm_mla_expand_rows(rt *r, int l, const void *krow, int64_t cached, int64_t len, float *k, float *v);
 /* The K/V cache (runtime_kv.c): bytes of a cache of n values in r->kvt;
  * dst[0..n) = elements c[off..off+n) as float32 (bf16 widened, e4m3 times
  * its row's scale); elements c[off..off+n) = src (rounded to bf16, nearest
  * even; fp8: whole head rows, off and n multiples of r->kv_grp, each
- * scaled by its own scale); and where a fp8 cache's scales and codes lie. */
+ * scaled by its own scale); and where a fp8 cache's scales and codes lie.
+ * rows: the cache's positions (each sequence's caches are sized for its own
+ * prompt and output length), where a fp8 cache's codes begin. */
 size_t epm_kv_bytes(const rt *r, int64_t n);
-void epm_kv_get(const rt *r, const void *c, int64_t off, int n, float *dst);
-void epm_kv_put(const rt *r, void *c, int64_t off, int n, const float *src);
+/* One cache (a layer's K, V or latent) of rows positions: its bytes. */
+size_t epm_kv_cache_bytes(const rt *r, int64_t rows);
+void epm_kv_get(const rt *r, const void *c, int64_t rows, int64_t off, int n, float *dst);
+void epm_kv_put(const rt *r, void *c, int64_t rows, int64_t off, int n, const float *src);
 const float *epm_kv_scales(const rt *r, const void *c);
-const uint8_t *epm_kv_codes(const rt *r, const void *c);
+const uint8_t *epm_kv_codes(const rt *r, int64_t rows, const void *c);
 epm_status epm_mla_latent_out(rt *r, const epm_model_layer *w, const float *att, int64_t n, float *out);
 /* r->mla_ukt from the loaded dense weights (with the latent), and its release. */
 epm_status epm_mla_setup(rt *r);

@@ -10,8 +10,8 @@
 #include "half.h"
 #include "runtime_internal.h"
 
-/* where a cache's codes begin: after the scales of its max_len rows */
-static size_t codes_at(const rt *r) { return (size_t)r->max_len * (size_t)(r->kv_w / r->kv_grp) * sizeof(float); }
+/* where a cache's codes begin: after the scales of its rows */
+static size_t codes_at(const rt *r, int64_t rows) { return (size_t)rows * (size_t)(r->kv_w / r->kv_grp) * sizeof(float); }
 
 size_t epm_kv_bytes(const rt *r, int64_t n)
 {
@@ -22,21 +22,27 @@ size_t epm_kv_bytes(const rt *r, int64_t n)
     }
 }
 
+size_t epm_kv_cache_bytes(const rt *r, int64_t rows)
+{
+    const int64_t n = rows * r->kv_w;
+    return epm_kv_bytes(r, n);
+}
+
 const float *epm_kv_scales(const rt *r, const void *c)
 {
     (void)r;
     return c;
 }
 
-const uint8_t *epm_kv_codes(const rt *r, const void *c) { return (const uint8_t *)c + codes_at(r); }
+const uint8_t *epm_kv_codes(const rt *r, int64_t rows, const void *c) { return (const uint8_t *)c + codes_at(r, rows); }
 
-void epm_kv_get(const rt *r, const void *c, int64_t off, int n, float *dst)
+void epm_kv_get(const rt *r, const void *c, int64_t rows, int64_t off, int n, float *dst)
 {
     switch (r->kvt) {
     case EPM_KV_BF16: epm_bf16_unpack(dst, (const uint16_t *)c + off, n); return;
     case EPM_KV_FP8: {
         const float *sc = epm_kv_scales(r, c);
-        const uint8_t *q = epm_kv_codes(r, c);
+        const uint8_t *q = epm_kv_codes(r, rows, c);
         /* a group at a time: the range may start and end inside one */
         for (int64_t j = off; j < off + n;) {
             int64_t gi = j / r->kv_grp, end = (gi + 1) * r->kv_grp < off + n ? (gi + 1) * r->kv_grp : off + n;
@@ -49,13 +55,13 @@ void epm_kv_get(const rt *r, const void *c, int64_t off, int n, float *dst)
     }
 }
 
-void epm_kv_put(const rt *r, void *c, int64_t off, int n, const float *src)
+void epm_kv_put(const rt *r, void *c, int64_t rows, int64_t off, int n, const float *src)
 {
     switch (r->kvt) {
     case EPM_KV_BF16: epm_bf16_pack((uint16_t *)c + off, src, n); return;
     case EPM_KV_FP8: {
         float *sc = c;
-        uint8_t *q = (uint8_t *)c + codes_at(r);
+        uint8_t *q = (uint8_t *)c + codes_at(r, rows);
         for (int64_t j = 0; j < n; j += r->kv_grp)
             sc[(off + j) / r->kv_grp] = epm_fp8_block_put(q + off + j, src + j, r->kv_grp);
         return;

@@ -291,16 +291,16 @@ out:
     return st;
 }
 
-/* float32 rows, or a cache's in r->kvt */
-static void rows_get(const rt *r, const void *krow, int cached, int64_t off, int n, float *dst)
+/* float32 rows (cached 0), or those of a cache of cached rows in r->kvt */
+static void rows_get(const rt *r, const void *krow, int64_t cached, int64_t off, int n, float *dst)
 {
     if (cached)
-        epm_kv_get(r, krow, off, n, dst);
+        epm_kv_get(r, krow, cached, off, n, dst);
     else
         memcpy(dst, (const float *)krow + off, (size_t)n * sizeof *dst);
 }
 
-epm_status epm_mla_expand_rows(rt *r, int l, const void *krow, int cached, int64_t len, float *k, float *v)
+epm_status epm_mla_expand_rows(rt *r, int l, const void *krow, int64_t cached, int64_t len, float *k, float *v)
 {
     const epm_model_config *c = r->c;
     const int nh = c->num_heads, hd = c->head_dim, nope = c->qk_nope_dim, rope = c->qk_rope_dim,

@@ -704,6 +704,44 @@ static int places_of(int batch, int m, int *most)
     return places;
 }
 
+/* The most K/V positions a rank holds at once (follow: every rank holds
+ * everyone's) in a run of these prompts whose sequences' caches hold
+ * rows[s] positions and which made gen[s] tokens: the scheduler's passes
+ * (tested on its own by test_scheduler), each sequence's caches held from
+ * the pass that admits it to the one that makes its last token. */
+static int64_t peak_rows(int B, const int *lens, const int *rows, const int *gen, int max_seqs, int64_t chunk,
+                         int follow)
+{
+    const epm_sched_opts so = {B, lens, R, max_seqs, chunk, 0};
+    epm_sched *sc = NULL;
+    assert_int_equal(epm_sched_create(&so, &sc), EPM_OK);
+    int made[16] = {0}, held[16] = {0};
+    int64_t peak = 0;
+    epm_sched_pass p;
+    assert_true(B <= 16 && R <= 16);
+    while (epm_sched_next(sc, &p)) {
+        int64_t per[16] = {0}, all = 0;
+        for (int i = 0; i < p.n_admitted; i++)
+            held[p.admitted[i]] = 1;
+        for (int q = 0; q < B; q++)
+            if (held[q])
+                per[q % R] += rows[q], all += rows[q];
+        for (int q = 0; q < R; q++)
+            peak = per[q] > peak && !follow ? per[q] : peak;
+        peak = follow && all > peak ? all : peak;
+        for (int i = 0; i < p.n_pre; i++) {
+            const int q = p.pre[i].seq;
+            if (p.pre[i].to == lens[q] && (gen[q] == 0 || ++made[q] >= gen[q]))
+                epm_sched_end(sc, q), held[q] = 0;
+        }
+        for (int i = 0; i < p.n_dec; i++)
+            if (++made[p.dec[i]] >= gen[p.dec[i]])
+                epm_sched_end(sc, p.dec[i]), held[p.dec[i]] = 0;
+    }
+    epm_sched_destroy(sc);
+    return peak;
+}
+
 /* Continuous batching (epm_run_opts.max_num_seqs): with at most 1, 2 or 3
  * of 7 sequences decoding at once, each admitted as another ends, every
  * sequence's tokens, logprobs, prompt logprobs and first logits are the
@@ -764,12 +802,15 @@ static void test_run_continuous_batching(void **state)
             assert_int_equal(a->gen_len[0], 2);
         }
         assert_int_equal(a->report.max_num_seqs, B);
-        int64_t held_max = 0; /* the caches a sequence holds: the static run's fullest rank's, per sequence */
-        {
-            int most = mode == 1 ? B : B / R + (B % R > 0);
-            held_max = a->report.kv_cache_bytes_max / most;
-            assert_int_equal(a->report.kv_cache_bytes_max % most, 0);
-        }
+        /* each sequence's caches hold its own prompt and output length: the whole batch at once holds
+         * the fullest rank's (follow: all) positions, at pos_bytes each over the layers */
+        int rows[B], zero[B], rows0[B];
+        for (int s = 0; s < B; s++)
+            rows[s] = lens[s] + (news[s] < NEW ? news[s] : NEW), rows0[s] = lens[s] + 1, zero[s] = 0;
+        const int64_t all_rows = peak_rows(B, lens, rows, a->gen_len, 0, o.prefill_chunk, mode == 1);
+        const int64_t pos_bytes = a->report.kv_cache_bytes_max / all_rows;
+        assert_int_equal(a->report.kv_cache_bytes_max % all_rows, 0);
+        assert_int_equal(pos_bytes % (4 * 2 * 4), 0); /* (4 layers, K and V, float32) */
         for (int m = 1; m <= 3; m++) {
             if (quick() && m != 2)
                 continue;
@@ -802,8 +843,10 @@ static void test_run_continuous_batching(void **state)
             assert_memory_equal(y->kv_bytes, x->kv_bytes, 4 * EPM_LINK_COUNT * sizeof *x->kv_bytes);
             assert_memory_equal(y->rank_load, x->rank_load, (size_t)4 * R * sizeof *x->rank_load);
             assert_memory_equal(y->gather_bytes, x->gather_bytes, sizeof x->gather_bytes);
-            /* a rank holds its places' caches (in follow mode every rank's, which the first admission fills) */
-            assert_int_equal(y->kv_cache_bytes_max, (mode == 1 ? places : most) * held_max);
+            /* a rank holds the caches of the sequences in its places (in follow mode every rank's) */
+            assert_int_equal(y->kv_cache_bytes_max,
+                             peak_rows(B, lens, rows, b->gen_len, m, o.prefill_chunk, mode == 1) * pos_bytes);
+            assert_true(y->kv_cache_bytes_max <= (mode == 1 ? places : most) * (16 + NEW) * pos_bytes);
             assert_int_equal(b->logits_kept, m != 3);
             if (me == 0) {
                 if (m == 3)
@@ -916,8 +959,9 @@ static void test_run_continuous_batching(void **state)
             assert_int_equal(epm_run(&o, B, lens, prompts, &e), EPM_OK);
             assert_int_equal(e->report.decode_tokens, 0);
             int most, places = places_of(B, 2, &most); /* (caches of fewer positions: nothing is decoded) */
-            assert_true(e->report.kv_cache_bytes_max > 0);
-            assert_true(e->report.kv_cache_bytes_max <= (mode == 1 ? places : most) * held_max);
+            assert_int_equal(e->report.kv_cache_bytes_max,
+                             peak_rows(B, lens, rows0, zero, 2, o.prefill_chunk, mode == 1) * pos_bytes);
+            assert_true(e->report.kv_cache_bytes_max <= (mode == 1 ? places : most) * 17 * pos_bytes);
             if (me == 0) {
                 assert_memory_equal(e->logits, a->logits, (size_t)B * 256 * sizeof(float));
                 for (int64_t t = 0; t < a->report.prefill_tokens; t++)

@@ -217,12 +217,13 @@ static void test_kernels_cpu_runtime_fp8_cache(void **state)
             if ((i / D) % 2) /* every other head row 1000 times larger */
                 kf[i] *= 1000.0f, vf[i] *= 1000.0f;
         for (int t = 0; t < T; t++) {
-            epm_kv_put(&r, kc, (int64_t)t * W, W, kf + (size_t)t * W);
-            epm_kv_put(&r, vc, (int64_t)t * W, W, vf + (size_t)t * W);
+            epm_kv_put(&r, kc, T, (int64_t)t * W, W, kf + (size_t)t * W);
+            epm_kv_put(&r, vc, T, (int64_t)t * W, W, vf + (size_t)t * W);
         }
-        epm_kv_get(&r, kc, 0, (int)n, kd);
-        epm_kv_get(&r, vc, 0, (int)n, vd);
-        const uint8_t *codes = epm_kv_codes(&r, kc);
+        assert_int_equal(epm_kv_cache_bytes(&r, T), bytes);
+        epm_kv_get(&r, kc, T, 0, (int)n, kd);
+        epm_kv_get(&r, vc, T, 0, (int)n, vd);
+        const uint8_t *codes = epm_kv_codes(&r, T, kc);
         const float *sc = epm_kv_scales(&r, kc);
         for (size_t i = 0; i < n; i++) {
             assert_true(kd[i] == epm_f8e4m3_to_f32(codes[i]) * sc[i / D]);
@@ -230,10 +231,10 @@ static void test_kernels_cpu_runtime_fp8_cache(void **state)
                 fail_msg("shape %d: element %zu put as %g, read as %g (scale %g)", k, i, kf[i], kd[i], sc[i / D]);
         }
         const int64_t off = D / 2 + 3, len = (int64_t)2 * D + 5 < (int64_t)n - off ? 2 * D + 5 : (int64_t)n - off;
-        epm_kv_get(&r, kc, off, (int)len, part);
+        epm_kv_get(&r, kc, T, off, (int)len, part);
         assert_memory_equal(part, kd + off, (size_t)len * sizeof *part);
         const int32_t pos = T - 1;
-        assert_int_equal(epm_cpu_attention_fp8(q, 1, &pos, codes, sc, epm_kv_codes(&r, vc), epm_kv_scales(&r, vc), T,
+        assert_int_equal(epm_cpu_attention_fp8(q, 1, &pos, codes, sc, epm_kv_codes(&r, T, vc), epm_kv_scales(&r, vc), T,
                                                H, KV, D, o[0], NULL),
                          EPM_OK);
         assert_int_equal(epm_ref_attention(q, 1, &pos, kd, vd, T, H, KV, D, o[1], NULL), EPM_OK);
