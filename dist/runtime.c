@@ -129,9 +129,6 @@ static epm_status mlp(rt *r, const epm_model_mlp *w, const float *x, int64_t n, 
 
 /* ---- attention ---- */
 
-/* MLA's prefill from its latent cache: each sequence's rows up to its last
- * query here expanded into keys and values per head, then attended as the
- * expanded form does (q [n][heads][head_dim], att likewise). */
 /* Positions sequence s's caches hold: its prompt and the tokens it may
  * decode (its own output length, not the run's longest; max_len is the
  * longest of these). */
@@ -144,6 +141,9 @@ static int64_t kv_rows(const rt *r, int s)
     return (int64_t)r->lens[s] + cap;
 }
 
+/* MLA's prefill from its latent cache: each sequence's rows up to its last
+ * query here expanded into keys and values per head, then attended as the
+ * expanded form does (q [n][heads][head_dim], att likewise). */
 static epm_status mla_attend_expanded(rt *r, int l, int64_t n, const int64_t *g, const float *q, float *att,
                                       float *probs)
 {
@@ -371,6 +371,10 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     const int64_t npre = r->pf_n, ndec = r->pn - r->pf_n;
     if (!r->latent || npre == 0 || ndec == 0)
         return attend(r, l, n, g, h, r->latent && npre == 0);
+    /* A-MoD sums its attention scores once per layer (epm_mod_attention_done); its prompts get passes
+     * of their own (one pass of the whole batch), so two halves never meet it */
+    if (r->amod_need && r->amod_need[l])
+        return epm_fail(EPM_ERR_INTERNAL, "MoD attention scores in a mixed pass (layer %d)", l);
     const int H = r->c->hidden_size;
     int64_t *gs = epm_malloc((size_t)(n ? n : 1) * sizeof *gs), *at = epm_malloc((size_t)(n ? n : 1) * sizeof *at);
     float *hs = epm_malloc((size_t)(n ? n : 1) * H * sizeof *hs);
@@ -1198,11 +1202,6 @@ static const char *kv_name(const rt *r)
     return r->kvt == EPM_KV_FP8 ? "fp8" : r->kvt == EPM_KV_BF16 ? "bf16" : "float32";
 }
 
-/* What this rank will hold, as loaded: every tensor it reads in float32
- * (bf16/f16 checkpoints are converted; float32 ones are mapped, which the
- * page cache must hold all the same), weight matrices in bf16 (or FP8) where
- * they are kept so, plus its KV caches, its FFN scratch and the
- * activations of its largest prefill pass (an estimate). */
 /* The most K/V bytes a layer's caches (K or V, or the latent) of rank q's
  * sequences hold at once: those of its places' largest. */
 static double kv_most(const rt *r, int q)
@@ -1229,6 +1228,11 @@ static double kv_most(const rt *r, int q)
     return bytes;
 }
 
+/* What this rank will hold, as loaded: every tensor it reads in float32
+ * (bf16/f16 checkpoints are converted; float32 ones are mapped, which the
+ * page cache must hold all the same), weight matrices in bf16 (or FP8) where
+ * they are kept so, plus its KV caches, its FFN scratch and the
+ * activations of its largest prefill pass (an estimate). */
 static epm_status memory_check(rt *r)
 {
     const epm_model_config *c = r->c;

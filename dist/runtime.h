@@ -209,7 +209,8 @@ typedef struct epm_run_result {
     double *t_admit;    /* [batch] seconds from the run's start to the pass that admitted each sequence, */
     double *t_first;    /*         to the end of the pass that made its first token (NaN: none), */
     double *t_done;     /*         and to the end of its last pass (report.ttft and the others) */
-    double *t_token;    /* [batch][max_new_tokens] and to the end of the pass that made each of its tokens */
+    double *t_token;    /* [batch][max(max_new_tokens, 1)] (generated's layout) and to the end of the pass
+                           that made each of its tokens */
     epm_run_report report;
 } epm_run_result;
 

@@ -402,5 +402,6 @@ has "$d/err" "with --json"
 check "output over input" 2 "$E" run --model "$m" --input "$d/in.json" --trace-out "$d/in.json"
 check "usage" 2 "$E" run --input "$d/in.json"
 check "help" 0 "$E" run --help
+has "$d/out" "--separate-prefill"
 
 checks_done "all run CLI checks passed"

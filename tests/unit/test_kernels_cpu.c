@@ -206,7 +206,7 @@ static void test_kernels_cpu_runtime_fp8_cache(void **state)
         const int T = shapes[k][0], KV = shapes[k][1], D = shapes[k][2], W = KV * D, H = 2 * KV;
         rt r;
         memset(&r, 0, sizeof r);
-        r.kvt = EPM_KV_FP8, r.max_len = T, r.kv_w = W, r.kv_grp = D;
+        r.kvt = EPM_KV_FP8, r.max_len = T + 9, r.kv_w = W, r.kv_grp = D; /* (a cache of its own T rows) */
         const size_t n = (size_t)T * W, bytes = epm_kv_bytes(&r, (int64_t)n);
         assert_int_equal(bytes, n + (size_t)T * KV * sizeof(float));
         void *kc = calloc(bytes, 1), *vc = calloc(bytes, 1);
