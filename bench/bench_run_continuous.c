@@ -36,12 +36,9 @@ typedef struct way {
  * of a run that started off seconds after the first batch's */
 static void take_times(const epm_run_result *res, int s0, int b, int nnew, double off, way *w)
 {
-    for (int s = 0; s < b; s++) {
+    for (int s = 0; s < b; s++)
         w->ttft[s0 + s] = res->t_first[s] + off;
-        const double *t = res->t_token + (size_t)s * nnew;
-        for (int j = 0; j < nnew; j++)
-            w->gaps[(size_t)(s0 + s) * nnew + j] = j > 0 && j < res->gen_len[s] ? t[j] - t[j - 1] : NAN;
-    }
+    epm_token_gaps(res->t_token, res->gen_len, b, nnew, w->gaps + (size_t)s0 * nnew);
 }
 
 /* The batch in static batches of n: each one epm_run of its sequences, all at once. */

@@ -18,6 +18,14 @@ static double percentile(const double *sorted, int64_t n, double q)
     return sorted[lo] + (sorted[hi] - sorted[lo]) * (at - (double)lo);
 }
 
+void epm_token_gaps(const double *t, const int *n, int batch, int stride, double *gaps)
+{
+    for (int s = 0; s < batch; s++)
+        for (int j = 0; j < stride; j++)
+            gaps[(size_t)s * stride + j] =
+                j > 0 && j < n[s] ? t[(size_t)s * stride + j] - t[(size_t)s * stride + j - 1] : NAN;
+}
+
 epm_status epm_latency_of(const double *v, int64_t n, epm_latency *out)
 {
     *out = (epm_latency){0, 0, 0, 0, 0, 0};

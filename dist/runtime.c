@@ -129,17 +129,19 @@ static epm_status mlp(rt *r, const epm_model_mlp *w, const float *x, int64_t n, 
 
 /* ---- attention ---- */
 
+/* Sequence s's output length at most: its own (max_new_per_seq), capped
+ * by the run's (at least 1: generated's layout). */
+static int seq_cap(const rt *r, int s)
+{
+    const epm_run_opts *o = r->o;
+    const int maxnew = o->max_new_tokens > 0 ? o->max_new_tokens : 1;
+    return o->max_new_per_seq && o->max_new_per_seq[s] < maxnew ? o->max_new_per_seq[s] : maxnew;
+}
+
 /* Positions sequence s's caches hold: its prompt and the tokens it may
  * decode (its own output length, not the run's longest; max_len is the
  * longest of these). */
-static int64_t kv_rows(const rt *r, int s)
-{
-    const epm_run_opts *o = r->o;
-    int cap = o->max_new_tokens > 0 ? o->max_new_tokens : 1;
-    if (o->max_new_per_seq && o->max_new_per_seq[s] < cap)
-        cap = o->max_new_per_seq[s];
-    return (int64_t)r->lens[s] + cap;
-}
+static int64_t kv_rows(const rt *r, int s) { return (int64_t)r->lens[s] + seq_cap(r, s); }
 
 /* MLA's prefill from its latent cache: each sequence's rows up to its last
  * query here expanded into keys and values per head, then attended as the
@@ -379,17 +381,17 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     int64_t *gs = epm_malloc((size_t)(n ? n : 1) * sizeof *gs), *at = epm_malloc((size_t)(n ? n : 1) * sizeof *at);
     float *hs = epm_malloc((size_t)(n ? n : 1) * H * sizeof *hs);
     epm_status st = gs && at && hs ? EPM_OK : EPM_ERR_NOMEM;
-    int64_t k = 0;
-    for (int dec = 0; dec < 2 && st == EPM_OK; dec++) /* prompt rows, then decode rows */
+    int64_t k = 0, np = 0; /* rows gathered; the prompt rows among them, first */
+    for (int dec = 0; dec < 2 && st == EPM_OK; dec++) { /* prompt rows, then decode rows */
         for (int64_t i = 0; i < n; i++)
             if ((g[i] >= r->N) == dec) {
                 gs[k] = g[i];
                 at[k] = i;
                 memcpy(hs + k++ * H, h + i * H, (size_t)H * sizeof *hs);
             }
-    int64_t np = 0;
-    while (np < k && gs[np] < r->N)
-        np++;
+        if (!dec)
+            np = k;
+    }
     /* a failure meets the others at their next agreement, whichever it is (see forward) */
     if (st == EPM_OK)
         st = attend(r, l, np, gs, hs, 0);
@@ -2110,7 +2112,6 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     res->t_first = epm_malloc((size_t)batch * sizeof *res->t_first);
     res->t_done = epm_malloc((size_t)batch * sizeof *res->t_done);
     res->t_token = epm_malloc((size_t)batch * maxnew * sizeof *res->t_token);
-    double *itl = epm_malloc((size_t)(r.steps ? r.steps : 1) * batch * sizeof *itl); /* every decode token's gap */
     const int W = rec_width(o);
     int64_t *nt = epm_calloc((size_t)batch * W, sizeof *nt); /* a step's records, every rank's summed */
     if (o->logprobs_on && nt) {
@@ -2126,7 +2127,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     int64_t *srow = epm_malloc((size_t)(homes ? homes : 1) * sizeof *srow); /* the rows sampled in a pass */
     int *sseq = epm_malloc((size_t)(homes ? homes : 1) * sizeof *sseq);
     st = res->lens && res->generated && res->gen_len && res->stopped && nt && srow && sseq && res->t_admit &&
-                 res->t_first && res->t_done && res->t_token && itl ? EPM_OK : EPM_ERR_NOMEM;
+                 res->t_first && res->t_done && res->t_token ? EPM_OK : EPM_ERR_NOMEM;
     {
         epm_sampling sp = o->sampling; /* min_tokens holds back the run's stop tokens */
         sp.stop_ids = o->stop_ids;
@@ -2164,7 +2165,6 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
      * place (vLLM's continuous batching). Every rank learns every new token
      * (one small sum per pass), so all build the same passes. */
     const double t_start = epm_now(); /* every sequence arrives now */
-    int64_t n_itl = 0;
     for (;;) {
         const double t0 = epm_now();
         int lo = batch, hi = 0; /* the sequences fed since the last sum: those between lo and hi - 1 */
@@ -2193,8 +2193,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
             for (int j = 0, ns = own ? own->n_stop : o->n_stop; j < ns; j++)
                 if (t == (own ? own->stop_ids : o->stop_ids)[j])
                     res->stopped[s] = 1;
-            const int cap = o->max_new_per_seq && o->max_new_per_seq[s] < maxnew ? o->max_new_per_seq[s] : maxnew;
-            if (res->stopped[s] || res->gen_len[s] >= cap) {
+            if (res->stopped[s] || res->gen_len[s] >= seq_cap(&r, s)) {
                 epm_sched_end(r.sched, s);
                 kv_release(&r, s);
             }
@@ -2213,7 +2212,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         const double t1 = epm_now(), dt = t1 - t0, pre = (double)sp.pre_tokens / (double)(sp.pre_tokens + sp.n_dec);
         res->report.t_prefill += dt * pre;
         res->report.t_decode += dt * (1 - pre);
-        /* its tokens' times: a prompt's first, the gap since each decoding sequence's last */
+        /* its tokens' times: a prompt's first, each decoding sequence's next */
         for (int i = 0; i < sp.n_pre; i++)
             if (sp.pre[i].to == lens[sp.pre[i].seq]) {
                 const int q = sp.pre[i].seq;
@@ -2223,24 +2222,27 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
             }
         for (int i = 0; i < sp.n_dec; i++) { /* (its token's index: gen_len, which the next sum raises) */
             const int q = sp.dec[i];
-            itl[n_itl++] = t1 - t_start - res->t_done[q];
             res->t_done[q] = res->t_token[(size_t)q * maxnew + res->gen_len[q]] = t1 - t_start;
         }
     }
     {
         double *tpot = epm_malloc((size_t)batch * sizeof *tpot);
-        st = tpot ? EPM_OK : EPM_ERR_NOMEM;
+        double *gaps = epm_malloc((size_t)batch * maxnew * sizeof *gaps); /* the inter-token latencies */
+        st = tpot && gaps ? EPM_OK : EPM_ERR_NOMEM;
         for (int q = 0; q < batch && st == EPM_OK; q++)
             tpot[q] = res->gen_len[q] > 1 ? (res->t_done[q] - res->t_first[q]) / (res->gen_len[q] - 1) : NAN;
         if (st == EPM_OK)
             st = epm_latency_of(tpot, batch, &res->report.tpot);
-        epm_free(tpot);
         if (st == EPM_OK)
             st = epm_latency_of(res->t_first, batch, &res->report.ttft);
         if (st == EPM_OK)
             st = epm_latency_of(res->t_done, batch, &res->report.e2e);
-        if (st == EPM_OK)
-            st = epm_latency_of(itl, n_itl, &res->report.itl);
+        if (st == EPM_OK) {
+            epm_token_gaps(res->t_token, res->gen_len, batch, maxnew, gaps);
+            st = epm_latency_of(gaps, (int64_t)batch * maxnew, &res->report.itl);
+        }
+        epm_free(tpot);
+        epm_free(gaps);
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
     }
     res->report.max_num_seqs = r.max_seqs;
@@ -2297,7 +2299,6 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     memcpy(rep->gather_bytes, r.gather_local, sizeof rep->gather_bytes);
     r.bytes_local = r.kv_local = r.load_local = NULL;
     epm_free(nt);
-    epm_free(itl);
     samplers_destroy(&smp);
     epm_free(srow);
     epm_free(sseq);
@@ -2307,7 +2308,6 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     return EPM_OK;
 fail_gen:
     epm_free(nt);
-    epm_free(itl);
     samplers_destroy(&smp);
     epm_free(srow);
     epm_free(sseq);

@@ -140,6 +140,12 @@ typedef struct epm_latency {
 /* The distribution of the finite values of v[0, n) (NaN: none). */
 epm_status epm_latency_of(const double *v, int64_t n, epm_latency *out);
 
+/* The gaps between consecutive tokens of each of batch sequences whose
+ * n[s] tokens were made at times t[s][0 .. n[s]) ([batch][stride], as
+ * epm_run_result's t_token): gaps[s][j] = t[s][j] - t[s][j - 1] for
+ * 0 < j < n[s], NaN elsewhere (the inter-token latency's samples). */
+void epm_token_gaps(const double *t, const int *n, int batch, int stride, double *gaps);
+
 typedef struct epm_run_report {
     int ranks, nodes, moe_layers;
     int64_t prefill_tokens, decode_tokens;

@@ -99,20 +99,18 @@ int epm_sched_next(epm_sched *s, epm_sched_pass *p)
     }
     if (!left)
         return 0;
-    /* each home rank fills its free places with its next waiting sequences, in order */
+    /* each home rank fills its free places with its next waiting sequences, in order (ascending, as
+     * the pass's arrays are) */
     int na = 0;
-    for (int q = 0; q < R; q++)
-        for (; s->waiting[q] < B && s->held[q] < s->places[q]; s->waiting[q] += R, s->held[q]++) {
-            s->state[s->waiting[q]] = PREFILLING;
-            s->admitted[na++] = s->waiting[q];
+    for (int i = 0; i < B; i++) {
+        const int q = i % R;
+        if (i == s->waiting[q] && s->held[q] < s->places[q]) {
+            s->state[i] = PREFILLING;
+            s->admitted[na++] = i;
+            s->waiting[q] += R;
+            s->held[q]++;
         }
-    /* ascending, as the pass's arrays are */
-    for (int i = 1; i < na; i++)
-        for (int j = i; j > 0 && s->admitted[j - 1] > s->admitted[j]; j--) {
-            int32_t t = s->admitted[j];
-            s->admitted[j] = s->admitted[j - 1];
-            s->admitted[j - 1] = t;
-        }
+    }
     /* each rank's prefilling sequences, in order, take up to its chunk of prompt tokens */
     for (int q = 0; q < R; q++)
         s->budget[q] = s->o.chunk > 0 ? s->o.chunk : INT64_MAX;

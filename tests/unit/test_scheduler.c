@@ -13,6 +13,24 @@
 
 #include "scheduler.h"
 
+/* After pass p: each sequence that made a token (its prompt's last piece,
+ * or a decode step) counts it, and those that reach caps[s] end (ended[s]
+ * set where given). */
+static void count_tokens(epm_sched *s, const epm_sched_pass *p, const int *lens, const int *caps, int *gen,
+                         int *ended)
+{
+    for (int i = 0; i < p->n_pre + p->n_dec; i++) {
+        const int q = i < p->n_pre ? p->pre[i].seq : p->dec[i - p->n_pre];
+        if (i < p->n_pre && p->pre[i].to < lens[q])
+            continue;
+        if (++gen[q] >= caps[q]) {
+            epm_sched_end(s, q);
+            if (ended)
+                ended[q] = 1;
+        }
+    }
+}
+
 /* Runs a schedule to its end, sequence s ending after caps[s] tokens (its
  * prompt's last piece gives the first), and writes each pass as
  * "a<admitted> p<seq>:<from>-<to> d<decoding>;" into out. */
@@ -34,12 +52,7 @@ static int describe(const epm_sched_opts *o, const int *caps, char *out, size_t 
         for (int i = 0; i < p.n_dec; i++)
             at += (size_t)snprintf(out + at, cap - at, "%s%d", i ? "," : "", p.dec[i]);
         at += (size_t)snprintf(out + at, cap - at, ";");
-        for (int i = 0; i < p.n_pre; i++)
-            if (p.pre[i].to == o->lens[p.pre[i].seq] && ++gen[p.pre[i].seq] >= caps[p.pre[i].seq])
-                epm_sched_end(s, p.pre[i].seq);
-        for (int i = 0; i < p.n_dec; i++)
-            if (++gen[p.dec[i]] >= caps[p.dec[i]])
-                epm_sched_end(s, p.dec[i]);
+        count_tokens(s, &p, o->lens, caps, gen, NULL);
         assert_int_equal(p.index, passes++);
         assert_true(passes < 1000);
     }
@@ -155,12 +168,7 @@ static void test_rules_on_random_batches(void **state)
                 assert_true(i == 0 || p.dec[i] > p.dec[i - 1]);
                 assert_true(done[p.dec[i]] == lens[p.dec[i]] && last_piece[p.dec[i]] < pass && !ended[p.dec[i]]);
             }
-            for (int i = 0; i < p.n_pre; i++)
-                if (p.pre[i].to == lens[p.pre[i].seq] && ++gen[p.pre[i].seq] >= caps[p.pre[i].seq])
-                    epm_sched_end(s, p.pre[i].seq), ended[p.pre[i].seq] = 1;
-            for (int i = 0; i < p.n_dec; i++)
-                if (++gen[p.dec[i]] >= caps[p.dec[i]])
-                    epm_sched_end(s, p.dec[i]), ended[p.dec[i]] = 1;
+            count_tokens(s, &p, lens, caps, gen, ended);
             assert_int_equal(p.index, pass++);
             assert_true(pass < 100000);
         }
