@@ -354,7 +354,7 @@ epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan
                  epm_placement_get_info(res)->method);
     } else {
         q = mip_optimal && !spares ? EPM_QUALITY_OPTIMAL : EPM_QUALITY_FEASIBLE;
-        snprintf(note, sizeof note, "%s%s%s", why,
+        snprintf(note, sizeof note, "%.120s%s%s", why, /* room for both suffixes */
                  searched ? "; local search (sample-average busiest-rank time, objective kept) improved it" : "",
                  spares ? "; replicas added greedily; bound covers all placements" : "");
     }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Failing ranks under mpirun, at 2 and 4 ranks (and 8 with EPM_LONG_TESTS=1):
+# Failing ranks under mpirun, at 2 and 4 ranks (and 8 with EPM_LONG_TESTS=1; the
+# sanitizer pass of CI, EPM_TEST_QUICK=1, at 3 only):
 #   kill-prefill  a rank killed with SIGKILL in the middle of prefill
 #   kill-decode   a rank killed with SIGKILL in the middle of a decode step
 #   shard         a rank that cannot open a shard of the checkpoint
@@ -38,6 +39,7 @@ cleanup() {
 t_script=$SECONDS
 RANKS="2 4"
 [ "${EPM_LONG_TESTS:-0}" = 1 ] && RANKS="2 4 8"
+[ "${EPM_TEST_QUICK:-0}" = 1 ] && RANKS="3"
 RANKS=${EPM_FAILURE_RANKS:-$RANKS} # e.g. "8": only those
 LIMIT=30 # seconds from the fault to the last process gone
 m=$F/mixtral-tiny
