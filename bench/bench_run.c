@@ -89,12 +89,22 @@ static const char usage[] =
     "                       of the time, K/V caches of the fullest rank, token agreement with static.\n"
     "                       Without --input, sequence s generates 1 to --new tokens (seeded, uniform);\n"
     "                       each N is its own --max-num-seqs\n"
+    "  --request-rates LIST instead: online serving (vLLM's benchmark_serving): the batch offline (the\n"
+    "                       baseline: every request at the start), then arriving at each of these\n"
+    "                       rates (requests/s, at most 8; epmoe run --request-rate, seed 0), live\n"
+    "                       routing, contiguous placement, --max-num-seqs at once, alternated --reps\n"
+    "                       times, the repetition of median duration: duration, requests/s and\n"
+    "                       tokens/s over it and over the offline batch's, seconds waiting for\n"
+    "                       arrivals, TTFT and end to end (from arrival) p50/p99, TPOT p50, ITL p99,\n"
+    "                       token agreement with offline. Output lengths as --continuous's\n"
+    "  --burstiness B       the arrivals' gamma shape (default 1: Poisson; below 1 burstier)\n"
     "  --kernels K          ref, blas (default) or cuda, as epmoe run --kernels\n"
     "  --wire-dtype T       f32 (default), bf16 or fp8 (home mode only), as epmoe run --wire-dtype, for\n"
     "                       every run but --wire-dtypes' own\n"
     "  --csv                CSV rows instead of a table\n";
 
-enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT, O_MAXSEQS, O_CONT, O_SEPPRE };
+enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT, O_MAXSEQS, O_CONT, O_SEPPRE, O_RATES,
+       O_BURST };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -113,6 +123,7 @@ static const struct option opts[] = {
     {"wire-dtype", required_argument, 0, O_WIRE}, {"prefill-chunks", required_argument, 0, O_CHUNKS},
     {"input", required_argument, 0, O_INPUT}, {"max-num-seqs", required_argument, 0, O_MAXSEQS},
     {"continuous", required_argument, 0, O_CONT}, {"separate-prefill", no_argument, 0, O_SEPPRE},
+    {"request-rates", required_argument, 0, O_RATES}, {"burstiness", required_argument, 0, O_BURST},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
@@ -433,6 +444,8 @@ int epm_bench_run(int argc, char **argv)
     double zipf = 1.0, aff = 0.8, tl = 20;
     int csv = 0, c, dtypes = 0, mla = 0, kvdt = 0, widt = 0, nchunk = 0, ncont = 0;
     long chunk[8], cont[8];
+    double rates[8], burstiness = 1;
+    int nrates = 0;
     const char *ta_list = NULL, *caps = "0.75,0.5,0.25";
     epm_mod_source mod = EPM_MOD_OFF;
     separate = 0;
@@ -481,6 +494,26 @@ int epm_bench_run(int argc, char **argv)
             if (!cli_parse_int_list(W, "--continuous", optarg, 1, INT32_MAX, "sequence counts", cont, 8, &ncont))
                 return EPM_EXIT_USAGE;
             break;
+        case O_RATES: {
+            char buf[256], *save = NULL;
+            snprintf(buf, sizeof buf, "%s", optarg);
+            nrates = 0;
+            for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                if (nrates == 8)
+                    return cli_usage_error(W, "option --request-rates: '%s' has more than 8 rates", optarg);
+                if (!strcmp(t, "inf"))
+                    return cli_usage_error(W, "option --request-rates: 'inf' (the offline batch) is the baseline, "
+                                           "measured first anyway");
+                if (!cli_parse_double(W, "--request-rates", t, 1e-6, 1e9, &rates[nrates++]))
+                    return EPM_EXIT_USAGE;
+            }
+            if (nrates == 0)
+                return cli_usage_error(W, "option --request-rates: '%s' has no rate", optarg);
+            break;
+        }
+        case O_BURST:
+            if (!cli_parse_double(W, "--burstiness", optarg, 1e-3, 1e3, &burstiness)) return EPM_EXIT_USAGE;
+            break;
         case O_WIRE:
             if (!cli_parse_choice(W, "--wire-dtype", optarg, cli_wire_dtypes, &wire))
                 return EPM_EXIT_USAGE;
@@ -508,13 +541,13 @@ int epm_bench_run(int argc, char **argv)
         return cli_usage_error(W, "--model is required");
     if (input && shape_given)
         return cli_usage_error(W, "--input %s gives the sequences: --batch and --seq are for the random ones", input);
-    const int chunks = nchunk > 0, conts = ncont > 0;
-    if (!!ta_list + !!mod + dtypes + mla + kvdt + widt + chunks + conts > 1) {
-        char given[192] = "";
+    const int chunks = nchunk > 0, conts = ncont > 0, online = nrates > 0;
+    if (!!ta_list + !!mod + dtypes + mla + kvdt + widt + chunks + conts + online > 1) {
+        char given[224] = "";
         const char *name[] = {"--ta", "--mod", "--expert-dtypes", "--mla-cache", "--kv-dtypes", "--wire-dtypes",
-                              "--prefill-chunks", "--continuous"};
-        const int on[] = {ta_list != NULL, mod != EPM_MOD_OFF, dtypes, mla, kvdt, widt, chunks, conts};
-        for (int i = 0; i < 8; i++)
+                              "--prefill-chunks", "--continuous", "--request-rates"};
+        const int on[] = {ta_list != NULL, mod != EPM_MOD_OFF, dtypes, mla, kvdt, widt, chunks, conts, online};
+        for (int i = 0; i < 9; i++)
             if (on[i])
                 snprintf(given + strlen(given), sizeof given - strlen(given), "%s%s", *given ? " and " : "", name[i]);
         return cli_usage_error(W, "%s: each is a bench of its own; give one", given);
@@ -605,7 +638,7 @@ int epm_bench_run(int argc, char **argv)
         pr = (const int32_t *const *)prompts;
         pl = lens;
     }
-    if (ta_list || mod || dtypes || mla || kvdt || widt || chunks || conts) {
+    if (ta_list || mod || dtypes || mla || kvdt || widt || chunks || conts || online) {
         epm_mode mode = EPM_MODE_HOME;
         char first[16];
         snprintf(first, sizeof first, "%s", modes_s);
@@ -617,12 +650,13 @@ int epm_bench_run(int argc, char **argv)
         if (me == 0 && !csv)
             printf("# bench run %s: %s, %d ranks (%d nodes), mode %s, %s, kernels %s, wire %s\n",
                    dtypes ? "--expert-dtypes" : mla ? "--mla-cache" : kvdt ? "--kv-dtypes" : widt ? "--wire-dtypes"
-                   : chunks ? "--prefill-chunks" : conts ? "--continuous" : mod ? "--mod" : "--ta", model, R,
+                   : chunks ? "--prefill-chunks" : conts ? "--continuous" : online ? "--request-rates"
+                   : mod ? "--mod" : "--ta", model, R,
                    cl.nodes, epm_mode_name(mode), shape, kernels,
                    !widt ? cli_wire_dtypes[wire] : mode == EPM_MODE_HOME ? "f32, bf16, fp8" : "f32, bf16");
         if (me == 0 && !csv)
             epm_bench_print_blas();
-        if (conts) {
+        if (conts || online) {
             epm_run_opts o;
             live_opts(&o, model, mode, (int)vn, (int)nnew);
             o.keep_logits = 0;
@@ -635,9 +669,13 @@ int epm_bench_run(int argc, char **argv)
             st = epm_xcomm_agree(x, max_new_of || spread ? EPM_OK : EPM_ERR_NOMEM);
             if (st != EPM_OK)
                 rc = me == 0 ? cli_fail(W, st) : EPM_EXIT_FAIL;
-            else
+            else if (conts)
                 rc = epm_bench_run_continuous(x, &o, (int)batch, pl, pr, max_new_of ? max_new_of : spread, cont, ncont,
                                               (int)reps, csv);
+            else {
+                o.max_new_per_seq = max_new_of ? max_new_of : spread;
+                rc = epm_bench_run_rates(x, &o, (int)batch, pl, pr, rates, nrates, burstiness, (int)reps, csv);
+            }
             free(spread);
             goto out;
         }

@@ -58,12 +58,12 @@ epm_status epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int
     /* epm_run's passes (scheduler.h): a sequence's first token comes with its
      * prompt's last piece, each decode token numbered in the order of its
      * pass; it ends after its output length */
-    const epm_sched_opts so = {batch, lens, ranks, max_seqs, chunk, separate_prefill};
+    const epm_sched_opts so = {batch, lens, ranks, max_seqs, chunk, separate_prefill, NULL};
     epm_sched *sc = NULL;
     int *gen = calloc((size_t)batch + 1, sizeof *gen);
     epm_status st = gen ? epm_sched_create(&so, &sc) : EPM_ERR_NOMEM;
     epm_sched_pass p;
-    while (st == EPM_OK && epm_sched_next(sc, &p)) {
+    while (st == EPM_OK && epm_sched_next(sc, 0, &p)) {
         for (int i = 0; i < p.n_pre; i++) {
             const int s = p.pre[i].seq, cap = max_new && max_new[s] < nnew ? max_new[s] : nnew;
             if (p.pre[i].to == lens[s] && ++gen[s] >= cap)

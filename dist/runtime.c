@@ -1,6 +1,7 @@
 /* The layer loop of `epmoe run`: data-parallel attention, expert-parallel
  * MoE, in mode home or follow. Token rows carry their global index g so that
  * any rank knows a token's sequence and position without asking. */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1325,6 +1326,15 @@ static epm_status prefill_check(rt *r)
                         "calibrated on the prompts of the whole batch, which admission in turns does not prefill "
                         "at once (--mod schedule admits in turns; or at least %d)", o->max_num_seqs, mod, r->B);
     }
+    /* a scored source's thresholds again, and a replay's recorded pass order: arrivals' timing
+     * changes which pass admits each sequence */
+    if (o->arrival && (scored || o->route_from)) {
+        epm_free(home);
+        return epm_fail(EPM_ERR_UNSUPPORTED, "request arrivals (--request-rate) with %s: %s",
+                        scored ? (o->mod == EPM_MOD_ROUTER ? "--mod router" : "--mod attention") : "a routing replay",
+                        scored ? "decoding's skip thresholds are calibrated on one prefill of the whole batch"
+                               : "the replay follows the recorded order of passes, which arrival times change");
+    }
     for (int s = r->me; s < r->B; s += r->R)
         home[n++] = r->lens[s];
     qsort(home, (size_t)n, sizeof *home, by_int_desc);
@@ -1332,7 +1342,7 @@ static epm_status prefill_check(rt *r)
     for (int i = 0; i < n && i < r->places[r->me]; i++)
         r->mine_most += home[i];
     epm_free(home);
-    const epm_sched_opts so = {r->B, r->lens, r->R, o->max_num_seqs, T, o->separate_prefill};
+    const epm_sched_opts so = {r->B, r->lens, r->R, o->max_num_seqs, T, o->separate_prefill, o->arrival};
     return epm_sched_create(&so, &r->sched);
 }
 
@@ -1596,6 +1606,7 @@ void epm_run_result_destroy(epm_run_result *res)
     epm_free(res->prompt_lp);
     epm_free(res->prompt_top_ids);
     epm_free(res->prompt_top_lp);
+    epm_free(res->t_arrive);
     epm_free(res->t_admit);
     epm_free(res->t_first);
     epm_free(res->t_done);
@@ -2014,6 +2025,26 @@ out:
     return st;
 }
 
+/* Rank 0's time since the run's start into *now on every rank: arrivals
+ * admit by one clock, so that all ranks build the same passes. */
+static epm_status shared_clock(rt *r, double *now)
+{
+    int64_t ns = r->me == 0 ? (int64_t)(*now * 1e9) : 0;
+    EPM_CHECK(epm_xcomm_sum_i64(r->x, &ns, 1));
+    *now = (double)ns * 1e-9;
+    return EPM_OK;
+}
+
+/* Sleeps s seconds (none if s <= 0); a signal's interruption resumes the rest. */
+static void wait_s(double s)
+{
+    if (!(s > 0))
+        return;
+    struct timespec ts = {(time_t)s, (long)((s - floor(s)) * 1e9)}, left;
+    while (nanosleep(&ts, &left) != 0 && errno == EINTR)
+        ts = left;
+}
+
 epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int32_t *const *prompts,
                    epm_run_result **out)
 {
@@ -2108,6 +2139,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     res->generated = epm_malloc((size_t)batch * (size_t)maxnew * sizeof *res->generated);
     res->gen_len = epm_calloc((size_t)batch, sizeof *res->gen_len);
     res->stopped = epm_calloc((size_t)batch, sizeof *res->stopped);
+    res->t_arrive = epm_malloc((size_t)batch * sizeof *res->t_arrive);
     res->t_admit = epm_malloc((size_t)batch * sizeof *res->t_admit);
     res->t_first = epm_malloc((size_t)batch * sizeof *res->t_first);
     res->t_done = epm_malloc((size_t)batch * sizeof *res->t_done);
@@ -2127,7 +2159,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     int64_t *srow = epm_malloc((size_t)(homes ? homes : 1) * sizeof *srow); /* the rows sampled in a pass */
     int *sseq = epm_malloc((size_t)(homes ? homes : 1) * sizeof *sseq);
     st = res->lens && res->generated && res->gen_len && res->stopped && nt && srow && sseq && res->t_admit &&
-                 res->t_first && res->t_done && res->t_token ? EPM_OK : EPM_ERR_NOMEM;
+                 res->t_arrive && res->t_first && res->t_done && res->t_token ? EPM_OK : EPM_ERR_NOMEM;
     {
         epm_sampling sp = o->sampling; /* min_tokens holds back the run's stop tokens */
         sp.stop_ids = o->stop_ids;
@@ -2139,8 +2171,10 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         memcpy(res->lens, lens, (size_t)batch * sizeof *lens);
         for (size_t i = 0; i < (size_t)batch * (size_t)maxnew; i++)
             res->generated[i] = -1, res->t_token[i] = NAN;
-        for (int q = 0; q < batch; q++)
+        for (int q = 0; q < batch; q++) {
             res->t_admit[q] = res->t_first[q] = res->t_done[q] = NAN;
+            res->t_arrive[q] = o->arrival ? o->arrival[q] : 0;
+        }
     }
     EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
     const pass_out po = {&smp, srow, sseq, homes, maxnew, nt};
@@ -2164,7 +2198,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
      * gives its caches back, and its rank's next waiting sequence takes its
      * place (vLLM's continuous batching). Every rank learns every new token
      * (one small sum per pass), so all build the same passes. */
-    const double t_start = epm_now(); /* every sequence arrives now */
+    const double t_start = epm_now(); /* the arrivals' clock starts (an offline batch: all arrive now) */
     for (;;) {
         const double t0 = epm_now();
         int lo = batch, hi = 0; /* the sequences fed since the last sum: those between lo and hi - 1 */
@@ -2199,11 +2233,20 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
             }
             memset(nt + (size_t)s * W, 0, (size_t)W * sizeof *nt);
         }
+        /* the time the scheduler admits by: rank 0's, which every rank takes with arrivals */
+        double now = epm_now() - t_start;
+        if (o->arrival)
+            EPM_CHECK_GOTO(shared_clock(&r, &now), st, fail_gen);
         epm_sched_pass sp;
-        if (!epm_sched_next(r.sched, &sp))
+        if (!epm_sched_next(r.sched, now, &sp))
             break;
+        if (sp.n_pre == 0 && sp.n_dec == 0) { /* nothing has arrived to run: every rank waits for the next */
+            wait_s(sp.wake - now);
+            res->report.t_wait += sp.wake - now > 0 ? sp.wake - now : 0;
+            continue;
+        }
         for (int i = 0; i < sp.n_admitted && st == EPM_OK; i++) {
-            res->t_admit[sp.admitted[i]] = t0 - t_start;
+            res->t_admit[sp.admitted[i]] = now;
             st = kv_acquire(&r, sp.admitted[i]);
         }
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
@@ -2233,10 +2276,15 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
             tpot[q] = res->gen_len[q] > 1 ? (res->t_done[q] - res->t_first[q]) / (res->gen_len[q] - 1) : NAN;
         if (st == EPM_OK)
             st = epm_latency_of(tpot, batch, &res->report.tpot);
-        if (st == EPM_OK)
-            st = epm_latency_of(res->t_first, batch, &res->report.ttft);
-        if (st == EPM_OK)
-            st = epm_latency_of(res->t_done, batch, &res->report.e2e);
+        /* time to first token and end to end count from each sequence's arrival */
+        double *since = epm_malloc((size_t)batch * sizeof *since);
+        st = st == EPM_OK && !since ? EPM_ERR_NOMEM : st;
+        for (int k = 0; k < 2 && st == EPM_OK; k++) {
+            for (int q = 0; q < batch; q++)
+                since[q] = (k ? res->t_done[q] : res->t_first[q]) - res->t_arrive[q];
+            st = epm_latency_of(since, batch, k ? &res->report.e2e : &res->report.ttft);
+        }
+        epm_free(since);
         if (st == EPM_OK) {
             epm_token_gaps(res->t_token, res->gen_len, batch, maxnew, gaps);
             st = epm_latency_of(gaps, (int64_t)batch * maxnew, &res->report.itl);

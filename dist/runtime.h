@@ -121,6 +121,12 @@ typedef struct epm_run_opts {
                                        on every rank, whether their expert is remote or not; so are the
                                        partial sums of the combine, and in follow mode the residual streams
                                        and the K/V rows the ranks all-gather. Default float32 */
+    const double *arrival;          /* [batch] or NULL: seconds from the run's start at which each sequence
+                                       arrives (an online serving run; epm_arrivals draws them as a
+                                       request rate), in order: none is admitted before it arrives, and
+                                       when every sequence left is still to arrive the ranks wait. TTFT
+                                       and end to end count from arrival. NULL: all at the start (an
+                                       offline batch). Not with MoD router or attention, nor a replay */
     int wire_fp8;                   /* home mode: dispatch rows carry each token's expert input (the
                                        normalised hidden state) in float8 e4m3 with a float32 scale per
                                        128 values, as DeepEP's fp8 dispatch (hidden + 4 x ceil(hidden /
@@ -136,6 +142,13 @@ typedef struct epm_latency {
     double mean, p50, p90, p99, max;
     int64_t n;
 } epm_latency;
+
+/* n request arrival times into out[0, n) (seconds, the first at 0), drawn
+ * as vLLM's benchmark_serving draws --request-rate arrivals: intervals of a
+ * gamma distribution of shape burstiness (1: a Poisson process; below 1
+ * burstier, above 1 steadier) and mean 1 / rate; rate INFINITY: all at 0.
+ * Deterministic in seed. */
+epm_status epm_arrivals(int n, double rate, double burstiness, uint64_t seed, double *out);
 
 /* The distribution of the finite values of v[0, n) (NaN: none). */
 epm_status epm_latency_of(const double *v, int64_t n, epm_latency *out);
@@ -163,12 +176,13 @@ typedef struct epm_run_report {
     int64_t gather_bytes[EPM_LINK_COUNT];
     int64_t weight_bytes_max; /* largest checkpoint bytes any rank read */
     int64_t weight_bytes_sum;
-    /* Serving latencies, every sequence arriving as the first pass starts (an offline batch), on rank
-     * 0's clock at the end of the pass that made each token: time to first token (queueing for a
-     * place included), time per output token after the first ((finish - first) / (tokens - 1), of
+    /* Serving latencies, on rank 0's clock at the end of the pass that made each token, from each
+     * sequence's arrival (epm_run_opts.arrival; offline: the first pass's start): time to first
+     * token (queueing for a place included), time per output token after the first ((finish - first) / (tokens - 1), of
      * sequences with two or more), the gaps between a sequence's consecutive tokens (inter-token
      * latency, over all tokens: where prefill passes stall decoding), and end to end */
     epm_latency ttft, tpot, itl, e2e;
+    double t_wait;         /* seconds the ranks had nothing to run, waiting for a request to arrive */
     int64_t kv_cache_bytes_max;  /* KV cache memory of the fullest rank at its fullest (follow keeps every
                                     live sequence's; with max_num_seqs those of the sequences decoding) */
     int64_t wire_bytes[EPM_LINK_COUNT]; /* what went over the links (differs from bytes only on the
@@ -212,7 +226,8 @@ typedef struct epm_run_result {
     int32_t *prompt_top_ids; /* [total prefill tokens][prompt_top] */
     float *prompt_top_lp;    /* [total prefill tokens][prompt_top] */
     epm_trace *trace;   /* rank 0: the routing of every MoE layer, prefill then decode tokens */
-    double *t_admit;    /* [batch] seconds from the run's start to the pass that admitted each sequence, */
+    double *t_arrive;   /* [batch] seconds from the run's start to each sequence's arrival (0 offline), */
+    double *t_admit;    /*         to the pass that admitted it, */
     double *t_first;    /*         to the end of the pass that made its first token (NaN: none), */
     double *t_done;     /*         and to the end of its last pass (report.ttft and the others) */
     double *t_token;    /* [batch][max(max_new_tokens, 1)] (generated's layout) and to the end of the pass

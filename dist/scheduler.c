@@ -1,6 +1,8 @@
 /* The pass scheduler of `epmoe run` (scheduler.h). */
 #include "scheduler.h"
 
+#include <math.h>
+
 enum { WAITING, PREFILLING, DECODING, ENDED };
 
 struct epm_sched {
@@ -69,11 +71,18 @@ epm_status epm_sched_create(const epm_sched_opts *o, epm_sched **out)
         s->places[q] = epm_run_places(o->batch, o->ranks, o->max_num_seqs, q);
         s->waiting[q] = q < o->batch ? q : o->batch;
     }
-    for (int i = 0; i < o->batch; i++)
+    for (int i = 0; i < o->batch; i++) {
         if (o->lens[i] < 1) {
             epm_sched_destroy(s);
             return epm_fail(EPM_ERR_INVALID_ARG, "scheduler: sequence %d is empty", i);
         }
+        if (o->arrival && !(isfinite(o->arrival[i]) && o->arrival[i] >= (i ? o->arrival[i - 1] : 0))) {
+            const double a = o->arrival[i];
+            epm_sched_destroy(s);
+            return epm_fail(EPM_ERR_INVALID_ARG, "scheduler: sequence %d arrives at %g s, before sequence %d "
+                            "or not at a finite time >= 0 (arrivals are in order)", i, a, i - 1);
+        }
+    }
     *out = s;
     return EPM_OK;
 }
@@ -86,7 +95,7 @@ void epm_sched_end(epm_sched *s, int seq)
     s->held[seq % s->o.ranks]--;
 }
 
-int epm_sched_next(epm_sched *s, epm_sched_pass *p)
+int epm_sched_next(epm_sched *s, double now, epm_sched_pass *p)
 {
     const int B = s->o.batch, R = s->o.ranks;
     const int *lens = s->o.lens;
@@ -99,12 +108,13 @@ int epm_sched_next(epm_sched *s, epm_sched_pass *p)
     }
     if (!left)
         return 0;
-    /* each home rank fills its free places with its next waiting sequences, in order (ascending, as
-     * the pass's arrays are) */
+    /* each home rank fills its free places with its next waiting sequences that have arrived, in
+     * order (ascending, as the pass's arrays are) */
+    const double *arr = s->o.arrival;
     int na = 0;
     for (int i = 0; i < B; i++) {
         const int q = i % R;
-        if (i == s->waiting[q] && s->held[q] < s->places[q]) {
+        if (i == s->waiting[q] && s->held[q] < s->places[q] && (!arr || arr[i] <= now)) {
             s->state[i] = PREFILLING;
             s->admitted[na++] = i;
             s->waiting[q] += R;
@@ -130,6 +140,14 @@ int epm_sched_next(epm_sched *s, epm_sched_pass *p)
     for (int i = 0; i < B && (np == 0 || !s->o.separate_prefill); i++)
         if (s->state[i] == DECODING)
             s->dec[nd++] = i;
-    *p = (epm_sched_pass){s->admitted, na, s->pre, np, pt, s->dec, nd, s->index++};
+    double wake = 0;
+    if (np == 0 && nd == 0) { /* all that is left has yet to arrive: the first of it wakes the run */
+        wake = INFINITY;
+        for (int q = 0; q < R; q++)
+            if (s->waiting[q] < B && arr[s->waiting[q]] < wake)
+                wake = arr[s->waiting[q]];
+    }
+    *p = (epm_sched_pass){s->admitted, na, s->pre, np, pt, s->dec, nd, s->index, wake};
+    s->index += np > 0 || nd > 0;
     return 1;
 }

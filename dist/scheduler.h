@@ -4,7 +4,8 @@
  * same pass as the running sequences' decode tokens (vLLM V1's and
  * SGLang's mixed chunked prefill). epm_run follows it; `bench run`
  * simulates a run with it to number a synthetic trace the way the run will.
- * It depends on the lengths alone, so every rank builds the same passes. */
+ * It depends on the lengths and the arrival times alone (and the clock that
+ * rank 0 shares), so every rank builds the same passes. */
 #ifndef EPM_SCHEDULER_H
 #define EPM_SCHEDULER_H
 
@@ -27,7 +28,9 @@ typedef struct epm_sched_pass {
     int64_t pre_tokens;         /* their tokens */
     const int32_t *dec;         /* sequences that decode one token, ascending */
     int n_dec;
-    int64_t index;              /* the pass's number, from 0 */
+    int64_t index;              /* the pass's number, from 0 (empty ones not counted) */
+    double wake;                /* an empty pass (no prompt piece, no decode token: every sequence left
+                                   is still to arrive): when the next one arrives */
 } epm_sched_pass;
 
 typedef struct epm_sched_opts {
@@ -38,15 +41,20 @@ typedef struct epm_sched_opts {
     int64_t chunk;     /* > 0: at most this many of a rank's prompt tokens a pass; 0: whole prompts */
     int separate_prefill;       /* a pass holds prompt tokens or decode tokens, never both: decoding waits while any
                           rank prefills (vLLM before V1, SGLang without --enable-mixed-chunk) */
+    const double *arrival; /* [batch] or NULL: when each sequence arrives (seconds, nondecreasing, kept by the
+                              caller); one is admitted no earlier. NULL: all at 0 */
 } epm_sched_opts;
 
 epm_status epm_sched_create(const epm_sched_opts *o, epm_sched **out);
 void epm_sched_destroy(epm_sched *s);
 
-/* The next pass into *p (valid until the next call): 1, or 0 when every
- * sequence has ended. A sequence whose prompt's last piece ran in the
- * previous pass decodes in this one unless epm_sched_end ended it. */
-int epm_sched_next(epm_sched *s, epm_sched_pass *p);
+/* The next pass, as it begins at time now (the arrivals' clock), into *p
+ * (valid until the next call): 1, or 0 when every sequence has ended. A
+ * sequence whose prompt's last piece ran in the previous pass decodes in
+ * this one unless epm_sched_end ended it. The pass is empty only when
+ * nothing that has arrived is left to run: the caller waits until p->wake
+ * and asks again. */
+int epm_sched_next(epm_sched *s, double now, epm_sched_pass *p);
 
 /* Sequence seq ended (its last token came in the previous pass): its place
  * is free for its rank's next waiting sequence. */

@@ -84,6 +84,12 @@ static const char usage[] =
     "                           while a prompt is prefilled (vLLM before V1). Default: mixed batches,\n"
     "                           each pass the decoding sequences' next tokens and the admitted\n"
     "                           prompts' chunks (vLLM V1); the same tokens either way\n"
+    "  --request-rate R         online serving: requests arrive at R per second (a Poisson process,\n"
+    "                           as vLLM's benchmark_serving; 'inf': all at the start, the default),\n"
+    "                           the first at once; each is admitted once it arrives, and TTFT and end\n"
+    "                           to end count from its arrival (a request's n samples arrive together)\n"
+    "  --burstiness B           the arrivals' gamma shape (default 1, Poisson; below 1 burstier)\n"
+    "  --arrival-seed S         the arrivals' random seed (default 0)\n"
     "  --kernels ref|blas|cuda  compute kernels (default blas; cuda: the GPU of the rank's local index)\n"
     "  --bind                   bind each rank's threads and memory to the cores of its GPU's NUMA node\n"
     "                           (its share of the node's cores without GPUs; EPM_GPU_MAP=0,2,.. maps GPUs)\n"
@@ -142,7 +148,8 @@ static const char usage[] =
 
 enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER, O_MAXMEM,
        O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
-       O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK, O_PLOGPROBS, O_MAXSEQS, O_SEPPRE };
+       O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK, O_PLOGPROBS, O_MAXSEQS, O_SEPPRE,
+       O_RATE, O_BURST, O_ASEED };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_OUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -171,6 +178,8 @@ static const struct option opts[] = {
     {"min-tokens", required_argument, 0, O_MINTOK}, {"prefill-chunk", required_argument, 0, O_CHUNK},
     {"max-num-seqs", required_argument, 0, O_MAXSEQS},
     {"separate-prefill", no_argument, 0, O_SEPPRE},
+    {"request-rate", required_argument, 0, O_RATE}, {"burstiness", required_argument, 0, O_BURST},
+    {"arrival-seed", required_argument, 0, O_ASEED},
     {"prompt-logprobs", required_argument, 0, O_PLOGPROBS},
     {0, 0, 0, 0}};
 
@@ -261,10 +270,10 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
                     lat[i]->p90, lat[i]->p99, lat[i]->max);
         /* each sequence's times from the run's start (vLLM's RequestMetrics, relative): admitted,
          * first token (null: none asked for), finished */
-        const double *ts[3] = {res->t_admit, res->t_first, res->t_done};
-        const char *tn[3] = {"admitted", "first_token", "finished"};
-        fprintf(f, "}, \"times_s\": {");
-        for (int k = 0; k < 3; k++) {
+        const double *ts[4] = {res->t_arrive, res->t_admit, res->t_first, res->t_done};
+        const char *tn[4] = {"arrived", "admitted", "first_token", "finished"};
+        fprintf(f, "}, \"wait_for_arrivals_s\": %.6f, \"times_s\": {", r->t_wait);
+        for (int k = 0; k < 4; k++) {
             fprintf(f, "%s\"%s\": [", k ? ", " : "", tn[k]);
             for (int s = 0; s < res->batch; s++)
                 fprintf(f, isfinite(ts[k][s]) ? "%s%.6f" : "%snull", s ? ", " : "", ts[k][s]);
@@ -285,10 +294,17 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
             r->t_decode, dps, r->max_num_seqs);
     fprintf(f, "time (slowest rank): attention %.3f  gate %.3f  dispatch %.3f  experts %.3f  combine %.3f s\n",
             r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine);
+    double last = 0; /* the last arrival */
+    for (int q = 0; q < res->batch; q++)
+        last = res->t_arrive[q] > last ? res->t_arrive[q] : last;
+    char arrivals[128] = "all sequences arriving at the start";
+    if (last > 0)
+        snprintf(arrivals, sizeof arrivals, "from arrival; arrivals over %.3f s, %.3f s waiting for them", last,
+                 r->t_wait);
     if (r->ttft.n > 0)
-        fprintf(f, "latency (all sequences arriving at the start): TTFT mean %.1f ms p50 %.1f p99 %.1f; TPOT mean %.1f ms "
+        fprintf(f, "latency (%s): TTFT mean %.1f ms p50 %.1f p99 %.1f; TPOT mean %.1f ms "
                    "p50 %.1f p99 %.1f; ITL p50 %.1f ms p99 %.1f max %.1f; end to end p50 %.3f s p99 %.3f\n",
-                1e3 * r->ttft.mean, 1e3 * r->ttft.p50, 1e3 * r->ttft.p99, 1e3 * r->tpot.mean, 1e3 * r->tpot.p50,
+                arrivals, 1e3 * r->ttft.mean, 1e3 * r->ttft.p50, 1e3 * r->ttft.p99, 1e3 * r->tpot.mean, 1e3 * r->tpot.p50,
                 1e3 * r->tpot.p99, 1e3 * r->itl.p50, 1e3 * r->itl.p99, 1e3 * r->itl.max, r->e2e.p50, r->e2e.p99);
     fprintf(f, "checkpoint bytes read: %lld on the busiest rank, %lld in all; KV cache %lld bytes on the fullest rank "
                "(%s, %d values per token and layer, each %s%s); routed experts held as %s, dense matrices as %s\n",
@@ -523,6 +539,8 @@ int epm_cli_run(int argc, char **argv)
     memset(&gf, 0, sizeof gf);
     int32_t stop_ids[2 * EPM_MAX_STOP_IDS];
     int report = 0, json = 0, c, k, bind = 0, report_bindings = 0, maxnew_given = 0, chunk_given = 0, seqs_given = 0;
+    double rate = INFINITY, burstiness = 1; /* --request-rate: offline unless given */
+    uint64_t arrival_seed = 0;
     long v;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -650,6 +668,15 @@ int epm_cli_run(int argc, char **argv)
             seqs_given = 1;
             break;
         case O_SEPPRE: o.separate_prefill = 1; break;
+        case O_RATE:
+            if (strcmp(optarg, "inf") && !cli_parse_double(W, "--request-rate", optarg, 1e-9, 1e12, &rate))
+                return EPM_EXIT_USAGE;
+            rate = strcmp(optarg, "inf") ? rate : INFINITY;
+            break;
+        case O_BURST:
+            if (!cli_parse_double(W, "--burstiness", optarg, 1e-3, 1e3, &burstiness)) return EPM_EXIT_USAGE;
+            break;
+        case O_ASEED: if (!cli_parse_u64(W, "--arrival-seed", optarg, &arrival_seed)) return EPM_EXIT_USAGE; break;
         case O_MINTOK:
             if (!cli_parse_int(W, "--min-tokens", optarg, 0, 1 << 20, &v)) return EPM_EXIT_USAGE;
             gf.s.min_tokens = (int)v;
@@ -760,6 +787,18 @@ int epm_cli_run(int argc, char **argv)
                           "generate", input, rb.req_of[s], rb.own[s].min_tokens, most);
     }
     o.seq_sampling = rb.own;
+    /* online serving: each request's arrival (its samples arrive together) */
+    double *arrival = NULL;
+    if (st == EPM_OK && isfinite(rate)) {
+        const int nreq = rb.req_of ? rb.req_of[rb.batch - 1] + 1 : rb.batch;
+        double *at = epm_malloc((size_t)nreq * sizeof *at);
+        arrival = epm_malloc((size_t)rb.batch * sizeof *arrival);
+        st = at && arrival ? epm_arrivals(nreq, rate, burstiness, arrival_seed, at) : EPM_ERR_NOMEM;
+        for (int s = 0; st == EPM_OK && s < rb.batch; s++)
+            arrival[s] = at[rb.req_of ? rb.req_of[s] : s];
+        epm_free(at);
+        o.arrival = arrival;
+    }
     if (st == EPM_OK && place)
         st = epm_placement_load_json(place, &p);
     if (st == EPM_OK && rft)
@@ -858,6 +897,7 @@ int epm_cli_run(int argc, char **argv)
     epm_trace_destroy(t);
     epm_tokens_destroy(pr);
     run_batch_free(&rb);
+    epm_free(arrival);
     epm_xcomm_finalize();
     return rc;
 }

@@ -360,10 +360,28 @@ check "--separate-prefill" 0 run -np 1 "$E" run --model "$m" --input "$d/in.json
   --report --prefill-chunk 2 --separate-prefill
 [ "$(gj "d['generated']"),$(gj "d['report']['mixed_passes']")" = "$tok1,0" ] ||
   fail "--separate-prefill: $(head -c 300 "$d/out")"
+# online serving: the requests arrive at 20/s (the second 0.1 s after the first, arrival seed 3), each
+# admitted once it arrived; the same tokens
+check "--request-rate" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report \
+  --prefill-chunk 2 --request-rate 20 --arrival-seed 3
+[ "$(gj "d['generated']")" = "$tok1" ] || fail "--request-rate: $(head -c 300 "$d/out")"
+gj "(lambda t: t['arrived'][0] == 0 < t['arrived'][1] and all(a <= m <= f for a, m, f in
+    zip(t['arrived'], t['admitted'], t['first_token'])))(d['report']['times_s'])" | grep -qx True ||
+  fail "--request-rate, times: $(head -c 600 "$d/out")"
+check "--request-rate, text report" 0 run -np 1 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 \
+  --report --request-rate 20 --burstiness 0.5
+has "$d/err" "latency (from arrival; arrivals over [0-9.]* s, [0-9.]* s waiting for them): TTFT mean"
 check "prefill chunks with --mod router" 1 one "$E" run --model "$m" --input "$d/in.json" --mod router \
   --mod-capacity 0.5 --prefill-chunk 4
 has "$d/err" "--prefill-chunk with --mod router"
 fi
+check "request rate 0" 2 "$E" run --model "$m" --input "$d/in.json" --request-rate 0
+has "$d/err" "--request-rate"
+check "burstiness 0" 2 "$E" run --model "$m" --input "$d/in.json" --burstiness 0
+has "$d/err" "--burstiness"
+check "arrivals with a replay" 1 one "$E" run --model "$m" --input "$m/reference.safetensors" --request-rate 5 \
+  --route-from-trace "$d/other.st"
+has "$d/err" "request arrivals (--request-rate) with a routing replay"
 check "negative prefill chunk" 2 "$E" run --model "$m" --input "$d/in.json" --prefill-chunk -1
 has "$d/err" "--prefill-chunk"
 # prompt logprobs (in passes of 2): log_softmax of the logits at the position before each prompt token, as
@@ -403,5 +421,6 @@ check "output over input" 2 "$E" run --model "$m" --input "$d/in.json" --trace-o
 check "usage" 2 "$E" run --input "$d/in.json"
 check "help" 0 "$E" run --help
 has "$d/out" "--separate-prefill"
+has "$d/out" "--request-rate R"
 
 checks_done "all run CLI checks passed"

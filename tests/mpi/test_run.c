@@ -712,14 +712,14 @@ static int places_of(int batch, int m, int *most)
 static int64_t peak_rows(int B, const int *lens, const int *rows, const int *gen, int max_seqs, int64_t chunk,
                          int follow)
 {
-    const epm_sched_opts so = {B, lens, R, max_seqs, chunk, 0};
+    const epm_sched_opts so = {B, lens, R, max_seqs, chunk, 0, NULL};
     epm_sched *sc = NULL;
     assert_int_equal(epm_sched_create(&so, &sc), EPM_OK);
     int made[16] = {0}, held[16] = {0};
     int64_t peak = 0;
     epm_sched_pass p;
     assert_true(B <= 16 && R <= 16);
-    while (epm_sched_next(sc, &p)) {
+    while (epm_sched_next(sc, 0, &p)) {
         int64_t per[16] = {0}, all = 0;
         for (int i = 0; i < p.n_admitted; i++)
             held[p.admitted[i]] = 1;
@@ -1000,6 +1000,62 @@ static void test_run_continuous_batching(void **state)
     }
     assert_int_equal(st, EPM_OK);
     epm_run_result_destroy(res);
+    epm_st_close(f.ref);
+}
+
+/* Online serving: sequences that arrive over time (epm_run_opts.arrival)
+ * get the tokens, log-probabilities and counted bytes of the offline batch;
+ * none is admitted before it arrives; TTFT counts from arrival; and a
+ * request that arrives after the others ended finds the ranks waiting. */
+static void test_run_arrivals(void **state)
+{
+    (void)state;
+    enum { B = 7, NEW = 4 };
+    static const int lens[B] = {16, 11, 14, 5, 16, 9, 13}, news[B] = {4, 2, 4, 3, 1, 1, 2};
+    static const double arrival[B] = {0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.5};
+    fixture f;
+    fixture_open(&f, "mixtral-tiny");
+    const int32_t *prompts[B];
+    for (int s = 0; s < B; s++)
+        prompts[s] = f.ids[s % 2] + (16 - lens[s]);
+    epm_placement *p = make_placement(0, 4, 8, 1);
+    epm_run_opts o;
+    memset(&o, 0, sizeof o);
+    o.model_dir = f.dir;
+    o.placement = p;
+    o.mode = (epm_mode)(R % 2); /* both modes over the rank counts */
+    o.max_new_tokens = NEW;
+    o.max_new_per_seq = news;
+    o.ops = "ref";
+    o.logprobs_on = 1;
+    o.max_num_seqs = 2;
+    epm_run_result *a, *b;
+    assert_int_equal(epm_run(&o, B, lens, prompts, &a), EPM_OK);
+    o.arrival = arrival;
+    assert_int_equal(epm_run(&o, B, lens, prompts, &b), EPM_OK);
+    assert_memory_equal(b->gen_len, a->gen_len, B * sizeof *a->gen_len);
+    assert_memory_equal(b->generated, a->generated, (size_t)B * NEW * sizeof *a->generated);
+    for (int s = 0; s < B; s++)
+        assert_memory_equal(b->logprob + s * NEW, a->logprob + s * NEW, a->gen_len[s] * sizeof(float));
+    assert_memory_equal(b->report.bytes, a->report.bytes, 4 * EPM_LINK_COUNT * sizeof *a->report.bytes);
+    assert_memory_equal(b->report.layer_tokens, a->report.layer_tokens, 4 * sizeof *a->report.layer_tokens);
+    double ttft_max = 0, others_done = 0;
+    for (int s = 0; s < B; s++) {
+        assert_true(a->t_arrive[s] == 0 && b->t_arrive[s] == arrival[s]);
+        assert_true(b->t_admit[s] >= arrival[s] && b->t_admit[s] <= b->t_first[s] && b->t_first[s] <= b->t_done[s]);
+        ttft_max = fmax(ttft_max, b->t_first[s] - arrival[s]);
+        if (s < B - 1)
+            others_done = fmax(others_done, b->t_done[s]);
+    }
+    assert_true(b->report.ttft.max == ttft_max && b->report.ttft.n == B);
+    assert_true(a->report.t_wait == 0);
+    /* the last arrives after the others ended (unless this machine ran them slower than 0.5 s): the
+     * ranks waited for it, and it had the ranks to itself */
+    if (others_done < arrival[B - 1])
+        assert_true(b->report.t_wait > 0 && b->report.t_wait <= arrival[B - 1] - others_done + 0.05);
+    epm_run_result_destroy(a);
+    epm_run_result_destroy(b);
+    epm_placement_destroy(p);
     epm_st_close(f.ref);
 }
 
@@ -1406,6 +1462,7 @@ int main(void)
         cmocka_unit_test(test_run_decode_equals_recompute), cmocka_unit_test(test_run_agrees_with_plan_eval),
         cmocka_unit_test(test_run_sampling_equals_recompute), cmocka_unit_test(test_run_stop_tokens),
         cmocka_unit_test(test_run_request_sampling),          cmocka_unit_test(test_run_continuous_batching),
+        cmocka_unit_test(test_run_arrivals),
         cmocka_unit_test(test_run_prefill_chunk), cmocka_unit_test(test_run_prompt_logprobs),
         cmocka_unit_test(test_run_topology_bias_and_top_p), cmocka_unit_test(test_run_mismatched_placement),
     };

@@ -4,7 +4,10 @@
  * rank's prompt tokens in a pass within its chunk; a rank's sequences held
  * within its places, admitted in order; a sequence decodes in the pass
  * after its prompt's last piece and each pass after until it ends, once
- * per token; with separate prefill no pass holds both kinds. */
+ * per token; with separate prefill no pass holds both kinds; with arrivals,
+ * none admitted before it arrives, none left waiting that arrived and has a
+ * place, and an empty pass only when nothing is held. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,16 +36,27 @@ static void count_tokens(epm_sched *s, const epm_sched_pass *p, const int *lens,
 
 /* Runs a schedule to its end, sequence s ending after caps[s] tokens (its
  * prompt's last piece gives the first), and writes each pass as
- * "a<admitted> p<seq>:<from>-<to> d<decoding>;" into out. */
+ * "a<admitted> p<seq>:<from>-<to> d<decoding>;" into out. Each pass takes
+ * one second; an empty one (nothing arrived) is "w<wake>;" and the clock
+ * jumps there. */
 static int describe(const epm_sched_opts *o, const int *caps, char *out, size_t cap)
 {
     epm_sched *s = NULL;
     assert_int_equal(epm_sched_create(o, &s), EPM_OK);
     int gen[64] = {0}, passes = 0;
     size_t at = 0;
+    double now = 0;
     out[0] = 0;
     epm_sched_pass p;
-    while (epm_sched_next(s, &p)) {
+    while (epm_sched_next(s, now, &p)) {
+        if (p.n_pre == 0 && p.n_dec == 0) {
+            assert_true(o->arrival && p.n_admitted == 0 && p.wake > now);
+            at += (size_t)snprintf(out + at, cap - at, "w%g;", p.wake);
+            now = p.wake;
+            assert_int_equal(p.index, passes);
+            continue;
+        }
+        now += 1;
         at += (size_t)snprintf(out + at, cap - at, "a");
         for (int i = 0; i < p.n_admitted; i++)
             at += (size_t)snprintf(out + at, cap - at, "%s%d", i ? "," : "", p.admitted[i]);
@@ -66,7 +80,7 @@ static void test_mixed_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
-    const epm_sched_opts o = {3, lens, 1, 2, 2, 0};
+    const epm_sched_opts o = {3, lens, 1, 2, 2, 0, NULL};
     char got[512];
     assert_int_equal(describe(&o, caps, got, sizeof got), 4);
     assert_string_equal(got, "a0,1 p0:0-2 d;a p1:0-2 d0;a p1:2-3 d0;a2 p2:0-2 d;");
@@ -78,7 +92,7 @@ static void test_separate_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
-    const epm_sched_opts o = {3, lens, 1, 2, 2, 1};
+    const epm_sched_opts o = {3, lens, 1, 2, 2, 1, NULL};
     char got[512];
     assert_int_equal(describe(&o, caps, got, sizeof got), 6);
     assert_string_equal(got, "a0,1 p0:0-2 d;a p1:0-2 d;a p1:2-3 d;a2 p2:0-2 d;a d0;a d0;");
@@ -91,7 +105,7 @@ static void test_two_ranks_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {3, 2, 4, 1}, caps[] = {2, 1, 3, 2};
-    epm_sched_opts o = {4, lens, 2, 2, 2, 0};
+    epm_sched_opts o = {4, lens, 2, 2, 2, 0, NULL};
     char got[512];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0,1 p0:0-2 p1:0-2 d;a3 p0:2-3 p3:0-1 d;a d0,3;a2 p2:0-2 d;a p2:2-4 d;a d2;a d2;");
@@ -99,6 +113,24 @@ static void test_two_ranks_by_hand(void **state)
     o.max_num_seqs = 0; /* all at once, whole prompts */
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0,1,2,3 p0:0-3 p1:0-2 p2:0-4 p3:0-1 d;a d0,2,3;a d2;");
+}
+
+/* Arrivals, one rank, one place: sequence 1 arrives while 0 decodes and
+ * waits for its place; sequence 2 arrives after both ended, and the run
+ * idles until then. */
+static void test_arrivals_by_hand(void **state)
+{
+    (void)state;
+    static const int lens[] = {2, 3, 1}, caps[] = {3, 1, 2};
+    static const double arrival[] = {0, 1.5, 10};
+    const epm_sched_opts o = {3, lens, 1, 1, 0, 0, arrival};
+    char got[256];
+    describe(&o, caps, got, sizeof got);
+    assert_string_equal(got, "a0 p0:0-2 d;a d0;a d0;a1 p1:0-3 d;w10;a2 p2:0-1 d;a d2;");
+    /* two places: sequence 1 is admitted in the first pass that begins after it arrives */
+    const epm_sched_opts o2 = {3, lens, 1, 2, 0, 0, arrival};
+    describe(&o2, caps, got, sizeof got);
+    assert_string_equal(got, "a0 p0:0-2 d;a d0;a1 p1:0-3 d0;w10;a2 p2:0-1 d;a d2;");
 }
 
 static unsigned lcg(unsigned *x)
@@ -117,8 +149,11 @@ static void test_rules_on_random_batches(void **state)
             lens[i] = 1 + (int)(lcg(&seed) % 30);
             caps[i] = 1 + (int)(lcg(&seed) % 6);
         }
+        double arr[40], t = 0; /* every other batch arrives over time, in steps of 0-7 passes */
+        for (int i = 0; i < B; i++)
+            arr[i] = t += i ? (double)(lcg(&seed) % 8) : 0;
         const epm_sched_opts o = {B, lens, R, (int)(lcg(&seed) % 12), (int64_t)(lcg(&seed) % 3 ? lcg(&seed) % 20 : 0),
-                                  (int)(lcg(&seed) % 2)};
+                                  (int)(lcg(&seed) % 2), trial % 2 ? arr : NULL};
         epm_sched *s = NULL;
         assert_int_equal(epm_sched_create(&o, &s), EPM_OK);
         int done[40] = {0}, gen[40] = {0}, ended[40] = {0}, admitted[40] = {0}, last_piece[40], next_adm[8];
@@ -128,19 +163,36 @@ static void test_rules_on_random_batches(void **state)
             next_adm[q] = q;
         epm_sched_pass p;
         int64_t pass = 0;
-        while (epm_sched_next(s, &p)) {
+        double now = 0; /* a pass takes a second */
+        while (epm_sched_next(s, now, &p)) {
             int64_t tok[8] = {0};
             int held[8] = {0};
-            for (int i = 0; i < p.n_admitted; i++) { /* in order, each rank's next */
+            for (int i = 0; i < p.n_admitted; i++) { /* in order, each rank's next, once it arrived */
                 const int q = p.admitted[i] % R;
                 assert_int_equal(p.admitted[i], next_adm[q]);
+                assert_true(!o.arrival || o.arrival[p.admitted[i]] <= now);
                 next_adm[q] += R;
                 admitted[p.admitted[i]] = 1;
             }
             for (int i = 0; i < B; i++)
                 held[i % R] += admitted[i] && !ended[i];
-            for (int q = 0; q < R; q++)
-                assert_true(held[q] <= epm_run_places(B, R, o.max_num_seqs, q));
+            for (int q = 0; q < R; q++) { /* a rank admits what arrived while it has places */
+                const int places = epm_run_places(B, R, o.max_num_seqs, q);
+                assert_true(held[q] <= places);
+                assert_true(next_adm[q] >= B || (o.arrival && o.arrival[next_adm[q]] > now) || held[q] == places);
+            }
+            if (p.n_pre == 0 && p.n_dec == 0) { /* idle: nothing held, the next arrival wakes the run */
+                double first = INFINITY;
+                for (int q = 0; q < R; q++) {
+                    assert_int_equal(held[q], 0);
+                    if (next_adm[q] < B && o.arrival[next_adm[q]] < first)
+                        first = o.arrival[next_adm[q]];
+                }
+                assert_true(o.arrival && p.wake > now && p.wake == first && p.index == pass);
+                now = p.wake;
+                continue;
+            }
+            now += 1;
             int64_t pt = 0;
             for (int i = 0; i < p.n_pre; i++) {
                 const epm_sched_piece *c = &p.pre[i];
@@ -183,7 +235,7 @@ static void test_bad_batches(void **state)
     (void)state;
     static const int lens[] = {3, 0};
     epm_sched *s = (epm_sched *)&s;
-    epm_sched_opts o = {2, lens, 1, 0, 0, 0};
+    epm_sched_opts o = {2, lens, 1, 0, 0, 0, NULL};
     assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
     assert_null(s);
     assert_non_null(strstr(epm_last_error(), "sequence 1 is empty"));
@@ -196,6 +248,14 @@ static void test_bad_batches(void **state)
     o.max_num_seqs = -2;
     assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "max_num_seqs -2"));
+    static const int two[] = {1, 1};
+    static const double late_first[] = {2, 1}, nan_first[] = {NAN, 1};
+    o = (epm_sched_opts){2, two, 1, 0, 0, 0, late_first};
+    assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "sequence 1 arrives at 1 s, before sequence 0"));
+    o.arrival = nan_first;
+    assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "sequence 0 arrives at nan s"));
     epm_sched_end(NULL, 0); /* nothing */
 }
 
@@ -205,6 +265,7 @@ int main(void)
         cmocka_unit_test(test_mixed_by_hand),
         cmocka_unit_test(test_separate_by_hand),
         cmocka_unit_test(test_two_ranks_by_hand),
+        cmocka_unit_test(test_arrivals_by_hand),
         cmocka_unit_test(test_rules_on_random_batches),
         cmocka_unit_test(test_bad_batches),
     };
