@@ -31,6 +31,8 @@ static const char usage[] =
     "                       0 = all)\n"
     "  --separate-prefill   passes hold prompt or decode tokens, never both, as epmoe run\n"
     "                       --separate-prefill (default: mixed)\n"
+    "  --prefill-chunk T    at most T of a rank's prompt tokens a pass, as epmoe run --prefill-chunk\n"
+    "                       (default 8192; 0 = whole prompts)\n"
     "  --zipf S             routing skew of the synthetic trace (default 1.0)\n"
     "  --affinity A         cross-layer affinity of the trace (default 0.8)\n"
     "  --methods LIST       placements, comma separated, contiguous first (the baseline;\n"
@@ -104,7 +106,7 @@ static const char usage[] =
     "  --csv                CSV rows instead of a table\n";
 
 enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT, O_MAXSEQS, O_CONT, O_SEPPRE, O_RATES,
-       O_BURST };
+       O_BURST, O_CHUNK };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -123,7 +125,7 @@ static const struct option opts[] = {
     {"wire-dtype", required_argument, 0, O_WIRE}, {"prefill-chunks", required_argument, 0, O_CHUNKS},
     {"input", required_argument, 0, O_INPUT}, {"max-num-seqs", required_argument, 0, O_MAXSEQS},
     {"continuous", required_argument, 0, O_CONT}, {"separate-prefill", no_argument, 0, O_SEPPRE},
-    {"request-rates", required_argument, 0, O_RATES}, {"burstiness", required_argument, 0, O_BURST},
+    {"request-rates", required_argument, 0, O_RATES}, {"prefill-chunk", required_argument, 0, O_CHUNK}, {"burstiness", required_argument, 0, O_BURST},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
@@ -134,6 +136,7 @@ static int wire = CLI_WIRE_F32; /* --wire-dtype */
 static const int *max_new_of = NULL; /* --input's output lengths per sequence (NULL: --new for all) */
 static long max_seqs = CLI_MAX_NUM_SEQS; /* --max-num-seqs */
 static int separate = 0;                 /* --separate-prefill */
+static long prefill_chunk = CLI_PREFILL_CHUNK; /* --prefill-chunk */
 
 static void wire_opts(epm_run_opts *o)
 {
@@ -151,7 +154,7 @@ static void live_opts(epm_run_opts *o, const char *model, epm_mode mode, int vn,
     o->max_new_tokens = nnew;
     o->max_new_per_seq = max_new_of;
     o->keep_logits = 1;
-    o->prefill_chunk = CLI_PREFILL_CHUNK; /* as epmoe run */
+    o->prefill_chunk = prefill_chunk; /* as epmoe run's */
     o->max_num_seqs = (int)max_seqs;
     o->separate_prefill = separate;
     o->ops = kernels;
@@ -449,6 +452,7 @@ int epm_bench_run(int argc, char **argv)
     const char *ta_list = NULL, *caps = "0.75,0.5,0.25";
     epm_mod_source mod = EPM_MOD_OFF;
     separate = 0;
+    prefill_chunk = CLI_PREFILL_CHUNK;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -465,6 +469,9 @@ int epm_bench_run(int argc, char **argv)
             break;
         case O_INPUT: input = optarg; break;
         case O_SEPPRE: separate = 1; break;
+        case O_CHUNK:
+            if (!cli_parse_int(W, "--prefill-chunk", optarg, 0, INT32_MAX, &prefill_chunk)) return EPM_EXIT_USAGE;
+            break;
         case O_MAXSEQS:
             if (!cli_parse_int(W, "--max-num-seqs", optarg, 0, INT32_MAX, &max_seqs)) return EPM_EXIT_USAGE;
             break;
@@ -708,7 +715,7 @@ int epm_bench_run(int argc, char **argv)
     if (st == EPM_OK && !seqid)
         st = EPM_ERR_NOMEM;
     if (st == EPM_OK)
-        st = epm_bench_seq_ids((int)batch, pl, max_new_of, (int)nnew, (int)max_seqs, R, CLI_PREFILL_CHUNK, separate,
+        st = epm_bench_seq_ids((int)batch, pl, max_new_of, (int)nnew, (int)max_seqs, R, prefill_chunk, separate,
                                seqid);
     if (st == EPM_OK)
         st = epm_trace_set_seq_ids(t, seqid);

@@ -658,10 +658,11 @@ ok "bench run --continuous" mpi -np 2 "$E" bench run --model "$F/mixtral-tiny" -
              END {q = '"$([ "$conts" = 2 ] && echo 1 || echo 0)"'
                   exit !(h && a && (b || q) && n == (q ? 6 : 12) && NR == (q ? 4 : 7))}' "$d/out" ||
     { fail "bench run --continuous: rows"; show; }; }
-# online serving: the 7 sequences offline (the baseline row), then arriving at 100 and 400 per second;
+# online serving: the 7 sequences offline (the baseline row), then arriving at 100 and 400 per second,
+# prompts of 6 in chunks of 4;
 # the same tokens, TTFT and end to end ordered, the arrivals' waits only where they arrive
 ok "bench run --request-rates" mpi -np 3 "$E" bench run --model "$F/mixtral-tiny" --batch 7 --seq 6 --new 4 \
-  --reps 1 --request-rates 100,400 --burstiness 2 --kernels ref --modes home --csv &&
+  --reps 1 --request-rates 100,400 --burstiness 2 --prefill-chunk 4 --kernels ref --modes home --csv &&
   { awk -F, 'NR == 1 && $1 == "request_rate" && $7 == "vs_offline" && $15 == "token_agreement" && NF == 15 {h = 1}
              NR == 2 && $1 == "inf" && $7 == 1 && $8 == 0 {n++}
              NR > 2 && $2 == 2 && $8 >= 0 {n++}
@@ -671,13 +672,14 @@ ok "bench run --request-rates" mpi -np 3 "$E" bench run --model "$F/mixtral-tiny
     { fail "bench run --request-rates: rows"; show; }; }
 usage run --request-rates inf --model "$m" --request-rates 10,inf
 usage run --request-rates 0 --model "$m" --request-rates 0
+usage run --prefill-chunk -1 --model "$m" --prefill-chunk -1
 usage run "--request-rates --continuous" "" --model "$m" --request-rates 5 --continuous 2
 usage run "--continuous --prefill-chunks" "" --model "$m" --continuous 2 --prefill-chunks 4
 usage run --prefill-chunks 1,2,3,4,5,6,7,8,9 --model "$m" --prefill-chunks 1,2,3,4,5,6,7,8,9
 usage run "--prefill-chunks --kv-dtypes" "" --model "$m" --prefill-chunks 4 --kv-dtypes
 usage run --max-num-seqs -1 --model "$m" --max-num-seqs -1
 help_ok run --model --batch --seq --new --input --max-num-seqs --separate-prefill --methods --modes --workdir --reps --warmup --ta --mod --capacities \
-  --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --prefill-chunks --continuous --request-rates --burstiness --csv
+  --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --prefill-chunks --prefill-chunk --continuous --request-rates --burstiness --csv
 usage run --model "" --batch 2
 usage run --batch x --model "$m" --batch x
 usage run --kernels foo --model "$m" --kernels foo
