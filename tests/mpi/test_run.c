@@ -1237,6 +1237,46 @@ static void test_run_prefill_chunk(void **state)
                 epm_placement_destroy(p);
                 epm_st_close(f.ref);
             }
+    /* DeepSeek-V3's MLA latent in mixed passes at every rank count: prompts of 6 and 16 tokens in chunks
+     * of 5, so the first decodes (absorbed, on its home rank) while the second's chunks attend expanded
+     * (on another rank from 2 ranks on): the one-pass run's logits, tokens, routing and bytes */
+    for (int mode = 0; mode < 2; mode++) {
+        if (quick() && mode != R % 2)
+            continue;
+        fixture f;
+        fixture_open(&f, "deepseekv3-tiny");
+        epm_placement *p = make_placement(1, 4, 8, 1);
+        epm_run_opts o;
+        memset(&o, 0, sizeof o);
+        o.model_dir = f.dir;
+        o.placement = p;
+        o.mode = (epm_mode)mode;
+        o.keep_logits = 1;
+        o.max_new_tokens = 4;
+        o.ops = "blas";
+        const int lens[2] = {6, 16};
+        const int32_t *prompts[2] = {f.ids[0] + 10, f.ids[1]};
+        epm_run_result *a, *b;
+        assert_int_equal(epm_run(&o, 2, lens, prompts, &a), EPM_OK);
+        o.prefill_chunk = 5;
+        assert_int_equal(epm_run(&o, 2, lens, prompts, &b), EPM_OK);
+        assert_true(b->report.mixed_passes > 0);
+        const epm_run_report *x = &a->report, *y = &b->report;
+        assert_memory_equal(x->bytes, y->bytes, (size_t)x->moe_layers * EPM_LINK_COUNT * sizeof *x->bytes);
+        assert_memory_equal(x->kv_bytes, y->kv_bytes, (size_t)x->moe_layers * EPM_LINK_COUNT * sizeof *x->bytes);
+        if (me == 0) {
+            double e = rel_err(b->logits, a->logits, 22 * 256);
+            if (e > 1e-4)
+                fprintf(stderr, "MLA latent, mixed passes, mode %d ranks %d: relative error %g\n", mode, R, e);
+            assert_true(e <= 1e-4);
+            assert_memory_equal(a->generated, b->generated, 2 * 4 * sizeof *a->generated);
+            assert_same_routing(a->trace, b->trace, 4, 2);
+        }
+        epm_run_result_destroy(a);
+        epm_run_result_destroy(b);
+        epm_placement_destroy(p);
+        epm_st_close(f.ref);
+    }
     /* the scored sources pick each prompt's top tokens over the whole prompt */
     fixture f;
     fixture_open(&f, "olmoe-tiny");
