@@ -1158,6 +1158,22 @@ static void assert_same_routing(epm_trace *a, epm_trace *b, int layers, int k)
     }
 }
 
+/* A chunked-prefill case: fixture name opened into f, a rotated placement
+ * (returned), and o for 4 new tokens with every prompt row's logits. */
+static epm_placement *chunk_case(fixture *f, const char *name, int mode, epm_run_opts *o)
+{
+    fixture_open(f, name);
+    epm_placement *p = make_placement(1, 4, 8, 1);
+    memset(o, 0, sizeof *o);
+    o->model_dir = f->dir;
+    o->placement = p;
+    o->mode = (epm_mode)mode;
+    o->keep_logits = 1;
+    o->max_new_tokens = 4;
+    o->ops = "blas";
+    return p;
+}
+
 /* Chunked prefill: the prompts in passes of T of each rank's tokens give
  * the reference's logits and routing and the unchunked run's tokens, and
  * count the same bytes and loads (each token is dispatched alike, whichever
@@ -1178,16 +1194,8 @@ static void test_run_prefill_chunk(void **state)
                     continue;
                 const int mod = m == 6; /* Qwen2-MoE again with MoD's schedule at capacity 1/2 */
                 fixture f;
-                fixture_open(&f, mod ? "qwen2moe-tiny" : models[m]);
-                epm_placement *p = make_placement(1, 4, 8, 1);
                 epm_run_opts o;
-                memset(&o, 0, sizeof o);
-                o.model_dir = f.dir;
-                o.placement = p;
-                o.mode = (epm_mode)mode;
-                o.keep_logits = 1;
-                o.max_new_tokens = 4;
-                o.ops = "blas";
+                epm_placement *p = chunk_case(&f, mod ? "qwen2moe-tiny" : models[m], mode, &o);
                 o.mod = mod ? EPM_MOD_SCHEDULE : EPM_MOD_OFF;
                 o.mod_capacity = 0.5;
                 epm_run_result *a, *b;
@@ -1244,16 +1252,8 @@ static void test_run_prefill_chunk(void **state)
         if (quick() && mode != R % 2)
             continue;
         fixture f;
-        fixture_open(&f, "deepseekv3-tiny");
-        epm_placement *p = make_placement(1, 4, 8, 1);
         epm_run_opts o;
-        memset(&o, 0, sizeof o);
-        o.model_dir = f.dir;
-        o.placement = p;
-        o.mode = (epm_mode)mode;
-        o.keep_logits = 1;
-        o.max_new_tokens = 4;
-        o.ops = "blas";
+        epm_placement *p = chunk_case(&f, "deepseekv3-tiny", mode, &o);
         const int lens[2] = {6, 16};
         const int32_t *prompts[2] = {f.ids[0] + 10, f.ids[1]};
         epm_run_result *a, *b;
