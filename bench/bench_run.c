@@ -95,7 +95,8 @@ static const char usage[] =
     "                       baseline: every request at the start), then arriving at each of these\n"
     "                       rates (requests/s, at most 8; epmoe run --request-rate, seed 0), live\n"
     "                       routing, contiguous placement, --max-num-seqs at once, alternated --reps\n"
-    "                       times, the repetition of median duration: duration, requests/s and\n"
+    "                       times, the repetition of median duration (the faster middle one at even\n"
+    "                       --reps): duration, requests/s and\n"
     "                       tokens/s over it and over the offline batch's, seconds waiting for\n"
     "                       arrivals, TTFT and end to end (from arrival) p50/p99, TPOT p50, ITL p99,\n"
     "                       token agreement with offline. Output lengths as --continuous's\n"
@@ -448,7 +449,7 @@ int epm_bench_run(int argc, char **argv)
     int csv = 0, c, dtypes = 0, mla = 0, kvdt = 0, widt = 0, nchunk = 0, ncont = 0;
     long chunk[8], cont[8];
     double rates[8], burstiness = 1;
-    int nrates = 0;
+    int nrates = 0, burst_given = 0;
     const char *ta_list = NULL, *caps = "0.75,0.5,0.25";
     epm_mod_source mod = EPM_MOD_OFF;
     separate = 0;
@@ -520,6 +521,7 @@ int epm_bench_run(int argc, char **argv)
         }
         case O_BURST:
             if (!cli_parse_double(W, "--burstiness", optarg, 1e-3, 1e3, &burstiness)) return EPM_EXIT_USAGE;
+            burst_given = 1;
             break;
         case O_WIRE:
             if (!cli_parse_choice(W, "--wire-dtype", optarg, cli_wire_dtypes, &wire))
@@ -546,6 +548,8 @@ int epm_bench_run(int argc, char **argv)
     }
     if (!model)
         return cli_usage_error(W, "--model is required");
+    if (burst_given && nrates == 0)
+        return cli_usage_error(W, "--burstiness shapes the arrivals of --request-rates, which is not given");
     if (input && shape_given)
         return cli_usage_error(W, "--input %s gives the sequences: --batch and --seq are for the random ones", input);
     const int chunks = nchunk > 0, conts = ncont > 0, online = nrates > 0;

@@ -59,7 +59,7 @@ int epm_bench_run_continuous(epm_xcomm *x, const epm_run_opts *base, int batch, 
 /* --request-rates: the batch offline (the baseline), then arriving at each of
  * rates[0, nrates) requests/s (finite, at most 8; gamma intervals of shape
  * burstiness, seed 0), as base runs it (its max_num_seqs, mixed batches),
- * alternated reps times; rank 0 prints the repetition of median duration
+ * alternated reps times; rank 0 prints the repetition of (lower) median duration
  * (CSV with csv). Collective; an EPM_EXIT_* code. */
 int epm_bench_run_rates(epm_xcomm *x, const epm_run_opts *base, int batch, const int *lens,
                         const int32_t *const *prompts, const double *rates, int nrates, double burstiness, int reps,

@@ -1885,7 +1885,7 @@ static epm_status run_pass(rt *r, const epm_sched_pass *sp, const int32_t *const
             st = epm_fail(EPM_ERR_MISMATCH, "--route-from-trace: token %lld of the trace is sequence %d's, this "
                           "run's pass %lld has sequence %d's there: the trace was recorded with other stop tokens "
                           "(or --ignore-eos, or none), or another --max-num-seqs, --prefill-chunk, "
-                          "--separate-prefill or rank count", (long long)(r->dec_base + i), (int)tseq[r->dec_base + i],
+                          "--separate-prefill, rank count or arrivals (--request-rate)", (long long)(r->dec_base + i), (int)tseq[r->dec_base + i],
                           (long long)sp->index + 1, sp->dec[i]);
     /* this rank's tokens: its prompt pieces', then its decoding sequences' (ascending g) */
     int64_t n = 0, *g = NULL;

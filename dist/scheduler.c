@@ -79,8 +79,11 @@ epm_status epm_sched_create(const epm_sched_opts *o, epm_sched **out)
         if (o->arrival && !(isfinite(o->arrival[i]) && o->arrival[i] >= (i ? o->arrival[i - 1] : 0))) {
             const double a = o->arrival[i];
             epm_sched_destroy(s);
+            if (i == 0 || !isfinite(a))
+                return epm_fail(EPM_ERR_INVALID_ARG, "scheduler: sequence %d arrives at %g s (a finite time >= 0)",
+                                i, a);
             return epm_fail(EPM_ERR_INVALID_ARG, "scheduler: sequence %d arrives at %g s, before sequence %d "
-                            "or not at a finite time >= 0 (arrivals are in order)", i, a, i - 1);
+                            "(arrivals are in order)", i, a, i - 1);
         }
     }
     *out = s;
@@ -144,7 +147,7 @@ int epm_sched_next(epm_sched *s, double now, epm_sched_pass *p)
     if (np == 0 && nd == 0) { /* all that is left has yet to arrive: the first of it wakes the run */
         wake = INFINITY;
         for (int q = 0; q < R; q++)
-            if (s->waiting[q] < B && arr[s->waiting[q]] < wake)
+            if (arr && s->waiting[q] < B && arr[s->waiting[q]] < wake)
                 wake = arr[s->waiting[q]];
     }
     *p = (epm_sched_pass){s->admitted, na, s->pre, np, pt, s->dec, nd, s->index, wake};

@@ -268,8 +268,8 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
             fprintf(f, "%s\"%s\": {\"n\": %lld, \"mean\": %.6f, \"p50\": %.6f, \"p90\": %.6f, \"p99\": %.6f, "
                        "\"max\": %.6f}", i ? ", " : "", lname[i], (long long)lat[i]->n, lat[i]->mean, lat[i]->p50,
                     lat[i]->p90, lat[i]->p99, lat[i]->max);
-        /* each sequence's times from the run's start (vLLM's RequestMetrics, relative): admitted,
-         * first token (null: none asked for), finished */
+        /* each sequence's times from the run's start (vLLM's RequestMetrics, relative): arrived,
+         * admitted, first token (null: none asked for), finished */
         const double *ts[4] = {res->t_arrive, res->t_admit, res->t_first, res->t_done};
         const char *tn[4] = {"arrived", "admitted", "first_token", "finished"};
         fprintf(f, "}, \"wait_for_arrivals_s\": %.6f, \"times_s\": {", r->t_wait);
@@ -541,6 +541,7 @@ int epm_cli_run(int argc, char **argv)
     int report = 0, json = 0, c, k, bind = 0, report_bindings = 0, maxnew_given = 0, chunk_given = 0, seqs_given = 0;
     double rate = INFINITY, burstiness = 1; /* --request-rate: offline unless given */
     uint64_t arrival_seed = 0;
+    const char *shape_of_arrivals = NULL; /* --burstiness or --arrival-seed, given */
     long v;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -675,8 +676,12 @@ int epm_cli_run(int argc, char **argv)
             break;
         case O_BURST:
             if (!cli_parse_double(W, "--burstiness", optarg, 1e-3, 1e3, &burstiness)) return EPM_EXIT_USAGE;
+            shape_of_arrivals = "--burstiness";
             break;
-        case O_ASEED: if (!cli_parse_u64(W, "--arrival-seed", optarg, &arrival_seed)) return EPM_EXIT_USAGE; break;
+        case O_ASEED:
+            if (!cli_parse_u64(W, "--arrival-seed", optarg, &arrival_seed)) return EPM_EXIT_USAGE;
+            shape_of_arrivals = "--arrival-seed";
+            break;
         case O_MINTOK:
             if (!cli_parse_int(W, "--min-tokens", optarg, 0, 1 << 20, &v)) return EPM_EXIT_USAGE;
             gf.s.min_tokens = (int)v;
@@ -704,6 +709,9 @@ int epm_cli_run(int argc, char **argv)
         return cli_usage_error(W, "unexpected argument '%s'", argv[optind]);
     if (!o.model_dir || !input)
         return cli_usage_error(W, "--model and --input are required");
+    if (shape_of_arrivals && !isfinite(rate))
+        return cli_usage_error(W, "%s shapes the arrivals of --request-rate, which is not given (or inf)",
+                               shape_of_arrivals);
     /* chunked by default, as SGLang's chunked_prefill_size; MoD's scored
      * sources rank each prompt's tokens over the whole prompt */
     if (!chunk_given)

@@ -659,8 +659,7 @@ ok "bench run --continuous" mpi -np 2 "$E" bench run --model "$F/mixtral-tiny" -
                   exit !(h && a && (b || q) && n == (q ? 6 : 12) && NR == (q ? 4 : 7))}' "$d/out" ||
     { fail "bench run --continuous: rows"; show; }; }
 # online serving: the 7 sequences offline (the baseline row), then arriving at 100 and 400 per second,
-# prompts of 6 in chunks of 4;
-# the same tokens, TTFT and end to end ordered, the arrivals' waits only where they arrive
+# prompts of 6 in chunks of 4; the same tokens, TTFT and end to end ordered, no wait offline
 ok "bench run --request-rates" mpi -np 3 "$E" bench run --model "$F/mixtral-tiny" --batch 7 --seq 6 --new 4 \
   --reps 1 --request-rates 100,400 --burstiness 2 --prefill-chunk 4 --kernels ref --modes home --csv &&
   { awk -F, 'NR == 1 && $1 == "request_rate" && $7 == "vs_offline" && $15 == "token_agreement" && NF == 15 {h = 1}
@@ -673,6 +672,7 @@ ok "bench run --request-rates" mpi -np 3 "$E" bench run --model "$F/mixtral-tiny
 usage run --request-rates inf --model "$m" --request-rates 10,inf
 usage run --request-rates 0 --model "$m" --request-rates 0
 usage run --prefill-chunk -1 --model "$m" --prefill-chunk -1
+usage run "--burstiness --request-rates" "" --model "$m" --burstiness 2
 usage run "--request-rates --continuous" "" --model "$m" --request-rates 5 --continuous 2
 usage run "--continuous --prefill-chunks" "" --model "$m" --continuous 2 --prefill-chunks 4
 usage run --prefill-chunks 1,2,3,4,5,6,7,8,9 --model "$m" --prefill-chunks 1,2,3,4,5,6,7,8,9

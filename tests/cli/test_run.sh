@@ -377,8 +377,10 @@ has "$d/err" "--prefill-chunk with --mod router"
 fi
 check "request rate 0" 2 "$E" run --model "$m" --input "$d/in.json" --request-rate 0
 has "$d/err" "--request-rate"
-check "burstiness 0" 2 "$E" run --model "$m" --input "$d/in.json" --burstiness 0
+check "burstiness 0" 2 "$E" run --model "$m" --input "$d/in.json" --request-rate 5 --burstiness 0
 has "$d/err" "--burstiness"
+check "arrival seed without a rate" 2 "$E" run --model "$m" --input "$d/in.json" --arrival-seed 3
+has "$d/err" "--arrival-seed shapes the arrivals of --request-rate"
 check "arrivals with a replay" 1 one "$E" run --model "$m" --input "$m/reference.safetensors" --request-rate 5 \
   --route-from-trace "$d/other.st"
 has "$d/err" "request arrivals (--request-rate) with a routing replay"

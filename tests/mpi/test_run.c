@@ -1040,18 +1040,19 @@ static void test_run_arrivals(void **state)
     assert_memory_equal(b->report.bytes, a->report.bytes, 4 * EPM_LINK_COUNT * sizeof *a->report.bytes);
     assert_memory_equal(b->report.layer_tokens, a->report.layer_tokens, 4 * sizeof *a->report.layer_tokens);
     double ttft_max = 0, others_done = 0;
-    for (int s = 0; s < B; s++) {
+    for (int s = 0; s < B; s++) { /* (admission is on rank 0's clock, tokens on each rank's own) */
         assert_true(a->t_arrive[s] == 0 && b->t_arrive[s] == arrival[s]);
-        assert_true(b->t_admit[s] >= arrival[s] && b->t_admit[s] <= b->t_first[s] && b->t_first[s] <= b->t_done[s]);
+        assert_true(b->t_admit[s] >= arrival[s] && b->t_first[s] <= b->t_done[s]);
+        assert_true(me != 0 || b->t_admit[s] <= b->t_first[s]);
         ttft_max = fmax(ttft_max, b->t_first[s] - arrival[s]);
         if (s < B - 1)
             others_done = fmax(others_done, b->t_done[s]);
     }
     assert_true(b->report.ttft.max == ttft_max && b->report.ttft.n == B);
     assert_true(a->report.t_wait == 0);
-    /* the last arrives after the others ended (unless this machine ran them slower than 0.5 s): the
-     * ranks waited for it, and it had the ranks to itself */
-    if (others_done < arrival[B - 1])
+    /* the last arrives after the others ended (unless this machine ran them slower than 0.45 s; rank 0,
+     * whose clock the scheduler reads): the ranks waited for it */
+    if (me == 0 && others_done < arrival[B - 1] - 0.05)
         assert_true(b->report.t_wait > 0 && b->report.t_wait <= arrival[B - 1] - others_done + 0.05);
     epm_run_result_destroy(a);
     epm_run_result_destroy(b);
