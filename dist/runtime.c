@@ -1335,6 +1335,14 @@ static epm_status prefill_check(rt *r)
                         scored ? "decoding's skip thresholds are calibrated on one prefill of the whole batch"
                                : "the replay follows the recorded order of passes, which arrival times change");
     }
+    /* vLLM's rule: a budget that decode tokens alone could fill would stall an admitted prompt */
+    for (int q = 0; q < r->R && T > 0 && o->chunk_counts_decode; q++)
+        if (T < r->places[q]) {
+            epm_free(home);
+            return epm_fail(EPM_ERR_INVALID_ARG, "--max-num-batched-tokens %lld: below rank %d's %d places "
+                            "(--max-num-seqs), whose decode tokens come first in its budget", (long long)T, q,
+                            r->places[q]);
+        }
     for (int s = r->me; s < r->B; s += r->R)
         home[n++] = r->lens[s];
     qsort(home, (size_t)n, sizeof *home, by_int_desc);
@@ -1342,7 +1350,8 @@ static epm_status prefill_check(rt *r)
     for (int i = 0; i < n && i < r->places[r->me]; i++)
         r->mine_most += home[i];
     epm_free(home);
-    const epm_sched_opts so = {r->B, r->lens, r->R, o->max_num_seqs, T, o->separate_prefill, o->arrival};
+    const epm_sched_opts so = {r->B,  r->lens,           r->R,      o->max_num_seqs,
+                               T,     o->separate_prefill, o->arrival, o->chunk_counts_decode};
     return epm_sched_create(&so, &r->sched);
 }
 
@@ -1885,7 +1894,8 @@ static epm_status run_pass(rt *r, const epm_sched_pass *sp, const int32_t *const
             st = epm_fail(EPM_ERR_MISMATCH, "--route-from-trace: token %lld of the trace is sequence %d's, this "
                           "run's pass %lld has sequence %d's there: the trace was recorded with other stop tokens "
                           "(or --ignore-eos, or none), or another --max-num-seqs, --prefill-chunk, "
-                          "--separate-prefill, rank count or arrivals (--request-rate)", (long long)(r->dec_base + i), (int)tseq[r->dec_base + i],
+                          "--max-num-batched-tokens, --separate-prefill, rank count or arrivals "
+                          "(--request-rate)", (long long)(r->dec_base + i), (int)tseq[r->dec_base + i],
                           (long long)sp->index + 1, sp->dec[i]);
     /* this rank's tokens: its prompt pieces', then its decoding sequences' (ascending g) */
     int64_t n = 0, *g = NULL;

@@ -60,6 +60,9 @@ typedef struct epm_run_opts {
                                        tokens (vLLM's chunked prefill: activations bounded by the chunk,
                                        not the prompts); a pass's queries attend the rows earlier passes
                                        cached. Not with MoD router or attention. 0: one pass */
+    int chunk_counts_decode;        /* prefill_chunk is a rank's token budget a pass, decode tokens included
+                                       and first (vLLM's max_num_batched_tokens): a prompt's chunk takes
+                                       what the rank's decoding sequences leave; at least the rank's places */
     int separate_prefill;           /* a pass holds prompt tokens or decode tokens, never both: decoding
                                        waits while any rank prefills (vLLM before V1; SGLang without
                                        --enable-mixed-chunk). 0: mixed batches, as vLLM V1: each pass

@@ -127,6 +127,10 @@ int epm_sched_next(epm_sched *s, double now, epm_sched_pass *p)
     /* each rank's prefilling sequences, in order, take up to its chunk of prompt tokens */
     for (int q = 0; q < R; q++)
         s->budget[q] = s->o.chunk > 0 ? s->o.chunk : INT64_MAX;
+    if (s->o.chunk > 0 && s->o.chunk_counts_decode && !s->o.separate_prefill)
+        for (int i = 0; i < B; i++) /* (a rank whose decode tokens fill its budget prefills nothing this pass) */
+            if (s->state[i] == DECODING && s->budget[i % R] > 0)
+                s->budget[i % R]--;
     int np = 0, nd = 0;
     int64_t pt = 0;
     for (int i = 0; i < B; i++) {

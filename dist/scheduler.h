@@ -43,6 +43,8 @@ typedef struct epm_sched_opts {
                           rank prefills (vLLM before V1, SGLang without --enable-mixed-chunk) */
     const double *arrival; /* [batch] or NULL: when each sequence arrives (seconds, nondecreasing, kept by the
                               caller); one is admitted no earlier. NULL: all at 0 */
+    int chunk_counts_decode; /* chunk is a rank's tokens a pass, its decode tokens first (vLLM's
+                                max_num_batched_tokens): its prompt pieces take what they leave */
 } epm_sched_opts;
 
 epm_status epm_sched_create(const epm_sched_opts *o, epm_sched **out);

@@ -80,6 +80,10 @@ static const char usage[] =
     "                           wait in order, each admitted (prefilled, its K/V caches taken) when one\n"
     "                           of its own ends; K/V memory for those places, the same tokens. Default\n"
     "                           256, all at once with --mod router|attention; 0 = all\n"
+    "  --max-num-batched-tokens N\n"
+    "                           instead of --prefill-chunk: at most N tokens a pass on each rank, its\n"
+    "                           decode tokens first and its prompts' chunks in what they leave (vLLM's\n"
+    "                           max_num_batched_tokens); at least the rank's places\n"
     "  --separate-prefill       passes hold prompt tokens or decode tokens, never both: decoding waits\n"
     "                           while a prompt is prefilled (vLLM before V1). Default: mixed batches,\n"
     "                           each pass the decoding sequences' next tokens and the admitted\n"
@@ -149,7 +153,7 @@ static const char usage[] =
 enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER, O_MAXMEM,
        O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
        O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK, O_PLOGPROBS, O_MAXSEQS, O_SEPPRE,
-       O_RATE, O_BURST, O_ASEED };
+       O_RATE, O_BURST, O_ASEED, O_MNBT };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_OUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -179,7 +183,7 @@ static const struct option opts[] = {
     {"max-num-seqs", required_argument, 0, O_MAXSEQS},
     {"separate-prefill", no_argument, 0, O_SEPPRE},
     {"request-rate", required_argument, 0, O_RATE}, {"burstiness", required_argument, 0, O_BURST},
-    {"arrival-seed", required_argument, 0, O_ASEED},
+    {"arrival-seed", required_argument, 0, O_ASEED}, {"max-num-batched-tokens", required_argument, 0, O_MNBT},
     {"prompt-logprobs", required_argument, 0, O_PLOGPROBS},
     {0, 0, 0, 0}};
 
@@ -542,6 +546,7 @@ int epm_cli_run(int argc, char **argv)
     double rate = INFINITY, burstiness = 1; /* --request-rate: offline unless given */
     uint64_t arrival_seed = 0;
     const char *shape_of_arrivals = NULL; /* --burstiness or --arrival-seed, given */
+    long budget = 0;                      /* --max-num-batched-tokens */
     long v;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -669,6 +674,10 @@ int epm_cli_run(int argc, char **argv)
             seqs_given = 1;
             break;
         case O_SEPPRE: o.separate_prefill = 1; break;
+        case O_MNBT:
+            if (!cli_parse_int(W, "--max-num-batched-tokens", optarg, 1, INT32_MAX, &v)) return EPM_EXIT_USAGE;
+            budget = v;
+            break;
         case O_RATE:
             if (strcmp(optarg, "inf") && !cli_parse_double(W, "--request-rate", optarg, 1e-9, 1e12, &rate))
                 return EPM_EXIT_USAGE;
@@ -714,6 +723,13 @@ int epm_cli_run(int argc, char **argv)
                                shape_of_arrivals);
     /* chunked by default, as SGLang's chunked_prefill_size; MoD's scored
      * sources rank each prompt's tokens over the whole prompt */
+    if (budget > 0 && chunk_given)
+        return cli_usage_error(W, "--max-num-batched-tokens and --prefill-chunk: each sets a pass's chunk; give one");
+    if (budget > 0) { /* a budget that counts decode tokens too */
+        o.prefill_chunk = budget;
+        o.chunk_counts_decode = 1;
+        chunk_given = 1;
+    }
     if (!chunk_given)
         o.prefill_chunk = o.mod == EPM_MOD_ROUTER || o.mod == EPM_MOD_ATTENTION ? 0 : CLI_PREFILL_CHUNK;
     if (!seqs_given) /* (their decode thresholds come from one prefill of the whole batch) */

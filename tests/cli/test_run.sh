@@ -356,6 +356,12 @@ check "mixed batches, text report" 0 run -np 1 "$E" run --model "$m" --input "$d
   --report --prefill-chunk 2
 has "$d/err" "prefill 8 tokens (4 passes, 1 of them mixed with decode tokens) in"
 has "$d/err" "latency (all sequences arriving at the start): TTFT mean"
+# a budget of 2 tokens a pass that counts the decode tokens (vLLM's max_num_batched_tokens): the first
+# sequence's decode token leaves 1 to the second's last chunks: 5 passes, --prefill-chunk 2's 4 above
+check "--max-num-batched-tokens" 0 run -np 1 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 \
+  --json --report --max-num-batched-tokens 2
+[ "$(gj "d['generated']"),$(gj "d['report']['prefill_passes']")" = "$tok1,5" ] ||
+  fail "--max-num-batched-tokens: $(head -c 300 "$d/out")"
 check "--separate-prefill" 0 run -np 1 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json \
   --report --prefill-chunk 2 --separate-prefill
 [ "$(gj "d['generated']"),$(gj "d['report']['mixed_passes']")" = "$tok1,0" ] ||
@@ -379,6 +385,10 @@ check "request rate 0" 2 "$E" run --model "$m" --input "$d/in.json" --request-ra
 has "$d/err" "--request-rate"
 check "burstiness 0" 2 "$E" run --model "$m" --input "$d/in.json" --request-rate 5 --burstiness 0
 has "$d/err" "--burstiness"
+check "budget below the places" 1 one "$E" run --model "$m" --input "$d/in.json" --max-num-batched-tokens 1
+has "$d/err" "--max-num-batched-tokens 1: below rank 0's 2 places"
+check "budget and chunk" 2 "$E" run --model "$m" --input "$d/in.json" --max-num-batched-tokens 4 --prefill-chunk 2
+has "$d/err" "--max-num-batched-tokens and --prefill-chunk"
 check "arrival seed without a rate" 2 "$E" run --model "$m" --input "$d/in.json" --arrival-seed 3
 has "$d/err" "--arrival-seed shapes the arrivals of --request-rate"
 check "arrivals with a replay" 1 one "$E" run --model "$m" --input "$m/reference.safetensors" --request-rate 5 \
@@ -424,5 +434,6 @@ check "usage" 2 "$E" run --input "$d/in.json"
 check "help" 0 "$E" run --help
 has "$d/out" "--separate-prefill"
 has "$d/out" "--request-rate R"
+has "$d/out" "--max-num-batched-tokens N"
 
 checks_done "all run CLI checks passed"

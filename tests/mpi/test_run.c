@@ -712,7 +712,7 @@ static int places_of(int batch, int m, int *most)
 static int64_t peak_rows(int B, const int *lens, const int *rows, const int *gen, int max_seqs, int64_t chunk,
                          int follow)
 {
-    const epm_sched_opts so = {B, lens, R, max_seqs, chunk, 0, NULL};
+    const epm_sched_opts so = {B, lens, R, max_seqs, chunk, 0, NULL, 0};
     epm_sched *sc = NULL;
     assert_int_equal(epm_sched_create(&so, &sc), EPM_OK);
     int made[16] = {0}, held[16] = {0};
@@ -1247,10 +1247,13 @@ static void test_run_prefill_chunk(void **state)
                 epm_st_close(f.ref);
             }
     /* DeepSeek-V3's MLA latent in mixed passes at every rank count: prompts of 6 and 16 tokens in chunks
-     * of 5, so the first decodes (absorbed, on its home rank) while the second's chunks attend expanded
-     * (on another rank from 2 ranks on): the one-pass run's logits, tokens, routing and bytes */
-    for (int mode = 0; mode < 2; mode++) {
-        if (quick() && mode != R % 2)
+     * of 4, so the first decodes (absorbed, on its home rank) while the second's chunks attend expanded
+     * (on another rank from 2 ranks on): the one-pass run's logits, tokens, routing and bytes; and with
+     * a budget of 4 that counts the decode tokens (vLLM's max_num_batched_tokens), chunks of 3 beside
+     * a decode token */
+    for (int run = 0; run < 4; run++) {
+        const int mode = run % 2, counts = run / 2;
+        if (quick() && (mode != R % 2 || counts != R % 2))
             continue;
         fixture f;
         epm_run_opts o;
@@ -1259,16 +1262,21 @@ static void test_run_prefill_chunk(void **state)
         const int32_t *prompts[2] = {f.ids[0] + 10, f.ids[1]};
         epm_run_result *a, *b;
         assert_int_equal(epm_run(&o, 2, lens, prompts, &a), EPM_OK);
-        o.prefill_chunk = 5;
+        o.prefill_chunk = 4;
+        o.chunk_counts_decode = counts;
         assert_int_equal(epm_run(&o, 2, lens, prompts, &b), EPM_OK);
         assert_true(b->report.mixed_passes > 0);
+        /* rank 1's prompt of 16 in 4 passes (rank 0's in 2); one rank: 22 tokens in 6, or in 7 where the
+         * budget counts sequence 0's decode tokens (passes 3 to 5 leave 3 a pass) */
+        assert_int_equal(b->report.prefill_passes, R > 1 ? 4 : counts ? 7 : 6);
         const epm_run_report *x = &a->report, *y = &b->report;
         assert_memory_equal(x->bytes, y->bytes, (size_t)x->moe_layers * EPM_LINK_COUNT * sizeof *x->bytes);
         assert_memory_equal(x->kv_bytes, y->kv_bytes, (size_t)x->moe_layers * EPM_LINK_COUNT * sizeof *x->bytes);
         if (me == 0) {
             double e = rel_err(b->logits, a->logits, 22 * 256);
             if (e > 1e-4)
-                fprintf(stderr, "MLA latent, mixed passes, mode %d ranks %d: relative error %g\n", mode, R, e);
+                fprintf(stderr, "MLA latent, mixed passes, mode %d ranks %d budget %d: relative error %g\n", mode, R,
+                        counts, e);
             assert_true(e <= 1e-4);
             assert_memory_equal(a->generated, b->generated, 2 * 4 * sizeof *a->generated);
             assert_same_routing(a->trace, b->trace, 4, 2);

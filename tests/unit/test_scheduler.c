@@ -1,7 +1,8 @@
 /* The pass scheduler of epmoe run (dist/scheduler.c): two schedules worked out
  * by hand (mixed and separate prefill), and on random batches the rules
  * every schedule keeps: each prompt token prefilled once, in order; a
- * rank's prompt tokens in a pass within its chunk; a rank's sequences held
+ * rank's prompt tokens in a pass within its chunk (less its decode tokens
+ * where the budget counts them); a rank's sequences held
  * within its places, admitted in order; a sequence decodes in the pass
  * after its prompt's last piece and each pass after until it ends, once
  * per token; with separate prefill no pass holds both kinds; with arrivals,
@@ -80,10 +81,23 @@ static void test_mixed_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
-    const epm_sched_opts o = {3, lens, 1, 2, 2, 0, NULL};
+    const epm_sched_opts o = {3, lens, 1, 2, 2, 0, NULL, 0};
     char got[512];
     assert_int_equal(describe(&o, caps, got, sizeof got), 4);
     assert_string_equal(got, "a0,1 p0:0-2 d;a p1:0-2 d0;a p1:2-3 d0;a2 p2:0-2 d;");
+}
+
+/* The same batch with a budget that counts decode tokens (vLLM's
+ * max_num_batched_tokens): sequence 0's decode token leaves one of the two
+ * to sequence 1's chunks, which take a pass more. */
+static void test_budget_counts_decode_by_hand(void **state)
+{
+    (void)state;
+    static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
+    const epm_sched_opts o = {3, lens, 1, 2, 2, 0, NULL, 1};
+    char got[512];
+    assert_int_equal(describe(&o, caps, got, sizeof got), 5);
+    assert_string_equal(got, "a0,1 p0:0-2 d;a p1:0-1 d0;a p1:1-2 d0;a2 p1:2-3 p2:0-1 d;a p2:1-2 d;");
 }
 
 /* The same batch with separate prefill: decoding waits for sequence 1's
@@ -92,7 +106,7 @@ static void test_separate_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
-    const epm_sched_opts o = {3, lens, 1, 2, 2, 1, NULL};
+    const epm_sched_opts o = {3, lens, 1, 2, 2, 1, NULL, 0};
     char got[512];
     assert_int_equal(describe(&o, caps, got, sizeof got), 6);
     assert_string_equal(got, "a0,1 p0:0-2 d;a p1:0-2 d;a p1:2-3 d;a2 p2:0-2 d;a d0;a d0;");
@@ -105,7 +119,7 @@ static void test_two_ranks_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {3, 2, 4, 1}, caps[] = {2, 1, 3, 2};
-    epm_sched_opts o = {4, lens, 2, 2, 2, 0, NULL};
+    epm_sched_opts o = {4, lens, 2, 2, 2, 0, NULL, 0};
     char got[512];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0,1 p0:0-2 p1:0-2 d;a3 p0:2-3 p3:0-1 d;a d0,3;a2 p2:0-2 d;a p2:2-4 d;a d2;a d2;");
@@ -123,12 +137,12 @@ static void test_arrivals_by_hand(void **state)
     (void)state;
     static const int lens[] = {2, 3, 1}, caps[] = {3, 1, 2};
     static const double arrival[] = {0, 1.5, 10};
-    const epm_sched_opts o = {3, lens, 1, 1, 0, 0, arrival};
+    const epm_sched_opts o = {3, lens, 1, 1, 0, 0, arrival, 0};
     char got[256];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0 p0:0-2 d;a d0;a d0;a1 p1:0-3 d;w10;a2 p2:0-1 d;a d2;");
     /* two places: sequence 1 is admitted in the first pass that begins after it arrives */
-    const epm_sched_opts o2 = {3, lens, 1, 2, 0, 0, arrival};
+    const epm_sched_opts o2 = {3, lens, 1, 2, 0, 0, arrival, 0};
     describe(&o2, caps, got, sizeof got);
     assert_string_equal(got, "a0 p0:0-2 d;a d0;a1 p1:0-3 d0;w10;a2 p2:0-1 d;a d2;");
 }
@@ -153,7 +167,7 @@ static void test_rules_on_random_batches(void **state)
         for (int i = 0; i < B; i++)
             arr[i] = t += i ? (double)(lcg(&seed) % 8) : 0;
         const epm_sched_opts o = {B, lens, R, (int)(lcg(&seed) % 12), (int64_t)(lcg(&seed) % 3 ? lcg(&seed) % 20 : 0),
-                                  (int)(lcg(&seed) % 2), trial % 2 ? arr : NULL};
+                                  (int)(lcg(&seed) % 2), trial % 2 ? arr : NULL, (int)(lcg(&seed) % 2)};
         epm_sched *s = NULL;
         assert_int_equal(epm_sched_create(&o, &s), EPM_OK);
         int done[40] = {0}, gen[40] = {0}, ended[40] = {0}, admitted[40] = {0}, last_piece[40], next_adm[8];
@@ -207,8 +221,11 @@ static void test_rules_on_random_batches(void **state)
                     last_piece[c->seq] = (int)pass;
             }
             assert_int_equal(pt, p.pre_tokens);
+            int64_t ndec[8] = {0}; /* a rank's decode tokens, which come first in a budget that counts them */
+            for (int i = 0; i < p.n_dec; i++)
+                ndec[p.dec[i] % R] += o.chunk_counts_decode;
             for (int q = 0; q < R && o.chunk > 0; q++)
-                assert_true(tok[q] <= o.chunk);
+                assert_true(tok[q] <= (o.chunk > ndec[q] ? o.chunk - ndec[q] : 0));
             assert_true(!(o.separate_prefill && p.n_pre > 0 && p.n_dec > 0));
             /* who decodes: every sequence whose prompt is done and that has not ended (mixed, or no prompt
              * pieces in the pass) */
@@ -235,7 +252,7 @@ static void test_bad_batches(void **state)
     (void)state;
     static const int lens[] = {3, 0};
     epm_sched *s = (epm_sched *)&s;
-    epm_sched_opts o = {2, lens, 1, 0, 0, 0, NULL};
+    epm_sched_opts o = {2, lens, 1, 0, 0, 0, NULL, 0};
     assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
     assert_null(s);
     assert_non_null(strstr(epm_last_error(), "sequence 1 is empty"));
@@ -250,7 +267,7 @@ static void test_bad_batches(void **state)
     assert_non_null(strstr(epm_last_error(), "max_num_seqs -2"));
     static const int two[] = {1, 1};
     static const double late_first[] = {2, 1}, nan_first[] = {NAN, 1};
-    o = (epm_sched_opts){2, two, 1, 0, 0, 0, late_first};
+    o = (epm_sched_opts){2, two, 1, 0, 0, 0, late_first, 0};
     assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "sequence 1 arrives at 1 s, before sequence 0"));
     o.arrival = nan_first;
@@ -264,6 +281,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mixed_by_hand),
         cmocka_unit_test(test_separate_by_hand),
+        cmocka_unit_test(test_budget_counts_decode_by_hand),
         cmocka_unit_test(test_two_ranks_by_hand),
         cmocka_unit_test(test_arrivals_by_hand),
         cmocka_unit_test(test_rules_on_random_batches),
