@@ -33,6 +33,9 @@ static const char usage[] =
     "                       --separate-prefill (default: mixed)\n"
     "  --prefill-chunk T    at most T of a rank's prompt tokens a pass, as epmoe run --prefill-chunk\n"
     "                       (default 8192; 0 = whole prompts)\n"
+    "  --max-num-batched-tokens N\n"
+    "                       instead: at most N tokens a pass on each rank, decode tokens first, as\n"
+    "                       epmoe run --max-num-batched-tokens\n"
     "  --zipf S             routing skew of the synthetic trace (default 1.0)\n"
     "  --affinity A         cross-layer affinity of the trace (default 0.8)\n"
     "  --methods LIST       placements, comma separated, contiguous first (the baseline;\n"
@@ -107,7 +110,7 @@ static const char usage[] =
     "  --csv                CSV rows instead of a table\n";
 
 enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT, O_MAXSEQS, O_CONT, O_SEPPRE, O_RATES,
-       O_BURST, O_CHUNK };
+       O_BURST, O_CHUNK, O_MNBT };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -126,7 +129,8 @@ static const struct option opts[] = {
     {"wire-dtype", required_argument, 0, O_WIRE}, {"prefill-chunks", required_argument, 0, O_CHUNKS},
     {"input", required_argument, 0, O_INPUT}, {"max-num-seqs", required_argument, 0, O_MAXSEQS},
     {"continuous", required_argument, 0, O_CONT}, {"separate-prefill", no_argument, 0, O_SEPPRE},
-    {"request-rates", required_argument, 0, O_RATES}, {"prefill-chunk", required_argument, 0, O_CHUNK}, {"burstiness", required_argument, 0, O_BURST},
+    {"request-rates", required_argument, 0, O_RATES}, {"prefill-chunk", required_argument, 0, O_CHUNK},
+    {"max-num-batched-tokens", required_argument, 0, O_MNBT}, {"burstiness", required_argument, 0, O_BURST},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
@@ -137,7 +141,8 @@ static int wire = CLI_WIRE_F32; /* --wire-dtype */
 static const int *max_new_of = NULL; /* --input's output lengths per sequence (NULL: --new for all) */
 static long max_seqs = CLI_MAX_NUM_SEQS; /* --max-num-seqs */
 static int separate = 0;                 /* --separate-prefill */
-static long prefill_chunk = CLI_PREFILL_CHUNK; /* --prefill-chunk */
+static long prefill_chunk = CLI_PREFILL_CHUNK; /* --prefill-chunk, or --max-num-batched-tokens: */
+static int counts_decode = 0;                  /* ... which counts a rank's decode tokens too */
 
 static void wire_opts(epm_run_opts *o)
 {
@@ -156,6 +161,7 @@ static void live_opts(epm_run_opts *o, const char *model, epm_mode mode, int vn,
     o->max_new_per_seq = max_new_of;
     o->keep_logits = 1;
     o->prefill_chunk = prefill_chunk; /* as epmoe run's */
+    o->chunk_counts_decode = counts_decode;
     o->max_num_seqs = (int)max_seqs;
     o->separate_prefill = separate;
     o->ops = kernels;
@@ -454,6 +460,8 @@ int epm_bench_run(int argc, char **argv)
     epm_mod_source mod = EPM_MOD_OFF;
     separate = 0;
     prefill_chunk = CLI_PREFILL_CHUNK;
+    counts_decode = 0;
+    int chunk_given = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -471,7 +479,15 @@ int epm_bench_run(int argc, char **argv)
         case O_INPUT: input = optarg; break;
         case O_SEPPRE: separate = 1; break;
         case O_CHUNK:
-            if (!cli_parse_int(W, "--prefill-chunk", optarg, 0, INT32_MAX, &prefill_chunk)) return EPM_EXIT_USAGE;
+        case O_MNBT:
+            if (counts_decode || chunk_given)
+                return cli_usage_error(W, "--max-num-batched-tokens and --prefill-chunk: each sets a pass's chunk; "
+                                       "give one");
+            if (!cli_parse_int(W, c == O_CHUNK ? "--prefill-chunk" : "--max-num-batched-tokens", optarg,
+                               c == O_CHUNK ? 0 : 1, INT32_MAX, &prefill_chunk))
+                return EPM_EXIT_USAGE;
+            counts_decode = c == O_MNBT;
+            chunk_given = 1;
             break;
         case O_MAXSEQS:
             if (!cli_parse_int(W, "--max-num-seqs", optarg, 0, INT32_MAX, &max_seqs)) return EPM_EXIT_USAGE;
@@ -719,7 +735,8 @@ int epm_bench_run(int argc, char **argv)
     if (st == EPM_OK && !seqid)
         st = EPM_ERR_NOMEM;
     if (st == EPM_OK)
-        st = epm_bench_seq_ids((int)batch, pl, max_new_of, (int)nnew, (int)max_seqs, R, prefill_chunk, separate,
+        st = epm_bench_seq_ids((int)batch, pl, max_new_of, (int)nnew, (int)max_seqs, R, prefill_chunk, counts_decode,
+                               separate,
                                seqid);
     if (st == EPM_OK)
         st = epm_trace_set_seq_ids(t, seqid);
@@ -808,7 +825,8 @@ int epm_bench_run(int argc, char **argv)
                 o.max_new_per_seq = max_new_of;
                 o.route_from = t;
                 o.ops = kernels;
-                o.prefill_chunk = CLI_PREFILL_CHUNK; /* as epmoe run */
+                o.prefill_chunk = prefill_chunk; /* as epmoe run's, which the trace was numbered for */
+                o.chunk_counts_decode = counts_decode;
                 o.max_num_seqs = (int)max_seqs;
                 o.separate_prefill = separate;
                 wire_opts(&o);

@@ -49,7 +49,7 @@ int64_t epm_bench_decode_tokens(int batch, const int *max_new, int nnew)
 }
 
 epm_status epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int nnew, int max_seqs, int ranks,
-                             int64_t chunk, int separate_prefill, int32_t *out)
+                             int64_t chunk, int counts_decode, int separate_prefill, int32_t *out)
 {
     int64_t g = 0;
     for (int s = 0; s < batch; s++)
@@ -58,7 +58,7 @@ epm_status epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int
     /* epm_run's passes (scheduler.h): a sequence's first token comes with its
      * prompt's last piece, each decode token numbered in the order of its
      * pass; it ends after its output length */
-    const epm_sched_opts so = {batch, lens, ranks, max_seqs, chunk, separate_prefill, NULL, 0};
+    const epm_sched_opts so = {batch, lens, ranks, max_seqs, chunk, separate_prefill, NULL, counts_decode};
     epm_sched *sc = NULL;
     int *gen = calloc((size_t)batch + 1, sizeof *gen);
     epm_status st = gen ? epm_sched_create(&so, &sc) : EPM_ERR_NOMEM;

@@ -574,6 +574,16 @@ ok "bench run --input" mpi -np 2 "$E" bench run --model "$m" --input "$d/in.json
 ok "bench run --input, table" mpi -np 3 "$E" bench run --model "$m" --input "$d/in.jsonl" --new 2 --reps 1 \
   --workdir "$d/work" --methods contiguous --modes follow --max-num-seqs 2 &&
   { grep -q "in.jsonl: 4 sequences, 11 prompt tokens, up to 3 new, zipf" "$d/out" || { fail "bench run --input: header"; show; }; }
+# a budget of 2 tokens a pass, decode tokens first: rank 0's second prompt gets 1 token a pass beside the
+# first's decoding (2 with --prefill-chunk 2), so its decode tokens fall one pass later among rank 1's, and
+# the trace must number them so or the run refuses it (not in the sanitizer pass)
+printf '%s\n' '{"prompt_token_ids": [1, 2, 3, 4, 5, 6, 7, 8], "max_tokens": 3}' \
+  '{"prompt_token_ids": [5, 6], "max_tokens": 10}' \
+  '{"prompt_token_ids": [7, 8, 9, 10, 11, 12], "n": 2, "max_tokens": 4}' >"$d/in2.jsonl"
+[ "${EPM_TEST_QUICK:-0}" = 1 ] ||
+  ok "bench run --input --max-num-batched-tokens" mpi -np 3 "$E" bench run --model "$m" --input "$d/in2.jsonl" \
+    --new 10 --reps 1 --workdir "$d/work" --methods contiguous --modes home --max-num-seqs 6 \
+    --max-num-batched-tokens 2
 usage run "--input $d/in.jsonl gives the sequences" "" --model "$m" --input "$d/in.jsonl" --seq 4
 usage run "--wire-dtype fp8 --modes home,follow" "" "${small[@]}" --wire-dtype fp8
 usage run --wire-dtype f16 "${small[@]}" --wire-dtype f16
@@ -672,6 +682,7 @@ ok "bench run --request-rates" mpi -np 3 "$E" bench run --model "$F/mixtral-tiny
 usage run --request-rates inf --model "$m" --request-rates 10,inf
 usage run --request-rates 0 --model "$m" --request-rates 0
 usage run --prefill-chunk -1 --model "$m" --prefill-chunk -1
+usage run "--max-num-batched-tokens --prefill-chunk" "" --model "$m" --max-num-batched-tokens 4 --prefill-chunk 2
 usage run "--burstiness --request-rates" "" --model "$m" --burstiness 2
 usage run "--request-rates --continuous" "" --model "$m" --request-rates 5 --continuous 2
 usage run "--continuous --prefill-chunks" "" --model "$m" --continuous 2 --prefill-chunks 4
@@ -679,7 +690,7 @@ usage run --prefill-chunks 1,2,3,4,5,6,7,8,9 --model "$m" --prefill-chunks 1,2,3
 usage run "--prefill-chunks --kv-dtypes" "" --model "$m" --prefill-chunks 4 --kv-dtypes
 usage run --max-num-seqs -1 --model "$m" --max-num-seqs -1
 help_ok run --model --batch --seq --new --input --max-num-seqs --separate-prefill --methods --modes --workdir --reps --warmup --ta --mod --capacities \
-  --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --prefill-chunks --prefill-chunk --continuous --request-rates --burstiness --csv
+  --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --prefill-chunks --prefill-chunk --max-num-batched-tokens --continuous --request-rates --burstiness --csv
 usage run --model "" --batch 2
 usage run --batch x --model "$m" --batch x
 usage run --kernels foo --model "$m" --kernels foo
