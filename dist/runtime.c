@@ -1255,8 +1255,14 @@ static epm_status memory_check(rt *r)
      * output and combine rows both ways; and the logits kept (or a pass's
      * every row's, which prompt logprobs read) */
     const int64_t mine = r->mine_most, most = r->o->prefill_chunk > 0 && r->o->prefill_chunk < mine ? r->o->prefill_chunk : mine;
+    /* and beside them the decode tokens of a mixed pass: every place but the prompt's (within the
+     * budget, where it counts them); with separate prefill a decoding pass's, one a place */
+    const int64_t places = r->places[r->me];
+    int64_t dec = r->o->separate_prefill ? (places > most ? places - most : 0) : places - 1;
+    if (r->o->chunk_counts_decode && r->o->prefill_chunk > 0 && most + dec > r->o->prefill_chunk)
+        dec = r->o->prefill_chunk > most ? r->o->prefill_chunk - most : 0;
     const int K = c->top_k, in = K < r->R ? K : r->R;
-    double act = (double)most * c->hidden_size * (3.0 + 5.0 * K + in) * sizeof(float);
+    double act = (double)(most + dec) * c->hidden_size * (3.0 + 5.0 * K + in) * sizeof(float);
     const double rows = r->o->keep_logits ? (double)mine + (r->me == 0) * r->N /* every prompt row's, kept */
                         : r->o->drop_logits ? r->places[r->me] /* an admission's last rows, sampled */
                                             : r->B;             /* each sequence's last, kept */
@@ -1267,11 +1273,12 @@ static epm_status memory_check(rt *r)
     if (limit > 0 && w + kv + scr + act > limit)
         return epm_fail(EPM_ERR_NOMEM, "would hold %.4g GB (weights %.4g GB, routed experts as %s, dense matrices "
                         "as %s, %s KV cache %.4g GB for %d sequences of up to %d positions, FFN scratch %.4g GB, "
-                        "activations of %lld prompt tokens a pass about %.4g GB) but %s %.4g GB; use more ranks, "
+                        "activations of %lld prompt tokens a pass and %lld decode tokens about %.4g GB) but %s %.4g GB; "
+                        "use more ranks, "
                         "fewer or shorter sequences%s%s%s, or another placement",
                         (w + kv + scr + act) / 1e9, w / 1e9, r->w8 ? "fp8" : r->w16 ? "bf16" : "float32",
                         r->d8 ? "fp8 and bf16" : r->d16 ? "bf16" : "float32", kv_name(r), kv / 1e9,
-                        seqs, r->max_len, scr / 1e9, (long long)most, act / 1e9,
+                        seqs, r->max_len, scr / 1e9, (long long)most, (long long)dec, act / 1e9,
                         r->o->max_memory > 0 ? "--max-memory allows" : "the machine has, per rank,",
                         limit / 1e9, r->kvt == EPM_KV_FP8 ? "" : r->kvt == EPM_KV_BF16 ? ", --kv-dtype fp8" :
                         ", --kv-dtype bf16 or fp8", act > 0.25 * limit ? ", a smaller --prefill-chunk" : "",

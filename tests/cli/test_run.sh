@@ -116,7 +116,10 @@ has "$d/err" "activations of 5 prompt tokens a pass" # rank 0's prompt
 if full; then # (the sanitizer pass: test_run covers the chunks, the default's message below)
 check "more memory than allowed, prefill in chunks" 1 one "$E" run --model "$m" --input "$d/in.json" \
   --max-memory 0.0001 --prefill-chunk 2
-has "$d/err" "activations of 2 prompt tokens a pass"
+has "$d/err" "activations of 2 prompt tokens a pass and 1 decode tokens" # (beside the other sequence's)
+check "more memory than allowed, a budget" 1 one "$E" run --model "$m" --input "$d/in.json" \
+  --max-memory 0.0001 --max-num-batched-tokens 2
+has "$d/err" "activations of 2 prompt tokens a pass and 0 decode tokens" # (the budget counts them)
 fi
 # by default 8192 a pass (SGLang's chunked_prefill_size); one pass where MoD ranks a prompt's tokens
 python3 -c 'import json; print(json.dumps([[i % 200 + 1 for i in range(9000)]]))' >"$d/long.json"
