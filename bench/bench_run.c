@@ -480,7 +480,7 @@ int epm_bench_run(int argc, char **argv)
         case O_SEPPRE: separate = 1; break;
         case O_CHUNK:
         case O_MNBT:
-            if (counts_decode || chunk_given)
+            if (chunk_given && counts_decode != (c == O_MNBT))
                 return cli_usage_error(W, "--max-num-batched-tokens and --prefill-chunk: each sets a pass's chunk; "
                                        "give one");
             if (!cli_parse_int(W, c == O_CHUNK ? "--prefill-chunk" : "--max-num-batched-tokens", optarg,
@@ -711,6 +711,7 @@ int epm_bench_run(int argc, char **argv)
             live_opts(&o, model, mode, (int)vn, (int)nnew);
             o.keep_logits = 0; /* every prompt row's logits would be most of the memory measured */
             o.max_num_seqs = 0; /* one pass is the whole batch's */
+            o.chunk_counts_decode = 0; /* the chunks swept are prompt tokens alone */
             rc = epm_bench_run_chunks(x, &o, (int)batch, pl, pr, chunk, nchunk, (int)reps, csv);
         } else if (dtypes || mla || kvdt || widt)
             rc = variant_compare(x, dtypes ? 'd' : mla ? 'm' : kvdt ? 'k' : 'w', model, hc->fp8_block[0] > 0, mode, (int)vn, (int)batch, pl,

@@ -1258,7 +1258,7 @@ static epm_status memory_check(rt *r)
     /* and beside them the decode tokens of a mixed pass: every place but the prompt's (within the
      * budget, where it counts them); with separate prefill a decoding pass's, one a place */
     const int64_t places = r->places[r->me];
-    int64_t dec = r->o->separate_prefill ? (places > most ? places - most : 0) : places - 1;
+    int64_t dec = r->o->separate_prefill ? (places > most ? places - most : 0) : places > 0 ? places - 1 : 0;
     if (r->o->chunk_counts_decode && r->o->prefill_chunk > 0 && most + dec > r->o->prefill_chunk)
         dec = r->o->prefill_chunk > most ? r->o->prefill_chunk - most : 0;
     const int K = c->top_k, in = K < r->R ? K : r->R;
@@ -1281,7 +1281,7 @@ static epm_status memory_check(rt *r)
                         seqs, r->max_len, scr / 1e9, (long long)most, (long long)dec, act / 1e9,
                         r->o->max_memory > 0 ? "--max-memory allows" : "the machine has, per rank,",
                         limit / 1e9, r->kvt == EPM_KV_FP8 ? "" : r->kvt == EPM_KV_BF16 ? ", --kv-dtype fp8" :
-                        ", --kv-dtype bf16 or fp8", act > 0.25 * limit ? ", a smaller --prefill-chunk" : "",
+                        ", --kv-dtype bf16 or fp8", act > 0.25 * limit ? r->o->chunk_counts_decode ? ", a smaller --max-num-batched-tokens" : ", a smaller --prefill-chunk" : "",
                         kv > 0.25 * limit && seqs > 1 ? ", a smaller --max-num-seqs" : "");
     return EPM_OK;
 }

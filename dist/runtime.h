@@ -62,7 +62,8 @@ typedef struct epm_run_opts {
                                        cached. Not with MoD router or attention. 0: one pass */
     int chunk_counts_decode;        /* prefill_chunk is a rank's token budget a pass, decode tokens included
                                        and first (vLLM's max_num_batched_tokens): a prompt's chunk takes
-                                       what the rank's decoding sequences leave; at least the rank's places */
+                                       what the rank's decoding sequences leave; at least the rank's places.
+                                       Nothing changes with prefill_chunk 0 or separate_prefill */
     int separate_prefill;           /* a pass holds prompt tokens or decode tokens, never both: decoding
                                        waits while any rank prefills (vLLM before V1; SGLang without
                                        --enable-mixed-chunk). 0: mixed batches, as vLLM V1: each pass

@@ -725,6 +725,10 @@ int epm_cli_run(int argc, char **argv)
      * sources rank each prompt's tokens over the whole prompt */
     if (budget > 0 && chunk_given)
         return cli_usage_error(W, "--max-num-batched-tokens and --prefill-chunk: each sets a pass's chunk; give one");
+    if (budget > 0 && (o.mod == EPM_MOD_ROUTER || o.mod == EPM_MOD_ATTENTION))
+        return cli_usage_error(W, "--max-num-batched-tokens with --mod %s: prefill ranks each prompt's tokens over "
+                               "the whole prompt, which a pass's budget does not hold", o.mod == EPM_MOD_ROUTER ?
+                               "router" : "attention");
     if (budget > 0) { /* a budget that counts decode tokens too */
         o.prefill_chunk = budget;
         o.chunk_counts_decode = 1;

@@ -1249,8 +1249,9 @@ static void test_run_prefill_chunk(void **state)
     /* DeepSeek-V3's MLA latent in mixed passes at every rank count: prompts of 6 and 16 tokens in chunks
      * of 4, so the first decodes (absorbed, on its home rank) while the second's chunks attend expanded
      * (on another rank from 2 ranks on): the one-pass run's logits, tokens, routing and bytes; and with
-     * a budget of 4 that counts the decode tokens (vLLM's max_num_batched_tokens), chunks of 3 beside
-     * a decode token */
+     * a budget of 4 that counts the decode tokens (vLLM's max_num_batched_tokens), which at one rank
+     * leaves the second prompt chunks of 3 beside the first's decode token (from 2 ranks on each rank
+     * either prefills or decodes: the budget changes nothing there, and the passes say so) */
     for (int run = 0; run < 4; run++) {
         const int mode = run % 2, counts = run / 2;
         if (quick() && (mode != R % 2 || counts != R % 2))
@@ -1267,7 +1268,7 @@ static void test_run_prefill_chunk(void **state)
         assert_int_equal(epm_run(&o, 2, lens, prompts, &b), EPM_OK);
         assert_true(b->report.mixed_passes > 0);
         /* rank 1's prompt of 16 in 4 passes (rank 0's in 2); one rank: 22 tokens in 6, or in 7 where the
-         * budget counts sequence 0's decode tokens (passes 3 to 5 leave 3 a pass) */
+         * budget counts sequence 0's decode tokens (passes 2 to 4, from 0, leave 3 a pass) */
         assert_int_equal(b->report.prefill_passes, R > 1 ? 4 : counts ? 7 : 6);
         const epm_run_report *x = &a->report, *y = &b->report;
         assert_memory_equal(x->bytes, y->bytes, (size_t)x->moe_layers * EPM_LINK_COUNT * sizeof *x->bytes);
