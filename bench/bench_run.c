@@ -518,23 +518,14 @@ int epm_bench_run(int argc, char **argv)
             if (!cli_parse_int_list(W, "--continuous", optarg, 1, INT32_MAX, "sequence counts", cont, 8, &ncont))
                 return EPM_EXIT_USAGE;
             break;
-        case O_RATES: {
-            char buf[256], *save = NULL;
-            snprintf(buf, sizeof buf, "%s", optarg);
-            nrates = 0;
-            for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-                if (nrates == 8)
-                    return cli_usage_error(W, "option --request-rates: '%s' has more than 8 rates", optarg);
-                if (!strcmp(t, "inf"))
+        case O_RATES:
+            for (const char *p = optarg; *p; p += strcspn(p, ","), p += *p == ',')
+                if (!strncmp(p, "inf", 3) && (p[3] == ',' || !p[3]))
                     return cli_usage_error(W, "option --request-rates: 'inf' (the offline batch) is the baseline, "
                                            "measured first anyway");
-                if (!cli_parse_double(W, "--request-rates", t, 1e-6, 1e9, &rates[nrates++]))
-                    return EPM_EXIT_USAGE;
-            }
-            if (nrates == 0)
-                return cli_usage_error(W, "option --request-rates: '%s' has no rate", optarg);
+            if (!cli_parse_double_list(W, "--request-rates", optarg, 1e-6, 1e9, "rates", rates, 8, &nrates))
+                return EPM_EXIT_USAGE;
             break;
-        }
         case O_BURST:
             if (!cli_parse_double(W, "--burstiness", optarg, 1e-3, 1e3, &burstiness)) return EPM_EXIT_USAGE;
             burst_given = 1;
@@ -737,8 +728,7 @@ int epm_bench_run(int argc, char **argv)
         st = EPM_ERR_NOMEM;
     if (st == EPM_OK)
         st = epm_bench_seq_ids((int)batch, pl, max_new_of, (int)nnew, (int)max_seqs, R, prefill_chunk, counts_decode,
-                               separate,
-                               seqid);
+                               separate, seqid);
     if (st == EPM_OK)
         st = epm_trace_set_seq_ids(t, seqid);
     st = epm_xcomm_agree(x, st); /* every rank fails alike */

@@ -4,9 +4,8 @@
  * requests arriving as `epmoe run --request-rate` draws them (a gamma
  * process of shape --burstiness, seed 0), decoded continuously with at most
  * --max-num-seqs at once in mixed batches. After one unmeasured run, each
- * is run --reps times,
- * alternated, and the repetition of median duration is reported (the
- * faster of the middle two at an even count): the
+ * is run --reps times, alternated, and the repetition of median duration
+ * is reported (the faster of the middle two at an even count): the
  * duration (the run's start to its last token), requests/s and generated
  * tokens/s over it and tokens/s over the offline batch's, seconds the ranks
  * waited for arrivals, TTFT p50/p99 and end to end p50/p99 from arrival,

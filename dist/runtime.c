@@ -1205,6 +1205,13 @@ static const char *kv_name(const rt *r)
     return r->kvt == EPM_KV_FP8 ? "fp8" : r->kvt == EPM_KV_BF16 ? "bf16" : "float32";
 }
 
+/* The option that sets a pass's chunk, for messages: vLLM's budget counts
+ * decode tokens (--max-num-batched-tokens), SGLang's chunk does not. */
+static const char *chunk_option(const epm_run_opts *o)
+{
+    return o->chunk_counts_decode ? "--max-num-batched-tokens" : "--prefill-chunk";
+}
+
 /* The most K/V bytes a layer's caches (K or V, or the latent) of rank q's
  * sequences hold at once: those of its places' largest. */
 static double kv_most(const rt *r, int q)
@@ -1275,13 +1282,14 @@ static epm_status memory_check(rt *r)
                         "as %s, %s KV cache %.4g GB for %d sequences of up to %d positions, FFN scratch %.4g GB, "
                         "activations of %lld prompt tokens a pass and %lld decode tokens about %.4g GB) but %s %.4g GB; "
                         "use more ranks, "
-                        "fewer or shorter sequences%s%s%s, or another placement",
+                        "fewer or shorter sequences%s%s%s%s, or another placement",
                         (w + kv + scr + act) / 1e9, w / 1e9, r->w8 ? "fp8" : r->w16 ? "bf16" : "float32",
                         r->d8 ? "fp8 and bf16" : r->d16 ? "bf16" : "float32", kv_name(r), kv / 1e9,
                         seqs, r->max_len, scr / 1e9, (long long)most, (long long)dec, act / 1e9,
                         r->o->max_memory > 0 ? "--max-memory allows" : "the machine has, per rank,",
                         limit / 1e9, r->kvt == EPM_KV_FP8 ? "" : r->kvt == EPM_KV_BF16 ? ", --kv-dtype fp8" :
-                        ", --kv-dtype bf16 or fp8", act > 0.25 * limit ? r->o->chunk_counts_decode ? ", a smaller --max-num-batched-tokens" : ", a smaller --prefill-chunk" : "",
+                        ", --kv-dtype bf16 or fp8", act > 0.25 * limit ? ", a smaller " : "",
+                        act > 0.25 * limit ? chunk_option(r->o) : "",
                         kv > 0.25 * limit && seqs > 1 ? ", a smaller --max-num-seqs" : "");
     return EPM_OK;
 }
@@ -1303,11 +1311,12 @@ static epm_status prefill_check(rt *r)
     const int64_t T = o->prefill_chunk;
     const int scored = o->mod == EPM_MOD_ROUTER || o->mod == EPM_MOD_ATTENTION;
     const char *mod = o->mod == EPM_MOD_ROUTER ? "router" : "attention";
+    const char *chunk_opt = chunk_option(o);
     if (T < 0)
-        return epm_fail(EPM_ERR_INVALID_ARG, "--prefill-chunk %lld: must be at least 1 (0: one pass)", (long long)T);
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s %lld: must be at least 1 (0: one pass)", chunk_opt, (long long)T);
     if (T > 0 && scored)
-        return epm_fail(EPM_ERR_UNSUPPORTED, "--prefill-chunk with --mod %s: prefill picks each prompt's top tokens "
-                        "over the whole prompt, which a chunk does not hold (--mod schedule chunks)", mod);
+        return epm_fail(EPM_ERR_UNSUPPORTED, "%s with --mod %s: prefill picks each prompt's top tokens "
+                        "over the whole prompt, which a chunk does not hold (--mod schedule chunks)", chunk_opt, mod);
     if (o->max_num_seqs < 0)
         return epm_fail(EPM_ERR_INVALID_ARG, "--max-num-seqs %d: must be at least 1 (0: every sequence at once)",
                         o->max_num_seqs);
@@ -1337,8 +1346,8 @@ static epm_status prefill_check(rt *r)
      * changes which pass admits each sequence */
     if (o->arrival && (scored || o->route_from)) {
         epm_free(home);
-        return epm_fail(EPM_ERR_UNSUPPORTED, "request arrivals (--request-rate) with %s: %s",
-                        scored ? (o->mod == EPM_MOD_ROUTER ? "--mod router" : "--mod attention") : "a routing replay",
+        return epm_fail(EPM_ERR_UNSUPPORTED, "request arrivals (--request-rate) with %s%s: %s",
+                        scored ? "--mod " : "", scored ? mod : "a routing replay",
                         scored ? "decoding's skip thresholds are calibrated on one prefill of the whole batch"
                                : "the replay follows the recorded order of passes, which arrival times change");
     }
@@ -1346,9 +1355,8 @@ static epm_status prefill_check(rt *r)
     for (int q = 0; q < r->R && T > 0 && o->chunk_counts_decode; q++)
         if (T < r->places[q]) {
             epm_free(home);
-            return epm_fail(EPM_ERR_INVALID_ARG, "--max-num-batched-tokens %lld: below rank %d's %d places "
-                            "(--max-num-seqs), whose decode tokens come first in its budget", (long long)T, q,
-                            r->places[q]);
+            return epm_fail(EPM_ERR_INVALID_ARG, "%s %lld: below rank %d's %d places (--max-num-seqs), whose "
+                            "decode tokens come first in its budget", chunk_opt, (long long)T, q, r->places[q]);
         }
     for (int s = r->me; s < r->B; s += r->R)
         home[n++] = r->lens[s];

@@ -63,25 +63,49 @@ int cli_parse_int(const char *what, const char *opt, const char *val, long lo, l
     return 1;
 }
 
-int cli_parse_int_list(const char *what, const char *opt, const char *val, long lo, long hi, const char *noun,
-                       long *out, int cap, int *n)
+/* A list's bounds and where its items go: integers (longs) or numbers (doubles). */
+typedef struct list_items {
+    const char *what, *opt;
+    double lo, hi;
+    long *ints;
+    double *nums;
+} list_items;
+
+/* Each item of the comma-separated list val (none empty, each under 32
+ * characters, at most cap) parsed into li's array; *n counts them. */
+static int parse_list(const list_items *li, const char *val, const char *noun, int cap, int *n)
 {
     *n = 0;
     for (const char *p = val;; p++) {
         size_t len = strcspn(p, ",");
         char item[32];
         if (len == 0 || len >= sizeof item || *n == cap) {
-            cli_usage_error(what, "option %s: '%s' is not a list of at most %d %s", opt, val, cap, noun);
+            cli_usage_error(li->what, "option %s: '%s' is not a list of at most %d %s", li->opt, val, cap, noun);
             return 0;
         }
         memcpy(item, p, len);
         item[len] = '\0';
-        if (!cli_parse_int(what, opt, item, lo, hi, &out[(*n)++]))
+        if (li->ints ? !cli_parse_int(li->what, li->opt, item, (long)li->lo, (long)li->hi, &li->ints[(*n)++])
+                     : !cli_parse_double(li->what, li->opt, item, li->lo, li->hi, &li->nums[(*n)++]))
             return 0;
         p += len;
         if (!*p)
             return 1;
     }
+}
+
+int cli_parse_int_list(const char *what, const char *opt, const char *val, long lo, long hi, const char *noun,
+                       long *out, int cap, int *n)
+{
+    const list_items li = {what, opt, (double)lo, (double)hi, out, NULL};
+    return parse_list(&li, val, noun, cap, n);
+}
+
+int cli_parse_double_list(const char *what, const char *opt, const char *val, double lo, double hi,
+                          const char *noun, double *out, int cap, int *n)
+{
+    const list_items li = {what, opt, lo, hi, NULL, out};
+    return parse_list(&li, val, noun, cap, n);
 }
 
 const char *const cli_wire_dtypes[] = {"f32", "bf16", "fp8", NULL};

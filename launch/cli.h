@@ -29,6 +29,9 @@ int cli_parse_int(const char *what, const char *opt, const char *val, long lo, l
  * 'VAL' is not a list of at most CAP NOUN" (or the bad item's) and 0. */
 int cli_parse_int_list(const char *what, const char *opt, const char *val, long lo, long hi, const char *noun,
                        long *out, int cap, int *n);
+/* The same for numbers (cli_parse_double's). */
+int cli_parse_double_list(const char *what, const char *opt, const char *val, double lo, double hi,
+                          const char *noun, double *out, int cap, int *n);
 /* *out = the index of val among names (NULL-terminated); else a usage error
  * "OPT 'VAL' is not A, B or C" and 0 */
 int cli_parse_choice(const char *what, const char *opt, const char *val, const char *const *names, int *out);

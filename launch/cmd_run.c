@@ -679,9 +679,10 @@ int epm_cli_run(int argc, char **argv)
             budget = v;
             break;
         case O_RATE:
-            if (strcmp(optarg, "inf") && !cli_parse_double(W, "--request-rate", optarg, 1e-9, 1e12, &rate))
+            if (!strcmp(optarg, "inf"))
+                rate = INFINITY;
+            else if (!cli_parse_double(W, "--request-rate", optarg, 1e-9, 1e12, &rate))
                 return EPM_EXIT_USAGE;
-            rate = strcmp(optarg, "inf") ? rate : INFINITY;
             break;
         case O_BURST:
             if (!cli_parse_double(W, "--burstiness", optarg, 1e-3, 1e3, &burstiness)) return EPM_EXIT_USAGE;
@@ -721,19 +722,16 @@ int epm_cli_run(int argc, char **argv)
     if (shape_of_arrivals && !isfinite(rate))
         return cli_usage_error(W, "%s shapes the arrivals of --request-rate, which is not given (or inf)",
                                shape_of_arrivals);
-    /* chunked by default, as SGLang's chunked_prefill_size; MoD's scored
-     * sources rank each prompt's tokens over the whole prompt */
     if (budget > 0 && chunk_given)
         return cli_usage_error(W, "--max-num-batched-tokens and --prefill-chunk: each sets a pass's chunk; give one");
-    if (budget > 0 && (o.mod == EPM_MOD_ROUTER || o.mod == EPM_MOD_ATTENTION))
-        return cli_usage_error(W, "--max-num-batched-tokens with --mod %s: prefill ranks each prompt's tokens over "
-                               "the whole prompt, which a pass's budget does not hold", o.mod == EPM_MOD_ROUTER ?
-                               "router" : "attention");
-    if (budget > 0) { /* a budget that counts decode tokens too */
+    if (budget > 0) { /* a budget that counts decode tokens too (with --mod router|attention the runtime
+                         refuses it by name, as it does a chunk) */
         o.prefill_chunk = budget;
         o.chunk_counts_decode = 1;
         chunk_given = 1;
     }
+    /* chunked by default, as SGLang's chunked_prefill_size; MoD's scored
+     * sources rank each prompt's tokens over the whole prompt */
     if (!chunk_given)
         o.prefill_chunk = o.mod == EPM_MOD_ROUTER || o.mod == EPM_MOD_ATTENTION ? 0 : CLI_PREFILL_CHUNK;
     if (!seqs_given) /* (their decode thresholds come from one prefill of the whole batch) */
