@@ -36,6 +36,8 @@ static const char usage[] =
     "  --max-num-batched-tokens N\n"
     "                       instead: at most N tokens a pass on each rank, decode tokens first, as\n"
     "                       epmoe run --max-num-batched-tokens\n"
+    "  --max-total-tokens N K/V positions a rank's caches may hold at once, as epmoe run\n"
+    "                       --max-total-tokens (default: places alone)\n"
     "  --zipf S             routing skew of the synthetic trace (default 1.0)\n"
     "  --affinity A         cross-layer affinity of the trace (default 0.8)\n"
     "  --methods LIST       placements, comma separated, contiguous first (the baseline;\n"
@@ -110,7 +112,7 @@ static const char usage[] =
     "  --csv                CSV rows instead of a table\n";
 
 enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT, O_MAXSEQS, O_CONT, O_SEPPRE, O_RATES,
-       O_BURST, O_CHUNK, O_MNBT };
+       O_BURST, O_CHUNK, O_MNBT, O_MTT };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -131,7 +133,7 @@ static const struct option opts[] = {
     {"continuous", required_argument, 0, O_CONT}, {"separate-prefill", no_argument, 0, O_SEPPRE},
     {"request-rates", required_argument, 0, O_RATES}, {"prefill-chunk", required_argument, 0, O_CHUNK},
     {"max-num-batched-tokens", required_argument, 0, O_MNBT}, {"burstiness", required_argument, 0, O_BURST},
-    {0, 0, 0, 0}};
+    {"max-total-tokens", required_argument, 0, O_MTT}, {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
  * or MoD capacity 1): what topology-aware gating or layer skipping saves and
@@ -143,6 +145,7 @@ static long max_seqs = CLI_MAX_NUM_SEQS; /* --max-num-seqs */
 static int separate = 0;                 /* --separate-prefill */
 static long prefill_chunk = CLI_PREFILL_CHUNK; /* --prefill-chunk, or --max-num-batched-tokens: */
 static int counts_decode = 0;                  /* ... which counts a rank's decode tokens too */
+static long pool = 0;                          /* --max-total-tokens */
 
 static void wire_opts(epm_run_opts *o)
 {
@@ -163,6 +166,7 @@ static void live_opts(epm_run_opts *o, const char *model, epm_mode mode, int vn,
     o->prefill_chunk = prefill_chunk; /* as epmoe run's */
     o->chunk_counts_decode = counts_decode;
     o->max_num_seqs = (int)max_seqs;
+    o->max_total_tokens = pool;
     o->separate_prefill = separate;
     o->ops = kernels;
     wire_opts(o);
@@ -456,11 +460,13 @@ int epm_bench_run(int argc, char **argv)
     long chunk[8], cont[8];
     double rates[8], burstiness = 1;
     int nrates = 0, burst_given = 0;
+    int32_t *seqid = NULL; /* the synthetic trace's, which a pool renumbers per mode */
     const char *ta_list = NULL, *caps = "0.75,0.5,0.25";
     epm_mod_source mod = EPM_MOD_OFF;
     separate = 0;
     prefill_chunk = CLI_PREFILL_CHUNK;
     counts_decode = 0;
+    pool = 0;
     int chunk_given = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -491,6 +497,9 @@ int epm_bench_run(int argc, char **argv)
             break;
         case O_MAXSEQS:
             if (!cli_parse_int(W, "--max-num-seqs", optarg, 0, INT32_MAX, &max_seqs)) return EPM_EXIT_USAGE;
+            break;
+        case O_MTT:
+            if (!cli_parse_int(W, "--max-total-tokens", optarg, 1, INT32_MAX, &pool)) return EPM_EXIT_USAGE;
             break;
         case O_NEW: if (!cli_parse_int(W, "--new", optarg, 1, 1 << 16, &nnew)) return EPM_EXIT_USAGE; break;
         case O_ZIPF: if (!cli_parse_double(W, "--zipf", optarg, 0, 10, &zipf)) return EPM_EXIT_USAGE; break;
@@ -723,16 +732,15 @@ int epm_bench_run(int argc, char **argv)
     so.affinity = aff;
     so.seed = 7;
     st = epm_trace_synth(&so, &t);
-    int32_t *seqid = malloc((size_t)total * sizeof *seqid);
+    seqid = malloc((size_t)total * sizeof *seqid);
     if (st == EPM_OK && !seqid)
         st = EPM_ERR_NOMEM;
     if (st == EPM_OK)
         st = epm_bench_seq_ids((int)batch, pl, max_new_of, (int)nnew, (int)max_seqs, R, prefill_chunk, counts_decode,
-                               separate, seqid);
+                               separate, pool, 0, seqid);
     if (st == EPM_OK)
         st = epm_trace_set_seq_ids(t, seqid);
     st = epm_xcomm_agree(x, st); /* every rank fails alike */
-    free(seqid);
     if (st != EPM_OK) {
         rc = me == 0 ? cli_fail(W, st) : EPM_EXIT_FAIL;
         goto out;
@@ -755,6 +763,17 @@ int epm_bench_run(int argc, char **argv)
         if (epm_mode_parse(ms, &mode) != EPM_OK) {
             rc = cli_usage_error(W, "--modes: '%s' is not home or follow", ms);
             break;
+        }
+        /* follow mode's pool is the batch's, which admits in another order than home's */
+        if (pool > 0) {
+            st = epm_bench_seq_ids((int)batch, pl, max_new_of, (int)nnew, (int)max_seqs, R, prefill_chunk,
+                                   counts_decode, separate, pool, mode == EPM_MODE_FOLLOW, seqid);
+            if (st == EPM_OK)
+                st = epm_trace_set_seq_ids(t, seqid);
+            if (st != EPM_OK) {
+                rc = me == 0 ? cli_fail(W, st) : EPM_EXIT_FAIL;
+                break;
+            }
         }
         double base_pf = 0, base_dc = 0, base_b = 0;
         int have_base = 0;
@@ -819,6 +838,7 @@ int epm_bench_run(int argc, char **argv)
                 o.prefill_chunk = prefill_chunk; /* as epmoe run's, which the trace was numbered for */
                 o.chunk_counts_decode = counts_decode;
                 o.max_num_seqs = (int)max_seqs;
+                o.max_total_tokens = pool;
                 o.separate_prefill = separate;
                 wire_opts(&o);
                 epm_run_result *res = NULL;
@@ -872,6 +892,7 @@ int epm_bench_run(int argc, char **argv)
         }
     }
 out:
+    free(seqid);
     for (int s = 0; prompts && s < batch; s++)
         free(prompts[s]);
     free(prompts);

@@ -30,10 +30,12 @@ void epm_bench_input_free(epm_bench_input *in);
  * decoding sequences in order (total prompt tokens + that many), with
  * max_seqs places (0: all) shared out over the ranks, prompt chunks of
  * chunk tokens (0: whole; with counts_decode a rank's budget, its decode
- * tokens first) and separate_prefill as epm_run schedules them. */
+ * tokens first), separate_prefill and a K/V pool of pool positions (0: none;
+ * shared_pool: follow mode's, one for all ranks) as epm_run schedules them. */
 int64_t epm_bench_decode_tokens(int batch, const int *max_new, int nnew);
 epm_status epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int nnew, int max_seqs, int ranks,
-                             int64_t chunk, int counts_decode, int separate_prefill, int32_t *out);
+                             int64_t chunk, int counts_decode, int separate_prefill, int64_t pool, int shared_pool,
+                             int32_t *out);
 
 /* --prefill-chunks: base's run in one prefill pass, then in passes of each
  * of chunk[0, nchunk) (at most 8), alternated reps times; rank 0 prints the

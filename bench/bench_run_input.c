@@ -49,7 +49,8 @@ int64_t epm_bench_decode_tokens(int batch, const int *max_new, int nnew)
 }
 
 epm_status epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int nnew, int max_seqs, int ranks,
-                             int64_t chunk, int counts_decode, int separate_prefill, int32_t *out)
+                             int64_t chunk, int counts_decode, int separate_prefill, int64_t pool, int shared_pool,
+                             int32_t *out)
 {
     int64_t g = 0;
     for (int s = 0; s < batch; s++)
@@ -58,10 +59,14 @@ epm_status epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int
     /* epm_run's passes (scheduler.h): a sequence's first token comes with its
      * prompt's last piece, each decode token numbered in the order of its
      * pass; it ends after its output length */
-    const epm_sched_opts so = {batch, lens, ranks, max_seqs, chunk, separate_prefill, NULL, counts_decode};
     epm_sched *sc = NULL;
     int *gen = calloc((size_t)batch + 1, sizeof *gen);
-    epm_status st = gen ? epm_sched_create(&so, &sc) : EPM_ERR_NOMEM;
+    int64_t *reserve = calloc((size_t)batch + 1, sizeof *reserve); /* as epm_run's: prompt and output cap */
+    for (int s = 0; reserve && s < batch; s++)
+        reserve[s] = lens[s] + (int64_t)(max_new && max_new[s] < nnew ? max_new[s] : nnew);
+    const epm_sched_opts so = {batch,           lens,          ranks,   max_seqs, chunk, separate_prefill,
+                               NULL,            counts_decode, reserve, pool,     shared_pool};
+    epm_status st = gen && reserve ? epm_sched_create(&so, &sc) : EPM_ERR_NOMEM;
     epm_sched_pass p;
     while (st == EPM_OK && epm_sched_next(sc, 0, &p)) {
         for (int i = 0; i < p.n_pre; i++) {
@@ -78,5 +83,6 @@ epm_status epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int
     }
     epm_sched_destroy(sc);
     free(gen);
+    free(reserve);
     return st;
 }

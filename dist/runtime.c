@@ -1254,6 +1254,10 @@ static epm_status memory_check(rt *r)
     for (int q = 0; q < r->R; q++)
         held += r->o->mode == EPM_MODE_FOLLOW || q == r->me ? kv_most(r, q) : 0;
     /* K and V (or the latent alone) */
+    /* the pool's, where fewer: its positions in one cache */
+    const int pooled = r->o->max_total_tokens > 0 &&
+                       (double)epm_kv_cache_bytes(r, r->o->max_total_tokens) < held;
+    held = pooled ? (double)epm_kv_cache_bytes(r, r->o->max_total_tokens) : held;
     double kv = (double)c->num_layers * (r->latent ? 1 : 2) * held;
     double scr = ffn_scratch_bytes(r);
     /* a prefill pass's activation rows, which its largest pass holds at
@@ -1277,20 +1281,27 @@ static epm_status memory_check(rt *r)
     if (r->o->prompt_logprobs_on && !r->o->keep_logits) /* a pass's logits, every row's */
         act += (double)most * c->vocab_size * sizeof(float);
     double limit = r->o->max_memory > 0 ? r->o->max_memory : machine_share(r);
+    char kv_what[96];
+    if (pooled)
+        snprintf(kv_what, sizeof kv_what, "a pool of %lld positions", (long long)r->o->max_total_tokens);
+    else
+        snprintf(kv_what, sizeof kv_what, "%d sequences of up to %d positions", seqs, r->max_len);
     if (limit > 0 && w + kv + scr + act > limit)
         return epm_fail(EPM_ERR_NOMEM, "would hold %.4g GB (weights %.4g GB, routed experts as %s, dense matrices "
-                        "as %s, %s KV cache %.4g GB for %d sequences of up to %d positions, FFN scratch %.4g GB, "
+                        "as %s, %s KV cache %.4g GB for %s, FFN scratch %.4g GB, "
                         "activations of %lld prompt tokens a pass and %lld decode tokens about %.4g GB) but %s %.4g GB; "
                         "use more ranks, "
                         "fewer or shorter sequences%s%s%s%s, or another placement",
                         (w + kv + scr + act) / 1e9, w / 1e9, r->w8 ? "fp8" : r->w16 ? "bf16" : "float32",
                         r->d8 ? "fp8 and bf16" : r->d16 ? "bf16" : "float32", kv_name(r), kv / 1e9,
-                        seqs, r->max_len, scr / 1e9, (long long)most, (long long)dec, act / 1e9,
+                        kv_what, scr / 1e9, (long long)most, (long long)dec, act / 1e9,
                         r->o->max_memory > 0 ? "--max-memory allows" : "the machine has, per rank,",
                         limit / 1e9, r->kvt == EPM_KV_FP8 ? "" : r->kvt == EPM_KV_BF16 ? ", --kv-dtype fp8" :
                         ", --kv-dtype bf16 or fp8", act > 0.25 * limit ? ", a smaller " : "",
                         act > 0.25 * limit ? chunk_option(r->o) : "",
-                        kv > 0.25 * limit && seqs > 1 ? ", a smaller --max-num-seqs" : "");
+                        kv > 0.25 * limit && seqs > 1 ? (pooled ? ", a smaller --max-total-tokens"
+                                                                : ", a smaller --max-num-seqs or --max-total-tokens")
+                                                      : "");
     return EPM_OK;
 }
 
@@ -1298,6 +1309,45 @@ static int by_int_desc(const void *a, const void *b)
 {
     int x = *(const int *)a, y = *(const int *)b;
     return (x < y) - (x > y);
+}
+
+/* --max-total-tokens against the run: each sequence's reserve (its caches'
+ * positions) must fit the pool alone, and a scored MoD source's decode
+ * thresholds need the whole batch prefilled at once, so its pool must hold
+ * every sequence (each home rank's, or follow's all). */
+static epm_status pool_check(rt *r)
+{
+    const epm_run_opts *o = r->o;
+    const int64_t P = o->max_total_tokens;
+    if (P < 0)
+        return epm_fail(EPM_ERR_INVALID_ARG, "--max-total-tokens %lld: must be at least 1 (0: no pool)", (long long)P);
+    if (P == 0)
+        return EPM_OK;
+    r->reserve = epm_malloc((size_t)r->B * sizeof *r->reserve);
+    if (!r->reserve)
+        return EPM_ERR_NOMEM;
+    const int follow = o->mode == EPM_MODE_FOLLOW;
+    int64_t worst = 0, total = 0;
+    for (int s = 0; s < r->B; s++) {
+        r->reserve[s] = kv_rows(r, s);
+        if (r->reserve[s] > P)
+            return epm_fail(EPM_ERR_INVALID_ARG, "--max-total-tokens %lld: sequence %d needs %lld K/V positions "
+                            "(a prompt of %d tokens and up to %d new), more than the pool holds", (long long)P, s,
+                            (long long)r->reserve[s], r->lens[s], seq_cap(r, s));
+    }
+    for (int q = 0; q < (follow ? 1 : r->R); q++, total = 0) {
+        for (int s = follow ? 0 : q; s < r->B; s += follow ? 1 : r->R)
+            total += r->reserve[s];
+        if (total > worst)
+            worst = total;
+    }
+    if ((o->mod == EPM_MOD_ROUTER || o->mod == EPM_MOD_ATTENTION) && worst > P)
+        return epm_fail(EPM_ERR_UNSUPPORTED, "--max-total-tokens %lld with --mod %s: decoding's skip thresholds "
+                        "are calibrated on the prompts of the whole batch, whose %s sequences reserve %lld "
+                        "positions (--mod schedule admits in turns)", (long long)P,
+                        o->mod == EPM_MOD_ROUTER ? "router" : "attention", follow ? "batch's" : "rank's",
+                        (long long)worst);
+    return EPM_OK;
 }
 
 /* --prefill-chunk and --max-num-seqs against the run; each home rank's
@@ -1365,8 +1415,18 @@ static epm_status prefill_check(rt *r)
     for (int i = 0; i < n && i < r->places[r->me]; i++)
         r->mine_most += home[i];
     epm_free(home);
-    const epm_sched_opts so = {r->B,  r->lens,           r->R,      o->max_num_seqs,
-                               T,     o->separate_prefill, o->arrival, o->chunk_counts_decode};
+    EPM_CHECK(pool_check(r));
+    const epm_sched_opts so = {r->B,
+                               r->lens,
+                               r->R,
+                               o->max_num_seqs,
+                               T,
+                               o->separate_prefill,
+                               o->arrival,
+                               o->chunk_counts_decode,
+                               r->reserve,
+                               o->max_total_tokens,
+                               o->mode == EPM_MODE_FOLLOW};
     return epm_sched_create(&so, &r->sched);
 }
 
@@ -1389,12 +1449,16 @@ static epm_status kv_acquire(rt *r, int s)
         r->kv_cache_bytes += (int64_t)cache_bytes * (r->latent ? 1 : 2);
     }
     r->kv_cache_peak = r->kv_cache_bytes > r->kv_cache_peak ? r->kv_cache_bytes : r->kv_cache_peak;
+    r->kv_positions += kv_rows(r, s);
+    r->kv_positions_peak = r->kv_positions > r->kv_positions_peak ? r->kv_positions : r->kv_positions_peak;
     return EPM_OK;
 }
 
 static void kv_release(rt *r, int s)
 {
     const size_t cache_bytes = epm_kv_cache_bytes(r, kv_rows(r, s));
+    if (r->kc[(size_t)s]) /* held: layer 0's cache, as every layer's */
+        r->kv_positions -= kv_rows(r, s);
     for (int l = 0; l < r->c->num_layers; l++) {
         size_t i = (size_t)l * r->B + s;
         if (r->kc[i])
@@ -1607,6 +1671,7 @@ static void teardown(rt *r)
     epm_free(r->adm);
     epm_free(r->places);
     epm_sched_destroy(r->sched);
+    epm_free(r->reserve);
     epm_free(r->bytes_local);
     epm_free(r->kv_local);
     epm_free(r->load_local);
@@ -2349,12 +2414,14 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     r.layer_tokens = NULL;
     int64_t wb[2] = {epm_model_bytes_loaded(r.m), epm_model_bytes_loaded(r.m)};
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, wb, 1), st, fail_gen);
-    double wmax = (double)epm_model_bytes_loaded(r.m), kvmax = (double)r.kv_cache_peak;
+    double wmax = (double)epm_model_bytes_loaded(r.m);
     double times[7] = {rep->t_prefill, rep->t_decode, rep->t_attention, rep->t_gate, rep->t_dispatch, rep->t_experts,
                        rep->t_combine};
     EPM_CHECK_GOTO(epm_xcomm_max_f64(r.x, &wmax, 1), st, fail_gen);
-    EPM_CHECK_GOTO(epm_xcomm_max_f64(r.x, &kvmax, 1), st, fail_gen);
-    rep->kv_cache_bytes_max = (int64_t)kvmax;
+    double kvm[2] = {(double)r.kv_cache_peak, (double)r.kv_positions_peak};
+    EPM_CHECK_GOTO(epm_xcomm_max_f64(r.x, kvm, 2), st, fail_gen);
+    rep->kv_cache_bytes_max = (int64_t)kvm[0];
+    rep->kv_positions_max = (int64_t)kvm[1];
     EPM_CHECK_GOTO(epm_xcomm_max_f64(r.x, times, 7), st, fail_gen);
     rep->t_prefill = times[0], rep->t_decode = times[1], rep->t_attention = times[2], rep->t_gate = times[3];
     rep->t_dispatch = times[4], rep->t_experts = times[5], rep->t_combine = times[6];

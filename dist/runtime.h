@@ -85,6 +85,17 @@ typedef struct epm_run_opts {
                                        below the batch with MoD router or
                                        attention, whose decode thresholds one prefill of the batch
                                        sets. 0: all */
+    int64_t max_total_tokens;       /* > 0: the K/V positions a rank's caches may hold at once (SGLang's
+                                       --max-total-tokens, TGI's --max-batch-total-tokens): a sequence
+                                       reserves its prompt and its output cap (its caches' positions)
+                                       when it is admitted and gives them back when it ends, and is
+                                       admitted only when they fit beside those held, in order (a rank's
+                                       next one that does not fit holds back its later ones). Home mode:
+                                       each home rank's pool; follow mode: one for the batch, as every
+                                       rank holds every admitted sequence's caches. Each sequence must
+                                       fit alone. The memory check counts the pool's K/V bytes where they
+                                       are fewer than the places'. Tokens as without it, as with
+                                       max_num_seqs. 0: places alone */
     double top_p;                   /* > 0: dynamic expert count, experts in score order until their
                                        probability mass reaches top_p, at most k ('Harder Tasks Need
                                        More Experts') */
@@ -187,6 +198,8 @@ typedef struct epm_run_report {
      * latency, over all tokens: where prefill passes stall decoding), and end to end */
     epm_latency ttft, tpot, itl, e2e;
     double t_wait;         /* seconds the ranks had nothing to run, waiting for a request to arrive */
+    int64_t kv_positions_max;    /* K/V positions the fullest rank's caches held at once (each admitted
+                                    sequence's prompt and output cap: what max_total_tokens bounds) */
     int64_t kv_cache_bytes_max;  /* KV cache memory of the fullest rank at its fullest (follow keeps every
                                     live sequence's; with max_num_seqs those of the sequences decoding) */
     int64_t wire_bytes[EPM_LINK_COUNT]; /* what went over the links (differs from bytes only on the

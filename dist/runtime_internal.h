@@ -47,6 +47,8 @@ typedef struct rt {
     int64_t *bytes_local, *kv_local, *load_local, gather_local[EPM_LINK_COUNT];
     int64_t kv_cache_bytes;  /* the K/V caches this rank holds now (sequences admitted and not ended) */
     int64_t kv_cache_peak;   /* and held at most */
+    int64_t kv_positions;    /* their positions (epm_run_opts.max_total_tokens' measure) */
+    int64_t kv_positions_peak;
     int failed;        /* an agreement returned an error: every rank knows, no more collectives */
     int cuda;          /* ops is the GPU table (ops_cuda_host.h): its errors are checked at every agreement */
     int w16;           /* routed experts are held bf16 (ops->grouped_swiglu_w16 runs them) */
@@ -75,6 +77,7 @@ typedef struct rt {
     int max_seqs;         /* the places of all ranks (those of a rank with fewer sequences: theirs) */
     int64_t mine_most;    /* prompt tokens of this rank's places' longest sequences (the memory check's) */
     struct epm_sched *sched;
+    int64_t *reserve;        /* [B] each sequence's K/V positions, with max_total_tokens (else NULL) */
     /* decoding: sequences leave the batch at a stop token */
     uint8_t *fed;         /* [B] it ran a pass whose new token the next sum brings */
     int64_t dec_base;     /* g of this pass's first decode token: N + the tokens decoded before */

@@ -13,6 +13,7 @@ struct epm_sched {
     int *held;          /* [ranks] sequences prefilling or decoding */
     int *waiting;       /* [ranks] first sequence not yet admitted (batch: none) */
     int64_t *budget;    /* [ranks] prompt tokens left to a pass */
+    int64_t *used;      /* [ranks] pool positions the held sequences reserve (shared pool: [0]) */
     int32_t *admitted, *dec;
     epm_sched_piece *pre;
     int64_t index;
@@ -36,6 +37,7 @@ void epm_sched_destroy(epm_sched *s)
     epm_free(s->held);
     epm_free(s->waiting);
     epm_free(s->budget);
+    epm_free(s->used);
     epm_free(s->admitted);
     epm_free(s->dec);
     epm_free(s->pre);
@@ -45,9 +47,11 @@ void epm_sched_destroy(epm_sched *s)
 epm_status epm_sched_create(const epm_sched_opts *o, epm_sched **out)
 {
     *out = NULL;
-    if (o->batch < 1 || o->ranks < 1 || !o->lens || o->max_num_seqs < 0 || o->chunk < 0)
-        return epm_fail(EPM_ERR_INVALID_ARG, "scheduler: batch %d, ranks %d, max_num_seqs %d, chunk %lld",
-                        o->batch, o->ranks, o->max_num_seqs, (long long)o->chunk);
+    if (o->batch < 1 || o->ranks < 1 || !o->lens || o->max_num_seqs < 0 || o->chunk < 0 || o->pool < 0 ||
+        (o->pool > 0 && !o->reserve))
+        return epm_fail(EPM_ERR_INVALID_ARG, "scheduler: batch %d, ranks %d, max_num_seqs %d, chunk %lld, pool %lld%s",
+                        o->batch, o->ranks, o->max_num_seqs, (long long)o->chunk, (long long)o->pool,
+                        o->pool > 0 && !o->reserve ? " without reserves" : "");
     epm_sched *s = epm_calloc(1, sizeof *s);
     if (!s)
         return EPM_ERR_NOMEM;
@@ -59,10 +63,11 @@ epm_status epm_sched_create(const epm_sched_opts *o, epm_sched **out)
     s->held = epm_calloc(R, sizeof *s->held);
     s->waiting = epm_malloc(R * sizeof *s->waiting);
     s->budget = epm_malloc(R * sizeof *s->budget);
+    s->used = epm_calloc(R, sizeof *s->used);
     s->admitted = epm_malloc(B * sizeof *s->admitted);
     s->dec = epm_malloc(B * sizeof *s->dec);
     s->pre = epm_malloc(B * sizeof *s->pre);
-    if (!s->state || !s->done || !s->places || !s->held || !s->waiting || !s->budget || !s->admitted || !s->dec ||
+    if (!s->state || !s->done || !s->places || !s->held || !s->waiting || !s->budget || !s->used || !s->admitted || !s->dec ||
         !s->pre) {
         epm_sched_destroy(s);
         return EPM_ERR_NOMEM;
@@ -75,6 +80,12 @@ epm_status epm_sched_create(const epm_sched_opts *o, epm_sched **out)
         if (o->lens[i] < 1) {
             epm_sched_destroy(s);
             return epm_fail(EPM_ERR_INVALID_ARG, "scheduler: sequence %d is empty", i);
+        }
+        if (o->pool > 0 && !(o->reserve[i] >= o->lens[i] && o->reserve[i] <= o->pool)) {
+            const long long need = (long long)o->reserve[i];
+            epm_sched_destroy(s);
+            return epm_fail(EPM_ERR_INVALID_ARG, "scheduler: sequence %d reserves %lld positions, %s", i, need,
+                            need > o->pool ? "more than the pool holds" : "fewer than its prompt");
         }
         if (o->arrival && !(isfinite(o->arrival[i]) && o->arrival[i] >= (i ? o->arrival[i - 1] : 0))) {
             const double a = o->arrival[i];
@@ -96,6 +107,8 @@ void epm_sched_end(epm_sched *s, int seq)
         return;
     s->state[seq] = ENDED;
     s->held[seq % s->o.ranks]--;
+    if (s->o.pool > 0)
+        s->used[s->o.shared_pool ? 0 : seq % s->o.ranks] -= s->o.reserve[seq];
 }
 
 int epm_sched_next(epm_sched *s, double now, epm_sched_pass *p)
@@ -112,12 +125,23 @@ int epm_sched_next(epm_sched *s, double now, epm_sched_pass *p)
     if (!left)
         return 0;
     /* each home rank fills its free places with its next waiting sequences that have arrived, in
-     * order (ascending, as the pass's arrays are) */
+     * order (ascending, as the pass's arrays are), as far as its pool allows: a rank's next one
+     * that does not fit holds back its later ones (first come, first served); a shared pool's,
+     * every later one */
     const double *arr = s->o.arrival;
     int na = 0;
     for (int i = 0; i < B; i++) {
         const int q = i % R;
         if (i == s->waiting[q] && s->held[q] < s->places[q] && (!arr || arr[i] <= now)) {
+            if (s->o.pool > 0) {
+                int64_t *u = &s->used[s->o.shared_pool ? 0 : q];
+                if (*u + s->o.reserve[i] > s->o.pool) {
+                    if (s->o.shared_pool)
+                        break;
+                    continue;
+                }
+                *u += s->o.reserve[i];
+            }
             s->state[i] = PREFILLING;
             s->admitted[na++] = i;
             s->waiting[q] += R;

@@ -45,6 +45,14 @@ typedef struct epm_sched_opts {
                               caller); one is admitted no earlier. NULL: all at 0 */
     int chunk_counts_decode; /* chunk is a rank's tokens a pass, its decode tokens first (vLLM's
                                 max_num_batched_tokens): its prompt pieces take what they leave */
+    const int64_t *reserve; /* [batch] K/V positions each sequence's caches take from its admission to its end
+                               (kept by the caller); read only with a pool */
+    int64_t pool;      /* > 0: positions a rank's caches may hold at once (SGLang's max_total_tokens, TGI's
+                          max_batch_total_tokens): a sequence is admitted only when its reserve fits in what
+                          the held ones leave; each <= pool. 0: places alone */
+    int shared_pool;   /* every rank holds every admitted sequence's caches (follow mode): one pool, and
+                          admission in order across ranks, stopping at the first arrived sequence with a
+                          place that does not fit (vLLM's first come, first served) */
 } epm_sched_opts;
 
 epm_status epm_sched_create(const epm_sched_opts *o, epm_sched **out);

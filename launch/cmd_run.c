@@ -80,6 +80,12 @@ static const char usage[] =
     "                           wait in order, each admitted (prefilled, its K/V caches taken) when one\n"
     "                           of its own ends; K/V memory for those places, the same tokens. Default\n"
     "                           256, all at once with --mod router|attention; 0 = all\n"
+    "  --max-total-tokens N     the K/V positions a rank's caches may hold at once (SGLang's\n"
+    "                           --max-total-tokens, TGI's --max-batch-total-tokens): a sequence is\n"
+    "                           admitted when its prompt and output cap fit beside those held, in order;\n"
+    "                           home mode each rank's pool, follow mode one for all (every rank holds\n"
+    "                           every sequence's caches). The memory check counts the pool; the same\n"
+    "                           tokens. Default: places alone\n"
     "  --max-num-batched-tokens N\n"
     "                           instead of --prefill-chunk: at most N tokens a pass on each rank, its\n"
     "                           decode tokens first and its prompts' chunks in what they leave (vLLM's\n"
@@ -153,7 +159,7 @@ static const char usage[] =
 enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER, O_MAXMEM,
        O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
        O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK, O_PLOGPROBS, O_MAXSEQS, O_SEPPRE,
-       O_RATE, O_BURST, O_ASEED, O_MNBT };
+       O_RATE, O_BURST, O_ASEED, O_MNBT, O_MTT };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_OUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -184,7 +190,7 @@ static const struct option opts[] = {
     {"separate-prefill", no_argument, 0, O_SEPPRE},
     {"request-rate", required_argument, 0, O_RATE}, {"burstiness", required_argument, 0, O_BURST},
     {"arrival-seed", required_argument, 0, O_ASEED}, {"max-num-batched-tokens", required_argument, 0, O_MNBT},
-    {"prompt-logprobs", required_argument, 0, O_PLOGPROBS},
+    {"prompt-logprobs", required_argument, 0, O_PLOGPROBS}, {"max-total-tokens", required_argument, 0, O_MTT},
     {0, 0, 0, 0}};
 
 /* The checkpoint file (a name in dir) that out would overwrite, or NULL:
@@ -244,10 +250,10 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
         fprintf(f, "\"report\": {\"ranks\": %d, \"nodes\": %d, \"prefill_tokens\": %lld, \"prefill_passes\": %d, \"max_num_seqs\": %d, \"decode_tokens\": %lld, \"decode_steps\": %lld, \"mixed_passes\": %lld, "
                    "\"prefill_tokens_per_s\": %.3f, \"decode_tokens_per_s\": %.3f, \"seconds\": {\"prefill\": %.6f, "
                    "\"decode\": %.6f, \"attention\": %.6f, \"gate\": %.6f, \"dispatch\": %.6f, \"experts\": %.6f, "
-                   "\"combine\": %.6f}, \"expert_dtype\": \"%s\", \"dense_dtype\": \"%s\", \"weight_bytes_max_rank\": %lld, \"kv_cache\": \"%s\", \"kv_dtype\": \"%s\", \"kv_row_floats\": %d, \"kv_cache_bytes_max_rank\": %lld, \"wire_dtype\": \"%s\", \"gather_bytes\": [%lld, %lld, %lld], \"layers\": [",
+                   "\"combine\": %.6f}, \"expert_dtype\": \"%s\", \"dense_dtype\": \"%s\", \"weight_bytes_max_rank\": %lld, \"kv_cache\": \"%s\", \"kv_dtype\": \"%s\", \"kv_row_floats\": %d, \"kv_cache_bytes_max_rank\": %lld, \"kv_positions_max_rank\": %lld, \"wire_dtype\": \"%s\", \"gather_bytes\": [%lld, %lld, %lld], \"layers\": [",
                 r->ranks, r->nodes, (long long)r->prefill_tokens, r->prefill_passes, r->max_num_seqs, (long long)r->decode_tokens, (long long)r->decode_steps, (long long)r->mixed_passes, tps, dps, r->t_prefill,
                 r->t_decode, r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine,
-                epm_dtype_name(r->expert_dtype), epm_dtype_name(r->dense_dtype), (long long)r->weight_bytes_max, r->kv_cache ? r->kv_cache : "?", epm_dtype_name(r->kv_dtype), r->kv_row_floats, (long long)r->kv_cache_bytes_max, epm_dtype_name(r->wire_dtype), (long long)r->gather_bytes[0], (long long)r->gather_bytes[1],
+                epm_dtype_name(r->expert_dtype), epm_dtype_name(r->dense_dtype), (long long)r->weight_bytes_max, r->kv_cache ? r->kv_cache : "?", epm_dtype_name(r->kv_dtype), r->kv_row_floats, (long long)r->kv_cache_bytes_max, (long long)r->kv_positions_max, epm_dtype_name(r->wire_dtype), (long long)r->gather_bytes[0], (long long)r->gather_bytes[1],
                 (long long)r->gather_bytes[2]);
         for (int l = 0; l < r->moe_layers; l++) {
             const int64_t *b = r->bytes + l * EPM_LINK_COUNT, *k = r->kv_bytes + l * EPM_LINK_COUNT;
@@ -310,9 +316,11 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
                    "p50 %.1f p99 %.1f; ITL p50 %.1f ms p99 %.1f max %.1f; end to end p50 %.3f s p99 %.3f\n",
                 arrivals, 1e3 * r->ttft.mean, 1e3 * r->ttft.p50, 1e3 * r->ttft.p99, 1e3 * r->tpot.mean, 1e3 * r->tpot.p50,
                 1e3 * r->tpot.p99, 1e3 * r->itl.p50, 1e3 * r->itl.p99, 1e3 * r->itl.max, r->e2e.p50, r->e2e.p99);
-    fprintf(f, "checkpoint bytes read: %lld on the busiest rank, %lld in all; KV cache %lld bytes on the fullest rank "
-               "(%s, %d values per token and layer, each %s%s); routed experts held as %s, dense matrices as %s\n",
+    fprintf(f, "checkpoint bytes read: %lld on the busiest rank, %lld in all; KV cache %lld bytes (%lld positions) on "
+               "the fullest rank (%s, %d values per token and layer, each %s%s); routed experts held as %s, dense "
+               "matrices as %s\n",
             (long long)r->weight_bytes_max, (long long)r->weight_bytes_sum, (long long)r->kv_cache_bytes_max,
+            (long long)r->kv_positions_max,
             r->kv_cache ? r->kv_cache : "?", r->kv_row_floats, epm_dtype_name(r->kv_dtype),
             r->kv_dtype == EPM_DTYPE_F8_E4M3 ? ", a float32 scale per head row" : "",
             epm_dtype_name(r->expert_dtype),
@@ -672,6 +680,10 @@ int epm_cli_run(int argc, char **argv)
             if (!cli_parse_int(W, "--max-num-seqs", optarg, 0, INT32_MAX, &v)) return EPM_EXIT_USAGE;
             o.max_num_seqs = (int)v;
             seqs_given = 1;
+            break;
+        case O_MTT:
+            if (!cli_parse_int(W, "--max-total-tokens", optarg, 1, INT32_MAX, &v)) return EPM_EXIT_USAGE;
+            o.max_total_tokens = v;
             break;
         case O_SEPPRE: o.separate_prefill = 1; break;
         case O_MNBT:

@@ -584,6 +584,12 @@ printf '%s\n' '{"prompt_token_ids": [1, 2, 3, 4, 5, 6, 7, 8], "max_tokens": 3}' 
   ok "bench run --input --max-num-batched-tokens" mpi -np 3 "$E" bench run --model "$m" --input "$d/in2.jsonl" \
     --new 10 --reps 1 --workdir "$d/work" --methods contiguous --modes home --max-num-seqs 6 \
     --max-num-batched-tokens 2
+# a K/V pool of 12 positions (sequences reserve 11, 12, 10 and 10): home mode's pools let rank 0's second
+# wait alone, follow mode's one pool admits one sequence at a time; each mode's trace is numbered for its
+# own order, or its run refuses it (not in the sanitizer pass)
+[ "${EPM_TEST_QUICK:-0}" = 1 ] ||
+  ok "bench run --input --max-total-tokens" mpi -np 3 "$E" bench run --model "$m" --input "$d/in2.jsonl" \
+    --new 10 --reps 1 --workdir "$d/work" --methods contiguous --modes home,follow --max-total-tokens 12
 usage run "--input $d/in.jsonl gives the sequences" "" --model "$m" --input "$d/in.jsonl" --seq 4
 usage run "--wire-dtype fp8 --modes home,follow" "" "${small[@]}" --wire-dtype fp8
 usage run --wire-dtype f16 "${small[@]}" --wire-dtype f16

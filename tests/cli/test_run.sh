@@ -137,9 +137,15 @@ python3 -c 'import json; print(json.dumps([[i % 50 + 1, 7, 9] for i in range(40)
 check "K/V of every sequence at once" 1 one "$E" run --model "$m" --input "$d/many.json" --max-num-seqs 0 \
   --max-memory 0.0001
 has "$d/err" "KV cache .* GB for 40 sequences"
-has "$d/err" "a smaller --max-num-seqs"
+has "$d/err" "a smaller --max-num-seqs or --max-total-tokens"
 check "K/V of 4 places" 1 one "$E" run --model "$m" --input "$d/many.json" --max-num-seqs 4 --max-memory 0.0001
 has "$d/err" "KV cache .* GB for 4 sequences"
+# a K/V pool: the check counts its positions where fewer than the places' (40 sequences of 3 + 4)
+check "K/V of a pool" 1 one "$E" run --model "$m" --input "$d/many.json" --max-num-seqs 0 --max-total-tokens 100 \
+  --max-new-tokens 4 --max-memory 0.0001
+has "$d/err" "KV cache .* GB for a pool of 100 positions"
+has "$d/err" "a smaller --max-total-tokens"
+
 check "virtual nodes not dividing ranks" 1 run -np 3 "$E" run --model "$m" --input "$d/in.json" --virtual-nodes 2
 has "$d/err" "virtual-nodes 2"
 # a rank that stalls: every rank ends within the timeout (+ abort), non-zero, nothing left behind
@@ -365,6 +371,14 @@ check "--max-num-batched-tokens" 0 run -np 1 "$E" run --model "$m" --input "$d/i
   --json --report --max-num-batched-tokens 2
 [ "$(gj "d['generated']"),$(gj "d['report']['prefill_passes']")" = "$tok1,5" ] ||
   fail "--max-num-batched-tokens: $(head -c 300 "$d/out")"
+# a K/V pool of 8 positions (SGLang's --max-total-tokens): the first sequence reserves 5 + 3, so the second
+# (3 + 3) waits until it ends: two prefill passes, the same tokens, at most 8 positions held (14 without)
+check "--max-total-tokens" 0 run -np 1 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 \
+  --json --report --max-total-tokens 8
+[ "$(gj "d['generated']"),$(gj "d['report']['prefill_passes']"),$(gj "d['report']['kv_positions_max_rank']")" = \
+  "$tok1,2,8" ] || fail "--max-total-tokens: $(head -c 300 "$d/out")"
+check "no pool" 0 run -np 1 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report
+[ "$(gj "d['report']['kv_positions_max_rank']")" = 14 ] || fail "no pool: $(head -c 300 "$d/out")"
 check "--separate-prefill" 0 run -np 1 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json \
   --report --prefill-chunk 2 --separate-prefill
 [ "$(gj "d['generated']"),$(gj "d['report']['mixed_passes']")" = "$tok1,0" ] ||
@@ -383,6 +397,9 @@ has "$d/err" "latency (from arrival; arrivals over [0-9.]* s, [0-9.]* s waiting 
 check "prefill chunks with --mod router" 1 one "$E" run --model "$m" --input "$d/in.json" --mod router \
   --mod-capacity 0.5 --prefill-chunk 4
 has "$d/err" "--prefill-chunk with --mod router"
+check "a pool short of the batch with --mod router" 1 one "$E" run --model "$m" --input "$d/in.json" --mod router \
+  --mod-capacity 0.5 --max-new-tokens 3 --max-total-tokens 13
+has "$d/err" "--max-total-tokens 13 with --mod router: .* whose rank's sequences reserve 14 positions"
 fi
 check "request rate 0" 2 "$E" run --model "$m" --input "$d/in.json" --request-rate 0
 has "$d/err" "--request-rate"
@@ -390,6 +407,11 @@ check "burstiness 0" 2 "$E" run --model "$m" --input "$d/in.json" --request-rate
 has "$d/err" "--burstiness"
 check "budget below the places" 1 one "$E" run --model "$m" --input "$d/in.json" --max-num-batched-tokens 1
 has "$d/err" "--max-num-batched-tokens 1: below rank 0's 2 places"
+check "pool below a sequence" 1 one "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 \
+  --max-total-tokens 7
+has "$d/err" "--max-total-tokens 7: sequence 0 needs 8 K/V positions (a prompt of 5 tokens and up to 3 new)"
+check "pool 0" 2 "$E" run --model "$m" --input "$d/in.json" --max-total-tokens 0
+has "$d/err" "--max-total-tokens"
 check "budget and chunk" 2 "$E" run --model "$m" --input "$d/in.json" --max-num-batched-tokens 4 --prefill-chunk 2
 has "$d/err" "--max-num-batched-tokens and --prefill-chunk"
 check "arrival seed without a rate" 2 "$E" run --model "$m" --input "$d/in.json" --arrival-seed 3
@@ -438,5 +460,6 @@ check "help" 0 "$E" run --help
 has "$d/out" "--separate-prefill"
 has "$d/out" "--request-rate R"
 has "$d/out" "--max-num-batched-tokens N"
+has "$d/out" "--max-total-tokens N"
 
 checks_done "all run CLI checks passed"

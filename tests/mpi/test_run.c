@@ -706,19 +706,23 @@ static int places_of(int batch, int m, int *most)
 
 /* The most K/V positions a rank holds at once (follow: every rank holds
  * everyone's) in a run of these prompts whose sequences' caches hold
- * rows[s] positions and which made gen[s] tokens: the scheduler's passes
+ * rows[s] positions and which made gen[s] tokens, admitted within a pool of
+ * that many positions (0: none; follow's shared): the scheduler's passes
  * (tested on its own by test_scheduler), each sequence's caches held from
  * the pass that admits it to the one that makes its last token. */
 static int64_t peak_rows(int B, const int *lens, const int *rows, const int *gen, int max_seqs, int64_t chunk,
-                         int follow)
+                         int follow, int64_t pool)
 {
-    const epm_sched_opts so = {B, lens, R, max_seqs, chunk, 0, NULL, 0};
+    int64_t reserve[16];
+    assert_true(B <= 16 && R <= 16);
+    for (int q = 0; q < B; q++)
+        reserve[q] = rows[q];
+    const epm_sched_opts so = {B, lens, R, max_seqs, chunk, 0, NULL, 0, reserve, pool, follow};
     epm_sched *sc = NULL;
     assert_int_equal(epm_sched_create(&so, &sc), EPM_OK);
     int made[16] = {0}, held[16] = {0};
     int64_t peak = 0;
     epm_sched_pass p;
-    assert_true(B <= 16 && R <= 16);
     while (epm_sched_next(sc, 0, &p)) {
         int64_t per[16] = {0}, all = 0;
         for (int i = 0; i < p.n_admitted; i++)
@@ -807,7 +811,7 @@ static void test_run_continuous_batching(void **state)
         int rows[B], zero[B], rows0[B];
         for (int s = 0; s < B; s++)
             rows[s] = lens[s] + (news[s] < NEW ? news[s] : NEW), rows0[s] = lens[s] + 1, zero[s] = 0;
-        const int64_t all_rows = peak_rows(B, lens, rows, a->gen_len, 0, o.prefill_chunk, mode == 1);
+        const int64_t all_rows = peak_rows(B, lens, rows, a->gen_len, 0, o.prefill_chunk, mode == 1, 0);
         const int64_t pos_bytes = a->report.kv_cache_bytes_max / all_rows;
         assert_int_equal(a->report.kv_cache_bytes_max % all_rows, 0);
         assert_int_equal(pos_bytes % (4 * 2 * 4), 0); /* (4 layers, K and V, float32) */
@@ -845,7 +849,7 @@ static void test_run_continuous_batching(void **state)
             assert_memory_equal(y->gather_bytes, x->gather_bytes, sizeof x->gather_bytes);
             /* a rank holds the caches of the sequences in its places (in follow mode every rank's) */
             assert_int_equal(y->kv_cache_bytes_max,
-                             peak_rows(B, lens, rows, b->gen_len, m, o.prefill_chunk, mode == 1) * pos_bytes);
+                             peak_rows(B, lens, rows, b->gen_len, m, o.prefill_chunk, mode == 1, 0) * pos_bytes);
             assert_true(y->kv_cache_bytes_max <= (mode == 1 ? places : most) * (16 + NEW) * pos_bytes);
             assert_int_equal(b->logits_kept, m != 3);
             if (me == 0) {
@@ -960,7 +964,7 @@ static void test_run_continuous_batching(void **state)
             assert_int_equal(e->report.decode_tokens, 0);
             int most, places = places_of(B, 2, &most); /* (caches of fewer positions: nothing is decoded) */
             assert_int_equal(e->report.kv_cache_bytes_max,
-                             peak_rows(B, lens, rows0, zero, 2, o.prefill_chunk, mode == 1) * pos_bytes);
+                             peak_rows(B, lens, rows0, zero, 2, o.prefill_chunk, mode == 1, 0) * pos_bytes);
             assert_true(e->report.kv_cache_bytes_max <= (mode == 1 ? places : most) * 17 * pos_bytes);
             if (me == 0) {
                 assert_memory_equal(e->logits, a->logits, (size_t)B * 256 * sizeof(float));
@@ -1056,6 +1060,96 @@ static void test_run_arrivals(void **state)
         assert_true(b->report.t_wait > 0 && b->report.t_wait <= arrival[B - 1] - others_done + 0.05);
     epm_run_result_destroy(a);
     epm_run_result_destroy(b);
+    epm_placement_destroy(p);
+    epm_st_close(f.ref);
+}
+
+/* A K/V pool (epm_run_opts.max_total_tokens, SGLang's --max-total-tokens):
+ * at the largest sequence's positions, a little more, and more than all
+ * need, alone and with two places, every sequence's tokens, logprobs,
+ * counted bytes and layer tokens are those of the run without one; the
+ * positions and bytes a rank's caches held at once are what the scheduler's
+ * admissions within the pool give (home: each rank's pool, follow: one for
+ * the batch), within the pool; a pool below a sequence's positions is
+ * refused by name. */
+static void test_run_kv_pool(void **state)
+{
+    (void)state;
+    enum { B = 7, NEW = 4 };
+    static const int lens[B] = {16, 11, 14, 5, 16, 9, 13}, news[B] = {4, 2, 4, 3, 1, 1, 2};
+    fixture f;
+    fixture_open(&f, "mixtral-tiny");
+    const int32_t *prompts[B];
+    for (int s = 0; s < B; s++)
+        prompts[s] = f.ids[s % 2] + (16 - lens[s]);
+    epm_placement *p = make_placement(0, 4, 8, 1);
+    int rows[B], most = 0;
+    for (int s = 0; s < B; s++) {
+        rows[s] = lens[s] + (news[s] < NEW ? news[s] : NEW);
+        most = rows[s] > most ? rows[s] : most;
+    }
+    for (int mode = 0; mode < 2; mode++) {
+        if (quick() && mode != R % 2)
+            continue;
+        const int follow = mode == EPM_MODE_FOLLOW;
+        epm_run_opts o;
+        memset(&o, 0, sizeof o);
+        o.model_dir = f.dir;
+        o.placement = p;
+        o.mode = (epm_mode)mode;
+        o.max_new_tokens = NEW;
+        o.max_new_per_seq = news;
+        o.ops = "ref";
+        o.logprobs_on = 1;
+        epm_run_result *a;
+        assert_int_equal(epm_run(&o, B, lens, prompts, &a), EPM_OK);
+        const int64_t all = peak_rows(B, lens, rows, a->gen_len, 0, 0, follow, 0);
+        assert_int_equal(a->report.kv_positions_max, all);
+        assert_int_equal(a->report.kv_cache_bytes_max % all, 0);
+        const int64_t pos_bytes = a->report.kv_cache_bytes_max / all;
+        const int64_t pools[3] = {most, most + 12, 1000};
+        for (int k = 0; k < 6; k++) {
+            o.max_total_tokens = pools[k % 3];
+            o.max_num_seqs = k < 3 ? 0 : 2;
+            epm_run_result *b;
+            epm_status st = epm_run(&o, B, lens, prompts, &b);
+            if (st != EPM_OK)
+                fprintf(stderr, "rank %d: %s\n", me, epm_last_error());
+            assert_int_equal(st, EPM_OK);
+            assert_memory_equal(b->gen_len, a->gen_len, B * sizeof *a->gen_len);
+            assert_memory_equal(b->generated, a->generated, (size_t)B * NEW * sizeof *a->generated);
+            for (int s = 0; s < B; s++)
+                assert_memory_equal(b->logprob + s * NEW, a->logprob + s * NEW, a->gen_len[s] * sizeof(float));
+            assert_memory_equal(b->report.bytes, a->report.bytes, 4 * EPM_LINK_COUNT * sizeof *a->report.bytes);
+            assert_memory_equal(b->report.layer_tokens, a->report.layer_tokens, 4 * sizeof *a->report.layer_tokens);
+            assert_int_equal(b->report.prefill_tokens, a->report.prefill_tokens);
+            assert_int_equal(b->report.decode_tokens, a->report.decode_tokens);
+            const int64_t peak = peak_rows(B, lens, rows, b->gen_len, o.max_num_seqs, 0, follow, o.max_total_tokens);
+            assert_int_equal(b->report.kv_positions_max, peak);
+            assert_true(peak <= o.max_total_tokens);
+            assert_int_equal(b->report.kv_cache_bytes_max, peak * pos_bytes);
+            if (k == 2) /* more than all need: as without a pool */
+                assert_int_equal(peak, all);
+            if (k == 0 && (follow || R == 1)) /* one pool of the largest's positions: admissions in turns */
+                assert_true(b->report.prefill_passes > a->report.prefill_passes && peak < all);
+            epm_run_result_destroy(b);
+        }
+        o.max_num_seqs = 0;
+        o.max_total_tokens = most - 1;
+        epm_run_result *c = NULL;
+        epm_status st = epm_run(&o, B, lens, prompts, &c); /* (every rank refuses; rank 0's is reported) */
+        assert_true(st == EPM_ERR_INVALID_ARG || st == EPM_ERR_REMOTE);
+        assert_null(c);
+        char want[160];
+        snprintf(want, sizeof want, "--max-total-tokens %d: sequence 0 needs %d K/V positions (a prompt of 16 tokens "
+                 "and up to 4 new), more than the pool holds", most - 1, most);
+        assert_non_null(strstr(epm_last_error(), want));
+        o.max_total_tokens = -1;
+        st = epm_run(&o, B, lens, prompts, &c);
+        assert_true(st == EPM_ERR_INVALID_ARG || st == EPM_ERR_REMOTE);
+        assert_non_null(strstr(epm_last_error(), "--max-total-tokens -1: must be at least 1"));
+        epm_run_result_destroy(a);
+    }
     epm_placement_destroy(p);
     epm_st_close(f.ref);
 }
@@ -1512,7 +1606,7 @@ int main(void)
         cmocka_unit_test(test_run_decode_equals_recompute), cmocka_unit_test(test_run_agrees_with_plan_eval),
         cmocka_unit_test(test_run_sampling_equals_recompute), cmocka_unit_test(test_run_stop_tokens),
         cmocka_unit_test(test_run_request_sampling),          cmocka_unit_test(test_run_continuous_batching),
-        cmocka_unit_test(test_run_arrivals),
+        cmocka_unit_test(test_run_arrivals),                  cmocka_unit_test(test_run_kv_pool),
         cmocka_unit_test(test_run_prefill_chunk), cmocka_unit_test(test_run_prompt_logprobs),
         cmocka_unit_test(test_run_topology_bias_and_top_p), cmocka_unit_test(test_run_mismatched_placement),
     };

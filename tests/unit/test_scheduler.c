@@ -7,7 +7,9 @@
  * after its prompt's last piece and each pass after until it ends, once
  * per token; with separate prefill no pass holds both kinds; with arrivals,
  * none admitted before it arrives, none left waiting that arrived and has a
- * place, and an empty pass only when nothing is held. */
+ * place, and an empty pass only when nothing is held; with a K/V pool,
+ * the held sequences' reserves within it and none left waiting that would
+ * fit (nor, in a shared pool, behind none that does not). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,7 +83,7 @@ static void test_mixed_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
-    const epm_sched_opts o = {3, lens, 1, 2, 2, 0, NULL, 0};
+    const epm_sched_opts o = {3, lens, 1, 2, 2, 0, NULL, 0, NULL, 0, 0};
     char got[512];
     assert_int_equal(describe(&o, caps, got, sizeof got), 4);
     assert_string_equal(got, "a0,1 p0:0-2 d;a p1:0-2 d0;a p1:2-3 d0;a2 p2:0-2 d;");
@@ -94,7 +96,7 @@ static void test_budget_counts_decode_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
-    const epm_sched_opts o = {3, lens, 1, 2, 2, 0, NULL, 1};
+    const epm_sched_opts o = {3, lens, 1, 2, 2, 0, NULL, 1, NULL, 0, 0};
     char got[512];
     assert_int_equal(describe(&o, caps, got, sizeof got), 5);
     assert_string_equal(got, "a0,1 p0:0-2 d;a p1:0-1 d0;a p1:1-2 d0;a2 p1:2-3 p2:0-1 d;a p2:1-2 d;");
@@ -106,7 +108,7 @@ static void test_separate_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
-    const epm_sched_opts o = {3, lens, 1, 2, 2, 1, NULL, 0};
+    const epm_sched_opts o = {3, lens, 1, 2, 2, 1, NULL, 0, NULL, 0, 0};
     char got[512];
     assert_int_equal(describe(&o, caps, got, sizeof got), 6);
     assert_string_equal(got, "a0,1 p0:0-2 d;a p1:0-2 d;a p1:2-3 d;a2 p2:0-2 d;a d0;a d0;");
@@ -119,7 +121,7 @@ static void test_two_ranks_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {3, 2, 4, 1}, caps[] = {2, 1, 3, 2};
-    epm_sched_opts o = {4, lens, 2, 2, 2, 0, NULL, 0};
+    epm_sched_opts o = {4, lens, 2, 2, 2, 0, NULL, 0, NULL, 0, 0};
     char got[512];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0,1 p0:0-2 p1:0-2 d;a3 p0:2-3 p3:0-1 d;a d0,3;a2 p2:0-2 d;a p2:2-4 d;a d2;a d2;");
@@ -137,14 +139,51 @@ static void test_arrivals_by_hand(void **state)
     (void)state;
     static const int lens[] = {2, 3, 1}, caps[] = {3, 1, 2};
     static const double arrival[] = {0, 1.5, 10};
-    const epm_sched_opts o = {3, lens, 1, 1, 0, 0, arrival, 0};
+    const epm_sched_opts o = {3, lens, 1, 1, 0, 0, arrival, 0, NULL, 0, 0};
     char got[256];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0 p0:0-2 d;a d0;a d0;a1 p1:0-3 d;w10;a2 p2:0-1 d;a d2;");
     /* two places: sequence 1 is admitted in the first pass that begins after it arrives */
-    const epm_sched_opts o2 = {3, lens, 1, 2, 0, 0, arrival, 0};
+    const epm_sched_opts o2 = {3, lens, 1, 2, 0, 0, arrival, 0, NULL, 0, 0};
     describe(&o2, caps, got, sizeof got);
     assert_string_equal(got, "a0 p0:0-2 d;a d0;a1 p1:0-3 d0;w10;a2 p2:0-1 d;a d2;");
+}
+
+/* A K/V pool (reserves: prompt + output cap), one rank holding all three:
+ * of 9, sequences 0 and 1 fit and 2 takes 1's positions once it ends; of
+ * 8, sequence 1 does not fit beside 0 and holds back 2 (first come, first
+ * served) until 0 ends. */
+static void test_pool_by_hand(void **state)
+{
+    (void)state;
+    static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
+    static const int64_t reserve[] = {5, 4, 3};
+    epm_sched_opts o = {3, lens, 1, 0, 0, 0, NULL, 0, reserve, 9, 0};
+    char got[256];
+    describe(&o, caps, got, sizeof got);
+    assert_string_equal(got, "a0,1 p0:0-2 p1:0-3 d;a2 p2:0-2 d0;a d0;");
+    o.pool = 8;
+    describe(&o, caps, got, sizeof got);
+    assert_string_equal(got, "a0 p0:0-2 d;a d0;a d0;a1,2 p1:0-3 p2:0-2 d;");
+}
+
+/* Two ranks, each homing two sequences, pools of 8: in home mode rank 1
+ * holds both of its own while rank 0's second (5) waits for its first (4);
+ * follow mode's one pool holds 0 and 1, and 2, which does not fit beside 0,
+ * holds back 3, which would (first come, first served across the ranks),
+ * until 0 ends. */
+static void test_shared_pool_by_hand(void **state)
+{
+    (void)state;
+    static const int lens[] = {2, 2, 2, 2}, caps[] = {2, 1, 3, 1};
+    static const int64_t reserve[] = {4, 3, 5, 3};
+    epm_sched_opts o = {4, lens, 2, 0, 0, 0, NULL, 0, reserve, 8, 0};
+    char got[256];
+    describe(&o, caps, got, sizeof got);
+    assert_string_equal(got, "a0,1,3 p0:0-2 p1:0-2 p3:0-2 d;a d0;a2 p2:0-2 d;a d2;a d2;");
+    o.shared_pool = 1;
+    describe(&o, caps, got, sizeof got);
+    assert_string_equal(got, "a0,1 p0:0-2 p1:0-2 d;a d0;a2,3 p2:0-2 p3:0-2 d;a d2;a d2;");
 }
 
 static unsigned lcg(unsigned *x)
@@ -170,7 +209,18 @@ static void test_rules_on_random_batches(void **state)
         const int max_seqs = (int)(lcg(&seed) % 12);
         const int64_t chunk = lcg(&seed) % 3 ? lcg(&seed) % 20 : 0;
         const int separate = (int)(lcg(&seed) % 2), counts = (int)(lcg(&seed) % 2);
-        const epm_sched_opts o = {B, lens, R, max_seqs, chunk, separate, trial % 2 ? arr : NULL, counts};
+        /* a K/V pool on two batches in three, each sequence reserving its prompt, its output cap
+         * and up to 3 positions more (epm_run reserves exactly the first two); every sequence
+         * fits alone, and on half of them follow mode's one pool for all ranks */
+        int64_t reserve[40], most = 0;
+        for (int i = 0; i < B; i++) {
+            reserve[i] = lens[i] + caps[i] + lcg(&seed) % 4;
+            most = reserve[i] > most ? reserve[i] : most;
+        }
+        const int64_t pool = lcg(&seed) % 3 ? most + lcg(&seed) % 40 : 0;
+        const int shared = (int)(lcg(&seed) % 2);
+        const epm_sched_opts o = {B,     lens,   R,      max_seqs, chunk, separate, trial % 2 ? arr : NULL, counts,
+                                  reserve, pool, shared};
         epm_sched *s = NULL;
         assert_int_equal(epm_sched_create(&o, &s), EPM_OK);
         int done[40] = {0}, gen[40] = {0}, ended[40] = {0}, admitted[40] = {0}, last_piece[40], next_adm[8];
@@ -191,12 +241,29 @@ static void test_rules_on_random_batches(void **state)
                 next_adm[q] += R;
                 admitted[p.admitted[i]] = 1;
             }
-            for (int i = 0; i < B; i++)
+            int64_t used[8] = {0}; /* the pool's positions the held sequences reserve (shared: used[0]) */
+            for (int i = 0; i < B; i++) {
                 held[i % R] += admitted[i] && !ended[i];
-            for (int q = 0; q < R; q++) { /* a rank admits what arrived while it has places */
-                const int places = epm_run_places(B, R, o.max_num_seqs, q);
+                used[shared ? 0 : i % R] += admitted[i] && !ended[i] ? reserve[i] : 0;
+            }
+            for (int q = 0; q < R && pool > 0; q++)
+                assert_true(used[q] <= pool);
+            /* a rank's next sequence that arrived and has a place yet waits only for the pool: it does
+             * not fit, or (a shared pool) one before it that arrived and has a place does not */
+            int blocked = INT32_MAX; /* the first such that does not fit */
+            for (int q = 0; q < R; q++) {
+                const int n = next_adm[q], places = epm_run_places(B, R, o.max_num_seqs, q);
+                if (n < B && !(o.arrival && o.arrival[n] > now) && held[q] < places && pool > 0 &&
+                    used[shared ? 0 : q] + reserve[n] > pool && n < blocked)
+                    blocked = n;
+            }
+            for (int i = 0; i < p.n_admitted && shared; i++) /* none admitted behind one that does not fit */
+                assert_true(p.admitted[i] < blocked);
+            for (int q = 0; q < R; q++) { /* a rank admits what arrived while it has places and pool */
+                const int n = next_adm[q], places = epm_run_places(B, R, o.max_num_seqs, q);
                 assert_true(held[q] <= places);
-                assert_true(next_adm[q] >= B || (o.arrival && o.arrival[next_adm[q]] > now) || held[q] == places);
+                assert_true(n >= B || (o.arrival && o.arrival[n] > now) || held[q] == places ||
+                            (pool > 0 && used[shared ? 0 : q] + reserve[n] > pool) || (shared && blocked < n));
             }
             if (p.n_pre == 0 && p.n_dec == 0) { /* idle: nothing held, the next arrival wakes the run */
                 double first = INFINITY;
@@ -260,7 +327,7 @@ static void test_bad_batches(void **state)
     (void)state;
     static const int lens[] = {3, 0};
     epm_sched *s = (epm_sched *)&s;
-    epm_sched_opts o = {2, lens, 1, 0, 0, 0, NULL, 0};
+    epm_sched_opts o = {2, lens, 1, 0, 0, 0, NULL, 0, NULL, 0, 0};
     assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
     assert_null(s);
     assert_non_null(strstr(epm_last_error(), "sequence 1 is empty"));
@@ -275,12 +342,26 @@ static void test_bad_batches(void **state)
     assert_non_null(strstr(epm_last_error(), "max_num_seqs -2"));
     static const int two[] = {1, 1};
     static const double late_first[] = {2, 1}, nan_first[] = {NAN, 1};
-    o = (epm_sched_opts){2, two, 1, 0, 0, 0, late_first, 0};
+    o = (epm_sched_opts){2, two, 1, 0, 0, 0, late_first, 0, NULL, 0, 0};
     assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "sequence 1 arrives at 1 s, before sequence 0"));
     o.arrival = nan_first;
     assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "sequence 0 arrives at nan s (a finite time"));
+    /* a pool: each reserve within it and at least its prompt, and reserves given */
+    static const int64_t fits[] = {2, 4}, short_of_prompt[] = {0, 1};
+    o = (epm_sched_opts){2, two, 1, 0, 0, 0, NULL, 0, fits, 3, 0};
+    assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "sequence 1 reserves 4 positions, more than the pool holds"));
+    o.reserve = short_of_prompt;
+    assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "sequence 0 reserves 0 positions, fewer than its prompt"));
+    o.reserve = NULL;
+    assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "pool 3 without reserves"));
+    o.reserve = fits, o.pool = 4;
+    assert_int_equal(epm_sched_create(&o, &s), EPM_OK);
+    epm_sched_destroy(s);
     epm_sched_end(NULL, 0); /* nothing */
 }
 
@@ -292,6 +373,8 @@ int main(void)
         cmocka_unit_test(test_budget_counts_decode_by_hand),
         cmocka_unit_test(test_two_ranks_by_hand),
         cmocka_unit_test(test_arrivals_by_hand),
+        cmocka_unit_test(test_pool_by_hand),
+        cmocka_unit_test(test_shared_pool_by_hand),
         cmocka_unit_test(test_rules_on_random_batches),
         cmocka_unit_test(test_bad_batches),
     };
