@@ -14,6 +14,7 @@
 #include "core.h"
 #include "epmoe/model.h"
 #include "runtime.h"
+#include "serving_trace.h"
 #include "xcomm.h"
 
 static const char usage[] =
@@ -25,7 +26,12 @@ static const char usage[] =
     "  --input FILE         instead of --batch and --seq: the sequences of FILE, as epmoe run --input\n"
     "                       reads it (token lists, requests: a dataset's prompt and output lengths;\n"
     "                       a request's max_tokens, else --new; its n samples; its sampling\n"
-    "                       parameters not applied: greedy)\n"
+    "                       parameters not applied: greedy), or a serving trace as CSV (Azure's LLM\n"
+    "                       inference traces: TIMESTAMP,ContextTokens,GeneratedTokens; BurstGPT:\n"
+    "                       Timestamp,...,Request tokens,Response tokens,...): its requests' prompt\n"
+    "                       and output lengths, prompts drawn from the vocabulary; rows without\n"
+    "                       prompt or output tokens (failed requests) left out, and counted\n"
+    "  --num-prompts N      the trace's first N requests (default all)\n"
     "  --max-num-seqs N     at most N sequences decode at once (N/ranks on each home rank), as epmoe\n"
     "                       run --max-num-seqs (default 256; all at once with --mod router|attention;\n"
     "                       0 = all)\n"
@@ -106,13 +112,17 @@ static const char usage[] =
     "                       arrival) p50/p99, TPOT p50, ITL p99, token agreement with offline.\n"
     "                       Output lengths as --continuous's\n"
     "  --burstiness B       the arrivals' gamma shape (default 1: Poisson; below 1 burstier)\n"
+    "  --trace-arrivals     a serving trace's requests also as they arrived (a row 'trace' after\n"
+    "                       --request-rates' rows, or alone after the offline batch; its burst column\n"
+    "                       is the trace's 1/CV^2 of intervals)\n"
+    "  --time-scale X       the trace's times multiplied by X (0.5: twice as fast; default 1)\n"
     "  --kernels K          ref, blas (default) or cuda, as epmoe run --kernels\n"
     "  --wire-dtype T       f32 (default), bf16 or fp8 (home mode only), as epmoe run --wire-dtype, for\n"
     "                       every run but --wire-dtypes' own\n"
     "  --csv                CSV rows instead of a table\n";
 
 enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT, O_MAXSEQS, O_CONT, O_SEPPRE, O_RATES,
-       O_BURST, O_CHUNK, O_MNBT, O_MTT };
+       O_BURST, O_CHUNK, O_MNBT, O_MTT, O_NPROMPTS, O_TARR, O_TSCALE };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -133,7 +143,9 @@ static const struct option opts[] = {
     {"continuous", required_argument, 0, O_CONT}, {"separate-prefill", no_argument, 0, O_SEPPRE},
     {"request-rates", required_argument, 0, O_RATES}, {"prefill-chunk", required_argument, 0, O_CHUNK},
     {"max-num-batched-tokens", required_argument, 0, O_MNBT}, {"burstiness", required_argument, 0, O_BURST},
-    {"max-total-tokens", required_argument, 0, O_MTT}, {0, 0, 0, 0}};
+    {"max-total-tokens", required_argument, 0, O_MTT}, {"num-prompts", required_argument, 0, O_NPROMPTS},
+    {"trace-arrivals", no_argument, 0, O_TARR},        {"time-scale", required_argument, 0, O_TSCALE},
+    {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
  * or MoD capacity 1): what topology-aware gating or layer skipping saves and
@@ -459,7 +471,9 @@ int epm_bench_run(int argc, char **argv)
     int csv = 0, c, dtypes = 0, mla = 0, kvdt = 0, widt = 0, nchunk = 0, ncont = 0;
     long chunk[8], cont[8];
     double rates[8], burstiness = 1;
-    int nrates = 0, burst_given = 0;
+    int nrates = 0, burst_given = 0, trace_arrivals = 0, scale_given = 0;
+    long num_prompts = 0;
+    double time_scale = 1, *scaled = NULL; /* the trace's arrivals times --time-scale */
     int32_t *seqid = NULL; /* the synthetic trace's, which a pool renumbers per mode */
     const char *ta_list = NULL, *caps = "0.75,0.5,0.25";
     epm_mod_source mod = EPM_MOD_OFF;
@@ -539,6 +553,14 @@ int epm_bench_run(int argc, char **argv)
             if (!cli_parse_double(W, "--burstiness", optarg, 1e-3, 1e3, &burstiness)) return EPM_EXIT_USAGE;
             burst_given = 1;
             break;
+        case O_NPROMPTS:
+            if (!cli_parse_int(W, "--num-prompts", optarg, 1, INT32_MAX, &num_prompts)) return EPM_EXIT_USAGE;
+            break;
+        case O_TARR: trace_arrivals = 1; break;
+        case O_TSCALE:
+            if (!cli_parse_double(W, "--time-scale", optarg, 1e-6, 1e6, &time_scale)) return EPM_EXIT_USAGE;
+            scale_given = 1;
+            break;
         case O_WIRE:
             if (!cli_parse_choice(W, "--wire-dtype", optarg, cli_wire_dtypes, &wire))
                 return EPM_EXIT_USAGE;
@@ -568,11 +590,16 @@ int epm_bench_run(int argc, char **argv)
         return cli_usage_error(W, "--burstiness shapes the arrivals of --request-rates, which is not given");
     if (input && shape_given)
         return cli_usage_error(W, "--input %s gives the sequences: --batch and --seq are for the random ones", input);
-    const int chunks = nchunk > 0, conts = ncont > 0, online = nrates > 0;
+    if (scale_given && !trace_arrivals)
+        return cli_usage_error(W, "--time-scale scales the arrivals of --trace-arrivals, which is not given");
+    if (trace_arrivals && !(input && epm_serving_trace_is(input)))
+        return cli_usage_error(W, "--trace-arrivals replays the arrival times of a serving trace: --input FILE.csv "
+                               "(Azure's LLM inference trace or BurstGPT)");
+    const int chunks = nchunk > 0, conts = ncont > 0, online = nrates > 0 || trace_arrivals;
     if (!!ta_list + !!mod + dtypes + mla + kvdt + widt + chunks + conts + online > 1) {
         char given[224] = "";
         const char *name[] = {"--ta", "--mod", "--expert-dtypes", "--mla-cache", "--kv-dtypes", "--wire-dtypes",
-                              "--prefill-chunks", "--continuous", "--request-rates"};
+                              "--prefill-chunks", "--continuous", nrates ? "--request-rates" : "--trace-arrivals"};
         const int on[] = {ta_list != NULL, mod != EPM_MOD_OFF, dtypes, mla, kvdt, widt, chunks, conts, online};
         for (int i = 0; i < 9; i++)
             if (on[i])
@@ -624,7 +651,7 @@ int epm_bench_run(int argc, char **argv)
     for (int l = 0; l < hc->num_layers; l++)
         moe_layers += hc->moe_layer[l];
     if (input) { /* every rank reads it; all agree before the first run */
-        st = epm_xcomm_agree(x, epm_bench_input_load(input, hc->vocab_size, (int)nnew, &in));
+        st = epm_xcomm_agree(x, epm_bench_input_load(input, hc->vocab_size, (int)nnew, (int)num_prompts, &in));
         if (st != EPM_OK) {
             rc = me == 0 ? cli_fail(W, st) : EPM_EXIT_FAIL;
             goto out;
@@ -641,8 +668,14 @@ int epm_bench_run(int argc, char **argv)
     if (input) {
         for (int s = 0; s < batch; s++)
             ptok += pl[s];
-        snprintf(shape, sizeof shape, "%s: %ld sequences, %lld prompt tokens, up to %ld new%s", input, batch,
-                 (long long)ptok, nnew, in.sampled ? " (requests' sampling parameters not applied: greedy)" : "");
+        char from[256] = "";
+        if (in.trace) /* what was taken of a serving trace */
+            snprintf(from, sizeof from, " (%s: the first %ld of %lld requests over %.1f s; rows without prompt "
+                     "or output tokens left out: %lld; prompt tokens drawn)", in.trace->format, batch,
+                     (long long)in.trace->n, in.arrival[batch - 1], (long long)in.trace->skipped);
+        snprintf(shape, sizeof shape, "%s: %ld sequences, %lld prompt tokens, up to %ld new%s%s", input, batch,
+                 (long long)ptok, nnew, in.sampled ? " (requests' sampling parameters not applied: greedy)" : "",
+                 from);
     } else {
         ptok = batch * seq;
         snprintf(shape, sizeof shape, "batch %ld x %ld + %ld new", batch, seq, nnew);
@@ -701,7 +734,12 @@ int epm_bench_run(int argc, char **argv)
                                               (int)reps, csv);
             else {
                 o.max_new_per_seq = max_new_of ? max_new_of : spread;
-                rc = epm_bench_run_rates(x, &o, (int)batch, pl, pr, rates, nrates, burstiness, (int)reps, csv);
+                if (trace_arrivals && (scaled = malloc((size_t)batch * sizeof *scaled)) != NULL)
+                    for (int q = 0; q < batch; q++)
+                        scaled[q] = in.arrival[q] * time_scale;
+                rc = !trace_arrivals || scaled ? epm_bench_run_rates(x, &o, (int)batch, pl, pr, rates, nrates, burstiness,
+                                                                     scaled, (int)reps, csv)
+                                               : (me == 0 ? cli_fail(W, EPM_ERR_NOMEM) : EPM_EXIT_FAIL);
             }
             free(spread);
             goto out;
@@ -893,6 +931,7 @@ int epm_bench_run(int argc, char **argv)
     }
 out:
     free(seqid);
+    free(scaled);
     for (int s = 0; prompts && s < batch; s++)
         free(prompts[s]);
     free(prompts);

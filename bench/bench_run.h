@@ -19,9 +19,16 @@ typedef struct epm_bench_input {
     int sampled;
     epm_tokens *tok;
     run_batch rb;
+    /* a serving trace (a .csv: serving_trace.h): its first num_prompts requests (0: all), prompts
+     * of its lengths drawn from the vocabulary (seeded), outputs of its lengths, and arrival (NULL
+     * otherwise): each request's time from the first */
+    struct epm_serving_trace *trace;
+    const double *arrival;
+    int32_t **trace_prompts;
+    int *trace_lens;
 } epm_bench_input;
 
-epm_status epm_bench_input_load(const char *path, int vocab, int nnew, epm_bench_input *in);
+epm_status epm_bench_input_load(const char *path, int vocab, int nnew, int num_prompts, epm_bench_input *in);
 void epm_bench_input_free(epm_bench_input *in);
 
 /* The decoded tokens of a greedy run without stop tokens, each sequence
@@ -62,10 +69,11 @@ int epm_bench_run_continuous(epm_xcomm *x, const epm_run_opts *base, int batch, 
 /* --request-rates: the batch offline (the baseline), then arriving at each of
  * rates[0, nrates) requests/s (finite, at most 8; gamma intervals of shape
  * burstiness, seed 0), as base runs it (its max_num_seqs, mixed batches),
- * alternated reps times; rank 0 prints the repetition of (lower) median duration
- * (CSV with csv). Collective; an EPM_EXIT_* code. */
+ * and, with trace (a serving trace's arrivals, scaled: NULL for none), as
+ * they arrived there, alternated reps times; rank 0 prints the repetition of
+ * (lower) median duration (CSV with csv). Collective; an EPM_EXIT_* code. */
 int epm_bench_run_rates(epm_xcomm *x, const epm_run_opts *base, int batch, const int *lens,
-                        const int32_t *const *prompts, const double *rates, int nrates, double burstiness, int reps,
-                        int csv);
+                        const int32_t *const *prompts, const double *rates, int nrates, double burstiness,
+                        const double *trace, int reps, int csv);
 
 #endif

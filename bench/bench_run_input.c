@@ -3,16 +3,60 @@
  * safetensors), so that a bench runs a dataset's prompt and output lengths
  * (a serving benchmark's ShareGPT-like mix) rather than one length for all.
  * Requests' n samples count as sequences; their sampling parameters do not
- * apply: bench run decodes greedily, and says so. */
+ * apply: bench run decodes greedily, and says so. A serving trace (.csv:
+ * Azure's or BurstGPT's) gives lengths and arrival times, no tokens: its
+ * prompts are drawn. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "bench_run.h"
 #include "core.h"
+#include "serving_trace.h"
 
-epm_status epm_bench_input_load(const char *path, int vocab, int nnew, epm_bench_input *in)
+/* A serving trace's first num_prompts requests (0: all): prompts of its
+ * lengths, each token drawn from the vocabulary (seeded: the same on every
+ * rank), its output lengths, and its arrivals. */
+static epm_status trace_load(const char *path, int vocab, int num_prompts, epm_bench_input *in)
+{
+    EPM_CHECK(epm_serving_trace_load(path, &in->trace));
+    const epm_serving_trace *t = in->trace;
+    if (t->n > INT32_MAX)
+        return epm_fail(EPM_ERR_UNSUPPORTED, "%s: %lld requests, more than a run takes (--num-prompts)", path,
+                        (long long)t->n);
+    const int n = num_prompts > 0 && num_prompts < t->n ? num_prompts : (int)t->n;
+    in->trace_lens = calloc((size_t)n, sizeof *in->trace_lens);
+    in->trace_prompts = calloc((size_t)n, sizeof *in->trace_prompts);
+    in->max_new = calloc((size_t)n, sizeof *in->max_new);
+    if (!in->trace_lens || !in->trace_prompts || !in->max_new)
+        return EPM_ERR_NOMEM;
+    in->batch = n; /* (what epm_bench_input_free frees, from here on) */
+    uint64_t rng = 4242;
+    for (int s = 0; s < n; s++) {
+        in->trace_lens[s] = t->prompt_len[s];
+        in->max_new[s] = t->output_len[s];
+        if (!(in->trace_prompts[s] = malloc((size_t)t->prompt_len[s] * sizeof **in->trace_prompts)))
+            return EPM_ERR_NOMEM;
+        for (int p = 0; p < t->prompt_len[s]; p++)
+            in->trace_prompts[s][p] = (int32_t)(epm_splitmix64(&rng) % (uint64_t)vocab);
+    }
+    in->lens = in->trace_lens;
+    in->prompts = (const int32_t *const *)in->trace_prompts;
+    in->arrival = t->arrival;
+    return EPM_OK;
+}
+
+epm_status epm_bench_input_load(const char *path, int vocab, int nnew, int num_prompts, epm_bench_input *in)
 {
     memset(in, 0, sizeof *in);
+    if (epm_serving_trace_is(path)) {
+        epm_status st = trace_load(path, vocab, num_prompts, in);
+        if (st != EPM_OK)
+            epm_bench_input_free(in);
+        return st;
+    }
+    if (num_prompts > 0)
+        return epm_fail(EPM_ERR_INVALID_ARG, "--num-prompts %d: takes the first requests of a serving trace (a "
+                        ".csv), not of %s", num_prompts, path);
     EPM_CHECK(epm_tokens_load(path, vocab, &in->tok));
     int top, ptop;
     epm_status st = run_batch_build(in->tok, path, -1, -1, &in->rb, &top, &ptop);
@@ -35,6 +79,14 @@ epm_status epm_bench_input_load(const char *path, int vocab, int nnew, epm_bench
 
 void epm_bench_input_free(epm_bench_input *in)
 {
+    if (in->trace) { /* its own arrays, not a run_batch's */
+        for (int s = 0; in->trace_prompts && s < in->batch; s++)
+            free(in->trace_prompts[s]);
+        free(in->trace_prompts);
+        free(in->trace_lens);
+        free(in->max_new);
+        epm_serving_trace_destroy(in->trace);
+    }
     run_batch_free(&in->rb);
     epm_tokens_destroy(in->tok);
     memset(in, 0, sizeof *in);

@@ -9,7 +9,9 @@
  * duration (the run's start to its last token), requests/s and generated
  * tokens/s over it and tokens/s over the offline batch's, seconds the ranks
  * waited for arrivals, TTFT p50/p99 and end to end p50/p99 from arrival,
- * TPOT p50, inter-token p99, and token agreement with the offline batch. */
+ * TPOT p50, inter-token p99, and token agreement with the offline batch.
+ * A serving trace's own arrival times add a row ("trace"), whose burstiness
+ * column is its intervals' 1 / CV^2, the gamma shape of the same spread. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,10 +52,10 @@ static int by_duration(const void *a, const void *b)
 }
 
 int epm_bench_run_rates(epm_xcomm *x, const epm_run_opts *base, int batch, const int *lens,
-                        const int32_t *const *prompts, const double *rates, int nrates, double burstiness, int reps,
-                        int csv)
+                        const int32_t *const *prompts, const double *rates, int nrates, double burstiness,
+                        const double *trace, int reps, int csv)
 {
-    const int me = epm_xcomm_rank(x), nnew = base->max_new_tokens, rows = nrates + 1;
+    const int me = epm_xcomm_rank(x), nnew = base->max_new_tokens, rows = nrates + 1 + !!trace;
     int rc = EPM_EXIT_OK;
     rep *all = calloc((size_t)rows * reps, sizeof *all);
     int32_t *tokens = malloc((size_t)rows * batch * nnew * sizeof *tokens);
@@ -61,6 +63,18 @@ int epm_bench_run_rates(epm_xcomm *x, const epm_run_opts *base, int batch, const
     epm_status st = all && tokens && arrival ? EPM_OK : EPM_ERR_NOMEM;
     for (int i = 0; i < nrates && st == EPM_OK; i++) /* the same requests at each rate, the same on every rank */
         st = epm_arrivals(batch, rates[i], burstiness, 0, arrival + (size_t)(i + 1) * batch);
+    if (trace && st == EPM_OK)
+        memcpy(arrival + (size_t)(nrates + 1) * batch, trace, (size_t)batch * sizeof *trace);
+    /* the trace's own rate and gamma shape: requests over its span, and 1 / CV^2 of its intervals */
+    double trace_rate = 0, trace_shape = 0;
+    if (trace && batch > 1) {
+        const double mean = trace[batch - 1] / (batch - 1);
+        double var = 0;
+        for (int s = 1; s < batch; s++)
+            var += (trace[s] - trace[s - 1] - mean) * (trace[s] - trace[s - 1] - mean) / (batch - 1);
+        trace_rate = mean > 0 ? 1 / mean : INFINITY;
+        trace_shape = var > 0 ? mean * mean / var : INFINITY;
+    }
     st = epm_xcomm_agree(x, st);
     rep warm; /* a first run, unmeasured: pages, thread pools and caches warm for the baseline too */
     if (st == EPM_OK)
@@ -86,13 +100,17 @@ int epm_bench_run_rates(epm_xcomm *x, const epm_run_opts *base, int batch, const
             const double tok_s = (double)m->generated / m->duration;
             offline = i == 0 ? tok_s : offline;
             char rate[32];
-            snprintf(rate, sizeof rate, i ? "%g" : "inf", i ? rates[i - 1] : 0.0);
+            const int is_trace = trace && i == rows - 1;
+            snprintf(rate, sizeof rate, is_trace ? "trace" : i ? "%g" : "inf", i && !is_trace ? rates[i - 1] : 0.0);
             printf(csv ? "%s,%g,%d,%.4f,%.3f,%.1f,%.3f,%.4f,%.2f,%.2f,%.2f,%.2f,%.4f,%.4f,%.4f\n"
                        : "%-8s %6g %8d %9.3f %8.3f %9.1f %10.3f %8.3f %9.2f %9.2f %9.2f %9.2f %8.3f %8.3f %9.4f\n",
-                   rate, i ? burstiness : 1.0, batch, m->duration, batch / m->duration, tok_s, tok_s / offline, m->wait,
+                   rate, is_trace ? trace_shape : i ? burstiness : 1.0, batch, m->duration, batch / m->duration, tok_s, tok_s / offline, m->wait,
                    1e3 * m->ttft.p50, 1e3 * m->ttft.p99, 1e3 * m->tpot.p50, 1e3 * m->itl.p99, m->e2e.p50, m->e2e.p99,
                    epm_bench_token_agreement(tokens, tokens + (size_t)i * batch * nnew, batch * nnew));
         }
+        if (trace && !csv)
+            printf("# trace: its requests at their recorded times, %.3g requests/s over its span, its intervals' "
+                   "gamma shape (1 / CV^2) in the burst column\n", trace_rate);
         fflush(stdout);
     }
     free(all);

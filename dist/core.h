@@ -20,6 +20,10 @@ epm_status epm_fail(epm_status s, const char *fmt, ...) EPM_PRINTF(2, 3);
 /* Prepends context ("while loading X: ") to the current detail message. */
 epm_status epm_fail_context(epm_status s, const char *fmt, ...) EPM_PRINTF(2, 3);
 
+/* n bytes of s fit for an error message: printable (others '?'), at most
+ * 48 and "..." after; buf holds 64. */
+const char *epm_text_shown(const char *s, size_t n, char buf[64]);
+
 #define EPM_CHECK(expr)                         \
     do {                                        \
         epm_status epm_check_s_ = (expr);       \

@@ -1,3 +1,4 @@
+#include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -65,4 +66,17 @@ epm_status epm_fail_context(epm_status s, const char *fmt, ...)
     memcpy(detail + n + 2, prev, m);
     detail[n + 2 + m] = '\0';
     return s;
+}
+
+const char *epm_text_shown(const char *s, size_t n, char buf[64])
+{
+    size_t m = n < 48 ? n : 48, j = 0;
+    for (size_t i = 0; i < m; i++)
+        buf[j++] = isprint((unsigned char)s[i]) ? s[i] : '?';
+    if (m < n) {
+        memcpy(buf + j, "...", 3);
+        j += 3;
+    }
+    buf[j] = 0;
+    return buf;
 }

@@ -13,6 +13,7 @@
 #include "run_output.h"
 #include "run_requests.h"
 #include "runtime.h"
+#include "serving_trace.h"
 #include "epmoe/launch.h"
 #include "epmoe/model.h"
 #include "safetensors.h"
@@ -100,6 +101,11 @@ static const char usage[] =
     "                           to end count from its arrival (a request's n samples arrive together)\n"
     "  --burstiness B           the arrivals' gamma shape (default 1, Poisson; below 1 burstier)\n"
     "  --arrival-seed S         the arrivals' random seed (default 0)\n"
+    "  --arrivals-from FILE     instead of --request-rate: request r arrives at the r-th request time of\n"
+    "                           a serving trace (a .csv: Azure's LLM inference traces, BurstGPT; its rows\n"
+    "                           without prompt or output tokens left out, its lengths unused), from the\n"
+    "                           first; at least as many as the input's requests\n"
+    "  --time-scale X           those times multiplied by X (0.5: twice as fast; default 1)\n"
     "  --kernels ref|blas|cuda  compute kernels (default blas; cuda: the GPU of the rank's local index)\n"
     "  --bind                   bind each rank's threads and memory to the cores of its GPU's NUMA node\n"
     "                           (its share of the node's cores without GPUs; EPM_GPU_MAP=0,2,.. maps GPUs)\n"
@@ -159,7 +165,7 @@ static const char usage[] =
 enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER, O_MAXMEM,
        O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
        O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK, O_PLOGPROBS, O_MAXSEQS, O_SEPPRE,
-       O_RATE, O_BURST, O_ASEED, O_MNBT, O_MTT };
+       O_RATE, O_BURST, O_ASEED, O_MNBT, O_MTT, O_ARRFROM, O_TSCALE };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_OUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -191,6 +197,7 @@ static const struct option opts[] = {
     {"request-rate", required_argument, 0, O_RATE}, {"burstiness", required_argument, 0, O_BURST},
     {"arrival-seed", required_argument, 0, O_ASEED}, {"max-num-batched-tokens", required_argument, 0, O_MNBT},
     {"prompt-logprobs", required_argument, 0, O_PLOGPROBS}, {"max-total-tokens", required_argument, 0, O_MTT},
+    {"arrivals-from", required_argument, 0, O_ARRFROM}, {"time-scale", required_argument, 0, O_TSCALE},
     {0, 0, 0, 0}};
 
 /* The checkpoint file (a name in dir) that out would overwrite, or NULL:
@@ -553,6 +560,8 @@ int epm_cli_run(int argc, char **argv)
     int report = 0, json = 0, c, k, bind = 0, report_bindings = 0, maxnew_given = 0, chunk_given = 0, seqs_given = 0;
     double rate = INFINITY, burstiness = 1; /* --request-rate: offline unless given */
     uint64_t arrival_seed = 0;
+    const char *arrivals_from = NULL; /* a serving trace whose request times the input's requests take */
+    double time_scale = 1;
     const char *shape_of_arrivals = NULL; /* --burstiness or --arrival-seed, given */
     long budget = 0;                      /* --max-num-batched-tokens */
     long v;
@@ -700,6 +709,10 @@ int epm_cli_run(int argc, char **argv)
             if (!cli_parse_double(W, "--burstiness", optarg, 1e-3, 1e3, &burstiness)) return EPM_EXIT_USAGE;
             shape_of_arrivals = "--burstiness";
             break;
+        case O_ARRFROM: arrivals_from = optarg; break;
+        case O_TSCALE:
+            if (!cli_parse_double(W, "--time-scale", optarg, 1e-6, 1e6, &time_scale)) return EPM_EXIT_USAGE;
+            break;
         case O_ASEED:
             if (!cli_parse_u64(W, "--arrival-seed", optarg, &arrival_seed)) return EPM_EXIT_USAGE;
             shape_of_arrivals = "--arrival-seed";
@@ -731,6 +744,13 @@ int epm_cli_run(int argc, char **argv)
         return cli_usage_error(W, "unexpected argument '%s'", argv[optind]);
     if (!o.model_dir || !input)
         return cli_usage_error(W, "--model and --input are required");
+    if (arrivals_from && isfinite(rate))
+        return cli_usage_error(W, "--arrivals-from and --request-rate: each sets when the requests arrive; give one");
+    if (time_scale != 1 && !arrivals_from)
+        return cli_usage_error(W, "--time-scale scales the arrivals of --arrivals-from, which is not given");
+    if (arrivals_from && !epm_serving_trace_is(arrivals_from))
+        return cli_usage_error(W, "--arrivals-from %s: a serving trace is a .csv file (Azure's LLM inference trace "
+                               "or BurstGPT)", arrivals_from);
     if (shape_of_arrivals && !isfinite(rate))
         return cli_usage_error(W, "%s shapes the arrivals of --request-rate, which is not given (or inf)",
                                shape_of_arrivals);
@@ -835,6 +855,21 @@ int epm_cli_run(int argc, char **argv)
         for (int s = 0; st == EPM_OK && s < rb.batch; s++)
             arrival[s] = at[rb.req_of ? rb.req_of[s] : s];
         epm_free(at);
+        o.arrival = arrival;
+    }
+    if (st == EPM_OK && arrivals_from) { /* request r arrives at the trace's r-th time (its lengths unused) */
+        const int nreq = rb.req_of ? rb.req_of[rb.batch - 1] + 1 : rb.batch;
+        epm_serving_trace *tr = NULL;
+        st = epm_serving_trace_load(arrivals_from, &tr);
+        if (st == EPM_OK && tr->n < nreq)
+            st = epm_fail(EPM_ERR_MISMATCH, "--arrivals-from %s: %lld requests with tokens (of %lld rows), fewer "
+                          "than the %d requests of %s, each of which takes a request's time in order",
+                          arrivals_from, (long long)tr->n, (long long)tr->rows, nreq, input);
+        if (st == EPM_OK && !(arrival = epm_malloc((size_t)rb.batch * sizeof *arrival)))
+            st = EPM_ERR_NOMEM;
+        for (int s = 0; st == EPM_OK && s < rb.batch; s++)
+            arrival[s] = tr->arrival[rb.req_of ? rb.req_of[s] : s] * time_scale;
+        epm_serving_trace_destroy(tr);
         o.arrival = arrival;
     }
     if (st == EPM_OK && place)

@@ -25,20 +25,6 @@ struct epm_hostlist {
     char label[256];
 };
 
-/* A value fit for an error message: printable, bounded. */
-static const char *shown(const char *s, size_t n, char buf[64])
-{
-    size_t m = n < 48 ? n : 48, j = 0;
-    for (size_t i = 0; i < m; i++)
-        buf[j++] = isprint((unsigned char)s[i]) ? s[i] : '?';
-    if (m < n) {
-        memcpy(buf + j, "...", 3);
-        j += 3;
-    }
-    buf[j] = 0;
-    return buf;
-}
-
 static int name_char(char c) { return isalnum((unsigned char)c) || c == '.' || c == '-' || c == '_'; }
 
 /* [user@]name, name of letters, digits, '.', '-', '_' not starting with '-' or '.'. */
@@ -49,9 +35,9 @@ static epm_status check_spec(const char *label, int line, const char *s, size_t 
     size_t off = at ? (size_t)(at - s) + 1 : 0;
     if (n > EPM_HOSTNAME_MAX)
         return epm_fail(EPM_ERR_FORMAT, "%s:%d: host '%s' is longer than %d characters", label, line,
-                        shown(s, n, b), EPM_HOSTNAME_MAX);
+                        epm_text_shown(s, n, b), EPM_HOSTNAME_MAX);
     if (off == n || (at && off == 1))
-        return epm_fail(EPM_ERR_FORMAT, "%s:%d: host '%s' has an empty %s", label, line, shown(s, n, b),
+        return epm_fail(EPM_ERR_FORMAT, "%s:%d: host '%s' has an empty %s", label, line, epm_text_shown(s, n, b),
                         off == n ? "name" : "user");
     for (size_t i = 0; i < n; i++) {
         if (i + 1 == off)
@@ -60,7 +46,7 @@ static epm_status check_spec(const char *label, int line, const char *s, size_t 
             return epm_fail(EPM_ERR_FORMAT,
                             "%s:%d: host '%s': character '%s' is not allowed in a host name "
                             "(letters, digits, '.', '-', '_', one 'user@' prefix)",
-                            label, line, shown(s, n, b), shown(s + i, 1, (char[64]){0}));
+                            label, line, epm_text_shown(s, n, b), epm_text_shown(s + i, 1, (char[64]){0}));
     }
     *name_off = off;
     return EPM_OK;
@@ -71,7 +57,7 @@ static epm_status parse_count(const char *label, int line, const char *key, cons
     char b[64], buf[32];
     if (n == 0 || n >= sizeof buf)
         return epm_fail(EPM_ERR_FORMAT, "%s:%d: %s='%s' is not an integer in [1, %ld]", label, line, key,
-                        shown(v, n, b), SLOTS_MAX);
+                        epm_text_shown(v, n, b), SLOTS_MAX);
     memcpy(buf, v, n);
     buf[n] = 0;
     char *end;
@@ -79,7 +65,7 @@ static epm_status parse_count(const char *label, int line, const char *key, cons
     long x = strtol(buf, &end, 10);
     if (errno || *end || !isdigit((unsigned char)buf[0]) || x < 1 || x > SLOTS_MAX)
         return epm_fail(EPM_ERR_FORMAT, "%s:%d: %s='%s' is not an integer in [1, %ld]", label, line, key,
-                        shown(v, n, b), SLOTS_MAX);
+                        epm_text_shown(v, n, b), SLOTS_MAX);
     *out = (int)x;
     return EPM_OK;
 }
@@ -95,11 +81,11 @@ static epm_status add_host(epm_hostlist *h, const char *label, int line, const c
             return epm_fail(EPM_ERR_FORMAT,
                             "%s:%d: host '%s' is already listed at %s %d; list each node once "
                             "(Open MPI would add the slots together)",
-                            label, line, shown(s + off, n - off, b), h->label[0] == '-' ? "entry" : "line",
+                            label, line, epm_text_shown(s + off, n - off, b), h->label[0] == '-' ? "entry" : "line",
                             h->hosts[i].line);
     if (max_slots && slots > max_slots)
         return epm_fail(EPM_ERR_FORMAT, "%s:%d: host '%s': slots=%d is more than max_slots=%d", label, line,
-                        shown(s, n, b), slots, max_slots);
+                        epm_text_shown(s, n, b), slots, max_slots);
     if (h->count == h->cap) {
         int cap = h->cap ? 2 * h->cap : 8;
         host *p = epm_realloc(h->hosts, (size_t)cap * sizeof *p);
@@ -158,8 +144,8 @@ static epm_status parse_line(epm_hostlist *h, const char *label, int line, const
         size_t vlen = (size_t)(s + i - v);
         if (!eq)
             return epm_fail(EPM_ERR_FORMAT, "%s:%d: '%s' after host '%s' is not key=value "
-                            "(slots=N, max_slots=M)", label, line, shown(tok, i - ts, b),
-                            shown(name, name_len, (char[64]){0}));
+                            "(slots=N, max_slots=M)", label, line, epm_text_shown(tok, i - ts, b),
+                            epm_text_shown(name, name_len, (char[64]){0}));
         if (klen == 5 && !memcmp(tok, "slots", 5)) {
             if (seen_slots++)
                 return epm_fail(EPM_ERR_FORMAT, "%s:%d: slots given twice", label, line);
@@ -170,7 +156,7 @@ static epm_status parse_line(epm_hostlist *h, const char *label, int line, const
             EPM_CHECK(parse_count(label, line, "max_slots", v, vlen, &max_slots));
         } else {
             return epm_fail(EPM_ERR_FORMAT, "%s:%d: unknown key '%s' (known: slots, max_slots)", label, line,
-                            shown(tok, klen, b));
+                            epm_text_shown(tok, klen, b));
         }
     }
     return add_host(h, label, line, name, name_len, slots, max_slots);
@@ -237,7 +223,7 @@ epm_status epm_hosts_parse(const char *list, epm_hostlist **out)
         int slots = 1;
         if (n == 0)
             st = epm_fail(EPM_ERR_FORMAT, "%s: entry %d of '%s' is empty", label, entry,
-                          shown(list, strlen(list), (char[64]){0}));
+                          epm_text_shown(list, strlen(list), (char[64]){0}));
         else if (colon)
             st = parse_count(label, entry, "slots", colon + 1, n - name_len - 1, &slots);
         if (st == EPM_OK)

@@ -685,6 +685,24 @@ ok "bench run --request-rates" mpi -np 3 "$E" bench run --model "$F/mixtral-tiny
                $15 == 1 {m++}
              END {exit !(h && n == 3 && m == 3 && NR == 4)}' "$d/out" ||
     { fail "bench run --request-rates: rows"; show; }; }
+# a serving trace (BurstGPT's form; its failed request left out, its first 4 requests taken): offline,
+# then as they arrived; intervals of 10, 20 and 30 ms: 1/CV^2 = 0.02^2 / (0.0002 / 3) = 6
+printf '%s\n' 'Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type' \
+  '0,ChatGPT,6,3,9,Conversation log' '0.005,ChatGPT,5,0,5,Conversation log' '0.01,GPT-4,4,2,6,API log' \
+  '0.03,ChatGPT,7,4,11,API log' '0.06,ChatGPT,3,1,4,API log' '0.5,ChatGPT,9,9,18,API log' >"$d/burst.csv"
+ok "bench run --trace-arrivals" mpi -np 2 "$E" bench run --model "$F/mixtral-tiny" --input "$d/burst.csv" \
+  --num-prompts 4 --trace-arrivals --reps 1 --kernels ref --modes home --csv &&
+  { awk -F, 'NR == 2 && $1 == "inf" && $3 == 4 && $15 == 1 {a = 1}
+             NR == 3 && $1 == "trace" && $2 == 6 && $3 == 4 && $4 >= 0.06 && $15 == 1 {b = 1}
+             END {exit !(a && b && NR == 3)}' "$d/out" ||
+    { fail "bench run --trace-arrivals: rows"; show; }; }
+ok "bench run, a trace's header" mpi -np 1 "$E" bench run --model "$F/mixtral-tiny" --input "$d/burst.csv" \
+  --trace-arrivals --time-scale 0.5 --reps 1 --kernels ref --modes home &&
+  { grep -q "burst.csv: 5 sequences, 29 prompt tokens, up to 9 new (BurstGPT: the first 5 of 5 requests over 0.5 s; \
+rows without prompt or output tokens left out: 1; prompt tokens drawn)" "$d/out" &&
+    grep -q "^trace .* 5 " "$d/out" || { fail "bench run, a trace's header"; show; }; }
+usage run --trace-arrivals "" --model "$m" --trace-arrivals
+usage run "--time-scale --trace-arrivals" "" --model "$m" --input "$d/burst.csv" --time-scale 2
 usage run --request-rates inf --model "$m" --request-rates 10,inf
 usage run --request-rates 0 --model "$m" --request-rates 0
 usage run --prefill-chunk -1 --model "$m" --prefill-chunk -1

@@ -391,6 +391,15 @@ check "--request-rate" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --
 gj "(lambda t: t['arrived'][0] == 0 < t['arrived'][1] and all(a <= m <= f for a, m, f in
     zip(t['arrived'], t['admitted'], t['first_token'])))(d['report']['times_s'])" | grep -qx True ||
   fail "--request-rate, times: $(head -c 600 "$d/out")"
+# a serving trace's request times (Azure's form; its second row, no output tokens, is left out), twice
+# as slow: the same tokens, request r arriving at the r-th time
+printf '%s\n' TIMESTAMP,ContextTokens,GeneratedTokens '2023-11-16 18:15:46.5,4808,10' \
+  '2023-11-16 18:15:46.55,200,0' '2023-11-16 18:15:46.6,3180,8' >"$d/azure.csv"
+check "--arrivals-from" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report \
+  --arrivals-from "$d/azure.csv" --time-scale 2
+[ "$(gj "d['generated']")" = "$tok1" ] || fail "--arrivals-from: $(head -c 300 "$d/out")"
+gj "[round(a, 9) for a in d['report']['times_s']['arrived']] == [0, 0.2]" | grep -qx True ||
+  fail "--arrivals-from, times: $(head -c 600 "$d/out")"
 check "--request-rate, text report" 0 run -np 1 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 \
   --report --request-rate 20 --burstiness 0.5
 has "$d/err" "latency (from arrival; arrivals over [0-9.]* s, [0-9.]* s waiting for them): TTFT mean"
@@ -412,6 +421,18 @@ check "pool below a sequence" 1 one "$E" run --model "$m" --input "$d/in.json" -
 has "$d/err" "--max-total-tokens 7: sequence 0 needs 8 K/V positions (a prompt of 5 tokens and up to 3 new)"
 check "pool 0" 2 "$E" run --model "$m" --input "$d/in.json" --max-total-tokens 0
 has "$d/err" "--max-total-tokens"
+printf '%s\n' Timestamp,Model,'Request tokens','Response tokens' 3,ChatGPT,12,0 7,GPT-4,4,9 >"$d/burst.csv"
+check "a trace shorter than the input" 1 one "$E" run --model "$m" --input "$d/in.json" --arrivals-from "$d/burst.csv"
+has "$d/err" "--arrivals-from $d/burst.csv: 1 requests with tokens (of 2 rows), fewer than the 2 requests of"
+printf '%s\n' Timestamp,Model,'Request tokens' 3,ChatGPT,12 >"$d/bad.csv"
+check "a trace without outputs" 1 one "$E" run --model "$m" --input "$d/in.json" --arrivals-from "$d/bad.csv"
+has "$d/err" "bad.csv:1: the header 'Timestamp,Model,Request tokens' has no output tokens column"
+check "arrivals from JSON" 2 "$E" run --model "$m" --input "$d/in.json" --arrivals-from "$d/in.json"
+has "$d/err" "a serving trace is a .csv file"
+check "arrivals from a trace and a rate" 2 "$E" run --model "$m" --input "$d/in.json" --arrivals-from "$d/burst.csv" \
+  --request-rate 3
+check "time scale alone" 2 "$E" run --model "$m" --input "$d/in.json" --time-scale 2
+has "$d/err" "--time-scale scales the arrivals of --arrivals-from"
 check "budget and chunk" 2 "$E" run --model "$m" --input "$d/in.json" --max-num-batched-tokens 4 --prefill-chunk 2
 has "$d/err" "--max-num-batched-tokens and --prefill-chunk"
 check "arrival seed without a rate" 2 "$E" run --model "$m" --input "$d/in.json" --arrival-seed 3
@@ -461,5 +482,6 @@ has "$d/out" "--separate-prefill"
 has "$d/out" "--request-rate R"
 has "$d/out" "--max-num-batched-tokens N"
 has "$d/out" "--max-total-tokens N"
+has "$d/out" "--arrivals-from FILE"
 
 checks_done "all run CLI checks passed"
