@@ -28,9 +28,12 @@ static const char usage[] =
     "                       a request's max_tokens, else --new; its n samples; its sampling\n"
     "                       parameters not applied: greedy), or a serving trace as CSV (Azure's LLM\n"
     "                       inference traces: TIMESTAMP,ContextTokens,GeneratedTokens; BurstGPT:\n"
-    "                       Timestamp,...,Request tokens,Response tokens,...): its requests' prompt\n"
-    "                       and output lengths, prompts drawn from the vocabulary; rows without\n"
-    "                       prompt or output tokens (failed requests) left out, and counted\n"
+    "                       Timestamp,...,Request tokens,Response tokens,...) or JSON lines as\n"
+    "                       Mooncake's ({\"timestamp\": ms, \"input_length\", \"output_length\",\n"
+    "                       \"hash_ids\"}): its requests' prompt and output lengths, prompts drawn from\n"
+    "                       the vocabulary (a Mooncake hash's 512-token block from the hash: shared\n"
+    "                       prefixes stay shared); rows without prompt or output tokens (failed\n"
+    "                       requests) left out, and counted\n"
     "  --num-prompts N      the trace's first N requests (default all)\n"
     "  --max-num-seqs N     at most N sequences decode at once (N/ranks on each home rank), as epmoe\n"
     "                       run --max-num-seqs (default 256; all at once with --mod router|attention;\n"
@@ -593,8 +596,8 @@ int epm_bench_run(int argc, char **argv)
     if (scale_given && !trace_arrivals)
         return cli_usage_error(W, "--time-scale scales the arrivals of --trace-arrivals, which is not given");
     if (trace_arrivals && !(input && epm_serving_trace_is(input)))
-        return cli_usage_error(W, "--trace-arrivals replays the arrival times of a serving trace: --input FILE.csv "
-                               "(Azure's LLM inference trace or BurstGPT)");
+        return cli_usage_error(W, "--trace-arrivals replays the arrival times of a serving trace: --input FILE (a "
+                               ".csv as Azure's LLM inference traces or BurstGPT, or JSON lines as Mooncake's)");
     const int chunks = nchunk > 0, conts = ncont > 0, online = nrates > 0 || trace_arrivals;
     if (!!ta_list + !!mod + dtypes + mla + kvdt + widt + chunks + conts + online > 1) {
         char given[224] = "";

@@ -5,7 +5,8 @@
  * Requests' n samples count as sequences; their sampling parameters do not
  * apply: bench run decodes greedily, and says so. A serving trace (.csv:
  * Azure's or BurstGPT's) gives lengths and arrival times, no tokens: its
- * prompts are drawn. */
+ * prompts are drawn (Mooncake's: each 512-token block from its hash, so
+ * that shared prefixes stay shared). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,7 +16,8 @@
 
 /* A serving trace's first num_prompts requests (0: all): prompts of its
  * lengths, each token drawn from the vocabulary (seeded: the same on every
- * rank), its output lengths, and its arrivals. */
+ * rank; a hashed block's from its hash), its output lengths, and its
+ * arrivals. */
 static epm_status trace_load(const char *path, int vocab, int num_prompts, epm_bench_input *in)
 {
     EPM_CHECK(epm_serving_trace_load(path, &in->trace));
@@ -36,8 +38,14 @@ static epm_status trace_load(const char *path, int vocab, int num_prompts, epm_b
         in->max_new[s] = t->output_len[s];
         if (!(in->trace_prompts[s] = malloc((size_t)t->prompt_len[s] * sizeof **in->trace_prompts)))
             return EPM_ERR_NOMEM;
-        for (int p = 0; p < t->prompt_len[s]; p++)
-            in->trace_prompts[s][p] = (int32_t)(epm_splitmix64(&rng) % (uint64_t)vocab);
+        /* a Mooncake block hash names its 512 tokens: drawn from the hash, so that prompts that share
+         * hashes share those tokens (the trace's prefix sharing); other tokens from the run's draw */
+        const int64_t h0 = t->hash_off ? t->hash_off[s] : 0, nh = t->hash_off ? t->hash_off[s + 1] - h0 : 0;
+        for (int p = 0; p < t->prompt_len[s]; p++) {
+            const int64_t blk = p / EPM_TRACE_HASH_BLOCK;
+            uint64_t hr = blk < nh ? (uint64_t)t->hash_ids[h0 + blk] * 0x9E3779B97F4A7C15u + (uint64_t)p : 0;
+            in->trace_prompts[s][p] = (int32_t)(epm_splitmix64(blk < nh ? &hr : &rng) % (uint64_t)vocab);
+        }
     }
     in->lens = in->trace_lens;
     in->prompts = (const int32_t *const *)in->trace_prompts;

@@ -4,10 +4,14 @@
 
 #include <ctype.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "core.h"
+#include "json_show.h"
 
 enum { MAX_FIELDS = 64 };
 
@@ -165,19 +169,49 @@ void epm_serving_trace_destroy(epm_serving_trace *t)
     epm_free(t->arrival);
     epm_free(t->prompt_len);
     epm_free(t->output_len);
+    epm_free(t->hash_off);
+    epm_free(t->hash_ids);
     epm_free(t);
+}
+
+/* Whether the text's first non-blank line is a JSON object naming a
+ * timestamp and an input length: Mooncake's form. */
+static int mooncake_form(const char *text, size_t len)
+{
+    size_t i = 0, e;
+    while (i < len && isspace((unsigned char)text[i]))
+        i++;
+    if (i == len || text[i] != '{')
+        return 0;
+    for (e = i; e < len && text[e] != '\n';)
+        e++;
+    int time = 0, in = 0;
+    for (size_t j = i; j < e; j++) {
+        time |= e - j >= 11 && !memcmp(text + j, "\"timestamp\"", 11);
+        in |= e - j >= 14 && !memcmp(text + j, "\"input_length\"", 14);
+    }
+    return time && in;
 }
 
 int epm_serving_trace_is(const char *path)
 {
     const size_t n = path ? strlen(path) : 0;
-    return n > 4 && (!strcmp(path + n - 4, ".csv") || !strcmp(path + n - 4, ".CSV"));
+    if (n > 4 && (!strcmp(path + n - 4, ".csv") || !strcmp(path + n - 4, ".CSV")))
+        return 1;
+    FILE *f = n ? fopen(path, "rb") : NULL;
+    if (!f)
+        return 0;
+    char head[65536]; /* a first line's hashes: 4 KB for a 100k-token prompt */
+    const size_t got = fread(head, 1, sizeof head, f);
+    fclose(f);
+    return mooncake_form(head, got);
 }
 
 typedef struct row {
     double t;
     int64_t at; /* its place in the file: the tie rule of the sort */
     int32_t prompt, output;
+    int64_t hash_at, hashes; /* Mooncake's block hashes: where in the list read, how many */
 } row;
 
 static int by_time(const void *a, const void *b)
@@ -273,7 +307,7 @@ static epm_status parse_rows(const char *text, size_t len, const char *label, ro
             break;
         }
         static const char *const what[NCOL] = {"timestamp", "prompt tokens", "output tokens"};
-        row r = {0, n, 0, 0};
+        row r = {0, n, 0, 0, 0, 0};
         const field *ft = &f[col[COL_TIME]];
         if (!timestamp(ft->s, ft->n, &r.t)) {
             st = epm_fail(EPM_ERR_FORMAT, "%s:%lld: %s '%s' is neither seconds nor a date and time "
@@ -311,14 +345,124 @@ out:
     return EPM_OK;
 }
 
+/* A Mooncake line's count: a JSON integer, 0 to max. */
+static epm_status json_count(json_t *o, const char *key, int64_t max, const char *label, int64_t line, int64_t *v)
+{
+    json_t *x = json_object_get(o, key);
+    char b[64];
+    if (!x)
+        return epm_fail(EPM_ERR_FORMAT, "%s:%lld: no \"%s\"", label, (long long)line, key);
+    if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > max)
+        return epm_fail(EPM_ERR_FORMAT, "%s:%lld: \"%s\" is %s, not a count (0 to %lld)", label, (long long)line,
+                        key, epm_json_show(x, b, sizeof b), (long long)max);
+    *v = json_integer_value(x);
+    return EPM_OK;
+}
+
+/* Mooncake's JSON lines: a request an object; timestamp in milliseconds. */
+static epm_status parse_mooncake(const char *text, size_t len, const char *label, row **rows_out, int64_t *nrows,
+                                 int64_t *skipped, int64_t **hashes_out, int64_t *nhash)
+{
+    row *rows = NULL;
+    int64_t *hashes = NULL, line = 0, cap = 0, n = 0, hcap = 0, nh = 0;
+    epm_status st = EPM_OK;
+    char b[64];
+    for (size_t i = 0; i < len && st == EPM_OK;) {
+        size_t e = i;
+        while (e < len && text[e] != '\n')
+            e++;
+        const size_t a = i;
+        i = e + 1;
+        line++;
+        size_t k = a;
+        while (k < e && isspace((unsigned char)text[k]))
+            k++;
+        if (k == e) /* a blank line */
+            continue;
+        json_error_t err;
+        json_t *o = json_loadb(text + a, e - a, JSON_REJECT_DUPLICATES, &err);
+        if (!o || !json_is_object(o)) {
+            st = o ? epm_fail(EPM_ERR_FORMAT, "%s:%lld: a request is a JSON object, not %s", label, (long long)line,
+                              epm_json_show(o, b, sizeof b))
+                   : epm_fail(EPM_ERR_FORMAT, "%s:%lld: not JSON (%s, column %d)", label, (long long)line, err.text,
+                              err.column);
+            json_decref(o);
+            break;
+        }
+        row r = {0, n, 0, 0, nh, 0};
+        json_t *ts = json_object_get(o, "timestamp"), *h = json_object_get(o, "hash_ids");
+        int64_t in = 0, outn = 0;
+        if (!ts || !json_is_number(ts) || !(json_number_value(ts) >= 0 && json_number_value(ts) < 1e15))
+            st = epm_fail(EPM_ERR_FORMAT, "%s:%lld: \"timestamp\" is %s, not milliseconds (a number >= 0)", label,
+                          (long long)line, ts ? epm_json_show(ts, b, sizeof b) : "missing");
+        if (st == EPM_OK)
+            st = json_count(o, "input_length", INT32_MAX, label, line, &in);
+        if (st == EPM_OK)
+            st = json_count(o, "output_length", INT32_MAX, label, line, &outn);
+        if (st == EPM_OK && h && !json_is_array(h))
+            st = epm_fail(EPM_ERR_FORMAT, "%s:%lld: \"hash_ids\" is %s, not a list of block hashes", label,
+                          (long long)line, epm_json_show(h, b, sizeof b));
+        for (size_t j = 0; st == EPM_OK && h && j < json_array_size(h); j++) {
+            json_t *x = json_array_get(h, j);
+            if (!json_is_integer(x) || json_integer_value(x) < 0) {
+                st = epm_fail(EPM_ERR_FORMAT, "%s:%lld: \"hash_ids\"[%zu] is %s, not a block hash (an integer >= 0)",
+                              label, (long long)line, j, epm_json_show(x, b, sizeof b));
+                break;
+            }
+            if (nh == hcap) {
+                int64_t *g = epm_realloc(hashes, (size_t)(hcap = hcap ? 2 * hcap : 4096) * sizeof *g);
+                if (!g) {
+                    st = EPM_ERR_NOMEM;
+                    break;
+                }
+                hashes = g;
+            }
+            hashes[nh++] = json_integer_value(x);
+        }
+        if (st == EPM_OK) {
+            r.t = json_number_value(ts) / 1000;
+            r.prompt = (int32_t)in, r.output = (int32_t)outn;
+            r.hashes = nh - r.hash_at;
+        }
+        json_decref(o);
+        if (st != EPM_OK)
+            break;
+        if (r.prompt == 0 || r.output == 0) {
+            nh = r.hash_at; /* (its hashes go with it) */
+            ++*skipped;
+            continue;
+        }
+        if ((st = room(&rows, n, &cap)) != EPM_OK)
+            break;
+        rows[n++] = r;
+    }
+    if (st != EPM_OK) {
+        epm_free(rows);
+        epm_free(hashes);
+        return st;
+    }
+    *rows_out = rows;
+    *nrows = n;
+    *hashes_out = hashes;
+    *nhash = nh;
+    return EPM_OK;
+}
+
 epm_status epm_serving_trace_parse(const char *text, size_t len, const char *label, epm_serving_trace **out)
 {
     *out = NULL;
     row *rows = NULL;
     int64_t n = 0, skipped = 0;
     const char *format = NULL;
-    EPM_CHECK(parse_rows(text, len, label, &rows, &n, &skipped, &format));
+    int64_t *hashes = NULL, nhash = 0;
+    if (mooncake_form(text, len)) {
+        format = "Mooncake trace";
+        EPM_CHECK(parse_mooncake(text, len, label, &rows, &n, &skipped, &hashes, &nhash));
+    } else {
+        EPM_CHECK(parse_rows(text, len, label, &rows, &n, &skipped, &format));
+    }
     if (n == 0) {
+        epm_free(hashes);
         epm_free(rows);
         return epm_fail(EPM_ERR_FORMAT, "%s: no request with prompt and output tokens (%lld rows left out)", label,
                         (long long)skipped);
@@ -329,8 +473,13 @@ epm_status epm_serving_trace_parse(const char *text, size_t len, const char *lab
         t->prompt_len = epm_malloc((size_t)n * sizeof *t->prompt_len);
         t->output_len = epm_malloc((size_t)n * sizeof *t->output_len);
     }
-    if (!t || !t->arrival || !t->prompt_len || !t->output_len) {
+    if (t && hashes) {
+        t->hash_off = epm_malloc((size_t)(n + 1) * sizeof *t->hash_off);
+        t->hash_ids = epm_malloc((size_t)(nhash ? nhash : 1) * sizeof *t->hash_ids);
+    }
+    if (!t || !t->arrival || !t->prompt_len || !t->output_len || (hashes && (!t->hash_off || !t->hash_ids))) {
         epm_serving_trace_destroy(t);
+        epm_free(hashes);
         epm_free(rows);
         return EPM_ERR_NOMEM;
     }
@@ -338,15 +487,23 @@ epm_status epm_serving_trace_parse(const char *text, size_t len, const char *lab
         t->reordered |= rows[i].t < rows[i - 1].t;
     if (t->reordered)
         qsort(rows, (size_t)n, sizeof *rows, by_time);
+    if (hashes)
+        t->hash_off[0] = 0;
     for (int64_t i = 0; i < n; i++) {
         t->arrival[i] = rows[i].t - rows[0].t;
         t->prompt_len[i] = rows[i].prompt;
         t->output_len[i] = rows[i].output;
+        if (hashes) { /* in arrival order too */
+            t->hash_off[i + 1] = t->hash_off[i] + rows[i].hashes;
+            memcpy(t->hash_ids + t->hash_off[i], hashes + rows[i].hash_at, (size_t)rows[i].hashes * sizeof *hashes);
+        }
     }
+
     t->n = n;
     t->rows = n + skipped;
     t->skipped = skipped;
     t->format = format;
+    epm_free(hashes);
     epm_free(rows);
     *out = t;
     return EPM_OK;

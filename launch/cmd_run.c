@@ -102,9 +102,10 @@ static const char usage[] =
     "  --burstiness B           the arrivals' gamma shape (default 1, Poisson; below 1 burstier)\n"
     "  --arrival-seed S         the arrivals' random seed (default 0)\n"
     "  --arrivals-from FILE     instead of --request-rate: request r arrives at the r-th request time of\n"
-    "                           a serving trace (a .csv: Azure's LLM inference traces, BurstGPT; its rows\n"
-    "                           without prompt or output tokens left out, its lengths unused), from the\n"
-    "                           first; at least as many as the input's requests\n"
+    "                           a serving trace (a .csv: Azure's LLM inference traces, BurstGPT; or\n"
+    "                           Mooncake's JSON lines; its rows without prompt or output tokens left\n"
+    "                           out, its lengths unused), from the first; at least as many as the\n"
+    "                           input's requests\n"
     "  --time-scale X           those times multiplied by X (0.5: twice as fast; default 1)\n"
     "  --kernels ref|blas|cuda  compute kernels (default blas; cuda: the GPU of the rank's local index)\n"
     "  --bind                   bind each rank's threads and memory to the cores of its GPU's NUMA node\n"
@@ -749,8 +750,8 @@ int epm_cli_run(int argc, char **argv)
     if (time_scale != 1 && !arrivals_from)
         return cli_usage_error(W, "--time-scale scales the arrivals of --arrivals-from, which is not given");
     if (arrivals_from && !epm_serving_trace_is(arrivals_from))
-        return cli_usage_error(W, "--arrivals-from %s: a serving trace is a .csv file (Azure's LLM inference trace "
-                               "or BurstGPT)", arrivals_from);
+        return cli_usage_error(W, "--arrivals-from %s: not a serving trace (a .csv as Azure's LLM inference traces "
+                               "or BurstGPT, or JSON lines as Mooncake's)", arrivals_from);
     if (shape_of_arrivals && !isfinite(rate))
         return cli_usage_error(W, "%s shapes the arrivals of --request-rate, which is not given (or inf)",
                                shape_of_arrivals);

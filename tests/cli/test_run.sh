@@ -422,13 +422,19 @@ has "$d/err" "--max-total-tokens 7: sequence 0 needs 8 K/V positions (a prompt o
 check "pool 0" 2 "$E" run --model "$m" --input "$d/in.json" --max-total-tokens 0
 has "$d/err" "--max-total-tokens"
 printf '%s\n' Timestamp,Model,'Request tokens','Response tokens' 3,ChatGPT,12,0 7,GPT-4,4,9 >"$d/burst.csv"
+printf '%s\n' '{"timestamp": 0, "input_length": 9, "output_length": 2}' \
+  '{"timestamp": 250, "input_length": 4, "output_length": 1}' >"$d/mooncake.jsonl"
+check "arrivals from Mooncake's trace" 0 one "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 2 \
+  --json --report --arrivals-from "$d/mooncake.jsonl"
+gj "d['report']['times_s']['arrived'] == [0, 0.25]" | grep -qx True ||
+  fail "arrivals from Mooncake's trace: $(head -c 600 "$d/out")"
 check "a trace shorter than the input" 1 one "$E" run --model "$m" --input "$d/in.json" --arrivals-from "$d/burst.csv"
 has "$d/err" "--arrivals-from $d/burst.csv: 1 requests with tokens (of 2 rows), fewer than the 2 requests of"
 printf '%s\n' Timestamp,Model,'Request tokens' 3,ChatGPT,12 >"$d/bad.csv"
 check "a trace without outputs" 1 one "$E" run --model "$m" --input "$d/in.json" --arrivals-from "$d/bad.csv"
 has "$d/err" "bad.csv:1: the header 'Timestamp,Model,Request tokens' has no output tokens column"
 check "arrivals from JSON" 2 "$E" run --model "$m" --input "$d/in.json" --arrivals-from "$d/in.json"
-has "$d/err" "a serving trace is a .csv file"
+has "$d/err" "not a serving trace"
 check "arrivals from a trace and a rate" 2 "$E" run --model "$m" --input "$d/in.json" --arrivals-from "$d/burst.csv" \
   --request-rate 3
 check "time scale alone" 2 "$E" run --model "$m" --input "$d/in.json" --time-scale 2

@@ -2,8 +2,9 @@
  * CSV as published (times to seconds from the first request, dates across
  * a leap day and a UTC offset), failed requests left out and counted, rows
  * out of order sorted stably, CSV's variations (CRLF, a byte order mark,
- * quotes, spaces, blank lines), and every malformed input refused with the
- * file, line, column and value. */
+ * quotes, spaces, blank lines), Mooncake's JSON lines with their block
+ * hashes, and every malformed input refused with the file, line, column
+ * (or key) and value. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -156,6 +157,69 @@ static void test_refusals(void **state)
     assert_null(t);
 }
 
+/* Mooncake's JSON lines: milliseconds, lengths and block hashes, which
+ * follow their request through the sort; a failed request's go with it. */
+static void test_mooncake(void **state)
+{
+    (void)state;
+    epm_serving_trace *t = parse_ok("{\"timestamp\": 0, \"input_length\": 700, \"output_length\": 5, \"hash_ids\": [0, 1]}\n"
+                                    "\n"
+                                    "{\"timestamp\": 1500, \"input_length\": 9, \"output_length\": 0, \"hash_ids\": [7]}\n"
+                                    "{\"input_length\": 600, \"timestamp\": 2500.5, \"output_length\": 2, \"hash_ids\": [0, 3],"
+                                    " \"extra\": \"kept out\"}\n"
+                                    "{\"timestamp\": 1000, \"input_length\": 3, \"output_length\": 1}\n");
+    assert_string_equal(t->format, "Mooncake trace");
+    assert_int_equal(t->n, 3);
+    assert_int_equal(t->skipped, 1);
+    assert_int_equal(t->reordered, 1);
+    assert_true(t->arrival[0] == 0 && t->arrival[1] == 1 && t->arrival[2] == 2.5005);
+    static const int32_t in[3] = {700, 3, 600};
+    static const int64_t off[4] = {0, 2, 2, 4}, ids[4] = {0, 1, 0, 3};
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(t->prompt_len[i], in[i]);
+    assert_memory_equal(t->hash_off, off, sizeof off);
+    assert_memory_equal(t->hash_ids, ids, sizeof ids);
+    epm_serving_trace_destroy(t);
+    /* refusals: by file, line, key and value */
+    static const char head[] = "{\"timestamp\": 0, \"input_length\": 1, \"output_length\": 1}\n";
+    static const struct {
+        const char *line, *want;
+    } bad[] = {
+        {"{\"timestamp\": 0, \"input_length\": 1}", "t.csv:2: no \"output_length\""},
+        {"{\"timestamp\": -1, \"input_length\": 1, \"output_length\": 1}", "t.csv:2: \"timestamp\" is -1, not millis"},
+        {"{\"timestamp\": \"0\", \"input_length\": 1, \"output_length\": 1}", "\"timestamp\" is \"0\""},
+        {"{\"input_length\": 1, \"output_length\": 1}", "\"timestamp\" is missing"},
+        {"{\"timestamp\": 0, \"input_length\": 1.5, \"output_length\": 1}", "\"input_length\" is 1.5, not a count"},
+        {"{\"timestamp\": 0, \"input_length\": 1, \"output_length\": 3000000000}", "is 3000000000, not a count"},
+        {"{\"timestamp\": 0, \"input_length\": 1, \"output_length\": 1, \"hash_ids\": 4}", "\"hash_ids\" is 4, not a list"},
+        {"{\"timestamp\": 0, \"input_length\": 1, \"output_length\": 1, \"hash_ids\": [1, -2]}",
+         "\"hash_ids\"[1] is -2, not a block hash"},
+        {"[1, 2]", "t.csv:2: a request is a JSON object, not [1,2]"},
+        {"{\"timestamp\": 0,", "t.csv:2: not JSON"},
+        {"{\"timestamp\": 0, \"timestamp\": 1, \"input_length\": 1, \"output_length\": 1}", "t.csv:2: not JSON"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char text[512];
+        snprintf(text, sizeof text, "%s%s\n", head, bad[i].line);
+        refused(text, bad[i].want);
+    }
+    refused("{\"timestamp\": 0, \"input_length\": 0, \"output_length\": 1}", "no request with prompt and output tokens (1 rows");
+    /* a file names its form by its first line */
+    const char *path = tu_path("mooncake.jsonl"), *req = tu_path("requests.jsonl");
+    FILE *f = fopen(path, "w");
+    fputs(head, f);
+    fclose(f);
+    f = fopen(req, "w");
+    fputs("{\"prompt_token_ids\": [1, 2], \"max_tokens\": 3}\n", f);
+    fclose(f);
+    assert_true(epm_serving_trace_is(path));
+    assert_false(epm_serving_trace_is(req));
+    assert_false(epm_serving_trace_is("/nonexistent.jsonl"));
+    assert_int_equal(epm_serving_trace_load(path, &t), EPM_OK);
+    assert_int_equal(t->n, 1);
+    epm_serving_trace_destroy(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -163,6 +227,7 @@ int main(void)
         cmocka_unit_test(test_burstgpt),
         cmocka_unit_test(test_csv_forms),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_mooncake),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
