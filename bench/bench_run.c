@@ -233,7 +233,7 @@ static int fidelity_sweep(epm_xcomm *x, const char *model, const char *list, epm
             o.mod = mod;
             o.mod_capacity = value;
             if (mod != EPM_MOD_SCHEDULE) /* ranked over whole prompts: one pass of all, as epmoe run */
-                o.prefill_chunk = 0, o.max_num_seqs = 0;
+                o.prefill_chunk = 0, o.max_num_seqs = 0, o.max_total_tokens = 0;
         } else {
             o.ta_strength = value;
         }
@@ -595,7 +595,13 @@ int epm_bench_run(int argc, char **argv)
         return cli_usage_error(W, "--input %s gives the sequences: --batch and --seq are for the random ones", input);
     if (scale_given && !trace_arrivals)
         return cli_usage_error(W, "--time-scale scales the arrivals of --trace-arrivals, which is not given");
-    if (trace_arrivals && !(input && epm_serving_trace_is(input)))
+    const int from_trace = input && epm_serving_trace_is(input);
+    if (from_trace && !num_prompts) /* a trace's first thousand, as vLLM's benchmark_serving takes by default */
+        num_prompts = 1000;
+    else if (num_prompts && !from_trace)
+        return cli_usage_error(W, "--num-prompts takes the first requests of a serving trace (--input FILE: a .csv "
+                               "as Azure's LLM inference traces or BurstGPT, or JSON lines as Mooncake's)");
+    if (trace_arrivals && !from_trace)
         return cli_usage_error(W, "--trace-arrivals replays the arrival times of a serving trace: --input FILE (a "
                                ".csv as Azure's LLM inference traces or BurstGPT, or JSON lines as Mooncake's)");
     const int chunks = nchunk > 0, conts = ncont > 0, online = nrates > 0 || trace_arrivals;
@@ -673,9 +679,10 @@ int epm_bench_run(int argc, char **argv)
             ptok += pl[s];
         char from[256] = "";
         if (in.trace) /* what was taken of a serving trace */
-            snprintf(from, sizeof from, " (%s: the first %ld of %lld requests over %.1f s; rows without prompt "
+            snprintf(from, sizeof from, " (%s: the first %ld of %lld requests over %.3g s%s; rows without prompt "
                      "or output tokens left out: %lld; prompt tokens drawn)", in.trace->format, batch,
-                     (long long)in.trace->n, in.arrival[batch - 1], (long long)in.trace->skipped);
+                     (long long)in.trace->n, in.arrival[batch - 1] * time_scale,
+                     time_scale != 1 ? " at --time-scale" : "", (long long)in.trace->skipped);
         snprintf(shape, sizeof shape, "%s: %ld sequences, %lld prompt tokens, up to %ld new%s%s", input, batch,
                  (long long)ptok, nnew, in.sampled ? " (requests' sampling parameters not applied: greedy)" : "",
                  from);
@@ -713,8 +720,8 @@ int epm_bench_run(int argc, char **argv)
         if (me == 0 && !csv)
             printf("# bench run %s: %s, %d ranks (%d nodes), mode %s, %s, kernels %s, wire %s\n",
                    dtypes ? "--expert-dtypes" : mla ? "--mla-cache" : kvdt ? "--kv-dtypes" : widt ? "--wire-dtypes"
-                   : chunks ? "--prefill-chunks" : conts ? "--continuous" : online ? "--request-rates"
-                   : mod ? "--mod" : "--ta", model, R,
+                   : chunks ? "--prefill-chunks" : conts ? "--continuous"
+                   : online ? (nrates ? "--request-rates" : "--trace-arrivals") : mod ? "--mod" : "--ta", model, R,
                    cl.nodes, epm_mode_name(mode), shape, kernels,
                    !widt ? cli_wire_dtypes[wire] : mode == EPM_MODE_HOME ? "f32, bf16, fp8" : "f32, bf16");
         if (me == 0 && !csv)
@@ -740,9 +747,10 @@ int epm_bench_run(int argc, char **argv)
                 if (trace_arrivals && (scaled = malloc((size_t)batch * sizeof *scaled)) != NULL)
                     for (int q = 0; q < batch; q++)
                         scaled[q] = in.arrival[q] * time_scale;
-                rc = !trace_arrivals || scaled ? epm_bench_run_rates(x, &o, (int)batch, pl, pr, rates, nrates, burstiness,
-                                                                     scaled, (int)reps, csv)
-                                               : (me == 0 ? cli_fail(W, EPM_ERR_NOMEM) : EPM_EXIT_FAIL);
+                st = epm_xcomm_agree(x, scaled || !trace_arrivals ? EPM_OK : EPM_ERR_NOMEM);
+                rc = st == EPM_OK ? epm_bench_run_rates(x, &o, (int)batch, pl, pr, rates, nrates, burstiness, scaled,
+                                                        (int)reps, csv)
+                                  : (me == 0 ? cli_fail(W, st) : EPM_EXIT_FAIL);
             }
             free(spread);
             goto out;
@@ -752,6 +760,7 @@ int epm_bench_run(int argc, char **argv)
             live_opts(&o, model, mode, (int)vn, (int)nnew);
             o.keep_logits = 0; /* every prompt row's logits would be most of the memory measured */
             o.max_num_seqs = 0; /* one pass is the whole batch's */
+            o.max_total_tokens = 0;
             o.chunk_counts_decode = 0; /* the chunks swept are prompt tokens alone */
             rc = epm_bench_run_chunks(x, &o, (int)batch, pl, pr, chunk, nchunk, (int)reps, csv);
         } else if (dtypes || mla || kvdt || widt)
@@ -776,6 +785,13 @@ int epm_bench_run(int argc, char **argv)
     seqid = malloc((size_t)total * sizeof *seqid);
     if (st == EPM_OK && !seqid)
         st = EPM_ERR_NOMEM;
+    for (int q = 0; q < batch && pool > 0 && st == EPM_OK; q++) { /* (as epm_run refuses it, before the trace) */
+        const int cap = max_new_of && max_new_of[q] < nnew ? max_new_of[q] : (int)nnew;
+        if (pl[q] + (int64_t)cap > pool)
+            st = epm_fail(EPM_ERR_INVALID_ARG, "--max-total-tokens %ld: sequence %d needs %lld K/V positions (a "
+                          "prompt of %d tokens and up to %d new), more than the pool holds", pool, q,
+                          (long long)pl[q] + cap, pl[q], cap);
+    }
     if (st == EPM_OK)
         st = epm_bench_seq_ids((int)batch, pl, max_new_of, (int)nnew, (int)max_seqs, R, prefill_chunk, counts_decode,
                                separate, pool, 0, seqid);

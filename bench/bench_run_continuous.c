@@ -53,6 +53,7 @@ static epm_status static_batches(const epm_run_opts *base, int batch, const int 
         const int b = batch - s0 < n ? batch - s0 : n;
         epm_run_opts o = *base;
         o.max_num_seqs = 0;
+        o.max_total_tokens = 0; /* (a batch at once, as static batching holds it) */
         o.separate_prefill = 1; /* each batch prefilled, then decoded */
         o.max_new_per_seq = max_new + s0;
         epm_run_result *res = NULL;

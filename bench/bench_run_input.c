@@ -26,6 +26,12 @@ static epm_status trace_load(const char *path, int vocab, int num_prompts, epm_b
         return epm_fail(EPM_ERR_UNSUPPORTED, "%s: %lld requests, more than a run takes (--num-prompts)", path,
                         (long long)t->n);
     const int n = num_prompts > 0 && num_prompts < t->n ? num_prompts : (int)t->n;
+    int most = 0; /* the longest output: every run's result holds n of them */
+    for (int s = 0; s < n; s++)
+        most = t->output_len[s] > most ? t->output_len[s] : most;
+    if ((int64_t)n * most > INT32_MAX)
+        return epm_fail(EPM_ERR_UNSUPPORTED, "%s: %d requests of up to %d output tokens, more than 2^31 token "
+                        "places; take fewer (--num-prompts)", path, n, most);
     in->trace_lens = calloc((size_t)n, sizeof *in->trace_lens);
     in->trace_prompts = calloc((size_t)n, sizeof *in->trace_prompts);
     in->max_new = calloc((size_t)n, sizeof *in->max_new);

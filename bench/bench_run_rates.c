@@ -66,7 +66,7 @@ int epm_bench_run_rates(epm_xcomm *x, const epm_run_opts *base, int batch, const
     if (trace && st == EPM_OK)
         memcpy(arrival + (size_t)(nrates + 1) * batch, trace, (size_t)batch * sizeof *trace);
     /* the trace's own rate and gamma shape: requests over its span, and 1 / CV^2 of its intervals */
-    double trace_rate = 0, trace_shape = 0;
+    double trace_rate = NAN, trace_shape = NAN; /* (one request: none) */
     if (trace && batch > 1) {
         const double mean = trace[batch - 1] / (batch - 1);
         double var = 0;

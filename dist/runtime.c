@@ -1396,7 +1396,7 @@ static epm_status prefill_check(rt *r)
      * changes which pass admits each sequence */
     if (o->arrival && (scored || o->route_from)) {
         epm_free(home);
-        return epm_fail(EPM_ERR_UNSUPPORTED, "request arrivals (--request-rate) with %s%s: %s",
+        return epm_fail(EPM_ERR_UNSUPPORTED, "request arrivals (--request-rate or --arrivals-from) with %s%s: %s",
                         scored ? "--mod " : "", scored ? mod : "a routing replay",
                         scored ? "decoding's skip thresholds are calibrated on one prefill of the whole batch"
                                : "the replay follows the recorded order of passes, which arrival times change");
@@ -1974,8 +1974,8 @@ static epm_status run_pass(rt *r, const epm_sched_pass *sp, const int32_t *const
             st = epm_fail(EPM_ERR_MISMATCH, "--route-from-trace: token %lld of the trace is sequence %d's, this "
                           "run's pass %lld has sequence %d's there: the trace was recorded with other stop tokens "
                           "(or --ignore-eos, or none), or another --max-num-seqs, --prefill-chunk, "
-                          "--max-num-batched-tokens, --separate-prefill, rank count or arrivals "
-                          "(--request-rate)", (long long)(r->dec_base + i), (int)tseq[r->dec_base + i],
+                          "--max-num-batched-tokens, --max-total-tokens, --separate-prefill, rank count or "
+                          "arrivals (--request-rate, --arrivals-from)", (long long)(r->dec_base + i), (int)tseq[r->dec_base + i],
                           (long long)sp->index + 1, sp->dec[i]);
     /* this rank's tokens: its prompt pieces', then its decoding sequences' (ascending g) */
     int64_t n = 0, *g = NULL;

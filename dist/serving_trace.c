@@ -128,11 +128,14 @@ static int seconds(const char *p, size_t n, int64_t max, double *out)
 
 /* A timestamp: seconds ("1043.5"), or "YYYY-MM-DD HH:MM:SS[.f]" (or with a
  * 'T'), optionally "Z" or a "+HH:MM" / "-HH:MM" offset; seconds since
- * 1970 UTC for a date. */
-static int timestamp(const char *p, size_t n, double *out)
+ * 1970 UTC for a date. *form: 0 either (then set: 1 seconds, 2 a date), else
+ * that one alone (a trace mixing them would put decades between rows). */
+static int timestamp(const char *p, size_t n, int *form, double *out)
 {
-    if (seconds(p, n, INT64_C(1) << 40, out))
-        return 1;
+    if (*form != 2 && seconds(p, n, INT64_C(1) << 40, out))
+        return *form = 1;
+    if (*form == 1)
+        return 0;
     if (n < 19 || p[4] != '-' || p[7] != '-' || (p[10] != ' ' && p[10] != 'T') || p[13] != ':' || p[16] != ':')
         return 0;
     const int64_t y = digits(p, 4, 9999), mo = digits(p + 5, 2, 12), d = digits(p + 8, 2, 31);
@@ -151,7 +154,7 @@ static int timestamp(const char *p, size_t n, double *out)
         if (end + 1 != n)
             return 0;
     } else if (end < n) {
-        if (n - end != 6 || p[end + 3] != ':')
+        if (n - end != 6 || (p[end] != '+' && p[end] != '-') || p[end + 3] != ':')
             return 0;
         const int64_t oh = digits(p + end + 1, 2, 23), om = digits(p + end + 4, 2, 59);
         if (oh < 0 || om < 0)
@@ -159,7 +162,7 @@ static int timestamp(const char *p, size_t n, double *out)
         offset = (p[end] == '+' ? 1 : -1) * (double)(oh * 3600 + om * 60);
     }
     *out = (double)(days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60) + sec - offset;
-    return 1;
+    return *form = 2;
 }
 
 void epm_serving_trace_destroy(epm_serving_trace *t)
@@ -243,7 +246,7 @@ static epm_status parse_rows(const char *text, size_t len, const char *label, ro
                              int64_t *skipped, const char **format)
 {
     field f[MAX_FIELDS];
-    int col[NCOL] = {-1, -1, -1}, nhead = 0;
+    int col[NCOL] = {-1, -1, -1}, nhead = 0, form = 0;
     int64_t line = 0, cap = 0, n = 0;
     row *rows = NULL;
     char b1[64], b2[64];
@@ -309,10 +312,14 @@ static epm_status parse_rows(const char *text, size_t len, const char *label, ro
         static const char *const what[NCOL] = {"timestamp", "prompt tokens", "output tokens"};
         row r = {0, n, 0, 0, 0, 0};
         const field *ft = &f[col[COL_TIME]];
-        if (!timestamp(ft->s, ft->n, &r.t)) {
-            st = epm_fail(EPM_ERR_FORMAT, "%s:%lld: %s '%s' is neither seconds nor a date and time "
-                          "(YYYY-MM-DD HH:MM:SS[.f][+HH:MM])", label, (long long)line, what[COL_TIME],
-                          epm_text_shown(ft->s, ft->n, b1));
+        const int was = form;
+        if (!timestamp(ft->s, ft->n, &form, &r.t)) {
+            st = was ? epm_fail(EPM_ERR_FORMAT, "%s:%lld: %s '%s' is not %s, as the rows before it", label,
+                                (long long)line, what[COL_TIME], epm_text_shown(ft->s, ft->n, b1),
+                                was == 1 ? "seconds" : "a date and time (YYYY-MM-DD HH:MM:SS[.f][+HH:MM])")
+                     : epm_fail(EPM_ERR_FORMAT, "%s:%lld: %s '%s' is neither seconds nor a date and time "
+                                "(YYYY-MM-DD HH:MM:SS[.f][+HH:MM])", label, (long long)line, what[COL_TIME],
+                                epm_text_shown(ft->s, ft->n, b1));
             break;
         }
         for (int w = COL_PROMPT; w <= COL_OUTPUT; w++) {

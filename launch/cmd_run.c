@@ -563,6 +563,7 @@ int epm_cli_run(int argc, char **argv)
     uint64_t arrival_seed = 0;
     const char *arrivals_from = NULL; /* a serving trace whose request times the input's requests take */
     double time_scale = 1;
+    int scale_given = 0;
     const char *shape_of_arrivals = NULL; /* --burstiness or --arrival-seed, given */
     long budget = 0;                      /* --max-num-batched-tokens */
     long v;
@@ -713,6 +714,7 @@ int epm_cli_run(int argc, char **argv)
         case O_ARRFROM: arrivals_from = optarg; break;
         case O_TSCALE:
             if (!cli_parse_double(W, "--time-scale", optarg, 1e-6, 1e6, &time_scale)) return EPM_EXIT_USAGE;
+            scale_given = 1;
             break;
         case O_ASEED:
             if (!cli_parse_u64(W, "--arrival-seed", optarg, &arrival_seed)) return EPM_EXIT_USAGE;
@@ -747,7 +749,7 @@ int epm_cli_run(int argc, char **argv)
         return cli_usage_error(W, "--model and --input are required");
     if (arrivals_from && isfinite(rate))
         return cli_usage_error(W, "--arrivals-from and --request-rate: each sets when the requests arrive; give one");
-    if (time_scale != 1 && !arrivals_from)
+    if (scale_given && !arrivals_from)
         return cli_usage_error(W, "--time-scale scales the arrivals of --arrivals-from, which is not given");
     if (arrivals_from && !epm_serving_trace_is(arrivals_from))
         return cli_usage_error(W, "--arrivals-from %s: not a serving trace (a .csv as Azure's LLM inference traces "

@@ -698,9 +698,10 @@ ok "bench run --trace-arrivals" mpi -np 2 "$E" bench run --model "$F/mixtral-tin
     { fail "bench run --trace-arrivals: rows"; show; }; }
 ok "bench run, a trace's header" mpi -np 1 "$E" bench run --model "$F/mixtral-tiny" --input "$d/burst.csv" \
   --trace-arrivals --time-scale 0.5 --reps 1 --kernels ref --modes home &&
-  { grep -q "burst.csv: 5 sequences, 29 prompt tokens, up to 9 new (BurstGPT: the first 5 of 5 requests over 0.5 s; \
-rows without prompt or output tokens left out: 1; prompt tokens drawn)" "$d/out" &&
-    grep -q "^trace .* 5 " "$d/out" || { fail "bench run, a trace's header"; show; }; }
+  { grep -q "burst.csv: 5 sequences, 29 prompt tokens, up to 9 new (BurstGPT: the first 5 of 5 requests over 0.25 s \
+at --time-scale; rows without prompt or output tokens left out: 1; prompt tokens drawn)" "$d/out" &&
+    awk '$1 == "trace" && $3 == 5 && $4 >= 0.25 && $4 < 0.5 {t = 1} END {exit !t}' "$d/out" ||
+    { fail "bench run, a trace's header and its times at half scale"; show; }; }
 # Mooncake's JSON lines (milliseconds; the second request shares the first's 512-token hash block)
 printf '%s\n' '{"timestamp": 0, "input_length": 9, "output_length": 2, "hash_ids": [0]}' \
   '{"timestamp": 20, "input_length": 12, "output_length": 3, "hash_ids": [0]}' \
@@ -710,6 +711,7 @@ ok "bench run, Mooncake's trace" mpi -np 2 "$E" bench run --model "$F/mixtral-ti
   { awk -F, 'NR == 3 && $1 == "trace" && $3 == 3 && $4 >= 0.045 && $15 == 1 {t = 1} END {exit !(t && NR == 3)}' \
     "$d/out" || { fail "bench run, Mooncake's trace: rows"; show; }; }
 usage run --trace-arrivals "" --model "$m" --trace-arrivals
+usage run --num-prompts "" --model "$m" --num-prompts 3
 usage run "--time-scale --trace-arrivals" "" --model "$m" --input "$d/burst.csv" --time-scale 2
 usage run --request-rates inf --model "$m" --request-rates 10,inf
 usage run --request-rates 0 --model "$m" --request-rates 0

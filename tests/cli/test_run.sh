@@ -445,7 +445,7 @@ check "arrival seed without a rate" 2 "$E" run --model "$m" --input "$d/in.json"
 has "$d/err" "--arrival-seed shapes the arrivals of --request-rate"
 check "arrivals with a replay" 1 one "$E" run --model "$m" --input "$m/reference.safetensors" --request-rate 5 \
   --route-from-trace "$d/other.st"
-has "$d/err" "request arrivals (--request-rate) with a routing replay"
+has "$d/err" "request arrivals (--request-rate or --arrivals-from) with a routing replay"
 check "negative prefill chunk" 2 "$E" run --model "$m" --input "$d/in.json" --prefill-chunk -1
 has "$d/err" "--prefill-chunk"
 # prompt logprobs (in passes of 2): log_softmax of the logits at the position before each prompt token, as
