@@ -34,7 +34,7 @@ static const char usage[] =
     "                       the vocabulary (a Mooncake hash's 512-token block from the hash: shared\n"
     "                       prefixes stay shared); rows without prompt or output tokens (failed\n"
     "                       requests) left out, and counted\n"
-    "  --num-prompts N      the trace's first N requests (default all)\n"
+    "  --num-prompts N      the trace's first N requests (default 1000, as vLLM's benchmark_serving)\n"
     "  --max-num-seqs N     at most N sequences decode at once (N/ranks on each home rank), as epmoe\n"
     "                       run --max-num-seqs (default 256; all at once with --mod router|attention;\n"
     "                       0 = all)\n"
