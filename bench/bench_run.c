@@ -115,6 +115,14 @@ static const char usage[] =
     "                       arrival) p50/p99, TPOT p50, ITL p99, token agreement with offline.\n"
     "                       Output lengths as --continuous's\n"
     "  --burstiness B       the arrivals' gamma shape (default 1: Poisson; below 1 burstier)\n"
+    "  --prefix-caching     instead: the batch without prefix caching (the baseline) and with it (epmoe\n"
+    "                       run --enable-prefix-caching), alternated --reps times, live routing,\n"
+    "                       contiguous placement, --max-num-seqs at once (below the batch, later\n"
+    "                       sequences find their prefix held): prompt tokens computed and copied,\n"
+    "                       best prefill seconds and tokens/s, each over the baseline's, TTFT p50,\n"
+    "                       token agreement. Output lengths as --continuous's\n"
+    "  --shared-prefix T    the random prompts' first T tokens the same in all (a system prompt, as\n"
+    "                       vLLM's prefix_repetition dataset)\n"
     "  --trace-arrivals     a serving trace's requests also as they arrived (a row 'trace' after\n"
     "                       --request-rates' rows, or alone after the offline batch; its burst column\n"
     "                       is the trace's 1/CV^2 of intervals)\n"
@@ -125,7 +133,8 @@ static const char usage[] =
     "  --csv                CSV rows instead of a table\n";
 
 enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT, O_MAXSEQS, O_CONT, O_SEPPRE, O_RATES,
-       O_BURST, O_CHUNK, O_MNBT, O_MTT, O_NPROMPTS, O_TARR, O_TSCALE };
+       O_BURST, O_CHUNK, O_MNBT, O_MTT, O_NPROMPTS, O_TARR, O_TSCALE,
+       O_PREFIX, O_SHPRE };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -148,6 +157,7 @@ static const struct option opts[] = {
     {"max-num-batched-tokens", required_argument, 0, O_MNBT}, {"burstiness", required_argument, 0, O_BURST},
     {"max-total-tokens", required_argument, 0, O_MTT}, {"num-prompts", required_argument, 0, O_NPROMPTS},
     {"trace-arrivals", no_argument, 0, O_TARR},        {"time-scale", required_argument, 0, O_TSCALE},
+    {"prefix-caching", no_argument, 0, O_PREFIX},      {"shared-prefix", required_argument, 0, O_SHPRE},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
@@ -475,7 +485,8 @@ int epm_bench_run(int argc, char **argv)
     long chunk[8], cont[8];
     double rates[8], burstiness = 1;
     int nrates = 0, burst_given = 0, trace_arrivals = 0, scale_given = 0;
-    long num_prompts = 0;
+    long num_prompts = 0, shared_prefix = 0;
+    int prefix = 0; /* --prefix-caching */
     double time_scale = 1, *scaled = NULL; /* the trace's arrivals times --time-scale */
     int32_t *seqid = NULL; /* the synthetic trace's, which a pool renumbers per mode */
     const char *ta_list = NULL, *caps = "0.75,0.5,0.25";
@@ -560,6 +571,10 @@ int epm_bench_run(int argc, char **argv)
             if (!cli_parse_int(W, "--num-prompts", optarg, 1, INT32_MAX, &num_prompts)) return EPM_EXIT_USAGE;
             break;
         case O_TARR: trace_arrivals = 1; break;
+        case O_PREFIX: prefix = 1; break;
+        case O_SHPRE:
+            if (!cli_parse_int(W, "--shared-prefix", optarg, 1, 1 << 16, &shared_prefix)) return EPM_EXIT_USAGE;
+            break;
         case O_TSCALE:
             if (!cli_parse_double(W, "--time-scale", optarg, 1e-6, 1e6, &time_scale)) return EPM_EXIT_USAGE;
             scale_given = 1;
@@ -604,13 +619,17 @@ int epm_bench_run(int argc, char **argv)
     if (trace_arrivals && !from_trace)
         return cli_usage_error(W, "--trace-arrivals replays the arrival times of a serving trace: --input FILE (a "
                                ".csv as Azure's LLM inference traces or BurstGPT, or JSON lines as Mooncake's)");
+    if (shared_prefix && (input || shared_prefix > seq))
+        return cli_usage_error(W, "--shared-prefix %ld: the first tokens of the random prompts (--seq %ld)%s",
+                               shared_prefix, seq, input ? ", not of --input's" : "");
     const int chunks = nchunk > 0, conts = ncont > 0, online = nrates > 0 || trace_arrivals;
-    if (!!ta_list + !!mod + dtypes + mla + kvdt + widt + chunks + conts + online > 1) {
-        char given[224] = "";
+    if (!!ta_list + !!mod + dtypes + mla + kvdt + widt + chunks + conts + online + prefix > 1) {
+        char given[256] = "";
         const char *name[] = {"--ta", "--mod", "--expert-dtypes", "--mla-cache", "--kv-dtypes", "--wire-dtypes",
-                              "--prefill-chunks", "--continuous", nrates ? "--request-rates" : "--trace-arrivals"};
-        const int on[] = {ta_list != NULL, mod != EPM_MOD_OFF, dtypes, mla, kvdt, widt, chunks, conts, online};
-        for (int i = 0; i < 9; i++)
+                              "--prefill-chunks", "--continuous", nrates ? "--request-rates" : "--trace-arrivals",
+                              "--prefix-caching"};
+        const int on[] = {ta_list != NULL, mod != EPM_MOD_OFF, dtypes, mla, kvdt, widt, chunks, conts, online, prefix};
+        for (int i = 0; i < 10; i++)
             if (on[i])
                 snprintf(given + strlen(given), sizeof given - strlen(given), "%s%s", *given ? " and " : "", name[i]);
         return cli_usage_error(W, "%s: each is a bench of its own; give one", given);
@@ -697,8 +716,10 @@ int epm_bench_run(int argc, char **argv)
     for (int s = 0; s < batch && prompts && lens; s++) {
         lens[s] = (int)seq;
         prompts[s] = malloc((size_t)seq * sizeof **prompts);
-        for (int p = 0; p < seq && prompts[s]; p++)
-            prompts[s][p] = (int32_t)(epm_splitmix64(&rng) % (uint64_t)hc->vocab_size);
+        for (int p = 0; p < seq && prompts[s]; p++) { /* --shared-prefix: its first tokens the same in all */
+            uint64_t shared = 999 + (uint64_t)p;
+            prompts[s][p] = (int32_t)(epm_splitmix64(p < shared_prefix ? &shared : &rng) % (uint64_t)hc->vocab_size);
+        }
     }
     if (!input) {
         if (!prompts || !lens) {
@@ -708,7 +729,7 @@ int epm_bench_run(int argc, char **argv)
         pr = (const int32_t *const *)prompts;
         pl = lens;
     }
-    if (ta_list || mod || dtypes || mla || kvdt || widt || chunks || conts || online) {
+    if (ta_list || mod || dtypes || mla || kvdt || widt || chunks || conts || online || prefix) {
         epm_mode mode = EPM_MODE_HOME;
         char first[16];
         snprintf(first, sizeof first, "%s", modes_s);
@@ -720,13 +741,13 @@ int epm_bench_run(int argc, char **argv)
         if (me == 0 && !csv)
             printf("# bench run %s: %s, %d ranks (%d nodes), mode %s, %s, kernels %s, wire %s\n",
                    dtypes ? "--expert-dtypes" : mla ? "--mla-cache" : kvdt ? "--kv-dtypes" : widt ? "--wire-dtypes"
-                   : chunks ? "--prefill-chunks" : conts ? "--continuous"
+                   : chunks ? "--prefill-chunks" : conts ? "--continuous" : prefix ? "--prefix-caching"
                    : online ? (nrates ? "--request-rates" : "--trace-arrivals") : mod ? "--mod" : "--ta", model, R,
                    cl.nodes, epm_mode_name(mode), shape, kernels,
                    !widt ? cli_wire_dtypes[wire] : mode == EPM_MODE_HOME ? "f32, bf16, fp8" : "f32, bf16");
         if (me == 0 && !csv)
             epm_bench_print_blas();
-        if (conts || online) {
+        if (conts || online || prefix) {
             epm_run_opts o;
             live_opts(&o, model, mode, (int)vn, (int)nnew);
             o.keep_logits = 0;
@@ -742,6 +763,10 @@ int epm_bench_run(int argc, char **argv)
             else if (conts)
                 rc = epm_bench_run_continuous(x, &o, (int)batch, pl, pr, max_new_of ? max_new_of : spread, cont, ncont,
                                               (int)reps, csv);
+            else if (prefix) {
+                o.max_new_per_seq = max_new_of ? max_new_of : spread;
+                rc = epm_bench_run_prefix(x, &o, (int)batch, pl, pr, (int)reps, csv);
+            }
             else {
                 o.max_new_per_seq = max_new_of ? max_new_of : spread;
                 if (trace_arrivals && (scaled = malloc((size_t)batch * sizeof *scaled)) != NULL)

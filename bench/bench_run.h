@@ -66,6 +66,12 @@ int epm_bench_run_continuous(epm_xcomm *x, const epm_run_opts *base, int batch, 
                              const int32_t *const *prompts, const int *max_new, const long *seqs, int nseqs, int reps,
                              int csv);
 
+/* --prefix-caching: base without prefix caching (the baseline) and with it,
+ * alternated reps times; rank 0 prints the table (CSV with csv). In
+ * bench_run_prefix.c. Collective; an EPM_EXIT_* code. */
+int epm_bench_run_prefix(epm_xcomm *x, const epm_run_opts *base, int batch, const int *lens,
+                         const int32_t *const *prompts, int reps, int csv);
+
 /* --request-rates: the batch offline (the baseline), then arriving at each of
  * rates[0, nrates) requests/s (finite, at most 8; gamma intervals of shape
  * burstiness, seed 0), as base runs it (its max_num_seqs, mixed batches),

@@ -131,7 +131,7 @@ epm_status epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int
     for (int s = 0; reserve && s < batch; s++)
         reserve[s] = lens[s] + (int64_t)(max_new && max_new[s] < nnew ? max_new[s] : nnew);
     const epm_sched_opts so = {batch,           lens,          ranks,   max_seqs, chunk, separate_prefill,
-                               NULL,            counts_decode, reserve, pool,     shared_pool};
+                               NULL,            counts_decode, reserve, pool,     shared_pool, NULL, 0};
     epm_status st = gen && reserve ? epm_sched_create(&so, &sc) : EPM_ERR_NOMEM;
     epm_sched_pass p;
     while (st == EPM_OK && epm_sched_next(sc, 0, &p)) {

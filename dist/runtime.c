@@ -1350,6 +1350,26 @@ static epm_status pool_check(rt *r)
     return EPM_OK;
 }
 
+/* --enable-prefix-caching against the run: the copied positions' rows must
+ * be positions' (no MoD skipping) and their outputs are not computed (no
+ * all-logits or prompt logprobs), and a replay's trace numbers every
+ * prompt token. */
+static epm_status prefix_check(rt *r)
+{
+    const epm_run_opts *o = r->o;
+    if (!o->prefix_caching)
+        return EPM_OK;
+    const char *with = o->mod != EPM_MOD_OFF ? "--mod: a skipping layer's cache rows are not positions"
+                       : o->route_from ? "a routing replay: its trace numbers every prompt token"
+                       : o->keep_logits ? "all logits: the copied positions compute none"
+                       : o->prompt_logprobs_on ? "prompt logprobs: the copied positions compute none"
+                                               : NULL;
+    if (with)
+        return epm_fail(EPM_ERR_UNSUPPORTED, "--enable-prefix-caching with %s", with);
+    r->cached = epm_calloc((size_t)r->B, sizeof *r->cached);
+    return r->cached ? EPM_OK : EPM_ERR_NOMEM;
+}
+
 /* --prefill-chunk and --max-num-seqs against the run; each home rank's
  * places (max_num_seqs shared out, at least one each: every rank homes its
  * own sequences, as data-parallel attention does), and the most prompt
@@ -1416,6 +1436,7 @@ static epm_status prefill_check(rt *r)
         r->mine_most += home[i];
     epm_free(home);
     EPM_CHECK(pool_check(r));
+    EPM_CHECK(prefix_check(r));
     const epm_sched_opts so = {r->B,
                                r->lens,
                                r->R,
@@ -1426,7 +1447,9 @@ static epm_status prefill_check(rt *r)
                                o->chunk_counts_decode,
                                r->reserve,
                                o->max_total_tokens,
-                               o->mode == EPM_MODE_FOLLOW};
+                               o->mode == EPM_MODE_FOLLOW,
+                               r->prompts,
+                               o->prefix_caching};
     return epm_sched_create(&so, &r->sched);
 }
 
@@ -1452,6 +1475,25 @@ static epm_status kv_acquire(rt *r, int s)
     r->kv_positions += kv_rows(r, s);
     r->kv_positions_peak = r->kv_positions > r->kv_positions_peak ? r->kv_positions : r->kv_positions_peak;
     return EPM_OK;
+}
+
+/* Prefix caching: sequence s's first n positions' K/V rows from its
+ * donor's, on the ranks that hold both (the donor's home is s's, or every
+ * rank holds every cache). */
+static void kv_copy_prefix(rt *r, int s, int donor, int n)
+{
+    r->cached[s] = n;
+    r->cached_tokens += n;
+    for (int l = 0; l < r->c->num_layers; l++) /* its rows so far, as every rank counts them (runtime_mod.c) */
+        r->kv_n[(size_t)l * r->B + s] = n;
+    if (r->o->mode == EPM_MODE_HOME && s % r->R != r->me)
+        return;
+    for (int l = 0; l < r->c->num_layers; l++) {
+        const size_t i = (size_t)l * r->B + s, j = (size_t)l * r->B + donor;
+        epm_kv_copy_rows(r, r->kc[i], kv_rows(r, s), r->kc[j], kv_rows(r, donor), n);
+        if (!r->latent)
+            epm_kv_copy_rows(r, r->vc[i], kv_rows(r, s), r->vc[j], kv_rows(r, donor), n);
+    }
 }
 
 static void kv_release(rt *r, int s)
@@ -1672,6 +1714,7 @@ static void teardown(rt *r)
     epm_free(r->places);
     epm_sched_destroy(r->sched);
     epm_free(r->reserve);
+    epm_free(r->cached);
     epm_free(r->bytes_local);
     epm_free(r->kv_local);
     epm_free(r->load_local);
@@ -1808,7 +1851,9 @@ static epm_status collect_trace(rt *r, epm_run_result *res)
     EPM_CHECK(epm_xcomm_gather_bytes(r->x, r->trace_rec, r->n_rec * (2 + K) * (int64_t)sizeof(int32_t), &all, &nb));
     if (r->me != 0)
         return EPM_OK;
-    const int64_t total = r->dec_base; /* prefill and every decoded token */
+    /* prefill and every decoded token (a prompt position prefix caching copied is never recorded: its
+     * row stays -1, which plan eval skips, and every token keeps its index, which picks its replica) */
+    const int64_t total = r->dec_base;
     epm_status st = epm_trace_create(r->moe_layers, total, K, r->c->num_experts, &res->trace);
     int32_t *seq = epm_malloc((size_t)(total ? total : 1) * sizeof *seq);
     if (st == EPM_OK && seq) {
@@ -2220,6 +2265,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     }
     r.me = epm_xcomm_rank(r.x);
     r.R = epm_xcomm_size(r.x);
+    r.prompts = prompts;
     EPM_CHECK_GOTO(setup(&r, o, batch, lens), st, fail);
     const epm_model_config *c = r.c;
     res->batch = batch;
@@ -2335,9 +2381,11 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
             res->report.t_wait += sp.wake - now > 0 ? sp.wake - now : 0;
             continue;
         }
-        for (int i = 0; i < sp.n_admitted && st == EPM_OK; i++) {
+        for (int i = 0; i < sp.n_admitted && st == EPM_OK; i++) { /* (in order: a donor copied before it gives) */
             res->t_admit[sp.admitted[i]] = now;
             st = kv_acquire(&r, sp.admitted[i]);
+            if (st == EPM_OK && sp.cached[i] > 0)
+                kv_copy_prefix(&r, sp.admitted[i], sp.donor[i], sp.cached[i]);
         }
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
         EPM_CHECK_GOTO(run_pass(&r, &sp, prompts, &po, trace_of_run, res), st, fail_gen);
@@ -2422,6 +2470,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     EPM_CHECK_GOTO(epm_xcomm_max_f64(r.x, kvm, 2), st, fail_gen);
     rep->kv_cache_bytes_max = (int64_t)kvm[0];
     rep->kv_positions_max = (int64_t)kvm[1];
+    rep->cached_prompt_tokens = r.cached_tokens;
     EPM_CHECK_GOTO(epm_xcomm_max_f64(r.x, times, 7), st, fail_gen);
     rep->t_prefill = times[0], rep->t_decode = times[1], rep->t_attention = times[2], rep->t_gate = times[3];
     rep->t_dispatch = times[4], rep->t_experts = times[5], rep->t_combine = times[6];

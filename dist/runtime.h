@@ -85,6 +85,17 @@ typedef struct epm_run_opts {
                                        below the batch with MoD router or
                                        attention, whose decode thresholds one prefill of the batch
                                        sets. 0: all */
+    int prefix_caching;             /* automatic prefix caching (vLLM's --enable-prefix-caching) among the
+                                       sequences held: an admitted sequence copies the K/V rows of the longest
+                                       prompt prefix it shares with a sequence its rank holds (follow mode:
+                                       any rank's; every rank holds every cache) whose earlier passes
+                                       prefilled it, and prefills the rest, never less than its last token.
+                                       The rows are copied, not shared: compute and dispatch are saved, not
+                                       memory. The same tokens (with kernels and routing whose rows do not
+                                       depend on the pass); in the recorded trace the copied positions' rows
+                                       are -1 (not computed), which plan eval skips. Not with MoD
+                                       (whose cache rows are not positions), a routing replay, all logits or
+                                       prompt logprobs (which the copied positions do not compute) */
     int64_t max_total_tokens;       /* > 0: the K/V positions a rank's caches may hold at once (SGLang's
                                        --max-total-tokens, TGI's --max-batch-total-tokens): a sequence
                                        reserves its prompt and its output cap (its caches' positions)
@@ -198,6 +209,8 @@ typedef struct epm_run_report {
      * latency, over all tokens: where prefill passes stall decoding), and end to end */
     epm_latency ttft, tpot, itl, e2e;
     double t_wait;         /* seconds the ranks had nothing to run, waiting for a request to arrive */
+    int64_t cached_prompt_tokens; /* prompt tokens whose K/V rows were copied from a held sequence's
+                                     (prefix caching) rather than computed: prefill_tokens leaves them out */
     int64_t kv_positions_max;    /* K/V positions the fullest rank's caches held at once (each admitted
                                     sequence's prompt and output cap: what max_total_tokens bounds) */
     int64_t kv_cache_bytes_max;  /* KV cache memory of the fullest rank at its fullest (follow keeps every

@@ -77,6 +77,9 @@ typedef struct rt {
     int max_seqs;         /* the places of all ranks (those of a rank with fewer sequences: theirs) */
     int64_t mine_most;    /* prompt tokens of this rank's places' longest sequences (the memory check's) */
     struct epm_sched *sched;
+    const int32_t *const *prompts; /* [B] the batch's prompt tokens (the caller's) */
+    int32_t *cached;         /* [B] prompt positions each sequence copied from a donor (prefix caching) */
+    int64_t cached_tokens;   /* their sum */
     int64_t *reserve;        /* [B] each sequence's K/V positions, with max_total_tokens (else NULL) */
     /* decoding: sequences leave the batch at a stop token */
     uint8_t *fed;         /* [B] it ran a pass whose new token the next sum brings */
@@ -178,6 +181,8 @@ epm_status epm_mla_expand_rows(rt *r, int l, const void *krow, int64_t cached, i
 size_t epm_kv_bytes(const rt *r, int64_t n);
 /* One cache (a layer's K, V or latent) of rows positions: its bytes. */
 size_t epm_kv_cache_bytes(const rt *r, int64_t rows);
+/* Rows [0, n) of cache src (of src_rows rows) into cache dst (of dst_rows): as stored, scales with their codes. */
+void epm_kv_copy_rows(const rt *r, void *dst, int64_t dst_rows, const void *src, int64_t src_rows, int64_t n);
 void epm_kv_get(const rt *r, const void *c, int64_t rows, int64_t off, int n, float *dst);
 void epm_kv_put(const rt *r, void *c, int64_t rows, int64_t off, int n, const float *src);
 const float *epm_kv_scales(const rt *r, const void *c);

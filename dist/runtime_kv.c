@@ -69,3 +69,16 @@ void epm_kv_put(const rt *r, void *c, int64_t rows, int64_t off, int n, const fl
     default: memcpy((float *)c + off, src, (size_t)n * sizeof *src); return;
     }
 }
+
+void epm_kv_copy_rows(const rt *r, void *dst, int64_t dst_rows, const void *src, int64_t src_rows, int64_t n)
+{
+    const size_t vals = (size_t)n * (size_t)r->kv_w;
+    switch (r->kvt) {
+    case EPM_KV_BF16: memcpy(dst, src, vals * 2); return;
+    case EPM_KV_FP8:
+        memcpy(dst, src, codes_at(r, n));
+        memcpy((uint8_t *)dst + codes_at(r, dst_rows), (const uint8_t *)src + codes_at(r, src_rows), vals);
+        return;
+    default: memcpy(dst, src, vals * sizeof(float)); return;
+    }
+}

@@ -14,7 +14,7 @@ struct epm_sched {
     int *waiting;       /* [ranks] first sequence not yet admitted (batch: none) */
     int64_t *budget;    /* [ranks] prompt tokens left to a pass */
     int64_t *used;      /* [ranks] pool positions the held sequences reserve (shared pool: [0]) */
-    int32_t *admitted, *dec;
+    int32_t *admitted, *dec, *cached, *donor;
     epm_sched_piece *pre;
     int64_t index;
 };
@@ -39,6 +39,8 @@ void epm_sched_destroy(epm_sched *s)
     epm_free(s->budget);
     epm_free(s->used);
     epm_free(s->admitted);
+    epm_free(s->cached);
+    epm_free(s->donor);
     epm_free(s->dec);
     epm_free(s->pre);
     epm_free(s);
@@ -48,10 +50,11 @@ epm_status epm_sched_create(const epm_sched_opts *o, epm_sched **out)
 {
     *out = NULL;
     if (o->batch < 1 || o->ranks < 1 || !o->lens || o->max_num_seqs < 0 || o->chunk < 0 || o->pool < 0 ||
-        (o->pool > 0 && !o->reserve))
+        (o->pool > 0 && !o->reserve) || (o->prefix_caching && !o->prompts))
         return epm_fail(EPM_ERR_INVALID_ARG, "scheduler: batch %d, ranks %d, max_num_seqs %d, chunk %lld, pool %lld%s",
                         o->batch, o->ranks, o->max_num_seqs, (long long)o->chunk, (long long)o->pool,
-                        o->pool > 0 && !o->reserve ? " without reserves" : "");
+                        o->pool > 0 && !o->reserve ? " without reserves"
+                        : o->prefix_caching && !o->prompts ? ", prefix caching without prompts" : "");
     epm_sched *s = epm_calloc(1, sizeof *s);
     if (!s)
         return EPM_ERR_NOMEM;
@@ -65,10 +68,12 @@ epm_status epm_sched_create(const epm_sched_opts *o, epm_sched **out)
     s->budget = epm_malloc(R * sizeof *s->budget);
     s->used = epm_calloc(R, sizeof *s->used);
     s->admitted = epm_malloc(B * sizeof *s->admitted);
+    s->cached = epm_malloc(B * sizeof *s->cached);
+    s->donor = epm_malloc(B * sizeof *s->donor);
     s->dec = epm_malloc(B * sizeof *s->dec);
     s->pre = epm_malloc(B * sizeof *s->pre);
-    if (!s->state || !s->done || !s->places || !s->held || !s->waiting || !s->budget || !s->used || !s->admitted || !s->dec ||
-        !s->pre) {
+    if (!s->state || !s->done || !s->places || !s->held || !s->waiting || !s->budget || !s->used || !s->admitted ||
+        !s->cached || !s->donor || !s->dec || !s->pre) {
         epm_sched_destroy(s);
         return EPM_ERR_NOMEM;
     }
@@ -99,6 +104,28 @@ epm_status epm_sched_create(const epm_sched_opts *o, epm_sched **out)
     }
     *out = s;
     return EPM_OK;
+}
+
+/* Sequence i's longest prompt prefix whose K/V rows a held sequence
+ * (its rank's, or any with shared caches) has from earlier passes, short of
+ * i's last token; its donor in *donor (-1: none). Ties: the first. */
+static int prefix_donor(const epm_sched *s, int i, int *donor)
+{
+    const int B = s->o.batch, R = s->o.ranks, *lens = s->o.lens;
+    const int32_t *a = s->o.prompts[i];
+    int best = 0;
+    *donor = -1;
+    for (int j = s->o.shared_pool ? 0 : i % R; j < B; j += s->o.shared_pool ? 1 : R) {
+        if (j == i || (s->state[j] != PREFILLING && s->state[j] != DECODING))
+            continue;
+        int most = lens[i] - 1 < s->done[j] ? lens[i] - 1 : s->done[j], k = 0;
+        const int32_t *b = s->o.prompts[j];
+        while (k < most && a[k] == b[k])
+            k++;
+        if (k > best)
+            best = k, *donor = j;
+    }
+    return best;
 }
 
 void epm_sched_end(epm_sched *s, int seq)
@@ -142,7 +169,12 @@ int epm_sched_next(epm_sched *s, double now, epm_sched_pass *p)
                 }
                 *u += s->o.reserve[i];
             }
+            int donor = -1;
+            const int cached = s->o.prefix_caching ? prefix_donor(s, i, &donor) : 0;
             s->state[i] = PREFILLING;
+            s->done[i] = cached;
+            s->cached[na] = cached;
+            s->donor[na] = donor;
             s->admitted[na++] = i;
             s->waiting[q] += R;
             s->held[q]++;
@@ -178,7 +210,7 @@ int epm_sched_next(epm_sched *s, double now, epm_sched_pass *p)
             if (arr && s->waiting[q] < B && arr[s->waiting[q]] < wake)
                 wake = arr[s->waiting[q]];
     }
-    *p = (epm_sched_pass){s->admitted, na, s->pre, np, pt, s->dec, nd, s->index, wake};
+    *p = (epm_sched_pass){s->admitted, na, s->cached, s->donor, s->pre, np, pt, s->dec, nd, s->index, wake};
     s->index += np > 0 || nd > 0;
     return 1;
 }

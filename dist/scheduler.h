@@ -23,6 +23,9 @@ typedef struct epm_sched_piece {
 typedef struct epm_sched_pass {
     const int32_t *admitted;    /* sequences admitted as this pass begins (their K/V caches are taken now) */
     int n_admitted;
+    const int32_t *cached;      /* [n_admitted] with prefix caching: the first positions of each admitted
+                                   sequence's prompt whose K/V rows it copies from donor's (0: none) */
+    const int32_t *donor;       /* [n_admitted] that held sequence (-1: none) */
     const epm_sched_piece *pre; /* prompt pieces, by ascending sequence */
     int n_pre;
     int64_t pre_tokens;         /* their tokens */
@@ -52,7 +55,13 @@ typedef struct epm_sched_opts {
                           the held ones leave; each <= pool. 0: places alone */
     int shared_pool;   /* every rank holds every admitted sequence's caches (follow mode): one pool, and
                           admission in order across ranks, stopping at the first arrived sequence with a
-                          place that does not fit (vLLM's first come, first served) */
+                          place that does not fit (vLLM's first come, first served); a prefix's donor
+                          may be any rank's sequence */
+    const int32_t *const *prompts; /* [batch] prompt tokens (kept by the caller); read with prefix_caching */
+    int prefix_caching; /* an admitted sequence copies the K/V rows of the longest prompt prefix it shares with
+                           a held sequence of its rank (shared_pool: of any rank) that earlier passes
+                           prefilled, and prefills from there; never its last prompt token, whose logits
+                           give its first (vLLM's automatic prefix caching among the sequences held) */
 } epm_sched_opts;
 
 epm_status epm_sched_create(const epm_sched_opts *o, epm_sched **out);

@@ -87,6 +87,14 @@ static const char usage[] =
     "                           home mode each rank's pool, follow mode one for all (every rank holds\n"
     "                           every sequence's caches). The memory check counts the pool; the same\n"
     "                           tokens. Default: places alone\n"
+    "  --enable-prefix-caching  a sequence admitted beside a held one (its home rank's; follow mode: any)\n"
+    "                           whose prompt shares a prefix with its own copies that prefix's K/V rows\n"
+    "                           and prefills the rest, its last prompt token at least (vLLM's automatic\n"
+    "                           prefix caching among the sequences held; rows copied, not shared: compute\n"
+    "                           and dispatch saved, not memory; only where sequences are admitted while\n"
+    "                           others are held: --max-num-seqs below the batch, or arrivals); the same\n"
+    "                           tokens. Not with --mod, --all-logits, --prompt-logprobs or\n"
+    "                           --route-from-trace\n"
     "  --max-num-batched-tokens N\n"
     "                           instead of --prefill-chunk: at most N tokens a pass on each rank, its\n"
     "                           decode tokens first and its prompts' chunks in what they leave (vLLM's\n"
@@ -166,7 +174,7 @@ static const char usage[] =
 enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER, O_MAXMEM,
        O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
        O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK, O_PLOGPROBS, O_MAXSEQS, O_SEPPRE,
-       O_RATE, O_BURST, O_ASEED, O_MNBT, O_MTT, O_ARRFROM, O_TSCALE };
+       O_RATE, O_BURST, O_ASEED, O_MNBT, O_MTT, O_ARRFROM, O_TSCALE, O_PREFIX };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_OUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -199,6 +207,7 @@ static const struct option opts[] = {
     {"arrival-seed", required_argument, 0, O_ASEED}, {"max-num-batched-tokens", required_argument, 0, O_MNBT},
     {"prompt-logprobs", required_argument, 0, O_PLOGPROBS}, {"max-total-tokens", required_argument, 0, O_MTT},
     {"arrivals-from", required_argument, 0, O_ARRFROM}, {"time-scale", required_argument, 0, O_TSCALE},
+    {"enable-prefix-caching", no_argument, 0, O_PREFIX},
     {0, 0, 0, 0}};
 
 /* The checkpoint file (a name in dir) that out would overwrite, or NULL:
@@ -255,11 +264,11 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
     double tps = r->t_prefill > 0 ? (double)r->prefill_tokens / r->t_prefill : 0;
     double dps = r->t_decode > 0 ? (double)r->decode_tokens / r->t_decode : 0;
     if (json) {
-        fprintf(f, "\"report\": {\"ranks\": %d, \"nodes\": %d, \"prefill_tokens\": %lld, \"prefill_passes\": %d, \"max_num_seqs\": %d, \"decode_tokens\": %lld, \"decode_steps\": %lld, \"mixed_passes\": %lld, "
+        fprintf(f, "\"report\": {\"ranks\": %d, \"nodes\": %d, \"prefill_tokens\": %lld, \"cached_prompt_tokens\": %lld, \"prefill_passes\": %d, \"max_num_seqs\": %d, \"decode_tokens\": %lld, \"decode_steps\": %lld, \"mixed_passes\": %lld, "
                    "\"prefill_tokens_per_s\": %.3f, \"decode_tokens_per_s\": %.3f, \"seconds\": {\"prefill\": %.6f, "
                    "\"decode\": %.6f, \"attention\": %.6f, \"gate\": %.6f, \"dispatch\": %.6f, \"experts\": %.6f, "
                    "\"combine\": %.6f}, \"expert_dtype\": \"%s\", \"dense_dtype\": \"%s\", \"weight_bytes_max_rank\": %lld, \"kv_cache\": \"%s\", \"kv_dtype\": \"%s\", \"kv_row_floats\": %d, \"kv_cache_bytes_max_rank\": %lld, \"kv_positions_max_rank\": %lld, \"wire_dtype\": \"%s\", \"gather_bytes\": [%lld, %lld, %lld], \"layers\": [",
-                r->ranks, r->nodes, (long long)r->prefill_tokens, r->prefill_passes, r->max_num_seqs, (long long)r->decode_tokens, (long long)r->decode_steps, (long long)r->mixed_passes, tps, dps, r->t_prefill,
+                r->ranks, r->nodes, (long long)r->prefill_tokens, (long long)r->cached_prompt_tokens, r->prefill_passes, r->max_num_seqs, (long long)r->decode_tokens, (long long)r->decode_steps, (long long)r->mixed_passes, tps, dps, r->t_prefill,
                 r->t_decode, r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine,
                 epm_dtype_name(r->expert_dtype), epm_dtype_name(r->dense_dtype), (long long)r->weight_bytes_max, r->kv_cache ? r->kv_cache : "?", epm_dtype_name(r->kv_dtype), r->kv_row_floats, (long long)r->kv_cache_bytes_max, (long long)r->kv_positions_max, epm_dtype_name(r->wire_dtype), (long long)r->gather_bytes[0], (long long)r->gather_bytes[1],
                 (long long)r->gather_bytes[2]);
@@ -300,12 +309,15 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
         fprintf(f, "}}");
         return;
     }
-    char passes[96] = "";
+    char passes[192] = "";
     if (r->mixed_passes > 0)
         snprintf(passes, sizeof passes, " (%d passes, %lld of them mixed with decode tokens)", r->prefill_passes,
                  (long long)r->mixed_passes);
     else if (r->prefill_passes > 1)
         snprintf(passes, sizeof passes, " (%d passes)", r->prefill_passes);
+    if (r->cached_prompt_tokens > 0) /* prefix caching: what was copied rather than computed */
+        snprintf(passes + strlen(passes), sizeof passes - strlen(passes), ", %lld more copied from cached prefixes",
+                 (long long)r->cached_prompt_tokens);
     fprintf(f, "ranks %d (%d nodes)  prefill %lld tokens%s in %.3f s (%.1f tok/s)  decode %lld tokens in %.3f s "
                "(%.1f tok/s, at most %d sequences at once)\n",
             r->ranks, r->nodes, (long long)r->prefill_tokens, passes, r->t_prefill, tps, (long long)r->decode_tokens,
@@ -712,6 +724,7 @@ int epm_cli_run(int argc, char **argv)
             shape_of_arrivals = "--burstiness";
             break;
         case O_ARRFROM: arrivals_from = optarg; break;
+        case O_PREFIX: o.prefix_caching = 1; break;
         case O_TSCALE:
             if (!cli_parse_double(W, "--time-scale", optarg, 1e-6, 1e6, &time_scale)) return EPM_EXIT_USAGE;
             scale_given = 1;

@@ -710,6 +710,16 @@ ok "bench run, Mooncake's trace" mpi -np 2 "$E" bench run --model "$F/mixtral-ti
   --trace-arrivals --reps 1 --kernels ref --modes home --csv &&
   { awk -F, 'NR == 3 && $1 == "trace" && $3 == 3 && $4 >= 0.045 && $15 == 1 {t = 1} END {exit !(t && NR == 3)}' \
     "$d/out" || { fail "bench run, Mooncake's trace: rows"; show; }; }
+# prefix caching against none: 8 prompts of 12 tokens sharing their first 8, two places a rank, so that
+# 4 sequences (the second pair of each rank) are admitted while their rank's first pair is held and copy
+# the 8 shared positions: 32 copied, 96 - 32 computed, the same tokens
+ok "bench run --prefix-caching" mpi -np 2 "$E" bench run --model "$F/mixtral-tiny" --batch 8 --seq 12 --new 4 \
+  --shared-prefix 8 --max-num-seqs 4 --prefix-caching --reps 1 --kernels ref --csv &&
+  { awk -F, 'NR == 1 && $1 == "prefix_caching" && $9 == "token_agreement" && NF == 9 {h = 1}
+             NR == 2 && $1 == "off" && $2 == 96 && $3 == 0 && $5 == 1 && $9 == 1 {a = 1}
+             NR == 3 && $1 == "on" && $2 == 64 && $3 == 32 && $4 > 0 && $6 > 0 && $9 == 1 {b = 1}
+             END {exit !(h && a && b && NR == 3)}' "$d/out" || { fail "bench run --prefix-caching: rows"; show; }; }
+usage run --shared-prefix "" --model "$m" --seq 4 --shared-prefix 5
 usage run --trace-arrivals "" --model "$m" --trace-arrivals
 usage run --num-prompts "" --model "$m" --num-prompts 3
 usage run "--time-scale --trace-arrivals" "" --model "$m" --input "$d/burst.csv" --time-scale 2

@@ -439,6 +439,24 @@ check "arrivals from a trace and a rate" 2 "$E" run --model "$m" --input "$d/in.
   --request-rate 3
 check "time scale alone" 2 "$E" run --model "$m" --input "$d/in.json" --time-scale 2
 has "$d/err" "--time-scale scales the arrivals of --arrivals-from"
+# prefix caching: the third request is admitted while the first is held and copies the 8 positions of
+# its prompt they share (its ninth is computed): the same tokens, 8 prompt tokens fewer computed
+printf '%s\n' '{"prompt_token_ids": [1, 2, 3, 4, 5, 6, 7, 8], "max_tokens": 6}' \
+  '{"prompt_token_ids": [1, 2, 3, 4, 5, 6, 9], "max_tokens": 1}' \
+  '{"prompt_token_ids": [1, 2, 3, 4, 5, 6, 7, 8, 10], "max_tokens": 3}' >"$d/prefix.jsonl"
+check "without prefix caching" 0 one "$E" run --model "$m" --input "$d/prefix.jsonl" --max-num-seqs 2 --json --report
+plain=$(gj "d['generated'], d['report']['prefill_tokens'], d['report']['cached_prompt_tokens']")
+check "--enable-prefix-caching" 0 one "$E" run --model "$m" --input "$d/prefix.jsonl" --max-num-seqs 2 --json \
+  --report --enable-prefix-caching
+cached=$(gj "d['generated'], d['report']['prefill_tokens'], d['report']['cached_prompt_tokens']")
+[ "${plain%, 24, 0)}" = "${cached%, 16, 8)}" ] && [ "$plain" != "$cached" ] ||
+  fail "--enable-prefix-caching: $plain against $cached"
+check "--enable-prefix-caching, text report" 0 one "$E" run --model "$m" --input "$d/prefix.jsonl" --max-num-seqs 2 \
+  --report --enable-prefix-caching
+has "$d/err" "prefill 16 tokens (2 passes, 1 of them mixed with decode tokens), 8 more copied from cached prefixes in"
+check "prefix caching with all logits" 1 one "$E" run --model "$m" --input "$d/prefix.jsonl" --enable-prefix-caching \
+  --all-logits
+has "$d/err" "--enable-prefix-caching with all logits"
 check "budget and chunk" 2 "$E" run --model "$m" --input "$d/in.json" --max-num-batched-tokens 4 --prefill-chunk 2
 has "$d/err" "--max-num-batched-tokens and --prefill-chunk"
 check "arrival seed without a rate" 2 "$E" run --model "$m" --input "$d/in.json" --arrival-seed 3
@@ -489,5 +507,6 @@ has "$d/out" "--request-rate R"
 has "$d/out" "--max-num-batched-tokens N"
 has "$d/out" "--max-total-tokens N"
 has "$d/out" "--arrivals-from FILE"
+has "$d/out" "--enable-prefix-caching"
 
 checks_done "all run CLI checks passed"

@@ -360,6 +360,15 @@ static void test_run_fixtures_follow(void **state)
 
 /* A run's counted bytes, K/V bytes, per-rank loads and final gather equal
  * plan eval's prediction, layer by layer (DESIGN.md's agreement). */
+/* b's tokens and logprobs are a's, sequence by sequence (new: the runs' max_new_tokens) */
+static void assert_same_tokens(const epm_run_result *a, const epm_run_result *b, int batch, int new)
+{
+    assert_memory_equal(b->gen_len, a->gen_len, batch * sizeof *a->gen_len);
+    assert_memory_equal(b->generated, a->generated, (size_t)batch * new * sizeof *a->generated);
+    for (int s = 0; s < batch; s++)
+        assert_memory_equal(b->logprob + s * new, a->logprob + s * new, a->gen_len[s] * sizeof(float));
+}
+
 static void assert_report_is_eval(const epm_run_report *rp, const epm_eval_result *ev, int layers)
 {
     for (int l = 0; l < layers; l++) {
@@ -717,7 +726,7 @@ static int64_t peak_rows(int B, const int *lens, const int *rows, const int *gen
     assert_true(B <= 16 && R <= 16);
     for (int q = 0; q < B; q++)
         reserve[q] = rows[q];
-    const epm_sched_opts so = {B, lens, R, max_seqs, chunk, 0, NULL, 0, reserve, pool, follow};
+    const epm_sched_opts so = {B, lens, R, max_seqs, chunk, 0, NULL, 0, reserve, pool, follow, NULL, 0};
     epm_sched *sc = NULL;
     assert_int_equal(epm_sched_create(&so, &sc), EPM_OK);
     int made[16] = {0}, held[16] = {0};
@@ -1037,10 +1046,7 @@ static void test_run_arrivals(void **state)
     assert_int_equal(epm_run(&o, B, lens, prompts, &a), EPM_OK);
     o.arrival = arrival;
     assert_int_equal(epm_run(&o, B, lens, prompts, &b), EPM_OK);
-    assert_memory_equal(b->gen_len, a->gen_len, B * sizeof *a->gen_len);
-    assert_memory_equal(b->generated, a->generated, (size_t)B * NEW * sizeof *a->generated);
-    for (int s = 0; s < B; s++)
-        assert_memory_equal(b->logprob + s * NEW, a->logprob + s * NEW, a->gen_len[s] * sizeof(float));
+    assert_same_tokens(a, b, B, NEW);
     assert_memory_equal(b->report.bytes, a->report.bytes, 4 * EPM_LINK_COUNT * sizeof *a->report.bytes);
     assert_memory_equal(b->report.layer_tokens, a->report.layer_tokens, 4 * sizeof *a->report.layer_tokens);
     double ttft_max = 0, others_done = 0;
@@ -1116,10 +1122,7 @@ static void test_run_kv_pool(void **state)
             if (st != EPM_OK)
                 fprintf(stderr, "rank %d: %s\n", me, epm_last_error());
             assert_int_equal(st, EPM_OK);
-            assert_memory_equal(b->gen_len, a->gen_len, B * sizeof *a->gen_len);
-            assert_memory_equal(b->generated, a->generated, (size_t)B * NEW * sizeof *a->generated);
-            for (int s = 0; s < B; s++)
-                assert_memory_equal(b->logprob + s * NEW, a->logprob + s * NEW, a->gen_len[s] * sizeof(float));
+            assert_same_tokens(a, b, B, NEW);
             assert_memory_equal(b->report.bytes, a->report.bytes, 4 * EPM_LINK_COUNT * sizeof *a->report.bytes);
             assert_memory_equal(b->report.layer_tokens, a->report.layer_tokens, 4 * sizeof *a->report.layer_tokens);
             assert_int_equal(b->report.prefill_tokens, a->report.prefill_tokens);
@@ -1152,6 +1155,131 @@ static void test_run_kv_pool(void **state)
     }
     epm_placement_destroy(p);
     epm_st_close(f.ref);
+}
+
+/* The prompt positions prefix caching copies in a run whose sequence s
+ * made gen[s] tokens: the scheduler's admissions (test_scheduler checks
+ * them on their own). */
+static int64_t cached_positions(int B, const int *lens, const int32_t *const *prompts, const int *gen, int max_seqs,
+                                int64_t chunk, int follow)
+{
+    const epm_sched_opts so = {B, lens, R, max_seqs, chunk, 0, NULL, 0, NULL, 0, follow, prompts, 1};
+    epm_sched *sc = NULL;
+    assert_int_equal(epm_sched_create(&so, &sc), EPM_OK);
+    int made[16] = {0};
+    int64_t cached = 0;
+    epm_sched_pass p;
+    assert_true(B <= 16);
+    while (epm_sched_next(sc, 0, &p)) {
+        for (int i = 0; i < p.n_admitted; i++)
+            cached += p.cached[i];
+        for (int i = 0; i < p.n_pre; i++)
+            if (p.pre[i].to == lens[p.pre[i].seq] && ++made[p.pre[i].seq] >= gen[p.pre[i].seq])
+                epm_sched_end(sc, p.pre[i].seq);
+        for (int i = 0; i < p.n_dec; i++)
+            if (++made[p.dec[i]] >= gen[p.dec[i]])
+                epm_sched_end(sc, p.dec[i]);
+    }
+    epm_sched_destroy(sc);
+    return cached;
+}
+
+/* Prefix caching (epm_run_opts.prefix_caching): prompts that share
+ * prefixes, a few places a rank, so that later sequences are admitted
+ * beside held ones. Every sequence's tokens and logprobs are the run's
+ * without it (K/V rows copied as stored: float32 and fp8 caches, and
+ * DeepSeek-V3's MLA latent with prompts in chunks, a donor mid-prefill); it
+ * computes the scheduler's copied positions fewer prompt tokens and reports
+ * them; in its trace the copied positions are not recorded, and plan eval
+ * on it predicts the bytes and loads it counted under replicas (each token
+ * keeping its index, which picks its replica). MoD, all logits and prompt
+ * logprobs are refused by name. */
+static void test_run_prefix_caching(void **state)
+{
+    (void)state;
+    enum { B = 14, NEW = 4 };
+    static const int lens[B] = {16, 12, 16, 14, 9, 16, 11, 13, 16, 7, 15, 16, 10, 12};
+    static const int news[B] = {4, 1, 3, 2, 1, 4, 2, 3, 1, 4, 2, 1, 3, 2};
+    fixture f, ds;
+    fixture_open(&f, "mixtral-tiny");
+    fixture_open(&ds, "deepseekv3-tiny");
+    epm_placement *p = make_placement(2, 4, 8, 1);
+    for (int run = 0; run < 5; run++) {
+        /* fp8: follow, which copies at every rank count; run 4: DeepSeek-V3's latent in chunks of 5 */
+        const int mode = run == 4 ? R % 2 : run % 2, fp8 = run == 2 || run == 3, mla = run == 4;
+        if ((quick() && (mode != R % 2 || run == 4)) || (fp8 && (quick() || mode != 1)))
+            continue;
+        const fixture *fx = mla ? &ds : &f;
+        const int32_t *prompts[B];
+        for (int s = 0; s < B; s++) /* (prefixes of the fixture's two prompts) */
+            prompts[s] = fx->ids[s % 3 == 2];
+        epm_run_opts o;
+        memset(&o, 0, sizeof o);
+        o.model_dir = fx->dir;
+        o.placement = p;
+        o.prefill_chunk = mla ? 5 : 0;
+        o.mode = (epm_mode)mode;
+        o.max_new_tokens = NEW;
+        o.max_new_per_seq = news;
+        o.ops = "ref";
+        o.logprobs_on = 1;
+        o.max_num_seqs = R * (R > 3 ? 1 : 3); /* (a rank's next admitted while others are held) */
+        o.kv_fp8 = fp8;
+        epm_run_result *a, *b;
+        assert_int_equal(epm_run(&o, B, lens, prompts, &a), EPM_OK);
+        o.prefix_caching = 1;
+        epm_status st = epm_run(&o, B, lens, prompts, &b);
+        if (st != EPM_OK)
+            fprintf(stderr, "rank %d: %s\n", me, epm_last_error());
+        assert_int_equal(st, EPM_OK);
+        assert_same_tokens(a, b, B, NEW);
+        const int64_t cached = cached_positions(B, lens, prompts, a->gen_len, o.max_num_seqs, o.prefill_chunk, mode == 1);
+        assert_int_equal(b->report.cached_prompt_tokens, cached);
+        assert_int_equal(a->report.cached_prompt_tokens, 0);
+        assert_true(cached > 0 || (mode == 0 && R > 3)); /* (from 4 ranks on a home rank holds one at a time) */
+        assert_int_equal(b->report.prefill_tokens, a->report.prefill_tokens - cached);
+        assert_int_equal(b->report.decode_tokens, a->report.decode_tokens);
+        if (me == 0 && !mla) { /* the tokens it computed, which plan eval prices as it counted them */
+            assert_int_equal(epm_trace_tokens(b->trace), epm_trace_tokens(a->trace));
+            int64_t unrecorded = 0;
+            for (int64_t g = 0; g < epm_trace_tokens(b->trace); g++)
+                unrecorded += epm_trace_ids(b->trace, 0)[g * 2] < 0;
+            assert_int_equal(unrecorded, cached);
+            epm_eval_opts eo;
+            epm_eval_opts_init(&eo);
+            eo.mode = o.mode;
+            eo.hidden_bytes = 64 * 4;
+            eo.kv_row_bytes = 2 * 32 * 4; /* (rows travel in the wire's float32 whatever the cache holds) */
+            epm_eval_result *ev;
+            assert_int_equal(epm_eval(b->trace, p, &eo, &ev), EPM_OK);
+            assert_report_is_eval(&b->report, ev, 4);
+            epm_eval_result_destroy(ev);
+        }
+        epm_run_result_destroy(a);
+        epm_run_result_destroy(b);
+        if (run > 0)
+            continue;
+        /* what the copied positions would have to compute, or whose rows are not positions */
+        for (int k = 0; k < 3; k++) {
+            epm_run_opts q = o;
+            q.keep_logits = k == 0;
+            q.prompt_logprobs_on = k == 1;
+            if (k == 2) {
+                q.mod = EPM_MOD_SCHEDULE;
+                q.mod_capacity = 0.5;
+            }
+            epm_run_result *c = NULL;
+            st = epm_run(&q, B, lens, prompts, &c);
+            assert_true(st == EPM_ERR_UNSUPPORTED || st == EPM_ERR_REMOTE);
+            assert_null(c);
+            assert_non_null(strstr(epm_last_error(), k == 0   ? "--enable-prefix-caching with all logits"
+                                                     : k == 1 ? "--enable-prefix-caching with prompt logprobs"
+                                                              : "--enable-prefix-caching with --mod"));
+        }
+    }
+    epm_placement_destroy(p);
+    epm_st_close(f.ref);
+    epm_st_close(ds.ref);
 }
 
 static void test_run_agrees_with_plan_eval(void **state)
@@ -1607,6 +1735,7 @@ int main(void)
         cmocka_unit_test(test_run_sampling_equals_recompute), cmocka_unit_test(test_run_stop_tokens),
         cmocka_unit_test(test_run_request_sampling),          cmocka_unit_test(test_run_continuous_batching),
         cmocka_unit_test(test_run_arrivals),                  cmocka_unit_test(test_run_kv_pool),
+        cmocka_unit_test(test_run_prefix_caching),
         cmocka_unit_test(test_run_prefill_chunk), cmocka_unit_test(test_run_prompt_logprobs),
         cmocka_unit_test(test_run_topology_bias_and_top_p), cmocka_unit_test(test_run_mismatched_placement),
     };

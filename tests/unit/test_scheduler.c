@@ -61,8 +61,13 @@ static int describe(const epm_sched_opts *o, const int *caps, char *out, size_t 
         }
         now += 1;
         at += (size_t)snprintf(out + at, cap - at, "a");
-        for (int i = 0; i < p.n_admitted; i++)
+        for (int i = 0; i < p.n_admitted; i++) {
             at += (size_t)snprintf(out + at, cap - at, "%s%d", i ? "," : "", p.admitted[i]);
+            if (p.cached[i] > 0) /* a prefix copied: "(positions of donor)" */
+                at += (size_t)snprintf(out + at, cap - at, "(%d of %d)", p.cached[i], p.donor[i]);
+            else
+                assert_int_equal(p.donor[i], -1);
+        }
         for (int i = 0; i < p.n_pre; i++)
             at += (size_t)snprintf(out + at, cap - at, " p%d:%d-%d", p.pre[i].seq, p.pre[i].from, p.pre[i].to);
         at += (size_t)snprintf(out + at, cap - at, " d");
@@ -83,7 +88,7 @@ static void test_mixed_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
-    const epm_sched_opts o = {3, lens, 1, 2, 2, 0, NULL, 0, NULL, 0, 0};
+    const epm_sched_opts o = {3, lens, 1, 2, 2, 0, NULL, 0, NULL, 0, 0, NULL, 0};
     char got[512];
     assert_int_equal(describe(&o, caps, got, sizeof got), 4);
     assert_string_equal(got, "a0,1 p0:0-2 d;a p1:0-2 d0;a p1:2-3 d0;a2 p2:0-2 d;");
@@ -96,7 +101,7 @@ static void test_budget_counts_decode_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
-    const epm_sched_opts o = {3, lens, 1, 2, 2, 0, NULL, 1, NULL, 0, 0};
+    const epm_sched_opts o = {3, lens, 1, 2, 2, 0, NULL, 1, NULL, 0, 0, NULL, 0};
     char got[512];
     assert_int_equal(describe(&o, caps, got, sizeof got), 5);
     assert_string_equal(got, "a0,1 p0:0-2 d;a p1:0-1 d0;a p1:1-2 d0;a2 p1:2-3 p2:0-1 d;a p2:1-2 d;");
@@ -108,7 +113,7 @@ static void test_separate_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
-    const epm_sched_opts o = {3, lens, 1, 2, 2, 1, NULL, 0, NULL, 0, 0};
+    const epm_sched_opts o = {3, lens, 1, 2, 2, 1, NULL, 0, NULL, 0, 0, NULL, 0};
     char got[512];
     assert_int_equal(describe(&o, caps, got, sizeof got), 6);
     assert_string_equal(got, "a0,1 p0:0-2 d;a p1:0-2 d;a p1:2-3 d;a2 p2:0-2 d;a d0;a d0;");
@@ -121,7 +126,7 @@ static void test_two_ranks_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {3, 2, 4, 1}, caps[] = {2, 1, 3, 2};
-    epm_sched_opts o = {4, lens, 2, 2, 2, 0, NULL, 0, NULL, 0, 0};
+    epm_sched_opts o = {4, lens, 2, 2, 2, 0, NULL, 0, NULL, 0, 0, NULL, 0};
     char got[512];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0,1 p0:0-2 p1:0-2 d;a3 p0:2-3 p3:0-1 d;a d0,3;a2 p2:0-2 d;a p2:2-4 d;a d2;a d2;");
@@ -139,12 +144,12 @@ static void test_arrivals_by_hand(void **state)
     (void)state;
     static const int lens[] = {2, 3, 1}, caps[] = {3, 1, 2};
     static const double arrival[] = {0, 1.5, 10};
-    const epm_sched_opts o = {3, lens, 1, 1, 0, 0, arrival, 0, NULL, 0, 0};
+    const epm_sched_opts o = {3, lens, 1, 1, 0, 0, arrival, 0, NULL, 0, 0, NULL, 0};
     char got[256];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0 p0:0-2 d;a d0;a d0;a1 p1:0-3 d;w10;a2 p2:0-1 d;a d2;");
     /* two places: sequence 1 is admitted in the first pass that begins after it arrives */
-    const epm_sched_opts o2 = {3, lens, 1, 2, 0, 0, arrival, 0, NULL, 0, 0};
+    const epm_sched_opts o2 = {3, lens, 1, 2, 0, 0, arrival, 0, NULL, 0, 0, NULL, 0};
     describe(&o2, caps, got, sizeof got);
     assert_string_equal(got, "a0 p0:0-2 d;a d0;a1 p1:0-3 d0;w10;a2 p2:0-1 d;a d2;");
 }
@@ -158,7 +163,7 @@ static void test_pool_by_hand(void **state)
     (void)state;
     static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
     static const int64_t reserve[] = {5, 4, 3};
-    epm_sched_opts o = {3, lens, 1, 0, 0, 0, NULL, 0, reserve, 9, 0};
+    epm_sched_opts o = {3, lens, 1, 0, 0, 0, NULL, 0, reserve, 9, 0, NULL, 0};
     char got[256];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0,1 p0:0-2 p1:0-3 d;a2 p2:0-2 d0;a d0;");
@@ -177,13 +182,51 @@ static void test_shared_pool_by_hand(void **state)
     (void)state;
     static const int lens[] = {2, 2, 2, 2}, caps[] = {2, 1, 3, 1};
     static const int64_t reserve[] = {4, 3, 5, 3};
-    epm_sched_opts o = {4, lens, 2, 0, 0, 0, NULL, 0, reserve, 8, 0};
+    epm_sched_opts o = {4, lens, 2, 0, 0, 0, NULL, 0, reserve, 8, 0, NULL, 0};
     char got[256];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0,1,3 p0:0-2 p1:0-2 p3:0-2 d;a d0;a2 p2:0-2 d;a d2;a d2;");
     o.shared_pool = 1;
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0,1 p0:0-2 p1:0-2 d;a d0;a2,3 p2:0-2 p3:0-2 d;a d2;a d2;");
+}
+
+/* Prefix caching, one rank, two places: sequence 2 is admitted as 1 ends
+ * and copies 5 of its 6 prompt positions from 0 (its last is computed for
+ * its first token's logits); 1's shorter shared prefix loses to 0's. */
+static void test_prefix_by_hand(void **state)
+{
+    (void)state;
+    static const int lens[] = {6, 5, 6}, caps[] = {5, 1, 1};
+    static const int32_t p0[] = {1, 2, 3, 4, 5, 6}, p1[] = {1, 2, 3, 9, 9}, p2[] = {1, 2, 3, 4, 5, 6};
+    static const int32_t *const prompts[] = {p0, p1, p2};
+    epm_sched_opts o = {3, lens, 1, 2, 0, 0, NULL, 0, NULL, 0, 0, prompts, 0};
+    char got[256];
+    describe(&o, caps, got, sizeof got);
+    assert_string_equal(got, "a0,1 p0:0-6 p1:0-5 d;a2 p2:0-6 d0;a d0;a d0;a d0;");
+    o.prefix_caching = 1;
+    describe(&o, caps, got, sizeof got);
+    assert_string_equal(got, "a0,1 p0:0-6 p1:0-5 d;a2(5 of 0) p2:5-6 d0;a d0;a d0;a d0;");
+}
+
+/* Two ranks, arrivals a second apart: home mode's donors are the
+ * sequence's rank's (2 takes 4 positions of 0, 3 two of 1); follow mode's
+ * (shared caches) any rank's, 2 taking 6 of 1 and 3 two of 0 (the first of
+ * equals). */
+static void test_prefix_two_ranks_by_hand(void **state)
+{
+    (void)state;
+    static const int lens[] = {4, 6, 7, 3}, caps[] = {3, 3, 1, 1};
+    static const int32_t p0[] = {1, 2, 3, 4}, p1[] = {1, 2, 3, 4, 5, 6}, p2[] = {1, 2, 3, 4, 5, 6, 7}, p3[] = {1, 2, 9};
+    static const int32_t *const prompts[] = {p0, p1, p2, p3};
+    static const double arrival[] = {0, 0, 1, 1};
+    epm_sched_opts o = {4, lens, 2, 0, 0, 0, arrival, 0, NULL, 0, 0, prompts, 1};
+    char got[256];
+    describe(&o, caps, got, sizeof got);
+    assert_string_equal(got, "a0,1 p0:0-4 p1:0-6 d;a2(4 of 0),3(2 of 1) p2:4-7 p3:2-3 d0,1;a d0,1;");
+    o.shared_pool = 1;
+    describe(&o, caps, got, sizeof got);
+    assert_string_equal(got, "a0,1 p0:0-4 p1:0-6 d;a2(6 of 1),3(2 of 0) p2:6-7 p3:2-3 d0,1;a d0,1;");
 }
 
 static unsigned lcg(unsigned *x)
@@ -219,8 +262,19 @@ static void test_rules_on_random_batches(void **state)
         }
         const int64_t pool = lcg(&seed) % 3 ? most + lcg(&seed) % 40 : 0;
         const int shared = (int)(lcg(&seed) % 2);
-        const epm_sched_opts o = {B,     lens,   R,      max_seqs, chunk, separate, trial % 2 ? arr : NULL, counts,
-                                  reserve, pool, shared};
+        /* prompts in three families sharing a prefix of random length, then random tokens of two kinds (so
+         * that prefixes also meet by chance); prefix caching on half the batches */
+        int32_t toks[40][30];
+        const int32_t *prompts[40];
+        for (int i = 0; i < B; i++) {
+            const int fam = (int)(lcg(&seed) % 3), split = (int)(lcg(&seed) % 31);
+            for (int k = 0; k < lens[i]; k++)
+                toks[i][k] = k < split ? fam * 100 + k : (int32_t)(lcg(&seed) % 2);
+            prompts[i] = toks[i];
+        }
+        const int prefix = (int)(lcg(&seed) % 2);
+        const epm_sched_opts o = {B,     lens,   R,      max_seqs, chunk,  separate, trial % 2 ? arr : NULL, counts,
+                                  reserve, pool, shared, prompts,  prefix};
         epm_sched *s = NULL;
         assert_int_equal(epm_sched_create(&o, &s), EPM_OK);
         int done[40] = {0}, gen[40] = {0}, ended[40] = {0}, admitted[40] = {0}, last_piece[40], next_adm[8];
@@ -235,11 +289,32 @@ static void test_rules_on_random_batches(void **state)
             int64_t tok[8] = {0};
             int held[8] = {0};
             for (int i = 0; i < p.n_admitted; i++) { /* in order, each rank's next, once it arrived */
-                const int q = p.admitted[i] % R;
-                assert_int_equal(p.admitted[i], next_adm[q]);
-                assert_true(!o.arrival || o.arrival[p.admitted[i]] <= now);
+                const int a = p.admitted[i], q = a % R;
+                assert_int_equal(a, next_adm[q]);
+                assert_true(!o.arrival || o.arrival[a] <= now);
                 next_adm[q] += R;
-                admitted[p.admitted[i]] = 1;
+                /* a prefix copied from the held sequence (its rank's, or any with shared caches) that shares
+                 * the longest of what it prefilled, short of the last prompt token (those admitted before it
+                 * in this pass hold what they copied) */
+                int best = 0;
+                for (int j = 0; j < B && prefix; j++) {
+                    if (j == a || !admitted[j] || ended[j] || (!shared && j % R != q))
+                        continue;
+                    int k = 0, most = lens[a] - 1 < done[j] ? lens[a] - 1 : done[j];
+                    while (k < most && toks[a][k] == toks[j][k])
+                        k++;
+                    best = k > best ? k : best;
+                }
+                assert_int_equal(p.cached[i], best);
+                if (best > 0) {
+                    const int d = p.donor[i];
+                    assert_true(d >= 0 && d < B && admitted[d] && !ended[d] && (shared || d % R == q));
+                    assert_true(best <= done[d] && memcmp(toks[a], toks[d], (size_t)best * sizeof **toks) == 0);
+                } else {
+                    assert_int_equal(p.donor[i], -1);
+                }
+                done[a] = best;
+                admitted[a] = 1;
             }
             int64_t used[8] = {0}; /* the pool's positions the held sequences reserve (shared: used[0]) */
             for (int i = 0; i < B; i++) {
@@ -327,7 +402,7 @@ static void test_bad_batches(void **state)
     (void)state;
     static const int lens[] = {3, 0};
     epm_sched *s = (epm_sched *)&s;
-    epm_sched_opts o = {2, lens, 1, 0, 0, 0, NULL, 0, NULL, 0, 0};
+    epm_sched_opts o = {2, lens, 1, 0, 0, 0, NULL, 0, NULL, 0, 0, NULL, 0};
     assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
     assert_null(s);
     assert_non_null(strstr(epm_last_error(), "sequence 1 is empty"));
@@ -342,7 +417,7 @@ static void test_bad_batches(void **state)
     assert_non_null(strstr(epm_last_error(), "max_num_seqs -2"));
     static const int two[] = {1, 1};
     static const double late_first[] = {2, 1}, nan_first[] = {NAN, 1};
-    o = (epm_sched_opts){2, two, 1, 0, 0, 0, late_first, 0, NULL, 0, 0};
+    o = (epm_sched_opts){2, two, 1, 0, 0, 0, late_first, 0, NULL, 0, 0, NULL, 0};
     assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "sequence 1 arrives at 1 s, before sequence 0"));
     o.arrival = nan_first;
@@ -350,7 +425,7 @@ static void test_bad_batches(void **state)
     assert_non_null(strstr(epm_last_error(), "sequence 0 arrives at nan s (a finite time"));
     /* a pool: each reserve within it and at least its prompt, and reserves given */
     static const int64_t fits[] = {2, 4}, short_of_prompt[] = {0, 1};
-    o = (epm_sched_opts){2, two, 1, 0, 0, 0, NULL, 0, fits, 3, 0};
+    o = (epm_sched_opts){2, two, 1, 0, 0, 0, NULL, 0, fits, 3, 0, NULL, 0};
     assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "sequence 1 reserves 4 positions, more than the pool holds"));
     o.reserve = short_of_prompt;
@@ -375,6 +450,8 @@ int main(void)
         cmocka_unit_test(test_arrivals_by_hand),
         cmocka_unit_test(test_pool_by_hand),
         cmocka_unit_test(test_shared_pool_by_hand),
+        cmocka_unit_test(test_prefix_by_hand),
+        cmocka_unit_test(test_prefix_two_ranks_by_hand),
         cmocka_unit_test(test_rules_on_random_batches),
         cmocka_unit_test(test_bad_batches),
     };

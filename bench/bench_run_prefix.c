@@ -1,0 +1,70 @@
+/* `epmoe bench run --prefix-caching`: the batch without prefix caching (the
+ * baseline) and with it (epmoe run --enable-prefix-caching), alternated
+ * --reps times, each kept at its fastest: prompt tokens computed and
+ * copied, prefill seconds and generated tokens/s over prefill + decoding,
+ * each over the baseline's, TTFT p50, and token agreement with the
+ * baseline. Sequences share prefixes where the input's prompts do (or
+ * --shared-prefix gives the random ones one); a sequence copies only from
+ * one its rank holds, so --max-num-seqs below the batch is what lets later
+ * sequences find their prefix held. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench_run.h"
+#include "../launch/cli.h"
+
+typedef struct best {
+    double prefill, tok_s, ttft;
+    int64_t computed, copied;
+} best;
+
+int epm_bench_run_prefix(epm_xcomm *x, const epm_run_opts *base, int batch, const int *lens,
+                         const int32_t *const *prompts, int reps, int csv)
+{
+    const int me = epm_xcomm_rank(x), nnew = base->max_new_tokens;
+    best b[2] = {{1e30, 0, 1e30, 0, 0}, {1e30, 0, 1e30, 0, 0}};
+    int32_t *tokens = malloc((size_t)2 * batch * nnew * sizeof *tokens);
+    epm_status st = epm_xcomm_agree(x, tokens ? EPM_OK : EPM_ERR_NOMEM);
+    for (int r = 0; r < reps && st == EPM_OK; r++) /* alternated: a slow spell falls on both alike */
+        for (int k = 0; k < 2 && st == EPM_OK; k++) {
+            epm_run_opts o = *base;
+            o.prefix_caching = k;
+            epm_run_result *res = NULL;
+            if ((st = epm_run(&o, batch, lens, prompts, &res)) != EPM_OK)
+                break;
+            const epm_run_report *p = &res->report;
+            int64_t generated = 0;
+            for (int s = 0; s < batch; s++)
+                generated += res->gen_len[s];
+            const double secs = p->t_prefill + p->t_decode, tok_s = secs > 0 ? (double)generated / secs : 0;
+            b[k].prefill = p->t_prefill < b[k].prefill ? p->t_prefill : b[k].prefill;
+            b[k].tok_s = tok_s > b[k].tok_s ? tok_s : b[k].tok_s;
+            b[k].ttft = p->ttft.p50 < b[k].ttft ? p->ttft.p50 : b[k].ttft;
+            b[k].computed = p->prefill_tokens;
+            b[k].copied = p->cached_prompt_tokens;
+            if (r == 0)
+                memcpy(tokens + (size_t)k * batch * nnew, res->generated, (size_t)batch * nnew * sizeof *tokens);
+            epm_run_result_destroy(res);
+        }
+    int rc = EPM_EXIT_OK;
+    if (st != EPM_OK)
+        rc = me == 0 ? cli_fail("bench run", st) : EPM_EXIT_FAIL;
+    if (rc == EPM_EXIT_OK && me == 0) {
+        printf(csv ? "prefix_caching,prompt_tokens_computed,prompt_tokens_copied,prefill_s,prefill_vs_off,tok_s,"
+                     "tok_s_vs_off,ttft_p50_ms,token_agreement\n"
+                   : "%-14s %10s %10s %10s %9s %9s %9s %9s %9s\n",
+               "prefix caching", "computed", "copied", "prefill s", "pf/off", "tok/s", "vs off", "TTFT p50", "token agr");
+        for (int k = 0; k < 2; k++)
+            printf(csv ? "%s,%lld,%lld,%.4f,%.3f,%.1f,%.3f,%.2f,%.4f\n"
+                       : "%-14s %10lld %10lld %10.4f %9.3f %9.1f %9.3f %9.2f %9.4f\n",
+                   k ? "on" : "off", (long long)b[k].computed, (long long)b[k].copied, b[k].prefill,
+                   b[0].prefill > 0 ? b[k].prefill / b[0].prefill : NAN, b[k].tok_s,
+                   b[0].tok_s > 0 ? b[k].tok_s / b[0].tok_s : NAN, 1e3 * b[k].ttft,
+                   epm_bench_token_agreement(tokens, tokens + (size_t)k * batch * nnew, batch * nnew));
+        fflush(stdout);
+    }
+    free(tokens);
+    return rc;
+}
