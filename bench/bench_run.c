@@ -810,13 +810,6 @@ int epm_bench_run(int argc, char **argv)
     seqid = malloc((size_t)total * sizeof *seqid);
     if (st == EPM_OK && !seqid)
         st = EPM_ERR_NOMEM;
-    for (int q = 0; q < batch && pool > 0 && st == EPM_OK; q++) { /* (as epm_run refuses it, before the trace) */
-        const int cap = max_new_of && max_new_of[q] < nnew ? max_new_of[q] : (int)nnew;
-        if (pl[q] + (int64_t)cap > pool)
-            st = epm_fail(EPM_ERR_INVALID_ARG, "--max-total-tokens %ld: sequence %d needs %lld K/V positions (a "
-                          "prompt of %d tokens and up to %d new), more than the pool holds", pool, q,
-                          (long long)pl[q] + cap, pl[q], cap);
-    }
     if (st == EPM_OK)
         st = epm_bench_seq_ids((int)batch, pl, max_new_of, (int)nnew, (int)max_seqs, R, prefill_chunk, counts_decode,
                                separate, pool, 0, seqid);

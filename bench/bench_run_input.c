@@ -128,11 +128,19 @@ epm_status epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int
     epm_sched *sc = NULL;
     int *gen = calloc((size_t)batch + 1, sizeof *gen);
     int64_t *reserve = calloc((size_t)batch + 1, sizeof *reserve); /* as epm_run's: prompt and output cap */
-    for (int s = 0; reserve && s < batch; s++)
-        reserve[s] = lens[s] + (int64_t)(max_new && max_new[s] < nnew ? max_new[s] : nnew);
+    epm_status st = gen && reserve ? EPM_OK : EPM_ERR_NOMEM;
+    for (int s = 0; st == EPM_OK && s < batch; s++) {
+        const int cap = max_new && max_new[s] < nnew ? max_new[s] : nnew;
+        reserve[s] = lens[s] + (int64_t)cap;
+        if (pool > 0 && reserve[s] > pool) /* (as epm_run refuses it, named before the scheduler's wording) */
+            st = epm_fail(EPM_ERR_INVALID_ARG, "--max-total-tokens %lld: sequence %d needs %lld K/V positions (a "
+                          "prompt of %d tokens and up to %d new), more than the pool holds", (long long)pool, s,
+                          (long long)reserve[s], lens[s], cap);
+    }
     const epm_sched_opts so = {batch,           lens,          ranks,   max_seqs, chunk, separate_prefill,
                                NULL,            counts_decode, reserve, pool,     shared_pool, NULL, 0};
-    epm_status st = gen && reserve ? epm_sched_create(&so, &sc) : EPM_ERR_NOMEM;
+    if (st == EPM_OK)
+        st = epm_sched_create(&so, &sc);
     epm_sched_pass p;
     while (st == EPM_OK && epm_sched_next(sc, 0, &p)) {
         for (int i = 0; i < p.n_pre; i++) {

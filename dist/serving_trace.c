@@ -225,19 +225,19 @@ static int by_time(const void *a, const void *b)
     return (x->at > y->at) - (x->at < y->at);
 }
 
-/* Grows rows to hold one more. */
-static epm_status room(row **rows, int64_t n, int64_t *cap)
+/* Grows the array *p of *cap elements of elem bytes to hold one more than n. */
+static epm_status room(void **p, size_t elem, int64_t n, int64_t *cap)
 {
     if (n < *cap)
         return EPM_OK;
     const int64_t c = *cap ? 2 * *cap : 1024;
     size_t bytes;
-    if (!epm_mul_ok((size_t)c, sizeof **rows, &bytes))
+    if (!epm_mul_ok((size_t)c, elem, &bytes))
         return EPM_ERR_NOMEM;
-    row *r = epm_realloc(*rows, bytes);
-    if (!r)
+    void *grown = epm_realloc(*p, bytes);
+    if (!grown)
         return EPM_ERR_NOMEM;
-    *rows = r;
+    *p = grown;
     *cap = c;
     return EPM_OK;
 }
@@ -336,7 +336,7 @@ static epm_status parse_rows(const char *text, size_t len, const char *label, ro
             ++*skipped;
             continue;
         }
-        if ((st = room(&rows, n, &cap)) != EPM_OK)
+        if ((st = room((void **)&rows, sizeof *rows, n, &cap)) != EPM_OK)
             break;
         rows[n++] = r;
     }
@@ -416,14 +416,8 @@ static epm_status parse_mooncake(const char *text, size_t len, const char *label
                               label, (long long)line, j, epm_json_show(x, b, sizeof b));
                 break;
             }
-            if (nh == hcap) {
-                int64_t *g = epm_realloc(hashes, (size_t)(hcap = hcap ? 2 * hcap : 4096) * sizeof *g);
-                if (!g) {
-                    st = EPM_ERR_NOMEM;
-                    break;
-                }
-                hashes = g;
-            }
+            if ((st = room((void **)&hashes, sizeof *hashes, nh, &hcap)) != EPM_OK)
+                break;
             hashes[nh++] = json_integer_value(x);
         }
         if (st == EPM_OK) {
@@ -439,7 +433,7 @@ static epm_status parse_mooncake(const char *text, size_t len, const char *label
             ++*skipped;
             continue;
         }
-        if ((st = room(&rows, n, &cap)) != EPM_OK)
+        if ((st = room((void **)&rows, sizeof *rows, n, &cap)) != EPM_OK)
             break;
         rows[n++] = r;
     }

@@ -861,30 +861,27 @@ int epm_cli_run(int argc, char **argv)
                           "generate", input, rb.req_of[s], rb.own[s].min_tokens, most);
     }
     o.seq_sampling = rb.own;
-    /* online serving: each request's arrival (its samples arrive together) */
+    /* online serving: each request's arrival, drawn at --request-rate or a serving trace's r-th time
+     * (its lengths unused) times --time-scale; a request's samples arrive together */
     double *arrival = NULL;
-    if (st == EPM_OK && isfinite(rate)) {
+    if (st == EPM_OK && (isfinite(rate) || arrivals_from)) {
         const int nreq = rb.req_of ? rb.req_of[rb.batch - 1] + 1 : rb.batch;
-        double *at = epm_malloc((size_t)nreq * sizeof *at);
-        arrival = epm_malloc((size_t)rb.batch * sizeof *arrival);
-        st = at && arrival ? epm_arrivals(nreq, rate, burstiness, arrival_seed, at) : EPM_ERR_NOMEM;
-        for (int s = 0; st == EPM_OK && s < rb.batch; s++)
-            arrival[s] = at[rb.req_of ? rb.req_of[s] : s];
-        epm_free(at);
-        o.arrival = arrival;
-    }
-    if (st == EPM_OK && arrivals_from) { /* request r arrives at the trace's r-th time (its lengths unused) */
-        const int nreq = rb.req_of ? rb.req_of[rb.batch - 1] + 1 : rb.batch;
+        double *drawn = NULL;
         epm_serving_trace *tr = NULL;
-        st = epm_serving_trace_load(arrivals_from, &tr);
-        if (st == EPM_OK && tr->n < nreq)
+        if (!arrivals_from) {
+            drawn = epm_malloc((size_t)nreq * sizeof *drawn);
+            st = drawn ? epm_arrivals(nreq, rate, burstiness, arrival_seed, drawn) : EPM_ERR_NOMEM;
+        } else if ((st = epm_serving_trace_load(arrivals_from, &tr)) == EPM_OK && tr->n < nreq) {
             st = epm_fail(EPM_ERR_MISMATCH, "--arrivals-from %s: %lld requests with tokens (of %lld rows), fewer "
                           "than the %d requests of %s, each of which takes a request's time in order",
                           arrivals_from, (long long)tr->n, (long long)tr->rows, nreq, input);
+        }
         if (st == EPM_OK && !(arrival = epm_malloc((size_t)rb.batch * sizeof *arrival)))
             st = EPM_ERR_NOMEM;
+        const double *at = tr ? tr->arrival : drawn;
         for (int s = 0; st == EPM_OK && s < rb.batch; s++)
-            arrival[s] = tr->arrival[rb.req_of ? rb.req_of[s] : s] * time_scale;
+            arrival[s] = at[rb.req_of ? rb.req_of[s] : s] * time_scale;
+        epm_free(drawn);
         epm_serving_trace_destroy(tr);
         o.arrival = arrival;
     }
