@@ -123,6 +123,11 @@ static const char usage[] =
     "                       token agreement. Output lengths as --continuous's\n"
     "  --shared-prefix T    the random prompts' first T tokens the same in all (a system prompt, as\n"
     "                       vLLM's prefix_repetition dataset)\n"
+    "  --turns T            with --prefix-caching: --batch conversations of T turns (default 1), each\n"
+    "                       turn's prompt the last one's prompt and its --new outputs (greedy), then\n"
+    "                       --turn-tokens more (a chat's next message); one place a conversation\n"
+    "                       (--max-num-seqs --batch unless given), so a turn comes after the last\n"
+    "  --turn-tokens N      new tokens a later turn adds (default 32)\n"
     "  --trace-arrivals     a serving trace's requests also as they arrived (a row 'trace' after\n"
     "                       --request-rates' rows, or alone after the offline batch; its burst column\n"
     "                       is the trace's 1/CV^2 of intervals)\n"
@@ -134,7 +139,7 @@ static const char usage[] =
 
 enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT, O_MAXSEQS, O_CONT, O_SEPPRE, O_RATES,
        O_BURST, O_CHUNK, O_MNBT, O_MTT, O_NPROMPTS, O_TARR, O_TSCALE,
-       O_PREFIX, O_SHPRE };
+       O_PREFIX, O_SHPRE, O_TURNS, O_TURNTOK };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -158,6 +163,7 @@ static const struct option opts[] = {
     {"max-total-tokens", required_argument, 0, O_MTT}, {"num-prompts", required_argument, 0, O_NPROMPTS},
     {"trace-arrivals", no_argument, 0, O_TARR},        {"time-scale", required_argument, 0, O_TSCALE},
     {"prefix-caching", no_argument, 0, O_PREFIX},      {"shared-prefix", required_argument, 0, O_SHPRE},
+    {"turns", required_argument, 0, O_TURNS},          {"turn-tokens", required_argument, 0, O_TURNTOK},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
@@ -487,6 +493,9 @@ int epm_bench_run(int argc, char **argv)
     int nrates = 0, burst_given = 0, trace_arrivals = 0, scale_given = 0;
     long num_prompts = 0, shared_prefix = 0;
     int prefix = 0; /* --prefix-caching */
+    long turns = 1, turn_tokens = 32;
+    int turn_tok_given = 0, max_seqs_given = 0, *turn_lens = NULL;
+    int32_t **turn_prompts = NULL; /* --turns' batch */
     double time_scale = 1, *scaled = NULL; /* the trace's arrivals times --time-scale */
     int32_t *seqid = NULL; /* the synthetic trace's, which a pool renumbers per mode */
     const char *ta_list = NULL, *caps = "0.75,0.5,0.25";
@@ -525,6 +534,7 @@ int epm_bench_run(int argc, char **argv)
             break;
         case O_MAXSEQS:
             if (!cli_parse_int(W, "--max-num-seqs", optarg, 0, INT32_MAX, &max_seqs)) return EPM_EXIT_USAGE;
+            max_seqs_given = 1;
             break;
         case O_MTT:
             if (!cli_parse_int(W, "--max-total-tokens", optarg, 1, INT32_MAX, &pool)) return EPM_EXIT_USAGE;
@@ -575,6 +585,13 @@ int epm_bench_run(int argc, char **argv)
         case O_SHPRE:
             if (!cli_parse_int(W, "--shared-prefix", optarg, 1, 1 << 16, &shared_prefix)) return EPM_EXIT_USAGE;
             break;
+        case O_TURNS:
+            if (!cli_parse_int(W, "--turns", optarg, 1, 64, &turns)) return EPM_EXIT_USAGE;
+            break;
+        case O_TURNTOK:
+            if (!cli_parse_int(W, "--turn-tokens", optarg, 1, 1 << 16, &turn_tokens)) return EPM_EXIT_USAGE;
+            turn_tok_given = 1;
+            break;
         case O_TSCALE:
             if (!cli_parse_double(W, "--time-scale", optarg, 1e-6, 1e6, &time_scale)) return EPM_EXIT_USAGE;
             scale_given = 1;
@@ -622,6 +639,13 @@ int epm_bench_run(int argc, char **argv)
     if (shared_prefix && (input || shared_prefix > seq))
         return cli_usage_error(W, "--shared-prefix %ld: the first tokens of the random prompts (--seq %ld)%s",
                                shared_prefix, seq, input ? ", not of --input's" : "");
+    if ((turns > 1 || turn_tok_given) && (!prefix || input))
+        return cli_usage_error(W, "--turns %ld%s: conversations of the random prompts for --prefix-caching%s", turns,
+                               turn_tok_given ? " and --turn-tokens" : "", !prefix ? ", which is not given" : ", not of --input's");
+    if (turn_tok_given && turns == 1)
+        return cli_usage_error(W, "--turn-tokens %ld: the tokens a later turn adds; --turns is 1", turn_tokens);
+    if (turns > 1 && (int64_t)batch * turns > INT32_MAX / 4)
+        return cli_usage_error(W, "--turns %ld: %ld conversations of %ld turns, too many sequences", turns, batch, turns);
     const int chunks = nchunk > 0, conts = ncont > 0, online = nrates > 0 || trace_arrivals;
     if (!!ta_list + !!mod + dtypes + mla + kvdt + widt + chunks + conts + online + prefix > 1) {
         char given[256] = "";
@@ -763,6 +787,18 @@ int epm_bench_run(int argc, char **argv)
             else if (conts)
                 rc = epm_bench_run_continuous(x, &o, (int)batch, pl, pr, max_new_of ? max_new_of : spread, cont, ncont,
                                               (int)reps, csv);
+            else if (prefix && turns > 1) { /* conversations: every turn decodes --new (greedy) */
+                o.max_new_per_seq = NULL;
+                st = epm_bench_prefix_turns(x, &o, (int)batch, (int)seq, pr, (int)turns, (int)turn_tokens,
+                                            hc->vocab_size, &turn_lens, &turn_prompts);
+                if (st == EPM_OK && me == 0 && !csv)
+                    printf("# %ld conversations of %ld turns, each later turn the last's prompt, its %ld outputs "
+                           "and %ld more tokens: %ld sequences\n", batch, turns, nnew, turn_tokens, batch * turns);
+                o.max_num_seqs = max_seqs_given ? (int)max_seqs : (int)batch; /* (a place a conversation) */
+                rc = st != EPM_OK ? (me == 0 ? cli_fail(W, st) : EPM_EXIT_FAIL)
+                                  : epm_bench_run_prefix(x, &o, (int)(batch * turns), turn_lens,
+                                                         (const int32_t *const *)turn_prompts, (int)reps, csv);
+            }
             else if (prefix) {
                 o.max_new_per_seq = max_new_of ? max_new_of : spread;
                 rc = epm_bench_run_prefix(x, &o, (int)batch, pl, pr, (int)reps, csv);
@@ -967,6 +1003,10 @@ int epm_bench_run(int argc, char **argv)
         }
     }
 out:
+    for (long s = 0; turn_prompts && s < batch * turns; s++)
+        free(turn_prompts[s]);
+    free(turn_prompts);
+    free(turn_lens);
     free(seqid);
     free(scaled);
     for (int s = 0; prompts && s < batch; s++)

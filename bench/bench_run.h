@@ -72,6 +72,16 @@ int epm_bench_run_continuous(epm_xcomm *x, const epm_run_opts *base, int batch, 
 int epm_bench_run_prefix(epm_xcomm *x, const epm_run_opts *base, int batch, const int *lens,
                          const int32_t *const *prompts, int reps, int csv);
 
+/* --turns: convs conversations of turns turns, as one batch in turn order
+ * (turn t of conversation c is sequence t * convs + c, homed where its
+ * last turn was when convs is a multiple of the ranks): the first turns'
+ * prompts are first's (seq tokens each); a later turn's is the last
+ * turn's prompt and outputs (as base runs that turn alone, greedy), then
+ * more tokens drawn from the vocabulary (seeded). Into *lens, *prompts
+ * (malloc'd, each prompt too). In bench_run_prefix.c. Collective. */
+epm_status epm_bench_prefix_turns(epm_xcomm *x, const epm_run_opts *base, int convs, int seq, const int32_t *const *first,
+                                  int turns, int more, int vocab, int **lens, int32_t ***prompts);
+
 /* --request-rates: the batch offline (the baseline), then arriving at each of
  * rates[0, nrates) requests/s (finite, at most 8; gamma intervals of shape
  * burstiness, seed 0), as base runs it (its max_num_seqs, mixed batches),

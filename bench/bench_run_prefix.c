@@ -4,9 +4,11 @@
  * copied, prefill seconds and generated tokens/s over prefill + decoding,
  * each over the baseline's, TTFT p50, and token agreement with the
  * baseline. Sequences share prefixes where the input's prompts do (or
- * --shared-prefix gives the random ones one); a sequence copies only from
- * one its rank holds, so --max-num-seqs below the batch is what lets later
- * sequences find their prefix held. */
+ * --shared-prefix gives the random ones one); a sequence copies from one
+ * its rank holds or has kept since it ended, so --max-num-seqs below the
+ * batch is what lets later sequences find their prefix. With --turns, the
+ * batch is conversations: each turn's prompt is the last turn's prompt and
+ * its outputs, then new tokens (a chat's next message). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,4 +69,54 @@ int epm_bench_run_prefix(epm_xcomm *x, const epm_run_opts *base, int batch, cons
     }
     free(tokens);
     return rc;
+}
+
+epm_status epm_bench_prefix_turns(epm_xcomm *x, const epm_run_opts *base, int convs, int seq, const int32_t *const *first,
+                                  int turns, int more, int vocab, int **lens_out, int32_t ***prompts_out)
+{
+    const int B = convs * turns, nnew = base->max_new_tokens;
+    int *lens = calloc((size_t)B, sizeof *lens);
+    int32_t **prompts = calloc((size_t)B, sizeof *prompts);
+    epm_status st = lens && prompts ? EPM_OK : EPM_ERR_NOMEM;
+    for (int c = 0; c < convs && st == EPM_OK; c++) {
+        lens[c] = seq;
+        if (!(prompts[c] = malloc((size_t)seq * sizeof **prompts)))
+            st = EPM_ERR_NOMEM;
+        else
+            memcpy(prompts[c], first[c], (size_t)seq * sizeof **prompts);
+    }
+    uint64_t rng = 31337; /* (the same on every rank) */
+    for (int t = 1; t < turns && (st = epm_xcomm_agree(x, st)) == EPM_OK; t++) {
+        /* turn t - 1 alone gives its outputs (greedy: the same in the measured batch) */
+        epm_run_opts o = *base;
+        o.max_new_per_seq = NULL;
+        o.max_num_seqs = 0;
+        epm_run_result *res = NULL;
+        const int at = (t - 1) * convs;
+        if ((st = epm_run(&o, convs, lens + at, (const int32_t *const *)prompts + at, &res)) != EPM_OK)
+            break;
+        for (int c = 0; c < convs && st == EPM_OK; c++) {
+            const int n = lens[at + c], g = res->gen_len[c], s = at + convs + c;
+            if ((int64_t)n + g + more > INT32_MAX / 2 || !(prompts[s] = malloc((size_t)(n + g + more) * sizeof **prompts))) {
+                st = EPM_ERR_NOMEM;
+                break;
+            }
+            memcpy(prompts[s], prompts[at + c], (size_t)n * sizeof **prompts);
+            memcpy(prompts[s] + n, res->generated + (size_t)c * nnew, (size_t)g * sizeof **prompts);
+            for (int k = 0; k < more; k++)
+                prompts[s][n + g + k] = (int32_t)(epm_splitmix64(&rng) % (uint64_t)vocab);
+            lens[s] = n + g + more;
+        }
+        epm_run_result_destroy(res);
+    }
+    if (st != EPM_OK) {
+        for (int s = 0; s < B && prompts; s++)
+            free(prompts[s]);
+        free(prompts);
+        free(lens);
+        return st;
+    }
+    *lens_out = lens;
+    *prompts_out = prompts;
+    return EPM_OK;
 }

@@ -1367,7 +1367,12 @@ static epm_status prefix_check(rt *r)
     if (with)
         return epm_fail(EPM_ERR_UNSUPPORTED, "--enable-prefix-caching with %s", with);
     r->cached = epm_calloc((size_t)r->B, sizeof *r->cached);
-    return r->cached ? EPM_OK : EPM_ERR_NOMEM;
+    r->kv_kept = epm_calloc((size_t)r->B, sizeof *r->kv_kept);
+    r->outputs = epm_calloc((size_t)r->B, sizeof *r->outputs);
+    if (!r->reserve && (r->reserve = epm_malloc((size_t)r->B * sizeof *r->reserve)))
+        for (int s = 0; s < r->B; s++) /* (the scheduler keeps ended sequences' rows within their reserves) */
+            r->reserve[s] = kv_rows(r, s);
+    return r->cached && r->kv_kept && r->outputs && r->reserve ? EPM_OK : EPM_ERR_NOMEM;
 }
 
 /* --prefill-chunk and --max-num-seqs against the run; each home rank's
@@ -1449,7 +1454,8 @@ static epm_status prefill_check(rt *r)
                                o->max_total_tokens,
                                o->mode == EPM_MODE_FOLLOW,
                                r->prompts,
-                               o->prefix_caching};
+                               o->prefix_caching,
+                               r->outputs};
     return epm_sched_create(&so, &r->sched);
 }
 
@@ -1477,30 +1483,69 @@ static epm_status kv_acquire(rt *r, int s)
     return EPM_OK;
 }
 
-/* Prefix caching: sequence s's first n positions' K/V rows from its
+/* the rows sequence s's caches have room for here: its own, or once ended
+ * and kept for prefix caching, those it fed */
+static int64_t kv_held(const rt *r, int s) { return r->kv_kept && r->kv_kept[s] ? r->kv_kept[s] : kv_rows(r, s); }
+
+/* Prefix caching: sequence s starts with n positions' K/V rows, as every rank counts them */
+static void kv_prefix_rows(rt *r, int s, int n)
+{
+    r->cached[s] = n;
+    r->cached_tokens += n;
+    for (int l = 0; l < r->c->num_layers; l++) /* (runtime_mod.c's count) */
+        r->kv_n[(size_t)l * r->B + s] = n;
+}
+
+/* Prefix caching: sequence s's first n positions' K/V rows copied from its
  * donor's, on the ranks that hold both (the donor's home is s's, or every
  * rank holds every cache). */
 static void kv_copy_prefix(rt *r, int s, int donor, int n)
 {
-    r->cached[s] = n;
-    r->cached_tokens += n;
-    for (int l = 0; l < r->c->num_layers; l++) /* its rows so far, as every rank counts them (runtime_mod.c) */
-        r->kv_n[(size_t)l * r->B + s] = n;
+    kv_prefix_rows(r, s, n);
     if (r->o->mode == EPM_MODE_HOME && s % r->R != r->me)
         return;
     for (int l = 0; l < r->c->num_layers; l++) {
         const size_t i = (size_t)l * r->B + s, j = (size_t)l * r->B + donor;
-        epm_kv_copy_rows(r, r->kc[i], kv_rows(r, s), r->kc[j], kv_rows(r, donor), n);
+        epm_kv_copy_rows(r, r->kc[i], kv_rows(r, s), r->kc[j], kv_held(r, donor), n);
         if (!r->latent)
-            epm_kv_copy_rows(r, r->vc[i], kv_rows(r, s), r->vc[j], kv_rows(r, donor), n);
+            epm_kv_copy_rows(r, r->vc[i], kv_rows(r, s), r->vc[j], kv_held(r, donor), n);
     }
+}
+
+/* Prefix caching: sequence s takes over the caches of the kept donor that
+ * the scheduler drops to make room for it, grown to s's rows, the first n
+ * its prefix (vLLM's blocks of an evicted prefix, reused where they lie). */
+static epm_status kv_take(rt *r, int s, int donor, int n)
+{
+    kv_prefix_rows(r, s, n);
+    const int64_t had = kv_held(r, donor), to = kv_rows(r, s);
+    r->kv_kept[donor] = 0;
+    if (!r->kc[(size_t)donor]) /* (home mode: another rank's sequences) */
+        return EPM_OK;
+    const int64_t grown = (int64_t)epm_kv_cache_bytes(r, to) - (int64_t)epm_kv_cache_bytes(r, had);
+    for (int l = 0; l < r->c->num_layers; l++)
+        for (int v = 0; v < (r->latent ? 1 : 2); v++) {
+            void **from = v ? r->vc : r->kc, *p = epm_kv_resize(r, from[(size_t)l * r->B + donor], had, to);
+            if (!p)
+                return EPM_ERR_NOMEM;
+            from[(size_t)l * r->B + donor] = NULL;
+            from[(size_t)l * r->B + s] = p;
+            r->kv_cache_bytes += grown;
+        }
+    r->kv_positions += to - had;
+    r->kv_cache_peak = r->kv_cache_bytes > r->kv_cache_peak ? r->kv_cache_bytes : r->kv_cache_peak;
+    r->kv_positions_peak = r->kv_positions > r->kv_positions_peak ? r->kv_positions : r->kv_positions_peak;
+    return EPM_OK;
 }
 
 static void kv_release(rt *r, int s)
 {
-    const size_t cache_bytes = epm_kv_cache_bytes(r, kv_rows(r, s));
+    const int64_t rows = kv_held(r, s);
+    const size_t cache_bytes = epm_kv_cache_bytes(r, rows);
     if (r->kc[(size_t)s]) /* held: layer 0's cache, as every layer's */
-        r->kv_positions -= kv_rows(r, s);
+        r->kv_positions -= rows;
+    if (r->kv_kept)
+        r->kv_kept[s] = 0;
     for (int l = 0; l < r->c->num_layers; l++) {
         size_t i = (size_t)l * r->B + s;
         if (r->kc[i])
@@ -1511,6 +1556,31 @@ static void kv_release(rt *r, int s)
         epm_free(r->vc[i]);
         r->kc[i] = r->vc[i] = NULL;
     }
+}
+
+/* Sequence s ended: with prefix caching the scheduler may keep its fed
+ * rows (prompt and outputs) to give prefixes until an admission needs the
+ * room, its caches cut to those rows; else its caches are freed. */
+static void kv_end(rt *r, int s)
+{
+    const int rows = epm_sched_end(r->sched, s);
+    if (rows == 0) {
+        kv_release(r, s);
+        return;
+    }
+    const int64_t had = kv_rows(r, s);
+    r->kv_kept[s] = rows;
+    if (!r->kc[(size_t)s]) /* (home mode: another rank's sequence) */
+        return;
+    for (int l = 0; l < r->c->num_layers; l++) {
+        const size_t i = (size_t)l * r->B + s;
+        r->kc[i] = epm_kv_resize(r, r->kc[i], had, rows);
+        if (!r->latent)
+            r->vc[i] = epm_kv_resize(r, r->vc[i], had, rows);
+    }
+    r->kv_cache_bytes -= (int64_t)(epm_kv_cache_bytes(r, had) - epm_kv_cache_bytes(r, rows)) * r->c->num_layers *
+                         (r->latent ? 1 : 2);
+    r->kv_positions -= had - rows;
 }
 
 static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens)
@@ -1714,6 +1784,8 @@ static void teardown(rt *r)
     epm_free(r->places);
     epm_sched_destroy(r->sched);
     epm_free(r->reserve);
+    epm_free(r->kv_kept);
+    epm_free(r->outputs);
     epm_free(r->cached);
     epm_free(r->bytes_local);
     epm_free(r->kv_local);
@@ -2136,10 +2208,8 @@ static epm_status run_pass(rt *r, const epm_sched_pass *sp, const int32_t *const
         if (sp->pre[i].to < r->lens[s])
             continue;
         r->fed[s] = o->max_new_tokens > 0;
-        if (!r->fed[s]) { /* nothing to decode: done */
-            epm_sched_end(r->sched, s);
-            kv_release(r, s);
-        }
+        if (!r->fed[s]) /* nothing to decode: done */
+            kv_end(r, s);
     }
     for (int i = 0; i < sp->n_dec; i++)
         r->fed[sp->dec[i]] = 1;
@@ -2274,6 +2344,8 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     const int maxnew = o->max_new_tokens > 0 ? o->max_new_tokens : 1;
     res->generated = epm_malloc((size_t)batch * (size_t)maxnew * sizeof *res->generated);
     res->gen_len = epm_calloc((size_t)batch, sizeof *res->gen_len);
+    for (int q = 0; q < batch && r.outputs && res->generated; q++) /* (prefix caching reads them) */
+        r.outputs[q] = res->generated + (size_t)q * maxnew;
     res->stopped = epm_calloc((size_t)batch, sizeof *res->stopped);
     res->t_arrive = epm_malloc((size_t)batch * sizeof *res->t_arrive);
     res->t_admit = epm_malloc((size_t)batch * sizeof *res->t_admit);
@@ -2363,10 +2435,8 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
             for (int j = 0, ns = own ? own->n_stop : o->n_stop; j < ns; j++)
                 if (t == (own ? own->stop_ids : o->stop_ids)[j])
                     res->stopped[s] = 1;
-            if (res->stopped[s] || res->gen_len[s] >= seq_cap(&r, s)) {
-                epm_sched_end(r.sched, s);
-                kv_release(&r, s);
-            }
+            if (res->stopped[s] || res->gen_len[s] >= seq_cap(&r, s))
+                kv_end(&r, s);
             memset(nt + (size_t)s * W, 0, (size_t)W * sizeof *nt);
         }
         /* the time the scheduler admits by: rank 0's, which every rank takes with arrivals */
@@ -2382,10 +2452,17 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
             continue;
         }
         for (int i = 0; i < sp.n_admitted && st == EPM_OK; i++) { /* (in order: a donor copied before it gives) */
-            res->t_admit[sp.admitted[i]] = now;
-            st = kv_acquire(&r, sp.admitted[i]);
-            if (st == EPM_OK && sp.cached[i] > 0)
-                kv_copy_prefix(&r, sp.admitted[i], sp.donor[i], sp.cached[i]);
+            const int s = sp.admitted[i], d = sp.donor[i];
+            int taken = 0; /* its donor dropped to make room for it hands its rows over */
+            for (int e = sp.evict_from[i]; e < sp.evict_from[i + 1]; e++)
+                if (sp.evicted[e] == d)
+                    taken = 1;
+                else
+                    kv_release(&r, sp.evicted[e]);
+            res->t_admit[s] = now;
+            st = taken ? kv_take(&r, s, d, sp.cached[i]) : kv_acquire(&r, s);
+            if (st == EPM_OK && sp.cached[i] > 0 && !taken)
+                kv_copy_prefix(&r, s, d, sp.cached[i]);
         }
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
         EPM_CHECK_GOTO(run_pass(&r, &sp, prompts, &po, trace_of_run, res), st, fail_gen);

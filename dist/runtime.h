@@ -85,13 +85,16 @@ typedef struct epm_run_opts {
                                        below the batch with MoD router or
                                        attention, whose decode thresholds one prefill of the batch
                                        sets. 0: all */
-    int prefix_caching;             /* automatic prefix caching (vLLM's --enable-prefix-caching) among the
-                                       sequences held: an admitted sequence copies the K/V rows of the longest
-                                       prompt prefix it shares with a sequence its rank holds (follow mode:
-                                       any rank's; every rank holds every cache) whose earlier passes
-                                       prefilled it, and prefills the rest, never less than its last token.
-                                       The rows are copied, not shared: compute and dispatch are saved, not
-                                       memory. The same tokens (with kernels and routing whose rows do not
+    int prefix_caching;             /* automatic prefix caching (vLLM's --enable-prefix-caching): an admitted
+                                       sequence starts with the K/V rows of the longest prompt prefix it
+                                       shares with the rows of a sequence its rank holds or kept (follow
+                                       mode: any rank's; every rank holds every cache): its prompt and the
+                                       outputs it fed in earlier passes. It prefills the rest, never less
+                                       than its last token. An ended sequence's rows are kept until an
+                                       admission needs their room (its places' largest reserves, within the
+                                       pool), least recently used first; they are copied, or handed over
+                                       where the donor is kept and all prefix or the room is short (a
+                                       conversation's next turn). The same tokens (with kernels and routing whose rows do not
                                        depend on the pass); in the recorded trace the copied positions' rows
                                        are -1 (not computed), which plan eval skips. Not with MoD
                                        (whose cache rows are not positions), a routing replay, all logits or

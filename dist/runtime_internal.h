@@ -80,7 +80,9 @@ typedef struct rt {
     const int32_t *const *prompts; /* [B] the batch's prompt tokens (the caller's) */
     int32_t *cached;         /* [B] prompt positions each sequence copied from a donor (prefix caching) */
     int64_t cached_tokens;   /* their sum */
-    int64_t *reserve;        /* [B] each sequence's K/V positions, with max_total_tokens (else NULL) */
+    int64_t *reserve;        /* [B] each sequence's K/V positions, with max_total_tokens or prefix caching */
+    int64_t *kv_kept;        /* [B] prefix caching: the rows an ended sequence's caches keep here (0: as held) */
+    const int32_t **outputs; /* [B] prefix caching: each sequence's generated tokens (the result's) */
     /* decoding: sequences leave the batch at a stop token */
     uint8_t *fed;         /* [B] it ran a pass whose new token the next sum brings */
     int64_t dec_base;     /* g of this pass's first decode token: N + the tokens decoded before */
@@ -183,6 +185,9 @@ size_t epm_kv_bytes(const rt *r, int64_t n);
 size_t epm_kv_cache_bytes(const rt *r, int64_t rows);
 /* Rows [0, n) of cache src (of src_rows rows) into cache dst (of dst_rows): as stored, scales with their codes. */
 void epm_kv_copy_rows(const rt *r, void *dst, int64_t dst_rows, const void *src, int64_t src_rows, int64_t n);
+/* A cache of rows rows made one of to rows, keeping its first rows (or to): cut (the block shrunk where
+ * the allocator can; never fails), or grown (NULL where it cannot: c stays valid). */
+void *epm_kv_resize(const rt *r, void *c, int64_t rows, int64_t to);
 void epm_kv_get(const rt *r, const void *c, int64_t rows, int64_t off, int n, float *dst);
 void epm_kv_put(const rt *r, void *c, int64_t rows, int64_t off, int n, const float *src);
 const float *epm_kv_scales(const rt *r, const void *c);

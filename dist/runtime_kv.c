@@ -7,6 +7,8 @@
  * wire's blocks) needs no calibration and cannot overflow, at 4 bytes per
  * 128 values. A cache of n values: its scales (n / group floats), then its
  * codes (n bytes). */
+#include <stdlib.h>
+
 #include "half.h"
 #include "runtime_internal.h"
 
@@ -81,4 +83,21 @@ void epm_kv_copy_rows(const rt *r, void *dst, int64_t dst_rows, const void *src,
         return;
     default: memcpy(dst, src, vals * sizeof(float)); return;
     }
+}
+
+void *epm_kv_resize(const rt *r, void *c, int64_t rows, int64_t to)
+{
+    const int64_t keep = rows < to ? rows : to;
+    const size_t codes = (size_t)(keep * r->kv_w);
+    if (to <= rows) { /* the codes move down to follow the kept rows' scales, then the block shrinks */
+        if (r->kvt == EPM_KV_FP8)
+            memmove((uint8_t *)c + codes_at(r, to), (uint8_t *)c + codes_at(r, rows), codes);
+        /* (shrinking in place: where the allocator keeps the block, it stays valid and whole) */
+        void *p = realloc(c, epm_kv_cache_bytes(r, to));
+        return p ? p : c;
+    }
+    uint8_t *p = epm_realloc(c, epm_kv_cache_bytes(r, to));
+    if (p && r->kvt == EPM_KV_FP8) /* the codes move up past the new rows' scales */
+        memmove(p + codes_at(r, to), p + codes_at(r, rows), codes);
+    return p;
 }

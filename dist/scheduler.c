@@ -2,8 +2,9 @@
 #include "scheduler.h"
 
 #include <math.h>
+#include <stdlib.h>
 
-enum { WAITING, PREFILLING, DECODING, ENDED };
+enum { WAITING, PREFILLING, DECODING, KEPT, ENDED }; /* KEPT: ended, its rows kept for prefixes */
 
 struct epm_sched {
     epm_sched_opts o;
@@ -14,7 +15,12 @@ struct epm_sched {
     int *waiting;       /* [ranks] first sequence not yet admitted (batch: none) */
     int64_t *budget;    /* [ranks] prompt tokens left to a pass */
     int64_t *used;      /* [ranks] pool positions the held sequences reserve (shared pool: [0]) */
-    int32_t *admitted, *dec, *cached, *donor;
+    int *decodes;       /* [batch] decode passes run: output tokens fed */
+    int64_t *kept;      /* [ranks] rows the kept sequences hold (shared pool: [0]) */
+    int64_t *cap;       /* [ranks] what held reserves and kept rows may take (shared pool: [0]) */
+    int64_t *last_use;  /* [batch] when a kept sequence ended or last gave a prefix (tick) */
+    int64_t tick;
+    int32_t *admitted, *dec, *cached, *donor, *evicted, *evict_from;
     epm_sched_piece *pre;
     int64_t index;
 };
@@ -38,6 +44,12 @@ void epm_sched_destroy(epm_sched *s)
     epm_free(s->waiting);
     epm_free(s->budget);
     epm_free(s->used);
+    epm_free(s->decodes);
+    epm_free(s->kept);
+    epm_free(s->cap);
+    epm_free(s->last_use);
+    epm_free(s->evicted);
+    epm_free(s->evict_from);
     epm_free(s->admitted);
     epm_free(s->cached);
     epm_free(s->donor);
@@ -46,14 +58,45 @@ void epm_sched_destroy(epm_sched *s)
     epm_free(s);
 }
 
+static int by_size_down(const void *a, const void *b)
+{
+    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x < y) - (x > y);
+}
+
+/* What a rank's held reserves and kept rows may take: the reserves of its
+ * places' largest sequences (the K/V memory epm_run checks for; a shared
+ * pool's, every rank's), and no more than the pool. */
+static epm_status keep_caps(epm_sched *s)
+{
+    const int B = s->o.batch, R = s->o.ranks;
+    int64_t *v = epm_malloc(((size_t)B / (size_t)R + 1) * sizeof *v);
+    if (!v)
+        return EPM_ERR_NOMEM;
+    for (int q = 0; q < R; q++) {
+        int n = 0;
+        for (int i = q; i < B; i += R)
+            v[n++] = s->o.reserve[i];
+        qsort(v, (size_t)n, sizeof *v, by_size_down);
+        int64_t most = 0;
+        for (int k = 0; k < s->places[q] && k < n; k++)
+            most += v[k];
+        s->cap[s->o.shared_pool ? 0 : q] += most;
+    }
+    for (int q = 0; q < R && s->o.pool > 0; q++)
+        s->cap[q] = s->cap[q] < s->o.pool ? s->cap[q] : s->o.pool;
+    epm_free(v);
+    return EPM_OK;
+}
+
 epm_status epm_sched_create(const epm_sched_opts *o, epm_sched **out)
 {
     *out = NULL;
     if (o->batch < 1 || o->ranks < 1 || !o->lens || o->max_num_seqs < 0 || o->chunk < 0 || o->pool < 0 ||
-        (o->pool > 0 && !o->reserve) || (o->prefix_caching && !o->prompts))
+        ((o->pool > 0 || o->prefix_caching) && !o->reserve) || (o->prefix_caching && !o->prompts))
         return epm_fail(EPM_ERR_INVALID_ARG, "scheduler: batch %d, ranks %d, max_num_seqs %d, chunk %lld, pool %lld%s",
                         o->batch, o->ranks, o->max_num_seqs, (long long)o->chunk, (long long)o->pool,
-                        o->pool > 0 && !o->reserve ? " without reserves"
+                        (o->pool > 0 || o->prefix_caching) && !o->reserve ? " without reserves"
                         : o->prefix_caching && !o->prompts ? ", prefix caching without prompts" : "");
     epm_sched *s = epm_calloc(1, sizeof *s);
     if (!s)
@@ -72,8 +115,15 @@ epm_status epm_sched_create(const epm_sched_opts *o, epm_sched **out)
     s->donor = epm_malloc(B * sizeof *s->donor);
     s->dec = epm_malloc(B * sizeof *s->dec);
     s->pre = epm_malloc(B * sizeof *s->pre);
+    s->decodes = epm_calloc(B, sizeof *s->decodes);
+    s->kept = epm_calloc(R, sizeof *s->kept);
+    s->cap = epm_calloc(R, sizeof *s->cap);
+    s->last_use = epm_calloc(B, sizeof *s->last_use);
+    s->evicted = epm_malloc(B * sizeof *s->evicted);
+    s->evict_from = epm_malloc((B + 1) * sizeof *s->evict_from);
     if (!s->state || !s->done || !s->places || !s->held || !s->waiting || !s->budget || !s->used || !s->admitted ||
-        !s->cached || !s->donor || !s->dec || !s->pre) {
+        !s->cached || !s->donor || !s->dec || !s->pre || !s->decodes || !s->kept || !s->cap || !s->last_use ||
+        !s->evicted || !s->evict_from) {
         epm_sched_destroy(s);
         return EPM_ERR_NOMEM;
     }
@@ -102,13 +152,20 @@ epm_status epm_sched_create(const epm_sched_opts *o, epm_sched **out)
                             "(arrivals are in order)", i, a, i - 1);
         }
     }
+    if (o->prefix_caching && keep_caps(s) != EPM_OK) {
+        epm_sched_destroy(s);
+        return EPM_ERR_NOMEM;
+    }
     *out = s;
     return EPM_OK;
 }
 
-/* Sequence i's longest prompt prefix whose K/V rows a held sequence
- * (its rank's, or any with shared caches) has from earlier passes, short of
- * i's last token; its donor in *donor (-1: none). Ties: the first. */
+/* the K/V rows sequence j has from earlier passes: its prompt's, then its fed outputs' */
+static int rows_of(const epm_sched *s, int j) { return s->done[j] + s->decodes[j]; }
+
+/* Sequence i's longest prompt prefix whose K/V rows a held or kept
+ * sequence (its rank's, or any with shared caches) has from earlier passes,
+ * short of i's last token; its donor in *donor (-1: none). Ties: the first. */
 static int prefix_donor(const epm_sched *s, int i, int *donor)
 {
     const int B = s->o.batch, R = s->o.ranks, *lens = s->o.lens;
@@ -116,11 +173,14 @@ static int prefix_donor(const epm_sched *s, int i, int *donor)
     int best = 0;
     *donor = -1;
     for (int j = s->o.shared_pool ? 0 : i % R; j < B; j += s->o.shared_pool ? 1 : R) {
-        if (j == i || (s->state[j] != PREFILLING && s->state[j] != DECODING))
+        if (j == i || (s->state[j] != PREFILLING && s->state[j] != DECODING && s->state[j] != KEPT))
             continue;
-        int most = lens[i] - 1 < s->done[j] ? lens[i] - 1 : s->done[j], k = 0;
-        const int32_t *b = s->o.prompts[j];
-        while (k < most && a[k] == b[k])
+        /* (its outputs only where the caller gives them) */
+        const int has = s->o.outputs ? rows_of(s, j) : s->done[j];
+        const int most = lens[i] - 1 < has ? lens[i] - 1 : has, lj = lens[j];
+        const int32_t *b = s->o.prompts[j], *out = s->o.outputs ? s->o.outputs[j] : NULL;
+        int k = 0;
+        while (k < most && a[k] == (k < lj ? b[k] : out[k - lj]))
             k++;
         if (k > best)
             best = k, *donor = j;
@@ -128,14 +188,45 @@ static int prefix_donor(const epm_sched *s, int i, int *donor)
     return best;
 }
 
-void epm_sched_end(epm_sched *s, int seq)
+/* Room for a reserve of need positions in what rank q's (or the shared)
+ * held and kept sequences may take. A kept donor goes first: its rows are
+ * handed over (the admitted sequence's caches grow from them), so its
+ * prefix stays, now held; then the least recently used kept sequences. A
+ * kept donor that is all prefix (a conversation's last turn) is handed
+ * over whether room is short or not: nothing of it is lost. */
+static void make_room(epm_sched *s, int q, int64_t need, int donor, int cached, int *ne)
 {
-    if (!s || seq < 0 || seq >= s->o.batch || s->state[seq] == ENDED || s->state[seq] == WAITING)
-        return;
-    s->state[seq] = ENDED;
+    const int B = s->o.batch, R = s->o.ranks, qq = s->o.shared_pool ? 0 : q;
+    int whole = donor >= 0 && s->state[donor] == KEPT && cached == rows_of(s, donor);
+    while (whole || (s->used[qq] + s->kept[qq] + need > s->cap[qq] && s->kept[qq] > 0)) {
+        const int handed = donor >= 0 && s->state[donor] == KEPT;
+        whole = 0;
+        int lru = handed ? donor : -1;
+        for (int j = s->o.shared_pool ? 0 : q; j < B && !handed; j += s->o.shared_pool ? 1 : R)
+            if (s->state[j] == KEPT && (lru < 0 || s->last_use[j] < s->last_use[lru]))
+                lru = j;
+        s->state[lru] = ENDED;
+        s->kept[qq] -= rows_of(s, lru);
+        s->evicted[(*ne)++] = lru;
+    }
+}
+
+int epm_sched_end(epm_sched *s, int seq)
+{
+    if (!s || seq < 0 || seq >= s->o.batch || (s->state[seq] != PREFILLING && s->state[seq] != DECODING))
+        return 0;
+    const int qq = s->o.shared_pool ? 0 : seq % s->o.ranks;
     s->held[seq % s->o.ranks]--;
-    if (s->o.pool > 0)
-        s->used[s->o.shared_pool ? 0 : seq % s->o.ranks] -= s->o.reserve[seq];
+    if (s->o.pool > 0 || s->o.prefix_caching)
+        s->used[qq] -= s->o.reserve[seq];
+    if (!s->o.prefix_caching) {
+        s->state[seq] = ENDED;
+        return 0;
+    }
+    s->state[seq] = KEPT;
+    s->kept[qq] += rows_of(s, seq);
+    s->last_use[seq] = ++s->tick;
+    return rows_of(s, seq);
 }
 
 int epm_sched_next(epm_sched *s, double now, epm_sched_pass *p)
@@ -147,7 +238,7 @@ int epm_sched_next(epm_sched *s, double now, epm_sched_pass *p)
     for (int i = 0; i < B; i++) {
         if (s->state[i] == PREFILLING && s->done[i] == lens[i])
             s->state[i] = DECODING;
-        left |= s->state[i] != ENDED;
+        left |= s->state[i] != ENDED && s->state[i] != KEPT;
     }
     if (!left)
         return 0;
@@ -156,21 +247,26 @@ int epm_sched_next(epm_sched *s, double now, epm_sched_pass *p)
      * that does not fit holds back its later ones (first come, first served); a shared pool's,
      * every later one */
     const double *arr = s->o.arrival;
-    int na = 0;
+    int na = 0, ne = 0;
     for (int i = 0; i < B; i++) {
         const int q = i % R;
         if (i == s->waiting[q] && s->held[q] < s->places[q] && (!arr || arr[i] <= now)) {
-            if (s->o.pool > 0) {
-                int64_t *u = &s->used[s->o.shared_pool ? 0 : q];
-                if (*u + s->o.reserve[i] > s->o.pool) {
-                    if (s->o.shared_pool)
-                        break;
-                    continue;
-                }
-                *u += s->o.reserve[i];
+            int64_t *u = &s->used[s->o.shared_pool ? 0 : q];
+            if (s->o.pool > 0 && *u + s->o.reserve[i] > s->o.pool) { /* (kept rows never hold one back) */
+                if (s->o.shared_pool)
+                    break;
+                continue;
             }
-            int donor = -1;
-            const int cached = s->o.prefix_caching ? prefix_donor(s, i, &donor) : 0;
+            int donor = -1, cached = 0;
+            s->evict_from[na] = ne;
+            if (s->o.prefix_caching) {
+                cached = prefix_donor(s, i, &donor);
+                make_room(s, q, s->o.reserve[i], donor, cached, &ne);
+                if (donor >= 0)
+                    s->last_use[donor] = ++s->tick;
+            }
+            if (s->o.pool > 0 || s->o.prefix_caching)
+                *u += s->o.reserve[i];
             s->state[i] = PREFILLING;
             s->done[i] = cached;
             s->cached[na] = cached;
@@ -180,6 +276,7 @@ int epm_sched_next(epm_sched *s, double now, epm_sched_pass *p)
             s->held[q]++;
         }
     }
+    s->evict_from[na] = ne;
     /* each rank's prefilling sequences, in order, take up to its chunk of prompt tokens */
     for (int q = 0; q < R; q++)
         s->budget[q] = s->o.chunk > 0 ? s->o.chunk : INT64_MAX;
@@ -201,8 +298,10 @@ int epm_sched_next(epm_sched *s, double now, epm_sched_pass *p)
         pt += take;
     }
     for (int i = 0; i < B && (np == 0 || !s->o.separate_prefill); i++)
-        if (s->state[i] == DECODING)
+        if (s->state[i] == DECODING) {
             s->dec[nd++] = i;
+            s->decodes[i]++;
+        }
     double wake = 0;
     if (np == 0 && nd == 0) { /* all that is left has yet to arrive: the first of it wakes the run */
         wake = INFINITY;
@@ -210,7 +309,8 @@ int epm_sched_next(epm_sched *s, double now, epm_sched_pass *p)
             if (arr && s->waiting[q] < B && arr[s->waiting[q]] < wake)
                 wake = arr[s->waiting[q]];
     }
-    *p = (epm_sched_pass){s->admitted, na, s->cached, s->donor, s->pre, np, pt, s->dec, nd, s->index, wake};
+    *p = (epm_sched_pass){s->admitted, na, s->cached, s->donor, s->evicted, s->evict_from, s->pre, np, pt, s->dec, nd,
+                          s->index, wake};
     s->index += np > 0 || nd > 0;
     return 1;
 }

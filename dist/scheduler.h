@@ -25,7 +25,12 @@ typedef struct epm_sched_pass {
     int n_admitted;
     const int32_t *cached;      /* [n_admitted] with prefix caching: the first positions of each admitted
                                    sequence's prompt whose K/V rows it copies from donor's (0: none) */
-    const int32_t *donor;       /* [n_admitted] that held sequence (-1: none) */
+    const int32_t *donor;       /* [n_admitted] that held or kept sequence (-1: none) */
+    const int32_t *evicted;     /* with prefix caching: kept sequences whose rows are dropped as this pass begins,
+                                   those of admission k (to make room for it, after admission k - 1 copied
+                                   its prefix) at evict_from[k] .. evict_from[k + 1] - 1; its donor among
+                                   them (first) hands its rows over instead of their copy */
+    const int32_t *evict_from;  /* [n_admitted + 1] */
     const epm_sched_piece *pre; /* prompt pieces, by ascending sequence */
     int n_pre;
     int64_t pre_tokens;         /* their tokens */
@@ -61,7 +66,15 @@ typedef struct epm_sched_opts {
     int prefix_caching; /* an admitted sequence copies the K/V rows of the longest prompt prefix it shares with
                            a held sequence of its rank (shared_pool: of any rank) that earlier passes
                            prefilled, and prefills from there; never its last prompt token, whose logits
-                           give its first (vLLM's automatic prefix caching among the sequences held) */
+                           give its first (vLLM's automatic prefix caching). An ended sequence's rows (its
+                           prompt and the outputs it fed) are kept and give prefixes until its rank needs
+                           the room: kept rows and held reserves stay within the places' largest reserves
+                           (shared_pool: every rank's places'), and within the pool. An admission that does
+                           not fit beside them takes over its donor's rows if that is kept, then drops the
+                           least recently used kept sequences (ended or last giving first); a kept donor
+                           that is all prefix is taken over in any case. Needs reserve. */
+    const int32_t *const *outputs; /* [batch] or NULL: each sequence's tokens after its prompt, as they come (kept
+                                      by the caller): a held or kept sequence's fed ones extend its prefix */
 } epm_sched_opts;
 
 epm_status epm_sched_create(const epm_sched_opts *o, epm_sched **out);
@@ -76,8 +89,10 @@ void epm_sched_destroy(epm_sched *s);
 int epm_sched_next(epm_sched *s, double now, epm_sched_pass *p);
 
 /* Sequence seq ended (its last token came in the previous pass): its place
- * is free for its rank's next waiting sequence. */
-void epm_sched_end(epm_sched *s, int seq);
+ * is free for its rank's next waiting sequence. Returns the K/V rows it
+ * keeps for prefix caching (its prompt and the outputs it fed, which the
+ * caller keeps until a pass evicts it), or 0: its caches are freed. */
+int epm_sched_end(epm_sched *s, int seq);
 
 /* A home rank's places: how many of its sequences it holds at once. */
 int epm_run_places(int batch, int ranks, int max_num_seqs, int q);

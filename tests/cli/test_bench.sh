@@ -722,7 +722,17 @@ ok "bench run --prefix-caching" mpi -np 2 "$E" bench run --model "$F/mixtral-tin
              NR == 2 && $1 == "off" && $2 == 96 && $3 == 0 && $5 == 1 && $9 == 1 {a = 1}
              NR == 3 && $1 == "on" && $2 == 64 && $3 == 32 && $4 > 0 && $6 > 0 && $9 == 1 {b = 1}
              END {exit !(h && a && b && NR == 3)}' "$d/out" || { fail "bench run --prefix-caching: rows"; show; }; }
+# two conversations of three turns, one a rank: each later turn's prompt is the last one's (8, then 17
+# tokens), its 4 outputs and 5 more, and starts with the 11, then 20 rows the last turn kept (its prompt
+# and the 3 outputs it fed): 62 of 8 + 17 + 26 prompt tokens a conversation copied, the same tokens
+ok "bench run --prefix-caching --turns" mpi -np 2 "$E" bench run --model "$F/mixtral-tiny" --batch 2 --seq 8 \
+  --new 4 --turns 3 --turn-tokens 5 --prefix-caching --reps 1 --kernels ref --csv &&
+  { awk -F, 'NR == 2 && $1 == "off" && $2 == 102 && $3 == 0 && $9 == 1 {a = 1}
+             NR == 3 && $1 == "on" && $2 == 40 && $3 == 62 && $9 == 1 {b = 1}
+             END {exit !(a && b && NR == 3)}' "$d/out" || { fail "bench run --prefix-caching --turns: rows"; show; }; }
 fi
+usage run --turns "" --model "$m" --turns 2
+usage run --turn-tokens "" --model "$m" --prefix-caching --turn-tokens 5
 usage run --shared-prefix "" --model "$m" --seq 4 --shared-prefix 5
 usage run --trace-arrivals "" --model "$m" --trace-arrivals
 usage run --num-prompts "" --model "$m" --num-prompts 3

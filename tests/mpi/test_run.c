@@ -726,7 +726,7 @@ static int64_t peak_rows(int B, const int *lens, const int *rows, const int *gen
     assert_true(B <= 16 && R <= 16);
     for (int q = 0; q < B; q++)
         reserve[q] = rows[q];
-    const epm_sched_opts so = {B, lens, R, max_seqs, chunk, 0, NULL, 0, reserve, pool, follow, NULL, 0};
+    const epm_sched_opts so = {B, lens, R, max_seqs, chunk, 0, NULL, 0, reserve, pool, follow, NULL, 0, NULL};
     epm_sched *sc = NULL;
     assert_int_equal(epm_sched_create(&so, &sc), EPM_OK);
     int made[16] = {0}, held[16] = {0};
@@ -1159,28 +1159,40 @@ static void test_run_kv_pool(void **state)
     epm_st_close(f.ref);
 }
 
-/* The prompt positions prefix caching copies in a run whose sequence s
- * made gen[s] tokens: the scheduler's admissions (test_scheduler checks
- * them on their own). */
-static int64_t cached_positions(int B, const int *lens, const int32_t *const *prompts, const int *gen, int max_seqs,
-                                int64_t chunk, int follow)
+/* The prompt positions prefix caching copies in run a (without it) of
+ * these prompts, sequence s decoding at most caps[s] of maxnew tokens: the
+ * scheduler's admissions (test_scheduler checks them on their own), with
+ * the kept rows of the sequences that ended and the outputs they fed. */
+static int64_t cached_positions(int B, const int *lens, const int32_t *const *prompts, const epm_run_result *a,
+                                const int *caps, int maxnew, int max_seqs, int64_t chunk, int follow)
 {
-    const epm_sched_opts so = {B, lens, R, max_seqs, chunk, 0, NULL, 0, NULL, 0, follow, prompts, 1};
+    int64_t reserve[16];
+    const int32_t *outs[16];
+    const int *gen = a->gen_len;
+    assert_true(B <= 16);
+    for (int q = 0; q < B; q++) {
+        reserve[q] = lens[q] + caps[q];
+        outs[q] = a->generated + (size_t)q * maxnew;
+    }
+    const epm_sched_opts so = {B, lens, R, max_seqs, chunk, 0, NULL, 0, reserve, 0, follow, prompts, 1, outs};
     epm_sched *sc = NULL;
     assert_int_equal(epm_sched_create(&so, &sc), EPM_OK);
     int made[16] = {0};
     int64_t cached = 0;
     epm_sched_pass p;
-    assert_true(B <= 16);
     while (epm_sched_next(sc, 0, &p)) {
         for (int i = 0; i < p.n_admitted; i++)
             cached += p.cached[i];
+        int ends[16] = {0}; /* (ended in the order of sequences, as epm_run does: kept rows are dropped by age) */
         for (int i = 0; i < p.n_pre; i++)
             if (p.pre[i].to == lens[p.pre[i].seq] && ++made[p.pre[i].seq] >= gen[p.pre[i].seq])
-                epm_sched_end(sc, p.pre[i].seq);
+                ends[p.pre[i].seq] = 1;
         for (int i = 0; i < p.n_dec; i++)
             if (++made[p.dec[i]] >= gen[p.dec[i]])
-                epm_sched_end(sc, p.dec[i]);
+                ends[p.dec[i]] = 1;
+        for (int q = 0; q < B; q++)
+            if (ends[q])
+                epm_sched_end(sc, q);
     }
     epm_sched_destroy(sc);
     return cached;
@@ -1235,7 +1247,8 @@ static void test_run_prefix_caching(void **state)
             fprintf(stderr, "rank %d: %s\n", me, epm_last_error());
         assert_int_equal(st, EPM_OK);
         assert_same_tokens(a, b, B, NEW);
-        const int64_t cached = cached_positions(B, lens, prompts, a->gen_len, o.max_num_seqs, o.prefill_chunk, mode == 1);
+        const int64_t cached =
+            cached_positions(B, lens, prompts, a, news, NEW, o.max_num_seqs, o.prefill_chunk, mode == 1);
         assert_int_equal(b->report.cached_prompt_tokens, cached);
         assert_int_equal(a->report.cached_prompt_tokens, 0);
         assert_true(cached > 0 || (mode == 0 && R > 3)); /* (from 4 ranks on a home rank holds one at a time) */
@@ -1278,6 +1291,94 @@ static void test_run_prefix_caching(void **state)
                                                      : k == 1 ? "--enable-prefix-caching with prompt logprobs"
                                                               : "--enable-prefix-caching with --mod"));
         }
+    }
+    epm_placement_destroy(p);
+    epm_st_close(f.ref);
+    epm_st_close(ds.ref);
+}
+
+/* Prefix caching across turns of a conversation: R first turns, one place
+ * a rank, then each one's next turn (its prompt, the outputs it made, two
+ * more tokens), homed on the same rank. The first turn has ended when the
+ * next is admitted; its kept rows (prompt and the outputs it fed) are the
+ * next turn's first positions, handed over (the rank's room is its largest
+ * reserve, the next turn's), in float32, fp8 and DeepSeek-V3's latent. The
+ * tokens are those of the run without it; the logprobs within decoding's
+ * 1e-4 of recomputing (the kept output rows were decoded, not prefilled),
+ * and the rank never holds more positions than its room. */
+static void test_run_prefix_caching_turns(void **state)
+{
+    (void)state;
+    enum { NEW = 4, MORE = 2 };
+    fixture f, ds;
+    fixture_open(&f, "mixtral-tiny");
+    fixture_open(&ds, "deepseekv3-tiny");
+    epm_placement *p = make_placement(2, 4, 8, 1);
+    for (int run = 0; run < 4; run++) {
+        /* runs 0, 1: home and follow; 2: fp8 follow; 3: DeepSeek-V3's latent in chunks of 5 */
+        const int mode = run == 3 ? R % 2 : run > 0, fp8 = run == 2, mla = run == 3;
+        if (quick() && run != 1 + R % 2)
+            continue;
+        const fixture *fx = mla ? &ds : &f;
+        const int B = 2 * R;
+        int lens[16], caps[16];
+        const int32_t *prompts[16];
+        int32_t turn2[8][16 + NEW + MORE];
+        for (int j = 0; j < R; j++) { /* first turns: prefixes of the fixture's two prompts */
+            lens[j] = 6 + (3 * j) % 7;
+            prompts[j] = fx->ids[j % 2];
+            caps[j] = NEW;
+        }
+        epm_run_opts o;
+        memset(&o, 0, sizeof o);
+        o.model_dir = fx->dir;
+        o.placement = p;
+        o.prefill_chunk = mla ? 5 : 0;
+        o.mode = (epm_mode)mode;
+        o.max_new_tokens = NEW;
+        o.ops = "ref";
+        o.logprobs_on = 1;
+        o.kv_fp8 = fp8;
+        o.max_num_seqs = R; /* (one place a rank: a next turn waits for its first to end) */
+        epm_run_result *first, *a, *b;
+        assert_int_equal(epm_run(&o, R, lens, prompts, &first), EPM_OK);
+        for (int j = 0; j < R; j++) { /* next turns: the first's prompt and outputs, then two more tokens */
+            const int n = lens[j], g = first->gen_len[j];
+            memcpy(turn2[j], prompts[j], (size_t)n * sizeof **turn2);
+            memcpy(turn2[j] + n, first->generated + (size_t)j * NEW, (size_t)g * sizeof **turn2);
+            for (int k = 0; k < MORE; k++)
+                turn2[j][n + g + k] = fx->ids[(j + 1) % 2][k];
+            lens[R + j] = n + g + MORE;
+            prompts[R + j] = turn2[j];
+            caps[R + j] = NEW;
+        }
+        assert_int_equal(epm_run(&o, B, lens, prompts, &a), EPM_OK);
+        o.prefix_caching = 1;
+        epm_status st = epm_run(&o, B, lens, prompts, &b);
+        if (st != EPM_OK)
+            fprintf(stderr, "rank %d: %s\n", me, epm_last_error());
+        assert_int_equal(st, EPM_OK);
+        assert_memory_equal(b->gen_len, a->gen_len, (size_t)B * sizeof *a->gen_len);
+        assert_memory_equal(b->generated, a->generated, (size_t)B * NEW * sizeof *a->generated);
+        for (int q = 0; q < B; q++)
+            for (int k = 0; k < a->gen_len[q]; k++)
+                assert_true(fabsf(b->logprob[q * NEW + k] - a->logprob[q * NEW + k]) <= 1e-4f);
+        /* each next turn copies its first's prompt and fed outputs: all the rows the first kept */
+        int64_t want = 0, room = 0;
+        for (int j = 0; j < R; j++)
+            want += lens[j] + first->gen_len[j] - 1;
+        assert_int_equal(b->report.cached_prompt_tokens, want);
+        assert_int_equal(cached_positions(B, lens, prompts, a, caps, NEW, o.max_num_seqs, o.prefill_chunk, mode == 1),
+                         want);
+        assert_int_equal(b->report.prefill_tokens, a->report.prefill_tokens - want);
+        for (int j = 0; j < R; j++) { /* a rank's largest reserve, its next turn's (follow: every rank's) */
+            const int64_t v = lens[R + j] + NEW;
+            room = mode == 1 ? room + v : v > room ? v : room;
+        }
+        assert_true(b->report.kv_positions_max <= room);
+        epm_run_result_destroy(first);
+        epm_run_result_destroy(a);
+        epm_run_result_destroy(b);
     }
     epm_placement_destroy(p);
     epm_st_close(f.ref);
@@ -1737,7 +1838,7 @@ int main(void)
         cmocka_unit_test(test_run_sampling_equals_recompute), cmocka_unit_test(test_run_stop_tokens),
         cmocka_unit_test(test_run_request_sampling),          cmocka_unit_test(test_run_continuous_batching),
         cmocka_unit_test(test_run_arrivals),                  cmocka_unit_test(test_run_kv_pool),
-        cmocka_unit_test(test_run_prefix_caching),
+        cmocka_unit_test(test_run_prefix_caching),          cmocka_unit_test(test_run_prefix_caching_turns),
         cmocka_unit_test(test_run_prefill_chunk), cmocka_unit_test(test_run_prompt_logprobs),
         cmocka_unit_test(test_run_topology_bias_and_top_p), cmocka_unit_test(test_run_mismatched_placement),
     };

@@ -62,7 +62,11 @@ static int describe(const epm_sched_opts *o, const int *caps, char *out, size_t 
         now += 1;
         at += (size_t)snprintf(out + at, cap - at, "a");
         for (int i = 0; i < p.n_admitted; i++) {
-            at += (size_t)snprintf(out + at, cap - at, "%s%d", i ? "," : "", p.admitted[i]);
+            if (i)
+                at += (size_t)snprintf(out + at, cap - at, ",");
+            for (int e = p.evict_from[i]; e < p.evict_from[i + 1]; e++) /* kept rows dropped for it: "-seq," */
+                at += (size_t)snprintf(out + at, cap - at, "-%d,", p.evicted[e]);
+            at += (size_t)snprintf(out + at, cap - at, "%d", p.admitted[i]);
             if (p.cached[i] > 0) /* a prefix copied: "(positions of donor)" */
                 at += (size_t)snprintf(out + at, cap - at, "(%d of %d)", p.cached[i], p.donor[i]);
             else
@@ -88,7 +92,7 @@ static void test_mixed_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
-    const epm_sched_opts o = {3, lens, 1, 2, 2, 0, NULL, 0, NULL, 0, 0, NULL, 0};
+    const epm_sched_opts o = {3, lens, 1, 2, 2, 0, NULL, 0, NULL, 0, 0, NULL, 0, NULL};
     char got[512];
     assert_int_equal(describe(&o, caps, got, sizeof got), 4);
     assert_string_equal(got, "a0,1 p0:0-2 d;a p1:0-2 d0;a p1:2-3 d0;a2 p2:0-2 d;");
@@ -101,7 +105,7 @@ static void test_budget_counts_decode_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
-    const epm_sched_opts o = {3, lens, 1, 2, 2, 0, NULL, 1, NULL, 0, 0, NULL, 0};
+    const epm_sched_opts o = {3, lens, 1, 2, 2, 0, NULL, 1, NULL, 0, 0, NULL, 0, NULL};
     char got[512];
     assert_int_equal(describe(&o, caps, got, sizeof got), 5);
     assert_string_equal(got, "a0,1 p0:0-2 d;a p1:0-1 d0;a p1:1-2 d0;a2 p1:2-3 p2:0-1 d;a p2:1-2 d;");
@@ -113,7 +117,7 @@ static void test_separate_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
-    const epm_sched_opts o = {3, lens, 1, 2, 2, 1, NULL, 0, NULL, 0, 0, NULL, 0};
+    const epm_sched_opts o = {3, lens, 1, 2, 2, 1, NULL, 0, NULL, 0, 0, NULL, 0, NULL};
     char got[512];
     assert_int_equal(describe(&o, caps, got, sizeof got), 6);
     assert_string_equal(got, "a0,1 p0:0-2 d;a p1:0-2 d;a p1:2-3 d;a2 p2:0-2 d;a d0;a d0;");
@@ -126,7 +130,7 @@ static void test_two_ranks_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {3, 2, 4, 1}, caps[] = {2, 1, 3, 2};
-    epm_sched_opts o = {4, lens, 2, 2, 2, 0, NULL, 0, NULL, 0, 0, NULL, 0};
+    epm_sched_opts o = {4, lens, 2, 2, 2, 0, NULL, 0, NULL, 0, 0, NULL, 0, NULL};
     char got[512];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0,1 p0:0-2 p1:0-2 d;a3 p0:2-3 p3:0-1 d;a d0,3;a2 p2:0-2 d;a p2:2-4 d;a d2;a d2;");
@@ -144,12 +148,12 @@ static void test_arrivals_by_hand(void **state)
     (void)state;
     static const int lens[] = {2, 3, 1}, caps[] = {3, 1, 2};
     static const double arrival[] = {0, 1.5, 10};
-    const epm_sched_opts o = {3, lens, 1, 1, 0, 0, arrival, 0, NULL, 0, 0, NULL, 0};
+    const epm_sched_opts o = {3, lens, 1, 1, 0, 0, arrival, 0, NULL, 0, 0, NULL, 0, NULL};
     char got[256];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0 p0:0-2 d;a d0;a d0;a1 p1:0-3 d;w10;a2 p2:0-1 d;a d2;");
     /* two places: sequence 1 is admitted in the first pass that begins after it arrives */
-    const epm_sched_opts o2 = {3, lens, 1, 2, 0, 0, arrival, 0, NULL, 0, 0, NULL, 0};
+    const epm_sched_opts o2 = {3, lens, 1, 2, 0, 0, arrival, 0, NULL, 0, 0, NULL, 0, NULL};
     describe(&o2, caps, got, sizeof got);
     assert_string_equal(got, "a0 p0:0-2 d;a d0;a1 p1:0-3 d0;w10;a2 p2:0-1 d;a d2;");
 }
@@ -163,7 +167,7 @@ static void test_pool_by_hand(void **state)
     (void)state;
     static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
     static const int64_t reserve[] = {5, 4, 3};
-    epm_sched_opts o = {3, lens, 1, 0, 0, 0, NULL, 0, reserve, 9, 0, NULL, 0};
+    epm_sched_opts o = {3, lens, 1, 0, 0, 0, NULL, 0, reserve, 9, 0, NULL, 0, NULL};
     char got[256];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0,1 p0:0-2 p1:0-3 d;a2 p2:0-2 d0;a d0;");
@@ -182,7 +186,7 @@ static void test_shared_pool_by_hand(void **state)
     (void)state;
     static const int lens[] = {2, 2, 2, 2}, caps[] = {2, 1, 3, 1};
     static const int64_t reserve[] = {4, 3, 5, 3};
-    epm_sched_opts o = {4, lens, 2, 0, 0, 0, NULL, 0, reserve, 8, 0, NULL, 0};
+    epm_sched_opts o = {4, lens, 2, 0, 0, 0, NULL, 0, reserve, 8, 0, NULL, 0, NULL};
     char got[256];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0,1,3 p0:0-2 p1:0-2 p3:0-2 d;a d0;a2 p2:0-2 d;a d2;a d2;");
@@ -200,13 +204,15 @@ static void test_prefix_by_hand(void **state)
     static const int lens[] = {6, 5, 6}, caps[] = {5, 1, 1};
     static const int32_t p0[] = {1, 2, 3, 4, 5, 6}, p1[] = {1, 2, 3, 9, 9}, p2[] = {1, 2, 3, 4, 5, 6};
     static const int32_t *const prompts[] = {p0, p1, p2};
-    epm_sched_opts o = {3, lens, 1, 2, 0, 0, NULL, 0, NULL, 0, 0, prompts, 0};
+    static const int64_t reserve[] = {11, 6, 7}; /* (prompts and outputs: 18 positions for the two places) */
+    epm_sched_opts o = {3, lens, 1, 2, 0, 0, NULL, 0, reserve, 0, 0, prompts, 0, NULL};
     char got[256];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0,1 p0:0-6 p1:0-5 d;a2 p2:0-6 d0;a d0;a d0;a d0;");
+    /* (1 ended and keeps its 5 rows, which 2's reserve needs: they are dropped for it) */
     o.prefix_caching = 1;
     describe(&o, caps, got, sizeof got);
-    assert_string_equal(got, "a0,1 p0:0-6 p1:0-5 d;a2(5 of 0) p2:5-6 d0;a d0;a d0;a d0;");
+    assert_string_equal(got, "a0,1 p0:0-6 p1:0-5 d;a-1,2(5 of 0) p2:5-6 d0;a d0;a d0;a d0;");
 }
 
 /* Two ranks, arrivals a second apart: home mode's donors are the
@@ -220,13 +226,36 @@ static void test_prefix_two_ranks_by_hand(void **state)
     static const int32_t p0[] = {1, 2, 3, 4}, p1[] = {1, 2, 3, 4, 5, 6}, p2[] = {1, 2, 3, 4, 5, 6, 7}, p3[] = {1, 2, 9};
     static const int32_t *const prompts[] = {p0, p1, p2, p3};
     static const double arrival[] = {0, 0, 1, 1};
-    epm_sched_opts o = {4, lens, 2, 0, 0, 0, arrival, 0, NULL, 0, 0, prompts, 1};
+    static const int64_t reserve[] = {7, 9, 8, 4};
+    epm_sched_opts o = {4, lens, 2, 0, 0, 0, arrival, 0, reserve, 0, 0, prompts, 1, NULL};
     char got[256];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0,1 p0:0-4 p1:0-6 d;a2(4 of 0),3(2 of 1) p2:4-7 p3:2-3 d0,1;a d0,1;");
     o.shared_pool = 1;
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0,1 p0:0-4 p1:0-6 d;a2(6 of 1),3(2 of 0) p2:6-7 p3:2-3 d0,1;a d0,1;");
+}
+
+/* A conversation's turns, one place: 0 ends after feeding two of its
+ * outputs and keeps those 6 rows; 1 (its next turn: its prompt and those
+ * outputs, then more) needs the room they take, so it takes them over as
+ * its first 6 positions; 2 shares 4 with 1's kept rows and takes them
+ * over likewise. Without the outputs, only prompts are matched. */
+static void test_prefix_kept_by_hand(void **state)
+{
+    (void)state;
+    static const int lens[] = {4, 8, 5}, caps[] = {3, 1, 1};
+    static const int32_t p0[] = {1, 2, 3, 4}, p1[] = {1, 2, 3, 4, 7, 8, 5, 6}, p2[] = {1, 2, 3, 4, 9};
+    static const int32_t o0[] = {7, 8, 9}, o1[] = {0}, o2[] = {0};
+    static const int32_t *const prompts[] = {p0, p1, p2}, *const outputs[] = {o0, o1, o2};
+    static const int64_t reserve[] = {7, 9, 6};
+    epm_sched_opts o = {3, lens, 1, 1, 0, 0, NULL, 0, reserve, 0, 0, prompts, 1, outputs};
+    char got[256];
+    describe(&o, caps, got, sizeof got);
+    assert_string_equal(got, "a0 p0:0-4 d;a d0;a d0;a-0,1(6 of 0) p1:6-8 d;a-1,2(4 of 1) p2:4-5 d;");
+    o.outputs = NULL;
+    describe(&o, caps, got, sizeof got);
+    assert_string_equal(got, "a0 p0:0-4 d;a d0;a d0;a-0,1(4 of 0) p1:4-8 d;a-1,2(4 of 1) p2:4-5 d;");
 }
 
 static unsigned lcg(unsigned *x)
@@ -264,17 +293,43 @@ static void test_rules_on_random_batches(void **state)
         const int shared = (int)(lcg(&seed) % 2);
         /* prompts in three families sharing a prefix of random length, then random tokens of two kinds (so
          * that prefixes also meet by chance); prefix caching on half the batches */
-        int32_t toks[40][30];
-        const int32_t *prompts[40];
+        int32_t toks[40][36], outs[40][6];
+        const int32_t *prompts[40], *outputs[40];
         for (int i = 0; i < B; i++) {
             const int fam = (int)(lcg(&seed) % 3), split = (int)(lcg(&seed) % 31);
             for (int k = 0; k < lens[i]; k++)
                 toks[i][k] = k < split ? fam * 100 + k : (int32_t)(lcg(&seed) % 2);
+            for (int k = 0; k < caps[i]; k++) /* outputs of the same two kinds */
+                outs[i][k] = (int32_t)(lcg(&seed) % 2);
             prompts[i] = toks[i];
+            outputs[i] = outs[i];
         }
-        const int prefix = (int)(lcg(&seed) % 2);
+        /* prefix caching on half the batches, with the outputs (which the kept and decoding sequences'
+         * rows extend prefixes with) on two thirds of those */
+        const int prefix = (int)(lcg(&seed) % 2), with_outs = prefix && lcg(&seed) % 3;
         const epm_sched_opts o = {B,     lens,   R,      max_seqs, chunk,  separate, trial % 2 ? arr : NULL, counts,
-                                  reserve, pool, shared, prompts,  prefix};
+                                  reserve, pool, shared, prompts,  prefix, with_outs ? outputs : NULL};
+        /* the room of held reserves and kept rows: a rank's places' largest reserves (shared: all ranks'),
+         * within the pool */
+        int64_t room[8] = {0};
+        for (int q = 0; q < R; q++) {
+            int64_t v[40];
+            int n = 0;
+            for (int i = q; i < B; i += R)
+                v[n++] = reserve[i];
+            for (int k = 0; k < epm_run_places(B, R, max_seqs, q) && k < n; k++) { /* the largest left */
+                int m = k;
+                for (int j = k + 1; j < n; j++)
+                    m = v[j] > v[m] ? j : m;
+                const int64_t t = v[k];
+                v[k] = v[m], v[m] = t;
+                room[shared ? 0 : q] += v[k];
+            }
+        }
+        for (int q = 0; q < R && pool > 0; q++)
+            room[q] = room[q] < pool ? room[q] : pool;
+        int kept[40] = {0}, fed[40] = {0};
+        int64_t last_use[40] = {0}, tick = 0, kept_rows[8] = {0};
         epm_sched *s = NULL;
         assert_int_equal(epm_sched_create(&o, &s), EPM_OK);
         int done[40] = {0}, gen[40] = {0}, ended[40] = {0}, admitted[40] = {0}, last_piece[40], next_adm[8];
@@ -288,34 +343,68 @@ static void test_rules_on_random_batches(void **state)
         while (epm_sched_next(s, now, &p)) {
             int64_t tok[8] = {0};
             int held[8] = {0};
+            int64_t used_now[8] = {0}; /* the held sequences' reserves, as admissions come */
+            for (int i = 0; i < B; i++)
+                used_now[shared ? 0 : i % R] += admitted[i] && !ended[i] ? reserve[i] : 0;
             for (int i = 0; i < p.n_admitted; i++) { /* in order, each rank's next, once it arrived */
                 const int a = p.admitted[i], q = a % R;
                 assert_int_equal(a, next_adm[q]);
                 assert_true(!o.arrival || o.arrival[a] <= now);
                 next_adm[q] += R;
-                /* a prefix copied from the held sequence (its rank's, or any with shared caches) that shares
-                 * the longest of what it prefilled, short of the last prompt token (those admitted before it
-                 * in this pass hold what they copied) */
+                /* a prefix copied from the held or kept sequence (its rank's, or any with shared caches)
+                 * that shares the longest of the rows it has (what it prefilled, then the outputs it fed
+                 * where they are given), short of the last prompt token (those admitted before it in this
+                 * pass hold what they copied) */
                 int best = 0;
                 for (int j = 0; j < B && prefix; j++) {
-                    if (j == a || !admitted[j] || ended[j] || (!shared && j % R != q))
+                    if (j == a || !admitted[j] || (ended[j] && !kept[j]) || (!shared && j % R != q))
                         continue;
-                    int k = 0, most = lens[a] - 1 < done[j] ? lens[a] - 1 : done[j];
+                    for (int k = 0; k < fed[j]; k++) /* (its rows: prompt, then fed outputs) */
+                        toks[j][lens[j] + k] = outs[j][k];
+                    const int has = with_outs ? done[j] + fed[j] : done[j];
+                    int k = 0, most = lens[a] - 1 < has ? lens[a] - 1 : has;
                     while (k < most && toks[a][k] == toks[j][k])
                         k++;
                     best = k > best ? k : best;
                 }
                 assert_int_equal(p.cached[i], best);
+                const int d = p.donor[i];
                 if (best > 0) {
-                    const int d = p.donor[i];
-                    assert_true(d >= 0 && d < B && admitted[d] && !ended[d] && (shared || d % R == q));
-                    assert_true(best <= done[d] && memcmp(toks[a], toks[d], (size_t)best * sizeof **toks) == 0);
+                    assert_true(d >= 0 && d < B && admitted[d] && (!ended[d] || kept[d]) && (shared || d % R == q));
+                    const int has = with_outs ? done[d] + fed[d] : done[d];
+                    assert_true(best <= has && memcmp(toks[a], toks[d], (size_t)best * sizeof **toks) == 0);
                 } else {
                     assert_int_equal(p.donor[i], -1);
                 }
+                /* kept rows dropped for it only while its reserve does not fit beside them and the held
+                 * ones: its donor's first where kept (handed over), then the least recently used (ended,
+                 * or last giving a prefix); a kept donor that is all prefix is handed over in any case */
+                const int qq = shared ? 0 : q;
+                const int whole = best > 0 && kept[d] && best == done[d] + fed[d];
+                assert_true(!whole || (p.evict_from[i + 1] > p.evict_from[i] && p.evicted[p.evict_from[i]] == d));
+                for (int e = p.evict_from[i]; e < p.evict_from[i + 1]; e++) {
+                    const int x = p.evicted[e];
+                    assert_true(prefix && x >= 0 && x < B && kept[x] && (shared || x % R == q));
+                    assert_true(used_now[qq] + kept_rows[qq] + reserve[a] > room[qq] || (x == d && whole));
+                    assert_true(x == d || best == 0 || !kept[d]);
+                    for (int j = 0; j < B && x != d; j++)
+                        if (kept[j] && j != x && (shared || j % R == q))
+                            assert_true(last_use[j] > last_use[x]);
+                    kept[x] = 0;
+                    kept_rows[qq] -= done[x] + fed[x];
+                }
+                if (prefix) {
+                    assert_true(used_now[qq] + kept_rows[qq] + reserve[a] <= room[qq]);
+                    used_now[qq] += reserve[a];
+                }
+                if (best > 0)
+                    last_use[d] = ++tick;
                 done[a] = best;
                 admitted[a] = 1;
             }
+            assert_int_equal(p.evict_from[0], 0);
+            for (int i = 0; i < p.n_admitted; i++) /* (each admission's in order, none skipped) */
+                assert_true(p.evict_from[i] <= p.evict_from[i + 1]);
             int64_t used[8] = {0}; /* the pool's positions the held sequences reserve (shared: used[0]) */
             for (int i = 0; i < B; i++) {
                 held[i % R] += admitted[i] && !ended[i];
@@ -387,7 +476,22 @@ static void test_rules_on_random_batches(void **state)
                 assert_true(i == 0 || p.dec[i] > p.dec[i - 1]);
                 assert_true(done[p.dec[i]] == lens[p.dec[i]] && last_piece[p.dec[i]] < pass && !ended[p.dec[i]]);
             }
-            count_tokens(s, &p, lens, caps, gen, ended);
+            for (int i = 0; i < p.n_dec; i++)
+                fed[p.dec[i]]++;
+            /* as count_tokens, and an ended sequence keeps its rows with prefix caching */
+            for (int i = 0; i < p.n_pre + p.n_dec; i++) {
+                const int q = i < p.n_pre ? p.pre[i].seq : p.dec[i - p.n_pre];
+                if ((i < p.n_pre && p.pre[i].to < lens[q]) || ++gen[q] < caps[q])
+                    continue;
+                const int rows = epm_sched_end(s, q);
+                ended[q] = 1;
+                assert_int_equal(rows, prefix ? done[q] + fed[q] : 0);
+                if (prefix) {
+                    kept[q] = 1;
+                    last_use[q] = ++tick;
+                    kept_rows[shared ? 0 : q % R] += rows;
+                }
+            }
             assert_int_equal(p.index, pass++);
             assert_true(pass < 100000);
         }
@@ -402,7 +506,7 @@ static void test_bad_batches(void **state)
     (void)state;
     static const int lens[] = {3, 0};
     epm_sched *s = (epm_sched *)&s;
-    epm_sched_opts o = {2, lens, 1, 0, 0, 0, NULL, 0, NULL, 0, 0, NULL, 0};
+    epm_sched_opts o = {2, lens, 1, 0, 0, 0, NULL, 0, NULL, 0, 0, NULL, 0, NULL};
     assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
     assert_null(s);
     assert_non_null(strstr(epm_last_error(), "sequence 1 is empty"));
@@ -417,7 +521,7 @@ static void test_bad_batches(void **state)
     assert_non_null(strstr(epm_last_error(), "max_num_seqs -2"));
     static const int two[] = {1, 1};
     static const double late_first[] = {2, 1}, nan_first[] = {NAN, 1};
-    o = (epm_sched_opts){2, two, 1, 0, 0, 0, late_first, 0, NULL, 0, 0, NULL, 0};
+    o = (epm_sched_opts){2, two, 1, 0, 0, 0, late_first, 0, NULL, 0, 0, NULL, 0, NULL};
     assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "sequence 1 arrives at 1 s, before sequence 0"));
     o.arrival = nan_first;
@@ -425,7 +529,7 @@ static void test_bad_batches(void **state)
     assert_non_null(strstr(epm_last_error(), "sequence 0 arrives at nan s (a finite time"));
     /* a pool: each reserve within it and at least its prompt, and reserves given */
     static const int64_t fits[] = {2, 4}, short_of_prompt[] = {0, 1};
-    o = (epm_sched_opts){2, two, 1, 0, 0, 0, NULL, 0, fits, 3, 0, NULL, 0};
+    o = (epm_sched_opts){2, two, 1, 0, 0, 0, NULL, 0, fits, 3, 0, NULL, 0, NULL};
     assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "sequence 1 reserves 4 positions, more than the pool holds"));
     o.reserve = short_of_prompt;
@@ -437,6 +541,15 @@ static void test_bad_batches(void **state)
     o.reserve = fits, o.pool = 4;
     assert_int_equal(epm_sched_create(&o, &s), EPM_OK);
     epm_sched_destroy(s);
+    /* prefix caching keeps rows within the reserves: it needs them (and the prompts) */
+    static const int32_t one[] = {1};
+    static const int32_t *const both[] = {one, one};
+    o.pool = 0, o.reserve = NULL, o.prompts = both, o.prefix_caching = 1;
+    assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "pool 0 without reserves"));
+    o.reserve = fits, o.prompts = NULL;
+    assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "prefix caching without prompts"));
     epm_sched_end(NULL, 0); /* nothing */
 }
 
@@ -452,6 +565,7 @@ int main(void)
         cmocka_unit_test(test_shared_pool_by_hand),
         cmocka_unit_test(test_prefix_by_hand),
         cmocka_unit_test(test_prefix_two_ranks_by_hand),
+        cmocka_unit_test(test_prefix_kept_by_hand),
         cmocka_unit_test(test_rules_on_random_batches),
         cmocka_unit_test(test_bad_batches),
     };
