@@ -1305,7 +1305,8 @@ static void test_run_prefix_caching(void **state)
  * reserve, the next turn's), in float32, fp8 and DeepSeek-V3's latent. The
  * tokens are those of the run without it; the logprobs within decoding's
  * 1e-4 of recomputing (the kept output rows were decoded, not prefilled),
- * and the rank never holds more positions than its room. */
+ * and the rank never holds more positions than its room; plan eval of its
+ * trace (taken-over positions unrecorded) prices the bytes it counted. */
 static void test_run_prefix_caching_turns(void **state)
 {
     (void)state;
@@ -1376,6 +1377,17 @@ static void test_run_prefix_caching_turns(void **state)
             room = mode == 1 ? room + v : v > room ? v : room;
         }
         assert_true(b->report.kv_positions_max <= room);
+        if (me == 0 && !mla) { /* plan eval of its trace (taken-over positions: -1) prices what it counted */
+            epm_eval_opts eo;
+            epm_eval_opts_init(&eo);
+            eo.mode = o.mode;
+            eo.hidden_bytes = 64 * 4;
+            eo.kv_row_bytes = 2 * 32 * 4;
+            epm_eval_result *ev;
+            assert_int_equal(epm_eval(b->trace, p, &eo, &ev), EPM_OK);
+            assert_report_is_eval(&b->report, ev, 4);
+            epm_eval_result_destroy(ev);
+        }
         epm_run_result_destroy(first);
         epm_run_result_destroy(a);
         epm_run_result_destroy(b);
