@@ -792,8 +792,10 @@ int epm_bench_run(int argc, char **argv)
                 st = epm_bench_prefix_turns(x, &o, (int)batch, (int)seq, pr, (int)turns, (int)turn_tokens,
                                             hc->vocab_size, &turn_lens, &turn_prompts);
                 if (st == EPM_OK && me == 0 && !csv)
-                    printf("# %ld conversations of %ld turns, each later turn the last's prompt, its %ld outputs "
-                           "and %ld more tokens: %ld sequences\n", batch, turns, nnew, turn_tokens, batch * turns);
+                    printf("# %ld conversations of %ld turns, each later turn the last's prompt, its outputs (up to "
+                           "%ld) and %ld more tokens: %ld sequences%s\n", batch, turns, nnew, turn_tokens, batch * turns,
+                           mode == EPM_MODE_HOME && batch % R ? " (home mode: --batch is not a multiple of the ranks, "
+                           "so a conversation's turns have different homes and find no prefix)" : "");
                 o.max_num_seqs = max_seqs_given ? (int)max_seqs : (int)batch; /* (a place a conversation) */
                 rc = st != EPM_OK ? (me == 0 ? cli_fail(W, st) : EPM_EXIT_FAIL)
                                   : epm_bench_run_prefix(x, &o, (int)(batch * turns), turn_lens,

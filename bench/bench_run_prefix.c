@@ -109,6 +109,7 @@ epm_status epm_bench_prefix_turns(epm_xcomm *x, const epm_run_opts *base, int co
         }
         epm_run_result_destroy(res);
     }
+    st = epm_xcomm_agree(x, st); /* (the last turn's prompts: a rank short of memory stops every rank) */
     if (st != EPM_OK) {
         for (int s = 0; s < B && prompts; s++)
             free(prompts[s]);

@@ -1254,9 +1254,10 @@ static epm_status memory_check(rt *r)
     for (int q = 0; q < r->R; q++)
         held += r->o->mode == EPM_MODE_FOLLOW || q == r->me ? kv_most(r, q) : 0;
     /* K and V (or the latent alone) */
-    /* the pool's, where fewer: its positions in one cache */
+    /* the pool's, where fewer (or with prefix caching, whose kept rows may fill it): its positions in one
+     * cache */
     const int pooled = r->o->max_total_tokens > 0 &&
-                       (double)epm_kv_cache_bytes(r, r->o->max_total_tokens) < held;
+                       ((double)epm_kv_cache_bytes(r, r->o->max_total_tokens) < held || r->o->prefix_caching);
     held = pooled ? (double)epm_kv_cache_bytes(r, r->o->max_total_tokens) : held;
     double kv = (double)c->num_layers * (r->latent ? 1 : 2) * held;
     double scr = ffn_scratch_bytes(r);
@@ -1564,8 +1565,9 @@ static void kv_release(rt *r, int s)
 static void kv_end(rt *r, int s)
 {
     const int rows = epm_sched_end(r->sched, s);
-    if (rows == 0) {
-        kv_release(r, s);
+    if (rows <= 0) { /* (-1: not held, nothing to free; never here) */
+        if (rows == 0)
+            kv_release(r, s);
         return;
     }
     const int64_t had = kv_rows(r, s);

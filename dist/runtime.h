@@ -91,11 +91,12 @@ typedef struct epm_run_opts {
                                        mode: any rank's; every rank holds every cache): its prompt and the
                                        outputs it fed in earlier passes. It prefills the rest, never less
                                        than its last token. An ended sequence's rows are kept until an
-                                       admission needs their room (its places' largest reserves, within the
-                                       pool), least recently used first; they are copied, or handed over
-                                       where the donor is kept and all prefix or the room is short (a
-                                       conversation's next turn). The same tokens (with kernels and routing whose rows do not
-                                       depend on the pass); in the recorded trace the copied positions' rows
+                                       admission needs their room (the pool, which the memory check then
+                                       counts, else its places' largest reserves), least recently used
+                                       first; they are copied, or handed over where the donor is kept and
+                                       all prefix or the room is short (a conversation's next turn). The
+                                       same tokens (with kernels and routing whose rows do not depend on
+                                       the pass); in the recorded trace the copied positions' rows
                                        are -1 (not computed), which plan eval skips. Not with MoD
                                        (whose cache rows are not positions), a routing replay, all logits or
                                        prompt logprobs (which the copied positions do not compute) */
@@ -212,12 +213,15 @@ typedef struct epm_run_report {
      * latency, over all tokens: where prefill passes stall decoding), and end to end */
     epm_latency ttft, tpot, itl, e2e;
     double t_wait;         /* seconds the ranks had nothing to run, waiting for a request to arrive */
-    int64_t cached_prompt_tokens; /* prompt tokens whose K/V rows were copied from a held sequence's
-                                     (prefix caching) rather than computed: prefill_tokens leaves them out */
+    int64_t cached_prompt_tokens; /* prompt tokens whose K/V rows came from a held or kept sequence's
+                                     (prefix caching: copied or handed over) rather than computed:
+                                     prefill_tokens leaves them out */
     int64_t kv_positions_max;    /* K/V positions the fullest rank's caches held at once (each admitted
-                                    sequence's prompt and output cap: what max_total_tokens bounds) */
+                                    sequence's prompt and output cap, and with prefix caching the rows
+                                    ended ones keep: what max_total_tokens bounds) */
     int64_t kv_cache_bytes_max;  /* KV cache memory of the fullest rank at its fullest (follow keeps every
-                                    live sequence's; with max_num_seqs those of the sequences decoding) */
+                                    live sequence's; with max_num_seqs those of the sequences decoding;
+                                    with prefix caching the kept rows too) */
     int64_t wire_bytes[EPM_LINK_COUNT]; /* what went over the links (differs from bytes only on the
                                            hierarchical path, which forwards through gateways) */
     int64_t wire_msgs[EPM_LINK_COUNT];

@@ -64,9 +64,10 @@ static int by_size_down(const void *a, const void *b)
     return (x < y) - (x > y);
 }
 
-/* What a rank's held reserves and kept rows may take: the reserves of its
- * places' largest sequences (the K/V memory epm_run checks for; a shared
- * pool's, every rank's), and no more than the pool. */
+/* What a rank's held reserves and kept rows may take: its pool (vLLM's
+ * blocks, whose free ones keep their rows until taken), else the reserves
+ * of its places' largest sequences (a shared pool's: every rank's): the
+ * K/V memory epm_run checks for. */
 static epm_status keep_caps(epm_sched *s)
 {
     const int B = s->o.batch, R = s->o.ranks;
@@ -84,7 +85,7 @@ static epm_status keep_caps(epm_sched *s)
         s->cap[s->o.shared_pool ? 0 : q] += most;
     }
     for (int q = 0; q < R && s->o.pool > 0; q++)
-        s->cap[q] = s->cap[q] < s->o.pool ? s->cap[q] : s->o.pool;
+        s->cap[q] = s->o.pool;
     epm_free(v);
     return EPM_OK;
 }
@@ -214,7 +215,7 @@ static void make_room(epm_sched *s, int q, int64_t need, int donor, int cached, 
 int epm_sched_end(epm_sched *s, int seq)
 {
     if (!s || seq < 0 || seq >= s->o.batch || (s->state[seq] != PREFILLING && s->state[seq] != DECODING))
-        return 0;
+        return -1;
     const int qq = s->o.shared_pool ? 0 : seq % s->o.ranks;
     s->held[seq % s->o.ranks]--;
     if (s->o.pool > 0 || s->o.prefix_caching)

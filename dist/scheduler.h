@@ -24,7 +24,8 @@ typedef struct epm_sched_pass {
     const int32_t *admitted;    /* sequences admitted as this pass begins (their K/V caches are taken now) */
     int n_admitted;
     const int32_t *cached;      /* [n_admitted] with prefix caching: the first positions of each admitted
-                                   sequence's prompt whose K/V rows it copies from donor's (0: none) */
+                                   sequence's prompt whose K/V rows it takes from donor's, copied or
+                                   handed over (0: none) */
     const int32_t *donor;       /* [n_admitted] that held or kept sequence (-1: none) */
     const int32_t *evicted;     /* with prefix caching: kept sequences whose rows are dropped as this pass begins,
                                    those of admission k (to make room for it, after admission k - 1 copied
@@ -64,12 +65,13 @@ typedef struct epm_sched_opts {
                           may be any rank's sequence */
     const int32_t *const *prompts; /* [batch] prompt tokens (kept by the caller); read with prefix_caching */
     int prefix_caching; /* an admitted sequence copies the K/V rows of the longest prompt prefix it shares with
-                           a held sequence of its rank (shared_pool: of any rank) that earlier passes
-                           prefilled, and prefills from there; never its last prompt token, whose logits
-                           give its first (vLLM's automatic prefix caching). An ended sequence's rows (its
-                           prompt and the outputs it fed) are kept and give prefixes until its rank needs
-                           the room: kept rows and held reserves stay within the places' largest reserves
-                           (shared_pool: every rank's places'), and within the pool. An admission that does
+                           a held or kept sequence of its rank (shared_pool: of any rank) that earlier passes
+                           fed, and prefills from there; never its last prompt token, whose logits give its
+                           first (vLLM's automatic prefix caching). An ended sequence's rows (its prompt and
+                           the outputs it fed) are kept and give prefixes until its rank needs the room:
+                           kept rows and held reserves stay within the pool (vLLM's blocks, free ones
+                           keeping their rows), or without one within the places' largest reserves
+                           (shared_pool: every rank's places'). An admission that does
                            not fit beside them takes over its donor's rows if that is kept, then drops the
                            least recently used kept sequences (ended or last giving first); a kept donor
                            that is all prefix is taken over in any case. Needs reserve. */
@@ -91,7 +93,8 @@ int epm_sched_next(epm_sched *s, double now, epm_sched_pass *p);
 /* Sequence seq ended (its last token came in the previous pass): its place
  * is free for its rank's next waiting sequence. Returns the K/V rows it
  * keeps for prefix caching (its prompt and the outputs it fed, which the
- * caller keeps until a pass evicts it), or 0: its caches are freed. */
+ * caller keeps until a pass evicts it), 0 (its caches are freed), or -1
+ * where seq is not held (never admitted, or ended already): nothing. */
 int epm_sched_end(epm_sched *s, int seq);
 
 /* A home rank's places: how many of its sequences it holds at once. */

@@ -92,7 +92,7 @@ static const char usage[] =
     "                           it fed: a conversation's last turn) starts with them and prefills the\n"
     "                           rest, its last prompt token at least (vLLM's automatic prefix caching).\n"
     "                           An ended sequence's rows are kept until an admission needs the room\n"
-    "                           (the places' largest reserves, within --max-total-tokens), least\n"
+    "                           (--max-total-tokens, else the places' largest reserves), least\n"
     "                           recently used first; only where sequences are admitted while others\n"
     "                           are held or kept: --max-num-seqs below the batch, or arrivals. The\n"
     "                           same tokens. Not with --mod, --all-logits, --prompt-logprobs or\n"

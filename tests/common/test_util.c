@@ -104,3 +104,17 @@ float *tu_rnd(size_t n, uint64_t *seed)
         v[i] = (float)(2 * epm_rand_unit(seed) - 1);
     return v;
 }
+
+int64_t tu_largest_sum(int64_t *v, int n, int k)
+{
+    int64_t sum = 0;
+    for (int i = 0; i < k && i < n; i++) { /* the largest left to the front */
+        int m = i;
+        for (int j = i + 1; j < n; j++)
+            m = v[j] > v[m] ? j : m;
+        const int64_t t = v[i];
+        v[i] = v[m], v[m] = t;
+        sum += v[i];
+    }
+    return sum;
+}

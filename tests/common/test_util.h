@@ -11,6 +11,10 @@
 
 /* Directory of the bundled fixtures (tests/fixtures), from $EPM_FIXTURES. */
 const char *tu_fixtures(void);
+
+/* The sum of the k largest of v[0, n) (v is reordered): a rank's room of
+ * K/V positions, its places' largest reserves (dist/scheduler.c). */
+int64_t tu_largest_sum(int64_t *v, int n, int k);
 /* A fresh temporary directory for this test process (removed at exit). */
 const char *tu_tmpdir(void);
 /* tu_path("x.json") -> "<tmpdir>/x.json" in a static rotating buffer. */

@@ -1164,7 +1164,7 @@ static void test_run_kv_pool(void **state)
  * scheduler's admissions (test_scheduler checks them on their own), with
  * the kept rows of the sequences that ended and the outputs they fed. */
 static int64_t cached_positions(int B, const int *lens, const int32_t *const *prompts, const epm_run_result *a,
-                                const int *caps, int maxnew, int max_seqs, int64_t chunk, int follow)
+                                const int *caps, int maxnew, int max_seqs, int64_t chunk, int follow, int64_t pool)
 {
     int64_t reserve[16];
     const int32_t *outs[16];
@@ -1174,7 +1174,7 @@ static int64_t cached_positions(int B, const int *lens, const int32_t *const *pr
         reserve[q] = lens[q] + caps[q];
         outs[q] = a->generated + (size_t)q * maxnew;
     }
-    const epm_sched_opts so = {B, lens, R, max_seqs, chunk, 0, NULL, 0, reserve, 0, follow, prompts, 1, outs};
+    const epm_sched_opts so = {B, lens, R, max_seqs, chunk, 0, NULL, 0, reserve, pool, follow, prompts, 1, outs};
     epm_sched *sc = NULL;
     assert_int_equal(epm_sched_create(&so, &sc), EPM_OK);
     int made[16] = {0};
@@ -1198,6 +1198,24 @@ static int64_t cached_positions(int B, const int *lens, const int32_t *const *pr
     return cached;
 }
 
+/* The K/V positions a rank's held and kept sequences may take without a
+ * pool (the scheduler's room): the prompts and output caps of its places'
+ * largest sequences; in follow mode, where every rank holds every cache,
+ * every rank's places'. */
+static int64_t keep_room(int B, const int *lens, const int *caps, int max_seqs, int follow)
+{
+    int64_t room = 0;
+    for (int q = 0; q < R; q++) {
+        int64_t v[16];
+        int n = 0;
+        for (int s = q; s < B; s += R)
+            v[n++] = lens[s] + caps[s];
+        const int64_t sum = tu_largest_sum(v, n, epm_run_places(B, R, max_seqs, q));
+        room = follow ? room + sum : sum > room ? sum : room;
+    }
+    return room;
+}
+
 /* Prefix caching (epm_run_opts.prefix_caching): prompts that share
  * prefixes, a few places a rank, so that later sequences are admitted
  * beside held ones. Every sequence's tokens and logprobs are the run's
@@ -1206,7 +1224,9 @@ static int64_t cached_positions(int B, const int *lens, const int32_t *const *pr
  * computes the scheduler's copied positions fewer prompt tokens and reports
  * them; in its trace the copied positions are not recorded, and plan eval
  * on it predicts the bytes and loads it counted under replicas (each token
- * keeping its index, which picks its replica). MoD, all logits and prompt
+ * keeping its index, which picks its replica). Under a pool of every
+ * reserve, kept rows fill it and none is dropped: at least as much copied,
+ * as the scheduler says, the same tokens. MoD, all logits and prompt
  * logprobs are refused by name. */
 static void test_run_prefix_caching(void **state)
 {
@@ -1248,12 +1268,14 @@ static void test_run_prefix_caching(void **state)
         assert_int_equal(st, EPM_OK);
         assert_same_tokens(a, b, B, NEW);
         const int64_t cached =
-            cached_positions(B, lens, prompts, a, news, NEW, o.max_num_seqs, o.prefill_chunk, mode == 1);
+            cached_positions(B, lens, prompts, a, news, NEW, o.max_num_seqs, o.prefill_chunk, mode == 1, 0);
         assert_int_equal(b->report.cached_prompt_tokens, cached);
         assert_int_equal(a->report.cached_prompt_tokens, 0);
         assert_true(cached > 0 || (mode == 0 && R > 3)); /* (from 4 ranks on a home rank holds one at a time) */
         assert_int_equal(b->report.prefill_tokens, a->report.prefill_tokens - cached);
         assert_int_equal(b->report.decode_tokens, a->report.decode_tokens);
+        /* kept rows stay in the room: those dropped are freed */
+        assert_true(b->report.kv_positions_max <= keep_room(B, lens, news, o.max_num_seqs, mode == 1));
         if (me == 0 && !mla) { /* the tokens it computed, which plan eval prices as it counted them */
             assert_int_equal(epm_trace_tokens(b->trace), epm_trace_tokens(a->trace));
             int64_t unrecorded = 0;
@@ -1269,6 +1291,21 @@ static void test_run_prefix_caching(void **state)
             assert_int_equal(epm_eval(b->trace, p, &eo, &ev), EPM_OK);
             assert_report_is_eval(&b->report, ev, 4);
             epm_eval_result_destroy(ev);
+        }
+        if (run < 2) { /* a pool of every sequence's reserve: kept rows fill it, none dropped, more copied */
+            epm_run_opts q = o;
+            int64_t pool = 0;
+            for (int s = 0; s < B; s++)
+                pool += lens[s] + news[s];
+            q.max_total_tokens = pool;
+            epm_run_result *c;
+            assert_int_equal(epm_run(&q, B, lens, prompts, &c), EPM_OK);
+            assert_same_tokens(a, c, B, NEW);
+            const int64_t more = cached_positions(B, lens, prompts, a, news, NEW, q.max_num_seqs, q.prefill_chunk,
+                                                  mode == 1, pool);
+            assert_int_equal(c->report.cached_prompt_tokens, more);
+            assert_true(more >= cached && c->report.kv_positions_max <= pool);
+            epm_run_result_destroy(c);
         }
         epm_run_result_destroy(a);
         epm_run_result_destroy(b);
@@ -1302,7 +1339,7 @@ static void test_run_prefix_caching(void **state)
  * more tokens), homed on the same rank. The first turn has ended when the
  * next is admitted; its kept rows (prompt and the outputs it fed) are the
  * next turn's first positions, handed over (the rank's room is its largest
- * reserve, the next turn's), in float32, fp8 and DeepSeek-V3's latent. The
+ * reserve, the next turn's), in float32, bf16, fp8 and DeepSeek-V3's latent. The
  * tokens are those of the run without it; the logprobs within decoding's
  * 1e-4 of recomputing (the kept output rows were decoded, not prefilled),
  * and the rank never holds more positions than its room; plan eval of its
@@ -1315,9 +1352,9 @@ static void test_run_prefix_caching_turns(void **state)
     fixture_open(&f, "mixtral-tiny");
     fixture_open(&ds, "deepseekv3-tiny");
     epm_placement *p = make_placement(2, 4, 8, 1);
-    for (int run = 0; run < 4; run++) {
-        /* runs 0, 1: home and follow; 2: fp8 follow; 3: DeepSeek-V3's latent in chunks of 5 */
-        const int mode = run == 3 ? R % 2 : run > 0, fp8 = run == 2, mla = run == 3;
+    for (int run = 0; run < 5; run++) {
+        /* runs 0, 1: home and follow; 2: fp8 follow; 3: DeepSeek-V3's latent in chunks of 5; 4: bf16 home */
+        const int mode = run == 3 ? R % 2 : run == 1 || run == 2, fp8 = run == 2, mla = run == 3, bf16 = run == 4;
         if (quick() && run != 1 + R % 2)
             continue;
         const fixture *fx = mla ? &ds : &f;
@@ -1340,6 +1377,7 @@ static void test_run_prefix_caching_turns(void **state)
         o.ops = "ref";
         o.logprobs_on = 1;
         o.kv_fp8 = fp8;
+        o.kv_bf16 = bf16;
         o.max_num_seqs = R; /* (one place a rank: a next turn waits for its first to end) */
         epm_run_result *first, *a, *b;
         assert_int_equal(epm_run(&o, R, lens, prompts, &first), EPM_OK);
@@ -1369,7 +1407,7 @@ static void test_run_prefix_caching_turns(void **state)
         for (int j = 0; j < R; j++)
             want += lens[j] + first->gen_len[j] - 1;
         assert_int_equal(b->report.cached_prompt_tokens, want);
-        assert_int_equal(cached_positions(B, lens, prompts, a, caps, NEW, o.max_num_seqs, o.prefill_chunk, mode == 1),
+        assert_int_equal(cached_positions(B, lens, prompts, a, caps, NEW, o.max_num_seqs, o.prefill_chunk, mode == 1, 0),
                          want);
         assert_int_equal(b->report.prefill_tokens, a->report.prefill_tokens - want);
         for (int j = 0; j < R; j++) { /* a rank's largest reserve, its next turn's (follow: every rank's) */

@@ -309,25 +309,18 @@ static void test_rules_on_random_batches(void **state)
         const int prefix = (int)(lcg(&seed) % 2), with_outs = prefix && lcg(&seed) % 3;
         const epm_sched_opts o = {B,     lens,   R,      max_seqs, chunk,  separate, trial % 2 ? arr : NULL, counts,
                                   reserve, pool, shared, prompts,  prefix, with_outs ? outputs : NULL};
-        /* the room of held reserves and kept rows: a rank's places' largest reserves (shared: all ranks'),
-         * within the pool */
+        /* the room of held reserves and kept rows: the pool, else a rank's places' largest reserves (shared:
+         * all ranks') */
         int64_t room[8] = {0};
         for (int q = 0; q < R; q++) {
             int64_t v[40];
             int n = 0;
             for (int i = q; i < B; i += R)
                 v[n++] = reserve[i];
-            for (int k = 0; k < epm_run_places(B, R, max_seqs, q) && k < n; k++) { /* the largest left */
-                int m = k;
-                for (int j = k + 1; j < n; j++)
-                    m = v[j] > v[m] ? j : m;
-                const int64_t t = v[k];
-                v[k] = v[m], v[m] = t;
-                room[shared ? 0 : q] += v[k];
-            }
+            room[shared ? 0 : q] += tu_largest_sum(v, n, epm_run_places(B, R, max_seqs, q));
         }
-        for (int q = 0; q < R && pool > 0; q++)
-            room[q] = room[q] < pool ? room[q] : pool;
+        for (int q = 0; q < R && pool > 0; q++) /* (a pool: all of it) */
+            room[q] = pool;
         int kept[40] = {0}, fed[40] = {0};
         int64_t last_use[40] = {0}, tick = 0, kept_rows[8] = {0};
         epm_sched *s = NULL;
@@ -550,7 +543,7 @@ static void test_bad_batches(void **state)
     o.reserve = fits, o.prompts = NULL;
     assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "prefix caching without prompts"));
-    epm_sched_end(NULL, 0); /* nothing */
+    assert_int_equal(epm_sched_end(NULL, 0), -1); /* nothing */
 }
 
 int main(void)
