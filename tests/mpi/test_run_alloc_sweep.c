@@ -81,10 +81,13 @@ static void sweep(const char *model, int vocab, epm_mode mode, uint64_t *points)
     if (mode == EPM_MODE_FOLLOW && !model && R == 1)
         o.max_total_tokens = 20;
     /* and home mode, prefix caching one sequence at a time: the second (the first 16 tokens) takes over
-     * the rows the first (9) kept, grown for it (all logits are not kept: its copied positions have none) */
-    if (mode == EPM_MODE_HOME && !model && R == 1) {
+     * the rows the first (9) kept, grown for it (all logits are not kept: its copied positions have none);
+     * at 2 ranks follow mode, where both ranks hold both (one at a time: a pool of the second's 18
+     * positions) and the last rank's growth fails alone */
+    if (!model && ((mode == EPM_MODE_HOME && R == 1) || (mode == EPM_MODE_FOLLOW && R == 2))) {
         o.prefix_caching = 1;
         o.max_num_seqs = 1;
+        o.max_total_tokens = R == 2 ? 18 : 0;
         o.keep_logits = 0;
         lens[0] = 9, lens[1] = 16;
         prompts[1] = ids;
