@@ -317,9 +317,10 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
                  (long long)r->mixed_passes);
     else if (r->prefill_passes > 1)
         snprintf(passes, sizeof passes, " (%d passes)", r->prefill_passes);
-    if (r->cached_prompt_tokens > 0) /* prefix caching: what was copied rather than computed */
-        snprintf(passes + strlen(passes), sizeof passes - strlen(passes), ", %lld more copied from cached prefixes",
-                 (long long)r->cached_prompt_tokens);
+    if (r->cached_prompt_tokens > 0) /* prefix caching: what was taken rather than computed (vLLM's hit rate) */
+        snprintf(passes + strlen(passes), sizeof passes - strlen(passes),
+                 ", %lld more from cached prefixes (hit rate %.1f%%)", (long long)r->cached_prompt_tokens,
+                 100.0 * (double)r->cached_prompt_tokens / (double)(r->cached_prompt_tokens + r->prefill_tokens));
     fprintf(f, "ranks %d (%d nodes)  prefill %lld tokens%s in %.3f s (%.1f tok/s)  decode %lld tokens in %.3f s "
                "(%.1f tok/s, at most %d sequences at once)\n",
             r->ranks, r->nodes, (long long)r->prefill_tokens, passes, r->t_prefill, tps, (long long)r->decode_tokens,

@@ -453,7 +453,17 @@ cached=$(gj "d['generated'], d['report']['prefill_tokens'], d['report']['cached_
   fail "--enable-prefix-caching: $plain against $cached"
 full && check "--enable-prefix-caching, text report" 0 one "$E" run --model "$m" --input "$d/prefix.jsonl" --max-num-seqs 2 \
   --report --enable-prefix-caching
-full && has "$d/err" "prefill 16 tokens (2 passes, 1 of them mixed with decode tokens), 8 more copied from cached prefixes in"
+full && has "$d/err" "prefill 16 tokens (2 passes, 1 of them mixed with decode tokens), 8 more from cached prefixes (hit rate 33.3%) in"
+# a request admitted after the one whose prompt it extends has ended (one place) starts from the rows
+# that one kept: its 8 prompt positions and the output it fed where the next prompt has it too
+printf '%s\n' '{"prompt_token_ids": [1, 2, 3, 4, 5, 6, 7, 8], "max_tokens": 2}' \
+  '{"prompt_token_ids": [1, 2, 3, 4, 5, 6, 7, 8, 11, 12], "max_tokens": 2}' >"$d/turns.jsonl"
+if full; then
+  check "--enable-prefix-caching, an ended request's kept rows" 0 one "$E" run --model "$m" --input "$d/turns.jsonl" \
+    --max-num-seqs 1 --json --report --enable-prefix-caching
+  [ "$(gj "d['report']['cached_prompt_tokens'] in (8, 9) and d['report']['prefill_tokens'] == 18 - d['report']['cached_prompt_tokens']")" = True ] ||
+    fail "--enable-prefix-caching: the second request did not start from the first's kept rows"
+fi
 check "prefix caching with all logits" 1 one "$E" run --model "$m" --input "$d/prefix.jsonl" --enable-prefix-caching \
   --all-logits
 has "$d/err" "--enable-prefix-caching with all logits"
