@@ -138,7 +138,7 @@ epm_status epm_bench_seq_ids(int batch, const int *lens, const int *max_new, int
                           (long long)reserve[s], lens[s], cap);
     }
     const epm_sched_opts so = {batch,           lens,          ranks,   max_seqs, chunk, separate_prefill,
-                               NULL,            counts_decode, reserve, pool,     shared_pool, NULL, 0, NULL};
+                               NULL,            counts_decode, reserve, pool,     shared_pool, NULL, 0, NULL, 0};
     if (st == EPM_OK)
         st = epm_sched_create(&so, &sc);
     epm_sched_pass p;

@@ -1456,7 +1456,8 @@ static epm_status prefill_check(rt *r)
                                o->mode == EPM_MODE_FOLLOW,
                                r->prompts,
                                o->prefix_caching,
-                               r->outputs};
+                               r->outputs,
+                               o->prefix_defer < 0 ? 0 : o->prefix_defer > 0 ? o->prefix_defer : 32};
     return epm_sched_create(&so, &r->sched);
 }
 

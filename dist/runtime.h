@@ -100,6 +100,11 @@ typedef struct epm_run_opts {
                                        are -1 (not computed), which plan eval skips. Not with MoD
                                        (whose cache rows are not positions), a routing replay, all logits or
                                        prompt logprobs (which the copied positions do not compute) */
+    int prefix_defer;               /* with prefix_caching: a sequence that would find this many prompt
+                                       positions more once a held sequence still prefilling them has (the
+                                       same system prompt arriving together, a request's n samples) waits
+                                       for it rather than computing them too, holding back its rank's later
+                                       ones (SGLang's in-batch prefix caching). 0: 32, SGLang's; < 0: never */
     int64_t max_total_tokens;       /* > 0: the K/V positions a rank's caches may hold at once (SGLang's
                                        --max-total-tokens, TGI's --max-batch-total-tokens): a sequence
                                        reserves its prompt and its output cap (its caches' positions)

@@ -189,6 +189,27 @@ static int prefix_donor(const epm_sched *s, int i, int *donor)
     return best;
 }
 
+/* With prefix caching: how many more prompt positions sequence i would
+ * find than the best it finds now (best) once a held sequence that is
+ * still prefilling them has (its rank's, or any with shared caches). */
+static int wait_gain(const epm_sched *s, int i, int best)
+{
+    const int B = s->o.batch, R = s->o.ranks, *lens = s->o.lens;
+    const int32_t *a = s->o.prompts[i];
+    int most = best;
+    for (int j = s->o.shared_pool ? 0 : i % R; j < B; j += s->o.shared_pool ? 1 : R) {
+        if (j == i || s->state[j] != PREFILLING)
+            continue;
+        const int32_t *b = s->o.prompts[j];
+        const int lim = lens[i] - 1 < lens[j] ? lens[i] - 1 : lens[j];
+        int k = 0;
+        while (k < lim && a[k] == b[k])
+            k++;
+        most = k > s->done[j] && k > most ? k : most; /* (what it has already, best counted) */
+    }
+    return most - best;
+}
+
 /* Room for a reserve of need positions in what rank q's (or the shared)
  * held and kept sequences may take. A kept donor goes first: its rows are
  * handed over (the admitted sequence's caches grow from them), so its
@@ -259,9 +280,16 @@ int epm_sched_next(epm_sched *s, double now, epm_sched_pass *p)
                 continue;
             }
             int donor = -1, cached = 0;
-            s->evict_from[na] = ne;
             if (s->o.prefix_caching) {
                 cached = prefix_donor(s, i, &donor);
+                if (s->o.defer_min > 0 && wait_gain(s, i, cached) >= s->o.defer_min) { /* it waits for them */
+                    if (s->o.shared_pool)
+                        break;
+                    continue;
+                }
+            }
+            s->evict_from[na] = ne;
+            if (s->o.prefix_caching) {
                 make_room(s, q, s->o.reserve[i], donor, cached, &ne);
                 if (donor >= 0)
                     s->last_use[donor] = ++s->tick;

@@ -726,7 +726,7 @@ static int64_t peak_rows(int B, const int *lens, const int *rows, const int *gen
     assert_true(B <= 16 && R <= 16);
     for (int q = 0; q < B; q++)
         reserve[q] = rows[q];
-    const epm_sched_opts so = {B, lens, R, max_seqs, chunk, 0, NULL, 0, reserve, pool, follow, NULL, 0, NULL};
+    const epm_sched_opts so = {B, lens, R, max_seqs, chunk, 0, NULL, 0, reserve, pool, follow, NULL, 0, NULL, 0};
     epm_sched *sc = NULL;
     assert_int_equal(epm_sched_create(&so, &sc), EPM_OK);
     int made[16] = {0}, held[16] = {0};
@@ -1164,7 +1164,8 @@ static void test_run_kv_pool(void **state)
  * scheduler's admissions (test_scheduler checks them on their own), with
  * the kept rows of the sequences that ended and the outputs they fed. */
 static int64_t cached_positions(int B, const int *lens, const int32_t *const *prompts, const epm_run_result *a,
-                                const int *caps, int maxnew, int max_seqs, int64_t chunk, int follow, int64_t pool)
+                                const int *caps, int maxnew, int max_seqs, int64_t chunk, int follow, int64_t pool,
+                                int defer)
 {
     int64_t reserve[16];
     const int32_t *outs[16];
@@ -1174,7 +1175,7 @@ static int64_t cached_positions(int B, const int *lens, const int32_t *const *pr
         reserve[q] = lens[q] + caps[q];
         outs[q] = a->generated + (size_t)q * maxnew;
     }
-    const epm_sched_opts so = {B, lens, R, max_seqs, chunk, 0, NULL, 0, reserve, pool, follow, prompts, 1, outs};
+    const epm_sched_opts so = {B, lens, R, max_seqs, chunk, 0, NULL, 0, reserve, pool, follow, prompts, 1, outs, defer};
     epm_sched *sc = NULL;
     assert_int_equal(epm_sched_create(&so, &sc), EPM_OK);
     int made[16] = {0};
@@ -1268,7 +1269,7 @@ static void test_run_prefix_caching(void **state)
         assert_int_equal(st, EPM_OK);
         assert_same_tokens(a, b, B, NEW);
         const int64_t cached =
-            cached_positions(B, lens, prompts, a, news, NEW, o.max_num_seqs, o.prefill_chunk, mode == 1, 0);
+            cached_positions(B, lens, prompts, a, news, NEW, o.max_num_seqs, o.prefill_chunk, mode == 1, 0, 32);
         assert_int_equal(b->report.cached_prompt_tokens, cached);
         assert_int_equal(a->report.cached_prompt_tokens, 0);
         assert_true(cached > 0 || (mode == 0 && R > 3)); /* (from 4 ranks on a home rank holds one at a time) */
@@ -1302,9 +1303,20 @@ static void test_run_prefix_caching(void **state)
             assert_int_equal(epm_run(&q, B, lens, prompts, &c), EPM_OK);
             assert_same_tokens(a, c, B, NEW);
             const int64_t more = cached_positions(B, lens, prompts, a, news, NEW, q.max_num_seqs, q.prefill_chunk,
-                                                  mode == 1, pool);
+                                                  mode == 1, pool, 32);
             assert_int_equal(c->report.cached_prompt_tokens, more);
             assert_true(more >= cached && c->report.kv_positions_max <= pool);
+            epm_run_result_destroy(c);
+            /* a sequence that would find 2 positions more in flight waits for them: the same tokens, as the
+             * scheduler says (the fixture's prompts are shorter than the default 32) */
+            q = o;
+            q.prefix_defer = 2;
+            assert_int_equal(epm_run(&q, B, lens, prompts, &c), EPM_OK);
+            assert_same_tokens(a, c, B, NEW);
+            const int64_t waited = cached_positions(B, lens, prompts, a, news, NEW, q.max_num_seqs, q.prefill_chunk,
+                                                    mode == 1, 0, 2);
+            assert_int_equal(c->report.cached_prompt_tokens, waited);
+            assert_int_equal(c->report.prefill_tokens, a->report.prefill_tokens - waited);
             epm_run_result_destroy(c);
         }
         epm_run_result_destroy(a);
@@ -1407,7 +1419,7 @@ static void test_run_prefix_caching_turns(void **state)
         for (int j = 0; j < R; j++)
             want += lens[j] + first->gen_len[j] - 1;
         assert_int_equal(b->report.cached_prompt_tokens, want);
-        assert_int_equal(cached_positions(B, lens, prompts, a, caps, NEW, o.max_num_seqs, o.prefill_chunk, mode == 1, 0),
+        assert_int_equal(cached_positions(B, lens, prompts, a, caps, NEW, o.max_num_seqs, o.prefill_chunk, mode == 1, 0, 32),
                          want);
         assert_int_equal(b->report.prefill_tokens, a->report.prefill_tokens - want);
         for (int j = 0; j < R; j++) { /* a rank's largest reserve, its next turn's (follow: every rank's) */

@@ -92,7 +92,7 @@ static void test_mixed_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
-    const epm_sched_opts o = {3, lens, 1, 2, 2, 0, NULL, 0, NULL, 0, 0, NULL, 0, NULL};
+    const epm_sched_opts o = {3, lens, 1, 2, 2, 0, NULL, 0, NULL, 0, 0, NULL, 0, NULL, 0};
     char got[512];
     assert_int_equal(describe(&o, caps, got, sizeof got), 4);
     assert_string_equal(got, "a0,1 p0:0-2 d;a p1:0-2 d0;a p1:2-3 d0;a2 p2:0-2 d;");
@@ -105,7 +105,7 @@ static void test_budget_counts_decode_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
-    const epm_sched_opts o = {3, lens, 1, 2, 2, 0, NULL, 1, NULL, 0, 0, NULL, 0, NULL};
+    const epm_sched_opts o = {3, lens, 1, 2, 2, 0, NULL, 1, NULL, 0, 0, NULL, 0, NULL, 0};
     char got[512];
     assert_int_equal(describe(&o, caps, got, sizeof got), 5);
     assert_string_equal(got, "a0,1 p0:0-2 d;a p1:0-1 d0;a p1:1-2 d0;a2 p1:2-3 p2:0-1 d;a p2:1-2 d;");
@@ -117,7 +117,7 @@ static void test_separate_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
-    const epm_sched_opts o = {3, lens, 1, 2, 2, 1, NULL, 0, NULL, 0, 0, NULL, 0, NULL};
+    const epm_sched_opts o = {3, lens, 1, 2, 2, 1, NULL, 0, NULL, 0, 0, NULL, 0, NULL, 0};
     char got[512];
     assert_int_equal(describe(&o, caps, got, sizeof got), 6);
     assert_string_equal(got, "a0,1 p0:0-2 d;a p1:0-2 d;a p1:2-3 d;a2 p2:0-2 d;a d0;a d0;");
@@ -130,7 +130,7 @@ static void test_two_ranks_by_hand(void **state)
 {
     (void)state;
     static const int lens[] = {3, 2, 4, 1}, caps[] = {2, 1, 3, 2};
-    epm_sched_opts o = {4, lens, 2, 2, 2, 0, NULL, 0, NULL, 0, 0, NULL, 0, NULL};
+    epm_sched_opts o = {4, lens, 2, 2, 2, 0, NULL, 0, NULL, 0, 0, NULL, 0, NULL, 0};
     char got[512];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0,1 p0:0-2 p1:0-2 d;a3 p0:2-3 p3:0-1 d;a d0,3;a2 p2:0-2 d;a p2:2-4 d;a d2;a d2;");
@@ -148,12 +148,12 @@ static void test_arrivals_by_hand(void **state)
     (void)state;
     static const int lens[] = {2, 3, 1}, caps[] = {3, 1, 2};
     static const double arrival[] = {0, 1.5, 10};
-    const epm_sched_opts o = {3, lens, 1, 1, 0, 0, arrival, 0, NULL, 0, 0, NULL, 0, NULL};
+    const epm_sched_opts o = {3, lens, 1, 1, 0, 0, arrival, 0, NULL, 0, 0, NULL, 0, NULL, 0};
     char got[256];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0 p0:0-2 d;a d0;a d0;a1 p1:0-3 d;w10;a2 p2:0-1 d;a d2;");
     /* two places: sequence 1 is admitted in the first pass that begins after it arrives */
-    const epm_sched_opts o2 = {3, lens, 1, 2, 0, 0, arrival, 0, NULL, 0, 0, NULL, 0, NULL};
+    const epm_sched_opts o2 = {3, lens, 1, 2, 0, 0, arrival, 0, NULL, 0, 0, NULL, 0, NULL, 0};
     describe(&o2, caps, got, sizeof got);
     assert_string_equal(got, "a0 p0:0-2 d;a d0;a1 p1:0-3 d0;w10;a2 p2:0-1 d;a d2;");
 }
@@ -167,7 +167,7 @@ static void test_pool_by_hand(void **state)
     (void)state;
     static const int lens[] = {2, 3, 2}, caps[] = {3, 1, 1};
     static const int64_t reserve[] = {5, 4, 3};
-    epm_sched_opts o = {3, lens, 1, 0, 0, 0, NULL, 0, reserve, 9, 0, NULL, 0, NULL};
+    epm_sched_opts o = {3, lens, 1, 0, 0, 0, NULL, 0, reserve, 9, 0, NULL, 0, NULL, 0};
     char got[256];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0,1 p0:0-2 p1:0-3 d;a2 p2:0-2 d0;a d0;");
@@ -186,7 +186,7 @@ static void test_shared_pool_by_hand(void **state)
     (void)state;
     static const int lens[] = {2, 2, 2, 2}, caps[] = {2, 1, 3, 1};
     static const int64_t reserve[] = {4, 3, 5, 3};
-    epm_sched_opts o = {4, lens, 2, 0, 0, 0, NULL, 0, reserve, 8, 0, NULL, 0, NULL};
+    epm_sched_opts o = {4, lens, 2, 0, 0, 0, NULL, 0, reserve, 8, 0, NULL, 0, NULL, 0};
     char got[256];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0,1,3 p0:0-2 p1:0-2 p3:0-2 d;a d0;a2 p2:0-2 d;a d2;a d2;");
@@ -205,7 +205,7 @@ static void test_prefix_by_hand(void **state)
     static const int32_t p0[] = {1, 2, 3, 4, 5, 6}, p1[] = {1, 2, 3, 9, 9}, p2[] = {1, 2, 3, 4, 5, 6};
     static const int32_t *const prompts[] = {p0, p1, p2};
     static const int64_t reserve[] = {11, 6, 7}; /* (prompts and outputs: 18 positions for the two places) */
-    epm_sched_opts o = {3, lens, 1, 2, 0, 0, NULL, 0, reserve, 0, 0, prompts, 0, NULL};
+    epm_sched_opts o = {3, lens, 1, 2, 0, 0, NULL, 0, reserve, 0, 0, prompts, 0, NULL, 0};
     char got[256];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0,1 p0:0-6 p1:0-5 d;a2 p2:0-6 d0;a d0;a d0;a d0;");
@@ -227,7 +227,7 @@ static void test_prefix_two_ranks_by_hand(void **state)
     static const int32_t *const prompts[] = {p0, p1, p2, p3};
     static const double arrival[] = {0, 0, 1, 1};
     static const int64_t reserve[] = {7, 9, 8, 4};
-    epm_sched_opts o = {4, lens, 2, 0, 0, 0, arrival, 0, reserve, 0, 0, prompts, 1, NULL};
+    epm_sched_opts o = {4, lens, 2, 0, 0, 0, arrival, 0, reserve, 0, 0, prompts, 1, NULL, 0};
     char got[256];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0,1 p0:0-4 p1:0-6 d;a2(4 of 0),3(2 of 1) p2:4-7 p3:2-3 d0,1;a d0,1;");
@@ -249,7 +249,7 @@ static void test_prefix_kept_by_hand(void **state)
     static const int32_t o0[] = {7, 8, 9}, o1[] = {0}, o2[] = {0};
     static const int32_t *const prompts[] = {p0, p1, p2}, *const outputs[] = {o0, o1, o2};
     static const int64_t reserve[] = {7, 9, 6};
-    epm_sched_opts o = {3, lens, 1, 1, 0, 0, NULL, 0, reserve, 0, 0, prompts, 1, outputs};
+    epm_sched_opts o = {3, lens, 1, 1, 0, 0, NULL, 0, reserve, 0, 0, prompts, 1, outputs, 0};
     char got[256];
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0 p0:0-4 d;a d0;a d0;a-0,1(6 of 0) p1:6-8 d;a-1,2(4 of 1) p2:4-5 d;");
@@ -258,10 +258,84 @@ static void test_prefix_kept_by_hand(void **state)
     assert_string_equal(got, "a0 p0:0-4 d;a d0;a d0;a-0,1(4 of 0) p1:4-8 d;a-1,2(4 of 1) p2:4-5 d;");
 }
 
+/* In-batch prefix caching (defer_min 3): 1 shares 5 prompt positions with
+ * 0, which is admitted in the same pass and has prefilled none: 1 waits a
+ * pass for them, holding back 2, and then copies them. Without the wait
+ * all three prefill at once; on two ranks home mode's 1 has another home
+ * than 0 and cannot wait for it, while follow mode's (shared) waits and
+ * holds back every later one. */
+static void test_prefix_defer_by_hand(void **state)
+{
+    (void)state;
+    static const int lens[] = {6, 6, 3}, caps[] = {2, 1, 1};
+    static const int32_t p0[] = {1, 2, 3, 4, 5, 6}, p1[] = {1, 2, 3, 4, 5, 7}, p2[] = {9, 9, 9};
+    static const int32_t *const prompts[] = {p0, p1, p2};
+    static const int64_t reserve[] = {8, 7, 4};
+    epm_sched_opts o = {3, lens, 1, 3, 0, 0, NULL, 0, reserve, 0, 0, prompts, 1, NULL, 3};
+    char got[256];
+    describe(&o, caps, got, sizeof got);
+    assert_string_equal(got, "a0 p0:0-6 d;a1(5 of 0),2 p1:5-6 p2:0-3 d0;");
+    o.defer_min = 6; /* (more than it would gain) */
+    describe(&o, caps, got, sizeof got);
+    assert_string_equal(got, "a0,1,2 p0:0-6 p1:0-6 p2:0-3 d;a d0;");
+    o.defer_min = 3, o.ranks = 2, o.max_num_seqs = 0;
+    describe(&o, caps, got, sizeof got);
+    assert_string_equal(got, "a0,1,2 p0:0-6 p1:0-6 p2:0-3 d;a d0;");
+    o.shared_pool = 1;
+    describe(&o, caps, got, sizeof got);
+    assert_string_equal(got, "a0 p0:0-6 d;a1(5 of 0),2 p1:5-6 p2:0-3 d0;");
+}
+
 static unsigned lcg(unsigned *x)
 {
     *x = *x * 1103515245u + 12345u;
     return (*x >> 16) & 0x7fff;
+}
+
+/* The random batches' state as the rules see it (the scheduler's, kept apart) */
+typedef struct world {
+    int B, R, shared, with_outs;
+    const int *lens;
+    int32_t (*toks)[36]; /* prompts, then (from each one's length) its fed outputs */
+    const int32_t (*outs)[6];
+    const int *done, *fed, *admitted, *ended, *kept;
+} world;
+
+/* the longest prefix of a's prompt, short of its last token, that the rows of a held or kept sequence (its
+ * rank's, or any with shared caches) give: what it prefilled, then the outputs it fed where they are given */
+static int best_prefix(const world *w, int a)
+{
+    int best = 0;
+    for (int j = 0; j < w->B; j++) {
+        if (j == a || !w->admitted[j] || (w->ended[j] && !w->kept[j]) || (!w->shared && j % w->R != a % w->R))
+            continue;
+        for (int k = 0; k < w->fed[j]; k++)
+            w->toks[j][w->lens[j] + k] = w->outs[j][k];
+        const int has = w->with_outs ? w->done[j] + w->fed[j] : w->done[j];
+        int k = 0, most = w->lens[a] - 1 < has ? w->lens[a] - 1 : has;
+        while (k < most && w->toks[a][k] == w->toks[j][k])
+            k++;
+        best = k > best ? k : best;
+    }
+    return best;
+}
+
+/* how many prompt positions more a would find once a held sequence still prefilling them has */
+static int wait_gain_of(const world *w, int a)
+{
+    const int best = best_prefix(w, a);
+    int most = best;
+    for (int j = 0; j < w->B; j++) {
+        if (j == a || !w->admitted[j] || w->ended[j] || w->done[j] == w->lens[j] ||
+            (!w->shared && j % w->R != a % w->R))
+            continue;
+        const int lim = w->lens[a] - 1 < w->lens[j] ? w->lens[a] - 1 : w->lens[j];
+        int k = 0;
+        while (k < lim && w->toks[a][k] == w->toks[j][k])
+            k++;
+        most = k > w->done[j] && k > most ? k : most;
+    }
+    return most - best;
 }
 
 static void test_rules_on_random_batches(void **state)
@@ -307,8 +381,10 @@ static void test_rules_on_random_batches(void **state)
         /* prefix caching on half the batches, with the outputs (which the kept and decoding sequences'
          * rows extend prefixes with) on two thirds of those */
         const int prefix = (int)(lcg(&seed) % 2), with_outs = prefix && lcg(&seed) % 3;
+        /* and on half of those, a sequence waits for 1 to 4 prompt positions more in flight */
+        const int defer = prefix && lcg(&seed) % 2 ? 1 + (int)(lcg(&seed) % 4) : 0;
         const epm_sched_opts o = {B,     lens,   R,      max_seqs, chunk,  separate, trial % 2 ? arr : NULL, counts,
-                                  reserve, pool, shared, prompts,  prefix, with_outs ? outputs : NULL};
+                                  reserve, pool, shared, prompts,  prefix, with_outs ? outputs : NULL, defer};
         /* the room of held reserves and kept rows: the pool, else a rank's places' largest reserves (shared:
          * all ranks') */
         int64_t room[8] = {0};
@@ -336,6 +412,8 @@ static void test_rules_on_random_batches(void **state)
         while (epm_sched_next(s, now, &p)) {
             int64_t tok[8] = {0};
             int held[8] = {0};
+            const world w = {B, R, shared, with_outs, lens, toks, (const int32_t (*)[6])outs, done, fed, admitted, ended,
+                             kept};
             int64_t used_now[8] = {0}; /* the held sequences' reserves, as admissions come */
             for (int i = 0; i < B; i++)
                 used_now[shared ? 0 : i % R] += admitted[i] && !ended[i] ? reserve[i] : 0;
@@ -344,23 +422,12 @@ static void test_rules_on_random_batches(void **state)
                 assert_int_equal(a, next_adm[q]);
                 assert_true(!o.arrival || o.arrival[a] <= now);
                 next_adm[q] += R;
-                /* a prefix copied from the held or kept sequence (its rank's, or any with shared caches)
-                 * that shares the longest of the rows it has (what it prefilled, then the outputs it fed
-                 * where they are given), short of the last prompt token (those admitted before it in this
-                 * pass hold what they copied) */
-                int best = 0;
-                for (int j = 0; j < B && prefix; j++) {
-                    if (j == a || !admitted[j] || (ended[j] && !kept[j]) || (!shared && j % R != q))
-                        continue;
-                    for (int k = 0; k < fed[j]; k++) /* (its rows: prompt, then fed outputs) */
-                        toks[j][lens[j] + k] = outs[j][k];
-                    const int has = with_outs ? done[j] + fed[j] : done[j];
-                    int k = 0, most = lens[a] - 1 < has ? lens[a] - 1 : has;
-                    while (k < most && toks[a][k] == toks[j][k])
-                        k++;
-                    best = k > best ? k : best;
-                }
+                /* a prefix copied from the held or kept sequence that shares the longest of the rows it
+                 * has (those admitted before it in this pass hold what they copied); not one that waits
+                 * for more in flight */
+                const int best = prefix ? best_prefix(&w, a) : 0;
                 assert_int_equal(p.cached[i], best);
+                assert_true(!defer || wait_gain_of(&w, a) < defer);
                 const int d = p.donor[i];
                 if (best > 0) {
                     assert_true(d >= 0 && d < B && admitted[d] && (!ended[d] || kept[d]) && (shared || d % R == q));
@@ -405,13 +472,15 @@ static void test_rules_on_random_batches(void **state)
             }
             for (int q = 0; q < R && pool > 0; q++)
                 assert_true(used[q] <= pool);
-            /* a rank's next sequence that arrived and has a place yet waits only for the pool: it does
-             * not fit, or (a shared pool) one before it that arrived and has a place does not */
-            int blocked = INT32_MAX; /* the first such that does not fit */
+            /* a rank's next sequence that arrived and has a place yet waits only for the pool or for a
+             * prefix in flight: it does not fit or waits, or (a shared pool) one before it that arrived
+             * and has a place does */
+            int blocked = INT32_MAX; /* the first such */
             for (int q = 0; q < R; q++) {
                 const int n = next_adm[q], places = epm_run_places(B, R, o.max_num_seqs, q);
-                if (n < B && !(o.arrival && o.arrival[n] > now) && held[q] < places && pool > 0 &&
-                    used[shared ? 0 : q] + reserve[n] > pool && n < blocked)
+                if (n < B && !(o.arrival && o.arrival[n] > now) && held[q] < places &&
+                    ((pool > 0 && used[shared ? 0 : q] + reserve[n] > pool) || (defer && wait_gain_of(&w, n) >= defer)) &&
+                    n < blocked)
                     blocked = n;
             }
             for (int i = 0; i < p.n_admitted && shared; i++) /* none admitted behind one that does not fit */
@@ -420,7 +489,8 @@ static void test_rules_on_random_batches(void **state)
                 const int n = next_adm[q], places = epm_run_places(B, R, o.max_num_seqs, q);
                 assert_true(held[q] <= places);
                 assert_true(n >= B || (o.arrival && o.arrival[n] > now) || held[q] == places ||
-                            (pool > 0 && used[shared ? 0 : q] + reserve[n] > pool) || (shared && blocked < n));
+                            (pool > 0 && used[shared ? 0 : q] + reserve[n] > pool) || (shared && blocked < n) ||
+                            (defer && wait_gain_of(&w, n) >= defer));
             }
             if (p.n_pre == 0 && p.n_dec == 0) { /* idle: nothing held, the next arrival wakes the run */
                 double first = INFINITY;
@@ -499,7 +569,7 @@ static void test_bad_batches(void **state)
     (void)state;
     static const int lens[] = {3, 0};
     epm_sched *s = (epm_sched *)&s;
-    epm_sched_opts o = {2, lens, 1, 0, 0, 0, NULL, 0, NULL, 0, 0, NULL, 0, NULL};
+    epm_sched_opts o = {2, lens, 1, 0, 0, 0, NULL, 0, NULL, 0, 0, NULL, 0, NULL, 0};
     assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
     assert_null(s);
     assert_non_null(strstr(epm_last_error(), "sequence 1 is empty"));
@@ -514,7 +584,7 @@ static void test_bad_batches(void **state)
     assert_non_null(strstr(epm_last_error(), "max_num_seqs -2"));
     static const int two[] = {1, 1};
     static const double late_first[] = {2, 1}, nan_first[] = {NAN, 1};
-    o = (epm_sched_opts){2, two, 1, 0, 0, 0, late_first, 0, NULL, 0, 0, NULL, 0, NULL};
+    o = (epm_sched_opts){2, two, 1, 0, 0, 0, late_first, 0, NULL, 0, 0, NULL, 0, NULL, 0};
     assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "sequence 1 arrives at 1 s, before sequence 0"));
     o.arrival = nan_first;
@@ -522,7 +592,7 @@ static void test_bad_batches(void **state)
     assert_non_null(strstr(epm_last_error(), "sequence 0 arrives at nan s (a finite time"));
     /* a pool: each reserve within it and at least its prompt, and reserves given */
     static const int64_t fits[] = {2, 4}, short_of_prompt[] = {0, 1};
-    o = (epm_sched_opts){2, two, 1, 0, 0, 0, NULL, 0, fits, 3, 0, NULL, 0, NULL};
+    o = (epm_sched_opts){2, two, 1, 0, 0, 0, NULL, 0, fits, 3, 0, NULL, 0, NULL, 0};
     assert_int_equal(epm_sched_create(&o, &s), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "sequence 1 reserves 4 positions, more than the pool holds"));
     o.reserve = short_of_prompt;
@@ -559,6 +629,7 @@ int main(void)
         cmocka_unit_test(test_prefix_by_hand),
         cmocka_unit_test(test_prefix_two_ranks_by_hand),
         cmocka_unit_test(test_prefix_kept_by_hand),
+        cmocka_unit_test(test_prefix_defer_by_hand),
         cmocka_unit_test(test_rules_on_random_batches),
         cmocka_unit_test(test_bad_batches),
     };
