@@ -1,9 +1,10 @@
 /* `epmoe bench run --prefix-caching`: the batch without prefix caching (the
- * baseline) and with it (epmoe run --enable-prefix-caching), alternated
- * --reps times, each kept at its fastest: prompt tokens computed and
- * copied, prefill seconds and generated tokens/s over prefill + decoding,
- * each over the baseline's, TTFT p50, and token agreement with the
- * baseline. Sequences share prefixes where the input's prompts do (or
+ * baseline), with it but without its in-batch wait (a sequence computes a
+ * prefix still in flight too: prefix_defer < 0), and with it (epmoe run
+ * --enable-prefix-caching), alternated --reps times, each kept at its
+ * fastest: prompt tokens computed and copied, prefill seconds and
+ * generated tokens/s over prefill + decoding, each over the baseline's,
+ * TTFT p50, and token agreement with the baseline. Sequences share prefixes where the input's prompts do (or
  * --shared-prefix gives the random ones one); a sequence copies from one
  * its rank holds or has kept since it ended, so --max-num-seqs below the
  * batch is what lets later sequences find their prefix. With --turns, the
@@ -26,13 +27,17 @@ int epm_bench_run_prefix(epm_xcomm *x, const epm_run_opts *base, int batch, cons
                          const int32_t *const *prompts, int reps, int csv)
 {
     const int me = epm_xcomm_rank(x), nnew = base->max_new_tokens;
-    best b[2] = {{1e30, 0, 1e30, 0, 0}, {1e30, 0, 1e30, 0, 0}};
-    int32_t *tokens = malloc((size_t)2 * batch * nnew * sizeof *tokens);
+    /* off; on without the in-batch wait (a sequence computes a prefix still in flight too); on */
+    enum { KINDS = 3 };
+    static const char *const kind[KINDS] = {"off", "no_wait", "on"};
+    best b[KINDS] = {{1e30, 0, 1e30, 0, 0}, {1e30, 0, 1e30, 0, 0}, {1e30, 0, 1e30, 0, 0}};
+    int32_t *tokens = malloc((size_t)KINDS * batch * nnew * sizeof *tokens);
     epm_status st = epm_xcomm_agree(x, tokens ? EPM_OK : EPM_ERR_NOMEM);
-    for (int r = 0; r < reps && st == EPM_OK; r++) /* alternated: a slow spell falls on both alike */
-        for (int k = 0; k < 2 && st == EPM_OK; k++) {
+    for (int r = 0; r < reps && st == EPM_OK; r++) /* alternated: a slow spell falls on all alike */
+        for (int k = 0; k < KINDS && st == EPM_OK; k++) {
             epm_run_opts o = *base;
-            o.prefix_caching = k;
+            o.prefix_caching = k > 0;
+            o.prefix_defer = k == 1 ? -1 : 0;
             epm_run_result *res = NULL;
             if ((st = epm_run(&o, batch, lens, prompts, &res)) != EPM_OK)
                 break;
@@ -58,10 +63,10 @@ int epm_bench_run_prefix(epm_xcomm *x, const epm_run_opts *base, int batch, cons
                      "tok_s_vs_off,ttft_p50_ms,token_agreement\n"
                    : "%-14s %10s %10s %10s %9s %9s %9s %9s %9s\n",
                "prefix caching", "computed", "copied", "prefill s", "pf/off", "tok/s", "vs off", "TTFT p50", "token agr");
-        for (int k = 0; k < 2; k++)
+        for (int k = 0; k < KINDS; k++)
             printf(csv ? "%s,%lld,%lld,%.4f,%.3f,%.1f,%.3f,%.2f,%.4f\n"
                        : "%-14s %10lld %10lld %10.4f %9.3f %9.1f %9.3f %9.2f %9.4f\n",
-                   k ? "on" : "off", (long long)b[k].computed, (long long)b[k].copied, b[k].prefill,
+                   kind[k], (long long)b[k].computed, (long long)b[k].copied, b[k].prefill,
                    b[0].prefill > 0 ? b[k].prefill / b[0].prefill : NAN, b[k].tok_s,
                    b[0].tok_s > 0 ? b[k].tok_s / b[0].tok_s : NAN, 1e3 * b[k].ttft,
                    epm_bench_token_agreement(tokens, tokens + (size_t)k * batch * nnew, batch * nnew));

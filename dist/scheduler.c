@@ -266,8 +266,8 @@ int epm_sched_next(epm_sched *s, double now, epm_sched_pass *p)
         return 0;
     /* each home rank fills its free places with its next waiting sequences that have arrived, in
      * order (ascending, as the pass's arrays are), as far as its pool allows: a rank's next one
-     * that does not fit holds back its later ones (first come, first served); a shared pool's,
-     * every later one */
+     * that does not fit, or that waits for a prefix in flight, holds back its later ones (first
+     * come, first served); a shared pool's, every later one */
     const double *arr = s->o.arrival;
     int na = 0, ne = 0;
     for (int i = 0; i < B; i++) {

@@ -713,23 +713,25 @@ ok "bench run, Mooncake's trace" mpi -np 2 "$E" bench run --model "$F/mixtral-ti
   --trace-arrivals --reps 1 --kernels ref --modes home --csv &&
   { awk -F, 'NR == 3 && $1 == "trace" && $3 == 3 && $4 >= 0.045 && $15 == 1 {t = 1} END {exit !(t && NR == 3)}' \
     "$d/out" || { fail "bench run, Mooncake's trace: rows"; show; }; }
-# prefix caching against none: 8 prompts of 12 tokens sharing their first 8, two places a rank, so that
-# 4 sequences (the second pair of each rank) are admitted while their rank's first pair is held and copy
-# the 8 shared positions: 32 copied, 96 - 32 computed, the same tokens
-ok "bench run --prefix-caching" mpi -np 2 "$E" bench run --model "$F/mixtral-tiny" --batch 8 --seq 12 --new 4 \
-  --shared-prefix 8 --max-num-seqs 4 --prefix-caching --reps 1 --kernels ref --csv &&
+# prefix caching against none: 8 prompts of 40 tokens sharing their first 36, two places a rank. Without
+# the in-batch wait each rank's first two prefill all 40 and its later two copy the 36 shared positions
+# from them (144 copied, 320 - 144 computed); with it (36 >= 32 positions in flight) the second waits
+# for the first and copies too (216 copied); the same tokens
+ok "bench run --prefix-caching" mpi -np 2 "$E" bench run --model "$F/mixtral-tiny" --batch 8 --seq 40 --new 4 \
+  --shared-prefix 36 --max-num-seqs 4 --prefix-caching --reps 1 --kernels ref --csv &&
   { awk -F, 'NR == 1 && $1 == "prefix_caching" && $9 == "token_agreement" && NF == 9 {h = 1}
-             NR == 2 && $1 == "off" && $2 == 96 && $3 == 0 && $5 == 1 && $9 == 1 {a = 1}
-             NR == 3 && $1 == "on" && $2 == 64 && $3 == 32 && $4 > 0 && $6 > 0 && $9 == 1 {b = 1}
-             END {exit !(h && a && b && NR == 3)}' "$d/out" || { fail "bench run --prefix-caching: rows"; show; }; }
+             NR == 2 && $1 == "off" && $2 == 320 && $3 == 0 && $5 == 1 && $9 == 1 {a = 1}
+             NR == 3 && $1 == "no_wait" && $2 == 176 && $3 == 144 && $4 > 0 && $6 > 0 && $9 == 1 {b = 1}
+             NR == 4 && $1 == "on" && $2 == 104 && $3 == 216 && $4 > 0 && $6 > 0 && $9 == 1 {c = 1}
+             END {exit !(h && a && b && c && NR == 4)}' "$d/out" || { fail "bench run --prefix-caching: rows"; show; }; }
 # two conversations of three turns, one a rank: each later turn's prompt is the last one's (8, then 17
 # tokens), its 4 outputs and 5 more, and starts with the 11, then 20 rows the last turn kept (its prompt
 # and the 3 outputs it fed): 62 of 8 + 17 + 26 prompt tokens a conversation copied, the same tokens
 ok "bench run --prefix-caching --turns" mpi -np 2 "$E" bench run --model "$F/mixtral-tiny" --batch 2 --seq 8 \
   --new 4 --turns 3 --turn-tokens 5 --prefix-caching --reps 1 --kernels ref --csv &&
   { awk -F, 'NR == 2 && $1 == "off" && $2 == 102 && $3 == 0 && $9 == 1 {a = 1}
-             NR == 3 && $1 == "on" && $2 == 40 && $3 == 62 && $9 == 1 {b = 1}
-             END {exit !(a && b && NR == 3)}' "$d/out" || { fail "bench run --prefix-caching --turns: rows"; show; }; }
+             NR == 4 && $1 == "on" && $2 == 40 && $3 == 62 && $9 == 1 {b = 1}
+             END {exit !(a && b && NR == 4)}' "$d/out" || { fail "bench run --prefix-caching --turns: rows"; show; }; }
 fi
 usage run --turns "" --model "$m" --turns 2
 usage run --turn-tokens "" --model "$m" --prefix-caching --turn-tokens 5
