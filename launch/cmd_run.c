@@ -93,12 +93,15 @@ static const char usage[] =
     "                           rest, its last prompt token at least (vLLM's automatic prefix caching).\n"
     "                           An ended sequence's rows are kept until an admission needs the room\n"
     "                           (--max-total-tokens, else the places' largest reserves), least\n"
-    "                           recently used first; one that would find 32 positions more once a\n"
-    "                           held one still prefilling them has waits for it (SGLang's in-batch\n"
-    "                           prefix caching); only where sequences are admitted while others are\n"
+    "                           recently used first. One that would find --prefix-caching-wait\n"
+    "                           positions more once a held one still prefilling them has waits for it\n"
+    "                           (in-batch prefix caching, as SGLang's), so sequences admitted together\n"
+    "                           share too; else only where sequences are admitted while others are\n"
     "                           held or kept: --max-num-seqs below the batch, or arrivals. The same\n"
     "                           tokens. Not with --mod, --all-logits, --prompt-logprobs or\n"
     "                           --route-from-trace\n"
+    "  --prefix-caching-wait N  the prompt positions in flight worth waiting for (default 32, SGLang's\n"
+    "                           threshold; 0: never wait)\n"
     "  --max-num-batched-tokens N\n"
     "                           instead of --prefill-chunk: at most N tokens a pass on each rank, its\n"
     "                           decode tokens first and its prompts' chunks in what they leave (vLLM's\n"
@@ -178,7 +181,7 @@ static const char usage[] =
 enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER, O_MAXMEM,
        O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
        O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK, O_PLOGPROBS, O_MAXSEQS, O_SEPPRE,
-       O_RATE, O_BURST, O_ASEED, O_MNBT, O_MTT, O_ARRFROM, O_TSCALE, O_PREFIX };
+       O_RATE, O_BURST, O_ASEED, O_MNBT, O_MTT, O_ARRFROM, O_TSCALE, O_PREFIX, O_PWAIT };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_OUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -211,7 +214,7 @@ static const struct option opts[] = {
     {"arrival-seed", required_argument, 0, O_ASEED}, {"max-num-batched-tokens", required_argument, 0, O_MNBT},
     {"prompt-logprobs", required_argument, 0, O_PLOGPROBS}, {"max-total-tokens", required_argument, 0, O_MTT},
     {"arrivals-from", required_argument, 0, O_ARRFROM}, {"time-scale", required_argument, 0, O_TSCALE},
-    {"enable-prefix-caching", no_argument, 0, O_PREFIX},
+    {"enable-prefix-caching", no_argument, 0, O_PREFIX}, {"prefix-caching-wait", required_argument, 0, O_PWAIT},
     {0, 0, 0, 0}};
 
 /* The checkpoint file (a name in dir) that out would overwrite, or NULL:
@@ -580,7 +583,7 @@ int epm_cli_run(int argc, char **argv)
     uint64_t arrival_seed = 0;
     const char *arrivals_from = NULL; /* a serving trace whose request times the input's requests take */
     double time_scale = 1;
-    int scale_given = 0;
+    int scale_given = 0, wait_given = 0;
     const char *shape_of_arrivals = NULL; /* --burstiness or --arrival-seed, given */
     long budget = 0;                      /* --max-num-batched-tokens */
     long v;
@@ -730,6 +733,11 @@ int epm_cli_run(int argc, char **argv)
             break;
         case O_ARRFROM: arrivals_from = optarg; break;
         case O_PREFIX: o.prefix_caching = 1; break;
+        case O_PWAIT:
+            if (!cli_parse_int(W, "--prefix-caching-wait", optarg, 0, INT32_MAX, &v)) return EPM_EXIT_USAGE;
+            o.prefix_defer = v > 0 ? (int)v : -1;
+            wait_given = 1;
+            break;
         case O_TSCALE:
             if (!cli_parse_double(W, "--time-scale", optarg, 1e-6, 1e6, &time_scale)) return EPM_EXIT_USAGE;
             scale_given = 1;
@@ -769,6 +777,8 @@ int epm_cli_run(int argc, char **argv)
         return cli_usage_error(W, "--arrivals-from and --request-rate: each sets when the requests arrive; give one");
     if (scale_given && !arrivals_from)
         return cli_usage_error(W, "--time-scale scales the arrivals of --arrivals-from, which is not given");
+    if (wait_given && !o.prefix_caching)
+        return cli_usage_error(W, "--prefix-caching-wait is prefix caching's: --enable-prefix-caching is not given");
     if (arrivals_from && !epm_serving_trace_is(arrivals_from))
         return cli_usage_error(W, "--arrivals-from %s: not a serving trace (a .csv as Azure's LLM inference traces "
                                "or BurstGPT, or JSON lines as Mooncake's)", arrivals_from);

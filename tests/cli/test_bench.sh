@@ -730,8 +730,9 @@ ok "bench run --prefix-caching" mpi -np 2 "$E" bench run --model "$F/mixtral-tin
 ok "bench run --prefix-caching --turns" mpi -np 2 "$E" bench run --model "$F/mixtral-tiny" --batch 2 --seq 8 \
   --new 4 --turns 3 --turn-tokens 5 --prefix-caching --reps 1 --kernels ref --csv &&
   { awk -F, 'NR == 2 && $1 == "off" && $2 == 102 && $3 == 0 && $9 == 1 {a = 1}
+             NR == 3 && $1 == "no_wait" && $2 == 40 && $3 == 62 && $9 == 1 {c = 1}
              NR == 4 && $1 == "on" && $2 == 40 && $3 == 62 && $9 == 1 {b = 1}
-             END {exit !(a && b && NR == 4)}' "$d/out" || { fail "bench run --prefix-caching --turns: rows"; show; }; }
+             END {exit !(a && b && c && NR == 4)}' "$d/out" || { fail "bench run --prefix-caching --turns: rows"; show; }; }
 fi
 usage run --turns "" --model "$m" --turns 2
 usage run --turn-tokens "" --model "$m" --prefix-caching --turn-tokens 5

@@ -464,6 +464,22 @@ if full; then
   [ "$(gj "d['report']['cached_prompt_tokens'] in (8, 9) and d['report']['prefill_tokens'] == 18 - d['report']['cached_prompt_tokens']")" = True ] ||
     fail "--enable-prefix-caching: the second request did not start from the first's kept rows"
 fi
+# in-batch: with a wait of 2 positions the second request (6 shared with the first, which has prefilled
+# none) waits a pass for them instead of computing them: 6 + 8 copied, the same tokens; 0 never waits
+check "--prefix-caching-wait 2" 0 one "$E" run --model "$m" --input "$d/prefix.jsonl" --max-num-seqs 2 --json \
+  --report --enable-prefix-caching --prefix-caching-wait 2
+waited=$(gj "d['generated'], d['report']['prefill_tokens'], d['report']['cached_prompt_tokens']")
+[ "${plain%, 24, 0)}" = "${waited%, 10, 14)}" ] && [ "$plain" != "$waited" ] ||
+  fail "--prefix-caching-wait 2: $plain against $waited"
+if full; then
+  check "--prefix-caching-wait 0" 0 one "$E" run --model "$m" --input "$d/prefix.jsonl" --max-num-seqs 2 --json \
+    --report --enable-prefix-caching --prefix-caching-wait 0
+  [ "$(gj "d['generated'], d['report']['prefill_tokens'], d['report']['cached_prompt_tokens']")" = "$cached" ] ||
+    fail "--prefix-caching-wait 0 is not prefix caching without the wait"
+fi
+check "--prefix-caching-wait without prefix caching" 2 "$E" run --model "$m" --input "$d/prefix.jsonl" \
+  --prefix-caching-wait 2
+has "$d/err" "--prefix-caching-wait is prefix caching's"
 check "prefix caching with all logits" 1 one "$E" run --model "$m" --input "$d/prefix.jsonl" --enable-prefix-caching \
   --all-logits
 has "$d/err" "--enable-prefix-caching with all logits"
@@ -518,5 +534,6 @@ has "$d/out" "--max-num-batched-tokens N"
 has "$d/out" "--max-total-tokens N"
 has "$d/out" "--arrivals-from FILE"
 has "$d/out" "--enable-prefix-caching"
+has "$d/out" "--prefix-caching-wait N"
 
 checks_done "all run CLI checks passed"
