@@ -166,15 +166,17 @@ static int rows_of(const epm_sched *s, int j) { return s->done[j] + s->decodes[j
 
 /* Sequence i's longest prompt prefix whose K/V rows a held or kept
  * sequence (its rank's, or any with shared caches) has from earlier passes,
- * short of i's last token; its donor in *donor (-1: none). Ties: the first. */
-static int prefix_donor(const epm_sched *s, int i, int *donor)
+ * short of i's last token (settled: not one still prefilling); its donor
+ * in *donor (-1: none). Ties: the first. */
+static int prefix_donor(const epm_sched *s, int i, int settled, int *donor)
 {
     const int B = s->o.batch, R = s->o.ranks, *lens = s->o.lens;
     const int32_t *a = s->o.prompts[i];
     int best = 0;
     *donor = -1;
     for (int j = s->o.shared_pool ? 0 : i % R; j < B; j += s->o.shared_pool ? 1 : R) {
-        if (j == i || (s->state[j] != PREFILLING && s->state[j] != DECODING && s->state[j] != KEPT))
+        if (j == i || (s->state[j] != PREFILLING && s->state[j] != DECODING && s->state[j] != KEPT) ||
+            (settled && s->state[j] == PREFILLING))
             continue;
         /* (its outputs only where the caller gives them) */
         const int has = s->o.outputs ? rows_of(s, j) : s->done[j];
@@ -190,13 +192,16 @@ static int prefix_donor(const epm_sched *s, int i, int *donor)
 }
 
 /* With prefix caching: how many more prompt positions sequence i would
- * find than the best it finds now (best) once a held sequence that is
- * still prefilling them has (its rank's, or any with shared caches). */
-static int wait_gain(const epm_sched *s, int i, int best)
+ * find once a held sequence that is still prefilling them has (its
+ * rank's, or any with shared caches) than the sequences done prefilling
+ * give it. Measured against those, not against the part in flight, a
+ * sequence that waits goes on waiting until the whole shared span is
+ * there, and then computes none of it. */
+static int wait_gain(const epm_sched *s, int i)
 {
     const int B = s->o.batch, R = s->o.ranks, *lens = s->o.lens;
     const int32_t *a = s->o.prompts[i];
-    int most = best;
+    int donor, most = 0;
     for (int j = s->o.shared_pool ? 0 : i % R; j < B; j += s->o.shared_pool ? 1 : R) {
         if (j == i || s->state[j] != PREFILLING)
             continue;
@@ -205,9 +210,9 @@ static int wait_gain(const epm_sched *s, int i, int best)
         int k = 0;
         while (k < lim && a[k] == b[k])
             k++;
-        most = k > s->done[j] && k > most ? k : most; /* (what it has already, best counted) */
+        most = k > s->done[j] && k > most ? k : most; /* (still to come) */
     }
-    return most - best;
+    return most > 0 ? most - prefix_donor(s, i, 1, &donor) : 0;
 }
 
 /* Room for a reserve of need positions in what rank q's (or the shared)
@@ -281,8 +286,8 @@ int epm_sched_next(epm_sched *s, double now, epm_sched_pass *p)
             }
             int donor = -1, cached = 0;
             if (s->o.prefix_caching) {
-                cached = prefix_donor(s, i, &donor);
-                if (s->o.defer_min > 0 && wait_gain(s, i, cached) >= s->o.defer_min) { /* it waits for them */
+                cached = prefix_donor(s, i, 0, &donor);
+                if (s->o.defer_min > 0 && wait_gain(s, i) >= s->o.defer_min) { /* it waits for them */
                     if (s->o.shared_pool)
                         break;
                     continue;

@@ -78,8 +78,8 @@ typedef struct epm_sched_opts {
     const int32_t *const *outputs; /* [batch] or NULL: each sequence's tokens after its prompt, as they come (kept
                                       by the caller): a held or kept sequence's fed ones extend its prefix */
     int defer_min; /* with prefix caching, > 0: a sequence that would find at least this many prompt positions
-                      more once a held sequence still prefilling them has (the same system prompt, a request's
-                      n samples) waits for it, holding back its rank's later ones (a shared pool: all later
+                      more once a held sequence still prefilling them has than the sequences done prefilling
+                      give it (the same system prompt, a request's n samples) waits for the whole span, holding back its rank's later ones (a shared pool: all later
                       ones), rather than computing them too (SGLang's in-batch prefix caching, which defers at
                       32). 0: never */
 } epm_sched_opts;

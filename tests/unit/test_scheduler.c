@@ -263,7 +263,7 @@ static void test_prefix_kept_by_hand(void **state)
  * pass for them, holding back 2, and then copies them. Without the wait
  * all three prefill at once; on two ranks home mode's 1 has another home
  * than 0 and cannot wait for it, while follow mode's (shared) waits and
- * holds back every later one. */
+ * holds back every later one. In chunks, 1 waits for the whole span. */
 static void test_prefix_defer_by_hand(void **state)
 {
     (void)state;
@@ -284,6 +284,11 @@ static void test_prefix_defer_by_hand(void **state)
     o.shared_pool = 1;
     describe(&o, caps, got, sizeof got);
     assert_string_equal(got, "a0 p0:0-6 d;a1(5 of 0),2 p1:5-6 p2:0-3 d0;");
+    /* in chunks of 2, one rank: 1 waits until 0 has prefilled all 5 shared positions, not only until
+     * fewer than 3 are left to come */
+    o.shared_pool = 0, o.ranks = 1, o.max_num_seqs = 3, o.chunk = 2;
+    describe(&o, caps, got, sizeof got);
+    assert_string_equal(got, "a0 p0:0-2 d;a p0:2-4 d;a p0:4-6 d;a1(5 of 0),2 p1:5-6 p2:0-1 d0;a p2:1-3 d;");
 }
 
 static unsigned lcg(unsigned *x)
@@ -302,12 +307,14 @@ typedef struct world {
 } world;
 
 /* the longest prefix of a's prompt, short of its last token, that the rows of a held or kept sequence (its
- * rank's, or any with shared caches) give: what it prefilled, then the outputs it fed where they are given */
-static int best_prefix(const world *w, int a)
+ * rank's, or any with shared caches) give: what it prefilled, then the outputs it fed where they are given
+ * (settled: not one still prefilling) */
+static int best_prefix(const world *w, int a, int settled)
 {
     int best = 0;
     for (int j = 0; j < w->B; j++) {
-        if (j == a || !w->admitted[j] || (w->ended[j] && !w->kept[j]) || (!w->shared && j % w->R != a % w->R))
+        if (j == a || !w->admitted[j] || (w->ended[j] && !w->kept[j]) || (!w->shared && j % w->R != a % w->R) ||
+            (settled && !w->ended[j] && w->done[j] < w->lens[j]))
             continue;
         for (int k = 0; k < w->fed[j]; k++)
             w->toks[j][w->lens[j] + k] = w->outs[j][k];
@@ -320,11 +327,11 @@ static int best_prefix(const world *w, int a)
     return best;
 }
 
-/* how many prompt positions more a would find once a held sequence still prefilling them has */
+/* how many prompt positions more a would find once a held sequence still prefilling them has than those
+ * done prefilling give it (so a waiting sequence waits for the whole shared span) */
 static int wait_gain_of(const world *w, int a)
 {
-    const int best = best_prefix(w, a);
-    int most = best;
+    int most = 0;
     for (int j = 0; j < w->B; j++) {
         if (j == a || !w->admitted[j] || w->ended[j] || w->done[j] == w->lens[j] ||
             (!w->shared && j % w->R != a % w->R))
@@ -335,7 +342,7 @@ static int wait_gain_of(const world *w, int a)
             k++;
         most = k > w->done[j] && k > most ? k : most;
     }
-    return most - best;
+    return most > 0 ? most - best_prefix(w, a, 1) : 0;
 }
 
 static void test_rules_on_random_batches(void **state)
@@ -425,7 +432,7 @@ static void test_rules_on_random_batches(void **state)
                 /* a prefix copied from the held or kept sequence that shares the longest of the rows it
                  * has (those admitted before it in this pass hold what they copied); not one that waits
                  * for more in flight */
-                const int best = prefix ? best_prefix(&w, a) : 0;
+                const int best = prefix ? best_prefix(&w, a, 0) : 0;
                 assert_int_equal(p.cached[i], best);
                 assert_true(!defer || wait_gain_of(&w, a) < defer);
                 const int d = p.donor[i];
