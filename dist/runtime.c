@@ -1514,30 +1514,39 @@ static void kv_copy_prefix(rt *r, int s, int donor, int n)
     }
 }
 
+/* Sequence from's caches (had rows) made caches of rows rows, held as
+ * sequence to's (from's are left empty; from == to: in place), on the
+ * ranks that hold them, with the bytes and positions counted. Only a growth
+ * can fail (NOMEM: the caches not yet moved stay from's). */
+static epm_status kv_move(rt *r, int from, int to, int64_t had, int64_t rows)
+{
+    if (!r->kc[(size_t)from]) /* (home mode: another rank's sequence) */
+        return EPM_OK;
+    const int64_t delta = (int64_t)epm_kv_cache_bytes(r, rows) - (int64_t)epm_kv_cache_bytes(r, had);
+    for (int l = 0; l < r->c->num_layers; l++)
+        for (int v = 0; v < (r->latent ? 1 : 2); v++) {
+            void **c = v ? r->vc : r->kc, *p = epm_kv_resize(r, c[(size_t)l * r->B + from], had, rows);
+            if (!p)
+                return EPM_ERR_NOMEM;
+            c[(size_t)l * r->B + from] = NULL;
+            c[(size_t)l * r->B + to] = p;
+            r->kv_cache_bytes += delta;
+        }
+    r->kv_positions += rows - had;
+    r->kv_cache_peak = r->kv_cache_bytes > r->kv_cache_peak ? r->kv_cache_bytes : r->kv_cache_peak;
+    r->kv_positions_peak = r->kv_positions > r->kv_positions_peak ? r->kv_positions : r->kv_positions_peak;
+    return EPM_OK;
+}
+
 /* Prefix caching: sequence s takes over the caches of the kept donor that
  * the scheduler drops to make room for it, grown to s's rows, the first n
  * its prefix (vLLM's blocks of an evicted prefix, reused where they lie). */
 static epm_status kv_take(rt *r, int s, int donor, int n)
 {
     kv_prefix_rows(r, s, n);
-    const int64_t had = kv_held(r, donor), to = kv_rows(r, s);
+    const int64_t had = kv_held(r, donor);
     r->kv_kept[donor] = 0;
-    if (!r->kc[(size_t)donor]) /* (home mode: another rank's sequences) */
-        return EPM_OK;
-    const int64_t grown = (int64_t)epm_kv_cache_bytes(r, to) - (int64_t)epm_kv_cache_bytes(r, had);
-    for (int l = 0; l < r->c->num_layers; l++)
-        for (int v = 0; v < (r->latent ? 1 : 2); v++) {
-            void **from = v ? r->vc : r->kc, *p = epm_kv_resize(r, from[(size_t)l * r->B + donor], had, to);
-            if (!p)
-                return EPM_ERR_NOMEM;
-            from[(size_t)l * r->B + donor] = NULL;
-            from[(size_t)l * r->B + s] = p;
-            r->kv_cache_bytes += grown;
-        }
-    r->kv_positions += to - had;
-    r->kv_cache_peak = r->kv_cache_bytes > r->kv_cache_peak ? r->kv_cache_bytes : r->kv_cache_peak;
-    r->kv_positions_peak = r->kv_positions > r->kv_positions_peak ? r->kv_positions : r->kv_positions_peak;
-    return EPM_OK;
+    return kv_move(r, donor, s, had, kv_rows(r, s));
 }
 
 static void kv_release(rt *r, int s)
@@ -1571,19 +1580,8 @@ static void kv_end(rt *r, int s)
             kv_release(r, s);
         return;
     }
-    const int64_t had = kv_rows(r, s);
     r->kv_kept[s] = rows;
-    if (!r->kc[(size_t)s]) /* (home mode: another rank's sequence) */
-        return;
-    for (int l = 0; l < r->c->num_layers; l++) {
-        const size_t i = (size_t)l * r->B + s;
-        r->kc[i] = epm_kv_resize(r, r->kc[i], had, rows);
-        if (!r->latent)
-            r->vc[i] = epm_kv_resize(r, r->vc[i], had, rows);
-    }
-    r->kv_cache_bytes -= (int64_t)(epm_kv_cache_bytes(r, had) - epm_kv_cache_bytes(r, rows)) * r->c->num_layers *
-                         (r->latent ? 1 : 2);
-    r->kv_positions -= had - rows;
+    (void)kv_move(r, s, s, kv_rows(r, s), rows); /* (a cut: cannot fail) */
 }
 
 static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens)

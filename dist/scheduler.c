@@ -285,16 +285,14 @@ int epm_sched_next(epm_sched *s, double now, epm_sched_pass *p)
                 continue;
             }
             int donor = -1, cached = 0;
+            s->evict_from[na] = ne; /* (its evictions from here; rewritten by the next if it waits) */
             if (s->o.prefix_caching) {
-                cached = prefix_donor(s, i, 0, &donor);
                 if (s->o.defer_min > 0 && wait_gain(s, i) >= s->o.defer_min) { /* it waits for them */
                     if (s->o.shared_pool)
                         break;
                     continue;
                 }
-            }
-            s->evict_from[na] = ne;
-            if (s->o.prefix_caching) {
+                cached = prefix_donor(s, i, 0, &donor);
                 make_room(s, q, s->o.reserve[i], donor, cached, &ne);
                 if (donor >= 0)
                     s->last_use[donor] = ++s->tick;

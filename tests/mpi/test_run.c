@@ -383,6 +383,24 @@ static void assert_report_is_eval(const epm_run_report *rp, const epm_eval_resul
         assert_int_equal(rp->gather_bytes[c], ev->gather_bytes[c]);
 }
 
+/* Plan eval of run res's recorded trace under placement p, in mode, gives
+ * the bytes and loads the run counted (rank 0 holds the trace; the
+ * report's sums are everyone's): the 4-layer fixtures of hidden 64 with a
+ * key and a value of 2 KV heads x 16, rows in the wire's float32 whatever
+ * the cache holds. */
+static void assert_run_is_eval(const epm_run_result *res, const epm_placement *p, epm_mode mode)
+{
+    epm_eval_opts eo;
+    epm_eval_opts_init(&eo);
+    eo.mode = mode;
+    eo.hidden_bytes = 64 * 4;
+    eo.kv_row_bytes = 2 * 32 * 4;
+    epm_eval_result *ev;
+    assert_int_equal(epm_eval(res->trace, p, &eo, &ev), EPM_OK);
+    assert_report_is_eval(&res->report, ev, 4);
+    epm_eval_result_destroy(ev);
+}
+
 static void test_run_decode_equals_recompute(void **state)
 {
     (void)state;
@@ -570,17 +588,8 @@ static void test_run_stop_tokens(void **state)
         assert_int_equal(b->report.decode_tokens, decoded);
         /* plan eval on the trace the run recorded predicts the bytes and loads it counted, stopped
          * sequences and all (rank 0 holds the trace; the report's sums are everyone's) */
-        if (me == 0) {
-            epm_eval_opts eo;
-            epm_eval_opts_init(&eo);
-            eo.mode = o.mode;
-            eo.hidden_bytes = 64 * 4;
-            eo.kv_row_bytes = 2 * 32 * 4; /* a key and a value of 2 KV heads x 16 */
-            epm_eval_result *ev;
-            assert_int_equal(epm_eval(b->trace, p, &eo, &ev), EPM_OK);
-            assert_report_is_eval(&b->report, ev, 4);
-            epm_eval_result_destroy(ev);
-        }
+        if (me == 0)
+            assert_run_is_eval(b, p, o.mode);
         int64_t ran = 0;
         for (int l = 0; l < 4; l++)
             ran += b->report.layer_tokens[l];
@@ -917,15 +926,7 @@ static void test_run_continuous_batching(void **state)
                 epm_xcomm *xc;
                 assert_int_equal(epm_xcomm_create(0, &xc), EPM_OK);
                 if (me == 0) {
-                    epm_eval_opts eo;
-                    epm_eval_opts_init(&eo);
-                    eo.mode = o.mode;
-                    eo.hidden_bytes = 64 * 4;
-                    eo.kv_row_bytes = 2 * 32 * 4;
-                    epm_eval_result *ev;
-                    assert_int_equal(epm_eval(c->trace, p2, &eo, &ev), EPM_OK);
-                    assert_report_is_eval(&c->report, ev, 4);
-                    epm_eval_result_destroy(ev);
+                    assert_run_is_eval(c, p2, o.mode);
                     assert_int_equal(epm_trace_save(c->trace, path), EPM_OK);
                 }
                 /* whether its decoded tokens come in another order than the whole batch's (rank 0 holds the
@@ -1283,15 +1284,7 @@ static void test_run_prefix_caching(void **state)
             for (int64_t g = 0; g < epm_trace_tokens(b->trace); g++)
                 unrecorded += epm_trace_ids(b->trace, 0)[g * 2] < 0;
             assert_int_equal(unrecorded, cached);
-            epm_eval_opts eo;
-            epm_eval_opts_init(&eo);
-            eo.mode = o.mode;
-            eo.hidden_bytes = 64 * 4;
-            eo.kv_row_bytes = 2 * 32 * 4; /* (rows travel in the wire's float32 whatever the cache holds) */
-            epm_eval_result *ev;
-            assert_int_equal(epm_eval(b->trace, p, &eo, &ev), EPM_OK);
-            assert_report_is_eval(&b->report, ev, 4);
-            epm_eval_result_destroy(ev);
+            assert_run_is_eval(b, p, o.mode);
         }
         if (run < 2) { /* a pool of every sequence's reserve: kept rows fill it, none dropped, more copied */
             epm_run_opts q = o;
@@ -1428,17 +1421,8 @@ static void test_run_prefix_caching_turns(void **state)
             room = mode == 1 ? room + v : v > room ? v : room;
         }
         assert_true(b->report.kv_positions_max <= room);
-        if (me == 0 && !mla) { /* plan eval of its trace (taken-over positions: -1) prices what it counted */
-            epm_eval_opts eo;
-            epm_eval_opts_init(&eo);
-            eo.mode = o.mode;
-            eo.hidden_bytes = 64 * 4;
-            eo.kv_row_bytes = 2 * 32 * 4;
-            epm_eval_result *ev;
-            assert_int_equal(epm_eval(b->trace, p, &eo, &ev), EPM_OK);
-            assert_report_is_eval(&b->report, ev, 4);
-            epm_eval_result_destroy(ev);
-        }
+        if (me == 0 && !mla) /* plan eval of its trace (taken-over positions: -1) prices what it counted */
+            assert_run_is_eval(b, p, o.mode);
         epm_run_result_destroy(first);
         epm_run_result_destroy(a);
         epm_run_result_destroy(b);
