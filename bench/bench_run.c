@@ -50,9 +50,12 @@ static const char usage[] =
     "  --zipf S             routing skew of the synthetic trace (default 1.0)\n"
     "  --affinity A         cross-layer affinity of the trace (default 0.8)\n"
     "  --methods LIST       placements, comma separated, contiguous first (the baseline;\n"
-    "                       default contiguous,eplb,ilp)\n"
+    "                       default contiguous,eplb,ilp); 'online': contiguous with online\n"
+    "                       rebalancing (epmoe run --eplb-interval, at --eplb-interval)\n"
     "  --modes LIST         home,follow (default both)\n"
-    "  --slots S            experts per rank per layer for eplb/ilp (default: one spare)\n"
+    "  --slots S            experts per rank per layer for eplb/ilp/online (default: one spare)\n"
+    "  --eplb-interval N    online's passes between rebalances (default 4), over the last\n"
+    "                       --eplb-window passes (default N)\n"
     "  --virtual-nodes N    split the ranks into N pretend nodes\n"
     "  --time-limit SEC     ILP budget (default 20)\n"
     "  --workdir DIR        where rank 0 writes placements for the others (default bench-run-work)\n"
@@ -141,7 +144,7 @@ static const char usage[] =
 
 enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT, O_MAXSEQS, O_CONT, O_SEPPRE, O_RATES,
        O_BURST, O_CHUNK, O_MNBT, O_MTT, O_NPROMPTS, O_TARR, O_TSCALE,
-       O_PREFIX, O_SHPRE, O_TURNS, O_TURNTOK };
+       O_PREFIX, O_SHPRE, O_TURNS, O_TURNTOK, O_EPLBI, O_EPLBW };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -166,6 +169,7 @@ static const struct option opts[] = {
     {"trace-arrivals", no_argument, 0, O_TARR},        {"time-scale", required_argument, 0, O_TSCALE},
     {"prefix-caching", no_argument, 0, O_PREFIX},      {"shared-prefix", required_argument, 0, O_SHPRE},
     {"turns", required_argument, 0, O_TURNS},          {"turn-tokens", required_argument, 0, O_TURNTOK},
+    {"eplb-interval", required_argument, 0, O_EPLBI},  {"eplb-window", required_argument, 0, O_EPLBW},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
@@ -460,7 +464,7 @@ static int check_list(const char *W, const char *opt, const char *list, size_t r
             cli_usage_error(W, "option %s: '%s' is not home or follow", opt, e);
             return 0;
         }
-        if (kind == 'p' && epm_method_parse(e, &method) != EPM_OK) {
+        if (kind == 'p' && strcmp(e, "online") && epm_method_parse(e, &method) != EPM_OK) {
             cli_usage_error(W, "option %s: %s", opt, epm_last_error());
             return 0;
         }
@@ -496,6 +500,7 @@ int epm_bench_run(int argc, char **argv)
     long num_prompts = 0, shared_prefix = 0;
     int prefix = 0; /* --prefix-caching */
     long turns = 1, turn_tokens = 32;
+    long eplb_interval = 4, eplb_window = 0; /* the 'online' method's */
     int turn_tok_given = 0, max_seqs_given = 0, *turn_lens = NULL;
     int32_t **turn_prompts = NULL; /* --turns' batch */
     double time_scale = 1, *scaled = NULL; /* the trace's arrivals times --time-scale */
@@ -553,6 +558,12 @@ int epm_bench_run(int argc, char **argv)
         case O_REPS: if (!cli_parse_int(W, "--reps", optarg, 1, 100, &reps)) return EPM_EXIT_USAGE; break;
         case O_WARM: if (!cli_parse_int(W, "--warmup", optarg, 0, 100, &warm)) return EPM_EXIT_USAGE; break;
         case O_CSV: csv = 1; break;
+        case O_EPLBI:
+            if (!cli_parse_int(W, "--eplb-interval", optarg, 1, INT32_MAX, &eplb_interval)) return EPM_EXIT_USAGE;
+            break;
+        case O_EPLBW:
+            if (!cli_parse_int(W, "--eplb-window", optarg, 1, INT32_MAX, &eplb_window)) return EPM_EXIT_USAGE;
+            break;
         case O_TA: ta_list = optarg; break;
         case O_CAPS: caps = optarg; break;
         case O_EDT: dtypes = 1; break;
@@ -897,7 +908,10 @@ int epm_bench_run(int argc, char **argv)
         for (char *mt = strtok_r(methods, ",", &save); mt && rc == EPM_EXIT_OK; mt = strtok_r(NULL, ",", &save)) {
             epm_plan_opts po;
             epm_plan_opts_init(&po);
-            if (epm_method_parse(mt, &po.method) != EPM_OK) {
+            const int online = !strcmp(mt, "online"); /* contiguous, rebalanced as it runs */
+            if (online)
+                po.method = EPM_METHOD_CONTIGUOUS;
+            else if (epm_method_parse(mt, &po.method) != EPM_OK) {
                 rc = cli_usage_error(W, "--methods: %s", epm_last_error());
                 break;
             }
@@ -906,7 +920,7 @@ int epm_bench_run(int argc, char **argv)
             po.kv_dim = epm_model_kv_floats(hc, 0); /* what the run all-gathers (MLA: its latent) */
             po.ffn = hc->moe_ffn;
             po.time_limit_s = tl;
-            int need = (hc->num_experts + R - 1) / R;
+            int need = (hc->num_experts + R - 1) / R, spare = (int)(slots ? slots : need < hc->num_experts ? need + 1 : need);
             po.slots_per_rank = po.method == EPM_METHOD_EPLB || po.method == EPM_METHOD_ILP
                                     ? (int)(slots ? slots : (need < hc->num_experts ? need + 1 : need))
                                     : need;
@@ -955,6 +969,11 @@ int epm_bench_run(int argc, char **argv)
                 o.max_num_seqs = (int)max_seqs;
                 o.max_total_tokens = pool;
                 o.separate_prefill = separate;
+                if (online) {
+                    o.eplb_interval = (int)eplb_interval;
+                    o.eplb_window = (int)eplb_window;
+                    o.eplb_slots = spare;
+                }
                 wire_opts(&o);
                 epm_run_result *res = NULL;
                 st = epm_run(&o, (int)batch, pl, pr, &res);

@@ -719,6 +719,42 @@ epm_status epm_model_set_dense_dtype(epm_model *m, epm_dtype want, epm_dtype *go
     return EPM_OK;
 }
 
+/* Frees f if this model owns it (a copy or FP8 scales); mapped data is the
+ * file's and stays where it is. */
+static void disown(epm_model *m, const void *f)
+{
+    for (int i = m->nowned - 1; f && i >= 0; i--)
+        if (m->owned[i] == f) {
+            epm_free(m->owned[i]);
+            m->owned[i] = m->owned[--m->nowned];
+            return;
+        }
+}
+
+epm_status epm_model_drop_experts(epm_model *m, int layer, const int *experts, int n)
+{
+    if (!m || (n > 0 && !experts) || n < 0)
+        return epm_fail(EPM_ERR_INVALID_ARG, "epm_model_drop_experts: NULL argument or negative count");
+    const epm_model_config *c = &m->cfg;
+    if (layer < 0 || layer >= c->num_layers || !c->moe_layer[layer])
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s: layer %d is not a MoE layer of this %d-layer model", m->dir, layer,
+                        c->num_layers);
+    for (int i = 0; i < n; i++)
+        if (experts[i] < 0 || experts[i] >= c->num_experts)
+            return epm_fail(EPM_ERR_INVALID_ARG, "%s: expert %d of layer %d does not exist (%d experts)", m->dir,
+                            experts[i], layer, c->num_experts);
+    for (int i = 0; i < n; i++) {
+        epm_model_mlp *slot = &m->experts[(size_t)layer * (size_t)c->num_experts + (size_t)experts[i]];
+        if (!slot->gate)
+            continue;
+        const void *held[6] = {slot->gate, slot->up, slot->down, slot->scale[0], slot->scale[1], slot->scale[2]};
+        for (int j = 0; j < 6; j++)
+            disown(m, held[j]);
+        memset(slot, 0, sizeof *slot);
+    }
+    return EPM_OK;
+}
+
 const epm_model_mlp *epm_model_expert(const epm_model *m, int layer, int expert)
 {
     if (!m || layer < 0 || layer >= m->cfg.num_layers || expert < 0 || expert >= m->cfg.num_experts)

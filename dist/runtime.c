@@ -588,6 +588,9 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     int64_t left = 0, may_leave = r->o->ta_node_cap_on ? (int64_t)floor(r->o->ta_node_cap * (double)n) : n;
     for (int64_t i = 0; i < n; i++) {
         gate(r, w, ml, x2 + i * H, g[i], ids + i * K, wts + i * K, probs, !r->o->route_from && left >= may_leave);
+        for (int j = 0; j < K && r->eplb_counting; j++)
+            if (ids[i * K + j] >= 0) /* (a skipped token chose none) */
+                r->eplb_load[(size_t)ml * E + ids[i * K + j]]++;
         int leaves = 0;
         for (int j = 0; j < K; j++)
             leaves |= ids[i * K + j] >= 0 && off_node(r, ml, ids[i * K + j]);
@@ -1150,7 +1153,9 @@ typedef struct mem_count {
 static epm_status count_tensor(void *ctx, const epm_model_tensor_info *t)
 {
     mem_count *m = ctx;
-    if (t->expert >= 0 && !epm_placement_has(m->r->p, m->r->moe_index[t->layer], t->expert, m->r->me))
+    /* (online rebalancing: whichever experts, its slots' worth) */
+    if (t->expert >= 0 && (m->r->o->eplb_interval > 0 ? t->expert >= m->r->eplb_slots
+                           : !epm_placement_has(m->r->p, m->r->moe_index[t->layer], t->expert, m->r->me)))
         return EPM_OK;
     int64_t n = t->shape[0] * (t->ndim == 2 ? t->shape[1] : 1);
     int held16 = t->matrix && (t->expert >= 0 ? m->r->w16 : m->r->d16);
@@ -1670,6 +1675,19 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
         else
             st = epm_placement_validate(r->p, 0);
     }
+    if (st == EPM_OK && o->eplb_interval != 0) {
+        const int most = epm_placement_max_slots(r->p), least = (c->num_experts + r->R - 1) / r->R;
+        r->eplb_slots = o->eplb_slots > 0 ? o->eplb_slots : most;
+        if (o->eplb_interval < 0 || o->eplb_window < 0 || o->eplb_window > o->eplb_interval)
+            st = epm_fail(EPM_ERR_INVALID_ARG, "online rebalancing: every %d passes over a window of %d (an interval "
+                          "> 0 and a window from 0 to it)", o->eplb_interval, o->eplb_window);
+        else if (o->eplb_slots < 0 || r->eplb_slots < least || r->eplb_slots > c->num_experts)
+            st = epm_fail(EPM_ERR_INVALID_ARG, "--eplb-slots %d: %d ranks hold %d experts a layer in %d to %d slots "
+                          "each", o->eplb_slots, r->R, c->num_experts, least, c->num_experts);
+        else if (r->eplb_slots < most)
+            st = epm_fail(EPM_ERR_INVALID_ARG, "--eplb-slots %d: the placement already has %d experts of a layer on "
+                          "one rank", r->eplb_slots, most);
+    }
     if (st == EPM_OK && o->route_from) {
         const epm_trace *t = o->route_from;
         /* with stop tokens the run's length is known only as it goes: each step checks its own */
@@ -1754,6 +1772,8 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     r->bytes_local = epm_calloc((size_t)r->moe_layers * EPM_LINK_COUNT, sizeof(int64_t));
     r->kv_local = epm_calloc((size_t)r->moe_layers * EPM_LINK_COUNT, sizeof(int64_t));
     r->load_local = epm_calloc((size_t)r->moe_layers * r->R, sizeof(int64_t));
+    if (o->eplb_interval > 0 && !(r->eplb_load = epm_calloc((size_t)r->moe_layers * c->num_experts, sizeof(int64_t))))
+        st = EPM_ERR_NOMEM;
     if (!r->bytes_local || !r->kv_local || !r->load_local)
         st = EPM_ERR_NOMEM;
     return sync(r, st);
@@ -1791,6 +1811,7 @@ static void teardown(rt *r)
     epm_free(r->bytes_local);
     epm_free(r->kv_local);
     epm_free(r->load_local);
+    epm_free(r->eplb_load);
     epm_mod_teardown(r);
     epm_placement_destroy(r->owned_p);
     epm_model_close(r->m);
@@ -2408,6 +2429,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
      * place (vLLM's continuous batching). Every rank learns every new token
      * (one small sum per pass), so all build the same passes. */
     const double t_start = epm_now(); /* the arrivals' clock starts (an offline batch: all arrive now) */
+    int64_t passes = 0; /* (non-empty ones: online rebalancing counts them) */
     for (;;) {
         const double t0 = epm_now();
         int lo = batch, hi = 0; /* the sequences fed since the last sum: those between lo and hi - 1 */
@@ -2466,6 +2488,9 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
                 kv_copy_prefix(&r, s, d, sp.cached[i]);
         }
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
+        if (epm_eplb_due(&r, passes))
+            EPM_CHECK_GOTO(epm_eplb_rebalance(&r), st, fail_gen);
+        epm_eplb_window(&r, passes++);
         EPM_CHECK_GOTO(run_pass(&r, &sp, prompts, &po, trace_of_run, res), st, fail_gen);
         /* a mixed pass's seconds are shared out by its tokens */
         const double t1 = epm_now(), dt = t1 - t0, pre = (double)sp.pre_tokens / (double)(sp.pre_tokens + sp.n_dec);

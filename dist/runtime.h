@@ -25,6 +25,15 @@ typedef enum epm_mod_source {
 typedef struct epm_run_opts {
     const char *model_dir;
     const epm_placement *placement; /* NULL = contiguous over the run's ranks */
+    int eplb_interval;              /* > 0: online expert rebalancing (vLLM's and SGLang's --enable-eplb):
+                                       every this many forward passes the ranks sum the (token, expert)
+                                       pairs each expert was chosen for over the last eplb_window passes
+                                       and all take the eplb placement of those loads; a rank reads the
+                                       experts it gains from the checkpoint and drops those it loses.
+                                       The same tokens; the bytes follow the placement of each pass */
+    int eplb_window;                /* those passes (0: eplb_interval; at most eplb_interval) */
+    int eplb_slots;                 /* experts a rank holds a MoE layer (0: the placement's most; spares
+                                       hold replicas of the hottest) */
     epm_mode mode;
     int virtual_nodes;
     int max_new_tokens;
@@ -231,6 +240,10 @@ typedef struct epm_run_report {
                                            hierarchical path, which forwards through gateways) */
     int64_t wire_msgs[EPM_LINK_COUNT];
     int hierarchical;      /* exchanges took the hierarchical (2DH) path */
+    int eplb_rebalances;   /* online rebalancing (epm_run_opts.eplb_interval): placements taken */
+    int64_t eplb_moved;    /* experts the ranks gained over them (a replica on a rank that lacked it) */
+    int64_t eplb_bytes;    /* checkpoint bytes the ranks read for them */
+    double t_eplb;         /* seconds rank 0 spent on them (the sum, the plan, the loads) */
     const char *transport; /* the row exchange's transport */
     int num_layers;
     int64_t *layer_tokens;  /* [num_layers] tokens that ran each block (all ranks, prefill + decode);

@@ -23,6 +23,9 @@ typedef struct rt {
     const epm_ops *ops, *ref;
     const epm_placement *p;
     epm_placement *owned_p;
+    int64_t *eplb_load;   /* [moe_layers][experts] this rank's gate choices in the window (online rebalancing) */
+    int eplb_counting;    /* the pass running is in the window */
+    int eplb_slots;
     int B, N, steps, max_len;
     int64_t total;     /* tokens of the whole run: prefill + decode */
     const int *lens;
@@ -223,6 +226,13 @@ void epm_wire_round(const rt *r, float *x, int64_t n);
 void epm_wire_dispatch_put(const rt *r, float *row, int n, const float *h, const float *x);
 void epm_wire_dispatch_input(const rt *r, const float *row, int n, const float *norm, float *xin);
 void epm_wire_count(int floats, int64_t row_bytes, const int64_t sent[EPM_LINK_COUNT], int64_t *counted);
+
+/* Online rebalancing (runtime_eplb.c). Before the pass that `pass` passes
+ * have run precede: whether its gate choices count in the window, and (due)
+ * whether the ranks rebalance first; epm_eplb_rebalance is collective. */
+void epm_eplb_window(rt *r, int64_t pass);
+int epm_eplb_due(const rt *r, int64_t pass);
+epm_status epm_eplb_rebalance(rt *r);
 
 /* Collective agreement on st (every rank's first failure wins). */
 epm_status epm_rt_sync(rt *r, epm_status st);

@@ -165,6 +165,16 @@ static const char usage[] =
     "                           DeepSeek's multi-head latent attention: cache the latent (default;\n"
     "                           kv_lora_rank + qk_rope_head_dim floats per token and layer, kv_b_proj\n"
     "                           absorbed) or a key and a value per head (transformers' arithmetic)\n"
+    "  --eplb-interval N        online expert rebalancing (vLLM's and SGLang's --enable-eplb): every N\n"
+    "                           forward passes the ranks sum how often each expert was chosen over the\n"
+    "                           last --eplb-window passes and take the eplb placement of those loads\n"
+    "                           (hot experts replicated into spare slots); a rank reads the experts it\n"
+    "                           gains from the checkpoint and drops those it loses. The same tokens;\n"
+    "                           the bytes follow each pass's placement, so plan eval predicts a run\n"
+    "                           without it\n"
+    "  --eplb-window W          the passes whose loads count (default N)\n"
+    "  --eplb-slots S           experts a rank holds a MoE layer (default: the placement's most; the\n"
+    "                           memory check counts S)\n"
     "  --a2a T                  row exchange: alltoallv (default), p2p, staged (MPI through pinned host\n"
     "                           memory, CUDA builds), nccl (one rank per GPU); EPM_A2A sets the default\n"
     "  --hier auto|on|off       hierarchical exchange between nodes (Tutel's 2DH); default auto\n"
@@ -181,7 +191,8 @@ static const char usage[] =
 enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY, O_TACAP, O_A2A, O_HIER, O_MAXMEM,
        O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
        O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK, O_PLOGPROBS, O_MAXSEQS, O_SEPPRE,
-       O_RATE, O_BURST, O_ASEED, O_MNBT, O_MTT, O_ARRFROM, O_TSCALE, O_PREFIX, O_PWAIT };
+       O_RATE, O_BURST, O_ASEED, O_MNBT, O_MTT, O_ARRFROM, O_TSCALE, O_PREFIX, O_PWAIT, O_EPLBI,
+       O_EPLBW, O_EPLBS };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_OUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -215,6 +226,8 @@ static const struct option opts[] = {
     {"prompt-logprobs", required_argument, 0, O_PLOGPROBS}, {"max-total-tokens", required_argument, 0, O_MTT},
     {"arrivals-from", required_argument, 0, O_ARRFROM}, {"time-scale", required_argument, 0, O_TSCALE},
     {"enable-prefix-caching", no_argument, 0, O_PREFIX}, {"prefix-caching-wait", required_argument, 0, O_PWAIT},
+    {"eplb-interval", required_argument, 0, O_EPLBI}, {"eplb-window", required_argument, 0, O_EPLBW},
+    {"eplb-slots", required_argument, 0, O_EPLBS},
     {0, 0, 0, 0}};
 
 /* The checkpoint file (a name in dir) that out would overwrite, or NULL:
@@ -292,6 +305,8 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
                 r->hierarchical ? "true" : "false", (long long)r->wire_bytes[0], (long long)r->wire_bytes[1],
                 (long long)r->wire_bytes[2], (long long)r->wire_msgs[0], (long long)r->wire_msgs[1],
                 (long long)r->wire_msgs[2]);
+        fprintf(f, ", \"eplb\": {\"rebalances\": %d, \"experts_moved\": %lld, \"bytes_read\": %lld, \"seconds\": %.6f}",
+                r->eplb_rebalances, (long long)r->eplb_moved, (long long)r->eplb_bytes, r->t_eplb);
         fprintf(f, ", \"layer_tokens\": [");
         for (int l = 0; l < r->num_layers; l++)
             fprintf(f, "%s%lld", l ? ", " : "", (long long)r->layer_tokens[l]);
@@ -372,6 +387,9 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
             r->transport ? r->transport : "?", r->hierarchical ? ", hierarchical" : ", flat",
             epm_dtype_name(r->wire_dtype), (long long)r->wire_bytes[1], (long long)r->wire_msgs[1], (long long)r->wire_bytes[2],
             (long long)r->wire_msgs[2]);
+    if (r->eplb_rebalances > 0)
+        fprintf(f, "online rebalancing: %d placements taken, %lld experts moved, %lld checkpoint bytes read, "
+                   "%.3f s\n", r->eplb_rebalances, (long long)r->eplb_moved, (long long)r->eplb_bytes, r->t_eplb);
     int64_t ran = 0, all = (r->prefill_tokens + r->decode_tokens) * r->num_layers;
     for (int l = 0; l < r->num_layers; l++)
         ran += r->layer_tokens[l];
@@ -738,6 +756,18 @@ int epm_cli_run(int argc, char **argv)
             o.prefix_defer = v > 0 ? (int)v : -1;
             wait_given = 1;
             break;
+        case O_EPLBI:
+            if (!cli_parse_int(W, "--eplb-interval", optarg, 1, INT32_MAX, &v)) return EPM_EXIT_USAGE;
+            o.eplb_interval = (int)v;
+            break;
+        case O_EPLBW:
+            if (!cli_parse_int(W, "--eplb-window", optarg, 1, INT32_MAX, &v)) return EPM_EXIT_USAGE;
+            o.eplb_window = (int)v;
+            break;
+        case O_EPLBS:
+            if (!cli_parse_int(W, "--eplb-slots", optarg, 1, INT32_MAX, &v)) return EPM_EXIT_USAGE;
+            o.eplb_slots = (int)v;
+            break;
         case O_TSCALE:
             if (!cli_parse_double(W, "--time-scale", optarg, 1e-6, 1e6, &time_scale)) return EPM_EXIT_USAGE;
             scale_given = 1;
@@ -777,6 +807,12 @@ int epm_cli_run(int argc, char **argv)
         return cli_usage_error(W, "--arrivals-from and --request-rate: each sets when the requests arrive; give one");
     if (scale_given && !arrivals_from)
         return cli_usage_error(W, "--time-scale scales the arrivals of --arrivals-from, which is not given");
+    if ((o.eplb_window || o.eplb_slots) && !o.eplb_interval)
+        return cli_usage_error(W, "%s is online rebalancing's: --eplb-interval is not given",
+                               o.eplb_window ? "--eplb-window" : "--eplb-slots");
+    if (o.eplb_window > o.eplb_interval)
+        return cli_usage_error(W, "--eplb-window %d: the loads of at most the --eplb-interval's %d passes count",
+                               o.eplb_window, o.eplb_interval);
     if (wait_given && !o.prefix_caching)
         return cli_usage_error(W, "--prefix-caching-wait is prefix caching's: --enable-prefix-caching is not given");
     if (arrivals_from && !epm_serving_trace_is(arrivals_from))

@@ -202,26 +202,18 @@ epm_status epm_method_parse(const char *s, epm_method *out)
                     s ? s : "(null)");
 }
 
-epm_status epm_plan_heuristic(epm_method m, const epm_trace *t, const epm_cluster *c, const epm_plan_opts *o,
-                              epm_placement **out)
+/* A heuristic placement from the per-expert loads of each layer ([L * E]). */
+static epm_status place_from_loads(epm_method m, const int64_t *load, int L, int E, int K, const epm_cluster *c,
+                                   int slots, epm_placement **out)
 {
     *out = NULL;
-    epm_plan_opts resolved;
-    epm_plan_resolve(o, c, &resolved);
-    o = &resolved;
-    if (m == EPM_METHOD_ILP || (unsigned)m >= EPM_METHOD_COUNT)
-        return epm_fail(EPM_ERR_INVALID_ARG, "plan: '%s' is not a heuristic method", epm_method_name(m));
-    int slots = 0;
-    EPM_CHECK(epm_plan_slots(t, c, o, &slots));
-    int L = epm_trace_layers(t), E = epm_trace_experts(t), R = epm_cluster_ranks(c);
+    const int R = epm_cluster_ranks(c);
     epm_placement *p = NULL;
-    int64_t *load = NULL;
     item *items = NULL;
     double *rload = NULL, *w = NULL;
     int *reps = NULL;
     epm_status st;
-    EPM_CHECK_GOTO(epm_placement_create(L, E, epm_trace_k(t), c, &p), st, fail);
-    EPM_CHECK_GOTO(expert_loads(t, &load), st, fail);
+    EPM_CHECK_GOTO(epm_placement_create(L, E, K, c, &p), st, fail);
     size_t n_items = (size_t)R * (size_t)slots + (size_t)E;
     items = epm_malloc(n_items * sizeof *items);
     rload = epm_malloc(((size_t)R + (size_t)c->nodes) * sizeof *rload);
@@ -242,6 +234,64 @@ epm_status epm_plan_heuristic(epm_method m, const epm_trace *t, const epm_cluste
         if (m == EPM_METHOD_EPLB)
             EPM_CHECK_GOTO(place_eplb(p, l, ll, slots, items, rload, reps, w), st, fail);
     }
+    *out = p;
+    p = NULL;
+    st = EPM_OK;
+fail:
+    epm_placement_destroy(p);
+    epm_free(items);
+    epm_free(rload);
+    epm_free(w);
+    epm_free(reps);
+    return st;
+}
+
+epm_status epm_plan_from_loads(epm_method m, const int64_t *load, int layers, int experts, int k,
+                               const epm_cluster *c, int slots, epm_placement **out)
+{
+    if (out)
+        *out = NULL;
+    if (!load || !c || !out)
+        return epm_fail(EPM_ERR_INVALID_ARG, "epm_plan_from_loads: NULL argument");
+    if (m == EPM_METHOD_ILP || (unsigned)m >= EPM_METHOD_COUNT)
+        return epm_fail(EPM_ERR_INVALID_ARG, "plan from loads: '%s' is not a heuristic method", epm_method_name(m));
+    const int R = epm_cluster_ranks(c);
+    if (layers < 1 || experts < 1 || k < 1 || k > experts || R < 1)
+        return epm_fail(EPM_ERR_INVALID_ARG, "plan from loads: %d layers, %d experts, top-%d on %d ranks", layers,
+                        experts, k, R);
+    if (slots < 1 || (long)slots * R < experts || slots > experts)
+        return epm_fail(EPM_ERR_INVALID_ARG, "plan from loads: %d slots a rank on %d ranks for %d experts (from "
+                        "%d to %d)", slots, R, experts, (experts + R - 1) / R, experts);
+    for (size_t i = 0; i < (size_t)layers * (size_t)experts; i++)
+        if (load[i] < 0)
+            return epm_fail(EPM_ERR_INVALID_ARG, "plan from loads: expert %d of layer %d has load %lld",
+                            (int)(i % (size_t)experts), (int)(i / (size_t)experts), (long long)load[i]);
+    EPM_CHECK(place_from_loads(m, load, layers, experts, k, c, slots, out));
+    epm_placement_info info = {0};
+    snprintf(info.method, sizeof info.method, "%s", epm_method_name(m));
+    info.quality = EPM_QUALITY_HEURISTIC;
+    info.objective = info.bound = info.gap = NAN;
+    epm_placement_set_info(*out, &info);
+    return EPM_OK;
+}
+
+epm_status epm_plan_heuristic(epm_method m, const epm_trace *t, const epm_cluster *c, const epm_plan_opts *o,
+                              epm_placement **out)
+{
+    *out = NULL;
+    epm_plan_opts resolved;
+    epm_plan_resolve(o, c, &resolved);
+    o = &resolved;
+    if (m == EPM_METHOD_ILP || (unsigned)m >= EPM_METHOD_COUNT)
+        return epm_fail(EPM_ERR_INVALID_ARG, "plan: '%s' is not a heuristic method", epm_method_name(m));
+    int slots = 0;
+    EPM_CHECK(epm_plan_slots(t, c, o, &slots));
+    epm_placement *p = NULL;
+    int64_t *load = NULL;
+    epm_status st;
+    EPM_CHECK_GOTO(expert_loads(t, &load), st, fail);
+    EPM_CHECK_GOTO(place_from_loads(m, load, epm_trace_layers(t), epm_trace_experts(t), epm_trace_k(t), c, slots, &p),
+                   st, fail);
     epm_placement_info info = {0};
     snprintf(info.method, sizeof info.method, "%s", epm_method_name(m));
     info.mode = o->mode;
@@ -256,10 +306,6 @@ epm_status epm_plan_heuristic(epm_method m, const epm_trace *t, const epm_cluste
 fail:
     epm_placement_destroy(p);
     epm_free(load);
-    epm_free(items);
-    epm_free(rload);
-    epm_free(w);
-    epm_free(reps);
     return st;
 }
 

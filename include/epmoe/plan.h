@@ -53,6 +53,15 @@ EPM_API void epm_plan_opts_init(epm_plan_opts *o);
 EPM_API epm_status epm_plan(const epm_trace *t, const epm_cluster *c, const epm_plan_opts *o,
                             epm_placement **out);
 
+/* A placement from counted loads rather than a trace (online rebalancing,
+ * vLLM's and SGLang's EPLB): load[l * experts + e] is the (token, expert)
+ * pairs expert e of MoE layer l served; slots experts a rank holds a layer
+ * (spares: replicas of the hottest, with eplb and greedy). Heuristic methods
+ * only; deterministic, so every rank computes the same one from the same
+ * loads. Its info has no objective (NaN). */
+EPM_API epm_status epm_plan_from_loads(epm_method m, const int64_t *load, int layers, int experts, int k,
+                                       const epm_cluster *c, int slots, epm_placement **out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -538,8 +538,10 @@ usage a2a --bogus "" --bogus
 # ---- bench run: the OLMoE fixture, 2 sequences of 8 tokens + 2 new, 2 ranks ----
 m=$F/olmoe-tiny
 small=(--model "$m" --batch 2 --seq 8 --new 2 --reps 1 --time-limit 1 --workdir "$d/work")
-ok "bench run csv" mpi -np 2 "$E" bench run "${small[@]}" --methods contiguous,eplb,ilp --modes home,follow --csv &&
-  csvcheck run 2 home,follow contiguous,eplb,ilp
+# (online: contiguous rebalanced before the decode pass)
+ok "bench run csv" mpi -np 2 "$E" bench run "${small[@]}" --methods contiguous,eplb,ilp,online --modes home,follow \
+  --eplb-interval 1 --csv &&
+  csvcheck run 2 home,follow contiguous,eplb,ilp,online
 for f in home-contiguous home-eplb home-ilp follow-contiguous follow-eplb follow-ilp; do
   grep -q '"format": "epmoe-placement"' "$d/work/$f.json" 2>/dev/null || fail "bench run wrote no placement $f.json in --workdir"
 done
@@ -751,7 +753,7 @@ usage run --prefill-chunks 1,2,3,4,5,6,7,8,9 --model "$m" --prefill-chunks 1,2,3
 usage run "--prefill-chunks --kv-dtypes" "" --model "$m" --prefill-chunks 4 --kv-dtypes
 usage run --max-num-seqs -1 --model "$m" --max-num-seqs -1
 help_ok run --model --batch --seq --new --input --max-num-seqs --separate-prefill --methods --modes --workdir --reps --warmup --ta --mod --capacities \
-  --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --prefill-chunks --prefill-chunk --max-num-batched-tokens --continuous --request-rates --burstiness --prefix-caching --turns --turn-tokens --csv
+  --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --prefill-chunks --prefill-chunk --max-num-batched-tokens --continuous --request-rates --burstiness --prefix-caching --turns --turn-tokens --eplb-interval --eplb-window --csv
 usage run --model "" --batch 2
 usage run --batch x --model "$m" --batch x
 usage run --kernels foo --model "$m" --kernels foo

@@ -525,6 +525,24 @@ for s, seq in enumerate(ids):
 PY
 check "--prompt-logprobs without --json" 2 "$E" run --model "$m" --input "$d/in.json" --prompt-logprobs 2
 has "$d/err" "with --json"
+# online rebalancing: 3 ranks, a pass a prompt token (chunks of 1), rebalanced every 2 passes with a
+# spare slot each: the same tokens as the static run, the rebalances in the report, text and JSON
+check "--eplb-interval" 0 run -np 3 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report \
+  --prefill-chunk 1 --eplb-interval 2 --eplb-slots 4
+[ "$(gj "d['generated'], d['report']['eplb']['rebalances'] == (5 + 2 - 1) // 2, d['report']['eplb']['experts_moved'] > 0")" = \
+  "$(python3 -c "import json; print((json.load(open('$d/onepass.json'))['generated'], True, True))")" ] ||
+  fail "--eplb-interval: $(head -c 300 "$d/out")"
+if full; then
+  check "--eplb-interval, text report" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 \
+    --report --prefill-chunk 1 --eplb-interval 1 --eplb-window 1 --eplb-slots 5
+  has "$d/err" "online rebalancing: 6 placements taken, "
+fi
+check "--eplb-window without an interval" 2 "$E" run --model "$m" --input "$d/in.json" --eplb-window 2
+has "$d/err" "--eplb-window is online rebalancing's"
+check "--eplb-window over the interval" 2 "$E" run --model "$m" --input "$d/in.json" --eplb-interval 2 --eplb-window 3
+has "$d/err" "--eplb-window 3: the loads of at most the --eplb-interval's 2 passes count"
+check "--eplb-slots too few" 1 run -np 2 "$E" run --model "$m" --input "$d/in.json" --eplb-interval 2 --eplb-slots 3
+has "$d/err" "--eplb-slots 3: 2 ranks hold 8 experts a layer in 4 to 8 slots each"
 check "output over input" 2 "$E" run --model "$m" --input "$d/in.json" --trace-out "$d/in.json"
 check "usage" 2 "$E" run --input "$d/in.json"
 check "help" 0 "$E" run --help
@@ -535,5 +553,6 @@ has "$d/out" "--max-total-tokens N"
 has "$d/out" "--arrivals-from FILE"
 has "$d/out" "--enable-prefix-caching"
 has "$d/out" "--prefix-caching-wait N"
+has "$d/out" "--eplb-interval N"
 
 checks_done "all run CLI checks passed"

@@ -1835,6 +1835,134 @@ static void test_run_node_cap_with_groups(void **state)
     }
 }
 
+/* Sum over MoE layers of each rank's (token, expert) pairs served: the
+ * largest, and the total */
+static void rank_loads(const epm_run_report *r, int64_t *most, int64_t *total)
+{
+    *most = *total = 0;
+    for (int q = 0; q < r->ranks; q++) {
+        int64_t v = 0;
+        for (int l = 0; l < r->moe_layers; l++)
+            v += r->rank_load[(size_t)l * r->ranks + q];
+        *most = v > *most ? v : *most;
+        *total += v;
+    }
+}
+
+/* Online rebalancing (epm_run_opts.eplb_interval): the ranks take new
+ * placements as they run and give the static run's logits, tokens and
+ * routing, in both modes; the number of rebalances is the interval's; under
+ * a routing that sends every token to experts 0 and 1 (which contiguous
+ * puts on rank 0) the spare slots take their replicas and the busiest
+ * rank serves fewer pairs of the same total. Bad intervals, windows and
+ * slots are refused on every rank. */
+static void test_run_eplb(void **state)
+{
+    (void)state;
+    enum { NEW = 6 };
+    fixture f;
+    fixture_open(&f, "olmoe-tiny");
+    const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
+    const int slots = (8 + R - 1) / R + (R > 1 && R < 8);
+    /* every token's experts 0 and 1, in a trace long enough for the run */
+    epm_trace *hot;
+    const int total = 32 + (NEW - 1) * 2;
+    assert_int_equal(epm_trace_create(4, total, 2, 8, &hot), EPM_OK);
+    for (int l = 0; l < 4; l++)
+        for (int g = 0; g < total; g++) {
+            epm_trace_ids(hot, l)[2 * g] = g % 2;
+            epm_trace_ids(hot, l)[2 * g + 1] = 1 - g % 2;
+        }
+    for (int mode = 0; mode < 2; mode++)
+        for (int replay = 0; replay < 2; replay++) {
+            epm_run_result *res[2];
+            for (int on = 0; on < 2; on++) {
+                epm_run_opts o;
+                memset(&o, 0, sizeof o);
+                o.model_dir = f.dir;
+                o.mode = (epm_mode)mode;
+                o.keep_logits = 1;
+                o.max_new_tokens = NEW;
+                o.prefill_chunk = 5; /* several prompt passes: rebalances between them too */
+                o.route_from = replay ? hot : NULL;
+                o.eplb_interval = on ? 2 : 0;
+                o.eplb_window = on && mode ? 1 : 0;
+                o.eplb_slots = on ? slots : 0;
+                epm_status st = epm_run(&o, 2, f.lens, prompts, &res[on]);
+                if (st != EPM_OK)
+                    fprintf(stderr, "rank %d: %s\n", me, epm_last_error());
+                assert_int_equal(st, EPM_OK);
+            }
+            const epm_run_report *a = &res[0]->report, *b = &res[1]->report;
+            const int64_t passes = b->prefill_passes + b->decode_steps - b->mixed_passes;
+            assert_int_equal(a->eplb_rebalances, 0);
+            assert_int_equal(b->eplb_rebalances, (passes - 1) / 2);
+            assert_true(b->eplb_rebalances >= 3);
+            /* one rank holds every expert: nothing moves; else the spare slots fill at once */
+            if (R == 1)
+                assert_int_equal(b->eplb_moved, 0);
+            if (R > 1 && R < 8) {
+                assert_true(b->eplb_moved >= 4 * R);
+                assert_true(b->eplb_bytes > 0);
+            }
+            for (int s = 0; s < 2; s++) {
+                assert_int_equal(res[1]->gen_len[s], NEW);
+                assert_memory_equal(res[1]->generated + s * NEW, res[0]->generated + s * NEW, NEW * sizeof(int32_t));
+            }
+            if (me == 0) {
+                assert_true(rel_err(res[1]->logits, res[0]->logits, 32 * 256) <= 1e-5);
+                for (int l = 0; l < 4; l++)
+                    assert_memory_equal(epm_trace_ids(res[1]->trace, l), epm_trace_ids(res[0]->trace, l),
+                                        (size_t)total * 2 * sizeof(int32_t));
+            }
+            int64_t most[2], sum[2];
+            rank_loads(a, &most[0], &sum[0]);
+            rank_loads(b, &most[1], &sum[1]);
+            assert_int_equal(sum[1], sum[0]);
+            if (replay && R > 1 && R < 8) /* rank 0 held both hot experts; their replicas share the load */
+                assert_true(most[1] < most[0]);
+            epm_run_result_destroy(res[0]);
+            epm_run_result_destroy(res[1]);
+        }
+    /* refused alike on every rank */
+    static const int bad[][3] = {{2, 3, 0}, {-1, 0, 0}, {2, 0, 9}, {2, 0, 1}};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        if (bad[i][2] == 1 && R == 8) /* (one slot a rank holds 8 experts on 8 ranks) */
+            continue;
+        epm_run_opts o;
+        memset(&o, 0, sizeof o);
+        o.model_dir = f.dir;
+        o.max_new_tokens = 2;
+        o.eplb_interval = bad[i][0];
+        o.eplb_window = bad[i][1];
+        o.eplb_slots = bad[i][2];
+        epm_run_result *res = NULL;
+        const epm_status st = epm_run(&o, 2, f.lens, prompts, &res);
+        assert_true(st == EPM_ERR_INVALID_ARG || st == EPM_ERR_REMOTE); /* (remote: another rank said so first) */
+        assert_null(res);
+        if (st == EPM_ERR_INVALID_ARG)
+            assert_non_null(strstr(epm_last_error(), bad[i][2] ? "--eplb-slots" : "online rebalancing"));
+    }
+    if (R == 2 || R == 4) { /* mirrored replicas: a rank already holds more than the fewest slots */
+        epm_placement *p = make_placement(2, 4, 8, 1);
+        epm_run_opts o;
+        memset(&o, 0, sizeof o);
+        o.model_dir = f.dir;
+        o.placement = p;
+        o.max_new_tokens = 2;
+        o.eplb_interval = 2;
+        o.eplb_slots = 8 / R;
+        epm_run_result *res = NULL;
+        const epm_status st = epm_run(&o, 2, f.lens, prompts, &res);
+        assert_true(st == EPM_ERR_INVALID_ARG || st == EPM_ERR_REMOTE);
+        if (st == EPM_ERR_INVALID_ARG)
+            assert_non_null(strstr(epm_last_error(), "the placement already has"));
+        epm_placement_destroy(p);
+    }
+    epm_trace_destroy(hot);
+    epm_st_close(f.ref);
+}
+
 static void test_run_mismatched_placement(void **state)
 {
     (void)state;
@@ -1888,6 +2016,7 @@ int main(void)
         cmocka_unit_test(test_run_prefix_caching),          cmocka_unit_test(test_run_prefix_caching_turns),
         cmocka_unit_test(test_run_prefill_chunk), cmocka_unit_test(test_run_prompt_logprobs),
         cmocka_unit_test(test_run_topology_bias_and_top_p), cmocka_unit_test(test_run_mismatched_placement),
+        cmocka_unit_test(test_run_eplb),
     };
     if (getenv("EPM_TEST_FILTER")) /* one test by name (a developer's shortcut; CI runs them all) */
         cmocka_set_test_filter(getenv("EPM_TEST_FILTER"));

@@ -92,6 +92,10 @@ static void sweep(const char *model, int vocab, epm_mode mode, uint64_t *points)
         lens[0] = 9, lens[1] = 16;
         prompts[1] = ids;
     }
+    /* the bf16 checkpoint (one rank) rebalanced online before its decode pass: the loads' sum, the plan,
+     * the renaming, the experts' lists */
+    if (model && mode == EPM_MODE_HOME)
+        o.eplb_interval = 1;
     if (R > 1 && R % 2 == 0) {
         o.virtual_nodes = 2;
         o.a2a_hier = "on";

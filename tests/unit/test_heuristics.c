@@ -223,12 +223,70 @@ static void test_heuristics_sweep(void **state)
     assert_true(cases > 500);
 }
 
+/* epm_plan_from_loads (online rebalancing's planner): from a trace's own
+ * per-expert loads it places exactly what epm_plan does from the trace, for
+ * every heuristic method; it replicates the hottest expert; bad shapes,
+ * slots, negative loads and the ILP are refused with the value named. */
+static void test_plan_from_loads(void **state)
+{
+    (void)state;
+    const int L = 3, E = 12, K = 2;
+    epm_trace *t = skewed(L, E, K, 3000, 5);
+    int64_t load[3 * 12] = {0};
+    for (int l = 0; l < L; l++)
+        for (int64_t i = 0; i < epm_trace_tokens(t) * K; i++)
+            load[l * E + epm_trace_ids(t, l)[i]]++;
+    epm_cluster c;
+    epm_cluster_init(&c, 2, 2);
+    for (int m = 0; m < EPM_METHOD_ILP; m++) {
+        epm_plan_opts o;
+        epm_plan_opts_init(&o);
+        o.method = (epm_method)m;
+        o.slots_per_rank = m == EPM_METHOD_EPLB || m == EPM_METHOD_GREEDY ? 4 : 3;
+        epm_placement *a, *b;
+        assert_int_equal(epm_plan(t, &c, &o, &a), EPM_OK);
+        assert_int_equal(epm_plan_from_loads((epm_method)m, load, L, E, K, &c, o.slots_per_rank, &b), EPM_OK);
+        check_invariants(b, o.slots_per_rank, m == EPM_METHOD_EPLB ? 16 : E);
+        for (int l = 0; l < L; l++)
+            for (int e = 0; e < E; e++)
+                for (int r = 0; r < 4; r++)
+                    assert_int_equal(epm_placement_has(a, l, e, r), epm_placement_has(b, l, e, r));
+        assert_string_equal(epm_placement_get_info(b)->method, epm_method_name((epm_method)m));
+        assert_true(isnan(epm_placement_get_info(b)->objective));
+        if (m == EPM_METHOD_EPLB) { /* the hottest expert of each layer has more than one replica */
+            for (int l = 0; l < L; l++) {
+                int hot = 0;
+                for (int e = 1; e < E; e++)
+                    hot = load[l * E + e] > load[l * E + hot] ? e : hot;
+                const int *reps;
+                assert_true(epm_placement_replicas(b, l, hot, &reps) > 1);
+            }
+        }
+        epm_placement_destroy(a);
+        epm_placement_destroy(b);
+    }
+    epm_placement *p = (epm_placement *)1;
+    assert_int_equal(epm_plan_from_loads(EPM_METHOD_EPLB, load, L, E, K, &c, 2, &p), EPM_ERR_INVALID_ARG);
+    assert_null(p);
+    assert_non_null(strstr(epm_last_error(), "2 slots a rank on 4 ranks for 12 experts (from 3 to 12)"));
+    assert_int_equal(epm_plan_from_loads(EPM_METHOD_EPLB, load, L, E, K, &c, 13, &p), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_plan_from_loads(EPM_METHOD_ILP, load, L, E, K, &c, 4, &p), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "'ilp' is not a heuristic method"));
+    assert_int_equal(epm_plan_from_loads(EPM_METHOD_EPLB, load, L, E, 13, &c, 4, &p), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_plan_from_loads(EPM_METHOD_EPLB, NULL, L, E, K, &c, 4, &p), EPM_ERR_INVALID_ARG);
+    load[E + 5] = -3;
+    assert_int_equal(epm_plan_from_loads(EPM_METHOD_EPLB, load, L, E, K, &c, 4, &p), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "expert 5 of layer 1 has load -3"));
+    epm_trace_destroy(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_heuristics_invariants), cmocka_unit_test(test_heuristics_layouts),
         cmocka_unit_test(test_heuristics_balance),    cmocka_unit_test(test_heuristics_bad_slots),
         cmocka_unit_test(test_objective_matches_eval), cmocka_unit_test(test_heuristics_sweep),
+        cmocka_unit_test(test_plan_from_loads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -414,6 +414,48 @@ static void test_model_experts_kept_bf16(void **state)
     epm_clear_error();
 }
 
+/* Dropped experts (online rebalancing moved them away) are forgotten and
+ * their copies freed (ASan's leak check and double-free check watch); loaded
+ * again they are read again, the same values; held as stored (mapped) or
+ * widened (copies); a bad layer or expert is refused. */
+static void test_model_drop_experts(void **state)
+{
+    (void)state;
+    const char *dir = tu_path("drop16");
+    synth(dir, EPM_MODEL_QWEN2MOE, EPM_DTYPE_BF16, 1, 0);
+    for (int widen = 0; widen < 2; widen++) {
+        epm_model *m;
+        assert_int_equal(epm_model_open(dir, &m), EPM_OK);
+        if (!widen)
+            assert_int_equal(epm_model_set_expert_dtype(m, EPM_DTYPE_BF16, NULL), EPM_OK);
+        const size_t bytes = (size_t)24 * 32 * (widen ? 4 : 2);
+        int want[3] = {5, 0, 3};
+        epm_model_mlp e[3];
+        assert_int_equal(epm_model_load_experts(m, 2, want, 3, e), EPM_OK);
+        void *before = malloc(bytes);
+        assert_non_null(before);
+        memcpy(before, e[0].down, bytes);
+        const int64_t read = epm_model_expert_bytes_loaded(m);
+        assert_int_equal(epm_model_drop_experts(m, 2, (int[]){5, 3, 4}, 3), EPM_OK); /* (4: not loaded) */
+        assert_null(epm_model_expert(m, 2, 5));
+        assert_null(epm_model_expert(m, 2, 3));
+        assert_non_null(epm_model_expert(m, 2, 0));
+        assert_int_equal(epm_model_drop_experts(m, 2, (int[]){5}, 1), EPM_OK); /* twice: nothing */
+        epm_model_mlp again;
+        assert_int_equal(epm_model_load_experts(m, 2, want, 1, &again), EPM_OK);
+        assert_int_equal(epm_model_expert_bytes_loaded(m), read + read / 3); /* read again */
+        assert_memory_equal(again.down, before, bytes);
+        free(before);
+        assert_int_equal(epm_model_drop_experts(m, 9, want, 1), EPM_ERR_INVALID_ARG);
+        assert_non_null(strstr(epm_last_error(), "layer 9 is not a MoE layer"));
+        assert_int_equal(epm_model_drop_experts(m, 2, (int[]){6}, 1), EPM_ERR_INVALID_ARG);
+        assert_non_null(strstr(epm_last_error(), "expert 6 of layer 2 does not exist"));
+        assert_int_equal(epm_model_drop_experts(m, 2, NULL, 1), EPM_ERR_INVALID_ARG);
+        epm_model_close(m);
+    }
+    epm_clear_error();
+}
+
 /* A matrix held bf16 and its float32 widening: the same values, bit for bit. */
 static void same_widened(epm_weight a, epm_weight b, int64_t n)
 {
@@ -1246,7 +1288,7 @@ int main(void)
         cmocka_unit_test(test_model_half_conversions),
         cmocka_unit_test(test_model_bf16_bulk_conversions),
         cmocka_unit_test(test_model_fp8_rows),
-        cmocka_unit_test(test_model_experts_kept_bf16),
+        cmocka_unit_test(test_model_experts_kept_bf16), cmocka_unit_test(test_model_drop_experts),
         cmocka_unit_test(test_model_dense_kept_bf16),
         cmocka_unit_test(test_model_missing_tensor),
         cmocka_unit_test(test_model_shard_errors),
