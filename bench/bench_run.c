@@ -952,6 +952,7 @@ int epm_bench_run(int argc, char **argv)
             }
             double best_pf = 0, best_dc = 0;
             int64_t bytes[3] = {0, 0, 0}, kv = 0, maxload = 0, kvmem = 0;
+            epm_run_report eplb = {0}; /* online's rebalances, the last repetition's */
             /* negative reps: the warm-up runs, first configuration only */
             for (int rep = -(int)warm; rep < reps && st == EPM_OK; rep++) {
                 epm_run_opts o;
@@ -998,6 +999,10 @@ int epm_bench_run(int argc, char **argv)
                         maxload = r->rank_load[l * R + q] > maxload ? r->rank_load[l * R + q] : maxload;
                 }
                 kvmem = r->kv_cache_bytes_max;
+                eplb.eplb_rebalances = r->eplb_rebalances;
+                eplb.eplb_moved = r->eplb_moved;
+                eplb.eplb_bytes = r->eplb_bytes;
+                eplb.t_eplb = r->t_eplb;
                 epm_run_result_destroy(res);
             }
             epm_placement_destroy(p);
@@ -1022,6 +1027,10 @@ int epm_bench_run(int argc, char **argv)
                        (long long)maxload, best_pf / base_pf, base_dc > 0 ? best_dc / base_dc : 0,
                        base_b > 0 ? b / base_b : b > 0 ? INFINITY : 1.0,
                        (long long)kvmem);
+            if (me == 0 && !csv && online)
+                printf("# online: %d rebalances (every %ld passes), %lld experts moved, %.1f MB read, %.3f s\n",
+                       eplb.eplb_rebalances, eplb_interval, (long long)eplb.eplb_moved, (double)eplb.eplb_bytes / 1e6,
+                       eplb.t_eplb);
             fflush(stdout);
         }
     }
