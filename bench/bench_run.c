@@ -49,6 +49,8 @@ static const char usage[] =
     "                       --max-total-tokens (default: places alone)\n"
     "  --zipf S             routing skew of the synthetic trace (default 1.0)\n"
     "  --affinity A         cross-layer affinity of the trace (default 0.8)\n"
+    "  --plan-seed S        plan from a trace of seed S (other hot experts: a stale forecast), the\n"
+    "                       runs still replaying seed 7's (default: plan from the replayed trace)\n"
     "  --methods LIST       placements, comma separated, contiguous first (the baseline;\n"
     "                       default contiguous,eplb,ilp); 'online': contiguous with online\n"
     "                       rebalancing (epmoe run --eplb-interval, at --eplb-interval)\n"
@@ -144,7 +146,7 @@ static const char usage[] =
 
 enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT, O_MAXSEQS, O_CONT, O_SEPPRE, O_RATES,
        O_BURST, O_CHUNK, O_MNBT, O_MTT, O_NPROMPTS, O_TARR, O_TSCALE,
-       O_PREFIX, O_SHPRE, O_TURNS, O_TURNTOK, O_EPLBI, O_EPLBW };
+       O_PREFIX, O_SHPRE, O_TURNS, O_TURNTOK, O_EPLBI, O_EPLBW, O_PSEED };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -170,6 +172,7 @@ static const struct option opts[] = {
     {"prefix-caching", no_argument, 0, O_PREFIX},      {"shared-prefix", required_argument, 0, O_SHPRE},
     {"turns", required_argument, 0, O_TURNS},          {"turn-tokens", required_argument, 0, O_TURNTOK},
     {"eplb-interval", required_argument, 0, O_EPLBI},  {"eplb-window", required_argument, 0, O_EPLBW},
+    {"plan-seed", required_argument, 0, O_PSEED},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
@@ -501,6 +504,7 @@ int epm_bench_run(int argc, char **argv)
     int prefix = 0; /* --prefix-caching */
     long turns = 1, turn_tokens = 32;
     long eplb_interval = 4, eplb_window = 0; /* the 'online' method's */
+    long plan_seed = -1; /* >= 0: plans made from another trace than the one replayed */
     int turn_tok_given = 0, max_seqs_given = 0, *turn_lens = NULL;
     int32_t **turn_prompts = NULL; /* --turns' batch */
     double time_scale = 1, *scaled = NULL; /* the trace's arrivals times --time-scale */
@@ -560,6 +564,9 @@ int epm_bench_run(int argc, char **argv)
         case O_CSV: csv = 1; break;
         case O_EPLBI:
             if (!cli_parse_int(W, "--eplb-interval", optarg, 1, INT32_MAX, &eplb_interval)) return EPM_EXIT_USAGE;
+            break;
+        case O_PSEED:
+            if (!cli_parse_int(W, "--plan-seed", optarg, 0, INT32_MAX, &plan_seed)) return EPM_EXIT_USAGE;
             break;
         case O_EPLBW:
             if (!cli_parse_int(W, "--eplb-window", optarg, 1, INT32_MAX, &eplb_window)) return EPM_EXIT_USAGE;
@@ -699,7 +706,7 @@ int epm_bench_run(int argc, char **argv)
     epm_cluster cl;
     epm_xcomm_cluster(x, &cl);
     epm_model *m = NULL;
-    epm_trace *t = NULL;
+    epm_trace *t = NULL, *tplan = NULL;
     int rc = EPM_EXIT_OK;
     int32_t **prompts = NULL;
     int *lens = NULL;
@@ -858,6 +865,10 @@ int epm_bench_run(int argc, char **argv)
     so.affinity = aff;
     so.seed = 7;
     st = epm_trace_synth(&so, &t);
+    if (st == EPM_OK && plan_seed >= 0) { /* the forecast the plans are made from: other hot experts */
+        so.seed = (uint64_t)plan_seed;
+        st = epm_trace_synth(&so, &tplan);
+    }
     seqid = malloc((size_t)total * sizeof *seqid);
     if (st == EPM_OK && !seqid)
         st = EPM_ERR_NOMEM;
@@ -866,6 +877,8 @@ int epm_bench_run(int argc, char **argv)
                                separate, pool, 0, seqid);
     if (st == EPM_OK)
         st = epm_trace_set_seq_ids(t, seqid);
+    if (st == EPM_OK && tplan)
+        st = epm_trace_set_seq_ids(tplan, seqid);
     st = epm_xcomm_agree(x, st); /* every rank fails alike */
     if (st != EPM_OK) {
         rc = me == 0 ? cli_fail(W, st) : EPM_EXIT_FAIL;
@@ -874,6 +887,8 @@ int epm_bench_run(int argc, char **argv)
     if (me == 0 && !csv)
         printf("# bench run: %s, %d ranks (%d nodes), %s, zipf %.2f affinity %.2f, activations on the wire %s\n",
                model, R, cl.nodes, shape, zipf, aff, cli_wire_dtypes[wire]);
+    if (me == 0 && !csv && tplan)
+        printf("# plans made from a trace of seed %ld (a stale forecast); the runs replay seed 7's\n", plan_seed);
     if (me == 0 && !csv)
         epm_bench_print_blas();
     if (me == 0)
@@ -896,6 +911,8 @@ int epm_bench_run(int argc, char **argv)
                                    counts_decode, separate, pool, mode == EPM_MODE_FOLLOW, seqid);
             if (st == EPM_OK)
                 st = epm_trace_set_seq_ids(t, seqid);
+            if (st == EPM_OK && tplan)
+                st = epm_trace_set_seq_ids(tplan, seqid);
             if (st != EPM_OK) {
                 rc = me == 0 ? cli_fail(W, st) : EPM_EXIT_FAIL;
                 break;
@@ -935,7 +952,7 @@ int epm_bench_run(int argc, char **argv)
                 if (system(cmd) != 0)
                     st = epm_fail(EPM_ERR_IO, "cannot create %s", workdir);
                 if (st == EPM_OK)
-                    st = epm_plan(t, &cl, &po, &p);
+                    st = epm_plan(tplan ? tplan : t, &cl, &po, &p);
                 if (st == EPM_OK)
                     st = epm_placement_save_json(p, path);
                 epm_placement_destroy(p);
@@ -1048,6 +1065,7 @@ out:
     epm_bench_input_free(&in);
     max_new_of = NULL;
     epm_trace_destroy(t);
+    epm_trace_destroy(tplan);
     epm_model_close(m);
     epm_xcomm_destroy(x);
     epm_xcomm_finalize();

@@ -753,11 +753,13 @@ usage run --prefill-chunks 1,2,3,4,5,6,7,8,9 --model "$m" --prefill-chunks 1,2,3
 usage run "--prefill-chunks --kv-dtypes" "" --model "$m" --prefill-chunks 4 --kv-dtypes
 usage run --max-num-seqs -1 --model "$m" --max-num-seqs -1
 help_ok run --model --batch --seq --new --input --max-num-seqs --separate-prefill --methods --modes --workdir --reps --warmup --ta --mod --capacities \
-  --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --prefill-chunks --prefill-chunk --max-num-batched-tokens --continuous --request-rates --burstiness --prefix-caching --turns --turn-tokens --eplb-interval --eplb-window --csv
+  --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --prefill-chunks --prefill-chunk --max-num-batched-tokens --continuous --request-rates --burstiness --prefix-caching --turns --turn-tokens --eplb-interval --eplb-window --plan-seed --csv
 usage run --model "" --batch 2
 usage run --batch x --model "$m" --batch x
 usage run --kernels foo --model "$m" --kernels foo
 usage run --methods foo --model "$m" --methods contiguous,foo
+usage run --plan-seed -1 --model "$m" --plan-seed -1
+usage run --eplb-interval 0 --model "$m" --eplb-interval 0
 usage run --methods ilp,contiguous --model "$m" --methods ilp,contiguous
 usage run --capacities abc --model "$m" --mod schedule --capacities abc
 usage run --ta -1 --model "$m" --ta 0,-1
