@@ -504,6 +504,7 @@ int epm_bench_run(int argc, char **argv)
     int prefix = 0; /* --prefix-caching */
     long turns = 1, turn_tokens = 32;
     long eplb_interval = 4, eplb_window = 0; /* the 'online' method's */
+    int eplb_given = 0;
     long plan_seed = -1; /* >= 0: plans made from another trace than the one replayed */
     int turn_tok_given = 0, max_seqs_given = 0, *turn_lens = NULL;
     int32_t **turn_prompts = NULL; /* --turns' batch */
@@ -564,6 +565,7 @@ int epm_bench_run(int argc, char **argv)
         case O_CSV: csv = 1; break;
         case O_EPLBI:
             if (!cli_parse_int(W, "--eplb-interval", optarg, 1, INT32_MAX, &eplb_interval)) return EPM_EXIT_USAGE;
+            eplb_given = 1;
             break;
         case O_PSEED:
             if (!cli_parse_int(W, "--plan-seed", optarg, 0, INT32_MAX, &plan_seed)) return EPM_EXIT_USAGE;
@@ -687,6 +689,17 @@ int epm_bench_run(int argc, char **argv)
         (mod && !check_list(W, "--capacities", caps, 250, 'c')))
         return EPM_EXIT_USAGE;
     (void)v;
+    { /* online rebalancing's options belong to the 'online' method */
+        char list[128];
+        snprintf(list, sizeof list, ",%s,", methods_s);
+        const int online = strstr(list, ",online,") != NULL;
+        if ((eplb_given || eplb_window) && !online)
+            return cli_usage_error(W, "%s is the 'online' method's, which --methods (%s) does not list",
+                                   eplb_window ? "--eplb-window" : "--eplb-interval", methods_s);
+        if (eplb_window > eplb_interval)
+            return cli_usage_error(W, "--eplb-window %ld: the loads of at most the --eplb-interval's %ld passes count",
+                                   eplb_window, eplb_interval);
+    }
     if (mla) { /* before MPI starts: a usage error leaves nothing behind */
         char cp[4096];
         epm_model_config mc;

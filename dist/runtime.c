@@ -2488,9 +2488,9 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
                 kv_copy_prefix(&r, s, d, sp.cached[i]);
         }
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
-        if (epm_eplb_due(&r, passes))
+        if (epm_eplb_due(o->eplb_interval, passes))
             EPM_CHECK_GOTO(epm_eplb_rebalance(&r), st, fail_gen);
-        epm_eplb_window(&r, passes++);
+        r.eplb_counting = epm_eplb_counts(o->eplb_interval, o->eplb_window, passes++);
         EPM_CHECK_GOTO(run_pass(&r, &sp, prompts, &po, trace_of_run, res), st, fail_gen);
         /* a mixed pass's seconds are shared out by its tokens */
         const double t1 = epm_now(), dt = t1 - t0, pre = (double)sp.pre_tokens / (double)(sp.pre_tokens + sp.n_dec);

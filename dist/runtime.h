@@ -30,7 +30,8 @@ typedef struct epm_run_opts {
                                        pairs each expert was chosen for over the last eplb_window passes
                                        and all take the eplb placement of those loads; a rank reads the
                                        experts it gains from the checkpoint and drops those it loses.
-                                       The same tokens; the bytes follow the placement of each pass */
+                                       The same tokens (but with topology-aware gating, whose bias follows
+                                       the placement); the bytes follow the placement of each pass */
     int eplb_window;                /* those passes (0: eplb_interval; at most eplb_interval) */
     int eplb_slots;                 /* experts a rank holds a MoE layer (0: the placement's most; spares
                                        hold replicas of the hottest) */

@@ -227,11 +227,12 @@ void epm_wire_dispatch_put(const rt *r, float *row, int n, const float *h, const
 void epm_wire_dispatch_input(const rt *r, const float *row, int n, const float *norm, float *xin);
 void epm_wire_count(int floats, int64_t row_bytes, const int64_t sent[EPM_LINK_COUNT], int64_t *counted);
 
-/* Online rebalancing (runtime_eplb.c). Before the pass that `pass` passes
- * have run precede: whether its gate choices count in the window, and (due)
- * whether the ranks rebalance first; epm_eplb_rebalance is collective. */
-void epm_eplb_window(rt *r, int64_t pass);
-int epm_eplb_due(const rt *r, int64_t pass);
+/* Online rebalancing (runtime_eplb.c), every `interval` passes over the
+ * last `window` (0: interval): whether the gate choices of the pass that
+ * `pass` passes precede count, and whether the ranks rebalance before it
+ * (collectively: epm_eplb_rebalance). */
+int epm_eplb_counts(int interval, int window, int64_t pass);
+int epm_eplb_due(int interval, int64_t pass);
 epm_status epm_eplb_rebalance(rt *r);
 
 /* Collective agreement on st (every rank's first failure wins). */

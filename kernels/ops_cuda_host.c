@@ -4,7 +4,8 @@
  *
  * One static context: the gpu table and its context, the weight cache (open
  * addressing with linear probing on (host pointer, bytes), grown at 70% load,
- * never shrunk; no deletion, so no tombstones), three device activation
+ * never shrunk; entries leave only by epm_ops_cuda_forget, which rebuilds the
+ * table, so no tombstones), three device activation
  * buffers (x, y, scratch; grown by half again or to the need, never shrunk),
  * and a host array of device weight pointers for the grouped FFN. Every op
  * ends with the download of y, which waits for the stream, so no device work
@@ -12,6 +13,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "backend.h"
@@ -187,6 +189,45 @@ static epm_status weight(const void *host, size_t bytes, const void **dev)
     S.bytes += (int64_t)bytes;
     *dev = d;
     return EPM_OK;
+}
+
+static int by_address(const void *a, const void *b)
+{
+    const uintptr_t x = (uintptr_t)*(const void *const *)a, y = (uintptr_t)*(const void *const *)b;
+    return (x > y) - (x < y);
+}
+
+epm_status epm_ops_cuda_forget(const void **hosts, int n)
+{
+    if (n < 0 || (n > 0 && !hosts))
+        return epm_fail(EPM_ERR_INVALID_ARG, "epm_ops_cuda_forget: %d pointers", n);
+    pthread_mutex_lock(&lock);
+    epm_status st = EPM_OK;
+    wentry *t = S.cap ? epm_calloc(S.cap, sizeof *t) : NULL;
+    if (S.cap && !t)
+        st = epm_fail(EPM_ERR_NOMEM, "weight cache of %zu entries", S.cap);
+    if (st == EPM_OK && S.cap) {
+        qsort(hosts, (size_t)n, sizeof *hosts, by_address);
+        size_t used = 0;
+        for (size_t i = 0; i < S.cap; i++) {
+            wentry *e = &S.tab[i];
+            if (!e->host)
+                continue;
+            if (n > 0 && bsearch(&e->host, hosts, (size_t)n, sizeof *hosts, by_address)) {
+                S.G->free(S.g, e->dev);
+                S.bytes -= (int64_t)e->bytes;
+                continue;
+            }
+            *slot_of(t, S.cap, e->host, e->bytes) = *e;
+            used++;
+        }
+        epm_free(S.tab);
+        S.tab = t, S.used = used;
+        t = NULL;
+    }
+    epm_free(t);
+    pthread_mutex_unlock(&lock);
+    return st;
 }
 
 /* A float32 weight [rows][cols]. */

@@ -16,8 +16,9 @@
  * four sampled words of the host tensor with what was uploaded and uploads
  * again if they differ: a cheap guard against a reused address, not a
  * guarantee. An expert with no rows in a grouped call is never uploaded.
- * There is no eviction: a model whose weights do not fit on the device fails
- * with EPM_ERR_CUDA (out of memory) on the first op that cannot upload.
+ * Nothing is evicted but what epm_ops_cuda_forget names: a model whose
+ * weights do not fit on the device fails with EPM_ERR_CUDA (out of memory)
+ * on the first op that cannot upload.
  *
  * Errors: the ops of epm_ops return void, so the first failure of any op
  * (invalid arguments as the reference would refuse them, CUDA or cuBLAS
@@ -57,6 +58,12 @@ void epm_ops_cuda_close(void);
  * detail of that first error is also made this thread's epm_last_error().
  * EPM_OK when nothing failed (also when closed and no op was called since). */
 epm_status epm_ops_cuda_error(void);
+
+/* Frees the device copies of the weights at hosts[0..n) (every byte size
+ * cached for each; the array is sorted in place), which are about to be
+ * freed or to hold other data: online rebalancing drops experts. Safe when
+ * closed, and for pointers never uploaded. */
+epm_status epm_ops_cuda_forget(const void **hosts, int n);
 
 /* Bytes of weights now held on the device by the cache (0 when closed). */
 int64_t epm_ops_cuda_weight_bytes(void);

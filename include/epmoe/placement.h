@@ -53,6 +53,13 @@ EPM_API int epm_placement_max_slots(const epm_placement *p);
 /* 1 when rank holds a copy of (layer, expert). */
 EPM_API int epm_placement_has(const epm_placement *p, int layer, int expert, int rank);
 
+/* p with its nodes, and the ranks within each node, renamed (a layer at a
+ * time) so that as many of its replicas as possible stay on ranks that hold
+ * them in `to` (an optimal assignment): the same balance and traffic (nodes
+ * are alike to the cost model, and a node's ranks), the fewest experts moved
+ * between the two. Same shape and cluster required (EPM_ERR_MISMATCH). */
+EPM_API epm_status epm_placement_align(const epm_placement *to, const epm_placement *p, epm_placement **out);
+
 /* Checks that every expert of every layer has a replica and, when
  * slots_per_rank > 0, that no rank holds more than slots_per_rank experts. */
 EPM_API epm_status epm_placement_validate(const epm_placement *p, int slots_per_rank);

@@ -760,6 +760,10 @@ usage run --kernels foo --model "$m" --kernels foo
 usage run --methods foo --model "$m" --methods contiguous,foo
 usage run --plan-seed -1 --model "$m" --plan-seed -1
 usage run --eplb-interval 0 --model "$m" --eplb-interval 0
+usage run --eplb-interval "" --model "$m" --methods contiguous,eplb --eplb-interval 2
+has "$d/err" "the 'online' method's, which --methods (contiguous,eplb) does not list"
+usage run --eplb-window "" --model "$m" --methods contiguous,online --eplb-window 8
+has "$d/err" "--eplb-window 8: the loads of at most the --eplb-interval's 4 passes count"
 usage run --methods ilp,contiguous --model "$m" --methods ilp,contiguous
 usage run --capacities abc --model "$m" --mod schedule --capacities abc
 usage run --ta -1 --model "$m" --ta 0,-1

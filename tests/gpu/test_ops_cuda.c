@@ -365,6 +365,17 @@ static void test_ops_cuda_weight_cache(void **state)
     w1[0] += 0.5f, w1[119] -= 0.25f;
     lin_check("cache: changed data at a cached address", x, 3, 10, w1, b1, 12);
     assert_int_equal(epm_ops_cuda_weight_bytes() - b0, 2 * 120 * 4 + 12 * 4 + 60 * 4);
+    /* forgotten (online rebalancing drops an expert): both of w1's sizes leave, the rest stay hits,
+     * and w1 is uploaded again on its next use */
+    const void *gone[2] = {w1, x}; /* (x: never uploaded) */
+    assert_int_equal(epm_ops_cuda_forget(gone, 2), EPM_OK);
+    assert_int_equal(epm_ops_cuda_weight_bytes() - b0, 120 * 4 + 12 * 4);
+    lin_check("cache: same pointers after forget", x, 3, 10, w2, b1, 12);
+    assert_int_equal(epm_ops_cuda_weight_bytes() - b0, 120 * 4 + 12 * 4);
+    lin_check("cache: forgotten, uploaded again", x, 3, 10, w1, b1, 12);
+    assert_int_equal(epm_ops_cuda_weight_bytes() - b0, 2 * 120 * 4 + 12 * 4);
+    assert_int_equal(epm_ops_cuda_forget(NULL, 0), EPM_OK);
+    assert_int_equal(epm_ops_cuda_forget(NULL, 1), EPM_ERR_INVALID_ARG);
 
     /* many entries: the table grows (and rehashes) past its first size */
     enum { MANY = 700 };

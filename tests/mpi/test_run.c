@@ -1924,6 +1924,31 @@ static void test_run_eplb(void **state)
             epm_run_result_destroy(res[0]);
             epm_run_result_destroy(res[1]);
         }
+    /* DeepSeek-V3's FP8 release format, whose first layer is dense (MoE layer l is block l + 1) and whose
+     * experts are held as stored with their scales copied (which a drop frees): the static run's tokens */
+    {
+        fixture g;
+        fixture_open(&g, "deepseekv3-fp8-tiny");
+        const int32_t *gp[2] = {g.ids[0], g.ids[1]};
+        epm_run_result *res[2];
+        for (int on = 0; on < 2; on++) {
+            epm_run_opts o;
+            memset(&o, 0, sizeof o);
+            o.model_dir = g.dir;
+            o.max_new_tokens = NEW;
+            o.prefill_chunk = 7;
+            o.eplb_interval = on ? 1 : 0;
+            o.eplb_slots = on ? slots : 0;
+            assert_int_equal(epm_run(&o, 2, g.lens, gp, &res[on]), EPM_OK);
+        }
+        assert_int_equal(res[0]->report.expert_dtype, EPM_DTYPE_F8_E4M3);
+        assert_true(res[1]->report.eplb_rebalances > 0);
+        assert_true(R == 1 || R == 8 || res[1]->report.eplb_moved > 0);
+        assert_memory_equal(res[1]->generated, res[0]->generated, 2 * NEW * sizeof(int32_t));
+        epm_run_result_destroy(res[0]);
+        epm_run_result_destroy(res[1]);
+        epm_st_close(g.ref);
+    }
     /* refused alike on every rank */
     static const int bad[][3] = {{2, 3, 0}, {-1, 0, 0}, {2, 0, 9}, {2, 0, 1}};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {

@@ -160,13 +160,108 @@ static void test_placement_alloc_failures(void **state)
     fail();
 }
 
+static uint64_t next(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* experts of layer l whose replica set differs between p and q, counted per (expert, rank) gained */
+static int gained(const epm_placement *p, const epm_placement *q, int l)
+{
+    int n = 0;
+    for (int e = 0; e < epm_placement_experts(p); e++)
+        for (int r = 0; r < epm_placement_ranks(p); r++)
+            n += epm_placement_has(q, l, e, r) && !epm_placement_has(p, l, e, r);
+    return n;
+}
+
+/* epm_placement_align (online rebalancing's renaming): a placement whose
+ * nodes and ranks within nodes were shuffled, a layer at a time, comes back
+ * exactly; any placement comes back with the same replicas per expert and
+ * the same experts per rank up to the renaming, never with more experts
+ * moved than it had; other shapes are refused. */
+static void test_placement_align(void **state)
+{
+    (void)state;
+    uint64_t rng = 3;
+    static const int shapes[][3] = {{1, 1, 5}, {1, 4, 8}, {2, 2, 8}, {3, 2, 12}, {4, 3, 6}};
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+        for (int trial = 0; trial < 20; trial++) {
+            const int N = shapes[si][0], G = shapes[si][1], E = shapes[si][2], R = N * G, L = 3;
+            epm_placement *a = make(L, E, N, G), *b = make(L, E, N, G), *c = make(L, E, N, G);
+            for (int l = 0; l < L; l++) {
+                int node[8], rank[8], perm[32];
+                for (int i = 0; i < N; i++)
+                    node[i] = i;
+                for (int i = N - 1; i > 0; i--) {
+                    int j = (int)(next(&rng) % (uint64_t)(i + 1)), t = node[i];
+                    node[i] = node[j], node[j] = t;
+                }
+                for (int i = 0; i < N; i++) {
+                    for (int k = 0; k < G; k++)
+                        rank[k] = k;
+                    for (int k = G - 1; k > 0; k--) {
+                        int j = (int)(next(&rng) % (uint64_t)(k + 1)), t = rank[k];
+                        rank[k] = rank[j], rank[j] = t;
+                    }
+                    for (int k = 0; k < G; k++)
+                        perm[i * G + k] = node[i] * G + rank[k];
+                }
+                for (int e = 0; e < E; e++) { /* one to three replicas each, on distinct ranks */
+                    const int reps = 1 + (int)(next(&rng) % 3), first = (int)(next(&rng) % (uint64_t)R);
+                    for (int k = 0; k < reps && k < R; k++) {
+                        const int q = (first + k * 5) % R;
+                        if (!epm_placement_has(a, l, e, q)) {
+                            assert_int_equal(epm_placement_add(a, l, e, q), EPM_OK);
+                            assert_int_equal(epm_placement_add(b, l, e, perm[q]), EPM_OK);
+                        }
+                    }
+                    assert_int_equal(epm_placement_add(c, l, e, (int)(next(&rng) % (uint64_t)R)), EPM_OK);
+                }
+            }
+            epm_placement *x, *y;
+            assert_int_equal(epm_placement_align(a, b, &x), EPM_OK);
+            assert_int_equal(epm_placement_align(a, c, &y), EPM_OK);
+            for (int l = 0; l < L; l++) {
+                assert_int_equal(gained(a, x, l), 0); /* the shuffle undone */
+                for (int e = 0; e < E; e++)
+                    for (int r = 0; r < R; r++)
+                        assert_int_equal(epm_placement_has(x, l, e, r), epm_placement_has(a, l, e, r));
+                assert_true(gained(a, y, l) <= gained(a, c, l));
+                int cy[32] = {0}, cc[32] = {0};
+                for (int e = 0; e < E; e++) {
+                    const int *r1, *r2;
+                    assert_int_equal(epm_placement_replicas(y, l, e, &r1), epm_placement_replicas(c, l, e, &r2));
+                }
+                for (int r = 0; r < R; r++) /* the same per-rank counts, renamed */
+                    cy[epm_placement_rank_count(y, l, r)]++, cc[epm_placement_rank_count(c, l, r)]++;
+                assert_memory_equal(cy, cc, sizeof cy);
+            }
+            epm_placement_destroy(x);
+            epm_placement_destroy(y);
+            epm_placement_destroy(a);
+            epm_placement_destroy(b);
+            epm_placement_destroy(c);
+        }
+    epm_placement *p = make(2, 4, 1, 2), *q = make(2, 4, 2, 1), *o = (epm_placement *)1;
+    assert_int_equal(epm_placement_align(p, q, &o), EPM_ERR_MISMATCH);
+    assert_null(o);
+    assert_non_null(strstr(epm_last_error(), "on 2 x 1 ranks against 2 x 4 on 1 x 2"));
+    assert_int_equal(epm_placement_align(p, NULL, &o), EPM_ERR_INVALID_ARG);
+    epm_placement_destroy(p);
+    epm_placement_destroy(q);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_placement_create_shape),       cmocka_unit_test(test_placement_create_rejects),
         cmocka_unit_test(test_placement_add_sorted_unique),  cmocka_unit_test(test_placement_counts_and_validate),
         cmocka_unit_test(test_placement_clone_independent),  cmocka_unit_test(test_placement_quality_names),
-        cmocka_unit_test(test_placement_alloc_failures),
+        cmocka_unit_test(test_placement_alloc_failures), cmocka_unit_test(test_placement_align),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
