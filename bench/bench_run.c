@@ -61,7 +61,8 @@ static const char usage[] =
     "  --virtual-nodes N    split the ranks into N pretend nodes\n"
     "  --time-limit SEC     ILP budget (default 20)\n"
     "  --workdir DIR        where rank 0 writes placements for the others (default bench-run-work)\n"
-    "  --reps R             runs per configuration, best time kept (default 2)\n"
+    "  --reps R             runs per configuration, best time kept, alternated over the methods\n"
+    "                       of a mode (default 2)\n"
     "  --warmup W           untimed runs of the first configuration before any timed one, so that\n"
     "                       the baseline does not pay for cold caches and first-touch memory (default 1)\n"
     "  --ta LIST            instead: topology-aware gating strengths (e.g. 0,0.5,1,2), live routing,\n"
@@ -931,15 +932,35 @@ int epm_bench_run(int argc, char **argv)
                 break;
             }
         }
-        double base_pf = 0, base_dc = 0, base_b = 0;
-        int have_base = 0;
+        /* every method's placement first (rank 0 plans: the ILP's time limit could make ranks differ; the
+         * others read its file), then the repetitions alternate over them, so that a machine that drifts
+         * (another job, its clock) shifts every method's runs alike */
+        enum { MAXM = 16 };
+        struct meth {
+            char name[32];
+            int online;
+            epm_placement *p;
+            double pf, dc;
+            int64_t bytes[3], kv, maxload, kvmem;
+            epm_run_report eplb; /* online's rebalances, the last repetition's */
+        } mm[MAXM];
+        int nm = 0;
         snprintf(methods, sizeof methods, "%s", methods_s);
         char *save = NULL;
+        const int need = (hc->num_experts + R - 1) / R,
+                  spare = (int)(slots ? slots : need < hc->num_experts ? need + 1 : need);
         for (char *mt = strtok_r(methods, ",", &save); mt && rc == EPM_EXIT_OK; mt = strtok_r(NULL, ",", &save)) {
+            if (nm == MAXM) {
+                rc = cli_usage_error(W, "--methods: at most %d", MAXM);
+                break;
+            }
+            struct meth *me_ = &mm[nm];
+            memset(me_, 0, sizeof *me_);
+            snprintf(me_->name, sizeof me_->name, "%s", mt);
             epm_plan_opts po;
             epm_plan_opts_init(&po);
-            const int online = !strcmp(mt, "online"); /* contiguous, rebalanced as it runs */
-            if (online)
+            me_->online = !strcmp(mt, "online"); /* contiguous, rebalanced as it runs */
+            if (me_->online)
                 po.method = EPM_METHOD_CONTIGUOUS;
             else if (epm_method_parse(mt, &po.method) != EPM_OK) {
                 rc = cli_usage_error(W, "--methods: %s", epm_last_error());
@@ -950,11 +971,7 @@ int epm_bench_run(int argc, char **argv)
             po.kv_dim = epm_model_kv_floats(hc, 0); /* what the run all-gathers (MLA: its latent) */
             po.ffn = hc->moe_ffn;
             po.time_limit_s = tl;
-            int need = (hc->num_experts + R - 1) / R, spare = (int)(slots ? slots : need < hc->num_experts ? need + 1 : need);
-            po.slots_per_rank = po.method == EPM_METHOD_EPLB || po.method == EPM_METHOD_ILP
-                                    ? (int)(slots ? slots : (need < hc->num_experts ? need + 1 : need))
-                                    : need;
-            /* rank 0 plans (the ILP's time limit could make ranks differ) and shares the file */
+            po.slots_per_rank = po.method == EPM_METHOD_EPLB || po.method == EPM_METHOD_ILP ? spare : need;
             char path[4096];
             snprintf(path, sizeof path, "%s/%s-%s.json", workdir, ms, mt);
             epm_placement *p = NULL;
@@ -980,15 +997,17 @@ int epm_bench_run(int argc, char **argv)
                 epm_placement_destroy(p);
                 break;
             }
-            double best_pf = 0, best_dc = 0;
-            int64_t bytes[3] = {0, 0, 0}, kv = 0, maxload = 0, kvmem = 0;
-            epm_run_report eplb = {0}; /* online's rebalances, the last repetition's */
-            /* negative reps: the warm-up runs, first configuration only */
-            for (int rep = -(int)warm; rep < reps && st == EPM_OK; rep++) {
+            me_->p = p;
+            nm++;
+        }
+        /* negative reps: the warm-up runs, of the first method only */
+        for (int rep = -(int)warm; rep < reps && rc == EPM_EXIT_OK; rep++)
+            for (int i = 0; i < (rep < 0 ? 1 : nm) && rc == EPM_EXIT_OK; i++) {
+                struct meth *me_ = &mm[i];
                 epm_run_opts o;
                 memset(&o, 0, sizeof o);
                 o.model_dir = model;
-                o.placement = p;
+                o.placement = me_->p;
                 o.mode = mode;
                 o.virtual_nodes = (int)vn;
                 o.max_new_tokens = (int)nnew;
@@ -1000,7 +1019,7 @@ int epm_bench_run(int argc, char **argv)
                 o.max_num_seqs = (int)max_seqs;
                 o.max_total_tokens = pool;
                 o.separate_prefill = separate;
-                if (online) {
+                if (me_->online) {
                     o.eplb_interval = (int)eplb_interval;
                     o.eplb_window = (int)eplb_window;
                     o.eplb_slots = spare;
@@ -1008,61 +1027,56 @@ int epm_bench_run(int argc, char **argv)
                 wire_opts(&o);
                 epm_run_result *res = NULL;
                 st = epm_run(&o, (int)batch, pl, pr, &res);
-                if (st != EPM_OK)
+                if (st != EPM_OK) {
+                    rc = me == 0 ? cli_fail(W, st) : EPM_EXIT_FAIL;
                     break;
+                }
                 if (rep < 0) {
                     epm_run_result_destroy(res);
                     continue;
                 }
                 const epm_run_report *r = &res->report;
                 double pf = r->prefill_tokens / r->t_prefill, dc = r->t_decode > 0 ? r->decode_tokens / r->t_decode : 0;
-                best_pf = pf > best_pf ? pf : best_pf;
-                best_dc = dc > best_dc ? dc : best_dc;
-                memset(bytes, 0, sizeof bytes);
-                kv = maxload = 0;
+                me_->pf = pf > me_->pf ? pf : me_->pf;
+                me_->dc = dc > me_->dc ? dc : me_->dc;
+                memset(me_->bytes, 0, sizeof me_->bytes);
+                me_->kv = me_->maxload = 0;
                 for (int l = 0; l < r->moe_layers; l++) {
                     for (int q = 0; q < 3; q++) {
-                        bytes[q] += r->bytes[l * 3 + q];
-                        kv += r->kv_bytes[l * 3 + q];
+                        me_->bytes[q] += r->bytes[l * 3 + q];
+                        me_->kv += r->kv_bytes[l * 3 + q];
                     }
                     for (int q = 0; q < R; q++)
-                        maxload = r->rank_load[l * R + q] > maxload ? r->rank_load[l * R + q] : maxload;
+                        me_->maxload = r->rank_load[l * R + q] > me_->maxload ? r->rank_load[l * R + q] : me_->maxload;
                 }
-                kvmem = r->kv_cache_bytes_max;
-                eplb.eplb_rebalances = r->eplb_rebalances;
-                eplb.eplb_moved = r->eplb_moved;
-                eplb.eplb_bytes = r->eplb_bytes;
-                eplb.t_eplb = r->t_eplb;
+                me_->kvmem = r->kv_cache_bytes_max;
+                me_->eplb.eplb_rebalances = r->eplb_rebalances;
+                me_->eplb.eplb_moved = r->eplb_moved;
+                me_->eplb.eplb_bytes = r->eplb_bytes;
+                me_->eplb.t_eplb = r->t_eplb;
                 epm_run_result_destroy(res);
             }
-            epm_placement_destroy(p);
-            warm = 0;
-            if (st != EPM_OK) {
-                rc = me == 0 ? cli_fail(W, st) : EPM_EXIT_FAIL;
-                break;
-            }
-            double b = (double)(bytes[1] + bytes[2] + kv);
-            if (!have_base) { /* the first method listed (see --methods) */
-                have_base = 1;
-                base_pf = best_pf;
-                base_dc = best_dc;
-                base_b = b;
-            }
+        warm = 0;
+        for (int i = 0; i < nm && rc == EPM_EXIT_OK; i++) { /* the first method listed is the baseline */
+            const struct meth *me_ = &mm[i], *b0 = &mm[0];
+            const double b = (double)(me_->bytes[1] + me_->bytes[2] + me_->kv),
+                         base_b = (double)(b0->bytes[1] + b0->bytes[2] + b0->kv);
             if (me == 0 && csv)
                 printf("%d,%d,", R, cl.nodes);
             if (me == 0)
                 printf(csv ? "%s,%s,%.1f,%.1f,%lld,%lld,%lld,%lld,%.3f,%.3f,%.3f,%lld\n"
                            : "%-7s %-11s %12.1f %12.1f %14lld %14lld %12lld %9lld %8.3f %8.3f %8.3f %12lld\n",
-                       ms, mt, best_pf, best_dc, (long long)bytes[1], (long long)bytes[2], (long long)kv,
-                       (long long)maxload, best_pf / base_pf, base_dc > 0 ? best_dc / base_dc : 0,
-                       base_b > 0 ? b / base_b : b > 0 ? INFINITY : 1.0,
-                       (long long)kvmem);
-            if (me == 0 && !csv && online)
+                       ms, me_->name, me_->pf, me_->dc, (long long)me_->bytes[1], (long long)me_->bytes[2],
+                       (long long)me_->kv, (long long)me_->maxload, me_->pf / b0->pf, b0->dc > 0 ? me_->dc / b0->dc : 0,
+                       base_b > 0 ? b / base_b : b > 0 ? INFINITY : 1.0, (long long)me_->kvmem);
+            if (me == 0 && !csv && me_->online)
                 printf("# online: %d rebalances (every %ld passes), %lld experts moved, %.1f MB read, %.3f s\n",
-                       eplb.eplb_rebalances, eplb_interval, (long long)eplb.eplb_moved, (double)eplb.eplb_bytes / 1e6,
-                       eplb.t_eplb);
-            fflush(stdout);
+                       me_->eplb.eplb_rebalances, eplb_interval, (long long)me_->eplb.eplb_moved,
+                       (double)me_->eplb.eplb_bytes / 1e6, me_->eplb.t_eplb);
         }
+        fflush(stdout);
+        for (int i = 0; i < nm; i++)
+            epm_placement_destroy(mm[i].p);
     }
 out:
     for (long s = 0; turn_prompts && s < batch * turns; s++)
