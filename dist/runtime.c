@@ -1658,6 +1658,11 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
         for (int l = 0; l < r->moe_layers && st == EPM_OK; l++)
             for (int e = 0; e < c->num_experts && st == EPM_OK; e++)
                 st = epm_placement_add(r->owned_p, l, e, (int)((int64_t)e * r->R / c->num_experts));
+        if (st == EPM_OK) {
+            epm_placement_info info = {.quality = EPM_QUALITY_HEURISTIC, .objective = NAN, .bound = NAN, .gap = NAN};
+            snprintf(info.method, sizeof info.method, "contiguous");
+            epm_placement_set_info(r->owned_p, &info);
+        }
         r->p = r->owned_p;
     } else {
         r->p = o->placement;
@@ -1838,6 +1843,7 @@ void epm_run_result_destroy(epm_run_result *res)
     epm_free(res->t_done);
     epm_free(res->t_token);
     epm_trace_destroy(res->trace);
+    epm_placement_destroy(res->placement);
     epm_free(res->report.bytes);
     epm_free(res->report.kv_bytes);
     epm_free(res->report.rank_load);
@@ -2535,6 +2541,12 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
     }
     res->report.max_num_seqs = r.max_seqs;
+    EPM_CHECK_GOTO(sync(&r, epm_placement_clone(r.p, &res->placement)), st, fail_gen);
+    {
+        epm_placement_info info = *epm_placement_get_info(res->placement);
+        info.mode = o->mode;
+        epm_placement_set_info(res->placement, &info);
+    }
     EPM_CHECK_GOTO(collect_trace(&r, res), st, fail_gen);
     /* the report: counted bytes and loads summed over ranks */
     epm_run_report *rep = &res->report;

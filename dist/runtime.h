@@ -282,6 +282,8 @@ typedef struct epm_run_result {
     int32_t *prompt_top_ids; /* [total prefill tokens][prompt_top] */
     float *prompt_top_lp;    /* [total prefill tokens][prompt_top] */
     epm_trace *trace;   /* rank 0: the routing of every MoE layer, prefill then decode tokens */
+    epm_placement *placement; /* every rank: the placement the last pass ran under (online rebalancing's
+                                 last; else the run's own), its info's mode the run's */
     double *t_arrive;   /* [batch] seconds from the run's start to each sequence's arrival (0 offline), */
     double *t_admit;    /*         to the pass that admitted it, */
     double *t_first;    /*         to the end of the pass that made its first token (NaN: none), */

@@ -176,6 +176,8 @@ static const char usage[] =
     "  --eplb-window W          the passes whose loads count (default N)\n"
     "  --eplb-slots S           experts a rank holds a MoE layer (default: the placement's most; the\n"
     "                           memory check counts S)\n"
+    "  --placement-out FILE     the placement the last pass ran under (online rebalancing's last,\n"
+    "                           learnt from the traffic: a --placement for the next run), as JSON\n"
     "  --a2a T                  row exchange: alltoallv (default), p2p, staged (MPI through pinned host\n"
     "                           memory, CUDA builds), nccl (one rank per GPU); EPM_A2A sets the default\n"
     "  --hier auto|on|off       hierarchical exchange between nodes (Tutel's 2DH); default auto\n"
@@ -193,7 +195,7 @@ enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY
        O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
        O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK, O_PLOGPROBS, O_MAXSEQS, O_SEPPRE,
        O_RATE, O_BURST, O_ASEED, O_MNBT, O_MTT, O_ARRFROM, O_TSCALE, O_PREFIX, O_PWAIT, O_EPLBI,
-       O_EPLBW, O_EPLBS };
+       O_EPLBW, O_EPLBS, O_POUT };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_OUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -228,7 +230,7 @@ static const struct option opts[] = {
     {"arrivals-from", required_argument, 0, O_ARRFROM}, {"time-scale", required_argument, 0, O_TSCALE},
     {"enable-prefix-caching", no_argument, 0, O_PREFIX}, {"prefix-caching-wait", required_argument, 0, O_PWAIT},
     {"eplb-interval", required_argument, 0, O_EPLBI}, {"eplb-window", required_argument, 0, O_EPLBW},
-    {"eplb-slots", required_argument, 0, O_EPLBS},
+    {"eplb-slots", required_argument, 0, O_EPLBS}, {"placement-out", required_argument, 0, O_POUT},
     {0, 0, 0, 0}};
 
 /* The checkpoint file (a name in dir) that out would overwrite, or NULL:
@@ -593,7 +595,8 @@ int epm_cli_run(int argc, char **argv)
     epm_run_opts o;
     memset(&o, 0, sizeof o);
     o.ops = "blas";
-    const char *input = NULL, *place = NULL, *rft = NULL, *tout = NULL, *lout = NULL, *oout = NULL;
+    const char *input = NULL, *place = NULL, *rft = NULL, *tout = NULL, *lout = NULL, *oout = NULL,
+               *pout = NULL;
     gen_flags gf;
     memset(&gf, 0, sizeof gf);
     int32_t stop_ids[2 * EPM_MAX_STOP_IDS];
@@ -765,6 +768,7 @@ int epm_cli_run(int argc, char **argv)
             if (!cli_parse_int(W, "--eplb-window", optarg, 1, INT32_MAX, &v)) return EPM_EXIT_USAGE;
             o.eplb_window = (int)v;
             break;
+        case O_POUT: pout = optarg; break;
         case O_EPLBS:
             if (!cli_parse_int(W, "--eplb-slots", optarg, 1, INT32_MAX, &v)) return EPM_EXIT_USAGE;
             o.eplb_slots = (int)v;
@@ -842,17 +846,17 @@ int epm_cli_run(int argc, char **argv)
     if (o.prompt_logprobs_on && !json && !oout)
         return cli_usage_error(W, "--prompt-logprobs %d: logprobs come with --json or --output",
                                o.prompt_top_logprobs);
-    const char *outs[] = {tout, lout, oout};
+    const char *outs[] = {tout, lout, oout, pout};
     const char *ins[] = {input, place, rft};
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         for (int j = 0; j < 3; j++)
             if (outs[i] && ins[j] && cli_same_file(outs[i], ins[j]))
                 return cli_usage_error(W, "output '%s' would overwrite an input", outs[i]);
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         for (int j = 0; j < i; j++)
             if (outs[i] && outs[j] && (!strcmp(outs[i], outs[j]) || cli_same_file(outs[i], outs[j])))
                 return cli_usage_error(W, "'%s' is given as two outputs", outs[i]);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         const char *hit = outs[i] ? model_file_clash(o.model_dir, outs[i]) : NULL;
         if (hit)
             return cli_usage_error(W, "output '%s' would overwrite the checkpoint's %s", outs[i], hit);
@@ -974,6 +978,8 @@ int epm_cli_run(int argc, char **argv)
             rc = EPM_EXIT_FAIL;
     } else if (rank == 0) {
         if (tout && (st = epm_trace_save(res->trace, tout)) != EPM_OK)
+            rc = cli_fail(W, st);
+        if (pout && (st = epm_placement_save_json(res->placement, pout)) != EPM_OK)
             rc = cli_fail(W, st);
         if (lout && res->logits && (st = write_logits(lout, res, o.keep_logits)) != EPM_OK)
             rc = cli_fail(W, st);

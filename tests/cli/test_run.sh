@@ -528,10 +528,19 @@ has "$d/err" "with --json"
 # online rebalancing: 3 ranks, a pass a prompt token (chunks of 1), rebalanced every 2 passes with a
 # spare slot each: the same tokens as the static run, the rebalances in the report, text and JSON
 check "--eplb-interval" 0 run -np 3 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report \
-  --prefill-chunk 1 --eplb-interval 2 --eplb-slots 4
+  --prefill-chunk 1 --eplb-interval 2 --eplb-slots 4 --placement-out "$d/learnt.json"
 [ "$(gj "d['generated'], d['report']['eplb']['rebalances'] == (5 + 2 - 1) // 2, d['report']['eplb']['experts_moved'] > 0")" = \
   "$(python3 -c "import json; print((json.load(open('$d/onepass.json'))['generated'], True, True))")" ] ||
   fail "--eplb-interval: $(head -c 300 "$d/out")"
+# the placement it learnt: eplb's, 4 slots a rank, and a --placement for the next run (the same tokens)
+has "$d/learnt.json" '"method": "eplb"'
+check "--placement-out as --placement" 0 run -np 3 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 \
+  --json --placement "$d/learnt.json"
+[ "$(gj "d['generated']")" = "$(python3 -c "import json; print(json.load(open('$d/onepass.json'))['generated'])")" ] ||
+  fail "--placement-out: the learnt placement gives other tokens"
+check "--placement-out over the placement" 2 "$E" run --model "$m" --input "$d/in.json" --placement "$d/learnt.json" \
+  --placement-out "$d/learnt.json"
+has "$d/err" "would overwrite an input"
 if full; then
   check "--eplb-interval, text report" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 \
     --report --prefill-chunk 1 --eplb-interval 1 --eplb-window 1 --eplb-slots 5
@@ -554,5 +563,6 @@ has "$d/out" "--arrivals-from FILE"
 has "$d/out" "--enable-prefix-caching"
 has "$d/out" "--prefix-caching-wait N"
 has "$d/out" "--eplb-interval N"
+has "$d/out" "--placement-out FILE"
 
 checks_done "all run CLI checks passed"

@@ -1915,6 +1915,24 @@ static void test_run_eplb(void **state)
                     assert_memory_equal(epm_trace_ids(res[1]->trace, l), epm_trace_ids(res[0]->trace, l),
                                         (size_t)total * 2 * sizeof(int32_t));
             }
+            /* the placement the last pass ran under: the static run's own (contiguous), the rebalanced
+             * run's within its slots, and under the hot routing experts 0 and 1 replicated wherever they can be */
+            for (int on = 0; on < 2; on++) {
+                const epm_placement *fp = res[on]->placement;
+                assert_non_null(fp);
+                assert_int_equal(epm_placement_validate(fp, on ? slots : 0), EPM_OK);
+                assert_int_equal(epm_placement_get_info(fp)->mode, (epm_mode)mode);
+                assert_string_equal(epm_placement_get_info(fp)->method, on ? "eplb" : "contiguous");
+                for (int l = 0; l < 4; l++)
+                    for (int e = 0; e < 8; e++) {
+                        const int *reps;
+                        const int n = epm_placement_replicas(fp, l, e, &reps);
+                        if (!on)
+                            assert_true(n == 1 && reps[0] == e * R / 8);
+                        if (on && replay && e < 2)
+                            assert_true(n >= (R * slots - 8 >= 2 ? 2 : 1));
+                    }
+            }
             int64_t most[2], sum[2];
             rank_loads(a, &most[0], &sum[0]);
             rank_loads(b, &most[1], &sum[1]);
