@@ -719,16 +719,17 @@ epm_status epm_model_set_dense_dtype(epm_model *m, epm_dtype want, epm_dtype *go
     return EPM_OK;
 }
 
-/* Frees f if this model owns it (a copy or FP8 scales); mapped data is the
- * file's and stays where it is. */
-static void disown(epm_model *m, const void *f)
+/* Frees f if this model owns it (a copy or FP8 scales): 1; else 0 (mapped
+ * data, the file's). */
+static int disown(epm_model *m, const void *f)
 {
     for (int i = m->nowned - 1; f && i >= 0; i--)
         if (m->owned[i] == f) {
             epm_free(m->owned[i]);
             m->owned[i] = m->owned[--m->nowned];
-            return;
+            return 1;
         }
+    return 0;
 }
 
 epm_status epm_model_drop_experts(epm_model *m, int layer, const int *experts, int n)
@@ -748,8 +749,11 @@ epm_status epm_model_drop_experts(epm_model *m, int layer, const int *experts, i
         if (!slot->gate)
             continue;
         const void *held[6] = {slot->gate, slot->up, slot->down, slot->scale[0], slot->scale[1], slot->scale[2]};
+        const size_t bytes = (size_t)slot->ffn * (size_t)c->hidden_size *
+                             (slot->dtype == EPM_DTYPE_F8_E4M3 ? 1 : slot->dtype == EPM_DTYPE_BF16 ? 2 : 4);
         for (int j = 0; j < 6; j++)
-            disown(m, held[j]);
+            if (!disown(m, held[j]) && j < 3) /* mapped: its pages leave the resident set */
+                epm_st_unneeded(held[j], bytes);
         memset(slot, 0, sizeof *slot);
     }
     return EPM_OK;

@@ -193,6 +193,14 @@ epm_status epm_st_open(const char *path, epm_safetensors **out)
     return EPM_OK;
 }
 
+void epm_st_unneeded(const void *p, size_t bytes)
+{
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)p, b = a + bytes;
+    const uintptr_t lo = (a + page - 1) / page * page, hi = b / page * page; /* (whole pages only) */
+    if (p && page > 0 && hi > lo)
+        (void)madvise((void *)lo, hi - lo, MADV_DONTNEED); /* (read-only file pages: a later read faults them in) */
+}
+
 void epm_st_close(epm_safetensors *s)
 {
     if (!s)

@@ -54,4 +54,11 @@ epm_status epm_st_writer_add(epm_st_writer *w, const char *name, epm_dtype dtype
 epm_status epm_st_writer_save(epm_st_writer *w, const char *path);
 void epm_st_writer_destroy(epm_st_writer *w);
 
+/* Tells the kernel that the mapped bytes p[0..bytes) of an open file are
+ * not needed for now (their whole pages leave this process's resident set;
+ * reading them again faults them back in from the file): online
+ * rebalancing's dropped experts. p must lie in a file's read-only mapping
+ * (anonymous memory would lose its contents). */
+void epm_st_unneeded(const void *p, size_t bytes);
+
 #endif

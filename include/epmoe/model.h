@@ -270,9 +270,9 @@ EPM_API epm_status epm_model_set_expert_dtype(epm_model *m, epm_dtype want, epm_
  * held bf16). Call before epm_model_load_dense (EPM_ERR_INVALID_ARG after). */
 EPM_API epm_status epm_model_set_dense_dtype(epm_model *m, epm_dtype want, epm_dtype *got);
 /* Forgets routed experts experts[0..n) of a MoE layer (online rebalancing
- * moved them elsewhere): the copies this model made of them are freed (mapped
- * ones are the file's pages, which the kernel reclaims); pointers to them are
- * no longer valid. One not loaded is skipped; loading it again reads it again. */
+ * moved them elsewhere): the copies this model made of them are freed, and
+ * mapped ones' pages leave the resident set (madvise; the file keeps them);
+ * pointers to them are no longer valid. One not loaded is skipped; loading it again reads it again. */
 EPM_API epm_status epm_model_drop_experts(epm_model *m, int layer, const int *experts, int n);
 /* Weights of an expert already loaded, or NULL. */
 EPM_API const epm_model_mlp *epm_model_expert(const epm_model *m, int layer, int expert);

@@ -456,6 +456,59 @@ static void test_model_drop_experts(void **state)
     epm_clear_error();
 }
 
+/* kB of file-backed pages this process has resident (Linux's RssFile), -1 where unknown */
+static long rss_file_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "RssFile: %ld kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+/* A dropped expert held as stored (its bf16 pages mapped, not copied)
+ * leaves the resident set: its 3 MB of pages are given back at once, not
+ * whenever the kernel reclaims them; read again, the same values. */
+static void test_model_drop_unmaps(void **state)
+{
+    (void)state;
+    if (rss_file_kb() < 0)
+        skip();
+    epm_model_synth_opts o;
+    epm_model_synth_opts_init(&o);
+    o.arch = EPM_MODEL_MIXTRAL;
+    o.hidden = 256;
+    o.layers = 1;
+    o.experts = 2;
+    o.k = 1;
+    o.ffn = 2048; /* 1 MB a matrix in bf16 */
+    o.heads = 4;
+    o.kv_heads = 2;
+    o.vocab = 32;
+    o.dtype = EPM_DTYPE_BF16;
+    o.seed = 3;
+    const char *dir = tu_path("drop_unmaps");
+    assert_int_equal(epm_model_synth(&o, dir), EPM_OK);
+    epm_model *m;
+    assert_int_equal(epm_model_open(dir, &m), EPM_OK);
+    assert_int_equal(epm_model_set_expert_dtype(m, EPM_DTYPE_BF16, NULL), EPM_OK);
+    epm_model_mlp e;
+    const long before = rss_file_kb();
+    assert_int_equal(epm_model_load_experts(m, 0, (int[]){1}, 1, &e), EPM_OK); /* (its pages faulted in) */
+    uint16_t first = ((const uint16_t *)e.down)[12345];
+    const long loaded = rss_file_kb();
+    assert_true(loaded - before >= 2900);
+    assert_int_equal(epm_model_drop_experts(m, 0, (int[]){1}, 1), EPM_OK);
+    assert_true(loaded - rss_file_kb() >= 2900);
+    assert_int_equal(epm_model_load_experts(m, 0, (int[]){1}, 1, &e), EPM_OK);
+    assert_int_equal(((const uint16_t *)e.down)[12345], first);
+    epm_model_close(m);
+}
+
 /* A matrix held bf16 and its float32 widening: the same values, bit for bit. */
 static void same_widened(epm_weight a, epm_weight b, int64_t n)
 {
@@ -1289,6 +1342,7 @@ int main(void)
         cmocka_unit_test(test_model_bf16_bulk_conversions),
         cmocka_unit_test(test_model_fp8_rows),
         cmocka_unit_test(test_model_experts_kept_bf16), cmocka_unit_test(test_model_drop_experts),
+        cmocka_unit_test(test_model_drop_unmaps),
         cmocka_unit_test(test_model_dense_kept_bf16),
         cmocka_unit_test(test_model_missing_tensor),
         cmocka_unit_test(test_model_shard_errors),
