@@ -451,6 +451,8 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
  * that a typo is a usage error naming it, not a failure after the first runs
  * (nor, for numbers, atof's silent 0). kind: 'm' mode, 'p' placement method,
  * 't' TA strength, 'c' MoD capacity (the ranges of epmoe run's options). */
+enum { BENCH_MAX_METHODS = 16 };
+
 static int check_list(const char *W, const char *opt, const char *list, size_t room, int kind)
 {
     char buf[256];
@@ -478,6 +480,10 @@ static int check_list(const char *W, const char *opt, const char *list, size_t r
     }
     if (!n) {
         cli_usage_error(W, "option %s: '%s' lists nothing", opt, list);
+        return 0;
+    }
+    if (kind == 'p' && n > BENCH_MAX_METHODS) {
+        cli_usage_error(W, "option %s: '%s' lists %d methods, at most %d", opt, list, n, BENCH_MAX_METHODS);
         return 0;
     }
     /* the ratio columns divide by the first method's row */
@@ -935,7 +941,7 @@ int epm_bench_run(int argc, char **argv)
         /* every method's placement first (rank 0 plans: the ILP's time limit could make ranks differ; the
          * others read its file), then the repetitions alternate over them, so that a machine that drifts
          * (another job, its clock) shifts every method's runs alike */
-        enum { MAXM = 16 };
+        enum { MAXM = BENCH_MAX_METHODS };
         struct meth {
             char name[32];
             int online;
@@ -949,11 +955,8 @@ int epm_bench_run(int argc, char **argv)
         char *save = NULL;
         const int need = (hc->num_experts + R - 1) / R,
                   spare = (int)(slots ? slots : need < hc->num_experts ? need + 1 : need);
-        for (char *mt = strtok_r(methods, ",", &save); mt && rc == EPM_EXIT_OK; mt = strtok_r(NULL, ",", &save)) {
-            if (nm == MAXM) {
-                rc = cli_usage_error(W, "--methods: at most %d", MAXM);
-                break;
-            }
+        for (char *mt = strtok_r(methods, ",", &save); mt && rc == EPM_EXIT_OK && nm < MAXM;
+             mt = strtok_r(NULL, ",", &save)) {
             struct meth *me_ = &mm[nm];
             memset(me_, 0, sizeof *me_);
             snprintf(me_->name, sizeof me_->name, "%s", mt);

@@ -87,7 +87,7 @@ epm_status epm_eplb_rebalance(rt *r)
             const epm_model_mlp *w = epm_model_expert(r->m, l, lose[i]);
             gone[3 * i] = w ? w->gate : NULL, gone[3 * i + 1] = w ? w->up : NULL, gone[3 * i + 2] = w ? w->down : NULL;
         }
-        if (r->cuda)
+        if (r->cuda && nl > 0)
             st = epm_ops_cuda_forget(gone, 3 * nl);
         if (st == EPM_OK)
             st = epm_model_drop_experts(r->m, l, lose, nl);

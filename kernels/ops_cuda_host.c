@@ -201,6 +201,8 @@ epm_status epm_ops_cuda_forget(const void **hosts, int n)
 {
     if (n < 0 || (n > 0 && !hosts))
         return epm_fail(EPM_ERR_INVALID_ARG, "epm_ops_cuda_forget: %d pointers", n);
+    if (n == 0)
+        return EPM_OK;
     pthread_mutex_lock(&lock);
     epm_status st = EPM_OK;
     wentry *t = S.cap ? epm_calloc(S.cap, sizeof *t) : NULL;
@@ -213,7 +215,7 @@ epm_status epm_ops_cuda_forget(const void **hosts, int n)
             wentry *e = &S.tab[i];
             if (!e->host)
                 continue;
-            if (n > 0 && bsearch(&e->host, hosts, (size_t)n, sizeof *hosts, by_address)) {
+            if (bsearch(&e->host, hosts, (size_t)n, sizeof *hosts, by_address)) {
                 S.G->free(S.g, e->dev);
                 S.bytes -= (int64_t)e->bytes;
                 continue;

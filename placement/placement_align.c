@@ -11,6 +11,8 @@
 #include "epmoe/placement.h"
 #include "core.h"
 
+enum { EPM_ALIGN_MAX_RANKS = 2048 };
+
 typedef struct hungarian {
     int64_t *u, *v, *minv;
     int *p, *way;
@@ -79,6 +81,9 @@ epm_status epm_placement_align(const epm_placement *to, const epm_placement *p, 
         return epm_fail(EPM_ERR_MISMATCH, "epm_placement_align: %d layers x %d experts on %d x %d ranks against "
                         "%d x %d on %d x %d", L, E, N, G, epm_placement_layers(to), epm_placement_experts(to),
                         ct->nodes, ct->gpus_per_node);
+    /* (the dense R x R count of shared experts: a few MB up to this many ranks; beyond, p as named) */
+    if (R > EPM_ALIGN_MAX_RANKS)
+        return epm_placement_clone(p, out);
     const int M = N > G ? N : G;
     /* stay[a][b]: experts p's rank a and to's rank b both hold */
     int *stay = epm_malloc((size_t)R * R * sizeof *stay), *node_w = epm_malloc((size_t)N * N * sizeof *node_w);
@@ -96,7 +101,7 @@ epm_status epm_placement_align(const epm_placement *to, const epm_placement *p, 
             const int na = epm_placement_replicas(p, l, e, &ra), nb = epm_placement_replicas(to, l, e, &rb);
             for (int x = 0; x < na; x++)
                 for (int y = 0; y < nb; y++)
-                    stay[ra[x] * R + rb[y]]++;
+                    stay[(size_t)ra[x] * R + rb[y]]++;
         }
         /* the best renaming of p's node i's ranks onto to's node j's, for every (i, j); then of the nodes */
         for (int i = 0; i < N; i++)

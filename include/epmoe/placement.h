@@ -57,7 +57,8 @@ EPM_API int epm_placement_has(const epm_placement *p, int layer, int expert, int
  * time) so that as many of its replicas as possible stay on ranks that hold
  * them in `to` (an optimal assignment): the same balance and traffic (nodes
  * are alike to the cost model, and a node's ranks), the fewest experts moved
- * between the two. Same shape and cluster required (EPM_ERR_MISMATCH). */
+ * between the two; beyond 2048 ranks, a copy of p. Same shape and cluster
+ * required (EPM_ERR_MISMATCH). */
 EPM_API epm_status epm_placement_align(const epm_placement *to, const epm_placement *p, epm_placement **out);
 
 /* Checks that every expert of every layer has a replica and, when

@@ -759,6 +759,8 @@ usage run --batch x --model "$m" --batch x
 usage run --kernels foo --model "$m" --kernels foo
 usage run --methods foo --model "$m" --methods contiguous,foo
 usage run --plan-seed -1 --model "$m" --plan-seed -1
+usage run --methods "" --model "$m" --methods contiguous,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb
+has "$d/err" "lists 17 methods, at most 16"
 usage run --eplb-interval 0 --model "$m" --eplb-interval 0
 usage run --eplb-interval "" --model "$m" --methods contiguous,eplb --eplb-interval 2
 has "$d/err" "the 'online' method's, which --methods (contiguous,eplb) does not list"
