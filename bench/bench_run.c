@@ -948,7 +948,9 @@ int epm_bench_run(int argc, char **argv)
             epm_placement *p;
             double pf, dc;
             int64_t bytes[3], kv, maxload, kvmem;
-            epm_run_report eplb; /* online's rebalances, the last repetition's */
+            int rebalances; /* online's, the last repetition's: */
+            int64_t moved, read;
+            double t_eplb;
         } mm[MAXM];
         int nm = 0;
         snprintf(methods, sizeof methods, "%s", methods_s);
@@ -1053,10 +1055,10 @@ int epm_bench_run(int argc, char **argv)
                         me_->maxload = r->rank_load[l * R + q] > me_->maxload ? r->rank_load[l * R + q] : me_->maxload;
                 }
                 me_->kvmem = r->kv_cache_bytes_max;
-                me_->eplb.eplb_rebalances = r->eplb_rebalances;
-                me_->eplb.eplb_moved = r->eplb_moved;
-                me_->eplb.eplb_bytes = r->eplb_bytes;
-                me_->eplb.t_eplb = r->t_eplb;
+                me_->rebalances = r->eplb_rebalances;
+                me_->moved = r->eplb_moved;
+                me_->read = r->eplb_bytes;
+                me_->t_eplb = r->t_eplb;
                 epm_run_result_destroy(res);
             }
         warm = 0;
@@ -1074,8 +1076,8 @@ int epm_bench_run(int argc, char **argv)
                        base_b > 0 ? b / base_b : b > 0 ? INFINITY : 1.0, (long long)me_->kvmem);
             if (me == 0 && !csv && me_->online)
                 printf("# online: %d rebalances (every %ld passes), %lld experts moved, %.1f MB read, %.3f s\n",
-                       me_->eplb.eplb_rebalances, eplb_interval, (long long)me_->eplb.eplb_moved,
-                       (double)me_->eplb.eplb_bytes / 1e6, me_->eplb.t_eplb);
+                       me_->rebalances, eplb_interval, (long long)me_->moved, (double)me_->read / 1e6,
+                       me_->t_eplb);
         }
         fflush(stdout);
         for (int i = 0; i < nm; i++)

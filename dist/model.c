@@ -614,19 +614,34 @@ epm_status epm_model_load_dense(epm_model *m, const epm_model_dense **out)
     return EPM_OK;
 }
 
-epm_status epm_model_load_experts(epm_model *m, int layer, const int *experts, int n, epm_model_mlp *out)
+/* The arguments of a call about experts experts[0..n) of MoE layer `layer`
+ * (fn: the call's name), the experts' numbers aside. */
+static epm_status experts_args(const epm_model *m, const char *fn, int layer, const int *experts, int n)
 {
     if (!m || (n > 0 && !experts) || n < 0)
-        return epm_fail(EPM_ERR_INVALID_ARG, "epm_model_load_experts: NULL argument or negative count");
-    const epm_model_config *c = &m->cfg;
-    if (layer < 0 || layer >= c->num_layers || !c->moe_layer[layer])
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s: NULL argument or negative count", fn);
+    if (layer < 0 || layer >= m->cfg.num_layers || !m->cfg.moe_layer[layer])
         return epm_fail(EPM_ERR_INVALID_ARG, "%s: layer %d is not a MoE layer of this %d-layer model", m->dir, layer,
-                        c->num_layers);
+                        m->cfg.num_layers);
+    return EPM_OK;
+}
+
+/* EPM_OK where e is an expert of the model, else the error that says so */
+static epm_status expert_of(const epm_model *m, int layer, int e)
+{
+    if (e >= 0 && e < m->cfg.num_experts)
+        return EPM_OK;
+    return epm_fail(EPM_ERR_INVALID_ARG, "%s: expert %d of layer %d does not exist (%d experts)", m->dir, e, layer,
+                    m->cfg.num_experts);
+}
+
+epm_status epm_model_load_experts(epm_model *m, int layer, const int *experts, int n, epm_model_mlp *out)
+{
+    EPM_CHECK(experts_args(m, "epm_model_load_experts", layer, experts, n));
+    const epm_model_config *c = &m->cfg;
     for (int i = 0; i < n; i++) {
         int e = experts[i];
-        if (e < 0 || e >= c->num_experts)
-            return epm_fail(EPM_ERR_INVALID_ARG, "%s: expert %d of layer %d does not exist (%d experts)", m->dir, e,
-                            layer, c->num_experts);
+        EPM_CHECK(expert_of(m, layer, e));
         epm_model_mlp *slot = &m->experts[(size_t)layer * (size_t)c->num_experts + (size_t)e];
         if (!slot->gate) {
             epm_model_mlp w;
@@ -734,16 +749,10 @@ static int disown(epm_model *m, const void *f)
 
 epm_status epm_model_drop_experts(epm_model *m, int layer, const int *experts, int n)
 {
-    if (!m || (n > 0 && !experts) || n < 0)
-        return epm_fail(EPM_ERR_INVALID_ARG, "epm_model_drop_experts: NULL argument or negative count");
+    EPM_CHECK(experts_args(m, "epm_model_drop_experts", layer, experts, n));
     const epm_model_config *c = &m->cfg;
-    if (layer < 0 || layer >= c->num_layers || !c->moe_layer[layer])
-        return epm_fail(EPM_ERR_INVALID_ARG, "%s: layer %d is not a MoE layer of this %d-layer model", m->dir, layer,
-                        c->num_layers);
-    for (int i = 0; i < n; i++)
-        if (experts[i] < 0 || experts[i] >= c->num_experts)
-            return epm_fail(EPM_ERR_INVALID_ARG, "%s: expert %d of layer %d does not exist (%d experts)", m->dir,
-                            experts[i], layer, c->num_experts);
+    for (int i = 0; i < n; i++) /* (all before any is dropped) */
+        EPM_CHECK(expert_of(m, layer, experts[i]));
     for (int i = 0; i < n; i++) {
         epm_model_mlp *slot = &m->experts[(size_t)layer * (size_t)c->num_experts + (size_t)experts[i]];
         if (!slot->gate)
