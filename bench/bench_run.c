@@ -51,6 +51,9 @@ static const char usage[] =
     "  --affinity A         cross-layer affinity of the trace (default 0.8)\n"
     "  --plan-seed S        plan from a trace of seed S (other hot experts: a stale forecast), the\n"
     "                       runs still replaying seed 7's (default: plan from the replayed trace)\n"
+    "  --drift N            routing that changes within the run: every N tokens of the trace (in\n"
+    "                       the order the prompts and then the new tokens are numbered) other\n"
+    "                       experts are hot; the plans see the whole run's mixture (default: none)\n"
     "  --methods LIST       placements, comma separated, contiguous first (the baseline;\n"
     "                       default contiguous,eplb,ilp); 'online': contiguous with online\n"
     "                       rebalancing (epmoe run --eplb-interval, at --eplb-interval)\n"
@@ -147,7 +150,7 @@ static const char usage[] =
 
 enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT, O_MAXSEQS, O_CONT, O_SEPPRE, O_RATES,
        O_BURST, O_CHUNK, O_MNBT, O_MTT, O_NPROMPTS, O_TARR, O_TSCALE,
-       O_PREFIX, O_SHPRE, O_TURNS, O_TURNTOK, O_EPLBI, O_EPLBW, O_PSEED };
+       O_PREFIX, O_SHPRE, O_TURNS, O_TURNTOK, O_EPLBI, O_EPLBW, O_PSEED, O_DRIFT };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -173,7 +176,7 @@ static const struct option opts[] = {
     {"prefix-caching", no_argument, 0, O_PREFIX},      {"shared-prefix", required_argument, 0, O_SHPRE},
     {"turns", required_argument, 0, O_TURNS},          {"turn-tokens", required_argument, 0, O_TURNTOK},
     {"eplb-interval", required_argument, 0, O_EPLBI},  {"eplb-window", required_argument, 0, O_EPLBW},
-    {"plan-seed", required_argument, 0, O_PSEED},
+    {"plan-seed", required_argument, 0, O_PSEED},      {"drift", required_argument, 0, O_DRIFT},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
@@ -513,6 +516,7 @@ int epm_bench_run(int argc, char **argv)
     long eplb_interval = 4, eplb_window = 0; /* the 'online' method's */
     int eplb_given = 0;
     long plan_seed = -1; /* >= 0: plans made from another trace than the one replayed */
+    long drift = 0;      /* > 0: the trace's hot experts change every this many tokens */
     int turn_tok_given = 0, max_seqs_given = 0, *turn_lens = NULL;
     int32_t **turn_prompts = NULL; /* --turns' batch */
     double time_scale = 1, *scaled = NULL; /* the trace's arrivals times --time-scale */
@@ -573,6 +577,9 @@ int epm_bench_run(int argc, char **argv)
         case O_EPLBI:
             if (!cli_parse_int(W, "--eplb-interval", optarg, 1, INT32_MAX, &eplb_interval)) return EPM_EXIT_USAGE;
             eplb_given = 1;
+            break;
+        case O_DRIFT:
+            if (!cli_parse_int(W, "--drift", optarg, 1, INT32_MAX, &drift)) return EPM_EXIT_USAGE;
             break;
         case O_PSEED:
             if (!cli_parse_int(W, "--plan-seed", optarg, 0, INT32_MAX, &plan_seed)) return EPM_EXIT_USAGE;
@@ -687,6 +694,10 @@ int epm_bench_run(int argc, char **argv)
                 snprintf(given + strlen(given), sizeof given - strlen(given), "%s%s", *given ? " and " : "", name[i]);
         return cli_usage_error(W, "%s: each is a bench of its own; give one", given);
     }
+    /* the replayed trace is the placements' comparison's alone; the other benches route live */
+    if ((drift || plan_seed >= 0) && (ta_list || mod || dtypes || mla || kvdt || widt || chunks || conts || online || prefix))
+        return cli_usage_error(W, "%s shapes the trace that the placements' comparison replays; the other benches "
+                               "route live", drift ? "--drift" : "--plan-seed");
     /* as epmoe run refuses it, before any run */
     if (wire == CLI_WIRE_FP8 && strstr(modes_s, "follow"))
         return cli_usage_error(W, "--wire-dtype fp8 is for home mode, and --modes '%s' has follow", modes_s);
@@ -884,6 +895,7 @@ int epm_bench_run(int argc, char **argv)
     so.zipf_s = zipf;
     so.affinity = aff;
     so.seed = 7;
+    so.drift_tokens = drift;
     st = epm_trace_synth(&so, &t);
     if (st == EPM_OK && plan_seed >= 0) { /* the forecast the plans are made from: other hot experts */
         so.seed = (uint64_t)plan_seed;
@@ -909,6 +921,8 @@ int epm_bench_run(int argc, char **argv)
                model, R, cl.nodes, shape, zipf, aff, cli_wire_dtypes[wire]);
     if (me == 0 && !csv && tplan)
         printf("# plans made from a trace of seed %ld (a stale forecast); the runs replay seed 7's\n", plan_seed);
+    if (me == 0 && !csv && drift > 0)
+        printf("# routing drifts: other experts hot every %ld tokens of the trace\n", drift);
     if (me == 0 && !csv)
         epm_bench_print_blas();
     if (me == 0)

@@ -12,6 +12,7 @@
 #include "cpu_omp.h"
 #include "epm_config.h"
 #include "half.h"
+#include "epmoe/plan.h"
 #include "ops_cuda_host.h"
 #include "ops_gpu.h"
 #include "model_internal.h"
@@ -36,19 +37,20 @@ static epm_status sync(rt *r, epm_status st) { return epm_rt_sync(r, st); }
 
 static epm_status record_trace(rt *r, int ml, int64_t g, const int32_t *ids)
 {
-    int K = r->c->top_k;
+    const int K = r->c->top_k, W = EPM_REC_HEAD + K;
     if (r->n_rec == r->cap_rec) {
         int64_t cap = r->cap_rec ? 2 * r->cap_rec : 1024;
-        int32_t *n = epm_realloc(r->trace_rec, (size_t)cap * (size_t)(2 + K) * sizeof *n);
+        int32_t *n = epm_realloc(r->trace_rec, (size_t)cap * (size_t)W * sizeof *n);
         if (!n)
             return EPM_ERR_NOMEM;
         r->trace_rec = n;
         r->cap_rec = cap;
     }
-    int32_t *rec = r->trace_rec + r->n_rec++ * (2 + K);
+    int32_t *rec = r->trace_rec + r->n_rec++ * W;
     rec[0] = ml;
     rec[1] = (int32_t)g;
-    memcpy(rec + 2, ids, (size_t)K * sizeof *ids);
+    rec[2] = (int32_t)r->pass_no;
+    memcpy(rec + EPM_REC_HEAD, ids, (size_t)K * sizeof *ids);
     return EPM_OK;
 }
 
@@ -1948,26 +1950,36 @@ static epm_status collect_trace(rt *r, epm_run_result *res)
     int K = r->c->top_k;
     void *all = NULL;
     int64_t nb = 0;
-    EPM_CHECK(epm_xcomm_gather_bytes(r->x, r->trace_rec, r->n_rec * (2 + K) * (int64_t)sizeof(int32_t), &all, &nb));
+    const int W = EPM_REC_HEAD + K;
+    EPM_CHECK(epm_xcomm_gather_bytes(r->x, r->trace_rec, r->n_rec * W * (int64_t)sizeof(int32_t), &all, &nb));
     if (r->me != 0)
         return EPM_OK;
     /* prefill and every decoded token (a prompt position prefix caching copied is never recorded: its
-     * row stays -1, which plan eval skips, and every token keeps its index, which picks its replica) */
+     * row stays -1, which plan eval skips, its pass -1, and every token keeps its index, which picks its
+     * replica) */
     const int64_t total = r->dec_base;
     epm_status st = epm_trace_create(r->moe_layers, total, K, r->c->num_experts, &res->trace);
     int32_t *seq = epm_malloc((size_t)(total ? total : 1) * sizeof *seq);
-    if (st == EPM_OK && seq) {
+    int32_t *pass = epm_malloc((size_t)(total ? total : 1) * sizeof *pass);
+    if (st == EPM_OK && seq && pass) {
         const int32_t *rec = all;
-        int64_t nrec = nb / (int64_t)((2 + K) * sizeof(int32_t));
-        for (int64_t i = 0; i < nrec; i++, rec += 2 + K)
-            memcpy(epm_trace_ids(res->trace, rec[0]) + (int64_t)rec[1] * K, rec + 2, (size_t)K * sizeof *rec);
+        int64_t nrec = nb / (int64_t)(W * sizeof(int32_t));
+        for (int64_t gi = 0; gi < total; gi++)
+            pass[gi] = -1;
+        for (int64_t i = 0; i < nrec; i++, rec += W) {
+            memcpy(epm_trace_ids(res->trace, rec[0]) + (int64_t)rec[1] * K, rec + EPM_REC_HEAD, (size_t)K * sizeof *rec);
+            pass[rec[1]] = rec[2];
+        }
         for (int64_t gi = 0; gi < total; gi++)
             seq[gi] = gi < r->N ? seq_of(r, gi) : r->dec_seq[gi - r->N];
         st = epm_trace_set_seq_ids(res->trace, seq);
+        if (st == EPM_OK)
+            st = epm_trace_set_pass_ids(res->trace, pass);
     } else if (st == EPM_OK) {
         st = EPM_ERR_NOMEM;
     }
     epm_free(seq);
+    epm_free(pass);
     epm_free(all);
     return st;
 }
@@ -2496,6 +2508,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
         if (epm_eplb_due(o->eplb_interval, passes))
             EPM_CHECK_GOTO(epm_eplb_rebalance(&r), st, fail_gen);
+        r.pass_no = passes;
         r.eplb_counting = epm_eplb_counts(o->eplb_interval, o->eplb_window, passes++);
         EPM_CHECK_GOTO(run_pass(&r, &sp, prompts, &po, trace_of_run, res), st, fail_gen);
         /* a mixed pass's seconds are shared out by its tokens */

@@ -12,14 +12,6 @@
 #include "ops_cuda_host.h"
 #include "runtime_internal.h"
 
-int epm_eplb_counts(int interval, int window, int64_t pass)
-{
-    const int W = window > 0 ? window : interval;
-    return interval > 0 && pass % interval >= interval - W;
-}
-
-int epm_eplb_due(int interval, int64_t pass) { return interval > 0 && pass > 0 && pass % interval == 0; }
-
 /* the experts of MoE layer ml this rank gains (new has, old lacks) and loses */
 static void diff(const rt *r, const epm_placement *np, int ml, int *gain, int *ng, int *lose, int *nl)
 {
@@ -39,35 +31,14 @@ epm_status epm_eplb_rebalance(rt *r)
     const epm_model_config *c = r->c;
     const int L = r->moe_layers, E = c->num_experts;
     EPM_CHECK(epm_xcomm_sum_i64(r->x, r->eplb_load, L * E));
-    int64_t total = 0;
-    for (int i = 0; i < L * E; i++)
-        total += r->eplb_load[i];
-    epm_status st = EPM_OK;
-    epm_placement *np = NULL, *packed = NULL;
+    epm_placement *np = NULL;
     int *gain = NULL, *lose = NULL;
     const void **gone = NULL;
     int64_t moved = 0, read = -epm_model_bytes_loaded(r->m);
-    if (total == 0) /* (the window ran no MoE token: nothing to go by) */
+    epm_status st = epm_plan_rebalance(r->p, r->eplb_load, r->eplb_slots, &np);
+    if (st != EPM_OK || !np) /* (nothing to go by: the window ran no MoE token) */
         goto out;
-    st = epm_plan_from_loads(EPM_METHOD_EPLB, r->eplb_load, L, E, c->top_k, epm_placement_cluster(r->p),
-                             r->eplb_slots, &packed);
-    if (st == EPM_OK)
-        st = epm_placement_align(r->p, packed, &np); /* (a rebalance moves what changed) */
-    for (int ml = 0; ml < L && st == EPM_OK; ml++) { /* a layer the window ran no token through stays */
-        int64_t in = 0;
-        for (int e = 0; e < E; e++)
-            in += r->eplb_load[(size_t)ml * E + e];
-        if (in > 0)
-            continue;
-        epm_placement_clear_layer(np, ml);
-        for (int e = 0; e < E && st == EPM_OK; e++) {
-            const int *reps;
-            const int n = epm_placement_replicas(r->p, ml, e, &reps);
-            for (int k = 0; k < n && st == EPM_OK; k++)
-                st = epm_placement_add(np, ml, e, reps[k]);
-        }
-    }
-    epm_placement_destroy(packed);
+    moved = epm_placement_gains(r->p, np);
     gain = epm_malloc((size_t)E * sizeof *gain);
     lose = epm_malloc((size_t)E * sizeof *lose);
     gone = epm_malloc((size_t)3 * E * sizeof *gone);
@@ -76,9 +47,6 @@ epm_status epm_eplb_rebalance(rt *r)
         const int ml = r->moe_index[l];
         if (ml < 0)
             continue;
-        for (int e = 0; e < E; e++) /* (every rank's gains, which every rank can tell) */
-            for (int q = 0; q < r->R; q++)
-                moved += epm_placement_has(np, ml, e, q) && !epm_placement_has(r->p, ml, e, q);
         int ng, nl;
         diff(r, np, ml, gain, &ng, lose, &nl);
         /* dropped first: a rank never holds more than its slots; and on a GPU their device copies first

@@ -11,6 +11,8 @@
 #include "runtime.h"
 #include "xcomm.h"
 
+enum { EPM_REC_HEAD = 3 }; /* a trace record's MoE layer, token and pass, before its ids */
+
 enum { EPM_KV_F32, EPM_KV_BF16, EPM_KV_FP8 };
 
 typedef struct rt {
@@ -25,6 +27,7 @@ typedef struct rt {
     epm_placement *owned_p;
     int64_t *eplb_load;   /* [moe_layers][experts] this rank's gate choices in the window (online rebalancing) */
     int eplb_counting;    /* the pass running is in the window */
+    int64_t pass_no;      /* the pass running (non-empty ones, from 0: the trace's pass_ids) */
     int eplb_slots;
     int B, N, steps, max_len;
     int64_t total;     /* tokens of the whole run: prefill + decode */
@@ -44,7 +47,7 @@ typedef struct rt {
     epm_weight *mla_ukt; /* [layers] with the latent: kv_b's key half per head, transposed to
                             [heads][kv_lora][qk_nope] (as held), so that absorbing it into the
                             queries is a linear layer */
-    int32_t *trace_rec; /* [n_rec][2 + k]: moe layer, g, ids */
+    int32_t *trace_rec; /* [n_rec][EPM_REC_HEAD + k]: moe layer, g, pass, ids */
     int64_t n_rec, cap_rec;
     epm_run_report *rep;
     int64_t *bytes_local, *kv_local, *load_local, gather_local[EPM_LINK_COUNT];
@@ -227,12 +230,8 @@ void epm_wire_dispatch_put(const rt *r, float *row, int n, const float *h, const
 void epm_wire_dispatch_input(const rt *r, const float *row, int n, const float *norm, float *xin);
 void epm_wire_count(int floats, int64_t row_bytes, const int64_t sent[EPM_LINK_COUNT], int64_t *counted);
 
-/* Online rebalancing (runtime_eplb.c), every `interval` passes over the
- * last `window` (0: interval): whether the gate choices of the pass that
- * `pass` passes precede count, and whether the ranks rebalance before it
- * (collectively: epm_eplb_rebalance). */
-int epm_eplb_counts(int interval, int window, int64_t pass);
-int epm_eplb_due(int interval, int64_t pass);
+/* Online rebalancing (runtime_eplb.c) when epm_eplb_due (plan.h) says so:
+ * collectively, the ranks sum their counts and take the next placement. */
 epm_status epm_eplb_rebalance(rt *r);
 
 /* Collective agreement on st (every rank's first failure wins). */

@@ -66,13 +66,22 @@ static const char eval_usage[] =
     "  --kv-dim D            K+V width per token per layer for follow (default hidden/2; `epmoe model\n"
     "                        info` prints a model's)\n"
     "  --ffn F               expert FFN width, for modelled compute (default 14336)\n"
+    "  --eplb-interval N     a run with online rebalancing (epmoe run --eplb-interval N): the trace's\n"
+    "                        passes (its pass_ids, which run --trace-out records) replayed in order,\n"
+    "                        each token charged under the placement of its pass, every N passes a\n"
+    "                        new one taken from the loads of the window as the run takes it; the\n"
+    "                        placements named are where it starts\n"
+    "  --eplb-window W       the passes whose loads count (default N)\n"
+    "  --eplb-slots S        experts a rank holds a MoE layer (default: the placement's most)\n"
+    "  --placement-out FILE  the placement the last pass ran under (one placement, one mode), as\n"
+    "                        run --placement-out writes it\n"
     "  --per-layer           also print every layer\n"
     "  --json                JSON instead of text\n";
 
 enum {
     O_TRACE = 256, O_EXPERTS, O_METHOD, O_MODE, O_NODES, O_GPN, O_CLUSTER, O_INTRA, O_INTER, O_SLOTS, O_TLIM,
     O_GAP, O_HIDDEN, O_BW, O_TW, O_OUT, O_EPLB, O_JSON, O_QUIET, O_DTB, O_KV, O_FFN, O_PERLAYER, O_MODEL, O_WIRE,
-    O_HELP
+    O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_HELP
 };
 
 static const struct option plan_opts[] = {
@@ -88,7 +97,9 @@ static const struct option plan_opts[] = {
     {"quiet", no_argument, 0, O_QUIET},             {"dtype-bytes", required_argument, 0, O_DTB},
     {"kv-dim", required_argument, 0, O_KV},         {"ffn", required_argument, 0, O_FFN},
     {"per-layer", no_argument, 0, O_PERLAYER},      {"model", required_argument, 0, O_MODEL},
-    {"wire-dtype", required_argument, 0, O_WIRE},   {"help", no_argument, 0, O_HELP},
+    {"wire-dtype", required_argument, 0, O_WIRE},   {"eplb-interval", required_argument, 0, O_EPLBI},
+    {"eplb-window", required_argument, 0, O_EPLBW}, {"eplb-slots", required_argument, 0, O_EPLBS},
+    {"placement-out", required_argument, 0, O_POUT}, {"help", no_argument, 0, O_HELP},
     {0, 0, 0, 0}};
 
 /* What the planner's and the evaluator's cost terms need from a checkpoint,
@@ -300,6 +311,9 @@ static json_t *result_json(const epm_eval_result *r, const epm_eval_result *base
                           "gather_bytes", link_obj(r->gather_bytes), "modelled_seconds", r->t_total,
                           "ratio_to_first", base->t_total > 0 ? r->t_total / base->t_total : 1.0, "kv_cache_factor",
                           r->kv_cache_factor);
+    if (o && r->last) /* (a rebalanced run's: what it took) */
+        json_object_set_new(o, "eplb", json_pack("{s:i, s:I}", "rebalances", r->rebalances, "experts_moved",
+                                                 (json_int_t)r->moved));
     if (o && per_layer) {
         json_t *layers = json_array();
         for (int l = 0; l < r->layers && layers; l++) {
@@ -362,6 +376,9 @@ static void print_eval_text(const evaluated *ev, int n, int per_layer)
                    epm_placement_get_info(ev[i].p)->method, r->max_over_mean_load, (long long)xr, (long long)xn,
                    (long long)r->total_bytes[EPM_LINK_INTRA], (long long)r->total_bytes[EPM_LINK_INTER],
                    1e3 * r->t_total, base->t_total > 0 ? r->t_total / base->t_total : 1.0);
+            if (r->last)
+                printf("    online rebalancing: %d placements taken, %lld experts moved\n", r->rebalances,
+                       (long long)r->moved);
             for (int l = 0; per_layer && l < r->layers; l++) {
                 const epm_eval_layer *y = &r->layer[l];
                 printf("    layer %3d: max load %lld / mean %.1f, x-rank %lld, x-node %lld, bytes intra %lld inter %lld"
@@ -384,11 +401,24 @@ static void print_eval_text(const evaluated *ev, int n, int per_layer)
     }
 }
 
+/* p as the run that ran in mode under it writes it (epmoe run --placement-out) */
+static epm_status save_last(const epm_placement *p, epm_mode mode, const char *path)
+{
+    epm_placement *q;
+    EPM_CHECK(epm_placement_clone(p, &q));
+    epm_placement_info info = *epm_placement_get_info(q);
+    info.mode = mode;
+    epm_placement_set_info(q, &info);
+    const epm_status st = epm_placement_save_json(q, path);
+    epm_placement_destroy(q);
+    return st;
+}
+
 static int cmd_eval(int argc, char **argv)
 {
     const char *W = "plan eval";
-    const char *trace_path = NULL, *mode_s = NULL, *wire_s = NULL;
-    long hidden = 4096, dtb = 2, kv = 0, ffn = 14336;
+    const char *trace_path = NULL, *mode_s = NULL, *wire_s = NULL, *pout = NULL;
+    long hidden = 4096, dtb = 2, kv = 0, ffn = 14336, eplb_i = 0, eplb_w = 0, eplb_s = 0;
     int json = 0, per_layer = 0, c, have_hidden = 0, have_dtb = 0, have_kv = 0, have_ffn = 0;
     const char *model_dir = NULL;
     model_shape ms = {0};
@@ -404,6 +434,10 @@ static int cmd_eval(int argc, char **argv)
         case O_MODEL: model_dir = optarg; break;
         case O_PERLAYER: per_layer = 1; break;
         case O_WIRE: wire_s = optarg; break;
+        case O_EPLBI: if (!cli_parse_int(W, "--eplb-interval", optarg, 1, INT32_MAX, &eplb_i)) return EPM_EXIT_USAGE; break;
+        case O_EPLBW: if (!cli_parse_int(W, "--eplb-window", optarg, 1, INT32_MAX, &eplb_w)) return EPM_EXIT_USAGE; break;
+        case O_EPLBS: if (!cli_parse_int(W, "--eplb-slots", optarg, 1, INT32_MAX, &eplb_s)) return EPM_EXIT_USAGE; break;
+        case O_POUT: pout = optarg; break;
         case O_JSON: json = 1; break;
         case O_HELP: fputs(eval_usage, stdout); return EPM_EXIT_OK;
         default: return cli_option_error(W, argv);
@@ -414,6 +448,14 @@ static int cmd_eval(int argc, char **argv)
     int n = argc - optind;
     if (n < 1)
         return cli_usage_error(W, "name at least one placement JSON");
+    if ((eplb_w || eplb_s) && !eplb_i)
+        return cli_usage_error(W, "%s is online rebalancing's: --eplb-interval is not given",
+                               eplb_w ? "--eplb-window" : "--eplb-slots");
+    if (eplb_w > eplb_i)
+        return cli_usage_error(W, "--eplb-window %ld: the loads of at most the --eplb-interval's %ld passes count",
+                               eplb_w, eplb_i);
+    if (pout && n > 1)
+        return cli_usage_error(W, "--placement-out writes one placement's last: name one placement, not %d", n);
     epm_mode fixed = EPM_MODE_HOME;
     int both = mode_s && !strcmp(mode_s, "both");
     if (mode_s && !both && epm_mode_parse(mode_s, &fixed) != EPM_OK)
@@ -475,6 +517,11 @@ static int cmd_eval(int argc, char **argv)
                              mode_s ? "--mode asks for" : "the placements ask for", both ? "both modes" : "follow");
         goto out;
     }
+    if (pout && both) {
+        rc = cli_usage_error(W, "--placement-out writes one mode's last placement, and %s both modes",
+                             mode_s ? "--mode asks for" : "the placements ask for");
+        goto out;
+    }
     for (int i = 0; i < n; i++) {
         if (epm_placement_experts(ev[i].p) != epm_trace_experts(t)) {
             rc = cli_fail(W, epm_fail(EPM_ERR_MISMATCH, "%s has %d experts per layer, the trace %s has %d", ev[i].path,
@@ -492,11 +539,18 @@ static int cmd_eval(int argc, char **argv)
             eo.dispatch_bytes = fp8 ? hidden + 4 * (int64_t)epm_fp8_row_blocks((int)hidden) : 0; /* the rows run sends */
             eo.kv_row_bytes = (kv ? kv : hidden / 2) * dtb;
             eo.flops_per_assignment = 6.0 * (double)hidden * (double)ffn;
+            eo.eplb_interval = (int)eplb_i;
+            eo.eplb_window = (int)eplb_w;
+            eo.eplb_slots = (int)eplb_s;
             if ((st = epm_eval(t, ev[i].p, &eo, &ev[i].r[m])) != EPM_OK) {
                 rc = cli_fail(W, epm_fail_context(st, "%s", ev[i].path));
                 goto out;
             }
         }
+    }
+    if (pout && (st = save_last(ev[0].r[0]->last ? ev[0].r[0]->last : ev[0].p, ev[0].modes[0], pout)) != EPM_OK) {
+        rc = cli_fail(W, st);
+        goto out;
     }
     if (json) {
         rc = print_eval_json(ev, n, per_layer);

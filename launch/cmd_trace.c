@@ -62,9 +62,9 @@ static epm_status save(const char *what, const epm_trace *t, const char *path)
 {
     if (!ends_with(path, ".npy"))
         return epm_trace_save(t, path);
-    if (epm_trace_weights(t, 0) || epm_trace_seq_ids(t))
-        fprintf(stderr, "epmoe %s: note: %s is .npy, which holds ids only; topk_weights and seq_ids are not written\n",
-                what, path);
+    if (epm_trace_weights(t, 0) || epm_trace_seq_ids(t) || epm_trace_pass_ids(t))
+        fprintf(stderr, "epmoe %s: note: %s is .npy, which holds ids only; topk_weights, seq_ids and pass_ids are not "
+                "written\n", what, path);
     return epm_trace_save_npy(t, path);
 }
 
@@ -104,6 +104,7 @@ static int stats_json(const char *path, const epm_trace *t, const epm_trace_stat
     json_object_set_new(root, "top_m", json_integer(s->top_m));
     json_object_set_new(root, "has_weights", json_boolean(epm_trace_weights(t, 0) != NULL));
     json_object_set_new(root, "has_seq_ids", json_boolean(epm_trace_seq_ids(t) != NULL));
+    json_object_set_new(root, "has_pass_ids", json_boolean(epm_trace_pass_ids(t) != NULL));
     json_object_set_new(root, "mean_imbalance", json_real(s->mean_imbalance));
     json_object_set_new(root, "mean_cond_entropy_bits", json_real(s->mean_cond_entropy));
     json_object_set_new(root, "mean_topm_share", json_real(s->mean_topm_share));
@@ -122,9 +123,9 @@ static int stats_json(const char *path, const epm_trace *t, const epm_trace_stat
 static void stats_text(const char *path, const epm_trace *t, const epm_trace_stats *s)
 {
     int E = s->experts;
-    printf("%s: %d layers, %lld tokens, k = %d, %d experts%s%s\n", path, s->layers,
+    printf("%s: %d layers, %lld tokens, k = %d, %d experts%s%s%s\n", path, s->layers,
            (long long)epm_trace_tokens(t), epm_trace_k(t), E, epm_trace_weights(t, 0) ? ", with weights" : "",
-           epm_trace_seq_ids(t) ? ", with seq_ids" : "");
+           epm_trace_seq_ids(t) ? ", with seq_ids" : "", epm_trace_pass_ids(t) ? ", with pass_ids" : "");
     printf("%5s %10s %9s %14s %9s %8s", "layer", "max load", "max/mean", "H(next|top1)", "top-m", "skipped");
     if (E <= 16)
         printf("  load per expert");
@@ -210,7 +211,7 @@ static void synth_usage(FILE *f)
     fprintf(f,
             "usage: epmoe trace synth --out FILE --layers L --experts E --k K --tokens T\n"
             "                         [--zipf S] [--affinity A] [--successors M] [--seq-len N]\n"
-            "                         [--weights] [--seed S]\n\n"
+            "                         [--pass-tokens N] [--drift N] [--weights] [--seed S]\n\n"
             "Writes a synthetic routing trace (safetensors, or .npy ids only if FILE ends in .npy),\n"
             "the same for the same options and seed.\n\n"
             "  --zipf S        load skew: expert popularity ~ 1/rank^S (default %g; 0 = uniform)\n"
@@ -218,6 +219,10 @@ static void synth_usage(FILE *f)
             "                  successors of its top-1 at l (default %g)\n"
             "  --successors M  preferred successors per expert (default %d)\n"
             "  --seq-len N     write seq_ids in blocks of N tokens (default: none)\n"
+            "  --pass-tokens N write pass_ids in blocks of N tokens: the forward passes of a run that\n"
+            "                  takes the tokens in order, for plan eval --eplb-interval (default: none)\n"
+            "  --drift N       every N tokens each layer's popularity is drawn anew: other experts hot,\n"
+            "                  as traffic changes (default: none; the preferred successors stay)\n"
             "  --weights       also write topk_weights (descending, summing to 1)\n"
             "  --seed S        random seed (default %llu)\n",
             d.zipf_s, d.affinity, d.successors, (unsigned long long)d.seed);
@@ -271,6 +276,14 @@ static int cmd_synth(int argc, char **argv)
             if (!cli_parse_int(what, "--seq-len", v, 1, 1L << 40, &n))
                 return EPM_EXIT_USAGE;
             o.tokens_per_seq = n;
+        } else if ((v = opt_val(argc, argv, &i, "--pass-tokens", &missing))) {
+            if (!cli_parse_int(what, "--pass-tokens", v, 1, 1L << 40, &n))
+                return EPM_EXIT_USAGE;
+            o.tokens_per_pass = n;
+        } else if ((v = opt_val(argc, argv, &i, "--drift", &missing))) {
+            if (!cli_parse_int(what, "--drift", v, 1, 1L << 40, &n))
+                return EPM_EXIT_USAGE;
+            o.drift_tokens = n;
         } else if ((v = opt_val(argc, argv, &i, "--seed", &missing))) {
             if (!cli_parse_u64(what, "--seed", v, &o.seed))
                 return EPM_EXIT_USAGE;
@@ -458,7 +471,8 @@ static void trace_usage(FILE *f)
 {
     fprintf(f, "usage: epmoe trace <subcommand> [options]   (epmoe trace <subcommand> --help)\n\n"
                "A trace is safetensors with topk_ids.{l} [tokens, k] int32 per MoE layer (optional\n"
-               "topk_weights.{l}, seq_ids) or a .npy int32/int64 array [layers, tokens, k].\n\n"
+               "topk_weights.{l}, seq_ids, pass_ids: the forward pass each token ran in, which epmoe run\n"
+               "--trace-out records) or a .npy int32/int64 array [layers, tokens, k].\n\n"
                "subcommands:\n");
     for (size_t i = 0; i < sizeof trace_cmds / sizeof *trace_cmds; i++)
         fprintf(f, "  %-8s %s\n", trace_cmds[i].name, trace_cmds[i].summary);

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "cost_passes.h"
 #include "placement_internal.h"
 #include "epmoe/eval.h"
 #include "epmoe/trace.h"
@@ -15,6 +16,7 @@ void epm_eval_opts_init(epm_eval_opts *o)
     o->kv_row_bytes = 8 * 128 * 2 * 2;
     o->dispatch_bytes = 0;
     o->flops_per_assignment = 6.0 * 4096.0 * 14336.0;
+    o->eplb_interval = o->eplb_window = o->eplb_slots = 0;
 }
 
 void epm_eval_result_destroy(epm_eval_result *r)
@@ -25,6 +27,7 @@ void epm_eval_result_destroy(epm_eval_result *r)
     epm_free(r->rank_load);
     epm_free(r->send_bytes);
     epm_free(r->recv_bytes);
+    epm_placement_destroy(r->last);
     epm_free(r);
 }
 
@@ -108,6 +111,8 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
                         (long long)o->hidden_bytes, (long long)o->kv_row_bytes, (long long)o->dispatch_bytes,
                         o->flops_per_assignment);
     EPM_CHECK(epm_placement_validate(p, 0));
+    epm_pass_plan pp;
+    EPM_CHECK(epm_pass_plan_make(t, p, o, &pp));
 
     const int L = p->layers, R = p->ranks, K = epm_trace_k(t);
     const int64_t T = epm_trace_tokens(t);
@@ -116,8 +121,10 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     epm_eval_result *r = epm_calloc(1, sizeof *r);
     int *where = NULL, *dst = NULL, *distinct = NULL;
     int64_t *split = NULL;
-    if (!r)
+    if (!r) {
+        epm_pass_plan_clear(&pp);
         return EPM_ERR_NOMEM;
+    }
     size_t lr = (size_t)L * (size_t)R;
     r->layers = L;
     r->ranks = R;
@@ -150,7 +157,7 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
             if (row[0] < 0)
                 continue; /* skipped: stays, sends nothing */
             int src = where[i];
-            epm_route_pick(p, l, row, K, src, (uint64_t)i, dst);
+            epm_route_pick(pp.pl[pp.of[i]], l, row, K, src, (uint64_t)i, dst);
             int nd = 0;
             for (int j = 0; j < K; j++) {
                 if (dst[j] < 0)
@@ -207,6 +214,15 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
         r->t_total += phase_seconds(&a.a2a, c);
     }
     r->kv_cache_factor = o->mode == EPM_MODE_FOLLOW ? (double)R : 1.0;
+    r->rebalances = pp.n - 1;
+    r->moved = pp.moved;
+    if (pp.n > 1) { /* (the result takes the last placement over) */
+        r->last = pp.pl[--pp.n];
+        epm_placement_info info = *epm_placement_get_info(r->last);
+        info.mode = o->mode;
+        epm_placement_set_info(r->last, &info);
+    }
+    epm_pass_plan_clear(&pp);
     epm_free(where);
     epm_free(dst);
     epm_free(distinct);
@@ -214,6 +230,7 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     *out = r;
     return EPM_OK;
 fail:
+    epm_pass_plan_clear(&pp);
     epm_free(where);
     epm_free(dst);
     epm_free(distinct);

@@ -37,6 +37,7 @@ void epm_trace_destroy(epm_trace *t)
     epm_free(t->ids);
     epm_free(t->weights);
     epm_free(t->seq_ids);
+    epm_free(t->pass_ids);
     epm_free(t);
 }
 
@@ -70,24 +71,36 @@ epm_status epm_trace_weights_alloc(epm_trace *t)
 
 const int32_t *epm_trace_seq_ids(const epm_trace *t) { return t->seq_ids; }
 
-epm_status epm_trace_set_seq_ids(epm_trace *t, const int32_t *seq_ids)
+/* A per-token column (seq_ids, pass_ids): a copy of src with every value >= min, or none for NULL */
+static epm_status set_column(const epm_trace *t, int32_t **col, const int32_t *src, int min, const char *name)
 {
-    if (!seq_ids) {
-        epm_free(t->seq_ids);
-        t->seq_ids = NULL;
+    if (!src) {
+        epm_free(*col);
+        *col = NULL;
         return EPM_OK;
     }
     for (int64_t i = 0; i < t->tokens; i++)
-        if (seq_ids[i] < 0)
-            return epm_fail(EPM_ERR_INVALID_ARG, "trace: seq_ids[%lld] = %d is negative", (long long)i,
-                            seq_ids[i]);
-    if (!t->seq_ids) {
-        t->seq_ids = epm_malloc((size_t)(t->tokens ? t->tokens : 1) * sizeof *t->seq_ids);
-        if (!t->seq_ids)
+        if (src[i] < min)
+            return epm_fail(EPM_ERR_INVALID_ARG, "trace: %s[%lld] = %d is below %d", name, (long long)i, src[i], min);
+    if (!*col) {
+        *col = epm_malloc((size_t)(t->tokens ? t->tokens : 1) * sizeof **col);
+        if (!*col)
             return EPM_ERR_NOMEM;
     }
-    memcpy(t->seq_ids, seq_ids, (size_t)t->tokens * sizeof *t->seq_ids);
+    memcpy(*col, src, (size_t)t->tokens * sizeof **col);
     return EPM_OK;
+}
+
+epm_status epm_trace_set_seq_ids(epm_trace *t, const int32_t *seq_ids)
+{
+    return set_column(t, &t->seq_ids, seq_ids, 0, "seq_ids");
+}
+
+const int32_t *epm_trace_pass_ids(const epm_trace *t) { return t->pass_ids; }
+
+epm_status epm_trace_set_pass_ids(epm_trace *t, const int32_t *pass_ids)
+{
+    return set_column(t, &t->pass_ids, pass_ids, -1, "pass_ids");
 }
 
 int64_t epm_trace_seq_of(const epm_trace *t, int64_t tok) { return t->seq_ids ? t->seq_ids[tok] : tok; }
@@ -111,12 +124,12 @@ epm_status epm_trace_slice(const epm_trace *t, int64_t begin, int64_t end, epm_t
         if (t->weights)
             memcpy(epm_trace_weights_mut(s, l), epm_trace_weights(t, l) + (size_t)begin * row, n * sizeof(float));
     }
-    if (t->seq_ids) {
-        epm_status st = epm_trace_set_seq_ids(s, t->seq_ids + begin);
-        if (st != EPM_OK) {
-            epm_trace_destroy(s);
-            return st;
-        }
+    epm_status st = t->seq_ids ? epm_trace_set_seq_ids(s, t->seq_ids + begin) : EPM_OK;
+    if (st == EPM_OK && t->pass_ids)
+        st = epm_trace_set_pass_ids(s, t->pass_ids + begin);
+    if (st != EPM_OK) {
+        epm_trace_destroy(s);
+        return st;
     }
     *out = s;
     return EPM_OK;

@@ -11,6 +11,7 @@ struct epm_trace {
     int32_t *ids;      /* [layers][tokens][k] */
     float *weights;    /* [layers][tokens][k] or NULL */
     int32_t *seq_ids;  /* [tokens] or NULL */
+    int32_t *pass_ids; /* [tokens] or NULL */
 };
 
 /* Checks every id is -1 or in [0, experts), -1 only trailing within a row, no

@@ -202,16 +202,18 @@ static epm_status st_read_weights(const epm_st_tensor *w, const char *label, flo
     return EPM_OK;
 }
 
-static epm_status st_read_seq_ids(const epm_safetensors *st, const char *label, epm_trace *t)
+/* An optional per-token column: `name` [tokens] I32 or I64, each value in [min, INT32_MAX] */
+static epm_status st_read_column(const epm_safetensors *st, const char *label, epm_trace *t, const char *name, int min,
+                                 epm_status (*set)(epm_trace *, const int32_t *))
 {
-    const epm_st_tensor *s = epm_st_find(st, "seq_ids");
+    const epm_st_tensor *s = epm_st_find(st, name);
     if (!s)
         return EPM_OK;
     if (s->dtype != EPM_DTYPE_I32 && s->dtype != EPM_DTYPE_I64)
-        return epm_fail(EPM_ERR_FORMAT, "%s: tensor 'seq_ids': field 'dtype' is %s, expected I32 or I64", label,
+        return epm_fail(EPM_ERR_FORMAT, "%s: tensor '%s': field 'dtype' is %s, expected I32 or I64", label, name,
                         epm_dtype_name(s->dtype));
     if (s->ndim != 1 || s->shape[0] != t->tokens)
-        return epm_fail(EPM_ERR_FORMAT, "%s: tensor 'seq_ids': field 'shape' must be [%lld] (one per token)", label,
+        return epm_fail(EPM_ERR_FORMAT, "%s: tensor '%s': field 'shape' must be [%lld] (one per token)", label, name,
                         (long long)t->tokens);
     int32_t *buf = epm_malloc((size_t)(t->tokens ? t->tokens : 1) * sizeof *buf);
     if (!buf)
@@ -220,14 +222,14 @@ static epm_status st_read_seq_ids(const epm_safetensors *st, const char *label, 
     epm_status st_ = EPM_OK;
     for (int64_t i = 0; i < t->tokens && st_ == EPM_OK; i++) {
         int64_t v = s->dtype == EPM_DTYPE_I64 ? (int64_t)le64(p + 8 * i) : (int64_t)(int32_t)le32(p + 4 * i);
-        if (v < 0 || v > INT32_MAX)
-            st_ = epm_fail(EPM_ERR_FORMAT, "%s: seq_ids[%lld] = %lld is outside [0, %d]", label, (long long)i,
-                           (long long)v, INT32_MAX);
+        if (v < min || v > INT32_MAX)
+            st_ = epm_fail(EPM_ERR_FORMAT, "%s: %s[%lld] = %lld is outside [%d, %d]", label, name, (long long)i,
+                           (long long)v, min, INT32_MAX);
         else
             buf[i] = (int32_t)v;
     }
     if (st_ == EPM_OK)
-        st_ = epm_trace_set_seq_ids(t, buf);
+        st_ = set(t, buf);
     epm_free(buf);
     return st_;
 }
@@ -286,7 +288,8 @@ static epm_status parse_safetensors(const void *buf, size_t size, const char *la
         EPM_CHECK_GOTO(st_shape2(label, tw, tokens, k), s, fail);
         EPM_CHECK_GOTO(st_read_weights(tw, label, epm_trace_weights_mut(t, l)), s, fail);
     }
-    EPM_CHECK_GOTO(st_read_seq_ids(st, label, t), s, fail);
+    EPM_CHECK_GOTO(st_read_column(st, label, t, "seq_ids", 0, epm_trace_set_seq_ids), s, fail);
+    EPM_CHECK_GOTO(st_read_column(st, label, t, "pass_ids", -1, epm_trace_set_pass_ids), s, fail);
     EPM_CHECK_GOTO(settle_experts(t, experts, label), s, fail);
     epm_st_close(st);
     *out = t;
@@ -589,6 +592,8 @@ epm_status epm_trace_save(const epm_trace *t, const char *path)
     }
     if (s == EPM_OK && t->seq_ids)
         s = epm_st_writer_add(w, "seq_ids", EPM_DTYPE_I32, 1, &t->tokens, t->seq_ids);
+    if (s == EPM_OK && t->pass_ids)
+        s = epm_st_writer_add(w, "pass_ids", EPM_DTYPE_I32, 1, &t->tokens, t->pass_ids);
     if (s == EPM_OK)
         s = epm_st_writer_save(w, path);
     epm_st_writer_destroy(w);

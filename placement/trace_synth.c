@@ -53,6 +53,12 @@ static epm_status validate(const epm_trace_synth_opts *o)
         return epm_fail(EPM_ERR_INVALID_ARG,
                         "trace synth: option 'successors' = %d is outside [1, min(experts = %d, %d)]", o->successors,
                         o->experts, SYNTH_MAX_SUCCESSORS);
+    if (o->tokens_per_pass < 0 || (o->tokens_per_pass > 0 && (o->tokens - 1) / o->tokens_per_pass > INT32_MAX))
+        return epm_fail(EPM_ERR_INVALID_ARG, "trace synth: option 'tokens_per_pass' = %lld is negative or gives more "
+                        "than 2^31 passes", (long long)o->tokens_per_pass);
+    if (o->drift_tokens < 0)
+        return epm_fail(EPM_ERR_INVALID_ARG, "trace synth: option 'drift_tokens' = %lld is negative",
+                        (long long)o->drift_tokens);
     if (o->with_weights != 0 && o->with_weights != 1)
         return epm_fail(EPM_ERR_INVALID_ARG, "trace synth: option 'with_weights' = %d is not 0 or 1",
                         o->with_weights);
@@ -145,12 +151,11 @@ static int32_t draw_successor(const synth_layer *sl, int m, int32_t prev, uint64
     return s[m - 1];
 }
 
-/* Draws one layer's popularity and preferred successors. */
-static void build_layer(const epm_trace_synth_opts *o, synth_layer *sl, int32_t *perm, uint64_t *rng)
+/* Which experts are hot: a random permutation of the Zipf weights (per
+ * layer, so that the hot expert is not expert 0 in every layer). */
+static void draw_popularity(const epm_trace_synth_opts *o, synth_layer *sl, int32_t *perm, uint64_t *rng)
 {
-    int E = o->experts, m = o->successors;
-    /* Which experts are hot is a random permutation per layer, so that the
-     * hot expert is not expert 0 in every layer. */
+    const int E = o->experts;
     for (int e = 0; e < E; e++)
         perm[e] = e;
     for (int e = E - 1; e > 0; e--) {
@@ -164,6 +169,13 @@ static void build_layer(const epm_trace_synth_opts *o, synth_layer *sl, int32_t 
     double acc = 0;
     for (int e = 0; e < E; e++)
         sl->cdf[e] = acc += sl->pop[e];
+}
+
+/* Draws one layer's popularity and preferred successors. */
+static void build_layer(const epm_trace_synth_opts *o, synth_layer *sl, int32_t *perm, uint64_t *rng)
+{
+    int E = o->experts, m = o->successors;
+    draw_popularity(o, sl, perm, rng);
     /* Preferred successors are drawn uniformly, not by popularity: otherwise
      * every expert would prefer the same hot few and affinity would carry no
      * information. A partial shuffle of any arrangement yields a uniform
@@ -236,6 +248,8 @@ epm_status epm_trace_synth(const epm_trace_synth_opts *o, epm_trace **out)
         float *w = epm_trace_weights_mut(t, l);
         for (int64_t tok = 0; tok < o->tokens; tok++) {
             int32_t *row = ids + (size_t)tok * (size_t)k;
+            if (o->drift_tokens > 0 && tok > 0 && tok % o->drift_tokens == 0) /* (drawn only when asked: */
+                draw_popularity(o, &sl, perm, &rng); /* a trace without drift is the one it always was) */
             if (prev && epm_rand_unit(&rng) < o->affinity)
                 row[0] = draw_successor(&sl, m, prev[(size_t)tok * (size_t)k], &rng);
             else
@@ -256,6 +270,17 @@ epm_status epm_trace_synth(const epm_trace_synth_opts *o, epm_trace **out)
             seq[i] = (int32_t)(i / o->tokens_per_seq);
         s = epm_trace_set_seq_ids(t, seq);
         epm_free(seq);
+    }
+    if (s == EPM_OK && o->tokens_per_pass > 0) {
+        int32_t *pass = epm_malloc((size_t)(o->tokens ? o->tokens : 1) * sizeof *pass);
+        if (!pass) {
+            s = EPM_ERR_NOMEM;
+            goto out;
+        }
+        for (int64_t i = 0; i < o->tokens; i++)
+            pass[i] = (int32_t)(i / o->tokens_per_pass);
+        s = epm_trace_set_pass_ids(t, pass);
+        epm_free(pass);
     }
 out:
     epm_free(sl.pop);

@@ -50,6 +50,13 @@ typedef struct epm_eval_opts {
     int64_t dispatch_bytes; /* bytes of one dispatched row where it differs from hidden_bytes (epmoe
                                run --wire-dtype fp8: hidden + 4 x ceil(hidden / 128)); 0 = hidden_bytes.
                                Appended last, so the fields before it keep their places */
+    /* Online rebalancing (epmoe run --eplb-interval, --eplb-window, --eplb-slots): the trace's
+     * pass_ids are replayed in order; before pass q, when epm_eplb_due(eplb_interval, q), the
+     * placement becomes epm_plan_rebalance of the one before over the (token, expert) pairs of the
+     * passes that epm_eplb_counts since the last one, exactly as the run takes it, and each token is
+     * charged under the placement of its pass. eplb_interval 0 (the default): the placement alone.
+     * eplb_slots 0: the placement's most experts on a rank. */
+    int eplb_interval, eplb_window, eplb_slots;
 } epm_eval_opts;
 
 /* Mixtral-8x7B-like defaults: hidden 4096 in bf16, 8 KV heads x 128 x 2 (K,V) x bf16,
@@ -79,10 +86,16 @@ typedef struct epm_eval_result {
     double t_total;                  /* modelled seconds, sum over layers */
     double max_over_mean_load;       /* mean over layers of max/mean rank load */
     double kv_cache_factor;          /* KV memory relative to home mode (ranks for follow, 1 home) */
+    /* online rebalancing (epm_eval_opts.eplb_interval): placements taken, the replicas they
+     * added (an expert on a rank that lacked it; the run's eplb_moved), and the last one (NULL
+     * without rebalancing; its mode the eval's; freed with the result) */
+    int rebalances;
+    int64_t moved;
+    epm_placement *last;
 } epm_eval_result;
 
 /* The trace's layers, experts and the placement's must match; ranks come from
- * the placement's cluster. */
+ * the placement's cluster. Online rebalancing needs the trace's pass_ids. */
 EPM_API epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_opts *o,
                             epm_eval_result **out);
 EPM_API void epm_eval_result_destroy(epm_eval_result *r);

@@ -62,6 +62,21 @@ EPM_API epm_status epm_plan(const epm_trace *t, const epm_cluster *c, const epm_
 EPM_API epm_status epm_plan_from_loads(epm_method m, const int64_t *load, int layers, int experts, int k,
                                        const epm_cluster *c, int slots, epm_placement **out);
 
+/* Online rebalancing every `interval` passes (0: never), counting the
+ * (token, expert) pairs of the last `window` passes before each (0: all
+ * `interval` of them). Passes are numbered from 0 in the order they run. */
+/* 1 when pass `pass` (0-based) counts towards the next placement */
+EPM_API int epm_eplb_counts(int interval, int window, int64_t pass);
+/* 1 when a placement is taken before pass `pass` runs */
+EPM_API int epm_eplb_due(int interval, int64_t pass);
+/* The placement taken after cur from the counted loads (load[l * experts +
+ * e], as for epm_plan_from_loads): eplb's for `slots` experts a rank, with
+ * nodes and ranks renamed to keep as many replicas in place as possible
+ * (epm_placement_align); a layer whose loads are all zero keeps cur's.
+ * *out = NULL when every load is zero (nothing to go by: keep cur). */
+EPM_API epm_status epm_plan_rebalance(const epm_placement *cur, const int64_t *load, int slots,
+                                      epm_placement **out);
+
 #ifdef __cplusplus
 }
 #endif

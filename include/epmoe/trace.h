@@ -2,7 +2,11 @@
  *
  * Layout (DESIGN.md): safetensors with `topk_ids.{l}` [tokens, k] int32 per
  * MoE layer, experts in descending score; optional `topk_weights.{l}`
- * [tokens, k] float32; optional `seq_ids` [tokens] int32. Or NumPy `.npy`
+ * [tokens, k] float32; optional `seq_ids` [tokens] int32; optional `pass_ids`
+ * [tokens] int32, the forward pass each token ran in (numbered from 0 in the
+ * order the passes ran; -1: a token that never ran, such as a prompt position
+ * prefix caching copied), which `epmoe run --trace-out` writes and online
+ * rebalancing's replay in `plan eval` needs. Or NumPy `.npy`
  * int32/int64 [layers, tokens, k].
  *
  * An id of -1 means "no expert in this slot": a token with a dynamic expert
@@ -22,7 +26,7 @@ extern "C" {
 
 typedef struct epm_trace epm_trace;
 
-/* All ids -1, no weights, no seq_ids. experts > 0. */
+/* All ids -1, no weights, no seq_ids, no pass_ids. experts > 0. */
 EPM_API epm_status epm_trace_create(int layers, int64_t tokens, int k, int experts, epm_trace **out);
 EPM_API void epm_trace_destroy(epm_trace *t);
 
@@ -35,7 +39,7 @@ EPM_API epm_status epm_trace_parse(const void *buf, size_t size, const char *lab
 /* Writes the safetensors layout above, atomically. */
 EPM_API epm_status epm_trace_save(const epm_trace *t, const char *path);
 /* Writes ids only as .npy int32 [layers, tokens, k] (version 1.0), atomically;
- * weights and seq_ids have no place in that format and are not written. */
+ * weights, seq_ids and pass_ids have no place in that format and are not written. */
 EPM_API epm_status epm_trace_save_npy(const epm_trace *t, const char *path);
 
 EPM_API int epm_trace_layers(const epm_trace *t);
@@ -54,6 +58,10 @@ EPM_API float *epm_trace_weights_mut(epm_trace *t, int layer);
 /* [tokens] sequence ids, or NULL. Without them every token is its own sequence. */
 EPM_API const int32_t *epm_trace_seq_ids(const epm_trace *t);
 EPM_API epm_status epm_trace_set_seq_ids(epm_trace *t, const int32_t *seq_ids);
+
+/* [tokens] pass ids, or NULL; values >= -1. */
+EPM_API const int32_t *epm_trace_pass_ids(const epm_trace *t);
+EPM_API epm_status epm_trace_set_pass_ids(epm_trace *t, const int32_t *pass_ids);
 
 /* Sequence of token `tok`: seq_ids[tok] if present, else tok. */
 EPM_API int64_t epm_trace_seq_of(const epm_trace *t, int64_t tok);
@@ -93,6 +101,11 @@ typedef struct epm_trace_synth_opts {
     int successors;          /* preferred successors per expert (>= 1) */
     uint64_t seed;
     int with_weights;        /* also emit softmax-like gate weights */
+    int64_t tokens_per_pass; /* > 0 writes pass_ids in blocks of this many tokens (the passes of a
+                                run that takes them in order); 0 = none */
+    int64_t drift_tokens;    /* > 0: every this many tokens each layer's popularity is drawn anew
+                                (other experts hot, as traffic changes); the preferred successors
+                                stay. 0 = one popularity for the whole trace */
 } epm_trace_synth_opts;
 
 EPM_API void epm_trace_synth_opts_init(epm_trace_synth_opts *o);

@@ -538,9 +538,9 @@ usage a2a --bogus "" --bogus
 # ---- bench run: the OLMoE fixture, 2 sequences of 8 tokens + 2 new, 2 ranks ----
 m=$F/olmoe-tiny
 small=(--model "$m" --batch 2 --seq 8 --new 2 --reps 1 --time-limit 1 --workdir "$d/work")
-# (online: contiguous rebalanced before the decode pass)
+# (online: contiguous rebalanced before the decode pass; other experts hot every 8 tokens)
 ok "bench run csv" mpi -np 2 "$E" bench run "${small[@]}" --methods contiguous,eplb,ilp,online --modes home,follow \
-  --eplb-interval 1 --csv &&
+  --eplb-interval 1 --drift 8 --csv &&
   csvcheck run 2 home,follow contiguous,eplb,ilp,online
 for f in home-contiguous home-eplb home-ilp follow-contiguous follow-eplb follow-ilp; do
   grep -q '"format": "epmoe-placement"' "$d/work/$f.json" 2>/dev/null || fail "bench run wrote no placement $f.json in --workdir"
@@ -549,7 +549,7 @@ done
 # the sweep with activations in bf16 on the wire: the same replayed routing, half the bytes of each row
 cp "$d/out" "$d/run32.csv"
 ok "bench run csv, bf16 wire" mpi -np 2 "$E" bench run "${small[@]}" --methods contiguous,eplb --modes home,follow \
-  --wire-dtype bf16 --csv &&
+  --wire-dtype bf16 --drift 8 --csv &&
   { python3 - "$d/run32.csv" "$d/out" <<'EOF2' || { fail "bench run --wire-dtype bf16: not half the bytes"; show; }
 import csv, sys
 a = {(r['mode'], r['method']): r for r in csv.DictReader(open(sys.argv[1]))}
@@ -753,12 +753,15 @@ usage run --prefill-chunks 1,2,3,4,5,6,7,8,9 --model "$m" --prefill-chunks 1,2,3
 usage run "--prefill-chunks --kv-dtypes" "" --model "$m" --prefill-chunks 4 --kv-dtypes
 usage run --max-num-seqs -1 --model "$m" --max-num-seqs -1
 help_ok run --model --batch --seq --new --input --max-num-seqs --separate-prefill --methods --modes --workdir --reps --warmup --ta --mod --capacities \
-  --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --prefill-chunks --prefill-chunk --max-num-batched-tokens --continuous --request-rates --burstiness --prefix-caching --turns --turn-tokens --eplb-interval --eplb-window --plan-seed --csv
+  --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --prefill-chunks --prefill-chunk --max-num-batched-tokens --continuous --request-rates --burstiness --prefix-caching --turns --turn-tokens --eplb-interval --eplb-window --plan-seed --drift --csv
 usage run --model "" --batch 2
 usage run --batch x --model "$m" --batch x
 usage run --kernels foo --model "$m" --kernels foo
 usage run --methods foo --model "$m" --methods contiguous,foo
 usage run --plan-seed -1 --model "$m" --plan-seed -1
+usage run --drift 0 --model "$m" --drift 0
+usage run "--drift" "" --model "$m" --drift 64 --prefill-chunks 4
+has "$d/err" "--drift shapes the trace that the placements' comparison replays"
 usage run --methods "" --model "$m" --methods contiguous,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb
 has "$d/err" "lists 17 methods, at most 16"
 usage run --eplb-interval 0 --model "$m" --eplb-interval 0

@@ -57,6 +57,44 @@ cmp -s "$d/j1" "$d/j2" || { echo "FAIL: eval is not deterministic"; fails=$((fai
 # eplb export: 4 ranks x 3 slots per layer
 has "$d/e.map.json" '"num_physical_experts":12'
 
+# online rebalancing over a drifting trace's passes (other experts hot every 1000 tokens, passes of
+# 100): placements taken every 4 passes, a better balance than the static placement's, the last
+# one written (4 x 3 slots, eplb's, the eval's mode)
+check "synth passes, drift" 0 "$E" trace synth --out "$d/drift.st" --layers 3 --experts 8 --k 2 --tokens 4000 \
+  --zipf 1.2 --pass-tokens 100 --drift 1000 --seq-len 50 --seed 3
+check "stats of passes" 0 "$E" trace stats "$d/drift.st"
+has "$d/out" "with seq_ids, with pass_ids"
+check "eval online" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 --eplb-slots 3 --json \
+  --placement-out "$d/online.json" --mode follow
+check "eval static" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --json --mode follow
+cp "$d/out" "$d/static.json"
+check "eval online, text" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 --eplb-window 2 \
+  --eplb-slots 3
+has "$d/out" "    online rebalancing: [0-9]* placements taken, [0-9]* experts moved"
+has "$d/online.json" '"method": "eplb"'
+has "$d/online.json" '"mode": "follow"'
+if command -v python3 >/dev/null; then
+  "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 --eplb-slots 3 --json --mode follow >"$d/on.json"
+  python3 -c 'import json,sys; on=json.load(open(sys.argv[1]))["placements"][0]["results"][0]
+st=json.load(open(sys.argv[2]))["placements"][0]["results"][0]
+assert on["eplb"]["rebalances"]==9 and on["eplb"]["experts_moved"]>0 and "eplb" not in st, (on, st)
+assert on["max_over_mean_load"] < st["max_over_mean_load"], (on["max_over_mean_load"], st["max_over_mean_load"])' \
+    "$d/on.json" "$d/static.json" || { echo "FAIL: online rebalancing in plan eval"; fails=$((fails + 1)); }
+fi
+check "eval online, one placement out of two" 2 "$E" plan eval --trace "$d/drift.st" "$d/c.json" "$d/e.json" \
+  --eplb-interval 4 --placement-out "$d/x.json"
+has "$d/err" "name one placement, not 2"
+check "eval online, both modes out" 2 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --mode both \
+  --eplb-interval 4 --placement-out "$d/x.json"
+has "$d/err" "--placement-out writes one mode's last placement"
+check "eval window over interval" 2 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 2 --eplb-window 3
+has "$d/err" "--eplb-window 3: the loads of at most the --eplb-interval's 2 passes count"
+check "eval slots alone" 2 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-slots 3
+has "$d/err" "--eplb-slots is online rebalancing's"
+check "eval online without passes" 1 "$E" plan eval --trace "$d/b.st" "$d/c.json" --eplb-interval 4
+has "$d/err" "c.json: eval: online rebalancing replays the trace's passes, and the trace has no pass_ids"
+check "synth bad drift" 2 "$E" trace synth --out "$d/x.st" --layers 3 --experts 8 --k 2 --tokens 40 --drift 0
+
 # usage errors: exit 2
 check "eval no trace" 2 "$E" plan eval "$d/c.json"
 has "$d/err" "--trace is required"

@@ -528,12 +528,38 @@ has "$d/err" "with --json"
 # online rebalancing: 3 ranks, a pass a prompt token (chunks of 1), rebalanced every 2 passes with a
 # spare slot each: the same tokens as the static run, the rebalances in the report, text and JSON
 check "--eplb-interval" 0 run -np 3 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report \
-  --prefill-chunk 1 --eplb-interval 2 --eplb-slots 4 --placement-out "$d/learnt.json"
+  --prefill-chunk 1 --eplb-interval 2 --eplb-slots 4 --placement-out "$d/learnt.json" --trace-out "$d/eplb.st"
+cp "$d/out" "$d/eplb.json"
 [ "$(gj "d['generated'], d['report']['eplb']['rebalances'] == (5 + 2 - 1) // 2, d['report']['eplb']['experts_moved'] > 0")" = \
   "$(python3 -c "import json; print((json.load(open('$d/onepass.json'))['generated'], True, True))")" ] ||
   fail "--eplb-interval: $(head -c 300 "$d/out")"
 # the placement it learnt: eplb's, 4 slots a rank, and a --placement for the next run (the same tokens)
 has "$d/learnt.json" '"method": "eplb"'
+# plan eval replays the rebalanced run from its trace's passes, starting from the run's placement
+# (contiguous on 3 ranks): the bytes it counted, the placements it took and the last one, byte for byte
+# (olmoe-tiny: hidden 64 in float32, K+V width 2 x 2 heads x 16)
+check "contiguous for 3" 0 "$E" plan --trace "$d/eplb.st" --gpus-per-node 3 --method contiguous --out "$d/c3.json" --quiet
+check "plan eval of the rebalanced run" 0 "$E" plan eval --trace "$d/eplb.st" "$d/c3.json" --hidden 64 --dtype-bytes 4 \
+  --kv-dim 64 --eplb-interval 2 --eplb-slots 4 --placement-out "$d/elast.json" --json
+python3 - "$d/eplb.json" "$d/out" <<'EOF' || fail "plan eval does not predict the rebalanced run"
+import json, sys
+r = json.load(open(sys.argv[1]))['report']
+e = json.load(open(sys.argv[2]))['placements'][0]['results'][0]
+run = [sum(l['bytes'][c] + l['kv_bytes'][c] for l in r['layers']) + r['gather_bytes'][c] for c in (1, 2)]
+ev = [e['bytes']['intra_node'], e['bytes']['inter_node']]
+print('run', run, r['eplb'], 'plan eval', ev, e['eplb'])
+sys.exit(0 if run == ev and run[0] > 0 and e['eplb']['rebalances'] == r['eplb']['rebalances'] and
+         e['eplb']['experts_moved'] == r['eplb']['experts_moved'] else 1)
+EOF
+cmp -s "$d/learnt.json" "$d/elast.json" || fail "plan eval --placement-out differs from the run's"
+check "plan eval --eplb-window alone" 2 "$E" plan eval --trace "$d/eplb.st" "$d/c3.json" --eplb-window 2
+has "$d/err" "--eplb-window is online rebalancing's"
+check "plan eval --eplb-slots too few" 1 "$E" plan eval --trace "$d/eplb.st" "$d/c3.json" --eplb-interval 2 --eplb-slots 2
+has "$d/err" "eplb_slots = 2: 3 ranks hold 8 experts a layer in 3 to 8 slots each"
+"$E" trace convert "$d/eplb.st" "$d/eplb.npy" >/dev/null 2>&1 || fail "trace convert to .npy"
+check "plan eval --eplb-interval of a trace without passes" 1 "$E" plan eval --trace "$d/eplb.npy" "$d/c3.json" \
+  --eplb-interval 2
+has "$d/err" "the trace has no pass_ids (epmoe run --trace-out records them)"
 if full; then
   check "--placement-out as --placement" 0 run -np 3 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 \
     --json --placement "$d/learnt.json"

@@ -388,17 +388,35 @@ static void assert_report_is_eval(const epm_run_report *rp, const epm_eval_resul
  * report's sums are everyone's): the 4-layer fixtures of hidden 64 with a
  * key and a value of 2 KV heads x 16, rows in the wire's float32 whatever
  * the cache holds. */
-static void assert_run_is_eval(const epm_run_result *res, const epm_placement *p, epm_mode mode)
+static void assert_run_is_eval_of(const epm_run_result *res, const epm_placement *p, const epm_run_opts *o)
 {
     epm_eval_opts eo;
     epm_eval_opts_init(&eo);
-    eo.mode = mode;
+    eo.mode = o->mode;
     eo.hidden_bytes = 64 * 4;
     eo.kv_row_bytes = 2 * 32 * 4;
+    eo.eplb_interval = o->eplb_interval; /* (a rebalanced run: its trace's passes replayed) */
+    eo.eplb_window = o->eplb_window;
+    eo.eplb_slots = o->eplb_slots;
     epm_eval_result *ev;
     assert_int_equal(epm_eval(res->trace, p, &eo, &ev), EPM_OK);
     assert_report_is_eval(&res->report, ev, 4);
+    assert_int_equal(ev->rebalances, res->report.eplb_rebalances);
+    assert_int_equal(ev->moved, res->report.eplb_moved);
+    const epm_placement *last = ev->last ? ev->last : p; /* the placement of the run's last pass */
+    for (int l = 0; l < 4; l++)
+        for (int e = 0; e < 8; e++)
+            for (int q = 0; q < R; q++)
+                assert_int_equal(epm_placement_has(res->placement, l, e, q), epm_placement_has(last, l, e, q));
     epm_eval_result_destroy(ev);
+}
+
+static void assert_run_is_eval(const epm_run_result *res, const epm_placement *p, epm_mode mode)
+{
+    epm_run_opts o;
+    memset(&o, 0, sizeof o);
+    o.mode = mode;
+    assert_run_is_eval_of(res, p, &o);
 }
 
 static void test_run_decode_equals_recompute(void **state)
@@ -1876,6 +1894,7 @@ static void test_run_eplb(void **state)
     for (int mode = 0; mode < 2; mode++)
         for (int replay = 0; replay < 2; replay++) {
             epm_run_result *res[2];
+            epm_run_opts opts[2];
             for (int on = 0; on < 2; on++) {
                 epm_run_opts o;
                 memset(&o, 0, sizeof o);
@@ -1888,6 +1907,7 @@ static void test_run_eplb(void **state)
                 o.eplb_interval = on ? 2 : 0;
                 o.eplb_window = on && mode ? 1 : 0;
                 o.eplb_slots = on ? slots : 0;
+                opts[on] = o;
                 epm_status st = epm_run(&o, 2, f.lens, prompts, &res[on]);
                 if (st != EPM_OK)
                     fprintf(stderr, "rank %d: %s\n", me, epm_last_error());
@@ -1910,6 +1930,12 @@ static void test_run_eplb(void **state)
                 assert_memory_equal(res[1]->generated + s * NEW, res[0]->generated + s * NEW, NEW * sizeof(int32_t));
             }
             if (me == 0) {
+                /* plan eval replays the rebalanced run from its trace's passes: what it counted, the
+                 * placements it took and the last one (DESIGN.md's agreement, rebalancing too) */
+                epm_placement *p0 = make_placement(0, 4, 8, 1);
+                assert_run_is_eval_of(res[1], p0, &opts[1]);
+                assert_run_is_eval_of(res[0], p0, &opts[0]);
+                epm_placement_destroy(p0);
                 assert_true(rel_err(res[1]->logits, res[0]->logits, 32 * 256) <= 1e-5);
                 for (int l = 0; l < 4; l++)
                     assert_memory_equal(epm_trace_ids(res[1]->trace, l), epm_trace_ids(res[0]->trace, l),

@@ -1,4 +1,4 @@
-/* The pass scheduler of epmoe run (dist/scheduler.c), and online rebalancing's pass arithmetic: two schedules worked out
+/* The pass scheduler of epmoe run (dist/scheduler.c): two schedules worked out
  * by hand (mixed and separate prefill), and on random batches the rules
  * every schedule keeps: each prompt token prefilled once, in order; a
  * rank's prompt tokens in a pass within its chunk (less its decode tokens
@@ -18,7 +18,6 @@
 #include "test_util.h"
 
 #include "scheduler.h"
-#include "runtime_internal.h"
 
 /* After pass p: each sequence that made a token (its prompt's last piece,
  * or a decode step) counts it, and those that reach caps[s] end (ended[s]
@@ -627,30 +626,10 @@ static void test_bad_batches(void **state)
 /* Online rebalancing's pass arithmetic (runtime_eplb.c): every 4 passes
  * over the last 1, the last 4 (window 0) and the last 3; a rebalance comes
  * before passes 4, 8, ..., never before the first; an interval of 0 is off. */
-static void test_eplb_window(void **state)
-{
-    (void)state;
-    static const struct {
-        int interval, window;
-        const char *counts; /* passes 0 .. 11 */
-    } cases[] = {{4, 1, "000100010001"}, {4, 0, "111111111111"}, {4, 3, "011101110111"}, {1, 1, "111111111111"},
-                 {0, 0, "000000000000"}};
-    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++)
-        for (int pass = 0; pass < 12; pass++) {
-            assert_int_equal(epm_eplb_counts(cases[c].interval, cases[c].window, pass), cases[c].counts[pass] == '1');
-            const int due = cases[c].interval > 0 && pass > 0 && pass % cases[c].interval == 0;
-            assert_int_equal(epm_eplb_due(cases[c].interval, pass), due);
-        }
-    assert_true(epm_eplb_due(4, 8));
-    assert_false(epm_eplb_due(4, 0));
-    assert_false(epm_eplb_due(4, 6));
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mixed_by_hand),
-        cmocka_unit_test(test_eplb_window),
         cmocka_unit_test(test_separate_by_hand),
         cmocka_unit_test(test_budget_counts_decode_by_hand),
         cmocka_unit_test(test_two_ranks_by_hand),

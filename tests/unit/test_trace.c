@@ -178,6 +178,7 @@ static void test_trace_safetensors_optional_tensors(void **state)
     const float w0[6] = {0.75f, 0.25f, 0.5f, 0.5f, 1, 0};
     const uint16_t w1_bf16[6] = {0x3f40, 0x3e80, 0x3f80, 0, 0x3f80, 0}; /* 0.75 0.25 1 0 1 0 */
     const int64_t seq[3] = {0, 0, 7};
+    const int64_t pass[3] = {4, -1, 0}; /* (-1: a token that never ran) */
     const int64_t ids1_64[6] = {3, 2, 0, -1, -1, -1};
     tspec sp[] = {
         {"logits", "F32", 1, {2}, w0, 8},
@@ -186,8 +187,9 @@ static void test_trace_safetensors_optional_tensors(void **state)
         {"topk_weights.0", "F32", 2, {3, 2}, w0, sizeof w0},
         {"topk_weights.1", "BF16", 2, {3, 2}, w1_bf16, sizeof w1_bf16},
         {"seq_ids", "I64", 1, {3}, seq, sizeof seq},
+        {"pass_ids", "I64", 1, {3}, pass, sizeof pass},
     };
-    epm_trace *t = expect_ok(st_build(sp, 6), 0);
+    epm_trace *t = expect_ok(st_build(sp, 7), 0);
     assert_int_equal(epm_trace_layers(t), 2);
     assert_int_equal(epm_trace_experts(t), 4);
     assert_memory_equal(epm_trace_ids_const(t, 0), ids0, sizeof ids0);
@@ -197,6 +199,8 @@ static void test_trace_safetensors_optional_tensors(void **state)
     assert_true(epm_trace_weights(t, 1)[2] == 1.0f);
     assert_int_equal(epm_trace_seq_ids(t)[2], 7);
     assert_int_equal(epm_trace_seq_of(t, 2), 7);
+    assert_int_equal(epm_trace_pass_ids(t)[0], 4);
+    assert_int_equal(epm_trace_pass_ids(t)[1], -1);
 
     /* round trip through the library's writer */
     const char *p = tu_path("rt.safetensors");
@@ -208,6 +212,17 @@ static void test_trace_safetensors_optional_tensors(void **state)
         assert_memory_equal(epm_trace_weights(u, l), epm_trace_weights(t, l), sizeof w0);
     }
     assert_memory_equal(epm_trace_seq_ids(u), epm_trace_seq_ids(t), 3 * sizeof(int32_t));
+    assert_memory_equal(epm_trace_pass_ids(u), epm_trace_pass_ids(t), 3 * sizeof(int32_t));
+    epm_trace_destroy(u);
+    /* a slice keeps its tokens' passes; the setter refuses below -1 and NULL drops them */
+    assert_int_equal(epm_trace_slice(t, 1, 3, &u), EPM_OK);
+    assert_int_equal(epm_trace_pass_ids(u)[0], -1);
+    assert_int_equal(epm_trace_pass_ids(u)[1], 0);
+    const int32_t bad[2] = {0, -2};
+    assert_int_equal(epm_trace_set_pass_ids(u, bad), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "pass_ids[1] = -2 is below -1"));
+    assert_int_equal(epm_trace_set_pass_ids(u, NULL), EPM_OK);
+    assert_null(epm_trace_pass_ids(u));
     epm_trace_destroy(u);
     epm_trace_destroy(t);
 }
@@ -376,6 +391,14 @@ static void test_trace_bad_safetensors_content(void **state)
     expect_fail(st_build(sshape, 2), 0, EPM_ERR_FORMAT, "seq_ids", "shape");
     tspec stype[] = {base, {"seq_ids", "F32", 1, {3}, seqneg, sizeof seqneg}};
     expect_fail(st_build(stype, 2), 0, EPM_ERR_FORMAT, "seq_ids", "dtype");
+    const int32_t passneg[3] = {0, -2, 1};
+    tspec pneg[] = {base, {"pass_ids", "I32", 1, {3}, passneg, sizeof passneg}};
+    expect_fail(st_build(pneg, 2), 0, EPM_ERR_FORMAT, "pass_ids[1] = -2 is outside [-1, ", NULL);
+    tspec pshape[] = {base, {"pass_ids", "I32", 2, {3, 1}, passneg, sizeof passneg}};
+    expect_fail(st_build(pshape, 2), 0, EPM_ERR_FORMAT, "'pass_ids'", "shape");
+    const int64_t passbig[3] = {0, (int64_t)1 << 31, 1};
+    tspec pbig[] = {base, {"pass_ids", "I64", 1, {3}, passbig, sizeof passbig}};
+    expect_fail(st_build(pbig, 2), 0, EPM_ERR_FORMAT, "pass_ids[1] = 2147483648", NULL);
 }
 
 /* ---- malformed .npy ---- */

@@ -207,6 +207,61 @@ static void test_trace_synth_k_equals_experts(void **state)
     epm_trace_destroy(t);
 }
 
+/* the most chosen expert of layer l among tokens [a, b) */
+static int hottest(const epm_trace *t, int l, int64_t a, int64_t b)
+{
+    int64_t n[64] = {0};
+    const int k = epm_trace_k(t);
+    for (int64_t i = a * k; i < b * k; i++)
+        n[epm_trace_ids_const(t, l)[i]]++;
+    int h = 0;
+    for (int e = 1; e < epm_trace_experts(t); e++)
+        h = n[e] > n[h] ? e : h;
+    return h;
+}
+
+/* pass_ids in blocks; drift draws other hot experts every so many tokens
+ * and nothing else: without it (or beyond the trace) the trace is the same */
+static void test_trace_synth_passes_and_drift(void **state)
+{
+    (void)state;
+    epm_trace_synth_opts o;
+    epm_trace_synth_opts_init(&o);
+    o.layers = 3;
+    o.experts = 32;
+    o.k = 2;
+    o.tokens = 4000;
+    o.zipf_s = 1.5;
+    o.seed = 5;
+    epm_trace *plain = synth(&o);
+    assert_null(epm_trace_pass_ids(plain));
+    o.tokens_per_pass = 300;
+    o.drift_tokens = 4000; /* (no boundary inside the trace) */
+    epm_trace *same = synth(&o);
+    for (int l = 0; l < 3; l++)
+        assert_memory_equal(epm_trace_ids_const(same, l), epm_trace_ids_const(plain, l), 4000 * 2 * sizeof(int32_t));
+    const int32_t *pass = epm_trace_pass_ids(same);
+    assert_non_null(pass);
+    for (int64_t i = 0; i < 4000; i++)
+        assert_int_equal(pass[i], i / 300);
+    o.drift_tokens = 1000;
+    epm_trace *drift = synth(&o);
+    check_valid(drift);
+    /* before the first boundary: the same draws (in layer 0; the later layers' come after its redraws) */
+    assert_memory_equal(epm_trace_ids_const(drift, 0), epm_trace_ids_const(plain, 0), 1000 * 2 * sizeof(int32_t));
+    int moved = 0; /* the hottest expert changes between blocks, somewhere (32 experts, 4 x 3 blocks) */
+    for (int l = 0; l < 3; l++)
+        for (int b = 1; b < 4; b++)
+            moved += hottest(drift, l, b * 1000, (b + 1) * 1000) != hottest(drift, l, (b - 1) * 1000, b * 1000);
+    assert_true(moved >= 6);
+    for (int l = 0; l < 3; l++) /* and stays put without drift */
+        for (int b = 1; b < 4; b++)
+            assert_int_equal(hottest(plain, l, b * 1000, (b + 1) * 1000), hottest(plain, l, 0, 1000));
+    epm_trace_destroy(plain);
+    epm_trace_destroy(same);
+    epm_trace_destroy(drift);
+}
+
 static void expect_bad(epm_trace_synth_opts o, const char *option)
 {
     epm_trace *t = (epm_trace *)1;
@@ -234,6 +289,9 @@ static void test_trace_synth_validates_options(void **state)
     o = d, o.successors = 0, expect_bad(o, "'successors'");
     o = d, o.successors = d.experts + 1, expect_bad(o, "'successors'");
     o = d, o.with_weights = 2, expect_bad(o, "'with_weights'");
+    o = d, o.tokens_per_pass = -1, expect_bad(o, "'tokens_per_pass'");
+    o = d, o.tokens = (int64_t)1 << 32, o.tokens_per_pass = 1, expect_bad(o, "more than 2^31 passes");
+    o = d, o.drift_tokens = -1, expect_bad(o, "'drift_tokens'");
     /* NULL options mean the defaults */
     epm_trace *t;
     assert_int_equal(epm_trace_synth(NULL, &t), EPM_OK);
@@ -275,6 +333,7 @@ int main(void)
         cmocka_unit_test(test_trace_synth_zipf_raises_imbalance),
         cmocka_unit_test(test_trace_synth_affinity_raises_topm_share),
         cmocka_unit_test(test_trace_synth_k_equals_experts),
+        cmocka_unit_test(test_trace_synth_passes_and_drift),
         cmocka_unit_test(test_trace_synth_validates_options),
         cmocka_unit_test(test_trace_synth_alloc_failures),
     };

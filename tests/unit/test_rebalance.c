@@ -1,0 +1,342 @@
+/* Online rebalancing's decisions (placement/rebalance.c) and their replay in
+ * the cost model (epm_eval_opts.eplb_interval): the pass arithmetic worked
+ * out by hand; a rebalance keeps the layers no token went through and
+ * moves no more than the plain eplb placement would; and plan eval over a
+ * trace's passes equals, number for number, a literal replay written here
+ * pass by pass (every pass number, not only those that ran a token) that
+ * evaluates each placement's tokens alone and sums. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "test_util.h"
+
+#include "epmoe/eval.h"
+#include "epmoe/plan.h"
+
+static void test_eplb_window(void **state)
+{
+    (void)state;
+    static const struct {
+        int interval, window;
+        const char *counts; /* passes 0 .. 11 */
+    } cases[] = {{4, 1, "000100010001"}, {4, 0, "111111111111"}, {4, 3, "011101110111"}, {1, 1, "111111111111"},
+                 {0, 0, "000000000000"}};
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++)
+        for (int pass = 0; pass < 12; pass++) {
+            assert_int_equal(epm_eplb_counts(cases[c].interval, cases[c].window, pass), cases[c].counts[pass] == '1');
+            const int due = cases[c].interval > 0 && pass > 0 && pass % cases[c].interval == 0;
+            assert_int_equal(epm_eplb_due(cases[c].interval, pass), due);
+        }
+    assert_true(epm_eplb_due(4, 8));
+    assert_false(epm_eplb_due(4, 0));
+    assert_false(epm_eplb_due(4, 6));
+}
+
+static epm_placement *contiguous(const epm_trace *t, int nodes, int per_node)
+{
+    epm_cluster c;
+    epm_cluster_init(&c, nodes, per_node);
+    epm_plan_opts o;
+    epm_plan_opts_init(&o);
+    o.method = EPM_METHOD_CONTIGUOUS;
+    epm_placement *p;
+    assert_int_equal(epm_plan(t, &c, &o, &p), EPM_OK);
+    return p;
+}
+
+static int64_t gains(const epm_placement *a, const epm_placement *b)
+{
+    int64_t n = 0;
+    for (int l = 0; l < epm_placement_layers(a); l++)
+        for (int e = 0; e < epm_placement_experts(a); e++)
+            for (int q = 0; q < epm_placement_ranks(a); q++)
+                n += epm_placement_has(b, l, e, q) && !epm_placement_has(a, l, e, q);
+    return n;
+}
+
+static void assert_same_placement(const epm_placement *a, const epm_placement *b)
+{
+    for (int l = 0; l < epm_placement_layers(a); l++)
+        for (int e = 0; e < epm_placement_experts(a); e++)
+            for (int q = 0; q < epm_placement_ranks(a); q++)
+                assert_int_equal(epm_placement_has(a, l, e, q), epm_placement_has(b, l, e, q));
+}
+
+static void test_plan_rebalance(void **state)
+{
+    (void)state;
+    enum { L = 3, E = 8, K = 2 };
+    epm_trace *t = tu_synth_trace_skew(L, E, K, 2000, 3, 1.2, 0);
+    epm_placement *cur = contiguous(t, 2, 2);
+    int64_t load[L * E] = {0};
+    for (int l = 0; l < L; l++)
+        for (int64_t i = 0; i < epm_trace_tokens(t) * K; i++)
+            if (l != 1) /* (layer 1: no token went through it) */
+                load[l * E + epm_trace_ids(t, l)[i]]++;
+    epm_placement *np = NULL, *plain = NULL;
+    assert_int_equal(epm_plan_rebalance(cur, load, 3, &np), EPM_OK);
+    assert_non_null(np);
+    assert_int_equal(epm_placement_validate(np, 3), EPM_OK);
+    assert_string_equal(epm_placement_get_info(np)->method, "eplb");
+    assert_int_equal(epm_plan_from_loads(EPM_METHOD_EPLB, load, L, E, K, epm_placement_cluster(cur), 3, &plain),
+                     EPM_OK);
+    for (int e = 0; e < E; e++) /* the layer without tokens is cur's */
+        for (int q = 0; q < 4; q++)
+            assert_int_equal(epm_placement_has(np, 1, e, q), epm_placement_has(cur, 1, e, q));
+    /* the others: plain eplb's up to renaming, which moves no more than plain eplb would */
+    for (int l = 0; l < L; l += 2)
+        for (int q = 0; q < 4; q++)
+            assert_int_equal(epm_placement_rank_count(np, l, q) > 0, 1);
+    assert_true(epm_placement_gains(cur, np) <= epm_placement_gains(cur, plain));
+    assert_int_equal(epm_placement_gains(cur, np), gains(cur, np));
+    assert_int_equal(epm_placement_gains(np, np), 0);
+    assert_true(epm_placement_gains(cur, np) > 0); /* (4 spare slots a layer fill with replicas) */
+    /* nothing counted: nothing taken */
+    int64_t zero[L * E] = {0};
+    epm_placement *none = (epm_placement *)1;
+    assert_int_equal(epm_plan_rebalance(cur, zero, 3, &none), EPM_OK);
+    assert_null(none);
+    /* refusals: too few slots (the planner's words), a negative load, no loads */
+    assert_int_equal(epm_plan_rebalance(cur, load, 1, &none), EPM_ERR_INVALID_ARG);
+    assert_null(none);
+    zero[5] = -1;
+    assert_int_equal(epm_plan_rebalance(cur, zero, 3, &none), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "has load -1"));
+    assert_int_equal(epm_plan_rebalance(cur, NULL, 3, &none), EPM_ERR_INVALID_ARG);
+    epm_placement_destroy(plain);
+    epm_placement_destroy(np);
+    epm_placement_destroy(cur);
+    epm_trace_destroy(t);
+}
+
+/* tokens 0..T-1 of a drifting trace: the second half's experts shifted by 3,
+ * passes out of token order and with gaps, and a few tokens that never ran */
+static epm_trace *passes_trace(int L, int E, int K, int64_t T)
+{
+    epm_trace *t = tu_synth_trace_skew(L, E, K, T, 9, 1.2, 40);
+    int32_t *pass = malloc((size_t)T * sizeof *pass);
+    assert_non_null(pass);
+    for (int64_t i = 0; i < T; i++) {
+        pass[i] = (int32_t)((i % 7) * 3 + (i / 100) * 25 + (i % 5 == 0)); /* (numbers 0 .. ~150, many unused) */
+        for (int l = 0; l < L && i >= T / 2; l++)
+            for (int j = 0; j < K; j++) {
+                int32_t *id = &epm_trace_ids(t, l)[i * K + j];
+                *id = *id < 0 ? *id : (*id + 3) % E;
+            }
+        if (i % 97 == 13) { /* never ran */
+            pass[i] = -1;
+            for (int l = 0; l < L; l++)
+                for (int j = 0; j < K; j++)
+                    epm_trace_ids(t, l)[i * K + j] = -1;
+        }
+    }
+    assert_int_equal(epm_trace_set_pass_ids(t, pass), EPM_OK);
+    free(pass);
+    return t;
+}
+
+/* The replay as the run lives it: pass by pass, every number from 0. */
+static void expect_replay(const epm_trace *t, const epm_placement *p0, const epm_eval_opts *o, const epm_eval_result *got)
+{
+    const int L = epm_trace_layers(t), E = epm_placement_experts(p0), K = epm_trace_k(t), R = epm_placement_ranks(p0);
+    const int64_t T = epm_trace_tokens(t);
+    const int32_t *pass = epm_trace_pass_ids(t);
+    const int I = o->eplb_interval, W = o->eplb_window ? o->eplb_window : I;
+    const int slots = o->eplb_slots ? o->eplb_slots : epm_placement_max_slots(p0);
+    int32_t top = 0;
+    for (int64_t i = 0; i < T; i++)
+        top = pass[i] > top ? pass[i] : top;
+    epm_placement *pl[256];
+    int n = 1, *seg = calloc((size_t)top + 1, sizeof *seg);
+    int64_t *load = calloc((size_t)L * E, sizeof *load), moved = 0;
+    assert_true(seg && load);
+    pl[0] = (epm_placement *)p0;
+    for (int32_t q = 0; q <= top; q++) {
+        int64_t any = 0;
+        for (int i = 0; i < L * E; i++)
+            any += load[i];
+        if (q > 0 && q % I == 0 && any > 0) {
+            assert_true(n < 256);
+            assert_int_equal(epm_plan_rebalance(pl[n - 1], load, slots, &pl[n]), EPM_OK);
+            moved += gains(pl[n - 1], pl[n]);
+            n++;
+            memset(load, 0, (size_t)L * E * sizeof *load);
+        }
+        seg[q] = n - 1;
+        if (q % I < I - W)
+            continue;
+        for (int64_t i = 0; i < T; i++)
+            for (int l = 0; l < L && pass[i] == q; l++)
+                for (int j = 0; j < K; j++)
+                    if (epm_trace_ids_const(t, l)[i * K + j] >= 0)
+                        load[l * E + epm_trace_ids_const(t, l)[i * K + j]]++;
+    }
+    assert_int_equal(got->rebalances, n - 1);
+    assert_int_equal(got->moved, moved);
+    if (n > 1) {
+        assert_non_null(got->last);
+        assert_same_placement(got->last, pl[n - 1]);
+        assert_int_equal(epm_placement_get_info(got->last)->mode, o->mode);
+    } else {
+        assert_null(got->last);
+    }
+    /* each placement's tokens alone (the others skip every layer: they move nothing), summed */
+    epm_eval_opts so = *o;
+    so.eplb_interval = so.eplb_window = so.eplb_slots = 0;
+    int64_t *bytes = calloc((size_t)L * 2 * EPM_LINK_COUNT + EPM_LINK_COUNT, sizeof *bytes);
+    int64_t *rl = calloc((size_t)L * R * 3, sizeof *rl);
+    assert_true(bytes && rl);
+    for (int s = 0; s < n; s++) {
+        epm_trace *u;
+        assert_int_equal(epm_trace_slice(t, 0, T, &u), EPM_OK);
+        for (int64_t i = 0; i < T; i++)
+            if (pass[i] < 0 || seg[pass[i]] != s)
+                for (int l = 0; l < L; l++)
+                    for (int j = 0; j < K; j++)
+                        epm_trace_ids(u, l)[i * K + j] = -1;
+        epm_eval_result *ev;
+        assert_int_equal(epm_eval(u, pl[s], &so, &ev), EPM_OK);
+        for (int l = 0; l < L; l++)
+            for (int c = 0; c < EPM_LINK_COUNT; c++) {
+                bytes[(l * 2) * EPM_LINK_COUNT + c] += ev->layer[l].bytes[c];
+                bytes[(l * 2 + 1) * EPM_LINK_COUNT + c] += ev->layer[l].kv_bytes[c];
+            }
+        for (int c = 0; c < EPM_LINK_COUNT; c++)
+            bytes[L * 2 * EPM_LINK_COUNT + c] += ev->gather_bytes[c];
+        for (int i = 0; i < L * R; i++) {
+            rl[i] += ev->rank_load[i];
+            rl[L * R + i] += ev->send_bytes[i];
+            rl[2 * L * R + i] += ev->recv_bytes[i];
+        }
+        epm_eval_result_destroy(ev);
+        epm_trace_destroy(u);
+    }
+    for (int l = 0; l < L; l++)
+        for (int c = 0; c < EPM_LINK_COUNT; c++) {
+            assert_int_equal(got->layer[l].bytes[c], bytes[(l * 2) * EPM_LINK_COUNT + c]);
+            assert_int_equal(got->layer[l].kv_bytes[c], bytes[(l * 2 + 1) * EPM_LINK_COUNT + c]);
+        }
+    for (int c = 0; c < EPM_LINK_COUNT; c++)
+        assert_int_equal(got->gather_bytes[c], bytes[L * 2 * EPM_LINK_COUNT + c]);
+    for (int i = 0; i < L * R; i++) {
+        assert_int_equal(got->rank_load[i], rl[i]);
+        assert_int_equal(got->send_bytes[i], rl[L * R + i]);
+        assert_int_equal(got->recv_bytes[i], rl[2 * L * R + i]);
+    }
+    for (int s = 1; s < n; s++)
+        epm_placement_destroy(pl[s]);
+    free(bytes);
+    free(rl);
+    free(seg);
+    free(load);
+}
+
+static void test_eval_rebalanced(void **state)
+{
+    (void)state;
+    enum { L = 3, E = 8, K = 2 };
+    epm_trace *t = passes_trace(L, E, K, 1500);
+    epm_placement *p = contiguous(t, 2, 2);
+    static const int cfg[][3] = {{2, 0, 3}, {3, 1, 3}, {1, 1, 0}, {5, 2, 4}, {1000, 0, 3}, {4, 4, 8}};
+    for (int mode = 0; mode < 2; mode++)
+        for (size_t c = 0; c < sizeof cfg / sizeof *cfg; c++) {
+            epm_eval_opts o;
+            epm_eval_opts_init(&o);
+            o.mode = (epm_mode)mode;
+            o.hidden_bytes = 512;
+            o.kv_row_bytes = 96;
+            o.dispatch_bytes = c == 3 ? 260 : 0;
+            o.eplb_interval = cfg[c][0];
+            o.eplb_window = cfg[c][1];
+            o.eplb_slots = cfg[c][2];
+            epm_eval_result *got;
+            assert_int_equal(epm_eval(t, p, &o, &got), EPM_OK);
+            expect_replay(t, p, &o, got);
+            if (cfg[c][0] == 1000) /* (no boundary among the passes: the static placement's figures) */
+                assert_int_equal(got->rebalances, 0);
+            else
+                assert_true(got->rebalances >= 3);
+            /* spare slots after the drift: a better balance than the static placement's */
+            epm_eval_opts so = o;
+            so.eplb_interval = so.eplb_window = so.eplb_slots = 0;
+            epm_eval_result *st;
+            assert_int_equal(epm_eval(t, p, &so, &st), EPM_OK);
+            if (cfg[c][2] >= 3 && cfg[c][0] < 1000)
+                assert_true(got->max_over_mean_load < st->max_over_mean_load);
+            epm_eval_result_destroy(st);
+            epm_eval_result_destroy(got);
+        }
+    epm_placement_destroy(p);
+    epm_trace_destroy(t);
+}
+
+static void expect_refused(const epm_trace *t, const epm_placement *p, int interval, int window, int slots,
+                           const char *needle)
+{
+    epm_eval_opts o;
+    epm_eval_opts_init(&o);
+    o.eplb_interval = interval;
+    o.eplb_window = window;
+    o.eplb_slots = slots;
+    epm_eval_result *r = (epm_eval_result *)1;
+    assert_int_equal(epm_eval(t, p, &o, &r), EPM_ERR_INVALID_ARG);
+    assert_null(r);
+    if (!strstr(epm_last_error(), needle))
+        fail_msg("expected '%s' in: %s", needle, epm_last_error());
+}
+
+static void test_eval_rebalanced_refusals(void **state)
+{
+    (void)state;
+    epm_trace *t = passes_trace(2, 8, 2, 300);
+    epm_placement *p = contiguous(t, 1, 4);
+    expect_refused(t, p, -1, 0, 0, "every -1 passes");
+    expect_refused(t, p, 2, 3, 0, "a window of 3");
+    expect_refused(t, p, 2, -1, 0, "a window of -1");
+    expect_refused(t, p, 2, 0, 1, "eplb_slots = 1: 4 ranks hold 8 experts a layer in 2 to 8");
+    expect_refused(t, p, 2, 0, 9, "eplb_slots = 9");
+    int32_t *pass = malloc(300 * sizeof *pass);
+    assert_non_null(pass);
+    memcpy(pass, epm_trace_pass_ids(t), 300 * sizeof *pass);
+    pass[4] = -1; /* (token 4 chose experts) */
+    epm_trace *u;
+    assert_int_equal(epm_trace_slice(t, 0, 300, &u), EPM_OK);
+    assert_int_equal(epm_trace_set_pass_ids(u, pass), EPM_OK);
+    expect_refused(u, p, 2, 0, 0, "token 4 chose experts but its pass_ids entry is -1");
+    assert_int_equal(epm_trace_set_pass_ids(u, NULL), EPM_OK);
+    expect_refused(u, p, 2, 0, 0, "the trace has no pass_ids (epmoe run --trace-out records them)");
+    /* without rebalancing, neither matters */
+    epm_eval_opts o;
+    epm_eval_opts_init(&o);
+    epm_eval_result *r;
+    assert_int_equal(epm_eval(u, p, &o, &r), EPM_OK);
+    assert_int_equal(r->rebalances, 0);
+    epm_eval_result_destroy(r);
+    /* a placement that already uses 3 slots on a rank: fewer is refused */
+    epm_placement *q;
+    epm_cluster c;
+    epm_cluster_init(&c, 1, 4);
+    epm_plan_opts po;
+    epm_plan_opts_init(&po);
+    po.method = EPM_METHOD_EPLB;
+    po.slots_per_rank = 3;
+    assert_int_equal(epm_plan(t, &c, &po, &q), EPM_OK);
+    expect_refused(t, q, 2, 0, 2, "the placement already has 3 experts of a layer on one rank");
+    epm_placement_destroy(q);
+    free(pass);
+    epm_trace_destroy(u);
+    epm_placement_destroy(p);
+    epm_trace_destroy(t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_eplb_window),
+        cmocka_unit_test(test_plan_rebalance),
+        cmocka_unit_test(test_eval_rebalanced),
+        cmocka_unit_test(test_eval_rebalanced_refusals),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
