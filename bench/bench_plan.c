@@ -2,7 +2,9 @@
  * shape and mode it synthesises a trace with skewed expert popularity and
  * cross-layer affinity, plans on the first half with every method, and
  * evaluates every placement on the second half (the traffic to come), next
- * to contiguous measured in the same run. */
+ * to contiguous measured in the same run; with --eplb-interval also online
+ * rebalancing over the second half's passes, which needs no forecast (the
+ * placements an epmoe run would take, as plan eval replays them). */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -35,6 +37,12 @@ static void usage(void)
            "  --zipf S         expert popularity skew (default 1.0)\n"
            "  --affinity A     cross-layer affinity in [0,1] (default 0.7)\n"
            "  --seed N         trace seed (default 1)\n"
+           "  --drift N        other experts hot every N tokens (default: never): traffic that changes,\n"
+           "                   so the first half forecasts the second less well\n"
+           "  --eplb-interval N  also 'online': contiguous rebalanced every N passes of the second half\n"
+           "                   (epmoe run --eplb-interval, as plan eval --eplb-interval replays it)\n"
+           "  --eplb-window W  the passes whose loads count (default N)\n"
+           "  --pass-tokens P  tokens a pass (default 256)\n"
            "  --quiet          no solver progress on stderr\n"
            "  --csv            one CSV row per (shape, mode, method)\n");
 }
@@ -43,6 +51,8 @@ typedef struct {
     double solve_s, objective, bound, gap;
     epm_plan_quality quality;
     double max_over_mean, max_load, bytes[EPM_LINK_COUNT], t_total;
+    int rebalances; /* online */
+    int64_t moved;
 } row;
 
 static epm_status run_one(const epm_trace *plan_half, const epm_trace *eval_half, const epm_cluster *c,
@@ -75,14 +85,47 @@ static epm_status run_one(const epm_trace *plan_half, const epm_trace *eval_half
 
 static double ratio(double a, double b) { return b != 0.0 ? a / b : (a == 0.0 ? 1.0 : INFINITY); }
 
-enum { O_SHAPE = 256, O_MODE, O_TOKENS, O_TIME, O_GAP, O_ZIPF, O_AFF, O_SEED, O_CSV, O_QUIET, O_HELP };
+enum { O_SHAPE = 256, O_MODE, O_TOKENS, O_TIME, O_GAP, O_ZIPF, O_AFF, O_SEED, O_CSV, O_QUIET, O_DRIFT, O_EPLBI, O_EPLBW,
+       O_PASS, O_HELP };
 static const struct option opts[] = {
     {"shape", required_argument, 0, O_SHAPE},   {"mode", required_argument, 0, O_MODE},
     {"tokens", required_argument, 0, O_TOKENS}, {"time-limit", required_argument, 0, O_TIME},
     {"mip-gap", required_argument, 0, O_GAP},   {"zipf", required_argument, 0, O_ZIPF},
     {"affinity", required_argument, 0, O_AFF},  {"seed", required_argument, 0, O_SEED},
     {"csv", no_argument, 0, O_CSV},             {"quiet", no_argument, 0, O_QUIET},
+    {"drift", required_argument, 0, O_DRIFT},   {"eplb-interval", required_argument, 0, O_EPLBI},
+    {"eplb-window", required_argument, 0, O_EPLBW}, {"pass-tokens", required_argument, 0, O_PASS},
     {"help", no_argument, 0, O_HELP},           {0, 0, 0, 0}};
+
+/* 'online': p (contiguous, planned on the first half) rebalanced over the second half's passes */
+static epm_status run_online(const epm_trace *plan_half, const epm_trace *eval_half, const epm_cluster *c,
+                             const epm_plan_opts *po, const epm_eval_opts *eo, row *out)
+{
+    epm_plan_opts o = *po;
+    o.method = EPM_METHOD_CONTIGUOUS;
+    epm_placement *p = NULL;
+    EPM_CHECK(epm_plan(plan_half, c, &o, &p));
+    epm_eval_result *r = NULL;
+    const double t0 = epm_now();
+    epm_status st = epm_eval(eval_half, p, eo, &r);
+    epm_placement_destroy(p);
+    EPM_CHECK(st);
+    out->solve_s = epm_now() - t0; /* (the rebalances' planning, and the evaluation) */
+    out->objective = out->bound = out->gap = NAN;
+    out->quality = EPM_QUALITY_HEURISTIC;
+    out->max_over_mean = r->max_over_mean_load;
+    double ml = 0.0;
+    for (int l = 0; l < r->layers; l++)
+        ml += (double)r->layer[l].max_load;
+    out->max_load = ml / (r->layers ? r->layers : 1);
+    for (int k = 0; k < EPM_LINK_COUNT; k++)
+        out->bytes[k] = (double)r->total_bytes[k];
+    out->t_total = r->t_total;
+    out->rebalances = r->rebalances;
+    out->moved = r->moved;
+    epm_eval_result_destroy(r);
+    return EPM_OK;
+}
 
 int epm_bench_plan(int argc, char **argv)
 {
@@ -91,6 +134,7 @@ int epm_bench_plan(int argc, char **argv)
     long tokens = 8192;
     double time_limit = 60, gap = 1e-4, zipf = 1.0, affinity = 0.7;
     uint64_t seed = 1;
+    long drift = 0, eplb_i = 0, eplb_w = 0, pass_tokens = 256;
     int csv = 0, quiet = 0;
     int c;
     optind = 1;
@@ -129,6 +173,22 @@ int epm_bench_plan(int argc, char **argv)
         case O_CSV:
             csv = 1;
             break;
+        case O_DRIFT:
+            if (!cli_parse_int(what, "--drift", optarg, 1, 1L << 40, &drift))
+                return EPM_EXIT_USAGE;
+            break;
+        case O_EPLBI:
+            if (!cli_parse_int(what, "--eplb-interval", optarg, 1, INT32_MAX, &eplb_i))
+                return EPM_EXIT_USAGE;
+            break;
+        case O_EPLBW:
+            if (!cli_parse_int(what, "--eplb-window", optarg, 1, INT32_MAX, &eplb_w))
+                return EPM_EXIT_USAGE;
+            break;
+        case O_PASS:
+            if (!cli_parse_int(what, "--pass-tokens", optarg, 1, 1L << 26, &pass_tokens))
+                return EPM_EXIT_USAGE;
+            break;
         case O_QUIET:
             quiet = 1;
             break;
@@ -142,6 +202,11 @@ int epm_bench_plan(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error(what, "unexpected argument '%s'", argv[optind]);
+    if (eplb_w && !eplb_i)
+        return cli_usage_error(what, "--eplb-window is online rebalancing's: --eplb-interval is not given");
+    if (eplb_w > eplb_i)
+        return cli_usage_error(what, "--eplb-window %ld: the loads of at most the --eplb-interval's %ld passes count",
+                               eplb_w, eplb_i);
     int want_shape[3] = {0, 0, 0};
     int any = 0;
     for (int s = 0; s < 3; s++)
@@ -177,6 +242,8 @@ int epm_bench_plan(int argc, char **argv)
         so.affinity = affinity;
         so.successors = 2;
         so.seed = seed;
+        so.drift_tokens = drift;
+        so.tokens_per_pass = pass_tokens; /* (the second half's passes: from tokens / 2 / pass_tokens on) */
         epm_trace *t = NULL, *first = NULL, *second = NULL;
         epm_status st = epm_trace_synth(&so, &t);
         if (st == EPM_OK)
@@ -192,8 +259,8 @@ int epm_bench_plan(int argc, char **argv)
         epm_cluster c;
         epm_cluster_init(&c, sh->nodes, sh->gpn);
         if (!csv)
-            printf("\n== %s, %ld tokens (plan on the first half, evaluate on the second), zipf %.2g, affinity %.2g\n",
-                   sh->desc, tokens, zipf, affinity);
+            printf("\n== %s, %ld tokens (plan on the first half, evaluate on the second), zipf %.2g, affinity %.2g%s\n",
+                   sh->desc, tokens, zipf, affinity, drift ? ", drifting" : "");
         for (int mi = 0; mi < nmodes; mi++) {
             epm_plan_opts po;
             epm_plan_opts_init(&po);
@@ -213,10 +280,15 @@ int epm_bench_plan(int argc, char **argv)
              * hidden-vector transfer per rank (about 16:1 at these defaults) */
             po.balance_weight = eo.flops_per_assignment / (c.gpu_tflops * 1e12) * 1e6;
             po.traffic_weight = (double)eo.hidden_bytes / (c.intra_gbps * 1e9) * 1e6;
-            row rows[EPM_METHOD_COUNT];
-            for (int m = 0; m < EPM_METHOD_COUNT; m++) {
-                po.method = (epm_method)m;
-                st = run_one(first, second, &c, &po, &eo, &rows[m]);
+            row rows[EPM_METHOD_COUNT + 1];
+            const int nrows = EPM_METHOD_COUNT + (eplb_i > 0);
+            for (int m = 0; m < nrows; m++) {
+                po.method = (epm_method)(m < EPM_METHOD_COUNT ? m : EPM_METHOD_CONTIGUOUS);
+                epm_eval_opts oe = eo;
+                oe.eplb_interval = m < EPM_METHOD_COUNT ? 0 : (int)eplb_i;
+                oe.eplb_window = m < EPM_METHOD_COUNT ? 0 : (int)eplb_w;
+                st = m < EPM_METHOD_COUNT ? run_one(first, second, &c, &po, &eo, &rows[m])
+                                          : run_online(first, second, &c, &po, &oe, &rows[m]);
                 if (st != EPM_OK) {
                     epm_trace_destroy(first);
                     epm_trace_destroy(second);
@@ -230,30 +302,37 @@ int epm_bench_plan(int argc, char **argv)
                        "objective", "bound", "gap", "quality", "max/mean", "maxload", "intra_GB", "inter_GB",
                        "t_model_ms", "t/contig", "inter/c");
             }
-            for (int m = 0; m < EPM_METHOD_COUNT; m++) {
+            for (int m = 0; m < nrows; m++) {
                 const row *r = &rows[m];
+                const char *name = m < EPM_METHOD_COUNT ? epm_method_name((epm_method)m) : "online";
                 double tr = ratio(r->t_total, base->t_total);
                 double ir = ratio(r->bytes[EPM_LINK_INTER], base->bytes[EPM_LINK_INTER]);
                 double lr = ratio(r->max_load, base->max_load);
                 /* a heuristic has no bound: an empty CSV field, "-" in the table */
-                char bnd[32] = "", gp[32] = "";
+                char bnd[32] = "", gp[32] = "", obj[32] = "";
+                if (isfinite(r->objective)) /* (online's has none) */
+                    snprintf(obj, sizeof obj, csv ? "%.6g" : "%12.6g", r->objective);
                 if (isfinite(r->bound))
                     snprintf(bnd, sizeof bnd, csv ? "%.6g" : "%12.6g", r->bound);
                 if (isfinite(r->gap))
                     snprintf(gp, sizeof gp, csv ? "%.6g" : "%8.4f", r->gap);
                 if (csv)
-                    printf("%s,%s,%s,%.6f,%.6g,%s,%s,%s,%.4f,%.2f,%.0f,%.0f,%.6g,%.4f,%.4f,%.4f\n", sh->name,
-                           epm_mode_name(po.mode), epm_method_name((epm_method)m), r->solve_s, r->objective, bnd, gp,
+                    printf("%s,%s,%s,%.6f,%s,%s,%s,%s,%.4f,%.2f,%.0f,%.0f,%.6g,%.4f,%.4f,%.4f\n", sh->name,
+                           epm_mode_name(po.mode), name, r->solve_s, obj, bnd, gp,
                            epm_plan_quality_name(r->quality), r->max_over_mean, r->max_load, r->bytes[EPM_LINK_INTRA],
                            r->bytes[EPM_LINK_INTER], r->t_total, tr, ir, lr);
                 else
-                    printf("%-12s %8.3f %12.6g %12s %8s %-9s %8.3f %8.1f %10.3f %10.3f %10.3f %8.3f %8.3f\n",
-                           epm_method_name((epm_method)m), r->solve_s, r->objective, *bnd ? bnd : "-", *gp ? gp : "-",
+                    printf("%-12s %8.3f %12s %12s %8s %-9s %8.3f %8.1f %10.3f %10.3f %10.3f %8.3f %8.3f\n",
+                           name, r->solve_s, *obj ? obj : "-", *bnd ? bnd : "-", *gp ? gp : "-",
                            epm_plan_quality_name(r->quality), r->max_over_mean, r->max_load,
                            r->bytes[EPM_LINK_INTRA] / 1e9, r->bytes[EPM_LINK_INTER] / 1e9, r->t_total * 1e3, tr,
                            ir);
                 fflush(stdout);
             }
+            if (!csv && eplb_i > 0)
+                printf("# online: %d placements taken over the second half's %ld passes, %lld experts moved\n",
+                       rows[EPM_METHOD_COUNT].rebalances, (tokens - tokens / 2 + pass_tokens - 1) / pass_tokens,
+                       (long long)rows[EPM_METHOD_COUNT].moved);
         }
         epm_trace_destroy(first);
         epm_trace_destroy(second);

@@ -37,7 +37,7 @@ static epm_status sync(rt *r, epm_status st) { return epm_rt_sync(r, st); }
 
 static epm_status record_trace(rt *r, int ml, int64_t g, const int32_t *ids)
 {
-    const int K = r->c->top_k, W = EPM_REC_HEAD + K;
+    const int K = r->c->top_k, W = 2 + K;
     if (r->n_rec == r->cap_rec) {
         int64_t cap = r->cap_rec ? 2 * r->cap_rec : 1024;
         int32_t *n = epm_realloc(r->trace_rec, (size_t)cap * (size_t)W * sizeof *n);
@@ -49,8 +49,7 @@ static epm_status record_trace(rt *r, int ml, int64_t g, const int32_t *ids)
     int32_t *rec = r->trace_rec + r->n_rec++ * W;
     rec[0] = ml;
     rec[1] = (int32_t)g;
-    rec[2] = (int32_t)r->pass_no;
-    memcpy(rec + EPM_REC_HEAD, ids, (size_t)K * sizeof *ids);
+    memcpy(rec + 2, ids, (size_t)K * sizeof *ids);
     return EPM_OK;
 }
 
@@ -1644,8 +1643,11 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     r->fed = epm_calloc((size_t)batch, 1);
     r->dec_seq = epm_malloc((size_t)(r->steps ? r->steps : 1) * batch * sizeof *r->dec_seq);
     r->dec_pos = epm_malloc((size_t)(r->steps ? r->steps : 1) * batch * sizeof *r->dec_pos);
-    if (!r->fed || !r->dec_seq || !r->dec_pos)
+    r->pass_of = epm_malloc((size_t)(r->total ? r->total : 1) * sizeof *r->pass_of);
+    if (!r->fed || !r->dec_seq || !r->dec_pos || !r->pass_of)
         return sync(r, EPM_ERR_NOMEM);
+    for (int64_t g = 0; g < r->total; g++)
+        r->pass_of[g] = -1; /* (never ran: a prompt position prefix caching copied) */
     for (int l = 0; l < c->num_layers; l++)
         r->moe_index[l] = c->moe_layer[l] ? r->moe_layers++ : -1;
     if (r->moe_layers == 0)
@@ -1806,6 +1808,7 @@ static void teardown(rt *r)
     epm_free(r->trace_rec);
     epm_free(r->fed);
     epm_free(r->dec_seq);
+    epm_free(r->pass_of);
     epm_free(r->dec_pos);
     epm_free(r->chunk_of);
     epm_free(r->adm);
@@ -1950,36 +1953,31 @@ static epm_status collect_trace(rt *r, epm_run_result *res)
     int K = r->c->top_k;
     void *all = NULL;
     int64_t nb = 0;
-    const int W = EPM_REC_HEAD + K;
+    const int W = 2 + K;
     EPM_CHECK(epm_xcomm_gather_bytes(r->x, r->trace_rec, r->n_rec * W * (int64_t)sizeof(int32_t), &all, &nb));
     if (r->me != 0)
         return EPM_OK;
     /* prefill and every decoded token (a prompt position prefix caching copied is never recorded: its
      * row stays -1, which plan eval skips, its pass -1, and every token keeps its index, which picks its
-     * replica) */
+     * replica); the passes from the schedule, which every rank builds alike (a token that skips every MoE
+     * layer leaves no record, and its pass still counts towards rebalancing) */
     const int64_t total = r->dec_base;
     epm_status st = epm_trace_create(r->moe_layers, total, K, r->c->num_experts, &res->trace);
     int32_t *seq = epm_malloc((size_t)(total ? total : 1) * sizeof *seq);
-    int32_t *pass = epm_malloc((size_t)(total ? total : 1) * sizeof *pass);
-    if (st == EPM_OK && seq && pass) {
+    if (st == EPM_OK && seq) {
         const int32_t *rec = all;
         int64_t nrec = nb / (int64_t)(W * sizeof(int32_t));
-        for (int64_t gi = 0; gi < total; gi++)
-            pass[gi] = -1;
-        for (int64_t i = 0; i < nrec; i++, rec += W) {
-            memcpy(epm_trace_ids(res->trace, rec[0]) + (int64_t)rec[1] * K, rec + EPM_REC_HEAD, (size_t)K * sizeof *rec);
-            pass[rec[1]] = rec[2];
-        }
+        for (int64_t i = 0; i < nrec; i++, rec += W)
+            memcpy(epm_trace_ids(res->trace, rec[0]) + (int64_t)rec[1] * K, rec + 2, (size_t)K * sizeof *rec);
         for (int64_t gi = 0; gi < total; gi++)
             seq[gi] = gi < r->N ? seq_of(r, gi) : r->dec_seq[gi - r->N];
         st = epm_trace_set_seq_ids(res->trace, seq);
         if (st == EPM_OK)
-            st = epm_trace_set_pass_ids(res->trace, pass);
+            st = epm_trace_set_pass_ids(res->trace, r->pass_of);
     } else if (st == EPM_OK) {
         st = EPM_ERR_NOMEM;
     }
     epm_free(seq);
-    epm_free(pass);
     epm_free(all);
     return st;
 }
@@ -2102,7 +2100,7 @@ static epm_status run_pass(rt *r, const epm_sched_pass *sp, const int32_t *const
         const epm_sched_piece *pc = &sp->pre[i];
         const int64_t a = r->offset[pc->seq] + pc->from, b = r->offset[pc->seq] + pc->to;
         for (int64_t gi = a; gi < b; gi++)
-            r->chunk_of[gi] = r->chunk;
+            r->chunk_of[gi] = r->chunk, r->pass_of[gi] = (int32_t)r->pass_no;
         g0 = a < g0 ? a : g0;
         gend = b > gend ? b : gend;
         r->adm[i] = pc->seq;
@@ -2116,6 +2114,7 @@ static epm_status run_pass(rt *r, const epm_sched_pass *sp, const int32_t *const
     for (int i = 0; i < sp->n_dec; i++) {
         const int s = sp->dec[i];
         r->dec_seq[r->dec_base + i - r->N] = s;
+        r->pass_of[r->dec_base + i] = (int32_t)r->pass_no;
         r->dec_pos[r->dec_base + i - r->N] = r->lens[s] + res->gen_len[s] - 1; /* where its last token goes */
     }
     /* a replayed trace's decoded tokens must be this run's: a trace recorded

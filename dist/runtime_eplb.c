@@ -38,7 +38,7 @@ epm_status epm_eplb_rebalance(rt *r)
     epm_status st = epm_plan_rebalance(r->p, r->eplb_load, r->eplb_slots, &np);
     if (st != EPM_OK || !np) /* (nothing to go by: the window ran no MoE token) */
         goto out;
-    moved = epm_placement_gains(r->p, np);
+    st = epm_placement_gains(r->p, np, &moved);
     gain = epm_malloc((size_t)E * sizeof *gain);
     lose = epm_malloc((size_t)E * sizeof *lose);
     gone = epm_malloc((size_t)3 * E * sizeof *gone);

@@ -11,8 +11,6 @@
 #include "runtime.h"
 #include "xcomm.h"
 
-enum { EPM_REC_HEAD = 3 }; /* a trace record's MoE layer, token and pass, before its ids */
-
 enum { EPM_KV_F32, EPM_KV_BF16, EPM_KV_FP8 };
 
 typedef struct rt {
@@ -47,7 +45,7 @@ typedef struct rt {
     epm_weight *mla_ukt; /* [layers] with the latent: kv_b's key half per head, transposed to
                             [heads][kv_lora][qk_nope] (as held), so that absorbing it into the
                             queries is a linear layer */
-    int32_t *trace_rec; /* [n_rec][EPM_REC_HEAD + k]: moe layer, g, pass, ids */
+    int32_t *trace_rec; /* [n_rec][2 + k]: moe layer, g, ids */
     int64_t n_rec, cap_rec;
     epm_run_report *rep;
     int64_t *bytes_local, *kv_local, *load_local, gather_local[EPM_LINK_COUNT];
@@ -94,6 +92,7 @@ typedef struct rt {
     uint8_t *fed;         /* [B] it ran a pass whose new token the next sum brings */
     int64_t dec_base;     /* g of this pass's first decode token: N + the tokens decoded before */
     int32_t *dec_seq;     /* [steps * B] the sequence of each decoded token, in trace order (its g - N) */
+    int32_t *pass_of;     /* [total] the pass (pass_no) that ran each token, -1 none: the trace's pass_ids */
     int32_t *dec_pos;     /* [steps * B] and its position */
     /* Mixture-of-Depths (runtime_mod.c) */
     uint8_t *mod_on;      /* [layers] */

@@ -295,7 +295,7 @@ static void cross_counts(const epm_eval_result *r, int64_t *x_rank, int64_t *x_n
     }
 }
 
-static json_t *result_json(const epm_eval_result *r, const epm_eval_result *base, int per_layer)
+static json_t *result_json(const epm_eval_result *r, const epm_eval_result *base, int per_layer, int online)
 {
     int64_t xr, xn, maxload = 0;
     double mean = 0;
@@ -311,7 +311,7 @@ static json_t *result_json(const epm_eval_result *r, const epm_eval_result *base
                           "gather_bytes", link_obj(r->gather_bytes), "modelled_seconds", r->t_total,
                           "ratio_to_first", base->t_total > 0 ? r->t_total / base->t_total : 1.0, "kv_cache_factor",
                           r->kv_cache_factor);
-    if (o && r->last) /* (a rebalanced run's: what it took) */
+    if (o && online) /* (a rebalanced run's: what it took, none perhaps) */
         json_object_set_new(o, "eplb", json_pack("{s:i, s:I}", "rebalances", r->rebalances, "experts_moved",
                                                  (json_int_t)r->moved));
     if (o && per_layer) {
@@ -333,14 +333,14 @@ static json_t *result_json(const epm_eval_result *r, const epm_eval_result *base
     return o;
 }
 
-static int print_eval_json(const evaluated *ev, int n, int per_layer)
+static int print_eval_json(const evaluated *ev, int n, int per_layer, int online)
 {
     json_t *list = json_array();
     for (int i = 0; i < n && list; i++) {
         const epm_placement_info *in = epm_placement_get_info(ev[i].p);
         json_t *results = json_array();
         for (int m = 0; m < ev[i].nmodes; m++)
-            json_array_append_new(results, result_json(ev[i].r[m], ev[0].r[m], per_layer));
+            json_array_append_new(results, result_json(ev[i].r[m], ev[0].r[m], per_layer, online));
         json_t *pl = json_pack("{s:s, s:s, s:s, s:o}", "file", ev[i].path, "method", in->method, "planned_for",
                                epm_mode_name(in->mode), "results", results);
         if (pl && ev[i].nmodes == 2) {
@@ -360,7 +360,7 @@ static int print_eval_json(const evaluated *ev, int n, int per_layer)
     return EPM_EXIT_OK;
 }
 
-static void print_eval_text(const evaluated *ev, int n, int per_layer)
+static void print_eval_text(const evaluated *ev, int n, int per_layer, int online)
 {
     for (int m = 0; m < ev[0].nmodes; m++) {
         const epm_eval_result *base = ev[0].r[m];
@@ -376,7 +376,7 @@ static void print_eval_text(const evaluated *ev, int n, int per_layer)
                    epm_placement_get_info(ev[i].p)->method, r->max_over_mean_load, (long long)xr, (long long)xn,
                    (long long)r->total_bytes[EPM_LINK_INTRA], (long long)r->total_bytes[EPM_LINK_INTER],
                    1e3 * r->t_total, base->t_total > 0 ? r->t_total / base->t_total : 1.0);
-            if (r->last)
+            if (online)
                 printf("    online rebalancing: %d placements taken, %lld experts moved\n", r->rebalances,
                        (long long)r->moved);
             for (int l = 0; per_layer && l < r->layers; l++) {
@@ -553,9 +553,9 @@ static int cmd_eval(int argc, char **argv)
         goto out;
     }
     if (json) {
-        rc = print_eval_json(ev, n, per_layer);
+        rc = print_eval_json(ev, n, per_layer, eplb_i > 0);
     } else {
-        print_eval_text(ev, n, per_layer);
+        print_eval_text(ev, n, per_layer, eplb_i > 0);
         rc = EPM_EXIT_OK;
     }
 out:

@@ -92,6 +92,20 @@ static void move(acc *a, int from, int to, int64_t bytes, int kv)
     a->r->recv_bytes[(size_t)a->l * (size_t)a->R + (size_t)to] += bytes;
 }
 
+/* A pass ends: its phases and its busiest rank's experts are waited for
+ * (spf: modelled seconds per (token, expert)); the next starts empty. */
+static void close_pass(acc *a, int64_t *pass_load, double spf, epm_eval_layer *ly)
+{
+    const int R = a->R;
+    ly->t_comm += phase_seconds(&a->a2a, a->c) + phase_seconds(&a->kv, a->c);
+    int64_t most = 0;
+    for (int q = 0; q < R; q++)
+        most = pass_load[q] > most ? pass_load[q] : most;
+    ly->t_compute += (double)most * spf;
+    memset(a->a2a.b, 0, (size_t)R * 8 * sizeof *a->a2a.b); /* (both phases: kv follows a2a) */
+    memset(pass_load, 0, (size_t)R * sizeof *pass_load);
+}
+
 epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_opts *o, epm_eval_result **out)
 {
     *out = NULL;
@@ -120,7 +134,7 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     epm_status st = EPM_OK;
     epm_eval_result *r = epm_calloc(1, sizeof *r);
     int *where = NULL, *dst = NULL, *distinct = NULL;
-    int64_t *split = NULL;
+    int64_t *split = NULL, *pass_load = NULL;
     if (!r) {
         epm_pass_plan_clear(&pp);
         return EPM_ERR_NOMEM;
@@ -136,8 +150,11 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     where = epm_malloc((size_t)(T ? T : 1) * sizeof *where);
     dst = epm_malloc((size_t)K * sizeof *dst);
     distinct = epm_malloc((size_t)K * sizeof *distinct);
-    split = epm_calloc((size_t)R * 8, sizeof *split); /* two phases of [4][R] */
-    if (!r->layer || !r->rank_load || !r->send_bytes || !r->recv_bytes || !where || !dst || !distinct || !split) {
+    /* one pass's two phases of [4][R], and its ranks' loads */
+    split = epm_calloc((size_t)R * 8, sizeof *split);
+    pass_load = epm_calloc((size_t)R, sizeof *pass_load);
+    if (!r->layer || !r->rank_load || !r->send_bytes || !r->recv_bytes || !where || !dst || !distinct || !split ||
+        !pass_load) {
         st = EPM_ERR_NOMEM;
         goto fail;
     }
@@ -145,42 +162,62 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
         where[i] = (int)(epm_trace_seq_of(t, i) % R);
 
     acc a = {r, c, 0, R, {split, R}, {split + 4 * (size_t)R, R}};
-    const double flops = c->gpu_tflops * 1e12;
-    for (int l = 0; l < L; l++) {
-        a.l = l;
-        const int32_t *ids = epm_trace_ids_const(t, l);
-        epm_eval_layer *ly = &r->layer[l];
-        int64_t *load = r->rank_load + (size_t)l * (size_t)R;
-        memset(split, 0, (size_t)R * 8 * sizeof *split);
-        for (int64_t i = 0; i < T; i++) {
-            const int32_t *row = ids + (size_t)i * (size_t)K;
-            if (row[0] < 0)
-                continue; /* skipped: stays, sends nothing */
-            int src = where[i];
-            epm_route_pick(pp.pl[pp.of[i]], l, row, K, src, (uint64_t)i, dst);
-            int nd = 0;
-            for (int j = 0; j < K; j++) {
-                if (dst[j] < 0)
-                    continue;
-                load[dst[j]]++;
-                int seen = 0;
-                for (int q = 0; q < nd; q++)
-                    seen |= distinct[q] == dst[j];
-                if (!seen)
-                    distinct[nd++] = dst[j];
+    const double spf = o->flops_per_assignment / (c->gpu_tflops * 1e12); /* modelled seconds a (token, expert) */
+    /* A segment is the passes a placement ran (the whole trace without
+     * rebalancing): its tokens through every layer, then the next's. A
+     * token's counts never depend on another's, so the sums are those of
+     * the layer-by-layer order a run takes. */
+    for (;;) {
+        const epm_placement *pl;
+        int64_t begin, end;
+        int more;
+        EPM_CHECK_GOTO(epm_pass_plan_next(&pp, &pl, &begin, &end, &more), st, fail);
+        if (!more)
+            break;
+        for (int l = 0; l < L; l++) {
+            a.l = l;
+            const int32_t *ids = epm_trace_ids_const(t, l);
+            epm_eval_layer *ly = &r->layer[l];
+            int64_t *load = r->rank_load + (size_t)l * (size_t)R;
+            for (int64_t s = begin; s < end; s++) {
+                const int64_t i = pp.order[s].token;
+                if (s > begin && pp.order[s].pass != pp.order[s - 1].pass)
+                    close_pass(&a, pass_load, spf, ly);
+                const int32_t *row = ids + (size_t)i * (size_t)K;
+                if (row[0] < 0)
+                    continue; /* skipped: stays, sends nothing */
+                int src = where[i];
+                epm_route_pick(pl, l, row, K, src, (uint64_t)i, dst);
+                int nd = 0;
+                for (int j = 0; j < K; j++) {
+                    if (dst[j] < 0)
+                        continue;
+                    load[dst[j]]++;
+                    pass_load[dst[j]]++;
+                    int seen = 0;
+                    for (int q = 0; q < nd; q++)
+                        seen |= distinct[q] == dst[j];
+                    if (!seen)
+                        distinct[nd++] = dst[j];
+                }
+                int comb = o->mode == EPM_MODE_FOLLOW ? dst[0] : src;
+                for (int q = 0; q < nd; q++) {
+                    move(&a, src, distinct[q], o->dispatch_bytes ? o->dispatch_bytes : o->hidden_bytes, 0);
+                    move(&a, distinct[q], comb, o->hidden_bytes, 0);
+                }
+                if (o->mode == EPM_MODE_FOLLOW) {
+                    /* the new K/V row of this token, computed where its attention ran */
+                    for (int q = 0; q < R; q++)
+                        move(&a, src, q, o->kv_row_bytes, 1);
+                    where[i] = comb;
+                }
             }
-            int comb = o->mode == EPM_MODE_FOLLOW ? dst[0] : src;
-            for (int q = 0; q < nd; q++) {
-                move(&a, src, distinct[q], o->dispatch_bytes ? o->dispatch_bytes : o->hidden_bytes, 0);
-                move(&a, distinct[q], comb, o->hidden_bytes, 0);
-            }
-            if (o->mode == EPM_MODE_FOLLOW) {
-                /* the new K/V row of this token, computed where its attention ran */
-                for (int q = 0; q < R; q++)
-                    move(&a, src, q, o->kv_row_bytes, 1);
-                where[i] = comb;
-            }
+            close_pass(&a, pass_load, spf, ly); /* (a segment ends with a whole pass) */
         }
+    }
+    for (int l = 0; l < L; l++) {
+        epm_eval_layer *ly = &r->layer[l];
+        const int64_t *load = r->rank_load + (size_t)l * (size_t)R;
         for (int q = 0; q < R; q++) {
             ly->sum_load += load[q];
             ly->max_load = load[q] > ly->max_load ? load[q] : ly->max_load;
@@ -189,10 +226,6 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
             ly->max_send_bytes = s > ly->max_send_bytes ? s : ly->max_send_bytes;
             ly->max_recv_bytes = v > ly->max_recv_bytes ? v : ly->max_recv_bytes;
         }
-        /* the K/V all-gather (after attention) and the all-to-all (after the
-         * gate) are separate phases, one after the other */
-        ly->t_comm = phase_seconds(&a.a2a, c) + phase_seconds(&a.kv, c);
-        ly->t_compute = (double)ly->max_load * o->flops_per_assignment / flops;
         r->t_total += ly->t_comm + ly->t_compute;
         if (ly->sum_load > 0)
             r->max_over_mean_load += (double)ly->max_load * R / (double)ly->sum_load;
@@ -200,9 +233,13 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
             r->total_bytes[k] += ly->bytes[k] + ly->kv_bytes[k];
     }
     r->max_over_mean_load /= L;
-    if (o->mode == EPM_MODE_FOLLOW) {
-        memset(split, 0, (size_t)R * 4 * sizeof *split);
-        for (int64_t i = 0; i < T; i++) {
+    if (o->mode == EPM_MODE_FOLLOW) { /* each pass's tokens return home after its last layer */
+        for (int64_t s = 0; s < T; s++) {
+            const int64_t i = pp.order[s].token;
+            if (s > 0 && pp.order[s].pass != pp.order[s - 1].pass) {
+                r->t_total += phase_seconds(&a.a2a, c);
+                memset(split, 0, (size_t)R * 4 * sizeof *split);
+            }
             int home = (int)(epm_trace_seq_of(t, i) % R);
             if (where[i] != home) {
                 r->gather_bytes[epm_cluster_link(c, where[i], home)] += o->hidden_bytes;
@@ -214,15 +251,15 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
         r->t_total += phase_seconds(&a.a2a, c);
     }
     r->kv_cache_factor = o->mode == EPM_MODE_FOLLOW ? (double)R : 1.0;
-    r->rebalances = pp.n - 1;
+    r->rebalances = pp.taken;
     r->moved = pp.moved;
-    if (pp.n > 1) { /* (the result takes the last placement over) */
-        r->last = pp.pl[--pp.n];
+    if ((r->last = epm_pass_plan_take_last(&pp)) != NULL) {
         epm_placement_info info = *epm_placement_get_info(r->last);
         info.mode = o->mode;
         epm_placement_set_info(r->last, &info);
     }
     epm_pass_plan_clear(&pp);
+    epm_free(pass_load);
     epm_free(where);
     epm_free(dst);
     epm_free(distinct);
@@ -231,6 +268,7 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     return EPM_OK;
 fail:
     epm_pass_plan_clear(&pp);
+    epm_free(pass_load);
     epm_free(where);
     epm_free(dst);
     epm_free(distinct);

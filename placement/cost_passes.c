@@ -1,7 +1,10 @@
-/* The placements a rebalanced run takes, replayed over a trace's passes for
- * the cost model (epm_eval_opts.eplb_interval): the same decisions, from the
- * same counts, by the same functions (rebalance.c) as epmoe run takes them,
- * so that plan eval predicts a rebalanced run as it does a static one. */
+/* A trace's passes for the cost model: its tokens in the order the passes
+ * ran them (each pass waits for its own busiest rank), and the placements a
+ * rebalanced run takes over them (epm_eval_opts.eplb_interval): the same
+ * decisions, from the same counts, by the same functions (rebalance.c) as
+ * epmoe run takes them, so that plan eval predicts a rebalanced run as it
+ * does a static one. The placements come one segment at a time, so that a
+ * long run's thousands of them are never held at once. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,21 +14,17 @@
 
 void epm_pass_plan_clear(epm_pass_plan *pp)
 {
-    for (int i = 1; i < pp->n; i++) /* ([0] is the caller's) */
-        epm_placement_destroy(pp->pl[i]);
-    epm_free(pp->pl);
-    epm_free(pp->of);
+    if (pp->cur != pp->first)
+        epm_placement_destroy(pp->cur);
+    epm_placement_destroy(pp->next);
+    epm_free(pp->order);
+    epm_free(pp->load);
     memset(pp, 0, sizeof *pp);
 }
 
-typedef struct {
-    int64_t token;
-    int32_t pass;
-} ran;
-
 static int by_pass(const void *a, const void *b)
 {
-    const ran *x = a, *y = b;
+    const epm_pass_token *x = a, *y = b;
     return x->pass != y->pass ? (x->pass < y->pass ? -1 : 1) : (x->token > y->token) - (x->token < y->token);
 }
 
@@ -54,86 +53,117 @@ static epm_status check_opts(const epm_placement *p, const epm_eval_opts *o, int
     return EPM_OK;
 }
 
-static epm_status push(epm_pass_plan *pp, epm_placement *np)
-{
-    epm_placement **n = epm_realloc(pp->pl, (size_t)(pp->n + 1) * sizeof *n);
-    if (!n) {
-        epm_placement_destroy(np);
-        return EPM_ERR_NOMEM;
-    }
-    pp->pl = n;
-    pp->pl[pp->n++] = np;
-    return EPM_OK;
-}
-
 epm_status epm_pass_plan_make(const epm_trace *t, const epm_placement *p, const epm_eval_opts *o,
                               epm_pass_plan *pp)
 {
     memset(pp, 0, sizeof *pp);
     const int64_t T = t->tokens;
-    const int L = t->layers, K = t->k, E = epm_placement_experts(p), I = o->eplb_interval;
-    int slots = 0;
-    pp->of = epm_calloc((size_t)(T ? T : 1), sizeof *pp->of);
-    pp->pl = epm_malloc(sizeof *pp->pl);
-    if (!pp->of || !pp->pl) {
+    pp->t = t;
+    pp->o = o;
+    pp->first = p;
+    pp->cur = (epm_placement *)p;
+    pp->prev = -1;
+    epm_status st = o->eplb_interval != 0 ? check_opts(p, o, &pp->slots) : EPM_OK;
+    if (st == EPM_OK && o->eplb_interval != 0 && !t->pass_ids)
+        st = epm_fail(EPM_ERR_INVALID_ARG, "eval: online rebalancing replays the trace's passes, and the trace has "
+                      "no pass_ids (epmoe run --trace-out records them)");
+    if (st != EPM_OK)
+        return st;
+    pp->order = epm_malloc((size_t)(T ? T : 1) * sizeof *pp->order);
+    if (o->eplb_interval > 0)
+        pp->load = epm_calloc((size_t)t->layers * (size_t)epm_placement_experts(p) + 1, sizeof *pp->load);
+    if (!pp->order || (o->eplb_interval > 0 && !pp->load)) {
         epm_pass_plan_clear(pp);
         return EPM_ERR_NOMEM;
     }
-    pp->pl[0] = (epm_placement *)p;
-    pp->n = 1;
-    if (I == 0)
-        return EPM_OK; /* (every token under p) */
-    epm_status st = check_opts(p, o, &slots);
-    if (st == EPM_OK && !t->pass_ids)
-        st = epm_fail(EPM_ERR_INVALID_ARG, "eval: online rebalancing replays the trace's passes, and the trace has "
-                      "no pass_ids (epmoe run --trace-out records them)");
-    ran *order = NULL;
-    int64_t n = 0, *load = NULL;
-    if (st == EPM_OK) {
-        order = epm_malloc((size_t)(T ? T : 1) * sizeof *order);
-        load = epm_calloc((size_t)L * (size_t)E + 1, sizeof *load);
-        st = order && load ? EPM_OK : EPM_ERR_NOMEM;
-    }
-    for (int64_t i = 0; i < T && st == EPM_OK; i++) {
-        if (t->pass_ids[i] >= 0)
-            order[n++] = (ran){i, t->pass_ids[i]};
-        else if (!rows_empty(t, i))
+    /* by pass, then token (-1 first: tokens that never ran, whose rows a run leaves empty) */
+    for (int64_t i = 0; i < T; i++)
+        pp->order[i] = (epm_pass_token){i, t->pass_ids ? t->pass_ids[i] : 0};
+    if (t->pass_ids)
+        qsort(pp->order, (size_t)T, sizeof *pp->order, by_pass);
+    for (int64_t s = 0; s < T && o->eplb_interval > 0 && pp->order[s].pass < 0 && st == EPM_OK; s++)
+        if (!rows_empty(t, pp->order[s].token))
             st = epm_fail(EPM_ERR_INVALID_ARG, "eval: token %lld chose experts but its pass_ids entry is -1 (a token "
-                          "that never ran)", (long long)i);
-    }
-    if (st == EPM_OK)
-        qsort(order, (size_t)n, sizeof *order, by_pass);
-    /* Pass b follows pass a (the last that ran a token): a placement is due
-     * between them when an interval boundary lies in (a, b]; a second one
-     * there would have no counts, which takes nothing (as in the run). */
-    int64_t prev = -1;
-    for (int64_t s = 0; s < n && st == EPM_OK;) {
-        const int32_t b = order[s].pass;
-        if (I > 0 && prev >= 0 && b / I != prev / I) {
-            epm_placement *np = NULL;
-            st = epm_plan_rebalance(pp->pl[pp->n - 1], load, slots, &np);
-            if (st == EPM_OK && np) {
-                pp->moved += epm_placement_gains(pp->pl[pp->n - 1], np);
-                st = push(pp, np);
-                memset(load, 0, (size_t)L * (size_t)E * sizeof *load);
-            }
-        }
-        const int counting = epm_eplb_counts(I, o->eplb_window, b);
-        for (; s < n && order[s].pass == b; s++) {
-            const int64_t i = order[s].token;
-            pp->of[i] = pp->n - 1;
-            for (int l = 0; l < L && counting; l++)
-                for (int j = 0; j < K; j++) {
-                    const int32_t e = epm_trace_ids_const(t, l)[(size_t)i * (size_t)K + (size_t)j];
-                    if (e >= 0)
-                        load[(size_t)l * (size_t)E + (size_t)e]++;
-                }
-        }
-        prev = b;
-    }
-    epm_free(order);
-    epm_free(load);
+                          "that never ran)", (long long)pp->order[s].token);
     if (st != EPM_OK)
         epm_pass_plan_clear(pp);
     return st;
+}
+
+/* the counts of pass b's tokens, order[s, e), when the window counts it */
+static void count_pass(epm_pass_plan *pp, int64_t s, int64_t e)
+{
+    const epm_trace *t = pp->t;
+    const int L = t->layers, K = t->k, E = epm_placement_experts(pp->first);
+    for (; s < e; s++)
+        for (int l = 0; l < L; l++)
+            for (int j = 0; j < K; j++) {
+                const int32_t id = epm_trace_ids_const(t, l)[(size_t)pp->order[s].token * (size_t)K + (size_t)j];
+                if (id >= 0)
+                    pp->load[(size_t)l * (size_t)E + (size_t)id]++;
+            }
+}
+
+epm_status epm_pass_plan_next(epm_pass_plan *pp, const epm_placement **pl, int64_t *begin, int64_t *end, int *more)
+{
+    const int64_t T = pp->t->tokens;
+    const int I = pp->o->eplb_interval;
+    *more = 0;
+    if (pp->at >= T && pp->started)
+        return EPM_OK;
+    if (pp->next) { /* (the segment before ended where this placement was taken) */
+        if (pp->cur != pp->first)
+            epm_placement_destroy(pp->cur);
+        pp->cur = pp->next;
+        pp->next = NULL;
+    }
+    pp->started = 1;
+    *begin = pp->at;
+    int64_t s = pp->at;
+    for (; s < T && pp->order[s].pass < 0; s++) /* (never ran: nothing to count) */
+        ;
+    /* Pass b follows pass a (the last that ran a token): a placement is due
+     * between them when an interval boundary lies in (a, b]; a second one
+     * there would have no counts, which takes nothing (as in the run). */
+    while (s < T) {
+        const int32_t b = pp->order[s].pass;
+        if (I > 0 && pp->prev >= 0 && b / I != pp->prev / I && s > *begin) {
+            epm_placement *np = NULL;
+            EPM_CHECK(epm_plan_rebalance(pp->cur, pp->load, pp->slots, &np));
+            if (np) {
+                int64_t gained = 0;
+                epm_status st = epm_placement_gains(pp->cur, np, &gained);
+                if (st != EPM_OK) {
+                    epm_placement_destroy(np);
+                    return st;
+                }
+                pp->moved += gained;
+                pp->taken++;
+                pp->next = np;
+                memset(pp->load, 0, (size_t)pp->t->layers * (size_t)epm_placement_experts(pp->first) * sizeof *pp->load);
+                break; /* (pass b starts the next segment) */
+            }
+        }
+        int64_t e = s;
+        while (e < T && pp->order[e].pass == b)
+            e++;
+        if (I > 0 && epm_eplb_counts(I, pp->o->eplb_window, b))
+            count_pass(pp, s, e);
+        pp->prev = b;
+        s = e;
+    }
+    pp->at = s;
+    *end = s;
+    *pl = pp->cur;
+    *more = 1;
+    return EPM_OK;
+}
+
+epm_placement *epm_pass_plan_take_last(epm_pass_plan *pp)
+{
+    if (pp->cur == pp->first)
+        return NULL;
+    epm_placement *p = pp->cur;
+    pp->cur = (epm_placement *)pp->first;
+    return p;
 }

@@ -1,20 +1,40 @@
-/* The placement each token of a trace runs under (cost_passes.c). */
+/* A trace's tokens in the order its passes ran, and the placements a
+ * rebalanced run takes over them, one at a time (cost_passes.c). */
 #ifndef EPM_COST_PASSES_H
 #define EPM_COST_PASSES_H
 
 #include "core.h"
 #include "epmoe/eval.h"
 
+typedef struct epm_pass_token {
+    int64_t token;
+    int32_t pass;
+} epm_pass_token;
+
 typedef struct epm_pass_plan {
-    epm_placement **pl; /* [n]: [0] the caller's, then each one taken, in order (owned) */
-    int n;
-    int *of;            /* [tokens]: index into pl of the placement token i runs under */
-    int64_t moved;      /* replicas the placements taken added */
+    const epm_trace *t;
+    const epm_eval_opts *o;
+    epm_pass_token *order; /* [tokens]: every token, by pass (-1 first), then token; one pass (0)
+                              without pass_ids */
+    int64_t at;            /* the next segment's first entry of order */
+    const epm_placement *first;
+    epm_placement *cur, *next; /* the segment's placement (owned, but first) and the one taken after it */
+    int64_t *load;         /* [layers * experts] the window's counts since the last placement taken */
+    int slots, started;
+    int32_t prev;          /* the last pass that ran a token, -1 before any */
+    int taken;             /* placements taken */
+    int64_t moved;         /* the replicas they added */
 } epm_pass_plan;
 
-/* Without rebalancing (o->eplb_* all 0) every token runs under p. */
+/* Validates o's rebalancing (none with eplb_interval 0: every token under p)
+ * and sorts the trace's tokens by pass. */
 epm_status epm_pass_plan_make(const epm_trace *t, const epm_placement *p, const epm_eval_opts *o,
                               epm_pass_plan *pp);
+/* The next segment: the entries [*begin, *end) of pp->order, whole passes
+ * that run under *pl (valid until the following call); 0 when none is left. */
+epm_status epm_pass_plan_next(epm_pass_plan *pp, const epm_placement **pl, int64_t *begin, int64_t *end, int *more);
+/* The placement of the last segment, handed over (NULL when none was taken). */
+epm_placement *epm_pass_plan_take_last(epm_pass_plan *pp);
 void epm_pass_plan_clear(epm_pass_plan *pp);
 
 #endif

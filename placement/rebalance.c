@@ -21,6 +21,9 @@ epm_status epm_plan_rebalance(const epm_placement *cur, const int64_t *load, int
         return epm_fail(EPM_ERR_INVALID_ARG, "rebalance: placement, loads and out are required");
     *out = NULL;
     const int L = epm_placement_layers(cur), E = epm_placement_experts(cur);
+    if (slots < epm_placement_max_slots(cur)) /* (a layer without counts keeps cur's) */
+        return epm_fail(EPM_ERR_INVALID_ARG, "rebalance: %d slots a rank, and the placement already has %d experts "
+                        "of a layer on one rank", slots, epm_placement_max_slots(cur));
     int any = 0; /* (a negative load is epm_plan_from_loads' to refuse) */
     for (size_t i = 0; i < (size_t)L * (size_t)E; i++)
         any |= load[i] != 0;
@@ -54,13 +57,18 @@ epm_status epm_plan_rebalance(const epm_placement *cur, const int64_t *load, int
     return EPM_OK;
 }
 
-int64_t epm_placement_gains(const epm_placement *from, const epm_placement *to)
+epm_status epm_placement_gains(const epm_placement *from, const epm_placement *to, int64_t *out)
 {
-    int64_t n = 0;
-    const int R = epm_placement_ranks(to);
-    for (int l = 0; l < epm_placement_layers(to); l++)
-        for (int e = 0; e < epm_placement_experts(to); e++)
+    if (!from || !to || !out)
+        return epm_fail(EPM_ERR_INVALID_ARG, "placement gains: placements and out are required");
+    *out = 0;
+    const int L = epm_placement_layers(to), E = epm_placement_experts(to), R = epm_placement_ranks(to);
+    if (epm_placement_layers(from) != L || epm_placement_experts(from) != E || epm_placement_ranks(from) != R)
+        return epm_fail(EPM_ERR_MISMATCH, "placement gains: %d layers x %d experts on %d ranks against %d x %d on %d",
+                        epm_placement_layers(from), epm_placement_experts(from), epm_placement_ranks(from), L, E, R);
+    for (int l = 0; l < L; l++)
+        for (int e = 0; e < E; e++)
             for (int q = 0; q < R; q++)
-                n += epm_placement_has(to, l, e, q) && !epm_placement_has(from, l, e, q);
-    return n;
+                *out += epm_placement_has(to, l, e, q) && !epm_placement_has(from, l, e, q);
+    return EPM_OK;
 }

@@ -211,6 +211,19 @@ static void draw_weights(float *w, int k, uint64_t *rng)
         w[j] = (float)((double)w[j] / sum);
 }
 
+/* a per-token column (seq_ids, pass_ids) numbering blocks of n tokens */
+static epm_status set_blocks(epm_trace *t, int64_t n, epm_status (*set)(epm_trace *, const int32_t *))
+{
+    int32_t *col = epm_malloc((size_t)(t->tokens ? t->tokens : 1) * sizeof *col);
+    if (!col)
+        return EPM_ERR_NOMEM;
+    for (int64_t i = 0; i < t->tokens; i++)
+        col[i] = (int32_t)(i / n);
+    const epm_status s = set(t, col);
+    epm_free(col);
+    return s;
+}
+
 epm_status epm_trace_synth(const epm_trace_synth_opts *o, epm_trace **out)
 {
     if (!out)
@@ -260,28 +273,10 @@ epm_status epm_trace_synth(const epm_trace_synth_opts *o, epm_trace **out)
                 draw_weights(w + (size_t)tok * (size_t)k, k, &rng);
         }
     }
-    if (o->tokens_per_seq > 0) {
-        int32_t *seq = epm_malloc((size_t)(o->tokens ? o->tokens : 1) * sizeof *seq);
-        if (!seq) {
-            s = EPM_ERR_NOMEM;
-            goto out;
-        }
-        for (int64_t i = 0; i < o->tokens; i++)
-            seq[i] = (int32_t)(i / o->tokens_per_seq);
-        s = epm_trace_set_seq_ids(t, seq);
-        epm_free(seq);
-    }
-    if (s == EPM_OK && o->tokens_per_pass > 0) {
-        int32_t *pass = epm_malloc((size_t)(o->tokens ? o->tokens : 1) * sizeof *pass);
-        if (!pass) {
-            s = EPM_ERR_NOMEM;
-            goto out;
-        }
-        for (int64_t i = 0; i < o->tokens; i++)
-            pass[i] = (int32_t)(i / o->tokens_per_pass);
-        s = epm_trace_set_pass_ids(t, pass);
-        epm_free(pass);
-    }
+    if (o->tokens_per_seq > 0)
+        s = set_blocks(t, o->tokens_per_seq, epm_trace_set_seq_ids);
+    if (s == EPM_OK && o->tokens_per_pass > 0)
+        s = set_blocks(t, o->tokens_per_pass, epm_trace_set_pass_ids);
 out:
     epm_free(sl.pop);
     epm_free(sl.cdf);

@@ -28,7 +28,14 @@
  *               (inter_gbps * 1e9): a phase ends with its busiest rank, send
  *               and receive overlap, the two link classes do not.
  *   t_total   = sum over layers of t_compute + t_comm, plus T(final gather)
- *               in follow mode. */
+ *               in follow mode.
+ * A trace with pass_ids is timed pass by pass, as a run waits: the max_load
+ * of t_compute, each phase's busiest rank and the final gather are those of
+ * each pass's tokens, summed over passes (so neither traffic that moves its
+ * hot experts about nor a rebalanced run's placements can hide a pass's
+ * straggler); without pass_ids the whole trace is one pass. The per-layer
+ * max_load, max_send_bytes and max_recv_bytes below are the whole trace's,
+ * as the run counts them. */
 #ifndef EPMOE_EVAL_H
 #define EPMOE_EVAL_H
 
@@ -88,7 +95,7 @@ typedef struct epm_eval_result {
     double kv_cache_factor;          /* KV memory relative to home mode (ranks for follow, 1 home) */
     /* online rebalancing (epm_eval_opts.eplb_interval): placements taken, the replicas they
      * added (an expert on a rank that lacked it; the run's eplb_moved), and the last one (NULL
-     * without rebalancing; its mode the eval's; freed with the result) */
+     * when none was taken; its mode the eval's; freed with the result) */
     int rebalances;
     int64_t moved;
     epm_placement *last;

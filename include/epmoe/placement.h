@@ -61,8 +61,9 @@ EPM_API int epm_placement_has(const epm_placement *p, int layer, int expert, int
  * required (EPM_ERR_MISMATCH). */
 EPM_API epm_status epm_placement_align(const epm_placement *to, const epm_placement *p, epm_placement **out);
 /* The replicas `to` has that `from` lacks (an expert on a rank that did not
- * hold it): the experts a change of placement reads. Same shape required. */
-EPM_API int64_t epm_placement_gains(const epm_placement *from, const epm_placement *to);
+ * hold it): the experts a change of placement reads. Same shape required
+ * (EPM_ERR_MISMATCH). */
+EPM_API epm_status epm_placement_gains(const epm_placement *from, const epm_placement *to, int64_t *out);
 
 /* Checks that every expert of every layer has a replica and, when
  * slots_per_rank > 0, that no rank holds more than slots_per_rank experts. */

@@ -72,8 +72,9 @@ EPM_API int epm_eplb_due(int interval, int64_t pass);
 /* The placement taken after cur from the counted loads (load[l * experts +
  * e], as for epm_plan_from_loads): eplb's for `slots` experts a rank, with
  * nodes and ranks renamed to keep as many replicas in place as possible
- * (epm_placement_align); a layer whose loads are all zero keeps cur's.
- * *out = NULL when every load is zero (nothing to go by: keep cur). */
+ * (epm_placement_align); a layer whose loads are all zero keeps cur's (so
+ * slots below cur's most experts on a rank are refused). *out = NULL when
+ * every load is zero (nothing to go by: keep cur). */
 EPM_API epm_status epm_plan_rebalance(const epm_placement *cur, const int64_t *load, int slots,
                                       epm_placement **out);
 

@@ -122,9 +122,9 @@ def load(header):
 
 
 def check(kind, args):
-    if kind == 'plan':  # args: modes
+    if kind == 'plan':  # args: modes[, 'online']
         modes = args[0].split(',')
-        methods = ['contiguous', 'round-robin', 'greedy', 'eplb', 'ilp']
+        methods = ['contiguous', 'round-robin', 'greedy', 'eplb', 'ilp'] + (['online'] if args[1:] == ['online'] else [])
         rows = load(['shape', 'mode', 'method', 'solve_s', 'objective', 'bound', 'gap', 'quality', 'max_over_mean_load',
                      'mean_max_load', 'bytes_intra', 'bytes_inter', 't_model_s', 't_vs_contiguous', 'inter_vs_contiguous',
                      'maxload_vs_contiguous'])
@@ -134,7 +134,8 @@ def check(kind, args):
         for r in rows:
             need(r['shape'] == 'mixtral', 'shape %s' % r['shape'])
             num(r, 'solve_s', 0)  # printed to 1 us: a heuristic's 0.000000 is allowed
-            obj = num(r, 'objective', 0, True)
+            # online rebalancing (contiguous, rebalanced over the evaluated half) has no objective
+            obj = num(r, 'objective', 0, True) if r['method'] != 'online' else need(r['objective'] == '', 'online objective')
             num(r, 'max_over_mean_load', 1)
             num(r, 'mean_max_load', 0, True)
             num(r, 'bytes_intra', 0, True)
@@ -427,7 +428,17 @@ ok "bench plan csv" "$E" bench plan --shape mixtral --tokens 256 --time-limit 5 
   csvcheck plan home,follow
 ok "bench plan table" "$E" bench plan --shape mixtral --mode follow --tokens 256 --time-limit 5 --quiet &&
   csvcheck plan-table
-help_ok plan --shape --mode --tokens --time-limit --csv
+# with online rebalancing over the evaluated half's passes of 16 tokens, hot experts changing every 64
+ok "bench plan online" "$E" bench plan --shape mixtral --tokens 256 --time-limit 5 --drift 64 --eplb-interval 2 \
+  --pass-tokens 16 --csv &&
+  csvcheck plan home,follow online
+ok "bench plan online, table" "$E" bench plan --shape mixtral --mode home --tokens 256 --time-limit 5 --eplb-interval 2 \
+  --pass-tokens 16 --quiet &&
+  has "$d/out" "# online: [0-9]* placements taken over the second half's 8 passes"
+usage plan --eplb-window "" --eplb-window 2
+has "$d/err" "--eplb-window is online rebalancing's"
+usage plan --drift 0 --drift 0
+help_ok plan --shape --mode --tokens --time-limit --drift --eplb-interval --eplb-window --pass-tokens --csv
 usage plan --tokens x --tokens x
 usage plan --affinity 1.5 --affinity 1.5
 usage plan --bogus "" --bogus 1

@@ -81,6 +81,9 @@ assert on["eplb"]["rebalances"]==9 and on["eplb"]["experts_moved"]>0 and "eplb" 
 assert on["max_over_mean_load"] < st["max_over_mean_load"], (on["max_over_mean_load"], st["max_over_mean_load"])' \
     "$d/on.json" "$d/static.json" || { echo "FAIL: online rebalancing in plan eval"; fails=$((fails + 1)); }
 fi
+# an interval beyond the trace's passes: no placement taken, and the report says so (the static figures)
+check "eval online, none taken" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 1000 --json
+has "$d/out" '"eplb": {"rebalances": 0, "experts_moved": 0}'
 check "eval online, one placement out of two" 2 "$E" plan eval --trace "$d/drift.st" "$d/c.json" "$d/e.json" \
   --eplb-interval 4 --placement-out "$d/x.json"
 has "$d/err" "name one placement, not 2"

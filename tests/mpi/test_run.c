@@ -1968,6 +1968,34 @@ static void test_run_eplb(void **state)
             epm_run_result_destroy(res[0]);
             epm_run_result_destroy(res[1]);
         }
+    /* Mixture-of-Depths on a schedule of capacity 0.2 over all 4 layers: a token at a position that is a
+     * multiple of 5 skips every MoE layer and leaves no expert in the trace. One sequence whose last
+     * pass is such a token's: its pass is still the trace's, and the placement taken before it, the
+     * run's last, is plan eval's too */
+    {
+        epm_run_opts o;
+        memset(&o, 0, sizeof o);
+        o.model_dir = f.dir;
+        o.mod = EPM_MOD_SCHEDULE;
+        o.mod_capacity = 0.2;
+        o.mod_layers = "0-3";
+        o.max_new_tokens = 7 + (5 - f.lens[0] % 5) % 5; /* (the last pass feeds position lens + new - 2) */
+        o.eplb_interval = 1;
+        o.eplb_slots = slots;
+        epm_run_result *res;
+        assert_int_equal(epm_run(&o, 1, f.lens, prompts, &res), EPM_OK);
+        assert_int_equal(res->gen_len[0], o.max_new_tokens);
+        if (me == 0) {
+            const int64_t last = epm_trace_tokens(res->trace) - 1;
+            for (int l = 0; l < 4; l++)
+                assert_int_equal(epm_trace_ids(res->trace, l)[last * 2], -1);
+            assert_int_equal(epm_trace_pass_ids(res->trace)[last], epm_trace_pass_ids(res->trace)[last - 1] + 1);
+            epm_placement *p0 = make_placement(0, 4, 8, 1);
+            assert_run_is_eval_of(res, p0, &o);
+            epm_placement_destroy(p0);
+        }
+        epm_run_result_destroy(res);
+    }
     /* DeepSeek-V3's FP8 release format, whose first layer is dense (MoE layer l is block l + 1) and whose
      * experts are held as stored with their scales copied (which a drop frees): the static run's tokens */
     {

@@ -16,6 +16,7 @@ typedef struct job {
     const epm_cluster *c;
     epm_plan_opts o;
     const epm_placement *eval_of; /* set: sweep epm_eval of this placement instead of planning */
+    int eplb_interval;            /* and with online rebalancing over the trace's passes */
 } job;
 
 static epm_status run_job(const job *j)
@@ -24,6 +25,8 @@ static epm_status run_job(const job *j)
         epm_eval_opts eo;
         epm_eval_opts_init(&eo);
         eo.mode = j->o.mode;
+        eo.eplb_interval = j->eplb_interval;
+        eo.eplb_slots = j->eplb_interval ? 3 : 0;
         epm_eval_result *r = (epm_eval_result *)0x1; /* must come back NULL on failure */
         epm_status st = epm_eval(j->t, j->eval_of, &eo, &r);
         if (st == EPM_OK)
@@ -46,12 +49,17 @@ static epm_status run_job_cb(void *ctx) { return run_job(ctx); }
 static uint64_t sweep(const job *j) { return tu_alloc_sweep(j->what, run_job_cb, (void *)j); }
 
 /* Every method in both modes on 2 ranks in 2 nodes with spare slots (eplb's
- * and the ILP's replicas), then epm_eval of the ILP's placement. Small, as
- * each point reruns the whole plan (the MIP included). */
+ * and the ILP's replicas), then epm_eval of the ILP's placement, alone and
+ * rebalanced every pass (of 4 tokens). Small, as each point reruns the whole
+ * plan (the MIP included). */
 static void test_plan_alloc_sweep_methods(void **state)
 {
     (void)state;
     epm_trace *t = tu_synth_trace(2, 4, 2, 20, 21);
+    int32_t pass[20];
+    for (int i = 0; i < 20; i++)
+        pass[i] = i / 4;
+    assert_int_equal(epm_trace_set_pass_ids(t, pass), EPM_OK);
     epm_cluster c;
     epm_cluster_init(&c, 2, 1);
     uint64_t total = 0;
@@ -68,8 +76,10 @@ static void test_plan_alloc_sweep_methods(void **state)
             assert_true(k >= 3);
             total += k;
         }
-    for (int mode = 0; mode < 2; mode++) {
-        job j = {.what = mode ? "eval follow" : "eval home", .t = t, .c = &c};
+    for (int run = 0; run < 4; run++) {
+        const int mode = run % 2;
+        static const char *what[] = {"eval home", "eval follow", "eval home, rebalanced", "eval follow, rebalanced"};
+        job j = {.what = what[run], .t = t, .c = &c, .eplb_interval = run / 2};
         tu_plan_opts(&j.o, EPM_METHOD_ILP, mode, 3, 60, 1e-6);
         epm_placement *p;
         assert_int_equal(epm_plan(t, &c, &j.o, &p), EPM_OK);

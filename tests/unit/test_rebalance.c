@@ -14,6 +14,9 @@
 #include "epmoe/eval.h"
 #include "epmoe/plan.h"
 
+/* every 4 passes over the last 1, the last 4 (window 0) and the last 3; a
+ * rebalance comes before passes 4, 8, ..., never before the first; an
+ * interval of 0 is off */
 static void test_eplb_window(void **state)
 {
     (void)state;
@@ -74,7 +77,7 @@ static void test_plan_rebalance(void **state)
         for (int64_t i = 0; i < epm_trace_tokens(t) * K; i++)
             if (l != 1) /* (layer 1: no token went through it) */
                 load[l * E + epm_trace_ids(t, l)[i]]++;
-    epm_placement *np = NULL, *plain = NULL;
+    epm_placement *np = NULL, *plain = NULL, *none = (epm_placement *)1;
     assert_int_equal(epm_plan_rebalance(cur, load, 3, &np), EPM_OK);
     assert_non_null(np);
     assert_int_equal(epm_placement_validate(np, 3), EPM_OK);
@@ -88,13 +91,27 @@ static void test_plan_rebalance(void **state)
     for (int l = 0; l < L; l += 2)
         for (int q = 0; q < 4; q++)
             assert_int_equal(epm_placement_rank_count(np, l, q) > 0, 1);
-    assert_true(epm_placement_gains(cur, np) <= epm_placement_gains(cur, plain));
-    assert_int_equal(epm_placement_gains(cur, np), gains(cur, np));
-    assert_int_equal(epm_placement_gains(np, np), 0);
-    assert_true(epm_placement_gains(cur, np) > 0); /* (4 spare slots a layer fill with replicas) */
+    int64_t g_np, g_plain, g_self;
+    assert_int_equal(epm_placement_gains(cur, np, &g_np), EPM_OK);
+    assert_int_equal(epm_placement_gains(cur, plain, &g_plain), EPM_OK);
+    assert_int_equal(epm_placement_gains(np, np, &g_self), EPM_OK);
+    assert_true(g_np <= g_plain);
+    assert_int_equal(g_np, gains(cur, np));
+    assert_int_equal(g_self, 0);
+    assert_true(g_np > 0); /* (4 spare slots a layer fill with replicas) */
+    /* other shapes are refused, not read past */
+    epm_trace *t2 = tu_synth_trace_skew(2, E, K, 100, 3, 1.2, 0);
+    epm_placement *other = contiguous(t2, 2, 2);
+    assert_int_equal(epm_placement_gains(cur, other, &g_self), EPM_ERR_MISMATCH);
+    assert_non_null(strstr(epm_last_error(), "3 layers x 8 experts on 4 ranks against 2 x 8 on 4"));
+    /* fewer slots than cur already fills: a layer without counts could not keep its placement */
+    assert_int_equal(epm_plan_rebalance(np, load, 2, &none), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "2 slots a rank, and the placement already has 3 experts"));
+    assert_null(none);
+    epm_placement_destroy(other);
+    epm_trace_destroy(t2);
     /* nothing counted: nothing taken */
     int64_t zero[L * E] = {0};
-    epm_placement *none = (epm_placement *)1;
     assert_int_equal(epm_plan_rebalance(cur, zero, 3, &none), EPM_OK);
     assert_null(none);
     /* refusals: too few slots (the planner's words), a negative load, no loads */
@@ -111,7 +128,9 @@ static void test_plan_rebalance(void **state)
 }
 
 /* tokens 0..T-1 of a drifting trace: the second half's experts shifted by 3,
- * passes out of token order and with gaps, and a few tokens that never ran */
+ * passes out of token order and with gaps, a few tokens that never ran, and
+ * tokens that skip every layer, alone in the last passes (whose boundary
+ * still takes a placement) */
 static epm_trace *passes_trace(int L, int E, int K, int64_t T)
 {
     epm_trace *t = tu_synth_trace_skew(L, E, K, T, 9, 1.2, 40);
@@ -124,8 +143,8 @@ static epm_trace *passes_trace(int L, int E, int K, int64_t T)
                 int32_t *id = &epm_trace_ids(t, l)[i * K + j];
                 *id = *id < 0 ? *id : (*id + 3) % E;
             }
-        if (i % 97 == 13) { /* never ran */
-            pass[i] = -1;
+        if (i % 97 == 13 || i % 89 == 7) { /* never ran, or skipped every layer in the last passes */
+            pass[i] = i % 97 == 13 ? -1 : 200 + (int32_t)(i % 3);
             for (int l = 0; l < L; l++)
                 for (int j = 0; j < K; j++)
                     epm_trace_ids(t, l)[i * K + j] = -1;

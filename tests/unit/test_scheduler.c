@@ -623,9 +623,6 @@ static void test_bad_batches(void **state)
     assert_int_equal(epm_sched_end(NULL, 0), -1); /* nothing */
 }
 
-/* Online rebalancing's pass arithmetic (runtime_eplb.c): every 4 passes
- * over the last 1, the last 4 (window 0) and the last 3; a rebalance comes
- * before passes 4, 8, ..., never before the first; an interval of 0 is off. */
 int main(void)
 {
     const struct CMUnitTest tests[] = {
