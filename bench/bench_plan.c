@@ -55,22 +55,30 @@ typedef struct {
     int64_t moved;
 } row;
 
+/* A placement planned on the first half and evaluated on the second; online:
+ * contiguous, rebalanced over the second half's passes as eo says (no
+ * objective; its time is the evaluation's, the rebalances' planning in it). */
 static epm_status run_one(const epm_trace *plan_half, const epm_trace *eval_half, const epm_cluster *c,
-                          const epm_plan_opts *po, const epm_eval_opts *eo, row *out)
+                          const epm_plan_opts *po, const epm_eval_opts *eo, int online, row *out)
 {
+    epm_plan_opts o = *po;
+    o.method = online ? EPM_METHOD_CONTIGUOUS : po->method;
     epm_placement *p = NULL;
     double t0 = epm_now();
-    EPM_CHECK(epm_plan(plan_half, c, po, &p));
+    EPM_CHECK(epm_plan(plan_half, c, &o, &p));
     out->solve_s = epm_now() - t0;
     const epm_placement_info *in = epm_placement_get_info(p);
-    out->objective = in->objective;
-    out->bound = in->bound;
-    out->gap = in->gap;
-    out->quality = in->quality;
+    out->objective = online ? NAN : in->objective;
+    out->bound = online ? NAN : in->bound;
+    out->gap = online ? NAN : in->gap;
+    out->quality = online ? EPM_QUALITY_HEURISTIC : in->quality;
     epm_eval_result *r = NULL;
+    t0 = epm_now();
     epm_status st = epm_eval(eval_half, p, eo, &r);
     epm_placement_destroy(p);
     EPM_CHECK(st);
+    if (online)
+        out->solve_s = epm_now() - t0;
     out->max_over_mean = r->max_over_mean_load;
     double ml = 0.0;
     for (int l = 0; l < r->layers; l++)
@@ -79,6 +87,8 @@ static epm_status run_one(const epm_trace *plan_half, const epm_trace *eval_half
     for (int k = 0; k < EPM_LINK_COUNT; k++)
         out->bytes[k] = (double)r->total_bytes[k];
     out->t_total = r->t_total;
+    out->rebalances = r->rebalances;
+    out->moved = r->moved;
     epm_eval_result_destroy(r);
     return EPM_OK;
 }
@@ -96,36 +106,6 @@ static const struct option opts[] = {
     {"drift", required_argument, 0, O_DRIFT},   {"eplb-interval", required_argument, 0, O_EPLBI},
     {"eplb-window", required_argument, 0, O_EPLBW}, {"pass-tokens", required_argument, 0, O_PASS},
     {"help", no_argument, 0, O_HELP},           {0, 0, 0, 0}};
-
-/* 'online': p (contiguous, planned on the first half) rebalanced over the second half's passes */
-static epm_status run_online(const epm_trace *plan_half, const epm_trace *eval_half, const epm_cluster *c,
-                             const epm_plan_opts *po, const epm_eval_opts *eo, row *out)
-{
-    epm_plan_opts o = *po;
-    o.method = EPM_METHOD_CONTIGUOUS;
-    epm_placement *p = NULL;
-    EPM_CHECK(epm_plan(plan_half, c, &o, &p));
-    epm_eval_result *r = NULL;
-    const double t0 = epm_now();
-    epm_status st = epm_eval(eval_half, p, eo, &r);
-    epm_placement_destroy(p);
-    EPM_CHECK(st);
-    out->solve_s = epm_now() - t0; /* (the rebalances' planning, and the evaluation) */
-    out->objective = out->bound = out->gap = NAN;
-    out->quality = EPM_QUALITY_HEURISTIC;
-    out->max_over_mean = r->max_over_mean_load;
-    double ml = 0.0;
-    for (int l = 0; l < r->layers; l++)
-        ml += (double)r->layer[l].max_load;
-    out->max_load = ml / (r->layers ? r->layers : 1);
-    for (int k = 0; k < EPM_LINK_COUNT; k++)
-        out->bytes[k] = (double)r->total_bytes[k];
-    out->t_total = r->t_total;
-    out->rebalances = r->rebalances;
-    out->moved = r->moved;
-    epm_eval_result_destroy(r);
-    return EPM_OK;
-}
 
 int epm_bench_plan(int argc, char **argv)
 {
@@ -287,8 +267,7 @@ int epm_bench_plan(int argc, char **argv)
                 epm_eval_opts oe = eo;
                 oe.eplb_interval = m < EPM_METHOD_COUNT ? 0 : (int)eplb_i;
                 oe.eplb_window = m < EPM_METHOD_COUNT ? 0 : (int)eplb_w;
-                st = m < EPM_METHOD_COUNT ? run_one(first, second, &c, &po, &eo, &rows[m])
-                                          : run_online(first, second, &c, &po, &oe, &rows[m]);
+                st = run_one(first, second, &c, &po, &oe, m == EPM_METHOD_COUNT, &rows[m]);
                 if (st != EPM_OK) {
                     epm_trace_destroy(first);
                     epm_trace_destroy(second);
