@@ -42,7 +42,8 @@ static void usage(void)
            "  --eplb-interval N  also 'online': contiguous rebalanced every N passes of the second half\n"
            "                   (epmoe run --eplb-interval, as plan eval --eplb-interval replays it)\n"
            "  --eplb-window W  the passes whose loads count (default N)\n"
-           "  --pass-tokens P  tokens a pass (default 256)\n"
+           "  --pass-tokens P  tokens a pass (default 256); with --eplb-interval every row's modelled\n"
+           "                   time is taken pass by pass, as plan eval does for a trace with passes\n"
            "  --quiet          no solver progress on stderr\n"
            "  --csv            one CSV row per (shape, mode, method)\n");
 }
@@ -115,6 +116,7 @@ int epm_bench_plan(int argc, char **argv)
     double time_limit = 60, gap = 1e-4, zipf = 1.0, affinity = 0.7;
     uint64_t seed = 1;
     long drift = 0, eplb_i = 0, eplb_w = 0, pass_tokens = 256;
+    int pass_given = 0;
     int csv = 0, quiet = 0;
     int c;
     optind = 1;
@@ -168,6 +170,7 @@ int epm_bench_plan(int argc, char **argv)
         case O_PASS:
             if (!cli_parse_int(what, "--pass-tokens", optarg, 1, 1L << 26, &pass_tokens))
                 return EPM_EXIT_USAGE;
+            pass_given = 1;
             break;
         case O_QUIET:
             quiet = 1;
@@ -182,8 +185,9 @@ int epm_bench_plan(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error(what, "unexpected argument '%s'", argv[optind]);
-    if (eplb_w && !eplb_i)
-        return cli_usage_error(what, "--eplb-window is online rebalancing's: --eplb-interval is not given");
+    if ((eplb_w || pass_given) && !eplb_i)
+        return cli_usage_error(what, "%s is online rebalancing's: --eplb-interval is not given",
+                               eplb_w ? "--eplb-window" : "--pass-tokens");
     if (eplb_w > eplb_i)
         return cli_usage_error(what, "--eplb-window %ld: the loads of at most the --eplb-interval's %ld passes count",
                                eplb_w, eplb_i);
@@ -223,7 +227,9 @@ int epm_bench_plan(int argc, char **argv)
         so.successors = 2;
         so.seed = seed;
         so.drift_tokens = drift;
-        so.tokens_per_pass = pass_tokens; /* (the second half's passes: from tokens / 2 / pass_tokens on) */
+        /* passes for online's replay, which price every row pass by pass (without them the
+         * modelled times are the whole half's, as in the tables before online existed) */
+        so.tokens_per_pass = eplb_i > 0 ? pass_tokens : 0;
         epm_trace *t = NULL, *first = NULL, *second = NULL;
         epm_status st = epm_trace_synth(&so, &t);
         if (st == EPM_OK)
