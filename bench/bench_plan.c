@@ -42,6 +42,7 @@ static void usage(void)
            "  --eplb-interval N  also 'online': contiguous rebalanced every N passes of the second half\n"
            "                   (epmoe run --eplb-interval, as plan eval --eplb-interval replays it)\n"
            "  --eplb-window W  the passes whose loads count (default N)\n"
+           "  --eplb-min-gain F  a layer moves only for this share off its busiest rank (default 0)\n"
            "  --pass-tokens P  tokens a pass (default 256); with --eplb-interval every row's modelled\n"
            "                   time is taken pass by pass, as plan eval does for a trace with passes\n"
            "  --quiet          no solver progress on stderr\n"
@@ -97,7 +98,7 @@ static epm_status run_one(const epm_trace *plan_half, const epm_trace *eval_half
 static double ratio(double a, double b) { return b != 0.0 ? a / b : (a == 0.0 ? 1.0 : INFINITY); }
 
 enum { O_SHAPE = 256, O_MODE, O_TOKENS, O_TIME, O_GAP, O_ZIPF, O_AFF, O_SEED, O_CSV, O_QUIET, O_DRIFT, O_EPLBI, O_EPLBW,
-       O_PASS, O_HELP };
+       O_PASS, O_EPLBG, O_HELP };
 static const struct option opts[] = {
     {"shape", required_argument, 0, O_SHAPE},   {"mode", required_argument, 0, O_MODE},
     {"tokens", required_argument, 0, O_TOKENS}, {"time-limit", required_argument, 0, O_TIME},
@@ -106,6 +107,7 @@ static const struct option opts[] = {
     {"csv", no_argument, 0, O_CSV},             {"quiet", no_argument, 0, O_QUIET},
     {"drift", required_argument, 0, O_DRIFT},   {"eplb-interval", required_argument, 0, O_EPLBI},
     {"eplb-window", required_argument, 0, O_EPLBW}, {"pass-tokens", required_argument, 0, O_PASS},
+    {"eplb-min-gain", required_argument, 0, O_EPLBG},
     {"help", no_argument, 0, O_HELP},           {0, 0, 0, 0}};
 
 int epm_bench_plan(int argc, char **argv)
@@ -116,6 +118,7 @@ int epm_bench_plan(int argc, char **argv)
     double time_limit = 60, gap = 1e-4, zipf = 1.0, affinity = 0.7;
     uint64_t seed = 1;
     long drift = 0, eplb_i = 0, eplb_w = 0, pass_tokens = 256;
+    double eplb_g = 0;
     int pass_given = 0;
     int csv = 0, quiet = 0;
     int c;
@@ -167,6 +170,10 @@ int epm_bench_plan(int argc, char **argv)
             if (!cli_parse_int(what, "--eplb-window", optarg, 1, INT32_MAX, &eplb_w))
                 return EPM_EXIT_USAGE;
             break;
+        case O_EPLBG:
+            if (!cli_parse_double(what, "--eplb-min-gain", optarg, 0, 0.999, &eplb_g))
+                return EPM_EXIT_USAGE;
+            break;
         case O_PASS:
             if (!cli_parse_int(what, "--pass-tokens", optarg, 1, 1L << 26, &pass_tokens))
                 return EPM_EXIT_USAGE;
@@ -185,9 +192,9 @@ int epm_bench_plan(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error(what, "unexpected argument '%s'", argv[optind]);
-    if ((eplb_w || pass_given) && !eplb_i)
+    if ((eplb_w || pass_given || eplb_g > 0) && !eplb_i)
         return cli_usage_error(what, "%s is online rebalancing's: --eplb-interval is not given",
-                               eplb_w ? "--eplb-window" : "--pass-tokens");
+                               eplb_w ? "--eplb-window" : pass_given ? "--pass-tokens" : "--eplb-min-gain");
     if (eplb_w > eplb_i)
         return cli_usage_error(what, "--eplb-window %ld: the loads of at most the --eplb-interval's %ld passes count",
                                eplb_w, eplb_i);
@@ -273,6 +280,7 @@ int epm_bench_plan(int argc, char **argv)
                 epm_eval_opts oe = eo;
                 oe.eplb_interval = m < EPM_METHOD_COUNT ? 0 : (int)eplb_i;
                 oe.eplb_window = m < EPM_METHOD_COUNT ? 0 : (int)eplb_w;
+                oe.eplb_min_gain = m < EPM_METHOD_COUNT ? 0 : eplb_g;
                 st = run_one(first, second, &c, &po, &oe, m == EPM_METHOD_COUNT, &rows[m]);
                 if (st != EPM_OK) {
                     epm_trace_destroy(first);

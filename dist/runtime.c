@@ -1696,6 +1696,8 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
         else if (r->eplb_slots < most)
             st = epm_fail(EPM_ERR_INVALID_ARG, "--eplb-slots %d: the placement already has %d experts of a layer on "
                           "one rank", r->eplb_slots, most);
+        else if (!(o->eplb_min_gain >= 0 && o->eplb_min_gain < 1))
+            st = epm_fail(EPM_ERR_INVALID_ARG, "--eplb-min-gain %g: a share in [0, 1)", o->eplb_min_gain);
     }
     if (st == EPM_OK && o->route_from) {
         const epm_trace *t = o->route_from;

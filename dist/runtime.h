@@ -35,6 +35,8 @@ typedef struct epm_run_opts {
     int eplb_window;                /* those passes (0: eplb_interval; at most eplb_interval) */
     int eplb_slots;                 /* experts a rank holds a MoE layer (0: the placement's most; spares
                                        hold replicas of the hottest) */
+    double eplb_min_gain;           /* a layer moves only if its busiest rank's share of the window's
+                                       counts drops by this fraction (epm_plan_rebalance); 0 = always */
     epm_mode mode;
     int virtual_nodes;
     int max_new_tokens;

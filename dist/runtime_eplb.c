@@ -35,8 +35,9 @@ epm_status epm_eplb_rebalance(rt *r)
     int *gain = NULL, *lose = NULL;
     const void **gone = NULL;
     int64_t moved = 0, read = -epm_model_bytes_loaded(r->m);
-    epm_status st = epm_plan_rebalance(r->p, r->eplb_load, r->eplb_slots, &np);
-    if (st != EPM_OK || !np) /* (nothing to go by: the window ran no MoE token) */
+    epm_status st = epm_plan_rebalance(r->p, r->eplb_load, r->eplb_slots, r->o->eplb_min_gain, &np);
+    memset(r->eplb_load, 0, (size_t)L * E * sizeof *r->eplb_load); /* (the window's counts are spent) */
+    if (st != EPM_OK || !np) /* (nothing to take: no MoE token in the window, or no layer worth moving) */
         goto out;
     st = epm_placement_gains(r->p, np, &moved);
     gain = epm_malloc((size_t)E * sizeof *gain);
@@ -79,7 +80,6 @@ out:
     r->rep->eplb_rebalances++;
     r->rep->eplb_moved += moved;
     r->rep->eplb_bytes += read;
-    memset(r->eplb_load, 0, (size_t)L * E * sizeof *r->eplb_load);
     r->rep->t_eplb += epm_now() - t0;
     return EPM_OK;
 }

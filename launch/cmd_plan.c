@@ -73,6 +73,8 @@ static const char eval_usage[] =
     "                        placements named are where it starts\n"
     "  --eplb-window W       the passes whose loads count (default N)\n"
     "  --eplb-slots S        experts a rank holds a MoE layer (default: the placement's most)\n"
+    "  --eplb-min-gain F     as run --eplb-min-gain: a layer moves only for this share off its busiest\n"
+    "                        rank (default 0)\n"
     "  --placement-out FILE  the placement the last pass ran under (one placement, one mode), as\n"
     "                        run --placement-out writes it\n"
     "  --per-layer           also print every layer\n"
@@ -81,7 +83,7 @@ static const char eval_usage[] =
 enum {
     O_TRACE = 256, O_EXPERTS, O_METHOD, O_MODE, O_NODES, O_GPN, O_CLUSTER, O_INTRA, O_INTER, O_SLOTS, O_TLIM,
     O_GAP, O_HIDDEN, O_BW, O_TW, O_OUT, O_EPLB, O_JSON, O_QUIET, O_DTB, O_KV, O_FFN, O_PERLAYER, O_MODEL, O_WIRE,
-    O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_HELP
+    O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_HELP
 };
 
 static const struct option plan_opts[] = {
@@ -99,7 +101,8 @@ static const struct option plan_opts[] = {
     {"per-layer", no_argument, 0, O_PERLAYER},      {"model", required_argument, 0, O_MODEL},
     {"wire-dtype", required_argument, 0, O_WIRE},   {"eplb-interval", required_argument, 0, O_EPLBI},
     {"eplb-window", required_argument, 0, O_EPLBW}, {"eplb-slots", required_argument, 0, O_EPLBS},
-    {"placement-out", required_argument, 0, O_POUT}, {"help", no_argument, 0, O_HELP},
+    {"placement-out", required_argument, 0, O_POUT}, {"eplb-min-gain", required_argument, 0, O_EPLBG},
+    {"help", no_argument, 0, O_HELP},
     {0, 0, 0, 0}};
 
 /* What the planner's and the evaluator's cost terms need from a checkpoint,
@@ -419,6 +422,7 @@ static int cmd_eval(int argc, char **argv)
     const char *W = "plan eval";
     const char *trace_path = NULL, *mode_s = NULL, *wire_s = NULL, *pout = NULL;
     long hidden = 4096, dtb = 2, kv = 0, ffn = 14336, eplb_i = 0, eplb_w = 0, eplb_s = 0;
+    double eplb_g = 0;
     int json = 0, per_layer = 0, c, have_hidden = 0, have_dtb = 0, have_kv = 0, have_ffn = 0;
     const char *model_dir = NULL;
     model_shape ms = {0};
@@ -438,6 +442,7 @@ static int cmd_eval(int argc, char **argv)
         case O_EPLBW: if (!cli_parse_int(W, "--eplb-window", optarg, 1, INT32_MAX, &eplb_w)) return EPM_EXIT_USAGE; break;
         case O_EPLBS: if (!cli_parse_int(W, "--eplb-slots", optarg, 1, INT32_MAX, &eplb_s)) return EPM_EXIT_USAGE; break;
         case O_POUT: pout = optarg; break;
+        case O_EPLBG: if (!cli_parse_double(W, "--eplb-min-gain", optarg, 0, 0.999, &eplb_g)) return EPM_EXIT_USAGE; break;
         case O_JSON: json = 1; break;
         case O_HELP: fputs(eval_usage, stdout); return EPM_EXIT_OK;
         default: return cli_option_error(W, argv);
@@ -448,9 +453,9 @@ static int cmd_eval(int argc, char **argv)
     int n = argc - optind;
     if (n < 1)
         return cli_usage_error(W, "name at least one placement JSON");
-    if ((eplb_w || eplb_s) && !eplb_i)
+    if ((eplb_w || eplb_s || eplb_g > 0) && !eplb_i)
         return cli_usage_error(W, "%s is online rebalancing's: --eplb-interval is not given",
-                               eplb_w ? "--eplb-window" : "--eplb-slots");
+                               eplb_w ? "--eplb-window" : eplb_s ? "--eplb-slots" : "--eplb-min-gain");
     if (eplb_w > eplb_i)
         return cli_usage_error(W, "--eplb-window %ld: the loads of at most the --eplb-interval's %ld passes count",
                                eplb_w, eplb_i);
@@ -542,6 +547,7 @@ static int cmd_eval(int argc, char **argv)
             eo.eplb_interval = (int)eplb_i;
             eo.eplb_window = (int)eplb_w;
             eo.eplb_slots = (int)eplb_s;
+            eo.eplb_min_gain = eplb_g;
             if ((st = epm_eval(t, ev[i].p, &eo, &ev[i].r[m])) != EPM_OK) {
                 rc = cli_fail(W, epm_fail_context(st, "%s", ev[i].path));
                 goto out;

@@ -176,6 +176,9 @@ static const char usage[] =
     "  --eplb-window W          the passes whose loads count (default N)\n"
     "  --eplb-slots S           experts a rank holds a MoE layer (default: the placement's most; the\n"
     "                           memory check counts S)\n"
+    "  --eplb-min-gain F        a MoE layer takes its new placement only if it lowers the busiest\n"
+    "                           rank's share of the window's (token, expert) pairs by this fraction\n"
+    "                           (default 0: every time); fewer experts move for a small gain\n"
     "  --placement-out FILE     the placement the last pass ran under (online rebalancing's last,\n"
     "                           learnt from the traffic: a --placement for the next run), as JSON\n"
     "  --a2a T                  row exchange: alltoallv (default), p2p, staged (MPI through pinned host\n"
@@ -195,7 +198,7 @@ enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY
        O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
        O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK, O_PLOGPROBS, O_MAXSEQS, O_SEPPRE,
        O_RATE, O_BURST, O_ASEED, O_MNBT, O_MTT, O_ARRFROM, O_TSCALE, O_PREFIX, O_PWAIT, O_EPLBI,
-       O_EPLBW, O_EPLBS, O_POUT };
+       O_EPLBW, O_EPLBS, O_POUT, O_EPLBG };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_OUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -231,6 +234,7 @@ static const struct option opts[] = {
     {"enable-prefix-caching", no_argument, 0, O_PREFIX}, {"prefix-caching-wait", required_argument, 0, O_PWAIT},
     {"eplb-interval", required_argument, 0, O_EPLBI}, {"eplb-window", required_argument, 0, O_EPLBW},
     {"eplb-slots", required_argument, 0, O_EPLBS}, {"placement-out", required_argument, 0, O_POUT},
+    {"eplb-min-gain", required_argument, 0, O_EPLBG},
     {0, 0, 0, 0}};
 
 /* The checkpoint file (a name in dir) that out would overwrite, or NULL:
@@ -769,6 +773,9 @@ int epm_cli_run(int argc, char **argv)
             o.eplb_window = (int)v;
             break;
         case O_POUT: pout = optarg; break;
+        case O_EPLBG:
+            if (!cli_parse_double(W, "--eplb-min-gain", optarg, 0, 0.999, &o.eplb_min_gain)) return EPM_EXIT_USAGE;
+            break;
         case O_EPLBS:
             if (!cli_parse_int(W, "--eplb-slots", optarg, 1, INT32_MAX, &v)) return EPM_EXIT_USAGE;
             o.eplb_slots = (int)v;
@@ -812,9 +819,9 @@ int epm_cli_run(int argc, char **argv)
         return cli_usage_error(W, "--arrivals-from and --request-rate: each sets when the requests arrive; give one");
     if (scale_given && !arrivals_from)
         return cli_usage_error(W, "--time-scale scales the arrivals of --arrivals-from, which is not given");
-    if ((o.eplb_window || o.eplb_slots) && !o.eplb_interval)
+    if ((o.eplb_window || o.eplb_slots || o.eplb_min_gain > 0) && !o.eplb_interval)
         return cli_usage_error(W, "%s is online rebalancing's: --eplb-interval is not given",
-                               o.eplb_window ? "--eplb-window" : "--eplb-slots");
+                               o.eplb_window ? "--eplb-window" : o.eplb_slots ? "--eplb-slots" : "--eplb-min-gain");
     if (o.eplb_window > o.eplb_interval)
         return cli_usage_error(W, "--eplb-window %d: the loads of at most the --eplb-interval's %d passes count",
                                o.eplb_window, o.eplb_interval);

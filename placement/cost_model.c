@@ -17,6 +17,7 @@ void epm_eval_opts_init(epm_eval_opts *o)
     o->dispatch_bytes = 0;
     o->flops_per_assignment = 6.0 * 4096.0 * 14336.0;
     o->eplb_interval = o->eplb_window = o->eplb_slots = 0;
+    o->eplb_min_gain = 0;
 }
 
 void epm_eval_result_destroy(epm_eval_result *r)

@@ -50,6 +50,8 @@ static epm_status check_opts(const epm_placement *p, const epm_eval_opts *o, int
     if (*slots < most)
         return epm_fail(EPM_ERR_INVALID_ARG, "eval: eplb_slots = %d: the placement already has %d experts of a "
                         "layer on one rank", o->eplb_slots, most);
+    if (!(o->eplb_min_gain >= 0 && o->eplb_min_gain < 1))
+        return epm_fail(EPM_ERR_INVALID_ARG, "eval: eplb_min_gain = %g is outside [0, 1)", o->eplb_min_gain);
     return EPM_OK;
 }
 
@@ -129,7 +131,9 @@ epm_status epm_pass_plan_next(epm_pass_plan *pp, const epm_placement **pl, int64
         const int32_t b = pp->order[s].pass;
         if (I > 0 && pp->prev >= 0 && b / I != pp->prev / I && s > *begin) {
             epm_placement *np = NULL;
-            EPM_CHECK(epm_plan_rebalance(pp->cur, pp->load, pp->slots, &np));
+            EPM_CHECK(epm_plan_rebalance(pp->cur, pp->load, pp->slots, pp->o->eplb_min_gain, &np));
+            /* the window's counts are spent, taken or not (as in the run) */
+            memset(pp->load, 0, (size_t)pp->t->layers * (size_t)epm_placement_experts(pp->first) * sizeof *pp->load);
             if (np) {
                 int64_t gained = 0;
                 epm_status st = epm_placement_gains(pp->cur, np, &gained);
@@ -140,7 +144,6 @@ epm_status epm_pass_plan_next(epm_pass_plan *pp, const epm_placement **pl, int64
                 pp->moved += gained;
                 pp->taken++;
                 pp->next = np;
-                memset(pp->load, 0, (size_t)pp->t->layers * (size_t)epm_placement_experts(pp->first) * sizeof *pp->load);
                 break; /* (pass b starts the next segment) */
             }
         }

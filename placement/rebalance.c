@@ -15,11 +15,46 @@ int epm_eplb_counts(int interval, int window, int64_t pass)
 
 int epm_eplb_due(int interval, int64_t pass) { return interval > 0 && pass > 0 && pass % interval == 0; }
 
-epm_status epm_plan_rebalance(const epm_placement *cur, const int64_t *load, int slots, epm_placement **out)
+/* Layer l's busiest rank under p, each expert's count shared evenly by its
+ * replicas (as the tokens are, by the replica pick's hash); per: [ranks]. */
+static double busiest(const epm_placement *p, int l, const int64_t *load, double *per)
+{
+    const int E = epm_placement_experts(p), R = epm_placement_ranks(p);
+    for (int q = 0; q < R; q++)
+        per[q] = 0;
+    for (int e = 0; e < E; e++) {
+        const int *reps;
+        const int n = epm_placement_replicas(p, l, e, &reps);
+        for (int i = 0; i < n; i++)
+            per[reps[i]] += (double)load[(size_t)l * (size_t)E + (size_t)e] / n;
+    }
+    double most = 0;
+    for (int q = 0; q < R; q++)
+        most = per[q] > most ? per[q] : most;
+    return most;
+}
+
+/* np's layer l becomes cur's */
+static epm_status keep_layer(epm_placement *np, const epm_placement *cur, int l)
+{
+    epm_placement_clear_layer(np, l);
+    for (int e = 0; e < epm_placement_experts(cur); e++) {
+        const int *reps;
+        const int n = epm_placement_replicas(cur, l, e, &reps);
+        for (int q = 0; q < n; q++)
+            EPM_CHECK(epm_placement_add(np, l, e, reps[q]));
+    }
+    return EPM_OK;
+}
+
+epm_status epm_plan_rebalance(const epm_placement *cur, const int64_t *load, int slots, double min_gain,
+                              epm_placement **out)
 {
     if (!out || !cur || !load)
         return epm_fail(EPM_ERR_INVALID_ARG, "rebalance: placement, loads and out are required");
     *out = NULL;
+    if (!(min_gain >= 0 && min_gain < 1))
+        return epm_fail(EPM_ERR_INVALID_ARG, "rebalance: min_gain = %g is outside [0, 1)", min_gain);
     const int L = epm_placement_layers(cur), E = epm_placement_experts(cur);
     if (slots < epm_placement_max_slots(cur)) /* (a layer without counts keeps cur's) */
         return epm_fail(EPM_ERR_INVALID_ARG, "rebalance: %d slots a rank, and the placement already has %d experts "
@@ -35,21 +70,23 @@ epm_status epm_plan_rebalance(const epm_placement *cur, const int64_t *load, int
     if (st == EPM_OK)
         st = epm_placement_align(cur, packed, &np); /* (a rebalance moves what changed) */
     epm_placement_destroy(packed);
-    for (int l = 0; l < L && st == EPM_OK; l++) { /* a layer no token went through stays */
+    /* a layer no token went through stays; with min_gain, so does one whose busiest rank the new
+     * placement would relieve by less than that share of its counts */
+    double *per = epm_malloc((size_t)epm_placement_ranks(cur) * sizeof *per);
+    st = st == EPM_OK && !per ? EPM_ERR_NOMEM : st;
+    int kept = 0;
+    for (int l = 0; l < L && st == EPM_OK; l++) {
         int64_t in = 0;
         for (int e = 0; e < E; e++)
             in += load[(size_t)l * E + e];
-        if (in > 0)
+        const double was = in > 0 && min_gain > 0 ? busiest(cur, l, load, per) : 0;
+        if (in > 0 && (min_gain == 0 || was - busiest(np, l, load, per) >= min_gain * was))
             continue;
-        epm_placement_clear_layer(np, l);
-        for (int e = 0; e < E && st == EPM_OK; e++) {
-            const int *reps;
-            const int n = epm_placement_replicas(cur, l, e, &reps);
-            for (int q = 0; q < n && st == EPM_OK; q++)
-                st = epm_placement_add(np, l, e, reps[q]);
-        }
+        st = keep_layer(np, cur, l);
+        kept++;
     }
-    if (st != EPM_OK) {
+    epm_free(per);
+    if (st != EPM_OK || (min_gain > 0 && kept == L)) { /* (no layer worth moving: nothing taken) */
         epm_placement_destroy(np);
         return st;
     }

@@ -64,6 +64,7 @@ typedef struct epm_eval_opts {
      * charged under the placement of its pass. eplb_interval 0 (the default): the placement alone.
      * eplb_slots 0: the placement's most experts on a rank. */
     int eplb_interval, eplb_window, eplb_slots;
+    double eplb_min_gain; /* epm_plan_rebalance's min_gain (epmoe run --eplb-min-gain); 0 = take each */
 } epm_eval_opts;
 
 /* Mixtral-8x7B-like defaults: hidden 4096 in bf16, 8 KV heads x 128 x 2 (K,V) x bf16,

@@ -92,6 +92,10 @@ check "eval online, both modes out" 2 "$E" plan eval --trace "$d/drift.st" "$d/c
 has "$d/err" "--placement-out writes one mode's last placement"
 check "eval window over interval" 2 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 2 --eplb-window 3
 has "$d/err" "--eplb-window 3: the loads of at most the --eplb-interval's 2 passes count"
+check "eval min gain alone" 2 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-min-gain 0.1
+has "$d/err" "--eplb-min-gain is online rebalancing's"
+check "eval online, min gain" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 --eplb-slots 3 \
+  --eplb-min-gain 0.1 --json
 check "eval slots alone" 2 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-slots 3
 has "$d/err" "--eplb-slots is online rebalancing's"
 check "eval online without passes" 1 "$E" plan eval --trace "$d/b.st" "$d/c.json" --eplb-interval 4

@@ -552,6 +552,19 @@ sys.exit(0 if run == ev and run[0] > 0 and e['eplb']['rebalances'] == r['eplb'][
          e['eplb']['experts_moved'] == r['eplb']['experts_moved'] else 1)
 EOF
 cmp -s "$d/learnt.json" "$d/elast.json" || fail "plan eval --placement-out differs from the run's"
+if full; then # --eplb-min-gain in both: a layer moves only for a fifth off its busiest rank
+  check "--eplb-min-gain" 0 run -np 3 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report \
+    --prefill-chunk 1 --eplb-interval 1 --eplb-slots 4 --eplb-min-gain 0.2 --trace-out "$d/gain.st"
+  cp "$d/out" "$d/gain.json"
+  check "plan eval --eplb-min-gain" 0 "$E" plan eval --trace "$d/gain.st" "$d/c3.json" --hidden 64 --dtype-bytes 4 \
+    --kv-dim 64 --eplb-interval 1 --eplb-slots 4 --eplb-min-gain 0.2 --json
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["report"]["eplb"]; e=json.load(open(sys.argv[2]))["placements"][0]["results"][0]["eplb"]
+sys.exit(0 if (r["rebalances"], r["experts_moved"]) == (e["rebalances"], e["experts_moved"]) else 1)' "$d/gain.json" "$d/out" ||
+    fail "plan eval --eplb-min-gain does not replay the run's placements"
+fi
+check "--eplb-min-gain without an interval" 2 "$E" run --model "$m" --input "$d/in.json" --eplb-min-gain 0.2
+has "$d/err" "--eplb-min-gain is online rebalancing's"
+check "--eplb-min-gain of 1" 2 "$E" run --model "$m" --input "$d/in.json" --eplb-interval 2 --eplb-min-gain 1
 check "plan eval --eplb-window alone" 2 "$E" plan eval --trace "$d/eplb.st" "$d/c3.json" --eplb-window 2
 has "$d/err" "--eplb-window is online rebalancing's"
 check "plan eval --eplb-slots too few" 1 "$E" plan eval --trace "$d/eplb.st" "$d/c3.json" --eplb-interval 2 --eplb-slots 2
@@ -591,6 +604,7 @@ has "$d/out" "--arrivals-from FILE"
 has "$d/out" "--enable-prefix-caching"
 has "$d/out" "--prefix-caching-wait N"
 has "$d/out" "--eplb-interval N"
+has "$d/out" "--eplb-min-gain F"
 has "$d/out" "--placement-out FILE"
 
 checks_done "all run CLI checks passed"

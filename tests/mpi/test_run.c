@@ -398,6 +398,7 @@ static void assert_run_is_eval_of(const epm_run_result *res, const epm_placement
     eo.eplb_interval = o->eplb_interval; /* (a rebalanced run: its trace's passes replayed) */
     eo.eplb_window = o->eplb_window;
     eo.eplb_slots = o->eplb_slots;
+    eo.eplb_min_gain = o->eplb_min_gain;
     epm_eval_result *ev;
     assert_int_equal(epm_eval(res->trace, p, &eo, &ev), EPM_OK);
     assert_report_is_eval(&res->report, ev, 4);
@@ -1995,6 +1996,34 @@ static void test_run_eplb(void **state)
             epm_placement_destroy(p0);
         }
         epm_run_result_destroy(res);
+    }
+    /* --eplb-min-gain: a layer moves only for a fifth off its busiest rank; plan eval follows, and fewer
+     * experts move than every time */
+    {
+        epm_run_result *res[2];
+        epm_run_opts opts[2];
+        for (int g = 0; g < 2; g++) {
+            epm_run_opts o;
+            memset(&o, 0, sizeof o);
+            o.model_dir = f.dir;
+            o.max_new_tokens = NEW;
+            o.prefill_chunk = 3;
+            o.eplb_interval = 1;
+            o.eplb_slots = slots;
+            o.eplb_min_gain = g ? 0.2 : 0;
+            opts[g] = o;
+            assert_int_equal(epm_run(&o, 2, f.lens, prompts, &res[g]), EPM_OK);
+        }
+        assert_true(res[1]->report.eplb_moved <= res[0]->report.eplb_moved);
+        assert_true(res[1]->report.eplb_rebalances <= res[0]->report.eplb_rebalances);
+        assert_memory_equal(res[1]->generated, res[0]->generated, 2 * NEW * sizeof(int32_t));
+        if (me == 0) {
+            epm_placement *p0 = make_placement(0, 4, 8, 1);
+            assert_run_is_eval_of(res[1], p0, &opts[1]);
+            epm_placement_destroy(p0);
+        }
+        epm_run_result_destroy(res[0]);
+        epm_run_result_destroy(res[1]);
     }
     /* DeepSeek-V3's FP8 release format, whose first layer is dense (MoE layer l is block l + 1) and whose
      * experts are held as stored with their scales copied (which a drop frees): the static run's tokens */

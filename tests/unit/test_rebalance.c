@@ -58,6 +58,22 @@ static int64_t gains(const epm_placement *a, const epm_placement *b)
     return n;
 }
 
+/* layer l's busiest rank's (token, expert) pairs under p, an expert's shared by its replicas */
+static double busiest_share(const epm_placement *p, int l, const int64_t *load)
+{
+    double per[64] = {0}, most = 0;
+    const int E = epm_placement_experts(p);
+    for (int e = 0; e < E; e++) {
+        const int *reps;
+        const int n = epm_placement_replicas(p, l, e, &reps);
+        for (int i = 0; i < n; i++)
+            per[reps[i]] += (double)load[l * E + e] / n;
+    }
+    for (int q = 0; q < epm_placement_ranks(p); q++)
+        most = per[q] > most ? per[q] : most;
+    return most;
+}
+
 static void assert_same_placement(const epm_placement *a, const epm_placement *b)
 {
     for (int l = 0; l < epm_placement_layers(a); l++)
@@ -78,7 +94,7 @@ static void test_plan_rebalance(void **state)
             if (l != 1) /* (layer 1: no token went through it) */
                 load[l * E + epm_trace_ids(t, l)[i]]++;
     epm_placement *np = NULL, *plain = NULL, *none = (epm_placement *)1;
-    assert_int_equal(epm_plan_rebalance(cur, load, 3, &np), EPM_OK);
+    assert_int_equal(epm_plan_rebalance(cur, load, 3, 0, &np), EPM_OK);
     assert_non_null(np);
     assert_int_equal(epm_placement_validate(np, 3), EPM_OK);
     assert_string_equal(epm_placement_get_info(np)->method, "eplb");
@@ -105,22 +121,43 @@ static void test_plan_rebalance(void **state)
     assert_int_equal(epm_placement_gains(cur, other, &g_self), EPM_ERR_MISMATCH);
     assert_non_null(strstr(epm_last_error(), "3 layers x 8 experts on 4 ranks against 2 x 8 on 4"));
     /* fewer slots than cur already fills: a layer without counts could not keep its placement */
-    assert_int_equal(epm_plan_rebalance(np, load, 2, &none), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_plan_rebalance(np, load, 2, 0, &none), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "2 slots a rank, and the placement already has 3 experts"));
     assert_null(none);
     epm_placement_destroy(other);
     epm_trace_destroy(t2);
+    /* min_gain: a layer whose busiest rank the new placement relieves by less keeps cur's */
+    double gain[L] = {0};
+    for (int l = 0; l < L; l += 2) /* (layer 1 has no counts) */
+        gain[l] = 1 - busiest_share(np, l, load) / busiest_share(cur, l, load);
+    const int lo = gain[0] < gain[2] ? 0 : 2, hi = 2 - lo;
+    assert_true(gain[hi] > gain[lo] && gain[lo] > 0); /* (layers 0 and 2 gain, by different shares) */
+    epm_placement *some = NULL;
+    assert_int_equal(epm_plan_rebalance(cur, load, 3, (gain[lo] + gain[hi]) / 2, &some), EPM_OK);
+    assert_non_null(some);
+    for (int e = 0; e < E; e++)
+        for (int q = 0; q < 4; q++) {
+            assert_int_equal(epm_placement_has(some, hi, e, q), epm_placement_has(np, hi, e, q));
+            assert_int_equal(epm_placement_has(some, lo, e, q), epm_placement_has(cur, lo, e, q));
+        }
+    epm_placement_destroy(some);
+    some = (epm_placement *)1; /* more than any layer gains: nothing taken */
+    assert_int_equal(epm_plan_rebalance(cur, load, 3, gain[hi] + 0.01, &some), EPM_OK);
+    assert_null(some);
+    assert_int_equal(epm_plan_rebalance(cur, load, 3, 1.0, &some), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "min_gain = 1 is outside [0, 1)"));
+    assert_int_equal(epm_plan_rebalance(cur, load, 3, -0.1, &some), EPM_ERR_INVALID_ARG);
     /* nothing counted: nothing taken */
     int64_t zero[L * E] = {0};
-    assert_int_equal(epm_plan_rebalance(cur, zero, 3, &none), EPM_OK);
+    assert_int_equal(epm_plan_rebalance(cur, zero, 3, 0, &none), EPM_OK);
     assert_null(none);
     /* refusals: too few slots (the planner's words), a negative load, no loads */
-    assert_int_equal(epm_plan_rebalance(cur, load, 1, &none), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_plan_rebalance(cur, load, 1, 0, &none), EPM_ERR_INVALID_ARG);
     assert_null(none);
     zero[5] = -1;
-    assert_int_equal(epm_plan_rebalance(cur, zero, 3, &none), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_plan_rebalance(cur, zero, 3, 0, &none), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "has load -1"));
-    assert_int_equal(epm_plan_rebalance(cur, NULL, 3, &none), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_plan_rebalance(cur, NULL, 3, 0, &none), EPM_ERR_INVALID_ARG);
     epm_placement_destroy(plain);
     epm_placement_destroy(np);
     epm_placement_destroy(cur);
@@ -175,11 +212,15 @@ static void expect_replay(const epm_trace *t, const epm_placement *p0, const epm
         int64_t any = 0;
         for (int i = 0; i < L * E; i++)
             any += load[i];
-        if (q > 0 && q % I == 0 && any > 0) {
+        if (q > 0 && q % I == 0) { /* (the window's counts are spent, a placement taken or not) */
             assert_true(n < 256);
-            assert_int_equal(epm_plan_rebalance(pl[n - 1], load, slots, &pl[n]), EPM_OK);
-            moved += gains(pl[n - 1], pl[n]);
-            n++;
+            pl[n] = NULL;
+            if (any > 0)
+                assert_int_equal(epm_plan_rebalance(pl[n - 1], load, slots, o->eplb_min_gain, &pl[n]), EPM_OK);
+            if (pl[n]) {
+                moved += gains(pl[n - 1], pl[n]);
+                n++;
+            }
             memset(load, 0, (size_t)L * E * sizeof *load);
         }
         seg[q] = n - 1;
@@ -257,7 +298,11 @@ static void test_eval_rebalanced(void **state)
     enum { L = 3, E = 8, K = 2 };
     epm_trace *t = passes_trace(L, E, K, 1500);
     epm_placement *p = contiguous(t, 2, 2);
-    static const int cfg[][3] = {{2, 0, 3}, {3, 1, 3}, {1, 1, 0}, {5, 2, 4}, {1000, 0, 3}, {4, 4, 8}};
+    static const struct {
+        int interval, window, slots;
+        double min_gain;
+    } cfg[] = {{2, 0, 3, 0}, {3, 1, 3, 0}, {1, 1, 0, 0}, {5, 2, 4, 0}, {1000, 0, 3, 0}, {4, 4, 8, 0},
+               {2, 0, 3, 0.05}, {1, 1, 3, 0.3}};
     for (int mode = 0; mode < 2; mode++)
         for (size_t c = 0; c < sizeof cfg / sizeof *cfg; c++) {
             epm_eval_opts o;
@@ -266,22 +311,32 @@ static void test_eval_rebalanced(void **state)
             o.hidden_bytes = 512;
             o.kv_row_bytes = 96;
             o.dispatch_bytes = c == 3 ? 260 : 0;
-            o.eplb_interval = cfg[c][0];
-            o.eplb_window = cfg[c][1];
-            o.eplb_slots = cfg[c][2];
+            o.eplb_interval = cfg[c].interval;
+            o.eplb_window = cfg[c].window;
+            o.eplb_slots = cfg[c].slots;
+            o.eplb_min_gain = cfg[c].min_gain;
             epm_eval_result *got;
             assert_int_equal(epm_eval(t, p, &o, &got), EPM_OK);
             expect_replay(t, p, &o, got);
-            if (cfg[c][0] == 1000) /* (no boundary among the passes: the static placement's figures) */
+            if (cfg[c].interval == 1000) /* (no boundary among the passes: the static placement's figures) */
                 assert_int_equal(got->rebalances, 0);
             else
                 assert_true(got->rebalances >= 3);
+            if (cfg[c].min_gain > 0) { /* fewer experts move than without it, over fewer placements */
+                epm_eval_opts ao = o;
+                ao.eplb_min_gain = 0;
+                epm_eval_result *always;
+                assert_int_equal(epm_eval(t, p, &ao, &always), EPM_OK);
+                assert_true(got->moved < always->moved);
+                assert_true(got->rebalances <= always->rebalances);
+                epm_eval_result_destroy(always);
+            }
             /* spare slots after the drift: a better balance than the static placement's */
             epm_eval_opts so = o;
             so.eplb_interval = so.eplb_window = so.eplb_slots = 0;
             epm_eval_result *st;
             assert_int_equal(epm_eval(t, p, &so, &st), EPM_OK);
-            if (cfg[c][2] >= 3 && cfg[c][0] < 1000)
+            if (cfg[c].slots >= 3 && cfg[c].interval < 1000)
                 assert_true(got->max_over_mean_load < st->max_over_mean_load);
             epm_eval_result_destroy(st);
             epm_eval_result_destroy(got);
