@@ -60,7 +60,8 @@ static const char usage[] =
     "  --modes LIST         home,follow (default both)\n"
     "  --slots S            experts per rank per layer for eplb/ilp/online (default: one spare)\n"
     "  --eplb-interval N    online's passes between rebalances (default 4), over the last\n"
-    "                       --eplb-window passes (default N)\n"
+    "                       --eplb-window passes (default N), a layer moving only for\n"
+    "                       --eplb-min-gain of its busiest rank's share (default 0)\n"
     "  --virtual-nodes N    split the ranks into N pretend nodes\n"
     "  --time-limit SEC     ILP budget (default 20)\n"
     "  --workdir DIR        where rank 0 writes placements for the others (default bench-run-work)\n"
@@ -150,7 +151,7 @@ static const char usage[] =
 
 enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT, O_MAXSEQS, O_CONT, O_SEPPRE, O_RATES,
        O_BURST, O_CHUNK, O_MNBT, O_MTT, O_NPROMPTS, O_TARR, O_TSCALE,
-       O_PREFIX, O_SHPRE, O_TURNS, O_TURNTOK, O_EPLBI, O_EPLBW, O_PSEED, O_DRIFT };
+       O_PREFIX, O_SHPRE, O_TURNS, O_TURNTOK, O_EPLBI, O_EPLBW, O_PSEED, O_DRIFT, O_EPLBG };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -177,6 +178,7 @@ static const struct option opts[] = {
     {"turns", required_argument, 0, O_TURNS},          {"turn-tokens", required_argument, 0, O_TURNTOK},
     {"eplb-interval", required_argument, 0, O_EPLBI},  {"eplb-window", required_argument, 0, O_EPLBW},
     {"plan-seed", required_argument, 0, O_PSEED},      {"drift", required_argument, 0, O_DRIFT},
+    {"eplb-min-gain", required_argument, 0, O_EPLBG},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
@@ -514,6 +516,7 @@ int epm_bench_run(int argc, char **argv)
     int prefix = 0; /* --prefix-caching */
     long turns = 1, turn_tokens = 32;
     long eplb_interval = 4, eplb_window = 0; /* the 'online' method's */
+    double eplb_gain = 0;
     int eplb_given = 0;
     long plan_seed = -1; /* >= 0: plans made from another trace than the one replayed */
     long drift = 0;      /* > 0: the trace's hot experts change every this many tokens */
@@ -586,6 +589,9 @@ int epm_bench_run(int argc, char **argv)
             break;
         case O_EPLBW:
             if (!cli_parse_int(W, "--eplb-window", optarg, 1, INT32_MAX, &eplb_window)) return EPM_EXIT_USAGE;
+            break;
+        case O_EPLBG:
+            if (!cli_parse_double(W, "--eplb-min-gain", optarg, 0, 0.999, &eplb_gain)) return EPM_EXIT_USAGE;
             break;
         case O_TA: ta_list = optarg; break;
         case O_CAPS: caps = optarg; break;
@@ -711,9 +717,10 @@ int epm_bench_run(int argc, char **argv)
         char list[128];
         snprintf(list, sizeof list, ",%s,", methods_s);
         const int online = strstr(list, ",online,") != NULL;
-        if ((eplb_given || eplb_window) && !online)
+        if ((eplb_given || eplb_window || eplb_gain > 0) && !online)
             return cli_usage_error(W, "%s is the 'online' method's, which --methods (%s) does not list",
-                                   eplb_window ? "--eplb-window" : "--eplb-interval", methods_s);
+                                   eplb_window ? "--eplb-window" : eplb_given ? "--eplb-interval" : "--eplb-min-gain",
+                                   methods_s);
         if (eplb_window > eplb_interval)
             return cli_usage_error(W, "--eplb-window %ld: the loads of at most the --eplb-interval's %ld passes count",
                                    eplb_window, eplb_interval);
@@ -1041,6 +1048,7 @@ int epm_bench_run(int argc, char **argv)
                 if (me_->online) {
                     o.eplb_interval = (int)eplb_interval;
                     o.eplb_window = (int)eplb_window;
+                    o.eplb_min_gain = eplb_gain;
                     o.eplb_slots = spare;
                 }
                 wire_opts(&o);

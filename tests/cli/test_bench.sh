@@ -553,7 +553,7 @@ m=$F/olmoe-tiny
 small=(--model "$m" --batch 2 --seq 8 --new 2 --reps 1 --time-limit 1 --workdir "$d/work")
 # (online: contiguous rebalanced before the decode pass; other experts hot every 8 tokens)
 ok "bench run csv" mpi -np 2 "$E" bench run "${small[@]}" --methods contiguous,eplb,ilp,online --modes home,follow \
-  --eplb-interval 1 --drift 8 --csv &&
+  --eplb-interval 1 --eplb-min-gain 0.05 --drift 8 --csv &&
   csvcheck run 2 home,follow contiguous,eplb,ilp,online
 for f in home-contiguous home-eplb home-ilp follow-contiguous follow-eplb follow-ilp; do
   grep -q '"format": "epmoe-placement"' "$d/work/$f.json" 2>/dev/null || fail "bench run wrote no placement $f.json in --workdir"
@@ -766,13 +766,14 @@ usage run --prefill-chunks 1,2,3,4,5,6,7,8,9 --model "$m" --prefill-chunks 1,2,3
 usage run "--prefill-chunks --kv-dtypes" "" --model "$m" --prefill-chunks 4 --kv-dtypes
 usage run --max-num-seqs -1 --model "$m" --max-num-seqs -1
 help_ok run --model --batch --seq --new --input --max-num-seqs --separate-prefill --methods --modes --workdir --reps --warmup --ta --mod --capacities \
-  --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --prefill-chunks --prefill-chunk --max-num-batched-tokens --continuous --request-rates --burstiness --prefix-caching --turns --turn-tokens --eplb-interval --eplb-window --plan-seed --drift --csv
+  --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --prefill-chunks --prefill-chunk --max-num-batched-tokens --continuous --request-rates --burstiness --prefix-caching --turns --turn-tokens --eplb-interval --eplb-window --eplb-min-gain --plan-seed --drift --csv
 usage run --model "" --batch 2
 usage run --batch x --model "$m" --batch x
 usage run --kernels foo --model "$m" --kernels foo
 usage run --methods foo --model "$m" --methods contiguous,foo
 usage run --plan-seed -1 --model "$m" --plan-seed -1
 usage run --drift 0 --model "$m" --drift 0
+usage run --eplb-min-gain "" --model "$m" --methods contiguous,eplb --eplb-min-gain 0.1
 usage run "--drift" "" --model "$m" --drift 64 --prefill-chunks 4
 has "$d/err" "--drift shapes the trace that the placements' comparison replays"
 usage run --methods "" --model "$m" --methods contiguous,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb,eplb
