@@ -246,7 +246,8 @@ typedef struct epm_run_report {
     int eplb_rebalances;   /* online rebalancing (epm_run_opts.eplb_interval): placements taken */
     int64_t eplb_moved;    /* experts the ranks gained over them (a replica on a rank that lacked it) */
     int64_t eplb_bytes;    /* checkpoint bytes the ranks read for them */
-    double t_eplb;         /* seconds rank 0 spent on them (the sum, the plan, the loads) */
+    double t_eplb;         /* seconds rank 0 spent at the boundaries (the sum, the plan, the loads), those
+                              that took nothing too */
     const char *transport; /* the row exchange's transport */
     int num_layers;
     int64_t *layer_tokens;  /* [num_layers] tokens that ran each block (all ranks, prefill + decode);

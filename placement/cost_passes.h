@@ -19,7 +19,7 @@ typedef struct epm_pass_plan {
     int64_t at;            /* the next segment's first entry of order */
     const epm_placement *first;
     epm_placement *cur, *next; /* the segment's placement (owned, but first) and the one taken after it */
-    int64_t *load;         /* [layers * experts] the window's counts since the last placement taken */
+    int64_t *load;         /* [layers * experts] the window's counts since the last due boundary */
     int slots, started;
     int32_t prev;          /* the last pass that ran a token, -1 before any */
     int taken;             /* placements taken */

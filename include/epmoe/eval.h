@@ -59,8 +59,9 @@ typedef struct epm_eval_opts {
                                Appended last, so the fields before it keep their places */
     /* Online rebalancing (epmoe run --eplb-interval, --eplb-window, --eplb-slots): the trace's
      * pass_ids are replayed in order; before pass q, when epm_eplb_due(eplb_interval, q), the
-     * placement becomes epm_plan_rebalance of the one before over the (token, expert) pairs of the
-     * passes that epm_eplb_counts since the last one, exactly as the run takes it, and each token is
+     * placement becomes epm_plan_rebalance (with eplb_min_gain) of the one before over the (token,
+     * expert) pairs of the passes that epm_eplb_counts since the last due boundary, exactly as the run
+     * takes it (the counts are spent at every boundary, a placement taken or not), and each token is
      * charged under the placement of its pass. eplb_interval 0 (the default): the placement alone.
      * eplb_slots 0: the placement's most experts on a rank. */
     int eplb_interval, eplb_window, eplb_slots;

@@ -73,12 +73,15 @@ EPM_API int epm_eplb_due(int interval, int64_t pass);
  * e], as for epm_plan_from_loads): eplb's for `slots` experts a rank, with
  * nodes and ranks renamed to keep as many replicas in place as possible
  * (epm_placement_align); a layer whose loads are all zero keeps cur's (so
- * slots below cur's most experts on a rank are refused). min_gain in [0, 1):
+ * slots below cur's most experts on a rank are refused). min_gain in (0, 1):
  * a layer also keeps cur's unless the new one lowers its busiest rank's
- * share of the counts (an expert's shared evenly by its replicas) by at
- * least min_gain of it, so that a rebalance moves only what pays. *out =
- * NULL when every load is zero, or with min_gain > 0 when every layer kept
- * cur's (nothing to take). */
+ * count by at least min_gain of it, so that a rebalance moves only what
+ * pays. The estimate assumes an expert's count is shared evenly by its
+ * replicas, as eplb's packing does; epm_route_pick prefers a replica on the
+ * token's own rank, then on its node, so a run can fall short of it.
+ * min_gain 0 compares nothing: every layer takes the new placement, even an
+ * identical one (DeepSeek's and vLLM's EPLB). *out = NULL when every load is
+ * zero, or with min_gain > 0 when every layer kept cur's (nothing taken). */
 EPM_API epm_status epm_plan_rebalance(const epm_placement *cur, const int64_t *load, int slots, double min_gain,
                                       epm_placement **out);
 

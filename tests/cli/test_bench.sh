@@ -433,7 +433,7 @@ ok "bench plan online" "$E" bench plan --shape mixtral --tokens 256 --time-limit
   --pass-tokens 16 --csv &&
   csvcheck plan home,follow online
 ok "bench plan online, table" "$E" bench plan --shape mixtral --mode home --tokens 256 --time-limit 5 --eplb-interval 2 \
-  --pass-tokens 16 --quiet &&
+  --pass-tokens 16 --eplb-min-gain 0.05 --eplb-window 1 --quiet &&
   has "$d/out" "# online: [0-9]* placements taken over the second half's 8 passes"
 usage plan --eplb-window "" --eplb-window 2
 has "$d/err" "--eplb-window is online rebalancing's"

@@ -95,7 +95,13 @@ has "$d/err" "--eplb-window 3: the loads of at most the --eplb-interval's 2 pass
 check "eval min gain alone" 2 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-min-gain 0.1
 has "$d/err" "--eplb-min-gain is online rebalancing's"
 check "eval online, min gain" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 --eplb-slots 3 \
-  --eplb-min-gain 0.1 --json
+  --eplb-min-gain 0.1 --json --mode follow
+if command -v python3 >/dev/null; then # fewer experts moved than every time (on.json: the same without it)
+  python3 -c 'import json,sys; g=json.load(open(sys.argv[1]))["placements"][0]["results"][0]["eplb"]
+a=json.load(open(sys.argv[2]))["placements"][0]["results"][0]["eplb"]
+assert g["experts_moved"] < a["experts_moved"] and g["rebalances"] <= a["rebalances"], (g, a)' "$d/out" "$d/on.json" ||
+    { echo "FAIL: --eplb-min-gain moves no fewer experts"; fails=$((fails + 1)); }
+fi
 check "eval slots alone" 2 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-slots 3
 has "$d/err" "--eplb-slots is online rebalancing's"
 check "eval online without passes" 1 "$E" plan eval --trace "$d/b.st" "$d/c.json" --eplb-interval 4

@@ -558,8 +558,10 @@ if full; then # --eplb-min-gain in both: a layer moves only for a fifth off its 
   cp "$d/out" "$d/gain.json"
   check "plan eval --eplb-min-gain" 0 "$E" plan eval --trace "$d/gain.st" "$d/c3.json" --hidden 64 --dtype-bytes 4 \
     --kv-dim 64 --eplb-interval 1 --eplb-slots 4 --eplb-min-gain 0.2 --json
-  python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["report"]["eplb"]; e=json.load(open(sys.argv[2]))["placements"][0]["results"][0]["eplb"]
-sys.exit(0 if (r["rebalances"], r["experts_moved"]) == (e["rebalances"], e["experts_moved"]) else 1)' "$d/gain.json" "$d/out" ||
+  python3 -c 'import json,sys; R=json.load(open(sys.argv[1]))["report"]; r=R["eplb"]; E=json.load(open(sys.argv[2]))["placements"][0]["results"][0]; e=E["eplb"]
+run = [sum(l["bytes"][c] + l["kv_bytes"][c] for l in R["layers"]) + R["gather_bytes"][c] for c in (1, 2)]
+sys.exit(0 if (r["rebalances"], r["experts_moved"]) == (e["rebalances"], e["experts_moved"]) and
+         run == [E["bytes"]["intra_node"], E["bytes"]["inter_node"]] else 1)' "$d/gain.json" "$d/out" ||
     fail "plan eval --eplb-min-gain does not replay the run's placements"
 fi
 check "--eplb-min-gain without an interval" 2 "$E" run --model "$m" --input "$d/in.json" --eplb-min-gain 0.2

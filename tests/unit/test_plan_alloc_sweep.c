@@ -27,6 +27,7 @@ static epm_status run_job(const job *j)
         eo.mode = j->o.mode;
         eo.eplb_interval = j->eplb_interval;
         eo.eplb_slots = j->eplb_interval ? 3 : 0;
+        eo.eplb_min_gain = j->eplb_interval && eo.mode == EPM_MODE_FOLLOW ? 0.05 : 0; /* (its estimate's scratch) */
         epm_eval_result *r = (epm_eval_result *)0x1; /* must come back NULL on failure */
         epm_status st = epm_eval(j->t, j->eval_of, &eo, &r);
         if (st == EPM_OK)
