@@ -193,12 +193,10 @@ int epm_bench_plan(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error(what, "unexpected argument '%s'", argv[optind]);
-    if ((eplb_w || pass_given || eplb_g > 0) && !eplb_i)
-        return cli_usage_error(what, "%s is online rebalancing's: --eplb-interval is not given",
-                               eplb_w ? "--eplb-window" : pass_given ? "--pass-tokens" : "--eplb-min-gain");
-    if (eplb_w > eplb_i)
-        return cli_usage_error(what, "--eplb-window %ld: the loads of at most the --eplb-interval's %ld passes count",
-                               eplb_w, eplb_i);
+    if (cli_eplb_usage(what, eplb_i, eplb_w,
+                       eplb_w ? "--eplb-window" : pass_given ? "--pass-tokens" : eplb_g > 0 ? "--eplb-min-gain" : NULL) !=
+        EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     int want_shape[3] = {0, 0, 0};
     int any = 0;
     for (int s = 0; s < 3; s++)

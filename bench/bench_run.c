@@ -722,9 +722,8 @@ int epm_bench_run(int argc, char **argv)
             return cli_usage_error(W, "%s is the 'online' method's, which --methods (%s) does not list",
                                    eplb_window ? "--eplb-window" : eplb_given ? "--eplb-interval" : "--eplb-min-gain",
                                    methods_s);
-        if (eplb_window > eplb_interval)
-            return cli_usage_error(W, "--eplb-window %ld: the loads of at most the --eplb-interval's %ld passes count",
-                                   eplb_window, eplb_interval);
+        if (cli_eplb_usage(W, eplb_interval, eplb_window, NULL) != EPM_EXIT_OK)
+            return EPM_EXIT_USAGE;
     }
     if (mla) { /* before MPI starts: a usage error leaves nothing behind */
         char cp[4096];

@@ -14,6 +14,7 @@
 #include "half.h"
 #include "epmoe/plan.h"
 #include "ops_cuda_host.h"
+#include "rebalance.h"
 #include "ops_gpu.h"
 #include "model_internal.h"
 #include "runtime_internal.h"
@@ -1404,14 +1405,11 @@ static epm_status prefill_check(rt *r)
                         o->max_num_seqs);
     r->places = epm_malloc((size_t)r->R * sizeof *r->places);
     r->adm = epm_malloc((size_t)r->B * sizeof *r->adm);
-    r->chunk_of = epm_malloc((size_t)r->N * sizeof *r->chunk_of);
     int *home = epm_malloc((size_t)r->B * sizeof *home), n = 0;
-    if (!r->places || !r->adm || !r->chunk_of || !home) {
+    if (!r->places || !r->adm || !home) {
         epm_free(home);
         return EPM_ERR_NOMEM;
     }
-    for (int64_t g = 0; g < r->N; g++)
-        r->chunk_of[g] = -1;
     r->max_seqs = 0;
     for (int q = 0; q < r->R; q++) {
         r->places[q] = epm_run_places(r->B, r->R, o->max_num_seqs, q);
@@ -1647,7 +1645,7 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     if (!r->fed || !r->dec_seq || !r->dec_pos || !r->pass_of)
         return sync(r, EPM_ERR_NOMEM);
     for (int64_t g = 0; g < r->total; g++)
-        r->pass_of[g] = -1; /* (never ran: a prompt position prefix caching copied) */
+        r->pass_of[g] = -1; /* (none yet; never, for a prompt position prefix caching copied) */
     for (int l = 0; l < c->num_layers; l++)
         r->moe_index[l] = c->moe_layer[l] ? r->moe_layers++ : -1;
     if (r->moe_layers == 0)
@@ -1684,21 +1682,9 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
         else
             st = epm_placement_validate(r->p, 0);
     }
-    if (st == EPM_OK && o->eplb_interval != 0) {
-        const int most = epm_placement_max_slots(r->p), least = (c->num_experts + r->R - 1) / r->R;
-        r->eplb_slots = o->eplb_slots > 0 ? o->eplb_slots : most;
-        if (o->eplb_interval < 0 || o->eplb_window < 0 || o->eplb_window > o->eplb_interval)
-            st = epm_fail(EPM_ERR_INVALID_ARG, "online rebalancing: every %d passes over a window of %d (an interval "
-                          "> 0 and a window from 0 to it)", o->eplb_interval, o->eplb_window);
-        else if (o->eplb_slots < 0 || r->eplb_slots < least || r->eplb_slots > c->num_experts)
-            st = epm_fail(EPM_ERR_INVALID_ARG, "--eplb-slots %d: %d ranks hold %d experts a layer in %d to %d slots "
-                          "each", o->eplb_slots, r->R, c->num_experts, least, c->num_experts);
-        else if (r->eplb_slots < most)
-            st = epm_fail(EPM_ERR_INVALID_ARG, "--eplb-slots %d: the placement already has %d experts of a layer on "
-                          "one rank", r->eplb_slots, most);
-        else if (!(o->eplb_min_gain >= 0 && o->eplb_min_gain < 1))
-            st = epm_fail(EPM_ERR_INVALID_ARG, "--eplb-min-gain %g: a share in [0, 1)", o->eplb_min_gain);
-    }
+    if (st == EPM_OK && o->eplb_interval != 0) /* (plan eval's replay checks them alike) */
+        st = epm_eplb_check(r->p, o->eplb_interval, o->eplb_window, o->eplb_slots, o->eplb_min_gain, 0,
+                            &r->eplb_slots);
     if (st == EPM_OK && o->route_from) {
         const epm_trace *t = o->route_from;
         /* with stop tokens the run's length is known only as it goes: each step checks its own */
@@ -1812,7 +1798,6 @@ static void teardown(rt *r)
     epm_free(r->dec_seq);
     epm_free(r->pass_of);
     epm_free(r->dec_pos);
-    epm_free(r->chunk_of);
     epm_free(r->adm);
     epm_free(r->places);
     epm_sched_destroy(r->sched);
@@ -2102,7 +2087,7 @@ static epm_status run_pass(rt *r, const epm_sched_pass *sp, const int32_t *const
         const epm_sched_piece *pc = &sp->pre[i];
         const int64_t a = r->offset[pc->seq] + pc->from, b = r->offset[pc->seq] + pc->to;
         for (int64_t gi = a; gi < b; gi++)
-            r->chunk_of[gi] = r->chunk, r->pass_of[gi] = (int32_t)r->pass_no;
+            r->pass_of[gi] = r->chunk;
         g0 = a < g0 ? a : g0;
         gend = b > gend ? b : gend;
         r->adm[i] = pc->seq;
@@ -2116,7 +2101,7 @@ static epm_status run_pass(rt *r, const epm_sched_pass *sp, const int32_t *const
     for (int i = 0; i < sp->n_dec; i++) {
         const int s = sp->dec[i];
         r->dec_seq[r->dec_base + i - r->N] = s;
-        r->pass_of[r->dec_base + i] = (int32_t)r->pass_no;
+        r->pass_of[r->dec_base + i] = r->chunk;
         r->dec_pos[r->dec_base + i - r->N] = r->lens[s] + res->gen_len[s] - 1; /* where its last token goes */
     }
     /* a replayed trace's decoded tokens must be this run's: a trace recorded
@@ -2448,7 +2433,6 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
      * place (vLLM's continuous batching). Every rank learns every new token
      * (one small sum per pass), so all build the same passes. */
     const double t_start = epm_now(); /* the arrivals' clock starts (an offline batch: all arrive now) */
-    int64_t passes = 0; /* (non-empty ones: online rebalancing counts them) */
     for (;;) {
         const double t0 = epm_now();
         int lo = batch, hi = 0; /* the sequences fed since the last sum: those between lo and hi - 1 */
@@ -2507,10 +2491,10 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
                 kv_copy_prefix(&r, s, d, sp.cached[i]);
         }
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
-        if (epm_eplb_due(o->eplb_interval, passes))
+        /* (the pass's number counts the non-empty ones, which online rebalancing counts) */
+        if (epm_eplb_due(o->eplb_interval, sp.index))
             EPM_CHECK_GOTO(epm_eplb_rebalance(&r), st, fail_gen);
-        r.pass_no = passes;
-        r.eplb_counting = epm_eplb_counts(o->eplb_interval, o->eplb_window, passes++);
+        r.eplb_counting = epm_eplb_counts(o->eplb_interval, o->eplb_window, sp.index);
         EPM_CHECK_GOTO(run_pass(&r, &sp, prompts, &po, trace_of_run, res), st, fail_gen);
         /* a mixed pass's seconds are shared out by its tokens */
         const double t1 = epm_now(), dt = t1 - t0, pre = (double)sp.pre_tokens / (double)(sp.pre_tokens + sp.n_dec);

@@ -25,7 +25,6 @@ typedef struct rt {
     epm_placement *owned_p;
     int64_t *eplb_load;   /* [moe_layers][experts] this rank's gate choices in the window (online rebalancing) */
     int eplb_counting;    /* the pass running is in the window */
-    int64_t pass_no;      /* the pass running (non-empty ones, from 0: the trace's pass_ids) */
     int eplb_slots;
     int B, N, steps, max_len;
     int64_t total;     /* tokens of the whole run: prefill + decode */
@@ -69,13 +68,12 @@ typedef struct rt {
     float *ffn_scr;
     int64_t ffn_scr_n;
     /* the forward pass under way (scheduler.h): its prompt tokens' window g0 .. g0 + pf_n - 1 (the
-       pieces' tokens among them: chunk_of[g] == chunk), then its decode tokens dg0 .. dg0 + pn - pf_n - 1;
+       pieces' tokens among them: pass_of[g] == chunk), then its decode tokens dg0 .. dg0 + pn - pf_n - 1;
        pass_t and pass_g map a token to its index in the pass's arrays and back */
     int64_t g0, pf_n, dg0, pn;
     int prefill;          /* the pass holds prompt tokens */
     int64_t pass_n;       /* tokens of the pass on all ranks */
     int chunk;            /* the pass's number */
-    int32_t *chunk_of;    /* [N] the pass that runs each prompt token (-1: none yet) */
     int32_t *adm;         /* [B] the sequences whose prompt pieces the pass holds, ascending */
     int nadm;
     int *places;          /* [R] sequences each home rank holds at once, at most */
@@ -92,7 +90,7 @@ typedef struct rt {
     uint8_t *fed;         /* [B] it ran a pass whose new token the next sum brings */
     int64_t dec_base;     /* g of this pass's first decode token: N + the tokens decoded before */
     int32_t *dec_seq;     /* [steps * B] the sequence of each decoded token, in trace order (its g - N) */
-    int32_t *pass_of;     /* [total] the pass (pass_no) that ran each token, -1 none: the trace's pass_ids */
+    int32_t *pass_of;     /* [total] the pass (chunk) that runs each token, -1 none (yet): the trace's pass_ids */
     int32_t *dec_pos;     /* [steps * B] and its position */
     /* Mixture-of-Depths (runtime_mod.c) */
     uint8_t *mod_on;      /* [layers] */

@@ -269,7 +269,7 @@ epm_status epm_mod_select(rt *r, int l, int64_t n, const int64_t *g, const float
     }
     /* only the pass's prompt tokens: its pieces' (its decode tokens are all its own) */
     for (int64_t t = 0; t < r->pf_n; t++)
-        r->sel[t] &= r->chunk_of[r->g0 + t] == r->chunk;
+        r->sel[t] &= r->pass_of[r->g0 + t] == r->chunk;
     /* cache rows: each sequence's selected tokens, in order, after its rows so far */
     int32_t *kv = r->kv_n + (size_t)l * r->B;
     memcpy(r->kv_base, kv, (size_t)r->B * sizeof *kv);

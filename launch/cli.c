@@ -26,6 +26,16 @@ int cli_usage_error(const char *what, const char *fmt, ...)
     return EPM_EXIT_USAGE;
 }
 
+int cli_eplb_usage(const char *what, long interval, long window, const char *orphan)
+{
+    if (orphan && !interval)
+        return cli_usage_error(what, "%s is online rebalancing's: --eplb-interval is not given", orphan);
+    if (window > interval)
+        return cli_usage_error(what, "--eplb-window %ld: the loads of at most the --eplb-interval's %ld passes count",
+                               window, interval);
+    return EPM_EXIT_OK;
+}
+
 int cli_option_error(const char *what, char **argv)
 {
     /* getopt_long has stepped past the offending word: a known option at the

@@ -15,6 +15,12 @@ int cli_fail(const char *what, epm_status st);
 /* Prints "epmoe <what>: <message>" and a hint to use --help; returns EPM_EXIT_USAGE. */
 int cli_usage_error(const char *what, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Online rebalancing's options beside --eplb-interval (0: not given): orphan
+ * names the first other one given (NULL: none), refused without an
+ * interval, and a window beyond the interval is refused; returns
+ * EPM_EXIT_USAGE after the message, else EPM_EXIT_OK. */
+int cli_eplb_usage(const char *what, long interval, long window, const char *orphan);
+
 /* Progress callback: "[  12.3s] message" on stderr. */
 void cli_progress(void *user, const char *message);
 

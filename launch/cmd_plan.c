@@ -453,12 +453,10 @@ static int cmd_eval(int argc, char **argv)
     int n = argc - optind;
     if (n < 1)
         return cli_usage_error(W, "name at least one placement JSON");
-    if ((eplb_w || eplb_s || eplb_g > 0) && !eplb_i)
-        return cli_usage_error(W, "%s is online rebalancing's: --eplb-interval is not given",
-                               eplb_w ? "--eplb-window" : eplb_s ? "--eplb-slots" : "--eplb-min-gain");
-    if (eplb_w > eplb_i)
-        return cli_usage_error(W, "--eplb-window %ld: the loads of at most the --eplb-interval's %ld passes count",
-                               eplb_w, eplb_i);
+    if (cli_eplb_usage(W, eplb_i, eplb_w,
+                       eplb_w ? "--eplb-window" : eplb_s ? "--eplb-slots" : eplb_g > 0 ? "--eplb-min-gain" : NULL) !=
+        EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     if (pout && n > 1)
         return cli_usage_error(W, "--placement-out writes one placement's last: name one placement, not %d", n);
     epm_mode fixed = EPM_MODE_HOME;

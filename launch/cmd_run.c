@@ -820,12 +820,10 @@ int epm_cli_run(int argc, char **argv)
         return cli_usage_error(W, "--arrivals-from and --request-rate: each sets when the requests arrive; give one");
     if (scale_given && !arrivals_from)
         return cli_usage_error(W, "--time-scale scales the arrivals of --arrivals-from, which is not given");
-    if ((o.eplb_window || o.eplb_slots || o.eplb_min_gain > 0) && !o.eplb_interval)
-        return cli_usage_error(W, "%s is online rebalancing's: --eplb-interval is not given",
-                               o.eplb_window ? "--eplb-window" : o.eplb_slots ? "--eplb-slots" : "--eplb-min-gain");
-    if (o.eplb_window > o.eplb_interval)
-        return cli_usage_error(W, "--eplb-window %d: the loads of at most the --eplb-interval's %d passes count",
-                               o.eplb_window, o.eplb_interval);
+    if (cli_eplb_usage(W, o.eplb_interval, o.eplb_window,
+                       o.eplb_window ? "--eplb-window" : o.eplb_slots ? "--eplb-slots"
+                       : o.eplb_min_gain > 0 ? "--eplb-min-gain" : NULL) != EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     if (wait_given && !o.prefix_caching)
         return cli_usage_error(W, "--prefix-caching-wait is prefix caching's: --enable-prefix-caching is not given");
     if (arrivals_from && !epm_serving_trace_is(arrivals_from))

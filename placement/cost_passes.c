@@ -10,6 +10,7 @@
 
 #include "cost_passes.h"
 #include "epmoe/plan.h"
+#include "rebalance.h"
 #include "trace_internal.h"
 
 void epm_pass_plan_clear(epm_pass_plan *pp)
@@ -36,25 +37,6 @@ static int rows_empty(const epm_trace *t, int64_t i)
     return 1;
 }
 
-static epm_status check_opts(const epm_placement *p, const epm_eval_opts *o, int *slots)
-{
-    const int E = epm_placement_experts(p), R = epm_placement_ranks(p);
-    const int most = epm_placement_max_slots(p), least = (E + R - 1) / R;
-    *slots = o->eplb_slots > 0 ? o->eplb_slots : most;
-    if (o->eplb_interval < 0 || o->eplb_window < 0 || o->eplb_window > o->eplb_interval)
-        return epm_fail(EPM_ERR_INVALID_ARG, "eval: online rebalancing every %d passes over a window of %d (an "
-                        "interval > 0 and a window from 0 to it)", o->eplb_interval, o->eplb_window);
-    if (o->eplb_slots < 0 || *slots < least || *slots > E)
-        return epm_fail(EPM_ERR_INVALID_ARG, "eval: eplb_slots = %d: %d ranks hold %d experts a layer in %d to %d "
-                        "slots each", o->eplb_slots, R, E, least, E);
-    if (*slots < most)
-        return epm_fail(EPM_ERR_INVALID_ARG, "eval: eplb_slots = %d: the placement already has %d experts of a "
-                        "layer on one rank", o->eplb_slots, most);
-    if (!(o->eplb_min_gain >= 0 && o->eplb_min_gain < 1))
-        return epm_fail(EPM_ERR_INVALID_ARG, "eval: eplb_min_gain = %g is outside [0, 1)", o->eplb_min_gain);
-    return EPM_OK;
-}
-
 epm_status epm_pass_plan_make(const epm_trace *t, const epm_placement *p, const epm_eval_opts *o,
                               epm_pass_plan *pp)
 {
@@ -65,7 +47,9 @@ epm_status epm_pass_plan_make(const epm_trace *t, const epm_placement *p, const 
     pp->first = p;
     pp->cur = (epm_placement *)p;
     pp->prev = -1;
-    epm_status st = o->eplb_interval != 0 ? check_opts(p, o, &pp->slots) : EPM_OK;
+    epm_status st = o->eplb_interval != 0 ? epm_eplb_check(p, o->eplb_interval, o->eplb_window, o->eplb_slots,
+                                                           o->eplb_min_gain, 1, &pp->slots)
+                                          : EPM_OK;
     if (st == EPM_OK && o->eplb_interval != 0 && !t->pass_ids)
         st = epm_fail(EPM_ERR_INVALID_ARG, "eval: online rebalancing replays the trace's passes, and the trace has "
                       "no pass_ids (epmoe run --trace-out records them)");

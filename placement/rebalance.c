@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "epmoe/plan.h"
-#include "core.h"
+#include "rebalance.h"
 
 int epm_eplb_counts(int interval, int window, int64_t pass)
 {
@@ -15,8 +15,31 @@ int epm_eplb_counts(int interval, int window, int64_t pass)
 
 int epm_eplb_due(int interval, int64_t pass) { return interval > 0 && pass > 0 && pass % interval == 0; }
 
+epm_status epm_eplb_check(const epm_placement *p, int interval, int window, int slots, double min_gain, int fields,
+                          int *slots_out)
+{
+    const char *pre = fields ? "eval: " : "", *slots_name = fields ? "eval: eplb_slots =" : "--eplb-slots",
+               *gain_name = fields ? "eval: eplb_min_gain =" : "--eplb-min-gain";
+    const int E = epm_placement_experts(p), R = epm_placement_ranks(p);
+    const int most = epm_placement_max_slots(p), least = (E + R - 1) / R;
+    *slots_out = slots > 0 ? slots : most;
+    if (interval < 0 || window < 0 || window > interval)
+        return epm_fail(EPM_ERR_INVALID_ARG, "%sonline rebalancing: every %d passes over a window of %d (an interval "
+                        "> 0 and a window from 0 to it)", pre, interval, window);
+    if (slots < 0 || *slots_out < least || *slots_out > E)
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s %d: %d ranks hold %d experts a layer in %d to %d slots each",
+                        slots_name, slots, R, E, least, E);
+    if (*slots_out < most)
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s %d: the placement already has %d experts of a layer on one rank",
+                        slots_name, slots, most);
+    if (!(min_gain >= 0 && min_gain < 1))
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s %g: a share in [0, 1)", gain_name, min_gain);
+    return EPM_OK;
+}
+
 /* Layer l's busiest rank under p, each expert's count shared evenly by its
- * replicas (as the tokens are, by the replica pick's hash); per: [ranks]. */
+ * replicas (as eplb's packing assumes; plan.h says where a run differs);
+ * per: [ranks]. */
 static double busiest(const epm_placement *p, int l, const int64_t *load, double *per)
 {
     const int E = epm_placement_experts(p), R = epm_placement_ranks(p);
