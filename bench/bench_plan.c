@@ -44,6 +44,9 @@ static void usage(void)
            "  --eplb-window W  the passes whose loads count (default N)\n"
            "  --eplb-min-gain F  a layer moves only if that lowers its busiest rank's pairs by at\n"
            "                   least F of them (default 0)\n"
+           "  --expert-bytes N  bytes of an expert the online row copies between ranks at each placement\n"
+           "                   taken, charged in its time (default 352321536: Mixtral-8x7B's in bf16, as\n"
+           "                   the modelled compute; 0: none, run --eplb-from checkpoint)\n"
            "  --pass-tokens P  tokens a pass (default 256); with --eplb-interval every row's modelled\n"
            "                   time is taken pass by pass, as plan eval does for a trace with passes\n"
            "  --quiet          no solver progress on stderr\n"
@@ -56,6 +59,7 @@ typedef struct {
     double max_over_mean, max_load, bytes[EPM_LINK_COUNT], t_total;
     int rebalances; /* online */
     int64_t moved;
+    double copied, t_copies; /* the experts' copies between ranks: bytes, modelled seconds (in t_total) */
 } row;
 
 /* A placement planned on the first half and evaluated on the second; online:
@@ -92,6 +96,8 @@ static epm_status run_one(const epm_trace *plan_half, const epm_trace *eval_half
     out->t_total = r->t_total;
     out->rebalances = r->rebalances;
     out->moved = r->moved;
+    out->copied = (double)(r->move_bytes[EPM_LINK_INTRA] + r->move_bytes[EPM_LINK_INTER]);
+    out->t_copies = r->t_moves;
     epm_eval_result_destroy(r);
     return EPM_OK;
 }
@@ -99,7 +105,7 @@ static epm_status run_one(const epm_trace *plan_half, const epm_trace *eval_half
 static double ratio(double a, double b) { return b != 0.0 ? a / b : (a == 0.0 ? 1.0 : INFINITY); }
 
 enum { O_SHAPE = 256, O_MODE, O_TOKENS, O_TIME, O_GAP, O_ZIPF, O_AFF, O_SEED, O_CSV, O_QUIET, O_DRIFT, O_EPLBI, O_EPLBW,
-       O_PASS, O_EPLBG, O_HELP };
+       O_PASS, O_EPLBG, O_XB, O_HELP };
 static const struct option opts[] = {
     {"shape", required_argument, 0, O_SHAPE},   {"mode", required_argument, 0, O_MODE},
     {"tokens", required_argument, 0, O_TOKENS}, {"time-limit", required_argument, 0, O_TIME},
@@ -108,7 +114,7 @@ static const struct option opts[] = {
     {"csv", no_argument, 0, O_CSV},             {"quiet", no_argument, 0, O_QUIET},
     {"drift", required_argument, 0, O_DRIFT},   {"eplb-interval", required_argument, 0, O_EPLBI},
     {"eplb-window", required_argument, 0, O_EPLBW}, {"pass-tokens", required_argument, 0, O_PASS},
-    {"eplb-min-gain", required_argument, 0, O_EPLBG},
+    {"eplb-min-gain", required_argument, 0, O_EPLBG}, {"expert-bytes", required_argument, 0, O_XB},
     {"help", no_argument, 0, O_HELP},           {0, 0, 0, 0}};
 
 int epm_bench_plan(int argc, char **argv)
@@ -120,6 +126,7 @@ int epm_bench_plan(int argc, char **argv)
     uint64_t seed = 1;
     long drift = 0, eplb_i = 0, eplb_w = 0, pass_tokens = 256;
     double eplb_g = 0;
+    long xb = -1;
     int pass_given = 0;
     int csv = 0, quiet = 0;
     int c;
@@ -175,6 +182,10 @@ int epm_bench_plan(int argc, char **argv)
             if (!cli_parse_double(what, "--eplb-min-gain", optarg, 0, 0.999, &eplb_g))
                 return EPM_EXIT_USAGE;
             break;
+        case O_XB:
+            if (!cli_parse_int(what, "--expert-bytes", optarg, 0, INT64_MAX / 4, &xb))
+                return EPM_EXIT_USAGE;
+            break;
         case O_PASS:
             if (!cli_parse_int(what, "--pass-tokens", optarg, 1, 1L << 26, &pass_tokens))
                 return EPM_EXIT_USAGE;
@@ -194,7 +205,8 @@ int epm_bench_plan(int argc, char **argv)
     if (optind < argc)
         return cli_usage_error(what, "unexpected argument '%s'", argv[optind]);
     if (cli_eplb_usage(what, eplb_i, eplb_w,
-                       eplb_w ? "--eplb-window" : pass_given ? "--pass-tokens" : eplb_g > 0 ? "--eplb-min-gain" : NULL) !=
+                       eplb_w ? "--eplb-window" : pass_given ? "--pass-tokens" : eplb_g > 0 ? "--eplb-min-gain"
+                       : xb >= 0 ? "--expert-bytes" : NULL) !=
         EPM_EXIT_OK)
         return EPM_EXIT_USAGE;
     int want_shape[3] = {0, 0, 0};
@@ -267,6 +279,8 @@ int epm_bench_plan(int argc, char **argv)
             eo.mode = po.mode;
             eo.hidden_bytes = (int64_t)po.hidden * 2;
             eo.kv_row_bytes = (int64_t)po.kv_dim * 2;
+            if (xb >= 0)
+                eo.expert_bytes = xb;
             /* weigh the objective in modelled microseconds, as plan eval
              * does: the straggler's expert compute against one intra-node
              * hidden-vector transfer per rank (about 16:1 at these defaults) */
@@ -322,9 +336,11 @@ int epm_bench_plan(int argc, char **argv)
                 fflush(stdout);
             }
             if (!csv && eplb_i > 0)
-                printf("# online: %d placements taken over the second half's %ld passes, %lld experts moved\n",
+                printf("# online: %d placements taken over the second half's %ld passes, %lld experts moved, "
+                       "%.2f GB copied between ranks (%.3f ms of its t_model_ms)\n",
                        rows[EPM_METHOD_COUNT].rebalances, (tokens - tokens / 2 + pass_tokens - 1) / pass_tokens,
-                       (long long)rows[EPM_METHOD_COUNT].moved);
+                       (long long)rows[EPM_METHOD_COUNT].moved, rows[EPM_METHOD_COUNT].copied / 1e9,
+                       rows[EPM_METHOD_COUNT].t_copies * 1e3);
         }
         epm_trace_destroy(first);
         epm_trace_destroy(second);

@@ -56,7 +56,9 @@ static const char usage[] =
     "                       experts are hot; the plans see the whole run's mixture (default: none)\n"
     "  --methods LIST       placements, comma separated, contiguous first (the baseline;\n"
     "                       default contiguous,eplb,ilp); 'online': contiguous with online\n"
-    "                       rebalancing (epmoe run --eplb-interval, at --eplb-interval)\n"
+    "                       rebalancing (epmoe run --eplb-interval, at --eplb-interval), gained\n"
+    "                       experts copied from peers; 'online-checkpoint': the same, read from the\n"
+    "                       checkpoint (run --eplb-from checkpoint)\n"
     "  --modes LIST         home,follow (default both)\n"
     "  --slots S            experts per rank per layer for eplb/ilp/online (default: one spare)\n"
     "  --eplb-interval N    online's passes between rebalances (default 4), over the last\n"
@@ -476,7 +478,8 @@ static int check_list(const char *W, const char *opt, const char *list, size_t r
             cli_usage_error(W, "option %s: '%s' is not home or follow", opt, e);
             return 0;
         }
-        if (kind == 'p' && strcmp(e, "online") && epm_method_parse(e, &method) != EPM_OK) {
+        if (kind == 'p' && strcmp(e, "online") && strcmp(e, "online-checkpoint") &&
+            epm_method_parse(e, &method) != EPM_OK) {
             cli_usage_error(W, "option %s: %s", opt, epm_last_error());
             return 0;
         }
@@ -717,7 +720,7 @@ int epm_bench_run(int argc, char **argv)
     { /* online rebalancing's options belong to the 'online' method */
         char list[128];
         snprintf(list, sizeof list, ",%s,", methods_s);
-        const int online = strstr(list, ",online,") != NULL;
+        const int online = strstr(list, ",online,") || strstr(list, ",online-checkpoint,");
         if ((eplb_given || eplb_window || eplb_gain > 0) && !online)
             return cli_usage_error(W, "%s is the 'online' method's, which --methods (%s) does not list",
                                    eplb_window ? "--eplb-window" : eplb_given ? "--eplb-interval" : "--eplb-min-gain",
@@ -965,12 +968,12 @@ int epm_bench_run(int argc, char **argv)
         enum { MAXM = BENCH_MAX_METHODS };
         struct meth {
             char name[32];
-            int online;
+            int online, from_file;
             epm_placement *p;
             double pf, dc;
             int64_t bytes[3], kv, maxload, kvmem;
             int rebalances; /* online's, the last repetition's: */
-            int64_t moved, read;
+            int64_t moved, read, copied;
             double t_eplb;
         } mm[MAXM];
         int nm = 0;
@@ -985,7 +988,8 @@ int epm_bench_run(int argc, char **argv)
             snprintf(me_->name, sizeof me_->name, "%s", mt);
             epm_plan_opts po;
             epm_plan_opts_init(&po);
-            me_->online = !strcmp(mt, "online"); /* contiguous, rebalanced as it runs */
+            me_->from_file = !strcmp(mt, "online-checkpoint");
+            me_->online = !strcmp(mt, "online") || me_->from_file; /* contiguous, rebalanced as it runs */
             if (me_->online)
                 po.method = EPM_METHOD_CONTIGUOUS;
             else if (epm_method_parse(mt, &po.method) != EPM_OK) {
@@ -1050,6 +1054,7 @@ int epm_bench_run(int argc, char **argv)
                     o.eplb_window = (int)eplb_window;
                     o.eplb_min_gain = eplb_gain;
                     o.eplb_slots = spare;
+                    o.eplb_from_checkpoint = me_->from_file;
                 }
                 wire_opts(&o);
                 epm_run_result *res = NULL;
@@ -1080,6 +1085,7 @@ int epm_bench_run(int argc, char **argv)
                 me_->rebalances = r->eplb_rebalances;
                 me_->moved = r->eplb_moved;
                 me_->read = r->eplb_bytes;
+                me_->copied = r->eplb_peer_bytes[EPM_LINK_INTRA] + r->eplb_peer_bytes[EPM_LINK_INTER];
                 me_->t_eplb = r->t_eplb;
                 epm_run_result_destroy(res);
             }
@@ -1097,9 +1103,9 @@ int epm_bench_run(int argc, char **argv)
                        (long long)me_->kv, (long long)me_->maxload, me_->pf / b0->pf, b0->dc > 0 ? me_->dc / b0->dc : 0,
                        base_b > 0 ? b / base_b : b > 0 ? INFINITY : 1.0, (long long)me_->kvmem);
             if (me == 0 && !csv && me_->online)
-                printf("# online: %d rebalances (every %ld passes), %lld experts moved, %.1f MB read, %.3f s\n",
-                       me_->rebalances, eplb_interval, (long long)me_->moved, (double)me_->read / 1e6,
-                       me_->t_eplb);
+                printf("# %s: %d rebalances (every %ld passes), %lld experts moved, %.1f MB copied between "
+                       "ranks, %.1f MB read from the checkpoint, %.3f s\n", me_->name, me_->rebalances, eplb_interval,
+                       (long long)me_->moved, (double)me_->copied / 1e6, (double)me_->read / 1e6, me_->t_eplb);
         }
         fflush(stdout);
         for (int i = 0; i < nm; i++)

@@ -780,3 +780,112 @@ int64_t epm_model_bytes_loaded(const epm_model *m) { return m ? m->bytes : 0; }
 int64_t epm_model_expert_bytes_loaded(const epm_model *m) { return m ? m->expert_bytes : 0; }
 int epm_model_files(const epm_model *m) { return m ? epm_shards_files(m->sh) : 0; }
 int64_t epm_model_file_bytes(const epm_model *m) { return m ? epm_shards_file_bytes(m->sh) : 0; }
+
+/* ---- experts between ranks (online rebalancing takes a gained expert from
+ * a rank that holds it, as vLLM and SGLang do, rather than from the file) ---- */
+
+/* The packed layout: gate, up, down at the held dtype's width, then for FP8
+ * their scales (float32), each part at a multiple of 4 bytes. */
+typedef struct packed_parts {
+    size_t at[6], len[6];
+    size_t total;
+} packed_parts;
+
+static void packed_layout(const epm_model *m, packed_parts *pp)
+{
+    const epm_model_config *c = &m->cfg;
+    const size_t H = (size_t)c->hidden_size, F = (size_t)c->moe_ffn;
+    const size_t es = m->keep_fp8 ? 1 : m->keep_bf16 ? 2 : 4;
+    const size_t rows[3] = {F, F, H}, cols[3] = {H, H, F};
+    size_t at = 0;
+    for (int j = 0; j < 6; j++) {
+        const int k = j % 3;
+        size_t len = 0;
+        if (j < 3)
+            len = rows[k] * cols[k] * es;
+        else if (m->keep_fp8)
+            len = ((rows[k] + (size_t)c->fp8_block[0] - 1) / (size_t)c->fp8_block[0]) *
+                  ((cols[k] + (size_t)c->fp8_block[1] - 1) / (size_t)c->fp8_block[1]) * sizeof(float);
+        pp->at[j] = at;
+        pp->len[j] = len;
+        at += (len + 3) & ~(size_t)3;
+    }
+    pp->total = at;
+}
+
+int64_t epm_model_expert_packed_bytes(const epm_model *m)
+{
+    if (!m)
+        return 0;
+    packed_parts pp;
+    packed_layout(m, &pp);
+    return (int64_t)pp.total;
+}
+
+epm_status epm_model_pack_expert(const epm_model *m, int layer, int expert, void *dst, int64_t cap)
+{
+    EPM_CHECK(experts_args(m, "epm_model_pack_expert", layer, &expert, 1));
+    EPM_CHECK(expert_of(m, layer, expert));
+    const epm_model_mlp *w = epm_model_expert(m, layer, expert);
+    packed_parts pp;
+    packed_layout(m, &pp);
+    if (!w)
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s: expert %d of layer %d is not loaded here, so it cannot be sent",
+                        m->dir, expert, layer);
+    if (!dst || cap < (int64_t)pp.total)
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s: packing expert %d of layer %d takes %zu bytes, not %lld", m->dir,
+                        expert, layer, pp.total, (long long)cap);
+    const void *part[6] = {w->gate, w->up, w->down, w->scale[0], w->scale[1], w->scale[2]};
+    memset(dst, 0, pp.total); /* (the padding too: the bytes sent are all defined) */
+    for (int j = 0; j < 6; j++)
+        if (pp.len[j])
+            memcpy((char *)dst + pp.at[j], part[j], pp.len[j]);
+    return EPM_OK;
+}
+
+epm_status epm_model_unpack_expert(epm_model *m, int layer, int expert, const void *src, int64_t bytes)
+{
+    EPM_CHECK(experts_args(m, "epm_model_unpack_expert", layer, &expert, 1));
+    EPM_CHECK(expert_of(m, layer, expert));
+    packed_parts pp;
+    packed_layout(m, &pp);
+    if (!src || bytes != (int64_t)pp.total)
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s: expert %d of layer %d arrived as %lld bytes, and it packs to %zu",
+                        m->dir, expert, layer, (long long)bytes, pp.total);
+    epm_model_mlp *slot = &m->experts[(size_t)layer * (size_t)m->cfg.num_experts + (size_t)expert];
+    if (slot->gate) /* (held already: as loading it twice reads it once) */
+        return EPM_OK;
+    epm_model_mlp w;
+    memset(&w, 0, sizeof w);
+    void *copy[6] = {0};
+    epm_status st = EPM_OK;
+    for (int j = 0; j < 6 && st == EPM_OK; j++) {
+        if (!pp.len[j])
+            continue;
+        copy[j] = epm_malloc(pp.len[j]);
+        if (!copy[j])
+            st = epm_fail(EPM_ERR_NOMEM, "%s: allocation of %zu bytes for expert %d of layer %d failed", m->dir,
+                          pp.len[j], expert, layer);
+        else
+            memcpy(copy[j], (const char *)src + pp.at[j], pp.len[j]);
+    }
+    int owned = 0;
+    for (int j = 0; j < 6 && st == EPM_OK; j++)
+        if (copy[j] && (st = own(m, copy[j])) == EPM_OK)
+            owned = j + 1;
+    if (st != EPM_OK) {
+        for (int j = 0; j < 6; j++)
+            if (j >= owned || !copy[j] || !disown(m, copy[j]))
+                epm_free(copy[j]);
+        return st;
+    }
+    w.gate = copy[0], w.up = copy[1], w.down = copy[2];
+    w.scale[0] = copy[3], w.scale[1] = copy[4], w.scale[2] = copy[5];
+    w.ffn = m->cfg.moe_ffn;
+    w.dtype = m->keep_fp8 ? EPM_DTYPE_F8_E4M3 : m->keep_bf16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+    if (m->keep_fp8)
+        memcpy(w.block, m->cfg.fp8_block, sizeof w.block);
+    m->experts_loaded = 1;
+    *slot = w;
+    return EPM_OK;
+}

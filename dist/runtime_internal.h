@@ -26,6 +26,7 @@ typedef struct rt {
     int64_t *eplb_load;   /* [moe_layers][experts] this rank's gate choices in the window (online rebalancing) */
     int eplb_counting;    /* the pass running is in the window */
     int eplb_slots;
+    epm_xcomm_wire eplb_wire; /* what online rebalancing's copies of experts put on the links, this rank */
     int B, N, steps, max_len;
     int64_t total;     /* tokens of the whole run: prefill + decode */
     const int *lens;

@@ -75,6 +75,12 @@ static const char eval_usage[] =
     "  --eplb-slots S        experts a rank holds a MoE layer (default: the placement's most)\n"
     "  --eplb-min-gain F     as run --eplb-min-gain: a layer moves only if that lowers its busiest\n"
     "                        rank's pairs by at least F of them (default 0)\n"
+    "  --expert-bytes N      bytes of one expert copied between ranks when a placement is taken (run\n"
+    "                        --eplb-from peers, its default, reports its own); each copy is charged\n"
+    "                        from the rank run takes it from, as a phase of the same model as\n"
+    "                        dispatch; 0: none (run --eplb-from checkpoint). Default: as --model's\n"
+    "                        checkpoint stores its experts when its weights are there, else bf16\n"
+    "                        (6 x hidden x ffn)\n"
     "  --placement-out FILE  the placement the last pass ran under (one placement, one mode), as\n"
     "                        run --placement-out writes it\n"
     "  --per-layer           also print every layer\n"
@@ -83,7 +89,7 @@ static const char eval_usage[] =
 enum {
     O_TRACE = 256, O_EXPERTS, O_METHOD, O_MODE, O_NODES, O_GPN, O_CLUSTER, O_INTRA, O_INTER, O_SLOTS, O_TLIM,
     O_GAP, O_HIDDEN, O_BW, O_TW, O_OUT, O_EPLB, O_JSON, O_QUIET, O_DTB, O_KV, O_FFN, O_PERLAYER, O_MODEL, O_WIRE,
-    O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_HELP
+    O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_XB, O_HELP
 };
 
 static const struct option plan_opts[] = {
@@ -102,7 +108,7 @@ static const struct option plan_opts[] = {
     {"wire-dtype", required_argument, 0, O_WIRE},   {"eplb-interval", required_argument, 0, O_EPLBI},
     {"eplb-window", required_argument, 0, O_EPLBW}, {"eplb-slots", required_argument, 0, O_EPLBS},
     {"placement-out", required_argument, 0, O_POUT}, {"eplb-min-gain", required_argument, 0, O_EPLBG},
-    {"help", no_argument, 0, O_HELP},
+    {"expert-bytes", required_argument, 0, O_XB},   {"help", no_argument, 0, O_HELP},
     {0, 0, 0, 0}};
 
 /* What the planner's and the evaluator's cost terms need from a checkpoint,
@@ -128,6 +134,24 @@ static epm_status model_shape_load(const char *dir, model_shape *m)
     m->moe_layers = epm_model_config_moe_layers(&c);
     epm_model_config_clear(&c);
     return EPM_OK;
+}
+
+/* Bytes of one expert as epmoe run copies it between ranks by default:
+ * held as the checkpoint stores it; -1 where its weights are not here (a
+ * planning machine may hold the config alone), said on stderr. */
+static long model_expert_bytes(const char *dir)
+{
+    epm_model *m;
+    if (epm_model_open(dir, &m) != EPM_OK) {
+        fprintf(stderr, "epmoe plan eval: %s: %s; the experts copied are charged as bf16 (--expert-bytes sets "
+                "them)\n", dir, epm_last_error());
+        epm_clear_error();
+        return -1;
+    }
+    long b = epm_model_set_expert_dtype(m, EPM_DTYPE_F8_E4M3, NULL) == EPM_OK ? (long)epm_model_expert_packed_bytes(m)
+                                                                            : -1;
+    epm_model_close(m);
+    return b;
 }
 
 /* The trace must be of the model's MoE layers and experts. */
@@ -315,8 +339,9 @@ static json_t *result_json(const epm_eval_result *r, const epm_eval_result *base
                           "ratio_to_first", base->t_total > 0 ? r->t_total / base->t_total : 1.0, "kv_cache_factor",
                           r->kv_cache_factor);
     if (o && online) /* (a rebalanced run's: what it took, none perhaps) */
-        json_object_set_new(o, "eplb", json_pack("{s:i, s:I}", "rebalances", r->rebalances, "experts_moved",
-                                                 (json_int_t)r->moved));
+        json_object_set_new(o, "eplb", json_pack("{s:i, s:I, s:o, s:f}", "rebalances", r->rebalances,
+                                                 "experts_moved", (json_int_t)r->moved, "bytes_copied",
+                                                 link_obj(r->move_bytes), "copy_seconds", r->t_moves));
     if (o && per_layer) {
         json_t *layers = json_array();
         for (int l = 0; l < r->layers && layers; l++) {
@@ -380,8 +405,10 @@ static void print_eval_text(const evaluated *ev, int n, int per_layer, int onlin
                    (long long)r->total_bytes[EPM_LINK_INTRA], (long long)r->total_bytes[EPM_LINK_INTER],
                    1e3 * r->t_total, base->t_total > 0 ? r->t_total / base->t_total : 1.0);
             if (online)
-                printf("    online rebalancing: %d placements taken, %lld experts moved\n", r->rebalances,
-                       (long long)r->moved);
+                printf("    online rebalancing: %d placements taken, %lld experts moved, copied: %lld bytes "
+                       "intra-node, %lld inter-node, %.4f ms\n", r->rebalances, (long long)r->moved,
+                       (long long)r->move_bytes[EPM_LINK_INTRA], (long long)r->move_bytes[EPM_LINK_INTER],
+                       1e3 * r->t_moves);
             for (int l = 0; per_layer && l < r->layers; l++) {
                 const epm_eval_layer *y = &r->layer[l];
                 printf("    layer %3d: max load %lld / mean %.1f, x-rank %lld, x-node %lld, bytes intra %lld inter %lld"
@@ -421,7 +448,7 @@ static int cmd_eval(int argc, char **argv)
 {
     const char *W = "plan eval";
     const char *trace_path = NULL, *mode_s = NULL, *wire_s = NULL, *pout = NULL;
-    long hidden = 4096, dtb = 2, kv = 0, ffn = 14336, eplb_i = 0, eplb_w = 0, eplb_s = 0;
+    long hidden = 4096, dtb = 2, kv = 0, ffn = 14336, eplb_i = 0, eplb_w = 0, eplb_s = 0, xb = -1;
     double eplb_g = 0;
     int json = 0, per_layer = 0, c, have_hidden = 0, have_dtb = 0, have_kv = 0, have_ffn = 0;
     const char *model_dir = NULL;
@@ -443,6 +470,7 @@ static int cmd_eval(int argc, char **argv)
         case O_EPLBS: if (!cli_parse_int(W, "--eplb-slots", optarg, 1, INT32_MAX, &eplb_s)) return EPM_EXIT_USAGE; break;
         case O_POUT: pout = optarg; break;
         case O_EPLBG: if (!cli_parse_double(W, "--eplb-min-gain", optarg, 0, 0.999, &eplb_g)) return EPM_EXIT_USAGE; break;
+        case O_XB: if (!cli_parse_int(W, "--expert-bytes", optarg, 0, INT64_MAX / 4, &xb)) return EPM_EXIT_USAGE; break;
         case O_JSON: json = 1; break;
         case O_HELP: fputs(eval_usage, stdout); return EPM_EXIT_OK;
         default: return cli_option_error(W, argv);
@@ -454,7 +482,8 @@ static int cmd_eval(int argc, char **argv)
     if (n < 1)
         return cli_usage_error(W, "name at least one placement JSON");
     if (cli_eplb_usage(W, eplb_i, eplb_w,
-                       eplb_w ? "--eplb-window" : eplb_s ? "--eplb-slots" : eplb_g > 0 ? "--eplb-min-gain" : NULL) !=
+                       eplb_w ? "--eplb-window" : eplb_s ? "--eplb-slots" : eplb_g > 0 ? "--eplb-min-gain"
+                       : xb >= 0 ? "--expert-bytes" : NULL) !=
         EPM_EXIT_OK)
         return EPM_EXIT_USAGE;
     if (pout && n > 1)
@@ -484,7 +513,11 @@ static int cmd_eval(int argc, char **argv)
         dtb = have_dtb ? dtb : (long)sizeof(float);
         kv = have_kv ? kv : ms.kv_dim;
         ffn = have_ffn ? ffn : ms.ffn;
+        if (eplb_i > 0 && xb < 0)
+            xb = model_expert_bytes(model_dir);
     }
+    if (xb < 0) /* (bf16, each part padded to 4 bytes as run packs it) */
+        xb = 3 * ((2 * (int64_t)hidden * ffn + 3) / 4 * 4);
     epm_trace *t = NULL;
     evaluated *ev = calloc((size_t)n, sizeof *ev);
     int rc = EPM_EXIT_FAIL;
@@ -546,6 +579,7 @@ static int cmd_eval(int argc, char **argv)
             eo.eplb_window = (int)eplb_w;
             eo.eplb_slots = (int)eplb_s;
             eo.eplb_min_gain = eplb_g;
+            eo.expert_bytes = xb;
             if ((st = epm_eval(t, ev[i].p, &eo, &ev[i].r[m])) != EPM_OK) {
                 rc = cli_fail(W, epm_fail_context(st, "%s", ev[i].path));
                 goto out;

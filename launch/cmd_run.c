@@ -168,12 +168,16 @@ static const char usage[] =
     "  --eplb-interval N        online expert rebalancing (vLLM's and SGLang's --enable-eplb): every N\n"
     "                           forward passes the ranks sum how often each expert was chosen over the\n"
     "                           last --eplb-window passes and take the eplb placement of those loads\n"
-    "                           (hot experts replicated into spare slots); a rank reads the experts it\n"
-    "                           gains from the checkpoint and drops those it loses. The same tokens\n"
+    "                           (hot experts replicated into spare slots); a rank copies each expert it\n"
+    "                           gains from a rank that holds it and drops those it loses. The same tokens\n"
     "                           (but with --ta-strength or --ta-node-cap, whose bias follows the\n"
     "                           placement); the bytes follow each pass's placement, which plan eval\n"
     "                           --eplb-interval predicts from the run's --trace-out\n"
     "  --eplb-window W          the passes whose loads count (default N)\n"
+    "  --eplb-from S            where a gained expert comes from: peers (default: a rank that holds it,\n"
+    "                           on the same node where one does, as vLLM and SGLang copy them between\n"
+    "                           GPUs; plan eval charges the copies) or checkpoint (each rank reads it\n"
+    "                           from the file: no traffic between ranks)\n"
     "  --eplb-slots S           experts a rank holds a MoE layer (default: the placement's most; the\n"
     "                           memory check counts S)\n"
     "  --eplb-min-gain F        a MoE layer takes its new placement only if it lowers its busiest\n"
@@ -199,7 +203,7 @@ enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY
        O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
        O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK, O_PLOGPROBS, O_MAXSEQS, O_SEPPRE,
        O_RATE, O_BURST, O_ASEED, O_MNBT, O_MTT, O_ARRFROM, O_TSCALE, O_PREFIX, O_PWAIT, O_EPLBI,
-       O_EPLBW, O_EPLBS, O_POUT, O_EPLBG };
+       O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_EPLBF };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_OUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -235,7 +239,7 @@ static const struct option opts[] = {
     {"enable-prefix-caching", no_argument, 0, O_PREFIX}, {"prefix-caching-wait", required_argument, 0, O_PWAIT},
     {"eplb-interval", required_argument, 0, O_EPLBI}, {"eplb-window", required_argument, 0, O_EPLBW},
     {"eplb-slots", required_argument, 0, O_EPLBS}, {"placement-out", required_argument, 0, O_POUT},
-    {"eplb-min-gain", required_argument, 0, O_EPLBG},
+    {"eplb-min-gain", required_argument, 0, O_EPLBG}, {"eplb-from", required_argument, 0, O_EPLBF},
     {0, 0, 0, 0}};
 
 /* The checkpoint file (a name in dir) that out would overwrite, or NULL:
@@ -313,8 +317,12 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
                 r->hierarchical ? "true" : "false", (long long)r->wire_bytes[0], (long long)r->wire_bytes[1],
                 (long long)r->wire_bytes[2], (long long)r->wire_msgs[0], (long long)r->wire_msgs[1],
                 (long long)r->wire_msgs[2]);
-        fprintf(f, ", \"eplb\": {\"rebalances\": %d, \"experts_moved\": %lld, \"bytes_read\": %lld, \"seconds\": %.6f}",
-                r->eplb_rebalances, (long long)r->eplb_moved, (long long)r->eplb_bytes, r->t_eplb);
+        fprintf(f, ", \"eplb\": {\"rebalances\": %d, \"experts_moved\": %lld, \"bytes_read\": %lld, \"expert_bytes\": "
+                   "%lld, \"bytes_copied\": [%lld, %lld, %lld], \"wire_bytes\": [%lld, %lld, %lld], \"seconds\": %.6f}",
+                r->eplb_rebalances, (long long)r->eplb_moved, (long long)r->eplb_bytes, (long long)r->eplb_expert_bytes,
+                (long long)r->eplb_peer_bytes[0], (long long)r->eplb_peer_bytes[1], (long long)r->eplb_peer_bytes[2],
+                (long long)r->eplb_wire_bytes[0], (long long)r->eplb_wire_bytes[1], (long long)r->eplb_wire_bytes[2],
+                r->t_eplb);
         fprintf(f, ", \"layer_tokens\": [");
         for (int l = 0; l < r->num_layers; l++)
             fprintf(f, "%s%lld", l ? ", " : "", (long long)r->layer_tokens[l]);
@@ -395,7 +403,12 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
             r->transport ? r->transport : "?", r->hierarchical ? ", hierarchical" : ", flat",
             epm_dtype_name(r->wire_dtype), (long long)r->wire_bytes[1], (long long)r->wire_msgs[1], (long long)r->wire_bytes[2],
             (long long)r->wire_msgs[2]);
-    if (r->eplb_rebalances > 0)
+    if (r->eplb_rebalances > 0 && r->eplb_expert_bytes > 0)
+        fprintf(f, "online rebalancing: %d placements taken, %lld experts moved, copied from peers: %lld bytes "
+                   "intra-node, %lld inter-node (%lld an expert), %.3f s\n", r->eplb_rebalances,
+                (long long)r->eplb_moved, (long long)r->eplb_peer_bytes[EPM_LINK_INTRA],
+                (long long)r->eplb_peer_bytes[EPM_LINK_INTER], (long long)r->eplb_expert_bytes, r->t_eplb);
+    else if (r->eplb_rebalances > 0)
         fprintf(f, "online rebalancing: %d placements taken, %lld experts moved, %lld checkpoint bytes read, "
                    "%.3f s\n", r->eplb_rebalances, (long long)r->eplb_moved, (long long)r->eplb_bytes, r->t_eplb);
     int64_t ran = 0, all = (r->prefill_tokens + r->decode_tokens) * r->num_layers;
@@ -610,7 +623,7 @@ int epm_cli_run(int argc, char **argv)
     uint64_t arrival_seed = 0;
     const char *arrivals_from = NULL; /* a serving trace whose request times the input's requests take */
     double time_scale = 1;
-    int scale_given = 0, wait_given = 0;
+    int scale_given = 0, wait_given = 0, from_given = 0;
     const char *shape_of_arrivals = NULL; /* --burstiness or --arrival-seed, given */
     long budget = 0;                      /* --max-num-batched-tokens */
     long v;
@@ -777,6 +790,15 @@ int epm_cli_run(int argc, char **argv)
         case O_EPLBG:
             if (!cli_parse_double(W, "--eplb-min-gain", optarg, 0, 0.999, &o.eplb_min_gain)) return EPM_EXIT_USAGE;
             break;
+        case O_EPLBF: {
+            static const char *const from[] = {"peers", "checkpoint", NULL};
+            int k;
+            if (!cli_parse_choice(W, "--eplb-from", optarg, from, &k))
+                return EPM_EXIT_USAGE;
+            o.eplb_from_checkpoint = k == 1;
+            from_given = 1;
+            break;
+        }
         case O_EPLBS:
             if (!cli_parse_int(W, "--eplb-slots", optarg, 1, INT32_MAX, &v)) return EPM_EXIT_USAGE;
             o.eplb_slots = (int)v;
@@ -822,7 +844,7 @@ int epm_cli_run(int argc, char **argv)
         return cli_usage_error(W, "--time-scale scales the arrivals of --arrivals-from, which is not given");
     if (cli_eplb_usage(W, o.eplb_interval, o.eplb_window,
                        o.eplb_window ? "--eplb-window" : o.eplb_slots ? "--eplb-slots"
-                       : o.eplb_min_gain > 0 ? "--eplb-min-gain" : NULL) != EPM_EXIT_OK)
+                       : o.eplb_min_gain > 0 ? "--eplb-min-gain" : from_given ? "--eplb-from" : NULL) != EPM_EXIT_OK)
         return EPM_EXIT_USAGE;
     if (wait_given && !o.prefix_caching)
         return cli_usage_error(W, "--prefix-caching-wait is prefix caching's: --enable-prefix-caching is not given");

@@ -48,6 +48,6 @@ echo "== online rebalancing from the ILP placement: every 2 passes (prompts in c
 mpirun --oversubscribe -np 4 "$epmoe" run --model "$model" --input "$model/reference.safetensors" \
   --placement "$out/olmoe_ilp.json" --virtual-nodes 2 --mode follow --max-new-tokens 8 --prefill-chunk 4 \
   --eplb-interval 2 --trace-out "$out/olmoe_online.safetensors" --report
-echo "== plan eval replays the run's passes: the same bytes, placements taken and experts moved" >&2
-"$epmoe" plan eval --trace "$out/olmoe_online.safetensors" "$out/olmoe_ilp.json" --mode follow --hidden 64 \
+echo "== plan eval replays the run's passes: the same bytes, placements taken, experts moved and copied" >&2
+"$epmoe" plan eval --trace "$out/olmoe_online.safetensors" "$out/olmoe_ilp.json" --mode follow --model "$model" \
   --dtype-bytes 4 --kv-dim 64 --eplb-interval 2

@@ -18,6 +18,7 @@ void epm_eval_opts_init(epm_eval_opts *o)
     o->flops_per_assignment = 6.0 * 4096.0 * 14336.0;
     o->eplb_interval = o->eplb_window = o->eplb_slots = 0;
     o->eplb_min_gain = 0;
+    o->expert_bytes = 3 * (int64_t)4096 * 14336 * 2;
 }
 
 void epm_eval_result_destroy(epm_eval_result *r)
@@ -55,10 +56,9 @@ static double rank_seconds(const epm_cluster *c, int64_t intra, int64_t inter)
 /* A phase ends when its busiest rank has sent and received its bytes
  * (MoETuner's max-pair idea at rank granularity): per rank, send and receive
  * overlap (full duplex) and the two link classes share the rank's time. */
-static double phase_seconds(const phase *ph, const epm_cluster *c)
+double epm_cost_phase_seconds(const int64_t *b, int ranks, const epm_cluster *c)
 {
-    const int64_t *b = ph->b;
-    const size_t R = (size_t)ph->R;
+    const size_t R = (size_t)ranks;
     double worst = 0;
     for (size_t r = 0; r < R; r++) {
         double s = rank_seconds(c, b[r], b[R + r]);
@@ -68,6 +68,8 @@ static double phase_seconds(const phase *ph, const epm_cluster *c)
     }
     return worst;
 }
+
+static double phase_seconds(const phase *ph, const epm_cluster *c) { return epm_cost_phase_seconds(ph->b, ph->R, c); }
 
 typedef struct {
     epm_eval_result *r;
@@ -118,13 +120,13 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
                         epm_trace_experts(t) - 1, p->experts);
     if (o->mode != EPM_MODE_HOME && o->mode != EPM_MODE_FOLLOW)
         return epm_fail(EPM_ERR_INVALID_ARG, "eval: mode = %d is not home or follow", (int)o->mode);
-    if (o->hidden_bytes < 0 || o->kv_row_bytes < 0 || o->dispatch_bytes < 0 || !(o->flops_per_assignment >= 0) ||
-        !isfinite(o->flops_per_assignment))
+    if (o->hidden_bytes < 0 || o->kv_row_bytes < 0 || o->dispatch_bytes < 0 || o->expert_bytes < 0 ||
+        !(o->flops_per_assignment >= 0) || !isfinite(o->flops_per_assignment))
         return epm_fail(EPM_ERR_INVALID_ARG,
-                        "eval: hidden_bytes = %lld, kv_row_bytes = %lld, dispatch_bytes = %lld and flops_per_assignment "
-                        "= %g must be >= 0",
+                        "eval: hidden_bytes = %lld, kv_row_bytes = %lld, dispatch_bytes = %lld, expert_bytes = %lld and "
+                        "flops_per_assignment = %g must be >= 0",
                         (long long)o->hidden_bytes, (long long)o->kv_row_bytes, (long long)o->dispatch_bytes,
-                        o->flops_per_assignment);
+                        (long long)o->expert_bytes, o->flops_per_assignment);
     EPM_CHECK(epm_placement_validate(p, 0));
     epm_pass_plan pp;
     EPM_CHECK(epm_pass_plan_make(t, p, o, &pp));
@@ -254,6 +256,9 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     r->kv_cache_factor = o->mode == EPM_MODE_FOLLOW ? (double)R : 1.0;
     r->rebalances = pp.taken;
     r->moved = pp.moved;
+    memcpy(r->move_bytes, pp.move_bytes, sizeof r->move_bytes);
+    r->t_moves = pp.t_moves;
+    r->t_total += pp.t_moves;
     if ((r->last = epm_pass_plan_take_last(&pp)) != NULL) {
         epm_placement_info info = *epm_placement_get_info(r->last);
         info.mode = o->mode;

@@ -117,18 +117,70 @@ epm_status epm_plan_rebalance(const epm_placement *cur, const int64_t *load, int
     return EPM_OK;
 }
 
+static epm_status same_shape(const char *what, const epm_placement *from, const epm_placement *to)
+{
+    const int L = epm_placement_layers(to), E = epm_placement_experts(to), R = epm_placement_ranks(to);
+    if (epm_placement_layers(from) != L || epm_placement_experts(from) != E || epm_placement_ranks(from) != R)
+        return epm_fail(EPM_ERR_MISMATCH, "%s: %d layers x %d experts on %d ranks against %d x %d on %d", what,
+                        epm_placement_layers(from), epm_placement_experts(from), epm_placement_ranks(from), L, E, R);
+    return EPM_OK;
+}
+
 epm_status epm_placement_gains(const epm_placement *from, const epm_placement *to, int64_t *out)
 {
     if (!from || !to || !out)
         return epm_fail(EPM_ERR_INVALID_ARG, "placement gains: placements and out are required");
     *out = 0;
+    EPM_CHECK(same_shape("placement gains", from, to));
     const int L = epm_placement_layers(to), E = epm_placement_experts(to), R = epm_placement_ranks(to);
-    if (epm_placement_layers(from) != L || epm_placement_experts(from) != E || epm_placement_ranks(from) != R)
-        return epm_fail(EPM_ERR_MISMATCH, "placement gains: %d layers x %d experts on %d ranks against %d x %d on %d",
-                        epm_placement_layers(from), epm_placement_experts(from), epm_placement_ranks(from), L, E, R);
     for (int l = 0; l < L; l++)
         for (int e = 0; e < E; e++)
             for (int q = 0; q < R; q++)
                 *out += epm_placement_has(to, l, e, q) && !epm_placement_has(from, l, e, q);
+    return EPM_OK;
+}
+
+epm_status epm_placement_moves(const epm_placement *from, const epm_placement *to, epm_expert_move *moves,
+                               int64_t cap, int64_t *n)
+{
+    if (!from || !to || !n)
+        return epm_fail(EPM_ERR_INVALID_ARG, "placement moves: placements and n are required");
+    EPM_CHECK(epm_placement_gains(from, to, n));
+    if (!moves)
+        return EPM_OK;
+    if (cap < *n)
+        return epm_fail(EPM_ERR_INVALID_ARG, "placement moves: %lld moves and room for %lld", (long long)*n,
+                        (long long)cap);
+    const int L = epm_placement_layers(to), E = epm_placement_experts(to), R = epm_placement_ranks(to);
+    const epm_cluster *c = epm_placement_cluster(from);
+    int64_t *sends = epm_calloc((size_t)R, sizeof *sends); /* this layer's, per rank */
+    if (!sends)
+        return EPM_ERR_NOMEM;
+    int64_t m = 0;
+    for (int l = 0; l < L; l++) {
+        memset(sends, 0, (size_t)R * sizeof *sends);
+        for (int e = 0; e < E; e++) {
+            const int *had;
+            const int nh = epm_placement_replicas(from, l, e, &had);
+            for (int q = 0; q < R; q++) {
+                if (!epm_placement_has(to, l, e, q) || epm_placement_has(from, l, e, q))
+                    continue;
+                int best = -1, best_near = 0; /* (a valid placement has a replica of every expert) */
+                for (int i = 0; i < nh; i++) {
+                    const int near = epm_cluster_node_of(c, had[i]) == epm_cluster_node_of(c, q);
+                    if (best < 0 || near > best_near || (near == best_near && sends[had[i]] < sends[best]))
+                        best = had[i], best_near = near;
+                }
+                if (best < 0) {
+                    epm_free(sends);
+                    return epm_fail(EPM_ERR_INVALID_ARG, "placement moves: expert %d of layer %d has no replica to "
+                                    "copy from", e, l);
+                }
+                sends[best]++;
+                moves[m++] = (epm_expert_move){l, e, best, q};
+            }
+        }
+    }
+    epm_free(sends);
     return EPM_OK;
 }

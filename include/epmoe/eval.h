@@ -28,7 +28,8 @@
  *               (inter_gbps * 1e9): a phase ends with its busiest rank, send
  *               and receive overlap, the two link classes do not.
  *   t_total   = sum over layers of t_compute + t_comm, plus T(final gather)
- *               in follow mode.
+ *               in follow mode, plus with online rebalancing T(the experts
+ *               each placement taken copies between ranks).
  * A trace with pass_ids is timed pass by pass, as a run waits: the max_load
  * of t_compute, each phase's busiest rank and the final gather are those of
  * each pass's tokens, summed over passes (so neither traffic that moves its
@@ -66,6 +67,12 @@ typedef struct epm_eval_opts {
      * eplb_slots 0: the placement's most experts on a rank. */
     int eplb_interval, eplb_window, eplb_slots;
     double eplb_min_gain; /* epm_plan_rebalance's min_gain (epmoe run --eplb-min-gain); 0 = take each */
+    /* Bytes of one routed expert copied between ranks when a placement is taken (the run's
+     * eplb_expert_bytes: epm_model_expert_packed_bytes padded to 4). Each replica a placement adds
+     * goes from the rank epm_placement_moves names, at the boundary, before the pass after it:
+     * move_bytes, and a phase of the same model as dispatch's in t_moves and t_total. 0 = not
+     * charged (epmoe run --eplb-from checkpoint). Default: Mixtral-8x7B's expert in bf16 */
+    int64_t expert_bytes;
 } epm_eval_opts;
 
 /* Mixtral-8x7B-like defaults: hidden 4096 in bf16, 8 KV heads x 128 x 2 (K,V) x bf16,
@@ -101,6 +108,9 @@ typedef struct epm_eval_result {
     int rebalances;
     int64_t moved;
     epm_placement *last;
+    int64_t move_bytes[EPM_LINK_COUNT]; /* the experts those placements copied between ranks
+                                           (epm_eval_opts.expert_bytes each), per link class */
+    double t_moves;                  /* their modelled seconds, in t_total */
 } epm_eval_result;
 
 /* The trace's layers, experts and the placement's must match; ranks come from

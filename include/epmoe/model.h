@@ -276,6 +276,18 @@ EPM_API epm_status epm_model_set_dense_dtype(epm_model *m, epm_dtype want, epm_d
 EPM_API epm_status epm_model_drop_experts(epm_model *m, int layer, const int *experts, int n);
 /* Weights of an expert already loaded, or NULL. */
 EPM_API const epm_model_mlp *epm_model_expert(const epm_model *m, int layer, int expert);
+/* A routed expert between ranks (online rebalancing takes a gained expert
+ * from a rank that holds it, as vLLM and SGLang do, not from the file):
+ * packed as held (gate, up, down at the expert dtype's width, then for FP8
+ * their float32 scales, each part padded to 4 bytes), the same size for
+ * every expert of a model once the dtype is set. Pack needs the expert
+ * loaded and cap >= that size; unpack takes exactly that many bytes from a
+ * model of the same checkpoint and dtype and holds the expert as a copy it
+ * owns (dropped like any other; one held already is kept). Neither reads the
+ * checkpoint, so epm_model_bytes_loaded does not count them. */
+EPM_API int64_t epm_model_expert_packed_bytes(const epm_model *m);
+EPM_API epm_status epm_model_pack_expert(const epm_model *m, int layer, int expert, void *dst, int64_t cap);
+EPM_API epm_status epm_model_unpack_expert(epm_model *m, int layer, int expert, const void *src, int64_t bytes);
 
 /* Checkpoint bytes this process has read (tensor data at their stored dtype),
  * and those of routed experts alone: what a rank's placement costs it. */

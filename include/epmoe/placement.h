@@ -64,6 +64,19 @@ EPM_API epm_status epm_placement_align(const epm_placement *to, const epm_placem
  * hold it): the experts a change of placement reads. Same shape required
  * (EPM_ERR_MISMATCH). */
 EPM_API epm_status epm_placement_gains(const epm_placement *from, const epm_placement *to, int64_t *out);
+/* One replica a change of placement adds, and the rank it is copied from. */
+typedef struct epm_expert_move {
+    int layer, expert, from, to;
+} epm_expert_move;
+/* The replicas `to` has that `from` lacks (as epm_placement_gains counts
+ * them), by layer, expert, then gaining rank, each with its source: a rank
+ * that holds the expert in `from`, on the gainer's node where one is (the
+ * cheaper link), the one with the fewest experts yet to send in that layer
+ * among those, then the lowest. Online rebalancing sends them so and plan
+ * eval charges them so. moves NULL: the count alone (*n); else cap must
+ * hold them all (EPM_ERR_INVALID_ARG). Same shape required. */
+EPM_API epm_status epm_placement_moves(const epm_placement *from, const epm_placement *to, epm_expert_move *moves,
+                                       int64_t cap, int64_t *n);
 
 /* Checks that every expert of every layer has a replica and, when
  * slots_per_rank > 0, that no rank holds more than slots_per_rank experts. */

@@ -70,7 +70,7 @@ check "eval static" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --json --
 cp "$d/out" "$d/static.json"
 check "eval online, text" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 --eplb-window 2 \
   --eplb-slots 3
-has "$d/out" "    online rebalancing: [0-9]* placements taken, [0-9]* experts moved"
+has "$d/out" "    online rebalancing: [0-9]* placements taken, [0-9]* experts moved, copied: [1-9][0-9]* bytes intra-node"
 has "$d/online.json" '"method": "eplb"'
 has "$d/online.json" '"mode": "follow"'
 if command -v python3 >/dev/null; then
@@ -78,12 +78,25 @@ if command -v python3 >/dev/null; then
   python3 -c 'import json,sys; on=json.load(open(sys.argv[1]))["placements"][0]["results"][0]
 st=json.load(open(sys.argv[2]))["placements"][0]["results"][0]
 assert on["eplb"]["rebalances"]==9 and on["eplb"]["experts_moved"]>0 and "eplb" not in st, (on, st)
-assert on["max_over_mean_load"] < st["max_over_mean_load"], (on["max_over_mean_load"], st["max_over_mean_load"])' \
+assert on["max_over_mean_load"] < st["max_over_mean_load"], (on["max_over_mean_load"], st["max_over_mean_load"])
+# each expert moved is copied once between ranks (default: bf16 of the default shape), in the time
+c=on["eplb"]["bytes_copied"]
+assert c["intra_node"] + c["inter_node"] == on["eplb"]["experts_moved"] * 6 * 4096 * 14336, on
+assert 0 < on["eplb"]["copy_seconds"] < on["modelled_seconds"], on' \
     "$d/on.json" "$d/static.json" || { echo "FAIL: online rebalancing in plan eval"; fails=$((fails + 1)); }
+  # --expert-bytes 0 (run --eplb-from checkpoint): nothing copied, the time less the copies'
+  "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 --eplb-slots 3 --json --mode follow \
+    --expert-bytes 0 >"$d/on0.json"
+  python3 -c 'import json,sys; on=json.load(open(sys.argv[1]))["placements"][0]["results"][0]
+z=json.load(open(sys.argv[2]))["placements"][0]["results"][0]
+assert z["eplb"]["bytes_copied"] == {"intra_node": 0, "inter_node": 0} and z["eplb"]["copy_seconds"] == 0, z
+assert abs(on["modelled_seconds"] - on["eplb"]["copy_seconds"] - z["modelled_seconds"]) < 1e-9, (on, z)
+assert z["bytes"] == on["bytes"] and z["eplb"]["experts_moved"] == on["eplb"]["experts_moved"], (on, z)' \
+    "$d/on.json" "$d/on0.json" || { echo "FAIL: plan eval --expert-bytes 0"; fails=$((fails + 1)); }
 fi
 # an interval beyond the trace's passes: no placement taken, and the report says so (the static figures)
 check "eval online, none taken" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 1000 --json
-has "$d/out" '"eplb": {"rebalances": 0, "experts_moved": 0}'
+has "$d/out" '"eplb": {"rebalances": 0, "experts_moved": 0, "bytes_copied": {"intra_node": 0, "inter_node": 0}'
 check "eval online, one placement out of two" 2 "$E" plan eval --trace "$d/drift.st" "$d/c.json" "$d/e.json" \
   --eplb-interval 4 --placement-out "$d/x.json"
 has "$d/err" "name one placement, not 2"

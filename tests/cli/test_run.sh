@@ -539,8 +539,9 @@ has "$d/learnt.json" '"method": "eplb"'
 # (contiguous on 3 ranks): the bytes it counted, the placements it took and the last one, byte for byte
 # (olmoe-tiny: hidden 64 in float32, K+V width 2 x 2 heads x 16)
 check "contiguous for 3" 0 "$E" plan --trace "$d/eplb.st" --gpus-per-node 3 --method contiguous --out "$d/c3.json" --quiet
+xb=$(python3 -c "import json; print(json.load(open('$d/eplb.json'))['report']['eplb']['expert_bytes'])")
 check "plan eval of the rebalanced run" 0 "$E" plan eval --trace "$d/eplb.st" "$d/c3.json" --hidden 64 --dtype-bytes 4 \
-  --kv-dim 64 --eplb-interval 2 --eplb-slots 4 --placement-out "$d/elast.json" --json
+  --kv-dim 64 --eplb-interval 2 --eplb-slots 4 --expert-bytes "$xb" --placement-out "$d/elast.json" --json
 python3 - "$d/eplb.json" "$d/out" <<'EOF' || fail "plan eval does not predict the rebalanced run"
 import json, sys
 r = json.load(open(sys.argv[1]))['report']
@@ -548,21 +549,31 @@ e = json.load(open(sys.argv[2]))['placements'][0]['results'][0]
 run = [sum(l['bytes'][c] + l['kv_bytes'][c] for l in r['layers']) + r['gather_bytes'][c] for c in (1, 2)]
 ev = [e['bytes']['intra_node'], e['bytes']['inter_node']]
 print('run', run, r['eplb'], 'plan eval', ev, e['eplb'])
+# the experts copied between ranks (the default: from a rank that holds them), none read from the file
+copied = [e['eplb']['bytes_copied'][k] for k in ('intra_node', 'inter_node')]
 sys.exit(0 if run == ev and run[0] > 0 and e['eplb']['rebalances'] == r['eplb']['rebalances'] and
-         e['eplb']['experts_moved'] == r['eplb']['experts_moved'] else 1)
+         e['eplb']['experts_moved'] == r['eplb']['experts_moved'] and copied == r['eplb']['bytes_copied'][1:] and
+         sum(copied) == r['eplb']['experts_moved'] * r['eplb']['expert_bytes'] > 0 and r['eplb']['bytes_read'] == 0
+         else 1)
 EOF
 cmp -s "$d/learnt.json" "$d/elast.json" || fail "plan eval --placement-out differs from the run's"
 if full; then # --eplb-min-gain in both: a layer moves only for a fifth off its busiest rank
+  # (and the experts read from the checkpoint: nothing copied between ranks, which plan eval's
+  # --expert-bytes 0 predicts)
   check "--eplb-min-gain" 0 run -np 3 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report \
-    --prefill-chunk 1 --eplb-interval 1 --eplb-slots 4 --eplb-min-gain 0.2 --trace-out "$d/gain.st"
+    --prefill-chunk 1 --eplb-interval 1 --eplb-slots 4 --eplb-min-gain 0.2 --eplb-from checkpoint --trace-out "$d/gain.st"
   cp "$d/out" "$d/gain.json"
   check "plan eval --eplb-min-gain" 0 "$E" plan eval --trace "$d/gain.st" "$d/c3.json" --hidden 64 --dtype-bytes 4 \
-    --kv-dim 64 --eplb-interval 1 --eplb-slots 4 --eplb-min-gain 0.2 --json
+    --kv-dim 64 --eplb-interval 1 --eplb-slots 4 --eplb-min-gain 0.2 --expert-bytes 0 --json
   python3 -c 'import json,sys; R=json.load(open(sys.argv[1]))["report"]; r=R["eplb"]; E=json.load(open(sys.argv[2]))["placements"][0]["results"][0]; e=E["eplb"]
 run = [sum(l["bytes"][c] + l["kv_bytes"][c] for l in R["layers"]) + R["gather_bytes"][c] for c in (1, 2)]
 sys.exit(0 if (r["rebalances"], r["experts_moved"]) == (e["rebalances"], e["experts_moved"]) and
-         run == [E["bytes"]["intra_node"], E["bytes"]["inter_node"]] else 1)' "$d/gain.json" "$d/out" ||
-    fail "plan eval --eplb-min-gain does not replay the run's placements"
+         run == [E["bytes"]["intra_node"], E["bytes"]["inter_node"]] and r["bytes_read"] > 0 and
+         sum(r["bytes_copied"]) == r["expert_bytes"] == sum(e["bytes_copied"].values()) == 0 else 1)' \
+    "$d/gain.json" "$d/out" || fail "plan eval --eplb-min-gain does not replay the run's placements"
+  [ "$(python3 -c "import json; print(json.load(open('$d/gain.json'))['generated'])")" = \
+    "$(python3 -c "import json; print(json.load(open('$d/eplb.json'))['generated'])")" ] ||
+    fail "--eplb-from checkpoint: other tokens than the experts copied from peers"
 fi
 check "--eplb-min-gain without an interval" 2 "$E" run --model "$m" --input "$d/in.json" --eplb-min-gain 0.2
 has "$d/err" "--eplb-min-gain is online rebalancing's"
@@ -587,8 +598,14 @@ has "$d/err" "would overwrite an input"
 if full; then
   check "--eplb-interval, text report" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 \
     --report --prefill-chunk 1 --eplb-interval 1 --eplb-window 1 --eplb-slots 5
-  has "$d/err" "online rebalancing: 6 placements taken, "
+  has "$d/err" "online rebalancing: 6 placements taken, [0-9]* experts moved, copied from peers: [0-9]* bytes intra-node"
 fi
+check "--eplb-from without an interval" 2 "$E" run --model "$m" --input "$d/in.json" --eplb-from peers
+has "$d/err" "--eplb-from is online rebalancing's"
+check "--eplb-from elsewhere" 2 "$E" run --model "$m" --input "$d/in.json" --eplb-interval 2 --eplb-from disk
+has "$d/err" "--eplb-from"
+check "plan eval --expert-bytes alone" 2 "$E" plan eval --trace "$d/eplb.st" "$d/c3.json" --expert-bytes 8
+has "$d/err" "--expert-bytes is online rebalancing's"
 check "--eplb-window without an interval" 2 "$E" run --model "$m" --input "$d/in.json" --eplb-window 2
 has "$d/err" "--eplb-window is online rebalancing's"
 check "--eplb-window over the interval" 2 "$E" run --model "$m" --input "$d/in.json" --eplb-interval 2 --eplb-window 3

@@ -399,11 +399,14 @@ static void assert_run_is_eval_of(const epm_run_result *res, const epm_placement
     eo.eplb_window = o->eplb_window;
     eo.eplb_slots = o->eplb_slots;
     eo.eplb_min_gain = o->eplb_min_gain;
+    eo.expert_bytes = res->report.eplb_expert_bytes; /* (0 from the checkpoint: nothing between ranks) */
     epm_eval_result *ev;
     assert_int_equal(epm_eval(res->trace, p, &eo, &ev), EPM_OK);
     assert_report_is_eval(&res->report, ev, 4);
     assert_int_equal(ev->rebalances, res->report.eplb_rebalances);
     assert_int_equal(ev->moved, res->report.eplb_moved);
+    for (int c = 0; c < EPM_LINK_COUNT; c++) /* the experts copied between ranks, from the same sources */
+        assert_int_equal(ev->move_bytes[c], res->report.eplb_peer_bytes[c]);
     const epm_placement *last = ev->last ? ev->last : p; /* the placement of the run's last pass */
     for (int l = 0; l < 4; l++)
         for (int e = 0; e < 8; e++)
@@ -1908,6 +1911,10 @@ static void test_run_eplb(void **state)
                 o.eplb_interval = on ? 2 : 0;
                 o.eplb_window = on && mode ? 1 : 0;
                 o.eplb_slots = on ? slots : 0;
+                /* gained experts copied from the ranks that hold them, but in one case read from the
+                 * checkpoint; the replays over two nodes where the ranks split evenly (copies across) */
+                o.eplb_from_checkpoint = on && replay && mode;
+                o.virtual_nodes = replay && R >= 4 && R % 2 == 0 ? 2 : 0;
                 opts[on] = o;
                 epm_status st = epm_run(&o, 2, f.lens, prompts, &res[on]);
                 if (st != EPM_OK)
@@ -1922,9 +1929,33 @@ static void test_run_eplb(void **state)
             /* one rank holds every expert: nothing moves; else the spare slots fill at once */
             if (R == 1)
                 assert_int_equal(b->eplb_moved, 0);
-            if (R > 1 && R < 8) {
+            if (R > 1 && R < 8)
                 assert_true(b->eplb_moved >= 4 * R);
-                assert_true(b->eplb_bytes > 0);
+            /* each gained expert came from the file or from a peer, whole, and nothing else moved */
+            int64_t peer = 0, wire = 0;
+            for (int c = 0; c < EPM_LINK_COUNT; c++) {
+                peer += b->eplb_peer_bytes[c];
+                wire += b->eplb_wire_bytes[c];
+                assert_int_equal(a->eplb_peer_bytes[c] + a->eplb_wire_bytes[c], 0);
+            }
+            if (opts[1].eplb_from_checkpoint) {
+                assert_int_equal(peer + wire + b->eplb_expert_bytes, 0);
+                assert_true(b->eplb_moved == 0 || b->eplb_bytes > 0);
+            } else {
+                assert_int_equal(b->eplb_bytes, 0);
+                assert_true(b->eplb_expert_bytes > 0 && b->eplb_expert_bytes % 4 == 0);
+                assert_int_equal(peer, b->eplb_moved * b->eplb_expert_bytes);
+                if (!b->hierarchical) /* (the flat path's wire is what it counts) */
+                    assert_int_equal(wire, peer);
+                if (opts[1].virtual_nodes && R < 8)
+                    assert_true(b->eplb_peer_bytes[EPM_LINK_INTER] > 0 && b->eplb_peer_bytes[EPM_LINK_INTRA] > 0);
+            }
+            /* the report's wire bytes are the tokens' alone: on the flat path, what the run counted */
+            for (int c = 0; c < EPM_LINK_COUNT && !b->hierarchical; c++) {
+                int64_t counted = b->gather_bytes[c];
+                for (int l = 0; l < 4; l++)
+                    counted += b->bytes[l * EPM_LINK_COUNT + c] + b->kv_bytes[l * EPM_LINK_COUNT + c];
+                assert_int_equal(b->wire_bytes[c], counted);
             }
             for (int s = 0; s < 2; s++) {
                 assert_int_equal(res[1]->gen_len[s], NEW);
@@ -1933,7 +1964,7 @@ static void test_run_eplb(void **state)
             if (me == 0) {
                 /* plan eval replays the rebalanced run from its trace's passes: what it counted, the
                  * placements it took and the last one (DESIGN.md's agreement, rebalancing too) */
-                epm_placement *p0 = make_placement(0, 4, 8, 1);
+                epm_placement *p0 = make_placement(0, 4, 8, opts[1].virtual_nodes ? 2 : 1);
                 assert_run_is_eval_of(res[1], p0, &opts[1]);
                 assert_run_is_eval_of(res[0], p0, &opts[0]);
                 epm_placement_destroy(p0);

@@ -456,6 +456,89 @@ static void test_model_drop_experts(void **state)
     epm_clear_error();
 }
 
+/* A routed expert packed on one rank and unpacked on another (online
+ * rebalancing's transfer between peers): the same bytes, dtype and FP8
+ * scales as the sender holds, in each held dtype (bf16 as stored, widened
+ * to float32, FP8 with partial scale blocks); no checkpoint read is counted;
+ * dropped like any other (ASan watches the copies); a missing expert, a
+ * short buffer or a wrong size is refused, naming the expert. */
+static void synth_fp8(const char *dir, epm_dtype dtype);
+
+static void test_model_expert_packed(void **state)
+{
+    (void)state;
+    const char *d16 = tu_path("pack16"), *d8 = tu_path("pack8");
+    synth(d16, EPM_MODEL_QWEN2MOE, EPM_DTYPE_BF16, 1, 0);
+    synth_fp8(d8, EPM_DTYPE_F8_E4M3);
+    const struct {
+        const char *dir;
+        epm_dtype want;
+        size_t es;
+    } cases[3] = {{d16, EPM_DTYPE_BF16, 2}, {d16, EPM_DTYPE_F32, 4}, {d8, EPM_DTYPE_F8_E4M3, 1}};
+    for (int c = 0; c < 3; c++) {
+        epm_model *a, *b;
+        assert_int_equal(epm_model_open(cases[c].dir, &a), EPM_OK);
+        assert_int_equal(epm_model_open(cases[c].dir, &b), EPM_OK);
+        epm_dtype got;
+        assert_int_equal(epm_model_set_expert_dtype(a, cases[c].want, &got), EPM_OK);
+        assert_int_equal(got, cases[c].want);
+        assert_int_equal(epm_model_set_expert_dtype(b, cases[c].want, NULL), EPM_OK);
+        const epm_model_config *cfg = epm_model_get_config(a);
+        int l = 0;
+        while (!cfg->moe_layer[l])
+            l++;
+        const size_t H = (size_t)cfg->hidden_size, F = (size_t)cfg->moe_ffn, mat = H * F * cases[c].es;
+        size_t want_bytes = 3 * ((mat + 3) & ~(size_t)3);
+        const int fp8 = cases[c].want == EPM_DTYPE_F8_E4M3;
+        const size_t bl[2] = {(size_t)cfg->fp8_block[0], (size_t)cfg->fp8_block[1]};
+        const size_t sc_up = fp8 ? ((F + bl[0] - 1) / bl[0]) * ((H + bl[1] - 1) / bl[1]) : 0,
+                     sc_down = fp8 ? ((H + bl[0] - 1) / bl[0]) * ((F + bl[1] - 1) / bl[1]) : 0;
+        want_bytes += (2 * sc_up + sc_down) * sizeof(float);
+        const int64_t n = epm_model_expert_packed_bytes(a);
+        assert_int_equal(n, (int64_t)want_bytes);
+        assert_int_equal(epm_model_expert_packed_bytes(b), n);
+        void *buf = malloc((size_t)n);
+        assert_non_null(buf);
+        assert_int_equal(epm_model_pack_expert(a, l, 3, buf, n), EPM_ERR_INVALID_ARG); /* (not loaded) */
+        assert_non_null(strstr(epm_last_error(), "expert 3 of layer"));
+        epm_model_mlp ea;
+        assert_int_equal(epm_model_load_experts(a, l, (int[]){3}, 1, &ea), EPM_OK);
+        assert_int_equal(epm_model_pack_expert(a, l, 3, buf, n - 1), EPM_ERR_INVALID_ARG);
+        assert_int_equal(epm_model_pack_expert(a, l, 3, buf, n), EPM_OK);
+        assert_int_equal(epm_model_unpack_expert(b, l, 3, buf, n + 4), EPM_ERR_INVALID_ARG);
+        assert_non_null(strstr(epm_last_error(), "arrived as"));
+        assert_int_equal(epm_model_unpack_expert(b, l, cfg->num_experts, buf, n), EPM_ERR_INVALID_ARG);
+        assert_int_equal(epm_model_unpack_expert(b, l, 3, buf, n), EPM_OK);
+        const epm_model_mlp *eb = epm_model_expert(b, l, 3);
+        assert_non_null(eb);
+        assert_int_equal(eb->dtype, ea.dtype);
+        assert_int_equal(eb->ffn, ea.ffn);
+        assert_memory_equal(eb->gate, ea.gate, mat);
+        assert_memory_equal(eb->up, ea.up, mat);
+        assert_memory_equal(eb->down, ea.down, mat);
+        if (fp8) {
+            assert_memory_equal(eb->block, ea.block, sizeof ea.block);
+            assert_memory_equal(eb->scale[0], ea.scale[0], sc_up * sizeof(float));
+            assert_memory_equal(eb->scale[1], ea.scale[1], sc_up * sizeof(float));
+            assert_memory_equal(eb->scale[2], ea.scale[2], sc_down * sizeof(float));
+        } else {
+            assert_null(eb->scale[0]);
+        }
+        assert_int_equal(epm_model_expert_bytes_loaded(b), 0); /* (nothing read from the file) */
+        /* the dtype is fixed from then on, as after a load */
+        assert_int_equal(epm_model_set_expert_dtype(b, EPM_DTYPE_F32, NULL), EPM_ERR_INVALID_ARG);
+        assert_int_equal(epm_model_unpack_expert(b, l, 3, buf, n), EPM_OK); /* (held: kept) */
+        assert_ptr_equal(epm_model_expert(b, l, 3), eb);
+        assert_int_equal(epm_model_drop_experts(b, l, (int[]){3}, 1), EPM_OK);
+        assert_null(epm_model_expert(b, l, 3));
+        assert_int_equal(epm_model_unpack_expert(b, l, 3, buf, n), EPM_OK); /* (again, and closed with it) */
+        free(buf);
+        epm_model_close(a);
+        epm_model_close(b);
+    }
+    epm_clear_error();
+}
+
 /* kB this process has resident, by a walk of its page tables (Linux's
  * smaps_rollup: exact, and file pages on tmpfs count too), -1 where unknown */
 static long rss_kb(void)
@@ -1355,6 +1438,7 @@ int main(void)
         cmocka_unit_test(test_model_bf16_bulk_conversions),
         cmocka_unit_test(test_model_fp8_rows),
         cmocka_unit_test(test_model_experts_kept_bf16), cmocka_unit_test(test_model_drop_experts),
+        cmocka_unit_test(test_model_expert_packed),
         cmocka_unit_test(test_model_drop_unmaps),
         cmocka_unit_test(test_model_dense_kept_bf16),
         cmocka_unit_test(test_model_missing_tensor),

@@ -5,6 +5,7 @@
  * trace's passes equals, number for number, a literal replay written here
  * pass by pass (every pass number, not only those that ran a token) that
  * evaluates each placement's tokens alone and sums. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,6 +169,65 @@ static void test_plan_rebalance(void **state)
  * passes out of token order and with gaps, a few tokens that never ran, and
  * tokens that skip every layer, alone in the last passes (whose boundary
  * still takes a placement) */
+/* Where each gained replica is copied from: a holder on the gainer's node
+ * before one elsewhere, the holder with the fewest sends in the layer
+ * before the others, the lowest rank last; the count alone; refusals. */
+static void test_placement_moves(void **state)
+{
+    (void)state;
+    epm_cluster c;
+    epm_cluster_init(&c, 2, 2); /* ranks 0 1 | 2 3 */
+    epm_placement *a, *b;
+    assert_int_equal(epm_placement_create(2, 4, 1, &c, &a), EPM_OK);
+    assert_int_equal(epm_placement_create(2, 4, 1, &c, &b), EPM_OK);
+    /* layer 0: a holds 0 on {0, 2}, 1 on {0, 1}, 2 on {3}, 3 on {1}; b adds 0 to 1 and 3, 1 to 2 and 3, 2 to 0 */
+    const int ha[4][3] = {{0, 2, -1}, {0, 1, -1}, {3, -1, -1}, {1, -1, -1}};
+    const int hb[4][4] = {{0, 1, 2, 3}, {0, 1, 2, 3}, {0, 3, -1, -1}, {1, -1, -1, -1}};
+    for (int e = 0; e < 4; e++) {
+        for (int i = 0; i < 3 && ha[e][i] >= 0; i++)
+            assert_int_equal(epm_placement_add(a, 0, e, ha[e][i]), EPM_OK);
+        for (int i = 0; i < 4 && hb[e][i] >= 0; i++)
+            assert_int_equal(epm_placement_add(b, 0, e, hb[e][i]), EPM_OK);
+        assert_int_equal(epm_placement_add(a, 1, e, e), EPM_OK); /* layer 1: the same in both */
+        assert_int_equal(epm_placement_add(b, 1, e, e), EPM_OK);
+    }
+    int64_t n;
+    assert_int_equal(epm_placement_moves(a, b, NULL, 0, &n), EPM_OK);
+    assert_int_equal(n, 5);
+    epm_expert_move m[16], one[1];
+    assert_int_equal(epm_placement_moves(a, b, one, 1, &n), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_placement_moves(a, b, m, 5, &n), EPM_OK);
+    const epm_expert_move want[5] = {
+        {0, 0, 0, 1}, /* (holders 0 and 2: 0 is on rank 1's node) */
+        {0, 0, 2, 3}, /* (2 is on rank 3's node) */
+        {0, 1, 1, 2}, /* (holders 0 and 1, both elsewhere: 0 has sent one, 1 none) */
+        {0, 1, 0, 3}, /* (each has sent one: the lowest) */
+        {0, 2, 3, 0}, /* (the only holder, across nodes) */
+    };
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(m[i].layer, want[i].layer);
+        assert_int_equal(m[i].expert, want[i].expert);
+        assert_int_equal(m[i].from, want[i].from);
+        assert_int_equal(m[i].to, want[i].to);
+    }
+    assert_int_equal(epm_placement_moves(b, b, m, 5, &n), EPM_OK);
+    assert_int_equal(n, 0);
+    epm_placement *other;
+    epm_cluster_init(&c, 1, 4);
+    assert_int_equal(epm_placement_create(2, 4, 1, &c, &other), EPM_OK);
+    assert_int_equal(epm_placement_moves(a, other, m, 5, &n), EPM_OK); /* (same shape: 4 ranks) */
+    assert_int_equal(epm_placement_moves(other, b, m, 16, &n), EPM_ERR_INVALID_ARG); /* (nothing to copy from) */
+    assert_non_null(strstr(epm_last_error(), "no replica to copy from"));
+    epm_placement_destroy(other);
+    assert_int_equal(epm_placement_create(2, 5, 1, &c, &other), EPM_OK);
+    assert_int_equal(epm_placement_moves(a, other, m, 5, &n), EPM_ERR_MISMATCH);
+    assert_int_equal(epm_placement_moves(NULL, b, m, 5, &n), EPM_ERR_INVALID_ARG);
+    epm_placement_destroy(other);
+    epm_placement_destroy(a);
+    epm_placement_destroy(b);
+    epm_clear_error();
+}
+
 static epm_trace *passes_trace(int L, int E, int K, int64_t T)
 {
     epm_trace *t = tu_synth_trace_skew(L, E, K, T, 9, 1.2, 40);
@@ -244,6 +304,7 @@ static void expect_replay(const epm_trace *t, const epm_placement *p0, const epm
     /* each placement's tokens alone (the others skip every layer: they move nothing), summed */
     epm_eval_opts so = *o;
     so.eplb_interval = so.eplb_window = so.eplb_slots = 0;
+    double t_segments = 0;
     int64_t *bytes = calloc((size_t)L * 2 * EPM_LINK_COUNT + EPM_LINK_COUNT, sizeof *bytes);
     int64_t *rl = calloc((size_t)L * R * 3, sizeof *rl);
     assert_true(bytes && rl);
@@ -257,6 +318,7 @@ static void expect_replay(const epm_trace *t, const epm_placement *p0, const epm
                         epm_trace_ids(u, l)[i * K + j] = -1;
         epm_eval_result *ev;
         assert_int_equal(epm_eval(u, pl[s], &so, &ev), EPM_OK);
+        t_segments += ev->t_total;
         for (int l = 0; l < L; l++)
             for (int c = 0; c < EPM_LINK_COUNT; c++) {
                 bytes[(l * 2) * EPM_LINK_COUNT + c] += ev->layer[l].bytes[c];
@@ -284,6 +346,50 @@ static void expect_replay(const epm_trace *t, const epm_placement *p0, const epm
         assert_int_equal(got->send_bytes[i], rl[L * R + i]);
         assert_int_equal(got->recv_bytes[i], rl[2 * L * R + i]);
     }
+    /* the copies, as a literal reading of epm_placement_moves' rule charges them: per gained
+     * replica, from a holder on its node if any, the fewest sends in the layer so far, the lowest */
+    int64_t mb[EPM_LINK_COUNT] = {0};
+    double tm = 0;
+    const epm_cluster *cl = epm_placement_cluster(p0);
+    for (int s = 1; s < n && o->expert_bytes > 0; s++) {
+        int64_t *ph = calloc((size_t)4 * R, sizeof *ph), *sends = calloc((size_t)R, sizeof *sends);
+        assert_true(ph && sends);
+        for (int l = 0; l < L; l++) {
+            memset(sends, 0, (size_t)R * sizeof *sends);
+            for (int e = 0; e < E; e++)
+                for (int q = 0; q < R; q++) {
+                    if (!epm_placement_has(pl[s], l, e, q) || epm_placement_has(pl[s - 1], l, e, q))
+                        continue;
+                    int from = -1;
+                    for (int near = 1; near >= 0 && from < 0; near--)
+                        for (int h = 0; h < R; h++)
+                            if (epm_placement_has(pl[s - 1], l, e, h) &&
+                                (h / cl->gpus_per_node == q / cl->gpus_per_node) == near &&
+                                (from < 0 || sends[h] < sends[from]))
+                                from = h;
+                    assert_true(from >= 0);
+                    sends[from]++;
+                    const int inter = from / cl->gpus_per_node != q / cl->gpus_per_node;
+                    mb[inter ? EPM_LINK_INTER : EPM_LINK_INTRA] += o->expert_bytes;
+                    ph[inter * R + from] += o->expert_bytes;
+                    ph[(2 + inter) * R + q] += o->expert_bytes;
+                }
+        }
+        double worst = 0;
+        for (int q = 0; q < R; q++)
+            for (int d = 0; d < 2; d++) {
+                const double v = (double)ph[2 * d * R + q] / (cl->intra_gbps * 1e9) +
+                                 (double)ph[(2 * d + 1) * R + q] / (cl->inter_gbps * 1e9);
+                worst = v > worst ? v : worst;
+            }
+        tm += worst;
+        free(ph);
+        free(sends);
+    }
+    for (int c = 0; c < EPM_LINK_COUNT; c++)
+        assert_int_equal(got->move_bytes[c], mb[c]);
+    assert_true(fabs(got->t_moves - tm) <= 1e-12 + 1e-9 * tm);
+    assert_true(fabs(got->t_total - got->t_moves - t_segments) <= 1e-12 + 1e-9 * got->t_total);
     for (int s = 1; s < n; s++)
         epm_placement_destroy(pl[s]);
     free(bytes);
@@ -311,6 +417,7 @@ static void test_eval_rebalanced(void **state)
             o.hidden_bytes = 512;
             o.kv_row_bytes = 96;
             o.dispatch_bytes = c == 3 ? 260 : 0;
+            o.expert_bytes = c == 1 ? 0 : 3000 + 1000 * (int64_t)c; /* (0: a run that reads the file) */
             o.eplb_interval = cfg[c].interval;
             o.eplb_window = cfg[c].window;
             o.eplb_slots = cfg[c].slots;
@@ -408,7 +515,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_eplb_window),
-        cmocka_unit_test(test_plan_rebalance),
+        cmocka_unit_test(test_plan_rebalance), cmocka_unit_test(test_placement_moves),
         cmocka_unit_test(test_eval_rebalanced),
         cmocka_unit_test(test_eval_rebalanced_refusals),
     };
