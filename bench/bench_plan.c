@@ -7,7 +7,9 @@
  * placements an epmoe run would take, as plan eval replays them). */
 #include <getopt.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../launch/cli.h"
@@ -100,6 +102,26 @@ static epm_status run_one(const epm_trace *plan_half, const epm_trace *eval_half
     out->t_copies = r->t_moves;
     epm_eval_result_destroy(r);
     return EPM_OK;
+}
+
+/* The held-out half's passes numbered from 0, as a run numbers its own:
+ * online's first boundary then comes after N of them, whatever pass the
+ * half began in. */
+static epm_status passes_from_zero(epm_trace *t)
+{
+    const int64_t n = epm_trace_tokens(t);
+    const int32_t *p = epm_trace_pass_ids(t);
+    int32_t first = INT32_MAX;
+    for (int64_t i = 0; i < n; i++)
+        first = p[i] >= 0 && p[i] < first ? p[i] : first;
+    int32_t *q = malloc((size_t)(n ? n : 1) * sizeof *q);
+    if (!q)
+        return EPM_ERR_NOMEM;
+    for (int64_t i = 0; i < n; i++)
+        q[i] = p[i] >= 0 ? p[i] - first : -1;
+    epm_status st = epm_trace_set_pass_ids(t, q);
+    free(q);
+    return st;
 }
 
 static double ratio(double a, double b) { return b != 0.0 ? a / b : (a == 0.0 ? 1.0 : INFINITY); }
@@ -254,6 +276,8 @@ int epm_bench_plan(int argc, char **argv)
             st = epm_trace_slice(t, 0, tokens / 2, &first);
         if (st == EPM_OK)
             st = epm_trace_slice(t, tokens / 2, tokens, &second);
+        if (st == EPM_OK && epm_trace_pass_ids(second))
+            st = passes_from_zero(second);
         epm_trace_destroy(t);
         if (st != EPM_OK) {
             epm_trace_destroy(first);

@@ -7,6 +7,7 @@
 
 #include "cli.h"
 #include "core.h"
+#include "epmoe/model.h"
 
 int cli_fail(const char *what, epm_status st)
 {
@@ -164,3 +165,18 @@ int cli_parse_u64(const char *what, const char *opt, const char *val, uint64_t *
 }
 
 int cli_same_file(const char *a, const char *b) { return epm_same_file(a, b); }
+
+long cli_model_expert_bytes(const char *what, const char *dir)
+{
+    epm_model *m;
+    if (epm_model_open(dir, &m) != EPM_OK) {
+        fprintf(stderr, "epmoe %s: %s; the experts copied are charged as bf16 (--expert-bytes sets them)\n", what,
+                epm_last_error());
+        epm_clear_error();
+        return -1;
+    }
+    long b = epm_model_set_expert_dtype(m, EPM_DTYPE_F8_E4M3, NULL) == EPM_OK ? (long)epm_model_expert_packed_bytes(m)
+                                                                            : -1;
+    epm_model_close(m);
+    return b;
+}

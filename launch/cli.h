@@ -58,9 +58,16 @@ int cli_parse_u64(const char *what, const char *opt, const char *val, uint64_t *
 /* True when a and b are the same existing file: outputs never overwrite inputs. */
 int cli_same_file(const char *a, const char *b);
 
+/* Bytes of one routed expert of the checkpoint in dir as epmoe run holds
+ * and copies it by default (as stored: bf16, float32, or FP8 with scales);
+ * -1 where the weights are not there (a planning machine may hold the
+ * config alone), said on stderr under what. */
+long cli_model_expert_bytes(const char *what, const char *dir);
+
 /* Subcommands. Each takes argv with argv[0] the subcommand's name. */
 int epm_cli_trace(int argc, char **argv);
 int epm_cli_plan(int argc, char **argv);
+int epm_cli_plan_moves(int argc, char **argv); /* plan moves */
 int epm_cli_bench(int argc, char **argv);
 int epm_cli_run(int argc, char **argv);
 int epm_cli_model(int argc, char **argv);

@@ -136,24 +136,6 @@ static epm_status model_shape_load(const char *dir, model_shape *m)
     return EPM_OK;
 }
 
-/* Bytes of one expert as epmoe run copies it between ranks by default:
- * held as the checkpoint stores it; -1 where its weights are not here (a
- * planning machine may hold the config alone), said on stderr. */
-static long model_expert_bytes(const char *dir)
-{
-    epm_model *m;
-    if (epm_model_open(dir, &m) != EPM_OK) {
-        fprintf(stderr, "epmoe plan eval: %s: %s; the experts copied are charged as bf16 (--expert-bytes sets "
-                "them)\n", dir, epm_last_error());
-        epm_clear_error();
-        return -1;
-    }
-    long b = epm_model_set_expert_dtype(m, EPM_DTYPE_F8_E4M3, NULL) == EPM_OK ? (long)epm_model_expert_packed_bytes(m)
-                                                                            : -1;
-    epm_model_close(m);
-    return b;
-}
-
 /* The trace must be of the model's MoE layers and experts. */
 static epm_status model_shape_check(const model_shape *m, const epm_trace *t, const char *trace_path)
 {
@@ -514,7 +496,7 @@ static int cmd_eval(int argc, char **argv)
         kv = have_kv ? kv : ms.kv_dim;
         ffn = have_ffn ? ffn : ms.ffn;
         if (eplb_i > 0 && xb < 0)
-            xb = model_expert_bytes(model_dir);
+            xb = cli_model_expert_bytes(W, model_dir);
     }
     if (xb < 0) /* (bf16, each part padded to 4 bytes as run packs it) */
         xb = 3 * ((2 * (int64_t)hidden * ffn + 3) / 4 * 4);
@@ -611,6 +593,8 @@ int epm_cli_plan(int argc, char **argv)
 {
     if (argc >= 2 && !strcmp(argv[1], "eval"))
         return cmd_eval(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "moves"))
+        return epm_cli_plan_moves(argc - 1, argv + 1);
     if (argc < 2)
         return cli_usage_error("plan", "--trace is required");
     return cmd_plan(argc, argv);

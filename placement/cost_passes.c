@@ -20,8 +20,6 @@ void epm_pass_plan_clear(epm_pass_plan *pp)
     epm_placement_destroy(pp->next);
     epm_free(pp->order);
     epm_free(pp->load);
-    epm_free(pp->move_phase);
-    epm_free(pp->moves);
     memset(pp, 0, sizeof *pp);
 }
 
@@ -58,11 +56,9 @@ epm_status epm_pass_plan_make(const epm_trace *t, const epm_placement *p, const 
     if (st != EPM_OK)
         return st;
     pp->order = epm_malloc((size_t)(T ? T : 1) * sizeof *pp->order);
-    if (o->eplb_interval > 0) {
+    if (o->eplb_interval > 0)
         pp->load = epm_calloc((size_t)t->layers * (size_t)epm_placement_experts(p) + 1, sizeof *pp->load);
-        pp->move_phase = epm_calloc((size_t)4 * (size_t)epm_placement_ranks(p), sizeof *pp->move_phase);
-    }
-    if (!pp->order || (o->eplb_interval > 0 && (!pp->load || !pp->move_phase))) {
+    if (!pp->order || (o->eplb_interval > 0 && !pp->load)) {
         epm_pass_plan_clear(pp);
         return EPM_ERR_NOMEM;
     }
@@ -80,34 +76,17 @@ epm_status epm_pass_plan_make(const epm_trace *t, const epm_placement *p, const 
     return st;
 }
 
-/* The copies that take cur to np, each expert_bytes from its source to its
- * gainer (epm_placement_moves: the run's own choice of source), as one phase
- * the ranks wait for at the boundary. */
-static epm_status charge_moves(epm_pass_plan *pp, const epm_placement *cur, const epm_placement *np, int64_t gained)
+/* The copies that take cur to np, as the run makes them (epm_eval_moves):
+ * one phase the ranks wait for at the boundary. */
+static epm_status charge_moves(epm_pass_plan *pp, const epm_placement *cur, const epm_placement *np)
 {
-    const int64_t bytes = pp->o->expert_bytes;
-    if (bytes == 0 || gained == 0)
+    if (pp->o->expert_bytes == 0)
         return EPM_OK;
-    if (gained > pp->move_cap) {
-        epm_expert_move *m = epm_realloc(pp->moves, (size_t)gained * sizeof *m);
-        if (!m)
-            return EPM_ERR_NOMEM;
-        pp->moves = m;
-        pp->move_cap = gained;
-    }
-    int64_t n;
-    EPM_CHECK(epm_placement_moves(cur, np, pp->moves, pp->move_cap, &n));
-    const int R = epm_placement_ranks(cur);
-    const epm_cluster *c = epm_placement_cluster(cur);
-    memset(pp->move_phase, 0, (size_t)4 * (size_t)R * sizeof *pp->move_phase);
-    for (int64_t i = 0; i < n; i++) {
-        const epm_link k = epm_cluster_link(c, pp->moves[i].from, pp->moves[i].to);
-        const size_t inter = k == EPM_LINK_INTER;
-        pp->move_bytes[k] += bytes;
-        pp->move_phase[inter * (size_t)R + (size_t)pp->moves[i].from] += bytes;
-        pp->move_phase[(2 + inter) * (size_t)R + (size_t)pp->moves[i].to] += bytes;
-    }
-    pp->t_moves += epm_cost_phase_seconds(pp->move_phase, R, c);
+    epm_move_cost mc;
+    EPM_CHECK(epm_eval_moves(cur, np, pp->o->expert_bytes, &mc));
+    for (int k = 0; k < EPM_LINK_COUNT; k++)
+        pp->move_bytes[k] += mc.bytes[k];
+    pp->t_moves += mc.seconds;
     return EPM_OK;
 }
 
@@ -157,7 +136,7 @@ epm_status epm_pass_plan_next(epm_pass_plan *pp, const epm_placement **pl, int64
                 int64_t gained = 0;
                 epm_status st = epm_placement_gains(pp->cur, np, &gained);
                 if (st == EPM_OK)
-                    st = charge_moves(pp, pp->cur, np, gained);
+                    st = charge_moves(pp, pp->cur, np);
                 if (st != EPM_OK) {
                     epm_placement_destroy(np);
                     return st;

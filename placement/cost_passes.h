@@ -26,9 +26,6 @@ typedef struct epm_pass_plan {
     int64_t moved;         /* the replicas they added */
     int64_t move_bytes[EPM_LINK_COUNT]; /* their copies between ranks (epm_eval_opts.expert_bytes each) */
     double t_moves;        /* the modelled seconds of those copies, a boundary's after another's */
-    int64_t *move_phase;   /* [4][ranks]: a boundary's copies, as the cost model's phases */
-    epm_expert_move *moves; /* [move_cap] */
-    int64_t move_cap;
 } epm_pass_plan;
 
 /* A phase's modelled seconds (cost_model.c): b [4][ranks] holds each rank's

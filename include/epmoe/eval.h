@@ -119,6 +119,21 @@ EPM_API epm_status epm_eval(const epm_trace *t, const epm_placement *p, const ep
                             epm_eval_result **out);
 EPM_API void epm_eval_result_destroy(epm_eval_result *r);
 
+/* What changing a placement from `from` to `to` costs in copies of experts:
+ * every replica `to` adds (moved), copied from the rank epm_placement_moves
+ * names, expert_bytes each, per link class; the busiest rank's bytes sent
+ * and received; and the modelled seconds of the copies as one phase of the
+ * model above (from's cluster). What plan eval's replay charges at each
+ * placement it takes (move_bytes, t_moves). Same shape required. */
+typedef struct epm_move_cost {
+    int64_t moved;
+    int64_t bytes[EPM_LINK_COUNT];
+    int64_t max_send_bytes, max_recv_bytes;
+    double seconds;
+} epm_move_cost;
+EPM_API epm_status epm_eval_moves(const epm_placement *from, const epm_placement *to, int64_t expert_bytes,
+                                  epm_move_cost *out);
+
 #ifdef __cplusplus
 }
 #endif

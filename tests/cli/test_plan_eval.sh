@@ -244,4 +244,44 @@ has "$d/err" "the model $d/m6 3 of 6"
 check "plan --model missing" 1 "$E" plan --trace "$d/t.st" --model "$d/nothing" --quiet
 has "$d/err" "$d/nothing/config.json"
 
+# plan moves: what changing c.json to e.json costs in copies of experts (as online rebalancing copies
+# them), per layer; aligned first, fewer; the aligned placement written and priced again alike
+check "moves" 0 "$E" plan moves "$d/c.json" "$d/e.json" --per-layer --expert-bytes 1000 --json
+cp "$d/out" "$d/moves.json"
+check "moves aligned" 0 "$E" plan moves "$d/c.json" "$d/e.json" --align --out "$d/ea.json" --expert-bytes 1000 --json
+cp "$d/out" "$d/moves_a.json"
+check "moves of the aligned" 0 "$E" plan moves "$d/c.json" "$d/ea.json" --expert-bytes 1000 --json
+if command -v python3 >/dev/null; then
+  python3 - "$d/moves.json" "$d/moves_a.json" "$d/out" <<'EOF' || { echo "FAIL: plan moves"; fails=$((fails + 1)); }
+import json, sys
+m, a, again = (json.load(open(f)) for f in sys.argv[1:4])
+n = m["experts_copied"]
+assert n > 0 and len(m["per_layer"]) == 3 and sum(m["per_layer"]) == n, m
+assert m["bytes"]["intra_node"] + m["bytes"]["inter_node"] == 1000 * n and m["expert_bytes"] == 1000, m
+assert m["modelled_seconds"] > 0 and m["max_send_bytes"] >= 1000 and not m["aligned"], m
+assert a["aligned"] and a["experts_copied"] <= n, (a, m)
+assert again["experts_copied"] == a["experts_copied"] and again["bytes"] == a["bytes"], (again, a)
+EOF
+fi
+has "$d/ea.json" '"method": "eplb"'
+check "moves to itself" 0 "$E" plan moves "$d/c.json" "$d/c.json"
+has "$d/out" "c.json: 0 experts copied, 352321536 bytes each"
+has "$d/out" "modelled 0.000000 s (150 GB/s within a node, 25 between nodes)"
+check "synth a model" 0 "$E" model synth --out "$d/m8" --experts 8 --layers 3 --hidden 32 --ffn 16
+check "moves --model" 0 "$E" plan moves "$d/c.json" "$d/e.json" --model "$d/m8"
+has "$d/out" "experts copied, $((3 * 32 * 16 * 4)) bytes each" # (synth's default: float32)
+check "moves one placement" 2 "$E" plan moves "$d/c.json"
+has "$d/err" "name two placements, FROM and TO (1 given)"
+check "moves out over input" 2 "$E" plan moves "$d/c.json" "$d/e.json" --out "$d/e.json"
+has "$d/err" "would overwrite an input"
+check "moves model and bytes" 2 "$E" plan moves "$d/c.json" "$d/e.json" --model "$d/m8" --expert-bytes 8
+check "synth 4 experts" 0 "$E" trace synth --out "$d/x4.st" --layers 3 --experts 4 --k 2 --tokens 100
+check "plan 4 experts" 0 "$E" plan --trace "$d/x4.st" "${cl[@]}" --out "$d/x4.json" --quiet
+check "moves other shape" 1 "$E" plan moves "$d/c.json" "$d/x4.json"
+has "$d/err" "c.json has 3 layers x 8 experts on 4 ranks, $d/x4.json 3 x 4 on 4"
+check "moves missing" 1 "$E" plan moves "$d/c.json" "$d/none.json"
+has "$d/err" "$d/none.json"
+check "moves help" 0 "$E" plan moves --help
+has "$d/out" "usage: epmoe plan moves FROM.json TO.json"
+
 checks_done "all plan eval CLI checks passed"

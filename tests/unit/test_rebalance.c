@@ -210,6 +210,18 @@ static void test_placement_moves(void **state)
         assert_int_equal(m[i].from, want[i].from);
         assert_int_equal(m[i].to, want[i].to);
     }
+    /* priced (epm_eval_moves): 10 bytes each, two within a node and three across; ranks 0 and 3
+     * each send (receive) one of each, the phase's busiest */
+    epm_move_cost mc;
+    assert_int_equal(epm_eval_moves(a, b, 10, &mc), EPM_OK);
+    assert_int_equal(mc.moved, 5);
+    assert_int_equal(mc.bytes[EPM_LINK_INTRA], 20);
+    assert_int_equal(mc.bytes[EPM_LINK_INTER], 30);
+    assert_int_equal(mc.max_send_bytes, 20);
+    assert_int_equal(mc.max_recv_bytes, 20);
+    const double want_s = 10 / (c.intra_gbps * 1e9) + 10 / (c.inter_gbps * 1e9);
+    assert_true(fabs(mc.seconds - want_s) <= 1e-9 * want_s);
+    assert_int_equal(epm_eval_moves(a, b, -1, &mc), EPM_ERR_INVALID_ARG);
     assert_int_equal(epm_placement_moves(b, b, m, 5, &n), EPM_OK);
     assert_int_equal(n, 0);
     epm_placement *other;

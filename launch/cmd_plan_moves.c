@@ -1,0 +1,155 @@
+/* epmoe plan moves: what changing a deployed placement to another costs in
+ * copies of experts, priced as online rebalancing makes them (each gained
+ * replica from the rank epm_placement_moves names) by the cost model's
+ * phase; with --align, the new placement's nodes and ranks renamed first to
+ * keep what the old one holds (the same balance and traffic, fewest moves). */
+#include <getopt.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "core.h"
+
+static const char usage[] =
+    "usage: epmoe plan moves FROM.json TO.json [options]\n"
+    "What changing placement FROM (deployed) to TO costs: every replica TO has that FROM lacks is\n"
+    "copied from a rank holding it in FROM (on the same node where one does; the source epmoe run's\n"
+    "online rebalancing takes), priced as plan eval prices a phase: the busiest rank's bytes over\n"
+    "FROM's cluster links.\n"
+    "  --expert-bytes N   bytes of one expert copied (epmoe run reports its expert_bytes)\n"
+    "  --model DIR        instead: the checkpoint's experts as stored (bf16 of --hidden x --ffn where\n"
+    "                     its weights are not there)\n"
+    "  --hidden H --ffn F the default expert's shape, bf16 (default 4096 x 14336, Mixtral-8x7B)\n"
+    "  --align            rename TO's nodes and ranks first so that as many replicas as possible stay\n"
+    "                     where FROM holds them (the same balance and traffic)\n"
+    "  --out FILE         write TO as priced (aligned with --align): the placement to deploy\n"
+    "  --per-layer        also the experts copied per MoE layer\n"
+    "  --json             JSON instead of text\n";
+
+enum { O_XB = 256, O_MODEL, O_HIDDEN, O_FFN, O_ALIGN, O_OUT, O_PERLAYER, O_JSON, O_HELP };
+static const struct option opts[] = {
+    {"expert-bytes", required_argument, 0, O_XB}, {"model", required_argument, 0, O_MODEL},
+    {"hidden", required_argument, 0, O_HIDDEN},   {"ffn", required_argument, 0, O_FFN},
+    {"align", no_argument, 0, O_ALIGN},           {"out", required_argument, 0, O_OUT},
+    {"per-layer", no_argument, 0, O_PERLAYER},    {"json", no_argument, 0, O_JSON},
+    {"help", no_argument, 0, O_HELP},             {0, 0, 0, 0}};
+
+/* the experts copied in each layer, [layers] */
+static epm_status per_layer_counts(const epm_placement *from, const epm_placement *to, int64_t *count)
+{
+    int64_t n;
+    EPM_CHECK(epm_placement_moves(from, to, NULL, 0, &n));
+    epm_expert_move *mv = malloc((size_t)(n ? n : 1) * sizeof *mv);
+    if (!mv)
+        return EPM_ERR_NOMEM;
+    epm_status st = epm_placement_moves(from, to, mv, n, &n);
+    for (int64_t i = 0; i < n && st == EPM_OK; i++)
+        count[mv[i].layer]++;
+    free(mv);
+    return st;
+}
+
+int epm_cli_plan_moves(int argc, char **argv)
+{
+    const char *W = "plan moves";
+    const char *model = NULL, *out = NULL;
+    long xb = -1, hidden = 4096, ffn = 14336;
+    int align = 0, per_layer = 0, json = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case O_XB: if (!cli_parse_int(W, "--expert-bytes", optarg, 0, INT64_MAX / 4, &xb)) return EPM_EXIT_USAGE; break;
+        case O_MODEL: model = optarg; break;
+        case O_HIDDEN: if (!cli_parse_int(W, "--hidden", optarg, 1, 1 << 20, &hidden)) return EPM_EXIT_USAGE; break;
+        case O_FFN: if (!cli_parse_int(W, "--ffn", optarg, 1, 1 << 24, &ffn)) return EPM_EXIT_USAGE; break;
+        case O_ALIGN: align = 1; break;
+        case O_OUT: out = optarg; break;
+        case O_PERLAYER: per_layer = 1; break;
+        case O_JSON: json = 1; break;
+        case O_HELP: fputs(usage, stdout); return EPM_EXIT_OK;
+        default: return cli_option_error(W, argv);
+        }
+    }
+    if (argc - optind != 2)
+        return cli_usage_error(W, "name two placements, FROM and TO (%d given)", argc - optind);
+    const char *from_path = argv[optind], *to_path = argv[optind + 1];
+    if (model && xb >= 0)
+        return cli_usage_error(W, "--model and --expert-bytes %ld: each sets the bytes of an expert; give one", xb);
+    if (out && (cli_same_file(out, from_path) || cli_same_file(out, to_path) || !strcmp(out, from_path) ||
+                !strcmp(out, to_path)))
+        return cli_usage_error(W, "--out '%s' would overwrite an input", out);
+    if (model)
+        xb = cli_model_expert_bytes(W, model);
+    if (xb < 0) /* (bf16, each part padded to 4 bytes as run packs it) */
+        xb = 3 * ((2 * (int64_t)hidden * ffn + 3) / 4 * 4);
+    epm_placement *from = NULL, *to = NULL, *aligned = NULL;
+    int64_t *layer = NULL;
+    int rc = EPM_EXIT_FAIL;
+    epm_move_cost mc;
+    epm_status st = epm_placement_load_json(from_path, &from);
+    if (st == EPM_OK)
+        st = epm_placement_load_json(to_path, &to);
+    if (st == EPM_OK && (epm_placement_layers(from) != epm_placement_layers(to) ||
+                         epm_placement_experts(from) != epm_placement_experts(to) ||
+                         epm_placement_ranks(from) != epm_placement_ranks(to)))
+        st = epm_fail(EPM_ERR_MISMATCH, "%s has %d layers x %d experts on %d ranks, %s %d x %d on %d", from_path,
+                      epm_placement_layers(from), epm_placement_experts(from), epm_placement_ranks(from), to_path,
+                      epm_placement_layers(to), epm_placement_experts(to), epm_placement_ranks(to));
+    if (st == EPM_OK && align)
+        st = epm_placement_align(from, to, &aligned);
+    const epm_placement *target = aligned ? aligned : to;
+    if (st == EPM_OK)
+        st = epm_eval_moves(from, target, xb, &mc);
+    const int L = from ? epm_placement_layers(from) : 0;
+    if (st == EPM_OK && per_layer)
+        st = (layer = calloc((size_t)(L ? L : 1), sizeof *layer)) ? per_layer_counts(from, target, layer)
+                                                                   : EPM_ERR_NOMEM;
+    if (st == EPM_OK && out)
+        st = epm_placement_save_json(target, out);
+    if (st != EPM_OK) {
+        rc = cli_fail(W, st);
+        goto done;
+    }
+    const epm_cluster *cl = epm_placement_cluster(from);
+    if (json) {
+        json_t *o = json_pack("{s:s, s:s, s:b, s:I, s:I, s:{s:I, s:I}, s:I, s:I, s:f}", "from", from_path, "to",
+                              to_path, "aligned", align, "experts_copied", (json_int_t)mc.moved, "expert_bytes",
+                              (json_int_t)xb, "bytes", "intra_node", (json_int_t)mc.bytes[EPM_LINK_INTRA],
+                              "inter_node", (json_int_t)mc.bytes[EPM_LINK_INTER], "max_send_bytes",
+                              (json_int_t)mc.max_send_bytes, "max_recv_bytes", (json_int_t)mc.max_recv_bytes,
+                              "modelled_seconds", mc.seconds);
+        json_t *a = per_layer && o ? json_array() : NULL;
+        for (int l = 0; a && l < L; l++)
+            json_array_append_new(a, json_integer(layer[l]));
+        if (a)
+            json_object_set_new(o, "per_layer", a);
+        char *txt = o ? json_dumps(o, JSON_INDENT(2)) : NULL;
+        if (!txt) {
+            json_decref(o);
+            rc = cli_fail(W, EPM_ERR_NOMEM);
+            goto done;
+        }
+        puts(txt);
+        free(txt);
+        json_decref(o);
+    } else {
+        printf("%s -> %s%s: %lld experts copied, %lld bytes each\n", from_path, to_path,
+               align ? " (aligned: nodes and ranks renamed to keep what is in place)" : "", (long long)mc.moved,
+               (long long)xb);
+        printf("  intra-node %lld bytes, inter-node %lld bytes; the busiest rank sends %lld and receives %lld\n",
+               (long long)mc.bytes[EPM_LINK_INTRA], (long long)mc.bytes[EPM_LINK_INTER], (long long)mc.max_send_bytes,
+               (long long)mc.max_recv_bytes);
+        printf("  modelled %.6f s (%g GB/s within a node, %g between nodes)\n", mc.seconds, cl->intra_gbps,
+               cl->inter_gbps);
+        for (int l = 0; per_layer && l < L; l++)
+            printf("  layer %3d: %lld experts copied\n", l, (long long)layer[l]);
+    }
+    rc = EPM_EXIT_OK;
+done:
+    free(layer);
+    epm_placement_destroy(from);
+    epm_placement_destroy(to);
+    epm_placement_destroy(aligned);
+    return rc;
+}
