@@ -205,7 +205,7 @@ int epm_bench_plan(int argc, char **argv)
                 return EPM_EXIT_USAGE;
             break;
         case O_XB:
-            if (!cli_parse_int(what, "--expert-bytes", optarg, 0, INT64_MAX / 4, &xb))
+            if (!cli_parse_int(what, "--expert-bytes", optarg, 0, CLI_EXPERT_BYTES_MAX, &xb))
                 return EPM_EXIT_USAGE;
             break;
         case O_PASS:
@@ -303,8 +303,9 @@ int epm_bench_plan(int argc, char **argv)
             eo.mode = po.mode;
             eo.hidden_bytes = (int64_t)po.hidden * 2;
             eo.kv_row_bytes = (int64_t)po.kv_dim * 2;
-            if (xb >= 0)
-                eo.expert_bytes = xb;
+            /* (a model of GPUs, whose experts online rebalancing copies between them as vLLM does:
+             * Mixtral-8x7B's in bf16, the expert whose FLOPs eo models, unless told) */
+            eo.expert_bytes = xb >= 0 ? xb : 3 * (int64_t)4096 * 14336 * 2;
             /* weigh the objective in modelled microseconds, as plan eval
              * does: the straggler's expert compute against one intra-node
              * hidden-vector transfer per rank (about 16:1 at these defaults) */

@@ -57,8 +57,8 @@ static const char usage[] =
     "  --methods LIST       placements, comma separated, contiguous first (the baseline;\n"
     "                       default contiguous,eplb,ilp); 'online': contiguous with online\n"
     "                       rebalancing (epmoe run --eplb-interval, at --eplb-interval), gained\n"
-    "                       experts copied from peers; 'online-checkpoint': the same, read from the\n"
-    "                       checkpoint (run --eplb-from checkpoint)\n"
+    "                       experts read from the checkpoint; 'online-peers': the same, copied from\n"
+    "                       a rank that holds them (run --eplb-from peers)\n"
     "  --modes LIST         home,follow (default both)\n"
     "  --slots S            experts per rank per layer for eplb/ilp/online (default: one spare)\n"
     "  --eplb-interval N    online's passes between rebalances (default 4), over the last\n"
@@ -478,7 +478,7 @@ static int check_list(const char *W, const char *opt, const char *list, size_t r
             cli_usage_error(W, "option %s: '%s' is not home or follow", opt, e);
             return 0;
         }
-        if (kind == 'p' && strcmp(e, "online") && strcmp(e, "online-checkpoint") &&
+        if (kind == 'p' && strcmp(e, "online") && strcmp(e, "online-peers") &&
             epm_method_parse(e, &method) != EPM_OK) {
             cli_usage_error(W, "option %s: %s", opt, epm_last_error());
             return 0;
@@ -720,7 +720,7 @@ int epm_bench_run(int argc, char **argv)
     { /* online rebalancing's options belong to the 'online' method */
         char list[128];
         snprintf(list, sizeof list, ",%s,", methods_s);
-        const int online = strstr(list, ",online,") || strstr(list, ",online-checkpoint,");
+        const int online = strstr(list, ",online,") || strstr(list, ",online-peers,");
         if ((eplb_given || eplb_window || eplb_gain > 0) && !online)
             return cli_usage_error(W, "%s is the 'online' method's, which --methods (%s) does not list",
                                    eplb_window ? "--eplb-window" : eplb_given ? "--eplb-interval" : "--eplb-min-gain",
@@ -968,7 +968,7 @@ int epm_bench_run(int argc, char **argv)
         enum { MAXM = BENCH_MAX_METHODS };
         struct meth {
             char name[32];
-            int online, from_file;
+            int online, peers;
             epm_placement *p;
             double pf, dc;
             int64_t bytes[3], kv, maxload, kvmem;
@@ -988,8 +988,8 @@ int epm_bench_run(int argc, char **argv)
             snprintf(me_->name, sizeof me_->name, "%s", mt);
             epm_plan_opts po;
             epm_plan_opts_init(&po);
-            me_->from_file = !strcmp(mt, "online-checkpoint");
-            me_->online = !strcmp(mt, "online") || me_->from_file; /* contiguous, rebalanced as it runs */
+            me_->peers = !strcmp(mt, "online-peers");
+            me_->online = !strcmp(mt, "online") || me_->peers; /* contiguous, rebalanced as it runs */
             if (me_->online)
                 po.method = EPM_METHOD_CONTIGUOUS;
             else if (epm_method_parse(mt, &po.method) != EPM_OK) {
@@ -1054,7 +1054,7 @@ int epm_bench_run(int argc, char **argv)
                     o.eplb_window = (int)eplb_window;
                     o.eplb_min_gain = eplb_gain;
                     o.eplb_slots = spare;
-                    o.eplb_from_checkpoint = me_->from_file;
+                    o.eplb_from_peers = me_->peers;
                 }
                 wire_opts(&o);
                 epm_run_result *res = NULL;

@@ -2561,17 +2561,19 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     {
         epm_xcomm_wire wire;
         epm_xcomm_wire_get(r.x, &wire);
-        int64_t wv[3 * EPM_LINK_COUNT]; /* the tokens' bytes and messages, and the experts' copies' bytes */
+        int64_t wv[4 * EPM_LINK_COUNT]; /* the tokens' bytes and messages, and the experts' copies' */
         for (int k = 0; k < EPM_LINK_COUNT; k++) {
             wv[k] = wire.bytes[k] - r.eplb_wire.bytes[k];
             wv[EPM_LINK_COUNT + k] = wire.msgs[k] - r.eplb_wire.msgs[k];
             wv[2 * EPM_LINK_COUNT + k] = r.eplb_wire.bytes[k];
+            wv[3 * EPM_LINK_COUNT + k] = r.eplb_wire.msgs[k];
         }
-        EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, wv, 3 * EPM_LINK_COUNT), st, fail_gen);
+        EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, wv, 4 * EPM_LINK_COUNT), st, fail_gen);
         memcpy(rep->wire_bytes, wv, sizeof rep->wire_bytes);
         memcpy(rep->wire_msgs, wv + EPM_LINK_COUNT, sizeof rep->wire_msgs);
         memcpy(rep->eplb_wire_bytes, wv + 2 * EPM_LINK_COUNT, sizeof rep->eplb_wire_bytes);
-        rep->eplb_expert_bytes = o->eplb_interval > 0 && !o->eplb_from_checkpoint ? epm_model_expert_packed_bytes(r.m) : 0;
+        memcpy(rep->eplb_wire_msgs, wv + 3 * EPM_LINK_COUNT, sizeof rep->eplb_wire_msgs);
+        rep->eplb_expert_bytes = o->eplb_interval > 0 && o->eplb_from_peers ? epm_model_expert_packed_bytes(r.m) : 0;
         rep->hierarchical = epm_xcomm_hierarchical(r.x);
         rep->transport = epm_xcomm_a2a_name(epm_xcomm_transport(r.x));
     }

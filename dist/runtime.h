@@ -28,10 +28,9 @@ typedef struct epm_run_opts {
     int eplb_interval;              /* > 0: online expert rebalancing (vLLM's and SGLang's --enable-eplb):
                                        every this many forward passes the ranks sum the (token, expert)
                                        pairs each expert was chosen for over the last eplb_window passes
-                                       and all take the eplb placement of those loads; a rank takes the
-                                       experts it gains from a rank that holds them (epm_placement_moves;
-                                       or from the checkpoint: eplb_from_checkpoint) and drops those it
-                                       loses.
+                                       and all take the eplb placement of those loads; a rank reads the
+                                       experts it gains from the checkpoint (or copies them from a rank
+                                       that holds them: eplb_from_peers) and drops those it loses.
                                        The same tokens (but with topology-aware gating, whose bias follows
                                        the placement); the bytes follow the placement of each pass */
     int eplb_window;                /* those passes (0: eplb_interval; at most eplb_interval) */
@@ -39,9 +38,10 @@ typedef struct epm_run_opts {
                                        hold replicas of the hottest) */
     double eplb_min_gain;           /* a layer moves only if its busiest rank's share of the window's
                                        counts drops by this fraction (epm_plan_rebalance); 0 = always */
-    int eplb_from_checkpoint;       /* online rebalancing reads a gained expert from the checkpoint rather
-                                       than copying it from a rank that holds it (as vLLM and SGLang do
-                                       between GPUs): no traffic between ranks, a read of the file */
+    int eplb_from_peers;            /* online rebalancing copies a gained expert from a rank that holds
+                                       it (epm_placement_moves names which; as vLLM and SGLang do between
+                                       GPUs) rather than reading it from the checkpoint: traffic between
+                                       ranks that plan eval prices, no read of the file */
     epm_mode mode;
     int virtual_nodes;
     int max_new_tokens;
@@ -250,13 +250,13 @@ typedef struct epm_run_report {
     int hierarchical;      /* exchanges took the hierarchical (2DH) path */
     int eplb_rebalances;   /* online rebalancing (epm_run_opts.eplb_interval): placements taken */
     int64_t eplb_moved;    /* experts the ranks gained over them (a replica on a rank that lacked it) */
-    int64_t eplb_bytes;    /* checkpoint bytes the ranks read for them (epm_run_opts.eplb_from_checkpoint) */
-    int64_t eplb_peer_bytes[EPM_LINK_COUNT]; /* or copied between ranks, per link class (plan eval's
-                                                move_bytes; the hop's wire bytes are in eplb_wire_bytes,
-                                                not in wire_bytes) */
+    int64_t eplb_bytes;    /* checkpoint bytes the ranks read for them */
+    int64_t eplb_peer_bytes[EPM_LINK_COUNT]; /* or copied between ranks (epm_run_opts.eplb_from_peers), per
+                                                link class (plan eval's move_bytes; what the copies put on
+                                                the wire is in eplb_wire_bytes and _msgs, not in wire_bytes) */
     int64_t eplb_expert_bytes; /* bytes of one expert copied so (epm_model_expert_packed_bytes; 0 when
                                   they come from the checkpoint): plan eval's expert_bytes */
-    int64_t eplb_wire_bytes[EPM_LINK_COUNT];
+    int64_t eplb_wire_bytes[EPM_LINK_COUNT], eplb_wire_msgs[EPM_LINK_COUNT];
     double t_eplb;         /* seconds rank 0 spent at the boundaries (the sum, the plan, the loads), those
                               that took nothing too */
     const char *transport; /* the row exchange's transport */

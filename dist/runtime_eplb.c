@@ -2,10 +2,12 @@
  * SGLang's EPLB while serving. Each rank counts the experts its gate chose
  * in the window's passes; at a rebalance the ranks sum the counts and each
  * computes the same eplb placement from them (the method is deterministic),
- * drops the experts it loses and takes those it gains: from a rank that
- * holds them (epm_placement_moves names which; the default, as vLLM and
- * SGLang copy them between GPUs), or from the checkpoint, which every rank
- * maps (eplb_from_checkpoint: no network traffic, a read of the file). */
+ * drops the experts it loses and takes those it gains: from the checkpoint,
+ * which every rank maps (the default: this runtime holds experts in host
+ * memory, where the file's pages are the cheaper source on a node, as
+ * bench/README measured), or copied from a rank that holds them
+ * (eplb_from_peers: epm_placement_moves names which, as vLLM and SGLang copy
+ * them between GPUs, where their weights live). */
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,13 +42,16 @@ static epm_status send_layer(rt *r, int l, const epm_expert_move *mv, int64_t n,
     float *rows = epm_malloc((size_t)(ns ? ns : 1) * (size_t)packed);
     int *dest = epm_malloc((size_t)(ns ? ns : 1) * sizeof *dest);
     epm_status st = rows && dest ? EPM_OK : EPM_ERR_NOMEM;
+    /* by destination, then in the moves' order (what each receiver expects from this rank): rows in
+     * destination order are sent from this buffer, not copied into the exchange's own */
     int64_t k = 0;
-    for (int64_t i = 0; i < n && st == EPM_OK; i++)
-        if (mv[i].from == r->me) {
-            dest[k] = mv[i].to;
-            st = epm_model_pack_expert(r->m, l, mv[i].expert, (char *)rows + (size_t)k * (size_t)packed, packed);
-            k++;
-        }
+    for (int to = 0; to < r->R; to++)
+        for (int64_t i = 0; i < n && st == EPM_OK; i++)
+            if (mv[i].from == r->me && mv[i].to == to) {
+                dest[k] = to;
+                st = epm_model_pack_expert(r->m, l, mv[i].expert, (char *)rows + (size_t)k * (size_t)packed, packed);
+                k++;
+            }
     const int width = (int)(packed / (int64_t)sizeof(float));
     st = epm_rt_sync(r, st); /* (a rank that could not pack is known to all, by its own message) */
     if (st == EPM_OK)
@@ -84,7 +89,7 @@ epm_status epm_eplb_rebalance(rt *r)
     const double t0 = epm_now();
     const epm_model_config *c = r->c;
     const int L = r->moe_layers, E = c->num_experts;
-    const int peers = !r->o->eplb_from_checkpoint;
+    const int peers = r->o->eplb_from_peers;
     EPM_CHECK(epm_xcomm_sum_i64(r->x, r->eplb_load, L * E));
     epm_placement *np = NULL;
     int *gain = NULL, *lose = NULL;
@@ -94,9 +99,11 @@ epm_status epm_eplb_rebalance(rt *r)
     int64_t moved = 0, nmv = 0, read = -epm_model_bytes_loaded(r->m), counted[EPM_LINK_COUNT] = {0};
     const int64_t packed = epm_model_expert_packed_bytes(r->m);
     epm_status st = epm_plan_rebalance(r->p, r->eplb_load, r->eplb_slots, r->o->eplb_min_gain, &np);
-    if (st == EPM_OK && np && peers && packed / (int64_t)sizeof(float) > INT_MAX) /* (the exchange's row width) */
-        st = epm_fail(EPM_ERR_UNSUPPORTED, "online rebalancing: an expert of %lld bytes is more than one message "
-                      "between ranks can carry (--eplb-from checkpoint reads it instead)", (long long)packed);
+    /* (a row of the exchange: its transports send at most INT_MAX bytes a row, a hierarchical hop's
+     * header of 8 included) */
+    if (st == EPM_OK && np && peers && packed > (int64_t)INT_MAX - 8)
+        st = epm_fail(EPM_ERR_UNSUPPORTED, "online rebalancing: an expert of %lld bytes is more than one row between "
+                      "ranks can carry (2 GiB; --eplb-from checkpoint reads it instead)", (long long)packed);
     memset(r->eplb_load, 0, (size_t)L * E * sizeof *r->eplb_load); /* (the window's counts are spent) */
     if (st != EPM_OK || !np) /* (nothing to take: no MoE token in the window, or no layer worth moving) */
         goto out;
@@ -120,8 +127,9 @@ epm_status epm_eplb_rebalance(rt *r)
         int64_t n = 0;
         while (peers && at + n < nmv && mv[at + n].layer == ml)
             n++;
-        /* the copies first, while their senders still hold them (a rank holds at most a layer's worth
-         * more than its slots, in the exchange's buffer) */
+        /* the copies first, while their senders still hold them. Beyond its slots a rank holds, for
+         * the exchange, the layer's experts it sends (packed) and those it receives (twice while they
+         * are unpacked); --max-memory does not count these */
         if (n > 0) /* (every rank knows n: a layer nothing moves in has no exchange) */
             st = send_layer(r, l, mv + at, n, packed, &in, counted);
         at += n;

@@ -170,10 +170,20 @@ long cli_model_expert_bytes(const char *what, const char *dir)
 {
     epm_model *m;
     if (epm_model_open(dir, &m) != EPM_OK) {
-        fprintf(stderr, "epmoe %s: %s; the experts copied are charged as bf16 (--expert-bytes sets them)\n", what,
-                epm_last_error());
+        /* (a planning machine may hold the config alone: its shape, in bf16) */
+        char path[4096];
+        epm_model_config c;
+        const int fits = snprintf(path, sizeof path, "%s/config.json", dir) < (int)sizeof path;
+        if (!fits || epm_model_config_load(path, &c) != EPM_OK) {
+            epm_clear_error();
+            return -1;
+        }
+        const long b = 3 * ((2 * (long)c.hidden_size * c.moe_ffn + 3) / 4 * 4);
+        epm_model_config_clear(&c);
+        fprintf(stderr, "epmoe %s: %s holds no weights to read: its experts are taken as bf16, %ld bytes each "
+                "(--expert-bytes sets them)\n", what, dir, b);
         epm_clear_error();
-        return -1;
+        return b;
     }
     long b = epm_model_set_expert_dtype(m, EPM_DTYPE_F8_E4M3, NULL) == EPM_OK ? (long)epm_model_expert_packed_bytes(m)
                                                                             : -1;

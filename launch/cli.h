@@ -59,10 +59,14 @@ int cli_parse_u64(const char *what, const char *opt, const char *val, uint64_t *
 int cli_same_file(const char *a, const char *b);
 
 /* Bytes of one routed expert of the checkpoint in dir as epmoe run holds
- * and copies it by default (as stored: bf16, float32, or FP8 with scales);
- * -1 where the weights are not there (a planning machine may hold the
- * config alone), said on stderr under what. */
+ * and copies it by default (as stored: bf16, float32, or FP8 with scales;
+ * --ops cuda and --expert-dtype hold others, which the run reports); where
+ * only config.json is there (a planning machine), its shape in bf16, said
+ * on stderr under what; -1 without even that. */
 long cli_model_expert_bytes(const char *what, const char *dir);
+
+/* --expert-bytes' bound: 1 TiB, so that a change's sum of copies fits int64 */
+#define CLI_EXPERT_BYTES_MAX (1L << 40)
 
 /* Subcommands. Each takes argv with argv[0] the subcommand's name. */
 int epm_cli_trace(int argc, char **argv);

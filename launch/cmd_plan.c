@@ -1,4 +1,4 @@
-/* epmoe plan / epmoe plan eval */
+/* epmoe plan / epmoe plan eval (plan moves: cmd_plan_moves.c) */
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
@@ -13,6 +13,7 @@
 static const char plan_usage[] =
     "usage: epmoe plan --trace FILE [options]\n"
     "       epmoe plan eval --trace FILE PLAN.json [PLAN2.json ...] [options]\n"
+    "       epmoe plan moves FROM.json TO.json [options]   (what changing placement costs)\n"
     "\n"
     "Plans where each MoE layer's experts live, from a routing trace.\n"
     "  --trace FILE          routing trace (safetensors or .npy)\n"
@@ -75,12 +76,12 @@ static const char eval_usage[] =
     "  --eplb-slots S        experts a rank holds a MoE layer (default: the placement's most)\n"
     "  --eplb-min-gain F     as run --eplb-min-gain: a layer moves only if that lowers its busiest\n"
     "                        rank's pairs by at least F of them (default 0)\n"
-    "  --expert-bytes N      bytes of one expert copied between ranks when a placement is taken (run\n"
-    "                        --eplb-from peers, its default, reports its own); each copy is charged\n"
-    "                        from the rank run takes it from, as a phase of the same model as\n"
-    "                        dispatch; 0: none (run --eplb-from checkpoint). Default: as --model's\n"
-    "                        checkpoint stores its experts when its weights are there, else bf16\n"
-    "                        (6 x hidden x ffn)\n"
+    "  --eplb-from S         as run --eplb-from: checkpoint (default; nothing between ranks) or peers:\n"
+    "                        each expert a placement adds copied from the rank run takes it from, a\n"
+    "                        phase of the same model as dispatch for each MoE layer\n"
+    "  --expert-bytes N      with peers: bytes of one expert (run reports its expert_bytes). Default:\n"
+    "                        as --model's checkpoint stores them (its config's shape in bf16 where\n"
+    "                        its weights are not there), else bf16 of --hidden x --ffn\n"
     "  --placement-out FILE  the placement the last pass ran under (one placement, one mode), as\n"
     "                        run --placement-out writes it\n"
     "  --per-layer           also print every layer\n"
@@ -89,7 +90,7 @@ static const char eval_usage[] =
 enum {
     O_TRACE = 256, O_EXPERTS, O_METHOD, O_MODE, O_NODES, O_GPN, O_CLUSTER, O_INTRA, O_INTER, O_SLOTS, O_TLIM,
     O_GAP, O_HIDDEN, O_BW, O_TW, O_OUT, O_EPLB, O_JSON, O_QUIET, O_DTB, O_KV, O_FFN, O_PERLAYER, O_MODEL, O_WIRE,
-    O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_XB, O_HELP
+    O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_XB, O_EPLBF, O_HELP
 };
 
 static const struct option plan_opts[] = {
@@ -108,7 +109,8 @@ static const struct option plan_opts[] = {
     {"wire-dtype", required_argument, 0, O_WIRE},   {"eplb-interval", required_argument, 0, O_EPLBI},
     {"eplb-window", required_argument, 0, O_EPLBW}, {"eplb-slots", required_argument, 0, O_EPLBS},
     {"placement-out", required_argument, 0, O_POUT}, {"eplb-min-gain", required_argument, 0, O_EPLBG},
-    {"expert-bytes", required_argument, 0, O_XB},   {"help", no_argument, 0, O_HELP},
+    {"expert-bytes", required_argument, 0, O_XB},   {"eplb-from", required_argument, 0, O_EPLBF},
+    {"help", no_argument, 0, O_HELP},
     {0, 0, 0, 0}};
 
 /* What the planner's and the evaluator's cost terms need from a checkpoint,
@@ -431,6 +433,7 @@ static int cmd_eval(int argc, char **argv)
     const char *W = "plan eval";
     const char *trace_path = NULL, *mode_s = NULL, *wire_s = NULL, *pout = NULL;
     long hidden = 4096, dtb = 2, kv = 0, ffn = 14336, eplb_i = 0, eplb_w = 0, eplb_s = 0, xb = -1;
+    int peers = 0, from_given = 0;
     double eplb_g = 0;
     int json = 0, per_layer = 0, c, have_hidden = 0, have_dtb = 0, have_kv = 0, have_ffn = 0;
     const char *model_dir = NULL;
@@ -452,7 +455,16 @@ static int cmd_eval(int argc, char **argv)
         case O_EPLBS: if (!cli_parse_int(W, "--eplb-slots", optarg, 1, INT32_MAX, &eplb_s)) return EPM_EXIT_USAGE; break;
         case O_POUT: pout = optarg; break;
         case O_EPLBG: if (!cli_parse_double(W, "--eplb-min-gain", optarg, 0, 0.999, &eplb_g)) return EPM_EXIT_USAGE; break;
-        case O_XB: if (!cli_parse_int(W, "--expert-bytes", optarg, 0, INT64_MAX / 4, &xb)) return EPM_EXIT_USAGE; break;
+        case O_XB: if (!cli_parse_int(W, "--expert-bytes", optarg, 0, CLI_EXPERT_BYTES_MAX, &xb)) return EPM_EXIT_USAGE; break;
+        case O_EPLBF: {
+            static const char *const from[] = {"checkpoint", "peers", NULL};
+            int k;
+            if (!cli_parse_choice(W, "--eplb-from", optarg, from, &k))
+                return EPM_EXIT_USAGE;
+            peers = k == 1;
+            from_given = 1;
+            break;
+        }
         case O_JSON: json = 1; break;
         case O_HELP: fputs(eval_usage, stdout); return EPM_EXIT_OK;
         default: return cli_option_error(W, argv);
@@ -465,11 +477,13 @@ static int cmd_eval(int argc, char **argv)
         return cli_usage_error(W, "name at least one placement JSON");
     if (cli_eplb_usage(W, eplb_i, eplb_w,
                        eplb_w ? "--eplb-window" : eplb_s ? "--eplb-slots" : eplb_g > 0 ? "--eplb-min-gain"
-                       : xb >= 0 ? "--expert-bytes" : NULL) !=
+                       : from_given ? "--eplb-from" : xb >= 0 ? "--expert-bytes" : NULL) !=
         EPM_EXIT_OK)
         return EPM_EXIT_USAGE;
     if (pout && n > 1)
         return cli_usage_error(W, "--placement-out writes one placement's last: name one placement, not %d", n);
+    if (xb >= 0 && !peers)
+        return cli_usage_error(W, "--expert-bytes %ld prices copies between ranks: --eplb-from peers is not given", xb);
     epm_mode fixed = EPM_MODE_HOME;
     int both = mode_s && !strcmp(mode_s, "both");
     if (mode_s && !both && epm_mode_parse(mode_s, &fixed) != EPM_OK)
@@ -495,10 +509,12 @@ static int cmd_eval(int argc, char **argv)
         dtb = have_dtb ? dtb : (long)sizeof(float);
         kv = have_kv ? kv : ms.kv_dim;
         ffn = have_ffn ? ffn : ms.ffn;
-        if (eplb_i > 0 && xb < 0)
+        if (peers && xb < 0)
             xb = cli_model_expert_bytes(W, model_dir);
     }
-    if (xb < 0) /* (bf16, each part padded to 4 bytes as run packs it) */
+    if (!peers)
+        xb = 0; /* (read from the checkpoint: nothing between ranks) */
+    else if (xb < 0) /* (bf16, each part padded to 4 bytes as run packs it) */
         xb = 3 * ((2 * (int64_t)hidden * ffn + 3) / 4 * 4);
     epm_trace *t = NULL;
     evaluated *ev = calloc((size_t)n, sizeof *ev);

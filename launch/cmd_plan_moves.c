@@ -18,9 +18,10 @@ static const char usage[] =
     "online rebalancing takes), priced as plan eval prices a phase: the busiest rank's bytes over\n"
     "FROM's cluster links.\n"
     "  --expert-bytes N   bytes of one expert copied (epmoe run reports its expert_bytes)\n"
-    "  --model DIR        instead: the checkpoint's experts as stored (bf16 of --hidden x --ffn where\n"
-    "                     its weights are not there)\n"
-    "  --hidden H --ffn F the default expert's shape, bf16 (default 4096 x 14336, Mixtral-8x7B)\n"
+    "  --model DIR        instead: the checkpoint's experts as stored (its config's shape in bf16\n"
+    "                     where its weights are not there)\n"
+    "  --hidden H --ffn F without either: the expert's shape, in bf16 (default 4096 x 14336,\n"
+    "                     Mixtral-8x7B's)\n"
     "  --align            rename TO's nodes and ranks first so that as many replicas as possible stay\n"
     "                     where FROM holds them (the same balance and traffic)\n"
     "  --out FILE         write TO as priced (aligned with --align): the placement to deploy\n"
@@ -55,14 +56,14 @@ int epm_cli_plan_moves(int argc, char **argv)
     const char *W = "plan moves";
     const char *model = NULL, *out = NULL;
     long xb = -1, hidden = 4096, ffn = 14336;
-    int align = 0, per_layer = 0, json = 0, c;
+    int align = 0, per_layer = 0, json = 0, shape_given = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
-        case O_XB: if (!cli_parse_int(W, "--expert-bytes", optarg, 0, INT64_MAX / 4, &xb)) return EPM_EXIT_USAGE; break;
+        case O_XB: if (!cli_parse_int(W, "--expert-bytes", optarg, 0, CLI_EXPERT_BYTES_MAX, &xb)) return EPM_EXIT_USAGE; break;
         case O_MODEL: model = optarg; break;
-        case O_HIDDEN: if (!cli_parse_int(W, "--hidden", optarg, 1, 1 << 20, &hidden)) return EPM_EXIT_USAGE; break;
-        case O_FFN: if (!cli_parse_int(W, "--ffn", optarg, 1, 1 << 24, &ffn)) return EPM_EXIT_USAGE; break;
+        case O_HIDDEN: if (!cli_parse_int(W, "--hidden", optarg, 1, 1 << 20, &hidden)) return EPM_EXIT_USAGE; shape_given = 1; break;
+        case O_FFN: if (!cli_parse_int(W, "--ffn", optarg, 1, 1 << 24, &ffn)) return EPM_EXIT_USAGE; shape_given = 1; break;
         case O_ALIGN: align = 1; break;
         case O_OUT: out = optarg; break;
         case O_PERLAYER: per_layer = 1; break;
@@ -76,6 +77,8 @@ int epm_cli_plan_moves(int argc, char **argv)
     const char *from_path = argv[optind], *to_path = argv[optind + 1];
     if (model && xb >= 0)
         return cli_usage_error(W, "--model and --expert-bytes %ld: each sets the bytes of an expert; give one", xb);
+    if ((model || xb >= 0) && shape_given)
+        return cli_usage_error(W, "--hidden and --ffn size an expert when neither --model nor --expert-bytes does");
     if (out && (cli_same_file(out, from_path) || cli_same_file(out, to_path) || !strcmp(out, from_path) ||
                 !strcmp(out, to_path)))
         return cli_usage_error(W, "--out '%s' would overwrite an input", out);
@@ -96,6 +99,11 @@ int epm_cli_plan_moves(int argc, char **argv)
         st = epm_fail(EPM_ERR_MISMATCH, "%s has %d layers x %d experts on %d ranks, %s %d x %d on %d", from_path,
                       epm_placement_layers(from), epm_placement_experts(from), epm_placement_ranks(from), to_path,
                       epm_placement_layers(to), epm_placement_experts(to), epm_placement_ranks(to));
+    /* (the copies run over the deployed cluster: the new plan must be for the same nodes) */
+    if (st == EPM_OK && epm_placement_cluster(from)->nodes != epm_placement_cluster(to)->nodes)
+        st = epm_fail(EPM_ERR_MISMATCH, "%s is for %d nodes of %d ranks, %s for %d of %d", from_path,
+                      epm_placement_cluster(from)->nodes, epm_placement_cluster(from)->gpus_per_node, to_path,
+                      epm_placement_cluster(to)->nodes, epm_placement_cluster(to)->gpus_per_node);
     if (st == EPM_OK && align)
         st = epm_placement_align(from, to, &aligned);
     const epm_placement *target = aligned ? aligned : to;
@@ -115,7 +123,7 @@ int epm_cli_plan_moves(int argc, char **argv)
     if (json) {
         json_t *o = json_pack("{s:s, s:s, s:b, s:I, s:I, s:{s:I, s:I}, s:I, s:I, s:f}", "from", from_path, "to",
                               to_path, "aligned", align, "experts_copied", (json_int_t)mc.moved, "expert_bytes",
-                              (json_int_t)xb, "bytes", "intra_node", (json_int_t)mc.bytes[EPM_LINK_INTRA],
+                              (json_int_t)xb, "bytes_copied", "intra_node", (json_int_t)mc.bytes[EPM_LINK_INTRA],
                               "inter_node", (json_int_t)mc.bytes[EPM_LINK_INTER], "max_send_bytes",
                               (json_int_t)mc.max_send_bytes, "max_recv_bytes", (json_int_t)mc.max_recv_bytes,
                               "modelled_seconds", mc.seconds);

@@ -168,16 +168,16 @@ static const char usage[] =
     "  --eplb-interval N        online expert rebalancing (vLLM's and SGLang's --enable-eplb): every N\n"
     "                           forward passes the ranks sum how often each expert was chosen over the\n"
     "                           last --eplb-window passes and take the eplb placement of those loads\n"
-    "                           (hot experts replicated into spare slots); a rank copies each expert it\n"
-    "                           gains from a rank that holds it and drops those it loses. The same tokens\n"
+    "                           (hot experts replicated into spare slots); a rank reads the experts it\n"
+    "                           gains (--eplb-from) and drops those it loses. The same tokens\n"
     "                           (but with --ta-strength or --ta-node-cap, whose bias follows the\n"
     "                           placement); the bytes follow each pass's placement, which plan eval\n"
     "                           --eplb-interval predicts from the run's --trace-out\n"
     "  --eplb-window W          the passes whose loads count (default N)\n"
-    "  --eplb-from S            where a gained expert comes from: peers (default: a rank that holds it,\n"
-    "                           on the same node where one does, as vLLM and SGLang copy them between\n"
-    "                           GPUs; plan eval charges the copies) or checkpoint (each rank reads it\n"
-    "                           from the file: no traffic between ranks)\n"
+    "  --eplb-from S            where a gained expert comes from: checkpoint (default: the file every\n"
+    "                           rank maps; no traffic between ranks) or peers (copied from a rank that\n"
+    "                           holds it, on the same node where one does, as vLLM and SGLang copy\n"
+    "                           experts between GPUs; plan eval --eplb-from peers prices the copies)\n"
     "  --eplb-slots S           experts a rank holds a MoE layer (default: the placement's most; the\n"
     "                           memory check counts S)\n"
     "  --eplb-min-gain F        a MoE layer takes its new placement only if it lowers its busiest\n"
@@ -318,10 +318,12 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
                 (long long)r->wire_bytes[2], (long long)r->wire_msgs[0], (long long)r->wire_msgs[1],
                 (long long)r->wire_msgs[2]);
         fprintf(f, ", \"eplb\": {\"rebalances\": %d, \"experts_moved\": %lld, \"bytes_read\": %lld, \"expert_bytes\": "
-                   "%lld, \"bytes_copied\": [%lld, %lld, %lld], \"wire_bytes\": [%lld, %lld, %lld], \"seconds\": %.6f}",
+                   "%lld, \"bytes_copied\": [%lld, %lld, %lld], \"wire_bytes\": [%lld, %lld, %lld], \"wire_msgs\": [%lld, "
+                   "%lld, %lld], \"seconds\": %.6f}",
                 r->eplb_rebalances, (long long)r->eplb_moved, (long long)r->eplb_bytes, (long long)r->eplb_expert_bytes,
                 (long long)r->eplb_peer_bytes[0], (long long)r->eplb_peer_bytes[1], (long long)r->eplb_peer_bytes[2],
                 (long long)r->eplb_wire_bytes[0], (long long)r->eplb_wire_bytes[1], (long long)r->eplb_wire_bytes[2],
+                (long long)r->eplb_wire_msgs[0], (long long)r->eplb_wire_msgs[1], (long long)r->eplb_wire_msgs[2],
                 r->t_eplb);
         fprintf(f, ", \"layer_tokens\": [");
         for (int l = 0; l < r->num_layers; l++)
@@ -791,11 +793,11 @@ int epm_cli_run(int argc, char **argv)
             if (!cli_parse_double(W, "--eplb-min-gain", optarg, 0, 0.999, &o.eplb_min_gain)) return EPM_EXIT_USAGE;
             break;
         case O_EPLBF: {
-            static const char *const from[] = {"peers", "checkpoint", NULL};
+            static const char *const from[] = {"checkpoint", "peers", NULL};
             int k;
             if (!cli_parse_choice(W, "--eplb-from", optarg, from, &k))
                 return EPM_EXIT_USAGE;
-            o.eplb_from_checkpoint = k == 1;
+            o.eplb_from_peers = k == 1;
             from_given = 1;
             break;
         }

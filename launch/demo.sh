@@ -44,10 +44,10 @@ done
 echo "== what plan eval predicted for the same routing (bytes per link class agree with the run's counts)" >&2
 "$epmoe" plan eval --trace "$out/olmoe_trace.safetensors" "$out/olmoe_ilp.json" --mode both --hidden 64 \
   --dtype-bytes 4 --kv-dim 64
-echo "== online rebalancing from the ILP placement: every 2 passes (prompts in chunks of 4), follow mode" >&2
+echo "== online rebalancing from the ILP placement: every 2 passes (prompts in chunks of 4), follow mode, gained experts copied from peers" >&2
 mpirun --oversubscribe -np 4 "$epmoe" run --model "$model" --input "$model/reference.safetensors" \
   --placement "$out/olmoe_ilp.json" --virtual-nodes 2 --mode follow --max-new-tokens 8 --prefill-chunk 4 \
-  --eplb-interval 2 --trace-out "$out/olmoe_online.safetensors" --report
+  --eplb-interval 2 --eplb-from peers --trace-out "$out/olmoe_online.safetensors" --report
 echo "== plan eval replays the run's passes: the same bytes, placements taken, experts moved and copied" >&2
 "$epmoe" plan eval --trace "$out/olmoe_online.safetensors" "$out/olmoe_ilp.json" --mode follow --model "$model" \
-  --dtype-bytes 4 --kv-dim 64 --eplb-interval 2
+  --dtype-bytes 4 --kv-dim 64 --eplb-interval 2 --eplb-from peers

@@ -20,7 +20,7 @@ typedef struct {
 
 static const command commands[] = {
     {"trace", epm_cli_trace, "routing traces: stats, synth, convert"},
-    {"plan", epm_cli_plan, "place experts on ranks; plan eval compares placements on a trace"},
+    {"plan", epm_cli_plan, "place experts on ranks; plan eval compares placements on a trace; plan moves prices a change"},
     {"run", epm_cli_run, "distributed MoE inference of a Hugging Face checkpoint (under mpirun)"},
     {"launch", epm_cli_launch, "build and run the mpirun line for a hostfile, a model and a placement"},
     {"model", epm_cli_model, "model checkpoints: synth (random weights in the Hub layout), info"},

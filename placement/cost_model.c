@@ -18,7 +18,7 @@ void epm_eval_opts_init(epm_eval_opts *o)
     o->flops_per_assignment = 6.0 * 4096.0 * 14336.0;
     o->eplb_interval = o->eplb_window = o->eplb_slots = 0;
     o->eplb_min_gain = 0;
-    o->expert_bytes = 3 * (int64_t)4096 * 14336 * 2;
+    o->expert_bytes = 0;
 }
 
 void epm_eval_result_destroy(epm_eval_result *r)

@@ -1,8 +1,9 @@
 /* What a change of placement costs in copies of experts: the replicas the
  * new one adds, each from the rank epm_placement_moves names (the source an
  * online rebalance copies it from), priced by the cost model's phase (a
- * phase ends with its busiest rank). plan eval's replay charges every
- * placement it takes so; `plan moves` prices one change. */
+ * phase ends with its busiest rank), one phase a layer as the run exchanges
+ * them. plan eval's replay charges every placement it takes so; `plan
+ * moves` prices one change. */
 #include <string.h>
 
 #include "cost_passes.h"
@@ -20,23 +21,28 @@ epm_status epm_eval_moves(const epm_placement *from, const epm_placement *to, in
     const int R = epm_placement_ranks(from);
     const epm_cluster *c = epm_placement_cluster(from);
     epm_expert_move *mv = epm_malloc((size_t)(n ? n : 1) * sizeof *mv);
-    int64_t *ph = epm_calloc((size_t)4 * (size_t)R, sizeof *ph); /* sent intra, inter, received intra, inter */
+    /* [0]: this layer's phase, [1]: the whole change's; each sent intra, inter, received intra, inter */
+    int64_t *ph = epm_calloc((size_t)8 * (size_t)R, sizeof *ph), *all = ph ? ph + 4 * (size_t)R : NULL;
     epm_status st = mv && ph ? epm_placement_moves(from, to, mv, n, &n) : EPM_ERR_NOMEM;
     for (int64_t i = 0; i < n && st == EPM_OK; i++) {
         const epm_link k = epm_cluster_link(c, mv[i].from, mv[i].to);
-        const size_t inter = k == EPM_LINK_INTER;
+        const size_t inter = k == EPM_LINK_INTER, s = inter * (size_t)R + (size_t)mv[i].from,
+                     v = (2 + inter) * (size_t)R + (size_t)mv[i].to;
         out->bytes[k] += expert_bytes;
-        ph[inter * (size_t)R + (size_t)mv[i].from] += expert_bytes;
-        ph[(2 + inter) * (size_t)R + (size_t)mv[i].to] += expert_bytes;
+        ph[s] += expert_bytes, ph[v] += expert_bytes;
+        all[s] += expert_bytes, all[v] += expert_bytes;
+        if (i + 1 == n || mv[i + 1].layer != mv[i].layer) { /* (the moves come by layer) */
+            out->seconds += epm_cost_phase_seconds(ph, R, c);
+            memset(ph, 0, (size_t)4 * (size_t)R * sizeof *ph);
+        }
     }
     if (st == EPM_OK) {
         out->moved = n;
         for (int q = 0; q < R; q++) {
-            const int64_t s = ph[q] + ph[(size_t)R + q], v = ph[2 * (size_t)R + q] + ph[3 * (size_t)R + q];
+            const int64_t s = all[q] + all[(size_t)R + q], v = all[2 * (size_t)R + q] + all[3 * (size_t)R + q];
             out->max_send_bytes = s > out->max_send_bytes ? s : out->max_send_bytes;
             out->max_recv_bytes = v > out->max_recv_bytes ? v : out->max_recv_bytes;
         }
-        out->seconds = epm_cost_phase_seconds(ph, R, c);
     }
     epm_free(mv);
     epm_free(ph);

@@ -67,11 +67,11 @@ typedef struct epm_eval_opts {
      * eplb_slots 0: the placement's most experts on a rank. */
     int eplb_interval, eplb_window, eplb_slots;
     double eplb_min_gain; /* epm_plan_rebalance's min_gain (epmoe run --eplb-min-gain); 0 = take each */
-    /* Bytes of one routed expert copied between ranks when a placement is taken (the run's
-     * eplb_expert_bytes: epm_model_expert_packed_bytes padded to 4). Each replica a placement adds
-     * goes from the rank epm_placement_moves names, at the boundary, before the pass after it:
-     * move_bytes, and a phase of the same model as dispatch's in t_moves and t_total. 0 = not
-     * charged (epmoe run --eplb-from checkpoint). Default: Mixtral-8x7B's expert in bf16 */
+    /* Bytes of one routed expert copied between ranks when a placement is taken (epmoe run
+     * --eplb-from peers, whose report's eplb_expert_bytes this is: epm_model_expert_packed_bytes).
+     * Each replica a placement adds goes from the rank epm_placement_moves names, at the boundary,
+     * before the pass after it: move_bytes, and in t_moves and t_total as epm_eval_moves prices
+     * them. 0 (the default) = none: the run's default reads them from the checkpoint */
     int64_t expert_bytes;
 } epm_eval_opts;
 
@@ -122,9 +122,11 @@ EPM_API void epm_eval_result_destroy(epm_eval_result *r);
 /* What changing a placement from `from` to `to` costs in copies of experts:
  * every replica `to` adds (moved), copied from the rank epm_placement_moves
  * names, expert_bytes each, per link class; the busiest rank's bytes sent
- * and received; and the modelled seconds of the copies as one phase of the
- * model above (from's cluster). What plan eval's replay charges at each
- * placement it takes (move_bytes, t_moves). Same shape required. */
+ * and received over the whole change; and the modelled seconds: each MoE
+ * layer's copies one phase of the model above (from's cluster), the layers
+ * one after another, as epmoe run --eplb-from peers exchanges them. What
+ * plan eval's replay charges at each placement it takes (move_bytes,
+ * t_moves). Same shape required. */
 typedef struct epm_move_cost {
     int64_t moved;
     int64_t bytes[EPM_LINK_COUNT];

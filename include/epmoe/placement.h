@@ -71,10 +71,10 @@ typedef struct epm_expert_move {
 /* The replicas `to` has that `from` lacks (as epm_placement_gains counts
  * them), by layer, expert, then gaining rank, each with its source: a rank
  * that holds the expert in `from`, on the gainer's node where one is (the
- * cheaper link), the one with the fewest experts yet to send in that layer
- * among those, then the lowest. Online rebalancing sends them so and plan
- * eval charges them so. moves NULL: the count alone (*n); else cap must
- * hold them all (EPM_ERR_INVALID_ARG). Same shape required. */
+ * cheaper link), among those the one with the fewest copies assigned to it
+ * so far in that layer, then the lowest. epmoe run --eplb-from peers sends
+ * them so and plan eval prices them so. moves NULL: the count alone (*n);
+ * else cap must hold them all (EPM_ERR_INVALID_ARG). Same shape required. */
 EPM_API epm_status epm_placement_moves(const epm_placement *from, const epm_placement *to, epm_expert_move *moves,
                                        int64_t cap, int64_t *n);
 

@@ -576,11 +576,12 @@ EOF2
 # online rebalancing with its gained experts copied from peers (the default) and read from the file
 # (not in the sanitizer pass, EPM_TEST_QUICK=1: test_run_eplb runs both there)
 if [ "${EPM_TEST_QUICK:-0}" != 1 ]; then
-  ok "bench run online, peers and file" mpi -np 2 "$E" bench run "${small[@]}" --methods contiguous,online,online-checkpoint \
+  ok "bench run online, file and peers" mpi -np 2 "$E" bench run "${small[@]}" --methods contiguous,online,online-peers \
     --modes home --eplb-interval 1 --drift 8 &&
-    { has "$d/out" "# online: [0-9]* rebalances (every 1 passes), [1-9][0-9]* experts moved, [0-9]*\.[0-9] MB copied between ranks, 0\.0 MB read"
-      has "$d/out" "# online-checkpoint: [0-9]* rebalances (every 1 passes), [1-9][0-9]* experts moved, 0\.0 MB copied between ranks, [0-9]*\.[0-9] MB read"
-      ! grep -q "# online: .* 0\.0 MB copied" "$d/out" || fail "bench run online: nothing copied"; }
+    { has "$d/out" "# online-peers: [0-9]* rebalances (every 1 passes), [1-9][0-9]* experts moved, [0-9]*\.[0-9] MB copied between ranks, 0\.0 MB read"
+      has "$d/out" "# online: [0-9]* rebalances (every 1 passes), [1-9][0-9]* experts moved, 0\.0 MB copied between ranks, [0-9]*\.[0-9] MB read"
+      ! grep -q "# online-peers: .* 0\.0 MB copied" "$d/out" || fail "bench run online-peers: nothing copied"
+      ! grep -q "# online: .* 0\.0 MB read" "$d/out" || fail "bench run online: nothing read"; }
 fi
 # --input: a file's sequences, a dataset's lengths (a request's max_tokens, else --new; its n
 # samples): the replayed trace numbers every decoding step's live sequences as the run does, or the

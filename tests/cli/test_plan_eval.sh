@@ -69,12 +69,13 @@ check "eval online" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-in
 check "eval static" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --json --mode follow
 cp "$d/out" "$d/static.json"
 check "eval online, text" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 --eplb-window 2 \
-  --eplb-slots 3
+  --eplb-slots 3 --eplb-from peers
 has "$d/out" "    online rebalancing: [0-9]* placements taken, [0-9]* experts moved, copied: [1-9][0-9]* bytes intra-node"
 has "$d/online.json" '"method": "eplb"'
 has "$d/online.json" '"mode": "follow"'
 if command -v python3 >/dev/null; then
-  "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 --eplb-slots 3 --json --mode follow >"$d/on.json"
+  "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 --eplb-slots 3 --json --mode follow \
+    --eplb-from peers >"$d/on.json"
   python3 -c 'import json,sys; on=json.load(open(sys.argv[1]))["placements"][0]["results"][0]
 st=json.load(open(sys.argv[2]))["placements"][0]["results"][0]
 assert on["eplb"]["rebalances"]==9 and on["eplb"]["experts_moved"]>0 and "eplb" not in st, (on, st)
@@ -84,15 +85,15 @@ c=on["eplb"]["bytes_copied"]
 assert c["intra_node"] + c["inter_node"] == on["eplb"]["experts_moved"] * 6 * 4096 * 14336, on
 assert 0 < on["eplb"]["copy_seconds"] < on["modelled_seconds"], on' \
     "$d/on.json" "$d/static.json" || { echo "FAIL: online rebalancing in plan eval"; fails=$((fails + 1)); }
-  # --expert-bytes 0 (run --eplb-from checkpoint): nothing copied, the time less the copies'
+  # from the checkpoint (the default, as run's): nothing copied, the time less the copies'
   "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 --eplb-slots 3 --json --mode follow \
-    --expert-bytes 0 >"$d/on0.json"
+    >"$d/on0.json"
   python3 -c 'import json,sys; on=json.load(open(sys.argv[1]))["placements"][0]["results"][0]
 z=json.load(open(sys.argv[2]))["placements"][0]["results"][0]
 assert z["eplb"]["bytes_copied"] == {"intra_node": 0, "inter_node": 0} and z["eplb"]["copy_seconds"] == 0, z
 assert abs(on["modelled_seconds"] - on["eplb"]["copy_seconds"] - z["modelled_seconds"]) < 1e-9, (on, z)
 assert z["bytes"] == on["bytes"] and z["eplb"]["experts_moved"] == on["eplb"]["experts_moved"], (on, z)' \
-    "$d/on.json" "$d/on0.json" || { echo "FAIL: plan eval --expert-bytes 0"; fails=$((fails + 1)); }
+    "$d/on.json" "$d/on0.json" || { echo "FAIL: plan eval from the checkpoint"; fails=$((fails + 1)); }
 fi
 # an interval beyond the trace's passes: no placement taken, and the report says so (the static figures)
 check "eval online, none taken" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 1000 --json
@@ -257,10 +258,10 @@ import json, sys
 m, a, again = (json.load(open(f)) for f in sys.argv[1:4])
 n = m["experts_copied"]
 assert n > 0 and len(m["per_layer"]) == 3 and sum(m["per_layer"]) == n, m
-assert m["bytes"]["intra_node"] + m["bytes"]["inter_node"] == 1000 * n and m["expert_bytes"] == 1000, m
+assert m["bytes_copied"]["intra_node"] + m["bytes_copied"]["inter_node"] == 1000 * n and m["expert_bytes"] == 1000, m
 assert m["modelled_seconds"] > 0 and m["max_send_bytes"] >= 1000 and not m["aligned"], m
 assert a["aligned"] and a["experts_copied"] <= n, (a, m)
-assert again["experts_copied"] == a["experts_copied"] and again["bytes"] == a["bytes"], (again, a)
+assert again["experts_copied"] == a["experts_copied"] and again["bytes_copied"] == a["bytes_copied"], (again, a)
 EOF
 fi
 has "$d/ea.json" '"method": "eplb"'
@@ -275,6 +276,15 @@ has "$d/err" "name two placements, FROM and TO (1 given)"
 check "moves out over input" 2 "$E" plan moves "$d/c.json" "$d/e.json" --out "$d/e.json"
 has "$d/err" "would overwrite an input"
 check "moves model and bytes" 2 "$E" plan moves "$d/c.json" "$d/e.json" --model "$d/m8" --expert-bytes 8
+check "moves model and shape" 2 "$E" plan moves "$d/c.json" "$d/e.json" --model "$d/m8" --hidden 64
+has "$d/err" "--hidden and --ffn size an expert when neither --model nor --expert-bytes does"
+mkdir -p "$d/cfgonly" && cp "$d/m8/config.json" "$d/cfgonly/"
+check "moves --model, config alone" 0 "$E" plan moves "$d/c.json" "$d/e.json" --model "$d/cfgonly"
+has "$d/out" "experts copied, $((3 * 32 * 16 * 2)) bytes each" # (its shape in bf16)
+has "$d/err" "holds no weights to read"
+check "plan 1 node" 0 "$E" plan --trace "$d/a.st" --nodes 1 --gpus-per-node 4 --out "$d/one.json" --quiet
+check "moves other cluster" 1 "$E" plan moves "$d/c.json" "$d/one.json"
+has "$d/err" "c.json is for 2 nodes of 2 ranks, $d/one.json for 1 of 4"
 check "synth 4 experts" 0 "$E" trace synth --out "$d/x4.st" --layers 3 --experts 4 --k 2 --tokens 100
 check "plan 4 experts" 0 "$E" plan --trace "$d/x4.st" "${cl[@]}" --out "$d/x4.json" --quiet
 check "moves other shape" 1 "$E" plan moves "$d/c.json" "$d/x4.json"

@@ -528,7 +528,8 @@ has "$d/err" "with --json"
 # online rebalancing: 3 ranks, a pass a prompt token (chunks of 1), rebalanced every 2 passes with a
 # spare slot each: the same tokens as the static run, the rebalances in the report, text and JSON
 check "--eplb-interval" 0 run -np 3 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report \
-  --prefill-chunk 1 --eplb-interval 2 --eplb-slots 4 --placement-out "$d/learnt.json" --trace-out "$d/eplb.st"
+  --prefill-chunk 1 --eplb-interval 2 --eplb-slots 4 --eplb-from peers --placement-out "$d/learnt.json" \
+  --trace-out "$d/eplb.st"
 cp "$d/out" "$d/eplb.json"
 [ "$(gj "d['generated'], d['report']['eplb']['rebalances'] == (5 + 2 - 1) // 2, d['report']['eplb']['experts_moved'] > 0")" = \
   "$(python3 -c "import json; print((json.load(open('$d/onepass.json'))['generated'], True, True))")" ] ||
@@ -541,7 +542,8 @@ has "$d/learnt.json" '"method": "eplb"'
 check "contiguous for 3" 0 "$E" plan --trace "$d/eplb.st" --gpus-per-node 3 --method contiguous --out "$d/c3.json" --quiet
 xb=$(python3 -c "import json; print(json.load(open('$d/eplb.json'))['report']['eplb']['expert_bytes'])")
 check "plan eval of the rebalanced run" 0 "$E" plan eval --trace "$d/eplb.st" "$d/c3.json" --hidden 64 --dtype-bytes 4 \
-  --kv-dim 64 --eplb-interval 2 --eplb-slots 4 --expert-bytes "$xb" --placement-out "$d/elast.json" --json
+  --kv-dim 64 --eplb-interval 2 --eplb-slots 4 --eplb-from peers --expert-bytes "$xb" --placement-out "$d/elast.json" \
+  --json
 python3 - "$d/eplb.json" "$d/out" <<'EOF' || fail "plan eval does not predict the rebalanced run"
 import json, sys
 r = json.load(open(sys.argv[1]))['report']
@@ -557,14 +559,24 @@ sys.exit(0 if run == ev and run[0] > 0 and e['eplb']['rebalances'] == r['eplb'][
          else 1)
 EOF
 cmp -s "$d/learnt.json" "$d/elast.json" || fail "plan eval --placement-out differs from the run's"
+# the expert's bytes from --model, as the run holds them: the same copies
+cp "$d/out" "$d/eplb_eval.json"
+check "plan eval --eplb-from peers --model" 0 "$E" plan eval --trace "$d/eplb.st" "$d/c3.json" --model "$m" \
+  --eplb-interval 2 --eplb-slots 4 --eplb-from peers --json
+cmp -s <(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["placements"][0]["results"][0]["eplb"])' "$d/out") \
+  <(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["placements"][0]["results"][0]["eplb"])' "$d/eplb_eval.json") ||
+  fail "plan eval --model prices other copies than the run's expert_bytes"
+check "plan eval --expert-bytes without peers" 2 "$E" plan eval --trace "$d/eplb.st" "$d/c3.json" --eplb-interval 2 \
+  --expert-bytes 8
+has "$d/err" "--expert-bytes 8 prices copies between ranks: --eplb-from peers is not given"
 if full; then # --eplb-min-gain in both: a layer moves only for a fifth off its busiest rank
-  # (and the experts read from the checkpoint: nothing copied between ranks, which plan eval's
-  # --expert-bytes 0 predicts)
+  # (and the experts read from the checkpoint, the default: nothing copied between ranks, as plan eval
+  # predicts by default)
   check "--eplb-min-gain" 0 run -np 3 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report \
     --prefill-chunk 1 --eplb-interval 1 --eplb-slots 4 --eplb-min-gain 0.2 --eplb-from checkpoint --trace-out "$d/gain.st"
   cp "$d/out" "$d/gain.json"
   check "plan eval --eplb-min-gain" 0 "$E" plan eval --trace "$d/gain.st" "$d/c3.json" --hidden 64 --dtype-bytes 4 \
-    --kv-dim 64 --eplb-interval 1 --eplb-slots 4 --eplb-min-gain 0.2 --expert-bytes 0 --json
+    --kv-dim 64 --eplb-interval 1 --eplb-slots 4 --eplb-min-gain 0.2 --json
   python3 -c 'import json,sys; R=json.load(open(sys.argv[1]))["report"]; r=R["eplb"]; E=json.load(open(sys.argv[2]))["placements"][0]["results"][0]; e=E["eplb"]
 run = [sum(l["bytes"][c] + l["kv_bytes"][c] for l in R["layers"]) + R["gather_bytes"][c] for c in (1, 2)]
 sys.exit(0 if (r["rebalances"], r["experts_moved"]) == (e["rebalances"], e["experts_moved"]) and
@@ -598,7 +610,7 @@ has "$d/err" "would overwrite an input"
 if full; then
   check "--eplb-interval, text report" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 \
     --report --prefill-chunk 1 --eplb-interval 1 --eplb-window 1 --eplb-slots 5
-  has "$d/err" "online rebalancing: 6 placements taken, [0-9]* experts moved, copied from peers: [0-9]* bytes intra-node"
+  has "$d/err" "online rebalancing: 6 placements taken, [0-9]* experts moved, [1-9][0-9]* checkpoint bytes read"
 fi
 check "--eplb-from without an interval" 2 "$E" run --model "$m" --input "$d/in.json" --eplb-from peers
 has "$d/err" "--eplb-from is online rebalancing's"

@@ -1912,8 +1912,9 @@ static void test_run_eplb(void **state)
                 o.eplb_window = on && mode ? 1 : 0;
                 o.eplb_slots = on ? slots : 0;
                 /* gained experts copied from the ranks that hold them, but in one case read from the
-                 * checkpoint; the replays over two nodes where the ranks split evenly (copies across) */
-                o.eplb_from_checkpoint = on && replay && mode;
+                 * checkpoint (the default); the replays over two nodes where the ranks split evenly
+                 * (copies across) */
+                o.eplb_from_peers = on && !(replay && mode);
                 o.virtual_nodes = replay && R >= 4 && R % 2 == 0 ? 2 : 0;
                 opts[on] = o;
                 epm_status st = epm_run(&o, 2, f.lens, prompts, &res[on]);
@@ -1938,7 +1939,7 @@ static void test_run_eplb(void **state)
                 wire += b->eplb_wire_bytes[c];
                 assert_int_equal(a->eplb_peer_bytes[c] + a->eplb_wire_bytes[c], 0);
             }
-            if (opts[1].eplb_from_checkpoint) {
+            if (!opts[1].eplb_from_peers) {
                 assert_int_equal(peer + wire + b->eplb_expert_bytes, 0);
                 assert_true(b->eplb_moved == 0 || b->eplb_bytes > 0);
             } else {
@@ -2059,7 +2060,8 @@ static void test_run_eplb(void **state)
         epm_run_result_destroy(res[1]);
     }
     /* DeepSeek-V3's FP8 release format, whose first layer is dense (MoE layer l is block l + 1) and whose
-     * experts are held as stored with their scales copied (which a drop frees): the static run's tokens */
+     * experts are held as stored with their scales copied (which a drop frees), copied between ranks:
+     * the static run's tokens */
     {
         fixture g;
         fixture_open(&g, "deepseekv3-fp8-tiny");
@@ -2073,11 +2075,13 @@ static void test_run_eplb(void **state)
             o.prefill_chunk = 7;
             o.eplb_interval = on ? 1 : 0;
             o.eplb_slots = on ? slots : 0;
+            o.eplb_from_peers = on; /* (FP8 codes and their scales packed, sent and unpacked) */
             assert_int_equal(epm_run(&o, 2, g.lens, gp, &res[on]), EPM_OK);
         }
         assert_int_equal(res[0]->report.expert_dtype, EPM_DTYPE_F8_E4M3);
         assert_true(res[1]->report.eplb_rebalances > 0);
         assert_true(R == 1 || R == 8 || res[1]->report.eplb_moved > 0);
+        assert_int_equal(res[1]->report.eplb_bytes, 0);
         assert_memory_equal(res[1]->generated, res[0]->generated, 2 * NEW * sizeof(int32_t));
         epm_run_result_destroy(res[0]);
         epm_run_result_destroy(res[1]);

@@ -165,13 +165,10 @@ static void test_plan_rebalance(void **state)
     epm_trace_destroy(t);
 }
 
-/* tokens 0..T-1 of a drifting trace: the second half's experts shifted by 3,
- * passes out of token order and with gaps, a few tokens that never ran, and
- * tokens that skip every layer, alone in the last passes (whose boundary
- * still takes a placement) */
 /* Where each gained replica is copied from: a holder on the gainer's node
  * before one elsewhere, the holder with the fewest sends in the layer
- * before the others, the lowest rank last; the count alone; refusals. */
+ * before the others, the lowest rank last; the count alone; refusals; and
+ * the change priced (epm_eval_moves). */
 static void test_placement_moves(void **state)
 {
     (void)state;
@@ -240,6 +237,10 @@ static void test_placement_moves(void **state)
     epm_clear_error();
 }
 
+/* tokens 0..T-1 of a drifting trace: the second half's experts shifted by 3,
+ * passes out of token order and with gaps, a few tokens that never ran, and
+ * tokens that skip every layer, alone in the last passes (whose boundary
+ * still takes a placement) */
 static epm_trace *passes_trace(int L, int E, int K, int64_t T)
 {
     epm_trace *t = tu_synth_trace_skew(L, E, K, T, 9, 1.2, 40);
@@ -366,8 +367,9 @@ static void expect_replay(const epm_trace *t, const epm_placement *p0, const epm
     for (int s = 1; s < n && o->expert_bytes > 0; s++) {
         int64_t *ph = calloc((size_t)4 * R, sizeof *ph), *sends = calloc((size_t)R, sizeof *sends);
         assert_true(ph && sends);
-        for (int l = 0; l < L; l++) {
+        for (int l = 0; l < L; l++) { /* (a layer's copies one phase, the layers one after another) */
             memset(sends, 0, (size_t)R * sizeof *sends);
+            memset(ph, 0, (size_t)4 * R * sizeof *ph);
             for (int e = 0; e < E; e++)
                 for (int q = 0; q < R; q++) {
                     if (!epm_placement_has(pl[s], l, e, q) || epm_placement_has(pl[s - 1], l, e, q))
@@ -386,15 +388,15 @@ static void expect_replay(const epm_trace *t, const epm_placement *p0, const epm
                     ph[inter * R + from] += o->expert_bytes;
                     ph[(2 + inter) * R + q] += o->expert_bytes;
                 }
+            double worst = 0;
+            for (int q = 0; q < R; q++)
+                for (int d = 0; d < 2; d++) {
+                    const double v = (double)ph[2 * d * R + q] / (cl->intra_gbps * 1e9) +
+                                     (double)ph[(2 * d + 1) * R + q] / (cl->inter_gbps * 1e9);
+                    worst = v > worst ? v : worst;
+                }
+            tm += worst;
         }
-        double worst = 0;
-        for (int q = 0; q < R; q++)
-            for (int d = 0; d < 2; d++) {
-                const double v = (double)ph[2 * d * R + q] / (cl->intra_gbps * 1e9) +
-                                 (double)ph[(2 * d + 1) * R + q] / (cl->inter_gbps * 1e9);
-                worst = v > worst ? v : worst;
-            }
-        tm += worst;
         free(ph);
         free(sends);
     }
