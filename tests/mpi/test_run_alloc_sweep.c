@@ -17,7 +17,8 @@
  * with the hierarchical exchange on, whose hops have their own failure
  * points. At one rank, home mode again on a bf16 checkpoint (synthesised
  * here), whose weights stay bf16: the bf16 linear layers, shared expert and
- * dense MLP. */
+ * dense MLP. At three, home mode rebalances online, copying experts between
+ * ranks. */
 #include "test_util.h"
 
 #include <math.h>
@@ -96,6 +97,13 @@ static void sweep(const char *model, int vocab, epm_mode mode, uint64_t *points)
      * the renaming, the experts' lists */
     if (model && mode == EPM_MODE_HOME)
         o.eplb_interval = 1;
+    /* at 3 ranks, home mode rebalanced every pass with the gained experts copied between ranks: the
+     * moves, the packing, each layer's exchange and the unpacking fail on the last rank alone, and
+     * every rank must leave through the same agreements */
+    if (!model && mode == EPM_MODE_HOME && R == 3) {
+        o.eplb_interval = 1;
+        o.eplb_from_peers = 1;
+    }
     if (R > 1 && R % 2 == 0) {
         o.virtual_nodes = 2;
         o.a2a_hier = "on";
