@@ -1258,6 +1258,10 @@ static epm_status memory_check(rt *r)
     /* whose caches it holds at once: its places' (follow: every rank's), each sized for its own sequence */
     const int seqs = r->o->mode == EPM_MODE_FOLLOW ? r->max_seqs : r->places[r->me];
     double w = m.bytes + (double)c->num_layers * epm_mla_setup_bytes(r), held = 0;
+    /* online rebalancing that copies experts between ranks holds, at a boundary, a layer's packed sends
+     * and the rows it received beside its experts (an estimate: its slots' worth of each) */
+    if (r->o->eplb_interval > 0 && r->o->eplb_from_peers)
+        w += 2.0 * r->eplb_slots * (double)epm_model_expert_packed_bytes(r->m);
     for (int q = 0; q < r->R; q++)
         held += r->o->mode == EPM_MODE_FOLLOW || q == r->me ? kv_most(r, q) : 0;
     /* K and V (or the latent alone) */

@@ -128,8 +128,8 @@ epm_status epm_eplb_rebalance(rt *r)
         while (peers && at + n < nmv && mv[at + n].layer == ml)
             n++;
         /* the copies first, while their senders still hold them. Beyond its slots a rank holds, for
-         * the exchange, the layer's experts it sends (packed) and those it receives (twice while they
-         * are unpacked); --max-memory does not count these */
+         * the exchange, the layer's experts it sends (packed) and those it receives; the memory check
+         * counts a layer's slots' worth of each */
         if (n > 0) /* (every rank knows n: a layer nothing moves in has no exchange) */
             st = send_layer(r, l, mv + at, n, packed, &in, counted);
         at += n;

@@ -113,6 +113,16 @@ check "more memory than allowed" 1 run -np 2 "$E" run --model "$m" --input "$d/i
 has "$d/err" "rank 0: would hold"
 has "$d/err" "but --max-memory allows 0.0001 GB"
 has "$d/err" "activations of 5 prompt tokens a pass" # rank 0's prompt
+# online rebalancing that copies experts between ranks holds a layer's sends and receipts beside its
+# slots: the memory check counts them (8 slots of 98,304 bytes each, twice: 0.001573 GB more)
+check "memory, rebalancing from the checkpoint" 1 one "$E" run --model "$m" --input "$d/in.json" \
+  --max-memory 0.0001 --eplb-interval 2
+wfile=$(sed -n 's/.*(weights \([0-9.e+-]*\) GB.*/\1/p' "$d/err")
+check "memory, rebalancing from peers" 1 one "$E" run --model "$m" --input "$d/in.json" \
+  --max-memory 0.0001 --eplb-interval 2 --eplb-from peers
+wpeer=$(sed -n 's/.*(weights \([0-9.e+-]*\) GB.*/\1/p' "$d/err")
+python3 -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); sys.exit(0 if abs(b - a - 2 * 8 * 98304 / 1e9) < 2e-5 else 1)' \
+  "$wfile" "$wpeer" || fail "the memory check does not count the copies' buffers: weights $wfile and $wpeer GB"
 if full; then # (the sanitizer pass: test_run covers the chunks, the default's message below)
 check "more memory than allowed, prefill in chunks" 1 one "$E" run --model "$m" --input "$d/in.json" \
   --max-memory 0.0001 --prefill-chunk 2
