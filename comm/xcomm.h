@@ -96,6 +96,10 @@ typedef struct epm_xcomm_buf {
     size_t rows_cap, src_cap; /* bytes allocated */
 } epm_xcomm_buf;
 void epm_xcomm_buf_free(epm_xcomm_buf *b);
+/* Frees the scratch blocks no exchange in flight holds: after an exchange of
+ * unusual size (online rebalancing's experts), which would otherwise keep
+ * its blocks until the communicator ends; later exchanges regrow theirs. */
+void epm_xcomm_pool_trim(epm_xcomm *x);
 /* As epm_xcomm_exchange / _start + _wait, received rows landing in *out
  * (which must stay untouched until the wait). */
 epm_status epm_xcomm_exchange_buf(epm_xcomm *x, int64_t n, const int *dest, const float *rows, int width,

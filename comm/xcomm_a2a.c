@@ -75,6 +75,15 @@ static void pool_put(epm_xcomm *x, void *p)
     epm_free(p);
 }
 
+void epm_xcomm_pool_trim(epm_xcomm *x)
+{
+    for (int i = 0; i < (int)(sizeof x->pool / sizeof *x->pool); i++)
+        if (!x->pool[i].used) {
+            epm_free(x->pool[i].p);
+            memset(&x->pool[i], 0, sizeof x->pool[i]);
+        }
+}
+
 void epm_xcomm_pool_release(epm_xcomm *x)
 {
     for (int i = 0; i < (int)(sizeof x->pool / sizeof *x->pool); i++) {

@@ -39,11 +39,12 @@ static epm_status send_layer(rt *r, int l, const epm_expert_move *mv, int64_t n,
     int64_t ns = 0;
     for (int64_t i = 0; i < n; i++)
         ns += mv[i].from == r->me;
-    float *rows = epm_malloc((size_t)(ns ? ns : 1) * (size_t)packed);
+    float *rows = epm_malloc(ns ? (size_t)ns * (size_t)packed : 1);
     int *dest = epm_malloc((size_t)(ns ? ns : 1) * sizeof *dest);
     epm_status st = rows && dest ? EPM_OK : EPM_ERR_NOMEM;
-    /* by destination, then in the moves' order (what each receiver expects from this rank): rows in
-     * destination order are sent from this buffer, not copied into the exchange's own */
+    /* by destination, then in the moves' order (what each receiver expects from this rank): on the
+     * flat path rows in destination order are sent from this buffer, not copied into the exchange's
+     * scratch (the hierarchical path copies them: the rebalance trims that scratch after) */
     int64_t k = 0;
     for (int to = 0; to < r->R; to++)
         for (int64_t i = 0; i < n && st == EPM_OK; i++)
@@ -160,6 +161,8 @@ epm_status epm_eplb_rebalance(rt *r)
 out:
     read += epm_model_bytes_loaded(r->m);
     epm_xcomm_buf_free(&in);
+    if (nmv > 0) /* (the exchanges' scratch grew to a layer's experts: not kept for the run) */
+        epm_xcomm_pool_trim(r->x);
     epm_free(mv);
     epm_free(gain);
     epm_free(lose);

@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "core.h"
@@ -170,18 +171,25 @@ long cli_model_expert_bytes(const char *what, const char *dir)
 {
     epm_model *m;
     if (epm_model_open(dir, &m) != EPM_OK) {
-        /* (a planning machine may hold the config alone: its shape, in bf16) */
-        char path[4096];
+        /* (a planning machine may hold the config alone: its shape, in its declared dtype) */
+        char path[4096], w1[4200], w2[4200];
+        snprintf(w1, sizeof w1, "%s/model.safetensors", dir);
+        snprintf(w2, sizeof w2, "%s/model.safetensors.index.json", dir);
+        if (!access(w1, F_OK) || !access(w2, F_OK)) { /* (weights there, and unreadable: say why) */
+            fprintf(stderr, "epmoe %s: error: %s\n", what, epm_last_error());
+            return -2;
+        }
         epm_model_config c;
         const int fits = snprintf(path, sizeof path, "%s/config.json", dir) < (int)sizeof path;
         if (!fits || epm_model_config_load(path, &c) != EPM_OK) {
-            epm_clear_error();
-            return -1;
+            fprintf(stderr, "epmoe %s: error: %s\n", what, epm_last_error());
+            return -2;
         }
-        const long b = 3 * ((2 * (long)c.hidden_size * c.moe_ffn + 3) / 4 * 4);
+        const long es = c.dtype == EPM_DTYPE_F32 ? 4 : c.dtype == EPM_DTYPE_F8_E4M3 ? 1 : 2;
+        const long b = 3 * ((es * (long)c.hidden_size * c.moe_ffn + 3) / 4 * 4);
         epm_model_config_clear(&c);
-        fprintf(stderr, "epmoe %s: %s holds no weights to read: its experts are taken as bf16, %ld bytes each "
-                "(--expert-bytes sets them)\n", what, dir, b);
+        fprintf(stderr, "epmoe %s: %s holds no weights to read: its experts are taken at its config's shape and "
+                "dtype, %ld bytes each (--expert-bytes sets them)\n", what, dir, b);
         epm_clear_error();
         return b;
     }

@@ -61,8 +61,9 @@ int cli_same_file(const char *a, const char *b);
 /* Bytes of one routed expert of the checkpoint in dir as epmoe run holds
  * and copies it by default (as stored: bf16, float32, or FP8 with scales;
  * --ops cuda and --expert-dtype hold others, which the run reports); where
- * only config.json is there (a planning machine), its shape in bf16, said
- * on stderr under what; -1 without even that. */
+ * only config.json is there (a planning machine), its shape in its declared
+ * dtype (FP8's scales left out), said on stderr under what; -2 after an
+ * error printed (weights that cannot be read, no config). */
 long cli_model_expert_bytes(const char *what, const char *dir);
 
 /* --expert-bytes' bound: 1 TiB, so that a change's sum of copies fits int64 */

@@ -388,11 +388,14 @@ static void print_eval_text(const evaluated *ev, int n, int per_layer, int onlin
                    epm_placement_get_info(ev[i].p)->method, r->max_over_mean_load, (long long)xr, (long long)xn,
                    (long long)r->total_bytes[EPM_LINK_INTRA], (long long)r->total_bytes[EPM_LINK_INTER],
                    1e3 * r->t_total, base->t_total > 0 ? r->t_total / base->t_total : 1.0);
-            if (online)
+            if (online && (r->move_bytes[EPM_LINK_INTRA] + r->move_bytes[EPM_LINK_INTER] > 0 || r->moved == 0))
                 printf("    online rebalancing: %d placements taken, %lld experts moved, copied: %lld bytes "
                        "intra-node, %lld inter-node, %.4f ms\n", r->rebalances, (long long)r->moved,
                        (long long)r->move_bytes[EPM_LINK_INTRA], (long long)r->move_bytes[EPM_LINK_INTER],
                        1e3 * r->t_moves);
+            else if (online)
+                printf("    online rebalancing: %d placements taken, %lld experts moved (read from the "
+                       "checkpoint: not priced)\n", r->rebalances, (long long)r->moved);
             for (int l = 0; per_layer && l < r->layers; l++) {
                 const epm_eval_layer *y = &r->layer[l];
                 printf("    layer %3d: max load %lld / mean %.1f, x-rank %lld, x-node %lld, bytes intra %lld inter %lld"
@@ -483,7 +486,8 @@ static int cmd_eval(int argc, char **argv)
     if (pout && n > 1)
         return cli_usage_error(W, "--placement-out writes one placement's last: name one placement, not %d", n);
     if (xb >= 0 && !peers)
-        return cli_usage_error(W, "--expert-bytes %ld prices copies between ranks: --eplb-from peers is not given", xb);
+        return cli_usage_error(W, "--expert-bytes %ld prices copies between ranks, which only --eplb-from peers makes",
+                               xb);
     epm_mode fixed = EPM_MODE_HOME;
     int both = mode_s && !strcmp(mode_s, "both");
     if (mode_s && !both && epm_mode_parse(mode_s, &fixed) != EPM_OK)
@@ -509,8 +513,8 @@ static int cmd_eval(int argc, char **argv)
         dtb = have_dtb ? dtb : (long)sizeof(float);
         kv = have_kv ? kv : ms.kv_dim;
         ffn = have_ffn ? ffn : ms.ffn;
-        if (peers && xb < 0)
-            xb = cli_model_expert_bytes(W, model_dir);
+        if (peers && xb < 0 && (xb = cli_model_expert_bytes(W, model_dir)) < -1)
+            return EPM_EXIT_FAIL;
     }
     if (!peers)
         xb = 0; /* (read from the checkpoint: nothing between ranks) */

@@ -82,8 +82,8 @@ int epm_cli_plan_moves(int argc, char **argv)
     if (out && (cli_same_file(out, from_path) || cli_same_file(out, to_path) || !strcmp(out, from_path) ||
                 !strcmp(out, to_path)))
         return cli_usage_error(W, "--out '%s' would overwrite an input", out);
-    if (model)
-        xb = cli_model_expert_bytes(W, model);
+    if (model && (xb = cli_model_expert_bytes(W, model)) < -1)
+        return EPM_EXIT_FAIL;
     if (xb < 0) /* (bf16, each part padded to 4 bytes as run packs it) */
         xb = 3 * ((2 * (int64_t)hidden * ffn + 3) / 4 * 4);
     epm_placement *from = NULL, *to = NULL, *aligned = NULL;

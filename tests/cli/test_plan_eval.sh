@@ -280,8 +280,16 @@ check "moves model and shape" 2 "$E" plan moves "$d/c.json" "$d/e.json" --model 
 has "$d/err" "--hidden and --ffn size an expert when neither --model nor --expert-bytes does"
 mkdir -p "$d/cfgonly" && cp "$d/m8/config.json" "$d/cfgonly/"
 check "moves --model, config alone" 0 "$E" plan moves "$d/c.json" "$d/e.json" --model "$d/cfgonly"
-has "$d/out" "experts copied, $((3 * 32 * 16 * 2)) bytes each" # (its shape in bf16)
+has "$d/out" "experts copied, $((3 * 32 * 16 * 4)) bytes each" # (its shape, in its declared float32)
 has "$d/err" "holds no weights to read"
+mkdir -p "$d/cfgtrunc" && cp "$d/m8/config.json" "$d/cfgtrunc/" && head -c 100 "$d/m8/model.safetensors" >"$d/cfgtrunc/model.safetensors"
+check "moves --model, weights unreadable" 1 "$E" plan moves "$d/c.json" "$d/e.json" --model "$d/cfgtrunc"
+has "$d/err" "cfgtrunc/model.safetensors"
+check "eval online, unreadable weights" 1 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --model "$d/cfgtrunc" \
+  --eplb-interval 4 --eplb-from peers
+check "eval online from the checkpoint, text" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 \
+  --eplb-slots 3
+has "$d/out" "experts moved (read from the checkpoint: not priced)"
 check "plan 1 node" 0 "$E" plan --trace "$d/a.st" --nodes 1 --gpus-per-node 4 --out "$d/one.json" --quiet
 check "moves other cluster" 1 "$E" plan moves "$d/c.json" "$d/one.json"
 has "$d/err" "c.json is for 2 nodes of 2 ranks, $d/one.json for 1 of 4"

@@ -578,7 +578,7 @@ cmp -s <(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["placem
   fail "plan eval --model prices other copies than the run's expert_bytes"
 check "plan eval --expert-bytes without peers" 2 "$E" plan eval --trace "$d/eplb.st" "$d/c3.json" --eplb-interval 2 \
   --expert-bytes 8
-has "$d/err" "--expert-bytes 8 prices copies between ranks: --eplb-from peers is not given"
+has "$d/err" "--expert-bytes 8 prices copies between ranks, which only --eplb-from peers makes"
 if full; then # --eplb-min-gain in both: a layer moves only for a fifth off its busiest rank
   # (and the experts read from the checkpoint, the default: nothing copied between ranks, as plan eval
   # predicts by default)

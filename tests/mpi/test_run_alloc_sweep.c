@@ -116,6 +116,8 @@ static void sweep(const char *model, int vocab, epm_mode mode, uint64_t *points)
     epm_run_result_destroy(res);
     assert_int_equal(epm_run(&o, 2, lens, prompts, &good), EPM_OK);
     assert_int_equal(good->report.hierarchical, o.a2a_hier != NULL);
+    if (o.eplb_from_peers) /* (the copies' paths are the ones swept) */
+        assert_true(good->report.eplb_peer_bytes[EPM_LINK_INTRA] > 0);
     int absorbed = 0;
     /* EPM_SWEEP_FIRST=n starts there (to debug one point); EPM_SWEEP_STRIDE=s
      * fails every s-th point only (CI's 3 and 4 ranks: the full sweep is
