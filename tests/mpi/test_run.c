@@ -1941,13 +1941,18 @@ static void test_run_eplb(void **state)
             }
             if (!opts[1].eplb_from_peers) {
                 assert_int_equal(peer + wire + b->eplb_expert_bytes, 0);
+                for (int c = 0; c < EPM_LINK_COUNT; c++)
+                    assert_int_equal(b->eplb_wire_msgs[c], 0);
                 assert_true(b->eplb_moved == 0 || b->eplb_bytes > 0);
             } else {
                 assert_int_equal(b->eplb_bytes, 0);
                 assert_true(b->eplb_expert_bytes > 0 && b->eplb_expert_bytes % 4 == 0);
                 assert_int_equal(peer, b->eplb_moved * b->eplb_expert_bytes);
-                if (!b->hierarchical) /* (the flat path's wire is what it counts) */
+                if (!b->hierarchical) { /* (the flat path's wire is what it counts, a message a pair) */
                     assert_int_equal(wire, peer);
+                    const int64_t msgs = b->eplb_wire_msgs[EPM_LINK_INTRA] + b->eplb_wire_msgs[EPM_LINK_INTER];
+                    assert_true(b->eplb_moved == 0 ? msgs == 0 : msgs > 0 && msgs <= b->eplb_moved);
+                }
                 if (opts[1].virtual_nodes && R < 8)
                     assert_true(b->eplb_peer_bytes[EPM_LINK_INTER] > 0 && b->eplb_peer_bytes[EPM_LINK_INTRA] > 0);
             }
