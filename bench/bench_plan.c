@@ -305,7 +305,7 @@ int epm_bench_plan(int argc, char **argv)
             eo.kv_row_bytes = (int64_t)po.kv_dim * 2;
             /* (a model of GPUs, whose experts online rebalancing copies between them as vLLM does:
              * Mixtral-8x7B's in bf16, the expert whose FLOPs eo models, unless told) */
-            eo.expert_bytes = xb >= 0 ? xb : 3 * (int64_t)4096 * 14336 * 2;
+            eo.expert_bytes = xb >= 0 ? xb : cli_expert_bytes(2, 4096, 14336);
             /* weigh the objective in modelled microseconds, as plan eval
              * does: the straggler's expert compute against one intra-node
              * hidden-vector transfer per rank (about 16:1 at these defaults) */

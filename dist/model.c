@@ -857,26 +857,23 @@ epm_status epm_model_unpack_expert(epm_model *m, int layer, int expert, const vo
         return EPM_OK;
     epm_model_mlp w;
     memset(&w, 0, sizeof w);
-    void *copy[6] = {0};
+    void *copy[6] = {0}; /* (each owned as it is made: a failure disowns, which frees, those before) */
     epm_status st = EPM_OK;
     for (int j = 0; j < 6 && st == EPM_OK; j++) {
         if (!pp.len[j])
             continue;
-        copy[j] = epm_malloc(pp.len[j]);
-        if (!copy[j])
+        void *p = epm_malloc(pp.len[j]);
+        if (!p)
             st = epm_fail(EPM_ERR_NOMEM, "%s: allocation of %zu bytes for expert %d of layer %d failed", m->dir,
                           pp.len[j], expert, layer);
+        else if ((st = own(m, p)) != EPM_OK)
+            epm_free(p);
         else
-            memcpy(copy[j], (const char *)src + pp.at[j], pp.len[j]);
+            copy[j] = memcpy(p, (const char *)src + pp.at[j], pp.len[j]);
     }
-    int owned = 0;
-    for (int j = 0; j < 6 && st == EPM_OK; j++)
-        if (copy[j] && (st = own(m, copy[j])) == EPM_OK)
-            owned = j + 1;
     if (st != EPM_OK) {
         for (int j = 0; j < 6; j++)
-            if (j >= owned || !copy[j] || !disown(m, copy[j]))
-                epm_free(copy[j]);
+            disown(m, copy[j]);
         return st;
     }
     w.gate = copy[0], w.up = copy[1], w.down = copy[2];

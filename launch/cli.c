@@ -167,6 +167,8 @@ int cli_parse_u64(const char *what, const char *opt, const char *val, uint64_t *
 
 int cli_same_file(const char *a, const char *b) { return epm_same_file(a, b); }
 
+long cli_expert_bytes(long elem, long hidden, long ffn) { return 3 * ((elem * hidden * ffn + 3) / 4 * 4); }
+
 long cli_model_expert_bytes(const char *what, const char *dir)
 {
     epm_model *m;
@@ -186,7 +188,7 @@ long cli_model_expert_bytes(const char *what, const char *dir)
             return -2;
         }
         const long es = c.dtype == EPM_DTYPE_F32 ? 4 : c.dtype == EPM_DTYPE_F8_E4M3 ? 1 : 2;
-        const long b = 3 * ((es * (long)c.hidden_size * c.moe_ffn + 3) / 4 * 4);
+        const long b = cli_expert_bytes(es, c.hidden_size, c.moe_ffn);
         epm_model_config_clear(&c);
         fprintf(stderr, "epmoe %s: %s holds no weights to read: its experts are taken at its config's shape and "
                 "dtype, %ld bytes each (--expert-bytes sets them)\n", what, dir, b);

@@ -65,6 +65,10 @@ int cli_same_file(const char *a, const char *b);
  * dtype (FP8's scales left out), said on stderr under what; -2 after an
  * error printed (weights that cannot be read, no config). */
 long cli_model_expert_bytes(const char *what, const char *dir);
+/* Bytes of an expert of hidden x ffn packed as epmoe run copies it: its
+ * three matrices at elem bytes a weight, each padded to 4 (FP8's scales
+ * left out) */
+long cli_expert_bytes(long elem, long hidden, long ffn);
 
 /* --expert-bytes' bound: 1 TiB, so that a change's sum of copies fits int64 */
 #define CLI_EXPERT_BYTES_MAX (1L << 40)

@@ -519,7 +519,7 @@ static int cmd_eval(int argc, char **argv)
     if (!peers)
         xb = 0; /* (read from the checkpoint: nothing between ranks) */
     else if (xb < 0) /* (bf16, each part padded to 4 bytes as run packs it) */
-        xb = 3 * ((2 * (int64_t)hidden * ffn + 3) / 4 * 4);
+        xb = cli_expert_bytes(2, hidden, ffn);
     epm_trace *t = NULL;
     evaluated *ev = calloc((size_t)n, sizeof *ev);
     int rc = EPM_EXIT_FAIL;

@@ -85,7 +85,7 @@ int epm_cli_plan_moves(int argc, char **argv)
     if (model && (xb = cli_model_expert_bytes(W, model)) < -1)
         return EPM_EXIT_FAIL;
     if (xb < 0) /* (bf16, each part padded to 4 bytes as run packs it) */
-        xb = 3 * ((2 * (int64_t)hidden * ffn + 3) / 4 * 4);
+        xb = cli_expert_bytes(2, hidden, ffn);
     epm_placement *from = NULL, *to = NULL, *aligned = NULL;
     int64_t *layer = NULL;
     int rc = EPM_EXIT_FAIL;

@@ -41,11 +41,16 @@ typedef struct phase {
     int R;
 } phase;
 
-static void phase_add(phase *ph, const epm_cluster *c, int from, int to, int64_t bytes)
+void epm_cost_phase_add(int64_t *b, int ranks, const epm_cluster *c, int from, int to, int64_t bytes)
 {
     size_t inter = epm_cluster_link(c, from, to) == EPM_LINK_INTER;
-    ph->b[inter * (size_t)ph->R + (size_t)from] += bytes;
-    ph->b[(2 + inter) * (size_t)ph->R + (size_t)to] += bytes;
+    b[inter * (size_t)ranks + (size_t)from] += bytes;
+    b[(2 + inter) * (size_t)ranks + (size_t)to] += bytes;
+}
+
+static void phase_add(phase *ph, const epm_cluster *c, int from, int to, int64_t bytes)
+{
+    epm_cost_phase_add(ph->b, ph->R, c, from, to, bytes);
 }
 
 static double rank_seconds(const epm_cluster *c, int64_t intra, int64_t inter)

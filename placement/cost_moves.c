@@ -25,12 +25,9 @@ epm_status epm_eval_moves(const epm_placement *from, const epm_placement *to, in
     int64_t *ph = epm_calloc((size_t)8 * (size_t)R, sizeof *ph), *all = ph ? ph + 4 * (size_t)R : NULL;
     epm_status st = mv && ph ? epm_placement_moves(from, to, mv, n, &n) : EPM_ERR_NOMEM;
     for (int64_t i = 0; i < n && st == EPM_OK; i++) {
-        const epm_link k = epm_cluster_link(c, mv[i].from, mv[i].to);
-        const size_t inter = k == EPM_LINK_INTER, s = inter * (size_t)R + (size_t)mv[i].from,
-                     v = (2 + inter) * (size_t)R + (size_t)mv[i].to;
-        out->bytes[k] += expert_bytes;
-        ph[s] += expert_bytes, ph[v] += expert_bytes;
-        all[s] += expert_bytes, all[v] += expert_bytes;
+        out->bytes[epm_cluster_link(c, mv[i].from, mv[i].to)] += expert_bytes;
+        epm_cost_phase_add(ph, R, c, mv[i].from, mv[i].to, expert_bytes);
+        epm_cost_phase_add(all, R, c, mv[i].from, mv[i].to, expert_bytes);
         if (i + 1 == n || mv[i + 1].layer != mv[i].layer) { /* (the moves come by layer) */
             out->seconds += epm_cost_phase_seconds(ph, R, c);
             memset(ph, 0, (size_t)4 * (size_t)R * sizeof *ph);

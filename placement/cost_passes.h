@@ -28,8 +28,10 @@ typedef struct epm_pass_plan {
     double t_moves;        /* the modelled seconds of those copies, a boundary's after another's */
 } epm_pass_plan;
 
-/* A phase's modelled seconds (cost_model.c): b [4][ranks] holds each rank's
- * bytes sent intra, sent inter, received intra, received inter. */
+/* A phase of the cost model (cost_model.c): b [4][ranks] holds each rank's
+ * bytes sent intra, sent inter, received intra, received inter; _add counts
+ * a transfer from -> to in it, _seconds is its modelled time. */
+void epm_cost_phase_add(int64_t *b, int ranks, const epm_cluster *c, int from, int to, int64_t bytes);
 double epm_cost_phase_seconds(const int64_t *b, int ranks, const epm_cluster *c);
 
 /* Validates o's rebalancing (none with eplb_interval 0: every token under p)
