@@ -76,12 +76,17 @@ static const char eval_usage[] =
     "  --eplb-slots S        experts a rank holds a MoE layer (default: the placement's most)\n"
     "  --eplb-min-gain F     as run --eplb-min-gain: a layer moves only if that lowers its busiest\n"
     "                        rank's pairs by at least F of them (default 0)\n"
-    "  --eplb-from S         as run --eplb-from: checkpoint (default; nothing between ranks) or peers:\n"
-    "                        each expert a placement adds copied from the rank run takes it from, a\n"
-    "                        phase of the same model as dispatch for each MoE layer\n"
-    "  --expert-bytes N      with peers: bytes of one expert (run reports its expert_bytes). Default:\n"
-    "                        as --model's checkpoint stores them (its config's shape in bf16 where\n"
+    "  --eplb-from S         as run --eplb-from: checkpoint (default: each expert a placement adds is\n"
+    "                        read by the rank that gains it; nothing between ranks) or peers: copied\n"
+    "                        from the rank run takes it from, a phase of the same model as dispatch\n"
+    "                        for each MoE layer\n"
+    "  --expert-bytes N      bytes of one expert, read (checkpoint: as stored, what run's bytes_read\n"
+    "                        sums) or copied (peers: as held, run reports its expert_bytes). Default:\n"
+    "                        as --model's checkpoint stores them (its config's shape and dtype where\n"
     "                        its weights are not there), else bf16 of --hidden x --ffn\n"
+    "  --read-gbps G         checkpoint: the GB/s one rank reads experts at, pricing the reads (a\n"
+    "                        rank's one after another, the ranks side by side); without it they are\n"
+    "                        counted, not priced\n"
     "  --placement-out FILE  the placement the last pass ran under (one placement, one mode), as\n"
     "                        run --placement-out writes it\n"
     "  --per-layer           also print every layer\n"
@@ -90,7 +95,7 @@ static const char eval_usage[] =
 enum {
     O_TRACE = 256, O_EXPERTS, O_METHOD, O_MODE, O_NODES, O_GPN, O_CLUSTER, O_INTRA, O_INTER, O_SLOTS, O_TLIM,
     O_GAP, O_HIDDEN, O_BW, O_TW, O_OUT, O_EPLB, O_JSON, O_QUIET, O_DTB, O_KV, O_FFN, O_PERLAYER, O_MODEL, O_WIRE,
-    O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_XB, O_EPLBF, O_HELP
+    O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_XB, O_EPLBF, O_RGBPS, O_HELP
 };
 
 static const struct option plan_opts[] = {
@@ -110,7 +115,7 @@ static const struct option plan_opts[] = {
     {"eplb-window", required_argument, 0, O_EPLBW}, {"eplb-slots", required_argument, 0, O_EPLBS},
     {"placement-out", required_argument, 0, O_POUT}, {"eplb-min-gain", required_argument, 0, O_EPLBG},
     {"expert-bytes", required_argument, 0, O_XB},   {"eplb-from", required_argument, 0, O_EPLBF},
-    {"help", no_argument, 0, O_HELP},
+    {"read-gbps", required_argument, 0, O_RGBPS},   {"help", no_argument, 0, O_HELP},
     {0, 0, 0, 0}};
 
 /* What the planner's and the evaluator's cost terms need from a checkpoint,
@@ -306,6 +311,9 @@ static void cross_counts(const epm_eval_result *r, int64_t *x_rank, int64_t *x_n
     }
 }
 
+/* what a rebalanced eval's report says of the experts its placements took */
+enum { ONLINE = 1, ONLINE_PEERS = 2, ONLINE_READ_PRICED = 4 };
+
 static json_t *result_json(const epm_eval_result *r, const epm_eval_result *base, int per_layer, int online)
 {
     int64_t xr, xn, maxload = 0;
@@ -322,10 +330,13 @@ static json_t *result_json(const epm_eval_result *r, const epm_eval_result *base
                           "gather_bytes", link_obj(r->gather_bytes), "modelled_seconds", r->t_total,
                           "ratio_to_first", base->t_total > 0 ? r->t_total / base->t_total : 1.0, "kv_cache_factor",
                           r->kv_cache_factor);
-    if (o && online) /* (a rebalanced run's: what it took, none perhaps) */
-        json_object_set_new(o, "eplb", json_pack("{s:i, s:I, s:o, s:f}", "rebalances", r->rebalances,
-                                                 "experts_moved", (json_int_t)r->moved, "bytes_copied",
-                                                 link_obj(r->move_bytes), "copy_seconds", r->t_moves));
+    if (o && online) /* (a rebalanced run's: what it took, none perhaps, and from where) */
+        json_object_set_new(o, "eplb", json_pack("{s:i, s:I, s:s, s:o, s:f, s:I, s:o}", "rebalances", r->rebalances,
+                                                 "experts_moved", (json_int_t)r->moved, "source",
+                                                 online & ONLINE_PEERS ? "peers" : "checkpoint", "bytes_copied",
+                                                 link_obj(r->move_bytes), "copy_seconds", r->t_moves, "bytes_read",
+                                                 (json_int_t)r->read_bytes, "read_seconds",
+                                                 online & ONLINE_READ_PRICED ? json_real(r->t_reads) : json_null()));
     if (o && per_layer) {
         json_t *layers = json_array();
         for (int l = 0; l < r->layers && layers; l++) {
@@ -388,14 +399,19 @@ static void print_eval_text(const evaluated *ev, int n, int per_layer, int onlin
                    epm_placement_get_info(ev[i].p)->method, r->max_over_mean_load, (long long)xr, (long long)xn,
                    (long long)r->total_bytes[EPM_LINK_INTRA], (long long)r->total_bytes[EPM_LINK_INTER],
                    1e3 * r->t_total, base->t_total > 0 ? r->t_total / base->t_total : 1.0);
-            if (online && (r->move_bytes[EPM_LINK_INTRA] + r->move_bytes[EPM_LINK_INTER] > 0 || r->moved == 0))
+            if (online & ONLINE_PEERS)
                 printf("    online rebalancing: %d placements taken, %lld experts moved, copied: %lld bytes "
                        "intra-node, %lld inter-node, %.4f ms\n", r->rebalances, (long long)r->moved,
                        (long long)r->move_bytes[EPM_LINK_INTRA], (long long)r->move_bytes[EPM_LINK_INTER],
                        1e3 * r->t_moves);
+            else if (online & ONLINE_READ_PRICED)
+                printf("    online rebalancing: %d placements taken, %lld experts moved, read from the checkpoint: "
+                       "%lld bytes, %.4f ms\n", r->rebalances, (long long)r->moved, (long long)r->read_bytes,
+                       1e3 * r->t_reads);
             else if (online)
-                printf("    online rebalancing: %d placements taken, %lld experts moved (read from the "
-                       "checkpoint: not priced)\n", r->rebalances, (long long)r->moved);
+                printf("    online rebalancing: %d placements taken, %lld experts moved, read from the checkpoint: "
+                       "%lld bytes (not priced: --read-gbps)\n", r->rebalances, (long long)r->moved,
+                       (long long)r->read_bytes);
             for (int l = 0; per_layer && l < r->layers; l++) {
                 const epm_eval_layer *y = &r->layer[l];
                 printf("    layer %3d: max load %lld / mean %.1f, x-rank %lld, x-node %lld, bytes intra %lld inter %lld"
@@ -437,7 +453,7 @@ static int cmd_eval(int argc, char **argv)
     const char *trace_path = NULL, *mode_s = NULL, *wire_s = NULL, *pout = NULL;
     long hidden = 4096, dtb = 2, kv = 0, ffn = 14336, eplb_i = 0, eplb_w = 0, eplb_s = 0, xb = -1;
     int peers = 0, from_given = 0;
-    double eplb_g = 0;
+    double eplb_g = 0, rgbps = 0;
     int json = 0, per_layer = 0, c, have_hidden = 0, have_dtb = 0, have_kv = 0, have_ffn = 0;
     const char *model_dir = NULL;
     model_shape ms = {0};
@@ -468,6 +484,7 @@ static int cmd_eval(int argc, char **argv)
             from_given = 1;
             break;
         }
+        case O_RGBPS: if (!cli_parse_double(W, "--read-gbps", optarg, 1e-6, 1e9, &rgbps)) return EPM_EXIT_USAGE; break;
         case O_JSON: json = 1; break;
         case O_HELP: fputs(eval_usage, stdout); return EPM_EXIT_OK;
         default: return cli_option_error(W, argv);
@@ -480,14 +497,14 @@ static int cmd_eval(int argc, char **argv)
         return cli_usage_error(W, "name at least one placement JSON");
     if (cli_eplb_usage(W, eplb_i, eplb_w,
                        eplb_w ? "--eplb-window" : eplb_s ? "--eplb-slots" : eplb_g > 0 ? "--eplb-min-gain"
-                       : from_given ? "--eplb-from" : xb >= 0 ? "--expert-bytes" : NULL) !=
+                       : from_given ? "--eplb-from" : xb >= 0 ? "--expert-bytes" : rgbps > 0 ? "--read-gbps" : NULL) !=
         EPM_EXIT_OK)
         return EPM_EXIT_USAGE;
     if (pout && n > 1)
         return cli_usage_error(W, "--placement-out writes one placement's last: name one placement, not %d", n);
-    if (xb >= 0 && !peers)
-        return cli_usage_error(W, "--expert-bytes %ld prices copies between ranks, which only --eplb-from peers makes",
-                               xb);
+    if (rgbps > 0 && peers)
+        return cli_usage_error(W, "--read-gbps %g prices reads from the checkpoint, and --eplb-from peers copies "
+                               "experts between ranks instead", rgbps);
     epm_mode fixed = EPM_MODE_HOME;
     int both = mode_s && !strcmp(mode_s, "both");
     if (mode_s && !both && epm_mode_parse(mode_s, &fixed) != EPM_OK)
@@ -513,12 +530,10 @@ static int cmd_eval(int argc, char **argv)
         dtb = have_dtb ? dtb : (long)sizeof(float);
         kv = have_kv ? kv : ms.kv_dim;
         ffn = have_ffn ? ffn : ms.ffn;
-        if (peers && xb < 0 && (xb = cli_model_expert_bytes(W, model_dir)) < -1)
+        if (eplb_i > 0 && xb < 0 && (xb = cli_model_expert_bytes(W, model_dir)) < -1)
             return EPM_EXIT_FAIL;
     }
-    if (!peers)
-        xb = 0; /* (read from the checkpoint: nothing between ranks) */
-    else if (xb < 0) /* (bf16, each part padded to 4 bytes as run packs it) */
+    if (xb < 0) /* (bf16, each part padded to 4 bytes as run packs it) */
         xb = cli_expert_bytes(2, hidden, ffn);
     epm_trace *t = NULL;
     evaluated *ev = calloc((size_t)n, sizeof *ev);
@@ -581,7 +596,9 @@ static int cmd_eval(int argc, char **argv)
             eo.eplb_window = (int)eplb_w;
             eo.eplb_slots = (int)eplb_s;
             eo.eplb_min_gain = eplb_g;
-            eo.expert_bytes = xb;
+            eo.expert_bytes = peers ? xb : 0;
+            eo.read_expert_bytes = peers ? 0 : xb; /* (the run's default: each gainer reads the file) */
+            eo.read_gbps = rgbps;
             if ((st = epm_eval(t, ev[i].p, &eo, &ev[i].r[m])) != EPM_OK) {
                 rc = cli_fail(W, epm_fail_context(st, "%s", ev[i].path));
                 goto out;
@@ -592,10 +609,11 @@ static int cmd_eval(int argc, char **argv)
         rc = cli_fail(W, st);
         goto out;
     }
+    const int online = eplb_i == 0 ? 0 : peers ? ONLINE | ONLINE_PEERS : rgbps > 0 ? ONLINE | ONLINE_READ_PRICED : ONLINE;
     if (json) {
-        rc = print_eval_json(ev, n, per_layer, eplb_i > 0);
+        rc = print_eval_json(ev, n, per_layer, online);
     } else {
-        print_eval_text(ev, n, per_layer, eplb_i > 0);
+        print_eval_text(ev, n, per_layer, online);
         rc = EPM_EXIT_OK;
     }
 out:

@@ -16,25 +16,28 @@ static const char usage[] =
     "What changing placement FROM (deployed) to TO costs: every replica TO has that FROM lacks is\n"
     "copied from a rank holding it in FROM (on the same node where one does; the source epmoe run's\n"
     "online rebalancing takes), priced as plan eval prices a phase: the busiest rank's bytes over\n"
-    "FROM's cluster links.\n"
+    "FROM's cluster links. Also the most one rank gains: what it reads where run reads gained\n"
+    "experts from the checkpoint (its default) instead.\n"
     "  --expert-bytes N   bytes of one expert copied (epmoe run reports its expert_bytes)\n"
     "  --model DIR        instead: the checkpoint's experts as stored (its config's shape in bf16\n"
     "                     where its weights are not there)\n"
     "  --hidden H --ffn F without either: the expert's shape, in bf16 (default 4096 x 14336,\n"
     "                     Mixtral-8x7B's)\n"
+    "  --read-gbps G      price those reads too: the GB/s one rank reads at (the ranks side by side)\n"
     "  --align            rename TO's nodes and ranks first so that as many replicas as possible stay\n"
     "                     where FROM holds them (the same balance and traffic)\n"
     "  --out FILE         write TO as priced (aligned with --align): the placement to deploy\n"
     "  --per-layer        also the experts copied per MoE layer\n"
     "  --json             JSON instead of text\n";
 
-enum { O_XB = 256, O_MODEL, O_HIDDEN, O_FFN, O_ALIGN, O_OUT, O_PERLAYER, O_JSON, O_HELP };
+enum { O_XB = 256, O_MODEL, O_HIDDEN, O_FFN, O_ALIGN, O_OUT, O_PERLAYER, O_JSON, O_RGBPS, O_HELP };
 static const struct option opts[] = {
     {"expert-bytes", required_argument, 0, O_XB}, {"model", required_argument, 0, O_MODEL},
     {"hidden", required_argument, 0, O_HIDDEN},   {"ffn", required_argument, 0, O_FFN},
     {"align", no_argument, 0, O_ALIGN},           {"out", required_argument, 0, O_OUT},
     {"per-layer", no_argument, 0, O_PERLAYER},    {"json", no_argument, 0, O_JSON},
-    {"help", no_argument, 0, O_HELP},             {0, 0, 0, 0}};
+    {"read-gbps", required_argument, 0, O_RGBPS}, {"help", no_argument, 0, O_HELP},
+    {0, 0, 0, 0}};
 
 /* the experts copied in each layer, [layers] */
 static epm_status per_layer_counts(const epm_placement *from, const epm_placement *to, int64_t *count)
@@ -57,6 +60,7 @@ int epm_cli_plan_moves(int argc, char **argv)
     const char *model = NULL, *out = NULL;
     long xb = -1, hidden = 4096, ffn = 14336;
     int align = 0, per_layer = 0, json = 0, shape_given = 0, c;
+    double rgbps = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -68,6 +72,7 @@ int epm_cli_plan_moves(int argc, char **argv)
         case O_OUT: out = optarg; break;
         case O_PERLAYER: per_layer = 1; break;
         case O_JSON: json = 1; break;
+        case O_RGBPS: if (!cli_parse_double(W, "--read-gbps", optarg, 1e-6, 1e9, &rgbps)) return EPM_EXIT_USAGE; break;
         case O_HELP: fputs(usage, stdout); return EPM_EXIT_OK;
         default: return cli_option_error(W, argv);
         }
@@ -120,6 +125,9 @@ int epm_cli_plan_moves(int argc, char **argv)
         goto done;
     }
     const epm_cluster *cl = epm_placement_cluster(from);
+    /* (each rank reads its own gains, side by side: the boundary waits for the one that gains most) */
+    const int64_t read_max = mc.max_gained * xb;
+    const double read_s = rgbps > 0 ? (double)read_max / (rgbps * 1e9) : 0;
     if (json) {
         json_t *o = json_pack("{s:s, s:s, s:b, s:I, s:I, s:{s:I, s:I}, s:I, s:I, s:f}", "from", from_path, "to",
                               to_path, "aligned", align, "experts_copied", (json_int_t)mc.moved, "expert_bytes",
@@ -127,6 +135,10 @@ int epm_cli_plan_moves(int argc, char **argv)
                               "inter_node", (json_int_t)mc.bytes[EPM_LINK_INTER], "max_send_bytes",
                               (json_int_t)mc.max_send_bytes, "max_recv_bytes", (json_int_t)mc.max_recv_bytes,
                               "modelled_seconds", mc.seconds);
+        if (o)
+            json_object_set_new(o, "read", json_pack("{s:I, s:I, s:o}", "max_rank_experts", (json_int_t)mc.max_gained,
+                                                     "max_rank_bytes", (json_int_t)read_max, "seconds",
+                                                     rgbps > 0 ? json_real(read_s) : json_null()));
         json_t *a = per_layer && o ? json_array() : NULL;
         for (int l = 0; a && l < L; l++)
             json_array_append_new(a, json_integer(layer[l]));
@@ -150,6 +162,12 @@ int epm_cli_plan_moves(int argc, char **argv)
                (long long)mc.max_recv_bytes);
         printf("  modelled %.6f s (%g GB/s within a node, %g between nodes)\n", mc.seconds, cl->intra_gbps,
                cl->inter_gbps);
+        if (rgbps > 0)
+            printf("  read from the checkpoint instead: the busiest rank reads %lld experts, %lld bytes, %.6f s at "
+                   "%g GB/s\n", (long long)mc.max_gained, (long long)read_max, read_s, rgbps);
+        else
+            printf("  read from the checkpoint instead: the busiest rank reads %lld experts, %lld bytes (--read-gbps "
+                   "prices them)\n", (long long)mc.max_gained, (long long)read_max);
         for (int l = 0; per_layer && l < L; l++)
             printf("  layer %3d: %lld experts copied\n", l, (long long)layer[l]);
     }

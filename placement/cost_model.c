@@ -19,6 +19,8 @@ void epm_eval_opts_init(epm_eval_opts *o)
     o->eplb_interval = o->eplb_window = o->eplb_slots = 0;
     o->eplb_min_gain = 0;
     o->expert_bytes = 0;
+    o->read_expert_bytes = 0;
+    o->read_gbps = 0;
 }
 
 void epm_eval_result_destroy(epm_eval_result *r)
@@ -132,6 +134,13 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
                         "flops_per_assignment = %g must be >= 0",
                         (long long)o->hidden_bytes, (long long)o->kv_row_bytes, (long long)o->dispatch_bytes,
                         (long long)o->expert_bytes, o->flops_per_assignment);
+    if (o->read_expert_bytes < 0 || !(o->read_gbps >= 0) || !isfinite(o->read_gbps))
+        return epm_fail(EPM_ERR_INVALID_ARG, "eval: read_expert_bytes = %lld and read_gbps = %g must be >= 0",
+                        (long long)o->read_expert_bytes, o->read_gbps);
+    if (o->expert_bytes > 0 && o->read_expert_bytes > 0) /* (one source per run: --eplb-from) */
+        return epm_fail(EPM_ERR_INVALID_ARG, "eval: expert_bytes = %lld (copied between ranks) and read_expert_bytes "
+                        "= %lld (read from the checkpoint): a run takes gained experts one way, give one",
+                        (long long)o->expert_bytes, (long long)o->read_expert_bytes);
     EPM_CHECK(epm_placement_validate(p, 0));
     epm_pass_plan pp;
     EPM_CHECK(epm_pass_plan_make(t, p, o, &pp));
@@ -263,7 +272,9 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     r->moved = pp.moved;
     memcpy(r->move_bytes, pp.move_bytes, sizeof r->move_bytes);
     r->t_moves = pp.t_moves;
-    r->t_total += pp.t_moves;
+    r->read_bytes = pp.read_bytes;
+    r->t_reads = pp.t_reads;
+    r->t_total += pp.t_moves + pp.t_reads;
     if ((r->last = epm_pass_plan_take_last(&pp)) != NULL) {
         epm_placement_info info = *epm_placement_get_info(r->last);
         info.mode = o->mode;

@@ -2,8 +2,10 @@
  * new one adds, each from the rank epm_placement_moves names (the source an
  * online rebalance copies it from), priced by the cost model's phase (a
  * phase ends with its busiest rank), one phase a layer as the run exchanges
- * them. plan eval's replay charges every placement it takes so; `plan
- * moves` prices one change. */
+ * them; and the most replicas one rank gains, which prices the run's
+ * other source, reading them from the checkpoint (each rank its own). plan
+ * eval's replay charges every placement it takes so; `plan moves` prices
+ * one change. */
 #include <string.h>
 
 #include "cost_passes.h"
@@ -21,10 +23,13 @@ epm_status epm_eval_moves(const epm_placement *from, const epm_placement *to, in
     const int R = epm_placement_ranks(from);
     const epm_cluster *c = epm_placement_cluster(from);
     epm_expert_move *mv = epm_malloc((size_t)(n ? n : 1) * sizeof *mv);
-    /* [0]: this layer's phase, [1]: the whole change's; each sent intra, inter, received intra, inter */
-    int64_t *ph = epm_calloc((size_t)8 * (size_t)R, sizeof *ph), *all = ph ? ph + 4 * (size_t)R : NULL;
+    /* [0]: this layer's phase, [1]: the whole change's; each sent intra, inter, received intra, inter;
+     * then each rank's replicas gained */
+    int64_t *ph = epm_calloc((size_t)9 * (size_t)R, sizeof *ph), *all = ph ? ph + 4 * (size_t)R : NULL;
+    int64_t *gained = ph ? ph + 8 * (size_t)R : NULL;
     epm_status st = mv && ph ? epm_placement_moves(from, to, mv, n, &n) : EPM_ERR_NOMEM;
     for (int64_t i = 0; i < n && st == EPM_OK; i++) {
+        gained[mv[i].to]++;
         out->bytes[epm_cluster_link(c, mv[i].from, mv[i].to)] += expert_bytes;
         epm_cost_phase_add(ph, R, c, mv[i].from, mv[i].to, expert_bytes);
         epm_cost_phase_add(all, R, c, mv[i].from, mv[i].to, expert_bytes);
@@ -39,6 +44,7 @@ epm_status epm_eval_moves(const epm_placement *from, const epm_placement *to, in
             const int64_t s = all[q] + all[(size_t)R + q], v = all[2 * (size_t)R + q] + all[3 * (size_t)R + q];
             out->max_send_bytes = s > out->max_send_bytes ? s : out->max_send_bytes;
             out->max_recv_bytes = v > out->max_recv_bytes ? v : out->max_recv_bytes;
+            out->max_gained = gained[q] > out->max_gained ? gained[q] : out->max_gained;
         }
     }
     epm_free(mv);

@@ -76,17 +76,22 @@ epm_status epm_pass_plan_make(const epm_trace *t, const epm_placement *p, const 
     return st;
 }
 
-/* The copies that take cur to np, as the run makes them (epm_eval_moves):
- * one phase the ranks wait for at the boundary. */
+/* The copies that take cur to np, as the run makes them (epm_eval_moves),
+ * or the reads from the checkpoint instead: what the ranks wait for at the
+ * boundary, the copies layer by layer, the reads rank by rank side by side. */
 static epm_status charge_moves(epm_pass_plan *pp, const epm_placement *cur, const epm_placement *np)
 {
-    if (pp->o->expert_bytes == 0)
+    const int64_t copied = pp->o->expert_bytes, read = pp->o->read_expert_bytes;
+    if (copied == 0 && read == 0)
         return EPM_OK;
     epm_move_cost mc;
-    EPM_CHECK(epm_eval_moves(cur, np, pp->o->expert_bytes, &mc));
+    EPM_CHECK(epm_eval_moves(cur, np, copied, &mc));
     for (int k = 0; k < EPM_LINK_COUNT; k++)
         pp->move_bytes[k] += mc.bytes[k];
     pp->t_moves += mc.seconds;
+    pp->read_bytes += mc.moved * read;
+    if (pp->o->read_gbps > 0)
+        pp->t_reads += (double)(mc.max_gained * read) / (pp->o->read_gbps * 1e9);
     return EPM_OK;
 }
 

@@ -26,6 +26,8 @@ typedef struct epm_pass_plan {
     int64_t moved;         /* the replicas they added */
     int64_t move_bytes[EPM_LINK_COUNT]; /* their copies between ranks (epm_eval_opts.expert_bytes each) */
     double t_moves;        /* the modelled seconds of those copies, a boundary's after another's */
+    int64_t read_bytes;    /* or their reads from the checkpoint (epm_eval_opts.read_expert_bytes each) */
+    double t_reads;        /* and the modelled seconds of those (read_gbps) */
 } epm_pass_plan;
 
 /* A phase of the cost model (cost_model.c): b [4][ranks] holds each rank's

@@ -73,6 +73,14 @@ typedef struct epm_eval_opts {
      * before the pass after it: move_bytes, and in t_moves and t_total as epm_eval_moves prices
      * them. 0 (the default) = none: the run's default reads them from the checkpoint */
     int64_t expert_bytes;
+    /* Or read from the checkpoint (the run's default, --eplb-from checkpoint): bytes of one routed
+     * expert as the checkpoint stores it (what the run's report sums over its reads, eplb_bytes).
+     * Each replica a placement adds is read by the rank that gains it, at the boundary: read_bytes;
+     * with read_gbps (the GB/s one rank reads at) also t_reads, in t_total: a rank's reads one after
+     * another, the ranks side by side, the boundary waiting for the last. 0 (the defaults) = not
+     * counted, not priced. A run copies or reads: not both with expert_bytes */
+    int64_t read_expert_bytes;
+    double read_gbps;
 } epm_eval_opts;
 
 /* Mixtral-8x7B-like defaults: hidden 4096 in bf16, 8 KV heads x 128 x 2 (K,V) x bf16,
@@ -111,6 +119,9 @@ typedef struct epm_eval_result {
     int64_t move_bytes[EPM_LINK_COUNT]; /* the experts those placements copied between ranks
                                            (epm_eval_opts.expert_bytes each), per link class */
     double t_moves;                  /* their modelled seconds, in t_total */
+    int64_t read_bytes;              /* the experts read from the checkpoint instead, all ranks'
+                                        (epm_eval_opts.read_expert_bytes each) */
+    double t_reads;                  /* their modelled seconds (read_gbps), in t_total */
 } epm_eval_result;
 
 /* The trace's layers, experts and the placement's must match; ranks come from
@@ -126,12 +137,15 @@ EPM_API void epm_eval_result_destroy(epm_eval_result *r);
  * layer's copies one phase of the model above (from's cluster), the layers
  * one after another, as epmoe run --eplb-from peers exchanges them. What
  * plan eval's replay charges at each placement it takes (move_bytes,
- * t_moves). Same shape required. */
+ * t_moves). max_gained: the most replicas one rank adds, which that rank
+ * reads where the run reads them from the checkpoint instead (plan eval's
+ * read_bytes and t_reads). Same shape required. */
 typedef struct epm_move_cost {
     int64_t moved;
     int64_t bytes[EPM_LINK_COUNT];
     int64_t max_send_bytes, max_recv_bytes;
     double seconds;
+    int64_t max_gained;
 } epm_move_cost;
 EPM_API epm_status epm_eval_moves(const epm_placement *from, const epm_placement *to, int64_t expert_bytes,
                                   epm_move_cost *out);

@@ -85,19 +85,28 @@ c=on["eplb"]["bytes_copied"]
 assert c["intra_node"] + c["inter_node"] == on["eplb"]["experts_moved"] * 6 * 4096 * 14336, on
 assert 0 < on["eplb"]["copy_seconds"] < on["modelled_seconds"], on' \
     "$d/on.json" "$d/static.json" || { echo "FAIL: online rebalancing in plan eval"; fails=$((fails + 1)); }
-  # from the checkpoint (the default, as run's): nothing copied, the time less the copies'
+  # from the checkpoint (the default, as run's): nothing copied, each gain read by its rank (counted,
+  # and priced with --read-gbps: the time less the copies', plus the reads')
   "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 --eplb-slots 3 --json --mode follow \
     >"$d/on0.json"
-  python3 -c 'import json,sys; on=json.load(open(sys.argv[1]))["placements"][0]["results"][0]
-z=json.load(open(sys.argv[2]))["placements"][0]["results"][0]
+  "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 --eplb-slots 3 --json --mode follow \
+    --read-gbps 2 >"$d/onr.json"
+  python3 -c 'import json,sys; on, z, rd = (json.load(open(f))["placements"][0]["results"][0] for f in sys.argv[1:4])
 assert z["eplb"]["bytes_copied"] == {"intra_node": 0, "inter_node": 0} and z["eplb"]["copy_seconds"] == 0, z
 assert abs(on["modelled_seconds"] - on["eplb"]["copy_seconds"] - z["modelled_seconds"]) < 1e-9, (on, z)
-assert z["bytes"] == on["bytes"] and z["eplb"]["experts_moved"] == on["eplb"]["experts_moved"], (on, z)' \
-    "$d/on.json" "$d/on0.json" || { echo "FAIL: plan eval from the checkpoint"; fails=$((fails + 1)); }
+assert z["bytes"] == on["bytes"] and z["eplb"]["experts_moved"] == on["eplb"]["experts_moved"], (on, z)
+assert on["eplb"]["source"] == "peers" and on["eplb"]["bytes_read"] == 0 and z["eplb"]["source"] == "checkpoint", (on, z)
+assert z["eplb"]["bytes_read"] == z["eplb"]["experts_moved"] * 6 * 4096 * 14336 and z["eplb"]["read_seconds"] is None, z
+assert rd["eplb"]["bytes_read"] == z["eplb"]["bytes_read"] and rd["eplb"]["read_seconds"] > 0, rd
+# a rank reads its gains alone: at least the busiest of 4 ranks share, at most all of them, at 2 GB/s
+per = 6 * 4096 * 14336 / 2e9
+assert z["eplb"]["experts_moved"] / 4 * per <= rd["eplb"]["read_seconds"] <= z["eplb"]["experts_moved"] * per, rd
+assert abs(rd["modelled_seconds"] - rd["eplb"]["read_seconds"] - z["modelled_seconds"]) < 1e-8 * rd["modelled_seconds"], (rd, z)' \
+    "$d/on.json" "$d/on0.json" "$d/onr.json" || { echo "FAIL: plan eval from the checkpoint"; fails=$((fails + 1)); }
 fi
 # an interval beyond the trace's passes: no placement taken, and the report says so (the static figures)
 check "eval online, none taken" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 1000 --json
-has "$d/out" '"eplb": {"rebalances": 0, "experts_moved": 0, "bytes_copied": {"intra_node": 0, "inter_node": 0}'
+has "$d/out" '"eplb": {"rebalances": 0, "experts_moved": 0, "source": "checkpoint", "bytes_copied": {"intra_node": 0, "inter_node": 0}, "copy_seconds": 0.0, "bytes_read": 0, "read_seconds": null}'
 check "eval online, one placement out of two" 2 "$E" plan eval --trace "$d/drift.st" "$d/c.json" "$d/e.json" \
   --eplb-interval 4 --placement-out "$d/x.json"
 has "$d/err" "name one placement, not 2"
@@ -262,9 +271,15 @@ assert m["bytes_copied"]["intra_node"] + m["bytes_copied"]["inter_node"] == 1000
 assert m["modelled_seconds"] > 0 and m["max_send_bytes"] >= 1000 and not m["aligned"], m
 assert a["aligned"] and a["experts_copied"] <= n, (a, m)
 assert again["experts_copied"] == a["experts_copied"] and again["bytes_copied"] == a["bytes_copied"], (again, a)
+# read from the checkpoint instead: the busiest gainer's (among 4 ranks), priced only with --read-gbps
+r = m["read"]
+assert n / 4 <= r["max_rank_experts"] <= n and r["max_rank_bytes"] == 1000 * r["max_rank_experts"], m
+assert r["seconds"] is None, m
 EOF
 fi
 has "$d/ea.json" '"method": "eplb"'
+check "moves priced reads" 0 "$E" plan moves "$d/c.json" "$d/e.json" --expert-bytes 1000 --read-gbps 0.000001
+has "$d/out" "read from the checkpoint instead: the busiest rank reads [1-9][0-9]* experts, [1-9][0-9]*000 bytes, [0-9.]* s at 1e-06 GB/s"
 check "moves to itself" 0 "$E" plan moves "$d/c.json" "$d/c.json"
 has "$d/out" "c.json: 0 experts copied, 352321536 bytes each"
 has "$d/out" "modelled 0.000000 s (150 GB/s within a node, 25 between nodes)"
@@ -289,7 +304,10 @@ check "eval online, unreadable weights" 1 "$E" plan eval --trace "$d/drift.st" "
   --eplb-interval 4 --eplb-from peers
 check "eval online from the checkpoint, text" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 \
   --eplb-slots 3
-has "$d/out" "experts moved (read from the checkpoint: not priced)"
+has "$d/out" "experts moved, read from the checkpoint: [1-9][0-9]* bytes (not priced: --read-gbps)"
+check "eval online from the checkpoint, priced" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 \
+  --eplb-slots 3 --read-gbps 2
+has "$d/out" "experts moved, read from the checkpoint: [1-9][0-9]* bytes, [0-9.]* ms"
 check "plan 1 node" 0 "$E" plan --trace "$d/a.st" --nodes 1 --gpus-per-node 4 --out "$d/one.json" --quiet
 check "moves other cluster" 1 "$E" plan moves "$d/c.json" "$d/one.json"
 has "$d/err" "c.json is for 2 nodes of 2 ranks, $d/one.json for 1 of 4"

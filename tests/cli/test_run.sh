@@ -576,21 +576,31 @@ check "plan eval --eplb-from peers --model" 0 "$E" plan eval --trace "$d/eplb.st
 cmp -s <(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["placements"][0]["results"][0]["eplb"])' "$d/out") \
   <(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["placements"][0]["results"][0]["eplb"])' "$d/eplb_eval.json") ||
   fail "plan eval --model prices other copies than the run's expert_bytes"
-check "plan eval --expert-bytes without peers" 2 "$E" plan eval --trace "$d/eplb.st" "$d/c3.json" --eplb-interval 2 \
-  --expert-bytes 8
-has "$d/err" "--expert-bytes 8 prices copies between ranks, which only --eplb-from peers makes"
+# from the checkpoint (the default) --expert-bytes are each gain's bytes read, not copied
+check "plan eval --expert-bytes from the checkpoint" 0 "$E" plan eval --trace "$d/eplb.st" "$d/c3.json" \
+  --eplb-interval 2 --eplb-slots 4 --expert-bytes 8 --json
+gj "(lambda e: e['source'] == 'checkpoint' and e['bytes_read'] == 8 * e['experts_moved'] > 0 and e['read_seconds'] is None
+    and sum(e['bytes_copied'].values()) == 0)(d['placements'][0]['results'][0]['eplb'])" | grep -qx True ||
+  fail "plan eval --expert-bytes from the checkpoint: $(head -c 300 "$d/out")"
+check "plan eval --read-gbps with peers" 2 "$E" plan eval --trace "$d/eplb.st" "$d/c3.json" --eplb-interval 2 \
+  --eplb-from peers --read-gbps 2
+has "$d/err" "--read-gbps 2 prices reads from the checkpoint, and --eplb-from peers copies experts between ranks"
 if full; then # --eplb-min-gain in both: a layer moves only for a fifth off its busiest rank
   # (and the experts read from the checkpoint, the default: nothing copied between ranks, as plan eval
   # predicts by default)
   check "--eplb-min-gain" 0 run -np 3 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report \
     --prefill-chunk 1 --eplb-interval 1 --eplb-slots 4 --eplb-min-gain 0.2 --eplb-from checkpoint --trace-out "$d/gain.st"
   cp "$d/out" "$d/gain.json"
-  check "plan eval --eplb-min-gain" 0 "$E" plan eval --trace "$d/gain.st" "$d/c3.json" --hidden 64 --dtype-bytes 4 \
-    --kv-dim 64 --eplb-interval 1 --eplb-slots 4 --eplb-min-gain 0.2 --json
+  # (--model: the experts' bytes as stored, which plan eval counts read as the run counts them; priced
+  # at --read-gbps, a rank's reads one after another)
+  check "plan eval --eplb-min-gain" 0 "$E" plan eval --trace "$d/gain.st" "$d/c3.json" --model "$m" \
+    --eplb-interval 1 --eplb-slots 4 --eplb-min-gain 0.2 --read-gbps 0.001 --json
   python3 -c 'import json,sys; R=json.load(open(sys.argv[1]))["report"]; r=R["eplb"]; E=json.load(open(sys.argv[2]))["placements"][0]["results"][0]; e=E["eplb"]
 run = [sum(l["bytes"][c] + l["kv_bytes"][c] for l in R["layers"]) + R["gather_bytes"][c] for c in (1, 2)]
+print("run", r, "plan eval", e)
 sys.exit(0 if (r["rebalances"], r["experts_moved"]) == (e["rebalances"], e["experts_moved"]) and
          run == [E["bytes"]["intra_node"], E["bytes"]["inter_node"]] and r["bytes_read"] > 0 and
+         r["bytes_read"] == e["bytes_read"] and 0 < e["read_seconds"] < E["modelled_seconds"] and
          sum(r["bytes_copied"]) == r["expert_bytes"] == sum(e["bytes_copied"].values()) == 0 else 1)' \
     "$d/gain.json" "$d/out" || fail "plan eval --eplb-min-gain does not replay the run's placements"
   [ "$(python3 -c "import json; print(json.load(open('$d/gain.json'))['generated'])")" = \

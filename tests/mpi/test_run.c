@@ -400,8 +400,19 @@ static void assert_run_is_eval_of(const epm_run_result *res, const epm_placement
     eo.eplb_slots = o->eplb_slots;
     eo.eplb_min_gain = o->eplb_min_gain;
     eo.expert_bytes = res->report.eplb_expert_bytes; /* (0 from the checkpoint: nothing between ranks) */
+    if (o->eplb_interval > 0 && !o->eplb_from_peers) { /* (read instead: an expert as the file stores it) */
+        epm_model *m;
+        assert_int_equal(epm_model_open(o->model_dir, &m), EPM_OK);
+        assert_int_equal(epm_model_set_expert_dtype(m, EPM_DTYPE_F8_E4M3, NULL), EPM_OK); /* (as stored) */
+        eo.read_expert_bytes = epm_model_expert_packed_bytes(m);
+        eo.read_gbps = 1;
+        epm_model_close(m);
+    }
     epm_eval_result *ev;
     assert_int_equal(epm_eval(res->trace, p, &eo, &ev), EPM_OK);
+    /* each gained expert read whole, once, by the rank that gained it */
+    assert_int_equal(ev->read_bytes, res->report.eplb_bytes);
+    assert_true(ev->read_bytes == 0 ? ev->t_reads == 0 : ev->t_reads > 0);
     assert_report_is_eval(&res->report, ev, 4);
     assert_int_equal(ev->rebalances, res->report.eplb_rebalances);
     assert_int_equal(ev->moved, res->report.eplb_moved);

@@ -218,6 +218,7 @@ static void test_placement_moves(void **state)
     assert_int_equal(mc.max_recv_bytes, 20);
     const double want_s = 10 / (c.intra_gbps * 1e9) + 10 / (c.inter_gbps * 1e9);
     assert_true(fabs(mc.seconds - want_s) <= 1e-9 * want_s);
+    assert_int_equal(mc.max_gained, 2); /* (rank 3 gains 0 and 1; the others one each) */
     assert_int_equal(epm_eval_moves(a, b, -1, &mc), EPM_ERR_INVALID_ARG);
     assert_int_equal(epm_placement_moves(b, b, m, 5, &n), EPM_OK);
     assert_int_equal(n, 0);
@@ -403,7 +404,26 @@ static void expect_replay(const epm_trace *t, const epm_placement *p0, const epm
     for (int c = 0; c < EPM_LINK_COUNT; c++)
         assert_int_equal(got->move_bytes[c], mb[c]);
     assert_true(fabs(got->t_moves - tm) <= 1e-12 + 1e-9 * tm);
-    assert_true(fabs(got->t_total - got->t_moves - t_segments) <= 1e-12 + 1e-9 * got->t_total);
+    /* or read from the checkpoint: every gained replica by its rank, the boundary waiting for the rank
+     * that gains most over all layers */
+    int64_t rb = 0;
+    double tr = 0;
+    for (int s = 1; s < n && o->read_expert_bytes > 0; s++) {
+        int64_t most = 0;
+        for (int q = 0; q < R; q++) {
+            int64_t g = 0;
+            for (int l = 0; l < L; l++)
+                for (int e = 0; e < E; e++)
+                    g += epm_placement_has(pl[s], l, e, q) && !epm_placement_has(pl[s - 1], l, e, q);
+            rb += g * o->read_expert_bytes;
+            most = g > most ? g : most;
+        }
+        tr += o->read_gbps > 0 ? (double)(most * o->read_expert_bytes) / (o->read_gbps * 1e9) : 0;
+    }
+    assert_int_equal(got->read_bytes, rb);
+    assert_true(fabs(got->t_reads - tr) <= 1e-12 + 1e-9 * tr);
+    assert_true(o->read_expert_bytes == 0 || n == 1 || rb > 0);
+    assert_true(fabs(got->t_total - got->t_moves - got->t_reads - t_segments) <= 1e-12 + 1e-9 * got->t_total);
     for (int s = 1; s < n; s++)
         epm_placement_destroy(pl[s]);
     free(bytes);
@@ -431,7 +451,11 @@ static void test_eval_rebalanced(void **state)
             o.hidden_bytes = 512;
             o.kv_row_bytes = 96;
             o.dispatch_bytes = c == 3 ? 260 : 0;
-            o.expert_bytes = c == 1 ? 0 : 3000 + 1000 * (int64_t)c; /* (0: a run that reads the file) */
+            /* (1 and 6: a run that reads the file, priced at 2 GB/s a rank, or only counted) */
+            const int reads = c == 1 || c == 6;
+            o.expert_bytes = reads ? 0 : 3000 + 1000 * (int64_t)c;
+            o.read_expert_bytes = reads ? 5000 + (int64_t)c : 0;
+            o.read_gbps = c == 1 ? 2 : 0;
             o.eplb_interval = cfg[c].interval;
             o.eplb_window = cfg[c].window;
             o.eplb_slots = cfg[c].slots;
@@ -508,6 +532,27 @@ static void test_eval_rebalanced_refusals(void **state)
     assert_int_equal(epm_eval(u, p, &o, &r), EPM_OK);
     assert_int_equal(r->rebalances, 0);
     epm_eval_result_destroy(r);
+    /* a run takes its gains one way: copied or read; and no negative size or speed */
+    const struct {
+        int64_t copied, read;
+        double gbps;
+        const char *needle;
+    } src[] = {{8, 8, 0, "a run takes gained experts one way"},
+               {0, -1, 0, "read_expert_bytes = -1 and read_gbps = 0 must be >= 0"},
+               {0, 8, -2, "read_gbps = -2"},
+               {0, 8, NAN, "read_gbps = nan"}};
+    for (size_t i = 0; i < sizeof src / sizeof *src; i++) {
+        epm_eval_opts_init(&o);
+        o.eplb_interval = 2;
+        o.expert_bytes = src[i].copied;
+        o.read_expert_bytes = src[i].read;
+        o.read_gbps = src[i].gbps;
+        r = (epm_eval_result *)1;
+        assert_int_equal(epm_eval(t, p, &o, &r), EPM_ERR_INVALID_ARG);
+        assert_null(r);
+        if (!strstr(epm_last_error(), src[i].needle))
+            fail_msg("expected '%s' in: %s", src[i].needle, epm_last_error());
+    }
     /* a placement that already uses 3 slots on a rank: fewer is refused */
     epm_placement *q;
     epm_cluster c;
