@@ -49,6 +49,8 @@ static void usage(void)
            "  --expert-bytes N  bytes of an expert the online row copies between ranks at each placement\n"
            "                   taken, charged in its time (default 352321536: Mixtral-8x7B's in bf16, as\n"
            "                   the modelled compute; 0: none, run --eplb-from checkpoint)\n"
+           "  --eplb-lag N     online's placements in service N passes after their boundaries, the\n"
+           "                   copies overlapping those passes (run --eplb-lag; default 0)\n"
            "  --pass-tokens P  tokens a pass (default 256); with --eplb-interval every row's modelled\n"
            "                   time is taken pass by pass, as plan eval does for a trace with passes\n"
            "  --quiet          no solver progress on stderr\n"
@@ -127,7 +129,7 @@ static epm_status passes_from_zero(epm_trace *t)
 static double ratio(double a, double b) { return b != 0.0 ? a / b : (a == 0.0 ? 1.0 : INFINITY); }
 
 enum { O_SHAPE = 256, O_MODE, O_TOKENS, O_TIME, O_GAP, O_ZIPF, O_AFF, O_SEED, O_CSV, O_QUIET, O_DRIFT, O_EPLBI, O_EPLBW,
-       O_PASS, O_EPLBG, O_XB, O_HELP };
+       O_PASS, O_EPLBG, O_XB, O_EPLBLAG, O_HELP };
 static const struct option opts[] = {
     {"shape", required_argument, 0, O_SHAPE},   {"mode", required_argument, 0, O_MODE},
     {"tokens", required_argument, 0, O_TOKENS}, {"time-limit", required_argument, 0, O_TIME},
@@ -137,6 +139,7 @@ static const struct option opts[] = {
     {"drift", required_argument, 0, O_DRIFT},   {"eplb-interval", required_argument, 0, O_EPLBI},
     {"eplb-window", required_argument, 0, O_EPLBW}, {"pass-tokens", required_argument, 0, O_PASS},
     {"eplb-min-gain", required_argument, 0, O_EPLBG}, {"expert-bytes", required_argument, 0, O_XB},
+    {"eplb-lag", required_argument, 0, O_EPLBLAG},
     {"help", no_argument, 0, O_HELP},           {0, 0, 0, 0}};
 
 int epm_bench_plan(int argc, char **argv)
@@ -146,7 +149,7 @@ int epm_bench_plan(int argc, char **argv)
     long tokens = 8192;
     double time_limit = 60, gap = 1e-4, zipf = 1.0, affinity = 0.7;
     uint64_t seed = 1;
-    long drift = 0, eplb_i = 0, eplb_w = 0, pass_tokens = 256;
+    long drift = 0, eplb_i = 0, eplb_w = 0, pass_tokens = 256, lag = 0;
     double eplb_g = 0;
     long xb = -1;
     int pass_given = 0;
@@ -208,6 +211,10 @@ int epm_bench_plan(int argc, char **argv)
             if (!cli_parse_int(what, "--expert-bytes", optarg, 0, CLI_EXPERT_BYTES_MAX, &xb))
                 return EPM_EXIT_USAGE;
             break;
+        case O_EPLBLAG:
+            if (!cli_parse_int(what, "--eplb-lag", optarg, 0, INT32_MAX, &lag))
+                return EPM_EXIT_USAGE;
+            break;
         case O_PASS:
             if (!cli_parse_int(what, "--pass-tokens", optarg, 1, 1L << 26, &pass_tokens))
                 return EPM_EXIT_USAGE;
@@ -226,7 +233,7 @@ int epm_bench_plan(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error(what, "unexpected argument '%s'", argv[optind]);
-    if (cli_eplb_usage(what, eplb_i, eplb_w,
+    if (cli_eplb_usage(what, eplb_i, eplb_w, lag,
                        eplb_w ? "--eplb-window" : pass_given ? "--pass-tokens" : eplb_g > 0 ? "--eplb-min-gain"
                        : xb >= 0 ? "--expert-bytes" : NULL) !=
         EPM_EXIT_OK)
@@ -319,6 +326,7 @@ int epm_bench_plan(int argc, char **argv)
                 oe.eplb_interval = m < EPM_METHOD_COUNT ? 0 : (int)eplb_i;
                 oe.eplb_window = m < EPM_METHOD_COUNT ? 0 : (int)eplb_w;
                 oe.eplb_min_gain = m < EPM_METHOD_COUNT ? 0 : eplb_g;
+                oe.eplb_lag = m < EPM_METHOD_COUNT ? 0 : (int)lag;
                 st = run_one(first, second, &c, &po, &oe, m == EPM_METHOD_COUNT, &rows[m]);
                 if (st != EPM_OK) {
                     epm_trace_destroy(first);

@@ -58,13 +58,16 @@ static const char usage[] =
     "                       default contiguous,eplb,ilp); 'online': contiguous with online\n"
     "                       rebalancing (epmoe run --eplb-interval, at --eplb-interval), gained\n"
     "                       experts read from the checkpoint; 'online-peers': the same, copied from\n"
-    "                       a rank that holds them (run --eplb-from peers)\n"
+    "                       a rank that holds them (run --eplb-from peers); 'online-async' and\n"
+    "                       'online-peers-async': each with run --eplb-lag (--eplb-lag below)\n"
     "  --modes LIST         home,follow (default both)\n"
     "  --slots S            experts per rank per layer for eplb/ilp/online (default: one spare)\n"
     "  --eplb-interval N    online's passes between rebalances (default 4), over the last\n"
     "                       --eplb-window passes (default N), a layer moving only if that\n"
     "                       lowers its busiest rank's pairs by at least --eplb-min-gain of\n"
     "                       them (default 0)\n"
+    "  --eplb-lag N         the -async methods' passes from a boundary to its placement's service\n"
+    "                       (default 1)\n"
     "  --virtual-nodes N    split the ranks into N pretend nodes\n"
     "  --time-limit SEC     ILP budget (default 20)\n"
     "  --workdir DIR        where rank 0 writes placements for the others (default bench-run-work)\n"
@@ -154,7 +157,7 @@ static const char usage[] =
 
 enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT, O_MAXSEQS, O_CONT, O_SEPPRE, O_RATES,
        O_BURST, O_CHUNK, O_MNBT, O_MTT, O_NPROMPTS, O_TARR, O_TSCALE,
-       O_PREFIX, O_SHPRE, O_TURNS, O_TURNTOK, O_EPLBI, O_EPLBW, O_PSEED, O_DRIFT, O_EPLBG };
+       O_PREFIX, O_SHPRE, O_TURNS, O_TURNTOK, O_EPLBI, O_EPLBW, O_PSEED, O_DRIFT, O_EPLBG, O_EPLBLAG };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
 
 static const struct option opts[] = {
@@ -181,7 +184,7 @@ static const struct option opts[] = {
     {"turns", required_argument, 0, O_TURNS},          {"turn-tokens", required_argument, 0, O_TURNTOK},
     {"eplb-interval", required_argument, 0, O_EPLBI},  {"eplb-window", required_argument, 0, O_EPLBW},
     {"plan-seed", required_argument, 0, O_PSEED},      {"drift", required_argument, 0, O_DRIFT},
-    {"eplb-min-gain", required_argument, 0, O_EPLBG},
+    {"eplb-min-gain", required_argument, 0, O_EPLBG},  {"eplb-lag", required_argument, 0, O_EPLBLAG},
     {0, 0, 0, 0}};
 
 /* One live-routing run per setting against the neutral one (TA strength 0,
@@ -461,6 +464,20 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
  * 't' TA strength, 'c' MoD capacity (the ranges of epmoe run's options). */
 enum { BENCH_MAX_METHODS = 16 };
 
+/* 'online', 'online-peers', 'online-async', 'online-peers-async': contiguous rebalanced as it runs,
+ * gained experts copied from peers or read, at once or with --eplb-lag */
+static int online_kind(const char *m, int *peers, int *async)
+{
+    static const char *const names[] = {"online", "online-peers", "online-async", "online-peers-async"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(m, names[i])) {
+            *peers = i % 2, *async = i / 2;
+            return 1;
+        }
+    *peers = *async = 0;
+    return 0;
+}
+
 static int check_list(const char *W, const char *opt, const char *list, size_t room, int kind)
 {
     char buf[256];
@@ -478,8 +495,8 @@ static int check_list(const char *W, const char *opt, const char *list, size_t r
             cli_usage_error(W, "option %s: '%s' is not home or follow", opt, e);
             return 0;
         }
-        if (kind == 'p' && strcmp(e, "online") && strcmp(e, "online-peers") &&
-            epm_method_parse(e, &method) != EPM_OK) {
+        int peers, async;
+        if (kind == 'p' && !online_kind(e, &peers, &async) && epm_method_parse(e, &method) != EPM_OK) {
             cli_usage_error(W, "option %s: %s", opt, epm_last_error());
             return 0;
         }
@@ -519,7 +536,7 @@ int epm_bench_run(int argc, char **argv)
     long num_prompts = 0, shared_prefix = 0;
     int prefix = 0; /* --prefix-caching */
     long turns = 1, turn_tokens = 32;
-    long eplb_interval = 4, eplb_window = 0; /* the 'online' method's */
+    long eplb_interval = 4, eplb_window = 0, eplb_lag = 1; /* the 'online' methods' */
     double eplb_gain = 0;
     int eplb_given = 0;
     long plan_seed = -1; /* >= 0: plans made from another trace than the one replayed */
@@ -596,6 +613,9 @@ int epm_bench_run(int argc, char **argv)
             break;
         case O_EPLBG:
             if (!cli_parse_double(W, "--eplb-min-gain", optarg, 0, 0.999, &eplb_gain)) return EPM_EXIT_USAGE;
+            break;
+        case O_EPLBLAG:
+            if (!cli_parse_int(W, "--eplb-lag", optarg, 1, INT32_MAX, &eplb_lag)) return EPM_EXIT_USAGE;
             break;
         case O_TA: ta_list = optarg; break;
         case O_CAPS: caps = optarg; break;
@@ -720,12 +740,13 @@ int epm_bench_run(int argc, char **argv)
     { /* online rebalancing's options belong to the 'online' method */
         char list[128];
         snprintf(list, sizeof list, ",%s,", methods_s);
-        const int online = strstr(list, ",online,") || strstr(list, ",online-peers,");
+        const int online = strstr(list, ",online,") || strstr(list, ",online-peers,") ||
+                           strstr(list, ",online-async,") || strstr(list, ",online-peers-async,");
         if ((eplb_given || eplb_window || eplb_gain > 0) && !online)
             return cli_usage_error(W, "%s is the 'online' method's, which --methods (%s) does not list",
                                    eplb_window ? "--eplb-window" : eplb_given ? "--eplb-interval" : "--eplb-min-gain",
                                    methods_s);
-        if (cli_eplb_usage(W, eplb_interval, eplb_window, NULL) != EPM_EXIT_OK)
+        if (cli_eplb_usage(W, eplb_interval, eplb_window, strstr(list, "-async,") ? eplb_lag : 0, NULL) != EPM_EXIT_OK)
             return EPM_EXIT_USAGE;
     }
     if (mla) { /* before MPI starts: a usage error leaves nothing behind */
@@ -938,7 +959,7 @@ int epm_bench_run(int argc, char **argv)
     if (me == 0)
         printf(csv ? "ranks,nodes,mode,method,prefill_tok_s,decode_tok_s,intra_bytes,inter_bytes,kv_bytes,max_load,"
                      "prefill_vs_contiguous,decode_vs_contiguous,bytes_vs_contiguous,kv_cache_bytes_per_rank\n"
-                   : "%-7s %-11s %12s %12s %14s %14s %12s %9s %8s %8s %8s %12s\n",
+                   : "%-7s %-18s %12s %12s %14s %14s %12s %9s %8s %8s %8s %12s\n",
                "mode", "method", "prefill t/s", "decode t/s", "intra bytes", "inter bytes", "kv bytes", "max load",
                "pf/contig", "dc/contig", "B/contig", "KV mem/rank");
     char modes[64], methods[128];
@@ -968,7 +989,7 @@ int epm_bench_run(int argc, char **argv)
         enum { MAXM = BENCH_MAX_METHODS };
         struct meth {
             char name[32];
-            int online, peers;
+            int online, peers, async;
             epm_placement *p;
             double pf, dc;
             int64_t bytes[3], kv, maxload, kvmem;
@@ -988,8 +1009,7 @@ int epm_bench_run(int argc, char **argv)
             snprintf(me_->name, sizeof me_->name, "%s", mt);
             epm_plan_opts po;
             epm_plan_opts_init(&po);
-            me_->peers = !strcmp(mt, "online-peers");
-            me_->online = !strcmp(mt, "online") || me_->peers; /* contiguous, rebalanced as it runs */
+            me_->online = online_kind(mt, &me_->peers, &me_->async); /* contiguous, rebalanced as it runs */
             if (me_->online)
                 po.method = EPM_METHOD_CONTIGUOUS;
             else if (epm_method_parse(mt, &po.method) != EPM_OK) {
@@ -1055,6 +1075,7 @@ int epm_bench_run(int argc, char **argv)
                     o.eplb_min_gain = eplb_gain;
                     o.eplb_slots = spare;
                     o.eplb_from_peers = me_->peers;
+                    o.eplb_lag = me_->async ? (int)eplb_lag : 0;
                 }
                 wire_opts(&o);
                 epm_run_result *res = NULL;
@@ -1098,7 +1119,7 @@ int epm_bench_run(int argc, char **argv)
                 printf("%d,%d,", R, cl.nodes);
             if (me == 0)
                 printf(csv ? "%s,%s,%.1f,%.1f,%lld,%lld,%lld,%lld,%.3f,%.3f,%.3f,%lld\n"
-                           : "%-7s %-11s %12.1f %12.1f %14lld %14lld %12lld %9lld %8.3f %8.3f %8.3f %12lld\n",
+                           : "%-7s %-18s %12.1f %12.1f %14lld %14lld %12lld %9lld %8.3f %8.3f %8.3f %12lld\n",
                        ms, me_->name, me_->pf, me_->dc, (long long)me_->bytes[1], (long long)me_->bytes[2],
                        (long long)me_->kv, (long long)me_->maxload, me_->pf / b0->pf, b0->dc > 0 ? me_->dc / b0->dc : 0,
                        base_b > 0 ? b / base_b : b > 0 ? INFINITY : 1.0, (long long)me_->kvmem);

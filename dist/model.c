@@ -664,6 +664,23 @@ epm_status epm_model_load_experts(epm_model *m, int layer, const int *experts, i
     return EPM_OK;
 }
 
+epm_status epm_model_prefetch_experts(const epm_model *m, int layer, const int *experts, int n)
+{
+    EPM_CHECK(experts_args(m, "epm_model_prefetch_experts", layer, experts, n));
+    for (int i = 0; i < n; i++) {
+        EPM_CHECK(expert_of(m, layer, experts[i]));
+        epm_model_mlp w;
+        spec s[3];
+        const int ns = expert_specs(&m->cfg, layer, experts[i], &w, s);
+        for (int j = 0; j < ns; j++) {
+            const epm_st_tensor *t = epm_shards_find(m->sh, s[j].name, NULL);
+            if (t) /* (one missing is the load's to report) */
+                epm_st_willneed(t->data, (size_t)(t->end - t->begin));
+        }
+    }
+    return EPM_OK;
+}
+
 epm_status epm_model_set_expert_dtype(epm_model *m, epm_dtype want, epm_dtype *got)
 {
     if (!m)

@@ -1259,9 +1259,11 @@ static epm_status memory_check(rt *r)
     const int seqs = r->o->mode == EPM_MODE_FOLLOW ? r->max_seqs : r->places[r->me];
     double w = m.bytes + (double)c->num_layers * epm_mla_setup_bytes(r), held = 0;
     /* online rebalancing that copies experts between ranks holds, at a boundary, a layer's packed sends
-     * and the rows it received beside its experts (an estimate: its slots' worth of each) */
+     * and the rows it received beside its experts (an estimate: its slots' worth of each), or with a
+     * lag every layer's, all in flight at once */
     if (r->o->eplb_interval > 0 && r->o->eplb_from_peers)
-        w += 2.0 * r->eplb_slots * (double)epm_model_expert_packed_bytes(r->m);
+        w += 2.0 * r->eplb_slots * (r->o->eplb_lag > 0 ? r->moe_layers : 1) *
+             (double)epm_model_expert_packed_bytes(r->m);
     for (int q = 0; q < r->R; q++)
         held += r->o->mode == EPM_MODE_FOLLOW || q == r->me ? kv_most(r, q) : 0;
     /* K and V (or the latent alone) */
@@ -1687,7 +1689,7 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
             st = epm_placement_validate(r->p, 0);
     }
     if (st == EPM_OK && o->eplb_interval != 0) /* (plan eval's replay checks them alike) */
-        st = epm_eplb_check(r->p, o->eplb_interval, o->eplb_window, o->eplb_slots, o->eplb_min_gain, 0,
+        st = epm_eplb_check(r->p, o->eplb_interval, o->eplb_window, o->eplb_slots, o->eplb_min_gain, o->eplb_lag, 0,
                             &r->eplb_slots);
     if (st == EPM_OK && o->route_from) {
         const epm_trace *t = o->route_from;
@@ -1813,6 +1815,7 @@ static void teardown(rt *r)
     epm_free(r->kv_local);
     epm_free(r->load_local);
     epm_free(r->eplb_load);
+    epm_eplb_teardown(r);
     epm_mod_teardown(r);
     epm_placement_destroy(r->owned_p);
     epm_model_close(r->m);
@@ -2496,8 +2499,8 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         }
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
         /* (the pass's number counts the non-empty ones, which online rebalancing counts) */
-        if (epm_eplb_due(o->eplb_interval, sp.index))
-            EPM_CHECK_GOTO(epm_eplb_rebalance(&r), st, fail_gen);
+        if (o->eplb_interval > 0)
+            EPM_CHECK_GOTO(epm_eplb_pass(&r, sp.index), st, fail_gen);
         r.eplb_counting = epm_eplb_counts(o->eplb_interval, o->eplb_window, sp.index);
         EPM_CHECK_GOTO(run_pass(&r, &sp, prompts, &po, trace_of_run, res), st, fail_gen);
         /* a mixed pass's seconds are shared out by its tokens */
@@ -2517,6 +2520,8 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
             res->t_done[q] = res->t_token[(size_t)q * maxnew + res->gen_len[q]] = t1 - t_start;
         }
     }
+    if (o->eplb_interval > 0) /* (a placement still in flight comes into service, as plan eval takes it) */
+        EPM_CHECK_GOTO(epm_eplb_end(&r), st, fail_gen);
     {
         double *tpot = epm_malloc((size_t)batch * sizeof *tpot);
         double *gaps = epm_malloc((size_t)batch * maxnew * sizeof *gaps); /* the inter-token latencies */

@@ -42,6 +42,12 @@ typedef struct epm_run_opts {
                                        it (epm_placement_moves names which; as vLLM and SGLang do between
                                        GPUs) rather than reading it from the checkpoint: traffic between
                                        ranks that plan eval prices, no read of the file */
+    int eplb_lag;                   /* asynchronous rebalancing (vLLM's use_async): a placement taken at a
+                                       boundary comes into service this many passes later (0: at once;
+                                       below eplb_interval), its gained experts fetched meanwhile: the
+                                       checkpoint's pages read ahead by the kernel, or the copies posted at
+                                       the boundary and waited for at the switch; the passes between run
+                                       under the placement before */
     epm_mode mode;
     int virtual_nodes;
     int max_new_tokens;

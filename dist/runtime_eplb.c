@@ -7,7 +7,15 @@
  * memory, where the file's pages are the cheaper source on a node, as
  * bench/README measured), or copied from a rank that holds them
  * (eplb_from_peers: epm_placement_moves names which, as vLLM and SGLang copy
- * them between GPUs, where their weights live). */
+ * them between GPUs, where their weights live).
+ *
+ * With eplb_lag (vLLM's asynchronous EPLB) the placement taken at a boundary
+ * comes into service that many passes later, and the passes between run
+ * under the one before while its experts are fetched: the checkpoint's pages
+ * read ahead by the kernel, or every layer's copies posted at once and
+ * waited for at the switch. The switch is at a fixed pass, not when the
+ * copies happen to land, so that plan eval replays the run number for
+ * number. */
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,30 +37,52 @@ static void diff(const rt *r, const epm_placement *np, int ml, int *gain, int *n
     }
 }
 
-/* Layer l's (MoE layer ml's) copies between ranks: this rank packs those it
- * sends, [mv, mv + n) being the layer's moves, and the exchange delivers
- * those it receives into *in (by source rank, then in the moves' order: the
- * order the senders packed them). Collective. */
-static epm_status send_layer(rt *r, int l, const epm_expert_move *mv, int64_t n, int64_t packed, epm_xcomm_buf *in,
-                             int64_t counted[EPM_LINK_COUNT])
+/* The model layer of MoE layer ml */
+static int layer_of(const rt *r, int ml)
 {
-    int64_t ns = 0;
+    for (int l = 0; l < r->c->num_layers; l++)
+        if (r->moe_index[l] == ml)
+            return l;
+    return -1;
+}
+
+/* The copies this rank sends of moves [mv, mv + n), packed by destination,
+ * then in the moves' order (what each receiver expects from this rank): on
+ * the flat path rows in destination order are sent from this buffer by the
+ * blocking exchange, not copied into its scratch. *rows and *dest are the
+ * caller's to free, also on failure. */
+static epm_status pack_sends(const rt *r, const epm_expert_move *mv, int64_t n, int64_t packed, float **rows,
+                             int **dest, int64_t *ns)
+{
+    *ns = 0;
     for (int64_t i = 0; i < n; i++)
-        ns += mv[i].from == r->me;
-    float *rows = epm_malloc(ns ? (size_t)ns * (size_t)packed : 1);
-    int *dest = epm_malloc((size_t)(ns ? ns : 1) * sizeof *dest);
-    epm_status st = rows && dest ? EPM_OK : EPM_ERR_NOMEM;
-    /* by destination, then in the moves' order (what each receiver expects from this rank): on the
-     * flat path rows in destination order are sent from this buffer, not copied into the exchange's
-     * scratch (the hierarchical path copies them: the rebalance trims that scratch after) */
+        *ns += mv[i].from == r->me;
+    *rows = epm_malloc(*ns ? (size_t)*ns * (size_t)packed : 1);
+    *dest = epm_malloc((size_t)(*ns ? *ns : 1) * sizeof **dest);
+    epm_status st = *rows && *dest ? EPM_OK : EPM_ERR_NOMEM;
     int64_t k = 0;
     for (int to = 0; to < r->R; to++)
         for (int64_t i = 0; i < n && st == EPM_OK; i++)
             if (mv[i].from == r->me && mv[i].to == to) {
-                dest[k] = to;
-                st = epm_model_pack_expert(r->m, l, mv[i].expert, (char *)rows + (size_t)k * (size_t)packed, packed);
+                (*dest)[k] = to;
+                st = epm_model_pack_expert(r->m, layer_of(r, mv[i].layer), mv[i].expert,
+                                           (char *)*rows + (size_t)k * (size_t)packed, packed);
                 k++;
             }
+    return st;
+}
+
+/* Layer l's (MoE layer ml's) copies between ranks, blocking: this rank sends
+ * its share of [mv, mv + n), the layer's moves, and the exchange delivers
+ * those it receives into *in (by source rank, then in the moves' order: the
+ * order the senders packed them). Collective. */
+static epm_status send_layer(rt *r, const epm_expert_move *mv, int64_t n, int64_t packed, epm_xcomm_buf *in,
+                             int64_t counted[EPM_LINK_COUNT])
+{
+    float *rows;
+    int *dest;
+    int64_t ns;
+    epm_status st = pack_sends(r, mv, n, packed, &rows, &dest, &ns);
     const int width = (int)(packed / (int64_t)sizeof(float));
     st = epm_rt_sync(r, st); /* (a rank that could not pack is known to all, by its own message) */
     if (st == EPM_OK)
@@ -62,10 +92,9 @@ static epm_status send_layer(rt *r, int l, const epm_expert_move *mv, int64_t n,
     return st;
 }
 
-/* what this rank received of layer l: row j of *in is the j-th of its
- * moves ordered by source, then in the moves' order */
-static epm_status take_layer(rt *r, int l, const epm_expert_move *mv, int64_t n, int64_t packed,
-                             const epm_xcomm_buf *in)
+/* What this rank received of moves [mv, mv + n): row j of *in is the j-th
+ * of its moves ordered by source, then in the moves' order. */
+static epm_status take_copies(rt *r, const epm_expert_move *mv, int64_t n, int64_t packed, const epm_xcomm_buf *in)
 {
     int64_t j = 0;
     for (int src = 0; src < r->R; src++)
@@ -73,110 +102,38 @@ static epm_status take_layer(rt *r, int l, const epm_expert_move *mv, int64_t n,
             if (mv[i].to != r->me || mv[i].from != src)
                 continue;
             if (j >= in->n || in->src[j] != src)
-                return epm_fail(EPM_ERR_INTERNAL, "online rebalancing: expert %d of layer %d was due from rank %d, "
-                                "and %s arrived", mv[i].expert, l, src, j >= in->n ? "nothing" : "another rank's");
-            EPM_CHECK(epm_model_unpack_expert(r->m, l, mv[i].expert, (const char *)in->rows + (size_t)j * (size_t)packed,
-                                              packed));
+                return epm_fail(EPM_ERR_INTERNAL, "online rebalancing: expert %d of MoE layer %d was due from rank "
+                                "%d, and %s arrived", mv[i].expert, mv[i].layer, src,
+                                j >= in->n ? "nothing" : "another rank's");
+            EPM_CHECK(epm_model_unpack_expert(r->m, layer_of(r, mv[i].layer), mv[i].expert,
+                                              (const char *)in->rows + (size_t)j * (size_t)packed, packed));
             j++;
         }
     if (j != in->n)
-        return epm_fail(EPM_ERR_INTERNAL, "online rebalancing: %lld experts of layer %d arrived, %lld were due",
-                        (long long)in->n, l, (long long)j);
+        return epm_fail(EPM_ERR_INTERNAL, "online rebalancing: %lld experts arrived, %lld were due", (long long)in->n,
+                        (long long)j);
     return EPM_OK;
 }
 
-epm_status epm_eplb_rebalance(rt *r)
+/* Drops the experts of layer l (MoE layer ml) this rank loses to np; on a
+ * GPU their device copies first (its weight cache would keep them, and
+ * could take a gained expert at a freed address for one). gone: [3 * E]. */
+static epm_status drop_lost(rt *r, const epm_placement *np, int l, int ml, int *gain, int *lose, const void **gone)
 {
-    const double t0 = epm_now();
-    const epm_model_config *c = r->c;
-    const int L = r->moe_layers, E = c->num_experts;
-    const int peers = r->o->eplb_from_peers;
-    EPM_CHECK(epm_xcomm_sum_i64(r->x, r->eplb_load, L * E));
-    epm_placement *np = NULL;
-    int *gain = NULL, *lose = NULL;
-    const void **gone = NULL;
-    epm_expert_move *mv = NULL;
-    epm_xcomm_buf in = {0};
-    int64_t moved = 0, nmv = 0, read = -epm_model_bytes_loaded(r->m), counted[EPM_LINK_COUNT] = {0};
-    const int64_t packed = epm_model_expert_packed_bytes(r->m);
-    epm_status st = epm_plan_rebalance(r->p, r->eplb_load, r->eplb_slots, r->o->eplb_min_gain, &np);
-    /* (a row of the exchange: its transports send at most INT_MAX bytes a row, a hierarchical hop's
-     * header of 8 included) */
-    if (st == EPM_OK && np && peers && packed > (int64_t)INT_MAX - 8)
-        st = epm_fail(EPM_ERR_UNSUPPORTED, "online rebalancing: an expert of %lld bytes is more than one row between "
-                      "ranks can carry (2 GiB; --eplb-from checkpoint reads it instead)", (long long)packed);
-    memset(r->eplb_load, 0, (size_t)L * E * sizeof *r->eplb_load); /* (the window's counts are spent) */
-    if (st != EPM_OK || !np) /* (nothing to take: no MoE token in the window, or no layer worth moving) */
-        goto out;
-    st = epm_placement_gains(r->p, np, &moved);
-    gain = epm_malloc((size_t)E * sizeof *gain);
-    lose = epm_malloc((size_t)E * sizeof *lose);
-    gone = epm_malloc((size_t)3 * E * sizeof *gone);
-    mv = peers ? epm_malloc((size_t)(moved ? moved : 1) * sizeof *mv) : NULL;
-    st = st == EPM_OK && (!gain || !lose || !gone || (peers && !mv)) ? EPM_ERR_NOMEM : st;
-    if (st == EPM_OK && peers)
-        st = epm_placement_moves(r->p, np, mv, moved, &nmv);
-    epm_xcomm_wire w0, w1;
-    epm_xcomm_wire_get(r->x, &w0);
-    if (peers) /* (every rank takes part in every layer's exchange: a failure is known to all first) */
-        st = epm_rt_sync(r, st);
-    int64_t at = 0; /* the moves are by layer */
-    for (int l = 0; l < c->num_layers && st == EPM_OK; l++) {
-        const int ml = r->moe_index[l];
-        if (ml < 0)
-            continue;
-        int64_t n = 0;
-        while (peers && at + n < nmv && mv[at + n].layer == ml)
-            n++;
-        /* the copies first, while their senders still hold them. Beyond its slots a rank holds, for
-         * the exchange, the layer's experts it sends (packed) and those it receives; the memory check
-         * counts a layer's slots' worth of each */
-        if (n > 0) /* (every rank knows n: a layer nothing moves in has no exchange) */
-            st = send_layer(r, l, mv + at, n, packed, &in, counted);
-        at += n;
-        int ng, nl;
-        diff(r, np, ml, gain, &ng, lose, &nl);
-        /* dropped before the gains are held; on a GPU their device copies first (its weight cache would
-         * keep them, and could take a gained expert at a freed address for one) */
-        for (int i = 0; i < nl && r->cuda && st == EPM_OK; i++) {
-            const epm_model_mlp *w = epm_model_expert(r->m, l, lose[i]);
-            gone[3 * i] = w ? w->gate : NULL, gone[3 * i + 1] = w ? w->up : NULL, gone[3 * i + 2] = w ? w->down : NULL;
-        }
-        if (st == EPM_OK && r->cuda && nl > 0)
-            st = epm_ops_cuda_forget(gone, 3 * nl);
-        if (st == EPM_OK)
-            st = epm_model_drop_experts(r->m, l, lose, nl);
-        if (st == EPM_OK)
-            st = !peers ? epm_model_load_experts(r->m, l, gain, ng, NULL)
-                 : n > 0 ? take_layer(r, l, mv + at - n, n, packed, &in) : EPM_OK;
-        if (peers) /* (before the next layer's exchange) */
-            st = epm_rt_sync(r, st);
+    int ng, nl;
+    diff(r, np, ml, gain, &ng, lose, &nl);
+    for (int i = 0; i < nl && r->cuda; i++) {
+        const epm_model_mlp *w = epm_model_expert(r->m, l, lose[i]);
+        gone[3 * i] = w ? w->gate : NULL, gone[3 * i + 1] = w ? w->up : NULL, gone[3 * i + 2] = w ? w->down : NULL;
     }
-    /* (the copies' own wire bytes, which the report keeps apart from the tokens') */
-    epm_xcomm_wire_get(r->x, &w1);
-    for (int k = 0; k < EPM_LINK_COUNT; k++) {
-        r->eplb_wire.bytes[k] += w1.bytes[k] - w0.bytes[k];
-        r->eplb_wire.msgs[k] += w1.msgs[k] - w0.msgs[k];
-    }
-out:
-    read += epm_model_bytes_loaded(r->m);
-    epm_xcomm_buf_free(&in);
-    if (nmv > 0) /* (the exchanges' scratch grew to a layer's experts: not kept for the run) */
-        epm_xcomm_pool_trim(r->x);
-    epm_free(mv);
-    epm_free(gain);
-    epm_free(lose);
-    epm_free(gone);
-    st = epm_rt_sync(r, st);
-    if (st == EPM_OK)
-        st = epm_xcomm_sum_i64(r->x, &read, 1);
-    if (st == EPM_OK)
-        st = epm_xcomm_sum_i64(r->x, counted, EPM_LINK_COUNT);
-    r->rep->t_eplb += epm_now() - t0; /* (a boundary that takes nothing paid for its sum and its plan too) */
-    if (st != EPM_OK || !np) {
-        epm_placement_destroy(np);
-        return st;
-    }
+    if (r->cuda && nl > 0)
+        EPM_CHECK(epm_ops_cuda_forget(gone, 3 * nl));
+    return epm_model_drop_experts(r->m, l, lose, nl);
+}
+
+/* np is in service: the report counts it */
+static void take_placement(rt *r, epm_placement *np, int64_t moved, int64_t read, const int64_t counted[EPM_LINK_COUNT])
+{
     epm_placement_destroy(r->owned_p);
     r->p = r->owned_p = np;
     r->rep->eplb_rebalances++;
@@ -184,5 +141,233 @@ out:
     r->rep->eplb_bytes += read;
     for (int k = 0; k < EPM_LINK_COUNT; k++)
         r->rep->eplb_peer_bytes[k] += counted[k];
-    return EPM_OK;
+}
+
+static void wire_since(rt *r, const epm_xcomm_wire *w0)
+{
+    epm_xcomm_wire w1;
+    epm_xcomm_wire_get(r->x, &w1);
+    for (int k = 0; k < EPM_LINK_COUNT; k++) {
+        r->eplb_wire.bytes[k] += w1.bytes[k] - w0->bytes[k];
+        r->eplb_wire.msgs[k] += w1.msgs[k] - w0->msgs[k];
+    }
+}
+
+/* The rest of a change to np once its copies (if any) have arrived: per
+ * layer, the lost experts dropped, then the gained ones taken (copies in
+ * *in, all layers', or read from the checkpoint). Collective where it
+ * copies (syncs). */
+static epm_status apply(rt *r, const epm_placement *np, const epm_expert_move *mv, int64_t nmv, int64_t packed,
+                        const epm_xcomm_buf *in, int copied_already)
+{
+    const int E = r->c->num_experts, peers = r->o->eplb_from_peers;
+    int *gain = epm_malloc((size_t)E * sizeof *gain), *lose = epm_malloc((size_t)E * sizeof *lose);
+    const void **gone = epm_malloc((size_t)3 * E * sizeof *gone);
+    epm_status st = gain && lose && gone ? EPM_OK : EPM_ERR_NOMEM;
+    if (peers && !copied_already) /* (every rank takes part in every layer's exchange: a failure is known first) */
+        st = epm_rt_sync(r, st);
+    if (copied_already && st == EPM_OK) /* (gains before drops: they are other experts, held unused till now) */
+        st = take_copies(r, mv, nmv, packed, in);
+    int64_t at = 0; /* the moves are by layer */
+    epm_xcomm_buf layer_in = {0};
+    for (int l = 0; l < r->c->num_layers && st == EPM_OK; l++) {
+        const int ml = r->moe_index[l];
+        if (ml < 0)
+            continue;
+        int64_t n = 0;
+        while (peers && at + n < nmv && mv[at + n].layer == ml)
+            n++;
+        /* blocking: the copies first, while their senders still hold them. Beyond its slots a rank holds,
+         * for the exchange, the layer's experts it sends (packed) and those it receives; the memory check
+         * counts a layer's slots' worth of each */
+        if (n > 0 && !copied_already) /* (every rank knows n: a layer nothing moves in has no exchange) */
+            st = send_layer(r, mv + at, n, packed, &layer_in, r->eplb_counted);
+        at += n;
+        if (st == EPM_OK)
+            st = drop_lost(r, np, l, ml, gain, lose, gone);
+        if (st == EPM_OK && !peers) {
+            int ng, nl;
+            diff(r, np, ml, gain, &ng, lose, &nl);
+            st = epm_model_load_experts(r->m, l, gain, ng, NULL);
+        }
+        if (st == EPM_OK && n > 0 && !copied_already)
+            st = take_copies(r, mv + at - n, n, packed, &layer_in);
+        if (peers && !copied_already) /* (before the next layer's exchange) */
+            st = epm_rt_sync(r, st);
+    }
+    epm_xcomm_buf_free(&layer_in);
+    epm_free(gain);
+    epm_free(lose);
+    epm_free(gone);
+    return st;
+}
+
+/* The placement the window's counts call for (NULL: none, as plan eval
+ * takes none), with its gains counted and, copying, their moves. Collective. */
+static epm_status decide(rt *r, epm_placement **np, int64_t *moved, epm_expert_move **mv, int64_t *nmv)
+{
+    const int L = r->moe_layers, E = r->c->num_experts;
+    const int64_t packed = epm_model_expert_packed_bytes(r->m);
+    *np = NULL, *mv = NULL, *moved = *nmv = 0;
+    EPM_CHECK(epm_xcomm_sum_i64(r->x, r->eplb_load, L * E));
+    epm_status st = epm_plan_rebalance(r->p, r->eplb_load, r->eplb_slots, r->o->eplb_min_gain, np);
+    memset(r->eplb_load, 0, (size_t)L * E * sizeof *r->eplb_load); /* (the window's counts are spent) */
+    /* (a row of the exchange: its transports send at most INT_MAX bytes a row, a hierarchical hop's
+     * header of 8 included) */
+    if (st == EPM_OK && *np && r->o->eplb_from_peers && packed > (int64_t)INT_MAX - 8)
+        st = epm_fail(EPM_ERR_UNSUPPORTED, "online rebalancing: an expert of %lld bytes is more than one row between "
+                      "ranks can carry (2 GiB; --eplb-from checkpoint reads it instead)", (long long)packed);
+    if (st == EPM_OK && *np)
+        st = epm_placement_gains(r->p, *np, moved);
+    if (st == EPM_OK && *np && r->o->eplb_from_peers) {
+        *mv = epm_malloc((size_t)(*moved ? *moved : 1) * sizeof **mv);
+        st = *mv ? epm_placement_moves(r->p, *np, *mv, *moved, nmv) : EPM_ERR_NOMEM;
+    }
+    if (st != EPM_OK) {
+        epm_placement_destroy(*np);
+        epm_free(*mv);
+        *np = NULL, *mv = NULL;
+    }
+    return st;
+}
+
+/* Asynchronous: np's experts start towards this rank (the kernel reads the
+ * file's pages ahead; every layer's copies are posted in one exchange,
+ * which the passes' own exchanges progress). */
+static epm_status fetch_ahead(rt *r, const epm_placement *np, const epm_expert_move *mv, int64_t nmv)
+{
+    const int64_t packed = epm_model_expert_packed_bytes(r->m);
+    if (!r->o->eplb_from_peers) {
+        const int E = r->c->num_experts;
+        int *gain = epm_malloc((size_t)E * sizeof *gain), *lose = epm_malloc((size_t)E * sizeof *lose);
+        epm_status st = gain && lose ? EPM_OK : EPM_ERR_NOMEM;
+        for (int l = 0; l < r->c->num_layers && st == EPM_OK; l++) {
+            int ng, nl;
+            if (r->moe_index[l] < 0)
+                continue;
+            diff(r, np, r->moe_index[l], gain, &ng, lose, &nl);
+            st = epm_model_prefetch_experts(r->m, l, gain, ng);
+        }
+        epm_free(gain);
+        epm_free(lose);
+        return st;
+    }
+    float *rows;
+    int *dest;
+    int64_t ns;
+    epm_status st = pack_sends(r, mv, nmv, packed, &rows, &dest, &ns);
+    const int width = (int)(packed / (int64_t)sizeof(float));
+    st = epm_rt_sync(r, st);
+    epm_xcomm_wire w0;
+    epm_xcomm_wire_get(r->x, &w0);
+    if (st == EPM_OK && nmv > 0) /* (_start copies the rows into its scratch: they are freed below) */
+        st = epm_xcomm_exchange_start_buf(r->x, ns, dest, rows, width, width, r->eplb_counted, &r->eplb_in,
+                                          &r->eplb_req);
+    wire_since(r, &w0);
+    epm_free(rows);
+    epm_free(dest);
+    return st;
+}
+
+/* The placement in flight comes into service: its copies waited for, then
+ * taken, the lost experts dropped, the gained ones read. Collective. */
+static epm_status switch_in(rt *r)
+{
+    const double t0 = epm_now();
+    const int64_t packed = epm_model_expert_packed_bytes(r->m);
+    int64_t read = -epm_model_bytes_loaded(r->m);
+    epm_status st = EPM_OK;
+    if (r->eplb_req) {
+        epm_xcomm_wire w0;
+        epm_xcomm_wire_get(r->x, &w0);
+        st = epm_xcomm_exchange_wait_buf(r->eplb_req); /* (frees the request, also on failure) */
+        r->eplb_req = NULL;
+        wire_since(r, &w0);
+    }
+    st = epm_rt_sync(r, st);
+    if (st == EPM_OK)
+        st = apply(r, r->eplb_next, r->eplb_mv, r->eplb_nmv, packed, &r->eplb_in, r->o->eplb_from_peers);
+    read += epm_model_bytes_loaded(r->m);
+    epm_xcomm_buf_free(&r->eplb_in);
+    if (r->eplb_nmv > 0) /* (the exchange's scratch grew to the change's experts: not kept for the run) */
+        epm_xcomm_pool_trim(r->x);
+    epm_free(r->eplb_mv);
+    r->eplb_mv = NULL;
+    st = epm_rt_sync(r, st);
+    if (st == EPM_OK)
+        st = epm_xcomm_sum_i64(r->x, &read, 1);
+    if (st == EPM_OK)
+        st = epm_xcomm_sum_i64(r->x, r->eplb_counted, EPM_LINK_COUNT);
+    r->rep->t_eplb += epm_now() - t0;
+    if (st == EPM_OK)
+        take_placement(r, r->eplb_next, r->eplb_moved_next, read, r->eplb_counted);
+    else
+        epm_placement_destroy(r->eplb_next);
+    r->eplb_next = NULL;
+    memset(r->eplb_counted, 0, sizeof r->eplb_counted);
+    return st;
+}
+
+/* A boundary: the next placement taken, and with a lag set on its way. */
+static epm_status rebalance(rt *r)
+{
+    const double t0 = epm_now();
+    epm_placement *np;
+    epm_expert_move *mv;
+    int64_t moved, nmv;
+    epm_status st = epm_rt_sync(r, decide(r, &np, &moved, &mv, &nmv)); /* (then every rank has the same np) */
+    if (st == EPM_OK && np && r->o->eplb_lag > 0) {
+        r->eplb_next = np, r->eplb_mv = mv, r->eplb_nmv = nmv, r->eplb_moved_next = moved;
+        st = fetch_ahead(r, np, mv, nmv);
+        r->rep->t_eplb += epm_now() - t0;
+        return epm_rt_sync(r, st); /* (a failure leaves the pending change to epm_eplb_teardown) */
+    }
+    const int64_t packed = epm_model_expert_packed_bytes(r->m);
+    int64_t read = -epm_model_bytes_loaded(r->m);
+    epm_xcomm_wire w0;
+    epm_xcomm_wire_get(r->x, &w0);
+    if (st == EPM_OK && np)
+        st = apply(r, np, mv, nmv, packed, NULL, 0);
+    wire_since(r, &w0); /* (the copies' own wire bytes, which the report keeps apart from the tokens') */
+    read += epm_model_bytes_loaded(r->m);
+    if (nmv > 0) /* (the exchanges' scratch grew to a layer's experts: not kept for the run) */
+        epm_xcomm_pool_trim(r->x);
+    epm_free(mv);
+    st = epm_rt_sync(r, st);
+    if (st == EPM_OK)
+        st = epm_xcomm_sum_i64(r->x, &read, 1);
+    if (st == EPM_OK)
+        st = epm_xcomm_sum_i64(r->x, r->eplb_counted, EPM_LINK_COUNT);
+    r->rep->t_eplb += epm_now() - t0; /* (a boundary that takes nothing paid for its sum and its plan too) */
+    if (st == EPM_OK && np)
+        take_placement(r, np, moved, read, r->eplb_counted);
+    else
+        epm_placement_destroy(np);
+    memset(r->eplb_counted, 0, sizeof r->eplb_counted);
+    return st;
+}
+
+epm_status epm_eplb_pass(rt *r, int64_t pass)
+{
+    if (r->eplb_next && pass >= r->eplb_switch_at)
+        EPM_CHECK(switch_in(r));
+    if (!epm_eplb_due(r->o->eplb_interval, pass))
+        return EPM_OK;
+    /* (the boundary's number: a lag counts the passes from it, as plan eval's replay does) */
+    r->eplb_switch_at = pass + r->o->eplb_lag;
+    return rebalance(r);
+}
+
+epm_status epm_eplb_end(rt *r) { return r->eplb_next ? switch_in(r) : EPM_OK; }
+
+void epm_eplb_teardown(rt *r)
+{
+    if (r->eplb_req) /* (a failed run: every rank leaves its passes, and cancels alike) */
+        epm_xcomm_exchange_cancel(r->eplb_req);
+    r->eplb_req = NULL;
+    epm_xcomm_buf_free(&r->eplb_in);
+    epm_placement_destroy(r->eplb_next);
+    r->eplb_next = NULL;
+    epm_free(r->eplb_mv);
+    r->eplb_mv = NULL;
 }

@@ -27,6 +27,15 @@ typedef struct rt {
     int eplb_counting;    /* the pass running is in the window */
     int eplb_slots;
     epm_xcomm_wire eplb_wire; /* what online rebalancing's copies of experts put on the links, this rank */
+    int64_t eplb_counted[EPM_LINK_COUNT]; /* the change's copies, as plan eval counts them */
+    /* with a lag (epm_run_opts.eplb_lag): the placement taken, in service from pass eplb_switch_at; its
+     * gains, its moves (copying) and their exchange in flight, received into eplb_in */
+    epm_placement *eplb_next;
+    int64_t eplb_switch_at, eplb_moved_next;
+    epm_expert_move *eplb_mv;
+    int64_t eplb_nmv;
+    epm_xcomm_req *eplb_req;
+    epm_xcomm_buf eplb_in;
     int B, N, steps, max_len;
     int64_t total;     /* tokens of the whole run: prefill + decode */
     const int *lens;
@@ -228,9 +237,15 @@ void epm_wire_dispatch_put(const rt *r, float *row, int n, const float *h, const
 void epm_wire_dispatch_input(const rt *r, const float *row, int n, const float *norm, float *xin);
 void epm_wire_count(int floats, int64_t row_bytes, const int64_t sent[EPM_LINK_COUNT], int64_t *counted);
 
-/* Online rebalancing (runtime_eplb.c) when epm_eplb_due (plan.h) says so:
- * collectively, the ranks sum their counts and take the next placement. */
-epm_status epm_eplb_rebalance(rt *r);
+/* Online rebalancing (runtime_eplb.c), collective, before pass `pass` runs:
+ * a placement taken a lag before comes into service, and when epm_eplb_due
+ * (plan.h) says so the ranks sum their counts and take the next one (in
+ * service at once, or with a lag from pass + lag). _end: the passes are
+ * over, and a placement still in flight comes into service. _teardown
+ * frees what a failed run left in flight. */
+epm_status epm_eplb_pass(rt *r, int64_t pass);
+epm_status epm_eplb_end(rt *r);
+void epm_eplb_teardown(rt *r);
 
 /* Collective agreement on st (every rank's first failure wins). */
 epm_status epm_rt_sync(rt *r, epm_status st);

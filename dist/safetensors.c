@@ -201,6 +201,14 @@ void epm_st_unneeded(const void *p, size_t bytes)
         (void)madvise((void *)lo, hi - lo, MADV_DONTNEED); /* (read-only file pages: a later read faults them in) */
 }
 
+void epm_st_willneed(const void *p, size_t bytes)
+{
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)p;
+    const uintptr_t lo = page > 0 ? a / page * page : a; /* (madvise wants a page-aligned start) */
+    if (p && page > 0 && bytes > 0)
+        (void)madvise((void *)lo, a + bytes - lo, MADV_WILLNEED); /* (advice: the kernel reads ahead, or not) */
+}
+
 void epm_st_close(epm_safetensors *s)
 {
     if (!s)

@@ -60,5 +60,8 @@ void epm_st_writer_destroy(epm_st_writer *w);
  * rebalancing's dropped experts. p must lie in a file's read-only mapping
  * (anonymous memory would lose its contents). */
 void epm_st_unneeded(const void *p, size_t bytes);
+/* Asks the kernel to read a mapped range ahead, in the background (online
+ * rebalancing's experts, fetched while passes run under the old placement). */
+void epm_st_willneed(const void *p, size_t bytes);
 
 #endif

@@ -28,13 +28,17 @@ int cli_usage_error(const char *what, const char *fmt, ...)
     return EPM_EXIT_USAGE;
 }
 
-int cli_eplb_usage(const char *what, long interval, long window, const char *orphan)
+int cli_eplb_usage(const char *what, long interval, long window, long lag, const char *orphan)
 {
+    orphan = orphan ? orphan : lag > 0 ? "--eplb-lag" : NULL;
     if (orphan && !interval)
         return cli_usage_error(what, "%s is online rebalancing's: --eplb-interval is not given", orphan);
     if (window > interval)
         return cli_usage_error(what, "--eplb-window %ld: the loads of at most the --eplb-interval's %ld passes count",
                                window, interval);
+    if (lag >= interval && lag > 0) /* (one placement in flight at a time) */
+        return cli_usage_error(what, "--eplb-lag %ld: a placement must be in service before the next boundary, "
+                               "fewer than the --eplb-interval's %ld passes later", lag, interval);
     return EPM_EXIT_OK;
 }
 

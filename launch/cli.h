@@ -19,7 +19,7 @@ int cli_usage_error(const char *what, const char *fmt, ...) __attribute__((forma
  * names the first other one given (NULL: none), refused without an
  * interval, and a window beyond the interval is refused; returns
  * EPM_EXIT_USAGE after the message, else EPM_EXIT_OK. */
-int cli_eplb_usage(const char *what, long interval, long window, const char *orphan);
+int cli_eplb_usage(const char *what, long interval, long window, long lag, const char *orphan);
 
 /* Progress callback: "[  12.3s] message" on stderr. */
 void cli_progress(void *user, const char *message);

@@ -84,18 +84,22 @@ static const char eval_usage[] =
     "                        sums) or copied (peers: as held, run reports its expert_bytes). Default:\n"
     "                        as --model's checkpoint stores them (its config's shape and dtype where\n"
     "                        its weights are not there), else bf16 of --hidden x --ffn\n"
+    "  --eplb-lag N          as run --eplb-lag: each placement in service N passes after its boundary,\n"
+    "                        the passes between under the one before; its copies or reads are charged\n"
+    "                        only for what they take beyond those passes' modelled time\n"
     "  --read-gbps G         checkpoint: the GB/s one rank reads experts at, pricing the reads (a\n"
     "                        rank's one after another, the ranks side by side); without it they are\n"
     "                        counted, not priced\n"
-    "  --placement-out FILE  the placement the last pass ran under (one placement, one mode), as\n"
-    "                        run --placement-out writes it\n"
+    "  --placement-out FILE  the placement the last pass ran under (one placement, one mode; with\n"
+    "                        --eplb-lag, one still in flight at the end), as run --placement-out\n"
+    "                        writes it\n"
     "  --per-layer           also print every layer\n"
     "  --json                JSON instead of text\n";
 
 enum {
     O_TRACE = 256, O_EXPERTS, O_METHOD, O_MODE, O_NODES, O_GPN, O_CLUSTER, O_INTRA, O_INTER, O_SLOTS, O_TLIM,
     O_GAP, O_HIDDEN, O_BW, O_TW, O_OUT, O_EPLB, O_JSON, O_QUIET, O_DTB, O_KV, O_FFN, O_PERLAYER, O_MODEL, O_WIRE,
-    O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_XB, O_EPLBF, O_RGBPS, O_HELP
+    O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_XB, O_EPLBF, O_RGBPS, O_EPLBLAG, O_HELP
 };
 
 static const struct option plan_opts[] = {
@@ -115,7 +119,8 @@ static const struct option plan_opts[] = {
     {"eplb-window", required_argument, 0, O_EPLBW}, {"eplb-slots", required_argument, 0, O_EPLBS},
     {"placement-out", required_argument, 0, O_POUT}, {"eplb-min-gain", required_argument, 0, O_EPLBG},
     {"expert-bytes", required_argument, 0, O_XB},   {"eplb-from", required_argument, 0, O_EPLBF},
-    {"read-gbps", required_argument, 0, O_RGBPS},   {"help", no_argument, 0, O_HELP},
+    {"read-gbps", required_argument, 0, O_RGBPS},   {"eplb-lag", required_argument, 0, O_EPLBLAG},
+    {"help", no_argument, 0, O_HELP},
     {0, 0, 0, 0}};
 
 /* What the planner's and the evaluator's cost terms need from a checkpoint,
@@ -451,7 +456,7 @@ static int cmd_eval(int argc, char **argv)
 {
     const char *W = "plan eval";
     const char *trace_path = NULL, *mode_s = NULL, *wire_s = NULL, *pout = NULL;
-    long hidden = 4096, dtb = 2, kv = 0, ffn = 14336, eplb_i = 0, eplb_w = 0, eplb_s = 0, xb = -1;
+    long hidden = 4096, dtb = 2, kv = 0, ffn = 14336, eplb_i = 0, eplb_w = 0, eplb_s = 0, xb = -1, lag = 0;
     int peers = 0, from_given = 0;
     double eplb_g = 0, rgbps = 0;
     int json = 0, per_layer = 0, c, have_hidden = 0, have_dtb = 0, have_kv = 0, have_ffn = 0;
@@ -484,6 +489,7 @@ static int cmd_eval(int argc, char **argv)
             from_given = 1;
             break;
         }
+        case O_EPLBLAG: if (!cli_parse_int(W, "--eplb-lag", optarg, 0, INT32_MAX, &lag)) return EPM_EXIT_USAGE; break;
         case O_RGBPS: if (!cli_parse_double(W, "--read-gbps", optarg, 1e-6, 1e9, &rgbps)) return EPM_EXIT_USAGE; break;
         case O_JSON: json = 1; break;
         case O_HELP: fputs(eval_usage, stdout); return EPM_EXIT_OK;
@@ -495,7 +501,7 @@ static int cmd_eval(int argc, char **argv)
     int n = argc - optind;
     if (n < 1)
         return cli_usage_error(W, "name at least one placement JSON");
-    if (cli_eplb_usage(W, eplb_i, eplb_w,
+    if (cli_eplb_usage(W, eplb_i, eplb_w, lag,
                        eplb_w ? "--eplb-window" : eplb_s ? "--eplb-slots" : eplb_g > 0 ? "--eplb-min-gain"
                        : from_given ? "--eplb-from" : xb >= 0 ? "--expert-bytes" : rgbps > 0 ? "--read-gbps" : NULL) !=
         EPM_EXIT_OK)
@@ -599,6 +605,7 @@ static int cmd_eval(int argc, char **argv)
             eo.expert_bytes = peers ? xb : 0;
             eo.read_expert_bytes = peers ? 0 : xb; /* (the run's default: each gainer reads the file) */
             eo.read_gbps = rgbps;
+            eo.eplb_lag = (int)lag;
             if ((st = epm_eval(t, ev[i].p, &eo, &ev[i].r[m])) != EPM_OK) {
                 rc = cli_fail(W, epm_fail_context(st, "%s", ev[i].path));
                 goto out;

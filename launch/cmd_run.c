@@ -180,12 +180,18 @@ static const char usage[] =
     "                           experts between GPUs; plan eval --eplb-from peers prices the copies)\n"
     "  --eplb-slots S           experts a rank holds a MoE layer (default: the placement's most; the\n"
     "                           memory check counts S)\n"
+    "  --eplb-lag N             asynchronous rebalancing (vLLM's default, use_async): each placement\n"
+    "                           comes into service N passes after its boundary (below the interval),\n"
+    "                           the passes between running under the one before while its experts are\n"
+    "                           fetched (the checkpoint's pages read ahead; copies posted at the\n"
+    "                           boundary, which --a2a p2p sends under the passes); default 0: at once\n"
     "  --eplb-min-gain F        a MoE layer takes its new placement only if it lowers its busiest\n"
     "                           rank's (token, expert) pairs of the window by at least F of them\n"
     "                           (an expert's shared evenly by its replicas; default 0: every time);\n"
     "                           fewer experts move for a small gain\n"
     "  --placement-out FILE     the placement the last pass ran under (online rebalancing's last,\n"
-    "                           learnt from the traffic: a --placement for the next run), as JSON\n"
+    "                           learnt from the traffic: a --placement for the next run; with\n"
+    "                           --eplb-lag, one still in flight at the end), as JSON\n"
     "  --a2a T                  row exchange: alltoallv (default), p2p, staged (MPI through pinned host\n"
     "                           memory, CUDA builds), nccl (one rank per GPU); EPM_A2A sets the default\n"
     "  --hier auto|on|off       hierarchical exchange between nodes (Tutel's 2DH); default auto\n"
@@ -203,7 +209,7 @@ enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY
        O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
        O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK, O_PLOGPROBS, O_MAXSEQS, O_SEPPRE,
        O_RATE, O_BURST, O_ASEED, O_MNBT, O_MTT, O_ARRFROM, O_TSCALE, O_PREFIX, O_PWAIT, O_EPLBI,
-       O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_EPLBF };
+       O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_EPLBF, O_EPLBLAG };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_OUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -240,6 +246,7 @@ static const struct option opts[] = {
     {"eplb-interval", required_argument, 0, O_EPLBI}, {"eplb-window", required_argument, 0, O_EPLBW},
     {"eplb-slots", required_argument, 0, O_EPLBS}, {"placement-out", required_argument, 0, O_POUT},
     {"eplb-min-gain", required_argument, 0, O_EPLBG}, {"eplb-from", required_argument, 0, O_EPLBF},
+    {"eplb-lag", required_argument, 0, O_EPLBLAG},
     {0, 0, 0, 0}};
 
 /* The checkpoint file (a name in dir) that out would overwrite, or NULL:
@@ -805,6 +812,10 @@ int epm_cli_run(int argc, char **argv)
             if (!cli_parse_int(W, "--eplb-slots", optarg, 1, INT32_MAX, &v)) return EPM_EXIT_USAGE;
             o.eplb_slots = (int)v;
             break;
+        case O_EPLBLAG:
+            if (!cli_parse_int(W, "--eplb-lag", optarg, 0, INT32_MAX, &v)) return EPM_EXIT_USAGE;
+            o.eplb_lag = (int)v;
+            break;
         case O_TSCALE:
             if (!cli_parse_double(W, "--time-scale", optarg, 1e-6, 1e6, &time_scale)) return EPM_EXIT_USAGE;
             scale_given = 1;
@@ -844,7 +855,7 @@ int epm_cli_run(int argc, char **argv)
         return cli_usage_error(W, "--arrivals-from and --request-rate: each sets when the requests arrive; give one");
     if (scale_given && !arrivals_from)
         return cli_usage_error(W, "--time-scale scales the arrivals of --arrivals-from, which is not given");
-    if (cli_eplb_usage(W, o.eplb_interval, o.eplb_window,
+    if (cli_eplb_usage(W, o.eplb_interval, o.eplb_window, o.eplb_lag,
                        o.eplb_window ? "--eplb-window" : o.eplb_slots ? "--eplb-slots"
                        : o.eplb_min_gain > 0 ? "--eplb-min-gain" : from_given ? "--eplb-from" : NULL) != EPM_EXIT_OK)
         return EPM_EXIT_USAGE;

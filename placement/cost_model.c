@@ -21,6 +21,7 @@ void epm_eval_opts_init(epm_eval_opts *o)
     o->expert_bytes = 0;
     o->read_expert_bytes = 0;
     o->read_gbps = 0;
+    o->eplb_lag = 0;
 }
 
 void epm_eval_result_destroy(epm_eval_result *r)
@@ -137,6 +138,9 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     if (o->read_expert_bytes < 0 || !(o->read_gbps >= 0) || !isfinite(o->read_gbps))
         return epm_fail(EPM_ERR_INVALID_ARG, "eval: read_expert_bytes = %lld and read_gbps = %g must be >= 0",
                         (long long)o->read_expert_bytes, o->read_gbps);
+    if (o->eplb_lag != 0 && o->eplb_interval == 0)
+        return epm_fail(EPM_ERR_INVALID_ARG, "eval: eplb_lag = %d is online rebalancing's, and eplb_interval is 0",
+                        o->eplb_lag);
     if (o->expert_bytes > 0 && o->read_expert_bytes > 0) /* (one source per run: --eplb-from) */
         return epm_fail(EPM_ERR_INVALID_ARG, "eval: expert_bytes = %lld (copied between ranks) and read_expert_bytes "
                         "= %lld (read from the checkpoint): a run takes gained experts one way, give one",
@@ -191,6 +195,9 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
         EPM_CHECK_GOTO(epm_pass_plan_next(&pp, &pl, &begin, &end, &more), st, fail);
         if (!more)
             break;
+        double seg_s = 0; /* (the segment's layers' modelled seconds: what a lagging placement overlaps) */
+        for (int l = 0; l < L; l++)
+            seg_s -= r->layer[l].t_compute + r->layer[l].t_comm;
         for (int l = 0; l < L; l++) {
             a.l = l;
             const int32_t *ids = epm_trace_ids_const(t, l);
@@ -231,6 +238,9 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
             }
             close_pass(&a, pass_load, spf, ly); /* (a segment ends with a whole pass) */
         }
+        for (int l = 0; l < L; l++)
+            seg_s += r->layer[l].t_compute + r->layer[l].t_comm;
+        epm_pass_plan_ran(&pp, begin, seg_s);
     }
     for (int l = 0; l < L; l++) {
         epm_eval_layer *ly = &r->layer[l];

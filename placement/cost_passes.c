@@ -18,6 +18,7 @@ void epm_pass_plan_clear(epm_pass_plan *pp)
     if (pp->cur != pp->first)
         epm_placement_destroy(pp->cur);
     epm_placement_destroy(pp->next);
+    epm_placement_destroy(pp->pending);
     epm_free(pp->order);
     epm_free(pp->load);
     memset(pp, 0, sizeof *pp);
@@ -47,8 +48,9 @@ epm_status epm_pass_plan_make(const epm_trace *t, const epm_placement *p, const 
     pp->first = p;
     pp->cur = (epm_placement *)p;
     pp->prev = -1;
+    pp->boundary_done = -1;
     epm_status st = o->eplb_interval != 0 ? epm_eplb_check(p, o->eplb_interval, o->eplb_window, o->eplb_slots,
-                                                           o->eplb_min_gain, 1, &pp->slots)
+                                                           o->eplb_min_gain, o->eplb_lag, 1, &pp->slots)
                                           : EPM_OK;
     if (st == EPM_OK && o->eplb_interval != 0 && !t->pass_ids)
         st = epm_fail(EPM_ERR_INVALID_ARG, "eval: online rebalancing replays the trace's passes, and the trace has "
@@ -77,22 +79,45 @@ epm_status epm_pass_plan_make(const epm_trace *t, const epm_placement *p, const 
 }
 
 /* The copies that take cur to np, as the run makes them (epm_eval_moves),
- * or the reads from the checkpoint instead: what the ranks wait for at the
- * boundary, the copies layer by layer, the reads rank by rank side by side. */
-static epm_status charge_moves(epm_pass_plan *pp, const epm_placement *cur, const epm_placement *np)
+ * or the reads from the checkpoint instead, counted; *copy_s and *read_s
+ * their modelled seconds: what the ranks wait for at the boundary (at the
+ * switch, less the passes between, with a lag), the copies layer by layer,
+ * the reads rank by rank side by side. */
+static epm_status charge_moves(epm_pass_plan *pp, const epm_placement *cur, const epm_placement *np, double *copy_s,
+                               double *read_s)
 {
     const int64_t copied = pp->o->expert_bytes, read = pp->o->read_expert_bytes;
+    *copy_s = *read_s = 0;
     if (copied == 0 && read == 0)
         return EPM_OK;
     epm_move_cost mc;
     EPM_CHECK(epm_eval_moves(cur, np, copied, &mc));
     for (int k = 0; k < EPM_LINK_COUNT; k++)
         pp->move_bytes[k] += mc.bytes[k];
-    pp->t_moves += mc.seconds;
+    *copy_s = mc.seconds;
     pp->read_bytes += mc.moved * read;
     if (pp->o->read_gbps > 0)
-        pp->t_reads += (double)(mc.max_gained * read) / (pp->o->read_gbps * 1e9);
+        *read_s = (double)(mc.max_gained * read) / (pp->o->read_gbps * 1e9);
     return EPM_OK;
+}
+
+/* The placement waiting for its lag comes into service: what its copies or
+ * reads took beyond the passes that ran meanwhile is waited for. */
+static void switch_pending(epm_pass_plan *pp)
+{
+    const double over = pp->overlap_s;
+    pp->t_moves += pp->pending_copy_s > over ? pp->pending_copy_s - over : 0;
+    pp->t_reads += pp->pending_read_s > over ? pp->pending_read_s - over : 0;
+    if (pp->cur != pp->first)
+        epm_placement_destroy(pp->cur);
+    pp->cur = pp->pending;
+    pp->pending = NULL;
+}
+
+void epm_pass_plan_ran(epm_pass_plan *pp, int64_t begin, double seconds)
+{
+    if (pp->pending && begin >= pp->decided_at)
+        pp->overlap_s += seconds;
 }
 
 /* the counts of pass b's tokens, order[s, e), when the window counts it */
@@ -112,8 +137,15 @@ static void count_pass(epm_pass_plan *pp, int64_t s, int64_t e)
 epm_status epm_pass_plan_next(epm_pass_plan *pp, const epm_placement **pl, int64_t *begin, int64_t *end, int *more)
 {
     const int64_t T = pp->t->tokens;
-    const int I = pp->o->eplb_interval;
+    const int I = pp->o->eplb_interval, lag = pp->o->eplb_lag;
     *more = 0;
+    int64_t s = pp->at;
+    for (; s < T && pp->order[s].pass < 0; s++) /* (never ran: nothing to count) */
+        ;
+    /* a placement waiting for its lag serves from the first pass at or after its number, or after the
+     * last pass where none is left (as the run takes it when its passes end) */
+    if (pp->pending && pp->started && (s >= T || pp->order[s].pass >= pp->switch_at))
+        switch_pending(pp);
     if (pp->at >= T && pp->started)
         return EPM_OK;
     if (pp->next) { /* (the segment before ended where this placement was taken) */
@@ -124,32 +156,51 @@ epm_status epm_pass_plan_next(epm_pass_plan *pp, const epm_placement **pl, int64
     }
     pp->started = 1;
     *begin = pp->at;
-    int64_t s = pp->at;
-    for (; s < T && pp->order[s].pass < 0; s++) /* (never ran: nothing to count) */
-        ;
     /* Pass b follows pass a (the last that ran a token): a placement is due
      * between them when an interval boundary lies in (a, b]; a second one
-     * there would have no counts, which takes nothing (as in the run). */
+     * there would have no counts, which takes nothing (as in the run). A
+     * segment ends where the placement changes, and with a lag also where
+     * one is taken, so that the passes it overlaps are segments of their own. */
     while (s < T) {
         const int32_t b = pp->order[s].pass;
-        if (I > 0 && pp->prev >= 0 && b / I != pp->prev / I && s > *begin) {
+        if (pp->pending && b >= pp->switch_at) /* (s > begin: the call's start switched it otherwise) */
+            break;
+        if (I > 0 && pp->prev >= 0 && b / I != pp->prev / I && pp->boundary_done != b) {
+            pp->boundary_done = b;
             epm_placement *np = NULL;
             EPM_CHECK(epm_plan_rebalance(pp->cur, pp->load, pp->slots, pp->o->eplb_min_gain, &np));
             /* the window's counts are spent, taken or not (as in the run) */
             memset(pp->load, 0, (size_t)pp->t->layers * (size_t)epm_placement_experts(pp->first) * sizeof *pp->load);
             if (np) {
                 int64_t gained = 0;
+                double copy_s = 0, read_s = 0;
                 epm_status st = epm_placement_gains(pp->cur, np, &gained);
                 if (st == EPM_OK)
-                    st = charge_moves(pp, pp->cur, np);
+                    st = charge_moves(pp, pp->cur, np, &copy_s, &read_s);
                 if (st != EPM_OK) {
                     epm_placement_destroy(np);
                     return st;
                 }
                 pp->moved += gained;
                 pp->taken++;
-                pp->next = np;
-                break; /* (pass b starts the next segment) */
+                if (lag == 0) {
+                    pp->t_moves += copy_s;
+                    pp->t_reads += read_s;
+                    pp->next = np;
+                    break; /* (pass b starts the next segment) */
+                }
+                pp->pending = np;
+                pp->pending_copy_s = copy_s;
+                pp->pending_read_s = read_s;
+                pp->overlap_s = 0;
+                /* (from the first boundary after a, where the run took it, not b's: passes that ran no token
+                 * lie between) */
+                pp->switch_at = (int64_t)(pp->prev / I + 1) * I + lag;
+                pp->decided_at = s;
+                if (s > *begin)
+                    break; /* (the passes from b on overlap its fetching; or b serves under it) */
+                if (b >= pp->switch_at) /* (at the segment's start: in service already, nothing overlapped) */
+                    switch_pending(pp);
             }
         }
         int64_t e = s;

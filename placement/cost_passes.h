@@ -28,6 +28,13 @@ typedef struct epm_pass_plan {
     double t_moves;        /* the modelled seconds of those copies, a boundary's after another's */
     int64_t read_bytes;    /* or their reads from the checkpoint (epm_eval_opts.read_expert_bytes each) */
     double t_reads;        /* and the modelled seconds of those (read_gbps) */
+    int32_t boundary_done; /* the pass whose boundary was last decided (-1: none) */
+    /* with a lag (epm_eval_opts.eplb_lag): the placement taken, not yet in service from pass switch_at
+     * on; taken before order entry decided_at; its copies' and reads' modelled seconds, and those of the
+     * passes run since (epm_pass_plan_ran), which they overlap */
+    epm_placement *pending;
+    int64_t switch_at, decided_at;
+    double pending_copy_s, pending_read_s, overlap_s;
 } epm_pass_plan;
 
 /* A phase of the cost model (cost_model.c): b [4][ranks] holds each rank's
@@ -43,6 +50,9 @@ epm_status epm_pass_plan_make(const epm_trace *t, const epm_placement *p, const 
 /* The next segment: the entries [*begin, *end) of pp->order, whole passes
  * that run under *pl (valid until the following call); 0 when none is left. */
 epm_status epm_pass_plan_next(epm_pass_plan *pp, const epm_placement **pl, int64_t *begin, int64_t *end, int *more);
+/* The cost model's modelled seconds for the segment that began at order
+ * entry `begin` (its layers'): what a placement waiting for its lag overlaps. */
+void epm_pass_plan_ran(epm_pass_plan *pp, int64_t begin, double seconds);
 /* The placement of the last segment, handed over (NULL when none was taken). */
 epm_placement *epm_pass_plan_take_last(epm_pass_plan *pp);
 void epm_pass_plan_clear(epm_pass_plan *pp);

@@ -15,11 +15,12 @@ int epm_eplb_counts(int interval, int window, int64_t pass)
 
 int epm_eplb_due(int interval, int64_t pass) { return interval > 0 && pass > 0 && pass % interval == 0; }
 
-epm_status epm_eplb_check(const epm_placement *p, int interval, int window, int slots, double min_gain, int fields,
-                          int *slots_out)
+epm_status epm_eplb_check(const epm_placement *p, int interval, int window, int slots, double min_gain, int lag,
+                          int fields, int *slots_out)
 {
     const char *pre = fields ? "eval: " : "", *slots_name = fields ? "eval: eplb_slots =" : "--eplb-slots",
-               *gain_name = fields ? "eval: eplb_min_gain =" : "--eplb-min-gain";
+               *gain_name = fields ? "eval: eplb_min_gain =" : "--eplb-min-gain",
+               *lag_name = fields ? "eval: eplb_lag =" : "--eplb-lag";
     const int E = epm_placement_experts(p), R = epm_placement_ranks(p);
     const int most = epm_placement_max_slots(p), least = (E + R - 1) / R;
     *slots_out = slots > 0 ? slots : most;
@@ -34,6 +35,9 @@ epm_status epm_eplb_check(const epm_placement *p, int interval, int window, int 
                         slots_name, slots, most);
     if (!(min_gain >= 0 && min_gain < 1))
         return epm_fail(EPM_ERR_INVALID_ARG, "%s %g: a share in [0, 1)", gain_name, min_gain);
+    if (lag < 0 || lag >= interval) /* (one placement in flight: in service before the next boundary) */
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s %d: from 0 to the interval's %d passes less one", lag_name, lag,
+                        interval);
     return EPM_OK;
 }
 

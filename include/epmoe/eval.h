@@ -81,6 +81,12 @@ typedef struct epm_eval_opts {
      * counted, not priced. A run copies or reads: not both with expert_bytes */
     int64_t read_expert_bytes;
     double read_gbps;
+    /* Asynchronous rebalancing (epmoe run --eplb-lag): a placement taken at a boundary serves from
+     * eplb_lag passes later (the first pass at or after that number; the passes before it run
+     * under the one before), its copies or reads overlapping those passes: the modelled time
+     * charges only what they take beyond those passes' layers' modelled seconds. A placement still
+     * waiting when the trace ends is taken after its last pass. 0 (the default): at once */
+    int eplb_lag;
 } epm_eval_opts;
 
 /* Mixtral-8x7B-like defaults: hidden 4096 in bf16, 8 KV heads x 128 x 2 (K,V) x bf16,

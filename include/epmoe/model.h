@@ -274,6 +274,11 @@ EPM_API epm_status epm_model_set_dense_dtype(epm_model *m, epm_dtype want, epm_d
  * mapped ones' pages leave the resident set (madvise; the file keeps them);
  * pointers to them are no longer valid. One not loaded is skipped; loading it again reads it again. */
 EPM_API epm_status epm_model_drop_experts(epm_model *m, int layer, const int *experts, int n);
+/* Asks the kernel to read experts[0..n) of a MoE layer from the checkpoint
+ * ahead, in the background, so that loading them later finds their pages
+ * in memory (asynchronous online rebalancing). Advice only: nothing is
+ * loaded or counted, and a kernel may ignore it. */
+EPM_API epm_status epm_model_prefetch_experts(const epm_model *m, int layer, const int *experts, int n);
 /* Weights of an expert already loaded, or NULL. */
 EPM_API const epm_model_mlp *epm_model_expert(const epm_model *m, int layer, int expert);
 /* A routed expert between ranks (online rebalancing takes a gained expert

@@ -440,7 +440,7 @@ has "$d/err" "--eplb-window is online rebalancing's"
 usage plan --drift 0 --drift 0
 usage plan --pass-tokens "" --pass-tokens 16
 usage plan --eplb-min-gain "" --eplb-min-gain 0.1
-help_ok plan --shape --mode --tokens --time-limit --drift --eplb-interval --eplb-window --eplb-min-gain --pass-tokens --csv
+help_ok plan --shape --mode --tokens --time-limit --drift --eplb-interval --eplb-window --eplb-min-gain --eplb-lag --pass-tokens --csv
 usage plan --tokens x --tokens x
 usage plan --affinity 1.5 --affinity 1.5
 usage plan --bogus "" --bogus 1
@@ -573,16 +573,23 @@ ok = ok and sum(int(r['intra_bytes']) for r in b) > 0
 sys.exit(0 if ok else 1)
 EOF2
   }
-# online rebalancing with its gained experts copied from peers (the default) and read from the file
-# (not in the sanitizer pass, EPM_TEST_QUICK=1: test_run_eplb runs both there)
+# online rebalancing with its gained experts read from the file (the default) and copied from peers, at
+# once and asynchronously (not in the sanitizer pass, EPM_TEST_QUICK=1: test_run_eplb runs them there)
 if [ "${EPM_TEST_QUICK:-0}" != 1 ]; then
-  ok "bench run online, file and peers" mpi -np 2 "$E" bench run "${small[@]}" --methods contiguous,online,online-peers \
-    --modes home --eplb-interval 1 --drift 8 &&
-    { has "$d/out" "# online-peers: [0-9]* rebalances (every 1 passes), [1-9][0-9]* experts moved, [0-9]*\.[0-9] MB copied between ranks, 0\.0 MB read"
-      has "$d/out" "# online: [0-9]* rebalances (every 1 passes), [1-9][0-9]* experts moved, 0\.0 MB copied between ranks, [0-9]*\.[0-9] MB read"
-      ! grep -q "# online-peers: .* 0\.0 MB copied" "$d/out" || fail "bench run online-peers: nothing copied"
+  ok "bench run online, file and peers" mpi -np 2 "$E" bench run "${small[@]}" \
+    --methods contiguous,online,online-peers,online-peers-async --modes home --eplb-interval 2 --eplb-lag 1 --drift 8 \
+    --prefill-chunk 2 &&
+    { has "$d/out" "# online-peers: [0-9]* rebalances (every 2 passes), [1-9][0-9]* experts moved, [0-9]*\.[0-9] MB copied between ranks, 0\.0 MB read"
+      has "$d/out" "# online-peers-async: [0-9]* rebalances (every 2 passes), [1-9][0-9]* experts moved, [0-9]*\.[0-9] MB copied between ranks, 0\.0 MB read"
+      has "$d/out" "# online: [0-9]* rebalances (every 2 passes), [1-9][0-9]* experts moved, 0\.0 MB copied between ranks, [0-9]*\.[0-9] MB read"
+      ! grep -q "# online-peers.*: .* 0\.0 MB copied" "$d/out" || fail "bench run online-peers: nothing copied"
       ! grep -q "# online: .* 0\.0 MB read" "$d/out" || fail "bench run online: nothing read"; }
 fi
+usage run --eplb-lag "" --model "$m" --methods contiguous,online-async --eplb-interval 2 --eplb-lag 2
+has "$d/err" "--eplb-lag 2: a placement must be in service before the next boundary"
+usage plan --eplb-lag "" --eplb-lag 1
+has "$d/err" "--eplb-lag is online rebalancing's"
+
 # --input: a file's sequences, a dataset's lengths (a request's max_tokens, else --new; its n
 # samples): the replayed trace numbers every decoding step's live sequences as the run does, or the
 # run refuses it
@@ -776,7 +783,7 @@ usage run --prefill-chunks 1,2,3,4,5,6,7,8,9 --model "$m" --prefill-chunks 1,2,3
 usage run "--prefill-chunks --kv-dtypes" "" --model "$m" --prefill-chunks 4 --kv-dtypes
 usage run --max-num-seqs -1 --model "$m" --max-num-seqs -1
 help_ok run --model --batch --seq --new --input --max-num-seqs --separate-prefill --methods --modes --workdir --reps --warmup --ta --mod --capacities \
-  --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --prefill-chunks --prefill-chunk --max-num-batched-tokens --continuous --request-rates --burstiness --prefix-caching --turns --turn-tokens --eplb-interval --eplb-window --eplb-min-gain --plan-seed --drift --csv
+  --expert-dtypes --mla-cache --kv-dtypes --wire-dtypes --wire-dtype --prefill-chunks --prefill-chunk --max-num-batched-tokens --continuous --request-rates --burstiness --prefix-caching --turns --turn-tokens --eplb-interval --eplb-window --eplb-min-gain --eplb-lag --plan-seed --drift --csv
 usage run --model "" --batch 2
 usage run --batch x --model "$m" --batch x
 usage run --kernels foo --model "$m" --kernels foo

@@ -576,6 +576,31 @@ check "plan eval --eplb-from peers --model" 0 "$E" plan eval --trace "$d/eplb.st
 cmp -s <(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["placements"][0]["results"][0]["eplb"])' "$d/out") \
   <(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["placements"][0]["results"][0]["eplb"])' "$d/eplb_eval.json") ||
   fail "plan eval --model prices other copies than the run's expert_bytes"
+if full; then # asynchronous: each placement in service a pass after its boundary, as plan eval replays it
+  check "--eplb-lag" 0 run -np 3 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report \
+    --prefill-chunk 1 --eplb-interval 2 --eplb-slots 4 --eplb-from peers --eplb-lag 1 --trace-out "$d/lag.st"
+  cp "$d/out" "$d/lag.json"
+  check "plan eval --eplb-lag" 0 "$E" plan eval --trace "$d/lag.st" "$d/c3.json" --model "$m" --eplb-interval 2 \
+    --eplb-slots 4 --eplb-from peers --eplb-lag 1 --json
+  python3 - "$d/lag.json" "$d/out" "$d/eplb.json" <<'EOF' || fail "plan eval --eplb-lag does not predict the run"
+import json, sys
+d = json.load(open(sys.argv[1])); r = d['report']
+e = json.load(open(sys.argv[2]))['placements'][0]['results'][0]
+run = [sum(l['bytes'][c] + l['kv_bytes'][c] for l in r['layers']) + r['gather_bytes'][c] for c in (1, 2)]
+print('run', run, r['eplb'], 'plan eval', e['bytes'], e['eplb'])
+sys.exit(0 if run == [e['bytes']['intra_node'], e['bytes']['inter_node']] and
+         (r['eplb']['rebalances'], r['eplb']['experts_moved']) == (e['eplb']['rebalances'], e['eplb']['experts_moved']) and
+         r['eplb']['bytes_copied'][1:] == [e['eplb']['bytes_copied'][k] for k in ('intra_node', 'inter_node')] and
+         r['eplb']['experts_moved'] > 0 and d['generated'] == json.load(open(sys.argv[3]))['generated'] else 1)
+EOF
+fi
+check "--eplb-lag without an interval" 2 "$E" run --model "$m" --input "$d/in.json" --eplb-lag 1
+has "$d/err" "--eplb-lag is online rebalancing's"
+check "--eplb-lag at the interval" 2 "$E" run --model "$m" --input "$d/in.json" --eplb-interval 2 --eplb-lag 2
+has "$d/err" "--eplb-lag 2: a placement must be in service before the next boundary"
+check "plan eval --eplb-lag at the interval" 2 "$E" plan eval --trace "$d/eplb.st" "$d/c3.json" --eplb-interval 2 \
+  --eplb-lag 3
+has "$d/err" "--eplb-lag 3: a placement must be in service before the next boundary, fewer than the --eplb-interval's 2"
 # from the checkpoint (the default) --expert-bytes are each gain's bytes read, not copied
 check "plan eval --expert-bytes from the checkpoint" 0 "$E" plan eval --trace "$d/eplb.st" "$d/c3.json" \
   --eplb-interval 2 --eplb-slots 4 --expert-bytes 8 --json

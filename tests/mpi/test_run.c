@@ -399,6 +399,7 @@ static void assert_run_is_eval_of(const epm_run_result *res, const epm_placement
     eo.eplb_window = o->eplb_window;
     eo.eplb_slots = o->eplb_slots;
     eo.eplb_min_gain = o->eplb_min_gain;
+    eo.eplb_lag = o->eplb_lag;
     eo.expert_bytes = res->report.eplb_expert_bytes; /* (0 from the checkpoint: nothing between ranks) */
     if (o->eplb_interval > 0 && !o->eplb_from_peers) { /* (read instead: an expert as the file stores it) */
         epm_model *m;
@@ -1926,6 +1927,8 @@ static void test_run_eplb(void **state)
                  * checkpoint (the default); the replays over two nodes where the ranks split evenly
                  * (copies across) */
                 o.eplb_from_peers = on && !(replay && mode);
+                /* half of them asynchronous: each placement in service a pass after its boundary */
+                o.eplb_lag = on && (mode + replay + R) % 2;
                 o.virtual_nodes = replay && R >= 4 && R % 2 == 0 ? 2 : 0;
                 opts[on] = o;
                 epm_status st = epm_run(&o, 2, f.lens, prompts, &res[on]);

@@ -282,7 +282,13 @@ static void expect_replay(const epm_trace *t, const epm_placement *p0, const epm
     int64_t *load = calloc((size_t)L * E, sizeof *load), moved = 0;
     assert_true(seg && load);
     pl[0] = (epm_placement *)p0;
+    /* with a lag, placement s serves from pass from[s], taken before pass took[s]; the one in service */
+    int32_t took[256], from[256];
+    int cur = 0;
+    took[0] = from[0] = 0;
     for (int32_t q = 0; q <= top; q++) {
+        if (cur < n - 1 && q >= from[n - 1]) /* (a lagging placement comes into service) */
+            cur = n - 1;
         int64_t any = 0;
         for (int i = 0; i < L * E; i++)
             any += load[i];
@@ -293,11 +299,14 @@ static void expect_replay(const epm_trace *t, const epm_placement *p0, const epm
                 assert_int_equal(epm_plan_rebalance(pl[n - 1], load, slots, o->eplb_min_gain, &pl[n]), EPM_OK);
             if (pl[n]) {
                 moved += gains(pl[n - 1], pl[n]);
+                took[n] = q;
+                from[n] = q + o->eplb_lag;
+                cur = o->eplb_lag == 0 ? n : cur;
                 n++;
             }
             memset(load, 0, (size_t)L * E * sizeof *load);
         }
-        seg[q] = n - 1;
+        seg[q] = cur;
         if (q % I < I - W)
             continue;
         for (int64_t i = 0; i < T; i++)
@@ -317,7 +326,7 @@ static void expect_replay(const epm_trace *t, const epm_placement *p0, const epm
     }
     /* each placement's tokens alone (the others skip every layer: they move nothing), summed */
     epm_eval_opts so = *o;
-    so.eplb_interval = so.eplb_window = so.eplb_slots = 0;
+    so.eplb_interval = so.eplb_window = so.eplb_slots = so.eplb_lag = 0;
     double t_segments = 0;
     int64_t *bytes = calloc((size_t)L * 2 * EPM_LINK_COUNT + EPM_LINK_COUNT, sizeof *bytes);
     int64_t *rl = calloc((size_t)L * R * 3, sizeof *rl);
@@ -363,8 +372,25 @@ static void expect_replay(const epm_trace *t, const epm_placement *p0, const epm
     /* the copies, as a literal reading of epm_placement_moves' rule charges them: per gained
      * replica, from a holder on its node if any, the fewest sends in the layer so far, the lowest */
     int64_t mb[EPM_LINK_COUNT] = {0};
-    double tm = 0;
+    double tm = 0, cost[256] = {0}, over[256] = {0};
     const epm_cluster *cl = epm_placement_cluster(p0);
+    /* a lagging placement's copies or reads overlap the passes from its boundary to its service (to the
+     * trace's end for one taken after the last pass): those passes' layers' modelled seconds */
+    for (int s = 1; s < n && o->eplb_lag > 0; s++) {
+        epm_trace *u;
+        assert_int_equal(epm_trace_slice(t, 0, T, &u), EPM_OK);
+        for (int64_t i = 0; i < T; i++)
+            if (pass[i] < took[s] || pass[i] >= from[s]) /* (none is past the last pass: taken at the end) */
+                for (int l = 0; l < L; l++)
+                    for (int j = 0; j < K; j++)
+                        epm_trace_ids(u, l)[i * K + j] = -1;
+        epm_eval_result *ev;
+        assert_int_equal(epm_eval(u, pl[s - 1], &so, &ev), EPM_OK);
+        for (int l = 0; l < L; l++)
+            over[s] += ev->layer[l].t_compute + ev->layer[l].t_comm;
+        epm_eval_result_destroy(ev);
+        epm_trace_destroy(u);
+    }
     for (int s = 1; s < n && o->expert_bytes > 0; s++) {
         int64_t *ph = calloc((size_t)4 * R, sizeof *ph), *sends = calloc((size_t)R, sizeof *sends);
         assert_true(ph && sends);
@@ -396,10 +422,11 @@ static void expect_replay(const epm_trace *t, const epm_placement *p0, const epm
                                      (double)ph[(2 * d + 1) * R + q] / (cl->inter_gbps * 1e9);
                     worst = v > worst ? v : worst;
                 }
-            tm += worst;
+            cost[s] += worst;
         }
         free(ph);
         free(sends);
+        tm += cost[s] > over[s] ? cost[s] - over[s] : 0;
     }
     for (int c = 0; c < EPM_LINK_COUNT; c++)
         assert_int_equal(got->move_bytes[c], mb[c]);
@@ -418,7 +445,8 @@ static void expect_replay(const epm_trace *t, const epm_placement *p0, const epm
             rb += g * o->read_expert_bytes;
             most = g > most ? g : most;
         }
-        tr += o->read_gbps > 0 ? (double)(most * o->read_expert_bytes) / (o->read_gbps * 1e9) : 0;
+        const double rs = o->read_gbps > 0 ? (double)(most * o->read_expert_bytes) / (o->read_gbps * 1e9) : 0;
+        tr += rs > over[s] ? rs - over[s] : 0;
     }
     assert_int_equal(got->read_bytes, rb);
     assert_true(fabs(got->t_reads - tr) <= 1e-12 + 1e-9 * tr);
@@ -441,8 +469,10 @@ static void test_eval_rebalanced(void **state)
     static const struct {
         int interval, window, slots;
         double min_gain;
-    } cfg[] = {{2, 0, 3, 0}, {3, 1, 3, 0}, {1, 1, 0, 0}, {5, 2, 4, 0}, {1000, 0, 3, 0}, {4, 4, 8, 0},
-               {2, 0, 3, 0.05}, {1, 1, 3, 0.3}};
+        int lag;
+    } cfg[] = {{2, 0, 3, 0, 0}, {3, 1, 3, 0, 0}, {1, 1, 0, 0, 0}, {5, 2, 4, 0, 0}, {1000, 0, 3, 0, 0}, {4, 4, 8, 0, 0},
+               {2, 0, 3, 0.05, 0}, {1, 1, 3, 0.3, 0}, {2, 0, 3, 0, 1}, {5, 2, 4, 0, 4}, {4, 4, 8, 0, 2},
+               {3, 1, 3, 0.05, 1}};
     for (int mode = 0; mode < 2; mode++)
         for (size_t c = 0; c < sizeof cfg / sizeof *cfg; c++) {
             epm_eval_opts o;
@@ -451,15 +481,16 @@ static void test_eval_rebalanced(void **state)
             o.hidden_bytes = 512;
             o.kv_row_bytes = 96;
             o.dispatch_bytes = c == 3 ? 260 : 0;
-            /* (1 and 6: a run that reads the file, priced at 2 GB/s a rank, or only counted) */
-            const int reads = c == 1 || c == 6;
+            /* (1, 6 and 10: a run that reads the file, priced at 2 GB/s a rank, or only counted) */
+            const int reads = c == 1 || c == 6 || c == 10;
             o.expert_bytes = reads ? 0 : 3000 + 1000 * (int64_t)c;
             o.read_expert_bytes = reads ? 5000 + (int64_t)c : 0;
-            o.read_gbps = c == 1 ? 2 : 0;
+            o.read_gbps = c == 1 || c == 10 ? 2 : 0;
             o.eplb_interval = cfg[c].interval;
             o.eplb_window = cfg[c].window;
             o.eplb_slots = cfg[c].slots;
             o.eplb_min_gain = cfg[c].min_gain;
+            o.eplb_lag = cfg[c].lag;
             epm_eval_result *got;
             assert_int_equal(epm_eval(t, p, &o, &got), EPM_OK);
             expect_replay(t, p, &o, got);
@@ -478,7 +509,7 @@ static void test_eval_rebalanced(void **state)
             }
             /* spare slots after the drift: a better balance than the static placement's */
             epm_eval_opts so = o;
-            so.eplb_interval = so.eplb_window = so.eplb_slots = 0;
+            so.eplb_interval = so.eplb_window = so.eplb_slots = so.eplb_lag = 0;
             epm_eval_result *st;
             assert_int_equal(epm_eval(t, p, &so, &st), EPM_OK);
             if (cfg[c].slots >= 3 && cfg[c].interval < 1000)
@@ -532,26 +563,32 @@ static void test_eval_rebalanced_refusals(void **state)
     assert_int_equal(epm_eval(u, p, &o, &r), EPM_OK);
     assert_int_equal(r->rebalances, 0);
     epm_eval_result_destroy(r);
-    /* a run takes its gains one way: copied or read; and no negative size or speed */
+    /* a run takes its gains one way, copied or read; no negative size or speed; a lag below the
+     * interval, and only with one */
     const struct {
+        int interval, lag;
         int64_t copied, read;
         double gbps;
         const char *needle;
-    } src[] = {{8, 8, 0, "a run takes gained experts one way"},
-               {0, -1, 0, "read_expert_bytes = -1 and read_gbps = 0 must be >= 0"},
-               {0, 8, -2, "read_gbps = -2"},
-               {0, 8, NAN, "read_gbps = nan"}};
-    for (size_t i = 0; i < sizeof src / sizeof *src; i++) {
+    } bad[] = {{2, 0, 8, 8, 0, "a run takes gained experts one way"},
+               {2, 0, 0, -1, 0, "read_expert_bytes = -1 and read_gbps = 0 must be >= 0"},
+               {2, 0, 0, 8, -2, "read_gbps = -2"},
+               {2, 0, 0, 8, NAN, "read_gbps = nan"},
+               {2, 2, 0, 0, 0, "eval: eplb_lag = 2: from 0 to the interval's 2 passes less one"},
+               {3, -1, 0, 0, 0, "eval: eplb_lag = -1"},
+               {0, 1, 0, 0, 0, "eval: eplb_lag = 1 is online rebalancing's, and eplb_interval is 0"}};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         epm_eval_opts_init(&o);
-        o.eplb_interval = 2;
-        o.expert_bytes = src[i].copied;
-        o.read_expert_bytes = src[i].read;
-        o.read_gbps = src[i].gbps;
+        o.eplb_interval = bad[i].interval;
+        o.eplb_lag = bad[i].lag;
+        o.expert_bytes = bad[i].copied;
+        o.read_expert_bytes = bad[i].read;
+        o.read_gbps = bad[i].gbps;
         r = (epm_eval_result *)1;
         assert_int_equal(epm_eval(t, p, &o, &r), EPM_ERR_INVALID_ARG);
         assert_null(r);
-        if (!strstr(epm_last_error(), src[i].needle))
-            fail_msg("expected '%s' in: %s", src[i].needle, epm_last_error());
+        if (!strstr(epm_last_error(), bad[i].needle))
+            fail_msg("expected '%s' in: %s", bad[i].needle, epm_last_error());
     }
     /* a placement that already uses 3 slots on a rank: fewer is refused */
     epm_placement *q;
