@@ -108,6 +108,13 @@ epm_status epm_xcomm_exchange_start_buf(epm_xcomm *x, int64_t n, const int *dest
                                         int payload_floats, int64_t counted[EPM_LINK_COUNT], epm_xcomm_buf *out,
                                         epm_xcomm_req **req);
 epm_status epm_xcomm_exchange_wait_buf(epm_xcomm_req *req);
+/* As _start_buf, but rows already in destination order are sent from rows
+ * itself (on the flat path), not copied into the exchange's scratch: rows
+ * must stay untouched until the wait (a long exchange's rows, which a copy
+ * would double). */
+epm_status epm_xcomm_exchange_start_lent(epm_xcomm *x, int64_t n, const int *dest, const float *rows, int width,
+                                         int payload_floats, int64_t counted[EPM_LINK_COUNT], epm_xcomm_buf *out,
+                                         epm_xcomm_req **req);
 
 /* Multi-destination exchange: row i (width floats, the first payload_floats
  * of which are counted as payload) goes to every rank listed in

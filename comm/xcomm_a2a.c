@@ -812,6 +812,13 @@ epm_status epm_xcomm_exchange_start_buf(epm_xcomm *x, int64_t n, const int *dest
     return start(x, n, dest, rows, width, payload_floats, counted, out, 0, req);
 }
 
+epm_status epm_xcomm_exchange_start_lent(epm_xcomm *x, int64_t n, const int *dest, const float *rows, int width,
+                                         int payload_floats, int64_t counted[EPM_LINK_COUNT], epm_xcomm_buf *out,
+                                         epm_xcomm_req **req)
+{
+    return start(x, n, dest, rows, width, payload_floats, counted, out, 1, req);
+}
+
 epm_status epm_xcomm_exchange_wait_buf(epm_xcomm_req *q)
 {
     epm_xcomm *x = q->x;

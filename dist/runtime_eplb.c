@@ -48,16 +48,22 @@ static int layer_of(const rt *r, int ml)
 
 /* The copies this rank sends of moves [mv, mv + n), packed by destination,
  * then in the moves' order (what each receiver expects from this rank): on
- * the flat path rows in destination order are sent from this buffer by the
- * blocking exchange, not copied into its scratch. *rows and *dest are the
+ * the flat path rows in destination order are sent from this buffer, not
+ * copied into the exchange's scratch. *rows: a fresh buffer (NULL in), or
+ * the caller's grown to fit (*cap its bytes); *rows and *dest are the
  * caller's to free, also on failure. */
 static epm_status pack_sends(const rt *r, const epm_expert_move *mv, int64_t n, int64_t packed, float **rows,
-                             int **dest, int64_t *ns)
+                             size_t *cap, int **dest, int64_t *ns)
 {
     *ns = 0;
     for (int64_t i = 0; i < n; i++)
         *ns += mv[i].from == r->me;
-    *rows = epm_malloc(*ns ? (size_t)*ns * (size_t)packed : 1);
+    const size_t need = *ns ? (size_t)*ns * (size_t)packed : 1;
+    if (!*rows || need > *cap) { /* (kept from one change to the next: a fresh one's pages fault in) */
+        epm_free(*rows);
+        *rows = epm_malloc(need);
+        *cap = *rows ? need : 0;
+    }
     *dest = epm_malloc((size_t)(*ns ? *ns : 1) * sizeof **dest);
     epm_status st = *rows && *dest ? EPM_OK : EPM_ERR_NOMEM;
     int64_t k = 0;
@@ -79,10 +85,11 @@ static epm_status pack_sends(const rt *r, const epm_expert_move *mv, int64_t n, 
 static epm_status send_layer(rt *r, const epm_expert_move *mv, int64_t n, int64_t packed, epm_xcomm_buf *in,
                              int64_t counted[EPM_LINK_COUNT])
 {
-    float *rows;
+    float *rows = NULL;
     int *dest;
     int64_t ns;
-    epm_status st = pack_sends(r, mv, n, packed, &rows, &dest, &ns);
+    size_t cap = 0;
+    epm_status st = pack_sends(r, mv, n, packed, &rows, &cap, &dest, &ns);
     const int width = (int)(packed / (int64_t)sizeof(float));
     st = epm_rt_sync(r, st); /* (a rank that could not pack is known to all, by its own message) */
     if (st == EPM_OK)
@@ -166,8 +173,6 @@ static epm_status apply(rt *r, const epm_placement *np, const epm_expert_move *m
     epm_status st = gain && lose && gone ? EPM_OK : EPM_ERR_NOMEM;
     if (peers && !copied_already) /* (every rank takes part in every layer's exchange: a failure is known first) */
         st = epm_rt_sync(r, st);
-    if (copied_already && st == EPM_OK) /* (gains before drops: they are other experts, held unused till now) */
-        st = take_copies(r, mv, nmv, packed, in);
     int64_t at = 0; /* the moves are by layer */
     epm_xcomm_buf layer_in = {0};
     for (int l = 0; l < r->c->num_layers && st == EPM_OK; l++) {
@@ -195,6 +200,9 @@ static epm_status apply(rt *r, const epm_placement *np, const epm_expert_move *m
         if (peers && !copied_already) /* (before the next layer's exchange) */
             st = epm_rt_sync(r, st);
     }
+    /* (arrived already: taken after the drops, whose memory they may reuse) */
+    if (copied_already && st == EPM_OK)
+        st = take_copies(r, mv, nmv, packed, in);
     epm_xcomm_buf_free(&layer_in);
     epm_free(gain);
     epm_free(lose);
@@ -252,19 +260,18 @@ static epm_status fetch_ahead(rt *r, const epm_placement *np, const epm_expert_m
         epm_free(lose);
         return st;
     }
-    float *rows;
     int *dest;
     int64_t ns;
-    epm_status st = pack_sends(r, mv, nmv, packed, &rows, &dest, &ns);
+    epm_status st = pack_sends(r, mv, nmv, packed, &r->eplb_rows, &r->eplb_rows_cap, &dest, &ns);
     const int width = (int)(packed / (int64_t)sizeof(float));
     st = epm_rt_sync(r, st);
     epm_xcomm_wire w0;
     epm_xcomm_wire_get(r->x, &w0);
-    if (st == EPM_OK && nmv > 0) /* (_start copies the rows into its scratch: they are freed below) */
-        st = epm_xcomm_exchange_start_buf(r->x, ns, dest, rows, width, width, r->eplb_counted, &r->eplb_in,
-                                          &r->eplb_req);
+    r->eplb_in.n = 0; /* (the last change's rows are kept, not due: a change that copies nothing has none) */
+    if (st == EPM_OK && nmv > 0) /* (sent from rows, which stay until the switch: not copied again) */
+        st = epm_xcomm_exchange_start_lent(r->x, ns, dest, r->eplb_rows, width, width, r->eplb_counted,
+                                           &r->eplb_in, &r->eplb_req);
     wire_since(r, &w0);
-    epm_free(rows);
     epm_free(dest);
     return st;
 }
@@ -288,7 +295,8 @@ static epm_status switch_in(rt *r)
     if (st == EPM_OK)
         st = apply(r, r->eplb_next, r->eplb_mv, r->eplb_nmv, packed, &r->eplb_in, r->o->eplb_from_peers);
     read += epm_model_bytes_loaded(r->m);
-    epm_xcomm_buf_free(&r->eplb_in);
+    /* (the rows sent and received stay for the next change: the memory check counts them, and fresh
+     * ones would fault their pages in again) */
     if (r->eplb_nmv > 0) /* (the exchange's scratch grew to the change's experts: not kept for the run) */
         epm_xcomm_pool_trim(r->x);
     epm_free(r->eplb_mv);
@@ -365,6 +373,9 @@ void epm_eplb_teardown(rt *r)
     if (r->eplb_req) /* (a failed run: every rank leaves its passes, and cancels alike) */
         epm_xcomm_exchange_cancel(r->eplb_req);
     r->eplb_req = NULL;
+    epm_free(r->eplb_rows); /* (after the cancel: the exchange sent from them) */
+    r->eplb_rows = NULL;
+    r->eplb_rows_cap = 0;
     epm_xcomm_buf_free(&r->eplb_in);
     epm_placement_destroy(r->eplb_next);
     r->eplb_next = NULL;

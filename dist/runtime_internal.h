@@ -35,6 +35,8 @@ typedef struct rt {
     epm_expert_move *eplb_mv;
     int64_t eplb_nmv;
     epm_xcomm_req *eplb_req;
+    float *eplb_rows;     /* the copies this rank sends, lent to the exchange till the switch; kept */
+    size_t eplb_rows_cap;
     epm_xcomm_buf eplb_in;
     int B, N, steps, max_len;
     int64_t total;     /* tokens of the whole run: prefill + decode */

@@ -295,6 +295,48 @@ static void test_comm_xcomm_split_phase(void **state)
         }
 }
 
+/* start_lent: rows already in destination order are sent from the caller's
+ * buffer, kept until the wait, while another exchange runs meanwhile (as an
+ * asynchronous rebalance's copies run under the passes): what the blocking
+ * call delivers, and what it counts */
+static void test_comm_xcomm_start_lent(void **state)
+{
+    (void)state;
+    for (int a = EPM_XA2A_ALLTOALLV; a <= EPM_XA2A_P2P; a++)
+        for (int vn = 0; vn <= (R % 2 ? 0 : 2); vn += 2) {
+            epm_xcomm *x = fx_xcomm(vn, (epm_xcomm_a2a)a, EPM_XHIER_AUTO);
+            int64_t n, nr, nr2;
+            int *dest, *src, *src2;
+            float *rows, *out, *out2;
+            xs_make(&xscens[3], R, me, &n, &dest, &rows);
+            for (int64_t i = 1; i < n; i++) /* (by destination, stable) */
+                for (int64_t j = i; j > 0 && dest[j - 1] > dest[j]; j--) {
+                    const int d = dest[j];
+                    float tmp[XW];
+                    dest[j] = dest[j - 1], dest[j - 1] = d;
+                    memcpy(tmp, rows + j * XW, sizeof tmp);
+                    memcpy(rows + j * XW, rows + (j - 1) * XW, sizeof tmp);
+                    memcpy(rows + (j - 1) * XW, tmp, sizeof tmp);
+                }
+            int64_t c0[EPM_LINK_COUNT] = {0}, c1[EPM_LINK_COUNT] = {0};
+            assert_int_equal(epm_xcomm_exchange(x, n, dest, rows, XW, XP, c0, &out, &src, &nr), EPM_OK);
+            epm_xcomm_buf buf = {0};
+            epm_xcomm_req *q;
+            assert_int_equal(epm_xcomm_exchange_start_lent(x, n, dest, rows, XW, XP, c1, &buf, &q), EPM_OK);
+            assert_int_equal(epm_xcomm_exchange(x, n, dest, rows, XW, XP, NULL, &out2, &src2, &nr2), EPM_OK);
+            assert_int_equal(epm_xcomm_exchange_wait_buf(q), EPM_OK);
+            assert_int_equal(buf.n, nr);
+            assert_memory_equal(buf.src, src, (size_t)nr * sizeof *src);
+            assert_memory_equal(buf.rows, out, (size_t)nr * XW * sizeof *out);
+            assert_memory_equal(c1, c0, sizeof c0);
+            assert_int_equal(nr2, nr);
+            epm_free(out), epm_free(src), epm_free(out2), epm_free(src2);
+            epm_free(dest), epm_free(rows);
+            epm_xcomm_buf_free(&buf);
+            epm_xcomm_destroy(x);
+        }
+}
+
 static void test_comm_xcomm_bad_input(void **state)
 {
     (void)state;
@@ -424,6 +466,7 @@ int main(void)
         FX_TEST(test_comm_xcomm_exchange),
         FX_TEST(test_comm_xcomm_virtual_nodes),
         FX_TEST(test_comm_xcomm_split_phase),
+        FX_TEST(test_comm_xcomm_start_lent),
         FX_TEST(test_comm_xcomm_bad_input),
         FX_TEST(test_comm_xcomm_allgather),
         FX_TEST(test_comm_xcomm_agree),
