@@ -173,7 +173,9 @@ int cli_same_file(const char *a, const char *b) { return epm_same_file(a, b); }
 
 long cli_expert_bytes(long elem, long hidden, long ffn) { return 3 * ((elem * hidden * ffn + 3) / 4 * 4); }
 
-long cli_model_expert_bytes(const char *what, const char *dir)
+const char *const cli_held_dtypes[] = {"auto", "bf16", "f32", NULL};
+
+long cli_model_expert_bytes(const char *what, const char *dir, int held)
 {
     epm_model *m;
     if (epm_model_open(dir, &m) != EPM_OK) {
@@ -191,7 +193,9 @@ long cli_model_expert_bytes(const char *what, const char *dir)
             fprintf(stderr, "epmoe %s: error: %s\n", what, epm_last_error());
             return -2;
         }
-        const long es = c.dtype == EPM_DTYPE_F32 ? 4 : c.dtype == EPM_DTYPE_F8_E4M3 ? 1 : 2;
+        /* (as run holds them: bf16 only where stored bf16 or FP8, FP8 only as stored) */
+        const long stored = c.dtype == EPM_DTYPE_F32 ? 4 : c.dtype == EPM_DTYPE_F8_E4M3 ? 1 : 2;
+        const long es = held == CLI_HELD_F32 ? 4 : held == CLI_HELD_BF16 && stored == 1 ? 2 : stored;
         const long b = cli_expert_bytes(es, c.hidden_size, c.moe_ffn);
         epm_model_config_clear(&c);
         fprintf(stderr, "epmoe %s: %s holds no weights to read: its experts are taken at its config's shape and "
@@ -199,8 +203,9 @@ long cli_model_expert_bytes(const char *what, const char *dir)
         epm_clear_error();
         return b;
     }
-    long b = epm_model_set_expert_dtype(m, EPM_DTYPE_F8_E4M3, NULL) == EPM_OK ? (long)epm_model_expert_packed_bytes(m)
-                                                                            : -1;
+    const epm_dtype want = held == CLI_HELD_F32 ? EPM_DTYPE_F32 : held == CLI_HELD_BF16 ? EPM_DTYPE_BF16
+                                                                                        : EPM_DTYPE_F8_E4M3;
+    long b = epm_model_set_expert_dtype(m, want, NULL) == EPM_OK ? (long)epm_model_expert_packed_bytes(m) : -1;
     epm_model_close(m);
     return b;
 }

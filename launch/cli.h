@@ -59,12 +59,16 @@ int cli_parse_u64(const char *what, const char *opt, const char *val, uint64_t *
 int cli_same_file(const char *a, const char *b);
 
 /* Bytes of one routed expert of the checkpoint in dir as epmoe run holds
- * and copies it by default (as stored: bf16, float32, or FP8 with scales;
- * --ops cuda and --expert-dtype hold others, which the run reports); where
- * only config.json is there (a planning machine), its shape in its declared
- * dtype (FP8's scales left out), said on stderr under what; -2 after an
- * error printed (weights that cannot be read, no config). */
-long cli_model_expert_bytes(const char *what, const char *dir);
+ * and copies it: held CLI_HELD_AUTO as stored (run's default: bf16,
+ * float32, or FP8 with scales; also what a read from the checkpoint
+ * costs), _BF16 or _F32 as run --expert-dtype bf16 / f32 (and --kernels
+ * cuda, f32) hold it; where only config.json is there (a planning machine),
+ * its shape in that dtype (as stored: its declared one, FP8's scales left
+ * out), said on stderr under what; -2 after an error printed (weights that
+ * cannot be read, no config). */
+enum { CLI_HELD_AUTO, CLI_HELD_BF16, CLI_HELD_F32 };
+extern const char *const cli_held_dtypes[]; /* "auto", "bf16", "f32": run --expert-dtype's words */
+long cli_model_expert_bytes(const char *what, const char *dir, int held);
 /* Bytes of an expert of hidden x ffn packed as epmoe run copies it: its
  * three matrices at elem bytes a weight, each padded to 4 (FP8's scales
  * left out) */

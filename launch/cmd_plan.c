@@ -87,6 +87,8 @@ static const char eval_usage[] =
     "  --eplb-lag N          as run --eplb-lag: each placement in service N passes after its boundary,\n"
     "                        the passes between under the one before; its copies or reads are charged\n"
     "                        only for what they take beyond those passes' modelled time\n"
+    "  --expert-dtype D      peers: auto (as stored, run's default), bf16 or f32, as run --expert-dtype\n"
+    "                        holds the experts it copies (--kernels cuda holds f32)\n"
     "  --read-gbps G         checkpoint: the GB/s one rank reads experts at, pricing the reads (a\n"
     "                        rank's one after another, the ranks side by side); without it they are\n"
     "                        counted, not priced\n"
@@ -99,7 +101,7 @@ static const char eval_usage[] =
 enum {
     O_TRACE = 256, O_EXPERTS, O_METHOD, O_MODE, O_NODES, O_GPN, O_CLUSTER, O_INTRA, O_INTER, O_SLOTS, O_TLIM,
     O_GAP, O_HIDDEN, O_BW, O_TW, O_OUT, O_EPLB, O_JSON, O_QUIET, O_DTB, O_KV, O_FFN, O_PERLAYER, O_MODEL, O_WIRE,
-    O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_XB, O_EPLBF, O_RGBPS, O_EPLBLAG, O_HELP
+    O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_XB, O_EPLBF, O_RGBPS, O_EPLBLAG, O_EDT, O_HELP
 };
 
 static const struct option plan_opts[] = {
@@ -120,6 +122,7 @@ static const struct option plan_opts[] = {
     {"placement-out", required_argument, 0, O_POUT}, {"eplb-min-gain", required_argument, 0, O_EPLBG},
     {"expert-bytes", required_argument, 0, O_XB},   {"eplb-from", required_argument, 0, O_EPLBF},
     {"read-gbps", required_argument, 0, O_RGBPS},   {"eplb-lag", required_argument, 0, O_EPLBLAG},
+    {"expert-dtype", required_argument, 0, O_EDT},
     {"help", no_argument, 0, O_HELP},
     {0, 0, 0, 0}};
 
@@ -457,7 +460,7 @@ static int cmd_eval(int argc, char **argv)
     const char *W = "plan eval";
     const char *trace_path = NULL, *mode_s = NULL, *wire_s = NULL, *pout = NULL;
     long hidden = 4096, dtb = 2, kv = 0, ffn = 14336, eplb_i = 0, eplb_w = 0, eplb_s = 0, xb = -1, lag = 0;
-    int peers = 0, from_given = 0;
+    int peers = 0, from_given = 0, held = CLI_HELD_AUTO, held_given = 0;
     double eplb_g = 0, rgbps = 0;
     int json = 0, per_layer = 0, c, have_hidden = 0, have_dtb = 0, have_kv = 0, have_ffn = 0;
     const char *model_dir = NULL;
@@ -490,6 +493,7 @@ static int cmd_eval(int argc, char **argv)
             break;
         }
         case O_EPLBLAG: if (!cli_parse_int(W, "--eplb-lag", optarg, 0, INT32_MAX, &lag)) return EPM_EXIT_USAGE; break;
+        case O_EDT: if (!cli_parse_choice(W, "--expert-dtype", optarg, cli_held_dtypes, &held)) return EPM_EXIT_USAGE; held_given = 1; break;
         case O_RGBPS: if (!cli_parse_double(W, "--read-gbps", optarg, 1e-6, 1e9, &rgbps)) return EPM_EXIT_USAGE; break;
         case O_JSON: json = 1; break;
         case O_HELP: fputs(eval_usage, stdout); return EPM_EXIT_OK;
@@ -511,6 +515,13 @@ static int cmd_eval(int argc, char **argv)
     if (rgbps > 0 && peers)
         return cli_usage_error(W, "--read-gbps %g prices reads from the checkpoint, and --eplb-from peers copies "
                                "experts between ranks instead", rgbps);
+    /* (a read costs the bytes as stored, whatever run holds them in; a copy is as held) */
+    if (held_given && !peers)
+        return cli_usage_error(W, "--expert-dtype %s sizes the experts copied between ranks (--eplb-from peers); a "
+                               "read from the checkpoint is as stored", cli_held_dtypes[held]);
+    if (held_given && xb >= 0)
+        return cli_usage_error(W, "--expert-bytes %ld and --expert-dtype %s: each sets the bytes of an expert; give "
+                               "one", xb, cli_held_dtypes[held]);
     epm_mode fixed = EPM_MODE_HOME;
     int both = mode_s && !strcmp(mode_s, "both");
     if (mode_s && !both && epm_mode_parse(mode_s, &fixed) != EPM_OK)
@@ -536,11 +547,11 @@ static int cmd_eval(int argc, char **argv)
         dtb = have_dtb ? dtb : (long)sizeof(float);
         kv = have_kv ? kv : ms.kv_dim;
         ffn = have_ffn ? ffn : ms.ffn;
-        if (eplb_i > 0 && xb < 0 && (xb = cli_model_expert_bytes(W, model_dir)) < -1)
+        if (eplb_i > 0 && xb < 0 && (xb = cli_model_expert_bytes(W, model_dir, held)) < -1)
             return EPM_EXIT_FAIL;
     }
-    if (xb < 0) /* (bf16, each part padded to 4 bytes as run packs it) */
-        xb = cli_expert_bytes(2, hidden, ffn);
+    if (xb < 0) /* (bf16, or as held, each part padded to 4 bytes as run packs it) */
+        xb = cli_expert_bytes(held == CLI_HELD_F32 ? 4 : 2, hidden, ffn);
     epm_trace *t = NULL;
     evaluated *ev = calloc((size_t)n, sizeof *ev);
     int rc = EPM_EXIT_FAIL;

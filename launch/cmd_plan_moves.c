@@ -23,6 +23,8 @@ static const char usage[] =
     "                     where its weights are not there)\n"
     "  --hidden H --ffn F without either: the expert's shape, in bf16 (default 4096 x 14336,\n"
     "                     Mixtral-8x7B's)\n"
+    "  --expert-dtype D   auto (as stored, run's default), bf16 or f32: as run --expert-dtype holds\n"
+    "                     the experts it copies (--kernels cuda holds f32); reads stay as stored\n"
     "  --read-gbps G      price those reads too: the GB/s one rank reads at (the ranks side by side)\n"
     "  --align            rename TO's nodes and ranks first so that as many replicas as possible stay\n"
     "                     where FROM holds them (the same balance and traffic)\n"
@@ -30,13 +32,14 @@ static const char usage[] =
     "  --per-layer        also the experts copied per MoE layer\n"
     "  --json             JSON instead of text\n";
 
-enum { O_XB = 256, O_MODEL, O_HIDDEN, O_FFN, O_ALIGN, O_OUT, O_PERLAYER, O_JSON, O_RGBPS, O_HELP };
+enum { O_XB = 256, O_MODEL, O_HIDDEN, O_FFN, O_ALIGN, O_OUT, O_PERLAYER, O_JSON, O_RGBPS, O_EDT, O_HELP };
 static const struct option opts[] = {
     {"expert-bytes", required_argument, 0, O_XB}, {"model", required_argument, 0, O_MODEL},
     {"hidden", required_argument, 0, O_HIDDEN},   {"ffn", required_argument, 0, O_FFN},
     {"align", no_argument, 0, O_ALIGN},           {"out", required_argument, 0, O_OUT},
     {"per-layer", no_argument, 0, O_PERLAYER},    {"json", no_argument, 0, O_JSON},
-    {"read-gbps", required_argument, 0, O_RGBPS}, {"help", no_argument, 0, O_HELP},
+    {"read-gbps", required_argument, 0, O_RGBPS}, {"expert-dtype", required_argument, 0, O_EDT},
+    {"help", no_argument, 0, O_HELP},
     {0, 0, 0, 0}};
 
 /* the experts copied in each layer, [layers] */
@@ -59,7 +62,7 @@ int epm_cli_plan_moves(int argc, char **argv)
     const char *W = "plan moves";
     const char *model = NULL, *out = NULL;
     long xb = -1, hidden = 4096, ffn = 14336;
-    int align = 0, per_layer = 0, json = 0, shape_given = 0, c;
+    int align = 0, per_layer = 0, json = 0, shape_given = 0, held = CLI_HELD_AUTO, held_given = 0, c;
     double rgbps = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -72,6 +75,7 @@ int epm_cli_plan_moves(int argc, char **argv)
         case O_OUT: out = optarg; break;
         case O_PERLAYER: per_layer = 1; break;
         case O_JSON: json = 1; break;
+        case O_EDT: if (!cli_parse_choice(W, "--expert-dtype", optarg, cli_held_dtypes, &held)) return EPM_EXIT_USAGE; held_given = 1; break;
         case O_RGBPS: if (!cli_parse_double(W, "--read-gbps", optarg, 1e-6, 1e9, &rgbps)) return EPM_EXIT_USAGE; break;
         case O_HELP: fputs(usage, stdout); return EPM_EXIT_OK;
         default: return cli_option_error(W, argv);
@@ -87,10 +91,18 @@ int epm_cli_plan_moves(int argc, char **argv)
     if (out && (cli_same_file(out, from_path) || cli_same_file(out, to_path) || !strcmp(out, from_path) ||
                 !strcmp(out, to_path)))
         return cli_usage_error(W, "--out '%s' would overwrite an input", out);
-    if (model && (xb = cli_model_expert_bytes(W, model)) < -1)
+    if (held_given && xb >= 0)
+        return cli_usage_error(W, "--expert-bytes %ld and --expert-dtype %s: each sets the bytes of an expert; give "
+                               "one", xb, cli_held_dtypes[held]);
+    /* a copy is as run holds the expert, a read as the checkpoint stores it */
+    long rb = xb;
+    if (model && ((xb = cli_model_expert_bytes(W, model, held)) < -1 ||
+                  (rb = held == CLI_HELD_AUTO ? xb : cli_model_expert_bytes(W, model, CLI_HELD_AUTO)) < -1))
         return EPM_EXIT_FAIL;
-    if (xb < 0) /* (bf16, each part padded to 4 bytes as run packs it) */
-        xb = cli_expert_bytes(2, hidden, ffn);
+    if (xb < 0) { /* (bf16, or as held, each part padded to 4 bytes as run packs it) */
+        xb = cli_expert_bytes(held == CLI_HELD_F32 ? 4 : 2, hidden, ffn);
+        rb = cli_expert_bytes(2, hidden, ffn);
+    }
     epm_placement *from = NULL, *to = NULL, *aligned = NULL;
     int64_t *layer = NULL;
     int rc = EPM_EXIT_FAIL;
@@ -126,7 +138,7 @@ int epm_cli_plan_moves(int argc, char **argv)
     }
     const epm_cluster *cl = epm_placement_cluster(from);
     /* (each rank reads its own gains, side by side: the boundary waits for the one that gains most) */
-    const int64_t read_max = mc.max_gained * xb;
+    const int64_t read_max = mc.max_gained * rb;
     const double read_s = rgbps > 0 ? (double)read_max / (rgbps * 1e9) : 0;
     if (json) {
         json_t *o = json_pack("{s:s, s:s, s:b, s:I, s:I, s:{s:I, s:I}, s:I, s:I, s:f}", "from", from_path, "to",

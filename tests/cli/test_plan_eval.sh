@@ -286,6 +286,20 @@ has "$d/out" "modelled 0.000000 s (150 GB/s within a node, 25 between nodes)"
 check "synth a model" 0 "$E" model synth --out "$d/m8" --experts 8 --layers 3 --hidden 32 --ffn 16
 check "moves --model" 0 "$E" plan moves "$d/c.json" "$d/e.json" --model "$d/m8"
 has "$d/out" "experts copied, $((3 * 32 * 16 * 4)) bytes each" # (synth's default: float32)
+# a bf16 checkpoint: copied as run holds it (as stored by default, widened with --expert-dtype f32), read
+# as stored; a float32 one stays float32 under bf16, as run keeps it
+check "synth a bf16 model" 0 "$E" model synth --out "$d/m16" --experts 8 --layers 3 --hidden 32 --ffn 16 --dtype bf16
+check "moves bf16" 0 "$E" plan moves "$d/c.json" "$d/e.json" --model "$d/m16" --read-gbps 1
+has "$d/out" "experts copied, $((3 * 32 * 16 * 2)) bytes each"
+check "moves bf16 held f32" 0 "$E" plan moves "$d/c.json" "$d/e.json" --model "$d/m16" --expert-dtype f32 --read-gbps 1 --json
+gj() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$d/out" "$1"; }
+[ "$(gj "d['expert_bytes'] == 2 * 3072 and d['read']['max_rank_bytes'] == 3072 * d['read']['max_rank_experts'] > 0")" = True ] ||
+  fail "plan moves --expert-dtype f32: $(head -c 300 "$d/out")"
+check "moves f32 held bf16" 0 "$E" plan moves "$d/c.json" "$d/e.json" --model "$d/m8" --expert-dtype bf16
+has "$d/out" "experts copied, $((3 * 32 * 16 * 4)) bytes each"
+check "moves dtype and bytes" 2 "$E" plan moves "$d/c.json" "$d/e.json" --expert-bytes 8 --expert-dtype f32
+has "$d/err" "--expert-bytes 8 and --expert-dtype f32: each sets the bytes of an expert"
+check "moves dtype word" 2 "$E" plan moves "$d/c.json" "$d/e.json" --expert-dtype f16
 check "moves one placement" 2 "$E" plan moves "$d/c.json"
 has "$d/err" "name two placements, FROM and TO (1 given)"
 check "moves out over input" 2 "$E" plan moves "$d/c.json" "$d/e.json" --out "$d/e.json"
@@ -305,6 +319,14 @@ check "eval online, unreadable weights" 1 "$E" plan eval --trace "$d/drift.st" "
 check "eval online from the checkpoint, text" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 \
   --eplb-slots 3
 has "$d/out" "experts moved, read from the checkpoint: [1-9][0-9]* bytes (not priced: --read-gbps)"
+check "eval --expert-dtype without peers" 2 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 \
+  --eplb-slots 3 --expert-dtype f32
+has "$d/err" "--expert-dtype f32 sizes the experts copied between ranks (--eplb-from peers); a read from the checkpoint is as stored"
+check "eval --expert-dtype f32" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 --eplb-slots 3 \
+  --eplb-from peers --expert-dtype f32 --json
+python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["placements"][0]["results"][0]["eplb"]
+sys.exit(0 if sum(e["bytes_copied"].values()) == e["experts_moved"] * 12 * 4096 * 14336 > 0 else 1)' "$d/out" ||
+  fail "plan eval --expert-dtype f32: not float32 copies of the default shape"
 check "eval online from the checkpoint, priced" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 \
   --eplb-slots 3 --read-gbps 2
 has "$d/out" "experts moved, read from the checkpoint: [1-9][0-9]* bytes, [0-9.]* ms"
