@@ -2583,6 +2583,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         memcpy(rep->eplb_wire_bytes, wv + 2 * EPM_LINK_COUNT, sizeof rep->eplb_wire_bytes);
         memcpy(rep->eplb_wire_msgs, wv + 3 * EPM_LINK_COUNT, sizeof rep->eplb_wire_msgs);
         rep->eplb_expert_bytes = o->eplb_interval > 0 && o->eplb_from_peers ? epm_model_expert_packed_bytes(r.m) : 0;
+        rep->eplb_lag = o->eplb_interval > 0 ? o->eplb_lag : 0;
         rep->hierarchical = epm_xcomm_hierarchical(r.x);
         rep->transport = epm_xcomm_a2a_name(epm_xcomm_transport(r.x));
     }

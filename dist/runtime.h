@@ -263,8 +263,9 @@ typedef struct epm_run_report {
     int64_t eplb_expert_bytes; /* bytes of one expert copied so (epm_model_expert_packed_bytes; 0 when
                                   they come from the checkpoint): plan eval's expert_bytes */
     int64_t eplb_wire_bytes[EPM_LINK_COUNT], eplb_wire_msgs[EPM_LINK_COUNT];
+    int eplb_lag;          /* the passes from a boundary to its placement's service (epm_run_opts.eplb_lag) */
     double t_eplb;         /* seconds rank 0 spent at the boundaries (the sum, the plan, the loads), those
-                              that took nothing too */
+                              that took nothing too, and with a lag at the switches (the wait, the loads) */
     const char *transport; /* the row exchange's transport */
     int num_layers;
     int64_t *layer_tokens;  /* [num_layers] tokens that ran each block (all ranks, prefill + decode);

@@ -326,12 +326,12 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
                 (long long)r->wire_msgs[2]);
         fprintf(f, ", \"eplb\": {\"rebalances\": %d, \"experts_moved\": %lld, \"bytes_read\": %lld, \"expert_bytes\": "
                    "%lld, \"bytes_copied\": [%lld, %lld, %lld], \"wire_bytes\": [%lld, %lld, %lld], \"wire_msgs\": [%lld, "
-                   "%lld, %lld], \"seconds\": %.6f}",
+                   "%lld, %lld], \"seconds\": %.6f, \"lag\": %d}",
                 r->eplb_rebalances, (long long)r->eplb_moved, (long long)r->eplb_bytes, (long long)r->eplb_expert_bytes,
                 (long long)r->eplb_peer_bytes[0], (long long)r->eplb_peer_bytes[1], (long long)r->eplb_peer_bytes[2],
                 (long long)r->eplb_wire_bytes[0], (long long)r->eplb_wire_bytes[1], (long long)r->eplb_wire_bytes[2],
                 (long long)r->eplb_wire_msgs[0], (long long)r->eplb_wire_msgs[1], (long long)r->eplb_wire_msgs[2],
-                r->t_eplb);
+                r->t_eplb, r->eplb_lag);
         fprintf(f, ", \"layer_tokens\": [");
         for (int l = 0; l < r->num_layers; l++)
             fprintf(f, "%s%lld", l ? ", " : "", (long long)r->layer_tokens[l]);
@@ -412,6 +412,9 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
             r->transport ? r->transport : "?", r->hierarchical ? ", hierarchical" : ", flat",
             epm_dtype_name(r->wire_dtype), (long long)r->wire_bytes[1], (long long)r->wire_msgs[1], (long long)r->wire_bytes[2],
             (long long)r->wire_msgs[2]);
+    if (r->eplb_rebalances > 0 && r->eplb_lag > 0)
+        fprintf(f, "online rebalancing asynchronous: each placement in service %d pass%s after its boundary\n",
+                r->eplb_lag, r->eplb_lag > 1 ? "es" : "");
     if (r->eplb_rebalances > 0 && r->eplb_expert_bytes > 0)
         fprintf(f, "online rebalancing: %d placements taken, %lld experts moved, copied from peers: %lld bytes "
                    "intra-node, %lld inter-node (%lld an expert), %.3f s\n", r->eplb_rebalances,

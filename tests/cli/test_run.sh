@@ -591,7 +591,8 @@ print('run', run, r['eplb'], 'plan eval', e['bytes'], e['eplb'])
 sys.exit(0 if run == [e['bytes']['intra_node'], e['bytes']['inter_node']] and
          (r['eplb']['rebalances'], r['eplb']['experts_moved']) == (e['eplb']['rebalances'], e['eplb']['experts_moved']) and
          r['eplb']['bytes_copied'][1:] == [e['eplb']['bytes_copied'][k] for k in ('intra_node', 'inter_node')] and
-         r['eplb']['experts_moved'] > 0 and d['generated'] == json.load(open(sys.argv[3]))['generated'] else 1)
+         r['eplb']['experts_moved'] > 0 and d['generated'] == json.load(open(sys.argv[3]))['generated'] and
+         r['eplb']['lag'] == 1 else 1)
 EOF
 fi
 check "--eplb-lag without an interval" 2 "$E" run --model "$m" --input "$d/in.json" --eplb-lag 1
