@@ -538,7 +538,7 @@ int epm_bench_run(int argc, char **argv)
     long turns = 1, turn_tokens = 32;
     long eplb_interval = 4, eplb_window = 0, eplb_lag = 1; /* the 'online' methods' */
     double eplb_gain = 0;
-    int eplb_given = 0;
+    int eplb_given = 0, lag_given = 0;
     long plan_seed = -1; /* >= 0: plans made from another trace than the one replayed */
     long drift = 0;      /* > 0: the trace's hot experts change every this many tokens */
     int turn_tok_given = 0, max_seqs_given = 0, *turn_lens = NULL;
@@ -616,6 +616,7 @@ int epm_bench_run(int argc, char **argv)
             break;
         case O_EPLBLAG:
             if (!cli_parse_int(W, "--eplb-lag", optarg, 1, INT32_MAX, &eplb_lag)) return EPM_EXIT_USAGE;
+            lag_given = 1;
             break;
         case O_TA: ta_list = optarg; break;
         case O_CAPS: caps = optarg; break;
@@ -746,6 +747,8 @@ int epm_bench_run(int argc, char **argv)
             return cli_usage_error(W, "%s is the 'online' method's, which --methods (%s) does not list",
                                    eplb_window ? "--eplb-window" : eplb_given ? "--eplb-interval" : "--eplb-min-gain",
                                    methods_s);
+        if (lag_given && !strstr(list, "-async,"))
+            return cli_usage_error(W, "--eplb-lag is the -async methods', which --methods (%s) does not list", methods_s);
         if (cli_eplb_usage(W, eplb_interval, eplb_window, strstr(list, "-async,") ? eplb_lag : 0, NULL) != EPM_EXIT_OK)
             return EPM_EXIT_USAGE;
     }

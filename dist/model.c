@@ -673,12 +673,43 @@ epm_status epm_model_prefetch_experts(const epm_model *m, int layer, const int *
         spec s[3];
         const int ns = expert_specs(&m->cfg, layer, experts[i], &w, s);
         for (int j = 0; j < ns; j++) {
-            const epm_st_tensor *t = epm_shards_find(m->sh, s[j].name, NULL);
+            const epm_st_tensor *t = epm_shards_find(m->sh, s[j].name, NULL), *sc = NULL;
             if (t) /* (one missing is the load's to report) */
                 epm_st_willneed(t->data, (size_t)(t->end - t->begin));
+            if (t && t->dtype == EPM_DTYPE_F8_E4M3 && fp8_scales(m, &s[j], "", &sc, NULL) == EPM_OK)
+                epm_st_willneed(sc->data, (size_t)(sc->end - sc->begin));
         }
     }
+    epm_clear_error(); /* (a scale's absence is the load's to report) */
     return EPM_OK;
+}
+
+int64_t epm_model_expert_stored_bytes(const epm_model *m)
+{
+    if (!m)
+        return 0;
+    const epm_model_config *c = &m->cfg;
+    for (int l = 0; l < c->num_layers; l++) { /* (every routed expert has the first one's shape and dtypes) */
+        if (!c->moe_layer[l] || c->num_experts < 1)
+            continue;
+        epm_model_mlp w;
+        spec s[3];
+        const int ns = expert_specs(c, l, 0, &w, s);
+        int64_t b = 0;
+        for (int j = 0; j < ns; j++) {
+            const epm_st_tensor *t = epm_shards_find(m->sh, s[j].name, NULL), *sc = NULL;
+            if (!t)
+                return -1;
+            b += (int64_t)(t->end - t->begin);
+            if (t->dtype == EPM_DTYPE_F8_E4M3) {
+                if (fp8_scales(m, &s[j], "", &sc, NULL) != EPM_OK)
+                    return -1;
+                b += (int64_t)(sc->end - sc->begin);
+            }
+        }
+        return b;
+    }
+    return 0;
 }
 
 epm_status epm_model_set_expert_dtype(epm_model *m, epm_dtype want, epm_dtype *got)

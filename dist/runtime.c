@@ -1691,6 +1691,13 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     if (st == EPM_OK && o->eplb_interval != 0) /* (plan eval's replay checks them alike) */
         st = epm_eplb_check(r->p, o->eplb_interval, o->eplb_window, o->eplb_slots, o->eplb_min_gain, o->eplb_lag, 0,
                             &r->eplb_slots);
+    if (st == EPM_OK && o->eplb_interval == 0 && o->eplb_lag != 0)
+        st = epm_fail(EPM_ERR_INVALID_ARG, "--eplb-lag %d is online rebalancing's, and --eplb-interval is not given",
+                      o->eplb_lag);
+    /* NCCL's transport serves one step at a time: an asynchronous change's copies go at its switch
+     * (EPM_TEST_EPLB_DEFER=1 takes that path on any transport, for the tests) */
+    r->eplb_defer = epm_xcomm_transport(r->x) == EPM_XA2A_NCCL ||
+                    (getenv("EPM_TEST_EPLB_DEFER") && !strcmp(getenv("EPM_TEST_EPLB_DEFER"), "1"));
     if (st == EPM_OK && o->route_from) {
         const epm_trace *t = o->route_from;
         /* with stop tokens the run's length is known only as it goes: each step checks its own */

@@ -260,19 +260,20 @@ static epm_status fetch_ahead(rt *r, const epm_placement *np, const epm_expert_m
         epm_free(lose);
         return st;
     }
-    int *dest;
-    int64_t ns;
-    epm_status st = pack_sends(r, mv, nmv, packed, &r->eplb_rows, &r->eplb_rows_cap, &dest, &ns);
+    epm_free(r->eplb_dest);
+    r->eplb_dest = NULL;
+    epm_status st = pack_sends(r, mv, nmv, packed, &r->eplb_rows, &r->eplb_rows_cap, &r->eplb_dest, &r->eplb_ns);
     const int width = (int)(packed / (int64_t)sizeof(float));
     st = epm_rt_sync(r, st);
     epm_xcomm_wire w0;
     epm_xcomm_wire_get(r->x, &w0);
     r->eplb_in.n = 0; /* (the last change's rows are kept, not due: a change that copies nothing has none) */
-    if (st == EPM_OK && nmv > 0) /* (sent from rows, which stay until the switch: not copied again) */
-        st = epm_xcomm_exchange_start_lent(r->x, ns, dest, r->eplb_rows, width, width, r->eplb_counted,
-                                           &r->eplb_in, &r->eplb_req);
+    /* (sent from rows, which stay until the switch: not copied again; a transport that serves one step at
+     * a time, NCCL's, sends them at the switch, as the passes' own steps need it meanwhile) */
+    if (st == EPM_OK && nmv > 0 && !r->eplb_defer)
+        st = epm_xcomm_exchange_start_lent(r->x, r->eplb_ns, r->eplb_dest, r->eplb_rows, width, width,
+                                           r->eplb_counted, &r->eplb_in, &r->eplb_req);
     wire_since(r, &w0);
-    epm_free(dest);
     return st;
 }
 
@@ -284,13 +285,17 @@ static epm_status switch_in(rt *r)
     const int64_t packed = epm_model_expert_packed_bytes(r->m);
     int64_t read = -epm_model_bytes_loaded(r->m);
     epm_status st = EPM_OK;
+    epm_xcomm_wire w0;
+    epm_xcomm_wire_get(r->x, &w0);
     if (r->eplb_req) {
-        epm_xcomm_wire w0;
-        epm_xcomm_wire_get(r->x, &w0);
         st = epm_xcomm_exchange_wait_buf(r->eplb_req); /* (frees the request, also on failure) */
         r->eplb_req = NULL;
-        wire_since(r, &w0);
+    } else if (r->eplb_defer && r->eplb_nmv > 0) { /* (every rank defers alike: the same transport) */
+        const int width = (int)(packed / (int64_t)sizeof(float));
+        st = epm_xcomm_exchange_buf(r->x, r->eplb_ns, r->eplb_dest, r->eplb_rows, width, width, r->eplb_counted,
+                                    &r->eplb_in);
     }
+    wire_since(r, &w0);
     st = epm_rt_sync(r, st);
     if (st == EPM_OK)
         st = apply(r, r->eplb_next, r->eplb_mv, r->eplb_nmv, packed, &r->eplb_in, r->o->eplb_from_peers);
@@ -376,6 +381,8 @@ void epm_eplb_teardown(rt *r)
     epm_free(r->eplb_rows); /* (after the cancel: the exchange sent from them) */
     r->eplb_rows = NULL;
     r->eplb_rows_cap = 0;
+    epm_free(r->eplb_dest);
+    r->eplb_dest = NULL;
     epm_xcomm_buf_free(&r->eplb_in);
     epm_placement_destroy(r->eplb_next);
     r->eplb_next = NULL;

@@ -37,6 +37,9 @@ typedef struct rt {
     epm_xcomm_req *eplb_req;
     float *eplb_rows;     /* the copies this rank sends, lent to the exchange till the switch; kept */
     size_t eplb_rows_cap;
+    int *eplb_dest;       /* and their ranks, eplb_ns of them */
+    int64_t eplb_ns;
+    int eplb_defer;       /* the transport serves one step at a time (NCCL): the copies go at the switch */
     epm_xcomm_buf eplb_in;
     int B, N, steps, max_len;
     int64_t total;     /* tokens of the whole run: prefill + decode */

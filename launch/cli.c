@@ -193,9 +193,13 @@ long cli_model_expert_bytes(const char *what, const char *dir, int held)
             fprintf(stderr, "epmoe %s: error: %s\n", what, epm_last_error());
             return -2;
         }
-        /* (as run holds them: bf16 only where stored bf16 or FP8, FP8 only as stored) */
-        const long stored = c.dtype == EPM_DTYPE_F32 ? 4 : c.dtype == EPM_DTYPE_F8_E4M3 ? 1 : 2;
-        const long es = held == CLI_HELD_F32 ? 4 : held == CLI_HELD_BF16 && stored == 1 ? 2 : stored;
+        /* (run holds bf16 only where stored bf16 or FP8, FP8 only as stored, else float32) */
+        const int d = c.dtype, narrow = d == EPM_DTYPE_BF16 || d == EPM_DTYPE_F8_E4M3;
+        const long stored = d == EPM_DTYPE_F32 ? 4 : d == EPM_DTYPE_F8_E4M3 ? 1 : 2;
+        const long es = held == CLI_STORED      ? stored
+                        : held == CLI_HELD_F32  ? 4
+                        : held == CLI_HELD_BF16 ? (narrow ? 2 : 4)
+                                                : (d == EPM_DTYPE_F8_E4M3 ? 1 : narrow ? 2 : 4);
         const long b = cli_expert_bytes(es, c.hidden_size, c.moe_ffn);
         epm_model_config_clear(&c);
         fprintf(stderr, "epmoe %s: %s holds no weights to read: its experts are taken at its config's shape and "
@@ -205,7 +209,13 @@ long cli_model_expert_bytes(const char *what, const char *dir, int held)
     }
     const epm_dtype want = held == CLI_HELD_F32 ? EPM_DTYPE_F32 : held == CLI_HELD_BF16 ? EPM_DTYPE_BF16
                                                                                         : EPM_DTYPE_F8_E4M3;
-    long b = epm_model_set_expert_dtype(m, want, NULL) == EPM_OK ? (long)epm_model_expert_packed_bytes(m) : -1;
+    long b = held == CLI_STORED ? (long)epm_model_expert_stored_bytes(m)
+             : epm_model_set_expert_dtype(m, want, NULL) == EPM_OK ? (long)epm_model_expert_packed_bytes(m)
+                                                                   : -1;
+    if (b < 0) {
+        fprintf(stderr, "epmoe %s: error: %s\n", what, epm_last_error());
+        b = -2;
+    }
     epm_model_close(m);
     return b;
 }

@@ -59,14 +59,15 @@ int cli_parse_u64(const char *what, const char *opt, const char *val, uint64_t *
 int cli_same_file(const char *a, const char *b);
 
 /* Bytes of one routed expert of the checkpoint in dir as epmoe run holds
- * and copies it: held CLI_HELD_AUTO as stored (run's default: bf16,
- * float32, or FP8 with scales; also what a read from the checkpoint
- * costs), _BF16 or _F32 as run --expert-dtype bf16 / f32 (and --kernels
- * cuda, f32) hold it; where only config.json is there (a planning machine),
- * its shape in that dtype (as stored: its declared one, FP8's scales left
- * out), said on stderr under what; -2 after an error printed (weights that
- * cannot be read, no config). */
-enum { CLI_HELD_AUTO, CLI_HELD_BF16, CLI_HELD_F32 };
+ * and copies it: held CLI_HELD_AUTO as run does by default (bf16 and FP8
+ * with its scales as stored, other dtypes widened to float32), _BF16 or
+ * _F32 as run --expert-dtype bf16 / f32 (and --kernels cuda, f32) hold it;
+ * CLI_STORED: as the checkpoint stores it, what a read of it costs (run's
+ * bytes_read). Where only config.json is there (a planning machine), its
+ * shape in the dtype its declared one implies (FP8's scales left out), said
+ * on stderr under what; -2 after an error printed (weights that cannot be
+ * read, no config). */
+enum { CLI_HELD_AUTO, CLI_HELD_BF16, CLI_HELD_F32, CLI_STORED };
 extern const char *const cli_held_dtypes[]; /* "auto", "bf16", "f32": run --expert-dtype's words */
 long cli_model_expert_bytes(const char *what, const char *dir, int held);
 /* Bytes of an expert of hidden x ffn packed as epmoe run copies it: its

@@ -85,8 +85,9 @@ static const char eval_usage[] =
     "                        as --model's checkpoint stores them (its config's shape and dtype where\n"
     "                        its weights are not there), else bf16 of --hidden x --ffn\n"
     "  --eplb-lag N          as run --eplb-lag: each placement in service N passes after its boundary,\n"
-    "                        the passes between under the one before; its copies or reads are charged\n"
-    "                        only for what they take beyond those passes' modelled time\n"
+    "                        the passes between under the one before; its copies (one phase, all\n"
+    "                        layers) or reads are charged only for what they take beyond those\n"
+    "                        passes' modelled time (as a transport that sends them under the passes)\n"
     "  --expert-dtype D      peers: auto (as stored, run's default), bf16 or f32, as run --expert-dtype\n"
     "                        holds the experts it copies (--kernels cuda holds f32)\n"
     "  --read-gbps G         checkpoint: the GB/s one rank reads experts at, pricing the reads (a\n"
@@ -547,7 +548,8 @@ static int cmd_eval(int argc, char **argv)
         dtb = have_dtb ? dtb : (long)sizeof(float);
         kv = have_kv ? kv : ms.kv_dim;
         ffn = have_ffn ? ffn : ms.ffn;
-        if (eplb_i > 0 && xb < 0 && (xb = cli_model_expert_bytes(W, model_dir, held)) < -1)
+        /* (a copy is as run holds the expert, a read as the checkpoint stores it) */
+        if (eplb_i > 0 && xb < 0 && (xb = cli_model_expert_bytes(W, model_dir, peers ? held : CLI_STORED)) < -1)
             return EPM_EXIT_FAIL;
     }
     if (xb < 0) /* (bf16, or as held, each part padded to 4 bytes as run packs it) */

@@ -97,7 +97,7 @@ int epm_cli_plan_moves(int argc, char **argv)
     /* a copy is as run holds the expert, a read as the checkpoint stores it */
     long rb = xb;
     if (model && ((xb = cli_model_expert_bytes(W, model, held)) < -1 ||
-                  (rb = held == CLI_HELD_AUTO ? xb : cli_model_expert_bytes(W, model, CLI_HELD_AUTO)) < -1))
+                  (rb = cli_model_expert_bytes(W, model, CLI_STORED)) < -1))
         return EPM_EXIT_FAIL;
     if (xb < 0) { /* (bf16, or as held, each part padded to 4 bytes as run packs it) */
         xb = cli_expert_bytes(held == CLI_HELD_F32 ? 4 : 2, hidden, ffn);

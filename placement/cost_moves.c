@@ -40,6 +40,7 @@ epm_status epm_eval_moves(const epm_placement *from, const epm_placement *to, in
     }
     if (st == EPM_OK) {
         out->moved = n;
+        out->seconds_whole = epm_cost_phase_seconds(all, R, c);
         for (int q = 0; q < R; q++) {
             const int64_t s = all[q] + all[(size_t)R + q], v = all[2 * (size_t)R + q] + all[3 * (size_t)R + q];
             out->max_send_bytes = s > out->max_send_bytes ? s : out->max_send_bytes;

@@ -94,7 +94,7 @@ static epm_status charge_moves(epm_pass_plan *pp, const epm_placement *cur, cons
     EPM_CHECK(epm_eval_moves(cur, np, copied, &mc));
     for (int k = 0; k < EPM_LINK_COUNT; k++)
         pp->move_bytes[k] += mc.bytes[k];
-    *copy_s = mc.seconds;
+    *copy_s = pp->o->eplb_lag > 0 ? mc.seconds_whole : mc.seconds; /* (with a lag, one exchange of them all) */
     pp->read_bytes += mc.moved * read;
     if (pp->o->read_gbps > 0)
         *read_s = (double)(mc.max_gained * read) / (pp->o->read_gbps * 1e9);

@@ -152,6 +152,8 @@ typedef struct epm_move_cost {
     int64_t max_send_bytes, max_recv_bytes;
     double seconds;
     int64_t max_gained;
+    double seconds_whole; /* the change's copies as one phase (every layer's in one exchange, as an
+                             asynchronous rebalance, epmoe run --eplb-lag, sends them) */
 } epm_move_cost;
 EPM_API epm_status epm_eval_moves(const epm_placement *from, const epm_placement *to, int64_t expert_bytes,
                                   epm_move_cost *out);

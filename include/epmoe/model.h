@@ -294,6 +294,11 @@ EPM_API int64_t epm_model_expert_packed_bytes(const epm_model *m);
 EPM_API epm_status epm_model_pack_expert(const epm_model *m, int layer, int expert, void *dst, int64_t cap);
 EPM_API epm_status epm_model_unpack_expert(epm_model *m, int layer, int expert, const void *src, int64_t bytes);
 
+/* Bytes of one routed expert as the checkpoint stores it (its matrices and,
+ * for FP8, their scales): what loading it reads, whatever it is held in.
+ * 0 without routed experts; -1 (the error set) where its tensors are not
+ * all there or not well-formed. */
+EPM_API int64_t epm_model_expert_stored_bytes(const epm_model *m);
 /* Checkpoint bytes this process has read (tensor data at their stored dtype),
  * and those of routed experts alone: what a rank's placement costs it. */
 EPM_API int64_t epm_model_bytes_loaded(const epm_model *m);

@@ -587,6 +587,8 @@ if [ "${EPM_TEST_QUICK:-0}" != 1 ]; then
 fi
 usage run --eplb-lag "" --model "$m" --methods contiguous,online-async --eplb-interval 2 --eplb-lag 2
 has "$d/err" "--eplb-lag 2: a placement must be in service before the next boundary"
+usage run --eplb-lag "" --model "$m" --methods contiguous,online --eplb-interval 2 --eplb-lag 1
+has "$d/err" "--eplb-lag is the -async methods'"
 usage plan --eplb-lag "" --eplb-lag 1
 has "$d/err" "--eplb-lag is online rebalancing's"
 

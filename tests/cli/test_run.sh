@@ -576,6 +576,19 @@ check "plan eval --eplb-from peers --model" 0 "$E" plan eval --trace "$d/eplb.st
 cmp -s <(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["placements"][0]["results"][0]["eplb"])' "$d/out") \
   <(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["placements"][0]["results"][0]["eplb"])' "$d/eplb_eval.json") ||
   fail "plan eval --model prices other copies than the run's expert_bytes"
+if full; then # an f16 checkpoint: read as stored (2 bytes a weight) though held widened, as plan eval counts it
+  check "synth f16" 0 "$E" model synth --out "$d/mf16" --arch mixtral --hidden 64 --layers 2 --experts 8 --k 2 \
+    --ffn 48 --heads 4 --kv-heads 2 --vocab 100 --dtype f16
+  check "f16 rebalanced" 0 run -np 2 "$E" run --model "$d/mf16" --input "$d/in.json" --max-new-tokens 3 --json \
+    --report --prefill-chunk 2 --eplb-interval 2 --eplb-slots 5 --trace-out "$d/f16.st"
+  cp "$d/out" "$d/f16.json"
+  check "contiguous for 2" 0 "$E" plan --trace "$d/f16.st" --gpus-per-node 2 --method contiguous --out "$d/c2.json" --quiet
+  check "plan eval of the f16 run" 0 "$E" plan eval --trace "$d/f16.st" "$d/c2.json" --model "$d/mf16" --eplb-interval 2 \
+    --eplb-slots 5 --json
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["report"]["eplb"]; e=json.load(open(sys.argv[2]))["placements"][0]["results"][0]["eplb"]
+sys.exit(0 if r["bytes_read"] == e["bytes_read"] == r["experts_moved"] * 3 * 64 * 48 * 2 > 0 else 1)' "$d/f16.json" "$d/out" ||
+    fail "plan eval --model counts other reads than the f16 run's"
+fi
 if full; then # asynchronous: each placement in service a pass after its boundary, as plan eval replays it
   check "--eplb-lag" 0 run -np 3 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report \
     --prefill-chunk 1 --eplb-interval 2 --eplb-slots 4 --eplb-from peers --eplb-lag 1 --trace-out "$d/lag.st"

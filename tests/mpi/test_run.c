@@ -404,8 +404,8 @@ static void assert_run_is_eval_of(const epm_run_result *res, const epm_placement
     if (o->eplb_interval > 0 && !o->eplb_from_peers) { /* (read instead: an expert as the file stores it) */
         epm_model *m;
         assert_int_equal(epm_model_open(o->model_dir, &m), EPM_OK);
-        assert_int_equal(epm_model_set_expert_dtype(m, EPM_DTYPE_F8_E4M3, NULL), EPM_OK); /* (as stored) */
-        eo.read_expert_bytes = epm_model_expert_packed_bytes(m);
+        eo.read_expert_bytes = epm_model_expert_stored_bytes(m);
+        assert_true(eo.read_expert_bytes > 0);
         eo.read_gbps = 1;
         epm_model_close(m);
     }
@@ -1931,7 +1931,11 @@ static void test_run_eplb(void **state)
                 o.eplb_lag = on && (mode + replay + R) % 2;
                 o.virtual_nodes = replay && R >= 4 && R % 2 == 0 ? 2 : 0;
                 opts[on] = o;
+                /* (an asynchronous replay sends its copies at the switch, as the NCCL transport makes it) */
+                if (o.eplb_lag && replay)
+                    setenv("EPM_TEST_EPLB_DEFER", "1", 1);
                 epm_status st = epm_run(&o, 2, f.lens, prompts, &res[on]);
+                unsetenv("EPM_TEST_EPLB_DEFER");
                 if (st != EPM_OK)
                     fprintf(stderr, "rank %d: %s\n", me, epm_last_error());
                 assert_int_equal(st, EPM_OK);
@@ -2085,8 +2089,8 @@ static void test_run_eplb(void **state)
         fixture g;
         fixture_open(&g, "deepseekv3-fp8-tiny");
         const int32_t *gp[2] = {g.ids[0], g.ids[1]};
-        epm_run_result *res[2];
-        for (int on = 0; on < 2; on++) {
+        epm_run_result *res[3];
+        for (int on = 0; on < 3; on++) {
             epm_run_opts o;
             memset(&o, 0, sizeof o);
             o.model_dir = g.dir;
@@ -2094,7 +2098,7 @@ static void test_run_eplb(void **state)
             o.prefill_chunk = 7;
             o.eplb_interval = on ? 1 : 0;
             o.eplb_slots = on ? slots : 0;
-            o.eplb_from_peers = on; /* (FP8 codes and their scales packed, sent and unpacked) */
+            o.eplb_from_peers = on == 1; /* (FP8 codes and their scales packed, sent and unpacked) */
             assert_int_equal(epm_run(&o, 2, g.lens, gp, &res[on]), EPM_OK);
         }
         assert_int_equal(res[0]->report.expert_dtype, EPM_DTYPE_F8_E4M3);
@@ -2102,12 +2106,23 @@ static void test_run_eplb(void **state)
         assert_true(R == 1 || R == 8 || res[1]->report.eplb_moved > 0);
         assert_int_equal(res[1]->report.eplb_bytes, 0);
         assert_memory_equal(res[1]->generated, res[0]->generated, 2 * NEW * sizeof(int32_t));
-        epm_run_result_destroy(res[0]);
-        epm_run_result_destroy(res[1]);
+        /* read from the checkpoint instead: each gained expert's codes and scales as stored, what plan eval
+         * counts a read (epm_model_expert_stored_bytes) */
+        epm_model *m;
+        assert_int_equal(epm_model_open(g.dir, &m), EPM_OK);
+        const int64_t stored = epm_model_expert_stored_bytes(m);
+        epm_model_close(m);
+        assert_true(stored > 0);
+        assert_int_equal(res[2]->report.eplb_moved, res[1]->report.eplb_moved);
+        assert_int_equal(res[2]->report.eplb_bytes, res[2]->report.eplb_moved * stored);
+        assert_memory_equal(res[2]->generated, res[0]->generated, 2 * NEW * sizeof(int32_t));
+        for (int on = 0; on < 3; on++)
+            epm_run_result_destroy(res[on]);
         epm_st_close(g.ref);
     }
     /* refused alike on every rank */
-    static const int bad[][3] = {{2, 3, 0}, {-1, 0, 0}, {2, 0, 9}, {2, 0, 1}};
+    /* (interval, window, slots, lag) */
+    static const int bad[][4] = {{2, 3, 0, 0}, {-1, 0, 0, 0}, {2, 0, 9, 0}, {2, 0, 1, 0}, {2, 0, 0, 2}, {0, 0, 0, 1}};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         if (bad[i][2] == 1 && R == 8) /* (one slot a rank holds 8 experts on 8 ranks) */
             continue;
@@ -2118,12 +2133,14 @@ static void test_run_eplb(void **state)
         o.eplb_interval = bad[i][0];
         o.eplb_window = bad[i][1];
         o.eplb_slots = bad[i][2];
+        o.eplb_lag = bad[i][3];
         epm_run_result *res = NULL;
         const epm_status st = epm_run(&o, 2, f.lens, prompts, &res);
         assert_true(st == EPM_ERR_INVALID_ARG || st == EPM_ERR_REMOTE); /* (remote: another rank said so first) */
         assert_null(res);
         if (st == EPM_ERR_INVALID_ARG)
-            assert_non_null(strstr(epm_last_error(), bad[i][2] ? "--eplb-slots" : "online rebalancing"));
+            assert_non_null(strstr(epm_last_error(), bad[i][2] ? "--eplb-slots" : bad[i][3] ? "--eplb-lag"
+                                                                                         : "online rebalancing"));
     }
     if (R == 2 || R == 4) { /* mirrored replicas: a rank already holds more than the fewest slots */
         epm_placement *p = make_placement(2, 4, 8, 1);
