@@ -1694,10 +1694,6 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     if (st == EPM_OK && o->eplb_interval == 0 && o->eplb_lag != 0)
         st = epm_fail(EPM_ERR_INVALID_ARG, "--eplb-lag %d is online rebalancing's, and --eplb-interval is not given",
                       o->eplb_lag);
-    /* NCCL's transport serves one step at a time: an asynchronous change's copies go at its switch
-     * (EPM_TEST_EPLB_DEFER=1 takes that path on any transport, for the tests) */
-    r->eplb_defer = epm_xcomm_transport(r->x) == EPM_XA2A_NCCL ||
-                    (getenv("EPM_TEST_EPLB_DEFER") && !strcmp(getenv("EPM_TEST_EPLB_DEFER"), "1"));
     if (st == EPM_OK && o->route_from) {
         const epm_trace *t = o->route_from;
         /* with stop tokens the run's length is known only as it goes: each step checks its own */
@@ -2345,11 +2341,27 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         st = epm_xcomm_create_opts(&xo, &r.x);
     if (st != EPM_OK)
         return st;
+    /* asynchronous copies of experts between ranks get a communicator of their own, flat and posted at
+     * once (p2p), so that they move under the passes whatever the passes' transport: the hierarchical
+     * path's second hop and alltoallv would move them only at the switch, and NCCL's transport serves
+     * one step at a time. Host rows: MPI's. */
+    if (o->eplb_interval > 0 && o->eplb_lag > 0 && o->eplb_from_peers) {
+        epm_xcomm_opts co = xo;
+        co.a2a = EPM_XA2A_P2P;
+        co.hier = EPM_XHIER_OFF;
+        st = epm_xcomm_agree(r.x, epm_xcomm_create_opts(&co, &r.xc));
+        if (st != EPM_OK) {
+            epm_xcomm_destroy(r.xc);
+            epm_xcomm_destroy(r.x);
+            return st;
+        }
+    }
     /* from here on every failure is agreed before anyone returns */
     epm_run_result *res = epm_calloc(1, sizeof *res);
     st = sync(&r, res ? EPM_OK : EPM_ERR_NOMEM);
     if (st != EPM_OK) {
         epm_free(res);
+        epm_xcomm_destroy(r.xc);
         epm_xcomm_destroy(r.x);
         return st;
     }
@@ -2369,6 +2381,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
             if (r.cuda)
                 epm_ops_cuda_close();
             epm_free(res);
+            epm_xcomm_destroy(r.xc);
             epm_xcomm_destroy(r.x);
             return st;
         }
@@ -2575,14 +2588,16 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.gather_local, EPM_LINK_COUNT), st, fail_gen);
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.layer_tokens, c->num_layers), st, fail_gen);
     {
-        epm_xcomm_wire wire;
+        epm_xcomm_wire wire, copies = {0};
         epm_xcomm_wire_get(r.x, &wire);
+        if (r.xc) /* (asynchronous copies' communicator: all of its wire is theirs) */
+            epm_xcomm_wire_get(r.xc, &copies);
         int64_t wv[4 * EPM_LINK_COUNT]; /* the tokens' bytes and messages, and the experts' copies' */
         for (int k = 0; k < EPM_LINK_COUNT; k++) {
             wv[k] = wire.bytes[k] - r.eplb_wire.bytes[k];
             wv[EPM_LINK_COUNT + k] = wire.msgs[k] - r.eplb_wire.msgs[k];
-            wv[2 * EPM_LINK_COUNT + k] = r.eplb_wire.bytes[k];
-            wv[3 * EPM_LINK_COUNT + k] = r.eplb_wire.msgs[k];
+            wv[2 * EPM_LINK_COUNT + k] = r.eplb_wire.bytes[k] + copies.bytes[k];
+            wv[3 * EPM_LINK_COUNT + k] = r.eplb_wire.msgs[k] + copies.msgs[k];
         }
         EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, wv, 4 * EPM_LINK_COUNT), st, fail_gen);
         memcpy(rep->wire_bytes, wv, sizeof rep->wire_bytes);
@@ -2629,6 +2644,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     epm_free(srow);
     epm_free(sseq);
     teardown(&r);
+    epm_xcomm_destroy(r.xc);
     epm_xcomm_destroy(r.x);
     *out = res;
     return EPM_OK;
@@ -2639,6 +2655,7 @@ fail_gen:
     epm_free(sseq);
 fail:
     teardown(&r);
+    epm_xcomm_destroy(r.xc);
     epm_xcomm_destroy(r.x);
     epm_run_result_destroy(res);
     return st;

@@ -260,20 +260,18 @@ static epm_status fetch_ahead(rt *r, const epm_placement *np, const epm_expert_m
         epm_free(lose);
         return st;
     }
-    epm_free(r->eplb_dest);
-    r->eplb_dest = NULL;
-    epm_status st = pack_sends(r, mv, nmv, packed, &r->eplb_rows, &r->eplb_rows_cap, &r->eplb_dest, &r->eplb_ns);
+    int *dest;
+    int64_t ns;
+    epm_status st = pack_sends(r, mv, nmv, packed, &r->eplb_rows, &r->eplb_rows_cap, &dest, &ns);
     const int width = (int)(packed / (int64_t)sizeof(float));
     st = epm_rt_sync(r, st);
-    epm_xcomm_wire w0;
-    epm_xcomm_wire_get(r->x, &w0);
     r->eplb_in.n = 0; /* (the last change's rows are kept, not due: a change that copies nothing has none) */
-    /* (sent from rows, which stay until the switch: not copied again; a transport that serves one step at
-     * a time, NCCL's, sends them at the switch, as the passes' own steps need it meanwhile) */
-    if (st == EPM_OK && nmv > 0 && !r->eplb_defer)
-        st = epm_xcomm_exchange_start_lent(r->x, r->eplb_ns, r->eplb_dest, r->eplb_rows, width, width,
-                                           r->eplb_counted, &r->eplb_in, &r->eplb_req);
-    wire_since(r, &w0);
+    /* (on the copies' own communicator, flat p2p: posted now, moving under the passes, whose MPI calls
+     * progress them; sent from rows, which stay until the switch) */
+    if (st == EPM_OK && nmv > 0)
+        st = epm_xcomm_exchange_start_lent(r->xc, ns, dest, r->eplb_rows, width, width, r->eplb_counted,
+                                           &r->eplb_in, &r->eplb_req);
+    epm_free(dest); /* (the report takes the copies' communicator's whole wire as theirs) */
     return st;
 }
 
@@ -285,17 +283,10 @@ static epm_status switch_in(rt *r)
     const int64_t packed = epm_model_expert_packed_bytes(r->m);
     int64_t read = -epm_model_bytes_loaded(r->m);
     epm_status st = EPM_OK;
-    epm_xcomm_wire w0;
-    epm_xcomm_wire_get(r->x, &w0);
     if (r->eplb_req) {
         st = epm_xcomm_exchange_wait_buf(r->eplb_req); /* (frees the request, also on failure) */
         r->eplb_req = NULL;
-    } else if (r->eplb_defer && r->eplb_nmv > 0) { /* (every rank defers alike: the same transport) */
-        const int width = (int)(packed / (int64_t)sizeof(float));
-        st = epm_xcomm_exchange_buf(r->x, r->eplb_ns, r->eplb_dest, r->eplb_rows, width, width, r->eplb_counted,
-                                    &r->eplb_in);
     }
-    wire_since(r, &w0);
     st = epm_rt_sync(r, st);
     if (st == EPM_OK)
         st = apply(r, r->eplb_next, r->eplb_mv, r->eplb_nmv, packed, &r->eplb_in, r->o->eplb_from_peers);
@@ -303,7 +294,7 @@ static epm_status switch_in(rt *r)
     /* (the rows sent and received stay for the next change: the memory check counts them, and fresh
      * ones would fault their pages in again) */
     if (r->eplb_nmv > 0) /* (the exchange's scratch grew to the change's experts: not kept for the run) */
-        epm_xcomm_pool_trim(r->x);
+        epm_xcomm_pool_trim(r->xc);
     epm_free(r->eplb_mv);
     r->eplb_mv = NULL;
     st = epm_rt_sync(r, st);
@@ -381,8 +372,6 @@ void epm_eplb_teardown(rt *r)
     epm_free(r->eplb_rows); /* (after the cancel: the exchange sent from them) */
     r->eplb_rows = NULL;
     r->eplb_rows_cap = 0;
-    epm_free(r->eplb_dest);
-    r->eplb_dest = NULL;
     epm_xcomm_buf_free(&r->eplb_in);
     epm_placement_destroy(r->eplb_next);
     r->eplb_next = NULL;

@@ -16,6 +16,8 @@ enum { EPM_KV_F32, EPM_KV_BF16, EPM_KV_FP8 };
 typedef struct rt {
     const epm_run_opts *o;
     epm_xcomm *x;
+    epm_xcomm *xc;        /* asynchronous rebalancing's copies of experts (epm_run_opts.eplb_lag, from peers):
+                             flat, p2p, posted at the boundary, moving under the passes; NULL otherwise */
     int me, R;
     epm_model *m;
     const epm_model_dense *dense;
@@ -37,9 +39,7 @@ typedef struct rt {
     epm_xcomm_req *eplb_req;
     float *eplb_rows;     /* the copies this rank sends, lent to the exchange till the switch; kept */
     size_t eplb_rows_cap;
-    int *eplb_dest;       /* and their ranks, eplb_ns of them */
-    int64_t eplb_ns;
-    int eplb_defer;       /* the transport serves one step at a time (NCCL): the copies go at the switch */
+
     epm_xcomm_buf eplb_in;
     int B, N, steps, max_len;
     int64_t total;     /* tokens of the whole run: prefill + decode */
