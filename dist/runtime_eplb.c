@@ -124,11 +124,13 @@ static epm_status take_copies(rt *r, const epm_expert_move *mv, int64_t n, int64
 
 /* Drops the experts of layer l (MoE layer ml) this rank loses to np; on a
  * GPU their device copies first (its weight cache would keep them, and
- * could take a gained expert at a freed address for one). gone: [3 * E]. */
-static epm_status drop_lost(rt *r, const epm_placement *np, int l, int ml, int *gain, int *lose, const void **gone)
+ * could take a gained expert at a freed address for one). gone: [3 * E];
+ * gain[0..*ng) receives those it gains. */
+static epm_status drop_lost(rt *r, const epm_placement *np, int l, int ml, int *gain, int *ng, int *lose,
+                            const void **gone)
 {
-    int ng, nl;
-    diff(r, np, ml, gain, &ng, lose, &nl);
+    int nl;
+    diff(r, np, ml, gain, ng, lose, &nl);
     for (int i = 0; i < nl && r->cuda; i++) {
         const epm_model_mlp *w = epm_model_expert(r->m, l, lose[i]);
         gone[3 * i] = w ? w->gate : NULL, gone[3 * i + 1] = w ? w->up : NULL, gone[3 * i + 2] = w ? w->down : NULL;
@@ -188,13 +190,11 @@ static epm_status apply(rt *r, const epm_placement *np, const epm_expert_move *m
         if (n > 0 && !copied_already) /* (every rank knows n: a layer nothing moves in has no exchange) */
             st = send_layer(r, mv + at, n, packed, &layer_in, r->eplb_counted);
         at += n;
+        int ng = 0;
         if (st == EPM_OK)
-            st = drop_lost(r, np, l, ml, gain, lose, gone);
-        if (st == EPM_OK && !peers) {
-            int ng, nl;
-            diff(r, np, ml, gain, &ng, lose, &nl);
+            st = drop_lost(r, np, l, ml, gain, &ng, lose, gone);
+        if (st == EPM_OK && !peers)
             st = epm_model_load_experts(r->m, l, gain, ng, NULL);
-        }
         if (st == EPM_OK && n > 0 && !copied_already)
             st = take_copies(r, mv + at - n, n, packed, &layer_in);
         if (peers && !copied_already) /* (before the next layer's exchange) */
@@ -275,6 +275,25 @@ static epm_status fetch_ahead(rt *r, const epm_placement *np, const epm_expert_m
     return st;
 }
 
+/* The end of a change, collective: its outcome agreed, its reads and
+ * copies summed, its time counted, and np (NULL: none taken) in service or
+ * dropped. */
+static epm_status conclude(rt *r, epm_status st, epm_placement *np, int64_t moved, int64_t read, double t0)
+{
+    st = epm_rt_sync(r, st);
+    if (st == EPM_OK)
+        st = epm_xcomm_sum_i64(r->x, &read, 1);
+    if (st == EPM_OK)
+        st = epm_xcomm_sum_i64(r->x, r->eplb_counted, EPM_LINK_COUNT);
+    r->rep->t_eplb += epm_now() - t0; /* (a boundary that takes nothing paid for its sum and its plan too) */
+    if (st == EPM_OK && np)
+        take_placement(r, np, moved, read, r->eplb_counted);
+    else
+        epm_placement_destroy(np);
+    memset(r->eplb_counted, 0, sizeof r->eplb_counted);
+    return st;
+}
+
 /* The placement in flight comes into service: its copies waited for, then
  * taken, the lost experts dropped, the gained ones read. Collective. */
 static epm_status switch_in(rt *r)
@@ -297,19 +316,9 @@ static epm_status switch_in(rt *r)
         epm_xcomm_pool_trim(r->xc);
     epm_free(r->eplb_mv);
     r->eplb_mv = NULL;
-    st = epm_rt_sync(r, st);
-    if (st == EPM_OK)
-        st = epm_xcomm_sum_i64(r->x, &read, 1);
-    if (st == EPM_OK)
-        st = epm_xcomm_sum_i64(r->x, r->eplb_counted, EPM_LINK_COUNT);
-    r->rep->t_eplb += epm_now() - t0;
-    if (st == EPM_OK)
-        take_placement(r, r->eplb_next, r->eplb_moved_next, read, r->eplb_counted);
-    else
-        epm_placement_destroy(r->eplb_next);
+    epm_placement *np = r->eplb_next;
     r->eplb_next = NULL;
-    memset(r->eplb_counted, 0, sizeof r->eplb_counted);
-    return st;
+    return conclude(r, st, np, r->eplb_moved_next, read, t0);
 }
 
 /* A boundary: the next placement taken, and with a lag set on its way. */
@@ -337,18 +346,7 @@ static epm_status rebalance(rt *r)
     if (nmv > 0) /* (the exchanges' scratch grew to a layer's experts: not kept for the run) */
         epm_xcomm_pool_trim(r->x);
     epm_free(mv);
-    st = epm_rt_sync(r, st);
-    if (st == EPM_OK)
-        st = epm_xcomm_sum_i64(r->x, &read, 1);
-    if (st == EPM_OK)
-        st = epm_xcomm_sum_i64(r->x, r->eplb_counted, EPM_LINK_COUNT);
-    r->rep->t_eplb += epm_now() - t0; /* (a boundary that takes nothing paid for its sum and its plan too) */
-    if (st == EPM_OK && np)
-        take_placement(r, np, moved, read, r->eplb_counted);
-    else
-        epm_placement_destroy(np);
-    memset(r->eplb_counted, 0, sizeof r->eplb_counted);
-    return st;
+    return conclude(r, st, np, moved, read, t0);
 }
 
 epm_status epm_eplb_pass(rt *r, int64_t pass)
