@@ -1694,6 +1694,13 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     if (st == EPM_OK && o->eplb_interval == 0 && o->eplb_lag != 0)
         st = epm_fail(EPM_ERR_INVALID_ARG, "--eplb-lag %d is online rebalancing's, and --eplb-interval is not given",
                       o->eplb_lag);
+    if (st == EPM_OK && o->eplb_interval == 0 && o->eplb_groups != 0)
+        st = epm_fail(EPM_ERR_INVALID_ARG, "--expert-groups %d is online rebalancing's, and --eplb-interval is not "
+                      "given", o->eplb_groups);
+    /* (the model's groups are its config's, checked there) */
+    r->eplb_groups = o->eplb_groups > 0 ? o->eplb_groups : c->n_group > 1 ? c->n_group : 0;
+    if (st == EPM_OK && o->eplb_groups != 0)
+        st = epm_expert_groups_check(o->eplb_groups, c->num_experts, "--expert-groups");
     if (st == EPM_OK && o->route_from) {
         const epm_trace *t = o->route_from;
         /* with stop tokens the run's length is known only as it goes: each step checks its own */
@@ -2606,6 +2613,9 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         memcpy(rep->eplb_wire_msgs, wv + 3 * EPM_LINK_COUNT, sizeof rep->eplb_wire_msgs);
         rep->eplb_expert_bytes = o->eplb_interval > 0 && o->eplb_from_peers ? epm_model_expert_packed_bytes(r.m) : 0;
         rep->eplb_lag = o->eplb_interval > 0 ? o->eplb_lag : 0;
+        rep->eplb_groups = o->eplb_interval > 0 && r.eplb_groups > 1 ? r.eplb_groups : 0;
+        rep->eplb_hierarchical = rep->eplb_groups > 1 &&
+                                 epm_eplb_hierarchical(rep->eplb_groups, c->num_experts, epm_placement_cluster(r.p));
         rep->hierarchical = epm_xcomm_hierarchical(r.x);
         rep->transport = epm_xcomm_a2a_name(epm_xcomm_transport(r.x));
     }

@@ -48,6 +48,10 @@ typedef struct epm_run_opts {
                                        checkpoint's pages read ahead by the kernel, or the copies posted at
                                        the boundary and waited for at the switch; the passes between run
                                        under the placement before */
+    int eplb_groups;                /* the expert groups online rebalancing keeps whole on a node where
+                                       they divide over the nodes (DeepSeek EPLB's hierarchical policy;
+                                       epm_plan_rebalance's groups): 0 = the model's n_group (vLLM's
+                                       and SGLang's choice), 1 = none (the global policy) */
     epm_mode mode;
     int virtual_nodes;
     int max_new_tokens;
@@ -264,6 +268,9 @@ typedef struct epm_run_report {
                                   they come from the checkpoint): plan eval's expert_bytes */
     int64_t eplb_wire_bytes[EPM_LINK_COUNT], eplb_wire_msgs[EPM_LINK_COUNT];
     int eplb_lag;          /* the passes from a boundary to its placement's service (epm_run_opts.eplb_lag) */
+    int eplb_groups;       /* the expert groups its placements kept whole on nodes (0: none), and
+                              whether they did (epm_eplb_hierarchical: the groups divide over the nodes) */
+    int eplb_hierarchical;
     double t_eplb;         /* seconds rank 0 spent at the boundaries (the sum, the plan, the loads), those
                               that took nothing too, and with a lag at the switches (the wait, the loads) */
     const char *transport; /* the row exchange's transport */

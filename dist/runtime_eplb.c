@@ -218,7 +218,7 @@ static epm_status decide(rt *r, epm_placement **np, int64_t *moved, epm_expert_m
     const int64_t packed = epm_model_expert_packed_bytes(r->m);
     *np = NULL, *mv = NULL, *moved = *nmv = 0;
     EPM_CHECK(epm_xcomm_sum_i64(r->x, r->eplb_load, L * E));
-    epm_status st = epm_plan_rebalance(r->p, r->eplb_load, r->eplb_slots, r->o->eplb_min_gain, np);
+    epm_status st = epm_plan_rebalance(r->p, r->eplb_load, r->eplb_slots, r->o->eplb_min_gain, r->eplb_groups, np);
     memset(r->eplb_load, 0, (size_t)L * E * sizeof *r->eplb_load); /* (the window's counts are spent) */
     /* (a row of the exchange: its transports send at most INT_MAX bytes a row, a hierarchical hop's
      * header of 8 included) */

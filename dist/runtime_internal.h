@@ -28,6 +28,7 @@ typedef struct rt {
     int64_t *eplb_load;   /* [moe_layers][experts] this rank's gate choices in the window (online rebalancing) */
     int eplb_counting;    /* the pass running is in the window */
     int eplb_slots;
+    int eplb_groups; /* epm_plan_rebalance's groups: the option's, else the model's n_group (0: none) */
     epm_xcomm_wire eplb_wire; /* what online rebalancing's copies of experts put on the links, this rank */
     int64_t eplb_counted[EPM_LINK_COUNT]; /* the change's copies, as plan eval counts them */
     /* with a lag (epm_run_opts.eplb_lag): the placement taken, in service from pass eplb_switch_at; its

@@ -29,6 +29,11 @@ static const char plan_usage[] =
     "  --intra-gbps X        GB/s per rank inside a node (default 150)\n"
     "  --inter-gbps X        GB/s per rank between nodes (default 25)\n"
     "  --slots S             experts a rank holds per layer; spares get replicas (eplb, ilp)\n"
+    "  --expert-groups N     the groups of group-limited routing (DeepSeek's n_group: experts in N\n"
+    "                        groups of consecutive ids; default: --model's n_group, else none). eplb\n"
+    "                        keeps each group whole on one node where N divides over the nodes\n"
+    "                        (DeepSeek EPLB's hierarchical policy), so that a token reaches no more\n"
+    "                        nodes than the groups it may choose (topk_group)\n"
     "  --time-limit SEC      ILP budget (default 60)\n"
     "  --mip-gap G           ILP relative gap to stop at (default 1e-4)\n"
     "  --hidden H            hidden size, for the follow-mode K/V term (default 4096)\n"
@@ -48,7 +53,9 @@ static const char eval_usage[] =
     "\n"
     "Replays a trace against placements (ideally a trace other than the one planned from) and\n"
     "prints side by side: per-rank expert load (max/mean), token transfers crossing ranks and\n"
-    "nodes, bytes per link class and a modelled MoE time, with ratios to the first placement.\n"
+    "nodes, bytes per link class and a modelled MoE time, with ratios to the first placement;\n"
+    "on several nodes also the nodes a token reaches (mean, most) and the inter-node dispatches\n"
+    "of a path that crosses to each node once (run's hierarchical path, DeepEP's).\n"
     "  --trace FILE          routing trace\n"
     "  --model DIR           --hidden, --kv-dim and --ffn from the checkpoint's config.json, whose\n"
     "                        experts and MoE layers must be the trace's (flags given beside it\n"
@@ -84,6 +91,9 @@ static const char eval_usage[] =
     "                        sums) or copied (peers: as held, run reports its expert_bytes). Default:\n"
     "                        as --model's checkpoint stores them (its config's shape and dtype where\n"
     "                        its weights are not there), else bf16 of --hidden x --ffn\n"
+    "  --expert-groups N     as run takes the model's n_group: its rebalancing keeps each of N groups\n"
+    "                        whole on a node where they divide over the nodes (default: --model's\n"
+    "                        n_group, else none)\n"
     "  --eplb-lag N          as run --eplb-lag: each placement in service N passes after its boundary,\n"
     "                        the passes between under the one before; its copies (one phase, all\n"
     "                        layers) or reads are charged only for what they take beyond those\n"
@@ -102,7 +112,7 @@ static const char eval_usage[] =
 enum {
     O_TRACE = 256, O_EXPERTS, O_METHOD, O_MODE, O_NODES, O_GPN, O_CLUSTER, O_INTRA, O_INTER, O_SLOTS, O_TLIM,
     O_GAP, O_HIDDEN, O_BW, O_TW, O_OUT, O_EPLB, O_JSON, O_QUIET, O_DTB, O_KV, O_FFN, O_PERLAYER, O_MODEL, O_WIRE,
-    O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_XB, O_EPLBF, O_RGBPS, O_EPLBLAG, O_EDT, O_HELP
+    O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_XB, O_EPLBF, O_RGBPS, O_EPLBLAG, O_EDT, O_GROUPS, O_HELP
 };
 
 static const struct option plan_opts[] = {
@@ -123,7 +133,7 @@ static const struct option plan_opts[] = {
     {"placement-out", required_argument, 0, O_POUT}, {"eplb-min-gain", required_argument, 0, O_EPLBG},
     {"expert-bytes", required_argument, 0, O_XB},   {"eplb-from", required_argument, 0, O_EPLBF},
     {"read-gbps", required_argument, 0, O_RGBPS},   {"eplb-lag", required_argument, 0, O_EPLBLAG},
-    {"expert-dtype", required_argument, 0, O_EDT},
+    {"expert-dtype", required_argument, 0, O_EDT},  {"expert-groups", required_argument, 0, O_GROUPS},
     {"help", no_argument, 0, O_HELP},
     {0, 0, 0, 0}};
 
@@ -132,7 +142,7 @@ static const struct option plan_opts[] = {
  * weights). */
 typedef struct model_shape {
     const char *dir;
-    int hidden, kv_dim, ffn, experts, moe_layers;
+    int hidden, kv_dim, ffn, experts, moe_layers, groups;
 } model_shape;
 
 static epm_status model_shape_load(const char *dir, model_shape *m)
@@ -148,6 +158,7 @@ static epm_status model_shape_load(const char *dir, model_shape *m)
     m->ffn = c.moe_ffn;
     m->experts = c.num_experts;
     m->moe_layers = epm_model_config_moe_layers(&c);
+    m->groups = c.n_group; /* (what run's rebalancing takes) */
     epm_model_config_clear(&c);
     return EPM_OK;
 }
@@ -173,7 +184,7 @@ static int cmd_plan(int argc, char **argv)
 {
     const char *W = "plan";
     const char *trace_path = NULL, *out = NULL, *eplb_out = NULL, *cluster_path = NULL;
-    long experts = 0, nodes = 1, gpn = 8, v;
+    long experts = 0, nodes = 1, gpn = 8, v, groups = 0;
     int json = 0, quiet = 0, have_nodes = 0, have_hidden = 0, have_kv = 0, have_ffn = 0;
     const char *model_dir = NULL;
     model_shape ms = {0};
@@ -198,6 +209,7 @@ static int cmd_plan(int argc, char **argv)
         case O_INTRA: if (!cli_parse_double(W, "--intra-gbps", optarg, 1e-6, 1e9, &intra)) return EPM_EXIT_USAGE; break;
         case O_INTER: if (!cli_parse_double(W, "--inter-gbps", optarg, 1e-6, 1e9, &inter)) return EPM_EXIT_USAGE; break;
         case O_SLOTS: if (!cli_parse_int(W, "--slots", optarg, 1, 1 << 20, &v)) return EPM_EXIT_USAGE; o.slots_per_rank = (int)v; break;
+        case O_GROUPS: if (!cli_parse_int(W, "--expert-groups", optarg, 1, 1 << 20, &groups)) return EPM_EXIT_USAGE; break;
         case O_TLIM: if (!cli_parse_double(W, "--time-limit", optarg, 0, 1e7, &o.time_limit_s)) return EPM_EXIT_USAGE; break;
         case O_GAP: if (!cli_parse_double(W, "--mip-gap", optarg, 0, 0.999, &o.mip_gap)) return EPM_EXIT_USAGE; break;
         case O_HIDDEN: if (!cli_parse_int(W, "--hidden", optarg, 1, 1 << 20, &v)) return EPM_EXIT_USAGE; o.hidden = (int)v; have_hidden = 1; break;
@@ -237,7 +249,9 @@ static int cmd_plan(int argc, char **argv)
         o.kv_dim = have_kv ? o.kv_dim : ms.kv_dim;
         o.ffn = have_ffn ? o.ffn : ms.ffn;
         experts = experts ? experts : ms.experts;
+        groups = groups ? groups : ms.groups;
     }
+    o.expert_groups = (int)groups;
     epm_cluster cl;
     epm_cluster_init(&cl, (int)nodes, (int)gpn);
     if (cluster_path && (st = epm_cluster_load_json(cluster_path, &cl)) != EPM_OK)
@@ -339,6 +353,10 @@ static json_t *result_json(const epm_eval_result *r, const epm_eval_result *base
                           "gather_bytes", link_obj(r->gather_bytes), "modelled_seconds", r->t_total,
                           "ratio_to_first", base->t_total > 0 ? r->t_total / base->t_total : 1.0, "kv_cache_factor",
                           r->kv_cache_factor);
+    if (o && r->routed > 0) /* (the nodes tokens reach: DeepSeek's node-limited routing) */
+        json_object_set_new(o, "nodes", json_pack("{s:f, s:i, s:I}", "per_token", (double)r->nodes_reached / r->routed,
+                                                  "most", r->max_nodes_reached, "dispatches_crossing",
+                                                  (json_int_t)r->node_dispatches));
     if (o && online) /* (a rebalanced run's: what it took, none perhaps, and from where) */
         json_object_set_new(o, "eplb", json_pack("{s:i, s:I, s:s, s:o, s:f, s:I, s:o}", "rebalances", r->rebalances,
                                                  "experts_moved", (json_int_t)r->moved, "source",
@@ -408,6 +426,10 @@ static void print_eval_text(const evaluated *ev, int n, int per_layer, int onlin
                    epm_placement_get_info(ev[i].p)->method, r->max_over_mean_load, (long long)xr, (long long)xn,
                    (long long)r->total_bytes[EPM_LINK_INTRA], (long long)r->total_bytes[EPM_LINK_INTER],
                    1e3 * r->t_total, base->t_total > 0 ? r->t_total / base->t_total : 1.0);
+            if (epm_placement_cluster(ev[i].p)->nodes > 1 && r->routed > 0)
+                printf("    nodes a token reaches: %.3f on average, %d at most; %lld dispatches cross nodes once "
+                       "each (hierarchical path)\n", (double)r->nodes_reached / r->routed, r->max_nodes_reached,
+                       (long long)r->node_dispatches);
             if (online & ONLINE_PEERS)
                 printf("    online rebalancing: %d placements taken, %lld experts moved, copied: %lld bytes "
                        "intra-node, %lld inter-node, %.4f ms\n", r->rebalances, (long long)r->moved,
@@ -460,7 +482,7 @@ static int cmd_eval(int argc, char **argv)
 {
     const char *W = "plan eval";
     const char *trace_path = NULL, *mode_s = NULL, *wire_s = NULL, *pout = NULL;
-    long hidden = 4096, dtb = 2, kv = 0, ffn = 14336, eplb_i = 0, eplb_w = 0, eplb_s = 0, xb = -1, lag = 0;
+    long hidden = 4096, dtb = 2, kv = 0, ffn = 14336, eplb_i = 0, eplb_w = 0, eplb_s = 0, xb = -1, lag = 0, groups = 0;
     int peers = 0, from_given = 0, held = CLI_HELD_AUTO, held_given = 0;
     double eplb_g = 0, rgbps = 0;
     int json = 0, per_layer = 0, c, have_hidden = 0, have_dtb = 0, have_kv = 0, have_ffn = 0;
@@ -494,6 +516,7 @@ static int cmd_eval(int argc, char **argv)
             break;
         }
         case O_EPLBLAG: if (!cli_parse_int(W, "--eplb-lag", optarg, 0, INT32_MAX, &lag)) return EPM_EXIT_USAGE; break;
+        case O_GROUPS: if (!cli_parse_int(W, "--expert-groups", optarg, 1, 1 << 20, &groups)) return EPM_EXIT_USAGE; break;
         case O_EDT: if (!cli_parse_choice(W, "--expert-dtype", optarg, cli_held_dtypes, &held)) return EPM_EXIT_USAGE; held_given = 1; break;
         case O_RGBPS: if (!cli_parse_double(W, "--read-gbps", optarg, 1e-6, 1e9, &rgbps)) return EPM_EXIT_USAGE; break;
         case O_JSON: json = 1; break;
@@ -508,7 +531,8 @@ static int cmd_eval(int argc, char **argv)
         return cli_usage_error(W, "name at least one placement JSON");
     if (cli_eplb_usage(W, eplb_i, eplb_w, lag,
                        eplb_w ? "--eplb-window" : eplb_s ? "--eplb-slots" : eplb_g > 0 ? "--eplb-min-gain"
-                       : from_given ? "--eplb-from" : xb >= 0 ? "--expert-bytes" : rgbps > 0 ? "--read-gbps" : NULL) !=
+                       : from_given ? "--eplb-from" : xb >= 0 ? "--expert-bytes" : rgbps > 0 ? "--read-gbps"
+                       : groups ? "--expert-groups" : NULL) !=
         EPM_EXIT_OK)
         return EPM_EXIT_USAGE;
     if (pout && n > 1)
@@ -548,6 +572,7 @@ static int cmd_eval(int argc, char **argv)
         dtb = have_dtb ? dtb : (long)sizeof(float);
         kv = have_kv ? kv : ms.kv_dim;
         ffn = have_ffn ? ffn : ms.ffn;
+        groups = groups ? groups : ms.groups;
         /* (a copy is as run holds the expert, a read as the checkpoint stores it) */
         if (eplb_i > 0 && xb < 0 && (xb = cli_model_expert_bytes(W, model_dir, peers ? held : CLI_STORED)) < -1)
             return EPM_EXIT_FAIL;
@@ -619,6 +644,7 @@ static int cmd_eval(int argc, char **argv)
             eo.read_expert_bytes = peers ? 0 : xb; /* (the run's default: each gainer reads the file) */
             eo.read_gbps = rgbps;
             eo.eplb_lag = (int)lag;
+            eo.eplb_groups = eplb_i > 0 ? (int)groups : 0;
             if ((st = epm_eval(t, ev[i].p, &eo, &ev[i].r[m])) != EPM_OK) {
                 rc = cli_fail(W, epm_fail_context(st, "%s", ev[i].path));
                 goto out;

@@ -186,6 +186,11 @@ static const char usage[] =
     "                           fetched (the checkpoint's pages read ahead; copies posted at the\n"
     "                           boundary on a communicator of their own, flat p2p, whatever --a2a,\n"
     "                           and waited for at the switch); default 0: at once\n"
+    "  --expert-groups N        the expert groups rebalancing keeps whole on a node where they divide\n"
+    "                           over the nodes (DeepSeek EPLB's hierarchical policy: group-limited\n"
+    "                           routing then reaches no more nodes than its topk_group); default: the\n"
+    "                           model's n_group, as vLLM and SGLang take it; 1: none (the global\n"
+    "                           policy); plan eval --expert-groups replays it\n"
     "  --eplb-min-gain F        a MoE layer takes its new placement only if it lowers its busiest\n"
     "                           rank's (token, expert) pairs of the window by at least F of them\n"
     "                           (an expert's shared evenly by its replicas; default 0: every time);\n"
@@ -210,7 +215,7 @@ enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY
        O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
        O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK, O_PLOGPROBS, O_MAXSEQS, O_SEPPRE,
        O_RATE, O_BURST, O_ASEED, O_MNBT, O_MTT, O_ARRFROM, O_TSCALE, O_PREFIX, O_PWAIT, O_EPLBI,
-       O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_EPLBF, O_EPLBLAG };
+       O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_EPLBF, O_EPLBLAG, O_GROUPS };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_OUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -248,6 +253,7 @@ static const struct option opts[] = {
     {"eplb-slots", required_argument, 0, O_EPLBS}, {"placement-out", required_argument, 0, O_POUT},
     {"eplb-min-gain", required_argument, 0, O_EPLBG}, {"eplb-from", required_argument, 0, O_EPLBF},
     {"eplb-lag", required_argument, 0, O_EPLBLAG},
+    {"expert-groups", required_argument, 0, O_GROUPS},
     {0, 0, 0, 0}};
 
 /* The checkpoint file (a name in dir) that out would overwrite, or NULL:
@@ -327,12 +333,12 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
                 (long long)r->wire_msgs[2]);
         fprintf(f, ", \"eplb\": {\"rebalances\": %d, \"experts_moved\": %lld, \"bytes_read\": %lld, \"expert_bytes\": "
                    "%lld, \"bytes_copied\": [%lld, %lld, %lld], \"wire_bytes\": [%lld, %lld, %lld], \"wire_msgs\": [%lld, "
-                   "%lld, %lld], \"seconds\": %.6f, \"lag\": %d}",
+                   "%lld, %lld], \"seconds\": %.6f, \"lag\": %d, \"groups\": %d, \"hierarchical\": %s}",
                 r->eplb_rebalances, (long long)r->eplb_moved, (long long)r->eplb_bytes, (long long)r->eplb_expert_bytes,
                 (long long)r->eplb_peer_bytes[0], (long long)r->eplb_peer_bytes[1], (long long)r->eplb_peer_bytes[2],
                 (long long)r->eplb_wire_bytes[0], (long long)r->eplb_wire_bytes[1], (long long)r->eplb_wire_bytes[2],
                 (long long)r->eplb_wire_msgs[0], (long long)r->eplb_wire_msgs[1], (long long)r->eplb_wire_msgs[2],
-                r->t_eplb, r->eplb_lag);
+                r->t_eplb, r->eplb_lag, r->eplb_groups, r->eplb_hierarchical ? "true" : "false");
         fprintf(f, ", \"layer_tokens\": [");
         for (int l = 0; l < r->num_layers; l++)
             fprintf(f, "%s%lld", l ? ", " : "", (long long)r->layer_tokens[l]);
@@ -413,6 +419,10 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
             r->transport ? r->transport : "?", r->hierarchical ? ", hierarchical" : ", flat",
             epm_dtype_name(r->wire_dtype), (long long)r->wire_bytes[1], (long long)r->wire_msgs[1], (long long)r->wire_bytes[2],
             (long long)r->wire_msgs[2]);
+    if (r->eplb_rebalances > 0 && r->eplb_groups > 1)
+        fprintf(f, "online rebalancing: %d expert groups, %s\n", r->eplb_groups,
+                r->eplb_hierarchical ? "each kept whole on a node (hierarchical)"
+                                     : "the global policy (they do not divide over the nodes)");
     if (r->eplb_rebalances > 0 && r->eplb_lag > 0)
         fprintf(f, "online rebalancing asynchronous: each placement in service %d pass%s after its boundary\n",
                 r->eplb_lag, r->eplb_lag > 1 ? "es" : "");
@@ -820,6 +830,10 @@ int epm_cli_run(int argc, char **argv)
             if (!cli_parse_int(W, "--eplb-lag", optarg, 0, INT32_MAX, &v)) return EPM_EXIT_USAGE;
             o.eplb_lag = (int)v;
             break;
+        case O_GROUPS:
+            if (!cli_parse_int(W, "--expert-groups", optarg, 1, 1 << 20, &v)) return EPM_EXIT_USAGE;
+            o.eplb_groups = (int)v;
+            break;
         case O_TSCALE:
             if (!cli_parse_double(W, "--time-scale", optarg, 1e-6, 1e6, &time_scale)) return EPM_EXIT_USAGE;
             scale_given = 1;
@@ -861,7 +875,8 @@ int epm_cli_run(int argc, char **argv)
         return cli_usage_error(W, "--time-scale scales the arrivals of --arrivals-from, which is not given");
     if (cli_eplb_usage(W, o.eplb_interval, o.eplb_window, o.eplb_lag,
                        o.eplb_window ? "--eplb-window" : o.eplb_slots ? "--eplb-slots"
-                       : o.eplb_min_gain > 0 ? "--eplb-min-gain" : from_given ? "--eplb-from" : NULL) != EPM_EXIT_OK)
+                       : o.eplb_min_gain > 0 ? "--eplb-min-gain" : from_given ? "--eplb-from"
+                       : o.eplb_groups ? "--expert-groups" : NULL) != EPM_EXIT_OK)
         return EPM_EXIT_USAGE;
     if (wait_given && !o.prefix_caching)
         return cli_usage_error(W, "--prefix-caching-wait is prefix caching's: --enable-prefix-caching is not given");

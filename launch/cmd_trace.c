@@ -211,7 +211,8 @@ static void synth_usage(FILE *f)
     fprintf(f,
             "usage: epmoe trace synth --out FILE --layers L --experts E --k K --tokens T\n"
             "                         [--zipf S] [--affinity A] [--successors M] [--seq-len N]\n"
-            "                         [--pass-tokens N] [--drift N] [--weights] [--seed S]\n\n"
+            "                         [--pass-tokens N] [--drift N] [--groups G --topk-groups M]\n"
+            "                         [--weights] [--seed S]\n\n"
             "Writes a synthetic routing trace (safetensors, or .npy ids only if FILE ends in .npy),\n"
             "the same for the same options and seed.\n\n"
             "  --zipf S        load skew: expert popularity ~ 1/rank^S (default %g; 0 = uniform)\n"
@@ -223,6 +224,10 @@ static void synth_usage(FILE *f)
             "                  takes the tokens in order, for plan eval --eplb-interval (default: none)\n"
             "  --drift N       every N tokens each layer's popularity is drawn anew: other experts hot,\n"
             "                  as traffic changes (default: none; the preferred successors stay)\n"
+            "  --groups G      group-limited routing, as DeepSeek-V2/V3 (n_group): experts in G groups\n"
+            "                  of E/G consecutive ids (default: none)\n"
+            "  --topk-groups M a token chooses its k experts within M groups (topk_group): its top-1's,\n"
+            "                  then others by popularity (default: every group)\n"
             "  --weights       also write topk_weights (descending, summing to 1)\n"
             "  --seed S        random seed (default %llu)\n",
             d.zipf_s, d.affinity, d.successors, (unsigned long long)d.seed);
@@ -284,6 +289,14 @@ static int cmd_synth(int argc, char **argv)
             if (!cli_parse_int(what, "--drift", v, 1, 1L << 40, &n))
                 return EPM_EXIT_USAGE;
             o.drift_tokens = n;
+        } else if ((v = opt_val(argc, argv, &i, "--groups", &missing))) {
+            if (!cli_parse_int(what, "--groups", v, 1, 1 << 16, &n))
+                return EPM_EXIT_USAGE;
+            o.groups = (int)n;
+        } else if ((v = opt_val(argc, argv, &i, "--topk-groups", &missing))) {
+            if (!cli_parse_int(what, "--topk-groups", v, 1, 1 << 16, &n))
+                return EPM_EXIT_USAGE;
+            o.topk_groups = (int)n;
         } else if ((v = opt_val(argc, argv, &i, "--seed", &missing))) {
             if (!cli_parse_u64(what, "--seed", v, &o.seed))
                 return EPM_EXIT_USAGE;
@@ -302,6 +315,9 @@ static int cmd_synth(int argc, char **argv)
         return cli_usage_error(what, "--k %d is more than --experts %d", o.k, o.experts);
     if (o.successors > o.experts)
         return cli_usage_error(what, "--successors %d is more than --experts %d", o.successors, o.experts);
+    if (o.topk_groups > 0 && o.groups == 0)
+        return cli_usage_error(what, "--topk-groups %d limits the groups of --groups, which is not given",
+                               o.topk_groups);
     int big = (double)o.layers * (double)o.tokens * (double)o.k > (double)BIG_WORK;
     char msg[700];
     if (big) {

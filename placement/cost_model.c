@@ -22,6 +22,7 @@ void epm_eval_opts_init(epm_eval_opts *o)
     o->read_expert_bytes = 0;
     o->read_gbps = 0;
     o->eplb_lag = 0;
+    o->eplb_groups = 0;
 }
 
 void epm_eval_result_destroy(epm_eval_result *r)
@@ -223,6 +224,22 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
                         seen |= distinct[q] == dst[j];
                     if (!seen)
                         distinct[nd++] = dst[j];
+                }
+                /* (the nodes it reaches: its ranks' by number, K small) */
+                int nn = 0, remote = 0;
+                for (int q = 0; q < nd; q++) {
+                    const int node = epm_cluster_node_of(c, distinct[q]);
+                    int seen = 0;
+                    for (int u = 0; u < q && !seen; u++)
+                        seen = epm_cluster_node_of(c, distinct[u]) == node;
+                    nn += !seen;
+                    remote += !seen && node != epm_cluster_node_of(c, src);
+                }
+                if (nd > 0) {
+                    r->routed++;
+                    r->nodes_reached += nn;
+                    r->node_dispatches += remote;
+                    r->max_nodes_reached = nn > r->max_nodes_reached ? nn : r->max_nodes_reached;
                 }
                 int comb = o->mode == EPM_MODE_FOLLOW ? dst[0] : src;
                 for (int q = 0; q < nd; q++) {

@@ -52,6 +52,8 @@ epm_status epm_pass_plan_make(const epm_trace *t, const epm_placement *p, const 
     epm_status st = o->eplb_interval != 0 ? epm_eplb_check(p, o->eplb_interval, o->eplb_window, o->eplb_slots,
                                                            o->eplb_min_gain, o->eplb_lag, 1, &pp->slots)
                                           : EPM_OK;
+    if (st == EPM_OK && o->eplb_interval != 0)
+        st = epm_expert_groups_check(o->eplb_groups, epm_placement_experts(p), "eval: eplb_groups");
     if (st == EPM_OK && o->eplb_interval != 0 && !t->pass_ids)
         st = epm_fail(EPM_ERR_INVALID_ARG, "eval: online rebalancing replays the trace's passes, and the trace has "
                       "no pass_ids (epmoe run --trace-out records them)");
@@ -168,7 +170,7 @@ epm_status epm_pass_plan_next(epm_pass_plan *pp, const epm_placement **pl, int64
         if (I > 0 && pp->prev >= 0 && b / I != pp->prev / I && pp->boundary_done != b) {
             pp->boundary_done = b;
             epm_placement *np = NULL;
-            EPM_CHECK(epm_plan_rebalance(pp->cur, pp->load, pp->slots, pp->o->eplb_min_gain, &np));
+            EPM_CHECK(epm_plan_rebalance(pp->cur, pp->load, pp->slots, pp->o->eplb_min_gain, pp->o->eplb_groups, &np));
             /* the window's counts are spent, taken or not (as in the run) */
             memset(pp->load, 0, (size_t)pp->t->layers * (size_t)epm_placement_experts(pp->first) * sizeof *pp->load);
             if (np) {

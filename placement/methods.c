@@ -125,20 +125,18 @@ static epm_status place_with_repair(epm_placement *p, int l, double *rload, cons
     return epm_fail(EPM_ERR_INTERNAL, "eplb: cannot place a replica of expert %d in layer %d", e, l);
 }
 
-/* DeepSeek EPLB's idea: spare slots go to the experts with the highest load
- * per replica; replicas are packed onto nodes first, then onto the ranks of
- * each node, heaviest first onto the least-loaded place. */
-static epm_status place_eplb(epm_placement *p, int l, const int64_t *load, int slots, item *items, double *rload,
-                             int *reps, double *w)
+/* Replica counts of experts ex[0..n) for `total` slots: one each, then each
+ * spare slot to the expert with the most load per replica (DeepSeek EPLB's
+ * replication), at most cap replicas an expert (a rank holds an expert once). */
+static void replicate(const int64_t *load, const int *ex, int n, int total, int cap, int *reps)
 {
-    int E = p->experts, R = p->ranks, G = p->cluster.gpus_per_node, N = p->cluster.nodes;
-    int total = R * slots;
-    for (int e = 0; e < E; e++)
-        reps[e] = 1;
-    for (int spare = total - E; spare > 0; spare--) {
+    for (int i = 0; i < n; i++)
+        reps[ex[i]] = 1;
+    for (int spare = total - n; spare > 0; spare--) {
         int best = -1;
-        for (int e = 0; e < E; e++) {
-            if (reps[e] >= R)
+        for (int i = 0; i < n; i++) {
+            const int e = ex[i];
+            if (reps[e] >= cap)
                 continue;
             if (best < 0 || (double)load[e] / reps[e] > (double)load[best] / reps[best])
                 best = e;
@@ -147,17 +145,39 @@ static epm_status place_eplb(epm_placement *p, int l, const int64_t *load, int s
             break;
         reps[best]++;
     }
-    int n = 0;
-    for (int e = 0; e < E; e++) {
+}
+
+/* The replicas of experts ex[0..n) (counts in reps), heaviest per replica
+ * first; items[0..return) */
+static int replica_items(const int64_t *load, const int *ex, int n, const int *reps, item *items, double *w)
+{
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        const int e = ex[i];
         w[e] = (double)load[e] / reps[e];
         for (int j = 0; j < reps[e]; j++)
-            items[n++] = (item){e, w[e]};
+            items[m++] = (item){e, w[e]};
     }
-    qsort(items, (size_t)n, sizeof *items, item_cmp);
+    qsort(items, (size_t)m, sizeof *items, item_cmp);
+    return m;
+}
+
+/* DeepSeek EPLB's idea: spare slots go to the experts with the highest load
+ * per replica; replicas are packed onto nodes first, then onto the ranks of
+ * each node, heaviest first onto the least-loaded place. */
+static epm_status place_eplb(epm_placement *p, int l, const int64_t *load, int slots, item *items, double *rload,
+                             int *reps, double *w)
+{
+    int E = p->experts, R = p->ranks, G = p->cluster.gpus_per_node, N = p->cluster.nodes;
+    int *all = reps + E; /* [E]: every expert */
+    for (int e = 0; e < E; e++)
+        all[e] = e;
+    replicate(load, all, E, R * slots, R, reps);
+    const int n = replica_items(load, all, E, reps, items, w);
     /* nodes first: balanced node load, at most G*slots replicas per node and
      * at most G replicas of one expert per node */
     double *nload = rload + R;
-    int *nfill = reps + E; /* [N] */
+    int *nfill = all + E; /* [N] */
     int *node_of = nfill + N; /* [n] */
     int *per_node = node_of + n; /* [N * E] */
     memset(nload, 0, (size_t)N * sizeof *nload);
@@ -186,6 +206,66 @@ static epm_status place_eplb(epm_placement *p, int l, const int64_t *load, int s
     return EPM_OK;
 }
 
+/* Whether eplb keeps expert groups whole on nodes: DeepSeek EPLB's
+ * hierarchical policy, where group-limited routing (n_group, topk_group)
+ * then bounds the nodes a token reaches; it needs the groups to divide over
+ * the nodes, and otherwise falls back to the global policy, as DeepSeek's
+ * does. */
+int epm_eplb_hierarchical(int groups, int experts, const epm_cluster *c)
+{
+    return groups > 1 && c->nodes > 1 && experts % groups == 0 && groups % c->nodes == 0;
+}
+
+/* The hierarchical policy: the groups (experts [g*E/groups, (g+1)*E/groups))
+ * packed onto nodes by load, groups/nodes each, heaviest first onto the
+ * lightest node with room; then on each node, over its own experts and
+ * ranks only, replicas for its G*slots slots and their packing, as above. */
+static epm_status place_eplb_grouped(epm_placement *p, int l, const int64_t *load, int slots, int groups,
+                                     item *items, double *rload, int *reps, double *w)
+{
+    const int E = p->experts, R = p->ranks, G = p->cluster.gpus_per_node, N = p->cluster.nodes;
+    const int gs = E / groups, per = groups / N;
+    item *gi = epm_malloc((size_t)groups * sizeof *gi);
+    int *node_of = epm_malloc((size_t)groups * sizeof *node_of), *fill = epm_calloc((size_t)N, sizeof *fill);
+    int *ex = epm_malloc((size_t)per * (size_t)gs * sizeof *ex);
+    double *nload = epm_calloc((size_t)N, sizeof *nload);
+    epm_status st = gi && node_of && fill && ex && nload ? EPM_OK : EPM_ERR_NOMEM;
+    for (int g = 0; g < groups && st == EPM_OK; g++) {
+        double sum = 0;
+        for (int e = g * gs; e < (g + 1) * gs; e++)
+            sum += (double)load[e];
+        gi[g] = (item){g, sum};
+    }
+    if (st == EPM_OK)
+        qsort(gi, (size_t)groups, sizeof *gi, item_cmp);
+    for (int i = 0; i < groups && st == EPM_OK; i++) {
+        int best = -1;
+        for (int d = 0; d < N; d++)
+            if (fill[d] < per && (best < 0 || nload[d] < nload[best]))
+                best = d;
+        node_of[gi[i].expert] = best; /* (room remains: groups = per * N) */
+        fill[best]++;
+        nload[best] += gi[i].weight;
+    }
+    memset(rload, 0, (size_t)R * sizeof *rload);
+    for (int d = 0; d < N && st == EPM_OK; d++) {
+        int n = 0;
+        for (int g = 0; g < groups; g++)
+            for (int e = g * gs; e < (g + 1) * gs && node_of[g] == d; e++)
+                ex[n++] = e;
+        replicate(load, ex, n, G * slots, G, reps);
+        const int m = replica_items(load, ex, n, reps, items, w);
+        for (int i = 0; i < m && st == EPM_OK; i++)
+            st = place_with_repair(p, l, rload, w, d * G, d * G + G, slots, items[i].expert, items[i].weight);
+    }
+    epm_free(gi);
+    epm_free(node_of);
+    epm_free(fill);
+    epm_free(ex);
+    epm_free(nload);
+    return st;
+}
+
 static const char *const method_names[EPM_METHOD_COUNT] = {"contiguous", "round-robin", "greedy", "eplb", "ilp"};
 
 const char *epm_method_name(epm_method m) { return (unsigned)m < EPM_METHOD_COUNT ? method_names[m] : "?"; }
@@ -204,7 +284,7 @@ epm_status epm_method_parse(const char *s, epm_method *out)
 
 /* A heuristic placement from the per-expert loads of each layer ([L * E]). */
 static epm_status place_from_loads(epm_method m, const int64_t *load, int L, int E, int K, const epm_cluster *c,
-                                   int slots, epm_placement **out)
+                                   int slots, int groups, epm_placement **out)
 {
     *out = NULL;
     const int R = epm_cluster_ranks(c);
@@ -218,7 +298,7 @@ static epm_status place_from_loads(epm_method m, const int64_t *load, int L, int
     items = epm_malloc(n_items * sizeof *items);
     rload = epm_malloc(((size_t)R + (size_t)c->nodes) * sizeof *rload);
     w = epm_malloc((size_t)E * sizeof *w);
-    reps = epm_malloc(((size_t)E + (size_t)c->nodes + n_items + (size_t)c->nodes * (size_t)E) * sizeof *reps);
+    reps = epm_malloc(((size_t)2 * E + (size_t)c->nodes + n_items + (size_t)c->nodes * (size_t)E) * sizeof *reps);
     if (!items || !rload || !w || !reps) {
         st = EPM_ERR_NOMEM;
         goto fail;
@@ -231,7 +311,9 @@ static epm_status place_from_loads(epm_method m, const int64_t *load, int L, int
         }
         if (m == EPM_METHOD_GREEDY)
             EPM_CHECK_GOTO(place_greedy(p, l, ll, slots, items, rload), st, fail);
-        if (m == EPM_METHOD_EPLB)
+        if (m == EPM_METHOD_EPLB && epm_eplb_hierarchical(groups, E, c))
+            EPM_CHECK_GOTO(place_eplb_grouped(p, l, ll, slots, groups, items, rload, reps, w), st, fail);
+        else if (m == EPM_METHOD_EPLB)
             EPM_CHECK_GOTO(place_eplb(p, l, ll, slots, items, rload, reps, w), st, fail);
     }
     *out = p;
@@ -246,8 +328,16 @@ fail:
     return st;
 }
 
+epm_status epm_expert_groups_check(int groups, int experts, const char *what)
+{
+    if (groups < 0 || groups > experts || (groups > 0 && experts % groups != 0))
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s = %d: expert groups must divide the %d experts (0 or 1: none)", what,
+                        groups, experts);
+    return EPM_OK;
+}
+
 epm_status epm_plan_from_loads(epm_method m, const int64_t *load, int layers, int experts, int k,
-                               const epm_cluster *c, int slots, epm_placement **out)
+                               const epm_cluster *c, int slots, int groups, epm_placement **out)
 {
     if (out)
         *out = NULL;
@@ -266,7 +356,8 @@ epm_status epm_plan_from_loads(epm_method m, const int64_t *load, int layers, in
         if (load[i] < 0)
             return epm_fail(EPM_ERR_INVALID_ARG, "plan from loads: expert %d of layer %d has load %lld",
                             (int)(i % (size_t)experts), (int)(i / (size_t)experts), (long long)load[i]);
-    EPM_CHECK(place_from_loads(m, load, layers, experts, k, c, slots, out));
+    EPM_CHECK(epm_expert_groups_check(groups, experts, "plan from loads: groups"));
+    EPM_CHECK(place_from_loads(m, load, layers, experts, k, c, slots, groups, out));
     epm_placement_info info = {0};
     snprintf(info.method, sizeof info.method, "%s", epm_method_name(m));
     info.quality = EPM_QUALITY_HEURISTIC;
@@ -286,11 +377,13 @@ epm_status epm_plan_heuristic(epm_method m, const epm_trace *t, const epm_cluste
         return epm_fail(EPM_ERR_INVALID_ARG, "plan: '%s' is not a heuristic method", epm_method_name(m));
     int slots = 0;
     EPM_CHECK(epm_plan_slots(t, c, o, &slots));
+    EPM_CHECK(epm_expert_groups_check(o->expert_groups, epm_trace_experts(t), "plan: expert_groups"));
     epm_placement *p = NULL;
     int64_t *load = NULL;
     epm_status st;
     EPM_CHECK_GOTO(expert_loads(t, &load), st, fail);
-    EPM_CHECK_GOTO(place_from_loads(m, load, epm_trace_layers(t), epm_trace_experts(t), epm_trace_k(t), c, slots, &p),
+    EPM_CHECK_GOTO(place_from_loads(m, load, epm_trace_layers(t), epm_trace_experts(t), epm_trace_k(t), c, slots,
+                                    o->expert_groups, &p),
                    st, fail);
     epm_placement_info info = {0};
     snprintf(info.method, sizeof info.method, "%s", epm_method_name(m));

@@ -19,6 +19,7 @@ void epm_plan_opts_init(epm_plan_opts *o)
     o->ffn = 14336;
     o->progress = NULL;
     o->progress_user = NULL;
+    o->expert_groups = 0;
 }
 
 void epm_plan_resolve(const epm_plan_opts *o, const epm_cluster *c, epm_plan_opts *out)
@@ -74,6 +75,7 @@ epm_status epm_plan(const epm_trace *t, const epm_cluster *c, const epm_plan_opt
     o = &resolved;
     int slots;
     EPM_CHECK(epm_plan_slots(t, c, o, &slots));
+    EPM_CHECK(epm_expert_groups_check(o->expert_groups, epm_trace_experts(t), "plan: expert_groups"));
     double t0 = epm_now();
     epm_placement *p;
     if (o->method == EPM_METHOD_ILP)

@@ -75,7 +75,7 @@ static epm_status keep_layer(epm_placement *np, const epm_placement *cur, int l)
 }
 
 epm_status epm_plan_rebalance(const epm_placement *cur, const int64_t *load, int slots, double min_gain,
-                              epm_placement **out)
+                              int groups, epm_placement **out)
 {
     if (!out || !cur || !load)
         return epm_fail(EPM_ERR_INVALID_ARG, "rebalance: placement, loads and out are required");
@@ -93,7 +93,7 @@ epm_status epm_plan_rebalance(const epm_placement *cur, const int64_t *load, int
         return EPM_OK;
     epm_placement *packed = NULL, *np = NULL;
     epm_status st = epm_plan_from_loads(EPM_METHOD_EPLB, load, L, E, epm_placement_k(cur),
-                                        epm_placement_cluster(cur), slots, &packed);
+                                        epm_placement_cluster(cur), slots, groups, &packed);
     if (st == EPM_OK)
         st = epm_placement_align(cur, packed, &np); /* (a rebalance moves what changed) */
     epm_placement_destroy(packed);

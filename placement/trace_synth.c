@@ -59,6 +59,16 @@ static epm_status validate(const epm_trace_synth_opts *o)
     if (o->drift_tokens < 0)
         return epm_fail(EPM_ERR_INVALID_ARG, "trace synth: option 'drift_tokens' = %lld is negative",
                         (long long)o->drift_tokens);
+    const int G = o->groups > 1 ? o->groups : 1;
+    if (o->groups < 0 || o->groups > o->experts || o->experts % G != 0)
+        return epm_fail(EPM_ERR_INVALID_ARG, "trace synth: option 'groups' = %d must divide experts = %d (0: none)",
+                        o->groups, o->experts);
+    if (o->topk_groups < 0 || o->topk_groups > G)
+        return epm_fail(EPM_ERR_INVALID_ARG, "trace synth: option 'topk_groups' = %d is outside [0, groups = %d]",
+                        o->topk_groups, G);
+    if (o->topk_groups > 0 && (int64_t)o->topk_groups * (o->experts / G) < o->k)
+        return epm_fail(EPM_ERR_INVALID_ARG, "trace synth: option 'topk_groups' = %d leaves %d experts to choose k = "
+                        "%d from", o->topk_groups, o->topk_groups * (o->experts / G), o->k);
     if (o->with_weights != 0 && o->with_weights != 1)
         return epm_fail(EPM_ERR_INVALID_ARG, "trace synth: option 'with_weights' = %d is not 0 or 1",
                         o->with_weights);
@@ -72,7 +82,13 @@ typedef struct synth_layer {
     double *pop;    /* [experts] popularity weight */
     double *cdf;    /* [experts] cumulative popularity, by expert id */
     int32_t *succ;  /* [experts * successors] preferred successors here of each expert at the previous layer */
+    /* group-limited routing: the groups a token may choose from (allow [groups]) */
+    int groups, size;
+    char *allow;
 } synth_layer;
+
+/* 1 when e is one the token may choose: in an allowed group, not chosen yet */
+static int open_to(const synth_layer *sl, const int32_t *row, int n, int32_t e);
 
 /* First expert whose cumulative popularity exceeds u * total. */
 static int32_t draw_pop(const synth_layer *sl, int E, uint64_t *rng)
@@ -103,13 +119,13 @@ static int32_t draw_fresh(const synth_layer *sl, int E, const int32_t *row, int 
 {
     for (int t = 0; t < REJECT_TRIES; t++) {
         int32_t e = draw_pop(sl, E, rng);
-        if (!in_row(row, n, e))
+        if (open_to(sl, row, n, e))
             return e;
     }
     double rem = 0;
     int free_n = 0;
     for (int e = 0; e < E; e++)
-        if (!in_row(row, n, e)) {
+        if (open_to(sl, row, n, e)) {
             rem += sl->pop[e];
             free_n++;
         }
@@ -117,7 +133,7 @@ static int32_t draw_fresh(const synth_layer *sl, int E, const int32_t *row, int 
         double u = epm_rand_unit(rng) * rem;
         int32_t last = -1;
         for (int e = 0; e < E; e++) {
-            if (in_row(row, n, e))
+            if (!open_to(sl, row, n, e))
                 continue;
             last = e;
             if (u < sl->pop[e])
@@ -129,9 +145,39 @@ static int32_t draw_fresh(const synth_layer *sl, int E, const int32_t *row, int 
     /* every remaining weight underflowed to 0: uniform among them */
     int pick = uniform_below(rng, free_n);
     for (int e = 0; e < E; e++)
-        if (!in_row(row, n, e) && pick-- == 0)
+        if (open_to(sl, row, n, e) && pick-- == 0)
             return e;
-    return -1; /* unreachable: k <= experts */
+    return -1; /* unreachable: k <= the experts of the allowed groups */
+}
+
+static int open_to(const synth_layer *sl, const int32_t *row, int n, int32_t e)
+{
+    return (!sl->allow || sl->allow[e / sl->size]) && !in_row(row, n, e);
+}
+
+/* The groups a token whose top-1 is `first` may choose from: its group, then
+ * others by their experts' popularity, `limit` in all (DeepSeek's
+ * topk_group, here drawn, where its gate scores them) */
+static void allow_groups(synth_layer *sl, int32_t first, int limit, uint64_t *rng)
+{
+    memset(sl->allow, 0, (size_t)sl->groups);
+    sl->allow[first / sl->size] = 1;
+    for (int n = 1; n < limit; n++) {
+        double total = 0;
+        for (int g = 0; g < sl->groups; g++)
+            for (int e = g * sl->size; e < (g + 1) * sl->size && !sl->allow[g]; e++)
+                total += sl->pop[e];
+        double u = epm_rand_unit(rng) * total;
+        int pick = -1;
+        for (int g = 0; g < sl->groups && (pick < 0 || u >= 0); g++) {
+            if (sl->allow[g])
+                continue;
+            pick = g; /* (the last open group takes what rounding leaves) */
+            for (int e = g * sl->size; e < (g + 1) * sl->size; e++)
+                u -= sl->pop[e];
+        }
+        sl->allow[pick] = 1;
+    }
 }
 
 static int32_t draw_successor(const synth_layer *sl, int m, int32_t prev, uint64_t *rng)
@@ -244,8 +290,12 @@ epm_status epm_trace_synth(const epm_trace_synth_opts *o, epm_trace **out)
     sl.pop = epm_malloc((size_t)E * sizeof *sl.pop);
     sl.cdf = epm_malloc((size_t)E * sizeof *sl.cdf);
     sl.succ = epm_malloc((size_t)E * (size_t)m * sizeof *sl.succ);
+    sl.groups = o->groups > 1 ? o->groups : 1;
+    sl.size = E / sl.groups;
+    const int limit = o->topk_groups > 0 ? o->topk_groups : sl.groups;
+    sl.allow = limit < sl.groups ? epm_malloc((size_t)sl.groups) : NULL; /* (no limit: never drawn) */
     int32_t *perm = epm_malloc((size_t)E * sizeof *perm);
-    if (!sl.pop || !sl.cdf || !sl.succ || !perm) {
+    if (!sl.pop || !sl.cdf || !sl.succ || !perm || (limit < sl.groups && !sl.allow)) {
         s = EPM_ERR_NOMEM;
         goto out;
     }
@@ -267,6 +317,8 @@ epm_status epm_trace_synth(const epm_trace_synth_opts *o, epm_trace **out)
                 row[0] = draw_successor(&sl, m, prev[(size_t)tok * (size_t)k], &rng);
             else
                 row[0] = draw_pop(&sl, E, &rng);
+            if (sl.allow)
+                allow_groups(&sl, row[0], limit, &rng);
             for (int j = 1; j < k; j++)
                 row[j] = draw_fresh(&sl, E, row, j, &rng);
             if (w)
@@ -281,6 +333,7 @@ out:
     epm_free(sl.pop);
     epm_free(sl.cdf);
     epm_free(sl.succ);
+    epm_free(sl.allow);
     epm_free(perm);
     if (s != EPM_OK) {
         epm_trace_destroy(t);

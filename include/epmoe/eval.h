@@ -87,6 +87,9 @@ typedef struct epm_eval_opts {
      * charges only what they take beyond those passes' layers' modelled seconds. A placement still
      * waiting when the trace ends is taken after its last pass. 0 (the default): at once */
     int eplb_lag;
+    /* The expert groups the run's rebalancing keeps whole on nodes (epm_plan_rebalance's groups:
+     * the model's n_group, as epmoe run takes it); 0 (the default) = none */
+    int eplb_groups;
 } epm_eval_opts;
 
 /* Mixtral-8x7B-like defaults: hidden 4096 in bf16, 8 KV heads x 128 x 2 (K,V) x bf16,
@@ -128,6 +131,14 @@ typedef struct epm_eval_result {
     int64_t read_bytes;              /* the experts read from the checkpoint instead, all ranks'
                                         (epm_eval_opts.read_expert_bytes each) */
     double t_reads;                  /* their modelled seconds (read_gbps), in t_total */
+    /* The nodes tokens reach (DeepSeek's node-limited routing bounds them, and its EPLB keeps
+     * expert groups whole on nodes for it): over every (token, MoE layer) not skipped (routed),
+     * the distinct nodes of its serving ranks, summed and the most; and node_dispatches, those
+     * other than the token's own node: the inter-node dispatch transfers of a path that crosses
+     * to each node once (epmoe run's hierarchical path, DeepEP's), where the flat one sends a
+     * transfer per rank (transfers above) */
+    int64_t routed, nodes_reached, node_dispatches;
+    int max_nodes_reached;
 } epm_eval_result;
 
 /* The trace's layers, experts and the placement's must match; ranks come from

@@ -15,7 +15,9 @@ typedef enum epm_method {
     EPM_METHOD_ROUND_ROBIN,    /* expert e on rank e mod R */
     EPM_METHOD_GREEDY,         /* hottest expert first onto the least-loaded rank with a free slot */
     EPM_METHOD_EPLB,           /* DeepSeek EPLB idea: replicate hot experts into spare slots, pack
-                                  replicas so nodes, then ranks, are balanced */
+                                  replicas so nodes, then ranks, are balanced; with expert groups
+                                  that divide over the nodes, each group whole on one node (its
+                                  hierarchical policy) */
     EPM_METHOD_ILP,            /* GLPK MIP: straggler load + topology-weighted traffic */
     EPM_METHOD_COUNT
 } epm_method;
@@ -42,10 +44,13 @@ typedef struct epm_plan_opts {
     int ffn;                /* expert FFN width, for the automatic balance weight */
     epm_progress_fn progress; /* NULL = quiet; called at most about once a second */
     void *progress_user;
+    int expert_groups;      /* the groups of group-limited routing (DeepSeek's n_group: experts
+                               [g*E/n, (g+1)*E/n) form group g); 0 or 1 = none. eplb keeps each
+                               group on one node where they divide over the nodes */
 } epm_plan_opts;
 
 /* Defaults: contiguous, home, spares 0, balance weight auto, traffic weight 1, 60 s,
- * gap 1e-4, hidden 4096, ffn 14336. */
+ * gap 1e-4, hidden 4096, ffn 14336, no expert groups. */
 EPM_API void epm_plan_opts_init(epm_plan_opts *o);
 
 /* Plans a placement for the trace's shape on cluster c. Deterministic for a
@@ -56,11 +61,20 @@ EPM_API epm_status epm_plan(const epm_trace *t, const epm_cluster *c, const epm_
 /* A placement from counted loads rather than a trace (online rebalancing,
  * vLLM's and SGLang's EPLB): load[l * experts + e] is the (token, expert)
  * pairs expert e of MoE layer l served; slots experts a rank holds a layer
- * (spares: replicas of the hottest, with eplb and greedy). Heuristic methods
- * only; deterministic, so every rank computes the same one from the same
- * loads. Its info has no objective (NaN). */
+ * (spares: replicas of the hottest, with eplb and greedy); groups as
+ * epm_plan_opts.expert_groups. Heuristic methods only; deterministic, so
+ * every rank computes the same one from the same loads. Its info has no
+ * objective (NaN). */
 EPM_API epm_status epm_plan_from_loads(epm_method m, const int64_t *load, int layers, int experts, int k,
-                                       const epm_cluster *c, int slots, epm_placement **out);
+                                       const epm_cluster *c, int slots, int groups, epm_placement **out);
+
+/* 1 when eplb takes DeepSeek's hierarchical policy for `groups` expert
+ * groups on cluster c: more than one group and one node, the groups dividing
+ * the experts and dividing over the nodes. Otherwise (as DeepSeek's EPLB
+ * does) the global one. */
+EPM_API int epm_eplb_hierarchical(int groups, int experts, const epm_cluster *c);
+/* groups is 0 (none) or divides experts; the error names `what` */
+EPM_API epm_status epm_expert_groups_check(int groups, int experts, const char *what);
 
 /* Online rebalancing every `interval` passes (0: never), counting the
  * (token, expert) pairs of the last `window` passes before each (0: all
@@ -73,7 +87,8 @@ EPM_API int epm_eplb_due(int interval, int64_t pass);
  * e], as for epm_plan_from_loads): eplb's for `slots` experts a rank, with
  * nodes and ranks renamed to keep as many replicas in place as possible
  * (epm_placement_align); a layer whose loads are all zero keeps cur's (so
- * slots below cur's most experts on a rank are refused). min_gain in (0, 1):
+ * slots below cur's most experts on a rank are refused); groups as
+ * epm_plan_opts.expert_groups (a renaming keeps a group on one node). min_gain in (0, 1):
  * a layer also keeps cur's unless the new one lowers its busiest rank's
  * count by at least min_gain of it, so that a rebalance moves only what
  * pays. The estimate assumes an expert's count is shared evenly by its
@@ -83,7 +98,7 @@ EPM_API int epm_eplb_due(int interval, int64_t pass);
  * identical one (DeepSeek's and vLLM's EPLB). *out = NULL when every load is
  * zero, or with min_gain > 0 when every layer kept cur's (nothing taken). */
 EPM_API epm_status epm_plan_rebalance(const epm_placement *cur, const int64_t *load, int slots, double min_gain,
-                                      epm_placement **out);
+                                      int groups, epm_placement **out);
 
 #ifdef __cplusplus
 }

@@ -106,6 +106,11 @@ typedef struct epm_trace_synth_opts {
     int64_t drift_tokens;    /* > 0: every this many tokens each layer's popularity is drawn anew
                                 (other experts hot, as traffic changes); the preferred successors
                                 stay. 0 = one popularity for the whole trace */
+    int groups;              /* group-limited routing (DeepSeek's n_group, topk_group): the experts
+                                in this many groups of E/groups ids each, a token choosing its k
+                                within topk_groups of them (its top-1's group, then others by
+                                popularity); 0 or 1 = no groups */
+    int topk_groups;         /* 0 = every group (no limit) */
 } epm_trace_synth_opts;
 
 EPM_API void epm_trace_synth_opts_init(epm_trace_synth_opts *o);

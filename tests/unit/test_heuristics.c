@@ -245,7 +245,7 @@ static void test_plan_from_loads(void **state)
         o.slots_per_rank = m == EPM_METHOD_EPLB || m == EPM_METHOD_GREEDY ? 4 : 3;
         epm_placement *a, *b;
         assert_int_equal(epm_plan(t, &c, &o, &a), EPM_OK);
-        assert_int_equal(epm_plan_from_loads((epm_method)m, load, L, E, K, &c, o.slots_per_rank, &b), EPM_OK);
+        assert_int_equal(epm_plan_from_loads((epm_method)m, load, L, E, K, &c, o.slots_per_rank, 0, &b), EPM_OK);
         check_invariants(b, o.slots_per_rank, m == EPM_METHOD_EPLB ? 16 : E);
         for (int l = 0; l < L; l++)
             for (int e = 0; e < E; e++)
@@ -266,16 +266,16 @@ static void test_plan_from_loads(void **state)
         epm_placement_destroy(b);
     }
     epm_placement *p = (epm_placement *)1;
-    assert_int_equal(epm_plan_from_loads(EPM_METHOD_EPLB, load, L, E, K, &c, 2, &p), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_plan_from_loads(EPM_METHOD_EPLB, load, L, E, K, &c, 2, 0, &p), EPM_ERR_INVALID_ARG);
     assert_null(p);
     assert_non_null(strstr(epm_last_error(), "2 slots a rank on 4 ranks for 12 experts (from 3 to 12)"));
-    assert_int_equal(epm_plan_from_loads(EPM_METHOD_EPLB, load, L, E, K, &c, 13, &p), EPM_ERR_INVALID_ARG);
-    assert_int_equal(epm_plan_from_loads(EPM_METHOD_ILP, load, L, E, K, &c, 4, &p), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_plan_from_loads(EPM_METHOD_EPLB, load, L, E, K, &c, 13, 0, &p), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_plan_from_loads(EPM_METHOD_ILP, load, L, E, K, &c, 4, 0, &p), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "'ilp' is not a heuristic method"));
-    assert_int_equal(epm_plan_from_loads(EPM_METHOD_EPLB, load, L, E, 13, &c, 4, &p), EPM_ERR_INVALID_ARG);
-    assert_int_equal(epm_plan_from_loads(EPM_METHOD_EPLB, NULL, L, E, K, &c, 4, &p), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_plan_from_loads(EPM_METHOD_EPLB, load, L, E, 13, &c, 4, 0, &p), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_plan_from_loads(EPM_METHOD_EPLB, NULL, L, E, K, &c, 4, 0, &p), EPM_ERR_INVALID_ARG);
     load[E + 5] = -3;
-    assert_int_equal(epm_plan_from_loads(EPM_METHOD_EPLB, load, L, E, K, &c, 4, &p), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_plan_from_loads(EPM_METHOD_EPLB, load, L, E, K, &c, 4, 0, &p), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "expert 5 of layer 1 has load -3"));
     epm_trace_destroy(t);
 }

@@ -95,11 +95,11 @@ static void test_plan_rebalance(void **state)
             if (l != 1) /* (layer 1: no token went through it) */
                 load[l * E + epm_trace_ids(t, l)[i]]++;
     epm_placement *np = NULL, *plain = NULL, *none = (epm_placement *)1;
-    assert_int_equal(epm_plan_rebalance(cur, load, 3, 0, &np), EPM_OK);
+    assert_int_equal(epm_plan_rebalance(cur, load, 3, 0, 0, &np), EPM_OK);
     assert_non_null(np);
     assert_int_equal(epm_placement_validate(np, 3), EPM_OK);
     assert_string_equal(epm_placement_get_info(np)->method, "eplb");
-    assert_int_equal(epm_plan_from_loads(EPM_METHOD_EPLB, load, L, E, K, epm_placement_cluster(cur), 3, &plain),
+    assert_int_equal(epm_plan_from_loads(EPM_METHOD_EPLB, load, L, E, K, epm_placement_cluster(cur), 3, 0, &plain),
                      EPM_OK);
     for (int e = 0; e < E; e++) /* the layer without tokens is cur's */
         for (int q = 0; q < 4; q++)
@@ -122,7 +122,7 @@ static void test_plan_rebalance(void **state)
     assert_int_equal(epm_placement_gains(cur, other, &g_self), EPM_ERR_MISMATCH);
     assert_non_null(strstr(epm_last_error(), "3 layers x 8 experts on 4 ranks against 2 x 8 on 4"));
     /* fewer slots than cur already fills: a layer without counts could not keep its placement */
-    assert_int_equal(epm_plan_rebalance(np, load, 2, 0, &none), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_plan_rebalance(np, load, 2, 0, 0, &none), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "2 slots a rank, and the placement already has 3 experts"));
     assert_null(none);
     epm_placement_destroy(other);
@@ -134,7 +134,7 @@ static void test_plan_rebalance(void **state)
     const int lo = gain[0] < gain[2] ? 0 : 2, hi = 2 - lo;
     assert_true(gain[hi] > gain[lo] && gain[lo] > 0); /* (layers 0 and 2 gain, by different shares) */
     epm_placement *some = NULL;
-    assert_int_equal(epm_plan_rebalance(cur, load, 3, (gain[lo] + gain[hi]) / 2, &some), EPM_OK);
+    assert_int_equal(epm_plan_rebalance(cur, load, 3, (gain[lo] + gain[hi]) / 2, 0, &some), EPM_OK);
     assert_non_null(some);
     for (int e = 0; e < E; e++)
         for (int q = 0; q < 4; q++) {
@@ -143,22 +143,22 @@ static void test_plan_rebalance(void **state)
         }
     epm_placement_destroy(some);
     some = (epm_placement *)1; /* more than any layer gains: nothing taken */
-    assert_int_equal(epm_plan_rebalance(cur, load, 3, gain[hi] + 0.01, &some), EPM_OK);
+    assert_int_equal(epm_plan_rebalance(cur, load, 3, gain[hi] + 0.01, 0, &some), EPM_OK);
     assert_null(some);
-    assert_int_equal(epm_plan_rebalance(cur, load, 3, 1.0, &some), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_plan_rebalance(cur, load, 3, 1.0, 0, &some), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "min_gain = 1 is outside [0, 1)"));
-    assert_int_equal(epm_plan_rebalance(cur, load, 3, -0.1, &some), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_plan_rebalance(cur, load, 3, -0.1, 0, &some), EPM_ERR_INVALID_ARG);
     /* nothing counted: nothing taken */
     int64_t zero[L * E] = {0};
-    assert_int_equal(epm_plan_rebalance(cur, zero, 3, 0, &none), EPM_OK);
+    assert_int_equal(epm_plan_rebalance(cur, zero, 3, 0, 0, &none), EPM_OK);
     assert_null(none);
     /* refusals: too few slots (the planner's words), a negative load, no loads */
-    assert_int_equal(epm_plan_rebalance(cur, load, 1, 0, &none), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_plan_rebalance(cur, load, 1, 0, 0, &none), EPM_ERR_INVALID_ARG);
     assert_null(none);
     zero[5] = -1;
-    assert_int_equal(epm_plan_rebalance(cur, zero, 3, 0, &none), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_plan_rebalance(cur, zero, 3, 0, 0, &none), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "has load -1"));
-    assert_int_equal(epm_plan_rebalance(cur, NULL, 3, 0, &none), EPM_ERR_INVALID_ARG);
+    assert_int_equal(epm_plan_rebalance(cur, NULL, 3, 0, 0, &none), EPM_ERR_INVALID_ARG);
     epm_placement_destroy(plain);
     epm_placement_destroy(np);
     epm_placement_destroy(cur);
@@ -297,7 +297,7 @@ static void expect_replay(const epm_trace *t, const epm_placement *p0, const epm
             assert_true(n < 256);
             pl[n] = NULL;
             if (any > 0)
-                assert_int_equal(epm_plan_rebalance(pl[n - 1], load, slots, o->eplb_min_gain, &pl[n]), EPM_OK);
+                assert_int_equal(epm_plan_rebalance(pl[n - 1], load, slots, o->eplb_min_gain, o->eplb_groups, &pl[n]), EPM_OK);
             if (pl[n]) {
                 moved += gains(pl[n - 1], pl[n]);
                 took[n] = q;
