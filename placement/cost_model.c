@@ -142,6 +142,9 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     if (o->eplb_lag != 0 && o->eplb_interval == 0)
         return epm_fail(EPM_ERR_INVALID_ARG, "eval: eplb_lag = %d is online rebalancing's, and eplb_interval is 0",
                         o->eplb_lag);
+    if (o->eplb_groups != 0 && o->eplb_interval == 0)
+        return epm_fail(EPM_ERR_INVALID_ARG, "eval: eplb_groups = %d is online rebalancing's, and eplb_interval is "
+                        "0", o->eplb_groups);
     if (o->expert_bytes > 0 && o->read_expert_bytes > 0) /* (one source per run: --eplb-from) */
         return epm_fail(EPM_ERR_INVALID_ARG, "eval: expert_bytes = %lld (copied between ranks) and read_expert_bytes "
                         "= %lld (read from the checkpoint): a run takes gained experts one way, give one",

@@ -342,4 +342,26 @@ has "$d/err" "$d/none.json"
 check "moves help" 0 "$E" plan moves --help
 has "$d/out" "usage: epmoe plan moves FROM.json TO.json"
 
+# expert groups (DeepSeek's n_group): a group-limited trace, 16 experts in 4 groups of which a token
+# chooses within 2; eplb with --expert-groups keeps each group on one of the 2 nodes, so no token reaches
+# more nodes than its 2 groups, where the global policy's reach more
+check "synth grouped" 0 "$E" trace synth --out "$d/grp.st" --layers 2 --experts 16 --k 4 --tokens 2000 --groups 4 \
+  --topk-groups 1 --seq-len 20 --seed 4
+check "plan eplb grouped" 0 "$E" plan --trace "$d/grp.st" --nodes 2 --gpus-per-node 2 --method eplb --slots 5 \
+  --expert-groups 4 --out "$d/grp.json" --quiet
+check "plan eplb global" 0 "$E" plan --trace "$d/grp.st" --nodes 2 --gpus-per-node 2 --method eplb --slots 5 \
+  --out "$d/glob.json" --quiet
+check "eval grouped" 0 "$E" plan eval --trace "$d/grp.st" "$d/glob.json" "$d/grp.json" --json
+python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["placements"]; g=p[1]["results"][0]["nodes"]; b=p[0]["results"][0]["nodes"]
+print(b, g)
+sys.exit(0 if g["most"] == 1 and g["per_token"] == 1 and g["dispatches_crossing"] < b["dispatches_crossing"] and b["most"] == 2 else 1)' \
+  "$d/out" || fail "plan --expert-groups: a token's experts not on one node"
+check "eval grouped, text" 0 "$E" plan eval --trace "$d/grp.st" "$d/glob.json" "$d/grp.json"
+has "$d/out" "nodes a token reaches: 1.000 on average, 1 at most; [0-9]* dispatches cross nodes once each"
+check "plan --expert-groups not dividing" 1 "$E" plan --trace "$d/grp.st" --nodes 2 --gpus-per-node 2 --method eplb \
+  --slots 5 --expert-groups 3
+has "$d/err" "expert_groups = 3: expert groups must divide the 16 experts"
+check "eval --expert-groups alone" 2 "$E" plan eval --trace "$d/grp.st" "$d/grp.json" --expert-groups 4
+has "$d/err" "--expert-groups is online rebalancing's"
+
 checks_done "all plan eval CLI checks passed"

@@ -608,6 +608,27 @@ sys.exit(0 if run == [e['bytes']['intra_node'], e['bytes']['inter_node']] and
          r['eplb']['lag'] == 1 else 1)
 EOF
 fi
+if full; then # a model with expert groups (deepseekv3-tiny: 4 groups of 2 experts) on 2 virtual nodes:
+  # rebalancing keeps each group on one node by default (its n_group), and plan eval --model replays it
+  ds=$F/deepseekv3-tiny
+  check "--eplb-interval, expert groups" 0 run -np 4 "$E" run --model "$ds" --input "$d/in.json" --max-new-tokens 3 \
+    --json --report --prefill-chunk 1 --eplb-interval 2 --eplb-slots 3 --virtual-nodes 2 --trace-out "$d/grp.st" \
+    --placement-out "$d/grp_last.json"
+  cp "$d/out" "$d/grp.json"
+  gj "d['report']['eplb']['groups'] == 4 and d['report']['eplb']['hierarchical'] and d['report']['eplb']['rebalances'] > 0" |
+    grep -qx True || fail "--eplb-interval of a grouped model: $(head -c 300 "$d/out")"
+  check "contiguous for 2 x 2" 0 "$E" plan --trace "$d/grp.st" --nodes 2 --gpus-per-node 2 --method contiguous \
+    --out "$d/c22.json" --quiet
+  check "plan eval of the grouped run" 0 "$E" plan eval --trace "$d/grp.st" "$d/c22.json" --model "$ds" \
+    --eplb-interval 2 --eplb-slots 3 --placement-out "$d/grp_eval.json" --json
+  cmp -s "$d/grp_last.json" "$d/grp_eval.json" || fail "plan eval --model does not keep the run's groups"
+  # the global policy (--expert-groups 1) is other placements, which plan eval replays with the same flag
+  check "plan eval, global policy" 0 "$E" plan eval --trace "$d/grp.st" "$d/c22.json" --model "$ds" \
+    --eplb-interval 2 --eplb-slots 3 --expert-groups 1 --placement-out "$d/glob_eval.json" --json
+  ! cmp -s "$d/grp_last.json" "$d/glob_eval.json" || fail "--expert-groups 1 took the grouped placements"
+  check "--expert-groups without an interval" 2 "$E" run --model "$ds" --input "$d/in.json" --expert-groups 4
+  has "$d/err" "--expert-groups is online rebalancing's"
+fi
 check "--eplb-lag without an interval" 2 "$E" run --model "$m" --input "$d/in.json" --eplb-lag 1
 has "$d/err" "--eplb-lag is online rebalancing's"
 check "--eplb-lag at the interval" 2 "$E" run --model "$m" --input "$d/in.json" --eplb-interval 2 --eplb-lag 2

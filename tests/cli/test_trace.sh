@@ -66,11 +66,19 @@ contains "$d/err" "--out"
 expect 2 "$EPMOE" trace synth --out "$d/x.safetensors" --layers 2 --experts 8 --k 9 --tokens 10
 expect 2 "$EPMOE" trace synth --out "$d/x.safetensors" --layers 2 --experts 8 --k 2 --tokens 10 --affinity 1.5
 expect 2 "$EPMOE" trace synth --out "$d/x.safetensors" --layers 2 --experts 8 --k 2 --tokens 10 --seed -3
+expect 2 "$EPMOE" trace synth --out "$d/x.safetensors" --layers 2 --experts 8 --k 2 --tokens 10 --topk-groups 2
+contains "$d/err" "--topk-groups 2 limits the groups of --groups, which is not given"
+expect 2 "$EPMOE" trace synth --out "$d/x.safetensors" --layers 2 --experts 8 --k 2 --tokens 10 --groups 0
 expect 2 "$EPMOE" trace convert "$fx"
 expect 2 "$EPMOE" trace split "$fx" --first "$d/a.safetensors"
 [ -e "$d/x.safetensors" ] && { echo "FAIL: a usage error wrote a file"; fails=$((fails + 1)); }
 
 # ---- failures ----
+expect 1 "$EPMOE" trace synth --out "$d/x.safetensors" --layers 2 --experts 8 --k 2 --tokens 10 --groups 3
+contains "$d/err" "option 'groups' = 3 must divide experts = 8"
+expect 1 "$EPMOE" trace synth --out "$d/x.safetensors" --layers 2 --experts 8 --k 3 --tokens 10 --groups 4 --topk-groups 1
+contains "$d/err" "leaves 2 experts to choose k = 3 from"
+[ -e "$d/x.safetensors" ] && { echo "FAIL: a refused synth wrote a file"; fails=$((fails + 1)); }
 expect 1 "$EPMOE" trace stats "$d/missing.safetensors"
 contains "$d/err" "missing.safetensors"
 printf 'not a trace at all' >"$d/bad.bin"

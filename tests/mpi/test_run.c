@@ -400,6 +400,7 @@ static void assert_run_is_eval_of(const epm_run_result *res, const epm_placement
     eo.eplb_slots = o->eplb_slots;
     eo.eplb_min_gain = o->eplb_min_gain;
     eo.eplb_lag = o->eplb_lag;
+    eo.eplb_groups = res->report.eplb_groups; /* (what it kept whole, as test_run_eplb_groups checks) */
     eo.expert_bytes = res->report.eplb_expert_bytes; /* (0 from the checkpoint: nothing between ranks) */
     if (o->eplb_interval > 0 && !o->eplb_from_peers) { /* (read instead: an expert as the file stores it) */
         epm_model *m;
@@ -1883,6 +1884,84 @@ static void rank_loads(const epm_run_report *r, int64_t *most, int64_t *total)
     }
 }
 
+/* Online rebalancing of a model with expert groups (deepseekv3-tiny: 8
+ * experts in 4 groups, a token's within 2): by default the model's n_group,
+ * each group kept whole on a node where the groups divide over the nodes
+ * (DeepSeek EPLB's hierarchical policy; here over two virtual nodes), else
+ * the global policy; --expert-groups 1 takes the global one. Either way the
+ * same tokens, and plan eval replays the run. Groups that do not divide the
+ * experts, or groups without rebalancing, are refused on every rank. */
+static void test_run_eplb_groups(void **state)
+{
+    (void)state;
+    fixture f;
+    fixture_open(&f, "deepseekv3-tiny");
+    const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
+    const int vn = R >= 2 && R % 2 == 0 ? 2 : 0, slots = (8 + R - 1) / R + (R > 1 && R < 8);
+    epm_run_result *res[2];
+    for (int g = 0; g < 2; g++) {
+        epm_run_opts o;
+        memset(&o, 0, sizeof o);
+        o.model_dir = f.dir;
+        o.max_new_tokens = 4;
+        o.prefill_chunk = 3;
+        o.eplb_interval = 1;
+        o.eplb_slots = slots;
+        o.eplb_groups = g ? 1 : 0; /* (the model's 4, then none) */
+        o.eplb_from_peers = R % 3 == 0;
+        o.virtual_nodes = vn;
+        epm_status st = epm_run(&o, 2, f.lens, prompts, &res[g]);
+        if (st != EPM_OK)
+            fprintf(stderr, "rank %d: %s\n", me, epm_last_error());
+        assert_int_equal(st, EPM_OK);
+        const epm_run_report *b = &res[g]->report;
+        assert_true(b->eplb_rebalances >= 3);
+        assert_int_equal(b->eplb_groups, g ? 0 : 4);
+        assert_int_equal(b->eplb_hierarchical, !g && vn);
+        const epm_placement *fp = res[g]->placement;
+        assert_int_equal(epm_placement_validate(fp, slots), EPM_OK);
+        /* kept whole: every replica of a group's two experts on one node */
+        int split = 0;
+        for (int l = 0; l < 4; l++)
+            for (int grp = 0; grp < 4; grp++) {
+                int node = -1;
+                for (int e = 2 * grp; e < 2 * grp + 2; e++) {
+                    const int *reps;
+                    const int n = epm_placement_replicas(fp, l, e, &reps);
+                    for (int i = 0; i < n; i++) {
+                        const int d = epm_cluster_node_of(epm_placement_cluster(fp), reps[i]);
+                        split |= node >= 0 && d != node;
+                        node = d;
+                    }
+                }
+            }
+        if (b->eplb_hierarchical)
+            assert_false(split);
+        if (me == 0) {
+            epm_placement *p0 = make_placement(0, 4, 8, vn ? vn : 1);
+            assert_run_is_eval_of(res[g], p0, &o);
+            epm_placement_destroy(p0);
+        }
+    }
+    assert_memory_equal(res[1]->generated, res[0]->generated, 2 * 4 * sizeof(int32_t));
+    epm_run_result_destroy(res[0]);
+    epm_run_result_destroy(res[1]);
+    for (int bad = 0; bad < 2; bad++) {
+        epm_run_opts o;
+        memset(&o, 0, sizeof o);
+        o.model_dir = f.dir;
+        o.max_new_tokens = 2;
+        o.eplb_interval = bad ? 0 : 1;
+        o.eplb_groups = bad ? 4 : 3;
+        epm_run_result *res_bad = NULL;
+        const epm_status st = epm_run(&o, 2, f.lens, prompts, &res_bad);
+        assert_true(st == EPM_ERR_INVALID_ARG || st == EPM_ERR_REMOTE); /* (remote: another rank said so first) */
+        assert_non_null(strstr(epm_last_error(), "--expert-groups"));
+        assert_null(res_bad);
+    }
+    epm_st_close(f.ref);
+}
+
 /* Online rebalancing (epm_run_opts.eplb_interval): the ranks take new
  * placements as they run and give the static run's logits, tokens and
  * routing, in both modes; the number of rebalances is the interval's; under
@@ -2213,6 +2292,7 @@ int main(void)
         cmocka_unit_test(test_run_prefill_chunk), cmocka_unit_test(test_run_prompt_logprobs),
         cmocka_unit_test(test_run_topology_bias_and_top_p), cmocka_unit_test(test_run_mismatched_placement),
         cmocka_unit_test(test_run_eplb),
+        cmocka_unit_test(test_run_eplb_groups),
     };
     if (getenv("EPM_TEST_FILTER")) /* one test by name (a developer's shortcut; CI runs them all) */
         cmocka_set_test_filter(getenv("EPM_TEST_FILTER"));

@@ -280,13 +280,116 @@ static void test_plan_from_loads(void **state)
     epm_trace_destroy(t);
 }
 
+/* eplb with expert groups (DeepSeek EPLB's hierarchical policy) on a
+ * group-limited trace (64 experts in 8 groups, a token's 4 within 2): each
+ * group whole on one node, two groups a node, every slot of every rank
+ * filled, and so no token reaches more nodes than its groups, where the
+ * global policy spreads a group's experts and tokens reach more; balance
+ * stays near the global policy's and well below contiguous's. Groups that
+ * do not divide over the nodes fall back to the global policy, as
+ * DeepSeek's does; groups that do not divide the experts are refused. */
+static void test_eplb_hierarchical(void **state)
+{
+    (void)state;
+    epm_trace_synth_opts so;
+    epm_trace_synth_opts_init(&so);
+    so.layers = 3, so.experts = 64, so.k = 4, so.tokens = 6000, so.zipf_s = 1.0, so.seed = 3;
+    so.groups = 8, so.topk_groups = 2, so.tokens_per_seq = 50;
+    epm_trace *t;
+    assert_int_equal(epm_trace_synth(&so, &t), EPM_OK);
+    epm_cluster c;
+    epm_cluster_init(&c, 4, 4);
+    assert_true(epm_eplb_hierarchical(8, 64, &c));
+    assert_false(epm_eplb_hierarchical(1, 64, &c));
+    assert_false(epm_eplb_hierarchical(6, 64, &c)); /* (6 does not divide 64) */
+    assert_false(epm_eplb_hierarchical(2, 64, &c)); /* (2 groups over 4 nodes) */
+    epm_plan_opts o;
+    epm_plan_opts_init(&o);
+    o.method = EPM_METHOD_EPLB;
+    o.slots_per_rank = 5;
+    epm_placement *global, *grouped, *contig;
+    assert_int_equal(epm_plan(t, &c, &o, &global), EPM_OK);
+    o.expert_groups = 8;
+    assert_int_equal(epm_plan(t, &c, &o, &grouped), EPM_OK);
+    o.method = EPM_METHOD_CONTIGUOUS, o.slots_per_rank = 0;
+    assert_int_equal(epm_plan(t, &c, &o, &contig), EPM_OK);
+    check_invariants(grouped, 5, 80);
+    for (int l = 0; l < 3; l++) {
+        int groups_on[4] = {0};
+        for (int q = 0; q < 16; q++)
+            assert_int_equal(epm_placement_rank_count(grouped, l, q), 5);
+        for (int g = 0; g < 8; g++) {
+            int node = -1;
+            for (int e = 8 * g; e < 8 * g + 8; e++) {
+                const int *reps;
+                const int n = epm_placement_replicas(grouped, l, e, &reps);
+                for (int i = 0; i < n; i++) {
+                    if (node < 0)
+                        node = epm_cluster_node_of(&c, reps[i]);
+                    assert_int_equal(epm_cluster_node_of(&c, reps[i]), node);
+                }
+            }
+            groups_on[node]++;
+        }
+        for (int d = 0; d < 4; d++)
+            assert_int_equal(groups_on[d], 2);
+    }
+    epm_eval_opts eo;
+    epm_eval_opts_init(&eo);
+    epm_eval_result *rg, *rb, *rc;
+    assert_int_equal(epm_eval(t, grouped, &eo, &rg), EPM_OK);
+    assert_int_equal(epm_eval(t, global, &eo, &rb), EPM_OK);
+    assert_int_equal(epm_eval(t, contig, &eo, &rc), EPM_OK);
+    assert_int_equal(rg->routed, 3 * 6000);
+    assert_int_equal(rg->max_nodes_reached, 2);
+    assert_true(rb->max_nodes_reached > 2);
+    assert_true(rg->nodes_reached < rb->nodes_reached && rg->node_dispatches < rb->node_dispatches);
+    assert_true(rg->node_dispatches <= rg->nodes_reached);
+    fprintf(stderr, "hierarchical: %.3f nodes a token, max/mean %.3f; global %.3f, %.3f; contiguous max/mean %.3f\n",
+            (double)rg->nodes_reached / rg->routed, rg->max_over_mean_load, (double)rb->nodes_reached / rb->routed,
+            rb->max_over_mean_load, rc->max_over_mean_load);
+    assert_true(rg->max_over_mean_load < rc->max_over_mean_load);
+    assert_true(rg->max_over_mean_load < 1.5 * rb->max_over_mean_load);
+    epm_eval_result_destroy(rg);
+    epm_eval_result_destroy(rb);
+    epm_eval_result_destroy(rc);
+    /* 8 groups over 3 nodes: the global policy, the placement without groups */
+    epm_cluster c3;
+    epm_cluster_init(&c3, 3, 4);
+    epm_placement *a, *b;
+    o.method = EPM_METHOD_EPLB, o.slots_per_rank = 6, o.expert_groups = 8;
+    assert_int_equal(epm_plan(t, &c3, &o, &a), EPM_OK);
+    o.expert_groups = 0;
+    assert_int_equal(epm_plan(t, &c3, &o, &b), EPM_OK);
+    for (int l = 0; l < 3; l++)
+        for (int e = 0; e < 64; e++)
+            for (int q = 0; q < 12; q++)
+                assert_int_equal(epm_placement_has(a, l, e, q), epm_placement_has(b, l, e, q));
+    epm_placement *p = (epm_placement *)1;
+    o.expert_groups = 6;
+    assert_int_equal(epm_plan(t, &c, &o, &p), EPM_ERR_INVALID_ARG);
+    assert_null(p);
+    assert_non_null(strstr(epm_last_error(), "expert_groups = 6: expert groups must divide the 64 experts"));
+    o.expert_groups = -2;
+    assert_int_equal(epm_plan(t, &c, &o, &p), EPM_ERR_INVALID_ARG);
+    int64_t load[64] = {1};
+    assert_int_equal(epm_plan_from_loads(EPM_METHOD_EPLB, load, 1, 64, 4, &c, 5, 5, &p), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "groups = 5"));
+    epm_placement_destroy(a);
+    epm_placement_destroy(b);
+    epm_placement_destroy(global);
+    epm_placement_destroy(grouped);
+    epm_placement_destroy(contig);
+    epm_trace_destroy(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_heuristics_invariants), cmocka_unit_test(test_heuristics_layouts),
         cmocka_unit_test(test_heuristics_balance),    cmocka_unit_test(test_heuristics_bad_slots),
         cmocka_unit_test(test_objective_matches_eval), cmocka_unit_test(test_heuristics_sweep),
-        cmocka_unit_test(test_plan_from_loads),
+        cmocka_unit_test(test_plan_from_loads),      cmocka_unit_test(test_eplb_hierarchical),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -327,7 +327,7 @@ static void expect_replay(const epm_trace *t, const epm_placement *p0, const epm
     }
     /* each placement's tokens alone (the others skip every layer: they move nothing), summed */
     epm_eval_opts so = *o;
-    so.eplb_interval = so.eplb_window = so.eplb_slots = so.eplb_lag = 0;
+    so.eplb_interval = so.eplb_window = so.eplb_slots = so.eplb_lag = so.eplb_groups = 0;
     double t_segments = 0;
     int64_t *bytes = calloc((size_t)L * 2 * EPM_LINK_COUNT + EPM_LINK_COUNT, sizeof *bytes);
     int64_t *rl = calloc((size_t)L * R * 3, sizeof *rl);
@@ -477,13 +477,15 @@ static void test_eval_rebalanced(void **state)
     enum { L = 3, E = 8, K = 2 };
     epm_trace *t = passes_trace(L, E, K, 1500);
     epm_placement *p = contiguous(t, 2, 2);
+    /* (groups: 4 groups of 2 experts, kept whole on the 2 nodes) */
     static const struct {
         int interval, window, slots;
         double min_gain;
-        int lag;
-    } cfg[] = {{2, 0, 3, 0, 0}, {3, 1, 3, 0, 0}, {1, 1, 0, 0, 0}, {5, 2, 4, 0, 0}, {1000, 0, 3, 0, 0}, {4, 4, 8, 0, 0},
-               {2, 0, 3, 0.05, 0}, {1, 1, 3, 0.3, 0}, {2, 0, 3, 0, 1}, {5, 2, 4, 0, 4}, {4, 4, 8, 0, 2},
-               {3, 1, 3, 0.05, 1}};
+        int lag, groups;
+    } cfg[] = {{2, 0, 3, 0, 0, 0}, {3, 1, 3, 0, 0, 0}, {1, 1, 0, 0, 0, 0}, {5, 2, 4, 0, 0, 0}, {1000, 0, 3, 0, 0, 0},
+               {4, 4, 8, 0, 0, 0}, {2, 0, 3, 0.05, 0, 0}, {1, 1, 3, 0.3, 0, 0}, {2, 0, 3, 0, 1, 0}, {5, 2, 4, 0, 4, 0},
+               {4, 4, 8, 0, 2, 0}, {3, 1, 3, 0.05, 1, 0}, {2, 0, 3, 0, 0, 4}, {3, 1, 3, 0.05, 1, 4},
+               {1, 1, 3, 0, 0, 2}};
     for (int mode = 0; mode < 2; mode++)
         for (size_t c = 0; c < sizeof cfg / sizeof *cfg; c++) {
             epm_eval_opts o;
@@ -502,6 +504,7 @@ static void test_eval_rebalanced(void **state)
             o.eplb_slots = cfg[c].slots;
             o.eplb_min_gain = cfg[c].min_gain;
             o.eplb_lag = cfg[c].lag;
+            o.eplb_groups = cfg[c].groups;
             epm_eval_result *got;
             assert_int_equal(epm_eval(t, p, &o, &got), EPM_OK);
             expect_replay(t, p, &o, got);
@@ -520,7 +523,7 @@ static void test_eval_rebalanced(void **state)
             }
             /* spare slots after the drift: a better balance than the static placement's */
             epm_eval_opts so = o;
-            so.eplb_interval = so.eplb_window = so.eplb_slots = so.eplb_lag = 0;
+            so.eplb_interval = so.eplb_window = so.eplb_slots = so.eplb_lag = so.eplb_groups = 0;
             epm_eval_result *st;
             assert_int_equal(epm_eval(t, p, &so, &st), EPM_OK);
             if (cfg[c].slots >= 3 && cfg[c].interval < 1000)
@@ -587,11 +590,14 @@ static void test_eval_rebalanced_refusals(void **state)
                {2, 0, 0, 8, NAN, "read_gbps = nan"},
                {2, 2, 0, 0, 0, "eval: eplb_lag = 2: from 0 to the interval's 2 passes less one"},
                {3, -1, 0, 0, 0, "eval: eplb_lag = -1"},
-               {0, 1, 0, 0, 0, "eval: eplb_lag = 1 is online rebalancing's, and eplb_interval is 0"}};
+               {0, 1, 0, 0, 0, "eval: eplb_lag = 1 is online rebalancing's, and eplb_interval is 0"},
+               {2, 0, 0, 0, 0, "eval: eplb_groups = 3: expert groups must divide the 8 experts"},
+               {0, 0, 0, 0, 0, "eval: eplb_groups = 2 is online rebalancing's, and eplb_interval is 0"}};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         epm_eval_opts_init(&o);
         o.eplb_interval = bad[i].interval;
         o.eplb_lag = bad[i].lag;
+        o.eplb_groups = strstr(bad[i].needle, "eplb_groups = 3") ? 3 : strstr(bad[i].needle, "eplb_groups = 2") ? 2 : 0;
         o.expert_bytes = bad[i].copied;
         o.read_expert_bytes = bad[i].read;
         o.read_gbps = bad[i].gbps;

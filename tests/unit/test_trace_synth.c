@@ -262,6 +262,48 @@ static void test_trace_synth_passes_and_drift(void **state)
     epm_trace_destroy(drift);
 }
 
+/* Group-limited routing (DeepSeek's n_group, topk_group): every token's k
+ * experts within topk_groups groups, its top-1's among them, and the
+ * groups it may not choose from empty of its experts; without a limit a
+ * token's experts spread over more groups. Asking for groups without a
+ * limit draws nothing more: the trace of no groups. */
+static void test_trace_synth_group_limited(void **state)
+{
+    (void)state;
+    epm_trace_synth_opts o;
+    epm_trace_synth_opts_init(&o);
+    o.layers = 3, o.experts = 64, o.k = 6, o.tokens = 3000, o.zipf_s = 0.8, o.seed = 11;
+    epm_trace *free_t, *grouped, *unlimited;
+    assert_int_equal(epm_trace_synth(&o, &free_t), EPM_OK);
+    o.groups = 8;
+    assert_int_equal(epm_trace_synth(&o, &unlimited), EPM_OK);
+    o.topk_groups = 3;
+    assert_int_equal(epm_trace_synth(&o, &grouped), EPM_OK);
+    check_valid(grouped);
+    int most = 0, free_most = 0;
+    for (int l = 0; l < 3; l++) {
+        assert_memory_equal(epm_trace_ids(unlimited, l), epm_trace_ids(free_t, l), 3000 * 6 * sizeof(int32_t));
+        for (int64_t t = 0; t < 3000; t++)
+            for (int pass = 0; pass < 2; pass++) {
+                const int32_t *row = epm_trace_ids(pass ? free_t : grouped, l) + t * 6;
+                int seen[8] = {0}, n = 0;
+                for (int j = 0; j < 6; j++) {
+                    n += !seen[row[j] / 8];
+                    seen[row[j] / 8] = 1;
+                }
+                if (pass)
+                    free_most = n > free_most ? n : free_most;
+                else
+                    most = n > most ? n : most;
+            }
+    }
+    assert_int_equal(most, 3); /* (3000 tokens: some reach all three) */
+    assert_true(free_most > 3);
+    epm_trace_destroy(free_t);
+    epm_trace_destroy(unlimited);
+    epm_trace_destroy(grouped);
+}
+
 static void expect_bad(epm_trace_synth_opts o, const char *option)
 {
     epm_trace *t = (epm_trace *)1;
@@ -292,6 +334,11 @@ static void test_trace_synth_validates_options(void **state)
     o = d, o.tokens_per_pass = -1, expect_bad(o, "'tokens_per_pass'");
     o = d, o.tokens = (int64_t)1 << 32, o.tokens_per_pass = 1, expect_bad(o, "more than 2^31 passes");
     o = d, o.drift_tokens = -1, expect_bad(o, "'drift_tokens'");
+    o = d, o.groups = 3, expect_bad(o, "'groups' = 3 must divide experts = 8");
+    o = d, o.groups = -1, expect_bad(o, "'groups'");
+    o = d, o.groups = 4, o.topk_groups = 5, expect_bad(o, "'topk_groups' = 5 is outside [0, groups = 4]");
+    o = d, o.k = 3, o.groups = 4, o.topk_groups = 1, expect_bad(o, "leaves 2 experts to choose k = 3 from");
+    o = d, o.topk_groups = 2, expect_bad(o, "'topk_groups' = 2 is outside [0, groups = 1]");
     /* NULL options mean the defaults */
     epm_trace *t;
     assert_int_equal(epm_trace_synth(NULL, &t), EPM_OK);
@@ -334,6 +381,7 @@ int main(void)
         cmocka_unit_test(test_trace_synth_affinity_raises_topm_share),
         cmocka_unit_test(test_trace_synth_k_equals_experts),
         cmocka_unit_test(test_trace_synth_passes_and_drift),
+        cmocka_unit_test(test_trace_synth_group_limited),
         cmocka_unit_test(test_trace_synth_validates_options),
         cmocka_unit_test(test_trace_synth_alloc_failures),
     };
