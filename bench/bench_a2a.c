@@ -403,6 +403,8 @@ int epm_bench_a2a(int argc, char **argv)
         return cli_fail("bench a2a", st);
     long v;
     int c;
+    if (cli_exact_options("bench a2a", argc, argv, opts, 0) != EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {

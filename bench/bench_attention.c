@@ -216,6 +216,8 @@ int epm_bench_attention(int argc, char **argv)
         {"csv", no_argument, 0, 'c'},            {"help", no_argument, 0, 'h'},
         {"kv-dtype", required_argument, 0, 'k'},
         {0, 0, 0, 0}};
+    if (cli_exact_options(W, argc, argv, opts, 0) != EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {

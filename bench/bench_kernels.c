@@ -294,6 +294,8 @@ int epm_bench_kernels(int argc, char **argv)
         {"dtype", required_argument, 0, 'd'},     {"weight-gb", required_argument, 0, 'w'},
         {"csv", no_argument, 0, 'c'},             {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
+    if (cli_exact_options(W, argc, argv, opts, 0) != EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {

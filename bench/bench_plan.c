@@ -4,7 +4,10 @@
  * evaluates every placement on the second half (the traffic to come), next
  * to contiguous measured in the same run; with --eplb-interval also online
  * rebalancing over the second half's passes, which needs no forecast (the
- * placements an epmoe run would take, as plan eval replays them). */
+ * placements an epmoe run would take, as plan eval replays them); with
+ * --groups, group-limited routing (DeepSeek's n_group, topk_group) and eplb
+ * with the groups kept whole on nodes beside the global eplb, and every
+ * row's nodes a token reaches. */
 #include <getopt.h>
 #include <math.h>
 #include <stdint.h>
@@ -51,6 +54,10 @@ static void usage(void)
            "                   the modelled compute; 0: none, run --eplb-from checkpoint)\n"
            "  --eplb-lag N     online's placements in service N passes after their boundaries, the\n"
            "                   copies overlapping those passes (run --eplb-lag; default 0)\n"
+           "  --groups G       group-limited routing in the trace (DeepSeek's n_group; dsv3's is 8) and a\n"
+           "                   row 'eplb-groups': eplb keeping each group whole on a node (its hierarchical\n"
+           "                   policy) beside the global one (default: none)\n"
+           "  --topk-groups M  the groups a token chooses within (topk_group; default: every group)\n"
            "  --pass-tokens P  tokens a pass (default 256); with --eplb-interval every row's modelled\n"
            "                   time is taken pass by pass, as plan eval does for a trace with passes\n"
            "  --quiet          no solver progress on stderr\n"
@@ -64,6 +71,8 @@ typedef struct {
     int rebalances; /* online */
     int64_t moved;
     double copied, t_copies; /* the experts' copies between ranks: bytes, modelled seconds (in t_total) */
+    double nodes_per_token, node_dispatches; /* plan eval's: the nodes a token reaches, and the transfers
+                                                of a path that crosses to each node once */
 } row;
 
 /* A placement planned on the first half and evaluated on the second; online:
@@ -102,6 +111,8 @@ static epm_status run_one(const epm_trace *plan_half, const epm_trace *eval_half
     out->moved = r->moved;
     out->copied = (double)(r->move_bytes[EPM_LINK_INTRA] + r->move_bytes[EPM_LINK_INTER]);
     out->t_copies = r->t_moves;
+    out->nodes_per_token = r->routed ? (double)r->nodes_reached / (double)r->routed : 0;
+    out->node_dispatches = (double)r->node_dispatches;
     epm_eval_result_destroy(r);
     return EPM_OK;
 }
@@ -129,7 +140,7 @@ static epm_status passes_from_zero(epm_trace *t)
 static double ratio(double a, double b) { return b != 0.0 ? a / b : (a == 0.0 ? 1.0 : INFINITY); }
 
 enum { O_SHAPE = 256, O_MODE, O_TOKENS, O_TIME, O_GAP, O_ZIPF, O_AFF, O_SEED, O_CSV, O_QUIET, O_DRIFT, O_EPLBI, O_EPLBW,
-       O_PASS, O_EPLBG, O_XB, O_EPLBLAG, O_HELP };
+       O_PASS, O_EPLBG, O_XB, O_EPLBLAG, O_GROUPS, O_TOPKG, O_HELP };
 static const struct option opts[] = {
     {"shape", required_argument, 0, O_SHAPE},   {"mode", required_argument, 0, O_MODE},
     {"tokens", required_argument, 0, O_TOKENS}, {"time-limit", required_argument, 0, O_TIME},
@@ -139,7 +150,8 @@ static const struct option opts[] = {
     {"drift", required_argument, 0, O_DRIFT},   {"eplb-interval", required_argument, 0, O_EPLBI},
     {"eplb-window", required_argument, 0, O_EPLBW}, {"pass-tokens", required_argument, 0, O_PASS},
     {"eplb-min-gain", required_argument, 0, O_EPLBG}, {"expert-bytes", required_argument, 0, O_XB},
-    {"eplb-lag", required_argument, 0, O_EPLBLAG},
+    {"eplb-lag", required_argument, 0, O_EPLBLAG},  {"groups", required_argument, 0, O_GROUPS},
+    {"topk-groups", required_argument, 0, O_TOPKG},
     {"help", no_argument, 0, O_HELP},           {0, 0, 0, 0}};
 
 int epm_bench_plan(int argc, char **argv)
@@ -149,12 +161,14 @@ int epm_bench_plan(int argc, char **argv)
     long tokens = 8192;
     double time_limit = 60, gap = 1e-4, zipf = 1.0, affinity = 0.7;
     uint64_t seed = 1;
-    long drift = 0, eplb_i = 0, eplb_w = 0, pass_tokens = 256, lag = 0;
+    long drift = 0, eplb_i = 0, eplb_w = 0, pass_tokens = 256, lag = 0, groups = 0, topk_groups = 0;
     double eplb_g = 0;
     long xb = -1;
     int pass_given = 0;
     int csv = 0, quiet = 0;
     int c;
+    if (cli_exact_options(what, argc, argv, opts, 0) != EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -215,6 +229,14 @@ int epm_bench_plan(int argc, char **argv)
             if (!cli_parse_int(what, "--eplb-lag", optarg, 0, INT32_MAX, &lag))
                 return EPM_EXIT_USAGE;
             break;
+        case O_GROUPS:
+            if (!cli_parse_int(what, "--groups", optarg, 2, 1 << 16, &groups))
+                return EPM_EXIT_USAGE;
+            break;
+        case O_TOPKG:
+            if (!cli_parse_int(what, "--topk-groups", optarg, 1, 1 << 16, &topk_groups))
+                return EPM_EXIT_USAGE;
+            break;
         case O_PASS:
             if (!cli_parse_int(what, "--pass-tokens", optarg, 1, 1L << 26, &pass_tokens))
                 return EPM_EXIT_USAGE;
@@ -238,6 +260,8 @@ int epm_bench_plan(int argc, char **argv)
                        : xb >= 0 ? "--expert-bytes" : NULL) !=
         EPM_EXIT_OK)
         return EPM_EXIT_USAGE;
+    if (topk_groups && !groups)
+        return cli_usage_error(what, "--topk-groups %ld limits the groups of --groups, which is not given", topk_groups);
     int want_shape[3] = {0, 0, 0};
     int any = 0;
     for (int s = 0; s < 3; s++)
@@ -257,7 +281,8 @@ int epm_bench_plan(int argc, char **argv)
 
     if (csv)
         printf("shape,mode,method,solve_s,objective,bound,gap,quality,max_over_mean_load,mean_max_load,"
-               "bytes_intra,bytes_inter,t_model_s,t_vs_contiguous,inter_vs_contiguous,maxload_vs_contiguous\n");
+               "bytes_intra,bytes_inter,t_model_s,t_vs_contiguous,inter_vs_contiguous,maxload_vs_contiguous,"
+               "nodes_per_token,node_dispatches\n");
     for (int s = 0; s < 3; s++) {
         if (!want_shape[s])
             continue;
@@ -274,6 +299,8 @@ int epm_bench_plan(int argc, char **argv)
         so.successors = 2;
         so.seed = seed;
         so.drift_tokens = drift;
+        so.groups = (int)groups;
+        so.topk_groups = (int)topk_groups;
         /* passes for online's replay, which price every row pass by pass (without them the
          * modelled times are the whole half's, as in the tables before online existed) */
         so.tokens_per_pass = eplb_i > 0 ? pass_tokens : 0;
@@ -318,16 +345,19 @@ int epm_bench_plan(int argc, char **argv)
              * hidden-vector transfer per rank (about 16:1 at these defaults) */
             po.balance_weight = eo.flops_per_assignment / (c.gpu_tflops * 1e12) * 1e6;
             po.traffic_weight = (double)eo.hidden_bytes / (c.intra_gbps * 1e9) * 1e6;
-            row rows[EPM_METHOD_COUNT + 1];
-            const int nrows = EPM_METHOD_COUNT + (eplb_i > 0);
+            /* the methods; with groups eplb keeping them whole ('eplb-groups'); online last */
+            row rows[EPM_METHOD_COUNT + 2];
+            const int grouped = groups > 0 ? EPM_METHOD_COUNT : -1, online = EPM_METHOD_COUNT + (groups > 0);
+            const int nrows = online + (eplb_i > 0);
             for (int m = 0; m < nrows; m++) {
-                po.method = (epm_method)(m < EPM_METHOD_COUNT ? m : EPM_METHOD_CONTIGUOUS);
+                po.method = (epm_method)(m < EPM_METHOD_COUNT ? m : m == grouped ? EPM_METHOD_EPLB : EPM_METHOD_CONTIGUOUS);
+                po.expert_groups = m == grouped ? (int)groups : 0;
                 epm_eval_opts oe = eo;
-                oe.eplb_interval = m < EPM_METHOD_COUNT ? 0 : (int)eplb_i;
-                oe.eplb_window = m < EPM_METHOD_COUNT ? 0 : (int)eplb_w;
-                oe.eplb_min_gain = m < EPM_METHOD_COUNT ? 0 : eplb_g;
-                oe.eplb_lag = m < EPM_METHOD_COUNT ? 0 : (int)lag;
-                st = run_one(first, second, &c, &po, &oe, m == EPM_METHOD_COUNT, &rows[m]);
+                oe.eplb_interval = m == online ? (int)eplb_i : 0;
+                oe.eplb_window = m == online ? (int)eplb_w : 0;
+                oe.eplb_min_gain = m == online ? eplb_g : 0;
+                oe.eplb_lag = m == online ? (int)lag : 0;
+                st = run_one(first, second, &c, &po, &oe, m == online, &rows[m]);
                 if (st != EPM_OK) {
                     epm_trace_destroy(first);
                     epm_trace_destroy(second);
@@ -337,13 +367,14 @@ int epm_bench_plan(int argc, char **argv)
             const row *base = &rows[EPM_METHOD_CONTIGUOUS];
             if (!csv) {
                 printf("\nmode %s\n", epm_mode_name(po.mode));
-                printf("%-12s %8s %12s %12s %8s %-9s %8s %8s %10s %10s %10s %8s %8s\n", "method", "solve_s",
+                printf("%-12s %8s %12s %12s %8s %-9s %8s %8s %10s %10s %10s %8s %8s %9s\n", "method", "solve_s",
                        "objective", "bound", "gap", "quality", "max/mean", "maxload", "intra_GB", "inter_GB",
-                       "t_model_ms", "t/contig", "inter/c");
+                       "t_model_ms", "t/contig", "inter/c", "nodes/tok");
             }
             for (int m = 0; m < nrows; m++) {
                 const row *r = &rows[m];
-                const char *name = m < EPM_METHOD_COUNT ? epm_method_name((epm_method)m) : "online";
+                const char *name = m < EPM_METHOD_COUNT ? epm_method_name((epm_method)m) : m == grouped ? "eplb-groups"
+                                                                                                       : "online";
                 double tr = ratio(r->t_total, base->t_total);
                 double ir = ratio(r->bytes[EPM_LINK_INTER], base->bytes[EPM_LINK_INTER]);
                 double lr = ratio(r->max_load, base->max_load);
@@ -356,24 +387,31 @@ int epm_bench_plan(int argc, char **argv)
                 if (isfinite(r->gap))
                     snprintf(gp, sizeof gp, csv ? "%.6g" : "%8.4f", r->gap);
                 if (csv)
-                    printf("%s,%s,%s,%.6f,%s,%s,%s,%s,%.4f,%.2f,%.0f,%.0f,%.6g,%.4f,%.4f,%.4f\n", sh->name,
+                    printf("%s,%s,%s,%.6f,%s,%s,%s,%s,%.4f,%.2f,%.0f,%.0f,%.6g,%.4f,%.4f,%.4f,%.4f,%.0f\n", sh->name,
                            epm_mode_name(po.mode), name, r->solve_s, obj, bnd, gp,
                            epm_plan_quality_name(r->quality), r->max_over_mean, r->max_load, r->bytes[EPM_LINK_INTRA],
-                           r->bytes[EPM_LINK_INTER], r->t_total, tr, ir, lr);
+                           r->bytes[EPM_LINK_INTER], r->t_total, tr, ir, lr, r->nodes_per_token, r->node_dispatches);
                 else
-                    printf("%-12s %8.3f %12s %12s %8s %-9s %8.3f %8.1f %10.3f %10.3f %10.3f %8.3f %8.3f\n",
+                    printf("%-12s %8.3f %12s %12s %8s %-9s %8.3f %8.1f %10.3f %10.3f %10.3f %8.3f %8.3f %9.3f\n",
                            name, r->solve_s, *obj ? obj : "-", *bnd ? bnd : "-", *gp ? gp : "-",
                            epm_plan_quality_name(r->quality), r->max_over_mean, r->max_load,
                            r->bytes[EPM_LINK_INTRA] / 1e9, r->bytes[EPM_LINK_INTER] / 1e9, r->t_total * 1e3, tr,
-                           ir);
+                           ir, r->nodes_per_token);
                 fflush(stdout);
             }
             if (!csv && eplb_i > 0)
                 printf("# online: %d placements taken over the second half's %ld passes, %lld experts moved, "
                        "%.2f GB copied between ranks (%.3f ms of its t_model_ms)\n",
-                       rows[EPM_METHOD_COUNT].rebalances, (tokens - tokens / 2 + pass_tokens - 1) / pass_tokens,
-                       (long long)rows[EPM_METHOD_COUNT].moved, rows[EPM_METHOD_COUNT].copied / 1e9,
-                       rows[EPM_METHOD_COUNT].t_copies * 1e3);
+                       rows[online].rebalances, (tokens - tokens / 2 + pass_tokens - 1) / pass_tokens,
+                       (long long)rows[online].moved, rows[online].copied / 1e9, rows[online].t_copies * 1e3);
+            if (!csv && groups > 0)
+                printf("# eplb-groups against eplb: %.3f against %.3f nodes a token (%.3fx), %.0f against %.0f "
+                       "dispatches crossing nodes once each (%.3fx), modelled time %.3fx\n",
+                       rows[grouped].nodes_per_token, rows[EPM_METHOD_EPLB].nodes_per_token,
+                       ratio(rows[grouped].nodes_per_token, rows[EPM_METHOD_EPLB].nodes_per_token),
+                       rows[grouped].node_dispatches, rows[EPM_METHOD_EPLB].node_dispatches,
+                       ratio(rows[grouped].node_dispatches, rows[EPM_METHOD_EPLB].node_dispatches),
+                       ratio(rows[grouped].t_total, rows[EPM_METHOD_EPLB].t_total));
         }
         epm_trace_destroy(first);
         epm_trace_destroy(second);

@@ -552,6 +552,8 @@ int epm_bench_run(int argc, char **argv)
     counts_decode = 0;
     pool = 0;
     int chunk_given = 0;
+    if (cli_exact_options(W, argc, argv, opts, 0) != EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -686,6 +688,8 @@ int epm_bench_run(int argc, char **argv)
         default: return cli_option_error(W, argv);
         }
     }
+    if (optind < argc)
+        return cli_usage_error(W, "unexpected argument '%s'", argv[optind]);
     if (!model)
         return cli_usage_error(W, "--model is required");
     if (burst_given && nrates == 0)

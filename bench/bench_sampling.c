@@ -73,6 +73,8 @@ int epm_bench_sampling(int argc, char **argv)
                                        {"help", no_argument, 0, O_H},
                                        {0, 0, 0, 0}};
     int c;
+    if (cli_exact_options(W, argc, argv, lo, 0) != EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (c) {
@@ -158,7 +160,8 @@ int epm_bench_sampling(int argc, char **argv)
                 sort_us = (epm_now() - t1) / (double)reps * 1e6;
             }
             if (csv)
-                printf("%d,%s,%.3f,%.3f,%.3f,%.3f\n", V, cfgs[ci].name, us, us / greedy_us, sort_us,
+                /* (quoted: a configuration's name holds commas, "top_p=0.95,min_p=0.05") */
+                printf("%d,\"%s\",%.3f,%.3f,%.3f,%.3f\n", V, cfgs[ci].name, us, us / greedy_us, sort_us,
                        nucleus ? sort_us / us : 0);
             else if (nucleus)
                 printf("%8d  %-26s %12.1f %10.2f %14.1f %8.2f\n", V, cfgs[ci].name, us, us / greedy_us, sort_us,

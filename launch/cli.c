@@ -42,6 +42,38 @@ int cli_eplb_usage(const char *what, long interval, long window, long lag, const
     return EPM_EXIT_OK;
 }
 
+int cli_exact_options(const char *what, int argc, char **argv, const struct option *opts, int stop_at_word)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--"))
+            break;
+        if (a[0] != '-' || a[1] != '-') {
+            if (stop_at_word && a[0] != '-')
+                break;
+            continue;
+        }
+        const char *name = a + 2;
+        const size_t n = strcspn(name, "=");
+        const struct option *o = NULL;
+        for (const struct option *p = opts; p->name && !o; p++)
+            if (strlen(p->name) == n && !strncmp(p->name, name, n))
+                o = p;
+        if (o) {
+            i += o->has_arg == required_argument && !name[n]; /* (its value: not an option, whatever it reads) */
+            continue;
+        }
+        char alt[256] = "";
+        size_t at = 0;
+        for (const struct option *p = opts; p->name && n > 0; p++)
+            if (!strncmp(p->name, name, n) && at + strlen(p->name) + 8 < sizeof alt)
+                at += (size_t)snprintf(alt + at, sizeof alt - at, "%s--%s", at ? ", " : "", p->name);
+        return cli_usage_error(what, "unknown option '--%.*s'%s%s%s", (int)n, name, at ? " (options are spelled whole: "
+                               : "", alt, at ? ")" : "");
+    }
+    return EPM_EXIT_OK;
+}
+
 int cli_option_error(const char *what, char **argv)
 {
     /* getopt_long has stepped past the offending word: a known option at the
@@ -50,6 +82,9 @@ int cli_option_error(const char *what, char **argv)
     const char *a = optind > 0 ? argv[optind - 1] : NULL;
     if (!a)
         return cli_usage_error(what, "bad option");
+    /* (an option of the table this command shares but does not take, its value stepped past too) */
+    if (a[0] != '-' && optind > 1 && !strncmp(argv[optind - 2], "--", 2))
+        return cli_usage_error(what, "option '%s' is not one of this command's", argv[optind - 2]);
     if (optopt >= 256 || (optopt > 0 && a[0] == '-' && a[1] == '-'))
         return cli_usage_error(what, "option '%s' needs a value", a);
     if (optopt > 0)

@@ -27,6 +27,15 @@ void cli_progress(void *user, const char *message);
 /* For getopt_long's '?' (opterr is 0: getopt prints nothing itself): says
  * which option was unknown or lacks its value; returns EPM_EXIT_USAGE. */
 int cli_option_error(const char *what, char **argv);
+/* Before getopt_long: every "--name" in argv[1..] must be an option of opts
+ * spelled out whole. getopt_long takes an unambiguous prefix for the option
+ * it begins (run --trace as --trace-out, which would overwrite the trace);
+ * here it is refused, naming the options it begins. Scanning stops at "--",
+ * and with stop_at_word at the first word that is not an option (the
+ * command of epmoe launch). opts is a struct option array. EPM_EXIT_OK, or
+ * EPM_EXIT_USAGE after the message. */
+struct option;
+int cli_exact_options(const char *what, int argc, char **argv, const struct option *opts, int stop_at_word);
 
 /* Strict number parsing for option values; the error names the option and value. */
 int cli_parse_int(const char *what, const char *opt, const char *val, long lo, long hi, long *out);

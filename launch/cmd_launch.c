@@ -378,6 +378,8 @@ int epm_cli_launch(int argc, char **argv)
     int c, rc = EPM_EXIT_USAGE;
     epm_hostlist *h = NULL;
     words w = {0};
+    if (cli_exact_options(W, argc, argv, opts, 1) != EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     optind = 1;
     while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
         switch (c) {

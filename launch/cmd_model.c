@@ -94,6 +94,8 @@ static int cmd_synth(int argc, char **argv)
     long v;
     double d;
     int c, fp8_block_set = 0;
+    if (cli_exact_options(W, argc, argv, synth_opts, 0) != EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", synth_opts, NULL)) != -1) {
         switch (c) {

@@ -192,6 +192,8 @@ static int cmd_plan(int argc, char **argv)
     epm_plan_opts o;
     epm_plan_opts_init(&o);
     int c;
+    if (cli_exact_options(W, argc, argv, plan_opts, 0) != EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", plan_opts, NULL)) != -1) {
         switch (c) {
@@ -488,6 +490,8 @@ static int cmd_eval(int argc, char **argv)
     int json = 0, per_layer = 0, c, have_hidden = 0, have_dtb = 0, have_kv = 0, have_ffn = 0;
     const char *model_dir = NULL;
     model_shape ms = {0};
+    if (cli_exact_options(W, argc, argv, plan_opts, 0) != EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", plan_opts, NULL)) != -1) {
         switch (c) {

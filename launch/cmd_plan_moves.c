@@ -64,6 +64,8 @@ int epm_cli_plan_moves(int argc, char **argv)
     long xb = -1, hidden = 4096, ffn = 14336;
     int align = 0, per_layer = 0, json = 0, shape_given = 0, held = CLI_HELD_AUTO, held_given = 0, c;
     double rgbps = 0;
+    if (cli_exact_options(W, argc, argv, opts, 0) != EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {

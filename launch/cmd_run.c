@@ -32,7 +32,8 @@ static const char usage[] =
     "                           each over the run's},\n"
     "                           .npy int32/int64 [batch, seq], or safetensors with 'input_ids'\n"
     "  --placement FILE         placement JSON from epmoe plan (default: contiguous)\n"
-    "  --mode home|follow       where tokens live between MoE layers (default home)\n"
+    "  --mode home|follow       where tokens live between MoE layers (default: --placement's mode,\n"
+    "                           else home)\n"
     "  --max-new-tokens N       tokens to generate per sequence at most (default 0, or the input's\n"
     "                           max_new_tokens, which this caps); a sequence ends\n"
     "                           earlier at a stop token (the checkpoint's eos_token_id, --stop-token-ids)\n"
@@ -307,14 +308,16 @@ static epm_status write_logits(const char *path, const epm_run_result *res, int 
 static void print_report(FILE *f, const epm_run_result *res, int json)
 {
     const epm_run_report *r = &res->report;
+    /* (the run's placement carries the mode it ran in) */
+    const char *mode = res->placement ? epm_mode_name(epm_placement_get_info(res->placement)->mode) : "?";
     double tps = r->t_prefill > 0 ? (double)r->prefill_tokens / r->t_prefill : 0;
     double dps = r->t_decode > 0 ? (double)r->decode_tokens / r->t_decode : 0;
     if (json) {
-        fprintf(f, "\"report\": {\"ranks\": %d, \"nodes\": %d, \"prefill_tokens\": %lld, \"cached_prompt_tokens\": %lld, \"prefill_passes\": %d, \"max_num_seqs\": %d, \"decode_tokens\": %lld, \"decode_steps\": %lld, \"mixed_passes\": %lld, "
+        fprintf(f, "\"report\": {\"mode\": \"%s\", \"ranks\": %d, \"nodes\": %d, \"prefill_tokens\": %lld, \"cached_prompt_tokens\": %lld, \"prefill_passes\": %d, \"max_num_seqs\": %d, \"decode_tokens\": %lld, \"decode_steps\": %lld, \"mixed_passes\": %lld, "
                    "\"prefill_tokens_per_s\": %.3f, \"decode_tokens_per_s\": %.3f, \"seconds\": {\"prefill\": %.6f, "
                    "\"decode\": %.6f, \"attention\": %.6f, \"gate\": %.6f, \"dispatch\": %.6f, \"experts\": %.6f, "
                    "\"combine\": %.6f}, \"expert_dtype\": \"%s\", \"dense_dtype\": \"%s\", \"weight_bytes_max_rank\": %lld, \"kv_cache\": \"%s\", \"kv_dtype\": \"%s\", \"kv_row_floats\": %d, \"kv_cache_bytes_max_rank\": %lld, \"kv_positions_max_rank\": %lld, \"wire_dtype\": \"%s\", \"gather_bytes\": [%lld, %lld, %lld], \"layers\": [",
-                r->ranks, r->nodes, (long long)r->prefill_tokens, (long long)r->cached_prompt_tokens, r->prefill_passes, r->max_num_seqs, (long long)r->decode_tokens, (long long)r->decode_steps, (long long)r->mixed_passes, tps, dps, r->t_prefill,
+                mode, r->ranks, r->nodes, (long long)r->prefill_tokens, (long long)r->cached_prompt_tokens, r->prefill_passes, r->max_num_seqs, (long long)r->decode_tokens, (long long)r->decode_steps, (long long)r->mixed_passes, tps, dps, r->t_prefill,
                 r->t_decode, r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine,
                 epm_dtype_name(r->expert_dtype), epm_dtype_name(r->dense_dtype), (long long)r->weight_bytes_max, r->kv_cache ? r->kv_cache : "?", epm_dtype_name(r->kv_dtype), r->kv_row_floats, (long long)r->kv_cache_bytes_max, (long long)r->kv_positions_max, epm_dtype_name(r->wire_dtype), (long long)r->gather_bytes[0], (long long)r->gather_bytes[1],
                 (long long)r->gather_bytes[2]);
@@ -373,9 +376,9 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
         snprintf(passes + strlen(passes), sizeof passes - strlen(passes),
                  ", %lld more from cached prefixes (hit rate %.1f%%)", (long long)r->cached_prompt_tokens,
                  100.0 * (double)r->cached_prompt_tokens / (double)(r->cached_prompt_tokens + r->prefill_tokens));
-    fprintf(f, "ranks %d (%d nodes)  prefill %lld tokens%s in %.3f s (%.1f tok/s)  decode %lld tokens in %.3f s "
-               "(%.1f tok/s, at most %d sequences at once)\n",
-            r->ranks, r->nodes, (long long)r->prefill_tokens, passes, r->t_prefill, tps, (long long)r->decode_tokens,
+    fprintf(f, "%s mode, ranks %d (%d nodes)  prefill %lld tokens%s in %.3f s (%.1f tok/s)  decode %lld tokens in "
+               "%.3f s (%.1f tok/s, at most %d sequences at once)\n",
+            mode, r->ranks, r->nodes, (long long)r->prefill_tokens, passes, r->t_prefill, tps, (long long)r->decode_tokens,
             r->t_decode, dps, r->max_num_seqs);
     fprintf(f, "time (slowest rank): attention %.3f  gate %.3f  dispatch %.3f  experts %.3f  combine %.3f s\n",
             r->t_attention, r->t_gate, r->t_dispatch, r->t_experts, r->t_combine);
@@ -649,7 +652,10 @@ int epm_cli_run(int argc, char **argv)
     int scale_given = 0, wait_given = 0, from_given = 0;
     const char *shape_of_arrivals = NULL; /* --burstiness or --arrival-seed, given */
     long budget = 0;                      /* --max-num-batched-tokens */
+    int mode_given = 0;
     long v;
+    if (cli_exact_options(W, argc, argv, opts, 0) != EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -658,6 +664,7 @@ int epm_cli_run(int argc, char **argv)
         case O_PLACE: place = optarg; break;
         case O_MODE:
             if (epm_mode_parse(optarg, &o.mode) != EPM_OK) return cli_usage_error(W, "%s", epm_last_error());
+            mode_given = 1;
             break;
         case O_MAXNEW:
             if (!cli_parse_int(W, "--max-new-tokens", optarg, 0, 1 << 20, &v)) return EPM_EXIT_USAGE;
@@ -1021,6 +1028,13 @@ int epm_cli_run(int argc, char **argv)
     if (st == EPM_OK) {
         o.placement = p;
         o.route_from = t;
+        /* a placement planned for a mode runs in it unless --mode says otherwise, which is said */
+        const epm_mode planned = p ? epm_placement_get_info(p)->mode : o.mode;
+        if (p && !mode_given)
+            o.mode = planned;
+        else if (p && planned != o.mode && rank == 0)
+            fprintf(stderr, "epmoe %s: note: %s was planned for %s mode; running in %s mode (--mode)\n", W, place,
+                    epm_mode_name(planned), epm_mode_name(o.mode));
         test_hook_fail_alloc(rank);
         st = epm_run(&o, rb.batch, rb.lens, rb.ids, &res);
     }

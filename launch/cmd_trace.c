@@ -411,10 +411,13 @@ static void split_usage(FILE *f)
     fprintf(f, "usage: epmoe trace split IN --first OUT1 --second OUT2 [--fraction F] [--experts N]\n\n"
                "Splits the tokens of IN into two held-out halves: plan on the first, evaluate on\n"
                "the second. The cut is at F of the tokens (default 0.5), moved forward to the next\n"
-               "sequence boundary when IN has seq_ids, so no sequence is split.\n");
+               "sequence boundary when IN has seq_ids (back to the last one where none follows), so\n"
+               "no sequence is split.\n");
 }
 
-/* The first token at or after `cut` that starts a new sequence, or cut itself. */
+/* The first token at or after `cut` that starts a new sequence, else the
+ * last before it (a cut past the last boundary), or cut itself without
+ * seq_ids; -1 when IN is one sequence (no cut leaves it whole). */
 static int64_t align_to_sequence(const epm_trace *t, int64_t cut)
 {
     const int32_t *seq = epm_trace_seq_ids(t);
@@ -424,7 +427,10 @@ static int64_t align_to_sequence(const epm_trace *t, int64_t cut)
     for (int64_t i = cut; i < n; i++)
         if (seq[i] != seq[i - 1])
             return i;
-    return cut; /* one sequence runs to the end: cut inside it rather than leave a half empty */
+    for (int64_t i = cut < n ? cut : n - 1; i > 0; i--)
+        if (seq[i] != seq[i - 1])
+            return i;
+    return -1;
 }
 
 static int cmd_split(int argc, char **argv)
@@ -447,6 +453,11 @@ static int cmd_split(int argc, char **argv)
         return cli_fail(what, st);
     int64_t n = epm_trace_tokens(t);
     int64_t cut = align_to_sequence(t, (int64_t)((double)n * fraction + 0.5));
+    if (cut < 0) {
+        epm_trace_destroy(t);
+        return cli_fail(what, epm_fail(EPM_ERR_INVALID_ARG, "%s: its %lld tokens are one sequence (seq_ids): no cut "
+                                       "leaves it whole", in, (long long)n));
+    }
     if (cut <= 0 || cut >= n) {
         epm_trace_destroy(t);
         return cli_usage_error(what, "%s has %lld tokens: --fraction %g leaves a half empty", in, (long long)n,

@@ -12,17 +12,20 @@ echo "== synthesising a routing trace (16 layers, 16 experts, top-2, 8192 tokens
 "$epmoe" trace split "$out/trace.safetensors" --first "$out/plan_half.safetensors" \
   --second "$out/eval_half.safetensors"
 "$epmoe" trace stats "$out/plan_half.safetensors" | tail -n 3
+# Every method with the same memory, 2 experts a rank (no spare slot: the ILP's single-copy
+# setting, MoETuner's), then eplb with a third slot a rank for replicas of the hot experts: what 50%
+# more expert memory buys.
 for mode in home follow; do
   for m in contiguous round-robin greedy eplb ilp; do
-    slots=2
-    [ "$m" = eplb ] || [ "$m" = ilp ] && slots=3
     "$epmoe" plan --trace "$out/plan_half.safetensors" --method "$m" --mode "$mode" --nodes 2 \
-      --gpus-per-node 4 --slots "$slots" --time-limit 20 --out "$out/$mode-$m.json" >&2
+      --gpus-per-node 4 --slots 2 --time-limit 20 --out "$out/$mode-$m.json" >&2
   done
+  "$epmoe" plan --trace "$out/plan_half.safetensors" --method eplb --mode "$mode" --nodes 2 \
+    --gpus-per-node 4 --slots 3 --out "$out/$mode-eplb-3-slots.json" >&2
   echo "== $mode mode, held-out half (ratios against contiguous)" >&2
   "$epmoe" plan eval --trace "$out/eval_half.safetensors" --mode "$mode" \
     "$out/$mode-contiguous.json" "$out/$mode-round-robin.json" "$out/$mode-greedy.json" \
-    "$out/$mode-eplb.json" "$out/$mode-ilp.json"
+    "$out/$mode-eplb.json" "$out/$mode-ilp.json" "$out/$mode-eplb-3-slots.json"
 done
 
 # A multi-rank run of a bundled checkpoint (OLMoE-shaped, from transformers),

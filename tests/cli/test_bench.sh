@@ -127,7 +127,7 @@ def check(kind, args):
         methods = ['contiguous', 'round-robin', 'greedy', 'eplb', 'ilp'] + (['online'] if args[1:] == ['online'] else [])
         rows = load(['shape', 'mode', 'method', 'solve_s', 'objective', 'bound', 'gap', 'quality', 'max_over_mean_load',
                      'mean_max_load', 'bytes_intra', 'bytes_inter', 't_model_s', 't_vs_contiguous', 'inter_vs_contiguous',
-                     'maxload_vs_contiguous'])
+                     'maxload_vs_contiguous', 'nodes_per_token', 'node_dispatches'])
         need([(r['mode'], r['method']) for r in rows] == [(m, k) for m in modes for k in methods],
              'rows %s, expected every method in each mode %s' % ([(r['mode'], r['method']) for r in rows], modes))
         base = {}
@@ -141,6 +141,8 @@ def check(kind, args):
             num(r, 'bytes_intra', 0, True)
             # Mixtral's shape is 8 ranks in 1 node: nothing crosses nodes
             need(num(r, 'bytes_inter', 0) == 0, '%s: inter-node bytes in a 1-node cluster' % r['method'])
+            need(num(r, 'nodes_per_token', 0) == 1 and num(r, 'node_dispatches', 0) == 0,
+                 '%s: tokens reach other nodes in a 1-node cluster' % r['method'])
             num(r, 't_model_s', 0, True)
             for k in ('t_vs_contiguous', 'inter_vs_contiguous', 'maxload_vs_contiguous'):
                 num(r, k, 0, True)
@@ -172,18 +174,19 @@ def check(kind, args):
         lines = text.splitlines()
         hdr = [l.split() for l in lines if l.startswith('method ')]
         need(hdr == [['method', 'solve_s', 'objective', 'bound', 'gap', 'quality', 'max/mean', 'maxload', 'intra_GB',
-                      'inter_GB', 't_model_ms', 't/contig', 'inter/c']], 'table header %s' % hdr)
+                      'inter_GB', 't_model_ms', 't/contig', 'inter/c', 'nodes/tok']], 'table header %s' % hdr)
         methods = ['contiguous', 'round-robin', 'greedy', 'eplb', 'ilp']
         body = [l.split() for l in lines if l.split() and l.split()[0] in methods]
         need([b[0] for b in body] == methods, 'method rows %s' % body)
         for b in body:
-            need(len(b) == 13, 'row %s: %d fields' % (b, len(b)))
-            if len(b) == 13:
+            need(len(b) == 14, 'row %s: %d fields' % (b, len(b)))
+            if len(b) == 14:
                 # a heuristic's bound and gap are "-"
                 need((b[3], b[4]) == ('-', '-') if b[0] != 'ilp' else '-' not in b, 'row %s: bound, gap' % b)
                 v = [float(x) if x != '-' else 0.0 for i, x in enumerate(b) if i not in (0, 5)]
                 need(all(math.isfinite(x) for x in v), 'row %s' % b)
                 need(float(b[10]) > 0 and float(b[11]) > 0, 'row %s: modelled time' % b)
+                need(float(b[13]) == 1, 'row %s: one node, yet tokens reach %s' % (b, b[13]))
 
     elif kind == 'kernels':  # args: backend, tokens list
         backend, tokens = args[0], [int(t) for t in args[1].split(',')]
@@ -435,12 +438,23 @@ ok "bench plan online" "$E" bench plan --shape mixtral --tokens 256 --time-limit
 ok "bench plan online, table" "$E" bench plan --shape mixtral --mode home --tokens 256 --time-limit 5 --eplb-interval 2 \
   --pass-tokens 16 --eplb-min-gain 0.05 --eplb-window 1 --quiet &&
   has "$d/out" "# online: [0-9]* placements taken over the second half's 8 passes"
+# group-limited routing (4 groups, a token's within 1) on the Qwen shape's 2 nodes: eplb keeping the groups
+# whole ('eplb-groups') sends each token to one node, the global eplb to more
+ok "bench plan groups" "$E" bench plan --shape qwen --mode home --tokens 256 --time-limit 1 --groups 4 --topk-groups 1 \
+  --csv &&
+  python3 -c 'import csv,sys; r={x["method"]: x for x in csv.DictReader(open(sys.argv[1]))}
+print({k: r[k]["nodes_per_token"] for k in r})
+sys.exit(0 if float(r["eplb-groups"]["nodes_per_token"]) == 1 and float(r["eplb"]["nodes_per_token"]) > 1 and
+         float(r["eplb-groups"]["node_dispatches"]) < float(r["eplb"]["node_dispatches"]) else 1)' "$d/out" ||
+  fail "bench plan --groups: $(head -c 600 "$d/out")"
+usage plan --topk-groups "" --topk-groups 2
+has "$d/err" "--topk-groups 2 limits the groups of --groups, which is not given"
 usage plan --eplb-window "" --eplb-window 2
 has "$d/err" "--eplb-window is online rebalancing's"
 usage plan --drift 0 --drift 0
 usage plan --pass-tokens "" --pass-tokens 16
 usage plan --eplb-min-gain "" --eplb-min-gain 0.1
-help_ok plan --shape --mode --tokens --time-limit --drift --eplb-interval --eplb-window --eplb-min-gain --eplb-lag --pass-tokens --csv
+help_ok plan --shape --mode --tokens --time-limit --drift --eplb-interval --eplb-window --eplb-min-gain --eplb-lag --groups --topk-groups --pass-tokens --csv
 usage plan --tokens x --tokens x
 usage plan --affinity 1.5 --affinity 1.5
 usage plan --bogus "" --bogus 1
@@ -522,13 +536,20 @@ usage attention --bogus "" --bogus
 
 # ---- bench sampling: every configuration per vocabulary, greedy the baseline, top-p beside a full sort ----
 ok "bench sampling csv" "$E" bench sampling --vocabs 17,3000 --reps 20 --csv &&
-  { awk -F, 'function abs(x) {return x < 0 ? -x : x}
-             NR == 1 && $1 == "vocab" && $4 == "vs_greedy" && $6 == "vs_sort" && NF == 6 {h = 1}
-             NR > 1 && $2 == "greedy" && $4 == 1 {g++}
-             NR > 1 && ($1 == 17 || $1 == 3000) && $3 > 0 && $4 > 0 {r++}
-             NR > 1 && $2 == "top_p=0.9" && $5 > 0 && abs($6 - $5 / $3) <= 1e-2 * $6 {p++}
-             END {exit !(h && g == 2 && p == 2 && r == 12 && NR == 13)}' "$d/out" || { fail "bench sampling: rows"; show; }; }
+  { python3 - "$d/out" <<'EOF' || { fail "bench sampling: rows"; show; }; }
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1], newline='')))  # (a configuration's name holds commas, quoted)
+h, body = rows[0], rows[1:]
+ok = h[0] == 'vocab' and h[3] == 'vs_greedy' and h[5] == 'vs_sort' and len(h) == 6 and len(body) == 12
+ok = ok and all(len(r) == 6 and r[0] in ('17', '3000') and float(r[2]) > 0 and float(r[3]) > 0 for r in body)
+ok = ok and sum(r[1] == 'greedy' and float(r[3]) == 1 for r in body) == 2
+ok = ok and sum(r[1] == 'top_p=0.9' and float(r[4]) > 0 and abs(float(r[5]) - float(r[4]) / float(r[2])) <= 1e-2 * float(r[5])
+                for r in body) == 2
+ok = ok and any(',' in r[1] for r in body)
+sys.exit(0 if ok else 1)
+EOF
 help_ok sampling --vocabs --reps --csv
+usage run strayword "" --model "$F/mixtral-tiny" strayword
 usage sampling --vocabs 1 --vocabs 1
 usage sampling --vocabs x --vocabs 40,x
 usage sampling --reps 0 --reps 0

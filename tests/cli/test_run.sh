@@ -629,6 +629,21 @@ if full; then # a model with expert groups (deepseekv3-tiny: 4 groups of 2 exper
   check "--expert-groups without an interval" 2 "$E" run --model "$ds" --input "$d/in.json" --expert-groups 4
   has "$d/err" "--expert-groups is online rebalancing's"
 fi
+# options are spelled whole: getopt_long would take --trace for --trace-out and overwrite the trace
+echo keep >"$d/keep.st"
+check "an option's prefix" 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 2 --trace "$d/keep.st"
+has "$d/err" "unknown option '--trace' (options are spelled whole: --trace-out)"
+[ "$(cat "$d/keep.st")" = keep ] || fail "run --trace wrote over the file it names"
+check "plan, a prefix" 2 "$E" plan --trace "$d/keep.st" --k 2
+has "$d/err" "unknown option '--k' (options are spelled whole: --kv-dim)"
+check "plan eval, plan's option" 2 "$E" plan eval --trace "$d/keep.st" "$d/c3.json" --out "$d/x.json"
+has "$d/err" "option '--out' is not one of this command's"
+check "bench run, a prefix" 2 "$E" bench run --model "$m" --kv-dtype fp8
+has "$d/err" "unknown option '--kv-dtype' (options are spelled whole: --kv-dtypes)"
+check "launch, a prefix" 2 "$E" launch --report -- true
+has "$d/err" "unknown option '--report' (options are spelled whole: --report-bindings)"
+check "a value that reads like an option" 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens --trace
+has "$d/err" "option --max-new-tokens: '--trace' is not an integer"
 check "--eplb-lag without an interval" 2 "$E" run --model "$m" --input "$d/in.json" --eplb-lag 1
 has "$d/err" "--eplb-lag is online rebalancing's"
 check "--eplb-lag at the interval" 2 "$E" run --model "$m" --input "$d/in.json" --eplb-interval 2 --eplb-lag 2

@@ -73,6 +73,15 @@ expect 2 "$EPMOE" trace convert "$fx"
 expect 2 "$EPMOE" trace split "$fx" --first "$d/a.safetensors"
 [ -e "$d/x.safetensors" ] && { echo "FAIL: a usage error wrote a file"; fails=$((fails + 1)); }
 
+# ---- a cut past the last sequence boundary moves back to it; one sequence is refused ----
+expect 0 "$EPMOE" trace synth --out "$d/seq.st" --layers 2 --experts 8 --k 2 --tokens 1000 --seq-len 100
+expect 0 "$EPMOE" trace split "$d/seq.st" --first "$d/s1.st" --second "$d/s2.st" --fraction 0.99
+contains "$d/err" "1000 tokens -> $d/s1.st (900) + $d/s2.st (100)"
+expect 0 "$EPMOE" trace synth --out "$d/one.st" --layers 2 --experts 8 --k 2 --tokens 100 --seq-len 100
+expect 1 "$EPMOE" trace split "$d/one.st" --first "$d/o1.st" --second "$d/o2.st"
+contains "$d/err" "its 100 tokens are one sequence (seq_ids): no cut leaves it whole"
+[ -e "$d/o1.st" ] && { echo "FAIL: a refused split wrote a file"; fails=$((fails + 1)); }
+
 # ---- failures ----
 expect 1 "$EPMOE" trace synth --out "$d/x.safetensors" --layers 2 --experts 8 --k 2 --tokens 10 --groups 3
 contains "$d/err" "option 'groups' = 3 must divide experts = 8"
