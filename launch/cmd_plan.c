@@ -234,6 +234,9 @@ static int cmd_plan(int argc, char **argv)
         return cli_usage_error(W, "--trace is required");
     if (cluster_path && have_nodes)
         return cli_usage_error(W, "--cluster and --nodes/--gpus-per-node exclude each other");
+    if (cluster_path && (intra > 0 || inter > 0)) /* (the file's bandwidths are the cluster's) */
+        return cli_usage_error(W, "--cluster and --%s-gbps exclude each other: the file gives the bandwidths",
+                               intra > 0 ? "intra" : "inter");
     const char *inputs[2] = {trace_path, cluster_path}, *outputs[2] = {out, eplb_out};
     for (int i = 0; i < 2; i++)
         for (int j = 0; j < 2; j++)
@@ -287,6 +290,8 @@ static int cmd_plan(int argc, char **argv)
         return cli_fail(W, st);
     }
     const epm_placement_info *in = epm_placement_get_info(p);
+    if (!out && !quiet) /* (a long solve's result is otherwise only its summary) */
+        fprintf(stderr, "epmoe plan: note: the placement is not written anywhere (--out FILE)\n");
     if (json) {
         printf("{\"method\": \"%s\", \"mode\": \"%s\", \"quality\": \"%s\", \"objective\": %.6f, ", in->method,
                epm_mode_name(in->mode), epm_plan_quality_name(in->quality), in->objective);

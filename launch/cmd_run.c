@@ -885,6 +885,9 @@ int epm_cli_run(int argc, char **argv)
                        : o.eplb_min_gain > 0 ? "--eplb-min-gain" : from_given ? "--eplb-from"
                        : o.eplb_groups ? "--expert-groups" : NULL) != EPM_EXIT_OK)
         return EPM_EXIT_USAGE;
+    if ((o.mod_capacity > 0 || o.mod_layers) && o.mod == EPM_MOD_OFF) /* (--mod off: what they shape does not run) */
+        return cli_usage_error(W, "%s shapes Mixture-of-Depths, and --mod is off or not given",
+                               o.mod_layers ? "--mod-layers" : "--mod-capacity");
     if (wait_given && !o.prefix_caching)
         return cli_usage_error(W, "--prefix-caching-wait is prefix caching's: --enable-prefix-caching is not given");
     if (arrivals_from && !epm_serving_trace_is(arrivals_from))

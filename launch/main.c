@@ -19,12 +19,12 @@ typedef struct {
 } command;
 
 static const command commands[] = {
-    {"trace", epm_cli_trace, "routing traces: stats, synth, convert"},
+    {"trace", epm_cli_trace, "routing traces: stats, synth, split, convert"},
     {"plan", epm_cli_plan, "place experts on ranks; plan eval compares placements on a trace; plan moves prices a change"},
     {"run", epm_cli_run, "distributed MoE inference of a Hugging Face checkpoint (under mpirun)"},
     {"launch", epm_cli_launch, "build and run the mpirun line for a hostfile, a model and a placement"},
     {"model", epm_cli_model, "model checkpoints: synth (random weights in the Hub layout), info"},
-    {"bench", epm_cli_bench, "benchmarks: plan, a2a, kernels, run (figure beside its baseline)"},
+    {"bench", epm_cli_bench, "benchmarks: plan, a2a, kernels, attention, sampling, run (figure beside its baseline)"},
     {"version", NULL, "print the version and the optional parts built in"},
 };
 

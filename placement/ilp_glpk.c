@@ -383,8 +383,8 @@ static void run_glpk(void *arg)
     snprintf(res->note, sizeof res->note, "%s after %.2f s",
              rc == 0                ? (ms == GLP_OPT ? "search completed" : "search ended")
              : rc == GLP_EMIPGAP    ? "mip gap reached"
-             : rc == GLP_ETMLIM     ? "time limit reached"
-             : rc == GLP_ESTOP      ? "time limit reached"
+             : rc == GLP_ETMLIM     ? "GLPK's share of the time limit reached"
+             : rc == GLP_ESTOP      ? "GLPK's share of the time limit reached"
                                     : "GLPK stopped",
              epm_now() - g->t0);
 }

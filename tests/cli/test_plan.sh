@@ -51,6 +51,8 @@ has "$d/err" "broken.json"
 echo '{"nodes": 2, "gpus_per_node": 0}' >"$d/cl.json"
 check "bad cluster" 1 "$E" plan --trace "$d/a.st" --cluster "$d/cl.json"
 has "$d/err" "gpus_per_node"
+check "cluster and a bandwidth" 2 "$E" plan --trace "$d/a.st" --cluster "$d/cl.json" --inter-gbps 10
+has "$d/err" "--cluster and --inter-gbps exclude each other"
 
 # every getopt-parsed subcommand: a valued option at the end of the line, an
 # unknown option: exit 2, one message naming the option (getopt prints nothing

@@ -642,6 +642,8 @@ check "bench run, a prefix" 2 "$E" bench run --model "$m" --kv-dtype fp8
 has "$d/err" "unknown option '--kv-dtype' (options are spelled whole: --kv-dtypes)"
 check "launch, a prefix" 2 "$E" launch --report -- true
 has "$d/err" "unknown option '--report' (options are spelled whole: --report-bindings)"
+check "--mod-capacity without --mod" 2 "$E" run --model "$m" --input "$d/in.json" --mod-capacity 0.5
+has "$d/err" "--mod-capacity shapes Mixture-of-Depths, and --mod is off or not given"
 check "a value that reads like an option" 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens --trace
 has "$d/err" "option --max-new-tokens: '--trace' is not an integer"
 check "--eplb-lag without an interval" 2 "$E" run --model "$m" --input "$d/in.json" --eplb-lag 1
