@@ -940,14 +940,14 @@ int epm_cli_run(int argc, char **argv)
     /* ids are checked against config.json's vocabulary here, where an error
      * can name the file (a checkpoint without one fails in the run, by name);
      * nothing to decode (logits, a trace): the generation config is not read */
-    int vocab = 0;
+    int vocab = 0, max_pos = 0;
     {
         char cpath[PATH_MAX];
         epm_model_config cfg;
         memset(&cfg, 0, sizeof cfg);
         if (snprintf(cpath, sizeof cpath, "%s/config.json", o.model_dir) < (int)sizeof cpath &&
             epm_model_config_load(cpath, &cfg) == EPM_OK)
-            vocab = cfg.vocab_size;
+            vocab = cfg.vocab_size, max_pos = cfg.max_position_embeddings;
         epm_model_config_clear(&cfg);
     }
     epm_status st = epm_tokens_load(input, vocab, &pr);
@@ -987,6 +987,13 @@ int epm_cli_run(int argc, char **argv)
                           "generate", input, rb.req_of[s], rb.own[s].min_tokens, most);
     }
     o.seq_sampling = rb.own;
+    /* (vLLM refuses a request past max_model_len; RoPE there extrapolates, which a user should know) */
+    int64_t longest = 0;
+    for (int s = 0; st == EPM_OK && max_pos > 0 && s < rb.batch; s++) {
+        const int64_t n = rb.lens[s] + (rb.max_new && rb.max_new[s] < o.max_new_tokens ? rb.max_new[s] : o.max_new_tokens);
+        longest = n > longest ? n : longest;
+    }
+
     /* online serving: each request's arrival, drawn at --request-rate or a serving trace's r-th time
      * (its lengths unused) times --time-scale; a request's samples arrive together */
     double *arrival = NULL;
@@ -1031,6 +1038,10 @@ int epm_cli_run(int argc, char **argv)
     if (st == EPM_OK) {
         o.placement = p;
         o.route_from = t;
+        if (rank == 0 && longest > max_pos)
+            fprintf(stderr, "epmoe %s: note: a sequence may reach %lld positions, beyond the model's "
+                    "max_position_embeddings %d (vLLM refuses such a request; positions past it extrapolate)\n", W,
+                    (long long)longest, max_pos);
         /* a placement planned for a mode runs in it unless --mode says otherwise, which is said */
         const epm_mode planned = p ? epm_placement_get_info(p)->mode : o.mode;
         if (p && !mode_given)
@@ -1109,6 +1120,9 @@ int epm_cli_run(int argc, char **argv)
                     printf(" %d", res->generated[(size_t)s * o.max_new_tokens + j]);
                 printf("%s\n", res->stopped[s] ? "  (stop)" : "");
             }
+            if (o.max_new_tokens == 0 && !lout && !tout && !report) /* (a run that prints nothing says why) */
+                fprintf(stderr, "epmoe %s: note: --max-new-tokens is 0 (the default): the prompts ran and nothing "
+                        "was generated\n", W);
             if (report)
                 print_report(stderr, res, 0);
         }

@@ -642,6 +642,12 @@ check "bench run, a prefix" 2 "$E" bench run --model "$m" --kv-dtype fp8
 has "$d/err" "unknown option '--kv-dtype' (options are spelled whole: --kv-dtypes)"
 check "launch, a prefix" 2 "$E" launch --report -- true
 has "$d/err" "unknown option '--report' (options are spelled whole: --report-bindings)"
+# a run past the model's positions (mixtral-tiny's 128) is said, as vLLM refuses it; one that prints
+# nothing says why
+check "past max_position_embeddings" 0 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 130
+has "$d/err" "note: a sequence may reach 135 positions, beyond the model's max_position_embeddings 128"
+check "nothing to print" 0 "$E" run --model "$m" --input "$d/in.json"
+has "$d/err" "note: --max-new-tokens is 0 (the default): the prompts ran and nothing was generated"
 check "--mod-capacity without --mod" 2 "$E" run --model "$m" --input "$d/in.json" --mod-capacity 0.5
 has "$d/err" "--mod-capacity shapes Mixture-of-Depths, and --mod is off or not given"
 check "a value that reads like an option" 2 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens --trace
