@@ -238,7 +238,7 @@ epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan
     double cur = epm_ilp_total(&x, rank_of);
     double bound;
     EPM_CHECK_GOTO(epm_ilp_bound(&x, spares, &bound), st, out);
-    int mip_found = 0, mip_optimal = 0, searched = 0, decomposed = 0;
+    int mip_found = 0, mip_optimal = 0, searched = 0, decomposed = 0, filled_won = 0;
     char why[200] = "";
 
     if (epm_ilp_decompose_applies(&x) && o->time_limit_s > 0) {
@@ -335,8 +335,25 @@ epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan
     EPM_CHECK_GOTO(epm_ilp_to_placement(&x, rank_of, epm_trace_k(t), &res), st, out);
     double obj;
     EPM_CHECK_GOTO(epm_plan_objective(t, res, o, &obj), st, out);
-    if (spares && epm_now() < deadline)
-        EPM_CHECK_GOTO(add_replicas(t, o, &x, deadline, &res, &obj), st, out);
+    if (spares) {
+        /* two ways to fill the spare slots: replicas by load per replica as eplb counts them (the
+         * single copies where the ILP put them), and the greedy replicas that lower the objective;
+         * the better is kept */
+        epm_placement *filled = NULL;
+        double fobj = INFINITY;
+        EPM_CHECK_GOTO(epm_plan_fill_replicas(res, x.load, x.S, &filled), st, out);
+        st = epm_plan_objective(t, filled, o, &fobj);
+        if (st == EPM_OK && epm_now() < deadline)
+            st = add_replicas(t, o, &x, deadline, &res, &obj);
+        if (st == EPM_OK && fobj < obj) {
+            epm_placement_destroy(res);
+            res = filled, obj = fobj, filled = NULL;
+            filled_won = 1;
+        }
+        epm_placement_destroy(filled);
+        if (st != EPM_OK)
+            goto out;
+    }
 
     epm_plan_quality q;
     char note[256];
@@ -354,9 +371,10 @@ epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan
                  epm_placement_get_info(res)->method);
     } else {
         q = mip_optimal && !spares ? EPM_QUALITY_OPTIMAL : EPM_QUALITY_FEASIBLE;
-        snprintf(note, sizeof note, "%.120s%s%s", why, /* room for both suffixes */
+        snprintf(note, sizeof note, "%.110s%s%s", why, /* room for both suffixes */
                  searched ? "; local search (sample-average busiest-rank time, objective kept) improved it" : "",
-                 spares ? "; replicas added greedily; bound covers all placements" : "");
+                 !spares ? "" : filled_won ? "; replicas by load per replica; bound covers all placements"
+                                           : "; replicas added greedily; bound covers all placements");
     }
     if (q == EPM_QUALITY_OPTIMAL && obj - bound > o->mip_gap * fabs(obj) + 1e-9 * fabs(obj))
         q = EPM_QUALITY_FEASIBLE;

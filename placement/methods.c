@@ -206,6 +206,53 @@ static epm_status place_eplb(epm_placement *p, int l, const int64_t *load, int s
     return EPM_OK;
 }
 
+epm_status epm_plan_fill_replicas(const epm_placement *base, const int64_t *load, int slots, epm_placement **out)
+{
+    *out = NULL;
+    const int L = base->layers, E = base->experts, R = base->ranks;
+    epm_placement *p = NULL;
+    item *items = epm_malloc(((size_t)R * (size_t)slots + 1) * sizeof *items);
+    int *all = epm_malloc((size_t)E * sizeof *all), *reps = epm_malloc((size_t)E * sizeof *reps);
+    double *rload = epm_malloc((size_t)R * sizeof *rload);
+    epm_status st = items && all && reps && rload ? epm_placement_clone(base, &p) : EPM_ERR_NOMEM;
+    for (int e = 0; e < E && st == EPM_OK; e++)
+        all[e] = e;
+    for (int l = 0; l < L && st == EPM_OK; l++) {
+        const int64_t *ll = load + (size_t)l * (size_t)E;
+        replicate(ll, all, E, R * slots, R, reps);
+        memset(rload, 0, (size_t)R * sizeof *rload);
+        int n = 0;
+        for (int e = 0; e < E; e++) {
+            const int *had;
+            const int nh = epm_placement_replicas(p, l, e, &had);
+            reps[e] = reps[e] > nh ? reps[e] : nh;
+            const double w = (double)ll[e] / reps[e];
+            for (int i = 0; i < nh; i++)
+                rload[had[i]] += w;
+            for (int j = nh; j < reps[e]; j++)
+                items[n++] = (item){e, w};
+        }
+        qsort(items, (size_t)n, sizeof *items, item_cmp);
+        for (int i = 0; i < n && st == EPM_OK; i++) {
+            const int r = least_loaded(p, l, rload, 0, R, slots, items[i].expert);
+            if (r < 0)
+                continue; /* (every rank with room holds it: one replica fewer) */
+            rload[r] += items[i].weight;
+            st = epm_placement_add(p, l, items[i].expert, r);
+        }
+    }
+    epm_free(items);
+    epm_free(all);
+    epm_free(reps);
+    epm_free(rload);
+    if (st != EPM_OK) {
+        epm_placement_destroy(p);
+        return st;
+    }
+    *out = p;
+    return EPM_OK;
+}
+
 /* Whether eplb keeps expert groups whole on nodes: DeepSeek EPLB's
  * hierarchical policy, where group-limited routing (n_group, topk_group)
  * then bounds the nodes a token reaches; it needs the groups to divide over

@@ -20,6 +20,13 @@ epm_status epm_plan_slots(const epm_trace *t, const epm_cluster *c, const epm_pl
 epm_status epm_plan_heuristic(epm_method m, const epm_trace *t, const epm_cluster *c, const epm_plan_opts *o,
                               epm_placement **out);
 
+/* A copy of base whose spare slots (up to `slots` a rank) hold replicas as
+ * eplb adds them: each layer's replica counts by load per replica (load
+ * [L * E]), base's copies where they are, the added ones heaviest per
+ * replica first onto the least-loaded rank with room that lacks the expert.
+ * The ILP's alternative to its greedy replicas. */
+epm_status epm_plan_fill_replicas(const epm_placement *base, const int64_t *load, int slots, epm_placement **out);
+
 /* The planner's objective, in units of "one intra-node hidden-vector transfer":
  *   sum over layers l of
  *       balance_weight * max_r load_l(r)

@@ -383,6 +383,50 @@ static void test_eplb_hierarchical(void **state)
     epm_trace_destroy(t);
 }
 
+/* epm_plan_fill_replicas (the ILP's replicas by load per replica): the
+ * base's copies stay, every spare slot is filled, no rank holds an expert
+ * twice, the hottest expert of each layer gets the most replicas, and the
+ * balance improves on the base's. */
+static void test_fill_replicas(void **state)
+{
+    (void)state;
+    const int L = 3, E = 16;
+    epm_trace *t = skewed(L, E, 2, 4000, 9);
+    epm_cluster c;
+    epm_cluster_init(&c, 2, 4);
+    epm_plan_opts o;
+    epm_plan_opts_init(&o);
+    o.method = EPM_METHOD_CONTIGUOUS;
+    epm_placement *base, *filled;
+    assert_int_equal(epm_plan(t, &c, &o, &base), EPM_OK);
+    int64_t load[3 * 16] = {0};
+    for (int l = 0; l < L; l++)
+        for (int64_t i = 0; i < epm_trace_tokens(t) * 2; i++)
+            load[l * E + epm_trace_ids(t, l)[i]]++;
+    assert_int_equal(epm_plan_fill_replicas(base, load, 3, &filled), EPM_OK);
+    check_invariants(filled, 3, 24);
+    for (int l = 0; l < L; l++) {
+        int hot = 0, most = 0;
+        for (int e = 0; e < E; e++) {
+            hot = load[l * E + e] > load[l * E + hot] ? e : hot;
+            const int *reps;
+            const int n = epm_placement_replicas(filled, l, e, &reps);
+            most = n > most ? n : most;
+            for (int q = 0; q < 8; q++) /* (base's copy where it was) */
+                assert_true(!epm_placement_has(base, l, e, q) || epm_placement_has(filled, l, e, q));
+        }
+        for (int q = 0; q < 8; q++)
+            assert_int_equal(epm_placement_rank_count(filled, l, q), 3);
+        const int *reps;
+        assert_int_equal(epm_placement_replicas(filled, l, hot, &reps), most);
+        assert_true(most > 1);
+    }
+    assert_true(mean_imbalance(t, filled) < mean_imbalance(t, base));
+    epm_placement_destroy(base);
+    epm_placement_destroy(filled);
+    epm_trace_destroy(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -390,6 +434,7 @@ int main(void)
         cmocka_unit_test(test_heuristics_balance),    cmocka_unit_test(test_heuristics_bad_slots),
         cmocka_unit_test(test_objective_matches_eval), cmocka_unit_test(test_heuristics_sweep),
         cmocka_unit_test(test_plan_from_loads),      cmocka_unit_test(test_eplb_hierarchical),
+        cmocka_unit_test(test_fill_replicas),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
