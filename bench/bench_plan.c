@@ -262,6 +262,16 @@ int epm_bench_plan(int argc, char **argv)
         return EPM_EXIT_USAGE;
     if (topk_groups && !groups)
         return cli_usage_error(what, "--topk-groups %ld limits the groups of --groups, which is not given", topk_groups);
+    for (int s = 0; s < 3 && groups; s++) { /* (each shape asked for takes the groups, as trace synth checks) */
+        const bench_shape *sh = &shapes[s];
+        const long limit = topk_groups ? topk_groups : groups;
+        if ((strcmp(shape_name, "all") && strcmp(shape_name, sh->name)) ||
+            (sh->experts % groups == 0 && limit <= groups && limit * (sh->experts / groups) >= sh->k))
+            continue;
+        return cli_usage_error(what, "--groups %ld --topk-groups %ld: the %s shape cannot hold them (%d experts in "
+                               "%ld groups, a token's %d within %ld)", groups, topk_groups, sh->name, sh->experts,
+                               groups, sh->k, limit);
+    }
     int want_shape[3] = {0, 0, 0};
     int any = 0;
     for (int s = 0; s < 3; s++)
@@ -357,6 +367,7 @@ int epm_bench_plan(int argc, char **argv)
                 oe.eplb_window = m == online ? (int)eplb_w : 0;
                 oe.eplb_min_gain = m == online ? eplb_g : 0;
                 oe.eplb_lag = m == online ? (int)lag : 0;
+                oe.eplb_groups = m == online ? (int)groups : 0; /* (a run's rebalancing keeps the model's groups) */
                 st = run_one(first, second, &c, &po, &oe, m == online, &rows[m]);
                 if (st != EPM_OK) {
                     epm_trace_destroy(first);

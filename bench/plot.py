@@ -73,7 +73,7 @@ def note(msg):
 # 's' text, 'n' a number, 'n?' a number or empty (left empty by the bench
 # where it has no value: a heuristic's bound and gap; a ratio at one rank)
 KINDS = {
-    'plan': [('shape', 's'), ('mode', 's'), ('method', 's'), ('solve_s', 'n'), ('objective', 'n'), ('bound', 'n?'),
+    'plan': [('shape', 's'), ('mode', 's'), ('method', 's'), ('solve_s', 'n'), ('objective', 'n?'), ('bound', 'n?'),
              ('gap', 'n?'), ('quality', 's'), ('max_over_mean_load', 'n'), ('mean_max_load', 'n'),
              ('bytes_intra', 'n'), ('bytes_inter', 'n'), ('t_model_s', 'n'), ('t_vs_contiguous', 'n'),
              ('inter_vs_contiguous', 'n'), ('maxload_vs_contiguous', 'n')],

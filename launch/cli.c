@@ -82,14 +82,21 @@ int cli_option_error(const char *what, char **argv)
     const char *a = optind > 0 ? argv[optind - 1] : NULL;
     if (!a)
         return cli_usage_error(what, "bad option");
-    /* (an option of the table this command shares but does not take, its value stepped past too) */
-    if (a[0] != '-' && optind > 1 && !strncmp(argv[optind - 2], "--", 2))
-        return cli_usage_error(what, "option '%s' is not one of this command's", argv[optind - 2]);
+    if ((optopt >= 256 || (optopt > 0 && a[0] == '-' && a[1] == '-')) && strchr(a, '='))
+        return cli_usage_error(what, "option '%.*s' takes no value", (int)strcspn(a, "="), a);
     if (optopt >= 256 || (optopt > 0 && a[0] == '-' && a[1] == '-'))
         return cli_usage_error(what, "option '%s' needs a value", a);
     if (optopt > 0)
         return cli_usage_error(what, "unknown option '-%c'", optopt);
     return cli_usage_error(what, "unknown option '%s'", a);
+}
+
+int cli_option_not_here(const char *what, int code, const struct option *opts)
+{
+    for (const struct option *p = opts; p->name; p++)
+        if (p->val == code)
+            return cli_usage_error(what, "option '--%s' is not one of this command's", p->name);
+    return cli_usage_error(what, "bad option");
 }
 
 void cli_progress(void *user, const char *message)

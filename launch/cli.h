@@ -35,6 +35,9 @@ int cli_option_error(const char *what, char **argv);
  * command of epmoe launch). opts is a struct option array. EPM_EXIT_OK, or
  * EPM_EXIT_USAGE after the message. */
 struct option;
+/* For an option of a table two commands share (plan, plan eval) that this
+ * one does not take: names it; returns EPM_EXIT_USAGE. */
+int cli_option_not_here(const char *what, int code, const struct option *opts);
 int cli_exact_options(const char *what, int argc, char **argv, const struct option *opts, int stop_at_word);
 
 /* Strict number parsing for option values; the error names the option and value. */

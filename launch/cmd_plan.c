@@ -185,7 +185,7 @@ static int cmd_plan(int argc, char **argv)
     const char *W = "plan";
     const char *trace_path = NULL, *out = NULL, *eplb_out = NULL, *cluster_path = NULL;
     long experts = 0, nodes = 1, gpn = 8, v, groups = 0;
-    int json = 0, quiet = 0, have_nodes = 0, have_hidden = 0, have_kv = 0, have_ffn = 0;
+    int json = 0, quiet = 0, have_nodes = 0, have_hidden = 0, have_kv = 0, have_ffn = 0, groups_given = 0;
     const char *model_dir = NULL;
     model_shape ms = {0};
     double intra = -1, inter = -1;
@@ -211,7 +211,7 @@ static int cmd_plan(int argc, char **argv)
         case O_INTRA: if (!cli_parse_double(W, "--intra-gbps", optarg, 1e-6, 1e9, &intra)) return EPM_EXIT_USAGE; break;
         case O_INTER: if (!cli_parse_double(W, "--inter-gbps", optarg, 1e-6, 1e9, &inter)) return EPM_EXIT_USAGE; break;
         case O_SLOTS: if (!cli_parse_int(W, "--slots", optarg, 1, 1 << 20, &v)) return EPM_EXIT_USAGE; o.slots_per_rank = (int)v; break;
-        case O_GROUPS: if (!cli_parse_int(W, "--expert-groups", optarg, 1, 1 << 20, &groups)) return EPM_EXIT_USAGE; break;
+        case O_GROUPS: if (!cli_parse_int(W, "--expert-groups", optarg, 1, 1 << 20, &groups)) return EPM_EXIT_USAGE; groups_given = 1; break;
         case O_TLIM: if (!cli_parse_double(W, "--time-limit", optarg, 0, 1e7, &o.time_limit_s)) return EPM_EXIT_USAGE; break;
         case O_GAP: if (!cli_parse_double(W, "--mip-gap", optarg, 0, 0.999, &o.mip_gap)) return EPM_EXIT_USAGE; break;
         case O_HIDDEN: if (!cli_parse_int(W, "--hidden", optarg, 1, 1 << 20, &v)) return EPM_EXIT_USAGE; o.hidden = (int)v; have_hidden = 1; break;
@@ -225,7 +225,7 @@ static int cmd_plan(int argc, char **argv)
         case O_JSON: json = 1; break;
         case O_QUIET: quiet = 1; break;
         case O_HELP: fputs(plan_usage, stdout); return EPM_EXIT_OK;
-        default: return cli_option_error(W, argv);
+        default: return c == '?' ? cli_option_error(W, argv) : cli_option_not_here(W, c, plan_opts);
         }
     }
     if (optind < argc)
@@ -276,6 +276,17 @@ static int cmd_plan(int argc, char **argv)
         epm_trace_destroy(t);
         return cli_fail(W, st);
     }
+    if (groups && epm_expert_groups_check((int)groups, epm_trace_experts(t), "--expert-groups") != EPM_OK) {
+        epm_trace_destroy(t);
+        return cli_usage_error(W, "%s", epm_last_error());
+    }
+    /* (what the groups do, where they do nothing) */
+    if (groups > 1 && o.method != EPM_METHOD_EPLB && groups_given)
+        fprintf(stderr, "epmoe plan: note: --expert-groups shapes eplb's placements; %s does not take them\n",
+                epm_method_name(o.method));
+    if (groups > 1 && o.method == EPM_METHOD_EPLB && !epm_eplb_hierarchical((int)groups, epm_trace_experts(t), &cl))
+        fprintf(stderr, "epmoe plan: note: %ld expert groups do not divide over %d nodes: eplb's global policy\n",
+                groups, cl.nodes);
     epm_placement *p = NULL;
     st = epm_plan(t, &cl, &o, &p);
     epm_trace_destroy(t);
@@ -290,7 +301,7 @@ static int cmd_plan(int argc, char **argv)
         return cli_fail(W, st);
     }
     const epm_placement_info *in = epm_placement_get_info(p);
-    if (!out && !quiet) /* (a long solve's result is otherwise only its summary) */
+    if (!out && !eplb_out && !quiet) /* (a long solve's result is otherwise only its summary) */
         fprintf(stderr, "epmoe plan: note: the placement is not written anywhere (--out FILE)\n");
     if (json) {
         printf("{\"method\": \"%s\", \"mode\": \"%s\", \"quality\": \"%s\", \"objective\": %.6f, ", in->method,
@@ -530,7 +541,7 @@ static int cmd_eval(int argc, char **argv)
         case O_RGBPS: if (!cli_parse_double(W, "--read-gbps", optarg, 1e-6, 1e9, &rgbps)) return EPM_EXIT_USAGE; break;
         case O_JSON: json = 1; break;
         case O_HELP: fputs(eval_usage, stdout); return EPM_EXIT_OK;
-        default: return cli_option_error(W, argv);
+        default: return c == '?' ? cli_option_error(W, argv) : cli_option_not_here(W, c, plan_opts);
         }
     }
     if (!trace_path)
@@ -603,6 +614,10 @@ static int cmd_eval(int argc, char **argv)
     if ((st = epm_trace_load(trace_path, epm_placement_experts(ev[0].p), &t)) != EPM_OK ||
         (st = model_shape_check(&ms, t, trace_path)) != EPM_OK) {
         rc = cli_fail(W, st);
+        goto out;
+    }
+    if (eplb_i > 0 && groups && epm_expert_groups_check((int)groups, epm_trace_experts(t), "--expert-groups") != EPM_OK) {
+        rc = cli_usage_error(W, "%s", epm_last_error());
         goto out;
     }
     /* Without --mode, the placements' own mode; placements planned for

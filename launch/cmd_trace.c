@@ -318,6 +318,11 @@ static int cmd_synth(int argc, char **argv)
     if (o.topk_groups > 0 && o.groups == 0)
         return cli_usage_error(what, "--topk-groups %d limits the groups of --groups, which is not given",
                                o.topk_groups);
+    if (o.groups > 0 && o.experts % o.groups)
+        return cli_usage_error(what, "--groups %d must divide --experts %d", o.groups, o.experts);
+    if (o.groups > 0 && (o.topk_groups > o.groups || (o.topk_groups > 0 && o.topk_groups * (o.experts / o.groups) < o.k)))
+        return cli_usage_error(what, "--topk-groups %d: within %d of the %d groups of %d experts, a token cannot choose "
+                               "--k %d", o.topk_groups, o.topk_groups, o.groups, o.experts / o.groups, o.k);
     int big = (double)o.layers * (double)o.tokens * (double)o.k > (double)BIG_WORK;
     char msg[700];
     if (big) {
@@ -410,27 +415,68 @@ static void split_usage(FILE *f)
 {
     fprintf(f, "usage: epmoe trace split IN --first OUT1 --second OUT2 [--fraction F] [--experts N]\n\n"
                "Splits the tokens of IN into two held-out halves: plan on the first, evaluate on\n"
-               "the second. The cut is at F of the tokens (default 0.5), moved forward to the next\n"
-               "sequence boundary when IN has seq_ids (back to the last one where none follows), so\n"
-               "no sequence is split.\n");
+               "the second. The cut is at F of the tokens (default 0.5), moved when IN has seq_ids to\n"
+               "the nearest place (forward first) where no sequence has tokens on both sides; where\n"
+               "there is none (one sequence, or a run's trace, whose decode steps interleave the\n"
+               "sequences) it stays, and a note says how many sequences are in both halves.\n");
 }
 
-/* The first token at or after `cut` that starts a new sequence, else the
- * last before it (a cut past the last boundary), or cut itself without
- * seq_ids; -1 when IN is one sequence (no cut leaves it whole). */
-static int64_t align_to_sequence(const epm_trace *t, int64_t cut)
+typedef struct seq_at {
+    int32_t seq;
+    int64_t at;
+} seq_at;
+
+static int seq_at_cmp(const void *a, const void *b)
+{
+    const seq_at *x = a, *y = b;
+    return x->seq != y->seq ? (x->seq < y->seq ? -1 : 1) : (x->at > y->at) - (x->at < y->at);
+}
+
+/* Where to cut IN's n tokens near `cut` so that no sequence has tokens on
+ * both sides: the nearest such cut at or after it, else before it. Sequences
+ * may interleave (a run's --trace-out takes every sequence's decode steps in
+ * turn), so a cut is whole only where every token before it belongs to a
+ * sequence that ends before it. Without seq_ids, cut itself. *split: the
+ * sequences a cut must split where none is whole (then *out = cut; -1 on
+ * allocation failure). */
+static int64_t align_to_sequence(const epm_trace *t, int64_t cut, int64_t *split)
 {
     const int32_t *seq = epm_trace_seq_ids(t);
-    int64_t n = epm_trace_tokens(t);
-    if (!seq || cut <= 0)
+    const int64_t n = epm_trace_tokens(t);
+    *split = 0;
+    if (!seq || cut <= 0 || cut >= n)
         return cut;
-    for (int64_t i = cut; i < n; i++)
-        if (seq[i] != seq[i - 1])
-            return i;
-    for (int64_t i = cut < n ? cut : n - 1; i > 0; i--)
-        if (seq[i] != seq[i - 1])
-            return i;
-    return -1;
+    seq_at *by = malloc((size_t)n * sizeof *by);
+    int64_t *last = malloc((size_t)n * sizeof *last); /* last[i]: the last token of token i's sequence */
+    if (!by || !last) {
+        free(by);
+        free(last);
+        *split = -1;
+        return cut;
+    }
+    for (int64_t i = 0; i < n; i++)
+        by[i] = (seq_at){seq[i], i};
+    qsort(by, (size_t)n, sizeof *by, seq_at_cmp);
+    for (int64_t i = n - 1, end = -1; i >= 0; i--) {
+        end = i == n - 1 || by[i + 1].seq != by[i].seq ? by[i].at : end;
+        last[by[i].at] = end;
+    }
+    /* c is whole when every token before it ends its sequence before it: a running maximum of last */
+    int64_t best = -1, reach = -1;
+    for (int64_t c = 1; c < n; c++) {
+        reach = last[c - 1] > reach ? last[c - 1] : reach;
+        if (reach >= c)
+            continue;
+        best = c; /* (before the cut, the latest; at or after it, the first) */
+        if (c >= cut)
+            break;
+    }
+    for (int64_t i = 0; best < 0 && i < n; i++) /* (none whole: the sequences the cut goes through) */
+        if ((i == 0 || by[i - 1].seq != by[i].seq) && by[i].at < cut && last[by[i].at] >= cut)
+            (*split)++;
+    free(by);
+    free(last);
+    return best < 0 ? cut : best;
 }
 
 static int cmd_split(int argc, char **argv)
@@ -452,12 +498,14 @@ static int cmd_split(int argc, char **argv)
     if (st != EPM_OK)
         return cli_fail(what, st);
     int64_t n = epm_trace_tokens(t);
-    int64_t cut = align_to_sequence(t, (int64_t)((double)n * fraction + 0.5));
-    if (cut < 0) {
+    int64_t split = 0, cut = align_to_sequence(t, (int64_t)((double)n * fraction + 0.5), &split);
+    if (split < 0) {
         epm_trace_destroy(t);
-        return cli_fail(what, epm_fail(EPM_ERR_INVALID_ARG, "%s: its %lld tokens are one sequence (seq_ids): no cut "
-                                       "leaves it whole", in, (long long)n));
+        return cli_fail(what, epm_fail(EPM_ERR_NOMEM, "%s: out of memory ordering its %lld tokens", in, (long long)n));
     }
+    if (split > 0) /* (a run's trace: its sequences' decode steps interleave) */
+        fprintf(stderr, "epmoe %s: note: no cut leaves every sequence of %s whole (its sequences interleave); %lld "
+                "sequence%s in both halves\n", what, in, (long long)split, split > 1 ? "s are" : " is");
     if (cut <= 0 || cut >= n) {
         epm_trace_destroy(t);
         return cli_usage_error(what, "%s has %lld tokens: --fraction %g leaves a half empty", in, (long long)n,

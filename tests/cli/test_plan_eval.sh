@@ -358,9 +358,19 @@ sys.exit(0 if g["most"] == 1 and g["per_token"] == 1 and g["dispatches_crossing"
   "$d/out" || fail "plan --expert-groups: a token's experts not on one node"
 check "eval grouped, text" 0 "$E" plan eval --trace "$d/grp.st" "$d/glob.json" "$d/grp.json"
 has "$d/out" "nodes a token reaches: 1.000 on average, 1 at most; [0-9]* dispatches cross nodes once each"
-check "plan --expert-groups not dividing" 1 "$E" plan --trace "$d/grp.st" --nodes 2 --gpus-per-node 2 --method eplb \
+check "plan --expert-groups not dividing" 2 "$E" plan --trace "$d/grp.st" --nodes 2 --gpus-per-node 2 --method eplb \
   --slots 5 --expert-groups 3
-has "$d/err" "expert_groups = 3: expert groups must divide the 16 experts"
+has "$d/err" "--expert-groups = 3: expert groups must divide the 16 experts"
+check "plan --expert-groups, greedy" 0 "$E" plan --trace "$d/grp.st" --nodes 2 --gpus-per-node 2 --method greedy \
+  --expert-groups 4 --quiet
+has "$d/err" "note: --expert-groups shapes eplb's placements; greedy does not take them"
+check "plan --expert-groups over 3 nodes" 0 "$E" plan --trace "$d/grp.st" --nodes 3 --gpus-per-node 2 --method eplb \
+  --slots 3 --expert-groups 4 --quiet
+has "$d/err" "note: 4 expert groups do not divide over 3 nodes: eplb's global policy"
+check "plan eval, plan's option with =" 2 "$E" plan eval --trace "$d/grp.st" "$d/grp.json" --out="$d/x.json"
+has "$d/err" "option '--out' is not one of this command's"
+check "plan, a flag with a value" 2 "$E" plan --trace "$d/grp.st" --json=1
+has "$d/err" "option '--json' takes no value"
 check "eval --expert-groups alone" 2 "$E" plan eval --trace "$d/grp.st" "$d/grp.json" --expert-groups 4
 has "$d/err" "--expert-groups is online rebalancing's"
 

@@ -78,15 +78,19 @@ expect 0 "$EPMOE" trace synth --out "$d/seq.st" --layers 2 --experts 8 --k 2 --t
 expect 0 "$EPMOE" trace split "$d/seq.st" --first "$d/s1.st" --second "$d/s2.st" --fraction 0.99
 contains "$d/err" "1000 tokens -> $d/s1.st (900) + $d/s2.st (100)"
 expect 0 "$EPMOE" trace synth --out "$d/one.st" --layers 2 --experts 8 --k 2 --tokens 100 --seq-len 100
-expect 1 "$EPMOE" trace split "$d/one.st" --first "$d/o1.st" --second "$d/o2.st"
-contains "$d/err" "its 100 tokens are one sequence (seq_ids): no cut leaves it whole"
-[ -e "$d/o1.st" ] && { echo "FAIL: a refused split wrote a file"; fails=$((fails + 1)); }
+expect 0 "$EPMOE" trace split "$d/one.st" --first "$d/o1.st" --second "$d/o2.st"
+contains "$d/err" "note: no cut leaves every sequence of $d/one.st whole (its sequences interleave); 1 sequence is in both halves"
+# a run's trace: each sequence's prompt, then the decode steps of all in turn
+echo '[[1, 2, 3, 4], [9, 8, 7], [5, 6]]' >"$d/in3.json"
+expect 0 "$EPMOE" run --model "$EPM_FIXTURES/mixtral-tiny" --input "$d/in3.json" --max-new-tokens 3 --trace-out "$d/run.st"
+expect 0 "$EPMOE" trace split "$d/run.st" --first "$d/r1.st" --second "$d/r2.st"
+contains "$d/err" "note: no cut leaves every sequence of $d/run.st whole (its sequences interleave); 3 sequences are in both halves"
 
 # ---- failures ----
-expect 1 "$EPMOE" trace synth --out "$d/x.safetensors" --layers 2 --experts 8 --k 2 --tokens 10 --groups 3
-contains "$d/err" "option 'groups' = 3 must divide experts = 8"
-expect 1 "$EPMOE" trace synth --out "$d/x.safetensors" --layers 2 --experts 8 --k 3 --tokens 10 --groups 4 --topk-groups 1
-contains "$d/err" "leaves 2 experts to choose k = 3 from"
+expect 2 "$EPMOE" trace synth --out "$d/x.safetensors" --layers 2 --experts 8 --k 2 --tokens 10 --groups 3
+contains "$d/err" "--groups 3 must divide --experts 8"
+expect 2 "$EPMOE" trace synth --out "$d/x.safetensors" --layers 2 --experts 8 --k 3 --tokens 10 --groups 4 --topk-groups 1
+contains "$d/err" "--topk-groups 1: within 1 of the 4 groups of 2 experts, a token cannot choose --k 3"
 [ -e "$d/x.safetensors" ] && { echo "FAIL: a refused synth wrote a file"; fails=$((fails + 1)); }
 expect 1 "$EPMOE" trace stats "$d/missing.safetensors"
 contains "$d/err" "missing.safetensors"
