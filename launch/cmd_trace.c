@@ -263,7 +263,7 @@ static int cmd_synth(int argc, char **argv)
             o.k = (int)n;
             have_k = 1;
         } else if ((v = opt_val(argc, argv, &i, "--tokens", &missing))) {
-            if (!cli_parse_int(what, "--tokens", v, 0, 1L << 40, &n))
+            if (!cli_parse_int(what, "--tokens", v, 1, 1L << 40, &n))
                 return EPM_EXIT_USAGE;
             o.tokens = n;
             have_t = 1;
