@@ -7,7 +7,8 @@ Each input file holds the CSV of one or more runs of the benchmarks: the kind
 of each block of rows is told by its header line (the column names), and a
 header line may come again in the middle of a file (runs concatenated with
 cat), where it starts a new block. Blank lines and lines starting with '#'
-are skipped.
+are skipped, and so, with a note on stderr, is a whole file of a benchmark
+that has no charts (`bench sampling`, `bench attention`).
 
 The SVG files are built in memory first; only when every chart is built are
 they written, each to a temporary file in the output folder and renamed into
