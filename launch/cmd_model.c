@@ -207,6 +207,22 @@ static int cmd_synth(int argc, char **argv)
     /* a bad shape is the user's mistake, not a failure of the work */
     if (o.k > o.experts)
         return cli_usage_error(W, "--k %d exceeds --experts %d", o.k, o.experts);
+    /* another architecture's flag would be dropped without a word (the library takes the fields as
+     * generic options): the first one given is named */
+    const int ds_arch = o.arch == EPM_MODEL_DEEPSEEKV3 || o.arch == EPM_MODEL_DEEPSEEKV2,
+              qwen_arch = o.arch == EPM_MODEL_QWEN2MOE || o.arch == EPM_MODEL_QWEN3MOE;
+    const struct {
+        const char *name;
+        int set, takes;
+    } only[] = {{"--q-lora-rank", o.q_lora >= 0, ds_arch},     {"--kv-lora-rank", o.kv_lora >= 0, ds_arch},
+                {"--qk-rope-dim", o.qk_rope >= 0, ds_arch},    {"--v-head-dim", o.v_head >= 0, ds_arch},
+                {"--groups", o.n_group >= 0, ds_arch},         {"--topk-groups", o.topk_group >= 0, ds_arch},
+                {"--first-dense", o.first_dense >= 0, ds_arch}, {"--routed-scaling", o.routed_scaling >= 0, ds_arch},
+                {"--shared-ffn", o.shared_ffn >= 0, ds_arch || o.arch == EPM_MODEL_QWEN2MOE},
+                {"--dense-ffn", o.dense_ffn >= 0, ds_arch || qwen_arch}};
+    for (size_t i = 0; i < sizeof only / sizeof *only; i++)
+        if (only[i].set && !only[i].takes)
+            return cli_usage_error(W, "%s is not an option of --arch %s", only[i].name, epm_model_arch_short(o.arch));
     /* DeepSeek's heads are sized by their parts */
     int ds = o.arch == EPM_MODEL_DEEPSEEKV3 || o.arch == EPM_MODEL_DEEPSEEKV2;
     if (o.heads % o.kv_heads || (o.head_dim == 0 && (o.hidden % o.heads || (!ds && (o.hidden / o.heads) % 2))))
@@ -223,7 +239,8 @@ static int cmd_synth(int argc, char **argv)
     }
     epm_status st = epm_model_synth(&o, out);
     if (st != EPM_OK)
-        return st == EPM_ERR_INVALID_ARG ? cli_usage_error(W, "%s", epm_last_error()) : cli_fail(W, st);
+        return st == EPM_ERR_INVALID_ARG ? cli_usage_error(W, "%s", epm_last_error() + (strncmp(epm_last_error(),
+                                                  "model synth: ", 13) ? 0 : 13)) : cli_fail(W, st);
     printf("wrote %s: %s, %d layers x %d experts (top-%d), hidden %d, ffn %d, %s, %d file%s\n", out,
            epm_model_arch_class(o.arch), o.layers, o.experts, o.k, o.hidden, o.ffn, epm_dtype_name(o.dtype), o.shards,
            o.shards > 1 ? "s + index" : "");

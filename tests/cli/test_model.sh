@@ -89,6 +89,10 @@ expect 2 "$EPMOE" model synth --out "$d/x" --heads 3
 expect 2 "$EPMOE" model synth --out "$d/x" --dtype f64
 expect 2 "$EPMOE" model synth --out "$d/x" --hidden abc
 expect 2 "$EPMOE" model synth --out "$d/x" --arch mixtral --mlp-only-layers 1
+expect 2 "$EPMOE" model synth --out "$d/x" --arch mixtral --q-lora-rank 8
+contains "$d/err" "--q-lora-rank is not an option of --arch mixtral"
+expect 2 "$EPMOE" model synth --out "$d/x" --arch olmoe --shared-ffn 64
+contains "$d/err" "--shared-ffn is not an option of --arch olmoe"
 expect 2 "$EPMOE" model synth --out "$d/x" --arch qwen2moe --mlp-only-layers 1,-2
 contains "$d/err" "option --mlp-only-layers: '-2' is not an integer"
 expect 2 "$EPMOE" model synth --out "$d/x" --arch qwen2moe --layers 2 --mlp-only-layers 0,1
