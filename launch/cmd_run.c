@@ -1065,6 +1065,10 @@ int epm_cli_run(int argc, char **argv)
         else
             rc = EPM_EXIT_FAIL;
     } else if (rank == 0) {
+        /* (a longer trace replays its first tokens: a trace of another, longer run, say so) */
+        if (t && res->trace && epm_trace_tokens(res->trace) < epm_trace_tokens(t))
+            fprintf(stderr, "epmoe %s: note: --route-from-trace: the run took the first %lld of the %lld tokens of "
+                    "%s\n", W, (long long)epm_trace_tokens(res->trace), (long long)epm_trace_tokens(t), rft);
         if (tout && (st = epm_trace_save(res->trace, tout)) != EPM_OK)
             rc = cli_fail(W, st);
         if (pout && (st = epm_placement_save_json(res->placement, pout)) != EPM_OK)

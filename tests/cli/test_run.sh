@@ -314,6 +314,10 @@ check "trace without stops" 0 run -np 2 "$E" run --model "$g" --input "$d/in.jso
 check "replayed with a stop" 1 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 8 --json \
   --generation-config none --ignore-eos --stop-token-ids "$st" --route-from-trace "$d/nostop.st"
 has "$d/err" "recorded with other stop tokens"
+# a shorter run replays the first tokens of a longer run's trace, and says so
+check "a longer trace" 0 run -np 2 "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 4 \
+  --generation-config none --ignore-eos --route-from-trace "$d/nostop.st"
+has "$d/err" "note: --route-from-trace: the run took the first [0-9]* of the [0-9]* tokens of $d/nostop.st"
 check "top-k without sampling" 1 one "$E" run --model "$g" --input "$d/in.json" --max-new-tokens 2 \
   --generation-config none --sample-top-k 5
 has "$d/err" "give --temperature > 0"
