@@ -82,10 +82,9 @@ int cli_option_error(const char *what, char **argv)
     const char *a = optind > 0 ? argv[optind - 1] : NULL;
     if (!a)
         return cli_usage_error(what, "bad option");
-    if ((optopt >= 256 || (optopt > 0 && a[0] == '-' && a[1] == '-')) && strchr(a, '='))
-        return cli_usage_error(what, "option '%.*s' takes no value", (int)strcspn(a, "="), a);
-    if (optopt >= 256 || (optopt > 0 && a[0] == '-' && a[1] == '-'))
-        return cli_usage_error(what, "option '%s' needs a value", a);
+    if (optopt >= 256 || (optopt > 0 && a[0] == '-' && a[1] == '-')) /* (a known long option) */
+        return strchr(a, '=') ? cli_usage_error(what, "option '%.*s' takes no value", (int)strcspn(a, "="), a)
+                              : cli_usage_error(what, "option '%s' needs a value", a);
     if (optopt > 0)
         return cli_usage_error(what, "unknown option '-%c'", optopt);
     return cli_usage_error(what, "unknown option '%s'", a);

@@ -27,6 +27,10 @@ void cli_progress(void *user, const char *message);
 /* For getopt_long's '?' (opterr is 0: getopt prints nothing itself): says
  * which option was unknown or lacks its value; returns EPM_EXIT_USAGE. */
 int cli_option_error(const char *what, char **argv);
+struct option;
+/* For an option of a table two commands share (plan, plan eval) that this
+ * one does not take: names it; returns EPM_EXIT_USAGE. */
+int cli_option_not_here(const char *what, int code, const struct option *opts);
 /* Before getopt_long: every "--name" in argv[1..] must be an option of opts
  * spelled out whole. getopt_long takes an unambiguous prefix for the option
  * it begins (run --trace as --trace-out, which would overwrite the trace);
@@ -34,10 +38,6 @@ int cli_option_error(const char *what, char **argv);
  * and with stop_at_word at the first word that is not an option (the
  * command of epmoe launch). opts is a struct option array. EPM_EXIT_OK, or
  * EPM_EXIT_USAGE after the message. */
-struct option;
-/* For an option of a table two commands share (plan, plan eval) that this
- * one does not take: names it; returns EPM_EXIT_USAGE. */
-int cli_option_not_here(const char *what, int code, const struct option *opts);
 int cli_exact_options(const char *what, int argc, char **argv, const struct option *opts, int stop_at_word);
 
 /* Strict number parsing for option values; the error names the option and value. */
