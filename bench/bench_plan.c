@@ -58,6 +58,8 @@ static void usage(void)
            "                   row 'eplb-groups': eplb keeping each group whole on a node (its hierarchical\n"
            "                   policy) beside the global one (default: none)\n"
            "  --topk-groups M  the groups a token chooses within (topk_group; default: every group)\n"
+           "  --slots N        experts a rank may hold (default: the fewest that fit, no spare slot);\n"
+           "                   spare slots take copies (eplb's replicas, the ILP's replica search)\n"
            "  --pass-tokens P  tokens a pass (default 256); with --eplb-interval every row's modelled\n"
            "                   time is taken pass by pass, as plan eval does for a trace with passes\n"
            "  --quiet          no solver progress on stderr\n"
@@ -140,7 +142,7 @@ static epm_status passes_from_zero(epm_trace *t)
 static double ratio(double a, double b) { return b != 0.0 ? a / b : (a == 0.0 ? 1.0 : INFINITY); }
 
 enum { O_SHAPE = 256, O_MODE, O_TOKENS, O_TIME, O_GAP, O_ZIPF, O_AFF, O_SEED, O_CSV, O_QUIET, O_DRIFT, O_EPLBI, O_EPLBW,
-       O_PASS, O_EPLBG, O_XB, O_EPLBLAG, O_GROUPS, O_TOPKG, O_HELP };
+       O_PASS, O_EPLBG, O_XB, O_EPLBLAG, O_GROUPS, O_TOPKG, O_SLOTS, O_HELP };
 static const struct option opts[] = {
     {"shape", required_argument, 0, O_SHAPE},   {"mode", required_argument, 0, O_MODE},
     {"tokens", required_argument, 0, O_TOKENS}, {"time-limit", required_argument, 0, O_TIME},
@@ -151,7 +153,7 @@ static const struct option opts[] = {
     {"eplb-window", required_argument, 0, O_EPLBW}, {"pass-tokens", required_argument, 0, O_PASS},
     {"eplb-min-gain", required_argument, 0, O_EPLBG}, {"expert-bytes", required_argument, 0, O_XB},
     {"eplb-lag", required_argument, 0, O_EPLBLAG},  {"groups", required_argument, 0, O_GROUPS},
-    {"topk-groups", required_argument, 0, O_TOPKG},
+    {"topk-groups", required_argument, 0, O_TOPKG}, {"slots", required_argument, 0, O_SLOTS},
     {"help", no_argument, 0, O_HELP},           {0, 0, 0, 0}};
 
 int epm_bench_plan(int argc, char **argv)
@@ -161,7 +163,7 @@ int epm_bench_plan(int argc, char **argv)
     long tokens = 8192;
     double time_limit = 60, gap = 1e-4, zipf = 1.0, affinity = 0.7;
     uint64_t seed = 1;
-    long drift = 0, eplb_i = 0, eplb_w = 0, pass_tokens = 256, lag = 0, groups = 0, topk_groups = 0;
+    long drift = 0, eplb_i = 0, eplb_w = 0, pass_tokens = 256, lag = 0, groups = 0, topk_groups = 0, slots = 0;
     double eplb_g = 0;
     long xb = -1;
     int pass_given = 0;
@@ -237,6 +239,10 @@ int epm_bench_plan(int argc, char **argv)
             if (!cli_parse_int(what, "--topk-groups", optarg, 1, 1 << 16, &topk_groups))
                 return EPM_EXIT_USAGE;
             break;
+        case O_SLOTS:
+            if (!cli_parse_int(what, "--slots", optarg, 1, 1 << 16, &slots))
+                return EPM_EXIT_USAGE;
+            break;
         case O_PASS:
             if (!cli_parse_int(what, "--pass-tokens", optarg, 1, 1L << 26, &pass_tokens))
                 return EPM_EXIT_USAGE;
@@ -271,6 +277,14 @@ int epm_bench_plan(int argc, char **argv)
         return cli_usage_error(what, "--groups %ld --topk-groups %ld: the %s shape cannot hold them (%d experts in "
                                "%ld groups, a token's %d within %ld)", groups, topk_groups, sh->name, sh->experts,
                                groups, sh->k, limit);
+    }
+    for (int s = 0; s < 3 && slots; s++) {
+        const bench_shape *sh = &shapes[s];
+        if ((strcmp(shape_name, "all") && strcmp(shape_name, sh->name)) ||
+            (long)sh->nodes * sh->gpn * slots >= sh->experts)
+            continue;
+        return cli_usage_error(what, "--slots %ld: the %s shape's %d experts do not fit on its %d ranks", slots,
+                               sh->name, sh->experts, sh->nodes * sh->gpn);
     }
     int want_shape[3] = {0, 0, 0};
     int any = 0;
@@ -331,8 +345,12 @@ int epm_bench_plan(int argc, char **argv)
         epm_cluster c;
         epm_cluster_init(&c, sh->nodes, sh->gpn);
         if (!csv)
-            printf("\n== %s, %ld tokens (plan on the first half, evaluate on the second), zipf %.2g, affinity %.2g%s\n",
+            printf("\n== %s, %ld tokens (plan on the first half, evaluate on the second), zipf %.2g, affinity %.2g%s",
                    sh->desc, tokens, zipf, affinity, drift ? ", drifting" : "");
+        if (!csv && slots)
+            printf(", %ld slots a rank (%ld spare)", slots, slots * sh->nodes * sh->gpn - sh->experts);
+        if (!csv)
+            printf("\n");
         for (int mi = 0; mi < nmodes; mi++) {
             epm_plan_opts po;
             epm_plan_opts_init(&po);
@@ -341,6 +359,7 @@ int epm_bench_plan(int argc, char **argv)
             po.kv_dim = 2048; /* 8 KV heads x 128 x (K, V): eval's default row */
             po.time_limit_s = time_limit;
             po.mip_gap = gap;
+            po.slots_per_rank = (int)slots;
             po.progress = quiet || csv ? NULL : cli_progress;
             epm_eval_opts eo;
             epm_eval_opts_init(&eo);
@@ -415,6 +434,12 @@ int epm_bench_plan(int argc, char **argv)
                        "%.2f GB copied between ranks (%.3f ms of its t_model_ms)\n",
                        rows[online].rebalances, (tokens - tokens / 2 + pass_tokens - 1) / pass_tokens,
                        (long long)rows[online].moved, rows[online].copied / 1e9, rows[online].t_copies * 1e3);
+            if (!csv && slots * sh->nodes * sh->gpn > sh->experts)
+                printf("# ilp against eplb with spare slots: modelled time %.3fx, max/mean load %.3f against "
+                       "%.3f, inter-node bytes %.3fx (held-out half)\n",
+                       ratio(rows[EPM_METHOD_ILP].t_total, rows[EPM_METHOD_EPLB].t_total),
+                       rows[EPM_METHOD_ILP].max_over_mean, rows[EPM_METHOD_EPLB].max_over_mean,
+                       ratio(rows[EPM_METHOD_ILP].bytes[EPM_LINK_INTER], rows[EPM_METHOD_EPLB].bytes[EPM_LINK_INTER]));
             if (!csv && groups > 0)
                 printf("# eplb-groups against eplb: %.3f against %.3f nodes a token (%.3fx), %.0f against %.0f "
                        "dispatches crossing nodes once each (%.3fx), modelled time %.3fx\n",

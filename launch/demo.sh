@@ -13,8 +13,8 @@ echo "== synthesising a routing trace (16 layers, 16 experts, top-2, 8192 tokens
   --second "$out/eval_half.safetensors"
 "$epmoe" trace stats "$out/plan_half.safetensors" | tail -n 3
 # Every method with the same memory, 2 experts a rank (no spare slot: the ILP's single-copy
-# setting, MoETuner's), then eplb with a third slot a rank for replicas of the hot experts: what 50%
-# more expert memory buys.
+# setting, MoETuner's), then eplb and the ILP with a third slot a rank for copies of the hot
+# experts: what 50% more expert memory buys, and what the ILP's replica search adds to eplb's.
 for mode in home follow; do
   for m in contiguous round-robin greedy eplb ilp; do
     "$epmoe" plan --trace "$out/plan_half.safetensors" --method "$m" --mode "$mode" --nodes 2 \
@@ -22,10 +22,13 @@ for mode in home follow; do
   done
   "$epmoe" plan --trace "$out/plan_half.safetensors" --method eplb --mode "$mode" --nodes 2 \
     --gpus-per-node 4 --slots 3 --out "$out/$mode-eplb-3-slots.json" >&2
+  "$epmoe" plan --trace "$out/plan_half.safetensors" --method ilp --mode "$mode" --nodes 2 \
+    --gpus-per-node 4 --slots 3 --time-limit 20 --out "$out/$mode-ilp-3-slots.json" >&2
   echo "== $mode mode, held-out half (ratios against contiguous)" >&2
   "$epmoe" plan eval --trace "$out/eval_half.safetensors" --mode "$mode" \
     "$out/$mode-contiguous.json" "$out/$mode-round-robin.json" "$out/$mode-greedy.json" \
-    "$out/$mode-eplb.json" "$out/$mode-ilp.json" "$out/$mode-eplb-3-slots.json"
+    "$out/$mode-eplb.json" "$out/$mode-ilp.json" "$out/$mode-eplb-3-slots.json" \
+    "$out/$mode-ilp-3-slots.json"
 done
 
 # A multi-rank run of a bundled checkpoint (OLMoE-shaped, from transformers),

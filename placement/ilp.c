@@ -173,6 +173,15 @@ out:
     return st;
 }
 
+/* The replica search's index holds every (layer, token, choice) and, in
+ * follow mode, every (layer, token)'s rank: past this, the planner keeps
+ * its copies as they are. */
+static int rs_too_large(const epm_trace *t)
+{
+    double n = (double)epm_trace_layers(t) * (double)epm_trace_tokens(t);
+    return n * (epm_trace_k(t) + 1) > (double)(1 << 28);
+}
+
 static void finish_info(epm_placement *p, const epm_plan_opts *o, epm_plan_quality q, double obj, double bound,
                         double t0, const char *note)
 {
@@ -211,6 +220,8 @@ epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan
     EPM_CHECK(epm_plan_slots(t, c, o, &slots));
     int R = epm_cluster_ranks(c), E = epm_trace_experts(t);
     int spares = R * slots > E;
+    /* with spare slots the replica search needs its share: the single-copy stages end at half the limit */
+    const double deadline1 = spares ? t0 + 0.5 * (deadline - t0) : deadline;
 
     epm_placement *heur = NULL, *res = NULL;
     double heur_obj = INFINITY;
@@ -243,7 +254,7 @@ epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan
 
     if (epm_ilp_decompose_applies(&x) && o->time_limit_s > 0) {
         double lb;
-        EPM_CHECK_GOTO(epm_ilp_decompose(&x, deadline, tmp, &lb), st, out);
+        EPM_CHECK_GOTO(epm_ilp_decompose(&x, deadline1, tmp, &lb), st, out);
         double v = epm_ilp_total(&x, tmp);
         if (v <= cur) {
             cur = v;
@@ -254,7 +265,7 @@ epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan
         /* the chain's only slack is where layer 0 and the last layer sit
          * relative to the homes: let the search trade a little of it */
         if (cur - bound > o->mip_gap * fabs(cur)) {
-            EPM_CHECK_GOTO(epm_ilp_search(&x, rank_of, (int64_t)8 * x.L * x.E * 4, deadline, 0, o->progress,
+            EPM_CHECK_GOTO(epm_ilp_search(&x, rank_of, (int64_t)8 * x.L * x.E * 4, deadline1, 0, o->progress,
                                           o->progress_user, &v),
                            st, out);
             cur = v;
@@ -292,7 +303,7 @@ epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan
             EPM_CHECK_GOTO(epm_mip_complete(&m, start), st, out);
             /* keep time for the search in case GLPK cannot even finish the
              * root LP; the decomposed case has its incumbent already */
-            double left = deadline - epm_now();
+            double left = deadline1 - epm_now();
             double mip_time = epm_ilp_decompose_applies(&x) ? left : 0.6 * left;
             epm_status ss = epm_mip_solve(&m, start, mip_time, o->mip_gap, o->progress, o->progress_user, &mr);
             if (ss == EPM_ERR_NOMEM) {
@@ -321,11 +332,11 @@ epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan
     }
 
     /* polish what the MIP did not prove (or replace it where it was too big) */
-    if (!mip_optimal && epm_now() < deadline) {
+    if (!mip_optimal && epm_now() < deadline1) {
         int64_t budget = (int64_t)40 * (int64_t)x.L * (int64_t)x.E * 4;
         double v;
         memcpy(tmp, rank_of, LE * sizeof *tmp);
-        EPM_CHECK_GOTO(epm_ilp_search(&x, rank_of, budget, deadline, ILP_FOLDS, o->progress, o->progress_user, &v),
+        EPM_CHECK_GOTO(epm_ilp_search(&x, rank_of, budget, deadline1, ILP_FOLDS, o->progress, o->progress_user, &v),
                        st, out);
         if (v < cur - 1e-12 * fabs(cur) || memcmp(tmp, rank_of, LE * sizeof *tmp))
             searched = 1;
@@ -343,8 +354,8 @@ epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan
         double fobj = INFINITY;
         EPM_CHECK_GOTO(epm_plan_fill_replicas(res, x.load, x.S, &filled), st, out);
         st = epm_plan_objective(t, filled, o, &fobj);
-        if (st == EPM_OK && epm_now() < deadline)
-            st = add_replicas(t, o, &x, deadline, &res, &obj);
+        if (st == EPM_OK && epm_now() < deadline1)
+            st = add_replicas(t, o, &x, deadline1, &res, &obj);
         if (st == EPM_OK && fobj < obj) {
             epm_placement_destroy(res);
             res = filled, obj = fobj, filled = NULL;
@@ -355,9 +366,41 @@ epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan
             goto out;
     }
 
+    /* copies decided together with where they go: from the better of the two (eplb's packing often
+     * wins on balance alone), the search over placements with copies (replica_search.c) */
+    int64_t rs_kept = 0;
+    int rs_from_heur = 0;
+    if (spares && epm_now() < deadline) {
+        if (rs_too_large(t)) {
+            snprintf(why + strlen(why), sizeof why - strlen(why), "%sno replica search (%d layers x %lld tokens x "
+                     "k %d is past its index)", why[0] ? "; " : "", x.L, (long long)x.T, x.K);
+        } else {
+            rs_from_heur = heur_obj < obj;
+            epm_placement *s = NULL;
+            double v;
+            EPM_CHECK_GOTO(epm_placement_clone(rs_from_heur ? heur : res, &s), st, out);
+            st = epm_plan_replica_search(t, o, x.S, (int64_t)200 * x.L * x.R * x.S, deadline, s, &v, &rs_kept);
+            if (st != EPM_OK) {
+                epm_placement_destroy(s);
+                goto out;
+            }
+            if (rs_kept > 0) { /* (its objective is at most the start's) */
+                epm_placement_destroy(res);
+                res = s;
+                obj = v;
+            } else {
+                epm_placement_destroy(s);
+                rs_kept = 0;
+            }
+            char msg[160];
+            snprintf(msg, sizeof msg, "ilp: replica search kept %lld moves", (long long)rs_kept);
+            say(o, msg);
+        }
+    }
+
     epm_plan_quality q;
     char note[256];
-    if (obj > heur_obj || (!mip_found && !searched && obj >= heur_obj)) {
+    if (obj > heur_obj || (!mip_found && !searched && !rs_kept && obj >= heur_obj)) {
         /* nothing beat the best heuristic: return it, saying why */
         epm_placement_destroy(res);
         res = heur;
@@ -371,10 +414,15 @@ epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan
                  epm_placement_get_info(res)->method);
     } else {
         q = mip_optimal && !spares ? EPM_QUALITY_OPTIMAL : EPM_QUALITY_FEASIBLE;
-        snprintf(note, sizeof note, "%.110s%s%s", why, /* room for both suffixes */
+        const char *copies = !spares                ? ""
+                             : rs_kept && rs_from_heur ? "; replica search (busiest-rank time) from eplb's copies"
+                             : rs_kept && filled_won   ? "; replicas by load per replica, then the replica search"
+                             : rs_kept                 ? "; replicas added greedily, then the replica search"
+                             : filled_won              ? "; replicas by load per replica"
+                                                       : "; replicas added greedily";
+        snprintf(note, sizeof note, "%.90s%s%s%s", why, /* room for the suffixes */
                  searched ? "; local search (sample-average busiest-rank time, objective kept) improved it" : "",
-                 !spares ? "" : filled_won ? "; replicas by load per replica; bound covers all placements"
-                                           : "; replicas added greedily; bound covers all placements");
+                 copies, spares ? "; bound covers all placements" : "");
     }
     if (q == EPM_QUALITY_OPTIMAL && obj - bound > o->mip_gap * fabs(obj) + 1e-9 * fabs(obj))
         q = EPM_QUALITY_FEASIBLE;

@@ -264,6 +264,26 @@ static void callback(glp_tree *tree, void *info)
         }
     }
     double now = epm_now();
+    if (reason == GLP_IBRANCH && now - c->t0 > 0.25 * (c->t_end - c->t0)) {
+        /* GLPK's pseudocost branching starts each variable's pseudocost by
+         * solving LPs, and never looks at the clock while it does: on a
+         * 3,000-column model that took 3.5 s of a 0.6 s share. Past a
+         * quarter of the share, branch on the most fractional variable. */
+        glp_prob *P = glp_ios_get_prob(tree);
+        int j_best = 0;
+        double frac_best = -1;
+        for (int j = 1; j <= glp_get_num_cols(P); j++)
+            if (glp_ios_can_branch(tree, j)) {
+                double v = glp_get_col_prim(P, j), f = v - floor(v);
+                f = f < 0.5 ? f : 1 - f;
+                if (f > frac_best) {
+                    frac_best = f;
+                    j_best = j;
+                }
+            }
+        if (j_best)
+            glp_ios_branch_upon(tree, j_best, GLP_NO_BRNCH);
+    }
     if (c->progress && now - c->last_report >= 1.0) {
         c->last_report = now;
         glp_prob *P = glp_ios_get_prob(tree);

@@ -105,6 +105,20 @@ epm_status epm_placement_add(epm_placement *p, int layer, int expert, int rank)
     return EPM_OK;
 }
 
+void epm_placement_remove(epm_placement *p, int layer, int expert, int rank)
+{
+    size_t i = epm_pl_le(p, layer, expert);
+    int *r = p->reps + i * (size_t)p->ranks;
+    int n = p->count[i];
+    for (int j = 0; j < n; j++)
+        if (r[j] == rank) {
+            memmove(r + j, r + j + 1, (size_t)(n - j - 1) * sizeof *r);
+            p->count[i] = n - 1;
+            p->rank_count[(size_t)layer * (size_t)p->ranks + (size_t)rank]--;
+            return;
+        }
+}
+
 void epm_placement_clear_layer(epm_placement *p, int layer)
 {
     memset(p->count + epm_pl_le(p, layer, 0), 0, (size_t)p->experts * sizeof *p->count);

@@ -16,4 +16,8 @@ struct epm_placement {
 
 static inline size_t epm_pl_le(const epm_placement *p, int l, int e) { return (size_t)l * (size_t)p->experts + (size_t)e; }
 
+/* Drops expert's replica on rank (none there: nothing). The planner's
+ * searches only; a placement a user holds gains copies, never loses them. */
+void epm_placement_remove(epm_placement *p, int layer, int expert, int rank);
+
 #endif

@@ -27,6 +27,14 @@ epm_status epm_plan_heuristic(epm_method m, const epm_trace *t, const epm_cluste
  * The ILP's alternative to its greedy replicas. */
 epm_status epm_plan_fill_replicas(const epm_placement *base, const int64_t *load, int slots, epm_placement **out);
 
+/* Improves p, whose ranks hold at most `slots` experts each, by moving,
+ * swapping and re-assigning copies within each layer, keeping a move only
+ * where epm_plan_objective drops (placement/replica_search.c). At most
+ * max_moves proposals from a fixed seed, or until deadline. *obj receives
+ * epm_plan_objective of the result, *kept the moves kept. */
+epm_status epm_plan_replica_search(const epm_trace *t, const epm_plan_opts *o, int slots, int64_t max_moves,
+                                   double deadline, epm_placement *p, double *obj, int64_t *kept);
+
 /* The planner's objective, in units of "one intra-node hidden-vector transfer":
  *   sum over layers l of
  *       balance_weight * max_r load_l(r)

@@ -447,6 +447,13 @@ print({k: r[k]["nodes_per_token"] for k in r})
 sys.exit(0 if float(r["eplb-groups"]["nodes_per_token"]) == 1 and float(r["eplb"]["nodes_per_token"]) > 1 and
          float(r["eplb-groups"]["node_dispatches"]) < float(r["eplb"]["node_dispatches"]) else 1)' "$d/out" ||
   fail "bench plan --groups: $(head -c 600 "$d/out")"
+# spare slots (2 a rank): the ratio line of the ILP (its replica search) against eplb
+ok "bench plan slots" "$E" bench plan --shape mixtral --mode follow --tokens 256 --time-limit 2 --slots 2 --quiet &&
+  has "$d/out" "8 ranks in 1 node, 256 tokens .*, 2 slots a rank (8 spare)" &&
+  has "$d/out" "# ilp against eplb with spare slots: modelled time [0-9.]*x, max/mean load"
+usage plan --slots "" --slots 0
+usage plan --slots "" --shape qwen --slots 3
+has "$d/err" "--slots 3: the qwen shape's 64 experts do not fit on its 16 ranks"
 usage plan --topk-groups "" --topk-groups 2
 has "$d/err" "--topk-groups 2 limits the groups of --groups, which is not given"
 usage plan --eplb-window "" --eplb-window 2
@@ -454,7 +461,7 @@ has "$d/err" "--eplb-window is online rebalancing's"
 usage plan --drift 0 --drift 0
 usage plan --pass-tokens "" --pass-tokens 16
 usage plan --eplb-min-gain "" --eplb-min-gain 0.1
-help_ok plan --shape --mode --tokens --time-limit --drift --eplb-interval --eplb-window --eplb-min-gain --eplb-lag --groups --topk-groups --pass-tokens --csv
+help_ok plan --shape --mode --tokens --time-limit --drift --eplb-interval --eplb-window --eplb-min-gain --eplb-lag --groups --topk-groups --slots --pass-tokens --csv
 usage plan --tokens x --tokens x
 usage plan --affinity 1.5 --affinity 1.5
 usage plan --bogus "" --bogus 1

@@ -20,6 +20,12 @@ for m in contiguous round-robin greedy eplb ilp; do
   [ -s "$d/$m.json" ] && [ -s "$d/$m.eplb.json" ] || { echo "FAIL: $m wrote no files"; fails=$((fails + 1)); }
 done
 has "$d/ilp.json" '"format": "epmoe-placement"'
+# spare slots: the ILP's replica search starts from eplb's copies when they are better, so its
+# objective is never above eplb's, and on this affinity trace below it
+has "$d/ilp.json" 'replica search'
+obj() { sed -n 's/^ *"objective": \([0-9.e+-]*\),*$/\1/p' "$1"; }
+awk -v i="$(obj "$d/ilp.json")" -v e="$(obj "$d/eplb.json")" 'BEGIN { exit !(i != "" && e != "" && i + 0 < e + 0) }' ||
+  fail "ilp objective $(obj "$d/ilp.json") not below eplb's $(obj "$d/eplb.json") with spare slots"
 check "eval" 0 "$E" plan eval --trace "$d/b.st" "$d/contiguous.json" "$d/eplb.json" "$d/ilp.json" --mode both
 has "$d/out" "mode follow"
 has "$d/out" "cheaper by"

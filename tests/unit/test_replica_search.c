@@ -1,0 +1,232 @@
+/* The search over placements with copies (placement/replica_search.c): the
+ * objective it reports is epm_plan_objective's of what it returns, exactly,
+ * after thousands of kept and undone moves, in both modes, over one and
+ * several nodes, with skipped tokens and dynamic k; it never raises the
+ * objective, keeps every expert and the slot limit, is deterministic, and
+ * finds what eplb's balance-only packing leaves: tokens' consecutive experts
+ * together in follow mode. The ILP with spare slots returns it. */
+#include "test_util.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "planner.h"
+#include "placement_internal.h"
+
+static epm_cluster cluster_of(int nodes, int gpn)
+{
+    epm_cluster c;
+    epm_cluster_init(&c, nodes, gpn);
+    return c;
+}
+
+static epm_placement *eplb(const epm_trace *t, const epm_cluster *c, const epm_plan_opts *o)
+{
+    epm_plan_opts h = *o;
+    h.method = EPM_METHOD_EPLB;
+    epm_placement *p = NULL;
+    assert_int_equal(epm_plan(t, c, &h, &p), EPM_OK);
+    return p;
+}
+
+static void check_valid(const epm_placement *p, int slots)
+{
+    assert_int_equal(epm_placement_validate(p, slots), EPM_OK);
+}
+
+/* Skips (row[0] = -1) on every 7th token at odd layers and a dynamic k
+ * (the last choice dropped) on every 5th. */
+static void roughen(epm_trace *t)
+{
+    const int K = epm_trace_k(t);
+    for (int l = 0; l < epm_trace_layers(t); l++) {
+        int32_t *ids = epm_trace_ids(t, l);
+        for (int64_t i = 0; i < epm_trace_tokens(t); i++) {
+            int32_t *row = ids + (size_t)i * (size_t)K;
+            if (l % 2 == 1 && i % 7 == 3)
+                for (int j = 0; j < K; j++)
+                    row[j] = -1;
+            else if (K > 1 && i % 5 == 1)
+                row[K - 1] = -1;
+        }
+    }
+}
+
+typedef struct {
+    int nodes, gpn, layers, experts, k, slots;
+    int rough;
+} shape;
+
+static void test_exact_and_never_worse(void **state)
+{
+    (void)state;
+    static const shape shapes[] = {
+        {1, 3, 4, 8, 2, 4, 0}, /* odd ranks, one node */
+        {2, 2, 5, 8, 2, 3, 1}, /* two nodes, skips and dynamic k */
+        {3, 1, 3, 6, 3, 3, 1}, /* three one-rank nodes */
+        {2, 4, 4, 16, 4, 3, 0}, {1, 2, 3, 4, 1, 3, 0}, /* k = 1, free slots */
+    };
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        const shape *sh = &shapes[si];
+        for (int mode = 0; mode < 2; mode++) {
+            epm_trace *t = tu_synth_trace(sh->layers, sh->experts, sh->k, 600, 11 + si);
+            if (sh->rough)
+                roughen(t);
+            epm_cluster c = cluster_of(sh->nodes, sh->gpn);
+            epm_plan_opts o;
+            tu_plan_opts(&o, EPM_METHOD_ILP, mode ? EPM_MODE_FOLLOW : EPM_MODE_HOME, sh->slots, 5, 1e-4);
+            epm_placement *p = eplb(t, &c, &o);
+            double start, v, exact;
+            int64_t kept;
+            assert_int_equal(epm_plan_objective(t, p, &o, &start), EPM_OK);
+            assert_int_equal(epm_plan_replica_search(t, &o, sh->slots, 20000, 1e30, p, &v, &kept), EPM_OK);
+            assert_int_equal(epm_plan_objective(t, p, &o, &exact), EPM_OK);
+            if (v != exact)
+                fail_msg("shape %zu mode %d: search says %.17g, epm_plan_objective %.17g", si, mode, v, exact);
+            assert_true(v <= start);
+            assert_true(kept > 0);
+            check_valid(p, sh->slots);
+            epm_placement_destroy(p);
+            epm_trace_destroy(t);
+        }
+    }
+}
+
+static void test_deterministic(void **state)
+{
+    (void)state;
+    epm_trace *t = tu_synth_trace(4, 8, 2, 500, 3);
+    epm_cluster c = cluster_of(2, 2);
+    epm_plan_opts o;
+    tu_plan_opts(&o, EPM_METHOD_ILP, EPM_MODE_FOLLOW, 3, 5, 1e-4);
+    epm_placement *a = eplb(t, &c, &o), *b = eplb(t, &c, &o);
+    double va, vb;
+    int64_t ka, kb;
+    assert_int_equal(epm_plan_replica_search(t, &o, 3, 5000, 1e30, a, &va, &ka), EPM_OK);
+    assert_int_equal(epm_plan_replica_search(t, &o, 3, 5000, 1e30, b, &vb, &kb), EPM_OK);
+    assert_true(va == vb);
+    assert_int_equal(ka, kb);
+    for (int l = 0; l < 4; l++)
+        for (int e = 0; e < 8; e++) {
+            const int *ra, *rb;
+            int na = epm_placement_replicas(a, l, e, &ra), nb = epm_placement_replicas(b, l, e, &rb);
+            assert_int_equal(na, nb);
+            assert_memory_equal(ra, rb, (size_t)na * sizeof *ra);
+        }
+    epm_placement_destroy(a);
+    epm_placement_destroy(b);
+    epm_trace_destroy(t);
+}
+
+/* A trace where a token's expert at each layer is a fixed permutation of its
+ * expert at the one before (affinity 1): in follow mode the best placement
+ * puts each chain's copies on the same ranks layer after layer, which eplb's
+ * packing, blind to the order of layers, does not. */
+static void test_finds_affinity(void **state)
+{
+    (void)state;
+    const int L = 4, E = 8, T = 800;
+    epm_trace *t;
+    assert_int_equal(epm_trace_create(L, T, 1, E, &t), EPM_OK);
+    uint64_t rng = 7;
+    for (int64_t i = 0; i < T; i++) {
+        int e = (int)(epm_splitmix64(&rng) % (uint64_t)E);
+        for (int l = 0; l < L; l++) {
+            if (l > 0) /* a permutation of the last expert, or one at random */
+                e = epm_splitmix64(&rng) % 4 ? (e * 3 + 5) % E : (int)(epm_splitmix64(&rng) % (uint64_t)E);
+            epm_trace_ids(t, l)[i] = e;
+        }
+    }
+    epm_cluster c = cluster_of(1, 4);
+    epm_plan_opts o;
+    tu_plan_opts(&o, EPM_METHOD_ILP, EPM_MODE_FOLLOW, 3, 5, 1e-4);
+    o.balance_weight = 0.01; /* (traffic first: what eplb cannot see) */
+    epm_placement *p = eplb(t, &c, &o);
+    double start, v;
+    int64_t kept;
+    assert_int_equal(epm_plan_objective(t, p, &o, &start), EPM_OK);
+    assert_int_equal(epm_plan_replica_search(t, &o, 3, 40000, 1e30, p, &v, &kept), EPM_OK);
+    if (!(v < 0.85 * start)) /* (the K/V all-gather, the same for all, is most of what is left) */
+        fail_msg("eplb %g, searched %g", start, v);
+    /* a quarter of the tokens change chains, so some traffic stays: at most half of eplb's */
+    epm_eval_opts eo;
+    epm_eval_opts_init(&eo);
+    eo.mode = EPM_MODE_FOLLOW;
+    epm_eval_result *r0, *r1;
+    epm_placement *p0 = eplb(t, &c, &o);
+    assert_int_equal(epm_eval(t, p0, &eo, &r0), EPM_OK);
+    assert_int_equal(epm_eval(t, p, &eo, &r1), EPM_OK);
+    int64_t b0 = 0, b1 = 0;
+    for (int l = 1; l < L; l++) {
+        b0 += r0->layer[l].bytes[EPM_LINK_INTRA];
+        b1 += r1->layer[l].bytes[EPM_LINK_INTRA];
+    }
+    assert_true(b0 > 0);
+    if (!(b1 * 2 <= b0))
+        fail_msg("intra bytes: eplb %lld, searched %lld", (long long)b0, (long long)b1);
+    epm_eval_result_destroy(r0);
+    epm_eval_result_destroy(r1);
+    epm_placement_destroy(p0);
+    epm_placement_destroy(p);
+    epm_trace_destroy(t);
+}
+
+/* The ILP with spare slots returns the search's result: never above eplb's
+ * objective, below it on an affinity trace, and named ilp. */
+static void test_ilp_with_spares(void **state)
+{
+    (void)state;
+    for (int mode = 0; mode < 2; mode++) {
+        epm_trace *t = tu_synth_trace(4, 8, 2, 800, 5);
+        epm_cluster c = cluster_of(2, 2);
+        epm_plan_opts o;
+        tu_plan_opts(&o, EPM_METHOD_ILP, mode ? EPM_MODE_FOLLOW : EPM_MODE_HOME, 3, 2, 1e-4);
+        epm_placement *e = eplb(t, &c, &o), *p = NULL;
+        assert_int_equal(epm_plan(t, &c, &o, &p), EPM_OK);
+        double ve, vp;
+        assert_int_equal(epm_plan_objective(t, e, &o, &ve), EPM_OK);
+        assert_int_equal(epm_plan_objective(t, p, &o, &vp), EPM_OK);
+        const epm_placement_info *in = epm_placement_get_info(p);
+        if (!(vp < ve))
+            fail_msg("mode %d: eplb %.17g, ilp %.17g (%s)", mode, ve, vp, in->note);
+        assert_string_equal(in->method, "ilp");
+        assert_int_not_equal(in->quality, EPM_QUALITY_FALLBACK);
+        assert_true(fabs(in->objective - vp) <= 1e-9 * fabs(vp));
+        assert_non_null(strstr(in->note, "replica search"));
+        check_valid(p, 3);
+        epm_placement_destroy(e);
+        epm_placement_destroy(p);
+        epm_trace_destroy(t);
+    }
+}
+
+static void test_refusals(void **state)
+{
+    (void)state;
+    epm_trace *t = tu_synth_trace(3, 8, 2, 100, 1);
+    epm_cluster c = cluster_of(1, 4);
+    epm_plan_opts o;
+    tu_plan_opts(&o, EPM_METHOD_ILP, EPM_MODE_HOME, 3, 5, 1e-4);
+    epm_placement *p = eplb(t, &c, &o);
+    double v;
+    int64_t kept;
+    assert_int_equal(epm_plan_replica_search(t, &o, 0, 10, 1e30, p, &v, &kept), EPM_ERR_INVALID_ARG);
+    /* a rank holding more than the slots given */
+    assert_int_equal(epm_plan_replica_search(t, &o, 1, 10, 1e30, p, &v, &kept), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "holds more than 1"));
+    epm_trace *t2 = tu_synth_trace(2, 8, 2, 100, 1);
+    assert_int_equal(epm_plan_replica_search(t2, &o, 3, 10, 1e30, p, &v, &kept), EPM_ERR_MISMATCH);
+    epm_trace_destroy(t2);
+    epm_placement_destroy(p);
+    epm_trace_destroy(t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_exact_and_never_worse), cmocka_unit_test(test_deterministic),
+        cmocka_unit_test(test_finds_affinity),        cmocka_unit_test(test_ilp_with_spares),
+        cmocka_unit_test(test_refusals),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
