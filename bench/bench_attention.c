@@ -109,7 +109,7 @@ static epm_status run_one(att_case *c, int reps, int csv, const char *backend)
     for (int64_t i = 0; i < c->n; i++)
         bytes += 2.0 * (c->pos[i] + 1) * sh->kv_heads *
                  (kind == KV_FP8 ? sh->hd + sizeof(float) : (double)sh->hd * (kind == KV_BF16 ? 2 : sizeof(float)));
-    printf(csv ? "%s,%s,%s,%lld,%lld,%.6g,%.6g,%.2f,%.4f" : "%-8s %-8s %-7s %8lld %6lld %11.6f %11.6f %8.2f %9.2f",
+    printf(csv ? "%s,%s,%s,%lld,%lld,%.6g,%.6g,%.4g,%.4g" : "%-8s %-8s %-7s %8lld %6lld %11.6f %11.6f %8.2f %9.2f",
            backend, sh->name, c->n == 1 ? "decode" : "prefill", (long long)c->L, (long long)c->n, best, ref,
            bytes / best / 1e9, ref / best);
     if (kind != KV_F32)

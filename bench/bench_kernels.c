@@ -21,6 +21,7 @@
 static const char usage[] =
     "usage: epmoe bench kernels [--shape mixtral|dsv3|all] [--tokens LIST] [--reps R]\n"
     "                           [--backend cpu|ref|cuda] [--dtype f32|bf16|fp8] [--csv]\n"
+    "  --backend      also --kernels, as epmoe run names it; blas is cpu\n"
     "  mixtral: hidden 4096, expert FFN 14336, 8 experts, top-2\n"
     "  dsv3:    hidden 7168, expert FFN 2048, 256 experts, top-8 (DeepSeek-V3-like)\n"
     "  --tokens LIST  batch sizes, e.g. 1,16,128,1024,4096,16384. Default on the CPU\n"
@@ -293,6 +294,7 @@ int epm_bench_kernels(int argc, char **argv)
         {"reps", required_argument, 0, 'r'},      {"backend", required_argument, 0, 'b'},
         {"dtype", required_argument, 0, 'd'},     {"weight-gb", required_argument, 0, 'w'},
         {"csv", no_argument, 0, 'c'},             {"help", no_argument, 0, 'h'},
+        {"kernels", required_argument, 0, 'b'}, /* (epmoe run's name for it) */
         {0, 0, 0, 0}};
     if (cli_exact_options(W, argc, argv, opts, 0) != EPM_EXIT_OK)
         return EPM_EXIT_USAGE;
@@ -323,7 +325,7 @@ int epm_bench_kernels(int argc, char **argv)
     if (!strcmp(backend, "blas")) /* the earlier name of the CPU path */
         backend = "cpu";
     if (strcmp(backend, "cpu") && strcmp(backend, "ref") && strcmp(backend, "cuda"))
-        return cli_usage_error(W, "--backend '%s' is not cpu, ref or cuda", backend);
+        return cli_usage_error(W, "--backend/--kernels '%s' is not cpu (blas), ref or cuda", backend);
     /* any case: the CSV names them as safetensors does (F32, BF16) */
     if (dtype && strcasecmp(dtype, "f32") && strcasecmp(dtype, "bf16") && strcasecmp(dtype, "fp8"))
         return cli_usage_error(W, "--dtype '%s' is not f32, bf16 or fp8", dtype);

@@ -281,10 +281,11 @@ int epm_bench_plan(int argc, char **argv)
     for (int s = 0; s < 3 && slots; s++) {
         const bench_shape *sh = &shapes[s];
         if ((strcmp(shape_name, "all") && strcmp(shape_name, sh->name)) ||
-            (long)sh->nodes * sh->gpn * slots >= sh->experts)
+            ((long)sh->nodes * sh->gpn * slots >= sh->experts && slots <= sh->experts))
             continue;
-        return cli_usage_error(what, "--slots %ld: the %s shape's %d experts do not fit on its %d ranks", slots,
-                               sh->name, sh->experts, sh->nodes * sh->gpn);
+        return cli_usage_error(what, slots > sh->experts ? "--slots %ld: the %s shape has %d experts, a rank holds "
+                               "each at most once" : "--slots %ld: the %s shape's %d experts do not fit on its %d "
+                               "ranks", slots, sh->name, sh->experts, sh->nodes * sh->gpn);
     }
     int want_shape[3] = {0, 0, 0};
     int any = 0;

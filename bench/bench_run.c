@@ -22,7 +22,7 @@ static const char usage[] =
     "  --model DIR          checkpoint (epmoe model synth makes one of any shape)\n"
     "  --batch B            sequences (default 8)\n"
     "  --seq S              prompt length (default 64)\n"
-    "  --new N              greedy tokens per sequence (default 8)\n"
+    "  --new N              greedy tokens per sequence (default 8; also --max-new-tokens, as run)\n"
     "  --input FILE         instead of --batch and --seq: the sequences of FILE, as epmoe run --input\n"
     "                       reads it (token lists, requests: a dataset's prompt and output lengths;\n"
     "                       a request's max_tokens, else --new; its n samples; its sampling\n"
@@ -163,6 +163,7 @@ enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, 
 static const struct option opts[] = {
     {"model", required_argument, 0, O_MODEL}, {"batch", required_argument, 0, O_BATCH},
     {"seq", required_argument, 0, O_SEQ},     {"new", required_argument, 0, O_NEW},
+    {"max-new-tokens", required_argument, 0, O_NEW}, /* (epmoe run's name for it) */
     {"zipf", required_argument, 0, O_ZIPF},   {"affinity", required_argument, 0, O_AFF},
     {"methods", required_argument, 0, O_METHODS}, {"modes", required_argument, 0, O_MODES},
     {"slots", required_argument, 0, O_SLOTS}, {"virtual-nodes", required_argument, 0, O_VN},

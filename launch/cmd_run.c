@@ -123,7 +123,8 @@ static const char usage[] =
     "                           out, its lengths unused), from the first; at least as many as the\n"
     "                           input's requests\n"
     "  --time-scale X           those times multiplied by X (0.5: twice as fast; default 1)\n"
-    "  --kernels ref|blas|cuda  compute kernels (default blas; cuda: the GPU of the rank's local index)\n"
+    "  --kernels ref|blas|cuda  compute kernels (default blas, also called cpu; cuda: the GPU of the rank's\n"
+    "                           local index)\n"
     "  --bind                   bind each rank's threads and memory to the cores of its GPU's NUMA node\n"
     "                           (its share of the node's cores without GPUs; EPM_GPU_MAP=0,2,.. maps GPUs)\n"
     "  --report-bindings        print each rank's GPU, NUMA node and cores (stderr, one line per rank)\n"
@@ -678,9 +679,9 @@ int epm_cli_run(int argc, char **argv)
         case O_OUT: oout = optarg; break;
         case O_ALL: o.keep_logits = 1; break;
         case O_KER:
-            if (strcmp(optarg, "ref") && strcmp(optarg, "blas") && strcmp(optarg, "cuda"))
-                return cli_usage_error(W, "--kernels must be ref, blas or cuda");
-            o.ops = optarg;
+            if (strcmp(optarg, "ref") && strcmp(optarg, "blas") && strcmp(optarg, "cpu") && strcmp(optarg, "cuda"))
+                return cli_usage_error(W, "--kernels must be ref, blas (also cpu, as bench kernels names it) or cuda");
+            o.ops = strcmp(optarg, "cpu") ? optarg : "blas";
             break;
         case O_REP: report = 1; break;
         case O_EDT:

@@ -28,12 +28,20 @@ epm_status epm_plan_heuristic(epm_method m, const epm_trace *t, const epm_cluste
 epm_status epm_plan_fill_replicas(const epm_placement *base, const int64_t *load, int slots, epm_placement **out);
 
 /* Improves p, whose ranks hold at most `slots` experts each, by moving,
- * swapping and re-assigning copies within each layer, keeping a move only
- * where epm_plan_objective drops (placement/replica_search.c). At most
- * max_moves proposals from a fixed seed, or until deadline. *obj receives
- * epm_plan_objective of the result, *kept the moves kept. */
-epm_status epm_plan_replica_search(const epm_trace *t, const epm_plan_opts *o, int slots, int64_t max_moves,
-                                   double deadline, epm_placement *p, double *obj, int64_t *kept);
+ * swapping and re-assigning copies within each layer
+ * (placement/replica_search.c). A move is kept where it lowers a model of
+ * epm_eval's time (per layer, the busiest rank's load and communication,
+ * summed over `folds` folds of the tokens) and leaves epm_plan_objective at
+ * or below its value at the start. At most max_moves proposals from a fixed
+ * seed, or until deadline. *obj receives epm_plan_objective of the result,
+ * *kept the moves kept. */
+epm_status epm_plan_replica_search(const epm_trace *t, const epm_plan_opts *o, int slots, int folds,
+                                   int64_t max_moves, double deadline, epm_placement *p, double *obj, int64_t *kept);
+/* Test hook: when set, the search compares every sum it keeps with a fresh
+ * count after each move (kept or undone) and fails with EPM_ERR_INTERNAL
+ * naming the first that differs. Fails with EPM_ERR_TIMEOUT (p unchanged)
+ * when the deadline comes during its setup. */
+extern int epm_replica_search_test_check;
 
 /* The planner's objective, in units of "one intra-node hidden-vector transfer":
  *   sum over layers l of

@@ -40,10 +40,15 @@ typedef struct {
     int64_t *bytes;      /* [L * LINKS] dispatch, combine and K/V bytes by link class */
     int64_t *maxl;       /* [L] */
     int64_t gather[EPM_LINK_COUNT];
-    /* what epm_eval charges, the busiest rank: per layer, each rank's dispatch and combine bytes
-     * [4][R] (sent intra, sent inter, received intra, received inter), and in follow mode the
-     * tokens whose K/V row each rank sends [R]; each layer's model term */
-    int64_t *ph, *nsrc;
+    /* what epm_eval charges, the busiest rank, per layer and fold (token i in fold i mod F) in
+     * [L][F][6R]: each rank's load [R], its dispatch and combine hidden vectors [4][R] (sent intra,
+     * sent inter, received intra, received inter), and in follow mode the tokens whose K/V row it
+     * sends [R]; each layer's model term */
+    epm_plan_opts o;     /* (resolved) */
+    int F;
+    int64_t *fx;
+    int64_t *gx;         /* follow: [F][4R] the final return home, as the layers' phases */
+    double gmodel;       /* its term */
     double *model;       /* [L] */
     double rho;          /* another node's link cost */
     double kv_ratio;     /* a K/V row's bytes over a hidden vector's */
@@ -57,7 +62,9 @@ typedef struct {
     int32_t *aff, *cur, *cur_src, *nxt, *nxt_src;
     int *touched, ntouched;
     char *is_touched;
-    int64_t *save_load, *save_bytes, *save_max, save_gather[EPM_LINK_COUNT], *save_ph, *save_nsrc;
+    int64_t *save_load, *save_bytes, *save_max, save_gather[EPM_LINK_COUNT], *save_fx, *save_gx;
+    double save_gmodel;
+    int gx_saved;
     double *save_model;
     int64_t *log_idx;
     int32_t *log_old;
@@ -90,12 +97,15 @@ static int tok_layer(rs *s, int l, int64_t i, int src, int sign)
     if (row[0] < 0)
         return src;
     epm_route_pick(s->p, l, row, s->K, src, (uint64_t)i, s->dst);
-    int64_t *load = s->load + (size_t)l * (size_t)s->R, *b = lb(s, l);
+    const size_t R = (size_t)s->R;
+    int64_t *load = s->load + (size_t)l * R, *b = lb(s, l);
+    int64_t *fx = s->fx + ((size_t)l * (size_t)s->F + (size_t)(i % s->F)) * 6 * R, *ph = fx + R;
     int nd = 0;
     for (int j = 0; j < s->K; j++) {
         if (s->dst[j] < 0)
             continue;
         load[s->dst[j]] += sign;
+        fx[s->dst[j]] += sign;
         int seen = 0;
         for (int q = 0; q < nd; q++)
             seen |= s->distinct[q] == s->dst[j];
@@ -103,7 +113,6 @@ static int tok_layer(rs *s, int l, int64_t i, int src, int sign)
             s->distinct[nd++] = s->dst[j];
     }
     int comb = s->follow ? s->dst[0] : src;
-    int64_t *ph = s->ph + (size_t)l * 4 * (size_t)s->R;
     for (int q = 0; q < nd; q++) {
         int d = s->distinct[q];
         if (d != src)
@@ -114,39 +123,62 @@ static int tok_layer(rs *s, int l, int64_t i, int src, int sign)
     if (s->follow) {
         for (int k = 0; k < EPM_LINK_COUNT; k++)
             b[k] += sign * s->kv_of[(size_t)src * EPM_LINK_COUNT + (size_t)k];
-        s->nsrc[(size_t)l * (size_t)s->R + (size_t)src] += sign;
+        fx[5 * R + (size_t)src] += sign;
     }
     return comb;
 }
 
 static void gather_add(rs *s, int64_t i, int where, int sign)
 {
-    if (where != s->home[i])
-        s->gather[epm_cluster_link(s->c, where, s->home[i])] += sign * s->hb;
+    if (where == s->home[i])
+        return;
+    const size_t R = (size_t)s->R;
+    epm_link k = epm_cluster_link(s->c, where, s->home[i]);
+    size_t inter = k == EPM_LINK_INTER;
+    int64_t *g = s->gx + (size_t)(i % s->F) * 4 * R;
+    s->gather[k] += sign * s->hb;
+    g[inter * R + (size_t)where] += sign;
+    g[(2 + inter) * R + (size_t)s->home[i]] += sign;
 }
 
-/* Layer l's busiest load, and its term of the search's model of epm_eval's
- * time: balance_weight * the busiest load + traffic_weight * the busiest
- * rank's units (one intra-node hidden vector each; another node's cost rho)
- * of the dispatch/combine phase and, in follow mode, of the K/V phase. The
- * objective charges traffic at the mean rank; epm_eval's time, the busiest:
- * a move that lowers the sum by piling transfers onto one rank does not
- * lower the time (bench/README.md). */
-static void layer_max(rs *s, int l)
+/* The final return home's term of the model: its phase's busiest rank, per
+ * fold (follow mode; epm_eval charges it once for the trace). */
+static void gather_model(rs *s)
 {
     const size_t R = (size_t)s->R;
-    const int64_t *load = s->load + (size_t)l * R, *ph = s->ph + (size_t)l * 4 * R;
+    double v = 0;
+    for (int f = 0; s->follow && f < s->F; f++) {
+        const int64_t *g = s->gx + (size_t)f * 4 * R;
+        double m = 0;
+        for (size_t r = 0; r < R; r++) {
+            double snd = (double)g[r] + s->rho * (double)g[R + r], rcv = (double)g[2 * R + r] + s->rho * (double)g[3 * R + r];
+            m = snd > m ? snd : m;
+            m = rcv > m ? rcv : m;
+        }
+        v += s->tw * m;
+    }
+    s->gmodel = v;
+}
+
+/* One fold's part of a layer's model term: balance_weight * its busiest
+ * load + traffic_weight * its busiest rank's units (one intra-node hidden
+ * vector each; another node's cost rho) of the dispatch/combine phase and,
+ * in follow mode, of the K/V phase. */
+static double fold_term(const rs *s, const int64_t *f)
+{
+    const size_t R = (size_t)s->R;
+    const int64_t *ph = f + R;
     int64_t m = 0;
     double a2a = 0, kv = 0;
     for (size_t r = 0; r < R; r++) {
-        m = load[r] > m ? load[r] : m;
+        m = f[r] > m ? f[r] : m;
         double snd = (double)ph[r] + s->rho * (double)ph[R + r], rcv = (double)ph[2 * R + r] + s->rho * (double)ph[3 * R + r];
         a2a = snd > a2a ? snd : a2a;
         a2a = rcv > a2a ? rcv : a2a;
     }
     if (s->follow) {
         /* a rank sends its tokens' rows to every other and receives every other rank's tokens' */
-        const int64_t *n = s->nsrc + (size_t)l * R;
+        const int64_t *n = f + 5 * R;
         int64_t all = 0;
         for (size_t r = 0; r < R; r++)
             all += n[r];
@@ -164,13 +196,36 @@ static void layer_max(rs *s, int l)
         }
         kv *= s->kv_ratio;
     }
+    return s->bw * (double)m + s->tw * (a2a + kv);
+}
+
+/* Layer l's busiest load (the objective's), and its term of the search's
+ * model of epm_eval's time: the sum over folds of fold_term, each fold a
+ * sample of 1/F of the tokens, so the sum is F times the mean over folds.
+ * Two reasons for it (as in ilp_search.c for single copies). The objective
+ * charges traffic at the mean rank, epm_eval's time at the busiest: a move
+ * that lowers the sum by piling transfers onto one rank does not lower the
+ * time (bench/README.md). And the busiest rank of the planning sample is
+ * biased low, the more so the smaller the sample: a search that fills
+ * every rank up to it loses to the next batch's noise; F smaller samples
+ * keep the slack that noise needs. */
+static void layer_max(rs *s, int l)
+{
+    const size_t R = (size_t)s->R;
+    const int64_t *load = s->load + (size_t)l * R;
+    int64_t m = 0;
+    for (size_t r = 0; r < R; r++)
+        m = load[r] > m ? load[r] : m;
     s->maxl[l] = m;
-    s->model[l] = s->bw * (double)m + s->tw * (a2a + kv);
+    double v = 0;
+    for (int f = 0; f < s->F; f++)
+        v += fold_term(s, s->fx + ((size_t)l * (size_t)s->F + (size_t)f) * 6 * R);
+    s->model[l] = v;
 }
 
 static double model_total(const rs *s)
 {
-    double v = 0;
+    double v = s->gmodel;
     for (int l = 0; l < s->L; l++)
         v += s->model[l];
     return v;
@@ -199,11 +254,11 @@ static void rs_free(rs *s)
     epm_free(s->load);
     epm_free(s->bytes);
     epm_free(s->maxl);
-    epm_free(s->ph);
-    epm_free(s->nsrc);
+    epm_free(s->fx);
+    epm_free(s->gx);
+    epm_free(s->save_gx);
     epm_free(s->model);
-    epm_free(s->save_ph);
-    epm_free(s->save_nsrc);
+    epm_free(s->save_fx);
     epm_free(s->save_model);
     epm_free(s->kv_of);
     epm_free(s->occ_start);
@@ -267,9 +322,12 @@ static epm_status build_occ(rs *s)
     return EPM_OK;
 }
 
-static epm_status rs_init(rs *s, const epm_trace *t, epm_placement *p, const epm_plan_opts *o, int slots)
+static epm_status rs_init(rs *s, const epm_trace *t, epm_placement *p, const epm_plan_opts *o, int slots, int folds,
+                          double deadline)
 {
     memset(s, 0, sizeof *s);
+    s->o = *o;
+    s->F = folds;
     s->t = t;
     s->p = p;
     s->c = &p->cluster;
@@ -298,11 +356,11 @@ static epm_status rs_init(rs *s, const epm_trace *t, epm_placement *p, const epm
     s->load = epm_calloc(LR, sizeof *s->load);
     s->bytes = epm_calloc(L * EPM_LINK_COUNT, sizeof *s->bytes);
     s->maxl = epm_calloc(L, sizeof *s->maxl);
-    s->ph = epm_calloc(LR * 4, sizeof *s->ph);
-    s->nsrc = epm_calloc(LR, sizeof *s->nsrc);
+    s->fx = epm_calloc(LR * (size_t)s->F * 6, sizeof *s->fx);
+    s->gx = epm_calloc(R * (size_t)s->F * 4, sizeof *s->gx);
+    s->save_gx = epm_malloc(R * (size_t)s->F * 4 * sizeof *s->save_gx);
     s->model = epm_calloc(L, sizeof *s->model);
-    s->save_ph = epm_malloc(LR * 4 * sizeof *s->save_ph);
-    s->save_nsrc = epm_malloc(LR * sizeof *s->save_nsrc);
+    s->save_fx = epm_malloc(LR * (size_t)s->F * 6 * sizeof *s->save_fx);
     s->save_model = epm_malloc(L * sizeof *s->save_model);
     s->kv_of = epm_calloc(R * EPM_LINK_COUNT, sizeof *s->kv_of);
     s->held = epm_malloc(LR * (size_t)slots * sizeof *s->held);
@@ -320,9 +378,11 @@ static epm_status rs_init(rs *s, const epm_trace *t, epm_placement *p, const epm
     s->distinct = epm_malloc((size_t)s->K * sizeof *s->distinct);
     if (!s->home || (s->follow && !s->src) || !s->load || !s->bytes || !s->maxl || !s->kv_of || !s->held ||
         !s->aff || !s->cur || !s->cur_src || !s->nxt || !s->nxt_src || !s->touched || !s->is_touched ||
-        !s->save_load || !s->save_bytes || !s->save_max || !s->dst || !s->distinct || !s->ph || !s->nsrc ||
-        !s->model || !s->save_ph || !s->save_nsrc || !s->save_model)
+        !s->save_load || !s->save_bytes || !s->save_max || !s->dst || !s->distinct || !s->fx ||
+        !s->model || !s->save_fx || !s->save_model || !s->gx || !s->save_gx)
         return EPM_ERR_NOMEM;
+    if (epm_now() >= deadline)
+        return epm_fail(EPM_ERR_TIMEOUT, "replica search: no time left for its setup");
     EPM_CHECK(build_occ(s));
     for (size_t i = 0; i < T; i++)
         s->home[i] = (int32_t)(epm_trace_seq_of(t, (int64_t)i) % s->R);
@@ -345,6 +405,9 @@ static epm_status rs_init(rs *s, const epm_trace *t, epm_placement *p, const epm
         for (size_t i = 0; i < T; i++)
             s->src[i] = s->home[i];
     for (int l = 0; l < s->L; l++) {
+        if (epm_now() >= deadline) /* (its setup is L passes over the tokens: a long trace's take seconds) */
+            return epm_fail(EPM_ERR_TIMEOUT, "replica search: the time limit came during its setup (layer %d of %d)",
+                            l, s->L);
         for (size_t i = 0; i < T; i++) {
             int comb = tok_layer(s, l, (int64_t)i, srcof(s, l, (int64_t)i), 1);
             if (s->follow)
@@ -355,6 +418,7 @@ static epm_status rs_init(rs *s, const epm_trace *t, epm_placement *p, const epm
     if (s->follow)
         for (size_t i = 0; i < T; i++)
             gather_add(s, (int64_t)i, s->src[L * T + i], 1);
+    gather_model(s);
     return EPM_OK;
 }
 
@@ -367,9 +431,8 @@ static void touch(rs *s, int l)
     memcpy(s->save_load + (size_t)l * (size_t)s->R, s->load + (size_t)l * (size_t)s->R,
            (size_t)s->R * sizeof *s->load);
     memcpy(s->save_bytes + (size_t)l * EPM_LINK_COUNT, lb(s, l), EPM_LINK_COUNT * sizeof *s->bytes);
-    memcpy(s->save_ph + (size_t)l * 4 * (size_t)s->R, s->ph + (size_t)l * 4 * (size_t)s->R,
-           4 * (size_t)s->R * sizeof *s->ph);
-    memcpy(s->save_nsrc + (size_t)l * (size_t)s->R, s->nsrc + (size_t)l * (size_t)s->R, (size_t)s->R * sizeof *s->nsrc);
+    const size_t w = (size_t)s->F * 6 * (size_t)s->R;
+    memcpy(s->save_fx + (size_t)l * w, s->fx + (size_t)l * w, w * sizeof *s->fx);
     s->save_max[l] = s->maxl[l];
     s->save_model[l] = s->model[l];
 }
@@ -450,14 +513,16 @@ static void undo(rs *s, const change *c)
         memcpy(s->load + (size_t)l * (size_t)s->R, s->save_load + (size_t)l * (size_t)s->R,
                (size_t)s->R * sizeof *s->load);
         memcpy(lb(s, l), s->save_bytes + (size_t)l * EPM_LINK_COUNT, EPM_LINK_COUNT * sizeof *s->bytes);
-        memcpy(s->ph + (size_t)l * 4 * (size_t)s->R, s->save_ph + (size_t)l * 4 * (size_t)s->R,
-               4 * (size_t)s->R * sizeof *s->ph);
-        memcpy(s->nsrc + (size_t)l * (size_t)s->R, s->save_nsrc + (size_t)l * (size_t)s->R,
-               (size_t)s->R * sizeof *s->nsrc);
+        const size_t w = (size_t)s->F * 6 * (size_t)s->R;
+        memcpy(s->fx + (size_t)l * w, s->save_fx + (size_t)l * w, w * sizeof *s->fx);
         s->maxl[l] = s->save_max[l];
         s->model[l] = s->save_model[l];
     }
     memcpy(s->gather, s->save_gather, sizeof s->gather);
+    if (s->gx_saved) {
+        memcpy(s->gx, s->save_gx, (size_t)s->F * 4 * (size_t)s->R * sizeof *s->gx);
+        s->gmodel = s->save_gmodel;
+    }
 }
 
 /* Applies c and updates every sum it changes; returns the new objective. */
@@ -470,6 +535,7 @@ static epm_status try_change(rs *s, const change *c, double *obj, double *model)
     s->ntouched = 0;
     s->nlog = 0;
     memcpy(s->save_gather, s->gather, sizeof s->gather);
+    s->gx_saved = 0;
     if (++s->epoch == 0) {
         memset(s->stamp, 0, T * sizeof *s->stamp);
         s->epoch = 1;
@@ -501,12 +567,16 @@ static epm_status try_change(rs *s, const change *c, double *obj, double *model)
     /* follow: the tokens whose rank changed, layer after layer */
     for (int l2 = l + 1; nc > 0; l2++) {
         if (l2 == s->L) {
+            memcpy(s->save_gx, s->gx, (size_t)s->F * 4 * (size_t)s->R * sizeof *s->gx);
+            s->save_gmodel = s->gmodel;
+            s->gx_saved = 1;
             for (int64_t q = 0; q < nc; q++) {
                 int32_t i = s->cur[q];
                 gather_add(s, i, s->src[(size_t)l2 * T + (size_t)i], -1);
                 EPM_CHECK(set_src(s, l2, i, s->cur_src[q]));
                 gather_add(s, i, s->cur_src[q], 1);
             }
+            gather_model(s);
             break;
         }
         touch(s, l2);
@@ -590,19 +660,62 @@ static int propose(rs *s, uint64_t *rng, change *c)
     return 1;
 }
 
-epm_status epm_plan_replica_search(const epm_trace *t, const epm_plan_opts *o, int slots, int64_t max_moves,
-                                   double deadline, epm_placement *p, double *obj, int64_t *kept)
+int epm_replica_search_test_check;
+
+static int differs(const void *a, const void *b, size_t n) { return memcmp(a, b, n) != 0; }
+
+/* Test hook (epm_replica_search_test_check): every sum of s against those
+ * of a fresh setup from its placement. */
+static epm_status self_check(rs *s, const char *after)
+{
+    rs f;
+    epm_status st = rs_init(&f, s->t, s->p, &s->o, s->S, s->F, INFINITY);
+    const size_t T = (size_t)s->T, L = (size_t)s->L, R = (size_t)s->R, F = (size_t)s->F;
+    const char *what = NULL;
+    if (st != EPM_OK)
+        what = "a fresh setup";
+    else if (differs(f.load, s->load, L * R * sizeof *s->load) || differs(f.maxl, s->maxl, L * sizeof *s->maxl))
+        what = "loads";
+    else if (differs(f.bytes, s->bytes, L * EPM_LINK_COUNT * sizeof *s->bytes) ||
+             differs(f.gather, s->gather, sizeof s->gather))
+        what = "bytes";
+    else if (differs(f.fx, s->fx, L * F * 6 * R * sizeof *s->fx) || differs(f.gx, s->gx, F * 4 * R * sizeof *s->gx) ||
+             differs(f.model, s->model, L * sizeof *s->model) || f.gmodel != s->gmodel)
+        what = "the model's sums";
+    else if (s->follow && differs(f.src, s->src, (L + 1) * (T ? T : 1) * sizeof *s->src))
+        what = "token positions";
+    else if (objective(&f) != objective(s))
+        what = "the objective";
+    for (size_t lr = 0; !what && st == EPM_OK && lr < L * R; lr++) {
+        int n = epm_placement_rank_count(s->p, (int)(lr / R), (int)(lr % R));
+        for (int j = 0; j < n && !what; j++) {
+            int e = s->held[lr * (size_t)s->S + (size_t)j], found = 0;
+            for (int u = 0; u < n; u++)
+                found |= f.held[lr * (size_t)s->S + (size_t)u] == e;
+            if (!found)
+                what = "the slots held";
+        }
+    }
+    rs_free(&f);
+    if (what)
+        return epm_fail(EPM_ERR_INTERNAL, "replica search: after %s, %s differ from a fresh count", after, what);
+    return EPM_OK;
+}
+
+epm_status epm_plan_replica_search(const epm_trace *t, const epm_plan_opts *o, int slots, int folds,
+                                   int64_t max_moves, double deadline, epm_placement *p, double *obj, int64_t *kept)
 {
     *kept = 0;
     if (epm_trace_layers(t) != p->layers || epm_trace_experts(t) > p->experts)
         return epm_fail(EPM_ERR_MISMATCH, "replica search: the trace (%d layers, %d experts) does not fit the "
                         "placement (%d, %d)", epm_trace_layers(t), epm_trace_experts(t), p->layers, p->experts);
-    if (slots < 1)
-        return epm_fail(EPM_ERR_INVALID_ARG, "replica search: slots = %d", slots);
+    if (slots < 1 || folds < 1)
+        return epm_fail(EPM_ERR_INVALID_ARG, "replica search: slots = %d, folds = %d", slots, folds);
+    EPM_CHECK(epm_placement_validate(p, slots));
     epm_plan_opts resolved;
     epm_plan_resolve(o, &p->cluster, &resolved);
     rs s;
-    epm_status st = rs_init(&s, t, p, &resolved, slots);
+    epm_status st = rs_init(&s, t, p, &resolved, slots, folds, deadline);
     if (st != EPM_OK) {
         rs_free(&s);
         return st;
@@ -613,7 +726,7 @@ epm_status epm_plan_replica_search(const epm_trace *t, const epm_plan_opts *o, i
     double cur = start, cur_model = model_total(&s);
     uint64_t rng = 0x5eed5eedULL;
     for (int64_t m = 0; m < max_moves; m++) {
-        if ((m & 63) == 0 && epm_now() >= deadline)
+        if (epm_now() >= deadline) /* (a follow-mode move can take milliseconds) */
             break;
         change c;
         if (!propose(&s, &rng, &c))
@@ -630,6 +743,8 @@ epm_status epm_plan_replica_search(const epm_trace *t, const epm_plan_opts *o, i
         } else {
             undo(&s, &c);
         }
+        if (epm_replica_search_test_check && (st = self_check(&s, "a move")) != EPM_OK)
+            break;
     }
     *obj = cur;
     rs_free(&s);

@@ -454,6 +454,8 @@ ok "bench plan slots" "$E" bench plan --shape mixtral --mode follow --tokens 256
 usage plan --slots "" --slots 0
 usage plan --slots "" --shape qwen --slots 3
 has "$d/err" "--slots 3: the qwen shape's 64 experts do not fit on its 16 ranks"
+usage plan --slots "" --shape mixtral --slots 9
+has "$d/err" "--slots 9: the mixtral shape has 8 experts, a rank holds each at most once"
 usage plan --topk-groups "" --topk-groups 2
 has "$d/err" "--topk-groups 2 limits the groups of --groups, which is not given"
 usage plan --eplb-window "" --eplb-window 2
@@ -508,7 +510,8 @@ if grep -q "^blas: OpenBLAS" "$d/out"; then
   ok "version, OPENBLAS_CORETYPE" env OPENBLAS_CORETYPE=Prescott "$E" version &&
     has "$d/out" "^blas: OpenBLAS .*Prescott.*(OPENBLAS_CORETYPE=Prescott)$"
 fi
-help_ok kernels --shape --tokens --reps --backend --dtype fp8 --weight-gb --csv
+help_ok kernels --shape --tokens --reps --backend --kernels --dtype fp8 --weight-gb --csv
+usage kernels --kernels gpu --kernels gpu
 usage kernels --tokens x --shape dsv3 --weight-gb 0.001 --tokens 1,x
 usage kernels --tokens 1,,2 --shape dsv3 --weight-gb 0.001 --tokens 1,,2
 usage kernels --reps 0 --reps 0
@@ -625,7 +628,7 @@ has "$d/err" "--eplb-lag is online rebalancing's"
 # run refuses it
 printf '{"prompt_token_ids": [1, 2, 3, 4, 5], "max_tokens": 3}\n{"prompt_token_ids": [7, 8], "n": 3}\n' \
   >"$d/in.jsonl"
-ok "bench run --input" mpi -np 2 "$E" bench run --model "$m" --input "$d/in.jsonl" --new 2 --reps 1 --time-limit 1 \
+ok "bench run --input" mpi -np 2 "$E" bench run --model "$m" --input "$d/in.jsonl" --max-new-tokens 2 --reps 1 --time-limit 1 \
   --workdir "$d/work" --methods contiguous,eplb --modes home,follow --csv && csvcheck run 2 home,follow contiguous,eplb
 # (three at a time, rank 1 one: its second waits, then is prefilled in a pass of its own; not in the
 # sanitizer pass, EPM_TEST_QUICK=1, whose --continuous below runs separate prefill)

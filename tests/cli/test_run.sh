@@ -38,7 +38,7 @@ cp "$d/out" "$d/onepass.json" # (chunked prefill below: the same tokens as this 
 # keeps every sequence's); a dtype it has not is refused by name
 kvbytes() { sed -n 's/.*"kv_cache_bytes_max_rank": \([0-9]*\).*/\1/p' "$d/out"; }
 check "float32 K/V cache" 0 run -np 3 "$E" run --model "$m" --input "$d/in.json" --mode follow --max-new-tokens 2 \
-  --json --report
+  --json --report --kernels cpu # (blas, by bench kernels' name)
 has "$d/out" '"kv_dtype": "F32"'
 kv32=$(kvbytes)
 check "bf16 K/V cache" 0 run -np 3 "$E" run --model "$m" --input "$d/in.json" --mode follow --max-new-tokens 2 \
@@ -73,6 +73,8 @@ check "K/V cache dtype it has not" 2 "$E" run --model "$m" --input "$d/in.json" 
 has "$d/err" "--kv-dtype 'f16' is not f32, bf16 or fp8"
 check "wire dtype it has not" 2 "$E" run --model "$m" --input "$d/in.json" --wire-dtype f16
 has "$d/err" "--wire-dtype 'f16' is not f32, bf16 or fp8"
+check "kernels it has not" 2 "$E" run --model "$m" --input "$d/in.json" --kernels gpu
+has "$d/err" "--kernels must be ref, blas (also cpu"
 check "fp8 dispatch in follow mode" 1 one "$E" run --model "$m" --input "$d/in.json" --mode follow \
   --wire-dtype fp8
 has "$d/err" "--wire-dtype fp8 is for home mode"
