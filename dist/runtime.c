@@ -1688,8 +1688,14 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
         else
             st = epm_placement_validate(r->p, 0);
     }
+    int eplb_slots = o->eplb_slots;
+    if (st == EPM_OK && o->eplb_interval != 0 && o->eplb_redundant_given)
+        st = o->eplb_slots ? epm_fail(EPM_ERR_INVALID_ARG, "--eplb-slots %d and --redundant-experts %d: each sets the "
+                                      "slots a rank holds; give one", o->eplb_slots, o->eplb_redundant)
+                           : epm_redundant_slots(c->num_experts, r->R, o->eplb_redundant, "--redundant-experts",
+                                                 &eplb_slots);
     if (st == EPM_OK && o->eplb_interval != 0) /* (plan eval's replay checks them alike) */
-        st = epm_eplb_check(r->p, o->eplb_interval, o->eplb_window, o->eplb_slots, o->eplb_min_gain, o->eplb_lag, 0,
+        st = epm_eplb_check(r->p, o->eplb_interval, o->eplb_window, eplb_slots, o->eplb_min_gain, o->eplb_lag, 0,
                             &r->eplb_slots);
     if (st == EPM_OK && o->eplb_interval == 0 && o->eplb_lag != 0)
         st = epm_fail(EPM_ERR_INVALID_ARG, "--eplb-lag %d is online rebalancing's, and --eplb-interval is not given",

@@ -36,6 +36,10 @@ typedef struct epm_run_opts {
     int eplb_window;                /* those passes (0: eplb_interval; at most eplb_interval) */
     int eplb_slots;                 /* experts a rank holds a MoE layer (0: the placement's most; spares
                                        hold replicas of the hottest) */
+    int eplb_redundant_given;       /* instead of eplb_slots: eplb_redundant physical experts beyond the
+                                       model's (vLLM's num_redundant_experts), so (experts + it) / ranks
+                                       slots a rank, which must divide */
+    int eplb_redundant;
     double eplb_min_gain;           /* a layer moves only if its busiest rank's share of the window's
                                        counts drops by this fraction (epm_plan_rebalance); 0 = always */
     int eplb_from_peers;            /* online rebalancing copies a gained expert from a rank that holds

@@ -29,6 +29,9 @@ static const char plan_usage[] =
     "  --intra-gbps X        GB/s per rank inside a node (default 150)\n"
     "  --inter-gbps X        GB/s per rank between nodes (default 25)\n"
     "  --slots S             experts a rank holds per layer; spares get replicas (eplb, ilp)\n"
+    "  --redundant-experts N instead of --slots: N physical experts beyond the experts of a layer\n"
+    "                        (vLLM's num_redundant_experts, SGLang's ep_num_redundant_experts), so\n"
+    "                        (experts + N) / ranks slots a rank; they must divide, as there\n"
     "  --expert-groups N     the groups of group-limited routing (DeepSeek's n_group: experts in N\n"
     "                        groups of consecutive ids; default: --model's n_group, else none). eplb\n"
     "                        keeps each group whole on one node where N divides over the nodes\n"
@@ -81,6 +84,8 @@ static const char eval_usage[] =
     "                        placements named are where it starts\n"
     "  --eplb-window W       the passes whose loads count (default N)\n"
     "  --eplb-slots S        experts a rank holds a MoE layer (default: the placement's most)\n"
+    "  --redundant-experts N instead of --eplb-slots: (experts + N) / ranks slots a rank, as vLLM's\n"
+    "                        num_redundant_experts\n"
     "  --eplb-min-gain F     as run --eplb-min-gain: a layer moves only if that lowers its busiest\n"
     "                        rank's pairs by at least F of them (default 0)\n"
     "  --eplb-from S         as run --eplb-from: checkpoint (default: each expert a placement adds is\n"
@@ -112,7 +117,7 @@ static const char eval_usage[] =
 enum {
     O_TRACE = 256, O_EXPERTS, O_METHOD, O_MODE, O_NODES, O_GPN, O_CLUSTER, O_INTRA, O_INTER, O_SLOTS, O_TLIM,
     O_GAP, O_HIDDEN, O_BW, O_TW, O_OUT, O_EPLB, O_JSON, O_QUIET, O_DTB, O_KV, O_FFN, O_PERLAYER, O_MODEL, O_WIRE,
-    O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_XB, O_EPLBF, O_RGBPS, O_EPLBLAG, O_EDT, O_GROUPS, O_HELP
+    O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_XB, O_EPLBF, O_RGBPS, O_EPLBLAG, O_EDT, O_GROUPS, O_REDUNDANT, O_HELP
 };
 
 static const struct option plan_opts[] = {
@@ -134,6 +139,7 @@ static const struct option plan_opts[] = {
     {"expert-bytes", required_argument, 0, O_XB},   {"eplb-from", required_argument, 0, O_EPLBF},
     {"read-gbps", required_argument, 0, O_RGBPS},   {"eplb-lag", required_argument, 0, O_EPLBLAG},
     {"expert-dtype", required_argument, 0, O_EDT},  {"expert-groups", required_argument, 0, O_GROUPS},
+    {"redundant-experts", required_argument, 0, O_REDUNDANT},
     {"help", no_argument, 0, O_HELP},
     {0, 0, 0, 0}};
 
@@ -184,7 +190,7 @@ static int cmd_plan(int argc, char **argv)
 {
     const char *W = "plan";
     const char *trace_path = NULL, *out = NULL, *eplb_out = NULL, *cluster_path = NULL;
-    long experts = 0, nodes = 1, gpn = 8, v, groups = 0;
+    long experts = 0, nodes = 1, gpn = 8, v, groups = 0, redundant = -1;
     int json = 0, quiet = 0, have_nodes = 0, have_hidden = 0, have_kv = 0, have_ffn = 0, groups_given = 0;
     const char *model_dir = NULL;
     model_shape ms = {0};
@@ -212,6 +218,7 @@ static int cmd_plan(int argc, char **argv)
         case O_INTER: if (!cli_parse_double(W, "--inter-gbps", optarg, 1e-6, 1e9, &inter)) return EPM_EXIT_USAGE; break;
         case O_SLOTS: if (!cli_parse_int(W, "--slots", optarg, 1, 1 << 20, &v)) return EPM_EXIT_USAGE; o.slots_per_rank = (int)v; break;
         case O_GROUPS: if (!cli_parse_int(W, "--expert-groups", optarg, 1, 1 << 20, &groups)) return EPM_EXIT_USAGE; groups_given = 1; break;
+        case O_REDUNDANT: if (!cli_parse_int(W, "--redundant-experts", optarg, 0, 1 << 20, &redundant)) return EPM_EXIT_USAGE; break;
         case O_TLIM: if (!cli_parse_double(W, "--time-limit", optarg, 0, 1e7, &o.time_limit_s)) return EPM_EXIT_USAGE; break;
         case O_GAP: if (!cli_parse_double(W, "--mip-gap", optarg, 0, 0.999, &o.mip_gap)) return EPM_EXIT_USAGE; break;
         case O_HIDDEN: if (!cli_parse_int(W, "--hidden", optarg, 1, 1 << 20, &v)) return EPM_EXIT_USAGE; o.hidden = (int)v; have_hidden = 1; break;
@@ -232,6 +239,9 @@ static int cmd_plan(int argc, char **argv)
         return cli_usage_error(W, "unexpected argument '%s'", argv[optind]);
     if (!trace_path)
         return cli_usage_error(W, "--trace is required");
+    if (redundant >= 0 && o.slots_per_rank > 0)
+        return cli_usage_error(W, "--slots %d and --redundant-experts %ld: each sets the slots a rank holds; give one",
+                               o.slots_per_rank, redundant);
     if (cluster_path && have_nodes)
         return cli_usage_error(W, "--cluster and --nodes/--gpus-per-node exclude each other");
     if (cluster_path && (intra > 0 || inter > 0)) /* (the file's bandwidths are the cluster's) */
@@ -277,6 +287,11 @@ static int cmd_plan(int argc, char **argv)
         return cli_fail(W, st);
     }
     if (groups && epm_expert_groups_check((int)groups, epm_trace_experts(t), "--expert-groups") != EPM_OK) {
+        epm_trace_destroy(t);
+        return cli_usage_error(W, "%s", epm_last_error());
+    }
+    if (redundant >= 0 && epm_redundant_slots(epm_trace_experts(t), epm_cluster_ranks(&cl), (int)redundant,
+                                              "--redundant-experts", &o.slots_per_rank) != EPM_OK) {
         epm_trace_destroy(t);
         return cli_usage_error(W, "%s", epm_last_error());
     }
@@ -501,6 +516,7 @@ static int cmd_eval(int argc, char **argv)
     const char *W = "plan eval";
     const char *trace_path = NULL, *mode_s = NULL, *wire_s = NULL, *pout = NULL;
     long hidden = 4096, dtb = 2, kv = 0, ffn = 14336, eplb_i = 0, eplb_w = 0, eplb_s = 0, xb = -1, lag = 0, groups = 0;
+    long redundant = -1;
     int peers = 0, from_given = 0, held = CLI_HELD_AUTO, held_given = 0;
     double eplb_g = 0, rgbps = 0;
     int json = 0, per_layer = 0, c, have_hidden = 0, have_dtb = 0, have_kv = 0, have_ffn = 0;
@@ -523,6 +539,7 @@ static int cmd_eval(int argc, char **argv)
         case O_EPLBI: if (!cli_parse_int(W, "--eplb-interval", optarg, 1, INT32_MAX, &eplb_i)) return EPM_EXIT_USAGE; break;
         case O_EPLBW: if (!cli_parse_int(W, "--eplb-window", optarg, 1, INT32_MAX, &eplb_w)) return EPM_EXIT_USAGE; break;
         case O_EPLBS: if (!cli_parse_int(W, "--eplb-slots", optarg, 1, INT32_MAX, &eplb_s)) return EPM_EXIT_USAGE; break;
+        case O_REDUNDANT: if (!cli_parse_int(W, "--redundant-experts", optarg, 0, 1 << 20, &redundant)) return EPM_EXIT_USAGE; break;
         case O_POUT: pout = optarg; break;
         case O_EPLBG: if (!cli_parse_double(W, "--eplb-min-gain", optarg, 0, 0.999, &eplb_g)) return EPM_EXIT_USAGE; break;
         case O_XB: if (!cli_parse_int(W, "--expert-bytes", optarg, 0, CLI_EXPERT_BYTES_MAX, &xb)) return EPM_EXIT_USAGE; break;
@@ -549,8 +566,12 @@ static int cmd_eval(int argc, char **argv)
     int n = argc - optind;
     if (n < 1)
         return cli_usage_error(W, "name at least one placement JSON");
+    if (redundant >= 0 && eplb_s)
+        return cli_usage_error(W, "--eplb-slots %ld and --redundant-experts %ld: each sets the slots a rank holds; give "
+                               "one", eplb_s, redundant);
     if (cli_eplb_usage(W, eplb_i, eplb_w, lag,
-                       eplb_w ? "--eplb-window" : eplb_s ? "--eplb-slots" : eplb_g > 0 ? "--eplb-min-gain"
+                       eplb_w ? "--eplb-window" : eplb_s ? "--eplb-slots" : redundant >= 0 ? "--redundant-experts"
+                       : eplb_g > 0 ? "--eplb-min-gain"
                        : from_given ? "--eplb-from" : xb >= 0 ? "--expert-bytes" : rgbps > 0 ? "--read-gbps"
                        : groups ? "--expert-groups" : NULL) !=
         EPM_EXIT_OK)
@@ -663,6 +684,11 @@ static int cmd_eval(int argc, char **argv)
             eo.eplb_interval = (int)eplb_i;
             eo.eplb_window = (int)eplb_w;
             eo.eplb_slots = (int)eplb_s;
+            if (redundant >= 0 && epm_redundant_slots(epm_placement_experts(ev[i].p), epm_placement_ranks(ev[i].p),
+                                                      (int)redundant, "--redundant-experts", &eo.eplb_slots) != EPM_OK) {
+                rc = cli_usage_error(W, "%s (%s)", epm_last_error(), ev[i].path);
+                goto out;
+            }
             eo.eplb_min_gain = eplb_g;
             eo.expert_bytes = peers ? xb : 0;
             eo.read_expert_bytes = peers ? 0 : xb; /* (the run's default: each gainer reads the file) */

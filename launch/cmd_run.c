@@ -182,6 +182,8 @@ static const char usage[] =
     "                           experts between GPUs; plan eval --eplb-from peers prices the copies)\n"
     "  --eplb-slots S           experts a rank holds a MoE layer (default: the placement's most; the\n"
     "                           memory check counts S)\n"
+    "  --redundant-experts N    instead of --eplb-slots: N physical experts beyond the model's (vLLM's\n"
+    "                           num_redundant_experts), (experts + N) / ranks slots a rank\n"
     "  --eplb-lag N             asynchronous rebalancing (vLLM's default, use_async): each placement\n"
     "                           comes into service N passes after its boundary (below the interval),\n"
     "                           the passes between running under the one before while its experts are\n"
@@ -217,7 +219,7 @@ enum { O_TOPP = 300, O_TA, O_TIMEOUT, O_BIND, O_RBIND, O_MOD, O_MODCAP, O_MODLAY
        O_EDT, O_DDT, O_MLA, O_KVDT, O_WDT, O_GENCFG, O_TEMP, O_STOPK, O_STOPP, O_MINP, O_REPP, O_SEED, O_STOPIDS,
        O_NOEOS, O_LOGPROBS, O_PRESP, O_FREQP, O_MINTOK, O_CHUNK, O_PLOGPROBS, O_MAXSEQS, O_SEPPRE,
        O_RATE, O_BURST, O_ASEED, O_MNBT, O_MTT, O_ARRFROM, O_TSCALE, O_PREFIX, O_PWAIT, O_EPLBI,
-       O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_EPLBF, O_EPLBLAG, O_GROUPS };
+       O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_EPLBF, O_EPLBLAG, O_GROUPS, O_REDUNDANT };
 enum { O_MODEL = 256, O_INPUT, O_PLACE, O_MODE, O_MAXNEW, O_VN, O_RFT, O_TOUT, O_LOUT, O_OUT, O_ALL, O_KER, O_REP, O_JSON, O_HELP };
 
 static const struct option opts[] = {
@@ -253,6 +255,7 @@ static const struct option opts[] = {
     {"enable-prefix-caching", no_argument, 0, O_PREFIX}, {"prefix-caching-wait", required_argument, 0, O_PWAIT},
     {"eplb-interval", required_argument, 0, O_EPLBI}, {"eplb-window", required_argument, 0, O_EPLBW},
     {"eplb-slots", required_argument, 0, O_EPLBS}, {"placement-out", required_argument, 0, O_POUT},
+    {"redundant-experts", required_argument, 0, O_REDUNDANT},
     {"eplb-min-gain", required_argument, 0, O_EPLBG}, {"eplb-from", required_argument, 0, O_EPLBF},
     {"eplb-lag", required_argument, 0, O_EPLBLAG},
     {"expert-groups", required_argument, 0, O_GROUPS},
@@ -834,6 +837,11 @@ int epm_cli_run(int argc, char **argv)
             if (!cli_parse_int(W, "--eplb-slots", optarg, 1, INT32_MAX, &v)) return EPM_EXIT_USAGE;
             o.eplb_slots = (int)v;
             break;
+        case O_REDUNDANT:
+            if (!cli_parse_int(W, "--redundant-experts", optarg, 0, 1 << 20, &v)) return EPM_EXIT_USAGE;
+            o.eplb_redundant = (int)v;
+            o.eplb_redundant_given = 1;
+            break;
         case O_EPLBLAG:
             if (!cli_parse_int(W, "--eplb-lag", optarg, 0, INT32_MAX, &v)) return EPM_EXIT_USAGE;
             o.eplb_lag = (int)v;
@@ -883,6 +891,7 @@ int epm_cli_run(int argc, char **argv)
         return cli_usage_error(W, "--time-scale scales the arrivals of --arrivals-from, which is not given");
     if (cli_eplb_usage(W, o.eplb_interval, o.eplb_window, o.eplb_lag,
                        o.eplb_window ? "--eplb-window" : o.eplb_slots ? "--eplb-slots"
+                       : o.eplb_redundant_given ? "--redundant-experts"
                        : o.eplb_min_gain > 0 ? "--eplb-min-gain" : from_given ? "--eplb-from"
                        : o.eplb_groups ? "--expert-groups" : NULL) != EPM_EXIT_OK)
         return EPM_EXIT_USAGE;

@@ -383,6 +383,30 @@ epm_status epm_expert_groups_check(int groups, int experts, const char *what)
     return EPM_OK;
 }
 
+epm_status epm_redundant_slots(int experts, int ranks, int redundant, const char *what, int *slots)
+{
+    if (experts < 1 || ranks < 1 || redundant < 0 || redundant > 1000000)
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s %d: %d experts over %d ranks take 0 or more redundant ones", what,
+                        redundant, experts, ranks);
+    const int64_t phys = (int64_t)experts + redundant;
+    if (phys % ranks != 0) {
+        int64_t up = (phys + ranks - 1) / ranks * ranks - experts, down = phys / ranks * ranks - experts;
+        char alt[64];
+        if (down >= 0)
+            snprintf(alt, sizeof alt, "%lld or %lld", (long long)down, (long long)up);
+        else
+            snprintf(alt, sizeof alt, "%lld", (long long)up);
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s %d: %d experts and %d redundant are %lld physical experts, which do "
+                        "not divide over %d ranks (vLLM and SGLang need them to); %s would", what, redundant, experts,
+                        redundant, (long long)phys, ranks, alt);
+    }
+    if (phys / ranks > experts)
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s %d: %lld slots a rank, more than the %d experts (a rank holds each "
+                        "once)", what, redundant, (long long)(phys / ranks), experts);
+    *slots = (int)(phys / ranks);
+    return EPM_OK;
+}
+
 epm_status epm_plan_from_loads(epm_method m, const int64_t *load, int layers, int experts, int k,
                                const epm_cluster *c, int slots, int groups, epm_placement **out)
 {

@@ -75,6 +75,12 @@ EPM_API epm_status epm_plan_from_loads(epm_method m, const int64_t *load, int la
 EPM_API int epm_eplb_hierarchical(int groups, int experts, const epm_cluster *c);
 /* groups is 0 (none) or divides experts; the error names `what` */
 EPM_API epm_status epm_expert_groups_check(int groups, int experts, const char *what);
+/* The slots a rank holds when `redundant` physical experts are added to the
+ * `experts` of a layer over `ranks` ranks (vLLM's num_redundant_experts,
+ * SGLang's ep_num_redundant_experts): (experts + redundant) / ranks. Fails
+ * naming `what` and the nearest counts that work where they do not divide,
+ * as those engines require. */
+EPM_API epm_status epm_redundant_slots(int experts, int ranks, int redundant, const char *what, int *slots);
 
 /* Online rebalancing every `interval` passes (0: never), counting the
  * (token, expert) pairs of the last `window` passes before each (0: all

@@ -448,7 +448,7 @@ sys.exit(0 if float(r["eplb-groups"]["nodes_per_token"]) == 1 and float(r["eplb"
          float(r["eplb-groups"]["node_dispatches"]) < float(r["eplb"]["node_dispatches"]) else 1)' "$d/out" ||
   fail "bench plan --groups: $(head -c 600 "$d/out")"
 # spare slots (2 a rank): the ratio line of the ILP (its replica search) against eplb
-ok "bench plan slots" "$E" bench plan --shape mixtral --mode follow --tokens 256 --time-limit 2 --slots 2 --quiet &&
+ok "bench plan slots" "$E" bench plan --shape mixtral --mode follow --tokens 256 --time-limit 1 --slots 2 --quiet &&
   has "$d/out" "8 ranks in 1 node, 256 tokens .*, 2 slots a rank (8 spare)" &&
   has "$d/out" "# ilp against eplb with spare slots: modelled time [0-9.]*x, max/mean load"
 usage plan --slots "" --slots 0

@@ -32,6 +32,17 @@ has "$d/out" "cheaper by"
 check "eval json" 0 "$E" plan eval --trace "$d/b.st" "$d/contiguous.json" --json --per-layer
 has "$d/out" '"rank_load"'
 
+# redundant experts as vLLM counts them: 8 experts + 4 over 2 x 2 ranks = 3 slots a rank
+check "plan redundant" 0 "$E" plan --trace "$d/a.st" --method eplb --nodes 2 --gpus-per-node 2 --redundant-experts 4 \
+  --json --quiet --eplb-out "$d/r.eplb.json"
+has "$d/out" '"slots_per_rank": 3'
+has "$d/r.eplb.json" '"num_physical_experts":12'
+check "plan redundant, not dividing" 2 "$E" plan --trace "$d/a.st" --nodes 2 --gpus-per-node 2 --redundant-experts 3
+has "$d/err" "--redundant-experts 3: 8 experts and 3 redundant are 11 physical experts, which do not divide over 4 ranks"
+has "$d/err" "0 or 4 would"
+check "plan redundant and slots" 2 "$E" plan --trace "$d/a.st" --redundant-experts 8 --slots 2
+has "$d/err" "--slots 2 and --redundant-experts 8: each sets the slots"
+
 # usage errors: exit 2
 check "no trace" 2 "$E" plan --method ilp
 check "bad method" 2 "$E" plan --trace "$d/a.st" --method magic

@@ -127,6 +127,11 @@ assert g["experts_moved"] < a["experts_moved"] and g["rebalances"] <= a["rebalan
 fi
 check "eval slots alone" 2 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-slots 3
 has "$d/err" "--eplb-slots is online rebalancing's"
+check "eval redundant alone" 2 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --redundant-experts 4
+has "$d/err" "--redundant-experts is online rebalancing's"
+check "eval redundant and slots" 2 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 --eplb-slots 3 \
+  --redundant-experts 4
+has "$d/err" "--eplb-slots 3 and --redundant-experts 4: each sets the slots"
 check "eval online without passes" 1 "$E" plan eval --trace "$d/b.st" "$d/c.json" --eplb-interval 4
 has "$d/err" "c.json: eval: online rebalancing replays the trace's passes, and the trace has no pass_ids"
 check "synth bad drift" 2 "$E" trace synth --out "$d/x.st" --layers 3 --experts 8 --k 2 --tokens 40 --drift 0

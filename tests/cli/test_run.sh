@@ -73,6 +73,11 @@ check "K/V cache dtype it has not" 2 "$E" run --model "$m" --input "$d/in.json" 
 has "$d/err" "--kv-dtype 'f16' is not f32, bf16 or fp8"
 check "wire dtype it has not" 2 "$E" run --model "$m" --input "$d/in.json" --wire-dtype f16
 has "$d/err" "--wire-dtype 'f16' is not f32, bf16 or fp8"
+check "redundant experts that do not divide" 1 run -np 3 "$E" run --model "$m" --input "$d/in.json" \
+  --eplb-interval 2 --redundant-experts 2
+has "$d/err" "--redundant-experts 2: 8 experts and 2 redundant are 10 physical experts, which do not divide over 3 ranks"
+check "redundant experts without rebalancing" 2 "$E" run --model "$m" --input "$d/in.json" --redundant-experts 4
+has "$d/err" "--redundant-experts"
 check "kernels it has not" 2 "$E" run --model "$m" --input "$d/in.json" --kernels gpu
 has "$d/err" "--kernels must be ref, blas (also cpu"
 check "fp8 dispatch in follow mode" 1 one "$E" run --model "$m" --input "$d/in.json" --mode follow \
@@ -542,9 +547,10 @@ PY
 check "--prompt-logprobs without --json" 2 "$E" run --model "$m" --input "$d/in.json" --prompt-logprobs 2
 has "$d/err" "with --json"
 # online rebalancing: 3 ranks, a pass a prompt token (chunks of 1), rebalanced every 2 passes with a
-# spare slot each: the same tokens as the static run, the rebalances in the report, text and JSON
+# spare slot each (4 redundant experts beside the 8: 4 slots a rank, as vLLM counts them): the same
+# tokens as the static run, the rebalances in the report, text and JSON
 check "--eplb-interval" 0 run -np 3 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json --report \
-  --prefill-chunk 1 --eplb-interval 2 --eplb-slots 4 --eplb-from peers --placement-out "$d/learnt.json" \
+  --prefill-chunk 1 --eplb-interval 2 --redundant-experts 4 --eplb-from peers --placement-out "$d/learnt.json" \
   --trace-out "$d/eplb.st"
 cp "$d/out" "$d/eplb.json"
 [ "$(gj "d['generated'], d['report']['eplb']['rebalances'] == (5 + 2 - 1) // 2, d['report']['eplb']['experts_moved'] > 0")" = \
@@ -558,8 +564,8 @@ has "$d/learnt.json" '"method": "eplb"'
 check "contiguous for 3" 0 "$E" plan --trace "$d/eplb.st" --gpus-per-node 3 --method contiguous --out "$d/c3.json" --quiet
 xb=$(python3 -c "import json; print(json.load(open('$d/eplb.json'))['report']['eplb']['expert_bytes'])")
 check "plan eval of the rebalanced run" 0 "$E" plan eval --trace "$d/eplb.st" "$d/c3.json" --hidden 64 --dtype-bytes 4 \
-  --kv-dim 64 --eplb-interval 2 --eplb-slots 4 --eplb-from peers --expert-bytes "$xb" --placement-out "$d/elast.json" \
-  --json
+  --kv-dim 64 --eplb-interval 2 --redundant-experts 4 --eplb-from peers --expert-bytes "$xb" \
+  --placement-out "$d/elast.json" --json
 python3 - "$d/eplb.json" "$d/out" <<'EOF' || fail "plan eval does not predict the rebalanced run"
 import json, sys
 r = json.load(open(sys.argv[1]))['report']

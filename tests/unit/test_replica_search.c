@@ -90,7 +90,7 @@ static void test_exact_and_never_worse(void **state)
             double start, v, exact;
             int64_t kept;
             assert_int_equal(epm_plan_objective(t, p, &o, &start), EPM_OK);
-            assert_int_equal(epm_plan_replica_search(t, &o, sh->slots, 1 + 2 * (int)(si % 2), 20000, 1e30, p, &v, &kept), EPM_OK);
+            assert_int_equal(epm_plan_replica_search(t, &o, sh->slots, 1 + 2 * (int)(si % 2), 8000, 1e30, p, &v, &kept), EPM_OK);
             assert_int_equal(epm_plan_objective(t, p, &o, &exact), EPM_OK);
             if (v != exact)
                 fail_msg("shape %zu mode %d: search says %.17g, epm_plan_objective %.17g", si, mode, v, exact);
@@ -136,7 +136,7 @@ static void test_every_move_exact(void **state)
             }
             double v;
             int64_t kept;
-            epm_status st = epm_plan_replica_search(t, &o, sh->slots, 1 + 2 * mode, 1500, 1e30, p, &v, &kept);
+            epm_status st = epm_plan_replica_search(t, &o, sh->slots, 1 + 2 * mode, 600, 1e30, p, &v, &kept);
             if (st != EPM_OK)
                 fail_msg("shape %zu mode %d: %s", si, mode, epm_last_error());
             assert_true(kept > 0);
