@@ -47,7 +47,8 @@ static const char plan_usage[] =
     "                        token over one intra-node transfer, from --hidden, --ffn and the cluster)\n"
     "  --traffic-weight W    weight of the link-cost-weighted traffic (default 1)\n"
     "  --out FILE            write the placement JSON\n"
-    "  --eplb-out FILE       also write the EPLB physical-to-logical map (SGLang/vLLM)\n"
+    "  --eplb-out FILE       also write the EPLB physical-to-logical map (SGLang's --init-expert-location;\n"
+    "                        every rank must hold as many experts: eplb or ilp fill the slots)\n"
     "  --json                print the summary as JSON\n"
     "  --quiet               no progress on stderr\n";
 
@@ -149,6 +150,8 @@ static const struct option plan_opts[] = {
 typedef struct model_shape {
     const char *dir;
     int hidden, kv_dim, ffn, experts, moe_layers, groups;
+    int num_layers;            /* decoder layers, and which are MoE (for the EPLB export; 0 past 4096) */
+    uint8_t is_moe[4096];
 } model_shape;
 
 static epm_status model_shape_load(const char *dir, model_shape *m)
@@ -165,6 +168,9 @@ static epm_status model_shape_load(const char *dir, model_shape *m)
     m->experts = c.num_experts;
     m->moe_layers = epm_model_config_moe_layers(&c);
     m->groups = c.n_group; /* (what run's rebalancing takes) */
+    m->num_layers = c.moe_layer && c.num_layers <= (int)sizeof m->is_moe ? c.num_layers : 0;
+    if (m->num_layers)
+        memcpy(m->is_moe, c.moe_layer, (size_t)m->num_layers);
     epm_model_config_clear(&c);
     return EPM_OK;
 }
@@ -307,10 +313,15 @@ static int cmd_plan(int argc, char **argv)
     epm_trace_destroy(t);
     if (st != EPM_OK)
         return cli_fail(W, st);
-    if (out && (st = epm_placement_save_json(p, out)) == EPM_OK && eplb_out)
-        st = epm_placement_export_eplb(p, eplb_out);
-    if (!out && eplb_out)
-        st = epm_placement_export_eplb(p, eplb_out);
+    /* (SGLang's map has a row for every decoder layer: the model's dense ones where --model says) */
+    if (out)
+        st = epm_placement_save_json(p, out);
+    if (st == EPM_OK && eplb_out)
+        st = epm_placement_export_eplb_layers(p, eplb_out, ms.num_layers, ms.num_layers ? ms.is_moe : NULL);
+    if (st == EPM_OK && eplb_out && !ms.num_layers)
+        fprintf(stderr, "epmoe plan: note: %s has a row for each of the trace's %d MoE layers; SGLang's map has one "
+                "for every decoder layer: where the model has dense ones (DeepSeek's first_k_dense_replace), give "
+                "--model to add their rows\n", eplb_out, epm_placement_layers(p));
     if (st != EPM_OK) {
         epm_placement_destroy(p);
         return cli_fail(W, st);

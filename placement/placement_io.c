@@ -312,25 +312,56 @@ epm_status epm_placement_load_json(const char *path, epm_placement **out)
     return st;
 }
 
+epm_status epm_placement_export_eplb_layers(const epm_placement *p, const char *path, int total_layers,
+                                            const uint8_t *is_moe)
+{
+    /* SGLang (--init-expert-location) and vLLM give every rank the same number of physical experts,
+     * all of them a logical expert: a map with an empty slot would not load, or (SGLang reads a slot
+     * of -1 as the last expert) would route tokens to a copy that is not there */
+    const int S = epm_placement_max_slots(p);
+    for (int l = 0; l < p->layers; l++)
+        for (int r = 0; r < p->ranks; r++)
+            if (epm_placement_rank_count(p, l, r) != S)
+                return epm_fail(EPM_ERR_UNSUPPORTED, "EPLB export %s: in layer %d rank %d holds %d expert%s, another "
+                                "rank %d; SGLang and vLLM give every rank the same number (plan with eplb or ilp, "
+                                "which fill spare slots, with --slots or --redundant-experts that divide)", path, l,
+                                r, epm_placement_rank_count(p, l, r), epm_placement_rank_count(p, l, r) == 1 ? "" : "s",
+                                S);
+    int rows = is_moe ? total_layers : p->layers, moe = 0;
+    for (int l = 0; is_moe && l < total_layers; l++)
+        moe += is_moe[l] != 0;
+    if (is_moe && moe != p->layers)
+        return epm_fail(EPM_ERR_MISMATCH, "EPLB export %s: the model has %d MoE layers, the placement %d", path, moe,
+                        p->layers);
+    json_t *map = json_array();
+    epm_status st = map ? EPM_OK : EPM_ERR_NOMEM;
+    for (int l = 0, ml = 0; l < rows && st == EPM_OK; l++) {
+        json_t *row = json_array();
+        if (!row || json_array_append_new(map, row) != 0) {
+            st = EPM_ERR_NOMEM;
+            break;
+        }
+        if (is_moe && !is_moe[l]) { /* a dense layer: the trivial map, as SGLang's init_trivial */
+            for (int q = 0; q < p->ranks * S && st == EPM_OK; q++)
+                if (json_array_append_new(row, json_integer(q % p->experts)) != 0)
+                    st = EPM_ERR_NOMEM;
+            continue;
+        }
+        for (int r = 0; r < p->ranks; r++)
+            for (int e = 0; e < p->experts && st == EPM_OK; e++)
+                if (epm_placement_has(p, ml, e, r) && json_array_append_new(row, json_integer(e)) != 0)
+                    st = EPM_ERR_NOMEM;
+        ml++;
+    }
+    if (st != EPM_OK) {
+        json_decref(map);
+        return st;
+    }
+    /* (one key: SGLang passes the file's keys to init_by_mapping as arguments) */
+    return write_json(json_pack("{s:o}", "physical_to_logical_map", map), path, JSON_COMPACT);
+}
+
 epm_status epm_placement_export_eplb(const epm_placement *p, const char *path)
 {
-    int S = epm_placement_max_slots(p);
-    json_t *map = json_array();
-    for (int l = 0; l < p->layers && map; l++) {
-        json_t *row = json_array();
-        for (int r = 0; r < p->ranks; r++) {
-            int used = 0;
-            for (int e = 0; e < p->experts; e++)
-                if (epm_placement_has(p, l, e, r)) {
-                    json_array_append_new(row, json_integer(e));
-                    used++;
-                }
-            for (; used < S; used++)
-                json_array_append_new(row, json_integer(-1));
-        }
-        json_array_append_new(map, row);
-    }
-    return write_json(json_pack("{s:i, s:i, s:i, s:o}", "num_layers", p->layers, "num_logical_experts", p->experts,
-                                "num_physical_experts", p->ranks * S, "physical_to_logical_map", map),
-                      path, JSON_COMPACT);
+    return epm_placement_export_eplb_layers(p, path, 0, NULL);
 }

@@ -102,10 +102,17 @@ EPM_API epm_status epm_placement_save_json(const epm_placement *p, const char *p
 EPM_API epm_status epm_placement_load_json(const char *path, epm_placement **out);
 EPM_API epm_status epm_placement_parse_json(const char *text, size_t len, const char *label,
                                             epm_placement **out);
-/* EPLB export: {"num_physical_experts": R*S, "physical_to_logical_map": [layers][R*S]},
- * S = max slots per rank, rank r owning physical slots [r*S, (r+1)*S); unused
- * slots hold -1. */
+/* EPLB export, the file SGLang's --init-expert-location takes:
+ * {"physical_to_logical_map": [layers][R*S]}, rank r owning physical slots
+ * [r*S, (r+1)*S) in ascending expert id. Every rank must hold S experts in
+ * every layer (EPM_ERR_UNSUPPORTED otherwise, naming the layer and rank):
+ * those engines give every rank the same number of physical experts. The
+ * rows are the placement's MoE layers; _layers writes one per decoder layer
+ * of a model of total_layers whose MoE layers is_moe marks (as SGLang maps
+ * them), a dense layer's the trivial map (slot q holds expert q mod E). */
 EPM_API epm_status epm_placement_export_eplb(const epm_placement *p, const char *path);
+EPM_API epm_status epm_placement_export_eplb_layers(const epm_placement *p, const char *path, int total_layers,
+                                                    const uint8_t *is_moe);
 
 /* ---- the replica choice that plan eval and run share ----
  * For a token on rank src choosing experts ids[0..k) (-1 = none) at layer,

@@ -15,10 +15,41 @@ check "synth" 0 "$E" trace synth --out "$d/t.st" --layers 4 --experts 8 --k 2 --
 check "split" 0 "$E" trace split "$d/t.st" --first "$d/a.st" --second "$d/b.st"
 for m in contiguous round-robin greedy eplb ilp; do
   check "plan $m" 0 "$E" plan --trace "$d/a.st" --method $m --nodes 2 --gpus-per-node 2 --slots 3 \
-    --time-limit 10 --out "$d/$m.json" --eplb-out "$d/$m.eplb.json" --json --quiet
+    --time-limit 10 --out "$d/$m.json" --json --quiet
   has "$d/out" "\"method\": \"$m\""
-  [ -s "$d/$m.json" ] && [ -s "$d/$m.eplb.json" ] || { echo "FAIL: $m wrote no files"; fails=$((fails + 1)); }
+  [ -s "$d/$m.json" ] || { echo "FAIL: $m wrote no placement"; fails=$((fails + 1)); }
 done
+# the EPLB map SGLang's --init-expert-location loads: one key, a row a MoE layer of 4 ranks x 3 slots,
+# every slot an expert; a placement whose ranks hold different numbers (greedy's here) is refused
+for m in eplb ilp; do
+  check "plan $m --eplb-out" 0 "$E" plan --trace "$d/a.st" --method $m --nodes 2 --gpus-per-node 2 --slots 3 \
+    --time-limit 5 --eplb-out "$d/$m.eplb.json" --quiet
+  python3 -c 'import json, sys
+m = json.load(open(sys.argv[1]))
+sys.exit(0 if list(m) == ["physical_to_logical_map"] and len(m["physical_to_logical_map"]) == 4 and
+         all(len(r) == 12 and all(0 <= e < 8 for e in r) for r in m["physical_to_logical_map"]) else 1)' \
+    "$d/$m.eplb.json" || fail "the EPLB map of $m: $(head -c 300 "$d/$m.eplb.json")"
+  has "$d/err" "give --model to add their rows"
+done
+# with --model, a row for every decoder layer: deepseekv3-tiny's first is dense (first_k_dense_replace
+# 1), its row the trivial map; its 4 MoE layers the placement's
+check "synth dsv3-tiny" 0 "$E" trace synth --out "$d/ds.st" --layers 4 --experts 8 --k 2 --tokens 200 --seed 5
+check "plan --model --eplb-out" 0 "$E" plan --trace "$d/ds.st" --model "${EPM_FIXTURES:?}/deepseekv3-tiny" --method eplb \
+  --gpus-per-node 4 --redundant-experts 4 --out "$d/ds.json" --eplb-out "$d/ds.eplb.json" --quiet
+python3 - "$d/ds.eplb.json" "$d/ds.json" <<'PY' || fail "the EPLB map with the model's dense layer: $(head -c 300 "$d/ds.eplb.json")"
+import json, sys
+m = json.load(open(sys.argv[1]))["physical_to_logical_map"]
+p = json.load(open(sys.argv[2]))
+ok = len(m) == 5 and m[0] == [q % 8 for q in range(12)]
+for l in range(4):  # rank r's 3 slots: its experts, ascending
+    held = {r: sorted(e for e, ranks in enumerate(p["layers"][l]["experts"]) if r in ranks) for r in range(4)}
+    ok = ok and m[l + 1] == sum((held[r] for r in range(4)), [])
+sys.exit(0 if ok else 1)
+PY
+check "greedy --eplb-out" 1 "$E" plan --trace "$d/a.st" --method greedy --nodes 2 --gpus-per-node 2 --slots 3 \
+  --eplb-out "$d/greedy.eplb.json" --quiet
+has "$d/err" "SGLang and vLLM give every rank the same number"
+[ -e "$d/greedy.eplb.json" ] && fail "a refused EPLB map was written"
 has "$d/ilp.json" '"format": "epmoe-placement"'
 # spare slots: the ILP's replica search starts from eplb's copies when they are better, so its
 # objective is never above eplb's, and on this affinity trace below it
@@ -36,7 +67,8 @@ has "$d/out" '"rank_load"'
 check "plan redundant" 0 "$E" plan --trace "$d/a.st" --method eplb --nodes 2 --gpus-per-node 2 --redundant-experts 4 \
   --json --quiet --eplb-out "$d/r.eplb.json"
 has "$d/out" '"slots_per_rank": 3'
-has "$d/r.eplb.json" '"num_physical_experts":12'
+python3 -c 'import json, sys; sys.exit(0 if all(len(r) == 12 for r in json.load(open(sys.argv[1]))["physical_to_logical_map"]) else 1)' \
+  "$d/r.eplb.json" || fail "--redundant-experts 4: not 12 physical experts a layer"
 check "plan redundant, not dividing" 2 "$E" plan --trace "$d/a.st" --nodes 2 --gpus-per-node 2 --redundant-experts 3
 has "$d/err" "--redundant-experts 3: 8 experts and 3 redundant are 11 physical experts, which do not divide over 4 ranks"
 has "$d/err" "0 or 4 would"

@@ -55,21 +55,51 @@ static void test_placement_json_round_trip(void **state)
 static void test_placement_eplb_export(void **state)
 {
     (void)state;
+    /* ranks holding different numbers (the sample's) are refused, naming the layer and rank */
     epm_placement *p = sample();
     const char *path = tu_path("eplb.json");
+    assert_int_equal(epm_placement_export_eplb(p, path), EPM_ERR_UNSUPPORTED);
+    assert_non_null(strstr(epm_last_error(), "in layer 0 rank 0 holds 1 expert, another rank 2"));
+    epm_placement_destroy(p);
+    /* 2 layers of 3 experts on 4 ranks x 2 slots: every slot filled */
+    epm_cluster c;
+    epm_cluster_init(&c, 2, 2);
+    assert_int_equal(epm_placement_create(2, 3, 2, &c, &p), EPM_OK);
+    static const int held[2][4][2] = {{{0, 1}, {2, 0}, {1, 2}, {0, 2}}, {{2, 1}, {0, 1}, {0, 2}, {1, 0}}};
+    for (int l = 0; l < 2; l++)
+        for (int r = 0; r < 4; r++)
+            for (int j = 0; j < 2; j++)
+                assert_int_equal(epm_placement_add(p, l, held[l][r][j], r), EPM_OK);
     assert_int_equal(epm_placement_export_eplb(p, path), EPM_OK);
     json_error_t err;
     json_t *root = json_load_file(path, 0, &err);
     assert_non_null(root);
-    assert_int_equal(json_integer_value(json_object_get(root, "num_physical_experts")), 8); /* 4 ranks x 2 slots */
+    assert_int_equal(json_object_size(root), 1); /* (SGLang passes every key to init_by_mapping) */
     json_t *map = json_object_get(root, "physical_to_logical_map");
     assert_int_equal(json_array_size(map), 2);
-    /* layer 1: e0 on r1 and r3, e1 on r2, e2 on r3 -> r0: -,-; r1: 0,-; r2: 1,-; r3: 0,2 */
-    const int want[8] = {-1, -1, 0, -1, 1, -1, 0, 2};
-    json_t *row = json_array_get(map, 1);
-    for (int i = 0; i < 8; i++)
-        assert_int_equal(json_integer_value(json_array_get(row, (size_t)i)), want[i]);
+    /* a rank's slots in ascending expert id */
+    const int want[2][8] = {{0, 1, 0, 2, 1, 2, 0, 2}, {1, 2, 0, 1, 0, 2, 0, 1}};
+    for (int l = 0; l < 2; l++) {
+        json_t *row = json_array_get(map, (size_t)l);
+        assert_int_equal(json_array_size(row), 8);
+        for (int i = 0; i < 8; i++)
+            assert_int_equal(json_integer_value(json_array_get(row, (size_t)i)), want[l][i]);
+    }
     json_decref(root);
+    /* a model of 4 decoder layers, the first and third dense: their rows the trivial map */
+    const uint8_t is_moe[4] = {0, 1, 0, 1};
+    assert_int_equal(epm_placement_export_eplb_layers(p, path, 4, is_moe), EPM_OK);
+    root = json_load_file(path, 0, &err);
+    map = json_object_get(root, "physical_to_logical_map");
+    assert_int_equal(json_array_size(map), 4);
+    for (int l = 0; l < 4; l++)
+        for (int i = 0; i < 8; i++)
+            assert_int_equal(json_integer_value(json_array_get(json_array_get(map, (size_t)l), (size_t)i)),
+                             is_moe[l] ? want[l / 2][i] : i % 3);
+    json_decref(root);
+    const uint8_t three_moe[4] = {1, 1, 0, 1};
+    assert_int_equal(epm_placement_export_eplb_layers(p, path, 4, three_moe), EPM_ERR_MISMATCH);
+    assert_non_null(strstr(epm_last_error(), "the model has 3 MoE layers, the placement 2"));
     epm_placement_destroy(p);
 }
 
