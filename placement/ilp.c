@@ -450,9 +450,12 @@ epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan
                              : rs_kept                 ? "; replicas added greedily, then the replica search"
                              : filled_won              ? "; replicas by load per replica"
                                                        : "; replicas added greedily";
-        snprintf(note, sizeof note, "%.50s%s%s%s%.36s%s", why, /* room for the suffixes */
+        /* what was done after the MIP, whole; why the MIP ended, as much of it as the rest leaves room for */
+        char done[232];
+        snprintf(done, sizeof done, "%s%s%s%.60s%s",
                  searched ? "; local search (sample-average busiest-rank time, objective kept) improved it" : "",
                  copies, rs_why[0] ? "; " : "", rs_why, spares ? "; bound covers all placements" : "");
+        snprintf(note, sizeof note, "%.*s%s", (int)(sizeof note - 1 - strlen(done)), why, done);
     }
     if (q == EPM_QUALITY_OPTIMAL && obj - bound > o->mip_gap * fabs(obj) + 1e-9 * fabs(obj))
         q = EPM_QUALITY_FEASIBLE;
