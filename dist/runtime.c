@@ -1695,11 +1695,14 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
                            : epm_redundant_slots(c->num_experts, r->R, o->eplb_redundant, "--redundant-experts",
                                                  &eplb_slots);
     if (st == EPM_OK && o->eplb_interval != 0) /* (plan eval's replay checks them alike) */
-        st = epm_eplb_check(r->p, o->eplb_interval, o->eplb_window, eplb_slots, o->eplb_min_gain, o->eplb_lag, 0,
-                            &r->eplb_slots);
+        st = epm_eplb_check(r->p, o->eplb_interval, o->eplb_window, eplb_slots, o->eplb_min_gain, o->eplb_lag,
+                            o->eplb_redundant_given ? 2 : 0, &r->eplb_slots);
     if (st == EPM_OK && o->eplb_interval == 0 && o->eplb_lag != 0)
         st = epm_fail(EPM_ERR_INVALID_ARG, "--eplb-lag %d is online rebalancing's, and --eplb-interval is not given",
                       o->eplb_lag);
+    if (st == EPM_OK && o->eplb_interval == 0 && (o->eplb_redundant_given || o->eplb_slots))
+        st = epm_fail(EPM_ERR_INVALID_ARG, "%s is online rebalancing's, and --eplb-interval is not given",
+                      o->eplb_slots ? "--eplb-slots" : "--redundant-experts");
     if (st == EPM_OK && o->eplb_interval == 0 && o->eplb_groups != 0)
         st = epm_fail(EPM_ERR_INVALID_ARG, "--expert-groups %d is online rebalancing's, and --eplb-interval is not "
                       "given", o->eplb_groups);

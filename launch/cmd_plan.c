@@ -31,7 +31,8 @@ static const char plan_usage[] =
     "  --slots S             experts a rank holds per layer; spares get replicas (eplb, ilp)\n"
     "  --redundant-experts N instead of --slots: N physical experts beyond the experts of a layer\n"
     "                        (vLLM's num_redundant_experts, SGLang's ep_num_redundant_experts), so\n"
-    "                        (experts + N) / ranks slots a rank; they must divide, as there\n"
+    "                        (experts + N) / ranks slots a rank, which must divide as those engines\n"
+    "                        require; eplb and ilp fill them\n"
     "  --expert-groups N     the groups of group-limited routing (DeepSeek's n_group: experts in N\n"
     "                        groups of consecutive ids; default: --model's n_group, else none). eplb\n"
     "                        keeps each group whole on one node where N divides over the nodes\n"
@@ -308,6 +309,10 @@ static int cmd_plan(int argc, char **argv)
     if (groups > 1 && o.method == EPM_METHOD_EPLB && !epm_eplb_hierarchical((int)groups, epm_trace_experts(t), &cl))
         fprintf(stderr, "epmoe plan: note: %ld expert groups do not divide over %d nodes: eplb's global policy\n",
                 groups, cl.nodes);
+    if (redundant > 0 && o.method != EPM_METHOD_EPLB && o.method != EPM_METHOD_ILP)
+        fprintf(stderr, "epmoe plan: note: --redundant-experts %ld gives spare slots, and %s leaves them empty (eplb "
+                "and ilp fill them)\n", redundant, epm_method_name(o.method));
+    const int exp_total = epm_trace_experts(t);
     epm_placement *p = NULL;
     st = epm_plan(t, &cl, &o, &p);
     epm_trace_destroy(t);
@@ -316,9 +321,17 @@ static int cmd_plan(int argc, char **argv)
     /* (SGLang's map has a row for every decoder layer: the model's dense ones where --model says) */
     if (out)
         st = epm_placement_save_json(p, out);
+    /* (an engine started with --ep-num-redundant-experts N builds experts + N physical ones: the map must
+     * have as many) */
+    if (st == EPM_OK && eplb_out && redundant >= 0 &&
+        (int64_t)epm_placement_ranks(p) * epm_placement_max_slots(p) != (int64_t)exp_total + redundant)
+        st = epm_fail(EPM_ERR_UNSUPPORTED, "EPLB export %s: the placement holds %lld physical experts, and "
+                      "--redundant-experts %ld asks for %lld (%s leaves spare slots empty: eplb and ilp fill them)",
+                      eplb_out, (long long)epm_placement_ranks(p) * epm_placement_max_slots(p), redundant,
+                      (long long)exp_total + redundant, epm_method_name(o.method));
     if (st == EPM_OK && eplb_out)
         st = epm_placement_export_eplb_layers(p, eplb_out, ms.num_layers, ms.num_layers ? ms.is_moe : NULL);
-    if (st == EPM_OK && eplb_out && !ms.num_layers)
+    if (st == EPM_OK && eplb_out && !ms.dir)
         fprintf(stderr, "epmoe plan: note: %s has a row for each of the trace's %d MoE layers; SGLang's map has one "
                 "for every decoder layer: where the model has dense ones (DeepSeek's first_k_dense_replace), give "
                 "--model to add their rows\n", eplb_out, epm_placement_layers(p));
@@ -359,6 +372,7 @@ typedef struct {
     epm_eval_result *r[2];
     epm_mode modes[2];
     int nmodes;
+    int eplb_slots; /* online rebalancing's, from --eplb-slots or --redundant-experts */
 } evaluated;
 
 static json_t *link_obj(const int64_t *b)
@@ -675,6 +689,14 @@ static int cmd_eval(int argc, char **argv)
                              mode_s ? "--mode asks for" : "the placements ask for");
         goto out;
     }
+    for (int i = 0; i < n; i++) { /* (before anything is evaluated: each placement's ranks) */
+        ev[i].eplb_slots = (int)eplb_s;
+        if (redundant >= 0 && epm_redundant_slots(epm_placement_experts(ev[i].p), epm_placement_ranks(ev[i].p),
+                                                  (int)redundant, "--redundant-experts", &ev[i].eplb_slots) != EPM_OK) {
+            rc = cli_usage_error(W, "%s (%s)", epm_last_error(), ev[i].path);
+            goto out;
+        }
+    }
     for (int i = 0; i < n; i++) {
         if (epm_placement_experts(ev[i].p) != epm_trace_experts(t)) {
             rc = cli_fail(W, epm_fail(EPM_ERR_MISMATCH, "%s has %d experts per layer, the trace %s has %d", ev[i].path,
@@ -694,12 +716,7 @@ static int cmd_eval(int argc, char **argv)
             eo.flops_per_assignment = 6.0 * (double)hidden * (double)ffn;
             eo.eplb_interval = (int)eplb_i;
             eo.eplb_window = (int)eplb_w;
-            eo.eplb_slots = (int)eplb_s;
-            if (redundant >= 0 && epm_redundant_slots(epm_placement_experts(ev[i].p), epm_placement_ranks(ev[i].p),
-                                                      (int)redundant, "--redundant-experts", &eo.eplb_slots) != EPM_OK) {
-                rc = cli_usage_error(W, "%s (%s)", epm_last_error(), ev[i].path);
-                goto out;
-            }
+            eo.eplb_slots = ev[i].eplb_slots;
             eo.eplb_min_gain = eplb_g;
             eo.expert_bytes = peers ? xb : 0;
             eo.read_expert_bytes = peers ? 0 : xb; /* (the run's default: each gainer reads the file) */

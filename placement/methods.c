@@ -385,24 +385,25 @@ epm_status epm_expert_groups_check(int groups, int experts, const char *what)
 
 epm_status epm_redundant_slots(int experts, int ranks, int redundant, const char *what, int *slots)
 {
-    if (experts < 1 || ranks < 1 || redundant < 0 || redundant > 1000000)
+    if (experts < 1 || ranks < 1 || redundant < 0)
         return epm_fail(EPM_ERR_INVALID_ARG, "%s %d: %d experts over %d ranks take 0 or more redundant ones", what,
                         redundant, experts, ranks);
-    const int64_t phys = (int64_t)experts + redundant;
+    /* (a rank holds each expert once: at most experts slots, so at most experts x (ranks - 1) redundant) */
+    const int64_t most = (int64_t)experts * (ranks - 1), phys = (int64_t)experts + redundant;
+    if (redundant > most)
+        return epm_fail(EPM_ERR_INVALID_ARG, "%s %d: %d ranks of at most %d experts each hold at most %lld redundant "
+                        "ones", what, redundant, ranks, experts, (long long)most);
     if (phys % ranks != 0) {
         int64_t up = (phys + ranks - 1) / ranks * ranks - experts, down = phys / ranks * ranks - experts;
         char alt[64];
-        if (down >= 0)
+        if (down >= 0 && up <= most)
             snprintf(alt, sizeof alt, "%lld or %lld", (long long)down, (long long)up);
         else
-            snprintf(alt, sizeof alt, "%lld", (long long)up);
+            snprintf(alt, sizeof alt, "%lld", (long long)(down >= 0 ? down : up)); /* (one of them is) */
         return epm_fail(EPM_ERR_INVALID_ARG, "%s %d: %d experts and %d redundant are %lld physical experts, which do "
                         "not divide over %d ranks (vLLM and SGLang need them to); %s would", what, redundant, experts,
                         redundant, (long long)phys, ranks, alt);
     }
-    if (phys / ranks > experts)
-        return epm_fail(EPM_ERR_INVALID_ARG, "%s %d: %lld slots a rank, more than the %d experts (a rank holds each "
-                        "once)", what, redundant, (long long)(phys / ranks), experts);
     *slots = (int)(phys / ranks);
     return EPM_OK;
 }

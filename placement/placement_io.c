@@ -322,8 +322,8 @@ epm_status epm_placement_export_eplb_layers(const epm_placement *p, const char *
     for (int l = 0; l < p->layers; l++)
         for (int r = 0; r < p->ranks; r++)
             if (epm_placement_rank_count(p, l, r) != S)
-                return epm_fail(EPM_ERR_UNSUPPORTED, "EPLB export %s: in layer %d rank %d holds %d expert%s, another "
-                                "rank %d; SGLang and vLLM give every rank the same number (plan with eplb or ilp, "
+                return epm_fail(EPM_ERR_UNSUPPORTED, "EPLB export %s: in MoE layer %d rank %d holds %d expert%s where "
+                                "another holds %d; SGLang and vLLM give every rank the same number (plan with eplb or ilp, "
                                 "which fill spare slots, with --slots or --redundant-experts that divide)", path, l,
                                 r, epm_placement_rank_count(p, l, r), epm_placement_rank_count(p, l, r) == 1 ? "" : "s",
                                 S);

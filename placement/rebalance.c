@@ -18,9 +18,10 @@ int epm_eplb_due(int interval, int64_t pass) { return interval > 0 && pass > 0 &
 epm_status epm_eplb_check(const epm_placement *p, int interval, int window, int slots, double min_gain, int lag,
                           int fields, int *slots_out)
 {
-    const char *pre = fields ? "eval: " : "", *slots_name = fields ? "eval: eplb_slots =" : "--eplb-slots",
-               *gain_name = fields ? "eval: eplb_min_gain =" : "--eplb-min-gain",
-               *lag_name = fields ? "eval: eplb_lag =" : "--eplb-lag";
+    const int f = fields == 1;
+    const char *pre = f ? "eval: " : "",
+               *slots_name = f ? "eval: eplb_slots =" : fields == 2 ? "the slots of --redundant-experts," : "--eplb-slots",
+               *gain_name = f ? "eval: eplb_min_gain =" : "--eplb-min-gain", *lag_name = f ? "eval: eplb_lag =" : "--eplb-lag";
     const int E = epm_placement_experts(p), R = epm_placement_ranks(p);
     const int most = epm_placement_max_slots(p), least = (E + R - 1) / R;
     *slots_out = slots > 0 ? slots : most;

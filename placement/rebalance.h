@@ -12,7 +12,8 @@
  * [0, 1) and each placement in service `lag` passes after its boundary (0:
  * at once; below the interval, so that one is in flight at a time):
  * *slots_out the slots it holds. The errors name the options as `epmoe run`
- * flags, or with `fields` as plan eval's option fields. */
+ * flags, with `fields` 1 as plan eval's option fields, with 2 as run flags
+ * where the slots came from --redundant-experts. */
 epm_status epm_eplb_check(const epm_placement *p, int interval, int window, int slots, double min_gain, int lag,
                           int fields, int *slots_out);
 

@@ -67,8 +67,17 @@ has "$d/out" '"rank_load"'
 check "plan redundant" 0 "$E" plan --trace "$d/a.st" --method eplb --nodes 2 --gpus-per-node 2 --redundant-experts 4 \
   --json --quiet --eplb-out "$d/r.eplb.json"
 has "$d/out" '"slots_per_rank": 3'
-python3 -c 'import json, sys; sys.exit(0 if all(len(r) == 12 for r in json.load(open(sys.argv[1]))["physical_to_logical_map"]) else 1)' \
+python3 -c 'import json, sys; m = json.load(open(sys.argv[1]))["physical_to_logical_map"]
+sys.exit(0 if len(m) == 4 and all(len(r) == 12 for r in m) else 1)' \
   "$d/r.eplb.json" || fail "--redundant-experts 4: not 12 physical experts a layer"
+# a method that leaves spare slots empty: noted, and its map (8 physical experts) refused beside N = 4
+check "plan redundant contiguous" 1 "$E" plan --trace "$d/a.st" --method contiguous --nodes 2 --gpus-per-node 2 \
+  --redundant-experts 4 --eplb-out "$d/rc.eplb.json" --quiet
+has "$d/err" "note: --redundant-experts 4 gives spare slots, and contiguous leaves them empty"
+has "$d/err" "the placement holds 8 physical experts, and --redundant-experts 4 asks for 12"
+[ -e "$d/rc.eplb.json" ] && fail "a refused EPLB map was written"
+check "plan redundant past all" 2 "$E" plan --trace "$d/a.st" --nodes 2 --gpus-per-node 2 --redundant-experts 25
+has "$d/err" "--redundant-experts 25: 4 ranks of at most 8 experts each hold at most 24 redundant ones"
 check "plan redundant, not dividing" 2 "$E" plan --trace "$d/a.st" --nodes 2 --gpus-per-node 2 --redundant-experts 3
 has "$d/err" "--redundant-experts 3: 8 experts and 3 redundant are 11 physical experts, which do not divide over 4 ranks"
 has "$d/err" "0 or 4 would"

@@ -55,7 +55,7 @@ fi
 "$E" plan eval --trace "$d/b.st" "$d/e.json" --json >"$d/j2" 2>/dev/null
 cmp -s "$d/j1" "$d/j2" || { echo "FAIL: eval is not deterministic"; fails=$((fails + 1)); }
 # eplb export: 4 ranks x 3 slots per layer, every slot an expert
-has "$d/e.map.json" '^{"physical_to_logical_map":\[\[[0-9]*\(,[0-9]*\)\{11\}\],'
+has "$d/e.map.json" '^{"physical_to_logical_map":\[\[[0-9][0-9]*\(,[0-9][0-9]*\)\{11\}\],'
 
 # online rebalancing over a drifting trace's passes (other experts hot every 1000 tokens, passes of
 # 100): placements taken every 4 passes, a better balance than the static placement's, the last

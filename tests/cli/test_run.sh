@@ -77,7 +77,10 @@ check "redundant experts that do not divide" 1 run -np 3 "$E" run --model "$m" -
   --eplb-interval 2 --redundant-experts 2
 has "$d/err" "--redundant-experts 2: 8 experts and 2 redundant are 10 physical experts, which do not divide over 3 ranks"
 check "redundant experts without rebalancing" 2 "$E" run --model "$m" --input "$d/in.json" --redundant-experts 4
-has "$d/err" "--redundant-experts"
+has "$d/err" "--redundant-experts is online rebalancing's"
+check "redundant experts and slots" 2 "$E" run --model "$m" --input "$d/in.json" --eplb-interval 2 --eplb-slots 4 \
+  --redundant-experts 4
+has "$d/err" "--eplb-slots 4 and --redundant-experts 4: each sets the slots a rank holds; give one"
 check "kernels it has not" 2 "$E" run --model "$m" --input "$d/in.json" --kernels gpu
 has "$d/err" "--kernels must be ref, blas (also cpu"
 check "fp8 dispatch in follow mode" 1 one "$E" run --model "$m" --input "$d/in.json" --mode follow \

@@ -59,7 +59,7 @@ static void test_placement_eplb_export(void **state)
     epm_placement *p = sample();
     const char *path = tu_path("eplb.json");
     assert_int_equal(epm_placement_export_eplb(p, path), EPM_ERR_UNSUPPORTED);
-    assert_non_null(strstr(epm_last_error(), "in layer 0 rank 0 holds 1 expert, another rank 2"));
+    assert_non_null(strstr(epm_last_error(), "in MoE layer 0 rank 0 holds 1 expert where another holds 2"));
     epm_placement_destroy(p);
     /* 2 layers of 3 experts on 4 ranks x 2 slots: every slot filled */
     epm_cluster c;

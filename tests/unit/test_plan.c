@@ -333,6 +333,54 @@ static void test_plan_options_each_named(void **state)
     epm_trace_destroy(t);
 }
 
+/* Redundant experts as vLLM and SGLang count them: (experts + N) / ranks
+ * slots; refusals name the counts that work, and those counts work. */
+static void test_redundant_slots(void **state)
+{
+    (void)state;
+    int slots = -1;
+    assert_int_equal(epm_redundant_slots(256, 64, 32 * 2, "--redundant-experts", &slots), EPM_OK);
+    assert_int_equal(slots, 5);
+    assert_int_equal(epm_redundant_slots(8, 4, 0, "--redundant-experts", &slots), EPM_OK);
+    assert_int_equal(slots, 2);
+    assert_int_equal(epm_redundant_slots(8, 4, 24, "--redundant-experts", &slots), EPM_OK); /* every rank all */
+    assert_int_equal(slots, 8);
+    static const struct {
+        int experts, ranks, n;
+        const char *says;
+    } bad[] = {
+        {256, 64, 30, "256 experts and 30 redundant are 286 physical experts, which do not divide over 64 ranks "
+                      "(vLLM and SGLang need them to); 0 or 64 would"},
+        {8, 16, 3, "; 8 would"},             /* (none below) */
+        {8, 4, 23, "; 20 or 24 would"},      /* (24: every rank holds every expert) */
+        {8, 4, 25, "at most 24 redundant"},  /* past every rank holding all */
+        {8, 4, -1, "0 or more redundant"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        slots = -1;
+        assert_int_equal(epm_redundant_slots(bad[i].experts, bad[i].ranks, bad[i].n, "--redundant-experts", &slots),
+                         EPM_ERR_INVALID_ARG);
+        if (!strstr(epm_last_error(), bad[i].says))
+            fail_msg("%d experts, %d ranks, %d: '%s'", bad[i].experts, bad[i].ranks, bad[i].n, epm_last_error());
+        assert_int_equal(slots, -1);
+    }
+    /* every suggestion is accepted */
+    for (int E = 1; E <= 12; E++)
+        for (int R = 1; R <= 9; R++)
+            for (int n = 0; n <= E * (R - 1); n++) {
+                if (epm_redundant_slots(E, R, n, "x", &slots) == EPM_OK)
+                    continue;
+                const char *w = strstr(epm_last_error(), "); ");
+                assert_non_null(w);
+                long a = -1, b = -1;
+                int got = sscanf(w + 3, "%ld or %ld", &a, &b);
+                assert_true(got >= 1);
+                assert_int_equal(epm_redundant_slots(E, R, (int)a, "x", &slots), EPM_OK);
+                if (got == 2)
+                    assert_int_equal(epm_redundant_slots(E, R, (int)b, "x", &slots), EPM_OK);
+            }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -342,6 +390,7 @@ int main(void)
         cmocka_unit_test(test_plan_options_validated),
         cmocka_unit_test(test_plan_dispatch),
         cmocka_unit_test(test_plan_options_each_named),
+        cmocka_unit_test(test_redundant_slots),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
