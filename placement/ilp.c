@@ -382,6 +382,19 @@ epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan
             goto out;
     }
 
+    if (spares) {
+        /* every slot a copy, as SGLang and vLLM deploy them (greedy replicas, kept only where the
+         * objective drops, and a heuristic without replicas leave some empty): then the search, whose
+         * moves keep every slot filled */
+        int added = 0;
+        EPM_CHECK_GOTO(epm_plan_complete_slots(res, x.load, x.S, &added), st, out);
+        if (added)
+            EPM_CHECK_GOTO(epm_plan_objective(t, res, o, &obj), st, out);
+        EPM_CHECK_GOTO(epm_plan_complete_slots(heur, x.load, x.S, &added), st, out);
+        if (added)
+            EPM_CHECK_GOTO(epm_plan_objective(t, heur, o, &heur_obj), st, out);
+    }
+
     /* copies decided together with where they go: from the better of the two (eplb's packing often
      * wins on balance alone), the search over placements with copies (replica_search.c) */
     int64_t rs_kept = 0;

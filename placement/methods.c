@@ -253,6 +253,32 @@ epm_status epm_plan_fill_replicas(const epm_placement *base, const int64_t *load
     return EPM_OK;
 }
 
+epm_status epm_plan_complete_slots(epm_placement *p, const int64_t *load, int slots, int *added)
+{
+    *added = 0;
+    const int E = p->experts, R = p->ranks;
+    for (int l = 0; l < p->layers; l++)
+        for (int r = 0; r < R; r++)
+            while (epm_placement_rank_count(p, l, r) < slots && epm_placement_rank_count(p, l, r) < E) {
+                int best = -1;
+                double w = -1;
+                for (int e = 0; e < E; e++) {
+                    if (epm_placement_has(p, l, e, r))
+                        continue;
+                    const int *had;
+                    const double v = (double)load[(size_t)l * (size_t)E + (size_t)e] /
+                                     (epm_placement_replicas(p, l, e, &had) + 1);
+                    if (v > w) {
+                        w = v;
+                        best = e;
+                    }
+                }
+                EPM_CHECK(epm_placement_add(p, l, best, r));
+                ++*added;
+            }
+    return EPM_OK;
+}
+
 /* Whether eplb keeps expert groups whole on nodes: DeepSeek EPLB's
  * hierarchical policy, where group-limited routing (n_group, topk_group)
  * then bounds the nodes a token reaches; it needs the groups to divide over

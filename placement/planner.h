@@ -43,6 +43,12 @@ epm_status epm_plan_replica_search(const epm_trace *t, const epm_plan_opts *o, i
  * when the deadline comes during its setup. */
 extern int epm_replica_search_test_check;
 
+/* Fills every free slot of p (up to `slots` a rank, or the experts): each
+ * with a copy of the expert, not yet on that rank, with the most load per
+ * copy once added. *added: the copies added. What SGLang and vLLM deploy has
+ * no empty slot; the ILP's result with spare slots is completed so. */
+epm_status epm_plan_complete_slots(epm_placement *p, const int64_t *load, int slots, int *added);
+
 /* The planner's objective, in units of "one intra-node hidden-vector transfer":
  *   sum over layers l of
  *       balance_weight * max_r load_l(r)

@@ -265,10 +265,45 @@ static void test_ilp_with_spares(void **state)
         assert_true(fabs(in->objective - vp) <= 1e-9 * fabs(vp));
         assert_non_null(strstr(in->note, "replica search"));
         check_valid(p, 3);
+        for (int l = 0; l < 4; l++) /* every slot a copy, as SGLang and vLLM deploy them */
+            for (int r = 0; r < 4; r++)
+                assert_int_equal(epm_placement_rank_count(p, l, r), 3);
         epm_placement_destroy(e);
         epm_placement_destroy(p);
         epm_trace_destroy(t);
     }
+}
+
+/* The ILP with redundant experts on more ranks than experts (the README
+ * tour: 8 experts, 8 ranks, 2 slots), where greedy replicas leave slots
+ * empty: every slot filled, so that the EPLB map exports. */
+static void test_ilp_fills_every_slot(void **state)
+{
+    (void)state;
+    epm_trace *t = tu_synth_trace(3, 8, 2, 600, 9);
+    epm_cluster c = cluster_of(2, 4);
+    epm_plan_opts o;
+    tu_plan_opts(&o, EPM_METHOD_ILP, EPM_MODE_HOME, 2, 2, 1e-4);
+    epm_placement *p = NULL;
+    assert_int_equal(epm_plan(t, &c, &o, &p), EPM_OK);
+    for (int l = 0; l < 3; l++)
+        for (int r = 0; r < 8; r++)
+            assert_int_equal(epm_placement_rank_count(p, l, r), 2);
+    assert_int_equal(epm_placement_export_eplb(p, tu_path("full.json")), EPM_OK);
+    /* and the completion itself: a rank's free slot takes the expert with the most load per copy */
+    epm_placement *q = NULL;
+    assert_int_equal(epm_placement_create(1, 3, 1, &c, &q), EPM_OK);
+    for (int e = 0; e < 3; e++)
+        assert_int_equal(epm_placement_add(q, 0, e, e), EPM_OK);
+    const int64_t load[3] = {10, 90, 30};
+    int added = 0;
+    assert_int_equal(epm_plan_complete_slots(q, load, 1, &added), EPM_OK);
+    assert_int_equal(added, 5); /* ranks 3-7 */
+    assert_true(epm_placement_has(q, 0, 1, 3)); /* 90 / 2 */
+    assert_true(epm_placement_has(q, 0, 1, 4)); /* 90 / 3 = 30 against 30 / 2 */
+    epm_placement_destroy(q);
+    epm_placement_destroy(p);
+    epm_trace_destroy(t);
 }
 
 static void test_refusals(void **state)
@@ -305,7 +340,7 @@ int main(void)
         cmocka_unit_test(test_exact_and_never_worse), cmocka_unit_test(test_every_move_exact),
         cmocka_unit_test(test_no_time),               cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_finds_affinity),        cmocka_unit_test(test_ilp_with_spares),
-        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_ilp_fills_every_slot), cmocka_unit_test(test_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
