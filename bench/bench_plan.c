@@ -268,31 +268,25 @@ int epm_bench_plan(int argc, char **argv)
         return EPM_EXIT_USAGE;
     if (topk_groups && !groups)
         return cli_usage_error(what, "--topk-groups %ld limits the groups of --groups, which is not given", topk_groups);
-    for (int s = 0; s < 3 && groups; s++) { /* (each shape asked for takes the groups, as trace synth checks) */
-        const bench_shape *sh = &shapes[s];
-        const long limit = topk_groups ? topk_groups : groups;
-        if ((strcmp(shape_name, "all") && strcmp(shape_name, sh->name)) ||
-            (sh->experts % groups == 0 && limit <= groups && limit * (sh->experts / groups) >= sh->k))
-            continue;
-        return cli_usage_error(what, "--groups %ld --topk-groups %ld: the %s shape cannot hold them (%d experts in "
-                               "%ld groups, a token's %d within %ld)", groups, topk_groups, sh->name, sh->experts,
-                               groups, sh->k, limit);
-    }
-    for (int s = 0; s < 3 && slots; s++) {
-        const bench_shape *sh = &shapes[s];
-        if ((strcmp(shape_name, "all") && strcmp(shape_name, sh->name)) ||
-            ((long)sh->nodes * sh->gpn * slots >= sh->experts && slots <= sh->experts))
-            continue;
-        return cli_usage_error(what, slots > sh->experts ? "--slots %ld: the %s shape has %d experts, a rank holds "
-                               "each at most once" : "--slots %ld: the %s shape's %d experts do not fit on its %d "
-                               "ranks", slots, sh->name, sh->experts, sh->nodes * sh->gpn);
-    }
     int want_shape[3] = {0, 0, 0};
     int any = 0;
     for (int s = 0; s < 3; s++)
         any |= want_shape[s] = !strcmp(shape_name, "all") || !strcmp(shape_name, shapes[s].name);
     if (!any)
         return cli_usage_error(what, "option --shape: '%s' is not mixtral, qwen, dsv3 or all", shape_name);
+    for (int s = 0; s < 3; s++) { /* (each shape asked for takes the groups, as trace synth checks, and the slots) */
+        const bench_shape *sh = &shapes[s];
+        const long limit = topk_groups ? topk_groups : groups;
+        if (want_shape[s] && groups &&
+            !(sh->experts % groups == 0 && limit <= groups && limit * (sh->experts / groups) >= sh->k))
+            return cli_usage_error(what, "--groups %ld --topk-groups %ld: the %s shape cannot hold them (%d experts "
+                                   "in %ld groups, a token's %d within %ld)", groups, topk_groups, sh->name,
+                                   sh->experts, groups, sh->k, limit);
+        if (want_shape[s] && slots && !((long)sh->nodes * sh->gpn * slots >= sh->experts && slots <= sh->experts))
+            return cli_usage_error(what, slots > sh->experts ? "--slots %ld: the %s shape has %d experts, a rank "
+                                   "holds each at most once" : "--slots %ld: the %s shape's %d experts do not fit on "
+                                   "its %d ranks", slots, sh->name, sh->experts, sh->nodes * sh->gpn);
+    }
     int modes[2], nmodes = 0;
     if (!strcmp(mode_name, "both")) {
         modes[nmodes++] = EPM_MODE_HOME;

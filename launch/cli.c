@@ -28,6 +28,14 @@ int cli_usage_error(const char *what, const char *fmt, ...)
     return EPM_EXIT_USAGE;
 }
 
+int cli_slots_or_redundant(const char *what, const char *flag, long slots, long redundant)
+{
+    if (slots > 0 && redundant >= 0)
+        return cli_usage_error(what, "%s %ld and --redundant-experts %ld: each sets the slots a rank holds; give one",
+                               flag, slots, redundant);
+    return EPM_EXIT_OK;
+}
+
 int cli_eplb_usage(const char *what, long interval, long window, long lag, const char *orphan)
 {
     orphan = orphan ? orphan : lag > 0 ? "--eplb-lag" : NULL;

@@ -21,6 +21,11 @@ int cli_usage_error(const char *what, const char *fmt, ...) __attribute__((forma
  * EPM_EXIT_USAGE after the message, else EPM_EXIT_OK. */
 int cli_eplb_usage(const char *what, long interval, long window, long lag, const char *orphan);
 
+/* A slots flag (--slots, --eplb-slots; 0: not given) and --redundant-experts
+ * (< 0: not given) each set the slots a rank holds: both given are refused
+ * (EPM_EXIT_USAGE after the message), else EPM_EXIT_OK. */
+int cli_slots_or_redundant(const char *what, const char *flag, long slots, long redundant);
+
 /* Progress callback: "[  12.3s] message" on stderr. */
 void cli_progress(void *user, const char *message);
 

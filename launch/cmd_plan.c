@@ -246,9 +246,8 @@ static int cmd_plan(int argc, char **argv)
         return cli_usage_error(W, "unexpected argument '%s'", argv[optind]);
     if (!trace_path)
         return cli_usage_error(W, "--trace is required");
-    if (redundant >= 0 && o.slots_per_rank > 0)
-        return cli_usage_error(W, "--slots %d and --redundant-experts %ld: each sets the slots a rank holds; give one",
-                               o.slots_per_rank, redundant);
+    if (cli_slots_or_redundant(W, "--slots", o.slots_per_rank, redundant) != EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     if (cluster_path && have_nodes)
         return cli_usage_error(W, "--cluster and --nodes/--gpus-per-node exclude each other");
     if (cluster_path && (intra > 0 || inter > 0)) /* (the file's bandwidths are the cluster's) */
@@ -591,9 +590,8 @@ static int cmd_eval(int argc, char **argv)
     int n = argc - optind;
     if (n < 1)
         return cli_usage_error(W, "name at least one placement JSON");
-    if (redundant >= 0 && eplb_s)
-        return cli_usage_error(W, "--eplb-slots %ld and --redundant-experts %ld: each sets the slots a rank holds; give "
-                               "one", eplb_s, redundant);
+    if (cli_slots_or_redundant(W, "--eplb-slots", eplb_s, redundant) != EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     if (cli_eplb_usage(W, eplb_i, eplb_w, lag,
                        eplb_w ? "--eplb-window" : eplb_s ? "--eplb-slots" : redundant >= 0 ? "--redundant-experts"
                        : eplb_g > 0 ? "--eplb-min-gain"

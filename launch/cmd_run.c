@@ -889,9 +889,9 @@ int epm_cli_run(int argc, char **argv)
         return cli_usage_error(W, "--arrivals-from and --request-rate: each sets when the requests arrive; give one");
     if (scale_given && !arrivals_from)
         return cli_usage_error(W, "--time-scale scales the arrivals of --arrivals-from, which is not given");
-    if (o.eplb_redundant_given && o.eplb_slots)
-        return cli_usage_error(W, "--eplb-slots %d and --redundant-experts %d: each sets the slots a rank holds; give "
-                               "one", o.eplb_slots, o.eplb_redundant);
+    if (cli_slots_or_redundant(W, "--eplb-slots", o.eplb_slots, o.eplb_redundant_given ? o.eplb_redundant : -1) !=
+        EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     if (cli_eplb_usage(W, o.eplb_interval, o.eplb_window, o.eplb_lag,
                        o.eplb_window ? "--eplb-window" : o.eplb_slots ? "--eplb-slots"
                        : o.eplb_redundant_given ? "--redundant-experts"

@@ -417,7 +417,6 @@ epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan
                 snprintf(rs_why, sizeof rs_why, "%.95s", epm_last_error());
                 epm_clear_error();
                 st = EPM_OK;
-                rs_kept = 0;
             } else if (st != EPM_OK) {
                 epm_placement_destroy(s);
                 goto out;
@@ -428,7 +427,6 @@ epm_status epm_plan_ilp(const epm_trace *t, const epm_cluster *c, const epm_plan
                 obj = v;
             } else {
                 epm_placement_destroy(s);
-                rs_kept = 0;
             }
             char msg[160];
             snprintf(msg, sizeof msg, "ilp: replica search kept %lld moves", (long long)rs_kept);

@@ -512,19 +512,18 @@ epm_status epm_plan_objective(const epm_trace *t, const epm_placement *p, const 
     eo.kv_row_bytes = (int64_t)(o->kv_dim > 0 ? o->kv_dim : o->hidden / 2) * 2;
     epm_eval_result *r;
     EPM_CHECK(epm_eval(t, p, &eo, &r));
-    const epm_cluster *c = epm_placement_cluster(p);
-    double denom = (double)eo.hidden_bytes * epm_placement_ranks(p);
+    double cost[EPM_LINK_COUNT];
+    for (int k = 0; k < EPM_LINK_COUNT; k++)
+        cost[k] = epm_cluster_link_cost(epm_placement_cluster(p), (epm_link)k);
+    const double denom = (double)eo.hidden_bytes * epm_placement_ranks(p);
     double v = 0;
     for (int l = 0; l < r->layers; l++) {
-        double traffic = 0;
+        int64_t b[EPM_LINK_COUNT];
         for (int k = 0; k < EPM_LINK_COUNT; k++)
-            traffic += epm_cluster_link_cost(c, (epm_link)k) * (double)(r->layer[l].bytes[k] + r->layer[l].kv_bytes[k]);
-        v += o->balance_weight * (double)r->layer[l].max_load + o->traffic_weight * traffic / denom;
+            b[k] = r->layer[l].bytes[k] + r->layer[l].kv_bytes[k];
+        v += epm_plan_objective_term(o->balance_weight, o->traffic_weight, denom, cost, r->layer[l].max_load, b);
     }
-    double gather = 0;
-    for (int k = 0; k < EPM_LINK_COUNT; k++)
-        gather += epm_cluster_link_cost(c, (epm_link)k) * (double)r->gather_bytes[k];
-    v += o->traffic_weight * gather / denom;
+    v += epm_plan_objective_term(o->balance_weight, o->traffic_weight, denom, cost, 0, r->gather_bytes);
     epm_eval_result_destroy(r);
     *obj = v;
     return EPM_OK;

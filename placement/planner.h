@@ -49,6 +49,21 @@ extern int epm_replica_search_test_check;
  * no empty slot; the ILP's result with spare slots is completed so. */
 epm_status epm_plan_complete_slots(epm_placement *p, const int64_t *load, int slots, int *added);
 
+/* One term of epm_plan_objective: balance_weight x a layer's busiest load
+ * plus traffic_weight x its link-cost-weighted bytes (bytes[EPM_LINK_COUNT],
+ * dispatch/combine and K/V together) over denom = hidden bytes x ranks; the
+ * final gather is a term of busiest load 0. One piece of arithmetic for
+ * epm_plan_objective and the replica search's incremental sums, so that
+ * the two agree bit for bit. */
+static inline double epm_plan_objective_term(double bw, double tw, double denom, const double *cost, int64_t busiest,
+                                             const int64_t *bytes)
+{
+    double traffic = 0;
+    for (int k = 0; k < EPM_LINK_COUNT; k++)
+        traffic += cost[k] * (double)bytes[k];
+    return bw * (double)busiest + tw * traffic / denom;
+}
+
 /* The planner's objective, in units of "one intra-node hidden-vector transfer":
  *   sum over layers l of
  *       balance_weight * max_r load_l(r)

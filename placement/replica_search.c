@@ -141,22 +141,28 @@ static void gather_add(rs *s, int64_t i, int where, int sign)
     g[(2 + inter) * R + (size_t)s->home[i]] += sign;
 }
 
+/* A phase's busiest rank, in units of one intra-node hidden vector (another
+ * node's cost rho), from its hidden vectors [4][R] (sent intra, sent inter,
+ * received intra, received inter): epm_cost_phase_seconds' rule. */
+static double busiest_units(const rs *s, const int64_t *ph)
+{
+    const size_t R = (size_t)s->R;
+    double m = 0;
+    for (size_t r = 0; r < R; r++) {
+        double snd = (double)ph[r] + s->rho * (double)ph[R + r], rcv = (double)ph[2 * R + r] + s->rho * (double)ph[3 * R + r];
+        m = snd > m ? snd : m;
+        m = rcv > m ? rcv : m;
+    }
+    return m;
+}
+
 /* The final return home's term of the model: its phase's busiest rank, per
  * fold (follow mode; epm_eval charges it once for the trace). */
 static void gather_model(rs *s)
 {
-    const size_t R = (size_t)s->R;
     double v = 0;
-    for (int f = 0; s->follow && f < s->F; f++) {
-        const int64_t *g = s->gx + (size_t)f * 4 * R;
-        double m = 0;
-        for (size_t r = 0; r < R; r++) {
-            double snd = (double)g[r] + s->rho * (double)g[R + r], rcv = (double)g[2 * R + r] + s->rho * (double)g[3 * R + r];
-            m = snd > m ? snd : m;
-            m = rcv > m ? rcv : m;
-        }
-        v += s->tw * m;
-    }
+    for (int f = 0; s->follow && f < s->F; f++)
+        v += s->tw * busiest_units(s, s->gx + (size_t)f * 4 * (size_t)s->R);
     s->gmodel = v;
 }
 
@@ -167,28 +173,24 @@ static void gather_model(rs *s)
 static double fold_term(const rs *s, const int64_t *f)
 {
     const size_t R = (size_t)s->R;
-    const int64_t *ph = f + R;
     int64_t m = 0;
-    double a2a = 0, kv = 0;
-    for (size_t r = 0; r < R; r++) {
+    for (size_t r = 0; r < R; r++)
         m = f[r] > m ? f[r] : m;
-        double snd = (double)ph[r] + s->rho * (double)ph[R + r], rcv = (double)ph[2 * R + r] + s->rho * (double)ph[3 * R + r];
-        a2a = snd > a2a ? snd : a2a;
-        a2a = rcv > a2a ? rcv : a2a;
-    }
+    const double a2a = busiest_units(s, f + R);
+    double kv = 0;
     if (s->follow) {
         /* a rank sends its tokens' rows to every other and receives every other rank's tokens' */
         const int64_t *n = f + 5 * R;
         int64_t all = 0;
         for (size_t r = 0; r < R; r++)
             all += n[r];
-        for (size_t node0 = 0; node0 < R; node0 += (size_t)s->gpn) {
-            size_t end = node0 + (size_t)s->gpn < R ? node0 + (size_t)s->gpn : R;
+        const size_t G = (size_t)s->gpn; /* (ranks = nodes x gpus_per_node) */
+        for (size_t node0 = 0; node0 < R; node0 += G) {
             int64_t on = 0;
-            for (size_t r = node0; r < end; r++)
+            for (size_t r = node0; r < node0 + G; r++)
                 on += n[r];
-            for (size_t r = node0; r < end; r++) {
-                double snd = (double)n[r] * ((double)(end - node0 - 1) + s->rho * (double)(R - (end - node0)));
+            for (size_t r = node0; r < node0 + G; r++) {
+                double snd = (double)n[r] * ((double)(G - 1) + s->rho * (double)(R - G));
                 double rcv = (double)(on - n[r]) + s->rho * (double)(all - on);
                 kv = snd > kv ? snd : kv;
                 kv = rcv > kv ? rcv : kv;
@@ -231,20 +233,13 @@ static double model_total(const rs *s)
     return v;
 }
 
-/* epm_plan_objective's arithmetic on the sums, in its order. */
+/* epm_plan_objective on the sums: its terms, in its order. */
 static double objective(const rs *s)
 {
     double v = 0;
-    for (int l = 0; l < s->L; l++) {
-        double traffic = 0;
-        for (int k = 0; k < EPM_LINK_COUNT; k++)
-            traffic += s->cost[k] * (double)s->bytes[(size_t)l * EPM_LINK_COUNT + (size_t)k];
-        v += s->bw * (double)s->maxl[l] + s->tw * traffic / s->denom;
-    }
-    double gather = 0;
-    for (int k = 0; k < EPM_LINK_COUNT; k++)
-        gather += s->cost[k] * (double)s->gather[k];
-    return v + s->tw * gather / s->denom;
+    for (int l = 0; l < s->L; l++)
+        v += epm_plan_objective_term(s->bw, s->tw, s->denom, s->cost, s->maxl[l], s->bytes + (size_t)l * EPM_LINK_COUNT);
+    return v + epm_plan_objective_term(s->bw, s->tw, s->denom, s->cost, 0, s->gather);
 }
 
 static void rs_free(rs *s)
@@ -286,9 +281,9 @@ static epm_status build_occ(rs *s)
 {
     const size_t LE = (size_t)s->L * (size_t)s->E;
     s->occ_start = epm_calloc(LE + 1, sizeof *s->occ_start);
-    if (!s->occ_start)
-        return EPM_ERR_NOMEM;
-    for (int pass = 0; pass < 2; pass++) {
+    int64_t *fill = epm_calloc(LE ? LE : 1, sizeof *fill); /* (each list's entries so far) */
+    epm_status st = s->occ_start && fill ? EPM_OK : EPM_ERR_NOMEM;
+    for (int pass = 0; pass < 2 && st == EPM_OK; pass++) {
         for (int l = 0; l < s->L; l++) {
             const int32_t *ids = epm_trace_ids_const(s->t, l);
             for (int64_t i = 0; i < s->T; i++) {
@@ -305,7 +300,7 @@ static epm_status build_occ(rs *s)
                     if (pass == 0)
                         s->occ_start[le + 1]++;
                     else
-                        s->occ[s->occ_start[le] + s->stamp[le]++] = (int32_t)i; /* (stamp: fill counts here) */
+                        s->occ[s->occ_start[le] + fill[le]++] = (int32_t)i;
                 }
             }
         }
@@ -313,13 +308,12 @@ static epm_status build_occ(rs *s)
             for (size_t le = 0; le < LE; le++)
                 s->occ_start[le + 1] += s->occ_start[le];
             s->occ = epm_malloc((size_t)(s->occ_start[LE] ? s->occ_start[LE] : 1) * sizeof *s->occ);
-            s->stamp = epm_calloc(LE > (size_t)s->T ? LE : (size_t)s->T, sizeof *s->stamp);
-            if (!s->occ || !s->stamp)
-                return EPM_ERR_NOMEM;
+            if (!s->occ)
+                st = EPM_ERR_NOMEM;
         }
     }
-    memset(s->stamp, 0, (size_t)s->T * sizeof *s->stamp);
-    return EPM_OK;
+    epm_free(fill);
+    return st;
 }
 
 static epm_status rs_init(rs *s, const epm_trace *t, epm_placement *p, const epm_plan_opts *o, int slots, int folds,
@@ -376,10 +370,11 @@ static epm_status rs_init(rs *s, const epm_trace *t, epm_placement *p, const epm
     s->save_max = epm_malloc(L * sizeof *s->save_max);
     s->dst = epm_malloc((size_t)s->K * sizeof *s->dst);
     s->distinct = epm_malloc((size_t)s->K * sizeof *s->distinct);
+    s->stamp = epm_calloc(Tn, sizeof *s->stamp);
     if (!s->home || (s->follow && !s->src) || !s->load || !s->bytes || !s->maxl || !s->kv_of || !s->held ||
         !s->aff || !s->cur || !s->cur_src || !s->nxt || !s->nxt_src || !s->touched || !s->is_touched ||
         !s->save_load || !s->save_bytes || !s->save_max || !s->dst || !s->distinct || !s->fx ||
-        !s->model || !s->save_fx || !s->save_model || !s->gx || !s->save_gx)
+        !s->model || !s->save_fx || !s->save_model || !s->gx || !s->save_gx || !s->stamp)
         return EPM_ERR_NOMEM;
     if (epm_now() >= deadline)
         return epm_fail(EPM_ERR_TIMEOUT, "replica search: no time left for its setup");
@@ -393,13 +388,9 @@ static epm_status rs_init(rs *s, const epm_trace *t, epm_placement *p, const epm
     for (int l = 0; l < s->L; l++)
         for (int r = 0; r < s->R; r++) {
             int *h = s->held + ((size_t)l * R + (size_t)r) * (size_t)slots, n = 0;
-            for (int e = 0; e < s->E; e++)
-                if (epm_placement_has(p, l, e, r)) {
-                    if (n == slots)
-                        return epm_fail(EPM_ERR_INVALID_ARG, "replica search: layer %d rank %d holds more than %d "
-                                        "experts", l, r, slots);
+            for (int e = 0; e < s->E; e++) /* (at most `slots`: the entry validated p) */
+                if (epm_placement_has(p, l, e, r))
                     h[n++] = e;
-                }
         }
     if (s->follow)
         for (size_t i = 0; i < T; i++)
