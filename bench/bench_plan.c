@@ -60,8 +60,9 @@ static void usage(void)
            "  --topk-groups M  the groups a token chooses within (topk_group; default: every group)\n"
            "  --slots N        experts a rank may hold (default: the fewest that fit, no spare slot);\n"
            "                   spare slots take copies (eplb's replicas, the ILP's replica search)\n"
-           "  --pass-tokens P  tokens a pass (default 256); with --eplb-interval every row's modelled\n"
-           "                   time is taken pass by pass, as plan eval does for a trace with passes\n"
+           "  --pass-tokens P  the trace in passes of P tokens, as run --trace-out records them: every\n"
+           "                   row's modelled time is taken pass by pass, as plan eval does, and the\n"
+           "                   ILP plans so (default: 256 with --eplb-interval, else no passes)\n"
            "  --quiet          no solver progress on stderr\n"
            "  --csv            one CSV row per (shape, mode, method)\n");
 }
@@ -262,7 +263,7 @@ int epm_bench_plan(int argc, char **argv)
     if (optind < argc)
         return cli_usage_error(what, "unexpected argument '%s'", argv[optind]);
     if (cli_eplb_usage(what, eplb_i, eplb_w, lag,
-                       eplb_w ? "--eplb-window" : pass_given ? "--pass-tokens" : eplb_g > 0 ? "--eplb-min-gain"
+                       eplb_w ? "--eplb-window" : eplb_g > 0 ? "--eplb-min-gain"
                        : xb >= 0 ? "--expert-bytes" : NULL) !=
         EPM_EXIT_OK)
         return EPM_EXIT_USAGE;
@@ -320,9 +321,9 @@ int epm_bench_plan(int argc, char **argv)
         so.drift_tokens = drift;
         so.groups = (int)groups;
         so.topk_groups = (int)topk_groups;
-        /* passes for online's replay, which price every row pass by pass (without them the
-         * modelled times are the whole half's, as in the tables before online existed) */
-        so.tokens_per_pass = eplb_i > 0 ? pass_tokens : 0;
+        /* passes (online's replay needs them), which price every row pass by pass and which the
+         * ILP plans for (without them the modelled times are the whole half's) */
+        so.tokens_per_pass = eplb_i > 0 || pass_given ? pass_tokens : 0;
         epm_trace *t = NULL, *first = NULL, *second = NULL;
         epm_status st = epm_trace_synth(&so, &t);
         if (st == EPM_OK)
@@ -344,6 +345,8 @@ int epm_bench_plan(int argc, char **argv)
                    sh->desc, tokens, zipf, affinity, drift ? ", drifting" : "");
         if (!csv && slots)
             printf(", %ld slots a rank (%ld spare)", slots, slots * sh->nodes * sh->gpn - sh->experts);
+        if (!csv && so.tokens_per_pass)
+            printf(", passes of %ld tokens", pass_tokens);
         if (!csv)
             printf("\n");
         for (int mi = 0; mi < nmodes; mi++) {

@@ -146,7 +146,7 @@ epm_status epm_ilp_exact_chain(int n, int L, const double *w, const double *h0, 
  * layer, for at most max_evals move evaluations or until deadline. With
  * folds = 0 it minimises epm_plan_objective. With folds = F >= 1 it
  * minimises a sample-average approximation over F folds of the planning
- * tokens of epm_eval's per-layer modelled time (busiest rank's compute and
+ * tokens (a trace with pass_ids: its passes) of epm_eval's per-layer modelled time (busiest rank's compute and
  * communication; see ilp_search.c), subject to epm_plan_objective staying at
  * or below its value at the start. Returns epm_plan_objective of the result
  * (single-copy) in *obj. */

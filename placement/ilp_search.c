@@ -14,7 +14,8 @@
  * the objective averages it over ranks, while epm_eval's modelled time
  * charges each phase at its busiest rank. So with folds = F the search
  * minimises a sample-average approximation of epm_eval's per-layer time:
- * token i goes to fold i mod F, each fold scaled by F is one sample, and
+ * token i goes to fold i mod F (a trace with pass_ids: its passes, as
+ * epm_eval times them; plan_folds.c), each fold scaled by F is one sample, and
  * each layer scores the mean over folds of
  *     balance_weight * max_r load_f(r) + traffic_weight * comm_f
  * where comm_f is the busiest rank's all-to-all units (plus, in follow mode,
@@ -33,6 +34,9 @@
 
 #include "ilp_internal.h"
 
+/* Passes beyond this share folds: the model's work per move grows with them. */
+enum { MAX_FOLDS = 256 };
+
 typedef struct {
     const epm_ilp_ctx *x;
     int *rank_of;
@@ -49,6 +53,7 @@ typedef struct {
     uint32_t epoch;
     /* the sample-average model (F > 0) */
     int F;                /* folds, 0 = the plain objective */
+    int32_t *fold;        /* [T] each token's fold (epm_plan_folds: a trace's passes where it has them) */
     int W;                /* doubles per (layer, fold) of the comm model */
     int64_t *fload;       /* [F * L * E] F * assignments of fold f's tokens */
     int64_t *frload;      /* [(l * F + f) * R + r] F * fold f's load of rank r */
@@ -63,7 +68,7 @@ typedef struct {
 
 /* Traffic of token tok at layer l in link-cost units (its part of
  * epm_plan_objective's traffic sum). With folds, also adds sign * F * its
- * transfers to fold (tok mod F)'s comm model of layer l, in units of one
+ * transfers to tok's fold's comm model of layer l, in units of one
  * intra-node hidden vector:
  *   home mode, per rank q: [q in D] * (cbar - 1/R) in [q], -(rho - 1) / R
  *     per expert rank on q's node in [R + node], rho * |D| / R in [R + N]:
@@ -97,7 +102,7 @@ static double tok_cost(search *s, int l, size_t tok, double sign)
             s->is_dirty[l] = 1;
             s->dirty[s->ndirty++] = l;
         }
-        a = s->dcomm + ((size_t)l * (size_t)s->F + tok % (size_t)s->F) * (size_t)s->W;
+        a = s->dcomm + ((size_t)l * (size_t)s->F + (size_t)s->fold[tok]) * (size_t)s->W;
     }
     double sum = 0.0;
     if (x->mode == EPM_MODE_HOME) {
@@ -262,6 +267,7 @@ static void search_free(search *s)
     epm_free(s->gat_start);
     epm_free(s->gat);
     epm_free(s->stamp);
+    epm_free(s->fold);
     epm_free(s->fload);
     epm_free(s->frload);
     epm_free(s->fcomm);
@@ -274,8 +280,14 @@ static void search_free(search *s)
 static epm_status model_init(search *s)
 {
     const epm_ilp_ctx *x = s->x;
-    size_t L = (size_t)x->L, E = (size_t)x->E, R = (size_t)x->R, T = (size_t)x->T, F = (size_t)s->F;
     s->W = x->mode == EPM_MODE_HOME ? x->R + x->N + 1 : 3 * x->R;
+    {
+        /* a fold's loads and comm model (and its change) take at most 128 MiB together */
+        const double per_fold = 8.0 * x->L * ((double)x->E + x->R + 2.0 * s->W);
+        const double cap = (double)(128 << 20) / per_fold;
+        EPM_CHECK(epm_plan_folds(x->t, s->F, cap < 1 ? 1 : cap > MAX_FOLDS ? MAX_FOLDS : (int)cap, &s->fold, &s->F));
+    }
+    size_t L = (size_t)x->L, E = (size_t)x->E, R = (size_t)x->R, T = (size_t)x->T, F = (size_t)s->F;
     size_t cells = L * F * (size_t)s->W;
     s->fload = epm_calloc(F * L * E, sizeof *s->fload);
     s->frload = epm_calloc(L * F * R, sizeof *s->frload);
@@ -287,7 +299,7 @@ static epm_status model_init(search *s)
         return EPM_ERR_NOMEM;
     for (size_t le = 0; le < L * E; le++)
         for (int64_t q = s->occ_start[le]; q < s->occ_start[le + 1]; q++)
-            s->fload[((size_t)s->occ[q] % F) * L * E + le] += (int64_t)F;
+            s->fload[(size_t)s->fold[s->occ[q]] * L * E + le] += (int64_t)F;
     for (size_t l = 0; l < L; l++)
         for (size_t tok = 0; tok < T; tok++)
             (void)tok_cost(s, (int)l, tok, 1.0);

@@ -31,7 +31,8 @@ epm_status epm_plan_fill_replicas(const epm_placement *base, const int64_t *load
  * swapping and re-assigning copies within each layer
  * (placement/replica_search.c). A move is kept where it lowers a model of
  * epm_eval's time (per layer, the busiest rank's load and communication,
- * summed over `folds` folds of the tokens) and leaves epm_plan_objective at
+ * summed over `folds` folds of the tokens, or a trace's passes where it has
+ * pass_ids: epm_plan_folds) and leaves epm_plan_objective at
  * or below its value at the start. At most max_moves proposals from a fixed
  * seed, or until deadline. *obj receives epm_plan_objective of the result,
  * *kept the moves kept. */
@@ -42,12 +43,24 @@ epm_status epm_plan_replica_search(const epm_trace *t, const epm_plan_opts *o, i
  * naming the first that differs. Fails with EPM_ERR_TIMEOUT (p unchanged)
  * when the deadline comes during its setup. */
 extern int epm_replica_search_test_check;
+/* What the search minimises for p (tests): the sum over layers and folds of
+ * balance_weight x the busiest load plus traffic_weight x the busiest
+ * rank's communication units, and in follow mode the return home's. */
+epm_status epm_plan_replica_model(const epm_trace *t, const epm_plan_opts *o, int slots, int folds,
+                                  epm_placement *p, double *model);
 
 /* Fills every free slot of p (up to `slots` a rank, or the experts): each
  * with a copy of the expert, not yet on that rank, with the most load per
  * copy once added. *added: the copies added. What SGLang and vLLM deploy has
  * no empty slot; the ILP's result with spare slots is completed so. */
 epm_status epm_plan_complete_slots(epm_placement *p, const int64_t *load, int slots, int *added);
+
+/* The folds the searches' models sum over (placement/plan_folds.c):
+ * fold_of[T] (epm_malloc'd) and their count. A trace with pass_ids is
+ * folded by its passes, as epm_eval times it, consecutive passes sharing a
+ * fold where there are more than max_folds; otherwise token i is in fold
+ * i mod folds. */
+epm_status epm_plan_folds(const epm_trace *t, int folds, int max_folds, int32_t **fold_of, int *nfolds);
 
 /* One term of epm_plan_objective: balance_weight x a layer's busiest load
  * plus traffic_weight x its link-cost-weighted bytes (bytes[EPM_LINK_COUNT],

@@ -26,6 +26,9 @@
 #include "planner.h"
 #include "epmoe/trace.h"
 
+/* Passes beyond this share folds: the model's work per move grows with them. */
+enum { MAX_FOLDS = 256 };
+
 typedef struct {
     const epm_trace *t;
     epm_placement *p;
@@ -40,12 +43,13 @@ typedef struct {
     int64_t *bytes;      /* [L * LINKS] dispatch, combine and K/V bytes by link class */
     int64_t *maxl;       /* [L] */
     int64_t gather[EPM_LINK_COUNT];
-    /* what epm_eval charges, the busiest rank, per layer and fold (token i in fold i mod F) in
+    /* what epm_eval charges, the busiest rank, per layer and fold (s->fold) in
      * [L][F][6R]: each rank's load [R], its dispatch and combine hidden vectors [4][R] (sent intra,
      * sent inter, received intra, received inter), and in follow mode the tokens whose K/V row it
      * sends [R]; each layer's model term */
     epm_plan_opts o;     /* (resolved) */
-    int F;
+    int F, folds_asked;
+    int32_t *fold;       /* [T] each token's fold (epm_plan_folds: a trace's passes where it has them) */
     int64_t *fx;
     int64_t *gx;         /* follow: [F][4R] the final return home, as the layers' phases */
     double gmodel;       /* its term */
@@ -99,7 +103,7 @@ static int tok_layer(rs *s, int l, int64_t i, int src, int sign)
     epm_route_pick(s->p, l, row, s->K, src, (uint64_t)i, s->dst);
     const size_t R = (size_t)s->R;
     int64_t *load = s->load + (size_t)l * R, *b = lb(s, l);
-    int64_t *fx = s->fx + ((size_t)l * (size_t)s->F + (size_t)(i % s->F)) * 6 * R, *ph = fx + R;
+    int64_t *fx = s->fx + ((size_t)l * (size_t)s->F + (size_t)s->fold[i]) * 6 * R, *ph = fx + R;
     int nd = 0;
     for (int j = 0; j < s->K; j++) {
         if (s->dst[j] < 0)
@@ -135,7 +139,7 @@ static void gather_add(rs *s, int64_t i, int where, int sign)
     const size_t R = (size_t)s->R;
     epm_link k = epm_cluster_link(s->c, where, s->home[i]);
     size_t inter = k == EPM_LINK_INTER;
-    int64_t *g = s->gx + (size_t)(i % s->F) * 4 * R;
+    int64_t *g = s->gx + (size_t)s->fold[i] * 4 * R;
     s->gather[k] += sign * s->hb;
     g[inter * R + (size_t)where] += sign;
     g[(2 + inter) * R + (size_t)s->home[i]] += sign;
@@ -245,6 +249,7 @@ static double objective(const rs *s)
 static void rs_free(rs *s)
 {
     epm_free(s->home);
+    epm_free(s->fold);
     epm_free(s->src);
     epm_free(s->load);
     epm_free(s->bytes);
@@ -321,7 +326,7 @@ static epm_status rs_init(rs *s, const epm_trace *t, epm_placement *p, const epm
 {
     memset(s, 0, sizeof *s);
     s->o = *o;
-    s->F = folds;
+    s->folds_asked = folds;
     s->t = t;
     s->p = p;
     s->c = &p->cluster;
@@ -342,6 +347,12 @@ static epm_status rs_init(rs *s, const epm_trace *t, epm_placement *p, const epm
     s->rho = s->cost[EPM_LINK_INTER];
     s->kv_ratio = s->hb > 0 ? (double)kvb / (double)s->hb : 0;
     s->gpn = s->c->gpus_per_node;
+    {
+        /* a fold's sums, and their undo copies, take at most 128 MiB together */
+        const double per_fold = 16.0 * (double)s->R * (6.0 * s->L + 4.0);
+        const double cap = (double)(128 << 20) / per_fold;
+        EPM_CHECK(epm_plan_folds(t, folds, cap < 1 ? 1 : cap > MAX_FOLDS ? MAX_FOLDS : (int)cap, &s->fold, &s->F));
+    }
     const size_t T = (size_t)s->T, L = (size_t)s->L, R = (size_t)s->R, LR = L * R;
     const size_t Tn = T ? T : 1;
     s->home = epm_malloc(Tn * sizeof *s->home);
@@ -660,7 +671,7 @@ static int differs(const void *a, const void *b, size_t n) { return memcmp(a, b,
 static epm_status self_check(rs *s, const char *after)
 {
     rs f;
-    epm_status st = rs_init(&f, s->t, s->p, &s->o, s->S, s->F, INFINITY);
+    epm_status st = rs_init(&f, s->t, s->p, &s->o, s->S, s->folds_asked, INFINITY);
     const size_t T = (size_t)s->T, L = (size_t)s->L, R = (size_t)s->R, F = (size_t)s->F;
     const char *what = NULL;
     if (st != EPM_OK)
@@ -693,16 +704,35 @@ static epm_status self_check(rs *s, const char *after)
     return EPM_OK;
 }
 
-epm_status epm_plan_replica_search(const epm_trace *t, const epm_plan_opts *o, int slots, int folds,
-                                   int64_t max_moves, double deadline, epm_placement *p, double *obj, int64_t *kept)
+static epm_status check_entry(const epm_trace *t, const epm_placement *p, int slots, int folds)
 {
-    *kept = 0;
     if (epm_trace_layers(t) != p->layers || epm_trace_experts(t) > p->experts)
         return epm_fail(EPM_ERR_MISMATCH, "replica search: the trace (%d layers, %d experts) does not fit the "
                         "placement (%d, %d)", epm_trace_layers(t), epm_trace_experts(t), p->layers, p->experts);
     if (slots < 1 || folds < 1)
         return epm_fail(EPM_ERR_INVALID_ARG, "replica search: slots = %d, folds = %d", slots, folds);
-    EPM_CHECK(epm_placement_validate(p, slots));
+    return epm_placement_validate(p, slots);
+}
+
+epm_status epm_plan_replica_model(const epm_trace *t, const epm_plan_opts *o, int slots, int folds,
+                                  epm_placement *p, double *model)
+{
+    EPM_CHECK(check_entry(t, p, slots, folds));
+    epm_plan_opts resolved;
+    epm_plan_resolve(o, &p->cluster, &resolved);
+    rs s;
+    epm_status st = rs_init(&s, t, p, &resolved, slots, folds, INFINITY);
+    if (st == EPM_OK)
+        *model = model_total(&s);
+    rs_free(&s);
+    return st;
+}
+
+epm_status epm_plan_replica_search(const epm_trace *t, const epm_plan_opts *o, int slots, int folds,
+                                   int64_t max_moves, double deadline, epm_placement *p, double *obj, int64_t *kept)
+{
+    *kept = 0;
+    EPM_CHECK(check_entry(t, p, slots, folds));
     epm_plan_opts resolved;
     epm_plan_resolve(o, &p->cluster, &resolved);
     rs s;

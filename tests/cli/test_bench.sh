@@ -438,6 +438,17 @@ ok "bench plan online" "$E" bench plan --shape mixtral --tokens 256 --time-limit
 ok "bench plan online, table" "$E" bench plan --shape mixtral --mode home --tokens 256 --time-limit 5 --eplb-interval 2 \
   --pass-tokens 16 --eplb-min-gain 0.05 --eplb-window 1 --quiet &&
   has "$d/out" "# online: [0-9]* placements taken over the second half's 8 passes"
+# passes without online rebalancing: every row timed pass by pass, each pass's busiest rank
+# (contiguous plans the same; its time can only grow from the whole half's one busiest rank)
+ok "bench plan passes" "$E" bench plan --shape mixtral --mode home --tokens 256 --time-limit 1 --pass-tokens 16 \
+  --csv && cp "$d/out" "$d/passes.csv" &&
+  ok "bench plan no passes" "$E" bench plan --shape mixtral --mode home --tokens 256 --time-limit 1 --csv &&
+  python3 -c 'import csv,sys; r=[{x["method"]: x for x in csv.DictReader(open(f))} for f in sys.argv[1:]]
+a, b = float(r[0]["contiguous"]["t_model_s"]), float(r[1]["contiguous"]["t_model_s"])
+print(a, b); sys.exit(0 if a > b and r[0]["contiguous"]["bytes_intra"] == r[1]["contiguous"]["bytes_intra"] else 1)' \
+    "$d/passes.csv" "$d/out" || fail "bench plan --pass-tokens: $(head -c 600 "$d/passes.csv")"
+ok "bench plan passes, table" "$E" bench plan --shape mixtral --mode home --tokens 256 --time-limit 1 \
+  --pass-tokens 16 --quiet && has "$d/out" "8 ranks in 1 node, 256 tokens .*, passes of 16 tokens"
 # group-limited routing (4 groups, a token's within 1) on the Qwen shape's 2 nodes: eplb keeping the groups
 # whole ('eplb-groups') sends each token to one node, the global eplb to more
 ok "bench plan groups" "$E" bench plan --shape qwen --mode home --tokens 256 --time-limit 1 --groups 4 --topk-groups 1 \
@@ -461,7 +472,6 @@ has "$d/err" "--topk-groups 2 limits the groups of --groups, which is not given"
 usage plan --eplb-window "" --eplb-window 2
 has "$d/err" "--eplb-window is online rebalancing's"
 usage plan --drift 0 --drift 0
-usage plan --pass-tokens "" --pass-tokens 16
 usage plan --eplb-min-gain "" --eplb-min-gain 0.1
 help_ok plan --shape --mode --tokens --time-limit --drift --eplb-interval --eplb-window --eplb-min-gain --eplb-lag --groups --topk-groups --slots --pass-tokens --csv
 usage plan --tokens x --tokens x

@@ -105,7 +105,8 @@ static void test_exact_and_never_worse(void **state)
 
 /* Every sum the search keeps equals a fresh count after each move, kept or
  * undone (the test hook): both modes, one and several nodes, skips, dynamic
- * k, a duplicated expert in a row, a rank with a free slot, 1 and 3 folds. */
+ * k, a duplicated expert in a row, a rank with a free slot, 1 and 3 folds,
+ * and a trace's passes as folds. */
 static void test_every_move_exact(void **state)
 {
     (void)state;
@@ -122,6 +123,12 @@ static void test_every_move_exact(void **state)
             int32_t *row = epm_trace_ids(t, 0) + 2 * sh->k; /* (token 2 takes its first expert twice) */
             if (row[0] >= 0)
                 row[1] = row[0];
+            if (si == 2) { /* folded by passes: 8 of 20 tokens, the last one short */
+                int32_t pass[150];
+                for (int i = 0; i < 150; i++)
+                    pass[i] = i / 20;
+                assert_int_equal(epm_trace_set_pass_ids(t, pass), EPM_OK);
+            }
             epm_cluster c = cluster_of(sh->nodes, sh->gpn);
             epm_plan_opts o;
             tu_plan_opts(&o, EPM_METHOD_ILP, mode ? EPM_MODE_FOLLOW : EPM_MODE_HOME, sh->slots, 5, 1e-4);
@@ -334,6 +341,89 @@ static void test_refusals(void **state)
     epm_trace_destroy(t);
 }
 
+/* Folds: token i mod F without passes; a trace's passes, by id, where it
+ * has pass_ids (a token of pass -1 in fold 0), consecutive passes sharing a
+ * fold past max_folds, each pass split (its tokens in turn) where there are
+ * fewer passes than folds asked. */
+static void test_folds(void **state)
+{
+    (void)state;
+    epm_trace *t = tu_synth_trace(2, 4, 1, 7, 1);
+    int32_t *f = NULL;
+    int n = 0;
+    assert_int_equal(epm_plan_folds(t, 3, 100, &f, &n), EPM_OK);
+    assert_int_equal(n, 3);
+    for (int i = 0; i < 7; i++)
+        assert_int_equal(f[i], i % 3);
+    epm_free(f);
+    const int32_t pass[7] = {5, 5, -1, 9, 2, 2, 9};
+    assert_int_equal(epm_trace_set_pass_ids(t, pass), EPM_OK);
+    assert_int_equal(epm_plan_folds(t, 2, 100, &f, &n), EPM_OK);
+    assert_int_equal(n, 3);
+    const int32_t want[7] = {1, 1, 0, 2, 0, 0, 2};
+    assert_memory_equal(f, want, sizeof want);
+    epm_free(f);
+    assert_int_equal(epm_plan_folds(t, 1, 2, &f, &n), EPM_OK); /* passes 2 and 5 share a fold */
+    assert_int_equal(n, 2);
+    const int32_t want2[7] = {0, 0, 0, 1, 0, 0, 1};
+    assert_memory_equal(f, want2, sizeof want2);
+    epm_free(f);
+    assert_int_equal(epm_plan_folds(t, 5, 100, &f, &n), EPM_OK); /* 2 folds a pass */
+    assert_int_equal(n, 6);
+    const int32_t want3[7] = {2, 3, 0, 4, 1, 0, 5}; /* (pass -1 counts as pass 2's) */
+    assert_memory_equal(f, want3, sizeof want3);
+    epm_free(f);
+    assert_int_equal(epm_plan_folds(t, 8, 7, &f, &n), EPM_OK); /* at most 7: still 2 a pass */
+    assert_int_equal(n, 6);
+    epm_free(f);
+    assert_int_equal(epm_plan_folds(t, 0, 2, &f, &n), EPM_ERR_INVALID_ARG);
+    assert_null(f);
+    epm_trace_destroy(t);
+}
+
+static int close_to(double a, double b) { return fabs(a - b) <= 1e-9 * (fabs(a) + fabs(b) + 1.0); }
+
+/* With one fold, or a trace's passes, what the search minimises is
+ * epm_eval's modelled time (both terms in microseconds, as plan eval weighs
+ * them): per layer the busiest rank's compute, dispatch/combine and (follow)
+ * K/V phases, and follow mode's return home, pass by pass where the trace
+ * has passes; over two nodes, with copies, skips and dynamic k. */
+static void test_model_is_eval_time(void **state)
+{
+    (void)state;
+    epm_cluster c = cluster_of(2, 2);
+    for (int passes = 0; passes < 2; passes++)
+        for (int mode = 0; mode < 2; mode++) {
+            epm_trace *t = tu_synth_trace(4, 8, 3, 300, 11);
+            roughen(t);
+            if (passes) { /* 9 passes of 37 tokens, numbered out of order */
+                int32_t pass[300];
+                for (int i = 0; i < 300; i++)
+                    pass[i] = 100 - 7 * (i / 37);
+                assert_int_equal(epm_trace_set_pass_ids(t, pass), EPM_OK);
+            }
+            epm_plan_opts o;
+            tu_plan_opts(&o, EPM_METHOD_ILP, mode ? EPM_MODE_FOLLOW : EPM_MODE_HOME, 3, 5, 1e-4);
+            epm_eval_opts eo;
+            epm_eval_opts_init(&eo);
+            eo.mode = o.mode;
+            eo.hidden_bytes = (int64_t)o.hidden * 2;
+            eo.kv_row_bytes = (int64_t)o.kv_dim * 2;
+            o.balance_weight = eo.flops_per_assignment / (c.gpu_tflops * 1e12) * 1e6;
+            o.traffic_weight = (double)eo.hidden_bytes / (c.intra_gbps * 1e9) * 1e6;
+            epm_placement *p = eplb(t, &c, &o);
+            double model;
+            assert_int_equal(epm_plan_replica_model(t, &o, 3, 1, p, &model), EPM_OK);
+            epm_eval_result *r;
+            assert_int_equal(epm_eval(t, p, &eo, &r), EPM_OK);
+            if (!close_to(model, r->t_total * 1e6))
+                fail_msg("passes %d, mode %d: model %.12g, eval %.12g", passes, mode, model, r->t_total * 1e6);
+            epm_eval_result_destroy(r);
+            epm_placement_destroy(p);
+            epm_trace_destroy(t);
+        }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -341,6 +431,7 @@ int main(void)
         cmocka_unit_test(test_no_time),               cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_finds_affinity),        cmocka_unit_test(test_ilp_with_spares),
         cmocka_unit_test(test_ilp_fills_every_slot), cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_folds),                 cmocka_unit_test(test_model_is_eval_time),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,96 @@
+/* The folds of the planning tokens that the ILP's searches (ilp_search.c,
+ * replica_search.c) sum their models of epm_eval's time over.
+ *
+ * epm_eval times a trace with pass_ids pass by pass: each phase ends with
+ * its busiest rank among that pass's tokens, summed over passes. A search
+ * that scores the busiest rank of arbitrary folds (token i in fold i mod F)
+ * then plans for batches of another size than the ones the run will wait
+ * on: at decode-sized passes the busiest rank of a pass is mostly noise, and
+ * a placement tuned to 512-token folds leaves too little slack for it
+ * (bench/README.md, "Passes as folds"). So a trace with passes is folded by
+ * its passes, as run --trace-out recorded them; consecutive passes share a
+ * fold where there are more passes than max_folds, and where there are
+ * fewer passes than the folds asked (prefill-sized passes, or one), each
+ * pass is split into as many folds as make up the count, its tokens dealt
+ * in turn: each pass's busiest rank is then estimated from its parts, each
+ * scaled to the whole pass, which keeps the slack that token folds keep
+ * (ilp.c). */
+#include <stdlib.h>
+
+#include "planner.h"
+
+static int cmp_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The index of v in the sorted, distinct ids[n]. */
+static int64_t find(const int32_t *ids, int64_t n, int32_t v)
+{
+    int64_t lo = 0, hi = n;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (ids[mid] < v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+epm_status epm_plan_folds(const epm_trace *t, int folds, int max_folds, int32_t **fold_of, int *nfolds)
+{
+    *fold_of = NULL;
+    *nfolds = 0;
+    if (folds < 1 || max_folds < 1)
+        return epm_fail(EPM_ERR_INVALID_ARG, "plan folds: folds = %d, max_folds = %d", folds, max_folds);
+    const int64_t T = epm_trace_tokens(t);
+    const int32_t *pass = epm_trace_pass_ids(t);
+    int32_t *f = epm_malloc((size_t)(T ? T : 1) * sizeof *f);
+    if (!f)
+        return EPM_ERR_NOMEM;
+    if (!pass) {
+        for (int64_t i = 0; i < T; i++)
+            f[i] = (int32_t)(i % folds);
+        *fold_of = f;
+        *nfolds = folds;
+        return EPM_OK;
+    }
+    /* distinct pass ids, sorted (a token of pass -1 chose no expert: fold 0) */
+    int32_t *ids = epm_malloc((size_t)(T ? T : 1) * sizeof *ids);
+    if (!ids) {
+        epm_free(f);
+        return EPM_ERR_NOMEM;
+    }
+    int64_t n = 0;
+    for (int64_t i = 0; i < T; i++)
+        if (pass[i] >= 0)
+            ids[n++] = pass[i];
+    qsort(ids, (size_t)n, sizeof *ids, cmp_i32);
+    int64_t d = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (d == 0 || ids[d - 1] != ids[i])
+            ids[d++] = ids[i];
+    if (d < 1)
+        ids[d++] = 0;
+    /* fewer passes than folds asked: each pass split into m, its tokens in turn */
+    int64_t m = (folds + d - 1) / d, P = d < max_folds ? d : max_folds;
+    if (m * d > max_folds)
+        m = max_folds / d > 1 ? max_folds / d : 1;
+    int64_t *seen = epm_calloc((size_t)d, sizeof *seen);
+    if (!seen) {
+        epm_free(ids);
+        epm_free(f);
+        return EPM_ERR_NOMEM;
+    }
+    for (int64_t i = 0; i < T; i++) {
+        int64_t q = pass[i] < 0 ? 0 : find(ids, d, pass[i]);
+        f[i] = (int32_t)(q * P / d * m + seen[q]++ % m);
+    }
+    epm_free(seen);
+    epm_free(ids);
+    *fold_of = f;
+    *nfolds = (int)(P * m);
+    return EPM_OK;
+}
