@@ -34,8 +34,8 @@
 
 #include "ilp_internal.h"
 
-/* Passes beyond this share folds: the model's work per move grows with them. */
-enum { MAX_FOLDS = 256 };
+/* Passes beyond this are sampled (plan_folds.c): the model's work per move grows with the folds. */
+enum { MAX_FOLDS = 1024 };
 
 typedef struct {
     const epm_ilp_ctx *x;
@@ -53,7 +53,8 @@ typedef struct {
     uint32_t epoch;
     /* the sample-average model (F > 0) */
     int F;                /* folds, 0 = the plain objective */
-    int32_t *fold;        /* [T] each token's fold (epm_plan_folds: a trace's passes where it has them) */
+    int32_t *fold;        /* [T] each token's fold (epm_plan_folds: a trace's passes where it has them;
+                             -1: out of the model) */
     int W;                /* doubles per (layer, fold) of the comm model */
     int64_t *fload;       /* [F * L * E] F * assignments of fold f's tokens */
     int64_t *frload;      /* [(l * F + f) * R + r] F * fold f's load of rank r */
@@ -97,7 +98,7 @@ static double tok_cost(search *s, int l, size_t tok, double sign)
     }
     int R = x->R;
     double *a = NULL, w = sign * (double)s->F;
-    if (s->F) {
+    if (s->F && s->fold[tok] >= 0) {
         if (!s->is_dirty[l]) {
             s->is_dirty[l] = 1;
             s->dirty[s->ndirty++] = l;
@@ -299,7 +300,8 @@ static epm_status model_init(search *s)
         return EPM_ERR_NOMEM;
     for (size_t le = 0; le < L * E; le++)
         for (int64_t q = s->occ_start[le]; q < s->occ_start[le + 1]; q++)
-            s->fload[(size_t)s->fold[s->occ[q]] * L * E + le] += (int64_t)F;
+            if (s->fold[s->occ[q]] >= 0) /* (a pass outside the model's sample: plan_folds.c) */
+                s->fload[(size_t)s->fold[s->occ[q]] * L * E + le] += (int64_t)F;
     for (size_t l = 0; l < L; l++)
         for (size_t tok = 0; tok < T; tok++)
             (void)tok_cost(s, (int)l, tok, 1.0);

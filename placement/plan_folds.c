@@ -8,8 +8,12 @@
  * on: at decode-sized passes the busiest rank of a pass is mostly noise, and
  * a placement tuned to 512-token folds leaves too little slack for it
  * (bench/README.md, "Passes as folds"). So a trace with passes is folded by
- * its passes, as run --trace-out recorded them; consecutive passes share a
- * fold where there are more passes than max_folds, and where there are
+ * its passes, as run --trace-out recorded them. Where there are more passes
+ * than max_folds (memory, and the searches' work per move, grow with the
+ * folds), max_folds passes evenly spread are the folds and the others' tokens
+ * are left out of the model (fold -1; they still count in the objective):
+ * a sample of the passes, which forecast the held-out time better than
+ * folds of several consecutive passes each (bench/README.md). Where there are
  * fewer passes than the folds asked (prefill-sized passes, or one), each
  * pass is split into as many folds as make up the count, its tokens dealt
  * in turn: each pass's busiest rank is then estimated from its parts, each
@@ -39,8 +43,12 @@ static int64_t find(const int32_t *ids, int64_t n, int32_t v)
     return lo;
 }
 
+int epm_plan_folds_test_cap;
+
 epm_status epm_plan_folds(const epm_trace *t, int folds, int max_folds, int32_t **fold_of, int *nfolds)
 {
+    if (epm_plan_folds_test_cap > 0 && max_folds > epm_plan_folds_test_cap)
+        max_folds = epm_plan_folds_test_cap;
     *fold_of = NULL;
     *nfolds = 0;
     if (folds < 1 || max_folds < 1)
@@ -84,9 +92,14 @@ epm_status epm_plan_folds(const epm_trace *t, int folds, int max_folds, int32_t 
         epm_free(f);
         return EPM_ERR_NOMEM;
     }
+    if (d > P)
+        m = 1;
     for (int64_t i = 0; i < T; i++) {
         int64_t q = pass[i] < 0 ? 0 : find(ids, d, pass[i]);
-        f[i] = (int32_t)(q * P / d * m + seen[q]++ % m);
+        if (d <= P)
+            f[i] = (int32_t)(q * m + seen[q]++ % m);
+        else /* pass q is a fold where q * P / d steps: P passes, evenly spread */
+            f[i] = (q + 1) * P / d > q * P / d ? (int32_t)(q * P / d) : -1;
     }
     epm_free(seen);
     epm_free(ids);

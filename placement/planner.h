@@ -57,10 +57,13 @@ epm_status epm_plan_complete_slots(epm_placement *p, const int64_t *load, int sl
 
 /* The folds the searches' models sum over (placement/plan_folds.c):
  * fold_of[T] (epm_malloc'd) and their count. A trace with pass_ids is
- * folded by its passes, as epm_eval times it, consecutive passes sharing a
- * fold where there are more than max_folds; otherwise token i is in fold
- * i mod folds. */
+ * folded by its passes, as epm_eval times it: past max_folds passes, a
+ * sample of max_folds evenly spread, the others' tokens in fold -1 (out of
+ * the model); with fewer passes than folds, each split into parts.
+ * Otherwise token i is in fold i mod folds. */
 epm_status epm_plan_folds(const epm_trace *t, int folds, int max_folds, int32_t **fold_of, int *nfolds);
+/* Test hook: when > 0, max_folds is at most this (the searches' sampled passes on small traces). */
+extern int epm_plan_folds_test_cap;
 
 /* One term of epm_plan_objective: balance_weight x a layer's busiest load
  * plus traffic_weight x its link-cost-weighted bytes (bytes[EPM_LINK_COUNT],

@@ -26,8 +26,8 @@
 #include "planner.h"
 #include "epmoe/trace.h"
 
-/* Passes beyond this share folds: the model's work per move grows with them. */
-enum { MAX_FOLDS = 256 };
+/* Passes beyond this are sampled (plan_folds.c): the model's work per move grows with the folds. */
+enum { MAX_FOLDS = 1024 };
 
 typedef struct {
     const epm_trace *t;
@@ -49,7 +49,8 @@ typedef struct {
      * sends [R]; each layer's model term */
     epm_plan_opts o;     /* (resolved) */
     int F, folds_asked;
-    int32_t *fold;       /* [T] each token's fold (epm_plan_folds: a trace's passes where it has them) */
+    int32_t *fold;       /* [T] each token's fold (epm_plan_folds: a trace's passes where it has them;
+                            -1: out of the model, in the objective only) */
     int64_t *fx;
     int64_t *gx;         /* follow: [F][4R] the final return home, as the layers' phases */
     double gmodel;       /* its term */
@@ -66,9 +67,18 @@ typedef struct {
     int32_t *aff, *cur, *cur_src, *nxt, *nxt_src;
     int *touched, ntouched;
     char *is_touched;
-    int64_t *save_load, *save_bytes, *save_max, save_gather[EPM_LINK_COUNT], *save_fx, *save_gx;
+    int64_t *save_load, *save_bytes, *save_max, save_gather[EPM_LINK_COUNT];
     double save_gmodel;
-    int gx_saved;
+    /* each fold's term, kept so that a move recomputes only the folds its tokens are in: the
+     * layers' [L * F] (fold_term), then follow mode's return home [F]; cell c < L * F is fold
+     * c % F of layer c / F, cell L * F + f the return home's fold f */
+    double *term;
+    uint32_t *mark, mepoch; /* [L * F + F]: the move that saved the cell */
+    int logging;            /* (a move is being tried: cells are saved before they change) */
+    int64_t *cells, ncells; /* the cells the move changed, in order */
+    int64_t *cell_save;     /* [(L * F + F) * 6R]: their sums before it, by that order */
+    double *term_save;      /* [L * F + F] */
+    int gather_dirty;
     double *save_model;
     int64_t *log_idx;
     int32_t *log_old;
@@ -89,8 +99,31 @@ static inline void phase_add(rs *s, int64_t *ph, int64_t *b, int from, int to, i
     epm_link k = epm_cluster_link(s->c, from, to);
     size_t inter = k == EPM_LINK_INTER;
     b[k] += sign * s->hb;
+    if (!ph) /* (a token outside the model's folds) */
+        return;
     ph[inter * (size_t)s->R + (size_t)from] += sign;
     ph[(2 + inter) * (size_t)s->R + (size_t)to] += sign;
+}
+
+/* The sums of cell c (see rs.term): 6R of a layer's fold, 4R of the return home's. */
+static int64_t *cell_sums(const rs *s, size_t c, size_t *n)
+{
+    const size_t R = (size_t)s->R, LF = (size_t)s->L * (size_t)s->F;
+    *n = (c < LF ? 6 : 4) * R;
+    return c < LF ? s->fx + c * 6 * R : s->gx + (c - LF) * 4 * R;
+}
+
+/* Saves cell c the first time a move changes it. */
+static void cell_touch(rs *s, size_t c)
+{
+    if (!s->logging || s->mark[c] == s->mepoch)
+        return;
+    s->mark[c] = s->mepoch;
+    size_t n;
+    const int64_t *v = cell_sums(s, c, &n);
+    memcpy(s->cell_save + (size_t)s->ncells * 6 * (size_t)s->R, v, n * sizeof *v);
+    s->term_save[s->ncells] = s->term[c];
+    s->cells[s->ncells++] = (int64_t)c;
 }
 
 /* Adds sign times token i's counts at layer l from rank src (epm_eval's,
@@ -103,13 +136,20 @@ static int tok_layer(rs *s, int l, int64_t i, int src, int sign)
     epm_route_pick(s->p, l, row, s->K, src, (uint64_t)i, s->dst);
     const size_t R = (size_t)s->R;
     int64_t *load = s->load + (size_t)l * R, *b = lb(s, l);
-    int64_t *fx = s->fx + ((size_t)l * (size_t)s->F + (size_t)s->fold[i]) * 6 * R, *ph = fx + R;
+    int64_t *fx = NULL, *ph = NULL;
+    if (s->fold[i] >= 0) {
+        const size_t cell = (size_t)l * (size_t)s->F + (size_t)s->fold[i];
+        cell_touch(s, cell);
+        fx = s->fx + cell * 6 * R;
+        ph = fx + R;
+    }
     int nd = 0;
     for (int j = 0; j < s->K; j++) {
         if (s->dst[j] < 0)
             continue;
         load[s->dst[j]] += sign;
-        fx[s->dst[j]] += sign;
+        if (fx)
+            fx[s->dst[j]] += sign;
         int seen = 0;
         for (int q = 0; q < nd; q++)
             seen |= s->distinct[q] == s->dst[j];
@@ -127,7 +167,8 @@ static int tok_layer(rs *s, int l, int64_t i, int src, int sign)
     if (s->follow) {
         for (int k = 0; k < EPM_LINK_COUNT; k++)
             b[k] += sign * s->kv_of[(size_t)src * EPM_LINK_COUNT + (size_t)k];
-        fx[5 * R + (size_t)src] += sign;
+        if (fx)
+            fx[5 * R + (size_t)src] += sign;
     }
     return comb;
 }
@@ -139,8 +180,13 @@ static void gather_add(rs *s, int64_t i, int where, int sign)
     const size_t R = (size_t)s->R;
     epm_link k = epm_cluster_link(s->c, where, s->home[i]);
     size_t inter = k == EPM_LINK_INTER;
-    int64_t *g = s->gx + (size_t)s->fold[i] * 4 * R;
     s->gather[k] += sign * s->hb;
+    if (s->fold[i] < 0)
+        return;
+    const size_t cell = (size_t)s->L * (size_t)s->F + (size_t)s->fold[i];
+    cell_touch(s, cell);
+    s->gather_dirty = 1;
+    int64_t *g = s->gx + (size_t)s->fold[i] * 4 * R;
     g[inter * R + (size_t)where] += sign;
     g[(2 + inter) * R + (size_t)s->home[i]] += sign;
 }
@@ -161,12 +207,13 @@ static double busiest_units(const rs *s, const int64_t *ph)
 }
 
 /* The final return home's term of the model: its phase's busiest rank, per
- * fold (follow mode; epm_eval charges it once for the trace). */
+ * fold (follow mode; epm_eval charges it once a pass), from the folds' terms. */
 static void gather_model(rs *s)
 {
     double v = 0;
+    const double *g = s->term + (size_t)s->L * (size_t)s->F;
     for (int f = 0; s->follow && f < s->F; f++)
-        v += s->tw * busiest_units(s, s->gx + (size_t)f * 4 * (size_t)s->R);
+        v += g[f];
     s->gmodel = v;
 }
 
@@ -205,6 +252,13 @@ static double fold_term(const rs *s, const int64_t *f)
     return s->bw * (double)m + s->tw * (a2a + kv);
 }
 
+static void cell_term(rs *s, size_t c)
+{
+    size_t n;
+    const int64_t *v = cell_sums(s, c, &n);
+    s->term[c] = c < (size_t)s->L * (size_t)s->F ? fold_term(s, v) : s->tw * busiest_units(s, v);
+}
+
 /* Layer l's busiest load (the objective's), and its term of the search's
  * model of epm_eval's time: the sum over folds of fold_term, each fold a
  * sample of 1/F of the tokens, so the sum is F times the mean over folds.
@@ -224,8 +278,9 @@ static void layer_max(rs *s, int l)
         m = load[r] > m ? load[r] : m;
     s->maxl[l] = m;
     double v = 0;
+    const double *term = s->term + (size_t)l * (size_t)s->F;
     for (int f = 0; f < s->F; f++)
-        v += fold_term(s, s->fx + ((size_t)l * (size_t)s->F + (size_t)f) * 6 * R);
+        v += term[f];
     s->model[l] = v;
 }
 
@@ -256,9 +311,12 @@ static void rs_free(rs *s)
     epm_free(s->maxl);
     epm_free(s->fx);
     epm_free(s->gx);
-    epm_free(s->save_gx);
+    epm_free(s->term);
+    epm_free(s->mark);
+    epm_free(s->cells);
+    epm_free(s->cell_save);
+    epm_free(s->term_save);
     epm_free(s->model);
-    epm_free(s->save_fx);
     epm_free(s->save_model);
     epm_free(s->kv_of);
     epm_free(s->occ_start);
@@ -363,9 +421,13 @@ static epm_status rs_init(rs *s, const epm_trace *t, epm_placement *p, const epm
     s->maxl = epm_calloc(L, sizeof *s->maxl);
     s->fx = epm_calloc(LR * (size_t)s->F * 6, sizeof *s->fx);
     s->gx = epm_calloc(R * (size_t)s->F * 4, sizeof *s->gx);
-    s->save_gx = epm_malloc(R * (size_t)s->F * 4 * sizeof *s->save_gx);
+    const size_t ncell = (L + 1) * (size_t)s->F;
+    s->term = epm_calloc(ncell, sizeof *s->term);
+    s->mark = epm_calloc(ncell, sizeof *s->mark);
+    s->cells = epm_malloc(ncell * sizeof *s->cells);
+    s->cell_save = epm_malloc(ncell * 6 * R * sizeof *s->cell_save);
+    s->term_save = epm_malloc(ncell * sizeof *s->term_save);
     s->model = epm_calloc(L, sizeof *s->model);
-    s->save_fx = epm_malloc(LR * (size_t)s->F * 6 * sizeof *s->save_fx);
     s->save_model = epm_malloc(L * sizeof *s->save_model);
     s->kv_of = epm_calloc(R * EPM_LINK_COUNT, sizeof *s->kv_of);
     s->held = epm_malloc(LR * (size_t)slots * sizeof *s->held);
@@ -385,7 +447,8 @@ static epm_status rs_init(rs *s, const epm_trace *t, epm_placement *p, const epm
     if (!s->home || (s->follow && !s->src) || !s->load || !s->bytes || !s->maxl || !s->kv_of || !s->held ||
         !s->aff || !s->cur || !s->cur_src || !s->nxt || !s->nxt_src || !s->touched || !s->is_touched ||
         !s->save_load || !s->save_bytes || !s->save_max || !s->dst || !s->distinct || !s->fx ||
-        !s->model || !s->save_fx || !s->save_model || !s->gx || !s->save_gx || !s->stamp)
+        !s->model || !s->save_model || !s->gx || !s->term || !s->mark || !s->cells || !s->cell_save ||
+        !s->term_save || !s->stamp)
         return EPM_ERR_NOMEM;
     if (epm_now() >= deadline)
         return epm_fail(EPM_ERR_TIMEOUT, "replica search: no time left for its setup");
@@ -415,11 +478,15 @@ static epm_status rs_init(rs *s, const epm_trace *t, epm_placement *p, const epm
             if (s->follow)
                 s->src[((size_t)l + 1) * T + i] = comb;
         }
+        for (size_t f = 0; f < (size_t)s->F; f++)
+            cell_term(s, (size_t)l * (size_t)s->F + f);
         layer_max(s, l);
     }
     if (s->follow)
         for (size_t i = 0; i < T; i++)
             gather_add(s, (int64_t)i, s->src[L * T + i], 1);
+    for (size_t f = 0; f < (size_t)s->F; f++)
+        cell_term(s, L * (size_t)s->F + f);
     gather_model(s);
     return EPM_OK;
 }
@@ -433,8 +500,6 @@ static void touch(rs *s, int l)
     memcpy(s->save_load + (size_t)l * (size_t)s->R, s->load + (size_t)l * (size_t)s->R,
            (size_t)s->R * sizeof *s->load);
     memcpy(s->save_bytes + (size_t)l * EPM_LINK_COUNT, lb(s, l), EPM_LINK_COUNT * sizeof *s->bytes);
-    const size_t w = (size_t)s->F * 6 * (size_t)s->R;
-    memcpy(s->save_fx + (size_t)l * w, s->fx + (size_t)l * w, w * sizeof *s->fx);
     s->save_max[l] = s->maxl[l];
     s->save_model[l] = s->model[l];
 }
@@ -515,16 +580,17 @@ static void undo(rs *s, const change *c)
         memcpy(s->load + (size_t)l * (size_t)s->R, s->save_load + (size_t)l * (size_t)s->R,
                (size_t)s->R * sizeof *s->load);
         memcpy(lb(s, l), s->save_bytes + (size_t)l * EPM_LINK_COUNT, EPM_LINK_COUNT * sizeof *s->bytes);
-        const size_t w = (size_t)s->F * 6 * (size_t)s->R;
-        memcpy(s->fx + (size_t)l * w, s->save_fx + (size_t)l * w, w * sizeof *s->fx);
         s->maxl[l] = s->save_max[l];
         s->model[l] = s->save_model[l];
     }
-    memcpy(s->gather, s->save_gather, sizeof s->gather);
-    if (s->gx_saved) {
-        memcpy(s->gx, s->save_gx, (size_t)s->F * 4 * (size_t)s->R * sizeof *s->gx);
-        s->gmodel = s->save_gmodel;
+    for (int64_t u = 0; u < s->ncells; u++) {
+        size_t n, c = (size_t)s->cells[u];
+        int64_t *v = cell_sums(s, c, &n);
+        memcpy(v, s->cell_save + (size_t)u * 6 * (size_t)s->R, n * sizeof *v);
+        s->term[c] = s->term_save[u];
     }
+    memcpy(s->gather, s->save_gather, sizeof s->gather);
+    s->gmodel = s->save_gmodel;
 }
 
 /* Applies c and updates every sum it changes; returns the new objective. */
@@ -537,7 +603,14 @@ static epm_status try_change(rs *s, const change *c, double *obj, double *model)
     s->ntouched = 0;
     s->nlog = 0;
     memcpy(s->save_gather, s->gather, sizeof s->gather);
-    s->gx_saved = 0;
+    s->save_gmodel = s->gmodel;
+    s->gather_dirty = 0;
+    s->ncells = 0;
+    s->logging = 1;
+    if (++s->mepoch == 0) {
+        memset(s->mark, 0, ((size_t)s->L + 1) * (size_t)s->F * sizeof *s->mark);
+        s->mepoch = 1;
+    }
     if (++s->epoch == 0) {
         memset(s->stamp, 0, T * sizeof *s->stamp);
         s->epoch = 1;
@@ -569,16 +642,12 @@ static epm_status try_change(rs *s, const change *c, double *obj, double *model)
     /* follow: the tokens whose rank changed, layer after layer */
     for (int l2 = l + 1; nc > 0; l2++) {
         if (l2 == s->L) {
-            memcpy(s->save_gx, s->gx, (size_t)s->F * 4 * (size_t)s->R * sizeof *s->gx);
-            s->save_gmodel = s->gmodel;
-            s->gx_saved = 1;
             for (int64_t q = 0; q < nc; q++) {
                 int32_t i = s->cur[q];
                 gather_add(s, i, s->src[(size_t)l2 * T + (size_t)i], -1);
                 EPM_CHECK(set_src(s, l2, i, s->cur_src[q]));
                 gather_add(s, i, s->cur_src[q], 1);
             }
-            gather_model(s);
             break;
         }
         touch(s, l2);
@@ -601,8 +670,13 @@ static epm_status try_change(rs *s, const change *c, double *obj, double *model)
         s->nxt_src = sw;
         nc = nn;
     }
+    s->logging = 0;
+    for (int64_t u = 0; u < s->ncells; u++)
+        cell_term(s, (size_t)s->cells[u]);
     for (int u = 0; u < s->ntouched; u++)
         layer_max(s, s->touched[u]);
+    if (s->gather_dirty)
+        gather_model(s);
     *obj = objective(s);
     *model = model_total(s);
     return EPM_OK;

@@ -7,6 +7,7 @@
 
 #include "core.h"
 #include "epmoe/epmoe.h"
+#include "planner.h"
 
 static char tmpdir[256];
 
@@ -82,6 +83,24 @@ epm_trace *tu_synth_trace_skew(int layers, int experts, int k, int64_t tokens, u
 epm_trace *tu_synth_trace(int layers, int experts, int k, int64_t tokens, uint64_t seed)
 {
     return tu_synth_trace_skew(layers, experts, k, tokens, seed, 1.0, 5);
+}
+
+epm_trace *tu_trace_sampled(const epm_trace *t, int folds)
+{
+    int32_t *fold;
+    int nf;
+    assert_int_equal(epm_plan_folds(t, 1, 1 << 20, &fold, &nf), EPM_OK);
+    assert_int_equal(nf, folds);
+    const int K = epm_trace_k(t);
+    epm_trace *u;
+    assert_int_equal(epm_trace_slice(t, 0, epm_trace_tokens(t), &u), EPM_OK);
+    for (int l = 0; l < epm_trace_layers(u); l++)
+        for (int64_t i = 0; i < epm_trace_tokens(u); i++)
+            if (fold[i] < 0)
+                for (int j = 0; j < K; j++)
+                    epm_trace_ids(u, l)[i * K + j] = -1;
+    epm_free(fold);
+    return u;
 }
 
 void tu_plan_opts(epm_plan_opts *o, int method, int mode, int slots, double time_limit_s, double mip_gap)

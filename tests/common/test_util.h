@@ -34,6 +34,12 @@ struct epm_trace *tu_synth_trace(int layers, int experts, int k, int64_t tokens,
 struct epm_trace *tu_synth_trace_skew(int layers, int experts, int k, int64_t tokens, uint64_t seed, double zipf_s,
                                       int64_t tokens_per_seq);
 
+/* What a search's model sees of t where it samples passes (epm_plan_folds,
+ * under epm_plan_folds_test_cap; the test fails unless they are `folds`): a
+ * copy of t whose other tokens are skipped at every layer (rows -1), their
+ * numbers (which pick among an expert's copies) kept. */
+struct epm_trace *tu_trace_sampled(const struct epm_trace *t, int folds);
+
 struct epm_plan_opts;
 /* Planner options of the planner's tests: the method, mode and slots
  * given, hidden 4096, KV width 1024, the MIP's time limit and gap. */

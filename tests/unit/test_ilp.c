@@ -474,7 +474,8 @@ static void eval_weights(epm_plan_opts *o, epm_eval_opts *eo, const epm_cluster 
  * home mode the same with each token's home averaged over all ranks
  * (computed here the long way: every home, every transfer). A trace with
  * passes is folded by them, and the model is epm_eval's pass by pass
- * (follow mode, where homes do not enter). */
+ * (follow mode, where homes do not enter), or that of the tokens of the
+ * passes it samples. */
 static void test_ilp_search_model_is_eval_time(void **state)
 {
     (void)state;
@@ -484,7 +485,7 @@ static void test_ilp_search_model_is_eval_time(void **state)
     epm_cluster c;
     epm_cluster_init(&c, 2, 2);
     const int L = 4, E = 16, K = 3, R = 4;
-    for (int mode = 0; mode < 3; mode++)
+    for (int mode = 0; mode < 4; mode++)
         for (size_t m = 0; m < sizeof heur / sizeof *heur; m++) {
             if (mode == 2 && m == 0) { /* 7 passes of 43 tokens, ids out of order */
                 int32_t pass[300];
@@ -492,6 +493,11 @@ static void test_ilp_search_model_is_eval_time(void **state)
                     pass[i] = (i / 43) * 5 % 7;
                 assert_int_equal(epm_trace_set_pass_ids(t, pass), EPM_OK);
             }
+            /* 3 of the 7 passes sampled: the model is epm_eval's of their tokens */
+            epm_plan_folds_test_cap = mode == 3 ? 3 : 0;
+            epm_trace *seen = NULL;
+            if (mode == 3)
+                seen = tu_trace_sampled(t, 3);
             epm_plan_opts o;
             opts_for(&o, mode ? EPM_MODE_FOLLOW : EPM_MODE_HOME, 4);
             epm_eval_opts eo;
@@ -505,7 +511,7 @@ static void test_ilp_search_model_is_eval_time(void **state)
             double model;
             assert_int_equal(epm_ilp_search_model(&x, rank_of, 1, &model), EPM_OK);
             epm_eval_result *r;
-            assert_int_equal(epm_eval(t, p, &eo, &r), EPM_OK);
+            assert_int_equal(epm_eval(seen ? seen : t, p, &eo, &r), EPM_OK);
             double want = 0.0;
             if (mode) {
                 for (int l = 0; l < L; l++)
@@ -538,7 +544,9 @@ static void test_ilp_search_model_is_eval_time(void **state)
             epm_eval_result_destroy(r);
             epm_ilp_ctx_free(&x);
             epm_placement_destroy(p);
+            epm_trace_destroy(seen);
         }
+    epm_plan_folds_test_cap = 0;
     epm_trace_destroy(t);
 }
 

@@ -106,7 +106,7 @@ static void test_exact_and_never_worse(void **state)
 /* Every sum the search keeps equals a fresh count after each move, kept or
  * undone (the test hook): both modes, one and several nodes, skips, dynamic
  * k, a duplicated expert in a row, a rank with a free slot, 1 and 3 folds,
- * and a trace's passes as folds. */
+ * and a trace's passes as folds, all of them or a sample. */
 static void test_every_move_exact(void **state)
 {
     (void)state;
@@ -123,12 +123,13 @@ static void test_every_move_exact(void **state)
             int32_t *row = epm_trace_ids(t, 0) + 2 * sh->k; /* (token 2 takes its first expert twice) */
             if (row[0] >= 0)
                 row[1] = row[0];
-            if (si == 2) { /* folded by passes: 8 of 20 tokens, the last one short */
+            if (si >= 1) { /* folded by passes: 8 of 20 tokens, the last one short; shape 2 samples 3 */
                 int32_t pass[150];
                 for (int i = 0; i < 150; i++)
                     pass[i] = i / 20;
                 assert_int_equal(epm_trace_set_pass_ids(t, pass), EPM_OK);
             }
+            epm_plan_folds_test_cap = si == 2 ? 3 : 0;
             epm_cluster c = cluster_of(sh->nodes, sh->gpn);
             epm_plan_opts o;
             tu_plan_opts(&o, EPM_METHOD_ILP, mode ? EPM_MODE_FOLLOW : EPM_MODE_HOME, sh->slots, 5, 1e-4);
@@ -152,6 +153,7 @@ static void test_every_move_exact(void **state)
         }
     }
     epm_replica_search_test_check = 0;
+    epm_plan_folds_test_cap = 0;
 }
 
 /* The deadline during the setup: a clear timeout, the placement as it was. */
@@ -342,9 +344,10 @@ static void test_refusals(void **state)
 }
 
 /* Folds: token i mod F without passes; a trace's passes, by id, where it
- * has pass_ids (a token of pass -1 in fold 0), consecutive passes sharing a
- * fold past max_folds, each pass split (its tokens in turn) where there are
- * fewer passes than folds asked. */
+ * has pass_ids (a token of pass -1 in the first pass's fold), a sample of
+ * max_folds passes evenly spread past max_folds (the others' tokens in fold
+ * -1), each pass split (its tokens in turn) where there are fewer passes
+ * than folds asked. */
 static void test_folds(void **state)
 {
     (void)state;
@@ -363,9 +366,9 @@ static void test_folds(void **state)
     const int32_t want[7] = {1, 1, 0, 2, 0, 0, 2};
     assert_memory_equal(f, want, sizeof want);
     epm_free(f);
-    assert_int_equal(epm_plan_folds(t, 1, 2, &f, &n), EPM_OK); /* passes 2 and 5 share a fold */
+    assert_int_equal(epm_plan_folds(t, 1, 2, &f, &n), EPM_OK); /* passes 5 and 9 sampled */
     assert_int_equal(n, 2);
-    const int32_t want2[7] = {0, 0, 0, 1, 0, 0, 1};
+    const int32_t want2[7] = {0, 0, -1, 1, -1, -1, 1};
     assert_memory_equal(f, want2, sizeof want2);
     epm_free(f);
     assert_int_equal(epm_plan_folds(t, 5, 100, &f, &n), EPM_OK); /* 2 folds a pass */
@@ -387,21 +390,26 @@ static int close_to(double a, double b) { return fabs(a - b) <= 1e-9 * (fabs(a) 
  * epm_eval's modelled time (both terms in microseconds, as plan eval weighs
  * them): per layer the busiest rank's compute, dispatch/combine and (follow)
  * K/V phases, and follow mode's return home, pass by pass where the trace
- * has passes; over two nodes, with copies, skips and dynamic k. */
+ * has passes, and that of the sampled passes' tokens where it samples; over
+ * two nodes, with copies, skips and dynamic k. */
 static void test_model_is_eval_time(void **state)
 {
     (void)state;
     epm_cluster c = cluster_of(2, 2);
-    for (int passes = 0; passes < 2; passes++)
+    for (int passes = 0; passes < 3; passes++)
         for (int mode = 0; mode < 2; mode++) {
             epm_trace *t = tu_synth_trace(4, 8, 3, 300, 11);
             roughen(t);
-            if (passes) { /* 9 passes of 37 tokens, numbered out of order */
+            if (passes) { /* 9 passes of 37 tokens, numbered out of order; then 4 of them sampled */
                 int32_t pass[300];
                 for (int i = 0; i < 300; i++)
                     pass[i] = 100 - 7 * (i / 37);
                 assert_int_equal(epm_trace_set_pass_ids(t, pass), EPM_OK);
             }
+            epm_plan_folds_test_cap = passes == 2 ? 4 : 0;
+            epm_trace *sampled = NULL; /* what the model sees: the sampled passes' tokens */
+            if (passes == 2)
+                sampled = tu_trace_sampled(t, 4);
             epm_plan_opts o;
             tu_plan_opts(&o, EPM_METHOD_ILP, mode ? EPM_MODE_FOLLOW : EPM_MODE_HOME, 3, 5, 1e-4);
             epm_eval_opts eo;
@@ -415,13 +423,15 @@ static void test_model_is_eval_time(void **state)
             double model;
             assert_int_equal(epm_plan_replica_model(t, &o, 3, 1, p, &model), EPM_OK);
             epm_eval_result *r;
-            assert_int_equal(epm_eval(t, p, &eo, &r), EPM_OK);
+            assert_int_equal(epm_eval(sampled ? sampled : t, p, &eo, &r), EPM_OK);
             if (!close_to(model, r->t_total * 1e6))
                 fail_msg("passes %d, mode %d: model %.12g, eval %.12g", passes, mode, model, r->t_total * 1e6);
             epm_eval_result_destroy(r);
             epm_placement_destroy(p);
+            epm_trace_destroy(sampled);
             epm_trace_destroy(t);
         }
+    epm_plan_folds_test_cap = 0;
 }
 
 int main(void)
