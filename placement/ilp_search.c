@@ -27,7 +27,10 @@
  * must also leave epm_plan_objective at or below its value at the start (the
  * best heuristic or the MIP incumbent), so the reported objective never gets
  * worse: the search spends the start's slack on what generalises. With
- * folds = 0 it minimises epm_plan_objective itself. */
+ * folds = 0 it minimises epm_plan_objective itself. Each (layer, fold)'s
+ * busiest load and comm units are kept, and a move recomputes those of the
+ * folds its tokens are in only, so that a trace folded by its passes (up to
+ * 1,024 of them) costs a move little more than 8 token folds do. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -56,10 +59,19 @@ typedef struct {
     int32_t *fold;        /* [T] each token's fold (epm_plan_folds: a trace's passes where it has them;
                              -1: out of the model) */
     int W;                /* doubles per (layer, fold) of the comm model */
-    int64_t *fload;       /* [F * L * E] F * assignments of fold f's tokens */
+    int64_t *fl_start;    /* [L*E + 1] each expert's folds: fl_fold[q] holds F * fl_val[q] of its */
+    int32_t *fl_fold;     /*   assignments (only folds with some: a move touches those alone) */
+    int64_t *fl_val;
     int64_t *frload;      /* [(l * F + f) * R + r] F * fold f's load of rank r */
     double *fcomm;        /* [(l * F + f) * W + i] fold f's comm model (see tok_cost) */
     double *dcomm;        /* [L * F * W] change of fcomm by the move tried */
+    /* each (layer, fold) cell's terms, kept so that a move recomputes only the cells it changes */
+    int64_t *fmax;        /* [L * F] the cell's busiest rank load (of frload) */
+    int64_t *fmax_sum;    /* [L] */
+    double *fcm;          /* [L * F] the cell's busiest-rank comm units (of fcomm) */
+    double *fcm_sum;      /* [L] (for the tolerance only: a running sum) */
+    uint32_t *cstamp, cepoch, *mstamp, mepoch; /* [L * F] cells of dcomm in use / of fmax changed */
+    int64_t *ccells, nccells, *mcells, nmcells, *mold;
     int *dirty;           /* [L] layers whose dcomm is in use */
     int ndirty;
     char *is_dirty;       /* [L] */
@@ -103,7 +115,12 @@ static double tok_cost(search *s, int l, size_t tok, double sign)
             s->is_dirty[l] = 1;
             s->dirty[s->ndirty++] = l;
         }
-        a = s->dcomm + ((size_t)l * (size_t)s->F + (size_t)s->fold[tok]) * (size_t)s->W;
+        const size_t cell = (size_t)l * (size_t)s->F + (size_t)s->fold[tok];
+        if (s->cstamp[cell] != s->cepoch) {
+            s->cstamp[cell] = s->cepoch;
+            s->ccells[s->nccells++] = (int64_t)cell;
+        }
+        a = s->dcomm + cell * (size_t)s->W;
     }
     double sum = 0.0;
     if (x->mode == EPM_MODE_HOME) {
@@ -138,37 +155,40 @@ static double tok_cost(search *s, int l, size_t tok, double sign)
     return sum;
 }
 
-/* Mean over folds of layer l's busiest-rank comm units, from fcomm plus
- * dcomm when with_delta. */
-static double layer_comm(const search *s, int l, int with_delta)
+/* The busiest-rank comm units of (layer, fold) cell, from fcomm plus dcomm
+ * when with_delta. */
+static double fold_comm(const search *s, size_t cell, int with_delta)
 {
     const epm_ilp_ctx *x = s->x;
     int R = x->R, N = x->N;
-    size_t W = (size_t)s->W;
-    double sum = 0.0;
-    for (int f = 0; f < s->F; f++) {
-        size_t at = ((size_t)l * (size_t)s->F + (size_t)f) * W;
-        const double *a = s->fcomm + at, *da = s->dcomm + at;
+    const size_t at = cell * (size_t)s->W;
+    const double *a = s->fcomm + at, *da = s->dcomm + at;
 #define CM(i) (a[i] + (with_delta ? da[i] : 0.0))
-        if (x->mode == EPM_MODE_HOME) {
-            double mx = -INFINITY, all = CM(R + N);
-            for (int q = 0; q < R; q++) {
-                double c = CM(q) + CM(R + q / x->gpn) + all;
-                mx = c > mx ? c : mx;
-            }
-            sum += mx;
-        } else {
-            double a2a = 0.0, kv = 0.0;
-            for (int q = 0; q < R; q++) {
-                double snd = CM(q), rcv = CM(R + q), at_q = CM(2 * R + q);
-                a2a = snd > a2a ? snd : a2a;
-                a2a = rcv > a2a ? rcv : a2a;
-                kv = at_q > kv ? at_q : kv;
-            }
-            sum += a2a + x->kv_ratio * x->kv_fan * kv;
+    if (x->mode == EPM_MODE_HOME) {
+        double mx = -INFINITY, all = CM(R + N);
+        for (int q = 0; q < R; q++) {
+            double c = CM(q) + CM(R + q / x->gpn) + all;
+            mx = c > mx ? c : mx;
         }
-#undef CM
+        return mx;
     }
+    double a2a = 0.0, kv = 0.0;
+    for (int q = 0; q < R; q++) {
+        double snd = CM(q), rcv = CM(R + q), at_q = CM(2 * R + q);
+        a2a = snd > a2a ? snd : a2a;
+        a2a = rcv > a2a ? rcv : a2a;
+        kv = at_q > kv ? at_q : kv;
+    }
+    return a2a + x->kv_ratio * x->kv_fan * kv;
+#undef CM
+}
+
+/* Mean over folds of layer l's busiest-rank comm units. */
+static double layer_comm(const search *s, int l)
+{
+    double sum = 0.0;
+    for (int f = 0; f < s->F; f++)
+        sum += fold_comm(s, (size_t)l * (size_t)s->F + (size_t)f, 0);
     return sum / (double)s->F;
 }
 
@@ -222,9 +242,9 @@ static void place(search *s, int le, int r, int add)
     int l = le / x->E;
     size_t lr = (size_t)l * (size_t)x->R + (size_t)r;
     s->rload[lr] += add ? x->load[le] : -x->load[le];
-    for (int f = 0; f < s->F; f++) {
-        int64_t v = s->fload[(size_t)f * (size_t)x->L * (size_t)x->E + (size_t)le];
-        s->frload[((size_t)l * (size_t)s->F + (size_t)f) * (size_t)x->R + (size_t)r] += add ? v : -v;
+    for (int64_t q = s->F ? s->fl_start[le] : 0; q < (s->F ? s->fl_start[le + 1] : 0); q++) {
+        int64_t v = s->fl_val[q];
+        s->frload[((size_t)l * (size_t)s->F + (size_t)s->fl_fold[q]) * (size_t)x->R + (size_t)r] += add ? v : -v;
     }
     int *slots = s->expert_at + lr * (size_t)x->S;
     if (add) {
@@ -269,8 +289,19 @@ static void search_free(search *s)
     epm_free(s->gat);
     epm_free(s->stamp);
     epm_free(s->fold);
-    epm_free(s->fload);
+    epm_free(s->fl_start);
+    epm_free(s->fl_fold);
+    epm_free(s->fl_val);
     epm_free(s->frload);
+    epm_free(s->fmax);
+    epm_free(s->fmax_sum);
+    epm_free(s->fcm);
+    epm_free(s->fcm_sum);
+    epm_free(s->cstamp);
+    epm_free(s->mstamp);
+    epm_free(s->ccells);
+    epm_free(s->mcells);
+    epm_free(s->mold);
     epm_free(s->fcomm);
     epm_free(s->dcomm);
     epm_free(s->dirty);
@@ -283,33 +314,92 @@ static epm_status model_init(search *s)
     const epm_ilp_ctx *x = s->x;
     s->W = x->mode == EPM_MODE_HOME ? x->R + x->N + 1 : 3 * x->R;
     {
-        /* a fold's loads and comm model (and its change) take at most 128 MiB together */
-        const double per_fold = 8.0 * x->L * ((double)x->E + x->R + 2.0 * s->W);
+        /* the folds' loads, comm model (and its change) and terms take at most 128 MiB together */
+        const double per_fold = 8.0 * x->L * ((double)x->R + 2.0 * s->W + 4.0);
         const double cap = (double)(128 << 20) / per_fold;
         EPM_CHECK(epm_plan_folds(x->t, s->F, cap < 1 ? 1 : cap > MAX_FOLDS ? MAX_FOLDS : (int)cap, &s->fold, &s->F));
     }
     size_t L = (size_t)x->L, E = (size_t)x->E, R = (size_t)x->R, T = (size_t)x->T, F = (size_t)s->F;
-    size_t cells = L * F * (size_t)s->W;
-    s->fload = epm_calloc(F * L * E, sizeof *s->fload);
+    size_t cells = L * F * (size_t)s->W, LF = L * F > 0 ? L * F : 1;
+    const size_t nocc = (size_t)s->occ_start[L * E] + 1;
+    s->fl_start = epm_calloc(L * E + 1, sizeof *s->fl_start);
+    s->fl_fold = epm_malloc(nocc * sizeof *s->fl_fold);
+    s->fl_val = epm_malloc(nocc * sizeof *s->fl_val);
     s->frload = epm_calloc(L * F * R, sizeof *s->frload);
     s->fcomm = epm_calloc(cells, sizeof *s->fcomm);
     s->dcomm = epm_calloc(cells, sizeof *s->dcomm);
+    s->fmax = epm_calloc(LF, sizeof *s->fmax);
+    s->fmax_sum = epm_calloc(L ? L : 1, sizeof *s->fmax_sum);
+    s->fcm = epm_calloc(LF, sizeof *s->fcm);
+    s->fcm_sum = epm_calloc(L ? L : 1, sizeof *s->fcm_sum);
+    s->cstamp = epm_calloc(LF, sizeof *s->cstamp);
+    s->mstamp = epm_calloc(LF, sizeof *s->mstamp);
+    s->ccells = epm_malloc(LF * sizeof *s->ccells);
+    s->mcells = epm_malloc(LF * sizeof *s->mcells);
+    s->mold = epm_malloc(LF * sizeof *s->mold);
     s->dirty = epm_calloc(L ? L : 1, sizeof *s->dirty);
     s->is_dirty = epm_calloc(L ? L : 1, 1);
-    if (!s->fload || !s->frload || !s->fcomm || !s->dcomm || !s->dirty || !s->is_dirty)
+    int64_t *acc = epm_calloc(F ? F : 1, sizeof *acc);
+    if (!s->fl_start || !s->fl_fold || !s->fl_val || !s->frload || !s->fcomm || !s->dcomm || !s->fmax ||
+        !s->fmax_sum || !s->fcm || !s->fcm_sum || !s->cstamp || !s->mstamp || !s->ccells || !s->mcells ||
+        !s->mold || !s->dirty || !s->is_dirty || !acc) {
+        epm_free(acc);
         return EPM_ERR_NOMEM;
-    for (size_t le = 0; le < L * E; le++)
-        for (int64_t q = s->occ_start[le]; q < s->occ_start[le + 1]; q++)
-            if (s->fold[s->occ[q]] >= 0) /* (a pass outside the model's sample: plan_folds.c) */
-                s->fload[(size_t)s->fold[s->occ[q]] * L * E + le] += (int64_t)F;
+    }
+    /* each expert's folds, in the order its tokens first reach them (a pass outside the model's
+     * sample, fold -1, adds nothing: plan_folds.c) */
+    int64_t nfl = 0;
+    for (size_t le = 0; le < L * E; le++) {
+        const int64_t first = nfl;
+        for (int64_t q = s->occ_start[le]; q < s->occ_start[le + 1]; q++) {
+            const int32_t f = s->fold[s->occ[q]];
+            if (f >= 0 && acc[f]++ == 0)
+                s->fl_fold[nfl++] = f;
+        }
+        for (int64_t q = first; q < nfl; q++) {
+            s->fl_val[q] = acc[s->fl_fold[q]] * (int64_t)F;
+            acc[s->fl_fold[q]] = 0;
+        }
+        s->fl_start[le + 1] = nfl;
+    }
+    epm_free(acc);
     for (size_t l = 0; l < L; l++)
         for (size_t tok = 0; tok < T; tok++)
             (void)tok_cost(s, (int)l, tok, 1.0);
     memcpy(s->fcomm, s->dcomm, cells * sizeof *s->fcomm);
     memset(s->dcomm, 0, cells * sizeof *s->dcomm);
     memset(s->is_dirty, 0, L ? L : 1);
+    memset(s->cstamp, 0, LF * sizeof *s->cstamp);
+    s->nccells = 0;
+    s->cepoch = 1;
+    s->mepoch = 0;
     s->ndirty = 0;
     return EPM_OK;
+}
+
+static int64_t fold_max(const search *s, size_t cell)
+{
+    int64_t mx = 0;
+    const int64_t *ld = s->frload + cell * (size_t)s->x->R;
+    for (int r = 0; r < s->x->R; r++)
+        mx = ld[r] > mx ? ld[r] : mx;
+    return mx;
+}
+
+/* Every cell's terms and their sums per layer, for the placement as placed. */
+static void model_terms(search *s)
+{
+    for (size_t l = 0; l < (size_t)s->x->L; l++) {
+        s->fmax_sum[l] = 0;
+        s->fcm_sum[l] = 0.0;
+        for (size_t f = 0; f < (size_t)s->F; f++) {
+            const size_t cell = l * (size_t)s->F + f;
+            s->fmax[cell] = fold_max(s, cell);
+            s->fmax_sum[l] += s->fmax[cell];
+            s->fcm[cell] = fold_comm(s, cell, 0);
+            s->fcm_sum[l] += s->fcm[cell];
+        }
+    }
 }
 
 static epm_status search_init(search *s, const epm_ilp_ctx *x, int *rank_of, int folds)
@@ -379,6 +469,8 @@ static epm_status search_init(search *s, const epm_ilp_ctx *x, int *rank_of, int
         EPM_CHECK_GOTO(model_init(s), st, out);
     for (size_t le = 0; le < LE; le++)
         place(s, (int)le, rank_of[le], 1);
+    if (s->F)
+        model_terms(s);
 out:
     epm_free(cnt);
     epm_free(cnt2);
@@ -388,17 +480,36 @@ out:
     return st;
 }
 
-static double layer_fold_max(const search *s, int l)
+/* The change of layer l's sum of folds' busiest loads since the places of
+ * le[0..n) (the folds of their tokens only); the old maxima are kept for
+ * undo (fold_max_undo). */
+static int64_t fold_max_change(search *s, int l, const int *le, int n)
 {
-    int64_t sum = 0;
-    const int64_t *ld = s->frload + (size_t)l * (size_t)s->F * (size_t)s->x->R;
-    for (int f = 0; f < s->F; f++, ld += s->x->R) {
-        int64_t mx = 0;
-        for (int r = 0; r < s->x->R; r++)
-            mx = ld[r] > mx ? ld[r] : mx;
-        sum += mx;
+    if (++s->mepoch == 0) {
+        memset(s->mstamp, 0, (size_t)s->x->L * (size_t)s->F * sizeof *s->mstamp);
+        s->mepoch = 1;
     }
-    return (double)sum / (double)s->F;
+    s->nmcells = 0;
+    int64_t d = 0;
+    for (int i = 0; i < n; i++)
+        for (int64_t q = s->fl_start[le[i]]; q < s->fl_start[le[i] + 1]; q++) {
+            const size_t cell = (size_t)l * (size_t)s->F + (size_t)s->fl_fold[q];
+            if (s->mstamp[cell] == s->mepoch)
+                continue;
+            s->mstamp[cell] = s->mepoch;
+            const int64_t m = fold_max(s, cell);
+            d += m - s->fmax[cell];
+            s->mcells[s->nmcells] = (int64_t)cell;
+            s->mold[s->nmcells++] = s->fmax[cell];
+            s->fmax[cell] = m;
+        }
+    return d;
+}
+
+static void fold_max_undo(search *s)
+{
+    for (int64_t u = 0; u < s->nmcells; u++)
+        s->fmax[s->mcells[u]] = s->mold[u];
 }
 
 /* Tries moving le1 to rank r2 and, when le2 >= 0, le2 to le1's rank; keeps
@@ -412,7 +523,12 @@ static double try_move(search *s, int le1, int le2, int r2)
     int le[2] = {le1, le2};
     int n = le2 >= 0 ? 2 : 1;
     int64_t m0 = layer_max(s, l);
-    double b0 = s->F ? layer_fold_max(s, l) : (double)m0;
+    double b0 = s->F ? (double)s->fmax_sum[l] / (double)s->F : (double)m0;
+    if (s->F && ++s->cepoch == 0) {
+        memset(s->cstamp, 0, (size_t)x->L * (size_t)s->F * sizeof *s->cstamp);
+        s->cepoch = 1;
+    }
+    s->nccells = 0;
     double t0 = touched(s, le, n, -1.0);
     place(s, le1, r1, 0);
     if (n == 2)
@@ -421,7 +537,8 @@ static double try_move(search *s, int le1, int le2, int r2)
     if (n == 2)
         place(s, le2, r1, 1);
     int64_t m1 = layer_max(s, l);
-    double b1 = s->F ? layer_fold_max(s, l) : (double)m1;
+    const int64_t dfmax = s->F ? fold_max_change(s, l, le, n) : 0;
+    double b1 = s->F ? (double)(s->fmax_sum[l] + dfmax) / (double)s->F : (double)m1;
     double t1 = touched(s, le, n, 1.0);
     double before, delta;
     int keep;
@@ -430,29 +547,42 @@ static double try_move(search *s, int le1, int le2, int r2)
         delta = x->bw * (b1 - b0) + x->tw * (t1 - t0);
         keep = delta < -1e-9 * (fabs(before) + 1.0);
     } else {
-        double c0 = 0.0, c1 = 0.0, twr = x->tw * x->R;
-        for (int i = 0; i < s->ndirty; i++) {
-            c0 += layer_comm(s, s->dirty[i], 0);
-            c1 += layer_comm(s, s->dirty[i], 1);
-        }
+        /* the folds the move's tokens are in: their comm units before and after, the rest alike */
+        double c0 = 0.0, dc = 0.0, twr = x->tw * x->R;
+        for (int i = 0; i < s->ndirty; i++)
+            c0 += s->fcm_sum[s->dirty[i]];
+        for (int64_t u = 0; u < s->nccells; u++)
+            dc += fold_comm(s, (size_t)s->ccells[u], 1) - s->fcm[s->ccells[u]];
+        c0 /= (double)s->F;
+        dc /= (double)s->F;
         before = x->bw * b0 + twr * c0;
-        delta = x->bw * (b1 - b0) + twr * (c1 - c0);
+        delta = x->bw * (b1 - b0) + twr * dc;
         /* the budget: the straggler part is an exact integer; the traffic
          * part is exact while link costs are integers (1 and 150/25 at the
          * defaults) and within rounding otherwise, which the driver's final
          * comparison with the best heuristic catches */
         keep = delta < -1e-9 * (fabs(before) + 1.0) &&
                x->bw * (double)(s->dmax + (m1 - m0)) + x->tw * (s->dtraffic + (t1 - t0)) <= 0.0;
-        size_t cells = (size_t)s->F * (size_t)s->W;
-        for (int i = 0; i < s->ndirty; i++) {
-            size_t at = (size_t)s->dirty[i] * cells;
-            if (keep)
-                for (size_t j = 0; j < cells; j++)
+        const size_t W = (size_t)s->W;
+        for (int64_t u = 0; u < s->nccells; u++) {
+            const size_t cell = (size_t)s->ccells[u], at = cell * W;
+            if (keep) {
+                for (size_t j = 0; j < W; j++)
                     s->fcomm[at + j] += s->dcomm[at + j];
-            memset(s->dcomm + at, 0, cells * sizeof *s->dcomm);
-            s->is_dirty[s->dirty[i]] = 0;
+                const double c = fold_comm(s, cell, 0);
+                s->fcm_sum[cell / (size_t)s->F] += c - s->fcm[cell];
+                s->fcm[cell] = c;
+            }
+            memset(s->dcomm + at, 0, W * sizeof *s->dcomm);
         }
+        for (int i = 0; i < s->ndirty; i++)
+            s->is_dirty[s->dirty[i]] = 0;
         s->ndirty = 0;
+        s->nccells = 0;
+        if (keep)
+            s->fmax_sum[l] += dfmax;
+        else
+            fold_max_undo(s);
     }
     if (keep) {
         s->dmax += m1 - m0;
@@ -466,6 +596,30 @@ static double try_move(search *s, int le1, int le2, int r2)
     if (n == 2)
         place(s, le2, r2, 1);
     return 0.0;
+}
+
+int epm_ilp_search_test_check;
+
+/* Test hook: the kept cell terms against a fresh count, after a move. */
+static epm_status self_check(const search *s)
+{
+    const size_t L = (size_t)s->x->L, F = (size_t)s->F;
+    for (size_t l = 0; l < L; l++) {
+        int64_t sum = 0;
+        for (size_t f = 0; f < F; f++) {
+            const size_t cell = l * F + f;
+            sum += fold_max(s, cell);
+            if (s->fmax[cell] != fold_max(s, cell) || s->fcm[cell] != fold_comm(s, cell, 0))
+                return epm_fail(EPM_ERR_INTERNAL, "ilp search: layer %zu fold %zu's kept terms differ from a "
+                                "fresh count", l, f);
+            for (size_t j = 0; j < (size_t)s->W; j++)
+                if (s->dcomm[cell * (size_t)s->W + j] != 0.0)
+                    return epm_fail(EPM_ERR_INTERNAL, "ilp search: layer %zu fold %zu kept a change", l, f);
+        }
+        if (sum != s->fmax_sum[l])
+            return epm_fail(EPM_ERR_INTERNAL, "ilp search: layer %zu's sum of busiest loads differs", l);
+    }
+    return EPM_OK;
 }
 
 epm_status epm_ilp_search(const epm_ilp_ctx *x, int *rank_of, int64_t max_evals, double deadline, int folds,
@@ -505,6 +659,13 @@ epm_status epm_ilp_search(const epm_ilp_ctx *x, int *rank_of, int64_t max_evals,
                     }
                     cur = folds ? start + x->bw * (double)s.dmax + x->tw * s.dtraffic : cur + d;
                     gained += d;
+                    if (epm_ilp_search_test_check && folds) {
+                        epm_status st = self_check(&s);
+                        if (st != EPM_OK) {
+                            search_free(&s);
+                            return st;
+                        }
+                    }
                 }
                 if ((evals & 1023) == 0) {
                     double now = epm_now();
@@ -544,7 +705,7 @@ epm_status epm_ilp_search_model(const epm_ilp_ctx *x, const int *rank_of, int fo
     if (st == EPM_OK) {
         double v = 0.0;
         for (int l = 0; l < x->L; l++)
-            v += x->bw * layer_fold_max(&s, l) + x->tw * x->R * layer_comm(&s, l, 0);
+            v += x->bw * (double)s.fmax_sum[l] / (double)s.F + x->tw * x->R * layer_comm(&s, l);
         *value = v;
         search_free(&s);
     }
