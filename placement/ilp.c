@@ -54,10 +54,12 @@ enum { ILP_FOLDS = 8 };
  * --slots 2) 1.002 / 0.924 against 1.009 / 0.959. A rank of one or two
  * experts gains or loses load a whole expert's share at a time, and a
  * fold's busiest rank is then no better a forecast than the whole
- * sample's. (Measured on those four traces; a rule, not a law.) A trace
- * with passes is folded by them in both searches, as epm_eval times it:
- * held-out time against eplb's at 64-token passes, Qwen 0.974 / 0.958 with
- * token folds against 0.884 / 0.947 (bench/README.md). */
+ * sample's. (Measured on those four traces, without passes; a rule, not a
+ * law.) A trace with passes is folded by them in both searches whatever
+ * the folds asked (but split where there are fewer), as epm_eval times it
+ * pass by pass: held-out time against eplb's at 64-token passes, Qwen
+ * 0.974 / 0.958 with token folds against 0.884 / 0.947, Mixtral 0.991 /
+ * 0.970 against 0.977 / 0.955 (bench/README.md). */
 
 static void say(const epm_plan_opts *o, const char *msg)
 {

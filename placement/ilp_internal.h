@@ -152,9 +152,9 @@ epm_status epm_ilp_exact_chain(int n, int L, const double *w, const double *h0, 
  * (single-copy) in *obj. */
 epm_status epm_ilp_search(const epm_ilp_ctx *x, int *rank_of, int64_t max_evals, double deadline, int folds,
                           epm_progress_fn progress, void *progress_user, double *obj);
-/* Test hook: when set, the search with folds compares the terms it keeps per
- * (layer, fold) with a fresh count after every move and fails with
- * EPM_ERR_INTERNAL naming the first that differs. */
+/* Test hook: when N > 0, the search with folds compares what it keeps per
+ * (layer, fold) with a fresh setup after every N-th move tried and fails
+ * with EPM_ERR_INTERNAL naming the first that differs. */
 extern int epm_ilp_search_test_check;
 /* What the search minimises with folds >= 1, for rank_of (tests): the sum
  * over layers of the fold-mean of balance_weight * max_r load plus

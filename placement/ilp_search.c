@@ -55,7 +55,7 @@ typedef struct {
     uint32_t *stamp;      /* [T] */
     uint32_t epoch;
     /* the sample-average model (F > 0) */
-    int F;                /* folds, 0 = the plain objective */
+    int F, folds_asked;   /* folds (0 = the plain objective), and as asked (epm_plan_folds decides F) */
     int32_t *fold;        /* [T] each token's fold (epm_plan_folds: a trace's passes where it has them;
                              -1: out of the model) */
     int W;                /* doubles per (layer, fold) of the comm model */
@@ -315,7 +315,7 @@ static epm_status model_init(search *s)
     s->W = x->mode == EPM_MODE_HOME ? x->R + x->N + 1 : 3 * x->R;
     {
         /* the folds' loads, comm model (and its change) and terms take at most 128 MiB together */
-        const double per_fold = 8.0 * x->L * ((double)x->R + 2.0 * s->W + 4.0);
+        const double per_fold = 8.0 * x->L * ((double)x->R + 2.0 * s->W + 6.0);
         const double cap = (double)(128 << 20) / per_fold;
         EPM_CHECK(epm_plan_folds(x->t, s->F, cap < 1 ? 1 : cap > MAX_FOLDS ? MAX_FOLDS : (int)cap, &s->fold, &s->F));
     }
@@ -407,7 +407,7 @@ static epm_status search_init(search *s, const epm_ilp_ctx *x, int *rank_of, int
     memset(s, 0, sizeof *s);
     s->x = x;
     s->rank_of = rank_of;
-    s->F = folds;
+    s->F = s->folds_asked = folds;
     size_t L = (size_t)x->L, E = (size_t)x->E, R = (size_t)x->R, T = (size_t)x->T, LE = L * E;
     int64_t *cnt = epm_calloc(LE, sizeof *cnt), *cnt2 = epm_calloc(LE, sizeof *cnt2),
             *cnt3 = epm_calloc(LE, sizeof *cnt3);
@@ -569,11 +569,16 @@ static double try_move(search *s, int le1, int le2, int r2)
             if (keep) {
                 for (size_t j = 0; j < W; j++)
                     s->fcomm[at + j] += s->dcomm[at + j];
-                const double c = fold_comm(s, cell, 0);
-                s->fcm_sum[cell / (size_t)s->F] += c - s->fcm[cell];
-                s->fcm[cell] = c;
+                s->fcm[cell] = fold_comm(s, cell, 0);
             }
             memset(s->dcomm + at, 0, W * sizeof *s->dcomm);
+        }
+        for (int i = 0; keep && i < s->ndirty; i++) { /* (summed afresh: no drift) */
+            const int dl = s->dirty[i];
+            double v = 0.0;
+            for (int f = 0; f < s->F; f++)
+                v += s->fcm[(size_t)dl * (size_t)s->F + (size_t)f];
+            s->fcm_sum[dl] = v;
         }
         for (int i = 0; i < s->ndirty; i++)
             s->is_dirty[s->dirty[i]] = 0;
@@ -600,26 +605,48 @@ static double try_move(search *s, int le1, int le2, int r2)
 
 int epm_ilp_search_test_check;
 
-/* Test hook: the kept cell terms against a fresh count, after a move. */
+/* Test hook: the kept loads, comm model and cell terms against a fresh setup
+ * from the placement as it now is (the comm model, a sum of doubles, within
+ * rounding; the rest exactly). */
 static epm_status self_check(const search *s)
 {
-    const size_t L = (size_t)s->x->L, F = (size_t)s->F;
-    for (size_t l = 0; l < L; l++) {
-        int64_t sum = 0;
-        for (size_t f = 0; f < F; f++) {
-            const size_t cell = l * F + f;
-            sum += fold_max(s, cell);
-            if (s->fmax[cell] != fold_max(s, cell) || s->fcm[cell] != fold_comm(s, cell, 0))
-                return epm_fail(EPM_ERR_INTERNAL, "ilp search: layer %zu fold %zu's kept terms differ from a "
-                                "fresh count", l, f);
-            for (size_t j = 0; j < (size_t)s->W; j++)
-                if (s->dcomm[cell * (size_t)s->W + j] != 0.0)
-                    return epm_fail(EPM_ERR_INTERNAL, "ilp search: layer %zu fold %zu kept a change", l, f);
+    const epm_ilp_ctx *x = s->x;
+    const size_t L = (size_t)x->L, F = (size_t)s->F, LE = L * (size_t)x->E;
+    int *copy = epm_malloc((LE ? LE : 1) * sizeof *copy);
+    if (!copy)
+        return EPM_ERR_NOMEM;
+    memcpy(copy, s->rank_of, LE * sizeof *copy);
+    search f;
+    epm_status st = search_init(&f, x, copy, s->folds_asked);
+    const char *what = NULL;
+    size_t bad = 0;
+    if (st == EPM_OK && f.F != s->F)
+        what = "the folds";
+    for (size_t c = 0; st == EPM_OK && !what && c < L * F; c++) {
+        bad = c;
+        if (memcmp(f.frload + c * (size_t)x->R, s->frload + c * (size_t)x->R, (size_t)x->R * sizeof *f.frload))
+            what = "the ranks' loads";
+        else if (f.fmax[c] != s->fmax[c])
+            what = "the busiest load";
+        else if (fabs(f.fcm[c] - s->fcm[c]) > 1e-9 * (fabs(f.fcm[c]) + 1.0))
+            what = "the comm units";
+        for (size_t j = 0; !what && j < (size_t)s->W; j++) {
+            const double a = f.fcomm[c * (size_t)s->W + j], b = s->fcomm[c * (size_t)s->W + j];
+            if (fabs(a - b) > 1e-9 * (fabs(a) + 1.0))
+                what = "the comm model";
+            else if (s->dcomm[c * (size_t)s->W + j] != 0.0)
+                what = "the change of the last move (not cleared)";
         }
-        if (sum != s->fmax_sum[l])
-            return epm_fail(EPM_ERR_INTERNAL, "ilp search: layer %zu's sum of busiest loads differs", l);
+        if (!what && (c + 1) % F == 0 && f.fmax_sum[c / F] != s->fmax_sum[c / F])
+            what = "the sum of busiest loads";
     }
-    return EPM_OK;
+    if (st == EPM_OK)
+        search_free(&f);
+    epm_free(copy);
+    if (st == EPM_OK && what)
+        st = epm_fail(EPM_ERR_INTERNAL, "ilp search: layer %zu fold %zu: what it keeps of %s differs from a fresh setup", bad / F,
+                      bad % F, what);
+    return st;
 }
 
 epm_status epm_ilp_search(const epm_ilp_ctx *x, int *rank_of, int64_t max_evals, double deadline, int folds,
@@ -659,7 +686,7 @@ epm_status epm_ilp_search(const epm_ilp_ctx *x, int *rank_of, int64_t max_evals,
                     }
                     cur = folds ? start + x->bw * (double)s.dmax + x->tw * s.dtraffic : cur + d;
                     gained += d;
-                    if (epm_ilp_search_test_check && folds) {
+                    if (epm_ilp_search_test_check > 0 && folds && evals % epm_ilp_search_test_check == 0) {
                         epm_status st = self_check(&s);
                         if (st != EPM_OK) {
                             search_free(&s);

@@ -58,14 +58,18 @@ epm_status epm_plan_folds(const epm_trace *t, int folds, int max_folds, int32_t 
     int32_t *f = epm_malloc((size_t)(T ? T : 1) * sizeof *f);
     if (!f)
         return EPM_ERR_NOMEM;
-    if (!pass) {
+    int any = 0;
+    for (int64_t i = 0; pass && i < T && !any; i++)
+        any = pass[i] >= 0;
+    if (!any) {
         for (int64_t i = 0; i < T; i++)
             f[i] = (int32_t)(i % folds);
         *fold_of = f;
         *nfolds = folds;
         return EPM_OK;
     }
-    /* distinct pass ids, sorted (a token of pass -1 chose no expert: fold 0) */
+    /* distinct pass ids, sorted; a token of pass -1 (which run records for a token that chose no
+     * expert) is in no pass, so out of the model: fold -1 */
     int32_t *ids = epm_malloc((size_t)(T ? T : 1) * sizeof *ids);
     if (!ids) {
         epm_free(f);
@@ -80,8 +84,6 @@ epm_status epm_plan_folds(const epm_trace *t, int folds, int max_folds, int32_t 
     for (int64_t i = 0; i < n; i++)
         if (d == 0 || ids[d - 1] != ids[i])
             ids[d++] = ids[i];
-    if (d < 1)
-        ids[d++] = 0;
     /* fewer passes than folds asked: each pass split into m, its tokens in turn */
     int64_t m = (folds + d - 1) / d, P = d < max_folds ? d : max_folds;
     if (m * d > max_folds)
@@ -95,8 +97,10 @@ epm_status epm_plan_folds(const epm_trace *t, int folds, int max_folds, int32_t 
     if (d > P)
         m = 1;
     for (int64_t i = 0; i < T; i++) {
-        int64_t q = pass[i] < 0 ? 0 : find(ids, d, pass[i]);
-        if (d <= P)
+        const int64_t q = pass[i] < 0 ? -1 : find(ids, d, pass[i]);
+        if (q < 0)
+            f[i] = -1;
+        else if (d <= P)
             f[i] = (int32_t)(q * m + seen[q]++ % m);
         else /* pass q is a fold where q * P / d steps: P passes, evenly spread */
             f[i] = (q + 1) * P / d > q * P / d ? (int32_t)(q * P / d) : -1;

@@ -260,8 +260,9 @@ static void cell_term(rs *s, size_t c)
 }
 
 /* Layer l's busiest load (the objective's), and its term of the search's
- * model of epm_eval's time: the sum over folds of fold_term, each fold a
- * sample of 1/F of the tokens, so the sum is F times the mean over folds.
+ * model of epm_eval's time: the sum over folds of fold_term (kept per fold
+ * in term), each fold a pass of the trace's, or a sample of 1/F of its
+ * tokens, so the sum is F times the mean over folds.
  * Two reasons for it (as in ilp_search.c for single copies). The objective
  * charges traffic at the mean rank, epm_eval's time at the busiest: a move
  * that lowers the sum by piling transfers onto one rank does not lower the
@@ -406,8 +407,8 @@ static epm_status rs_init(rs *s, const epm_trace *t, epm_placement *p, const epm
     s->kv_ratio = s->hb > 0 ? (double)kvb / (double)s->hb : 0;
     s->gpn = s->c->gpus_per_node;
     {
-        /* a fold's sums, and their undo copies, take at most 128 MiB together */
-        const double per_fold = 16.0 * (double)s->R * (6.0 * s->L + 4.0);
+        /* the folds' sums, their terms and their undo copies take at most 128 MiB together */
+        const double per_fold = 96.0 * s->R * s->L + 80.0 * s->R + 28.0 * (s->L + 1);
         const double cap = (double)(128 << 20) / per_fold;
         EPM_CHECK(epm_plan_folds(t, folds, cap < 1 ? 1 : cap > MAX_FOLDS ? MAX_FOLDS : (int)cap, &s->fold, &s->F));
     }
@@ -572,6 +573,7 @@ static void apply(rs *s, const change *c, int dir)
 
 static void undo(rs *s, const change *c)
 {
+    s->logging = 0; /* (try_change may have stopped short) */
     apply(s, c, -1);
     for (int64_t u = s->nlog - 1; u >= 0; u--)
         s->src[s->log_idx[u]] = s->log_old[u];
@@ -756,7 +758,8 @@ static epm_status self_check(rs *s, const char *after)
              differs(f.gather, s->gather, sizeof s->gather))
         what = "bytes";
     else if (differs(f.fx, s->fx, L * F * 6 * R * sizeof *s->fx) || differs(f.gx, s->gx, F * 4 * R * sizeof *s->gx) ||
-             differs(f.model, s->model, L * sizeof *s->model) || f.gmodel != s->gmodel)
+             differs(f.model, s->model, L * sizeof *s->model) || f.gmodel != s->gmodel ||
+             differs(f.term, s->term, (L + 1) * F * sizeof *s->term))
         what = "the model's sums";
     else if (s->follow && differs(f.src, s->src, (L + 1) * (T ? T : 1) * sizeof *s->src))
         what = "token positions";

@@ -473,6 +473,7 @@ usage plan --eplb-window "" --eplb-window 2
 has "$d/err" "--eplb-window is online rebalancing's"
 usage plan --drift 0 --drift 0
 usage plan --eplb-min-gain "" --eplb-min-gain 0.1
+usage plan --pass-tokens 0 --pass-tokens 0
 help_ok plan --shape --mode --tokens --time-limit --drift --eplb-interval --eplb-window --eplb-min-gain --eplb-lag --groups --topk-groups --slots --pass-tokens --csv
 usage plan --tokens x --tokens x
 usage plan --affinity 1.5 --affinity 1.5

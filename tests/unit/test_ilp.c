@@ -552,22 +552,22 @@ static void test_ilp_search_model_is_eval_time(void **state)
 
 /* The search with folds lowers its model and never raises
  * epm_plan_objective above the start's, in both modes, with token folds, a
- * trace's passes and a sample of them; the terms it keeps per (layer, fold),
- * recomputed only where a move's tokens are, equal a fresh count after
- * every move (the test hook). */
+ * trace's passes, a sample of them and two split in parts; the terms it
+ * keeps per (layer, fold), recomputed only where a move's tokens are,
+ * equal a fresh setup (the test hook, every 7th move). */
 static void test_ilp_search_keeps_objective(void **state)
 {
     (void)state;
     epm_trace *t = tu_synth_trace(4, 32, 4, 1024, 9);
     epm_cluster c;
     epm_cluster_init(&c, 2, 4);
-    epm_ilp_search_test_check = 1;
-    for (int run = 0; run < 6; run++) {
+    epm_ilp_search_test_check = 7; /* (every 7th move: a fresh setup each time) */
+    for (int run = 0; run < 8; run++) {
         const int mode = run % 2, kind = run / 2;
-        if (kind == 1) { /* 41 passes, the last one short; then 5 of them sampled */
+        if (kind == 1 || kind == 3) { /* 41 passes, the last one short, then 5 of them sampled; 2 split in 4 */
             int32_t pass[1024];
             for (int i = 0; i < 1024; i++)
-                pass[i] = i / 25;
+                pass[i] = kind == 1 ? i / 25 : i / 512;
             assert_int_equal(epm_trace_set_pass_ids(t, pass), EPM_OK);
         }
         epm_plan_folds_test_cap = kind == 2 ? 5 : 0;

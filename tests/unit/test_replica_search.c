@@ -106,7 +106,7 @@ static void test_exact_and_never_worse(void **state)
 /* Every sum the search keeps equals a fresh count after each move, kept or
  * undone (the test hook): both modes, one and several nodes, skips, dynamic
  * k, a duplicated expert in a row, a rank with a free slot, 1 and 3 folds,
- * and a trace's passes as folds, all of them or a sample. */
+ * and a trace's passes as folds: all of them, split, or a sample. */
 static void test_every_move_exact(void **state)
 {
     (void)state;
@@ -123,12 +123,12 @@ static void test_every_move_exact(void **state)
             int32_t *row = epm_trace_ids(t, 0) + 2 * sh->k; /* (token 2 takes its first expert twice) */
             if (row[0] >= 0)
                 row[1] = row[0];
-            if (si >= 1) { /* folded by passes: 8 of 20 tokens, the last one short; shape 2 samples 3 */
-                int32_t pass[150];
-                for (int i = 0; i < 150; i++)
-                    pass[i] = i / 20;
-                assert_int_equal(epm_trace_set_pass_ids(t, pass), EPM_OK);
-            }
+            /* folded by passes: shape 0 two of 75 tokens (split in two for 3 folds), shape 1 eight of
+             * 20, the last one short, and shape 2 a sample of 3 of those */
+            int32_t pass[150];
+            for (int i = 0; i < 150; i++)
+                pass[i] = si == 0 ? i / 75 : i / 20;
+            assert_int_equal(epm_trace_set_pass_ids(t, pass), EPM_OK);
             epm_plan_folds_test_cap = si == 2 ? 3 : 0;
             epm_cluster c = cluster_of(sh->nodes, sh->gpn);
             epm_plan_opts o;
@@ -343,8 +343,8 @@ static void test_refusals(void **state)
     epm_trace_destroy(t);
 }
 
-/* Folds: token i mod F without passes; a trace's passes, by id, where it
- * has pass_ids (a token of pass -1 in the first pass's fold), a sample of
+/* Folds: token i mod F without passes (or none but -1); a trace's passes,
+ * by id, where it has pass_ids (a token of pass -1 out of them), a sample of
  * max_folds passes evenly spread past max_folds (the others' tokens in fold
  * -1), each pass split (its tokens in turn) where there are fewer passes
  * than folds asked. */
@@ -363,7 +363,7 @@ static void test_folds(void **state)
     assert_int_equal(epm_trace_set_pass_ids(t, pass), EPM_OK);
     assert_int_equal(epm_plan_folds(t, 2, 100, &f, &n), EPM_OK);
     assert_int_equal(n, 3);
-    const int32_t want[7] = {1, 1, 0, 2, 0, 0, 2};
+    const int32_t want[7] = {1, 1, -1, 2, 0, 0, 2};
     assert_memory_equal(f, want, sizeof want);
     epm_free(f);
     assert_int_equal(epm_plan_folds(t, 1, 2, &f, &n), EPM_OK); /* passes 5 and 9 sampled */
@@ -373,11 +373,18 @@ static void test_folds(void **state)
     epm_free(f);
     assert_int_equal(epm_plan_folds(t, 5, 100, &f, &n), EPM_OK); /* 2 folds a pass */
     assert_int_equal(n, 6);
-    const int32_t want3[7] = {2, 3, 0, 4, 1, 0, 5}; /* (pass -1 counts as pass 2's) */
+    const int32_t want3[7] = {2, 3, -1, 4, 0, 1, 5};
     assert_memory_equal(f, want3, sizeof want3);
     epm_free(f);
     assert_int_equal(epm_plan_folds(t, 8, 7, &f, &n), EPM_OK); /* at most 7: still 2 a pass */
     assert_int_equal(n, 6);
+    epm_free(f);
+    const int32_t none[7] = {-1, -1, -1, -1, -1, -1, -1};
+    assert_int_equal(epm_trace_set_pass_ids(t, none), EPM_OK);
+    assert_int_equal(epm_plan_folds(t, 3, 100, &f, &n), EPM_OK);
+    assert_int_equal(n, 3);
+    for (int i = 0; i < 7; i++)
+        assert_int_equal(f[i], i % 3);
     epm_free(f);
     assert_int_equal(epm_plan_folds(t, 0, 2, &f, &n), EPM_ERR_INVALID_ARG);
     assert_null(f);
