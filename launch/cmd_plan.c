@@ -61,7 +61,8 @@ static const char eval_usage[] =
     "prints side by side: per-rank expert load (max/mean), token transfers crossing ranks and\n"
     "nodes, bytes per link class and a modelled MoE time, with ratios to the first placement;\n"
     "on several nodes also the nodes a token reaches (mean, most) and the inter-node dispatches\n"
-    "of a path that crosses to each node once (run's hierarchical path, DeepEP's).\n"
+    "of a path that crosses to each node once (run's hierarchical path, DeepEP's). A trace with\n"
+    "pass_ids (run --trace-out records them) is timed pass by pass, as a run waits on each.\n"
     "  --trace FILE          routing trace\n"
     "  --model DIR           --hidden, --kv-dim and --ffn from the checkpoint's config.json, whose\n"
     "                        experts and MoE layers must be the trace's (flags given beside it\n"
@@ -441,7 +442,35 @@ static json_t *result_json(const epm_eval_result *r, const epm_eval_result *base
     return o;
 }
 
-static int print_eval_json(const evaluated *ev, int n, int per_layer, int online)
+static int cmp_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The trace's distinct passes (pass_ids >= 0), which epm_eval times one by one; 0 without them
+ * (one pass, the whole trace); -1 out of memory. */
+static int64_t trace_passes(const epm_trace *t)
+{
+    const int32_t *pass = epm_trace_pass_ids(t);
+    const int64_t T = epm_trace_tokens(t);
+    if (!pass)
+        return 0;
+    int32_t *v = malloc((size_t)(T ? T : 1) * sizeof *v);
+    if (!v)
+        return -1;
+    int64_t n = 0, d = 0;
+    for (int64_t i = 0; i < T; i++)
+        if (pass[i] >= 0)
+            v[n++] = pass[i];
+    qsort(v, (size_t)n, sizeof *v, cmp_i32);
+    for (int64_t i = 0; i < n; i++)
+        d += i == 0 || v[i] != v[i - 1];
+    free(v);
+    return d;
+}
+
+static int print_eval_json(const evaluated *ev, int n, int per_layer, int online, int64_t passes)
 {
     json_t *list = json_array();
     for (int i = 0; i < n && list; i++) {
@@ -458,7 +487,7 @@ static int print_eval_json(const evaluated *ev, int n, int per_layer, int online
         }
         json_array_append_new(list, pl);
     }
-    json_t *root = json_pack("{s:o}", "placements", list);
+    json_t *root = json_pack("{s:o, s:I}", "placements", list, "passes", (json_int_t)passes);
     char *text = root ? json_dumps(root, JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9)) : NULL;
     json_decref(root);
     if (!text)
@@ -468,8 +497,11 @@ static int print_eval_json(const evaluated *ev, int n, int per_layer, int online
     return EPM_EXIT_OK;
 }
 
-static void print_eval_text(const evaluated *ev, int n, int per_layer, int online)
+static void print_eval_text(const evaluated *ev, int n, int per_layer, int online, int64_t passes)
 {
+    if (passes > 0)
+        printf("modelled time pass by pass: the trace's %lld passes (pass_ids), each phase's busiest rank in each\n",
+               (long long)passes);
     for (int m = 0; m < ev[0].nmodes; m++) {
         const epm_eval_result *base = ev[0].r[m];
         printf("mode %s (ratios against %s)\n", epm_mode_name(ev[0].modes[m]), ev[0].path);
@@ -733,10 +765,13 @@ static int cmd_eval(int argc, char **argv)
         goto out;
     }
     const int online = eplb_i == 0 ? 0 : peers ? ONLINE | ONLINE_PEERS : rgbps > 0 ? ONLINE | ONLINE_READ_PRICED : ONLINE;
-    if (json) {
-        rc = print_eval_json(ev, n, per_layer, online);
+    const int64_t passes = trace_passes(t);
+    if (passes < 0) {
+        rc = cli_fail(W, epm_fail(EPM_ERR_NOMEM, "out of memory counting the trace's passes"));
+    } else if (json) {
+        rc = print_eval_json(ev, n, per_layer, online, passes);
     } else {
-        print_eval_text(ev, n, per_layer, online);
+        print_eval_text(ev, n, per_layer, online, passes);
         rc = EPM_EXIT_OK;
     }
 out:

@@ -68,6 +68,11 @@ check "eval online" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-in
   --placement-out "$d/online.json" --mode follow
 check "eval static" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --json --mode follow
 cp "$d/out" "$d/static.json"
+has "$d/out" '"passes": 40}$'
+check "eval static, text" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --mode follow
+has "$d/out" "^modelled time pass by pass: the trace's 40 passes (pass_ids)"
+check "eval without passes, text" 0 "$E" plan eval --trace "$d/b.st" "$d/e.json"
+lacks "$d/out" "pass by pass"
 check "eval online, text" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 --eplb-window 2 \
   --eplb-slots 3 --eplb-from peers
 has "$d/out" "    online rebalancing: [0-9]* placements taken, [0-9]* experts moved, copied: [1-9][0-9]* bytes intra-node"
