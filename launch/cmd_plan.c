@@ -442,34 +442,6 @@ static json_t *result_json(const epm_eval_result *r, const epm_eval_result *base
     return o;
 }
 
-static int cmp_i32(const void *a, const void *b)
-{
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* The trace's distinct passes (pass_ids >= 0), which epm_eval times one by one; 0 without them
- * (one pass, the whole trace); -1 out of memory. */
-static int64_t trace_passes(const epm_trace *t)
-{
-    const int32_t *pass = epm_trace_pass_ids(t);
-    const int64_t T = epm_trace_tokens(t);
-    if (!pass)
-        return 0;
-    int32_t *v = malloc((size_t)(T ? T : 1) * sizeof *v);
-    if (!v)
-        return -1;
-    int64_t n = 0, d = 0;
-    for (int64_t i = 0; i < T; i++)
-        if (pass[i] >= 0)
-            v[n++] = pass[i];
-    qsort(v, (size_t)n, sizeof *v, cmp_i32);
-    for (int64_t i = 0; i < n; i++)
-        d += i == 0 || v[i] != v[i - 1];
-    free(v);
-    return d;
-}
-
 static int print_eval_json(const evaluated *ev, int n, int per_layer, int online, int64_t passes)
 {
     json_t *list = json_array();
@@ -765,9 +737,9 @@ static int cmd_eval(int argc, char **argv)
         goto out;
     }
     const int online = eplb_i == 0 ? 0 : peers ? ONLINE | ONLINE_PEERS : rgbps > 0 ? ONLINE | ONLINE_READ_PRICED : ONLINE;
-    const int64_t passes = trace_passes(t);
-    if (passes < 0) {
-        rc = cli_fail(W, epm_fail(EPM_ERR_NOMEM, "out of memory counting the trace's passes"));
+    int64_t passes;
+    if ((st = epm_trace_passes(t, &passes)) != EPM_OK) {
+        rc = cli_fail(W, st);
     } else if (json) {
         rc = print_eval_json(ev, n, per_layer, online, passes);
     } else {

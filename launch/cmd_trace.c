@@ -82,7 +82,7 @@ static void stats_usage(FILE *f)
                "  --json        machine-readable output on stdout\n");
 }
 
-static int stats_json(const char *path, const epm_trace *t, const epm_trace_stats *s)
+static int stats_json(const char *path, const epm_trace *t, const epm_trace_stats *s, int64_t passes)
 {
     json_t *root = json_object();
     json_t *layers = json_array();
@@ -105,6 +105,7 @@ static int stats_json(const char *path, const epm_trace *t, const epm_trace_stat
     json_object_set_new(root, "has_weights", json_boolean(epm_trace_weights(t, 0) != NULL));
     json_object_set_new(root, "has_seq_ids", json_boolean(epm_trace_seq_ids(t) != NULL));
     json_object_set_new(root, "has_pass_ids", json_boolean(epm_trace_pass_ids(t) != NULL));
+    json_object_set_new(root, "passes", json_integer(passes));
     json_object_set_new(root, "mean_imbalance", json_real(s->mean_imbalance));
     json_object_set_new(root, "mean_cond_entropy_bits", json_real(s->mean_cond_entropy));
     json_object_set_new(root, "mean_topm_share", json_real(s->mean_topm_share));
@@ -120,12 +121,15 @@ static int stats_json(const char *path, const epm_trace *t, const epm_trace_stat
     return EPM_EXIT_OK;
 }
 
-static void stats_text(const char *path, const epm_trace *t, const epm_trace_stats *s)
+static void stats_text(const char *path, const epm_trace *t, const epm_trace_stats *s, int64_t passes)
 {
     int E = s->experts;
-    printf("%s: %d layers, %lld tokens, k = %d, %d experts%s%s%s\n", path, s->layers,
-           (long long)epm_trace_tokens(t), epm_trace_k(t), E, epm_trace_weights(t, 0) ? ", with weights" : "",
-           epm_trace_seq_ids(t) ? ", with seq_ids" : "", epm_trace_pass_ids(t) ? ", with pass_ids" : "");
+    printf("%s: %d layers, %lld tokens, k = %d, %d experts%s%s", path, s->layers, (long long)epm_trace_tokens(t),
+           epm_trace_k(t), E, epm_trace_weights(t, 0) ? ", with weights" : "",
+           epm_trace_seq_ids(t) ? ", with seq_ids" : "");
+    if (epm_trace_pass_ids(t))
+        printf(", with pass_ids (%lld passes)", (long long)passes);
+    printf("\n");
     printf("%5s %10s %9s %14s %9s %8s", "layer", "max load", "max/mean", "H(next|top1)", "top-m", "skipped");
     if (E <= 16)
         printf("  load per expert");
@@ -192,11 +196,14 @@ static int cmd_stats(int argc, char **argv)
         epm_trace_destroy(t);
         return cli_fail(what, st);
     }
+    int64_t passes;
     int rc = EPM_EXIT_OK;
-    if (json)
-        rc = stats_json(path, t, s);
+    if ((st = epm_trace_passes(t, &passes)) != EPM_OK)
+        rc = cli_fail(what, st);
+    else if (json)
+        rc = stats_json(path, t, s, passes);
     else
-        stats_text(path, t, s);
+        stats_text(path, t, s, passes);
     epm_trace_stats_destroy(s);
     epm_trace_destroy(t);
     return rc;

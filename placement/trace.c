@@ -1,3 +1,4 @@
+#include <stdlib.h>
 #include <string.h>
 
 #include "trace_internal.h"
@@ -104,6 +105,31 @@ epm_status epm_trace_set_pass_ids(epm_trace *t, const int32_t *pass_ids)
 }
 
 int64_t epm_trace_seq_of(const epm_trace *t, int64_t tok) { return t->seq_ids ? t->seq_ids[tok] : tok; }
+
+static int cmp_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+epm_status epm_trace_passes(const epm_trace *t, int64_t *passes)
+{
+    *passes = 0;
+    if (!t->pass_ids)
+        return EPM_OK;
+    int32_t *v = epm_malloc((size_t)(t->tokens ? t->tokens : 1) * sizeof *v);
+    if (!v)
+        return epm_fail(EPM_ERR_NOMEM, "out of memory counting a trace's passes (%lld tokens)", (long long)t->tokens);
+    int64_t n = 0;
+    for (int64_t i = 0; i < t->tokens; i++)
+        if (t->pass_ids[i] >= 0)
+            v[n++] = t->pass_ids[i];
+    qsort(v, (size_t)n, sizeof *v, cmp_i32);
+    for (int64_t i = 0; i < n; i++)
+        *passes += i == 0 || v[i] != v[i - 1];
+    epm_free(v);
+    return EPM_OK;
+}
 
 epm_status epm_trace_slice(const epm_trace *t, int64_t begin, int64_t end, epm_trace **out)
 {

@@ -63,6 +63,10 @@ EPM_API epm_status epm_trace_set_seq_ids(epm_trace *t, const int32_t *seq_ids);
 EPM_API const int32_t *epm_trace_pass_ids(const epm_trace *t);
 EPM_API epm_status epm_trace_set_pass_ids(epm_trace *t, const int32_t *pass_ids);
 
+/* The distinct passes of pass_ids (ids >= 0): what plan eval times one by
+ * one; 0 without pass_ids. */
+EPM_API epm_status epm_trace_passes(const epm_trace *t, int64_t *passes);
+
 /* Sequence of token `tok`: seq_ids[tok] if present, else tok. */
 EPM_API int64_t epm_trace_seq_of(const epm_trace *t, int64_t tok);
 

@@ -63,7 +63,7 @@ has "$d/e.map.json" '^{"physical_to_logical_map":\[\[[0-9][0-9]*\(,[0-9][0-9]*\)
 check "synth passes, drift" 0 "$E" trace synth --out "$d/drift.st" --layers 3 --experts 8 --k 2 --tokens 4000 \
   --zipf 1.2 --pass-tokens 100 --drift 1000 --seq-len 50 --seed 3
 check "stats of passes" 0 "$E" trace stats "$d/drift.st"
-has "$d/out" "with seq_ids, with pass_ids"
+has "$d/out" "with seq_ids, with pass_ids (40 passes)"
 check "eval online" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --eplb-interval 4 --eplb-slots 3 --json \
   --placement-out "$d/online.json" --mode follow
 check "eval static" 0 "$E" plan eval --trace "$d/drift.st" "$d/c.json" --json --mode follow

@@ -221,8 +221,16 @@ static void test_trace_safetensors_optional_tensors(void **state)
     const int32_t bad[2] = {0, -2};
     assert_int_equal(epm_trace_set_pass_ids(u, bad), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "pass_ids[1] = -2 is below -1"));
+    /* the passes plan eval times: distinct ids >= 0 (4 and 0 in t; 0 in u's [-1, 0]; none without) */
+    int64_t np = -1;
+    assert_int_equal(epm_trace_passes(t, &np), EPM_OK);
+    assert_int_equal(np, 2);
+    assert_int_equal(epm_trace_passes(u, &np), EPM_OK);
+    assert_int_equal(np, 1);
     assert_int_equal(epm_trace_set_pass_ids(u, NULL), EPM_OK);
     assert_null(epm_trace_pass_ids(u));
+    assert_int_equal(epm_trace_passes(u, &np), EPM_OK);
+    assert_int_equal(np, 0);
     epm_trace_destroy(u);
     epm_trace_destroy(t);
 }
