@@ -189,19 +189,30 @@ void epm_route_pick(const epm_placement *p, int layer, const int32_t *ids, int k
             continue;
         }
         /* cheapest link class first; ties broken by (key + j) so that tokens
-         * spread over equal replicas without any shared state */
+         * spread over equal replicas without any shared state. The replicas
+         * of the best class are kept as found (most experts have few copies;
+         * past 64 the class is computed again), in their order either way */
+        enum { KEEP = 64 };
+        int keep[KEEP];
         epm_link best = EPM_LINK_COUNT;
         int ties = 0;
         for (int q = 0; q < n; q++) {
             epm_link c = epm_cluster_link(&p->cluster, src, r[q]);
             if (c < best) {
                 best = c;
-                ties = 1;
-            } else if (c == best) {
+                ties = 0;
+            }
+            if (c == best) {
+                if (ties < KEEP)
+                    keep[ties] = r[q];
                 ties++;
             }
         }
         int pick = (int)((key + (uint64_t)j) % (uint64_t)ties);
+        if (pick < KEEP) {
+            ranks_out[j] = keep[pick];
+            continue;
+        }
         for (int q = 0; q < n; q++) {
             if (epm_cluster_link(&p->cluster, src, r[q]) != best)
                 continue;
