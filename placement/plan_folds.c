@@ -19,15 +19,8 @@
  * in turn: each pass's busiest rank is then estimated from its parts, each
  * scaled to the whole pass, which keeps the slack that token folds keep
  * (ilp.c). */
-#include <stdlib.h>
-
 #include "planner.h"
-
-static int cmp_i32(const void *a, const void *b)
-{
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return (x > y) - (x < y);
-}
+#include "trace_internal.h"
 
 /* The index of v in the sorted, distinct ids[n]. */
 static int64_t find(const int32_t *ids, int64_t n, int32_t v)
@@ -55,48 +48,38 @@ epm_status epm_plan_folds(const epm_trace *t, int folds, int max_folds, int32_t 
         return epm_fail(EPM_ERR_INVALID_ARG, "plan folds: folds = %d, max_folds = %d", folds, max_folds);
     const int64_t T = epm_trace_tokens(t);
     const int32_t *pass = epm_trace_pass_ids(t);
-    int32_t *f = epm_malloc((size_t)(T ? T : 1) * sizeof *f);
-    if (!f)
-        return EPM_ERR_NOMEM;
-    int any = 0;
-    for (int64_t i = 0; pass && i < T && !any; i++)
-        any = pass[i] >= 0;
-    if (!any) {
+    int32_t *ids = NULL, *f = epm_malloc((size_t)(T ? T : 1) * sizeof *f);
+    int64_t d = 0;
+    epm_status st = f ? epm_trace_pass_list(t, &ids, &d) : EPM_ERR_NOMEM;
+    if (st != EPM_OK) {
+        epm_free(f);
+        return st;
+    }
+    if (d == 0) { /* (no pass_ids, or none but -1) */
         for (int64_t i = 0; i < T; i++)
             f[i] = (int32_t)(i % folds);
         *fold_of = f;
         *nfolds = folds;
         return EPM_OK;
     }
-    /* distinct pass ids, sorted; a token of pass -1 (which run records for a token that chose no
-     * expert) is in no pass, so out of the model: fold -1 */
-    int32_t *ids = epm_malloc((size_t)(T ? T : 1) * sizeof *ids);
-    if (!ids) {
-        epm_free(f);
-        return EPM_ERR_NOMEM;
+    /* P passes are folds: all of them, or a sample; each split into m where there are fewer than
+     * the folds asked */
+    const int64_t P = d < max_folds ? d : max_folds;
+    int64_t m = 1;
+    if (d < folds) {
+        m = (folds + d - 1) / d;
+        if (m * d > max_folds)
+            m = max_folds / d > 1 ? max_folds / d : 1;
     }
-    int64_t n = 0;
-    for (int64_t i = 0; i < T; i++)
-        if (pass[i] >= 0)
-            ids[n++] = pass[i];
-    qsort(ids, (size_t)n, sizeof *ids, cmp_i32);
-    int64_t d = 0;
-    for (int64_t i = 0; i < n; i++)
-        if (d == 0 || ids[d - 1] != ids[i])
-            ids[d++] = ids[i];
-    /* fewer passes than folds asked: each pass split into m, its tokens in turn */
-    int64_t m = (folds + d - 1) / d, P = d < max_folds ? d : max_folds;
-    if (m * d > max_folds)
-        m = max_folds / d > 1 ? max_folds / d : 1;
     int64_t *seen = epm_calloc((size_t)d, sizeof *seen);
     if (!seen) {
         epm_free(ids);
         epm_free(f);
         return EPM_ERR_NOMEM;
     }
-    if (d > P)
-        m = 1;
     for (int64_t i = 0; i < T; i++) {
+        /* a token of pass -1 (which run records for a token that chose no expert) is in no pass:
+         * out of the model */
         const int64_t q = pass[i] < 0 ? -1 : find(ids, d, pass[i]);
         if (q < 0)
             f[i] = -1;

@@ -112,22 +112,37 @@ static int cmp_i32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-epm_status epm_trace_passes(const epm_trace *t, int64_t *passes)
+epm_status epm_trace_pass_list(const epm_trace *t, int32_t **ids, int64_t *n)
 {
-    *passes = 0;
-    if (!t->pass_ids)
+    *ids = NULL;
+    *n = 0;
+    int64_t m = 0;
+    for (int64_t i = 0; t->pass_ids && i < t->tokens; i++)
+        m += t->pass_ids[i] >= 0;
+    if (m == 0)
         return EPM_OK;
-    int32_t *v = epm_malloc((size_t)(t->tokens ? t->tokens : 1) * sizeof *v);
+    int32_t *v = epm_malloc((size_t)m * sizeof *v);
     if (!v)
-        return epm_fail(EPM_ERR_NOMEM, "out of memory counting a trace's passes (%lld tokens)", (long long)t->tokens);
-    int64_t n = 0;
+        return EPM_ERR_NOMEM; /* (epm_malloc said which allocation) */
+    m = 0;
     for (int64_t i = 0; i < t->tokens; i++)
         if (t->pass_ids[i] >= 0)
-            v[n++] = t->pass_ids[i];
-    qsort(v, (size_t)n, sizeof *v, cmp_i32);
-    for (int64_t i = 0; i < n; i++)
-        *passes += i == 0 || v[i] != v[i - 1];
-    epm_free(v);
+            v[m++] = t->pass_ids[i];
+    qsort(v, (size_t)m, sizeof *v, cmp_i32);
+    int64_t d = 0;
+    for (int64_t i = 0; i < m; i++)
+        if (d == 0 || v[d - 1] != v[i])
+            v[d++] = v[i];
+    *ids = v;
+    *n = d;
+    return EPM_OK;
+}
+
+epm_status epm_trace_passes(const epm_trace *t, int64_t *passes)
+{
+    int32_t *ids;
+    EPM_CHECK(epm_trace_pass_list(t, &ids, passes));
+    epm_free(ids);
     return EPM_OK;
 }
 

@@ -18,4 +18,8 @@ struct epm_trace {
  * expert twice in a row. label names the source in errors. */
 epm_status epm_trace_check_ids(const epm_trace *t, const char *label);
 
+/* The distinct pass ids >= 0, sorted: *ids (epm_malloc'd, NULL when none) and
+ * their count. */
+epm_status epm_trace_pass_list(const epm_trace *t, int32_t **ids, int64_t *n);
+
 #endif
