@@ -69,7 +69,7 @@ typedef struct {
     int64_t *fmax;        /* [L * F] the cell's busiest rank load (of frload) */
     int64_t *fmax_sum;    /* [L] */
     double *fcm;          /* [L * F] the cell's busiest-rank comm units (of fcomm) */
-    double *fcm_sum;      /* [L] (for the tolerance only: a running sum) */
+    double *fcm_sum;      /* [L] (for a move's tolerance only; summed afresh when a move is kept) */
     uint32_t *cstamp, cepoch, *mstamp, mepoch; /* [L * F] cells of dcomm in use / of fmax changed */
     int64_t *ccells, nccells, *mcells, nmcells, *mold;
     int *dirty;           /* [L] layers whose dcomm is in use */
@@ -227,14 +227,15 @@ static double touched(search *s, const int *le, int n, double sign)
     return sum;
 }
 
-static int64_t layer_max(const search *s, int l)
+static int64_t max_of(const int64_t *v, int n)
 {
     int64_t mx = 0;
-    const int64_t *ld = s->rload + (size_t)l * (size_t)s->x->R;
-    for (int r = 0; r < s->x->R; r++)
-        mx = ld[r] > mx ? ld[r] : mx;
+    for (int r = 0; r < n; r++)
+        mx = v[r] > mx ? v[r] : mx;
     return mx;
 }
+
+static int64_t layer_max(const search *s, int l) { return max_of(s->rload + (size_t)l * (size_t)s->x->R, s->x->R); }
 
 static void place(search *s, int le, int r, int add)
 {
@@ -377,14 +378,7 @@ static epm_status model_init(search *s)
     return EPM_OK;
 }
 
-static int64_t fold_max(const search *s, size_t cell)
-{
-    int64_t mx = 0;
-    const int64_t *ld = s->frload + cell * (size_t)s->x->R;
-    for (int r = 0; r < s->x->R; r++)
-        mx = ld[r] > mx ? ld[r] : mx;
-    return mx;
-}
+static int64_t fold_max(const search *s, size_t cell) { return max_of(s->frload + cell * (size_t)s->x->R, s->x->R); }
 
 /* Every cell's terms and their sums per layer, for the placement as placed. */
 static void model_terms(search *s)
