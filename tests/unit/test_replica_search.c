@@ -8,6 +8,7 @@
 #include "test_util.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "planner.h"
@@ -391,6 +392,91 @@ static void test_folds(void **state)
     epm_trace_destroy(t);
 }
 
+/* The folds' invariants over random traces: every fold in [-1, nfolds); a
+ * token of pass -1 in none; without passes, or with none but -1, i mod
+ * folds; each pass's tokens in its own folds (none shared with another
+ * pass); past max_folds, exactly max_folds passes in the model, whole; with
+ * fewer passes than folds asked, every pass split into the same number of
+ * parts (at most max_folds in all), each part nonempty where the pass has
+ * tokens enough. */
+static void test_folds_random(void **state)
+{
+    (void)state;
+    uint64_t rng = 99;
+    for (int round = 0; round < 300; round++) {
+        const int64_t T = 1 + (int64_t)(epm_splitmix64(&rng) % 200);
+        const int folds = 1 + (int)(epm_splitmix64(&rng) % 12), maxf = 1 + (int)(epm_splitmix64(&rng) % 40);
+        const int span = 1 + (int)(epm_splitmix64(&rng) % 60); /* pass ids in [-1, span) */
+        epm_trace *t;
+        assert_int_equal(epm_trace_create(1, T, 1, 2, &t), EPM_OK);
+        int32_t *pass = malloc((size_t)T * sizeof *pass);
+        assert_non_null(pass);
+        for (int64_t i = 0; i < T; i++)
+            pass[i] = (int32_t)(epm_splitmix64(&rng) % (uint64_t)(span + 1)) - 1;
+        if (round % 5 == 0) /* (no pass_ids at all) */
+            assert_int_equal(epm_trace_set_pass_ids(t, NULL), EPM_OK);
+        else
+            assert_int_equal(epm_trace_set_pass_ids(t, pass), EPM_OK);
+        int32_t *f;
+        int n;
+        assert_int_equal(epm_plan_folds(t, folds, maxf, &f, &n), EPM_OK);
+        int64_t d;
+        assert_int_equal(epm_trace_passes(t, &d), EPM_OK);
+        if (d == 0) {
+            assert_int_equal(n, folds);
+            for (int64_t i = 0; i < T; i++)
+                assert_int_equal(f[i], (int32_t)(i % folds));
+        } else {
+            assert_true(n >= 1 && n <= (maxf > folds ? maxf : folds));
+            int32_t owner[64];
+            for (int q = 0; q < n; q++)
+                owner[q] = -2;
+            int in_model[61] = {0};
+            for (int64_t i = 0; i < T; i++) {
+                assert_true(f[i] >= -1 && f[i] < n);
+                if (pass[i] < 0) {
+                    assert_int_equal(f[i], -1);
+                    continue;
+                }
+                if (f[i] < 0)
+                    continue;
+                in_model[pass[i]] = 1;
+                if (owner[f[i]] == -2)
+                    owner[f[i]] = pass[i];
+                assert_int_equal(owner[f[i]], pass[i]); /* a fold holds one pass's tokens */
+            }
+            int64_t sampled = 0;
+            for (int p = 0; p < span; p++)
+                sampled += in_model[p];
+            for (int64_t i = 0; i < T; i++) /* a pass is in the model whole, or not at all */
+                if (pass[i] >= 0)
+                    assert_int_equal(f[i] >= 0, in_model[pass[i]]);
+            if (d > maxf) {
+                assert_int_equal(sampled, maxf);
+                assert_int_equal(n, maxf);
+            } else {
+                /* m parts a pass: enough for the folds asked, fewer where max_folds bounds them */
+                int64_t m = d >= folds ? 1 : (folds + d - 1) / d;
+                if (m * d > maxf)
+                    m = maxf / d > 1 ? maxf / d : 1;
+                assert_int_equal(sampled, d);
+                assert_int_equal(n, d * m);
+                int64_t used = 0, want = 0, count[61] = {0};
+                for (int q = 0; q < n; q++)
+                    used += owner[q] != -2;
+                for (int64_t i = 0; i < T; i++)
+                    count[pass[i] + 1]++;
+                for (int p = 0; p < span; p++)
+                    want += count[p + 1] < m ? count[p + 1] : m;
+                assert_int_equal(used, want); /* each part of a pass nonempty where it has m tokens */
+            }
+        }
+        epm_free(f);
+        free(pass);
+        epm_trace_destroy(t);
+    }
+}
+
 static int close_to(double a, double b) { return fabs(a - b) <= 1e-9 * (fabs(a) + fabs(b) + 1.0); }
 
 /* With one fold, or a trace's passes, what the search minimises is
@@ -448,7 +534,8 @@ int main(void)
         cmocka_unit_test(test_no_time),               cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_finds_affinity),        cmocka_unit_test(test_ilp_with_spares),
         cmocka_unit_test(test_ilp_fills_every_slot), cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_folds),                 cmocka_unit_test(test_model_is_eval_time),
+        cmocka_unit_test(test_folds),                 cmocka_unit_test(test_folds_random),
+        cmocka_unit_test(test_model_is_eval_time),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
