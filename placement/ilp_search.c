@@ -364,16 +364,13 @@ static epm_status model_init(search *s)
         s->fl_start[le + 1] = nfl;
     }
     epm_free(acc);
+    /* the start's comm model (cepoch is 0, as every cell's stamp: no cell is listed as a move's) */
     for (size_t l = 0; l < L; l++)
         for (size_t tok = 0; tok < T; tok++)
             (void)tok_cost(s, (int)l, tok, 1.0);
     memcpy(s->fcomm, s->dcomm, cells * sizeof *s->fcomm);
     memset(s->dcomm, 0, cells * sizeof *s->dcomm);
     memset(s->is_dirty, 0, L ? L : 1);
-    memset(s->cstamp, 0, LF * sizeof *s->cstamp);
-    s->nccells = 0;
-    s->cepoch = 1;
-    s->mepoch = 0;
     s->ndirty = 0;
     return EPM_OK;
 }
