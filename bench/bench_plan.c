@@ -63,6 +63,8 @@ static void usage(void)
            "  --pass-tokens P  the trace in passes of P tokens, as run --trace-out records them: every\n"
            "                   row's modelled time is taken pass by pass, as plan eval does, and the\n"
            "                   ILP plans so (default: 256 with --eplb-interval, else no passes)\n"
+           "  --hier on|off    price every row on the hierarchical path (run --hier on; plan eval --hier):\n"
+           "                   bytes are then its wire's, and the modelled time its (default off: flat)\n"
            "  --quiet          no solver progress on stderr\n"
            "  --csv            one CSV row per (shape, mode, method)\n");
 }
@@ -107,8 +109,8 @@ static epm_status run_one(const epm_trace *plan_half, const epm_trace *eval_half
     for (int l = 0; l < r->layers; l++)
         ml += (double)r->layer[l].max_load;
     out->max_load = ml / (r->layers ? r->layers : 1);
-    for (int k = 0; k < EPM_LINK_COUNT; k++)
-        out->bytes[k] = (double)r->total_bytes[k];
+    for (int k = 0; k < EPM_LINK_COUNT; k++) /* (the wire's: the counted bytes on the flat path) */
+        out->bytes[k] = (double)r->wire_bytes[k];
     out->t_total = r->t_total;
     out->rebalances = r->rebalances;
     out->moved = r->moved;
@@ -143,7 +145,7 @@ static epm_status passes_from_zero(epm_trace *t)
 static double ratio(double a, double b) { return b != 0.0 ? a / b : (a == 0.0 ? 1.0 : INFINITY); }
 
 enum { O_SHAPE = 256, O_MODE, O_TOKENS, O_TIME, O_GAP, O_ZIPF, O_AFF, O_SEED, O_CSV, O_QUIET, O_DRIFT, O_EPLBI, O_EPLBW,
-       O_PASS, O_EPLBG, O_XB, O_EPLBLAG, O_GROUPS, O_TOPKG, O_SLOTS, O_HELP };
+       O_PASS, O_EPLBG, O_XB, O_EPLBLAG, O_GROUPS, O_TOPKG, O_SLOTS, O_HIER, O_HELP };
 static const struct option opts[] = {
     {"shape", required_argument, 0, O_SHAPE},   {"mode", required_argument, 0, O_MODE},
     {"tokens", required_argument, 0, O_TOKENS}, {"time-limit", required_argument, 0, O_TIME},
@@ -155,6 +157,7 @@ static const struct option opts[] = {
     {"eplb-min-gain", required_argument, 0, O_EPLBG}, {"expert-bytes", required_argument, 0, O_XB},
     {"eplb-lag", required_argument, 0, O_EPLBLAG},  {"groups", required_argument, 0, O_GROUPS},
     {"topk-groups", required_argument, 0, O_TOPKG}, {"slots", required_argument, 0, O_SLOTS},
+    {"hier", required_argument, 0, O_HIER},
     {"help", no_argument, 0, O_HELP},           {0, 0, 0, 0}};
 
 int epm_bench_plan(int argc, char **argv)
@@ -167,7 +170,7 @@ int epm_bench_plan(int argc, char **argv)
     long drift = 0, eplb_i = 0, eplb_w = 0, pass_tokens = 256, lag = 0, groups = 0, topk_groups = 0, slots = 0;
     double eplb_g = 0;
     long xb = -1;
-    int pass_given = 0;
+    int pass_given = 0, hier = 0;
     int csv = 0, quiet = 0;
     int c;
     if (cli_exact_options(what, argc, argv, opts, 0) != EPM_EXIT_OK)
@@ -249,6 +252,12 @@ int epm_bench_plan(int argc, char **argv)
                 return EPM_EXIT_USAGE;
             pass_given = 1;
             break;
+        case O_HIER: {
+            static const char *const onoff[] = {"off", "on", NULL};
+            if (!cli_parse_choice(what, "--hier", optarg, onoff, &hier))
+                return EPM_EXIT_USAGE;
+            break;
+        }
         case O_QUIET:
             quiet = 1;
             break;
@@ -347,6 +356,8 @@ int epm_bench_plan(int argc, char **argv)
             printf(", %ld slots a rank (%ld spare)", slots, slots * sh->nodes * sh->gpn - sh->experts);
         if (!csv && so.tokens_per_pass)
             printf(", passes of %ld tokens", pass_tokens);
+        if (!csv && hier)
+            printf(", priced on the hierarchical path (bytes: its wire's)");
         if (!csv)
             printf("\n");
         for (int mi = 0; mi < nmodes; mi++) {
@@ -364,6 +375,7 @@ int epm_bench_plan(int argc, char **argv)
             eo.mode = po.mode;
             eo.hidden_bytes = (int64_t)po.hidden * 2;
             eo.kv_row_bytes = (int64_t)po.kv_dim * 2;
+            eo.hierarchical = hier;
             /* (a model of GPUs, whose experts online rebalancing copies between them as vLLM does:
              * Mixtral-8x7B's in bf16, the expert whose FLOPs eo models, unless told) */
             eo.expert_bytes = xb >= 0 ? xb : cli_expert_bytes(2, 4096, 14336);

@@ -37,6 +37,11 @@ typedef struct epm_xcomm_opts {
     epm_xcomm_hier hier;
 } epm_xcomm_opts;
 
+/* 1 when exchanges between `nodes` nodes of per_node ranks take the
+ * hierarchical path under h (what a communicator resolves at creation; plan
+ * eval prices the same path). */
+int epm_xcomm_hier_takes(epm_xcomm_hier h, int nodes, int per_node);
+
 /* Defaults: real nodes, alltoallv, hier auto. */
 void epm_xcomm_opts_init(epm_xcomm_opts *o);
 /* Overrides a2a and hier from EPM_A2A=alltoallv|p2p|staged|nccl and
@@ -125,7 +130,10 @@ epm_status epm_xcomm_exchange_start_lent(epm_xcomm *x, int64_t n, const int *des
  * them on the others: no rank is left waiting). The caller's own rank
  * may be listed: that copy is delivered without MPI, as epm_xcomm_exchange
  * delivers rows to oneself. A row with no rank listed is not sent. slots
- * may differ between ranks (0 = nothing sent).
+ * may differ between ranks (0 = nothing sent). keys[i] (keys NULL: i)
+ * picks among the gateways of row i on the hierarchical path where no
+ * choice is free (epm_hier_gateways, hier_route.h); what is delivered does
+ * not depend on it, only which ranks forward it.
  *
  * Every rank receives exactly what epm_xcomm_exchange would deliver had the
  * caller replicated row i once per listed rank: the same rows, ordered by
@@ -143,16 +151,20 @@ epm_status epm_xcomm_exchange_start_lent(epm_xcomm *x, int64_t n, const int *des
  * buffer variants mirror epm_xcomm_exchange's: the same request and waits
  * (epm_xcomm_exchange_wait, _wait_buf, _cancel); the hierarchical path runs
  * its second and third hops in the wait. */
-epm_status epm_xcomm_exchange_multi(epm_xcomm *x, int64_t n, int slots, const int *dest, const float *rows, int width,
+epm_status epm_xcomm_exchange_multi(epm_xcomm *x, int64_t n, int slots, const int *dest, const uint64_t *keys,
+ const float *rows, int width,
                                     int payload_floats, int64_t counted[EPM_LINK_COUNT], float **out_rows,
                                     int **out_src, int64_t *out_n);
-epm_status epm_xcomm_exchange_multi_start(epm_xcomm *x, int64_t n, int slots, const int *dest, const float *rows,
+epm_status epm_xcomm_exchange_multi_start(epm_xcomm *x, int64_t n, int slots, const int *dest, const uint64_t *keys,
+ const float *rows,
                                           int width, int payload_floats, int64_t counted[EPM_LINK_COUNT],
                                           epm_xcomm_req **req);
-epm_status epm_xcomm_exchange_multi_buf(epm_xcomm *x, int64_t n, int slots, const int *dest, const float *rows,
+epm_status epm_xcomm_exchange_multi_buf(epm_xcomm *x, int64_t n, int slots, const int *dest, const uint64_t *keys,
+ const float *rows,
                                         int width, int payload_floats, int64_t counted[EPM_LINK_COUNT],
                                         epm_xcomm_buf *out);
-epm_status epm_xcomm_exchange_multi_start_buf(epm_xcomm *x, int64_t n, int slots, const int *dest, const float *rows,
+epm_status epm_xcomm_exchange_multi_start_buf(epm_xcomm *x, int64_t n, int slots, const int *dest, const uint64_t *keys,
+ const float *rows,
                                               int width, int payload_floats, int64_t counted[EPM_LINK_COUNT],
                                               epm_xcomm_buf *out, epm_xcomm_req **req);
 

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hier_route.h"
 #include "xcomm_internal.h"
 
 /* One hop: n rows of rb bytes, row i to dest[i] (-1: not sent). */
@@ -267,25 +268,24 @@ static void req_free(epm_xcomm_req *q)
  * every other node in one message per node: every rank is a gateway, for
  * the rows to its own local index, so the traffic between nodes spreads
  * over all ranks and a row makes at most two hops. */
-static int gateway(const epm_xcomm *x, int dst) { return x->node_of[x->rank] * x->per_node + dst % x->per_node; }
 
 /* The gathering hop's rows are written with their header straight into
  * gateway order, so the hop sends them from there (no second pack). */
 static epm_status hier_start(epm_xcomm_req *q, int64_t n, const int *dest, const float *rows)
 {
     epm_xcomm *x = q->x;
-    int R = x->size, W = q->width, me = x->rank, mine = x->node_of[me];
+    int R = x->size, W = q->width, me = x->rank;
     size_t rb = HDR + (size_t)W * sizeof(float);
     char *aug = pool_get(x, (size_t)n * rb);
     int *hd = pool_get(x, (size_t)n * sizeof *hd);
     int64_t *at = epm_calloc((size_t)R + 1, sizeof *at);
     epm_status st = aug && hd && at ? EPM_OK : EPM_ERR_NOMEM;
     for (int64_t i = 0; i < n && st == EPM_OK; i++)
-        at[(x->node_of[dest[i]] == mine ? dest[i] : gateway(x, dest[i])) + 1]++;
+        at[epm_hier_gateway(me, x->per_node, dest[i]) + 1]++;
     for (int r = 0; r < R && st == EPM_OK; r++)
         at[r + 1] += at[r];
     for (int64_t i = 0; i < n && st == EPM_OK; i++) {
-        int g = x->node_of[dest[i]] == mine ? dest[i] : gateway(x, dest[i]);
+        int g = epm_hier_gateway(me, x->per_node, dest[i]);
         int64_t j = at[g]++;
         int32_t h2[2] = {me, dest[i]};
         memcpy(aug + (size_t)j * rb, h2, HDR);
@@ -520,48 +520,29 @@ static epm_status mpack(epm_xcomm_req *q, int hopi, const memit *e, const char *
     return st;
 }
 
-/* Hop 0 from the caller's rows (validated; ne valid destinations in all). */
-static epm_status mhier_start(epm_xcomm_req *q, int64_t n, int slots, const int *dest, const float *rows, int64_t ne)
+/* Hop 0 from the caller's rows (validated; ne valid destinations in all):
+ * each row's gateways are epm_hier_gateways' (keys NULL: the row's index) */
+static epm_status mhier_start(epm_xcomm_req *q, int64_t n, int slots, const int *dest, const uint64_t *keys,
+                              const float *rows, int64_t ne)
 {
     epm_xcomm *x = q->x;
-    int P = x->per_node, me = x->rank, mine = x->node_of[me];
     memit e;
     mscratch m;
-    epm_status ast = memit_alloc(x, &e, &m, ne);
-    if (ast != EPM_OK)
+    int *gw = epm_malloc((size_t)(slots ? slots : 1) * sizeof *gw);
+    epm_status ast = gw ? memit_alloc(x, &e, &m, ne) : EPM_ERR_NOMEM;
+    if (ast != EPM_OK) {
+        epm_free(gw);
         return hop_poison(x, ast);
+    }
     for (int64_t i = 0; i < n; i++) {
-        const int *dr = slots ? dest + (size_t)i * slots : NULL;
+        const int *dr = dest + (size_t)i * slots;
+        epm_hier_gateways(x->rank, x->per_node, slots, dr, keys ? keys[i] : (uint64_t)i, gw);
         for (int j = 0; j < slots; j++)
-            if (dr[j] >= 0 && x->node_of[dr[j]] == mine)
-                mserve(x, &m, i, dr[j], dr[j]);
-        for (int j = 0; j < slots; j++) {
-            int nd = dr[j] >= 0 ? x->node_of[dr[j]] : mine, first = nd != mine;
-            for (int a = 0; a < j && first; a++)
-                first = !(dr[a] >= 0 && x->node_of[dr[a]] == nd);
-            if (!first)
-                continue;
-            /* the gateway for node nd: a destination's local index there */
-            int cnt = 0, chan = -1;
-            for (int a = j; a < slots; a++)
-                if (dr[a] >= 0 && x->node_of[dr[a]] == nd) {
-                    int l = dr[a] % P;
-                    cnt++;
-                    if (l == me % P)
-                        chan = l;
-                }
-            for (int a = j; a < slots && chan < 0; a++)
-                if (dr[a] >= 0 && x->node_of[dr[a]] == nd && m.seen[mine * P + dr[a] % P] == i + 1)
-                    chan = dr[a] % P;
-            for (int a = j, pick = (int)(((uint64_t)i + (uint64_t)nd) % (uint64_t)cnt); a < slots && chan < 0; a++)
-                if (dr[a] >= 0 && x->node_of[dr[a]] == nd && pick-- == 0)
-                    chan = dr[a] % P;
-            for (int a = j; a < slots; a++)
-                if (dr[a] >= 0 && x->node_of[dr[a]] == nd)
-                    mserve(x, &m, i, mine * P + chan, dr[a]);
-        }
+            if (dr[j] >= 0)
+                mserve(x, &m, i, gw[j], dr[j]);
         memit_row(x, &e, &m, i);
     }
+    epm_free(gw);
     epm_status st = mpack(q, 0, &e, NULL, (const char *)rows, (size_t)q->width * sizeof(float), &q->aug);
     memit_free(x, &e, &m);
     return st;
@@ -697,7 +678,8 @@ static epm_status req_new(epm_xcomm *x, int width, int payload_floats, int nhops
     return EPM_OK;
 }
 
-static epm_status mstart(epm_xcomm *x, int64_t n, int slots, const int *dest, const float *rows, int width,
+static epm_status mstart(epm_xcomm *x, int64_t n, int slots, const int *dest, const uint64_t *keys,
+                         const float *rows, int width,
                          int payload_floats, int64_t counted[EPM_LINK_COUNT], epm_xcomm_buf *out, epm_xcomm_req **req)
 {
     *req = NULL;
@@ -736,7 +718,7 @@ static epm_status mstart(epm_xcomm *x, int64_t n, int slots, const int *dest, co
                 counted[epm_xcomm_link(x, x->rank, dest[k])] += (int64_t)q->payload;
     epm_status st;
     if (x->hier) {
-        st = mhier_start(q, n, slots, dest, rows, ne);
+        st = mhier_start(q, n, slots, dest, keys, rows, ne);
     } else {
         /* flat: one copy per destination, packed straight from the caller's rows */
         int *de = pool_get(x, (size_t)ne * sizeof *de);
@@ -915,21 +897,24 @@ epm_status epm_xcomm_exchange_buf(epm_xcomm *x, int64_t n, const int *dest, cons
     return epm_xcomm_exchange_wait_buf(q);
 }
 
-epm_status epm_xcomm_exchange_multi_start_buf(epm_xcomm *x, int64_t n, int slots, const int *dest, const float *rows,
+epm_status epm_xcomm_exchange_multi_start_buf(epm_xcomm *x, int64_t n, int slots, const int *dest, const uint64_t *keys,
+ const float *rows,
                                               int width, int payload_floats, int64_t counted[EPM_LINK_COUNT],
                                               epm_xcomm_buf *out, epm_xcomm_req **req)
 {
-    return mstart(x, n, slots, dest, rows, width, payload_floats, counted, out, req);
+    return mstart(x, n, slots, dest, keys, rows, width, payload_floats, counted, out, req);
 }
 
-epm_status epm_xcomm_exchange_multi_start(epm_xcomm *x, int64_t n, int slots, const int *dest, const float *rows,
+epm_status epm_xcomm_exchange_multi_start(epm_xcomm *x, int64_t n, int slots, const int *dest, const uint64_t *keys,
+ const float *rows,
                                           int width, int payload_floats, int64_t counted[EPM_LINK_COUNT],
                                           epm_xcomm_req **req)
 {
-    return mstart(x, n, slots, dest, rows, width, payload_floats, counted, NULL, req);
+    return mstart(x, n, slots, dest, keys, rows, width, payload_floats, counted, NULL, req);
 }
 
-epm_status epm_xcomm_exchange_multi(epm_xcomm *x, int64_t n, int slots, const int *dest, const float *rows, int width,
+epm_status epm_xcomm_exchange_multi(epm_xcomm *x, int64_t n, int slots, const int *dest, const uint64_t *keys,
+ const float *rows, int width,
                                     int payload_floats, int64_t counted[EPM_LINK_COUNT], float **out_rows,
                                     int **out_src, int64_t *out_n)
 {
@@ -937,15 +922,16 @@ epm_status epm_xcomm_exchange_multi(epm_xcomm *x, int64_t n, int slots, const in
     *out_rows = NULL;
     *out_src = NULL;
     *out_n = 0;
-    EPM_CHECK(mstart(x, n, slots, dest, rows, width, payload_floats, counted, NULL, &q));
+    EPM_CHECK(mstart(x, n, slots, dest, keys, rows, width, payload_floats, counted, NULL, &q));
     return epm_xcomm_exchange_wait(q, out_rows, out_src, out_n);
 }
 
-epm_status epm_xcomm_exchange_multi_buf(epm_xcomm *x, int64_t n, int slots, const int *dest, const float *rows,
+epm_status epm_xcomm_exchange_multi_buf(epm_xcomm *x, int64_t n, int slots, const int *dest, const uint64_t *keys,
+ const float *rows,
                                         int width, int payload_floats, int64_t counted[EPM_LINK_COUNT],
                                         epm_xcomm_buf *out)
 {
     epm_xcomm_req *q;
-    EPM_CHECK(mstart(x, n, slots, dest, rows, width, payload_floats, counted, out, &q));
+    EPM_CHECK(mstart(x, n, slots, dest, keys, rows, width, payload_floats, counted, out, &q));
     return epm_xcomm_exchange_wait_buf(q);
 }

@@ -185,7 +185,7 @@ epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
     }
     if (st == EPM_OK) {
         x->a2a = o->a2a;
-        x->hier = x->nodes > 1 && (o->hier == EPM_XHIER_ON || (o->hier == EPM_XHIER_AUTO && x->per_node > 2));
+        x->hier = epm_xcomm_hier_takes(o->hier, x->nodes, x->per_node);
         st = make_transport(x);
     }
     /* a transport that failed on one rank (no GPU, no memory there) fails on all */
@@ -221,6 +221,11 @@ void epm_xcomm_cluster(const epm_xcomm *x, epm_cluster *c)
 }
 
 int epm_xcomm_hierarchical(const epm_xcomm *x) { return x->hier; }
+
+int epm_xcomm_hier_takes(epm_xcomm_hier h, int nodes, int per_node)
+{
+    return nodes > 1 && (h == EPM_XHIER_ON || (h == EPM_XHIER_AUTO && per_node > 2));
+}
 epm_xcomm_a2a epm_xcomm_transport(const epm_xcomm *x) { return x->a2a; }
 int epm_xcomm_node_of(const epm_xcomm *x, int rank) { return x->node_of[rank]; }
 

@@ -283,7 +283,7 @@ static epm_status attend(rt *r, int l, int64_t n, const int64_t *g, float *h, in
         /* every rank keeps every sequence's cache: all-gather the new rows,
          * mine among them, so that each rank caches the same values */
         int ml = r->moe_index[l];
-        int64_t *cnt = ml >= 0 ? r->kv_local + (size_t)ml * EPM_LINK_COUNT : NULL, sent[EPM_LINK_COUNT] = {0};
+        int64_t *cnt = ml >= 0 ? r->kv_local + (size_t)ml * EPM_LINK_COUNT : r->kv_dense_local, sent[EPM_LINK_COUNT] = {0};
         for (int64_t i = 0; i < n && packed; i++) { /* packed in place: a packed row is no wider */
             float *row = kv + i * RW;
             int64_t gi = get_g(kv + i * W);
@@ -566,6 +566,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     const int P = epm_wire_dispatch_floats(r, H), W = 2 + P + 2 * K;
     float *rows = epm_malloc((size_t)(n ? n : 1) * (K + 1) * W * sizeof *rows);
     int *dest = epm_malloc((size_t)(n ? n : 1) * (K + 1) * sizeof *dest);
+    uint64_t *keys = epm_malloc((size_t)(n ? n : 1) * sizeof *keys); /* (the hierarchical path's: hier_route.h) */
     float *probs = epm_malloc((size_t)4 * E * sizeof *probs); /* gate's scratch */
     int32_t *ids = epm_malloc((size_t)(n ? n : 1) * K * sizeof *ids);
     float *wts = epm_malloc((size_t)(n ? n : 1) * K * sizeof *wts);
@@ -576,7 +577,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     int64_t nrecv = 0, npr = 0;
     int64_t *ng = NULL;
     float *nh = NULL;
-    if (!rows || !dest || !probs || !ids || !wts || !dst) {
+    if (!rows || !dest || !keys || !probs || !ids || !wts || !dst) {
         st = EPM_ERR_NOMEM;
         goto out;
     }
@@ -618,6 +619,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         for (int j = nd; j < K; j++)
             dest[nsend * K + j] = -1;
         float *row = rows + nsend * W;
+        keys[nsend] = (uint64_t)g[i];
         put_g(row, g[i]);
         epm_wire_dispatch_put(r, row + 2, H, h + i * H, x2 + i * H);
         for (int q = 0; q < K; q++) {
@@ -628,7 +630,7 @@ static epm_status moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
     }
     int64_t *cnt = r->bytes_local + (size_t)ml * EPM_LINK_COUNT, sent[EPM_LINK_COUNT] = {0};
     EPM_CHECK_GOTO(sync(r, EPM_OK), st, out);
-    EPM_CHECK_GOTO(epm_xcomm_exchange_multi(r->x, nsend, K, dest, rows, W, P, sent, &recv, &rsrc, &nrecv), st, out);
+    EPM_CHECK_GOTO(epm_xcomm_exchange_multi(r->x, nsend, K, dest, keys, rows, W, P, sent, &recv, &rsrc, &nrecv), st, out);
     epm_wire_count(P, epm_wire_dispatch_bytes(r, H), sent, cnt);
     r->rep->t_dispatch += epm_now() - t0;
 
@@ -942,6 +944,7 @@ out:
     epm_free(x2);
     epm_free(rows);
     epm_free(dest);
+    epm_free(keys);
     epm_free(probs);
     epm_free(ids);
     epm_free(wts);
@@ -2602,6 +2605,10 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.kv_local, r.moe_layers * EPM_LINK_COUNT), st, fail_gen);
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.load_local, r.moe_layers * r.R), st, fail_gen);
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.gather_local, EPM_LINK_COUNT), st, fail_gen);
+    EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.kv_dense_local, EPM_LINK_COUNT), st, fail_gen);
+    EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.mod_local, EPM_LINK_COUNT), st, fail_gen);
+    memcpy(rep->dense_kv_bytes, r.kv_dense_local, sizeof rep->dense_kv_bytes);
+    memcpy(rep->mod_score_bytes, r.mod_local, sizeof rep->mod_score_bytes);
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.layer_tokens, c->num_layers), st, fail_gen);
     {
         epm_xcomm_wire wire, copies = {0};

@@ -261,6 +261,12 @@ typedef struct epm_run_report {
     int64_t wire_bytes[EPM_LINK_COUNT]; /* what went over the links (differs from bytes only on the
                                            hierarchical path, which forwards through gateways) */
     int64_t wire_msgs[EPM_LINK_COUNT];
+    int64_t dense_kv_bytes[EPM_LINK_COUNT]; /* follow mode: the K/V all-gather of layers without experts
+                                               (DeepSeek's first dense layers), in wire_bytes but in no MoE
+                                               layer's kv_bytes: plan eval models MoE layers, and predicts
+                                               wire_bytes less these and mod_score_bytes */
+    int64_t mod_score_bytes[EPM_LINK_COUNT]; /* Mixture-of-Depths: the all-gather of router scores (2 floats a
+                                                token and layer), in wire_bytes, not in the model's bytes */
     int hierarchical;      /* exchanges took the hierarchical (2DH) path */
     int eplb_rebalances;   /* online rebalancing (epm_run_opts.eplb_interval): placements taken */
     int64_t eplb_moved;    /* experts the ranks gained over them (a replica on a rank that lacked it) */

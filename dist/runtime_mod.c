@@ -189,7 +189,7 @@ static epm_status gather_scores(rt *r, int l, int64_t n, const int64_t *g, const
     int64_t na = 0;
     epm_status st = epm_rt_sync(r, EPM_OK);
     if (st == EPM_OK)
-        st = epm_xcomm_allgather(r->x, n, rows, 4, 2, NULL, &all, &na);
+        st = epm_xcomm_allgather(r->x, n, rows, 4, 2, r->mod_local, &all, &na);
     epm_free(rows);
     if (st != EPM_OK)
         return st;

@@ -9,6 +9,7 @@
 #include "core.h"
 #include "epmoe/model.h"
 #include "half.h"
+#include "xcomm.h"
 
 static const char plan_usage[] =
     "usage: epmoe plan --trace FILE [options]\n"
@@ -115,13 +116,19 @@ static const char eval_usage[] =
     "  --placement-out FILE  the placement the last pass ran under (one placement, one mode; with\n"
     "                        --eplb-lag, one still in flight at the end), as run --placement-out\n"
     "                        writes it\n"
+    "  --hier auto|on|off    the path run's exchanges take between nodes, as run --hier (default auto:\n"
+    "                        hierarchical between nodes of more than 2 ranks): on the hierarchical one\n"
+    "                        (a dispatch crosses to each node once, through gateways; Tutel's 2DH) the\n"
+    "                        modelled time prices its wire, printed beside the counted bytes, which\n"
+    "                        run counts whatever the path\n"
     "  --per-layer           also print every layer\n"
     "  --json                JSON instead of text\n";
 
 enum {
     O_TRACE = 256, O_EXPERTS, O_METHOD, O_MODE, O_NODES, O_GPN, O_CLUSTER, O_INTRA, O_INTER, O_SLOTS, O_TLIM,
     O_GAP, O_HIDDEN, O_BW, O_TW, O_OUT, O_EPLB, O_JSON, O_QUIET, O_DTB, O_KV, O_FFN, O_PERLAYER, O_MODEL, O_WIRE,
-    O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_XB, O_EPLBF, O_RGBPS, O_EPLBLAG, O_EDT, O_GROUPS, O_REDUNDANT, O_HELP
+    O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_XB, O_EPLBF, O_RGBPS, O_EPLBLAG, O_EDT, O_GROUPS, O_REDUNDANT, O_HIER,
+    O_HELP
 };
 
 static const struct option plan_opts[] = {
@@ -137,7 +144,8 @@ static const struct option plan_opts[] = {
     {"quiet", no_argument, 0, O_QUIET},             {"dtype-bytes", required_argument, 0, O_DTB},
     {"kv-dim", required_argument, 0, O_KV},         {"ffn", required_argument, 0, O_FFN},
     {"per-layer", no_argument, 0, O_PERLAYER},      {"model", required_argument, 0, O_MODEL},
-    {"wire-dtype", required_argument, 0, O_WIRE},   {"eplb-interval", required_argument, 0, O_EPLBI},
+    {"wire-dtype", required_argument, 0, O_WIRE},   {"hier", required_argument, 0, O_HIER},
+      {"eplb-interval", required_argument, 0, O_EPLBI},
     {"eplb-window", required_argument, 0, O_EPLBW}, {"eplb-slots", required_argument, 0, O_EPLBS},
     {"placement-out", required_argument, 0, O_POUT}, {"eplb-min-gain", required_argument, 0, O_EPLBG},
     {"expert-bytes", required_argument, 0, O_XB},   {"eplb-from", required_argument, 0, O_EPLBF},
@@ -374,6 +382,7 @@ typedef struct {
     epm_mode modes[2];
     int nmodes;
     int eplb_slots; /* online rebalancing's, from --eplb-slots or --redundant-experts */
+    int hier;       /* its exchanges take the hierarchical path (--hier, its cluster) */
 } evaluated;
 
 static json_t *link_obj(const int64_t *b)
@@ -396,7 +405,7 @@ static void cross_counts(const epm_eval_result *r, int64_t *x_rank, int64_t *x_n
 /* what a rebalanced eval's report says of the experts its placements took */
 enum { ONLINE = 1, ONLINE_PEERS = 2, ONLINE_READ_PRICED = 4 };
 
-static json_t *result_json(const epm_eval_result *r, const epm_eval_result *base, int per_layer, int online)
+static json_t *result_json(const epm_eval_result *r, const epm_eval_result *base, int per_layer, int online, int hier)
 {
     int64_t xr, xn, maxload = 0;
     double mean = 0;
@@ -412,6 +421,10 @@ static json_t *result_json(const epm_eval_result *r, const epm_eval_result *base
                           "gather_bytes", link_obj(r->gather_bytes), "modelled_seconds", r->t_total,
                           "ratio_to_first", base->t_total > 0 ? r->t_total / base->t_total : 1.0, "kv_cache_factor",
                           r->kv_cache_factor);
+    if (o) { /* (what the path puts on the wire, which the modelled time prices) */
+        json_object_set_new(o, "path", json_string(hier ? "hierarchical" : "flat"));
+        json_object_set_new(o, "wire_bytes", link_obj(r->wire_bytes));
+    }
     if (o && r->routed > 0) /* (the nodes tokens reach: DeepSeek's node-limited routing) */
         json_object_set_new(o, "nodes", json_pack("{s:f, s:i, s:I}", "per_token", (double)r->nodes_reached / r->routed,
                                                   "most", r->max_nodes_reached, "dispatches_crossing",
@@ -449,7 +462,7 @@ static int print_eval_json(const evaluated *ev, int n, int per_layer, int online
         const epm_placement_info *in = epm_placement_get_info(ev[i].p);
         json_t *results = json_array();
         for (int m = 0; m < ev[i].nmodes; m++)
-            json_array_append_new(results, result_json(ev[i].r[m], ev[0].r[m], per_layer, online));
+            json_array_append_new(results, result_json(ev[i].r[m], ev[0].r[m], per_layer, online, ev[i].hier));
         json_t *pl = json_pack("{s:s, s:s, s:s, s:o}", "file", ev[i].path, "method", in->method, "planned_for",
                                epm_mode_name(in->mode), "results", results);
         if (pl && ev[i].nmodes == 2) {
@@ -492,6 +505,9 @@ static void print_eval_text(const evaluated *ev, int n, int per_layer, int onlin
                 printf("    nodes a token reaches: %.3f on average, %d at most; %lld dispatches cross nodes once "
                        "each (hierarchical path)\n", (double)r->nodes_reached / r->routed, r->max_nodes_reached,
                        (long long)r->node_dispatches);
+            if (ev[i].hier)
+                printf("    on the wire (hierarchical path, priced): %lld bytes intra-node, %lld inter-node\n",
+                       (long long)r->wire_bytes[EPM_LINK_INTRA], (long long)r->wire_bytes[EPM_LINK_INTER]);
             if (online & ONLINE_PEERS)
                 printf("    online rebalancing: %d placements taken, %lld experts moved, copied: %lld bytes "
                        "intra-node, %lld inter-node, %.4f ms\n", r->rebalances, (long long)r->moved,
@@ -547,6 +563,7 @@ static int cmd_eval(int argc, char **argv)
     long hidden = 4096, dtb = 2, kv = 0, ffn = 14336, eplb_i = 0, eplb_w = 0, eplb_s = 0, xb = -1, lag = 0, groups = 0;
     long redundant = -1;
     int peers = 0, from_given = 0, held = CLI_HELD_AUTO, held_given = 0;
+    epm_xcomm_hier hier = EPM_XHIER_AUTO;
     double eplb_g = 0, rgbps = 0;
     int json = 0, per_layer = 0, c, have_hidden = 0, have_dtb = 0, have_kv = 0, have_ffn = 0;
     const char *model_dir = NULL;
@@ -565,6 +582,14 @@ static int cmd_eval(int argc, char **argv)
         case O_MODEL: model_dir = optarg; break;
         case O_PERLAYER: per_layer = 1; break;
         case O_WIRE: wire_s = optarg; break;
+        case O_HIER: {
+            static const char *const hiers[] = {"auto", "on", "off", NULL};
+            int k;
+            if (!cli_parse_choice(W, "--hier", optarg, hiers, &k))
+                return EPM_EXIT_USAGE;
+            hier = k == 0 ? EPM_XHIER_AUTO : k == 1 ? EPM_XHIER_ON : EPM_XHIER_OFF;
+            break;
+        }
         case O_EPLBI: if (!cli_parse_int(W, "--eplb-interval", optarg, 1, INT32_MAX, &eplb_i)) return EPM_EXIT_USAGE; break;
         case O_EPLBW: if (!cli_parse_int(W, "--eplb-window", optarg, 1, INT32_MAX, &eplb_w)) return EPM_EXIT_USAGE; break;
         case O_EPLBS: if (!cli_parse_int(W, "--eplb-slots", optarg, 1, INT32_MAX, &eplb_s)) return EPM_EXIT_USAGE; break;
@@ -726,6 +751,9 @@ static int cmd_eval(int argc, char **argv)
             eo.read_gbps = rgbps;
             eo.eplb_lag = (int)lag;
             eo.eplb_groups = eplb_i > 0 ? (int)groups : 0;
+            const epm_cluster *pc = epm_placement_cluster(ev[i].p);
+            eo.hierarchical = epm_xcomm_hier_takes(hier, pc->nodes, pc->gpus_per_node);
+            ev[i].hier = eo.hierarchical;
             if ((st = epm_eval(t, ev[i].p, &eo, &ev[i].r[m])) != EPM_OK) {
                 rc = cli_fail(W, epm_fail_context(st, "%s", ev[i].path));
                 goto out;

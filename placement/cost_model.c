@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cost_passes.h"
+#include "hier_route.h"
 #include "placement_internal.h"
 #include "epmoe/eval.h"
 #include "epmoe/trace.h"
@@ -23,6 +24,7 @@ void epm_eval_opts_init(epm_eval_opts *o)
     o->read_gbps = 0;
     o->eplb_lag = 0;
     o->eplb_groups = 0;
+    o->hierarchical = 0;
 }
 
 void epm_eval_result_destroy(epm_eval_result *r)
@@ -33,6 +35,7 @@ void epm_eval_result_destroy(epm_eval_result *r)
     epm_free(r->rank_load);
     epm_free(r->send_bytes);
     epm_free(r->recv_bytes);
+    epm_free(r->layer_wire);
     epm_placement_destroy(r->last);
     epm_free(r);
 }
@@ -84,9 +87,25 @@ typedef struct {
     epm_eval_result *r;
     const epm_cluster *c;
     int l, R;
+    int hier, P;   /* the hierarchical path, P ranks a node */
+    int *dd, *gw;  /* [K] scratch: a dispatch's ranks other than its source, their gateways */
     phase a2a, kv; /* this layer's dispatch + combine, and its K/V all-gather */
 } acc;
 
+/* A transfer on the wire (of layer l; -1: the final gather), which the
+ * modelled time's phase sees. */
+static void wire(acc *a, phase *ph, int l, int from, int to, int64_t bytes)
+{
+    if (from == to)
+        return;
+    epm_link k = epm_cluster_link(a->c, from, to);
+    a->r->wire_bytes[k] += bytes;
+    if (l >= 0)
+        a->r->layer_wire[(size_t)l * EPM_LINK_COUNT + k] += bytes;
+    phase_add(ph, a->c, from, to, bytes);
+}
+
+/* A counted transfer; on the flat path, the wire's too. */
 static void move(acc *a, int from, int to, int64_t bytes, int kv)
 {
     if (from == to)
@@ -99,9 +118,47 @@ static void move(acc *a, int from, int to, int64_t bytes, int kv)
         ly->bytes[k] += bytes;
         ly->transfers[k]++;
     }
-    phase_add(kv ? &a->kv : &a->a2a, a->c, from, to, bytes);
+    if (kv || !a->hier)
+        wire(a, kv ? &a->kv : &a->a2a, a->l, from, to, bytes);
     a->r->send_bytes[(size_t)a->l * (size_t)a->R + (size_t)from] += bytes;
     a->r->recv_bytes[(size_t)a->l * (size_t)a->R + (size_t)to] += bytes;
+}
+
+/* The hierarchical path's wire of a row from src to c (a combine, the final gather). */
+static void hier_single(acc *a, phase *ph, int l, int src, int c, int64_t bytes)
+{
+    int g = epm_hier_gateway(src, a->P, c);
+    wire(a, ph, l, src, g, bytes);
+    wire(a, ph, l, g, c, bytes);
+}
+
+/* ... and of a dispatch from src to its distinct ranks d[0..n) (src among
+ * them or not), keyed by its token: the gathering hop's copies (one a rank
+ * of src's node), the hop between nodes (one a destination node) and the
+ * fan-out there, as comm/xcomm_a2a.c sends them. */
+static void hier_dispatch(acc *a, int src, const int *d, int n, uint64_t key, int64_t bytes)
+{
+    const int P = a->P;
+    int m = 0;
+    for (int q = 0; q < n; q++)
+        if (d[q] != src)
+            a->dd[m++] = d[q];
+    epm_hier_gateways(src, P, m, a->dd, key, a->gw);
+    for (int j = 0; j < m; j++) {
+        int first = 1, lead = 1;
+        for (int b = 0; b < j; b++) {
+            first &= a->gw[b] != a->gw[j];
+            lead &= a->dd[b] / P != a->dd[j] / P;
+        }
+        if (first)
+            wire(a, &a->a2a, a->l, src, a->gw[j], bytes);
+        if (a->dd[j] / P == src / P)
+            continue;
+        int t = a->dd[j] / P * P + a->gw[j] % P; /* (the node's rank that takes it between nodes) */
+        if (lead)
+            wire(a, &a->a2a, a->l, a->gw[j], t, bytes);
+        wire(a, &a->a2a, a->l, t, a->dd[j], bytes);
+    }
 }
 
 /* A pass ends: its phases and its busiest rank's experts are waited for
@@ -172,13 +229,15 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     r->rank_load = epm_calloc(lr, sizeof *r->rank_load);
     r->send_bytes = epm_calloc(lr, sizeof *r->send_bytes);
     r->recv_bytes = epm_calloc(lr, sizeof *r->recv_bytes);
+    r->layer_wire = epm_calloc((size_t)L * EPM_LINK_COUNT, sizeof *r->layer_wire);
     where = epm_malloc((size_t)(T ? T : 1) * sizeof *where);
     dst = epm_malloc((size_t)K * sizeof *dst);
-    distinct = epm_malloc((size_t)K * sizeof *distinct);
+    distinct = epm_malloc((size_t)K * 3 * sizeof *distinct); /* (and acc's dd, gw) */
     /* one pass's two phases of [4][R], and its ranks' loads */
     split = epm_calloc((size_t)R * 8, sizeof *split);
     pass_load = epm_calloc((size_t)R, sizeof *pass_load);
-    if (!r->layer || !r->rank_load || !r->send_bytes || !r->recv_bytes || !where || !dst || !distinct || !split ||
+    if (!r->layer || !r->rank_load || !r->send_bytes || !r->recv_bytes || !r->layer_wire || !where || !dst ||
+        !distinct || !split ||
         !pass_load) {
         st = EPM_ERR_NOMEM;
         goto fail;
@@ -186,7 +245,8 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     for (int64_t i = 0; i < T; i++)
         where[i] = (int)(epm_trace_seq_of(t, i) % R);
 
-    acc a = {r, c, 0, R, {split, R}, {split + 4 * (size_t)R, R}};
+    acc a = {r,     c, 0, R, o->hierarchical && c->nodes > 1, c->gpus_per_node, distinct + K, distinct + 2 * K,
+             {split, R}, {split + 4 * (size_t)R, R}};
     const double spf = o->flops_per_assignment / (c->gpu_tflops * 1e12); /* modelled seconds a (token, expert) */
     /* A segment is the passes a placement ran (the whole trace without
      * rebalancing): its tokens through every layer, then the next's. A
@@ -245,9 +305,16 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
                     r->max_nodes_reached = nn > r->max_nodes_reached ? nn : r->max_nodes_reached;
                 }
                 int comb = o->mode == EPM_MODE_FOLLOW ? dst[0] : src;
+                const int64_t db = o->dispatch_bytes ? o->dispatch_bytes : o->hidden_bytes;
                 for (int q = 0; q < nd; q++) {
-                    move(&a, src, distinct[q], o->dispatch_bytes ? o->dispatch_bytes : o->hidden_bytes, 0);
+                    move(&a, src, distinct[q], db, 0);
                     move(&a, distinct[q], comb, o->hidden_bytes, 0);
+                }
+                if (a.hier) {
+                    hier_dispatch(&a, src, distinct, nd, (uint64_t)i, db);
+                    for (int q = 0; q < nd; q++)
+                        if (distinct[q] != comb)
+                            hier_single(&a, &a.a2a, l, distinct[q], comb, o->hidden_bytes);
                 }
                 if (o->mode == EPM_MODE_FOLLOW) {
                     /* the new K/V row of this token, computed where its attention ran */
@@ -290,7 +357,10 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
             int home = (int)(epm_trace_seq_of(t, i) % R);
             if (where[i] != home) {
                 r->gather_bytes[epm_cluster_link(c, where[i], home)] += o->hidden_bytes;
-                phase_add(&a.a2a, c, where[i], home, o->hidden_bytes);
+                if (a.hier)
+                    hier_single(&a, &a.a2a, -1, where[i], home, o->hidden_bytes);
+                else
+                    wire(&a, &a.a2a, -1, where[i], home, o->hidden_bytes);
             }
         }
         for (int k = 0; k < EPM_LINK_COUNT; k++)

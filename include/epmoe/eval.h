@@ -36,7 +36,18 @@
  * hot experts about nor a rebalanced run's placements can hide a pass's
  * straggler); without pass_ids the whole trace is one pass. The per-layer
  * max_load, max_send_bytes and max_recv_bytes below are the whole trace's,
- * as the run counts them. */
+ * as the run counts them.
+ *
+ * The hierarchical path (epm_eval_opts.hierarchical; comm/hier_route.h's
+ * routes): the counts above stay the model's, while the wire, and with it
+ * the modelled time, is the path's. A dispatch goes once from src to each
+ * of its ranks on src's node and to one gateway of src's node per other
+ * destination node (epm_hier_gateways, keyed by the token's number), which
+ * sends it once to that node's rank of the same local index, itself a
+ * destination, which fans it out to the rest there. A combine (and the
+ * final gather) from d to c on another node goes to the rank of d's node
+ * with c's local index, then to c. The K/V all-gather is flat either way.
+ * Per rank, a phase's send and receive bytes are then those of every hop. */
 #ifndef EPMOE_EVAL_H
 #define EPMOE_EVAL_H
 
@@ -90,6 +101,11 @@ typedef struct epm_eval_opts {
     /* The expert groups the run's rebalancing keeps whole on nodes (epm_plan_rebalance's groups:
      * the model's n_group, as epmoe run takes it); 0 (the default) = none */
     int eplb_groups;
+    /* 1: the run's exchanges take the hierarchical path (epmoe run --hier, which takes it by
+     * default between nodes of more than 2 ranks: epmoe plan eval --hier resolves the same), and
+     * the modelled time prices its wire (see below) instead of the transfers above; the counted
+     * bytes stay the model's. 0 (the default): the flat path, whose wire is the counted bytes */
+    int hierarchical;
 } epm_eval_opts;
 
 /* Mixtral-8x7B-like defaults: hidden 4096 in bf16, 8 KV heads x 128 x 2 (K,V) x bf16,
@@ -139,6 +155,11 @@ typedef struct epm_eval_result {
      * transfer per rank (transfers above) */
     int64_t routed, nodes_reached, node_dispatches;
     int max_nodes_reached;
+    /* What the run's exchanges put on the wire (epm_eval_opts.hierarchical's path): per layer
+     * [layers * EPM_LINK_COUNT] dispatch + combine + K/V all-gather, and in all with the final
+     * gather, what epmoe run reports as wire_bytes. On the flat path the counted bytes */
+    int64_t *layer_wire;
+    int64_t wire_bytes[EPM_LINK_COUNT];
 } epm_eval_result;
 
 /* The trace's layers, experts and the placement's must match; ranks come from

@@ -742,6 +742,35 @@ check "--eplb-window over the interval" 2 "$E" run --model "$m" --input "$d/in.j
 has "$d/err" "--eplb-window 3: the loads of at most the --eplb-interval's 2 passes count"
 check "--eplb-slots too few" 1 run -np 2 "$E" run --model "$m" --input "$d/in.json" --eplb-interval 2 --eplb-slots 3
 has "$d/err" "--eplb-slots 3: 2 ranks hold 8 experts a layer in 4 to 8 slots each"
+# the hierarchical path (2 virtual nodes of 2, --hier on): plan eval --hier on predicts what the run put on
+# the wire, byte for byte, in both modes (its gateways are the run's: comm/hier_route.h); auto at 2 ranks a
+# node is the flat path, whose wire is the counted bytes
+for mode in home follow; do
+  check "hierarchical run, $mode" 0 run -np 4 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 --json \
+    --report --mode $mode --virtual-nodes 2 --hier on --trace-out "$d/hier.st"
+  cp "$d/out" "$d/hier.json"
+  check "contiguous for 2 x 2" 0 "$E" plan --trace "$d/hier.st" --nodes 2 --gpus-per-node 2 --method contiguous \
+    --out "$d/c22h.json" --quiet
+  for h in on auto; do
+    check "plan eval --hier $h, $mode" 0 "$E" plan eval --trace "$d/hier.st" "$d/c22h.json" --model "$m" --mode $mode \
+      --hier $h --json
+    python3 - "$d/hier.json" "$d/out" $h <<'EOF' || fail "plan eval --hier $h does not predict the $mode run's wire"
+import json, sys
+r = json.load(open(sys.argv[1]))['report']
+e = json.load(open(sys.argv[2]))['placements'][0]['results'][0]
+wire = [r['wire_bytes'][c] - r['dense_kv_bytes'][c] - r['mod_score_bytes'][c] for c in (1, 2)]
+counted = [sum(l['bytes'][c] + l['kv_bytes'][c] for l in r['layers']) + r['gather_bytes'][c] for c in (1, 2)]
+ev = [e['wire_bytes']['intra_node'], e['wire_bytes']['inter_node']]
+print('run wire', wire, 'counted', counted, 'plan eval', ev, e['path'])
+hier = sys.argv[3] == 'on'
+sys.exit(0 if r['hierarchical'] and e['path'] == ('hierarchical' if hier else 'flat') and
+         (ev == wire if hier else ev == counted) and wire != counted and
+         [e['bytes']['intra_node'], e['bytes']['inter_node']] == counted else 1)
+EOF
+  done
+done
+check "plan eval --hier bad" 2 "$E" plan eval --trace "$d/hier.st" "$d/c22h.json" --hier maybe
+has "$d/err" "--hier"
 check "output over input" 2 "$E" run --model "$m" --input "$d/in.json" --trace-out "$d/in.json"
 check "usage" 2 "$E" run --input "$d/in.json"
 check "help" 0 "$E" run --help

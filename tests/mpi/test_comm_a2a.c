@@ -382,7 +382,7 @@ static void test_comm_xcomm_bad_input(void **state)
         float *out;
         int *src;
         int64_t nr;
-        assert_int_equal(epm_xcomm_exchange_multi(x, 2, 2, mdest, rows, XW, XP, NULL, &out, &src, &nr),
+        assert_int_equal(epm_xcomm_exchange_multi(x, 2, 2, mdest, NULL, rows, XW, XP, NULL, &out, &src, &nr),
                          me == bad ? EPM_ERR_INVALID_ARG : EPM_ERR_REMOTE);
         assert_null(out);
         if (me == bad)

@@ -31,7 +31,7 @@ static void run_multi(const mscen *s, int vn, epm_xcomm_a2a a2a, epm_xcomm_hier 
     ms_make(s, R, vn, me, &n, &dest, &rows);
     memset(r->counted, 0, sizeof r->counted);
     assert_int_equal(
-        epm_xcomm_exchange_multi(x, n, s->slots, dest, rows, XW, XP, r->counted, &r->rows, &r->src, &r->n), EPM_OK);
+        epm_xcomm_exchange_multi(x, n, s->slots, dest, NULL, rows, XW, XP, r->counted, &r->rows, &r->src, &r->n), EPM_OK);
     assert_non_null(r->rows);
     assert_non_null(r->src);
     fx_wire_sum(x, r);
@@ -77,14 +77,14 @@ static void run_buf_split(const mscen *s, int vn, epm_xcomm_a2a a2a, epm_xcomm_h
     epm_xcomm_buf b = {0}, b2 = {0};
     for (int rep = 0; rep < 2; rep++) {
         int64_t c[EPM_LINK_COUNT] = {0};
-        assert_int_equal(epm_xcomm_exchange_multi_buf(x, n, s->slots, dest, rows, XW, XP, c, &b), EPM_OK);
+        assert_int_equal(epm_xcomm_exchange_multi_buf(x, n, s->slots, dest, NULL, rows, XW, XP, c, &b), EPM_OK);
         check_expect(s, vn, b.rows, b.src, b.n, c);
     }
     /* split phase: the caller's rows may change once _start returns */
     epm_xcomm_req *q1, *q2;
     int64_t c1[EPM_LINK_COUNT] = {0}, c2[EPM_LINK_COUNT] = {0};
-    assert_int_equal(epm_xcomm_exchange_multi_start_buf(x, n, s->slots, dest, rows, XW, XP, c1, &b, &q1), EPM_OK);
-    assert_int_equal(epm_xcomm_exchange_multi_start(x, n2, s2.slots, dest2, rows2, XW, XP, c2, &q2), EPM_OK);
+    assert_int_equal(epm_xcomm_exchange_multi_start_buf(x, n, s->slots, dest, NULL, rows, XW, XP, c1, &b, &q1), EPM_OK);
+    assert_int_equal(epm_xcomm_exchange_multi_start(x, n2, s2.slots, dest2, NULL, rows2, XW, XP, c2, &q2), EPM_OK);
     for (int64_t i = 0; i < n * XW; i++)
         rows[i] = -1.0f;
     for (int64_t i = 0; i < n * s->slots; i++)
@@ -101,13 +101,13 @@ static void run_buf_split(const mscen *s, int vn, epm_xcomm_a2a a2a, epm_xcomm_h
     epm_free(r2);
     epm_free(src2);
     /* one started and cancelled (on every rank) leaves nothing behind */
-    assert_int_equal(epm_xcomm_exchange_multi_start(x, n2, s2.slots, dest2, rows2, XW, XP, NULL, &q2), EPM_OK);
+    assert_int_equal(epm_xcomm_exchange_multi_start(x, n2, s2.slots, dest2, NULL, rows2, XW, XP, NULL, &q2), EPM_OK);
     epm_xcomm_exchange_cancel(q2);
     /* and one more into b2 after all that */
     epm_free(dest);
     epm_free(rows);
     ms_make(s, R, vn, me, &n, &dest, &rows);
-    assert_int_equal(epm_xcomm_exchange_multi_buf(x, n, s->slots, dest, rows, XW, XP, NULL, &b2), EPM_OK);
+    assert_int_equal(epm_xcomm_exchange_multi_buf(x, n, s->slots, dest, NULL, rows, XW, XP, NULL, &b2), EPM_OK);
     check_expect(s, vn, b2.rows, b2.src, b2.n, NULL);
     epm_xcomm_buf_free(&b);
     epm_xcomm_buf_free(&b2);
@@ -152,6 +152,8 @@ static void compare(const mscen *s, int vn, epm_xcomm_a2a a2a)
          * per (row, other destination node) */
         assert_true(h.wire.bytes[EPM_LINK_INTRA] >= w.flat[EPM_LINK_INTRA] + w.fanout);
         assert_true(h.wire.bytes[EPM_LINK_INTRA] <= w.flat[EPM_LINK_INTRA] + w.fanout + w.gather_max);
+        /* exactly: the gathering copies are the gateways hier_route.h names (plan eval prices the same) */
+        assert_int_equal(h.wire.bytes[EPM_LINK_INTRA], w.flat[EPM_LINK_INTRA] + w.fanout + w.gather);
         if (P == 1)
             assert_int_equal(h.wire.bytes[EPM_LINK_INTRA], 0);
         /* between nodes: one message per rank and other node at most */
@@ -272,15 +274,15 @@ static void test_multi_errors(void **state)
         float *r;
         int *src;
         int64_t n;
-        assert_int_equal(epm_xcomm_exchange_multi(x, 1, 4, dup, rows, XW, XP, NULL, &r, &src, &n),
+        assert_int_equal(epm_xcomm_exchange_multi(x, 1, 4, dup, NULL, rows, XW, XP, NULL, &r, &src, &n),
                          EPM_ERR_INVALID_ARG);
-        assert_int_equal(epm_xcomm_exchange_multi(x, 1, 2, range, rows, XW, XP, NULL, &r, &src, &n),
+        assert_int_equal(epm_xcomm_exchange_multi(x, 1, 2, range, NULL, rows, XW, XP, NULL, &r, &src, &n),
                          EPM_ERR_INVALID_ARG);
-        assert_int_equal(epm_xcomm_exchange_multi(x, 1, 2, neg, rows, XW, XP, NULL, &r, &src, &n),
+        assert_int_equal(epm_xcomm_exchange_multi(x, 1, 2, neg, NULL, rows, XW, XP, NULL, &r, &src, &n),
                          EPM_ERR_INVALID_ARG);
-        assert_int_equal(epm_xcomm_exchange_multi(x, 1, -1, neg, rows, XW, XP, NULL, &r, &src, &n),
+        assert_int_equal(epm_xcomm_exchange_multi(x, 1, -1, neg, NULL, rows, XW, XP, NULL, &r, &src, &n),
                          EPM_ERR_INVALID_ARG);
-        assert_int_equal(epm_xcomm_exchange_multi(x, 1, 2, neg, rows, XW, XW + 1, NULL, &r, &src, &n),
+        assert_int_equal(epm_xcomm_exchange_multi(x, 1, 2, neg, NULL, rows, XW, XW + 1, NULL, &r, &src, &n),
                          EPM_ERR_INVALID_ARG);
         /* still works: everyone sends one row to everyone (oneself included) */
         int all[64];
@@ -289,7 +291,7 @@ static void test_multi_errors(void **state)
         for (int c = 0; c < XW; c++)
             rows[c] = xs_val(me, 0, c);
         int64_t cnt[EPM_LINK_COUNT] = {0};
-        assert_int_equal(epm_xcomm_exchange_multi(x, 1, R < 64 ? R : 64, all, rows, XW, XP, cnt, &r, &src, &n),
+        assert_int_equal(epm_xcomm_exchange_multi(x, 1, R < 64 ? R : 64, all, NULL, rows, XW, XP, cnt, &r, &src, &n),
                          EPM_OK);
         if (R <= 64) {
             assert_int_equal(n, R);
@@ -327,9 +329,9 @@ static void test_multi_alloc_failures(void **state)
         int64_t got;
         for (int warm = 0; warm < 2; warm++) {
             if (buf) {
-                assert_int_equal(epm_xcomm_exchange_multi_buf(x, n, s.slots, dest, rows, XW, XP, NULL, &b), EPM_OK);
+                assert_int_equal(epm_xcomm_exchange_multi_buf(x, n, s.slots, dest, NULL, rows, XW, XP, NULL, &b), EPM_OK);
             } else {
-                assert_int_equal(epm_xcomm_exchange_multi(x, n, s.slots, dest, rows, XW, XP, NULL, &r, &src, &got),
+                assert_int_equal(epm_xcomm_exchange_multi(x, n, s.slots, dest, NULL, rows, XW, XP, NULL, &r, &src, &got),
                                  EPM_OK);
                 epm_free(r);
                 epm_free(src);
@@ -338,8 +340,8 @@ static void test_multi_alloc_failures(void **state)
         for (uint64_t k = 1;; k++) {
             size_t before = tu_live_bytes();
             epm_fault_fail_nth_alloc(k);
-            epm_status st = buf ? epm_xcomm_exchange_multi_buf(x, n, s.slots, dest, rows, XW, XP, NULL, &b)
-                                : epm_xcomm_exchange_multi(x, n, s.slots, dest, rows, XW, XP, NULL, &r, &src, &got);
+            epm_status st = buf ? epm_xcomm_exchange_multi_buf(x, n, s.slots, dest, NULL, rows, XW, XP, NULL, &b)
+                                : epm_xcomm_exchange_multi(x, n, s.slots, dest, NULL, rows, XW, XP, NULL, &r, &src, &got);
             uint64_t made = epm_fault_alloc_count();
             epm_fault_fail_nth_alloc(0);
             if (st == EPM_OK && !buf) {

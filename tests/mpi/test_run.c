@@ -379,8 +379,15 @@ static void assert_report_is_eval(const epm_run_report *rp, const epm_eval_resul
         for (int q = 0; q < R; q++)
             assert_int_equal(rp->rank_load[l * R + q], ev->rank_load[l * R + q]);
     }
-    for (int c = 0; c < EPM_LINK_COUNT; c++)
+    for (int c = 0; c < EPM_LINK_COUNT; c++) {
         assert_int_equal(rp->gather_bytes[c], ev->gather_bytes[c]);
+        /* and the wire, on the path the run took (eval's hierarchical: the run's) */
+        const int64_t aside = rp->dense_kv_bytes[c] + rp->mod_score_bytes[c]; /* (what plan eval does not model) */
+        if (rp->wire_bytes[c] != ev->wire_bytes[c] + aside)
+            fprintf(stderr, "rank %d: wire class %d: run %lld, plan eval %lld, counted %lld (%s path)\n", me, c,
+                    (long long)rp->wire_bytes[c], (long long)ev->wire_bytes[c], (long long)ev->total_bytes[c], rp->hierarchical ? "hierarchical" : "flat");
+        assert_int_equal(rp->wire_bytes[c], ev->wire_bytes[c] + aside);
+    }
 }
 
 /* Plan eval of run res's recorded trace under placement p, in mode, gives
@@ -401,6 +408,7 @@ static void assert_run_is_eval_of(const epm_run_result *res, const epm_placement
     eo.eplb_min_gain = o->eplb_min_gain;
     eo.eplb_lag = o->eplb_lag;
     eo.eplb_groups = res->report.eplb_groups; /* (what it kept whole, as test_run_eplb_groups checks) */
+    eo.hierarchical = res->report.hierarchical;
     eo.expert_bytes = res->report.eplb_expert_bytes; /* (0 from the checkpoint: nothing between ranks) */
     if (o->eplb_interval > 0 && !o->eplb_from_peers) { /* (read instead: an expert as the file stores it) */
         epm_model *m;
@@ -1518,9 +1526,13 @@ static void test_run_agrees_with_plan_eval(void **state)
                 o.route_from = t;
                 o.mla_expanded = runs[m].expanded;
                 o.wire_fp8 = fp8;
+                /* odd kinds take the hierarchical path wherever there are nodes (auto: above 2 ranks a
+                 * node), whose wire plan eval prices too */
+                o.a2a_hier = kind % 2 ? "on" : NULL;
                 epm_run_result *res;
                 const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
                 assert_int_equal(epm_run(&o, 2, f.lens, prompts, &res), EPM_OK);
+                assert_int_equal(res->report.hierarchical, vn > 0 && (kind % 2 || R / vn > 2));
                 epm_eval_opts eo;
                 epm_eval_opts_init(&eo);
                 eo.mode = (epm_mode)mode;
@@ -1528,6 +1540,7 @@ static void test_run_agrees_with_plan_eval(void **state)
                 eo.dispatch_bytes = fp8 ? 64 + 4 : 0; /* 64 e4m3 codes and one block's scale */
                 eo.kv_row_bytes = epm_model_kv_floats(&mc, runs[m].expanded) * 4; /* OLMoE 2 x 32, MLA 32 + 8 */
                 assert_int_equal(eo.kv_row_bytes, runs[m].expanded ? 2 * 4 * 24 * 4 : runs[m].kinds == 3 ? 2 * 32 * 4 : 40 * 4);
+                eo.hierarchical = res->report.hierarchical;
                 epm_model_config_clear(&mc);
                 epm_eval_result *ev;
                 assert_int_equal(epm_eval(t, p, &eo, &ev), EPM_OK);

@@ -7,6 +7,7 @@
 #ifndef EPM_TEST_XMULTI_REF_H
 #define EPM_TEST_XMULTI_REF_H
 
+#include "hier_route.h"
 #include "xcomm_ref.h"
 
 enum { XM_MAX_SLOTS = 8 };
@@ -154,6 +155,7 @@ static inline int64_t ms_expect(const mscen *s, int R, int vn, int me, float **r
 typedef struct mwire {
     int64_t flat[EPM_LINK_COUNT];
     int64_t hier_inter, fanout, gather_max;
+    int64_t gather; /* the gathering copies to other ranks of the source's node, by epm_hier_gateways (key: row) */
     int64_t multi_node_rows; /* (row, other node) pairs with several ranks there */
 } mwire;
 
@@ -172,6 +174,16 @@ static inline void ms_wire(const mscen *s, int R, int vn, mwire *w)
                     if (xs_node(R, vn, d[j]) != xs_node(R, vn, q))
                         per_node[xs_node(R, vn, d[j])]++;
                 }
+            if (vn > 1) {
+                int gw[XM_MAX_SLOTS];
+                epm_hier_gateways(q, R / vn, s->slots, d, (uint64_t)i, gw);
+                for (int j = 0; j < s->slots; j++) {
+                    int fresh = gw[j] >= 0 && gw[j] != q && xs_node(R, vn, d[j]) != xs_node(R, vn, q);
+                    for (int a = 0; a < s->slots && fresh; a++) /* (one copy a rank: local ones, earlier gateways) */
+                        fresh = !(gw[a] == gw[j] && (a < j || xs_node(R, vn, d[a]) == xs_node(R, vn, q)));
+                    w->gather += fresh ? pb : 0;
+                }
+            }
             for (int m = 0; m < (vn > 1 ? vn : 1); m++)
                 if (per_node[m]) {
                     w->hier_inter += pb;

@@ -325,6 +325,70 @@ static void test_eval_seq_ids_home(void **state)
     epm_trace_destroy(t);
 }
 
+/* The hierarchical path (comm/hier_route.h): the counted bytes stay the
+ * model's, the wire and the modelled time are the path's. One token of r0
+ * (node 0: r0, r1; node 1: r2, r3) choosing experts 2 and 3 (ranks 2, 3). */
+static void test_eval_hierarchical_wire(void **state)
+{
+    (void)state;
+    const int32_t ids[] = {2, 3};
+    epm_trace *t = make_trace(1, 1, 2, 4, ids);
+    epm_placement *p0 = identity_placement(1, 4, 2, 2), *p;
+    slow_cluster(p0, &p);
+    epm_eval_opts o = opts(EPM_MODE_HOME);
+    epm_eval_result *f, *h;
+    assert_int_equal(epm_eval(t, p, &o, &f), EPM_OK);
+    o.hierarchical = 1;
+    assert_int_equal(epm_eval(t, p, &o, &h), EPM_OK);
+    /* flat: out to r2 and r3 and back, between nodes; its wire is what is counted */
+    assert_int_equal(f->layer[0].bytes[EPM_LINK_INTER], 40);
+    assert_int_equal(f->wire_bytes[EPM_LINK_INTER], 40);
+    assert_int_equal(f->wire_bytes[EPM_LINK_INTRA], 0);
+    assert_int_equal(f->layer_wire[EPM_LINK_INTER], 40);
+    /* hierarchical: r0's local index is r2's, so r0 sends once to r2, which fans
+     * out to r3; r2 returns straight, r3 through r2 (r0's local index on node 1) */
+    assert_memory_equal(h->layer[0].bytes, f->layer[0].bytes, sizeof f->layer[0].bytes);
+    assert_int_equal(h->wire_bytes[EPM_LINK_INTER], 30);
+    assert_int_equal(h->wire_bytes[EPM_LINK_INTRA], 20);
+    assert_int_equal(h->layer_wire[EPM_LINK_INTRA], 20);
+    assert_int_equal(h->layer_wire[EPM_LINK_INTER], 30);
+    /* time: flat, r0 sends and receives 20 inter bytes (40 s at 2 s a byte); hierarchical,
+     * r2 sends 10 intra (fan-out, 10 s) and 20 inter (both combines, 40 s) */
+    assert_true(fabs(f->layer[0].t_comm - 40.0) < 1e-6);
+    assert_true(fabs(h->layer[0].t_comm - 50.0) < 1e-6);
+    epm_eval_result_destroy(f);
+    epm_eval_result_destroy(h);
+    /* follow: the combine on r2 (top-1), r3's partial within node 1; K/V all-gathered flat from
+     * r0 (3 bytes to r1, r2, r3); the final gather r2 -> r0 between nodes either way */
+    o = opts(EPM_MODE_FOLLOW);
+    assert_int_equal(epm_eval(t, p, &o, &f), EPM_OK);
+    o.hierarchical = 1;
+    assert_int_equal(epm_eval(t, p, &o, &h), EPM_OK);
+    assert_int_equal(f->wire_bytes[EPM_LINK_INTRA], 13);
+    assert_int_equal(f->wire_bytes[EPM_LINK_INTER], 36);
+    assert_int_equal(h->wire_bytes[EPM_LINK_INTRA], 23);
+    assert_int_equal(h->wire_bytes[EPM_LINK_INTER], 26);
+    assert_int_equal(h->layer_wire[EPM_LINK_INTRA], 23);
+    assert_int_equal(h->layer_wire[EPM_LINK_INTER], 16);
+    for (int c = 0; c < EPM_LINK_COUNT; c++) {
+        assert_int_equal(h->total_bytes[c], f->total_bytes[c]);
+        assert_int_equal(f->wire_bytes[c], f->total_bytes[c]);
+    }
+    epm_eval_result_destroy(f);
+    epm_eval_result_destroy(h);
+    /* one node: no path between nodes to take */
+    epm_placement *one = identity_placement(1, 4, 1, 4);
+    o.hierarchical = 1;
+    assert_int_equal(epm_eval(t, one, &o, &h), EPM_OK);
+    for (int c = 0; c < EPM_LINK_COUNT; c++)
+        assert_int_equal(h->wire_bytes[c], h->total_bytes[c]);
+    epm_eval_result_destroy(h);
+    epm_placement_destroy(one);
+    epm_placement_destroy(p);
+    epm_placement_destroy(p0);
+    epm_trace_destroy(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -333,6 +397,7 @@ int main(void)
         cmocka_unit_test(test_eval_replica_prefers_cheap_link), cmocka_unit_test(test_eval_mismatch),
         cmocka_unit_test(test_eval_modelled_time_home), cmocka_unit_test(test_eval_modelled_time_follow),
         cmocka_unit_test(test_eval_bad_opts), cmocka_unit_test(test_eval_seq_ids_home),
+        cmocka_unit_test(test_eval_hierarchical_wire),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

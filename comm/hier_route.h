@@ -1,0 +1,32 @@
+/* The routes of the hierarchical exchange (xcomm_a2a.c), written once for
+ * the exchange that takes them and for the cost model (placement/
+ * cost_model.c) that predicts their wire bytes, so that `plan eval` prices
+ * the path a run takes transfer for transfer. Pure functions of ranks:
+ * nodes of P ranks numbered node * P + local index, which the communicator
+ * checks when it is created. */
+#ifndef EPM_HIER_ROUTE_H
+#define EPM_HIER_ROUTE_H
+
+#include <stdint.h>
+
+/* A row from src to dst: the rank of src's node its gathering hop reaches
+ * (dst itself on src's node; else local rank dst % P of src's node, which
+ * sends it between nodes straight to dst). */
+int epm_hier_gateway(int src, int P, int dst);
+
+/* A row from src for the ranks dest[0..n) (distinct, none src; -1 slots
+ * skipped): gw[j] = the rank of src's node that dest[j]'s copy reaches in
+ * the gathering hop (-1 for a skipped slot). dest[j] on src's node: itself.
+ * On another node m: one gateway for all of the row's ranks there, local
+ * rank c of src's node, c being the local index of one of them, so that the
+ * hop between nodes goes from (src's node, c) to (m, c), itself a
+ * destination, which fans the row out to the rest. c is src's own local
+ * index when one of them has it (no gathering copy); else one that already
+ * receives the row in this hop (local destinations, then earlier nodes'
+ * gateways, nodes in the order of their first slot); else the
+ * ((key + m) mod count)-th of them, so that rows spread over the gateways.
+ * The runtime keys a token's row by its token number, which plan eval knows
+ * too. */
+void epm_hier_gateways(int src, int P, int n, const int *dest, uint64_t key, int *gw);
+
+#endif
