@@ -443,8 +443,9 @@ static json_t *result_json(const epm_eval_result *r, const epm_eval_result *base
             json_t *load = json_array();
             for (int q = 0; q < r->ranks; q++)
                 json_array_append_new(load, json_integer(r->rank_load[(size_t)l * (size_t)r->ranks + (size_t)q]));
-            json_array_append_new(layers, json_pack("{s:i, s:o, s:o, s:o, s:o, s:I, s:I, s:f, s:f}", "layer", l,
+            json_array_append_new(layers, json_pack("{s:i, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:f, s:f}", "layer", l,
                                                     "bytes", triple(y->bytes), "kv_bytes", triple(y->kv_bytes),
+                                                    "wire_bytes", triple(r->layer_wire + (size_t)l * EPM_LINK_COUNT),
                                                     "transfers", triple(y->transfers), "rank_load", load,
                                                     "max_send_bytes", (json_int_t)y->max_send_bytes,
                                                     "max_recv_bytes", (json_int_t)y->max_recv_bytes, "t_compute",
@@ -529,6 +530,10 @@ static void print_eval_text(const evaluated *ev, int n, int per_layer, int onlin
                        (long long)(y->transfers[1] + y->transfers[2]), (long long)y->transfers[2],
                        (long long)y->bytes[1], (long long)y->bytes[2], (long long)y->kv_bytes[1],
                        (long long)y->kv_bytes[2], 1e3 * (y->t_compute + y->t_comm));
+                if (ev[i].hier)
+                    printf("               on the wire intra %lld inter %lld\n",
+                           (long long)r->layer_wire[(size_t)l * EPM_LINK_COUNT + EPM_LINK_INTRA],
+                           (long long)r->layer_wire[(size_t)l * EPM_LINK_COUNT + EPM_LINK_INTER]);
             }
         }
     }

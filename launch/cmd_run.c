@@ -429,6 +429,11 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
             r->transport ? r->transport : "?", r->hierarchical ? ", hierarchical" : ", flat",
             epm_dtype_name(r->wire_dtype), (long long)r->wire_bytes[1], (long long)r->wire_msgs[1], (long long)r->wire_bytes[2],
             (long long)r->wire_msgs[2]);
+    /* (in the wire, outside plan eval's model of MoE layers) */
+    if (r->dense_kv_bytes[1] + r->dense_kv_bytes[2] + r->mod_score_bytes[1] + r->mod_score_bytes[2] > 0)
+        fprintf(f, "  of which not MoE layers' tokens: K/V of layers without experts intra %lld inter %lld, MoD scores "
+                   "intra %lld inter %lld bytes\n", (long long)r->dense_kv_bytes[1], (long long)r->dense_kv_bytes[2],
+                (long long)r->mod_score_bytes[1], (long long)r->mod_score_bytes[2]);
     if (r->eplb_rebalances > 0 && r->eplb_groups > 1)
         fprintf(f, "online rebalancing: %d expert groups, %s\n", r->eplb_groups,
                 r->eplb_hierarchical ? "each kept whole on a node (hierarchical)"

@@ -458,6 +458,16 @@ print({k: r[k]["nodes_per_token"] for k in r})
 sys.exit(0 if float(r["eplb-groups"]["nodes_per_token"]) == 1 and float(r["eplb"]["nodes_per_token"]) > 1 and
          float(r["eplb-groups"]["node_dispatches"]) < float(r["eplb"]["node_dispatches"]) else 1)' "$d/out" ||
   fail "bench plan --groups: $(head -c 600 "$d/out")"
+# the hierarchical path's wire (Qwen shape, 2 nodes of 8): fewer inter-node bytes than the flat path's for
+# the same contiguous placement, more intra-node ones (its gathering and fan-out hops)
+ok "bench plan hier" "$E" bench plan --shape qwen --mode home --tokens 256 --time-limit 1 --hier on --csv &&
+  cp "$d/out" "$d/hier.csv" &&
+  ok "bench plan flat" "$E" bench plan --shape qwen --mode home --tokens 256 --time-limit 1 --csv &&
+  python3 -c 'import csv,sys; r=[{x["method"]: x for x in csv.DictReader(open(f))}["contiguous"] for f in sys.argv[1:]]
+h, f = r; print(h["bytes_inter"], f["bytes_inter"], h["bytes_intra"], f["bytes_intra"])
+sys.exit(0 if float(h["bytes_inter"]) < float(f["bytes_inter"]) and float(h["bytes_intra"]) > float(f["bytes_intra"])
+         else 1)' "$d/hier.csv" "$d/out" || fail "bench plan --hier: $(head -c 600 "$d/hier.csv")"
+usage plan --hier "" --hier sometimes
 # spare slots (2 a rank): the ratio line of the ILP (its replica search) against eplb
 ok "bench plan slots" "$E" bench plan --shape mixtral --mode follow --tokens 256 --time-limit 1 --slots 2 --quiet &&
   has "$d/out" "8 ranks in 1 node, 256 tokens .*, 2 slots a rank (8 spare)" &&

@@ -34,6 +34,25 @@ has "$d/out" "x-node xfer"
 check "eval per layer" 0 "$E" plan eval --trace "$d/b.st" "$d/c.json" --mode follow --per-layer
 has "$d/out" "layer   2: max load"
 lacks "$d/out" "layer   3"
+# 2 ranks a node: --hier auto is the flat path (as run's); on, the wire is priced and printed per layer,
+# the counted bytes the same; off on a placement for 4 nodes of 4 ranks, where auto is hierarchical
+check "eval --hier on" 0 "$E" plan eval --trace "$d/b.st" "$d/c.json" --hier on --per-layer
+has "$d/out" "on the wire (hierarchical path, priced): [0-9]* bytes intra-node, [0-9]* inter-node"
+has "$d/out" "on the wire intra [0-9]* inter [0-9]*"
+grep "c.json  *contiguous" "$d/out" | awk '{print $4, $5, $6, $7}' >"$d/hier_counts"
+check "eval --hier auto" 0 "$E" plan eval --trace "$d/b.st" "$d/c.json" --per-layer
+lacks "$d/out" "on the wire"
+grep "c.json  *contiguous" "$d/out" | awk '{print $4, $5, $6, $7}' | cmp -s - "$d/hier_counts" ||
+  fail "plan eval --hier on counts other bytes than the flat path"
+check "plan 4 x 4" 0 "$E" plan --trace "$d/a.st" --nodes 4 --gpus-per-node 4 --out "$d/c44.json" --quiet \
+  --method round-robin
+check "eval 4 x 4, auto" 0 "$E" plan eval --trace "$d/b.st" "$d/c44.json" --json
+has "$d/out" '"path": "hierarchical"'
+check "eval 4 x 4, off" 0 "$E" plan eval --trace "$d/b.st" "$d/c44.json" --json --hier off
+has "$d/out" '"path": "flat"'
+check "eval --hier, bad" 2 "$E" plan eval --trace "$d/b.st" "$d/c.json" --hier sometimes
+has "$d/err" "--hier"
+check "plan --hier (plan eval's)" 2 "$E" plan --trace "$d/a.st" --hier on --out "$d/x.json"
 check "eval both" 0 "$E" plan eval --trace "$d/b.st" "$d/c.json" "$d/e.json" --mode both --hidden 1024 \
   --dtype-bytes 4
 has "$d/out" "e.json: .* mode is cheaper by"
