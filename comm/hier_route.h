@@ -14,16 +14,19 @@
  * sends it between nodes straight to dst). */
 int epm_hier_gateway(int src, int P, int dst);
 
-/* A row from src for the ranks dest[0..n) (distinct, none src; -1 slots
- * skipped): gw[j] = the rank of src's node that dest[j]'s copy reaches in
- * the gathering hop (-1 for a skipped slot). dest[j] on src's node: itself.
+/* A row from src for the ranks dest[0..n) (distinct; -1 slots skipped; src
+ * itself may be listed, its copy staying there): gw[j] = the rank of src's
+ * node that dest[j]'s copy reaches in the gathering hop (-1 for a skipped
+ * slot); one copy goes to each distinct gw other than src. dest[j] on src's
+ * node: itself.
  * On another node m: one gateway for all of the row's ranks there, local
  * rank c of src's node, c being the local index of one of them, so that the
  * hop between nodes goes from (src's node, c) to (m, c), itself a
- * destination, which fans the row out to the rest. c is src's own local
- * index when one of them has it (no gathering copy); else one that already
- * receives the row in this hop (local destinations, then earlier nodes'
- * gateways, nodes in the order of their first slot); else the
+ * destination, which fans the row out to the rest. Nodes are taken in the
+ * order of their first slot. c is src's own local index when one of them
+ * has it (no gathering copy); else that of the first of them, in slot
+ * order, whose rank of src's node already receives the row in this hop (a
+ * local destination, or an earlier node's gateway); else the
  * ((key + m) mod count)-th of them, so that rows spread over the gateways.
  * The runtime keys a token's row by its token number, which plan eval knows
  * too. */

@@ -534,7 +534,7 @@ static epm_status mhier_start(epm_xcomm_req *q, int64_t n, int slots, const int 
         epm_free(gw);
         return hop_poison(x, ast);
     }
-    for (int64_t i = 0; i < n; i++) {
+    for (int64_t i = 0; i < n && slots > 0; i++) { /* (no slots: no copies, and dest may be NULL) */
         const int *dr = dest + (size_t)i * slots;
         epm_hier_gateways(x->rank, x->per_node, slots, dr, keys ? keys[i] : (uint64_t)i, gw);
         for (int j = 0; j < slots; j++)

@@ -292,7 +292,12 @@ static epm_status attend(rt *r, int l, int64_t n, const int64_t *g, float *h, in
             memcpy(row + 2, kvw, (size_t)(RW - 2) * sizeof *row);
         }
         EPM_CHECK_GOTO(sync(r, EPM_OK), st, out);
+        epm_xcomm_wire w0, w1;
+        epm_xcomm_wire_get(r->x, &w0);
         EPM_CHECK_GOTO(epm_xcomm_allgather(r->x, n, kv, RW, RW - 2, sent, &all, &nrows), st, out);
+        epm_xcomm_wire_get(r->x, &w1);
+        for (int c = 0; c < EPM_LINK_COUNT && ml < 0; c++) /* (outside plan eval's MoE layers) */
+            r->aside_msgs[0][c] += w1.msgs[c] - w0.msgs[c];
         epm_wire_count(RW - 2, epm_wire_bytes(r, kw + vw), sent, cnt);
         rows_in = all;
     }
@@ -2607,6 +2612,9 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.gather_local, EPM_LINK_COUNT), st, fail_gen);
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.kv_dense_local, EPM_LINK_COUNT), st, fail_gen);
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.mod_local, EPM_LINK_COUNT), st, fail_gen);
+    EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.aside_msgs[0], 2 * EPM_LINK_COUNT), st, fail_gen);
+    memcpy(rep->dense_kv_msgs, r.aside_msgs[0], sizeof rep->dense_kv_msgs);
+    memcpy(rep->mod_score_msgs, r.aside_msgs[1], sizeof rep->mod_score_msgs);
     memcpy(rep->dense_kv_bytes, r.kv_dense_local, sizeof rep->dense_kv_bytes);
     memcpy(rep->mod_score_bytes, r.mod_local, sizeof rep->mod_score_bytes);
     EPM_CHECK_GOTO(epm_xcomm_sum_i64(r.x, r.layer_tokens, c->num_layers), st, fail_gen);

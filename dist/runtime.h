@@ -267,6 +267,7 @@ typedef struct epm_run_report {
                                                wire_bytes less these and mod_score_bytes */
     int64_t mod_score_bytes[EPM_LINK_COUNT]; /* Mixture-of-Depths: the all-gather of router scores (2 floats a
                                                 token and layer), in wire_bytes, not in the model's bytes */
+    int64_t dense_kv_msgs[EPM_LINK_COUNT], mod_score_msgs[EPM_LINK_COUNT]; /* their messages, in wire_msgs */
     int hierarchical;      /* exchanges took the hierarchical (2DH) path */
     int eplb_rebalances;   /* online rebalancing (epm_run_opts.eplb_interval): placements taken */
     int64_t eplb_moved;    /* experts the ranks gained over them (a replica on a rank that lacked it) */

@@ -66,6 +66,7 @@ typedef struct rt {
     int64_t *bytes_local, *kv_local, *load_local, gather_local[EPM_LINK_COUNT];
     int64_t kv_dense_local[EPM_LINK_COUNT]; /* follow: the dense layers' K/V all-gather (not a MoE layer's) */
     int64_t mod_local[EPM_LINK_COUNT];      /* MoD's all-gather of router scores */
+    int64_t aside_msgs[2][EPM_LINK_COUNT];  /* the messages of those two: [0] dense K/V, [1] MoD */
     int64_t kv_cache_bytes;  /* the K/V caches this rank holds now (sequences admitted and not ended, and
                                 the rows ended ones keep for prefix caching) */
     int64_t kv_cache_peak;   /* and held at most */

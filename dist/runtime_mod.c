@@ -188,8 +188,13 @@ static epm_status gather_scores(rt *r, int l, int64_t n, const int64_t *g, const
     }
     int64_t na = 0;
     epm_status st = epm_rt_sync(r, EPM_OK);
+    epm_xcomm_wire w0, w1;
+    epm_xcomm_wire_get(r->x, &w0);
     if (st == EPM_OK)
         st = epm_xcomm_allgather(r->x, n, rows, 4, 2, r->mod_local, &all, &na);
+    epm_xcomm_wire_get(r->x, &w1);
+    for (int c = 0; c < EPM_LINK_COUNT; c++)
+        r->aside_msgs[1][c] += w1.msgs[c] - w0.msgs[c];
     epm_free(rows);
     if (st != EPM_OK)
         return st;

@@ -121,6 +121,11 @@ static const char eval_usage[] =
     "                        (a dispatch crosses to each node once, through gateways; Tutel's 2DH) the\n"
     "                        modelled time prices its wire, printed beside the counted bytes, which\n"
     "                        run counts whatever the path\n"
+    "  --intra-latency-us U  a message's latency inside a node, and\n"
+    "  --inter-latency-us U  between nodes, in microseconds (default 0: bandwidth alone): each hop's\n"
+    "                        rows for one peer are a message, on the rank that sends it and the one\n"
+    "                        that receives it, in every phase of the modelled time (the trace's\n"
+    "                        pass_ids are the run's exchanges: without them the trace is one)\n"
     "  --per-layer           also print every layer\n"
     "  --json                JSON instead of text\n";
 
@@ -128,7 +133,7 @@ enum {
     O_TRACE = 256, O_EXPERTS, O_METHOD, O_MODE, O_NODES, O_GPN, O_CLUSTER, O_INTRA, O_INTER, O_SLOTS, O_TLIM,
     O_GAP, O_HIDDEN, O_BW, O_TW, O_OUT, O_EPLB, O_JSON, O_QUIET, O_DTB, O_KV, O_FFN, O_PERLAYER, O_MODEL, O_WIRE,
     O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_XB, O_EPLBF, O_RGBPS, O_EPLBLAG, O_EDT, O_GROUPS, O_REDUNDANT, O_HIER,
-    O_HELP
+    O_LAT_INTRA, O_LAT_INTER, O_HELP
 };
 
 static const struct option plan_opts[] = {
@@ -145,6 +150,7 @@ static const struct option plan_opts[] = {
     {"kv-dim", required_argument, 0, O_KV},         {"ffn", required_argument, 0, O_FFN},
     {"per-layer", no_argument, 0, O_PERLAYER},      {"model", required_argument, 0, O_MODEL},
     {"wire-dtype", required_argument, 0, O_WIRE},   {"hier", required_argument, 0, O_HIER},
+    {"intra-latency-us", required_argument, 0, O_LAT_INTRA}, {"inter-latency-us", required_argument, 0, O_LAT_INTER},
       {"eplb-interval", required_argument, 0, O_EPLBI},
     {"eplb-window", required_argument, 0, O_EPLBW}, {"eplb-slots", required_argument, 0, O_EPLBS},
     {"placement-out", required_argument, 0, O_POUT}, {"eplb-min-gain", required_argument, 0, O_EPLBG},
@@ -424,6 +430,7 @@ static json_t *result_json(const epm_eval_result *r, const epm_eval_result *base
     if (o) { /* (what the path puts on the wire, which the modelled time prices) */
         json_object_set_new(o, "path", json_string(hier ? "hierarchical" : "flat"));
         json_object_set_new(o, "wire_bytes", link_obj(r->wire_bytes));
+        json_object_set_new(o, "wire_msgs", r->msgs_counted ? link_obj(r->wire_msgs) : json_null());
     }
     if (o && r->routed > 0) /* (the nodes tokens reach: DeepSeek's node-limited routing) */
         json_object_set_new(o, "nodes", json_pack("{s:f, s:i, s:I}", "per_token", (double)r->nodes_reached / r->routed,
@@ -483,7 +490,7 @@ static int print_eval_json(const evaluated *ev, int n, int per_layer, int online
     return EPM_EXIT_OK;
 }
 
-static void print_eval_text(const evaluated *ev, int n, int per_layer, int online, int64_t passes)
+static void print_eval_text(const evaluated *ev, int n, int per_layer, int online, int64_t passes, int latency)
 {
     if (passes > 0)
         printf("modelled time pass by pass: the trace's %lld passes (pass_ids), each phase's busiest rank in each\n",
@@ -506,9 +513,11 @@ static void print_eval_text(const evaluated *ev, int n, int per_layer, int onlin
                 printf("    nodes a token reaches: %.3f on average, %d at most; %lld dispatches cross nodes once "
                        "each (hierarchical path)\n", (double)r->nodes_reached / r->routed, r->max_nodes_reached,
                        (long long)r->node_dispatches);
-            if (ev[i].hier)
-                printf("    on the wire (hierarchical path, priced): %lld bytes intra-node, %lld inter-node\n",
-                       (long long)r->wire_bytes[EPM_LINK_INTRA], (long long)r->wire_bytes[EPM_LINK_INTER]);
+            if (ev[i].hier || (latency && r->msgs_counted))
+                printf("    on the wire (%s path, priced): %lld bytes in %lld messages intra-node, %lld bytes in %lld "
+                       "messages inter-node\n", ev[i].hier ? "hierarchical" : "flat", (long long)r->wire_bytes[EPM_LINK_INTRA],
+                       (long long)r->wire_msgs[EPM_LINK_INTRA], (long long)r->wire_bytes[EPM_LINK_INTER],
+                       (long long)r->wire_msgs[EPM_LINK_INTER]);
             if (online & ONLINE_PEERS)
                 printf("    online rebalancing: %d placements taken, %lld experts moved, copied: %lld bytes "
                        "intra-node, %lld inter-node, %.4f ms\n", r->rebalances, (long long)r->moved,
@@ -569,7 +578,7 @@ static int cmd_eval(int argc, char **argv)
     long redundant = -1;
     int peers = 0, from_given = 0, held = CLI_HELD_AUTO, held_given = 0;
     epm_xcomm_hier hier = EPM_XHIER_AUTO;
-    double eplb_g = 0, rgbps = 0;
+    double eplb_g = 0, rgbps = 0, lat_us[2] = {0, 0};
     int json = 0, per_layer = 0, c, have_hidden = 0, have_dtb = 0, have_kv = 0, have_ffn = 0;
     const char *model_dir = NULL;
     model_shape ms = {0};
@@ -595,6 +604,8 @@ static int cmd_eval(int argc, char **argv)
             hier = k == 0 ? EPM_XHIER_AUTO : k == 1 ? EPM_XHIER_ON : EPM_XHIER_OFF;
             break;
         }
+        case O_LAT_INTRA: if (!cli_parse_double(W, "--intra-latency-us", optarg, 0, 1e9, &lat_us[0])) return EPM_EXIT_USAGE; break;
+        case O_LAT_INTER: if (!cli_parse_double(W, "--inter-latency-us", optarg, 0, 1e9, &lat_us[1])) return EPM_EXIT_USAGE; break;
         case O_EPLBI: if (!cli_parse_int(W, "--eplb-interval", optarg, 1, INT32_MAX, &eplb_i)) return EPM_EXIT_USAGE; break;
         case O_EPLBW: if (!cli_parse_int(W, "--eplb-window", optarg, 1, INT32_MAX, &eplb_w)) return EPM_EXIT_USAGE; break;
         case O_EPLBS: if (!cli_parse_int(W, "--eplb-slots", optarg, 1, INT32_MAX, &eplb_s)) return EPM_EXIT_USAGE; break;
@@ -758,6 +769,8 @@ static int cmd_eval(int argc, char **argv)
             eo.eplb_groups = eplb_i > 0 ? (int)groups : 0;
             const epm_cluster *pc = epm_placement_cluster(ev[i].p);
             eo.hierarchical = epm_xcomm_hier_takes(hier, pc->nodes, pc->gpus_per_node);
+            eo.intra_latency_s = lat_us[0] * 1e-6;
+            eo.inter_latency_s = lat_us[1] * 1e-6;
             ev[i].hier = eo.hierarchical;
             if ((st = epm_eval(t, ev[i].p, &eo, &ev[i].r[m])) != EPM_OK) {
                 rc = cli_fail(W, epm_fail_context(st, "%s", ev[i].path));
@@ -776,7 +789,7 @@ static int cmd_eval(int argc, char **argv)
     } else if (json) {
         rc = print_eval_json(ev, n, per_layer, online, passes);
     } else {
-        print_eval_text(ev, n, per_layer, online, passes);
+        print_eval_text(ev, n, per_layer, online, passes, lat_us[0] > 0 || lat_us[1] > 0);
         rc = EPM_EXIT_OK;
     }
 out:

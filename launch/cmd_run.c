@@ -335,12 +335,15 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
         }
         fprintf(f, "], \"transport\": \"%s\", \"hierarchical\": %s, \"wire_bytes\": [%lld, %lld, %lld], "
                    "\"wire_msgs\": [%lld, %lld, %lld], \"dense_kv_bytes\": [%lld, %lld, %lld], "
-                   "\"mod_score_bytes\": [%lld, %lld, %lld]",
+                   "\"mod_score_bytes\": [%lld, %lld, %lld], \"aside_msgs\": [%lld, %lld, %lld]",
                 r->transport ? r->transport : "?", r->hierarchical ? "true" : "false", (long long)r->wire_bytes[0],
                 (long long)r->wire_bytes[1], (long long)r->wire_bytes[2], (long long)r->wire_msgs[0],
                 (long long)r->wire_msgs[1], (long long)r->wire_msgs[2], (long long)r->dense_kv_bytes[0],
                 (long long)r->dense_kv_bytes[1], (long long)r->dense_kv_bytes[2], (long long)r->mod_score_bytes[0],
-                (long long)r->mod_score_bytes[1], (long long)r->mod_score_bytes[2]);
+                (long long)r->mod_score_bytes[1], (long long)r->mod_score_bytes[2],
+                (long long)(r->dense_kv_msgs[0] + r->mod_score_msgs[0]),
+                (long long)(r->dense_kv_msgs[1] + r->mod_score_msgs[1]),
+                (long long)(r->dense_kv_msgs[2] + r->mod_score_msgs[2]));
         fprintf(f, ", \"eplb\": {\"rebalances\": %d, \"experts_moved\": %lld, \"bytes_read\": %lld, \"expert_bytes\": "
                    "%lld, \"bytes_copied\": [%lld, %lld, %lld], \"wire_bytes\": [%lld, %lld, %lld], \"wire_msgs\": [%lld, "
                    "%lld, %lld], \"seconds\": %.6f, \"lag\": %d, \"groups\": %d, \"hierarchical\": %s}",

@@ -25,6 +25,7 @@ void epm_eval_opts_init(epm_eval_opts *o)
     o->eplb_lag = 0;
     o->eplb_groups = 0;
     o->hierarchical = 0;
+    o->intra_latency_s = o->inter_latency_s = 0;
 }
 
 void epm_eval_result_destroy(epm_eval_result *r)
@@ -42,9 +43,10 @@ void epm_eval_result_destroy(epm_eval_result *r)
 
 /* Per-rank bytes of one communication phase, split by direction and link
  * class: [0] sent intra, [1] sent inter, [2] received intra, [3] received
- * inter, each [R]. */
+ * inter, each [R]; m the same for its messages (a rank's per-peer blocks of
+ * a hop). */
 typedef struct phase {
-    int64_t *b;
+    int64_t *b, *m;
     int R;
 } phase;
 
@@ -58,6 +60,11 @@ void epm_cost_phase_add(int64_t *b, int ranks, const epm_cluster *c, int from, i
 static void phase_add(phase *ph, const epm_cluster *c, int from, int to, int64_t bytes)
 {
     epm_cost_phase_add(ph->b, ph->R, c, from, to, bytes);
+}
+
+static void phase_add_msg(phase *ph, const epm_cluster *c, int from, int to)
+{
+    epm_cost_phase_add(ph->m, ph->R, c, from, to, 1);
 }
 
 static double rank_seconds(const epm_cluster *c, int64_t intra, int64_t inter)
@@ -81,7 +88,30 @@ double epm_cost_phase_seconds(const int64_t *b, int ranks, const epm_cluster *c)
     return worst;
 }
 
-static double phase_seconds(const phase *ph, const epm_cluster *c) { return epm_cost_phase_seconds(ph->b, ph->R, c); }
+/* ... plus each message's latency (lat[0] intra, lat[1] inter) on the rank
+ * that sends it and on the one that receives it */
+static double phase_seconds(const phase *ph, const epm_cluster *c, const double lat[2])
+{
+    if (lat[0] == 0 && lat[1] == 0)
+        return epm_cost_phase_seconds(ph->b, ph->R, c);
+    const size_t R = (size_t)ph->R;
+    const int64_t *b = ph->b, *m = ph->m;
+    double worst = 0;
+    for (size_t r = 0; r < R; r++) {
+        double s = rank_seconds(c, b[r], b[R + r]) + (double)m[r] * lat[0] + (double)m[R + r] * lat[1];
+        double v = rank_seconds(c, b[2 * R + r], b[3 * R + r]) + (double)m[2 * R + r] * lat[0] +
+                   (double)m[3 * R + r] * lat[1];
+        double t = s > v ? s : v;
+        worst = t > worst ? t : worst;
+    }
+    return worst;
+}
+
+/* The hops of a layer's exchanges (and the final gather's), each a set of
+ * messages: dispatch's up to 3, combine's and the gather's up to 2 (the
+ * hierarchical path), the K/V all-gather's 1. */
+enum { HOP_D0, HOP_D1, HOP_D2, HOP_C0, HOP_C1, HOP_KV, HOP_G0, HOP_G1, HOPS };
+enum { MSG_RANKS_MAX = 1024 }; /* (messages are counted up to this many ranks: [HOPS][R][R] stamps) */
 
 typedef struct {
     epm_eval_result *r;
@@ -90,11 +120,14 @@ typedef struct {
     int hier, P;   /* the hierarchical path, P ranks a node */
     int *dd, *gw;  /* [K] scratch: a dispatch's ranks other than its source, their gateways */
     phase a2a, kv; /* this layer's dispatch + combine, and its K/V all-gather */
+    uint32_t *stamp, epoch; /* [HOPS][R][R]: the exchange (epoch) a hop last sent from -> to in; NULL: not counted */
 } acc;
 
-/* A transfer on the wire (of layer l; -1: the final gather), which the
- * modelled time's phase sees. */
-static void wire(acc *a, phase *ph, int l, int from, int to, int64_t bytes)
+/* A transfer on the wire in hop h (of layer l; -1: the final gather), which
+ * the modelled time's phase sees: its bytes, and a message when it is the
+ * first from -> to of this exchange's hop (a transport sends a peer's rows
+ * in one block). */
+static void wire(acc *a, phase *ph, int h, int l, int from, int to, int64_t bytes)
 {
     if (from == to)
         return;
@@ -103,11 +136,19 @@ static void wire(acc *a, phase *ph, int l, int from, int to, int64_t bytes)
     if (l >= 0)
         a->r->layer_wire[(size_t)l * EPM_LINK_COUNT + k] += bytes;
     phase_add(ph, a->c, from, to, bytes);
+    uint32_t *st = a->stamp ? a->stamp + ((size_t)h * (size_t)a->R + (size_t)from) * (size_t)a->R + (size_t)to : NULL;
+    if (st && *st != a->epoch) {
+        *st = a->epoch;
+        a->r->wire_msgs[k]++;
+        phase_add_msg(ph, a->c, from, to);
+    }
 }
 
-/* A counted transfer; on the flat path, the wire's too. */
-static void move(acc *a, int from, int to, int64_t bytes, int kv)
+/* A counted transfer (hop: HOP_D0 dispatch, HOP_C0 combine, HOP_KV); on the
+ * flat path, the wire's too. */
+static void move(acc *a, int from, int to, int64_t bytes, int hop)
 {
+    const int kv = hop == HOP_KV;
     if (from == to)
         return;
     epm_link k = epm_cluster_link(a->c, from, to);
@@ -119,17 +160,18 @@ static void move(acc *a, int from, int to, int64_t bytes, int kv)
         ly->transfers[k]++;
     }
     if (kv || !a->hier)
-        wire(a, kv ? &a->kv : &a->a2a, a->l, from, to, bytes);
+        wire(a, kv ? &a->kv : &a->a2a, hop, a->l, from, to, bytes);
     a->r->send_bytes[(size_t)a->l * (size_t)a->R + (size_t)from] += bytes;
     a->r->recv_bytes[(size_t)a->l * (size_t)a->R + (size_t)to] += bytes;
 }
 
-/* The hierarchical path's wire of a row from src to c (a combine, the final gather). */
-static void hier_single(acc *a, phase *ph, int l, int src, int c, int64_t bytes)
+/* The hierarchical path's wire of a row from src to c (a combine: hop
+ * HOP_C0, the final gather: HOP_G0; then the next). */
+static void hier_single(acc *a, phase *ph, int h, int l, int src, int c, int64_t bytes)
 {
     int g = epm_hier_gateway(src, a->P, c);
-    wire(a, ph, l, src, g, bytes);
-    wire(a, ph, l, g, c, bytes);
+    wire(a, ph, h, l, src, g, bytes);
+    wire(a, ph, h + 1, l, g, c, bytes);
 }
 
 /* ... and of a dispatch from src to its distinct ranks d[0..n) (src among
@@ -151,27 +193,28 @@ static void hier_dispatch(acc *a, int src, const int *d, int n, uint64_t key, in
             lead &= a->dd[b] / P != a->dd[j] / P;
         }
         if (first)
-            wire(a, &a->a2a, a->l, src, a->gw[j], bytes);
+            wire(a, &a->a2a, HOP_D0, a->l, src, a->gw[j], bytes);
         if (a->dd[j] / P == src / P)
             continue;
         int t = a->dd[j] / P * P + a->gw[j] % P; /* (the node's rank that takes it between nodes) */
         if (lead)
-            wire(a, &a->a2a, a->l, a->gw[j], t, bytes);
-        wire(a, &a->a2a, a->l, t, a->dd[j], bytes);
+            wire(a, &a->a2a, HOP_D1, a->l, a->gw[j], t, bytes);
+        wire(a, &a->a2a, HOP_D2, a->l, t, a->dd[j], bytes);
     }
 }
 
 /* A pass ends: its phases and its busiest rank's experts are waited for
  * (spf: modelled seconds per (token, expert)); the next starts empty. */
-static void close_pass(acc *a, int64_t *pass_load, double spf, epm_eval_layer *ly)
+static void close_pass(acc *a, int64_t *pass_load, double spf, epm_eval_layer *ly, const double lat[2])
 {
     const int R = a->R;
-    ly->t_comm += phase_seconds(&a->a2a, a->c) + phase_seconds(&a->kv, a->c);
+    ly->t_comm += phase_seconds(&a->a2a, a->c, lat) + phase_seconds(&a->kv, a->c, lat);
     int64_t most = 0;
     for (int q = 0; q < R; q++)
         most = pass_load[q] > most ? pass_load[q] : most;
     ly->t_compute += (double)most * spf;
-    memset(a->a2a.b, 0, (size_t)R * 8 * sizeof *a->a2a.b); /* (both phases: kv follows a2a) */
+    memset(a->a2a.b, 0, (size_t)R * 16 * sizeof *a->a2a.b); /* (both phases' bytes and messages: one block) */
+    a->epoch++;
     memset(pass_load, 0, (size_t)R * sizeof *pass_load);
 }
 
@@ -196,6 +239,13 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     if (o->read_expert_bytes < 0 || !(o->read_gbps >= 0) || !isfinite(o->read_gbps))
         return epm_fail(EPM_ERR_INVALID_ARG, "eval: read_expert_bytes = %lld and read_gbps = %g must be >= 0",
                         (long long)o->read_expert_bytes, o->read_gbps);
+    if (!(o->intra_latency_s >= 0) || !isfinite(o->intra_latency_s) || !(o->inter_latency_s >= 0) ||
+        !isfinite(o->inter_latency_s))
+        return epm_fail(EPM_ERR_INVALID_ARG, "eval: intra_latency_s = %g and inter_latency_s = %g must be >= 0",
+                        o->intra_latency_s, o->inter_latency_s);
+    if ((o->intra_latency_s > 0 || o->inter_latency_s > 0) && p->ranks > MSG_RANKS_MAX)
+        return epm_fail(EPM_ERR_INVALID_ARG, "eval: a message latency needs the messages, counted up to %d ranks; "
+                        "the placement has %d", MSG_RANKS_MAX, p->ranks);
     if (o->eplb_lag != 0 && o->eplb_interval == 0)
         return epm_fail(EPM_ERR_INVALID_ARG, "eval: eplb_lag = %d is online rebalancing's, and eplb_interval is 0",
                         o->eplb_lag);
@@ -217,6 +267,7 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     epm_eval_result *r = epm_calloc(1, sizeof *r);
     int *where = NULL, *dst = NULL, *distinct = NULL;
     int64_t *split = NULL, *pass_load = NULL;
+    uint32_t *stamp = NULL;
     if (!r) {
         epm_pass_plan_clear(&pp);
         return EPM_ERR_NOMEM;
@@ -233,12 +284,12 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     where = epm_malloc((size_t)(T ? T : 1) * sizeof *where);
     dst = epm_malloc((size_t)K * sizeof *dst);
     distinct = epm_malloc((size_t)K * 3 * sizeof *distinct); /* (and acc's dd, gw) */
-    /* one pass's two phases of [4][R], and its ranks' loads */
-    split = epm_calloc((size_t)R * 8, sizeof *split);
+    /* one pass's two phases: bytes [2][4][R], then messages [2][4][R]; and its ranks' loads */
+    split = epm_calloc((size_t)R * 16, sizeof *split);
+    stamp = R <= MSG_RANKS_MAX ? epm_calloc((size_t)HOPS * (size_t)R * (size_t)R, sizeof *stamp) : NULL;
     pass_load = epm_calloc((size_t)R, sizeof *pass_load);
     if (!r->layer || !r->rank_load || !r->send_bytes || !r->recv_bytes || !r->layer_wire || !where || !dst ||
-        !distinct || !split ||
-        !pass_load) {
+        !distinct || !split || (R <= MSG_RANKS_MAX && !stamp) || !pass_load) {
         st = EPM_ERR_NOMEM;
         goto fail;
     }
@@ -246,7 +297,9 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
         where[i] = (int)(epm_trace_seq_of(t, i) % R);
 
     acc a = {r,     c, 0, R, o->hierarchical && c->nodes > 1, c->gpus_per_node, distinct + K, distinct + 2 * K,
-             {split, R}, {split + 4 * (size_t)R, R}};
+             {split, split + 8 * (size_t)R, R}, {split + 4 * (size_t)R, split + 12 * (size_t)R, R}, stamp, 1};
+    const double lat[2] = {o->intra_latency_s, o->inter_latency_s};
+    r->msgs_counted = stamp != NULL;
     const double spf = o->flops_per_assignment / (c->gpu_tflops * 1e12); /* modelled seconds a (token, expert) */
     /* A segment is the passes a placement ran (the whole trace without
      * rebalancing): its tokens through every layer, then the next's. A
@@ -270,7 +323,7 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
             for (int64_t s = begin; s < end; s++) {
                 const int64_t i = pp.order[s].token;
                 if (s > begin && pp.order[s].pass != pp.order[s - 1].pass)
-                    close_pass(&a, pass_load, spf, ly);
+                    close_pass(&a, pass_load, spf, ly, lat);
                 const int32_t *row = ids + (size_t)i * (size_t)K;
                 if (row[0] < 0)
                     continue; /* skipped: stays, sends nothing */
@@ -307,23 +360,23 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
                 int comb = o->mode == EPM_MODE_FOLLOW ? dst[0] : src;
                 const int64_t db = o->dispatch_bytes ? o->dispatch_bytes : o->hidden_bytes;
                 for (int q = 0; q < nd; q++) {
-                    move(&a, src, distinct[q], db, 0);
-                    move(&a, distinct[q], comb, o->hidden_bytes, 0);
+                    move(&a, src, distinct[q], db, HOP_D0);
+                    move(&a, distinct[q], comb, o->hidden_bytes, HOP_C0);
                 }
                 if (a.hier) {
                     hier_dispatch(&a, src, distinct, nd, (uint64_t)i, db);
                     for (int q = 0; q < nd; q++)
                         if (distinct[q] != comb)
-                            hier_single(&a, &a.a2a, l, distinct[q], comb, o->hidden_bytes);
+                            hier_single(&a, &a.a2a, HOP_C0, l, distinct[q], comb, o->hidden_bytes);
                 }
                 if (o->mode == EPM_MODE_FOLLOW) {
                     /* the new K/V row of this token, computed where its attention ran */
                     for (int q = 0; q < R; q++)
-                        move(&a, src, q, o->kv_row_bytes, 1);
+                        move(&a, src, q, o->kv_row_bytes, HOP_KV);
                     where[i] = comb;
                 }
             }
-            close_pass(&a, pass_load, spf, ly); /* (a segment ends with a whole pass) */
+            close_pass(&a, pass_load, spf, ly, lat); /* (a segment ends with a whole pass) */
         }
         for (int l = 0; l < L; l++)
             seg_s += r->layer[l].t_compute + r->layer[l].t_comm;
@@ -351,21 +404,23 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
         for (int64_t s = 0; s < T; s++) {
             const int64_t i = pp.order[s].token;
             if (s > 0 && pp.order[s].pass != pp.order[s - 1].pass) {
-                r->t_total += phase_seconds(&a.a2a, c);
-                memset(split, 0, (size_t)R * 4 * sizeof *split);
+                r->t_total += phase_seconds(&a.a2a, c, lat);
+                memset(a.a2a.b, 0, (size_t)R * 4 * sizeof *a.a2a.b);
+                memset(a.a2a.m, 0, (size_t)R * 4 * sizeof *a.a2a.m);
+                a.epoch++;
             }
             int home = (int)(epm_trace_seq_of(t, i) % R);
             if (where[i] != home) {
                 r->gather_bytes[epm_cluster_link(c, where[i], home)] += o->hidden_bytes;
                 if (a.hier)
-                    hier_single(&a, &a.a2a, -1, where[i], home, o->hidden_bytes);
+                    hier_single(&a, &a.a2a, HOP_G0, -1, where[i], home, o->hidden_bytes);
                 else
-                    wire(&a, &a.a2a, -1, where[i], home, o->hidden_bytes);
+                    wire(&a, &a.a2a, HOP_G0, -1, where[i], home, o->hidden_bytes);
             }
         }
         for (int k = 0; k < EPM_LINK_COUNT; k++)
             r->total_bytes[k] += r->gather_bytes[k];
-        r->t_total += phase_seconds(&a.a2a, c);
+        r->t_total += phase_seconds(&a.a2a, c, lat);
     }
     r->kv_cache_factor = o->mode == EPM_MODE_FOLLOW ? (double)R : 1.0;
     r->rebalances = pp.taken;
@@ -386,6 +441,7 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     epm_free(dst);
     epm_free(distinct);
     epm_free(split);
+    epm_free(stamp);
     *out = r;
     return EPM_OK;
 fail:
@@ -395,6 +451,7 @@ fail:
     epm_free(dst);
     epm_free(distinct);
     epm_free(split);
+    epm_free(stamp);
     epm_eval_result_destroy(r);
     return st;
 }

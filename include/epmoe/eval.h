@@ -25,8 +25,10 @@
  *   t_comm    = T(dispatch + combine) + T(K/V all-gather, follow only)
  *   T(phase)  = max over ranks of max(send time, receive time), where a rank's
  *               time = intra bytes / (intra_gbps * 1e9) + inter bytes /
- *               (inter_gbps * 1e9): a phase ends with its busiest rank, send
- *               and receive overlap, the two link classes do not.
+ *               (inter_gbps * 1e9), plus its messages times the class's
+ *               latency (epm_eval_opts.intra_latency_s, inter_latency_s; 0
+ *               by default): a phase ends with its busiest rank, send and
+ *               receive overlap, the two link classes do not.
  *   t_total   = sum over layers of t_compute + t_comm, plus T(final gather)
  *               in follow mode, plus with online rebalancing T(the experts
  *               each placement taken copies between ranks).
@@ -41,10 +43,12 @@
  * The hierarchical path (epm_eval_opts.hierarchical; comm/hier_route.h's
  * routes): the counts above stay the model's, while the wire, and with it
  * the modelled time, is the path's. A dispatch goes once from src to each
- * of its ranks on src's node and to one gateway of src's node per other
- * destination node (epm_hier_gateways, keyed by the token's number), which
- * sends it once to that node's rank of the same local index, itself a
- * destination, which fans it out to the rest there. A combine (and the
+ * of its ranks on src's node and to a gateway of src's node for each other
+ * destination node (epm_hier_gateways, keyed by the token's number: none
+ * when src or a local destination has the local index, one copy where a
+ * gateway serves several nodes), which sends it once to that node's rank of
+ * the same local index, itself a destination, which fans it out to the rest
+ * there. A combine (and the
  * final gather) from d to c on another node goes to the rank of d's node
  * with c's local index, then to c. The K/V all-gather is flat either way.
  * Per rank, a phase's send and receive bytes are then those of every hop. */
@@ -106,6 +110,11 @@ typedef struct epm_eval_opts {
      * the modelled time prices its wire (see below) instead of the transfers above; the counted
      * bytes stay the model's. 0 (the default): the flat path, whose wire is the counted bytes */
     int hierarchical;
+    /* Seconds each message costs on a link class (the alpha of an alpha-beta model: a hop's rows
+     * for one peer are one message), on the rank that sends it and on the one that receives it, in
+     * the modelled time's phases. 0 (the defaults): bandwidth alone. Messages are counted up to
+     * 1024 ranks; a latency above that is refused */
+    double intra_latency_s, inter_latency_s;
 } epm_eval_opts;
 
 /* Mixtral-8x7B-like defaults: hidden 4096 in bf16, 8 KV heads x 128 x 2 (K,V) x bf16,
@@ -157,9 +166,15 @@ typedef struct epm_eval_result {
     int max_nodes_reached;
     /* What the run's exchanges put on the wire (epm_eval_opts.hierarchical's path): per layer
      * [layers * EPM_LINK_COUNT] dispatch + combine + K/V all-gather, and in all with the final
-     * gather, what epmoe run reports as wire_bytes. On the flat path the counted bytes */
+     * gather: epmoe run's wire_bytes less what it reports outside MoE layers (dense_kv_bytes,
+     * mod_score_bytes), for rows whose bytes fill whole floats (the run pads an odd bf16 width
+     * or an fp8 one to 4 bytes on the wire). On the flat path the counted bytes */
     int64_t *layer_wire;
     int64_t wire_bytes[EPM_LINK_COUNT];
+    /* and its messages (one a hop, sender and receiver with rows between them: epmoe run's
+     * wire_msgs), counted where msgs_counted (up to 1024 ranks) */
+    int64_t wire_msgs[EPM_LINK_COUNT];
+    int msgs_counted;
 } epm_eval_result;
 
 /* The trace's layers, experts and the placement's must match; ranks come from

@@ -468,6 +468,7 @@ h, f = r; print(h["bytes_inter"], f["bytes_inter"], h["bytes_intra"], f["bytes_i
 sys.exit(0 if float(h["bytes_inter"]) < float(f["bytes_inter"]) and float(h["bytes_intra"]) > float(f["bytes_intra"])
          else 1)' "$d/hier.csv" "$d/out" || fail "bench plan --hier: $(head -c 600 "$d/hier.csv")"
 usage plan --hier "" --hier sometimes
+usage plan --inter-latency-us "" --inter-latency-us -1
 # spare slots (2 a rank): the ratio line of the ILP (its replica search) against eplb
 ok "bench plan slots" "$E" bench plan --shape mixtral --mode follow --tokens 256 --time-limit 1 --slots 2 --quiet &&
   has "$d/out" "8 ranks in 1 node, 256 tokens .*, 2 slots a rank (8 spare)" &&

@@ -37,7 +37,7 @@ lacks "$d/out" "layer   3"
 # 2 ranks a node: --hier auto is the flat path (as run's); on, the wire is priced and printed per layer,
 # the counted bytes the same; off on a placement for 4 nodes of 4 ranks, where auto is hierarchical
 check "eval --hier on" 0 "$E" plan eval --trace "$d/b.st" "$d/c.json" --hier on --per-layer
-has "$d/out" "on the wire (hierarchical path, priced): [0-9]* bytes intra-node, [0-9]* inter-node"
+has "$d/out" "on the wire (hierarchical path, priced): [0-9]* bytes in [0-9]* messages intra-node, [0-9]* bytes in [0-9]* messages inter-node"
 has "$d/out" "on the wire intra [0-9]* inter [0-9]*"
 grep "c.json  *contiguous" "$d/out" | awk '{print $4, $5, $6, $7}' >"$d/hier_counts"
 check "eval --hier auto" 0 "$E" plan eval --trace "$d/b.st" "$d/c.json" --per-layer
@@ -50,6 +50,23 @@ check "eval 4 x 4, auto" 0 "$E" plan eval --trace "$d/b.st" "$d/c44.json" --json
 has "$d/out" '"path": "hierarchical"'
 check "eval 4 x 4, off" 0 "$E" plan eval --trace "$d/b.st" "$d/c44.json" --json --hier off
 has "$d/out" '"path": "flat"'
+# a latency a message: the same bytes and messages, a longer modelled time (b.st has no passes: one exchange
+# a layer); refused below 0
+check "eval, latency" 0 "$E" plan eval --trace "$d/b.st" "$d/c.json" --json --inter-latency-us 5 --intra-latency-us 1
+cp "$d/out" "$d/lat.json"
+check "eval, no latency" 0 "$E" plan eval --trace "$d/b.st" "$d/c.json" --json
+python3 - "$d/lat.json" "$d/out" <<'EOF' || fail "plan eval --inter-latency-us: $(head -c 400 "$d/lat.json")"
+import json, sys
+a, b = (json.load(open(f))['placements'][0]['results'][0] for f in sys.argv[1:])
+m = a['wire_msgs']
+print(a['modelled_seconds'], b['modelled_seconds'], m)
+sys.exit(0 if a['wire_bytes'] == b['wire_bytes'] and m == b['wire_msgs'] and m['inter_node'] > 0 and
+         a['modelled_seconds'] > b['modelled_seconds'] else 1)
+EOF
+check "eval, latency text" 0 "$E" plan eval --trace "$d/b.st" "$d/c.json" --inter-latency-us 5
+has "$d/out" "on the wire (flat path, priced): [0-9]* bytes in [0-9]* messages intra-node"
+check "eval, negative latency" 2 "$E" plan eval --trace "$d/b.st" "$d/c.json" --inter-latency-us -1
+has "$d/err" "--inter-latency-us"
 check "eval --hier, bad" 2 "$E" plan eval --trace "$d/b.st" "$d/c.json" --hier sometimes
 has "$d/err" "--hier"
 check "plan --hier (plan eval's)" 2 "$E" plan --trace "$d/a.st" --hier on --out "$d/x.json"

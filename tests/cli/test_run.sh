@@ -761,10 +761,12 @@ e = json.load(open(sys.argv[2]))['placements'][0]['results'][0]
 wire = [r['wire_bytes'][c] - r['dense_kv_bytes'][c] - r['mod_score_bytes'][c] for c in (1, 2)]
 counted = [sum(l['bytes'][c] + l['kv_bytes'][c] for l in r['layers']) + r['gather_bytes'][c] for c in (1, 2)]
 ev = [e['wire_bytes']['intra_node'], e['wire_bytes']['inter_node']]
-print('run wire', wire, 'counted', counted, 'plan eval', ev, e['path'])
+msgs = [r['wire_msgs'][c] - r['aside_msgs'][c] for c in (1, 2)]
+evm = [e['wire_msgs']['intra_node'], e['wire_msgs']['inter_node']]
+print('run wire', wire, msgs, 'counted', counted, 'plan eval', ev, evm, e['path'])
 hier = sys.argv[3] == 'on'
 sys.exit(0 if r['hierarchical'] and e['path'] == ('hierarchical' if hier else 'flat') and
-         (ev == wire if hier else ev == counted) and wire != counted and
+         (ev == wire and evm == msgs if hier else ev == counted) and wire != counted and
          [e['bytes']['intra_node'], e['bytes']['inter_node']] == counted else 1)
 EOF
   done

@@ -369,7 +369,8 @@ static void assert_same_tokens(const epm_run_result *a, const epm_run_result *b,
         assert_memory_equal(b->logprob + s * new, a->logprob + s * new, a->gen_len[s] * sizeof(float));
 }
 
-static void assert_report_is_eval(const epm_run_report *rp, const epm_eval_result *ev, int layers)
+/* (msgs: the trace has the run's passes, whose exchanges its messages are: a trace without them is one) */
+static void assert_report_is_eval(const epm_run_report *rp, const epm_eval_result *ev, int layers, int msgs)
 {
     for (int l = 0; l < layers; l++) {
         for (int c = 0; c < EPM_LINK_COUNT; c++) {
@@ -387,6 +388,15 @@ static void assert_report_is_eval(const epm_run_report *rp, const epm_eval_resul
             fprintf(stderr, "rank %d: wire class %d: run %lld, plan eval %lld, counted %lld (%s path)\n", me, c,
                     (long long)rp->wire_bytes[c], (long long)ev->wire_bytes[c], (long long)ev->total_bytes[c], rp->hierarchical ? "hierarchical" : "flat");
         assert_int_equal(rp->wire_bytes[c], ev->wire_bytes[c] + aside);
+        /* and its messages: one a hop and peer, the same exchanges */
+        const int64_t aside_msgs = rp->dense_kv_msgs[c] + rp->mod_score_msgs[c];
+        if (rp->wire_msgs[c] != ev->wire_msgs[c] + aside_msgs)
+            fprintf(stderr, "rank %d: wire messages class %d: run %lld, plan eval %lld, aside %lld (%s path)\n", me, c,
+                    (long long)rp->wire_msgs[c], (long long)ev->wire_msgs[c], (long long)aside_msgs,
+                    rp->hierarchical ? "hierarchical" : "flat");
+        assert_true(ev->msgs_counted);
+        if (msgs)
+            assert_int_equal(rp->wire_msgs[c], ev->wire_msgs[c] + aside_msgs);
     }
 }
 
@@ -423,7 +433,7 @@ static void assert_run_is_eval_of(const epm_run_result *res, const epm_placement
     /* each gained expert read whole, once, by the rank that gained it */
     assert_int_equal(ev->read_bytes, res->report.eplb_bytes);
     assert_true(ev->read_bytes == 0 ? ev->t_reads == 0 : ev->t_reads > 0);
-    assert_report_is_eval(&res->report, ev, 4);
+    assert_report_is_eval(&res->report, ev, 4, epm_trace_pass_ids(res->trace) != NULL);
     assert_int_equal(ev->rebalances, res->report.eplb_rebalances);
     assert_int_equal(ev->moved, res->report.eplb_moved);
     for (int c = 0; c < EPM_LINK_COUNT; c++) /* the experts copied between ranks, from the same sources */
@@ -1495,6 +1505,12 @@ static void test_run_agrees_with_plan_eval(void **state)
     for (int g = 0; g < total; g++)
         seq[g] = g < 32 ? g / 16 : (g - 32) % 2;
     assert_int_equal(epm_trace_set_seq_ids(t, seq), EPM_OK);
+    /* the run's passes (the prompts in one, then a decode step each), as its trace records them: the
+     * exchanges whose messages plan eval predicts */
+    int32_t pass[32 + (NEW - 1) * 2];
+    for (int g = 0; g < total; g++)
+        pass[g] = g < 32 ? 0 : 1 + (g - 32) / 2;
+    assert_int_equal(epm_trace_set_pass_ids(t, pass), EPM_OK);
     epm_trace_ids(t, 2)[5 * 2 + 1] = -1; /* a dynamic-k token */
     /* OLMoE under every placement; DeepSeek-V3, whose follow mode all-gathers
      * MLA's latent rows (or, expanded, a key and a value per head), under one */
@@ -1544,10 +1560,12 @@ static void test_run_agrees_with_plan_eval(void **state)
                 epm_model_config_clear(&mc);
                 epm_eval_result *ev;
                 assert_int_equal(epm_eval(t, p, &eo, &ev), EPM_OK);
-                assert_report_is_eval(&res->report, ev, 4);
-                if (me == 0) /* the replayed routing is what was captured */
+                assert_report_is_eval(&res->report, ev, 4, 1);
+                if (me == 0) { /* the replayed routing is what was captured, in the passes it ran */
                     for (int l = 0; l < 4; l++)
                         assert_memory_equal(epm_trace_ids(res->trace, l), epm_trace_ids(t, l), (size_t)total * 2 * 4);
+                    assert_memory_equal(epm_trace_pass_ids(res->trace), pass, sizeof pass);
+                }
                 epm_eval_result_destroy(ev);
                 epm_run_result_destroy(res);
                 epm_placement_destroy(p);

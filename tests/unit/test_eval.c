@@ -325,21 +325,37 @@ static void test_eval_seq_ids_home(void **state)
     epm_trace_destroy(t);
 }
 
+/* One token of r0 (node 0: r0, r1; node 1: r2, r3) choosing experts 2 and 3
+ * (ranks 2, 3) on the slow cluster. */
+static void one_token_2x2(epm_trace **t, epm_placement **p0, epm_placement **p)
+{
+    const int32_t ids[] = {2, 3};
+    *t = make_trace(1, 1, 2, 4, ids);
+    *p0 = identity_placement(1, 4, 2, 2);
+    slow_cluster(*p0, p);
+}
+
+/* o on the flat path (f), then on the hierarchical one (h) */
+static void eval_both_paths(const epm_trace *t, const epm_placement *p, epm_eval_opts o, epm_eval_result **f,
+                            epm_eval_result **h)
+{
+    o.hierarchical = 0;
+    assert_int_equal(epm_eval(t, p, &o, f), EPM_OK);
+    o.hierarchical = 1;
+    assert_int_equal(epm_eval(t, p, &o, h), EPM_OK);
+}
+
 /* The hierarchical path (comm/hier_route.h): the counted bytes stay the
- * model's, the wire and the modelled time are the path's. One token of r0
- * (node 0: r0, r1; node 1: r2, r3) choosing experts 2 and 3 (ranks 2, 3). */
+ * model's, the wire and the modelled time are the path's (one_token_2x2). */
 static void test_eval_hierarchical_wire(void **state)
 {
     (void)state;
-    const int32_t ids[] = {2, 3};
-    epm_trace *t = make_trace(1, 1, 2, 4, ids);
-    epm_placement *p0 = identity_placement(1, 4, 2, 2), *p;
-    slow_cluster(p0, &p);
+    epm_trace *t;
+    epm_placement *p0, *p;
+    one_token_2x2(&t, &p0, &p);
     epm_eval_opts o = opts(EPM_MODE_HOME);
     epm_eval_result *f, *h;
-    assert_int_equal(epm_eval(t, p, &o, &f), EPM_OK);
-    o.hierarchical = 1;
-    assert_int_equal(epm_eval(t, p, &o, &h), EPM_OK);
+    eval_both_paths(t, p, o, &f, &h);
     /* flat: out to r2 and r3 and back, between nodes; its wire is what is counted */
     assert_int_equal(f->layer[0].bytes[EPM_LINK_INTER], 40);
     assert_int_equal(f->wire_bytes[EPM_LINK_INTER], 40);
@@ -361,9 +377,7 @@ static void test_eval_hierarchical_wire(void **state)
     /* follow: the combine on r2 (top-1), r3's partial within node 1; K/V all-gathered flat from
      * r0 (3 bytes to r1, r2, r3); the final gather r2 -> r0 between nodes either way */
     o = opts(EPM_MODE_FOLLOW);
-    assert_int_equal(epm_eval(t, p, &o, &f), EPM_OK);
-    o.hierarchical = 1;
-    assert_int_equal(epm_eval(t, p, &o, &h), EPM_OK);
+    eval_both_paths(t, p, o, &f, &h);
     assert_int_equal(f->wire_bytes[EPM_LINK_INTRA], 13);
     assert_int_equal(f->wire_bytes[EPM_LINK_INTER], 36);
     assert_int_equal(h->wire_bytes[EPM_LINK_INTRA], 23);
@@ -389,6 +403,68 @@ static void test_eval_hierarchical_wire(void **state)
     epm_trace_destroy(t);
 }
 
+/* Where no choice is free the gateway rotates with the token's number, and a
+ * later node reuses a gateway's copy: 3 nodes of 3, two tokens of r0 choosing
+ * r4, r5 (node 1, local 1 and 2) and r7 (node 2, local 1). Token 0 gathers on
+ * r2 for node 1 ((0 + 1) mod 2: r5's local index) and on r1 for node 2; token 1
+ * on r1 for both ((1 + 1) mod 2: r4's), one copy. */
+static void test_eval_hierarchical_gateways(void **state)
+{
+    (void)state;
+    const int32_t ids[] = {4, 5, 7, 4, 5, 7};
+    epm_trace *t = make_trace(1, 2, 3, 9, ids);
+    const int32_t seq[] = {0, 0};
+    assert_int_equal(epm_trace_set_seq_ids(t, seq), EPM_OK);
+    epm_placement *p = identity_placement(1, 9, 3, 3);
+    epm_eval_opts o = opts(EPM_MODE_HOME);
+    o.hierarchical = 1;
+    epm_eval_result *r;
+    assert_int_equal(epm_eval(t, p, &o, &r), EPM_OK);
+    assert_int_equal(r->layer[0].bytes[EPM_LINK_INTER], 120);
+    /* intra: gathering 2 + 1 copies, fan-out r5 -> r4 and r4 -> r5, each partial to its node's
+     * rank of r0's local index (r3, r3, r6) twice; inter: a copy a node and a partial a rank */
+    assert_int_equal(r->wire_bytes[EPM_LINK_INTRA], 110);
+    assert_int_equal(r->wire_bytes[EPM_LINK_INTER], 100);
+    /* messages (one exchange: no passes): hop 0 r0 -> r1, r0 -> r2; hop 1 r2 -> r5, r1 -> r7, r1 -> r4;
+     * hop 2 r5 -> r4, r4 -> r5; combine r4 -> r3, r5 -> r3, r7 -> r6, then r3 -> r0, r6 -> r0 */
+    assert_true(r->msgs_counted);
+    assert_int_equal(r->wire_msgs[EPM_LINK_INTRA], 2 + 2 + 3);
+    assert_int_equal(r->wire_msgs[EPM_LINK_INTER], 3 + 2);
+    epm_eval_result_destroy(r);
+    epm_placement_destroy(p);
+    epm_trace_destroy(t);
+}
+
+/* A latency a message (the alpha of an alpha-beta model) on both its ends, in the phase of
+ * test_eval_hierarchical_wire: flat, r0 sends and receives 2 inter-node messages; hierarchical,
+ * r2 sends the fan-out (intra) and one message of both partials (inter). */
+static void test_eval_message_latency(void **state)
+{
+    (void)state;
+    epm_trace *t;
+    epm_placement *p0, *p;
+    one_token_2x2(&t, &p0, &p);
+    epm_eval_opts o = opts(EPM_MODE_HOME);
+    o.intra_latency_s = 0.5;
+    o.inter_latency_s = 1;
+    epm_eval_result *f, *h;
+    eval_both_paths(t, p, o, &f, &h);
+    assert_int_equal(f->wire_msgs[EPM_LINK_INTER], 4);
+    assert_int_equal(f->wire_msgs[EPM_LINK_INTRA], 0);
+    assert_int_equal(h->wire_msgs[EPM_LINK_INTER], 2);
+    assert_int_equal(h->wire_msgs[EPM_LINK_INTRA], 2);
+    assert_true(fabs(f->layer[0].t_comm - 42.0) < 1e-6);
+    assert_true(fabs(h->layer[0].t_comm - 51.5) < 1e-6);
+    epm_eval_result_destroy(f);
+    epm_eval_result_destroy(h);
+    o.inter_latency_s = -1;
+    assert_int_equal(epm_eval(t, p, &o, &f), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "inter_latency_s = -1"));
+    epm_placement_destroy(p);
+    epm_placement_destroy(p0);
+    epm_trace_destroy(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -397,7 +473,8 @@ int main(void)
         cmocka_unit_test(test_eval_replica_prefers_cheap_link), cmocka_unit_test(test_eval_mismatch),
         cmocka_unit_test(test_eval_modelled_time_home), cmocka_unit_test(test_eval_modelled_time_follow),
         cmocka_unit_test(test_eval_bad_opts), cmocka_unit_test(test_eval_seq_ids_home),
-        cmocka_unit_test(test_eval_hierarchical_wire),
+        cmocka_unit_test(test_eval_hierarchical_wire), cmocka_unit_test(test_eval_hierarchical_gateways),
+        cmocka_unit_test(test_eval_message_latency),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

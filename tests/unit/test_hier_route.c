@@ -35,6 +35,17 @@ static void test_by_hand(void **state)
     assert_int_equal(gw[0], 1);
     assert_int_equal(gw[1], 2);
     assert_int_equal(gw[2], 1);
+    /* several already receive: the first of the node's slots whose local index one has */
+    gws(0, 4, 4, (const int[]){2, 3, 6, 7}, 0, gw);
+    assert_int_equal(gw[2], 2);
+    assert_int_equal(gw[3], 2);
+    gws(0, 4, 4, (const int[]){2, 3, 7, 6}, 0, gw);
+    assert_int_equal(gw[2], 3);
+    assert_int_equal(gw[3], 3);
+    /* src listed: its copy stays; it receives the row, so a node with its local index gathers on it */
+    gws(1, 4, 2, (const int[]){1, 5}, 3, gw);
+    assert_int_equal(gw[0], 1);
+    assert_int_equal(gw[1], 1);
     /* 3 ranks a node, src r0: node 1's gateway (local 1) serves node 2 too */
     gws(0, 3, 2, (const int[]){4, 7}, 0, gw);
     assert_int_equal(gw[0], 1);
