@@ -65,6 +65,8 @@ static void usage(void)
            "                   ILP plans so (default: 256 with --eplb-interval, else no passes)\n"
            "  --hier on|off    price every row on the hierarchical path (run --hier on; plan eval --hier):\n"
            "                   bytes are then its wire's, and the modelled time its (default off: flat)\n"
+           "  --intra-latency-us U, --inter-latency-us U  a message's latency in the modelled time, inside\n"
+           "                   a node and between nodes (plan eval's; default 0: bandwidth alone)\n"
            "  --quiet          no solver progress on stderr\n"
            "  --csv            one CSV row per (shape, mode, method)\n");
 }
@@ -145,7 +147,7 @@ static epm_status passes_from_zero(epm_trace *t)
 static double ratio(double a, double b) { return b != 0.0 ? a / b : (a == 0.0 ? 1.0 : INFINITY); }
 
 enum { O_SHAPE = 256, O_MODE, O_TOKENS, O_TIME, O_GAP, O_ZIPF, O_AFF, O_SEED, O_CSV, O_QUIET, O_DRIFT, O_EPLBI, O_EPLBW,
-       O_PASS, O_EPLBG, O_XB, O_EPLBLAG, O_GROUPS, O_TOPKG, O_SLOTS, O_HIER, O_HELP };
+       O_PASS, O_EPLBG, O_XB, O_EPLBLAG, O_GROUPS, O_TOPKG, O_SLOTS, O_HIER, O_LATA, O_LATE, O_HELP };
 static const struct option opts[] = {
     {"shape", required_argument, 0, O_SHAPE},   {"mode", required_argument, 0, O_MODE},
     {"tokens", required_argument, 0, O_TOKENS}, {"time-limit", required_argument, 0, O_TIME},
@@ -157,7 +159,8 @@ static const struct option opts[] = {
     {"eplb-min-gain", required_argument, 0, O_EPLBG}, {"expert-bytes", required_argument, 0, O_XB},
     {"eplb-lag", required_argument, 0, O_EPLBLAG},  {"groups", required_argument, 0, O_GROUPS},
     {"topk-groups", required_argument, 0, O_TOPKG}, {"slots", required_argument, 0, O_SLOTS},
-    {"hier", required_argument, 0, O_HIER},
+    {"hier", required_argument, 0, O_HIER},         {"intra-latency-us", required_argument, 0, O_LATA},
+    {"inter-latency-us", required_argument, 0, O_LATE},
     {"help", no_argument, 0, O_HELP},           {0, 0, 0, 0}};
 
 int epm_bench_plan(int argc, char **argv)
@@ -171,6 +174,7 @@ int epm_bench_plan(int argc, char **argv)
     double eplb_g = 0;
     long xb = -1;
     int pass_given = 0, hier = 0;
+    double lat_us[2] = {0, 0};
     int csv = 0, quiet = 0;
     int c;
     if (cli_exact_options(what, argc, argv, opts, 0) != EPM_EXIT_OK)
@@ -258,6 +262,12 @@ int epm_bench_plan(int argc, char **argv)
                 return EPM_EXIT_USAGE;
             break;
         }
+        case O_LATA:
+        case O_LATE:
+            if (!cli_parse_double(what, c == O_LATA ? "--intra-latency-us" : "--inter-latency-us", optarg, 0, 1e9,
+                                  &lat_us[c == O_LATE]))
+                return EPM_EXIT_USAGE;
+            break;
         case O_QUIET:
             quiet = 1;
             break;
@@ -358,6 +368,8 @@ int epm_bench_plan(int argc, char **argv)
             printf(", passes of %ld tokens", pass_tokens);
         if (!csv && hier)
             printf(", priced on the hierarchical path (bytes: its wire's)");
+        if (!csv && (lat_us[0] > 0 || lat_us[1] > 0))
+            printf(", %g / %g us a message (intra / inter)", lat_us[0], lat_us[1]);
         if (!csv)
             printf("\n");
         for (int mi = 0; mi < nmodes; mi++) {
@@ -376,6 +388,8 @@ int epm_bench_plan(int argc, char **argv)
             eo.hidden_bytes = (int64_t)po.hidden * 2;
             eo.kv_row_bytes = (int64_t)po.kv_dim * 2;
             eo.hierarchical = hier;
+            eo.intra_latency_s = lat_us[0] * 1e-6;
+            eo.inter_latency_s = lat_us[1] * 1e-6;
             /* (a model of GPUs, whose experts online rebalancing copies between them as vLLM does:
              * Mixtral-8x7B's in bf16, the expert whose FLOPs eo models, unless told) */
             eo.expert_bytes = xb >= 0 ? xb : cli_expert_bytes(2, 4096, 14336);

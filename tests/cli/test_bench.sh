@@ -467,8 +467,17 @@ ok "bench plan hier" "$E" bench plan --shape qwen --mode home --tokens 256 --tim
 h, f = r; print(h["bytes_inter"], f["bytes_inter"], h["bytes_intra"], f["bytes_intra"])
 sys.exit(0 if float(h["bytes_inter"]) < float(f["bytes_inter"]) and float(h["bytes_intra"]) > float(f["bytes_intra"])
          else 1)' "$d/hier.csv" "$d/out" || fail "bench plan --hier: $(head -c 600 "$d/hier.csv")"
-usage plan --hier "" --hier sometimes
-usage plan --inter-latency-us "" --inter-latency-us -1
+usage plan --hier sometimes --hier sometimes
+usage plan --inter-latency-us -1 --inter-latency-us -1
+# a latency a message (Qwen's 2 nodes, passes of 64 tokens: the run's exchanges): the same bytes, a longer
+# modelled time
+ok "bench plan latency" "$E" bench plan --shape qwen --mode home --tokens 256 --time-limit 1 --pass-tokens 64 \
+  --inter-latency-us 10 --intra-latency-us 2 --csv && cp "$d/out" "$d/lat.csv" &&
+  ok "bench plan no latency" "$E" bench plan --shape qwen --mode home --tokens 256 --time-limit 1 --pass-tokens 64 \
+  --csv && python3 -c 'import csv,sys; r=[{x["method"]: x for x in csv.DictReader(open(f))}["eplb"] for f in sys.argv[1:]]
+a, b = r; print(a["t_model_s"], b["t_model_s"])
+sys.exit(0 if float(a["t_model_s"]) > float(b["t_model_s"]) and a["bytes_inter"] == b["bytes_inter"] else 1)' \
+    "$d/lat.csv" "$d/out" || fail "bench plan --inter-latency-us: $(head -c 600 "$d/lat.csv")"
 # spare slots (2 a rank): the ratio line of the ILP (its replica search) against eplb
 ok "bench plan slots" "$E" bench plan --shape mixtral --mode follow --tokens 256 --time-limit 1 --slots 2 --quiet &&
   has "$d/out" "8 ranks in 1 node, 256 tokens .*, 2 slots a rank (8 spare)" &&
