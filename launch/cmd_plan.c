@@ -513,11 +513,14 @@ static void print_eval_text(const evaluated *ev, int n, int per_layer, int onlin
                 printf("    nodes a token reaches: %.3f on average, %d at most; %lld dispatches cross nodes once "
                        "each (hierarchical path)\n", (double)r->nodes_reached / r->routed, r->max_nodes_reached,
                        (long long)r->node_dispatches);
-            if (ev[i].hier || (latency && r->msgs_counted))
+            if (r->msgs_counted && (ev[i].hier || latency))
                 printf("    on the wire (%s path, priced): %lld bytes in %lld messages intra-node, %lld bytes in %lld "
                        "messages inter-node\n", ev[i].hier ? "hierarchical" : "flat", (long long)r->wire_bytes[EPM_LINK_INTRA],
                        (long long)r->wire_msgs[EPM_LINK_INTRA], (long long)r->wire_bytes[EPM_LINK_INTER],
                        (long long)r->wire_msgs[EPM_LINK_INTER]);
+            else if (ev[i].hier) /* (past the ranks whose messages are counted) */
+                printf("    on the wire (hierarchical path, priced): %lld bytes intra-node, %lld inter-node\n",
+                       (long long)r->wire_bytes[EPM_LINK_INTRA], (long long)r->wire_bytes[EPM_LINK_INTER]);
             if (online & ONLINE_PEERS)
                 printf("    online rebalancing: %d placements taken, %lld experts moved, copied: %lld bytes "
                        "intra-node, %lld inter-node, %.4f ms\n", r->rebalances, (long long)r->moved,
