@@ -152,21 +152,17 @@ epm_status epm_xcomm_exchange_start_lent(epm_xcomm *x, int64_t n, const int *des
  * (epm_xcomm_exchange_wait, _wait_buf, _cancel); the hierarchical path runs
  * its second and third hops in the wait. */
 epm_status epm_xcomm_exchange_multi(epm_xcomm *x, int64_t n, int slots, const int *dest, const uint64_t *keys,
- const float *rows, int width,
-                                    int payload_floats, int64_t counted[EPM_LINK_COUNT], float **out_rows,
-                                    int **out_src, int64_t *out_n);
+                                    const float *rows, int width, int payload_floats, int64_t counted[EPM_LINK_COUNT],
+                                    float **out_rows, int **out_src, int64_t *out_n);
 epm_status epm_xcomm_exchange_multi_start(epm_xcomm *x, int64_t n, int slots, const int *dest, const uint64_t *keys,
- const float *rows,
-                                          int width, int payload_floats, int64_t counted[EPM_LINK_COUNT],
-                                          epm_xcomm_req **req);
+                                          const float *rows, int width, int payload_floats,
+                                          int64_t counted[EPM_LINK_COUNT], epm_xcomm_req **req);
 epm_status epm_xcomm_exchange_multi_buf(epm_xcomm *x, int64_t n, int slots, const int *dest, const uint64_t *keys,
- const float *rows,
-                                        int width, int payload_floats, int64_t counted[EPM_LINK_COUNT],
-                                        epm_xcomm_buf *out);
+                                        const float *rows, int width, int payload_floats,
+                                        int64_t counted[EPM_LINK_COUNT], epm_xcomm_buf *out);
 epm_status epm_xcomm_exchange_multi_start_buf(epm_xcomm *x, int64_t n, int slots, const int *dest, const uint64_t *keys,
- const float *rows,
-                                              int width, int payload_floats, int64_t counted[EPM_LINK_COUNT],
-                                              epm_xcomm_buf *out, epm_xcomm_req **req);
+                                              const float *rows, int width, int payload_floats,
+                                              int64_t counted[EPM_LINK_COUNT], epm_xcomm_buf *out, epm_xcomm_req **req);
 
 /* What really went over the links, per link class of each hop: payload bytes
  * (payload_floats * 4 per row per hop) and messages (one per non-empty

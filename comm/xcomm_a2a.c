@@ -267,9 +267,8 @@ static void req_free(epm_xcomm_req *q)
  * of this node, which sends everything its node has for local rank l of
  * every other node in one message per node: every rank is a gateway, for
  * the rows to its own local index, so the traffic between nodes spreads
- * over all ranks and a row makes at most two hops. */
-
-/* The gathering hop's rows are written with their header straight into
+ * over all ranks and a row makes at most two hops.
+ * The gathering hop's rows are written with their header straight into
  * gateway order, so the hop sends them from there (no second pack). */
 static epm_status hier_start(epm_xcomm_req *q, int64_t n, const int *dest, const float *rows)
 {
@@ -898,25 +897,22 @@ epm_status epm_xcomm_exchange_buf(epm_xcomm *x, int64_t n, const int *dest, cons
 }
 
 epm_status epm_xcomm_exchange_multi_start_buf(epm_xcomm *x, int64_t n, int slots, const int *dest, const uint64_t *keys,
- const float *rows,
-                                              int width, int payload_floats, int64_t counted[EPM_LINK_COUNT],
-                                              epm_xcomm_buf *out, epm_xcomm_req **req)
+                                              const float *rows, int width, int payload_floats,
+                                              int64_t counted[EPM_LINK_COUNT], epm_xcomm_buf *out, epm_xcomm_req **req)
 {
     return mstart(x, n, slots, dest, keys, rows, width, payload_floats, counted, out, req);
 }
 
 epm_status epm_xcomm_exchange_multi_start(epm_xcomm *x, int64_t n, int slots, const int *dest, const uint64_t *keys,
- const float *rows,
-                                          int width, int payload_floats, int64_t counted[EPM_LINK_COUNT],
-                                          epm_xcomm_req **req)
+                                          const float *rows, int width, int payload_floats,
+                                          int64_t counted[EPM_LINK_COUNT], epm_xcomm_req **req)
 {
     return mstart(x, n, slots, dest, keys, rows, width, payload_floats, counted, NULL, req);
 }
 
 epm_status epm_xcomm_exchange_multi(epm_xcomm *x, int64_t n, int slots, const int *dest, const uint64_t *keys,
- const float *rows, int width,
-                                    int payload_floats, int64_t counted[EPM_LINK_COUNT], float **out_rows,
-                                    int **out_src, int64_t *out_n)
+                                    const float *rows, int width, int payload_floats, int64_t counted[EPM_LINK_COUNT],
+                                    float **out_rows, int **out_src, int64_t *out_n)
 {
     epm_xcomm_req *q;
     *out_rows = NULL;
@@ -927,9 +923,8 @@ epm_status epm_xcomm_exchange_multi(epm_xcomm *x, int64_t n, int slots, const in
 }
 
 epm_status epm_xcomm_exchange_multi_buf(epm_xcomm *x, int64_t n, int slots, const int *dest, const uint64_t *keys,
- const float *rows,
-                                        int width, int payload_floats, int64_t counted[EPM_LINK_COUNT],
-                                        epm_xcomm_buf *out)
+                                        const float *rows, int width, int payload_floats,
+                                        int64_t counted[EPM_LINK_COUNT], epm_xcomm_buf *out)
 {
     epm_xcomm_req *q;
     EPM_CHECK(mstart(x, n, slots, dest, keys, rows, width, payload_floats, counted, out, &q));

@@ -151,7 +151,7 @@ static const struct option plan_opts[] = {
     {"per-layer", no_argument, 0, O_PERLAYER},      {"model", required_argument, 0, O_MODEL},
     {"wire-dtype", required_argument, 0, O_WIRE},   {"hier", required_argument, 0, O_HIER},
     {"intra-latency-us", required_argument, 0, O_LAT_INTRA}, {"inter-latency-us", required_argument, 0, O_LAT_INTER},
-      {"eplb-interval", required_argument, 0, O_EPLBI},
+    {"eplb-interval", required_argument, 0, O_EPLBI},
     {"eplb-window", required_argument, 0, O_EPLBW}, {"eplb-slots", required_argument, 0, O_EPLBS},
     {"placement-out", required_argument, 0, O_POUT}, {"eplb-min-gain", required_argument, 0, O_EPLBG},
     {"expert-bytes", required_argument, 0, O_XB},   {"eplb-from", required_argument, 0, O_EPLBF},
@@ -599,14 +599,10 @@ static int cmd_eval(int argc, char **argv)
         case O_MODEL: model_dir = optarg; break;
         case O_PERLAYER: per_layer = 1; break;
         case O_WIRE: wire_s = optarg; break;
-        case O_HIER: {
-            static const char *const hiers[] = {"auto", "on", "off", NULL};
-            int k;
-            if (!cli_parse_choice(W, "--hier", optarg, hiers, &k))
-                return EPM_EXIT_USAGE;
-            hier = k == 0 ? EPM_XHIER_AUTO : k == 1 ? EPM_XHIER_ON : EPM_XHIER_OFF;
+        case O_HIER:
+            if (epm_xcomm_hier_parse(optarg, &hier) != EPM_OK)
+                return cli_usage_error(W, "--hier '%s': expected auto, on or off", optarg);
             break;
-        }
         case O_LAT_INTRA: if (!cli_parse_double(W, "--intra-latency-us", optarg, 0, 1e9, &lat_us[0])) return EPM_EXIT_USAGE; break;
         case O_LAT_INTER: if (!cli_parse_double(W, "--inter-latency-us", optarg, 0, 1e9, &lat_us[1])) return EPM_EXIT_USAGE; break;
         case O_EPLBI: if (!cli_parse_int(W, "--eplb-interval", optarg, 1, INT32_MAX, &eplb_i)) return EPM_EXIT_USAGE; break;

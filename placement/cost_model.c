@@ -74,37 +74,41 @@ static double rank_seconds(const epm_cluster *c, int64_t intra, int64_t inter)
 
 /* A phase ends when its busiest rank has sent and received its bytes
  * (MoETuner's max-pair idea at rank granularity): per rank, send and receive
- * overlap (full duplex) and the two link classes share the rank's time. */
-double epm_cost_phase_seconds(const int64_t *b, int ranks, const epm_cluster *c)
+ * overlap (full duplex) and the two link classes share the rank's time;
+ * with messages m (NULL: none), each message's latency (lat[0] intra, lat[1]
+ * inter) on the rank that sends it and on the one that receives it. */
+static double phase_time(const int64_t *b, const int64_t *m, const double *lat, int ranks, const epm_cluster *c)
 {
     const size_t R = (size_t)ranks;
     double worst = 0;
     for (size_t r = 0; r < R; r++) {
         double s = rank_seconds(c, b[r], b[R + r]);
         double v = rank_seconds(c, b[2 * R + r], b[3 * R + r]);
+        if (m) {
+            s += (double)m[r] * lat[0] + (double)m[R + r] * lat[1];
+            v += (double)m[2 * R + r] * lat[0] + (double)m[3 * R + r] * lat[1];
+        }
         double t = s > v ? s : v;
         worst = t > worst ? t : worst;
     }
     return worst;
 }
 
-/* ... plus each message's latency (lat[0] intra, lat[1] inter) on the rank
- * that sends it and on the one that receives it */
+double epm_cost_phase_seconds(const int64_t *b, int ranks, const epm_cluster *c)
+{
+    return phase_time(b, NULL, NULL, ranks, c);
+}
+
 static double phase_seconds(const phase *ph, const epm_cluster *c, const double lat[2])
 {
-    if (lat[0] == 0 && lat[1] == 0)
-        return epm_cost_phase_seconds(ph->b, ph->R, c);
-    const size_t R = (size_t)ph->R;
-    const int64_t *b = ph->b, *m = ph->m;
-    double worst = 0;
-    for (size_t r = 0; r < R; r++) {
-        double s = rank_seconds(c, b[r], b[R + r]) + (double)m[r] * lat[0] + (double)m[R + r] * lat[1];
-        double v = rank_seconds(c, b[2 * R + r], b[3 * R + r]) + (double)m[2 * R + r] * lat[0] +
-                   (double)m[3 * R + r] * lat[1];
-        double t = s > v ? s : v;
-        worst = t > worst ? t : worst;
-    }
-    return worst;
+    return phase_time(ph->b, lat[0] != 0 || lat[1] != 0 ? ph->m : NULL, lat, ph->R, c);
+}
+
+/* a phase starts empty: bytes and messages */
+static void phase_clear(phase *ph)
+{
+    memset(ph->b, 0, (size_t)ph->R * 4 * sizeof *ph->b);
+    memset(ph->m, 0, (size_t)ph->R * 4 * sizeof *ph->m);
 }
 
 /* The hops of a layer's exchanges (and the final gather's), each a set of
@@ -213,7 +217,8 @@ static void close_pass(acc *a, int64_t *pass_load, double spf, epm_eval_layer *l
     for (int q = 0; q < R; q++)
         most = pass_load[q] > most ? pass_load[q] : most;
     ly->t_compute += (double)most * spf;
-    memset(a->a2a.b, 0, (size_t)R * 16 * sizeof *a->a2a.b); /* (both phases' bytes and messages: one block) */
+    phase_clear(&a->a2a);
+    phase_clear(&a->kv);
     a->epoch++;
     memset(pass_load, 0, (size_t)R * sizeof *pass_load);
 }
@@ -405,8 +410,7 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
             const int64_t i = pp.order[s].token;
             if (s > 0 && pp.order[s].pass != pp.order[s - 1].pass) {
                 r->t_total += phase_seconds(&a.a2a, c, lat);
-                memset(a.a2a.b, 0, (size_t)R * 4 * sizeof *a.a2a.b);
-                memset(a.a2a.m, 0, (size_t)R * 4 * sizeof *a.a2a.m);
+                phase_clear(&a.a2a);
                 a.epoch++;
             }
             int home = (int)(epm_trace_seq_of(t, i) % R);
