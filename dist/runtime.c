@@ -215,34 +215,41 @@ out:
     return st;
 }
 
-static epm_status attend(rt *r, int l, int64_t n, const int64_t *g, float *h, int absorbed)
+/* Attention for n resident tokens (g, h). Under MLA's latent, rows [0, nx)
+ * attend expanded (prefill, mla_attend_expanded: the expanded form's cost
+ * where queries are many) and rows [nx, n) absorbed (decode: one kv head of
+ * the latent row's width); without the latent every row attends in the
+ * model's form (nx is n). Their cache rows travel together: one all-gather a
+ * layer in follow mode, the exchange plan eval counts. */
+static epm_status attend(rt *r, int l, int64_t n, const int64_t *g, float *h, int64_t nx)
 {
     const epm_model_config *c = r->c;
     const epm_model_layer *w = &r->dense->layer[l];
     /* per token: cached row width kw (K, or MLA's latent row), value width vw
-     * (0 with the latent: its values are its rows), query width qd of nh heads
-     * of width hd against kvh kv heads. MLA's latent in decode is absorbed (one
-     * kv head of width kw); in prefill the cached rows are expanded
-     * (mla_attend_expanded), for the expanded form's cost where queries are many. */
-    const int H = c->hidden_size, nh = c->num_heads, lat = r->latent, expand = lat && !absorbed;
+     * (0 with the latent: its values are its rows); the model's query width qd
+     * (nh heads of head_dim) and the absorbed one qda (nh heads of kw) */
+    const int H = c->hidden_size, nh = c->num_heads, lat = r->latent;
     const int kw = r->kv_w, vw = lat ? 0 : kw;
-    const int hd = absorbed ? kw : c->head_dim, kvh = absorbed ? 1 : c->num_kv_heads, qd = nh * hd;
-    const size_t rows = (size_t)(n ? n : 1);
+    const int qd = nh * c->head_dim, qda = nh * kw;
+    nx = lat ? nx : n;
+    const int64_t na = n - nx; /* the absorbed rows */
+    const size_t rows = (size_t)(n ? n : 1), qn = (size_t)nx * qd + (size_t)na * qda + 1;
     epm_status st = EPM_OK;
     float *x = epm_malloc(rows * H * sizeof *x);
-    float *q = epm_malloc(rows * qd * sizeof *q);
+    float *q = epm_malloc(qn * sizeof *q);
     float *kv = epm_malloc(rows * (2 + kw + vw) * sizeof *kv); /* g, k(, v) rows */
-    float *att = epm_malloc(rows * qd * sizeof *att);
+    float *att = epm_malloc(qn * sizeof *att);
     float *o = epm_malloc(rows * H * sizeof *o);
     float *k = epm_malloc(rows * kw * sizeof *k), *v = vw ? epm_malloc(rows * vw * sizeof *v) : NULL;
-    float *vout = absorbed ? epm_malloc(rows * nh * c->v_head_dim * sizeof *vout) : NULL;
+    float *vout = na ? epm_malloc(rows * nh * c->v_head_dim * sizeof *vout) : NULL;
+    float *qa = q + (size_t)nx * qd, *atta = att + (size_t)nx * qd; /* the absorbed rows' */
     int32_t *pos = epm_malloc(rows * sizeof *pos);
     float *all = NULL, *probs = NULL;
     /* follow mode all-gathers the cache rows, in bf16 on a bf16 wire: kvw
      * holds one row packed for it, or unpacked from it */
     const int packed = r->o->mode == EPM_MODE_FOLLOW && r->wire16;
     float *kvw = packed ? epm_malloc(((size_t)kw + vw + 1) * sizeof *kvw) : NULL;
-    if (!x || !q || !kv || !att || !o || !k || (vw && !v) || (absorbed && !vout) || !pos || (packed && !kvw)) {
+    if (!x || !q || !kv || !att || !o || !k || (vw && !v) || (na && !vout) || !pos || (packed && !kvw)) {
         st = EPM_ERR_NOMEM;
         goto out;
     }
@@ -251,7 +258,10 @@ static epm_status attend(rt *r, int l, int64_t n, const int64_t *g, float *h, in
     for (int64_t i = 0; i < n; i++)
         pos[i] = pos_of(r, g[i]);
     if (lat) {
-        EPM_CHECK_GOTO(epm_mla_latent_qk(r, l, x, n, pos, absorbed, q, k), st, out);
+        if (nx)
+            EPM_CHECK_GOTO(epm_mla_latent_qk(r, l, x, nx, pos, 0, q, k), st, out);
+        if (na)
+            EPM_CHECK_GOTO(epm_mla_latent_qk(r, l, x + (size_t)nx * H, na, pos + nx, 1, qa, k + (size_t)nx * kw), st, out);
     } else if (c->mla) {
         EPM_CHECK_GOTO(epm_mla_qkv(r, l, x, n, pos, q, k, v), st, out);
     } else {
@@ -262,11 +272,11 @@ static epm_status attend(rt *r, int l, int64_t n, const int64_t *g, float *h, in
             r->ref->rmsnorm(q, n, qd, w->q_norm, c->rms_norm_eps, q);
             r->ref->rmsnorm(k, n, kw, w->k_norm, c->rms_norm_eps, k);
         } else if (c->qk_norm == EPM_QK_NORM_PER_HEAD) {
-            r->ref->rmsnorm(q, n * nh, hd, w->q_norm, c->rms_norm_eps, q);
-            r->ref->rmsnorm(k, n * kvh, hd, w->k_norm, c->rms_norm_eps, k);
+            r->ref->rmsnorm(q, n * nh, c->head_dim, w->q_norm, c->rms_norm_eps, q);
+            r->ref->rmsnorm(k, n * c->num_kv_heads, c->head_dim, w->k_norm, c->rms_norm_eps, k);
         }
-        epm_rt_rope(r, q, n, nh, hd, pos);
-        epm_rt_rope(r, k, n, kvh, hd, pos);
+        epm_rt_rope(r, q, n, nh, c->head_dim, pos);
+        epm_rt_rope(r, k, n, c->num_kv_heads, c->head_dim, pos);
     }
     int W = 2 + kw + vw;
     for (int64_t i = 0; i < n; i++) {
@@ -325,19 +335,25 @@ static epm_status attend(rt *r, int l, int64_t n, const int64_t *g, float *h, in
         st = EPM_ERR_NOMEM;
         goto out;
     }
-    if (expand)
-        EPM_CHECK_GOTO(mla_attend_expanded(r, l, n, g, q, att, probs), st, out);
-    for (int64_t i = 0; i < n && !expand; i++) {
+    if (lat && nx)
+        EPM_CHECK_GOTO(mla_attend_expanded(r, l, nx, g, q, att, probs), st, out);
+    /* the rest row by row: the absorbed latent's, or the model's form */
+    const int64_t i0 = lat ? nx : 0;
+    const int hd = lat ? kw : c->head_dim, kvh = lat ? 1 : c->num_kv_heads, qw = nh * hd;
+    float *qb = lat ? qa : q, *ab = lat ? atta : att;
+    for (int64_t i = i0; i < n; i++) {
         int s = seq_of(r, g[i]), ci = r->cidx[pass_t(r, g[i])];
         const void *kc = r->kc[(size_t)l * r->B + s], *vc = lat ? kc : r->vc[(size_t)l * r->B + s];
+        const float *qi = qb + (i - i0) * qw;
+        float *ai = ab + (i - i0) * qw;
         if (r->kvt == EPM_KV_FP8)
-            st = r->ops->attention_w8(q + i * qd, 1, &ci, epm_kv_codes(r, kv_rows(r, s), kc), epm_kv_scales(r, kc),
+            st = r->ops->attention_w8(qi, 1, &ci, epm_kv_codes(r, kv_rows(r, s), kc), epm_kv_scales(r, kc),
                                       epm_kv_codes(r, kv_rows(r, s), vc), epm_kv_scales(r, vc), r->max_len, nh, kvh, hd,
-                                      att + i * qd, probs);
+                                      ai, probs);
         else if (r->kvt == EPM_KV_BF16)
-            st = r->ops->attention_w16(q + i * qd, 1, &ci, kc, vc, r->max_len, nh, kvh, hd, att + i * qd, probs);
+            st = r->ops->attention_w16(qi, 1, &ci, kc, vc, r->max_len, nh, kvh, hd, ai, probs);
         else
-            st = r->ops->attention(q + i * qd, 1, &ci, kc, vc, r->max_len, nh, kvh, hd, att + i * qd, probs);
+            st = r->ops->attention(qi, 1, &ci, kc, vc, r->max_len, nh, kvh, hd, ai, probs);
         if (st != EPM_OK)
             goto out;
         if (amod)
@@ -345,14 +361,17 @@ static epm_status attend(rt *r, int l, int64_t n, const int64_t *g, float *h, in
     }
     if (amod)
         EPM_CHECK_GOTO(epm_mod_attention_done(r), st, out);
+    /* o_proj's input: each head's value (v_head_dim under MLA), row by row */
     const float *oin = att;
-    if (absorbed) {
-        EPM_CHECK_GOTO(epm_mla_latent_out(r, w, att, n, vout), st, out); /* each head's value, for o_proj */
+    const int vd = c->mla ? nh * c->v_head_dim : qd;
+    if (c->mla)
+        epm_mla_compact(c, att, nx);
+    if (na) {
+        memcpy(vout, att, (size_t)nx * vd * sizeof *vout);
+        EPM_CHECK_GOTO(epm_mla_latent_out(r, w, atta, na, vout + (size_t)nx * vd), st, out);
         oin = vout;
-    } else if (c->mla) {
-        epm_mla_compact(c, att, n);
     }
-    EPM_CHECK_GOTO(epm_rt_lin(r, oin, n, c->mla ? nh * c->v_head_dim : qd, w->o, w->o_bias, H, o), st, out);
+    EPM_CHECK_GOTO(epm_rt_lin(r, oin, n, vd, w->o, w->o_bias, H, o), st, out);
     for (int64_t i = 0; i < n * H; i++)
         h[i] += o[i];
     r->rep->t_attention += epm_now() - t0;
@@ -374,13 +393,13 @@ out:
 
 /* A layer's attention for the pass's resident tokens (g, h). Under MLA's
  * latent a mixed pass's prompt rows attend expanded and its decode rows
- * absorbed: two calls (each a collective in follow mode, which every rank
- * makes: the pass is the same everywhere). */
+ * absorbed: the prompt rows go first (the pass is the same everywhere, so
+ * every rank splits alike). */
 static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
 {
     const int64_t npre = r->pf_n, ndec = r->pn - r->pf_n;
     if (!r->latent || npre == 0 || ndec == 0)
-        return attend(r, l, n, g, h, r->latent && npre == 0);
+        return attend(r, l, n, g, h, r->latent && npre == 0 ? 0 : n);
     /* A-MoD sums its attention scores once per layer (epm_mod_attention_done); its prompts get passes
      * of their own (one pass of the whole batch), so two halves never meet it */
     if (r->amod_need && r->amod_need[l])
@@ -402,9 +421,7 @@ static epm_status attention(rt *r, int l, int64_t n, const int64_t *g, float *h)
     }
     /* a failure meets the others at their next agreement, whichever it is (see forward) */
     if (st == EPM_OK)
-        st = attend(r, l, np, gs, hs, 0);
-    if (st == EPM_OK)
-        st = attend(r, l, k - np, gs + np, hs + np * H, 1);
+        st = attend(r, l, k, gs, hs, np);
     for (int64_t j = 0; j < k && st == EPM_OK; j++)
         memcpy(h + at[j] * H, hs + j * H, (size_t)H * sizeof *hs);
     epm_free(gs);

@@ -172,9 +172,8 @@ typedef struct epm_eval_result {
     int64_t *layer_wire;
     int64_t wire_bytes[EPM_LINK_COUNT];
     /* and its messages (one a hop, sender and receiver with rows between them: epmoe run's
-     * wire_msgs less its aside_msgs, the exchanges being the trace's passes; one more a peer
-     * where the run splits a layer's K/V all-gather in two: MLA's latent cache in a pass of
-     * prompt and decode rows), counted where msgs_counted (up to 1024 ranks) */
+     * wire_msgs less its aside_msgs, the exchanges being the trace's passes), counted where
+     * msgs_counted (up to 1024 ranks) */
     int64_t wire_msgs[EPM_LINK_COUNT];
     int msgs_counted;
 } epm_eval_result;

@@ -1512,6 +1512,10 @@ static void test_run_agrees_with_plan_eval(void **state)
         pass[g] = g < 32 ? 0 : 1 + (g - 32) / 2;
     assert_int_equal(epm_trace_set_pass_ids(t, pass), EPM_OK);
     epm_trace_ids(t, 2)[5 * 2 + 1] = -1; /* a dynamic-k token */
+    /* skips (a row of -1, as MoD records one): a prompt token at layer 1, a decode token at layer 3, which
+     * the replay skips, block and all (no attention, K/V row or dispatch), as plan eval does */
+    epm_trace_ids(t, 1)[7 * 2] = epm_trace_ids(t, 1)[7 * 2 + 1] = -1;
+    epm_trace_ids(t, 3)[33 * 2] = epm_trace_ids(t, 3)[33 * 2 + 1] = -1;
     /* OLMoE under every placement; DeepSeek-V3, whose follow mode all-gathers
      * MLA's latent rows (or, expanded, a key and a value per head), under one */
     static const struct {
@@ -1719,6 +1723,20 @@ static void test_run_prefill_chunk(void **state)
             assert_true(e <= 1e-4);
             assert_memory_equal(a->generated, b->generated, 2 * 4 * sizeof *a->generated);
             assert_same_routing(a->trace, b->trace, 4, 2);
+        }
+        /* plan eval of the mixed passes predicts their wire and messages: one K/V all-gather a layer
+         * for both halves, prompt rows and decode rows (the latent's 32 + 8 floats a row) */
+        if (me == 0) { /* (rank 0 holds the trace; the report's sums are everyone's) */
+            epm_eval_opts eo;
+            epm_eval_opts_init(&eo);
+            eo.mode = (epm_mode)mode;
+            eo.hidden_bytes = 64 * 4;
+            eo.kv_row_bytes = 40 * 4;
+            eo.hierarchical = y->hierarchical;
+            epm_eval_result *ev;
+            assert_int_equal(epm_eval(b->trace, p, &eo, &ev), EPM_OK);
+            assert_report_is_eval(y, ev, 4, 1);
+            epm_eval_result_destroy(ev);
         }
         epm_run_result_destroy(a);
         epm_run_result_destroy(b);
