@@ -10,8 +10,27 @@
 
 #include "cost_passes.h"
 #include "epmoe/eval.h"
+#include "hier_route.h"
+
+/* A copy in the phase: direct, or on the hierarchical path through the
+ * gateway on from's node (the run's synchronous copies take its tokens'
+ * exchange, comm/xcomm_a2a.c), whose bytes pass through that rank too. */
+static void copy_add(int64_t *ph, int R, const epm_cluster *c, int hier, int from, int to, int64_t bytes)
+{
+    const int g = hier ? epm_hier_gateway(from, c->gpus_per_node, to) : to;
+    if (g != from)
+        epm_cost_phase_add(ph, R, c, from, g, bytes);
+    if (g != to)
+        epm_cost_phase_add(ph, R, c, g, to, bytes);
+}
 
 epm_status epm_eval_moves(const epm_placement *from, const epm_placement *to, int64_t expert_bytes,
+                          epm_move_cost *out)
+{
+    return epm_cost_moves(from, to, expert_bytes, 0, out);
+}
+
+epm_status epm_cost_moves(const epm_placement *from, const epm_placement *to, int64_t expert_bytes, int hier,
                           epm_move_cost *out)
 {
     if (!from || !to || !out || expert_bytes < 0)
@@ -31,8 +50,8 @@ epm_status epm_eval_moves(const epm_placement *from, const epm_placement *to, in
     for (int64_t i = 0; i < n && st == EPM_OK; i++) {
         gained[mv[i].to]++;
         out->bytes[epm_cluster_link(c, mv[i].from, mv[i].to)] += expert_bytes;
-        epm_cost_phase_add(ph, R, c, mv[i].from, mv[i].to, expert_bytes);
-        epm_cost_phase_add(all, R, c, mv[i].from, mv[i].to, expert_bytes);
+        copy_add(ph, R, c, hier, mv[i].from, mv[i].to, expert_bytes);
+        copy_add(all, R, c, hier, mv[i].from, mv[i].to, expert_bytes);
         if (i + 1 == n || mv[i + 1].layer != mv[i].layer) { /* (the moves come by layer) */
             out->seconds += epm_cost_phase_seconds(ph, R, c);
             memset(ph, 0, (size_t)4 * (size_t)R * sizeof *ph);

@@ -93,7 +93,9 @@ static epm_status charge_moves(epm_pass_plan *pp, const epm_placement *cur, cons
     if (copied == 0 && read == 0)
         return EPM_OK;
     epm_move_cost mc;
-    EPM_CHECK(epm_eval_moves(cur, np, copied, &mc));
+    /* (a lag's copies go on their own communicator, flat, under the passes; the synchronous ones on
+     * the tokens', whose path the run takes) */
+    EPM_CHECK(epm_cost_moves(cur, np, copied, pp->o->hierarchical && pp->o->eplb_lag == 0, &mc));
     for (int k = 0; k < EPM_LINK_COUNT; k++)
         pp->move_bytes[k] += mc.bytes[k];
     *copy_s = pp->o->eplb_lag > 0 ? mc.seconds_whole : mc.seconds; /* (with a lag, one exchange of them all) */

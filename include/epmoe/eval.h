@@ -86,7 +86,9 @@ typedef struct epm_eval_opts {
      * --eplb-from peers, whose report's eplb_expert_bytes this is: epm_model_expert_packed_bytes).
      * Each replica a placement adds goes from the rank epm_placement_moves names, at the boundary,
      * before the pass after it: move_bytes, and in t_moves and t_total as epm_eval_moves prices
-     * them. 0 (the default) = none: the run's default reads them from the checkpoint */
+     * them (where hierarchical and eplb_lag is 0, on the hierarchical path, as the run's
+     * synchronous copies go; a lag's copies go flat). 0 (the default) = none: the run's default
+     * reads them from the checkpoint */
     int64_t expert_bytes;
     /* Or read from the checkpoint (the run's default, --eplb-from checkpoint): bytes of one routed
      * expert as the checkpoint stores it (what the run's report sums over its reads, eplb_bytes).

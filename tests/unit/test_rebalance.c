@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cost_passes.h"
 #include "test_util.h"
 
 #include "epmoe/eval.h"
@@ -220,6 +221,21 @@ static void test_placement_moves(void **state)
     assert_true(fabs(mc.seconds - want_s) <= 1e-9 * want_s);
     assert_int_equal(mc.max_gained, 2); /* (rank 3 gains 0 and 1; the others one each) */
     assert_true(fabs(mc.seconds_whole - want_s) <= 1e-9 * want_s); /* (one layer moves: one phase either way) */
+    /* on the hierarchical path (the run's synchronous copies take it): 1 -> 2 through 0, 0 -> 3
+     * through 1, 3 -> 0 through 2, the others direct; rank 0 sends 20 intra (to 1, twice) and 10 inter
+     * (1's to 2), the busiest; the counted bytes are the same */
+    epm_move_cost mh;
+    assert_int_equal(epm_cost_moves(a, b, 10, 1, &mh), EPM_OK);
+    assert_int_equal(mh.moved, 5);
+    assert_int_equal(mh.bytes[EPM_LINK_INTRA], 20);
+    assert_int_equal(mh.bytes[EPM_LINK_INTER], 30);
+    assert_int_equal(mh.max_send_bytes, 30);
+    assert_int_equal(mh.max_recv_bytes, 20);
+    const double want_h = 20 / (c.intra_gbps * 1e9) + 10 / (c.inter_gbps * 1e9);
+    assert_true(fabs(mh.seconds - want_h) <= 1e-9 * want_h);
+    assert_true(fabs(mh.seconds_whole - want_h) <= 1e-9 * want_h);
+    assert_int_equal(epm_cost_moves(a, b, 10, 0, &mh), EPM_OK); /* (flat: epm_eval_moves) */
+    assert_true(mh.seconds == mc.seconds && mh.max_send_bytes == mc.max_send_bytes);
     assert_int_equal(epm_eval_moves(a, b, -1, &mc), EPM_ERR_INVALID_ARG);
     assert_int_equal(epm_placement_moves(b, b, m, 5, &n), EPM_OK);
     assert_int_equal(n, 0);
@@ -412,12 +428,22 @@ static void expect_replay(const epm_trace *t, const epm_placement *p0, const epm
                                 from = h;
                     assert_true(from >= 0);
                     sends[from]++;
-                    const int inter = from / cl->gpus_per_node != q / cl->gpus_per_node;
+                    const int P = cl->gpus_per_node, inter = from / P != q / P;
                     mb[inter ? EPM_LINK_INTER : EPM_LINK_INTRA] += o->expert_bytes;
-                    ph[inter * R + from] += o->expert_bytes;
-                    ph[(2 + inter) * R + q] += o->expert_bytes;
-                    whole[inter * R + from] += o->expert_bytes;
-                    whole[(2 + inter) * R + q] += o->expert_bytes;
+                    /* on the wire: direct, or (synchronous copies on the hierarchical path) across nodes
+                     * through the rank of q's local index on from's node, as the run's exchange sends them */
+                    int hop[3] = {from, q, -1};
+                    if (inter && o->hierarchical && o->eplb_lag == 0)
+                        hop[1] = from / P * P + q % P, hop[2] = q;
+                    for (int h = 0; h < 2 && hop[h + 1] >= 0; h++) {
+                        if (hop[h] == hop[h + 1])
+                            continue;
+                        const int x = hop[h] / P != hop[h + 1] / P;
+                        ph[x * R + hop[h]] += o->expert_bytes;
+                        ph[(2 + x) * R + hop[h + 1]] += o->expert_bytes;
+                        whole[x * R + hop[h]] += o->expert_bytes;
+                        whole[(2 + x) * R + hop[h + 1]] += o->expert_bytes;
+                    }
                 }
             double worst = 0;
             for (int q = 0; q < R; q++)
@@ -505,6 +531,7 @@ static void test_eval_rebalanced(void **state)
             o.eplb_min_gain = cfg[c].min_gain;
             o.eplb_lag = cfg[c].lag;
             o.eplb_groups = cfg[c].groups;
+            o.hierarchical = c % 2; /* (synchronous copies through gateways; a lag's flat: 9, 11, 13) */
             epm_eval_result *got;
             assert_int_equal(epm_eval(t, p, &o, &got), EPM_OK);
             expect_replay(t, p, &o, got);
