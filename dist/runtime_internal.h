@@ -180,6 +180,45 @@ static inline void epm_rt_rope(const rt *r, float *x, int64_t n, int heads, int 
 /* y = x W^T (+ b) on the run's kernels, W as held (float32 or bf16). */
 epm_status epm_rt_lin(rt *r, const float *x, int64_t n, int in, epm_weight w, const float *b, int out, float *y);
 
+/* What the run holds its routed experts in, and its dense matrices (those
+ * that may be FP8; the others bf16 then). */
+static inline epm_dtype experts_dtype(const rt *r)
+{
+    return r->w8 ? EPM_DTYPE_F8_E4M3 : r->w16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+}
+
+static inline epm_dtype dense_dtype(const rt *r)
+{
+    return r->d8 ? EPM_DTYPE_F8_E4M3 : r->d16 ? EPM_DTYPE_BF16 : EPM_DTYPE_F32;
+}
+
+/* Floats of FFN scratch for the rows of offsets over weights held as dt. */
+static inline int64_t scratch_floats(epm_dtype dt, const int64_t *offsets, int experts, int hidden, int ffn)
+{
+    return dt == EPM_DTYPE_F8_E4M3 ? epm_grouped_scratch_w8(offsets, experts, hidden, ffn)
+           : dt == EPM_DTYPE_BF16  ? epm_grouped_scratch_w16(offsets, experts, hidden, ffn)
+                                   : epm_grouped_scratch(offsets, experts, hidden, ffn);
+}
+
+/* Sequence s's output length at most: its own (max_new_per_seq), capped
+ * by the run's (at least 1: generated's layout). */
+static inline int seq_cap(const rt *r, int s)
+{
+    const epm_run_opts *o = r->o;
+    const int maxnew = o->max_new_tokens > 0 ? o->max_new_tokens : 1;
+    return o->max_new_per_seq && o->max_new_per_seq[s] < maxnew ? o->max_new_per_seq[s] : maxnew;
+}
+
+/* Positions sequence s's caches hold: its prompt and the tokens it may
+ * decode (its own output length, not the run's longest; max_len is the
+ * longest of these). */
+static inline int64_t kv_rows(const rt *r, int s) { return (int64_t)r->lens[s] + seq_cap(r, s); }
+
+static inline const char *kv_name(const rt *r)
+{
+    return r->kvt == EPM_KV_FP8 ? "fp8" : r->kvt == EPM_KV_BF16 ? "bf16" : "float32";
+}
+
 /* MLA (runtime_mla.c): q, k, v [n][heads][head_dim] of the layer's input x
  * [n][hidden] at positions pos, as the layer loop caches and attends them. */
 epm_status epm_mla_qkv(rt *r, int l, const float *x, int64_t n, const int32_t *pos, float *q, float *k, float *v);
@@ -258,6 +297,22 @@ void epm_eplb_teardown(rt *r);
 
 /* Collective agreement on st (every rank's first failure wins). */
 epm_status epm_rt_sync(rt *r, epm_status st);
+
+/* A layer's attention for the pass's resident tokens (g, h), added to h
+ * (runtime_attention.c). */
+epm_status epm_rt_attention(rt *r, int l, int64_t n, const int64_t *g, float *h);
+/* A layer's MoE (or dense MLP) block over the resident tokens (*pn, *pg,
+ * *ph), which follow mode replaces; _skip_block: a MoD layer's attention
+ * and block for the selected residents only (runtime_moe.c). */
+epm_status epm_rt_moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph);
+epm_status epm_rt_skip_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph);
+
+/* The run's up-front checks (runtime_checks.c): what this rank will hold
+ * against the memory it has; and --prefill-chunk, --max-num-seqs,
+ * --max-total-tokens and --enable-prefix-caching against the run, setting
+ * up the places, reserves and scheduler they size. */
+epm_status epm_rt_memory_check(rt *r);
+epm_status epm_rt_prefill_check(rt *r);
 
 /* MoD set-up (options, per-layer flags, buffers), after the model is open. */
 epm_status epm_mod_setup(rt *r);
