@@ -4,7 +4,7 @@
  * operation, algorithm bandwidth and bus bandwidth (busbw = algbw*(n-1)/n).
  *
  * Each rank's tokens pick top-k experts from a seeded generator; experts sit
- * on ranks contiguously (E/R per rank). As in dist/runtime.c, a token goes
+ * on ranks contiguously (E/R per rank). As in dist/runtime_moe.c, a token goes
  * once to each distinct other rank holding one of its experts (dispatch:
  * build the rows, epm_xcomm_exchange_buf), comes back as a partial sum to
  * its home rank (combine: the same) and is summed into the output; the

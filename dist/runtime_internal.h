@@ -1,5 +1,8 @@
-/* The state of one `epmoe run` shared by the layer loop (runtime.c) and
- * Mixture-of-Depths selection (runtime_mod.c); internal. */
+/* The state of one `epmoe run`, shared by the files of the runtime: the
+ * run and its layer loop (runtime.c), attention (runtime_attention.c), the
+ * MoE block (runtime_moe.c), the up-front checks (runtime_checks.c), the KV
+ * cache, MLA, Mixture-of-Depths, online rebalancing and the wire's row
+ * formats (runtime_kv.c, _mla.c, _mod.c, _eplb.c, _wire.c); internal. */
 #ifndef EPM_RUNTIME_INTERNAL_H
 #define EPM_RUNTIME_INTERNAL_H
 

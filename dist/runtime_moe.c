@@ -165,12 +165,6 @@ static void gate(rt *r, const epm_model_layer *w, int ml, const float *x2, int64
         wts[j] *= c->routed_scaling;
 }
 
-typedef struct work {
-    int64_t n, cap;
-    float *rows;  /* [n][W]: g, h, ids, weights */
-    int *src;     /* rank the token lives on */
-} work;
-
 static epm_status shared_expert(rt *r, const epm_model_layer *w, const float *x2, int64_t n, float *h, float *y)
 {
     const epm_model_config *c = r->c;
