@@ -46,6 +46,12 @@ grep "c.json  *contiguous" "$d/out" | awk '{print $4, $5, $6, $7}' | cmp -s - "$
   fail "plan eval --hier on counts other bytes than the flat path"
 check "plan 4 x 4" 0 "$E" plan --trace "$d/a.st" --nodes 4 --gpus-per-node 4 --out "$d/c44.json" --quiet \
   --method round-robin
+lacks "$d/err" "plans for the flat exchange"
+# a traffic-aware method says which path it plans for where run takes the other (2 nodes of 2: the flat one)
+check "plan 4 x 4, greedy" 0 "$E" plan --trace "$d/a.st" --nodes 4 --gpus-per-node 4 --quiet --method greedy
+has "$d/err" "greedy plans for the flat exchange; on 4 nodes of 4 ranks epmoe run takes the hierarchical path"
+check "plan 2 x 2, greedy" 0 "$E" plan --trace "$d/a.st" "${cl[@]}" --quiet --method greedy
+lacks "$d/err" "plans for the flat exchange"
 check "eval 4 x 4, auto" 0 "$E" plan eval --trace "$d/b.st" "$d/c44.json" --json
 has "$d/out" '"path": "hierarchical"'
 check "eval 4 x 4, off" 0 "$E" plan eval --trace "$d/b.st" "$d/c44.json" --json --hier off
