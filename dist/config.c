@@ -221,7 +221,8 @@ static epm_status parse_rope(const ctx *c, epm_model_config *cfg)
     double mpv = json_is_number(mp) ? json_number_value(mp) : 0;
     cfg->max_position_embeddings = mpv >= 1 && mpv <= (1 << 30) && mpv == floor(mpv) ? (int)mpv : 0;
     cfg->rope_theta = cfg->arch == EPM_MODEL_MIXTRAL ? 1e6 : 1e4;
-    EPM_CHECK(get_num(c, c->root, "rope_theta", 0, 1e12, &cfg->rope_theta, NULL));
+    /* a base above 1: below it the frequencies pass 1 and YaRN's log(base) changes sign */
+    EPM_CHECK(get_num(c, c->root, "rope_theta", 1, 1e12, &cfg->rope_theta, NULL));
     static const char *const homes[] = {"rope_parameters", "rope_scaling"};
     for (int i = 0; i < 2; i++) {
         json_t *rp = json_object_get(c->root, homes[i]);
@@ -234,8 +235,8 @@ static epm_status parse_rope(const ctx *c, epm_model_config *cfg)
         json_t *th = json_object_get(rp, "rope_theta");
         if (th && !json_is_null(th)) {
             double x = json_is_number(th) ? json_number_value(th) : NAN;
-            if (!(x > 0 && x < 1e12))
-                return bad(c, key, th, "must be a number in (0, 1e+12)");
+            if (!(x > 1 && x < 1e12))
+                return bad(c, key, th, "must be a number in (1, 1e+12)");
             cfg->rope_theta = x;
         }
         const char *tk = "rope_type";

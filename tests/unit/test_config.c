@@ -255,6 +255,13 @@ static void test_config_deepseek(void **state)
         {"rope_scaling", "{\"type\": \"yarn\", \"factor\": 40, \"original_max_position_embeddings\": 4096, "
                          "\"beta_fast\": \"x\"}",
          "rope_scaling.beta_fast", EPM_ERR_FORMAT},
+        /* a RoPE base of 1 or below (its frequencies past 1; YaRN's log(base) 0 or negative: found by
+         * fuzz_config), top level or in rope_scaling */
+        {"rope_theta", "0.01", "field 'rope_theta' = 0.01: must be a number in (1, 1e+12)", EPM_ERR_FORMAT},
+        {"rope_theta", "1", "field 'rope_theta' = 1:", EPM_ERR_FORMAT},
+        {"rope_scaling", "{\"type\": \"yarn\", \"factor\": 40, \"original_max_position_embeddings\": 4096, "
+                         "\"rope_theta\": 0.5}",
+         "field 'rope_scaling.rope_theta' = 0.5: must be a number in (1, 1e+12)", EPM_ERR_FORMAT},
         {"scoring_func", "\"softmax\"", "scoring_func", EPM_ERR_UNSUPPORTED},
         {"topk_method", "\"greedy\"", "topk_method", EPM_ERR_UNSUPPORTED},
         {"moe_layer_freq", "2", "moe_layer_freq", EPM_ERR_FORMAT},

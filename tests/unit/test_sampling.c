@@ -1024,6 +1024,8 @@ static void test_validate(void **state)
         {"repetition_penalty", 1, 0, 0, 0, -1, "-1"},
         {"repetition_penalty", 1, 0, 0, 0, INFINITY, "inf"},
         {"repetition_penalty", 0, 0, 0, 0, NAN, "nan"},
+        {"repetition_penalty", 0, 0, 0, 0, 1e-308, "1e-308"}, /* (a seen logit over it: +inf, found by fuzz_generation) */
+        {"repetition_penalty", 0, 0, 0, 0, 2e6, "2e+06"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         epm_sampling p;
@@ -1222,6 +1224,7 @@ static void test_generation_config_parse(void **state)
     gc_bad("{\"do_sample\": true, \"min_p\": 1}", EPM_ERR_FORMAT, "min_p", "1");
     gc_bad("{\"repetition_penalty\": 0}", EPM_ERR_FORMAT, "repetition_penalty", "0");
     gc_bad("{\"repetition_penalty\": -1.25}", EPM_ERR_FORMAT, "repetition_penalty", "-1.25");
+    gc_bad("{\"repetition_penalty\": 1e-300}", EPM_ERR_FORMAT, "repetition_penalty", "e-300");
     gc_bad("{\"do_sample\": true, \"top_k\": -1}", EPM_ERR_FORMAT, "top_k", "-1");
     gc_bad("{\"do_sample\": true, \"top_k\": 20.5}", EPM_ERR_FORMAT, "top_k", "20.5");
     gc_bad("{\"do_sample\": true, \"top_k\": \"20\"}", EPM_ERR_FORMAT, "top_k", "\"20\"");

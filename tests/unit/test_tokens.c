@@ -532,6 +532,9 @@ static void test_tokens_requests_errors(void **state)
     req_bad("{\"prompt_token_ids\": [1], \"top_k\": 1.5}", EPM_ERR_FORMAT, "'top_k' = 1.5", NULL);
     req_bad("{\"prompt_token_ids\": [1], \"repetition_penalty\": 0}", EPM_ERR_FORMAT, "'repetition_penalty' = 0",
             NULL);
+    /* (a seen logit over it is +inf, which the sampler refuses mid-run: found by fuzzing) */
+    req_bad("{\"prompt_token_ids\": [1], \"repetition_penalty\": 1e-300}", EPM_ERR_FORMAT, "'repetition_penalty' = 1",
+            "e-300: expected a number in [1e-06, 1e+06]");
     req_bad("{\"prompt_token_ids\": [1], \"presence_penalty\": 2.5}", EPM_ERR_FORMAT, "'presence_penalty' = 2.5",
             NULL);
     req_bad("{\"prompt_token_ids\": [1], \"frequency_penalty\": -3}", EPM_ERR_FORMAT, "'frequency_penalty' = -3",
