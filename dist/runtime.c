@@ -438,6 +438,16 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
                           "--route-from-trace: the trace has %d layers x %lld tokens x k=%d (experts < %d); this run "
                           "needs %d x %lld x k=%d (experts < %d)", epm_trace_layers(t), (long long)epm_trace_tokens(t),
                           epm_trace_k(t), epm_trace_experts(t), r->moe_layers, (long long)need, c->top_k, c->num_experts);
+        /* a prompt position that the recording run copied from a cached prefix never ran there (pass -1,
+         * rows of -1); a replay computes every prompt position, and its rows would skip every block as
+         * MoD's skips do (epm_mod_select): neither is the recorded run */
+        const int32_t *pid = st == EPM_OK ? epm_trace_pass_ids(t) : NULL;
+        for (int64_t g = 0; pid && g < r->N && st == EPM_OK; g++)
+            if (pid[g] < 0)
+                st = epm_fail(EPM_ERR_MISMATCH, "--route-from-trace: the trace's token %lld, a prompt position of "
+                              "sequence %d, never ran in the run that recorded it (pass_ids -1: copied from a cached "
+                              "prefix, --enable-prefix-caching); a replay computes every prompt position: record the "
+                              "trace without prefix caching", (long long)g, seq_of(r, g));
     }
     if (st == EPM_OK && c->sliding_window > 0 && c->sliding_window < r->max_len)
         st = epm_fail(EPM_ERR_UNSUPPORTED, "%s/config.json: sliding_window = %d is shorter than this run's %d "

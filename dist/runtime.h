@@ -82,7 +82,8 @@ typedef struct epm_run_opts {
                                        a prefill pass's activations); 0 = the machine's available memory
                                        shared by the node's ranks */
     const char *ops;                /* "ref" or "blas" */
-    const epm_trace *route_from;    /* replay routing from a trace (NULL = the gate decides) */
+    const epm_trace *route_from;    /* replay routing from a trace (NULL = the gate decides); a row of -1
+                                       skips the layer's block, as MoD recorded it */
     int keep_logits;                /* keep every prefill position's logits (else last only) */
     int drop_logits;                /* keep none (res->logits NULL, unless keep_logits): a caller that reads
                                        tokens alone spares rank 0 batch x vocab floats and the prefill
@@ -160,7 +161,8 @@ typedef struct epm_run_opts {
     int ta_node_cap_on;             /* TA-MoE's target dispatch distribution as a cap: per MoE layer, at */
     double ta_node_cap;             /* most this share of a rank's tokens may choose an expert on another
                                        node (the rest choose among the experts of their node) */
-    epm_mod_source mod;             /* Mixture-of-Depths layer skipping (EPM_MOD_OFF: every token runs every block) */
+    epm_mod_source mod;             /* Mixture-of-Depths layer skipping (EPM_MOD_OFF: every token runs every block
+                                       but a replay's rows of -1) */
     double mod_capacity;            /* fraction of each sequence's tokens that run a MoD layer, (0, 1]; 0 = 1 */
     const char *mod_layers;         /* the MoD layers, e.g. "1-5,7" (0-based); NULL = every layer but the first */
     int experts_f32;                /* hold routed experts in float32 even when the checkpoint's are bf16 and

@@ -327,10 +327,9 @@ static int cmd_plan(int argc, char **argv)
     if (redundant > 0 && o.method != EPM_METHOD_EPLB && o.method != EPM_METHOD_ILP)
         fprintf(stderr, "epmoe plan: note: --redundant-experts %ld gives spare slots, and %s leaves them empty (eplb "
                 "and ilp fill them)\n", redundant, epm_method_name(o.method));
-    /* (the objective prices every destination rank's copy of a token; between nodes of more than 2 ranks
-     * the run sends one a destination node by default) */
-    if ((o.method == EPM_METHOD_GREEDY || o.method == EPM_METHOD_ILP) &&
-        epm_xcomm_hier_takes(EPM_XHIER_AUTO, cl.nodes, cl.gpus_per_node))
+    /* (the ILP's objective prices every destination rank's copy of a token; between nodes of more than 2
+     * ranks the run sends one a destination node by default; the heuristics price no exchange at all) */
+    if (o.method == EPM_METHOD_ILP && epm_xcomm_hier_takes(EPM_XHIER_AUTO, cl.nodes, cl.gpus_per_node))
         fprintf(stderr, "epmoe plan: note: %s plans for the flat exchange; on %d nodes of %d ranks epmoe run takes "
                 "the hierarchical path (--hier auto), which plan eval prices (--hier auto|on|off)\n",
                 epm_method_name(o.method), cl.nodes, cl.gpus_per_node);

@@ -10,6 +10,7 @@
 
 #include "cli.h"
 #include "core.h"
+#include "xcomm.h"
 
 static const char usage[] =
     "usage: epmoe plan moves FROM.json TO.json [options]\n"
@@ -29,17 +30,20 @@ static const char usage[] =
     "  --align            rename TO's nodes and ranks first so that as many replicas as possible stay\n"
     "                     where FROM holds them (the same balance and traffic)\n"
     "  --out FILE         write TO as priced (aligned with --align): the placement to deploy\n"
+    "  --hier auto|on|off the path the copies take between nodes, as run --hier (default auto: the\n"
+    "                     hierarchical one, through a gateway rank, on nodes of more than 2 ranks);\n"
+    "                     as plan eval prices a rebalance's copies between passes\n"
     "  --per-layer        also the experts copied per MoE layer\n"
     "  --json             JSON instead of text\n";
 
-enum { O_XB = 256, O_MODEL, O_HIDDEN, O_FFN, O_ALIGN, O_OUT, O_PERLAYER, O_JSON, O_RGBPS, O_EDT, O_HELP };
+enum { O_XB = 256, O_MODEL, O_HIDDEN, O_FFN, O_ALIGN, O_OUT, O_PERLAYER, O_JSON, O_RGBPS, O_EDT, O_HIER, O_HELP };
 static const struct option opts[] = {
     {"expert-bytes", required_argument, 0, O_XB}, {"model", required_argument, 0, O_MODEL},
     {"hidden", required_argument, 0, O_HIDDEN},   {"ffn", required_argument, 0, O_FFN},
     {"align", no_argument, 0, O_ALIGN},           {"out", required_argument, 0, O_OUT},
     {"per-layer", no_argument, 0, O_PERLAYER},    {"json", no_argument, 0, O_JSON},
     {"read-gbps", required_argument, 0, O_RGBPS}, {"expert-dtype", required_argument, 0, O_EDT},
-    {"help", no_argument, 0, O_HELP},
+    {"hier", required_argument, 0, O_HIER},       {"help", no_argument, 0, O_HELP},
     {0, 0, 0, 0}};
 
 /* the experts copied in each layer, [layers] */
@@ -63,6 +67,7 @@ int epm_cli_plan_moves(int argc, char **argv)
     const char *model = NULL, *out = NULL;
     long xb = -1, hidden = 4096, ffn = 14336;
     int align = 0, per_layer = 0, json = 0, shape_given = 0, held = CLI_HELD_AUTO, held_given = 0, c;
+    epm_xcomm_hier hier = EPM_XHIER_AUTO;
     double rgbps = 0;
     if (cli_exact_options(W, argc, argv, opts, 0) != EPM_EXIT_OK)
         return EPM_EXIT_USAGE;
@@ -79,6 +84,10 @@ int epm_cli_plan_moves(int argc, char **argv)
         case O_JSON: json = 1; break;
         case O_EDT: if (!cli_parse_choice(W, "--expert-dtype", optarg, cli_held_dtypes, &held)) return EPM_EXIT_USAGE; held_given = 1; break;
         case O_RGBPS: if (!cli_parse_double(W, "--read-gbps", optarg, 1e-6, 1e9, &rgbps)) return EPM_EXIT_USAGE; break;
+        case O_HIER:
+            if (epm_xcomm_hier_parse(optarg, &hier) != EPM_OK)
+                return cli_usage_error(W, "--hier '%s': expected auto, on or off", optarg);
+            break;
         case O_HELP: fputs(usage, stdout); return EPM_EXIT_OK;
         default: return cli_option_error(W, argv);
         }
@@ -126,8 +135,12 @@ int epm_cli_plan_moves(int argc, char **argv)
     if (st == EPM_OK && align)
         st = epm_placement_align(from, to, &aligned);
     const epm_placement *target = aligned ? aligned : to;
+    /* (the path run's exchanges take on FROM's cluster, resolved as run resolves --hier) */
+    const int hpath = from ? epm_xcomm_hier_takes(hier, epm_placement_cluster(from)->nodes,
+                                                  epm_placement_cluster(from)->gpus_per_node)
+                           : 0;
     if (st == EPM_OK)
-        st = epm_eval_moves(from, target, xb, &mc);
+        st = epm_eval_moves_path(from, target, xb, hpath, &mc);
     const int L = from ? epm_placement_layers(from) : 0;
     if (st == EPM_OK && per_layer)
         st = (layer = calloc((size_t)(L ? L : 1), sizeof *layer)) ? per_layer_counts(from, target, layer)
@@ -149,6 +162,8 @@ int epm_cli_plan_moves(int argc, char **argv)
                               "inter_node", (json_int_t)mc.bytes[EPM_LINK_INTER], "max_send_bytes",
                               (json_int_t)mc.max_send_bytes, "max_recv_bytes", (json_int_t)mc.max_recv_bytes,
                               "modelled_seconds", mc.seconds);
+        if (o)
+            json_object_set_new(o, "path", json_string(hpath ? "hierarchical" : "flat"));
         if (o)
             json_object_set_new(o, "read", json_pack("{s:I, s:I, s:o}", "max_rank_experts", (json_int_t)mc.max_gained,
                                                      "max_rank_bytes", (json_int_t)read_max, "seconds",
@@ -174,8 +189,8 @@ int epm_cli_plan_moves(int argc, char **argv)
         printf("  intra-node %lld bytes, inter-node %lld bytes; the busiest rank sends %lld and receives %lld\n",
                (long long)mc.bytes[EPM_LINK_INTRA], (long long)mc.bytes[EPM_LINK_INTER], (long long)mc.max_send_bytes,
                (long long)mc.max_recv_bytes);
-        printf("  modelled %.6f s (%g GB/s within a node, %g between nodes)\n", mc.seconds, cl->intra_gbps,
-               cl->inter_gbps);
+        printf("  modelled %.6f s (%g GB/s within a node, %g between nodes; the %s path)\n", mc.seconds,
+               cl->intra_gbps, cl->inter_gbps, hpath ? "hierarchical" : "flat");
         if (rgbps > 0)
             printf("  read from the checkpoint instead: the busiest rank reads %lld experts, %lld bytes, %.6f s at "
                    "%g GB/s\n", (long long)mc.max_gained, (long long)read_max, read_s, rgbps);

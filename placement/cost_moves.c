@@ -27,11 +27,11 @@ static void copy_add(int64_t *ph, int R, const epm_cluster *c, int hier, int fro
 epm_status epm_eval_moves(const epm_placement *from, const epm_placement *to, int64_t expert_bytes,
                           epm_move_cost *out)
 {
-    return epm_cost_moves(from, to, expert_bytes, 0, out);
+    return epm_eval_moves_path(from, to, expert_bytes, 0, out);
 }
 
-epm_status epm_cost_moves(const epm_placement *from, const epm_placement *to, int64_t expert_bytes, int hier,
-                          epm_move_cost *out)
+epm_status epm_eval_moves_path(const epm_placement *from, const epm_placement *to, int64_t expert_bytes, int hier,
+                               epm_move_cost *out)
 {
     if (!from || !to || !out || expert_bytes < 0)
         return epm_fail(EPM_ERR_INVALID_ARG, "eval moves: placements and out are required, expert_bytes = %lld >= 0",

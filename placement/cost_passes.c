@@ -80,7 +80,7 @@ epm_status epm_pass_plan_make(const epm_trace *t, const epm_placement *p, const 
     return st;
 }
 
-/* The copies that take cur to np, as the run makes them (epm_eval_moves),
+/* The copies that take cur to np, as the run makes them (epm_eval_moves_path),
  * or the reads from the checkpoint instead, counted; *copy_s and *read_s
  * their modelled seconds: what the ranks wait for at the boundary (at the
  * switch, less the passes between, with a lag), the copies layer by layer,
@@ -95,7 +95,7 @@ static epm_status charge_moves(epm_pass_plan *pp, const epm_placement *cur, cons
     epm_move_cost mc;
     /* (a lag's copies go on their own communicator, flat, under the passes; the synchronous ones on
      * the tokens', whose path the run takes) */
-    EPM_CHECK(epm_cost_moves(cur, np, copied, pp->o->hierarchical && pp->o->eplb_lag == 0, &mc));
+    EPM_CHECK(epm_eval_moves_path(cur, np, copied, pp->o->hierarchical && pp->o->eplb_lag == 0, &mc));
     for (int k = 0; k < EPM_LINK_COUNT; k++)
         pp->move_bytes[k] += mc.bytes[k];
     *copy_s = pp->o->eplb_lag > 0 ? mc.seconds_whole : mc.seconds; /* (with a lag, one exchange of them all) */

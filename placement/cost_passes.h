@@ -43,14 +43,6 @@ typedef struct epm_pass_plan {
 void epm_cost_phase_add(int64_t *b, int ranks, const epm_cluster *c, int from, int to, int64_t bytes);
 double epm_cost_phase_seconds(const int64_t *b, int ranks, const epm_cluster *c);
 
-/* epm_eval_moves, with the copies on the hierarchical path where hier
- * (each through the gateway on its source's node: the run's synchronous
- * copies, which take its exchange's path); the counted bytes are the same,
- * from source to receiver, while max_send_bytes and max_recv_bytes are each
- * rank's on the wire (a gateway's relays among them). */
-epm_status epm_cost_moves(const epm_placement *from, const epm_placement *to, int64_t expert_bytes, int hier,
-                          epm_move_cost *out);
-
 /* Validates o's rebalancing (none with eplb_interval 0: every token under p)
  * and sorts the trace's tokens by pass. */
 epm_status epm_pass_plan_make(const epm_trace *t, const epm_placement *p, const epm_eval_opts *o,

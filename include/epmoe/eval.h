@@ -85,10 +85,10 @@ typedef struct epm_eval_opts {
     /* Bytes of one routed expert copied between ranks when a placement is taken (epmoe run
      * --eplb-from peers, whose report's eplb_expert_bytes this is: epm_model_expert_packed_bytes).
      * Each replica a placement adds goes from the rank epm_placement_moves names, at the boundary,
-     * before the pass after it: move_bytes, and in t_moves and t_total as epm_eval_moves prices
-     * them (where hierarchical and eplb_lag is 0, on the hierarchical path, as the run's
-     * synchronous copies go; a lag's copies go flat). 0 (the default) = none: the run's default
-     * reads them from the checkpoint */
+     * before the pass after it: move_bytes, and in t_moves and t_total as epm_eval_moves_path
+     * prices them (on the hierarchical path where hierarchical and eplb_lag is 0, as the run's
+     * copies between passes go; a lag's copies go flat). 0 (the default) = none: the run's
+     * default reads them from the checkpoint */
     int64_t expert_bytes;
     /* Or read from the checkpoint (the run's default, --eplb-from checkpoint): bytes of one routed
      * expert as the checkpoint stores it (what the run's report sums over its reads, eplb_bytes).
@@ -191,9 +191,9 @@ EPM_API void epm_eval_result_destroy(epm_eval_result *r);
  * names, expert_bytes each, per link class; the busiest rank's bytes sent
  * and received over the whole change; and the modelled seconds: each MoE
  * layer's copies one phase of the model above (from's cluster), the layers
- * one after another, as epmoe run --eplb-from peers exchanges them. What
- * plan eval's replay charges at each placement it takes (move_bytes,
- * t_moves). max_gained: the most replicas one rank adds, which that rank
+ * one after another, as epmoe run --eplb-from peers exchanges them on the
+ * flat path (epm_eval_moves_path: either path). What plan eval's replay
+ * charges at each placement it takes (move_bytes, t_moves). max_gained: the most replicas one rank adds, which that rank
  * reads where the run reads them from the checkpoint instead (plan eval's
  * read_bytes and t_reads). Same shape required. */
 typedef struct epm_move_cost {
@@ -207,6 +207,13 @@ typedef struct epm_move_cost {
 } epm_move_cost;
 EPM_API epm_status epm_eval_moves(const epm_placement *from, const epm_placement *to, int64_t expert_bytes,
                                   epm_move_cost *out);
+/* epm_eval_moves with the copies on the exchange's hierarchical path where hierarchical (each
+ * through the gateway on its source's node, comm/hier_route.h: the path epmoe run's copies
+ * between passes take there, and what plan eval's replay charges with epm_eval_opts.hierarchical
+ * and no eplb_lag). The counted bytes are the same, source to receiver; max_send_bytes and
+ * max_recv_bytes are each rank's on the wire, a gateway's relays among them. */
+EPM_API epm_status epm_eval_moves_path(const epm_placement *from, const epm_placement *to, int64_t expert_bytes,
+                                       int hierarchical, epm_move_cost *out);
 
 #ifdef __cplusplus
 }

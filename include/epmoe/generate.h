@@ -36,7 +36,7 @@ typedef struct epm_sampling {
     double top_p;              /* 0 or 1: off; else (0, 1): keep tokens, most probable first (equal
                                   probabilities: lower id first), while the mass before them is < top_p */
     double min_p;              /* 0: off; else [0, 1): drop tokens less probable than min_p x the top one */
-    double repetition_penalty; /* 0 or 1: off; else > 0: a logit of a token already in the sequence is
+    double repetition_penalty; /* 0 or 1: off; else in [1e-6, 1e6]: a logit of a token already in the sequence is
                                   divided by it where positive, multiplied where negative (CTRL's rule);
                                   applies to greedy decoding too */
     double presence_penalty;   /* vLLM's and OpenAI's, in [-2, 2], 0 off: subtracted from the logit of */

@@ -47,10 +47,13 @@ grep "c.json  *contiguous" "$d/out" | awk '{print $4, $5, $6, $7}' | cmp -s - "$
 check "plan 4 x 4" 0 "$E" plan --trace "$d/a.st" --nodes 4 --gpus-per-node 4 --out "$d/c44.json" --quiet \
   --method round-robin
 lacks "$d/err" "plans for the flat exchange"
-# a traffic-aware method says which path it plans for where run takes the other (2 nodes of 2: the flat one)
+# the ILP, which prices traffic, says which path it plans for where run takes the other (2 nodes of 2: the
+# flat one); greedy prices none
+check "plan 4 x 4, ilp" 0 "$E" plan --trace "$d/a.st" --nodes 4 --gpus-per-node 4 --quiet --method ilp --time-limit 2
+has "$d/err" "ilp plans for the flat exchange; on 4 nodes of 4 ranks epmoe run takes the hierarchical path"
 check "plan 4 x 4, greedy" 0 "$E" plan --trace "$d/a.st" --nodes 4 --gpus-per-node 4 --quiet --method greedy
-has "$d/err" "greedy plans for the flat exchange; on 4 nodes of 4 ranks epmoe run takes the hierarchical path"
-check "plan 2 x 2, greedy" 0 "$E" plan --trace "$d/a.st" "${cl[@]}" --quiet --method greedy
+lacks "$d/err" "plans for the flat exchange"
+check "plan 2 x 2, ilp" 0 "$E" plan --trace "$d/a.st" "${cl[@]}" --quiet --method ilp --time-limit 2
 lacks "$d/err" "plans for the flat exchange"
 check "eval 4 x 4, auto" 0 "$E" plan eval --trace "$d/b.st" "$d/c44.json" --json
 has "$d/out" '"path": "hierarchical"'
@@ -334,7 +337,22 @@ check "moves priced reads" 0 "$E" plan moves "$d/c.json" "$d/e.json" --expert-by
 has "$d/out" "read from the checkpoint instead: the busiest rank reads [1-9][0-9]* experts, [1-9][0-9]*000 bytes, [0-9.]* s at 1e-06 GB/s"
 check "moves to itself" 0 "$E" plan moves "$d/c.json" "$d/c.json"
 has "$d/out" "c.json: 0 experts copied, 352321536 bytes each"
-has "$d/out" "modelled 0.000000 s (150 GB/s within a node, 25 between nodes)"
+has "$d/out" "modelled 0.000000 s (150 GB/s within a node, 25 between nodes; the flat path)"
+# the path (auto: flat on 2 ranks a node, as run): through the gateways, the same bytes counted, no
+# faster, as plan eval's replay prices a rebalance's copies there
+check "moves hier on" 0 "$E" plan moves "$d/c.json" "$d/e.json" --expert-bytes 1000 --json --hier on
+cp "$d/out" "$d/moves_h.json"
+if command -v python3 >/dev/null; then
+  python3 - "$d/moves.json" "$d/moves_h.json" <<'EOF' || fail "plan moves --hier on against the flat path"
+import json, sys
+m, h = (json.load(open(f)) for f in sys.argv[1:3])
+assert m["path"] == "flat" and h["path"] == "hierarchical", (m, h)
+assert h["bytes_copied"] == m["bytes_copied"] and h["experts_copied"] == m["experts_copied"], (m, h)
+assert h["modelled_seconds"] >= m["modelled_seconds"] > 0 and h["max_send_bytes"] >= m["max_send_bytes"], (m, h)
+EOF
+fi
+check "moves hier bad" 2 "$E" plan moves "$d/c.json" "$d/e.json" --hier sometimes
+has "$d/err" "--hier 'sometimes'"
 check "synth a model" 0 "$E" model synth --out "$d/m8" --experts 8 --layers 3 --hidden 32 --ffn 16
 check "moves --model" 0 "$E" plan moves "$d/c.json" "$d/e.json" --model "$d/m8"
 has "$d/out" "experts copied, $((3 * 32 * 16 * 4)) bytes each" # (synth's default: float32)

@@ -684,6 +684,21 @@ static void test_run_stop_tokens(void **state)
             assert_non_null(strstr(epm_last_error(), "--route-from-trace"));
             assert_null(d);
         }
+        /* a prompt position the recording run never ran (pass -1: a prefix cache's copy) is refused, naming it */
+        o.n_stop = 2;
+        const int64_t T = epm_trace_tokens(t);
+        int32_t *pass = malloc((size_t)T * sizeof *pass);
+        assert_non_null(pass);
+        memcpy(pass, epm_trace_pass_ids(t), (size_t)T * sizeof *pass);
+        pass[5] = -1;
+        assert_int_equal(epm_trace_set_pass_ids(t, pass), EPM_OK);
+        free(pass);
+        assert_true(f.lens[0] > 5);
+        epm_status st = epm_run(&o, 2, f.lens, prompts, &d);
+        assert_true(st == EPM_ERR_MISMATCH || st == EPM_ERR_REMOTE);
+        if (!strstr(epm_last_error(), "the trace's token 5, a prompt position of sequence 0, never ran"))
+            fail_msg("rank %d: %s", me, epm_last_error());
+        assert_null(d);
         epm_trace_destroy(t);
         epm_placement_destroy(p);
         epm_run_result_destroy(a);

@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cost_passes.h"
 #include "test_util.h"
 
 #include "epmoe/eval.h"
@@ -225,7 +224,7 @@ static void test_placement_moves(void **state)
      * through 1, 3 -> 0 through 2, the others direct; rank 0 sends 20 intra (to 1, twice) and 10 inter
      * (1's to 2), the busiest; the counted bytes are the same */
     epm_move_cost mh;
-    assert_int_equal(epm_cost_moves(a, b, 10, 1, &mh), EPM_OK);
+    assert_int_equal(epm_eval_moves_path(a, b, 10, 1, &mh), EPM_OK);
     assert_int_equal(mh.moved, 5);
     assert_int_equal(mh.bytes[EPM_LINK_INTRA], 20);
     assert_int_equal(mh.bytes[EPM_LINK_INTER], 30);
@@ -234,7 +233,7 @@ static void test_placement_moves(void **state)
     const double want_h = 20 / (c.intra_gbps * 1e9) + 10 / (c.inter_gbps * 1e9);
     assert_true(fabs(mh.seconds - want_h) <= 1e-9 * want_h);
     assert_true(fabs(mh.seconds_whole - want_h) <= 1e-9 * want_h);
-    assert_int_equal(epm_cost_moves(a, b, 10, 0, &mh), EPM_OK); /* (flat: epm_eval_moves) */
+    assert_int_equal(epm_eval_moves_path(a, b, 10, 0, &mh), EPM_OK); /* (flat: epm_eval_moves) */
     assert_true(mh.seconds == mc.seconds && mh.max_send_bytes == mc.max_send_bytes);
     assert_int_equal(epm_eval_moves(a, b, -1, &mc), EPM_ERR_INVALID_ARG);
     assert_int_equal(epm_placement_moves(b, b, m, 5, &n), EPM_OK);
