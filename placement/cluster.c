@@ -4,6 +4,7 @@
 
 #include "core.h"
 #include "epmoe/cluster.h"
+#include "json_show.h"
 
 void epm_cluster_init(epm_cluster *c, int nodes, int gpus_per_node)
 {
@@ -55,8 +56,10 @@ static epm_status get_int(json_t *root, const char *label, const char *key, int 
     json_t *j = json_object_get(root, key);
     if (!j)
         return EPM_OK;
+    char b[96];
     if (!json_is_integer(j) || json_integer_value(j) < 1 || json_integer_value(j) > 65536)
-        return epm_fail(EPM_ERR_FORMAT, "%s: field '%s' must be an integer in [1, 65536]", label, key);
+        return epm_fail(EPM_ERR_FORMAT, "%s: field '%s' = %s: must be an integer in [1, 65536]", label, key,
+                        epm_json_show(j, b, sizeof b));
     *v = (int)json_integer_value(j);
     return EPM_OK;
 }
@@ -66,8 +69,10 @@ static epm_status get_num(json_t *root, const char *label, const char *key, doub
     json_t *j = json_object_get(root, key);
     if (!j)
         return EPM_OK;
+    char b[96];
     if (!json_is_number(j) || !(json_number_value(j) > 0))
-        return epm_fail(EPM_ERR_FORMAT, "%s: field '%s' must be a positive number", label, key);
+        return epm_fail(EPM_ERR_FORMAT, "%s: field '%s' = %s: must be a positive number", label, key,
+                        epm_json_show(j, b, sizeof b));
     *v = json_number_value(j);
     return EPM_OK;
 }

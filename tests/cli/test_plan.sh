@@ -109,7 +109,10 @@ check "broken placement" 1 "$E" plan eval --trace "$d/b.st" "$d/broken.json"
 has "$d/err" "broken.json"
 echo '{"nodes": 2, "gpus_per_node": 0}' >"$d/cl.json"
 check "bad cluster" 1 "$E" plan --trace "$d/a.st" --cluster "$d/cl.json"
-has "$d/err" "gpus_per_node"
+has "$d/err" "cl.json: field 'gpus_per_node' = 0: must be an integer in \[1, 65536\]"
+echo '{"nodes": 2, "gpus_per_node": 2, "inter_node_gbps": "fast"}' >"$d/cl2.json"
+check "bad cluster bandwidth" 1 "$E" plan --trace "$d/a.st" --cluster "$d/cl2.json"
+has "$d/err" "cl2.json: field 'inter_node_gbps' = \"fast\": must be a positive number"
 check "cluster and a bandwidth" 2 "$E" plan --trace "$d/a.st" --cluster "$d/cl.json" --inter-gbps 10
 has "$d/err" "--cluster and --inter-gbps exclude each other"
 
