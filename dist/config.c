@@ -113,6 +113,26 @@ static epm_status get_num(const ctx *c, json_t *obj, const char *key, double lo,
     return EPM_OK;
 }
 
+/* A number the runtime keeps as a float32: its float32 value in (lo, hi),
+ * the value the runtime uses and a save writes back (1e-46 rounds to 0 and
+ * 0.99999999 to 1; 1.00000001e-30 saves as 1e-30, whose float32 is above
+ * 1e-30: found by fuzzing). */
+static epm_status get_float(const ctx *c, json_t *obj, const char *key, double lo, double hi, float *out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v))
+        return EPM_OK;
+    const double x = json_is_number(v) ? json_number_value(v) : NAN;
+    const double f = isfinite(x) ? (double)(float)x : NAN;
+    if (!(f > lo && f < hi)) {
+        char why[128];
+        snprintf(why, sizeof why, "must be a number in (%g, %g) as a float32 (%g)", lo, hi, f);
+        return bad(c, key, v, why);
+    }
+    *out = (float)x;
+    return EPM_OK;
+}
+
 static epm_status get_bool(const ctx *c, const char *key, int *out, int *present)
 {
     json_t *v = json_object_get(c->root, key);
@@ -185,8 +205,10 @@ static epm_status parse_yarn(const ctx *c, json_t *rp, const char *home, epm_mod
     /* DeepSeek-V2's code (and vLLM's) take an absent mscale as 1, where
      * transformers' reading (V3, the others) leaves it unset */
     cfg->yarn_mscale = cfg->arch == EPM_MODEL_DEEPSEEKV2 ? 1 : 0;
-    EPM_CHECK(rope_num(c, rp, home, "beta_fast", 0, 1e6, &cfg->yarn_beta_fast));
-    EPM_CHECK(rope_num(c, rp, home, "beta_slow", 0, 1e6, &cfg->yarn_beta_slow));
+    /* (rotations: below 1e-6 the correction range's log overflows and the frequencies come out NaN,
+     * found by fuzzing; transformers' defaults are 32 and 1) */
+    EPM_CHECK(rope_num(c, rp, home, "beta_fast", 1e-6, 1e6, &cfg->yarn_beta_fast));
+    EPM_CHECK(rope_num(c, rp, home, "beta_slow", 1e-6, 1e6, &cfg->yarn_beta_slow));
     /* negative ones would drive get_mscale through zero: infinite scales */
     EPM_CHECK(rope_num(c, rp, home, "mscale", -1e-300, 1e6, &cfg->yarn_mscale));
     EPM_CHECK(rope_num(c, rp, home, "mscale_all_dim", -1e-300, 1e6, &cfg->yarn_mscale_all_dim));
@@ -416,9 +438,8 @@ static epm_status parse_deepseek_moe(const ctx *c, epm_model_config *cfg)
     if ((int64_t)cfg->topk_group * (E / G) < cfg->top_k)
         return bad(c, "topk_group", json_object_get(r, "topk_group"),
                    "leaves fewer experts to choose from than num_experts_per_tok");
-    double rs = v3 ? 2.5 : 1.0;
-    EPM_CHECK(get_num(c, r, "routed_scaling_factor", 0, 1e6, &rs, NULL));
-    cfg->routed_scaling = (float)rs;
+    cfg->routed_scaling = v3 ? 2.5f : 1.0f;
+    EPM_CHECK(get_float(c, r, "routed_scaling_factor", 0, 1e6, &cfg->routed_scaling));
     int freq = 1;
     EPM_CHECK(get_int(c, r, "moe_layer_freq", 0, 1, 1, &freq));
     return EPM_OK;
@@ -556,10 +577,9 @@ static epm_status parse(const ctx *c, epm_model_config *cfg)
         cfg->qkv_bias_stated = 1;
     }
     EPM_CHECK(get_bool(c, "tie_word_embeddings", &cfg->tie_word_embeddings, NULL));
-    double eps = qwen || is_deepseek(a) ? 1e-6 : 1e-5;
     /* above float32's underflow: the runtime keeps eps as a float, and 0 would divide by zero */
-    EPM_CHECK(get_num(c, r, "rms_norm_eps", 1e-30, 1, &eps, NULL));
-    cfg->rms_norm_eps = (float)eps;
+    cfg->rms_norm_eps = qwen || is_deepseek(a) ? 1e-6f : 1e-5f;
+    EPM_CHECK(get_float(c, r, "rms_norm_eps", 1e-30, 1, &cfg->rms_norm_eps));
     json_t *act = json_object_get(r, "hidden_act");
     if (act && !json_is_null(act) && !(json_is_string(act) && !strcmp(json_string_value(act), "silu"))) {
         char b[64];

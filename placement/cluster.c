@@ -24,12 +24,16 @@ epm_status epm_cluster_validate(const epm_cluster *c)
     if ((long)c->nodes * c->gpus_per_node > 65536)
         return epm_fail(EPM_ERR_INVALID_ARG, "cluster: %d x %d ranks is more than 65536", c->nodes,
                         c->gpus_per_node);
-    if (!(c->intra_gbps > 0) || !isfinite(c->intra_gbps))
-        return epm_fail(EPM_ERR_INVALID_ARG, "cluster: intra_node_gbps = %g must be positive", c->intra_gbps);
-    if (!(c->inter_gbps > 0) || !isfinite(c->inter_gbps))
-        return epm_fail(EPM_ERR_INVALID_ARG, "cluster: inter_node_gbps = %g must be positive", c->inter_gbps);
-    if (!(c->gpu_tflops > 0) || !isfinite(c->gpu_tflops))
-        return epm_fail(EPM_ERR_INVALID_ARG, "cluster: gpu_tflops = %g must be positive", c->gpu_tflops);
+    /* 1 mB/s to 1 ZB/s, 1 FLOP/s to 1 ZFLOP/s (wider than the CLI flags': the unit tests count in
+     * bytes and FLOPs a second): bounds that keep the cost model's ratios and times finite, which a
+     * subnormal or a huge rate did not (the ILP's weights infinite, plan eval's time inf: found by
+     * fuzzing) */
+    if (!(c->intra_gbps >= 1e-12 && c->intra_gbps <= 1e12))
+        return epm_fail(EPM_ERR_INVALID_ARG, "cluster: intra_node_gbps = %g is outside [1e-12, 1e+12]", c->intra_gbps);
+    if (!(c->inter_gbps >= 1e-12 && c->inter_gbps <= 1e12))
+        return epm_fail(EPM_ERR_INVALID_ARG, "cluster: inter_node_gbps = %g is outside [1e-12, 1e+12]", c->inter_gbps);
+    if (!(c->gpu_tflops >= 1e-12 && c->gpu_tflops <= 1e12))
+        return epm_fail(EPM_ERR_INVALID_ARG, "cluster: gpu_tflops = %g is outside [1e-12, 1e+12]", c->gpu_tflops);
     return EPM_OK;
 }
 

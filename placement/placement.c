@@ -27,9 +27,11 @@ epm_status epm_placement_create(int layers, int experts, int k, const epm_cluste
                         k);
     int ranks = epm_cluster_ranks(c);
     size_t le = (size_t)layers * (size_t)experts, ler;
-    if (!epm_mul_ok(le, (size_t)ranks, &ler) || ler > ((size_t)1 << 31))
-        return epm_fail(EPM_ERR_INVALID_ARG, "placement: %d layers x %d experts x %d ranks is too large", layers,
-                        experts, ranks);
+    /* (the replica table is dense, 4 bytes an entry: 2^28 entries is 1 GiB, DeepSeek-V3's 61 x 256
+     * on 16384 ranks) */
+    if (!epm_mul_ok(le, (size_t)ranks, &ler) || ler > ((size_t)1 << 28))
+        return epm_fail(EPM_ERR_INVALID_ARG, "placement: %d layers x %d experts x %d ranks is too large (more than "
+                        "2^28 entries in its replica table)", layers, experts, ranks);
     epm_placement *p = epm_calloc(1, sizeof *p);
     if (!p)
         return EPM_ERR_NOMEM;

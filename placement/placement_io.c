@@ -177,9 +177,12 @@ static epm_status parse_info(json_t *root, const char *label, epm_placement_info
     return get_string(root, label, "note", "", info->note, sizeof info->note);
 }
 
-static epm_status parse_layers(json_t *layers, const char *label, epm_placement *p)
+/* The layers' shape, L layers of E expert lists, checked before the
+ * placement's L x E x ranks table is allocated for them (a file of a few
+ * bytes declaring 32768 experts on 65536 ranks asked for 8 GiB: found by
+ * fuzzing). */
+static epm_status check_layers_shape(json_t *layers, const char *label, int L, int E)
 {
-    const int L = p->layers, E = p->experts;
     if (!layers)
         return epm_fail(EPM_ERR_FORMAT, "%s: field layers is missing", label);
     if (!json_is_array(layers))
@@ -188,17 +191,26 @@ static epm_status parse_layers(json_t *layers, const char *label, epm_placement 
         return epm_fail(EPM_ERR_FORMAT, "%s: layers has %zu entries; model.layers = %d needs an array of %d layers",
                         label, json_array_size(layers), L, L);
     for (int l = 0; l < L; l++) {
-        json_t *ly = json_array_get(layers, (size_t)l);
+        json_t *ly = json_array_get(layers, (size_t)l), *ex = json_object_get(ly, "experts");
         if (!json_is_object(ly))
             return epm_fail(EPM_ERR_FORMAT, "%s: layers[%d] is %s, not an object", label, l, type_name(ly));
+        if (!json_is_array(ex) || json_array_size(ex) != (size_t)E)
+            return epm_fail(EPM_ERR_FORMAT, "%s: layers[%d].experts must be an array of %d rank lists (model.experts)",
+                            label, l, E);
+    }
+    return EPM_OK;
+}
+
+static epm_status parse_layers(json_t *layers, const char *label, epm_placement *p)
+{
+    const int L = p->layers, E = p->experts;
+    for (int l = 0; l < L; l++) {
+        json_t *ly = json_array_get(layers, (size_t)l); /* (an object: check_layers_shape) */
         json_t *idx = json_object_get(ly, "layer");
         if (idx && (!json_is_integer(idx) || json_integer_value(idx) != l))
             return epm_fail(EPM_ERR_FORMAT, "%s: layers[%d].layer = %lld; the layers must be listed in order 0, 1, ...",
                             label, l, json_is_integer(idx) ? (long long)json_integer_value(idx) : -1LL);
-        json_t *ex = json_object_get(ly, "experts");
-        if (!json_is_array(ex) || json_array_size(ex) != (size_t)E)
-            return epm_fail(EPM_ERR_FORMAT, "%s: layers[%d].experts must be an array of %d rank lists (model.experts)",
-                            label, l, E);
+        json_t *ex = json_object_get(ly, "experts"); /* (its shape: check_layers_shape) */
         for (int e = 0; e < E; e++) {
             json_t *a = json_array_get(ex, (size_t)e);
             if (!json_is_array(a) || json_array_size(a) == 0)
@@ -270,6 +282,7 @@ static epm_status parse_root(json_t *root, const char *label, epm_placement **ou
         EPM_CHECK(get_int(root, label, "", "slots_per_rank", 1, E, &slots));
 
     epm_placement *p;
+    EPM_CHECK(check_layers_shape(json_object_get(root, "layers"), label, L, E));
     EPM_CHECK(epm_placement_create(L, E, K, &c, &p));
     EPM_CHECK_GOTO(parse_layers(json_object_get(root, "layers"), label, p), st, fail);
     /* the declared slots are what the runtime allocates per rank: a layer

@@ -262,6 +262,15 @@ static void test_config_deepseek(void **state)
         {"rope_scaling", "{\"type\": \"yarn\", \"factor\": 40, \"original_max_position_embeddings\": 4096, "
                          "\"rope_theta\": 0.5}",
          "field 'rope_scaling.rope_theta' = 0.5: must be a number in (1, 1e+12)", EPM_ERR_FORMAT},
+        /* numbers kept as float32, held to their range there (what a save writes back: found by fuzzing);
+         * YaRN's rotations not so few that the correction range overflows */
+        {"routed_scaling_factor", "1e-46", "field 'routed_scaling_factor' = 1e-46: must be a number in (0, 1e+06) as a "
+                                           "float32 (0)", EPM_ERR_FORMAT},
+        {"routed_scaling_factor", "999999.99", "(0, 1e+06) as a float32 (1e+06)", EPM_ERR_FORMAT},
+        {"rms_norm_eps", "0.99999999", "must be a number in (1e-30, 1) as a float32 (1)", EPM_ERR_FORMAT},
+        {"rope_scaling", "{\"type\": \"yarn\", \"factor\": 40, \"original_max_position_embeddings\": 4096, "
+                         "\"beta_fast\": 1e-308}",
+         "rope_scaling.beta_fast", EPM_ERR_FORMAT},
         {"scoring_func", "\"softmax\"", "scoring_func", EPM_ERR_UNSUPPORTED},
         {"topk_method", "\"greedy\"", "topk_method", EPM_ERR_UNSUPPORTED},
         {"moe_layer_freq", "2", "moe_layer_freq", EPM_ERR_FORMAT},

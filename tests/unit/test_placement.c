@@ -52,6 +52,26 @@ static void test_placement_create_rejects(void **state)
     c.gpus_per_node = 0;
     assert_int_equal(epm_placement_create(1, 4, 1, &c, &p), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "gpus_per_node = 0"));
+    /* rates that would make the cost model's ratios or times infinite (found by fuzzing) */
+    epm_cluster_init(&c, 2, 1);
+    c.inter_gbps = 1e-308;
+    assert_int_equal(epm_cluster_validate(&c), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "inter_node_gbps = 1e-308 is outside [1e-12, 1e+12]"));
+    epm_cluster_init(&c, 2, 1);
+    c.gpu_tflops = 1e-320;
+    assert_int_equal(epm_cluster_validate(&c), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "gpu_tflops"));
+    epm_cluster_init(&c, 2, 1);
+    c.intra_gbps = 1e13;
+    assert_int_equal(epm_placement_create(1, 4, 1, &c, &p), EPM_ERR_INVALID_ARG);
+    c.intra_gbps = 1e12; /* (the bounds themselves are in) */
+    c.gpu_tflops = 1e-12;
+    assert_int_equal(epm_cluster_validate(&c), EPM_OK);
+    /* a replica table past 2^28 entries (4 bytes each) is refused before it is allocated */
+    epm_cluster_init(&c, 64, 1024);
+    assert_int_equal(epm_placement_create(1, 32768, 1, &c, &p), EPM_ERR_INVALID_ARG);
+    assert_non_null(strstr(epm_last_error(), "1 layers x 32768 experts x 65536 ranks is too large"));
+    assert_null(p);
 }
 
 static void test_placement_add_sorted_unique(void **state)
