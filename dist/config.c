@@ -212,7 +212,8 @@ static epm_status parse_yarn(const ctx *c, json_t *rp, const char *home, epm_mod
     /* negative ones would drive get_mscale through zero: infinite scales */
     EPM_CHECK(rope_num(c, rp, home, "mscale", -1e-300, 1e6, &cfg->yarn_mscale));
     EPM_CHECK(rope_num(c, rp, home, "mscale_all_dim", -1e-300, 1e6, &cfg->yarn_mscale_all_dim));
-    EPM_CHECK(rope_num(c, rp, home, "attention_factor", 0, 1e6, &cfg->yarn_attn_factor));
+    /* (a scale of cos and sin, applied in float32: one below 1e-30 is 0 there) */
+    EPM_CHECK(rope_num(c, rp, home, "attention_factor", 1e-30, 1e6, &cfg->yarn_attn_factor));
     double om = cfg->max_position_embeddings;
     EPM_CHECK(rope_num(c, rp, home, "original_max_position_embeddings", 0.999999, 1073741824.5, &om));
     if (om < 1)

@@ -13,6 +13,10 @@
 #include "core.h"
 #include "json_show.h"
 
+/* a request's tokens, as the token reader holds them (tokens.c: a prompt up to 2^24 tokens, up to 2^20
+ * new ones): what a run can be given; a trace's INT32_MAX made 8 GiB prompts (found reading it) */
+enum { MAX_PROMPT = 1 << 24, MAX_OUTPUT = 1 << 20 };
+
 enum { MAX_FIELDS = 64 };
 
 typedef struct field {
@@ -324,10 +328,11 @@ static epm_status parse_rows(const char *text, size_t len, const char *label, ro
         }
         for (int w = COL_PROMPT; w <= COL_OUTPUT; w++) {
             const field *fv = &f[col[w]];
-            const int64_t v = digits(fv->s, fv->n, INT32_MAX);
+            const int most = w == COL_PROMPT ? MAX_PROMPT : MAX_OUTPUT;
+            const int64_t v = digits(fv->s, fv->n, most);
             if (v < 0) {
                 st = epm_fail(EPM_ERR_FORMAT, "%s:%lld: %s '%s' is not a count of tokens (0 to %d)", label,
-                              (long long)line, what[w], epm_text_shown(fv->s, fv->n, b2), INT32_MAX);
+                              (long long)line, what[w], epm_text_shown(fv->s, fv->n, b2), most);
                 goto out;
             }
             *(w == COL_PROMPT ? &r.prompt : &r.output) = (int32_t)v;
@@ -403,9 +408,9 @@ static epm_status parse_mooncake(const char *text, size_t len, const char *label
             st = epm_fail(EPM_ERR_FORMAT, "%s:%lld: \"timestamp\" is %s, not milliseconds (a number >= 0)", label,
                           (long long)line, ts ? epm_json_show(ts, b, sizeof b) : "missing");
         if (st == EPM_OK)
-            st = json_count(o, "input_length", INT32_MAX, label, line, &in);
+            st = json_count(o, "input_length", MAX_PROMPT, label, line, &in);
         if (st == EPM_OK)
-            st = json_count(o, "output_length", INT32_MAX, label, line, &outn);
+            st = json_count(o, "output_length", MAX_OUTPUT, label, line, &outn);
         if (st == EPM_OK && h && !json_is_array(h))
             st = epm_fail(EPM_ERR_FORMAT, "%s:%lld: \"hash_ids\" is %s, not a list of block hashes", label,
                           (long long)line, epm_json_show(h, b, sizeof b));

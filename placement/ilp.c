@@ -109,7 +109,7 @@ static epm_status best_start(const epm_trace *t, const epm_cluster *c, const epm
         epm_ilp_from_placement(x, p, tmp);
         epm_placement_destroy(p);
         double v = epm_ilp_total(x, tmp);
-        if (v < best) {
+        if (i == 0 || v < best) { /* (the first whatever its total: an infinite one left rank_of unset) */
             best = v;
             memcpy(rank_of, tmp, (size_t)x->L * (size_t)x->E * sizeof *rank_of);
         }

@@ -131,6 +131,10 @@ static void test_refusals(void **state)
     refused("Timestamp,Request tokens,Response tokens\n1,2,3\n\n2,x4,5\n", "t.csv:4: prompt tokens 'x4' is not a count");
     refused("Timestamp,Request tokens,Response tokens\n1,2,-3\n", "t.csv:2: output tokens '-3' is not a count");
     refused("Timestamp,Request tokens,Response tokens\n1,2,3000000000\n", "'3000000000' is not a count of tokens");
+    /* a run's limits: a prompt of 2^24 tokens, 2^20 new ones (the token reader's) */
+    refused("Timestamp,Request tokens,Response tokens\n1,16777217,3\n",
+            "t.csv:2: prompt tokens '16777217' is not a count of tokens (0 to 16777216)");
+    refused("Timestamp,Request tokens,Response tokens\n1,2,1048577\n", "'1048577' is not a count of tokens (0 to 1048576)");
     refused("Timestamp,Request tokens,Response tokens\n1,2\n", "t.csv:2: 2 fields, the header has 3");
     refused("Timestamp,Request tokens,Response tokens\n1,\"2,3\n", "t.csv:2: '1,\"2,3' is not a CSV row");
     refused("Timestamp,Request tokens,Response tokens\n-1,2,3\n", "timestamp '-1' is neither seconds nor a date");
