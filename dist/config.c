@@ -253,15 +253,8 @@ static epm_status parse_rope(const ctx *c, epm_model_config *cfg)
             continue;
         if (!json_is_object(rp))
             return bad(c, homes[i], rp, "must be an object");
+        EPM_CHECK(rope_num(c, rp, homes[i], "rope_theta", 1, 1e12, &cfg->rope_theta));
         char key[64];
-        snprintf(key, sizeof key, "%s.rope_theta", homes[i]);
-        json_t *th = json_object_get(rp, "rope_theta");
-        if (th && !json_is_null(th)) {
-            double x = json_is_number(th) ? json_number_value(th) : NAN;
-            if (!(x > 1 && x < 1e12))
-                return bad(c, key, th, "must be a number in (1, 1e+12)");
-            cfg->rope_theta = x;
-        }
         const char *tk = "rope_type";
         json_t *ty = json_object_get(rp, tk);
         if (!ty) {

@@ -96,8 +96,8 @@ static epm_status parse(json_t *root, const char *label, epm_generation_config *
     EPM_CHECK(get_num(root, label, "temperature", 0, 0, 1e6, 0, &temperature));
     EPM_CHECK(get_num(root, label, "top_p", 0, 1, 1, 0, &top_p));
     EPM_CHECK(get_num(root, label, "min_p", 0, 0, 1, 1, &min_p));
-    /* (the CLI's range: a penalty near 0 divides a logit past the largest double) */
-    EPM_CHECK(get_num(root, label, "repetition_penalty", 1e-6, 0, 1e6, 0, &rp));
+    EPM_CHECK(get_num(root, label, "repetition_penalty", EPM_REPETITION_PENALTY_MIN, 0, EPM_REPETITION_PENALTY_MAX, 0,
+                      &rp));
     v = json_object_get(root, "top_k");
     if (v && json_is_null(v))
         top_k = 0; /* None: no top-k */

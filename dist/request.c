@@ -62,7 +62,8 @@ static const num_field NUMS[] = {
     {"temperature", EPM_REQ_TEMPERATURE, 0, 1e30, 0, 0, "expected a number >= 0 (0: greedy)"},
     {"top_p", EPM_REQ_TOP_P, 0, 1, 1, 0, "expected a number in (0, 1] (1: off)"},
     {"min_p", EPM_REQ_MIN_P, 0, 1, 0, 1, "expected a number in [0, 1) (0: off)"},
-    {"repetition_penalty", EPM_REQ_REPETITION, 1e-6, 1e6, 0, 0, "expected a number in [1e-06, 1e+06] (1: off)"},
+    {"repetition_penalty", EPM_REQ_REPETITION, EPM_REPETITION_PENALTY_MIN, EPM_REPETITION_PENALTY_MAX, 0, 0,
+     "expected a number in [1e-06, 1e+06] (1: off)"},
     {"presence_penalty", EPM_REQ_PRESENCE, -2, 2, 0, 0, "expected a number in [-2, 2] (0: off)"},
     {"frequency_penalty", EPM_REQ_FREQUENCY, -2, 2, 0, 0, "expected a number in [-2, 2] (0: off)"},
 };

@@ -51,8 +51,8 @@ epm_status epm_sampling_validate(const epm_sampling *s)
         return epm_fail(EPM_ERR_INVALID_ARG, "sampling: top_p = %g: must be in (0, 1] (0 or 1: off)", s->top_p);
     if (!(s->min_p >= 0 && s->min_p < 1))
         return epm_fail(EPM_ERR_INVALID_ARG, "sampling: min_p = %g: must be in [0, 1) (0: off)", s->min_p);
-    /* (a penalty near 0 divides a logit past the largest double: the CLI's range) */
-    if (!(s->repetition_penalty == 0 || (s->repetition_penalty >= 1e-6 && s->repetition_penalty <= 1e6)))
+    if (!(s->repetition_penalty == 0 || (s->repetition_penalty >= EPM_REPETITION_PENALTY_MIN &&
+                                         s->repetition_penalty <= EPM_REPETITION_PENALTY_MAX)))
         return epm_fail(EPM_ERR_INVALID_ARG, "sampling: repetition_penalty = %g: must be in [1e-06, 1e+06] "
                         "(1 or 0: off)", s->repetition_penalty);
     if (!(s->presence_penalty >= -2 && s->presence_penalty <= 2))

@@ -156,14 +156,12 @@ int epm_cli_plan_moves(int argc, char **argv)
     const int64_t read_max = mc.max_gained * rb;
     const double read_s = rgbps > 0 ? (double)read_max / (rgbps * 1e9) : 0;
     if (json) {
-        json_t *o = json_pack("{s:s, s:s, s:b, s:I, s:I, s:{s:I, s:I}, s:I, s:I, s:f}", "from", from_path, "to",
+        json_t *o = json_pack("{s:s, s:s, s:b, s:I, s:I, s:{s:I, s:I}, s:I, s:I, s:f, s:s}", "from", from_path, "to",
                               to_path, "aligned", align, "experts_copied", (json_int_t)mc.moved, "expert_bytes",
                               (json_int_t)xb, "bytes_copied", "intra_node", (json_int_t)mc.bytes[EPM_LINK_INTRA],
                               "inter_node", (json_int_t)mc.bytes[EPM_LINK_INTER], "max_send_bytes",
                               (json_int_t)mc.max_send_bytes, "max_recv_bytes", (json_int_t)mc.max_recv_bytes,
-                              "modelled_seconds", mc.seconds);
-        if (o)
-            json_object_set_new(o, "path", json_string(hpath ? "hierarchical" : "flat"));
+                              "modelled_seconds", mc.seconds, "path", hpath ? "hierarchical" : "flat");
         if (o)
             json_object_set_new(o, "read", json_pack("{s:I, s:I, s:o}", "max_rank_experts", (json_int_t)mc.max_gained,
                                                      "max_rank_bytes", (json_int_t)read_max, "seconds",

@@ -777,7 +777,8 @@ int epm_cli_run(int argc, char **argv)
             gf.min_p = 1;
             break;
         case O_REPP:
-            if (!cli_parse_double(W, "--repetition-penalty", optarg, 1e-6, 1e6, &gf.s.repetition_penalty))
+            if (!cli_parse_double(W, "--repetition-penalty", optarg, EPM_REPETITION_PENALTY_MIN,
+                                  EPM_REPETITION_PENALTY_MAX, &gf.s.repetition_penalty))
                 return EPM_EXIT_USAGE;
             gf.rp = 1;
             break;

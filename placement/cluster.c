@@ -28,12 +28,13 @@ epm_status epm_cluster_validate(const epm_cluster *c)
      * bytes and FLOPs a second): bounds that keep the cost model's ratios and times finite, which a
      * subnormal or a huge rate did not (the ILP's weights infinite, plan eval's time inf: found by
      * fuzzing) */
-    if (!(c->intra_gbps >= 1e-12 && c->intra_gbps <= 1e12))
-        return epm_fail(EPM_ERR_INVALID_ARG, "cluster: intra_node_gbps = %g is outside [1e-12, 1e+12]", c->intra_gbps);
-    if (!(c->inter_gbps >= 1e-12 && c->inter_gbps <= 1e12))
-        return epm_fail(EPM_ERR_INVALID_ARG, "cluster: inter_node_gbps = %g is outside [1e-12, 1e+12]", c->inter_gbps);
-    if (!(c->gpu_tflops >= 1e-12 && c->gpu_tflops <= 1e12))
-        return epm_fail(EPM_ERR_INVALID_ARG, "cluster: gpu_tflops = %g is outside [1e-12, 1e+12]", c->gpu_tflops);
+    const struct {
+        const char *name;
+        double v;
+    } rate[] = {{"intra_node_gbps", c->intra_gbps}, {"inter_node_gbps", c->inter_gbps}, {"gpu_tflops", c->gpu_tflops}};
+    for (size_t i = 0; i < sizeof rate / sizeof *rate; i++)
+        if (!(rate[i].v >= 1e-12 && rate[i].v <= 1e12))
+            return epm_fail(EPM_ERR_INVALID_ARG, "cluster: %s = %g is outside [1e-12, 1e+12]", rate[i].name, rate[i].v);
     return EPM_OK;
 }
 

@@ -193,8 +193,9 @@ EPM_API void epm_eval_result_destroy(epm_eval_result *r);
  * layer's copies one phase of the model above (from's cluster), the layers
  * one after another, as epmoe run --eplb-from peers exchanges them on the
  * flat path (epm_eval_moves_path: either path). What plan eval's replay
- * charges at each placement it takes (move_bytes, t_moves). max_gained: the most replicas one rank adds, which that rank
- * reads where the run reads them from the checkpoint instead (plan eval's
+ * charges at each placement it takes (move_bytes, t_moves). max_gained:
+ * the most replicas one rank adds, which that rank reads where the run
+ * reads them from the checkpoint instead (plan eval's
  * read_bytes and t_reads). Same shape required. */
 typedef struct epm_move_cost {
     int64_t moved;

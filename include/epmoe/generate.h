@@ -28,6 +28,10 @@ extern "C" {
 
 #define EPM_MAX_STOP_IDS 64
 
+/* A repetition penalty's range (0 and 1 aside): one near 0 divides a logit past the largest double. */
+#define EPM_REPETITION_PENALTY_MIN 1e-6
+#define EPM_REPETITION_PENALTY_MAX 1e6
+
 /* Zero everywhere is greedy decoding: the highest logit, the lowest id among equals. */
 typedef struct epm_sampling {
     double temperature;        /* 0: greedy; > 0: sample from softmax(logits / temperature) */
@@ -36,8 +40,9 @@ typedef struct epm_sampling {
     double top_p;              /* 0 or 1: off; else (0, 1): keep tokens, most probable first (equal
                                   probabilities: lower id first), while the mass before them is < top_p */
     double min_p;              /* 0: off; else [0, 1): drop tokens less probable than min_p x the top one */
-    double repetition_penalty; /* 0 or 1: off; else in [1e-6, 1e6]: a logit of a token already in the sequence is
-                                  divided by it where positive, multiplied where negative (CTRL's rule);
+    double repetition_penalty; /* 0 or 1: off; else in [EPM_REPETITION_PENALTY_MIN, _MAX]: a logit of a token
+                                  already in the sequence is divided by it where positive, multiplied
+                                  where negative (CTRL's rule);
                                   applies to greedy decoding too */
     double presence_penalty;   /* vLLM's and OpenAI's, in [-2, 2], 0 off: subtracted from the logit of */
     double frequency_penalty;  /* each token generated so far, once, and once per time it was */

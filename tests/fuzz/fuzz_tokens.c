@@ -21,6 +21,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     if (t->batch < 1)
         __builtin_trap();
+    /* a row of logits for the requests' samplers: the largest and smallest floats among the prompts' ids
+     * (penalties divide and multiply them) */
+    static float row[1000];
+    for (int i = 0; i < vocab; i++)
+        row[i] = i % 3 == 0 ? FLT_MAX : i % 3 == 1 ? -FLT_MAX : (float)(i % 17) - 8;
     for (int s = 0; s < t->batch; s++) {
         if (t->lens[s] < 1)
             __builtin_trap();
@@ -36,10 +41,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (t->req[s].n_stop < 0 || t->req[s].n_stop > EPM_MAX_STOP_IDS ||
                 epm_request_sampling_apply(&t->req[s], &run, NULL, 0, 0, NULL, 0, "fuzz", &out, stop, &n) != EPM_OK)
                 __builtin_trap();
-            /* the largest and smallest floats among the prompt's ids (penalties divide and multiply them) */
-            static float row[1000];
-            for (int i = 0; i < vocab; i++)
-                row[i] = i % 3 == 0 ? FLT_MAX : i % 3 == 1 ? -FLT_MAX : (float)(i % 17) - 8;
             epm_sampler *sp = NULL;
             int32_t tok = -1;
             if (epm_sampler_create(&out, vocab, &sp) != EPM_OK ||
