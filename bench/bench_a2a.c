@@ -38,7 +38,8 @@ static const char usage[] =
     "  --row-bytes B        bytes per token row, hidden * 4 (default 8192; smaller sizes use one row)\n"
     "  --experts-per-rank E experts per rank, contiguous placement (default 8)\n"
     "  --k K                experts per token (default 2)\n"
-    "  --a2a alltoallv|p2p  exchange transport (default: EPM_A2A, else alltoallv)\n"
+    "  --a2a T              exchange transport: alltoallv, p2p, staged (CUDA builds), nccl (NCCL\n"
+    "                       builds) (default: EPM_A2A, else alltoallv)\n"
     "  --hier auto|on|off   hierarchical exchange (default: EPM_A2A_HIER, else auto)\n"
     "  --virtual-nodes N    split the ranks into N pretend nodes\n"
     "  --seed S             routing seed (default 1)\n"
@@ -104,6 +105,21 @@ static epm_status exchanges(bcase *b)
         return epm_fail(EPM_ERR_INTERNAL, "bench a2a: %lld rows came back of %lld", (long long)c->n,
                         (long long)b->nrows);
     return EPM_OK;
+}
+
+/* The exchanges as the runtime ran them before their counts phase became
+ * their agreement on failures: a one-int MPI_Allreduce (the least that
+ * agreement cost) before each. Its time over ours is what the fusion saves. */
+static epm_status agreed(bcase *b)
+{
+    epm_xcomm_buf *d = &b->disp, *c = &b->comb;
+    int v = 0;
+    if (MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
+        return epm_fail(EPM_ERR_MPI, "bench a2a: MPI_Allreduce failed");
+    EPM_CHECK(epm_xcomm_exchange_buf(b->x, b->nrows, b->dest, b->rows, b->W, b->W, NULL, d));
+    if (MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
+        return epm_fail(EPM_ERR_MPI, "bench a2a: MPI_Allreduce failed");
+    return epm_xcomm_exchange_buf(b->x, d->n, d->src, d->rows, b->W, b->W, NULL, c);
 }
 
 /* dispatch, identity experts, combine: what moe_block does around its
@@ -183,7 +199,12 @@ static epm_status raw(bcase *b)
 
 static epm_status run_one(bcase *b, int which)
 {
-    return which == 4 ? ours8(b) : which == 3 ? ours16(b) : which == 2 ? raw(b) : which == 1 ? exchanges(b) : ours(b);
+    return which == 5   ? agreed(b)
+           : which == 4 ? ours8(b)
+           : which == 3 ? ours16(b)
+           : which == 2 ? raw(b)
+           : which == 1 ? exchanges(b)
+                        : ours(b);
 }
 
 /* iterations per timing, sized from one timed call (the slowest rank's) */
@@ -398,9 +419,8 @@ int epm_bench_a2a(int argc, char **argv)
     cfg g = {.min = 8, .max = 16L << 20, .step = 4, .row = 8192, .epr = 8, .k = 2, .seed = 1, .secs = 0.2};
     epm_xcomm_opts xo;
     epm_xcomm_opts_init(&xo);
-    epm_status st = epm_xcomm_opts_from_env(&xo);
-    if (st != EPM_OK)
-        return cli_fail("bench a2a", st);
+    epm_status st;
+    const char *a2a = NULL, *hier = NULL; /* (resolved with EPM_A2A and EPM_A2A_HIER after the flags) */
     long v;
     int c;
     if (cli_exact_options("bench a2a", argc, argv, opts, 0) != EPM_EXIT_OK)
@@ -435,10 +455,12 @@ int epm_bench_a2a(int argc, char **argv)
         case O_A2A:
             if ((st = epm_xcomm_a2a_parse(optarg, &xo.a2a)) != EPM_OK)
                 return cli_usage_error("bench a2a", "--a2a: '%s' is not alltoallv, p2p, staged or nccl", optarg);
+            a2a = optarg;
             break;
         case O_HIER:
             if ((st = epm_xcomm_hier_parse(optarg, &xo.hier)) != EPM_OK)
                 return cli_usage_error("bench a2a", "--hier: '%s' is not auto, on or off", optarg);
+            hier = optarg;
             break;
         case O_VN:
             if (!cli_parse_int("bench a2a", "--virtual-nodes", optarg, 0, 1 << 20, &v))
@@ -465,6 +487,8 @@ int epm_bench_a2a(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error("bench a2a", "unexpected argument '%s'", argv[optind]);
+    if ((st = epm_xcomm_opts_resolve(&xo, a2a, hier)) != EPM_OK)
+        return cli_fail("bench a2a", st);
     if (g.min > g.max)
         return cli_usage_error("bench a2a", "option --min-bytes: '%ld' is above --max-bytes %ld: no size to measure",
                                g.min, g.max);
@@ -485,7 +509,8 @@ int epm_bench_a2a(int argc, char **argv)
     if (me == 0) {
         if (g.csv)
             printf("ranks,nodes,a2a,hier,bytes,row_bytes,ours_us,ours_algbw_gbs,ours_busbw_gbs,raw_us,raw_algbw_gbs,"
-                   "raw_busbw_gbs,ratio,full_us,ratio_full,size,full16_us,full_vs_full16,full8_us,full_vs_full8\n");
+                   "raw_busbw_gbs,ratio,full_us,ratio_full,size,full16_us,full_vs_full16,full8_us,full_vs_full8,"
+                   "agreed_us,agreed_vs_ours\n");
         else
             printf("# epmoe bench a2a: %d ranks, %d node(s)%s, transport %s%s, top-%ld of %ld experts (contiguous)\n"
                    "# size = dispatch bytes per rank (mean); ours = dispatch + combine exchanges (epm_xcomm);\n"
@@ -493,14 +518,16 @@ int epm_bench_a2a(int argc, char **argv)
                    "# and summing the combined rows into the tokens; algbw = 2*size/time (GB/s), busbw = algbw*(n-1)/n;\n"
                    "# full16 = full with the rows in bf16 on the wire (half the bytes), f/f16 = full / full16;\n"
                    "# full8 = full with fp8 dispatch rows and a bf16 combine (run --wire-dtype fp8), f/f8 likewise;\n"
+                   "# agreed = ours with a one-int MPI_Allreduce before each exchange (the runtime's agreement on\n"
+                   "# failures before it became the exchange's counts phase), a/o = agreed / ours;\n"
                    "# time = the fastest of 5 alternating rounds and of single operations interleaved one by one\n"
                    "%s"
-                   "%11s %6s %11s %8s %8s %11s %8s %8s %6s %11s %6s %11s %6s %11s %6s\n",
+                   "%11s %6s %11s %8s %8s %11s %8s %8s %6s %11s %6s %11s %6s %11s %6s %11s %6s\n",
                    R, cl.nodes, xo.virtual_nodes ? " (virtual)" : "", epm_xcomm_a2a_name(xo.a2a),
                    epm_xcomm_hierarchical(x) ? ", hierarchical" : "", g.k, g.epr * R,
                    R == 1 ? "# one rank: no row leaves it, raw moves nothing, so no ratio is given\n" : "",
                    "size", "row", "ours_us", "algbw", "busbw", "raw_us", "algbw", "busbw", "ratio", "full_us", "ratio",
-                   "full16_us", "f/f16", "full8_us", "f/f8");
+                   "full16_us", "f/f16", "full8_us", "f/f8", "agreed_us", "a/o");
     }
     int rc = EPM_EXIT_OK;
     for (long size = g.min; size <= g.max && rc == EPM_EXIT_OK; size *= g.step) {
@@ -510,9 +537,9 @@ int epm_bench_a2a(int argc, char **argv)
         b.R = R;
         b.me = me;
         st = epm_xcomm_agree(x, setup(&b, size, &g));
-        enum { METHODS = 5 };
-        double t[METHODS] = {1e30, 1e30, 1e30, 1e30, 1e30};
-        int it[METHODS] = {0, 0, 0, 0, 0};
+        enum { METHODS = 6 };
+        double t[METHODS] = {1e30, 1e30, 1e30, 1e30, 1e30, 1e30};
+        int it[METHODS] = {0, 0, 0, 0, 0, 0};
         for (int m = 0; m < METHODS && st == EPM_OK; m++)
             it[m] = calibrate(&b, m, g.secs / ROUNDS, &st);
         /* the methods alternate, best of ROUNDS each: a shared machine's
@@ -532,7 +559,7 @@ int epm_bench_a2a(int argc, char **argv)
                 double one = timeit(&b, m, 1, &st);
                 t[m] = one < t[m] ? one : t[m];
             }
-        double tf = t[0], to = t[1], tr = t[2], t16 = t[3], t8 = t[4];
+        double tf = t[0], to = t[1], tr = t[2], t16 = t[3], t8 = t[4], ta = t[5];
         st = epm_xcomm_agree(x, st);
         double bytes = (double)b.nrows * b.W * 4;
         MPI_Allreduce(MPI_IN_PLACE, &bytes, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
@@ -545,7 +572,8 @@ int epm_bench_a2a(int argc, char **argv)
             /* with nothing crossing ranks (one rank) raw moves nothing and
              * ours only its bookkeeping: a ratio would mean nothing, so the
              * fields are left empty (CSV) or "-" (table) */
-            char r1[16], r2[16], r3[16], r4[16];
+            char r1[16], r2[16], r3[16], r4[16], r5[16];
+            snprintf(r5, sizeof r5, g.csv ? "" : "-");
             snprintf(r1, sizeof r1, g.csv ? "" : "-");
             snprintf(r2, sizeof r2, g.csv ? "" : "-");
             snprintf(r3, sizeof r3, g.csv ? "" : "-");
@@ -555,33 +583,35 @@ int epm_bench_a2a(int argc, char **argv)
                 snprintf(r2, sizeof r2, g.csv ? "%.3f" : "%.2f", tf / tr);
                 snprintf(r3, sizeof r3, g.csv ? "%.3f" : "%.2f", tf / t16);
                 snprintf(r4, sizeof r4, g.csv ? "%.3f" : "%.2f", tf / t8);
+                snprintf(r5, sizeof r5, g.csv ? "%.3f" : "%.2f", ta / to);
             }
             if (g.csv) {
                 /* size: the size asked for (the same at every rank count); bytes: what each rank
                  * sent on average, which the bandwidths use */
-                printf("%d,%d,%s,%d,%.0f,%d,%.2f,%.4f,%.4f,%.2f,%.4f,%.4f,%s,%.2f,%s,%ld,%.2f,%s,%.2f,%s\n", R,
+                printf("%d,%d,%s,%d,%.0f,%d,%.2f,%.4f,%.4f,%.2f,%.4f,%.4f,%s,%.2f,%s,%ld,%.2f,%s,%.2f,%s,%.2f,%s\n", R,
                        cl.nodes, epm_xcomm_a2a_name(xo.a2a), epm_xcomm_hierarchical(x), bytes, b.W * 4, to * 1e6, ao,
-                       ao * f, tr * 1e6, ar, ar * f, r1, tf * 1e6, r2, size, t16 * 1e6, r3, t8 * 1e6, r4);
+                       ao * f, tr * 1e6, ar, ar * f, r1, tf * 1e6, r2, size, t16 * 1e6, r3, t8 * 1e6, r4, ta * 1e6, r5);
             } else {
                 char sz[32];
                 print_size(bytes, sz, sizeof sz);
-                printf("%11s %6d %11.1f %8.3f %8.3f %11.1f %8.3f %8.3f %6s %11.1f %6s %11.1f %6s %11.1f %6s\n", sz,
-                       b.W * 4, to * 1e6, ao, ao * f, tr * 1e6, ar, ar * f, r1, tf * 1e6, r2, t16 * 1e6, r3, t8 * 1e6,
-                       r4);
+                printf("%11s %6d %11.1f %8.3f %8.3f %11.1f %8.3f %8.3f %6s %11.1f %6s %11.1f %6s %11.1f %6s %11.1f "
+                       "%6s\n", sz, b.W * 4, to * 1e6, ao, ao * f, tr * 1e6, ar, ar * f, r1, tf * 1e6, r2, t16 * 1e6,
+                       r3, t8 * 1e6, r4, ta * 1e6, r5);
             }
             fflush(stdout);
         }
         bcase_free(&b);
     }
-    /* the latency every exchange of the runtime also pays once (table only:
-     * the CSV keeps one row per size) */
+    /* the latency of a bare agreement, which an exchange's counts phase now
+     * is, and which the runtime pays on its own only before its other
+     * collectives (table only: the CSV keeps one row per size) */
     if (rc == EPM_EXIT_OK && !g.csv && R > 1) {
         double ta, tr;
         st = epm_xcomm_agree(x, agree_latency(x, g.secs, &ta, &tr));
         if (st != EPM_OK)
             rc = me == 0 ? cli_fail("bench a2a", st) : EPM_EXIT_FAIL;
         else if (me == 0)
-            printf("# agreement before an exchange (epm_xcomm_agree, polled with a deadline): %.1f us; "
+            printf("# a bare agreement (epm_xcomm_agree: a counts phase of zeros, polled with a deadline): %.1f us; "
                    "blocking MPI_Allreduce of one int: %.1f us; ratio %.2f\n", ta * 1e6, tr * 1e6, ta / tr);
     }
     epm_xcomm_destroy(x);

@@ -102,9 +102,9 @@ static const char usage[] =
     "                       in home mode with fp8 dispatch (epmoe run --wire-dtype), alternated --reps\n"
     "                       times, live routing,\n"
     "                       contiguous placement: bytes counted (all layers and link classes, K/V\n"
-    "                       and final gather included), best dispatch + combine seconds (slowest\n"
-    "                       rank), best tokens/s, each over float32's, logit error and greedy-token\n"
-    "                       agreement\n"
+    "                       and final gather included) over float32's, best dispatch + combine\n"
+    "                       seconds (slowest rank) and float32's over them (the speed-up), best\n"
+    "                       tokens/s, each over float32's, logit error and greedy-token agreement\n"
     "  --prefill-chunks LIST\n"
     "                       instead: the prompts prefilled in one pass (the baseline), then in passes\n"
     "                       of each of these chunk sizes (epmoe run --prefill-chunk, at most 8),\n"
@@ -412,10 +412,10 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
                    "experts", "dense", "prefill t/s", "decode t/s", "pre/f32", "dec/f32", "pre/bf16", "dec/bf16",
                    "logit rel err", "token agr");
         else if (which == 'w')
-            printf(csv ? "wire_dtype,bytes,bytes_vs_f32,comm_s,comm_vs_f32,prefill_tok_s,decode_tok_s,prefill_vs_f32,"
+            printf(csv ? "wire_dtype,bytes,bytes_vs_f32,comm_s,comm_f32_over_this,prefill_tok_s,decode_tok_s,prefill_vs_f32,"
                          "decode_vs_f32,logit_rel_err,token_agreement\n"
                        : "%-10s %12s %9s %10s %9s %12s %12s %9s %9s %13s %9s\n",
-                   "wire dtype", "bytes", "bytes/f32", "comm s", "comm/f32", "prefill t/s", "decode t/s", "pre/f32",
+                   "wire dtype", "bytes", "bytes/f32", "comm s", "f32/comm", "prefill t/s", "decode t/s", "pre/f32",
                    "dec/f32", "logit rel err", "token agr");
         else if (csv) /* the cache's two forms ('m') or dtypes ('k'), against the first */
             printf("%s,kv_cache_bytes_rank,kv_vs_%s,prefill_tok_s,decode_tok_s,prefill_vs_%s,decode_vs_%s,"

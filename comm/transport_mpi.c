@@ -36,7 +36,7 @@ static int pack_policy(void)
     static int policy = -1;
     if (policy < 0) {
         const char *e = getenv("EPM_MPI_PACK");
-        policy = e && *e ? atoi(e) : 0;
+        policy = e && !strcmp(e, "1"); /* (epm_transport_mpi_create refuses other values) */
     }
     return policy;
 }
@@ -235,6 +235,9 @@ static const epm_transport_ops mpi_ops = {
 
 epm_status epm_transport_mpi_create(void *mpi_comm, int rank, int size, epm_transport **out)
 {
+    const char *e = getenv("EPM_MPI_PACK");
+    if (e && *e && strcmp(e, "0") && strcmp(e, "1"))
+        return epm_fail(EPM_ERR_INVALID_ARG, "environment EPM_MPI_PACK='%s' is not 0 or 1", e);
     epm_transport *t = epm_calloc(1, sizeof *t);
     if (!t)
         return EPM_ERR_NOMEM;

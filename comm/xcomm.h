@@ -47,6 +47,10 @@ void epm_xcomm_opts_init(epm_xcomm_opts *o);
 /* Overrides a2a and hier from EPM_A2A=alltoallv|p2p|staged|nccl and
  * EPM_A2A_HIER=auto|on|off; an unknown value is an error naming it. */
 epm_status epm_xcomm_opts_from_env(epm_xcomm_opts *o);
+/* The same with a command line's --a2a and --hier (NULL: not given), which
+ * win: a variable is read only where its flag is absent, and an error names
+ * whichever gave the bad value. */
+epm_status epm_xcomm_opts_resolve(epm_xcomm_opts *o, const char *a2a, const char *hier);
 const char *epm_xcomm_a2a_name(epm_xcomm_a2a a);
 epm_status epm_xcomm_a2a_parse(const char *s, epm_xcomm_a2a *out);
 epm_status epm_xcomm_hier_parse(const char *s, epm_xcomm_hier *out);
@@ -192,8 +196,19 @@ epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int w
                                int64_t counted[EPM_LINK_COUNT], float **out_rows, int64_t *out_n);
 
 /* Collective agreement on failure: every rank returns the first failing
- * rank's status, and the detail names that rank and its message. */
+ * rank's status, and the detail names that rank and its message. It is the
+ * counts phase that every exchange and all-gather starts with (below), so a
+ * rank that failed on its own meets the others in whichever of them they
+ * reach next: callers need no agreement of their own just before one. */
 epm_status epm_xcomm_agree(epm_xcomm *x, epm_status local);
+/* The counts phase (collective): send[r] >= 0 to rank r, recv[r] from it;
+ * with local != EPM_OK (send ignored) this rank's failure instead. Returns
+ * as epm_xcomm_agree does: any rank's failure fails it on every rank. send
+ * NULL: zeros; recv NULL: scratch (a bare agreement). */
+epm_status epm_xcomm_counts(epm_xcomm *x, epm_status local, const int64_t *send, int64_t *recv);
+/* 1 once an agreement or a counts phase has failed: every rank knows it,
+ * and a caller on its way out owes no further agreement. */
+int epm_xcomm_failed(const epm_xcomm *x);
 /* Deadline of every agreement (process-wide; 0 = none): past it, agree
  * returns EPM_ERR_TIMEOUT instead of waiting for a stalled or dead rank. */
 void epm_xcomm_set_timeout(double seconds);

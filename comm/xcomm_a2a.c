@@ -7,6 +7,7 @@
  * rows by destination, exchanges the per-peer counts, copies its own rows
  * and leaves the rest to the transport table (transport.h: alltoallv, p2p,
  * staged, NCCL). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -125,19 +126,17 @@ static void hop_free(epm_xcomm *x, hop *h)
 }
 
 /* A rank that failed before one of an exchange's hops (out of memory, or
- * invalid arguments from its caller) still takes part in the hop's count
- * exchange, sending negative counts, so that every rank returns from the
- * exchange instead of waiting for it: hop_start reads a negative count as
- * the sender's failure and its cause. */
-enum { POISON_NOMEM = -1, POISON_ARGS = -2 };
-
+ * invalid arguments from its caller) still takes part in the hop's counts
+ * phase, with its failure instead of counts (epm_xcomm_counts), so that
+ * every rank returns from the exchange, the others with the cause, instead
+ * of waiting for it. This rank keeps its own error, also where a lower
+ * rank's failure is the one the others hear of. */
 static epm_status hop_poison(epm_xcomm *x, epm_status st)
 {
-    int64_t v = st == EPM_ERR_NOMEM ? POISON_NOMEM : POISON_ARGS;
-    for (int r = 0; r < x->size; r++)
-        x->poison[r] = v;
-    MPI_Alltoall(x->poison, 1, MPI_INT64_T, x->poison + x->size, 1, MPI_INT64_T, x->comm);
-    return st;
+    char why[1024];
+    snprintf(why, sizeof why, "%s", epm_last_error());
+    (void)epm_xcomm_counts(x, st, NULL, NULL);
+    return epm_fail(st, "%s", why);
 }
 
 /* into: receive straight into the caller's buffer (grown) instead of scratch.
@@ -191,14 +190,7 @@ static epm_status hop_start(epm_xcomm *x, hop *h, int64_t n, const int *dest, co
             x->wire.bytes[l] += h->scount[r] * (int64_t)payload;
             x->wire.msgs[l]++;
         }
-    int rc = MPI_Alltoall(h->scount, 1, MPI_INT64_T, h->rcount, 1, MPI_INT64_T, x->comm);
-    if (rc != MPI_SUCCESS)
-        return epm_xcomm_mpi_err(rc, "MPI_Alltoall of row counts");
-    for (int r = 0; r < R; r++)
-        if (h->rcount[r] < 0)
-            return epm_fail(EPM_ERR_REMOTE, "rank %d %s", r,
-                            h->rcount[r] == POISON_NOMEM ? "could not allocate for an exchange of rows"
-                                                         : "called an exchange of rows with invalid arguments");
+    EPM_CHECK(epm_xcomm_counts(x, EPM_OK, h->scount, h->rcount));
     for (int r = 0; r < R; r++)
         h->roff[r + 1] = h->roff[r] + h->rcount[r];
     h->nrecv = h->roff[R];
@@ -218,7 +210,7 @@ static epm_status hop_start(epm_xcomm *x, hop *h, int64_t n, const int *dest, co
     /* receive buffers and the transport's step: every rank has its own, or
      * nobody sends */
     int first = ast == EPM_OK ? R : me;
-    rc = MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, x->comm);
+    int rc = MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, x->comm);
     if (rc != MPI_SUCCESS || first < R) {
         if (h->tq)
             x->tr->ops->release(x->tr, h->tq);

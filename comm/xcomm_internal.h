@@ -16,6 +16,7 @@ struct epm_xcomm {
     int hier;          /* resolved: exchanges take the hierarchical path */
     epm_transport *tr;
     unsigned seq;      /* exchanges started: tags of concurrent ones differ */
+    int failed;        /* a counts phase (an agreement) has failed on every rank */
     epm_xcomm_wire wire;
     /* scratch kept between exchanges (see epm_xcomm_buf for why) */
     struct {

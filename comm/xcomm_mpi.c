@@ -71,6 +71,20 @@ epm_status epm_xcomm_opts_from_env(epm_xcomm_opts *o)
     return EPM_OK;
 }
 
+epm_status epm_xcomm_opts_resolve(epm_xcomm_opts *o, const char *a2a, const char *hier)
+{
+    const char *ea = getenv("EPM_A2A"), *eh = getenv("EPM_A2A_HIER");
+    if (a2a && epm_xcomm_a2a_parse(a2a, &o->a2a) != EPM_OK)
+        return epm_fail(EPM_ERR_INVALID_ARG, "--a2a '%s': expected alltoallv, p2p, staged or nccl", a2a);
+    if (!a2a && ea && *ea)
+        EPM_CHECK(epm_xcomm_a2a_parse(ea, &o->a2a));
+    if (hier && epm_xcomm_hier_parse(hier, &o->hier) != EPM_OK)
+        return epm_fail(EPM_ERR_INVALID_ARG, "--hier '%s': expected auto, on or off", hier);
+    if (!hier && eh && *eh)
+        EPM_CHECK(epm_xcomm_hier_parse(eh, &o->hier));
+    return EPM_OK;
+}
+
 /* The transport table behind exchange. */
 static epm_status make_transport(epm_xcomm *x)
 {
@@ -84,13 +98,13 @@ static epm_status make_transport(epm_xcomm *x)
 #if EPM_HAVE_CUDA
         return epm_transport_staged_create(&x->comm, x->rank, x->size, local, &x->tr);
 #else
-        return epm_fail(EPM_ERR_UNSUPPORTED, "EPM_A2A=staged: this build has no CUDA");
+        return epm_fail(EPM_ERR_UNSUPPORTED, "the staged transport (--a2a, EPM_A2A): this build has no CUDA");
 #endif
     case EPM_XA2A_NCCL:
 #if EPM_HAVE_NCCL
         return epm_transport_nccl_create(&x->comm, x->rank, x->size, local, &x->tr);
 #else
-        return epm_fail(EPM_ERR_UNSUPPORTED, "EPM_A2A=nccl: this build has no NCCL");
+        return epm_fail(EPM_ERR_UNSUPPORTED, "the nccl transport (--a2a, EPM_A2A): this build has no NCCL");
 #endif
     }
     (void)local;
@@ -238,36 +252,32 @@ epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int w
     int R = x->size, me = x->rank;
     int *counts = epm_malloc((size_t)R * sizeof *counts), *disp = epm_malloc((size_t)R * sizeof *disp);
     *out_rows = NULL;
-    /* a rank that cannot allocate still takes part in both collectives, with
-     * a count of -1 and then its rank in the agreement on the row buffer, so
-     * that every rank returns */
-    int cnt = counts && disp ? (int)n : -1;
-    int rc = MPI_Allgather(&cnt, 1, MPI_INT, counts && disp ? counts : (int *)x->poison, 1, MPI_INT, x->comm);
-    if (!counts || !disp) {
+    /* the counts phase is also the agreement: a rank that cannot allocate,
+     * or any rank's failure before it, fails it on every rank */
+    int cnt = (int)n;
+    for (int r = 0; r < R; r++)
+        x->poison[r] = n;
+    epm_status st = epm_xcomm_counts(x, counts && disp ? EPM_OK : EPM_ERR_NOMEM, x->poison, x->poison + R);
+    if (st != EPM_OK) {
         epm_free(counts);
         epm_free(disp);
-        return EPM_ERR_NOMEM;
+        return st;
     }
     int64_t total = 0;
-    epm_status st = rc == MPI_SUCCESS ? EPM_OK : epm_xcomm_mpi_err(rc, "MPI_Allgather of row counts");
-    for (int r = 0; r < R && st == EPM_OK; r++) {
-        if (counts[r] < 0)
-            st = epm_fail(EPM_ERR_REMOTE, "rank %d could not allocate for an all-gather of rows", r);
+    for (int r = 0; r < R; r++) {
+        counts[r] = (int)x->poison[R + r];
         disp[r] = (int)total;
         total += counts[r];
     }
-    float *buf = NULL;
-    if (st == EPM_OK) {
-        buf = epm_malloc((size_t)(total ? total : 1) * (size_t)width * sizeof *buf);
-        int first = buf ? R : me;
-        rc = MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, x->comm);
-        if (rc != MPI_SUCCESS)
-            st = epm_xcomm_mpi_err(rc, "MPI_Allreduce of the all-gather's buffer status");
-        else if (first == me)
-            st = EPM_ERR_NOMEM;
-        else if (first < R)
-            st = epm_fail(EPM_ERR_REMOTE, "rank %d could not allocate for an all-gather of rows", first);
-    }
+    float *buf = epm_malloc((size_t)(total ? total : 1) * (size_t)width * sizeof *buf);
+    int first = buf ? R : me;
+    int rc = MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, x->comm);
+    if (rc != MPI_SUCCESS)
+        st = epm_xcomm_mpi_err(rc, "MPI_Allreduce of the all-gather's buffer status");
+    else if (first == me)
+        st = EPM_ERR_NOMEM;
+    else if (first < R)
+        st = epm_fail(EPM_ERR_REMOTE, "rank %d could not allocate for an all-gather of rows", first);
     if (st == EPM_OK) {
         MPI_Datatype row;
         MPI_Type_contiguous(width, MPI_FLOAT, &row);
@@ -380,22 +390,32 @@ static epm_status blame(epm_xcomm *x, double waited)
                     lowest_live);
 }
 
-epm_status epm_xcomm_agree(epm_xcomm *x, epm_status local)
+/* A rank that failed sends this to every peer in a counts phase instead of
+ * its counts: ORIGIN where the failure happened, HEARD where it only learnt
+ * of another's (EPM_ERR_REMOTE), so that the origin's message and code win. */
+enum { CODE_ORIGIN = -1, CODE_HEARD = -2 };
+
+epm_status epm_xcomm_counts(epm_xcomm *x, epm_status local, const int64_t *send, int64_t *recv)
 {
-    /* lowest failing rank wins; its message travels to everyone. The wait has
-     * a deadline: a rank that stalled or died must not hold the others forever */
-    /* a rank that only heard of another's failure (EPM_ERR_REMOTE) yields to
-     * the one where it happened, so that the origin's message and code win */
     int R = x->size;
-    int mine = local == EPM_OK ? 2 * R : local == EPM_ERR_REMOTE ? R + x->rank : x->rank, first = 2 * R;
+    if (local != EPM_OK || !send) {
+        int64_t v = local == EPM_OK ? 0 : local == EPM_ERR_REMOTE ? CODE_HEARD : CODE_ORIGIN;
+        for (int r = 0; r < R; r++)
+            x->poison[r] = v;
+        send = x->poison;
+    }
+    if (!recv)
+        recv = x->poison + R;
+    /* The wait has a deadline: a rank that stalled or died must not hold the
+     * others forever */
     MPI_Request req;
-    if (MPI_Iallreduce(&mine, &first, 1, MPI_INT, MPI_MIN, x->comm, &req) != MPI_SUCCESS)
-        return epm_fail(EPM_ERR_MPI, "MPI_Iallreduce while agreeing on errors failed");
+    if (MPI_Ialltoall(send, 1, MPI_INT64_T, recv, 1, MPI_INT64_T, x->comm, &req) != MPI_SUCCESS)
+        return epm_fail(EPM_ERR_MPI, "MPI_Ialltoall of counts (and of failures) failed");
     double t0 = epm_now();
     long nap_ns = 0;
     for (int done = 0; !done;) {
         if (MPI_Test(&req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS)
-            return epm_fail(EPM_ERR_MPI, "MPI_Test while agreeing on errors failed");
+            return epm_fail(EPM_ERR_MPI, "MPI_Test of the counts (and failures) exchange failed");
         if (done)
             break;
         double waited = epm_now() - t0;
@@ -403,12 +423,20 @@ epm_status epm_xcomm_agree(epm_xcomm *x, epm_status local)
             return blame(x, agree_timeout_s);
         if (agree_timeout_s > 0)
             answer_probes(x);
-        /* MPI progresses the reduction only inside MPI_Test; past 2 ms a peer
+        /* MPI progresses the exchange only inside MPI_Test; past 2 ms a peer
          * is slow or stalled, and 200 us naps leave it the core */
         nap_ns = epm_backoff(waited, nap_ns, 200000);
     }
+    /* lowest failing rank wins (origins before those that heard); its
+     * message travels to everyone */
+    int first = 2 * R;
+    for (int r = 0; r < R; r++) {
+        int at = recv[r] == CODE_ORIGIN ? r : recv[r] == CODE_HEARD ? R + r : 2 * R;
+        first = at < first ? at : first;
+    }
     if (first == 2 * R)
         return EPM_OK;
+    x->failed = 1;
     first %= R;
     char msg[1024];
     int code = (int)local;
@@ -421,6 +449,10 @@ epm_status epm_xcomm_agree(epm_xcomm *x, epm_status local)
         return epm_fail((epm_status)code, "rank %d: %s", first, msg);
     return epm_fail(EPM_ERR_REMOTE, "rank %d: %s: %s", first, epm_status_str((epm_status)code), msg);
 }
+
+epm_status epm_xcomm_agree(epm_xcomm *x, epm_status local) { return epm_xcomm_counts(x, local, NULL, NULL); }
+
+int epm_xcomm_failed(const epm_xcomm *x) { return x->failed; }
 
 epm_status epm_xcomm_sum_i64(epm_xcomm *x, int64_t *v, int n)
 {

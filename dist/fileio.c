@@ -101,14 +101,15 @@ epm_status epm_write_atomic(const char *path, epm_produce_fn produce, void *ctx)
         return epm_fail(EPM_ERR_INVALID_ARG, "%s: path too long", path);
     FILE *f = fopen(tmp, "wb");
     if (!f)
-        return epm_fail(EPM_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+        return epm_fail(EPM_ERR_IO, "%s: cannot create (as %s, renamed once written): %s", path, tmp,
+                        strerror(errno));
     epm_status st = produce(ctx, f);
     if (st == EPM_OK && fflush(f) != 0)
-        st = epm_fail(EPM_ERR_IO, "%s: write failed: %s", tmp, strerror(errno));
+        st = epm_fail(EPM_ERR_IO, "%s: write failed (to %s): %s", path, tmp, strerror(errno));
     if (st == EPM_OK && fsync(fileno(f)) != 0 && errno != EINVAL)
-        st = epm_fail(EPM_ERR_IO, "%s: fsync failed: %s", tmp, strerror(errno));
+        st = epm_fail(EPM_ERR_IO, "%s: fsync failed (of %s): %s", path, tmp, strerror(errno));
     if (fclose(f) != 0 && st == EPM_OK)
-        st = epm_fail(EPM_ERR_IO, "%s: close failed: %s", tmp, strerror(errno));
+        st = epm_fail(EPM_ERR_IO, "%s: close failed (of %s): %s", path, tmp, strerror(errno));
     if (st == EPM_OK && rename(tmp, path) != 0)
         st = epm_fail(EPM_ERR_IO, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
     if (st != EPM_OK)

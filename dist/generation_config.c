@@ -211,6 +211,10 @@ epm_status epm_generation_config_load(const char *model_dir, const char *path, e
             st = parse_text(text, n, path, out, &eos_present);
             epm_free(text);
         }
+    } else {
+        /* no file: transformers' GenerationConfig defaults all the same
+         * (greedy; top_k 50 should a flag turn sampling on) */
+        st = parse_text("{}", 2, own, out, &eos_present);
     }
     if (st == EPM_OK && !eos_present)
         st = epm_generation_config_eos(model_dir, out);

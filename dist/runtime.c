@@ -25,13 +25,20 @@ epm_status epm_rt_sync(rt *r, epm_status st)
 {
     /* after an agreed failure every rank is on its way out: one more
      * collective would pair with nothing on a rank that failed alone */
-    if (r->failed)
+    if (epm_xcomm_failed(r->x))
         return st != EPM_OK ? st : EPM_ERR_INTERNAL;
     if (st == EPM_OK && r->cuda)
         st = epm_ops_cuda_error(); /* the GPU ops return void: their first failure waits here */
-    st = epm_xcomm_agree(r->x, st);
-    r->failed = st != EPM_OK;
-    return st;
+    return epm_xcomm_agree(r->x, st);
+}
+
+epm_status epm_rt_ready(rt *r, epm_status st)
+{
+    if (epm_xcomm_failed(r->x))
+        return st != EPM_OK ? st : EPM_ERR_INTERNAL;
+    if (st == EPM_OK && r->cuda)
+        st = epm_ops_cuda_error();
+    return st == EPM_OK ? EPM_OK : epm_xcomm_agree(r->x, st);
 }
 
 static epm_status sync(rt *r, epm_status st) { return epm_rt_sync(r, st); }
@@ -75,11 +82,13 @@ static epm_status forward(rt *r, int64_t *pn, int64_t **pg, float **ph)
             nanosleep(&ts, NULL);
         }
         /* No agreement between the steps: every collective of a layer has
-         * its own just before it (epm_rt_sync), and those agreements are
+         * one just before it (epm_rt_sync), or is an exchange whose counts
+         * phase is one (epm_rt_ready), and those agreements are
          * interchangeable, so a rank that fails here meets the others at
          * the next one they reach (its caller's, after the loop) and every
          * rank learns the failure there. A layer used to end each step
-         * with one: three more per layer, most of a decode step's time. */
+         * with one: three more per layer, most of a decode step's time;
+         * then each exchange had its own before its counts: two more. */
         int all = 1;
         st = epm_mod_select(r, l, *pn, *pg, *ph, &all);
         if (st == EPM_OK && all) {
@@ -109,7 +118,7 @@ static epm_status forward(rt *r, int64_t *pn, int64_t **pg, float **ph)
             dest[i] = home_of(r, (*pg)[i]);
         }
         int64_t sent[EPM_LINK_COUNT] = {0};
-        st = sync(r, EPM_OK);
+        st = epm_rt_ready(r, EPM_OK);
         if (st == EPM_OK)
             st = epm_xcomm_exchange(r->x, n, dest, rows, W, P, sent, &recv, &src, &nr);
         if (st == EPM_OK)
@@ -388,16 +397,20 @@ static epm_status setup(rt *r, const epm_run_opts *o, int batch, const int *lens
     } else {
         r->p = o->placement;
         const epm_cluster *pc = epm_placement_cluster(r->p);
+        const char *pl = o->placement_label ? o->placement_label : "", *sep = o->placement_label ? ": " : "";
         if (epm_placement_ranks(r->p) != r->R)
-            st = epm_fail(EPM_ERR_MISMATCH, "the placement is for %d ranks (%d nodes x %d), this run has %d ranks",
-                          epm_placement_ranks(r->p), pc->nodes, pc->gpus_per_node, r->R);
+            st = epm_fail(EPM_ERR_MISMATCH, "%s%sthe placement is for %d ranks (%d node%s x %d), this run has %d "
+                          "ranks", pl, sep, epm_placement_ranks(r->p), pc->nodes, pc->nodes == 1 ? "" : "s",
+                          pc->gpus_per_node, r->R);
         else if (pc->nodes != cl.nodes)
-            st = epm_fail(EPM_ERR_MISMATCH, "the placement is for %d nodes x %d ranks, this run has %d nodes x %d "
-                          "(use --virtual-nodes or plan for this cluster)", pc->nodes, pc->gpus_per_node, cl.nodes,
+            st = epm_fail(EPM_ERR_MISMATCH, "%s%sthe placement is for %d node%s x %d ranks, this run has %d node%s x "
+                          "%d (use --virtual-nodes or plan for this cluster)", pl, sep, pc->nodes,
+                          pc->nodes == 1 ? "" : "s", pc->gpus_per_node, cl.nodes, cl.nodes == 1 ? "" : "s",
                           cl.gpus_per_node);
         else if (epm_placement_layers(r->p) != r->moe_layers || epm_placement_experts(r->p) != c->num_experts)
-            st = epm_fail(EPM_ERR_MISMATCH, "the placement has %d MoE layers x %d experts, the model %d x %d",
-                          epm_placement_layers(r->p), epm_placement_experts(r->p), r->moe_layers, c->num_experts);
+            st = epm_fail(EPM_ERR_MISMATCH, "%s%sthe placement has %d MoE layers x %d experts, the model %s %d x %d",
+                          pl, sep, epm_placement_layers(r->p), epm_placement_experts(r->p), o->model_dir,
+                          r->moe_layers, c->num_experts);
         else
             st = epm_placement_validate(r->p, 0);
     }
@@ -1061,11 +1074,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     epm_xcomm_opts xo;
     epm_xcomm_opts_init(&xo);
     xo.virtual_nodes = o->virtual_nodes;
-    epm_status st = epm_xcomm_opts_from_env(&xo);
-    if (st == EPM_OK && o->a2a && epm_xcomm_a2a_parse(o->a2a, &xo.a2a) != EPM_OK)
-        st = epm_fail(EPM_ERR_INVALID_ARG, "--a2a '%s': expected alltoallv, p2p, staged or nccl", o->a2a);
-    if (st == EPM_OK && o->a2a_hier && epm_xcomm_hier_parse(o->a2a_hier, &xo.hier) != EPM_OK)
-        st = epm_fail(EPM_ERR_INVALID_ARG, "--hier '%s': expected auto, on or off", o->a2a_hier);
+    epm_status st = epm_xcomm_opts_resolve(&xo, o->a2a, o->a2a_hier);
     if (st == EPM_OK && !o->a2a && !getenv("EPM_A2A") && o->ops && !strcmp(o->ops, "cuda")) {
         /* GPU kernels and no transport asked for: NCCL with one rank per GPU, MPI
          * through pinned host memory where ranks share a GPU (NCCL refuses that).

@@ -25,6 +25,7 @@ typedef enum epm_mod_source {
 typedef struct epm_run_opts {
     const char *model_dir;
     const epm_placement *placement; /* NULL = contiguous over the run's ranks */
+    const char *placement_label;    /* its file, named in errors (NULL: none) */
     int eplb_interval;              /* > 0: online expert rebalancing (vLLM's and SGLang's --enable-eplb):
                                        every this many forward passes the ranks sum the (token, expert)
                                        pairs each expert was chosen for over the last eplb_window passes

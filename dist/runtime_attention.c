@@ -161,7 +161,7 @@ static epm_status attend(rt *r, int l, int64_t n, const int64_t *g, float *h, in
             put_g(row, gi);
             memcpy(row + 2, kvw, (size_t)(RW - 2) * sizeof *row);
         }
-        EPM_CHECK_GOTO(epm_rt_sync(r, EPM_OK), st, out);
+        EPM_CHECK_GOTO(epm_rt_ready(r, EPM_OK), st, out);
         epm_xcomm_wire w0, w1;
         epm_xcomm_wire_get(r->x, &w0);
         EPM_CHECK_GOTO(epm_xcomm_allgather(r->x, n, kv, RW, RW - 2, sent, &all, &nrows), st, out);

@@ -91,7 +91,7 @@ static epm_status send_layer(rt *r, const epm_expert_move *mv, int64_t n, int64_
     size_t cap = 0;
     epm_status st = pack_sends(r, mv, n, packed, &rows, &cap, &dest, &ns);
     const int width = (int)(packed / (int64_t)sizeof(float));
-    st = epm_rt_sync(r, st); /* (a rank that could not pack is known to all, by its own message) */
+    st = epm_rt_ready(r, st); /* (a rank that could not pack is known to all, by its own message) */
     if (st == EPM_OK)
         st = epm_xcomm_exchange_buf(r->x, ns, dest, rows, width, width, counted, in);
     epm_free(rows);

@@ -75,7 +75,6 @@ typedef struct rt {
     int64_t kv_cache_peak;   /* and held at most */
     int64_t kv_positions;    /* their positions (epm_run_opts.max_total_tokens' measure) */
     int64_t kv_positions_peak;
-    int failed;        /* an agreement returned an error: every rank knows, no more collectives */
     int cuda;          /* ops is the GPU table (ops_cuda_host.h): its errors are checked at every agreement */
     int w16;           /* routed experts are held bf16 (ops->grouped_swiglu_w16 runs them) */
     int w8;            /* or FP8, as stored (ops->grouped_swiglu_w8) */
@@ -300,6 +299,10 @@ void epm_eplb_teardown(rt *r);
 
 /* Collective agreement on st (every rank's first failure wins). */
 epm_status epm_rt_sync(rt *r, epm_status st);
+/* Before an exchange or all-gather on r->x, whose counts phase is the
+ * agreement (epm_xcomm_agree): a failure here is agreed on its own (the
+ * others meet it in that counts phase); success costs no collective. */
+epm_status epm_rt_ready(rt *r, epm_status st);
 
 /* A layer's attention for the pass's resident tokens (g, h), added to h
  * (runtime_attention.c). */

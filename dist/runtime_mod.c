@@ -187,7 +187,7 @@ static epm_status gather_scores(rt *r, int l, int64_t n, const int64_t *g, const
         rows[4 * i + 3] = d;
     }
     int64_t na = 0;
-    epm_status st = epm_rt_sync(r, EPM_OK);
+    epm_status st = epm_rt_ready(r, EPM_OK);
     epm_xcomm_wire w0, w1;
     epm_xcomm_wire_get(r->x, &w0);
     if (st == EPM_OK)

@@ -280,7 +280,7 @@ epm_status epm_rt_moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         nsend++;
     }
     int64_t *cnt = r->bytes_local + (size_t)ml * EPM_LINK_COUNT, sent[EPM_LINK_COUNT] = {0};
-    EPM_CHECK_GOTO(epm_rt_sync(r, EPM_OK), st, out);
+    EPM_CHECK_GOTO(epm_rt_ready(r, EPM_OK), st, out);
     EPM_CHECK_GOTO(epm_xcomm_exchange_multi(r->x, nsend, K, dest, keys, rows, W, P, sent, &recv, &rsrc, &nrecv), st, out);
     epm_wire_count(P, epm_wire_dispatch_bytes(r, H), sent, cnt);
     r->rep->t_dispatch += epm_now() - t0;
@@ -476,7 +476,7 @@ epm_status epm_rt_moe_block(rt *r, int l, int64_t *pn, int64_t **pg, float **ph)
         epm_wire_put(r, prow + np * PW + 2, H, part + i * H);
         pdest[np++] = comb;
     }
-    EPM_CHECK_GOTO(epm_rt_sync(r, EPM_OK), st, out_w);
+    EPM_CHECK_GOTO(epm_rt_ready(r, EPM_OK), st, out_w);
     memset(sent, 0, sizeof sent);
     EPM_CHECK_GOTO(epm_xcomm_exchange(r->x, np, pdest, prow, PW, PC, sent, &precv, &psrc, &npr), st, out_w);
     epm_wire_count(PC, epm_wire_bytes(r, H), sent, cnt);

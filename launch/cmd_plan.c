@@ -706,14 +706,35 @@ static int cmd_eval(int argc, char **argv)
             goto out;
         }
     }
-    if ((st = epm_trace_load(trace_path, epm_placement_experts(ev[0].p), &t)) != EPM_OK ||
-        (st = model_shape_check(&ms, t, trace_path)) != EPM_OK) {
+    /* (the trace is read for the first placement's experts: an id past them
+     * is the placement's mismatch as much as the trace's) */
+    if ((st = epm_trace_load(trace_path, epm_placement_experts(ev[0].p), &t)) != EPM_OK) {
+        rc = cli_fail(W, st == EPM_ERR_FORMAT && strstr(epm_last_error(), " is outside [0, ")
+                             ? epm_fail_context(st, "%s has %d experts per MoE layer", ev[0].path,
+                                                epm_placement_experts(ev[0].p))
+                             : st);
+        goto out;
+    }
+    if ((st = model_shape_check(&ms, t, trace_path)) != EPM_OK) {
         rc = cli_fail(W, st);
+        goto out;
+    }
+    if (eplb_i > 0 && !epm_trace_pass_ids(t)) {
+        rc = cli_fail(W, epm_fail(EPM_ERR_INVALID_ARG, "%s: online rebalancing (--eplb-interval) replays the "
+                                  "trace's passes, and it has no pass_ids (epmoe run --trace-out records them, "
+                                  "epmoe trace synth --pass-tokens makes them)", trace_path));
         goto out;
     }
     if (eplb_i > 0 && groups && epm_expert_groups_check((int)groups, epm_trace_experts(t), "--expert-groups") != EPM_OK) {
         rc = cli_usage_error(W, "%s", epm_last_error());
         goto out;
+    }
+    for (int i = 1; i < n; i++) { /* (allowed: a user may compare cluster sizes; said, since ratios are against the first) */
+        const epm_cluster *a = epm_placement_cluster(ev[0].p), *b = epm_placement_cluster(ev[i].p);
+        if (a->nodes != b->nodes || a->gpus_per_node != b->gpus_per_node)
+            fprintf(stderr, "epmoe plan eval: note: %s is for %d node%s x %d ranks, %s for %d x %d: the ratios "
+                    "compare different clusters\n", ev[0].path, a->nodes, a->nodes == 1 ? "" : "s", a->gpus_per_node,
+                    ev[i].path, b->nodes, b->gpus_per_node);
     }
     /* Without --mode, the placements' own mode; placements planned for
      * different modes are compared in both, side by side. */

@@ -5,11 +5,13 @@
  * keep what the old one holds (the same balance and traffic, fewest moves). */
 #include <getopt.h>
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
 #include "core.h"
+#include "epmoe/model.h"
 #include "xcomm.h"
 
 static const char usage[] =
@@ -59,6 +61,23 @@ static epm_status per_layer_counts(const epm_placement *from, const epm_placemen
         count[mv[i].layer]++;
     free(mv);
     return st;
+}
+
+/* The placements must be of the model's MoE layers and experts (config.json
+ * alone: a planning machine need not hold the weights). */
+static epm_status model_shape_check(const char *dir, const epm_placement *p, const char *path)
+{
+    char cfg[4096];
+    if (snprintf(cfg, sizeof cfg, "%s/config.json", dir) >= (int)sizeof cfg)
+        return epm_fail(EPM_ERR_INVALID_ARG, "--model '%s': path too long", dir);
+    epm_model_config c;
+    EPM_CHECK(epm_model_config_load(cfg, &c));
+    const int layers = epm_model_config_moe_layers(&c), experts = c.num_experts;
+    epm_model_config_clear(&c);
+    if (epm_placement_layers(p) != layers || epm_placement_experts(p) != experts)
+        return epm_fail(EPM_ERR_MISMATCH, "%s has %d MoE layers of %d experts, the model %s %d of %d", path,
+                        epm_placement_layers(p), epm_placement_experts(p), dir, layers, experts);
+    return EPM_OK;
 }
 
 int epm_cli_plan_moves(int argc, char **argv)
@@ -127,6 +146,9 @@ int epm_cli_plan_moves(int argc, char **argv)
         st = epm_fail(EPM_ERR_MISMATCH, "%s has %d layers x %d experts on %d ranks, %s %d x %d on %d", from_path,
                       epm_placement_layers(from), epm_placement_experts(from), epm_placement_ranks(from), to_path,
                       epm_placement_layers(to), epm_placement_experts(to), epm_placement_ranks(to));
+    /* (the experts priced are the model's: the placements must be of its MoE layers and experts) */
+    if (st == EPM_OK && model)
+        st = model_shape_check(model, from, from_path);
     /* (the copies run over the deployed cluster: the new plan must be for the same nodes) */
     if (st == EPM_OK && epm_placement_cluster(from)->nodes != epm_placement_cluster(to)->nodes)
         st = epm_fail(EPM_ERR_MISMATCH, "%s is for %d nodes of %d ranks, %s for %d of %d", from_path,

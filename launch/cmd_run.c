@@ -612,16 +612,17 @@ static void print_prompt_logprobs(const epm_run_result *res, const int32_t *cons
 
 /* Binding failures are reported and the run goes on unbound: a container
  * may forbid it, and a slower run beats no run. */
-static void bind_rank(int apply, int report)
+/* A bad EPM_GPU_MAP (or MPI's rank variables) is the user's error and fails
+ * the run; a machine that cannot be bound only says so. */
+static epm_status bind_rank(int apply, int report)
 {
     epm_binding_opts bo;
     int map[256];
     epm_binding b;
     epm_hwtopo *topo = NULL;
     epm_binding_opts_init(&bo);
-    epm_status st = epm_binding_opts_from_env(&bo, map, 256);
-    if (st == EPM_OK)
-        st = epm_hwtopo_load(&topo);
+    EPM_CHECK(epm_binding_opts_from_env(&bo, map, 256));
+    epm_status st = epm_hwtopo_load(&topo);
     if (st == EPM_OK)
         st = epm_binding_plan(topo, &bo, &b);
     if (st == EPM_OK && apply && epm_binding_apply(topo, &b) != EPM_OK)
@@ -630,10 +631,13 @@ static void bind_rank(int apply, int report)
         char line[512];
         epm_binding_format(&b, line, sizeof line);
         fprintf(stderr, "binding: %s\n", line);
-    } else if (st != EPM_OK) {
+    } else if (st != EPM_OK && bo.rank >= 0) {
         fprintf(stderr, "epmoe run: rank %d: no binding: %s\n", bo.rank, epm_last_error());
+    } else if (st != EPM_OK) {
+        fprintf(stderr, "epmoe run: no binding: %s\n", epm_last_error());
     }
     epm_hwtopo_destroy(topo);
+    return EPM_OK;
 }
 
 /* ---- test hook: begin -------------------------------------------------
@@ -957,8 +961,11 @@ int epm_cli_run(int argc, char **argv)
         if (hit)
             return cli_usage_error(W, "output '%s' would overwrite the checkpoint's %s", outs[i], hit);
     }
-    if (bind || report_bindings)
-        bind_rank(bind, report_bindings);
+    if (bind || report_bindings) {
+        epm_status bst = bind_rank(bind, report_bindings);
+        if (bst != EPM_OK)
+            return cli_fail(W, bst);
+    }
     epm_tokens *pr = NULL;
     epm_placement *p = NULL;
     epm_trace *t = NULL;
@@ -1001,7 +1008,9 @@ int epm_cli_run(int argc, char **argv)
     }
     int32_t eos[EPM_MAX_STOP_IDS];
     int n_eos = 0;
-    if (st == EPM_OK && o.max_new_tokens > 0)
+    /* (a file named on the command line is read whatever is decoded: a bad one is the user's error) */
+    const int gc_file = gf.config && strcmp(gf.config, "auto") && strcmp(gf.config, "none");
+    if (st == EPM_OK && (o.max_new_tokens > 0 || gc_file))
         st = decoding(o.model_dir, &gf, &o.sampling, stop_ids, &o.n_stop, eos, &n_eos);
     o.stop_ids = stop_ids;
     if (st == EPM_OK && o.max_new_tokens > 0)
@@ -1023,6 +1032,7 @@ int epm_cli_run(int argc, char **argv)
     /* online serving: each request's arrival, drawn at --request-rate or a serving trace's r-th time
      * (its lengths unused) times --time-scale; a request's samples arrive together */
     double *arrival = NULL;
+    int64_t arr_rows = 0, arr_left = 0; /* (--arrivals-from's rows, and those left out: said below) */
     if (st == EPM_OK && (isfinite(rate) || arrivals_from)) {
         const int nreq = rb.req_of ? rb.req_of[rb.batch - 1] + 1 : rb.batch;
         double *drawn = NULL;
@@ -1030,10 +1040,13 @@ int epm_cli_run(int argc, char **argv)
         if (!arrivals_from) {
             drawn = epm_malloc((size_t)nreq * sizeof *drawn);
             st = drawn ? epm_arrivals(nreq, rate, burstiness, arrival_seed, drawn) : EPM_ERR_NOMEM;
-        } else if ((st = epm_serving_trace_load(arrivals_from, &tr)) == EPM_OK && tr->n < nreq) {
-            st = epm_fail(EPM_ERR_MISMATCH, "--arrivals-from %s: %lld requests with tokens (of %lld rows), fewer "
-                          "than the %d requests of %s, each of which takes a request's time in order",
-                          arrivals_from, (long long)tr->n, (long long)tr->rows, nreq, input);
+        } else if ((st = epm_serving_trace_load(arrivals_from, &tr)) == EPM_OK) {
+            arr_rows = tr->rows;
+            arr_left = tr->skipped;
+            if (tr->n < nreq)
+                st = epm_fail(EPM_ERR_MISMATCH, "--arrivals-from %s: %lld requests with tokens (of %lld rows), fewer "
+                              "than the %d requests of %s, each of which takes a request's time in order",
+                              arrivals_from, (long long)tr->n, (long long)tr->rows, nreq, input);
         }
         if (st == EPM_OK && !(arrival = epm_malloc((size_t)rb.batch * sizeof *arrival)))
             st = EPM_ERR_NOMEM;
@@ -1053,7 +1066,7 @@ int epm_cli_run(int argc, char **argv)
      * the first collective of the run, so that nobody waits for a rank that
      * already gave up */
     epm_xcomm *x = NULL;
-    epm_status cs = epm_xcomm_create(0, &x);
+    epm_status cs = epm_xcomm_create_opts(NULL, &x); /* (the run's own reads EPM_A2A, under --a2a) */
     if (cs == EPM_OK) {
         rank = epm_xcomm_rank(x);
         st = epm_xcomm_agree(x, st);
@@ -1063,7 +1076,11 @@ int epm_cli_run(int argc, char **argv)
     }
     if (st == EPM_OK) {
         o.placement = p;
+        o.placement_label = place;
         o.route_from = t;
+        if (rank == 0 && arr_left > 0)
+            fprintf(stderr, "epmoe %s: note: --arrivals-from %s: %lld of its %lld rows have no prompt or no output "
+                    "tokens and are left out\n", W, arrivals_from, (long long)arr_left, (long long)arr_rows);
         if (rank == 0 && longest > max_pos)
             fprintf(stderr, "epmoe %s: note: a sequence may reach %lld positions, beyond the model's "
                     "max_position_embeddings %d (vLLM refuses such a request; positions past it extrapolate)\n", W,

@@ -76,7 +76,9 @@ static void stats_usage(FILE *f)
                "Per-layer expert load and imbalance (max/mean), and cross-layer affinity:\n"
                "H(next | top-1) is the conditional entropy, in bits, of each expert chosen at\n"
                "layer l+1 given the top-1 expert at l; top-m is the share of tokens whose top-1\n"
-               "at l+1 is among the m most frequent successors of their top-1 at l.\n\n"
+               "at l+1 is among the m most frequent successors of their top-1 at l. Both are\n"
+               "over the tokens with an expert at l and at l+1 ('-', JSON null: none, as at\n"
+               "the last layer or where Mixture-of-Depths skipped every token at one of them).\n\n"
                "  --experts N   expert count (default: largest id + 1)\n"
                "  --top-m M     m for the top-m share (default 2)\n"
                "  --json        machine-readable output on stdout\n");
@@ -91,10 +93,14 @@ static int stats_json(const char *path, const epm_trace *t, const epm_trace_stat
         json_t *load = json_array();
         for (int e = 0; e < s->experts; e++)
             json_array_append_new(load, json_integer(s->load[(size_t)l * (size_t)s->experts + (size_t)e]));
-        json_array_append_new(layers, json_pack("{s:i, s:o, s:I, s:f, s:f, s:f, s:f}", "layer", l, "load", load,
+        /* (null where no token has an expert at both l and l+1: nothing to measure) */
+        const int aff = ls->transitions > 0;
+        json_array_append_new(layers, json_pack("{s:i, s:o, s:I, s:f, s:o, s:o, s:f, s:I}", "layer", l, "load", load,
                                                 "max_load", (json_int_t)ls->max_load, "imbalance", ls->imbalance,
-                                                "cond_entropy_bits", ls->cond_entropy, "topm_share", ls->topm_share,
-                                                "skipped_share", ls->skipped_share));
+                                                "cond_entropy_bits", aff ? json_real(ls->cond_entropy) : json_null(),
+                                                "topm_share", aff ? json_real(ls->topm_share) : json_null(),
+                                                "skipped_share", ls->skipped_share, "transitions",
+                                                (json_int_t)ls->transitions));
     }
     json_object_set_new(root, "file", json_string(path));
     json_object_set_new(root, "layers", json_integer(s->layers));
@@ -107,8 +113,10 @@ static int stats_json(const char *path, const epm_trace *t, const epm_trace_stat
     json_object_set_new(root, "has_pass_ids", json_boolean(epm_trace_pass_ids(t) != NULL));
     json_object_set_new(root, "passes", json_integer(passes));
     json_object_set_new(root, "mean_imbalance", json_real(s->mean_imbalance));
-    json_object_set_new(root, "mean_cond_entropy_bits", json_real(s->mean_cond_entropy));
-    json_object_set_new(root, "mean_topm_share", json_real(s->mean_topm_share));
+    json_object_set_new(root, "mean_cond_entropy_bits",
+                        s->affinity_layers ? json_real(s->mean_cond_entropy) : json_null());
+    json_object_set_new(root, "mean_topm_share", s->affinity_layers ? json_real(s->mean_topm_share) : json_null());
+    json_object_set_new(root, "affinity_layers", json_integer(s->affinity_layers));
     json_object_set_new(root, "per_layer", layers);
     char *txt = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
     json_decref(root);
@@ -137,7 +145,7 @@ static void stats_text(const char *path, const epm_trace *t, const epm_trace_sta
     for (int l = 0; l < s->layers; l++) {
         const epm_trace_layer_stats *ls = &s->layer[l];
         printf("%5d %10lld %9.3f ", l, (long long)ls->max_load, ls->imbalance);
-        if (l + 1 < s->layers)
+        if (ls->transitions > 0)
             printf("%14.3f %8.1f%%", ls->cond_entropy, 100 * ls->topm_share);
         else
             printf("%14s %9s", "-", "-");
@@ -149,9 +157,14 @@ static void stats_text(const char *path, const epm_trace *t, const epm_trace_sta
         }
         printf("\n");
     }
-    printf("mean: imbalance %.3f, H(next|top1) %.3f bits (uniform would be %.3f), top-%d share %.1f%%\n",
-           s->mean_imbalance, s->mean_cond_entropy, E > 1 ? log2((double)E) : 0.0, s->top_m,
-           100 * s->mean_topm_share);
+    if (s->affinity_layers > 0)
+        printf("mean: imbalance %.3f, H(next|top1) %.3f bits (uniform would be %.3f), top-%d share %.1f%%%s\n",
+               s->mean_imbalance, s->mean_cond_entropy, E > 1 ? log2((double)E) : 0.0, s->top_m,
+               100 * s->mean_topm_share, s->affinity_layers < s->layers - 1 ? " (over the layers with a '-' left out)"
+                                                                          : "");
+    else
+        printf("mean: imbalance %.3f; no token has an expert at two consecutive layers: no affinity to measure\n",
+               s->mean_imbalance);
     if (E > 16)
         printf("(per-expert loads: --json)\n");
 }
@@ -425,7 +438,11 @@ static void split_usage(FILE *f)
                "the second. The cut is at F of the tokens (default 0.5), moved when IN has seq_ids to\n"
                "the nearest place (forward first) where no sequence has tokens on both sides; where\n"
                "there is none (one sequence, or a run's trace, whose decode steps interleave the\n"
-               "sequences) it stays, and a note says how many sequences are in both halves.\n");
+               "sequences) it stays, and a note says how many sequences are in both halves.\n\n"
+               "  --first OUT1   the first F of the tokens (safetensors or .npy, by its extension)\n"
+               "  --second OUT2  the rest\n"
+               "  --fraction F   where to cut, in (0, 1) (default 0.5)\n"
+               "  --experts N    expert count to check ids against (default: largest id + 1)\n");
 }
 
 typedef struct seq_at {

@@ -107,6 +107,7 @@ static void transition(const epm_trace *t, const int32_t *a, const int32_t *b, i
     if (ls->cond_entropy < 0) /* -0.0 and rounding below zero for a deterministic successor */
         ls->cond_entropy = 0.0;
     ls->topm_share = n_top ? (double)n_topm / (double)n_top : 0.0;
+    ls->transitions = n_top;
 }
 
 epm_status epm_trace_stats_compute(const epm_trace *t, int top_m, epm_trace_stats **out)
@@ -158,10 +159,15 @@ epm_status epm_trace_stats_compute(const epm_trace *t, int top_m, epm_trace_stat
         if (l + 1 < L)
             transition(t, ids, epm_trace_ids_const(t, l + 1), top_m, &sc, ls);
         s->mean_imbalance += ls->imbalance / L;
-        if (l + 1 < L) {
-            s->mean_cond_entropy += ls->cond_entropy / (L - 1);
-            s->mean_topm_share += ls->topm_share / (L - 1);
+        if (ls->transitions > 0) {
+            s->mean_cond_entropy += ls->cond_entropy;
+            s->mean_topm_share += ls->topm_share;
+            s->affinity_layers++;
         }
+    }
+    if (s->affinity_layers > 0) {
+        s->mean_cond_entropy /= s->affinity_layers;
+        s->mean_topm_share /= s->affinity_layers;
     }
     if (L > 1)
         scratch_free(&sc);

@@ -162,7 +162,8 @@ EPM_API epm_status epm_generation_config_parse(const char *text, size_t len, con
                                                epm_generation_config *out);
 
 /* A checkpoint's defaults: the generation config at `path`, or with path
- * NULL DIR/generation_config.json where it exists (else greedy); its
+ * NULL DIR/generation_config.json where it exists (else transformers'
+ * defaults: greedy, and if_sampled at temperature 1 and top_k 50); its
  * eos_token_id, or where it names none, DIR/config.json's. An absent or null
  * eos_token_id is no stop token. */
 EPM_API epm_status epm_generation_config_load(const char *model_dir, const char *path, epm_generation_config *out);

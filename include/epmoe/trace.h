@@ -81,6 +81,9 @@ typedef struct epm_trace_layer_stats {
     double topm_share;       /* share of tokens whose top-1 at l+1 is among the m most frequent
                                 successors of their top-1 at l */
     double skipped_share;    /* share of tokens with no expert at this layer */
+    int64_t transitions;     /* tokens with an expert at l and at l+1: where 0 (the last layer, or
+                                skips at one of the two), cond_entropy and topm_share are 0 and
+                                mean nothing, and the means leave the layer out */
 } epm_trace_layer_stats;
 
 typedef struct epm_trace_stats {
@@ -88,7 +91,9 @@ typedef struct epm_trace_stats {
     int top_m;                      /* m used for topm_share */
     int64_t *load;                  /* [layers * experts] assignments per expert */
     epm_trace_layer_stats *layer;   /* [layers] */
-    double mean_imbalance, mean_cond_entropy, mean_topm_share;
+    double mean_imbalance, mean_cond_entropy, mean_topm_share; /* (the affinity means: 0 where no
+                                                                   layer has transitions) */
+    int affinity_layers;            /* layers with transitions, which those means are over */
 } epm_trace_stats;
 
 EPM_API epm_status epm_trace_stats_compute(const epm_trace *t, int top_m, epm_trace_stats **out);

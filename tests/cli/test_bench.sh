@@ -258,7 +258,7 @@ def check(kind, args):
         R, a2a, sizes = int(args[0]), args[1], [int(s) for s in args[2].split(',')]
         rows = load(['ranks', 'nodes', 'a2a', 'hier', 'bytes', 'row_bytes', 'ours_us', 'ours_algbw_gbs', 'ours_busbw_gbs',
                      'raw_us', 'raw_algbw_gbs', 'raw_busbw_gbs', 'ratio', 'full_us', 'ratio_full', 'size', 'full16_us',
-                     'full_vs_full16', 'full8_us', 'full_vs_full8'])
+                     'full_vs_full16', 'full8_us', 'full_vs_full8', 'agreed_us', 'agreed_vs_ours'])
         need(len(rows) == len(sizes), '%d size rows, expected %d (%s)' % (len(rows), len(sizes), sizes))
         for r, size in zip(rows, sizes):
             need((r['ranks'], r['nodes'], r['a2a'], r['hier']) == (str(R), '1', a2a, '0'),
@@ -269,16 +269,18 @@ def check(kind, args):
             need(r['size'] == str(size), 'size %s, asked %d' % (r['size'], size))
             need(num(r, 'row_bytes', 4) == min(size, 8192), 'row_bytes %s for size %d' % (r['row_bytes'], size))
             ours, raw, full = num(r, 'ours_us', 0, True), num(r, 'raw_us', 0, True), num(r, 'full_us', 0, True)
-            f16, f8 = num(r, 'full16_us', 0, True), num(r, 'full8_us', 0, True)
+            f16, f8, ag = num(r, 'full16_us', 0, True), num(r, 'full8_us', 0, True), num(r, 'agreed_us', 0, True)
             for k in ('ours_algbw_gbs', 'ours_busbw_gbs', 'raw_algbw_gbs', 'raw_busbw_gbs'):
                 num(r, k, 0)  # 0.0000 GB/s at 8 B on a slow machine
-            for k in ('ratio', 'ratio_full', 'full_vs_full16', 'full_vs_full8'):
+            for k in ('ratio', 'ratio_full', 'full_vs_full16', 'full_vs_full8', 'agreed_vs_ours'):
                 num(r, k, 0, True)
             if ours > 0 and raw > 0 and full > 0 and f16 > 0 and f8 > 0:
                 agrees(r, 'ratio', ours / raw, ['ours_us', 'raw_us'], 'ours_us / raw_us')
                 agrees(r, 'ratio_full', full / raw, ['full_us', 'raw_us'], 'full_us / raw_us')
                 agrees(r, 'full_vs_full16', full / f16, ['full_us', 'full16_us'], 'full_us / full16_us')
                 agrees(r, 'full_vs_full8', full / f8, ['full_us', 'full8_us'], 'full_us / full8_us')
+                if ag > 0:
+                    agrees(r, 'agreed_vs_ours', ag / ours, ['agreed_us', 'ours_us'], 'agreed_us / ours_us')
                 for side, t in (('ours', ours), ('raw', raw)):
                     agrees(r, side + '_algbw_gbs', 2 * b / t / 1e3, ['bytes', side + '_us'], '2 * bytes / ' + side + '_us')
                     agrees(r, side + '_busbw_gbs', 2 * b / t / 1e3 * (R - 1) / R, ['bytes', side + '_us'],
@@ -290,30 +292,32 @@ def check(kind, args):
         need(any(l.startswith('# epmoe bench a2a: %d ranks' % R) for l in lines),
              'no "# epmoe bench a2a: %d ranks" line' % R)
         need(['size', 'row', 'ours_us', 'algbw', 'busbw', 'raw_us', 'algbw', 'busbw', 'ratio', 'full_us', 'ratio',
-              'full16_us', 'f/f16', 'full8_us', 'f/f8'] in
+              'full16_us', 'f/f16', 'full8_us', 'f/f8', 'agreed_us', 'a/o'] in
              [l.split() for l in lines], 'no table header')
         body = [l.split() for l in lines if l.strip() and not l.startswith('#') and not l.split()[0] == 'size']
         need(len(body) == len(sizes), '%d size rows, expected %d (%s)' % (len(body), len(sizes), sizes))
         for b, size in zip(body, sizes):
-            need(len(b) == 16, 'row %s: %d fields' % (b, len(b)))
-            if len(b) != 16:
+            need(len(b) == 18, 'row %s: %d fields' % (b, len(b)))
+            if len(b) != 18:
                 continue
             r = dict(zip(['n', 'unit', 'row', 'ours', 'oa', 'ob', 'raw', 'ra', 'rb', 'ratio', 'full', 'ratio_full',
-                          'full16', 'f_f16', 'full8', 'f_f8'], b))
+                          'full16', 'f_f16', 'full8', 'f_f8', 'agreed', 'a_o'], b))
             n = num(r, 'n', 0, True) * {'B': 1, 'KiB': 1024, 'MiB': 1 << 20}.get(r['unit'], float('nan'))
             need(size - 0.5 <= n <= 2 * size + 0.5, 'size %s %s for %d bytes' % (r['n'], r['unit'], size))
             need(r['row'] == str(min(size, 8192)), 'row bytes %s for size %d' % (r['row'], size))
             ours, raw, full = num(r, 'ours', 0, True), num(r, 'raw', 0, True), num(r, 'full', 0, True)
-            f16, f8 = num(r, 'full16', 0, True), num(r, 'full8', 0, True)
-            for k in ('oa', 'ob', 'ra', 'rb', 'ratio', 'ratio_full', 'f_f16', 'f_f8'):
+            f16, f8, ag = num(r, 'full16', 0, True), num(r, 'full8', 0, True), num(r, 'agreed', 0, True)
+            for k in ('oa', 'ob', 'ra', 'rb', 'ratio', 'ratio_full', 'f_f16', 'f_f8', 'a_o'):
                 num(r, k, 0)  # a bandwidth may print as 0.000 at 8 B
             if ours > 0 and raw > 0 and full > 0 and f16 > 0 and f8 > 0:
                 agrees(r, 'ratio', ours / raw, ['ours', 'raw'], 'ours_us / raw_us')
                 agrees(r, 'ratio_full', full / raw, ['full', 'raw'], 'full_us / raw_us')
                 agrees(r, 'f_f16', full / f16, ['full', 'full16'], 'full_us / full16_us')
                 agrees(r, 'f_f8', full / f8, ['full', 'full8'], 'full_us / full8_us')
+                if ag > 0:
+                    agrees(r, 'a_o', ag / ours, ['agreed', 'ours'], 'agreed_us / ours_us')
         # the agreement's latency beside a blocking MPI_Allreduce, last
-        m = re.fullmatch(r'# agreement before an exchange \(epm_xcomm_agree, polled with a deadline\): (\S+) us; '
+        m = re.fullmatch(r'# a bare agreement \(epm_xcomm_agree: a counts phase of zeros, polled with a deadline\): (\S+) us; '
                          r'blocking MPI_Allreduce of one int: (\S+) us; ratio (\S+)', lines[-1] if lines else '')
         need(m is not None, 'no agreement line at the end: %r' % (lines[-1] if lines else ''))
         if m:
@@ -602,7 +606,7 @@ ok "bench a2a 3 ranks csv" mpi -np 3 "$E" bench a2a --a2a p2p --hier off --max-b
   csvcheck a2a 3 p2p 8,128,2048
 # one rank: nothing leaves it, so the ratio fields are empty, never a number
 ok "bench a2a 1 rank csv" mpi -np 1 "$E" bench a2a --max-bytes 64 --step 8 --time 0.01 --csv &&
-  { [ "$(awk -F, 'NR > 1 && NF == 20 && $1 == 1 && $5 == 0 && $13 == "" && $15 == "" && $18 == "" && $20 == ""' "$d/out" | wc -l)" = 2 ] ||
+  { [ "$(awk -F, 'NR > 1 && NF == 22 && $1 == 1 && $5 == 0 && $13 == "" && $15 == "" && $18 == "" && $20 == "" && $22 == ""' "$d/out" | wc -l)" = 2 ] ||
     { fail "bench a2a at 1 rank: not two rows of 0 bytes without ratios"; show; }; }
 help_ok a2a --max-bytes --step --time --a2a --csv
 usage a2a --max-bytes x --max-bytes x
@@ -734,7 +738,7 @@ usage run "--kv-dtypes --mla-cache" "" --model "$m" --kv-dtypes --mla-cache
 # bf16 rounding of float32's; fp8 dispatch (home mode): fewer bytes still, the logits within its rounding
 ok "bench run --wire-dtypes" mpi -np 3 "$E" bench run --model "$F/mixtral-tiny" --batch 3 --seq 8 --new 3 --reps 1 \
   --wire-dtypes --csv &&
-  { awk -F, 'NR == 1 && $1 == "wire_dtype" && $3 == "bytes_vs_f32" && $5 == "comm_vs_f32" && NF == 11 {h = 1}
+  { awk -F, 'NR == 1 && $1 == "wire_dtype" && $3 == "bytes_vs_f32" && $5 == "comm_f32_over_this" && NF == 11 {h = 1}
              NR == 2 && $1 == "F32" && $2 > 0 && $3 == 1 && $4 > 0 && $5 == 1 && $10 == 0 && $11 == 1 {a = 1; b32 = $2}
              NR == 3 && $1 == "BF16" && $3 > 0.45 && $3 < 0.55 && $4 > 0 && $5 > 0 && $10 > 0 && $10 < 0.01 {b = 1}
              NR == 4 && $1 == "F8_E4M3" && $3 > 0.3 && $3 < 0.45 && $4 > 0 && $10 > 0 && $10 < 0.05 {c = 1}

@@ -183,7 +183,7 @@ check "eval redundant and slots" 2 "$E" plan eval --trace "$d/drift.st" "$d/c.js
   --redundant-experts 4
 has "$d/err" "--eplb-slots 3 and --redundant-experts 4: each sets the slots"
 check "eval online without passes" 1 "$E" plan eval --trace "$d/b.st" "$d/c.json" --eplb-interval 4
-has "$d/err" "c.json: eval: online rebalancing replays the trace's passes, and the trace has no pass_ids"
+has "$d/err" "$d/b.st: online rebalancing (--eplb-interval) replays the trace's passes, and it has no pass_ids"
 check "synth bad drift" 2 "$E" trace synth --out "$d/x.st" --layers 3 --experts 8 --k 2 --tokens 40 --drift 0
 
 # usage errors: exit 2
@@ -443,5 +443,16 @@ check "plan, a flag with a value" 2 "$E" plan --trace "$d/grp.st" --json=1
 has "$d/err" "option '--json' takes no value"
 check "eval --expert-groups alone" 2 "$E" plan eval --trace "$d/grp.st" "$d/grp.json" --expert-groups 4
 has "$d/err" "--expert-groups is online rebalancing's"
+
+# errors that name the file at fault (found walking the README as a new user)
+check "synth, 16 experts" 0 "$E" trace synth --out "$d/t16.st" --layers 3 --experts 16 --k 2 --tokens 200 --seed 3
+check "eval, a placement of fewer experts than the trace's" 1 "$E" plan eval --trace "$d/t16.st" "$d/c.json"
+has "$d/err" "$d/c.json has 8 experts per MoE layer: $d/t16.st: topk_ids"
+check "plan 3 ranks" 0 "$E" plan --trace "$d/a.st" --nodes 1 --gpus-per-node 3 --out "$d/c3.json" --quiet
+check "eval, placements for two clusters" 0 "$E" plan eval --trace "$d/b.st" "$d/c.json" "$d/c3.json"
+has "$d/err" "note: $d/c.json is for 2 nodes x 2 ranks, $d/c3.json for 1 x 3: the ratios compare different clusters"
+# plan moves --model: the placements must be of the model's MoE layers and experts (olmoe-tiny: 4 x 8)
+check "moves --model, another model's placements" 1 "$E" plan moves "$d/c.json" "$d/e.json" --model "$F/olmoe-tiny"
+has "$d/err" "$d/c.json has 3 MoE layers of 8 experts, the model $F/olmoe-tiny 4 of 8"
 
 checks_done "all plan eval CLI checks passed"

@@ -97,11 +97,11 @@ check "run with it" 0 run -np 2 "$E" run --model "$m" --input "$d/in.json" --pla
 
 # failures: non-zero on every rank, the reason named once
 check "placement for 2 ranks on 3" 1 run -np 3 "$E" run --model "$m" --input "$d/in.json" --placement "$d/p2.json"
-has "$d/err" "placement is for 2 ranks"
+has "$d/err" "$d/p2.json: the placement is for 2 ranks (1 node x 2), this run has 3 ranks"
 "$E" trace synth --out "$d/other.st" --layers 2 --experts 8 --k 2 --tokens 64 >/dev/null 2>&1
 "$E" plan --trace "$d/other.st" --nodes 1 --gpus-per-node 2 --out "$d/other.json" --quiet
 check "placement for another model" 1 run -np 2 "$E" run --model "$m" --input "$d/in.json" --placement "$d/other.json"
-has "$d/err" "2 MoE layers x 8 experts, the model 4 x 8"
+has "$d/err" "$d/other.json: the placement has 2 MoE layers x 8 experts, the model $m 4 x 8"
 mkdir -p "$d/trunc"
 cp "$m/config.json" "$d/trunc/"
 head -c 100000 "$m/model.safetensors" >"$d/trunc/model.safetensors"
@@ -715,7 +715,7 @@ has "$d/err" "eplb_slots = 2: 3 ranks hold 8 experts a layer in 3 to 8 slots eac
 "$E" trace convert "$d/eplb.st" "$d/eplb.npy" >/dev/null 2>&1 || fail "trace convert to .npy"
 check "plan eval --eplb-interval of a trace without passes" 1 "$E" plan eval --trace "$d/eplb.npy" "$d/c3.json" \
   --eplb-interval 2
-has "$d/err" "the trace has no pass_ids (epmoe run --trace-out records them)"
+has "$d/err" "$d/eplb.npy: online rebalancing (--eplb-interval) replays the trace's passes, and it has no pass_ids"
 if full; then
   check "--placement-out as --placement" 0 run -np 3 "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 3 \
     --json --placement "$d/learnt.json"
@@ -774,6 +774,23 @@ EOF
 done
 full && check "plan eval --hier bad" 2 "$E" plan eval --trace "$d/hier.st" "$d/c22h.json" --hier maybe &&
   has "$d/err" "--hier"
+# found walking the README as a new user: flags over variables, bad variables refused by name
+check "--a2a over a bad EPM_A2A" 0 env EPM_A2A=foo timeout 60 "$E" run --model "$m" --input "$d/in.json" --a2a p2p \
+  --max-new-tokens 1
+check "a bad EPM_A2A" 1 env EPM_A2A=foo timeout 60 "$E" run --model "$m" --input "$d/in.json"
+has "$d/err" "EPM_A2A: 'foo'"
+check "a bad EPM_MPI_PACK" 1 env EPM_MPI_PACK=yes timeout 60 "$E" run --model "$m" --input "$d/in.json" --a2a p2p
+has "$d/err" "EPM_MPI_PACK='yes' is not 0 or 1"
+check "a bad EPM_GPU_MAP" 1 env EPM_GPU_MAP=a,b timeout 60 "$E" run --model "$m" --input "$d/in.json" --bind
+has "$d/err" "EPM_GPU_MAP='a,b': entry 1 is not a GPU index"
+# --temperature without generation_config.json: transformers' defaults, as generate(do_sample=True)
+check "--temperature, no generation config" 0 one "$E" run --model "$m" --input "$d/in.json" --max-new-tokens 2 \
+  --temperature 0.7 --json
+has "$d/out" '"top_k": 50'
+# a generation config named on the command line is read even when nothing is decoded
+check "--generation-config, a missing file" 1 one "$E" run --model "$m" --input "$d/in.json" \
+  --generation-config "$d/nope.json"
+has "$d/err" "$d/nope.json"
 check "output over input" 2 "$E" run --model "$m" --input "$d/in.json" --trace-out "$d/in.json"
 check "usage" 2 "$E" run --input "$d/in.json"
 check "help" 0 "$E" run --help

@@ -158,4 +158,18 @@ ln -s "$d/b.npy" "$d/link.npy"
 expect 2 "$EPMOE" trace convert "$d/b.npy" "$d/link.npy"
 same "$d/b.npy" "$d/b3.npy"
 
+# ---- affinity where there is none to measure (Mixture-of-Depths skipped a whole layer) ----
+python3 - "$d/skip.npy" <<'EOF'
+import struct, sys
+ids = [0, -1, 1, -1, -1, -1, -1, -1, 2, 3, 3, 2]  # [3 layers, 2 tokens, k 2]; layer 1 all skipped
+h = "{'descr': '<i4', 'fortran_order': False, 'shape': (3, 2, 2), }"
+h += " " * (63 - (10 + len(h)) % 64) + "\n"
+open(sys.argv[1], "wb").write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h.encode() + struct.pack("<12i", *ids))
+EOF
+expect 0 "$EPMOE" trace stats "$d/skip.npy" --experts 4
+contains "$d/out" "no token has an expert at two consecutive layers"
+expect 0 "$EPMOE" trace stats "$d/skip.npy" --experts 4 --json
+contains "$d/out" '"mean_cond_entropy_bits": null'
+contains "$d/out" '"affinity_layers": 0'
+
 checks_done "all trace CLI checks passed" "$fails check(s) failed"

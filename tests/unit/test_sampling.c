@@ -1313,6 +1313,10 @@ static void test_generation_config_load(void **state)
     assert_int_equal(epm_sampling_random(&g.sampling), 0);
     assert_true(g.sampling.top_k == 0 && g.sampling.top_p == 0 && g.sampling.min_p == 0);
     assert_true(g.sampling.repetition_penalty == 0 || g.sampling.repetition_penalty == 1);
+    /* ... and should a flag turn sampling on, transformers' defaults (as
+     * generate(do_sample=True) without a file): top_k 50, temperature 1 */
+    assert_int_equal(g.if_sampled.top_k, 50);
+    assert_true(g.if_sampled.temperature == 1 && g.if_sampled.top_p == 1);
     /* config.json without eos, or null: none */
     d = newdir();
     put(d, "config.json", "{\"model_type\": \"mixtral\"}");

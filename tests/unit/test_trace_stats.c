@@ -51,8 +51,33 @@ static void test_trace_stats_deterministic_successor(void **state)
     for (int e = 0; e < 4; e++)
         assert_int_equal(s->load[e], 2);
     assert_true(s->layer[1].cond_entropy == 0.0 && s->layer[1].topm_share == 0.0); /* last layer */
+    assert_int_equal(s->layer[0].transitions, 8);
+    assert_int_equal(s->layer[1].transitions, 0);
+    assert_int_equal(s->affinity_layers, 1);
     assert_near(s->mean_cond_entropy, 0.0, 1e-12);
     assert_near(s->mean_topm_share, 1.0, 1e-12);
+    epm_trace_stats_destroy(s);
+    epm_trace_destroy(t);
+}
+
+/* Mixture-of-Depths skipped every token at layer 1: no transition 0 -> 1 or
+ * 1 -> 2 to measure. Those layers say so and the means are over layer 2 ->
+ * 3 alone (the last layer has none either). */
+static void test_trace_stats_no_transitions(void **state)
+{
+    (void)state;
+    const int32_t ids[16] = {0, 1, 2, 3, /* */ -1, -1, -1, -1, /* */ 0, 0, 1, 1, /* */ 2, 3, 2, 3};
+    epm_trace *t = make(4, 4, 1, 4, ids);
+    epm_trace_stats *s = stats(t, 1);
+    assert_int_equal(s->layer[0].transitions, 0);
+    assert_int_equal(s->layer[1].transitions, 0);
+    assert_int_equal(s->layer[2].transitions, 4);
+    assert_int_equal(s->layer[3].transitions, 0);
+    assert_int_equal(s->affinity_layers, 1);
+    /* 0 -> {2, 3} and 1 -> {2, 3}: one bit, the top-1 share one half */
+    assert_near(s->layer[2].cond_entropy, 1.0, 1e-12);
+    assert_near(s->mean_cond_entropy, 1.0, 1e-12);
+    assert_near(s->mean_topm_share, 0.5, 1e-12);
     epm_trace_stats_destroy(s);
     epm_trace_destroy(t);
 }
@@ -191,6 +216,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_trace_stats_deterministic_successor),
         cmocka_unit_test(test_trace_stats_uniform_successor),
+        cmocka_unit_test(test_trace_stats_no_transitions),
         cmocka_unit_test(test_trace_stats_top2_with_skips),
         cmocka_unit_test(test_trace_stats_topm_counts_most_frequent),
         cmocka_unit_test(test_trace_stats_edge_cases),
