@@ -882,6 +882,21 @@ static epm_status run_pass(rt *r, const epm_sched_pass *sp, const int32_t *const
                           "--max-num-batched-tokens, --max-total-tokens, --separate-prefill, rank count or "
                           "arrivals (--request-rate, --arrivals-from)", (long long)(r->dec_base + i), (int)tseq[r->dec_base + i],
                           (long long)sp->index + 1, sp->dec[i]);
+    /* ... and ran in the passes they ran in there (pass_ids: plan eval times
+     * a trace's passes, and online rebalancing counts them): a trace recorded
+     * with other chunks or another prefill policy numbers the same tokens'
+     * passes otherwise */
+    const int32_t *tpass = trace_of_run ? epm_trace_pass_ids(o->route_from) : NULL;
+    for (int i = 0; i < sp->n_pre + sp->n_dec && tpass && st == EPM_OK; i++) {
+        const int64_t a = i < sp->n_pre ? r->offset[sp->pre[i].seq] + sp->pre[i].from : r->dec_base + i - sp->n_pre;
+        const int64_t b = i < sp->n_pre ? r->offset[sp->pre[i].seq] + sp->pre[i].to : a + 1;
+        for (int64_t gi = a; gi < b && st == EPM_OK; gi++)
+            if (tpass[gi] != r->chunk)
+                st = epm_fail(EPM_ERR_MISMATCH, "--route-from-trace: token %lld of the trace ran in its pass %d, in "
+                              "this run's pass %d: the trace was recorded with another --prefill-chunk, "
+                              "--separate-prefill, --max-num-batched-tokens, --max-total-tokens or --max-num-seqs "
+                              "(plan eval of it times its own passes)", (long long)gi, (int)tpass[gi], r->chunk);
+    }
     /* this rank's tokens: its prompt pieces', then its decoding sequences' (ascending g) */
     int64_t n = 0, *g = NULL;
     for (int i = 0; i < sp->n_pre; i++)
@@ -1316,6 +1331,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
     }
     res->report.max_num_seqs = r.max_seqs;
+    res->report.route_from_run = trace_of_run;
     EPM_CHECK_GOTO(sync(&r, epm_placement_clone(r.p, &res->placement)), st, fail_gen);
     {
         epm_placement_info info = *epm_placement_get_info(res->placement);

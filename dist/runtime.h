@@ -272,6 +272,10 @@ typedef struct epm_run_report {
                                                 token and layer), in wire_bytes, not in the model's bytes */
     int64_t dense_kv_msgs[EPM_LINK_COUNT], mod_score_msgs[EPM_LINK_COUNT]; /* their messages, in wire_msgs */
     int hierarchical;      /* exchanges took the hierarchical (2DH) path */
+    int route_from_run;    /* epm_run_opts.route_from was recorded by a run of this batch (its prompt
+                              tokens numbered as here), so its decoded tokens and passes were checked
+                              against this run's; 0: another trace, its rows taken in this run's
+                              token order, which plan eval of it does not predict */
     int eplb_rebalances;   /* online rebalancing (epm_run_opts.eplb_interval): placements taken */
     int64_t eplb_moved;    /* experts the ranks gained over them (a replica on a rank that lacked it) */
     int64_t eplb_bytes;    /* checkpoint bytes the ranks read for them */

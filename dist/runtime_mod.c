@@ -272,21 +272,22 @@ epm_status epm_mod_select(rt *r, int l, int64_t n, const int64_t *g, const float
     } else {
         memset(r->sel, 1, (size_t)P);
     }
-    /* only the pass's prompt tokens: its pieces' (its decode tokens are all its own) */
-    for (int64_t t = 0; t < r->pf_n; t++)
-        r->sel[t] &= r->pass_of[r->g0 + t] == r->chunk;
-    /* a routing replay skips where its trace skipped (a row that starts with -1: DESIGN.md's skip, as
-     * a MoD run records it and plan eval reads it), block and all: no attention, K/V row or dispatch */
+    /* a routing replay runs what its trace ran and skips where it skipped (a row that starts with -1:
+     * DESIGN.md's skip, as a MoD run records it and plan eval reads it), block and all: no attention,
+     * K/V row or dispatch. With MoD on too, the trace decides, not MoD's selection: plan eval of the
+     * trace counts the trace's */
     const int ml = r->moe_index[l];
     if (r->o->route_from && ml >= 0) {
         const int K = epm_trace_k(r->o->route_from);
         const int32_t *ids = epm_trace_ids_const(r->o->route_from, ml);
-        for (int64_t t = 0; t < P; t++)
-            if (r->sel[t] && ids[pass_g(r, t) * K] < 0) {
-                r->sel[t] = 0;
-                *all = 0;
-            }
+        for (int64_t t = 0; t < P; t++) {
+            r->sel[t] = ids[pass_g(r, t) * K] >= 0;
+            *all &= r->sel[t];
+        }
     }
+    /* only the pass's prompt tokens: its pieces' (its decode tokens are all its own) */
+    for (int64_t t = 0; t < r->pf_n; t++)
+        r->sel[t] &= r->pass_of[r->g0 + t] == r->chunk;
     /* cache rows: each sequence's selected tokens, in order, after its rows so far */
     int32_t *kv = r->kv_n + (size_t)l * r->B;
     memcpy(r->kv_base, kv, (size_t)r->B * sizeof *kv);

@@ -43,6 +43,9 @@ static const char plan_usage[] =
     "                        --trace-out records them) pass by pass, as plan eval does\n"
     "  --mip-gap G           ILP relative gap to stop at (default 1e-4)\n"
     "  --hidden H            hidden size, for the follow-mode K/V term (default 4096)\n"
+    "  --mla-cache latent|expanded  with --model of an MLA checkpoint (DeepSeek-V2/V3), the K/V\n"
+    "                        rows of epmoe run --mla-cache: its latent (default), or a key and a value\n"
+    "                        per head\n"
     "  --kv-dim D            K+V width per token per layer, follow mode (default hidden/2; `epmoe model\n"
     "                        info` prints a model's: MLA's latent is kv_lora_rank + qk_rope_head_dim)\n"
     "  --ffn F               expert FFN width (default 14336), for the automatic balance weight\n"
@@ -79,6 +82,9 @@ static const char eval_usage[] =
     "                        fp8 (home mode: dispatch rows of hidden + 4 x ceil(hidden / 128) bytes,\n"
     "                        e4m3 with a scale per 128 values, and a bf16 combine); instead of\n"
     "                        --dtype-bytes\n"
+    "  --mla-cache latent|expanded  with --model of an MLA checkpoint (DeepSeek-V2/V3), the K/V\n"
+    "                        rows of epmoe run --mla-cache: its latent (default), or a key and a value\n"
+    "                        per head\n"
     "  --kv-dim D            K+V width per token per layer for follow (default hidden/2; `epmoe model\n"
     "                        info` prints a model's)\n"
     "  --ffn F               expert FFN width, for modelled compute (default 14336)\n"
@@ -133,7 +139,7 @@ enum {
     O_TRACE = 256, O_EXPERTS, O_METHOD, O_MODE, O_NODES, O_GPN, O_CLUSTER, O_INTRA, O_INTER, O_SLOTS, O_TLIM,
     O_GAP, O_HIDDEN, O_BW, O_TW, O_OUT, O_EPLB, O_JSON, O_QUIET, O_DTB, O_KV, O_FFN, O_PERLAYER, O_MODEL, O_WIRE,
     O_EPLBI, O_EPLBW, O_EPLBS, O_POUT, O_EPLBG, O_XB, O_EPLBF, O_RGBPS, O_EPLBLAG, O_EDT, O_GROUPS, O_REDUNDANT, O_HIER,
-    O_LAT_INTRA, O_LAT_INTER, O_HELP
+    O_LAT_INTRA, O_LAT_INTER, O_MLA, O_HELP
 };
 
 static const struct option plan_opts[] = {
@@ -158,6 +164,7 @@ static const struct option plan_opts[] = {
     {"read-gbps", required_argument, 0, O_RGBPS},   {"eplb-lag", required_argument, 0, O_EPLBLAG},
     {"expert-dtype", required_argument, 0, O_EDT},  {"expert-groups", required_argument, 0, O_GROUPS},
     {"redundant-experts", required_argument, 0, O_REDUNDANT},
+    {"mla-cache", required_argument, 0, O_MLA},
     {"help", no_argument, 0, O_HELP},
     {0, 0, 0, 0}};
 
@@ -171,7 +178,9 @@ typedef struct model_shape {
     uint8_t is_moe[4096];
 } model_shape;
 
-static epm_status model_shape_load(const char *dir, model_shape *m)
+/* mla_expanded: the K/V rows of run --mla-cache expanded (a key and a value
+ * per head) rather than MLA's latent; refused for a model without MLA. */
+static epm_status model_shape_load(const char *dir, int mla_expanded, model_shape *m)
 {
     char path[4096];
     if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
@@ -180,7 +189,14 @@ static epm_status model_shape_load(const char *dir, model_shape *m)
     EPM_CHECK(epm_model_config_load(path, &c));
     m->dir = dir;
     m->hidden = c.hidden_size;
-    m->kv_dim = epm_model_kv_floats(&c, 0); /* what epmoe run all-gathers in follow mode (MLA: its latent) */
+    if (mla_expanded && !c.mla) {
+        epm_model_config_clear(&c);
+        return epm_fail(EPM_ERR_INVALID_ARG, "--mla-cache expanded: %s is not a multi-head latent attention model "
+                        "(DeepSeek-V2/V3)", dir);
+    }
+    m->kv_dim = epm_model_kv_floats(&c, mla_expanded); /* what epmoe run all-gathers in follow mode (MLA: its
+                                                          latent, or with --mla-cache expanded a key and a value
+                                                          per head) */
     m->ffn = c.moe_ffn;
     m->experts = c.num_experts;
     m->moe_layers = epm_model_config_moe_layers(&c);
@@ -190,6 +206,16 @@ static epm_status model_shape_load(const char *dir, model_shape *m)
         memcpy(m->is_moe, c.moe_layer, (size_t)m->num_layers);
     epm_model_config_clear(&c);
     return EPM_OK;
+}
+
+/* --mla-cache latent|expanded (as epmoe run's); 0 after a usage error. */
+static int parse_mla(const char *W, const char *arg, int *expanded, int *given)
+{
+    if (strcmp(arg, "latent") && strcmp(arg, "expanded"))
+        return cli_usage_error(W, "--mla-cache: '%s' is not latent or expanded", arg), 0;
+    *expanded = !strcmp(arg, "expanded");
+    *given = 1;
+    return 1;
 }
 
 /* The trace must be of the model's MoE layers and experts. */
@@ -216,6 +242,7 @@ static int cmd_plan(int argc, char **argv)
     long experts = 0, nodes = 1, gpn = 8, v, groups = 0, redundant = -1;
     int json = 0, quiet = 0, have_nodes = 0, have_hidden = 0, have_kv = 0, have_ffn = 0, groups_given = 0;
     const char *model_dir = NULL;
+    int mla_expanded = 0, mla_given = 0; /* --mla-cache: the K/V rows of run --mla-cache */
     model_shape ms = {0};
     double intra = -1, inter = -1;
     epm_plan_opts o;
@@ -246,6 +273,10 @@ static int cmd_plan(int argc, char **argv)
         case O_GAP: if (!cli_parse_double(W, "--mip-gap", optarg, 0, 0.999, &o.mip_gap)) return EPM_EXIT_USAGE; break;
         case O_HIDDEN: if (!cli_parse_int(W, "--hidden", optarg, 1, 1 << 20, &v)) return EPM_EXIT_USAGE; o.hidden = (int)v; have_hidden = 1; break;
         case O_MODEL: model_dir = optarg; break;
+        case O_MLA:
+            if (!parse_mla(W, optarg, &mla_expanded, &mla_given))
+                return EPM_EXIT_USAGE;
+            break;
         case O_BW: if (!cli_parse_double(W, "--balance-weight", optarg, 0, 1e9, &o.balance_weight)) return EPM_EXIT_USAGE; break;
         case O_FFN: if (!cli_parse_int(W, "--ffn", optarg, 1, 1 << 24, &v)) return EPM_EXIT_USAGE; o.ffn = (int)v; have_ffn = 1; break;
         case O_KV: if (!cli_parse_int(W, "--kv-dim", optarg, 0, 1 << 20, &v)) return EPM_EXIT_USAGE; o.kv_dim = (int)v; have_kv = 1; break;
@@ -279,8 +310,10 @@ static int cmd_plan(int argc, char **argv)
         return cli_usage_error(W, "--out and --eplb-out name the same file '%s'", out);
 
     epm_status st;
+    if (mla_given && !model_dir)
+        return cli_usage_error(W, "--mla-cache sizes the K/V rows of --model's checkpoint, which is not given");
     if (model_dir) {
-        if ((st = model_shape_load(model_dir, &ms)) != EPM_OK)
+        if ((st = model_shape_load(model_dir, mla_expanded, &ms)) != EPM_OK)
             return cli_fail(W, st);
         o.hidden = have_hidden ? o.hidden : ms.hidden;
         o.kv_dim = have_kv ? o.kv_dim : ms.kv_dim;
@@ -590,6 +623,7 @@ static int cmd_eval(int argc, char **argv)
     double eplb_g = 0, rgbps = 0, lat_us[2] = {0, 0};
     int json = 0, per_layer = 0, c, have_hidden = 0, have_dtb = 0, have_kv = 0, have_ffn = 0;
     const char *model_dir = NULL;
+    int mla_expanded = 0, mla_given = 0; /* --mla-cache: the K/V rows of run --mla-cache */
     model_shape ms = {0};
     if (cli_exact_options(W, argc, argv, plan_opts, 0) != EPM_EXIT_OK)
         return EPM_EXIT_USAGE;
@@ -603,6 +637,10 @@ static int cmd_eval(int argc, char **argv)
         case O_KV: if (!cli_parse_int(W, "--kv-dim", optarg, 0, 1 << 20, &kv)) return EPM_EXIT_USAGE; have_kv = 1; break;
         case O_FFN: if (!cli_parse_int(W, "--ffn", optarg, 1, 1 << 24, &ffn)) return EPM_EXIT_USAGE; have_ffn = 1; break;
         case O_MODEL: model_dir = optarg; break;
+        case O_MLA:
+            if (!parse_mla(W, optarg, &mla_expanded, &mla_given))
+                return EPM_EXIT_USAGE;
+            break;
         case O_PERLAYER: per_layer = 1; break;
         case O_WIRE: wire_s = optarg; break;
         case O_HIER:
@@ -677,8 +715,10 @@ static int cmd_eval(int argc, char **argv)
     }
     int fp8 = wire == CLI_WIRE_FP8;
     epm_status st;
+    if (mla_given && !model_dir)
+        return cli_usage_error(W, "--mla-cache sizes the K/V rows of --model's checkpoint, which is not given");
     if (model_dir) {
-        if ((st = model_shape_load(model_dir, &ms)) != EPM_OK)
+        if ((st = model_shape_load(model_dir, mla_expanded, &ms)) != EPM_OK)
             return cli_fail(W, st);
         hidden = have_hidden ? hidden : ms.hidden;
         /* what epmoe run sends: its activations are float32 whatever the

@@ -67,7 +67,9 @@ static const char usage[] =
     "                           (--json) each prompt's perplexity (vLLM's prompt_logprobs)\n"
     "  --virtual-nodes N        split the ranks into N pretend nodes\n"
     "  --route-from-trace FILE  replace the gate's choices by a recorded trace (a row of -1\n"
-    "                           skips the layer's block, as MoD recorded it)\n"
+    "                           skips the layer's block, as MoD recorded it, --mod or not); one\n"
+    "                           this input's run recorded must have the same decoded tokens and\n"
+    "                           passes (other stop tokens, chunks or --max-num-seqs are refused)\n"
     "  --trace-out FILE         write the routing of every MoE layer (trace format)\n"
     "  --logits-out FILE        write logits (safetensors 'logits')\n"
     "  --output FILE            results as JSON lines, one per request (one per sequence without\n"
@@ -1108,6 +1110,10 @@ int epm_cli_run(int argc, char **argv)
         else
             rc = EPM_EXIT_FAIL;
     } else if (rank == 0) {
+        if (t && !res->report.route_from_run)
+            fprintf(stderr, "epmoe %s: note: --route-from-trace: %s was not recorded by a run of this input (its "
+                    "seq_ids differ from this batch's, or it has none): its rows were taken in this run's token "
+                    "order, unchecked, and plan eval of it does not predict this run's bytes\n", W, rft);
         /* (a longer trace replays its first tokens: a trace of another, longer run, say so) */
         if (t && res->trace && epm_trace_tokens(res->trace) < epm_trace_tokens(t))
             fprintf(stderr, "epmoe %s: note: --route-from-trace: the run took the first %lld of the %lld tokens of "

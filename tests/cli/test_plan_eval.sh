@@ -274,6 +274,15 @@ EOF2
       { echo "FAIL: plan eval --model does not predict the run's bytes ($name)"; fails=$((fails + 1)); }
   }
   predicts ds "$ds" "kv > 0 and kv % 160 == 0 and r['kv_cache'] == 'mla-latent' and r['kv_row_floats'] == 40"
+  # run --mla-cache expanded all-gathers a key and a value per head: plan eval --mla-cache expanded
+  # predicts it (the latent width would count a fraction of its K/V bytes)
+  predicts dsx "$ds" "kv > 0 and r['kv_cache'] == 'mla-expanded' and r['kv_row_floats'] > 40" \
+    "--mla-cache expanded" "--mla-cache expanded"
+  check "plan eval --mla-cache without --model" 2 "$E" plan eval --trace "$d/ds.st" "$d/ds.json" --mla-cache expanded
+  has "$d/err" "--mla-cache sizes the K/V rows of --model's checkpoint, which is not given"
+  check "plan --mla-cache of a model without MLA" 1 "$E" plan --trace "$d/t.st" --model "$F/mixtral-tiny" \
+    --mla-cache expanded
+  has "$d/err" "--mla-cache expanded: $F/mixtral-tiny is not a multi-head latent attention model"
   # a bf16 checkpoint: run's activations are float32 on the wire all the same, and --model says so
   # (it once predicted 2 bytes per element: half of what run counts)
   check "synth bf16" 0 "$E" model synth --out "$d/m16" --dtype bf16 --layers 2 --experts 8 --k 2

@@ -791,6 +791,33 @@ has "$d/out" '"top_k": 50'
 check "--generation-config, a missing file" 1 one "$E" run --model "$m" --input "$d/in.json" \
   --generation-config "$d/nope.json"
 has "$d/err" "$d/nope.json"
+# a replay follows its trace (found by a sweep of run against plan eval): one recorded in other
+# passes is refused, and the trace decides which tokens skip a layer, MoD on or not, so plan eval
+# of the trace predicts the replay's bytes and loads; a trace no run of this input recorded is said
+o=$F/olmoe-tiny
+echo '{"input_ids": [[5, 6, 7, 8, 9, 10, 11, 12], [3, 4], [100, 101, 102, 103, 104, 105], [7]], "max_new_tokens": 3}' \
+  >"$d/rp.json"
+check "record a replay's trace" 0 run -np 2 "$E" run --model "$o" --input "$d/rp.json" --trace-out "$d/rp.st"
+check "replay in other passes" 1 run -np 2 "$E" run --model "$o" --input "$d/rp.json" --route-from-trace "$d/rp.st" \
+  --prefill-chunk 1
+has "$d/err" "token 1 of the trace ran in its pass 0, in this run's pass 1"
+check "contiguous for the replay" 0 "$E" plan --trace "$d/rp.st" --gpus-per-node 2 --out "$d/rpc.json" --quiet
+check "plan eval of the replay's trace" 0 "$E" plan eval --trace "$d/rp.st" "$d/rpc.json" --model "$o" --json
+cp "$d/out" "$d/rpe.json"
+check "replay with MoD" 0 run -np 2 "$E" run --model "$o" --input "$d/rp.json" --route-from-trace "$d/rp.st" \
+  --placement "$d/rpc.json" --mod schedule --mod-capacity 0.5 --report --json
+python3 - "$d/out" "$d/rpe.json" <<'EOF' || fail "plan eval does not predict a replay with MoD"
+import json, sys
+r = json.load(open(sys.argv[1]))['report']
+e = json.load(open(sys.argv[2]))['placements'][0]['results'][0]
+run = [sum(l['bytes'][c] for l in r['layers']) for c in (1, 2)]
+print('run', run, 'plan eval', e['bytes'])
+sys.exit(0 if run == [e['bytes']['intra_node'], e['bytes']['inter_node']] and run[0] > 0 else 1)
+EOF
+check "trace synth of another input" 0 "$E" trace synth --out "$d/rps.st" --layers 4 --experts 8 --k 2 --tokens 25
+check "replay of a trace no run of this input recorded" 0 run -np 2 "$E" run --model "$o" --input "$d/rp.json" \
+  --route-from-trace "$d/rps.st"
+has "$d/err" "note: --route-from-trace: $d/rps.st was not recorded by a run of this input"
 check "output over input" 2 "$E" run --model "$m" --input "$d/in.json" --trace-out "$d/in.json"
 check "usage" 2 "$E" run --input "$d/in.json"
 check "help" 0 "$E" run --help
