@@ -206,8 +206,9 @@ epm_status epm_xcomm_agree(epm_xcomm *x, epm_status local);
  * as epm_xcomm_agree does: any rank's failure fails it on every rank. send
  * NULL: zeros; recv NULL: scratch (a bare agreement). */
 epm_status epm_xcomm_counts(epm_xcomm *x, epm_status local, const int64_t *send, int64_t *recv);
-/* 1 once an agreement or a counts phase has failed: every rank knows it,
- * and a caller on its way out owes no further agreement. */
+/* 1 once an agreement or a counts phase has failed (every rank knows it),
+ * timed out or met an MPI error (no rank can count on the others): a caller
+ * on its way out owes no further agreement. */
 int epm_xcomm_failed(const epm_xcomm *x);
 /* Deadline of every agreement (process-wide; 0 = none): past it, agree
  * returns EPM_ERR_TIMEOUT instead of waiting for a stalled or dead rank. */

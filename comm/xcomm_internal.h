@@ -11,12 +11,12 @@ struct epm_xcomm {
     MPI_Comm comm;
     int rank, size, nodes, per_node;
     int *node_of;
-    int64_t *poison;   /* [2 * size]: the counts a rank sends when it failed before an exchange */
+    int64_t *poison;   /* [2 * size]: what a counts phase sends and receives (see epm_xcomm_counts) */
     epm_xcomm_a2a a2a;
     int hier;          /* resolved: exchanges take the hierarchical path */
     epm_transport *tr;
     unsigned seq;      /* exchanges started: tags of concurrent ones differ */
-    int failed;        /* a counts phase (an agreement) has failed on every rank */
+    int failed;        /* a counts phase (an agreement) failed on every rank, or timed out here */
     epm_xcomm_wire wire;
     /* scratch kept between exchanges (see epm_xcomm_buf for why) */
     struct {

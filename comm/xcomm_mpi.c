@@ -1,3 +1,4 @@
+#include <limits.h>
 #include <mpi.h>
 #include <time.h>
 #include <stdio.h>
@@ -255,9 +256,12 @@ epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int w
     /* the counts phase is also the agreement: a rank that cannot allocate,
      * or any rank's failure before it, fails it on every rank */
     int cnt = (int)n;
+    epm_status lst = !counts || !disp        ? EPM_ERR_NOMEM
+                     : n < 0 || n > INT_MAX ? epm_fail(EPM_ERR_INVALID_ARG, "all-gather of %lld rows", (long long)n)
+                                            : EPM_OK;
     for (int r = 0; r < R; r++)
         x->poison[r] = n;
-    epm_status st = epm_xcomm_counts(x, counts && disp ? EPM_OK : EPM_ERR_NOMEM, x->poison, x->poison + R);
+    epm_status st = epm_xcomm_counts(x, lst, x->poison, x->poison + R);
     if (st != EPM_OK) {
         epm_free(counts);
         epm_free(disp);
@@ -398,40 +402,58 @@ enum { CODE_ORIGIN = -1, CODE_HEARD = -2 };
 epm_status epm_xcomm_counts(epm_xcomm *x, epm_status local, const int64_t *send, int64_t *recv)
 {
     int R = x->size;
+    /* The transfer goes through the communicator's own buffers: after a
+     * timeout its request is left pending, and a late peer must not write
+     * into memory its caller has freed. */
+    int64_t *sb = x->poison, *rb = x->poison + R;
     if (local != EPM_OK || !send) {
         int64_t v = local == EPM_OK ? 0 : local == EPM_ERR_REMOTE ? CODE_HEARD : CODE_ORIGIN;
         for (int r = 0; r < R; r++)
-            x->poison[r] = v;
-        send = x->poison;
+            sb[r] = v;
+    } else if (send != sb) {
+        memcpy(sb, send, (size_t)R * sizeof *sb);
     }
-    if (!recv)
-        recv = x->poison + R;
     /* The wait has a deadline: a rank that stalled or died must not hold the
-     * others forever */
-    MPI_Request req;
-    if (MPI_Ialltoall(send, 1, MPI_INT64_T, recv, 1, MPI_INT64_T, x->comm, &req) != MPI_SUCCESS)
-        return epm_fail(EPM_ERR_MPI, "MPI_Ialltoall of counts (and of failures) failed");
+     * others forever. After a timeout or an MPI error no rank can count on
+     * the others: x->failed, as for an agreed failure, so that no further
+     * agreement waits for them again. */
+    MPI_Request req = MPI_REQUEST_NULL;
+    /* Without a deadline, MPI's blocking form (every rank has the same
+     * timeout, so every rank calls the same form): it leaves Open MPI's
+     * free lists as the exchange's counts always left them */
+    int rc = agree_timeout_s > 0 ? MPI_Ialltoall(sb, 1, MPI_INT64_T, rb, 1, MPI_INT64_T, x->comm, &req)
+                                 : MPI_Alltoall(sb, 1, MPI_INT64_T, rb, 1, MPI_INT64_T, x->comm);
+    if (rc != MPI_SUCCESS) {
+        x->failed = 1;
+        return epm_fail(EPM_ERR_MPI, "MPI_%salltoall of counts (and of failures) failed", agree_timeout_s > 0 ? "I" : "");
+    }
     double t0 = epm_now();
     long nap_ns = 0;
-    for (int done = 0; !done;) {
-        if (MPI_Test(&req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+    for (int done = req == MPI_REQUEST_NULL; !done;) {
+        if (MPI_Test(&req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+            x->failed = 1;
             return epm_fail(EPM_ERR_MPI, "MPI_Test of the counts (and failures) exchange failed");
+        }
         if (done)
             break;
         double waited = epm_now() - t0;
-        if (agree_timeout_s > 0 && waited > agree_timeout_s)
+        if (agree_timeout_s > 0 && waited > agree_timeout_s) {
+            x->failed = 1;
             return blame(x, agree_timeout_s);
+        }
         if (agree_timeout_s > 0)
             answer_probes(x);
         /* MPI progresses the exchange only inside MPI_Test; past 2 ms a peer
          * is slow or stalled, and 200 us naps leave it the core */
         nap_ns = epm_backoff(waited, nap_ns, 200000);
     }
+    if (recv && recv != rb)
+        memcpy(recv, rb, (size_t)R * sizeof *recv);
     /* lowest failing rank wins (origins before those that heard); its
      * message travels to everyone */
     int first = 2 * R;
     for (int r = 0; r < R; r++) {
-        int at = recv[r] == CODE_ORIGIN ? r : recv[r] == CODE_HEARD ? R + r : 2 * R;
+        int at = rb[r] == CODE_ORIGIN ? r : rb[r] == CODE_HEARD ? R + r : 2 * R;
         first = at < first ? at : first;
     }
     if (first == 2 * R)

@@ -111,7 +111,7 @@ epm_status epm_write_atomic(const char *path, epm_produce_fn produce, void *ctx)
     if (fclose(f) != 0 && st == EPM_OK)
         st = epm_fail(EPM_ERR_IO, "%s: close failed (of %s): %s", path, tmp, strerror(errno));
     if (st == EPM_OK && rename(tmp, path) != 0)
-        st = epm_fail(EPM_ERR_IO, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
+        st = epm_fail(EPM_ERR_IO, "%s: cannot rename %s to it: %s", path, tmp, strerror(errno));
     if (st != EPM_OK)
         unlink(tmp);
     return st;

@@ -894,8 +894,8 @@ static epm_status run_pass(rt *r, const epm_sched_pass *sp, const int32_t *const
             if (tpass[gi] != r->chunk)
                 st = epm_fail(EPM_ERR_MISMATCH, "--route-from-trace: token %lld of the trace ran in its pass %d, in "
                               "this run's pass %d: the trace was recorded with another --prefill-chunk, "
-                              "--separate-prefill, --max-num-batched-tokens, --max-total-tokens or --max-num-seqs "
-                              "(plan eval of it times its own passes)", (long long)gi, (int)tpass[gi], r->chunk);
+                              "--separate-prefill, --max-num-batched-tokens, --max-total-tokens, --max-num-seqs, "
+                              "rank count or arrivals (plan eval of it times its own passes)", (long long)gi, (int)tpass[gi], r->chunk);
     }
     /* this rank's tokens: its prompt pieces', then its decoding sequences' (ascending g) */
     int64_t n = 0, *g = NULL;

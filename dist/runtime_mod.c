@@ -258,7 +258,9 @@ epm_status epm_mod_select(rt *r, int l, int64_t n, const int64_t *g, const float
     const int64_t P = r->pn;
     const double c = capacity(r);
     *all = 1;
-    if (r->mod_on[l] && c < 1) {
+    const int ml = r->moe_index[l];
+    const int replay = r->o->route_from && ml >= 0; /* (the trace decides, below: MoD's selection is not made) */
+    if (r->mod_on[l] && c < 1 && !replay) {
         *all = 0;
         if (r->o->mod == EPM_MOD_SCHEDULE) {
             for (int64_t t = 0; t < P; t++) {
@@ -276,18 +278,17 @@ epm_status epm_mod_select(rt *r, int l, int64_t n, const int64_t *g, const float
      * DESIGN.md's skip, as a MoD run records it and plan eval reads it), block and all: no attention,
      * K/V row or dispatch. With MoD on too, the trace decides, not MoD's selection: plan eval of the
      * trace counts the trace's */
-    const int ml = r->moe_index[l];
-    if (r->o->route_from && ml >= 0) {
+    if (replay) {
         const int K = epm_trace_k(r->o->route_from);
         const int32_t *ids = epm_trace_ids_const(r->o->route_from, ml);
-        for (int64_t t = 0; t < P; t++) {
+        for (int64_t t = 0; t < P; t++)
             r->sel[t] = ids[pass_g(r, t) * K] >= 0;
-            *all &= r->sel[t];
-        }
     }
     /* only the pass's prompt tokens: its pieces' (its decode tokens are all its own) */
     for (int64_t t = 0; t < r->pf_n; t++)
         r->sel[t] &= r->pass_of[r->g0 + t] == r->chunk;
+    for (int64_t t = 0; t < P && replay && *all; t++) /* (a skipped row of the pass: not all run) */
+        *all = r->sel[t] || (t < r->pf_n && r->pass_of[r->g0 + t] != r->chunk);
     /* cache rows: each sequence's selected tokens, in order, after its rows so far */
     int32_t *kv = r->kv_n + (size_t)l * r->B;
     memcpy(r->kv_base, kv, (size_t)r->B * sizeof *kv);

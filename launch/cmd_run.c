@@ -963,11 +963,8 @@ int epm_cli_run(int argc, char **argv)
         if (hit)
             return cli_usage_error(W, "output '%s' would overwrite the checkpoint's %s", outs[i], hit);
     }
-    if (bind || report_bindings) {
-        epm_status bst = bind_rank(bind, report_bindings);
-        if (bst != EPM_OK)
-            return cli_fail(W, bst);
-    }
+    /* (a bad EPM_GPU_MAP fails like a bad input: agreed below, as a node's own environment may set it) */
+    const epm_status bst = bind || report_bindings ? bind_rank(bind, report_bindings) : EPM_OK;
     epm_tokens *pr = NULL;
     epm_placement *p = NULL;
     epm_trace *t = NULL;
@@ -985,7 +982,7 @@ int epm_cli_run(int argc, char **argv)
             vocab = cfg.vocab_size, max_pos = cfg.max_position_embeddings;
         epm_model_config_clear(&cfg);
     }
-    epm_status st = epm_tokens_load(input, vocab, &pr);
+    epm_status st = bst != EPM_OK ? bst : epm_tokens_load(input, vocab, &pr);
     run_batch rb; /* the sequences: the input's, or each request's samples */
     memset(&rb, 0, sizeof rb);
     int top = o.logprobs_on ? o.top_logprobs : -1, ptop = o.prompt_logprobs_on ? o.prompt_top_logprobs : -1;
