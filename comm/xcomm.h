@@ -213,6 +213,11 @@ int epm_xcomm_failed(const epm_xcomm *x);
 /* Deadline of every agreement (process-wide; 0 = none): past it, agree
  * returns EPM_ERR_TIMEOUT instead of waiting for a stalled or dead rank. */
 void epm_xcomm_set_timeout(double seconds);
+/* 1 once an agreement of this process gave up on a silent rank: whether this
+ * rank's error is EPM_ERR_TIMEOUT (it names the silent rank) or
+ * EPM_ERR_REMOTE (another live rank does), the job must end by
+ * epm_xcomm_abort, not MPI_Finalize, whose fence would wait for that rank. */
+int epm_xcomm_timed_out(void);
 /* Ends every rank of the job (MPI_Abort): the caller's last resort after a
  * timeout, when the others may be blocked where no message reaches them. */
 void epm_xcomm_abort(epm_xcomm *x, int code);

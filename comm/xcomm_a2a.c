@@ -136,7 +136,7 @@ static epm_status hop_poison(epm_xcomm *x, epm_status st)
     char why[1024];
     snprintf(why, sizeof why, "%s", epm_last_error());
     (void)epm_xcomm_counts(x, st, NULL, NULL);
-    return epm_fail(st, "%s", why);
+    return epm_fail(st, "rank %d: %s", x->rank, why); /* (as an agreement names its origin) */
 }
 
 /* into: receive straight into the caller's buffer (grown) instead of scratch.

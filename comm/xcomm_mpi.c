@@ -313,6 +313,7 @@ epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int w
 }
 
 static double agree_timeout_s; /* 0 = wait forever */
+static int timed_out;          /* a counts phase gave up on a silent rank (process-wide, as the deadline) */
 
 void epm_xcomm_set_timeout(double seconds)
 {
@@ -439,6 +440,7 @@ epm_status epm_xcomm_counts(epm_xcomm *x, epm_status local, const int64_t *send,
         double waited = epm_now() - t0;
         if (agree_timeout_s > 0 && waited > agree_timeout_s) {
             x->failed = 1;
+            timed_out = 1;
             return blame(x, agree_timeout_s);
         }
         if (agree_timeout_s > 0)
@@ -475,6 +477,8 @@ epm_status epm_xcomm_counts(epm_xcomm *x, epm_status local, const int64_t *send,
 epm_status epm_xcomm_agree(epm_xcomm *x, epm_status local) { return epm_xcomm_counts(x, local, NULL, NULL); }
 
 int epm_xcomm_failed(const epm_xcomm *x) { return x->failed; }
+
+int epm_xcomm_timed_out(void) { return timed_out; }
 
 epm_status epm_xcomm_sum_i64(epm_xcomm *x, int64_t *v, int n)
 {

@@ -7,6 +7,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "core.h"
@@ -1100,6 +1102,16 @@ int epm_cli_run(int argc, char **argv)
         fflush(stderr);
         epm_xcomm_abort(NULL, EPM_EXIT_FAIL);
         rc = EPM_EXIT_FAIL;
+    } else if (st == EPM_ERR_REMOTE && epm_xcomm_timed_out()) {
+        /* another live rank named the stalled one and ends the job: wait for its abort here, not in
+         * MPI_Finalize, whose fence waits for the stalled rank (mpirun, tearing down under the abort
+         * with fences pending, hung or crashed in PMIx_server_finalize); should the abort not come,
+         * leave without finalizing */
+        fflush(stdout);
+        fflush(stderr);
+        struct timespec ts = {30, 0};
+        nanosleep(&ts, NULL);
+        _exit(EPM_EXIT_FAIL);
     } else if (st != EPM_OK) {
         /* every rank knows the failure; one of them says it */
         if (st != EPM_ERR_REMOTE)
