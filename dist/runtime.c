@@ -34,11 +34,10 @@ epm_status epm_rt_sync(rt *r, epm_status st)
 
 epm_status epm_rt_ready(rt *r, epm_status st)
 {
-    if (epm_xcomm_failed(r->x))
-        return st != EPM_OK ? st : EPM_ERR_INTERNAL;
-    if (st == EPM_OK && r->cuda)
+    /* (success is agreed by the exchange that follows; anything else as epm_rt_sync agrees it) */
+    if (st == EPM_OK && r->cuda && !epm_xcomm_failed(r->x))
         st = epm_ops_cuda_error();
-    return st == EPM_OK ? EPM_OK : epm_xcomm_agree(r->x, st);
+    return st == EPM_OK && !epm_xcomm_failed(r->x) ? EPM_OK : epm_rt_sync(r, st);
 }
 
 static epm_status sync(rt *r, epm_status st) { return epm_rt_sync(r, st); }
