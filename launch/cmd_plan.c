@@ -746,13 +746,19 @@ static int cmd_eval(int argc, char **argv)
             goto out;
         }
     }
-    /* (the trace is read for the first placement's experts: an id past them
-     * is the placement's mismatch as much as the trace's) */
-    if ((st = epm_trace_load(trace_path, epm_placement_experts(ev[0].p), &t)) != EPM_OK) {
-        rc = cli_fail(W, st == EPM_ERR_FORMAT && strstr(epm_last_error(), " is outside [0, ")
-                             ? epm_fail_context(st, "%s has %d experts per MoE layer", ev[0].path,
-                                                epm_placement_experts(ev[0].p))
-                             : st);
+    /* (the trace is read for the first placement's experts: a trace that
+     * reads without that bound names more, the placement's mismatch as much
+     * as the trace's) */
+    const int e0 = epm_placement_experts(ev[0].p);
+    if ((st = epm_trace_load(trace_path, e0, &t)) != EPM_OK) {
+        char why[1024];
+        snprintf(why, sizeof why, "%s", epm_last_error());
+        epm_trace *wide = NULL;
+        const int more = st == EPM_ERR_FORMAT && epm_trace_load(trace_path, 0, &wide) == EPM_OK &&
+                         epm_trace_experts(wide) > e0;
+        epm_trace_destroy(wide);
+        epm_fail(st, "%s", why);
+        rc = cli_fail(W, more ? epm_fail_context(st, "%s has %d experts per MoE layer", ev[0].path, e0) : st);
         goto out;
     }
     if ((st = model_shape_check(&ms, t, trace_path)) != EPM_OK) {
