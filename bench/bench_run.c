@@ -105,6 +105,13 @@ static const char usage[] =
     "                       and final gather included) over float32's, best dispatch + combine\n"
     "                       seconds (slowest rank) and float32's over them (the speed-up), best\n"
     "                       tokens/s, each over float32's, logit error and greedy-token agreement\n"
+    "  --room               instead: the exchanges offering no room to receive into in their counts\n"
+    "                       phase (the baseline: each agrees again after its counts that every rank\n"
+    "                       could allocate, as before), then offering it (the default), alternated\n"
+    "                       --reps times, live routing, contiguous placement: hops, hops that agreed\n"
+    "                       again, best dispatch + combine seconds (slowest rank) and the baseline's\n"
+    "                       over them, best tokens/s, each over the baseline's, logit error and\n"
+    "                       greedy-token agreement\n"
     "  --prefill-chunks LIST\n"
     "                       instead: the prompts prefilled in one pass (the baseline), then in passes\n"
     "                       of each of these chunk sizes (epmoe run --prefill-chunk, at most 8),\n"
@@ -155,7 +162,7 @@ static const char usage[] =
     "                       every run but --wire-dtypes' own\n"
     "  --csv                CSV rows instead of a table\n";
 
-enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_WIRE, O_CHUNKS, O_INPUT, O_MAXSEQS, O_CONT, O_SEPPRE, O_RATES,
+enum { O_TA = 300, O_MOD, O_CAPS, O_KER, O_WARM, O_EDT, O_MLA, O_KVDT, O_WIDT, O_ROOM, O_WIRE, O_CHUNKS, O_INPUT, O_MAXSEQS, O_CONT, O_SEPPRE, O_RATES,
        O_BURST, O_CHUNK, O_MNBT, O_MTT, O_NPROMPTS, O_TARR, O_TSCALE,
        O_PREFIX, O_SHPRE, O_TURNS, O_TURNTOK, O_EPLBI, O_EPLBW, O_PSEED, O_DRIFT, O_EPLBG, O_EPLBLAG };
 enum { O_MODEL = 256, O_BATCH, O_SEQ, O_NEW, O_ZIPF, O_AFF, O_METHODS, O_MODES, O_SLOTS, O_VN, O_TL, O_WD, O_REPS, O_CSV, O_HELP };
@@ -173,7 +180,7 @@ static const struct option opts[] = {
     {"mod", required_argument, 0, O_MOD},     {"capacities", required_argument, 0, O_CAPS},
     {"kernels", required_argument, 0, O_KER}, {"warmup", required_argument, 0, O_WARM},
     {"expert-dtypes", no_argument, 0, O_EDT},       {"mla-cache", no_argument, 0, O_MLA},
-    {"kv-dtypes", no_argument, 0, O_KVDT},    {"wire-dtypes", no_argument, 0, O_WIDT},
+    {"kv-dtypes", no_argument, 0, O_KVDT},    {"wire-dtypes", no_argument, 0, O_WIDT}, {"room", no_argument, 0, O_ROOM},
     {"wire-dtype", required_argument, 0, O_WIRE}, {"prefill-chunks", required_argument, 0, O_CHUNKS},
     {"input", required_argument, 0, O_INPUT}, {"max-num-seqs", required_argument, 0, O_MAXSEQS},
     {"continuous", required_argument, 0, O_CONT}, {"separate-prefill", no_argument, 0, O_SEPPRE},
@@ -354,7 +361,8 @@ static int64_t report_bytes(const epm_run_report *r)
  * 'd' the weights' dtypes held (all float32; routed experts as stored; dense
  * matrices too), 'm' MLA's cache (expanded; latent), 'k' the K/V cache's
  * dtype (float32; bf16; fp8), 'w' the activations' between ranks (float32;
- * bf16; fp8 dispatch in home mode). Best prefill and decode
+ * bf16; fp8 dispatch in home mode), 'r' the exchanges' room (none; offered).
+ * Best prefill and decode
  * times of each, and its logits and tokens against the baseline's. */
 static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8, epm_mode mode, int vn, int batch,
                            const int *lens, const int32_t *const *prompts, int nnew, int reps, int csv)
@@ -381,6 +389,8 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
             } else if (which == 'k') {
                 o.kv_bf16 = k == 1;
                 o.kv_fp8 = k == 2;
+            } else if (which == 'r') {
+                o.exchange_no_room = k == 0;
             } else {
                 o.wire_bf16 = k == 1;
                 o.wire_fp8 = k == 2;
@@ -411,6 +421,12 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
                        : "%-8s %-6s %12s %12s %9s %9s %9s %9s %13s %9s\n",
                    "experts", "dense", "prefill t/s", "decode t/s", "pre/f32", "dec/f32", "pre/bf16", "dec/bf16",
                    "logit rel err", "token agr");
+        else if (which == 'r')
+            printf(csv ? "room,hops,hops_agreed,comm_s,comm_base_over_this,prefill_tok_s,decode_tok_s,prefill_vs_base,"
+                         "decode_vs_base,logit_rel_err,token_agreement\n"
+                       : "%-7s %10s %11s %10s %9s %12s %12s %9s %9s %13s %9s\n",
+                   "room", "hops", "agreed", "comm s", "base/comm", "prefill t/s", "decode t/s", "pre/base",
+                   "dec/base", "logit rel err", "token agr");
         else if (which == 'w')
             printf(csv ? "wire_dtype,bytes,bytes_vs_f32,comm_s,comm_f32_over_this,prefill_tok_s,decode_tok_s,prefill_vs_f32,"
                          "decode_vs_f32,logit_rel_err,token_agreement\n"
@@ -438,6 +454,11 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
                            : "%-8s %-6s %12.1f %12.1f %9.3f %9.3f %9.3f %9.3f %13.3g %9.4f\n",
                        epm_dtype_name(b->report.expert_dtype), epm_dtype_name(b->report.dense_dtype), pts, dts, pr, dr,
                        pb, db, e, agr);
+            else if (which == 'r')
+                printf(csv ? "%s,%lld,%lld,%.6f,%.3f,%.1f,%.1f,%.3f,%.3f,%.3g,%.4f\n"
+                           : "%-7s %10lld %11lld %10.6f %9.3f %12.1f %12.1f %9.3f %9.3f %13.3g %9.4f\n",
+                       k ? "offered" : "none", (long long)b->report.hops, (long long)b->report.hops_agreed, comm[k],
+                       comm[0] / comm[k], pts, dts, pr, dr, e, agr);
             else if (which == 'w')
                 printf(csv ? "%s,%lld,%.4f,%.6f,%.3f,%.1f,%.1f,%.3f,%.3f,%.3g,%.4f\n"
                            : "%-10s %12lld %9.4f %10.6f %9.3f %12.1f %12.1f %9.3f %9.3f %13.3g %9.4f\n",
@@ -530,7 +551,7 @@ int epm_bench_run(int argc, char **argv)
     const char *model = NULL, *methods_s = "contiguous,eplb,ilp", *modes_s = "home,follow", *workdir = "bench-run-work";
     long batch = 8, seq = 64, nnew = 8, slots = 0, vn = 0, reps = 2, warm = 1, v;
     double zipf = 1.0, aff = 0.8, tl = 20;
-    int csv = 0, c, dtypes = 0, mla = 0, kvdt = 0, widt = 0, nchunk = 0, ncont = 0;
+    int csv = 0, c, dtypes = 0, mla = 0, kvdt = 0, widt = 0, room = 0, nchunk = 0, ncont = 0;
     long chunk[8], cont[8];
     double rates[8], burstiness = 1;
     int nrates = 0, burst_given = 0, trace_arrivals = 0, scale_given = 0;
@@ -627,6 +648,7 @@ int epm_bench_run(int argc, char **argv)
         case O_MLA: mla = 1; break;
         case O_KVDT: kvdt = 1; break;
         case O_WIDT: widt = 1; break;
+        case O_ROOM: room = 1; break;
         case O_CHUNKS:
             if (!cli_parse_int_list(W, "--prefill-chunks", optarg, 1, INT32_MAX, "chunk sizes", chunk, 8, &nchunk))
                 return EPM_EXIT_USAGE;
@@ -719,19 +741,21 @@ int epm_bench_run(int argc, char **argv)
     if (turns > 1 && (int64_t)batch * turns > INT32_MAX / 4)
         return cli_usage_error(W, "--turns %ld: %ld conversations of %ld turns, too many sequences", turns, batch, turns);
     const int chunks = nchunk > 0, conts = ncont > 0, online = nrates > 0 || trace_arrivals;
-    if (!!ta_list + !!mod + dtypes + mla + kvdt + widt + chunks + conts + online + prefix > 1) {
+    if (!!ta_list + !!mod + dtypes + mla + kvdt + widt + chunks + conts + online + prefix + room > 1) {
         char given[256] = "";
         const char *name[] = {"--ta", "--mod", "--expert-dtypes", "--mla-cache", "--kv-dtypes", "--wire-dtypes",
                               "--prefill-chunks", "--continuous", nrates ? "--request-rates" : "--trace-arrivals",
-                              "--prefix-caching"};
-        const int on[] = {ta_list != NULL, mod != EPM_MOD_OFF, dtypes, mla, kvdt, widt, chunks, conts, online, prefix};
-        for (int i = 0; i < 10; i++)
+                              "--prefix-caching", "--room"};
+        const int on[] = {ta_list != NULL, mod != EPM_MOD_OFF, dtypes, mla, kvdt, widt, chunks, conts, online, prefix,
+                          room};
+        for (int i = 0; i < 11; i++)
             if (on[i])
                 snprintf(given + strlen(given), sizeof given - strlen(given), "%s%s", *given ? " and " : "", name[i]);
         return cli_usage_error(W, "%s: each is a bench of its own; give one", given);
     }
     /* the replayed trace is the placements' comparison's alone; the other benches route live */
-    if ((drift || plan_seed >= 0) && (ta_list || mod || dtypes || mla || kvdt || widt || chunks || conts || online || prefix))
+    if ((drift || plan_seed >= 0) &&
+        (ta_list || mod || dtypes || mla || kvdt || widt || chunks || conts || online || prefix || room))
         return cli_usage_error(W, "%s shapes the trace that the placements' comparison replays; the other benches "
                                "route live", drift ? "--drift" : "--plan-seed");
     /* as epmoe run refuses it, before any run */
@@ -843,7 +867,7 @@ int epm_bench_run(int argc, char **argv)
         pr = (const int32_t *const *)prompts;
         pl = lens;
     }
-    if (ta_list || mod || dtypes || mla || kvdt || widt || chunks || conts || online || prefix) {
+    if (ta_list || mod || dtypes || mla || kvdt || widt || chunks || conts || online || prefix || room) {
         epm_mode mode = EPM_MODE_HOME;
         char first[16];
         snprintf(first, sizeof first, "%s", modes_s);
@@ -855,6 +879,7 @@ int epm_bench_run(int argc, char **argv)
         if (me == 0 && !csv)
             printf("# bench run %s: %s, %d ranks (%d nodes), mode %s, %s, kernels %s, wire %s\n",
                    dtypes ? "--expert-dtypes" : mla ? "--mla-cache" : kvdt ? "--kv-dtypes" : widt ? "--wire-dtypes"
+                   : room ? "--room"
                    : chunks ? "--prefill-chunks" : conts ? "--continuous" : prefix ? "--prefix-caching"
                    : online ? (nrates ? "--request-rates" : "--trace-arrivals") : mod ? "--mod" : "--ta", model, R,
                    cl.nodes, epm_mode_name(mode), shape, kernels,
@@ -916,8 +941,8 @@ int epm_bench_run(int argc, char **argv)
             o.max_total_tokens = 0;
             o.chunk_counts_decode = 0; /* the chunks swept are prompt tokens alone */
             rc = epm_bench_run_chunks(x, &o, (int)batch, pl, pr, chunk, nchunk, (int)reps, csv);
-        } else if (dtypes || mla || kvdt || widt)
-            rc = variant_compare(x, dtypes ? 'd' : mla ? 'm' : kvdt ? 'k' : 'w', model, hc->fp8_block[0] > 0, mode, (int)vn, (int)batch, pl,
+        } else if (dtypes || mla || kvdt || widt || room)
+            rc = variant_compare(x, dtypes ? 'd' : mla ? 'm' : kvdt ? 'k' : room ? 'r' : 'w', model, hc->fp8_block[0] > 0, mode, (int)vn, (int)batch, pl,
                                  pr, (int)nnew, (int)reps, csv);
         else
             rc = fidelity_sweep(x, model, mod ? caps : ta_list, mod, mode, (int)vn, (int)batch, pl, pr, (int)nnew,

@@ -41,6 +41,10 @@ typedef struct epm_transport_ops {
      * sends nothing; the caller agrees with its peers that every rank
      * prepared, then posts (or releases). x need not outlive prepare. */
     epm_status (*prepare)(epm_transport *t, const epm_xfer *x, epm_xfer_req **req);
+    /* Optional (NULL: no such promise): once it succeeds, the next prepare
+     * cannot fail for lack of memory, so that an exchange whose ranks all
+     * hold room for what they receive needs no agreement after its counts. */
+    epm_status (*reserve)(epm_transport *t);
     /* Starts the transfer; NULL when it runs in wait. Frees req on failure. */
     epm_status (*post)(epm_transport *t, epm_xfer_req *req);
     /* Completes a posted step and frees it. */

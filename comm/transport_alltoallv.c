@@ -13,6 +13,53 @@ struct epm_xfer_req {
     size_t row_bytes;
 };
 
+/* Steps done are kept for the next (a few: split-phase callers have several
+ * in flight), which is also what reserve sets aside. */
+enum { SPARES = 4 };
+typedef struct {
+    epm_transport t;
+    epm_xfer_req *spare[SPARES];
+    int nspare;
+} a_transport;
+
+static epm_xfer_req *req_new(int R)
+{
+    epm_xfer_req *q = epm_calloc(1, sizeof *q);
+    int *c = epm_malloc(4 * (size_t)R * sizeof *c);
+    if (!q || !c) {
+        epm_free(q);
+        epm_free(c);
+        return NULL;
+    }
+    q->cnt = c;
+    return q;
+}
+
+static void req_done(epm_transport *t, epm_xfer_req *q)
+{
+    a_transport *a = (a_transport *)t;
+    if (!q)
+        return;
+    if (a->nspare < SPARES) {
+        a->spare[a->nspare++] = q;
+        return;
+    }
+    epm_free(q->cnt);
+    epm_free(q);
+}
+
+static epm_status a_reserve(epm_transport *t)
+{
+    a_transport *a = (a_transport *)t;
+    if (a->nspare)
+        return EPM_OK;
+    epm_xfer_req *q = req_new(t->size);
+    if (!q)
+        return epm_fail(EPM_ERR_NOMEM, "transport alltoallv: allocation of a step");
+    a->spare[a->nspare++] = q;
+    return EPM_OK;
+}
+
 static epm_status a_prepare(epm_transport *t, const epm_xfer *x, epm_xfer_req **out)
 {
     int R = t->size;
@@ -25,13 +72,11 @@ static epm_status a_prepare(epm_transport *t, const epm_xfer *x, epm_xfer_req **
     for (int64_t j = 1; j < ns; j++)
         if (x->src_rows[j] != base + (size_t)j * x->row_bytes)
             return epm_fail(EPM_ERR_INTERNAL, "transport alltoallv: row %lld of the step is not packed", (long long)j);
-    epm_xfer_req *q = epm_calloc(1, sizeof *q);
-    int *c = epm_malloc(4 * (size_t)R * sizeof *c);
-    if (!q || !c) {
-        epm_free(q);
-        epm_free(c);
+    a_transport *a = (a_transport *)t;
+    epm_xfer_req *q = a->nspare ? a->spare[--a->nspare] : req_new(R);
+    if (!q)
         return EPM_ERR_NOMEM;
-    }
+    int *c = q->cnt;
     for (int p = 0; p < R; p++) {
         /* the caller copies its own rows */
         c[p] = p == t->rank ? 0 : (int)(x->send_off[p + 1] - x->send_off[p]);
@@ -39,7 +84,6 @@ static epm_status a_prepare(epm_transport *t, const epm_xfer *x, epm_xfer_req **
         c[2 * R + p] = p == t->rank ? 0 : (int)(x->recv_off[p + 1] - x->recv_off[p]);
         c[3 * R + p] = (int)x->recv_off[p];
     }
-    q->cnt = c;
     q->sbuf = base;
     q->rbuf = x->recv;
     q->row_bytes = x->row_bytes;
@@ -59,31 +103,33 @@ static epm_status a_wait(epm_transport *t, epm_xfer_req *q)
         rc = MPI_Alltoallv(q->sbuf, c, c + R, row, q->rbuf, c + 2 * R, c + 3 * R, row, *(MPI_Comm *)t->mpi_comm);
         MPI_Type_free(&row);
     }
-    epm_free(c);
-    epm_free(q);
+    req_done(t, q);
     return rc == MPI_SUCCESS ? EPM_OK : epm_comm_mpi_err(rc, "MPI_Alltoallv of token rows");
 }
 
-static void a_release(epm_transport *t, epm_xfer_req *q)
+static void a_release(epm_transport *t, epm_xfer_req *q) { req_done(t, q); }
+
+static void a_destroy(epm_transport *t)
 {
-    (void)t;
-    if (q)
-        epm_free(q->cnt);
-    epm_free(q);
+    a_transport *a = (a_transport *)t;
+    for (int i = 0; i < a->nspare; i++) {
+        epm_free(a->spare[i]->cnt);
+        epm_free(a->spare[i]);
+    }
+    epm_free(a);
 }
 
-static void a_destroy(epm_transport *t) { epm_free(t); }
-
 static const epm_transport_ops alltoallv_ops = {
-    .name = "alltoallv", .device = 0, .prepare = a_prepare, .wait = a_wait, .release = a_release,
+    .name = "alltoallv", .device = 0, .prepare = a_prepare, .reserve = a_reserve, .wait = a_wait, .release = a_release,
     .destroy = a_destroy,
 };
 
 epm_status epm_transport_alltoallv_create(void *mpi_comm, int rank, int size, epm_transport **out)
 {
-    epm_transport *t = epm_calloc(1, sizeof *t);
-    if (!t)
+    a_transport *a = epm_calloc(1, sizeof *a);
+    if (!a)
         return EPM_ERR_NOMEM;
+    epm_transport *t = &a->t;
     t->ops = &alltoallv_ops;
     t->mpi_comm = mpi_comm;
     t->rank = rank;

@@ -182,6 +182,8 @@ typedef struct epm_xcomm_wire {
     int64_t bytes[EPM_LINK_COUNT];
     int64_t msgs[EPM_LINK_COUNT];
     int64_t exchanges, hier_exchanges;
+    int64_t hops, hops_agreed; /* hops (one a flat exchange), and those that agreed again after their counts
+                                  because some rank had no room for what all sent (epm_xcomm_counts_fit) */
 } epm_xcomm_wire;
 void epm_xcomm_wire_get(const epm_xcomm *x, epm_xcomm_wire *out);
 void epm_xcomm_wire_reset(epm_xcomm *x);
@@ -206,6 +208,17 @@ epm_status epm_xcomm_agree(epm_xcomm *x, epm_status local);
  * as epm_xcomm_agree does: any rank's failure fails it on every rank. send
  * NULL: zeros; recv NULL: scratch (a bare agreement). */
 epm_status epm_xcomm_counts(epm_xcomm *x, epm_status local, const int64_t *send, int64_t *recv);
+/* ... and with cap, the rows this rank can receive without allocating (-1:
+ * none): *fit (may be NULL) = 1 on every rank alike when every rank's cap
+ * covers the rows that all ranks send (*all, may be NULL), so that no rank
+ * can fail to hold what it receives and the exchange needs no agreement
+ * after its counts. */
+epm_status epm_xcomm_counts_fit(epm_xcomm *x, epm_status local, const int64_t *send, int64_t *recv, int64_t cap,
+                                int *fit, int64_t *all);
+/* on = 0: exchanges and all-gathers offer no room in their counts phase, so
+ * that each agrees again after it that every rank could allocate (as before
+ * the room was offered; bench a2a's baseline). Default 1. */
+void epm_xcomm_set_room(epm_xcomm *x, int on);
 /* 1 once an agreement or a counts phase has failed (every rank knows it),
  * timed out or met an MPI error (no rank can count on the others): a caller
  * on its way out owes no further agreement. */

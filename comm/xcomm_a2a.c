@@ -7,6 +7,7 @@
  * rows by destination, exchanges the per-peer counts, copies its own rows
  * and leaves the rest to the transport table (transport.h: alltoallv, p2p,
  * staged, NCCL). */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,9 @@ struct epm_xcomm_req {
 };
 
 enum { HDR = 2 * sizeof(int32_t) }; /* hierarchical rows: source rank, final rank, then the row */
+/* the most a hop sets aside to receive into before its counts: larger ones
+ * (prefill's) allocate after them and agree that every rank could */
+#define RECV_ROOM_MAX ((size_t)64 << 20)
 
 /* Scratch from the communicator's pool: a free block big enough, else the
  * biggest free one regrown, else (all in use by exchanges in flight) fresh. */
@@ -190,15 +194,46 @@ static epm_status hop_start(epm_xcomm *x, hop *h, int64_t n, const int *dest, co
             x->wire.bytes[l] += h->scount[r] * (int64_t)payload;
             x->wire.msgs[l]++;
         }
-    EPM_CHECK(epm_xcomm_counts(x, EPM_OK, h->scount, h->rcount));
+    /* Room to receive into, set aside before the counts: a rank that found
+     * no room after them could fail alone, so that every rank would have to
+     * agree again before sending. The counts phase tells every rank what all
+     * send in all and the room each has; where every rank's room covers it
+     * (decode's steady state: room for what the last hops moved), nobody can
+     * fail after the counts and that agreement is left out. */
+    size_t want = 0;
+    for (unsigned i = 0; i < sizeof x->recent / sizeof *x->recent; i++)
+        want = x->recent[i] > want ? x->recent[i] : want;
+    want += want / 4;
+    int64_t room = -1;
+    if (x->tr->ops->reserve && !x->no_room) {
+        epm_status rst = x->tr->ops->reserve(x->tr);
+        if (rst == EPM_OK && into) {
+            rst = grow((void **)&into->rows, &into->rows_cap, want);
+            room = (int64_t)(into->rows_cap / rb);
+        } else if (rst == EPM_OK && want) {
+            h->rbuf = pool_get(x, want);
+            h->rbuf_owned = h->rbuf != NULL;
+            rst = h->rbuf ? EPM_OK : EPM_ERR_NOMEM;
+            room = (int64_t)(want / rb);
+        }
+        if (rst != EPM_OK)
+            return hop_poison(x, rst);
+    }
+    int64_t all = 0;
+    int fit = 0;
+    EPM_CHECK(epm_xcomm_counts_fit(x, EPM_OK, h->scount, h->rcount, room, &fit, &all));
+    x->recent[x->nrecent++ % (sizeof x->recent / sizeof *x->recent)] =
+        (size_t)all * rb <= RECV_ROOM_MAX ? (size_t)all * rb : 0;
     for (int r = 0; r < R; r++)
         h->roff[r + 1] = h->roff[r] + h->rcount[r];
     h->nrecv = h->roff[R];
+    fit = fit && all <= INT_MAX; /* (a transport's counts are int) */
     epm_status ast = EPM_OK;
     if (into) {
         ast = grow((void **)&into->rows, &into->rows_cap, (size_t)h->nrecv * rb);
         h->rbuf = (char *)into->rows;
-    } else {
+    } else if (!h->rbuf || want < (size_t)h->nrecv * rb) {
+        pool_put(x, h->rbuf);
         h->rbuf = pool_get(x, (size_t)h->nrecv * rb);
         h->rbuf_owned = 1;
         ast = h->rbuf ? EPM_OK : EPM_ERR_NOMEM;
@@ -207,10 +242,15 @@ static epm_status hop_start(epm_xcomm *x, hop *h, int64_t n, const int *dest, co
                        .recv_off = h->roff, .tag = tag};
     if (ast == EPM_OK)
         ast = x->tr->ops->prepare(x->tr, &h->xf, &h->tq);
+    if (fit && ast != EPM_OK) /* (room and a reserved step: prepare cannot fail but by a bug) */
+        return epm_fail(EPM_ERR_INTERNAL, "rank %d: an exchange's step failed after its ranks found room: %s", me,
+                        epm_last_error());
     /* receive buffers and the transport's step: every rank has its own, or
      * nobody sends */
     int first = ast == EPM_OK ? R : me;
-    int rc = MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, x->comm);
+    x->wire.hops++;
+    x->wire.hops_agreed += !fit;
+    int rc = fit ? MPI_SUCCESS : MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, x->comm);
     if (rc != MPI_SUCCESS || first < R) {
         if (h->tq)
             x->tr->ops->release(x->tr, h->tq);

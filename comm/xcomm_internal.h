@@ -11,13 +11,19 @@ struct epm_xcomm {
     MPI_Comm comm;
     int rank, size, nodes, per_node;
     int *node_of;
-    int64_t *poison;   /* [2 * size]: what a counts phase sends and receives (see epm_xcomm_counts) */
+    int64_t *poison;   /* [8 * size]: what a counts phase sends and receives, 3 a peer (see epm_xcomm_counts_fit);
+                          the all-gather's counts beside them */
     epm_xcomm_a2a a2a;
     int hier;          /* resolved: exchanges take the hierarchical path */
     epm_transport *tr;
     unsigned seq;      /* exchanges started: tags of concurrent ones differ */
     int failed;        /* a counts phase (an agreement) failed on every rank, or timed out here */
     epm_xcomm_wire wire;
+    /* the bytes the last hops' ranks sent in all: what a hop sets aside to
+     * receive into before its counts (see hop_start in xcomm_a2a.c) */
+    size_t recent[8], ag_recent[8]; /* (and the all-gathers') */
+    unsigned nrecent, nag;
+    int no_room;       /* epm_xcomm_set_room(x, 0): offer none (every exchange agrees after its counts) */
     /* scratch kept between exchanges (see epm_xcomm_buf for why) */
     struct {
         void *p;

@@ -142,7 +142,7 @@ epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
     epm_xcomm *x = epm_calloc(1, sizeof *x);
     int *node_of = epm_malloc((size_t)size * sizeof *node_of);
     int *leads = epm_malloc((size_t)size * sizeof *leads);
-    int64_t *poison = epm_malloc(2 * (size_t)size * sizeof *poison);
+    int64_t *poison = epm_malloc(8 * (size_t)size * sizeof *poison);
     int ok = x && node_of && leads && poison, first = ok ? size : me;
     MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, comm);
     if (first < size) {
@@ -259,23 +259,46 @@ epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int w
     epm_status lst = !counts || !disp        ? EPM_ERR_NOMEM
                      : n < 0 || n > INT_MAX ? epm_fail(EPM_ERR_INVALID_ARG, "all-gather of %lld rows", (long long)n)
                                             : EPM_OK;
+    /* the result's rows set aside before the counts, as an exchange's hop
+     * does (xcomm_a2a.c): where every rank's room covers the rows gathered,
+     * no agreement after the counts. Each rank's counts to all R peers sum
+     * to R x its rows, so room is offered in those units. */
+    const size_t rowb = (size_t)width * sizeof(float);
+    size_t want = 0;
+    for (unsigned i = 0; i < sizeof x->ag_recent / sizeof *x->ag_recent; i++)
+        want = x->ag_recent[i] > want ? x->ag_recent[i] : want;
+    want += want / 4;
+    float *buf = NULL;
+    if (lst == EPM_OK && want && !x->no_room) {
+        buf = epm_malloc(want);
+        lst = buf ? EPM_OK : EPM_ERR_NOMEM;
+    }
+    int64_t room = buf && rowb ? (int64_t)(want / rowb) * R : -1; /* (none without a buffer: nothing to hand out) */
+    int64_t *sc = x->poison + 6 * R, *rc_ = x->poison + 7 * R; /* (R each, beside what the phase sends) */
     for (int r = 0; r < R; r++)
-        x->poison[r] = n;
-    epm_status st = epm_xcomm_counts(x, lst, x->poison, x->poison + R);
+        sc[r] = n;
+    int fit = 0;
+    epm_status st = epm_xcomm_counts_fit(x, lst, sc, rc_, room, &fit, NULL);
     if (st != EPM_OK) {
+        epm_free(buf);
         epm_free(counts);
         epm_free(disp);
         return st;
     }
     int64_t total = 0;
     for (int r = 0; r < R; r++) {
-        counts[r] = (int)x->poison[R + r];
+        counts[r] = (int)rc_[r];
         disp[r] = (int)total;
         total += counts[r];
     }
-    float *buf = epm_malloc((size_t)(total ? total : 1) * (size_t)width * sizeof *buf);
+    const size_t need = (size_t)(total ? total : 1) * rowb;
+    x->ag_recent[x->nag++ % (sizeof x->ag_recent / sizeof *x->ag_recent)] = need <= ((size_t)64 << 20) ? need : 0;
+    if (!fit && (!buf || want < need)) {
+        epm_free(buf);
+        buf = epm_malloc(need ? need : 1);
+    }
     int first = buf ? R : me;
-    int rc = MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, x->comm);
+    int rc = fit ? MPI_SUCCESS : MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, x->comm);
     if (rc != MPI_SUCCESS)
         st = epm_xcomm_mpi_err(rc, "MPI_Allreduce of the all-gather's buffer status");
     else if (first == me)
@@ -400,19 +423,37 @@ static epm_status blame(epm_xcomm *x, double waited)
  * of another's (EPM_ERR_REMOTE), so that the origin's message and code win. */
 enum { CODE_ORIGIN = -1, CODE_HEARD = -2 };
 
-epm_status epm_xcomm_counts(epm_xcomm *x, epm_status local, const int64_t *send, int64_t *recv)
+epm_status epm_xcomm_counts_fit(epm_xcomm *x, epm_status local, const int64_t *send, int64_t *recv, int64_t cap,
+                                int *fit, int64_t *all_out)
 {
     int R = x->size;
+    if (fit)
+        *fit = 0;
+    if (all_out)
+        *all_out = 0;
     /* The transfer goes through the communicator's own buffers: after a
      * timeout its request is left pending, and a late peer must not write
-     * into memory its caller has freed. */
-    int64_t *sb = x->poison, *rb = x->poison + R;
+     * into memory its caller has freed. Each peer gets three numbers: its
+     * count, this rank's total sent and the rows this rank could receive
+     * without allocating (-1: not offered), so that every rank learns the
+     * same total and capacities and decides alike whether any must allocate. */
+    int64_t *sb = x->poison, *rb = x->poison + 3 * R;
     if (local != EPM_OK || !send) {
         int64_t v = local == EPM_OK ? 0 : local == EPM_ERR_REMOTE ? CODE_HEARD : CODE_ORIGIN;
-        for (int r = 0; r < R; r++)
+        for (int r = 0; r < 3 * R; r++)
             sb[r] = v;
-    } else if (send != sb) {
-        memcpy(sb, send, (size_t)R * sizeof *sb);
+        if (local == EPM_OK) /* (a bare agreement offers no capacity) */
+            for (int r = 0; r < R; r++)
+                sb[3 * r + 2] = -1;
+    } else {
+        int64_t total = 0;
+        for (int r = 0; r < R; r++)
+            total += send[r];
+        for (int r = 0; r < R; r++) {
+            sb[3 * r] = send[r];
+            sb[3 * r + 1] = total;
+            sb[3 * r + 2] = cap;
+        }
     }
     /* The wait has a deadline: a rank that stalled or died must not hold the
      * others forever. After a timeout or an MPI error no rank can count on
@@ -422,8 +463,8 @@ epm_status epm_xcomm_counts(epm_xcomm *x, epm_status local, const int64_t *send,
     /* Without a deadline, MPI's blocking form (every rank has the same
      * timeout, so every rank calls the same form): it leaves Open MPI's
      * free lists as the exchange's counts always left them */
-    int rc = agree_timeout_s > 0 ? MPI_Ialltoall(sb, 1, MPI_INT64_T, rb, 1, MPI_INT64_T, x->comm, &req)
-                                 : MPI_Alltoall(sb, 1, MPI_INT64_T, rb, 1, MPI_INT64_T, x->comm);
+    int rc = agree_timeout_s > 0 ? MPI_Ialltoall(sb, 3, MPI_INT64_T, rb, 3, MPI_INT64_T, x->comm, &req)
+                                 : MPI_Alltoall(sb, 3, MPI_INT64_T, rb, 3, MPI_INT64_T, x->comm);
     if (rc != MPI_SUCCESS) {
         x->failed = 1;
         return epm_fail(EPM_ERR_MPI, "MPI_%salltoall of counts (and of failures) failed", agree_timeout_s > 0 ? "I" : "");
@@ -449,17 +490,29 @@ epm_status epm_xcomm_counts(epm_xcomm *x, epm_status local, const int64_t *send,
          * is slow or stalled, and 200 us naps leave it the core */
         nap_ns = epm_backoff(waited, nap_ns, 200000);
     }
-    if (recv && recv != rb)
-        memcpy(recv, rb, (size_t)R * sizeof *recv);
     /* lowest failing rank wins (origins before those that heard); its
      * message travels to everyone */
     int first = 2 * R;
     for (int r = 0; r < R; r++) {
-        int at = rb[r] == CODE_ORIGIN ? r : rb[r] == CODE_HEARD ? R + r : 2 * R;
+        int at = rb[3 * r] == CODE_ORIGIN ? r : rb[3 * r] == CODE_HEARD ? R + r : 2 * R;
         first = at < first ? at : first;
     }
-    if (first == 2 * R)
+    if (first == 2 * R) {
+        int64_t all = 0;
+        int ok = 1;
+        for (int r = 0; r < R; r++) {
+            if (recv)
+                recv[r] = rb[3 * r];
+            all += rb[3 * r + 1];
+        }
+        for (int r = 0; r < R; r++)
+            ok &= rb[3 * r + 2] >= all;
+        if (fit)
+            *fit = ok;
+        if (all_out)
+            *all_out = all;
         return EPM_OK;
+    }
     x->failed = 1;
     first %= R;
     char msg[1024];
@@ -474,9 +527,16 @@ epm_status epm_xcomm_counts(epm_xcomm *x, epm_status local, const int64_t *send,
     return epm_fail(EPM_ERR_REMOTE, "rank %d: %s: %s", first, epm_status_str((epm_status)code), msg);
 }
 
+epm_status epm_xcomm_counts(epm_xcomm *x, epm_status local, const int64_t *send, int64_t *recv)
+{
+    return epm_xcomm_counts_fit(x, local, send, recv, -1, NULL, NULL);
+}
+
 epm_status epm_xcomm_agree(epm_xcomm *x, epm_status local) { return epm_xcomm_counts(x, local, NULL, NULL); }
 
 int epm_xcomm_failed(const epm_xcomm *x) { return x->failed; }
+
+void epm_xcomm_set_room(epm_xcomm *x, int on) { x->no_room = !on; }
 
 int epm_xcomm_timed_out(void) { return timed_out; }
 

@@ -1103,6 +1103,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         st = epm_xcomm_create_opts(&xo, &r.x);
     if (st != EPM_OK)
         return st;
+    epm_xcomm_set_room(r.x, !o->exchange_no_room);
     /* asynchronous copies of experts between ranks get a communicator of their own, flat and posted at
      * once (p2p), so that they move under the passes whatever the passes' transport: the hierarchical
      * path's second hop and alltoallv would move them only at the switch, and NCCL's transport serves
@@ -1360,6 +1361,8 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     {
         epm_xcomm_wire wire, copies = {0};
         epm_xcomm_wire_get(r.x, &wire);
+        rep->hops = wire.hops;
+        rep->hops_agreed = wire.hops_agreed;
         if (r.xc) /* (asynchronous copies' communicator: all of its wire is theirs) */
             epm_xcomm_wire_get(r.xc, &copies);
         int64_t wv[4 * EPM_LINK_COUNT]; /* the tokens' bytes and messages, and the experts' copies' */

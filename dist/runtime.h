@@ -57,6 +57,9 @@ typedef struct epm_run_opts {
                                        they divide over the nodes (DeepSeek EPLB's hierarchical policy;
                                        epm_plan_rebalance's groups): 0 = the model's n_group (vLLM's
                                        and SGLang's choice), 1 = none (the global policy) */
+    int exchange_no_room;           /* exchanges offer no room to receive into in their counts phase, so
+                                       that each agrees again after it that every rank could allocate (as
+                                       before the room; bench run --room's baseline) */
     epm_mode mode;
     int virtual_nodes;
     int max_new_tokens;
@@ -272,6 +275,8 @@ typedef struct epm_run_report {
                                                 token and layer), in wire_bytes, not in the model's bytes */
     int64_t dense_kv_msgs[EPM_LINK_COUNT], mod_score_msgs[EPM_LINK_COUNT]; /* their messages, in wire_msgs */
     int hierarchical;      /* exchanges took the hierarchical (2DH) path */
+    int64_t hops, hops_agreed; /* the exchanges' hops (one a flat exchange), and those that agreed again after
+                                  their counts that every rank could allocate (some rank lacked room), rank 0's */
     int route_from_run;    /* epm_run_opts.route_from was recorded by a run of this batch (its prompt
                               tokens numbered as here), so its decoded tokens and passes were checked
                               against this run's; 0: another trace, its rows taken in this run's

@@ -258,7 +258,8 @@ def check(kind, args):
         R, a2a, sizes = int(args[0]), args[1], [int(s) for s in args[2].split(',')]
         rows = load(['ranks', 'nodes', 'a2a', 'hier', 'bytes', 'row_bytes', 'ours_us', 'ours_algbw_gbs', 'ours_busbw_gbs',
                      'raw_us', 'raw_algbw_gbs', 'raw_busbw_gbs', 'ratio', 'full_us', 'ratio_full', 'size', 'full16_us',
-                     'full_vs_full16', 'full8_us', 'full_vs_full8', 'agreed_us', 'agreed_vs_ours'])
+                     'full_vs_full16', 'full8_us', 'full_vs_full8', 'agreed_us', 'agreed_vs_ours', 'roomless_us',
+                     'roomless_vs_ours'])
         need(len(rows) == len(sizes), '%d size rows, expected %d (%s)' % (len(rows), len(sizes), sizes))
         for r, size in zip(rows, sizes):
             need((r['ranks'], r['nodes'], r['a2a'], r['hier']) == (str(R), '1', a2a, '0'),
@@ -270,9 +271,10 @@ def check(kind, args):
             need(num(r, 'row_bytes', 4) == min(size, 8192), 'row_bytes %s for size %d' % (r['row_bytes'], size))
             ours, raw, full = num(r, 'ours_us', 0, True), num(r, 'raw_us', 0, True), num(r, 'full_us', 0, True)
             f16, f8, ag = num(r, 'full16_us', 0, True), num(r, 'full8_us', 0, True), num(r, 'agreed_us', 0, True)
+            rl = num(r, 'roomless_us', 0, True)
             for k in ('ours_algbw_gbs', 'ours_busbw_gbs', 'raw_algbw_gbs', 'raw_busbw_gbs'):
                 num(r, k, 0)  # 0.0000 GB/s at 8 B on a slow machine
-            for k in ('ratio', 'ratio_full', 'full_vs_full16', 'full_vs_full8', 'agreed_vs_ours'):
+            for k in ('ratio', 'ratio_full', 'full_vs_full16', 'full_vs_full8', 'agreed_vs_ours', 'roomless_vs_ours'):
                 num(r, k, 0, True)
             if ours > 0 and raw > 0 and full > 0 and f16 > 0 and f8 > 0:
                 agrees(r, 'ratio', ours / raw, ['ours_us', 'raw_us'], 'ours_us / raw_us')
@@ -281,6 +283,8 @@ def check(kind, args):
                 agrees(r, 'full_vs_full8', full / f8, ['full_us', 'full8_us'], 'full_us / full8_us')
                 if ag > 0:
                     agrees(r, 'agreed_vs_ours', ag / ours, ['agreed_us', 'ours_us'], 'agreed_us / ours_us')
+                if rl > 0:
+                    agrees(r, 'roomless_vs_ours', rl / ours, ['roomless_us', 'ours_us'], 'roomless_us / ours_us')
                 for side, t in (('ours', ours), ('raw', raw)):
                     agrees(r, side + '_algbw_gbs', 2 * b / t / 1e3, ['bytes', side + '_us'], '2 * bytes / ' + side + '_us')
                     agrees(r, side + '_busbw_gbs', 2 * b / t / 1e3 * (R - 1) / R, ['bytes', side + '_us'],
@@ -292,22 +296,23 @@ def check(kind, args):
         need(any(l.startswith('# epmoe bench a2a: %d ranks' % R) for l in lines),
              'no "# epmoe bench a2a: %d ranks" line' % R)
         need(['size', 'row', 'ours_us', 'algbw', 'busbw', 'raw_us', 'algbw', 'busbw', 'ratio', 'full_us', 'ratio',
-              'full16_us', 'f/f16', 'full8_us', 'f/f8', 'agreed_us', 'a/o'] in
+              'full16_us', 'f/f16', 'full8_us', 'f/f8', 'agreed_us', 'a/o', 'roomless_us', 'r/o'] in
              [l.split() for l in lines], 'no table header')
         body = [l.split() for l in lines if l.strip() and not l.startswith('#') and not l.split()[0] == 'size']
         need(len(body) == len(sizes), '%d size rows, expected %d (%s)' % (len(body), len(sizes), sizes))
         for b, size in zip(body, sizes):
-            need(len(b) == 18, 'row %s: %d fields' % (b, len(b)))
-            if len(b) != 18:
+            need(len(b) == 20, 'row %s: %d fields' % (b, len(b)))
+            if len(b) != 20:
                 continue
             r = dict(zip(['n', 'unit', 'row', 'ours', 'oa', 'ob', 'raw', 'ra', 'rb', 'ratio', 'full', 'ratio_full',
-                          'full16', 'f_f16', 'full8', 'f_f8', 'agreed', 'a_o'], b))
+                          'full16', 'f_f16', 'full8', 'f_f8', 'agreed', 'a_o', 'roomless', 'r_o'], b))
             n = num(r, 'n', 0, True) * {'B': 1, 'KiB': 1024, 'MiB': 1 << 20}.get(r['unit'], float('nan'))
             need(size - 0.5 <= n <= 2 * size + 0.5, 'size %s %s for %d bytes' % (r['n'], r['unit'], size))
             need(r['row'] == str(min(size, 8192)), 'row bytes %s for size %d' % (r['row'], size))
             ours, raw, full = num(r, 'ours', 0, True), num(r, 'raw', 0, True), num(r, 'full', 0, True)
             f16, f8, ag = num(r, 'full16', 0, True), num(r, 'full8', 0, True), num(r, 'agreed', 0, True)
-            for k in ('oa', 'ob', 'ra', 'rb', 'ratio', 'ratio_full', 'f_f16', 'f_f8', 'a_o'):
+            rl = num(r, 'roomless', 0, True)
+            for k in ('oa', 'ob', 'ra', 'rb', 'ratio', 'ratio_full', 'f_f16', 'f_f8', 'a_o', 'r_o'):
                 num(r, k, 0)  # a bandwidth may print as 0.000 at 8 B
             if ours > 0 and raw > 0 and full > 0 and f16 > 0 and f8 > 0:
                 agrees(r, 'ratio', ours / raw, ['ours', 'raw'], 'ours_us / raw_us')
@@ -316,6 +321,8 @@ def check(kind, args):
                 agrees(r, 'f_f8', full / f8, ['full', 'full8'], 'full_us / full8_us')
                 if ag > 0:
                     agrees(r, 'a_o', ag / ours, ['agreed', 'ours'], 'agreed_us / ours_us')
+                if rl > 0:
+                    agrees(r, 'r_o', rl / ours, ['roomless', 'ours'], 'roomless_us / ours_us')
         # the agreement's latency beside a blocking MPI_Allreduce, last
         m = re.fullmatch(r'# a bare agreement \(epm_xcomm_agree: a counts phase of zeros, polled with a deadline\): (\S+) us; '
                          r'blocking MPI_Allreduce of one int: (\S+) us; ratio (\S+)', lines[-1] if lines else '')
@@ -606,7 +613,7 @@ ok "bench a2a 3 ranks csv" mpi -np 3 "$E" bench a2a --a2a p2p --hier off --max-b
   csvcheck a2a 3 p2p 8,128,2048
 # one rank: nothing leaves it, so the ratio fields are empty, never a number
 ok "bench a2a 1 rank csv" mpi -np 1 "$E" bench a2a --max-bytes 64 --step 8 --time 0.01 --csv &&
-  { [ "$(awk -F, 'NR > 1 && NF == 22 && $1 == 1 && $5 == 0 && $13 == "" && $15 == "" && $18 == "" && $20 == "" && $22 == ""' "$d/out" | wc -l)" = 2 ] ||
+  { [ "$(awk -F, 'NR > 1 && NF == 24 && $1 == 1 && $5 == 0 && $13 == "" && $15 == "" && $18 == "" && $20 == "" && $22 == "" && $24 == ""' "$d/out" | wc -l)" = 2 ] ||
     { fail "bench a2a at 1 rank: not two rows of 0 bytes without ratios"; show; }; }
 help_ok a2a --max-bytes --step --time --a2a --csv
 usage a2a --max-bytes x --max-bytes x

@@ -424,6 +424,59 @@ static void test_comm_xcomm_allgather(void **state)
     epm_xcomm_destroy(x);
 }
 
+/* Room offered in the counts phase (epm_xcomm_counts_fit): an exchange into
+ * a buffer that already holds room for what all ranks send agrees nothing
+ * after its counts, one that outgrew it does, and each gets the same rows.
+ * Every rank counts the same hops agreed: the decision is everyone's. */
+static void test_comm_xcomm_room(void **state)
+{
+    (void)state;
+    const xscen small = {.seed = 11, .dest = XD_RANDOM, .max_rows = 12},
+                big = {.seed = 12, .dest = XD_RANDOM, .max_rows = 400};
+    for (int a = EPM_XA2A_ALLTOALLV; a <= EPM_XA2A_P2P; a++) {
+        epm_xcomm *x = fx_xcomm(0, (epm_xcomm_a2a)a, EPM_XHIER_OFF);
+        epm_xcomm_buf buf = {0};
+        /* small three times, big once, small with the room switched off */
+        const xscen *seq[5] = {&small, &small, &small, &big, &small};
+        int64_t agreed[5];
+        for (int i = 0; i < 5; i++) {
+            int64_t n;
+            int *dest;
+            float *rows;
+            xs_make(seq[i], R, me, &n, &dest, &rows);
+            epm_xcomm_set_room(x, i < 4);
+            epm_xcomm_wire_reset(x);
+            int64_t counted[EPM_LINK_COUNT] = {0};
+            assert_int_equal(epm_xcomm_exchange_buf(x, n, dest, rows, XW, XP, counted, &buf), EPM_OK);
+            fx_rows b = fx_got(buf.rows, buf.src, buf.n, counted);
+            fx_same_ref(&b, fx_xs_ref(seq[i], 0), FX_SRC | FX_COUNTED);
+            epm_xcomm_wire w;
+            epm_xcomm_wire_get(x, &w);
+            assert_int_equal(w.hops, 1);
+            agreed[i] = w.hops_agreed;
+            /* (the same on every rank) */
+            int64_t all = agreed[i];
+            assert_int_equal(epm_xcomm_sum_i64(x, &all, 1), EPM_OK);
+            assert_int_equal(all, R * agreed[i]);
+            epm_free(dest);
+            epm_free(rows);
+        }
+        epm_xcomm_set_room(x, 1);
+        if (a == EPM_XA2A_P2P) { /* (its steps allocate datatypes after the counts: always agreed) */
+            for (int i = 0; i < 5; i++)
+                assert_int_equal(agreed[i], 1);
+        } else {
+            /* the first has only what nobody sent before; the big one outgrew the room the
+             * small ones left (R x 400 rows > 1.25 x R x 12) */
+            int64_t want[5] = {1, 0, 0, 1, 1};
+            for (int i = 0; i < 5; i++)
+                assert_int_equal(agreed[i], want[i]);
+        }
+        epm_xcomm_buf_free(&buf);
+        epm_xcomm_destroy(x);
+    }
+}
+
 /* one failure, on one rank: every rank returns an error that names it */
 static void test_comm_xcomm_agree(void **state)
 {
@@ -467,6 +520,7 @@ int main(void)
         FX_TEST(test_comm_xcomm_virtual_nodes),
         FX_TEST(test_comm_xcomm_split_phase),
         FX_TEST(test_comm_xcomm_start_lent),
+        FX_TEST(test_comm_xcomm_room),
         FX_TEST(test_comm_xcomm_bad_input),
         FX_TEST(test_comm_xcomm_allgather),
         FX_TEST(test_comm_xcomm_agree),
