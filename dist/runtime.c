@@ -833,13 +833,15 @@ static epm_status prompt_gather(rt *r, const float *rec, int64_t nrec, epm_run_r
  * prompt ends here and every decoding one are sampled, their records summed
  * at the next pass. A pass with prompt tokens files its kept logits and
  * prompt logprobs on rank 0 (res->logits, res->prompt_lp). */
+/* in: this rank's status from before the pass (its admissions'), not yet
+ * agreed: it joins the pass's first agreement */
 static epm_status run_pass(rt *r, const epm_sched_pass *sp, const int32_t *const *prompts, const pass_out *po,
-                           int trace_of_run, epm_run_result *res)
+                           int trace_of_run, epm_run_result *res, epm_status in)
 {
     const epm_run_opts *o = r->o;
     const epm_model_config *c = r->c;
     const int V = c->vocab_size, H = c->hidden_size, maxnew = po->maxnew;
-    epm_status st = EPM_OK;
+    epm_status st = in;
     /* the pass's windows: its prompt tokens' (the pieces' among them), then its decode tokens */
     int64_t g0 = r->N, gend = 0;
     r->chunk = (int)sp->index;
@@ -922,7 +924,10 @@ static epm_status run_pass(rt *r, const epm_sched_pass *sp, const int32_t *const
         }
     if (st == EPM_OK)
         st = embed(r, n, g, tok, h);
-    if ((st = sync(r, st)) != EPM_OK)
+    /* forward's first collective starts with a counts phase (an exchange or
+     * an all-gather), where a rank that failed meets the others with its
+     * failure: an agreement here only where this rank failed */
+    if ((st = epm_rt_ready(r, st)) != EPM_OK)
         goto out;
     /* forward's failures after its last agreement (follow mode's way home)
      * are this rank's alone: they join the logits' agreement */
@@ -955,13 +960,12 @@ static epm_status run_pass(rt *r, const epm_sched_pass *sp, const int32_t *const
     }
     if (st == EPM_OK)
         st = logits(r, keep, h, &lg);
-    if ((st = sync(r, st)) != EPM_OK)
-        goto out;
-    /* a failure from here on is this rank's: the next agreement has it */
-    rows = res->logits_kept ? epm_malloc((size_t)(kp ? kp : 1) * (2 + V) * sizeof *rows) : NULL;
+    /* a failure from here on is this rank's (nothing below is collective
+     * until the sampling's agreement, which has it) */
+    rows = st == EPM_OK && res->logits_kept ? epm_malloc((size_t)(kp ? kp : 1) * (2 + V) * sizeof *rows) : NULL;
     const int PW = prompt_rec_width(o);
-    prec = o->prompt_logprobs_on ? epm_malloc((size_t)(kp ? kp : 1) * PW * sizeof *prec) : NULL;
-    if ((res->logits_kept && !rows) || (o->prompt_logprobs_on && !prec))
+    prec = st == EPM_OK && o->prompt_logprobs_on ? epm_malloc((size_t)(kp ? kp : 1) * PW * sizeof *prec) : NULL;
+    if (st == EPM_OK && ((res->logits_kept && !rows) || (o->prompt_logprobs_on && !prec)))
         st = EPM_ERR_NOMEM;
     /* sampled: each prompt's last row (when tokens are asked for) and every decode row */
     int nsample = 0;
@@ -991,6 +995,7 @@ static epm_status run_pass(rt *r, const epm_sched_pass *sp, const int32_t *const
     /* rank 0 files the prompt rows' logits it was asked to keep, and their prompt logprobs */
     void *all = NULL;
     int64_t nb = 0;
+    const int gathered = st == EPM_OK && sp->n_pre && (res->logits_kept || prec);
     if (st == EPM_OK && sp->n_pre && res->logits_kept)
         st = epm_xcomm_gather_bytes(r->x, rows, kept * (2 + V) * (int64_t)sizeof(float), &all, &nb);
     if (st == EPM_OK && sp->n_pre && prec)
@@ -1001,7 +1006,8 @@ static epm_status run_pass(rt *r, const epm_sched_pass *sp, const int32_t *const
             memcpy(res->logits + get_g(a + i * (2 + V)) * V, a + i * (2 + V) + 2, (size_t)V * sizeof(float));
     }
     epm_free(all);
-    st = sync(r, st);
+    if (gathered) /* (rank 0's filing may fail alone; a pass that gathered nothing has agreed above) */
+        st = sync(r, st);
     if (st != EPM_OK)
         goto out;
     /* every rank follows every sequence: who has a token in the next sum, who is done */
@@ -1280,12 +1286,14 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
             if (st == EPM_OK && sp.cached[i] > 0 && !taken)
                 kv_copy_prefix(&r, s, d, sp.cached[i]);
         }
-        EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
-        /* (the pass's number counts the non-empty ones, which online rebalancing counts) */
-        if (o->eplb_interval > 0)
+        /* the admissions' failures join the pass's first agreement, unless rebalancing's collectives
+         * come first (the pass's number counts the non-empty ones, which online rebalancing counts) */
+        if (o->eplb_interval > 0) {
+            EPM_CHECK_GOTO(sync(&r, st), st, fail_gen);
             EPM_CHECK_GOTO(epm_eplb_pass(&r, sp.index), st, fail_gen);
+        }
         r.eplb_counting = epm_eplb_counts(o->eplb_interval, o->eplb_window, sp.index);
-        EPM_CHECK_GOTO(run_pass(&r, &sp, prompts, &po, trace_of_run, res), st, fail_gen);
+        EPM_CHECK_GOTO(run_pass(&r, &sp, prompts, &po, trace_of_run, res, st), st, fail_gen);
         /* a mixed pass's seconds are shared out by its tokens */
         const double t1 = epm_now(), dt = t1 - t0, pre = (double)sp.pre_tokens / (double)(sp.pre_tokens + sp.n_dec);
         res->report.t_prefill += dt * pre;
