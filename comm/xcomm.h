@@ -191,6 +191,8 @@ void epm_xcomm_wire_reset(epm_xcomm *x);
 int epm_xcomm_hierarchical(const epm_xcomm *x);
 epm_xcomm_a2a epm_xcomm_transport(const epm_xcomm *x);
 int epm_xcomm_node_of(const epm_xcomm *x, int rank);
+/* The ranks on this rank's machine (MPI's shared-memory split; real, also under virtual nodes). */
+int epm_xcomm_local_ranks(const epm_xcomm *x);
 
 /* Every rank receives every rank's rows, in rank order. Counted as one copy
  * to each other rank. */

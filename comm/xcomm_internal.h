@@ -10,6 +10,7 @@
 struct epm_xcomm {
     MPI_Comm comm;
     int rank, size, nodes, per_node;
+    int local_ranks;   /* ranks on this machine (MPI's shared-memory split), also under virtual nodes */
     int *node_of;
     int64_t *poison;   /* [8 * size]: what a counts phase sends and receives, 3 a peer (see epm_xcomm_counts_fit);
                           the all-gather's counts beside them */

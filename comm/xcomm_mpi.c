@@ -164,6 +164,15 @@ epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
     x->node_of = node_of;
     x->poison = poison;
     epm_status st = EPM_OK;
+    {
+        /* the ranks on this machine, whatever nodes are pretended: they share its cores */
+        MPI_Comm shm;
+        x->local_ranks = 1;
+        if (MPI_Comm_split_type(x->comm, MPI_COMM_TYPE_SHARED, x->rank, MPI_INFO_NULL, &shm) == MPI_SUCCESS) {
+            MPI_Comm_size(shm, &x->local_ranks);
+            MPI_Comm_free(&shm);
+        }
+    }
     if (virtual_nodes > 0) {
         if (x->size % virtual_nodes)
             st = epm_fail(EPM_ERR_INVALID_ARG, "--virtual-nodes %d does not divide the %d ranks", virtual_nodes,
@@ -535,6 +544,8 @@ epm_status epm_xcomm_counts(epm_xcomm *x, epm_status local, const int64_t *send,
 epm_status epm_xcomm_agree(epm_xcomm *x, epm_status local) { return epm_xcomm_counts(x, local, NULL, NULL); }
 
 int epm_xcomm_failed(const epm_xcomm *x) { return x->failed; }
+
+int epm_xcomm_local_ranks(const epm_xcomm *x) { return x->local_ranks; }
 
 void epm_xcomm_set_room(epm_xcomm *x, int on) { x->no_room = !on; }
 

@@ -17,6 +17,7 @@
 #include "rebalance.h"
 #include "ops_gpu.h"
 #include "model_internal.h"
+#include "cpu_threads.h"
 #include "runtime_internal.h"
 
 static int home_of(const rt *r, int64_t g) { return seq_of(r, g) % r->R; }
@@ -1110,6 +1111,9 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     if (st != EPM_OK)
         return st;
     epm_xcomm_set_room(r.x, !o->exchange_no_room);
+    /* OMP_NUM_THREADS, else this rank's share of its machine's cores: OpenMP's own default, every core,
+     * gives each of several ranks on a machine a team as large as the machine (kernels/cpu_threads.c) */
+    const int cpu_threads = epm_cpu_threads_share(epm_xcomm_local_ranks(r.x));
     /* asynchronous copies of experts between ranks get a communicator of their own, flat and posted at
      * once (p2p), so that they move under the passes whatever the passes' transport: the hierarchical
      * path's second hop and alltoallv would move them only at the switch, and NCCL's transport serves
@@ -1369,6 +1373,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     {
         epm_xcomm_wire wire, copies = {0};
         epm_xcomm_wire_get(r.x, &wire);
+        rep->cpu_threads = cpu_threads;
         rep->hops = wire.hops;
         rep->hops_agreed = wire.hops_agreed;
         if (r.xc) /* (asynchronous copies' communicator: all of its wire is theirs) */

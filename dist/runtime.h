@@ -275,6 +275,8 @@ typedef struct epm_run_report {
                                                 token and layer), in wire_bytes, not in the model's bytes */
     int64_t dense_kv_msgs[EPM_LINK_COUNT], mod_score_msgs[EPM_LINK_COUNT]; /* their messages, in wire_msgs */
     int hierarchical;      /* exchanges took the hierarchical (2DH) path */
+    int cpu_threads;       /* OpenMP threads of rank 0's CPU kernels: OMP_NUM_THREADS, else its share of its
+                              machine's cores (kernels/cpu_threads.c) */
     int64_t hops, hops_agreed; /* the exchanges' hops (one a flat exchange), and those that agreed again after
                                   their counts that every rank could allocate (some rank lacked room), rank 0's */
     int route_from_run;    /* epm_run_opts.route_from was recorded by a run of this batch (its prompt
