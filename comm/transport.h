@@ -39,7 +39,8 @@ typedef struct epm_transport_ops {
      * leaves its peers waiting inside a transfer: prepare does everything
      * that can fail locally (allocations, datatypes, staging copies) and
      * sends nothing; the caller agrees with its peers that every rank
-     * prepared, then posts (or releases). x need not outlive prepare. */
+     * prepared, then posts (or releases), unless every rank reserved (below)
+     * and had room, when no prepare can fail. x need not outlive prepare. */
     epm_status (*prepare)(epm_transport *t, const epm_xfer *x, epm_xfer_req **req);
     /* Optional (NULL: no such promise): once it succeeds, the next prepare
      * cannot fail for lack of memory, so that an exchange whose ranks all
