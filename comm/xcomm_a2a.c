@@ -39,9 +39,6 @@ struct epm_xcomm_req {
 };
 
 enum { HDR = 2 * sizeof(int32_t) }; /* hierarchical rows: source rank, final rank, then the row */
-/* the most a hop sets aside to receive into before its counts: larger ones
- * (prefill's) allocate after them and agree that every rank could */
-#define RECV_ROOM_MAX ((size_t)64 << 20)
 
 /* Scratch from the communicator's pool: a free block big enough, else the
  * biggest free one regrown, else (all in use by exchanges in flight) fresh. */
@@ -200,10 +197,7 @@ static epm_status hop_start(epm_xcomm *x, hop *h, int64_t n, const int *dest, co
      * send in all and the room each has; where every rank's room covers it
      * (decode's steady state: room for what the last hops moved), nobody can
      * fail after the counts and that agreement is left out. */
-    size_t want = 0;
-    for (unsigned i = 0; i < sizeof x->recent / sizeof *x->recent; i++)
-        want = x->recent[i] > want ? x->recent[i] : want;
-    want += want / 4;
+    const size_t want = epm_xcomm_room_want(&x->hop_room);
     int64_t room = -1;
     if (x->tr->ops->reserve && !x->no_room) {
         epm_status rst = x->tr->ops->reserve(x->tr);
@@ -222,8 +216,7 @@ static epm_status hop_start(epm_xcomm *x, hop *h, int64_t n, const int *dest, co
     int64_t all = 0;
     int fit = 0;
     EPM_CHECK(epm_xcomm_counts_fit(x, EPM_OK, h->scount, h->rcount, room, &fit, &all));
-    x->recent[x->nrecent++ % (sizeof x->recent / sizeof *x->recent)] =
-        (size_t)all * rb <= RECV_ROOM_MAX ? (size_t)all * rb : 0;
+    epm_xcomm_room_note(&x->hop_room, (size_t)all * rb);
     for (int r = 0; r < R; r++)
         h->roff[r + 1] = h->roff[r] + h->rcount[r];
     h->nrecv = h->roff[R];

@@ -7,6 +7,30 @@
 #include "transport.h"
 #include "xcomm.h"
 
+/* The room a hop or an all-gather sets aside to receive into before its
+ * counts (epm_xcomm_counts_fit): as much as the last 8 moved in all, plus a
+ * quarter. Above ROOM_MAX (prefill's) a receive is not foreseen: it
+ * allocates after the counts and every rank agrees that it could. */
+enum { EPM_XCOMM_ROOM_LAST = 8 };
+#define EPM_XCOMM_ROOM_MAX ((size_t)64 << 20)
+typedef struct epm_xcomm_room {
+    size_t last[EPM_XCOMM_ROOM_LAST];
+    unsigned n;
+} epm_xcomm_room;
+
+static inline size_t epm_xcomm_room_want(const epm_xcomm_room *m)
+{
+    size_t want = 0;
+    for (int i = 0; i < EPM_XCOMM_ROOM_LAST; i++)
+        want = m->last[i] > want ? m->last[i] : want;
+    return want + want / 4;
+}
+
+static inline void epm_xcomm_room_note(epm_xcomm_room *m, size_t bytes)
+{
+    m->last[m->n++ % EPM_XCOMM_ROOM_LAST] = bytes <= EPM_XCOMM_ROOM_MAX ? bytes : 0;
+}
+
 struct epm_xcomm {
     MPI_Comm comm;
     int rank, size, nodes, per_node;
@@ -20,10 +44,7 @@ struct epm_xcomm {
     unsigned seq;      /* exchanges started: tags of concurrent ones differ */
     int failed;        /* a counts phase (an agreement) failed on every rank, or timed out here */
     epm_xcomm_wire wire;
-    /* the bytes the last hops' ranks sent in all: what a hop sets aside to
-     * receive into before its counts (see hop_start in xcomm_a2a.c) */
-    size_t recent[8], ag_recent[8]; /* (and the all-gathers') */
-    unsigned nrecent, nag;
+    epm_xcomm_room hop_room, ag_room; /* what exchanges' hops and all-gathers set aside before their counts */
     int no_room;       /* epm_xcomm_set_room(x, 0): offer none (every exchange agrees after its counts) */
     /* scratch kept between exchanges (see epm_xcomm_buf for why) */
     struct {

@@ -164,15 +164,15 @@ epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
     x->node_of = node_of;
     x->poison = poison;
     epm_status st = EPM_OK;
-    {
-        /* the ranks on this machine, whatever nodes are pretended: they share its cores */
-        MPI_Comm shm;
-        x->local_ranks = 1;
-        if (MPI_Comm_split_type(x->comm, MPI_COMM_TYPE_SHARED, x->rank, MPI_INFO_NULL, &shm) == MPI_SUCCESS) {
-            MPI_Comm_size(shm, &x->local_ranks);
-            MPI_Comm_free(&shm);
-        }
-    }
+    /* the ranks on this machine (they share its cores, whatever nodes are
+     * pretended), and without virtual nodes the nodes themselves */
+    MPI_Comm shm;
+    int lead = x->rank;
+    MPI_Comm_split_type(x->comm, MPI_COMM_TYPE_SHARED, x->rank, MPI_INFO_NULL, &shm);
+    MPI_Comm_size(shm, &x->local_ranks);
+    if (virtual_nodes <= 0)
+        MPI_Allreduce(MPI_IN_PLACE, &lead, 1, MPI_INT, MPI_MIN, shm);
+    MPI_Comm_free(&shm);
     if (virtual_nodes > 0) {
         if (x->size % virtual_nodes)
             st = epm_fail(EPM_ERR_INVALID_ARG, "--virtual-nodes %d does not divide the %d ranks", virtual_nodes,
@@ -181,11 +181,6 @@ epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
             x->node_of[r] = r / (x->size / virtual_nodes);
     } else {
         /* real nodes: the shared-memory split, numbered by their lowest rank */
-        MPI_Comm shm;
-        int lead = x->rank;
-        MPI_Comm_split_type(x->comm, MPI_COMM_TYPE_SHARED, x->rank, MPI_INFO_NULL, &shm);
-        MPI_Allreduce(MPI_IN_PLACE, &lead, 1, MPI_INT, MPI_MIN, shm);
-        MPI_Comm_free(&shm);
         MPI_Allgather(&lead, 1, MPI_INT, leads, 1, MPI_INT, x->comm);
         /* node id = how many node leaders come before this rank's leader */
         for (int r = 0; r < x->size; r++) {
@@ -273,10 +268,7 @@ epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int w
      * no agreement after the counts. Each rank's counts to all R peers sum
      * to R x its rows, so room is offered in those units. */
     const size_t rowb = (size_t)width * sizeof(float);
-    size_t want = 0;
-    for (unsigned i = 0; i < sizeof x->ag_recent / sizeof *x->ag_recent; i++)
-        want = x->ag_recent[i] > want ? x->ag_recent[i] : want;
-    want += want / 4;
+    const size_t want = epm_xcomm_room_want(&x->ag_room);
     float *buf = NULL;
     if (lst == EPM_OK && want && !x->no_room) {
         buf = epm_malloc(want);
@@ -301,7 +293,7 @@ epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int w
         total += counts[r];
     }
     const size_t need = (size_t)(total ? total : 1) * rowb;
-    x->ag_recent[x->nag++ % (sizeof x->ag_recent / sizeof *x->ag_recent)] = need <= ((size_t)64 << 20) ? need : 0;
+    epm_xcomm_room_note(&x->ag_room, need);
     if (!fit && (!buf || want < need)) {
         epm_free(buf);
         buf = epm_malloc(need ? need : 1);
