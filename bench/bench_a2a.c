@@ -507,14 +507,18 @@ int epm_bench_a2a(int argc, char **argv)
                                g.min, g.max);
     if (g.k > g.epr * 1024)
         return cli_usage_error("bench a2a", "--k %ld: more than the experts", g.k);
+    if (cli_virtual_nodes_usage("bench a2a", xo.virtual_nodes) != EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     epm_xcomm *x;
     st = epm_xcomm_create_opts(&xo, &x);
     if (st != EPM_OK)
-        return cli_fail("bench a2a", st);
+        return cli_fail_agreed("bench a2a", st);
     int R = epm_xcomm_size(x), me = epm_xcomm_rank(x);
     if (g.k > g.epr * R) {
         epm_xcomm_destroy(x);
         epm_xcomm_finalize();
+        if (me)
+            return EPM_EXIT_USAGE;
         return cli_usage_error("bench a2a", "--k %ld: more than the %ld experts", g.k, g.epr * R);
     }
     epm_cluster cl;

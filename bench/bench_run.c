@@ -792,10 +792,12 @@ int epm_bench_run(int argc, char **argv)
             return cli_usage_error(W, "--mla-cache: %s is not a multi-head latent attention model (DeepSeek-V2/V3)",
                                    model);
     }
+    if (cli_virtual_nodes_usage(W, vn) != EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     epm_xcomm *x;
     epm_status st = epm_xcomm_create((int)vn, &x);
     if (st != EPM_OK)
-        return cli_fail(W, st);
+        return cli_fail_agreed(W, st);
     int me = epm_xcomm_rank(x), R = epm_xcomm_size(x);
     epm_cluster cl;
     epm_xcomm_cluster(x, &cl);

@@ -1,6 +1,6 @@
 #include "mpi_world.h"
 
-epm_status epm_mpi_world_dup(MPI_Comm *comm, int *rank, int *size)
+epm_status epm_mpi_world_up(void)
 {
     int inited = 0;
     MPI_Initialized(&inited);
@@ -10,6 +10,12 @@ epm_status epm_mpi_world_dup(MPI_Comm *comm, int *rank, int *size)
         if (MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
             return epm_fail(EPM_ERR_MPI, "MPI_Init_thread failed");
     }
+    return EPM_OK;
+}
+
+epm_status epm_mpi_world_dup(MPI_Comm *comm, int *rank, int *size)
+{
+    EPM_CHECK(epm_mpi_world_up());
     if (MPI_Comm_dup(MPI_COMM_WORLD, comm) != MPI_SUCCESS)
         return epm_fail(EPM_ERR_MPI, "MPI_Comm_dup(MPI_COMM_WORLD) failed");
     MPI_Comm_set_errhandler(*comm, MPI_ERRORS_RETURN);

@@ -9,6 +9,8 @@
 
 #include "core.h"
 
+/* MPI up (FUNNELED) unless it already is. */
+epm_status epm_mpi_world_up(void);
 epm_status epm_mpi_world_dup(MPI_Comm *comm, int *rank, int *size);
 
 #endif

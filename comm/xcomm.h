@@ -57,6 +57,10 @@ epm_status epm_xcomm_hier_parse(const char *s, epm_xcomm_hier *out);
 
 /* Collective; MPI_Init when needed. o NULL = defaults (the environment is not read). */
 epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out);
+/* The job's rank and size, MPI up if it was not: what a command checks its
+ * options against (--virtual-nodes must divide the ranks) before any
+ * collective, so that every rank refuses alike. */
+epm_status epm_xcomm_world(int *rank, int *size);
 /* MPI_Init when needed. virtual_nodes = 0: real nodes (MPI_COMM_TYPE_SHARED);
  * N > 0: ranks split into N contiguous pretend nodes (N must divide size).
  * Transport and hierarchical mode from the environment (epm_xcomm_opts_from_env). */

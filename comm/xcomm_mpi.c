@@ -122,6 +122,16 @@ epm_status epm_xcomm_create(int virtual_nodes, epm_xcomm **out)
     return epm_xcomm_create_opts(&o, out);
 }
 
+epm_status epm_xcomm_world(int *rank, int *size)
+{
+    *rank = 0;
+    *size = 1;
+    EPM_CHECK(epm_mpi_world_up());
+    MPI_Comm_rank(MPI_COMM_WORLD, rank);
+    MPI_Comm_size(MPI_COMM_WORLD, size);
+    return EPM_OK;
+}
+
 epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
 {
     epm_xcomm_opts def;

@@ -9,12 +9,29 @@
 #include "cli.h"
 #include "core.h"
 #include "epmoe/model.h"
+#include "xcomm.h"
 
 int cli_fail(const char *what, epm_status st)
 {
     const char *d = epm_last_error();
     fprintf(stderr, "epmoe %s: error: %s%s%s\n", what, epm_status_str(st), d[0] ? ": " : "", d);
     return EPM_EXIT_FAIL;
+}
+
+int cli_fail_agreed(const char *what, epm_status st)
+{
+    return st == EPM_ERR_REMOTE ? EPM_EXIT_FAIL : cli_fail(what, st);
+}
+
+int cli_virtual_nodes_usage(const char *what, long virtual_nodes)
+{
+    int rank = 0, size = 1;
+    if (virtual_nodes <= 0 || epm_xcomm_world(&rank, &size) != EPM_OK || size % virtual_nodes == 0)
+        return EPM_EXIT_OK; /* (MPI failing to start is the communicator's to report) */
+    if (rank == 0)
+        cli_usage_error(what, "--virtual-nodes %ld does not divide the %d ranks", virtual_nodes, size);
+    epm_xcomm_finalize();
+    return EPM_EXIT_USAGE;
 }
 
 int cli_usage_error(const char *what, const char *fmt, ...)

@@ -12,8 +12,15 @@ enum { EPM_EXIT_OK = 0, EPM_EXIT_FAIL = 1, EPM_EXIT_USAGE = 2 };
 
 /* Prints "epmoe <what>: error: <status>: <detail>" to stderr; returns EPM_EXIT_FAIL. */
 int cli_fail(const char *what, epm_status st);
+/* cli_fail for a failure every rank agreed on: the ranks that only heard of
+ * it (EPM_ERR_REMOTE) stay silent, so the job prints it once. */
+int cli_fail_agreed(const char *what, epm_status st);
 /* Prints "epmoe <what>: <message>" and a hint to use --help; returns EPM_EXIT_USAGE. */
 int cli_usage_error(const char *what, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* --virtual-nodes that does not divide the job's ranks (MPI started to know
+ * them): rank 0 says so, MPI is finalized, and every rank gets
+ * EPM_EXIT_USAGE alike, before any collective; else EPM_EXIT_OK. 0: not given. */
+int cli_virtual_nodes_usage(const char *what, long virtual_nodes);
 
 /* Online rebalancing's options beside --eplb-interval (0: not given): orphan
  * names the first other one given (NULL: none), refused without an

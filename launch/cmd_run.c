@@ -967,6 +967,8 @@ int epm_cli_run(int argc, char **argv)
         if (hit)
             return cli_usage_error(W, "output '%s' would overwrite the checkpoint's %s", outs[i], hit);
     }
+    if (cli_virtual_nodes_usage(W, o.virtual_nodes) != EPM_EXIT_OK)
+        return EPM_EXIT_USAGE;
     /* (a bad EPM_GPU_MAP fails like a bad input: agreed below, as a node's own environment may set it) */
     const epm_status bst = bind || report_bindings ? bind_rank(bind, report_bindings) : EPM_OK;
     epm_tokens *pr = NULL;

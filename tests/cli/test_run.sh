@@ -166,8 +166,14 @@ check "K/V of a pool" 1 one "$E" run --model "$m" --input "$d/many.json" --max-n
 has "$d/err" "KV cache .* GB for a pool of 100 positions"
 has "$d/err" "a smaller --max-total-tokens"
 
-check "virtual nodes not dividing ranks" 1 run -np 3 "$E" run --model "$m" --input "$d/in.json" --virtual-nodes 2
-has "$d/err" "virtual-nodes 2"
+# a usage error (the job's size and a flag disagree): exit 2, said once, by rank 0, on run and the benches alike
+for cmd in "run --model $m --input $d/in.json" "bench a2a --max-bytes 64" "bench run --model $m"; do
+  # shellcheck disable=SC2086
+  check "virtual nodes not dividing ranks: $cmd" 2 run -np 3 "$E" $cmd --virtual-nodes 2
+  has "$d/err" "virtual-nodes 2 does not divide the 3 ranks"
+  n=$(grep -c "does not divide" "$d/err")
+  [ "$n" = 1 ] || fail "virtual nodes not dividing ranks: $cmd: said $n times"
+done
 # a rank that stalls: every rank ends within the timeout (+ abort), non-zero, nothing left behind
 cp "$m/reference.safetensors" "$d/stall_in.safetensors"
 t0=$(date +%s)
