@@ -105,13 +105,15 @@ static const char usage[] =
     "                       and final gather included) over float32's, best dispatch + combine\n"
     "                       seconds (slowest rank) and float32's over them (the speed-up), best\n"
     "                       tokens/s, each over float32's, logit error and greedy-token agreement\n"
-    "  --room               instead: the exchanges offering no room to receive into in their counts\n"
-    "                       phase (the baseline: each agrees again after its counts that every rank\n"
-    "                       could allocate, as before), then offering it (the default), alternated\n"
-    "                       --reps times, live routing, contiguous placement: hops, hops that agreed\n"
-    "                       again, best dispatch + combine seconds (slowest rank) and the baseline's\n"
-    "                       over them, best tokens/s, each over the baseline's, logit error and\n"
-    "                       greedy-token agreement\n"
+    "  --room               instead: the exchanges' counts phase three ways, alternated --reps times,\n"
+    "                       live routing, contiguous placement: 'none' offers no room to receive into\n"
+    "                       and carries no rows (the baseline: each hop agrees again after its counts\n"
+    "                       that every rank could allocate, then moves its rows, as before both),\n"
+    "                       'room' offers the room, 'riding' also carries each hop's rows for a peer\n"
+    "                       in its counts message where they fit (the default): hops, hops that\n"
+    "                       agreed again, hops whose rows all rode, best dispatch + combine seconds\n"
+    "                       (slowest rank) and the baseline's over them, best tokens/s, each over\n"
+    "                       the baseline's, logit error and greedy-token agreement\n"
     "  --prefill-chunks LIST\n"
     "                       instead: the prompts prefilled in one pass (the baseline), then in passes\n"
     "                       of each of these chunk sizes (epmoe run --prefill-chunk, at most 8),\n"
@@ -361,7 +363,8 @@ static int64_t report_bytes(const epm_run_report *r)
  * 'd' the weights' dtypes held (all float32; routed experts as stored; dense
  * matrices too), 'm' MLA's cache (expanded; latent), 'k' the K/V cache's
  * dtype (float32; bf16; fp8), 'w' the activations' between ranks (float32;
- * bf16; fp8 dispatch in home mode), 'r' the exchanges' room (none; offered).
+ * bf16; fp8 dispatch in home mode), 'r' the exchanges' counts phase (no room,
+ * no rows riding, as before both; room offered; room and rows riding).
  * Best prefill and decode
  * times of each, and its logits and tokens against the baseline's. */
 static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8, epm_mode mode, int vn, int batch,
@@ -371,7 +374,8 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
     fp8 = which == 'd' && fp8; /* an FP8 checkpoint: also everything dequantised to bf16, the row FP8 is against */
     enum { MAXV = 4 };
     /* kb: every matrix held bf16; 'w' in home mode: fp8 dispatch too */
-    const int configs = which == 'd' ? 3 + fp8 : (which == 'w' && mode == EPM_MODE_HOME) || which == 'k' ? 3 : 2,
+    const int configs =
+                  which == 'd' ? 3 + fp8 : (which == 'w' && mode == EPM_MODE_HOME) || which == 'k' || which == 'r' ? 3 : 2,
               kb = fp8 ? 3 : 2;
     epm_run_result *first[MAXV] = {NULL, NULL, NULL, NULL};
     double pre[MAXV] = {1e30, 1e30, 1e30, 1e30}, dec[MAXV] = {1e30, 1e30, 1e30, 1e30};
@@ -391,6 +395,7 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
                 o.kv_fp8 = k == 2;
             } else if (which == 'r') {
                 o.exchange_no_room = k == 0;
+                o.exchange_no_eager = k < 2;
             } else {
                 o.wire_bf16 = k == 1;
                 o.wire_fp8 = k == 2;
@@ -422,10 +427,10 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
                    "experts", "dense", "prefill t/s", "decode t/s", "pre/f32", "dec/f32", "pre/bf16", "dec/bf16",
                    "logit rel err", "token agr");
         else if (which == 'r')
-            printf(csv ? "room,hops,hops_agreed,comm_s,comm_base_over_this,prefill_tok_s,decode_tok_s,prefill_vs_base,"
-                         "decode_vs_base,logit_rel_err,token_agreement\n"
-                       : "%-7s %10s %11s %10s %9s %12s %12s %9s %9s %13s %9s\n",
-                   "room", "hops", "agreed", "comm s", "base/comm", "prefill t/s", "decode t/s", "pre/base",
+            printf(csv ? "counts,hops,hops_agreed,hops_fused,comm_s,comm_base_over_this,prefill_tok_s,decode_tok_s,"
+                         "prefill_vs_base,decode_vs_base,logit_rel_err,token_agreement\n"
+                       : "%-7s %10s %11s %10s %10s %9s %12s %12s %9s %9s %13s %9s\n",
+                   "counts", "hops", "agreed", "fused", "comm s", "base/comm", "prefill t/s", "decode t/s", "pre/base",
                    "dec/base", "logit rel err", "token agr");
         else if (which == 'w')
             printf(csv ? "wire_dtype,bytes,bytes_vs_f32,comm_s,comm_f32_over_this,prefill_tok_s,decode_tok_s,prefill_vs_f32,"
@@ -455,10 +460,11 @@ static int variant_compare(epm_xcomm *x, char which, const char *model, int fp8,
                        epm_dtype_name(b->report.expert_dtype), epm_dtype_name(b->report.dense_dtype), pts, dts, pr, dr,
                        pb, db, e, agr);
             else if (which == 'r')
-                printf(csv ? "%s,%lld,%lld,%.6f,%.3f,%.1f,%.1f,%.3f,%.3f,%.3g,%.4f\n"
-                           : "%-7s %10lld %11lld %10.6f %9.3f %12.1f %12.1f %9.3f %9.3f %13.3g %9.4f\n",
-                       k ? "offered" : "none", (long long)b->report.hops, (long long)b->report.hops_agreed, comm[k],
-                       comm[0] / comm[k], pts, dts, pr, dr, e, agr);
+                printf(csv ? "%s,%lld,%lld,%lld,%.6f,%.3f,%.1f,%.1f,%.3f,%.3f,%.3g,%.4f\n"
+                           : "%-7s %10lld %11lld %10lld %10.6f %9.3f %12.1f %12.1f %9.3f %9.3f %13.3g %9.4f\n",
+                       k == 2 ? "riding" : k ? "room" : "none", (long long)b->report.hops,
+                       (long long)b->report.hops_agreed, (long long)b->report.hops_fused, comm[k], comm[0] / comm[k],
+                       pts, dts, pr, dr, e, agr);
             else if (which == 'w')
                 printf(csv ? "%s,%lld,%.4f,%.6f,%.3f,%.1f,%.1f,%.3f,%.3f,%.3g,%.4f\n"
                            : "%-10s %12lld %9.4f %10.6f %9.3f %12.1f %12.1f %9.3f %9.3f %13.3g %9.4f\n",

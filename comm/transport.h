@@ -27,6 +27,10 @@ typedef struct epm_xfer {
     /* scratch the caller owns, for transports that pack: send_off[size]
      * rows and, when dst_rows is set, recv_off[size] rows (may be NULL) */
     char *pack_send, *pack_recv;
+    /* NULL, or [size]: 1 where the rows to (from) that peer already rode with
+     * the counts (epm_xcomm_counts_rows), so the step moves none there; host
+     * transports only */
+    const unsigned char *skip_send, *skip_recv;
     int tag;
 } epm_xfer;
 

@@ -79,9 +79,10 @@ static epm_status a_prepare(epm_transport *t, const epm_xfer *x, epm_xfer_req **
     int *c = q->cnt;
     for (int p = 0; p < R; p++) {
         /* the caller copies its own rows */
-        c[p] = p == t->rank ? 0 : (int)(x->send_off[p + 1] - x->send_off[p]);
+        c[p] = p == t->rank || (x->skip_send && x->skip_send[p]) ? 0 : (int)(x->send_off[p + 1] - x->send_off[p]);
         c[R + p] = (int)x->send_off[p];
-        c[2 * R + p] = p == t->rank ? 0 : (int)(x->recv_off[p + 1] - x->recv_off[p]);
+        c[2 * R + p] =
+            p == t->rank || (x->skip_recv && x->skip_recv[p]) ? 0 : (int)(x->recv_off[p + 1] - x->recv_off[p]);
         c[3 * R + p] = (int)x->recv_off[p];
     }
     q->sbuf = base;

@@ -119,7 +119,7 @@ epm_status epm_transport_mpi_prepare(epm_transport *t, const epm_xfer *x, epm_xf
     /* receives first, so that eager sends find them posted */
     for (int p = 0; p < R && rc == MPI_SUCCESS; p++) {
         int64_t n = x->recv_off[p + 1] - x->recv_off[p];
-        if (n == 0 || p == t->rank)
+        if (n == 0 || p == t->rank || (x->skip_recv && x->skip_recv[p]))
             continue;
         MPI_Datatype *ty = &q->types[q->ntypes];
         struct post *po = &q->posts[q->ntypes];
@@ -150,7 +150,7 @@ epm_status epm_transport_mpi_prepare(epm_transport *t, const epm_xfer *x, epm_xf
     }
     for (int p = 0; p < R && rc == MPI_SUCCESS; p++) {
         int64_t n = x->send_off[p + 1] - x->send_off[p];
-        if (n == 0 || p == t->rank)
+        if (n == 0 || p == t->rank || (x->skip_send && x->skip_send[p]))
             continue;
         MPI_Datatype *ty = &q->types[q->ntypes];
         struct post *po = &q->posts[q->ntypes];

@@ -188,6 +188,7 @@ typedef struct epm_xcomm_wire {
     int64_t exchanges, hier_exchanges;
     int64_t hops, hops_agreed; /* hops (one a flat exchange), and those that agreed again after their counts
                                   because some rank had no room for what all sent (epm_xcomm_counts_fit) */
+    int64_t hops_fused;        /* hops whose rows all rode with their counts: no step after them */
 } epm_xcomm_wire;
 void epm_xcomm_wire_get(const epm_xcomm *x, epm_xcomm_wire *out);
 void epm_xcomm_wire_reset(epm_xcomm *x);
@@ -225,6 +226,9 @@ epm_status epm_xcomm_counts_fit(epm_xcomm *x, epm_status local, const int64_t *s
  * that each agrees again after it that every rank could allocate (as before
  * the room was offered; bench a2a's baseline). Default 1. */
 void epm_xcomm_set_room(epm_xcomm *x, int on);
+/* Rows riding in the counts messages (on by default): off, every hop's rows
+ * wait for the step after its counts, as before (bench a2a's baseline). */
+void epm_xcomm_set_eager(epm_xcomm *x, int on);
 /* 1 once an agreement or a counts phase has failed (every rank knows it),
  * timed out or met an MPI error (no rank can count on the others): a caller
  * on its way out owes no further agreement. */

@@ -151,10 +151,13 @@ static epm_status hop_start(epm_xcomm *x, hop *h, int64_t n, const int *dest, co
     memset(h, 0, sizeof *h);
     h->rb = rb;
     h->tag = tag;
-    h->scount = pool_get(x, (4 * (size_t)R + 2) * sizeof(int64_t));
+    /* the counts and offsets, then which peers' rows rode with the counts, each way */
+    const size_t cbytes = (4 * (size_t)R + 2) * sizeof(int64_t);
+    h->scount = pool_get(x, cbytes + 2 * (size_t)R);
     if (!h->scount)
         return hop_poison(x, EPM_ERR_NOMEM);
-    memset(h->scount, 0, (4 * (size_t)R + 2) * sizeof(int64_t));
+    memset(h->scount, 0, cbytes + 2 * (size_t)R);
+    unsigned char *rode = (unsigned char *)h->scount + cbytes, *got = rode + R;
     h->rcount = h->scount + R;
     h->soff = h->scount + 2 * R;
     h->roff = h->soff + R + 1;
@@ -213,9 +216,13 @@ static epm_status hop_start(epm_xcomm *x, hop *h, int64_t n, const int *dest, co
         if (rst != EPM_OK)
             return hop_poison(x, rst);
     }
+    /* Rows ride with the counts where they fit (host transports: a device
+     * transport's rows are not where the CPU packs them) */
     int64_t all = 0;
-    int fit = 0;
-    EPM_CHECK(epm_xcomm_counts_fit(x, EPM_OK, h->scount, h->rcount, room, &fit, &all));
+    int fit = 0, data = 1;
+    const epm_xcomm_rows ride = {h->sbuf, h->soff, rb};
+    EPM_CHECK(epm_xcomm_counts_rows(x, EPM_OK, h->scount, h->rcount, room, x->tr->ops->device ? NULL : &ride, rode,
+                                    got, &fit, &all, &data));
     epm_xcomm_room_note(&x->hop_room, (size_t)all * rb);
     for (int r = 0; r < R; r++)
         h->roff[r + 1] = h->roff[r] + h->rcount[r];
@@ -231,8 +238,23 @@ static epm_status hop_start(epm_xcomm *x, hop *h, int64_t n, const int *dest, co
         h->rbuf_owned = 1;
         ast = h->rbuf ? EPM_OK : EPM_ERR_NOMEM;
     }
+    if (ast == EPM_OK)
+        for (int r = 0; r < R; r++)
+            if (got[r])
+                memcpy(h->rbuf + (size_t)h->roff[r] * rb, epm_xcomm_rode_rows(x, r), (size_t)h->rcount[r] * rb);
+    x->wire.hops++;
+    if (!data) {
+        /* every row rode with its counts: no step, and nobody waits for this
+         * rank in this hop, so a failure here is its own (the next counts
+         * phase, an agreement or an exchange, tells the others) */
+        if (ast != EPM_OK)
+            return ast;
+        x->wire.hops_fused++;
+        memcpy(h->rbuf + (size_t)h->roff[me] * rb, h->sbuf + (size_t)h->soff[me] * rb, (size_t)h->scount[me] * rb);
+        return EPM_OK;
+    }
     h->xf = (epm_xfer){.row_bytes = rb, .src_rows = h->sptr, .send_off = h->soff, .recv = h->rbuf,
-                       .recv_off = h->roff, .tag = tag};
+                       .recv_off = h->roff, .skip_send = rode, .skip_recv = got, .tag = tag};
     if (ast == EPM_OK)
         ast = x->tr->ops->prepare(x->tr, &h->xf, &h->tq);
     if (fit && ast != EPM_OK) /* (room and a reserved step: prepare cannot fail but by a bug) */
@@ -241,7 +263,6 @@ static epm_status hop_start(epm_xcomm *x, hop *h, int64_t n, const int *dest, co
     /* receive buffers and the transport's step: every rank has its own, or
      * nobody sends */
     int first = ast == EPM_OK ? R : me;
-    x->wire.hops++;
     x->wire.hops_agreed += !fit;
     int rc = fit ? MPI_SUCCESS : MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, x->comm);
     if (rc != MPI_SUCCESS || first < R) {

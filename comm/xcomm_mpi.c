@@ -153,14 +153,34 @@ epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
     int *node_of = epm_malloc((size_t)size * sizeof *node_of);
     int *leads = epm_malloc((size_t)size * sizeof *leads);
     int64_t *poison = epm_malloc(8 * (size_t)size * sizeof *poison);
-    int ok = x && node_of && leads && poison, first = ok ? size : me;
+    /* a hop's rows ride with its counts up to 64 KiB a peer (decode's
+     * exchanges), fewer past 128 ranks: 8 MiB of slots each way at most */
+    const size_t emax = size > 1 ? (size_t)(8 << 20) / (size_t)size < (64 << 10) ? (size_t)(8 << 20) / (size_t)size
+                                                                                 : (size_t)64 << 10
+                                 : 0;
+    const size_t eslots = (size_t)size * (EPM_XCOMM_EHDR + emax);
+    char *esend = epm_malloc(eslots), *erecv = epm_malloc(eslots);
+    int *elen = epm_calloc((size_t)size, sizeof *elen);
+    MPI_Request *ereq = epm_malloc(2 * (size_t)size * sizeof *ereq);
+    MPI_Status *estat = epm_malloc((size_t)size * sizeof *estat);
+    int ok = x && node_of && leads && poison && esend && erecv && elen && ereq && estat, first = ok ? size : me;
     MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, comm);
+    MPI_Comm ctl = MPI_COMM_NULL;
+    if (first == size && MPI_Comm_dup(comm, &ctl) != MPI_SUCCESS)
+        first = -1; /* (a failed dup is collective: every rank sees it) */
     if (first < size) {
         epm_free(x);
         epm_free(node_of);
         epm_free(leads);
         epm_free(poison);
+        epm_free(esend);
+        epm_free(erecv);
+        epm_free(elen);
+        epm_free(ereq);
+        epm_free(estat);
         MPI_Comm_free(&comm);
+        if (first < 0)
+            return epm_fail(EPM_ERR_MPI, "MPI_Comm_dup of the exchanges' communicator failed");
         if (first == me) {
             char why[512];
             snprintf(why, sizeof why, "%s", epm_last_error());
@@ -173,6 +193,14 @@ epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
     x->size = size;
     x->node_of = node_of;
     x->poison = poison;
+    MPI_Comm_set_errhandler(ctl, MPI_ERRORS_RETURN);
+    x->ctl = ctl;
+    x->emax = emax;
+    x->esend = esend;
+    x->erecv = erecv;
+    x->elen = elen;
+    x->ereq = ereq;
+    x->estat = estat;
     epm_status st = EPM_OK;
     /* the ranks on this machine (they share its cores, whatever nodes are
      * pretended), and without virtual nodes the nodes themselves */
@@ -236,8 +264,17 @@ void epm_xcomm_destroy(epm_xcomm *x)
     epm_xcomm_pool_release(x);
     if (x->comm != MPI_COMM_NULL)
         MPI_Comm_free(&x->comm);
+    if (x->ctl != MPI_COMM_NULL)
+        MPI_Comm_free(&x->ctl);
     epm_free(x->node_of);
     epm_free(x->poison);
+    if (!x->epending) { /* (else a late peer may still write there: left to the process's end) */
+        epm_free(x->esend);
+        epm_free(x->erecv);
+    }
+    epm_free(x->elen);
+    epm_free(x->ereq);
+    epm_free(x->estat);
     epm_free(x);
 }
 
@@ -434,94 +471,183 @@ static epm_status blame(epm_xcomm *x, double waited)
  * of another's (EPM_ERR_REMOTE), so that the origin's message and code win. */
 enum { CODE_ORIGIN = -1, CODE_HEARD = -2 };
 
-epm_status epm_xcomm_counts_fit(epm_xcomm *x, epm_status local, const int64_t *send, int64_t *recv, int64_t cap,
-                                int *fit, int64_t *all_out)
+/* Once a deadline gave up on the counts messages: receives are cancelled,
+ * and the buffers (a send may still be read) are left to the process. */
+static void counts_abandon(epm_xcomm *x)
 {
-    int R = x->size;
+    for (int r = 0; r < x->size; r++)
+        if (x->ereq[r] != MPI_REQUEST_NULL) {
+            MPI_Cancel(&x->ereq[r]);
+            MPI_Request_free(&x->ereq[r]);
+        }
+    for (int r = 0; r < x->size; r++)
+        if (x->ereq[x->size + r] != MPI_REQUEST_NULL)
+            MPI_Request_free(&x->ereq[x->size + r]);
+    x->epending = 1;
+    x->failed = 1;
+}
+
+epm_status epm_xcomm_counts_rows(epm_xcomm *x, epm_status local, const int64_t *send, int64_t *recv, int64_t cap,
+                                 const epm_xcomm_rows *rows, unsigned char *rode, unsigned char *got, int *fit,
+                                 int64_t *all_out, int *data_out)
+{
+    const int R = x->size, me = x->rank;
+    const size_t slot = EPM_XCOMM_EHDR + x->emax;
     if (fit)
         *fit = 0;
     if (all_out)
         *all_out = 0;
-    /* The transfer goes through the communicator's own buffers: after a
-     * timeout its request is left pending, and a late peer must not write
-     * into memory its caller has freed. Each peer gets three numbers: its
-     * count, this rank's total sent and the rows this rank could receive
-     * without allocating (-1: not offered), so that every rank learns the
-     * same total and capacities and decides alike whether any must allocate. */
-    int64_t *sb = x->poison, *rb = x->poison + 3 * R;
-    if (local != EPM_OK || !send) {
-        int64_t v = local == EPM_OK ? 0 : local == EPM_ERR_REMOTE ? CODE_HEARD : CODE_ORIGIN;
-        for (int r = 0; r < 3 * R; r++)
-            sb[r] = v;
-        if (local == EPM_OK) /* (a bare agreement offers no capacity) */
-            for (int r = 0; r < R; r++)
-                sb[3 * r + 2] = -1;
-    } else {
-        int64_t total = 0;
-        for (int r = 0; r < R; r++)
-            total += send[r];
+    if (data_out)
+        *data_out = 0;
+    if (x->epending) /* (a deadline passed: no rank can count on the others) */
+        return epm_fail(EPM_ERR_TIMEOUT, "rank %d: an earlier exchange gave up on a stalled rank", me);
+    /* One message to each peer, from and into the communicator's own slots
+     * (after a timeout a late peer must not write into memory its caller
+     * freed): its count, this rank's total sent and the rows this rank could
+     * receive without allocating (-1: not offered), so that every rank
+     * learns the same total and capacities and decides alike whether any
+     * must allocate; and the rows themselves where they fit, so that
+     * decode's small hops move in this one phase. A rank that failed sends
+     * its failure instead (ORIGIN, or HEARD of another's). */
+    const size_t rb = rows && !x->no_eager ? rows->rb : 0;
+    const int64_t fits = rb ? (int64_t)(x->emax / rb) : -1; /* rows a message may carry */
+    int64_t mine[4] = {0, 0, -1, 0}, total = 0;
+    if (local != EPM_OK) {
+        int64_t v = local == EPM_ERR_REMOTE ? CODE_HEARD : CODE_ORIGIN;
+        mine[0] = mine[1] = mine[2] = mine[3] = v;
+    } else if (send) {
+        mine[3] = !rb; /* (nothing rides: the step runs, as it always did) */
         for (int r = 0; r < R; r++) {
-            sb[3 * r] = send[r];
-            sb[3 * r + 1] = total;
-            sb[3 * r + 2] = cap;
+            total += send[r];
+            mine[3] |= r != me && send[r] > fits;
         }
+        mine[1] = total, mine[2] = cap;
+    }
+    for (int r = 0; r < R; r++) {
+        x->ereq[r] = x->ereq[R + r] = MPI_REQUEST_NULL;
+        if (rode)
+            rode[r] = 0;
+        if (got)
+            got[r] = 0;
+    }
+    int rc = MPI_SUCCESS;
+    for (int r = 0; r < R && rc == MPI_SUCCESS; r++)
+        if (r != me)
+            rc = MPI_Irecv(x->erecv + (size_t)r * slot, (int)slot, MPI_BYTE, r, 0, x->ctl, &x->ereq[r]);
+    for (int r = 0; r < R && rc == MPI_SUCCESS; r++) {
+        if (r == me)
+            continue;
+        char *m = x->esend + (size_t)r * slot;
+        int64_t h[4] = {mine[0], mine[1], mine[2], mine[3]};
+        size_t n = 0;
+        if (local == EPM_OK && send) {
+            h[0] = send[r];
+            if (send[r] > 0 && send[r] <= fits) {
+                n = (size_t)send[r] * rb;
+                memcpy(m + EPM_XCOMM_EHDR, rows->buf + (size_t)rows->off[r] * rb, n);
+                if (rode)
+                    rode[r] = 1;
+            }
+        }
+        memcpy(m, h, sizeof h);
+        rc = MPI_Isend(m, (int)(EPM_XCOMM_EHDR + n), MPI_BYTE, r, 0, x->ctl, &x->ereq[R + r]);
+    }
+    if (rc != MPI_SUCCESS) {
+        counts_abandon(x);
+        return epm_fail(EPM_ERR_MPI, "rank %d: posting the counts messages (and failures) failed", me);
     }
     /* The wait has a deadline: a rank that stalled or died must not hold the
      * others forever. After a timeout or an MPI error no rank can count on
      * the others: x->failed, as for an agreed failure, so that no further
-     * agreement waits for them again. */
-    MPI_Request req = MPI_REQUEST_NULL;
-    /* Without a deadline, MPI's blocking form (every rank has the same
-     * timeout, so every rank calls the same form): it leaves Open MPI's
-     * free lists as the exchange's counts always left them */
-    int rc = agree_timeout_s > 0 ? MPI_Ialltoall(sb, 3, MPI_INT64_T, rb, 3, MPI_INT64_T, x->comm, &req)
-                                 : MPI_Alltoall(sb, 3, MPI_INT64_T, rb, 3, MPI_INT64_T, x->comm);
-    if (rc != MPI_SUCCESS) {
-        x->failed = 1;
-        return epm_fail(EPM_ERR_MPI, "MPI_%salltoall of counts (and of failures) failed", agree_timeout_s > 0 ? "I" : "");
-    }
-    double t0 = epm_now();
-    long nap_ns = 0;
-    for (int done = req == MPI_REQUEST_NULL; !done;) {
-        if (MPI_Test(&req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
-            x->failed = 1;
-            return epm_fail(EPM_ERR_MPI, "MPI_Test of the counts (and failures) exchange failed");
-        }
-        if (done)
-            break;
-        double waited = epm_now() - t0;
-        if (agree_timeout_s > 0 && waited > agree_timeout_s) {
-            x->failed = 1;
-            timed_out = 1;
-            return blame(x, agree_timeout_s);
-        }
-        if (agree_timeout_s > 0)
+     * agreement waits for them again. Without a deadline, MPI's blocking
+     * wait. */
+    MPI_Status *stt = x->estat;
+    if (agree_timeout_s <= 0) {
+        rc = MPI_Waitall(R, x->ereq, stt);
+        if (rc == MPI_SUCCESS)
+            rc = MPI_Waitall(R, x->ereq + R, MPI_STATUSES_IGNORE);
+    } else {
+        double t0 = epm_now();
+        long nap_ns = 0;
+        /* (the receives once: a second MPI_Testall of completed requests
+         * would overwrite their statuses with empty ones) */
+        for (int dr = 0, ds = 0; !(dr && ds);) {
+            if (!dr)
+                rc = MPI_Testall(R, x->ereq, &dr, stt);
+            if (rc == MPI_SUCCESS && dr)
+                rc = MPI_Testall(R, x->ereq + R, &ds, MPI_STATUSES_IGNORE);
+            if (rc != MPI_SUCCESS || (dr && ds))
+                break;
+            double waited = epm_now() - t0;
+            if (waited > agree_timeout_s) {
+                counts_abandon(x);
+                timed_out = 1;
+                return blame(x, agree_timeout_s);
+            }
             answer_probes(x);
-        /* MPI progresses the exchange only inside MPI_Test; past 2 ms a peer
-         * is slow or stalled, and 200 us naps leave it the core */
-        nap_ns = epm_backoff(waited, nap_ns, 200000);
+            /* MPI progresses the messages only inside its calls; past 2 ms a
+             * peer is slow or stalled, and 200 us naps leave it the core */
+            nap_ns = epm_backoff(waited, nap_ns, 200000);
+        }
+    }
+    if (rc != MPI_SUCCESS) {
+        counts_abandon(x);
+        return epm_fail(EPM_ERR_MPI, "rank %d: the counts messages (and failures) failed", me);
+    }
+    for (int r = 0; r < R; r++) {
+        int nb = 0;
+        if (r != me)
+            MPI_Get_count(&stt[r], MPI_BYTE, &nb);
+        x->elen[r] = r == me ? (int)EPM_XCOMM_EHDR : nb;
     }
     /* lowest failing rank wins (origins before those that heard); its
      * message travels to everyone */
     int first = 2 * R;
     for (int r = 0; r < R; r++) {
-        int at = rb[3 * r] == CODE_ORIGIN ? r : rb[3 * r] == CODE_HEARD ? R + r : 2 * R;
+        int64_t h0 = mine[0];
+        if (r != me)
+            memcpy(&h0, x->erecv + (size_t)r * slot, sizeof h0);
+        int at = h0 == CODE_ORIGIN ? r : h0 == CODE_HEARD ? R + r : 2 * R;
         first = at < first ? at : first;
     }
     if (first == 2 * R) {
         int64_t all = 0;
-        int ok = 1;
+        int ok = 1, data = 0;
+        int64_t *hs = x->poison; /* (4 a rank; the all-gather's counts lie beyond) */
+        for (int r = 0; r < R; r++) {
+            if (r == me)
+                memcpy(hs + 4 * r, mine, sizeof mine);
+            else
+                memcpy(hs + 4 * r, x->erecv + (size_t)r * slot, 4 * sizeof *hs);
+        }
+        if (send) /* (this rank's count to itself, which its message to no one carries) */
+            hs[4 * me] = send[me];
         for (int r = 0; r < R; r++) {
             if (recv)
-                recv[r] = rb[3 * r];
-            all += rb[3 * r + 1];
+                recv[r] = hs[4 * r];
+            all += hs[4 * r + 1];
+            data |= hs[4 * r + 3] != 0;
         }
         for (int r = 0; r < R; r++)
-            ok &= rb[3 * r + 2] >= all;
+            ok &= hs[4 * r + 2] >= all;
+        epm_status rst = EPM_OK;
+        for (int r = 0; r < R && got && rb; r++) {
+            if (r == me || hs[4 * r] <= 0)
+                continue;
+            if ((size_t)x->elen[r] == EPM_XCOMM_EHDR + (size_t)hs[4 * r] * rb)
+                got[r] = 1;
+            else if (x->elen[r] != (int)EPM_XCOMM_EHDR || hs[4 * r] <= fits)
+                rst = epm_fail(EPM_ERR_INTERNAL, "rank %d's counts message has %d bytes for %lld rows of %zu", r,
+                               x->elen[r], (long long)hs[4 * r], rb);
+        }
+        if (rst != EPM_OK)
+            return rst;
         if (fit)
             *fit = ok;
         if (all_out)
             *all_out = all;
+        if (data_out)
+            *data_out = data;
         return EPM_OK;
     }
     x->failed = 1;
@@ -538,6 +664,12 @@ epm_status epm_xcomm_counts_fit(epm_xcomm *x, epm_status local, const int64_t *s
     return epm_fail(EPM_ERR_REMOTE, "rank %d: %s: %s", first, epm_status_str((epm_status)code), msg);
 }
 
+epm_status epm_xcomm_counts_fit(epm_xcomm *x, epm_status local, const int64_t *send, int64_t *recv, int64_t cap,
+                                int *fit, int64_t *all_out)
+{
+    return epm_xcomm_counts_rows(x, local, send, recv, cap, NULL, NULL, NULL, fit, all_out, NULL);
+}
+
 epm_status epm_xcomm_counts(epm_xcomm *x, epm_status local, const int64_t *send, int64_t *recv)
 {
     return epm_xcomm_counts_fit(x, local, send, recv, -1, NULL, NULL);
@@ -550,6 +682,8 @@ int epm_xcomm_failed(const epm_xcomm *x) { return x->failed; }
 int epm_xcomm_local_ranks(const epm_xcomm *x) { return x->local_ranks; }
 
 void epm_xcomm_set_room(epm_xcomm *x, int on) { x->no_room = !on; }
+
+void epm_xcomm_set_eager(epm_xcomm *x, int on) { x->no_eager = !on; }
 
 int epm_xcomm_timed_out(void) { return timed_out; }
 

@@ -1111,6 +1111,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
     if (st != EPM_OK)
         return st;
     epm_xcomm_set_room(r.x, !o->exchange_no_room);
+    epm_xcomm_set_eager(r.x, !o->exchange_no_eager);
     /* OMP_NUM_THREADS, else this rank's share of its machine's cores: OpenMP's own default, every core,
      * gives each of several ranks on a machine a team as large as the machine (kernels/cpu_threads.c) */
     const int cpu_threads = epm_cpu_threads_share(epm_xcomm_local_ranks(r.x));
@@ -1376,6 +1377,7 @@ epm_status epm_run(const epm_run_opts *o, int batch, const int *lens, const int3
         rep->cpu_threads = cpu_threads;
         rep->hops = wire.hops;
         rep->hops_agreed = wire.hops_agreed;
+        rep->hops_fused = wire.hops_fused;
         if (r.xc) /* (asynchronous copies' communicator: all of its wire is theirs) */
             epm_xcomm_wire_get(r.xc, &copies);
         int64_t wv[4 * EPM_LINK_COUNT]; /* the tokens' bytes and messages, and the experts' copies' */

@@ -60,6 +60,8 @@ typedef struct epm_run_opts {
     int exchange_no_room;           /* exchanges offer no room to receive into in their counts phase, so
                                        that each agrees again after it that every rank could allocate (as
                                        before the room; bench run --room's baseline) */
+    int exchange_no_eager;          /* no rows ride in the exchanges' counts messages: every hop's rows wait
+                                       for a step after its counts (as before; bench run --room's middle) */
     epm_mode mode;
     int virtual_nodes;
     int max_new_tokens;
@@ -279,6 +281,7 @@ typedef struct epm_run_report {
                               machine's cores (kernels/cpu_threads.c) */
     int64_t hops, hops_agreed; /* the exchanges' hops (one a flat exchange), and those that agreed again after
                                   their counts that every rank could allocate (some rank lacked room), rank 0's */
+    int64_t hops_fused;    /* hops whose rows all rode in their counts messages (no step after them) */
     int route_from_run;    /* epm_run_opts.route_from was recorded by a run of this batch (its prompt
                               tokens numbered as here), so its decoded tokens and passes were checked
                               against this run's; 0: another trace, its rows taken in this run's

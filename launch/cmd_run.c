@@ -338,8 +338,8 @@ static void print_report(FILE *f, const epm_run_result *res, int json)
                 fprintf(f, "%s%lld", q ? ", " : "", (long long)r->rank_load[(size_t)l * r->ranks + q]);
             fprintf(f, "]}");
         }
-        fprintf(f, "], \"hops\": %lld, \"hops_agreed\": %lld, \"cpu_threads\": %d", (long long)r->hops,
-                (long long)r->hops_agreed, r->cpu_threads);
+        fprintf(f, "], \"hops\": %lld, \"hops_agreed\": %lld, \"hops_fused\": %lld, \"cpu_threads\": %d",
+                (long long)r->hops, (long long)r->hops_agreed, (long long)r->hops_fused, r->cpu_threads);
         fprintf(f, ", \"transport\": \"%s\", \"hierarchical\": %s, \"wire_bytes\": [%lld, %lld, %lld], "
                    "\"wire_msgs\": [%lld, %lld, %lld], \"dense_kv_bytes\": [%lld, %lld, %lld], "
                    "\"mod_score_bytes\": [%lld, %lld, %lld], \"aside_msgs\": [%lld, %lld, %lld]",

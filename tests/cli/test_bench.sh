@@ -259,7 +259,7 @@ def check(kind, args):
         rows = load(['ranks', 'nodes', 'a2a', 'hier', 'bytes', 'row_bytes', 'ours_us', 'ours_algbw_gbs', 'ours_busbw_gbs',
                      'raw_us', 'raw_algbw_gbs', 'raw_busbw_gbs', 'ratio', 'full_us', 'ratio_full', 'size', 'full16_us',
                      'full_vs_full16', 'full8_us', 'full_vs_full8', 'agreed_us', 'agreed_vs_ours', 'roomless_us',
-                     'roomless_vs_ours'])
+                     'roomless_vs_ours', 'unfused_us', 'unfused_vs_ours'])
         need(len(rows) == len(sizes), '%d size rows, expected %d (%s)' % (len(rows), len(sizes), sizes))
         for r, size in zip(rows, sizes):
             need((r['ranks'], r['nodes'], r['a2a'], r['hier']) == (str(R), '1', a2a, '0'),
@@ -271,10 +271,11 @@ def check(kind, args):
             need(num(r, 'row_bytes', 4) == min(size, 8192), 'row_bytes %s for size %d' % (r['row_bytes'], size))
             ours, raw, full = num(r, 'ours_us', 0, True), num(r, 'raw_us', 0, True), num(r, 'full_us', 0, True)
             f16, f8, ag = num(r, 'full16_us', 0, True), num(r, 'full8_us', 0, True), num(r, 'agreed_us', 0, True)
-            rl = num(r, 'roomless_us', 0, True)
+            rl, uf = num(r, 'roomless_us', 0, True), num(r, 'unfused_us', 0, True)
             for k in ('ours_algbw_gbs', 'ours_busbw_gbs', 'raw_algbw_gbs', 'raw_busbw_gbs'):
                 num(r, k, 0)  # 0.0000 GB/s at 8 B on a slow machine
-            for k in ('ratio', 'ratio_full', 'full_vs_full16', 'full_vs_full8', 'agreed_vs_ours', 'roomless_vs_ours'):
+            for k in ('ratio', 'ratio_full', 'full_vs_full16', 'full_vs_full8', 'agreed_vs_ours', 'roomless_vs_ours',
+                      'unfused_vs_ours'):
                 num(r, k, 0, True)
             if ours > 0 and raw > 0 and full > 0 and f16 > 0 and f8 > 0:
                 agrees(r, 'ratio', ours / raw, ['ours_us', 'raw_us'], 'ours_us / raw_us')
@@ -285,6 +286,8 @@ def check(kind, args):
                     agrees(r, 'agreed_vs_ours', ag / ours, ['agreed_us', 'ours_us'], 'agreed_us / ours_us')
                 if rl > 0:
                     agrees(r, 'roomless_vs_ours', rl / ours, ['roomless_us', 'ours_us'], 'roomless_us / ours_us')
+                if uf > 0:
+                    agrees(r, 'unfused_vs_ours', uf / ours, ['unfused_us', 'ours_us'], 'unfused_us / ours_us')
                 for side, t in (('ours', ours), ('raw', raw)):
                     agrees(r, side + '_algbw_gbs', 2 * b / t / 1e3, ['bytes', side + '_us'], '2 * bytes / ' + side + '_us')
                     agrees(r, side + '_busbw_gbs', 2 * b / t / 1e3 * (R - 1) / R, ['bytes', side + '_us'],
@@ -296,23 +299,23 @@ def check(kind, args):
         need(any(l.startswith('# epmoe bench a2a: %d ranks' % R) for l in lines),
              'no "# epmoe bench a2a: %d ranks" line' % R)
         need(['size', 'row', 'ours_us', 'algbw', 'busbw', 'raw_us', 'algbw', 'busbw', 'ratio', 'full_us', 'ratio',
-              'full16_us', 'f/f16', 'full8_us', 'f/f8', 'agreed_us', 'a/o', 'roomless_us', 'r/o'] in
+              'full16_us', 'f/f16', 'full8_us', 'f/f8', 'agreed_us', 'a/o', 'roomless_us', 'r/o', 'unfused_us', 'u/o'] in
              [l.split() for l in lines], 'no table header')
         body = [l.split() for l in lines if l.strip() and not l.startswith('#') and not l.split()[0] == 'size']
         need(len(body) == len(sizes), '%d size rows, expected %d (%s)' % (len(body), len(sizes), sizes))
         for b, size in zip(body, sizes):
-            need(len(b) == 20, 'row %s: %d fields' % (b, len(b)))
-            if len(b) != 20:
+            need(len(b) == 22, 'row %s: %d fields' % (b, len(b)))
+            if len(b) != 22:
                 continue
             r = dict(zip(['n', 'unit', 'row', 'ours', 'oa', 'ob', 'raw', 'ra', 'rb', 'ratio', 'full', 'ratio_full',
-                          'full16', 'f_f16', 'full8', 'f_f8', 'agreed', 'a_o', 'roomless', 'r_o'], b))
+                          'full16', 'f_f16', 'full8', 'f_f8', 'agreed', 'a_o', 'roomless', 'r_o', 'unfused', 'u_o'], b))
             n = num(r, 'n', 0, True) * {'B': 1, 'KiB': 1024, 'MiB': 1 << 20}.get(r['unit'], float('nan'))
             need(size - 0.5 <= n <= 2 * size + 0.5, 'size %s %s for %d bytes' % (r['n'], r['unit'], size))
             need(r['row'] == str(min(size, 8192)), 'row bytes %s for size %d' % (r['row'], size))
             ours, raw, full = num(r, 'ours', 0, True), num(r, 'raw', 0, True), num(r, 'full', 0, True)
             f16, f8, ag = num(r, 'full16', 0, True), num(r, 'full8', 0, True), num(r, 'agreed', 0, True)
-            rl = num(r, 'roomless', 0, True)
-            for k in ('oa', 'ob', 'ra', 'rb', 'ratio', 'ratio_full', 'f_f16', 'f_f8', 'a_o', 'r_o'):
+            rl, uf = num(r, 'roomless', 0, True), num(r, 'unfused', 0, True)
+            for k in ('oa', 'ob', 'ra', 'rb', 'ratio', 'ratio_full', 'f_f16', 'f_f8', 'a_o', 'r_o', 'u_o'):
                 num(r, k, 0)  # a bandwidth may print as 0.000 at 8 B
             if ours > 0 and raw > 0 and full > 0 and f16 > 0 and f8 > 0:
                 agrees(r, 'ratio', ours / raw, ['ours', 'raw'], 'ours_us / raw_us')
@@ -323,6 +326,8 @@ def check(kind, args):
                     agrees(r, 'a_o', ag / ours, ['agreed', 'ours'], 'agreed_us / ours_us')
                 if rl > 0:
                     agrees(r, 'r_o', rl / ours, ['roomless', 'ours'], 'roomless_us / ours_us')
+                if uf > 0:
+                    agrees(r, 'u_o', uf / ours, ['unfused', 'ours'], 'unfused_us / ours_us')
         # the agreement's latency beside a blocking MPI_Allreduce, last
         m = re.fullmatch(r'# a bare agreement \(epm_xcomm_agree: a counts phase of zeros, polled with a deadline\): (\S+) us; '
                          r'blocking MPI_Allreduce of one int: (\S+) us; ratio (\S+)', lines[-1] if lines else '')
@@ -613,7 +618,7 @@ ok "bench a2a 3 ranks csv" mpi -np 3 "$E" bench a2a --a2a p2p --hier off --max-b
   csvcheck a2a 3 p2p 8,128,2048
 # one rank: nothing leaves it, so the ratio fields are empty, never a number
 ok "bench a2a 1 rank csv" mpi -np 1 "$E" bench a2a --max-bytes 64 --step 8 --time 0.01 --csv &&
-  { [ "$(awk -F, 'NR > 1 && NF == 24 && $1 == 1 && $5 == 0 && $13 == "" && $15 == "" && $18 == "" && $20 == "" && $22 == "" && $24 == ""' "$d/out" | wc -l)" = 2 ] ||
+  { [ "$(awk -F, 'NR > 1 && NF == 26 && $1 == 1 && $5 == 0 && $13 == "" && $15 == "" && $18 == "" && $20 == "" && $22 == "" && $24 == "" && $26 == ""' "$d/out" | wc -l)" = 2 ] ||
     { fail "bench a2a at 1 rank: not two rows of 0 bytes without ratios"; show; }; }
 help_ok a2a --max-bytes --step --time --a2a --csv
 usage a2a --max-bytes x --max-bytes x
@@ -751,6 +756,15 @@ ok "bench run --wire-dtypes" mpi -np 3 "$E" bench run --model "$F/mixtral-tiny" 
              NR == 4 && $1 == "F8_E4M3" && $3 > 0.3 && $3 < 0.45 && $4 > 0 && $10 > 0 && $10 < 0.05 {c = 1}
              END {exit !(h && a && b && c && NR == 4)}' "$d/out" || { fail "bench run --wire-dtypes: rows"; show; }; }
 usage run "--wire-dtypes --kv-dtypes" "" --model "$m" --wire-dtypes --kv-dtypes
+# the counts phase three ways: every hop agrees again without room, almost none with it, and with rows riding
+# (decode's small hops) none steps after its counts; the same hops, logits and tokens each way
+ok "bench run --room" mpi -np 3 "$E" bench run --model "$F/mixtral-tiny" --batch 3 --seq 8 --new 3 --reps 1 \
+  --room --csv &&
+  { awk -F, 'NR == 1 && $1 == "counts" && $3 == "hops_agreed" && $4 == "hops_fused" && NF == 12 {h = 1}
+             NR == 2 && $1 == "none" && $2 > 0 && $3 == $2 && $4 == 0 && $6 == 1 && $11 == 0 && $12 == 1 {a = 1; n = $2}
+             NR == 3 && $1 == "room" && $2 == n && $3 < n && $4 == 0 && $11 == 0 && $12 == 1 {b = 1}
+             NR == 4 && $1 == "riding" && $2 == n && $3 == 0 && $4 > 0 && $4 <= n && $11 == 0 && $12 == 1 {c = 1}
+             END {exit !(h && a && b && c && NR == 4)}' "$d/out" || { fail "bench run --room: rows"; show; }; }
 # the prompts in one prefill pass (the baseline row), then in passes of 5 and of 3 of each rank's prompt
 # tokens: 4 and 6 passes for the fuller rank's 16, a peak resident set measured, the same tokens, and the
 # last logits to float32 rounding

@@ -107,7 +107,7 @@ plot --help
 # ---- what a log axis cannot show is left out with a note; an empty ratio (one rank) is allowed ----
 # line 2 of a2a_np2.csv: ours_busbw_gbs (9th field) 0; a 1-rank row: no bytes, no bus bandwidth, no ratio
 awk -F, -v OFS=, 'NR == 2 { $9 = "0.0000" } 1' a2a_np2.csv >zero.csv
-printf '%s\n' "$(head -1 a2a_np2.csv)" '1,1,alltoallv,0,0,8,0.50,0.0000,0.0000,0.10,0.0000,0.0000,,0.60,,8,0.70,,0.80,,0.90,,1.00,' >one.csv
+printf '%s\n' "$(head -1 a2a_np2.csv)" '1,1,alltoallv,0,0,8,0.50,0.0000,0.0000,0.10,0.0000,0.0000,,0.60,,8,0.70,,0.80,,0.90,,1.00,,1.10,' >one.csv
 plot --out zero zero.csv one.csv
 if [ $rc != 0 ]; then
   fail "plot of a zero bandwidth: exit $rc"; show

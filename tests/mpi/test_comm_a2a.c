@@ -424,6 +424,26 @@ static void test_comm_xcomm_allgather(void **state)
     epm_xcomm_destroy(x);
 }
 
+/* One exchange of scenario s into buf, its rows and counted bytes checked
+ * against the reference; returns the wire it alone made. */
+static epm_xcomm_wire xs_exchange_checked(epm_xcomm *x, const xscen *s, int vn, epm_xcomm_buf *buf)
+{
+    int64_t n;
+    int *dest;
+    float *rows;
+    xs_make(s, R, me, &n, &dest, &rows);
+    epm_xcomm_wire_reset(x);
+    int64_t counted[EPM_LINK_COUNT] = {0};
+    assert_int_equal(epm_xcomm_exchange_buf(x, n, dest, rows, XW, XP, counted, buf), EPM_OK);
+    fx_rows b = fx_got(buf->rows, buf->src, buf->n, counted);
+    fx_same_ref(&b, fx_xs_ref(s, vn), FX_SRC | FX_COUNTED);
+    epm_xcomm_wire w;
+    epm_xcomm_wire_get(x, &w);
+    epm_free(dest);
+    epm_free(rows);
+    return w;
+}
+
 /* Room offered in the counts phase (epm_xcomm_counts_fit): an exchange into
  * a buffer that already holds room for what all ranks send agrees nothing
  * after its counts, one that outgrew it does, and each gets the same rows.
@@ -435,31 +455,20 @@ static void test_comm_xcomm_room(void **state)
                 big = {.seed = 12, .dest = XD_RANDOM, .max_rows = 400};
     for (int a = EPM_XA2A_ALLTOALLV; a <= EPM_XA2A_P2P; a++) {
         epm_xcomm *x = fx_xcomm(0, (epm_xcomm_a2a)a, EPM_XHIER_OFF);
+        epm_xcomm_set_eager(x, 0); /* (rows riding with the counts would leave no step to agree on) */
         epm_xcomm_buf buf = {0};
         /* small three times, big once, small with the room switched off */
         const xscen *seq[5] = {&small, &small, &small, &big, &small};
         int64_t agreed[5];
         for (int i = 0; i < 5; i++) {
-            int64_t n;
-            int *dest;
-            float *rows;
-            xs_make(seq[i], R, me, &n, &dest, &rows);
             epm_xcomm_set_room(x, i < 4);
-            epm_xcomm_wire_reset(x);
-            int64_t counted[EPM_LINK_COUNT] = {0};
-            assert_int_equal(epm_xcomm_exchange_buf(x, n, dest, rows, XW, XP, counted, &buf), EPM_OK);
-            fx_rows b = fx_got(buf.rows, buf.src, buf.n, counted);
-            fx_same_ref(&b, fx_xs_ref(seq[i], 0), FX_SRC | FX_COUNTED);
-            epm_xcomm_wire w;
-            epm_xcomm_wire_get(x, &w);
+            epm_xcomm_wire w = xs_exchange_checked(x, seq[i], 0, &buf);
             assert_int_equal(w.hops, 1);
             agreed[i] = w.hops_agreed;
             /* (the same on every rank) */
             int64_t all = agreed[i];
             assert_int_equal(epm_xcomm_sum_i64(x, &all, 1), EPM_OK);
             assert_int_equal(all, R * agreed[i]);
-            epm_free(dest);
-            epm_free(rows);
         }
         epm_xcomm_set_room(x, 1);
         if (a == EPM_XA2A_P2P) { /* (its steps allocate datatypes after the counts: always agreed) */
@@ -475,6 +484,45 @@ static void test_comm_xcomm_room(void **state)
         epm_xcomm_buf_free(&buf);
         epm_xcomm_destroy(x);
     }
+}
+
+/* Rows riding with their counts (epm_xcomm_counts_rows): small exchanges
+ * take no step after the counts on any hop, flat or hierarchical; exchanges
+ * where some rank's rows for a peer outgrow a counts message take one, with
+ * the peers whose rows rode left out of it; with riding off every hop steps.
+ * The rows are the reference's in every case, and every rank counts the
+ * same fused hops: the decision is everyone's. */
+static void test_comm_xcomm_fused(void **state)
+{
+    (void)state;
+    const xscen small = {.seed = 21, .dest = XD_RANDOM, .max_rows = 12},
+                huge = {.seed = 22, .dest = XD_RANDOM, .max_rows = 60000}; /* (28-byte rows: 2,340 ride a message) */
+    const int vn = R >= 4 && R % 2 == 0 ? 2 : 0;
+    for (int a = EPM_XA2A_ALLTOALLV; a <= EPM_XA2A_P2P; a++)
+        for (int hier = 0; hier < 1 + (vn > 0); hier++) {
+            epm_xcomm *x = fx_xcomm(vn, (epm_xcomm_a2a)a, hier ? EPM_XHIER_ON : EPM_XHIER_OFF);
+            epm_xcomm_buf buf = {0};
+            const xscen *seq[4] = {&small, &huge, &small, &huge};
+            for (int i = 0; i < 4; i++) {
+                epm_xcomm_set_eager(x, i < 2);
+                epm_xcomm_wire w = xs_exchange_checked(x, seq[i], vn, &buf);
+                assert_int_equal(w.hops, hier ? 2 : 1);
+                if (i >= 2 && R > 1) /* riding off */
+                    assert_int_equal(w.hops_fused, 0);
+                else if (i == 0) /* small: every hop in one phase, nothing to agree after it */
+                    assert_int_equal(w.hops_fused, w.hops);
+                else if (R > 1) /* huge: some rank's rows for a peer outgrow a message on every hop */
+                    assert_int_equal(w.hops_fused, 0);
+                if (i == 0)
+                    assert_int_equal(w.hops_agreed, 0);
+                int64_t all = w.hops_fused;
+                assert_int_equal(epm_xcomm_sum_i64(x, &all, 1), EPM_OK);
+                assert_int_equal(all, R * w.hops_fused);
+            }
+            epm_xcomm_set_eager(x, 1);
+            epm_xcomm_buf_free(&buf);
+            epm_xcomm_destroy(x);
+        }
 }
 
 /* one failure, on one rank: every rank returns an error that names it */
@@ -521,6 +569,7 @@ int main(void)
         FX_TEST(test_comm_xcomm_split_phase),
         FX_TEST(test_comm_xcomm_start_lent),
         FX_TEST(test_comm_xcomm_room),
+        FX_TEST(test_comm_xcomm_fused),
         FX_TEST(test_comm_xcomm_bad_input),
         FX_TEST(test_comm_xcomm_allgather),
         FX_TEST(test_comm_xcomm_agree),
