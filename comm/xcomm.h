@@ -189,6 +189,7 @@ typedef struct epm_xcomm_wire {
     int64_t hops, hops_agreed; /* hops (one a flat exchange), and those that agreed again after their counts
                                   because some rank had no room for what all sent (epm_xcomm_counts_fit) */
     int64_t hops_fused;        /* hops whose rows all rode with their counts: no step after them */
+    int64_t gathers, gathers_fused; /* all-gathers, and those whose rows all rode with their counts */
 } epm_xcomm_wire;
 void epm_xcomm_wire_get(const epm_xcomm *x, epm_xcomm_wire *out);
 void epm_xcomm_wire_reset(epm_xcomm *x);

@@ -303,11 +303,12 @@ epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int w
 {
     int R = x->size, me = x->rank;
     int *counts = epm_malloc((size_t)R * sizeof *counts), *disp = epm_malloc((size_t)R * sizeof *disp);
+    unsigned char *got = epm_malloc((size_t)R);
     *out_rows = NULL;
     /* the counts phase is also the agreement: a rank that cannot allocate,
      * or any rank's failure before it, fails it on every rank */
     int cnt = (int)n;
-    epm_status lst = !counts || !disp        ? EPM_ERR_NOMEM
+    epm_status lst = !counts || !disp || !got ? EPM_ERR_NOMEM
                      : n < 0 || n > INT_MAX ? epm_fail(EPM_ERR_INVALID_ARG, "all-gather of %lld rows", (long long)n)
                                             : EPM_OK;
     /* the result's rows set aside before the counts, as an exchange's hop
@@ -322,15 +323,21 @@ epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int w
         lst = buf ? EPM_OK : EPM_ERR_NOMEM;
     }
     int64_t room = buf && rowb ? (int64_t)(want / rowb) * R : -1; /* (none without a buffer: nothing to hand out) */
-    int64_t *sc = x->poison + 6 * R, *rc_ = x->poison + 7 * R; /* (R each, beside what the phase sends) */
+    /* (R each, beside the headers the phase receives; every peer's rows are the same, from offset 0) */
+    int64_t *sc = x->poison + 6 * R, *rc_ = x->poison + 7 * R, *from = x->poison + 4 * R;
     for (int r = 0; r < R; r++)
-        sc[r] = n;
-    int fit = 0;
-    epm_status st = epm_xcomm_counts_fit(x, lst, sc, rc_, room, &fit, NULL);
+        sc[r] = n, from[r] = 0;
+    /* the rows ride with the counts where they fit (decode's K/V rows): then
+     * every rank has every rank's rows after the phase, and nothing follows */
+    const epm_xcomm_rows ride = {(const char *)rows, from, rowb};
+    int fit = 0, data = 1;
+    epm_status st =
+        epm_xcomm_counts_rows(x, lst, sc, rc_, room, lst == EPM_OK ? &ride : NULL, NULL, got, &fit, NULL, &data);
     if (st != EPM_OK) {
         epm_free(buf);
         epm_free(counts);
         epm_free(disp);
+        epm_free(got);
         return st;
     }
     int64_t total = 0;
@@ -345,15 +352,26 @@ epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int w
         epm_free(buf);
         buf = epm_malloc(need ? need : 1);
     }
+    /* (with every row ridden nobody waits for this rank: a failure here is its own, told at the next phase) */
     int first = buf ? R : me;
-    int rc = fit ? MPI_SUCCESS : MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, x->comm);
+    int rc = fit || !data ? MPI_SUCCESS : MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, x->comm);
     if (rc != MPI_SUCCESS)
         st = epm_xcomm_mpi_err(rc, "MPI_Allreduce of the all-gather's buffer status");
     else if (first == me)
         st = EPM_ERR_NOMEM;
     else if (first < R)
         st = epm_fail(EPM_ERR_REMOTE, "rank %d could not allocate for an all-gather of rows", first);
-    if (st == EPM_OK) {
+    x->wire.gathers++;
+    x->wire.gathers_fused += !data;
+    if (st == EPM_OK && !data) {
+        for (int r = 0; r < R && st == EPM_OK; r++) {
+            const char *src = r == me ? (const char *)rows : got[r] ? epm_xcomm_rode_rows(x, r) : NULL;
+            if (counts[r] && !src)
+                st = epm_fail(EPM_ERR_INTERNAL, "all-gather: rank %d's %d rows did not ride", r, counts[r]);
+            else if (counts[r])
+                memcpy((char *)buf + (size_t)disp[r] * rowb, src, (size_t)counts[r] * rowb);
+        }
+    } else if (st == EPM_OK) {
         MPI_Datatype row;
         MPI_Type_contiguous(width, MPI_FLOAT, &row);
         MPI_Type_commit(&row);
@@ -380,6 +398,7 @@ epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int w
     }
     epm_free(counts);
     epm_free(disp);
+    epm_free(got);
     return st;
 }
 

@@ -401,26 +401,39 @@ static void test_comm_xcomm_allgather(void **state)
     (void)state;
     int vn = R % 2 ? 0 : 2;
     epm_xcomm *x = fx_xcomm(vn, EPM_XA2A_ALLTOALLV, EPM_XHIER_AUTO);
-    const xscen *s = &xscens[1];
-    int64_t n, nr, counted[EPM_LINK_COUNT] = {0}, want[EPM_LINK_COUNT] = {0};
-    int *dest;
-    float *rows, *out;
-    xs_make(s, R, me, &n, &dest, &rows);
-    assert_int_equal(epm_xcomm_allgather(x, n, rows, XW, XP, counted, &out, &nr), EPM_OK);
-    int64_t k = 0;
-    for (int q = 0; q < R; q++) {
-        for (int64_t i = 0; i < xs_rows(s, q); i++, k++)
-            for (int c = 0; c < XW; c++)
-                assert_true(out[k * XW + c] == xs_val(q, i, c));
-        if (q != me)
-            want[xs_link(R, vn, me, q)] += n * XP * (int64_t)sizeof(float);
+    /* rows that ride with the counts (small), that outgrow a message on some rank (huge: a step
+     * follows), and small again with riding off: the same rows and bytes each way */
+    const xscen huge = {.seed = 23, .dest = XD_RANDOM, .max_rows = 60000};
+    const xscen *seq[3] = {&xscens[1], &huge, &xscens[1]};
+    for (int j = 0; j < 3; j++) {
+        const xscen *s = seq[j];
+        int64_t n, nr, counted[EPM_LINK_COUNT] = {0}, want[EPM_LINK_COUNT] = {0};
+        int *dest;
+        float *rows, *out;
+        xs_make(s, R, me, &n, &dest, &rows);
+        epm_xcomm_set_eager(x, j < 2);
+        epm_xcomm_wire_reset(x);
+        assert_int_equal(epm_xcomm_allgather(x, n, rows, XW, XP, counted, &out, &nr), EPM_OK);
+        int64_t k = 0;
+        for (int q = 0; q < R; q++) {
+            for (int64_t i = 0; i < xs_rows(s, q); i++, k++)
+                for (int c = 0; c < XW; c++)
+                    assert_true(out[k * XW + c] == xs_val(q, i, c));
+            if (q != me)
+                want[xs_link(R, vn, me, q)] += n * XP * (int64_t)sizeof(float);
+        }
+        assert_int_equal(nr, k);
+        for (int c = 0; c < EPM_LINK_COUNT; c++)
+            assert_int_equal(counted[c], want[c]);
+        epm_xcomm_wire w;
+        epm_xcomm_wire_get(x, &w);
+        assert_int_equal(w.gathers, 1);
+        assert_int_equal(w.gathers_fused, j == 0 || (j == 1 && R == 1) ? 1 : 0);
+        epm_free(out);
+        epm_free(dest);
+        epm_free(rows);
     }
-    assert_int_equal(nr, k);
-    for (int c = 0; c < EPM_LINK_COUNT; c++)
-        assert_int_equal(counted[c], want[c]);
-    epm_free(out);
-    epm_free(dest);
-    epm_free(rows);
+    epm_xcomm_set_eager(x, 1);
     epm_xcomm_destroy(x);
 }
 
