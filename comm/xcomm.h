@@ -14,7 +14,7 @@ typedef struct epm_xcomm epm_xcomm;
 /* How exchange moves rows. Every transport gives the same rows in the same
  * order; they differ in how (and whether) the transfer overlaps the caller. */
 typedef enum epm_xcomm_a2a {
-    EPM_XA2A_ALLTOALLV = 0, /* MPI_Alltoall of counts, MPI_Alltoallv of rows (runs in _wait) */
+    EPM_XA2A_ALLTOALLV = 0, /* counts (small hops' rows riding with them), MPI_Alltoallv of the rest (in _wait) */
     EPM_XA2A_P2P,           /* MPI_Irecv/MPI_Isend per peer, posted in _start */
     EPM_XA2A_STAGED,        /* the staged transport (CUDA builds): MPI from pinned host memory */
     EPM_XA2A_NCCL           /* ncclSend/ncclRecv between GPUs (NCCL builds; one rank per GPU) */
@@ -228,7 +228,9 @@ epm_status epm_xcomm_counts_fit(epm_xcomm *x, epm_status local, const int64_t *s
  * the room was offered; bench a2a's baseline). Default 1. */
 void epm_xcomm_set_room(epm_xcomm *x, int on);
 /* Rows riding in the counts messages (on by default): off, every hop's rows
- * wait for the step after its counts, as before (bench a2a's baseline). */
+ * wait for the step after its counts, as before (bench a2a's baseline).
+ * Collective in effect: every rank of x must make the same call before its
+ * next exchange (each decides what it sends by its own setting). */
 void epm_xcomm_set_eager(epm_xcomm *x, int on);
 /* 1 once an agreement or a counts phase has failed (every rank knows it),
  * timed out or met an MPI error (no rank can count on the others): a caller

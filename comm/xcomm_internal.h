@@ -37,7 +37,7 @@ struct epm_xcomm {
     int local_ranks;   /* ranks on this machine (MPI's shared-memory split), also under virtual nodes */
     int *node_of;
     int64_t *poison;   /* [8 * size]: the headers a counts phase received, 4 a peer (epm_xcomm_counts_rows);
-                          the all-gather's counts beyond them, from 6 * size */
+                          the all-gather's offsets from 4 * size and counts from 6 * size */
     epm_xcomm_a2a a2a;
     int hier;          /* resolved: exchanges take the hierarchical path */
     epm_transport *tr;
@@ -55,7 +55,8 @@ struct epm_xcomm {
     int *elen;                   /* [size] bytes received from each peer in the last counts phase */
     MPI_Request *ereq;           /* [2 * size] */
     MPI_Status *estat;           /* [size] the receives' */
-    int epending;      /* a counts phase gave up with its messages in flight: their buffers are left to MPI */
+    int epending;      /* a counts phase gave up with its messages in flight (a timeout, or MPI_ERR_* when
+                          negative): their buffers are left to MPI */
     int no_eager;      /* epm_xcomm_set_eager(x, 0): rows never ride with the counts */
     /* scratch kept between exchanges (see epm_xcomm_buf for why) */
     struct {

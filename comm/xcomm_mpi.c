@@ -154,7 +154,7 @@ epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
     int *leads = epm_malloc((size_t)size * sizeof *leads);
     int64_t *poison = epm_malloc(8 * (size_t)size * sizeof *poison);
     /* a hop's rows ride with its counts up to 64 KiB a peer (decode's
-     * exchanges), fewer past 128 ranks: 8 MiB of slots each way at most */
+     * exchanges), fewer past 128 ranks: 8 MiB of rows each way at most, beside 32-byte headers */
     const size_t emax = size > 1 ? (size_t)(8 << 20) / (size_t)size < (64 << 10) ? (size_t)(8 << 20) / (size_t)size
                                                                                  : (size_t)64 << 10
                                  : 0;
@@ -303,7 +303,7 @@ epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int w
 {
     int R = x->size, me = x->rank;
     int *counts = epm_malloc((size_t)R * sizeof *counts), *disp = epm_malloc((size_t)R * sizeof *disp);
-    unsigned char *got = epm_malloc((size_t)R);
+    unsigned char *got = epm_malloc(2 * (size_t)R), *rode = got ? got + R : NULL;
     *out_rows = NULL;
     /* the counts phase is also the agreement: a rank that cannot allocate,
      * or any rank's failure before it, fails it on every rank */
@@ -332,7 +332,7 @@ epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int w
     const epm_xcomm_rows ride = {(const char *)rows, from, rowb};
     int fit = 0, data = 1;
     epm_status st =
-        epm_xcomm_counts_rows(x, lst, sc, rc_, room, lst == EPM_OK ? &ride : NULL, NULL, got, &fit, NULL, &data);
+        epm_xcomm_counts_rows(x, lst, sc, rc_, room, lst == EPM_OK ? &ride : NULL, rode, got, &fit, NULL, &data);
     if (st != EPM_OK) {
         epm_free(buf);
         epm_free(counts);
@@ -361,25 +361,31 @@ epm_status epm_xcomm_allgather(epm_xcomm *x, int64_t n, const float *rows, int w
         st = EPM_ERR_NOMEM;
     else if (first < R)
         st = epm_fail(EPM_ERR_REMOTE, "rank %d could not allocate for an all-gather of rows", first);
-    x->wire.gathers++;
-    x->wire.gathers_fused += !data;
-    if (st == EPM_OK && !data) {
-        for (int r = 0; r < R && st == EPM_OK; r++) {
-            const char *src = r == me ? (const char *)rows : got[r] ? epm_xcomm_rode_rows(x, r) : NULL;
-            if (counts[r] && !src)
-                st = epm_fail(EPM_ERR_INTERNAL, "all-gather: rank %d's %d rows did not ride", r, counts[r]);
-            else if (counts[r])
-                memcpy((char *)buf + (size_t)disp[r] * rowb, src, (size_t)counts[r] * rowb);
+    /* the rows that rode, and this rank's own where they rode (the same to
+     * every peer); the all-gather, where one follows, moves only the rest:
+     * a rank whose rows rode sends none, and nobody receives them again */
+    const int mine_rode = R > 1 && rode[me ? 0 : 1];
+    for (int r = 0; r < R && st == EPM_OK; r++) {
+        const char *src = r == me ? (mine_rode || !data ? (const char *)rows : NULL)
+                                  : got[r] ? epm_xcomm_rode_rows(x, r) : NULL;
+        if (counts[r] && !src && !data)
+            st = epm_fail(EPM_ERR_INTERNAL, "all-gather: rank %d's %d rows did not ride", r, counts[r]);
+        else if (counts[r] && src) {
+            memcpy((char *)buf + (size_t)disp[r] * rowb, src, (size_t)counts[r] * rowb);
+            counts[r] = 0;
         }
-    } else if (st == EPM_OK) {
+    }
+    if (st == EPM_OK && data) {
         MPI_Datatype row;
         MPI_Type_contiguous(width, MPI_FLOAT, &row);
         MPI_Type_commit(&row);
-        rc = MPI_Allgatherv(rows, cnt, row, buf, counts, disp, row, x->comm);
+        rc = MPI_Allgatherv(rows, mine_rode ? 0 : cnt, row, buf, counts, disp, row, x->comm);
         MPI_Type_free(&row);
         if (rc != MPI_SUCCESS)
             st = epm_xcomm_mpi_err(rc, "MPI_Allgatherv of rows");
     }
+    x->wire.gathers += st == EPM_OK;
+    x->wire.gathers_fused += st == EPM_OK && !data;
     if (st == EPM_OK && counted)
         for (int r = 0; r < R; r++)
             if (r != x->rank)
@@ -414,8 +420,9 @@ void epm_xcomm_set_timeout(double seconds)
 void epm_xcomm_abort(epm_xcomm *x, int code) { MPI_Abort(x ? x->comm : MPI_COMM_WORLD, code); }
 
 /* After a timeout, which ranks are still alive: live ranks answer probes
- * while they wait (answer_probes), a stalled or dead one does not. Tags far
- * from any the exchanges use; point-to-point never matches a collective. */
+ * while they wait (answer_probes), a stalled or dead one does not. On the
+ * counts phases' communicator, whose messages (tag 0) they cannot match,
+ * where the rows' tags would span these. */
 enum { TAG_PROBE = 0x7e51, TAG_REPLY = 0x7e52 };
 
 static void answer_probes(epm_xcomm *x)
@@ -423,10 +430,10 @@ static void answer_probes(epm_xcomm *x)
     for (;;) {
         int flag = 0, v;
         MPI_Status stt;
-        if (MPI_Iprobe(MPI_ANY_SOURCE, TAG_PROBE, x->comm, &flag, &stt) != MPI_SUCCESS || !flag)
+        if (MPI_Iprobe(MPI_ANY_SOURCE, TAG_PROBE, x->ctl, &flag, &stt) != MPI_SUCCESS || !flag)
             return;
-        MPI_Recv(&v, 1, MPI_INT, stt.MPI_SOURCE, TAG_PROBE, x->comm, MPI_STATUS_IGNORE);
-        MPI_Send(&x->rank, 1, MPI_INT, stt.MPI_SOURCE, TAG_REPLY, x->comm);
+        MPI_Recv(&v, 1, MPI_INT, stt.MPI_SOURCE, TAG_PROBE, x->ctl, MPI_STATUS_IGNORE);
+        MPI_Send(&x->rank, 1, MPI_INT, stt.MPI_SOURCE, TAG_REPLY, x->ctl);
     }
 }
 
@@ -446,8 +453,8 @@ static epm_status blame(epm_xcomm *x, double waited)
         rq[r] = rq[R + r] = MPI_REQUEST_NULL;
         if (r == me)
             continue;
-        MPI_Irecv(&ans[r], 1, MPI_INT, r, TAG_REPLY, x->comm, &rq[r]);
-        MPI_Isend(&me, 1, MPI_INT, r, TAG_PROBE, x->comm, &rq[R + r]);
+        MPI_Irecv(&ans[r], 1, MPI_INT, r, TAG_REPLY, x->ctl, &rq[r]);
+        MPI_Isend(&me, 1, MPI_INT, r, TAG_PROBE, x->ctl, &rq[R + r]);
     }
     got[me] = 1;
     double t0 = epm_now(), window = waited < 4 ? 2 : waited / 2;
@@ -492,7 +499,7 @@ enum { CODE_ORIGIN = -1, CODE_HEARD = -2 };
 
 /* Once a deadline gave up on the counts messages: receives are cancelled,
  * and the buffers (a send may still be read) are left to the process. */
-static void counts_abandon(epm_xcomm *x)
+static void counts_abandon(epm_xcomm *x, int why)
 {
     for (int r = 0; r < x->size; r++)
         if (x->ereq[r] != MPI_REQUEST_NULL) {
@@ -502,7 +509,7 @@ static void counts_abandon(epm_xcomm *x)
     for (int r = 0; r < x->size; r++)
         if (x->ereq[x->size + r] != MPI_REQUEST_NULL)
             MPI_Request_free(&x->ereq[x->size + r]);
-    x->epending = 1;
+    x->epending = why;
     x->failed = 1;
 }
 
@@ -518,8 +525,10 @@ epm_status epm_xcomm_counts_rows(epm_xcomm *x, epm_status local, const int64_t *
         *all_out = 0;
     if (data_out)
         *data_out = 0;
-    if (x->epending) /* (a deadline passed: no rank can count on the others) */
+    if (x->epending > 0) /* (a deadline passed: no rank can count on the others) */
         return epm_fail(EPM_ERR_TIMEOUT, "rank %d: an earlier exchange gave up on a stalled rank", me);
+    if (x->epending < 0)
+        return epm_fail(EPM_ERR_MPI, "rank %d: an earlier exchange's counts messages failed in MPI", me);
     /* One message to each peer, from and into the communicator's own slots
      * (after a timeout a late peer must not write into memory its caller
      * freed): its count, this rank's total sent and the rows this rank could
@@ -528,7 +537,9 @@ epm_status epm_xcomm_counts_rows(epm_xcomm *x, epm_status local, const int64_t *
      * must allocate; and the rows themselves where they fit, so that
      * decode's small hops move in this one phase. A rank that failed sends
      * its failure instead (ORIGIN, or HEARD of another's). */
-    const size_t rb = rows && !x->no_eager ? rows->rb : 0;
+    /* (what rides from here follows this rank's setting; what arrived is
+     * judged by the rows' size alone, so a mismatch cannot lose rows) */
+    const size_t rb = rows && !x->no_eager ? rows->rb : 0, rbin = rows ? rows->rb : 0;
     const int64_t fits = rb ? (int64_t)(x->emax / rb) : -1; /* rows a message may carry */
     int64_t mine[4] = {0, 0, -1, 0}, total = 0;
     if (local != EPM_OK) {
@@ -572,7 +583,7 @@ epm_status epm_xcomm_counts_rows(epm_xcomm *x, epm_status local, const int64_t *
         rc = MPI_Isend(m, (int)(EPM_XCOMM_EHDR + n), MPI_BYTE, r, 0, x->ctl, &x->ereq[R + r]);
     }
     if (rc != MPI_SUCCESS) {
-        counts_abandon(x);
+        counts_abandon(x, -1);
         return epm_fail(EPM_ERR_MPI, "rank %d: posting the counts messages (and failures) failed", me);
     }
     /* The wait has a deadline: a rank that stalled or died must not hold the
@@ -599,7 +610,7 @@ epm_status epm_xcomm_counts_rows(epm_xcomm *x, epm_status local, const int64_t *
                 break;
             double waited = epm_now() - t0;
             if (waited > agree_timeout_s) {
-                counts_abandon(x);
+                counts_abandon(x, 1);
                 timed_out = 1;
                 return blame(x, agree_timeout_s);
             }
@@ -610,7 +621,7 @@ epm_status epm_xcomm_counts_rows(epm_xcomm *x, epm_status local, const int64_t *
         }
     }
     if (rc != MPI_SUCCESS) {
-        counts_abandon(x);
+        counts_abandon(x, -1);
         return epm_fail(EPM_ERR_MPI, "rank %d: the counts messages (and failures) failed", me);
     }
     for (int r = 0; r < R; r++) {
@@ -650,14 +661,14 @@ epm_status epm_xcomm_counts_rows(epm_xcomm *x, epm_status local, const int64_t *
         for (int r = 0; r < R; r++)
             ok &= hs[4 * r + 2] >= all;
         epm_status rst = EPM_OK;
-        for (int r = 0; r < R && got && rb; r++) {
+        for (int r = 0; r < R && got && rbin; r++) {
             if (r == me || hs[4 * r] <= 0)
                 continue;
-            if ((size_t)x->elen[r] == EPM_XCOMM_EHDR + (size_t)hs[4 * r] * rb)
+            if ((size_t)x->elen[r] == EPM_XCOMM_EHDR + (size_t)hs[4 * r] * rbin)
                 got[r] = 1;
-            else if (x->elen[r] != (int)EPM_XCOMM_EHDR || hs[4 * r] <= fits)
+            else if (x->elen[r] != (int)EPM_XCOMM_EHDR) /* (MPI delivered what no rank sent) */
                 rst = epm_fail(EPM_ERR_INTERNAL, "rank %d's counts message has %d bytes for %lld rows of %zu", r,
-                               x->elen[r], (long long)hs[4 * r], rb);
+                               x->elen[r], (long long)hs[4 * r], rbin);
         }
         if (rst != EPM_OK)
             return rst;
