@@ -199,6 +199,8 @@ epm_xcomm_a2a epm_xcomm_transport(const epm_xcomm *x);
 int epm_xcomm_node_of(const epm_xcomm *x, int rank);
 /* The ranks on this rank's machine (MPI's shared-memory split; real, also under virtual nodes). */
 int epm_xcomm_local_ranks(const epm_xcomm *x);
+/* Bytes the communicator holds for its life: the counts messages' slots, each way. */
+size_t epm_xcomm_held_bytes(const epm_xcomm *x);
 
 /* Every rank receives every rank's rows, in rank order. Counted as one copy
  * to each other rank. */

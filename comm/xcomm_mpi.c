@@ -711,6 +711,8 @@ int epm_xcomm_failed(const epm_xcomm *x) { return x->failed; }
 
 int epm_xcomm_local_ranks(const epm_xcomm *x) { return x->local_ranks; }
 
+size_t epm_xcomm_held_bytes(const epm_xcomm *x) { return 2 * (size_t)x->size * (EPM_XCOMM_EHDR + x->emax); }
+
 void epm_xcomm_set_room(epm_xcomm *x, int on) { x->no_room = !on; }
 
 void epm_xcomm_set_eager(epm_xcomm *x, int on) { x->no_eager = !on; }

@@ -148,6 +148,8 @@ epm_status epm_rt_memory_check(rt *r)
                         : r->o->drop_logits ? r->places[r->me] /* an admission's last rows, sampled */
                                             : r->B;             /* each sequence's last, kept */
     act += rows * c->vocab_size * 2 * sizeof(float);
+    /* the exchanges' counts messages, whose slots each communicator holds (rows ride in them) */
+    act += (double)epm_xcomm_held_bytes(r->x) + (r->xc ? (double)epm_xcomm_held_bytes(r->xc) : 0.0);
     if (r->o->prompt_logprobs_on && !r->o->keep_logits) /* a pass's logits, every row's */
         act += (double)most * c->vocab_size * sizeof(float);
     double limit = r->o->max_memory > 0 ? r->o->max_memory : machine_share(r);
