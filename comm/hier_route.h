@@ -7,7 +7,20 @@
 #ifndef EPM_HIER_ROUTE_H
 #define EPM_HIER_ROUTE_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+/* The rows a hop sends one peer ride in the message that carries their
+ * count (comm/xcomm_mpi.c, epm_xcomm_counts_rows) up to this many bytes:
+ * 64 KiB, fewer past 128 ranks (8 MiB of rows each way in all). The cost
+ * model prices a pair above it as a message of its own. */
+static inline size_t epm_ride_max(int ranks)
+{
+    if (ranks < 2)
+        return 0;
+    const size_t share = ((size_t)8 << 20) / (size_t)ranks;
+    return share < ((size_t)64 << 10) ? share : (size_t)64 << 10;
+}
 
 /* A row from src to dst: the rank of src's node its gathering hop reaches
  * (dst itself on src's node; else local rank dst % P of src's node, which

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "epm_config.h"
+#include "hier_route.h"
 #include "mpi_world.h"
 #include "xcomm_internal.h"
 
@@ -153,11 +154,8 @@ epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
     int *node_of = epm_malloc((size_t)size * sizeof *node_of);
     int *leads = epm_malloc((size_t)size * sizeof *leads);
     int64_t *poison = epm_malloc(8 * (size_t)size * sizeof *poison);
-    /* a hop's rows ride with its counts up to 64 KiB a peer (decode's
-     * exchanges), fewer past 128 ranks: 8 MiB of rows each way at most, beside 32-byte headers */
-    const size_t emax = size > 1 ? (size_t)(8 << 20) / (size_t)size < (64 << 10) ? (size_t)(8 << 20) / (size_t)size
-                                                                                 : (size_t)64 << 10
-                                 : 0;
+    /* a hop's rows ride with its counts (decode's exchanges), beside 32-byte headers */
+    const size_t emax = epm_ride_max(size);
     const size_t eslots = (size_t)size * (EPM_XCOMM_EHDR + emax);
     char *esend = epm_malloc(eslots), *erecv = epm_malloc(eslots);
     int *elen = epm_calloc((size_t)size, sizeof *elen);

@@ -125,6 +125,11 @@ typedef struct {
     int *dd, *gw;  /* [K] scratch: a dispatch's ranks other than its source, their gateways */
     phase a2a, kv; /* this layer's dispatch + combine, and its K/V all-gather */
     uint32_t *stamp, epoch; /* [HOPS][R][R]: the exchange (epoch) a hop last sent from -> to in; NULL: not counted */
+    /* with a latency: [HOPS][R][R] a pair's bytes in this exchange's hop (NULL: none), and what rides in
+     * the counts messages (epm_ride_max): a pair's rows are a message of their own only beyond it */
+    int64_t *pair;
+    int64_t ride;
+    int follow;
 } acc;
 
 /* A transfer on the wire in hop h (of layer l; -1: the final gather), which
@@ -140,11 +145,36 @@ static void wire(acc *a, phase *ph, int h, int l, int from, int to, int64_t byte
     if (l >= 0)
         a->r->layer_wire[(size_t)l * EPM_LINK_COUNT + k] += bytes;
     phase_add(ph, a->c, from, to, bytes);
-    uint32_t *st = a->stamp ? a->stamp + ((size_t)h * (size_t)a->R + (size_t)from) * (size_t)a->R + (size_t)to : NULL;
+    const size_t at = ((size_t)h * (size_t)a->R + (size_t)from) * (size_t)a->R + (size_t)to;
+    uint32_t *st = a->stamp ? a->stamp + at : NULL;
     if (st && *st != a->epoch) {
         *st = a->epoch;
         a->r->wire_msgs[k]++;
-        phase_add_msg(ph, a->c, from, to);
+        if (a->pair)
+            a->pair[at] = 0;
+    }
+    if (a->pair) { /* (the modelled time's messages: the pair's rows once they no longer ride) */
+        const int64_t before = a->pair[at];
+        a->pair[at] += bytes;
+        if (before <= a->ride && a->pair[at] > a->ride)
+            phase_add_msg(ph, a->c, from, to);
+    }
+}
+
+/* Each hop of an exchange and each all-gather starts with its counts
+ * messages, one to every other rank, whatever it moves (and carrying the
+ * rows that ride): with a latency, hops of them on every rank, both ways. */
+static void counts_msgs(acc *a, phase *ph, int hops)
+{
+    if (!a->pair)
+        return;
+    const size_t R = (size_t)a->R;
+    const int64_t intra = a->c->nodes > 1 ? a->P - 1 : a->R - 1, inter = a->R - 1 - intra;
+    for (size_t q = 0; q < R; q++) {
+        ph->m[q] += hops * intra;
+        ph->m[R + q] += hops * inter;
+        ph->m[2 * R + q] += hops * intra;
+        ph->m[3 * R + q] += hops * inter;
     }
 }
 
@@ -212,6 +242,10 @@ static void hier_dispatch(acc *a, int src, const int *d, int n, uint64_t key, in
 static void close_pass(acc *a, int64_t *pass_load, double spf, epm_eval_layer *ly, const double lat[2])
 {
     const int R = a->R;
+    /* dispatch and combine: one hop each flat; hierarchical 3 (gathering, between nodes, fan-out) and 2 */
+    counts_msgs(a, &a->a2a, a->hier ? 5 : 2);
+    if (a->follow)
+        counts_msgs(a, &a->kv, 1);
     ly->t_comm += phase_seconds(&a->a2a, a->c, lat) + phase_seconds(&a->kv, a->c, lat);
     int64_t most = 0;
     for (int q = 0; q < R; q++)
@@ -273,6 +307,7 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     int *where = NULL, *dst = NULL, *distinct = NULL;
     int64_t *split = NULL, *pass_load = NULL;
     uint32_t *stamp = NULL;
+    int64_t *pair = NULL;
     if (!r) {
         epm_pass_plan_clear(&pp);
         return EPM_ERR_NOMEM;
@@ -292,9 +327,11 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     /* one pass's two phases: bytes [2][4][R], then messages [2][4][R]; and its ranks' loads */
     split = epm_calloc((size_t)R * 16, sizeof *split);
     stamp = R <= MSG_RANKS_MAX ? epm_calloc((size_t)HOPS * (size_t)R * (size_t)R, sizeof *stamp) : NULL;
+    const int latent = o->intra_latency_s > 0 || o->inter_latency_s > 0; /* (validated below: R within the limit) */
+    pair = latent && stamp ? epm_calloc((size_t)HOPS * (size_t)R * (size_t)R, sizeof *pair) : NULL;
     pass_load = epm_calloc((size_t)R, sizeof *pass_load);
     if (!r->layer || !r->rank_load || !r->send_bytes || !r->recv_bytes || !r->layer_wire || !where || !dst ||
-        !distinct || !split || (R <= MSG_RANKS_MAX && !stamp) || !pass_load) {
+        !distinct || !split || (R <= MSG_RANKS_MAX && !stamp) || (latent && stamp && !pair) || !pass_load) {
         st = EPM_ERR_NOMEM;
         goto fail;
     }
@@ -302,7 +339,8 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
         where[i] = (int)(epm_trace_seq_of(t, i) % R);
 
     acc a = {r,     c, 0, R, o->hierarchical && c->nodes > 1, c->gpus_per_node, distinct + K, distinct + 2 * K,
-             {split, split + 8 * (size_t)R, R}, {split + 4 * (size_t)R, split + 12 * (size_t)R, R}, stamp, 1};
+             {split, split + 8 * (size_t)R, R}, {split + 4 * (size_t)R, split + 12 * (size_t)R, R}, stamp, 1,
+             pair, (int64_t)epm_ride_max(R), o->mode == EPM_MODE_FOLLOW};
     const double lat[2] = {o->intra_latency_s, o->inter_latency_s};
     r->msgs_counted = stamp != NULL;
     const double spf = o->flops_per_assignment / (c->gpu_tflops * 1e12); /* modelled seconds a (token, expert) */
@@ -409,6 +447,7 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
         for (int64_t s = 0; s < T; s++) {
             const int64_t i = pp.order[s].token;
             if (s > 0 && pp.order[s].pass != pp.order[s - 1].pass) {
+                counts_msgs(&a, &a.a2a, a.hier ? 2 : 1);
                 r->t_total += phase_seconds(&a.a2a, c, lat);
                 phase_clear(&a.a2a);
                 a.epoch++;
@@ -424,6 +463,7 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
         }
         for (int k = 0; k < EPM_LINK_COUNT; k++)
             r->total_bytes[k] += r->gather_bytes[k];
+        counts_msgs(&a, &a.a2a, a.hier ? 2 : 1);
         r->t_total += phase_seconds(&a.a2a, c, lat);
     }
     r->kv_cache_factor = o->mode == EPM_MODE_FOLLOW ? (double)R : 1.0;
@@ -446,6 +486,7 @@ epm_status epm_eval(const epm_trace *t, const epm_placement *p, const epm_eval_o
     epm_free(distinct);
     epm_free(split);
     epm_free(stamp);
+    epm_free(pair);
     *out = r;
     return EPM_OK;
 fail:
@@ -456,6 +497,7 @@ fail:
     epm_free(distinct);
     epm_free(split);
     epm_free(stamp);
+    epm_free(pair);
     epm_eval_result_destroy(r);
     return st;
 }

@@ -1,6 +1,8 @@
 /* The cost model, checked on cases small enough to count by hand. */
 #include "test_util.h"
 
+#include "hier_route.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -436,28 +438,44 @@ static void test_eval_hierarchical_gateways(void **state)
 }
 
 /* A latency a message (the alpha of an alpha-beta model) on both its ends, in the phase of
- * test_eval_hierarchical_wire: flat, r0 sends and receives 2 inter-node messages; hierarchical,
- * r2 sends the fan-out (intra) and one message of both partials (inter). */
+ * test_eval_hierarchical_wire (4 ranks, 2 nodes). Every hop starts with its counts messages, one to
+ * each other rank (1 intra-node, 2 inter-node), whatever it moves: flat 2 hops, hierarchical 5, so
+ * 2 x (0.5 + 2) and 5 x 2.5 on every rank over the bandwidth alone. Rows of 10 bytes ride in those
+ * messages; rows beyond what rides (comm/hier_route.h, epm_ride_max) are a message of their own:
+ * flat, r0 sends 2 and receives 2 between nodes. The wire's messages are counted as before. */
 static void test_eval_message_latency(void **state)
 {
     (void)state;
     epm_trace *t;
     epm_placement *p0, *p;
     one_token_2x2(&t, &p0, &p);
+    for (int big = 0; big < 2; big++) {
+        epm_eval_opts o = opts(EPM_MODE_HOME);
+        if (big)
+            o.hidden_bytes = (int64_t)epm_ride_max(4) + 1;
+        epm_eval_result *f0, *h0, *f, *h;
+        eval_both_paths(t, p, o, &f0, &h0);
+        o.intra_latency_s = 0.5;
+        o.inter_latency_s = 1;
+        eval_both_paths(t, p, o, &f, &h);
+        assert_int_equal(f->wire_msgs[EPM_LINK_INTER], 4);
+        assert_int_equal(f->wire_msgs[EPM_LINK_INTRA], 0);
+        assert_int_equal(h->wire_msgs[EPM_LINK_INTER], 2);
+        assert_int_equal(h->wire_msgs[EPM_LINK_INTRA], 2);
+        assert_memory_equal(f->wire_bytes, f0->wire_bytes, sizeof f->wire_bytes);
+        /* r0, the busiest rank on both paths' bandwidth, with its own messages where rows do not ride:
+         * flat 2 out and 2 back between nodes; hierarchical (r0 -> r2 -> r3, back r2 -> r0, r3 -> r1 -> r0)
+         * 1 out between nodes, and back 1 between nodes and 1 within its node (its receiving side: 1.5) */
+        assert_true(fabs(f->layer[0].t_comm - (f0->layer[0].t_comm + 5.0 + (big ? 2.0 : 0.0))) < 1e-6);
+        assert_true(fabs(h->layer[0].t_comm - (h0->layer[0].t_comm + 12.5 + (big ? 1.5 : 0.0))) < 1e-6);
+        epm_eval_result_destroy(f0);
+        epm_eval_result_destroy(h0);
+        epm_eval_result_destroy(f);
+        epm_eval_result_destroy(h);
+    }
     epm_eval_opts o = opts(EPM_MODE_HOME);
-    o.intra_latency_s = 0.5;
-    o.inter_latency_s = 1;
-    epm_eval_result *f, *h;
-    eval_both_paths(t, p, o, &f, &h);
-    assert_int_equal(f->wire_msgs[EPM_LINK_INTER], 4);
-    assert_int_equal(f->wire_msgs[EPM_LINK_INTRA], 0);
-    assert_int_equal(h->wire_msgs[EPM_LINK_INTER], 2);
-    assert_int_equal(h->wire_msgs[EPM_LINK_INTRA], 2);
-    assert_true(fabs(f->layer[0].t_comm - 42.0) < 1e-6);
-    assert_true(fabs(h->layer[0].t_comm - 51.5) < 1e-6);
-    epm_eval_result_destroy(f);
-    epm_eval_result_destroy(h);
     o.inter_latency_s = -1;
+    epm_eval_result *f;
     assert_int_equal(epm_eval(t, p, &o, &f), EPM_ERR_INVALID_ARG);
     assert_non_null(strstr(epm_last_error(), "inter_latency_s = -1"));
     epm_placement_destroy(p);
