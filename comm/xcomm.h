@@ -26,7 +26,7 @@ typedef enum epm_xcomm_a2a {
  * message: P times fewer, larger messages between nodes (P ranks per node),
  * at the price of one intra-node hop. */
 typedef enum epm_xcomm_hier {
-    EPM_XHIER_AUTO = 0, /* on when nodes > 1 and more than 2 ranks per node */
+    EPM_XHIER_AUTO = 0, /* epmoe's choice: the flat path (see epm_xcomm_hier_takes) */
     EPM_XHIER_ON,       /* whenever nodes > 1 */
     EPM_XHIER_OFF
 } epm_xcomm_hier;

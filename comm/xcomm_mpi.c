@@ -286,9 +286,17 @@ void epm_xcomm_cluster(const epm_xcomm *x, epm_cluster *c)
 
 int epm_xcomm_hierarchical(const epm_xcomm *x) { return x->hier; }
 
+/* auto is the flat path: since a hop's rows ride with its counts, a flat
+ * exchange is one phase where the hierarchical path is two hops of them (and
+ * three for a dispatch), each hop's counts going to every rank. Measured
+ * between pseudo-nodes (decode 100 against 51 tokens/s) and modelled with a
+ * latency a message at the Qwen and DeepSeek-V3 shapes (1.6-2.1x), the flat
+ * path wins; what the hierarchical one saves is bytes between nodes, for
+ * bandwidth-bound passes, with on (bench/README). */
 int epm_xcomm_hier_takes(epm_xcomm_hier h, int nodes, int per_node)
 {
-    return nodes > 1 && (h == EPM_XHIER_ON || (h == EPM_XHIER_AUTO && per_node > 2));
+    (void)per_node;
+    return nodes > 1 && h == EPM_XHIER_ON;
 }
 epm_xcomm_a2a epm_xcomm_transport(const epm_xcomm *x) { return x->a2a; }
 int epm_xcomm_node_of(const epm_xcomm *x, int rank) { return x->node_of[rank]; }

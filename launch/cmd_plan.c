@@ -123,7 +123,7 @@ static const char eval_usage[] =
     "                        --eplb-lag, one still in flight at the end), as run --placement-out\n"
     "                        writes it\n"
     "  --hier auto|on|off    the path run's exchanges take between nodes, as run --hier (default auto:\n"
-    "                        hierarchical between nodes of more than 2 ranks): on the hierarchical one\n"
+    "                        the flat one; on: hierarchical between nodes): on the hierarchical one\n"
     "                        (a dispatch crosses to each node once, through gateways; Tutel's 2DH) the\n"
     "                        modelled time prices its wire, printed beside the counted bytes, which\n"
     "                        run counts whatever the path\n"
@@ -360,12 +360,6 @@ static int cmd_plan(int argc, char **argv)
     if (redundant > 0 && o.method != EPM_METHOD_EPLB && o.method != EPM_METHOD_ILP)
         fprintf(stderr, "epmoe plan: note: --redundant-experts %ld gives spare slots, and %s leaves them empty (eplb "
                 "and ilp fill them)\n", redundant, epm_method_name(o.method));
-    /* (the ILP's objective prices every destination rank's copy of a token; between nodes of more than 2
-     * ranks the run sends one a destination node by default; the heuristics price no exchange at all) */
-    if (o.method == EPM_METHOD_ILP && epm_xcomm_hier_takes(EPM_XHIER_AUTO, cl.nodes, cl.gpus_per_node))
-        fprintf(stderr, "epmoe plan: note: %s plans for the flat exchange; on %d nodes of %d ranks epmoe run takes "
-                "the hierarchical path (--hier auto), which plan eval prices (--hier auto|on|off)\n",
-                epm_method_name(o.method), cl.nodes, cl.gpus_per_node);
     const int exp_total = epm_trace_experts(t);
     epm_placement *p = NULL;
     st = epm_plan(t, &cl, &o, &p);

@@ -33,7 +33,7 @@ static const char usage[] =
     "                     where FROM holds them (the same balance and traffic)\n"
     "  --out FILE         write TO as priced (aligned with --align): the placement to deploy\n"
     "  --hier auto|on|off the path the copies take between nodes, as run --hier (default auto: the\n"
-    "                     hierarchical one, through a gateway rank, on nodes of more than 2 ranks);\n"
+    "                     flat one; on: the hierarchical one, through a gateway rank);\n"
     "                     as plan eval prices a rebalance's copies between passes\n"
     "  --per-layer        also the experts copied per MoE layer\n"
     "  --json             JSON instead of text\n";

@@ -107,8 +107,8 @@ typedef struct epm_eval_opts {
     /* The expert groups the run's rebalancing keeps whole on nodes (epm_plan_rebalance's groups:
      * the model's n_group, as epmoe run takes it); 0 (the default) = none */
     int eplb_groups;
-    /* 1: the run's exchanges take the hierarchical path (epmoe run --hier, which takes it by
-     * default between nodes of more than 2 ranks: epmoe plan eval --hier resolves the same), and
+    /* 1: the run's exchanges take the hierarchical path (epmoe run --hier on; its default, auto,
+     * is the flat path: epmoe plan eval --hier resolves the same), and
      * the modelled time prices its wire (see below) instead of the transfers above; the counted
      * bytes stay the model's. 0 (the default): the flat path, whose wire is the counted bytes */
     int hierarchical;

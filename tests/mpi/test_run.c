@@ -1566,13 +1566,13 @@ static void test_run_agrees_with_plan_eval(void **state)
                 o.route_from = t;
                 o.mla_expanded = runs[m].expanded;
                 o.wire_fp8 = fp8;
-                /* odd kinds take the hierarchical path wherever there are nodes (auto: above 2 ranks a
-                 * node), whose wire plan eval prices too */
+                /* odd kinds take the hierarchical path wherever there are nodes (auto: the flat one),
+                 * whose wire plan eval prices too */
                 o.a2a_hier = kind % 2 ? "on" : NULL;
                 epm_run_result *res;
                 const int32_t *prompts[2] = {f.ids[0], f.ids[1]};
                 assert_int_equal(epm_run(&o, 2, f.lens, prompts, &res), EPM_OK);
-                assert_int_equal(res->report.hierarchical, vn > 0 && (kind % 2 || R / vn > 2));
+                assert_int_equal(res->report.hierarchical, vn > 0 && kind % 2);
                 epm_eval_opts eo;
                 epm_eval_opts_init(&eo);
                 eo.mode = (epm_mode)mode;
