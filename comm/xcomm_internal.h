@@ -52,7 +52,6 @@ struct epm_xcomm {
     MPI_Comm ctl;
     size_t emax;       /* row bytes a counts message may carry (0: none) */
     char *esend, *erecv;         /* [size] slots of EPM_XCOMM_EHDR + emax bytes */
-    int *elen;                   /* [size] bytes received from each peer in the last counts phase */
     MPI_Request *ereq;           /* [2 * size] */
     MPI_Status *estat;           /* [size] the receives' */
     int epending;      /* a counts phase gave up with its messages in flight (a timeout, or MPI_ERR_* when

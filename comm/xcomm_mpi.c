@@ -158,10 +158,9 @@ epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
     const size_t emax = epm_ride_max(size);
     const size_t eslots = (size_t)size * (EPM_XCOMM_EHDR + emax);
     char *esend = epm_malloc(eslots), *erecv = epm_malloc(eslots);
-    int *elen = epm_calloc((size_t)size, sizeof *elen);
     MPI_Request *ereq = epm_malloc(2 * (size_t)size * sizeof *ereq);
     MPI_Status *estat = epm_malloc((size_t)size * sizeof *estat);
-    int ok = x && node_of && leads && poison && esend && erecv && elen && ereq && estat, first = ok ? size : me;
+    int ok = x && node_of && leads && poison && esend && erecv && ereq && estat, first = ok ? size : me;
     MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, comm);
     MPI_Comm ctl = MPI_COMM_NULL;
     if (first == size && MPI_Comm_dup(comm, &ctl) != MPI_SUCCESS)
@@ -173,7 +172,6 @@ epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
         epm_free(poison);
         epm_free(esend);
         epm_free(erecv);
-        epm_free(elen);
         epm_free(ereq);
         epm_free(estat);
         MPI_Comm_free(&comm);
@@ -196,7 +194,6 @@ epm_status epm_xcomm_create_opts(const epm_xcomm_opts *o, epm_xcomm **out)
     x->emax = emax;
     x->esend = esend;
     x->erecv = erecv;
-    x->elen = elen;
     x->ereq = ereq;
     x->estat = estat;
     epm_status st = EPM_OK;
@@ -270,7 +267,6 @@ void epm_xcomm_destroy(epm_xcomm *x)
         epm_free(x->esend);
         epm_free(x->erecv);
     }
-    epm_free(x->elen);
     epm_free(x->ereq);
     epm_free(x->estat);
     epm_free(x);
@@ -630,32 +626,20 @@ epm_status epm_xcomm_counts_rows(epm_xcomm *x, epm_status local, const int64_t *
         counts_abandon(x, -1);
         return epm_fail(EPM_ERR_MPI, "rank %d: the counts messages (and failures) failed", me);
     }
-    for (int r = 0; r < R; r++) {
-        int nb = 0;
-        if (r != me)
-            MPI_Get_count(&stt[r], MPI_BYTE, &nb);
-        x->elen[r] = r == me ? (int)EPM_XCOMM_EHDR : nb;
-    }
+    /* every rank's header, this rank's own among them (4 a rank; the all-gather's counts lie beyond) */
+    int64_t *hs = x->poison;
+    for (int r = 0; r < R; r++)
+        memcpy(hs + 4 * r, r == me ? mine : (const int64_t *)(x->erecv + (size_t)r * slot), 4 * sizeof *hs);
     /* lowest failing rank wins (origins before those that heard); its
      * message travels to everyone */
     int first = 2 * R;
     for (int r = 0; r < R; r++) {
-        int64_t h0 = mine[0];
-        if (r != me)
-            memcpy(&h0, x->erecv + (size_t)r * slot, sizeof h0);
-        int at = h0 == CODE_ORIGIN ? r : h0 == CODE_HEARD ? R + r : 2 * R;
+        int at = hs[4 * r] == CODE_ORIGIN ? r : hs[4 * r] == CODE_HEARD ? R + r : 2 * R;
         first = at < first ? at : first;
     }
     if (first == 2 * R) {
         int64_t all = 0;
         int ok = 1, data = 0;
-        int64_t *hs = x->poison; /* (4 a rank; the all-gather's counts lie beyond) */
-        for (int r = 0; r < R; r++) {
-            if (r == me)
-                memcpy(hs + 4 * r, mine, sizeof mine);
-            else
-                memcpy(hs + 4 * r, x->erecv + (size_t)r * slot, 4 * sizeof *hs);
-        }
         if (send) /* (this rank's count to itself, which its message to no one carries) */
             hs[4 * me] = send[me];
         for (int r = 0; r < R; r++) {
@@ -670,11 +654,13 @@ epm_status epm_xcomm_counts_rows(epm_xcomm *x, epm_status local, const int64_t *
         for (int r = 0; r < R && got && rbin; r++) {
             if (r == me || hs[4 * r] <= 0)
                 continue;
-            if ((size_t)x->elen[r] == EPM_XCOMM_EHDR + (size_t)hs[4 * r] * rbin)
+            int nb = 0;
+            MPI_Get_count(&stt[r], MPI_BYTE, &nb);
+            if ((size_t)nb == EPM_XCOMM_EHDR + (size_t)hs[4 * r] * rbin)
                 got[r] = 1;
-            else if (x->elen[r] != (int)EPM_XCOMM_EHDR) /* (MPI delivered what no rank sent) */
+            else if (nb != (int)EPM_XCOMM_EHDR) /* (MPI delivered what no rank sent) */
                 rst = epm_fail(EPM_ERR_INTERNAL, "rank %d's counts message has %d bytes for %lld rows of %zu", r,
-                               x->elen[r], (long long)hs[4 * r], rbin);
+                               nb, (long long)hs[4 * r], rbin);
         }
         if (rst != EPM_OK)
             return rst;
